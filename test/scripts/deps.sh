@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# deps.sh installs what building and testing meshlet needs on a Debian machine,
+# and does nothing when it is already there. Called by make; safe to rerun.
+set -euo pipefail
+
+# Debian packages: the kernel-side tools the lab and the data path use, clang
+# for `make generate`, protoc for pkg/api, and the benchmark peers.
+pkgs=(iproute2 iptables nftables conntrack ipset ethtool tcpdump
+      clang llvm libbpf-dev protobuf-compiler jq curl socat ca-certificates)
+if [ "${WITH_BENCH:-}" = 1 ]; then pkgs+=(haproxy nginx iperf3); fi
+if [ "${WITH_DEMO:-}" = 1 ]; then pkgs+=(prometheus); fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing Debian packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  stamp="${HOME}/.cache/meshlet/apt-updated"
+  mkdir -p "$(dirname "$stamp")"
+  if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440)" ]; then
+    apt-get update -qq
+    touch "$stamp"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v go >/dev/null || { echo "deps: go is not on PATH; install Go 1.26 (see README)" >&2; exit 1; }
+# Go tools are pinned in go.mod (tool directives); fetching them here keeps the
+# first `go tool` call from looking like a hang.
+go mod download
