@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are Istio's standard TCP metrics plus meshlet's refusals. Labels
+// are bounded by workload: never a pod IP or a port.
+type Metrics struct {
+	opened, closed, sent, received *prometheus.CounterVec
+	refused                        *prometheus.CounterVec
+}
+
+// istioLabels are the labels of Istio's TCP metrics that meshlet fills.
+var istioLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal",
+	"destination_workload", "destination_workload_namespace", "destination_principal",
+	"destination_service",
+	"connection_security_policy",
+}
+
+// NewMetrics creates the metrics and registers them with reg (nil means
+// not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	cv := func(name, help string, labels []string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	}
+	m := &Metrics{
+		opened:   cv("istio_tcp_connections_opened_total", "TCP connections opened.", istioLabels),
+		closed:   cv("istio_tcp_connections_closed_total", "TCP connections closed.", istioLabels),
+		sent:     cv("istio_tcp_sent_bytes_total", "Bytes sent to the downstream (client) side of TCP connections.", istioLabels),
+		received: cv("istio_tcp_received_bytes_total", "Bytes received from the downstream (client) side of TCP connections.", istioLabels),
+		refused: cv("meshlet_tcp_connections_refused_total", "Connections refused (reset) by the node agent, by reason.",
+			[]string{"reporter", "destination_workload", "destination_workload_namespace", "reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused)
+	}
+	return m
+}
+
+// connLabels are one connection's label values.
+type connLabels struct {
+	reporter     string
+	src, dst     Workload
+	service      string
+	mutualTLS    bool
+}
+
+func (l connLabels) values() []string {
+	policy := "none"
+	if l.mutualTLS {
+		policy = "mutual_tls"
+	}
+	or := func(s string) string {
+		if s == "" {
+			return "unknown"
+		}
+		return s
+	}
+	return []string{
+		l.reporter,
+		or(l.src.Name), or(l.src.Namespace), or(l.src.Identity),
+		or(l.dst.Name), or(l.dst.Namespace), or(l.dst.Identity),
+		or(l.service),
+		policy,
+	}
+}
+
+// connCounters are the counters of one connection, resolved once.
+type connCounters struct {
+	closed, sent, received prometheus.Counter
+}
+
+func (m *Metrics) open(l connLabels) *connCounters {
+	if m == nil {
+		return nil
+	}
+	v := l.values()
+	m.opened.WithLabelValues(v...).Inc()
+	return &connCounters{closed: m.closed.WithLabelValues(v...), sent: m.sent.WithLabelValues(v...), received: m.received.WithLabelValues(v...)}
+}
+
+func (m *Metrics) refuse(reporter string, dst Workload, reason string) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(reporter, dst.Name, dst.Namespace, reason).Inc()
+}

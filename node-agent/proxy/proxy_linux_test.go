@@ -1,0 +1,335 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/meshlet/meshlet/node-agent/internal/nstest"
+	"github.com/meshlet/meshlet/node-agent/netns"
+)
+
+const (
+	agentMark  = 0x539
+	returnMark = 0x1000
+	appPort    = 8080
+)
+
+var (
+	idA   = "spiffe://cluster.local/ns/shop/sa/cart"
+	idB   = "spiffe://cluster.local/ns/shop/sa/db"
+	idBad = "spiffe://cluster.local/ns/other/sa/intruder"
+)
+
+// mesh is two enrolled pods, A (client) and B (server with an echo app),
+// in netns on a veth pair, each with its proxy.
+type mesh struct {
+	a, b       Pod
+	pa, pb     *Proxy
+	metrics    *Metrics
+	reg        *prometheus.Registry
+	appSources chan netip.Addr
+}
+
+type meshConfig struct {
+	mode      Mode
+	authorize func(context.Context, AuthzRequest) Decision
+}
+
+func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
+	t.Helper()
+	na, nb := nstest.Pair(t, name, netip.MustParseAddr("198.19.4.1"), netip.MustParseAddr("198.19.4.2"))
+	m := &mesh{
+		a:          Pod{Workload: Workload{Namespace: "shop", Name: "cart", Identity: idA}, Netns: na.Path, IPs: []netip.Addr{na.Addr}},
+		b:          Pod{Workload: Workload{Namespace: "shop", Name: "db", Identity: idB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}},
+		reg:        prometheus.NewRegistry(),
+		appSources: make(chan netip.Addr, 16),
+	}
+	m.metrics = NewMetrics(m.reg)
+	if err := netns.PrepareReturnPath(m.b.Netns, netns.ReturnPath{Mark: returnMark, Table: 1539}); err != nil {
+		t.Fatal(err)
+	}
+	// The app in B: echoes, and reports the client address it sees.
+	app := nstest.MustListen(t)(netns.Listen(m.b.Netns, netip.AddrPortFrom(nb.Addr, appPort).String(), netns.ListenOptions{}))
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			m.appSources <- addrPort(c.RemoteAddr()).Addr()
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	bApp := netip.AddrPortFrom(nb.Addr, appPort)
+	common := func(p Pod) Options {
+		return Options{
+			Pod: p, Mark: agentMark, ReturnMark: returnMark, Metrics: m.metrics,
+			// No eBPF here: every captured connection was going to B's app.
+			OriginalDst: func(net.Conn) (netip.AddrPort, error) { return bApp, nil },
+			InboundDst:  func(net.Conn) netip.AddrPort { return bApp },
+			Resolve: func(_ Pod, dst netip.AddrPort) (Destination, bool) {
+				if dst != bApp {
+					return Destination{}, false
+				}
+				return Destination{Target: dst, Via: netip.AddrPortFrom(nb.Addr, PortTunnel), Identity: idB,
+					Workload: m.b.Workload, Service: "db.shop.svc.cluster.local"}, true
+			},
+			DialTunnel:  testDialTunnel(agentMark),
+			ServeTunnel: testServeTunnel,
+			PeerAuth:    func(Pod, uint16) Mode { return cfg.mode },
+			Authorize:   cfg.authorize,
+			Errorf:      t.Logf,
+		}
+	}
+	var err error
+	if m.pa, err = Start(common(m.a)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.pa.Close() })
+	if m.pb, err = Start(common(m.b)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.pb.Close() })
+	return m
+}
+
+// dialFrom connects from pod p's netns to addr as an app would.
+func dialFrom(t *testing.T, p Pod, addr netip.AddrPort) net.Conn {
+	t.Helper()
+	c, err := netns.Dial(context.Background(), p.Netns, addr.String(), netns.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// roundTrip writes msg and reads back its echo, closing the write side.
+func roundTrip(c net.Conn, msg string) (string, error) {
+	if _, err := io.WriteString(c, msg); err != nil {
+		return "", err
+	}
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func TestOutboundThroughTunnel(t *testing.T) {
+	m := newMesh(t, "mlna-ot", meshConfig{mode: ModeStrict})
+	msg := strings.Repeat("payload ", 1000) // 8000 bytes
+	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
+	got, err := roundTrip(c, msg)
+	if err != nil || got != msg {
+		t.Fatalf("echo through the tunnel: %d bytes, %v; want the %d bytes sent", len(got), err, len(msg))
+	}
+	select {
+	case src := <-m.appSources:
+		if src != m.a.IPs[0] {
+			t.Errorf("app saw client %s; want pod A's address %s", src, m.a.IPs[0])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("app never saw the connection")
+	}
+	// Both reporters count the connection and every byte.
+	waitClosed(t, m, 2)
+	for _, rep := range []struct {
+		reporter string
+		src      []string
+	}{
+		{"source", []string{"cart", "shop", idA}},
+		{"destination", []string{"unknown", "unknown", idA}},
+	} {
+		labels := append(append([]string{rep.reporter}, rep.src...), "db", "shop", idB)
+		svc := "db.shop.svc.cluster.local"
+		if rep.reporter == "destination" {
+			svc = "unknown"
+		}
+		labels = append(labels, svc, "mutual_tls")
+		for _, c := range []struct {
+			vec  *prometheus.CounterVec
+			name string
+			want float64
+		}{
+			{m.metrics.opened, "opened", 1},
+			{m.metrics.closed, "closed", 1},
+			{m.metrics.received, "received", float64(len(msg))},
+			{m.metrics.sent, "sent", float64(len(msg))},
+		} {
+			if got := value(c.vec.WithLabelValues(labels...)); got != c.want {
+				t.Errorf("istio_tcp %s (reporter=%s) = %v; want %v", c.name, rep.reporter, got, c.want)
+			}
+		}
+	}
+}
+
+func waitClosed(t *testing.T, m *mesh, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		mf, _ := m.reg.Gather()
+		var closed float64
+		for _, f := range mf {
+			if f.GetName() == "istio_tcp_connections_closed_total" {
+				for _, x := range f.Metric {
+					closed += x.GetCounter().GetValue()
+				}
+			}
+		}
+		if closed >= float64(n) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("fewer than %d connections closed in time", n)
+}
+
+func refused(m *mesh, reporter string, w Workload, reason string) float64 {
+	return value(m.metrics.refused.WithLabelValues(reporter, w.Name, w.Namespace, reason))
+}
+
+func TestInboundPolicy(t *testing.T) {
+	m := newMesh(t, "mlna-ip", meshConfig{mode: ModeStrict, authorize: func(_ context.Context, r AuthzRequest) Decision {
+		// ALLOW from cart only.
+		return Decision{Allow: r.Principal == idA, Reason: "allow-cart"}
+	}})
+	tests := []struct {
+		name       string
+		identity   string
+		target     netip.AddrPort
+		wantReason string // empty: served
+	}{
+		{name: "allowed identity", identity: idA, target: netip.AddrPortFrom(m.b.IPs[0], appPort)},
+		{name: "other identity", identity: idBad, target: netip.AddrPortFrom(m.b.IPs[0], appPort), wantReason: ReasonDenied},
+		{name: "not this pod", identity: idA, target: netip.MustParseAddrPort("198.19.4.99:8080"), wantReason: ReasonNotThisPod},
+		{name: "mesh port", identity: idA, target: netip.AddrPortFrom(m.b.IPs[0], PortInbound), wantReason: ReasonMeshPort},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			before := refused(m, "destination", m.b.Workload, tt.wantReason)
+			c, err := dialTestTunnel(ctx, m.a.Netns, tt.identity, agentMark, Destination{
+				Target: tt.target, Via: netip.AddrPortFrom(m.b.IPs[0], PortTunnel),
+			})
+			if tt.wantReason != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantReason) {
+					t.Fatalf("stream from %s to %s: %v; want refused %s", tt.identity, tt.target, err, tt.wantReason)
+				}
+				if got := refused(m, "destination", m.b.Workload, tt.wantReason); got != before+1 {
+					t.Errorf("refused{reason=%s} = %v; want %v", tt.wantReason, got, before+1)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if got, err := roundTrip(c, "hello"); err != nil || got != "hello" {
+				t.Errorf("echo = %q, %v; want hello", got, err)
+			}
+		})
+	}
+}
+
+func TestPlaintextInbound(t *testing.T) {
+	tests := []struct {
+		mode      Mode
+		wantReset bool
+	}{
+		{mode: ModeStrict, wantReset: true},
+		{mode: ModePermissive},
+	}
+	for _, tt := range tests {
+		name := map[Mode]string{ModeStrict: "STRICT", ModePermissive: "PERMISSIVE"}[tt.mode]
+		t.Run(name, func(t *testing.T) {
+			m := newMesh(t, "mlna-pt", meshConfig{mode: tt.mode})
+			c, err := netns.Dial(context.Background(), m.a.Netns, netip.AddrPortFrom(m.b.IPs[0], PortInbound).String(), netns.DialOptions{Timeout: 5 * time.Second})
+			var got string
+			if err == nil {
+				// The reset may come before or after the handshake completes.
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				got, err = roundTrip(c, "plain")
+			}
+			if tt.wantReset {
+				if !errors.Is(err, syscall.ECONNRESET) || got != "" {
+					t.Fatalf("plaintext under STRICT: read %q, %v; want a reset and nothing served", got, err)
+				}
+				if n := refused(m, "destination", m.b.Workload, ReasonStrict); n != 1 {
+					t.Errorf("refused{reason=%s} = %v; want 1", ReasonStrict, n)
+				}
+				return
+			}
+			if err != nil || got != "plain" {
+				t.Fatalf("plaintext under PERMISSIVE: %q, %v; want the echo", got, err)
+			}
+			if src := <-m.appSources; src != m.a.IPs[0] {
+				t.Errorf("app saw %s; want the client %s", src, m.a.IPs[0])
+			}
+		})
+	}
+}
+
+func TestDrain(t *testing.T) {
+	m := newMesh(t, "mlna-dr", meshConfig{mode: ModePermissive})
+	// A long connection is open when the drain starts.
+	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
+	if _, err := io.WriteString(c, "first"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		drained <- m.pa.Drain(ctx)
+	}()
+	// New connections are refused once the listener is closed.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		nc, err := netns.Dial(context.Background(), m.a.Netns, netip.AddrPortFrom(m.a.IPs[0], PortOutbound).String(), netns.DialOptions{Timeout: time.Second})
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("15001 still accepts while draining")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The open connection still works, and the drain ends when it closes.
+	if got, err := roundTrip(c, "second"); err != nil || got != "second" {
+		t.Fatalf("open connection during drain: %q, %v; want the echo", got, err)
+	}
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Errorf("Drain = %v; want nil (the connection finished in time)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain did not return after the last connection closed")
+	}
+}
+
+func value(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}

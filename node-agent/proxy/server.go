@@ -1,0 +1,309 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/meshlet/meshlet/node-agent/netns"
+)
+
+// Proxy is one enrolled pod's set of listeners and the connections they
+// carry.
+type Proxy struct {
+	opts Options
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	conns     map[net.Conn]struct{}
+	draining  bool
+	wg        sync.WaitGroup // open connections
+	serving   sync.WaitGroup // accept loops
+}
+
+// Start opens the pod's listeners inside its netns (with SO_REUSEPORT, so a
+// new agent can open its own beside them during a handoff) and serves them.
+func Start(opts Options) (*Proxy, error) {
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{opts: opts, conns: map[net.Conn]struct{}{}}
+	lo := netns.ListenOptions{Mark: opts.Mark, ReusePort: true}
+	listen := func(port int) (net.Listener, error) {
+		// Bind the wildcard: 15001 receives loopback-rewritten connects,
+		// 15006 connections assigned by the tc program, 15008 the tunnel.
+		ln, err := netns.Listen(opts.Pod.Netns, net.JoinHostPort("", strconv.Itoa(port)), lo)
+		if err != nil {
+			return nil, err
+		}
+		p.listeners = append(p.listeners, ln)
+		return ln, nil
+	}
+	fail := func(err error) (*Proxy, error) {
+		for _, ln := range p.listeners {
+			ln.Close()
+		}
+		return nil, fmt.Errorf("start proxy for %s/%s: %w", opts.Pod.Namespace, opts.Pod.Name, err)
+	}
+	if opts.OriginalDst != nil {
+		ln, err := listen(PortOutbound)
+		if err != nil {
+			return fail(err)
+		}
+		p.acceptLoop(ln, p.serveOutbound)
+	}
+	ln, err := listen(PortInbound)
+	if err != nil {
+		return fail(err)
+	}
+	p.acceptLoop(ln, p.servePlaintext)
+	if opts.ServeTunnel != nil {
+		ln, err := listen(PortTunnel)
+		if err != nil {
+			return fail(err)
+		}
+		p.serving.Add(1)
+		go func() {
+			defer p.serving.Done()
+			if err := opts.ServeTunnel(ln, p.ServeStream); err != nil && !errors.Is(err, net.ErrClosed) {
+				opts.Errorf("serve tunnel for %s/%s: %v", opts.Pod.Namespace, opts.Pod.Name, err)
+			}
+		}()
+	}
+	return p, nil
+}
+
+// acceptLoop accepts on ln until it is closed, serving each connection on
+// its own goroutine.
+func (p *Proxy) acceptLoop(ln net.Listener, serve func(net.Conn)) {
+	p.serving.Add(1)
+	go func() {
+		defer p.serving.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					p.opts.Errorf("accept on %s: %v", ln.Addr(), err)
+				}
+				return
+			}
+			if !p.track(c) {
+				reset(c)
+				continue
+			}
+			go func() {
+				defer p.untrack(c)
+				serve(c)
+			}()
+		}
+	}()
+}
+
+// track registers an open connection; false when draining.
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// serveOutbound carries one connection the pod opened: find where it was
+// going, resolve it, and tunnel it (or pass it through).
+func (p *Proxy) serveOutbound(down net.Conn) {
+	o := &p.opts
+	dst, err := o.OriginalDst(down)
+	if err != nil {
+		o.Metrics.refuse("source", Workload{}, ReasonNoOrigDst)
+		o.Errorf("outbound from %s/%s: original destination: %v", o.Pod.Namespace, o.Pod.Name, err)
+		reset(down)
+		return
+	}
+	if o.Pod.owns(dst.Addr()) && isMeshPort(dst.Port()) || dst.Addr().IsLoopback() && isMeshPort(dst.Port()) {
+		o.Metrics.refuse("source", o.Pod.Workload, ReasonMeshPort)
+		reset(down)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
+	defer cancel()
+	d, inMesh := Destination{}, false
+	if o.Resolve != nil {
+		d, inMesh = o.Resolve(o.Pod, dst)
+	}
+	var up net.Conn
+	labels := connLabels{reporter: "source", src: o.Pod.Workload}
+	if inMesh {
+		up, err = o.DialTunnel(ctx, o.Pod, d)
+		labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
+	} else {
+		// Outside the mesh: dial it from the pod as the pod would have,
+		// marked so the connect hook does not capture it again.
+		up, err = netns.Dial(ctx, o.Pod.Netns, dst.String(), netns.DialOptions{Mark: o.Mark})
+	}
+	if err != nil {
+		o.Metrics.refuse("source", labels.dst, ReasonDialFailed)
+		o.Errorf("outbound %s/%s -> %s: %v", o.Pod.Namespace, o.Pod.Name, dst, err)
+		reset(down)
+		return
+	}
+	splice(down, up, o.Metrics.open(labels))
+}
+
+// ServeStream serves one inbound tunnel stream: check it names this pod and
+// an app port, authorize the peer, then connect to the app from inside the
+// pod keeping the client's address. It returns a *Refused without touching
+// the stream when it will not serve it, and nil once the stream is done.
+func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
+	o := &p.opts
+	if !o.Pod.owns(s.Target.Addr()) {
+		return p.refuseStream(ReasonNotThisPod, fmt.Sprintf("CONNECT to %s, which is not pod %s/%s", s.Target, o.Pod.Namespace, o.Pod.Name))
+	}
+	if isMeshPort(s.Target.Port()) {
+		return p.refuseStream(ReasonMeshPort, fmt.Sprintf("CONNECT to mesh port %d", s.Target.Port()))
+	}
+	if d := p.authorize(ctx, s.Peer, s.Source.Addr(), s.Target.Port()); !d.Allow {
+		return p.refuseStream(ReasonDenied, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, s.Source.Addr(), s.Target.Port(), d.Reason))
+	}
+	up, err := p.dialApp(ctx, s.Source.Addr(), s.Target)
+	if err != nil {
+		return p.refuseStream(ReasonDialFailed, err.Error())
+	}
+	p.mu.Lock()
+	draining := p.draining
+	if !draining {
+		p.conns[s.Conn] = struct{}{}
+		p.wg.Add(1)
+	}
+	p.mu.Unlock()
+	if draining {
+		up.Close()
+		return p.refuseStream("draining", "agent is draining")
+	}
+	defer p.untrack(s.Conn)
+	splice(s.Conn, up, o.Metrics.open(connLabels{
+		reporter: "destination", src: Workload{Identity: s.Peer}, dst: o.Pod.Workload, mutualTLS: true,
+	}))
+	return nil
+}
+
+func (p *Proxy) refuseStream(reason, detail string) error {
+	p.opts.Metrics.refuse("destination", p.opts.Pod.Workload, reason)
+	return &Refused{Reason: reason, Detail: detail}
+}
+
+// servePlaintext serves one inbound connection that did not come through
+// the tunnel: PeerAuthentication first, then authorization without a
+// principal, then the app.
+func (p *Proxy) servePlaintext(down net.Conn) {
+	o := &p.opts
+	dst := addrPort(down.LocalAddr())
+	if o.InboundDst != nil {
+		dst = o.InboundDst(down)
+	}
+	src := addrPort(down.RemoteAddr())
+	refuse := func(reason string) {
+		o.Metrics.refuse("destination", o.Pod.Workload, reason)
+		reset(down)
+	}
+	if isMeshPort(dst.Port()) || !o.Pod.owns(dst.Addr()) {
+		refuse(ReasonMeshPort)
+		return
+	}
+	mode := ModePermissive
+	if o.PeerAuth != nil {
+		mode = o.PeerAuth(o.Pod, dst.Port())
+	}
+	if mode == ModeStrict {
+		refuse(ReasonStrict)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
+	defer cancel()
+	if d := p.authorize(ctx, "", src.Addr(), dst.Port()); !d.Allow {
+		refuse(ReasonDenied)
+		return
+	}
+	up, err := p.dialApp(ctx, src.Addr(), dst)
+	if err != nil {
+		o.Errorf("inbound plaintext %s -> %s: %v", src, dst, err)
+		refuse(ReasonDialFailed)
+		return
+	}
+	splice(down, up, o.Metrics.open(connLabels{reporter: "destination", dst: o.Pod.Workload}))
+}
+
+func (p *Proxy) authorize(ctx context.Context, principal string, src netip.Addr, port uint16) Decision {
+	if p.opts.Authorize == nil {
+		return Decision{Allow: true}
+	}
+	return p.opts.Authorize(ctx, AuthzRequest{Pod: p.opts.Pod, Principal: principal, Source: src, Port: port})
+}
+
+// dialApp connects to the app at target from inside the pod, as src when
+// the return path is set up.
+func (p *Proxy) dialApp(ctx context.Context, src netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	o := &p.opts
+	do := netns.DialOptions{Mark: o.Mark}
+	if o.ReturnMark != 0 && src.IsValid() && !src.IsLoopback() {
+		do.Mark |= o.ReturnMark
+		do.Source = netip.AddrPortFrom(src, 0)
+		do.Transparent = true
+	}
+	c, err := netns.Dial(ctx, o.Pod.Netns, target.String(), do)
+	if err != nil {
+		return nil, fmt.Errorf("connect to app: %w", err)
+	}
+	return c, nil
+}
+
+// Drain stops accepting, lets open connections finish until ctx ends, then
+// closes what is left. It returns ctx's error when it had to cut
+// connections.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.mu.Lock()
+	p.draining = true
+	lns := p.listeners
+	p.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	p.serving.Wait()
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	for c := range p.conns {
+		reset(c)
+	}
+	p.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// Close closes listeners and connections at once.
+func (p *Proxy) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.Drain(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

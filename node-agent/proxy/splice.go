@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// splice copies both ways between the downstream (client side) and upstream
+// connections until both directions end, counting bytes as they pass, then
+// closes both. A direction that ends half-closes the other side's write.
+func splice(down, up net.Conn, c *connCounters) {
+	var recv, sent prometheus.Counter
+	if c != nil {
+		recv, sent = c.received, c.sent
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		copyCounted(up, down, recv)
+		closeWrite(up)
+	}()
+	copyCounted(down, up, sent)
+	closeWrite(down)
+	wg.Wait()
+	down.Close()
+	up.Close()
+	if c != nil {
+		c.closed.Inc()
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyCounted is io.Copy that adds each chunk to ctr as it is written, so
+// long connections show their bytes before they end.
+func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			if ctr != nil && w > 0 {
+				ctr.Add(float64(w))
+			}
+			if werr != nil {
+				return
+			}
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+}
+
+// reset closes c with an RST instead of a FIN where c is TCP, so a refused
+// client sees a reset, never a served or half-served connection.
+func reset(c net.Conn) {
+	if t, ok := c.(*net.TCPConn); ok {
+		_ = t.SetLinger(0)
+	}
+	c.Close()
+}
