@@ -1,0 +1,24 @@
+// Package model is meshlet's one vocabulary for the mesh: workloads, services,
+// waypoints, peer authentication and the authorization bindings that meshd
+// builds from Kubernetes, Istio and Gateway API objects and that node agents
+// and waypoints consume.
+//
+// A Snapshot is immutable once built: every index (by IP, by node, by service
+// hostname, by waypoint) is computed in NewSnapshot and never changed, and the
+// Snapshot carries a Version so that the distribution layer can diff two
+// snapshots (Diff) and push only what changed. Callers must treat every value
+// reached through a Snapshot as read-only; the builder shares unchanged
+// *Workload and *Service values between consecutive snapshots to keep builds
+// cheap, which also lets Diff skip them by pointer comparison.
+//
+// Peer authentication is resolved here (ResolvePeerAuthentication) with
+// Istio's documented precedence so that every consumer agrees on it:
+// workload-selector policy > namespace policy > mesh policy (root namespace),
+// a port-level setting overrides the workload's mode for that port, UNSET
+// inherits from the level above, and among several policies at one level the
+// oldest wins.
+//
+// This package must not import Kubernetes, Istio or Gateway API types, do
+// I/O or keep global state: translation from those APIs lives in
+// pkg/controlplane, and wire encoding in pkg/xds and pkg/api.
+package model

@@ -1,0 +1,276 @@
+package model
+
+import (
+	"net/netip"
+	"time"
+)
+
+// NamespacedName names a namespaced object.
+type NamespacedName struct {
+	Namespace string
+	Name      string
+}
+
+// String returns "namespace/name".
+func (n NamespacedName) String() string { return n.Namespace + "/" + n.Name }
+
+// WorkloadKind says where a workload came from.
+type WorkloadKind string
+
+// Workload kinds.
+const (
+	// KindPod is a Kubernetes pod.
+	KindPod WorkloadKind = "Pod"
+	// KindWorkloadEntry is an Istio WorkloadEntry (a VM or other non-pod endpoint).
+	KindWorkloadEntry WorkloadKind = "WorkloadEntry"
+)
+
+// Workload is one addressable instance: a pod or a WorkloadEntry.
+type Workload struct {
+	// UID is the Kubernetes UID of the pod or WorkloadEntry; unique in a snapshot.
+	UID string
+	// Kind says whether this is a pod or a WorkloadEntry.
+	Kind WorkloadKind
+	// Name and Namespace of the source object.
+	Name      string
+	Namespace string
+	// IPs are the workload's addresses (pod IPs, or the WorkloadEntry address).
+	IPs []netip.Addr
+	// Node is the node the pod runs on; empty for WorkloadEntries.
+	Node string
+	// ServiceAccount is the Kubernetes service account ("default" when unset).
+	ServiceAccount string
+	// Identity is the SPIFFE ID: spiffe://<trust-domain>/ns/<ns>/sa/<sa>.
+	Identity string
+	// Labels are the source object's labels (shared with the source; read-only).
+	Labels map[string]string
+	// CanonicalName and CanonicalRevision follow Istio: service.istio.io/canonical-name,
+	// else app.kubernetes.io/name, else app, else the workload name;
+	// service.istio.io/canonical-revision, else app.kubernetes.io/version, else version, else "latest".
+	CanonicalName     string
+	CanonicalRevision string
+	// Enrolled is true when the workload's traffic is captured by the mesh.
+	Enrolled bool
+	// EnrollReason says why the workload is or is not enrolled, for status and debugging.
+	EnrollReason string
+	// Waypoint is the waypoint that handles traffic addressed to this workload directly;
+	// nil when none.
+	Waypoint *WaypointRef
+	// Services lists the services this workload backs, with their port mappings.
+	Services []ServiceBinding
+	// PeerAuthentication is the resolved mutual TLS mode for inbound traffic.
+	PeerAuthentication PeerAuthResult
+	// AuthorizationPolicies names the L4 authorization policies bound to this
+	// workload (mesh-wide, namespace-wide and selector-matched), sorted.
+	AuthorizationPolicies []NamespacedName
+	// Ready is false for pods that are not ready; they stay addressable but services skip them.
+	Ready bool
+}
+
+// Key returns the workload's UID.
+func (w *Workload) Key() string { return w.UID }
+
+// ServiceBinding says that a workload backs a service and how ports map.
+type ServiceBinding struct {
+	// Service is the service's namespace and name.
+	Service NamespacedName
+	// Hostname is the service's primary hostname.
+	Hostname string
+	// Ports maps service port to the workload's target port.
+	Ports map[uint32]uint32
+}
+
+// ServiceSource says where a service came from.
+type ServiceSource string
+
+// Service sources.
+const (
+	// SourceKubernetes is a core/v1 Service.
+	SourceKubernetes ServiceSource = "Service"
+	// SourceServiceEntry is an Istio ServiceEntry.
+	SourceServiceEntry ServiceSource = "ServiceEntry"
+)
+
+// Service is a named destination with virtual IPs and ports.
+type Service struct {
+	// Name and Namespace of the Service or ServiceEntry.
+	Name      string
+	Namespace string
+	// Source is Kubernetes or ServiceEntry.
+	Source ServiceSource
+	// Hostnames are the names this service answers to, the primary
+	// (<name>.<ns>.svc.<domain> for Kubernetes services) first.
+	Hostnames []string
+	// VIPs are the cluster IPs or ServiceEntry addresses; empty for headless services.
+	VIPs []netip.Addr
+	// Ports are the service's ports.
+	Ports []ServicePort
+	// Endpoints are the workloads behind the service.
+	Endpoints []Endpoint
+	// Waypoint handles traffic addressed to the service; nil when none.
+	Waypoint *WaypointRef
+	// LoadBalancing is how a client picks an endpoint.
+	LoadBalancing LoadBalancing
+	// External is true for ServiceEntries with location MESH_EXTERNAL.
+	External bool
+	// Resolution is how clients find endpoints of a ServiceEntry: "STATIC",
+	// "DNS", "DNS_ROUND_ROBIN" or "NONE"; empty for Kubernetes services.
+	Resolution string
+}
+
+// Key returns "namespace/name" qualified by source, unique in a snapshot.
+func (s *Service) Key() string {
+	if s.Source == SourceServiceEntry {
+		return "se/" + s.Namespace + "/" + s.Name
+	}
+	return s.Namespace + "/" + s.Name
+}
+
+// Hostname returns the primary hostname, or "" when there is none.
+func (s *Service) Hostname() string {
+	if len(s.Hostnames) == 0 {
+		return ""
+	}
+	return s.Hostnames[0]
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	// Name is the port name ("" allowed when the service has one port).
+	Name string
+	// Port is the service port.
+	Port uint32
+	// Protocol is the L4 protocol: "TCP", "UDP" or "SCTP".
+	Protocol string
+	// AppProtocol is the application protocol from appProtocol, or Istio's
+	// name-prefix convention (http-, grpc-, ...), normalised to Istio's names
+	// ("HTTP", "HTTP2", "GRPC", "TCP", "TLS", ...); empty when unknown.
+	AppProtocol string
+	// TargetPort is the numeric target port; 0 when TargetPortName is set.
+	TargetPort uint32
+	// TargetPortName is a named target port, resolved per workload.
+	TargetPortName string
+}
+
+// Endpoint is one workload behind a service, or one static address of a ServiceEntry.
+type Endpoint struct {
+	// WorkloadUID names the workload; empty for addresses without a workload.
+	WorkloadUID string
+	// Addresses are the endpoint's IPs.
+	Addresses []netip.Addr
+	// Hostname is set for DNS-resolved ServiceEntry endpoints instead of Addresses.
+	Hostname string
+	// Ports maps service port to target port on this endpoint.
+	Ports map[uint32]uint32
+	// Ready is false for endpoints that should not receive new connections.
+	Ready bool
+}
+
+// LoadBalancing is the endpoint-selection algorithm, from a DestinationRule.
+type LoadBalancing string
+
+// Load balancing algorithms (Istio's simple LB names).
+const (
+	// LBDefault lets the client pick (meshlet clients use least-request).
+	LBDefault LoadBalancing = ""
+	// LBRoundRobin cycles through endpoints.
+	LBRoundRobin LoadBalancing = "ROUND_ROBIN"
+	// LBLeastRequest picks the endpoint with fewest outstanding requests.
+	LBLeastRequest LoadBalancing = "LEAST_REQUEST"
+	// LBRandom picks at random.
+	LBRandom LoadBalancing = "RANDOM"
+	// LBPassthrough sends to the original destination address.
+	LBPassthrough LoadBalancing = "PASSTHROUGH"
+)
+
+// WaypointFor is what traffic a waypoint accepts (istio.io/waypoint-for).
+type WaypointFor string
+
+// Waypoint traffic types, as Istio's istio.io/waypoint-for label values.
+const (
+	// WaypointForService handles traffic addressed to services (Istio's default).
+	WaypointForService WaypointFor = "service"
+	// WaypointForWorkload handles traffic addressed to workloads directly.
+	WaypointForWorkload WaypointFor = "workload"
+	// WaypointForAll handles both.
+	WaypointForAll WaypointFor = "all"
+	// WaypointForNone handles neither.
+	WaypointForNone WaypointFor = "none"
+)
+
+// AcceptsServices reports whether a waypoint for f takes service-addressed traffic.
+func (f WaypointFor) AcceptsServices() bool { return f == WaypointForService || f == WaypointForAll }
+
+// AcceptsWorkloads reports whether a waypoint for f takes workload-addressed traffic.
+func (f WaypointFor) AcceptsWorkloads() bool { return f == WaypointForWorkload || f == WaypointForAll }
+
+// Waypoint is an L7 proxy deployment (a Gateway API Gateway of a waypoint class).
+type Waypoint struct {
+	// Name and Namespace of the Gateway.
+	Name      string
+	Namespace string
+	// For is the traffic the waypoint accepts.
+	For WaypointFor
+	// Addresses are the waypoint's service addresses; traffic is tunnelled there.
+	Addresses []netip.Addr
+	// Identity is the waypoint's SPIFFE ID.
+	Identity string
+}
+
+// Key returns the waypoint's namespace/name.
+func (w *Waypoint) Key() NamespacedName { return NamespacedName{w.Namespace, w.Name} }
+
+// WaypointRef binds a workload or service to a waypoint.
+type WaypointRef struct {
+	// Waypoint is the Gateway's namespace and name.
+	Waypoint NamespacedName
+	// Addresses is a copy of the waypoint's addresses, so a consumer needs no second lookup.
+	Addresses []netip.Addr
+	// Source says which label bound it: "pod", "service" or "namespace".
+	Source string
+}
+
+// AddressKind says what an IP in the address index refers to.
+type AddressKind int
+
+// Address kinds.
+const (
+	// AddressWorkload is a workload IP.
+	AddressWorkload AddressKind = iota + 1
+	// AddressService is a service VIP.
+	AddressService
+)
+
+// Address is one entry of the address index: an IP and what it names.
+type Address struct {
+	// Kind says which of Workload and Service is set.
+	Kind AddressKind
+	// Workload is set for AddressWorkload.
+	Workload *Workload
+	// Service is set for AddressService.
+	Service *Service
+}
+
+// ObjectMeta is the part of an object's metadata the model needs for conflict rules.
+type ObjectMeta struct {
+	// Name and Namespace of the object.
+	Name      string
+	Namespace string
+	// Created is the creation timestamp, used by "oldest wins" rules.
+	Created time.Time
+}
+
+// Key returns the object's namespace/name.
+func (m ObjectMeta) Key() NamespacedName { return NamespacedName{m.Namespace, m.Name} }
+
+// Older reports whether m sorts before o under Istio's conflict rule:
+// the older creation time wins, ties broken by namespace then name.
+func (m ObjectMeta) Older(o ObjectMeta) bool {
+	if !m.Created.Equal(o.Created) {
+		return m.Created.Before(o.Created)
+	}
+	if m.Namespace != o.Namespace {
+		return m.Namespace < o.Namespace
+	}
+	return m.Name < o.Name
+}
