@@ -1,0 +1,906 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"regexp/syntax"
+	"strings"
+	"time"
+)
+
+// This file holds the L7 configuration a waypoint or an ingress gateway runs:
+// listeners with virtual hosts and ordered routes, clusters with subsets and
+// traffic policy, JWT providers and local rate limits. meshd translates
+// VirtualService, DestinationRule, HTTPRoute/GRPCRoute and
+// RequestAuthentication into these types; the waypoint compiles them once per
+// config push. Every type is plain data; Validate reports the first problem
+// with the path of the offending field.
+
+// MaxRegexProgramSize bounds a compiled RE2 program (number of instructions),
+// like Envoy's regex max_program_size, so that a route cannot carry a regex
+// whose matching cost is unbounded in practice.
+const MaxRegexProgramSize = 1000
+
+// maxRegexLen bounds a regex's source text before it is parsed.
+const maxRegexLen = 4096
+
+// L7Config is everything one waypoint or gateway serves.
+type L7Config struct {
+	// Listeners are the ports the proxy serves; at least one.
+	Listeners []L7Listener
+	// Clusters are the upstream services routes send to, by unique Name.
+	Clusters []L7Cluster
+	// JWTProviders are the RequestAuthentication JWT rules that apply to
+	// every request on this proxy; empty means no JWT validation.
+	JWTProviders []JWTProvider
+}
+
+// L7Listener is one port with its virtual hosts.
+type L7Listener struct {
+	// Name identifies the listener in logs and metrics.
+	Name string
+	// Port is the port the listener serves (for route port matches and
+	// telemetry); zero means "any port" for a listener fed by HBONE.
+	Port uint32
+	// VirtualHosts are tried by Host/:authority; the first whose Domains
+	// match wins, and a host with Domains ["*"] catches the rest.
+	VirtualHosts []VirtualHost
+}
+
+// VirtualHost is a set of domains sharing one ordered route table.
+type VirtualHost struct {
+	// Name identifies the virtual host (usually the service hostname).
+	Name string
+	// Domains are exact hostnames, "*.suffix" wildcards or "*". A port in
+	// the request's Host is ignored when matching.
+	Domains []string
+	// Routes are tried in order; the first that matches wins (Istio order).
+	Routes []L7Route
+	// CORS applies to every route without its own CORS policy; nil means none.
+	CORS *CORSPolicy
+}
+
+// L7Route is one VirtualService http[] entry or HTTPRoute rule. Exactly one
+// of Destinations, Redirect or DirectResponse is set.
+type L7Route struct {
+	// Name identifies the route in logs and metrics.
+	Name string
+	// Matches are alternatives (OR); empty matches every request.
+	Matches []RouteMatch
+	// Destinations split traffic by Weight; weights need not sum to 100 but
+	// must not all be zero.
+	Destinations []WeightedDestination
+	// Redirect answers with a 3xx instead of forwarding; nil means no redirect.
+	Redirect *Redirect
+	// DirectResponse answers with a fixed status and body; nil means none.
+	DirectResponse *DirectResponse
+	// Rewrite changes the path or authority before forwarding; nil means none.
+	Rewrite *Rewrite
+	// Timeout bounds the whole request including retries; zero means none
+	// (Istio's default for HTTP routes).
+	Timeout time.Duration
+	// Retries is the retry policy; nil means Istio's default of 2 retries
+	// on "connect-failure,refused-stream,unavailable,cancelled,
+	// retriable-status-codes" (503); Attempts 0 disables retries.
+	Retries *RetryPolicy
+	// Fault injects delays or aborts; nil means none.
+	Fault *FaultInjection
+	// Mirrors receive a copy of the request, fire and forget.
+	Mirrors []Mirror
+	// RequestHeaders are applied to the request before forwarding.
+	RequestHeaders HeaderOps
+	// ResponseHeaders are applied to the response before returning it.
+	ResponseHeaders HeaderOps
+	// CORS overrides the virtual host's CORS policy; nil inherits it.
+	CORS *CORSPolicy
+	// RateLimit is a local token bucket for this route; nil means none.
+	RateLimit *RateLimit
+}
+
+// StringMatch is Istio's StringMatch: exactly one of Exact, Prefix or Regex.
+type StringMatch struct {
+	// Exact matches the whole value.
+	Exact string
+	// Prefix matches the start of the value.
+	Prefix string
+	// Regex is an RE2 expression that must match the whole value.
+	Regex string
+	// IgnoreCase makes Exact and Prefix case-insensitive.
+	IgnoreCase bool
+}
+
+// IsZero reports whether no match kind is set.
+func (m StringMatch) IsZero() bool { return m.Exact == "" && m.Prefix == "" && m.Regex == "" }
+
+// HeaderMatch matches one request header (or, in QueryParams, one parameter).
+type HeaderMatch struct {
+	// Name is the header name (case-insensitive) or query parameter name.
+	Name string
+	// Value is how the value must match; zero with Present unset means the
+	// header must be present with any value.
+	Value StringMatch
+	// Absent inverts presence: the header must not be present.
+	Absent bool
+	// Invert negates the value match (Istio's withoutHeaders).
+	Invert bool
+}
+
+// RouteMatch is one set of conditions that must all hold (AND).
+type RouteMatch struct {
+	// URI matches the normalized path (query string excluded); nil matches all.
+	URI *StringMatch
+	// Method matches the HTTP method; nil matches all.
+	Method *StringMatch
+	// Authority matches Host/:authority; nil matches all.
+	Authority *StringMatch
+	// Headers must all match.
+	Headers []HeaderMatch
+	// QueryParams must all match.
+	QueryParams []HeaderMatch
+	// Port is the listener port the request arrived on; zero matches all.
+	Port uint32
+	// SourceLabels must be a subset of the client workload's labels.
+	SourceLabels map[string]string
+	// SourceNamespace is the client workload's namespace; empty matches all.
+	SourceNamespace string
+}
+
+// WeightedDestination is one backend of a route.
+type WeightedDestination struct {
+	// Cluster names an L7Cluster.
+	Cluster string
+	// Subset names a subset of that cluster; empty means all its endpoints.
+	Subset string
+	// Weight is the relative share of traffic.
+	Weight uint32
+	// RequestHeaders are applied when this destination is chosen.
+	RequestHeaders HeaderOps
+	// ResponseHeaders are applied to responses from this destination.
+	ResponseHeaders HeaderOps
+}
+
+// RetryPolicy is Istio's HTTPRetry.
+type RetryPolicy struct {
+	// Attempts is the number of retries after the first try; zero disables.
+	Attempts int
+	// PerTryTimeout bounds each try; zero means only the route timeout.
+	PerTryTimeout time.Duration
+	// RetryOn lists Envoy retry conditions: 5xx, gateway-error, reset,
+	// connect-failure, refused-stream, retriable-status-codes, unavailable,
+	// cancelled, deadline-exceeded, resource-exhausted, internal; empty
+	// means "connect-failure,refused-stream,retriable-status-codes" with 503.
+	RetryOn []string
+	// RetriableStatusCodes are the codes retried under retriable-status-codes.
+	RetriableStatusCodes []int
+}
+
+// KnownRetryOn are the retry conditions the waypoint implements.
+var KnownRetryOn = map[string]bool{
+	"5xx": true, "gateway-error": true, "reset": true, "connect-failure": true,
+	"refused-stream": true, "retriable-status-codes": true, "unavailable": true,
+	"cancelled": true, "deadline-exceeded": true, "resource-exhausted": true,
+	"internal": true, "retriable-4xx": true,
+}
+
+// FaultInjection is Istio's HTTPFaultInjection.
+type FaultInjection struct {
+	// Delay, if set, holds the request before forwarding.
+	Delay *FaultDelay
+	// Abort, if set, answers without forwarding.
+	Abort *FaultAbort
+}
+
+// FaultDelay delays a share of requests.
+type FaultDelay struct {
+	// Duration is the fixed delay.
+	Duration time.Duration
+	// Percent of requests (0–100) to delay.
+	Percent float64
+}
+
+// FaultAbort aborts a share of requests.
+type FaultAbort struct {
+	// HTTPStatus is the status to return (200–599); zero with GRPCStatus set
+	// answers a gRPC status instead.
+	HTTPStatus int
+	// GRPCStatus is a gRPC status code name or number ("UNAVAILABLE", "14").
+	GRPCStatus string
+	// Percent of requests (0–100) to abort.
+	Percent float64
+}
+
+// Mirror sends a copy of requests to another destination.
+type Mirror struct {
+	// Cluster names an L7Cluster.
+	Cluster string
+	// Subset names a subset of that cluster; empty means all endpoints.
+	Subset string
+	// Percent of requests (0–100) to mirror; Istio's default is 100.
+	Percent float64
+}
+
+// HeaderOps edits headers: Remove, then Set (replace), then Add (append).
+type HeaderOps struct {
+	// Set replaces the header's values.
+	Set map[string]string
+	// Add appends a value.
+	Add map[string]string
+	// Remove deletes the header.
+	Remove []string
+}
+
+// IsZero reports whether no operation is set.
+func (h HeaderOps) IsZero() bool { return len(h.Set) == 0 && len(h.Add) == 0 && len(h.Remove) == 0 }
+
+// Redirect is Istio's HTTPRedirect.
+type Redirect struct {
+	// Scheme replaces the scheme; empty keeps it.
+	Scheme string
+	// Authority replaces the host; empty keeps it.
+	Authority string
+	// Port replaces the port; zero keeps it.
+	Port uint32
+	// URI replaces the path; empty keeps it.
+	URI string
+	// Code is the 3xx status; zero means 301.
+	Code int
+}
+
+// Rewrite is Istio's HTTPRewrite.
+type Rewrite struct {
+	// URIPrefix replaces the part of the path matched by the route's URI
+	// prefix match (the whole path for other matches); empty keeps it.
+	URIPrefix string
+	// URIRegex rewrites the path with a regex substitution; nil means none.
+	URIRegex *RegexRewrite
+	// Authority replaces Host/:authority; empty keeps it.
+	Authority string
+}
+
+// RegexRewrite is a regex with a substitution (RE2, $1-style groups).
+type RegexRewrite struct {
+	// Pattern is the RE2 expression.
+	Pattern string
+	// Substitution replaces every match.
+	Substitution string
+}
+
+// DirectResponse answers without forwarding.
+type DirectResponse struct {
+	// Status is the HTTP status (200–599).
+	Status int
+	// Body is the response body; empty means none.
+	Body string
+}
+
+// CORSPolicy is Istio's CorsPolicy.
+type CORSPolicy struct {
+	// AllowOrigins match the Origin header.
+	AllowOrigins []StringMatch
+	// AllowMethods are returned in Access-Control-Allow-Methods.
+	AllowMethods []string
+	// AllowHeaders are returned in Access-Control-Allow-Headers.
+	AllowHeaders []string
+	// ExposeHeaders are returned in Access-Control-Expose-Headers.
+	ExposeHeaders []string
+	// MaxAge is returned in Access-Control-Max-Age; zero omits it.
+	MaxAge time.Duration
+	// AllowCredentials sets Access-Control-Allow-Credentials: true.
+	AllowCredentials bool
+}
+
+// L7Cluster is a destination service: its endpoints, subsets and traffic
+// policy (DestinationRule).
+type L7Cluster struct {
+	// Name is unique within the config (e.g. "outbound|80||reviews.ns.svc").
+	Name string
+	// Endpoints are the upstream addresses with their labels.
+	Endpoints []L7Endpoint
+	// Subsets select endpoints by labels.
+	Subsets []Subset
+	// Traffic is the cluster-wide traffic policy.
+	Traffic TrafficPolicy
+}
+
+// L7Endpoint is one upstream address.
+type L7Endpoint struct {
+	// Address is "ip:port" (or "host:port" for DNS endpoints), dialled
+	// through the proxy's DialContext hook.
+	Address string
+	// Labels are the endpoint workload's labels, for subsets.
+	Labels map[string]string
+	// Weight is the endpoint's relative weight; zero means 1.
+	Weight uint32
+}
+
+// Subset is a DestinationRule subset.
+type Subset struct {
+	// Name is referenced by WeightedDestination.Subset.
+	Name string
+	// Labels must be a subset of an endpoint's labels.
+	Labels map[string]string
+	// Traffic overrides the cluster's traffic policy; nil inherits it.
+	Traffic *TrafficPolicy
+}
+
+// TrafficPolicy is a DestinationRule trafficPolicy.
+type TrafficPolicy struct {
+	// LB is the endpoint selection policy.
+	LB LBPolicy
+	// Pool limits connections and requests (circuit breaking).
+	Pool ConnectionPool
+	// Outlier ejects failing endpoints; nil means none.
+	Outlier *OutlierDetection
+}
+
+// LBPolicy picks an endpoint: Simple, or ConsistentHash when set.
+type LBPolicy struct {
+	// Simple is the algorithm; LBDefault means LEAST_REQUEST (Istio's default).
+	Simple LoadBalancing
+	// ConsistentHash, when set, overrides Simple.
+	ConsistentHash *ConsistentHash
+}
+
+// ConsistentHash hashes one request property: exactly one field set.
+type ConsistentHash struct {
+	// Header hashes the named header's value.
+	Header string
+	// Cookie hashes the named cookie's value.
+	Cookie string
+	// SourceIP hashes the client address.
+	SourceIP bool
+}
+
+// ConnectionPool is DestinationRule connectionPool. Zero fields mean
+// unlimited, except where said.
+type ConnectionPool struct {
+	// MaxConnections bounds concurrent upstream connections to the cluster
+	// (and, for HTTP/1.1, concurrent requests in flight).
+	MaxConnections int
+	// HTTP1MaxPendingRequests bounds requests waiting for a connection;
+	// zero means unlimited (Istio's 2^32-1).
+	HTTP1MaxPendingRequests int
+	// HTTP2MaxRequests bounds concurrent requests to the cluster.
+	HTTP2MaxRequests int
+	// MaxRequestsPerConnection closes a connection after that many requests.
+	MaxRequestsPerConnection int
+	// IdleTimeout closes idle upstream connections; zero means 1h (Istio's).
+	IdleTimeout time.Duration
+	// ConnectTimeout bounds a TCP connect; zero means 10s (Istio's).
+	ConnectTimeout time.Duration
+}
+
+// OutlierDetection is DestinationRule outlierDetection.
+type OutlierDetection struct {
+	// Consecutive5xxErrors ejects after that many 5xx in a row (502, 503,
+	// 504 and connection errors included); zero disables.
+	Consecutive5xxErrors int
+	// ConsecutiveGatewayErrors ejects after that many 502/503/504 or
+	// connection errors in a row; zero disables.
+	ConsecutiveGatewayErrors int
+	// Interval is how often ejections are reconsidered; zero means 10s.
+	Interval time.Duration
+	// BaseEjectionTime is the minimum ejection; it grows with each
+	// ejection of the same endpoint. Zero means 30s.
+	BaseEjectionTime time.Duration
+	// MaxEjectionPercent caps the share of ejected endpoints; zero means 10.
+	MaxEjectionPercent int
+}
+
+// JWTProvider is one RequestAuthentication jwtRules entry.
+type JWTProvider struct {
+	// Name identifies the provider in logs.
+	Name string
+	// Issuer must equal the token's iss claim.
+	Issuer string
+	// Audiences, if any, must intersect the token's aud claim.
+	Audiences []string
+	// JWKS is an inline JSON Web Key Set; it wins over JWKSURI.
+	JWKS string
+	// JWKSURI is fetched, cached and refreshed.
+	JWKSURI string
+	// FromHeaders are where to look for the token; empty with empty
+	// FromParams means "Authorization: Bearer" and the access_token param.
+	FromHeaders []JWTHeader
+	// FromParams are query parameter names to look for the token.
+	FromParams []string
+	// ForwardOriginalToken keeps the token in the forwarded request.
+	ForwardOriginalToken bool
+	// OutputPayloadToHeader, if set, receives the base64url payload.
+	OutputPayloadToHeader string
+	// OutputClaimToHeaders copy claims to headers.
+	OutputClaimToHeaders []ClaimToHeader
+}
+
+// JWTHeader is a header that carries a token, with an optional prefix.
+type JWTHeader struct {
+	// Name is the header name.
+	Name string
+	// Prefix is stripped from the value, e.g. "Bearer ".
+	Prefix string
+}
+
+// ClaimToHeader copies one claim to one header.
+type ClaimToHeader struct {
+	// Header is the header name.
+	Header string
+	// Claim is the claim name; nested claims use dots ("a.b").
+	Claim string
+}
+
+// RateLimit is a local token bucket.
+type RateLimit struct {
+	// MaxTokens is the bucket size (burst); must be positive.
+	MaxTokens int
+	// TokensPerFill is added every FillInterval; zero means 1.
+	TokensPerFill int
+	// FillInterval is the refill period; must be positive.
+	FillInterval time.Duration
+	// Key splits the bucket: "" for one bucket per route, "principal" for
+	// one per client identity, or "header:<name>" for one per header value.
+	Key string
+	// MaxKeys bounds the number of buckets kept for keyed limits; zero means 10000.
+	MaxKeys int
+}
+
+// Validate checks the whole config and returns the first problem found.
+func (c *L7Config) Validate() error {
+	if len(c.Listeners) == 0 {
+		return errors.New("l7 config: no listeners: add at least one listener")
+	}
+	clusters := map[string]*L7Cluster{}
+	for i := range c.Clusters {
+		cl := &c.Clusters[i]
+		if err := cl.Validate(); err != nil {
+			return fmt.Errorf("clusters[%d]: %w", i, err)
+		}
+		if clusters[cl.Name] != nil {
+			return fmt.Errorf("clusters[%d]: duplicate cluster name %q", i, cl.Name)
+		}
+		clusters[cl.Name] = cl
+	}
+	for i := range c.Listeners {
+		if err := c.Listeners[i].validate(clusters); err != nil {
+			return fmt.Errorf("listeners[%d] %q: %w", i, c.Listeners[i].Name, err)
+		}
+	}
+	for i := range c.JWTProviders {
+		if err := c.JWTProviders[i].Validate(); err != nil {
+			return fmt.Errorf("jwtProviders[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
+	if l.Name == "" {
+		return errors.New("listener has no name")
+	}
+	if len(l.VirtualHosts) == 0 {
+		return errors.New("no virtual hosts")
+	}
+	for i := range l.VirtualHosts {
+		vh := &l.VirtualHosts[i]
+		if len(vh.Domains) == 0 {
+			return fmt.Errorf("virtualHosts[%d] %q: no domains: use [\"*\"] to match every host", i, vh.Name)
+		}
+		for _, d := range vh.Domains {
+			if d == "" || (strings.Contains(d, "*") && d != "*" && !strings.HasPrefix(d, "*.")) || strings.Count(d, "*") > 1 {
+				return fmt.Errorf("virtualHosts[%d] %q: domain %q: want an exact host, \"*.suffix\" or \"*\"", i, vh.Name, d)
+			}
+		}
+		if vh.CORS != nil {
+			if err := vh.CORS.validate(); err != nil {
+				return fmt.Errorf("virtualHosts[%d] %q: cors: %w", i, vh.Name, err)
+			}
+		}
+		for j := range vh.Routes {
+			if err := vh.Routes[j].validate(clusters); err != nil {
+				return fmt.Errorf("virtualHosts[%d] %q: routes[%d] %q: %w", i, vh.Name, j, vh.Routes[j].Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *L7Route) validate(clusters map[string]*L7Cluster) error {
+	kinds := 0
+	if len(r.Destinations) > 0 {
+		kinds++
+	}
+	if r.Redirect != nil {
+		kinds++
+	}
+	if r.DirectResponse != nil {
+		kinds++
+	}
+	if kinds != 1 {
+		return errors.New("route needs exactly one of destinations, redirect or directResponse")
+	}
+	for i, m := range r.Matches {
+		if err := m.validate(); err != nil {
+			return fmt.Errorf("matches[%d]: %w", i, err)
+		}
+	}
+	var total uint64
+	for i, d := range r.Destinations {
+		cl := clusters[d.Cluster]
+		if cl == nil {
+			return fmt.Errorf("destinations[%d]: unknown cluster %q", i, d.Cluster)
+		}
+		if d.Subset != "" && cl.subset(d.Subset) == nil {
+			return fmt.Errorf("destinations[%d]: cluster %q has no subset %q", i, d.Cluster, d.Subset)
+		}
+		if err := validateHeaderOps(d.RequestHeaders); err != nil {
+			return fmt.Errorf("destinations[%d]: requestHeaders: %w", i, err)
+		}
+		if err := validateHeaderOps(d.ResponseHeaders); err != nil {
+			return fmt.Errorf("destinations[%d]: responseHeaders: %w", i, err)
+		}
+		total += uint64(d.Weight)
+	}
+	if len(r.Destinations) > 1 && total == 0 {
+		return errors.New("destinations: all weights are zero: give at least one a positive weight")
+	}
+	if rd := r.Redirect; rd != nil {
+		if rd.Code != 0 && (rd.Code < 300 || rd.Code > 399) {
+			return fmt.Errorf("redirect: code %d is not a 3xx status", rd.Code)
+		}
+		if rd.Scheme != "" && rd.Scheme != "http" && rd.Scheme != "https" {
+			return fmt.Errorf("redirect: scheme %q: want http or https", rd.Scheme)
+		}
+		if rd.URI != "" && !strings.HasPrefix(rd.URI, "/") {
+			return fmt.Errorf("redirect: uri %q must start with /", rd.URI)
+		}
+	}
+	if dr := r.DirectResponse; dr != nil && (dr.Status < 200 || dr.Status > 599) {
+		return fmt.Errorf("directResponse: status %d out of range 200-599", dr.Status)
+	}
+	if rw := r.Rewrite; rw != nil {
+		if rw.URIPrefix != "" && rw.URIRegex != nil {
+			return errors.New("rewrite: set uri or uriRegex, not both")
+		}
+		if rw.URIRegex != nil {
+			if _, err := CompileRegex(rw.URIRegex.Pattern); err != nil {
+				return fmt.Errorf("rewrite: uriRegex: %w", err)
+			}
+		}
+	}
+	if r.Timeout < 0 {
+		return fmt.Errorf("timeout %v is negative", r.Timeout)
+	}
+	if rp := r.Retries; rp != nil {
+		if rp.Attempts < 0 || rp.PerTryTimeout < 0 {
+			return errors.New("retries: attempts and perTryTimeout must not be negative")
+		}
+		for _, on := range rp.RetryOn {
+			if !KnownRetryOn[on] {
+				if _, err := parseStatus(on); err != nil {
+					return fmt.Errorf("retries: retryOn %q is not a known condition or a status code", on)
+				}
+			}
+		}
+		for _, c := range rp.RetriableStatusCodes {
+			if c < 100 || c > 599 {
+				return fmt.Errorf("retries: retriable status code %d out of range", c)
+			}
+		}
+	}
+	if f := r.Fault; f != nil {
+		if f.Delay != nil {
+			if f.Delay.Duration <= 0 {
+				return errors.New("fault: delay duration must be positive")
+			}
+			if err := validPercent(f.Delay.Percent); err != nil {
+				return fmt.Errorf("fault: delay: %w", err)
+			}
+		}
+		if a := f.Abort; a != nil {
+			if err := validPercent(a.Percent); err != nil {
+				return fmt.Errorf("fault: abort: %w", err)
+			}
+			if a.GRPCStatus == "" && (a.HTTPStatus < 200 || a.HTTPStatus > 599) {
+				return fmt.Errorf("fault: abort: httpStatus %d out of range 200-599", a.HTTPStatus)
+			}
+		}
+	}
+	for i, m := range r.Mirrors {
+		cl := clusters[m.Cluster]
+		if cl == nil {
+			return fmt.Errorf("mirrors[%d]: unknown cluster %q", i, m.Cluster)
+		}
+		if m.Subset != "" && cl.subset(m.Subset) == nil {
+			return fmt.Errorf("mirrors[%d]: cluster %q has no subset %q", i, m.Cluster, m.Subset)
+		}
+		if err := validPercent(m.Percent); err != nil {
+			return fmt.Errorf("mirrors[%d]: %w", i, err)
+		}
+	}
+	if err := validateHeaderOps(r.RequestHeaders); err != nil {
+		return fmt.Errorf("requestHeaders: %w", err)
+	}
+	if err := validateHeaderOps(r.ResponseHeaders); err != nil {
+		return fmt.Errorf("responseHeaders: %w", err)
+	}
+	if r.CORS != nil {
+		if err := r.CORS.validate(); err != nil {
+			return fmt.Errorf("cors: %w", err)
+		}
+	}
+	if r.RateLimit != nil {
+		if err := r.RateLimit.Validate(); err != nil {
+			return fmt.Errorf("rateLimit: %w", err)
+		}
+	}
+	return nil
+}
+
+func parseStatus(s string) (int, error) {
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n < 100 || n > 599 || fmt.Sprint(n) != s {
+		return 0, fmt.Errorf("not a status code: %q", s)
+	}
+	return n, nil
+}
+
+func validPercent(p float64) error {
+	if p < 0 || p > 100 || p != p {
+		return fmt.Errorf("percent %v out of range 0-100", p)
+	}
+	return nil
+}
+
+func (m *RouteMatch) validate() error {
+	for name, sm := range map[string]*StringMatch{"uri": m.URI, "method": m.Method, "authority": m.Authority} {
+		if sm != nil {
+			if err := sm.Validate(); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+	}
+	for i, h := range m.Headers {
+		if h.Name == "" {
+			return fmt.Errorf("headers[%d]: empty name", i)
+		}
+		if err := h.Value.validateOptional(); err != nil {
+			return fmt.Errorf("headers[%d] %q: %w", i, h.Name, err)
+		}
+	}
+	for i, q := range m.QueryParams {
+		if q.Name == "" {
+			return fmt.Errorf("queryParams[%d]: empty name", i)
+		}
+		if err := q.Value.validateOptional(); err != nil {
+			return fmt.Errorf("queryParams[%d] %q: %w", i, q.Name, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks that exactly one kind is set and that a regex compiles
+// within the size bound.
+func (m StringMatch) Validate() error {
+	n := 0
+	for _, s := range []string{m.Exact, m.Prefix, m.Regex} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return errors.New("string match needs exactly one of exact, prefix or regex")
+	}
+	return m.validateOptional()
+}
+
+func (m StringMatch) validateOptional() error {
+	n := 0
+	for _, s := range []string{m.Exact, m.Prefix, m.Regex} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("string match sets more than one of exact, prefix or regex")
+	}
+	if m.Regex != "" {
+		if _, err := CompileRegex(m.Regex); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CompileRegex compiles an RE2 expression anchored to the whole input, and
+// refuses one whose program exceeds MaxRegexProgramSize instructions.
+func CompileRegex(expr string) (*regexp.Regexp, error) {
+	if len(expr) > maxRegexLen {
+		return nil, fmt.Errorf("regex is %d bytes, over the %d byte limit", len(expr), maxRegexLen)
+	}
+	anchored := `^(?:` + expr + `)$`
+	re, err := syntax.Parse(anchored, syntax.Perl)
+	if err != nil {
+		return nil, fmt.Errorf("compile regex %q: %w", expr, err)
+	}
+	prog, err := syntax.Compile(re.Simplify())
+	if err != nil {
+		return nil, fmt.Errorf("compile regex %q: %w", expr, err)
+	}
+	if len(prog.Inst) > MaxRegexProgramSize {
+		return nil, fmt.Errorf("regex %q compiles to %d instructions, over the limit of %d: simplify it", expr, len(prog.Inst), MaxRegexProgramSize)
+	}
+	return regexp.Compile(anchored)
+}
+
+func validateHeaderOps(h HeaderOps) error {
+	check := func(name string) error {
+		if name == "" || strings.ContainsAny(name, " \t\r\n:") {
+			return fmt.Errorf("invalid header name %q", name)
+		}
+		lower := strings.ToLower(name)
+		if lower == "host" || strings.HasPrefix(name, ":") {
+			return fmt.Errorf("header %q cannot be edited here: use rewrite.authority", name)
+		}
+		return nil
+	}
+	for k, v := range h.Set {
+		if err := check(k); err != nil {
+			return err
+		}
+		if strings.ContainsAny(v, "\r\n") {
+			return fmt.Errorf("header %q value contains a line break", k)
+		}
+	}
+	for k, v := range h.Add {
+		if err := check(k); err != nil {
+			return err
+		}
+		if strings.ContainsAny(v, "\r\n") {
+			return fmt.Errorf("header %q value contains a line break", k)
+		}
+	}
+	for _, k := range h.Remove {
+		if err := check(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *CORSPolicy) validate() error {
+	for i, o := range c.AllowOrigins {
+		if err := o.Validate(); err != nil {
+			return fmt.Errorf("allowOrigins[%d]: %w", i, err)
+		}
+	}
+	if c.MaxAge < 0 {
+		return errors.New("maxAge is negative")
+	}
+	return nil
+}
+
+func (c *L7Cluster) subset(name string) *Subset {
+	for i := range c.Subsets {
+		if c.Subsets[i].Name == name {
+			return &c.Subsets[i]
+		}
+	}
+	return nil
+}
+
+// Validate checks a cluster's endpoints, subsets and traffic policy.
+func (c *L7Cluster) Validate() error {
+	if c.Name == "" {
+		return errors.New("cluster has no name")
+	}
+	for i, e := range c.Endpoints {
+		host, port, err := net.SplitHostPort(e.Address)
+		if err != nil || host == "" || port == "" {
+			return fmt.Errorf("cluster %q: endpoints[%d]: address %q: want host:port", c.Name, i, e.Address)
+		}
+	}
+	seen := map[string]bool{}
+	for i, s := range c.Subsets {
+		if s.Name == "" || seen[s.Name] {
+			return fmt.Errorf("cluster %q: subsets[%d]: empty or duplicate name %q", c.Name, i, s.Name)
+		}
+		seen[s.Name] = true
+		if s.Traffic != nil {
+			if err := s.Traffic.Validate(); err != nil {
+				return fmt.Errorf("cluster %q: subsets[%d] %q: %w", c.Name, i, s.Name, err)
+			}
+		}
+	}
+	if err := c.Traffic.Validate(); err != nil {
+		return fmt.Errorf("cluster %q: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Validate checks a traffic policy.
+func (t *TrafficPolicy) Validate() error {
+	switch t.LB.Simple {
+	case LBDefault, LBRoundRobin, LBLeastRequest, LBRandom:
+	case LBPassthrough:
+		return errors.New("loadBalancer: PASSTHROUGH is not supported by the waypoint")
+	default:
+		return fmt.Errorf("loadBalancer: unknown simple policy %q: want ROUND_ROBIN, LEAST_REQUEST or RANDOM", t.LB.Simple)
+	}
+	if h := t.LB.ConsistentHash; h != nil {
+		n := 0
+		if h.Header != "" {
+			n++
+		}
+		if h.Cookie != "" {
+			n++
+		}
+		if h.SourceIP {
+			n++
+		}
+		if n != 1 {
+			return errors.New("loadBalancer: consistentHash needs exactly one of httpHeaderName, httpCookie or useSourceIp")
+		}
+	}
+	p := t.Pool
+	if p.MaxConnections < 0 || p.HTTP1MaxPendingRequests < 0 || p.HTTP2MaxRequests < 0 || p.MaxRequestsPerConnection < 0 || p.IdleTimeout < 0 || p.ConnectTimeout < 0 {
+		return errors.New("connectionPool: values must not be negative")
+	}
+	if o := t.Outlier; o != nil {
+		if o.Consecutive5xxErrors < 0 || o.ConsecutiveGatewayErrors < 0 || o.Interval < 0 || o.BaseEjectionTime < 0 {
+			return errors.New("outlierDetection: values must not be negative")
+		}
+		if o.MaxEjectionPercent < 0 || o.MaxEjectionPercent > 100 {
+			return fmt.Errorf("outlierDetection: maxEjectionPercent %d out of range 0-100", o.MaxEjectionPercent)
+		}
+	}
+	return nil
+}
+
+// Validate checks a JWT provider.
+func (p *JWTProvider) Validate() error {
+	if p.Issuer == "" {
+		return fmt.Errorf("jwt provider %q: issuer is required", p.Name)
+	}
+	if p.JWKS == "" && p.JWKSURI == "" {
+		return fmt.Errorf("jwt provider %q: set jwks or jwksUri", p.Name)
+	}
+	if p.JWKS == "" {
+		u, err := url.Parse(p.JWKSURI)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("jwt provider %q: jwksUri %q: want an http(s) URL", p.Name, p.JWKSURI)
+		}
+	}
+	for i, h := range p.FromHeaders {
+		if h.Name == "" {
+			return fmt.Errorf("jwt provider %q: fromHeaders[%d]: empty name", p.Name, i)
+		}
+	}
+	for i, c := range p.OutputClaimToHeaders {
+		if c.Header == "" || c.Claim == "" {
+			return fmt.Errorf("jwt provider %q: outputClaimToHeaders[%d]: header and claim are required", p.Name, i)
+		}
+	}
+	return nil
+}
+
+// Validate checks a rate limit.
+func (r *RateLimit) Validate() error {
+	if r.MaxTokens <= 0 {
+		return fmt.Errorf("maxTokens %d must be positive", r.MaxTokens)
+	}
+	if r.FillInterval <= 0 {
+		return fmt.Errorf("fillInterval %v must be positive", r.FillInterval)
+	}
+	if r.TokensPerFill < 0 || r.MaxKeys < 0 {
+		return errors.New("tokensPerFill and maxKeys must not be negative")
+	}
+	switch {
+	case r.Key == "", r.Key == "principal":
+	case strings.HasPrefix(r.Key, "header:") && len(r.Key) > len("header:"):
+	default:
+		return fmt.Errorf("key %q: want \"\", \"principal\" or \"header:<name>\"", r.Key)
+	}
+	return nil
+}

@@ -1,0 +1,115 @@
+package model
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func validL7() *L7Config {
+	return &L7Config{
+		Listeners: []L7Listener{{
+			Name: "http",
+			VirtualHosts: []VirtualHost{{
+				Name:    "reviews",
+				Domains: []string{"reviews.default.svc.cluster.local", "*"},
+				Routes: []L7Route{{
+					Name:    "canary",
+					Matches: []RouteMatch{{URI: &StringMatch{Prefix: "/api"}, Headers: []HeaderMatch{{Name: "end-user", Value: StringMatch{Regex: "jason|ann"}}}}},
+					Destinations: []WeightedDestination{
+						{Cluster: "reviews", Subset: "v1", Weight: 90},
+						{Cluster: "reviews", Subset: "v2", Weight: 10},
+					},
+					Retries: &RetryPolicy{Attempts: 3, PerTryTimeout: time.Second, RetryOn: []string{"5xx", "connect-failure", "503"}},
+					Fault:   &FaultInjection{Abort: &FaultAbort{HTTPStatus: 503, Percent: 10}},
+					Mirrors: []Mirror{{Cluster: "reviews", Subset: "v2", Percent: 100}},
+				}},
+			}},
+		}},
+		Clusters: []L7Cluster{{
+			Name:      "reviews",
+			Endpoints: []L7Endpoint{{Address: "10.0.0.1:9080", Labels: map[string]string{"version": "v1"}}, {Address: "[fd00::1]:9080", Labels: map[string]string{"version": "v2"}}},
+			Subsets:   []Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}},
+			Traffic:   TrafficPolicy{LB: LBPolicy{Simple: LBRoundRobin}, Outlier: &OutlierDetection{Consecutive5xxErrors: 5}},
+		}},
+		JWTProviders: []JWTProvider{{Name: "example", Issuer: "https://issuer.example", JWKSURI: "https://issuer.example/jwks.json"}},
+	}
+}
+
+func TestL7ConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(c *L7Config)
+		wantErr string // substring; empty means valid
+	}{
+		{name: "valid", mutate: func(*L7Config) {}},
+		{name: "no listeners", mutate: func(c *L7Config) { c.Listeners = nil }, wantErr: "no listeners"},
+		{name: "unknown cluster", mutate: func(c *L7Config) { c.Listeners[0].VirtualHosts[0].Routes[0].Destinations[0].Cluster = "nope" }, wantErr: `unknown cluster "nope"`},
+		{name: "unknown subset", mutate: func(c *L7Config) { c.Listeners[0].VirtualHosts[0].Routes[0].Destinations[0].Subset = "v9" }, wantErr: `no subset "v9"`},
+		{name: "zero weights", mutate: func(c *L7Config) {
+			d := c.Listeners[0].VirtualHosts[0].Routes[0].Destinations
+			d[0].Weight, d[1].Weight = 0, 0
+		}, wantErr: "all weights are zero"},
+		{name: "bad regex", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].Headers[0].Value.Regex = "(unclosed"
+		}, wantErr: "compile regex"},
+		{name: "huge regex", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].URI = &StringMatch{Regex: "(a|b|c|d){1,40}x{1,30}"}
+		}, wantErr: "over the limit"},
+		{name: "two match kinds", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].URI = &StringMatch{Prefix: "/a", Exact: "/a"}
+		}, wantErr: "exactly one of exact, prefix or regex"},
+		{name: "redirect and destinations", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Redirect = &Redirect{URI: "/x"}
+		}, wantErr: "exactly one of destinations, redirect or directResponse"},
+		{name: "bad retryOn", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Retries.RetryOn = []string{"sometimes"}
+		}, wantErr: `retryOn "sometimes"`},
+		{name: "fault percent", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Fault.Abort.Percent = 101
+		}, wantErr: "out of range 0-100"},
+		{name: "bad domain", mutate: func(c *L7Config) { c.Listeners[0].VirtualHosts[0].Domains = []string{"a*.b"} }, wantErr: "domain"},
+		{name: "bad endpoint", mutate: func(c *L7Config) { c.Clusters[0].Endpoints[0].Address = "10.0.0.1" }, wantErr: "want host:port"},
+		{name: "passthrough", mutate: func(c *L7Config) { c.Clusters[0].Traffic.LB.Simple = LBPassthrough }, wantErr: "PASSTHROUGH"},
+		{name: "two hash keys", mutate: func(c *L7Config) {
+			c.Clusters[0].Traffic.LB.ConsistentHash = &ConsistentHash{Header: "x", SourceIP: true}
+		}, wantErr: "consistentHash"},
+		{name: "jwt without keys", mutate: func(c *L7Config) { c.JWTProviders[0].JWKSURI = "" }, wantErr: "set jwks or jwksUri"},
+		{name: "jwt bad uri", mutate: func(c *L7Config) { c.JWTProviders[0].JWKSURI = "file:///etc/passwd" }, wantErr: "want an http(s) URL"},
+		{name: "header op on host", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].RequestHeaders.Set = map[string]string{"Host": "x"}
+		}, wantErr: "rewrite.authority"},
+		{name: "rate limit without tokens", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].RateLimit = &RateLimit{FillInterval: time.Second}
+		}, wantErr: "maxTokens"},
+		{name: "rate limit key", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].RateLimit = &RateLimit{MaxTokens: 1, FillInterval: time.Second, Key: "cookie:x"}
+		}, wantErr: "header:<name>"},
+		{name: "duplicate cluster", mutate: func(c *L7Config) { c.Clusters = append(c.Clusters, c.Clusters[0]) }, wantErr: "duplicate cluster"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := validL7()
+			tt.mutate(c)
+			err := c.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("Validate() = %v; want nil", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("Validate() = %v; want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestCompileRegexAnchored(t *testing.T) {
+	re, err := CompileRegex("/api/v[0-9]+")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]bool{"/api/v1": true, "/api/v12": true, "/x/api/v1": false, "/api/v1/extra": false} {
+		if got := re.MatchString(in); got != want {
+			t.Errorf("CompileRegex(/api/v[0-9]+).MatchString(%q) = %v; want %v", in, got, want)
+		}
+	}
+}
