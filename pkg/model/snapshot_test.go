@@ -77,9 +77,9 @@ func TestSnapshotIndexes(t *testing.T) {
 func TestSnapshotDiff(t *testing.T) {
 	old := testSnapshot(1, nil)
 	cur := testSnapshot(2, func(in *SnapshotInput) {
-		in.Workloads[0].IPs = []netip.Addr{netip.MustParseAddr("10.0.0.99")} // u2 changed
+		in.Workloads[0].IPs = []netip.Addr{netip.MustParseAddr("10.0.0.99")}  // u2 changed
 		in.Workloads = in.Workloads[:2]                                       // u3 removed
-		in.Workloads = append(in.Workloads, &Workload{UID: "u4", Node: "n2"})  // u4 added
+		in.Workloads = append(in.Workloads, &Workload{UID: "u4", Node: "n2"}) // u4 added
 		in.Services = nil
 	})
 	want := Delta{

@@ -1,0 +1,586 @@
+package controlplane
+
+import (
+	"hash/fnv"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"istio.io/api/label"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// BuilderOptions configures a Builder.
+type BuilderOptions struct {
+	// TrustDomain is the SPIFFE trust domain of workload identities; "" means "cluster.local".
+	TrustDomain string
+	// RootNamespace holds mesh-wide policies; "" means "istio-system", as Istio.
+	RootNamespace string
+	// ClusterDomain is the DNS suffix of Kubernetes service hostnames; "" means "cluster.local".
+	ClusterDomain string
+	// WaypointClasses are the GatewayClass names whose Gateways are waypoints;
+	// nil means Istio's "istio-waypoint".
+	WaypointClasses []string
+}
+
+// Builder turns Inputs into model snapshots. It keeps the previous build so
+// that workloads whose inputs did not change are reused, not rebuilt; that
+// also makes model.Snapshot.Diff cheap. A Builder is not safe for concurrent use.
+type Builder struct {
+	opts    BuilderOptions
+	version uint64
+	cache   map[string]cachedWorkload
+}
+
+type cachedWorkload struct {
+	fingerprint string
+	workload    *model.Workload
+}
+
+// NewBuilder returns a Builder with defaults filled in.
+func NewBuilder(opts BuilderOptions) *Builder {
+	if opts.TrustDomain == "" {
+		opts.TrustDomain = "cluster.local"
+	}
+	if opts.RootNamespace == "" {
+		opts.RootNamespace = "istio-system"
+	}
+	if opts.ClusterDomain == "" {
+		opts.ClusterDomain = "cluster.local"
+	}
+	if opts.WaypointClasses == nil {
+		opts.WaypointClasses = []string{"istio-waypoint"}
+	}
+	return &Builder{opts: opts}
+}
+
+// build holds the state of one Build call.
+type build struct {
+	*Builder
+	in   *Inputs
+	rej  []Rejection
+	next map[string]cachedWorkload
+
+	peerAuths  []*model.PeerAuthentication
+	authz      []authzBinding
+	waypoints  map[model.NamespacedName]*model.Waypoint
+	services   []*model.Service
+	svcByKey   map[string]*model.Service
+	kubeSvcs   map[string]*corev1.Service // key -> object, only valid services
+	svcsByNS   map[string][]*corev1.Service
+	seSelect   []seSelector
+	workloads  []*model.Workload
+	hostOwners map[string]string
+}
+
+// Build translates in into a new snapshot and reports every rejected or
+// suspicious object. It never fails: invalid objects are skipped.
+func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
+	if in == nil {
+		in = &Inputs{}
+	}
+	b.version++
+	bd := &build{
+		Builder:    b,
+		in:         in,
+		next:       make(map[string]cachedWorkload, len(in.pods)),
+		waypoints:  make(map[model.NamespacedName]*model.Waypoint),
+		svcByKey:   make(map[string]*model.Service),
+		kubeSvcs:   make(map[string]*corev1.Service),
+		svcsByNS:   make(map[string][]*corev1.Service),
+		hostOwners: make(map[string]string),
+	}
+	bd.translatePeerAuthentications()
+	bd.translateAuthorizationPolicies()
+	bd.translateKubeServices()
+	bd.translateWaypoints()
+	bd.translateServiceEntries()
+	bd.translateDestinationRules()
+	bd.validateVirtualServices()
+	bd.validateIstioGateways()
+	bd.validateRequestAuthentications()
+	bd.validateRoutes()
+	bd.buildPodWorkloads()
+	bd.buildWorkloadEntries()
+	bd.joinEndpoints()
+	bd.bindServiceWaypoints()
+	bd.warnUnmatchedSelectors()
+	b.cache = bd.next
+
+	var wps []*model.Waypoint
+	for _, k := range sortedWaypointKeys(bd.waypoints) {
+		wps = append(wps, bd.waypoints[k])
+	}
+	snap := model.NewSnapshot(model.SnapshotInput{
+		Version:             b.version,
+		TrustDomain:         b.opts.TrustDomain,
+		RootNamespace:       b.opts.RootNamespace,
+		Workloads:           bd.workloads,
+		Services:            bd.services,
+		Waypoints:           wps,
+		PeerAuthentications: bd.peerAuths,
+	})
+	return snap, bd.rej
+}
+
+func sortedWaypointKeys(m map[model.NamespacedName]*model.Waypoint) []model.NamespacedName {
+	out := make([]model.NamespacedName, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+func (bd *build) rejecter(kind, ns, name string) *rejections {
+	return &rejections{kind: kind, namespace: ns, name: name, out: &bd.rej}
+}
+
+// identity returns the SPIFFE ID of a service account.
+func (bd *build) identity(ns, sa string) string {
+	return "spiffe://" + bd.opts.TrustDomain + "/ns/" + ns + "/sa/" + sa
+}
+
+// translateKubeServices turns core/v1 Services into model services (endpoints later).
+func (bd *build) translateKubeServices() {
+	for _, k := range sortedKeys(bd.in.services) {
+		svc := bd.in.services[k]
+		r := bd.rejecter(KindService, svc.Namespace, svc.Name)
+		ms := &model.Service{
+			Name:      svc.Name,
+			Namespace: svc.Namespace,
+			Source:    model.SourceKubernetes,
+			Hostnames: []string{svc.Name + "." + svc.Namespace + ".svc." + bd.opts.ClusterDomain},
+		}
+		ips := svc.Spec.ClusterIPs
+		if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+			ips = []string{svc.Spec.ClusterIP}
+		}
+		for _, s := range ips {
+			if s == "" || s == corev1.ClusterIPNone {
+				continue
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				r.warn("cluster IP %q is not an IP address; ignored", s)
+				continue
+			}
+			ms.VIPs = append(ms.VIPs, ip.Unmap())
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.Port <= 0 || p.Port > 65535 {
+				r.warn("port %d out of range; ignored", p.Port)
+				continue
+			}
+			sp := model.ServicePort{
+				Name:        p.Name,
+				Port:        uint32(p.Port),
+				Protocol:    string(p.Protocol),
+				AppProtocol: appProtocol(p.AppProtocol, p.Name),
+			}
+			if sp.Protocol == "" {
+				sp.Protocol = "TCP"
+			}
+			switch {
+			case p.TargetPort.StrVal != "":
+				sp.TargetPortName = p.TargetPort.StrVal
+			case p.TargetPort.IntVal > 0 && p.TargetPort.IntVal <= 65535:
+				sp.TargetPort = uint32(p.TargetPort.IntVal)
+			default:
+				sp.TargetPort = sp.Port
+			}
+			ms.Ports = append(ms.Ports, sp)
+		}
+		bd.hostOwners[ms.Hostname()] = ms.Key()
+		bd.addService(ms)
+		bd.kubeSvcs[k] = svc
+		bd.svcsByNS[svc.Namespace] = append(bd.svcsByNS[svc.Namespace], svc)
+	}
+}
+
+func (bd *build) addService(ms *model.Service) {
+	bd.services = append(bd.services, ms)
+	bd.svcByKey[ms.Key()] = ms
+}
+
+// appProtocol normalises a port's application protocol the way Istio's
+// protocol selection does: appProtocol first, else the port name's prefix
+// before "-" (http-web → HTTP).
+func appProtocol(explicit *string, portName string) string {
+	p := ""
+	if explicit != nil {
+		p = *explicit
+	} else {
+		p, _, _ = strings.Cut(portName, "-")
+	}
+	switch strings.ToLower(p) {
+	case "http":
+		return "HTTP"
+	case "http2", "kubernetes.io/h2c":
+		return "HTTP2"
+	case "grpc", "grpc-web":
+		return "GRPC"
+	case "https":
+		return "HTTPS"
+	case "tls":
+		return "TLS"
+	case "tcp":
+		return "TCP"
+	case "udp":
+		return "UDP"
+	case "mongo", "redis", "mysql":
+		return strings.ToUpper(p)
+	case "kubernetes.io/ws", "kubernetes.io/wss":
+		return "HTTP"
+	default:
+		return ""
+	}
+}
+
+// translateWaypoints finds Gateway API Gateways of a waypoint class.
+func (bd *build) translateWaypoints() {
+	classes := make(map[string]bool, len(bd.opts.WaypointClasses))
+	for _, c := range bd.opts.WaypointClasses {
+		classes[c] = true
+	}
+	for _, k := range sortedKeys(bd.in.gateways) {
+		gw := bd.in.gateways[k]
+		if !classes[string(gw.Spec.GatewayClassName)] {
+			bd.validateGateway(gw)
+			continue
+		}
+		r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
+		wp := &model.Waypoint{
+			Name:      gw.Name,
+			Namespace: gw.Namespace,
+			For:       model.WaypointForService,
+			Identity:  bd.identity(gw.Namespace, gw.Name),
+		}
+		if v, ok := gw.Labels[label.IoIstioWaypointFor.Name]; ok {
+			switch f := model.WaypointFor(v); f {
+			case model.WaypointForService, model.WaypointForWorkload, model.WaypointForAll, model.WaypointForNone:
+				wp.For = f
+			default:
+				r.reject("label %s=%q: want service, workload, all or none", label.IoIstioWaypointFor.Name, v)
+				continue
+			}
+		}
+		for _, a := range gw.Status.Addresses {
+			if a.Type != nil && *a.Type != gatewayv1.IPAddressType {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Value); err == nil {
+				wp.Addresses = append(wp.Addresses, ip.Unmap())
+			}
+		}
+		if len(wp.Addresses) == 0 {
+			// The waypoint's deployment controller names its Service after the Gateway.
+			if svc, ok := bd.svcByKey[gw.Namespace+"/"+gw.Name]; ok {
+				wp.Addresses = append(wp.Addresses, svc.VIPs...)
+			}
+		}
+		if len(wp.Addresses) == 0 {
+			r.warn("waypoint has no address yet (no status address and no Service %s/%s)", gw.Namespace, gw.Name)
+		}
+		bd.waypoints[wp.Key()] = wp
+	}
+}
+
+// resolveWaypoint follows a use-waypoint label on an object of kind kind.
+// forWorkload says whether the binding is for workload- or service-addressed traffic.
+// scopeNS is the namespace a label without istio.io/use-waypoint-namespace refers to.
+func (bd *build) resolveWaypoint(kind, objNS, objName, scopeNS string, labels map[string]string, source string, forWorkload bool) (*model.WaypointRef, bool) {
+	name, ns, ok := waypointLabel(labels, scopeNS)
+	if !ok {
+		return nil, false
+	}
+	if name == useWaypointNone {
+		return nil, true
+	}
+	wp, found := bd.waypoints[model.NamespacedName{Namespace: ns, Name: name}]
+	if !found {
+		bd.rejecter(kind, objNS, objName).warn("%s label %s=%s: no waypoint Gateway %s/%s", source, label.IoIstioUseWaypoint.Name, name, ns, name)
+		return nil, true
+	}
+	if forWorkload && !wp.For.AcceptsWorkloads() || !forWorkload && !wp.For.AcceptsServices() {
+		return nil, true
+	}
+	return &model.WaypointRef{Waypoint: wp.Key(), Addresses: wp.Addresses, Source: source}, true
+}
+
+// isWaypointItself reports whether labels belong to the waypoint's own pods or service.
+func (bd *build) isWaypointItself(ns string, labels map[string]string) bool {
+	name, ok := labels[gatewayNameLabel]
+	if !ok {
+		return false
+	}
+	_, isWP := bd.waypoints[model.NamespacedName{Namespace: ns, Name: name}]
+	return isWP
+}
+
+func (bd *build) workloadWaypoint(kind, ns, name string, labels map[string]string) *model.WaypointRef {
+	if bd.isWaypointItself(ns, labels) {
+		return nil
+	}
+	if ref, decided := bd.resolveWaypoint(kind, ns, name, ns, labels, "pod", true); decided {
+		return ref
+	}
+	if nsObj := bd.in.namespaces[ns]; nsObj != nil {
+		ref, _ := bd.resolveWaypoint(KindNamespace, "", ns, ns, nsObj.Labels, "namespace", true)
+		return ref
+	}
+	return nil
+}
+
+// bindServiceWaypoints binds each service by its own label, else its namespace's.
+func (bd *build) bindServiceWaypoints() {
+	for _, ms := range bd.services {
+		var labels map[string]string
+		kind := KindService
+		if ms.Source == model.SourceKubernetes {
+			labels = bd.kubeSvcs[ms.Namespace+"/"+ms.Name].Labels
+		} else {
+			kind = KindServiceEntry
+			labels = bd.in.serviceEnts[ms.Namespace+"/"+ms.Name].meta.Labels
+		}
+		if bd.isWaypointItself(ms.Namespace, labels) {
+			continue
+		}
+		if ref, decided := bd.resolveWaypoint(kind, ms.Namespace, ms.Name, ms.Namespace, labels, "service", false); decided {
+			ms.Waypoint = ref
+			continue
+		}
+		if nsObj := bd.in.namespaces[ms.Namespace]; nsObj != nil {
+			ms.Waypoint, _ = bd.resolveWaypoint(KindNamespace, "", ms.Namespace, ms.Namespace, nsObj.Labels, "namespace", false)
+		}
+	}
+}
+
+// epoch fingerprints every input a pod's workload depends on besides the pod
+// and its namespace. It returns "" when some object has no resourceVersion,
+// which disables reuse.
+func (bd *build) epoch() string {
+	h := fnv.New64a()
+	ok := true
+	write := func(kind, k, rv string) {
+		if rv == "" {
+			ok = false
+		}
+		_, _ = io.WriteString(h, kind+"|"+k+"|"+rv+"\n")
+	}
+	for _, k := range sortedKeys(bd.in.services) {
+		write("svc", k, bd.in.services[k].ResourceVersion)
+	}
+	for _, k := range sortedKeys(bd.in.peerAuths) {
+		write("pa", k, bd.in.peerAuths[k].meta.ResourceVersion)
+	}
+	for _, k := range sortedKeys(bd.in.authzs) {
+		write("ap", k, bd.in.authzs[k].meta.ResourceVersion)
+	}
+	for _, k := range sortedKeys(bd.in.gateways) {
+		write("gw", k, bd.in.gateways[k].ResourceVersion)
+	}
+	if !ok {
+		return ""
+	}
+	return string(h.Sum(nil))
+}
+
+// buildPodWorkloads turns pods with an IP into workloads.
+func (bd *build) buildPodWorkloads() {
+	epoch := bd.epoch()
+	for _, k := range sortedKeys(bd.in.pods) {
+		pod := bd.in.pods[k]
+		if len(pod.Status.PodIPs) == 0 && pod.Status.PodIP == "" {
+			continue // not addressable yet
+		}
+		ns := bd.in.namespaces[pod.Namespace]
+		fp := ""
+		if epoch != "" && pod.ResourceVersion != "" && pod.UID != "" {
+			fp = epoch + "|" + pod.ResourceVersion
+			if ns != nil {
+				fp += "|" + ns.ResourceVersion
+			}
+			if c, ok := bd.cache[string(pod.UID)]; ok && c.fingerprint == fp {
+				bd.next[string(pod.UID)] = c
+				bd.workloads = append(bd.workloads, c.workload)
+				continue
+			}
+		}
+		w := bd.podWorkload(pod, ns)
+		if w == nil {
+			continue
+		}
+		if fp != "" {
+			bd.next[w.UID] = cachedWorkload{fingerprint: fp, workload: w}
+		}
+		bd.workloads = append(bd.workloads, w)
+	}
+}
+
+func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workload {
+	r := bd.rejecter(KindPod, pod.Namespace, pod.Name)
+	w := &model.Workload{
+		UID:            string(pod.UID),
+		Kind:           model.KindPod,
+		Name:           pod.Name,
+		Namespace:      pod.Namespace,
+		Node:           pod.Spec.NodeName,
+		ServiceAccount: pod.Spec.ServiceAccountName,
+		Labels:         pod.Labels,
+		Ready:          podReady(pod),
+	}
+	if w.UID == "" {
+		w.UID = "pod/" + pod.Namespace + "/" + pod.Name
+	}
+	if w.ServiceAccount == "" {
+		w.ServiceAccount = "default"
+	}
+	w.Identity = bd.identity(pod.Namespace, w.ServiceAccount)
+	ips := pod.Status.PodIPs
+	if len(ips) == 0 {
+		ips = []corev1.PodIP{{IP: pod.Status.PodIP}}
+	}
+	for _, s := range ips {
+		ip, err := netip.ParseAddr(s.IP)
+		if err != nil {
+			r.warn("pod IP %q is not an IP address; ignored", s.IP)
+			continue
+		}
+		w.IPs = append(w.IPs, ip.Unmap())
+	}
+	if len(w.IPs) == 0 {
+		return nil
+	}
+	w.CanonicalName, w.CanonicalRevision = canonical(pod.Labels, pod.Name)
+	w.Enrolled, w.EnrollReason = enrollment(pod, ns)
+	w.Waypoint = bd.workloadWaypoint(KindPod, pod.Namespace, pod.Name, pod.Labels)
+	w.PeerAuthentication = model.ResolvePeerAuthentication(bd.peerAuths, bd.opts.RootNamespace, pod.Namespace, pod.Labels)
+	w.AuthorizationPolicies = bd.authzFor(pod.Namespace, pod.Labels)
+	for _, svc := range bd.svcsByNS[pod.Namespace] {
+		if len(svc.Spec.Selector) == 0 || !model.SelectorMatches(svc.Spec.Selector, pod.Labels) {
+			continue
+		}
+		ms := bd.svcByKey[svc.Namespace+"/"+svc.Name]
+		binding := model.ServiceBinding{
+			Service:  model.NamespacedName{Namespace: svc.Namespace, Name: svc.Name},
+			Hostname: ms.Hostname(),
+			Ports:    make(map[uint32]uint32, len(ms.Ports)),
+		}
+		for _, sp := range ms.Ports {
+			if tp := resolveTargetPort(sp, pod); tp != 0 {
+				binding.Ports[sp.Port] = tp
+			}
+		}
+		w.Services = append(w.Services, binding)
+	}
+	return w
+}
+
+// canonical returns Istio's canonical service name and revision for labels.
+func canonical(labels map[string]string, fallback string) (string, string) {
+	first := func(def string, keys ...string) string {
+		for _, k := range keys {
+			if v := labels[k]; v != "" {
+				return v
+			}
+		}
+		return def
+	}
+	name := first(fallback, label.ServiceCanonicalName.Name, "app.kubernetes.io/name", "app")
+	rev := first("latest", label.ServiceCanonicalRevision.Name, "app.kubernetes.io/version", "version")
+	return name, rev
+}
+
+func podReady(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// resolveTargetPort maps a service port to a container port of pod; 0 when a
+// named target port is not declared by the pod.
+func resolveTargetPort(sp model.ServicePort, pod *corev1.Pod) uint32 {
+	if sp.TargetPortName == "" {
+		return sp.TargetPort
+	}
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.Name == sp.TargetPortName && p.ContainerPort > 0 && p.ContainerPort <= 65535 {
+				return uint32(p.ContainerPort)
+			}
+		}
+	}
+	return 0
+}
+
+// joinEndpoints fills each service's endpoints: from workload bindings for
+// selector services, from ServiceEntry selectors and inline endpoints, and
+// from EndpointSlices for Kubernetes services without a selector.
+func (bd *build) joinEndpoints() {
+	for _, w := range bd.workloads {
+		for _, sb := range w.Services {
+			ms := bd.svcByKey[sb.Service.Namespace+"/"+sb.Service.Name]
+			if ms == nil {
+				continue
+			}
+			ms.Endpoints = append(ms.Endpoints, model.Endpoint{WorkloadUID: w.UID, Addresses: w.IPs, Ports: sb.Ports, Ready: w.Ready})
+		}
+		for _, se := range bd.seSelect {
+			if w.Namespace != se.svc.Namespace || !model.SelectorMatches(se.selector, w.Labels) {
+				continue
+			}
+			se.svc.Endpoints = append(se.svc.Endpoints, model.Endpoint{WorkloadUID: w.UID, Addresses: w.IPs, Ports: se.ports(), Ready: w.Ready})
+		}
+	}
+	bd.endpointSliceEndpoints()
+}
+
+// endpointSliceEndpoints reads EndpointSlices of selector-less services.
+func (bd *build) endpointSliceEndpoints() {
+	for _, k := range sortedKeys(bd.in.endpointSlices) {
+		es := bd.in.endpointSlices[k]
+		svcName := es.Labels[discoveryv1.LabelServiceName]
+		svc, ok := bd.kubeSvcs[es.Namespace+"/"+svcName]
+		if !ok || len(svc.Spec.Selector) > 0 {
+			continue
+		}
+		ms := bd.svcByKey[svc.Namespace+"/"+svc.Name]
+		for _, ep := range es.Endpoints {
+			e := model.Endpoint{Ready: ep.Conditions.Ready == nil || *ep.Conditions.Ready, Ports: map[uint32]uint32{}}
+			for _, a := range ep.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					e.Addresses = append(e.Addresses, ip.Unmap())
+				}
+			}
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" && ep.TargetRef.UID != "" {
+				e.WorkloadUID = string(ep.TargetRef.UID)
+			}
+			for _, sp := range ms.Ports {
+				for _, p := range es.Ports {
+					if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
+						continue
+					}
+					if (p.Name != nil && *p.Name == sp.Name) || (p.Name == nil && sp.Name == "") {
+						e.Ports[sp.Port] = uint32(*p.Port)
+					}
+				}
+			}
+			ms.Endpoints = append(ms.Endpoints, e)
+		}
+	}
+}

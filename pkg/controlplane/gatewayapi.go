@@ -1,0 +1,150 @@
+package controlplane
+
+import (
+	"regexp"
+	"sort"
+
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// validateGateway checks a Gateway API Gateway that is not a waypoint.
+func (bd *build) validateGateway(gw *gatewayv1.Gateway) {
+	r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
+	if gw.Spec.GatewayClassName == "" {
+		r.reject("gatewayClassName is empty")
+		return
+	}
+	names := map[gatewayv1.SectionName]bool{}
+	for _, l := range gw.Spec.Listeners {
+		if names[l.Name] {
+			r.reject("listener name %q used twice", l.Name)
+			return
+		}
+		names[l.Name] = true
+		if l.Port <= 0 || l.Port > 65535 {
+			r.reject("listener %q port %d out of range 1-65535", l.Name, l.Port)
+			return
+		}
+	}
+}
+
+// validateRoutes checks HTTPRoutes and GRPCRoutes: regular expressions (RE2)
+// and backend references.
+func (bd *build) validateRoutes() {
+	for _, k := range sortedKeys(bd.in.httpRoutes) {
+		rt := bd.in.httpRoutes[k]
+		validateHTTPRoute(rt, bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name))
+	}
+	for _, k := range sortedKeys(bd.in.grpcRoutes) {
+		rt := bd.in.grpcRoutes[k]
+		validateGRPCRoute(rt, bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name))
+	}
+}
+
+func validateHTTPRoute(rt *gatewayv1.HTTPRoute, r *rejections) bool {
+	if len(rt.Spec.ParentRefs) == 0 {
+		r.warn("no parentRefs: the route is attached to nothing")
+	}
+	for i, rule := range rt.Spec.Rules {
+		for j, m := range rule.Matches {
+			if m.Path != nil && m.Path.Type != nil && *m.Path.Type == gatewayv1.PathMatchRegularExpression && m.Path.Value != nil {
+				if _, err := regexp.Compile(*m.Path.Value); err != nil {
+					r.reject("rules[%d].matches[%d].path regex %q: %v", i, j, *m.Path.Value, err)
+					return false
+				}
+			}
+			for _, h := range m.Headers {
+				if h.Type != nil && *h.Type == gatewayv1.HeaderMatchRegularExpression {
+					if _, err := regexp.Compile(h.Value); err != nil {
+						r.reject("rules[%d].matches[%d].headers[%s] regex %q: %v", i, j, h.Name, h.Value, err)
+						return false
+					}
+				}
+			}
+			for _, q := range m.QueryParams {
+				if q.Type != nil && *q.Type == gatewayv1.QueryParamMatchRegularExpression {
+					if _, err := regexp.Compile(q.Value); err != nil {
+						r.reject("rules[%d].matches[%d].queryParams[%s] regex %q: %v", i, j, q.Name, q.Value, err)
+						return false
+					}
+				}
+			}
+		}
+		for j, b := range rule.BackendRefs {
+			if b.Name == "" {
+				r.reject("rules[%d].backendRefs[%d] has no name", i, j)
+				return false
+			}
+			if (b.Kind == nil || *b.Kind == "Service") && b.Port == nil {
+				r.reject("rules[%d].backendRefs[%d] to Service %s has no port", i, j, b.Name)
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func validateGRPCRoute(rt *gatewayv1.GRPCRoute, r *rejections) bool {
+	if len(rt.Spec.ParentRefs) == 0 {
+		r.warn("no parentRefs: the route is attached to nothing")
+	}
+	for i, rule := range rt.Spec.Rules {
+		for j, m := range rule.Matches {
+			for _, h := range m.Headers {
+				if h.Type != nil && *h.Type == gatewayv1.GRPCHeaderMatchRegularExpression {
+					if _, err := regexp.Compile(h.Value); err != nil {
+						r.reject("rules[%d].matches[%d].headers[%s] regex %q: %v", i, j, h.Name, h.Value, err)
+						return false
+					}
+				}
+			}
+			if m.Method != nil && m.Method.Type != nil && *m.Method.Type == gatewayv1.GRPCMethodMatchRegularExpression {
+				for _, v := range []*string{m.Method.Service, m.Method.Method} {
+					if v == nil {
+						continue
+					}
+					if _, err := regexp.Compile(*v); err != nil {
+						r.reject("rules[%d].matches[%d].method regex %q: %v", i, j, *v, err)
+						return false
+					}
+				}
+			}
+		}
+		for j, b := range rule.BackendRefs {
+			if b.Name == "" {
+				r.reject("rules[%d].backendRefs[%d] has no name", i, j)
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// warnUnmatchedSelectors reports policies whose selector matches no workload.
+// They stay in force (a matching pod may come later), so these are warnings.
+func (bd *build) warnUnmatchedSelectors() {
+	matches := func(ns string, sel map[string]string) bool {
+		for _, w := range bd.workloads {
+			if w.Namespace == ns && model.SelectorMatches(sel, w.Labels) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, p := range bd.peerAuths {
+		if len(p.Selector) > 0 && !matches(p.Meta.Namespace, p.Selector) {
+			bd.rejecter(KindPeerAuthentication, p.Meta.Namespace, p.Meta.Name).warn("selector %v matches no workload", p.Selector)
+		}
+	}
+	for _, a := range bd.authz {
+		if a.selector != nil && !matches(a.name.Namespace, a.selector) {
+			bd.rejecter(KindAuthorizationPolicy, a.name.Namespace, a.name.Name).warn("selector %v matches no workload", a.selector)
+		}
+	}
+}
+
+func sortStable(keys []string, less func(a, b string) bool) {
+	sort.SliceStable(keys, func(i, j int) bool { return less(keys[i], keys[j]) })
+}

@@ -1,0 +1,184 @@
+package controlplane
+
+import (
+	"fmt"
+	"sort"
+
+	networkingapi "istio.io/api/networking/v1alpha3"
+	securityapi "istio.io/api/security/v1beta1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// Kind names of the objects the builder reads, as in Rejection.Kind.
+const (
+	KindNamespace             = "Namespace"
+	KindPod                   = "Pod"
+	KindService               = "Service"
+	KindEndpointSlice         = "EndpointSlice"
+	KindNode                  = "Node"
+	KindServiceAccount        = "ServiceAccount"
+	KindPeerAuthentication    = "PeerAuthentication"
+	KindAuthorizationPolicy   = "AuthorizationPolicy"
+	KindRequestAuthentication = "RequestAuthentication"
+	KindServiceEntry          = "ServiceEntry"
+	KindWorkloadEntry         = "WorkloadEntry"
+	KindVirtualService        = "VirtualService"
+	KindDestinationRule       = "DestinationRule"
+	KindIstioGateway          = "Gateway.networking.istio.io"
+	KindGateway               = "Gateway"
+	KindGatewayClass          = "GatewayClass"
+	KindHTTPRoute             = "HTTPRoute"
+	KindGRPCRoute             = "GRPCRoute"
+	KindReferenceGrant        = "ReferenceGrant"
+)
+
+// config is one Istio object reduced to what translation needs: its metadata
+// and its spec, whatever API version it was read through. Spec is never nil.
+type config[S any] struct {
+	meta metav1.ObjectMeta
+	spec *S
+}
+
+// Inputs is the set of objects one build reads. Fill it with Add; the zero
+// value is empty and ready. Objects are shared, not copied: callers must not
+// modify them afterwards (informer caches already guarantee that).
+type Inputs struct {
+	namespaces      map[string]*corev1.Namespace
+	pods            map[string]*corev1.Pod
+	services        map[string]*corev1.Service
+	endpointSlices  map[string]*discoveryv1.EndpointSlice
+	nodes           map[string]*corev1.Node
+	serviceAccounts map[string]*corev1.ServiceAccount
+
+	peerAuths    map[string]config[securityapi.PeerAuthentication]
+	authzs       map[string]config[securityapi.AuthorizationPolicy]
+	requestAuths map[string]config[securityapi.RequestAuthentication]
+	serviceEnts  map[string]config[networkingapi.ServiceEntry]
+	workloadEnts map[string]config[networkingapi.WorkloadEntry]
+	virtualSvcs  map[string]config[networkingapi.VirtualService]
+	destRules    map[string]config[networkingapi.DestinationRule]
+	istioGws     map[string]config[networkingapi.Gateway]
+
+	gateways        map[string]*gatewayv1.Gateway
+	gatewayClasses  map[string]*gatewayv1.GatewayClass
+	httpRoutes      map[string]*gatewayv1.HTTPRoute
+	grpcRoutes      map[string]*gatewayv1.GRPCRoute
+	referenceGrants map[string]*gatewayv1.ReferenceGrant
+}
+
+func key(m metav1.Object) string { return m.GetNamespace() + "/" + m.GetName() }
+
+func put[V any](m *map[string]V, k string, v V) {
+	if *m == nil {
+		*m = make(map[string]V)
+	}
+	(*m)[k] = v
+}
+
+func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) {
+	put(m, meta.Namespace+"/"+meta.Name, config[S]{meta: meta, spec: spec})
+}
+
+// Add records one object. It accepts the typed objects of k8s.io/api core/v1
+// (Namespace, Pod, Service, Node, ServiceAccount) and discovery/v1
+// (EndpointSlice); istio.io/client-go networking v1, v1beta1 and v1alpha3
+// (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
+// security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
+// RequestAuthentication); and sigs.k8s.io/gateway-api v1 (Gateway,
+// GatewayClass, HTTPRoute, GRPCRoute, ReferenceGrant). Adding an object with
+// the namespace/name of one already added replaces it. Any other type is an error.
+func (in *Inputs) Add(obj runtime.Object) error {
+	switch o := obj.(type) {
+	case *corev1.Namespace:
+		put(&in.namespaces, o.Name, o)
+	case *corev1.Pod:
+		put(&in.pods, key(o), o)
+	case *corev1.Service:
+		put(&in.services, key(o), o)
+	case *discoveryv1.EndpointSlice:
+		put(&in.endpointSlices, key(o), o)
+	case *corev1.Node:
+		put(&in.nodes, o.Name, o)
+	case *corev1.ServiceAccount:
+		put(&in.serviceAccounts, key(o), o)
+
+	case *securityv1.PeerAuthentication:
+		putConfig(&in.peerAuths, o.ObjectMeta, &o.Spec)
+	case *securityv1beta1.PeerAuthentication:
+		putConfig(&in.peerAuths, o.ObjectMeta, &o.Spec)
+	case *securityv1.AuthorizationPolicy:
+		putConfig(&in.authzs, o.ObjectMeta, &o.Spec)
+	case *securityv1beta1.AuthorizationPolicy:
+		putConfig(&in.authzs, o.ObjectMeta, &o.Spec)
+	case *securityv1.RequestAuthentication:
+		putConfig(&in.requestAuths, o.ObjectMeta, &o.Spec)
+	case *securityv1beta1.RequestAuthentication:
+		putConfig(&in.requestAuths, o.ObjectMeta, &o.Spec)
+
+	case *networkingv1.ServiceEntry:
+		putConfig(&in.serviceEnts, o.ObjectMeta, &o.Spec)
+	case *networkingv1beta1.ServiceEntry:
+		putConfig(&in.serviceEnts, o.ObjectMeta, &o.Spec)
+	case *networkingv1alpha3.ServiceEntry:
+		putConfig(&in.serviceEnts, o.ObjectMeta, &o.Spec)
+	case *networkingv1.WorkloadEntry:
+		putConfig(&in.workloadEnts, o.ObjectMeta, &o.Spec)
+	case *networkingv1beta1.WorkloadEntry:
+		putConfig(&in.workloadEnts, o.ObjectMeta, &o.Spec)
+	case *networkingv1alpha3.WorkloadEntry:
+		putConfig(&in.workloadEnts, o.ObjectMeta, &o.Spec)
+	case *networkingv1.VirtualService:
+		putConfig(&in.virtualSvcs, o.ObjectMeta, &o.Spec)
+	case *networkingv1beta1.VirtualService:
+		putConfig(&in.virtualSvcs, o.ObjectMeta, &o.Spec)
+	case *networkingv1alpha3.VirtualService:
+		putConfig(&in.virtualSvcs, o.ObjectMeta, &o.Spec)
+	case *networkingv1.DestinationRule:
+		putConfig(&in.destRules, o.ObjectMeta, &o.Spec)
+	case *networkingv1beta1.DestinationRule:
+		putConfig(&in.destRules, o.ObjectMeta, &o.Spec)
+	case *networkingv1alpha3.DestinationRule:
+		putConfig(&in.destRules, o.ObjectMeta, &o.Spec)
+	case *networkingv1.Gateway:
+		putConfig(&in.istioGws, o.ObjectMeta, &o.Spec)
+	case *networkingv1beta1.Gateway:
+		putConfig(&in.istioGws, o.ObjectMeta, &o.Spec)
+	case *networkingv1alpha3.Gateway:
+		putConfig(&in.istioGws, o.ObjectMeta, &o.Spec)
+
+	case *gatewayv1.Gateway:
+		put(&in.gateways, key(o), o)
+	case *gatewayv1.GatewayClass:
+		put(&in.gatewayClasses, o.Name, o)
+	case *gatewayv1.HTTPRoute:
+		put(&in.httpRoutes, key(o), o)
+	case *gatewayv1.GRPCRoute:
+		put(&in.grpcRoutes, key(o), o)
+	case *gatewayv1.ReferenceGrant:
+		put(&in.referenceGrants, key(o), o)
+	case nil:
+		return fmt.Errorf("add object: nil")
+	default:
+		return fmt.Errorf("add object: unsupported type %T", obj)
+	}
+	return nil
+}
+
+// sortedKeys returns a map's keys in order, so builds are deterministic.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
