@@ -42,10 +42,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // connLabels are one connection's label values.
 type connLabels struct {
-	reporter     string
-	src, dst     Workload
-	service      string
-	mutualTLS    bool
+	reporter  string
+	src, dst  Workload
+	service   string
+	mutualTLS bool
 }
 
 func (l connLabels) values() []string {

@@ -336,4 +336,3 @@ func copyBinary(src, dst string) error {
 	}
 	return nil
 }
-

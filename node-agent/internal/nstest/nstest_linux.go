@@ -65,4 +65,3 @@ func mustRun(t *testing.T, args ...string) {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
-

@@ -1,0 +1,146 @@
+// Package ebpf loads, pins and drives meshlet's eBPF data path (the programs in
+// bpf/): outbound capture with cgroup/connect, sendmsg, recvmsg, getpeername
+// and sock_release; sockops bookkeeping and per-workload TCP counters; and
+// inbound steering with tc ingress inside a pod's netns. It gives the node
+// agent a small API over the maps (enroll a pod, find a captured connection's
+// original destination, read counters, reconcile after a restart).
+//
+// It must not decide policy (who is enrolled, which identity a pod has, what
+// to do with a connection): the agent tells it. It must not touch iptables or
+// any netns it was not given.
+//
+// Kernel floor: Linux 6.6 (TCX, for AttachPodIngress; everything else needs
+// 5.15: bpf_get_netns_cookie in sockops, cgroup/getpeername, sock_release,
+// bpf_sk_assign at tc ingress). CheckKernel probes each feature and names the
+// missing ones.
+package ebpf
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// DefaultPinDir is where maps and links are pinned when Options.PinDir is empty.
+const DefaultPinDir = "/sys/fs/bpf/meshlet"
+
+// ErrNotSupported is returned on operating systems without eBPF.
+var ErrNotSupported = errors.New("ebpf data path: not supported on this OS")
+
+// ErrNothingPinned is returned by Adopt when the pin directory holds no data path.
+var ErrNothingPinned = errors.New("no pinned meshlet data path to adopt")
+
+// Options configure Load and Adopt.
+type Options struct {
+	// PinDir is a directory on a bpffs mount for maps and links; created if
+	// missing. Empty means DefaultPinDir.
+	PinDir string
+	// CgroupPath is the cgroup v2 directory the cgroup programs (connect,
+	// sendmsg, recvmsg, getpeername, sock_release, sockops) attach to, usually
+	// the cgroup v2 root. Required.
+	CgroupPath string
+	// AgentMark: sockets whose SO_MARK has any of these bits are the agent's
+	// own and are never captured or counted. Zero means none are skipped.
+	AgentMark uint32
+	// OutboundPort is the TCP port captured connects go to on the pod's
+	// loopback. Zero means 15001.
+	OutboundPort uint16
+	// DNSPort is the UDP port captured DNS queries go to on the pod's loopback.
+	// Zero means 15053.
+	DNSPort uint16
+	// InboundPort is the listener port tc ingress hands inbound plaintext SYNs
+	// to. Zero means 15006.
+	InboundPort uint16
+	// IngressSkipMark: inbound packets with any of these skb mark bits are
+	// never steered. Zero means none.
+	IngressSkipMark uint32
+	// ExcludeOutbound lists destinations never captured (besides loopback and
+	// the mesh ports 15000/15001/15006/15008/15020/15021/15053).
+	ExcludeOutbound []Exclusion
+	// ExcludeInboundPorts lists local ports tc ingress never steers (besides
+	// 15008 and InboundPort), such as a kubelet probe port.
+	ExcludeInboundPorts []uint16
+}
+
+// Exclusion is a destination outbound capture leaves alone.
+type Exclusion struct {
+	// Addr is the destination address; the zero Addr means any address.
+	Addr netip.Addr
+	// Port is the destination port; zero means any port. Addr and Port must
+	// not both be zero.
+	Port uint16
+}
+
+// Pod flags (Pod.Flags).
+const (
+	// NoCaptureTCP leaves an enrolled pod's outbound TCP alone.
+	NoCaptureTCP uint32 = 0x1
+	// NoCaptureDNS leaves an enrolled pod's UDP/53 alone.
+	NoCaptureDNS uint32 = 0x2
+)
+
+// Pod is the record of an enrolled pod, keyed by its netns cookie.
+type Pod struct {
+	// WorkloadID is the agent's number for the pod's (namespace, workload,
+	// service account); counters are kept per WorkloadID.
+	WorkloadID uint32
+	// Flags are NoCapture* bits.
+	Flags uint32
+	// IPv4 is the pod's IPv4 address; the zero Addr when it has none.
+	IPv4 netip.Addr
+	// IPv6 is the pod's IPv6 address; the zero Addr when it has none.
+	IPv6 netip.Addr
+}
+
+// RTTBuckets is the number of RTT histogram buckets: bucket i counts
+// connections whose smoothed RTT at close was below RTTBucketBound(i).
+const RTTBuckets = 12
+
+// RTTBucketBound returns bucket i's upper bound in microseconds (64us << i);
+// the last bucket has no bound and returns 0.
+func RTTBucketBound(i int) uint64 {
+	if i < 0 || i >= RTTBuckets-1 {
+		return 0
+	}
+	return 64 << uint(i)
+}
+
+// Stats are one workload's counters, summed over CPUs. Byte and packet
+// counts are added when a connection closes.
+type Stats struct {
+	ConnsOpened     uint64
+	ConnsClosed     uint64
+	BytesSent       uint64
+	BytesReceived   uint64
+	PacketsSent     uint64 // data segments
+	PacketsReceived uint64 // data segments
+	Retransmits     uint64
+	RTT             [RTTBuckets]uint64 // connections per RTT bucket (not cumulative)
+	// Redirect decisions at connect/sendmsg.
+	CapturedTCP      uint64
+	CapturedDNS      uint64
+	BypassedMark     uint64 // the agent's own sockets
+	BypassedMeshPort uint64
+	BypassedExcluded uint64 // loopback or Options.ExcludeOutbound
+	BypassedFlags    uint64 // Pod.Flags
+}
+
+// IngressStats are the tc ingress program's counters over all pods.
+type IngressStats struct {
+	Steered            uint64
+	PassedExcludedPort uint64
+	PassedMark         uint64
+	PassedNoListener   uint64
+	AssignFailed       uint64
+}
+
+// ReconcileResult says what Reconcile changed, by netns cookie.
+type ReconcileResult struct {
+	// Upserted are the desired pods written (new or changed).
+	Upserted []uint64
+	// Removed are entries that were not desired, or whose pod IP now belongs
+	// to another desired pod.
+	Removed []uint64
+	// RemovedConns counts original-destination entries dropped because their
+	// netns is no longer enrolled.
+	RemovedConns int
+}

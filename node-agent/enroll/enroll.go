@@ -1,0 +1,95 @@
+// Package enroll decides which pods on this node are in the mesh and keeps
+// the node agent's enrollment in step with the Kubernetes API, live: a label
+// change on a namespace or a pod enrolls or unenrolls running pods with no
+// restart.
+//
+// A pod is in the mesh when it runs on this node, is not hostNetwork, is not
+// finished, does not carry istio.io/dataplane-mode=none, and it or its
+// namespace carries istio.io/dataplane-mode=ambient. Its network namespace
+// comes from the CNI plugin's report when there is one, else from the
+// kubelet's netns dir (/var/run/netns) or /proc: the netns whose interfaces
+// hold the pod's IP — for /proc only among processes whose cgroup names the
+// pod's UID, so another pod that copies the IP cannot claim the enrollment.
+//
+// The package decides and calls the Enroll and Unenroll hooks; it must not
+// know how a pod is enrolled (datapath maps, listeners, certificates).
+package enroll
+
+import (
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Label is the dataplane-mode label on namespaces and pods.
+const Label = "istio.io/dataplane-mode"
+
+// Label values.
+const (
+	ModeAmbient = "ambient"
+	ModeNone    = "none"
+)
+
+// Pod is what enrolling a pod needs to know.
+type Pod struct {
+	// UID, Namespace and Name identify the pod.
+	UID, Namespace, Name string
+	// ServiceAccount is the pod's service account (its identity).
+	ServiceAccount string
+	// Workload is the owning workload's name (Deployment, StatefulSet, …)
+	// or the pod's own name.
+	Workload string
+	// IPs are the pod's addresses.
+	IPs []netip.Addr
+	// Netns is the path of its network namespace.
+	Netns string
+}
+
+// InMesh applies the enrollment rule (see the package doc) to a pod and its
+// namespace's labels; node placement and the pod's phase are the caller's.
+func InMesh(nsLabels map[string]string, pod *corev1.Pod) bool {
+	if pod.Spec.HostNetwork {
+		return false
+	}
+	switch pod.Labels[Label] {
+	case ModeNone:
+		return false
+	case ModeAmbient:
+		return true
+	}
+	return nsLabels[Label] == ModeAmbient
+}
+
+// WorkloadName names the pod's workload for identity and metrics: the
+// Deployment behind a ReplicaSet, else the owning controller, else the pod.
+func WorkloadName(pod *corev1.Pod) string {
+	for _, o := range pod.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		if o.Kind == "ReplicaSet" {
+			if h := pod.Labels["pod-template-hash"]; h != "" && strings.HasSuffix(o.Name, "-"+h) {
+				return strings.TrimSuffix(o.Name, "-"+h)
+			}
+		}
+		return o.Name
+	}
+	return pod.Name
+}
+
+// podIPs returns the pod's addresses from its status.
+func podIPs(pod *corev1.Pod) []netip.Addr {
+	var ips []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			ips = append(ips, a.Unmap())
+		}
+	}
+	if len(ips) == 0 && pod.Status.PodIP != "" {
+		if a, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+			ips = append(ips, a.Unmap())
+		}
+	}
+	return ips
+}

@@ -1,0 +1,243 @@
+package enroll
+
+import (
+	"context"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/meshlet/meshlet/node-agent/cni"
+)
+
+func TestInMesh(t *testing.T) {
+	amb := map[string]string{Label: ModeAmbient}
+	tests := []struct {
+		name      string
+		nsLabels  map[string]string
+		podLabels map[string]string
+		hostNet   bool
+		want      bool
+	}{
+		{name: "namespace ambient", nsLabels: amb, want: true},
+		{name: "namespace unlabelled", want: false},
+		{name: "pod opts in", podLabels: amb, want: true},
+		{name: "pod opts out of ambient namespace", nsLabels: amb, podLabels: map[string]string{Label: ModeNone}, want: false},
+		{name: "hostNetwork never", nsLabels: amb, podLabels: amb, hostNet: true, want: false},
+		{name: "other value", nsLabels: map[string]string{Label: "sidecar"}, want: false},
+	}
+	for _, tt := range tests {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: tt.podLabels}, Spec: corev1.PodSpec{HostNetwork: tt.hostNet}}
+		if got := InMesh(tt.nsLabels, pod); got != tt.want {
+			t.Errorf("%s: InMesh(%v, pod labels %v, hostNetwork %v) = %v; want %v", tt.name, tt.nsLabels, tt.podLabels, tt.hostNet, got, tt.want)
+		}
+	}
+}
+
+func TestWorkloadName(t *testing.T) {
+	yes := true
+	tests := []struct {
+		name   string
+		owners []metav1.OwnerReference
+		labels map[string]string
+		want   string
+	}{
+		{name: "deployment", owners: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "cart-7d4b9c", Controller: &yes}}, labels: map[string]string{"pod-template-hash": "7d4b9c"}, want: "cart"},
+		{name: "statefulset", owners: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "db", Controller: &yes}}, want: "db"},
+		{name: "bare pod", want: "pod-x"},
+	}
+	for _, tt := range tests {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pod-x", OwnerReferences: tt.owners, Labels: tt.labels}}
+		if got := WorkloadName(pod); got != tt.want {
+			t.Errorf("%s: WorkloadName = %q; want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+const node = "node-1"
+
+func ns(name string, l map[string]string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+}
+
+func pod(ns, name, nodeName, ip string, l map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name), Labels: l},
+		Spec:       corev1.PodSpec{NodeName: nodeName, ServiceAccountName: "sa-" + name},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+	}
+}
+
+// recorder is the Enroll/Unenroll hooks, recording the set of enrolled pods.
+type recorder struct {
+	mu  sync.Mutex
+	set map[string]Pod
+}
+
+func (r *recorder) names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for k := range r.set {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func eventually(t *testing.T, what string, f func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, got := f()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %s", what, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestReconcilerLive(t *testing.T) {
+	amb := map[string]string{Label: ModeAmbient}
+	client := fake.NewClientset(
+		ns("shop", amb), ns("plain", nil),
+		pod("shop", "cart", node, "198.19.3.10", nil),
+		pod("shop", "legacy", node, "198.19.3.11", map[string]string{Label: ModeNone}),
+		pod("shop", "remote", "node-2", "198.19.3.12", nil),
+		pod("plain", "web", node, "198.19.3.13", nil),
+		pod("plain", "optin", node, "198.19.3.14", amb),
+	)
+	hostNet := pod("shop", "hostnet", node, "198.19.3.1", nil)
+	hostNet.Spec.HostNetwork = true
+	client.CoreV1().Pods("shop").Create(context.Background(), hostNet, metav1.CreateOptions{})
+
+	rec := &recorder{set: map[string]Pod{}}
+	snap := filepath.Join(t.TempDir(), "enrollment.json")
+	r, err := New(Options{
+		Client: client, NodeName: node, SnapshotPath: snap, Errorf: t.Logf,
+		Enroll: func(_ context.Context, p Pod) error {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			rec.set[p.Namespace+"/"+p.Name] = p
+			return nil
+		},
+		Unenroll: func(_ context.Context, p Pod) error {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			delete(rec.set, p.Namespace+"/"+p.Name)
+			return nil
+		},
+		FindNetns: func(uid string, ips []netip.Addr) (string, error) { return "/proc/self/ns/net", nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	want := func(names ...string) func() (bool, string) {
+		return func() (bool, string) {
+			got := rec.names()
+			return slices.Equal(got, names), cmp.Diff(names, got)
+		}
+	}
+	eventually(t, "initial enrollment", want("plain/optin", "shop/cart"))
+	rec.mu.Lock()
+	cart := rec.set["shop/cart"]
+	rec.mu.Unlock()
+	if d := cmp.Diff(Pod{UID: "uid-cart", Namespace: "shop", Name: "cart", ServiceAccount: "sa-cart", Workload: "cart",
+		IPs: []netip.Addr{netip.MustParseAddr("198.19.3.10")}, Netns: "/proc/self/ns/net"}, cart, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
+		t.Errorf("enrolled cart (-want +got):\n%s", d)
+	}
+	eventually(t, "snapshot", func() (bool, string) {
+		s, err := cni.ReadSnapshot(snap)
+		return err == nil && slices.Equal(s.AmbientNamespaces, []string{"shop"}), ""
+	})
+
+	// Label the plain namespace: web joins, live.
+	client.CoreV1().Namespaces().Update(ctx, ns("plain", amb), metav1.UpdateOptions{})
+	eventually(t, "after labelling plain", want("plain/optin", "plain/web", "shop/cart"))
+	eventually(t, "snapshot after labelling", func() (bool, string) {
+		s, _ := cni.ReadSnapshot(snap)
+		return slices.Equal(s.AmbientNamespaces, []string{"plain", "shop"}), ""
+	})
+
+	// Unlabel shop: cart leaves. Opt legacy back in by dropping its label: no
+	// change, shop is no longer ambient.
+	client.CoreV1().Namespaces().Update(ctx, ns("shop", nil), metav1.UpdateOptions{})
+	eventually(t, "after unlabelling shop", want("plain/optin", "plain/web"))
+
+	// A pod opting out leaves; a deleted pod leaves.
+	client.CoreV1().Pods("plain").Update(ctx, pod("plain", "web", node, "198.19.3.13", map[string]string{Label: ModeNone}), metav1.UpdateOptions{})
+	client.CoreV1().Pods("plain").Delete(ctx, "optin", metav1.DeleteOptions{})
+	eventually(t, "after opt-out and delete", want())
+}
+
+func TestCNIAdd(t *testing.T) {
+	amb := map[string]string{Label: ModeAmbient}
+	starting := pod("shop", "new", node, "", nil)
+	starting.Status = corev1.PodStatus{Phase: corev1.PodPending}
+	client := fake.NewClientset(ns("shop", amb), ns("plain", nil), starting, pod("plain", "web", node, "", nil))
+	var enrolled []Pod
+	failing := false
+	r, err := New(Options{
+		Client: client, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"),
+		Enroll: func(_ context.Context, p Pod) error {
+			if failing {
+				return context.DeadlineExceeded
+			}
+			enrolled = append(enrolled, p)
+			return nil
+		},
+		Unenroll:  func(context.Context, Pod) error { return nil },
+		FindNetns: func(string, []netip.Addr) (string, error) { t.Error("FindNetns called for a CNI-reported pod"); return "", nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not running the informers: CNIAdd must work from the API alone, as it
+	// does for a pod the watch has not delivered yet.
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		ev      cni.PodEvent
+		failing bool
+		want    cni.Verdict
+	}{
+		{name: "mesh pod", ev: cni.PodEvent{Namespace: "shop", Name: "new", UID: "uid-new", Netns: "/proc/self/ns/net", IPs: []string{"198.19.3.20"}},
+			want: cni.Verdict{MustEnroll: true, Enrolled: true}},
+		{name: "outside mesh", ev: cni.PodEvent{Namespace: "plain", Name: "web", UID: "uid-web", Netns: "/proc/self/ns/net", IPs: []string{"198.19.3.21"}},
+			want: cni.Verdict{}},
+		{name: "unknown pod in ambient namespace", ev: cni.PodEvent{Namespace: "shop", Name: "ghost", Netns: "/proc/self/ns/net"},
+			want: cni.Verdict{MustEnroll: true, Error: `look up pod shop/ghost: pods "ghost" not found`}},
+	}
+	for _, tt := range tests {
+		failing = tt.failing
+		if got := r.CNIAdd(ctx, tt.ev); got != tt.want {
+			t.Errorf("%s: CNIAdd = %+v; want %+v", tt.name, got, tt.want)
+		}
+	}
+	if len(enrolled) != 1 || enrolled[0].Netns != "/proc/self/ns/net" || enrolled[0].IPs[0] != netip.MustParseAddr("198.19.3.20") {
+		t.Errorf("enrolled = %+v; want shop/new with the CNI-reported netns and IP", enrolled)
+	}
+	// Enrollment failing makes the verdict say so (the plugin fails ADD).
+	failing = true
+	client.CoreV1().Pods("shop").Create(ctx, pod("shop", "second", node, "", nil), metav1.CreateOptions{})
+	v := r.CNIAdd(ctx, cni.PodEvent{Namespace: "shop", Name: "second", UID: "uid-second", Netns: "/proc/self/ns/net", IPs: []string{"198.19.3.22"}})
+	if !v.MustEnroll || v.Enrolled || v.Error == "" {
+		t.Errorf("CNIAdd with a failing Enroll = %+v; want MustEnroll with an error", v)
+	}
+}

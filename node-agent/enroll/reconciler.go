@@ -1,0 +1,390 @@
+package enroll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/meshlet/meshlet/node-agent/cni"
+)
+
+// Options configures a Reconciler.
+type Options struct {
+	// Client talks to the API server. Required.
+	Client kubernetes.Interface
+	// NodeName is this node; only its pods are considered. Required.
+	NodeName string
+	// Enroll puts a pod in the mesh. It is called again with new facts
+	// when an enrolled pod's addresses or netns change. Required.
+	Enroll func(ctx context.Context, p Pod) error
+	// Unenroll takes a pod out of the mesh. Required.
+	Unenroll func(ctx context.Context, p Pod) error
+	// FindNetns locates a running pod's netns when the CNI plugin did not
+	// report it. Nil means FindNetns with default FindOptions.
+	FindNetns func(uid string, ips []netip.Addr) (string, error)
+	// SnapshotPath is where the enrollment snapshot for the CNI plugin goes.
+	// Empty means cni.DefaultStatePath.
+	SnapshotPath string
+	// Resync is the informers' resync period, which also retries pods whose
+	// netns could not be found. Zero means 30s.
+	Resync time.Duration
+	// Errorf logs reconcile failures. Nil discards.
+	Errorf func(format string, args ...any)
+}
+
+// Reconciler keeps this node's enrollment in step with the API.
+type Reconciler struct {
+	opts      Options
+	pods      corelisters.PodLister
+	nss       corelisters.NamespaceLister
+	podInf    cache.SharedIndexInformer
+	nsInf     cache.SharedIndexInformer
+	factories []informers.SharedInformerFactory
+	queue     workqueue.TypedRateLimitingInterface[string]
+
+	mu       sync.Mutex        // serializes enroll/unenroll and guards below
+	enrolled map[string]Pod    // by namespace/name
+	cniNetns map[string]string // by pod UID: netns the CNI plugin reported
+	snapshot []string          // last written ambient namespaces
+}
+
+// New builds a Reconciler; Run starts it.
+func New(opts Options) (*Reconciler, error) {
+	if opts.Client == nil || opts.NodeName == "" || opts.Enroll == nil || opts.Unenroll == nil {
+		return nil, errors.New("enroll: Options.Client, NodeName, Enroll and Unenroll are required")
+	}
+	if opts.FindNetns == nil {
+		opts.FindNetns = func(uid string, ips []netip.Addr) (string, error) { return FindNetns(FindOptions{}, uid, ips) }
+	}
+	if opts.SnapshotPath == "" {
+		opts.SnapshotPath = cni.DefaultStatePath
+	}
+	if opts.Resync == 0 {
+		opts.Resync = 30 * time.Second
+	}
+	if opts.Errorf == nil {
+		opts.Errorf = func(string, ...any) {}
+	}
+	podF := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", opts.NodeName).String()
+		}))
+	nsF := informers.NewSharedInformerFactory(opts.Client, opts.Resync)
+	r := &Reconciler{
+		opts:      opts,
+		pods:      podF.Core().V1().Pods().Lister(),
+		nss:       nsF.Core().V1().Namespaces().Lister(),
+		podInf:    podF.Core().V1().Pods().Informer(),
+		nsInf:     nsF.Core().V1().Namespaces().Informer(),
+		factories: []informers.SharedInformerFactory{podF, nsF},
+		queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		enrolled:  map[string]Pod{},
+		cniNetns:  map[string]string{},
+	}
+	enqueuePod := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			r.queue.Add(key)
+		}
+	}
+	if _, err := r.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueuePod, DeleteFunc: enqueuePod,
+		UpdateFunc: func(_, obj any) { enqueuePod(obj) },
+	}); err != nil {
+		return nil, fmt.Errorf("watch pods: %w", err)
+	}
+	enqueueNS := func(obj any) {
+		ns, ok := obj.(*corev1.Namespace)
+		if !ok {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				ns, _ = d.Obj.(*corev1.Namespace)
+			}
+		}
+		if ns == nil {
+			return
+		}
+		r.queue.Add(nsKey(ns.Name))
+	}
+	if _, err := r.nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueueNS, DeleteFunc: enqueueNS,
+		UpdateFunc: func(_, obj any) { enqueueNS(obj) },
+	}); err != nil {
+		return nil, fmt.Errorf("watch namespaces: %w", err)
+	}
+	return r, nil
+}
+
+// nsKey marks a queue key as a namespace (pod keys always contain "/").
+func nsKey(name string) string { return "ns:" + name }
+
+// Run watches until ctx ends. It unenrolls nothing on the way out: the
+// datapath state outlives the agent, and the next agent adopts it.
+func (r *Reconciler) Run(ctx context.Context) error {
+	for _, f := range r.factories {
+		f.Start(ctx.Done())
+	}
+	defer func() {
+		r.queue.ShutDown()
+		for _, f := range r.factories {
+			f.Shutdown()
+		}
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), r.podInf.HasSynced, r.nsInf.HasSynced) {
+		return fmt.Errorf("sync pod and namespace informers: %w", ctx.Err())
+	}
+	r.writeSnapshot()
+	go func() {
+		<-ctx.Done()
+		r.queue.ShutDown()
+	}()
+	for {
+		key, quit := r.queue.Get()
+		if quit {
+			return nil
+		}
+		err := r.reconcileKey(ctx, key)
+		if err != nil {
+			r.opts.Errorf("reconcile %s: %v", key, err)
+			r.queue.AddRateLimited(key)
+		} else {
+			r.queue.Forget(key)
+		}
+		r.queue.Done(key)
+	}
+}
+
+// Enrolled returns the enrolled pods, sorted by namespace/name.
+func (r *Reconciler) Enrolled() []Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Pod
+	for _, p := range r.enrolled {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Pod) int {
+		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out
+}
+
+
+func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
+	if ns, ok := strings.CutPrefix(key, "ns:"); ok {
+		r.writeSnapshot()
+		pods, err := r.pods.Pods(ns).List(labels.Everything())
+		if err != nil {
+			return err
+		}
+		for _, p := range pods {
+			r.queue.Add(p.Namespace + "/" + p.Name)
+		}
+		return nil
+	}
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return err
+	}
+	pod, err := r.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		pod = nil
+	} else if err != nil {
+		return err
+	}
+	return r.reconcile(ctx, key, pod, nil)
+}
+
+
+// wanted reports whether pod belongs in the mesh on this node now.
+func (r *Reconciler) wanted(pod *corev1.Pod) bool {
+	if pod == nil || pod.DeletionTimestamp != nil || pod.Spec.NodeName != r.opts.NodeName {
+		return false
+	}
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return false
+	}
+	var nsLabels map[string]string
+	if ns, err := r.nss.Get(pod.Namespace); err == nil {
+		nsLabels = ns.Labels
+	}
+	return InMesh(nsLabels, pod)
+}
+
+// reconcile brings one pod's enrollment to what the API says. cniEv, when
+// set, carries the CNI plugin's facts (netns, IPs) for a starting pod.
+func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod, cniEv *cni.PodEvent) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur, isEnrolled := r.enrolled[key]
+	if !r.wanted(pod) {
+		if pod == nil && cur.UID != "" {
+			delete(r.cniNetns, cur.UID)
+		}
+		if !isEnrolled {
+			return nil
+		}
+		if err := r.opts.Unenroll(ctx, cur); err != nil {
+			return fmt.Errorf("unenroll %s: %w", key, err)
+		}
+		delete(r.enrolled, key)
+		return nil
+	}
+	want := Pod{
+		UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
+		ServiceAccount: pod.Spec.ServiceAccountName, Workload: WorkloadName(pod),
+		IPs: podIPs(pod),
+	}
+	if want.ServiceAccount == "" {
+		want.ServiceAccount = "default"
+	}
+	if cniEv != nil {
+		r.cniNetns[want.UID] = cniEv.Netns
+		want.IPs = nil
+		for _, s := range cniEv.IPs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				want.IPs = append(want.IPs, a.Unmap())
+			}
+		}
+	}
+	if len(want.IPs) == 0 {
+		return nil // not started yet: the CNI plugin or a later update brings it
+	}
+	if p, ok := r.cniNetns[want.UID]; ok && exists(p) {
+		want.Netns = p
+	} else if isEnrolled && cur.UID == want.UID && exists(cur.Netns) {
+		want.Netns = cur.Netns
+	} else {
+		p, err := r.opts.FindNetns(want.UID, want.IPs)
+		if err != nil {
+			return fmt.Errorf("enroll %s: %w", key, err)
+		}
+		want.Netns = p
+	}
+	if isEnrolled && samePod(cur, want) {
+		return nil
+	}
+	if isEnrolled {
+		// A new sandbox (new UID, addresses or netns): drop the old first
+		// so no entry outlives the pod it was made for.
+		if err := r.opts.Unenroll(ctx, cur); err != nil {
+			return fmt.Errorf("unenroll stale %s: %w", key, err)
+		}
+		delete(r.enrolled, key)
+	}
+	if err := r.opts.Enroll(ctx, want); err != nil {
+		return fmt.Errorf("enroll %s: %w", key, err)
+	}
+	r.enrolled[key] = want
+	return nil
+}
+
+func samePod(a, b Pod) bool {
+	return a.UID == b.UID && a.Netns == b.Netns && a.ServiceAccount == b.ServiceAccount &&
+		a.Workload == b.Workload && slices.Equal(a.IPs, b.IPs)
+}
+
+func exists(path string) bool {
+	if path == "" {
+		return false
+	}
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// CNIAdd answers the CNI plugin's ADD for a starting pod: enroll it now, if
+// it belongs in the mesh, with the netns and IPs the plugin reported.
+func (r *Reconciler) CNIAdd(ctx context.Context, ev cni.PodEvent) cni.Verdict {
+	pod, err := r.getPod(ctx, ev.Namespace, ev.Name)
+	if err != nil {
+		// Without the pod we cannot tell; decide by its namespace alone.
+		ns, nerr := r.getNamespace(ctx, ev.Namespace)
+		if nerr != nil || ns.Labels[Label] != ModeAmbient {
+			return cni.Verdict{}
+		}
+		return cni.Verdict{MustEnroll: true, Error: fmt.Sprintf("look up pod %s/%s: %v", ev.Namespace, ev.Name, err)}
+	}
+	if ev.UID != "" && string(pod.UID) != ev.UID {
+		return cni.Verdict{Error: fmt.Sprintf("pod %s/%s has UID %s, the runtime reported %s", ev.Namespace, ev.Name, pod.UID, ev.UID)}
+	}
+	if _, err := r.nss.Get(pod.Namespace); err != nil {
+		if ns, err := r.getNamespace(ctx, pod.Namespace); err == nil {
+			_ = r.nsInf.GetStore().Add(ns) // let wanted see it before the watch does
+		}
+	}
+	if !r.wanted(pod) {
+		return cni.Verdict{}
+	}
+	if err := r.reconcile(ctx, ev.Namespace+"/"+ev.Name, pod, &ev); err != nil {
+		return cni.Verdict{MustEnroll: true, Error: err.Error()}
+	}
+	return cni.Verdict{MustEnroll: true, Enrolled: true}
+}
+
+// CNIDel forgets the netns the plugin reported; the pod watch unenrolls.
+func (r *Reconciler) CNIDel(_ context.Context, ev cni.PodEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ev.UID != "" {
+		delete(r.cniNetns, ev.UID)
+	}
+	r.queue.Add(ev.Namespace + "/" + ev.Name)
+}
+
+func (r *Reconciler) getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	if p, err := r.pods.Pods(ns).Get(name); err == nil {
+		return p, nil
+	}
+	return r.opts.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+func (r *Reconciler) getNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	if ns, err := r.nss.Get(name); err == nil {
+		return ns, nil
+	}
+	return r.opts.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+}
+
+// writeSnapshot records the ambient namespaces for the CNI plugin, when
+// they changed.
+func (r *Reconciler) writeSnapshot() {
+	nss, err := r.nss.List(labels.SelectorFromSet(labels.Set{Label: ModeAmbient}))
+	if err != nil {
+		return
+	}
+	var names []string
+	for _, ns := range nss {
+		names = append(names, ns.Name)
+	}
+	slices.Sort(names)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.snapshot != nil && slices.Equal(names, r.snapshot) {
+		return
+	}
+	if names == nil {
+		names = []string{}
+	}
+	if err := cni.WriteSnapshot(r.opts.SnapshotPath, cni.Snapshot{AmbientNamespaces: names}); err != nil {
+		r.opts.Errorf("write enrollment snapshot: %v", err)
+		return
+	}
+	r.snapshot = names
+}
