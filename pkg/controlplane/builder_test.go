@@ -323,3 +323,5 @@ func TestWaypointBindingsIndex(t *testing.T) {
 		t.Errorf("WaypointBindings(app/wp) mismatch (-want +got):\n%s", diff)
 	}
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

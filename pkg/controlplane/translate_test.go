@@ -1,0 +1,437 @@
+package controlplane
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// Istio's "Mutual TLS Migration" and PeerAuthentication reference examples,
+// in the versions users write (v1beta1 in the seed manifests, v1 today).
+const istioPeerAuthExamples = `apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+  creationTimestamp: "2024-01-01T00:00:00Z"
+spec:
+  mtls:
+    mode: STRICT
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: foo
+  creationTimestamp: "2024-01-02T00:00:00Z"
+spec:
+  mtls:
+    mode: PERMISSIVE
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: finance
+  namespace: foo
+  creationTimestamp: "2024-01-03T00:00:00Z"
+spec:
+  selector:
+    matchLabels:
+      app: finance
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    8080:
+      mode: DISABLE
+`
+
+func TestPeerAuthenticationTranslation(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, istioPeerAuthExamples,
+		pod("foo", "finance", "10.0.0.1", "n1", "app=finance"),
+		pod("foo", "web", "10.0.0.2", "n1", "app=web"),
+		pod("bar", "api", "10.0.0.3", "n1", "app=api"),
+	))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	tests := []struct {
+		ns, name string
+		port     uint32
+		want     model.MTLSMode
+	}{
+		// Workload policy STRICT with port 8080 DISABLE (Istio's port-level example).
+		{"foo", "finance", 80, model.MTLSStrict},
+		{"foo", "finance", 8080, model.MTLSDisable},
+		// Namespace policy overrides the mesh-wide STRICT.
+		{"foo", "web", 80, model.MTLSPermissive},
+		// Mesh-wide STRICT from the root namespace.
+		{"bar", "api", 80, model.MTLSStrict},
+	}
+	for _, tt := range tests {
+		w := workloadByName(t, snap, tt.ns, tt.name)
+		if got := w.PeerAuthentication.ModeFor(tt.port); got != tt.want {
+			t.Errorf("%s/%s port %d mode = %s; want %s (policies %v)", tt.ns, tt.name, tt.port, got, tt.want, w.PeerAuthentication.Policies)
+		}
+	}
+}
+
+func TestPeerAuthenticationRejections(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    string
+		reason  string
+		warning bool
+	}{
+		{"unknown mode", "mtls: {mode: 7}", "mtls.mode 7", false},
+		{"port out of range", "selector: {matchLabels: {app: x}}\nportLevelMtls: {70000: {mode: STRICT}}", "out of range", false},
+		{"port-level without selector", "portLevelMtls: {80: {mode: STRICT}}", "ignored without a selector", true},
+		{"selector matching nothing", "selector: {matchLabels: {app: ghost}}\nmtls: {mode: STRICT}", "matches no workload", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: foo}\nspec:\n  " +
+				strings.ReplaceAll(tt.spec, "\n", "\n  ") + "\n"
+			snap, rej := mustBuild(t, inputs(t, doc, pod("foo", "web", "10.0.0.2", "n1", "app=web")))
+			if !hasRejection(rej, tt.reason, tt.warning) {
+				t.Fatalf("rejections = %v; want one (warning=%v) containing %q", rej, tt.warning, tt.reason)
+			}
+			got := len(snap.PeerAuthentications())
+			if want := map[bool]int{true: 1, false: 0}[tt.warning]; got != want {
+				t.Errorf("PeerAuthentications() has %d policies; want %d (warnings keep the object, rejections skip it)", got, want)
+			}
+		})
+	}
+}
+
+// Istio's AuthorizationPolicy reference examples: allow-read in a namespace,
+// a deny on a workload, a mesh-wide policy, and one bound to a waypoint.
+const istioAuthzExamples = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: istio-system}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-read, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/sleep"]
+    - source:
+        namespaces: ["test"]
+        ipBlocks: ["203.0.113.0/24"]
+    to:
+    - operation:
+        ports: ["8080"]
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-httpbin, namespace: foo}
+spec:
+  selector:
+    matchLabels: {app: httpbin}
+  action: DENY
+  rules:
+  - from:
+    - source: {notNamespaces: ["foo"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: waypoint-l7, namespace: foo}
+spec:
+  targetRefs:
+  - {kind: Service, group: "", name: httpbin}
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {methods: ["GET"]}
+`
+
+func TestAuthorizationPolicyBinding(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, istioAuthzExamples,
+		pod("foo", "httpbin", "10.0.0.1", "n1", "app=httpbin"),
+		pod("foo", "web", "10.0.0.2", "n1", "app=web"),
+		pod("bar", "api", "10.0.0.3", "n1", "app=api"),
+	))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	tests := []struct {
+		ns, name string
+		want     []model.NamespacedName
+	}{
+		{"foo", "httpbin", []model.NamespacedName{{Namespace: "foo", Name: "allow-read"}, {Namespace: "foo", Name: "deny-httpbin"}, {Namespace: "istio-system", Name: "allow-nothing"}}},
+		{"foo", "web", []model.NamespacedName{{Namespace: "foo", Name: "allow-read"}, {Namespace: "istio-system", Name: "allow-nothing"}}},
+		{"bar", "api", []model.NamespacedName{{Namespace: "istio-system", Name: "allow-nothing"}}},
+	}
+	for _, tt := range tests {
+		w := workloadByName(t, snap, tt.ns, tt.name)
+		if diff := cmp.Diff(tt.want, w.AuthorizationPolicies); diff != "" {
+			t.Errorf("%s/%s AuthorizationPolicies mismatch (-want +got):\n%s", tt.ns, tt.name, diff)
+		}
+	}
+}
+
+func TestAuthorizationPolicyRejections(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    string
+		reason  string
+		warning bool
+	}{
+		{"bad ipBlock", `rules: [{from: [{source: {ipBlocks: ["10.0.0.0/33"]}}]}]`, "ipBlock", false},
+		{"bad port", `rules: [{to: [{operation: {ports: ["http"]}}]}]`, "not a port number", false},
+		{"unknown action", `action: 9`, "action 9", false},
+		{"custom unsupported", `action: CUSTOM`, "CUSTOM", false},
+		{"selector and targetRefs", `{selector: {matchLabels: {app: a}}, targetRefs: [{kind: Gateway, name: wp}]}`, "only one of selector", false},
+		{"bad targetRef kind", `targetRefs: [{kind: Pod, name: x}]`, "targetRef kind", false},
+		{"selector matching nothing", `selector: {matchLabels: {app: ghost}}`, "matches no workload", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec:\n  " + tt.spec + "\n"
+			snap, rej := mustBuild(t, inputs(t, doc, pod("foo", "web", "10.0.0.2", "n1", "app=web")))
+			if !hasRejection(rej, tt.reason, tt.warning) {
+				t.Fatalf("rejections = %v; want one (warning=%v) containing %q", rej, tt.warning, tt.reason)
+			}
+			bound := len(workloadByName(t, snap, "foo", "web").AuthorizationPolicies) > 0
+			if !tt.warning && bound {
+				t.Errorf("a rejected policy was bound to foo/web")
+			}
+		})
+	}
+}
+
+// Istio's ServiceEntry reference examples: an external HTTPS API (DNS), and a
+// MESH_INTERNAL entry selecting VMs (WorkloadEntries) by label.
+const istioServiceEntryExamples = `apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: external-svc-https, namespace: foo, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  hosts: [api.dropboxapi.com, www.googleapis.com]
+  location: MESH_EXTERNAL
+  ports:
+  - {number: 443, name: https, protocol: TLS}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: details-svc, namespace: foo, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  hosts: [details.bookinfo.com]
+  addresses: [240.0.0.1]
+  location: MESH_INTERNAL
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: details-legacy}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata: {name: details-vm-1, namespace: foo, uid: we-1}
+spec:
+  serviceAccount: details-legacy
+  address: 192.0.2.10
+  labels: {app: details-legacy, instance-id: vm1}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: newer-duplicate, namespace: bar, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  hosts: [details.bookinfo.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+`
+
+func TestServiceEntryTranslation(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, istioServiceEntryExamples))
+	// Oldest wins for a duplicate host: bar/newer-duplicate is the one rejected.
+	if !hasRejection(rej, "ServiceEntry bar/newer-duplicate: duplicate host: details.bookinfo.com is already served by se/foo/details-svc", false) {
+		t.Errorf("rejections = %v; want bar/newer-duplicate rejected for its duplicate host", rej)
+	}
+	if _, ok := snap.Service("se/bar/newer-duplicate"); ok {
+		t.Errorf("the rejected ServiceEntry is in the snapshot")
+	}
+	ext, ok := snap.ServiceByHostname("www.googleapis.com")
+	if !ok || !ext.External || ext.Resolution != "DNS" || ext.Ports[0].AppProtocol != "TLS" {
+		t.Errorf("www.googleapis.com = %+v; want the external DNS service with a TLS port", ext)
+	}
+	details, ok := snap.ServiceByHostname("details.bookinfo.com")
+	if !ok {
+		t.Fatal("details.bookinfo.com not found")
+	}
+	if len(details.Endpoints) != 1 || details.Endpoints[0].WorkloadUID != "we-1" || details.Endpoints[0].Ports[80] != 8080 {
+		t.Errorf("details endpoints = %+v; want the WorkloadEntry on 80->8080", details.Endpoints)
+	}
+	a, ok := snap.Lookup(mustAddr("240.0.0.1"))
+	if !ok || a.Service != details {
+		t.Errorf("Lookup(240.0.0.1) = %+v; want details-svc", a)
+	}
+	vm, ok := snap.Lookup(mustAddr("192.0.2.10"))
+	if !ok || vm.Workload == nil || vm.Workload.Identity != "spiffe://cluster.local/ns/foo/sa/details-legacy" || vm.Workload.Kind != model.KindWorkloadEntry {
+		t.Errorf("Lookup(192.0.2.10) = %+v; want the WorkloadEntry with its SPIFFE identity", vm)
+	}
+}
+
+func TestValidationRejectsAndKeepsTheRest(t *testing.T) {
+	tests := []struct {
+		name   string
+		doc    string
+		reason string
+	}{
+		{"VirtualService bad regex", `apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: vs, namespace: foo}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {regex: "(unclosed"}}]
+    route: [{destination: {host: reviews}}]
+`, "regex"},
+		{"VirtualService duplicate host", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: foo}
+spec:
+  hosts: [reviews, reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+`, "duplicate host"},
+		{"VirtualService route without destination", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: foo}
+spec:
+  hosts: [reviews]
+  http: [{route: [{weight: 100}]}]
+`, "no destination host"},
+		{"DestinationRule unknown load balancer", `apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: dr, namespace: foo}
+spec:
+  host: web
+  trafficPolicy: {loadBalancer: {simple: 42}}
+`, "not a known algorithm"},
+		{"DestinationRule duplicate subset", `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: foo}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}, {name: v1, labels: {version: v2}}]
+`, "defined twice"},
+		{"ServiceEntry bad address", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: se, namespace: foo}
+spec:
+  hosts: [x.example.com]
+  addresses: [not-an-ip]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+`, "not an IP address"},
+		{"ServiceEntry unknown protocol", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: se, namespace: foo}
+spec:
+  hosts: [x.example.com]
+  ports: [{number: 80, name: http, protocol: GOPHER}]
+`, "not a protocol"},
+		{"WorkloadEntry without IP", `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: we, namespace: foo}
+spec: {address: vm.example.com}
+`, "needs an IP"},
+		{"HTTPRoute bad regex", `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rt, namespace: foo}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "[z-a]"}}]
+    backendRefs: [{name: web, port: 80}]
+`, "regex"},
+		{"GRPCRoute bad header regex", `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rt, namespace: foo}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{headers: [{type: RegularExpression, name: x, value: "*"}]}]
+`, "regex"},
+		{"RequestAuthentication without issuer", `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules: [{jwksUri: "https://example.com/jwks"}]
+`, "no issuer"},
+		{"waypoint with unknown waypoint-for", `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: foo, labels: {istio.io/waypoint-for: everything}}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+`, "waypoint-for"},
+		{"Istio Gateway without servers", `apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: gw, namespace: foo}
+spec: {selector: {istio: ingressgateway}}
+`, "servers is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, tt.doc,
+				pod("foo", "web", "10.0.0.2", "n1", "app=web"),
+				service("foo", "web", "10.96.0.2", "app=web", "")))
+			if !hasRejection(rej, tt.reason, false) {
+				t.Fatalf("rejections = %v; want one containing %q", rej, tt.reason)
+			}
+			// Everything else is still built.
+			if svc, ok := snap.Service("foo/web"); !ok || len(svc.Endpoints) != 1 {
+				t.Errorf("foo/web missing or without endpoints after a rejection elsewhere")
+			}
+		})
+	}
+}
+
+func TestDestinationRuleLoadBalancing(t *testing.T) {
+	// Istio: a DestinationRule in the service's namespace is preferred over
+	// one in the root namespace; short hosts resolve in the rule's namespace.
+	snap, rej := mustBuild(t, inputs(t, service("foo", "web", "10.96.0.2", "app=web", ""), `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mesh-default, namespace: istio-system, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  host: web.foo.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: web, namespace: foo, creationTimestamp: "2024-06-01T00:00:00Z"}
+spec:
+  host: web
+  trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-newer, namespace: foo, creationTimestamp: "2024-07-01T00:00:00Z"}
+spec:
+  host: web
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+`))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	svc, _ := snap.Service("foo/web")
+	if svc.LoadBalancing != model.LBLeastRequest {
+		t.Errorf("LoadBalancing = %q; want LEAST_REQUEST (oldest rule of the service's own namespace)", svc.LoadBalancing)
+	}
+}
+
+func TestInputsAddRejectsUnknownTypes(t *testing.T) {
+	var in Inputs
+	if err := in.Add(nil); err == nil {
+		t.Error("Add(nil) = nil; want an error")
+	}
+	if err := in.Add(&corev1.ConfigMap{}); err == nil || !strings.Contains(err.Error(), "unsupported type") {
+		t.Errorf("Add(*corev1.ConfigMap) = %v; want an unsupported type error", err)
+	}
+}
