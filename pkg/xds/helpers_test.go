@@ -191,12 +191,18 @@ type clientOpts struct {
 	token    string
 	nodeID   string
 	validate func(string, string, proto.Message) error
+	// onChange replaces the event log when set.
+	onChange func(typeURL string, updated, removed []string)
 }
 
 // startClient runs a client against ts until the test ends.
 func startClient(t testing.TB, ts *testServer, o clientOpts) (*client.Client, *events) {
 	t.Helper()
 	ev := &events{}
+	onChange := ev.add
+	if o.onChange != nil {
+		onChange = o.onChange
+	}
 	c, err := client.New(client.Options{
 		Address:    ts.addr,
 		TLS:        ts.pki.client,
@@ -204,7 +210,7 @@ func startClient(t testing.TB, ts *testServer, o clientOpts) (*client.Client, *e
 		NodeID:     o.nodeID,
 		Types:      allTypes,
 		Validate:   o.validate,
-		OnChange:   ev.add,
+		OnChange:   onChange,
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
 		Logger:     quiet,
