@@ -152,8 +152,19 @@ func TestOutboundCapture(t *testing.T) {
 
 	// Bytes each way, counted once the connection closes; and no map entry
 	// outlives its socket.
+	// A netns of its own, so that no other connection closing moves them.
 	t.Run("bytes and cleanup", func(t *testing.T) {
-		before := s.stats(t)
+		const wl = workload + 1
+		pod := newNetns(t, "outb")
+		cookie, err := NetnsCookie(pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.dp.Enroll(cookie, Pod{WorkloadID: wl}); err != nil {
+			t.Fatal(err)
+		}
+		outbound := accepted(t, listen(t, pod, "127.0.0.1:15001", agentMark))
+		before := s.statsOf(t, wl)
 		c, err := netns.Dial(context.Background(), pod, remoteIP+":8080", netns.DialOptions{Timeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -179,7 +190,7 @@ func TestOutboundCapture(t *testing.T) {
 		srv.Close()
 		var after Stats
 		eventually(t, "the connection to be counted closed", func() bool {
-			after = s.stats(t)
+			after = s.statsOf(t, wl)
 			return after.ConnsClosed == before.ConnsClosed+1
 		})
 		want := before
@@ -309,11 +320,16 @@ func TestDNSCapture(t *testing.T) {
 
 func (s *setup) stats(t *testing.T) Stats {
 	t.Helper()
+	return s.statsOf(t, workload)
+}
+
+func (s *setup) statsOf(t *testing.T, wl uint32) Stats {
+	t.Helper()
 	all, err := s.dp.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return all[workload]
+	return all[wl]
 }
 
 // count returns the number of entries in a (non per-CPU) map.
