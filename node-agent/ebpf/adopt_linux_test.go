@@ -1,0 +1,224 @@
+package ebpf
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/node-agent/netns"
+)
+
+func TestCheckKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("feature probes load programs: needs root")
+	}
+	if err := CheckKernel(); err != nil {
+		t.Fatalf("CheckKernel on this kernel: %v", err)
+	}
+}
+
+// TestAdopt closes the first loader, checks capture goes on with no agent
+// holding the data path, and adopts the pins with a second loader.
+func TestAdopt(t *testing.T) {
+	s := newSetup(t, Options{})
+	pod := newNetns(t, "adopt", remoteIP+"/32")
+	cookie, err := NetnsCookie(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := Pod{WorkloadID: workload, IPv4: netip.MustParseAddr(podIP)}
+	if err := s.dp.Enroll(cookie, rec); err != nil {
+		t.Fatal(err)
+	}
+	outbound := accepted(t, listen(t, pod, "127.0.0.1:15001", agentMark))
+	dst := remoteIP + ":8080"
+	captured := func(dp *Datapath) {
+		t.Helper()
+		c, err := netns.Dial(context.Background(), pod, dst, netns.DialOptions{Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		srv := wait(t, outbound, "15001")
+		if dp == nil {
+			return
+		}
+		if got, err := dp.OriginalDst(srv); err != nil || got.String() != dst {
+			t.Errorf("OriginalDst = %v, %v; want %s", got, err, dst)
+		}
+	}
+	captured(s.dp)
+
+	opts := s.dp.opts
+	if err := s.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.dp = nil
+	captured(nil) // nobody holds the data path: the pins keep it working
+
+	if _, err := Adopt(Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: opts.CgroupPath}); !errors.Is(err, ErrNothingPinned) {
+		t.Errorf("Adopt of an empty pin dir = %v; want ErrNothingPinned", err)
+	}
+	dp, err := Adopt(opts)
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	s.dp = dp
+	got, err := dp.Enrolled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[uint64]Pod{cookie: rec}, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("adopted enrolled pods (-want +got):\n%s", diff)
+	}
+	captured(dp)
+	if n := countLinks(t, s.cgroup); n != 10 {
+		t.Errorf("%d programs attached to the cgroup after adoption; want 10 (one per hook, none doubled)", n)
+	}
+}
+
+// countLinks counts programs attached to a cgroup, as bpftool sees them.
+func countLinks(t *testing.T, cg string) int {
+	t.Helper()
+	out, err := exec.Command("bpftool", "cgroup", "show", cg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bpftool cgroup show: %v\n%s", err, out)
+	}
+	n := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "ml_") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestReconcile(t *testing.T) {
+	s := newSetup(t, Options{})
+	ip := netip.MustParseAddr
+	pod := newNetns(t, "recon", remoteIP+"/32")
+	live, err := NetnsCookie(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An open captured connection in the pod that goes away.
+	if err := s.dp.Enroll(live, Pod{WorkloadID: 1, IPv4: ip("198.19.1.20")}); err != nil {
+		t.Fatal(err)
+	}
+	outbound := accepted(t, listen(t, pod, "127.0.0.1:15001", agentMark))
+	c, err := netns.Dial(context.Background(), pod, remoteIP+":8080", netns.DialOptions{Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv := wait(t, outbound, "15001")
+	if _, err := s.dp.OriginalDst(srv); err != nil {
+		t.Fatal(err)
+	}
+
+	for cookie, p := range map[uint64]Pod{
+		1001: {WorkloadID: 2, IPv4: ip("198.19.1.21")},                      // IP reused below by another identity
+		1002: {WorkloadID: 3, IPv4: ip("198.19.1.22")},                      // stays
+		1003: {WorkloadID: 4, IPv4: ip("198.19.1.23"), Flags: NoCaptureDNS}, // record changes
+	} {
+		if err := s.dp.Enroll(cookie, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desired := map[uint64]Pod{
+		2001: {WorkloadID: 5, IPv4: ip("198.19.1.21")},
+		1002: {WorkloadID: 3, IPv4: ip("198.19.1.22")},
+		1003: {WorkloadID: 4, IPv4: ip("198.19.1.23")},
+	}
+	if _, err := s.dp.Reconcile(map[uint64]Pod{
+		1: {IPv4: ip("198.19.1.30")}, 2: {IPv4: ip("198.19.1.30")},
+	}); err == nil {
+		t.Errorf("Reconcile with two pods on one IP succeeded")
+	}
+	res, err := s.dp.Reconcile(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][]uint64{res.Removed, res.Upserted} {
+		slices.Sort(l)
+	}
+	want := ReconcileResult{Removed: []uint64{1001, live}, Upserted: []uint64{1003, 2001}, RemovedConns: 1}
+	slices.Sort(want.Removed)
+	if diff := cmp.Diff(want, res); diff != "" {
+		t.Errorf("Reconcile result (-want +got):\n%s", diff)
+	}
+	got, err := s.dp.Enrolled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(desired, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("enrolled after Reconcile (-want +got):\n%s", diff)
+	}
+	if _, err := s.dp.OriginalDst(srv); !errors.Is(err, ErrNoOriginalDst) {
+		t.Errorf("OriginalDst of a connection from an unenrolled pod = %v; want ErrNoOriginalDst", err)
+	}
+}
+
+// TestUninstall checks that nothing is left: no pins, no programs on the
+// cgroup, no capture.
+func TestUninstall(t *testing.T) {
+	s := newSetup(t, Options{})
+	pod := newNetns(t, "uninst", remoteIP+"/32")
+	cookie, err := NetnsCookie(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.dp.Enroll(cookie, Pod{WorkloadID: workload}); err != nil {
+		t.Fatal(err)
+	}
+	client, tcPod := vethPair(t, "uni", "198.19.2.1/24", "198.19.2.2/24")
+	if err := s.dp.AttachPodIngress(tcPod, "mlbpf-unib", IngressOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countLinks(t, s.cgroup); n != 10 {
+		t.Fatalf("%d programs on the cgroup; want 10", n)
+	}
+	inbound := accepted(t, listen(t, tcPod, "0.0.0.0:15006", agentMark))
+	dialApp := func() error {
+		c, err := netns.Dial(context.Background(), client, "198.19.2.2:8080", netns.DialOptions{Timeout: 3 * time.Second})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dialApp(); err != nil {
+		t.Fatalf("SYN to the pod's app port with ingress attached: %v", err)
+	}
+	wait(t, inbound, "15006")
+	if err := s.dp.Uninstall(); err != nil {
+		t.Fatalf("Uninstall: %v", err)
+	}
+	s.dp = nil
+	if _, err := os.Stat(s.pinDir); !errors.Is(err, os.ErrNotExist) {
+		entries, _ := os.ReadDir(s.pinDir)
+		t.Errorf("pin dir still there after Uninstall (%v): %v", err, entries)
+	}
+	if n := countLinks(t, s.cgroup); n != 0 {
+		t.Errorf("%d programs still on the cgroup after Uninstall", n)
+	}
+	if err := dialApp(); err == nil {
+		t.Errorf("SYN to the pod's app port still steered to 15006 after Uninstall")
+	}
+	app := accepted(t, listen(t, pod, remoteIP+":8080", 0))
+	c, err := netns.Dial(context.Background(), pod, remoteIP+":8080", netns.DialOptions{Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wait(t, app, "the app after Uninstall (no capture)")
+}
+
