@@ -76,7 +76,7 @@ func (x LoadBalancing_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LoadBalancing_Mode.Descriptor instead.
 func (LoadBalancing_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{9, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{10, 0}
 }
 
 type LoadBalancing_Scope int32
@@ -137,7 +137,65 @@ func (x LoadBalancing_Scope) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LoadBalancing_Scope.Descriptor instead.
 func (LoadBalancing_Scope) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{9, 1}
+	return file_mesh_proto_rawDescGZIP(), []int{10, 1}
+}
+
+// Algorithm is how one endpoint is picked (a DestinationRule's simple LB).
+type LoadBalancing_Algorithm int32
+
+const (
+	// DEFAULT lets the client pick (meshlet clients use least-request).
+	LoadBalancing_DEFAULT       LoadBalancing_Algorithm = 0
+	LoadBalancing_ROUND_ROBIN   LoadBalancing_Algorithm = 1
+	LoadBalancing_LEAST_REQUEST LoadBalancing_Algorithm = 2
+	LoadBalancing_RANDOM        LoadBalancing_Algorithm = 3
+	// PASSTHROUGH sends to the original destination address.
+	LoadBalancing_PASSTHROUGH LoadBalancing_Algorithm = 4
+)
+
+// Enum value maps for LoadBalancing_Algorithm.
+var (
+	LoadBalancing_Algorithm_name = map[int32]string{
+		0: "DEFAULT",
+		1: "ROUND_ROBIN",
+		2: "LEAST_REQUEST",
+		3: "RANDOM",
+		4: "PASSTHROUGH",
+	}
+	LoadBalancing_Algorithm_value = map[string]int32{
+		"DEFAULT":       0,
+		"ROUND_ROBIN":   1,
+		"LEAST_REQUEST": 2,
+		"RANDOM":        3,
+		"PASSTHROUGH":   4,
+	}
+)
+
+func (x LoadBalancing_Algorithm) Enum() *LoadBalancing_Algorithm {
+	p := new(LoadBalancing_Algorithm)
+	*p = x
+	return p
+}
+
+func (x LoadBalancing_Algorithm) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LoadBalancing_Algorithm) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[2].Descriptor()
+}
+
+func (LoadBalancing_Algorithm) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[2]
+}
+
+func (x LoadBalancing_Algorithm) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LoadBalancing_Algorithm.Descriptor instead.
+func (LoadBalancing_Algorithm) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{10, 2}
 }
 
 type Authorization_Scope int32
@@ -176,11 +234,11 @@ func (x Authorization_Scope) String() string {
 }
 
 func (Authorization_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[2].Descriptor()
+	return file_mesh_proto_enumTypes[3].Descriptor()
 }
 
 func (Authorization_Scope) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[2]
+	return &file_mesh_proto_enumTypes[3]
 }
 
 func (x Authorization_Scope) Number() protoreflect.EnumNumber {
@@ -189,7 +247,7 @@ func (x Authorization_Scope) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Authorization_Scope.Descriptor instead.
 func (Authorization_Scope) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type Authorization_Action int32
@@ -225,11 +283,11 @@ func (x Authorization_Action) String() string {
 }
 
 func (Authorization_Action) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[3].Descriptor()
+	return file_mesh_proto_enumTypes[4].Descriptor()
 }
 
 func (Authorization_Action) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[3]
+	return &file_mesh_proto_enumTypes[4]
 }
 
 func (x Authorization_Action) Number() protoreflect.EnumNumber {
@@ -238,7 +296,7 @@ func (x Authorization_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Authorization_Action.Descriptor instead.
 func (Authorization_Action) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10, 1}
+	return file_mesh_proto_rawDescGZIP(), []int{11, 1}
 }
 
 type PeerAuthentication_Mode int32
@@ -278,11 +336,11 @@ func (x PeerAuthentication_Mode) String() string {
 }
 
 func (PeerAuthentication_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (PeerAuthentication_Mode) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x PeerAuthentication_Mode) Number() protoreflect.EnumNumber {
@@ -291,7 +349,7 @@ func (x PeerAuthentication_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PeerAuthentication_Mode.Descriptor instead.
 func (PeerAuthentication_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{14, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{15, 0}
 }
 
 // Workload is one pod (or WorkloadEntry) in full. A node agent receives the
@@ -924,8 +982,19 @@ type Service struct {
 	// waypoint is unset when the service has no waypoint.
 	Waypoint      *GatewayAddress `protobuf:"bytes,6,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
 	LoadBalancing *LoadBalancing  `protobuf:"bytes,7,opt,name=load_balancing,json=loadBalancing,proto3" json:"load_balancing,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// additional_hostnames are further names of the service (ServiceEntry hosts).
+	AdditionalHostnames []string `protobuf:"bytes,8,rep,name=additional_hostnames,json=additionalHostnames,proto3" json:"additional_hostnames,omitempty"`
+	// external is true for a ServiceEntry with location MESH_EXTERNAL.
+	External bool `protobuf:"varint,9,opt,name=external,proto3" json:"external,omitempty"`
+	// resolution is a ServiceEntry's STATIC, DNS, DNS_ROUND_ROBIN or NONE; empty
+	// for Kubernetes services.
+	Resolution string `protobuf:"bytes,10,opt,name=resolution,proto3" json:"resolution,omitempty"`
+	// static_endpoints are endpoints that are no workload (ServiceEntry
+	// addresses or DNS names); workload endpoints are found through each
+	// workload's services map instead.
+	StaticEndpoints []*StaticEndpoint `protobuf:"bytes,11,rep,name=static_endpoints,json=staticEndpoints,proto3" json:"static_endpoints,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -1007,6 +1076,98 @@ func (x *Service) GetLoadBalancing() *LoadBalancing {
 	return nil
 }
 
+func (x *Service) GetAdditionalHostnames() []string {
+	if x != nil {
+		return x.AdditionalHostnames
+	}
+	return nil
+}
+
+func (x *Service) GetExternal() bool {
+	if x != nil {
+		return x.External
+	}
+	return false
+}
+
+func (x *Service) GetResolution() string {
+	if x != nil {
+		return x.Resolution
+	}
+	return ""
+}
+
+func (x *Service) GetStaticEndpoints() []*StaticEndpoint {
+	if x != nil {
+		return x.StaticEndpoints
+	}
+	return nil
+}
+
+// StaticEndpoint is a service endpoint without a workload.
+type StaticEndpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// addresses are IPs in text form; empty when hostname is set.
+	Addresses []string `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// hostname is resolved by the client (DNS ServiceEntries).
+	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// ports maps service port to target port.
+	Ports         []*Port `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StaticEndpoint) Reset() {
+	*x = StaticEndpoint{}
+	mi := &file_mesh_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StaticEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StaticEndpoint) ProtoMessage() {}
+
+func (x *StaticEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StaticEndpoint.ProtoReflect.Descriptor instead.
+func (*StaticEndpoint) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StaticEndpoint) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *StaticEndpoint) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *StaticEndpoint) GetPorts() []*Port {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
 // ServicePort is one port of a service.
 type ServicePort struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -1021,7 +1182,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_mesh_proto_msgTypes[8]
+	mi := &file_mesh_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1194,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[8]
+	mi := &file_mesh_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1207,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{8}
+	return file_mesh_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ServicePort) GetName() string {
@@ -1079,16 +1240,17 @@ func (x *ServicePort) GetAppProtocol() string {
 
 // LoadBalancing says how a client picks an endpoint of a service.
 type LoadBalancing struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Mode              LoadBalancing_Mode     `protobuf:"varint,1,opt,name=mode,proto3,enum=meshlet.mesh.v1alpha1.LoadBalancing_Mode" json:"mode,omitempty"`
-	RoutingPreference []LoadBalancing_Scope  `protobuf:"varint,2,rep,packed,name=routing_preference,json=routingPreference,proto3,enum=meshlet.mesh.v1alpha1.LoadBalancing_Scope" json:"routing_preference,omitempty"`
+	state             protoimpl.MessageState  `protogen:"open.v1"`
+	Mode              LoadBalancing_Mode      `protobuf:"varint,1,opt,name=mode,proto3,enum=meshlet.mesh.v1alpha1.LoadBalancing_Mode" json:"mode,omitempty"`
+	RoutingPreference []LoadBalancing_Scope   `protobuf:"varint,2,rep,packed,name=routing_preference,json=routingPreference,proto3,enum=meshlet.mesh.v1alpha1.LoadBalancing_Scope" json:"routing_preference,omitempty"`
+	Algorithm         LoadBalancing_Algorithm `protobuf:"varint,3,opt,name=algorithm,proto3,enum=meshlet.mesh.v1alpha1.LoadBalancing_Algorithm" json:"algorithm,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *LoadBalancing) Reset() {
 	*x = LoadBalancing{}
-	mi := &file_mesh_proto_msgTypes[9]
+	mi := &file_mesh_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1262,7 @@ func (x *LoadBalancing) String() string {
 func (*LoadBalancing) ProtoMessage() {}
 
 func (x *LoadBalancing) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[9]
+	mi := &file_mesh_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1275,7 @@ func (x *LoadBalancing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancing.ProtoReflect.Descriptor instead.
 func (*LoadBalancing) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{9}
+	return file_mesh_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LoadBalancing) GetMode() LoadBalancing_Mode {
@@ -1128,6 +1290,13 @@ func (x *LoadBalancing) GetRoutingPreference() []LoadBalancing_Scope {
 		return x.RoutingPreference
 	}
 	return nil
+}
+
+func (x *LoadBalancing) GetAlgorithm() LoadBalancing_Algorithm {
+	if x != nil {
+		return x.Algorithm
+	}
+	return LoadBalancing_DEFAULT
 }
 
 // Authorization is one L4 AuthorizationPolicy a node agent can enforce,
@@ -1149,7 +1318,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_mesh_proto_msgTypes[10]
+	mi := &file_mesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1330,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[10]
+	mi := &file_mesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1343,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10}
+	return file_mesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Authorization) GetName() string {
@@ -1231,7 +1400,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_mesh_proto_msgTypes[11]
+	mi := &file_mesh_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1412,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[11]
+	mi := &file_mesh_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1425,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{11}
+	return file_mesh_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Rule) GetFrom() []*SourceMatch {
@@ -1291,7 +1460,7 @@ type SourceMatch struct {
 
 func (x *SourceMatch) Reset() {
 	*x = SourceMatch{}
-	mi := &file_mesh_proto_msgTypes[12]
+	mi := &file_mesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1472,7 @@ func (x *SourceMatch) String() string {
 func (*SourceMatch) ProtoMessage() {}
 
 func (x *SourceMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[12]
+	mi := &file_mesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1485,7 @@ func (x *SourceMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceMatch.ProtoReflect.Descriptor instead.
 func (*SourceMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{12}
+	return file_mesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SourceMatch) GetPrincipals() []string {
@@ -1374,7 +1543,7 @@ type DestinationMatch struct {
 
 func (x *DestinationMatch) Reset() {
 	*x = DestinationMatch{}
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1555,7 @@ func (x *DestinationMatch) String() string {
 func (*DestinationMatch) ProtoMessage() {}
 
 func (x *DestinationMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1568,7 @@ func (x *DestinationMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestinationMatch.ProtoReflect.Descriptor instead.
 func (*DestinationMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{13}
+	return file_mesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DestinationMatch) GetPorts() []uint32 {
@@ -1445,7 +1614,7 @@ type PeerAuthentication struct {
 
 func (x *PeerAuthentication) Reset() {
 	*x = PeerAuthentication{}
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1626,7 @@ func (x *PeerAuthentication) String() string {
 func (*PeerAuthentication) ProtoMessage() {}
 
 func (x *PeerAuthentication) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1639,7 @@ func (x *PeerAuthentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerAuthentication.ProtoReflect.Descriptor instead.
 func (*PeerAuthentication) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{14}
+	return file_mesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PeerAuthentication) GetWorkloadUid() string {
@@ -1508,7 +1677,7 @@ type TrustBundle struct {
 
 func (x *TrustBundle) Reset() {
 	*x = TrustBundle{}
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1689,7 @@ func (x *TrustBundle) String() string {
 func (*TrustBundle) ProtoMessage() {}
 
 func (x *TrustBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1702,7 @@ func (x *TrustBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
 func (*TrustBundle) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{15}
+	return file_mesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TrustBundle) GetTrustDomain() string {
@@ -1611,7 +1780,7 @@ const file_mesh_proto_rawDesc = "" +
 	" \x01(\tR\anetwork\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xb5\x02\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xf6\x03\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -1619,16 +1788,28 @@ const file_mesh_proto_rawDesc = "" +
 	"\x04vips\x18\x04 \x03(\tR\x04vips\x128\n" +
 	"\x05ports\x18\x05 \x03(\v2\".meshlet.mesh.v1alpha1.ServicePortR\x05ports\x12A\n" +
 	"\bwaypoint\x18\x06 \x01(\v2%.meshlet.mesh.v1alpha1.GatewayAddressR\bwaypoint\x12K\n" +
-	"\x0eload_balancing\x18\a \x01(\v2$.meshlet.mesh.v1alpha1.LoadBalancingR\rloadBalancing\"y\n" +
+	"\x0eload_balancing\x18\a \x01(\v2$.meshlet.mesh.v1alpha1.LoadBalancingR\rloadBalancing\x121\n" +
+	"\x14additional_hostnames\x18\b \x03(\tR\x13additionalHostnames\x12\x1a\n" +
+	"\bexternal\x18\t \x01(\bR\bexternal\x12\x1e\n" +
+	"\n" +
+	"resolution\x18\n" +
+	" \x01(\tR\n" +
+	"resolution\x12P\n" +
+	"\x10static_endpoints\x18\v \x03(\v2%.meshlet.mesh.v1alpha1.StaticEndpointR\x0fstaticEndpoints\"}\n" +
+	"\x0eStaticEndpoint\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x121\n" +
+	"\x05ports\x18\x03 \x03(\v2\x1b.meshlet.mesh.v1alpha1.PortR\x05ports\"y\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
 	"\vtarget_port\x18\x03 \x01(\rR\n" +
 	"targetPort\x12!\n" +
-	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\"\xc8\x02\n" +
+	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\"\xf1\x03\n" +
 	"\rLoadBalancing\x12=\n" +
 	"\x04mode\x18\x01 \x01(\x0e2).meshlet.mesh.v1alpha1.LoadBalancing.ModeR\x04mode\x12Y\n" +
-	"\x12routing_preference\x18\x02 \x03(\x0e2*.meshlet.mesh.v1alpha1.LoadBalancing.ScopeR\x11routingPreference\"6\n" +
+	"\x12routing_preference\x18\x02 \x03(\x0e2*.meshlet.mesh.v1alpha1.LoadBalancing.ScopeR\x11routingPreference\x12L\n" +
+	"\talgorithm\x18\x03 \x01(\x0e2..meshlet.mesh.v1alpha1.LoadBalancing.AlgorithmR\talgorithm\"6\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10UNSPECIFIED_MODE\x10\x00\x12\n" +
 	"\n" +
@@ -1642,7 +1823,14 @@ const file_mesh_proto_rawDesc = "" +
 	"\aSUBZONE\x10\x03\x12\b\n" +
 	"\x04NODE\x10\x04\x12\v\n" +
 	"\aCLUSTER\x10\x05\x12\v\n" +
-	"\aNETWORK\x10\x06\"\xfa\x02\n" +
+	"\aNETWORK\x10\x06\"Y\n" +
+	"\tAlgorithm\x12\v\n" +
+	"\aDEFAULT\x10\x00\x12\x0f\n" +
+	"\vROUND_ROBIN\x10\x01\x12\x11\n" +
+	"\rLEAST_REQUEST\x10\x02\x12\n" +
+	"\n" +
+	"\x06RANDOM\x10\x03\x12\x0f\n" +
+	"\vPASSTHROUGH\x10\x04\"\xfa\x02\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12@\n" +
@@ -1708,63 +1896,68 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mesh_proto_goTypes = []any{
 	(LoadBalancing_Mode)(0),      // 0: meshlet.mesh.v1alpha1.LoadBalancing.Mode
 	(LoadBalancing_Scope)(0),     // 1: meshlet.mesh.v1alpha1.LoadBalancing.Scope
-	(Authorization_Scope)(0),     // 2: meshlet.mesh.v1alpha1.Authorization.Scope
-	(Authorization_Action)(0),    // 3: meshlet.mesh.v1alpha1.Authorization.Action
-	(PeerAuthentication_Mode)(0), // 4: meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	(*Workload)(nil),             // 5: meshlet.mesh.v1alpha1.Workload
-	(*WorkloadPort)(nil),         // 6: meshlet.mesh.v1alpha1.WorkloadPort
-	(*Port)(nil),                 // 7: meshlet.mesh.v1alpha1.Port
-	(*PortList)(nil),             // 8: meshlet.mesh.v1alpha1.PortList
-	(*GatewayAddress)(nil),       // 9: meshlet.mesh.v1alpha1.GatewayAddress
-	(*Address)(nil),              // 10: meshlet.mesh.v1alpha1.Address
-	(*WorkloadAddress)(nil),      // 11: meshlet.mesh.v1alpha1.WorkloadAddress
-	(*Service)(nil),              // 12: meshlet.mesh.v1alpha1.Service
-	(*ServicePort)(nil),          // 13: meshlet.mesh.v1alpha1.ServicePort
-	(*LoadBalancing)(nil),        // 14: meshlet.mesh.v1alpha1.LoadBalancing
-	(*Authorization)(nil),        // 15: meshlet.mesh.v1alpha1.Authorization
-	(*Rule)(nil),                 // 16: meshlet.mesh.v1alpha1.Rule
-	(*SourceMatch)(nil),          // 17: meshlet.mesh.v1alpha1.SourceMatch
-	(*DestinationMatch)(nil),     // 18: meshlet.mesh.v1alpha1.DestinationMatch
-	(*PeerAuthentication)(nil),   // 19: meshlet.mesh.v1alpha1.PeerAuthentication
-	(*TrustBundle)(nil),          // 20: meshlet.mesh.v1alpha1.TrustBundle
-	nil,                          // 21: meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	nil,                          // 22: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	nil,                          // 23: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	(LoadBalancing_Algorithm)(0), // 2: meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
+	(Authorization_Scope)(0),     // 3: meshlet.mesh.v1alpha1.Authorization.Scope
+	(Authorization_Action)(0),    // 4: meshlet.mesh.v1alpha1.Authorization.Action
+	(PeerAuthentication_Mode)(0), // 5: meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	(*Workload)(nil),             // 6: meshlet.mesh.v1alpha1.Workload
+	(*WorkloadPort)(nil),         // 7: meshlet.mesh.v1alpha1.WorkloadPort
+	(*Port)(nil),                 // 8: meshlet.mesh.v1alpha1.Port
+	(*PortList)(nil),             // 9: meshlet.mesh.v1alpha1.PortList
+	(*GatewayAddress)(nil),       // 10: meshlet.mesh.v1alpha1.GatewayAddress
+	(*Address)(nil),              // 11: meshlet.mesh.v1alpha1.Address
+	(*WorkloadAddress)(nil),      // 12: meshlet.mesh.v1alpha1.WorkloadAddress
+	(*Service)(nil),              // 13: meshlet.mesh.v1alpha1.Service
+	(*StaticEndpoint)(nil),       // 14: meshlet.mesh.v1alpha1.StaticEndpoint
+	(*ServicePort)(nil),          // 15: meshlet.mesh.v1alpha1.ServicePort
+	(*LoadBalancing)(nil),        // 16: meshlet.mesh.v1alpha1.LoadBalancing
+	(*Authorization)(nil),        // 17: meshlet.mesh.v1alpha1.Authorization
+	(*Rule)(nil),                 // 18: meshlet.mesh.v1alpha1.Rule
+	(*SourceMatch)(nil),          // 19: meshlet.mesh.v1alpha1.SourceMatch
+	(*DestinationMatch)(nil),     // 20: meshlet.mesh.v1alpha1.DestinationMatch
+	(*PeerAuthentication)(nil),   // 21: meshlet.mesh.v1alpha1.PeerAuthentication
+	(*TrustBundle)(nil),          // 22: meshlet.mesh.v1alpha1.TrustBundle
+	nil,                          // 23: meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	nil,                          // 24: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	nil,                          // 25: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 }
 var file_mesh_proto_depIdxs = []int32{
-	9,  // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	6,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
-	21, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	7,  // 3: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	11, // 4: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
-	12, // 5: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
-	9,  // 6: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	22, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	13, // 8: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
-	9,  // 9: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	14, // 10: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
-	0,  // 11: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
-	1,  // 12: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
-	2,  // 13: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
-	3,  // 14: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
-	16, // 15: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
-	17, // 16: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
-	18, // 17: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
-	4,  // 18: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	23, // 19: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
-	8,  // 20: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	8,  // 21: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	4,  // 22: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	10, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	7,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
+	23, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	8,  // 3: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	12, // 4: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
+	13, // 5: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
+	10, // 6: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	24, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	15, // 8: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
+	10, // 9: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	16, // 10: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
+	14, // 11: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
+	8,  // 12: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	0,  // 13: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
+	1,  // 14: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
+	2,  // 15: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
+	3,  // 16: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
+	4,  // 17: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
+	18, // 18: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
+	19, // 19: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
+	20, // 20: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
+	5,  // 21: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	25, // 22: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	9,  // 23: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	9,  // 24: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	5,  // 25: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -1781,8 +1974,8 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   19,
+			NumEnums:      6,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

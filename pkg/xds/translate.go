@@ -1,0 +1,183 @@
+package xds
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// Apply makes the server's workloads, address index and peer
+// authentications those of snap, replacing the previous ones (authorizations
+// and trust bundles are set separately). Resources whose content did not
+// change keep their version, so clients are sent only the difference; when
+// nothing changed no push happens.
+func (s *Server) Apply(snap *model.Snapshot) error {
+	workloads, addresses, peerAuthn := typeSet{}, typeSet{}, typeSet{}
+	for _, mw := range snap.Workloads() {
+		w := translateWorkload(snap, mw)
+		if err := validateWorkload(w); err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		we, err := newEntry(w)
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		ae, err := newEntry(workloadAddress(w))
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		pe, err := newEntry(translatePeerAuthn(mw))
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		workloads[w.GetUid()], addresses[w.GetUid()], peerAuthn[w.GetUid()] = we, ae, pe
+	}
+	for _, ms := range snap.Services() {
+		if ms.Hostname() == "" {
+			continue // nothing can address it by name, and its VIPs, if any, are in no workload's map
+		}
+		svc := translateService(snap, ms)
+		if err := validateService(svc); err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		e, err := newEntry(&meshv1.Address{Type: &meshv1.Address_Service{Service: svc}})
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		addresses[ServiceKey(svc)] = e
+	}
+	s.mu.Lock()
+	same := sameVersions(s.store.workloads, workloads) && sameVersions(s.store.addresses, addresses) && sameVersions(s.store.peerAuthn, peerAuthn)
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	s.change(func(st *store) {
+		st.workloads, st.addresses, st.peerAuthn = workloads, addresses, peerAuthn
+	})
+	return nil
+}
+
+func sameVersions(a, b typeSet) bool {
+	return maps.EqualFunc(a, b, func(x, y entry) bool { return x.version == y.version })
+}
+
+func ipStrings(ips []netip.Addr) []string {
+	out := make([]string, len(ips))
+	for i, ip := range ips {
+		out[i] = ip.String()
+	}
+	return out
+}
+
+func portList(m map[uint32]uint32) *meshv1.PortList {
+	pl := &meshv1.PortList{}
+	for _, sp := range slices.Sorted(maps.Keys(m)) {
+		pl.Ports = append(pl.Ports, &meshv1.Port{ServicePort: sp, TargetPort: m[sp]})
+	}
+	return pl
+}
+
+// gatewayAddress names a waypoint; its hostname is that of the waypoint's
+// own Service (Istio names it after the Gateway) when the snapshot has it.
+func gatewayAddress(snap *model.Snapshot, ref *model.WaypointRef) *meshv1.GatewayAddress {
+	if ref == nil {
+		return nil
+	}
+	ga := &meshv1.GatewayAddress{Namespace: ref.Waypoint.Namespace, Name: ref.Waypoint.Name, HbonePort: 15008}
+	if svc, ok := snap.Service(ref.Waypoint.Namespace + "/" + ref.Waypoint.Name); ok {
+		ga.Hostname = svc.Hostname()
+	}
+	if len(ref.Addresses) > 0 {
+		ga.Address = ref.Addresses[0].String()
+	}
+	return ga
+}
+
+func translateWorkload(snap *model.Snapshot, mw *model.Workload) *meshv1.Workload {
+	w := &meshv1.Workload{
+		Uid:               mw.UID,
+		Name:              mw.Name,
+		Namespace:         mw.Namespace,
+		Addresses:         ipStrings(mw.IPs),
+		Node:              mw.Node,
+		ServiceAccount:    mw.ServiceAccount,
+		Identity:          mw.Identity,
+		TrustDomain:       snap.TrustDomain(),
+		Waypoint:          gatewayAddress(snap, mw.Waypoint),
+		Enrolled:          mw.Enrolled,
+		CanonicalName:     mw.CanonicalName,
+		CanonicalRevision: mw.CanonicalRevision,
+	}
+	if len(mw.Services) > 0 {
+		w.Services = make(map[string]*meshv1.PortList, len(mw.Services))
+		for _, b := range mw.Services {
+			w.Services[b.Service.Namespace+"/"+b.Hostname] = portList(b.Ports)
+		}
+	}
+	return w
+}
+
+var modes = map[model.MTLSMode]meshv1.PeerAuthentication_Mode{
+	model.MTLSPermissive: meshv1.PeerAuthentication_PERMISSIVE,
+	model.MTLSStrict:     meshv1.PeerAuthentication_STRICT,
+	model.MTLSDisable:    meshv1.PeerAuthentication_DISABLE,
+}
+
+func translatePeerAuthn(mw *model.Workload) *meshv1.PeerAuthentication {
+	r := mw.PeerAuthentication
+	pa := &meshv1.PeerAuthentication{WorkloadUid: mw.UID, Mode: modes[r.ModeFor(0)]}
+	if pa.Mode == meshv1.PeerAuthentication_UNSET {
+		pa.Mode = meshv1.PeerAuthentication_PERMISSIVE
+	}
+	if len(r.PortModes) > 0 {
+		pa.PortModes = make(map[uint32]meshv1.PeerAuthentication_Mode, len(r.PortModes))
+		for p, m := range r.PortModes {
+			pa.PortModes[p] = modes[m]
+		}
+	}
+	return pa
+}
+
+var algorithms = map[model.LoadBalancing]meshv1.LoadBalancing_Algorithm{
+	model.LBRoundRobin:   meshv1.LoadBalancing_ROUND_ROBIN,
+	model.LBLeastRequest: meshv1.LoadBalancing_LEAST_REQUEST,
+	model.LBRandom:       meshv1.LoadBalancing_RANDOM,
+	model.LBPassthrough:  meshv1.LoadBalancing_PASSTHROUGH,
+}
+
+func translateService(snap *model.Snapshot, ms *model.Service) *meshv1.Service {
+	svc := &meshv1.Service{
+		Name:       ms.Name,
+		Namespace:  ms.Namespace,
+		Hostname:   ms.Hostname(),
+		Vips:       ipStrings(ms.VIPs),
+		Waypoint:   gatewayAddress(snap, ms.Waypoint),
+		External:   ms.External,
+		Resolution: ms.Resolution,
+	}
+	if len(ms.Hostnames) > 1 {
+		svc.AdditionalHostnames = slices.Clone(ms.Hostnames[1:])
+	}
+	if a := algorithms[ms.LoadBalancing]; a != meshv1.LoadBalancing_DEFAULT {
+		svc.LoadBalancing = &meshv1.LoadBalancing{Algorithm: a}
+	}
+	for _, p := range ms.Ports {
+		svc.Ports = append(svc.Ports, &meshv1.ServicePort{Name: p.Name, Port: p.Port, TargetPort: p.TargetPort, AppProtocol: p.AppProtocol})
+	}
+	for _, ep := range ms.Endpoints {
+		if ep.WorkloadUID != "" {
+			continue
+		}
+		svc.StaticEndpoints = append(svc.StaticEndpoints, &meshv1.StaticEndpoint{
+			Addresses: ipStrings(ep.Addresses),
+			Hostname:  ep.Hostname,
+			Ports:     portList(ep.Ports).GetPorts(),
+		})
+	}
+	return svc
+}

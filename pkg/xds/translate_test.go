@@ -1,0 +1,118 @@
+package xds_test
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+func testSnapshot(version uint64, podIP string) *model.Snapshot {
+	wp := &model.WaypointRef{Waypoint: model.NamespacedName{Namespace: "ns1", Name: "waypoint"}, Addresses: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
+	web := &model.Service{
+		Name: "web", Namespace: "ns1", Source: model.SourceKubernetes,
+		Hostnames: []string{"web.ns1.svc.cluster.local"}, VIPs: []netip.Addr{netip.MustParseAddr("198.18.100.1")},
+		Ports:         []model.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, AppProtocol: "HTTP", Protocol: "TCP"}},
+		Waypoint:      wp,
+		LoadBalancing: model.LBRoundRobin,
+	}
+	wpSvc := &model.Service{Name: "waypoint", Namespace: "ns1", Source: model.SourceKubernetes, Hostnames: []string{"waypoint.ns1.svc.cluster.local"}, VIPs: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
+	ext := &model.Service{
+		Name: "ext", Namespace: "ns1", Source: model.SourceServiceEntry, Hostnames: []string{"api.example.com"}, External: true, Resolution: "DNS",
+		Endpoints: []model.Endpoint{{Hostname: "api.example.com", Ports: map[uint32]uint32{443: 443}}},
+	}
+	a := &model.Workload{
+		UID: "uid-a", Name: "web-a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr(podIP)},
+		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", Enrolled: true, Waypoint: wp,
+		CanonicalName: "web", CanonicalRevision: "v1",
+		Services:           []model.ServiceBinding{{Service: model.NamespacedName{Namespace: "ns1", Name: "web"}, Hostname: "web.ns1.svc.cluster.local", Ports: map[uint32]uint32{80: 8080}}},
+		PeerAuthentication: model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{9090: model.MTLSPermissive}},
+	}
+	b := &model.Workload{UID: "uid-b", Name: "db-b", Namespace: "ns1", Node: "node-b", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.20")}, Identity: "spiffe://cluster.local/ns/ns1/sa/default"}
+	return model.NewSnapshot(model.SnapshotInput{Version: version, Workloads: []*model.Workload{a, b}, Services: []*model.Service{web, wpSvc, ext}})
+}
+
+// TestApplySnapshot: a model snapshot reaches a node agent translated, and
+// applying an equal snapshot pushes nothing while a change pushes only it.
+func TestApplySnapshot(t *testing.T) {
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	if err := ts.Apply(testSnapshot(1, "198.18.0.10")); err != nil {
+		t.Fatal(err)
+	}
+	ts.MarkSynced()
+	c, ev := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	waitSynced(t, c)
+
+	wantWaypoint := &meshv1.GatewayAddress{Namespace: "ns1", Name: "waypoint", Hostname: "waypoint.ns1.svc.cluster.local", Address: "198.18.100.9", HbonePort: 15008}
+	want := &meshv1.Workload{
+		Uid: "uid-a", Name: "web-a", Namespace: "ns1", Addresses: []string{"198.18.0.10"}, Node: "node-a",
+		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", TrustDomain: "cluster.local",
+		Waypoint: wantWaypoint, Enrolled: true, CanonicalName: "web", CanonicalRevision: "v1",
+		Services: map[string]*meshv1.PortList{"ns1/web.ns1.svc.cluster.local": {Ports: []*meshv1.Port{{ServicePort: 80, TargetPort: 8080}}}},
+	}
+	r, ok := c.Get(meshv1.WorkloadType, "uid-a")
+	if !ok {
+		t.Fatalf("node-a has no workload uid-a; has %v", names(c.List(meshv1.WorkloadType)))
+	}
+	if d := cmp.Diff(want, r.Message, protocmp.Transform()); d != "" {
+		t.Errorf("workload uid-a (-want +got):\n%s", d)
+	}
+	if got := names(c.List(meshv1.WorkloadType)); !slices.Equal(got, []string{"uid-a"}) {
+		t.Errorf("node-a workloads = %v; want [uid-a]", got)
+	}
+	pa, _ := c.Get(meshv1.PeerAuthenticationType, "uid-a")
+	wantPA := &meshv1.PeerAuthentication{WorkloadUid: "uid-a", Mode: meshv1.PeerAuthentication_STRICT, PortModes: map[uint32]meshv1.PeerAuthentication_Mode{9090: meshv1.PeerAuthentication_PERMISSIVE}}
+	if d := cmp.Diff(wantPA, pa.Message, protocmp.Transform()); d != "" {
+		t.Errorf("peer authentication of uid-a (-want +got):\n%s", d)
+	}
+	svc, _ := c.Get(meshv1.AddressType, "ns1/web.ns1.svc.cluster.local")
+	wantSvc := &meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
+		Name: "web", Namespace: "ns1", Hostname: "web.ns1.svc.cluster.local", Vips: []string{"198.18.100.1"},
+		Ports:         []*meshv1.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, AppProtocol: "HTTP"}},
+		Waypoint:      wantWaypoint,
+		LoadBalancing: &meshv1.LoadBalancing{Algorithm: meshv1.LoadBalancing_ROUND_ROBIN},
+	}}}
+	if d := cmp.Diff(wantSvc, svc.Message, protocmp.Transform()); d != "" {
+		t.Errorf("service web (-want +got):\n%s", d)
+	}
+	ext, _ := c.Get(meshv1.AddressType, "ns1/api.example.com")
+	if got := ext.Message.(*meshv1.Address).GetService().GetStaticEndpoints(); len(got) != 1 || got[0].GetHostname() != "api.example.com" {
+		t.Errorf("ServiceEntry static endpoints = %v; want one DNS endpoint api.example.com", got)
+	}
+	if got := names(c.List(meshv1.AddressType)); !slices.Equal(got, []string{"ns1/api.example.com", "ns1/waypoint.ns1.svc.cluster.local", "ns1/web.ns1.svc.cluster.local", "uid-a", "uid-b"}) {
+		t.Errorf("address index = %v", got)
+	}
+
+	pushes := ts.metric(t, "meshd_xds_debounced_pushes_total", "")
+	if err := ts.Apply(testSnapshot(2, "198.18.0.10")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := ts.metric(t, "meshd_xds_debounced_pushes_total", ""); got != pushes {
+		t.Errorf("an unchanged snapshot caused %v pushes; want 0", got-pushes)
+	}
+
+	n := ev.len()
+	if err := ts.Apply(testSnapshot(3, "198.18.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new pod IP", func() bool {
+		r, _ := c.Get(meshv1.WorkloadType, "uid-a")
+		return slices.Equal(r.Message.(*meshv1.Workload).GetAddresses(), []string{"198.18.0.11"})
+	})
+	for _, typ := range []string{meshv1.WorkloadType, meshv1.AddressType} {
+		var updated []string
+		for _, e := range ev.since(n, typ) {
+			updated = append(updated, e.updated...)
+		}
+		if !slices.Equal(updated, []string{"uid-a"}) {
+			t.Errorf("%s resources sent for a one-pod change = %v; want [uid-a]", typ, updated)
+		}
+	}
+}
