@@ -1,0 +1,37 @@
+// Command echo is the lab's test application: an HTTP/1.1 + h2c server and a
+// gRPC server that answer with the pod that served the request (name,
+// namespace, version label, node), the headers and client address it saw and
+// the protocol, and that can be told to fail, delay or return a status code.
+// `echo client` makes N requests from inside a pod and prints a summary by pod
+// and version, for tests and the demo.
+//
+// It must stay a plain workload: no mesh logic, no Kubernetes API calls; all it
+// knows about its pod comes from the environment (the downward API).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	args := os.Args[1:]
+	var err error
+	switch {
+	case len(args) > 0 && args[0] == "client":
+		err = runClient(ctx, args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "serve":
+		err = runServe(ctx, args[1:])
+	default:
+		err = runServe(ctx, args)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+}
