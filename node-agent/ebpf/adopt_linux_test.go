@@ -221,4 +221,3 @@ func TestUninstall(t *testing.T) {
 	defer c.Close()
 	wait(t, app, "the app after Uninstall (no capture)")
 }
-

@@ -51,30 +51,6 @@ func Load(opts Options) (*Datapath, error) { return load(opts, false) }
 // PinDir holds no data path, instead of starting a fresh one.
 func Adopt(opts Options) (*Datapath, error) { return load(opts, true) }
 
-func (o Options) withDefaults() (Options, error) {
-	if o.PinDir == "" {
-		o.PinDir = DefaultPinDir
-	}
-	if o.OutboundPort == 0 {
-		o.OutboundPort = 15001
-	}
-	if o.DNSPort == 0 {
-		o.DNSPort = 15053
-	}
-	if o.InboundPort == 0 {
-		o.InboundPort = 15006
-	}
-	if o.CgroupPath == "" {
-		return o, errors.New("ebpf options: CgroupPath is empty: set it to the cgroup v2 directory to attach to (usually the cgroup v2 root)")
-	}
-	for _, e := range o.ExcludeOutbound {
-		if !e.Addr.IsValid() && e.Port == 0 {
-			return o, errors.New("ebpf options: an ExcludeOutbound entry has neither Addr nor Port: it would exclude everything; remove it")
-		}
-	}
-	return o, nil
-}
-
 func load(opts Options, adopt bool) (_ *Datapath, err error) {
 	opts, err = opts.withDefaults()
 	if err != nil {

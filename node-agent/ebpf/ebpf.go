@@ -17,6 +17,7 @@ package ebpf
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 )
 
@@ -143,4 +144,37 @@ type ReconcileResult struct {
 	// RemovedConns counts original-destination entries dropped because their
 	// netns is no longer enrolled.
 	RemovedConns int
+}
+
+// withDefaults fills zero fields and checks the rest.
+func (o Options) withDefaults() (Options, error) {
+	if o.PinDir == "" {
+		o.PinDir = DefaultPinDir
+	}
+	if o.OutboundPort == 0 {
+		o.OutboundPort = 15001
+	}
+	if o.DNSPort == 0 {
+		o.DNSPort = 15053
+	}
+	if o.InboundPort == 0 {
+		o.InboundPort = 15006
+	}
+	if o.CgroupPath == "" {
+		return o, errors.New("ebpf options: CgroupPath is empty: set it to the cgroup v2 directory to attach to (usually the cgroup v2 root)")
+	}
+	for i, e := range o.ExcludeOutbound {
+		if !e.Addr.IsValid() && e.Port == 0 {
+			return o, fmt.Errorf("ebpf options: ExcludeOutbound[%d] has neither Addr nor Port: it would exclude everything; remove it", i)
+		}
+	}
+	for _, p := range []struct {
+		name string
+		port uint16
+	}{{"OutboundPort", o.OutboundPort}, {"DNSPort", o.DNSPort}, {"InboundPort", o.InboundPort}} {
+		if p.port == 53 {
+			return o, fmt.Errorf("ebpf options: %s is 53: captured DNS would loop; use a mesh port such as 15053", p.name)
+		}
+	}
+	return o, nil
 }
