@@ -44,6 +44,9 @@ type Pod struct {
 	IPs []netip.Addr
 	// Netns is the path of its network namespace.
 	Netns string
+	// IfName is the pod's interface in Netns, as the CNI plugin reported
+	// it; empty when unknown (eth0 by convention).
+	IfName string
 }
 
 // InMesh applies the enrollment rule (see the package doc) to a pod and its

@@ -202,8 +202,11 @@ func TestCNIAdd(t *testing.T) {
 			enrolled = append(enrolled, p)
 			return nil
 		},
-		Unenroll:  func(context.Context, Pod) error { return nil },
-		FindNetns: func(string, []netip.Addr) (string, error) { t.Error("FindNetns called for a CNI-reported pod"); return "", nil },
+		Unenroll: func(context.Context, Pod) error { return nil },
+		FindNetns: func(string, []netip.Addr) (string, error) {
+			t.Error("FindNetns called for a CNI-reported pod")
+			return "", nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

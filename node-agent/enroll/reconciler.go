@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -58,6 +59,8 @@ type Reconciler struct {
 	nsInf     cache.SharedIndexInformer
 	factories []informers.SharedInformerFactory
 	queue     workqueue.TypedRateLimitingInterface[string]
+
+	synced atomic.Bool // informers synced once
 
 	mu       sync.Mutex        // serializes enroll/unenroll and guards below
 	enrolled map[string]Pod    // by namespace/name
@@ -149,6 +152,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		return fmt.Errorf("sync pod and namespace informers: %w", ctx.Err())
 	}
 	r.writeSnapshot()
+	r.synced.Store(true)
 	go func() {
 		<-ctx.Done()
 		r.queue.ShutDown()
@@ -169,6 +173,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
+// Synced reports whether the informers have synced, so every running pod
+// of this node has been seen at least once.
+func (r *Reconciler) Synced() bool { return r.synced.Load() }
+
 // Enrolled returns the enrolled pods, sorted by namespace/name.
 func (r *Reconciler) Enrolled() []Pod {
 	r.mu.Lock()
@@ -185,7 +193,6 @@ func (r *Reconciler) Enrolled() []Pod {
 	})
 	return out
 }
-
 
 func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 	if ns, ok := strings.CutPrefix(key, "ns:"); ok {
@@ -211,7 +218,6 @@ func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 	}
 	return r.reconcile(ctx, key, pod, nil)
 }
-
 
 // wanted reports whether pod belongs in the mesh on this node now.
 func (r *Reconciler) wanted(pod *corev1.Pod) bool {
@@ -255,8 +261,12 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod,
 	if want.ServiceAccount == "" {
 		want.ServiceAccount = "default"
 	}
+	if isEnrolled && cur.UID == want.UID {
+		want.IfName = cur.IfName
+	}
 	if cniEv != nil {
 		r.cniNetns[want.UID] = cniEv.Netns
+		want.IfName = cniEv.IfName
 		want.IPs = nil
 		for _, s := range cniEv.IPs {
 			if a, err := netip.ParseAddr(s); err == nil {

@@ -1,0 +1,236 @@
+// Command node-agent is meshlet's per-node agent (a DaemonSet): it loads the
+// eBPF data path, installs meshlet-cni, enrolls the node's mesh pods and runs
+// their in-pod proxies. See node-agent/agent for how the parts fit. It must
+// not hold logic of its own beyond flags, start-up checks and wiring.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshlet/meshlet/node-agent/agent"
+	"github.com/meshlet/meshlet/node-agent/cni"
+	"github.com/meshlet/meshlet/node-agent/cni/install"
+	"github.com/meshlet/meshlet/node-agent/ebpf"
+	"github.com/meshlet/meshlet/node-agent/enroll"
+	"github.com/meshlet/meshlet/node-agent/proxy"
+)
+
+type flags struct {
+	nodeName, kubeconfig, trustDomain string
+	pinDir, cgroupRoot                string
+	cniSocket, cniState               string
+	cniConfDir, cniBinDir, cniBinary  string
+	installCNI, uninstallCNIOnExit    bool
+	metricsAddr, readinessAddr        string
+	drainTimeout                      time.Duration
+	netnsDir                          string
+}
+
+func parseFlags() flags {
+	var f flags
+	exe, _ := os.Executable()
+	flag.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
+	flag.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster config")
+	flag.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	flag.StringVar(&f.pinDir, "bpf-pin-dir", ebpf.DefaultPinDir, "bpffs directory for pinned maps and links")
+	flag.StringVar(&f.cgroupRoot, "cgroup-root", "", "cgroup v2 directory the cgroup programs attach to; empty means the cgroup2 mount from /proc/mounts")
+	flag.StringVar(&f.cniSocket, "cni-socket", cni.DefaultSocketPath, "unix socket meshlet-cni talks to")
+	flag.StringVar(&f.cniState, "cni-state", cni.DefaultStatePath, "enrollment snapshot meshlet-cni reads when the agent is away")
+	flag.StringVar(&f.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+	flag.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI binary directory")
+	flag.StringVar(&f.cniBinary, "cni-binary", filepath.Join(filepath.Dir(exe), cni.PluginType), "the meshlet-cni binary to install")
+	flag.BoolVar(&f.installCNI, "install-cni", true, "install meshlet-cni into the node's CNI configuration and keep it there")
+	flag.BoolVar(&f.uninstallCNIOnExit, "uninstall-cni-on-exit", false, "remove meshlet-cni on exit (for uninstalling meshlet; a restart keeps it so new mesh pods fail closed)")
+	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics listen address")
+	flag.StringVar(&f.readinessAddr, "readiness-addr", ":15021", "readiness (/healthz/ready) listen address")
+	flag.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown or unenrollment")
+	flag.StringVar(&f.netnsDir, "netns-dir", "/var/run/netns", "the runtime's netns bind mounts, searched for running pods")
+	flag.Parse()
+	return f
+}
+
+func main() {
+	f := parseFlags()
+	if err := run(f); err != nil {
+		log.Fatalf("node-agent: %v", err)
+	}
+}
+
+func run(f flags) error {
+	if f.nodeName == "" {
+		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
+	}
+	if err := ebpf.CheckKernel(); err != nil {
+		return fmt.Errorf("kernel check (see README for the kernel floor): %w", err)
+	}
+	if f.cgroupRoot == "" {
+		root, err := cgroup2Mount()
+		if err != nil {
+			return err
+		}
+		f.cgroupRoot = root
+	}
+	dpOpts := ebpf.Options{PinDir: f.pinDir, CgroupPath: f.cgroupRoot, AgentMark: agent.DefaultAgentMark,
+		IngressSkipMark: agent.DefaultAgentMark}
+	dp, err := ebpf.Adopt(dpOpts)
+	if errors.Is(err, ebpf.ErrNothingPinned) {
+		dp, err = ebpf.Load(dpOpts)
+	}
+	if err != nil {
+		return fmt.Errorf("load data path: %w", err)
+	}
+	defer dp.Close() // pins stay: the next agent adopts them
+
+	cfg, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ag, err := agent.New(agent.Options{
+		NodeName: f.nodeName, TrustDomain: f.trustDomain, Datapath: dp,
+		Metrics: proxy.NewMetrics(reg), DrainTimeout: f.drainTimeout, Errorf: log.Printf,
+		// TODO(meshlet): Mesh (model resolution, HBONE, PeerAuthentication,
+		// authorization) once pkg/hbone, pkg/policy and the node agent's xDS
+		// view of pkg/model are wired; until then enrolled traffic passes
+		// through the proxies.
+	})
+	if err != nil {
+		return err
+	}
+	rec, err := enroll.New(enroll.Options{
+		Client: client, NodeName: f.nodeName, SnapshotPath: f.cniState,
+		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf,
+		FindNetns: func(uid string, ips []netip.Addr) (string, error) {
+			return enroll.FindNetns(enroll.FindOptions{NetnsDir: f.netnsDir}, uid, ips)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := cni.Listen(cni.ServerOptions{SocketPath: f.cniSocket, Add: rec.CNIAdd, Del: rec.CNIDel})
+	if err != nil {
+		return err
+	}
+	go func() {
+		if err := srv.Serve(); err != nil {
+			log.Printf("cni socket: %v", err)
+		}
+	}()
+	defer srv.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	instOpts := install.Options{ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Binary: f.cniBinary,
+		SocketPath: f.cniSocket, StatePath: f.cniState}
+	if f.installCNI {
+		go install.Watch(ctx, instOpts, func(err error) { log.Printf("install meshlet-cni: %v", err) })
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metricsSrv := &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go serveHTTP(metricsSrv)
+	defer metricsSrv.Close()
+	ready := http.NewServeMux()
+	ready.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case ag.Draining():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case !rec.Synced():
+			http.Error(w, "starting: pods not synced", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ready")
+		}
+	})
+	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ready, ReadHeaderTimeout: 10 * time.Second}
+	go serveHTTP(readySrv)
+	defer readySrv.Close()
+
+	recErr := make(chan error, 1)
+	go func() { recErr <- rec.Run(ctx) }()
+	log.Printf("node-agent on %s: data path loaded (pins %s, cgroup %s)", f.nodeName, f.pinDir, f.cgroupRoot)
+	select {
+	case <-ctx.Done():
+	case err := <-recErr:
+		if err != nil {
+			return err
+		}
+	}
+	log.Printf("draining (up to %s)", f.drainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
+	defer cancel()
+	if err := ag.Drain(dctx); err != nil {
+		log.Printf("drain: %v", err)
+	}
+	if f.uninstallCNIOnExit {
+		if err := install.Uninstall(instOpts); err != nil {
+			log.Printf("uninstall meshlet-cni: %v", err)
+		}
+	}
+	return nil
+}
+
+func serveHTTP(s *http.Server) {
+	if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Printf("serve %s: %v", s.Addr, err)
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster config (or pass --kubeconfig): %w", err)
+	}
+	return c, nil
+}
+
+// cgroup2Mount finds the cgroup v2 mount in /proc/mounts; hybrid hosts mount
+// it away from /sys/fs/cgroup.
+func cgroup2Mount() (string, error) {
+	fh, err := os.Open("/proc/mounts")
+	if err != nil {
+		return "", fmt.Errorf("read /proc/mounts: %w", err)
+	}
+	defer fh.Close()
+	s := bufio.NewScanner(fh)
+	for s.Scan() {
+		if fs := strings.Fields(s.Text()); len(fs) >= 3 && fs[2] == "cgroup2" {
+			return fs[1], nil
+		}
+	}
+	return "", errors.New("no cgroup2 mount in /proc/mounts: mount the cgroup v2 hierarchy into the agent (hostPath) or pass --cgroup-root")
+}

@@ -1,0 +1,80 @@
+// Package agent wires the node agent together: the CNI socket, the
+// enrollment reconciler, the eBPF data path and one proxy per enrolled pod,
+// plus the metrics (15020) and readiness (15021) endpoints and the drain on
+// shutdown.
+//
+// Enrolling a pod, in order: open its listeners (so a captured connection
+// always has somewhere to go), set up the return path for transparent
+// connections to the app, attach inbound steering on its interface, then
+// start outbound capture for its netns. Unenrolling runs the other way:
+// capture stops first, then the listeners drain within a bound.
+//
+// The pushed mesh config, the tunnel and policy reach the proxies through
+// the Mesh hooks; without a Mesh, enrolled pods' connections pass through
+// the proxies unencrypted (useful only for testing the data path). This
+// package must not implement any of those itself.
+package agent
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/meshlet/meshlet/node-agent/ebpf"
+	"github.com/meshlet/meshlet/node-agent/proxy"
+)
+
+// Datapath is what the agent needs from the loaded eBPF data path
+// (node-agent/ebpf.Datapath).
+type Datapath interface {
+	Enroll(netnsCookie uint64, p ebpf.Pod) error
+	Unenroll(netnsCookie uint64) error
+	OriginalDst(c net.Conn) (netip.AddrPort, error)
+	AttachPodIngress(nsPath, ifname string, opts ebpf.IngressOptions) error
+	DetachPodIngress(nsPath, ifname string) error
+}
+
+// Mesh is what the proxies need from the pushed config, the tunnel and
+// policy; see proxy.Options for each hook's meaning.
+type Mesh interface {
+	Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool)
+	DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (net.Conn, error)
+	ServeTunnel(ln net.Listener, handle func(context.Context, proxy.Stream) error) error
+	PeerAuth(pod proxy.Pod, port uint16) proxy.Mode
+	Authorize(ctx context.Context, r proxy.AuthzRequest) proxy.Decision
+}
+
+// Marks and routing the agent uses inside pods. AgentMark must be one of the
+// bits the data path skips (ebpf.Options.AgentMark); ReturnMark is an extra
+// bit on connections to the app that keep the client's address.
+const (
+	DefaultAgentMark   uint32 = 0x539
+	DefaultReturnMark  uint32 = 0x1000
+	DefaultReturnTable        = 1539
+)
+
+// Options configures the agent.
+type Options struct {
+	// NodeName is this node. Required.
+	NodeName string
+	// TrustDomain builds pods' SPIFFE IDs. Empty means cluster.local.
+	TrustDomain string
+	// Datapath is the loaded eBPF data path. Required.
+	Datapath Datapath
+	// NetnsCookie returns a netns's cookie. Nil means ebpf.NetnsCookie.
+	NetnsCookie func(nsPath string) (uint64, error)
+	// Mesh provides resolution, tunnel and policy. Nil means passthrough.
+	Mesh Mesh
+	// AgentMark, ReturnMark and ReturnTable: see the constants. Zero means
+	// the default.
+	AgentMark, ReturnMark uint32
+	ReturnTable           int
+	// Metrics receives the proxies' TCP metrics. Nil counts nothing.
+	Metrics *proxy.Metrics
+	// DrainTimeout bounds how long open connections may finish when the
+	// agent stops or a pod leaves the mesh. Zero means 30s.
+	DrainTimeout time.Duration
+	// Errorf logs. Nil discards.
+	Errorf func(format string, args ...any)
+}

@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+
+	"github.com/meshlet/meshlet/node-agent/ebpf"
+	"github.com/meshlet/meshlet/node-agent/enroll"
+	"github.com/meshlet/meshlet/node-agent/internal/nstest"
+	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/testutil"
+)
+
+// TestEnrollDataPath runs the real eBPF data path with the agent's
+// enrollment: pod A dials pod B's app; A's connect is captured into A's
+// outbound listener, leaves A (passthrough: no Mesh here), is steered by B's
+// tc program into B's inbound listener, and reaches B's app with A's address
+// as its source. Unenrolling A stops the capture at once.
+func TestEnrollDataPath(t *testing.T) {
+	testutil.RequireRoot(t)
+	if err := ebpf.CheckKernel(); err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	cg := enterCgroup(t)
+	pin := filepath.Join(mountBPFFS(t), "meshlet")
+	dp, err := ebpf.Load(ebpf.Options{PinDir: pin, CgroupPath: cg, AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
+	if err != nil {
+		t.Fatalf("load data path: %v", err)
+	}
+	t.Cleanup(func() { dp.Uninstall() })
+
+	na, nb := nstest.Pair(t, "mlna-ag", netip.MustParseAddr("198.19.4.11"), netip.MustParseAddr("198.19.4.12"))
+	reg := prometheus.NewRegistry()
+	ag, err := New(Options{NodeName: "node-1", Datapath: dp, Metrics: proxy.NewMetrics(reg), DrainTimeout: time.Second, Errorf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		ag.Drain(ctx)
+	})
+	podA := enroll.Pod{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart",
+		IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: "mlna-aga"}
+	podB := enroll.Pod{UID: "uid-b", Namespace: "shop", Name: "db-0", Workload: "db", ServiceAccount: "db",
+		IPs: []netip.Addr{nb.Addr}, Netns: nb.Path, IfName: "mlna-agb"}
+	ctx := context.Background()
+	for _, p := range []enroll.Pod{podA, podB} {
+		if err := ag.Enroll(ctx, p); err != nil {
+			t.Fatalf("enroll %s: %v", p.Name, err)
+		}
+	}
+
+	app := nstest.MustListen(t)(netns.Listen(nb.Path, nb.Addr.String()+":8080", netns.ListenOptions{}))
+	sources := make(chan string, 4)
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			sources <- addrOf(c.RemoteAddr())
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+
+	call := func() (peer string) {
+		t.Helper()
+		c, err := netns.Dial(ctx, na.Path, nb.Addr.String()+":8080", netns.DialOptions{Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("pod A dials pod B: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "ping")
+		c.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "ping" {
+			t.Fatalf("echo = %q, %v; want ping", got, err)
+		}
+		return addrOf(c.RemoteAddr())
+	}
+
+	if peer := call(); peer != nb.Addr.String() {
+		t.Errorf("app in A sees peer %s; want the address it dialled, %s", peer, nb.Addr)
+	}
+	if src := <-sources; src != na.Addr.String() {
+		t.Errorf("app in B sees client %s; want pod A %s", src, na.Addr)
+	}
+	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "source"); got != 1 {
+		t.Errorf("connections opened (reporter=source) = %v; want 1 (A's outbound was captured)", got)
+	}
+	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "destination"); got != 1 {
+		t.Errorf("connections opened (reporter=destination) = %v; want 1 (B's inbound was steered)", got)
+	}
+
+	// A leaves the mesh: its next connect is not captured; B still steers.
+	if err := ag.Unenroll(ctx, podA); err != nil {
+		t.Fatal(err)
+	}
+	call()
+	<-sources
+	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "source"); got != 1 {
+		t.Errorf("connections opened (reporter=source) after unenrolling A = %v; want still 1", got)
+	}
+	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "destination"); got != 2 {
+		t.Errorf("connections opened (reporter=destination) = %v; want 2", got)
+	}
+}
+
+func addrOf(a net.Addr) string { return a.(*net.TCPAddr).AddrPort().Addr().Unmap().String() }
+
+// counter sums a metric's series whose label has value.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	var sum float64
+	for {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum = 0
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.Metric {
+				if hasLabel(m, label, value) {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+		if sum > 0 || time.Now().After(deadline) {
+			return sum
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.Label {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
+
+func mountBPFFS(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// enterCgroup moves this test process into a new cgroup v2 child mlna-<pid>
+// so its sockets are subject to the programs attached there.
+func enterCgroup(t *testing.T) string {
+	t.Helper()
+	root, err := testutil.Cgroup2Root()
+	if err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orig string
+	for _, line := range strings.Split(string(self), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			orig = filepath.Join(root, rest)
+		}
+	}
+	cg := filepath.Join(root, fmt.Sprintf("mlna-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pid := []byte(fmt.Sprint(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
+		os.Remove(cg)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0)
+		os.Remove(cg)
+	})
+	return cg
+}

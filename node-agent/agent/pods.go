@@ -1,0 +1,218 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/meshlet/meshlet/node-agent/ebpf"
+	"github.com/meshlet/meshlet/node-agent/enroll"
+	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/node-agent/proxy"
+)
+
+// Agent holds the enrolled pods' state.
+type Agent struct {
+	opts Options
+
+	mu        sync.Mutex
+	pods      map[string]*enrolledPod // by pod UID
+	workloads map[string]uint32       // namespace/workload/sa → data path workload ID
+	draining  bool
+}
+
+type enrolledPod struct {
+	pod    enroll.Pod
+	cookie uint64
+	proxy  *proxy.Proxy
+}
+
+// New checks opts and returns an Agent with nothing enrolled.
+func New(opts Options) (*Agent, error) {
+	if opts.NodeName == "" || opts.Datapath == nil {
+		return nil, errors.New("agent: Options.NodeName and Datapath are required")
+	}
+	if opts.TrustDomain == "" {
+		opts.TrustDomain = "cluster.local"
+	}
+	if opts.NetnsCookie == nil {
+		opts.NetnsCookie = ebpf.NetnsCookie
+	}
+	if opts.AgentMark == 0 {
+		opts.AgentMark = DefaultAgentMark
+	}
+	if opts.ReturnMark == 0 {
+		opts.ReturnMark = DefaultReturnMark
+	}
+	if opts.ReturnTable == 0 {
+		opts.ReturnTable = DefaultReturnTable
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	if opts.Errorf == nil {
+		opts.Errorf = func(string, ...any) {}
+	}
+	return &Agent{opts: opts, pods: map[string]*enrolledPod{}, workloads: map[string]uint32{}}, nil
+}
+
+// proxyPod is the proxy's view of an enrolled pod.
+func (a *Agent) proxyPod(p enroll.Pod) proxy.Pod {
+	return proxy.Pod{
+		Workload: proxy.Workload{
+			Namespace: p.Namespace, Name: p.Workload,
+			Identity: fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", a.opts.TrustDomain, p.Namespace, p.ServiceAccount),
+		},
+		UID: p.UID, Netns: p.Netns, IPs: p.IPs,
+	}
+}
+
+// workloadID numbers (namespace, workload, service account) for the data
+// path's per-workload counters. Called with a.mu held.
+func (a *Agent) workloadID(p enroll.Pod) uint32 {
+	k := p.Namespace + "/" + p.Workload + "/" + p.ServiceAccount
+	id, ok := a.workloads[k]
+	if !ok {
+		id = uint32(len(a.workloads) + 1)
+		a.workloads[k] = id
+	}
+	return id
+}
+
+// Enroll puts a pod in the mesh; see the package doc for the order.
+func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining {
+		return errors.New("agent is shutting down")
+	}
+	if old, ok := a.pods[p.UID]; ok {
+		a.unenrollLocked(old, 0)
+	}
+	o := a.opts
+	cookie, err := o.NetnsCookie(p.Netns)
+	if err != nil {
+		return err
+	}
+	pp := a.proxyPod(p)
+	popts := proxy.Options{
+		Pod: pp, Mark: o.AgentMark, ReturnMark: o.ReturnMark,
+		OriginalDst: o.Datapath.OriginalDst, Metrics: o.Metrics, Errorf: o.Errorf,
+	}
+	if m := o.Mesh; m != nil {
+		popts.Resolve, popts.DialTunnel, popts.ServeTunnel = m.Resolve, m.DialTunnel, m.ServeTunnel
+		popts.PeerAuth, popts.Authorize = m.PeerAuth, m.Authorize
+	}
+	px, err := proxy.Start(popts)
+	if err != nil {
+		return err
+	}
+	undo := []func(){func() { px.Close() }}
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if err := netns.PrepareReturnPath(p.Netns, netns.ReturnPath{Mark: o.ReturnMark, Table: o.ReturnTable}); err != nil {
+		return err
+	}
+	ifname := ifName(p)
+	if err := o.Datapath.AttachPodIngress(p.Netns, ifname, ebpf.IngressOptions{}); err != nil {
+		return fmt.Errorf("attach inbound steering: %w", err)
+	}
+	undo = append(undo, func() { _ = o.Datapath.DetachPodIngress(p.Netns, ifname) })
+	rec := ebpf.Pod{WorkloadID: a.workloadID(p)}
+	for _, ip := range p.IPs {
+		if ip.Is4() && !rec.IPv4.IsValid() {
+			rec.IPv4 = ip
+		} else if ip.Is6() && !rec.IPv6.IsValid() {
+			rec.IPv6 = ip
+		}
+	}
+	if err := o.Datapath.Enroll(cookie, rec); err != nil {
+		return fmt.Errorf("start capture: %w", err)
+	}
+	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, proxy: px}
+	return nil
+}
+
+func ifName(p enroll.Pod) string {
+	if p.IfName != "" {
+		return p.IfName
+	}
+	return "eth0"
+}
+
+// Unenroll takes a pod out of the mesh: capture stops at once, open
+// connections get DrainTimeout to finish.
+func (a *Agent) Unenroll(_ context.Context, p enroll.Pod) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ep, ok := a.pods[p.UID]
+	if !ok {
+		return nil
+	}
+	return a.unenrollLocked(ep, a.opts.DrainTimeout)
+}
+
+func (a *Agent) unenrollLocked(ep *enrolledPod, drain time.Duration) error {
+	delete(a.pods, ep.pod.UID)
+	var errs []error
+	if err := a.opts.Datapath.Unenroll(ep.cookie); err != nil {
+		errs = append(errs, fmt.Errorf("stop capture: %w", err))
+	}
+	// The netns may be gone with the pod; then so is the program.
+	_ = a.opts.Datapath.DetachPodIngress(ep.pod.Netns, ifName(ep.pod))
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		_ = ep.proxy.Drain(ctx)
+	}()
+	return errors.Join(errs...)
+}
+
+// Enrolled returns the UIDs of the enrolled pods.
+func (a *Agent) Enrolled() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for uid := range a.pods {
+		out = append(out, uid)
+	}
+	return out
+}
+
+// Drain stops taking new connections on every pod and lets open ones finish
+// until ctx ends. Capture stays in place (the maps are pinned) so the next
+// agent takes over with no gap.
+func (a *Agent) Drain(ctx context.Context) error {
+	a.mu.Lock()
+	a.draining = true
+	var pxs []*proxy.Proxy
+	for _, ep := range a.pods {
+		pxs = append(pxs, ep.proxy)
+	}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(pxs))
+	for i, px := range pxs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = px.Drain(ctx)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Draining reports whether Drain has started (readiness is false then).
+func (a *Agent) Draining() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.draining
+}
