@@ -67,7 +67,7 @@ type build struct {
 	next map[string]cachedWorkload
 
 	peerAuths  []*model.PeerAuthentication
-	authz      []authzBinding
+	authz      []*model.AuthorizationPolicy
 	waypoints  map[model.NamespacedName]*model.Waypoint
 	services   []*model.Service
 	svcByKey   map[string]*model.Service
@@ -117,13 +117,14 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		wps = append(wps, bd.waypoints[k])
 	}
 	snap := model.NewSnapshot(model.SnapshotInput{
-		Version:             b.version,
-		TrustDomain:         b.opts.TrustDomain,
-		RootNamespace:       b.opts.RootNamespace,
-		Workloads:           bd.workloads,
-		Services:            bd.services,
-		Waypoints:           wps,
-		PeerAuthentications: bd.peerAuths,
+		Version:               b.version,
+		TrustDomain:           b.opts.TrustDomain,
+		RootNamespace:         b.opts.RootNamespace,
+		Workloads:             bd.workloads,
+		Services:              bd.services,
+		Waypoints:             wps,
+		PeerAuthentications:   bd.peerAuths,
+		AuthorizationPolicies: bd.authz,
 	})
 	return snap, bd.rej
 }

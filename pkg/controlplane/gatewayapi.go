@@ -139,8 +139,8 @@ func (bd *build) warnUnmatchedSelectors() {
 		}
 	}
 	for _, a := range bd.authz {
-		if a.selector != nil && !matches(a.name.Namespace, a.selector) {
-			bd.rejecter(KindAuthorizationPolicy, a.name.Namespace, a.name.Name).warn("selector %v matches no workload", a.selector)
+		if a.Selector != nil && !matches(a.Policy.Namespace, a.Selector) {
+			bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name).warn("selector %v matches no workload", a.Selector)
 		}
 	}
 }

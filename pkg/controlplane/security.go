@@ -1,15 +1,15 @@
 package controlplane
 
 import (
-	"net/netip"
+	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
 )
 
 // translatePeerAuthentications validates and translates PeerAuthentications.
@@ -80,44 +80,45 @@ func translatePeerAuthentication(c config[securityapi.PeerAuthentication], r *re
 	return p
 }
 
-// authzBinding is a validated AuthorizationPolicy's scope for L4 binding.
-type authzBinding struct {
-	name     model.NamespacedName
-	mesh     bool              // root namespace, no selector: every workload
-	selector map[string]string // nil: namespace-wide
-}
-
-// translateAuthorizationPolicies validates AuthorizationPolicies and records
-// the ones enforced by node agents (those not bound to a waypoint by targetRefs).
+// translateAuthorizationPolicies validates AuthorizationPolicies and
+// translates them into pkg/policy's types with their scope.
 func (bd *build) translateAuthorizationPolicies() {
 	for _, k := range sortedKeys(bd.in.authzs) {
 		c := bd.in.authzs[k]
 		r := bd.rejecter(KindAuthorizationPolicy, c.meta.Namespace, c.meta.Name)
-		b, ok := validateAuthorizationPolicy(c, bd.opts.RootNamespace, r)
-		if ok && b != nil {
-			bd.authz = append(bd.authz, *b)
+		if a := translateAuthorizationPolicy(c, bd.opts.RootNamespace, r); a != nil {
+			bd.authz = append(bd.authz, a)
 		}
 	}
 }
 
-// validateAuthorizationPolicy checks one policy; it returns the L4 binding,
-// or nil with ok true for a valid policy that targets a waypoint instead.
-func validateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], rootNS string, r *rejections) (*authzBinding, bool) {
+var actions = map[securityapi.AuthorizationPolicy_Action]policy.Action{
+	securityapi.AuthorizationPolicy_ALLOW:  policy.Allow,
+	securityapi.AuthorizationPolicy_DENY:   policy.Deny,
+	securityapi.AuthorizationPolicy_AUDIT:  policy.Audit,
+	securityapi.AuthorizationPolicy_CUSTOM: policy.Custom,
+}
+
+// translateAuthorizationPolicy checks one policy and returns it with its
+// scope, or nil when it is rejected.
+func translateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], rootNS string, r *rejections) *model.AuthorizationPolicy {
 	spec := c.spec
 	targeted := spec.GetTargetRef() != nil || len(spec.GetTargetRefs()) > 0
 	if spec.GetSelector() != nil && targeted {
 		r.reject("only one of selector and targetRef(s) may be set")
-		return nil, false
+		return nil
 	}
-	switch spec.GetAction() {
-	case securityapi.AuthorizationPolicy_ALLOW, securityapi.AuthorizationPolicy_DENY, securityapi.AuthorizationPolicy_AUDIT:
-	case securityapi.AuthorizationPolicy_CUSTOM:
-		r.reject("action CUSTOM (external authorization) is not supported by meshlet")
-		return nil, false
-	default:
+	action, ok := actions[spec.GetAction()]
+	if !ok {
 		r.reject("action %d is not ALLOW, DENY, AUDIT or CUSTOM", spec.GetAction())
-		return nil, false
+		return nil
 	}
+	a := &model.AuthorizationPolicy{Policy: &policy.Policy{
+		Name:      c.meta.Name,
+		Namespace: c.meta.Namespace,
+		Action:    action,
+		DryRun:    c.meta.Annotations["istio.io/dry-run"] == "true",
+	}}
 	refs := append([]*typeapi.PolicyTargetReference{spec.GetTargetRef()}, spec.GetTargetRefs()...)
 	for _, tr := range refs {
 		if tr == nil {
@@ -127,80 +128,113 @@ func validateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], root
 		case "Gateway", "Service", "ServiceEntry", "GatewayClass":
 		default:
 			r.reject("targetRef kind %q: want Gateway, Service, ServiceEntry or GatewayClass", tr.GetKind())
-			return nil, false
+			return nil
 		}
 		if tr.GetName() == "" {
 			r.reject("targetRef of kind %s has no name", tr.GetKind())
-			return nil, false
+			return nil
 		}
+		if tr.GetNamespace() != "" && tr.GetNamespace() != c.meta.Namespace {
+			r.reject("targetRef %s/%s: a policy may only target objects of its own namespace", tr.GetNamespace(), tr.GetName())
+			return nil
+		}
+		a.Targets = append(a.Targets, model.PolicyTarget{Kind: tr.GetKind(), Namespace: c.meta.Namespace, Name: tr.GetName()})
 	}
 	for i, rule := range spec.GetRules() {
 		if rule == nil {
+			a.Policy.Rules = append(a.Policy.Rules, policy.Rule{})
 			continue
 		}
+		var pr policy.Rule
 		for _, f := range rule.GetFrom() {
 			src := f.GetSource()
-			for _, blocks := range [][]string{src.GetIpBlocks(), src.GetNotIpBlocks(), src.GetRemoteIpBlocks(), src.GetNotRemoteIpBlocks()} {
-				for _, b := range blocks {
-					if !validIPBlock(b) {
-						r.reject("rules[%d].from ipBlock %q is not an IP address or CIDR", i, b)
-						return nil, false
-					}
+			if len(src.GetTrustDomains())+len(src.GetNotTrustDomains()) > 0 {
+				r.reject("rules[%d].from: trustDomains is not supported; match principals instead", i)
+				return nil
+			}
+			ps := policy.Source{
+				Principals: src.GetPrincipals(), NotPrincipals: src.GetNotPrincipals(),
+				RequestPrincipals: src.GetRequestPrincipals(), NotRequestPrincipals: src.GetNotRequestPrincipals(),
+				Namespaces: src.GetNamespaces(), NotNamespaces: src.GetNotNamespaces(),
+				IPBlocks: src.GetIpBlocks(), NotIPBlocks: src.GetNotIpBlocks(),
+				RemoteIPBlocks: src.GetRemoteIpBlocks(), NotRemoteIPBlocks: src.GetNotRemoteIpBlocks(),
+			}
+			// Istio: serviceAccounts ("ns/sa") cannot be combined with principals
+			// or namespaces; it names an identity in any trust domain.
+			if len(src.GetServiceAccounts())+len(src.GetNotServiceAccounts()) > 0 {
+				if len(ps.Principals)+len(ps.NotPrincipals)+len(ps.Namespaces)+len(ps.NotNamespaces) > 0 {
+					r.reject("rules[%d].from: serviceAccounts cannot be set with principals or namespaces", i)
+					return nil
+				}
+				var err error
+				if ps.Principals, err = serviceAccountPrincipals(src.GetServiceAccounts()); err == nil {
+					ps.NotPrincipals, err = serviceAccountPrincipals(src.GetNotServiceAccounts())
+				}
+				if err != nil {
+					r.reject("rules[%d].from: %v", i, err)
+					return nil
 				}
 			}
+			pr.From = append(pr.From, ps)
 		}
 		for _, t := range rule.GetTo() {
 			op := t.GetOperation()
-			for _, ports := range [][]string{op.GetPorts(), op.GetNotPorts()} {
-				for _, p := range ports {
-					if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
-						r.reject("rules[%d].to port %q is not a port number 1-65535", i, p)
-						return nil, false
-					}
-				}
-			}
+			pr.To = append(pr.To, policy.Operation{
+				Hosts: op.GetHosts(), NotHosts: op.GetNotHosts(),
+				Ports: op.GetPorts(), NotPorts: op.GetNotPorts(),
+				Methods: op.GetMethods(), NotMethods: op.GetNotMethods(),
+				Paths: op.GetPaths(), NotPaths: op.GetNotPaths(),
+			})
 		}
 		for _, w := range rule.GetWhen() {
-			if w.GetKey() == "" {
-				r.reject("rules[%d].when has a condition without key", i)
-				return nil, false
-			}
+			pr.When = append(pr.When, policy.Condition{Key: w.GetKey(), Values: w.GetValues(), NotValues: w.GetNotValues()})
 		}
+		a.Policy.Rules = append(a.Policy.Rules, pr)
 	}
-	if targeted {
-		return nil, true
+	if err := a.Policy.Validate(); err != nil {
+		r.reject("%v", err)
+		return nil
 	}
-	b := &authzBinding{name: model.NamespacedName{Namespace: c.meta.Namespace, Name: c.meta.Name}}
-	if sel := spec.GetSelector(); sel != nil && len(sel.GetMatchLabels()) > 0 {
-		b.selector = sel.GetMatchLabels()
-	} else if c.meta.Namespace == rootNS {
-		b.mesh = true
+	switch {
+	case targeted:
+	case spec.GetSelector() != nil && len(spec.GetSelector().GetMatchLabels()) > 0:
+		a.Selector = spec.GetSelector().GetMatchLabels()
+	case c.meta.Namespace == rootNS:
+		a.Mesh = true
 	}
-	return b, true
+	return a
 }
 
-func validIPBlock(s string) bool {
-	if strings.Contains(s, "/") {
-		_, err := netip.ParsePrefix(s)
-		return err == nil
+// serviceAccountPrincipals turns Istio's "ns/sa" service accounts into
+// principals that match that identity in any trust domain.
+func serviceAccountPrincipals(sas []string) ([]string, error) {
+	var out []string
+	for _, sa := range sas {
+		ns, name, ok := strings.Cut(sa, "/")
+		if !ok || ns == "" || name == "" || strings.ContainsAny(name, "/*") || strings.Contains(ns, "*") {
+			return nil, fmt.Errorf("serviceAccount %q: want namespace/name", sa)
+		}
+		out = append(out, "*/ns/"+ns+"/sa/"+name)
 	}
-	_, err := netip.ParseAddr(s)
-	return err == nil
+	return out, nil
 }
 
 // authzFor returns the L4 policies bound to a workload: mesh-wide ones from
-// the root namespace, namespace-wide ones, and selector matches in its namespace.
+// the root namespace, namespace-wide ones, and selector matches in its
+// namespace. Policies with targetRefs are for waypoints and are not bound here.
 func (bd *build) authzFor(ns string, labels map[string]string) []model.NamespacedName {
 	var out []model.NamespacedName
-	for _, b := range bd.authz {
+	for _, a := range bd.authz {
 		switch {
-		case b.mesh:
-		case b.name.Namespace != ns:
+		case len(a.Targets) > 0:
 			continue
-		case b.selector != nil && !model.SelectorMatches(b.selector, labels):
+		case a.Mesh:
+		case a.Policy.Namespace != ns:
+			continue
+		case a.Selector != nil && !model.SelectorMatches(a.Selector, labels):
 			continue
 		}
-		out = append(out, b.name)
+		out = append(out, a.Key())
 	}
 	return out // bd.authz is sorted by key, so out is too
 }

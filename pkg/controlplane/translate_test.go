@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
 )
 
 // Istio's "Mutual TLS Migration" and PeerAuthentication reference examples,
@@ -185,13 +186,18 @@ func TestAuthorizationPolicyRejections(t *testing.T) {
 		reason  string
 		warning bool
 	}{
-		{"bad ipBlock", `rules: [{from: [{source: {ipBlocks: ["10.0.0.0/33"]}}]}]`, "ipBlock", false},
-		{"bad port", `rules: [{to: [{operation: {ports: ["http"]}}]}]`, "not a port number", false},
+		{"bad ipBlock", `rules: [{from: [{source: {ipBlocks: ["10.0.0.0/33"]}}]}]`, "ip block", false},
+		{"bad port", `rules: [{to: [{operation: {ports: ["http"]}}]}]`, "want a number 1-65535", false},
 		{"unknown action", `action: 9`, "action 9", false},
 		{"custom unsupported", `action: CUSTOM`, "CUSTOM", false},
 		{"selector and targetRefs", `{selector: {matchLabels: {app: a}}, targetRefs: [{kind: Gateway, name: wp}]}`, "only one of selector", false},
 		{"bad targetRef kind", `targetRefs: [{kind: Pod, name: x}]`, "targetRef kind", false},
 		{"selector matching nothing", `selector: {matchLabels: {app: ghost}}`, "matches no workload", true},
+		{"trust domains", `rules: [{from: [{source: {trustDomains: [td]}}]}]`, "trustDomains is not supported", false},
+		{"serviceAccounts with principals", `rules: [{from: [{source: {serviceAccounts: [a/b], principals: [x]}}]}]`, "cannot be set with principals", false},
+		{"bad serviceAccount", `rules: [{from: [{source: {serviceAccounts: [nobody]}}]}]`, "want namespace/name", false},
+		{"when without values", `rules: [{when: [{key: source.ip}]}]`, "set values or notValues", false},
+		{"cross-namespace targetRef", `targetRefs: [{kind: Gateway, name: wp, namespace: other}]`, "its own namespace", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -433,5 +439,54 @@ func TestInputsAddRejectsUnknownTypes(t *testing.T) {
 	}
 	if err := in.Add(&corev1.ConfigMap{}); err == nil || !strings.Contains(err.Error(), "unsupported type") {
 		t.Errorf("Add(*corev1.ConfigMap) = %v; want an unsupported type error", err)
+	}
+}
+
+// TestAuthorizationPolicyEnforcement follows Istio's "allow-read" example end
+// to end: the translated policy, bound to the workload, decides connections
+// with pkg/policy the way a node agent will.
+func TestAuthorizationPolicyEnforcement(t *testing.T) {
+	snap, _ := mustBuild(t, inputs(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]
+    to: [{operation: {ports: ["8080"]}}]
+  - from: [{source: {serviceAccounts: ["ops/admin"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: waypoint-only, namespace: foo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+`, pod("foo", "httpbin", "10.0.0.1", "n1", "app=httpbin")))
+	w := workloadByName(t, snap, "foo", "httpbin")
+	policies := snap.PoliciesFor(w)
+	if len(policies) != 1 || policies[0].Name != "allow-sleep" {
+		t.Fatalf("PoliciesFor(httpbin) = %v; want only allow-sleep (waypoint-only targets a waypoint)", policies)
+	}
+	tests := []struct {
+		principal string
+		port      uint32
+		want      bool
+	}{
+		{"spiffe://cluster.local/ns/default/sa/sleep", 8080, true},
+		{"spiffe://cluster.local/ns/default/sa/sleep", 9090, false},
+		{"spiffe://cluster.local/ns/default/sa/other", 8080, false},
+		{"spiffe://cluster.local/ns/ops/sa/admin", 9090, true},
+	}
+	for _, tt := range tests {
+		d := policy.EvaluateL4(policies, &policy.Request{SourcePrincipal: tt.principal, DestinationIP: mustAddr("10.0.0.1"), DestinationPort: tt.port})
+		if d.Allow != tt.want {
+			t.Errorf("EvaluateL4(%s -> :%d) = %v (%s); want %v", tt.principal, tt.port, d.Allow, d.Reason, tt.want)
+		}
+	}
+	wp, ok := snap.AuthorizationPolicy(model.NamespacedName{Namespace: "foo", Name: "waypoint-only"})
+	if !ok || len(wp.Targets) != 1 || wp.Targets[0] != (model.PolicyTarget{Kind: "Gateway", Namespace: "foo", Name: "waypoint"}) {
+		t.Errorf("waypoint-only = %+v; want it targeting Gateway foo/waypoint", wp)
 	}
 }

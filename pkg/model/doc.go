@@ -18,6 +18,9 @@
 // inherits from the level above, and among several policies at one level the
 // oldest wins.
 //
+// Authorization rules are carried in pkg/policy's types, so the node agent
+// and the waypoint evaluate exactly what was translated.
+//
 // This package must not import Kubernetes, Istio or Gateway API types, do
 // I/O or keep global state: translation from those APIs lives in
 // pkg/controlplane, and wire encoding in pkg/xds and pkg/api.

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"reflect"
 	"sort"
+
+	"github.com/meshlet/meshlet/pkg/policy"
 )
 
 // SnapshotInput is everything a Snapshot is built from. NewSnapshot takes
@@ -24,6 +26,8 @@ type SnapshotInput struct {
 	Waypoints []*Waypoint
 	// PeerAuthentications are the translated PeerAuthentication objects.
 	PeerAuthentications []*PeerAuthentication
+	// AuthorizationPolicies are the translated AuthorizationPolicy objects.
+	AuthorizationPolicies []*AuthorizationPolicy
 }
 
 // Snapshot is one immutable build of the mesh model with its indexes.
@@ -36,6 +40,7 @@ type Snapshot struct {
 	services   map[string]*Service
 	waypoints  map[NamespacedName]*Waypoint
 	peerAuths  []*PeerAuthentication
+	authz      map[NamespacedName]*AuthorizationPolicy
 	byIP       map[netip.Addr]Address
 	byNode     map[string][]*Workload
 	byHost     map[string]*Service
@@ -62,6 +67,7 @@ func NewSnapshot(in SnapshotInput) *Snapshot {
 		services:      make(map[string]*Service, len(in.Services)),
 		waypoints:     make(map[NamespacedName]*Waypoint, len(in.Waypoints)),
 		peerAuths:     in.PeerAuthentications,
+		authz:         make(map[NamespacedName]*AuthorizationPolicy, len(in.AuthorizationPolicies)),
 		byIP:          make(map[netip.Addr]Address, len(in.Workloads)+len(in.Services)),
 		byNode:        make(map[string][]*Workload),
 		byHost:        make(map[string]*Service, len(in.Services)),
@@ -106,6 +112,9 @@ func NewSnapshot(in SnapshotInput) *Snapshot {
 			b.Workloads = append(b.Workloads, w)
 			s.byWaypoint[w.Waypoint.Waypoint] = b
 		}
+	}
+	for _, a := range in.AuthorizationPolicies {
+		s.authz[a.Key()] = a
 	}
 	for _, wp := range in.Waypoints {
 		s.waypoints[wp.Key()] = wp
@@ -170,6 +179,34 @@ func (s *Snapshot) WaypointBindings(name NamespacedName) WaypointBindings { retu
 // PeerAuthentications returns the translated PeerAuthentication objects.
 func (s *Snapshot) PeerAuthentications() []*PeerAuthentication { return s.peerAuths }
 
+// AuthorizationPolicy returns the policy with the given namespace/name.
+func (s *Snapshot) AuthorizationPolicy(name NamespacedName) (*AuthorizationPolicy, bool) {
+	a, ok := s.authz[name]
+	return a, ok
+}
+
+// AuthorizationPolicies returns every policy, sorted by namespace/name.
+func (s *Snapshot) AuthorizationPolicies() []*AuthorizationPolicy {
+	out := make([]*AuthorizationPolicy, 0, len(s.authz))
+	for _, a := range s.authz {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key().String() < out[j].Key().String() })
+	return out
+}
+
+// PoliciesFor returns the L4 policies bound to a workload, in the order of
+// Workload.AuthorizationPolicies, ready for policy.EvaluateL4.
+func (s *Snapshot) PoliciesFor(w *Workload) []*policy.Policy {
+	out := make([]*policy.Policy, 0, len(w.AuthorizationPolicies))
+	for _, n := range w.AuthorizationPolicies {
+		if a, ok := s.authz[n]; ok {
+			out = append(out, a.Policy)
+		}
+	}
+	return out
+}
+
 // Workloads returns every workload, sorted by UID.
 func (s *Snapshot) Workloads() []*Workload {
 	out := make([]*Workload, 0, len(s.workloads))
@@ -214,12 +251,17 @@ type Delta struct {
 	WaypointsChanged []NamespacedName
 	// WaypointsRemoved are waypoints gone.
 	WaypointsRemoved []NamespacedName
+	// PoliciesChanged are authorization policies added or modified.
+	PoliciesChanged []NamespacedName
+	// PoliciesRemoved are authorization policies gone.
+	PoliciesRemoved []NamespacedName
 }
 
 // Empty reports whether nothing changed.
 func (d Delta) Empty() bool {
 	return len(d.WorkloadsChanged)+len(d.WorkloadsRemoved)+len(d.ServicesChanged)+
-		len(d.ServicesRemoved)+len(d.WaypointsChanged)+len(d.WaypointsRemoved) == 0
+		len(d.ServicesRemoved)+len(d.WaypointsChanged)+len(d.WaypointsRemoved)+
+		len(d.PoliciesChanged)+len(d.PoliciesRemoved) == 0
 }
 
 // Diff returns what changed from old to s. old may be nil (everything is new).
@@ -233,12 +275,15 @@ func (s *Snapshot) Diff(old *Snapshot) Delta {
 	d.WorkloadsChanged, d.WorkloadsRemoved = diffMaps(old.workloads, s.workloads)
 	d.ServicesChanged, d.ServicesRemoved = diffMaps(old.services, s.services)
 	d.WaypointsChanged, d.WaypointsRemoved = diffMaps(old.waypoints, s.waypoints)
+	d.PoliciesChanged, d.PoliciesRemoved = diffMaps(old.authz, s.authz)
 	sort.Strings(d.WorkloadsChanged)
 	sort.Strings(d.WorkloadsRemoved)
 	sort.Strings(d.ServicesChanged)
 	sort.Strings(d.ServicesRemoved)
 	sortNames(d.WaypointsChanged)
 	sortNames(d.WaypointsRemoved)
+	sortNames(d.PoliciesChanged)
+	sortNames(d.PoliciesRemoved)
 	return d
 }
 
