@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshlet/meshlet/node-agent/netns"
@@ -139,6 +140,29 @@ func TestReconcile(t *testing.T) {
 		1002: {WorkloadID: 3, IPv4: ip("198.19.1.22")},
 		1003: {WorkloadID: 4, IPv4: ip("198.19.1.23")},
 	}
+	// A pod whose netns went away with the tc program still pinned.
+	_, gone := vethPair(t, "gone", "198.19.2.1/24", "198.19.2.2/24")
+	if err := s.dp.AttachPodIngress(gone, "mlbpf-goneb", IngressOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "ip", "netns", "del", "mlbpf-goneb")
+	mustRun(t, "ip", "netns", "del", "mlbpf-gonea")
+	eventually(t, "the kernel to destroy the gone pod's interface", func() bool {
+		for _, e := range mustReadDir(t, s.pinDir) {
+			if !strings.HasPrefix(e, ingressPinPrefix) {
+				continue
+			}
+			l, err := link.LoadPinnedLink(filepath.Join(s.pinDir, e), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			info, err := l.Info()
+			return err == nil && info.TCX() != nil && info.TCX().Ifindex == 0
+		}
+		return false
+	})
+
 	if _, err := s.dp.Reconcile(map[uint64]Pod{
 		1: {IPv4: ip("198.19.1.30")}, 2: {IPv4: ip("198.19.1.30")},
 	}); err == nil {
@@ -151,7 +175,7 @@ func TestReconcile(t *testing.T) {
 	for _, l := range [][]uint64{res.Removed, res.Upserted} {
 		slices.Sort(l)
 	}
-	want := ReconcileResult{Removed: []uint64{1001, live}, Upserted: []uint64{1003, 2001}, RemovedConns: 1}
+	want := ReconcileResult{Removed: []uint64{1001, live}, Upserted: []uint64{1003, 2001}, RemovedConns: 1, RemovedIngress: 1}
 	slices.Sort(want.Removed)
 	if diff := cmp.Diff(want, res); diff != "" {
 		t.Errorf("Reconcile result (-want +got):\n%s", diff)
@@ -162,6 +186,11 @@ func TestReconcile(t *testing.T) {
 	}
 	if diff := cmp.Diff(desired, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("enrolled after Reconcile (-want +got):\n%s", diff)
+	}
+	for _, e := range mustReadDir(t, s.pinDir) {
+		if strings.HasPrefix(e, ingressPinPrefix) {
+			t.Errorf("ingress link pin %s of a gone pod left after Reconcile", e)
+		}
 	}
 	if _, err := s.dp.OriginalDst(srv); !errors.Is(err, ErrNoOriginalDst) {
 		t.Errorf("OriginalDst of a connection from an unenrolled pod = %v; want ErrNoOriginalDst", err)
@@ -221,3 +250,17 @@ func TestUninstall(t *testing.T) {
 	defer c.Close()
 	wait(t, app, "the app after Uninstall (no capture)")
 }
+
+func mustReadDir(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+

@@ -402,7 +402,42 @@ func (d *Datapath) Reconcile(desired map[uint64]Pod) (ReconcileResult, error) {
 		}
 		res.RemovedConns++
 	}
+	n, err := d.sweepIngressPins()
+	res.RemovedIngress = n
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
 	return res, nil
+}
+
+// sweepIngressPins unpins pod ingress links whose interface is gone (the pod
+// and its netns went away while no agent was watching).
+func (d *Datapath) sweepIngressPins() (int, error) {
+	entries, err := os.ReadDir(d.opts.PinDir)
+	if err != nil {
+		return 0, fmt.Errorf("read pin dir: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ingressPinPrefix) {
+			continue
+		}
+		path := filepath.Join(d.opts.PinDir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return n, fmt.Errorf("load pinned ingress link %s: %w", path, err)
+		}
+		info, err := l.Info()
+		if err == nil && info.TCX() != nil && info.TCX().Ifindex == 0 {
+			if err := l.Unpin(); err != nil {
+				_ = l.Close()
+				return n, fmt.Errorf("unpin ingress link %s: %w", path, err)
+			}
+			n++
+		}
+		_ = l.Close()
+	}
+	return n, nil
 }
 
 // OriginalDst returns the address the app dialled for a connection the agent

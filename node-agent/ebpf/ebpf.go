@@ -144,6 +144,9 @@ type ReconcileResult struct {
 	// RemovedConns counts original-destination entries dropped because their
 	// netns is no longer enrolled.
 	RemovedConns int
+	// RemovedIngress counts pinned pod ingress links dropped because their
+	// interface is gone.
+	RemovedIngress int
 }
 
 // withDefaults fills zero fields and checks the rest.

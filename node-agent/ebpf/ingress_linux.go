@@ -41,10 +41,17 @@ func (d *Datapath) AttachPodIngress(nsPath, ifname string, opts IngressOptions) 
 	}
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer l.Close()
-		if err := l.Update(d.tc); err != nil {
-			return fmt.Errorf("update pinned ingress link %s: %w", pin, err)
+		if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == 0 {
+			// Its interface is gone: a netns inode reused by a new pod.
+			if err := l.Unpin(); err != nil {
+				return fmt.Errorf("unpin defunct ingress link %s: %w", pin, err)
+			}
+		} else {
+			if err := l.Update(d.tc); err != nil {
+				return fmt.Errorf("update pinned ingress link %s: %w", pin, err)
+			}
+			return nil
 		}
-		return nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("load pinned ingress link %s: %w", pin, err)
 	}
