@@ -560,14 +560,14 @@ func (d *Datapath) Close() error {
 	}
 	d.links = nil
 	d.mu.Unlock()
+	// Programs and maps keep their (closed) handles: a method racing with
+	// Close gets an error, not a nil dereference.
 	for _, p := range d.progs {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
 	}
-	d.progs = nil
 	errs = append(errs, d.maps.Close())
-	d.maps = sockopsMaps{}
 	return errors.Join(errs...)
 }
 
