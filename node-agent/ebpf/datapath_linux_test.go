@@ -82,8 +82,9 @@ func peerName(t *testing.T, c net.Conn) string {
 // TestOutboundCapture dials from a pod netns and checks where each
 // connection lands, what the agent and the app see, and the counters.
 func TestOutboundCapture(t *testing.T) {
-	s := newSetup(t, Options{ExcludeOutbound: []Exclusion{{Port: 9090}}})
-	pod := newNetns(t, "out", remoteIP+"/32")
+	const excludedIP = "198.19.1.6"
+	s := newSetup(t, Options{ExcludeOutbound: []Exclusion{{Port: 9090}, {Addr: netip.MustParseAddr(excludedIP)}}})
+	pod := newNetns(t, "out", remoteIP+"/32", excludedIP+"/32")
 	other := newNetns(t, "out2", remoteIP+"/32")
 	cookie, err := NetnsCookie(pod)
 	if err != nil {
@@ -99,31 +100,51 @@ func TestOutboundCapture(t *testing.T) {
 		direct[port] = accepted(t, listen(t, pod, remoteIP+":"+port, 0))
 	}
 	otherApp := accepted(t, listen(t, other, remoteIP+":8080", 0))
+	excludedApp := accepted(t, listen(t, pod, excludedIP+":8080", 0))
+	// A pod of the same workload enrolled with TCP capture off.
+	noTCP := newNetns(t, "outf", remoteIP+"/32")
+	noTCPCookie, err := NetnsCookie(noTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.dp.Enroll(noTCPCookie, Pod{WorkloadID: workload, Flags: NoCaptureTCP}); err != nil {
+		t.Fatal(err)
+	}
+	noTCPApp := accepted(t, listen(t, noTCP, remoteIP+":8080", 0))
 
 	tests := []struct {
 		name      string
 		ns        string
+		ip        string // remoteIP when empty
 		port      string
 		mark      uint32
 		captured  bool
 		lands     <-chan net.Conn
 		wantStats func(before, after Stats) bool
 	}{
-		{"captured", pod, "8080", 0, true, outbound,
+		{"captured", pod, "", "8080", 0, true, outbound,
 			func(b, a Stats) bool { return a.CapturedTCP == b.CapturedTCP+1 }},
-		{"agent mark", pod, "8080", agentMark, false, direct["8080"],
+		{"agent mark", pod, "", "8080", agentMark, false, direct["8080"],
 			func(b, a Stats) bool { return a.BypassedMark == b.BypassedMark+1 && a.CapturedTCP == b.CapturedTCP }},
-		{"mesh port", pod, "15008", 0, false, direct["15008"],
+		{"mesh port", pod, "", "15008", 0, false, direct["15008"],
 			func(b, a Stats) bool { return a.BypassedMeshPort == b.BypassedMeshPort+1 }},
-		{"excluded port", pod, "9090", 0, false, direct["9090"],
+		{"excluded port", pod, "", "9090", 0, false, direct["9090"],
 			func(b, a Stats) bool { return a.BypassedExcluded == b.BypassedExcluded+1 }},
-		{"not enrolled", other, "8080", 0, false, otherApp,
+		{"excluded address", pod, excludedIP, "8080", 0, false, excludedApp,
+			func(b, a Stats) bool { return a.BypassedExcluded == b.BypassedExcluded+1 }},
+		{"pod flags", noTCP, "", "8080", 0, false, noTCPApp,
+			func(b, a Stats) bool { return a.BypassedFlags == b.BypassedFlags+1 }},
+		{"not enrolled", other, "", "8080", 0, false, otherApp,
 			func(b, a Stats) bool { return decisions(a) == decisions(b) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := s.stats(t)
-			dst := remoteIP + ":" + tt.port
+			ip := tt.ip
+			if ip == "" {
+				ip = remoteIP
+			}
+			dst := ip + ":" + tt.port
 			c, err := netns.Dial(context.Background(), tt.ns, dst, netns.DialOptions{Mark: tt.mark, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)

@@ -9,10 +9,13 @@
 // to do with a connection): the agent tells it. It must not touch iptables or
 // any netns it was not given.
 //
-// Kernel floor: Linux 6.6 (TCX, for AttachPodIngress; everything else needs
-// 5.15: bpf_get_netns_cookie in sockops, cgroup/getpeername, sock_release,
-// bpf_sk_assign at tc ingress). CheckKernel probes each feature and names the
-// missing ones.
+// Kernel floor: Linux 5.15 (bpf_get_netns_cookie in sockops, SO_NETNS_COOKIE,
+// cgroup/getpeername and sock_release, bpf_sk_assign at tc ingress). Pod
+// ingress uses TCX links from 6.6 and a clsact filter before. CheckKernel
+// probes each program type, map type and helper and names the missing ones.
+//
+// Capture trusts socket marks: a pod process allowed to set SO_MARK
+// (CAP_NET_ADMIN in its netns) can set the agent's mark and bypass capture.
 package ebpf
 
 import (
