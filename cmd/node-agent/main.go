@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -39,6 +38,7 @@ type flags struct {
 	nodeName, kubeconfig, trustDomain string
 	pinDir, cgroupRoot                string
 	cniSocket, cniState               string
+	cniPluginSocket, cniPluginState   string
 	cniConfDir, cniBinDir, cniBinary  string
 	installCNI, uninstallCNIOnExit    bool
 	metricsAddr, readinessAddr        string
@@ -56,6 +56,8 @@ func parseFlags() flags {
 	flag.StringVar(&f.cgroupRoot, "cgroup-root", "", "cgroup v2 directory the cgroup programs attach to; empty means the cgroup2 mount from /proc/mounts")
 	flag.StringVar(&f.cniSocket, "cni-socket", cni.DefaultSocketPath, "unix socket meshlet-cni talks to")
 	flag.StringVar(&f.cniState, "cni-state", cni.DefaultStatePath, "enrollment snapshot meshlet-cni reads when the agent is away")
+	flag.StringVar(&f.cniPluginSocket, "cni-plugin-socket", "", "--cni-socket as the node (the runtime running meshlet-cni) sees it; empty means the same path")
+	flag.StringVar(&f.cniPluginState, "cni-plugin-state", "", "--cni-state as the node sees it; empty means the same path")
 	flag.StringVar(&f.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
 	flag.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI binary directory")
 	flag.StringVar(&f.cniBinary, "cni-binary", filepath.Join(filepath.Dir(exe), cni.PluginType), "the meshlet-cni binary to install")
@@ -125,10 +127,7 @@ func run(f flags) error {
 	}
 	rec, err := enroll.New(enroll.Options{
 		Client: client, NodeName: f.nodeName, SnapshotPath: f.cniState,
-		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf,
-		FindNetns: func(uid string, ips []netip.Addr) (string, error) {
-			return enroll.FindNetns(enroll.FindOptions{NetnsDir: f.netnsDir}, uid, ips)
-		},
+		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf, NetnsDir: f.netnsDir,
 	})
 	if err != nil {
 		return err
@@ -148,7 +147,7 @@ func run(f flags) error {
 	defer stop()
 
 	instOpts := install.Options{ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Binary: f.cniBinary,
-		SocketPath: f.cniSocket, StatePath: f.cniState}
+		SocketPath: or(f.cniPluginSocket, f.cniSocket), StatePath: or(f.cniPluginState, f.cniState)}
 	if f.installCNI {
 		go install.Watch(ctx, instOpts, func(err error) { log.Printf("install meshlet-cni: %v", err) })
 	}
@@ -195,6 +194,13 @@ func run(f flags) error {
 		}
 	}
 	return nil
+}
+
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 func serveHTTP(s *http.Server) {

@@ -3,6 +3,7 @@ package enroll
 import (
 	"context"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -242,5 +243,32 @@ func TestCNIAdd(t *testing.T) {
 	v := r.CNIAdd(ctx, cni.PodEvent{Namespace: "shop", Name: "second", UID: "uid-second", Netns: "/proc/self/ns/net", IPs: []string{"198.19.3.22"}})
 	if !v.MustEnroll || v.Enrolled || v.Error == "" {
 		t.Errorf("CNIAdd with a failing Enroll = %+v; want MustEnroll with an error", v)
+	}
+}
+
+// TestCNIAddNodePath: the plugin reports the netns as the node sees it (in
+// the lab, under the node's root); the agent finds it in its own netns dir.
+func TestCNIAddNodePath(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cni-1234"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset(ns("shop", map[string]string{Label: ModeAmbient}), pod("shop", "new", node, "", nil))
+	var got Pod
+	r, err := New(Options{
+		Client: client, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"), NetnsDir: dir,
+		Enroll:   func(_ context.Context, p Pod) error { got = p; return nil },
+		Unenroll: func(context.Context, Pod) error { return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := r.CNIAdd(context.Background(), cni.PodEvent{Namespace: "shop", Name: "new", UID: "uid-new",
+		Netns: "/work/.lab/nodes/n1/var/run/netns/cni-1234", IfName: "eth0", IPs: []string{"198.19.3.40"}})
+	if !v.Enrolled {
+		t.Fatalf("CNIAdd = %+v; want enrolled", v)
+	}
+	if want := filepath.Join(dir, "cni-1234"); got.Netns != want || got.IfName != "eth0" {
+		t.Errorf("enrolled netns %q ifname %q; want %q, eth0", got.Netns, got.IfName, want)
 	}
 }

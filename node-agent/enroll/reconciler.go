@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -38,8 +39,13 @@ type Options struct {
 	// Unenroll takes a pod out of the mesh. Required.
 	Unenroll func(ctx context.Context, p Pod) error
 	// FindNetns locates a running pod's netns when the CNI plugin did not
-	// report it. Nil means FindNetns with default FindOptions.
+	// report it. Nil means FindNetns with FindOptions{NetnsDir: NetnsDir}.
 	FindNetns func(uid string, ips []netip.Addr) (string, error)
+	// NetnsDir is where the agent sees the runtime's netns bind mounts.
+	// A netns path the CNI plugin reports that does not exist in the
+	// agent's mount namespace (the node's path differs from the agent's
+	// mount) is looked up here by its base name. Empty means /var/run/netns.
+	NetnsDir string
 	// SnapshotPath is where the enrollment snapshot for the CNI plugin goes.
 	// Empty means cni.DefaultStatePath.
 	SnapshotPath string
@@ -73,8 +79,13 @@ func New(opts Options) (*Reconciler, error) {
 	if opts.Client == nil || opts.NodeName == "" || opts.Enroll == nil || opts.Unenroll == nil {
 		return nil, errors.New("enroll: Options.Client, NodeName, Enroll and Unenroll are required")
 	}
+	if opts.NetnsDir == "" {
+		opts.NetnsDir = "/var/run/netns"
+	}
 	if opts.FindNetns == nil {
-		opts.FindNetns = func(uid string, ips []netip.Addr) (string, error) { return FindNetns(FindOptions{}, uid, ips) }
+		opts.FindNetns = func(uid string, ips []netip.Addr) (string, error) {
+			return FindNetns(FindOptions{NetnsDir: opts.NetnsDir}, uid, ips)
+		}
 	}
 	if opts.SnapshotPath == "" {
 		opts.SnapshotPath = cni.DefaultStatePath
@@ -265,7 +276,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod,
 		want.IfName = cur.IfName
 	}
 	if cniEv != nil {
-		r.cniNetns[want.UID] = cniEv.Netns
+		r.cniNetns[want.UID] = r.localNetns(cniEv.Netns)
 		want.IfName = cniEv.IfName
 		want.IPs = nil
 		for _, s := range cniEv.IPs {
@@ -304,6 +315,17 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod,
 	}
 	r.enrolled[key] = want
 	return nil
+}
+
+// localNetns maps a netns path as the node sees it to one the agent can open.
+func (r *Reconciler) localNetns(p string) string {
+	if exists(p) {
+		return p
+	}
+	if alt := filepath.Join(r.opts.NetnsDir, filepath.Base(p)); exists(alt) {
+		return alt
+	}
+	return p
 }
 
 func samePod(a, b Pod) bool {

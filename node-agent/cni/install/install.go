@@ -38,8 +38,9 @@ type Options struct {
 	// Binary is the meshlet-cni binary to copy into BinDir. Empty means
 	// do not copy (the binary is put there some other way).
 	Binary string
-	// SocketPath and StatePath go into the plugin's entry; empty leaves them
-	// out so the plugin uses its defaults.
+	// SocketPath and StatePath go into the plugin's entry, as the plugin
+	// (run by the node's runtime, in the node's mount namespace) sees them;
+	// empty leaves them out so the plugin uses its defaults.
 	SocketPath string
 	StatePath  string
 	// Interval is how often Watch re-checks the configuration. Zero means 2s.
