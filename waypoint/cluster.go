@@ -1,0 +1,366 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// errOverflow is returned when a connection pool is full (response flag UO).
+var errOverflow = errors.New("upstream connection pool overflow")
+
+// errNoHealthy is returned when every endpoint is ejected or none exists (UH).
+var errNoHealthy = errors.New("no healthy upstream")
+
+// cluster is a compiled L7Cluster: one upstream for all endpoints and one per
+// subset, each with its own pool and outlier state (as Istio makes one Envoy
+// cluster per subset).
+type cluster struct {
+	spec    model.L7Cluster
+	all     *upstream
+	subsets map[string]*upstream
+}
+
+func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options) *cluster {
+	if prev != nil && reflect.DeepEqual(prev.spec, *spec) {
+		return prev
+	}
+	c := &cluster{spec: *spec, subsets: map[string]*upstream{}}
+	c.all = newUpstream(spec.Name, "", spec.Endpoints, spec.Traffic, opts)
+	for _, s := range spec.Subsets {
+		tp := spec.Traffic
+		if s.Traffic != nil {
+			tp = *s.Traffic
+		}
+		var eps []model.L7Endpoint
+		for _, e := range spec.Endpoints {
+			if model.SelectorMatches(s.Labels, e.Labels) {
+				eps = append(eps, e)
+			}
+		}
+		c.subsets[s.Name] = newUpstream(spec.Name, s.Name, eps, tp, opts)
+	}
+	if prev != nil {
+		prev.close()
+	}
+	return c
+}
+
+func (c *cluster) subset(name string) *upstream {
+	if name == "" {
+		return c.all
+	}
+	return c.subsets[name]
+}
+
+func (c *cluster) close() {
+	c.all.close()
+	for _, u := range c.subsets {
+		u.close()
+	}
+}
+
+// upstream is one set of endpoints with one traffic policy.
+type upstream struct {
+	cluster, subset string
+	endpoints       []*endpoint
+	policy          model.TrafficPolicy
+	h1, h2          *http.Transport
+	h1Pool, h2Pool  *connLimiter
+	rr              atomic.Uint64
+	metrics         *metrics
+}
+
+type endpoint struct {
+	addr   string
+	labels map[string]string
+	active atomic.Int64
+
+	mu           sync.Mutex
+	consec5xx    int
+	consecGw     int
+	ejections    int
+	ejectedUntil time.Time
+}
+
+func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.TrafficPolicy, opts *Options) *upstream {
+	u := &upstream{cluster: cluster, subset: subset, policy: tp, metrics: opts.metrics}
+	for _, e := range eps {
+		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels})
+	}
+	u.h1 = newTransport(&tp.Pool, opts, false)
+	u.h2 = newTransport(&tp.Pool, opts, true)
+	// For HTTP/1.1 each connection carries one request at a time, so
+	// maxConnections also bounds requests in flight; HTTP/2 multiplexes and
+	// is bounded by http2MaxRequests (Envoy's circuit breaker thresholds).
+	u.h1Pool = newConnLimiter(tp.Pool.MaxConnections, tp.Pool.HTTP1MaxPendingRequests)
+	u.h2Pool = newConnLimiter(tp.Pool.HTTP2MaxRequests, tp.Pool.HTTP1MaxPendingRequests)
+	return u
+}
+
+// name is Istio's cluster naming: "cluster" or "cluster|subset".
+func (u *upstream) name() string {
+	if u.subset == "" {
+		return u.cluster
+	}
+	return u.cluster + "|" + u.subset
+}
+
+func (u *upstream) close() {
+	u.h1.CloseIdleConnections()
+	u.h2.CloseIdleConnections()
+}
+
+func newTransport(p *model.ConnectionPool, opts *Options, h2 bool) *http.Transport {
+	dial := opts.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	connectTimeout := p.ConnectTimeout
+	if connectTimeout == 0 {
+		connectTimeout = 10 * time.Second
+	}
+	idle := p.IdleTimeout
+	if idle == 0 {
+		idle = time.Hour
+	}
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+			defer cancel()
+			return dial(ctx, network, addr)
+		},
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     idle,
+		MaxConnsPerHost:     p.MaxConnections,
+		DisableCompression:  true,
+		DisableKeepAlives:   p.MaxRequestsPerConnection == 1,
+	}
+	if h2 {
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		t.Protocols = &protos
+	}
+	return t
+}
+
+// connLimiter is a circuit breaker: up to max requests in flight, up to
+// maxPending waiting; the rest overflow at once. Zero means unlimited.
+type connLimiter struct {
+	sem        chan struct{}
+	pending    atomic.Int64
+	maxPending int64
+}
+
+func newConnLimiter(max, maxPending int) *connLimiter {
+	if max <= 0 {
+		return nil
+	}
+	return &connLimiter{sem: make(chan struct{}, max), maxPending: int64(maxPending)}
+}
+
+// acquire takes a slot, waiting as a pending request if allowed.
+func (l *connLimiter) acquire(ctx context.Context) error {
+	if l == nil {
+		return nil
+	}
+	select {
+	case l.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	n := l.pending.Add(1)
+	defer l.pending.Add(-1)
+	if l.maxPending > 0 && n > l.maxPending {
+		return errOverflow
+	}
+	select {
+	case l.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *connLimiter) release() {
+	if l != nil {
+		<-l.sem
+	}
+}
+
+// pick chooses an endpoint by the load balancing policy, skipping ejected
+// endpoints and, when others are available, those already tried (Istio's
+// default retry host predicate).
+func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint) (*endpoint, error) {
+	now := time.Now()
+	var avail []*endpoint
+	for _, e := range u.endpoints {
+		if !e.ejected(now) {
+			avail = append(avail, e)
+		}
+	}
+	if len(avail) == 0 {
+		return nil, errNoHealthy
+	}
+	if len(tried) > 0 && len(avail) > 1 {
+		fresh := avail[:0:0]
+		for _, e := range avail {
+			if !containsEndpoint(tried, e) {
+				fresh = append(fresh, e)
+			}
+		}
+		if len(fresh) > 0 {
+			avail = fresh
+		}
+	}
+	if len(avail) == 1 {
+		return avail[0], nil
+	}
+	lb := u.policy.LB
+	if h := lb.ConsistentHash; h != nil {
+		if key, ok := hashKey(h, r, peer); ok {
+			return rendezvous(avail, key), nil
+		}
+		return avail[rand.IntN(len(avail))], nil
+	}
+	switch lb.Simple {
+	case model.LBRoundRobin:
+		return avail[int(u.rr.Add(1)-1)%len(avail)], nil
+	case model.LBRandom:
+		return avail[rand.IntN(len(avail))], nil
+	default: // LEAST_REQUEST, Istio's default: power of two choices
+		a, b := avail[rand.IntN(len(avail))], avail[rand.IntN(len(avail))]
+		if b.active.Load() < a.active.Load() {
+			return b, nil
+		}
+		return a, nil
+	}
+}
+
+func containsEndpoint(list []*endpoint, e *endpoint) bool {
+	for _, x := range list {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+func hashKey(h *model.ConsistentHash, r *http.Request, peer Peer) (string, bool) {
+	switch {
+	case r == nil && !h.SourceIP:
+		return "", false
+	case h.Header != "":
+		v := r.Header.Get(h.Header)
+		return v, v != ""
+	case h.Cookie != "":
+		c, err := r.Cookie(h.Cookie)
+		if err != nil {
+			return "", false
+		}
+		return c.Value, true
+	case h.SourceIP:
+		return peer.IP.String(), peer.IP.IsValid()
+	}
+	return "", false
+}
+
+// rendezvous is highest-random-weight hashing: stable per key, and only the
+// keys of a removed endpoint move.
+func rendezvous(eps []*endpoint, key string) *endpoint {
+	var best *endpoint
+	var bestScore uint64
+	for _, e := range eps {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+		h.Write([]byte(e.addr))
+		if s := h.Sum64(); best == nil || s > bestScore {
+			best, bestScore = e, s
+		}
+	}
+	return best
+}
+
+func (e *endpoint) ejected(now time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return now.Before(e.ejectedUntil)
+}
+
+// report feeds outlier detection with one result: the status code, or 0 for
+// a connection failure or reset.
+func (u *upstream) report(e *endpoint, status int) {
+	od := u.policy.Outlier
+	if od == nil {
+		return
+	}
+	gw := status == 0 || status == 502 || status == 503 || status == 504
+	fail := status == 0 || status >= 500
+	e.mu.Lock()
+	if !fail {
+		e.consec5xx, e.consecGw = 0, 0
+		e.mu.Unlock()
+		return
+	}
+	e.consec5xx++
+	if gw {
+		e.consecGw++
+	} else {
+		e.consecGw = 0
+	}
+	trip := (od.Consecutive5xxErrors > 0 && e.consec5xx >= od.Consecutive5xxErrors) ||
+		(od.ConsecutiveGatewayErrors > 0 && e.consecGw >= od.ConsecutiveGatewayErrors)
+	e.mu.Unlock()
+	if trip {
+		u.eject(e, od)
+	}
+}
+
+// eject removes e from load balancing for baseEjectionTime times the number
+// of times it was ejected (capped at 300s, Envoy's max_ejection_time), unless
+// maxEjectionPercent is reached; at least one endpoint may always be ejected,
+// as in Envoy.
+func (u *upstream) eject(e *endpoint, od *model.OutlierDetection) {
+	now := time.Now()
+	ejected := 0
+	for _, x := range u.endpoints {
+		if x != e && x.ejected(now) {
+			ejected++
+		}
+	}
+	pct := od.MaxEjectionPercent
+	if pct == 0 {
+		pct = 10
+	}
+	allowed := max(1, len(u.endpoints)*pct/100)
+	if ejected >= allowed {
+		return
+	}
+	base := od.BaseEjectionTime
+	if base == 0 {
+		base = 30 * time.Second
+	}
+	e.mu.Lock()
+	if now.Before(e.ejectedUntil) {
+		e.mu.Unlock()
+		return
+	}
+	e.ejections++
+	d := min(base*time.Duration(e.ejections), max(base, 300*time.Second))
+	e.ejectedUntil = now.Add(d)
+	e.consec5xx, e.consecGw = 0, 0
+	e.mu.Unlock()
+	if u.metrics != nil {
+		u.metrics.ejections.WithLabelValues(u.name()).Inc()
+	}
+}

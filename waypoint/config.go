@@ -1,0 +1,423 @@
+package waypoint
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+// Config is what one waypoint serves: L7 routing and the authorization
+// policies that apply to it. It is swapped atomically with Proxy.Update.
+type Config struct {
+	// L7 is the routing, cluster and JWT configuration; required.
+	L7 *model.L7Config
+	// Policies are the AuthorizationPolicies bound to this waypoint.
+	Policies []*policy.Policy
+	// TCPCluster names the cluster that non-HTTP connections are forwarded
+	// to (L4 fallback); empty means such connections are closed.
+	TCPCluster string
+}
+
+// compiled is an immutable, validated, ready-to-match form of a Config.
+type compiled struct {
+	listeners  []*listener
+	clusters   map[string]*cluster
+	policies   []*policy.Policy
+	jwt        *jwtAuthenticator
+	tcpCluster *upstream
+}
+
+type listener struct {
+	name   string
+	port   uint32
+	vhosts []*vhost
+}
+
+type vhost struct {
+	name     string
+	exact    map[string]bool
+	suffixes []string // "*.foo.com" stored as ".foo.com"
+	any      bool
+	routes   []*route
+	cors     *model.CORSPolicy
+}
+
+type route struct {
+	name      string
+	spec      *model.L7Route
+	matches   []match
+	dests     []dest
+	total     uint64
+	mirrors   []mirrorDest
+	limiter   *rateLimiter
+	rewriteRe *regexp.Regexp
+	cors      *model.CORSPolicy
+}
+
+type dest struct {
+	up     *upstream
+	weight uint64
+	spec   *model.WeightedDestination
+}
+
+type mirrorDest struct {
+	up      *upstream
+	percent float64
+}
+
+type match struct {
+	uri, method, authority *strMatch
+	headers                []headerMatch
+	query                  []headerMatch
+	port                   uint32
+	srcLabels              map[string]string
+	srcNamespace           string
+}
+
+type strMatch struct {
+	exact, prefix string
+	re            *regexp.Regexp
+	ignoreCase    bool
+}
+
+type headerMatch struct {
+	name   string
+	value  *strMatch // nil: presence only
+	absent bool
+	invert bool
+}
+
+// compile validates cfg and builds the runtime form. Upstream state
+// (connection pools, outlier detection) is carried over from old for clusters
+// whose definition did not change, so a config push does not reset it.
+func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
+	if cfg == nil || cfg.L7 == nil {
+		return nil, fmt.Errorf("compile waypoint config: no L7 config")
+	}
+	if err := cfg.L7.Validate(); err != nil {
+		return nil, fmt.Errorf("compile waypoint config: %w", err)
+	}
+	for _, p := range cfg.Policies {
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("compile waypoint config: %w", err)
+		}
+	}
+	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies}
+	for i := range cfg.L7.Clusters {
+		spec := &cfg.L7.Clusters[i]
+		var prev *cluster
+		if old != nil {
+			prev = old.clusters[spec.Name]
+		}
+		c.clusters[spec.Name] = newCluster(spec, prev, opts)
+	}
+	if cfg.TCPCluster != "" {
+		cl := c.clusters[cfg.TCPCluster]
+		if cl == nil {
+			return nil, fmt.Errorf("compile waypoint config: tcp cluster %q is not defined", cfg.TCPCluster)
+		}
+		c.tcpCluster = cl.all
+	}
+	for i := range cfg.L7.Listeners {
+		ls := &cfg.L7.Listeners[i]
+		l := &listener{name: ls.Name, port: ls.Port}
+		for j := range ls.VirtualHosts {
+			vs := &ls.VirtualHosts[j]
+			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vs.CORS}
+			for _, d := range vs.Domains {
+				switch {
+				case d == "*":
+					vh.any = true
+				case strings.HasPrefix(d, "*."):
+					vh.suffixes = append(vh.suffixes, strings.ToLower(d[1:]))
+				default:
+					vh.exact[strings.ToLower(d)] = true
+				}
+			}
+			for k := range vs.Routes {
+				r, err := compileRoute(&vs.Routes[k], c.clusters)
+				if err != nil {
+					return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: route %d: %w", ls.Name, vs.Name, k, err)
+				}
+				if r.cors == nil {
+					r.cors = vs.CORS
+				}
+				vh.routes = append(vh.routes, r)
+			}
+			l.vhosts = append(l.vhosts, vh)
+		}
+		c.listeners = append(c.listeners, l)
+	}
+	var oldJWT *jwtAuthenticator
+	if old != nil {
+		oldJWT = old.jwt
+	}
+	c.jwt = newJWTAuthenticator(cfg.L7.JWTProviders, oldJWT, opts)
+	return c, nil
+}
+
+func compileRoute(spec *model.L7Route, clusters map[string]*cluster) (*route, error) {
+	r := &route{name: spec.Name, spec: spec, cors: spec.CORS}
+	for _, m := range spec.Matches {
+		cm := match{port: m.Port, srcLabels: m.SourceLabels, srcNamespace: m.SourceNamespace}
+		var err error
+		if cm.uri, err = compileStr(m.URI); err != nil {
+			return nil, err
+		}
+		if cm.method, err = compileStr(m.Method); err != nil {
+			return nil, err
+		}
+		if cm.authority, err = compileStr(m.Authority); err != nil {
+			return nil, err
+		}
+		if cm.headers, err = compileHeaders(m.Headers, true); err != nil {
+			return nil, err
+		}
+		if cm.query, err = compileHeaders(m.QueryParams, false); err != nil {
+			return nil, err
+		}
+		r.matches = append(r.matches, cm)
+	}
+	for i := range spec.Destinations {
+		d := &spec.Destinations[i]
+		w := uint64(d.Weight)
+		if len(spec.Destinations) == 1 && w == 0 {
+			w = 1
+		}
+		r.dests = append(r.dests, dest{up: clusters[d.Cluster].subset(d.Subset), weight: w, spec: d})
+		r.total += w
+	}
+	for _, m := range spec.Mirrors {
+		r.mirrors = append(r.mirrors, mirrorDest{up: clusters[m.Cluster].subset(m.Subset), percent: m.Percent})
+	}
+	if spec.RateLimit != nil {
+		r.limiter = newRateLimiter(spec.RateLimit)
+	}
+	if spec.Rewrite != nil && spec.Rewrite.URIRegex != nil {
+		re, err := regexp.Compile(spec.Rewrite.URIRegex.Pattern)
+		if err != nil {
+			return nil, fmt.Errorf("rewrite regex: %w", err)
+		}
+		r.rewriteRe = re
+	}
+	return r, nil
+}
+
+func compileStr(m *model.StringMatch) (*strMatch, error) {
+	if m == nil || m.IsZero() {
+		return nil, nil
+	}
+	s := &strMatch{exact: m.Exact, prefix: m.Prefix, ignoreCase: m.IgnoreCase}
+	if m.IgnoreCase {
+		s.exact, s.prefix = strings.ToLower(s.exact), strings.ToLower(s.prefix)
+	}
+	if m.Regex != "" {
+		re, err := model.CompileRegex(m.Regex)
+		if err != nil {
+			return nil, err
+		}
+		s.re = re
+	}
+	return s, nil
+}
+
+func compileHeaders(hs []model.HeaderMatch, canonical bool) ([]headerMatch, error) {
+	var out []headerMatch
+	for _, h := range hs {
+		v, err := compileStr(&h.Value)
+		if err != nil {
+			return nil, err
+		}
+		name := h.Name
+		if canonical {
+			name = http.CanonicalHeaderKey(name)
+		}
+		out = append(out, headerMatch{name: name, value: v, absent: h.Absent, invert: h.Invert})
+	}
+	return out, nil
+}
+
+func (s *strMatch) match(v string) bool {
+	switch {
+	case s.re != nil:
+		return s.re.MatchString(v)
+	case s.ignoreCase:
+		v = strings.ToLower(v)
+	}
+	if s.exact != "" {
+		return v == s.exact
+	}
+	return strings.HasPrefix(v, s.prefix)
+}
+
+// routeInput is what route matching looks at.
+type routeInput struct {
+	path      string // normalized, no query
+	method    string
+	authority string
+	header    http.Header
+	query     func() map[string][]string
+	port      uint32
+	peer      Peer
+}
+
+// selectListener picks the listener for a destination port: an exact port,
+// else a port-0 listener, else the first.
+func (c *compiled) selectListener(port uint32) *listener {
+	var wildcard *listener
+	for _, l := range c.listeners {
+		if l.port == port && port != 0 {
+			return l
+		}
+		if l.port == 0 && wildcard == nil {
+			wildcard = l
+		}
+	}
+	if wildcard != nil {
+		return wildcard
+	}
+	return c.listeners[0]
+}
+
+// findRoute returns the first route that matches, Istio order: the virtual
+// host by authority (exact, then longest wildcard suffix, then "*"), then its
+// routes in order.
+func (l *listener) findRoute(in *routeInput) (*vhost, *route) {
+	host := strings.ToLower(in.authority)
+	if h, _, ok := splitHostPort(host); ok {
+		host = h
+	}
+	var vh *vhost
+	best := -1
+	for _, v := range l.vhosts {
+		if v.exact[host] {
+			vh = v
+			break
+		}
+		for _, s := range v.suffixes {
+			if strings.HasSuffix(host, s) && len(s) > best {
+				vh, best = v, len(s)
+			}
+		}
+	}
+	if vh == nil {
+		for _, v := range l.vhosts {
+			if v.any {
+				vh = v
+				break
+			}
+		}
+	}
+	if vh == nil {
+		return nil, nil
+	}
+	for _, r := range vh.routes {
+		if len(r.matches) == 0 {
+			return vh, r
+		}
+		for i := range r.matches {
+			if r.matches[i].match(in) {
+				return vh, r
+			}
+		}
+	}
+	return vh, nil
+}
+
+func (m *match) match(in *routeInput) bool {
+	if m.port != 0 && m.port != in.port {
+		return false
+	}
+	if m.uri != nil && !m.uri.match(in.path) {
+		return false
+	}
+	if m.method != nil && !m.method.match(in.method) {
+		return false
+	}
+	if m.authority != nil && !m.authority.match(in.authority) {
+		return false
+	}
+	if m.srcNamespace != "" && m.srcNamespace != in.peer.Namespace {
+		return false
+	}
+	for k, v := range m.srcLabels {
+		if in.peer.Labels[k] != v {
+			return false
+		}
+	}
+	for _, h := range m.headers {
+		vals, ok := in.header[h.name]
+		if !h.matches(vals, ok) {
+			return false
+		}
+	}
+	if len(m.query) > 0 {
+		q := in.query()
+		for _, h := range m.query {
+			vals, ok := q[h.name]
+			if !h.matches(vals, ok) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (h *headerMatch) matches(vals []string, present bool) bool {
+	if h.absent {
+		return !present
+	}
+	if !present {
+		return h.invert
+	}
+	if h.value == nil {
+		return !h.invert
+	}
+	ok := false
+	for _, v := range vals {
+		if h.value.match(v) {
+			ok = true
+			break
+		}
+	}
+	return ok != h.invert
+}
+
+// pickDest chooses a weighted destination at random, as Envoy does.
+func (r *route) pickDest(rnd func(uint64) uint64) *dest {
+	if len(r.dests) == 1 {
+		return &r.dests[0]
+	}
+	n := rnd(r.total)
+	for i := range r.dests {
+		if n < r.dests[i].weight {
+			return &r.dests[i]
+		}
+		n -= r.dests[i].weight
+	}
+	return &r.dests[len(r.dests)-1]
+}
+
+func splitHostPort(hostport string) (host, port string, ok bool) {
+	if strings.HasPrefix(hostport, "[") {
+		end := strings.IndexByte(hostport, ']')
+		if end < 0 {
+			return "", "", false
+		}
+		host = hostport[1:end]
+		rest := hostport[end+1:]
+		if strings.HasPrefix(rest, ":") {
+			return host, rest[1:], true
+		}
+		return host, "", true
+	}
+	i := strings.LastIndexByte(hostport, ':')
+	if i < 0 || strings.Count(hostport, ":") > 1 {
+		return hostport, "", false
+	}
+	return hostport[:i], hostport[i+1:], true
+}

@@ -1,0 +1,46 @@
+// Package waypoint is meshlet's L7 proxy: the waypoint for a namespace or a
+// service, and the ingress gateway. Proxy is an http.Handler whose ServeHTTP
+// shows one request's whole flow, in the order Istio's Envoy filter chain
+// applies it:
+//
+//  1. the path is normalized once (see normalizePath: merge slashes, resolve
+//     dot segments, decode %2F and %5C, reject malformed escapes) and that
+//     one view is used for routing, authorization and the upstream request;
+//     client-supplied internal headers (XFCC, peer metadata) are dropped;
+//  2. the route is chosen (first match in Istio order);
+//  3. JWTs are validated (RequestAuthentication semantics: invalid → 401,
+//     missing → anonymous);
+//  4. AuthorizationPolicy is evaluated by pkg/policy (DENY, then ALLOW);
+//     JWT runs before authorization because requestPrincipals and
+//     request.auth.* need its result, as in Istio;
+//  5. CORS preflights, direct responses and redirects are answered;
+//  6. the local rate limit is applied (429, flag RL);
+//  7. fault delays and aborts are injected (DI, FI);
+//  8. a weighted destination is chosen, mirrors are sent fire-and-forget
+//     (bounded, dropped when too many are in flight);
+//  9. the request is forwarded through the cluster's circuit breaker
+//     (overflow → 503 UO) and load balancer, with per-try timeouts and
+//     retries (Envoy's retry_on conditions; retries prefer endpoints not
+//     yet tried), feeding outlier detection;
+//  10. response headers are edited and the body streamed back with trailers
+//     (gRPC) and flushing, or the connection is handed over after a 101
+//     (WebSocket);
+//  11. Istio's request metrics and a JSON access log line are recorded.
+//
+// Serve detects the protocol per connection: HTTP/1.1, HTTP/2 with prior
+// knowledge, TLS with ALPN, or anything else, which is forwarded as TCP to
+// Config.TCPCluster after L4 authorization. Upstream connections are opened
+// through Options.DialContext so that HBONE can be plugged in. The
+// configuration (pkg/model L7 types plus pkg/policy policies) is swapped
+// atomically by Update; clusters whose definition did not change keep their
+// pools and outlier state.
+//
+// Known limits: request bodies are buffered for retries and mirrors only when
+// their length is known and at most Options.MaxBufferedBody; gRPC and other
+// streamed bodies are forwarded once. maxRequestsPerConnection is honoured
+// for 1 (no keep-alive) only. Outlier ejection ends lazily at the first pick
+// after baseEjectionTime × ejections.
+//
+// This package must not know about Kubernetes or Istio API objects (meshd
+// translates them into pkg/model), and must not open HBONE itself.
+package waypoint

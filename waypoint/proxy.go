@@ -1,0 +1,993 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Proxy. Only Config is required.
+type Options struct {
+	// Config is the initial configuration; required. Replace it later with
+	// Proxy.Update.
+	Config *Config
+	// DialContext opens upstream connections, e.g. through HBONE; the
+	// context bounds the connect only. Nil means a plain net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Peer describes the client of a request (identity from the HBONE peer
+	// certificate, workload labels). Nil means: IP and port from the
+	// connection, no identity.
+	Peer func(r *http.Request) Peer
+	// Registerer receives the Istio metrics; nil means no metrics.
+	Registerer prometheus.Registerer
+	// AccessLog receives one JSON line per request; nil means no access log.
+	AccessLog io.Writer
+	// JWKSClient fetches jwksUri; nil means a client with a 5s timeout.
+	JWKSClient *http.Client
+	// JWKSRefresh is how long fetched keys are used before a refresh; zero
+	// means 20 minutes (Istio's default).
+	JWKSRefresh time.Duration
+	// MaxBufferedBody is the largest request body kept in memory so that it
+	// can be retried and mirrored; larger or streamed bodies (unknown
+	// length) are forwarded once and not mirrored. Zero means 1 MiB.
+	MaxBufferedBody int64
+	// MaxMirrorsInFlight bounds concurrent mirrored requests; more are
+	// dropped. Zero means 64.
+	MaxMirrorsInFlight int
+	// ConnPeer describes the client of a non-HTTP connection forwarded as
+	// TCP; nil means the connection's addresses and no identity.
+	ConnPeer func(c net.Conn) Peer
+	// Logf reports proxy errors that have no response to go to (mirror
+	// failures, L4 forwarding errors); nil means they are dropped.
+	Logf func(format string, args ...any)
+
+	metrics *metrics
+}
+
+// Peer is the client side of a request.
+type Peer struct {
+	// Principal is the client's SPIFFE identity ("cluster.local/ns/x/sa/y"
+	// or with "spiffe://"); empty for plaintext clients.
+	Principal string
+	// Namespace is the client workload's namespace.
+	Namespace string
+	// Workload is the client workload's name, for telemetry.
+	Workload string
+	// Labels are the client workload's labels, for sourceLabels matches.
+	Labels map[string]string
+	// IP is the client address.
+	IP netip.Addr
+	// DestinationPort is the port the client dialled (the HBONE target's
+	// port); zero means the local port of the connection.
+	DestinationPort uint32
+}
+
+// Proxy is the waypoint's L7 proxy: an http.Handler that routes, authorizes
+// and forwards each request.
+type Proxy struct {
+	opts    Options
+	cfg     atomic.Pointer[compiled]
+	metrics *metrics
+	log     *accessLogger
+	mirrors chan struct{}
+}
+
+// New builds a Proxy. It fails when the config is invalid or the metrics
+// cannot be registered.
+func New(opts Options) (*Proxy, error) {
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register waypoint metrics: %w", err)
+	}
+	opts.metrics = m
+	if opts.MaxBufferedBody == 0 {
+		opts.MaxBufferedBody = 1 << 20
+	}
+	if opts.MaxMirrorsInFlight == 0 {
+		opts.MaxMirrorsInFlight = 64
+	}
+	p := &Proxy{opts: opts, metrics: m, mirrors: make(chan struct{}, opts.MaxMirrorsInFlight)}
+	if opts.AccessLog != nil {
+		p.log = &accessLogger{w: opts.AccessLog}
+	}
+	if err := p.Update(opts.Config); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Update validates cfg and swaps it in atomically: requests in flight finish
+// on the config they started with. On error the old config stays.
+func (p *Proxy) Update(cfg *Config) error {
+	c, err := compile(cfg, p.cfg.Load(), &p.opts)
+	if err != nil {
+		return err
+	}
+	p.cfg.Store(c)
+	return nil
+}
+
+// internalHeaders are set only by the mesh; a client's values are removed.
+var internalHeaders = []string{
+	"X-Forwarded-Client-Cert", "X-Envoy-Peer-Metadata", "X-Envoy-Peer-Metadata-Id",
+	"X-Istio-Attributes", "X-Meshlet-Source-Principal", "X-Envoy-Original-Path",
+}
+
+// ServeHTTP is the flow of one request, top to bottom: normalize, route,
+// authenticate (JWT), authorize, answer locally (direct response, redirect,
+// CORS preflight), rate limit, inject faults, forward with retries through
+// the cluster's load balancer and circuit breaker, mirror, edit the response,
+// record telemetry.
+func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
+	cfg := p.cfg.Load()
+	peer := p.peer(req)
+	rec := newRecord(req, peer)
+	w := &responseWriter{ResponseWriter: rw}
+	defer func() {
+		rec.code, rec.bytesOut = w.status, w.written
+		if rec.code == 0 && !w.aborted {
+			rec.code = http.StatusOK
+		}
+		p.metrics.observe(rec)
+		p.log.log(rec)
+	}()
+	grpc := isGRPC(req)
+
+	// 1. One view of the path for routing, policy and the upstream.
+	path, err := normalizePath(req.URL.EscapedPath())
+	if err != nil {
+		p.localReply(w, rec, grpc, http.StatusBadRequest, "", "path_normalization_failed", "invalid path")
+		return
+	}
+	rec.path = path
+	if req.URL.RawQuery != "" {
+		rec.path += "?" + req.URL.RawQuery
+	}
+	for _, h := range internalHeaders {
+		req.Header.Del(h)
+	}
+
+	// 2. Route: first match in Istio order.
+	lis := cfg.selectListener(peer.DestinationPort)
+	_, rt := lis.findRoute(&routeInput{
+		path: path, method: req.Method, authority: req.Host, header: req.Header,
+		query: func() map[string][]string { return req.URL.Query() }, port: peer.DestinationPort, peer: peer,
+	})
+	if rt != nil {
+		rec.routeName = rt.name
+	}
+
+	// 3. Authenticate: an invalid token is 401, a missing one is anonymous.
+	var auth *policy.Auth
+	if cfg.jwt != nil {
+		auth, err = cfg.jwt.authenticate(req.Context(), req)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meshlet", error="invalid_token"`)
+			p.localReply(w, rec, grpc, http.StatusUnauthorized, "", "jwt_authn_access_denied", "Jwt verification fails")
+			return
+		}
+	}
+
+	// 4. Authorize: DENY, then ALLOW, per Istio.
+	if len(cfg.policies) > 0 {
+		d := policy.Evaluate(cfg.policies, &policy.Request{
+			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
+			SourceIP: peer.IP, DestinationPort: peer.DestinationPort,
+			Host: req.Host, Method: req.Method, Path: path, Headers: req.Header, Auth: auth,
+		})
+		if d.Shadow != nil && d.Shadow.Allow != d.Allow {
+			p.logf("waypoint: dry-run: %s %s would be %s by %s (%s)", req.Method, path, verdict(d.Shadow.Allow), d.Shadow.Policy, d.Shadow.Reason)
+		}
+		if !d.Allow {
+			p.localReply(w, rec, grpc, http.StatusForbidden, "", "rbac_access_denied_matched_policy["+d.Policy+"]", "RBAC: access denied")
+			return
+		}
+	}
+	if rt == nil {
+		p.localReply(w, rec, grpc, http.StatusNotFound, flagNoRoute, "route_not_found", "")
+		return
+	}
+	spec := rt.spec
+
+	// 5. Local answers.
+	if rt.cors != nil && p.cors(w, req, rt.cors) {
+		return
+	}
+	if dr := spec.DirectResponse; dr != nil {
+		applyHeaderOps(w.Header(), spec.ResponseHeaders)
+		w.WriteHeader(dr.Status)
+		io.WriteString(w, dr.Body)
+		rec.details = "direct_response"
+		return
+	}
+	if rd := spec.Redirect; rd != nil {
+		applyHeaderOps(w.Header(), spec.ResponseHeaders)
+		http.Redirect(w, req, redirectURL(req, path, rd), cmp(rd.Code, http.StatusMovedPermanently))
+		rec.details = "direct_response"
+		return
+	}
+
+	// 6. Rate limit.
+	if rt.limiter != nil && !rt.limiter.allow(rt.limiter.key(peer.Principal, req.Header.Get), time.Now()) {
+		w.Header().Set("X-Ratelimit-Limited", "true")
+		p.localReply(w, rec, grpc, http.StatusTooManyRequests, flagRateLimited, "local_rate_limited", "local_rate_limited")
+		return
+	}
+
+	// 7. Faults.
+	if f := spec.Fault; f != nil {
+		if f.Delay != nil && chance(f.Delay.Percent) {
+			rec.flag(flagDelayInjected)
+			select {
+			case <-time.After(f.Delay.Duration):
+			case <-req.Context().Done():
+				rec.flag(flagDownstreamClosed)
+				w.aborted = true
+				return
+			}
+		}
+		if a := f.Abort; a != nil && chance(a.Percent) {
+			if a.GRPCStatus != "" && grpc {
+				p.grpcReply(w, rec, flagFaultInjected, "fault_filter_abort", grpcCode(a.GRPCStatus), "fault filter abort")
+				return
+			}
+			p.localReply(w, rec, grpc, cmp(a.HTTPStatus, http.StatusServiceUnavailable), flagFaultInjected, "fault_filter_abort", "fault filter abort")
+			return
+		}
+	}
+
+	// 8. Build the upstream request.
+	d := rt.pickDest(rand.Uint64N)
+	up := d.up
+	rec.upstreamClust = up.name()
+	rec.dest = destFor(up)
+	ctx := req.Context()
+	if spec.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, spec.Timeout)
+		defer cancel()
+	}
+	out := req.Clone(ctx)
+	out.RequestURI = ""
+	out.Close = false
+	upgrade := upgradeType(req.Header)
+	removeHopHeaders(out.Header, upgrade != "")
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	if req.Header.Get("Te") == "trailers" || grpc {
+		out.Header.Set("Te", "trailers")
+	}
+	setPath(out.URL, rewritePath(path, rt), req.URL.RawQuery)
+	out.Host = req.Host
+	if rw := spec.Rewrite; rw != nil && rw.Authority != "" {
+		out.Host = rw.Authority
+	}
+	if peer.IP.IsValid() {
+		if prior := req.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			out.Header.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+peer.IP.String())
+		} else {
+			out.Header.Set("X-Forwarded-For", peer.IP.String())
+		}
+	}
+	out.Header.Set("X-Forwarded-Proto", scheme(req))
+	if out.Header.Get("X-Request-Id") == "" {
+		out.Header.Set("X-Request-Id", rec.requestID)
+	}
+	applyHeaderOps(out.Header, spec.RequestHeaders)
+	applyHeaderOps(out.Header, d.spec.RequestHeaders)
+	body, replayable, err := p.bufferBody(req, grpc, upgrade != "")
+	if err != nil {
+		p.localReply(w, rec, grpc, http.StatusBadRequest, flagDownstreamClosed, "downstream_remote_disconnect", "")
+		return
+	}
+	if replayable {
+		out.Body, out.GetBody = body(), func() (io.ReadCloser, error) { return body(), nil }
+	}
+
+	// 9. Mirror: fire and forget, never waits for or slows the primary.
+	if replayable && upgrade == "" {
+		for _, m := range rt.mirrors {
+			if chance(m.percent) {
+				p.mirror(out, m.up, body, spec.Timeout)
+			}
+		}
+	}
+
+	// 10. Forward, retrying per policy.
+	resp, release, ok := p.forward(w, rec, out, up, peer, spec, replayable, grpc)
+	if !ok {
+		return
+	}
+	defer release()
+	if upgrade != "" && resp.StatusCode == http.StatusSwitchingProtocols {
+		p.handleUpgrade(w, rec, resp)
+		return
+	}
+	defer resp.Body.Close()
+
+	// 11. Response.
+	h := w.Header()
+	copyHeader(h, resp.Header)
+	removeHopHeaders(h, false)
+	applyHeaderOps(h, spec.ResponseHeaders)
+	applyHeaderOps(h, d.spec.ResponseHeaders)
+	announced := make([]string, 0, len(resp.Trailer))
+	for k := range resp.Trailer {
+		announced = append(announced, k)
+	}
+	if len(announced) > 0 {
+		h.Add("Trailer", strings.Join(announced, ", "))
+	}
+	rec.grpcStatus = resp.Header.Get("Grpc-Status")
+	w.WriteHeader(resp.StatusCode)
+	if err := copyBody(w, resp.Body, streaming(resp, grpc)); err != nil {
+		rec.flag(flagUpstreamReset)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			rec.flag(flagUpstreamTimeout)
+		}
+		w.abort()
+		return
+	}
+	for k, vv := range resp.Trailer {
+		if contains(announced, k) {
+			h[k] = vv
+		} else {
+			h[http.TrailerPrefix+k] = vv
+		}
+		if http.CanonicalHeaderKey(k) == "Grpc-Status" && len(vv) > 0 {
+			rec.grpcStatus = vv[0]
+		}
+	}
+}
+
+// forward sends out to up, retrying per the route's policy. On success it
+// returns the response and a release func that frees the pool slot; on
+// failure it has written the local reply.
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replayable, grpc bool) (*http.Response, func(), bool) {
+	ctx := out.Context()
+	rp := retryPolicyFor(spec)
+	attempts := 1 + rp.Attempts
+	if !replayable {
+		attempts = 1
+	}
+	transport, pool := up.h1, up.h1Pool
+	if out.ProtoMajor == 2 {
+		transport, pool = up.h2, up.h2Pool
+	}
+	var tried []*endpoint
+	for try := 0; ; try++ {
+		ep, err := up.pick(out, peer, tried)
+		if err != nil {
+			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagNoHealthy, "no_healthy_upstream", "no healthy upstream")
+			return nil, nil, false
+		}
+		tried = append(tried, ep)
+		if err := pool.acquire(ctx); err != nil {
+			if errors.Is(err, errOverflow) {
+				if p.metrics != nil {
+					p.metrics.overflows.WithLabelValues(up.name()).Inc()
+				}
+				w.Header().Set("X-Envoy-Overloaded", "true")
+				p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagOverflow, "upstream_reset_before_response_started{overflow}", "upstream connect error or disconnect/reset before headers. reset reason: overflow")
+			} else {
+				p.timeoutOrClosed(w, rec, grpc, ctx)
+			}
+			return nil, nil, false
+		}
+		ep.active.Add(1)
+		release := func() { ep.active.Add(-1); pool.release() }
+		rec.upstreamHost = ep.addr
+
+		tryCtx, cancelTry := context.WithCancel(ctx)
+		var perTryFired atomic.Bool
+		var timer *time.Timer
+		if rp.PerTryTimeout > 0 {
+			timer = time.AfterFunc(rp.PerTryTimeout, func() { perTryFired.Store(true); cancelTry() })
+		}
+		attempt := out.WithContext(tryCtx)
+		attempt.URL.Host = ep.addr
+		attempt.URL.Scheme = "http"
+		if try > 0 && out.GetBody != nil {
+			attempt.Body, _ = out.GetBody()
+		}
+		start := time.Now()
+		resp, err := transport.RoundTrip(attempt)
+		if timer != nil {
+			timer.Stop()
+		}
+		rec.upstreamTime = time.Since(start)
+
+		kind, status, gstatus := failNone, 0, ""
+		switch {
+		case err == nil:
+			status, gstatus = resp.StatusCode, resp.Header.Get("Grpc-Status")
+		case perTryFired.Load():
+			kind = failPerTryTimeout
+		case ctx.Err() != nil:
+			cancelTry()
+			release()
+			up.report(ep, 0)
+			p.timeoutOrClosed(w, rec, grpc, ctx)
+			return nil, nil, false
+		case isDialError(err):
+			kind = failConnect
+		default:
+			kind = failReset
+		}
+		outlierStatus := status
+		if kind == failPerTryTimeout {
+			outlierStatus = http.StatusGatewayTimeout
+		}
+		up.report(ep, outlierStatus)
+
+		retry := try+1 < attempts && shouldRetryOn(rp, status, gstatus, kind)
+		if !retry {
+			if err == nil {
+				if try > 0 && shouldRetryOn(rp, status, gstatus, kind) {
+					rec.flag(flagRetryExhausted)
+				}
+				return resp, func() { release(); cancelTry() }, true
+			}
+			cancelTry()
+			release()
+			if try > 0 {
+				rec.flag(flagRetryExhausted)
+			}
+			switch kind {
+			case failPerTryTimeout:
+				p.localReply(w, rec, grpc, http.StatusGatewayTimeout, flagUpstreamTimeout, "upstream_per_try_timeout", "upstream request timeout")
+			case failConnect:
+				p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagConnFailure, "upstream_reset_before_response_started{connection_failure}", "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+			default:
+				p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagUpstreamReset, "upstream_reset_before_response_started{connection_termination}", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+			}
+			return nil, nil, false
+		}
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		cancelTry()
+		release()
+		// Envoy's default backoff: 25ms base, doubling, full jitter, 250ms cap.
+		backoff := time.Duration(rand.Int64N(int64(min(25*time.Millisecond<<try, 250*time.Millisecond)) + 1))
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			p.timeoutOrClosed(w, rec, grpc, ctx)
+			return nil, nil, false
+		}
+	}
+}
+
+// timeoutOrClosed answers a request whose context ended: 504 UT when the
+// route timeout fired, nothing (DC) when the client went away.
+func (p *Proxy) timeoutOrClosed(w *responseWriter, rec *record, grpc bool, ctx context.Context) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		p.localReply(w, rec, grpc, http.StatusGatewayTimeout, flagUpstreamTimeout, "upstream_response_timeout", "upstream request timeout")
+		return
+	}
+	rec.flag(flagDownstreamClosed)
+	rec.details = "downstream_remote_disconnect"
+	w.aborted = true
+}
+
+type failKind int
+
+const (
+	failNone failKind = iota
+	failConnect
+	failReset
+	failPerTryTimeout
+)
+
+// retryPolicyFor is the route's retry policy, or Istio's default.
+func retryPolicyFor(spec *model.L7Route) *model.RetryPolicy {
+	if spec.Retries != nil {
+		return spec.Retries
+	}
+	return defaultRetry
+}
+
+var defaultRetry = &model.RetryPolicy{
+	Attempts:             2,
+	RetryOn:              []string{"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"},
+	RetriableStatusCodes: []int{503},
+}
+
+var grpcRetryCodes = map[string]string{
+	"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8", "internal": "13", "unavailable": "14",
+}
+
+func retryOnFor(rp *model.RetryPolicy) []string {
+	if len(rp.RetryOn) == 0 {
+		return []string{"connect-failure", "refused-stream", "retriable-status-codes"}
+	}
+	return rp.RetryOn
+}
+
+// shouldRetryOn applies Envoy's retry_on conditions to one try's outcome.
+func shouldRetryOn(rp *model.RetryPolicy, status int, grpcStatus string, kind failKind) bool {
+	codes := rp.RetriableStatusCodes
+	if len(rp.RetryOn) == 0 && len(codes) == 0 {
+		codes = []int{503}
+	}
+	for _, on := range retryOnFor(rp) {
+		switch on {
+		case "5xx":
+			if status >= 500 || kind != failNone {
+				return true
+			}
+		case "gateway-error":
+			if status == 502 || status == 503 || status == 504 || kind == failPerTryTimeout {
+				return true
+			}
+		case "reset":
+			if kind == failReset || kind == failPerTryTimeout {
+				return true
+			}
+		case "connect-failure":
+			if kind == failConnect {
+				return true
+			}
+		case "refused-stream":
+			// The Go transport retries REFUSED_STREAM itself on a new connection.
+		case "retriable-status-codes":
+			if contains(codes, status) {
+				return true
+			}
+		case "retriable-4xx":
+			if status == 409 {
+				return true
+			}
+		default:
+			if c, ok := grpcRetryCodes[on]; ok && grpcStatus == c {
+				return true
+			}
+			if n, err := strconv.Atoi(on); err == nil && n == status {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func contains[T comparable](list []T, v T) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// bufferBody reads a request body of known length up to MaxBufferedBody so
+// that it can be replayed by retries and mirrors. gRPC, upgrades and bodies of
+// unknown or larger length are streamed once.
+func (p *Proxy) bufferBody(req *http.Request, grpc, upgrade bool) (func() io.ReadCloser, bool, error) {
+	if req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 {
+		return func() io.ReadCloser { return http.NoBody }, true, nil
+	}
+	if grpc || upgrade || req.ContentLength < 0 || req.ContentLength > p.opts.MaxBufferedBody {
+		return nil, false, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(req.Body, req.ContentLength))
+	if err != nil {
+		return nil, false, fmt.Errorf("read request body: %w", err)
+	}
+	return func() io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }, true, nil
+}
+
+// mirror sends a shadow copy of out to up, with "-shadow" appended to the
+// host as Envoy does. It never blocks: when MaxMirrorsInFlight are already
+// running, the copy is dropped.
+func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadCloser, timeout time.Duration) {
+	select {
+	case p.mirrors <- struct{}{}:
+	default:
+		return
+	}
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), timeout)
+	m := out.Clone(ctx)
+	m.Body = body()
+	m.GetBody = nil
+	host := m.Host
+	if h, port, ok := splitHostPort(host); ok && port != "" {
+		host = net.JoinHostPort(h+"-shadow", port)
+	} else {
+		host += "-shadow"
+	}
+	m.Host = host
+	go func() {
+		defer func() { <-p.mirrors }()
+		defer cancel()
+		ep, err := up.pick(m, Peer{}, nil)
+		if err != nil {
+			return
+		}
+		m.URL.Host, m.URL.Scheme = ep.addr, "http"
+		t := up.h1
+		if m.ProtoMajor == 2 {
+			t = up.h2
+		}
+		resp, err := t.RoundTrip(m)
+		if err != nil {
+			p.logf("waypoint: mirror to %s: %v", up.name(), err)
+			return
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+	}()
+}
+
+// localReply answers without an upstream response, in gRPC form for gRPC
+// requests (Envoy's HTTP-to-gRPC status mapping).
+func (p *Proxy) localReply(w *responseWriter, rec *record, grpc bool, code int, flag, details, body string) {
+	if flag != "" {
+		rec.flag(flag)
+	}
+	rec.details = details
+	if grpc {
+		g := "2" // UNKNOWN
+		switch code {
+		case 400:
+			g = "13"
+		case 401:
+			g = "16"
+		case 403:
+			g = "7"
+		case 404:
+			g = "12"
+		case 429, 502, 503, 504:
+			g = "14"
+		}
+		p.grpcReply(w, rec, flag, details, g, body)
+		return
+	}
+	if body == "" {
+		body = http.StatusText(code)
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	io.WriteString(w, body)
+}
+
+func (p *Proxy) grpcReply(w *responseWriter, rec *record, flag, details, status, msg string) {
+	if flag != "" {
+		rec.flag(flag)
+	}
+	rec.details = details
+	rec.grpcStatus = status
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", status)
+	h.Set("Grpc-Message", url.PathEscape(msg))
+	w.WriteHeader(http.StatusOK)
+}
+
+func grpcCode(s string) string {
+	names := map[string]string{
+		"OK": "0", "CANCELLED": "1", "UNKNOWN": "2", "INVALID_ARGUMENT": "3", "DEADLINE_EXCEEDED": "4",
+		"NOT_FOUND": "5", "ALREADY_EXISTS": "6", "PERMISSION_DENIED": "7", "RESOURCE_EXHAUSTED": "8",
+		"FAILED_PRECONDITION": "9", "ABORTED": "10", "OUT_OF_RANGE": "11", "UNIMPLEMENTED": "12",
+		"INTERNAL": "13", "UNAVAILABLE": "14", "DATA_LOSS": "15", "UNAUTHENTICATED": "16",
+	}
+	if n, ok := names[strings.ToUpper(s)]; ok {
+		return n
+	}
+	return s
+}
+
+// cors answers a preflight (true) or adds CORS headers to the response.
+func (p *Proxy) cors(w *responseWriter, req *http.Request, c *model.CORSPolicy) bool {
+	origin := req.Header.Get("Origin")
+	if origin == "" {
+		return false
+	}
+	allowed := false
+	for i := range c.AllowOrigins {
+		if sm, err := compileStr(&c.AllowOrigins[i]); err == nil && sm != nil && sm.match(origin) {
+			allowed = true
+			break
+		}
+	}
+	if !allowed {
+		return false
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	if c.AllowCredentials {
+		h.Set("Access-Control-Allow-Credentials", "true")
+	}
+	if req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != "" {
+		if len(c.AllowMethods) > 0 {
+			h.Set("Access-Control-Allow-Methods", strings.Join(c.AllowMethods, ","))
+		}
+		if len(c.AllowHeaders) > 0 {
+			h.Set("Access-Control-Allow-Headers", strings.Join(c.AllowHeaders, ","))
+		}
+		if c.MaxAge > 0 {
+			h.Set("Access-Control-Max-Age", strconv.Itoa(int(c.MaxAge.Seconds())))
+		}
+		w.WriteHeader(http.StatusOK)
+		return true
+	}
+	if len(c.ExposeHeaders) > 0 {
+		h.Set("Access-Control-Expose-Headers", strings.Join(c.ExposeHeaders, ","))
+	}
+	return false
+}
+
+func (p *Proxy) peer(req *http.Request) Peer {
+	var pr Peer
+	if p.opts.Peer != nil {
+		pr = p.opts.Peer(req)
+	}
+	if !pr.IP.IsValid() {
+		if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
+			pr.IP = ap.Addr().Unmap()
+		}
+	}
+	if pr.DestinationPort == 0 {
+		if a, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+				pr.DestinationPort = uint32(ap.Port())
+			}
+		}
+	}
+	if pr.Namespace == "" && pr.Principal != "" {
+		// "td/ns/<ns>/sa/<sa>"
+		parts := strings.Split(strings.TrimPrefix(pr.Principal, "spiffe://"), "/")
+		if len(parts) == 5 && parts[1] == "ns" {
+			pr.Namespace = parts[2]
+		}
+	}
+	return pr
+}
+
+func (p *Proxy) logf(format string, args ...any) {
+	if p.opts.Logf != nil {
+		p.opts.Logf(format, args...)
+	}
+}
+
+func newRecord(req *http.Request, peer Peer) *record {
+	rec := &record{
+		start:     time.Now(),
+		method:    req.Method,
+		path:      req.URL.RequestURI(),
+		protocol:  req.Proto,
+		authority: req.Host,
+		userAgent: req.UserAgent(),
+		requestID: req.Header.Get("X-Request-Id"),
+		xff:       req.Header.Get("X-Forwarded-For"),
+		peer:      peer,
+		bytesIn:   max(req.ContentLength, 0),
+	}
+	rec.downstreamRem = req.RemoteAddr
+	if a, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		rec.downstreamLoc = a.String()
+	}
+	if rec.requestID == "" {
+		var b [16]byte
+		crand.Read(b[:])
+		rec.requestID = hex.EncodeToString(b[:])
+	}
+	return rec
+}
+
+// destFor fills telemetry's destination labels from the cluster name
+// (Istio's "outbound|port|subset|host" when used) and endpoint labels.
+func destFor(up *upstream) destInfo {
+	d := destInfo{service: up.cluster, version: up.subset}
+	if parts := strings.Split(up.cluster, "|"); len(parts) == 4 {
+		d.service = parts[3]
+		if d.version == "" {
+			d.version = parts[2]
+		}
+	}
+	labels := strings.Split(d.service, ".")
+	d.name = labels[0]
+	if len(labels) > 1 {
+		d.namespace = labels[1]
+	}
+	if len(up.endpoints) > 0 {
+		l := up.endpoints[0].labels
+		d.app = l["app"]
+		if v := l["version"]; v != "" {
+			d.version = v
+		}
+		d.workload = l["workload"]
+	}
+	return d
+}
+
+func verdict(allow bool) string {
+	if allow {
+		return "allowed"
+	}
+	return "denied"
+}
+
+func chance(percent float64) bool {
+	return percent >= 100 || (percent > 0 && rand.Float64()*100 < percent)
+}
+
+func cmp(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+func scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+func rewritePath(path string, rt *route) string {
+	rw := rt.spec.Rewrite
+	if rw == nil {
+		return path
+	}
+	if rt.rewriteRe != nil {
+		return rt.rewriteRe.ReplaceAllString(path, rw.URIRegex.Substitution)
+	}
+	if rw.URIPrefix == "" {
+		return path
+	}
+	// Replace the matched prefix when the route matched by prefix.
+	for _, m := range rt.matches {
+		if m.uri != nil && m.uri.prefix != "" && strings.HasPrefix(path, m.uri.prefix) {
+			return rw.URIPrefix + path[len(m.uri.prefix):]
+		}
+	}
+	return rw.URIPrefix
+}
+
+// setPath sets u's path from a normalized (escaped) path.
+func setPath(u *url.URL, escaped, rawQuery string) {
+	if p, err := url.PathUnescape(escaped); err == nil {
+		u.Path = p
+	} else {
+		u.Path = escaped
+	}
+	u.RawPath = escaped
+	u.RawQuery = rawQuery
+}
+
+func redirectURL(req *http.Request, path string, rd *model.Redirect) string {
+	u := url.URL{Scheme: scheme(req), Host: req.Host, RawQuery: req.URL.RawQuery}
+	setPath(&u, path, req.URL.RawQuery)
+	if rd.Scheme != "" {
+		u.Scheme = rd.Scheme
+	}
+	if rd.Authority != "" {
+		u.Host = rd.Authority
+	}
+	if rd.Port != 0 {
+		h, _, _ := splitHostPort(u.Host)
+		u.Host = net.JoinHostPort(h, strconv.Itoa(int(rd.Port)))
+	}
+	if rd.URI != "" {
+		setPath(&u, rd.URI, req.URL.RawQuery)
+	}
+	return u.String()
+}
+
+func applyHeaderOps(h http.Header, ops model.HeaderOps) {
+	for _, k := range ops.Remove {
+		h.Del(k)
+	}
+	for k, v := range ops.Set {
+		h.Set(k, v)
+	}
+	for k, v := range ops.Add {
+		h.Add(k, v)
+	}
+}
+
+// hopHeaders are connection-specific (RFC 9110 section 7.6.1).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header, keepUpgrade bool) {
+	for _, f := range h.Values("Connection") {
+		for _, sf := range strings.Split(f, ",") {
+			if sf = strings.TrimSpace(sf); sf != "" && !(keepUpgrade && strings.EqualFold(sf, "upgrade")) {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		if keepUpgrade && k == "Upgrade" {
+			continue
+		}
+		h.Del(k)
+	}
+}
+
+func upgradeType(h http.Header) string {
+	for _, f := range h.Values("Connection") {
+		for _, sf := range strings.Split(f, ",") {
+			if strings.EqualFold(strings.TrimSpace(sf), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		dst[k] = append(dst[k][:0:0], vv...)
+	}
+}
+
+func streaming(resp *http.Response, grpc bool) bool {
+	return grpc || resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+}
+
+// copyBody copies the upstream body, flushing after each write when
+// streaming so that gRPC and server-sent events are not held back.
+func copyBody(w *responseWriter, body io.Reader, flush bool) error {
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	rc := http.NewResponseController(w)
+	for {
+		n, rerr := body.Read(*buf)
+		if n > 0 {
+			if _, werr := w.Write((*buf)[:n]); werr != nil {
+				return werr
+			}
+			if flush {
+				if err := rc.Flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}

@@ -1,0 +1,362 @@
+package waypoint
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+// ServerOptions configure Proxy.Serve. Zero values are safe defaults.
+type ServerOptions struct {
+	// TLSConfig, if set, terminates TLS (HTTP/1.1 and HTTP/2 by ALPN) for
+	// connections that start with a TLS handshake; nil means plaintext only.
+	TLSConfig *tls.Config
+	// DetectTimeout bounds the wait for a client's first bytes; a client
+	// that sends nothing by then (a server-first protocol) is forwarded as
+	// TCP. Zero means 1s.
+	DetectTimeout time.Duration
+	// MaxConcurrentStreams bounds streams per HTTP/2 connection; zero means
+	// 100. It is also the bound on concurrent handlers per connection, which
+	// is what contains rapid-reset floods (CVE-2023-44487).
+	MaxConcurrentStreams int
+	// MaxHeaderBytes bounds request headers (HTTP/1.1 header bytes, HTTP/2
+	// header list size after HPACK decoding, so HPACK bombs and CONTINUATION
+	// floods are cut off); zero means 60 KiB (Envoy's default).
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds reading request headers; zero means 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle client connections; zero means 5m.
+	IdleTimeout time.Duration
+}
+
+// HTTP/2 hardening. The server is net/http's, which bundles
+// golang.org/x/net/http2 with its mitigations: handler concurrency per
+// connection is bounded by MaxConcurrentStreams and streams reset before
+// their handler runs still count against it (rapid reset); header blocks,
+// including CONTINUATION frames, are bounded by MaxHeaderBytes and rejected
+// as soon as they exceed it (CONTINUATION flood, HPACK bomb); the decoder's
+// dynamic table is capped at 4 KiB; queued control frames (PING, SETTINGS
+// acks) are bounded and a peer that floods them is disconnected (ping flood);
+// flow-control windows are bounded per stream and per connection so memory
+// per connection is bounded.
+const (
+	h2HeaderTable       = 4096
+	h2MaxReadFrame      = 16 << 10
+	h2ConnReceiveBuffer = 1 << 20
+	h2StreamReceiveBuf  = 256 << 10
+)
+
+// Serve accepts connections on l until ctx ends, detecting per connection
+// HTTP/1.1, HTTP/2 (prior knowledge, or by ALPN over TLS) or anything else,
+// which is forwarded as TCP to Config.TCPCluster after L4 authorization.
+func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) error {
+	if opts.DetectTimeout == 0 {
+		opts.DetectTimeout = time.Second
+	}
+	if opts.MaxConcurrentStreams == 0 {
+		opts.MaxConcurrentStreams = 100
+	}
+	if opts.MaxHeaderBytes == 0 {
+		opts.MaxHeaderBytes = 60 << 10
+	}
+	if opts.ReadHeaderTimeout == 0 {
+		opts.ReadHeaderTimeout = 10 * time.Second
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 5 * time.Minute
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	var tlsConfig *tls.Config
+	if opts.TLSConfig != nil {
+		protos.SetHTTP2(true)
+		tlsConfig = opts.TLSConfig.Clone()
+		tlsConfig.NextProtos = []string{"h2", "http/1.1"}
+	}
+	srv := &http.Server{
+		Handler:           p,
+		Protocols:         &protos,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		TLSConfig:         tlsConfig,
+		ErrorLog:          nil,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          opts.MaxConcurrentStreams,
+			MaxDecoderHeaderTableSize:     h2HeaderTable,
+			MaxEncoderHeaderTableSize:     h2HeaderTable,
+			MaxReadFrameSize:              h2MaxReadFrame,
+			MaxReceiveBufferPerConnection: h2ConnReceiveBuffer,
+			MaxReceiveBufferPerStream:     h2StreamReceiveBuf,
+		},
+	}
+	httpConns := &chanListener{addr: l.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Serve(httpConns) }()
+
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	var err error
+	for {
+		c, aerr := l.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil {
+				err = fmt.Errorf("accept: %w", aerr)
+			}
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.detect(ctx, c, &opts, tlsConfig, httpConns)
+		}()
+	}
+	httpConns.close()
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	<-srvDone
+	wg.Wait()
+	return err
+}
+
+// detect sniffs the first bytes of c and hands it to the HTTP server or to
+// the TCP forwarder.
+func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tlsConfig *tls.Config, httpConns *chanListener) {
+	br := bufio.NewReaderSize(c, 512)
+	_ = c.SetReadDeadline(time.Now().Add(opts.DetectTimeout))
+	head, _ := br.Peek(8)
+	_ = c.SetReadDeadline(time.Time{})
+	pc := &peekedConn{Conn: c, r: br}
+	switch {
+	case len(head) > 0 && head[0] == 0x16 && tlsConfig != nil:
+		if !httpConns.offer(tls.Server(pc, tlsConfig)) {
+			c.Close()
+		}
+	case looksLikeHTTP(head):
+		if !httpConns.offer(pc) {
+			c.Close()
+		}
+	default:
+		p.forwardTCP(ctx, pc)
+	}
+}
+
+// looksLikeHTTP reports whether b starts with an HTTP/1 method token and a
+// space (the HTTP/2 preface starts with "PRI * ").
+func looksLikeHTTP(b []byte) bool {
+	for i, c := range b {
+		if c == ' ' {
+			return i >= 3
+		}
+		if c < 'A' || c > 'Z' {
+			return false
+		}
+	}
+	return false
+}
+
+// forwardTCP is the L4 fallback: L4 authorization, then a byte pipe to an
+// endpoint of Config.TCPCluster.
+func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	cfg := p.cfg.Load()
+	up := cfg.tcpCluster
+	if up == nil {
+		return
+	}
+	peer := Peer{}
+	if p.opts.ConnPeer != nil {
+		peer = p.opts.ConnPeer(c)
+	}
+	if !peer.IP.IsValid() {
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			peer.IP = ap.Addr().Unmap()
+		}
+	}
+	if peer.DestinationPort == 0 {
+		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			peer.DestinationPort = uint32(ap.Port())
+		}
+	}
+	if len(cfg.policies) > 0 {
+		d := policy.EvaluateL4(cfg.policies, &policy.Request{
+			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
+			SourceIP: peer.IP, DestinationPort: peer.DestinationPort,
+		})
+		if !d.Allow {
+			p.logf("waypoint: tcp from %s denied: %s", peer.IP, d.Reason)
+			return
+		}
+	}
+	ep, err := up.pick(nil, peer, nil)
+	if err != nil {
+		p.logf("waypoint: tcp to %s: %v", up.name(), err)
+		return
+	}
+	dial := p.opts.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	back, err := dial(dctx, "tcp", ep.addr)
+	cancel()
+	if err != nil {
+		up.report(ep, 0)
+		p.logf("waypoint: tcp to %s: %v", ep.addr, err)
+		return
+	}
+	defer back.Close()
+	pipe(c, back)
+}
+
+// pipe copies both ways until one side ends, then closes both.
+func pipe(a, b io.ReadWriteCloser) {
+	done := make(chan struct{}, 2)
+	cp := func(dst io.WriteCloser, src io.Reader) {
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	// Give the other direction a moment to drain a half-closed stream.
+	t := time.NewTimer(5 * time.Second)
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	t.Stop()
+	a.Close()
+	b.Close()
+}
+
+// handleUpgrade hands a 101 response (WebSocket and other upgrades) over to
+// a byte pipe between the client and the upstream connection.
+func (p *Proxy) handleUpgrade(w *responseWriter, rec *record, resp *http.Response) {
+	back, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		p.localReply(w, rec, false, http.StatusBadGateway, flagUpstreamReset, "upgrade_failed", "upstream upgrade response has no connection")
+		return
+	}
+	defer back.Close()
+	copyHeader(w.Header(), resp.Header)
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		p.localReply(w, rec, false, http.StatusBadGateway, "", "upgrade_failed", "cannot hijack the client connection")
+		return
+	}
+	defer conn.Close()
+	w.status = http.StatusSwitchingProtocols
+	resp.Header = w.Header()
+	resp.Body = nil
+	if err := resp.Write(brw); err != nil {
+		return
+	}
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	var client io.ReadWriteCloser = conn
+	if brw.Reader.Buffered() > 0 {
+		client = &peekedConn{Conn: conn, r: brw.Reader}
+	}
+	pipe(client, back)
+}
+
+// chanListener is a net.Listener fed with already-detected connections.
+type chanListener struct {
+	addr  net.Addr
+	conns chan net.Conn
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (l *chanListener) offer(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) close()         { l.once.Do(func() { close(l.done) }) }
+func (l *chanListener) Close() error   { l.close(); return nil }
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// peekedConn is a conn whose first bytes sit in a bufio.Reader.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite half-closes when the underlying conn supports it.
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("close write not supported")
+}
+
+// responseWriter records the status and bytes written for telemetry.
+type responseWriter struct {
+	http.ResponseWriter
+	status  int
+	written int64
+	aborted bool
+}
+
+func (w *responseWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.written += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// abort ends the response mid-body so the client sees a broken stream, not
+// a short success (as httputil.ReverseProxy does).
+func (w *responseWriter) abort() {
+	w.aborted = true
+	panic(http.ErrAbortHandler)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -1,0 +1,282 @@
+package waypoint
+
+import (
+	"encoding/json"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Response flags, as Envoy and Istio print them in access logs and in the
+// response_flags metric label.
+const (
+	flagNone             = "-"
+	flagNoRoute          = "NR"   // no route matched
+	flagNoHealthy        = "UH"   // no healthy upstream
+	flagOverflow         = "UO"   // circuit breaker overflow
+	flagConnFailure      = "UF"   // upstream connection failure
+	flagUpstreamTimeout  = "UT"   // upstream request timeout
+	flagRetryExhausted   = "URX"  // retries exhausted
+	flagUpstreamReset    = "UC"   // upstream connection termination
+	flagDownstreamClosed = "DC"   // downstream connection termination
+	flagDelayInjected    = "DI"   // fault delay
+	flagFaultInjected    = "FI"   // fault abort
+	flagRateLimited      = "RL"   // local rate limit
+	flagUnauthorized     = "UAEX" // not used: CUSTOM authz is unsupported
+)
+
+var _ = flagUnauthorized
+
+// istioLabels are the standard labels of Istio's HTTP metrics
+// (https://istio.io/latest/docs/reference/config/metrics/).
+var istioLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
+}
+
+type metrics struct {
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	reqBytes   *prometheus.HistogramVec
+	respBytes  *prometheus.HistogramVec
+	ejections  *prometheus.CounterVec
+	overflows  *prometheus.CounterVec
+	registered bool
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	durBuckets := []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+	byteBuckets := prometheus.ExponentialBuckets(1, 10, 9)
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_requests_total", Help: "Requests handled by the waypoint.",
+		}, istioLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_duration_milliseconds", Help: "Request duration in milliseconds.", Buckets: durBuckets,
+		}, istioLabels),
+		reqBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_bytes", Help: "Request size (headers and body) in bytes.", Buckets: byteBuckets,
+		}, istioLabels),
+		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_response_bytes", Help: "Response size (headers and body) in bytes.", Buckets: byteBuckets,
+		}, istioLabels),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshlet_waypoint_outlier_ejections_total", Help: "Endpoints ejected by outlier detection.",
+		}, []string{"cluster"}),
+		overflows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshlet_waypoint_upstream_overflow_total", Help: "Requests refused by a full connection pool (UO).",
+		}, []string{"cluster"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reqBytes, m.respBytes, m.ejections, m.overflows} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	m.registered = true
+	return m, nil
+}
+
+// record is one request's telemetry, filled in as the request flows.
+type record struct {
+	start         time.Time
+	method        string
+	path          string
+	protocol      string
+	authority     string
+	userAgent     string
+	requestID     string
+	xff           string
+	downstreamRem string
+	downstreamLoc string
+	routeName     string
+	code          int
+	grpcStatus    string
+	flags         []string
+	details       string
+	bytesIn       int64
+	bytesOut      int64
+	upstreamHost  string
+	upstreamClust string
+	upstreamTime  time.Duration
+	peer          Peer
+	dest          destInfo
+}
+
+type destInfo struct {
+	service, name, namespace, workload, app, version string
+}
+
+func (r *record) flag(f string) {
+	for _, x := range r.flags {
+		if x == f {
+			return
+		}
+	}
+	r.flags = append(r.flags, f)
+}
+
+func (r *record) flagString() string {
+	if len(r.flags) == 0 {
+		return flagNone
+	}
+	return strings.Join(r.flags, ",")
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func (m *metrics) observe(rec *record) {
+	if m == nil || !m.registered {
+		return
+	}
+	p, d := rec.peer, rec.dest
+	security := "none"
+	if p.Principal != "" {
+		security = "mutual_tls"
+	}
+	grpc := rec.grpcStatus
+	labels := prometheus.Labels{
+		"reporter":                       "waypoint",
+		"source_workload":                orUnknown(p.Workload),
+		"source_workload_namespace":      orUnknown(p.Namespace),
+		"source_principal":               orUnknown(spiffeURI(p.Principal)),
+		"source_app":                     orUnknown(p.Labels["app"]),
+		"source_version":                 orUnknown(p.Labels["version"]),
+		"source_canonical_service":       orUnknown(p.Labels["service.istio.io/canonical-name"]),
+		"source_canonical_revision":      orUnknown(p.Labels["service.istio.io/canonical-revision"]),
+		"source_cluster":                 "unknown",
+		"destination_workload":           orUnknown(d.workload),
+		"destination_workload_namespace": orUnknown(d.namespace),
+		"destination_principal":          "unknown",
+		"destination_app":                orUnknown(d.app),
+		"destination_version":            orUnknown(d.version),
+		"destination_service":            orUnknown(d.service),
+		"destination_service_name":       orUnknown(d.name),
+		"destination_service_namespace":  orUnknown(d.namespace),
+		"destination_canonical_service":  orUnknown(d.app),
+		"destination_canonical_revision": orUnknown(d.version),
+		"destination_cluster":            "unknown",
+		"request_protocol":               requestProtocol(rec),
+		"response_code":                  strconv.Itoa(rec.code),
+		"grpc_response_status":           grpc,
+		"response_flags":                 rec.flagString(),
+		"connection_security_policy":     security,
+	}
+	m.requests.With(labels).Inc()
+	m.duration.With(labels).Observe(float64(time.Since(rec.start).Microseconds()) / 1000)
+	m.reqBytes.With(labels).Observe(float64(rec.bytesIn))
+	m.respBytes.With(labels).Observe(float64(rec.bytesOut))
+}
+
+func requestProtocol(rec *record) string {
+	if rec.grpcStatus != "" {
+		return "grpc"
+	}
+	return "http"
+}
+
+func spiffeURI(p string) string {
+	if p == "" || strings.HasPrefix(p, "spiffe://") {
+		return p
+	}
+	return "spiffe://" + p
+}
+
+// accessLogger writes Istio's default JSON access log format, one line per
+// request, to w.
+type accessLogger struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+type accessLogLine struct {
+	StartTime                string `json:"start_time"`
+	Method                   string `json:"method"`
+	Path                     string `json:"path"`
+	Protocol                 string `json:"protocol"`
+	ResponseCode             int    `json:"response_code"`
+	ResponseFlags            string `json:"response_flags"`
+	ResponseCodeDetails      string `json:"response_code_details"`
+	ConnectionTermination    string `json:"connection_termination_details"`
+	UpstreamTransportFailure string `json:"upstream_transport_failure_reason"`
+	BytesReceived            int64  `json:"bytes_received"`
+	BytesSent                int64  `json:"bytes_sent"`
+	Duration                 int64  `json:"duration"`
+	UpstreamServiceTime      string `json:"upstream_service_time"`
+	XForwardedFor            string `json:"x_forwarded_for"`
+	UserAgent                string `json:"user_agent"`
+	RequestID                string `json:"request_id"`
+	Authority                string `json:"authority"`
+	UpstreamHost             string `json:"upstream_host"`
+	UpstreamCluster          string `json:"upstream_cluster"`
+	UpstreamLocalAddress     string `json:"upstream_local_address"`
+	DownstreamLocalAddress   string `json:"downstream_local_address"`
+	DownstreamRemoteAddress  string `json:"downstream_remote_address"`
+	RequestedServerName      string `json:"requested_server_name"`
+	RouteName                string `json:"route_name"`
+}
+
+func (l *accessLogger) log(rec *record) {
+	if l == nil || l.w == nil {
+		return
+	}
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	line := accessLogLine{
+		StartTime:                rec.start.UTC().Format("2006-01-02T15:04:05.000Z"),
+		Method:                   rec.method,
+		Path:                     rec.path,
+		Protocol:                 rec.protocol,
+		ResponseCode:             rec.code,
+		ResponseFlags:            rec.flagString(),
+		ResponseCodeDetails:      dash(rec.details),
+		BytesReceived:            rec.bytesIn,
+		BytesSent:                rec.bytesOut,
+		Duration:                 time.Since(rec.start).Milliseconds(),
+		XForwardedFor:            dash(rec.xff),
+		UserAgent:                dash(rec.userAgent),
+		RequestID:                dash(rec.requestID),
+		Authority:                dash(rec.authority),
+		UpstreamHost:             dash(rec.upstreamHost),
+		UpstreamCluster:          dash(rec.upstreamClust),
+		DownstreamLocalAddress:   dash(rec.downstreamLoc),
+		DownstreamRemoteAddress:  dash(rec.downstreamRem),
+		RouteName:                dash(rec.routeName),
+		ConnectionTermination:    "-",
+		UpstreamTransportFailure: "-",
+		UpstreamLocalAddress:     "-",
+		RequestedServerName:      "-",
+		UpstreamServiceTime:      "-",
+	}
+	if rec.upstreamTime > 0 {
+		line.UpstreamServiceTime = strconv.FormatInt(rec.upstreamTime.Milliseconds(), 10)
+	}
+	b, err := json.Marshal(line)
+	if err != nil {
+		return
+	}
+	b = append(b, '\n')
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, _ = l.w.Write(b)
+}
