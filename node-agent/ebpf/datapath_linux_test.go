@@ -253,31 +253,43 @@ func TestDNSCapture(t *testing.T) {
 	if err := s.dp.Enroll(cookie, Pod{WorkloadID: workload, IPv4: netip.MustParseAddr(podIP)}); err != nil {
 		t.Fatal(err)
 	}
-	var proxy net.PacketConn
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error { return setMark(c, agentMark) }}
-	if err := netns.Do(pod, func() (err error) {
-		proxy, err = lc.ListenPacket(context.Background(), "udp4", "127.0.0.1:15053")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
-	go func() { // answer every query with "answer:" + query
-		buf := make([]byte, 512)
-		for {
-			n, from, err := proxy.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = proxy.WriteTo(append([]byte("answer:"), buf[:n]...), from)
+	for _, addr := range []string{"127.0.0.1:15053", "[::1]:15053"} {
+		var proxy net.PacketConn
+		if err := netns.Do(pod, func() (err error) {
+			proxy, err = lc.ListenPacket(context.Background(), "udp", addr)
+			return err
+		}); err != nil {
+			t.Fatal(err)
 		}
-	}()
-	resolver := resolverIP + ":53"
+		t.Cleanup(func() { proxy.Close() })
+		go func() { // answer every query with "answer:" + query
+			buf := make([]byte, 512)
+			for {
+				n, from, err := proxy.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = proxy.WriteTo(append([]byte("answer:"), buf[:n]...), from)
+			}
+		}()
+	}
 
+	// The IPv6 resolver is never reached: capture rewrites it to [::1]:15053.
+	// "udp" sockets are dual-stack AF_INET6: an IPv4 resolver is v4-mapped.
 	tests := []struct {
 		name      string
+		network   string
+		resolver  string
 		connected bool
-	}{{"unconnected", false}, {"connected", true}}
+	}{
+		{"unconnected", "udp4", resolverIP + ":53", false},
+		{"connected", "udp4", resolverIP + ":53", true},
+		{"unconnected dual-stack", "udp", resolverIP + ":53", false},
+		{"connected dual-stack", "udp", resolverIP + ":53", true},
+		{"unconnected v6", "udp6", "[fd00:198:19:1::53]:53", false},
+		{"connected v6", "udp6", "[fd00:198:19:1::53]:53", true},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := s.stats(t)
@@ -290,9 +302,9 @@ func TestDNSCapture(t *testing.T) {
 				var c net.Conn
 				var err error
 				if tt.connected {
-					c, err = net.Dial("udp4", resolver)
+					c, err = net.Dial(tt.network, tt.resolver)
 				} else {
-					conn, err = net.ListenPacket("udp4", "0.0.0.0:0")
+					conn, err = net.ListenPacket(tt.network, ":0")
 				}
 				if err != nil {
 					return err
@@ -313,7 +325,7 @@ func TestDNSCapture(t *testing.T) {
 				}
 				defer conn.Close()
 				_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-				if _, err := conn.WriteTo([]byte("q1"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(resolver))); err != nil {
+				if _, err := conn.WriteTo([]byte("q1"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tt.resolver))); err != nil {
 					return err
 				}
 				n, addr, err := conn.ReadFrom(buf)
@@ -326,8 +338,8 @@ func TestDNSCapture(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if reply != "answer:q1" || from != resolver {
-				t.Errorf("reply %q from %s; want %q from %s", reply, from, "answer:q1", resolver)
+			if reply != "answer:q1" || from != tt.resolver {
+				t.Errorf("reply %q from %s; want %q from %s", reply, from, "answer:q1", tt.resolver)
 			}
 			if after := s.stats(t); after.CapturedDNS != before.CapturedDNS+1 {
 				t.Errorf("CapturedDNS %d -> %d; want +1", before.CapturedDNS, after.CapturedDNS)

@@ -28,7 +28,7 @@ type setup struct {
 // newSetup mounts a bpffs, creates a cgroup v2 child, moves this process into
 // it and loads the data path there with opts (PinDir and CgroupPath filled in).
 // Cleanup uninstalls, moves the process back and removes everything.
-func newSetup(t *testing.T, opts Options) *setup {
+func newSetup(t testing.TB, opts Options) *setup {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if err := CheckKernel(); err != nil {
@@ -54,7 +54,7 @@ func newSetup(t *testing.T, opts Options) *setup {
 	return s
 }
 
-func mountBPFFS(t *testing.T) string {
+func mountBPFFS(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
@@ -71,7 +71,7 @@ func mountBPFFS(t *testing.T) string {
 // enterNewCgroup creates <cgroup2 root>/mlbpf-<test> and moves this process
 // into it (cgroup v2 moves whole processes), so the sockets the test opens
 // are subject to the programs attached there.
-func enterNewCgroup(t *testing.T) string {
+func enterNewCgroup(t testing.TB) string {
 	t.Helper()
 	root, err := testutil.Cgroup2Root()
 	if err != nil {
