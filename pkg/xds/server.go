@@ -74,6 +74,7 @@ type Server struct {
 	store       *store
 	current     *frozen
 	gen         uint64
+	synced      bool                 // MarkSynced was called: pushes may start
 	dirtySince  time.Time            // first unflushed change; zero when clean
 	genStart    map[uint64]time.Time // generation → first change it carries
 	streams     map[int64]*streamState
@@ -288,7 +289,7 @@ func (s *Server) DeleteTrustBundle(trustDomain string) {
 // Unavailable so that no client mistakes an empty start-up state for the
 // truth and drops its config; clients retry with backoff.
 func (s *Server) MarkSynced() {
-	s.change(func(*store) {})
+	s.change(func(*store) { s.synced = true })
 }
 
 // change applies f to the store and schedules a debounced push.
@@ -346,7 +347,7 @@ func (s *Server) pushLoop() {
 // every connected client.
 func (s *Server) flush() {
 	s.mu.Lock()
-	if s.dirtySince.IsZero() {
+	if s.dirtySince.IsZero() || !s.synced {
 		s.mu.Unlock()
 		return
 	}

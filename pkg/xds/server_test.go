@@ -240,7 +240,7 @@ func TestReconnectResume(t *testing.T) {
 	}
 
 	// The replica: same config, except wa changed and wt deleted.
-	replica := startServer(t, pki, 10*time.Millisecond)
+	replica := startUnsynced(t, pki, 10*time.Millisecond)
 	replica.g.Stop()
 	for _, w := range all[:19] {
 		if w.Uid == "wa" {
@@ -249,7 +249,8 @@ func TestReconnectResume(t *testing.T) {
 		}
 		mustSet(t, replica.SetWorkload(w))
 	}
-	time.Sleep(50 * time.Millisecond) // let the replica's debounce pass
+	replica.MarkSynced() // as meshd does once its informers have synced
+	eventually(t, "the replica's first push", func() bool { return replica.metric(t, "meshd_xds_debounced_pushes_total", "") >= 1 })
 	n := ev.len()
 	replica.serve(t, addr)
 
@@ -349,3 +350,26 @@ func names[V any](m map[string]V) []string {
 }
 
 var _ = context.Background
+
+// TestNotServedBeforeSync: until meshd marks its state synced, clients are
+// turned away (so none mistakes a half-built start-up state for the truth)
+// and then get the whole state at once.
+func TestNotServedBeforeSync(t *testing.T) {
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	mustSet(t, ts.SetWorkload(workload("w1", "node-a")))
+	c, ev := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	eventually(t, "refusal", func() bool { return c.LastError() != nil })
+	if got := status.Code(errors.Unwrap(c.LastError())); got != codes.Unavailable {
+		t.Errorf("stream error before sync = %v; want code Unavailable", c.LastError())
+	}
+	time.Sleep(50 * time.Millisecond) // well past the debounce window
+	if n := ev.len(); n != 0 {
+		t.Fatalf("client applied %d responses before sync; want 0", n)
+	}
+	mustSet(t, ts.SetWorkload(workload("w2", "node-a")))
+	ts.MarkSynced()
+	waitSynced(t, c)
+	if got := names(c.List(meshv1.WorkloadType)); !slices.Equal(got, []string{"w1", "w2"}) {
+		t.Errorf("workloads after sync = %v; want [w1 w2]", got)
+	}
+}

@@ -10,9 +10,9 @@ import (
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
-// Apply makes the server's workloads, address index and peer
-// authentications those of snap, replacing the previous ones (authorizations
-// and trust bundles are set separately). Resources whose content did not
+// Apply makes the server's workloads, address index, peer authentications
+// and L4 authorizations those of snap, replacing the previous ones (trust
+// bundles are set separately). Resources whose content did not
 // change keep their version, so clients are sent only the difference; when
 // nothing changed no push happens.
 func (s *Server) Apply(snap *model.Snapshot) error {
@@ -50,14 +50,42 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		}
 		addresses[ServiceKey(svc)] = e
 	}
+	bound := map[model.NamespacedName][]string{}
+	for _, mw := range snap.Workloads() {
+		for _, n := range mw.AuthorizationPolicies {
+			bound[n] = append(bound[n], mw.UID)
+		}
+	}
+	for _, uids := range bound {
+		slices.Sort(uids) // the version is a content hash: keep it stable
+	}
+	authz := typeSet{}
+	for _, ap := range snap.AuthorizationPolicies() {
+		a, err := translateAuthorization(ap, bound[ap.Key()])
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		if a == nil {
+			continue
+		}
+		if err := validateAuthorization(a); err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		e, err := newEntry(a)
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		authz[a.GetNamespace()+"/"+a.GetName()] = e
+	}
 	s.mu.Lock()
-	same := sameVersions(s.store.workloads, workloads) && sameVersions(s.store.addresses, addresses) && sameVersions(s.store.peerAuthn, peerAuthn)
+	same := sameVersions(s.store.workloads, workloads) && sameVersions(s.store.addresses, addresses) &&
+		sameVersions(s.store.peerAuthn, peerAuthn) && sameVersions(s.store.authz, authz)
 	s.mu.Unlock()
 	if same {
 		return nil
 	}
 	s.change(func(st *store) {
-		st.workloads, st.addresses, st.peerAuthn = workloads, addresses, peerAuthn
+		st.workloads, st.addresses, st.peerAuthn, st.authz = workloads, addresses, peerAuthn, authz
 	})
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
 )
 
 func testSnapshot(version uint64, podIP string) *model.Snapshot {
@@ -32,10 +33,15 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", Enrolled: true, Waypoint: wp,
 		CanonicalName: "web", CanonicalRevision: "v1",
 		Services:           []model.ServiceBinding{{Service: model.NamespacedName{Namespace: "ns1", Name: "web"}, Hostname: "web.ns1.svc.cluster.local", Ports: map[uint32]uint32{80: 8080}}},
-		PeerAuthentication: model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{9090: model.MTLSPermissive}},
+		PeerAuthentication:    model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{9090: model.MTLSPermissive}},
+		AuthorizationPolicies: []model.NamespacedName{{Namespace: "ns1", Name: "web-allow"}},
 	}
+	authz := &model.AuthorizationPolicy{Selector: map[string]string{"app": "web"}, Policy: &policy.Policy{
+		Name: "web-allow", Namespace: "ns1", Action: policy.Allow,
+		Rules: []policy.Rule{{From: []policy.Source{{Namespaces: []string{"ns1"}}}}},
+	}}
 	b := &model.Workload{UID: "uid-b", Name: "db-b", Namespace: "ns1", Node: "node-b", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.20")}, Identity: "spiffe://cluster.local/ns/ns1/sa/default"}
-	return model.NewSnapshot(model.SnapshotInput{Version: version, Workloads: []*model.Workload{a, b}, Services: []*model.Service{web, wpSvc, ext}})
+	return model.NewSnapshot(model.SnapshotInput{Version: version, Workloads: []*model.Workload{a, b}, Services: []*model.Service{web, wpSvc, ext}, AuthorizationPolicies: []*model.AuthorizationPolicy{authz}})
 }
 
 // TestApplySnapshot: a model snapshot reaches a node agent translated, and
@@ -71,6 +77,14 @@ func TestApplySnapshot(t *testing.T) {
 	if d := cmp.Diff(wantPA, pa.Message, protocmp.Transform()); d != "" {
 		t.Errorf("peer authentication of uid-a (-want +got):\n%s", d)
 	}
+	az, _ := c.Get(meshv1.AuthorizationType, "ns1/web-allow")
+	wantAZ := &meshv1.Authorization{
+		Name: "web-allow", Namespace: "ns1", Scope: meshv1.Authorization_WORKLOAD, WorkloadUids: []string{"uid-a"},
+		Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{Namespaces: []string{"ns1"}}}}},
+	}
+	if d := cmp.Diff(wantAZ, az.Message, protocmp.Transform()); d != "" {
+		t.Errorf("authorization ns1/web-allow (-want +got):\n%s", d)
+	}
 	svc, _ := c.Get(meshv1.AddressType, "ns1/web.ns1.svc.cluster.local")
 	wantSvc := &meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
 		Name: "web", Namespace: "ns1", Hostname: "web.ns1.svc.cluster.local", Vips: []string{"198.18.100.1"},
@@ -104,7 +118,9 @@ func TestApplySnapshot(t *testing.T) {
 	}
 	eventually(t, "the new pod IP", func() bool {
 		r, _ := c.Get(meshv1.WorkloadType, "uid-a")
-		return slices.Equal(r.Message.(*meshv1.Workload).GetAddresses(), []string{"198.18.0.11"})
+		a, _ := c.Get(meshv1.AddressType, "uid-a")
+		return slices.Equal(r.Message.(*meshv1.Workload).GetAddresses(), []string{"198.18.0.11"}) &&
+			slices.Equal(a.Message.(*meshv1.Address).GetWorkload().GetAddresses(), []string{"198.18.0.11"})
 	})
 	for _, typ := range []string{meshv1.WorkloadType, meshv1.AddressType} {
 		var updated []string

@@ -349,7 +349,7 @@ func (x PeerAuthentication_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PeerAuthentication_Mode.Descriptor instead.
 func (PeerAuthentication_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{15, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{16, 0}
 }
 
 // Workload is one pod (or WorkloadEntry) in full. A node agent receives the
@@ -1310,8 +1310,17 @@ type Authorization struct {
 	WorkloadUids []string             `protobuf:"bytes,4,rep,name=workload_uids,json=workloadUids,proto3" json:"workload_uids,omitempty"`
 	Action       Authorization_Action `protobuf:"varint,5,opt,name=action,proto3,enum=meshlet.mesh.v1alpha1.Authorization_Action" json:"action,omitempty"`
 	// rules are ORed: a connection matches the policy when any rule matches.
-	// An ALLOW policy with no rules matches nothing; a DENY with no rules denies nothing.
-	Rules         []*Rule `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	// A policy with no rules matches nothing (an ALLOW policy with no rules
+	// therefore allows nothing).
+	Rules []*Rule `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	// dry_run policies are evaluated and logged but not enforced (istio.io/dry-run).
+	DryRun bool `protobuf:"varint,7,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// l4_adjusted lists "rules[i]" of the source policy that used L7
+	// attributes, which a node agent cannot see: meshd dropped such a rule
+	// from an ALLOW policy (it can match no connection) and removed the L7
+	// attributes from a DENY or AUDIT rule (so it applies to every connection
+	// its L4 attributes match), as Istio ambient does. For warnings only.
+	L4Adjusted    []string `protobuf:"bytes,8,rep,name=l4_adjusted,json=l4Adjusted,proto3" json:"l4_adjusted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1388,12 +1397,27 @@ func (x *Authorization) GetRules() []*Rule {
 	return nil
 }
 
-// Rule matches when any of from matches (or from is empty) and any of to
-// matches (or to is empty).
+func (x *Authorization) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *Authorization) GetL4Adjusted() []string {
+	if x != nil {
+		return x.L4Adjusted
+	}
+	return nil
+}
+
+// Rule matches when any of from matches (or from is empty), any of to
+// matches (or to is empty) and every condition of when holds.
 type Rule struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	From          []*SourceMatch         `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
 	To            []*DestinationMatch    `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
+	When          []*Condition           `protobuf:"bytes,3,rep,name=when,proto3" json:"when,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1442,6 +1466,76 @@ func (x *Rule) GetTo() []*DestinationMatch {
 	return nil
 }
 
+func (x *Rule) GetWhen() []*Condition {
+	if x != nil {
+		return x.When
+	}
+	return nil
+}
+
+// Condition is one when clause with an L4 key: source.ip, source.namespace,
+// source.principal, destination.ip or destination.port. The key must have
+// one of values (when any) and none of not_values.
+type Condition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	NotValues     []string               `protobuf:"bytes,3,rep,name=not_values,json=notValues,proto3" json:"not_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Condition) Reset() {
+	*x = Condition{}
+	mi := &file_mesh_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Condition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Condition) ProtoMessage() {}
+
+func (x *Condition) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Condition.ProtoReflect.Descriptor instead.
+func (*Condition) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Condition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Condition) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *Condition) GetNotValues() []string {
+	if x != nil {
+		return x.NotValues
+	}
+	return nil
+}
+
 // SourceMatch: every non-empty field must match; within a field any value
 // matches; not_* fields must not match. Principals and namespaces accept
 // Istio's forms: exact, "*", "prefix*", "*suffix".
@@ -1460,7 +1554,7 @@ type SourceMatch struct {
 
 func (x *SourceMatch) Reset() {
 	*x = SourceMatch{}
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1566,7 @@ func (x *SourceMatch) String() string {
 func (*SourceMatch) ProtoMessage() {}
 
 func (x *SourceMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1579,7 @@ func (x *SourceMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceMatch.ProtoReflect.Descriptor instead.
 func (*SourceMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{13}
+	return file_mesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SourceMatch) GetPrincipals() []string {
@@ -1543,7 +1637,7 @@ type DestinationMatch struct {
 
 func (x *DestinationMatch) Reset() {
 	*x = DestinationMatch{}
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1649,7 @@ func (x *DestinationMatch) String() string {
 func (*DestinationMatch) ProtoMessage() {}
 
 func (x *DestinationMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1662,7 @@ func (x *DestinationMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestinationMatch.ProtoReflect.Descriptor instead.
 func (*DestinationMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{14}
+	return file_mesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DestinationMatch) GetPorts() []uint32 {
@@ -1614,7 +1708,7 @@ type PeerAuthentication struct {
 
 func (x *PeerAuthentication) Reset() {
 	*x = PeerAuthentication{}
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1720,7 @@ func (x *PeerAuthentication) String() string {
 func (*PeerAuthentication) ProtoMessage() {}
 
 func (x *PeerAuthentication) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1733,7 @@ func (x *PeerAuthentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerAuthentication.ProtoReflect.Descriptor instead.
 func (*PeerAuthentication) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{15}
+	return file_mesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PeerAuthentication) GetWorkloadUid() string {
@@ -1677,7 +1771,7 @@ type TrustBundle struct {
 
 func (x *TrustBundle) Reset() {
 	*x = TrustBundle{}
-	mi := &file_mesh_proto_msgTypes[16]
+	mi := &file_mesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1783,7 @@ func (x *TrustBundle) String() string {
 func (*TrustBundle) ProtoMessage() {}
 
 func (x *TrustBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[16]
+	mi := &file_mesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1796,7 @@ func (x *TrustBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
 func (*TrustBundle) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{16}
+	return file_mesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TrustBundle) GetTrustDomain() string {
@@ -1830,14 +1924,17 @@ const file_mesh_proto_rawDesc = "" +
 	"\rLEAST_REQUEST\x10\x02\x12\n" +
 	"\n" +
 	"\x06RANDOM\x10\x03\x12\x0f\n" +
-	"\vPASSTHROUGH\x10\x04\"\xfa\x02\n" +
+	"\vPASSTHROUGH\x10\x04\"\xb4\x03\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12@\n" +
 	"\x05scope\x18\x03 \x01(\x0e2*.meshlet.mesh.v1alpha1.Authorization.ScopeR\x05scope\x12#\n" +
 	"\rworkload_uids\x18\x04 \x03(\tR\fworkloadUids\x12C\n" +
 	"\x06action\x18\x05 \x01(\x0e2+.meshlet.mesh.v1alpha1.Authorization.ActionR\x06action\x121\n" +
-	"\x05rules\x18\x06 \x03(\v2\x1b.meshlet.mesh.v1alpha1.RuleR\x05rules\".\n" +
+	"\x05rules\x18\x06 \x03(\v2\x1b.meshlet.mesh.v1alpha1.RuleR\x05rules\x12\x17\n" +
+	"\adry_run\x18\a \x01(\bR\x06dryRun\x12\x1f\n" +
+	"\vl4_adjusted\x18\b \x03(\tR\n" +
+	"l4Adjusted\".\n" +
 	"\x05Scope\x12\b\n" +
 	"\x04MESH\x10\x00\x12\r\n" +
 	"\tNAMESPACE\x10\x01\x12\f\n" +
@@ -1845,10 +1942,16 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06Action\x12\t\n" +
 	"\x05ALLOW\x10\x00\x12\b\n" +
 	"\x04DENY\x10\x01\x12\t\n" +
-	"\x05AUDIT\x10\x02\"w\n" +
+	"\x05AUDIT\x10\x02\"\xad\x01\n" +
 	"\x04Rule\x126\n" +
 	"\x04from\x18\x01 \x03(\v2\".meshlet.mesh.v1alpha1.SourceMatchR\x04from\x127\n" +
-	"\x02to\x18\x02 \x03(\v2'.meshlet.mesh.v1alpha1.DestinationMatchR\x02to\"\xdc\x01\n" +
+	"\x02to\x18\x02 \x03(\v2'.meshlet.mesh.v1alpha1.DestinationMatchR\x02to\x124\n" +
+	"\x04when\x18\x03 \x03(\v2 .meshlet.mesh.v1alpha1.ConditionR\x04when\"T\n" +
+	"\tCondition\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
+	"\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"\xdc\x01\n" +
 	"\vSourceMatch\x12\x1e\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\tR\n" +
@@ -1897,7 +2000,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_mesh_proto_goTypes = []any{
 	(LoadBalancing_Mode)(0),      // 0: meshlet.mesh.v1alpha1.LoadBalancing.Mode
 	(LoadBalancing_Scope)(0),     // 1: meshlet.mesh.v1alpha1.LoadBalancing.Scope
@@ -1918,23 +2021,24 @@ var file_mesh_proto_goTypes = []any{
 	(*LoadBalancing)(nil),        // 16: meshlet.mesh.v1alpha1.LoadBalancing
 	(*Authorization)(nil),        // 17: meshlet.mesh.v1alpha1.Authorization
 	(*Rule)(nil),                 // 18: meshlet.mesh.v1alpha1.Rule
-	(*SourceMatch)(nil),          // 19: meshlet.mesh.v1alpha1.SourceMatch
-	(*DestinationMatch)(nil),     // 20: meshlet.mesh.v1alpha1.DestinationMatch
-	(*PeerAuthentication)(nil),   // 21: meshlet.mesh.v1alpha1.PeerAuthentication
-	(*TrustBundle)(nil),          // 22: meshlet.mesh.v1alpha1.TrustBundle
-	nil,                          // 23: meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	nil,                          // 24: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	nil,                          // 25: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	(*Condition)(nil),            // 19: meshlet.mesh.v1alpha1.Condition
+	(*SourceMatch)(nil),          // 20: meshlet.mesh.v1alpha1.SourceMatch
+	(*DestinationMatch)(nil),     // 21: meshlet.mesh.v1alpha1.DestinationMatch
+	(*PeerAuthentication)(nil),   // 22: meshlet.mesh.v1alpha1.PeerAuthentication
+	(*TrustBundle)(nil),          // 23: meshlet.mesh.v1alpha1.TrustBundle
+	nil,                          // 24: meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	nil,                          // 25: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	nil,                          // 26: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 }
 var file_mesh_proto_depIdxs = []int32{
 	10, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
 	7,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
-	23, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	24, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
 	8,  // 3: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
 	12, // 4: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
 	13, // 5: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
 	10, // 6: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	24, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	25, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
 	15, // 8: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
 	10, // 9: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
 	16, // 10: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
@@ -1946,18 +2050,19 @@ var file_mesh_proto_depIdxs = []int32{
 	3,  // 16: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
 	4,  // 17: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
 	18, // 18: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
-	19, // 19: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
-	20, // 20: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
-	5,  // 21: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	25, // 22: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
-	9,  // 23: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	9,  // 24: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	5,  // 25: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	20, // 19: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
+	21, // 20: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
+	19, // 21: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
+	5,  // 22: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	26, // 23: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	9,  // 24: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	9,  // 25: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	5,  // 26: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -1975,7 +2080,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
