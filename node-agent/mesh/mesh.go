@@ -1,0 +1,240 @@
+// Package mesh answers the per-pod proxies' questions from the pushed mesh
+// model (a pkg/model Snapshot): where an original destination goes (a pod, a
+// service's endpoint or a waypoint), which PeerAuthentication mode applies to
+// a port, and what the L4 AuthorizationPolicies say (pkg/policy). It also
+// carries the tunnel hooks (pkg/hbone's client and server) through to the
+// proxies.
+//
+// Decisions when the model is silent: an address the model does not know,
+// or a workload outside the mesh, passes through without the tunnel; a pod
+// the model does not know yet is PERMISSIVE with no policies (Istio's
+// defaults). A service with no ready endpoint passes through to its VIP.
+//
+// It must not open connections or hold certificates itself.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+
+	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+// Options configures a Mesh.
+type Options struct {
+	// Snapshot returns the current model. Nil, or a nil result, means
+	// nothing is known yet.
+	Snapshot func() *model.Snapshot
+	// Dial opens a tunnel stream (pkg/hbone client): from src's netns to
+	// d.Via, CONNECT d.Target, requiring the peer to present d.Identity.
+	// Nil makes tunnelled destinations fail.
+	Dial func(ctx context.Context, src proxy.Pod, d proxy.Destination) (net.Conn, error)
+	// Serve serves HBONE on a pod's 15008 listener (pkg/hbone server). Nil
+	// leaves 15008 closed.
+	Serve func(ln net.Listener, handle func(context.Context, proxy.Stream) error) error
+}
+
+// Mesh implements the agent's Mesh hooks over a model snapshot.
+type Mesh struct {
+	opts Options
+	next atomic.Uint64 // round-robin cursor
+}
+
+// New returns a Mesh.
+func New(opts Options) *Mesh { return &Mesh{opts: opts} }
+
+func (m *Mesh) snapshot() *model.Snapshot {
+	if m.opts.Snapshot == nil {
+		return nil
+	}
+	return m.opts.Snapshot()
+}
+
+// Resolve maps an original destination to where the tunnel goes.
+func (m *Mesh) Resolve(_ proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool) {
+	s := m.snapshot()
+	if s == nil {
+		return proxy.Destination{}, false
+	}
+	a, ok := s.Lookup(dst.Addr())
+	if !ok {
+		return proxy.Destination{}, false
+	}
+	switch a.Kind {
+	case model.AddressWorkload:
+		w := a.Workload
+		if !w.Enrolled {
+			return proxy.Destination{}, false
+		}
+		if wp := waypointOf(s, w.Waypoint, model.WaypointForWorkload); wp != nil {
+			return toWaypoint(wp, dst, workloadOf(w), ""), true
+		}
+		return proxy.Destination{
+			Target: dst, Via: netip.AddrPortFrom(dst.Addr(), proxy.PortTunnel),
+			Identity: w.Identity, Workload: workloadOf(w),
+		}, true
+	case model.AddressService:
+		svc := a.Service
+		if wp := waypointOf(s, svc.Waypoint, model.WaypointForService); wp != nil {
+			return toWaypoint(wp, dst, proxy.Workload{}, svc.Hostname()), true
+		}
+		return m.pickEndpoint(s, svc, dst)
+	}
+	return proxy.Destination{}, false
+}
+
+// pickEndpoint chooses a ready endpoint of svc for dst's port.
+func (m *Mesh) pickEndpoint(s *model.Snapshot, svc *model.Service, dst netip.AddrPort) (proxy.Destination, bool) {
+	type choice struct {
+		addr netip.Addr
+		port uint16
+		w    *model.Workload
+	}
+	var ready []choice
+	for _, ep := range svc.Endpoints {
+		if !ep.Ready || ep.WorkloadUID == "" {
+			continue
+		}
+		w, ok := s.Workload(ep.WorkloadUID)
+		if !ok {
+			continue
+		}
+		port := uint16(dst.Port())
+		if tp, ok := ep.Ports[uint32(dst.Port())]; ok && tp != 0 {
+			port = uint16(tp)
+		}
+		for _, ip := range ep.Addresses {
+			if ip.Is4() == dst.Addr().Is4() {
+				ready = append(ready, choice{ip, port, w})
+				break
+			}
+		}
+	}
+	if len(ready) == 0 {
+		return proxy.Destination{}, false
+	}
+	c := ready[int(m.next.Add(1)-1)%len(ready)]
+	if !c.w.Enrolled {
+		// Outside the mesh: the pod's own connect to the VIP goes on
+		// without the tunnel.
+		return proxy.Destination{}, false
+	}
+	return proxy.Destination{
+		Target: netip.AddrPortFrom(c.addr, c.port), Via: netip.AddrPortFrom(c.addr, proxy.PortTunnel),
+		Identity: c.w.Identity, Workload: workloadOf(c.w), Service: svc.Hostname(),
+	}, true
+}
+
+func waypointOf(s *model.Snapshot, ref *model.WaypointRef, kind model.WaypointFor) *model.Waypoint {
+	if ref == nil {
+		return nil
+	}
+	wp, ok := s.Waypoint(ref.Waypoint)
+	if !ok || len(wp.Addresses) == 0 {
+		return nil
+	}
+	switch wp.For {
+	case model.WaypointForAll, kind:
+		return wp
+	case "":
+		if kind == model.WaypointForService { // Istio's default
+			return wp
+		}
+	}
+	return nil
+}
+
+func toWaypoint(wp *model.Waypoint, dst netip.AddrPort, w proxy.Workload, service string) proxy.Destination {
+	return proxy.Destination{
+		Target: dst, Via: netip.AddrPortFrom(wp.Addresses[0], proxy.PortTunnel),
+		Identity: wp.Identity, Workload: w, Service: service,
+	}
+}
+
+func workloadOf(w *model.Workload) proxy.Workload {
+	name := w.CanonicalName
+	if name == "" {
+		name = w.Name
+	}
+	return proxy.Workload{Namespace: w.Namespace, Name: name, Identity: w.Identity}
+}
+
+// PeerAuth returns the PeerAuthentication mode for a port of pod.
+func (m *Mesh) PeerAuth(pod proxy.Pod, port uint16) proxy.Mode {
+	s := m.snapshot()
+	if s == nil {
+		return proxy.ModePermissive
+	}
+	w, ok := s.Workload(pod.UID)
+	if !ok {
+		return proxy.ModePermissive
+	}
+	switch w.PeerAuthentication.ModeFor(uint32(port)) {
+	case model.MTLSStrict:
+		return proxy.ModeStrict
+	case model.MTLSDisable:
+		return proxy.ModeDisable
+	}
+	return proxy.ModePermissive
+}
+
+// Authorize evaluates the pod's L4 AuthorizationPolicies.
+func (m *Mesh) Authorize(_ context.Context, r proxy.AuthzRequest) proxy.Decision {
+	s := m.snapshot()
+	if s == nil {
+		return proxy.Decision{Allow: true, Reason: "no mesh config yet"}
+	}
+	w, ok := s.Workload(r.Pod.UID)
+	if !ok {
+		return proxy.Decision{Allow: true, Reason: "workload not in mesh config"}
+	}
+	req := &policy.Request{
+		SourcePrincipal: r.Principal, SourceNamespace: namespaceOf(r.Principal),
+		SourceIP: r.Source, DestinationPort: uint32(r.Port),
+	}
+	if len(r.Pod.IPs) > 0 {
+		req.DestinationIP = r.Pod.IPs[0]
+	}
+	d := policy.EvaluateL4(s.PoliciesFor(w), req)
+	reason := d.Reason
+	if d.Policy != "" {
+		reason = d.Policy + ": " + reason
+	}
+	return proxy.Decision{Allow: d.Allow, Reason: reason}
+}
+
+// namespaceOf returns the namespace of spiffe://<td>/ns/<ns>/sa/<sa>.
+func namespaceOf(id string) string {
+	_, rest, ok := strings.Cut(strings.TrimPrefix(id, "spiffe://"), "/ns/")
+	if !ok {
+		return ""
+	}
+	ns, _, _ := strings.Cut(rest, "/")
+	return ns
+}
+
+// ErrNoTunnel is returned by DialTunnel when no tunnel client is configured.
+var ErrNoTunnel = errors.New("mesh: no tunnel client configured (pkg/hbone)")
+
+// DialTunnel opens a tunnel stream through Options.Dial.
+func (m *Mesh) DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (net.Conn, error) {
+	if m.opts.Dial == nil {
+		return nil, ErrNoTunnel
+	}
+	return m.opts.Dial(ctx, src, d)
+}
+
+// ServeTunnel serves HBONE through Options.Serve; without one it returns at
+// once and 15008 stays closed.
+func (m *Mesh) ServeTunnel(ln net.Listener, handle func(context.Context, proxy.Stream) error) error {
+	if m.opts.Serve == nil {
+		return ln.Close()
+	}
+	return m.opts.Serve(ln, handle)
+}

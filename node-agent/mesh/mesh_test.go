@@ -1,0 +1,145 @@
+package mesh
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+const (
+	idCart = "spiffe://cluster.local/ns/shop/sa/cart"
+	idDB   = "spiffe://cluster.local/ns/shop/sa/db"
+	idWP   = "spiffe://cluster.local/ns/shop/sa/waypoint"
+	idBad  = "spiffe://cluster.local/ns/other/sa/intruder"
+)
+
+var ip = netip.MustParseAddr
+
+func testSnapshot() *model.Snapshot {
+	cart := &model.Workload{UID: "uid-cart", Kind: model.KindPod, Name: "cart-0", Namespace: "shop", CanonicalName: "cart",
+		IPs: []netip.Addr{ip("198.19.3.50")}, Identity: idCart, Enrolled: true,
+		PeerAuthentication:    model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{8081: model.MTLSPermissive}},
+		AuthorizationPolicies: []model.NamespacedName{{Namespace: "shop", Name: "allow-db"}, {Namespace: "shop", Name: "deny-ip"}}}
+	db := &model.Workload{UID: "uid-db", Kind: model.KindPod, Name: "db-0", Namespace: "shop", CanonicalName: "db",
+		IPs: []netip.Addr{ip("198.19.3.51")}, Identity: idDB, Enrolled: true}
+	out := &model.Workload{UID: "uid-out", Kind: model.KindPod, Name: "legacy-0", Namespace: "plain",
+		IPs: []netip.Addr{ip("198.19.3.52")}, Identity: "spiffe://cluster.local/ns/plain/sa/default"}
+	wpRef := &model.WaypointRef{Waypoint: model.NamespacedName{Namespace: "shop", Name: "waypoint"}, Addresses: []netip.Addr{ip("198.19.3.200")}}
+	return model.NewSnapshot(model.SnapshotInput{
+		Workloads: []*model.Workload{cart, db, out},
+		Services: []*model.Service{
+			{Name: "db", Namespace: "shop", Hostnames: []string{"db.shop.svc.cluster.local"}, VIPs: []netip.Addr{ip("198.19.3.100")},
+				Ports:     []model.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}},
+				Endpoints: []model.Endpoint{{WorkloadUID: "uid-db", Addresses: []netip.Addr{ip("198.19.3.51")}, Ports: map[uint32]uint32{80: 8080}, Ready: true}}},
+			{Name: "empty", Namespace: "shop", Hostnames: []string{"empty.shop.svc.cluster.local"}, VIPs: []netip.Addr{ip("198.19.3.101")}},
+			{Name: "reviews", Namespace: "shop", Hostnames: []string{"reviews.shop.svc.cluster.local"}, VIPs: []netip.Addr{ip("198.19.3.102")}, Waypoint: wpRef,
+				Endpoints: []model.Endpoint{{WorkloadUID: "uid-db", Addresses: []netip.Addr{ip("198.19.3.51")}, Ready: true}}},
+		},
+		Waypoints: []*model.Waypoint{{Name: "waypoint", Namespace: "shop", For: model.WaypointForService, Addresses: []netip.Addr{ip("198.19.3.200")}, Identity: idWP}},
+		AuthorizationPolicies: []*model.AuthorizationPolicy{
+			{Policy: &policy.Policy{Name: "allow-db", Namespace: "shop", Action: policy.Allow,
+				Rules: []policy.Rule{{From: []policy.Source{{Principals: []string{"cluster.local/ns/shop/sa/db"}}}}}}},
+			{Policy: &policy.Policy{Name: "deny-ip", Namespace: "shop", Action: policy.Deny,
+				Rules: []policy.Rule{{From: []policy.Source{{IPBlocks: []string{"198.19.3.66/32"}}}}}}},
+		},
+	})
+}
+
+func TestResolve(t *testing.T) {
+	s := testSnapshot()
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	dbW := proxy.Workload{Namespace: "shop", Name: "db", Identity: idDB}
+	tests := []struct {
+		dst    string
+		want   proxy.Destination
+		inMesh bool
+	}{
+		{dst: "198.19.3.51:8080", inMesh: true, want: proxy.Destination{Target: netip.MustParseAddrPort("198.19.3.51:8080"),
+			Via: netip.MustParseAddrPort("198.19.3.51:15008"), Identity: idDB, Workload: dbW}},
+		{dst: "198.19.3.100:80", inMesh: true, want: proxy.Destination{Target: netip.MustParseAddrPort("198.19.3.51:8080"),
+			Via: netip.MustParseAddrPort("198.19.3.51:15008"), Identity: idDB, Workload: dbW, Service: "db.shop.svc.cluster.local"}},
+		{dst: "198.19.3.102:9080", inMesh: true, want: proxy.Destination{Target: netip.MustParseAddrPort("198.19.3.102:9080"),
+			Via: netip.MustParseAddrPort("198.19.3.200:15008"), Identity: idWP, Service: "reviews.shop.svc.cluster.local"}},
+		{dst: "198.19.3.52:8080"}, // workload outside the mesh
+		{dst: "198.19.3.101:80"},  // service without endpoints
+		{dst: "198.19.3.99:443"},  // unknown address
+	}
+	for _, tt := range tests {
+		got, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort(tt.dst))
+		if ok != tt.inMesh {
+			t.Errorf("Resolve(%s) in mesh = %v; want %v", tt.dst, ok, tt.inMesh)
+			continue
+		}
+		if d := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); d != "" {
+			t.Errorf("Resolve(%s) (-want +got):\n%s", tt.dst, d)
+		}
+	}
+	if _, ok := New(Options{}).Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.3.51:8080")); ok {
+		t.Error("Resolve with no snapshot yet = in mesh; want passthrough")
+	}
+}
+
+func TestPeerAuth(t *testing.T) {
+	s := testSnapshot()
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	tests := []struct {
+		uid  string
+		port uint16
+		want proxy.Mode
+	}{
+		{"uid-cart", 8080, proxy.ModeStrict},
+		{"uid-cart", 8081, proxy.ModePermissive},
+		{"uid-db", 8080, proxy.ModePermissive},
+		{"uid-unknown", 8080, proxy.ModePermissive},
+	}
+	for _, tt := range tests {
+		if got := m.PeerAuth(proxy.Pod{UID: tt.uid}, tt.port); got != tt.want {
+			t.Errorf("PeerAuth(%s, %d) = %v; want %v", tt.uid, tt.port, got, tt.want)
+		}
+	}
+}
+
+func TestAuthorize(t *testing.T) {
+	s := testSnapshot()
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	cart := proxy.Pod{UID: "uid-cart", IPs: []netip.Addr{ip("198.19.3.50")}}
+	tests := []struct {
+		name      string
+		pod       proxy.Pod
+		principal string
+		src       string
+		want      bool
+	}{
+		{name: "allowed principal", pod: cart, principal: idDB, src: "198.19.3.51", want: true},
+		{name: "other principal", pod: cart, principal: idBad, src: "198.19.3.51", want: false},
+		{name: "plaintext", pod: cart, src: "198.19.3.51", want: false},
+		{name: "deny wins over allow", pod: cart, principal: idDB, src: "198.19.3.66", want: false},
+		{name: "no policies", pod: proxy.Pod{UID: "uid-db"}, principal: idBad, src: "198.19.3.50", want: true},
+	}
+	for _, tt := range tests {
+		d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: tt.pod, Principal: tt.principal, Source: ip(tt.src), Port: 8080})
+		if d.Allow != tt.want {
+			t.Errorf("%s: Authorize = %+v; want allow=%v", tt.name, d, tt.want)
+		}
+	}
+}
+
+func TestNamespaceOf(t *testing.T) {
+	tests := []struct{ id, want string }{
+		{idCart, "shop"},
+		{"cluster.local/ns/a/sa/b", "a"},
+		{"", ""},
+		{"spiffe://td/other", ""},
+	}
+	for _, tt := range tests {
+		if got := namespaceOf(tt.id); got != tt.want {
+			t.Errorf("namespaceOf(%q) = %q; want %q", tt.id, got, tt.want)
+		}
+	}
+}
