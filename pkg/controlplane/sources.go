@@ -1,0 +1,293 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+)
+
+// ErrCRDMissing is wrapped by Start when a CRD meshd needs is not installed.
+var ErrCRDMissing = errors.New("required CRDs are not installed")
+
+// InstallCRDsCommand is how a user installs the CRDs meshd needs.
+const InstallCRDsCommand = "kubectl apply -f deploy/crds/"
+
+// Op is what happened to an object.
+type Op string
+
+// Change operations.
+const (
+	OpAdd    Op = "add"
+	OpUpdate Op = "update"
+	OpDelete Op = "delete"
+)
+
+// Change names one object that changed.
+type Change struct {
+	// Kind is one of the Kind* constants.
+	Kind string
+	// Namespace and Name of the object; Namespace is empty for cluster-scoped kinds.
+	Namespace string
+	Name      string
+	// Op is add, update or delete.
+	Op Op
+}
+
+// Listener receives changes as informers see them, one call per event, from
+// informer goroutines: it must be safe for concurrent use and return quickly
+// (debouncing and rebuilding are the caller's job).
+type Listener interface {
+	OnChange(Change)
+}
+
+// ListenerFunc adapts a function to Listener.
+type ListenerFunc func(Change)
+
+// OnChange calls f.
+func (f ListenerFunc) OnChange(c Change) { f(c) }
+
+// SourcesOptions configures Sources.
+type SourcesOptions struct {
+	// Kube is the Kubernetes client. Required.
+	Kube kubernetes.Interface
+	// Istio is the istio.io/client-go client. Required.
+	Istio istioclient.Interface
+	// Gateway is the Gateway API client. Required.
+	Gateway gatewayclient.Interface
+	// Listener receives every change after the initial sync. Nil means changes
+	// are only visible through Inputs.
+	Listener Listener
+	// Resync is the informers' resync period; zero means never (resyncs of
+	// unchanged objects are not reported anyway).
+	Resync time.Duration
+	// SkipCRDCheck skips the check that the mesh CRDs are installed; for
+	// clients that cannot serve discovery (fakes).
+	SkipCRDCheck bool
+}
+
+// requiredCRD is one CRD meshd reads, as discovery reports it.
+type requiredCRD struct {
+	groupVersion, resource, kind string
+}
+
+// requiredCRDs lists the CRDs meshd needs. Each is watched at its v1 version:
+// the API server serves the same objects at every version a CRD defines, so
+// objects written as v1alpha3 or v1beta1 are seen here too. Telemetry is
+// required (users' manifests carry it) but not translated yet.
+var requiredCRDs = []requiredCRD{
+	{"networking.istio.io/v1", "virtualservices", "VirtualService"},
+	{"networking.istio.io/v1", "destinationrules", "DestinationRule"},
+	{"networking.istio.io/v1", "gateways", "Gateway"},
+	{"networking.istio.io/v1", "serviceentries", "ServiceEntry"},
+	{"networking.istio.io/v1", "workloadentries", "WorkloadEntry"},
+	{"security.istio.io/v1", "peerauthentications", "PeerAuthentication"},
+	{"security.istio.io/v1", "authorizationpolicies", "AuthorizationPolicy"},
+	{"security.istio.io/v1", "requestauthentications", "RequestAuthentication"},
+	{"telemetry.istio.io/v1", "telemetries", "Telemetry"},
+	{"gateway.networking.k8s.io/v1", "gatewayclasses", "GatewayClass"},
+	{"gateway.networking.k8s.io/v1", "gateways", "Gateway"},
+	{"gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute"},
+	{"gateway.networking.k8s.io/v1", "grpcroutes", "GRPCRoute"},
+	{"gateway.networking.k8s.io/v1", "referencegrants", "ReferenceGrant"},
+}
+
+// Sources watches every object the Builder reads.
+type Sources struct {
+	opts      SourcesOptions
+	kube      informers.SharedInformerFactory
+	istio     istioinformers.SharedInformerFactory
+	gateway   gatewayinformers.SharedInformerFactory
+	informers []kindInformer
+
+	mu     sync.Mutex
+	synced bool
+	cancel context.CancelFunc
+}
+
+type kindInformer struct {
+	kind     string
+	informer cache.SharedIndexInformer
+}
+
+// NewSources prepares informers; nothing runs until Start.
+func NewSources(opts SourcesOptions) (*Sources, error) {
+	if opts.Kube == nil || opts.Istio == nil || opts.Gateway == nil {
+		return nil, errors.New("new sources: Kube, Istio and Gateway clients are required")
+	}
+	s := &Sources{
+		opts:    opts,
+		kube:    informers.NewSharedInformerFactory(opts.Kube, opts.Resync),
+		istio:   istioinformers.NewSharedInformerFactory(opts.Istio, opts.Resync),
+		gateway: gatewayinformers.NewSharedInformerFactory(opts.Gateway, opts.Resync),
+	}
+	core := s.kube.Core().V1()
+	nw := s.istio.Networking().V1()
+	sec := s.istio.Security().V1()
+	gw := s.gateway.Gateway().V1()
+	s.informers = []kindInformer{
+		{KindNamespace, core.Namespaces().Informer()},
+		{KindPod, core.Pods().Informer()},
+		{KindService, core.Services().Informer()},
+		{KindEndpointSlice, s.kube.Discovery().V1().EndpointSlices().Informer()},
+		{KindServiceAccount, core.ServiceAccounts().Informer()},
+		{KindNode, core.Nodes().Informer()},
+		{KindVirtualService, nw.VirtualServices().Informer()},
+		{KindDestinationRule, nw.DestinationRules().Informer()},
+		{KindIstioGateway, nw.Gateways().Informer()},
+		{KindServiceEntry, nw.ServiceEntries().Informer()},
+		{KindWorkloadEntry, nw.WorkloadEntries().Informer()},
+		{KindPeerAuthentication, sec.PeerAuthentications().Informer()},
+		{KindAuthorizationPolicy, sec.AuthorizationPolicies().Informer()},
+		{KindRequestAuthentication, sec.RequestAuthentications().Informer()},
+		{KindGatewayClass, gw.GatewayClasses().Informer()},
+		{KindGateway, gw.Gateways().Informer()},
+		{KindHTTPRoute, gw.HTTPRoutes().Informer()},
+		{KindGRPCRoute, gw.GRPCRoutes().Informer()},
+		{KindReferenceGrant, gw.ReferenceGrants().Informer()},
+	}
+	for _, ki := range s.informers {
+		if _, err := ki.informer.AddEventHandler(s.handler(ki.kind)); err != nil {
+			return nil, fmt.Errorf("add %s event handler: %w", ki.kind, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Sources) handler(kind string) cache.ResourceEventHandler {
+	notify := func(op Op, obj any) {
+		s.mu.Lock()
+		synced := s.synced
+		s.mu.Unlock()
+		if !synced || s.opts.Listener == nil {
+			return
+		}
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		m, err := meta.Accessor(obj)
+		if err != nil {
+			return
+		}
+		s.opts.Listener.OnChange(Change{Kind: kind, Namespace: m.GetNamespace(), Name: m.GetName(), Op: op})
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { notify(OpAdd, obj) },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, err1 := meta.Accessor(oldObj)
+			n, err2 := meta.Accessor(newObj)
+			if err1 == nil && err2 == nil && o.GetResourceVersion() == n.GetResourceVersion() && n.GetResourceVersion() != "" {
+				return // a resync, not a change
+			}
+			notify(OpUpdate, newObj)
+		},
+		DeleteFunc: func(obj any) { notify(OpDelete, obj) },
+	}
+}
+
+// CheckCRDs asks the API server's discovery for every CRD meshd needs and
+// returns an error wrapping ErrCRDMissing that names each missing one and the
+// command that installs them.
+func CheckCRDs(kube kubernetes.Interface) error {
+	byGV := map[string]map[string]bool{}
+	var missing []string
+	for _, c := range requiredCRDs {
+		served, ok := byGV[c.groupVersion]
+		if !ok {
+			served = map[string]bool{}
+			list, err := kube.Discovery().ServerResourcesForGroupVersion(c.groupVersion)
+			switch {
+			case apierrors.IsNotFound(err):
+			case err != nil:
+				return fmt.Errorf("discover %s: %w", c.groupVersion, err)
+			default:
+				for _, r := range list.APIResources {
+					served[r.Name] = true
+				}
+			}
+			byGV[c.groupVersion] = served
+		}
+		if !served[c.resource] {
+			group, _, _ := strings.Cut(c.groupVersion, "/")
+			missing = append(missing, fmt.Sprintf("%s.%s (%s %s)", c.resource, group, c.groupVersion, c.kind))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %s; install them with %q", ErrCRDMissing, strings.Join(missing, ", "), InstallCRDsCommand)
+	}
+	return nil
+}
+
+// Start checks the CRDs, starts every informer and waits until their caches
+// have synced; from then on the Listener hears every change. The informers
+// run until Close or until ctx is done.
+func (s *Sources) Start(ctx context.Context) error {
+	if !s.opts.SkipCRDCheck {
+		if err := CheckCRDs(s.opts.Kube); err != nil {
+			return fmt.Errorf("start sources: %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+	s.kube.Start(ctx.Done())
+	s.istio.Start(ctx.Done())
+	s.gateway.Start(ctx.Done())
+	syncs := make([]cache.InformerSynced, 0, len(s.informers))
+	for _, ki := range s.informers {
+		syncs = append(syncs, ki.informer.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		return fmt.Errorf("start sources: caches did not sync: %w", context.Cause(ctx))
+	}
+	s.mu.Lock()
+	s.synced = true
+	s.mu.Unlock()
+	return nil
+}
+
+// Inputs returns the objects the informers currently hold, ready for
+// Builder.Build. The objects are the informers' cached copies: read-only.
+func (s *Sources) Inputs() (*Inputs, error) {
+	in := &Inputs{}
+	for _, ki := range s.informers {
+		for _, obj := range ki.informer.GetStore().List() {
+			ro, ok := obj.(runtime.Object)
+			if !ok {
+				continue
+			}
+			if err := in.Add(ro); err != nil {
+				return nil, fmt.Errorf("read %s cache: %w", ki.kind, err)
+			}
+		}
+	}
+	return in, nil
+}
+
+// Close stops the informers and waits for their goroutines.
+func (s *Sources) Close() error {
+	s.mu.Lock()
+	cancel := s.cancel
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	s.kube.Shutdown()
+	s.istio.Shutdown()
+	s.gateway.Shutdown()
+	return nil
+}

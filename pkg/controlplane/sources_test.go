@@ -1,0 +1,179 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+)
+
+// servedResources returns discovery lists serving every required CRD except skip.
+func servedResources(skip ...string) []*metav1.APIResourceList {
+	byGV := map[string]*metav1.APIResourceList{}
+	var out []*metav1.APIResourceList
+	for _, c := range requiredCRDs {
+		if strings.Contains(strings.Join(skip, ","), c.resource+"."+c.groupVersion) {
+			continue
+		}
+		l, ok := byGV[c.groupVersion]
+		if !ok {
+			l = &metav1.APIResourceList{GroupVersion: c.groupVersion}
+			byGV[c.groupVersion] = l
+			out = append(out, l)
+		}
+		l.APIResources = append(l.APIResources, metav1.APIResource{Name: c.resource, Kind: c.kind, Namespaced: true})
+	}
+	return out
+}
+
+func TestCheckCRDs(t *testing.T) {
+	tests := []struct {
+		name    string
+		skip    []string
+		wantErr []string
+	}{
+		{name: "all installed"},
+		{name: "one missing", skip: []string{"peerauthentications.security.istio.io/v1"},
+			wantErr: []string{"peerauthentications.security.istio.io (security.istio.io/v1 PeerAuthentication)", InstallCRDsCommand}},
+		{name: "whole group missing", skip: []string{"httproutes.gateway.networking.k8s.io/v1", "gateways.gateway.networking.k8s.io/v1",
+			"gatewayclasses.gateway.networking.k8s.io/v1", "grpcroutes.gateway.networking.k8s.io/v1", "referencegrants.gateway.networking.k8s.io/v1"},
+			wantErr: []string{"httproutes.gateway.networking.k8s.io", "referencegrants.gateway.networking.k8s.io", InstallCRDsCommand}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kube := kubefake.NewClientset()
+			kube.Discovery().(*fakediscovery.FakeDiscovery).Resources = servedResources(tt.skip...)
+			err := CheckCRDs(kube)
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("CheckCRDs() = %v; want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrCRDMissing) {
+				t.Fatalf("CheckCRDs() = %v; want ErrCRDMissing", err)
+			}
+			for _, s := range tt.wantErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("CheckCRDs() = %q; want it to name %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+type changeRecorder struct {
+	mu      sync.Mutex
+	changes []Change
+	notify  chan struct{}
+}
+
+func (r *changeRecorder) OnChange(c Change) {
+	r.mu.Lock()
+	r.changes = append(r.changes, c)
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until a change matching want has been recorded.
+func (r *changeRecorder) waitFor(t *testing.T, want Change) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		r.mu.Lock()
+		for _, c := range r.changes {
+			if c == want {
+				r.mu.Unlock()
+				return
+			}
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.notify:
+		case <-deadline:
+			t.Fatalf("no change %+v within 10s; got %+v", want, r.changes)
+		}
+	}
+}
+
+func TestSources(t *testing.T) {
+	// istio.io/client-go's fake clientset predates streaming lists (the
+	// WatchListClient feature client-go turns on by default): list and watch
+	// the classic way against the fakes. A real API server serves both.
+	t.Setenv("KUBE_FEATURE_WatchListClient", "false")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	kube := kubefake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "app", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}})
+	kube.Discovery().(*fakediscovery.FakeDiscovery).Resources = servedResources()
+	istio := istiofake.NewSimpleClientset(&securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "istio-system"}})
+	rec := &changeRecorder{notify: make(chan struct{}, 1)}
+	src, err := NewSources(SourcesOptions{Kube: kube, Istio: istio, Gateway: gatewayfake.NewClientset(), Listener: rec})
+	if err != nil {
+		t.Fatalf("NewSources: %v", err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	if err := src.Start(ctx); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "app", UID: "uid-web"},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{PodIP: "10.0.0.5", Phase: corev1.PodRunning},
+	}
+	if _, err := kube.CoreV1().Pods("app").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindPod, Namespace: "app", Name: "web", Op: OpAdd})
+
+	in, err := src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	snap, _ := NewBuilder(BuilderOptions{}).Build(in)
+	w, ok := snap.Workload("uid-web")
+	if !ok || !w.Enrolled || w.Node != "n1" {
+		t.Errorf("workload uid-web = %+v, %v; want enrolled on n1", w, ok)
+	}
+	if got := len(snap.PeerAuthentications()); got != 1 {
+		t.Errorf("PeerAuthentications() = %d; want 1 from the Istio informer", got)
+	}
+
+	p.Labels = map[string]string{"istio.io/dataplane-mode": "none"}
+	p.ResourceVersion = "2"
+	if _, err := kube.CoreV1().Pods("app").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update pod: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindPod, Namespace: "app", Name: "web", Op: OpUpdate})
+	if err := istio.SecurityV1().PeerAuthentications("istio-system").Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete PeerAuthentication: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindPeerAuthentication, Namespace: "istio-system", Name: "default", Op: OpDelete})
+}
+
+func TestSourcesRefusesToStartWithoutCRDs(t *testing.T) {
+	kube := kubefake.NewClientset()
+	kube.Discovery().(*fakediscovery.FakeDiscovery).Resources = servedResources("authorizationpolicies.security.istio.io/v1")
+	src, err := NewSources(SourcesOptions{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gatewayfake.NewClientset()})
+	if err != nil {
+		t.Fatalf("NewSources: %v", err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	err = src.Start(context.Background())
+	if !errors.Is(err, ErrCRDMissing) || !strings.Contains(err.Error(), "authorizationpolicies.security.istio.io") {
+		t.Errorf("Start() = %v; want ErrCRDMissing naming authorizationpolicies.security.istio.io", err)
+	}
+}
