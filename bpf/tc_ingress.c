@@ -2,9 +2,10 @@
 /*
  * tc ingress (TCX, or clsact direct-action) on a pod's interface inside the
  * pod's netns: a TCP SYN to any local port but 15008 (HBONE), the inbound
- * listener's own port and ml_in_exclude ports, and not carrying
- * ml_config.tc_skip_mark, is assigned to the listener on the inbound port
- * (15006) for the same destination address with bpf_skc_lookup_tcp +
+ * listener's own port and ml_in_exclude ports, not carrying
+ * ml_config.tc_skip_mark and not from an ml_in_skip_src address (kubelet's
+ * probes), is assigned to the listener on the inbound port (15006) for the
+ * same destination address with bpf_skc_lookup_tcp +
  * bpf_sk_assign; the accepted socket keeps the original local address. If no
  * such listener exists the packet passes untouched. The program needs no
  * per-pod configuration: the listener is found in the netns the packet is in.
@@ -33,6 +34,7 @@ int ml_tc_ingress(struct __sk_buff *skb)
 	struct bpf_sock_tuple tuple = {};
 	__u32 tuple_len;
 	struct tcphdr *tcp;
+	struct ml_ip src = {};
 
 	if ((void *)(eth + 1) > end)
 		return TC_ACT_UNSPEC;
@@ -46,6 +48,7 @@ int ml_tc_ingress(struct __sk_buff *skb)
 		if ((void *)(tcp + 1) > end)
 			return TC_ACT_UNSPEC;
 		tuple.ipv4.saddr = ip->saddr;
+		ml_v4mapped(src.ip, ip->saddr);
 		tuple.ipv4.daddr = ip->daddr;
 		tuple.ipv4.sport = tcp->source;
 		tuple_len = sizeof(tuple.ipv4);
@@ -57,6 +60,7 @@ int ml_tc_ingress(struct __sk_buff *skb)
 		if ((void *)(tcp + 1) > end)
 			return TC_ACT_UNSPEC;
 		__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(src.ip, &ip6->saddr, 16);
 		__builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
 		tuple.ipv6.sport = tcp->source;
 		tuple_len = sizeof(tuple.ipv6);
@@ -77,6 +81,12 @@ int ml_tc_ingress(struct __sk_buff *skb)
 	if (cfg.tc_skip_mark && (skb->mark & cfg.tc_skip_mark)) {
 		if (st)
 			st->passed_mark++;
+		return TC_ACT_UNSPEC;
+	}
+
+	if (bpf_map_lookup_elem(&ml_in_skip_src, &src)) {
+		if (st)
+			st->passed_source++;
 		return TC_ACT_UNSPEC;
 	}
 

@@ -96,8 +96,14 @@ struct ml_tc_stats {
 	__u64 steered;
 	__u64 passed_excluded_port;
 	__u64 passed_mark;
+	__u64 passed_source;
 	__u64 passed_no_listener;
 	__u64 assign_failed;
+};
+
+/* An address, IPv4 as ::ffff:a.b.c.d. */
+struct ml_ip {
+	__u8 ip[16];
 };
 
 /* Excluded outbound destinations: (port) or (ip, port) with port 0 as "any port". */
@@ -164,6 +170,15 @@ struct {
 	__type(value, struct ml_tc_stats);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ml_tc_counts SEC(".maps");
+
+/* Inbound sources (IPv4 as ::ffff:a.b.c.d) the tc program never steers, such as kubelet's probe address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct ml_ip);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ml_in_skip_src SEC(".maps");
 
 /* Inbound ports (host byte order) the tc program never steers, besides 15008. */
 struct {

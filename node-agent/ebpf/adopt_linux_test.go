@@ -263,4 +263,3 @@ func mustReadDir(t *testing.T, dir string) []string {
 	}
 	return names
 }
-

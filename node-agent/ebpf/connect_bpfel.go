@@ -46,6 +46,11 @@ type connectMlExcludeKey struct {
 	Pad  uint16
 }
 
+type connectMlIp struct {
+	_  structs.HostLayout
+	Ip [16]uint8
+}
+
 type connectMlPod struct {
 	_          structs.HostLayout
 	WorkloadId uint32
@@ -77,6 +82,7 @@ type connectMlTcStats struct {
 	Steered            uint64
 	PassedExcludedPort uint64
 	PassedMark         uint64
+	PassedSource       uint64
 	PassedNoListener   uint64
 	AssignFailed       uint64
 }
@@ -89,6 +95,7 @@ const (
 	connectMapMlEnrolled      = "ml_enrolled"
 	connectMapMlExclude       = "ml_exclude"
 	connectMapMlInExclude     = "ml_in_exclude"
+	connectMapMlInSkipSrc     = "ml_in_skip_src"
 	connectMapMlOrigdst       = "ml_origdst"
 	connectMapMlSockDst       = "ml_sock_dst"
 	connectMapMlTcCounts      = "ml_tc_counts"
@@ -151,6 +158,7 @@ type connectMapSpecs struct {
 	MlEnrolled      *ebpf.MapSpec `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.MapSpec `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.MapSpec `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.MapSpec `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.MapSpec `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.MapSpec `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.MapSpec `ebpf:"ml_tc_counts"`
@@ -187,6 +195,7 @@ type connectMaps struct {
 	MlEnrolled      *ebpf.Map `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.Map `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.Map `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.Map `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.Map `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.Map `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.Map `ebpf:"ml_tc_counts"`
@@ -199,6 +208,7 @@ func (m *connectMaps) Close() error {
 		m.MlEnrolled,
 		m.MlExclude,
 		m.MlInExclude,
+		m.MlInSkipSrc,
 		m.MlOrigdst,
 		m.MlSockDst,
 		m.MlTcCounts,

@@ -225,6 +225,13 @@ func (d *Datapath) writeConfig() error {
 	if err := replaceSet(d.maps.MlInExclude, wantIn); err != nil {
 		return fmt.Errorf("write inbound port exclusions: %w", err)
 	}
+	wantSrc := map[sockopsMlIp]bool{}
+	for _, a := range d.opts.IngressSkipSources {
+		wantSrc[sockopsMlIp{Ip: a.As16()}] = true
+	}
+	if err := replaceSet(d.maps.MlInSkipSrc, wantSrc); err != nil {
+		return fmt.Errorf("write inbound skipped sources: %w", err)
+	}
 	return nil
 }
 
@@ -544,6 +551,7 @@ func (d *Datapath) IngressStats() (IngressStats, error) {
 		s.Steered += v.Steered
 		s.PassedExcludedPort += v.PassedExcludedPort
 		s.PassedMark += v.PassedMark
+		s.PassedSource += v.PassedSource
 		s.PassedNoListener += v.PassedNoListener
 		s.AssignFailed += v.AssignFailed
 	}
@@ -600,7 +608,7 @@ func (d *Datapath) Uninstall() error {
 		_ = l.Unpin() // already gone from the pin dir; a no-op when so
 	}
 	d.mu.Unlock()
-	for _, m := range []*ebpf.Map{d.maps.MlCfg, d.maps.MlEnrolled, d.maps.MlExclude, d.maps.MlInExclude,
+	for _, m := range []*ebpf.Map{d.maps.MlCfg, d.maps.MlEnrolled, d.maps.MlExclude, d.maps.MlInExclude, d.maps.MlInSkipSrc,
 		d.maps.MlOrigdst, d.maps.MlSockDst, d.maps.MlTcCounts, d.maps.MlWorkloadStats} {
 		if m != nil {
 			if err := m.Unpin(); err != nil {

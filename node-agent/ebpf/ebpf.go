@@ -61,8 +61,12 @@ type Options struct {
 	// the mesh ports 15000/15001/15006/15008/15020/15021/15053).
 	ExcludeOutbound []Exclusion
 	// ExcludeInboundPorts lists local ports tc ingress never steers (besides
-	// 15008 and InboundPort), such as a kubelet probe port.
+	// 15008 and InboundPort).
 	ExcludeInboundPorts []uint16
+	// IngressSkipSources lists source addresses tc ingress never steers,
+	// such as the address kubelet's probes come from, so that probes reach
+	// the app under STRICT. Nil means none.
+	IngressSkipSources []netip.Addr
 }
 
 // Exclusion is a destination outbound capture leaves alone.
@@ -133,6 +137,7 @@ type IngressStats struct {
 	Steered            uint64
 	PassedExcludedPort uint64
 	PassedMark         uint64
+	PassedSource       uint64 // Options.IngressSkipSources
 	PassedNoListener   uint64
 	AssignFailed       uint64
 }
@@ -172,6 +177,11 @@ func (o Options) withDefaults() (Options, error) {
 	for i, e := range o.ExcludeOutbound {
 		if !e.Addr.IsValid() && e.Port == 0 {
 			return o, fmt.Errorf("ebpf options: ExcludeOutbound[%d] has neither Addr nor Port: it would exclude everything; remove it", i)
+		}
+	}
+	for i, a := range o.IngressSkipSources {
+		if !a.IsValid() {
+			return o, fmt.Errorf("ebpf options: IngressSkipSources[%d] is not a valid address", i)
 		}
 	}
 	for _, p := range []struct {

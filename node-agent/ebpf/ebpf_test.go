@@ -22,6 +22,7 @@ func TestOptionsWithDefaults(t *testing.T) {
 		{"no cgroup", Options{}, "CgroupPath is empty", nil},
 		{"exclude everything", Options{CgroupPath: "/cg", ExcludeOutbound: []Exclusion{{Port: 80}, {}}}, "ExcludeOutbound[1]", nil},
 		{"exclude an address", Options{CgroupPath: "/cg", ExcludeOutbound: []Exclusion{{Addr: netip.MustParseAddr("198.19.1.1")}}}, "", nil},
+		{"zero skip source", Options{CgroupPath: "/cg", IngressSkipSources: []netip.Addr{{}}}, "IngressSkipSources[0]", nil},
 		{"dns loop", Options{CgroupPath: "/cg", DNSPort: 53}, "DNSPort is 53", nil},
 	}
 	for _, tt := range tests {

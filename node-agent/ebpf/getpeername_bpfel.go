@@ -46,6 +46,11 @@ type getpeernameMlExcludeKey struct {
 	Pad  uint16
 }
 
+type getpeernameMlIp struct {
+	_  structs.HostLayout
+	Ip [16]uint8
+}
+
 type getpeernameMlPod struct {
 	_          structs.HostLayout
 	WorkloadId uint32
@@ -77,6 +82,7 @@ type getpeernameMlTcStats struct {
 	Steered            uint64
 	PassedExcludedPort uint64
 	PassedMark         uint64
+	PassedSource       uint64
 	PassedNoListener   uint64
 	AssignFailed       uint64
 }
@@ -89,6 +95,7 @@ const (
 	getpeernameMapMlEnrolled      = "ml_enrolled"
 	getpeernameMapMlExclude       = "ml_exclude"
 	getpeernameMapMlInExclude     = "ml_in_exclude"
+	getpeernameMapMlInSkipSrc     = "ml_in_skip_src"
 	getpeernameMapMlOrigdst       = "ml_origdst"
 	getpeernameMapMlSockDst       = "ml_sock_dst"
 	getpeernameMapMlTcCounts      = "ml_tc_counts"
@@ -151,6 +158,7 @@ type getpeernameMapSpecs struct {
 	MlEnrolled      *ebpf.MapSpec `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.MapSpec `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.MapSpec `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.MapSpec `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.MapSpec `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.MapSpec `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.MapSpec `ebpf:"ml_tc_counts"`
@@ -187,6 +195,7 @@ type getpeernameMaps struct {
 	MlEnrolled      *ebpf.Map `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.Map `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.Map `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.Map `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.Map `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.Map `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.Map `ebpf:"ml_tc_counts"`
@@ -199,6 +208,7 @@ func (m *getpeernameMaps) Close() error {
 		m.MlEnrolled,
 		m.MlExclude,
 		m.MlInExclude,
+		m.MlInSkipSrc,
 		m.MlOrigdst,
 		m.MlSockDst,
 		m.MlTcCounts,

@@ -16,9 +16,20 @@ import (
 
 const tcNext = 0xffffffff // TC_ACT_UNSPEC (TCX_NEXT): let the stack have it
 
-// packet builds an Ethernet frame: IPv4 or IPv6 by dst, TCP or UDP.
+// packet builds an Ethernet frame from 198.19.2.1 (or fd00:198:19:2::1): IPv4
+// or IPv6 by dst, TCP or UDP.
 func packet(dst string, proto uint8, dport uint16, syn, ack bool) []byte {
+	return packetFrom("", dst, proto, dport, syn, ack)
+}
+
+func packetFrom(src, dst string, proto uint8, dport uint16, syn, ack bool) []byte {
 	d := netip.MustParseAddr(dst)
+	if src == "" {
+		src = "198.19.2.1"
+		if d.Is6() {
+			src = "fd00:198:19:2::1"
+		}
+	}
 	eth := make([]byte, 14)
 	var ip []byte
 	if d.Is4() {
@@ -27,7 +38,7 @@ func packet(dst string, proto uint8, dport uint16, syn, ack bool) []byte {
 		ip[0] = 0x45
 		ip[8] = 64
 		ip[9] = proto
-		copy(ip[12:16], netip.MustParseAddr("198.19.2.1").AsSlice())
+		copy(ip[12:16], netip.MustParseAddr(src).AsSlice())
 		copy(ip[16:20], d.AsSlice())
 	} else {
 		binary.BigEndian.PutUint16(eth[12:], 0x86dd)
@@ -35,7 +46,7 @@ func packet(dst string, proto uint8, dport uint16, syn, ack bool) []byte {
 		ip[0] = 0x60
 		ip[6] = proto
 		ip[7] = 64
-		copy(ip[8:24], netip.MustParseAddr("fd00:198:19:2::1").AsSlice())
+		copy(ip[8:24], netip.MustParseAddr(src).AsSlice())
 		copy(ip[24:40], d.AsSlice())
 	}
 	l4 := make([]byte, 20)
@@ -61,7 +72,8 @@ func packet(dst string, proto uint8, dport uint16, syn, ack bool) []byte {
 // (BPF_PROG_TEST_RUN) in a fresh netns with no listener: every packet must
 // pass, counted by the reason.
 func TestIngressProgram(t *testing.T) {
-	s := newSetup(t, Options{ExcludeInboundPorts: []uint16{9999}, IngressSkipMark: 0x100})
+	s := newSetup(t, Options{ExcludeInboundPorts: []uint16{9999}, IngressSkipMark: 0x100,
+		IngressSkipSources: []netip.Addr{netip.MustParseAddr("198.19.2.9"), netip.MustParseAddr("fd00:198:19:2::9")}})
 	ns := newNetns(t, "tcrun")
 	const tcp, udp = 6, 17
 	arp := packet("198.19.2.2", tcp, 8080, true, false)
@@ -81,6 +93,8 @@ func TestIngressProgram(t *testing.T) {
 		{"syn to 15006", packet("198.19.2.2", tcp, 15006, true, false), 0, func(s *IngressStats) { s.PassedExcludedPort++ }},
 		{"syn to excluded port", packet("198.19.2.2", tcp, 9999, true, false), 0, func(s *IngressStats) { s.PassedExcludedPort++ }},
 		{"syn with skip mark", packet("198.19.2.2", tcp, 8080, true, false), 0x100, func(s *IngressStats) { s.PassedMark++ }},
+		{"syn from a skipped source", packetFrom("198.19.2.9", "198.19.2.2", tcp, 8080, true, false), 0, func(s *IngressStats) { s.PassedSource++ }},
+		{"syn v6 from a skipped source", packetFrom("fd00:198:19:2::9", "fd00:198:19:2::2", tcp, 8080, true, false), 0, func(s *IngressStats) { s.PassedSource++ }},
 		{"syn, no listener", packet("198.19.2.2", tcp, 8080, true, false), 0, func(s *IngressStats) { s.PassedNoListener++ }},
 		{"syn v6, no listener", packet("fd00:198:19:2::2", tcp, 8080, true, false), 0, func(s *IngressStats) { s.PassedNoListener++ }},
 	}

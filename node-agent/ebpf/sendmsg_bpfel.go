@@ -46,6 +46,11 @@ type sendmsgMlExcludeKey struct {
 	Pad  uint16
 }
 
+type sendmsgMlIp struct {
+	_  structs.HostLayout
+	Ip [16]uint8
+}
+
 type sendmsgMlPod struct {
 	_          structs.HostLayout
 	WorkloadId uint32
@@ -77,6 +82,7 @@ type sendmsgMlTcStats struct {
 	Steered            uint64
 	PassedExcludedPort uint64
 	PassedMark         uint64
+	PassedSource       uint64
 	PassedNoListener   uint64
 	AssignFailed       uint64
 }
@@ -89,6 +95,7 @@ const (
 	sendmsgMapMlEnrolled      = "ml_enrolled"
 	sendmsgMapMlExclude       = "ml_exclude"
 	sendmsgMapMlInExclude     = "ml_in_exclude"
+	sendmsgMapMlInSkipSrc     = "ml_in_skip_src"
 	sendmsgMapMlOrigdst       = "ml_origdst"
 	sendmsgMapMlSockDst       = "ml_sock_dst"
 	sendmsgMapMlTcCounts      = "ml_tc_counts"
@@ -151,6 +158,7 @@ type sendmsgMapSpecs struct {
 	MlEnrolled      *ebpf.MapSpec `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.MapSpec `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.MapSpec `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.MapSpec `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.MapSpec `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.MapSpec `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.MapSpec `ebpf:"ml_tc_counts"`
@@ -187,6 +195,7 @@ type sendmsgMaps struct {
 	MlEnrolled      *ebpf.Map `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.Map `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.Map `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.Map `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.Map `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.Map `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.Map `ebpf:"ml_tc_counts"`
@@ -199,6 +208,7 @@ func (m *sendmsgMaps) Close() error {
 		m.MlEnrolled,
 		m.MlExclude,
 		m.MlInExclude,
+		m.MlInSkipSrc,
 		m.MlOrigdst,
 		m.MlSockDst,
 		m.MlTcCounts,

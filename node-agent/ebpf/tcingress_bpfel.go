@@ -46,6 +46,11 @@ type tcIngressMlExcludeKey struct {
 	Pad  uint16
 }
 
+type tcIngressMlIp struct {
+	_  structs.HostLayout
+	Ip [16]uint8
+}
+
 type tcIngressMlPod struct {
 	_          structs.HostLayout
 	WorkloadId uint32
@@ -77,6 +82,7 @@ type tcIngressMlTcStats struct {
 	Steered            uint64
 	PassedExcludedPort uint64
 	PassedMark         uint64
+	PassedSource       uint64
 	PassedNoListener   uint64
 	AssignFailed       uint64
 }
@@ -89,6 +95,7 @@ const (
 	tcIngressMapMlEnrolled      = "ml_enrolled"
 	tcIngressMapMlExclude       = "ml_exclude"
 	tcIngressMapMlInExclude     = "ml_in_exclude"
+	tcIngressMapMlInSkipSrc     = "ml_in_skip_src"
 	tcIngressMapMlOrigdst       = "ml_origdst"
 	tcIngressMapMlSockDst       = "ml_sock_dst"
 	tcIngressMapMlTcCounts      = "ml_tc_counts"
@@ -149,6 +156,7 @@ type tcIngressMapSpecs struct {
 	MlEnrolled      *ebpf.MapSpec `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.MapSpec `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.MapSpec `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.MapSpec `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.MapSpec `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.MapSpec `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.MapSpec `ebpf:"ml_tc_counts"`
@@ -185,6 +193,7 @@ type tcIngressMaps struct {
 	MlEnrolled      *ebpf.Map `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.Map `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.Map `ebpf:"ml_in_exclude"`
+	MlInSkipSrc     *ebpf.Map `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.Map `ebpf:"ml_origdst"`
 	MlSockDst       *ebpf.Map `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.Map `ebpf:"ml_tc_counts"`
@@ -197,6 +206,7 @@ func (m *tcIngressMaps) Close() error {
 		m.MlEnrolled,
 		m.MlExclude,
 		m.MlInExclude,
+		m.MlInSkipSrc,
 		m.MlOrigdst,
 		m.MlSockDst,
 		m.MlTcCounts,
