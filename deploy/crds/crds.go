@@ -20,10 +20,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 )
 
-//go:embed istio/*.yaml gateway-api/*.yaml
+//go:embed *.yaml
 var files embed.FS
 
-// FS holds the CRD files under istio/ and gateway-api/.
+// FS holds the CRD files.
 func FS() fs.FS { return files }
 
 // Required lists the CRDs meshd watches, by metadata.name.
@@ -45,7 +45,10 @@ var Required = []string{
 }
 
 // InstallHint is the command that installs the CRDs, for error messages.
-const InstallHint = "meshctl install (or: kubectl apply --server-side -f deploy/crds/istio -f deploy/crds/gateway-api)"
+//
+// --server-side is needed: several CRDs (HTTPRoute, Istio's) are larger than
+// the 256 KiB last-applied annotation a client-side apply writes.
+const InstallHint = "kubectl apply --server-side -f deploy/crds/"
 
 // Documents returns every embedded CRD document by metadata.name, as YAML.
 func Documents() (map[string][]byte, error) {
