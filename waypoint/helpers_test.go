@@ -1,0 +1,233 @@
+package waypoint
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// backend starts a loopback HTTP server and returns its host:port.
+func backend(t testing.TB, h http.Handler) string {
+	t.Helper()
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return s.Listener.Addr().String()
+}
+
+// named answers with its name and counts requests.
+type named struct {
+	name string
+	mu   sync.Mutex
+	n    int
+	last *http.Request
+}
+
+func (b *named) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	b.n++
+	b.last = r.Clone(context.Background())
+	b.mu.Unlock()
+	io.Copy(io.Discard, r.Body)
+	fmt.Fprint(w, b.name)
+}
+
+func (b *named) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n
+}
+
+func (b *named) lastRequest() *http.Request {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last
+}
+
+// syncBuffer is an access log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// lines returns the access log entries.
+func (s *syncBuffer) lines(t testing.TB) []accessLogLine {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []accessLogLine
+	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+	for sc.Scan() {
+		var l accessLogLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("access log line %q: %v", sc.Text(), err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func (s *syncBuffer) countFlag(t testing.TB, flag string) int {
+	n := 0
+	for _, l := range s.lines(t) {
+		for _, f := range strings.Split(l.ResponseFlags, ",") {
+			if f == flag {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+type harness struct {
+	proxy *Proxy
+	addr  string
+	reg   *prometheus.Registry
+	log   *syncBuffer
+	url   string
+}
+
+// start runs a Proxy with cfg on a loopback listener.
+func start(t testing.TB, cfg *Config, mutate func(o *Options)) *harness {
+	t.Helper()
+	h := &harness{reg: prometheus.NewRegistry(), log: &syncBuffer{}}
+	opts := Options{Config: cfg, Registerer: h.reg, AccessLog: h.log}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	p, err := New(opts)
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.Serve(ctx, l, ServerOptions{DetectTimeout: 200 * time.Millisecond}); err != nil {
+			t.Errorf("Serve() = %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	h.proxy, h.addr, h.url = p, l.Addr().String(), "http://"+l.Addr().String()
+	return h
+}
+
+// get sends a GET through the proxy and returns status and body.
+func (h *harness) get(t testing.TB, client *http.Client, path string, hdr map[string]string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, h.url+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "reviews.default.svc.cluster.local"
+	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func newClient(t testing.TB) *http.Client {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// oneRoute builds a config with one catch-all virtual host.
+func oneRoute(clusters []model.L7Cluster, routes ...model.L7Route) *Config {
+	return &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", VirtualHosts: []model.VirtualHost{{
+			Name: "reviews", Domains: []string{"*"}, Routes: routes,
+		}}}},
+		Clusters: clusters,
+	}}
+}
+
+func clusterOf(name string, addrs ...string) model.L7Cluster {
+	c := model.L7Cluster{Name: name}
+	for _, a := range addrs {
+		c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: a})
+	}
+	return c
+}
+
+func to(cluster string) []model.WeightedDestination {
+	return []model.WeightedDestination{{Cluster: cluster}}
+}
+
+// metricSum adds up a metric's samples whose labels include want.
+func metricSum(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if got[k] != v {
+					continue next
+				}
+			}
+			sum += sampleValue(m)
+		}
+	}
+	return sum
+}
+
+func sampleValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+var _ = policy.Allow

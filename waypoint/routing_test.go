@@ -1,0 +1,132 @@
+package waypoint
+
+import (
+	"io"
+	"math"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+func TestWeightedSplit(t *testing.T) {
+	v1, v2 := &named{name: "v1"}, &named{name: "v2"}
+	cl := model.L7Cluster{
+		Name: "outbound|9080||reviews.default.svc.cluster.local",
+		Endpoints: []model.L7Endpoint{
+			{Address: backend(t, v1), Labels: map[string]string{"version": "v1"}},
+			{Address: backend(t, v2), Labels: map[string]string{"version": "v2"}},
+		},
+		Subsets: []model.Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}},
+	}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "split", Destinations: []model.WeightedDestination{
+		{Cluster: cl.Name, Subset: "v1", Weight: 90}, {Cluster: cl.Name, Subset: "v2", Weight: 10},
+	}}), nil)
+	client := newClient(t)
+	const n = 2000
+	counts := map[string]int{}
+	for i := 0; i < n; i++ {
+		code, body := h.get(t, client, "/reviews", nil)
+		if code != 200 {
+			t.Fatalf("GET /reviews = %d %q; want 200", code, body)
+		}
+		counts[body]++
+	}
+	share := 100 * float64(counts["v2"]) / n
+	if math.Abs(share-10) > 3 {
+		t.Errorf("v2 got %.1f%% of %d requests (counts %v); want 10 ± 3", share, n, counts)
+	}
+	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint", "response_code": "200", "destination_version": "v2"}); got != float64(counts["v2"]) {
+		t.Errorf("istio_requests_total{destination_version=v2} = %v; want %d", got, counts["v2"])
+	}
+}
+
+func TestMatchRouting(t *testing.T) {
+	v1, v2, v3 := &named{name: "v1"}, &named{name: "v2"}, &named{name: "v3"}
+	clusters := []model.L7Cluster{clusterOf("v1", backend(t, v1)), clusterOf("v2", backend(t, v2)), clusterOf("v3", backend(t, v3))}
+	cfg := oneRoute(clusters,
+		model.L7Route{Name: "jason", Matches: []model.RouteMatch{{Headers: []model.HeaderMatch{{Name: "end-user", Value: model.StringMatch{Exact: "jason"}}}}}, Destinations: to("v2")},
+		model.L7Route{Name: "regex", Matches: []model.RouteMatch{{URI: &model.StringMatch{Regex: "/api/v[0-9]+/echo"}}}, Destinations: to("v3")},
+		model.L7Route{Name: "query", Matches: []model.RouteMatch{{QueryParams: []model.HeaderMatch{{Name: "canary", Value: model.StringMatch{Exact: "yes"}}}}}, Destinations: to("v3")},
+		model.L7Route{Name: "method", Matches: []model.RouteMatch{{Method: &model.StringMatch{Exact: "DELETE"}}}, DirectResponse: &model.DirectResponse{Status: 405, Body: "no deletes"}},
+		model.L7Route{Name: "old", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/old"}}}, Redirect: &model.Redirect{URI: "/new", Code: 308}},
+		model.L7Route{Name: "rewrite", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/legacy/"}}}, Rewrite: &model.Rewrite{URIPrefix: "/v2/"}, Destinations: to("v2"),
+			RequestHeaders: model.HeaderOps{Set: map[string]string{"X-Route": "rewrite"}}, ResponseHeaders: model.HeaderOps{Set: map[string]string{"X-Served-By": "waypoint"}}},
+		model.L7Route{Name: "default", Destinations: to("v1")},
+	)
+	h := start(t, cfg, nil)
+	client := newClient(t)
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	tests := []struct {
+		name, method, path string
+		hdr                map[string]string
+		wantCode           int
+		wantBody           string
+	}{
+		{name: "end-user jason goes to v2", path: "/productpage", hdr: map[string]string{"end-user": "jason"}, wantCode: 200, wantBody: "v2"},
+		{name: "other user goes to v1", path: "/productpage", hdr: map[string]string{"end-user": "alice"}, wantCode: 200, wantBody: "v1"},
+		{name: "regex uri", path: "/api/v12/echo", wantCode: 200, wantBody: "v3"},
+		{name: "regex is anchored", path: "/api/v1/echo/x", wantCode: 200, wantBody: "v1"},
+		{name: "query param", path: "/x?canary=yes", wantCode: 200, wantBody: "v3"},
+		{name: "direct response", method: "DELETE", path: "/x", wantCode: 405, wantBody: "no deletes"},
+		{name: "redirect", path: "/old/page", wantCode: 308},
+		{name: "rewrite", path: "/legacy/item", wantCode: 200, wantBody: "v2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = http.MethodGet
+			}
+			req, _ := http.NewRequest(method, h.url+tt.path, nil)
+			for k, v := range tt.hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			body := string(b)
+			if resp.StatusCode != tt.wantCode || (tt.wantBody != "" && !strings.Contains(body, tt.wantBody)) {
+				t.Errorf("%s %s = %d %q; want %d %q", method, tt.path, resp.StatusCode, body, tt.wantCode, tt.wantBody)
+			}
+			if tt.name == "redirect" && resp.Header.Get("Location") != "http://"+h.addr+"/new" {
+				t.Errorf("Location = %q; want http://%s/new", resp.Header.Get("Location"), h.addr)
+			}
+			if tt.name == "rewrite" {
+				last := v2.lastRequest()
+				if last.URL.Path != "/v2/item" || last.Header.Get("X-Route") != "rewrite" {
+					t.Errorf("upstream saw path %q X-Route %q; want /v2/item rewrite", last.URL.Path, last.Header.Get("X-Route"))
+				}
+				if resp.Header.Get("X-Served-By") != "waypoint" {
+					t.Errorf("response X-Served-By = %q; want waypoint", resp.Header.Get("X-Served-By"))
+				}
+			}
+		})
+	}
+}
+
+func TestUpdateSwapsConfig(t *testing.T) {
+	v1, v2 := &named{name: "v1"}, &named{name: "v2"}
+	clusters := []model.L7Cluster{clusterOf("v1", backend(t, v1)), clusterOf("v2", backend(t, v2))}
+	h := start(t, oneRoute(clusters, model.L7Route{Name: "r", Destinations: to("v1")}), nil)
+	client := newClient(t)
+	if _, body := h.get(t, client, "/", nil); body != "v1" {
+		t.Fatalf("before Update: body %q; want v1", body)
+	}
+	if err := h.proxy.Update(oneRoute(clusters, model.L7Route{Name: "r", Destinations: to("nope")})); err == nil {
+		t.Fatal("Update(unknown cluster) = nil; want an error")
+	}
+	if _, body := h.get(t, client, "/", nil); body != "v1" {
+		t.Fatalf("after a rejected Update: body %q; want v1 (old config kept)", body)
+	}
+	if err := h.proxy.Update(oneRoute(clusters, model.L7Route{Name: "r", Destinations: to("v2")})); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := h.get(t, client, "/", nil); body != "v2" {
+		t.Fatalf("after Update: body %q; want v2", body)
+	}
+}
