@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -87,18 +86,27 @@ func TestAdopt(t *testing.T) {
 	}
 }
 
-// countLinks counts programs attached to a cgroup, as bpftool sees them.
+// countLinks counts the bpf links attached to a cgroup.
 func countLinks(t *testing.T, cg string) int {
 	t.Helper()
-	out, err := exec.Command("bpftool", "cgroup", "show", cg).CombinedOutput()
+	id, err := cgroupID(cg)
 	if err != nil {
-		t.Fatalf("bpftool cgroup show: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	n := 0
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, "ml_") {
+	var it link.Iterator
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if c := info.Cgroup(); c != nil && c.CgroupId == id {
 			n++
 		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return n
 }
