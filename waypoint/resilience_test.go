@@ -1,0 +1,313 @@
+package waypoint
+
+import (
+	"math"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+func failing(code int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(code) })
+}
+
+func TestRetriesHideFailures(t *testing.T) {
+	// A cluster whose first endpoint always fails: half the picks would fail
+	// without retries.
+	good := &named{name: "good"}
+	bad := backend(t, failing(503))
+	var flip atomic.Int64
+	// A single backend that fails every other request.
+	flaky := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if flip.Add(1)%2 == 1 {
+			w.WriteHeader(500)
+			return
+		}
+		w.Write([]byte("flaky-ok"))
+	}))
+	clusters := []model.L7Cluster{
+		{Name: "half", Endpoints: []model.L7Endpoint{{Address: bad}, {Address: backend(t, good)}}, Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}}},
+		clusterOf("flaky", flaky),
+	}
+	tests := []struct {
+		name      string
+		path      string
+		retries   *model.RetryPolicy
+		want200   bool
+		wantFlags string
+	}{
+		{name: "istio default retries 503 on another endpoint", path: "/half", want200: true},
+		{name: "5xx retry on a flaky backend", path: "/flaky", retries: &model.RetryPolicy{Attempts: 3, RetryOn: []string{"5xx"}}, want200: true},
+		{name: "no retries shows the failures", path: "/flaky", retries: &model.RetryPolicy{Attempts: 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := "half"
+			if tt.path == "/flaky" {
+				cl = "flaky"
+			}
+			h := start(t, oneRoute(clusters, model.L7Route{Name: "r", Destinations: to(cl), Retries: tt.retries}), nil)
+			client := newClient(t)
+			fails := 0
+			for i := 0; i < 100; i++ {
+				if code, _ := h.get(t, client, tt.path, nil); code != 200 {
+					fails++
+				}
+			}
+			if tt.want200 && fails > 0 {
+				t.Errorf("%d of 100 requests failed; want retries to hide every failure", fails)
+			}
+			if !tt.want200 && (fails < 30 || fails > 70) {
+				t.Errorf("%d of 100 requests failed without retries; want about 50", fails)
+			}
+		})
+	}
+}
+
+func TestRetriesExhausted(t *testing.T) {
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("bad", backend(t, failing(503)))},
+		model.L7Route{Name: "r", Destinations: to("bad"), Retries: &model.RetryPolicy{Attempts: 2, RetryOn: []string{"5xx"}}}), nil)
+	if code, _ := h.get(t, newClient(t), "/", nil); code != 503 {
+		t.Fatalf("GET = %d; want 503", code)
+	}
+	if n := h.log.countFlag(t, flagRetryExhausted); n != 1 {
+		t.Errorf("access log lines with URX = %d; want 1", n)
+	}
+}
+
+func TestConnectFailure(t *testing.T) {
+	// A port with nothing listening: connect fails, is retried (Istio's
+	// default retries connect-failure), then 503 UF.
+	h2 := start(t, oneRoute([]model.L7Cluster{clusterOf("dead", "127.0.0.1:1")}, model.L7Route{Name: "r", Destinations: to("dead")}), nil)
+	code, _ := h2.get(t, newClient(t), "/", nil)
+	if code != 503 || h2.log.countFlag(t, flagConnFailure) != 1 {
+		t.Errorf("GET to a closed port = %d, log %+v; want 503 with UF", code, h2.log.lines(t))
+	}
+}
+
+func slow(d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(d):
+			w.Write([]byte("slow"))
+		case <-r.Context().Done():
+		}
+	})
+}
+
+func TestTimeouts(t *testing.T) {
+	slowAddr := backend(t, slow(2*time.Second))
+	tests := []struct {
+		name  string
+		route model.L7Route
+	}{
+		{name: "per-try timeout", route: model.L7Route{Name: "r", Destinations: to("slow"), Retries: &model.RetryPolicy{Attempts: 1, PerTryTimeout: 100 * time.Millisecond, RetryOn: []string{"5xx"}}}},
+		{name: "request timeout", route: model.L7Route{Name: "r", Destinations: to("slow"), Timeout: 150 * time.Millisecond}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := start(t, oneRoute([]model.L7Cluster{clusterOf("slow", slowAddr)}, tt.route), nil)
+			began := time.Now()
+			code, _ := h.get(t, newClient(t), "/", nil)
+			took := time.Since(began)
+			if code != http.StatusGatewayTimeout {
+				t.Errorf("GET = %d; want 504", code)
+			}
+			if took > time.Second {
+				t.Errorf("GET took %v; want the timeout to cut it well before the backend's 2s", took)
+			}
+			if h.log.countFlag(t, flagUpstreamTimeout) != 1 {
+				t.Errorf("access log %+v; want flag UT", h.log.lines(t))
+			}
+		})
+	}
+}
+
+func TestFaultInjection(t *testing.T) {
+	ok := backend(t, &named{name: "ok"})
+	t.Run("abort at its rate", func(t *testing.T) {
+		h := start(t, oneRoute([]model.L7Cluster{clusterOf("ok", ok)}, model.L7Route{Name: "r", Destinations: to("ok"),
+			Fault: &model.FaultInjection{Abort: &model.FaultAbort{HTTPStatus: 418, Percent: 30}}}), nil)
+		client := newClient(t)
+		const n = 1000
+		aborted := 0
+		for i := 0; i < n; i++ {
+			if code, _ := h.get(t, client, "/", nil); code == 418 {
+				aborted++
+			}
+		}
+		if share := 100 * float64(aborted) / n; math.Abs(share-30) > 5 {
+			t.Errorf("aborted %.1f%%; want 30 ± 5", share)
+		}
+		if got := h.log.countFlag(t, flagFaultInjected); got != aborted {
+			t.Errorf("FI flags in access log = %d; want %d", got, aborted)
+		}
+	})
+	t.Run("delay", func(t *testing.T) {
+		h := start(t, oneRoute([]model.L7Cluster{clusterOf("ok", ok)}, model.L7Route{Name: "r", Destinations: to("ok"),
+			Fault: &model.FaultInjection{Delay: &model.FaultDelay{Duration: 150 * time.Millisecond, Percent: 100}}}), nil)
+		began := time.Now()
+		code, _ := h.get(t, newClient(t), "/", nil)
+		if took := time.Since(began); code != 200 || took < 150*time.Millisecond {
+			t.Errorf("GET = %d after %v; want 200 after at least 150ms", code, took)
+		}
+		if h.log.countFlag(t, flagDelayInjected) != 1 {
+			t.Errorf("access log %+v; want flag DI", h.log.lines(t))
+		}
+	})
+}
+
+func TestMirror(t *testing.T) {
+	primary := &named{name: "primary"}
+	var mirrored atomic.Int64
+	var shadowHost atomic.Value
+	shadow := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		shadowHost.Store(r.Host)
+		mirrored.Add(1)
+		time.Sleep(500 * time.Millisecond) // a slow mirror must not slow the client
+		w.Write([]byte("shadow"))
+	}))
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("primary", backend(t, primary)), clusterOf("shadow", shadow)},
+		model.L7Route{Name: "r", Destinations: to("primary"), Mirrors: []model.Mirror{{Cluster: "shadow", Percent: 100}}}), nil)
+	client := newClient(t)
+	began := time.Now()
+	for i := 0; i < 5; i++ {
+		if code, body := h.get(t, client, "/", map[string]string{"Host": "reviews:9080"}); code != 200 || body != "primary" {
+			t.Fatalf("GET = %d %q; want 200 primary", code, body)
+		}
+	}
+	if took := time.Since(began); took > 400*time.Millisecond {
+		t.Errorf("5 mirrored requests took %v; want the slow mirror not to delay the client", took)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for mirrored.Load() < 5 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := mirrored.Load(); got != 5 {
+		t.Errorf("shadow saw %d requests; want 5", got)
+	}
+	if got, _ := shadowHost.Load().(string); got != "reviews-shadow:9080" {
+		t.Errorf("shadow Host = %q; want reviews-shadow:9080", got)
+	}
+}
+
+func TestCircuitBreaker(t *testing.T) {
+	var active, peak atomic.Int64
+	b := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := active.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		active.Add(-1)
+		w.Write([]byte("ok"))
+	}))
+	cl := clusterOf("cb", b)
+	cl.Traffic.Pool = model.ConnectionPool{MaxConnections: 1, HTTP1MaxPendingRequests: 1}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("cb"), Retries: &model.RetryPolicy{}}), nil)
+	client := newClient(t)
+	const burst = 10
+	var wg sync.WaitGroup
+	var ok, overflow atomic.Int64
+	for i := 0; i < burst; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _ := h.get(t, client, "/", nil)
+			switch code {
+			case 200:
+				ok.Add(1)
+			case 503:
+				overflow.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if peak.Load() > 1 {
+		t.Errorf("backend saw %d concurrent requests; want at most maxConnections=1", peak.Load())
+	}
+	if ok.Load() < 1 || overflow.Load() < 1 || ok.Load()+overflow.Load() != burst {
+		t.Errorf("burst of %d: %d ok, %d overflow; want both, adding up", burst, ok.Load(), overflow.Load())
+	}
+	if got := h.log.countFlag(t, flagOverflow); got != int(overflow.Load()) {
+		t.Errorf("UO flags = %d; want %d", got, overflow.Load())
+	}
+	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UO"}); got != float64(overflow.Load()) {
+		t.Errorf("istio_requests_total{response_flags=UO} = %v; want %d", got, overflow.Load())
+	}
+}
+
+func TestOutlierDetection(t *testing.T) {
+	good := &named{name: "good"}
+	var badHits atomic.Int64
+	bad := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { badHits.Add(1); w.WriteHeader(500) }))
+	cl := model.L7Cluster{Name: "od", Endpoints: []model.L7Endpoint{{Address: bad}, {Address: backend(t, good)}},
+		Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}, Outlier: &model.OutlierDetection{
+			Consecutive5xxErrors: 3, BaseEjectionTime: 400 * time.Millisecond, MaxEjectionPercent: 50,
+		}}}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("od"), Retries: &model.RetryPolicy{}}), nil)
+	client := newClient(t)
+	for i := 0; i < 6; i++ { // round robin: 3 reach the bad endpoint and eject it
+		h.get(t, client, "/", nil)
+	}
+	if got := badHits.Load(); got != 3 {
+		t.Fatalf("bad endpoint saw %d requests before ejection; want 3", got)
+	}
+	for i := 0; i < 20; i++ {
+		if code, _ := h.get(t, client, "/", nil); code != 200 {
+			t.Fatalf("request %d while ejected = %d; want 200", i, code)
+		}
+	}
+	if got := badHits.Load(); got != 3 {
+		t.Errorf("ejected endpoint saw %d requests; want none after ejection", got-3)
+	}
+	if got := metricSum(t, h.reg, "meshlet_waypoint_outlier_ejections_total", map[string]string{"cluster": "od"}); got != 1 {
+		t.Errorf("ejections metric = %v; want 1", got)
+	}
+	time.Sleep(450 * time.Millisecond)
+	for i := 0; i < 4; i++ {
+		h.get(t, client, "/", nil)
+	}
+	if got := badHits.Load(); got == 3 {
+		t.Errorf("endpoint not back after baseEjectionTime: no new requests")
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("ok", backend(t, &named{name: "ok"}))},
+		model.L7Route{Name: "r", Destinations: to("ok"), RateLimit: &model.RateLimit{MaxTokens: 3, FillInterval: time.Hour}},
+	), nil)
+	client := newClient(t)
+	var codes []int
+	for i := 0; i < 5; i++ {
+		code, _ := h.get(t, client, "/", nil)
+		codes = append(codes, code)
+	}
+	want := []int{200, 200, 200, 429, 429}
+	for i := range want {
+		if codes[i] != want[i] {
+			t.Fatalf("codes = %v; want %v", codes, want)
+		}
+	}
+	if got := h.log.countFlag(t, flagRateLimited); got != 2 {
+		t.Errorf("RL flags = %d; want 2", got)
+	}
+	t.Run("per header key", func(t *testing.T) {
+		h := start(t, oneRoute([]model.L7Cluster{clusterOf("ok", backend(t, &named{name: "ok"}))},
+			model.L7Route{Name: "r", Destinations: to("ok"), RateLimit: &model.RateLimit{MaxTokens: 1, FillInterval: time.Hour, Key: "header:x-user"}}), nil)
+		client := newClient(t)
+		a1, _ := h.get(t, client, "/", map[string]string{"X-User": "a"})
+		a2, _ := h.get(t, client, "/", map[string]string{"X-User": "a"})
+		b1, _ := h.get(t, client, "/", map[string]string{"X-User": "b"})
+		if a1 != 200 || a2 != 429 || b1 != 200 {
+			t.Errorf("a, a, b = %d %d %d; want 200 429 200", a1, a2, b1)
+		}
+	})
+}
