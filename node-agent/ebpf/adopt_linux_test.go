@@ -58,12 +58,30 @@ func TestAdopt(t *testing.T) {
 	}
 	captured(s.dp)
 
+	// Inbound steering on a pod interface, to survive the restart too.
+	client, tcPod := vethPair(t, "adp", "198.19.2.1/24", "198.19.2.2/24")
+	inbound := accepted(t, listen(t, tcPod, "0.0.0.0:15006", agentMark))
+	if err := s.dp.AttachPodIngress(tcPod, "mlbpf-adpb", IngressOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	steered := func() {
+		t.Helper()
+		c, err := netns.Dial(context.Background(), client, "198.19.2.2:8080", netns.DialOptions{Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatalf("SYN to the pod's app port: %v", err)
+		}
+		c.Close()
+		wait(t, inbound, "15006")
+	}
+	steered()
+
 	opts := s.dp.opts
 	if err := s.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s.dp = nil
 	captured(nil) // nobody holds the data path: the pins keep it working
+	steered()
 
 	if _, err := Adopt(Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: opts.CgroupPath}); !errors.Is(err, ErrNothingPinned) {
 		t.Errorf("Adopt of an empty pin dir = %v; want ErrNothingPinned", err)
@@ -81,6 +99,10 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("adopted enrolled pods (-want +got):\n%s", diff)
 	}
 	captured(dp)
+	if err := dp.AttachPodIngress(tcPod, "mlbpf-adpb", IngressOptions{}); err != nil {
+		t.Fatalf("AttachPodIngress after adoption: %v", err)
+	}
+	steered()
 	if n := countLinks(t, s.cgroup); n != 10 {
 		t.Errorf("%d programs attached to the cgroup after adoption; want 10 (one per hook, none doubled)", n)
 	}
