@@ -84,7 +84,7 @@ func peerName(t *testing.T, c net.Conn) string {
 func TestOutboundCapture(t *testing.T) {
 	const excludedIP = "198.19.1.6"
 	s := newSetup(t, Options{ExcludeOutbound: []Exclusion{{Port: 9090}, {Addr: netip.MustParseAddr(excludedIP)}}})
-	pod := newNetns(t, "out", remoteIP+"/32", excludedIP+"/32")
+	pod := newNetns(t, "out", remoteIP+"/32", excludedIP+"/32", podIP+"/32")
 	other := newNetns(t, "out2", remoteIP+"/32")
 	cookie, err := NetnsCookie(pod)
 	if err != nil {
@@ -117,24 +117,27 @@ func TestOutboundCapture(t *testing.T) {
 		ns        string
 		ip        string // remoteIP when empty
 		port      string
+		source    string // the client binds to this address when set
 		mark      uint32
 		captured  bool
 		lands     <-chan net.Conn
 		wantStats func(before, after Stats) bool
 	}{
-		{"captured", pod, "", "8080", 0, true, outbound,
+		{"captured", pod, "", "8080", "", 0, true, outbound,
 			func(b, a Stats) bool { return a.CapturedTCP == b.CapturedTCP+1 }},
-		{"agent mark", pod, "", "8080", agentMark, false, direct["8080"],
+		{"captured, bound to the pod IP", pod, "", "8080", podIP, 0, true, outbound,
+			func(b, a Stats) bool { return a.CapturedTCP == b.CapturedTCP+1 }},
+		{"agent mark", pod, "", "8080", "", agentMark, false, direct["8080"],
 			func(b, a Stats) bool { return a.BypassedMark == b.BypassedMark+1 && a.CapturedTCP == b.CapturedTCP }},
-		{"mesh port", pod, "", "15008", 0, false, direct["15008"],
+		{"mesh port", pod, "", "15008", "", 0, false, direct["15008"],
 			func(b, a Stats) bool { return a.BypassedMeshPort == b.BypassedMeshPort+1 }},
-		{"excluded port", pod, "", "9090", 0, false, direct["9090"],
+		{"excluded port", pod, "", "9090", "", 0, false, direct["9090"],
 			func(b, a Stats) bool { return a.BypassedExcluded == b.BypassedExcluded+1 }},
-		{"excluded address", pod, excludedIP, "8080", 0, false, excludedApp,
+		{"excluded address", pod, excludedIP, "8080", "", 0, false, excludedApp,
 			func(b, a Stats) bool { return a.BypassedExcluded == b.BypassedExcluded+1 }},
-		{"pod flags", noTCP, "", "8080", 0, false, noTCPApp,
+		{"pod flags", noTCP, "", "8080", "", 0, false, noTCPApp,
 			func(b, a Stats) bool { return a.BypassedFlags == b.BypassedFlags+1 }},
-		{"not enrolled", other, "", "8080", 0, false, otherApp,
+		{"not enrolled", other, "", "8080", "", 0, false, otherApp,
 			func(b, a Stats) bool { return decisions(a) == decisions(b) }},
 	}
 	for _, tt := range tests {
@@ -145,12 +148,21 @@ func TestOutboundCapture(t *testing.T) {
 				ip = remoteIP
 			}
 			dst := ip + ":" + tt.port
-			c, err := netns.Dial(context.Background(), tt.ns, dst, netns.DialOptions{Mark: tt.mark, Timeout: 5 * time.Second})
+			var src netip.AddrPort
+			if tt.source != "" {
+				src = netip.AddrPortFrom(netip.MustParseAddr(tt.source), 0)
+			}
+			c, err := netns.Dial(context.Background(), tt.ns, dst, netns.DialOptions{Mark: tt.mark, Source: src, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
 			srv := wait(t, tt.lands, tt.name)
+			if tt.source != "" {
+				if got := srv.RemoteAddr().(*net.TCPAddr).IP.String(); got != tt.source {
+					t.Errorf("the agent sees the client at %s; want %s", got, tt.source)
+				}
+			}
 			if got := peerName(t, c); got != dst {
 				t.Errorf("client getpeername = %s; want %s", got, dst)
 			}
