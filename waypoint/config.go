@@ -291,6 +291,7 @@ func (l *listener) findRoute(in *routeInput) (*vhost, *route) {
 	if h, _, ok := splitHostPort(host); ok {
 		host = h
 	}
+	host = strings.TrimSuffix(host, ".")
 	var vh *vhost
 	best := -1
 	for _, v := range l.vhosts {

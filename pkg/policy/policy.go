@@ -21,7 +21,8 @@
 //     values of one field are ORed; a not-field fails when any value matches.
 //   - String values match exactly, or as a prefix ("abc*"), a suffix
 //     ("*abc"), or presence ("*": any non-empty value). Hosts match
-//     case-insensitively and ignore a port in the request's host. Principals
+//     case-insensitively and ignore a port and a trailing dot in the request's
+//     host. Principals
 //     may be written with or without the "spiffe://" prefix.
 //   - Dry-run policies (istio.io/dry-run annotation) are not enforced; the
 //     decision with them enforced is reported in Decision.Shadow.
@@ -611,16 +612,18 @@ func matchValue(pattern, v string) bool {
 	return pattern == v
 }
 
-// matchHost matches case-insensitively, with and without the request's port.
+// matchHost matches case-insensitively, with and without the request's port
+// and a trailing dot.
 func matchHost(pattern, host string) bool {
 	pattern, host = strings.ToLower(pattern), strings.ToLower(host)
 	if matchValue(pattern, host) {
 		return true
 	}
 	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.HasSuffix(host, "]") {
-		return matchValue(pattern, host[:i])
+		host = host[:i]
 	}
-	return false
+	// "example.com." is the same name as "example.com".
+	return matchValue(pattern, strings.TrimSuffix(host, "."))
 }
 
 func parseBlock(s string) (netip.Prefix, error) {

@@ -103,6 +103,7 @@ func TestEvaluate(t *testing.T) {
 		{name: "header when misses", policies: []*Policy{headerWhen}, req: req(func(r *Request) { r.Headers.Set("Version", "v3") })},
 		{name: "host suffix ignores port", policies: []*Policy{hosts}, req: req(nil), wantAllow: true, wantPolicy: "foo/hosts"},
 		{name: "host is case-insensitive", policies: []*Policy{hosts}, req: req(func(r *Request) { r.Host = "example.com" }), wantAllow: true, wantPolicy: "foo/hosts"},
+		{name: "host with a trailing dot", policies: []*Policy{hosts}, req: req(func(r *Request) { r.Host = "example.com.:80" }), wantAllow: true, wantPolicy: "foo/hosts"},
 		{name: "other host", policies: []*Policy{hosts}, req: req(func(r *Request) { r.Host = "evil.com" })},
 		{name: "principals with spiffe prefix", policies: []*Policy{{Namespace: "foo", Name: "p", Rules: []Rule{{From: []Source{{Principals: []string{"spiffe://cluster.local/ns/default/*"}}}}}}}, req: req(nil), wantAllow: true, wantPolicy: "foo/p"},
 		{name: "principals * needs an identity", policies: []*Policy{{Namespace: "foo", Name: "p", Rules: []Rule{{From: []Source{{Principals: []string{"*"}}}}}}}, req: req(func(r *Request) { r.SourcePrincipal = "" })},

@@ -1,0 +1,306 @@
+package waypoint
+
+import (
+	"bufio"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"path"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+const issuer = "https://issuer.example"
+
+type signer struct {
+	rsa  *rsa.PrivateKey
+	ec   *ecdsa.PrivateKey
+	jwks string
+}
+
+func newSigner(t testing.TB) *signer {
+	t.Helper()
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	ecPub, err := ek.PublicKey.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := map[string]any{"keys": []map[string]string{
+		{"kty": "RSA", "kid": "rsa1", "alg": "RS256", "use": "sig", "n": b64(rk.N.Bytes()), "e": b64(big.NewInt(int64(rk.E)).Bytes())},
+		{"kty": "EC", "kid": "ec1", "crv": "P-256", "x": b64(ecPub[1:33]), "y": b64(ecPub[33:])},
+	}}
+	j, _ := json.Marshal(set)
+	return &signer{rsa: rk, ec: ek, jwks: string(j)}
+}
+
+func seg(v any) string {
+	b, _ := json.Marshal(v)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (s *signer) token(t testing.TB, alg string, claims map[string]any) string {
+	t.Helper()
+	hdr := map[string]any{"alg": alg, "typ": "JWT"}
+	switch alg {
+	case "RS256":
+		hdr["kid"] = "rsa1"
+	case "ES256":
+		hdr["kid"] = "ec1"
+	}
+	input := seg(hdr) + "." + seg(claims)
+	digest := sha256.Sum256([]byte(input))
+	var sig []byte
+	switch alg {
+	case "RS256":
+		var err error
+		if sig, err = rsa.SignPKCS1v15(rand.Reader, s.rsa, crypto.SHA256, digest[:]); err != nil {
+			t.Fatal(err)
+		}
+	case "ES256":
+		r, ss, err := ecdsa.Sign(rand.Reader, s.ec, digest[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig = append(r.FillBytes(make([]byte, 32)), ss.FillBytes(make([]byte, 32))...)
+	case "HS256":
+		// The classic confusion attack: HMAC keyed with the public key.
+		der, _ := x509.MarshalPKIXPublicKey(&s.rsa.PublicKey)
+		mac := hmac.New(sha256.New, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+		mac.Write([]byte(input))
+		sig = mac.Sum(nil)
+	case "none":
+	}
+	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+func claims(mut func(c map[string]any)) map[string]any {
+	c := map[string]any{"iss": issuer, "sub": "alice", "aud": "reviews", "exp": time.Now().Add(time.Hour).Unix(), "groups": []string{"admin"}}
+	if mut != nil {
+		mut(c)
+	}
+	return c
+}
+
+func TestJWT(t *testing.T) {
+	s := newSigner(t)
+	var fetches atomic.Int64
+	jwksAddr := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		io.WriteString(w, s.jwks)
+	}))
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.JWTProviders = []model.JWTProvider{{
+		Name: "example", Issuer: issuer, Audiences: []string{"reviews"}, JWKSURI: "http://" + jwksAddr + "/jwks.json",
+		OutputClaimToHeaders: []model.ClaimToHeader{{Header: "X-Jwt-Sub", Claim: "sub"}},
+	}}
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "require-jwt", Rules: []policy.Rule{{
+		From: []policy.Source{{RequestPrincipals: []string{"*"}}},
+	}}}}
+	h := start(t, cfg, nil)
+	client := newClient(t)
+
+	valid := s.token(t, "RS256", claims(nil))
+	tampered := strings.Split(valid, ".")
+	tampered[1] = seg(claims(func(c map[string]any) { c["sub"] = "mallory" }))
+	tests := []struct {
+		name     string
+		hdr      map[string]string
+		path     string
+		wantCode int
+	}{
+		{name: "valid RS256", hdr: map[string]string{"Authorization": "Bearer " + valid}, wantCode: 200},
+		{name: "valid ES256", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "ES256", claims(nil))}, wantCode: 200},
+		{name: "valid token in access_token param", path: "/?access_token=" + valid, wantCode: 200},
+		{name: "expired", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(func(c map[string]any) { c["exp"] = time.Now().Add(-time.Hour).Unix() }))}, wantCode: 401},
+		{name: "not yet valid", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(func(c map[string]any) { c["nbf"] = time.Now().Add(time.Hour).Unix() }))}, wantCode: 401},
+		{name: "wrong issuer", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(func(c map[string]any) { c["iss"] = "https://evil.example" }))}, wantCode: 401},
+		{name: "wrong audience", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(func(c map[string]any) { c["aud"] = []string{"ratings"} }))}, wantCode: 401},
+		{name: "alg none", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "none", claims(nil))}, wantCode: 401},
+		{name: "HS256 signed with the public key", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "HS256", claims(nil))}, wantCode: 401},
+		{name: "tampered payload", hdr: map[string]string{"Authorization": "Bearer " + strings.Join(tampered, ".")}, wantCode: 401},
+		{name: "garbage", hdr: map[string]string{"Authorization": "Bearer not.a.jwt"}, wantCode: 401},
+		{name: "missing token is anonymous, denied by requestPrincipals", wantCode: 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.path
+			if p == "" {
+				p = "/"
+			}
+			code, body := h.get(t, client, p, tt.hdr)
+			if code != tt.wantCode {
+				t.Errorf("GET = %d %q; want %d", code, body, tt.wantCode)
+			}
+		})
+	}
+	// Outputs: the token is not forwarded, the claim is, and a spoofed
+	// claim header from the client never reaches the app.
+	h.get(t, client, "/", map[string]string{"Authorization": "Bearer " + valid})
+	last := app.lastRequest()
+	if last.Header.Get("Authorization") != "" || last.Header.Get("X-Jwt-Sub") != "alice" {
+		t.Errorf("app saw Authorization %q, X-Jwt-Sub %q; want none and alice", last.Header.Get("Authorization"), last.Header.Get("X-Jwt-Sub"))
+	}
+	h.get(t, client, "/", map[string]string{"Authorization": "Bearer " + valid, "X-Jwt-Sub": "root"})
+	if got := app.lastRequest().Header.Values("X-Jwt-Sub"); len(got) != 1 || got[0] != "alice" {
+		t.Errorf("app saw X-Jwt-Sub %q with a spoofed header; want [alice]", got)
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("JWKS fetched %d times; want 1 (cached)", n)
+	}
+}
+
+func TestJWKSFetchFailureRejects(t *testing.T) {
+	s := newSigner(t)
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, &named{name: "app"}))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.JWTProviders = []model.JWTProvider{{Issuer: issuer, JWKSURI: "http://" + backend(t, failing(500)) + "/jwks"}}
+	h := start(t, cfg, nil)
+	if code, _ := h.get(t, newClient(t), "/", map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(nil))}); code != 401 {
+		t.Errorf("GET with a token whose JWKS cannot be fetched = %d; want 401", code)
+	}
+}
+
+// rawGet sends a request line exactly as written, bypassing client-side
+// path cleaning.
+func rawGet(t testing.TB, addr, target string, headers ...string) (int, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: app.default.svc.cluster.local\r\nConnection: close\r\n", target)
+	for _, h := range headers {
+		fmt.Fprintf(c, "%s\r\n", h)
+	}
+	io.WriteString(c, "\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestDenyCannotBeBypassed(t *testing.T) {
+	// A lenient backend: it decodes, cleans and unifies slashes, so any
+	// path the proxy lets through that means /admin reaches the secret.
+	var leaked atomic.Int64
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := path.Clean("/" + strings.ReplaceAll(r.URL.Path, "\\", "/"))
+		if p == "/admin" || strings.HasPrefix(p, "/admin/") || r.Header.Get("X-User") == "evil" {
+			leaked.Add(1)
+			io.WriteString(w, "SECRET")
+			return
+		}
+		io.WriteString(w, "public")
+	}))
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", app)}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "deny-admin", Action: policy.Deny, Rules: []policy.Rule{
+		{To: []policy.Operation{{Paths: []string{"/admin", "/admin/*"}}}},
+		{When: []policy.Condition{{Key: "request.headers[x-user]", Values: []string{"evil"}}}},
+	}}}
+	h := start(t, cfg, nil)
+	paths := []string{
+		"/admin", "/admin/", "/admin/users", "//admin", "///admin/users", "/./admin", "/public/../admin",
+		"/public/../../admin", "/admin%2F", "/admin%2fusers", "/public%2F..%2Fadmin", "/%61dmin", "/%2561dmin",
+		"/admin%2e", "/public/%2e%2e/admin", "/public/%2E%2E%2Fadmin", "/public\\..\\admin", "/%5Cadmin",
+		"/admin;jsessionid=1", "/admin?x=1", "/admin#frag", "/admin%00", "/admin%", "/admin%zz", "admin",
+		"/public/.%2e/admin", "/admin/.", "/admin/..;/", "/ADMIN",
+	}
+	for _, p := range paths {
+		code, body := rawGet(t, h.addr, p)
+		if strings.Contains(body, "SECRET") {
+			t.Errorf("GET %q = %d %q: reached /admin past the DENY", p, code, body)
+		}
+	}
+	headers := [][]string{
+		{"X-User: evil"}, {"x-user: evil"}, {"X-USER: evil"}, {"X-User: good", "X-User: evil"}, {"X-User:  evil  "},
+	}
+	for _, hs := range headers {
+		code, body := rawGet(t, h.addr, "/public", hs...)
+		if strings.Contains(body, "SECRET") || code != 403 {
+			t.Errorf("GET /public with %q = %d %q; want 403", hs, code, body)
+		}
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Errorf("backend served the secret %d times", n)
+	}
+	// The corpus must not be vacuous: a plain public path gets through.
+	if code, body := rawGet(t, h.addr, "/public"); code != 200 || body != "public" {
+		t.Errorf("GET /public = %d %q; want 200 public", code, body)
+	}
+}
+
+func TestInternalHeadersStripped(t *testing.T) {
+	app := &named{name: "app"}
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")}), nil)
+	h.get(t, newClient(t), "/", map[string]string{"X-Forwarded-Client-Cert": "By=spiffe://cluster.local/ns/x/sa/admin", "X-Envoy-Peer-Metadata": "x"})
+	last := app.lastRequest()
+	if last.Header.Get("X-Forwarded-Client-Cert") != "" || last.Header.Get("X-Envoy-Peer-Metadata") != "" {
+		t.Errorf("app saw client-supplied internal headers: %v", last.Header)
+	}
+}
+
+func TestNormalizePath(t *testing.T) {
+	tests := []struct {
+		in, want string
+		wantErr  bool
+	}{
+		{in: "/", want: "/"},
+		{in: "/a/b", want: "/a/b"},
+		{in: "//a///b/", want: "/a/b/"},
+		{in: "/a/./b/../c", want: "/a/c"},
+		{in: "/../../a", want: "/a"},
+		{in: "/a/..", want: "/"},
+		{in: "/a%2Fb", want: "/a/b"},
+		{in: "/a%5cb", want: "/a/b"},
+		{in: "/a\\b", want: "/a/b"},
+		{in: "/%61%62", want: "/ab"},
+		{in: "/a%2e%2e/b", want: "/a../b"},
+		{in: "/x/%2e%2e/b", want: "/b"},
+		{in: "/a%20b", want: "/a%20b"},
+		{in: "/a%3fb", want: "/a%3Fb"},
+		{in: "/%2561", want: "/%2561"},
+		{in: "/ADMIN", want: "/ADMIN"},
+		{in: "/a%00", wantErr: true},
+		{in: "/a%", wantErr: true},
+		{in: "/a%g1", wantErr: true},
+		{in: "a", wantErr: true},
+		{in: "/a#b", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := normalizePath(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("normalizePath(%q) = %q, %v; want %q, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
