@@ -11,10 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 func TestCheckKernel(t *testing.T) {
@@ -292,4 +294,44 @@ func mustReadDir(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// TestLoadFailureDetaches makes the last attach fail (something that is not
+// a link is pinned where the sockops link goes) and checks that the failed
+// Load left no program attached.
+func TestLoadFailureDetaches(t *testing.T) {
+	testutil.RequireRoot(t)
+	pinDir := filepath.Join(mountBPFFS(t), "meshlet")
+	cg := enterNewCgroup(t)
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(filepath.Join(pinDir, linkPinPrefix+"sockops")); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := Load(Options{PinDir: pinDir, CgroupPath: cg})
+	if err == nil {
+		_ = dp.Uninstall()
+		t.Fatal("Load over a bogus link pin succeeded")
+	}
+	if !strings.Contains(err.Error(), "link_sockops") {
+		t.Errorf("Load error %q does not name the bad pin", err)
+	}
+	if n := countLinks(t, cg); n != 0 {
+		t.Errorf("%d programs left attached to the cgroup after a failed Load", n)
+	}
+	for _, e := range mustReadDir(t, pinDir) {
+		if strings.HasPrefix(e, linkPinPrefix) && e != linkPinPrefix+"sockops" {
+			t.Errorf("link pin %s left after a failed Load", e)
+		}
+	}
+	// Unpin the maps the failed Load created, so the bpffs unmounts clean.
+	for _, e := range mustReadDir(t, pinDir) {
+		_ = os.Remove(filepath.Join(pinDir, e))
+	}
 }

@@ -93,24 +93,30 @@ func load(opts Options, adopt bool) (_ *Datapath, err error) {
 		tc tcIngressObjects
 	)
 	for _, o := range []struct {
-		name string
-		load func() error
-		maps interface{ Close() error }
+		name  string
+		load  func() error
+		maps  interface{ Close() error }
+		progs func() []*ebpf.Program
 	}{
-		{"connect", func() error { return loadConnectObjects(&co, copts) }, &co.connectMaps},
-		{"sendmsg", func() error { return loadSendmsgObjects(&sm, copts) }, &sm.sendmsgMaps},
-		{"recvmsg", func() error { return loadRecvmsgObjects(&rm, copts) }, &rm.recvmsgMaps},
-		{"getpeername", func() error { return loadGetpeernameObjects(&gp, copts) }, &gp.getpeernameMaps},
-		{"sock_release", func() error { return loadSockReleaseObjects(&sr, copts) }, &sr.sockReleaseMaps},
-		{"tc_ingress", func() error { return loadTcIngressObjects(&tc, copts) }, &tc.tcIngressMaps},
+		{"connect", func() error { return loadConnectObjects(&co, copts) }, &co.connectMaps,
+			func() []*ebpf.Program { return []*ebpf.Program{co.MlConnect4, co.MlConnect6} }},
+		{"sendmsg", func() error { return loadSendmsgObjects(&sm, copts) }, &sm.sendmsgMaps,
+			func() []*ebpf.Program { return []*ebpf.Program{sm.MlSendmsg4, sm.MlSendmsg6} }},
+		{"recvmsg", func() error { return loadRecvmsgObjects(&rm, copts) }, &rm.recvmsgMaps,
+			func() []*ebpf.Program { return []*ebpf.Program{rm.MlRecvmsg4, rm.MlRecvmsg6} }},
+		{"getpeername", func() error { return loadGetpeernameObjects(&gp, copts) }, &gp.getpeernameMaps,
+			func() []*ebpf.Program { return []*ebpf.Program{gp.MlGetpeername4, gp.MlGetpeername6} }},
+		{"sock_release", func() error { return loadSockReleaseObjects(&sr, copts) }, &sr.sockReleaseMaps,
+			func() []*ebpf.Program { return []*ebpf.Program{sr.MlSockRelease} }},
+		{"tc_ingress", func() error { return loadTcIngressObjects(&tc, copts) }, &tc.tcIngressMaps,
+			func() []*ebpf.Program { return []*ebpf.Program{tc.MlTcIngress} }},
 	} {
 		if err := o.load(); err != nil {
 			return nil, fmt.Errorf("load %s object: %w", o.name, err)
 		}
 		_ = o.maps.Close() // the same pinned maps as d.maps
+		d.progs = append(d.progs, o.progs()...)
 	}
-	d.progs = append(d.progs, co.MlConnect4, co.MlConnect6, sm.MlSendmsg4, sm.MlSendmsg6,
-		rm.MlRecvmsg4, rm.MlRecvmsg6, gp.MlGetpeername4, gp.MlGetpeername6, sr.MlSockRelease, tc.MlTcIngress)
 	d.tc = tc.MlTcIngress
 
 	if err := d.writeConfig(); err != nil {
@@ -120,6 +126,15 @@ func load(opts Options, adopt bool) (_ *Datapath, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// A failed Load leaves no link it created behind (adopted ones stay).
+	var created []link.Link
+	defer func() {
+		if err != nil {
+			for _, l := range created {
+				_ = l.Unpin()
+			}
+		}
+	}()
 	for _, p := range []cgroupProg{
 		{"connect4", co.MlConnect4, ebpf.AttachCGroupInet4Connect},
 		{"connect6", co.MlConnect6, ebpf.AttachCGroupInet6Connect},
@@ -132,8 +147,12 @@ func load(opts Options, adopt bool) (_ *Datapath, err error) {
 		{"sock_release", sr.MlSockRelease, ebpf.AttachCgroupInetSockRelease},
 		{"sockops", so.MlSockops, ebpf.AttachCGroupSockOps},
 	} {
-		if err := d.attachCgroup(p, cgid); err != nil {
+		l, isNew, err := d.attachCgroup(p, cgid)
+		if err != nil {
 			return nil, err
+		}
+		if isNew {
+			created = append(created, l)
 		}
 	}
 	return d, nil
@@ -164,36 +183,38 @@ func cgroupID(path string) (uint64, error) {
 }
 
 // attachCgroup attaches p, or points the link a previous agent pinned at p.
-func (d *Datapath) attachCgroup(p cgroupProg, cgid uint64) error {
+// isNew says that the link was created (and pinned) here.
+func (d *Datapath) attachCgroup(p cgroupProg, cgid uint64) (_ link.Link, isNew bool, _ error) {
 	pin := filepath.Join(d.opts.PinDir, linkPinPrefix+p.name)
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
 	case err == nil:
 		if info, ierr := l.Info(); ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != cgid {
 			_ = l.Close()
-			return fmt.Errorf("adopt link %s: attached to cgroup id %d, not %s (id %d): Uninstall the old data path first",
+			return nil, false, fmt.Errorf("adopt link %s: attached to cgroup id %d, not %s (id %d): Uninstall the old data path first",
 				pin, info.Cgroup().CgroupId, d.opts.CgroupPath, cgid)
 		}
 		if err := l.Update(p.prog); err != nil {
 			_ = l.Close()
-			return fmt.Errorf("update pinned link %s: %w", pin, err)
+			return nil, false, fmt.Errorf("update pinned link %s: %w", pin, err)
 		}
 	case errors.Is(err, os.ErrNotExist):
 		l, err = link.AttachCgroup(link.CgroupOptions{Path: d.opts.CgroupPath, Attach: p.attach, Program: p.prog})
 		if err != nil {
-			return fmt.Errorf("attach %s to cgroup %s: %w", p.name, d.opts.CgroupPath, err)
+			return nil, false, fmt.Errorf("attach %s to cgroup %s: %w", p.name, d.opts.CgroupPath, err)
 		}
 		if err := l.Pin(pin); err != nil {
 			_ = l.Close()
-			return fmt.Errorf("pin link %s: %w", pin, err)
+			return nil, false, fmt.Errorf("pin link %s: %w", pin, err)
 		}
+		isNew = true
 	default:
-		return fmt.Errorf("load pinned link %s: %w", pin, err)
+		return nil, false, fmt.Errorf("load pinned link %s: %w", pin, err)
 	}
 	d.mu.Lock()
 	d.links = append(d.links, l)
 	d.mu.Unlock()
-	return nil
+	return l, isNew, nil
 }
 
 func (d *Datapath) writeConfig() error {
