@@ -26,6 +26,10 @@ func TestCheckKernel(t *testing.T) {
 	if err := CheckKernel(); err != nil {
 		t.Fatalf("CheckKernel on this kernel: %v", err)
 	}
+	// The attach-type probe must be able to say no: sockops is no sock_addr hook.
+	if err := haveAttachType(ebpf.CGroupSockAddr, ebpf.AttachCGroupSockOps); !errors.Is(err, ebpf.ErrNotSupported) {
+		t.Errorf("haveAttachType(CGroupSockAddr, SockOps) = %v; want ErrNotSupported", err)
+	}
 }
 
 // TestAdopt closes the first loader, checks capture goes on with no agent
