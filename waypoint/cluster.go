@@ -36,6 +36,7 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options) *cluster {
 	}
 	c := &cluster{spec: *spec, subsets: map[string]*upstream{}}
 	c.all = newUpstream(spec.Name, "", spec.Endpoints, spec.Traffic, opts)
+	c.all.protocol = spec.Protocol
 	for _, s := range spec.Subsets {
 		tp := spec.Traffic
 		if s.Traffic != nil {
@@ -47,7 +48,9 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options) *cluster {
 				eps = append(eps, e)
 			}
 		}
-		c.subsets[s.Name] = newUpstream(spec.Name, s.Name, eps, tp, opts)
+		u := newUpstream(spec.Name, s.Name, eps, tp, opts)
+		u.protocol = spec.Protocol
+		c.subsets[s.Name] = u
 	}
 	if prev != nil {
 		prev.close()
@@ -72,6 +75,7 @@ func (c *cluster) close() {
 // upstream is one set of endpoints with one traffic policy.
 type upstream struct {
 	cluster, subset string
+	protocol        model.UpstreamProtocol
 	endpoints       []*endpoint
 	policy          model.TrafficPolicy
 	h1, h2          *http.Transport
@@ -113,6 +117,11 @@ func (u *upstream) name() string {
 		return u.cluster
 	}
 	return u.cluster + "|" + u.subset
+}
+
+// useH2 reports whether a request goes upstream over HTTP/2.
+func (u *upstream) useH2(grpc bool) bool {
+	return grpc || u.protocol == model.UpstreamHTTP2
 }
 
 func (u *upstream) close() {

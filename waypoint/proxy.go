@@ -370,7 +370,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		attempts = 1
 	}
 	transport, pool := up.h1, up.h1Pool
-	if out.ProtoMajor == 2 {
+	if up.useH2(grpc) {
 		transport, pool = up.h2, up.h2Pool
 	}
 	var tried []*endpoint
@@ -634,7 +634,7 @@ func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadClose
 		}
 		m.URL.Host, m.URL.Scheme = ep.addr, "http"
 		t := up.h1
-		if m.ProtoMajor == 2 {
+		if up.useH2(isGRPC(m)) {
 			t = up.h2
 		}
 		resp, err := t.RoundTrip(m)

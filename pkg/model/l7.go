@@ -303,7 +303,25 @@ type L7Cluster struct {
 	Subsets []Subset
 	// Traffic is the cluster-wide traffic policy.
 	Traffic TrafficPolicy
+	// Protocol is the upstream protocol, from the service port's
+	// appProtocol or name: UpstreamAuto (HTTP/2 for gRPC requests, else
+	// HTTP/1.1), UpstreamHTTP1 or UpstreamHTTP2 (h2c, also for "grpc").
+	Protocol UpstreamProtocol
 }
+
+// UpstreamProtocol is how the proxy speaks to a cluster's endpoints.
+type UpstreamProtocol string
+
+// Upstream protocols.
+const (
+	// UpstreamAuto uses HTTP/2 for gRPC requests and HTTP/1.1 otherwise.
+	UpstreamAuto UpstreamProtocol = ""
+	// UpstreamHTTP1 always uses HTTP/1.1 (gRPC requests still use HTTP/2,
+	// which gRPC requires).
+	UpstreamHTTP1 UpstreamProtocol = "HTTP"
+	// UpstreamHTTP2 always uses HTTP/2 with prior knowledge (h2c).
+	UpstreamHTTP2 UpstreamProtocol = "HTTP2"
+)
 
 // L7Endpoint is one upstream address.
 type L7Endpoint struct {
@@ -800,6 +818,11 @@ func (c *L7Cluster) Validate() error {
 		if err != nil || host == "" || port == "" {
 			return fmt.Errorf("cluster %q: endpoints[%d]: address %q: want host:port", c.Name, i, e.Address)
 		}
+	}
+	switch c.Protocol {
+	case UpstreamAuto, UpstreamHTTP1, UpstreamHTTP2:
+	default:
+		return fmt.Errorf("cluster %q: protocol %q: want \"\", HTTP or HTTP2", c.Name, c.Protocol)
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Subsets {

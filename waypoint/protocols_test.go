@@ -1,0 +1,273 @@
+package waypoint
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"golang.org/x/net/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+type echoService struct {
+	testgrpc.UnimplementedTestServiceServer
+}
+
+func (echoService) UnaryCall(ctx context.Context, in *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	if string(in.GetPayload().GetBody()) == "fail" {
+		return nil, status.Error(codes.FailedPrecondition, "asked to fail")
+	}
+	grpc.SetTrailer(ctx, metadata.Pairs("x-trailer", "present"))
+	return &testgrpc.SimpleResponse{Payload: in.GetPayload()}, nil
+}
+
+func (echoService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
+	for {
+		in, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: in.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
+func grpcBackend(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(s, echoService{})
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return l.Addr().String()
+}
+
+func TestGRPC(t *testing.T) {
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("grpc", grpcBackend(t))}, model.L7Route{Name: "r", Destinations: to("grpc")}), nil)
+	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := testgrpc.NewTestServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var trailer metadata.MD
+	resp, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("hello")}}, grpc.Trailer(&trailer))
+	if err != nil || string(resp.GetPayload().GetBody()) != "hello" {
+		t.Fatalf("UnaryCall = %v, %v; want hello", resp, err)
+	}
+	if got := trailer.Get("x-trailer"); len(got) != 1 || got[0] != "present" {
+		t.Errorf("trailer x-trailer = %v; want [present]", got)
+	}
+	_, err = client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("fail")}})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("UnaryCall(fail) = %v; want FailedPrecondition through the proxy", err)
+	}
+
+	stream, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, msg := range []string{"one", "two", "three"} {
+		// Each message is answered before the next is sent: the proxy must
+		// stream both ways, not buffer.
+		if err := stream.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := stream.Recv()
+		if err != nil || string(got.GetPayload().GetBody()) != msg {
+			t.Fatalf("stream message %d = %v, %v; want %q", i, got, err, msg)
+		}
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Errorf("end of stream = %v; want EOF", err)
+	}
+	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"request_protocol": "grpc", "grpc_response_status": "0"}); got != 2 {
+		t.Errorf("istio_requests_total{grpc, status 0} = %v; want 2 (unary + stream)", got)
+	}
+	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"grpc_response_status": "9"}); got != 1 {
+		t.Errorf("istio_requests_total{grpc_response_status=9} = %v; want 1", got)
+	}
+}
+
+func TestGRPCDeniedIsPermissionDenied(t *testing.T) {
+	cfg := oneRoute([]model.L7Cluster{clusterOf("grpc", grpcBackend(t))}, model.L7Route{Name: "r", Destinations: to("grpc")})
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "deny-unary", Action: policy.Deny, Rules: []policy.Rule{{
+		To: []policy.Operation{{Paths: []string{"/grpc.testing.TestService/UnaryCall"}}},
+	}}}}
+	h := start(t, cfg, nil)
+	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = testgrpc.NewTestServiceClient(conn).UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("UnaryCall under a DENY = %v; want PermissionDenied", err)
+	}
+}
+
+func TestWebSocket(t *testing.T) {
+	echo := backend(t, websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }))
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("ws", echo)}, model.L7Route{Name: "r", Destinations: to("ws")}), nil)
+	ws, err := websocket.Dial("ws://"+h.addr+"/echo", "", "http://"+h.addr)
+	if err != nil {
+		t.Fatalf("websocket.Dial through the proxy: %v", err)
+	}
+	defer ws.Close()
+	for _, msg := range []string{"ping", "pong", "a longer message"} {
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("echo = %q, %v; want %q", got, err, msg)
+		}
+	}
+}
+
+func TestTCPFallback(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	cfg := oneRoute([]model.L7Cluster{clusterOf("tcp", l.Addr().String())}, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}})
+	cfg.TCPCluster = "tcp"
+	h := start(t, cfg, nil)
+	for _, first := range []string{"hello, not http\n", "\x00\x01binary"} {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, first)
+		buf := make([]byte, len(first))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != first {
+			t.Errorf("TCP echo of %q through the proxy = %q, %v", first, buf, err)
+		}
+		c.Close()
+	}
+	// A server-first client (sends nothing) is forwarded after DetectTimeout.
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	time.Sleep(300 * time.Millisecond)
+	io.WriteString(c, "late")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "late" {
+		t.Errorf("silent client echo = %q, %v; want late", buf, err)
+	}
+}
+
+func selfSigned(t testing.TB) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "waypoint"},
+		DNSNames: []string{"reviews.default.svc.cluster.local"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestHTTP2(t *testing.T) {
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cert := selfSigned(t)
+	p, err := New(Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ctx, l, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	pool := x509.NewCertPool()
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	pool.AddCert(leaf)
+
+	tests := []struct {
+		name   string
+		client *http.Client
+		url    string
+	}{
+		{name: "h2 over TLS", url: "https://" + l.Addr().String(), client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}},
+		{name: "h2c prior knowledge", url: "http://" + l.Addr().String(), client: func() *http.Client {
+			var protos http.Protocols
+			protos.SetUnencryptedHTTP2(true)
+			return &http.Client{Transport: &http.Transport{Protocols: &protos}}
+		}()},
+		{name: "http/1.1 over TLS", url: "https://" + l.Addr().String(), client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := tt.client.Get(tt.url + "/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			wantMajor := 2
+			if tt.name == "http/1.1 over TLS" {
+				wantMajor = 1
+			}
+			if resp.StatusCode != 200 || string(b) != "app" || resp.ProtoMajor != wantMajor {
+				t.Errorf("GET = %d %q over %s; want 200 app over HTTP/%d", resp.StatusCode, b, resp.Proto, wantMajor)
+			}
+		})
+	}
+}
