@@ -601,7 +601,9 @@ func (d *Datapath) Close() error {
 }
 
 // Uninstall detaches every program (cgroup and pod ingress links pinned under
-// PinDir), removes the pinned maps and closes d. Capture stops.
+// PinDir), removes the pinned maps and closes d. Capture stops. Pod ingress
+// attached as clsact filters (kernels without TCX) cannot be found from the
+// pin dir: DetachPodIngress them first.
 func (d *Datapath) Uninstall() error {
 	var errs []error
 	entries, err := os.ReadDir(d.opts.PinDir)

@@ -112,8 +112,12 @@ func attachClsact(iface netlink.Link, prog *ebpf.Program) error {
 }
 
 // DetachPodIngress removes the inbound steering program from ifname in the
-// netns at nsPath. Not attached is not an error.
+// netns at nsPath. Not attached is not an error, nor is a netns that is gone
+// (its interface went with it; Reconcile drops the pin).
 func (d *Datapath) DetachPodIngress(nsPath, ifname string) error {
+	if _, err := os.Stat(nsPath); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	pin, err := d.ingressPin(nsPath, ifname)
 	if err != nil {
 		return err

@@ -201,4 +201,10 @@ func TestPodIngress(t *testing.T) {
 			}
 		})
 	}
+	if err := s.dp.DetachPodIngress("/var/run/netns/mlbpf-gone", "eth0"); err != nil {
+		t.Errorf("DetachPodIngress of a gone netns = %v; want nil", err)
+	}
+	if err := s.dp.AttachPodIngress("/var/run/netns/mlbpf-gone", "eth0", IngressOptions{}); err == nil {
+		t.Errorf("AttachPodIngress of a missing netns succeeded")
+	}
 }
