@@ -339,3 +339,29 @@ func TestLoadFailureDetaches(t *testing.T) {
 		_ = os.Remove(filepath.Join(pinDir, e))
 	}
 }
+
+func TestPruneStats(t *testing.T) {
+	s := newSetup(t, Options{})
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, wl := range []uint32{1, 2, 3} {
+		vs := make([]sockopsMlStats, ncpu)
+		vs[0].ConnsOpened = uint64(wl)
+		if err := s.dp.maps.MlWorkloadStats.Put(wl, vs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.dp.PruneStats(map[uint32]bool{2: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.dp.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[uint32]Stats{2: {ConnsOpened: 2}}, got); n != 2 || diff != "" {
+		t.Errorf("PruneStats removed %d (want 2); stats after (-want +got):\n%s", n, diff)
+	}
+}

@@ -561,6 +561,31 @@ func (d *Datapath) Stats() (map[uint32]Stats, error) {
 	return out, nil
 }
 
+// PruneStats drops the counters of every workload not in keep (workloads
+// with no pod left on the node), so that the stats map does not fill up.
+func (d *Datapath) PruneStats(keep map[uint32]bool) (int, error) {
+	var (
+		k     uint32
+		vs    []sockopsMlStats
+		stale []uint32
+	)
+	it := d.maps.MlWorkloadStats.Iterate()
+	for it.Next(&k, &vs) {
+		if !keep[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("prune workload stats: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.maps.MlWorkloadStats.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("prune workload stats of %d: %w", k, err)
+		}
+	}
+	return len(stale), nil
+}
+
 // IngressStats returns the tc ingress counters, summed over CPUs.
 func (d *Datapath) IngressStats() (IngressStats, error) {
 	var vs []sockopsMlTcStats

@@ -41,5 +41,6 @@ func (*Datapath) AttachPodIngress(string, string, IngressOptions) error { return
 func (*Datapath) DetachPodIngress(string, string) error                 { return ErrNotSupported }
 func (*Datapath) Stats() (map[uint32]Stats, error)                      { return nil, ErrNotSupported }
 func (*Datapath) IngressStats() (IngressStats, error)                   { return IngressStats{}, ErrNotSupported }
+func (*Datapath) PruneStats(map[uint32]bool) (int, error)               { return 0, ErrNotSupported }
 func (*Datapath) Close() error                                          { return nil }
 func (*Datapath) Uninstall() error                                      { return ErrNotSupported }
