@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"istio.io/api/label"
+	networkingapi "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -76,6 +77,11 @@ type build struct {
 	seSelect   []seSelector
 	workloads  []*model.Workload
 	hostOwners map[string]string
+
+	validVS     []config[networkingapi.VirtualService] // oldest first
+	validRoutes []*gatewayv1.HTTPRoute
+	drFor       map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
+	wlByUID     map[string]*model.Workload
 }
 
 // Build translates in into a new snapshot and reports every rejected or
@@ -94,6 +100,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		kubeSvcs:   make(map[string]*corev1.Service),
 		svcsByNS:   make(map[string][]*corev1.Service),
 		hostOwners: make(map[string]string),
+		drFor:      make(map[string]config[networkingapi.DestinationRule]),
 	}
 	bd.translatePeerAuthentications()
 	bd.translateAuthorizationPolicies()
@@ -109,6 +116,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.buildWorkloadEntries()
 	bd.joinEndpoints()
 	bd.bindServiceWaypoints()
+	l7 := bd.buildL7()
 	bd.warnUnmatchedSelectors()
 	b.cache = bd.next
 
@@ -125,6 +133,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		Waypoints:             wps,
 		PeerAuthentications:   bd.peerAuths,
 		AuthorizationPolicies: bd.authz,
+		L7:                    l7,
 	})
 	return snap, bd.rej
 }

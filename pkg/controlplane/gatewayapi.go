@@ -35,7 +35,9 @@ func (bd *build) validateGateway(gw *gatewayv1.Gateway) {
 func (bd *build) validateRoutes() {
 	for _, k := range sortedKeys(bd.in.httpRoutes) {
 		rt := bd.in.httpRoutes[k]
-		validateHTTPRoute(rt, bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name))
+		if validateHTTPRoute(rt, bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name)) {
+			bd.validRoutes = append(bd.validRoutes, rt)
+		}
 	}
 	for _, k := range sortedKeys(bd.in.grpcRoutes) {
 		rt := bd.in.grpcRoutes[k]

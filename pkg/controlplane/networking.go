@@ -340,6 +340,7 @@ func (bd *build) translateDestinationRules() {
 		}
 		chosen[owner] = choice{lb: lb, local: local}
 		ms.LoadBalancing = lb
+		bd.drFor[owner] = c
 	}
 }
 
@@ -396,9 +397,16 @@ func simpleLB(v networkingapi.LoadBalancerSettings_SimpleLB) (model.LoadBalancin
 
 // validateVirtualServices checks hosts, regexes (RE2, as Istio) and destinations.
 func (bd *build) validateVirtualServices() {
-	for _, k := range sortedKeys(bd.in.virtualSvcs) {
+	keys := sortedKeys(bd.in.virtualSvcs)
+	sortByAge(keys, func(k string) model.ObjectMeta {
 		c := bd.in.virtualSvcs[k]
-		validateVirtualService(c, bd.rejecter(KindVirtualService, c.meta.Namespace, c.meta.Name))
+		return model.ObjectMeta{Namespace: c.meta.Namespace, Name: c.meta.Name, Created: c.meta.CreationTimestamp.Time}
+	})
+	for _, k := range keys {
+		c := bd.in.virtualSvcs[k]
+		if validateVirtualService(c, bd.rejecter(KindVirtualService, c.meta.Namespace, c.meta.Name)) {
+			bd.validVS = append(bd.validVS, c)
+		}
 	}
 }
 

@@ -28,6 +28,8 @@ type SnapshotInput struct {
 	PeerAuthentications []*PeerAuthentication
 	// AuthorizationPolicies are the translated AuthorizationPolicy objects.
 	AuthorizationPolicies []*AuthorizationPolicy
+	// L7 is the L7 configuration of each waypoint, by the waypoint's name.
+	L7 map[NamespacedName]*L7Config
 }
 
 // Snapshot is one immutable build of the mesh model with its indexes.
@@ -41,6 +43,7 @@ type Snapshot struct {
 	waypoints  map[NamespacedName]*Waypoint
 	peerAuths  []*PeerAuthentication
 	authz      map[NamespacedName]*AuthorizationPolicy
+	l7         map[NamespacedName]*L7Config
 	byIP       map[netip.Addr]Address
 	byNode     map[string][]*Workload
 	byHost     map[string]*Service
@@ -67,6 +70,7 @@ func NewSnapshot(in SnapshotInput) *Snapshot {
 		services:      make(map[string]*Service, len(in.Services)),
 		waypoints:     make(map[NamespacedName]*Waypoint, len(in.Waypoints)),
 		peerAuths:     in.PeerAuthentications,
+		l7:            in.L7,
 		authz:         make(map[NamespacedName]*AuthorizationPolicy, len(in.AuthorizationPolicies)),
 		byIP:          make(map[netip.Addr]Address, len(in.Workloads)+len(in.Services)),
 		byNode:        make(map[string][]*Workload),
@@ -207,6 +211,12 @@ func (s *Snapshot) PoliciesFor(w *Workload) []*policy.Policy {
 	return out
 }
 
+// L7Config returns the L7 configuration of a waypoint.
+func (s *Snapshot) L7Config(waypoint NamespacedName) (*L7Config, bool) {
+	c, ok := s.l7[waypoint]
+	return c, ok
+}
+
 // Workloads returns every workload, sorted by UID.
 func (s *Snapshot) Workloads() []*Workload {
 	out := make([]*Workload, 0, len(s.workloads))
@@ -255,13 +265,17 @@ type Delta struct {
 	PoliciesChanged []NamespacedName
 	// PoliciesRemoved are authorization policies gone.
 	PoliciesRemoved []NamespacedName
+	// L7Changed are waypoints whose L7 configuration was added or modified.
+	L7Changed []NamespacedName
+	// L7Removed are waypoints whose L7 configuration is gone.
+	L7Removed []NamespacedName
 }
 
 // Empty reports whether nothing changed.
 func (d Delta) Empty() bool {
 	return len(d.WorkloadsChanged)+len(d.WorkloadsRemoved)+len(d.ServicesChanged)+
 		len(d.ServicesRemoved)+len(d.WaypointsChanged)+len(d.WaypointsRemoved)+
-		len(d.PoliciesChanged)+len(d.PoliciesRemoved) == 0
+		len(d.PoliciesChanged)+len(d.PoliciesRemoved)+len(d.L7Changed)+len(d.L7Removed) == 0
 }
 
 // Diff returns what changed from old to s. old may be nil (everything is new).
@@ -276,6 +290,7 @@ func (s *Snapshot) Diff(old *Snapshot) Delta {
 	d.ServicesChanged, d.ServicesRemoved = diffMaps(old.services, s.services)
 	d.WaypointsChanged, d.WaypointsRemoved = diffMaps(old.waypoints, s.waypoints)
 	d.PoliciesChanged, d.PoliciesRemoved = diffMaps(old.authz, s.authz)
+	d.L7Changed, d.L7Removed = diffMaps(old.l7, s.l7)
 	sort.Strings(d.WorkloadsChanged)
 	sort.Strings(d.WorkloadsRemoved)
 	sort.Strings(d.ServicesChanged)
@@ -284,6 +299,8 @@ func (s *Snapshot) Diff(old *Snapshot) Delta {
 	sortNames(d.WaypointsRemoved)
 	sortNames(d.PoliciesChanged)
 	sortNames(d.PoliciesRemoved)
+	sortNames(d.L7Changed)
+	sortNames(d.L7Removed)
 	return d
 }
 

@@ -1,0 +1,590 @@
+package controlplane
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	networkingapi "istio.io/api/networking/v1alpha3"
+	securityapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// This file builds each waypoint's L7 configuration (model.L7Config) from the
+// services bound to it, their VirtualServices or HTTPRoutes (GAMMA: parentRef
+// to the Service), their DestinationRules and the RequestAuthentications
+// that target the waypoint or its services.
+//
+// Decisions:
+//   - One listener per service port; the route table of a port is the
+//     service's HTTPRoutes if any (Gateway API wins, as Istio ambient
+//     prefers it), else the oldest VirtualService for the host that applies
+//     to the mesh (no gateways, or "mesh" among them), else one default route
+//     to the service itself. Istio uses one VirtualService per host outside
+//     gateways; a newer one for the same host gets a warning.
+//   - A destination without a port uses the listener's port.
+//   - JWT providers are per waypoint: every RequestAuthentication that
+//     targets the waypoint Gateway or one of its services contributes.
+//   - A VirtualService or HTTPRoute whose translation fails L7Config
+//     validation is rejected and its hosts fall back to the default route.
+
+// clusterName is Istio's outbound cluster name for a host and port.
+func clusterName(host string, port uint32) string {
+	return "outbound|" + strconv.FormatUint(uint64(port), 10) + "||" + host
+}
+
+// l7Builder accumulates one waypoint's configuration.
+type l7Builder struct {
+	bd       *build
+	clusters map[string]*model.L7Cluster
+}
+
+// buildL7 returns the L7 configuration of every waypoint with services bound.
+func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
+	vsByHost := bd.meshVirtualServices()
+	routesBySvc := bd.httpRoutesByService()
+	out := map[model.NamespacedName]*model.L7Config{}
+	for _, key := range sortedWaypointKeys(bd.waypoints) {
+		lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
+		listeners := map[uint32]*model.L7Listener{}
+		for _, ms := range bd.services {
+			if ms.Waypoint == nil || ms.Waypoint.Waypoint != key {
+				continue
+			}
+			for _, sp := range ms.Ports {
+				l := listeners[sp.Port]
+				if l == nil {
+					l = &model.L7Listener{Name: "port-" + strconv.FormatUint(uint64(sp.Port), 10), Port: sp.Port}
+					listeners[sp.Port] = l
+				}
+				vh := model.VirtualHost{Name: ms.Hostname(), Domains: domains(ms)}
+				if rts := routesBySvc[ms.Key()]; len(rts) > 0 {
+					vh.Routes = lb.gatewayRoutes(rts, ms, sp.Port)
+				} else if vs, ok := vsByHost[ms.Hostname()]; ok {
+					vh.Routes = lb.virtualServiceRoutes(vs, sp.Port)
+				}
+				if len(vh.Routes) == 0 {
+					vh.Routes = []model.L7Route{{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}}
+				}
+				l.VirtualHosts = append(l.VirtualHosts, vh)
+			}
+		}
+		if len(listeners) == 0 {
+			continue
+		}
+		cfg := &model.L7Config{JWTProviders: bd.jwtProviders(key)}
+		ports := make([]uint32, 0, len(listeners))
+		for p := range listeners {
+			ports = append(ports, p)
+		}
+		sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
+		for _, p := range ports {
+			cfg.Listeners = append(cfg.Listeners, *listeners[p])
+		}
+		for _, name := range sortedKeys(lb.clusters) {
+			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
+		}
+		if err := cfg.Validate(); err != nil {
+			bd.rejecter(KindGateway, key.Namespace, key.Name).reject("waypoint L7 configuration is invalid, not pushed: %v", err)
+			continue
+		}
+		out[key] = cfg
+	}
+	return out
+}
+
+// domains are the Host values a service answers to inside the cluster.
+func domains(ms *model.Service) []string {
+	out := append([]string(nil), ms.Hostnames...)
+	if ms.Source == model.SourceKubernetes {
+		out = append(out, ms.Name, ms.Name+"."+ms.Namespace, ms.Name+"."+ms.Namespace+".svc")
+	}
+	for _, ip := range ms.VIPs {
+		out = append(out, ip.String())
+	}
+	return out
+}
+
+// cluster returns the name of the cluster for host:port, creating it from
+// the service that owns host and its DestinationRule.
+func (lb *l7Builder) cluster(host string, port uint32) string {
+	name := clusterName(host, port)
+	if _, ok := lb.clusters[name]; ok {
+		return name
+	}
+	c := &model.L7Cluster{Name: name}
+	if owner, ok := lb.bd.hostOwners[host]; ok {
+		ms := lb.bd.svcByKey[owner]
+		for _, ep := range ms.Endpoints {
+			if !ep.Ready {
+				continue
+			}
+			tp, ok := ep.Ports[port]
+			if !ok {
+				continue
+			}
+			var labels map[string]string
+			if w, ok := lb.bd.workloadByUID(ep.WorkloadUID); ok {
+				labels = w.Labels
+			}
+			hostPart := ep.Hostname
+			if len(ep.Addresses) > 0 {
+				hostPart = ep.Addresses[0].String()
+			}
+			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels})
+		}
+		if dr, ok := lb.bd.drFor[owner]; ok {
+			c.Traffic = trafficPolicy(dr.spec.GetTrafficPolicy())
+			for _, ss := range dr.spec.GetSubsets() {
+				sub := model.Subset{Name: ss.GetName(), Labels: ss.GetLabels()}
+				if ss.GetTrafficPolicy() != nil {
+					tp := trafficPolicy(ss.GetTrafficPolicy())
+					sub.Traffic = &tp
+				}
+				c.Subsets = append(c.Subsets, sub)
+			}
+		}
+	}
+	lb.clusters[name] = c
+	return name
+}
+
+func (bd *build) workloadByUID(uid string) (*model.Workload, bool) {
+	if uid == "" {
+		return nil, false
+	}
+	if bd.wlByUID == nil {
+		bd.wlByUID = make(map[string]*model.Workload, len(bd.workloads))
+		for _, w := range bd.workloads {
+			bd.wlByUID[w.UID] = w
+		}
+	}
+	w, ok := bd.wlByUID[uid]
+	return w, ok
+}
+
+func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
+	var out model.TrafficPolicy
+	lbs := tp.GetLoadBalancer()
+	out.LB.Simple, _ = simpleLB(lbs.GetSimple())
+	if ch := lbs.GetConsistentHash(); ch != nil {
+		switch {
+		case ch.GetHttpHeaderName() != "":
+			out.LB.ConsistentHash = &model.ConsistentHash{Header: ch.GetHttpHeaderName()}
+		case ch.GetHttpCookie() != nil:
+			out.LB.ConsistentHash = &model.ConsistentHash{Cookie: ch.GetHttpCookie().GetName()}
+		case ch.GetUseSourceIp():
+			out.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
+		}
+	}
+	cp := tp.GetConnectionPool()
+	out.Pool = model.ConnectionPool{
+		MaxConnections:           int(cp.GetTcp().GetMaxConnections()),
+		HTTP1MaxPendingRequests:  int(cp.GetHttp().GetHttp1MaxPendingRequests()),
+		HTTP2MaxRequests:         int(cp.GetHttp().GetHttp2MaxRequests()),
+		MaxRequestsPerConnection: int(cp.GetHttp().GetMaxRequestsPerConnection()),
+		IdleTimeout:              cp.GetHttp().GetIdleTimeout().AsDuration(),
+		ConnectTimeout:           cp.GetTcp().GetConnectTimeout().AsDuration(),
+	}
+	if od := tp.GetOutlierDetection(); od != nil {
+		o := &model.OutlierDetection{
+			Interval:           od.GetInterval().AsDuration(),
+			BaseEjectionTime:   od.GetBaseEjectionTime().AsDuration(),
+			MaxEjectionPercent: int(od.GetMaxEjectionPercent()),
+		}
+		if v := od.GetConsecutive_5XxErrors(); v != nil {
+			o.Consecutive5xxErrors = int(v.GetValue())
+		}
+		if v := od.GetConsecutiveGatewayErrors(); v != nil {
+			o.ConsecutiveGatewayErrors = int(v.GetValue())
+		}
+		out.Outlier = o
+	}
+	return out
+}
+
+// meshVirtualServices returns, per host, the oldest valid VirtualService
+// that applies to mesh traffic.
+func (bd *build) meshVirtualServices() map[string]config[networkingapi.VirtualService] {
+	out := map[string]config[networkingapi.VirtualService]{}
+	for _, c := range bd.validVS {
+		gws := c.spec.GetGateways()
+		mesh := len(gws) == 0
+		for _, g := range gws {
+			mesh = mesh || g == "mesh"
+		}
+		if !mesh {
+			continue
+		}
+		for _, h := range c.spec.GetHosts() {
+			host := bd.resolveHost(h, c.meta.Namespace)
+			if prev, taken := out[host]; taken {
+				bd.rejecter(KindVirtualService, c.meta.Namespace, c.meta.Name).warn("host %s is already routed by the older VirtualService %s/%s; ignored for it", host, prev.meta.Namespace, prev.meta.Name)
+				continue
+			}
+			out[host] = c
+		}
+	}
+	return out
+}
+
+// httpRoutesByService returns the HTTPRoutes whose parentRefs name a Service (GAMMA).
+func (bd *build) httpRoutesByService() map[string][]*gatewayv1.HTTPRoute {
+	out := map[string][]*gatewayv1.HTTPRoute{}
+	for _, rt := range bd.validRoutes {
+		for _, pr := range rt.Spec.ParentRefs {
+			if pr.Kind == nil || *pr.Kind != "Service" {
+				continue
+			}
+			ns := rt.Namespace
+			if pr.Namespace != nil && *pr.Namespace != "" {
+				ns = string(*pr.Namespace)
+			}
+			k := ns + "/" + string(pr.Name)
+			out[k] = append(out[k], rt)
+		}
+	}
+	return out
+}
+
+// virtualServiceRoutes translates the http routes of vs that apply to port.
+func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService], port uint32) []model.L7Route {
+	var routes []model.L7Route
+	for i, hr := range c.spec.GetHttp() {
+		r := model.L7Route{Name: hr.GetName()}
+		if r.Name == "" {
+			r.Name = fmt.Sprintf("%s.%s.%d", c.meta.Name, c.meta.Namespace, i)
+		}
+		portMatch := len(hr.GetMatch()) == 0
+		for _, m := range hr.GetMatch() {
+			if m.GetPort() != 0 && m.GetPort() != port {
+				continue
+			}
+			portMatch = true
+			r.Matches = append(r.Matches, routeMatch(m))
+		}
+		if !portMatch {
+			continue
+		}
+		for _, d := range hr.GetRoute() {
+			r.Destinations = append(r.Destinations, model.WeightedDestination{
+				Cluster:         lb.cluster(lb.bd.resolveHost(d.GetDestination().GetHost(), c.meta.Namespace), destPort(d.GetDestination(), port)),
+				Subset:          d.GetDestination().GetSubset(),
+				Weight:          weight(d.GetWeight(), len(hr.GetRoute())),
+				RequestHeaders:  headerOps(d.GetHeaders().GetRequest()),
+				ResponseHeaders: headerOps(d.GetHeaders().GetResponse()),
+			})
+		}
+		if rd := hr.GetRedirect(); rd != nil {
+			r.Redirect = &model.Redirect{Scheme: rd.GetScheme(), Authority: rd.GetAuthority(), Port: rd.GetPort(), URI: rd.GetUri(), Code: int(rd.GetRedirectCode())}
+		}
+		if dr := hr.GetDirectResponse(); dr != nil {
+			body := dr.GetBody().GetString_()
+			if b := dr.GetBody().GetBytes(); len(b) > 0 {
+				body = string(b)
+			}
+			r.DirectResponse = &model.DirectResponse{Status: int(dr.GetStatus()), Body: body}
+		}
+		if rw := hr.GetRewrite(); rw != nil {
+			r.Rewrite = &model.Rewrite{URIPrefix: rw.GetUri(), Authority: rw.GetAuthority()}
+			if rr := rw.GetUriRegexRewrite(); rr != nil {
+				r.Rewrite.URIRegex = &model.RegexRewrite{Pattern: rr.GetMatch(), Substitution: rr.GetRewrite()}
+			}
+		}
+		r.Timeout = hr.GetTimeout().AsDuration()
+		if rt := hr.GetRetries(); rt != nil {
+			p := &model.RetryPolicy{Attempts: int(rt.GetAttempts()), PerTryTimeout: rt.GetPerTryTimeout().AsDuration()}
+			for _, on := range strings.Split(rt.GetRetryOn(), ",") {
+				on = strings.TrimSpace(on)
+				if code, err := strconv.Atoi(on); err == nil {
+					p.RetriableStatusCodes = append(p.RetriableStatusCodes, code)
+					on = "retriable-status-codes"
+				}
+				if on != "" && !contains(p.RetryOn, on) {
+					p.RetryOn = append(p.RetryOn, on)
+				}
+			}
+			r.Retries = p
+		}
+		if f := hr.GetFault(); f != nil {
+			fi := &model.FaultInjection{}
+			if d := f.GetDelay(); d != nil {
+				//lint:ignore SA1019 users still write the integer percent field.
+				fi.Delay = &model.FaultDelay{Duration: d.GetFixedDelay().AsDuration(), Percent: percent(d.GetPercentage(), float64(d.GetPercent()))}
+			}
+			if a := f.GetAbort(); a != nil {
+				fi.Abort = &model.FaultAbort{HTTPStatus: int(a.GetHttpStatus()), GRPCStatus: a.GetGrpcStatus(), Percent: percent(a.GetPercentage(), 100)}
+			}
+			r.Fault = fi
+		}
+		if m := hr.GetMirror(); m != nil {
+			r.Mirrors = append(r.Mirrors, model.Mirror{
+				Cluster: lb.cluster(lb.bd.resolveHost(m.GetHost(), c.meta.Namespace), destPort(m, port)),
+				Subset:  m.GetSubset(), Percent: percent(hr.GetMirrorPercentage(), 100),
+			})
+		}
+		for _, m := range hr.GetMirrors() {
+			d := m.GetDestination()
+			r.Mirrors = append(r.Mirrors, model.Mirror{
+				Cluster: lb.cluster(lb.bd.resolveHost(d.GetHost(), c.meta.Namespace), destPort(d, port)),
+				Subset:  d.GetSubset(), Percent: percent(m.GetPercentage(), 100),
+			})
+		}
+		r.RequestHeaders = headerOps(hr.GetHeaders().GetRequest())
+		r.ResponseHeaders = headerOps(hr.GetHeaders().GetResponse())
+		routes = append(routes, r)
+	}
+	if err := lb.check(routes); err != nil {
+		lb.bd.rejecter(KindVirtualService, c.meta.Namespace, c.meta.Name).reject("%v", err)
+		return nil
+	}
+	return routes
+}
+
+// check validates routes against the clusters built so far.
+func (lb *l7Builder) check(routes []model.L7Route) error {
+	if len(routes) == 0 {
+		return nil
+	}
+	cfg := model.L7Config{Listeners: []model.L7Listener{{Name: "check", VirtualHosts: []model.VirtualHost{{Name: "check", Domains: []string{"*"}, Routes: routes}}}}}
+	for _, name := range sortedKeys(lb.clusters) {
+		cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
+	}
+	return cfg.Validate()
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func destPort(d *networkingapi.Destination, listener uint32) uint32 {
+	if p := d.GetPort().GetNumber(); p != 0 {
+		return p
+	}
+	return listener
+}
+
+// weight applies Istio's rule: a single destination gets all traffic.
+func weight(w int32, n int) uint32 {
+	if n == 1 && w == 0 {
+		return 100
+	}
+	if w < 0 {
+		return 0
+	}
+	return uint32(w)
+}
+
+func percent(p *networkingapi.Percent, def float64) float64 {
+	if p != nil {
+		return p.GetValue()
+	}
+	return def
+}
+
+func headerOps(h *networkingapi.Headers_HeaderOperations) model.HeaderOps {
+	if h == nil {
+		return model.HeaderOps{}
+	}
+	return model.HeaderOps{Set: h.GetSet(), Add: h.GetAdd(), Remove: h.GetRemove()}
+}
+
+func stringMatch(sm *networkingapi.StringMatch, ignoreCase bool) *model.StringMatch {
+	if sm == nil {
+		return nil
+	}
+	return &model.StringMatch{Exact: sm.GetExact(), Prefix: sm.GetPrefix(), Regex: sm.GetRegex(), IgnoreCase: ignoreCase}
+}
+
+func routeMatch(m *networkingapi.HTTPMatchRequest) model.RouteMatch {
+	rm := model.RouteMatch{
+		URI:             stringMatch(m.GetUri(), m.GetIgnoreUriCase()),
+		Method:          stringMatch(m.GetMethod(), false),
+		Authority:       stringMatch(m.GetAuthority(), false),
+		Port:            m.GetPort(),
+		SourceLabels:    m.GetSourceLabels(),
+		SourceNamespace: m.GetSourceNamespace(),
+	}
+	for _, name := range sortedKeys(m.GetHeaders()) {
+		rm.Headers = append(rm.Headers, headerMatch(name, m.GetHeaders()[name], false))
+	}
+	for _, name := range sortedKeys(m.GetWithoutHeaders()) {
+		rm.Headers = append(rm.Headers, headerMatch(name, m.GetWithoutHeaders()[name], true))
+	}
+	for _, name := range sortedKeys(m.GetQueryParams()) {
+		rm.QueryParams = append(rm.QueryParams, headerMatch(name, m.GetQueryParams()[name], false))
+	}
+	return rm
+}
+
+func headerMatch(name string, sm *networkingapi.StringMatch, invert bool) model.HeaderMatch {
+	hm := model.HeaderMatch{Name: name, Invert: invert}
+	if v := stringMatch(sm, false); v != nil {
+		hm.Value = *v
+	}
+	return hm
+}
+
+// gatewayRoutes translates HTTPRoute rules (GAMMA) for one service port.
+func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service, port uint32) []model.L7Route {
+	var all []model.L7Route
+	for _, rt := range rts {
+		var routes []model.L7Route
+		portOK := false
+		for _, pr := range rt.Spec.ParentRefs {
+			if pr.Kind != nil && *pr.Kind == "Service" && string(pr.Name) == ms.Name && (pr.Port == nil || uint32(*pr.Port) == port) {
+				portOK = true
+			}
+		}
+		if !portOK {
+			continue
+		}
+		for i, rule := range rt.Spec.Rules {
+			r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
+			if rule.Name != nil {
+				r.Name = string(*rule.Name)
+			}
+			for _, m := range rule.Matches {
+				rm := model.RouteMatch{}
+				if m.Path != nil && m.Path.Value != nil {
+					t := gatewayv1.PathMatchPathPrefix
+					if m.Path.Type != nil {
+						t = *m.Path.Type
+					}
+					switch t {
+					case gatewayv1.PathMatchExact:
+						rm.URI = &model.StringMatch{Exact: *m.Path.Value}
+					case gatewayv1.PathMatchRegularExpression:
+						rm.URI = &model.StringMatch{Regex: *m.Path.Value}
+					default:
+						rm.URI = &model.StringMatch{Prefix: *m.Path.Value}
+					}
+				}
+				if m.Method != nil {
+					rm.Method = &model.StringMatch{Exact: string(*m.Method)}
+				}
+				for _, h := range m.Headers {
+					hm := model.HeaderMatch{Name: string(h.Name), Value: model.StringMatch{Exact: h.Value}}
+					if h.Type != nil && *h.Type == gatewayv1.HeaderMatchRegularExpression {
+						hm.Value = model.StringMatch{Regex: h.Value}
+					}
+					rm.Headers = append(rm.Headers, hm)
+				}
+				for _, q := range m.QueryParams {
+					hm := model.HeaderMatch{Name: string(q.Name), Value: model.StringMatch{Exact: q.Value}}
+					if q.Type != nil && *q.Type == gatewayv1.QueryParamMatchRegularExpression {
+						hm.Value = model.StringMatch{Regex: q.Value}
+					}
+					rm.QueryParams = append(rm.QueryParams, hm)
+				}
+				r.Matches = append(r.Matches, rm)
+			}
+			for _, b := range rule.BackendRefs {
+				if b.Kind != nil && *b.Kind != "Service" {
+					continue
+				}
+				ns := rt.Namespace
+				if b.Namespace != nil && *b.Namespace != "" {
+					ns = string(*b.Namespace)
+				}
+				p := port
+				if b.Port != nil {
+					p = uint32(*b.Port)
+				}
+				w := uint32(1)
+				if b.Weight != nil && *b.Weight >= 0 {
+					w = uint32(*b.Weight)
+				}
+				host := string(b.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain
+				r.Destinations = append(r.Destinations, model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w})
+			}
+			if len(r.Destinations) == 0 {
+				r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no backends → 500
+			}
+			if rule.Timeouts != nil && rule.Timeouts.Request != nil {
+				if d, err := time.ParseDuration(string(*rule.Timeouts.Request)); err == nil {
+					r.Timeout = d
+				}
+			}
+			routes = append(routes, r)
+		}
+		if err := lb.check(routes); err != nil {
+			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).reject("%v", err)
+			continue
+		}
+		all = append(all, routes...)
+	}
+	return all
+}
+
+// jwtProviders collects the JWT rules of RequestAuthentications that target
+// the waypoint Gateway or a Service bound to it.
+func (bd *build) jwtProviders(wp model.NamespacedName) []model.JWTProvider {
+	var out []model.JWTProvider
+	for _, k := range sortedKeys(bd.in.requestAuths) {
+		c := bd.in.requestAuths[k]
+		if !bd.targetsWaypoint(c, wp) {
+			continue
+		}
+		var provs []model.JWTProvider
+		ok := true
+		for i, r := range c.spec.GetJwtRules() {
+			p := jwtProvider(fmt.Sprintf("%s/%s[%d]", c.meta.Namespace, c.meta.Name, i), r)
+			if err := p.Validate(); err != nil {
+				bd.rejecter(KindRequestAuthentication, c.meta.Namespace, c.meta.Name).reject("jwtRules[%d]: %v", i, err)
+				ok = false
+				break
+			}
+			provs = append(provs, p)
+		}
+		if ok {
+			out = append(out, provs...)
+		}
+	}
+	return out
+}
+
+func (bd *build) targetsWaypoint(c config[securityapi.RequestAuthentication], wp model.NamespacedName) bool {
+	refs := append([]*typeapi.PolicyTargetReference{c.spec.GetTargetRef()}, c.spec.GetTargetRefs()...)
+	for _, tr := range refs {
+		if tr == nil {
+			continue
+		}
+		switch tr.GetKind() {
+		case "Gateway":
+			if c.meta.Namespace == wp.Namespace && tr.GetName() == wp.Name {
+				return true
+			}
+		case "Service":
+			if ms, ok := bd.svcByKey[c.meta.Namespace+"/"+tr.GetName()]; ok && ms.Waypoint != nil && ms.Waypoint.Waypoint == wp {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func jwtProvider(name string, r *securityapi.JWTRule) model.JWTProvider {
+	p := model.JWTProvider{
+		Name: name, Issuer: r.GetIssuer(), Audiences: r.GetAudiences(), JWKS: r.GetJwks(), JWKSURI: r.GetJwksUri(),
+		FromParams: r.GetFromParams(), ForwardOriginalToken: r.GetForwardOriginalToken(), OutputPayloadToHeader: r.GetOutputPayloadToHeader(),
+	}
+	for _, h := range r.GetFromHeaders() {
+		p.FromHeaders = append(p.FromHeaders, model.JWTHeader{Name: h.GetName(), Prefix: h.GetPrefix()})
+	}
+	for _, ch := range r.GetOutputClaimToHeaders() {
+		p.OutputClaimToHeaders = append(p.OutputClaimToHeaders, model.ClaimToHeader{Header: ch.GetHeader(), Claim: ch.GetClaim()})
+	}
+	return p
+}

@@ -1,0 +1,168 @@
+package controlplane
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// bookinfo is Istio's reviews example in an ambient namespace with a waypoint.
+func bookinfo(extra ...string) []string {
+	docs := []string{
+		ns("bookinfo", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint"),
+		waypoint("bookinfo", "waypoint", "10.96.9.9", ""),
+		pod("bookinfo", "reviews-v1", "10.0.0.1", "n1", "app=reviews,version=v1"),
+		pod("bookinfo", "reviews-v2", "10.0.0.2", "n1", "app=reviews,version=v2"),
+		`apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+`,
+	}
+	return append(docs, extra...)
+}
+
+// Istio's "Request Routing" task: jason goes to v2, everyone else to v1,
+// with the DestinationRule defining the subsets.
+const reviewsRouting = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: default
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,503"}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+`
+
+func TestWaypointL7FromVirtualService(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(reviewsRouting)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	const cluster = "outbound|9080||reviews.bookinfo.svc.cluster.local"
+	want := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "port-9080", Port: 9080, VirtualHosts: []model.VirtualHost{{
+			Name:    "reviews.bookinfo.svc.cluster.local",
+			Domains: []string{"reviews.bookinfo.svc.cluster.local", "reviews", "reviews.bookinfo", "reviews.bookinfo.svc", "10.96.0.20"},
+			Routes: []model.L7Route{
+				{
+					Name:         "jason",
+					Matches:      []model.RouteMatch{{Headers: []model.HeaderMatch{{Name: "end-user", Value: model.StringMatch{Exact: "jason"}}}}},
+					Destinations: []model.WeightedDestination{{Cluster: cluster, Subset: "v2", Weight: 100}},
+				},
+				{
+					Name:         "default",
+					Destinations: []model.WeightedDestination{{Cluster: cluster, Subset: "v1", Weight: 90}, {Cluster: cluster, Subset: "v2", Weight: 10}},
+					Timeout:      2 * time.Second,
+					Retries:      &model.RetryPolicy{Attempts: 3, PerTryTimeout: 500 * time.Millisecond, RetryOn: []string{"5xx", "retriable-status-codes"}, RetriableStatusCodes: []int{503}},
+				},
+			},
+		}}}},
+		Clusters: []model.L7Cluster{{
+			Name: cluster,
+			Endpoints: []model.L7Endpoint{
+				{Address: "10.0.0.1:8080", Labels: map[string]string{"app": "reviews", "version": "v1"}},
+				{Address: "10.0.0.2:8080", Labels: map[string]string{"app": "reviews", "version": "v2"}},
+			},
+			Subsets: []model.Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}},
+			Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}},
+		}},
+	}
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestWaypointL7DefaultRouteAndRejectedVirtualService(t *testing.T) {
+	// Fault injection of 250% passes the CRD schema but not L7 validation: the
+	// VirtualService is rejected and the service keeps its default route.
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad-fault, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - fault: {abort: {httpStatus: 503, percentage: {value: 250}}}
+    route: [{destination: {host: reviews}}]
+`)...))
+	if !hasRejection(rej, "VirtualService bookinfo/bad-fault", false) {
+		t.Errorf("rejections = %v; want bookinfo/bad-fault rejected", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	routes := cfg.Listeners[0].VirtualHosts[0].Routes
+	if len(routes) != 1 || routes[0].Name != "default" || routes[0].Destinations[0].Cluster != "outbound|9080||reviews.bookinfo.svc.cluster.local" {
+		t.Errorf("routes = %+v; want only the default route to reviews", routes)
+	}
+}
+
+func TestWaypointL7FromHTTPRouteAndJWT(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: reviews, port: 9080}]
+    timeouts: {request: 3s}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwksUri: "https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json"
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	routes := cfg.Listeners[0].VirtualHosts[0].Routes
+	wantRoutes := []model.L7Route{{
+		Name:         "reviews.bookinfo.0",
+		Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/v2"}}},
+		Destinations: []model.WeightedDestination{{Cluster: "outbound|9080||reviews.bookinfo.svc.cluster.local", Weight: 1}},
+		Timeout:      3 * time.Second,
+	}}
+	if diff := cmp.Diff(wantRoutes, routes); diff != "" {
+		t.Errorf("routes mismatch (-want +got):\n%s", diff)
+	}
+	if len(cfg.JWTProviders) != 1 || cfg.JWTProviders[0].Issuer != "testing@secure.istio.io" {
+		t.Errorf("JWTProviders = %+v; want the testing@secure.istio.io issuer", cfg.JWTProviders)
+	}
+}
