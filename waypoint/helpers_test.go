@@ -225,3 +225,5 @@ func sampleValue(m *dto.Metric) float64 {
 }
 
 var _ = policy.Allow
+
+type dtoLabel = dto.LabelPair

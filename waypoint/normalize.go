@@ -32,6 +32,11 @@ func normalizePath(raw string) (string, error) {
 	if raw == "" || raw[0] != '/' {
 		return "", errBadPath
 	}
+	if clean, err := alreadyNormal(raw); err != nil {
+		return "", err
+	} else if clean {
+		return raw, nil
+	}
 	var b strings.Builder
 	b.Grow(len(raw))
 	for i := 0; i < len(raw); i++ {
@@ -64,6 +69,33 @@ func normalizePath(raw string) (string, error) {
 		}
 	}
 	return removeDotSegments(b.String()), nil
+}
+
+// alreadyNormal is the allocation-free fast path: it reports whether raw
+// has no escapes, backslashes, empty or dot segments.
+func alreadyNormal(raw string) (bool, error) {
+	segStart := 0
+	for i := 0; i <= len(raw); i++ {
+		if i < len(raw) {
+			c := raw[i]
+			switch {
+			case c < 0x20 || c == 0x7f || c == '#':
+				return false, errBadPath
+			case c == '%' || c == '\\':
+				return false, nil
+			case c != '/':
+				continue
+			}
+		}
+		if i > 0 {
+			seg := raw[segStart:i]
+			if seg == "." || seg == ".." || (seg == "" && i < len(raw)) {
+				return false, nil
+			}
+		}
+		segStart = i + 1
+	}
+	return true, nil
 }
 
 // removeDotSegments merges slashes and resolves "." and ".." segments.

@@ -234,7 +234,10 @@ func TestHTTP2(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); p.Serve(ctx, l, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}) }()
+	go func() {
+		defer close(done)
+		p.Serve(ctx, l, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	}()
 	t.Cleanup(func() { cancel(); <-done })
 	pool := x509.NewCertPool()
 	leaf, _ := x509.ParseCertificate(cert.Certificate[0])

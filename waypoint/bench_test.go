@@ -1,0 +1,106 @@
+package waypoint
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+var payload = strings.Repeat("x", 1024)
+
+func benchBackend(b testing.TB) string {
+	return backend(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, payload)
+	}))
+}
+
+func benchProxy(b testing.TB, app string) *harness {
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", app)},
+		model.L7Route{Name: "api", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api"}}}, Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "deny-admin", Action: policy.Deny, Rules: []policy.Rule{{To: []policy.Operation{{Paths: []string{"/admin*"}}}}}}}
+	return start(b, cfg, func(o *Options) { o.AccessLog = nil })
+}
+
+func doGet(b testing.TB, c *http.Client, url string) {
+	resp, err := c.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b.Fatalf("GET %s = %d", url, resp.StatusCode)
+	}
+}
+
+// BenchmarkRequest compares one 1 KiB GET straight to the backend with the
+// same request through the waypoint (route match, DENY policy, metrics).
+func BenchmarkRequest(b *testing.B) {
+	app := benchBackend(b)
+	h := benchProxy(b, app)
+	for _, bc := range []struct{ name, url string }{
+		{"direct", "http://" + app + "/api/v1"},
+		{"proxy", h.url + "/api/v1"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := newClient(b)
+			b.ReportAllocs()
+			for b.Loop() {
+				doGet(b, c, bc.url)
+			}
+		})
+	}
+}
+
+// BenchmarkProxyOverhead reports the ratio of time per request through the
+// proxy to time per request direct, measured side by side.
+func BenchmarkProxyOverhead(b *testing.B) {
+	app := benchBackend(b)
+	h := benchProxy(b, app)
+	c := newClient(b)
+	var direct, proxied time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		doGet(b, c, "http://"+app+"/api/v1")
+		t1 := time.Now()
+		doGet(b, c, h.url+"/api/v1")
+		direct += t1.Sub(t0)
+		proxied += time.Since(t1)
+	}
+	b.ReportMetric(float64(proxied)/float64(direct), "proxy/direct")
+}
+
+func TestHotPathAllocs(t *testing.T) {
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", "127.0.0.1:1")},
+		model.L7Route{Name: "h", Matches: []model.RouteMatch{{Headers: []model.HeaderMatch{{Name: "end-user", Value: model.StringMatch{Exact: "jason"}}}}}, Destinations: to("app")},
+		model.L7Route{Name: "api", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api"}}}, Destinations: to("app")})
+	c, err := compile(cfg, nil, &Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &routeInput{path: "/api/v1", method: "GET", authority: "reviews:9080", header: http.Header{"End-User": {"alice"}}}
+	tests := []struct {
+		name string
+		max  float64
+		fn   func()
+	}{
+		{"normalizePath clean", 0, func() { normalizePath("/api/v1/reviews/1") }},
+		{"normalizePath dirty", 5, func() { normalizePath("//api/./v1/../v2%2Fx") }},
+		{"findRoute", 0, func() { c.selectListener(0).findRoute(in) }},
+		{"policy.Evaluate", 0, func() {
+			policy.Evaluate(cfg.Policies, &policy.Request{Path: "/api/v1", Method: "GET"})
+		}},
+	}
+	for _, tt := range tests {
+		if got := testing.AllocsPerRun(100, tt.fn); got > tt.max {
+			t.Errorf("%s allocates %v times per call; want at most %v", tt.name, got, tt.max)
+		}
+	}
+}
