@@ -128,6 +128,15 @@ func run(f flags) error {
 	rec, err := enroll.New(enroll.Options{
 		Client: client, NodeName: f.nodeName, SnapshotPath: f.cniState,
 		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf, NetnsDir: f.netnsDir,
+		AfterSync: func() {
+			res, err := ag.ReconcileDatapath()
+			if err != nil {
+				log.Printf("%v", err)
+				return
+			}
+			log.Printf("data path reconciled: %d pods written, %d stale removed, %d stale connections dropped",
+				len(res.Upserted), len(res.Removed), res.RemovedConns)
+		},
 	})
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ type Datapath interface {
 	OriginalDst(c net.Conn) (netip.AddrPort, error)
 	AttachPodIngress(nsPath, ifname string, opts ebpf.IngressOptions) error
 	DetachPodIngress(nsPath, ifname string) error
+	Reconcile(desired map[uint64]ebpf.Pod) (ebpf.ReconcileResult, error)
 }
 
 // Mesh is what the proxies need from the pushed config, the tunnel and
@@ -75,6 +76,10 @@ type Options struct {
 	// DrainTimeout bounds how long open connections may finish when the
 	// agent stops or a pod leaves the mesh. Zero means 30s.
 	DrainTimeout time.Duration
+	// HostAddrs returns the addresses of the agent's (the node's) network
+	// namespace: plaintext from them to a pod's probe ports is the kubelet's
+	// and passes STRICT. Nil means the interfaces' addresses, read each time.
+	HostAddrs func() []netip.Addr
 	// Errorf logs. Nil discards.
 	Errorf func(format string, args ...any)
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,27 @@ func TestEnrollDataPath(t *testing.T) {
 	}
 	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "destination"); got != 1 {
 		t.Errorf("connections opened (reporter=destination) = %v; want 1 (B's inbound was steered)", got)
+	}
+
+	// An entry a previous agent left for a pod that is gone is dropped by
+	// the reconcile after start; the live pods' entries stay.
+	const staleCookie = 0xdead
+	if err := dp.Enroll(staleCookie, ebpf.Pod{WorkloadID: 99, IPv4: netip.MustParseAddr("198.19.4.99")}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ag.ReconcileDatapath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(res.Removed, uint64(staleCookie)) {
+		t.Errorf("ReconcileDatapath removed %v; want the stale cookie %#x", res.Removed, staleCookie)
+	}
+	enrolled, err := dp.Enrolled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := enrolled[staleCookie]; ok || len(enrolled) != 2 {
+		t.Errorf("data path enrolled after reconcile = %v; want exactly pods A and B", enrolled)
 	}
 
 	// A leaves the mesh: its next connect is not captured; B still steers.

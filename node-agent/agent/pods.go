@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +29,7 @@ type Agent struct {
 type enrolledPod struct {
 	pod    enroll.Pod
 	cookie uint64
+	rec    ebpf.Pod
 	proxy  *proxy.Proxy
 }
 
@@ -54,6 +58,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Errorf == nil {
 		opts.Errorf = func(string, ...any) {}
+	}
+	if opts.HostAddrs == nil {
+		opts.HostAddrs = interfaceAddrs
 	}
 	return &Agent{opts: opts, pods: map[string]*enrolledPod{}, workloads: map[string]uint32{}}, nil
 }
@@ -100,6 +107,9 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	popts := proxy.Options{
 		Pod: pp, Mark: o.AgentMark, ReturnMark: o.ReturnMark,
 		OriginalDst: o.Datapath.OriginalDst, Metrics: o.Metrics, Errorf: o.Errorf,
+		ProbeExempt: func(src netip.Addr, port uint16) bool {
+			return slices.Contains(p.ProbePorts, port) && slices.Contains(o.HostAddrs(), src)
+		},
 	}
 	if m := o.Mesh; m != nil {
 		popts.Resolve, popts.DialTunnel, popts.ServeTunnel = m.Resolve, m.DialTunnel, m.ServeTunnel
@@ -136,8 +146,42 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	if err := o.Datapath.Enroll(cookie, rec); err != nil {
 		return fmt.Errorf("start capture: %w", err)
 	}
-	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, proxy: px}
+	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, rec: rec, proxy: px}
 	return nil
+}
+
+// ReconcileDatapath makes the data path's enrolled set exactly the agent's:
+// entries a previous agent left for pods that are gone, or for a pod IP now
+// used by another pod, are removed. Run it once every running pod has been
+// enrolled after a start.
+func (a *Agent) ReconcileDatapath() (ebpf.ReconcileResult, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	desired := make(map[uint64]ebpf.Pod, len(a.pods))
+	for _, ep := range a.pods {
+		desired[ep.cookie] = ep.rec
+	}
+	res, err := a.opts.Datapath.Reconcile(desired)
+	if err != nil {
+		return res, fmt.Errorf("reconcile data path: %w", err)
+	}
+	return res, nil
+}
+
+func interfaceAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
 }
 
 func ifName(p enroll.Pod) string {

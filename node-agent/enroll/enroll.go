@@ -17,9 +17,11 @@ package enroll
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Label is the dataplane-mode label on namespaces and pods.
@@ -44,6 +46,9 @@ type Pod struct {
 	IPs []netip.Addr
 	// Netns is the path of its network namespace.
 	Netns string
+	// ProbePorts are the container ports the kubelet probes (HTTP, TCP and
+	// gRPC probes), sorted; they stay reachable for the kubelet under STRICT.
+	ProbePorts []uint16
 	// IfName is the pod's interface in Netns, as the CNI plugin reported
 	// it; empty when unknown (eth0 by convention).
 	IfName string
@@ -95,4 +100,41 @@ func podIPs(pod *corev1.Pod) []netip.Addr {
 		}
 	}
 	return ips
+}
+
+// ProbePorts returns the ports of the pod's HTTP, TCP and gRPC probes,
+// resolving named ports against the container's ports, sorted and unique.
+func ProbePorts(pod *corev1.Pod) []uint16 {
+	var out []uint16
+	add := func(p uint16) {
+		if p != 0 && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		named := func(port intstr.IntOrString) uint16 {
+			if port.Type == intstr.Int {
+				return uint16(port.IntVal)
+			}
+			for _, cp := range c.Ports {
+				if cp.Name == port.StrVal {
+					return uint16(cp.ContainerPort)
+				}
+			}
+			return 0
+		}
+		for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+			switch {
+			case pr == nil:
+			case pr.HTTPGet != nil:
+				add(named(pr.HTTPGet.Port))
+			case pr.TCPSocket != nil:
+				add(named(pr.TCPSocket.Port))
+			case pr.GRPC != nil:
+				add(uint16(pr.GRPC.Port))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }

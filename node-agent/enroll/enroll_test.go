@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshlet/meshlet/node-agent/cni"
@@ -124,6 +125,7 @@ func TestReconcilerLive(t *testing.T) {
 	client.CoreV1().Pods("shop").Create(context.Background(), hostNet, metav1.CreateOptions{})
 
 	rec := &recorder{set: map[string]Pod{}}
+	afterSync := make(chan []string, 2)
 	snap := filepath.Join(t.TempDir(), "enrollment.json")
 	r, err := New(Options{
 		Client: client, NodeName: node, SnapshotPath: snap, Errorf: t.Logf,
@@ -140,6 +142,9 @@ func TestReconcilerLive(t *testing.T) {
 			return nil
 		},
 		FindNetns: func(uid string, ips []netip.Addr) (string, error) { return "/proc/self/ns/net", nil },
+		AfterSync: func() {
+			afterSync <- rec.names()
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -156,6 +161,14 @@ func TestReconcilerLive(t *testing.T) {
 		}
 	}
 	eventually(t, "initial enrollment", want("plain/optin", "shop/cart"))
+	select {
+	case got := <-afterSync:
+		if d := cmp.Diff([]string{"plain/optin", "shop/cart"}, got); d != "" {
+			t.Errorf("AfterSync ran before the initial enrollment was done (-want +got):\n%s", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AfterSync not called")
+	}
 	rec.mu.Lock()
 	cart := rec.set["shop/cart"]
 	rec.mu.Unlock()
@@ -185,6 +198,9 @@ func TestReconcilerLive(t *testing.T) {
 	client.CoreV1().Pods("plain").Update(ctx, pod("plain", "web", node, "198.19.3.13", map[string]string{Label: ModeNone}), metav1.UpdateOptions{})
 	client.CoreV1().Pods("plain").Delete(ctx, "optin", metav1.DeleteOptions{})
 	eventually(t, "after opt-out and delete", want())
+	if len(afterSync) != 0 {
+		t.Error("AfterSync called more than once")
+	}
 }
 
 func TestCNIAdd(t *testing.T) {
@@ -270,5 +286,23 @@ func TestCNIAddNodePath(t *testing.T) {
 	}
 	if want := filepath.Join(dir, "cni-1234"); got.Netns != want || got.IfName != "eth0" {
 		t.Errorf("enrolled netns %q ifname %q; want %q, eth0", got.Netns, got.IfName, want)
+	}
+}
+
+func TestProbePorts(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{
+			Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+			LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromString("http")}}},
+			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt32(8080)}}},
+			StartupProbe:   &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}},
+		},
+		{
+			LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(6379)}}},
+			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9090}}},
+		},
+	}}}
+	if d := cmp.Diff([]uint16{6379, 8080, 9090}, ProbePorts(pod)); d != "" {
+		t.Errorf("ProbePorts (-want +got):\n%s", d)
 	}
 }

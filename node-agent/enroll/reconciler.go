@@ -52,6 +52,10 @@ type Options struct {
 	// Resync is the informers' resync period, which also retries pods whose
 	// netns could not be found. Zero means 30s.
 	Resync time.Duration
+	// AfterSync is called once, after the informers synced and every pod
+	// they delivered was reconciled once (so a restarted agent can drop
+	// state no running pod claims). Nil means nothing.
+	AfterSync func()
 	// Errorf logs reconcile failures. Nil discards.
 	Errorf func(format string, args ...any)
 }
@@ -66,7 +70,8 @@ type Reconciler struct {
 	factories []informers.SharedInformerFactory
 	queue     workqueue.TypedRateLimitingInterface[string]
 
-	synced atomic.Bool // informers synced once
+	hasSynced []cache.InformerSynced
+	synced    atomic.Bool // informers synced once
 
 	mu       sync.Mutex        // serializes enroll/unenroll and guards below
 	enrolled map[string]Pod    // by namespace/name
@@ -117,10 +122,11 @@ func New(opts Options) (*Reconciler, error) {
 			r.queue.Add(key)
 		}
 	}
-	if _, err := r.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	podReg, err := r.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueuePod, DeleteFunc: enqueuePod,
 		UpdateFunc: func(_, obj any) { enqueuePod(obj) },
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("watch pods: %w", err)
 	}
 	enqueueNS := func(obj any) {
@@ -135,12 +141,15 @@ func New(opts Options) (*Reconciler, error) {
 		}
 		r.queue.Add(nsKey(ns.Name))
 	}
-	if _, err := r.nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nsReg, err := r.nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueueNS, DeleteFunc: enqueueNS,
 		UpdateFunc: func(_, obj any) { enqueueNS(obj) },
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("watch namespaces: %w", err)
 	}
+	// Synced once every initial object reached the handlers (and the queue).
+	r.hasSynced = []cache.InformerSynced{podReg.HasSynced, nsReg.HasSynced}
 	return r, nil
 }
 
@@ -159,7 +168,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			f.Shutdown()
 		}
 	}()
-	if !cache.WaitForCacheSync(ctx.Done(), r.podInf.HasSynced, r.nsInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), r.hasSynced...) {
 		return fmt.Errorf("sync pod and namespace informers: %w", ctx.Err())
 	}
 	r.writeSnapshot()
@@ -168,7 +177,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		<-ctx.Done()
 		r.queue.ShutDown()
 	}()
+	afterSync := r.opts.AfterSync
 	for {
+		if afterSync != nil && r.queue.Len() == 0 {
+			afterSync()
+			afterSync = nil
+		}
 		key, quit := r.queue.Get()
 		if quit {
 			return nil
@@ -267,7 +281,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod,
 	want := Pod{
 		UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
 		ServiceAccount: pod.Spec.ServiceAccountName, Workload: WorkloadName(pod),
-		IPs: podIPs(pod),
+		IPs: podIPs(pod), ProbePorts: ProbePorts(pod),
 	}
 	if want.ServiceAccount == "" {
 		want.ServiceAccount = "default"
@@ -330,7 +344,7 @@ func (r *Reconciler) localNetns(p string) string {
 
 func samePod(a, b Pod) bool {
 	return a.UID == b.UID && a.Netns == b.Netns && a.ServiceAccount == b.ServiceAccount &&
-		a.Workload == b.Workload && slices.Equal(a.IPs, b.IPs)
+		a.Workload == b.Workload && slices.Equal(a.IPs, b.IPs) && slices.Equal(a.ProbePorts, b.ProbePorts)
 }
 
 func exists(path string) bool {

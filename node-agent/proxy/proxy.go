@@ -172,6 +172,10 @@ type Options struct {
 	// PeerAuth returns the PeerAuthentication mode for a port of the pod.
 	// Nil means PERMISSIVE everywhere.
 	PeerAuth func(pod Pod, port uint16) Mode
+	// ProbeExempt says whether a plaintext connection from src to port is a
+	// kubelet probe, served under STRICT (the kubelet is not in the mesh).
+	// It still goes through Authorize. Nil exempts nothing.
+	ProbeExempt func(src netip.Addr, port uint16) bool
 	// Authorize decides L4 authorization. Nil allows everything.
 	Authorize func(ctx context.Context, r AuthzRequest) Decision
 	// Metrics receives connection and byte counts. Nil counts nothing.

@@ -42,6 +42,7 @@ type mesh struct {
 
 type meshConfig struct {
 	mode      Mode
+	probe     func(netip.Addr, uint16) bool
 	authorize func(context.Context, AuthzRequest) Decision
 }
 
@@ -87,6 +88,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 			DialTunnel:  testDialTunnel(agentMark),
 			ServeTunnel: testServeTunnel,
 			PeerAuth:    func(Pod, uint16) Mode { return cfg.mode },
+			ProbeExempt: cfg.probe,
 			Authorize:   cfg.authorize,
 			Errorf:      t.Logf,
 		}
@@ -245,16 +247,25 @@ func TestInboundPolicy(t *testing.T) {
 
 func TestPlaintextInbound(t *testing.T) {
 	tests := []struct {
+		name      string
 		mode      Mode
+		probe     func(netip.Addr, uint16) bool
 		wantReset bool
 	}{
-		{mode: ModeStrict, wantReset: true},
-		{mode: ModePermissive},
+		{name: "STRICT", mode: ModeStrict, wantReset: true},
+		{name: "PERMISSIVE", mode: ModePermissive},
+		// A kubelet probe from the node (here: pod A's address) to the app's
+		// probe port is served under STRICT; anything else is not.
+		{name: "STRICT probe", mode: ModeStrict, probe: func(src netip.Addr, port uint16) bool {
+			return src == netip.MustParseAddr("198.19.4.1") && port == appPort
+		}},
+		{name: "STRICT other port exempt", mode: ModeStrict, wantReset: true, probe: func(src netip.Addr, port uint16) bool {
+			return port == 9999
+		}},
 	}
 	for _, tt := range tests {
-		name := map[Mode]string{ModeStrict: "STRICT", ModePermissive: "PERMISSIVE"}[tt.mode]
-		t.Run(name, func(t *testing.T) {
-			m := newMesh(t, "mlna-pt", meshConfig{mode: tt.mode})
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMesh(t, "mlna-pt", meshConfig{mode: tt.mode, probe: tt.probe})
 			c, err := netns.Dial(context.Background(), m.a.Netns, netip.AddrPortFrom(m.b.IPs[0], PortInbound).String(), netns.DialOptions{Timeout: 5 * time.Second})
 			var got string
 			if err == nil {

@@ -227,7 +227,7 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	if o.PeerAuth != nil {
 		mode = o.PeerAuth(o.Pod, dst.Port())
 	}
-	if mode == ModeStrict {
+	if mode == ModeStrict && (o.ProbeExempt == nil || !o.ProbeExempt(src.Addr(), dst.Port())) {
 		refuse(ReasonStrict)
 		return
 	}
