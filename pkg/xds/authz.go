@@ -17,7 +17,7 @@ var l4Keys = map[string]bool{
 }
 
 var actions = map[policy.Action]meshv1.Authorization_Action{
-	"":            meshv1.Authorization_ALLOW,
+	"":           meshv1.Authorization_ALLOW,
 	policy.Allow: meshv1.Authorization_ALLOW,
 	policy.Deny:  meshv1.Authorization_DENY,
 	policy.Audit: meshv1.Authorization_AUDIT,

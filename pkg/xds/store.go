@@ -79,16 +79,18 @@ func ServiceKey(s *meshv1.Service) string { return s.GetNamespace() + "/" + s.Ge
 
 func workloadAddress(w *meshv1.Workload) *meshv1.Address {
 	return &meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
-		Uid:       w.GetUid(),
-		Name:      w.GetName(),
-		Namespace: w.GetNamespace(),
-		Addresses: w.GetAddresses(),
-		Node:      w.GetNode(),
-		Identity:  w.GetIdentity(),
-		Waypoint:  w.GetWaypoint(),
-		Enrolled:  w.GetEnrolled(),
-		Services:  w.GetServices(),
-		Network:   w.GetNetwork(),
+		Uid:           w.GetUid(),
+		Name:          w.GetName(),
+		Namespace:     w.GetNamespace(),
+		Addresses:     w.GetAddresses(),
+		Node:          w.GetNode(),
+		Identity:      w.GetIdentity(),
+		Waypoint:      w.GetWaypoint(),
+		Enrolled:      w.GetEnrolled(),
+		Services:      w.GetServices(),
+		Network:       w.GetNetwork(),
+		Status:        w.GetStatus(),
+		CanonicalName: w.GetCanonicalName(),
 	}}}
 }
 

@@ -117,6 +117,9 @@ func gatewayAddress(snap *model.Snapshot, ref *model.WaypointRef) *meshv1.Gatewa
 		return nil
 	}
 	ga := &meshv1.GatewayAddress{Namespace: ref.Waypoint.Namespace, Name: ref.Waypoint.Name, HbonePort: 15008}
+	if wp, ok := snap.Waypoint(ref.Waypoint); ok {
+		ga.Identity, ga.WaypointFor = wp.Identity, string(wp.For)
+	}
 	if svc, ok := snap.Service(ref.Waypoint.Namespace + "/" + ref.Waypoint.Name); ok {
 		ga.Hostname = svc.Hostname()
 	}
@@ -140,6 +143,9 @@ func translateWorkload(snap *model.Snapshot, mw *model.Workload) *meshv1.Workloa
 		Enrolled:          mw.Enrolled,
 		CanonicalName:     mw.CanonicalName,
 		CanonicalRevision: mw.CanonicalRevision,
+	}
+	if !mw.Ready {
+		w.Status = meshv1.WorkloadStatus_UNHEALTHY
 	}
 	if len(mw.Services) > 0 {
 		w.Services = make(map[string]*meshv1.PortList, len(mw.Services))

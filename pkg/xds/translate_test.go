@@ -31,8 +31,8 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 	a := &model.Workload{
 		UID: "uid-a", Name: "web-a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr(podIP)},
 		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", Enrolled: true, Waypoint: wp,
-		CanonicalName: "web", CanonicalRevision: "v1",
-		Services:           []model.ServiceBinding{{Service: model.NamespacedName{Namespace: "ns1", Name: "web"}, Hostname: "web.ns1.svc.cluster.local", Ports: map[uint32]uint32{80: 8080}}},
+		CanonicalName: "web", CanonicalRevision: "v1", Ready: true,
+		Services:              []model.ServiceBinding{{Service: model.NamespacedName{Namespace: "ns1", Name: "web"}, Hostname: "web.ns1.svc.cluster.local", Ports: map[uint32]uint32{80: 8080}}},
 		PeerAuthentication:    model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{9090: model.MTLSPermissive}},
 		AuthorizationPolicies: []model.NamespacedName{{Namespace: "ns1", Name: "web-allow"}},
 	}
@@ -41,7 +41,8 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 		Rules: []policy.Rule{{From: []policy.Source{{Namespaces: []string{"ns1"}}}}},
 	}}
 	b := &model.Workload{UID: "uid-b", Name: "db-b", Namespace: "ns1", Node: "node-b", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.20")}, Identity: "spiffe://cluster.local/ns/ns1/sa/default"}
-	return model.NewSnapshot(model.SnapshotInput{Version: version, Workloads: []*model.Workload{a, b}, Services: []*model.Service{web, wpSvc, ext}, AuthorizationPolicies: []*model.AuthorizationPolicy{authz}})
+	return model.NewSnapshot(model.SnapshotInput{Version: version, Workloads: []*model.Workload{a, b}, Services: []*model.Service{web, wpSvc, ext}, AuthorizationPolicies: []*model.AuthorizationPolicy{authz},
+		Waypoints: []*model.Waypoint{{Name: "waypoint", Namespace: "ns1", For: model.WaypointForAll, Addresses: wp.Addresses, Identity: "spiffe://cluster.local/ns/ns1/sa/waypoint"}}})
 }
 
 // TestApplySnapshot: a model snapshot reaches a node agent translated, and
@@ -55,7 +56,10 @@ func TestApplySnapshot(t *testing.T) {
 	c, ev := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
 	waitSynced(t, c)
 
-	wantWaypoint := &meshv1.GatewayAddress{Namespace: "ns1", Name: "waypoint", Hostname: "waypoint.ns1.svc.cluster.local", Address: "198.18.100.9", HbonePort: 15008}
+	wantWaypoint := &meshv1.GatewayAddress{
+		Namespace: "ns1", Name: "waypoint", Hostname: "waypoint.ns1.svc.cluster.local", Address: "198.18.100.9", HbonePort: 15008,
+		Identity: "spiffe://cluster.local/ns/ns1/sa/waypoint", WaypointFor: "all",
+	}
 	want := &meshv1.Workload{
 		Uid: "uid-a", Name: "web-a", Namespace: "ns1", Addresses: []string{"198.18.0.10"}, Node: "node-a",
 		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", TrustDomain: "cluster.local",

@@ -27,6 +27,54 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// WorkloadStatus says whether a workload takes new connections through its
+// services (a pod that is not ready stays addressable by its IP).
+type WorkloadStatus int32
+
+const (
+	WorkloadStatus_HEALTHY   WorkloadStatus = 0
+	WorkloadStatus_UNHEALTHY WorkloadStatus = 1
+)
+
+// Enum value maps for WorkloadStatus.
+var (
+	WorkloadStatus_name = map[int32]string{
+		0: "HEALTHY",
+		1: "UNHEALTHY",
+	}
+	WorkloadStatus_value = map[string]int32{
+		"HEALTHY":   0,
+		"UNHEALTHY": 1,
+	}
+)
+
+func (x WorkloadStatus) Enum() *WorkloadStatus {
+	p := new(WorkloadStatus)
+	*p = x
+	return p
+}
+
+func (x WorkloadStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WorkloadStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[0].Descriptor()
+}
+
+func (WorkloadStatus) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[0]
+}
+
+func (x WorkloadStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WorkloadStatus.Descriptor instead.
+func (WorkloadStatus) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{0}
+}
+
 type LoadBalancing_Mode int32
 
 const (
@@ -63,11 +111,11 @@ func (x LoadBalancing_Mode) String() string {
 }
 
 func (LoadBalancing_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[0].Descriptor()
+	return file_mesh_proto_enumTypes[1].Descriptor()
 }
 
 func (LoadBalancing_Mode) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[0]
+	return &file_mesh_proto_enumTypes[1]
 }
 
 func (x LoadBalancing_Mode) Number() protoreflect.EnumNumber {
@@ -124,11 +172,11 @@ func (x LoadBalancing_Scope) String() string {
 }
 
 func (LoadBalancing_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[1].Descriptor()
+	return file_mesh_proto_enumTypes[2].Descriptor()
 }
 
 func (LoadBalancing_Scope) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[1]
+	return &file_mesh_proto_enumTypes[2]
 }
 
 func (x LoadBalancing_Scope) Number() protoreflect.EnumNumber {
@@ -182,11 +230,11 @@ func (x LoadBalancing_Algorithm) String() string {
 }
 
 func (LoadBalancing_Algorithm) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[2].Descriptor()
+	return file_mesh_proto_enumTypes[3].Descriptor()
 }
 
 func (LoadBalancing_Algorithm) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[2]
+	return &file_mesh_proto_enumTypes[3]
 }
 
 func (x LoadBalancing_Algorithm) Number() protoreflect.EnumNumber {
@@ -234,11 +282,11 @@ func (x Authorization_Scope) String() string {
 }
 
 func (Authorization_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[3].Descriptor()
+	return file_mesh_proto_enumTypes[4].Descriptor()
 }
 
 func (Authorization_Scope) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[3]
+	return &file_mesh_proto_enumTypes[4]
 }
 
 func (x Authorization_Scope) Number() protoreflect.EnumNumber {
@@ -283,11 +331,11 @@ func (x Authorization_Action) String() string {
 }
 
 func (Authorization_Action) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[4].Descriptor()
+	return file_mesh_proto_enumTypes[5].Descriptor()
 }
 
 func (Authorization_Action) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[4]
+	return &file_mesh_proto_enumTypes[5]
 }
 
 func (x Authorization_Action) Number() protoreflect.EnumNumber {
@@ -336,11 +384,11 @@ func (x PeerAuthentication_Mode) String() string {
 }
 
 func (PeerAuthentication_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_proto_enumTypes[5].Descriptor()
+	return file_mesh_proto_enumTypes[6].Descriptor()
 }
 
 func (PeerAuthentication_Mode) Type() protoreflect.EnumType {
-	return &file_mesh_proto_enumTypes[5]
+	return &file_mesh_proto_enumTypes[6]
 }
 
 func (x PeerAuthentication_Mode) Number() protoreflect.EnumNumber {
@@ -382,9 +430,10 @@ type Workload struct {
 	Services map[string]*PortList `protobuf:"bytes,12,rep,name=services,proto3" json:"services,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// canonical_name and canonical_revision name the app for telemetry
 	// (service.istio.io/canonical-name, ...-revision).
-	CanonicalName     string `protobuf:"bytes,13,opt,name=canonical_name,json=canonicalName,proto3" json:"canonical_name,omitempty"`
-	CanonicalRevision string `protobuf:"bytes,14,opt,name=canonical_revision,json=canonicalRevision,proto3" json:"canonical_revision,omitempty"`
-	Network           string `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
+	CanonicalName     string         `protobuf:"bytes,13,opt,name=canonical_name,json=canonicalName,proto3" json:"canonical_name,omitempty"`
+	CanonicalRevision string         `protobuf:"bytes,14,opt,name=canonical_revision,json=canonicalRevision,proto3" json:"canonical_revision,omitempty"`
+	Network           string         `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
+	Status            WorkloadStatus `protobuf:"varint,16,opt,name=status,proto3,enum=meshlet.mesh.v1alpha1.WorkloadStatus" json:"status,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -522,6 +571,13 @@ func (x *Workload) GetNetwork() string {
 		return x.Network
 	}
 	return ""
+}
+
+func (x *Workload) GetStatus() WorkloadStatus {
+	if x != nil {
+		return x.Status
+	}
+	return WorkloadStatus_HEALTHY
 }
 
 // WorkloadPort is one declared container port.
@@ -696,7 +752,12 @@ type GatewayAddress struct {
 	// address is the waypoint service's VIP when known.
 	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
 	// hbone_port is 15008 unless the waypoint says otherwise.
-	HbonePort     uint32 `protobuf:"varint,5,opt,name=hbone_port,json=hbonePort,proto3" json:"hbone_port,omitempty"`
+	HbonePort uint32 `protobuf:"varint,5,opt,name=hbone_port,json=hbonePort,proto3" json:"hbone_port,omitempty"`
+	// identity is the waypoint's SPIFFE ID, which a client must verify.
+	Identity string `protobuf:"bytes,6,opt,name=identity,proto3" json:"identity,omitempty"`
+	// waypoint_for is the traffic the waypoint takes (istio.io/waypoint-for):
+	// "service" (also when empty), "workload", "all" or "none".
+	WaypointFor   string `protobuf:"bytes,7,opt,name=waypoint_for,json=waypointFor,proto3" json:"waypoint_for,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -764,6 +825,20 @@ func (x *GatewayAddress) GetHbonePort() uint32 {
 		return x.HbonePort
 	}
 	return 0
+}
+
+func (x *GatewayAddress) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *GatewayAddress) GetWaypointFor() string {
+	if x != nil {
+		return x.WaypointFor
+	}
+	return ""
 }
 
 // Address is one entry of the address index every node agent and waypoint
@@ -865,6 +940,8 @@ type WorkloadAddress struct {
 	Enrolled      bool                   `protobuf:"varint,8,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
 	Services      map[string]*PortList   `protobuf:"bytes,9,rep,name=services,proto3" json:"services,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Network       string                 `protobuf:"bytes,10,opt,name=network,proto3" json:"network,omitempty"`
+	Status        WorkloadStatus         `protobuf:"varint,11,opt,name=status,proto3,enum=meshlet.mesh.v1alpha1.WorkloadStatus" json:"status,omitempty"`
+	CanonicalName string                 `protobuf:"bytes,12,opt,name=canonical_name,json=canonicalName,proto3" json:"canonical_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +1042,20 @@ func (x *WorkloadAddress) GetServices() map[string]*PortList {
 func (x *WorkloadAddress) GetNetwork() string {
 	if x != nil {
 		return x.Network
+	}
+	return ""
+}
+
+func (x *WorkloadAddress) GetStatus() WorkloadStatus {
+	if x != nil {
+		return x.Status
+	}
+	return WorkloadStatus_HEALTHY
+}
+
+func (x *WorkloadAddress) GetCanonicalName() string {
+	if x != nil {
+		return x.CanonicalName
 	}
 	return ""
 }
@@ -1818,7 +1909,7 @@ var File_mesh_proto protoreflect.FileDescriptor
 const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\x9b\x05\n" +
+	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xda\x05\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -1835,7 +1926,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\bservices\x18\f \x03(\v2-.meshlet.mesh.v1alpha1.Workload.ServicesEntryR\bservices\x12%\n" +
 	"\x0ecanonical_name\x18\r \x01(\tR\rcanonicalName\x12-\n" +
 	"\x12canonical_revision\x18\x0e \x01(\tR\x11canonicalRevision\x12\x18\n" +
-	"\anetwork\x18\x0f \x01(\tR\anetwork\x1a\\\n" +
+	"\anetwork\x18\x0f \x01(\tR\anetwork\x12=\n" +
+	"\x06status\x18\x10 \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
 	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"R\n" +
@@ -1848,18 +1940,20 @@ const file_mesh_proto_rawDesc = "" +
 	"\vtarget_port\x18\x02 \x01(\rR\n" +
 	"targetPort\"=\n" +
 	"\bPortList\x121\n" +
-	"\x05ports\x18\x01 \x03(\v2\x1b.meshlet.mesh.v1alpha1.PortR\x05ports\"\x97\x01\n" +
+	"\x05ports\x18\x01 \x03(\v2\x1b.meshlet.mesh.v1alpha1.PortR\x05ports\"\xd6\x01\n" +
 	"\x0eGatewayAddress\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
 	"\bhostname\x18\x03 \x01(\tR\bhostname\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1d\n" +
 	"\n" +
-	"hbone_port\x18\x05 \x01(\rR\thbonePort\"\x93\x01\n" +
+	"hbone_port\x18\x05 \x01(\rR\thbonePort\x12\x1a\n" +
+	"\bidentity\x18\x06 \x01(\tR\bidentity\x12!\n" +
+	"\fwaypoint_for\x18\a \x01(\tR\vwaypointFor\"\x93\x01\n" +
 	"\aAddress\x12D\n" +
 	"\bworkload\x18\x01 \x01(\v2&.meshlet.mesh.v1alpha1.WorkloadAddressH\x00R\bworkload\x12:\n" +
 	"\aservice\x18\x02 \x01(\v2\x1e.meshlet.mesh.v1alpha1.ServiceH\x00R\aserviceB\x06\n" +
-	"\x04type\"\xcc\x03\n" +
+	"\x04type\"\xb2\x04\n" +
 	"\x0fWorkloadAddress\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -1871,7 +1965,9 @@ const file_mesh_proto_rawDesc = "" +
 	"\benrolled\x18\b \x01(\bR\benrolled\x12P\n" +
 	"\bservices\x18\t \x03(\v24.meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntryR\bservices\x12\x18\n" +
 	"\anetwork\x18\n" +
-	" \x01(\tR\anetwork\x1a\\\n" +
+	" \x01(\tR\anetwork\x12=\n" +
+	"\x06status\x18\v \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12%\n" +
+	"\x0ecanonical_name\x18\f \x01(\tR\rcanonicalName\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
 	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xf6\x03\n" +
@@ -1985,7 +2081,10 @@ const file_mesh_proto_rawDesc = "" +
 	"\aDISABLE\x10\x03\"M\n" +
 	"\vTrustBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1b\n" +
-	"\troots_pem\x18\x02 \x03(\tR\brootsPemB?Z=github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1;meshv1alpha1b\x06proto3"
+	"\troots_pem\x18\x02 \x03(\tR\brootsPem*,\n" +
+	"\x0eWorkloadStatus\x12\v\n" +
+	"\aHEALTHY\x10\x00\x12\r\n" +
+	"\tUNHEALTHY\x10\x01B?Z=github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1;meshv1alpha1b\x06proto3"
 
 var (
 	file_mesh_proto_rawDescOnce sync.Once
@@ -1999,70 +2098,73 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
 var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_mesh_proto_goTypes = []any{
-	(LoadBalancing_Mode)(0),      // 0: meshlet.mesh.v1alpha1.LoadBalancing.Mode
-	(LoadBalancing_Scope)(0),     // 1: meshlet.mesh.v1alpha1.LoadBalancing.Scope
-	(LoadBalancing_Algorithm)(0), // 2: meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
-	(Authorization_Scope)(0),     // 3: meshlet.mesh.v1alpha1.Authorization.Scope
-	(Authorization_Action)(0),    // 4: meshlet.mesh.v1alpha1.Authorization.Action
-	(PeerAuthentication_Mode)(0), // 5: meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	(*Workload)(nil),             // 6: meshlet.mesh.v1alpha1.Workload
-	(*WorkloadPort)(nil),         // 7: meshlet.mesh.v1alpha1.WorkloadPort
-	(*Port)(nil),                 // 8: meshlet.mesh.v1alpha1.Port
-	(*PortList)(nil),             // 9: meshlet.mesh.v1alpha1.PortList
-	(*GatewayAddress)(nil),       // 10: meshlet.mesh.v1alpha1.GatewayAddress
-	(*Address)(nil),              // 11: meshlet.mesh.v1alpha1.Address
-	(*WorkloadAddress)(nil),      // 12: meshlet.mesh.v1alpha1.WorkloadAddress
-	(*Service)(nil),              // 13: meshlet.mesh.v1alpha1.Service
-	(*StaticEndpoint)(nil),       // 14: meshlet.mesh.v1alpha1.StaticEndpoint
-	(*ServicePort)(nil),          // 15: meshlet.mesh.v1alpha1.ServicePort
-	(*LoadBalancing)(nil),        // 16: meshlet.mesh.v1alpha1.LoadBalancing
-	(*Authorization)(nil),        // 17: meshlet.mesh.v1alpha1.Authorization
-	(*Rule)(nil),                 // 18: meshlet.mesh.v1alpha1.Rule
-	(*Condition)(nil),            // 19: meshlet.mesh.v1alpha1.Condition
-	(*SourceMatch)(nil),          // 20: meshlet.mesh.v1alpha1.SourceMatch
-	(*DestinationMatch)(nil),     // 21: meshlet.mesh.v1alpha1.DestinationMatch
-	(*PeerAuthentication)(nil),   // 22: meshlet.mesh.v1alpha1.PeerAuthentication
-	(*TrustBundle)(nil),          // 23: meshlet.mesh.v1alpha1.TrustBundle
-	nil,                          // 24: meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	nil,                          // 25: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	nil,                          // 26: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	(WorkloadStatus)(0),          // 0: meshlet.mesh.v1alpha1.WorkloadStatus
+	(LoadBalancing_Mode)(0),      // 1: meshlet.mesh.v1alpha1.LoadBalancing.Mode
+	(LoadBalancing_Scope)(0),     // 2: meshlet.mesh.v1alpha1.LoadBalancing.Scope
+	(LoadBalancing_Algorithm)(0), // 3: meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
+	(Authorization_Scope)(0),     // 4: meshlet.mesh.v1alpha1.Authorization.Scope
+	(Authorization_Action)(0),    // 5: meshlet.mesh.v1alpha1.Authorization.Action
+	(PeerAuthentication_Mode)(0), // 6: meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	(*Workload)(nil),             // 7: meshlet.mesh.v1alpha1.Workload
+	(*WorkloadPort)(nil),         // 8: meshlet.mesh.v1alpha1.WorkloadPort
+	(*Port)(nil),                 // 9: meshlet.mesh.v1alpha1.Port
+	(*PortList)(nil),             // 10: meshlet.mesh.v1alpha1.PortList
+	(*GatewayAddress)(nil),       // 11: meshlet.mesh.v1alpha1.GatewayAddress
+	(*Address)(nil),              // 12: meshlet.mesh.v1alpha1.Address
+	(*WorkloadAddress)(nil),      // 13: meshlet.mesh.v1alpha1.WorkloadAddress
+	(*Service)(nil),              // 14: meshlet.mesh.v1alpha1.Service
+	(*StaticEndpoint)(nil),       // 15: meshlet.mesh.v1alpha1.StaticEndpoint
+	(*ServicePort)(nil),          // 16: meshlet.mesh.v1alpha1.ServicePort
+	(*LoadBalancing)(nil),        // 17: meshlet.mesh.v1alpha1.LoadBalancing
+	(*Authorization)(nil),        // 18: meshlet.mesh.v1alpha1.Authorization
+	(*Rule)(nil),                 // 19: meshlet.mesh.v1alpha1.Rule
+	(*Condition)(nil),            // 20: meshlet.mesh.v1alpha1.Condition
+	(*SourceMatch)(nil),          // 21: meshlet.mesh.v1alpha1.SourceMatch
+	(*DestinationMatch)(nil),     // 22: meshlet.mesh.v1alpha1.DestinationMatch
+	(*PeerAuthentication)(nil),   // 23: meshlet.mesh.v1alpha1.PeerAuthentication
+	(*TrustBundle)(nil),          // 24: meshlet.mesh.v1alpha1.TrustBundle
+	nil,                          // 25: meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	nil,                          // 26: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	nil,                          // 27: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 }
 var file_mesh_proto_depIdxs = []int32{
-	10, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	7,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
-	24, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	8,  // 3: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	12, // 4: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
-	13, // 5: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
-	10, // 6: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	25, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	15, // 8: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
-	10, // 9: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	16, // 10: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
-	14, // 11: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
-	8,  // 12: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	0,  // 13: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
-	1,  // 14: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
-	2,  // 15: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
-	3,  // 16: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
-	4,  // 17: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
-	18, // 18: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
-	20, // 19: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
-	21, // 20: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
-	19, // 21: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
-	5,  // 22: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	26, // 23: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
-	9,  // 24: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	9,  // 25: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	5,  // 26: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	11, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	8,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
+	25, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	0,  // 3: meshlet.mesh.v1alpha1.Workload.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
+	9,  // 4: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	13, // 5: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
+	14, // 6: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
+	11, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	26, // 8: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	0,  // 9: meshlet.mesh.v1alpha1.WorkloadAddress.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
+	16, // 10: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
+	11, // 11: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	17, // 12: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
+	15, // 13: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
+	9,  // 14: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	1,  // 15: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
+	2,  // 16: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
+	3,  // 17: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
+	4,  // 18: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
+	5,  // 19: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
+	19, // 20: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
+	21, // 21: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
+	22, // 22: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
+	20, // 23: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
+	6,  // 24: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	27, // 25: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	10, // 26: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	10, // 27: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	6,  // 28: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -2079,7 +2181,7 @@ func file_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      6,
+			NumEnums:      7,
 			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
