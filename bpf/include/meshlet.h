@@ -26,6 +26,7 @@
 #define ML_AF_INET6 10
 #define ML_IPPROTO_TCP 6
 #define ML_IPPROTO_UDP 17
+#define ML_IPPROTO_MPTCP 262
 #define ML_SOCK_STREAM 1
 #define ML_SOCK_DGRAM 2
 

@@ -49,7 +49,9 @@ static __always_inline enum ml_verdict ml_decide(struct bpf_sock_addr *ctx, cons
 {
 	enum ml_verdict v;
 	struct bpf_sock *sk = ctx->sk;
-	int tcp = ctx->type == ML_SOCK_STREAM && ctx->protocol == ML_IPPROTO_TCP;
+	/* MPTCP must not bypass the mesh: the kernel runs this hook on its TCP
+	 * subflow, and the protocol check covers the MPTCP socket itself too. */
+	int tcp = ctx->type == ML_SOCK_STREAM && (ctx->protocol == ML_IPPROTO_TCP || ctx->protocol == ML_IPPROTO_MPTCP);
 	int dns = ctx->type == ML_SOCK_DGRAM && ctx->protocol == ML_IPPROTO_UDP && port == 53;
 
 	if (!tcp && !dns)

@@ -183,6 +183,24 @@ func TestOutboundCapture(t *testing.T) {
 		})
 	}
 
+	// An MPTCP socket must not slip past capture.
+	t.Run("mptcp", func(t *testing.T) {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		d.SetMultipathTCP(true)
+		var c net.Conn
+		if err := netns.Do(pod, func() (err error) {
+			c, err = d.Dial("tcp", remoteIP+":8080")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if mp, err := c.(*net.TCPConn).MultipathTCP(); err != nil || !mp {
+			t.Skipf("no MPTCP socket here (%v): nothing to check", err)
+		}
+		wait(t, outbound, "15001 (mptcp)")
+	})
+
 	// Bytes each way, counted once the connection closes; and no map entry
 	// outlives its socket.
 	// A netns of its own, so that no other connection closing moves them.
