@@ -219,6 +219,8 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer back.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close(); back.Close() })
+	defer stop()
 	pipe(c, back)
 }
 

@@ -1,0 +1,273 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+)
+
+func TestDialContextHook(t *testing.T) {
+	app := backend(t, &named{name: "app"})
+	var dials atomic.Int64
+	var addrs sync.Map
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", "app.hbone.invalid:9080")}, model.L7Route{Name: "r", Destinations: to("app")}),
+		func(o *Options) {
+			// The hook sees the endpoint address and decides how to reach it,
+			// as the HBONE dialer will.
+			o.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				dials.Add(1)
+				addrs.Store(addr, true)
+				return (&net.Dialer{}).DialContext(ctx, network, app)
+			}
+		})
+	if code, body := h.get(t, newClient(t), "/", nil); code != 200 || body != "app" {
+		t.Fatalf("GET = %d %q; want 200 app", code, body)
+	}
+	if _, ok := addrs.Load("app.hbone.invalid:9080"); !ok || dials.Load() != 1 {
+		t.Errorf("DialContext called %d times; want once with the endpoint address", dials.Load())
+	}
+}
+
+func TestConsistentHash(t *testing.T) {
+	var eps []model.L7Endpoint
+	for _, n := range []string{"a", "b", "c", "d"} {
+		eps = append(eps, model.L7Endpoint{Address: backend(t, &named{name: n})})
+	}
+	cl := model.L7Cluster{Name: "hash", Endpoints: eps, Traffic: model.TrafficPolicy{LB: model.LBPolicy{ConsistentHash: &model.ConsistentHash{Header: "x-user"}}}}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("hash")}), nil)
+	client := newClient(t)
+	seen := map[string]bool{}
+	for _, user := range []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"} {
+		_, first := h.get(t, client, "/", map[string]string{"X-User": user})
+		for i := 0; i < 5; i++ {
+			if _, body := h.get(t, client, "/", map[string]string{"X-User": user}); body != first {
+				t.Fatalf("user %s went to %s then %s; want a stable endpoint", user, first, body)
+			}
+		}
+		seen[first] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("8 users all hashed to %v; want a spread", seen)
+	}
+}
+
+func TestCORS(t *testing.T) {
+	app := &named{name: "app"}
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app"),
+		CORS: &model.CORSPolicy{AllowOrigins: []model.StringMatch{{Exact: "https://good.example"}}, AllowMethods: []string{"GET", "POST"}, MaxAge: time.Hour}}), nil)
+	client := newClient(t)
+	req, _ := http.NewRequest(http.MethodOptions, h.url+"/", nil)
+	req.Header.Set("Origin", "https://good.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "https://good.example" || resp.Header.Get("Access-Control-Allow-Methods") != "GET,POST" || resp.Header.Get("Access-Control-Max-Age") != "3600" {
+		t.Errorf("preflight = %d %v", resp.StatusCode, resp.Header)
+	}
+	req, _ = http.NewRequest(http.MethodGet, h.url+"/", nil)
+	req.Header.Set("Origin", "https://evil.example")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("disallowed origin got Access-Control-Allow-Origin %q", resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
+
+func TestGRPCFaultAbort(t *testing.T) {
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("grpc", grpcBackend(t))}, model.L7Route{Name: "r", Destinations: to("grpc"),
+		Fault: &model.FaultInjection{Abort: &model.FaultAbort{GRPCStatus: "UNAVAILABLE", Percent: 100}}}), nil)
+	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = testgrpc.NewTestServiceClient(conn).UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("UnaryCall with an injected abort = %v; want Unavailable", err)
+	}
+}
+
+func TestTCPFallbackL4Policy(t *testing.T) {
+	var accepted atomic.Int64
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	cfg := oneRoute([]model.L7Cluster{clusterOf("tcp", l.Addr().String())}, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}})
+	cfg.TCPCluster = "tcp"
+	// Only sleep may connect; the TCP client has no identity.
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "only-sleep", Rules: []policy.Rule{{From: []policy.Source{{Principals: []string{"cluster.local/ns/default/sa/sleep"}}}}}}}
+	h := start(t, cfg, nil)
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "hello\n")
+	if n, err := c.Read(make([]byte, 10)); err == nil {
+		t.Errorf("denied TCP client read %d bytes; want the connection closed", n)
+	}
+	if accepted.Load() != 0 {
+		t.Errorf("backend accepted %d connections from a denied client", accepted.Load())
+	}
+}
+
+func TestJWKSRefreshKeepsLastGoodKeys(t *testing.T) {
+	s := newSigner(t)
+	var fail atomic.Bool
+	var fetches atomic.Int64
+	jwks := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		if fail.Load() {
+			w.WriteHeader(500)
+			return
+		}
+		io.WriteString(w, s.jwks)
+	}))
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, &named{name: "app"}))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.JWTProviders = []model.JWTProvider{{Issuer: issuer, JWKSURI: "http://" + jwks}}
+	h := start(t, cfg, func(o *Options) { o.JWKSRefresh = 50 * time.Millisecond })
+	client := newClient(t)
+	auth := map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(nil))}
+	if code, _ := h.get(t, client, "/", auth); code != 200 {
+		t.Fatalf("first request = %d; want 200", code)
+	}
+	fail.Store(true)
+	time.Sleep(100 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		if code, _ := h.get(t, client, "/", auth); code != 200 {
+			t.Fatalf("request during failing refresh = %d; want 200 on the last good keys", code)
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	if fetches.Load() < 2 {
+		t.Errorf("JWKS fetched %d times; want a refresh after JWKSRefresh", fetches.Load())
+	}
+}
+
+// h2Conn opens a raw HTTP/2 connection with the client preface sent.
+func h2Conn(t *testing.T, addr string) (net.Conn, *http2.Framer) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return c, fr
+}
+
+func encodeHeaders(t *testing.T, extra ...string) []byte {
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	kv := append([]string{":method", "GET", ":scheme", "http", ":path", "/", ":authority", "reviews"}, extra...)
+	for i := 0; i < len(kv); i += 2 {
+		if err := enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return buf.Bytes()
+}
+
+func TestHTTP2ContinuationFloodIsCutOff(t *testing.T) {
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, &named{name: "app"}))}, model.L7Route{Name: "r", Destinations: to("app")}), nil)
+	_, fr := h2Conn(t, h.addr)
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: encodeHeaders(t), EndStream: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Endless CONTINUATION frames on stream 3: the server must give up
+	// (GOAWAY or close) long before 64 MiB.
+	big := encodeHeaders(t, "x-pad", strings.Repeat("a", 8000))
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: big}); err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	var werr error
+	for sent < 64<<20 {
+		if werr = fr.WriteContinuation(3, false, big); werr != nil {
+			break
+		}
+		sent += len(big)
+	}
+	if werr == nil {
+		t.Fatalf("server accepted %d bytes of CONTINUATION frames; want the connection cut", sent)
+	}
+}
+
+func TestHTTP2RapidResetIsBounded(t *testing.T) {
+	var active, peak atomic.Int64
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := active.Add(1)
+		defer active.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+	}))
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", app)}, model.L7Route{Name: "r", Destinations: to("app"), Retries: &model.RetryPolicy{}}), nil)
+	_, fr := h2Conn(t, h.addr)
+	block := encodeHeaders(t)
+	const streams = 2000
+	for i := 0; i < streams; i++ {
+		id := uint32(2*i + 1)
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true, EndHeaders: true}); err != nil {
+			break // the server may close a connection that abuses resets
+		}
+		if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	t.Logf("peak backend concurrency during the flood: %d", peak.Load())
+	if got := peak.Load(); got > 100 {
+		t.Errorf("backend saw %d concurrent requests from one connection's rapid resets; want at most MaxConcurrentStreams (100)", got)
+	}
+	// The proxy still serves other clients.
+	if code, _ := h.get(t, newClient(t), "/", nil); code != 200 {
+		t.Errorf("GET after the flood = %d; want 200", code)
+	}
+}
