@@ -166,18 +166,7 @@ func run(f flags) error {
 	metricsSrv := &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(metricsSrv)
 	defer metricsSrv.Close()
-	ready := http.NewServeMux()
-	ready.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		switch {
-		case ag.Draining():
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-		case !rec.Synced():
-			http.Error(w, "starting: pods not synced", http.StatusServiceUnavailable)
-		default:
-			fmt.Fprintln(w, "ready")
-		}
-	})
-	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ready, ReadHeaderTimeout: 10 * time.Second}
+	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ag.ReadinessHandler(rec.Synced), ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(readySrv)
 	defer readySrv.Close()
 

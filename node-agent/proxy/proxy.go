@@ -76,6 +76,9 @@ type Destination struct {
 	// Service is the destination service's host name, for metrics; empty
 	// when the pod IP was dialled.
 	Service string
+	// Source is the connecting app's address (the tunnel's Forwarded
+	// header). The proxy sets it before DialTunnel; Resolve leaves it zero.
+	Source netip.AddrPort
 }
 
 // Mode is a PeerAuthentication mTLS mode.

@@ -147,6 +147,7 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	var up net.Conn
 	labels := connLabels{reporter: "source", src: o.Pod.Workload}
 	if inMesh {
+		d.Source = addrPort(down.RemoteAddr())
 		up, err = o.DialTunnel(ctx, o.Pod, d)
 		labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 	} else {

@@ -1,0 +1,25 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// ReadinessHandler serves /healthz/ready for the DaemonSet's readiness
+// probe (15021): 200 once synced reports true, 503 before that and from the
+// moment the agent starts draining, so a rolling update stops sending new
+// work to a draining agent.
+func (a *Agent) ReadinessHandler(synced func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case a.Draining():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case synced != nil && !synced():
+			http.Error(w, "starting: pods not synced yet", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ready")
+		}
+	})
+	return mux
+}
