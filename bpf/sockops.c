@@ -6,7 +6,7 @@
  * destination copied from ml_sock_dst (socket cookie) to ml_origdst under
  * (netns cookie, client address), which the agent finds from the socket it
  * accepted on 15001: the same netns cookie (SO_NETNS_COOKIE) and the accepted
- * socket's remote address. The entry goes when the socket reaches TCP_CLOSE.
+ * socket's remote address. Both entries go when the socket reaches TCP_CLOSE.
  *
  * Counters, for sockets in enrolled pods not carrying the agent's mark (the
  * agent's own sockets in the pod's netns are not the workload's): connections
@@ -108,7 +108,14 @@ int ml_sockops(struct bpf_sock_ops *skops)
 		struct ml_conn_key k = {};
 		ml_conn_key_of(skops, &k);
 		bpf_map_delete_elem(&ml_origdst, &k);
-		/* Pre-close state SYN_SENT/SYN_RECV: never opened, not counted as closed. */
+		/*
+		 * A closed TCP socket has no peer for getpeername: its ml_sock_dst
+		 * entry goes too (cgroup/sock_release never sees kernel-internal
+		 * sockets such as MPTCP subflows).
+		 */
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		bpf_map_delete_elem(&ml_sock_dst, &cookie);
+		/* Only established sockets get here: the state callback is enabled then. */
 		struct ml_pod *pod = ml_pod_of(skops);
 		if (!pod)
 			return 1;

@@ -198,7 +198,15 @@ func TestOutboundCapture(t *testing.T) {
 		if mp, err := c.(*net.TCPConn).MultipathTCP(); err != nil || !mp {
 			t.Skipf("no MPTCP socket here (%v): nothing to check", err)
 		}
-		wait(t, outbound, "15001 (mptcp)")
+		srv := wait(t, outbound, "15001 (mptcp)")
+		if got, err := s.dp.OriginalDst(srv); err != nil || got.String() != remoteIP+":8080" {
+			t.Errorf("OriginalDst = %v, %v; want %s:8080", got, err, remoteIP)
+		}
+		c.Close()
+		srv.Close()
+		eventually(t, "the MPTCP connection's ml_origdst entry to go", func() bool {
+			return s.count(t, s.dp.maps.MlOrigdst) == 0
+		})
 	})
 
 	// Bytes each way, counted once the connection closes; and no map entry
