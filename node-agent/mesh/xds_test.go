@@ -1,0 +1,94 @@
+package mesh
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshlet/meshlet/node-agent/proxy"
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// TestSnapshotFromResources feeds what meshd pushes to a node agent through
+// the conversion and asks the resulting Mesh the proxies' questions.
+func TestSnapshotFromResources(t *testing.T) {
+	dbPorts := map[string]*meshv1.PortList{"shop/db.shop.svc.cluster.local": {Ports: []*meshv1.Port{{ServicePort: 80, TargetPort: 8080}}}}
+	res := map[string][]proto.Message{
+		meshv1.AddressType: {
+			&meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
+				Uid: "uid-cart", Name: "cart-0", Namespace: "shop", Addresses: []string{"198.19.3.50"}, Identity: idCart, Enrolled: true, CanonicalName: "cart"}}},
+			&meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
+				Uid: "uid-db", Name: "db-0", Namespace: "shop", Addresses: []string{"198.19.3.51"}, Identity: idDB, Enrolled: true, CanonicalName: "db", Services: dbPorts}}},
+			&meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
+				Name: "db", Namespace: "shop", Hostname: "db.shop.svc.cluster.local", Vips: []string{"198.19.3.100"},
+				Ports: []*meshv1.ServicePort{{Port: 80, TargetPort: 8080}}}}},
+			&meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
+				Name: "reviews", Namespace: "shop", Hostname: "reviews.shop.svc.cluster.local", Vips: []string{"198.19.3.102"},
+				Waypoint: &meshv1.GatewayAddress{Namespace: "shop", Name: "waypoint", Address: "198.19.3.200", HbonePort: 15008, Identity: idWP, WaypointFor: "service"}}}},
+		},
+		meshv1.WorkloadType: {
+			&meshv1.Workload{Uid: "uid-cart", Name: "cart-0", Namespace: "shop", Addresses: []string{"198.19.3.50"}, ServiceAccount: "cart", Identity: idCart, Enrolled: true},
+		},
+		meshv1.PeerAuthenticationType: {
+			&meshv1.PeerAuthentication{WorkloadUid: "uid-cart", Mode: meshv1.PeerAuthentication_STRICT,
+				PortModes: map[uint32]meshv1.PeerAuthentication_Mode{8081: meshv1.PeerAuthentication_PERMISSIVE}},
+		},
+		meshv1.AuthorizationType: {
+			&meshv1.Authorization{Name: "allow-db", Namespace: "shop", Scope: meshv1.Authorization_WORKLOAD, WorkloadUids: []string{"uid-cart"},
+				Action: meshv1.Authorization_ALLOW, Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{Principals: []string{"cluster.local/ns/shop/sa/db"}}}}}},
+			&meshv1.Authorization{Name: "deny-ip", Namespace: "shop", Scope: meshv1.Authorization_NAMESPACE,
+				Action: meshv1.Authorization_DENY, Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{IpBlocks: []string{"198.19.3.66/32"}}}}}},
+			&meshv1.Authorization{Name: "deny-9000", Namespace: "istio-system", Scope: meshv1.Authorization_MESH,
+				Action: meshv1.Authorization_DENY, Rules: []*meshv1.Rule{{To: []*meshv1.DestinationMatch{{Ports: []uint32{9000}}}}}},
+		},
+	}
+	s := SnapshotFromResources("cluster.local", func(typeURL string) []proto.Message { return res[typeURL] })
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+
+	for _, tt := range []struct {
+		dst, wantVia, wantTarget, wantID string
+	}{
+		{"198.19.3.51:8080", "198.19.3.51:15008", "198.19.3.51:8080", idDB},
+		{"198.19.3.100:80", "198.19.3.51:15008", "198.19.3.51:8080", idDB},
+		{"198.19.3.102:9080", "198.19.3.200:15008", "198.19.3.102:9080", idWP},
+	} {
+		d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort(tt.dst))
+		if !ok || d.Via.String() != tt.wantVia || d.Target.String() != tt.wantTarget || d.Identity != tt.wantID {
+			t.Errorf("Resolve(%s) = %+v, %v; want via %s target %s identity %s", tt.dst, d, ok, tt.wantVia, tt.wantTarget, tt.wantID)
+		}
+	}
+	if got := m.PeerAuth(proxy.Pod{UID: "uid-cart"}, 8080); got != proxy.ModeStrict {
+		t.Errorf("PeerAuth(cart, 8080) = %v; want STRICT", got)
+	}
+	if got := m.PeerAuth(proxy.Pod{UID: "uid-cart"}, 8081); got != proxy.ModePermissive {
+		t.Errorf("PeerAuth(cart, 8081) = %v; want PERMISSIVE (port override)", got)
+	}
+	cart := proxy.Pod{UID: "uid-cart", IPs: []netip.Addr{ip("198.19.3.50")}}
+	db := proxy.Pod{UID: "uid-db", IPs: []netip.Addr{ip("198.19.3.51")}}
+	for _, tt := range []struct {
+		name      string
+		pod       proxy.Pod
+		principal string
+		src       string
+		port      uint16
+		want      bool
+	}{
+		{"workload ALLOW matches", cart, idDB, "198.19.3.51", 8080, true},
+		{"workload ALLOW other principal", cart, idBad, "198.19.3.51", 8080, false},
+		{"namespace DENY wins", cart, idDB, "198.19.3.66", 8080, false},
+		{"namespace DENY on another workload", db, idBad, "198.19.3.66", 8080, false},
+		{"no ALLOW on db", db, idBad, "198.19.3.50", 8080, true},
+		{"mesh DENY port", db, idCart, "198.19.3.50", 9000, false},
+	} {
+		d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: tt.pod, Principal: tt.principal, Source: ip(tt.src), Port: tt.port})
+		if d.Allow != tt.want {
+			t.Errorf("%s: Authorize = %+v; want allow=%v", tt.name, d, tt.want)
+		}
+	}
+	if w, _ := s.Workload("uid-cart"); w.ServiceAccount != "cart" {
+		t.Errorf("cart's service account = %q; want cart (from the Workload resource)", w.ServiceAccount)
+	}
+}
