@@ -3,6 +3,7 @@ package waypoint
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -269,5 +270,46 @@ func TestHTTP2RapidResetIsBounded(t *testing.T) {
 	// The proxy still serves other clients.
 	if code, _ := h.get(t, newClient(t), "/", nil); code != 200 {
 		t.Errorf("GET after the flood = %d; want 200", code)
+	}
+}
+
+func TestDryRunDenyIsLoggedNotEnforced(t *testing.T) {
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, &named{name: "app"}))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "dry-deny", Action: policy.Deny, DryRun: true, Rules: []policy.Rule{{}}}}
+	var logged atomic.Value
+	h := start(t, cfg, func(o *Options) {
+		o.Logf = func(format string, args ...any) { logged.Store(fmt.Sprintf(format, args...)) }
+	})
+	if code, _ := h.get(t, newClient(t), "/x", nil); code != 200 {
+		t.Errorf("GET under a dry-run DENY = %d; want 200", code)
+	}
+	if got, _ := logged.Load().(string); !strings.Contains(got, "would be denied by default/dry-deny") {
+		t.Errorf("log = %q; want the dry-run decision", got)
+	}
+}
+
+func TestUpdateKeepsUpstreamState(t *testing.T) {
+	var badHits atomic.Int64
+	bad := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { badHits.Add(1); w.WriteHeader(500) }))
+	cl := model.L7Cluster{Name: "od", Endpoints: []model.L7Endpoint{{Address: bad}, {Address: backend(t, &named{name: "good"})}},
+		Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}, Outlier: &model.OutlierDetection{Consecutive5xxErrors: 1, BaseEjectionTime: time.Minute, MaxEjectionPercent: 50}}}
+	routeA := model.L7Route{Name: "a", Destinations: to("od"), Retries: &model.RetryPolicy{}}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, routeA), nil)
+	client := newClient(t)
+	h.get(t, client, "/", nil)
+	h.get(t, client, "/", nil)
+	if badHits.Load() != 1 {
+		t.Fatalf("bad endpoint hits = %d; want 1 (then ejected)", badHits.Load())
+	}
+	// A route-only change must not un-eject the endpoint.
+	routeA.Name = "renamed"
+	if err := h.proxy.Update(oneRoute([]model.L7Cluster{cl}, routeA)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		h.get(t, client, "/", nil)
+	}
+	if badHits.Load() != 1 {
+		t.Errorf("bad endpoint hits after Update = %d; want still ejected", badHits.Load())
 	}
 }

@@ -205,7 +205,7 @@ func TestCircuitBreaker(t *testing.T) {
 				break
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
 		active.Add(-1)
 		w.Write([]byte("ok"))
 	}))

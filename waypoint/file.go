@@ -1,0 +1,39 @@
+package waypoint
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+)
+
+// LoadConfig reads a Config from JSON: the pkg/model and pkg/policy field
+// names, durations in nanoseconds (encoding/json's time.Duration). Unknown
+// fields are an error, so a typo is not silently ignored. The config is
+// validated when given to New or Update.
+func LoadConfig(r io.Reader) (*Config, error) {
+	dec := json.NewDecoder(io.LimitReader(r, 64<<20))
+	dec.DisallowUnknownFields()
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("decode waypoint config: %w", err)
+	}
+	if cfg.L7 == nil {
+		return nil, fmt.Errorf("decode waypoint config: no L7 section")
+	}
+	return &cfg, nil
+}
+
+// LoadConfigFile is LoadConfig on a file.
+func LoadConfigFile(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open waypoint config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := LoadConfig(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
