@@ -486,14 +486,16 @@ func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryR
 		}
 		return nil
 	}
-	// A new subscription: make sure this client has a view before the
-	// delta server opens its watch.
-	if _, err := s.cache.GetSnapshot(want); err != nil {
-		if err := s.cache.SetSnapshot(s.ctx, want, buildView(s.current, st.principal, strconv.FormatUint(s.gen, 10))); err != nil {
-			return status.Errorf(codes.Internal, "build view: %v", err)
-		}
-	}
 	if !st.counted {
+		// The node's first stream: give it a view of the current state
+		// before the delta server opens its watch. (A view left in the
+		// cache from an earlier connection may be stale: flushes skip
+		// nodes without streams.)
+		if s.nodeStreams[want] == 0 {
+			if err := s.cache.SetSnapshot(s.ctx, want, buildView(s.current, st.principal, strconv.FormatUint(s.gen, 10))); err != nil {
+				return status.Errorf(codes.Internal, "build view: %v", err)
+			}
+		}
 		st.counted = true
 		s.nodeStreams[want]++
 		s.metrics.connected.Inc()

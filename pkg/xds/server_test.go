@@ -373,3 +373,23 @@ func TestNotServedBeforeSync(t *testing.T) {
 		t.Errorf("workloads after sync = %v; want [w1 w2]", got)
 	}
 }
+
+// TestChangeWhileAway: a node agent that comes back after a change it
+// missed gets the current state, not the view of its last connection.
+func TestChangeWhileAway(t *testing.T) {
+	ts := startServer(t, newPKI(t), 10*time.Millisecond)
+	mustSet(t, ts.SetWorkload(workload("w1", "node-a")))
+	t.Run("first connection", func(t *testing.T) {
+		c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+		eventually(t, "w1", func() bool { _, ok := c.Get(meshv1.WorkloadType, "w1"); return ok })
+	}) // the client stops here
+	eventually(t, "disconnect", func() bool { return len(ts.Clients()) == 0 })
+	pushes := ts.metric(t, "meshd_xds_debounced_pushes_total", "")
+	mustSet(t, ts.SetWorkload(workload("w2", "node-a")))
+	eventually(t, "the push", func() bool { return ts.metric(t, "meshd_xds_debounced_pushes_total", "") > pushes })
+	c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	waitSynced(t, c)
+	if got := names(c.List(meshv1.WorkloadType)); !slices.Equal(got, []string{"w1", "w2"}) {
+		t.Errorf("workloads after reconnect = %v; want [w1 w2]", got)
+	}
+}
