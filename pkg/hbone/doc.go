@@ -1,0 +1,17 @@
+// Package hbone is meshlet's tunnel: HTTP/2 CONNECT over mutual TLS 1.3
+// between node agents (and waypoints), as Istio's HBONE. The server accepts
+// CONNECT streams whose :authority is an ip:port, after verifying the client's
+// X.509 SVID against the trust bundle and trust domain, and hands each stream
+// to a handler; the client pools HTTP/2 connections per (local identity,
+// destination, expected peer identity) and opens one CONNECT stream per
+// proxied connection, refusing a server whose SPIFFE ID is not the one
+// expected.
+//
+// The client's original source address travels in a Forwarded header
+// (RFC 7239): `Forwarded: for="<ip>:<port>"` (IPv6 as "[ip]:port"), the header
+// Istio's ztunnel also sets on HBONE CONNECT requests.
+//
+// It must not decide authorization (PeerAuthentication and L4 policy are the
+// caller's hooks), resolve destinations, or touch sockets outside the
+// listener and dial hook it is given.
+package hbone
