@@ -17,6 +17,7 @@ package agent
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -40,8 +41,8 @@ type Datapath interface {
 // policy; see proxy.Options for each hook's meaning.
 type Mesh interface {
 	Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool)
-	DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (net.Conn, error)
-	ServeTunnel(ln net.Listener, handle func(context.Context, proxy.Stream) error) error
+	DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
+	ServeTunnel(pod proxy.Pod, ln net.Listener, handle func(context.Context, proxy.Stream) error) error
 	PeerAuth(pod proxy.Pod, port uint16) proxy.Mode
 	Authorize(ctx context.Context, r proxy.AuthzRequest) proxy.Decision
 }

@@ -112,7 +112,10 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		},
 	}
 	if m := o.Mesh; m != nil {
-		popts.Resolve, popts.DialTunnel, popts.ServeTunnel = m.Resolve, m.DialTunnel, m.ServeTunnel
+		popts.Resolve, popts.DialTunnel = m.Resolve, m.DialTunnel
+		popts.ServeTunnel = func(ln net.Listener, h func(context.Context, proxy.Stream) error) error {
+			return m.ServeTunnel(pp, ln, h)
+		}
 		popts.PeerAuth, popts.Authorize = m.PeerAuth, m.Authorize
 	}
 	px, err := proxy.Start(popts)

@@ -16,6 +16,7 @@ package mesh
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -34,10 +35,10 @@ type Options struct {
 	// Dial opens a tunnel stream (pkg/hbone client): from src's netns to
 	// d.Via, CONNECT d.Target, requiring the peer to present d.Identity.
 	// Nil makes tunnelled destinations fail.
-	Dial func(ctx context.Context, src proxy.Pod, d proxy.Destination) (net.Conn, error)
-	// Serve serves HBONE on a pod's 15008 listener (pkg/hbone server). Nil
-	// leaves 15008 closed.
-	Serve func(ln net.Listener, handle func(context.Context, proxy.Stream) error) error
+	Dial func(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
+	// Serve serves HBONE on pod's 15008 listener (pkg/hbone server), with
+	// the pod's identity. Nil leaves 15008 closed.
+	Serve func(pod proxy.Pod, ln net.Listener, handle func(context.Context, proxy.Stream) error) error
 }
 
 // Mesh implements the agent's Mesh hooks over a model snapshot.
@@ -223,7 +224,7 @@ func namespaceOf(id string) string {
 var ErrNoTunnel = errors.New("mesh: no tunnel client configured (pkg/hbone)")
 
 // DialTunnel opens a tunnel stream through Options.Dial.
-func (m *Mesh) DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (net.Conn, error) {
+func (m *Mesh) DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error) {
 	if m.opts.Dial == nil {
 		return nil, ErrNoTunnel
 	}
@@ -232,9 +233,9 @@ func (m *Mesh) DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destinatio
 
 // ServeTunnel serves HBONE through Options.Serve; without one it returns at
 // once and 15008 stays closed.
-func (m *Mesh) ServeTunnel(ln net.Listener, handle func(context.Context, proxy.Stream) error) error {
+func (m *Mesh) ServeTunnel(pod proxy.Pod, ln net.Listener, handle func(context.Context, proxy.Stream) error) error {
 	if m.opts.Serve == nil {
 		return ln.Close()
 	}
-	return m.opts.Serve(ln, handle)
+	return m.opts.Serve(pod, ln, handle)
 }

@@ -20,6 +20,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -113,8 +114,9 @@ type Decision struct {
 
 // Stream is one inbound tunnel stream as the HBONE server hands it over.
 type Stream struct {
-	// Conn carries the stream's bytes.
-	Conn net.Conn
+	// Conn carries the stream's bytes. If it has CloseWrite() error, the
+	// proxy half-closes it when the app stops sending.
+	Conn io.ReadWriteCloser
 	// Peer is the client's verified SPIFFE ID.
 	Peer string
 	// Source is the original client's address.
@@ -168,7 +170,8 @@ type Options struct {
 	Resolve func(src Pod, dst netip.AddrPort) (Destination, bool)
 	// DialTunnel opens a tunnel stream from the pod to d. Required for
 	// outbound to mesh destinations.
-	DialTunnel func(ctx context.Context, src Pod, d Destination) (net.Conn, error)
+	// The stream may have CloseWrite() error for half-close.
+	DialTunnel func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error)
 	// ServeTunnel serves HBONE on ln, the pod's 15008 listener, calling
 	// handle for each stream, until ln is closed. Nil leaves 15008 closed.
 	ServeTunnel func(ln net.Listener, handle func(context.Context, Stream) error) error

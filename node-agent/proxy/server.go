@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,7 +20,7 @@ type Proxy struct {
 
 	mu        sync.Mutex
 	listeners []net.Listener
-	conns     map[net.Conn]struct{}
+	conns     map[io.Closer]struct{}
 	draining  bool
 	wg        sync.WaitGroup // open connections
 	serving   sync.WaitGroup // accept loops
@@ -31,7 +32,7 @@ func Start(opts Options) (*Proxy, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	p := &Proxy{opts: opts, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{opts: opts, conns: map[io.Closer]struct{}{}}
 	lo := netns.ListenOptions{Mark: opts.Mark, ReusePort: true}
 	listen := func(port int) (net.Listener, error) {
 		// Bind the wildcard: 15001 receives loopback-rewritten connects,
@@ -104,7 +105,7 @@ func (p *Proxy) acceptLoop(ln net.Listener, serve func(net.Conn)) {
 }
 
 // track registers an open connection; false when draining.
-func (p *Proxy) track(c net.Conn) bool {
+func (p *Proxy) track(c io.Closer) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.draining {
@@ -115,7 +116,7 @@ func (p *Proxy) track(c net.Conn) bool {
 	return true
 }
 
-func (p *Proxy) untrack(c net.Conn) {
+func (p *Proxy) untrack(c io.Closer) {
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
@@ -144,7 +145,7 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	if o.Resolve != nil {
 		d, inMesh = o.Resolve(o.Pod, dst)
 	}
-	var up net.Conn
+	var up io.ReadWriteCloser
 	labels := connLabels{reporter: "source", src: o.Pod.Workload}
 	if inMesh {
 		d.Source = addrPort(down.RemoteAddr())

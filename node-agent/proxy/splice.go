@@ -11,7 +11,7 @@ import (
 // splice copies both ways between the downstream (client side) and upstream
 // connections until both directions end, counting bytes as they pass, then
 // closes both. A direction that ends half-closes the other side's write.
-func splice(down, up net.Conn, c *connCounters) {
+func splice(down, up io.ReadWriteCloser, c *connCounters) {
 	var recv, sent prometheus.Counter
 	if c != nil {
 		recv, sent = c.received, c.sent
@@ -58,7 +58,7 @@ func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
 	}
 }
 
-func closeWrite(c net.Conn) {
+func closeWrite(c io.ReadWriteCloser) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
@@ -66,7 +66,7 @@ func closeWrite(c net.Conn) {
 
 // reset closes c with an RST instead of a FIN where c is TCP, so a refused
 // client sees a reset, never a served or half-served connection.
-func reset(c net.Conn) {
+func reset(c io.Closer) {
 	if t, ok := c.(*net.TCPConn); ok {
 		_ = t.SetLinger(0)
 	}

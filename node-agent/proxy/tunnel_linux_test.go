@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -34,8 +35,8 @@ func (c *bufConn) CloseWrite() error {
 	return nil
 }
 
-func testDialTunnel(mark uint32) func(ctx context.Context, src Pod, d Destination) (net.Conn, error) {
-	return func(ctx context.Context, src Pod, d Destination) (net.Conn, error) {
+func testDialTunnel(mark uint32) func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error) {
+	return func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error) {
 		return dialTestTunnel(ctx, src.Netns, src.Identity, mark, d)
 	}
 }
