@@ -43,7 +43,30 @@ type vhost struct {
 	suffixes []string // "*.foo.com" stored as ".foo.com"
 	any      bool
 	routes   []*route
-	cors     *model.CORSPolicy
+	cors     *corsPolicy
+}
+
+// corsPolicy is a CORSPolicy with its origin matches compiled.
+type corsPolicy struct {
+	spec    *model.CORSPolicy
+	origins []*strMatch
+}
+
+func compileCORS(c *model.CORSPolicy) (*corsPolicy, error) {
+	if c == nil {
+		return nil, nil
+	}
+	cp := &corsPolicy{spec: c}
+	for i := range c.AllowOrigins {
+		sm, err := compileStr(&c.AllowOrigins[i])
+		if err != nil {
+			return nil, fmt.Errorf("cors origin: %w", err)
+		}
+		if sm != nil {
+			cp.origins = append(cp.origins, sm)
+		}
+	}
+	return cp, nil
 }
 
 type route struct {
@@ -55,7 +78,7 @@ type route struct {
 	mirrors   []mirrorDest
 	limiter   *rateLimiter
 	rewriteRe *regexp.Regexp
-	cors      *model.CORSPolicy
+	cors      *corsPolicy
 }
 
 type dest struct {
@@ -127,7 +150,11 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 		l := &listener{name: ls.Name, port: ls.Port}
 		for j := range ls.VirtualHosts {
 			vs := &ls.VirtualHosts[j]
-			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vs.CORS}
+			vhCORS, err := compileCORS(vs.CORS)
+			if err != nil {
+				return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: %w", ls.Name, vs.Name, err)
+			}
+			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS}
 			for _, d := range vs.Domains {
 				switch {
 				case d == "*":
@@ -144,7 +171,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 					return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: route %d: %w", ls.Name, vs.Name, k, err)
 				}
 				if r.cors == nil {
-					r.cors = vs.CORS
+					r.cors = vhCORS
 				}
 				vh.routes = append(vh.routes, r)
 			}
@@ -161,10 +188,13 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 }
 
 func compileRoute(spec *model.L7Route, clusters map[string]*cluster) (*route, error) {
-	r := &route{name: spec.Name, spec: spec, cors: spec.CORS}
+	cors, err := compileCORS(spec.CORS)
+	if err != nil {
+		return nil, err
+	}
+	r := &route{name: spec.Name, spec: spec, cors: cors}
 	for _, m := range spec.Matches {
 		cm := match{port: m.Port, srcLabels: m.SourceLabels, srcNamespace: m.SourceNamespace}
-		var err error
 		if cm.uri, err = compileStr(m.URI); err != nil {
 			return nil, err
 		}

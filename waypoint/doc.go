@@ -24,7 +24,8 @@
 //     yet tried), feeding outlier detection;
 //  10. response headers are edited and the body streamed back with trailers
 //     (gRPC) and flushing, or the connection is handed over after a 101
-//     (WebSocket);
+//     (WebSocket only: other upgrades such as h2c are dropped, since an
+//     upgraded tunnel would bypass routing and policy);
 //  11. Istio's request metrics and a JSON access log line are recorded.
 //
 // Serve detects the protocol per connection: HTTP/1.1, HTTP/2 with prior
@@ -34,6 +35,9 @@
 // configuration (pkg/model L7 types plus pkg/policy policies) is swapped
 // atomically by Update; clusters whose definition did not change keep their
 // pools and outlier state.
+//
+// The upstream protocol is HTTP/2 (h2c) for gRPC requests and for clusters
+// marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke.
 //
 // Known limits: request bodies are buffered for retries and mirrors only when
 // their length is known and at most Options.MaxBufferedBody; gRPC and other

@@ -313,3 +313,13 @@ func TestUpdateKeepsUpstreamState(t *testing.T) {
 		t.Errorf("bad endpoint hits after Update = %d; want still ejected", badHits.Load())
 	}
 }
+
+func TestH2CUpgradeIsNotForwarded(t *testing.T) {
+	app := &named{name: "app"}
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")}), nil)
+	code, _ := rawGet(t, h.addr, "/", "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA")
+	last := app.lastRequest()
+	if code != 200 || last == nil || last.Header.Get("Upgrade") != "" || last.Header.Get("Http2-Settings") != "" {
+		t.Errorf("h2c upgrade attempt = %d, backend saw %v; want 200 with the upgrade headers dropped", code, last)
+	}
+}

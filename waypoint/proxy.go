@@ -707,14 +707,15 @@ func grpcCode(s string) string {
 }
 
 // cors answers a preflight (true) or adds CORS headers to the response.
-func (p *Proxy) cors(w *responseWriter, req *http.Request, c *model.CORSPolicy) bool {
+func (p *Proxy) cors(w *responseWriter, req *http.Request, cp *corsPolicy) bool {
+	c := cp.spec
 	origin := req.Header.Get("Origin")
 	if origin == "" {
 		return false
 	}
 	allowed := false
-	for i := range c.AllowOrigins {
-		if sm, err := compileStr(&c.AllowOrigins[i]); err == nil && sm != nil && sm.match(origin) {
+	for _, sm := range cp.origins {
+		if sm.match(origin) {
 			allowed = true
 			break
 		}
@@ -944,11 +945,17 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 	}
 }
 
+// upgradeType returns "websocket" for a WebSocket upgrade request and ""
+// otherwise. Only WebSocket is passed through (Istio enables only Envoy's
+// websocket upgrade): forwarding "Upgrade: h2c" would let a client open an
+// HTTP/2 tunnel to the backend whose later requests bypass routing and
+// policy (h2c smuggling), so other upgrades are dropped with the other
+// hop-by-hop headers and the request is proxied as a plain request.
 func upgradeType(h http.Header) string {
 	for _, f := range h.Values("Connection") {
 		for _, sf := range strings.Split(f, ",") {
-			if strings.EqualFold(strings.TrimSpace(sf), "upgrade") {
-				return h.Get("Upgrade")
+			if strings.EqualFold(strings.TrimSpace(sf), "upgrade") && strings.EqualFold(h.Get("Upgrade"), "websocket") {
+				return "websocket"
 			}
 		}
 	}

@@ -15,21 +15,18 @@ import (
 // response_flags metric label.
 const (
 	flagNone             = "-"
-	flagNoRoute          = "NR"   // no route matched
-	flagNoHealthy        = "UH"   // no healthy upstream
-	flagOverflow         = "UO"   // circuit breaker overflow
-	flagConnFailure      = "UF"   // upstream connection failure
-	flagUpstreamTimeout  = "UT"   // upstream request timeout
-	flagRetryExhausted   = "URX"  // retries exhausted
-	flagUpstreamReset    = "UC"   // upstream connection termination
-	flagDownstreamClosed = "DC"   // downstream connection termination
-	flagDelayInjected    = "DI"   // fault delay
-	flagFaultInjected    = "FI"   // fault abort
-	flagRateLimited      = "RL"   // local rate limit
-	flagUnauthorized     = "UAEX" // not used: CUSTOM authz is unsupported
+	flagNoRoute          = "NR"  // no route matched
+	flagNoHealthy        = "UH"  // no healthy upstream
+	flagOverflow         = "UO"  // circuit breaker overflow
+	flagConnFailure      = "UF"  // upstream connection failure
+	flagUpstreamTimeout  = "UT"  // upstream request timeout
+	flagRetryExhausted   = "URX" // retries exhausted
+	flagUpstreamReset    = "UC"  // upstream connection termination
+	flagDownstreamClosed = "DC"  // downstream connection termination
+	flagDelayInjected    = "DI"  // fault delay
+	flagFaultInjected    = "FI"  // fault abort
+	flagRateLimited      = "RL"  // local rate limit
 )
-
-var _ = flagUnauthorized
 
 // istioLabels are the standard labels of Istio's HTTP metrics
 // (https://istio.io/latest/docs/reference/config/metrics/).
