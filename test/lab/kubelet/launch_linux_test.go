@@ -233,4 +233,3 @@ func TestProbesInNetns(t *testing.T) {
 		t.Errorf("listener in the test netns reachable from the host: the probe test proves nothing")
 	}
 }
-
