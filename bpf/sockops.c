@@ -6,7 +6,10 @@
  * destination copied from ml_sock_dst (socket cookie) to ml_origdst under
  * (netns cookie, client address), which the agent finds from the socket it
  * accepted on 15001: the same netns cookie (SO_NETNS_COOKIE) and the accepted
- * socket's remote address. Both entries go when the socket reaches TCP_CLOSE.
+ * socket's remote address. The ml_origdst entry lives until the agent's end
+ * (the passive socket on the outbound port) reaches TCP_CLOSE, so a client
+ * that sends and closes before the agent looks still has one; the
+ * ml_sock_dst entry goes when the client socket closes or is released.
  *
  * Counters, for sockets in enrolled pods not carrying the agent's mark (the
  * agent's own sockets in the pod's netns are not the workload's): connections
@@ -37,6 +40,17 @@ static __always_inline struct ml_pod *ml_pod_of(struct bpf_sock_ops *skops)
 	return pod;
 }
 
+/*
+ * ml_is_outbound_listener_side: a socket on the outbound port is the agent's
+ * end of a captured connection (the mesh port is the agent's by definition;
+ * no mark needed, which also covers MPTCP subflows).
+ */
+static __always_inline int ml_is_outbound_listener_side(struct bpf_sock_ops *skops)
+{
+	struct ml_config cfg = ml_get_config();
+	return skops->local_port == cfg.outbound_port;
+}
+
 static __always_inline void ml_conn_key_of(struct bpf_sock_ops *skops, struct ml_conn_key *k)
 {
 	k->netns_cookie = bpf_get_netns_cookie(skops);
@@ -51,6 +65,23 @@ static __always_inline void ml_conn_key_of(struct bpf_sock_ops *skops, struct ml
 		__builtin_memcpy(k->ip, a, 16);
 	}
 	k->port = (__u16)skops->local_port; /* host byte order already */
+}
+
+/* ml_peer_key_of is the key of the client an agent-side socket on the outbound port serves. */
+static __always_inline void ml_peer_key_of(struct bpf_sock_ops *skops, struct ml_conn_key *k)
+{
+	k->netns_cookie = bpf_get_netns_cookie(skops);
+	if (skops->family == ML_AF_INET) {
+		ml_v4mapped(k->ip, skops->remote_ip4);
+	} else {
+		__u32 a[4];
+		a[0] = *(volatile __u32 *)&skops->remote_ip6[0];
+		a[1] = *(volatile __u32 *)&skops->remote_ip6[1];
+		a[2] = *(volatile __u32 *)&skops->remote_ip6[2];
+		a[3] = *(volatile __u32 *)&skops->remote_ip6[3];
+		__builtin_memcpy(k->ip, a, 16);
+	}
+	k->port = (__u16)bpf_ntohl(skops->remote_port); /* network order in the upper half */
 }
 
 static __always_inline int ml_rtt_bucket(__u32 srtt_us)
@@ -75,6 +106,11 @@ int ml_sockops(struct bpf_sock_ops *skops)
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+		if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && ml_is_outbound_listener_side(skops)) {
+			/* The agent's end of a captured connection: watch it close. */
+			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+			return 1;
+		}
 		struct ml_pod *pod = ml_pod_of(skops);
 		if (!pod)
 			return 1;
@@ -105,9 +141,12 @@ int ml_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_STATE_CB: {
 		if (skops->args[1] != ML_TCP_CLOSE)
 			return 1;
-		struct ml_conn_key k = {};
-		ml_conn_key_of(skops, &k);
-		bpf_map_delete_elem(&ml_origdst, &k);
+		if (ml_is_outbound_listener_side(skops)) {
+			struct ml_conn_key k = {};
+			ml_peer_key_of(skops, &k);
+			bpf_map_delete_elem(&ml_origdst, &k);
+			return 1;
+		}
 		/*
 		 * A closed TCP socket has no peer for getpeername: its ml_sock_dst
 		 * entry goes too (cgroup/sock_release never sees kernel-internal

@@ -158,6 +158,7 @@ func TestOutboundCapture(t *testing.T) {
 			}
 			defer c.Close()
 			srv := wait(t, tt.lands, tt.name)
+			defer srv.Close()
 			if tt.source != "" {
 				if got := srv.RemoteAddr().(*net.TCPAddr).IP.String(); got != tt.source {
 					t.Errorf("the agent sees the client at %s; want %s", got, tt.source)
@@ -182,6 +183,28 @@ func TestOutboundCapture(t *testing.T) {
 			}
 		})
 	}
+
+	// A client that sends and closes before the agent gets to it: the
+	// agent must still find where it was going.
+	t.Run("client gone before lookup", func(t *testing.T) {
+		c, err := netns.Dial(context.Background(), pod, remoteIP+":8080", netns.DialOptions{Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		srv := wait(t, outbound, "15001")
+		time.Sleep(100 * time.Millisecond)
+		if got, err := s.dp.OriginalDst(srv); err != nil || got.String() != remoteIP+":8080" {
+			t.Errorf("OriginalDst after the client closed = %v, %v; want %s:8080", got, err, remoteIP)
+		}
+		srv.Close()
+		eventually(t, "its ml_origdst entry to go once the agent closed", func() bool {
+			return s.count(t, s.dp.maps.MlOrigdst) == 0
+		})
+	})
 
 	// An MPTCP socket must not slip past capture.
 	t.Run("mptcp", func(t *testing.T) {

@@ -79,6 +79,10 @@ func TestOutboundCaptureIPv6(t *testing.T) {
 			if got.String() != tt.want {
 				t.Errorf("OriginalDst = %s; want %s", got, tt.want)
 			}
+			srv.Close()
+			eventually(t, "the ml_origdst entry to go with the agent's socket", func() bool {
+				return s.count(t, s.dp.maps.MlOrigdst) == 0
+			})
 		})
 	}
 }
