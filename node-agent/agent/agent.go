@@ -42,7 +42,7 @@ type Datapath interface {
 type Mesh interface {
 	Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool)
 	DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
-	ServeTunnel(pod proxy.Pod, ln net.Listener, handle func(context.Context, proxy.Stream) error) error
+	ServeTunnel(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error
 	PeerAuth(pod proxy.Pod, port uint16) proxy.Mode
 	Authorize(ctx context.Context, r proxy.AuthzRequest) proxy.Decision
 }

@@ -113,7 +113,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	}
 	if m := o.Mesh; m != nil {
 		popts.Resolve, popts.DialTunnel = m.Resolve, m.DialTunnel
-		popts.ServeTunnel = func(ln net.Listener, h func(context.Context, proxy.Stream) error) error {
+		popts.ServeTunnel = func(ln net.Listener, h proxy.StreamHandler) error {
 			return m.ServeTunnel(pp, ln, h)
 		}
 		popts.PeerAuth, popts.Authorize = m.PeerAuth, m.Authorize

@@ -38,7 +38,7 @@ type Options struct {
 	Dial func(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
 	// Serve serves HBONE on pod's 15008 listener (pkg/hbone server), with
 	// the pod's identity. Nil leaves 15008 closed.
-	Serve func(pod proxy.Pod, ln net.Listener, handle func(context.Context, proxy.Stream) error) error
+	Serve func(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error
 }
 
 // Mesh implements the agent's Mesh hooks over a model snapshot.
@@ -233,9 +233,9 @@ func (m *Mesh) DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destinatio
 
 // ServeTunnel serves HBONE through Options.Serve; without one it returns at
 // once and 15008 stays closed.
-func (m *Mesh) ServeTunnel(pod proxy.Pod, ln net.Listener, handle func(context.Context, proxy.Stream) error) error {
+func (m *Mesh) ServeTunnel(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error {
 	if m.opts.Serve == nil {
 		return ln.Close()
 	}
-	return m.opts.Serve(pod, ln, handle)
+	return m.opts.Serve(pod, ln, h)
 }

@@ -119,10 +119,21 @@ type Stream struct {
 	Conn io.ReadWriteCloser
 	// Peer is the client's verified SPIFFE ID.
 	Peer string
-	// Source is the original client's address.
+	// Source is the original client's address (the tunnel's Forwarded
+	// header, else the tunnel's peer); the app sees it as the client.
 	Source netip.AddrPort
+	// PeerAddr is the tunnel connection's peer address, which the client
+	// cannot forge; authorization's source IP when valid, else Source's.
+	PeerAddr netip.Addr
 	// Target is the address the CONNECT named.
 	Target netip.AddrPort
+}
+
+// StreamHandler is what a tunnel server calls for each stream; *Proxy is
+// one.
+type StreamHandler interface {
+	CheckStream(ctx context.Context, s Stream) error
+	ServeStream(ctx context.Context, s Stream) error
 }
 
 // Refused is the error ServeStream returns for a stream it will not serve;
@@ -172,9 +183,11 @@ type Options struct {
 	// outbound to mesh destinations.
 	// The stream may have CloseWrite() error for half-close.
 	DialTunnel func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error)
-	// ServeTunnel serves HBONE on ln, the pod's 15008 listener, calling
-	// handle for each stream, until ln is closed. Nil leaves 15008 closed.
-	ServeTunnel func(ln net.Listener, handle func(context.Context, Stream) error) error
+	// ServeTunnel serves HBONE on ln, the pod's 15008 listener, until ln
+	// is closed: h.CheckStream before accepting a stream (a refusal is
+	// answered 403), h.ServeStream for each accepted one (an error resets
+	// it). Nil leaves 15008 closed.
+	ServeTunnel func(ln net.Listener, h StreamHandler) error
 	// PeerAuth returns the PeerAuthentication mode for a port of the pod.
 	// Nil means PERMISSIVE everywhere.
 	PeerAuth func(pod Pod, port uint16) Mode

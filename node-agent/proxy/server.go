@@ -70,7 +70,7 @@ func Start(opts Options) (*Proxy, error) {
 		p.serving.Add(1)
 		go func() {
 			defer p.serving.Done()
-			if err := opts.ServeTunnel(ln, p.ServeStream); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := opts.ServeTunnel(ln, p); err != nil && !errors.Is(err, net.ErrClosed) {
 				opts.Errorf("serve tunnel for %s/%s: %v", opts.Pod.Namespace, opts.Pod.Name, err)
 			}
 		}()
@@ -165,11 +165,11 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	splice(down, up, o.Metrics.open(labels))
 }
 
-// ServeStream serves one inbound tunnel stream: check it names this pod and
-// an app port, authorize the peer, then connect to the app from inside the
-// pod keeping the client's address. It returns a *Refused without touching
-// the stream when it will not serve it, and nil once the stream is done.
-func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
+// CheckStream decides whether an inbound tunnel stream may be served: it
+// must name this pod and an app port, and the peer must be authorized. It
+// returns a *Refused (counted) or nil, and never touches s.Conn, so a tunnel
+// server can call it before accepting the stream.
+func (p *Proxy) CheckStream(ctx context.Context, s Stream) error {
 	o := &p.opts
 	if !o.Pod.owns(s.Target.Addr()) {
 		return p.refuseStream(ReasonNotThisPod, fmt.Sprintf("CONNECT to %s, which is not pod %s/%s", s.Target, o.Pod.Namespace, o.Pod.Name))
@@ -177,8 +177,24 @@ func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
 	if isMeshPort(s.Target.Port()) {
 		return p.refuseStream(ReasonMeshPort, fmt.Sprintf("CONNECT to mesh port %d", s.Target.Port()))
 	}
-	if d := p.authorize(ctx, s.Peer, s.Source.Addr(), s.Target.Port()); !d.Allow {
-		return p.refuseStream(ReasonDenied, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, s.Source.Addr(), s.Target.Port(), d.Reason))
+	src := s.PeerAddr
+	if !src.IsValid() {
+		src = s.Source.Addr()
+	}
+	if d := p.authorize(ctx, s.Peer, src, s.Target.Port()); !d.Allow {
+		return p.refuseStream(ReasonDenied, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, src, s.Target.Port(), d.Reason))
+	}
+	return nil
+}
+
+// ServeStream serves one inbound tunnel stream: CheckStream, then connect
+// to the app from inside the pod keeping the client's address. It returns a
+// *Refused without touching the stream when it will not serve it, and nil
+// once the stream is done.
+func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
+	o := &p.opts
+	if err := p.CheckStream(ctx, s); err != nil {
+		return err
 	}
 	up, err := p.dialApp(ctx, s.Source.Addr(), s.Target)
 	if err != nil {

@@ -63,7 +63,7 @@ func dialTestTunnel(ctx context.Context, nsPath, identity string, mark uint32, d
 	return &bufConn{Conn: c, r: r}, nil
 }
 
-func testServeTunnel(ln net.Listener, handle func(context.Context, Stream) error) error {
+func testServeTunnel(ln net.Listener, h StreamHandler) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -82,7 +82,11 @@ func testServeTunnel(ln net.Listener, handle func(context.Context, Stream) error
 			// The answer "ok" is written once the proxy accepted the stream:
 			// the first write on the stream's conn.
 			sc := &answerConn{bufConn: bufConn{Conn: c, r: r}}
-			err = handle(context.Background(), Stream{Conn: sc, Peer: id, Source: addrPort(c.RemoteAddr()), Target: tgt})
+			s := Stream{Conn: sc, Peer: id, Source: addrPort(c.RemoteAddr()), PeerAddr: addrPort(c.RemoteAddr()).Addr(), Target: tgt}
+			err = h.CheckStream(context.Background(), s)
+			if err == nil {
+				err = h.ServeStream(context.Background(), s)
+			}
 			var ref *Refused
 			if errors.As(err, &ref) {
 				fmt.Fprintf(c, "refused %s\n", ref.Reason)
