@@ -191,6 +191,8 @@ type clientOpts struct {
 	token    string
 	nodeID   string
 	validate func(string, string, proto.Message) error
+	// types are the subscribed types; nil means allTypes.
+	types []string
 	// onChange replaces the event log when set.
 	onChange func(typeURL string, updated, removed []string)
 }
@@ -200,6 +202,10 @@ func startClient(t testing.TB, ts *testServer, o clientOpts) (*client.Client, *e
 	t.Helper()
 	ev := &events{}
 	onChange := ev.add
+	types := allTypes
+	if o.types != nil {
+		types = o.types
+	}
 	if o.onChange != nil {
 		onChange = o.onChange
 	}
@@ -208,7 +214,7 @@ func startClient(t testing.TB, ts *testServer, o clientOpts) (*client.Client, *e
 		TLS:        ts.pki.client,
 		Token:      func(context.Context) (string, error) { return o.token, nil },
 		NodeID:     o.nodeID,
-		Types:      allTypes,
+		Types:      types,
 		Validate:   o.validate,
 		OnChange:   onChange,
 		MinBackoff: 20 * time.Millisecond,

@@ -278,6 +278,19 @@ func (s *Server) SetTrustBundle(b *meshv1.TrustBundle) error {
 	return nil
 }
 
+// SetWaypointConfig adds or replaces a waypoint's L7 config (keyed by namespace/name).
+func (s *Server) SetWaypointConfig(c *meshv1.WaypointConfig) error {
+	if c.GetNamespace() == "" || c.GetName() == "" {
+		return errors.New("set waypoint config: namespace and name are required")
+	}
+	e, err := newEntry(c)
+	if err != nil {
+		return fmt.Errorf("set waypoint config: %w", err)
+	}
+	s.change(func(st *store) { st.waypoints[c.GetNamespace()+"/"+c.GetName()] = e })
+	return nil
+}
+
 // DeleteTrustBundle removes a trust domain's roots.
 func (s *Server) DeleteTrustBundle(trustDomain string) {
 	s.change(func(st *store) { delete(st.bundles, trustDomain) })

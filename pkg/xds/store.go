@@ -24,16 +24,17 @@ type store struct {
 	authz     typeSet // namespace/name → *Authorization
 	peerAuthn typeSet // uid → *PeerAuthentication
 	bundles   typeSet // trust domain → *TrustBundle
+	waypoints typeSet // namespace/name → *WaypointConfig
 }
 
 func newStore() *store {
-	return &store{workloads: typeSet{}, services: typeSet{}, addresses: typeSet{}, authz: typeSet{}, peerAuthn: typeSet{}, bundles: typeSet{}}
+	return &store{workloads: typeSet{}, services: typeSet{}, addresses: typeSet{}, authz: typeSet{}, peerAuthn: typeSet{}, bundles: typeSet{}, waypoints: typeSet{}}
 }
 
 // frozen is an immutable copy of a store plus the indexes views need.
 type frozen struct {
-	workloads, addresses, authz, peerAuthn, bundles typeSet
-	byNode, byWaypoint                              map[string]map[string]struct{}
+	workloads, addresses, authz, peerAuthn, bundles, waypoints typeSet
+	byNode, byWaypoint                                         map[string]map[string]struct{}
 }
 
 func (s *store) freeze() *frozen {
@@ -43,6 +44,7 @@ func (s *store) freeze() *frozen {
 		authz:      maps.Clone(s.authz),
 		peerAuthn:  maps.Clone(s.peerAuthn),
 		bundles:    maps.Clone(s.bundles),
+		waypoints:  maps.Clone(s.waypoints),
 		byNode:     map[string]map[string]struct{}{},
 		byWaypoint: map[string]map[string]struct{}{},
 	}

@@ -10,9 +10,9 @@ import (
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
-// Apply makes the server's workloads, address index, peer authentications
-// and L4 authorizations those of snap, replacing the previous ones (trust
-// bundles are set separately). Resources whose content did not
+// Apply makes the server's workloads, address index, peer authentications,
+// L4 authorizations and waypoint configs those of snap, replacing the
+// previous ones (trust bundles are set separately). Resources whose content did not
 // change keep their version, so clients are sent only the difference; when
 // nothing changed no push happens.
 func (s *Server) Apply(snap *model.Snapshot) error {
@@ -77,15 +77,31 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		}
 		authz[a.GetNamespace()+"/"+a.GetName()] = e
 	}
+	waypoints := typeSet{}
+	for _, wp := range snap.Waypoints() {
+		c, err := waypointConfig(snap, wp)
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		if c == nil {
+			continue
+		}
+		e, err := newEntry(c)
+		if err != nil {
+			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		}
+		waypoints[wp.Key().String()] = e
+	}
 	s.mu.Lock()
 	same := sameVersions(s.store.workloads, workloads) && sameVersions(s.store.addresses, addresses) &&
-		sameVersions(s.store.peerAuthn, peerAuthn) && sameVersions(s.store.authz, authz)
+		sameVersions(s.store.peerAuthn, peerAuthn) && sameVersions(s.store.authz, authz) &&
+		sameVersions(s.store.waypoints, waypoints)
 	s.mu.Unlock()
 	if same {
 		return nil
 	}
 	s.change(func(st *store) {
-		st.workloads, st.addresses, st.peerAuthn, st.authz = workloads, addresses, peerAuthn, authz
+		st.workloads, st.addresses, st.peerAuthn, st.authz, st.waypoints = workloads, addresses, peerAuthn, authz, waypoints
 	})
 	return nil
 }

@@ -61,7 +61,7 @@ func (v *view) GetVersionMap(typeURL string) map[string]string {
 // roleTypes are the type URLs each role may subscribe to.
 var roleTypes = map[Role][]string{
 	RoleNodeAgent: {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
-	RoleWaypoint:  {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
+	RoleWaypoint:  {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
 }
 
 func allowedType(r Role, typeURL string) bool {
@@ -77,7 +77,8 @@ func allowedType(r Role, typeURL string) bool {
 //   - a node agent: the workloads on its node in full, their resolved peer
 //     authentication, the authorizations that apply to any of them, the whole
 //     address index and the trust bundles;
-//   - a waypoint: the same, for the workloads whose waypoint it is.
+//   - a waypoint: the same, for the workloads whose waypoint it is, and its
+//     own WaypointConfig.
 func buildView(s *frozen, p Principal, version string) *view {
 	var uids map[string]struct{}
 	switch p.Role {
@@ -103,13 +104,21 @@ func buildView(s *frozen, p Principal, version string) *view {
 			authz[name] = e
 		}
 	}
-	return &view{version: version, types: map[string]typeSet{
+	v := &view{version: version, types: map[string]typeSet{
 		meshv1.WorkloadType:           workloads,
 		meshv1.AddressType:            s.addresses,
 		meshv1.AuthorizationType:      authz,
 		meshv1.PeerAuthenticationType: peerAuthn,
 		meshv1.TrustBundleType:        s.bundles,
 	}}
+	if p.Role == RoleWaypoint {
+		own := typeSet{}
+		if e, ok := s.waypoints[p.Namespace+"/"+p.Name]; ok {
+			own[p.Namespace+"/"+p.Name] = e
+		}
+		v.types[meshv1.WaypointConfigType] = own
+	}
+	return v
 }
 
 // appliesTo reports whether policy a selects any of the workloads uids

@@ -18,4 +18,5 @@ const (
 	AuthorizationType      = "type.googleapis.com/meshlet.mesh.v1alpha1.Authorization"
 	PeerAuthenticationType = "type.googleapis.com/meshlet.mesh.v1alpha1.PeerAuthentication"
 	TrustBundleType        = "type.googleapis.com/meshlet.mesh.v1alpha1.TrustBundle"
+	WaypointConfigType     = "type.googleapis.com/meshlet.mesh.v1alpha1.WaypointConfig"
 )

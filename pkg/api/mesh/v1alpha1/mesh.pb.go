@@ -1904,6 +1904,86 @@ func (x *TrustBundle) GetRootsPem() []string {
 	return nil
 }
 
+// WaypointConfig is what one waypoint runs at L7: its routes, clusters and
+// JWT providers, and the authorization policies that target it. Resource
+// name: "<namespace>/<name>" of the waypoint's Gateway; only that waypoint
+// is sent it.
+//
+// The payload is pkg/model's L7Config and pkg/policy's Policy list in their
+// encoding/json form (the schema of the waypoint's config file), so that
+// meshd's model and the waypoint share one definition; typed protobuf
+// messages for L7 are future work.
+type WaypointConfig struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// l7_json is a JSON pkg/model.L7Config.
+	L7Json []byte `protobuf:"bytes,3,opt,name=l7_json,json=l7Json,proto3" json:"l7_json,omitempty"`
+	// policies_json is a JSON []pkg/policy.Policy: the policies whose
+	// targetRefs name this waypoint or a service it serves.
+	PoliciesJson  []byte `protobuf:"bytes,4,opt,name=policies_json,json=policiesJson,proto3" json:"policies_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaypointConfig) Reset() {
+	*x = WaypointConfig{}
+	mi := &file_mesh_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaypointConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaypointConfig) ProtoMessage() {}
+
+func (x *WaypointConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaypointConfig.ProtoReflect.Descriptor instead.
+func (*WaypointConfig) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WaypointConfig) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WaypointConfig) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WaypointConfig) GetL7Json() []byte {
+	if x != nil {
+		return x.L7Json
+	}
+	return nil
+}
+
+func (x *WaypointConfig) GetPoliciesJson() []byte {
+	if x != nil {
+		return x.PoliciesJson
+	}
+	return nil
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -2081,7 +2161,12 @@ const file_mesh_proto_rawDesc = "" +
 	"\aDISABLE\x10\x03\"M\n" +
 	"\vTrustBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1b\n" +
-	"\troots_pem\x18\x02 \x03(\tR\brootsPem*,\n" +
+	"\troots_pem\x18\x02 \x03(\tR\brootsPem\"\x80\x01\n" +
+	"\x0eWaypointConfig\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x17\n" +
+	"\al7_json\x18\x03 \x01(\fR\x06l7Json\x12#\n" +
+	"\rpolicies_json\x18\x04 \x01(\fR\fpoliciesJson*,\n" +
 	"\x0eWorkloadStatus\x12\v\n" +
 	"\aHEALTHY\x10\x00\x12\r\n" +
 	"\tUNHEALTHY\x10\x01B?Z=github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1;meshv1alpha1b\x06proto3"
@@ -2099,7 +2184,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_mesh_proto_goTypes = []any{
 	(WorkloadStatus)(0),          // 0: meshlet.mesh.v1alpha1.WorkloadStatus
 	(LoadBalancing_Mode)(0),      // 1: meshlet.mesh.v1alpha1.LoadBalancing.Mode
@@ -2126,20 +2211,21 @@ var file_mesh_proto_goTypes = []any{
 	(*DestinationMatch)(nil),     // 22: meshlet.mesh.v1alpha1.DestinationMatch
 	(*PeerAuthentication)(nil),   // 23: meshlet.mesh.v1alpha1.PeerAuthentication
 	(*TrustBundle)(nil),          // 24: meshlet.mesh.v1alpha1.TrustBundle
-	nil,                          // 25: meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	nil,                          // 26: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	nil,                          // 27: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	(*WaypointConfig)(nil),       // 25: meshlet.mesh.v1alpha1.WaypointConfig
+	nil,                          // 26: meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	nil,                          // 27: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	nil,                          // 28: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 }
 var file_mesh_proto_depIdxs = []int32{
 	11, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
 	8,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
-	25, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	26, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
 	0,  // 3: meshlet.mesh.v1alpha1.Workload.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
 	9,  // 4: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
 	13, // 5: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
 	14, // 6: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
 	11, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	26, // 8: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	27, // 8: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
 	0,  // 9: meshlet.mesh.v1alpha1.WorkloadAddress.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
 	16, // 10: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
 	11, // 11: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
@@ -2156,7 +2242,7 @@ var file_mesh_proto_depIdxs = []int32{
 	22, // 22: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
 	20, // 23: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
 	6,  // 24: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	27, // 25: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	28, // 25: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 	10, // 26: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
 	10, // 27: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
 	6,  // 28: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
@@ -2182,7 +2268,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -19,6 +19,7 @@ func TestTypeURLs(t *testing.T) {
 		{AuthorizationType, &Authorization{}},
 		{PeerAuthenticationType, &PeerAuthentication{}},
 		{TrustBundleType, &TrustBundle{}},
+		{WaypointConfigType, &WaypointConfig{}},
 	}
 	for _, tt := range tests {
 		a, err := anypb.New(tt.msg)

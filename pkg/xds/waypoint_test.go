@@ -1,0 +1,76 @@
+package xds_test
+
+import (
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/xds"
+)
+
+// TestWaypointConfig: a waypoint gets its own L7 config and the policies
+// that target it, exactly as meshd's model has them; a node agent may not
+// subscribe to waypoint configs.
+func TestWaypointConfig(t *testing.T) {
+	wpName := model.NamespacedName{Namespace: "ns1", Name: "waypoint"}
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", Port: 80, VirtualHosts: []model.VirtualHost{{
+			Name: "web", Domains: []string{"web.ns1.svc.cluster.local"},
+			Routes: []model.L7Route{{Name: "r0", Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 100}}, Timeout: 3 * time.Second}},
+		}}}},
+		Clusters: []model.L7Cluster{{Name: "web", Endpoints: []model.L7Endpoint{{Address: "198.18.0.10:8080"}}}},
+	}
+	targeted := &policy.Policy{Name: "wp-deny", Namespace: "ns1", Action: policy.Deny, Rules: []policy.Rule{{To: []policy.Operation{{Methods: []string{"DELETE"}}}}}}
+	other := &policy.Policy{Name: "other-wp", Namespace: "ns1", Action: policy.Deny}
+	snap := model.NewSnapshot(model.SnapshotInput{
+		Waypoints: []*model.Waypoint{{Name: "waypoint", Namespace: "ns1", For: model.WaypointForService}, {Name: "other", Namespace: "ns1"}},
+		L7:        map[model.NamespacedName]*model.L7Config{wpName: l7, {Namespace: "ns1", Name: "other"}: {}},
+		AuthorizationPolicies: []*model.AuthorizationPolicy{
+			{Policy: targeted, Targets: []model.PolicyTarget{{Kind: "Gateway", Namespace: "ns1", Name: "waypoint"}}},
+			{Policy: other, Targets: []model.PolicyTarget{{Kind: "Gateway", Namespace: "ns1", Name: "other"}}},
+		},
+	})
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	if err := ts.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	ts.MarkSynced()
+
+	types := append(slices.Clone(allTypes), meshv1.WaypointConfigType)
+	c, _ := startClient(t, ts, clientOpts{token: "waypoint:ns1/waypoint", nodeID: xds.Principal{Role: xds.RoleWaypoint, Namespace: "ns1", Name: "waypoint"}.NodeID(), types: types})
+	waitSynced(t, c)
+	if got := names(c.List(meshv1.WaypointConfigType)); !slices.Equal(got, []string{"ns1/waypoint"}) {
+		t.Fatalf("waypoint configs = %v; want only its own [ns1/waypoint]", got)
+	}
+	r, _ := c.Get(meshv1.WaypointConfigType, "ns1/waypoint")
+	wc := r.Message.(*meshv1.WaypointConfig)
+	var gotL7 model.L7Config
+	if err := json.Unmarshal(wc.GetL7Json(), &gotL7); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(l7, &gotL7); d != "" {
+		t.Errorf("L7 config (-want +got):\n%s", d)
+	}
+	var gotPolicies []*policy.Policy
+	if err := json.Unmarshal(wc.GetPoliciesJson(), &gotPolicies); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]*policy.Policy{targeted}, gotPolicies); d != "" {
+		t.Errorf("policies (-want +got):\n%s", d)
+	}
+
+	agent, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a"), types: []string{meshv1.WaypointConfigType}})
+	eventually(t, "refusal", func() bool { return agent.LastError() != nil })
+	if got := status.Code(errors.Unwrap(agent.LastError())); got != codes.InvalidArgument {
+		t.Errorf("node agent subscribing to waypoint configs: %v; want code InvalidArgument", agent.LastError())
+	}
+}
