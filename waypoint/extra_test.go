@@ -323,3 +323,15 @@ func TestH2CUpgradeIsNotForwarded(t *testing.T) {
 		t.Errorf("h2c upgrade attempt = %d, backend saw %v; want 200 with the upgrade headers dropped", code, last)
 	}
 }
+
+func TestOversizedHeadersRejected(t *testing.T) {
+	app := &named{name: "app"}
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")}), nil)
+	code, _ := rawGet(t, h.addr, "/", "X-Big: "+strings.Repeat("a", 100<<10))
+	if code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("GET with 100 KiB of headers = %d; want 431", code)
+	}
+	if app.lastRequest() != nil {
+		t.Error("backend saw the oversized request")
+	}
+}

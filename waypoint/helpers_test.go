@@ -125,7 +125,7 @@ func start(t testing.TB, cfg *Config, mutate func(o *Options)) *harness {
 			t.Errorf("Serve() = %v", err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done; p.Close() })
 	h.proxy, h.addr, h.url = p, l.Addr().String(), "http://"+l.Addr().String()
 	return h
 }

@@ -113,6 +113,17 @@ func New(opts Options) (*Proxy, error) {
 	return p, nil
 }
 
+// Close releases the upstream connections the proxy keeps idle. Requests in
+// flight are not interrupted; stop Serve first.
+func (p *Proxy) Close() error {
+	if c := p.cfg.Load(); c != nil {
+		for _, cl := range c.clusters {
+			cl.close()
+		}
+	}
+	return nil
+}
+
 // Update validates cfg and swaps it in atomically: requests in flight finish
 // on the config they started with. On error the old config stays.
 func (p *Proxy) Update(cfg *Config) error {
@@ -625,26 +636,30 @@ func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadClose
 		host += "-shadow"
 	}
 	m.Host = host
-	go func() {
-		defer func() { <-p.mirrors }()
-		defer cancel()
-		ep, err := up.pick(m, Peer{}, nil)
-		if err != nil {
-			return
-		}
-		m.URL.Host, m.URL.Scheme = ep.addr, "http"
-		t := up.h1
-		if up.useH2(isGRPC(m)) {
-			t = up.h2
-		}
-		resp, err := t.RoundTrip(m)
-		if err != nil {
-			p.logf("waypoint: mirror to %s: %v", up.name(), err)
-			return
-		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-	}()
+	go p.sendMirror(m, up, cancel)
+}
+
+// sendMirror runs in its own goroutine: one shadow request, response
+// discarded.
+func (p *Proxy) sendMirror(m *http.Request, up *upstream, cancel context.CancelFunc) {
+	defer func() { <-p.mirrors }()
+	defer cancel()
+	ep, err := up.pick(m, Peer{}, nil)
+	if err != nil {
+		return
+	}
+	m.URL.Host, m.URL.Scheme = ep.addr, "http"
+	t := up.h1
+	if up.useH2(isGRPC(m)) {
+		t = up.h2
+	}
+	resp, err := t.RoundTrip(m)
+	if err != nil {
+		p.logf("waypoint: mirror to %s: %v", up.name(), err)
+		return
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
 }
 
 // localReply answers without an upstream response, in gRPC form for gRPC

@@ -227,15 +227,8 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 // pipe copies both ways until one side ends, then closes both.
 func pipe(a, b io.ReadWriteCloser) {
 	done := make(chan struct{}, 2)
-	cp := func(dst io.WriteCloser, src io.Reader) {
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go cp(a, b)
-	go cp(b, a)
+	go copyHalf(a, b, done)
+	go copyHalf(b, a, done)
 	<-done
 	// Give the other direction a moment to drain a half-closed stream.
 	t := time.NewTimer(5 * time.Second)
@@ -246,6 +239,15 @@ func pipe(a, b io.ReadWriteCloser) {
 	t.Stop()
 	a.Close()
 	b.Close()
+}
+
+// copyHalf copies one direction of a pipe, then half-closes dst.
+func copyHalf(dst io.WriteCloser, src io.Reader, done chan<- struct{}) {
+	_, _ = io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	done <- struct{}{}
 }
 
 // handleUpgrade hands a 101 response (WebSocket and other upgrades) over to
