@@ -498,10 +498,6 @@ func (d *Datapath) OriginalDst(c net.Conn) (netip.AddrPort, error) {
 	return d.OriginalDstOf(cookie, client)
 }
 
-// ErrNoOriginalDst is returned for a connection that was not captured, or
-// whose client closed before the agent asked.
-var ErrNoOriginalDst = errors.New("no original destination recorded")
-
 // OriginalDstOf returns the address the app dialled for the captured
 // connection from client (the accepted socket's remote address) in the netns
 // with the given cookie.

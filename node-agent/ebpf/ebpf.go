@@ -30,6 +30,10 @@ const DefaultPinDir = "/sys/fs/bpf/meshlet"
 // ErrNotSupported is returned on operating systems without eBPF.
 var ErrNotSupported = errors.New("ebpf data path: not supported on this OS")
 
+// ErrNoOriginalDst is returned by OriginalDst for a connection that was not
+// captured (or whose entry was evicted: ml_origdst holds 65536 connections).
+var ErrNoOriginalDst = errors.New("no original destination recorded")
+
 // ErrNothingPinned is returned by Adopt when the pin directory holds no data path.
 var ErrNothingPinned = errors.New("no pinned meshlet data path to adopt")
 
