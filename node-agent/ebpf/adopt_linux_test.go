@@ -365,3 +365,45 @@ func TestPruneStats(t *testing.T) {
 		t.Errorf("PruneStats removed %d (want 2); stats after (-want +got):\n%s", n, diff)
 	}
 }
+
+// TestLoadReplacesIncompatibleMap pins a map of another layout where
+// ml_tc_counts goes (as an older agent version might have): Load must
+// replace it, and keep compatible maps with their data.
+func TestLoadReplacesIncompatibleMap(t *testing.T) {
+	s := newSetup(t, Options{})
+	if err := s.dp.Enroll(1234, Pod{WorkloadID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	opts := s.dp.opts
+	if err := s.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.dp = nil
+	path := filepath.Join(opts.PinDir, "ml_tc_counts")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := Adopt(opts)
+	if err != nil {
+		t.Fatalf("Adopt over an incompatible pinned map: %v", err)
+	}
+	s.dp = dp
+	if _, err := dp.IngressStats(); err != nil {
+		t.Errorf("IngressStats on the replaced map: %v", err)
+	}
+	got, err := dp.Enrolled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got[1234]; !ok {
+		t.Errorf("the compatible ml_enrolled lost its entry: %v", got)
+	}
+}

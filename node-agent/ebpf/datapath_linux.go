@@ -74,13 +74,16 @@ func load(opts Options, adopt bool) (_ *Datapath, err error) {
 			_ = d.Close()
 		}
 	}()
+	if err := dropIncompatiblePins(opts.PinDir); err != nil {
+		return nil, err
+	}
 	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
 
 	// Every object declares every map, pinned by name: the first load
 	// creates (or reuses) the pins and the others share them.
 	var so sockopsObjects
 	if err := loadSockopsObjects(&so, copts); err != nil {
-		return nil, fmt.Errorf("load sockops object (if a pinned map is incompatible, Uninstall the old data path first): %w", err)
+		return nil, fmt.Errorf("load sockops object: %w", err)
 	}
 	d.maps = so.sockopsMaps
 	d.progs = append(d.progs, so.MlSockops)
@@ -156,6 +159,37 @@ func load(opts Options, adopt bool) (_ *Datapath, err error) {
 		}
 	}
 	return d, nil
+}
+
+// dropIncompatiblePins unpins every pinned map whose layout differs from this
+// build's (a map changed between agent versions), so that Load creates it
+// anew instead of failing. Programs still attached keep the old map until
+// their links are updated to the new programs. Compatible maps, such as
+// ml_enrolled in every release so far, are kept and adopted with their data.
+func dropIncompatiblePins(dir string) error {
+	spec, err := loadSockops()
+	if err != nil {
+		return fmt.Errorf("read map layout: %w", err)
+	}
+	for name, ms := range spec.Maps {
+		path := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load pinned map %s: %w", path, err)
+		}
+		cerr := ms.Compatible(m)
+		_ = m.Close()
+		if cerr == nil {
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("unpin incompatible map %s (%v): %w", path, cerr, err)
+		}
+	}
+	return nil
 }
 
 // ensureBPFFS creates dir and checks that it is on a bpffs mount.
