@@ -1,0 +1,174 @@
+// Package tunnel connects the per-pod proxies to pkg/hbone: the client side
+// dials from the source pod's network namespace (one pooled Dialer per pod,
+// so a pooled connection always carries that pod's address), presents the
+// pod's SVID and requires the peer to present the identity the model names;
+// the server side serves a pod's 15008 listener with the pod's SVID, asking
+// the proxy to check a stream before it is accepted (a refusal is a 403) and
+// to serve it after.
+//
+// It must not decide anything itself: where to go, which identity to expect
+// and whether to serve come from the proxy and the model.
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/hbone"
+)
+
+// Options configures a Tunnel.
+type Options struct {
+	// TrustDomain is the only trust domain peers may come from. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Bundle holds the roots peers' SVIDs are verified against. Required.
+	Bundle x509bundle.Source
+	// SVID returns the certificate source for a workload identity (one per
+	// service account with pods on the node). Required.
+	SVID func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error)
+	// Mark is the SO_MARK of the tunnel's TCP connections, so the eBPF
+	// connect hook leaves them alone. Zero sets none.
+	Mark uint32
+	// DrainTimeout bounds a pod's open streams once its listener closes.
+	// Zero means 30s.
+	DrainTimeout time.Duration
+}
+
+// Tunnel implements the mesh's Dial and Serve hooks with pkg/hbone.
+type Tunnel struct {
+	opts    Options
+	mu      sync.Mutex
+	dialers map[string]*hbone.Dialer // by source netns path
+}
+
+// New checks opts and returns a Tunnel.
+func New(opts Options) (*Tunnel, error) {
+	if opts.TrustDomain.IsZero() || opts.Bundle == nil || opts.SVID == nil {
+		return nil, errors.New("tunnel: Options.TrustDomain, Bundle and SVID are required")
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	return &Tunnel{opts: opts, dialers: map[string]*hbone.Dialer{}}, nil
+}
+
+func (t *Tunnel) dialer(nsPath string) (*hbone.Dialer, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d, ok := t.dialers[nsPath]; ok {
+		return d, nil
+	}
+	mark := t.opts.Mark
+	d, err := hbone.NewDialer(hbone.DialerOptions{
+		Bundle: t.opts.Bundle,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return netns.Dial(ctx, nsPath, addr, netns.DialOptions{Mark: mark})
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.dialers[nsPath] = d
+	return d, nil
+}
+
+// Dial opens one stream from src to d through d.Via.
+func (t *Tunnel) Dial(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error) {
+	local, err := t.svidOf(ctx, src.Identity)
+	if err != nil {
+		return nil, err
+	}
+	peer, err := spiffeid.FromString(d.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel to %s: expected peer identity %q: %w", d.Via, d.Identity, err)
+	}
+	dl, err := t.dialer(src.Netns)
+	if err != nil {
+		return nil, err
+	}
+	c, err := dl.Dial(ctx, hbone.Target{Local: local, Proxy: d.Via, PeerID: peer, Addr: d.Target, Source: d.Source})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Serve serves HBONE on pod's listener until it is closed, then lets open
+// streams finish within DrainTimeout.
+func (t *Tunnel) Serve(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error {
+	ctx := context.Background()
+	svid, err := t.svidOf(ctx, pod.Identity)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv, err := hbone.NewServer(hbone.ServerOptions{
+		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain,
+		Authorize: func(ctx context.Context, r *hbone.Request) error { return h.CheckStream(ctx, streamOf(r)) },
+		Handler:   func(ctx context.Context, r *hbone.Request) error { return h.ServeStream(ctx, streamOf(r)) },
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	err = srv.Serve(ln)
+	sctx, cancel := context.WithTimeout(ctx, t.opts.DrainTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, hbone.ErrServerClosed) {
+		return errors.Join(err, serr)
+	}
+	if errors.Is(err, hbone.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Forget closes the pooled connections of a pod that left the mesh.
+func (t *Tunnel) Forget(pod proxy.Pod) {
+	t.mu.Lock()
+	d, ok := t.dialers[pod.Netns]
+	delete(t.dialers, pod.Netns)
+	t.mu.Unlock()
+	if ok {
+		d.Close()
+	}
+}
+
+func (t *Tunnel) svidOf(ctx context.Context, identity string) (x509svid.Source, error) {
+	id, err := spiffeid.FromString(identity)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: pod identity %q: %w", identity, err)
+	}
+	s, err := t.opts.SVID(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: SVID for %s: %w", id, err)
+	}
+	return s, nil
+}
+
+func streamOf(r *hbone.Request) proxy.Stream {
+	s := proxy.Stream{Peer: r.Peer.String(), Source: r.Source, Target: r.Target}
+	if r.Stream != nil {
+		s.Conn = r.Stream
+	}
+	if ta, ok := r.RemoteAddr.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		s.PeerAddr = ap.Addr().Unmap()
+		if !s.Source.IsValid() {
+			s.Source = netip.AddrPortFrom(s.PeerAddr, ap.Port())
+		}
+	}
+	return s
+}
