@@ -196,9 +196,13 @@ func installCNIPlugins(ctx context.Context, testModDir, cacheDir, binDir string)
 		cached := filepath.Join(cacheDir, name)
 		if _, err := os.Stat(cached); err != nil {
 			tmp := fmt.Sprintf("%s.tmp%d", cached, os.Getpid())
-			cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp, cniPlugins[name])
+			cmd := exec.CommandContext(ctx, goCommand(), "build", "-o", tmp, cniPlugins[name])
 			cmd.Dir = testModDir
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+			if os.Getenv("HOME") == "" && os.Getenv("GOCACHE") == "" {
+				// A supervisor may start us with a bare environment; go needs a cache.
+				cmd.Env = append(cmd.Env, "HOME=/root")
+			}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				os.Remove(tmp)
 				return fmt.Errorf("build CNI plugin %s in %s: %v: %s", name, testModDir, err, truncate(string(out), 500))
@@ -212,6 +216,14 @@ func installCNIPlugins(ctx context.Context, testModDir, cacheDir, binDir string)
 		}
 	}
 	return nil
+}
+
+// goCommand finds the go tool: on PATH, else the standard install.
+func goCommand() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return "/usr/local/go/bin/go"
 }
 
 // copyFile copies src to dst through a temporary file and a rename.

@@ -65,6 +65,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if err := sameMountNSAsParent(); err != nil {
+		return err
+	}
 	k := &kubelet{cfg: cfg, cniReady: make(chan struct{}), workers: map[types.UID]*podWorker{}, routes: map[string]string{},
 		log: log.New(os.Stderr, "kubelet "+cfg.NodeName+": ", log.LstdFlags|log.Lmicroseconds)}
 	if err := k.prepareDirs(); err != nil {
@@ -189,7 +192,7 @@ func (k *kubelet) cleanStale() {
 		}
 		if r.Netns != "" && strings.HasPrefix(r.Netns, k.cfg.NodeRoot+"/") {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			k.cni.del(ctx, r.Namespace, r.Name, r.UID, "", r.Netns)
+			k.cni.del(ctx, r.Namespace, r.Name, r.UID, r.SandboxID, r.Netns)
 			cancel()
 			removeNetns(r.Netns)
 		}

@@ -70,6 +70,8 @@ type podWorker struct {
 	ctrs       []*container
 	volPaths   map[string]string // volume name -> source directory or file
 	record     string
+	recMu      sync.Mutex // orders record writes with the final removal
+	recGone    bool
 	dirty      chan struct{}
 	done       chan struct{}
 }
@@ -169,7 +171,7 @@ func (w *podWorker) run(ctx context.Context) {
 	go func() { defer close(statusDone); w.statusLoop(statusCtx) }()
 
 	var wg sync.WaitGroup
-	if w.setupSandbox(ctx) {
+	if !w.stopping() && w.setupSandbox(ctx) {
 		w.writeRecord()
 		go w.refreshTokens(ctx)
 		w.runContainers(ctx, &wg)
@@ -749,7 +751,10 @@ func (w *podWorker) cleanup() {
 		w.logf("%v", err)
 	}
 	os.RemoveAll(w.podDir())
+	w.recMu.Lock()
+	w.recGone = true
 	os.Remove(w.record)
+	w.recMu.Unlock()
 }
 
 // finish deletes a pod that was being deleted, now that it has stopped.
@@ -776,13 +781,14 @@ func (w *podWorker) writeRecord() {
 	pod := w.currentPod()
 	w.mu.Lock()
 	r := &podRecord{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID), Node: w.k.cfg.NodeName,
-		Netns: w.netns, Cgroup: w.cgroup, IP: w.ip, Containers: map[string]containerRecord{}}
+		Netns: w.netns, Cgroup: w.cgroup, IP: w.ip, SandboxID: w.sandboxID, Containers: map[string]containerRecord{}}
 	for _, c := range w.ctrs {
 		r.Containers[c.spec.Name] = containerRecord{PID: c.pid, Log: c.log, Restarts: c.restarts}
 	}
-	stopping := w.stopping()
 	w.mu.Unlock()
-	if stopping {
+	w.recMu.Lock()
+	defer w.recMu.Unlock()
+	if w.recGone {
 		return
 	}
 	if err := writeRecord(w.record, r); err != nil {

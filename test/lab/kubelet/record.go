@@ -17,6 +17,7 @@ type podRecord struct {
 	Netns      string                     `json:"netns"` // empty for hostNetwork pods
 	Cgroup     string                     `json:"cgroup"`
 	IP         string                     `json:"ip"`
+	SandboxID  string                     `json:"sandboxID,omitempty"` // CNI container ID, for CNI DEL after a crash
 	Containers map[string]containerRecord `json:"containers"`
 }
 
