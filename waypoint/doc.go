@@ -39,9 +39,11 @@
 // The upstream protocol is HTTP/2 (h2c) for gRPC requests and for clusters
 // marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke.
 //
-// Known limits: request bodies are buffered for retries and mirrors only when
-// their length is known and at most Options.MaxBufferedBody; gRPC and other
-// streamed bodies are forwarded once. maxRequestsPerConnection is honoured
+// Known limits: a request body is buffered up front (for retries and
+// mirrors) only when its length is known and at most
+// Options.MaxBufferedBody; other bodies (gRPC, chunked) are streamed while a
+// copy of up to that size is kept, so they can be retried once fully read
+// but are not mirrored. maxRequestsPerConnection is honoured
 // for 1 (no keep-alive) only. Outlier ejection ends lazily at the first pick
 // after baseEjectionTime × ejections.
 //

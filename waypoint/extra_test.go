@@ -335,3 +335,44 @@ func TestOversizedHeadersRejected(t *testing.T) {
 		t.Error("backend saw the oversized request")
 	}
 }
+
+// flakyEcho fails its first call with UNAVAILABLE, then echoes.
+type flakyEcho struct {
+	testgrpc.UnimplementedTestServiceServer
+	calls atomic.Int64
+}
+
+func (f *flakyEcho) UnaryCall(ctx context.Context, in *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	if f.calls.Add(1) == 1 {
+		return nil, status.Error(codes.Unavailable, "warming up")
+	}
+	return &testgrpc.SimpleResponse{Payload: in.GetPayload()}, nil
+}
+
+func TestGRPCRetriedOnUnavailable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	svc := &flakyEcho{}
+	testgrpc.RegisterTestServiceServer(srv, svc)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	// Istio's default retry policy retries gRPC UNAVAILABLE.
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("grpc", l.Addr().String())}, model.L7Route{Name: "r", Destinations: to("grpc")}), nil)
+	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := testgrpc.NewTestServiceClient(conn).UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("again")}})
+	if err != nil || string(resp.GetPayload().GetBody()) != "again" {
+		t.Fatalf("UnaryCall = %v, %v; want the retried call to succeed with the same body", resp, err)
+	}
+	if svc.calls.Load() != 2 {
+		t.Errorf("backend calls = %d; want 2 (one retry)", svc.calls.Load())
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -310,8 +311,14 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		p.localReply(w, rec, grpc, http.StatusBadRequest, flagDownstreamClosed, "downstream_remote_disconnect", "")
 		return
 	}
-	if replayable {
+	var replay func() (io.ReadCloser, bool)
+	switch {
+	case replayable:
 		out.Body, out.GetBody = body(), func() (io.ReadCloser, error) { return body(), nil }
+		replay = func() (io.ReadCloser, bool) { return body(), true }
+	case upgrade == "":
+		tee := &teeBody{src: req.Body, limit: p.opts.MaxBufferedBody}
+		out.Body, replay = tee, tee.replay
 	}
 
 	// 9. Mirror: fire and forget, never waits for or slows the primary.
@@ -324,7 +331,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 
 	// 10. Forward, retrying per policy.
-	resp, release, ok := p.forward(w, rec, out, up, peer, spec, replayable, grpc)
+	resp, release, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc)
 	if !ok {
 		return
 	}
@@ -370,16 +377,18 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// forward sends out to up, retrying per the route's policy. On success it
-// returns the response and a release func that frees the pool slot; on
-// failure it has written the local reply.
-func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replayable, grpc bool) (*http.Response, func(), bool) {
+// forward sends out to up, retrying per the route's policy while replay can
+// produce the request body again (nil: never). On success it returns the
+// response and a release func that frees the pool slot; on failure it has
+// written the local reply.
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool) (*http.Response, func(), bool) {
 	ctx := out.Context()
 	rp := retryPolicyFor(spec)
 	attempts := 1 + rp.Attempts
-	if !replayable {
+	if replay == nil {
 		attempts = 1
 	}
+	var next io.ReadCloser
 	transport, pool := up.h1, up.h1Pool
 	if up.useH2(grpc) {
 		transport, pool = up.h2, up.h2Pool
@@ -417,8 +426,8 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		attempt := out.WithContext(tryCtx)
 		attempt.URL.Host = ep.addr
 		attempt.URL.Scheme = "http"
-		if try > 0 && out.GetBody != nil {
-			attempt.Body, _ = out.GetBody()
+		if try > 0 {
+			attempt.Body = next
 		}
 		start := time.Now()
 		resp, err := transport.RoundTrip(attempt)
@@ -451,6 +460,9 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		up.report(ep, outlierStatus)
 
 		retry := try+1 < attempts && shouldRetryOn(rp, status, gstatus, kind)
+		if retry {
+			next, retry = replay()
+		}
 		if !retry {
 			if err == nil {
 				if try > 0 && shouldRetryOn(rp, status, gstatus, kind) {
@@ -598,7 +610,7 @@ func isDialError(err error) bool {
 
 // bufferBody reads a request body of known length up to MaxBufferedBody so
 // that it can be replayed by retries and mirrors. gRPC, upgrades and bodies of
-// unknown or larger length are streamed once.
+// unknown or larger length are streamed (see teeBody).
 func (p *Proxy) bufferBody(req *http.Request, grpc, upgrade bool) (func() io.ReadCloser, bool, error) {
 	if req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 {
 		return func() io.ReadCloser { return http.NoBody }, true, nil
@@ -611,6 +623,52 @@ func (p *Proxy) bufferBody(req *http.Request, grpc, upgrade bool) (func() io.Rea
 		return nil, false, fmt.Errorf("read request body: %w", err)
 	}
 	return func() io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }, true, nil
+}
+
+// teeBody streams a request body upstream while keeping a copy of up to
+// limit bytes, so that a failed try can be retried once the body has been
+// read to its end within the limit (as Envoy buffers for retries). This is
+// what lets a unary gRPC call be retried on UNAVAILABLE while a long stream
+// is forwarded without waiting for it to end.
+type teeBody struct {
+	src   io.ReadCloser
+	limit int64
+	mu    sync.Mutex
+	buf   []byte
+	eof   bool
+	over  bool
+}
+
+func (t *teeBody) Read(p []byte) (int, error) {
+	n, err := t.src.Read(p)
+	t.mu.Lock()
+	if n > 0 && !t.over {
+		if int64(len(t.buf)+n) > t.limit {
+			t.over, t.buf = true, nil
+		} else {
+			t.buf = append(t.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		t.eof = true
+	}
+	t.mu.Unlock()
+	return n, err
+}
+
+// Close leaves the client's body to net/http, which closes it when the
+// handler returns.
+func (t *teeBody) Close() error { return nil }
+
+// replay returns the whole body again, if it was read to its end within the
+// limit.
+func (t *teeBody) replay() (io.ReadCloser, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.eof || t.over {
+		return nil, false
+	}
+	return io.NopCloser(bytes.NewReader(t.buf)), true
 }
 
 // mirror sends a shadow copy of out to up, with "-shadow" appended to the
