@@ -197,7 +197,8 @@ type FaultInjection struct {
 type FaultDelay struct {
 	// Duration is the fixed delay.
 	Duration time.Duration
-	// Percent of requests (0–100) to delay.
+	// Percent of requests (0–100) to delay; translate an absent
+	// percentage as 100 (Istio's default).
 	Percent float64
 }
 
@@ -208,7 +209,8 @@ type FaultAbort struct {
 	HTTPStatus int
 	// GRPCStatus is a gRPC status code name or number ("UNAVAILABLE", "14").
 	GRPCStatus string
-	// Percent of requests (0–100) to abort.
+	// Percent of requests (0–100) to abort; translate an absent
+	// percentage as 100 (Istio's default).
 	Percent float64
 }
 
@@ -218,7 +220,8 @@ type Mirror struct {
 	Cluster string
 	// Subset names a subset of that cluster; empty means all endpoints.
 	Subset string
-	// Percent of requests (0–100) to mirror; Istio's default is 100.
+	// Percent of requests (0–100) to mirror; zero mirrors nothing, so
+	// translate an absent mirrorPercentage as 100 (Istio's default).
 	Percent float64
 }
 
