@@ -1,0 +1,162 @@
+package lab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// toolBinaries are the upstream programs built from test/go.mod.
+var toolBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl"}
+
+// productBinaries are built from the product module's ./cmd at every up; a
+// missing ./cmd/<name> is skipped.
+var productBinaries = []string{"meshd", "node-agent", "waypoint", "meshlet-cni"}
+
+// CacheDir is where built upstream binaries are kept across labs:
+// $MESHLET_CACHE/lab, default ~/.cache/meshlet/lab.
+func CacheDir() (string, error) {
+	if d := os.Getenv("MESHLET_CACHE"); d != "" {
+		return filepath.Join(d, "lab"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find the home directory for the build cache (or set MESHLET_CACHE): %w", err)
+	}
+	return filepath.Join(home, ".cache", "meshlet", "lab"), nil
+}
+
+// toolsKey is a short hash of the pinned versions: test/go.sum, the CoreDNS
+// module's go.sum and the Go version.
+func toolsKey(repo string) (string, error) {
+	h := sha256.New()
+	for _, f := range []string{"test/go.sum", "test/tools/coredns/go.sum", "test/tools/coredns/main.go"} {
+		b, err := os.ReadFile(filepath.Join(repo, f))
+		if err != nil {
+			return "", fmt.Errorf("hash pinned versions: %w", err)
+		}
+		h.Write(b)
+	}
+	out, err := exec.Command("go", "version").Output()
+	if err != nil {
+		return "", fmt.Errorf("run go version (is Go installed and on PATH?): %w", err)
+	}
+	h.Write(out)
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
+}
+
+// ensureTools returns the cache dir holding the upstream binaries, building
+// them when any is missing. A warm cache never rebuilds.
+func ensureTools(repo string, progress io.Writer) (string, error) {
+	cache, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	key, err := toolsKey(repo)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(cache, key, "bin")
+	var missing []string
+	for _, b := range append(toolBinaries, "coredns") {
+		if !exists(filepath.Join(bin, b)) {
+			missing = append(missing, b)
+		}
+	}
+	if len(missing) == 0 {
+		return bin, nil
+	}
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return "", fmt.Errorf("create build cache: %w", err)
+	}
+	var pkgs []string
+	for _, m := range missing {
+		if m != "coredns" {
+			pkgs = append(pkgs, "k8s.io/kubernetes/cmd/"+m)
+		}
+	}
+	if len(pkgs) > 0 {
+		fmt.Fprintf(progress, "building %s into %s (cold build: several minutes)\n", strings.Join(pkgs, " "), bin)
+		if err := goBuild(filepath.Join(repo, "test"), bin, progress, pkgs...); err != nil {
+			return "", err
+		}
+	}
+	if !exists(filepath.Join(bin, "coredns")) {
+		fmt.Fprintf(progress, "building coredns into %s\n", bin)
+		if err := goBuild(filepath.Join(repo, "test/tools/coredns"), filepath.Join(bin, "coredns"), progress, "."); err != nil {
+			return "", err
+		}
+	}
+	return bin, nil
+}
+
+// goBuild runs go build -o out pkgs... in dir.
+func goBuild(dir, out string, progress io.Writer, pkgs ...string) error {
+	args := append([]string{"build", "-o", out}, pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Stdout = progress
+	cmd.Stderr = progress
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build %s in %s: %w", strings.Join(pkgs, " "), dir, err)
+	}
+	return nil
+}
+
+// buildLocal builds the product binaries and the test apps into .lab/bin,
+// links the cached upstream binaries there and writes .lab/images.json.
+// Go's build cache makes this fast when nothing changed.
+func buildLocal(l Layout, tools string, progress io.Writer) (map[string]string, error) {
+	bin := l.Path("bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", bin, err)
+	}
+	for _, t := range append(toolBinaries, "coredns") {
+		dst := filepath.Join(bin, t)
+		_ = os.Remove(dst)
+		if err := os.Symlink(filepath.Join(tools, t), dst); err != nil {
+			return nil, fmt.Errorf("link %s: %w", dst, err)
+		}
+	}
+	var pkgs []string
+	for _, p := range productBinaries {
+		if exists(filepath.Join(l.Repo(), "cmd", p)) {
+			pkgs = append(pkgs, "./cmd/"+p)
+		}
+	}
+	if len(pkgs) > 0 {
+		fmt.Fprintf(progress, "building %s\n", strings.Join(pkgs, " "))
+		if err := goBuild(l.Repo(), bin+"/", progress, pkgs...); err != nil {
+			return nil, err
+		}
+	}
+	if exists(filepath.Join(l.Repo(), "test/apps/echo")) {
+		fmt.Fprintln(progress, "building test/apps/echo")
+		if err := goBuild(filepath.Join(l.Repo(), "test"), filepath.Join(bin, "echo"), progress, "./apps/echo"); err != nil {
+			return nil, err
+		}
+	}
+	images := map[string]string{
+		"registry.k8s.io/coredns/coredns": filepath.Join(bin, "coredns"),
+		"registry.k8s.io/kube-proxy":      filepath.Join(bin, "kube-proxy"),
+	}
+	for _, p := range append(productBinaries, "echo") {
+		if exists(filepath.Join(bin, p)) {
+			images["meshlet.dev/"+p] = filepath.Join(bin, p)
+		}
+	}
+	b, err := json.MarshalIndent(images, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode image table: %w", err)
+	}
+	if err := os.WriteFile(l.Path("images.json"), b, 0o644); err != nil {
+		return nil, fmt.Errorf("write image table: %w", err)
+	}
+	return images, nil
+}
