@@ -116,7 +116,7 @@ int ml_sockops(struct bpf_sock_ops *skops)
 			return 1;
 		struct ml_stats *s = ml_stats_for(pod->workload_id);
 		if (s)
-			s->conns_opened++;
+			ML_INC(s->conns_opened);
 		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG);
 		if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 			return 1;
@@ -135,7 +135,7 @@ int ml_sockops(struct bpf_sock_ops *skops)
 			return 1;
 		struct ml_stats *s = ml_stats_for(pod->workload_id);
 		if (s)
-			s->retransmits++;
+			ML_INC(s->retransmits);
 		return 1;
 	}
 	case BPF_SOCK_OPS_STATE_CB: {
@@ -178,14 +178,14 @@ int ml_sockops(struct bpf_sock_ops *skops)
 			if (received)
 				received--;
 		}
-		s->conns_closed++;
-		s->bytes_sent += sent;
-		s->bytes_received += received;
-		s->packets_sent += skops->data_segs_out;
-		s->packets_received += skops->data_segs_in;
+		ML_INC(s->conns_closed);
+		ML_ADD(s->bytes_sent, sent);
+		ML_ADD(s->bytes_received, received);
+		ML_ADD(s->packets_sent, skops->data_segs_out);
+		ML_ADD(s->packets_received, skops->data_segs_in);
 		int b = ml_rtt_bucket(skops->srtt_us >> 3);
 		if (b >= 0 && b < ML_RTT_BUCKETS)
-			s->rtt_us_bucket[b]++;
+			ML_INC(s->rtt_us_bucket[b]);
 		return 1;
 	}
 	}

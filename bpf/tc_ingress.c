@@ -75,18 +75,18 @@ int ml_tc_ingress(struct __sk_buff *skb)
 	__u16 dport = bpf_ntohs(tcp->dest);
 	if (dport == ML_PORT_HBONE || dport == cfg.inbound_port || bpf_map_lookup_elem(&ml_in_exclude, &dport)) {
 		if (st)
-			st->passed_excluded_port++;
+			ML_INC(st->passed_excluded_port);
 		return TC_ACT_UNSPEC;
 	}
 	if (cfg.tc_skip_mark && (skb->mark & cfg.tc_skip_mark)) {
 		if (st)
-			st->passed_mark++;
+			ML_INC(st->passed_mark);
 		return TC_ACT_UNSPEC;
 	}
 
 	if (bpf_map_lookup_elem(&ml_in_skip_src, &src)) {
 		if (st)
-			st->passed_source++;
+			ML_INC(st->passed_source);
 		return TC_ACT_UNSPEC;
 	}
 
@@ -97,23 +97,23 @@ int ml_tc_ingress(struct __sk_buff *skb)
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk) {
 		if (st)
-			st->passed_no_listener++;
+			ML_INC(st->passed_no_listener);
 		return TC_ACT_UNSPEC;
 	}
 	if (sk->state != BPF_TCP_LISTEN) {
 		bpf_sk_release(sk);
 		if (st)
-			st->passed_no_listener++;
+			ML_INC(st->passed_no_listener);
 		return TC_ACT_UNSPEC;
 	}
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err) {
 		if (st)
-			st->assign_failed++;
+			ML_INC(st->assign_failed);
 		return TC_ACT_UNSPEC;
 	}
 	if (st)
-		st->steered++;
+		ML_INC(st->steered);
 	return TC_ACT_OK;
 }

@@ -32,6 +32,13 @@
 
 #define ML_RTT_BUCKETS 12
 
+/*
+ * Counters are per CPU, but a softirq (sockops, tc) can interrupt a program
+ * in process context (connect) on the same CPU: add atomically.
+ */
+#define ML_ADD(field, v) __sync_fetch_and_add(&(field), (v))
+#define ML_INC(field) ML_ADD(field, 1)
+
 /* Pod flags (ml_pod.flags). */
 #define ML_POD_NO_CAPTURE_TCP 0x1 /* enrolled, but leave outbound TCP alone */
 #define ML_POD_NO_CAPTURE_DNS 0x2 /* enrolled, but leave UDP/53 alone */

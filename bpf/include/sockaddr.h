@@ -70,12 +70,12 @@ static __always_inline enum ml_verdict ml_decide(struct bpf_sock_addr *ctx, cons
 	struct ml_stats *s = ml_stats_for(pod->workload_id);
 	if (s) {
 		switch (v) {
-		case ML_CAPTURE_TCP: s->captured_tcp++; break;
-		case ML_CAPTURE_DNS: s->captured_dns++; break;
-		case ML_BYPASS_MARK: s->bypassed_mark++; break;
-		case ML_BYPASS_MESH_PORT: s->bypassed_mesh_port++; break;
-		case ML_BYPASS_EXCLUDED: s->bypassed_excluded++; break;
-		case ML_BYPASS_FLAGS: s->bypassed_flags++; break;
+		case ML_CAPTURE_TCP: ML_INC(s->captured_tcp); break;
+		case ML_CAPTURE_DNS: ML_INC(s->captured_dns); break;
+		case ML_BYPASS_MARK: ML_INC(s->bypassed_mark); break;
+		case ML_BYPASS_MESH_PORT: ML_INC(s->bypassed_mesh_port); break;
+		case ML_BYPASS_EXCLUDED: ML_INC(s->bypassed_excluded); break;
+		case ML_BYPASS_FLAGS: ML_INC(s->bypassed_flags); break;
 		default: break;
 		}
 	}
