@@ -380,7 +380,12 @@ func (w *podWorker) containerLoop(ctx context.Context, c *container) {
 		select {
 		case <-exited:
 		case <-w.stopCh:
+			// terminate may have run before this process started: stop it here.
 			cancelProbes()
+			w.mu.Lock()
+			grace := w.grace
+			w.mu.Unlock()
+			w.killContainer(c, grace)
 			<-exited
 			return
 		}
