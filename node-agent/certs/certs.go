@@ -1,0 +1,178 @@
+// Package certs keeps the node agent's workload certificates: one SVID per
+// identity (service account) with pods on the node, issued by meshd's CA
+// through Istio's IstioCertificateService, renewed at half-life, the valid
+// one kept when renewal fails. Keys are generated here and never leave the
+// agent's memory.
+//
+// It must not decide which identities a node may hold: the CA decides (a
+// node agent gets certificates only for pods on its node).
+package certs
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
+
+	"github.com/meshlet/meshlet/pkg/identity"
+)
+
+// Options configures a Manager.
+type Options struct {
+	// Conn is the gRPC connection to meshd's CA (15012, TLS). Required.
+	Conn grpc.ClientConnInterface
+	// Token returns the agent's service account token, sent as a bearer
+	// token with every request. Required.
+	Token func(ctx context.Context) (string, error)
+	// TTL is the requested certificate lifetime. Zero means the CA's default.
+	TTL time.Duration
+	// OnError is told of failed renewals. Nil drops them.
+	OnError func(id spiffeid.ID, err error)
+}
+
+// Manager holds one renewing SVID source per identity.
+type Manager struct {
+	opts   Options
+	client securityv1alpha1.IstioCertificateServiceClient
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	sources map[spiffeid.ID]*entry
+}
+
+type entry struct {
+	src    *identity.SVIDSource
+	ready  chan struct{} // closed after the first issuance attempt
+	err    error         // of the first attempt
+	cancel context.CancelFunc
+}
+
+// New returns a Manager; Close stops its renewals.
+func New(opts Options) (*Manager, error) {
+	if opts.Conn == nil || opts.Token == nil {
+		return nil, errors.New("certs: Options.Conn and Token are required")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{opts: opts, client: securityv1alpha1.NewIstioCertificateServiceClient(opts.Conn),
+		ctx: ctx, cancel: cancel, sources: map[spiffeid.ID]*entry{}}, nil
+}
+
+// SVID returns the source for id, issuing the first certificate on first
+// use (and waiting for it) and renewing it in the background from then on.
+func (m *Manager) SVID(ctx context.Context, id spiffeid.ID) (x509svid.Source, error) {
+	m.mu.Lock()
+	e, ok := m.sources[id]
+	if !ok {
+		e = &entry{src: identity.NewSVIDSource(nil), ready: make(chan struct{})}
+		m.sources[id] = e
+		rctx, cancel := context.WithCancel(m.ctx)
+		e.cancel = cancel
+		go m.run(rctx, id, e)
+	}
+	m.mu.Unlock()
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("certificate for %s: %w", id, ctx.Err())
+	}
+	if e.err != nil {
+		// Forget the failed entry so the next caller tries again.
+		m.mu.Lock()
+		if m.sources[id] == e {
+			delete(m.sources, id)
+			e.cancel()
+		}
+		m.mu.Unlock()
+		return nil, e.err
+	}
+	return e.src, nil
+}
+
+func (m *Manager) run(ctx context.Context, id spiffeid.ID, e *entry) {
+	r, err := identity.NewRenewer(identity.RenewerOptions{ID: id, Source: e.src, Issue: m.issue,
+		OnError: func(err error) {
+			if m.opts.OnError != nil {
+				m.opts.OnError(id, err)
+			}
+		}})
+	if err == nil {
+		err = r.Renew(ctx)
+	}
+	e.err = err
+	close(e.ready)
+	if err != nil {
+		return
+	}
+	_ = r.Run(ctx)
+}
+
+// Forget stops renewing id (no pod on the node uses it any more).
+func (m *Manager) Forget(id spiffeid.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.sources[id]; ok {
+		e.cancel()
+		delete(m.sources, id)
+	}
+}
+
+// Close stops every renewal.
+func (m *Manager) Close() error {
+	m.cancel()
+	return nil
+}
+
+// issue sends one CSR to the CA.
+func (m *Manager) issue(ctx context.Context, csrDER []byte) ([]*x509.Certificate, error) {
+	tok, err := m.opts.Token(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read service account token: %w", err)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	resp, err := m.client.CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
+		Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})),
+		ValidityDuration: int64(m.opts.TTL / time.Second),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CreateCertificate: %w", err)
+	}
+	var chain []*x509.Certificate
+	for _, p := range resp.GetCertChain() {
+		rest := []byte(p)
+		for {
+			var blk *pem.Block
+			blk, rest = pem.Decode(rest)
+			if blk == nil {
+				break
+			}
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("parse issued certificate: %w", err)
+			}
+			chain = append(chain, c)
+		}
+	}
+	// The response ends with the root(s), as Istio's does; the SVID is the
+	// leaf and its intermediates.
+	for len(chain) > 1 && isSelfSigned(chain[len(chain)-1]) {
+		chain = chain[:len(chain)-1]
+	}
+	if len(chain) == 0 {
+		return nil, errors.New("CreateCertificate returned no certificate")
+	}
+	return chain, nil
+}
+
+func isSelfSigned(c *x509.Certificate) bool {
+	return c.CheckSignatureFrom(c) == nil
+}
