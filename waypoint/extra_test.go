@@ -376,3 +376,42 @@ func TestGRPCRetriedOnUnavailable(t *testing.T) {
 		t.Errorf("backend calls = %d; want 2 (one retry)", svc.calls.Load())
 	}
 }
+
+func TestSourceMatchAndPrincipalRateLimit(t *testing.T) {
+	v1, v2 := &named{name: "v1"}, &named{name: "v2"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("v1", backend(t, v1)), clusterOf("v2", backend(t, v2))},
+		model.L7Route{Name: "from-canary-ns", Matches: []model.RouteMatch{{SourceNamespace: "canary", SourceLabels: map[string]string{"app": "tester"}}}, Destinations: to("v2"),
+			RateLimit: &model.RateLimit{MaxTokens: 1, FillInterval: time.Hour, Key: "principal"}},
+		model.L7Route{Name: "default", Destinations: to("v1")})
+	h := start(t, cfg, func(o *Options) {
+		o.Peer = func(r *http.Request) Peer {
+			switch r.Header.Get("X-Test-Peer") {
+			case "tester-a":
+				return Peer{Principal: "cluster.local/ns/canary/sa/a", Labels: map[string]string{"app": "tester"}}
+			case "tester-b":
+				return Peer{Principal: "cluster.local/ns/canary/sa/b", Labels: map[string]string{"app": "tester"}}
+			case "other":
+				return Peer{Principal: "cluster.local/ns/canary/sa/c", Labels: map[string]string{"app": "web"}}
+			}
+			return Peer{}
+		}
+	})
+	client := newClient(t)
+	tests := []struct {
+		peer     string
+		wantCode int
+		wantBody string
+	}{
+		{"tester-a", 200, "v2"},
+		{"tester-a", 429, ""}, // one token per principal
+		{"tester-b", 200, "v2"},
+		{"other", 200, "v1"}, // labels do not match
+		{"", 200, "v1"},
+	}
+	for i, tt := range tests {
+		code, body := h.get(t, client, "/", map[string]string{"X-Test-Peer": tt.peer})
+		if code != tt.wantCode || (tt.wantBody != "" && body != tt.wantBody) {
+			t.Errorf("request %d as %q = %d %q; want %d %q", i, tt.peer, code, body, tt.wantCode, tt.wantBody)
+		}
+	}
+}
