@@ -7,12 +7,14 @@
 //     dot segments, decode %2F and %5C, reject malformed escapes) and that
 //     one view is used for routing, authorization and the upstream request;
 //     client-supplied internal headers (XFCC, peer metadata) are dropped;
-//  2. the route is chosen (first match in Istio order);
-//  3. JWTs are validated (RequestAuthentication semantics: invalid → 401,
-//     missing → anonymous);
-//  4. AuthorizationPolicy is evaluated by pkg/policy (DENY, then ALLOW);
-//     JWT runs before authorization because requestPrincipals and
-//     request.auth.* need its result, as in Istio;
+//  2. JWTs are validated (RequestAuthentication semantics: invalid → 401,
+//     missing → anonymous); this comes before routing, as Envoy's jwt_authn
+//     filter does, so that claim headers it outputs (and strips when a
+//     client sends them) are what route matches see;
+//  3. the route is chosen (first match in Istio order);
+//  4. AuthorizationPolicy is evaluated by pkg/policy (DENY, then ALLOW),
+//     after JWT because requestPrincipals and request.auth.* need its
+//     result; an unmatched request is 404 only if authorization allows it;
 //  5. CORS preflights, direct responses and redirects are answered;
 //  6. the local rate limit is applied (429, flag RL);
 //  7. fault delays and aborts are injected (DI, FI);

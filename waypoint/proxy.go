@@ -142,8 +142,8 @@ var internalHeaders = []string{
 	"X-Istio-Attributes", "X-Meshlet-Source-Principal", "X-Envoy-Original-Path",
 }
 
-// ServeHTTP is the flow of one request, top to bottom: normalize, route,
-// authenticate (JWT), authorize, answer locally (direct response, redirect,
+// ServeHTTP is the flow of one request, top to bottom: normalize,
+// authenticate (JWT), route, authorize, answer locally (direct response, redirect,
 // CORS preflight), rate limit, inject faults, forward with retries through
 // the cluster's load balancer and circuit breaker, mirror, edit the response,
 // record telemetry.
@@ -176,17 +176,9 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		req.Header.Del(h)
 	}
 
-	// 2. Route: first match in Istio order.
-	lis := cfg.selectListener(peer.DestinationPort)
-	_, rt := lis.findRoute(&routeInput{
-		path: path, method: req.Method, authority: req.Host, header: req.Header,
-		query: func() map[string][]string { return req.URL.Query() }, port: peer.DestinationPort, peer: peer,
-	})
-	if rt != nil {
-		rec.routeName = rt.name
-	}
-
-	// 3. Authenticate: an invalid token is 401, a missing one is anonymous.
+	// 2. Authenticate: an invalid token is 401, a missing one is anonymous.
+	// This runs before routing, as Envoy's jwt_authn filter does, so that
+	// claim headers it sets (and removes when spoofed) are what routes see.
 	var auth *policy.Auth
 	if cfg.jwt != nil {
 		auth, err = cfg.jwt.authenticate(req.Context(), req)
@@ -195,6 +187,16 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 			p.localReply(w, rec, grpc, http.StatusUnauthorized, "", "jwt_authn_access_denied", "Jwt verification fails")
 			return
 		}
+	}
+
+	// 3. Route: first match in Istio order.
+	lis := cfg.selectListener(peer.DestinationPort)
+	_, rt := lis.findRoute(&routeInput{
+		path: path, method: req.Method, authority: req.Host, header: req.Header,
+		query: func() map[string][]string { return req.URL.Query() }, port: peer.DestinationPort, peer: peer,
+	})
+	if rt != nil {
+		rec.routeName = rt.name
 	}
 
 	// 4. Authorize: DENY, then ALLOW, per Istio.

@@ -304,3 +304,21 @@ func TestNormalizePath(t *testing.T) {
 		}
 	}
 }
+
+func TestSpoofedClaimHeaderCannotSteerRouting(t *testing.T) {
+	s := newSigner(t)
+	admin, user := &named{name: "admin"}, &named{name: "user"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("admin", backend(t, admin)), clusterOf("user", backend(t, user))},
+		model.L7Route{Name: "admins", Matches: []model.RouteMatch{{Headers: []model.HeaderMatch{{Name: "X-Jwt-Group", Value: model.StringMatch{Exact: "admin"}}}}}, Destinations: to("admin")},
+		model.L7Route{Name: "default", Destinations: to("user")})
+	cfg.L7.JWTProviders = []model.JWTProvider{{Issuer: issuer, JWKS: s.jwks, OutputClaimToHeaders: []model.ClaimToHeader{{Header: "X-Jwt-Group", Claim: "groups"}}}}
+	h := start(t, cfg, nil)
+	client := newClient(t)
+	if _, body := h.get(t, client, "/", map[string]string{"X-Jwt-Group": "admin"}); body != "user" {
+		t.Errorf("spoofed X-Jwt-Group routed to %q; want user", body)
+	}
+	tok := s.token(t, "RS256", claims(nil)) // groups: [admin]
+	if _, body := h.get(t, client, "/", map[string]string{"Authorization": "Bearer " + tok}); body != "admin" {
+		t.Errorf("validated admin claim routed to %q; want admin", body)
+	}
+}
