@@ -165,8 +165,8 @@ int ml_sockops(struct bpf_sock_ops *skops)
 		 * bytes_acked and bytes_received count sequence space: take off
 		 * the SYN, and the FINs of a connection that closed normally
 		 * (the state before CLOSE says both FINs were exchanged and ours
-		 * acknowledged). An aborted connection's counts are exact too:
-		 * no FIN was acknowledged.
+		 * acknowledged). A connection reset after the peer's FIN counts
+		 * one byte too many received; other resets are exact.
 		 */
 		__u64 sent = skops->bytes_acked, received = skops->bytes_received;
 		__u32 old = skops->args[0];
