@@ -47,13 +47,16 @@ type Options struct {
 	// the cgroup v2 root. Required.
 	CgroupPath string
 	// AgentMark: sockets whose SO_MARK has any of these bits are the agent's
-	// own and are never captured or counted. Zero means none are skipped.
+	// own and are never captured or counted. The agent's listeners in pod
+	// netns should carry it too, so that what they accept is not counted as
+	// the workload's. Zero means none are skipped.
 	AgentMark uint32
 	// OutboundPort is the TCP port captured connects go to on the pod's
-	// loopback. Zero means 15001.
+	// loopback: the agent listens on 127.0.0.1 and [::1] there (IPv4 and
+	// v4-mapped connects go to 127.0.0.1, IPv6 ones to ::1). Zero means 15001.
 	OutboundPort uint16
-	// DNSPort is the UDP port captured DNS queries go to on the pod's loopback.
-	// Zero means 15053.
+	// DNSPort is the UDP port captured DNS queries go to on the pod's
+	// loopback (127.0.0.1 and [::1], as OutboundPort). Zero means 15053.
 	DNSPort uint16
 	// InboundPort is the listener port tc ingress hands inbound plaintext SYNs
 	// to. Zero means 15006.
