@@ -77,6 +77,7 @@ type upstream struct {
 	cluster, subset string
 	protocol        model.UpstreamProtocol
 	endpoints       []*endpoint
+	weighted        bool // some endpoint has a weight other than 1
 	policy          model.TrafficPolicy
 	h1, h2          *http.Transport
 	h1Pool, h2Pool  *connLimiter
@@ -87,6 +88,7 @@ type upstream struct {
 type endpoint struct {
 	addr   string
 	labels map[string]string
+	weight uint64
 	active atomic.Int64
 
 	mu           sync.Mutex
@@ -99,7 +101,12 @@ type endpoint struct {
 func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.TrafficPolicy, opts *Options) *upstream {
 	u := &upstream{cluster: cluster, subset: subset, policy: tp, metrics: opts.metrics}
 	for _, e := range eps {
-		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels})
+		w := uint64(e.Weight)
+		if w == 0 {
+			w = 1
+		}
+		u.weighted = u.weighted || w != 1
+		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, weight: w})
 	}
 	u.h1 = newTransport(&tp.Pool, opts, false)
 	u.h2 = newTransport(&tp.Pool, opts, true)
@@ -235,6 +242,21 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint) (*endpoin
 		return avail[0], nil
 	}
 	lb := u.policy.LB
+	if u.weighted && lb.ConsistentHash == nil {
+		// Endpoint weights (e.g. from locality or ServiceEntry weights):
+		// weighted random, which Envoy's algorithms converge to.
+		var total uint64
+		for _, e := range avail {
+			total += e.weight
+		}
+		n := rand.Uint64N(total)
+		for _, e := range avail {
+			if n < e.weight {
+				return e, nil
+			}
+			n -= e.weight
+		}
+	}
 	if h := lb.ConsistentHash; h != nil {
 		if key, ok := hashKey(h, r, peer); ok {
 			return rendezvous(avail, key), nil

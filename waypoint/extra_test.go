@@ -415,3 +415,19 @@ func TestSourceMatchAndPrincipalRateLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestEndpointWeights(t *testing.T) {
+	heavy, light := &named{name: "heavy"}, &named{name: "light"}
+	cl := model.L7Cluster{Name: "w", Endpoints: []model.L7Endpoint{{Address: backend(t, heavy), Weight: 3}, {Address: backend(t, light), Weight: 1}}}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("w")}), nil)
+	client := newClient(t)
+	counts := map[string]int{}
+	const n = 800
+	for i := 0; i < n; i++ {
+		_, body := h.get(t, client, "/", nil)
+		counts[body]++
+	}
+	if share := 100 * float64(counts["heavy"]) / n; share < 68 || share > 82 {
+		t.Errorf("heavy endpoint got %.1f%% (%v); want 75 ± 7", share, counts)
+	}
+}
