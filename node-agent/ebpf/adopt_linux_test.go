@@ -204,6 +204,16 @@ func TestReconcile(t *testing.T) {
 	}); err == nil {
 		t.Errorf("Reconcile with two pods on one IP succeeded")
 	}
+	host, err := ownNetnsCookie()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.dp.Enroll(host, Pod{WorkloadID: 9}); err == nil {
+		t.Errorf("Enroll of the agent's own netns succeeded")
+	}
+	if _, err := s.dp.Reconcile(map[uint64]Pod{host: {WorkloadID: 9}}); err == nil {
+		t.Errorf("Reconcile with the agent's own netns succeeded")
+	}
 	res, err := s.dp.Reconcile(desired)
 	if err != nil {
 		t.Fatal(err)

@@ -357,10 +357,29 @@ func (d *Datapath) Enroll(netnsCookie uint64, p Pod) error {
 	if err != nil {
 		return fmt.Errorf("enroll pod: %w", err)
 	}
+	if own, err := ownNetnsCookie(); err != nil {
+		return fmt.Errorf("enroll pod: %w", err)
+	} else if own == netnsCookie {
+		return errors.New("enroll pod: refusing the agent's own network namespace (a hostNetwork pod is never enrolled)")
+	}
 	if err := d.maps.MlEnrolled.Put(netnsCookie, r); err != nil {
 		return fmt.Errorf("enroll pod (netns cookie %d): %w", netnsCookie, err)
 	}
 	return nil
+}
+
+// ownNetnsCookie is the cookie of the netns this process runs in.
+func ownNetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open socket: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, soNetnsCookie)
+	if err != nil {
+		return 0, fmt.Errorf("read own SO_NETNS_COOKIE: %w", err)
+	}
+	return c, nil
 }
 
 // Unenroll stops capture for a pod's netns; unknown cookies are not an error.
@@ -397,10 +416,17 @@ func (d *Datapath) Reconcile(desired map[uint64]Pod) (ReconcileResult, error) {
 	var res ReconcileResult
 	owner := map[netip.Addr]uint64{}
 	want := map[uint64]sockopsMlPod{}
+	own, err := ownNetnsCookie()
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
 	for c, p := range desired {
 		r, err := podRecord(p)
 		if err != nil {
 			return res, fmt.Errorf("reconcile: pod with netns cookie %d: %w", c, err)
+		}
+		if c == own || c == 0 {
+			return res, fmt.Errorf("reconcile: netns cookie %d is the agent's own network namespace or zero: never enrolled", c)
 		}
 		for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
 			if !ip.IsValid() {
