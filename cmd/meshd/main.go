@@ -1,0 +1,379 @@
+// Command meshd is meshlet's control plane (Istio's istiod): it watches the
+// cluster and the mesh CRDs, builds the mesh model, serves it to node agents
+// and waypoints over delta xDS, and signs workload certificates, both on
+// 15012 over TLS with a serving certificate from its own CA. Metrics and the
+// xDS client status are on 15014.
+//
+// Two replicas can run: both serve; they share the CA root through a Secret
+// and compute identical resource versions from identical input, so a client
+// that fails over to the other replica is sent only what differs.
+//
+// This command only wires packages together (pkg/controlplane, pkg/xds,
+// pkg/ca); it must hold no translation or protocol logic of its own.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/controlplane"
+	"github.com/meshlet/meshlet/pkg/xds"
+)
+
+// config is meshd's command line.
+type config struct {
+	kubeconfig    string
+	namespace     string
+	trustDomain   string
+	rootNamespace string
+	clusterDomain string
+	grpcAddr      string
+	metricsAddr   string
+	debounce      time.Duration
+	nodeAgentSA   string
+	servingDNS    string
+	caSecret      string
+	certTTL       time.Duration
+	certMaxTTL    time.Duration
+	tokenAudience string
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("meshd", flag.ContinueOnError)
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "meshlet-system"
+	}
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster config")
+	fs.StringVar(&c.namespace, "namespace", ns, "meshd's own namespace (default $POD_NAMESPACE, else meshlet-system): holds the CA Secret")
+	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	fs.StringVar(&c.rootNamespace, "root-namespace", "istio-system", "namespace whose policies without selector apply mesh-wide")
+	fs.StringVar(&c.clusterDomain, "cluster-domain", "cluster.local", "DNS suffix of Kubernetes service hostnames")
+	fs.StringVar(&c.grpcAddr, "grpc-addr", ":15012", "TLS gRPC address for xDS and certificate signing")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15014", "HTTP address for /metrics and /debug/xds")
+	fs.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "quiet period before pushing a burst of changes")
+	fs.StringVar(&c.nodeAgentSA, "node-agent-service-account", "meshlet-system/meshlet-node-agent", "namespace/name of the node agent's service account")
+	fs.StringVar(&c.servingDNS, "serving-dns", "", "comma-separated DNS names of meshd's serving certificate; empty means meshd.<namespace>.svc and meshd.<namespace>.svc.<cluster-domain>")
+	fs.StringVar(&c.caSecret, "ca-secret", "cacerts", "Secret in --namespace holding the CA (Istio's cacerts layout); generated when absent")
+	fs.DurationVar(&c.certTTL, "workload-cert-ttl", ca.DefaultTTL, "default workload certificate lifetime")
+	fs.DurationVar(&c.certMaxTTL, "max-workload-cert-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime a client may ask for")
+	fs.StringVar(&c.tokenAudience, "token-audience", "", "audience the callers' service account tokens must carry; empty means the API server's default")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if _, _, ok := strings.Cut(c.nodeAgentSA, "/"); !ok {
+		return config{}, fmt.Errorf("--node-agent-service-account %q: want namespace/name", c.nodeAgentSA)
+	}
+	if c.servingDNS == "" {
+		c.servingDNS = fmt.Sprintf("meshd.%s.svc,meshd.%s.svc.%s", c.namespace, c.namespace, c.clusterDomain)
+	}
+	return c, nil
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		os.Exit(1)
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	return rest.InClusterConfig()
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	td, err := spiffeid.TrustDomainFromString(cfg.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", cfg.trustDomain, err)
+	}
+	rc, err := restConfig(cfg.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubernetes config: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	istio, err := istioclient.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("istio client: %w", err)
+	}
+	gw, err := gatewayclient.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("gateway api client: %w", err)
+	}
+	// Refuse to start without the CRDs, naming what is missing.
+	if err := controlplane.CheckCRDs(kube); err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := newMetrics(reg)
+
+	// CA: the root lives in a Secret shared by the replicas.
+	keys, err := ca.LoadOrGenerate(ctx, &ca.SecretStore{Client: kube, Namespace: cfg.namespace, Name: cfg.caSecret}, td)
+	if err != nil {
+		return err
+	}
+	var audiences []string
+	if cfg.tokenAudience != "" {
+		audiences = []string{cfg.tokenAudience}
+	}
+	acc := &access{kube: kube, reviewer: &ca.TokenReviewer{Client: kube, Audiences: audiences}, nodeAgentSA: cfg.nodeAgentSA}
+	authority, err := ca.New(ca.Options{TrustDomain: td, Keys: keys, Authorizer: acc.authorizeCSR, DefaultTTL: cfg.certTTL, MaxTTL: cfg.certMaxTTL})
+	if err != nil {
+		return err
+	}
+	caSrv, err := ca.NewServer(ca.ServerOptions{CA: authority, Authenticate: acc.reviewer.Authenticate, Logger: log, Observe: m.observeCSR})
+	if err != nil {
+		return err
+	}
+	serving := &servingCert{ca: authority, dnsNames: strings.Split(cfg.servingDNS, ",")}
+	if _, err := serving.get(nil); err != nil {
+		return err
+	}
+	rootPEM := string(ca.EncodePEM(authority.Roots()))
+
+	xsrv, err := xds.New(xds.Options{Authenticate: acc.authenticateXDS, Debounce: cfg.debounce, Registry: reg, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer xsrv.Close()
+	if err := xsrv.SetTrustBundle(&meshv1.TrustBundle{TrustDomain: td.Name(), RootsPem: []string{rootPEM}}); err != nil {
+		return err
+	}
+
+	g, err := xds.NewGRPCServer(&tls.Config{GetCertificate: serving.get})
+	if err != nil {
+		return err
+	}
+	xsrv.Register(g)
+	securityv1alpha1.RegisterIstioCertificateServiceServer(g, caSrv)
+
+	// The sources: every change kicks a rebuild; rebuilds coalesce.
+	kick := make(chan struct{}, 1)
+	roots := &rootPublisher{kube: kube, pem: rootPEM, log: log, queue: make(chan string, 256), done: make(chan struct{})}
+	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw,
+		Listener: controlplane.ListenerFunc(func(c controlplane.Change) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+			if c.Kind == controlplane.KindNamespace && c.Op != controlplane.OpDelete {
+				roots.kick(c.Name)
+			}
+		})})
+	if err != nil {
+		return err
+	}
+	defer sources.Close()
+	if err := sources.Start(ctx); err != nil {
+		return err
+	}
+	builder := controlplane.NewBuilder(controlplane.BuilderOptions{TrustDomain: td.Name(), RootNamespace: cfg.rootNamespace, ClusterDomain: cfg.clusterDomain})
+	events := &eventRecorder{kube: kube, log: log, queue: make(chan controlplane.Rejection, 100)}
+	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, seen: map[string]bool{}, event: events.record}
+	if err := rb.rebuild(); err != nil {
+		return err
+	}
+	xsrv.MarkSynced()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	lis, err := net.Listen("tcp", cfg.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.grpcAddr, err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); errc <- g.Serve(lis) }()
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/xds", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(xsrv.Clients())
+	})
+	hs := &http.Server{Addr: cfg.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	wg.Add(1)
+	go func() { defer wg.Done(); roots.run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); events.run(ctx) }()
+	log.Info("meshd serving", "grpc", cfg.grpcAddr, "metrics", cfg.metricsAddr, "trust-domain", td.Name())
+
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errc:
+			runErr = err
+			break loop
+		case <-kick:
+			if err := rb.rebuild(); err != nil {
+				log.Error("rebuild failed; serving the previous config", "err", err)
+			}
+		}
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(shutdown)
+	xsrv.Close() // ends the xDS streams, so GracefulStop need not wait for them
+	stopped := make(chan struct{})
+	go func() { g.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdown.Done():
+		g.Stop()
+	}
+	roots.stop()
+	wg.Wait()
+	return runErr
+}
+
+// rebuilder turns the sources' current objects into a snapshot and hands it
+// to the xDS server, reporting each new rejection once.
+type rebuilder struct {
+	sources  *controlplane.Sources
+	builder  *controlplane.Builder
+	xds      *xds.Server
+	log      *slog.Logger
+	rejected *prometheus.CounterVec
+	seen     map[string]bool
+	// event records a rejection on its object; nil records none.
+	event func(controlplane.Rejection)
+}
+
+func (r *rebuilder) rebuild() error {
+	in, err := r.sources.Inputs()
+	if err != nil {
+		return fmt.Errorf("read inputs: %w", err)
+	}
+	snap, rejections := r.builder.Build(in)
+	seen := make(map[string]bool, len(rejections))
+	for _, rej := range rejections {
+		key := rej.String()
+		seen[key] = true
+		if r.seen[key] {
+			continue
+		}
+		if rej.Warning {
+			r.log.Warn("config warning", "kind", rej.Kind, "namespace", rej.Namespace, "name", rej.Name, "reason", rej.Reason)
+			continue
+		}
+		r.log.Warn("config rejected", "kind", rej.Kind, "namespace", rej.Namespace, "name", rej.Name, "reason", rej.Reason)
+		r.rejected.WithLabelValues(rej.Kind).Inc()
+		if r.event != nil {
+			r.event(rej)
+		}
+	}
+	r.seen = seen
+	if err := r.xds.Apply(snap); err != nil {
+		return fmt.Errorf("serve snapshot: %w", err)
+	}
+	return nil
+}
+
+// servingCert keeps meshd's TLS certificate fresh: reissued by the CA at
+// half its lifetime.
+type servingCert struct {
+	ca       *ca.CA
+	dnsNames []string
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cert != nil {
+		l := s.cert.Leaf
+		if time.Now().Before(l.NotBefore.Add(l.NotAfter.Sub(l.NotBefore) / 2)) {
+			return s.cert, nil
+		}
+	}
+	c, err := s.ca.ServingCertificate(s.dnsNames, 0)
+	if err != nil {
+		if s.cert != nil && time.Now().Before(s.cert.Leaf.NotAfter) {
+			return s.cert, nil // keep serving the still-valid one
+		}
+		return nil, fmt.Errorf("issue serving certificate: %w", err)
+	}
+	s.cert = c
+	return c, nil
+}
+
+// metrics are meshd's own series beside pkg/xds's.
+type metrics struct {
+	rejected   *prometheus.CounterVec
+	csrSigned  prometheus.Counter
+	csrRefused prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_config_rejected_total", Help: "Invalid configuration objects skipped, by kind (each fault counted once).",
+		}, []string{"kind"}),
+		csrSigned:  prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_csr_signed_total", Help: "Certificate requests signed."}),
+		csrRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_csr_refused_total", Help: "Certificate requests refused."}),
+	}
+	reg.MustRegister(m.rejected, m.csrSigned, m.csrRefused)
+	return m
+}
+
+func (m *metrics) observeCSR(err error) {
+	if err != nil {
+		m.csrRefused.Inc()
+		return
+	}
+	m.csrSigned.Inc()
+}
