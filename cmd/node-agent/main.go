@@ -44,6 +44,8 @@ type flags struct {
 	metricsAddr, readinessAddr        string
 	drainTimeout                      time.Duration
 	netnsDir                          string
+	meshdAddress, meshdServerName     string
+	meshdRootCert, tokenFile          string
 }
 
 func parseFlags() flags {
@@ -67,6 +69,10 @@ func parseFlags() flags {
 	flag.StringVar(&f.readinessAddr, "readiness-addr", ":15021", "readiness (/healthz/ready) listen address")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown or unenrollment")
 	flag.StringVar(&f.netnsDir, "netns-dir", "/var/run/netns", "the runtime's netns bind mounts, searched for running pods")
+	flag.StringVar(&f.meshdAddress, "meshd-address", "", "meshd's xDS and CA address (host:port, 15012); empty runs without the mesh: enrolled traffic passes through unencrypted (data path testing only)")
+	flag.StringVar(&f.meshdServerName, "meshd-server-name", "", "name meshd's TLS certificate must carry; empty means the host of --meshd-address")
+	flag.StringVar(&f.meshdRootCert, "meshd-root-cert", "/var/run/secrets/meshlet/root-cert.pem", "PEM root certificate of the mesh (meshd's TLS and workload certificates)")
+	flag.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "service account token sent to meshd")
 	flag.Parse()
 	return f
 }
@@ -112,15 +118,26 @@ func run(f flags) error {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	var m agent.Mesh
+	if f.meshdAddress != "" {
+		mm, stopMesh, err := startMesh(ctx, f)
+		if err != nil {
+			return err
+		}
+		defer stopMesh()
+		m = mm
+	} else {
+		log.Printf("no --meshd-address: enrolled traffic passes through the proxies without the tunnel")
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ag, err := agent.New(agent.Options{
 		NodeName: f.nodeName, TrustDomain: f.trustDomain, Datapath: dp,
-		Metrics: proxy.NewMetrics(reg), DrainTimeout: f.drainTimeout, Errorf: log.Printf,
-		// TODO(meshlet): Mesh (model resolution, HBONE, PeerAuthentication,
-		// authorization) once pkg/hbone, pkg/policy and the node agent's xDS
-		// view of pkg/model are wired; until then enrolled traffic passes
-		// through the proxies.
+		Metrics: proxy.NewMetrics(reg), DrainTimeout: f.drainTimeout, Errorf: log.Printf, Mesh: m,
 	})
 	if err != nil {
 		return err
@@ -151,9 +168,6 @@ func run(f flags) error {
 		}
 	}()
 	defer srv.Close()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 
 	instOpts := install.Options{ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Binary: f.cniBinary,
 		SocketPath: or(f.cniPluginSocket, f.cniSocket), StatePath: or(f.cniPluginState, f.cniState)}

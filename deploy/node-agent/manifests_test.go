@@ -105,10 +105,20 @@ func TestDaemonSet(t *testing.T) {
 		}
 	}
 	args := strings.Join(c.Args, " ")
-	for _, want := range []string{"--cgroup-root=/host/cgroup", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin"} {
+	for _, want := range []string{"--cgroup-root=/host/cgroup", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin",
+		"--meshd-address=meshd.meshlet-system.svc:15012", "--meshd-root-cert=/var/run/secrets/meshlet/root-cert.pem"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args lack %s (they must match the mounts)", want)
 		}
+	}
+	rootMounted := false
+	for _, v := range spec.Volumes {
+		if v.ConfigMap != nil && v.ConfigMap.Name == "istio-ca-root-cert" && mounts[v.Name].MountPath == "/var/run/secrets/meshlet" {
+			rootMounted = true
+		}
+	}
+	if !rootMounted {
+		t.Errorf("meshd's root ConfigMap istio-ca-root-cert is not mounted at /var/run/secrets/meshlet")
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Port.IntValue() != 15021 {
 		t.Errorf("readiness probe must be HTTP on 15021")

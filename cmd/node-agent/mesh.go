@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshlet/meshlet/node-agent/agent"
+	"github.com/meshlet/meshlet/node-agent/certs"
+	"github.com/meshlet/meshlet/node-agent/mesh"
+	"github.com/meshlet/meshlet/node-agent/tunnel"
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/xds"
+	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
+)
+
+// startMesh connects to meshd (xDS config and the CA) and returns the
+// agent's Mesh hooks: model resolution, PeerAuthentication and L4 policy,
+// and the HBONE tunnel with certificates from meshd. The returned stop
+// function releases it all.
+func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
+	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
+	}
+	rootPEM, err := os.ReadFile(f.meshdRootCert)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read meshd root certificate (--meshd-root-cert): %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootPEM) {
+		return nil, nil, fmt.Errorf("--meshd-root-cert %s holds no PEM certificate", f.meshdRootCert)
+	}
+	bundle, err := x509bundle.Parse(td, rootPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse trust bundle from %s: %w", f.meshdRootCert, err)
+	}
+	bundles := identity.NewBundleSource(bundle)
+	serverName := f.meshdServerName
+	if serverName == "" {
+		serverName, _, _ = strings.Cut(f.meshdAddress, ":")
+	}
+	tlsCfg := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS13}
+	token := func(context.Context) (string, error) {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("read service account token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+
+	conn, err := grpc.NewClient(f.meshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("meshd connection: %w", err)
+	}
+	cm, err := certs.New(certs.Options{Conn: conn, Token: token, TTL: 24 * time.Hour,
+		OnError: func(id spiffeid.ID, err error) {
+			log.Printf("renew certificate for %s (the valid one stays in use): %v", id, err)
+		}})
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+
+	var snap atomic.Pointer[model.Snapshot]
+	var xc *xdsclient.Client
+	rebuild := func(typeURL string, _, _ []string) {
+		if typeURL == meshv1.TrustBundleType {
+			for _, r := range xc.List(meshv1.TrustBundleType) {
+				tb, ok := r.Message.(*meshv1.TrustBundle)
+				if !ok {
+					continue
+				}
+				btd, err := spiffeid.TrustDomainFromString(tb.GetTrustDomain())
+				if err != nil {
+					continue
+				}
+				b, err := x509bundle.Parse(btd, []byte(strings.Join(tb.GetRootsPem(), "\n")))
+				if err == nil {
+					_ = bundles.SetBundle(b)
+				}
+			}
+		}
+		snap.Store(mesh.SnapshotFromResources(f.trustDomain, func(t string) []proto.Message {
+			var out []proto.Message
+			for _, r := range xc.List(t) {
+				out = append(out, r.Message)
+			}
+			return out
+		}))
+	}
+	xc, err = xdsclient.New(xdsclient.Options{
+		Address: f.meshdAddress, TLS: tlsCfg, Token: token,
+		NodeID:   xds.Principal{Role: xds.RoleNodeAgent, Node: f.nodeName}.NodeID(),
+		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
+		OnChange: rebuild,
+	})
+	if err != nil {
+		cm.Close()
+		conn.Close()
+		return nil, nil, err
+	}
+	xctx, cancel := context.WithCancel(ctx)
+	go func() {
+		if err := xc.Run(xctx); err != nil && xctx.Err() == nil {
+			log.Printf("xDS client: %v", err)
+		}
+	}()
+
+	tn, err := tunnel.New(tunnel.Options{TrustDomain: td, Bundle: bundles, SVID: cm.SVID, Mark: agent.DefaultAgentMark, DrainTimeout: f.drainTimeout})
+	if err != nil {
+		cancel()
+		cm.Close()
+		conn.Close()
+		return nil, nil, err
+	}
+	m := mesh.New(mesh.Options{Snapshot: snap.Load, Dial: tn.Dial, Serve: tn.Serve})
+	stop := func() {
+		cancel()
+		cm.Close()
+		conn.Close()
+	}
+	return m, stop, nil
+}
