@@ -28,7 +28,10 @@
 //     (gRPC) and flushing, or the connection is handed over after a 101
 //     (WebSocket only: other upgrades such as h2c are dropped, since an
 //     upgraded tunnel would bypass routing and policy);
-//  11. Istio's request metrics and a JSON access log line are recorded.
+//  11. Istio's request metrics and a JSON access log line are recorded; the
+//     W3C trace context is continued (or started, sampled at
+//     Options.TraceSampling) with a span per request handed to
+//     Options.ExportSpan, where an OTLP exporter plugs in.
 //
 // Serve detects the protocol per connection: HTTP/1.1, HTTP/2 with prior
 // knowledge, TLS with ALPN, or anything else, which is forwarded as TCP to

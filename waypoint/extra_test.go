@@ -431,3 +431,31 @@ func TestEndpointWeights(t *testing.T) {
 		t.Errorf("heavy endpoint got %.1f%% (%v); want 75 ± 7", share, counts)
 	}
 }
+
+func TestTraceContext(t *testing.T) {
+	app := &named{name: "app"}
+	var spans []Span
+	var mu sync.Mutex
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")}),
+		func(o *Options) {
+			o.TraceSampling = 100
+			o.ExportSpan = func(s Span) { mu.Lock(); spans = append(spans, s); mu.Unlock() }
+		})
+	client := newClient(t)
+	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	h.get(t, client, "/", map[string]string{"Traceparent": parent, "Tracestate": "vendor=x"})
+	got := app.lastRequest()
+	tid, pid, flags, ok := parseTraceparent(got.Header.Get("Traceparent"))
+	if !ok || tid != "4bf92f3577b34da6a3ce929d0e0e4736" || pid == "00f067aa0ba902b7" || flags != 1 || got.Header.Get("Tracestate") != "vendor=x" {
+		t.Errorf("upstream traceparent %q tracestate %q; want the same trace, a new span, sampled, tracestate kept", got.Header.Get("Traceparent"), got.Header.Get("Tracestate"))
+	}
+	h.get(t, client, "/", map[string]string{"Traceparent": "garbage"})
+	if _, _, _, ok := parseTraceparent(app.lastRequest().Header.Get("Traceparent")); !ok {
+		t.Errorf("invalid traceparent not replaced: %q", app.lastRequest().Header.Get("Traceparent"))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(spans) != 2 || spans[0].TraceID != tid || spans[0].SpanID != pid || spans[0].ParentSpanID != "00f067aa0ba902b7" || spans[0].Attributes["http.response.status_code"] != "200" {
+		t.Errorf("exported spans = %+v", spans)
+	}
+}

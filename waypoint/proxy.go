@@ -55,6 +55,13 @@ type Options struct {
 	// ConnPeer describes the client of a non-HTTP connection forwarded as
 	// TCP; nil means the connection's addresses and no identity.
 	ConnPeer func(c net.Conn) Peer
+	// TraceSampling is the percentage (0–100) of new traces (requests
+	// without a valid traceparent) that are sampled; callers' sampling
+	// decisions are kept. Zero samples none.
+	TraceSampling float64
+	// ExportSpan receives the span of each sampled request after it ends;
+	// nil means spans are only propagated (traceparent), not exported.
+	ExportSpan func(Span)
 	// Logf reports proxy errors that have no response to go to (mirror
 	// failures, L4 forwarding errors); nil means they are dropped.
 	Logf func(format string, args ...any)
@@ -161,6 +168,10 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		p.log.log(rec)
 	}()
 	grpc := isGRPC(req)
+	tc := startTrace(req.Header, p.opts.TraceSampling)
+	if p.opts.ExportSpan != nil && tc.sampled {
+		defer p.exportSpan(tc, rec, w)
+	}
 
 	// 1. One view of the path for routing, policy and the upstream.
 	path, err := normalizePath(req.URL.EscapedPath())
@@ -848,6 +859,30 @@ func (p *Proxy) peer(req *http.Request) Peer {
 		}
 	}
 	return pr
+}
+
+func (p *Proxy) exportSpan(tc traceContext, rec *record, w *responseWriter) {
+	name := rec.routeName
+	if name == "" {
+		name = rec.authority
+	}
+	code := w.status
+	if code == 0 && !w.aborted {
+		code = http.StatusOK
+	}
+	p.opts.ExportSpan(Span{
+		TraceID: tc.traceID, SpanID: tc.spanID, ParentSpanID: tc.parentID, Name: name,
+		Start: rec.start, End: time.Now(),
+		Attributes: map[string]string{
+			"http.request.method":       rec.method,
+			"url.path":                  rec.path,
+			"server.address":            rec.authority,
+			"http.response.status_code": strconv.Itoa(code),
+			"istio.response_flags":      rec.flagString(),
+			"istio.upstream_cluster":    rec.upstreamClust,
+			"network.peer.address":      rec.upstreamHost,
+		},
+	})
 }
 
 func (p *Proxy) logf(format string, args ...any) {
