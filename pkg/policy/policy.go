@@ -105,26 +105,38 @@ type Rule struct {
 
 // Source is rule.from[].source. Empty fields are not checked.
 type Source struct {
-	Principals, NotPrincipals               []string
+	// Principals match the peer identity ("td/ns/<ns>/sa/<sa>").
+	Principals, NotPrincipals []string
+	// RequestPrincipals match the JWT's "iss/sub" (L7 only).
 	RequestPrincipals, NotRequestPrincipals []string
-	Namespaces, NotNamespaces               []string
-	IPBlocks, NotIPBlocks                   []string
-	RemoteIPBlocks, NotRemoteIPBlocks       []string
+	// Namespaces match the peer's namespace.
+	Namespaces, NotNamespaces []string
+	// IPBlocks match the direct peer address (IP or CIDR).
+	IPBlocks, NotIPBlocks []string
+	// RemoteIPBlocks match the original client address (L7 only).
+	RemoteIPBlocks, NotRemoteIPBlocks []string
 }
 
 // Operation is rule.to[].operation. Empty fields are not checked.
 type Operation struct {
-	Hosts, NotHosts     []string
-	Ports, NotPorts     []string
+	// Hosts match Host/:authority, case-insensitively (L7 only).
+	Hosts, NotHosts []string
+	// Ports match the destination port, as decimal strings.
+	Ports, NotPorts []string
+	// Methods match the HTTP method (L7 only).
 	Methods, NotMethods []string
-	Paths, NotPaths     []string
+	// Paths match the normalized path without query (L7 only).
+	Paths, NotPaths []string
 }
 
 // Condition is rule.when[]: Key must have one of Values (if any) and none of
 // NotValues.
 type Condition struct {
-	Key       string
-	Values    []string
+	// Key is an Istio condition key, e.g. "request.headers[x-user]".
+	Key string
+	// Values: the attribute must match one of them, if any are given.
+	Values []string
+	// NotValues: the attribute must match none of them.
 	NotValues []string
 }
 
