@@ -27,6 +27,9 @@ type BuilderOptions struct {
 	// WaypointClasses are the GatewayClass names whose Gateways are waypoints;
 	// nil means Istio's "istio-waypoint".
 	WaypointClasses []string
+	// IngressClasses are the GatewayClass names whose Gateways are ingress
+	// gateways served by meshlet; nil means Istio's "istio".
+	IngressClasses []string
 }
 
 // Builder turns Inputs into model snapshots. It keeps the previous build so
@@ -57,6 +60,9 @@ func NewBuilder(opts BuilderOptions) *Builder {
 	if opts.WaypointClasses == nil {
 		opts.WaypointClasses = []string{"istio-waypoint"}
 	}
+	if opts.IngressClasses == nil {
+		opts.IngressClasses = []string{"istio"}
+	}
 	return &Builder{opts: opts}
 }
 
@@ -73,7 +79,7 @@ type build struct {
 	services   []*model.Service
 	svcByKey   map[string]*model.Service
 	kubeSvcs   map[string]*corev1.Service // key -> object, only valid services
-	svcsByNS   map[string][]*corev1.Service
+	svcsByNS   map[string]*selectorIndex
 	seSelect   []seSelector
 	workloads  []*model.Workload
 	hostOwners map[string]string
@@ -82,6 +88,7 @@ type build struct {
 	validRoutes []*gatewayv1.HTTPRoute
 	drFor       map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
 	wlByUID     map[string]*model.Workload
+	ingress     []*gatewayv1.Gateway
 }
 
 // Build translates in into a new snapshot and reports every rejected or
@@ -98,7 +105,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		waypoints:  make(map[model.NamespacedName]*model.Waypoint),
 		svcByKey:   make(map[string]*model.Service),
 		kubeSvcs:   make(map[string]*corev1.Service),
-		svcsByNS:   make(map[string][]*corev1.Service),
+		svcsByNS:   make(map[string]*selectorIndex),
 		hostOwners: make(map[string]string),
 		drFor:      make(map[string]config[networkingapi.DestinationRule]),
 	}
@@ -117,6 +124,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.joinEndpoints()
 	bd.bindServiceWaypoints()
 	l7 := bd.buildL7()
+	bd.buildIngressL7(l7)
 	bd.warnUnmatchedSelectors()
 	b.cache = bd.next
 
@@ -209,7 +217,12 @@ func (bd *build) translateKubeServices() {
 		bd.hostOwners[ms.Hostname()] = ms.Key()
 		bd.addService(ms)
 		bd.kubeSvcs[k] = svc
-		bd.svcsByNS[svc.Namespace] = append(bd.svcsByNS[svc.Namespace], svc)
+		idx := bd.svcsByNS[svc.Namespace]
+		if idx == nil {
+			idx = &selectorIndex{byPair: map[string][]*corev1.Service{}}
+			bd.svcsByNS[svc.Namespace] = idx
+		}
+		idx.add(svc)
 	}
 }
 
@@ -261,7 +274,9 @@ func (bd *build) translateWaypoints() {
 	for _, k := range sortedKeys(bd.in.gateways) {
 		gw := bd.in.gateways[k]
 		if !classes[string(gw.Spec.GatewayClassName)] {
-			bd.validateGateway(gw)
+			if bd.validateGateway(gw) && contains(bd.opts.IngressClasses, string(gw.Spec.GatewayClassName)) {
+				bd.ingress = append(bd.ingress, gw)
+			}
 			continue
 		}
 		r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
@@ -472,10 +487,7 @@ func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workl
 	w.Waypoint = bd.workloadWaypoint(KindPod, pod.Namespace, pod.Name, pod.Labels)
 	w.PeerAuthentication = model.ResolvePeerAuthentication(bd.peerAuths, bd.opts.RootNamespace, pod.Namespace, pod.Labels)
 	w.AuthorizationPolicies = bd.authzFor(pod.Namespace, pod.Labels)
-	for _, svc := range bd.svcsByNS[pod.Namespace] {
-		if len(svc.Spec.Selector) == 0 || !model.SelectorMatches(svc.Spec.Selector, pod.Labels) {
-			continue
-		}
+	for _, svc := range bd.svcsByNS[pod.Namespace].matching(pod.Labels) {
 		ms := bd.svcByKey[svc.Namespace+"/"+svc.Name]
 		binding := model.ServiceBinding{
 			Service:  model.NamespacedName{Namespace: svc.Namespace, Name: svc.Name},
@@ -593,4 +605,48 @@ func (bd *build) endpointSliceEndpoints() {
 			ms.Endpoints = append(ms.Endpoints, e)
 		}
 	}
+}
+
+// selectorIndex finds the services of one namespace whose selector matches a
+// set of labels without testing every service: each service is filed under
+// the smallest key=value pair of its selector, so only services filed under
+// one of the pod's own pairs can match.
+type selectorIndex struct {
+	byPair map[string][]*corev1.Service
+}
+
+func (x *selectorIndex) add(svc *corev1.Service) {
+	if len(svc.Spec.Selector) == 0 {
+		return // selector-less services take endpoints from EndpointSlices
+	}
+	first := ""
+	for k, v := range svc.Spec.Selector {
+		if p := k + "=" + v; first == "" || p < first {
+			first = p
+		}
+	}
+	x.byPair[first] = append(x.byPair[first], svc)
+}
+
+// matching returns the services whose selector matches labels, in the order
+// they were added (sorted by key).
+func (x *selectorIndex) matching(labels map[string]string) []*corev1.Service {
+	if x == nil {
+		return nil
+	}
+	var out []*corev1.Service
+	for k, v := range labels {
+		for _, svc := range x.byPair[k+"="+v] {
+			if model.SelectorMatches(svc.Spec.Selector, labels) {
+				out = append(out, svc)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
 }

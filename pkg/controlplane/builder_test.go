@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
 )
@@ -325,3 +327,36 @@ func TestWaypointBindingsIndex(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func TestSelectorIndex(t *testing.T) {
+	mk := func(name string, sel map[string]string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns"}, Spec: corev1.ServiceSpec{Selector: sel}}
+	}
+	idx := &selectorIndex{byPair: map[string][]*corev1.Service{}}
+	for _, s := range []*corev1.Service{
+		mk("a", map[string]string{"app": "a"}),
+		mk("a-v1", map[string]string{"app": "a", "version": "v1"}),
+		mk("tier", map[string]string{"tier": "x"}),
+		mk("none", nil),
+	} {
+		idx.add(s)
+	}
+	tests := []struct {
+		labels map[string]string
+		want   []string
+	}{
+		{map[string]string{"app": "a", "version": "v2"}, []string{"a"}},
+		{map[string]string{"app": "a", "version": "v1", "tier": "x"}, []string{"a", "a-v1", "tier"}},
+		{map[string]string{"version": "v1"}, nil},
+		{nil, nil},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, s := range idx.matching(tt.labels) {
+			got = append(got, s.Name)
+		}
+		if diff := cmp.Diff(tt.want, got); diff != "" {
+			t.Errorf("matching(%v) mismatch (-want +got):\n%s", tt.labels, diff)
+		}
+	}
+}

@@ -73,7 +73,7 @@ func FuzzTranslateRequestAuthentication(f *testing.F) {
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: foo}
 spec:
-  selector: {matchLabels: {app: web}}
+  targetRefs: [{kind: Gateway, name: wp}, {kind: Service, name: web}]
   jwtRules: [{issuer: "issuer-foo", jwksUri: "https://example.com/.well-known/jwks.json"}]
 `)
 }
@@ -87,7 +87,19 @@ func FuzzTranslateWorkloadEntry(f *testing.F) {
 }
 
 func FuzzTranslateVirtualService(f *testing.F) {
-	fuzzTranslate(f, "networking.istio.io/v1", "VirtualService", `apiVersion: networking.istio.io/v1
+	fuzzTranslate(f, "networking.istio.io/v1", "VirtualService", reviewsRouting, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: foo}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {regex: "/a.*"}, port: 80, withoutHeaders: {x: {prefix: y}}}]
+    fault: {delay: {fixedDelay: 1s, percentage: {value: 10}}}
+    mirror: {host: web, port: {number: 9090}}
+    redirect: {uri: /b, redirectCode: 302}
+  - route: [{destination: {host: web, port: {number: 80}}, headers: {request: {set: {a: b}}}}]
+    rewrite: {uriRegexRewrite: {match: "^/x(.*)", rewrite: "/y\\1"}}
+`, `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews-route, namespace: foo}
 spec:
@@ -104,7 +116,17 @@ spec:
 }
 
 func FuzzTranslateDestinationRule(f *testing.F) {
-	fuzzTranslate(f, "networking.istio.io/v1", "DestinationRule", `apiVersion: networking.istio.io/v1
+	fuzzTranslate(f, "networking.istio.io/v1", "DestinationRule", reviewsRouting, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: foo}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool: {tcp: {maxConnections: 10, connectTimeout: 1s}, http: {http2MaxRequests: 5}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 30s}
+  subsets: [{name: v1, labels: {version: v1}}]
+`, `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: bookinfo-ratings, namespace: foo}
 spec:
@@ -138,7 +160,7 @@ func FuzzTranslateHTTPRoute(f *testing.F) {
 kind: HTTPRoute
 metadata: {name: web, namespace: foo}
 spec:
-  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}, {group: "", kind: Service, name: web}]
   rules:
   - matches: [{path: {type: RegularExpression, value: "/v[0-9]+/.*"}, headers: [{name: x, value: y}]}]
     backendRefs: [{name: web, port: 80, weight: 90}]

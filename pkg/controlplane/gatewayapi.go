@@ -10,24 +10,25 @@ import (
 )
 
 // validateGateway checks a Gateway API Gateway that is not a waypoint.
-func (bd *build) validateGateway(gw *gatewayv1.Gateway) {
+func (bd *build) validateGateway(gw *gatewayv1.Gateway) bool {
 	r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
 	if gw.Spec.GatewayClassName == "" {
 		r.reject("gatewayClassName is empty")
-		return
+		return false
 	}
 	names := map[gatewayv1.SectionName]bool{}
 	for _, l := range gw.Spec.Listeners {
 		if names[l.Name] {
 			r.reject("listener name %q used twice", l.Name)
-			return
+			return false
 		}
 		names[l.Name] = true
 		if l.Port <= 0 || l.Port > 65535 {
 			r.reject("listener %q port %d out of range 1-65535", l.Name, l.Port)
-			return
+			return false
 		}
 	}
+	return true
 }
 
 // validateRoutes checks HTTPRoutes and GRPCRoutes: regular expressions (RE2)

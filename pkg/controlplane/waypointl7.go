@@ -440,7 +440,6 @@ func headerMatch(name string, sm *networkingapi.StringMatch, invert bool) model.
 func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service, port uint32) []model.L7Route {
 	var all []model.L7Route
 	for _, rt := range rts {
-		var routes []model.L7Route
 		portOK := false
 		for _, pr := range rt.Spec.ParentRefs {
 			if pr.Kind != nil && *pr.Kind == "Service" && string(pr.Name) == ms.Name && (pr.Port == nil || uint32(*pr.Port) == port) {
@@ -450,75 +449,7 @@ func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service
 		if !portOK {
 			continue
 		}
-		for i, rule := range rt.Spec.Rules {
-			r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
-			if rule.Name != nil {
-				r.Name = string(*rule.Name)
-			}
-			for _, m := range rule.Matches {
-				rm := model.RouteMatch{}
-				if m.Path != nil && m.Path.Value != nil {
-					t := gatewayv1.PathMatchPathPrefix
-					if m.Path.Type != nil {
-						t = *m.Path.Type
-					}
-					switch t {
-					case gatewayv1.PathMatchExact:
-						rm.URI = &model.StringMatch{Exact: *m.Path.Value}
-					case gatewayv1.PathMatchRegularExpression:
-						rm.URI = &model.StringMatch{Regex: *m.Path.Value}
-					default:
-						rm.URI = &model.StringMatch{Prefix: *m.Path.Value}
-					}
-				}
-				if m.Method != nil {
-					rm.Method = &model.StringMatch{Exact: string(*m.Method)}
-				}
-				for _, h := range m.Headers {
-					hm := model.HeaderMatch{Name: string(h.Name), Value: model.StringMatch{Exact: h.Value}}
-					if h.Type != nil && *h.Type == gatewayv1.HeaderMatchRegularExpression {
-						hm.Value = model.StringMatch{Regex: h.Value}
-					}
-					rm.Headers = append(rm.Headers, hm)
-				}
-				for _, q := range m.QueryParams {
-					hm := model.HeaderMatch{Name: string(q.Name), Value: model.StringMatch{Exact: q.Value}}
-					if q.Type != nil && *q.Type == gatewayv1.QueryParamMatchRegularExpression {
-						hm.Value = model.StringMatch{Regex: q.Value}
-					}
-					rm.QueryParams = append(rm.QueryParams, hm)
-				}
-				r.Matches = append(r.Matches, rm)
-			}
-			for _, b := range rule.BackendRefs {
-				if b.Kind != nil && *b.Kind != "Service" {
-					continue
-				}
-				ns := rt.Namespace
-				if b.Namespace != nil && *b.Namespace != "" {
-					ns = string(*b.Namespace)
-				}
-				p := port
-				if b.Port != nil {
-					p = uint32(*b.Port)
-				}
-				w := uint32(1)
-				if b.Weight != nil && *b.Weight >= 0 {
-					w = uint32(*b.Weight)
-				}
-				host := string(b.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain
-				r.Destinations = append(r.Destinations, model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w})
-			}
-			if len(r.Destinations) == 0 {
-				r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no backends → 500
-			}
-			if rule.Timeouts != nil && rule.Timeouts.Request != nil {
-				if d, err := time.ParseDuration(string(*rule.Timeouts.Request)); err == nil {
-					r.Timeout = d
-				}
-			}
-			routes = append(routes, r)
-		}
+		routes := lb.httpRouteRules(rt, port)
 		if err := lb.check(routes); err != nil {
 			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).reject("%v", err)
 			continue
@@ -587,4 +518,108 @@ func jwtProvider(name string, r *securityapi.JWTRule) model.JWTProvider {
 		p.OutputClaimToHeaders = append(p.OutputClaimToHeaders, model.ClaimToHeader{Header: ch.GetHeader(), Claim: ch.GetClaim()})
 	}
 	return p
+}
+
+// httpRouteRules translates an HTTPRoute's rules; a backendRef without a
+// port uses defaultPort. A backend in another namespace needs a
+// ReferenceGrant there (Gateway API); without one it is dropped with a
+// warning, and a rule left without backends answers 500.
+func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32) []model.L7Route {
+	var routes []model.L7Route
+	for i, rule := range rt.Spec.Rules {
+		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
+		if rule.Name != nil {
+			r.Name = string(*rule.Name)
+		}
+		for _, m := range rule.Matches {
+			rm := model.RouteMatch{}
+			if m.Path != nil && m.Path.Value != nil {
+				t := gatewayv1.PathMatchPathPrefix
+				if m.Path.Type != nil {
+					t = *m.Path.Type
+				}
+				switch t {
+				case gatewayv1.PathMatchExact:
+					rm.URI = &model.StringMatch{Exact: *m.Path.Value}
+				case gatewayv1.PathMatchRegularExpression:
+					rm.URI = &model.StringMatch{Regex: *m.Path.Value}
+				default:
+					rm.URI = &model.StringMatch{Prefix: *m.Path.Value}
+				}
+			}
+			if m.Method != nil {
+				rm.Method = &model.StringMatch{Exact: string(*m.Method)}
+			}
+			for _, h := range m.Headers {
+				hm := model.HeaderMatch{Name: string(h.Name), Value: model.StringMatch{Exact: h.Value}}
+				if h.Type != nil && *h.Type == gatewayv1.HeaderMatchRegularExpression {
+					hm.Value = model.StringMatch{Regex: h.Value}
+				}
+				rm.Headers = append(rm.Headers, hm)
+			}
+			for _, q := range m.QueryParams {
+				hm := model.HeaderMatch{Name: string(q.Name), Value: model.StringMatch{Exact: q.Value}}
+				if q.Type != nil && *q.Type == gatewayv1.QueryParamMatchRegularExpression {
+					hm.Value = model.StringMatch{Regex: q.Value}
+				}
+				rm.QueryParams = append(rm.QueryParams, hm)
+			}
+			r.Matches = append(r.Matches, rm)
+		}
+		for _, b := range rule.BackendRefs {
+			if b.Kind != nil && *b.Kind != "Service" {
+				continue
+			}
+			ns := rt.Namespace
+			if b.Namespace != nil && *b.Namespace != "" {
+				ns = string(*b.Namespace)
+			}
+			if ns != rt.Namespace && !lb.bd.referenceGranted(rt.Namespace, ns, string(b.Name)) {
+				lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("backendRef %s/%s: no ReferenceGrant in %s allows it; dropped", ns, b.Name, ns)
+				continue
+			}
+			p := defaultPort
+			if b.Port != nil {
+				p = uint32(*b.Port)
+			}
+			w := uint32(1)
+			if b.Weight != nil && *b.Weight >= 0 {
+				w = uint32(*b.Weight)
+			}
+			host := string(b.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain
+			r.Destinations = append(r.Destinations, model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w})
+		}
+		if len(r.Destinations) == 0 {
+			r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no backends → 500
+		}
+		if rule.Timeouts != nil && rule.Timeouts.Request != nil {
+			if d, err := time.ParseDuration(string(*rule.Timeouts.Request)); err == nil {
+				r.Timeout = d
+			}
+		}
+		routes = append(routes, r)
+	}
+	return routes
+}
+
+// referenceGranted reports whether a ReferenceGrant in toNS lets HTTPRoutes
+// of fromNS refer to the Service name.
+func (bd *build) referenceGranted(fromNS, toNS, name string) bool {
+	for _, k := range sortedKeys(bd.in.referenceGrants) {
+		g := bd.in.referenceGrants[k]
+		if g.Namespace != toNS {
+			continue
+		}
+		from, to := false, false
+		for _, f := range g.Spec.From {
+			from = from || (f.Group == gatewayv1.GroupName && f.Kind == "HTTPRoute" && string(f.Namespace) == fromNS)
+		}
+		for _, t := range g.Spec.To {
+			to = to || (t.Group == "" && t.Kind == "Service" && (t.Name == nil || string(*t.Name) == name))
+		}
+		if from && to {
+			return true
+		}
+	}
+	return false
 }

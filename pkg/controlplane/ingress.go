@@ -1,0 +1,148 @@
+package controlplane
+
+import (
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// buildIngressL7 adds the L7 configuration of every ingress Gateway (a
+// Gateway API Gateway of an ingress class) to out, keyed by the Gateway's
+// name like a waypoint's. Each HTTP listener gets the HTTPRoutes attached to
+// it — parentRef to the Gateway, matching sectionName and port when given,
+// and allowed by the listener's allowedRoutes (Same namespace by default) —
+// one virtual host per distinct hostname set. Listeners of other protocols
+// (HTTPS/TLS termination) are reported and skipped for now.
+func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
+	for _, gw := range bd.ingress {
+		key := model.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
+		r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
+		lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
+		cfg := &model.L7Config{}
+		for _, l := range gw.Spec.Listeners {
+			if l.Protocol != gatewayv1.HTTPProtocolType {
+				r.warn("listener %q: protocol %s is not served by meshlet's ingress yet; skipped", l.Name, l.Protocol)
+				continue
+			}
+			ml := model.L7Listener{Name: string(l.Name), Port: uint32(l.Port)}
+			for _, rt := range bd.validRoutes {
+				if !attached(rt, gw, l) || !bd.allowedRoute(rt, gw, l) {
+					continue
+				}
+				routes := lb.httpRouteRules(rt, 0)
+				if err := lb.check(routes); err != nil {
+					bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).reject("%v", err)
+					continue
+				}
+				doms := routeDomains(rt, l)
+				merged := false
+				for i := range ml.VirtualHosts {
+					if strings.Join(ml.VirtualHosts[i].Domains, ",") == strings.Join(doms, ",") {
+						ml.VirtualHosts[i].Routes = append(ml.VirtualHosts[i].Routes, routes...)
+						merged = true
+					}
+				}
+				if !merged {
+					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.Namespace + "/" + rt.Name, Domains: doms, Routes: routes})
+				}
+			}
+			// A catch-all host goes last so that specific hosts win.
+			var specific, wildcard []model.VirtualHost
+			for _, vh := range ml.VirtualHosts {
+				if len(vh.Domains) == 1 && vh.Domains[0] == "*" {
+					wildcard = append(wildcard, vh)
+				} else {
+					specific = append(specific, vh)
+				}
+			}
+			ml.VirtualHosts = append(specific, wildcard...)
+			if len(ml.VirtualHosts) > 0 {
+				cfg.Listeners = append(cfg.Listeners, ml)
+			}
+		}
+		if len(cfg.Listeners) == 0 {
+			continue
+		}
+		for _, name := range sortedKeys(lb.clusters) {
+			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
+		}
+		if err := cfg.Validate(); err != nil {
+			r.reject("gateway L7 configuration is invalid, not pushed: %v", err)
+			continue
+		}
+		out[key] = cfg
+	}
+}
+
+// attached reports whether rt names gw and listener l as a parent.
+func attached(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
+	for _, pr := range rt.Spec.ParentRefs {
+		if pr.Kind != nil && *pr.Kind != "Gateway" {
+			continue
+		}
+		if pr.Group != nil && *pr.Group != gatewayv1.GroupName {
+			continue
+		}
+		ns := rt.Namespace
+		if pr.Namespace != nil && *pr.Namespace != "" {
+			ns = string(*pr.Namespace)
+		}
+		if ns != gw.Namespace || string(pr.Name) != gw.Name {
+			continue
+		}
+		if pr.SectionName != nil && *pr.SectionName != l.Name {
+			continue
+		}
+		if pr.Port != nil && *pr.Port != l.Port {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// allowedRoute applies the listener's allowedRoutes.namespaces.
+func (bd *build) allowedRoute(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
+	from := gatewayv1.NamespacesFromSame
+	var sel *metav1.LabelSelector
+	if l.AllowedRoutes != nil && l.AllowedRoutes.Namespaces != nil {
+		if l.AllowedRoutes.Namespaces.From != nil {
+			from = *l.AllowedRoutes.Namespaces.From
+		}
+		sel = l.AllowedRoutes.Namespaces.Selector
+	}
+	switch from {
+	case gatewayv1.NamespacesFromAll:
+		return true
+	case gatewayv1.NamespacesFromSame:
+		return rt.Namespace == gw.Namespace
+	case gatewayv1.NamespacesFromSelector:
+		s, err := metav1.LabelSelectorAsSelector(sel)
+		if err != nil || sel == nil {
+			return false
+		}
+		ns := bd.in.namespaces[rt.Namespace]
+		return ns != nil && s.Matches(labels.Set(ns.Labels))
+	}
+	return false
+}
+
+// routeDomains returns the hostnames a route serves on a listener: the
+// route's hostnames, else the listener's, else every host.
+func routeDomains(rt *gatewayv1.HTTPRoute, l gatewayv1.Listener) []string {
+	var out []string
+	for _, h := range rt.Spec.Hostnames {
+		out = append(out, string(h))
+	}
+	if len(out) == 0 && l.Hostname != nil && *l.Hostname != "" {
+		out = []string{string(*l.Hostname)}
+	}
+	if len(out) == 0 {
+		out = []string{"*"}
+	}
+	return out
+}

@@ -1,0 +1,101 @@
+package controlplane
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// Istio's "Getting started" ingress for bookinfo, on the Gateway API.
+const bookinfoIngress = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: bookinfo}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}
+  - {name: https, port: 443, protocol: HTTPS}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: bookinfo}
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+  hostnames: [bookinfo.example.com]
+  rules:
+  - matches:
+    - path: {type: Exact, value: /productpage}
+    - path: {type: PathPrefix, value: /static}
+    backendRefs: [{name: productpage, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: other}
+spec:
+  parentRefs: [{name: bookinfo-gateway, namespace: bookinfo}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cross, namespace: bookinfo}
+spec:
+  parentRefs: [{name: bookinfo-gateway, sectionName: http}]
+  rules: [{backendRefs: [{name: web, namespace: other, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: productpage, namespace: bookinfo}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: productpage}
+  ports: [{name: http, port: 9080}]
+`
+
+func TestIngressGatewayL7(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfoIngress, pod("bookinfo", "productpage-v1", "10.0.0.30", "n1", "app=productpage")))
+	for _, want := range []string{
+		`Gateway bookinfo/bookinfo-gateway: listener "https": protocol HTTPS is not served`,
+		"HTTPRoute bookinfo/cross: backendRef other/web: no ReferenceGrant",
+	} {
+		if !hasRejection(rej, want, true) {
+			t.Errorf("rejections = %v; want a warning %q", rej, want)
+		}
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/bookinfo-gateway")
+	}
+	const cluster = "outbound|9080||productpage.bookinfo.svc.cluster.local"
+	want := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", Port: 80, VirtualHosts: []model.VirtualHost{
+			{Name: "bookinfo/bookinfo", Domains: []string{"bookinfo.example.com"}, Routes: []model.L7Route{{
+				Name:         "bookinfo.bookinfo.0",
+				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Exact: "/productpage"}}, {URI: &model.StringMatch{Prefix: "/static"}}},
+				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
+			}}},
+			// The cross-namespace backend without a ReferenceGrant is dropped: 500.
+			// The route from namespace "other" is not allowed (from: Same).
+			{Name: "bookinfo/cross", Domains: []string{"*"}, Routes: []model.L7Route{{Name: "cross.bookinfo.0", DirectResponse: &model.DirectResponse{Status: 500}}}},
+		}}},
+		Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}}}}},
+	}
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
+	}
+
+	// With a ReferenceGrant in "other", the cross-namespace backend is used.
+	snap, _ = mustBuild(t, inputs(t, bookinfoIngress, `apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: allow-bookinfo, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: bookinfo}]
+  to: [{group: "", kind: Service}]
+`))
+	cfg, _ = snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
+	got := cfg.Listeners[0].VirtualHosts[1].Routes[0].Destinations
+	if len(got) != 1 || got[0].Cluster != "outbound|80||web.other.svc.cluster.local" {
+		t.Errorf("cross route destinations = %+v; want web.other:80 once granted", got)
+	}
+}
