@@ -142,6 +142,7 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(ag.NewKernelCollector(dp))
 	rec, err := enroll.New(enroll.Options{
 		Client: client, NodeName: f.nodeName, SnapshotPath: f.cniState,
 		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf, NetnsDir: f.netnsDir,

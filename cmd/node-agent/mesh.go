@@ -128,7 +128,7 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 		conn.Close()
 		return nil, nil, err
 	}
-	m := mesh.New(mesh.Options{Snapshot: snap.Load, Dial: tn.Dial, Serve: tn.Serve})
+	m := mesh.New(mesh.Options{Snapshot: snap.Load, Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget})
 	stop := func() {
 		cancel()
 		cm.Close()

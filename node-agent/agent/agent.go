@@ -47,6 +47,12 @@ type Mesh interface {
 	Authorize(ctx context.Context, r proxy.AuthzRequest) proxy.Decision
 }
 
+// PodForgetter is implemented by a Mesh that keeps per-pod state (pooled
+// tunnel connections); the agent calls it when a pod leaves the mesh.
+type PodForgetter interface {
+	Forget(pod proxy.Pod)
+}
+
 // Marks and routing the agent uses inside pods. AgentMark must be one of the
 // bits the data path skips (ebpf.Options.AgentMark); ReturnMark is an extra
 // bit on connections to the app that keep the client's address.

@@ -108,6 +108,16 @@ func TestEnrollDataPath(t *testing.T) {
 		t.Errorf("connections opened (reporter=destination) = %v; want 1 (B's inbound was steered)", got)
 	}
 
+	// The kernel counters, exported per workload, saw A's captured connect.
+	kreg := prometheus.NewRegistry()
+	kreg.MustRegister(ag.NewKernelCollector(dp))
+	if got := counter(t, kreg, "meshlet_kernel_redirect_decisions_total", "decision", "captured_tcp"); got < 1 {
+		t.Errorf("kernel captured_tcp = %v; want at least 1", got)
+	}
+	if got := kernelValue(t, kreg, "meshlet_kernel_tcp_connections_total", map[string]string{"workload": "cart", "namespace": "shop", "service_account": "cart", "event": "opened"}); got < 1 {
+		t.Errorf("kernel connections opened for shop/cart = %v; want at least 1", got)
+	}
+
 	// An entry a previous agent left for a pod that is gone is dropped by
 	// the reconcile after start; the live pods' entries stay.
 	const staleCookie = 0xdead
@@ -224,4 +234,29 @@ func enterCgroup(t *testing.T) string {
 		os.Remove(cg)
 	})
 	return cg
+}
+
+// kernelValue sums a metric's series that carry every label in want.
+func kernelValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.Metric {
+			for k, v := range want {
+				if !hasLabel(m, k, v) {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }

@@ -214,10 +214,15 @@ func (a *Agent) unenrollLocked(ep *enrolledPod, drain time.Duration) error {
 	}
 	// The netns may be gone with the pod; then so is the program.
 	_ = a.opts.Datapath.DetachPodIngress(ep.pod.Netns, ifName(ep.pod))
+	forget, _ := a.opts.Mesh.(PodForgetter)
+	pp := a.proxyPod(ep.pod)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), drain)
 		defer cancel()
 		_ = ep.proxy.Drain(ctx)
+		if forget != nil {
+			forget.Forget(pp)
+		}
 	}()
 	return errors.Join(errs...)
 }

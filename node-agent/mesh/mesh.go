@@ -39,6 +39,9 @@ type Options struct {
 	// Serve serves HBONE on pod's 15008 listener (pkg/hbone server), with
 	// the pod's identity. Nil leaves 15008 closed.
 	Serve func(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error
+	// Forget releases per-pod tunnel state when a pod leaves the mesh. Nil
+	// means nothing to release.
+	Forget func(pod proxy.Pod)
 }
 
 // Mesh implements the agent's Mesh hooks over a model snapshot.
@@ -218,6 +221,13 @@ func namespaceOf(id string) string {
 	}
 	ns, _, _ := strings.Cut(rest, "/")
 	return ns
+}
+
+// Forget releases a departed pod's tunnel state.
+func (m *Mesh) Forget(pod proxy.Pod) {
+	if m.opts.Forget != nil {
+		m.opts.Forget(pod)
+	}
 }
 
 // ErrNoTunnel is returned by DialTunnel when no tunnel client is configured.
