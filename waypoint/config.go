@@ -29,6 +29,13 @@ type compiled struct {
 	policies   []*policy.Policy
 	jwt        *jwtAuthenticator
 	tcpCluster *upstream
+	// limiters by listener/vhost/route name, so that a config push keeps
+	// the token buckets of unchanged rate limits.
+	limiters map[string]*rateLimiter
+}
+
+func limiterKey(listener, vhost, route string) string {
+	return listener + "\x00" + vhost + "\x00" + route
 }
 
 type listener struct {
@@ -129,7 +136,11 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			return nil, fmt.Errorf("compile waypoint config: %w", err)
 		}
 	}
-	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies}
+	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies, limiters: map[string]*rateLimiter{}}
+	var oldLimiters map[string]*rateLimiter
+	if old != nil {
+		oldLimiters = old.limiters
+	}
 	for i := range cfg.L7.Clusters {
 		spec := &cfg.L7.Clusters[i]
 		var prev *cluster
@@ -166,7 +177,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 				}
 			}
 			for k := range vs.Routes {
-				r, err := compileRoute(&vs.Routes[k], c.clusters)
+				r, err := compileRoute(&vs.Routes[k], c.clusters, oldLimiters[limiterKey(ls.Name, vs.Name, vs.Routes[k].Name)])
 				if err != nil {
 					return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: route %d: %w", ls.Name, vs.Name, k, err)
 				}
@@ -174,6 +185,9 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 					r.cors = vhCORS
 				}
 				vh.routes = append(vh.routes, r)
+				if r.limiter != nil {
+					c.limiters[limiterKey(ls.Name, vs.Name, r.name)] = r.limiter
+				}
 			}
 			l.vhosts = append(l.vhosts, vh)
 		}
@@ -187,7 +201,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 	return c, nil
 }
 
-func compileRoute(spec *model.L7Route, clusters map[string]*cluster) (*route, error) {
+func compileRoute(spec *model.L7Route, clusters map[string]*cluster, oldLimiter *rateLimiter) (*route, error) {
 	cors, err := compileCORS(spec.CORS)
 	if err != nil {
 		return nil, err
@@ -225,7 +239,11 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster) (*route, er
 		r.mirrors = append(r.mirrors, mirrorDest{up: clusters[m.Cluster].subset(m.Subset), percent: m.Percent})
 	}
 	if spec.RateLimit != nil {
-		r.limiter = newRateLimiter(spec.RateLimit)
+		if oldLimiter != nil && oldLimiter.spec == *spec.RateLimit {
+			r.limiter = oldLimiter
+		} else {
+			r.limiter = newRateLimiter(spec.RateLimit)
+		}
 	}
 	if spec.Rewrite != nil && spec.Rewrite.URIRegex != nil {
 		re, err := regexp.Compile(spec.Rewrite.URIRegex.Pattern)

@@ -459,3 +459,22 @@ func TestTraceContext(t *testing.T) {
 		t.Errorf("exported spans = %+v", spans)
 	}
 }
+
+func TestUpdateKeepsRateLimitBuckets(t *testing.T) {
+	app := backend(t, &named{name: "app"})
+	mk := func(target string) *Config {
+		return oneRoute([]model.L7Cluster{clusterOf("app", app), clusterOf("app2", app)},
+			model.L7Route{Name: "r", Destinations: to(target), RateLimit: &model.RateLimit{MaxTokens: 1, FillInterval: time.Hour}})
+	}
+	h := start(t, mk("app"), nil)
+	client := newClient(t)
+	if code, _ := h.get(t, client, "/", nil); code != 200 {
+		t.Fatalf("first request = %d; want 200", code)
+	}
+	if err := h.proxy.Update(mk("app2")); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := h.get(t, client, "/", nil); code != 429 {
+		t.Errorf("request after an unrelated config push = %d; want 429 (bucket kept)", code)
+	}
+}
