@@ -70,6 +70,9 @@ type Server struct {
 	kick    chan struct{}
 	done    chan struct{}
 
+	applyMu sync.Mutex  // serializes Apply
+	applied *applyCache // guarded by applyMu
+
 	mu          sync.Mutex
 	store       *store
 	current     *frozen
@@ -153,6 +156,7 @@ func New(opts Options) (*Server, error) {
 		nodeStreams: map[string]int{},
 	}
 	s.current = s.store.freeze()
+	s.applied = &applyCache{}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{s.log})
 	s.delta = delta.NewServer(s.ctx, s.cache, callbacks{s})

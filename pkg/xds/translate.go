@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
+
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
 )
@@ -16,40 +18,44 @@ import (
 // change keep their version, so clients are sent only the difference; when
 // nothing changed no push happens.
 func (s *Server) Apply(snap *model.Snapshot) error {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	cache := &applyCache{workloads: map[*model.Workload]cachedWorkload{}, services: map[*model.Service]cachedService{}}
+	td := snap.TrustDomain()
 	workloads, addresses, peerAuthn := typeSet{}, typeSet{}, typeSet{}
 	for _, mw := range snap.Workloads() {
-		w := translateWorkload(snap, mw)
-		if err := validateWorkload(w); err != nil {
-			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		ga := gatewayAddress(snap, mw.Waypoint)
+		c, ok := s.applied.workloads[mw]
+		if !ok || c.trustDomain != td || !proto.Equal(c.waypoint, ga) {
+			var err error
+			if c, err = translateWorkloadEntries(snap, mw, ga); err != nil {
+				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+			}
 		}
-		we, err := newEntry(w)
-		if err != nil {
-			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-		}
-		ae, err := newEntry(workloadAddress(w))
-		if err != nil {
-			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-		}
-		pe, err := newEntry(translatePeerAuthn(mw))
-		if err != nil {
-			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-		}
-		workloads[w.GetUid()], addresses[w.GetUid()], peerAuthn[w.GetUid()] = we, ae, pe
+		cache.workloads[mw] = c
+		workloads[mw.UID], addresses[mw.UID], peerAuthn[mw.UID] = c.workload, c.address, c.peerAuthn
 	}
 	for _, ms := range snap.Services() {
 		if ms.Hostname() == "" {
 			continue // nothing can address it by name, and its VIPs, if any, are in no workload's map
 		}
-		svc := translateService(snap, ms)
-		if err := validateService(svc); err != nil {
-			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+		ga := gatewayAddress(snap, ms.Waypoint)
+		c, ok := s.applied.services[ms]
+		if !ok || !proto.Equal(c.waypoint, ga) {
+			svc := translateService(snap, ms, ga)
+			if err := validateService(svc); err != nil {
+				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+			}
+			e, err := newEntry(&meshv1.Address{Type: &meshv1.Address_Service{Service: svc}})
+			if err != nil {
+				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+			}
+			c = cachedService{waypoint: ga, key: ServiceKey(svc), address: e}
 		}
-		e, err := newEntry(&meshv1.Address{Type: &meshv1.Address_Service{Service: svc}})
-		if err != nil {
-			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-		}
-		addresses[ServiceKey(svc)] = e
+		cache.services[ms] = c
+		addresses[c.key] = c.address
 	}
+	s.applied = cache
 	bound := map[model.NamespacedName][]string{}
 	for _, mw := range snap.Workloads() {
 		for _, n := range mw.AuthorizationPolicies {
@@ -106,6 +112,48 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 	return nil
 }
 
+// applyCache keeps the entries of the last Apply by model pointer: the
+// builder shares unchanged *Workload and *Service values between snapshots
+// (and they are read-only), so an unchanged one is neither translated nor
+// hashed again. The waypoint's derived GatewayAddress and the trust domain
+// come from elsewhere in the snapshot and are compared before reuse.
+type applyCache struct {
+	workloads map[*model.Workload]cachedWorkload
+	services  map[*model.Service]cachedService
+}
+
+type cachedWorkload struct {
+	trustDomain                  string
+	waypoint                     *meshv1.GatewayAddress
+	workload, address, peerAuthn entry
+}
+
+type cachedService struct {
+	waypoint *meshv1.GatewayAddress
+	key      string
+	address  entry
+}
+
+func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress) (cachedWorkload, error) {
+	w := translateWorkload(snap, mw, ga)
+	if err := validateWorkload(w); err != nil {
+		return cachedWorkload{}, err
+	}
+	we, err := newEntry(w)
+	if err != nil {
+		return cachedWorkload{}, err
+	}
+	ae, err := newEntry(workloadAddress(w))
+	if err != nil {
+		return cachedWorkload{}, err
+	}
+	pe, err := newEntry(translatePeerAuthn(mw))
+	if err != nil {
+		return cachedWorkload{}, err
+	}
+	return cachedWorkload{trustDomain: snap.TrustDomain(), waypoint: ga, workload: we, address: ae, peerAuthn: pe}, nil
+}
+
 func sameVersions(a, b typeSet) bool {
 	return maps.EqualFunc(a, b, func(x, y entry) bool { return x.version == y.version })
 }
@@ -145,7 +193,7 @@ func gatewayAddress(snap *model.Snapshot, ref *model.WaypointRef) *meshv1.Gatewa
 	return ga
 }
 
-func translateWorkload(snap *model.Snapshot, mw *model.Workload) *meshv1.Workload {
+func translateWorkload(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress) *meshv1.Workload {
 	w := &meshv1.Workload{
 		Uid:               mw.UID,
 		Name:              mw.Name,
@@ -155,7 +203,7 @@ func translateWorkload(snap *model.Snapshot, mw *model.Workload) *meshv1.Workloa
 		ServiceAccount:    mw.ServiceAccount,
 		Identity:          mw.Identity,
 		TrustDomain:       snap.TrustDomain(),
-		Waypoint:          gatewayAddress(snap, mw.Waypoint),
+		Waypoint:          ga,
 		Enrolled:          mw.Enrolled,
 		CanonicalName:     mw.CanonicalName,
 		CanonicalRevision: mw.CanonicalRevision,
@@ -200,13 +248,13 @@ var algorithms = map[model.LoadBalancing]meshv1.LoadBalancing_Algorithm{
 	model.LBPassthrough:  meshv1.LoadBalancing_PASSTHROUGH,
 }
 
-func translateService(snap *model.Snapshot, ms *model.Service) *meshv1.Service {
+func translateService(snap *model.Snapshot, ms *model.Service, ga *meshv1.GatewayAddress) *meshv1.Service {
 	svc := &meshv1.Service{
 		Name:       ms.Name,
 		Namespace:  ms.Namespace,
 		Hostname:   ms.Hostname(),
 		Vips:       ipStrings(ms.VIPs),
-		Waypoint:   gatewayAddress(snap, ms.Waypoint),
+		Waypoint:   ga,
 		External:   ms.External,
 		Resolution: ms.Resolution,
 	}

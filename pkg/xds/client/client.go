@@ -61,6 +61,9 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// maxResponseSize bounds one xDS response a client accepts.
+const maxResponseSize = 256 << 20
+
 // Resource is one stored resource.
 type Resource struct {
 	// Version is the server's version of this resource.
@@ -154,6 +157,9 @@ func (c *Client) Run(ctx context.Context) error {
 	conn, err := grpc.NewClient(c.opts.Address, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.opts.TLS)),
 		grpc.WithPerRPCCredentials(tokenCreds{c.opts.Token}),
+		// The first address-index response of a large cluster (10k pods)
+		// is larger than gRPC's default 4 MiB receive limit.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
 	}, c.opts.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("dial meshd %s: %w", c.opts.Address, err)
