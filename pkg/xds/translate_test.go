@@ -136,3 +136,29 @@ func TestApplySnapshot(t *testing.T) {
 		}
 	}
 }
+
+// TestApplySharedValues: a workload value shared between two snapshots (as
+// the builder shares unchanged ones) is still re-sent when something it
+// refers to elsewhere in the snapshot, its waypoint, changed.
+func TestApplySharedValues(t *testing.T) {
+	ref := &model.WaypointRef{Waypoint: model.NamespacedName{Namespace: "ns1", Name: "wp"}, Addresses: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
+	w := &model.Workload{UID: "uid-a", Name: "a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.10")}, Waypoint: ref, Ready: true}
+	snap := func(v uint64, identity string) *model.Snapshot {
+		return model.NewSnapshot(model.SnapshotInput{Version: v, Workloads: []*model.Workload{w},
+			Waypoints: []*model.Waypoint{{Name: "wp", Namespace: "ns1", Addresses: ref.Addresses, Identity: identity}}})
+	}
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	if err := ts.Apply(snap(1, "spiffe://cluster.local/ns/ns1/sa/wp-old")); err != nil {
+		t.Fatal(err)
+	}
+	ts.MarkSynced()
+	c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	waitSynced(t, c)
+	if err := ts.Apply(snap(2, "spiffe://cluster.local/ns/ns1/sa/wp-new")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new waypoint identity", func() bool {
+		r, _ := c.Get(meshv1.WorkloadType, "uid-a")
+		return r.Message.(*meshv1.Workload).GetWaypoint().GetIdentity() == "spiffe://cluster.local/ns/ns1/sa/wp-new"
+	})
+}
