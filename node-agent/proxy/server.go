@@ -148,7 +148,7 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	var up io.ReadWriteCloser
 	labels := connLabels{reporter: "source", src: o.Pod.Workload}
 	if inMesh {
-		d.Source = addrPort(down.RemoteAddr())
+		d.Source = p.clientAddr(down, dst.Addr())
 		up, err = o.DialTunnel(ctx, o.Pod, d)
 		labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 	} else {
@@ -185,6 +185,22 @@ func (p *Proxy) CheckStream(ctx context.Context, s Stream) error {
 		return p.refuseStream(ReasonDenied, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, src, s.Target.Port(), d.Reason))
 	}
 	return nil
+}
+
+// clientAddr is the app's address as the destination should see it: the
+// capture hands the connection to 15001 over loopback, so a loopback source
+// becomes the pod's own address of dst's family.
+func (p *Proxy) clientAddr(down net.Conn, dst netip.Addr) netip.AddrPort {
+	src := addrPort(down.RemoteAddr())
+	if !src.Addr().IsLoopback() {
+		return src
+	}
+	for _, ip := range p.opts.Pod.IPs {
+		if ip.Is4() == dst.Is4() {
+			return netip.AddrPortFrom(ip, src.Port())
+		}
+	}
+	return src
 }
 
 // ServeStream serves one inbound tunnel stream: CheckStream, then connect
