@@ -35,7 +35,7 @@ type SuperviseOptions struct {
 // child is one process the supervisor keeps running.
 type child struct {
 	name string   // key in State.Processes and log file base name
-	exe  string   // program that finally runs (after ip netns exec)
+	exe  string   // program that finally runs (after nsenter)
 	argv []string // full command line
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -278,7 +278,7 @@ func (s *supervisor) startNode(i int) error {
 		return fmt.Errorf("write %s: %w", cfgPath, err)
 	}
 	kp := filepath.Join(s.opt.Tools, "kube-proxy")
-	if err := s.start("kube-proxy-"+node, kp, []string{"ip", "netns", "exec", ns, kp,
+	if err := s.start("kube-proxy-"+node, kp, []string{"nsenter", "--net=/var/run/netns/" + ns, "--", kp,
 		"--kubeconfig=" + l.Path("kube-proxy.kubeconfig"),
 		"--hostname-override=" + node,
 		"--bind-address=" + NodeIP(i),
@@ -292,7 +292,7 @@ func (s *supervisor) startNode(i int) error {
 	}); err != nil {
 		return err
 	}
-	return s.start("kubelet-"+node, s.opt.Self, []string{"ip", "netns", "exec", ns, s.opt.Self, "kubelet", "--config", cfgPath})
+	return s.start("kubelet-"+node, s.opt.Self, []string{"nsenter", "--net=/var/run/netns/" + ns, "--", s.opt.Self, "kubelet", "--config", cfgPath})
 }
 
 // start launches a child and keeps it running (restarting after exits with a

@@ -255,9 +255,9 @@ func supervisorPid(l Layout) int {
 
 // checkHost checks the machine has what the lab needs, in words.
 func checkHost() error {
-	for _, bin := range []string{"ip", "iptables", "go"} {
+	for _, bin := range []string{"ip", "iptables", "nsenter", "go"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("the lab needs %q on PATH (apt-get install iproute2 iptables; Go from go.dev): %w", bin, err)
+			return fmt.Errorf("the lab needs %q on PATH (apt-get install iproute2 iptables util-linux; Go from go.dev): %w", bin, err)
 		}
 	}
 	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
@@ -334,6 +334,17 @@ func Down(opt DownOptions) error {
 			_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 			waitGone(p.Pid, 10*time.Second)
 		}
+	}
+	// The prefix sweep below covers names every lab uses; it runs only when
+	// the bridge is absent or this lab's, so another checkout's lab is never hit.
+	if owner := bridgeOwner(); linkExists(BridgeName) && owner != "" && owner != l.Dir {
+		if did {
+			fmt.Fprintln(out, "stopped this directory's lab processes")
+		}
+		fmt.Fprintf(out, "no lab is running from %s; the lab running from %s is left alone\n", l.Dir, owner)
+		_ = os.Remove(l.PidFile())
+		_ = os.Remove(l.StateFile())
+		return nil
 	}
 	var errs []error
 	cgRoot, cgErr := testutil.Cgroup2Root()
