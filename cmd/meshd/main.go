@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
@@ -184,12 +185,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 
-	g, err := xds.NewGRPCServer(&tls.Config{GetCertificate: serving.get})
+	g, err := newGRPCServer(serving, xsrv, caSrv)
 	if err != nil {
 		return err
 	}
-	xsrv.Register(g)
-	securityv1alpha1.RegisterIstioCertificateServiceServer(g, caSrv)
 
 	// The sources: every change kicks a rebuild; rebuilds coalesce.
 	kick := make(chan struct{}, 1)
@@ -276,6 +275,18 @@ loop:
 	roots.stop()
 	wg.Wait()
 	return runErr
+}
+
+// newGRPCServer serves xDS and certificate signing on one TLS server whose
+// certificate comes from meshd's own CA.
+func newGRPCServer(serving *servingCert, xsrv *xds.Server, caSrv *ca.Server) (*grpc.Server, error) {
+	g, err := xds.NewGRPCServer(&tls.Config{GetCertificate: serving.get})
+	if err != nil {
+		return nil, err
+	}
+	xsrv.Register(g)
+	securityv1alpha1.RegisterIstioCertificateServiceServer(g, caSrv)
+	return g, nil
 }
 
 // rebuilder turns the sources' current objects into a snapshot and hands it
