@@ -86,6 +86,7 @@ type build struct {
 
 	validVS     []config[networkingapi.VirtualService] // oldest first
 	validRoutes []*gatewayv1.HTTPRoute
+	validGRPC   []*gatewayv1.GRPCRoute
 	drFor       map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
 	wlByUID     map[string]*model.Workload
 	ingress     []*gatewayv1.Gateway

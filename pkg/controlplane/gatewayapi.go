@@ -42,7 +42,9 @@ func (bd *build) validateRoutes() {
 	}
 	for _, k := range sortedKeys(bd.in.grpcRoutes) {
 		rt := bd.in.grpcRoutes[k]
-		validateGRPCRoute(rt, bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name))
+		if validateGRPCRoute(rt, bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name)) {
+			bd.validGRPC = append(bd.validGRPC, rt)
+		}
 	}
 }
 

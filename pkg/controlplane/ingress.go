@@ -29,16 +29,29 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 				continue
 			}
 			ml := model.L7Listener{Name: string(l.Name), Port: uint32(l.Port)}
+			type attachedRoute struct {
+				kind, ns, name string
+				hostnames      []gatewayv1.Hostname
+				routes         []model.L7Route
+			}
+			var rts []attachedRoute
 			for _, rt := range bd.validRoutes {
-				if !attached(rt, gw, l) || !bd.allowedRoute(rt, gw, l) {
-					continue
+				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
+					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
-				routes := lb.httpRouteRules(rt, 0)
+			}
+			for _, rt := range bd.validGRPC {
+				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
+					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
+				}
+			}
+			for _, rt := range rts {
+				routes := rt.routes
 				if err := lb.check(routes); err != nil {
-					bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).reject("%v", err)
+					bd.rejecter(rt.kind, rt.ns, rt.name).reject("%v", err)
 					continue
 				}
-				doms := routeDomains(rt, l)
+				doms := routeDomains(rt.hostnames, l)
 				merged := false
 				for i := range ml.VirtualHosts {
 					if strings.Join(ml.VirtualHosts[i].Domains, ",") == strings.Join(doms, ",") {
@@ -47,7 +60,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 					}
 				}
 				if !merged {
-					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.Namespace + "/" + rt.Name, Domains: doms, Routes: routes})
+					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.ns + "/" + rt.name, Domains: doms, Routes: routes})
 				}
 			}
 			// A catch-all host goes last so that specific hosts win.
@@ -78,16 +91,16 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	}
 }
 
-// attached reports whether rt names gw and listener l as a parent.
-func attached(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
-	for _, pr := range rt.Spec.ParentRefs {
+// attached reports whether a route in routeNS with refs names gw and listener l as a parent.
+func attached(refs []gatewayv1.ParentReference, routeNS string, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
+	for _, pr := range refs {
 		if pr.Kind != nil && *pr.Kind != "Gateway" {
 			continue
 		}
 		if pr.Group != nil && *pr.Group != gatewayv1.GroupName {
 			continue
 		}
-		ns := rt.Namespace
+		ns := routeNS
 		if pr.Namespace != nil && *pr.Namespace != "" {
 			ns = string(*pr.Namespace)
 		}
@@ -106,7 +119,7 @@ func attached(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l gatewayv1.Listen
 }
 
 // allowedRoute applies the listener's allowedRoutes.namespaces.
-func (bd *build) allowedRoute(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
+func (bd *build) allowedRoute(routeNS string, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
 	from := gatewayv1.NamespacesFromSame
 	var sel *metav1.LabelSelector
 	if l.AllowedRoutes != nil && l.AllowedRoutes.Namespaces != nil {
@@ -119,13 +132,13 @@ func (bd *build) allowedRoute(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l 
 	case gatewayv1.NamespacesFromAll:
 		return true
 	case gatewayv1.NamespacesFromSame:
-		return rt.Namespace == gw.Namespace
+		return routeNS == gw.Namespace
 	case gatewayv1.NamespacesFromSelector:
 		s, err := metav1.LabelSelectorAsSelector(sel)
 		if err != nil || sel == nil {
 			return false
 		}
-		ns := bd.in.namespaces[rt.Namespace]
+		ns := bd.in.namespaces[routeNS]
 		return ns != nil && s.Matches(labels.Set(ns.Labels))
 	}
 	return false
@@ -133,9 +146,9 @@ func (bd *build) allowedRoute(rt *gatewayv1.HTTPRoute, gw *gatewayv1.Gateway, l 
 
 // routeDomains returns the hostnames a route serves on a listener: the
 // route's hostnames, else the listener's, else every host.
-func routeDomains(rt *gatewayv1.HTTPRoute, l gatewayv1.Listener) []string {
+func routeDomains(hostnames []gatewayv1.Hostname, l gatewayv1.Listener) []string {
 	var out []string
-	for _, h := range rt.Spec.Hostnames {
+	for _, h := range hostnames {
 		out = append(out, string(h))
 	}
 	if len(out) == 0 && l.Hostname != nil && *l.Hostname != "" {

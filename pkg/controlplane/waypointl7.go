@@ -3,6 +3,7 @@ package controlplane
 import (
 	"fmt"
 	"net"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,6 +50,12 @@ type l7Builder struct {
 func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 	vsByHost := bd.meshVirtualServices()
 	routesBySvc := bd.httpRoutesByService()
+	grpcBySvc := map[string][]*gatewayv1.GRPCRoute{}
+	for _, rt := range bd.validGRPC {
+		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
+			grpcBySvc[k] = append(grpcBySvc[k], rt)
+		}
+	}
 	out := map[model.NamespacedName]*model.L7Config{}
 	for _, key := range sortedWaypointKeys(bd.waypoints) {
 		lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
@@ -64,9 +71,19 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 					listeners[sp.Port] = l
 				}
 				vh := model.VirtualHost{Name: ms.Hostname(), Domains: domains(ms)}
-				if rts := routesBySvc[ms.Key()]; len(rts) > 0 {
-					vh.Routes = lb.gatewayRoutes(rts, ms, sp.Port)
-				} else if vs, ok := vsByHost[ms.Hostname()]; ok {
+				vh.Routes = lb.gatewayRoutes(routesBySvc[ms.Key()], ms, sp.Port)
+				for _, rt := range grpcBySvc[ms.Key()] {
+					if !parentPort(rt.Spec.ParentRefs, ms.Name, sp.Port) {
+						continue
+					}
+					routes := lb.grpcRouteRules(rt, sp.Port)
+					if err := lb.check(routes); err != nil {
+						bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name).reject("%v", err)
+						continue
+					}
+					vh.Routes = append(vh.Routes, routes...)
+				}
+				if vs, ok := vsByHost[ms.Hostname()]; ok && len(vh.Routes) == 0 {
 					vh.Routes = lb.virtualServiceRoutes(vs, sp.Port)
 				}
 				if len(vh.Routes) == 0 {
@@ -238,19 +255,37 @@ func (bd *build) meshVirtualServices() map[string]config[networkingapi.VirtualSe
 func (bd *build) httpRoutesByService() map[string][]*gatewayv1.HTTPRoute {
 	out := map[string][]*gatewayv1.HTTPRoute{}
 	for _, rt := range bd.validRoutes {
-		for _, pr := range rt.Spec.ParentRefs {
-			if pr.Kind == nil || *pr.Kind != "Service" {
-				continue
-			}
-			ns := rt.Namespace
-			if pr.Namespace != nil && *pr.Namespace != "" {
-				ns = string(*pr.Namespace)
-			}
-			k := ns + "/" + string(pr.Name)
+		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
 			out[k] = append(out[k], rt)
 		}
 	}
 	return out
+}
+
+// serviceParents returns the "namespace/name" keys of the Services among parentRefs.
+func serviceParents(refs []gatewayv1.ParentReference, routeNS string) []string {
+	var out []string
+	for _, pr := range refs {
+		if pr.Kind == nil || *pr.Kind != "Service" {
+			continue
+		}
+		ns := routeNS
+		if pr.Namespace != nil && *pr.Namespace != "" {
+			ns = string(*pr.Namespace)
+		}
+		out = append(out, ns+"/"+string(pr.Name))
+	}
+	return out
+}
+
+// parentPort reports whether a Service parentRef to svc covers port.
+func parentPort(refs []gatewayv1.ParentReference, svc string, port uint32) bool {
+	for _, pr := range refs {
+		if pr.Kind != nil && *pr.Kind == "Service" && string(pr.Name) == svc && (pr.Port == nil || uint32(*pr.Port) == port) {
+			return true
+		}
+	}
+	return false
 }
 
 // virtualServiceRoutes translates the http routes of vs that apply to port.
@@ -440,13 +475,7 @@ func headerMatch(name string, sm *networkingapi.StringMatch, invert bool) model.
 func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service, port uint32) []model.L7Route {
 	var all []model.L7Route
 	for _, rt := range rts {
-		portOK := false
-		for _, pr := range rt.Spec.ParentRefs {
-			if pr.Kind != nil && *pr.Kind == "Service" && string(pr.Name) == ms.Name && (pr.Port == nil || uint32(*pr.Port) == port) {
-				portOK = true
-			}
-		}
-		if !portOK {
+		if !parentPort(rt.Spec.ParentRefs, ms.Name, port) {
 			continue
 		}
 		routes := lb.httpRouteRules(rt, port)
@@ -567,27 +596,9 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			r.Matches = append(r.Matches, rm)
 		}
 		for _, b := range rule.BackendRefs {
-			if b.Kind != nil && *b.Kind != "Service" {
-				continue
+			if d, ok := lb.backend(KindHTTPRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort); ok {
+				r.Destinations = append(r.Destinations, d)
 			}
-			ns := rt.Namespace
-			if b.Namespace != nil && *b.Namespace != "" {
-				ns = string(*b.Namespace)
-			}
-			if ns != rt.Namespace && !lb.bd.referenceGranted(rt.Namespace, ns, string(b.Name)) {
-				lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("backendRef %s/%s: no ReferenceGrant in %s allows it; dropped", ns, b.Name, ns)
-				continue
-			}
-			p := defaultPort
-			if b.Port != nil {
-				p = uint32(*b.Port)
-			}
-			w := uint32(1)
-			if b.Weight != nil && *b.Weight >= 0 {
-				w = uint32(*b.Weight)
-			}
-			host := string(b.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain
-			r.Destinations = append(r.Destinations, model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w})
 		}
 		if len(r.Destinations) == 0 {
 			r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no backends → 500
@@ -602,9 +613,9 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 	return routes
 }
 
-// referenceGranted reports whether a ReferenceGrant in toNS lets HTTPRoutes
-// of fromNS refer to the Service name.
-func (bd *build) referenceGranted(fromNS, toNS, name string) bool {
+// referenceGranted reports whether a ReferenceGrant in toNS lets routes of
+// kind in fromNS refer to the Service name.
+func (bd *build) referenceGranted(kind, fromNS, toNS, name string) bool {
 	for _, k := range sortedKeys(bd.in.referenceGrants) {
 		g := bd.in.referenceGrants[k]
 		if g.Namespace != toNS {
@@ -612,7 +623,7 @@ func (bd *build) referenceGranted(fromNS, toNS, name string) bool {
 		}
 		from, to := false, false
 		for _, f := range g.Spec.From {
-			from = from || (f.Group == gatewayv1.GroupName && f.Kind == "HTTPRoute" && string(f.Namespace) == fromNS)
+			from = from || (f.Group == gatewayv1.GroupName && string(f.Kind) == kind && string(f.Namespace) == fromNS)
 		}
 		for _, t := range g.Spec.To {
 			to = to || (t.Group == "" && t.Kind == "Service" && (t.Name == nil || string(*t.Name) == name))
@@ -622,4 +633,90 @@ func (bd *build) referenceGranted(fromNS, toNS, name string) bool {
 		}
 	}
 	return false
+}
+
+// backend translates one Gateway API backendRef to a Service; ok is false
+// for other kinds and for cross-namespace references no ReferenceGrant allows.
+func (lb *l7Builder) backend(kind, rtNS, rtName string, b gatewayv1.BackendRef, defaultPort uint32) (model.WeightedDestination, bool) {
+	if b.Kind != nil && *b.Kind != "Service" {
+		return model.WeightedDestination{}, false
+	}
+	ns := rtNS
+	if b.Namespace != nil && *b.Namespace != "" {
+		ns = string(*b.Namespace)
+	}
+	if ns != rtNS && !lb.bd.referenceGranted(kind, rtNS, ns, string(b.Name)) {
+		lb.bd.rejecter(kind, rtNS, rtName).warn("backendRef %s/%s: no ReferenceGrant in %s allows it; dropped", ns, b.Name, ns)
+		return model.WeightedDestination{}, false
+	}
+	p := defaultPort
+	if b.Port != nil {
+		p = uint32(*b.Port)
+	}
+	w := uint32(1)
+	if b.Weight != nil && *b.Weight >= 0 {
+		w = uint32(*b.Weight)
+	}
+	host := string(b.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain
+	return model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w}, true
+}
+
+// grpcRouteRules translates a GRPCRoute's rules: a method match becomes a
+// match on the request path "/<service>/<method>".
+func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32) []model.L7Route {
+	var routes []model.L7Route
+	for i, rule := range rt.Spec.Rules {
+		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
+		if rule.Name != nil {
+			r.Name = string(*rule.Name)
+		}
+		for _, m := range rule.Matches {
+			rm := model.RouteMatch{}
+			if mm := m.Method; mm != nil {
+				svc, method := "", ""
+				if mm.Service != nil {
+					svc = *mm.Service
+				}
+				if mm.Method != nil {
+					method = *mm.Method
+				}
+				if mm.Type != nil && *mm.Type == gatewayv1.GRPCMethodMatchRegularExpression {
+					if svc == "" {
+						svc = "[^/]+"
+					}
+					if method == "" {
+						method = "[^/]+"
+					}
+					rm.URI = &model.StringMatch{Regex: "/" + svc + "/" + method}
+				} else {
+					switch {
+					case svc != "" && method != "":
+						rm.URI = &model.StringMatch{Exact: "/" + svc + "/" + method}
+					case svc != "":
+						rm.URI = &model.StringMatch{Prefix: "/" + svc + "/"}
+					case method != "":
+						rm.URI = &model.StringMatch{Regex: "/[^/]+/" + regexp.QuoteMeta(method)}
+					}
+				}
+			}
+			for _, h := range m.Headers {
+				hm := model.HeaderMatch{Name: string(h.Name), Value: model.StringMatch{Exact: h.Value}}
+				if h.Type != nil && *h.Type == gatewayv1.GRPCHeaderMatchRegularExpression {
+					hm.Value = model.StringMatch{Regex: h.Value}
+				}
+				rm.Headers = append(rm.Headers, hm)
+			}
+			r.Matches = append(r.Matches, rm)
+		}
+		for _, b := range rule.BackendRefs {
+			if d, ok := lb.backend(KindGRPCRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort); ok {
+				r.Destinations = append(r.Destinations, d)
+			}
+		}
+		if len(r.Destinations) == 0 {
+			r.DirectResponse = &model.DirectResponse{Status: 500}
+		}
+		routes = append(routes, r)
+	}
+	return routes
 }

@@ -166,3 +166,33 @@ spec:
 		t.Errorf("JWTProviders = %+v; want the testing@secure.istio.io issuer", cfg.JWTProviders)
 	}
 }
+
+func TestWaypointL7FromGRPCRoute(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: reviews-grpc, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules:
+  - matches:
+    - method: {service: com.example.Reviews, method: Get}
+    - method: {service: com.example.Admin}
+      headers: [{name: x-tenant, value: a}]
+    backendRefs: [{name: reviews, port: 9080}]
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	want := []model.RouteMatch{
+		{URI: &model.StringMatch{Exact: "/com.example.Reviews/Get"}},
+		{URI: &model.StringMatch{Prefix: "/com.example.Admin/"}, Headers: []model.HeaderMatch{{Name: "x-tenant", Value: model.StringMatch{Exact: "a"}}}},
+	}
+	routes := cfg.Listeners[0].VirtualHosts[0].Routes
+	if len(routes) != 1 {
+		t.Fatalf("routes = %+v; want the one GRPCRoute rule", routes)
+	}
+	if diff := cmp.Diff(want, routes[0].Matches); diff != "" {
+		t.Errorf("matches mismatch (-want +got):\n%s", diff)
+	}
+}
