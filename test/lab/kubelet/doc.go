@@ -15,6 +15,8 @@
 //   - anything else: the container fails to start with a message naming the
 //     command and the image's binary.
 //
+// $(VAR) in command, args and env values is expanded as the real kubelet does.
+//
 // It is test infrastructure for a one-machine lab: it must not be used to run
 // untrusted workloads (containers share the machine's root filesystem) and must
 // never touch addresses, links, namespaces or cgroups it did not create.

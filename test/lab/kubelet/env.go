@@ -117,6 +117,9 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, podIP, hostIP string, sr
 		if err != nil {
 			return nil, fmt.Errorf("env %s: %w", e.Name, err)
 		}
+		if e.ValueFrom == nil {
+			v = expandVars(v, vals) // $(VAR) of variables defined before
+		}
 		set(e.Name, v)
 	}
 	if vals["HOSTNAME"] == "" {
@@ -132,7 +135,7 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, podIP, hostIP string, sr
 // envValue resolves one env entry.
 func envValue(pod *corev1.Pod, e corev1.EnvVar, podIP, hostIP string, src envSources) (string, error) {
 	if e.ValueFrom == nil {
-		return e.Value, nil // $(VAR) expansion is left out: the lab's manifests do not use it
+		return e.Value, nil
 	}
 	vf := e.ValueFrom
 	switch {

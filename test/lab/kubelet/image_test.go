@@ -172,3 +172,21 @@ func TestContainerEnv(t *testing.T) {
 		t.Errorf("env with a missing secret key: error = %v; want one naming the variable and the key", err)
 	}
 }
+
+func TestExpandVars(t *testing.T) {
+	env := map[string]string{"NODE_NAME": "lab-node-1", "PORT": "8080"}
+	tests := []struct{ in, want string }{
+		{"--node=$(NODE_NAME)", "--node=lab-node-1"},
+		{"$(PORT)$(PORT)", "80808080"},
+		{"$$(PORT)", "$(PORT)"},
+		{"$(UNKNOWN)", "$(UNKNOWN)"},
+		{"cost $5", "cost $5"},
+		{"open $(PORT", "open $(PORT"},
+		{"end$", "end$"},
+	}
+	for _, tt := range tests {
+		if got := expandVars(tt.in, env); got != tt.want {
+			t.Errorf("expandVars(%q) = %q; want %q", tt.in, got, tt.want)
+		}
+	}
+}

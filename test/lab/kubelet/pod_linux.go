@@ -428,16 +428,17 @@ func (w *podWorker) startContainer(ctx context.Context, c *container) (<-chan st
 	if err != nil {
 		return nil, "ErrImagePull", err
 	}
-	path, argv, err := resolveCommand(bin, c.spec.Command, c.spec.Args)
-	if err != nil {
-		return nil, "RunContainerError", err
-	}
 	w.mu.Lock()
 	ip, netns := w.ip, w.netns
 	w.mu.Unlock()
 	env, err := containerEnv(pod, &c.spec, ip, w.k.cfg.NodeIP, w.k.envSources(ctx))
 	if err != nil {
 		return nil, "CreateContainerConfigError", err
+	}
+	em := envMap(env)
+	path, argv, err := resolveCommand(bin, expandAll(c.spec.Command, em), expandAll(c.spec.Args, em))
+	if err != nil {
+		return nil, "RunContainerError", err
 	}
 	mounts, err := w.mounts(pod, &c.spec)
 	if err != nil {
