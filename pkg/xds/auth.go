@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -112,7 +114,8 @@ func bearerToken(ctx context.Context) (string, error) {
 }
 
 // NewGRPCServer returns a gRPC server that serves only over TLS with cfg
-// (use cfg.GetCertificate to serve a certificate that the CA renews).
+// (use cfg.GetCertificate to serve a certificate that the CA renews), with
+// keepalives that notice vanished peers; opts are appended.
 func NewGRPCServer(cfg *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	if cfg == nil || (len(cfg.Certificates) == 0 && cfg.GetCertificate == nil && cfg.GetConfigForClient == nil) {
 		return nil, errors.New("new xds grpc server: a TLS config with a serving certificate is required")
@@ -121,5 +124,11 @@ func NewGRPCServer(cfg *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, er
 	if cfg.MinVersion < tls.VersionTLS12 {
 		cfg.MinVersion = tls.VersionTLS12
 	}
-	return grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(cfg))}, opts...)...), nil
+	return grpc.NewServer(append([]grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(cfg)),
+		// Find dead clients (a node gone without a FIN) within a minute,
+		// and let clients ping as often as client.keepaliveTime.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	}, opts...)...), nil
 }

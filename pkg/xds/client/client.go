@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -160,6 +161,10 @@ func (c *Client) Run(ctx context.Context) error {
 		// The first address-index response of a large cluster (10k pods)
 		// is larger than gRPC's default 4 MiB receive limit.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
+		// Notice a meshd replica that vanished without closing the
+		// connection, so the client fails over instead of waiting on a
+		// dead stream (the server permits pings this often).
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}, c.opts.DialOptions...)...)
 	if err != nil {
 		return fmt.Errorf("dial meshd %s: %w", c.opts.Address, err)
