@@ -39,7 +39,7 @@
 // through Options.DialContext so that HBONE can be plugged in. The
 // configuration (pkg/model L7 types plus pkg/policy policies) is swapped
 // atomically by Update; clusters whose definition did not change keep their
-// pools and outlier state.
+// pools and outlier state, and unchanged rate limits keep their buckets.
 //
 // The upstream protocol is HTTP/2 (h2c) for gRPC requests and for clusters
 // marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke.
