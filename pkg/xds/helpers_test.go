@@ -259,7 +259,8 @@ func workload(uid, node string) *meshv1.Workload {
 	}
 }
 
-// metric reads one series of ts's registry: a counter's or gauge's value;
+// metric reads one series of ts's registry: a counter's or gauge's value or
+// a histogram's sample count;
 // label is the "type" label's value, "" for a series without labels. A
 // series not yet created reads 0.
 func (ts *testServer) metric(t testing.TB, name, label string) float64 {
@@ -276,7 +277,7 @@ func (ts *testServer) metric(t testing.TB, name, label string) float64 {
 			if label != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != label) {
 				continue
 			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return 0

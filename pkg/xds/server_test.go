@@ -168,6 +168,9 @@ func TestACKAndNACK(t *testing.T) {
 	if cl := ts.Clients(); cl[0].LastNACK != nil {
 		t.Fatalf("LastNACK = %+v before any rejection", cl[0].LastNACK)
 	}
+	if n := ts.metric(t, "meshd_xds_push_latency_seconds", ""); n < 1 {
+		t.Errorf("meshd_xds_push_latency_seconds has %v samples after an ACKed push; want at least 1", n)
+	}
 	nacks := func() float64 { return ts.metric(t, "meshd_xds_nacks_total", meshv1.WorkloadType) }
 	if n := nacks(); n != 0 {
 		t.Fatalf("meshd_xds_nacks_total = %v before any rejection; want 0", n)
@@ -382,8 +385,17 @@ func TestChangeWhileAway(t *testing.T) {
 	t.Run("first connection", func(t *testing.T) {
 		c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
 		eventually(t, "w1", func() bool { _, ok := c.Get(meshv1.WorkloadType, "w1"); return ok })
+		if got := ts.metric(t, "meshd_xds_connected_clients", ""); got != 1 {
+			t.Errorf("meshd_xds_connected_clients = %v while connected; want 1", got)
+		}
+		if got := ts.metric(t, "meshd_xds_pushes_total", meshv1.WorkloadType); got < 1 {
+			t.Errorf("meshd_xds_pushes_total{type=Workload} = %v; want at least 1", got)
+		}
 	}) // the client stops here
 	eventually(t, "disconnect", func() bool { return len(ts.Clients()) == 0 })
+	if got := ts.metric(t, "meshd_xds_connected_clients", ""); got != 0 {
+		t.Errorf("meshd_xds_connected_clients = %v after disconnect; want 0", got)
+	}
 	pushes := ts.metric(t, "meshd_xds_debounced_pushes_total", "")
 	mustSet(t, ts.SetWorkload(workload("w2", "node-a")))
 	eventually(t, "the push", func() bool { return ts.metric(t, "meshd_xds_debounced_pushes_total", "") > pushes })
