@@ -37,3 +37,24 @@ func LoadConfigFile(path string) (*Config, error) {
 	}
 	return cfg, nil
 }
+
+// ConfigFromJSON builds a Config from the two JSON documents meshd sends in
+// a WaypointConfig (pkg/xds): the model.L7Config and the policies that
+// target the waypoint. Unknown fields are ignored here, as protobuf does, so
+// that a newer meshd can add fields; the result is validated by New or
+// Update, and a config that fails there should be NACKed.
+func ConfigFromJSON(l7JSON, policiesJSON []byte) (*Config, error) {
+	var cfg Config
+	if err := json.Unmarshal(l7JSON, &cfg.L7); err != nil {
+		return nil, fmt.Errorf("decode waypoint L7 config: %w", err)
+	}
+	if cfg.L7 == nil {
+		return nil, fmt.Errorf("decode waypoint L7 config: empty")
+	}
+	if len(policiesJSON) > 0 {
+		if err := json.Unmarshal(policiesJSON, &cfg.Policies); err != nil {
+			return nil, fmt.Errorf("decode waypoint policies: %w", err)
+		}
+	}
+	return &cfg, nil
+}

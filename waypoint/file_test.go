@@ -46,3 +46,24 @@ func TestLoadConfigFile(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigFromJSON(t *testing.T) {
+	app := backend(t, &named{name: "app"})
+	l7 := `{"Listeners":[{"Name":"http","VirtualHosts":[{"Name":"app","Domains":["*"],"Routes":[{"Name":"r","Destinations":[{"Cluster":"app"}]}]}]}],
+		"Clusters":[{"Name":"app","Endpoints":[{"Address":"` + app + `"}]}],"FutureField":1}`
+	pols := `[{"Name":"deny-delete","Namespace":"ns1","Action":"DENY","Rules":[{"To":[{"Methods":["DELETE"]}]}]}]`
+	cfg, err := ConfigFromJSON([]byte(l7), []byte(pols))
+	if err != nil {
+		t.Fatalf("ConfigFromJSON() = %v", err)
+	}
+	h := start(t, cfg, nil)
+	if code, body := h.get(t, newClient(t), "/", nil); code != 200 || body != "app" {
+		t.Errorf("GET = %d %q; want 200 app", code, body)
+	}
+	if len(cfg.Policies) != 1 || cfg.Policies[0].Action != "DENY" {
+		t.Errorf("policies = %+v", cfg.Policies)
+	}
+	if _, err := ConfigFromJSON([]byte("null"), nil); err == nil {
+		t.Error("ConfigFromJSON(null) = nil error; want one")
+	}
+}
