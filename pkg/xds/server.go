@@ -100,6 +100,9 @@ type sentResponse struct {
 	at      time.Time
 }
 
+// maxUnacked bounds the responses remembered per stream while awaiting an ACK.
+const maxUnacked = 256
+
 // NACK is a client's rejection of a response.
 type NACK struct {
 	// TypeURL is the rejected type.
@@ -436,14 +439,11 @@ func (c callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) er
 		return status.Errorf(codes.Unauthenticated, "authenticate xds client: %v", err)
 	}
 	s.mu.Lock()
-	gen := s.gen
-	s.mu.Unlock()
-	if gen == 0 {
+	defer s.mu.Unlock()
+	if s.gen == 0 {
 		return status.Error(codes.Unavailable, "meshd has not synced its configuration yet; retry")
 	}
-	s.mu.Lock()
 	s.streams[id] = &streamState{principal: p, opened: time.Now(), sent: map[string]sentResponse{}, acked: map[string]string{}}
-	s.mu.Unlock()
 	return nil
 }
 
@@ -526,6 +526,11 @@ func (c callbacks) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscovery
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok := s.streams[id]; ok {
+		if len(st.sent) >= maxUnacked {
+			// A client that does not ACK: forget what it was sent rather
+			// than grow without bound (its later ACKs just go unmatched).
+			clear(st.sent)
+		}
 		st.sent[resp.GetNonce()] = sentResponse{typeURL: resp.GetTypeUrl(), version: resp.GetSystemVersionInfo(), at: time.Now()}
 	}
 }
