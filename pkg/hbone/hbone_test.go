@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the brief pins golang.org/x/net/http2 (ServeConn on an accepted TLS conn, NewClientConn for our own pool); moving to net/http's HTTP2Config/ClientConn is a follow-up.
+
 package hbone
 
 import (
@@ -106,7 +108,10 @@ func newEnv(t testing.TB, handler func(context.Context, *Request) error, mutate 
 		Bundle:      identity.NewBundleSource(e.ca.ca.Bundle()),
 		TrustDomain: td,
 		Handler: func(ctx context.Context, r *Request) error {
-			e.last <- r
+			select {
+			case e.last <- r:
+			default: // benchmarks open more streams than the buffer holds
+			}
 			return handler(ctx, r)
 		},
 	}
