@@ -1,19 +1,29 @@
 // Package xds distributes meshd's model to node agents and waypoints over the
 // xDS delta protocol (DeltaAggregatedResources, served by go-control-plane's
 // delta server over a per-client snapshot cache), carrying meshlet's own
-// resources from pkg/api/mesh/v1alpha1.
+// resources from pkg/api/mesh/v1alpha1. Apply takes a model.Snapshot;
+// the Set*/Delete* methods set single resources.
 //
 // Every stream is authenticated (TLS plus a service account token judged by
 // an Authenticator hook) and sees only its own view: a node agent its node's
-// workloads, a waypoint the workloads it serves, both the address index and
-// trust bundles. Changes are debounced into one push; each resource carries a
-// content hash as its version, so a client that reconnects with
-// initial_resource_versions is sent only what changed. ACKs and NACKs are
-// tracked per stream, the last NACK's error kept for proxy-status.
+// workloads with their peer authentication and L4 authorizations, a waypoint
+// the workloads it serves and its own WaypointConfig; both the address index
+// and trust bundles. Changes are debounced into one push; each resource
+// carries a content hash as its version, so a client that reconnects with
+// initial_resource_versions (to this replica or another) is sent only what
+// changed. ACKs and NACKs are tracked per stream, the last NACK's error kept
+// for proxy-status and counted.
+//
+// Decisions: no stream is served before MarkSynced, so a restarting meshd
+// never pushes a half-built state that would make clients drop config;
+// WaypointConfig carries pkg/model's L7Config as JSON (the waypoint's own
+// config-file schema) until typed L7 protobufs exist; L7 attributes in L4
+// authorizations are dropped or trimmed as Istio ambient does (see
+// translateAuthorization).
 //
 // This package must not compute policy: it receives workloads and policies
-// already resolved (pkg/model, pkg/controlplane) and only filters them per
-// client. It serves no state-of-the-world xDS.
+// already resolved (pkg/model, pkg/controlplane) and only translates and
+// filters them per client. It serves no state-of-the-world xDS.
 package xds
 
 import (
