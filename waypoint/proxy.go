@@ -556,7 +556,7 @@ var grpcRetryCodes = map[string]string{
 
 func retryOnFor(rp *model.RetryPolicy) []string {
 	if len(rp.RetryOn) == 0 {
-		return []string{"connect-failure", "refused-stream", "retriable-status-codes"}
+		return defaultRetry.RetryOn
 	}
 	return rp.RetryOn
 }

@@ -170,8 +170,10 @@ type RetryPolicy struct {
 	PerTryTimeout time.Duration
 	// RetryOn lists Envoy retry conditions: 5xx, gateway-error, reset,
 	// connect-failure, refused-stream, retriable-status-codes, unavailable,
-	// cancelled, deadline-exceeded, resource-exhausted, internal; empty
-	// means "connect-failure,refused-stream,retriable-status-codes" with 503.
+	// cancelled, deadline-exceeded, resource-exhausted, internal, or a
+	// status code; empty means Istio's default "connect-failure,
+	// refused-stream,unavailable,cancelled,retriable-status-codes" (with
+	// 503 when RetriableStatusCodes is empty).
 	RetryOn []string
 	// RetriableStatusCodes are the codes retried under retriable-status-codes.
 	RetriableStatusCodes []int
