@@ -9,6 +9,9 @@ import (
 	"net"
 	"net/url"
 	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/identity"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -81,6 +84,28 @@ func TestGRPCOverTLS(t *testing.T) {
 		{"not PEM", "web-token", "hello", codes.InvalidArgument},
 		{"foreign trust domain", "web-token", csrPEM("spiffe://other.example/ns/default/sa/web"), codes.InvalidArgument},
 	}
+	t.Run("issuer with renewer", func(t *testing.T) {
+		issue, err := NewIssuer(IssuerOptions{Conn: conn, Token: func() (string, error) { return "web-token", nil }, TTL: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/web")
+		src := identity.NewSVIDSource(nil)
+		r, err := identity.NewRenewer(identity.RenewerOptions{ID: id, Source: src, Issue: issue})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Renew(context.Background()); err != nil {
+			t.Fatalf("Renew() through gRPC = %v", err)
+		}
+		svid, _ := src.GetX509SVID()
+		if _, _, err := x509svid.Verify(svid.Certificates, c.Bundle()); err != nil {
+			t.Fatal(err)
+		}
+		if got := svid.Certificates[0].NotAfter.Sub(svid.Certificates[0].NotBefore); got != time.Hour+backdate {
+			t.Errorf("lifetime %s; want the 1h asked for", got)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
