@@ -118,7 +118,8 @@ func TestJWT(t *testing.T) {
 	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
 	cfg.L7.JWTProviders = []model.JWTProvider{{
 		Name: "example", Issuer: issuer, Audiences: []string{"reviews"}, JWKSURI: "http://" + jwksAddr + "/jwks.json",
-		OutputClaimToHeaders: []model.ClaimToHeader{{Header: "X-Jwt-Sub", Claim: "sub"}},
+		OutputClaimToHeaders:  []model.ClaimToHeader{{Header: "X-Jwt-Sub", Claim: "sub"}},
+		OutputPayloadToHeader: "X-Jwt-Payload",
 	}}
 	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "require-jwt", Rules: []policy.Rule{{
 		From: []policy.Source{{RequestPrincipals: []string{"*"}}},
@@ -166,6 +167,10 @@ func TestJWT(t *testing.T) {
 	last := app.lastRequest()
 	if last.Header.Get("Authorization") != "" || last.Header.Get("X-Jwt-Sub") != "alice" {
 		t.Errorf("app saw Authorization %q, X-Jwt-Sub %q; want none and alice", last.Header.Get("Authorization"), last.Header.Get("X-Jwt-Sub"))
+	}
+	var payload map[string]any
+	if err := decodeSegment(last.Header.Get("X-Jwt-Payload"), &payload); err != nil || payload["sub"] != "alice" {
+		t.Errorf("app saw X-Jwt-Payload %q (%v); want the token's payload", last.Header.Get("X-Jwt-Payload"), err)
 	}
 	h.get(t, client, "/", map[string]string{"Authorization": "Bearer " + valid, "X-Jwt-Sub": "root"})
 	if got := app.lastRequest().Header.Values("X-Jwt-Sub"); len(got) != 1 || got[0] != "alice" {
@@ -320,5 +325,25 @@ func TestSpoofedClaimHeaderCannotSteerRouting(t *testing.T) {
 	tok := s.token(t, "RS256", claims(nil)) // groups: [admin]
 	if _, body := h.get(t, client, "/", map[string]string{"Authorization": "Bearer " + tok}); body != "admin" {
 		t.Errorf("validated admin claim routed to %q; want admin", body)
+	}
+}
+
+func TestJWTForwardOriginalToken(t *testing.T) {
+	s := newSigner(t)
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.JWTProviders = []model.JWTProvider{{Issuer: issuer, JWKS: s.jwks, ForwardOriginalToken: true,
+		FromHeaders: []model.JWTHeader{{Name: "X-Token", Prefix: "Token "}}}}
+	h := start(t, cfg, nil)
+	tok := s.token(t, "ES256", claims(nil))
+	if code, _ := h.get(t, newClient(t), "/", map[string]string{"X-Token": "Token " + tok}); code != 200 {
+		t.Fatalf("GET with a token in X-Token = %d; want 200", code)
+	}
+	if got := app.lastRequest().Header.Get("X-Token"); got != "Token "+tok {
+		t.Errorf("app saw X-Token %q; want the original token forwarded", got)
+	}
+	// The default location is not read when fromHeaders is set.
+	if code, _ := h.get(t, newClient(t), "/", map[string]string{"Authorization": "Bearer garbage"}); code != 200 {
+		t.Errorf("GET with garbage in an unconfigured location = %d; want 200 (not a token location)", code)
 	}
 }
