@@ -84,12 +84,13 @@ type build struct {
 	workloads  []*model.Workload
 	hostOwners map[string]string
 
-	validVS     []config[networkingapi.VirtualService] // oldest first
-	validRoutes []*gatewayv1.HTTPRoute
-	validGRPC   []*gatewayv1.GRPCRoute
-	drFor       map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
-	wlByUID     map[string]*model.Workload
-	ingress     []*gatewayv1.Gateway
+	validVS       []config[networkingapi.VirtualService] // oldest first
+	validRoutes   []*gatewayv1.HTTPRoute
+	validGRPC     []*gatewayv1.GRPCRoute
+	drFor         map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
+	wlByUID       map[string]*model.Workload
+	ingress       []*gatewayv1.Gateway
+	validIstioGws []config[networkingapi.Gateway]
 }
 
 // Build translates in into a new snapshot and reports every rejected or
@@ -126,6 +127,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.bindServiceWaypoints()
 	l7 := bd.buildL7()
 	bd.buildIngressL7(l7)
+	bd.buildIstioIngressL7(l7)
 	bd.warnUnmatchedSelectors()
 	b.cache = bd.next
 

@@ -99,3 +99,82 @@ spec:
 		t.Errorf("cross route destinations = %+v; want web.other:80 once granted", got)
 	}
 }
+
+// The tutorial's ingress (issue 6): an Istio Gateway on port 80 for any host
+// and a VirtualService bound to it, in the versions the seed manifests use.
+func TestIstioGatewayL7(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, `apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: booking-gateway, namespace: booking}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: booking-cert}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: booking, namespace: booking}
+spec:
+  hosts: ["*"]
+  gateways: [booking-gateway]
+  http:
+  - match: [{uri: {prefix: /api/v1/booking}}]
+    route: [{destination: {host: booking-service, port: {number: 8080}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: booking-service, namespace: booking}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {app: booking}
+  ports: [{name: http, port: 8080}]
+`, pod("booking", "booking-1", "10.0.0.40", "n1", "app=booking")))
+	if !hasRejection(rej, "servers[1]: protocol HTTPS is not served", true) {
+		t.Errorf("rejections = %v; want a warning about the HTTPS server", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "booking", Name: "booking-gateway"})
+	if !ok {
+		t.Fatal("no L7 config for booking/booking-gateway")
+	}
+	const cluster = "outbound|8080||booking-service.booking.svc.cluster.local"
+	want := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", Port: 80, VirtualHosts: []model.VirtualHost{{
+			Name: "booking/booking", Domains: []string{"*"},
+			Routes: []model.L7Route{{
+				Name:         "booking.booking.0",
+				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api/v1/booking"}}},
+				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 100}},
+			}},
+		}}}},
+		Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.40:8080", Labels: map[string]string{"app": "booking"}}}}},
+	}
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
+	}
+	// A gateway-only VirtualService does not route mesh traffic.
+	if len(snap.Waypoints()) != 0 {
+		t.Errorf("unexpected waypoints: %v", snap.Waypoints())
+	}
+}
+
+func TestHostIntersection(t *testing.T) {
+	tests := []struct {
+		vs, server []string
+		want       []string
+	}{
+		{[]string{"a.example.com"}, []string{"*"}, []string{"a.example.com"}},
+		{[]string{"a.example.com"}, []string{"*.example.com"}, []string{"a.example.com"}},
+		{[]string{"a.example.com"}, []string{"b.example.com"}, nil},
+		{[]string{"*"}, []string{"b.example.com"}, []string{"b.example.com"}},
+		{[]string{"*.example.com"}, []string{"b.example.com"}, []string{"b.example.com"}},
+	}
+	for _, tt := range tests {
+		if got := hostIntersection(tt.vs, tt.server); !cmp.Equal(got, tt.want) {
+			t.Errorf("hostIntersection(%v, %v) = %v; want %v", tt.vs, tt.server, got, tt.want)
+		}
+	}
+}

@@ -496,15 +496,21 @@ func (bd *build) validateIstioGateways() {
 			r.reject("servers is empty")
 			continue
 		}
+		ok := true
 		for i, s := range c.spec.GetServers() {
 			if s.GetPort().GetNumber() == 0 || s.GetPort().GetNumber() > 65535 {
 				r.reject("servers[%d].port.number %d out of range 1-65535", i, s.GetPort().GetNumber())
+				ok = false
 				break
 			}
 			if len(s.GetHosts()) == 0 {
 				r.reject("servers[%d].hosts is empty", i)
+				ok = false
 				break
 			}
+		}
+		if ok {
+			bd.validIstioGws = append(bd.validIstioGws, c)
 		}
 	}
 }
