@@ -15,6 +15,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -181,7 +182,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer xsrv.Close()
-	if err := xsrv.SetTrustBundle(&meshv1.TrustBundle{TrustDomain: td.Name(), RootsPem: []string{rootPEM}}); err != nil {
+	bundle := &meshv1.TrustBundle{TrustDomain: td.Name()}
+	for _, r := range authority.Roots() { // one entry per root: both during a rotation
+		bundle.RootsPem = append(bundle.RootsPem, string(ca.EncodePEM([]*x509.Certificate{r})))
+	}
+	if err := xsrv.SetTrustBundle(bundle); err != nil {
 		return err
 	}
 
