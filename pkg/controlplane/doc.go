@@ -21,6 +21,14 @@
 //     service's label, else its namespace's; the value "none" at a level opts
 //     out there. A binding is kept only when the waypoint's
 //     istio.io/waypoint-for (default "service") accepts that traffic.
+//   - Each waypoint's and each ingress gateway's L7 configuration
+//     (model.L7Config) is keyed by its Gateway's namespace/name: Gateway API
+//     Gateways of a waypoint class (waypointl7.go) or an ingress class
+//     (ingress.go), and Istio networking Gateways (istioingress.go), whose
+//     gateway Deployment is expected to ask for its Gateway's name.
+//   - AuthorizationPolicies are translated into pkg/policy's types; those
+//     without targetRefs are bound to workloads for node agents, those with
+//     targetRefs are left to the waypoint or gateway they name.
 //   - The same CRD seen through two API versions (v1 and v1beta1, say) is the
 //     same object on the server; Inputs keeps one copy per namespace/name.
 //
