@@ -328,6 +328,7 @@ func TestBadInput(t *testing.T) {
 		{"service bad VIP", ts.SetService(&meshv1.Service{Namespace: "ns", Hostname: "h", Vips: []string{"nope"}}), "is not an IP"},
 		{"authz bad ipBlock", ts.SetAuthorization(&meshv1.Authorization{Name: "a", Namespace: "ns", Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{IpBlocks: []string{"10.0.0.0/33"}}}}}}), "neither a CIDR nor an IP"},
 		{"trust bundle not PEM", ts.SetTrustBundle(&meshv1.TrustBundle{TrustDomain: "td", RootsPem: []string{"junk"}}), "not a PEM CERTIFICATE"},
+		{"two roots in one entry", ts.SetTrustBundle(&meshv1.TrustBundle{TrustDomain: "td", RootsPem: []string{ts.pki.rootPEM + ts.pki.rootPEM}}), "one root per entry"},
 	}
 	for _, tt := range tests {
 		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {

@@ -171,9 +171,12 @@ func validateTrustBundle(b *meshv1.TrustBundle) error {
 		return errors.New("trust bundle has no trust domain")
 	}
 	for i, p := range b.GetRootsPem() {
-		blk, _ := pem.Decode([]byte(p))
+		blk, rest := pem.Decode([]byte(p))
 		if blk == nil || blk.Type != "CERTIFICATE" {
 			return fmt.Errorf("trust bundle %s: root %d is not a PEM CERTIFICATE", b.GetTrustDomain(), i)
+		}
+		if len(strings.TrimSpace(string(rest))) > 0 {
+			return fmt.Errorf("trust bundle %s: root %d holds more than one PEM block: give one root per entry", b.GetTrustDomain(), i)
 		}
 		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
 			return fmt.Errorf("trust bundle %s: parse root %d: %w", b.GetTrustDomain(), i, err)
