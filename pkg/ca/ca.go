@@ -78,6 +78,8 @@ type CA struct {
 	cert   *x509.Certificate   // signing certificate
 	chain  []*x509.Certificate // intermediates above cert, up to but excluding the root
 	roots  []*x509.Certificate
+	// signerIsRoot is computed once: checking it costs a signature verification.
+	signerIsRoot bool
 }
 
 // New checks opts and returns a CA.
@@ -107,7 +109,7 @@ func New(opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new CA: %w", err)
 	}
-	return &CA{opts: opts, signer: p.key, cert: p.cert, chain: p.chain, roots: p.roots}, nil
+	return &CA{opts: opts, signer: p.key, cert: p.cert, chain: p.chain, roots: p.roots, signerIsRoot: isSelfSigned(p.cert)}, nil
 }
 
 // Roots returns the root certificates clients must trust.
@@ -168,7 +170,7 @@ func (c *CA) Sign(ctx context.Context, caller Caller, csrDER []byte, ttl time.Du
 	}
 	out := make([]*x509.Certificate, 0, 2+len(c.chain))
 	out = append(out, leaf)
-	if !isSelfSigned(c.cert) {
+	if !c.signerIsRoot {
 		out = append(out, c.cert)
 	}
 	return append(out, c.chain...), nil

@@ -201,7 +201,7 @@ func (c *CA) ServingCertificate(dnsNames []string, ttl time.Duration) (*tls.Cert
 		return nil, fmt.Errorf("parse serving certificate: %w", err)
 	}
 	out := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-	if !isSelfSigned(c.cert) {
+	if !c.signerIsRoot {
 		out.Certificate = append(out.Certificate, c.cert.Raw)
 	}
 	for _, ch := range c.chain {
