@@ -3,6 +3,7 @@ package waypoint
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
@@ -476,5 +477,32 @@ func TestUpdateKeepsRateLimitBuckets(t *testing.T) {
 	}
 	if code, _ := h.get(t, client, "/", nil); code != 429 {
 		t.Errorf("request after an unrelated config push = %d; want 429 (bucket kept)", code)
+	}
+}
+
+func TestLargeBodiesStream(t *testing.T) {
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sum := sha256.New()
+		n, _ := io.Copy(sum, r.Body)
+		fmt.Fprintf(w, "%d %x", n, sum.Sum(nil))
+	}))
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", app)}, model.L7Route{Name: "r", Destinations: to("app")}), nil)
+	body := bytes.Repeat([]byte("0123456789abcdef"), 3<<16) // 3 MiB, over MaxBufferedBody
+	want := fmt.Sprintf("%d %x", len(body), sha256.Sum256(body))
+	client := newClient(t)
+	for _, chunked := range []bool{false, true} {
+		var r io.Reader = bytes.NewReader(body)
+		if chunked {
+			r = io.MultiReader(r) // hides the length: sent chunked
+		}
+		resp, err := client.Post(h.url+"/upload", "application/octet-stream", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(got) != want {
+			t.Errorf("POST 3 MiB (chunked %v) = %d %q; want %q", chunked, resp.StatusCode, got, want)
+		}
 	}
 }
