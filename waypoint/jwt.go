@@ -311,7 +311,7 @@ func checkClaims(p *model.JWTProvider, claims map[string]any, now time.Time) err
 		if !ok {
 			return errors.New("jwt: exp is not a number")
 		}
-		if now.After(time.Unix(int64(f), 0).Add(jwtClockSkew)) {
+		if now.After(unixTime(f).Add(jwtClockSkew)) {
 			return errors.New("jwt: token is expired")
 		}
 	}
@@ -320,7 +320,7 @@ func checkClaims(p *model.JWTProvider, claims map[string]any, now time.Time) err
 		if !ok {
 			return errors.New("jwt: nbf is not a number")
 		}
-		if now.Add(jwtClockSkew).Before(time.Unix(int64(f), 0)) {
+		if now.Add(jwtClockSkew).Before(unixTime(f)) {
 			return errors.New("jwt: token is not yet valid")
 		}
 	}
@@ -336,6 +336,19 @@ func checkClaims(p *model.JWTProvider, claims map[string]any, now time.Time) err
 		return errors.New("jwt: audience not allowed")
 	}
 	return nil
+}
+
+// unixTime converts a NumericDate, clamping values that do not fit in an
+// int64 (a float64 conversion would wrap them).
+func unixTime(f float64) time.Time {
+	const limit = 1 << 53
+	switch {
+	case f > limit:
+		f = limit
+	case f < -limit:
+		f = -limit
+	}
+	return time.Unix(int64(f), 0)
 }
 
 func audiences(claims map[string]any) []string {

@@ -146,6 +146,8 @@ func TestJWT(t *testing.T) {
 		{name: "alg none", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "none", claims(nil))}, wantCode: 401},
 		{name: "HS256 signed with the public key", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "HS256", claims(nil))}, wantCode: 401},
 		{name: "tampered payload", hdr: map[string]string{"Authorization": "Bearer " + strings.Join(tampered, ".")}, wantCode: 401},
+		{name: "nbf beyond int64", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(func(c map[string]any) { c["nbf"] = 1e300 }))}, wantCode: 401},
+		{name: "exp as a string", hdr: map[string]string{"Authorization": "Bearer " + s.token(t, "RS256", claims(func(c map[string]any) { c["exp"] = "tomorrow" }))}, wantCode: 401},
 		{name: "garbage", hdr: map[string]string{"Authorization": "Bearer not.a.jwt"}, wantCode: 401},
 		{name: "missing token is anonymous, denied by requestPrincipals", wantCode: 403},
 	}
