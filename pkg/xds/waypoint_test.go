@@ -1,7 +1,6 @@
 package xds_test
 
 import (
-	"encoding/json"
 	"errors"
 	"slices"
 	"testing"
@@ -10,11 +9,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
 	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/modelview"
 )
 
 // TestWaypointConfig: a waypoint gets its own L7 config and the policies
@@ -52,20 +53,20 @@ func TestWaypointConfig(t *testing.T) {
 		t.Fatalf("waypoint configs = %v; want only its own [ns1/waypoint]", got)
 	}
 	r, _ := c.Get(meshv1.WaypointConfigType, "ns1/waypoint")
-	wc := r.Message.(*meshv1.WaypointConfig)
-	var gotL7 model.L7Config
-	if err := json.Unmarshal(wc.GetL7Json(), &gotL7); err != nil {
+	gotL7, gotPolicies, err := modelview.DecodeWaypointConfig(r.Message.(*meshv1.WaypointConfig))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff(l7, &gotL7); d != "" {
+	if d := cmp.Diff(l7, gotL7); d != "" {
 		t.Errorf("L7 config (-want +got):\n%s", d)
-	}
-	var gotPolicies []*policy.Policy
-	if err := json.Unmarshal(wc.GetPoliciesJson(), &gotPolicies); err != nil {
-		t.Fatal(err)
 	}
 	if d := cmp.Diff([]*policy.Policy{targeted}, gotPolicies); d != "" {
 		t.Errorf("policies (-want +got):\n%s", d)
+	}
+	wc := proto.Clone(r.Message).(*meshv1.WaypointConfig)
+	wc.L7Json = []byte(`{"Listeners":[],"Bogus":1}`)
+	if _, _, err := modelview.DecodeWaypointConfig(wc); err == nil {
+		t.Error("DecodeWaypointConfig accepted an unknown field")
 	}
 
 	agent, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a"), types: []string{meshv1.WaypointConfigType}})
