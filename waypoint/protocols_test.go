@@ -187,6 +187,20 @@ func TestTCPFallback(t *testing.T) {
 		}
 		c.Close()
 	}
+	// Both connections are counted once closed, with their bytes.
+	deadline := time.Now().Add(5 * time.Second)
+	for metricSum(t, h.reg, "istio_tcp_connections_closed_total", nil) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	wantBytes := float64(len("hello, not http\n") + len("\x00\x01binary"))
+	for name, want := range map[string]float64{
+		"istio_tcp_connections_opened_total": 2, "istio_tcp_connections_closed_total": 2,
+		"istio_tcp_received_bytes_total": wantBytes, "istio_tcp_sent_bytes_total": wantBytes,
+	} {
+		if got := metricSum(t, h.reg, name, map[string]string{"reporter": "waypoint", "destination_service": "tcp"}); got != want {
+			t.Errorf("%s = %v; want %v", name, got, want)
+		}
+	}
 	// A server-first client (sends nothing) is forwarded after DetectTimeout.
 	c, err := net.Dial("tcp", h.addr)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/policy"
@@ -201,6 +202,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+	labels := p.metrics.tcpLabelValues(peer, destFor(up), flagNone)
 	ep, err := up.pick(nil, peer, nil)
 	if err != nil {
 		p.logf("waypoint: tcp to %s: %v", up.name(), err)
@@ -219,9 +221,44 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer back.Close()
+	if p.metrics.registered {
+		p.metrics.tcpOpened.WithLabelValues(labels...).Inc()
+		defer p.metrics.tcpClosed.WithLabelValues(labels...).Inc()
+	}
 	stop := context.AfterFunc(ctx, func() { c.Close(); back.Close() })
 	defer stop()
-	pipe(c, back)
+	client := &countingConn{ReadWriteCloser: c}
+	pipe(client, back)
+	if p.metrics.registered {
+		p.metrics.tcpRecv.WithLabelValues(labels...).Add(float64(client.read.Load()))
+		p.metrics.tcpSent.WithLabelValues(labels...).Add(float64(client.written.Load()))
+	}
+}
+
+// countingConn counts the bytes of one side of a pipe.
+type countingConn struct {
+	io.ReadWriteCloser
+	read, written atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.ReadWriteCloser.Read(b)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.ReadWriteCloser.Write(b)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+// CloseWrite half-closes when the wrapped conn supports it.
+func (c *countingConn) CloseWrite() error {
+	if cw, ok := c.ReadWriteCloser.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.ReadWriteCloser.Close()
 }
 
 // pipe copies both ways until one side ends, then closes both.

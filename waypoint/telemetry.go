@@ -40,6 +40,24 @@ var istioLabels = []string{
 	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 }
 
+// tcpLabels are the labels of the waypoint's TCP metrics: a subset of
+// Istio's, since an L4 connection has no request.
+var tcpLabels = []string{
+	"reporter", "source_workload", "source_workload_namespace", "source_principal",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"response_flags", "connection_security_policy",
+}
+
+// tcpLabelValues are the TCP metric label values for one connection.
+func (m *metrics) tcpLabelValues(p Peer, d destInfo, flags string) []string {
+	security := "none"
+	if p.Principal != "" {
+		security = "mutual_tls"
+	}
+	return []string{"waypoint", orUnknown(p.Workload), orUnknown(p.Namespace), orUnknown(spiffeURI(p.Principal)),
+		orUnknown(d.service), orUnknown(d.name), orUnknown(d.namespace), flags, security}
+}
+
 type metrics struct {
 	requests   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
@@ -47,6 +65,10 @@ type metrics struct {
 	respBytes  *prometheus.HistogramVec
 	ejections  *prometheus.CounterVec
 	overflows  *prometheus.CounterVec
+	tcpOpened  *prometheus.CounterVec
+	tcpClosed  *prometheus.CounterVec
+	tcpSent    *prometheus.CounterVec
+	tcpRecv    *prometheus.CounterVec
 	registered bool
 	cache      sync.Map // label values joined by 0xff → *series
 }
@@ -74,10 +96,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "meshlet_waypoint_upstream_overflow_total", Help: "Requests refused by a full connection pool (UO).",
 		}, []string{"cluster"}),
 	}
+	m.tcpOpened = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "istio_tcp_connections_opened_total", Help: "TCP connections forwarded by the waypoint (L4 fallback).",
+	}, tcpLabels)
+	m.tcpClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed by the waypoint (L4 fallback).",
+	}, tcpLabels)
+	m.tcpSent = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent to the client on forwarded TCP connections.",
+	}, tcpLabels)
+	m.tcpRecv = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "istio_tcp_received_bytes_total", Help: "Bytes received from the client on forwarded TCP connections.",
+	}, tcpLabels)
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reqBytes, m.respBytes, m.ejections, m.overflows} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reqBytes, m.respBytes, m.ejections, m.overflows, m.tcpOpened, m.tcpClosed, m.tcpSent, m.tcpRecv} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
