@@ -1,13 +1,14 @@
 package xds_test
 
 import (
-	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -353,8 +354,6 @@ func names[V any](m map[string]V) []string {
 	return out
 }
 
-var _ = context.Background
-
 // TestNotServedBeforeSync: until meshd marks its state synced, clients are
 // turned away (so none mistakes a half-built start-up state for the truth)
 // and then get the whole state at once.
@@ -404,5 +403,26 @@ func TestChangeWhileAway(t *testing.T) {
 	waitSynced(t, c)
 	if got := names(c.List(meshv1.WorkloadType)); !slices.Equal(got, []string{"w1", "w2"}) {
 		t.Errorf("workloads after reconnect = %v; want [w1 w2]", got)
+	}
+}
+
+// TestMaxDebounce: a steady stream of changes, each inside the debounce
+// window of the last, still gets pushed every MaxDebounce.
+func TestMaxDebounce(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := xds.New(xds.Options{Authenticate: tokenAuth, Debounce: 200 * time.Millisecond, MaxDebounce: 400 * time.Millisecond, Registry: reg, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ts := &testServer{Server: s, reg: reg}
+	s.MarkSynced()
+	eventually(t, "the first push", func() bool { return ts.metric(t, "meshd_xds_debounced_pushes_total", "") == 1 })
+	for i := range 50 { // 1.5s of changes 30ms apart
+		mustSet(t, s.SetWorkload(workload(fmt.Sprintf("w%d", i), "node-a")))
+		time.Sleep(30 * time.Millisecond)
+	}
+	if got := ts.metric(t, "meshd_xds_debounced_pushes_total", "") - 1; got < 2 {
+		t.Errorf("pushes during 1.5s of steady changes = %v; want at least 2 (one per MaxDebounce of 400ms)", got)
 	}
 }
