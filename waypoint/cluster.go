@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -153,7 +154,11 @@ func newTransport(p *model.ConnectionPool, opts *Options, h2 bool) *http.Transpo
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 			defer cancel()
-			return dial(ctx, network, addr)
+			c, err := dial(ctx, network, addr)
+			if err != nil || h2 || p.MaxRequestsPerConnection <= 1 {
+				return c, err
+			}
+			return &countedConn{Conn: c}, nil
 		},
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     idle,
@@ -167,6 +172,31 @@ func newTransport(p *model.ConnectionPool, opts *Options, h2 bool) *http.Transpo
 		t.Protocols = &protos
 	}
 	return t
+}
+
+// countedConn counts the HTTP/1.1 requests sent on an upstream connection,
+// for maxRequestsPerConnection.
+type countedConn struct {
+	net.Conn
+	requests atomic.Int64
+}
+
+// limitRequestsPerConn returns a ClientTrace hook that marks the request
+// that reaches maxRequestsPerConnection on its connection as the last one
+// ("Connection: close"), so the transport retires the connection after it.
+// The hook runs in RoundTrip before the request is written.
+func limitRequestsPerConn(req *http.Request, max int) *http.Request {
+	if max <= 1 {
+		return req
+	}
+	var out *http.Request
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if c, ok := info.Conn.(*countedConn); ok && c.requests.Add(1) >= int64(max) {
+			out.Close = true
+		}
+	}}
+	out = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	return out
 }
 
 // connLimiter is a circuit breaker: up to max requests in flight, up to

@@ -48,8 +48,8 @@
 // mirrors) only when its length is known and at most
 // Options.MaxBufferedBody; other bodies (gRPC, chunked) are streamed while a
 // copy of up to that size is kept, so they can be retried once fully read
-// but are not mirrored. maxRequestsPerConnection is honoured
-// for 1 (no keep-alive) only. Outlier ejection ends lazily at the first pick
+// but are not mirrored. maxRequestsPerConnection applies to
+// HTTP/1.1 upstream connections. Outlier ejection ends lazily at the first pick
 // after baseEjectionTime × ejections.
 //
 // This package must not know about Kubernetes or Istio API objects (meshd

@@ -506,3 +506,32 @@ func TestLargeBodiesStream(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxRequestsPerConnection(t *testing.T) {
+	var mu sync.Mutex
+	conns := map[string]int{}
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr]++
+		mu.Unlock()
+	}))
+	cl := clusterOf("app", app)
+	cl.Traffic.Pool.MaxRequestsPerConnection = 3
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("app")}), nil)
+	client := newClient(t)
+	for i := 0; i < 9; i++ {
+		if code, _ := h.get(t, client, "/", nil); code != 200 {
+			t.Fatalf("GET = %d", code)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 3 {
+		t.Errorf("9 sequential requests used %d upstream connections (%v); want 3 with maxRequestsPerConnection 3", len(conns), conns)
+	}
+	for addr, n := range conns {
+		if n > 3 {
+			t.Errorf("connection %s carried %d requests; want at most 3", addr, n)
+		}
+	}
+}

@@ -437,6 +437,9 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			timer = time.AfterFunc(rp.PerTryTimeout, func() { perTryFired.Store(true); cancelTry() })
 		}
 		attempt := out.WithContext(tryCtx)
+		if !up.useH2(grpc) {
+			attempt = limitRequestsPerConn(attempt, up.policy.Pool.MaxRequestsPerConnection)
+		}
 		attempt.URL.Host = ep.addr
 		attempt.URL.Scheme = "http"
 		if try > 0 {
