@@ -311,3 +311,33 @@ func TestRateLimit(t *testing.T) {
 		}
 	})
 }
+
+func TestOutlierGatewayErrors(t *testing.T) {
+	tests := []struct {
+		name      string
+		status    int
+		wantEject bool
+	}{
+		{name: "502 counts as a gateway error", status: 502, wantEject: true},
+		{name: "500 does not", status: 500, wantEject: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var badHits atomic.Int64
+			bad := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { badHits.Add(1); w.WriteHeader(tt.status) }))
+			cl := model.L7Cluster{Name: "gw", Endpoints: []model.L7Endpoint{{Address: bad}, {Address: backend(t, &named{name: "good"})}},
+				Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}, Outlier: &model.OutlierDetection{
+					ConsecutiveGatewayErrors: 2, BaseEjectionTime: time.Minute, MaxEjectionPercent: 50,
+				}}}
+			h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("gw"), Retries: &model.RetryPolicy{}}), nil)
+			client := newClient(t)
+			for i := 0; i < 12; i++ {
+				h.get(t, client, "/", nil)
+			}
+			ejected := badHits.Load() == 2
+			if ejected != tt.wantEject {
+				t.Errorf("bad endpoint saw %d of 12 requests; want ejected=%v", badHits.Load(), tt.wantEject)
+			}
+		})
+	}
+}
