@@ -146,6 +146,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	// Refuse to start without the CRDs, naming what is missing.
 	if err := controlplane.CheckCRDs(kube); err != nil {
+		if errors.Is(err, controlplane.ErrCRDMissing) {
+			// HTTPRoute's and Istio's CRDs exceed client-side apply's
+			// 256 KiB annotation limit.
+			return fmt.Errorf("%w (apply them server-side: kubectl apply --server-side -f deploy/crds/, or meshctl install)", err)
+		}
 		return err
 	}
 
