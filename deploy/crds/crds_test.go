@@ -1,7 +1,9 @@
 package crds
 
 import (
+	"os"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -42,6 +44,28 @@ func TestMissing(t *testing.T) {
 	for _, tt := range tests {
 		if got := Missing(tt.have); !slices.Equal(got, tt.want) {
 			t.Errorf("%s: Missing() = %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestSourcesMatchGoMod: the extracted files come from the versions go.mod
+// pins; after a version bump, `make crds` must be rerun.
+func TestSourcesMatchGoMod(t *testing.T) {
+	gomod, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources, err := os.ReadFile("SOURCES")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(sources), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if !strings.Contains(string(gomod), "\t"+f[0]+" "+f[1]) {
+			t.Errorf("deploy/crds was extracted from %s %s, which go.mod no longer pins: run `make crds`", f[0], f[1])
 		}
 	}
 }
