@@ -1,0 +1,22 @@
+// Package meshlet embeds the meshlet Helm chart (Chart.yaml, values.yaml,
+// profiles/ and templates/) so that meshctl renders it without a helm binary
+// or a checkout. The CRDs are not part of these files: the renderer adds them
+// from package deploy/crds, the single copy taken from the pinned modules.
+//
+// This package holds files only; it must not render, validate or talk to a
+// cluster (pkg/cli does that).
+package meshlet
+
+import (
+	"embed"
+	"io/fs"
+)
+
+//go:embed Chart.yaml values.yaml .helmignore profiles/*.yaml templates/*.yaml templates/_helpers.tpl
+var files embed.FS
+
+// FS holds the chart's files, with paths relative to the chart root.
+func FS() fs.FS { return files }
+
+// Profiles lists the profiles, each a file profiles/<name>.yaml.
+var Profiles = []string{"minimal", "default", "demo"}

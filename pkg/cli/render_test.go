@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	chartfiles "github.com/meshlet/meshlet/deploy/charts/meshlet"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+
+// golden compares got with testdata/name, or rewrites it under -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("read golden file (run go test ./pkg/cli/... -update to create it): %v", err)
+	}
+	if d := cmp.Diff(string(want), string(got)); d != "" {
+		t.Errorf("%s differs (-golden +got); if intended, run go test ./pkg/cli/... -update:\n%s", p, d)
+	}
+}
+
+func TestRenderProfilesGolden(t *testing.T) {
+	for _, profile := range chartfiles.Profiles {
+		t.Run(profile, func(t *testing.T) {
+			r, err := Render(RenderOptions{Profile: profile, SkipCRDs: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := Manifest(r.Objects)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "chart/"+profile+".yaml", m)
+		})
+	}
+}
+
+// kinds counts rendered objects by kind/name.
+func kinds(objs []*unstructured.Unstructured) map[string]bool {
+	out := map[string]bool{}
+	for _, o := range objs {
+		out[o.GetKind()+"/"+o.GetName()] = true
+	}
+	return out
+}
+
+func TestRenderProfilesContent(t *testing.T) {
+	tests := []struct {
+		profile      string
+		want, absent []string
+	}{
+		{"minimal", []string{"Deployment/meshd", "DaemonSet/meshlet-node-agent", "PodDisruptionBudget/meshd", "Service/meshd"}, []string{"Deployment/istio-ingressgateway", "Deployment/prometheus"}},
+		{"default", []string{"Deployment/meshd", "DaemonSet/meshlet-node-agent", "Deployment/istio-ingressgateway", "Service/istio-ingressgateway"}, []string{"Deployment/prometheus"}},
+		{"demo", []string{"Deployment/meshd", "DaemonSet/meshlet-node-agent", "Deployment/istio-ingressgateway", "Deployment/prometheus"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.profile, func(t *testing.T) {
+			r, err := Render(RenderOptions{Profile: tc.profile})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := kinds(r.Objects)
+			for _, w := range append(tc.want, "CustomResourceDefinition/virtualservices.networking.istio.io", "CustomResourceDefinition/httproutes.gateway.networking.k8s.io", "Namespace/meshlet-system") {
+				if !got[w] {
+					t.Errorf("profile %s: %s not rendered", tc.profile, w)
+				}
+			}
+			for _, a := range tc.absent {
+				if got[a] {
+					t.Errorf("profile %s: %s rendered, want absent", tc.profile, a)
+				}
+			}
+			if r.Objects[0].GetKind() != "CustomResourceDefinition" {
+				t.Errorf("first object is %s, want CRDs first", r.Objects[0].GetKind())
+			}
+		})
+	}
+}
+
+// TestRenderedObjectsDecode converts every rendered object into its typed
+// Kubernetes struct, strictly, so a misspelt field fails here and not in the cluster.
+func TestRenderedObjectsDecode(t *testing.T) {
+	r, err := Render(RenderOptions{Profile: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range r.Objects {
+		var typed any
+		switch o.GetKind() {
+		case "Deployment":
+			typed = &appsv1.Deployment{}
+		case "DaemonSet":
+			typed = &appsv1.DaemonSet{}
+		case "Service":
+			typed = &corev1.Service{}
+		case "ServiceAccount":
+			typed = &corev1.ServiceAccount{}
+		case "ConfigMap":
+			typed = &corev1.ConfigMap{}
+		case "Namespace":
+			typed = &corev1.Namespace{}
+		case "PodDisruptionBudget":
+			typed = &policyv1.PodDisruptionBudget{}
+		case "ClusterRole":
+			typed = &rbacv1.ClusterRole{}
+		case "ClusterRoleBinding":
+			typed = &rbacv1.ClusterRoleBinding{}
+		case "Role":
+			typed = &rbacv1.Role{}
+		case "RoleBinding":
+			typed = &rbacv1.RoleBinding{}
+		case "CustomResourceDefinition":
+			typed = &apiextv1.CustomResourceDefinition{}
+		default:
+			t.Errorf("%s %s: no typed check for this kind; add one", o.GetKind(), o.GetName())
+			continue
+		}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, typed, true); err != nil {
+			t.Errorf("%s %s does not decode as %T: %v", o.GetKind(), o.GetName(), typed, err)
+		}
+	}
+}
+
+func TestRenderValues(t *testing.T) {
+	dir := t.TempDir()
+	vf := filepath.Join(dir, "v.yaml")
+	if err := os.WriteFile(vf, []byte("trustDomain: from-file.org\nmeshd:\n  replicas: 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Render(RenderOptions{Profile: "minimal", ValueFiles: []string{vf}, Set: []string{"trustDomain=example.org", "global.tag=v9"}, Namespace: "mesh", SkipCRDs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := Manifest(r.Objects)
+	for _, want := range []string{"--trust-domain=example.org", "image: meshlet.dev/meshd:v9", "replicas: 3", "namespace: mesh\n", "meshd.mesh.svc:15012"} {
+		if !bytes.Contains(m, []byte(want)) {
+			t.Errorf("rendered manifest lacks %q", want)
+		}
+	}
+
+	tests := []struct {
+		name    string
+		opts    RenderOptions
+		wantErr string
+	}{
+		{"unknown profile", RenderOptions{Profile: "huge"}, `unknown profile "huge": use one of minimal, default, demo`},
+		{"bad CA mode", RenderOptions{Set: []string{"ca.mode=vault"}}, `ca.mode "vault" is not supported: use selfSigned or pluggedIn`},
+		{"missing values file", RenderOptions{ValueFiles: []string{filepath.Join(dir, "nope.yaml")}}, "read values file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Render(tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Render error = %v, want it to contain %q", err, tc.wantErr)
+			}
+		})
+	}
+}
