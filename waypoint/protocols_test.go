@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -286,5 +287,96 @@ func TestHTTP2(t *testing.T) {
 				t.Errorf("GET = %d %q over %s; want 200 app over HTTP/%d", resp.StatusCode, b, resp.Proto, wantMajor)
 			}
 		})
+	}
+}
+
+// issue signs a leaf for a SPIFFE ID with ca.
+func issue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, spiffeID string, serial int64) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(spiffeID)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), URIs: []*url.URL{u}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestMutualTLSIngressIdentityAndPolicy(t *testing.T) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	serverCert := issue(t, ca, caKey, "spiffe://cluster.local/ns/istio-system/sa/ingress", 2)
+
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "only-frontend", Rules: []policy.Rule{{
+		From: []policy.Source{{Principals: []string{"cluster.local/ns/web/sa/frontend"}}},
+	}}}}
+	p, err := New(Options{Config: cfg, Peer: func(r *http.Request) Peer {
+		// The identity of a mutual TLS client, as an ingress in MUTUAL
+		// mode (or the HBONE server) would supply it.
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) == 1 {
+			return Peer{Principal: r.TLS.PeerCertificates[0].URIs[0].String()}
+		}
+		return Peer{}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Serve(ctx, l, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+
+	tests := []struct {
+		name     string
+		id       string
+		wantCode int
+	}{
+		{name: "frontend allowed", id: "spiffe://cluster.local/ns/web/sa/frontend", wantCode: 200},
+		{name: "other identity denied", id: "spiffe://cluster.local/ns/web/sa/other", wantCode: 403},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cert := issue(t, ca, caKey, tt.id, int64(10+i))
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}, ForceAttemptHTTP2: true}}
+			resp, err := c.Get("https://" + l.Addr().String() + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.wantCode {
+				t.Errorf("GET as %s = %d; want %d", tt.id, resp.StatusCode, tt.wantCode)
+			}
+		})
+	}
+	// Without a client certificate the handshake fails.
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if resp, err := c.Get("https://" + l.Addr().String() + "/"); err == nil {
+		resp.Body.Close()
+		t.Error("GET without a client certificate succeeded; want a TLS failure")
 	}
 }
