@@ -36,7 +36,9 @@
 // Serve detects the protocol per connection: HTTP/1.1, HTTP/2 with prior
 // knowledge, TLS with ALPN, or anything else, which is forwarded as TCP to
 // Config.TCPCluster after L4 authorization. Upstream connections are opened
-// through Options.DialContext so that HBONE can be plugged in. The
+// through Options.DialContext so that HBONE can be plugged in; inbound, an
+// HBONE server hands its streams to Serve as a net.Listener, and a Peer hook
+// finds the stream (with its peer identity) through ConnFromContext. The
 // configuration (pkg/model L7 types plus pkg/policy policies) is swapped
 // atomically by Update; clusters whose definition did not change keep their
 // pools and outlier state, and unchanged rate limits keep their buckets.

@@ -535,3 +535,57 @@ func TestMaxRequestsPerConnection(t *testing.T) {
 		}
 	}
 }
+
+// idConn is what an HBONE server's listener might return: a stream that
+// knows its peer's identity.
+type idConn struct {
+	net.Conn
+	principal string
+}
+
+type idListener struct {
+	net.Listener
+}
+
+func (l idListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &idConn{Conn: c, principal: "cluster.local/ns/web/sa/frontend"}, nil
+}
+
+func TestConnFromContextCarriesStreamIdentity(t *testing.T) {
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "only-frontend", Rules: []policy.Rule{{
+		From: []policy.Source{{Principals: []string{"cluster.local/ns/web/sa/frontend"}}},
+	}}}}
+	p, err := New(Options{Config: cfg, Peer: func(r *http.Request) Peer {
+		if c, ok := ConnFromContext(r.Context()); ok {
+			if ic, ok := c.(*idConn); ok {
+				return Peer{Principal: ic.principal}
+			}
+		}
+		return Peer{}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ctx, idListener{l}, ServerOptions{}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	resp, err := newClient(t).Get("http://" + l.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("GET over a stream with the allowed identity = %d; want 200", resp.StatusCode)
+	}
+}

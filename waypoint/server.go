@@ -92,7 +92,7 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		TLSConfig:         tlsConfig,
-		ErrorLog:          nil,
+		ConnContext:       withConn,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          opts.MaxConcurrentStreams,
 			MaxDecoderHeaderTableSize:     h2HeaderTable,
@@ -318,6 +318,28 @@ func (p *Proxy) handleUpgrade(w *responseWriter, rec *record, resp *http.Respons
 		client = &peekedConn{Conn: conn, r: brw.Reader}
 	}
 	pipe(client, back)
+}
+
+type connKey struct{}
+
+// withConn records the connection accepted by Serve in the request context.
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if pc, ok := c.(*peekedConn); ok {
+		c = pc.Conn
+	}
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// ConnFromContext returns the connection, as Serve's listener accepted it,
+// that carries the request: a Peer hook uses it to find the client identity
+// of an HBONE stream (whose RemoteAddr and LocalAddr are the client and the
+// original destination).
+func ConnFromContext(ctx context.Context) (net.Conn, bool) {
+	c, ok := ctx.Value(connKey{}).(net.Conn)
+	return c, ok
 }
 
 // chanListener is a net.Listener fed with already-detected connections.
