@@ -97,13 +97,27 @@ func TestScaleSnapshot(t *testing.T) {
 func TestIncrementalBuild(t *testing.T) {
 	in := scaleInputs(t, 200, 20)
 	b := NewBuilder(BuilderOptions{})
-	first, _ := b.Build(in)
+	b.Build(in)
+
+	// A pod-level warning is reported by every build, also when the pod's
+	// workload is reused.
+	warned := in.pods["ns-5/pod-5"].DeepCopy()
+	warned.Labels["istio.io/use-waypoint"] = "missing"
+	warned.ResourceVersion = "2"
+	must(t, in.Add(warned))
+	first, rej := b.Build(in)
+	if !hasRejection(rej, "Pod ns-5/pod-5: pod label istio.io/use-waypoint=missing", true) {
+		t.Fatalf("first build rejections = %v; want the missing-waypoint warning", rej)
+	}
 
 	changed := in.pods["ns-3/pod-3"].DeepCopy()
 	changed.ResourceVersion = "2"
 	changed.Labels["istio.io/dataplane-mode"] = "none"
 	must(t, in.Add(changed))
-	second, _ := b.Build(in)
+	second, rej := b.Build(in)
+	if !hasRejection(rej, "Pod ns-5/pod-5: pod label istio.io/use-waypoint=missing", true) {
+		t.Errorf("second build rejections = %v; want the reused pod's warning again", rej)
+	}
 
 	if second.Version() <= first.Version() {
 		t.Errorf("Version() = %d after %d; want it to grow", second.Version(), first.Version())

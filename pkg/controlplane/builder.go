@@ -44,6 +44,7 @@ type Builder struct {
 type cachedWorkload struct {
 	fingerprint string
 	workload    *model.Workload
+	rejections  []Rejection // reported while building it, repeated on reuse
 }
 
 // NewBuilder returns a Builder with defaults filled in.
@@ -336,6 +337,11 @@ func (bd *build) resolveWaypoint(kind, objNS, objName, scopeNS string, labels ma
 		return nil, true
 	}
 	if forWorkload && !wp.For.AcceptsWorkloads() || !forWorkload && !wp.For.AcceptsServices() {
+		if source != "namespace" {
+			// Istio ignores such a binding; say why, once per labelled object.
+			bd.rejecter(kind, objNS, objName).warn("%s label %s=%s: waypoint %s/%s has %s=%s, so it does not take this traffic",
+				source, label.IoIstioUseWaypoint.Name, name, ns, name, label.IoIstioWaypointFor.Name, wp.For)
+		}
 		return nil, true
 	}
 	return &model.WaypointRef{Waypoint: wp.Key(), Addresses: wp.Addresses, Source: source}, true
@@ -437,15 +443,17 @@ func (bd *build) buildPodWorkloads() {
 			if c, ok := bd.cache[string(pod.UID)]; ok && c.fingerprint == fp {
 				bd.next[string(pod.UID)] = c
 				bd.workloads = append(bd.workloads, c.workload)
+				bd.rej = append(bd.rej, c.rejections...)
 				continue
 			}
 		}
+		before := len(bd.rej)
 		w := bd.podWorkload(pod, ns)
 		if w == nil {
 			continue
 		}
 		if fp != "" {
-			bd.next[w.UID] = cachedWorkload{fingerprint: fp, workload: w}
+			bd.next[w.UID] = cachedWorkload{fingerprint: fp, workload: w, rejections: append([]Rejection(nil), bd.rej[before:]...)}
 		}
 		bd.workloads = append(bd.workloads, w)
 	}

@@ -259,7 +259,7 @@ func TestWaypointBinding(t *testing.T) {
 		{name: "pod opts out with none", nsLabels: "istio.io/use-waypoint=wp", podLabels: "istio.io/use-waypoint=none", waypointFor: "all", wantSvc: "wp"},
 		{name: "service opts out with none", nsLabels: "istio.io/use-waypoint=wp", svcLabels: "istio.io/use-waypoint=none", waypointFor: "all", wantPod: "wp"},
 		{name: "service label", svcLabels: "istio.io/use-waypoint=wp", wantSvc: "wp"},
-		{name: "pod label on a service-only waypoint is ignored", podLabels: "istio.io/use-waypoint=wp"},
+		{name: "pod label on a service-only waypoint is ignored", podLabels: "istio.io/use-waypoint=wp", wantWarn: "waypoint app/wp has istio.io/waypoint-for=service"},
 		{name: "pod label, workload waypoint", podLabels: "istio.io/use-waypoint=wp", waypointFor: "workload", wantPod: "wp"},
 		{name: "pod label names a missing waypoint", podLabels: "istio.io/use-waypoint=nope", waypointFor: "all", wantWarn: "no waypoint Gateway app/nope"},
 		{name: "cross-namespace waypoint", svcLabels: "istio.io/use-waypoint=shared,istio.io/use-waypoint-namespace=infra", wantSvc: "shared"},
