@@ -132,38 +132,27 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone dial: local SVID: %w", err)
 	}
-	cc, err := d.clientConn(ctx, poolKey{local: svid.ID, proxy: t.Proxy, peer: t.PeerID}, t.Local)
-	if err != nil {
-		return nil, err
-	}
-	pr, pw := io.Pipe()
-	streamCtx, cancel := context.WithCancel(context.Background())
-	req := &http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: t.Addr.String()},
-		Host:          t.Addr.String(),
-		Header:        make(http.Header),
-		Body:          pr,
-		ContentLength: -1,
-	}
-	if t.Source.IsValid() {
-		req.Header.Set(ForwardedHeader, formatForwarded(t.Source))
-	}
-	req = req.WithContext(streamCtx)
-	stop := context.AfterFunc(ctx, cancel)
-	resp, err := cc.RoundTrip(req)
-	stopped := stop()
-	if err != nil {
-		cancel()
-		pw.Close()
-		return nil, fmt.Errorf("hbone CONNECT %s via %s: %w", t.Addr, t.Proxy, err)
-	}
-	if !stopped {
-		// ctx ended while the response arrived: honour it.
-		resp.Body.Close()
-		cancel()
-		pw.Close()
-		return nil, fmt.Errorf("hbone CONNECT %s via %s: %w", t.Addr, t.Proxy, ctx.Err())
+	key := poolKey{local: svid.ID, proxy: t.Proxy, peer: t.PeerID}
+	var (
+		resp   *http.Response
+		pw     *io.PipeWriter
+		cancel context.CancelFunc
+	)
+	// A pooled connection may have been told to go away (server drain) or
+	// died since its last use; such a stream never reached the target, so it
+	// is retried once on a fresh connection.
+	for attempt := 0; ; attempt++ {
+		cc, fresh, err := d.clientConn(ctx, key, t.Local)
+		if err != nil {
+			return nil, err
+		}
+		resp, pw, cancel, err = connect(ctx, cc, t)
+		if err == nil {
+			break
+		}
+		if fresh || attempt > 0 || ctx.Err() != nil {
+			return nil, fmt.Errorf("hbone CONNECT %s via %s: %w", t.Addr, t.Proxy, err)
+		}
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -184,13 +173,46 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 	return &Conn{body: resp.Body, pw: pw, cancel: cancel, local: svid.ID, peer: t.PeerID}, nil
 }
 
+// connect sends the CONNECT request on cc and waits for the response
+// headers; ctx bounds only that wait.
+func connect(ctx context.Context, cc *http2.ClientConn, t Target) (*http.Response, *io.PipeWriter, context.CancelFunc, error) {
+	pr, pw := io.Pipe()
+	streamCtx, cancel := context.WithCancel(context.Background())
+	req := &http.Request{
+		Method:        http.MethodConnect,
+		URL:           &url.URL{Host: t.Addr.String()},
+		Host:          t.Addr.String(),
+		Header:        make(http.Header),
+		Body:          pr,
+		ContentLength: -1,
+	}
+	if t.Source.IsValid() {
+		req.Header.Set(ForwardedHeader, formatForwarded(t.Source))
+	}
+	req = req.WithContext(streamCtx)
+	stop := context.AfterFunc(ctx, cancel)
+	resp, err := cc.RoundTrip(req)
+	stopped := stop()
+	if err == nil && !stopped {
+		// ctx ended while the response arrived: honour it.
+		resp.Body.Close()
+		err = ctx.Err()
+	}
+	if err != nil {
+		cancel()
+		pw.Close()
+		return nil, nil, nil, err
+	}
+	return resp, pw, cancel, nil
+}
+
 // clientConn returns a pooled connection that has reserved room for one
 // stream, dialling a new one when none has.
-func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Source) (*http2.ClientConn, error) {
+func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Source) (cc *http2.ClientConn, fresh bool, err error) {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
-		return nil, ErrDialerClosed
+		return nil, false, ErrDialerClosed
 	}
 	e := d.pool[key]
 	if e == nil {
@@ -216,25 +238,25 @@ func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Sou
 	clear(e.conns[len(live):])
 	e.conns = live
 	if picked != nil {
-		return picked, nil
+		return picked, false, nil
 	}
-	cc, err := d.dial(ctx, key, local)
+	cc, err = d.dial(ctx, key, local)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !cc.ReserveNewRequest() {
 		cc.Close()
-		return nil, fmt.Errorf("hbone dial %s: new connection takes no stream", key.proxy)
+		return nil, false, fmt.Errorf("hbone dial %s: new connection takes no stream", key.proxy)
 	}
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
 	if closed {
 		cc.Close()
-		return nil, ErrDialerClosed
+		return nil, false, ErrDialerClosed
 	}
 	e.conns = append(e.conns, cc)
-	return cc, nil
+	return cc, true, nil
 }
 
 // dial opens TCP, runs the TLS 1.3 handshake verifying the server's SVID is
