@@ -130,6 +130,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.buildIngressL7(l7)
 	bd.buildIstioIngressL7(l7)
 	bd.warnUnmatchedSelectors()
+	bd.warnDanglingReferences()
 	b.cache = bd.next
 
 	var wps []*model.Waypoint

@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"sort"
 
+	networkingapi "istio.io/api/networking/v1alpha3"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -152,4 +153,76 @@ func (bd *build) warnUnmatchedSelectors() {
 
 func sortStable(keys []string, less func(a, b string) bool) {
 	sort.SliceStable(keys, func(i, j int) bool { return less(keys[i], keys[j]) })
+}
+
+// warnDanglingReferences reports references that resolve to nothing, as
+// istioctl analyze does: VirtualService destinations to unknown hosts or
+// undefined subsets, and DestinationRule subsets that select no endpoint.
+// They are warnings: the objects stay in force.
+func (bd *build) warnDanglingReferences() {
+	for _, c := range bd.validVS {
+		r := bd.rejecter(KindVirtualService, c.meta.Namespace, c.meta.Name)
+		seen := map[string]bool{}
+		check := func(d interface {
+			GetHost() string
+			GetSubset() string
+		}) {
+			host := bd.resolveHost(d.GetHost(), c.meta.Namespace)
+			if seen[host+"|"+d.GetSubset()] {
+				return
+			}
+			seen[host+"|"+d.GetSubset()] = true
+			owner, ok := bd.hostOwners[host]
+			if !ok {
+				r.warn("destination host %s matches no service or ServiceEntry", host)
+				return
+			}
+			if d.GetSubset() == "" {
+				return
+			}
+			dr, ok := bd.drFor[owner]
+			if !ok || !hasSubset(dr.spec.GetSubsets(), d.GetSubset()) {
+				r.warn("destination %s subset %q is not defined by a DestinationRule", host, d.GetSubset())
+			}
+		}
+		for _, hr := range c.spec.GetHttp() {
+			for _, d := range hr.GetRoute() {
+				if d.GetDestination() != nil {
+					check(d.GetDestination())
+				}
+			}
+		}
+		for _, tr := range c.spec.GetTcp() {
+			for _, d := range tr.GetRoute() {
+				if d.GetDestination() != nil {
+					check(d.GetDestination())
+				}
+			}
+		}
+	}
+	for _, owner := range sortedKeys(bd.drFor) {
+		dr := bd.drFor[owner]
+		ms := bd.svcByKey[owner]
+		for _, ss := range dr.spec.GetSubsets() {
+			found := false
+			for _, ep := range ms.Endpoints {
+				if w, ok := bd.workloadByUID(ep.WorkloadUID); ok && model.SelectorMatches(ss.GetLabels(), w.Labels) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				bd.rejecter(KindDestinationRule, dr.meta.Namespace, dr.meta.Name).warn("subset %q (labels %v) selects no endpoint of %s", ss.GetName(), ss.GetLabels(), ms.Hostname())
+			}
+		}
+	}
+}
+
+func hasSubset(subsets []*networkingapi.Subset, name string) bool {
+	for _, s := range subsets {
+		if s.GetName() == name {
+			return true
+		}
+	}
+	return false
 }

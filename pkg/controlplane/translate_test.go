@@ -490,3 +490,37 @@ spec:
 		t.Errorf("waypoint-only = %+v; want it targeting Gateway foo/waypoint", wp)
 	}
 }
+
+func TestDanglingReferenceWarnings(t *testing.T) {
+	_, rej := mustBuild(t, inputs(t, service("foo", "web", "10.96.0.2", "app=web", ""),
+		pod("foo", "web-v1", "10.0.0.2", "n1", "app=web,version=v1"), `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: foo}
+spec:
+  hosts: [web]
+  http:
+  - route:
+    - {destination: {host: web, subset: v1}, weight: 50}
+    - {destination: {host: web, subset: v9}, weight: 25}
+    - {destination: {host: nowhere}, weight: 25}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: foo}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+`))
+	for _, want := range []string{
+		`VirtualService foo/vs: destination web.foo.svc.cluster.local subset "v9" is not defined`,
+		"VirtualService foo/vs: destination host nowhere.foo.svc.cluster.local matches no service",
+		`DestinationRule foo/web: subset "v2" (labels map[version:v2]) selects no endpoint`,
+	} {
+		if !hasRejection(rej, want, true) {
+			t.Errorf("rejections = %v; want a warning %q", rej, want)
+		}
+	}
+	if hasRejection(rej, `subset "v1"`, true) {
+		t.Errorf("rejections = %v; subset v1 is defined and selects web-v1", rej)
+	}
+}
