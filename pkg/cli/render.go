@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -197,22 +198,26 @@ func loadChart(chartFS fs.FS) (*chart.Chart, error) {
 // decodeObjects splits a multi-document YAML stream into objects, skipping
 // empty documents. what names the source in errors.
 func decodeObjects(data []byte, what string) ([]*unstructured.Unstructured, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	rd := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var out []*unstructured.Unstructured
 	for {
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil {
-			if err == io.EOF {
-				return out, nil
-			}
+		doc, err := rd.Read()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", what, err)
+		}
+		j, err := sigsyaml.YAMLToJSON(doc)
+		if err != nil {
 			return nil, fmt.Errorf("decode %s: %w", what, err)
 		}
-		if len(m) == 0 {
+		if t := bytes.TrimSpace(j); len(t) == 0 || string(t) == "null" || string(t) == "{}" {
 			continue
 		}
-		u := &unstructured.Unstructured{Object: m}
-		if u.GetKind() == "" || u.GetAPIVersion() == "" {
-			return nil, fmt.Errorf("decode %s: a document has no kind or apiVersion: every document must be a Kubernetes object", what)
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(j); err != nil {
+			return nil, fmt.Errorf("decode %s: %w (every document must be a Kubernetes object with apiVersion and kind)", what, err)
 		}
 		out = append(out, u)
 	}

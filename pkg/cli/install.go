@@ -1,0 +1,361 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+)
+
+// FieldManager is the server-side apply field manager of everything meshctl applies.
+const FieldManager = "meshctl"
+
+// ErrNotConfirmed is returned when the user did not confirm a change.
+var ErrNotConfirmed = errors.New("not confirmed")
+
+// installOptions are install's flags.
+type installOptions struct {
+	// render selects profile, values files and --set overrides.
+	render RenderOptions
+	// yes skips the confirmation.
+	yes bool
+	// dryRun prints the plan (and with -o yaml the manifest) and stops.
+	dryRun bool
+	// output is "" or "yaml": with --dry-run, print the rendered manifest.
+	output string
+	// timeout bounds the wait for the rollout.
+	timeout time.Duration
+}
+
+func newInstallCommand(s Streams, g *globalOptions) *cobra.Command {
+	o := &installOptions{}
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install or upgrade meshlet in the cluster",
+		Long: "Renders the meshlet chart for a profile (minimal, default, demo) and your values,\n" +
+			"shows the plan, asks for confirmation unless -y, applies it server-side and\n" +
+			"waits until every component is ready.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.render.Namespace = g.meshNamespace
+			return runInstall(cmd.Context(), s, g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.render.Profile, "profile", "default", "configuration profile: minimal, default or demo")
+	f.StringArrayVarP(&o.render.ValueFiles, "values", "f", nil, "values file (repeatable; later files win)")
+	f.StringArrayVar(&o.render.Set, "set", nil, "set a value, e.g. --set trustDomain=example.org (repeatable; wins over -f)")
+	f.BoolVarP(&o.yes, "yes", "y", false, "apply without asking")
+	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and stop; nothing is sent to the cluster")
+	f.StringVarP(&o.output, "output", "o", "", "with --dry-run: yaml prints the rendered manifest")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the rollout")
+	return cmd
+}
+
+func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOptions) error {
+	if o.output != "" && o.output != "yaml" {
+		return fmt.Errorf("unknown output format %q: use -o yaml", o.output)
+	}
+	r, err := Render(o.render)
+	if err != nil {
+		return err
+	}
+	if o.dryRun && o.output == "yaml" {
+		m, err := Manifest(r.Objects)
+		if err != nil {
+			return err
+		}
+		_, err = s.Out.Write(m)
+		return err
+	}
+	if err := writePlan(s.Out, r, o.render); err != nil {
+		return err
+	}
+	if o.dryRun {
+		_, err := fmt.Fprintln(s.Out, "Dry run: nothing was applied. Rerun without --dry-run to install.")
+		return err
+	}
+	if err := confirm(s, "Install meshlet with this plan?", o.yes, "meshctl install -y"); err != nil {
+		return err
+	}
+	c, err := g.clients()
+	if err != nil {
+		return err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := applyAll(ctx, s.ErrOut, c, r.Objects); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := waitRollout(wctx, s.ErrOut, c, r.Objects); err != nil {
+		return fmt.Errorf("meshlet did not become ready: %w (inspect with kubectl -n %s get pods and kubectl -n %s describe pods; raise --timeout on slow clusters)", err, r.ns(), r.ns())
+	}
+	fmt.Fprintf(s.Out, "✔ meshlet is installed (profile %s) in namespace %s.\n", profileOf(o.render), r.ns())
+	fmt.Fprintln(s.Out, "Next steps:")
+	fmt.Fprintln(s.Out, "  meshctl ambient enable <namespace>     enroll a namespace's pods in the mesh")
+	fmt.Fprintln(s.Out, "  meshctl waypoint apply -n <namespace>  add L7 policy and routing for a namespace")
+	fmt.Fprintln(s.Out, "  meshctl analyze -A                     check your mesh configuration")
+	return nil
+}
+
+func (r *Rendered) ns() string {
+	for _, o := range r.Objects {
+		if o.GetKind() == "Namespace" {
+			return o.GetName()
+		}
+	}
+	return DefaultNamespace
+}
+
+func profileOf(o RenderOptions) string {
+	if o.Profile == "" {
+		return "default"
+	}
+	return o.Profile
+}
+
+// confirm asks question on s unless yes. Without a terminal it refuses and
+// names the non-interactive command, hint.
+func confirm(s Streams, question string, yes bool, hint string) error {
+	if yes {
+		return nil
+	}
+	if s.IsTerminal == nil || !s.IsTerminal() {
+		return fmt.Errorf("refusing to change the cluster without confirmation: stdin is not a terminal; rerun as %q to confirm, or add --dry-run to only see the plan", hint)
+	}
+	fmt.Fprintf(s.Out, "%s [y/N] ", question)
+	line, err := bufio.NewReader(s.In).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read confirmation: %w", err)
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return fmt.Errorf("%w: nothing was changed (answer y, or pass -y)", ErrNotConfirmed)
+}
+
+// writePlan prints what install will create, grouped by kind, and the workloads' images.
+func writePlan(w io.Writer, r *Rendered, o RenderOptions) error {
+	td, _ := r.Values["trustDomain"].(string)
+	ca, _ := r.Values["ca"].(map[string]any)
+	fmt.Fprintf(w, "Plan: install meshlet, profile %s, namespace %s\n", profileOf(o), r.ns())
+	fmt.Fprintf(w, "  trust domain: %s\n", td)
+	fmt.Fprintf(w, "  CA:           %v (Secret %v)\n", ca["mode"], ca["secretName"])
+	counts := map[string]int{}
+	for _, obj := range r.Objects {
+		counts[obj.GetKind()]++
+	}
+	kinds := make([]string, 0, len(counts))
+	for k := range counts {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool {
+		ri, rj := kindRank(kinds[i]), kindRank(kinds[j])
+		if ri != rj {
+			return ri < rj
+		}
+		return kinds[i] < kinds[j]
+	})
+	fmt.Fprintln(w, "Objects (server-side apply, field manager "+FieldManager+"):")
+	for _, k := range kinds {
+		fmt.Fprintf(w, "  %-26s %d\n", k, counts[k])
+	}
+	fmt.Fprintln(w, "Components:")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAME\tKIND\tREPLICAS\tIMAGE")
+	for _, obj := range r.Objects {
+		if obj.GetKind() != "Deployment" && obj.GetKind() != "DaemonSet" {
+			continue
+		}
+		replicas := "1 per node"
+		if obj.GetKind() == "Deployment" {
+			n, _, _ := unstructured.NestedInt64(obj.Object, "spec", "replicas")
+			replicas = fmt.Sprint(n)
+		}
+		cs, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
+		var images []string
+		for _, c := range cs {
+			if m, ok := c.(map[string]any); ok {
+				images = append(images, fmt.Sprint(m["image"]))
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", obj.GetName(), obj.GetKind(), replicas, strings.Join(images, ","))
+	}
+	return tw.Flush()
+}
+
+func kindRank(k string) int {
+	if r, ok := kindOrder[k]; ok {
+		return r
+	}
+	return len(kindOrder)
+}
+
+// resourceFor maps an object to its dynamic client, namespaced or not.
+func resourceFor(c *clients, obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+	gvk := obj.GroupVersionKind()
+	m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return nil, fmt.Errorf("find the API resource of %s: %w (are the CRDs installed? run meshctl install)", gvk, err)
+	}
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		return c.dynamic.Resource(m.Resource).Namespace(obj.GetNamespace()), nil
+	}
+	return c.dynamic.Resource(m.Resource), nil
+}
+
+// applyAll server-side applies objs in order, waiting for CRDs to be
+// established before the objects that may need them.
+func applyAll(ctx context.Context, progress io.Writer, c *clients, objs []*unstructured.Unstructured) error {
+	var crdNames []string
+	crdsDone := false
+	for _, obj := range objs {
+		if obj.GetKind() != "CustomResourceDefinition" && !crdsDone {
+			crdsDone = true
+			if len(crdNames) > 0 {
+				fmt.Fprintf(progress, "waiting for %d CRDs to be established…\n", len(crdNames))
+				if err := waitCRDs(ctx, c, crdNames); err != nil {
+					return err
+				}
+				c.mapper.Reset()
+			}
+		}
+		if obj.GetKind() == "CustomResourceDefinition" {
+			crdNames = append(crdNames, obj.GetName())
+		}
+		ri, err := resourceFor(c, obj)
+		if err != nil {
+			return err
+		}
+		data, err := json.Marshal(obj.Object)
+		if err != nil {
+			return fmt.Errorf("encode %s %s: %w", obj.GetKind(), obj.GetName(), err)
+		}
+		force := true
+		if _, err := ri.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: FieldManager, Force: &force}); err != nil {
+			return fmt.Errorf("apply %s %s: %w (check your permissions with kubectl auth can-i create %s)", obj.GetKind(), obj.GetName(), err, strings.ToLower(obj.GetKind()))
+		}
+		fmt.Fprintf(progress, "applied %s %s\n", obj.GetKind(), qualifiedName(obj))
+	}
+	return nil
+}
+
+func qualifiedName(obj *unstructured.Unstructured) string {
+	if obj.GetNamespace() == "" {
+		return obj.GetName()
+	}
+	return obj.GetNamespace() + "/" + obj.GetName()
+}
+
+// poll calls done every interval until it returns true, an error, or ctx ends.
+func poll(ctx context.Context, interval time.Duration, done func() (bool, error)) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func waitCRDs(ctx context.Context, c *clients, names []string) error {
+	res := c.dynamic.Resource(crdResource)
+	return poll(ctx, time.Second, func() (bool, error) {
+		for _, n := range names {
+			u, err := res.Get(ctx, n, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return false, nil
+			}
+			if err != nil {
+				return false, fmt.Errorf("read CRD %s: %w", n, err)
+			}
+			if !conditionTrue(u, "Established") {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// conditionTrue reports whether status.conditions has typ with status True.
+func conditionTrue(u *unstructured.Unstructured, typ string) bool {
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m, ok := c.(map[string]any)
+		if ok && m["type"] == typ && m["status"] == "True" {
+			return true
+		}
+	}
+	return false
+}
+
+// waitRollout waits until every Deployment and DaemonSet in objs has all its
+// replicas updated and ready, printing a line whenever progress changes.
+func waitRollout(ctx context.Context, progress io.Writer, c *clients, objs []*unstructured.Unstructured) error {
+	last := map[string]string{}
+	return poll(ctx, 2*time.Second, func() (bool, error) {
+		all := true
+		for _, obj := range objs {
+			var want, ready, updated int32
+			switch obj.GetKind() {
+			case "Deployment":
+				d, err := c.kube.AppsV1().Deployments(obj.GetNamespace()).Get(ctx, obj.GetName(), metav1.GetOptions{})
+				if err != nil {
+					return false, fmt.Errorf("read Deployment %s: %w", qualifiedName(obj), err)
+				}
+				want = 1
+				if d.Spec.Replicas != nil {
+					want = *d.Spec.Replicas
+				}
+				ready, updated = d.Status.ReadyReplicas, d.Status.UpdatedReplicas
+				if d.Status.ObservedGeneration < d.Generation {
+					updated = 0
+				}
+			case "DaemonSet":
+				d, err := c.kube.AppsV1().DaemonSets(obj.GetNamespace()).Get(ctx, obj.GetName(), metav1.GetOptions{})
+				if err != nil {
+					return false, fmt.Errorf("read DaemonSet %s: %w", qualifiedName(obj), err)
+				}
+				want, ready, updated = d.Status.DesiredNumberScheduled, d.Status.NumberReady, d.Status.UpdatedNumberScheduled
+				if d.Status.ObservedGeneration < d.Generation {
+					updated = 0
+				}
+			default:
+				continue
+			}
+			line := fmt.Sprintf("%s %s: %d/%d ready, %d/%d updated", obj.GetKind(), obj.GetName(), ready, want, updated, want)
+			if last[obj.GetName()] != line {
+				fmt.Fprintln(progress, line)
+				last[obj.GetName()] = line
+			}
+			if ready < want || updated < want {
+				all = false
+			}
+		}
+		return all, nil
+	})
+}

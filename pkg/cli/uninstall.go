@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// uninstallOptions are uninstall's flags.
+type uninstallOptions struct {
+	// purge also removes the CRDs (and with them every mesh resource) and the namespace.
+	purge bool
+	// yes skips the confirmation.
+	yes bool
+}
+
+func newUninstallCommand(s Streams, g *globalOptions) *cobra.Command {
+	o := &uninstallOptions{}
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove meshlet from the cluster; your workloads keep running",
+		Long: "Deletes everything meshctl install created. Your workloads and their Services\n" +
+			"are not touched and keep serving, without the mesh. Without --purge the CRDs and\n" +
+			"your mesh resources (VirtualServices, policies, …) and the namespace stay.\n" +
+			"Running it again is harmless.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runUninstall(cmd.Context(), s, g, o)
+		},
+	}
+	cmd.Flags().BoolVar(&o.purge, "purge", false, "also delete the CRDs, every mesh resource with them, and the namespace")
+	cmd.Flags().BoolVarP(&o.yes, "yes", "y", false, "delete without asking")
+	return cmd
+}
+
+func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstallOptions) error {
+	// The demo profile renders a superset of the others' objects.
+	r, err := Render(RenderOptions{Profile: "demo", Namespace: g.meshNamespace, SkipCRDs: !o.purge})
+	if err != nil {
+		return err
+	}
+	what := "meshlet's components in namespace " + g.meshNamespace
+	if o.purge {
+		what += ", the namespace, and the CRDs with every mesh resource"
+	}
+	fmt.Fprintf(s.Out, "Plan: delete %s. Your workloads keep running.\n", what)
+	hint := "meshctl uninstall -y"
+	if o.purge {
+		hint = "meshctl uninstall --purge -y"
+	}
+	if err := confirm(s, "Uninstall meshlet?", o.yes, hint); err != nil {
+		return err
+	}
+	c, err := g.clients()
+	if err != nil {
+		return err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	deleted := 0
+	policy := metav1.DeletePropagationForeground
+	for i := len(r.Objects) - 1; i >= 0; i-- {
+		obj := r.Objects[i]
+		if obj.GetKind() == "Namespace" && !o.purge {
+			continue
+		}
+		ri, err := resourceFor(c, obj)
+		if meta.IsNoMatchError(err) {
+			continue // its CRD is gone: nothing of this kind exists.
+		}
+		if err != nil {
+			return err
+		}
+		err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy})
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("delete %s %s: %w (check your permissions with kubectl auth can-i delete %s)", obj.GetKind(), qualifiedName(obj), err, obj.GetKind())
+		}
+		deleted++
+		fmt.Fprintf(s.ErrOut, "deleted %s %s\n", obj.GetKind(), qualifiedName(obj))
+	}
+	if deleted == 0 {
+		fmt.Fprintln(s.Out, "✔ meshlet was not installed; nothing to do.")
+		return nil
+	}
+	fmt.Fprintf(s.Out, "✔ meshlet is uninstalled (%d objects deleted). Enrolled namespaces keep their istio.io/dataplane-mode label; remove it with meshctl ambient disable <namespace>.\n", deleted)
+	return nil
+}
