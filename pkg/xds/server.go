@@ -408,12 +408,16 @@ func (s *Server) flush() {
 	}
 }
 
-// Clients reports every open stream, sorted by node id.
+// Clients reports every open stream that passed its first request's checks,
+// sorted by node id.
 func (s *Server) Clients() []ClientStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]ClientStatus, 0, len(s.streams))
 	for _, st := range s.streams {
+		if !st.counted {
+			continue // not past its first request's checks yet
+		}
 		cs := ClientStatus{NodeID: st.principal.NodeID(), Principal: st.principal, Connected: st.opened, Acked: map[string]string{}}
 		for k, v := range st.acked {
 			cs.Acked[k] = v

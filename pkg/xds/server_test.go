@@ -312,7 +312,10 @@ func TestUnauthorized(t *testing.T) {
 		})
 	}
 	if cl := ts.Clients(); len(cl) != 0 {
-		t.Errorf("server lists %d connected clients; want 0", len(cl))
+		t.Errorf("server lists %d connected clients after refusing all; want 0", len(cl))
+	}
+	if got := ts.metric(t, "meshd_xds_connected_clients", ""); got != 0 {
+		t.Errorf("meshd_xds_connected_clients = %v after refusing all; want 0", got)
 	}
 }
 
