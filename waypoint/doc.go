@@ -37,8 +37,10 @@
 // knowledge, TLS with ALPN, or anything else, which is forwarded as TCP to
 // Config.TCPCluster after L4 authorization. Upstream connections are opened
 // through Options.DialContext so that HBONE can be plugged in; inbound, an
-// HBONE server hands its streams to Serve as a net.Listener, and a Peer hook
-// finds the stream (with its peer identity) through ConnFromContext. The
+// HBONE server's handler wraps each CONNECT stream in a StreamConn (Meta
+// holding the verified peer), Pushes it to a ConnListener that Serve
+// accepts from, and waits for StreamConn.Done; a Peer hook finds the stream
+// through ConnFromContext. The
 // configuration (pkg/model L7 types plus pkg/policy policies) is swapped
 // atomically by Update; clusters whose definition did not change keep their
 // pools and outlier state, and unchanged rate limits keep their buckets.
