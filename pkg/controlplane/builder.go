@@ -131,6 +131,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.buildIstioIngressL7(l7)
 	bd.warnUnmatchedSelectors()
 	bd.warnDanglingReferences()
+	bd.warnPeerAuthenticationConflicts()
 	b.cache = bd.next
 
 	var wps []*model.Waypoint

@@ -263,3 +263,54 @@ func (bd *build) validateRequestAuthentications() {
 		}
 	}
 }
+
+// warnPeerAuthenticationConflicts reports policies that lose Istio's "oldest
+// wins" rule: a second mesh-wide or namespace-wide policy in one namespace,
+// or a second selector policy matching the same workload.
+func (bd *build) warnPeerAuthenticationConflicts() {
+	warned := map[model.NamespacedName]bool{}
+	warn := func(loser, winner *model.PeerAuthentication, scope string) {
+		if warned[loser.Meta.Key()] {
+			return
+		}
+		warned[loser.Meta.Key()] = true
+		bd.rejecter(KindPeerAuthentication, loser.Meta.Namespace, loser.Meta.Name).warn("conflicts with the older %s policy %s, which wins; this one is ignored", scope, winner.Meta.Key())
+	}
+	wide := map[string]*model.PeerAuthentication{}
+	for _, p := range bd.peerAuths {
+		if len(p.Selector) > 0 {
+			continue
+		}
+		if cur, ok := wide[p.Meta.Namespace]; ok {
+			older, newer := cur, p
+			if p.Meta.Older(cur.Meta) {
+				older, newer = p, cur
+			}
+			wide[p.Meta.Namespace] = older
+			scope := "namespace-wide"
+			if p.Meta.Namespace == bd.opts.RootNamespace {
+				scope = "mesh-wide"
+			}
+			warn(newer, older, scope)
+			continue
+		}
+		wide[p.Meta.Namespace] = p
+	}
+	for _, w := range bd.workloads {
+		var winner *model.PeerAuthentication
+		var matched []*model.PeerAuthentication
+		for _, p := range bd.peerAuths {
+			if len(p.Selector) > 0 && p.Meta.Namespace == w.Namespace && model.SelectorMatches(p.Selector, w.Labels) {
+				matched = append(matched, p)
+				if winner == nil || p.Meta.Older(winner.Meta) {
+					winner = p
+				}
+			}
+		}
+		for _, p := range matched {
+			if p != winner {
+				warn(p, winner, "workload")
+			}
+		}
+	}
+}

@@ -524,3 +524,37 @@ spec:
 		t.Errorf("rejections = %v; subset v1 is defined and selects web-v1", rej)
 	}
 }
+
+func TestPeerAuthenticationConflictWarnings(t *testing.T) {
+	_, rej := mustBuild(t, inputs(t, pod("foo", "web", "10.0.0.2", "n1", "app=web,tier=front"), `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: old, namespace: istio-system, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: new, namespace: istio-system, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: by-app, namespace: foo, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: by-tier, namespace: foo, creationTimestamp: "2024-03-01T00:00:00Z"}
+spec: {selector: {matchLabels: {tier: front}}, mtls: {mode: DISABLE}}
+`))
+	for _, want := range []string{
+		"PeerAuthentication istio-system/new: conflicts with the older mesh-wide policy istio-system/old",
+		"PeerAuthentication foo/by-tier: conflicts with the older workload policy foo/by-app",
+	} {
+		if !hasRejection(rej, want, true) {
+			t.Errorf("rejections = %v; want a warning %q", rej, want)
+		}
+	}
+	if hasRejection(rej, "istio-system/old: conflicts", true) || hasRejection(rej, "foo/by-app: conflicts", true) {
+		t.Errorf("rejections = %v; the oldest policies must not be reported", rej)
+	}
+}
