@@ -54,7 +54,8 @@ type Request struct {
 	RemoteAddr net.Addr
 	// Stream carries the bytes. Reads end with io.EOF when the client half-
 	// closes; CloseWrite stops writing, and the end of the stream (HTTP/2
-	// END_STREAM) is sent when the handler returns.
+	// END_STREAM) is sent when the handler returns. Relay does the right
+	// thing for a TCP backend.
 	Stream Stream
 }
 
