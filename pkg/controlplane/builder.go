@@ -132,6 +132,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.warnUnmatchedSelectors()
 	bd.warnDanglingReferences()
 	bd.warnPeerAuthenticationConflicts()
+	bd.warnIstioGatewaysWithoutPods()
 	b.cache = bd.next
 
 	var wps []*model.Waypoint

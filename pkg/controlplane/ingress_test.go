@@ -103,7 +103,15 @@ spec:
 // The tutorial's ingress (issue 6): an Istio Gateway on port 80 for any host
 // and a VirtualService bound to it, in the versions the seed manifests use.
 func TestIstioGatewayL7(t *testing.T) {
-	snap, rej := mustBuild(t, inputs(t, `apiVersion: networking.istio.io/v1alpha3
+	snap, rej := mustBuild(t, inputs(t, istioBookingIngress, pod("booking", "booking-1", "10.0.0.40", "n1", "app=booking")))
+	_, withPod := mustBuild(t, inputs(t, istioBookingIngress, pod("istio-system", "ingress-1", "10.0.0.50", "n1", "istio=ingressgateway")))
+	if hasRejection(withPod, "matches no gateway pod", true) {
+		t.Errorf("rejections = %v; a pod labelled istio=ingressgateway serves the gateway", withPod)
+	}
+	testIstioGatewayL7(t, snap, rej)
+}
+
+const istioBookingIngress = `apiVersion: networking.istio.io/v1alpha3
 kind: Gateway
 metadata: {name: booking-gateway, namespace: booking}
 spec:
@@ -132,9 +140,15 @@ spec:
   clusterIP: 10.96.0.40
   selector: {app: booking}
   ports: [{name: http, port: 8080}]
-`, pod("booking", "booking-1", "10.0.0.40", "n1", "app=booking")))
+`
+
+func testIstioGatewayL7(t *testing.T, snap *model.Snapshot, rej []Rejection) {
+	t.Helper()
 	if !hasRejection(rej, "servers[1]: protocol HTTPS is not served", true) {
 		t.Errorf("rejections = %v; want a warning about the HTTPS server", rej)
+	}
+	if !hasRejection(rej, "Gateway.networking.istio.io booking/booking-gateway: selector map[istio:ingressgateway] matches no gateway pod", true) {
+		t.Errorf("rejections = %v; want a warning that no pod serves the gateway", rej)
 	}
 	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "booking", Name: "booking-gateway"})
 	if !ok {

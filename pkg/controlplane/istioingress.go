@@ -128,3 +128,21 @@ func hostIntersection(vsHosts, serverHosts []string) []string {
 	}
 	return out
 }
+
+// warnIstioGatewaysWithoutPods reports Istio Gateways whose selector matches
+// no pod in any namespace: nothing serves them.
+func (bd *build) warnIstioGatewaysWithoutPods() {
+	for _, gw := range bd.validIstioGws {
+		sel := gw.spec.GetSelector()
+		found := false
+		for _, w := range bd.workloads {
+			if w.Kind == model.KindPod && model.SelectorMatches(sel, w.Labels) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			bd.rejecter(KindIstioGateway, gw.meta.Namespace, gw.meta.Name).warn("selector %v matches no gateway pod", sel)
+		}
+	}
+}
