@@ -169,6 +169,9 @@ func testIstioGatewayL7(t *testing.T, snap *model.Snapshot, rej []Rejection) {
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
 	}
+	if diff := cmp.Diff([]model.NamespacedName{{Namespace: "booking", Name: "booking-gateway"}}, snap.L7Names()); diff != "" {
+		t.Errorf("L7Names() mismatch (-want +got):\n%s", diff)
+	}
 	// A gateway-only VirtualService does not route mesh traffic.
 	if len(snap.Waypoints()) != 0 {
 		t.Errorf("unexpected waypoints: %v", snap.Waypoints())

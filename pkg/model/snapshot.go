@@ -217,6 +217,17 @@ func (s *Snapshot) L7Config(waypoint NamespacedName) (*L7Config, bool) {
 	return c, ok
 }
 
+// L7Names returns the names of every waypoint and ingress gateway that has
+// an L7 configuration, sorted; ingress gateways are not in Waypoints.
+func (s *Snapshot) L7Names() []NamespacedName {
+	out := make([]NamespacedName, 0, len(s.l7))
+	for k := range s.l7 {
+		out = append(out, k)
+	}
+	sortNames(out)
+	return out
+}
+
 // Workloads returns every workload, sorted by UID.
 func (s *Snapshot) Workloads() []*Workload {
 	out := make([]*Workload, 0, len(s.workloads))
