@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestAnalyzeCorpus(t *testing.T) {
+	type want struct {
+		severity Severity
+		check    string
+		object   string // Kind namespace/name
+		message  string // exact message
+	}
+	tests := []struct {
+		name     string
+		args     []string
+		wantExit int
+		want     []want
+	}{
+		{
+			name: "clean booking app", args: []string{"-f", "testdata/analyze/clean"},
+		},
+		{
+			name: "removed API versions", args: []string{"-f", "testdata/analyze/removed-api/deploy.yaml"}, wantExit: 1,
+			want: []want{
+				{SeverityError, "removed-api", "Deployment default/inventory-v1", "apps/v1beta1 Deployment was removed in Kubernetes 1.16 and the API server refuses it: change apiVersion to apps/v1; apps/v1 also requires spec.selector matching the pod template's labels"},
+				{SeverityError, "removed-api", "PodDisruptionBudget default/inventory", "policy/v1beta1 PodDisruptionBudget was removed in Kubernetes 1.25 and the API server refuses it: change apiVersion to policy/v1; in policy/v1 an empty selector selects every pod of the namespace"},
+			},
+		},
+		{
+			name: "VirtualService to unknown host and subset", args: []string{"-f", "testdata/analyze/vs-unknown"}, wantExit: 1,
+			want: []want{
+				{SeverityError, "config", "VirtualService default/shipping", "destination host shiping-service.default.svc.cluster.local matches no service or ServiceEntry"},
+				{SeverityError, "config", "VirtualService default/shipping", `destination shipping-service.default.svc.cluster.local subset "v3" is not defined by a DestinationRule`},
+			},
+		},
+		{
+			name: "DestinationRule subset selecting no pod is a warning", args: []string{"-f", "testdata/analyze/dr-subset"},
+			want: []want{
+				{SeverityWarning, "config", "DestinationRule default/inventory-service", `subset "v2" (labels map[version:v2]) selects no endpoint of inventory-service.default.svc.cluster.local`},
+			},
+		},
+		{
+			name: "warnings fail under --failure-threshold Warning", args: []string{"-f", "testdata/analyze/dr-subset", "--failure-threshold", "Warning"}, wantExit: 1,
+			want: []want{
+				{SeverityWarning, "config", "DestinationRule default/inventory-service", `subset "v2" (labels map[version:v2]) selects no endpoint of inventory-service.default.svc.cluster.local`},
+			},
+		},
+		{
+			name: "policies selecting nothing", args: []string{"-f", "testdata/analyze/policies"},
+			want: []want{
+				{SeverityWarning, "config", "AuthorizationPolicy default/require-jwt", "selector map[app:bookings-service] matches no workload"},
+				{SeverityWarning, "policy-selects-nothing", "RequestAuthentication default/jwt", "selector app=bookings-service matches no pod in namespace default: check the labels, or remove the selector to apply it namespace-wide"},
+			},
+		},
+		{
+			name: "conflicting PeerAuthentications", args: []string{"-f", "testdata/analyze/peerauth"}, wantExit: 1,
+			want: []want{
+				{SeverityError, "conflicting-peerauthentication", "PeerAuthentication default/permissive", "2 PeerAuthentications are namespace-wide (no selector) in namespace default (permissive, strict): only the oldest applies; merge them into one"},
+				{SeverityError, "conflicting-peerauthentication", "PeerAuthentication default/strict", "2 PeerAuthentications are namespace-wide (no selector) in namespace default (permissive, strict): only the oldest applies; merge them into one"},
+			},
+		},
+		{
+			name: "Gateway with no gateway deployment", args: []string{"-f", "testdata/analyze/gateway"}, wantExit: 1,
+			want: []want{
+				{SeverityError, "gateway-no-deployment", "Gateway.networking.istio.io default/eastwest", "selector istio=eastwestgateway matches no gateway deployment: install one with meshctl install (the default profile has istio: ingressgateway)"},
+			},
+		},
+		{
+			name: "minimal profile has no ingress gateway", args: []string{"-f", "testdata/analyze/gateway", "--profile", "minimal"}, wantExit: 1,
+			want: []want{
+				{SeverityError, "gateway-no-deployment", "Gateway.networking.istio.io default/booking-gateway", "selector istio=ingressgateway matches no gateway deployment: install one with meshctl install (the default profile has istio: ingressgateway)"},
+				{SeverityError, "gateway-no-deployment", "Gateway.networking.istio.io default/eastwest", "selector istio=eastwestgateway matches no gateway deployment: install one with meshctl install (the default profile has istio: ingressgateway)"},
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, _, err := run(t, "", false, append(append(noCluster(t), "analyze"), tc.args...)...)
+			exit := 0
+			var ex ExitError
+			switch {
+			case errors.As(err, &ex):
+				exit = ex.Code
+			case err != nil:
+				t.Fatal(err)
+			}
+			if exit != tc.wantExit {
+				t.Errorf("exit code %d, want %d", exit, tc.wantExit)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(tc.want) == 0 {
+				if out != "✔ No problems found.\n" {
+					t.Errorf("output:\n%s\nwant no problems", out)
+				}
+				return
+			}
+			if len(lines) != len(tc.want) {
+				t.Errorf("got %d findings, want %d:\n%s", len(lines), len(tc.want), out)
+			}
+			for _, w := range tc.want {
+				prefix := string(w.severity) + " [" + w.check + "] " + w.object + " ("
+				found := false
+				for _, l := range lines {
+					if strings.HasPrefix(l, prefix) && strings.HasSuffix(l, "): "+w.message) {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("no finding %q ... %q in:\n%s", prefix, w.message, out)
+				}
+			}
+		})
+	}
+}
+
+func TestAnalyzeJSONGolden(t *testing.T) {
+	out, _, err := run(t, "", false, append(noCluster(t), "analyze", "-o", "json",
+		"-f", "testdata/analyze/vs-unknown", "-f", "testdata/analyze/peerauth", "-f", "testdata/analyze/removed-api", "-f", "testdata/analyze/policies")...)
+	var ex ExitError
+	if !errors.As(err, &ex) || ex.Code != 1 {
+		t.Errorf("analyze -o json with errors: %v, want exit code 1", err)
+	}
+	golden(t, "analyze/findings.json", []byte(out))
+}
+
+func TestAnalyzeBadInput(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"missing file", []string{"-f", "testdata/analyze/nope.yaml"}, "pass existing files or directories with -f"},
+		{"bad threshold", []string{"-f", "testdata/analyze/clean", "--failure-threshold", "Info"}, `unknown --failure-threshold "Info": use Error or Warning`},
+		{"bad output", []string{"-f", "testdata/analyze/clean", "-o", "xml"}, `unknown output format "xml"`},
+		{"live without cluster", nil, "pass --kubeconfig and --context, or set KUBECONFIG"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := run(t, "", false, append(append(noCluster(t), "analyze"), tc.args...)...)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error = %v, want it to contain %q", err, tc.wantErr)
+			}
+		})
+	}
+}
