@@ -3,9 +3,15 @@
 // or a checkout. The CRDs are not part of these files: the renderer adds them
 // from package deploy/crds, the single copy taken from the pinned modules.
 //
+// For the helm binary (helm install ./deploy/charts/meshlet), `go generate
+// ./deploy/charts/meshlet` copies those CRDs into the chart's crds/ directory,
+// which git ignores: deploy/crds stays the only copy under version control.
+//
 // This package holds files only; it must not render, validate or talk to a
 // cluster (pkg/cli does that).
 package meshlet
+
+//go:generate sh -c "rm -rf crds && mkdir crds && cp ../../crds/*.yaml crds/"
 
 import (
 	"embed"
