@@ -99,6 +99,9 @@ func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOpti
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	if err := checkPluggedInCA(ctx, c, r); err != nil {
+		return err
+	}
 	if err := applyAll(ctx, s.ErrOut, c, r.Objects); err != nil {
 		return err
 	}
@@ -358,4 +361,22 @@ func waitRollout(ctx context.Context, progress io.Writer, c *clients, objs []*un
 		}
 		return all, nil
 	})
+}
+
+// checkPluggedInCA refuses to install with ca.mode=pluggedIn when the CA
+// Secret is missing: meshd would never become ready.
+func checkPluggedInCA(ctx context.Context, c *clients, r *Rendered) error {
+	ca, _ := r.Values["ca"].(map[string]any)
+	if ca["mode"] != "pluggedIn" {
+		return nil
+	}
+	name, _ := ca["secretName"].(string)
+	_, err := c.kube.CoreV1().Secrets(r.ns()).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("ca.mode=pluggedIn but Secret %s/%s does not exist: create it with kubectl create secret generic %s -n %s --from-file=ca-cert.pem --from-file=ca-key.pem --from-file=root-cert.pem --from-file=cert-chain.pem, or use --set ca.mode=selfSigned", r.ns(), name, name, r.ns())
+	}
+	if err != nil && !apierrors.IsForbidden(err) {
+		return fmt.Errorf("read CA Secret %s/%s: %w (is the cluster reachable? check --context)", r.ns(), name, err)
+	}
+	return nil
 }

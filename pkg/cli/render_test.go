@@ -5,10 +5,13 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -179,5 +182,33 @@ func TestRenderValues(t *testing.T) {
 				t.Fatalf("Render error = %v, want it to contain %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestEmbeddedChartIsTheDirectory renders the chart as helm would load it
+// from disk and compares with the embedded copy, so a file the embed
+// patterns miss fails here.
+func TestEmbeddedChartIsTheDirectory(t *testing.T) {
+	disk, err := loader.Load("../../deploy/charts/meshlet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	embedded, err := loadChart(chartfiles.FS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func(ch *chart.Chart) []string {
+		var out []string
+		for _, f := range ch.Templates {
+			out = append(out, f.Name)
+		}
+		sort.Strings(out)
+		return out
+	}
+	if d := cmp.Diff(names(disk), names(embedded)); d != "" {
+		t.Errorf("embedded chart templates differ from the directory (-disk +embedded); update the go:embed patterns in deploy/charts/meshlet/chart.go:\n%s", d)
+	}
+	if d := cmp.Diff(disk.Values, embedded.Values); d != "" {
+		t.Errorf("embedded values.yaml differs from the directory:\n%s", d)
 	}
 }
