@@ -277,6 +277,8 @@ type analysis struct {
 	peerAuth []peerAuthView
 	reqAuth  []selectorView
 	istioGws []selectorView
+	// nsLabels are the labels of the Namespace objects analyzed.
+	nsLabels map[string]map[string]string
 }
 
 type peerAuthView struct {
@@ -307,7 +309,7 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 	if opts.RootNamespace == "" {
 		opts.RootNamespace = "istio-system"
 	}
-	a := &analysis{opts: opts, sources: map[string]string{}}
+	a := &analysis{opts: opts, sources: map[string]string{}, nsLabels: map[string]map[string]string{}}
 	in := &controlplane.Inputs{}
 	namespaces := map[string]bool{}
 	podIP := netip.MustParseAddr("240.0.0.1") // reserved, never routed: placeholders for pods from templates
@@ -371,6 +373,9 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 		}
 	}
 	for ns := range namespaces {
+		if _, ok := a.nsLabels[ns]; ok {
+			continue
+		}
 		if err := in.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			return nil, fmt.Errorf("add namespace %s: %w", ns, err)
 		}
@@ -389,6 +394,7 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 	}
 	a.checkPeerAuthentications()
 	a.checkSelectors()
+	a.checkNodeAgents()
 	sort.SliceStable(a.findings, func(i, j int) bool {
 		x, y := a.findings[i], a.findings[j]
 		if x.Severity != y.Severity {
@@ -451,6 +457,8 @@ func (a *analysis) collect(in *controlplane.Inputs, obj runtime.Object, ip *neti
 		return addTemplate(meta, tpl)
 	}
 	switch o := obj.(type) {
+	case *corev1.Namespace:
+		a.nsLabels[o.Name] = o.Labels
 	case *securityv1.PeerAuthentication:
 		a.peerAuth = append(a.peerAuth, peerAuthView{"PeerAuthentication", o.Namespace, o.Name, o.Spec.GetSelector().GetMatchLabels()})
 	case *securityv1beta1.PeerAuthentication:
@@ -570,4 +578,41 @@ func (a *analysis) checkSelectors() {
 				"selector %s matches no gateway deployment: %s", labels.SelectorFromSet(g.selector), hint)
 		}
 	}
+}
+
+// checkNodeAgents finds running pods that are enrolled (by their own or
+// their namespace's istio.io/dataplane-mode label) on a node where no ready
+// node agent runs: their traffic is not in the mesh. Pods from manifests are
+// not scheduled, so this only finds anything in live mode.
+func (a *analysis) checkNodeAgents() {
+	agents := map[string]bool{}
+	for _, p := range a.pods {
+		if p.Labels["app.kubernetes.io/name"] == "meshlet-node-agent" && p.Spec.NodeName != "" && podIsReady(p) {
+			agents[p.Spec.NodeName] = true
+		}
+	}
+	for _, p := range a.pods {
+		if p.Spec.NodeName == "" || p.Spec.HostNetwork {
+			continue
+		}
+		mode := p.Labels[LabelDataplaneMode]
+		if mode == "" {
+			mode = a.nsLabels[p.Namespace][LabelDataplaneMode]
+		}
+		if mode != "ambient" || agents[p.Spec.NodeName] {
+			continue
+		}
+		a.add(SeverityError, "no-node-agent", "Pod", p.Namespace, p.Name,
+			"enrolled (istio.io/dataplane-mode=ambient) but no ready meshlet node agent runs on node %s, so its traffic bypasses the mesh: check kubectl -n %s get pods -o wide -l app.kubernetes.io/name=meshlet-node-agent (taints, resources), or run meshctl install",
+			p.Spec.NodeName, a.opts.MeshNamespace)
+	}
+}
+
+func podIsReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

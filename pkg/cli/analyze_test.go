@@ -69,6 +69,12 @@ func TestAnalyzeCorpus(t *testing.T) {
 			},
 		},
 		{
+			name: "enrolled pod on a node without a ready node agent", args: []string{"-f", "testdata/analyze/node-agent", "--profile", "none"}, wantExit: 1,
+			want: []want{
+				{SeverityError, "no-node-agent", "Pod shop/booking-b", "enrolled (istio.io/dataplane-mode=ambient) but no ready meshlet node agent runs on node node-b, so its traffic bypasses the mesh: check kubectl -n meshlet-system get pods -o wide -l app.kubernetes.io/name=meshlet-node-agent (taints, resources), or run meshctl install"},
+			},
+		},
+		{
 			name: "minimal profile has no ingress gateway", args: []string{"-f", "testdata/analyze/gateway", "--profile", "minimal"}, wantExit: 1,
 			want: []want{
 				{SeverityError, "gateway-no-deployment", "Gateway.networking.istio.io default/booking-gateway", "selector istio=ingressgateway matches no gateway deployment: install one with meshctl install (the default profile has istio: ingressgateway)"},

@@ -105,6 +105,9 @@ func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOpti
 	if err := applyAll(ctx, s.ErrOut, c, r.Objects); err != nil {
 		return err
 	}
+	if err := prune(ctx, s.ErrOut, c, r); err != nil {
+		return err
+	}
 	wctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	if err := waitRollout(wctx, s.ErrOut, c, r.Objects); err != nil {
@@ -377,6 +380,39 @@ func checkPluggedInCA(ctx context.Context, c *clients, r *Rendered) error {
 	}
 	if err != nil && !apierrors.IsForbidden(err) {
 		return fmt.Errorf("read CA Secret %s/%s: %w (is the cluster reachable? check --context)", r.ns(), name, err)
+	}
+	return nil
+}
+
+// prune deletes the components an earlier install made that this one does
+// not render (for example Prometheus when going from demo to default). The
+// demo profile renders every component, so it is the set to compare with.
+func prune(ctx context.Context, progress io.Writer, c *clients, r *Rendered) error {
+	all, err := Render(RenderOptions{Profile: "demo", Namespace: r.ns(), SkipCRDs: true})
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, o := range r.Objects {
+		keep[o.GetKind()+"/"+qualifiedName(o)] = true
+	}
+	for i := len(all.Objects) - 1; i >= 0; i-- {
+		o := all.Objects[i]
+		if keep[o.GetKind()+"/"+qualifiedName(o)] {
+			continue
+		}
+		ri, err := resourceFor(c, o)
+		if err != nil {
+			return err
+		}
+		err = ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("remove %s %s, which this profile does not have: %w", o.GetKind(), qualifiedName(o), err)
+		}
+		fmt.Fprintf(progress, "removed %s %s (not in this profile)\n", o.GetKind(), qualifiedName(o))
 	}
 	return nil
 }
