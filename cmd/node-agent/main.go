@@ -216,8 +216,16 @@ func or(a, b string) string {
 	return b
 }
 
+// serveHTTP serves s on its address with SO_REUSEPORT, so during a rolling
+// update (maxSurge) the new agent binds 15020/15021 on the node while the
+// old one still drains.
 func serveHTTP(s *http.Server) {
-	if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	ln, err := listenReusePort(s.Addr)
+	if err != nil {
+		log.Printf("listen on %s: %v", s.Addr, err)
+		return
+	}
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Printf("serve %s: %v", s.Addr, err)
 	}
 }

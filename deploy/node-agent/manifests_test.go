@@ -45,6 +45,9 @@ func TestDaemonSet(t *testing.T) {
 	if !ok {
 		t.Fatalf("daemonset.yaml holds a %T", objs[0])
 	}
+	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("updateStrategy = %+v; want maxSurge 1, maxUnavailable 0 (listener handoff)", ds.Spec.UpdateStrategy)
+	}
 	spec := ds.Spec.Template.Spec
 	if !spec.HostNetwork || !spec.HostPID {
 		t.Errorf("hostNetwork=%v hostPID=%v; want both true", spec.HostNetwork, spec.HostPID)
