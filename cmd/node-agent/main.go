@@ -196,6 +196,10 @@ func run(f flags) error {
 		}
 	}
 	log.Printf("draining (up to %s)", f.drainTimeout)
+	// Not ready from now on. The readiness port is shared (SO_REUSEPORT)
+	// with a surging new agent on this node: closing ours leaves every probe
+	// to it, instead of answering the new pod's probes with our 503.
+	readySrv.Close()
 	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 	defer cancel()
 	if err := ag.Drain(dctx); err != nil {
