@@ -339,8 +339,9 @@ func (w *podWorker) runContainers(ctx context.Context, wg *sync.WaitGroup) {
 
 // restartPolicy is the container's, or the pod's (init containers restart
 // on failure unless the pod's policy is Never).
+// w.mu is held.
 func (w *podWorker) shouldRestart(c *container, code int32) bool {
-	p := w.currentPod().Spec.RestartPolicy
+	p := w.pod.Spec.RestartPolicy
 	if c.init {
 		if c.spec.RestartPolicy != nil && *c.spec.RestartPolicy == corev1.ContainerRestartPolicyAlways {
 			return true
