@@ -360,3 +360,13 @@ func TestSelectorIndex(t *testing.T) {
 		}
 	}
 }
+
+func TestBuildEmpty(t *testing.T) {
+	b := NewBuilder(BuilderOptions{})
+	for _, in := range []*Inputs{nil, {}} {
+		snap, rej := b.Build(in)
+		if snap == nil || len(snap.Workloads()) != 0 || len(rej) != 0 {
+			t.Errorf("Build(%v) = %v, %v; want an empty snapshot and no rejections", in, snap, rej)
+		}
+	}
+}
