@@ -3,8 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
