@@ -93,11 +93,25 @@ func Run(ctx context.Context, cfg Config) error {
 	k.wg.Add(1)
 	go func() { defer k.wg.Done(); k.heartbeatLoop(ctx) }()
 
+	// Our own Node (always readable by its kubelet) for the pod CIDR.
+	ownInf := informers.NewSharedInformerFactoryWithOptions(k.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+	}))
+	ownInf.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { k.nodeChanged(o.(*corev1.Node)) },
+		UpdateFunc: func(_, o any) { k.nodeChanged(o.(*corev1.Node)) },
+	})
+	// Every Node, for the routes to their pod CIDRs; the node authorizer of
+	// v1.37 lets a node read only its own Node, so this needs RBAC (list and
+	// watch nodes for the group system:nodes), which the lab grants.
 	nodeInf := informers.NewSharedInformerFactory(k.client, 0)
 	nodeInf.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { k.nodeChanged(o.(*corev1.Node)) },
 		UpdateFunc: func(_, o any) { k.nodeChanged(o.(*corev1.Node)) },
 		DeleteFunc: func(o any) {
+			if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = d.Obj
+			}
 			if n, ok := o.(*corev1.Node); ok {
 				k.nodeGone(n.Name)
 			}
@@ -119,13 +133,15 @@ func Run(ctx context.Context, cfg Config) error {
 		},
 	})
 	stop := make(chan struct{})
-	nodeInf.Start(stop)
+	ownInf.Start(stop)
 	podInf.Start(stop)
+	k.wg.Add(1)
+	go func() { defer k.wg.Done(); k.startRoutes(ctx, nodeInf, stop) }()
 	k.logf("registered node %s (%s); running pods", cfg.NodeName, cfg.NodeIP)
 
 	<-ctx.Done()
 	close(stop)
-	nodeInf.Shutdown()
+	ownInf.Shutdown()
 	podInf.Shutdown()
 	k.logf("stopping: ending every pod")
 	k.mu.Lock()
@@ -312,6 +328,28 @@ func (k *kubelet) nodeChanged(n *corev1.Node) {
 		return
 	}
 	k.routes[n.Name] = n.Spec.PodCIDR
+}
+
+// startRoutes starts the all-nodes informer once the node may list Nodes,
+// checking every 30s and saying once, in words, what is missing.
+func (k *kubelet) startRoutes(ctx context.Context, inf informers.SharedInformerFactory, stop <-chan struct{}) {
+	defer inf.Shutdown()
+	warned := false
+	for {
+		_, err := k.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{Limit: 1})
+		if err == nil {
+			inf.Start(stop)
+			<-stop
+			return
+		}
+		if !warned && apierrors.IsForbidden(err) {
+			k.logf("cannot list Nodes (%v): pods on other nodes stay unreachable until system:nodes may get, list and watch nodes (ClusterRoleBinding); retrying every 30s", err)
+			warned = true
+		}
+		if !sleepCtx(ctx, 30*time.Second) {
+			return
+		}
+	}
 }
 
 func (k *kubelet) nodeGone(name string) {
