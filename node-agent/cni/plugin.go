@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -191,6 +193,8 @@ func parseConfig(stdin []byte) (*Config, error) {
 	if conf.StatePath == "" {
 		conf.StatePath = DefaultStatePath
 	}
+	conf.SocketPath = underNodeRoot(conf.SocketPath)
+	conf.StatePath = underNodeRoot(conf.StatePath)
 	if conf.TimeoutSeconds < 0 {
 		return nil, fmt.Errorf("meshlet-cni: timeoutSeconds %d is negative: set a positive number or leave it out", conf.TimeoutSeconds)
 	}
@@ -221,4 +225,27 @@ func podEvent(args *skel.CmdArgs, res *current.Result) (PodEvent, error) {
 		}
 	}
 	return ev, nil
+}
+
+// underNodeRoot finds an absolute path of the node's when this binary runs
+// from a node root other than "/": the plugin lives in <root>/opt/cni/bin,
+// so a path missing at / is looked for under <root> (the lab keeps each
+// node's host paths under its own root). Anywhere else p is returned as is.
+func underNodeRoot(p string) string {
+	if _, err := os.Stat(p); err == nil || !filepath.IsAbs(p) {
+		return p
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return p
+	}
+	root, ok := strings.CutSuffix(filepath.Dir(exe), "/opt/cni/bin")
+	if !ok || root == "" {
+		return p
+	}
+	alt := filepath.Join(root, p)
+	if _, err := os.Stat(filepath.Dir(alt)); err == nil {
+		return alt
+	}
+	return p
 }

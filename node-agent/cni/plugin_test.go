@@ -227,3 +227,37 @@ func TestServerSocketMode(t *testing.T) {
 		t.Errorf("socket %s mode = %v; want a socket with 0600", sock, fi.Mode())
 	}
 }
+
+// TestPluginUnderNodeRoot: the plugin installed in <root>/opt/cni/bin finds
+// the agent's socket at <root>/var/run/meshlet when the conflist names
+// /var/run/meshlet/... (a lab node's root, not the machine's /).
+func TestPluginUnderNodeRoot(t *testing.T) {
+	root := t.TempDir()
+	bin := filepath.Join(root, "opt/cni/bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(pluginBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, PluginType), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A path that does not exist on this machine, under the node root.
+	rel := "/var/run/meshlet-test-" + filepath.Base(root)
+	if err := os.MkdirAll(filepath.Join(root, rel), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, filepath.Join(root, rel, "cni.sock"), Verdict{Enrolled: true, MustEnroll: true})
+	saved := pluginBin
+	pluginBin = filepath.Join(bin, PluginType)
+	defer func() { pluginBin = saved }()
+	r := runPlugin(t, "ADD", netconf(t, rel+"/cni.sock", rel+"/enrollment.json", true))
+	if r.err != nil {
+		t.Fatalf("ADD = %v (%s %s)", r.err, r.stdout, r.stderr)
+	}
+	if n := len(a.got("add")); n != 1 {
+		t.Errorf("agent under the node root got %d ADD events; want 1", n)
+	}
+}

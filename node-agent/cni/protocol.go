@@ -19,6 +19,11 @@
 // never synced on this node, and the pod starts (blocking every pod on the
 // node, kube-system included, would be worse); the plugin says so on stderr.
 //
+// Paths in the plugin's configuration are the node's. When one is missing
+// at / and the plugin runs from <root>/opt/cni/bin, it is looked for under
+// <root>: the lab keeps every node's host paths under a node root, and the
+// agent's manifests stay the same as in a real cluster.
+//
 // DEL never fails on an unreachable agent (the spec wants DEL to succeed when
 // resources are gone; the agent reconciles on restart). STATUS succeeds while
 // the agent is down because ADD can still serve every pod outside the mesh.
