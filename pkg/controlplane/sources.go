@@ -24,7 +24,7 @@ import (
 var ErrCRDMissing = errors.New("required CRDs are not installed")
 
 // InstallCRDsCommand is how a user installs the CRDs meshd needs.
-const InstallCRDsCommand = "kubectl apply -f deploy/crds/"
+const InstallCRDsCommand = "kubectl apply --server-side -f deploy/crds/"
 
 // Op is what happened to an object.
 type Op string
