@@ -5,6 +5,17 @@
 // `echo client` makes N requests from inside a pod and prints a summary by pod
 // and version, for tests and the demo.
 //
+// Environment (set from the downward API in the manifests): POD_NAME,
+// POD_NAMESPACE, VERSION (the pod's version label), NODE_NAME, POD_IP; ports:
+// HTTP_PORT (default 8080, flag -http) and GRPC_PORT (default 9090, flag
+// -grpc). Requests steer the answer with ?status=503, ?delay=200ms, ?fail=50
+// (percent answered 503) and ?size=N (payload bytes), or the same as
+// X-Echo-Status/-Delay/-Fail/-Size headers; /healthz answers ok.
+//
+// HTTP/2 cleartext is net/http's own (Server.Protocols with unencrypted
+// HTTP/2, prior knowledge); x/net's h2c package is deprecated. gRPC uses the
+// generated echopb service.
+//
 // It must stay a plain workload: no mesh logic, no Kubernetes API calls; all it
 // knows about its pod comes from the environment (the downward API).
 package main
