@@ -121,6 +121,10 @@ func Render(opts RenderOptions) (*Rendered, error) {
 	if err != nil {
 		return nil, fmt.Errorf("merge values: %w", err)
 	}
+	// Objects say who manages them: meshctl, not helm (helm list will not show them).
+	if rel, ok := renderVals["Release"].(map[string]any); ok {
+		rel["Service"] = FieldManager
+	}
 	out, err := engine.Render(ch, renderVals)
 	if err != nil {
 		return nil, fmt.Errorf("render chart: %w", err)
