@@ -50,7 +50,7 @@ func TestExitCodes(t *testing.T) {
 		{"analyze errors exit 1 and print findings only", []string{"analyze", "-f", "../../pkg/cli/testdata/analyze/removed-api"}, 1, "", "removed in Kubernetes 1.16"},
 		{"install without a TTY refuses", []string{"install"}, 1, `meshctl: refusing to change the cluster without confirmation: stdin is not a terminal; rerun as "meshctl install -y"`, "Plan: install meshlet, profile default"},
 		{"unknown command", []string{"instal"}, 1, `meshctl: unknown command "instal"`, ""},
-		{"version", []string{"version"}, 0, "", "client version: "},
+		{"version", []string{"version", "--client"}, 0, "", "client version: "},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -116,9 +116,23 @@ func TestWaypointGateway(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	out, _, err := run(t, "", false, "version")
+	out, _, err := run(t, "", false, "version", "--client")
 	if err != nil || !strings.HasPrefix(out, "client version: ") {
-		t.Fatalf("version = %q, %v", out, err)
+		t.Fatalf("version --client = %q, %v", out, err)
+	}
+	out, _, err = run(t, "", false, append(noCluster(t), "version")...)
+	if !strings.HasPrefix(out, "client version: ") || err == nil || !strings.Contains(err.Error(), "pass --kubeconfig and --context") {
+		t.Fatalf("version without a cluster = %q, %v; want the client version, then the kubeconfig fix", out, err)
+	}
+	tests := []struct{ image, want string }{
+		{"meshlet.dev/meshd:v0.1.0", "v0.1.0"},
+		{"registry:5000/meshlet/meshd", "latest"},
+		{"meshlet.dev/meshd@sha256:abc", "sha256:abc"},
+	}
+	for _, tc := range tests {
+		if got := imageTag(tc.image); got != tc.want {
+			t.Errorf("imageTag(%q) = %q; want %q", tc.image, got, tc.want)
+		}
 	}
 }
 

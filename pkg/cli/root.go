@@ -99,7 +99,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newAmbientCommand(s, g),
 		newWaypointCommand(s, g),
 		newAnalyzeCommand(s, g),
-		newVersionCommand(s),
+		newVersionCommand(s, g),
 	)
 	return root
 }
