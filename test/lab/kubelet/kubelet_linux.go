@@ -271,7 +271,7 @@ func (k *kubelet) waitCNI(ctx context.Context, stop <-chan struct{}) error {
 	select {
 	case <-k.cniReady:
 		return nil
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Minute):
 		return fmt.Errorf("node network not ready: waiting for the CNI plugins to be built and for node.spec.podCIDR (kube-controller-manager --allocate-node-cidrs)")
 	case <-ctx.Done():
 		return ctx.Err()

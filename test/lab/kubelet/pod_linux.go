@@ -215,6 +215,14 @@ func (w *podWorker) trySandbox(ctx context.Context) error {
 		return fmt.Errorf("create pod cgroup: %w", err)
 	}
 	if !pod.Spec.HostNetwork && w.ip == "" {
+		select {
+		case <-w.k.cniReady:
+		default:
+			w.mu.Lock()
+			w.sandboxErr = "waiting for the node network (CNI plugins and node.spec.podCIDR)"
+			w.mu.Unlock()
+			w.markDirty()
+		}
 		if err := w.k.waitCNI(ctx, w.stopCh); err != nil {
 			return err
 		}
