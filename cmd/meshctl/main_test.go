@@ -47,7 +47,7 @@ func TestExitCodes(t *testing.T) {
 		wantStdout string
 	}{
 		{"analyze clean", []string{"analyze", "-f", "../../pkg/cli/testdata/analyze/clean"}, 0, "", "✔ No problems found."},
-		{"analyze errors exit 1 and print findings only", []string{"analyze", "-f", "../../pkg/cli/testdata/analyze/removed-api"}, 1, "", "removed in Kubernetes 1.16"},
+		{"analyze errors exit 1 and print findings only", []string{"analyze", "-f", "../../pkg/cli/testdata/analyze/removed-api"}, 1, "", "removed since Kubernetes 1.16"},
 		{"install without a TTY refuses", []string{"install"}, 1, `meshctl: refusing to change the cluster without confirmation: stdin is not a terminal; rerun as "meshctl install -y"`, "Plan: install meshlet, profile default"},
 		{"unknown command", []string{"instal"}, 1, `meshctl: unknown command "instal"`, ""},
 		{"version", []string{"version", "--client"}, 0, "", "client version: "},

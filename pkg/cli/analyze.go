@@ -341,7 +341,7 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 			namespaces[ns] = true
 		}
 		if r, ok := removedAPIs[u.GetAPIVersion()+"/"+kind]; ok {
-			msg := fmt.Sprintf("%s %s was removed in Kubernetes %s and the API server refuses it", u.GetAPIVersion(), kind, r.since)
+			msg := fmt.Sprintf("%s %s is removed since Kubernetes %s (the API server refuses it)", u.GetAPIVersion(), kind, r.since)
 			if r.replacement != "" {
 				msg += fmt.Sprintf(": change apiVersion to %s", r.replacement)
 			}

@@ -25,8 +25,8 @@ func TestAnalyzeCorpus(t *testing.T) {
 		{
 			name: "removed API versions", args: []string{"-f", "testdata/analyze/removed-api/deploy.yaml"}, wantExit: 1,
 			want: []want{
-				{SeverityError, "removed-api", "Deployment default/inventory-v1", "apps/v1beta1 Deployment was removed in Kubernetes 1.16 and the API server refuses it: change apiVersion to apps/v1; apps/v1 also requires spec.selector matching the pod template's labels"},
-				{SeverityError, "removed-api", "PodDisruptionBudget default/inventory", "policy/v1beta1 PodDisruptionBudget was removed in Kubernetes 1.25 and the API server refuses it: change apiVersion to policy/v1; in policy/v1 an empty selector selects every pod of the namespace"},
+				{SeverityError, "removed-api", "Deployment default/inventory-v1", "apps/v1beta1 Deployment is removed since Kubernetes 1.16 (the API server refuses it): change apiVersion to apps/v1; apps/v1 also requires spec.selector matching the pod template's labels"},
+				{SeverityError, "removed-api", "PodDisruptionBudget default/inventory", "policy/v1beta1 PodDisruptionBudget is removed since Kubernetes 1.25 (the API server refuses it): change apiVersion to policy/v1; in policy/v1 an empty selector selects every pod of the namespace"},
 			},
 		},
 		{
