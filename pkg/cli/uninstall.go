@@ -90,7 +90,7 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 		fmt.Fprintf(s.ErrOut, "deleted %s %s\n", obj.GetKind(), qualifiedName(obj))
 	}
 	if deleted == 0 {
-		fmt.Fprintln(s.Out, "✔ meshlet was not installed; nothing to do.")
+		fmt.Fprintln(s.Out, "✔ nothing of meshlet is left to delete; nothing to do.")
 		return nil
 	}
 	fmt.Fprintf(s.Out, "✔ meshlet is uninstalled (%d objects deleted). Enrolled namespaces keep their istio.io/dataplane-mode label; remove it with meshctl ambient disable <namespace>.\n", deleted)
