@@ -448,6 +448,9 @@ func (a *analysis) collect(in *controlplane.Inputs, obj runtime.Object, ip *neti
 	}
 	if o, ok := obj.(*corev1.Pod); ok {
 		if o.Status.PodIP == "" {
+			if a.opts.AssumeProfile == "live" {
+				return nil // not running yet: nothing reaches it
+			}
 			return addTemplate(o.ObjectMeta, corev1.PodTemplateSpec{ObjectMeta: o.ObjectMeta, Spec: o.Spec})
 		}
 		a.pods = append(a.pods, o)
