@@ -1,10 +1,35 @@
 package lab
 
-// coreDNSManifest is the cluster DNS: CoreDNS (the lab's build, image
+// coreDNSManifest is the lab's bootstrap objects: read access to Nodes for the
+// lab kubelets, and the cluster DNS: CoreDNS (the lab's build, image
 // registry.k8s.io/coredns/coredns) answering for cluster.local with no
 // upstream: names outside the cluster get SERVFAIL/NXDOMAIN, never a query to a
 // real resolver.
-const coreDNSManifest = `apiVersion: v1
+const coreDNSManifest = `# The lab kubelet routes to every node's pod CIDR, so nodes may read all
+# Nodes (v1.37's node authorizer alone lets a node read only its own).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: lab:node-reader
+rules:
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: lab:node-reader
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: lab:node-reader
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
+---
+apiVersion: v1
 kind: ServiceAccount
 metadata:
   name: coredns

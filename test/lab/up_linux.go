@@ -375,7 +375,7 @@ func Down(opt DownOptions) error {
 	for _, ns := range nsList {
 		if exists(filepath.Join("/var/run/netns", ns)) {
 			did = true
-			if err := ip("netns", "del", ns); err != nil {
+			if err := ip("netns", "del", ns); err != nil && exists(filepath.Join("/var/run/netns", ns)) {
 				errs = append(errs, err)
 			}
 		}
@@ -388,7 +388,7 @@ func Down(opt DownOptions) error {
 	for _, link := range links {
 		if linkExists(link) {
 			did = true
-			if err := ip("link", "del", link); err != nil {
+			if err := ip("link", "del", link); err != nil && linkExists(link) {
 				errs = append(errs, err)
 			}
 		}
