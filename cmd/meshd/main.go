@@ -1,8 +1,9 @@
 // Command meshd is meshlet's control plane (Istio's istiod): it watches the
 // cluster and the mesh CRDs, builds the mesh model, serves it to node agents
 // and waypoints over delta xDS, and signs workload certificates, both on
-// 15012 over TLS with a serving certificate from its own CA. Metrics and the
-// xDS client status are on 15014.
+// 15012 over TLS with a serving certificate from its own CA. Metrics are on
+// 15014, health on 15021, and the xDS client status (/debug/xds) on the admin
+// port 15000, which only ever listens on loopback.
 //
 // Two replicas can run: both serve; they share the CA root through a Secret
 // and compute identical resource versions from identical input, so a client
@@ -16,7 +17,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,12 +27,12 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
@@ -57,6 +57,8 @@ type config struct {
 	clusterDomain string
 	grpcAddr      string
 	metricsAddr   string
+	healthAddr    string
+	adminAddr     string
 	debounce      time.Duration
 	nodeAgentSA   string
 	servingDNS    string
@@ -79,7 +81,9 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.rootNamespace, "root-namespace", "istio-system", "namespace whose policies without selector apply mesh-wide")
 	fs.StringVar(&c.clusterDomain, "cluster-domain", "cluster.local", "DNS suffix of Kubernetes service hostnames")
 	fs.StringVar(&c.grpcAddr, "grpc-addr", ":15012", "TLS gRPC address for xDS and certificate signing")
-	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15014", "HTTP address for /metrics and /debug/xds")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":15014", "HTTP address for /metrics")
+	fs.StringVar(&c.healthAddr, "health-addr", ":15021", "HTTP address for /healthz/ready and /healthz/live")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:15000", "loopback HTTP address for /debug/xds (refused if not loopback)")
 	fs.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "quiet period before pushing a burst of changes")
 	fs.StringVar(&c.nodeAgentSA, "node-agent-service-account", "meshlet-system/meshlet-node-agent", "namespace/name of the node agent's service account")
 	fs.StringVar(&c.servingDNS, "serving-dns", "", "comma-separated DNS names of meshd's serving certificate; empty means meshd.<namespace>.svc and meshd.<namespace>.svc.<cluster-domain>")
@@ -92,6 +96,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if _, _, ok := strings.Cut(c.nodeAgentSA, "/"); !ok {
 		return config{}, fmt.Errorf("--node-agent-service-account %q: want namespace/name", c.nodeAgentSA)
+	}
+	if err := requireLoopback(c.adminAddr); err != nil {
+		return config{}, fmt.Errorf("--admin-addr: %w", err)
 	}
 	if c.servingDNS == "" {
 		c.servingDNS = fmt.Sprintf("meshd.%s.svc,meshd.%s.svc.%s", c.namespace, c.namespace, c.clusterDomain)
@@ -229,32 +236,30 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	xsrv.MarkSynced()
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	lis, err := net.Listen("tcp", cfg.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.grpcAddr, err)
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); errc <- g.Serve(lis) }()
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/xds", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(xsrv.Clients())
-	})
-	hs := &http.Server{Addr: cfg.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := hs.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-		}
-	}()
+	var ready atomic.Bool
+	servers := newHTTPServers(cfg, reg, func() any { return xsrv.Clients() }, ready.Load)
+	for _, hs := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", hs.Addr, err)
+			}
+		}()
+	}
+	ready.Store(true)
 	wg.Add(1)
 	go func() { defer wg.Done(); roots.run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); events.run(ctx) }()
-	log.Info("meshd serving", "grpc", cfg.grpcAddr, "metrics", cfg.metricsAddr, "trust-domain", td.Name())
+	log.Info("meshd serving", "grpc", cfg.grpcAddr, "metrics", cfg.metricsAddr, "health", cfg.healthAddr, "admin", cfg.adminAddr, "trust-domain", td.Name())
 
 	var runErr error
 loop:
@@ -273,7 +278,10 @@ loop:
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = hs.Shutdown(shutdown)
+	ready.Store(false)
+	for _, hs := range servers {
+		_ = hs.Shutdown(shutdown)
+	}
 	xsrv.Close() // ends the xDS streams, so GracefulStop need not wait for them
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
