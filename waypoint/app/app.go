@@ -1,0 +1,490 @@
+// Package app is the waypoint binary's run loop: it obtains the waypoint's
+// SVID from meshd's CA and keeps it renewed, subscribes to the waypoint's own
+// WaypointConfig (and the workloads it serves) over xDS, applies each push to
+// a waypoint.Proxy (NACKing a push the proxy refuses, so the last good config
+// keeps serving), accepts HBONE on 15008 and dials upstreams through HBONE,
+// expecting the endpoint workload's SPIFFE identity, and serves metrics and
+// readiness. cmd/waypoint only parses flags and calls Run.
+//
+// It must not read Kubernetes objects itself (meshd is its only source of
+// truth) nor serve anything but HBONE on a non-loopback address besides
+// metrics and readiness.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/hbone"
+	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/xds"
+	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/modelview"
+	"github.com/meshlet/meshlet/waypoint"
+)
+
+// HBONEPort is the port every HBONE server (node agent or waypoint) listens on.
+const HBONEPort = 15008
+
+// Options configure Run.
+type Options struct {
+	// MeshdAddress is meshd's host:port (15012), serving both the CA and
+	// xDS. Required.
+	MeshdAddress string
+	// MeshdTLS verifies meshd: RootCAs from the istio-ca-root-cert
+	// ConfigMap and ServerName meshd's DNS name. Required.
+	MeshdTLS *tls.Config
+	// Roots are the mesh's root certificates (the same file as MeshdTLS's
+	// RootCAs); they seed the trust bundle that HBONE peers are verified
+	// against until meshd pushes a TrustBundle. Required.
+	Roots []*x509.Certificate
+	// Token returns the current service account token (re-read for each
+	// call, so a rotated projected token is used). Required.
+	Token func() (string, error)
+	// TrustDomain is the mesh's trust domain. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Namespace and ServiceAccount are the waypoint pod's; they make its
+	// SPIFFE ID. Required.
+	Namespace, ServiceAccount string
+	// GatewayName is the Gateway this waypoint serves (the pod label
+	// gateway.networking.k8s.io/gateway-name); with Namespace it is the xDS
+	// node id. Required.
+	GatewayName string
+	// HBONE receives the mesh's CONNECT streams (:15008). Required.
+	HBONE net.Listener
+	// Metrics, if set, serves Prometheus metrics on /metrics (:15020).
+	Metrics net.Listener
+	// Ready, if set, serves /healthz/ready (:15021): 200 once the waypoint
+	// has an SVID and has applied a first config, 503 before and while
+	// draining.
+	Ready net.Listener
+	// UpstreamHBONEPort is the port upstream endpoints' HBONE servers listen
+	// on; zero means HBONEPort. Tests set it to reach a loopback server.
+	UpstreamHBONEPort uint16
+	// DrainTimeout bounds the graceful drain after ctx ends; zero means 5s.
+	DrainTimeout time.Duration
+	// CertTTL is the SVID lifetime asked for; zero lets the CA choose.
+	CertTTL time.Duration
+	// Registerer receives the proxy's and the process's metrics; nil means a
+	// fresh registry served on Metrics.
+	Registerer *prometheus.Registry
+	// Logger receives events; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) check() error {
+	switch {
+	case o.MeshdAddress == "":
+		return errors.New("meshd address is empty: pass --meshd-address host:15012")
+	case o.MeshdTLS == nil:
+		return errors.New("no TLS config for meshd: pass the CA root file (istio-ca-root-cert)")
+	case len(o.Roots) == 0:
+		return errors.New("no mesh root certificates: pass the CA root file (istio-ca-root-cert)")
+	case o.Token == nil:
+		return errors.New("no service account token source")
+	case o.TrustDomain.IsZero():
+		return errors.New("trust domain is empty: pass --trust-domain")
+	case o.Namespace == "" || o.ServiceAccount == "" || o.GatewayName == "":
+		return errors.New("namespace, service account and gateway name are required (downward API env POD_NAMESPACE, SERVICE_ACCOUNT, GATEWAY_NAME)")
+	case o.HBONE == nil:
+		return errors.New("no HBONE listener")
+	}
+	return nil
+}
+
+// state is what the run loop shares between its goroutines.
+type state struct {
+	opts     Options
+	log      *slog.Logger
+	svid     *identity.SVIDSource
+	bundle   *identity.BundleSource
+	proxy    atomic.Pointer[waypoint.Proxy]
+	reg      prometheus.Registerer
+	conns    *waypoint.ConnListener
+	serve    func(*waypoint.Proxy) // starts the proxy's Serve on conns
+	xds      *xdsclient.Client
+	dialer   *hbone.Dialer
+	mu       sync.Mutex // serializes Validate→Update
+	applied  atomic.Bool
+	draining atomic.Bool
+}
+
+// Run serves until ctx ends, then drains and returns. It returns an error
+// only when it cannot start or a server fails; the end of ctx is a clean
+// return.
+func Run(ctx context.Context, opts Options) error {
+	if err := opts.check(); err != nil {
+		return fmt.Errorf("run waypoint: %w", err)
+	}
+	if opts.UpstreamHBONEPort == 0 {
+		opts.UpstreamHBONEPort = HBONEPort
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	id, err := identity.NewID(opts.TrustDomain, opts.Namespace, opts.ServiceAccount)
+	if err != nil {
+		return fmt.Errorf("run waypoint: build SPIFFE ID: %w", err)
+	}
+	s := &state{opts: opts, log: opts.Logger, svid: identity.NewSVIDSource(nil)}
+
+	conn, err := grpc.NewClient(opts.MeshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(opts.MeshdTLS)))
+	if err != nil {
+		return fmt.Errorf("run waypoint: dial meshd %s: %w", opts.MeshdAddress, err)
+	}
+	defer conn.Close()
+	issue, err := ca.NewIssuer(ca.IssuerOptions{Conn: conn, Token: opts.Token, TTL: opts.CertTTL})
+	if err != nil {
+		return fmt.Errorf("run waypoint: %w", err)
+	}
+	renewer, err := identity.NewRenewer(identity.RenewerOptions{
+		ID: id, Source: s.svid, Issue: issue,
+		OnError: func(err error) { s.log.Warn("renew SVID", "id", id, "err", err) },
+	})
+	if err != nil {
+		return fmt.Errorf("run waypoint: %w", err)
+	}
+	// The trust bundle starts as meshd's root (the same CA signs SVIDs) and
+	// follows TrustBundle pushes.
+	s.bundle = identity.NewBundleSource(x509bundle.FromX509Authorities(opts.TrustDomain, opts.Roots))
+
+	// The proxy is built from the first config meshd pushes (a proxy
+	// needs a valid config); until then HBONE streams wait in the listener.
+	defer func() {
+		if p := s.proxy.Load(); p != nil {
+			_ = p.Close()
+		}
+	}()
+	s.reg = reg
+
+	s.dialer, err = hbone.NewDialer(hbone.DialerOptions{Bundle: s.bundle})
+	if err != nil {
+		return fmt.Errorf("run waypoint: %w", err)
+	}
+	defer s.dialer.Close()
+
+	node := xds.Principal{Role: xds.RoleWaypoint, Namespace: opts.Namespace, Name: opts.GatewayName}
+	s.xds, err = xdsclient.New(xdsclient.Options{
+		Address:  opts.MeshdAddress,
+		TLS:      opts.MeshdTLS,
+		Token:    func(context.Context) (string, error) { return opts.Token() },
+		NodeID:   node.NodeID(),
+		Types:    []string{meshv1.WorkloadType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
+		Validate: s.validate,
+		Logger:   opts.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("run waypoint: %w", err)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	s.conns = waypoint.NewConnListener(opts.HBONE.Addr())
+	s.serve = func(p *waypoint.Proxy) {
+		g.Go(func() error { return ignoreCanceled(p.Serve(gctx, s.conns, waypoint.ServerOptions{})) })
+	}
+	g.Go(func() error { return ignoreCanceled(renewer.Run(gctx)) })
+	g.Go(func() error { return ignoreCanceled(s.xds.Run(gctx)) })
+	if err := s.serveHBONE(gctx, g); err != nil {
+		return err
+	}
+	if opts.Metrics != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		serveHTTP(gctx, g, opts.Metrics, mux)
+	}
+	if opts.Ready != nil {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+			if err := s.ready(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		serveHTTP(gctx, g, opts.Ready, mux)
+	}
+	return g.Wait()
+}
+
+// ready says why the waypoint cannot take traffic yet, or nil.
+func (s *state) ready() error {
+	switch {
+	case s.draining.Load():
+		return errors.New("draining")
+	case s.svid.Expiry().IsZero():
+		return errors.New("no SVID yet")
+	case !s.applied.Load():
+		return errors.New("no config applied yet")
+	}
+	return nil
+}
+
+// validate applies a pushed resource before the xDS client stores it: an
+// error NACKs the push and the proxy keeps its last good config.
+func (s *state) validate(typeURL, name string, msg proto.Message) error {
+	switch typeURL {
+	case meshv1.WaypointConfigType:
+		wc, ok := msg.(*meshv1.WaypointConfig)
+		if !ok {
+			return fmt.Errorf("resource %q is a %T, not a WaypointConfig", name, msg)
+		}
+		if wc.GetNamespace() != s.opts.Namespace || wc.GetName() != s.opts.GatewayName {
+			return fmt.Errorf("config %s/%s is not this waypoint's (%s/%s)", wc.GetNamespace(), wc.GetName(), s.opts.Namespace, s.opts.GatewayName)
+		}
+		l7, policies, err := modelview.DecodeWaypointConfig(wc)
+		if err != nil {
+			return err
+		}
+		cfg := &waypoint.Config{L7: l7, Policies: policies}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if p := s.proxy.Load(); p != nil {
+			err = p.Update(cfg)
+		} else {
+			p, err = waypoint.New(waypoint.Options{
+				Config:      cfg,
+				DialContext: s.dialUpstream,
+				Peer:        peerOf,
+				Registerer:  s.reg,
+				Logf:        func(f string, a ...any) { s.log.Warn(fmt.Sprintf(f, a...)) },
+			})
+			if err == nil {
+				s.proxy.Store(p)
+				s.serve(p)
+			}
+		}
+		if err != nil {
+			s.log.Warn("refuse waypoint config", "name", name, "err", err)
+			return fmt.Errorf("apply waypoint config %s: %w", name, err)
+		}
+		s.applied.Store(true)
+		s.log.Info("applied waypoint config", "name", name)
+	case meshv1.TrustBundleType:
+		tb, ok := msg.(*meshv1.TrustBundle)
+		if !ok {
+			return fmt.Errorf("resource %q is a %T, not a TrustBundle", name, msg)
+		}
+		if tb.GetTrustDomain() != s.opts.TrustDomain.Name() {
+			return nil // federation is not served by waypoints yet
+		}
+		b, err := bundleFromPEM(s.opts.TrustDomain, tb.GetRootsPem())
+		if err != nil {
+			return fmt.Errorf("trust bundle %s: %w", name, err)
+		}
+		if err := s.bundle.SetBundle(b); err != nil {
+			return fmt.Errorf("set trust bundle %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func bundleFromPEM(td spiffeid.TrustDomain, roots []string) (*x509bundle.Bundle, error) {
+	var all []byte
+	for _, r := range roots {
+		all = append(all, r...)
+		all = append(all, '\n')
+	}
+	b, err := x509bundle.Parse(td, all)
+	if err != nil {
+		return nil, fmt.Errorf("parse roots: %w", err)
+	}
+	if len(b.X509Authorities()) == 0 {
+		return nil, errors.New("no roots")
+	}
+	return b, nil
+}
+
+// serveHBONE accepts CONNECT streams and hands each to the proxy as a
+// connection whose local address is the CONNECT target.
+func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
+	ln := s.conns
+	srv, err := hbone.NewServer(hbone.ServerOptions{
+		SVID: s.svid, Bundle: s.bundle, TrustDomain: s.opts.TrustDomain, Logger: s.log,
+		Handler: func(hctx context.Context, r *hbone.Request) error {
+			remote := net.Addr(net.TCPAddrFromAddrPort(r.Source))
+			if !r.Source.IsValid() {
+				remote = r.RemoteAddr
+			}
+			c := waypoint.NewStreamConn(r.Stream, net.TCPAddrFromAddrPort(r.Target), remote, r)
+			if err := ln.Push(hctx, c); err != nil {
+				_ = c.Close()
+				return fmt.Errorf("hand stream to proxy: %w", err)
+			}
+			select {
+			case <-c.Done():
+			case <-hctx.Done():
+				_ = c.Close()
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("run waypoint: %w", err)
+	}
+	g.Go(func() error {
+		err := srv.Serve(s.opts.HBONE)
+		if errors.Is(err, hbone.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("serve hbone: %w", err)
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		s.draining.Store(true)
+		dctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTimeout)
+		defer cancel()
+		err := srv.Shutdown(dctx)
+		_ = ln.Close()
+		_ = srv.Close()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("drain hbone: %w", err)
+		}
+		return nil
+	})
+	return nil
+}
+
+// dialUpstream opens an HBONE stream to an endpoint: the endpoint's
+// workload (from xDS, by IP) gives the identity its HBONE server must
+// present; an address with no known workload is refused, since the waypoint
+// never sends plaintext into the mesh.
+func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream %s: endpoint is not ip:port: %w", addr, err)
+	}
+	peer, err := s.identityOf(ap.Addr())
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+	}
+	c, err := s.dialer.Dial(ctx, hbone.Target{
+		Local:  s.svid,
+		Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
+		PeerID: peer,
+		Addr:   ap,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+	}
+	return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
+}
+
+// identityOf finds the SPIFFE ID of the workload holding ip.
+func (s *state) identityOf(ip netip.Addr) (spiffeid.ID, error) {
+	for name, r := range s.xds.List(meshv1.WorkloadType) {
+		w, ok := r.Message.(*meshv1.Workload)
+		if !ok {
+			continue
+		}
+		for _, a := range w.GetAddresses() {
+			if wa, err := netip.ParseAddr(a); err == nil && wa == ip {
+				if w.GetIdentity() != "" {
+					id, err := spiffeid.FromString(w.GetIdentity())
+					if err != nil {
+						return spiffeid.ID{}, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
+					}
+					return id, nil
+				}
+				td := s.opts.TrustDomain
+				if w.GetTrustDomain() != "" {
+					if td, err = spiffeid.TrustDomainFromString(w.GetTrustDomain()); err != nil {
+						return spiffeid.ID{}, fmt.Errorf("workload %s: %w", name, err)
+					}
+				}
+				return identity.NewID(td, w.GetNamespace(), w.GetServiceAccount())
+			}
+		}
+	}
+	return spiffeid.ID{}, fmt.Errorf("no workload with address %s is known to this waypoint", ip)
+}
+
+// peerOf takes the verified HBONE client identity from the stream.
+func peerOf(r *http.Request) waypoint.Peer {
+	var p waypoint.Peer
+	c, ok := waypoint.ConnFromContext(r.Context())
+	if !ok {
+		return p
+	}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		p.IP = ap.Addr()
+	}
+	sc, ok := c.(*waypoint.StreamConn)
+	if !ok {
+		return p
+	}
+	if req, ok := sc.Meta.(*hbone.Request); ok {
+		p.Principal = req.Peer.String()
+		p.DestinationPort = uint32(req.Target.Port())
+		if w, err := identity.FromID(req.Peer); err == nil {
+			p.Namespace = w.Namespace
+		}
+	}
+	return p
+}
+
+// hboneConn gives an hbone.Conn the net.Conn methods the proxy's HTTP
+// transport needs; HBONE streams have no deadlines of their own.
+type hboneConn struct {
+	*hbone.Conn
+	local, remote net.Addr
+}
+
+func (c *hboneConn) LocalAddr() net.Addr              { return c.local }
+func (c *hboneConn) RemoteAddr() net.Addr             { return c.remote }
+func (c *hboneConn) SetDeadline(time.Time) error      { return nil }
+func (c *hboneConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *hboneConn) SetWriteDeadline(time.Time) error { return nil }
+
+func serveHTTP(ctx context.Context, g *errgroup.Group, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	})
+}
+
+func ignoreCanceled(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

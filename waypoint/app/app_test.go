@@ -1,0 +1,372 @@
+package app_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/hbone"
+	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/waypoint/app"
+
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
+)
+
+var (
+	td    = spiffeid.RequireTrustDomainFromString("cluster.local")
+	quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+const (
+	wpNS, wpSA, wpGateway = "app", "waypoint", "waypoint"
+	wpToken               = "waypoint-token"
+	meshdName             = "meshd.meshlet-system.svc"
+)
+
+// meshd is a real CA and xDS server on one loopback gRPC port, with a static
+// authenticator: only wpToken is accepted, as the waypoint's service account.
+type meshd struct {
+	ca   *ca.CA
+	xds  *xds.Server
+	addr string
+	tls  *tls.Config
+}
+
+func startMeshd(t *testing.T) *meshd {
+	t.Helper()
+	keys, err := ca.GenerateRoot(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.New(ca.Options{TrustDomain: td, Keys: keys, Authorizer: func(_ context.Context, caller ca.Caller, id spiffeid.ID) error {
+		want, err := identity.NewID(td, caller.Namespace, caller.ServiceAccount)
+		if err != nil || want != id {
+			return fmt.Errorf("caller %s/%s may not hold %s", caller.Namespace, caller.ServiceAccount, id)
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caSrv, err := ca.NewServer(ca.ServerOptions{CA: c, Logger: quiet, Authenticate: func(_ context.Context, tok string) (ca.Caller, error) {
+		if tok != wpToken {
+			return ca.Caller{}, errors.New("unknown token")
+		}
+		return ca.Caller{Username: "system:serviceaccount:app:waypoint", Namespace: wpNS, ServiceAccount: wpSA}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := xds.New(xds.Options{Debounce: -1, Logger: quiet, Authenticate: func(_ context.Context, tok string) (xds.Principal, error) {
+		if tok != wpToken {
+			return xds.Principal{}, errors.New("unknown token")
+		}
+		return xds.Principal{Role: xds.RoleWaypoint, Namespace: wpNS, Name: wpGateway}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = xs.Close() })
+	cert, err := c.ServingCertificate([]string{meshdName}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, err := xds.NewGRPCServer(&tls.Config{Certificates: []tls.Certificate{*cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs.Register(gs)
+	securityv1alpha1.RegisterIstioCertificateServiceServer(gs, caSrv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	pool := x509.NewCertPool()
+	for _, r := range c.Roots() {
+		pool.AddCert(r)
+	}
+	return &meshd{ca: c, xds: xs, addr: ln.Addr().String(), tls: &tls.Config{RootCAs: pool, ServerName: meshdName}}
+}
+
+// svid signs an SVID for ns/sa with the meshd CA directly.
+func (m *meshd) svid(t *testing.T, ns, sa string) *identity.SVIDSource {
+	t.Helper()
+	id, err := identity.NewID(td, ns, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, key, err := identity.NewCSR(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := m.ca.Sign(context.Background(), ca.Caller{Namespace: ns, ServiceAccount: sa}, csr, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return identity.NewSVIDSource(&x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key})
+}
+
+// backendNode is an HBONE server (as a node agent would run) in front of
+// loopback HTTP backends; it records the identities that connected.
+type backendNode struct {
+	port  uint16
+	mu    sync.Mutex
+	peers []spiffeid.ID
+}
+
+func startBackendNode(t *testing.T, m *meshd, svid *identity.SVIDSource) *backendNode {
+	t.Helper()
+	b := &backendNode{}
+	srv, err := hbone.NewServer(hbone.ServerOptions{
+		SVID: svid, Bundle: identity.NewBundleSource(m.ca.Bundle()), TrustDomain: td, Logger: quiet,
+		Handler: func(ctx context.Context, r *hbone.Request) error {
+			b.mu.Lock()
+			b.peers = append(b.peers, r.Peer)
+			b.mu.Unlock()
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", r.Target.String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return hbone.Relay(r.Stream, c.(*net.TCPConn))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	b.port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	return b
+}
+
+func (b *backendNode) seen() []spiffeid.ID {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]spiffeid.ID(nil), b.peers...)
+}
+
+func namedBackend(t *testing.T, name string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, name)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// waypointConfig routes every request to cluster and defines v1 and v2.
+func waypointConfig(t *testing.T, cluster, v1, v2 string) *meshv1.WaypointConfig {
+	t.Helper()
+	l7 := model.L7Config{
+		Listeners: []model.L7Listener{{Name: "hbone", VirtualHosts: []model.VirtualHost{{
+			Name: "reviews", Domains: []string{"*"},
+			Routes: []model.L7Route{{Name: "all", Destinations: []model.WeightedDestination{{Cluster: cluster}}}},
+		}}}},
+		Clusters: []model.L7Cluster{
+			{Name: "v1", Endpoints: []model.L7Endpoint{{Address: v1}}},
+			{Name: "v2", Endpoints: []model.L7Endpoint{{Address: v2}}},
+		},
+	}
+	b, err := json.Marshal(l7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &meshv1.WaypointConfig{Namespace: wpNS, Name: wpGateway, L7Json: b}
+}
+
+// get sends one HTTP request inside an HBONE CONNECT to the waypoint.
+func get(ctx context.Context, d *hbone.Dialer, client *identity.SVIDSource, waypoint netip.AddrPort) (int, string, error) {
+	c, err := d.Dial(ctx, hbone.Target{
+		Local: client, Proxy: waypoint, PeerID: spiffeid.RequireFromPath(td, "/ns/"+wpNS+"/sa/"+wpSA),
+		Addr: netip.MustParseAddrPort("127.0.0.1:9080"),
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /reviews HTTP/1.1\r\nHost: reviews.app.svc.cluster.local:9080\r\nConnection: close\r\n\r\n"); err != nil {
+		return 0, "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// eventually retries f until it returns nil, for at most 10s.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestWaypointRoutesPerPushedConfig(t *testing.T) {
+	m := startMeshd(t)
+	v1, v2 := namedBackend(t, "v1"), namedBackend(t, "v2")
+	backendID := spiffeid.RequireFromPath(td, "/ns/app/sa/reviews")
+	node := startBackendNode(t, m, m.svid(t, "app", "reviews"))
+	if err := m.xds.SetWorkload(&meshv1.Workload{
+		Uid: "reviews-1", Name: "reviews-1", Namespace: "app", Addresses: []string{"127.0.0.1"},
+		ServiceAccount: "reviews", TrustDomain: td.Name(), Identity: backendID.String(),
+		Waypoint: &meshv1.GatewayAddress{Namespace: wpNS, Name: wpGateway},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "v1", v1, v2)); err != nil {
+		t.Fatal(err)
+	}
+	m.xds.MarkSynced()
+
+	hboneLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, app.Options{
+			MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
+			Token:       func() (string, error) { return wpToken, nil },
+			TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
+			HBONE: hboneLn, Ready: readyLn, Metrics: metricsLn,
+			UpstreamHBONEPort: node.port, Logger: quiet,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run() = %v; want nil after cancel", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return within 10s of cancel")
+		}
+	})
+
+	hc := &http.Client{Timeout: 5 * time.Second}
+	readyURL := "http://" + readyLn.Addr().String() + "/healthz/ready"
+	eventually(t, "waypoint ready", func() error {
+		resp, err := hc.Get(readyURL)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("ready status %d", resp.StatusCode)
+		}
+		return nil
+	})
+
+	clientSVID := m.svid(t, "client", "curl")
+	d, err := hbone.NewDialer(hbone.DialerOptions{Bundle: identity.NewBundleSource(m.ca.Bundle())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	wpAddr := hboneLn.Addr().(*net.TCPAddr).AddrPort()
+	expect := func(want string) func() error {
+		return func() error {
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer rcancel()
+			code, body, err := get(rctx, d, clientSVID, wpAddr)
+			if err != nil {
+				return err
+			}
+			if code != http.StatusOK || body != want {
+				return fmt.Errorf("GET /reviews = %d %q; want 200 %q", code, body, want)
+			}
+			return nil
+		}
+	}
+
+	if err := expect("v1")(); err != nil {
+		t.Fatalf("first config: %v", err)
+	}
+	wpID := spiffeid.RequireFromPath(td, "/ns/"+wpNS+"/sa/"+wpSA)
+	if got := node.seen(); len(got) == 0 || got[0] != wpID {
+		t.Fatalf("backend node saw peers %v; want the waypoint's %s (HBONE upstream with the waypoint SVID)", got, wpID)
+	}
+
+	// A push moves the route to v2.
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "v2", v1, v2)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "route moved to v2", expect("v2"))
+
+	// An invalid push (route to an unknown cluster) is NACKed; v2 keeps serving.
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "missing", v1, v2)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "invalid config NACKed", func() error {
+		for _, c := range m.xds.Clients() {
+			if c.LastNACK != nil && c.LastNACK.TypeURL == meshv1.WaypointConfigType {
+				return nil
+			}
+		}
+		return errors.New("no NACK of the WaypointConfig yet")
+	})
+	if err := expect("v2")(); err != nil {
+		t.Fatalf("after the NACKed push: %v", err)
+	}
+
+	resp, err := hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "istio_requests_total") {
+		t.Errorf("/metrics has no istio_requests_total after requests")
+	}
+}
+
