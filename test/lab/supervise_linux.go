@@ -47,7 +47,6 @@ type supervisor struct {
 	mu    sync.Mutex
 	kids  []*child
 	stop  bool
-	ready chan struct{}
 }
 
 // Supervise runs the lab until ctx is done: embedded etcd, the control plane,

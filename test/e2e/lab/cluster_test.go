@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -435,4 +436,47 @@ spec:
 			t.Fatalf("pod with a readiness probe on a closed port is Ready")
 		}
 	})
+}
+
+func TestServiceAccountTokenReview(t *testing.T) {
+	lb := lab.Shared(t)
+	ns := lb.NewNamespace(t)
+	ctx := context.Background()
+	cs := lb.Clientset()
+	lab.WaitFor(t, time.Minute, "default service account", func() (bool, error) {
+		_, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, err
+	})
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "default", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"meshlet-test"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("request a service account token: %v", err)
+	}
+	tests := []struct {
+		name     string // test case
+		token    string // token to review
+		audience string // audience the reviewer expects
+		wantAuth bool   // authenticated
+	}{
+		{"issued token, its audience", tr.Status.Token, "meshlet-test", true},
+		{"issued token, other audience", tr.Status.Token, "someone-else", false},
+		{"tampered token", tr.Status.Token[:len(tr.Status.Token)-4] + "AAAA", "meshlet-test", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rev, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+				Spec: authenticationv1.TokenReviewSpec{Token: tt.token, Audiences: []string{tt.audience}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rev.Status.Authenticated != tt.wantAuth {
+				t.Fatalf("authenticated=%v (%s), want %v", rev.Status.Authenticated, rev.Status.Error, tt.wantAuth)
+			}
+			if want := "system:serviceaccount:" + ns + ":default"; tt.wantAuth && rev.Status.User.Username != want {
+				t.Errorf("user %q, want %q", rev.Status.User.Username, want)
+			}
+		})
+	}
 }
