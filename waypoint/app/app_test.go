@@ -369,4 +369,3 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 		t.Errorf("/metrics has no istio_requests_total after requests")
 	}
 }
-

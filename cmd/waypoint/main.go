@@ -1,0 +1,201 @@
+// Command waypoint is meshlet's waypoint proxy, run by meshd's deployer as
+// one Deployment per waypoint Gateway. It reads flags and the downward API
+// environment, opens its listeners and calls waypoint/app.Run; it must not
+// hold logic of its own beyond flags, start-up checks and wiring.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshlet/meshlet/waypoint/app"
+)
+
+type flags struct {
+	meshdAddress, meshdServerName, rootCert, tokenFile string
+	trustDomain, namespace, serviceAccount, gateway    string
+	podName                                            string
+	hboneAddr, metricsAddr, readyAddr, adminAddr       string
+	drainTimeout                                       time.Duration
+}
+
+func parseFlags() flags {
+	var f flags
+	flag.StringVar(&f.meshdAddress, "meshd-address", "meshd.meshlet-system.svc:15012", "meshd's xDS and CA address (host:port)")
+	flag.StringVar(&f.meshdServerName, "meshd-server-name", "", "name meshd's TLS certificate must carry; empty means the host of --meshd-address")
+	flag.StringVar(&f.rootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM root certificate of the mesh (the istio-ca-root-cert ConfigMap mount)")
+	flag.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "service account token sent to meshd (re-read on every use)")
+	flag.StringVar(&f.trustDomain, "trust-domain", envOr("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (default $TRUST_DOMAIN or cluster.local)")
+	flag.StringVar(&f.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the waypoint's namespace (default $POD_NAMESPACE, from the downward API)")
+	flag.StringVar(&f.serviceAccount, "service-account", os.Getenv("SERVICE_ACCOUNT"), "the waypoint's service account (default $SERVICE_ACCOUNT, from the downward API)")
+	flag.StringVar(&f.gateway, "gateway-name", os.Getenv("GATEWAY_NAME"), "the Gateway this waypoint serves (default $GATEWAY_NAME, from the pod label gateway.networking.k8s.io/gateway-name)")
+	flag.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name, for logs (default $POD_NAME)")
+	flag.StringVar(&f.hboneAddr, "hbone-addr", ":15008", "HBONE (mTLS HTTP/2 CONNECT) listen address")
+	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics listen address; empty disables")
+	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
+	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "debug (pprof) listen address, loopback only; empty disables")
+	flag.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "how long open HBONE streams may finish after SIGTERM")
+	flag.Parse()
+	return f
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	f := parseFlags()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, f); err != nil {
+		log.Fatalf("waypoint: %v", err)
+	}
+}
+
+func run(ctx context.Context, f flags) error {
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("pod", f.podName, "gateway", f.namespace+"/"+f.gateway)
+	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
+	}
+	roots, err := readRoots(f.rootCert)
+	if err != nil {
+		return err
+	}
+	serverName := f.meshdServerName
+	if serverName == "" {
+		host, _, err := net.SplitHostPort(f.meshdAddress)
+		if err != nil {
+			return fmt.Errorf("--meshd-address %q is not host:port: %w", f.meshdAddress, err)
+		}
+		serverName = host
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	opts := app.Options{
+		MeshdAddress: f.meshdAddress,
+		MeshdTLS:     &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13},
+		Roots:        roots,
+		Token: func() (string, error) {
+			b, err := os.ReadFile(f.tokenFile)
+			if err != nil {
+				return "", fmt.Errorf("read --token-file: %w", err)
+			}
+			return strings.TrimSpace(string(b)), nil
+		},
+		TrustDomain: td, Namespace: f.namespace, ServiceAccount: f.serviceAccount, GatewayName: f.gateway,
+		DrainTimeout: f.drainTimeout,
+		Logger:       logger,
+	}
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+	}()
+	listen := func(what, addr string) (net.Listener, error) {
+		if addr == "" {
+			return nil, nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen for %s on %s: %w", what, addr, err)
+		}
+		lns = append(lns, ln)
+		return ln, nil
+	}
+	if opts.HBONE, err = listen("HBONE", f.hboneAddr); err != nil {
+		return err
+	}
+	if opts.HBONE == nil {
+		return errors.New("--hbone-addr is empty: the waypoint needs its HBONE port")
+	}
+	if opts.Metrics, err = listen("metrics", f.metricsAddr); err != nil {
+		return err
+	}
+	if opts.Ready, err = listen("readiness", f.readyAddr); err != nil {
+		return err
+	}
+	if f.adminAddr != "" {
+		if err := serveAdmin(ctx, f.adminAddr); err != nil {
+			return err
+		}
+	}
+	return app.Run(ctx, opts)
+}
+
+func readRoots(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mesh root certificate (--root-cert): %w", err)
+	}
+	var roots []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parse --root-cert %s: %w", path, err)
+		}
+		roots = append(roots, c)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("--root-cert %s holds no PEM certificate: mount the istio-ca-root-cert ConfigMap there", path)
+	}
+	return roots, nil
+}
+
+// serveAdmin serves pprof, and only on a loopback address: it exposes
+// memory contents and must never be reachable from the network.
+func serveAdmin(ctx context.Context, addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--admin-addr %q is not host:port: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--admin-addr %q is not a loopback address: debug endpoints are served on localhost only", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for admin on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	return nil
+}
