@@ -162,9 +162,16 @@ func startBackendNode(t *testing.T, m *meshd, svid *identity.SVIDSource) *backen
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
 	b.port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	// The same server also answers on 127.0.0.2, for an endpoint whose
+	// workload claims another identity.
+	ln2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.2:%d", b.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	go func() { _ = srv.Serve(ln2) }()
+	t.Cleanup(func() { _ = srv.Close() })
 	return b
 }
 
@@ -194,6 +201,8 @@ func waypointConfig(t *testing.T, cluster, v1, v2 string) *meshv1.WaypointConfig
 		Clusters: []model.L7Cluster{
 			{Name: "v1", Endpoints: []model.L7Endpoint{{Address: v1}}},
 			{Name: "v2", Endpoints: []model.L7Endpoint{{Address: v2}}},
+			// v3 is v1's port on 127.0.0.2, a workload with another identity.
+			{Name: "v3", Endpoints: []model.L7Endpoint{{Address: "127.0.0.2:" + v1[strings.LastIndex(v1, ":")+1:]}}},
 		},
 	}
 	b, err := json.Marshal(l7)
@@ -357,6 +366,37 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	})
 	if err := expect("v2")(); err != nil {
 		t.Fatalf("after the NACKed push: %v", err)
+	}
+
+	// The upstream must present the identity xDS says the endpoint has:
+	// 127.0.0.2 is claimed by a "ratings" workload, but its HBONE server
+	// (the same node) presents the reviews SVID, so the waypoint refuses it.
+	if err := m.xds.SetWorkload(&meshv1.Workload{
+		Uid: "ratings-1", Name: "ratings-1", Namespace: "app", Addresses: []string{"127.0.0.2"},
+		ServiceAccount: "ratings", TrustDomain: td.Name(), Identity: "spiffe://cluster.local/ns/app/sa/ratings",
+		Waypoint: &meshv1.GatewayAddress{Namespace: wpNS, Name: wpGateway},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "v3", v1, v2)); err != nil {
+		t.Fatal(err)
+	}
+	before := len(node.seen())
+	eventually(t, "upstream with the wrong identity refused", func() error {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer rcancel()
+		code, body, err := get(rctx, d, clientSVID, wpAddr)
+		if err != nil {
+			return err
+		}
+		if code < 500 {
+			return fmt.Errorf("GET /reviews = %d %q; want a 5xx (upstream identity mismatch)", code, body)
+		}
+		return nil
+	})
+
+	if got := len(node.seen()); got != before {
+		t.Errorf("backend node accepted %d streams for the mis-identified endpoint; want 0", got-before)
 	}
 
 	resp, err := hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
