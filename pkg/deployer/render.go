@@ -1,0 +1,199 @@
+// Package deployer is the controller meshd runs to deploy waypoints and
+// ingress gateways: for every Gateway API Gateway of a meshlet class it
+// server-side applies a ServiceAccount, a Deployment of the waypoint binary
+// and a Service, all owned by the Gateway (deleting the Gateway removes
+// them), and reports the Gateway's Accepted and Programmed conditions and
+// addresses. Rendering is pure (Render) so that it is tested without a
+// cluster. It must not touch Gateways of other classes, nor write anything
+// but these three objects and the Gateway's status.
+package deployer
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// Well-known names.
+const (
+	// GatewayNameLabel is the pod label meshd recognises a waypoint by.
+	GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
+	// DefaultImage is the waypoint binary's image.
+	DefaultImage = "meshlet.dev/waypoint"
+	// FieldManager is the server-side apply field manager.
+	FieldManager = "meshlet-deployer"
+	// RootCertConfigMap is the ConfigMap meshd publishes the mesh root in,
+	// in every namespace.
+	RootCertConfigMap = "istio-ca-root-cert"
+
+	portHBONE   = 15008
+	portMetrics = 15020
+	portReady   = 15021
+)
+
+// Kind says what a Gateway class deploys.
+type Kind int
+
+const (
+	// KindNone: not a meshlet class; the Gateway is left alone.
+	KindNone Kind = iota
+	// KindWaypoint: an in-mesh L7 proxy reached over HBONE only.
+	KindWaypoint
+	// KindIngress: an ingress gateway, also serving its listener ports.
+	KindIngress
+)
+
+// ClassKind maps a gatewayClassName to what meshlet deploys for it.
+func ClassKind(class gatewayv1.ObjectName) Kind {
+	switch class {
+	case "istio-waypoint", "meshlet-waypoint":
+		return KindWaypoint
+	case "istio", "meshlet":
+		return KindIngress
+	}
+	return KindNone
+}
+
+// RenderOptions configure the rendered objects.
+type RenderOptions struct {
+	// Image is the waypoint image; empty means DefaultImage.
+	Image string
+	// MeshdAddress is meshd's host:15012 as pods reach it. Required.
+	MeshdAddress string
+	// TrustDomain is the mesh's trust domain. Required.
+	TrustDomain string
+}
+
+// Objects are what one Gateway deploys, as server-side apply configurations.
+type Objects struct {
+	ServiceAccount *corev1ac.ServiceAccountApplyConfiguration
+	Deployment     *appsv1ac.DeploymentApplyConfiguration
+	Service        *corev1ac.ServiceApplyConfiguration
+}
+
+// Render returns the objects for gw. It fails for a Gateway that is not of
+// a meshlet class, has no UID (ownership needs it) or misses options.
+func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
+	kind := ClassKind(gw.Spec.GatewayClassName)
+	switch {
+	case kind == KindNone:
+		return nil, fmt.Errorf("render gateway %s/%s: class %q is not a meshlet class (istio-waypoint, meshlet-waypoint, istio, meshlet)", gw.Namespace, gw.Name, gw.Spec.GatewayClassName)
+	case gw.UID == "":
+		return nil, fmt.Errorf("render gateway %s/%s: no UID: render a Gateway read from the API server", gw.Namespace, gw.Name)
+	case opts.MeshdAddress == "" || opts.TrustDomain == "":
+		return nil, errors.New("render gateway: MeshdAddress and TrustDomain are required")
+	}
+	if opts.Image == "" {
+		opts.Image = DefaultImage
+	}
+	name, ns := gw.Name, gw.Namespace
+	labels := map[string]string{
+		GatewayNameLabel:               name,
+		"app.kubernetes.io/managed-by": "meshlet",
+		"app.kubernetes.io/component":  map[Kind]string{KindWaypoint: "waypoint", KindIngress: "ingress-gateway"}[kind],
+	}
+	owner := metav1ac.OwnerReference().
+		WithAPIVersion(gatewayv1.GroupVersion.String()).WithKind("Gateway").
+		WithName(name).WithUID(gw.UID).WithController(true)
+
+	sa := corev1ac.ServiceAccount(name, ns).WithLabels(labels).WithOwnerReferences(owner)
+
+	// The waypoint's own traffic must not be redirected again by the node
+	// agent: it speaks HBONE itself.
+	podLabels := map[string]string{"istio.io/dataplane-mode": "none"}
+	for k, v := range labels {
+		podLabels[k] = v
+	}
+	fieldEnv := func(env, path string) *corev1ac.EnvVarApplyConfiguration {
+		return corev1ac.EnvVar().WithName(env).WithValueFrom(corev1ac.EnvVarSource().
+			WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath(path)))
+	}
+	container := corev1ac.Container().
+		WithName("waypoint").WithImage(opts.Image).
+		WithArgs("--meshd-address="+opts.MeshdAddress, "--root-cert=/var/run/secrets/istio/root-cert.pem").
+		WithEnv(
+			fieldEnv("POD_NAME", "metadata.name"),
+			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+			fieldEnv("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+			fieldEnv("GATEWAY_NAME", "metadata.labels['"+GatewayNameLabel+"']"),
+			corev1ac.EnvVar().WithName("TRUST_DOMAIN").WithValue(opts.TrustDomain),
+		).
+		WithPorts(
+			corev1ac.ContainerPort().WithName("hbone").WithContainerPort(portHBONE).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName("metrics").WithContainerPort(portMetrics).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName("status-port").WithContainerPort(portReady).WithProtocol(corev1.ProtocolTCP),
+		).
+		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().
+			WithPath("/healthz/ready").WithPort(intstr.FromInt32(portReady))).
+			WithPeriodSeconds(2).WithFailureThreshold(3)).
+		WithVolumeMounts(corev1ac.VolumeMount().WithName("istio-ca-root-cert").WithMountPath("/var/run/secrets/istio").WithReadOnly(true)).
+		WithSecurityContext(corev1ac.SecurityContext().
+			WithRunAsNonRoot(true).WithRunAsUser(1337).WithRunAsGroup(1337).
+			WithReadOnlyRootFilesystem(true).WithAllowPrivilegeEscalation(false).
+			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")))
+	dep := appsv1ac.Deployment(name, ns).WithLabels(labels).WithOwnerReferences(owner).
+		WithSpec(appsv1ac.DeploymentSpec().
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{GatewayNameLabel: name})).
+			WithTemplate(corev1ac.PodTemplateSpec().
+				WithLabels(podLabels).
+				WithSpec(corev1ac.PodSpec().
+					WithServiceAccountName(name).
+					WithTerminationGracePeriodSeconds(30).
+					WithContainers(container).
+					WithVolumes(corev1ac.Volume().WithName("istio-ca-root-cert").
+						WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(RootCertConfigMap))))))
+
+	svcPorts := []*corev1ac.ServicePortApplyConfiguration{
+		corev1ac.ServicePort().WithName("mesh").WithPort(portHBONE).WithTargetPort(intstr.FromInt32(portHBONE)).
+			WithProtocol(corev1.ProtocolTCP).WithAppProtocol("all"),
+	}
+	svcType := corev1.ServiceTypeClusterIP
+	if kind == KindIngress {
+		svcType = corev1.ServiceTypeLoadBalancer
+		seen := map[int32]bool{portHBONE: true}
+		ls := append([]gatewayv1.Listener(nil), gw.Spec.Listeners...)
+		sort.SliceStable(ls, func(i, j int) bool { return ls[i].Port < ls[j].Port })
+		for _, l := range ls {
+			p := int32(l.Port)
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			proto := corev1.ProtocolTCP
+			if l.Protocol == gatewayv1.UDPProtocolType {
+				proto = corev1.ProtocolUDP
+			}
+			svcPorts = append(svcPorts, corev1ac.ServicePort().
+				WithName(fmt.Sprintf("%s-%d", listenerProtocol(l.Protocol), p)).
+				WithPort(p).WithTargetPort(intstr.FromInt32(p)).WithProtocol(proto))
+		}
+	}
+	svc := corev1ac.Service(name, ns).WithLabels(labels).WithOwnerReferences(owner).
+		WithSpec(corev1ac.ServiceSpec().
+			WithType(svcType).
+			WithSelector(map[string]string{GatewayNameLabel: name}).
+			WithPorts(svcPorts...))
+	return &Objects{ServiceAccount: sa, Deployment: dep, Service: svc}, nil
+}
+
+// listenerProtocol is a DNS-label-safe port name prefix.
+func listenerProtocol(p gatewayv1.ProtocolType) string {
+	switch p {
+	case gatewayv1.HTTPProtocolType:
+		return "http"
+	case gatewayv1.HTTPSProtocolType:
+		return "https"
+	case gatewayv1.TLSProtocolType:
+		return "tls"
+	case gatewayv1.UDPProtocolType:
+		return "udp"
+	}
+	return "tcp"
+}

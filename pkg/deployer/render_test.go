@@ -1,0 +1,144 @@
+package deployer
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func gateway(class string, listeners ...gatewayv1.Listener) *gatewayv1.Gateway {
+	return &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Name: "waypoint", Namespace: "bookinfo", UID: "0b5e3d7a-1111-4c2d-9e0f-000000000001"},
+		Spec:       gatewayv1.GatewaySpec{GatewayClassName: gatewayv1.ObjectName(class), Listeners: listeners},
+	}
+}
+
+var opts = RenderOptions{MeshdAddress: "meshd.meshlet-system.svc:15012", TrustDomain: "cluster.local"}
+
+func TestRenderGolden(t *testing.T) {
+	tests := []struct {
+		name   string
+		gw     *gatewayv1.Gateway
+		golden string
+	}{
+		{"istio-waypoint", gateway("istio-waypoint", gatewayv1.Listener{Name: "mesh", Port: 15008, Protocol: "HBONE"}), "waypoint.golden.json"},
+		{"meshlet ingress", gateway("meshlet",
+			gatewayv1.Listener{Name: "https", Port: 443, Protocol: gatewayv1.HTTPSProtocolType},
+			gatewayv1.Listener{Name: "http", Port: 80, Protocol: gatewayv1.HTTPProtocolType},
+			gatewayv1.Listener{Name: "http-alt", Port: 80, Protocol: gatewayv1.HTTPProtocolType, Hostname: ptr(gatewayv1.Hostname("a.example"))},
+		), "ingress.golden.json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs, err := Render(tt.gw, opts)
+			if err != nil {
+				t.Fatalf("Render() = %v", err)
+			}
+			got, err := json.MarshalIndent(objs, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, '\n')
+			path := filepath.Join("testdata", tt.golden)
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("read golden (run with -update to create it): %v", err)
+			}
+			if diff := cmp.Diff(string(want), string(got)); diff != "" {
+				t.Errorf("Render(%s) differs from %s (-want +got):\n%s", tt.name, path, diff)
+			}
+		})
+	}
+}
+
+// TestRenderContract checks, independently of the golden files, what the
+// rest of meshlet relies on: meshd finds the waypoint by its pod label,
+// the binary reads its identity from the downward API, and the Gateway owns
+// every object.
+func TestRenderContract(t *testing.T) {
+	gw := gateway("meshlet-waypoint")
+	objs, err := Render(gw, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := objs.Deployment.Spec.Template
+	if got := tmpl.Labels[GatewayNameLabel]; got != "waypoint" {
+		t.Errorf("pod label %s = %q; want %q", GatewayNameLabel, got, "waypoint")
+	}
+	if got := *objs.Deployment.Spec.Selector; got.MatchLabels[GatewayNameLabel] != "waypoint" {
+		t.Errorf("deployment selector = %v; want it to select the gateway-name label", got.MatchLabels)
+	}
+	c := tmpl.Spec.Containers[0]
+	if *c.Image != DefaultImage {
+		t.Errorf("image = %q; want %q", *c.Image, DefaultImage)
+	}
+	env := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil {
+			env[*e.Name] = *e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	for k, want := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "SERVICE_ACCOUNT": "spec.serviceAccountName", "GATEWAY_NAME": "metadata.labels['gateway.networking.k8s.io/gateway-name']"} {
+		if env[k] != want {
+			t.Errorf("env %s from %q; want %q", k, env[k], want)
+		}
+	}
+	var ports []int32
+	for _, p := range c.Ports {
+		ports = append(ports, *p.ContainerPort)
+	}
+	if diff := cmp.Diff([]int32{15008, 15020, 15021}, ports); diff != "" {
+		t.Errorf("container ports (-want +got):\n%s", diff)
+	}
+	for what, refs := range map[string][]string{
+		"ServiceAccount": {*objs.ServiceAccount.OwnerReferences[0].Kind, string(*objs.ServiceAccount.OwnerReferences[0].UID)},
+		"Deployment":     {*objs.Deployment.OwnerReferences[0].Kind, string(*objs.Deployment.OwnerReferences[0].UID)},
+		"Service":        {*objs.Service.OwnerReferences[0].Kind, string(*objs.Service.OwnerReferences[0].UID)},
+	} {
+		if refs[0] != "Gateway" || refs[1] != string(gw.UID) {
+			t.Errorf("%s owner = %v; want the Gateway %s", what, refs, gw.UID)
+		}
+	}
+	if got := len(objs.Service.Spec.Ports); got != 1 || *objs.Service.Spec.Ports[0].Port != 15008 {
+		t.Errorf("waypoint Service ports = %d; want only 15008", got)
+	}
+}
+
+func TestRenderRefuses(t *testing.T) {
+	noUID := gateway("istio-waypoint")
+	noUID.UID = ""
+	tests := []struct {
+		name    string
+		gw      *gatewayv1.Gateway
+		opts    RenderOptions
+		wantErr string
+	}{
+		{"other class", gateway("nginx"), opts, "not a meshlet class"},
+		{"no uid", noUID, opts, "no UID"},
+		{"no meshd", gateway("istio-waypoint"), RenderOptions{TrustDomain: "cluster.local"}, "MeshdAddress"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Render(tt.gw, tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Render() = %v; want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
