@@ -1,10 +1,12 @@
 package labtest
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,22 +61,7 @@ func TestDownLeavesNothingThenWarmUp(t *testing.T) {
 	if err != nil {
 		t.Fatalf("lab down: %v\n%s", err, out)
 	}
-	if links, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(links), " mlab") {
-		t.Errorf("links left after down:\n%s", links)
-	}
-	if ns, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(ns), lab.NetnsPrefix) {
-		t.Errorf("netns left after down:\n%s", ns)
-	}
-	if _, err := os.Stat(filepath.Join(cg, lab.CgroupSlice)); err == nil {
-		t.Errorf("cgroup %s left after down", filepath.Join(cg, lab.CgroupSlice))
-	}
-	mounts, _ := os.ReadFile("/proc/self/mountinfo")
-	if strings.Contains(string(mounts), lb.Layout.Dir+"/") {
-		t.Errorf("mounts under %s left after down", lb.Layout.Dir)
-	}
-	if left := processesUnder(lb.Layout.Dir); len(left) > 0 {
-		t.Errorf("processes still running lab binaries after down: %v (state was %s)", left, state)
-	}
+	assertNothingLeft(t, lb, cg, string(state))
 	out, err = labCmd(t, lb, lb.Layout.Dir, "down")
 	if err != nil || !strings.Contains(out, "no lab is running") {
 		t.Errorf("second down: err=%v output %q, want success saying no lab is running", err, out)
@@ -113,4 +100,74 @@ func processesUnder(dir string) []string {
 		}
 	}
 	return out
+}
+
+// assertNothingLeft checks no link, netns, cgroup, mount or process of the
+// lab remains.
+func assertNothingLeft(t *testing.T, lb *lab.Lab, cg, state string) {
+	t.Helper()
+	if links, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(links), " mlab") {
+		t.Errorf("links left after down:\n%s", links)
+	}
+	if ns, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(ns), lab.NetnsPrefix) {
+		t.Errorf("netns left after down:\n%s", ns)
+	}
+	if _, err := os.Stat(filepath.Join(cg, lab.CgroupSlice)); err == nil {
+		t.Errorf("cgroup %s left after down", filepath.Join(cg, lab.CgroupSlice))
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), lb.Layout.Dir+"/") {
+		t.Errorf("mounts under %s left after down", lb.Layout.Dir)
+	}
+	if left := processesUnder(lb.Layout.Dir); len(left) > 0 {
+		t.Errorf("processes still running lab binaries after down: %v (state was %s)", left, state)
+	}
+}
+
+// TestDownAfterCrash kills the supervisor and every lab process with SIGKILL
+// (no cleanup ran), then checks lab down still removes everything, and brings
+// the lab back.
+func TestDownAfterCrash(t *testing.T) {
+	lb := lab.Shared(t)
+	ns := lb.NewNamespace(t)
+	lb.Apply(t, ns, `apiVersion: v1
+kind: Pod
+metadata:
+  name: orphan
+  labels: {app: orphan}
+spec:
+  containers:
+  - name: echo
+    image: meshlet.dev/echo
+`)
+	lb.WaitPodsReady(t, ns, "app=orphan", 1, 2*time.Minute)
+	cg, err := testutil.Cgroup2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(lb.Layout.StateFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Supervisor int                 `json:"supervisor"`
+		Processes  map[string]lab.Proc `json:"processes"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	_ = syscall.Kill(st.Supervisor, syscall.SIGKILL)
+	for _, p := range st.Processes {
+		_ = syscall.Kill(p.Pid, syscall.SIGKILL)
+	}
+	time.Sleep(time.Second)
+	out, err := labCmd(t, lb, lb.Layout.Dir, "down")
+	if err != nil {
+		t.Fatalf("lab down after a crash: %v\n%s", err, out)
+	}
+	assertNothingLeft(t, lb, cg, string(b))
+	out, err = labCmd(t, lb, lb.Layout.Dir, "up", "--nodes", "2")
+	if err != nil {
+		t.Fatalf("lab up after a crash and down: %v\n%s", err, out)
+	}
 }
