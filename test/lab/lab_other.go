@@ -48,3 +48,6 @@ func Supervise(context.Context, SuperviseOptions) error { return errLinuxOnly }
 
 // Status needs Linux.
 func Status(context.Context, Layout, io.Writer) error { return errLinuxOnly }
+
+// supervisorPid: no lab runs off Linux.
+func supervisorPid(Layout) int { return 0 }
