@@ -45,6 +45,7 @@ import (
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/controlplane"
+	"github.com/meshlet/meshlet/pkg/deployer"
 	"github.com/meshlet/meshlet/pkg/xds"
 )
 
@@ -66,6 +67,7 @@ type config struct {
 	certTTL       time.Duration
 	certMaxTTL    time.Duration
 	tokenAudience string
+	waypointImage string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -91,6 +93,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.certTTL, "workload-cert-ttl", ca.DefaultTTL, "default workload certificate lifetime")
 	fs.DurationVar(&c.certMaxTTL, "max-workload-cert-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime a client may ask for")
 	fs.StringVar(&c.tokenAudience, "token-audience", "", "audience the callers' service account tokens must carry; empty means the API server's default")
+	fs.StringVar(&c.waypointImage, "waypoint-image", deployer.DefaultImage, "image of the waypoint Deployments meshd creates for istio-waypoint/meshlet-waypoint (and istio/meshlet ingress) Gateways; empty disables the deployer")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -259,6 +262,20 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	go func() { defer wg.Done(); roots.run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); events.run(ctx) }()
+	if cfg.waypointImage != "" {
+		dep, err := deployer.New(deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
+			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := dep.Run(ctx); err != nil {
+				log.Error("waypoint deployer stopped", "err", err)
+			}
+		}()
+	}
 	log.Info("meshd serving", "grpc", cfg.grpcAddr, "metrics", cfg.metricsAddr, "health", cfg.healthAddr, "admin", cfg.adminAddr, "trust-domain", td.Name())
 
 	var runErr error
