@@ -262,9 +262,6 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.xds.SetWaypointConfig(waypointConfig(t, "v1", v1, v2)); err != nil {
-		t.Fatal(err)
-	}
 	m.xds.MarkSynced()
 
 	hboneLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -304,6 +301,22 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 
 	hc := &http.Client{Timeout: 5 * time.Second}
 	readyURL := "http://" + readyLn.Addr().String() + "/healthz/ready"
+	// Without a config the waypoint has its SVID but is not ready.
+	eventually(t, "not ready without a config", func() error {
+		resp, err := hc.Get(readyURL)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "no config applied yet") {
+			return fmt.Errorf("ready = %d %q; want 503 \"no config applied yet\"", resp.StatusCode, body)
+		}
+		return nil
+	})
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "v1", v1, v2)); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "waypoint ready", func() error {
 		resp, err := hc.Get(readyURL)
 		if err != nil {
