@@ -258,6 +258,10 @@ func TestEchoDeploymentAcrossNodes(t *testing.T) {
 		if err != nil || !strings.Contains(out, svc.Spec.ClusterIP) {
 			t.Errorf("resolve echo.%s.svc.cluster.local: %q %v, want %s", ns, out, err, svc.Spec.ClusterIP)
 		}
+		// Cluster DNS has no upstream: outside names do not resolve.
+		if out, err := lb.ExecInPod(ns, from.Name, "getent", "hosts", "example.com"); err == nil {
+			t.Errorf("example.com resolved inside the lab (%q); cluster DNS must not forward outside", out)
+		}
 	})
 
 	t.Run("PodLogs", func(t *testing.T) {
