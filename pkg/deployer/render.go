@@ -116,7 +116,7 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 			WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath(path)))
 	}
 	container := corev1ac.Container().
-		WithName("waypoint").WithImage(opts.Image).
+		WithName("waypoint").WithImage(opts.Image).WithImagePullPolicy(corev1.PullIfNotPresent).
 		WithArgs("--meshd-address="+opts.MeshdAddress, "--root-cert=/var/run/secrets/istio/root-cert.pem").
 		WithEnv(
 			fieldEnv("POD_NAME", "metadata.name"),
