@@ -269,7 +269,10 @@ func TestEchoDeploymentAcrossNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("log of %s: %d bytes", to.Name, len(logs))
+		// The echo app logs its identity (from the downward API) at start.
+		if want := fmt.Sprintf("echo %s/%s version \"v1\"", ns, to.Name); !strings.Contains(logs, want) {
+			t.Errorf("log of %s = %q, want it to contain %q", to.Name, logs, want)
+		}
 	})
 }
 
