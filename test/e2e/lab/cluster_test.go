@@ -39,6 +39,21 @@ func echoClient(t *testing.T, lb *lab.Lab, ns, pod string, n int, url string) ec
 	return s
 }
 
+// echoNodePort exposes the echo pods on every node's address (issue 2: NodePort
+// Services work through the real kube-proxy).
+const echoNodePort = `apiVersion: v1
+kind: Service
+metadata:
+  name: echo-nodeport
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports:
+  - name: http
+    port: 8080
+    targetPort: 8080
+`
+
 const echoDeployment = `apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -245,6 +260,41 @@ func TestEchoDeploymentAcrossNodes(t *testing.T) {
 			return len(byPod) >= 2, fmt.Errorf("ClusterIP %s answered only by %v", svc.Spec.ClusterIP, byPod)
 		})
 		t.Logf("ClusterIP answered by more than one pod %s after the pods were Ready", time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("NodePort", func(t *testing.T) {
+		lb.Apply(t, ns, echoNodePort)
+		np, err := lb.Clientset().CoreV1().Services(ns).Get(context.Background(), "echo-nodeport", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := np.Spec.Ports[0].NodePort
+		// Every node answers on its own address, whichever node the pod
+		// that serves it runs on (kube-proxy forwards and SNATs).
+		for _, node := range nodes {
+			n, err := lb.Clientset().CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ip string
+			for _, a := range n.Status.Addresses {
+				if a.Type == corev1.NodeInternalIP {
+					ip = a.Address
+				}
+			}
+			url := fmt.Sprintf("http://%s:%d/", ip, port)
+			lab.WaitFor(t, time.Minute, "NodePort "+url+" answers from pod "+from.Name, func() (bool, error) {
+				out, err := lb.ExecInPod(ns, from.Name, lb.Layout.Bin("echo"), "client", "-json", "-n", "1", "-timeout", "5s", url)
+				if err != nil {
+					return false, fmt.Errorf("echo client to %s: %v: %s", url, err, out)
+				}
+				var s echoSummary
+				if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &s); err != nil {
+					return false, fmt.Errorf("parse echo client output %q: %v", out, err)
+				}
+				return s.OK == 1, fmt.Errorf("NodePort %s: %+v", url, s)
+			})
+		}
 	})
 
 	t.Run("DNS", func(t *testing.T) {
