@@ -172,6 +172,19 @@ func (k *kubelet) prepareDirs() error {
 			return fmt.Errorf("create node directory %s: %w", d, err)
 		}
 	}
+	// The node's netns dir is a shared mount, as containerd makes /run/netns:
+	// a pod netns pinned here later then propagates into containers that
+	// mount the dir with mountPropagation HostToContainer (the node agent's
+	// hostPath /var/run/netns); without it they see only empty files.
+	netns := filepath.Join(c.NodeRoot, "var/run/netns")
+	if !isMountPoint(netns) {
+		if err := unix.Mount(netns, netns, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind-mount the node's netns dir %s onto itself: %w", netns, err)
+		}
+	}
+	if err := unix.Mount("", netns, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make the node's netns dir %s a shared mount: %w", netns, err)
+	}
 	bpf := filepath.Join(c.NodeRoot, "sys/fs/bpf")
 	if !isMountOf(bpf, "bpf") {
 		if err := unix.Mount("bpffs-"+c.NodeName, bpf, "bpf", 0, "mode=0700"); err != nil {
@@ -181,7 +194,11 @@ func (k *kubelet) prepareDirs() error {
 	return nil
 }
 
-// isMountOf reports whether dir is a mount point of filesystem type fstype.
+// isMountPoint reports whether dir is a mount point of any filesystem type.
+func isMountPoint(dir string) bool { return isMountOf(dir, "") }
+
+// isMountOf reports whether dir is a mount point of filesystem type fstype
+// (any type when fstype is empty).
 func isMountOf(dir, fstype string) bool {
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
@@ -191,7 +208,7 @@ func isMountOf(dir, fstype string) bool {
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		fs := strings.Fields(s.Text())
-		if len(fs) >= 3 && fs[1] == dir && fs[2] == fstype {
+		if len(fs) >= 3 && fs[1] == dir && (fstype == "" || fs[2] == fstype) {
 			return true
 		}
 	}
