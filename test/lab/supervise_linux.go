@@ -42,11 +42,11 @@ type child struct {
 }
 
 type supervisor struct {
-	opt   SuperviseOptions
-	st    *State
-	mu    sync.Mutex
-	kids  []*child
-	stop  bool
+	opt  SuperviseOptions
+	st   *State
+	mu   sync.Mutex
+	kids []*child
+	stop bool
 }
 
 // Supervise runs the lab until ctx is done: embedded etcd, the control plane,

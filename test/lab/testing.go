@@ -255,24 +255,37 @@ func (lb *Lab) PodRecord(ns, pod string) (*PodRecord, error) {
 	return &r, nil
 }
 
-// ExecInPod runs argv inside the pod's network namespace (and the mount
-// namespace of its first running container, so it sees the pod's resolv.conf
-// and volumes) and returns the combined output.
+// ExecInPod runs argv inside the pod's network namespace and, as kubectl exec
+// would, in the mount namespace and cgroup of its first running container (so
+// it sees the pod's resolv.conf and volumes, and the mesh, which captures by
+// cgroup, treats it as the pod), and returns the combined output.
 func (lb *Lab) ExecInPod(ns, pod string, argv ...string) (string, error) {
 	r, err := lb.PodRecord(ns, pod)
 	if err != nil {
 		return "", err
 	}
 	args := []string{"--net=" + r.Netns}
-	for _, c := range r.Containers {
+	cgroup := ""
+	for name, c := range r.Containers {
 		if c.Pid > 0 && exists(fmt.Sprintf("/proc/%d/ns/mnt", c.Pid)) {
 			args = []string{"--target", fmt.Sprint(c.Pid), "--mount", "--net=" + r.Netns}
+			if r.Cgroup != "" && exists(filepath.Join(r.Cgroup, name)) {
+				cgroup = filepath.Join(r.Cgroup, name)
+			}
 			break
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "nsenter", append(append(args, "--"), argv...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "nsenter", append(append(args, "--"), argv...)...)
+	if cgroup != "" {
+		release, err := inCgroup(cmd, cgroup)
+		if err != nil {
+			return "", err
+		}
+		defer release()
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("exec %s in pod %s/%s: %s: %w", strings.Join(argv, " "), ns, pod, bytes.TrimSpace(out), err)
 	}
