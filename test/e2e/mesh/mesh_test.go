@@ -6,6 +6,7 @@ package meshtest
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -76,9 +77,31 @@ func meshctl(t *testing.T, lb *lab.Lab) func(args ...string) string {
 		cmd := exec.Command(bin, append(args, "--kubeconfig", lb.Layout.Kubeconfig())...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
+			diagnose(t, lb)
 			t.Fatalf("meshctl %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 		return string(out)
+	}
+}
+
+// diagnose logs what a user would look at when the mesh does not come up:
+// every pod with its status and events, and the mesh's own container logs.
+func diagnose(t *testing.T, lb *lab.Lab) {
+	t.Helper()
+	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"-n", "meshlet-system", "describe", "pods"}, {"get", "events", "-A"}} {
+		out, err := lb.Kubectl(args...)
+		t.Logf("kubectl %s (err %v):\n%s", strings.Join(args, " "), err, out)
+	}
+	pods, err := lb.Clientset().CoreV1().Pods("meshlet-system").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Logf("list meshlet-system pods: %v", err)
+		return
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Spec.Containers {
+			logs, err := lb.PodLogs(p.Namespace, p.Name, c.Name)
+			t.Logf("logs of %s/%s %s (err %v):\n%s", p.Namespace, p.Name, c.Name, err, logs)
+		}
 	}
 }
 
