@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -58,6 +59,14 @@ func runInit() error {
 			return err
 		}
 	}
+	// Open the program while still root: the container's user may not be
+	// able to traverse the directories the lab keeps image binaries in (a
+	// clone under a 0700 temp dir, or /root), just as a runtime's image store
+	// belongs to root; the exec below then goes through this descriptor.
+	prog, err := unix.Open(s.Path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("exec %s: %w", s.Path, err)
+	}
 	if err := dropPrivileges(&s); err != nil {
 		return err
 	}
@@ -68,10 +77,32 @@ func runInit() error {
 	if err := unix.Chdir(dir); err != nil {
 		return fmt.Errorf("chdir %s: %w", dir, err)
 	}
-	if err := unix.Exec(s.Path, s.Args, s.Env); err != nil {
-		return fmt.Errorf("exec %s: %w", s.Path, err)
+	err = execFD(prog, s.Args, s.Env)
+	if errors.Is(err, unix.ENOENT) {
+		// A script: its interpreter cannot read the closed descriptor.
+		err = unix.Exec(s.Path, s.Args, s.Env)
 	}
-	return nil
+	return fmt.Errorf("exec %s: %w", s.Path, err)
+}
+
+// execFD executes the program open at fd (execveat with AT_EMPTY_PATH); it
+// returns only on failure.
+func execFD(fd int, argv, env []string) error {
+	empty, err := unix.BytePtrFromString("")
+	if err != nil {
+		return err
+	}
+	argvp, err := syscall.SlicePtrFromStrings(argv)
+	if err != nil {
+		return err
+	}
+	envp, err := syscall.SlicePtrFromStrings(env)
+	if err != nil {
+		return err
+	}
+	_, _, e := unix.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
+		uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])), unix.AT_EMPTY_PATH, 0)
+	return e
 }
 
 // bindMount mounts m.Source at m.Target, creating the target as a file or a
