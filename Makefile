@@ -66,8 +66,8 @@ bench: deps ## benchmarks, results in test/bench/results/
 lab: ## build the lab tool into bin/lab (then: bin/lab up | status | kubectl ... | down)
 	cd test && go build -o ../$(BIN)/lab ./lab/cmd/lab
 
-demo: deps lab ## bring the lab up and run the mesh with the sample app and traffic
-	$(BIN)/lab up --nodes 2
+demo: deps lab build ## bring the lab up, install the mesh, run the sample app with traffic, print what the mesh saw
+	test/scripts/demo.sh
 
 clean: ## remove build output (the lab must be down first: bin/lab down)
 	rm -rf $(BIN)
