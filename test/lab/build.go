@@ -19,6 +19,33 @@ var toolBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-s
 // missing ./cmd/<name> is skipped.
 var productBinaries = []string{"meshd", "node-agent", "waypoint", "meshlet-cni"}
 
+// debianImages maps upstream images to the Debian binaries that stand for
+// them in the lab (installed by make deps); a missing binary is left out.
+var debianImages = map[string]string{
+	"prom/prometheus":               "/usr/bin/prometheus",
+	"quay.io/prometheus/prometheus": "/usr/bin/prometheus",
+}
+
+// testApps lists test/apps/<name> directories holding a main package; each
+// is built to .lab/bin/<name> and served as the image meshlet.dev/<name>.
+func testApps(l Layout) ([]string, error) {
+	dir := filepath.Join(l.Repo(), "test", "apps")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list test apps in %s: %w", dir, err)
+	}
+	var apps []string
+	for _, e := range ents {
+		if e.IsDir() && exists(filepath.Join(dir, e.Name(), "main.go")) {
+			apps = append(apps, e.Name())
+		}
+	}
+	return apps, nil
+}
+
 // CacheDir is where built upstream binaries are kept across labs:
 // $MESHLET_CACHE/lab, default ~/.cache/meshlet/lab.
 func CacheDir() (string, error) {
@@ -136,9 +163,13 @@ func buildLocal(l Layout, tools string, progress io.Writer) (map[string]string, 
 			return nil, err
 		}
 	}
-	if exists(filepath.Join(l.Repo(), "test/apps/echo")) {
-		fmt.Fprintln(progress, "building test/apps/echo")
-		if err := goBuild(filepath.Join(l.Repo(), "test"), filepath.Join(bin, "echo"), progress, "./apps/echo"); err != nil {
+	apps, err := testApps(l)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range apps {
+		fmt.Fprintf(progress, "building test/apps/%s\n", a)
+		if err := goBuild(filepath.Join(l.Repo(), "test"), filepath.Join(bin, a), progress, "./apps/"+a); err != nil {
 			return nil, err
 		}
 	}
@@ -146,9 +177,15 @@ func buildLocal(l Layout, tools string, progress io.Writer) (map[string]string, 
 		"registry.k8s.io/coredns/coredns": filepath.Join(bin, "coredns"),
 		"registry.k8s.io/kube-proxy":      filepath.Join(bin, "kube-proxy"),
 	}
-	for _, p := range append(productBinaries, "echo") {
+	for _, p := range append(productBinaries, apps...) {
 		if exists(filepath.Join(bin, p)) {
 			images["meshlet.dev/"+p] = filepath.Join(bin, p)
+		}
+	}
+	// Programs Debian packages stand in for their upstream images.
+	for img, path := range debianImages {
+		if exists(path) {
+			images[img] = path
 		}
 	}
 	b, err := json.MarshalIndent(images, "", "  ")
@@ -159,4 +196,17 @@ func buildLocal(l Layout, tools string, progress io.Writer) (map[string]string, 
 		return nil, fmt.Errorf("write image table: %w", err)
 	}
 	return images, nil
+}
+
+// Build rebuilds the product binaries and test apps of a lab's checkout into
+// .lab/bin and rewrites its image table, so pods started from now on run the
+// tree as it is (a running pod keeps the binary it started with; restart it
+// to pick up the new one). The upstream binaries come from the cache.
+func Build(l Layout, progress io.Writer) error {
+	tools, err := ensureTools(l.Repo(), progress)
+	if err != nil {
+		return err
+	}
+	_, err = buildLocal(l, tools, progress)
+	return err
 }

@@ -266,6 +266,7 @@ func (s *supervisor) startNode(i int) error {
 		ClusterDNS:    ClusterDNS,
 		ClusterDomain: ClusterDomain,
 		Images:        images,
+		ImagesFile:    l.Path("images.json"),
 		LogDir:        filepath.Join(root, "var/log/pods"),
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")

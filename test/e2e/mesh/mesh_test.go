@@ -138,12 +138,7 @@ lines:
 }
 
 func TestMeshCarriesServiceTrafficOverMutualTLS(t *testing.T) {
-	lb := lab.Shared(t)
-	run := meshctl(t, lb)
-	out := run("install", "--profile", "minimal", "-y", "--timeout", "3m")
-	if !strings.Contains(out, "meshlet is installed") {
-		t.Fatalf("meshctl install did not end with its verdict:\n%s", out)
-	}
+	lb := meshLab(t)
 
 	ns := lb.NewNamespace(t)
 	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {

@@ -20,6 +20,7 @@ type Config struct {
 	ClusterDNS    string            // nameserver in pods' resolv.conf; 198.18.128.10 when empty
 	ClusterDomain string            // cluster.local when empty
 	Images        map[string]string // image reference (tag and digest ignored) -> absolute path of a local binary
+	ImagesFile    string            // JSON image table re-read when an image is not in Images (lab build adds images to a running lab); optional
 	LogDir        string            // where each container's stdout/stderr file goes; NodeRoot/var/log/pods when empty
 }
 

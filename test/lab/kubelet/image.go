@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,6 +40,28 @@ func resolveImage(images map[string]string, ref string) (string, error) {
 		}
 	}
 	return "", &imagePullError{image: ref}
+}
+
+// resolveImageFile looks ref up in the JSON image table at path, returning
+// miss when there is no table or ref is not in it.
+func resolveImageFile(path, ref string, miss error) (string, error) {
+	if path == "" {
+		return "", miss
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", miss
+	}
+	images := map[string]string{}
+	if err := json.Unmarshal(b, &images); err != nil {
+		return "", fmt.Errorf("parse image table %s: %w", path, err)
+	}
+	for img, bin := range images {
+		if !filepath.IsAbs(bin) {
+			return "", fmt.Errorf("image table %s maps %q to %q: want an absolute path of a binary", path, img, bin)
+		}
+	}
+	return resolveImage(images, ref)
 }
 
 // resolveCommand turns an image binary, command and args into the program to

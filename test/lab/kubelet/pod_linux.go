@@ -435,6 +435,10 @@ func (w *podWorker) startContainer(ctx context.Context, c *container) (<-chan st
 	pod := w.currentPod()
 	bin, err := resolveImage(w.k.cfg.Images, c.spec.Image)
 	if err != nil {
+		// The table may have grown since the kubelet started (lab build).
+		bin, err = resolveImageFile(w.k.cfg.ImagesFile, c.spec.Image, err)
+	}
+	if err != nil {
 		return nil, "ErrImagePull", err
 	}
 	w.mu.Lock()

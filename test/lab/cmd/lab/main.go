@@ -40,7 +40,7 @@ func root() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	c.AddCommand(upCmd(), downCmd(), statusCmd(), kubectlCmd(), superviseCmd(), kubeletCmd())
+	c.AddCommand(upCmd(), buildCmd(), downCmd(), statusCmd(), kubectlCmd(), superviseCmd(), kubeletCmd())
 	return c
 }
 
@@ -72,6 +72,21 @@ func upCmd() *cobra.Command {
 	}
 	c.Flags().IntVar(&nodes, "nodes", 2, "number of nodes")
 	return c
+}
+
+func buildCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "build",
+		Short: "rebuild meshlet's binaries and the test apps into .lab/bin and refresh the image table (restart a pod to run the new binary)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			l, err := lab.FindLayout()
+			if err != nil {
+				return err
+			}
+			return lab.Build(l, os.Stdout)
+		},
+	}
 }
 
 func downCmd() *cobra.Command {
