@@ -84,8 +84,8 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		authz[a.GetNamespace()+"/"+a.GetName()] = e
 	}
 	waypoints := typeSet{}
-	for _, wp := range snap.Waypoints() {
-		c, err := waypointConfig(snap, wp)
+	for _, key := range snap.L7Names() {
+		c, err := waypointConfig(snap, key)
 		if err != nil {
 			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
 		}
@@ -96,7 +96,7 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		if err != nil {
 			return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
 		}
-		waypoints[wp.Key().String()] = e
+		waypoints[key.String()] = e
 	}
 	s.mu.Lock()
 	same := sameVersions(s.store.workloads, workloads) && sameVersions(s.store.addresses, addresses) &&

@@ -11,28 +11,34 @@ import (
 
 // waypointConfig builds wp's WaypointConfig from snap, or nil when the model
 // has no L7 configuration for it.
-func waypointConfig(snap *model.Snapshot, wp *model.Waypoint) (*meshv1.WaypointConfig, error) {
-	l7, ok := snap.L7Config(wp.Key())
+// waypointConfig is the L7 configuration of one waypoint or ingress gateway
+// (both are in Snapshot.L7Names; only waypoints are in Snapshot.Waypoints).
+func waypointConfig(snap *model.Snapshot, key model.NamespacedName) (*meshv1.WaypointConfig, error) {
+	l7, ok := snap.L7Config(key)
 	if !ok || l7 == nil {
 		return nil, nil
 	}
 	l7JSON, err := json.Marshal(l7)
 	if err != nil {
-		return nil, fmt.Errorf("encode L7 config of waypoint %s: %w", wp.Key(), err)
+		return nil, fmt.Errorf("encode L7 config of %s: %w", key, err)
 	}
-	polJSON, err := json.Marshal(targetingPolicies(snap, wp))
+	polJSON, err := json.Marshal(targetingPolicies(snap, key))
 	if err != nil {
-		return nil, fmt.Errorf("encode policies of waypoint %s: %w", wp.Key(), err)
+		return nil, fmt.Errorf("encode policies of %s: %w", key, err)
 	}
-	return &meshv1.WaypointConfig{Namespace: wp.Namespace, Name: wp.Name, L7Json: l7JSON, PoliciesJson: polJSON}, nil
+	return &meshv1.WaypointConfig{Namespace: key.Namespace, Name: key.Name, L7Json: l7JSON, PoliciesJson: polJSON}, nil
 }
 
-// targetingPolicies are the policies whose targetRefs name wp itself, or a
-// Service or ServiceEntry that wp serves (Istio's targetRefs for waypoints).
-func targetingPolicies(snap *model.Snapshot, wp *model.Waypoint) []*policy.Policy {
+// targetingPolicies are the policies whose targetRefs name the gateway
+// itself, or a Service or ServiceEntry that it serves as a waypoint (Istio's
+// targetRefs for waypoints and gateways).
+func targetingPolicies(snap *model.Snapshot, key model.NamespacedName) []*policy.Policy {
+	wp := &model.Waypoint{Namespace: key.Namespace, Name: key.Name}
 	served := map[string]bool{}
-	for _, svc := range snap.WaypointBindings(wp.Key()).Services {
-		served[string(svc.Source)+"/"+svc.Namespace+"/"+svc.Name] = true
+	if _, ok := snap.Waypoint(key); ok {
+		for _, svc := range snap.WaypointBindings(key).Services {
+			served[string(svc.Source)+"/"+svc.Namespace+"/"+svc.Name] = true
+		}
 	}
 	out := []*policy.Policy{}
 	for _, ap := range snap.AuthorizationPolicies() {

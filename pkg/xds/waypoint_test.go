@@ -75,3 +75,48 @@ func TestWaypointConfig(t *testing.T) {
 		t.Errorf("node agent subscribing to waypoint configs: %v; want code InvalidArgument", agent.LastError())
 	}
 }
+
+// TestIngressGatewayConfig: an ingress gateway has an L7 config but is not a
+// waypoint (no service is bound to it); it still gets its own config, and a
+// policy targeting the gateway by name.
+func TestIngressGatewayConfig(t *testing.T) {
+	gw := model.NamespacedName{Namespace: "istio-system", Name: "booking-gateway"}
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http-80", Port: 80, VirtualHosts: []model.VirtualHost{{
+			Name: "booking", Domains: []string{"*"},
+			Routes: []model.L7Route{{Name: "api", Destinations: []model.WeightedDestination{{Cluster: "booking", Weight: 100}}}},
+		}}}},
+		Clusters: []model.L7Cluster{{Name: "booking", Endpoints: []model.L7Endpoint{{Address: "198.18.0.20:8080"}}}},
+	}
+	allowGet := &policy.Policy{Name: "edge", Namespace: "istio-system", Action: policy.Allow, Rules: []policy.Rule{{To: []policy.Operation{{Methods: []string{"GET"}}}}}}
+	snap := model.NewSnapshot(model.SnapshotInput{
+		L7: map[model.NamespacedName]*model.L7Config{gw: l7},
+		AuthorizationPolicies: []*model.AuthorizationPolicy{
+			{Policy: allowGet, Targets: []model.PolicyTarget{{Kind: "Gateway", Namespace: gw.Namespace, Name: gw.Name}}},
+		},
+	})
+	if len(snap.Waypoints()) != 0 {
+		t.Fatalf("setup: the ingress gateway must not be a waypoint")
+	}
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	if err := ts.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	ts.MarkSynced()
+	c, _ := startClient(t, ts, clientOpts{token: "waypoint:istio-system/booking-gateway", nodeID: xds.Principal{Role: xds.RoleWaypoint, Namespace: gw.Namespace, Name: gw.Name}.NodeID(), types: []string{meshv1.WaypointConfigType}})
+	waitSynced(t, c)
+	r, ok := c.Get(meshv1.WaypointConfigType, gw.String())
+	if !ok {
+		t.Fatalf("ingress gateway got configs %v; want its own %s", names(c.List(meshv1.WaypointConfigType)), gw)
+	}
+	gotL7, gotPolicies, err := modelview.DecodeWaypointConfig(r.Message.(*meshv1.WaypointConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(l7, gotL7); d != "" {
+		t.Errorf("L7 config (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]*policy.Policy{allowGet}, gotPolicies); d != "" {
+		t.Errorf("policies (-want +got):\n%s", d)
+	}
+}
