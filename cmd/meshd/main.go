@@ -16,7 +16,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,7 +41,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
-	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/controlplane"
 	"github.com/meshlet/meshlet/pkg/deployer"
@@ -64,6 +62,8 @@ type config struct {
 	nodeAgentSA   string
 	servingDNS    string
 	caSecret      string
+	caPoll        time.Duration
+	rootAckWait   time.Duration
 	certTTL       time.Duration
 	certMaxTTL    time.Duration
 	tokenAudience string
@@ -90,6 +90,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.nodeAgentSA, "node-agent-service-account", "meshlet-system/meshlet-node-agent", "namespace/name of the node agent's service account")
 	fs.StringVar(&c.servingDNS, "serving-dns", "", "comma-separated DNS names of meshd's serving certificate; empty means meshd.<namespace>.svc and meshd.<namespace>.svc.<cluster-domain>")
 	fs.StringVar(&c.caSecret, "ca-secret", "cacerts", "Secret in --namespace holding the CA (Istio's cacerts layout); generated when absent")
+	fs.DurationVar(&c.caPoll, "ca-poll-interval", 15*time.Second, "how often the CA Secret is re-read to pick up a rotated or plugged-in CA")
+	fs.DurationVar(&c.rootAckWait, "root-rotation-ack-wait", 30*time.Second, "during a CA rotation, how long to wait for every connected client to acknowledge the new roots before signing with the new key")
 	fs.DurationVar(&c.certTTL, "workload-cert-ttl", ca.DefaultTTL, "default workload certificate lifetime")
 	fs.DurationVar(&c.certMaxTTL, "max-workload-cert-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime a client may ask for")
 	fs.StringVar(&c.tokenAudience, "token-audience", "", "audience the callers' service account tokens must carry; empty means the API server's default")
@@ -169,7 +171,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	m := newMetrics(reg)
 
 	// CA: the root lives in a Secret shared by the replicas.
-	keys, err := ca.LoadOrGenerate(ctx, &ca.SecretStore{Client: kube, Namespace: cfg.namespace, Name: cfg.caSecret}, td)
+	caStore := &ca.SecretStore{Client: kube, Namespace: cfg.namespace, Name: cfg.caSecret}
+	keys, err := ca.LoadOrGenerate(ctx, caStore, td)
 	if err != nil {
 		return err
 	}
@@ -197,11 +200,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer xsrv.Close()
-	bundle := &meshv1.TrustBundle{TrustDomain: td.Name()}
-	for _, r := range authority.Roots() { // one entry per root: both during a rotation
-		bundle.RootsPem = append(bundle.RootsPem, string(ca.EncodePEM([]*x509.Certificate{r})))
-	}
-	if err := xsrv.SetTrustBundle(bundle); err != nil {
+	if err := xsrv.SetTrustBundle(trustBundle(td, authority.Roots())); err != nil {
 		return err
 	}
 
@@ -212,7 +211,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// The sources: every change kicks a rebuild; rebuilds coalesce.
 	kick := make(chan struct{}, 1)
-	roots := &rootPublisher{kube: kube, pem: rootPEM, log: log, queue: make(chan string, 256), done: make(chan struct{})}
+	roots := &rootPublisher{kube: kube, log: log, queue: make(chan string, 256), done: make(chan struct{})}
+	roots.pem.Store(&rootPEM)
 	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw,
 		Listener: controlplane.ListenerFunc(func(c controlplane.Change) {
 			select {
@@ -260,6 +260,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	ready.Store(true)
 	wg.Add(1)
 	go func() { defer wg.Done(); roots.run(ctx) }()
+	rot := &caRotation{store: caStore, authority: authority, xds: xsrv, publish: roots.setPEM, serving: serving, td: td, ackWait: cfg.rootAckWait, log: log}
+	wg.Add(1)
+	go func() { defer wg.Done(); rot.run(ctx, cfg.caPoll) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); events.run(ctx) }()
 	if cfg.waypointImage != "" {
@@ -375,6 +378,14 @@ type servingCert struct {
 
 	mu   sync.Mutex
 	cert *tls.Certificate
+}
+
+// reset drops the cached certificate so the next handshake gets one from
+// the CA's current key (after a rotation).
+func (s *servingCert) reset() {
+	s.mu.Lock()
+	s.cert = nil
+	s.mu.Unlock()
 }
 
 func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {

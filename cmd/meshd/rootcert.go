@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,7 +23,7 @@ const (
 // at start and every 10 minutes, and a namespace as soon as it appears.
 type rootPublisher struct {
 	kube kubernetes.Interface
-	pem  string
+	pem  atomic.Pointer[string] // the roots, PEM; replaced during a CA rotation
 	log  *slog.Logger
 
 	queue chan string
@@ -75,7 +76,14 @@ func (p *rootPublisher) all(ctx context.Context) {
 	}
 }
 
+// setPEM replaces the roots and rewrites every namespace's ConfigMap now.
+func (p *rootPublisher) setPEM(ctx context.Context, pem string) {
+	p.pem.Store(&pem)
+	p.all(ctx)
+}
+
 func (p *rootPublisher) publish(ctx context.Context, ns string) {
+	pem := *p.pem.Load()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cms := p.kube.CoreV1().ConfigMaps(ns)
@@ -84,18 +92,18 @@ func (p *rootPublisher) publish(ctx context.Context, ns string) {
 	case apierrors.IsNotFound(err):
 		cm = &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: rootConfigMap, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/managed-by": "meshd"}},
-			Data:       map[string]string{rootKey: p.pem},
+			Data:       map[string]string{rootKey: pem},
 		}
 		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			err = nil // the other replica was first
 		}
-	case err == nil && cm.Data[rootKey] != p.pem:
+	case err == nil && cm.Data[rootKey] != pem:
 		cm = cm.DeepCopy()
 		if cm.Data == nil {
 			cm.Data = map[string]string{}
 		}
-		cm.Data[rootKey] = p.pem
+		cm.Data[rootKey] = pem
 		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
 	}
 	if err != nil {

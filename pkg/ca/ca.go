@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/identity"
@@ -73,11 +75,16 @@ type Options struct {
 
 // CA signs workload SVIDs.
 type CA struct {
-	opts   Options
+	opts Options
+	mat  atomic.Pointer[signing] // replaced whole by Rotate
+}
+
+// signing is one generation of the CA's material; never modified once stored.
+type signing struct {
 	signer crypto.Signer
 	cert   *x509.Certificate   // signing certificate
 	chain  []*x509.Certificate // intermediates above cert, up to but excluding the root
-	roots  []*x509.Certificate
+	roots  []*x509.Certificate // trusted roots: the signing root first, then roots kept from before a rotation
 	// signerIsRoot is computed once: checking it costs a signature verification.
 	signerIsRoot bool
 }
@@ -109,15 +116,61 @@ func New(opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new CA: %w", err)
 	}
-	return &CA{opts: opts, signer: p.key, cert: p.cert, chain: p.chain, roots: p.roots, signerIsRoot: isSelfSigned(p.cert)}, nil
+	c := &CA{opts: opts}
+	c.mat.Store(&signing{signer: p.key, cert: p.cert, chain: p.chain, roots: p.roots, signerIsRoot: isSelfSigned(p.cert)})
+	return c, nil
+}
+
+// Rotate makes keys the CA's signing material: from its return on, every
+// certificate chains to the new root. trusted are roots to keep trusting
+// beside the new ones — the old roots, until what they signed has expired.
+// A root must reach every client before it signs anything they will be
+// shown, so callers distribute RotationRoots first and rotate after.
+func (c *CA) Rotate(keys *KeyMaterial, trusted []*x509.Certificate) error {
+	p, err := keys.parse()
+	if err != nil {
+		return fmt.Errorf("rotate CA: %w", err)
+	}
+	c.mat.Store(&signing{signer: p.key, cert: p.cert, chain: p.chain, roots: unionCerts(p.roots, trusted), signerIsRoot: isSelfSigned(p.cert)})
+	return nil
+}
+
+// RotationRoots checks keys and returns what clients must trust across a
+// rotation to them: their roots followed by the CA's current roots, without
+// duplicates. Keys that do not parse are refused here, before anything is
+// distributed.
+func (c *CA) RotationRoots(keys *KeyMaterial) ([]*x509.Certificate, error) {
+	p, err := keys.parse()
+	if err != nil {
+		return nil, fmt.Errorf("check new CA material: %w", err)
+	}
+	return unionCerts(p.roots, c.Roots()), nil
+}
+
+// SignsWith reports whether keys are the material the CA signs with now.
+func (c *CA) SignsWith(keys *KeyMaterial) bool {
+	p, err := keys.parse()
+	return err == nil && p.cert.Equal(c.mat.Load().cert)
+}
+
+func unionCerts(lists ...[]*x509.Certificate) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, l := range lists {
+		for _, c := range l {
+			if !slices.ContainsFunc(out, c.Equal) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // Roots returns the root certificates clients must trust.
-func (c *CA) Roots() []*x509.Certificate { return c.roots }
+func (c *CA) Roots() []*x509.Certificate { return c.mat.Load().roots }
 
 // Bundle returns the trust bundle of the CA's trust domain.
 func (c *CA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(c.opts.TrustDomain, c.roots)
+	return x509bundle.FromX509Authorities(c.opts.TrustDomain, c.Roots())
 }
 
 // TrustDomain returns the trust domain the CA signs for.
@@ -142,10 +195,11 @@ func (c *CA) Sign(ctx context.Context, caller Caller, csrDER []byte, ttl time.Du
 		ttl = c.opts.DefaultTTL
 	}
 	ttl = min(ttl, c.opts.MaxTTL)
+	m := c.mat.Load()
 	now := c.opts.Now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
+	if notAfter.After(m.cert.NotAfter) {
+		notAfter = m.cert.NotAfter
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
@@ -160,7 +214,7 @@ func (c *CA) Sign(ctx context.Context, caller Caller, csrDER []byte, ttl time.Du
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, csr.PublicKey, c.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.cert, csr.PublicKey, m.signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)
 	}
@@ -168,12 +222,12 @@ func (c *CA) Sign(ctx context.Context, caller Caller, csrDER []byte, ttl time.Du
 	if err != nil {
 		return nil, fmt.Errorf("parse signed certificate: %w", err)
 	}
-	out := make([]*x509.Certificate, 0, 2+len(c.chain))
+	out := make([]*x509.Certificate, 0, 2+len(m.chain))
 	out = append(out, leaf)
-	if !c.signerIsRoot {
-		out = append(out, c.cert)
+	if !m.signerIsRoot {
+		out = append(out, m.cert)
 	}
-	return append(out, c.chain...), nil
+	return append(out, m.chain...), nil
 }
 
 // checkCSR parses a CSR and returns its one SPIFFE ID, refusing anything but

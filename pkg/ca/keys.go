@@ -180,8 +180,9 @@ func (c *CA) ServingCertificate(dnsNames []string, ttl time.Duration) (*tls.Cert
 	}
 	now := c.opts.Now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
+	m := c.mat.Load()
+	if notAfter.After(m.cert.NotAfter) {
+		notAfter = m.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -192,7 +193,7 @@ func (c *CA) ServingCertificate(dnsNames []string, ttl time.Duration) (*tls.Cert
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.cert, key.Public(), m.signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign serving certificate: %w", err)
 	}
@@ -201,10 +202,10 @@ func (c *CA) ServingCertificate(dnsNames []string, ttl time.Duration) (*tls.Cert
 		return nil, fmt.Errorf("parse serving certificate: %w", err)
 	}
 	out := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-	if !c.signerIsRoot {
-		out.Certificate = append(out.Certificate, c.cert.Raw)
+	if !m.signerIsRoot {
+		out.Certificate = append(out.Certificate, m.cert.Raw)
 	}
-	for _, ch := range c.chain {
+	for _, ch := range m.chain {
 		out.Certificate = append(out.Certificate, ch.Raw)
 	}
 	return out, nil
