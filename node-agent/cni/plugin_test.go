@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -259,5 +261,37 @@ func TestPluginUnderNodeRoot(t *testing.T) {
 	}
 	if n := len(a.got("add")); n != 1 {
 		t.Errorf("agent under the node root got %d ADD events; want 1", n)
+	}
+}
+
+// TestServerHandoff: in a rolling update the new agent binds the socket
+// while the old one still runs; when the old one stops, the plugin still
+// reaches the new one (the old agent must not remove its successor's socket).
+func TestServerHandoff(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cni.sock")
+	open := func() *Server {
+		s, err := Listen(ServerOptions{SocketPath: sock, Add: func(context.Context, PodEvent) Verdict { return Verdict{} }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve()
+		return s
+	}
+	old := open()
+	next := open()
+	t.Cleanup(func() { next.Close() })
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("after the old agent stopped, the new agent's socket is gone: %v", err)
+	}
+	c.Close()
+	if err := next.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the last agent left its socket behind: %v", err)
 	}
 }

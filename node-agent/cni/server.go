@@ -31,6 +31,7 @@ type ServerOptions struct {
 type Server struct {
 	opts ServerOptions
 	ln   net.Listener
+	file os.FileInfo // the socket file as bound, to tell it from a successor's
 	srv  *http.Server
 }
 
@@ -57,7 +58,17 @@ func Listen(opts ServerOptions) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("chmod %s: %w", opts.SocketPath, err)
 	}
-	s := &Server{opts: opts, ln: ln}
+	// During a rolling update the next agent binds this path while this one
+	// drains: only the agent whose socket the path still is may remove it.
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	st, err := os.Stat(opts.SocketPath)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("stat %s: %w", opts.SocketPath, err)
+	}
+	s := &Server{opts: opts, ln: ln, file: st}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+pathAdd, s.handle(opts.Add))
 	mux.HandleFunc("POST "+pathCheck, s.handle(func(ctx context.Context, ev PodEvent) Verdict {
@@ -84,11 +95,14 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// Close stops the server and removes the socket file.
+// Close stops the server and removes the socket file, unless another
+// agent has bound the path since (the new agent of a rolling update).
 func (s *Server) Close() error {
 	err := s.srv.Close()
-	if rerr := os.Remove(s.opts.SocketPath); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-		err = errors.Join(err, rerr)
+	if st, serr := os.Stat(s.opts.SocketPath); serr == nil && os.SameFile(st, s.file) {
+		if rerr := os.Remove(s.opts.SocketPath); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
 	}
 	return err
 }
