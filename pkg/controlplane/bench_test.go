@@ -1,7 +1,11 @@
 package controlplane
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"runtime"
 	"strconv"
 	"testing"
@@ -12,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshlet/meshlet/pkg/xds"
 )
 
 // scaleInputs builds a cluster of pods and services spread over 10
@@ -206,4 +212,38 @@ func BenchmarkRebuildOnePodChanged(b *testing.B) {
 		must(b, in.Add(p))
 		bld.Build(in)
 	}
+}
+
+// BenchmarkMeshdMemory10kPods reports what meshd keeps in memory for a
+// cluster of 10,000 pods and 1,000 services: the objects as its informers
+// hold them, the model built from them, and the xDS server's translated
+// resources — the live heap after GC, against the heap before any of it
+// existed. Target (issue 3): under 300 MB.
+func BenchmarkMeshdMemory10kPods(b *testing.B) {
+	var heap uint64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		in := scaleInputs(b, 10000, 1000)
+		snap, rej := NewBuilder(BuilderOptions{}).Build(in)
+		if len(rej) != 0 {
+			b.Fatalf("rejections: %v", rej[0])
+		}
+		srv, err := xds.New(xds.Options{Authenticate: func(context.Context, string) (xds.Principal, error) {
+			return xds.Principal{}, errors.New("no clients in this benchmark")
+		}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := srv.Apply(snap); err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap = after.HeapAlloc - before.HeapAlloc
+		runtime.KeepAlive(in)
+		srv.Close()
+	}
+	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
 }
