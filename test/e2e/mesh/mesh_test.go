@@ -120,8 +120,8 @@ func sumMetric(t *testing.T, url, name string, want ...string) float64 {
 lines:
 	for s.Scan() {
 		line := s.Text()
-		if !strings.HasPrefix(line, name+"{") {
-			continue
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue // another metric, or a comment
 		}
 		for _, w := range want {
 			if !strings.Contains(line, w) {
