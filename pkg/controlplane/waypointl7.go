@@ -595,9 +595,11 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			}
 			r.Matches = append(r.Matches, rm)
 		}
-		for _, b := range rule.BackendRefs {
+		var resolved []int // index in rule.BackendRefs of each destination
+		for bi, b := range rule.BackendRefs {
 			if d, ok := lb.backend(KindHTTPRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort); ok {
 				r.Destinations = append(r.Destinations, d)
+				resolved = append(resolved, bi)
 			}
 		}
 		if len(r.Destinations) == 0 {
@@ -607,6 +609,12 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			if d, err := time.ParseDuration(string(*rule.Timeouts.Request)); err == nil {
 				r.Timeout = d
 			}
+		}
+		if err := lb.applyHTTPRouteRule(rt, rule, &r, resolved, defaultPort); err != nil {
+			// Gateway API: a filter that cannot be applied is never
+			// skipped; the requests it would have handled get an error.
+			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d]: %v; its requests are answered 500", i, err)
+			r = model.L7Route{Name: r.Name, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
 		}
 		routes = append(routes, r)
 	}

@@ -1,0 +1,165 @@
+package controlplane
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// TestHTTPRouteFilters: each Gateway API filter becomes the waypoint route
+// behaviour the spec defines; one that cannot be honoured is reported and
+// its requests are answered 500, never served without it.
+func TestHTTPRouteFilters(t *testing.T) {
+	const cluster = "outbound|9080||reviews.bookinfo.svc.cluster.local"
+	route := func(rules string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+` + rules
+	}
+	tests := []struct {
+		name     string
+		rules    string
+		want     model.L7Route
+		rejected string // part of the reported fault; empty means none
+	}{{
+		name: "header modifiers on the rule and on one backend",
+		rules: `  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: X-Env, value: canary}], add: [{name: X-Trace, value: "1"}], remove: [X-Debug]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}
+    backendRefs:
+    - name: reviews
+      port: 9080
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Backend, value: v1}]}}]
+`,
+		want: model.L7Route{
+			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1, RequestHeaders: model.HeaderOps{Set: map[string]string{"x-backend": "v1"}}}},
+			RequestHeaders: model.HeaderOps{Set: map[string]string{"x-env": "canary"}, Add: map[string]string{"x-trace": "1"}, Remove: []string{"x-debug"}},
+			ResponseHeaders: model.HeaderOps{Set: map[string]string{"cache-control": "no-store"}},
+		},
+	}, {
+		name: "redirect to https answers by itself",
+		rules: `  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, port: 443}}]
+`,
+		want: model.L7Route{Redirect: &model.Redirect{Scheme: "https", Port: 443, Code: 302}},
+	}, {
+		name: "rewrite of the matched prefix, on a segment boundary",
+		rules: `  - matches: [{path: {type: PathPrefix, value: /api/}}]
+    filters: [{type: URLRewrite, urlRewrite: {hostname: reviews.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`,
+		want: model.L7Route{
+			Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api/"}}},
+			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
+			Rewrite:      &model.Rewrite{Authority: "reviews.internal", URIRegex: &model.RegexRewrite{Pattern: `^/api(/.*)?$`, Substitution: "/v2${1}"}},
+		},
+	}, {
+		name: "full path rewrite keeps a literal dollar",
+		rules: `  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /price$}}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`,
+		want: model.L7Route{
+			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
+			Rewrite:      &model.Rewrite{URIRegex: &model.RegexRewrite{Pattern: "^.*$", Substitution: "/price$$"}},
+		},
+	}, {
+		name: "mirror a fraction",
+		rules: `  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews, port: 9080}, fraction: {numerator: 1, denominator: 4}}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`,
+		want: model.L7Route{
+			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
+			Mirrors:      []model.Mirror{{Cluster: cluster, Percent: 25}},
+		},
+	}, {
+		name: "retry on codes",
+		rules: `  - retry: {attempts: 3, codes: [503, 504]}
+    backendRefs: [{name: reviews, port: 9080}]
+`,
+		want: model.L7Route{
+			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
+			Retries:      &model.RetryPolicy{Attempts: 3, RetryOn: []string{"retriable-status-codes"}, RetriableStatusCodes: []int{503, 504}},
+		},
+	}, {
+		name: "an ExtensionRef is never skipped: 500",
+		rules: `  - matches: [{path: {type: PathPrefix, value: /admin}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: strict}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`,
+		want: model.L7Route{
+			Matches:        []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/admin"}}},
+			DirectResponse: &model.DirectResponse{Status: 500},
+		},
+		rejected: "ExtensionRef Auth/strict is not supported",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(route(tt.rules))...))
+			var faults []string
+			for _, r := range rej {
+				faults = append(faults, r.String())
+			}
+			if got := strings.Join(faults, "; "); tt.rejected == "" && got != "" || !strings.Contains(got, tt.rejected) {
+				t.Errorf("reported %q; want %q", got, tt.rejected)
+			}
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/waypoint")
+			}
+			routes := cfg.Listeners[0].VirtualHosts[0].Routes
+			if len(routes) != 1 {
+				t.Fatalf("%d routes; want 1", len(routes))
+			}
+			tt.want.Name = "reviews.bookinfo.0"
+			if d := cmp.Diff(tt.want, routes[0]); d != "" {
+				t.Errorf("route (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestReplacePrefixMatchPaths: the rewritten path a backend sees, for the
+// prefix replacements Gateway API's conformance tests use.
+func TestReplacePrefixMatchPaths(t *testing.T) {
+	tests := []struct {
+		prefix, replace, path, want string
+	}{
+		{"/api", "/v2", "/api", "/v2"},
+		{"/api", "/v2", "/api/users", "/v2/users"},
+		{"/api/", "/v2/", "/api/users", "/v2/users"},
+		{"/api", "/", "/api", "/"},
+		{"/api", "/", "/api/users", "/users"},
+		{"/", "/app", "/x/y", "/app/x/y"},
+	}
+	for _, tt := range tests {
+		rt := `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: "` + tt.prefix + `"}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: "` + tt.replace + `"}}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`
+		snap, _ := mustBuild(t, inputs(t, bookinfo(rt)...))
+		cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+		rw := cfg.Listeners[0].VirtualHosts[0].Routes[0].Rewrite
+		if rw == nil || rw.URIRegex == nil {
+			t.Fatalf("%s → %s: no regex rewrite", tt.prefix, tt.replace)
+		}
+		got := regexp.MustCompile(rw.URIRegex.Pattern).ReplaceAllString(tt.path, rw.URIRegex.Substitution)
+		if got != tt.want {
+			t.Errorf("prefix %s replaced by %s: %s → %s; want %s", tt.prefix, tt.replace, tt.path, got, tt.want)
+		}
+	}
+}
