@@ -427,3 +427,130 @@ func forgedToken(t *testing.T, ns, sa string) string {
 	s.FillBytes(sig[32:])
 	return signed + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
+
+// meshdPods are the ready meshd replicas.
+func meshdPods(t *testing.T, lb *lab.Lab) []corev1.Pod {
+	t.Helper()
+	pods, err := lb.Clientset().CoreV1().Pods("meshlet-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && podReady(&p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// connectedClients adds meshd_xds_connected_clients over the ready replicas.
+func connectedClients(t *testing.T, lb *lab.Lab) (float64, int) {
+	t.Helper()
+	var sum float64
+	pods := meshdPods(t, lb)
+	for _, p := range pods {
+		sum += sumMetric(t, "http://"+p.Status.PodIP+":15014/metrics", "meshd_xds_connected_clients")
+	}
+	return sum, len(pods)
+}
+
+// TestMeshdReplicasServeAndFailOver: both meshd replicas serve config and
+// certificates under one root; when one is deleted, its clients reconnect
+// to the other and a pod enrolled right then still gets its certificate.
+func TestMeshdReplicasServeAndFailOver(t *testing.T) {
+	lb := meshLab(t)
+	ns := lb.NewNamespace(t)
+	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
+		t.Fatalf("label namespace: %v: %s", err, out)
+	}
+	replicas := meshdPods(t, lb)
+	if len(replicas) != 2 {
+		t.Fatalf("%d ready meshd replicas; the chart runs 2", len(replicas))
+	}
+	lb.Apply(t, ns, `apiVersion: v1
+kind: Pod
+metadata: {name: first, labels: {app: failover}}
+spec:
+  containers: [{name: echo, image: meshlet.dev/echo:latest}]
+`)
+	first := lb.WaitPodsReady(t, ns, "app=failover", 1, 2*time.Minute)[0]
+	tlsCfg := meshdTLS(t, lb, ns)
+	rootPool := tlsCfg.RootCAs
+	agent := nodeAgentOn(t, lb, first.Spec.NodeName)
+	token := boundToken(t, lb, agent)
+	types := []string{meshv1.WorkloadType, meshv1.TrustBundleType}
+	for _, md := range replicas {
+		conn, err := grpc.NewClient(md.Status.PodIP+":15012", grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, err := dialWireXDS(t.Context(), conn, token, "node-agent~"+first.Spec.NodeName, types, nil)
+		if err != nil {
+			t.Fatalf("replica %s: %v", md.Name, err)
+		}
+		lab.WaitFor(t, 30*time.Second, "replica "+md.Name+" serves the node's workloads", func() (bool, error) {
+			ok, err := x.state(types)
+			_, has := x.get(meshv1.WorkloadType, string(first.UID))
+			return ok && has && err == nil, err
+		})
+		// A certificate from this replica chains to the root every namespace trusts.
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := &url.URL{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/" + ns + "/sa/default"}
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pems, err := createCertificate(t.Context(), conn, token, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 600)
+		if err != nil {
+			t.Fatalf("replica %s refused a CSR it should sign: %v", md.Name, err)
+		}
+		blk, _ := pem.Decode([]byte(pems[0]))
+		leaf, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inter := x509.NewCertPool()
+		for _, p := range pems[1:] {
+			if b, _ := pem.Decode([]byte(p)); b != nil {
+				if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+					inter.AddCert(c)
+				}
+			}
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: rootPool, Intermediates: inter}); err != nil {
+			t.Errorf("certificate from replica %s does not chain to istio-ca-root-cert: %v", md.Name, err)
+		}
+		conn.Close()
+	}
+
+	before, _ := connectedClients(t, lb)
+	if before < 2 {
+		t.Fatalf("%v clients connected over both replicas; want at least the 2 node agents", before)
+	}
+	victim := replicas[0]
+	if err := lb.Clientset().CoreV1().Pods("meshlet-system").Delete(t.Context(), victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A pod enrolled while a replica is going: its node agent still gets
+	// its certificate (the CNI plugin fails the pod's start otherwise).
+	lb.Apply(t, ns, `apiVersion: v1
+kind: Pod
+metadata: {name: second, labels: {app: failover-2}}
+spec:
+  containers: [{name: echo, image: meshlet.dev/echo:latest}]
+`)
+	lb.WaitPodsReady(t, ns, "app=failover-2", 1, 2*time.Minute)
+	lab.WaitFor(t, 2*time.Minute, "every client reconnected after a replica was deleted", func() (bool, error) {
+		now, n := connectedClients(t, lb)
+		for _, p := range meshdPods(t, lb) {
+			if p.Name == victim.Name {
+				return false, fmt.Errorf("%s still serving", victim.Name)
+			}
+		}
+		return now >= before && n == 2, fmt.Errorf("%v clients over %d ready replicas; had %v", now, n, before)
+	})
+}
