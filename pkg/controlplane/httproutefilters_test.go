@@ -163,3 +163,57 @@ spec:
 		}
 	}
 }
+
+// TestDestinationRulePortLevelSettings: Istio's example — a port's settings
+// replace the destination-level policy for that port only.
+func TestDestinationRulePortLevelSettings(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: reviews}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: admin, port: 9000, targetPort: 9000}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {tcp: {maxConnections: 100}}
+    portLevelSettings:
+    - port: {number: 9000}
+      loadBalancer: {simple: ROUND_ROBIN}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings}}]
+`)...))
+	for _, r := range rej {
+		if !r.Warning {
+			t.Errorf("rejected: %s", r)
+		}
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config")
+	}
+	got := map[string]model.TrafficPolicy{}
+	for _, c := range cfg.Clusters {
+		got[c.Name] = c.Traffic
+	}
+	http := got["outbound|80||ratings.bookinfo.svc.cluster.local"]
+	admin := got["outbound|9000||ratings.bookinfo.svc.cluster.local"]
+	if http.LB.Simple != model.LBLeastRequest || http.Pool.MaxConnections != 100 {
+		t.Errorf("port 80 policy = %+v; want the destination-level LEAST_REQUEST with 100 connections", http)
+	}
+	if admin.LB.Simple != model.LBRoundRobin || admin.Pool.MaxConnections != 0 {
+		t.Errorf("port 9000 policy = %+v; want its own ROUND_ROBIN and no inherited connection limit", admin)
+	}
+}

@@ -157,11 +157,11 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels})
 		}
 		if dr, ok := lb.bd.drFor[owner]; ok {
-			c.Traffic = trafficPolicy(dr.spec.GetTrafficPolicy())
+			c.Traffic = trafficPolicy(forPort(dr.spec.GetTrafficPolicy(), port))
 			for _, ss := range dr.spec.GetSubsets() {
 				sub := model.Subset{Name: ss.GetName(), Labels: ss.GetLabels()}
 				if ss.GetTrafficPolicy() != nil {
-					tp := trafficPolicy(ss.GetTrafficPolicy())
+					tp := trafficPolicy(forPort(ss.GetTrafficPolicy(), port))
 					sub.Traffic = &tp
 				}
 				c.Subsets = append(c.Subsets, sub)
@@ -184,6 +184,23 @@ func (bd *build) workloadByUID(uid string) (*model.Workload, bool) {
 	}
 	w, ok := bd.wlByUID[uid]
 	return w, ok
+}
+
+// forPort applies a DestinationRule's portLevelSettings: the policy for
+// port replaces the destination-level one whole (Istio: fields left out at
+// port level take their defaults, not the destination-level values).
+func forPort(tp *networkingapi.TrafficPolicy, port uint32) *networkingapi.TrafficPolicy {
+	for _, pl := range tp.GetPortLevelSettings() {
+		if pl.GetPort().GetNumber() == port {
+			return &networkingapi.TrafficPolicy{
+				LoadBalancer:     pl.GetLoadBalancer(),
+				ConnectionPool:   pl.GetConnectionPool(),
+				OutlierDetection: pl.GetOutlierDetection(),
+				Tls:              pl.GetTls(),
+			}
+		}
+	}
+	return tp
 }
 
 func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
