@@ -303,3 +303,22 @@ func onePrefix(ms []model.RouteMatch) (string, bool) {
 	}
 	return p, true
 }
+
+// envoySubstitution turns an Istio/Envoy regex rewrite (`\2/instance/\1`,
+// RE2 with backslash group references) into Go's expansion syntax
+// ("${2}/instance/${1}"), escaping a literal "$".
+func envoySubstitution(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '$':
+			b.WriteString("$$")
+		case c == '\\' && i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '9':
+			b.WriteString("${" + string(s[i+1]) + "}")
+			i++
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

@@ -217,3 +217,28 @@ spec:
 		t.Errorf("port 9000 policy = %+v; want its own ROUND_ROBIN and no inherited connection limit", admin)
 	}
 }
+
+// TestVirtualServiceRegexRewrite: Istio's uriRegexRewrite example, with
+// Envoy's backslash group references, gives the path Istio documents.
+func TestVirtualServiceRegexRewrite(t *testing.T) {
+	snap, _ := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /service}}]
+    rewrite:
+      uriRegexRewrite: {match: '^/service/([^/]+)(/.*)$', rewrite: '\2/instance/\1'}
+    route: [{destination: {host: reviews}}]
+`)...))
+	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	rw := cfg.Listeners[0].VirtualHosts[0].Routes[0].Rewrite
+	if rw == nil || rw.URIRegex == nil {
+		t.Fatal("no regex rewrite")
+	}
+	got := regexp.MustCompile(rw.URIRegex.Pattern).ReplaceAllString("/service/foo/v1/api", rw.URIRegex.Substitution)
+	if got != "/v1/api/instance/foo" {
+		t.Errorf("/service/foo/v1/api rewritten to %q; want /v1/api/instance/foo", got)
+	}
+}

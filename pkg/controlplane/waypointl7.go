@@ -346,7 +346,7 @@ func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService]
 		if rw := hr.GetRewrite(); rw != nil {
 			r.Rewrite = &model.Rewrite{URIPrefix: rw.GetUri(), Authority: rw.GetAuthority()}
 			if rr := rw.GetUriRegexRewrite(); rr != nil {
-				r.Rewrite.URIRegex = &model.RegexRewrite{Pattern: rr.GetMatch(), Substitution: rr.GetRewrite()}
+				r.Rewrite.URIRegex = &model.RegexRewrite{Pattern: rr.GetMatch(), Substitution: envoySubstitution(rr.GetRewrite())}
 			}
 		}
 		r.Timeout = hr.GetTimeout().AsDuration()
