@@ -32,6 +32,9 @@ type compiled struct {
 	// limiters by listener/vhost/route name, so that a config push keeps
 	// the token buckets of unchanged rate limits.
 	limiters map[string]*rateLimiter
+	// telemetry is the Telemetry API's say over access log, metrics and
+	// trace sampling; nil fields keep Options' defaults.
+	telemetry model.L7Telemetry
 }
 
 func limiterKey(listener, vhost, route string) string {
@@ -136,7 +139,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			return nil, fmt.Errorf("compile waypoint config: %w", err)
 		}
 	}
-	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies, limiters: map[string]*rateLimiter{}}
+	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies, limiters: map[string]*rateLimiter{}, telemetry: cfg.L7.Telemetry}
 	var oldLimiters map[string]*rateLimiter
 	if old != nil {
 		oldLimiters = old.limiters

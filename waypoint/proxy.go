@@ -164,11 +164,20 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		if rec.code == 0 && !w.aborted {
 			rec.code = http.StatusOK
 		}
-		p.metrics.observe(rec)
-		p.log.log(rec)
+		// The Telemetry API (cfg.telemetry) switches what the options enable.
+		if tm := cfg.telemetry.RequestMetrics; tm == nil || *tm {
+			p.metrics.observe(rec)
+		}
+		if al := cfg.telemetry.AccessLog; al == nil || *al {
+			p.log.log(rec)
+		}
 	}()
 	grpc := isGRPC(req)
-	tc := startTrace(req.Header, p.opts.TraceSampling)
+	sampling := p.opts.TraceSampling
+	if s := cfg.telemetry.TraceSampling; s != nil {
+		sampling = *s
+	}
+	tc := startTrace(req.Header, sampling)
 	if p.opts.ExportSpan != nil && tc.sampled {
 		defer p.exportSpan(tc, rec, w)
 	}

@@ -129,6 +129,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	l7 := bd.buildL7()
 	bd.buildIngressL7(l7)
 	bd.buildIstioIngressL7(l7)
+	bd.applyTelemetry(l7)
 	bd.warnUnmatchedSelectors()
 	bd.warnDanglingReferences()
 	bd.warnPeerAuthenticationConflicts()

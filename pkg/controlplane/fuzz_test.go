@@ -196,3 +196,15 @@ ports: [{name: http, port: 8080}]
 endpoints: [{addresses: [10.0.0.9]}]
 `)
 }
+
+func FuzzTranslateTelemetry(f *testing.F) {
+	fuzzTranslate(f, "telemetry.istio.io/v1", "Telemetry", `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: wp-debug, namespace: foo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  accessLogging: [{disabled: false, providers: [{name: envoy}]}]
+  tracing: [{randomSamplingPercentage: 50}]
+  metrics: [{overrides: [{match: {metric: ALL_METRICS}, disabled: true}]}]
+`)
+}

@@ -6,11 +6,14 @@ import (
 
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
+	telemetryapi "istio.io/api/telemetry/v1alpha1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
+	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,6 +42,7 @@ const (
 	KindHTTPRoute             = "HTTPRoute"
 	KindGRPCRoute             = "GRPCRoute"
 	KindReferenceGrant        = "ReferenceGrant"
+	KindTelemetry             = "Telemetry"
 )
 
 // config is one Istio object reduced to what translation needs: its metadata
@@ -67,6 +71,7 @@ type Inputs struct {
 	virtualSvcs  map[string]config[networkingapi.VirtualService]
 	destRules    map[string]config[networkingapi.DestinationRule]
 	istioGws     map[string]config[networkingapi.Gateway]
+	telemetries  map[string]config[telemetryapi.Telemetry]
 
 	gateways        map[string]*gatewayv1.Gateway
 	gatewayClasses  map[string]*gatewayv1.GatewayClass
@@ -93,7 +98,7 @@ func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) 
 // (EndpointSlice); istio.io/client-go networking v1, v1beta1 and v1alpha3
 // (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
 // security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
-// RequestAuthentication); and sigs.k8s.io/gateway-api v1 (Gateway,
+// RequestAuthentication), telemetry v1 and v1alpha1 (Telemetry); and sigs.k8s.io/gateway-api v1 (Gateway,
 // GatewayClass, HTTPRoute, GRPCRoute, ReferenceGrant). Adding an object with
 // the namespace/name of one already added replaces it. Any other type is an error.
 func (in *Inputs) Add(obj runtime.Object) error {
@@ -119,6 +124,10 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		putConfig(&in.authzs, o.ObjectMeta, &o.Spec)
 	case *securityv1beta1.AuthorizationPolicy:
 		putConfig(&in.authzs, o.ObjectMeta, &o.Spec)
+	case *telemetryv1.Telemetry:
+		putConfig(&in.telemetries, o.ObjectMeta, &o.Spec)
+	case *telemetryv1alpha1.Telemetry:
+		putConfig(&in.telemetries, o.ObjectMeta, &o.Spec)
 	case *securityv1.RequestAuthentication:
 		putConfig(&in.requestAuths, o.ObjectMeta, &o.Spec)
 	case *securityv1beta1.RequestAuthentication:

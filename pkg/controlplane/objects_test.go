@@ -8,6 +8,8 @@ import (
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
+	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -41,6 +43,10 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &securityv1beta1.AuthorizationPolicy{}
 	case "security.istio.io/v1/RequestAuthentication":
 		return &securityv1.RequestAuthentication{}
+	case "telemetry.istio.io/v1/Telemetry":
+		return &telemetryv1.Telemetry{}
+	case "telemetry.istio.io/v1alpha1/Telemetry":
+		return &telemetryv1alpha1.Telemetry{}
 	case "security.istio.io/v1beta1/RequestAuthentication":
 		return &securityv1beta1.RequestAuthentication{}
 	case "networking.istio.io/v1/ServiceEntry":

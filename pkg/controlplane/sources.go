@@ -86,8 +86,7 @@ type requiredCRD struct {
 
 // requiredCRDs lists the CRDs meshd needs. Each is watched at its v1 version:
 // the API server serves the same objects at every version a CRD defines, so
-// objects written as v1alpha3 or v1beta1 are seen here too. Telemetry is
-// required (users' manifests carry it) but not translated yet.
+// objects written as v1alpha3 or v1beta1 are seen here too.
 var requiredCRDs = []requiredCRD{
 	{"networking.istio.io/v1", "virtualservices", "VirtualService"},
 	{"networking.istio.io/v1", "destinationrules", "DestinationRule"},
@@ -153,6 +152,7 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		{KindPeerAuthentication, sec.PeerAuthentications().Informer()},
 		{KindAuthorizationPolicy, sec.AuthorizationPolicies().Informer()},
 		{KindRequestAuthentication, sec.RequestAuthentications().Informer()},
+		{KindTelemetry, s.istio.Telemetry().V1().Telemetries().Informer()},
 		{KindGatewayClass, gw.GatewayClasses().Informer()},
 		{KindGateway, gw.Gateways().Informer()},
 		{KindHTTPRoute, gw.HTTPRoutes().Informer()},

@@ -36,6 +36,21 @@ type L7Config struct {
 	// JWTProviders are the RequestAuthentication JWT rules that apply to
 	// every request on this proxy; empty means no JWT validation.
 	JWTProviders []JWTProvider
+	// Telemetry is what Istio's Telemetry API asks of this proxy; the zero
+	// value keeps the proxy's own defaults.
+	Telemetry L7Telemetry
+}
+
+// L7Telemetry is the effective Telemetry API configuration of one proxy
+// (mesh-wide, then namespace, then the proxy's own; the most specific
+// setting of each kind wins). A nil field keeps the proxy's default.
+type L7Telemetry struct {
+	// AccessLog turns the JSON access log on or off.
+	AccessLog *bool `json:",omitempty"`
+	// TraceSampling is the percentage (0–100) of new traces sampled.
+	TraceSampling *float64 `json:",omitempty"`
+	// RequestMetrics turns the Istio request metrics on or off.
+	RequestMetrics *bool `json:",omitempty"`
 }
 
 // L7Listener is one port with its virtual hosts.
@@ -473,6 +488,9 @@ type RateLimit struct {
 func (c *L7Config) Validate() error {
 	if len(c.Listeners) == 0 {
 		return errors.New("l7 config: no listeners: add at least one listener")
+	}
+	if p := c.Telemetry.TraceSampling; p != nil && (*p < 0 || *p > 100) {
+		return fmt.Errorf("l7 config: trace sampling %v%% is not between 0 and 100", *p)
 	}
 	clusters := map[string]*L7Cluster{}
 	for i := range c.Clusters {
