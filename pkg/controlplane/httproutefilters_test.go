@@ -242,3 +242,42 @@ spec:
 		t.Errorf("/service/foo/v1/api rewritten to %q; want /v1/api/instance/foo", got)
 	}
 }
+
+// TestVirtualServiceExportTo: a VirtualService kept to its own namespace
+// ("exportTo: [.]") is not used by a waypoint in another namespace, one
+// exported there is (Istio's cross-namespace configuration sharing).
+func TestVirtualServiceExportTo(t *testing.T) {
+	vs := func(ns, exportTo string) string {
+		return `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-abort, namespace: ` + ns + `}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  exportTo: ` + exportTo + `
+  http:
+  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews.bookinfo.svc.cluster.local}}]
+`
+	}
+	tests := []struct {
+		name  string
+		doc   string
+		abort bool
+	}{
+		{"same namespace, exported to .", vs("bookinfo", `["."]`), true},
+		{"other namespace, exported to .", vs("frontend", `["."]`), false},
+		{"other namespace, exported to bookinfo", vs("frontend", `[bookinfo]`), true},
+		{"other namespace, exported to *", vs("frontend", `["*"]`), true},
+		{"same namespace, exported nowhere", vs("bookinfo", `["~"]`), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, _ := mustBuild(t, inputs(t, bookinfo(ns("frontend", ""), tt.doc)...))
+			cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			r := cfg.Listeners[0].VirtualHosts[0].Routes[0]
+			if got := r.Fault != nil && r.Fault.Abort != nil; got != tt.abort {
+				t.Errorf("waypoint in bookinfo applies the VirtualService: %v; want %v", got, tt.abort)
+			}
+		})
+	}
+}
