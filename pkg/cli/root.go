@@ -95,6 +95,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 	pf.StringVar(&g.meshNamespace, "mesh-namespace", DefaultNamespace, "namespace meshlet is installed in")
 	root.AddCommand(
 		newInstallCommand(s, g),
+		newUpgradeCommand(s, g),
 		newUninstallCommand(s, g),
 		newAmbientCommand(s, g),
 		newWaypointCommand(s, g),
