@@ -25,6 +25,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshlet/meshlet/waypoint"
 	"github.com/meshlet/meshlet/waypoint/app"
 )
 
@@ -34,6 +35,9 @@ type flags struct {
 	podName                                            string
 	hboneAddr, metricsAddr, readyAddr, adminAddr       string
 	drainTimeout                                       time.Duration
+	accessLog                                          bool
+	traceSampling                                      float64
+	otlpEndpoint                                       string
 }
 
 func parseFlags() flags {
@@ -52,6 +56,9 @@ func parseFlags() flags {
 	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
 	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "debug (pprof) listen address, loopback only; empty disables")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "how long open HBONE streams may finish after SIGTERM")
+	flag.BoolVar(&f.accessLog, "access-log", true, "write Istio's JSON access log to stdout (the Telemetry API can turn it off per waypoint)")
+	flag.Float64Var(&f.traceSampling, "trace-sampling", 1, "percentage (0-100) of new traces sampled (the Telemetry API can override it)")
+	flag.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector base URL for sampled spans, e.g. http://otel-collector:4318; empty: spans are not exported (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 	flag.Parse()
 	return f
 }
@@ -142,6 +149,27 @@ func run(ctx context.Context, f flags) error {
 		if err := serveAdmin(ctx, f.adminAddr); err != nil {
 			return err
 		}
+	}
+	if f.traceSampling < 0 || f.traceSampling > 100 {
+		return fmt.Errorf("--trace-sampling %v: want a percentage between 0 and 100", f.traceSampling)
+	}
+	opts.TraceSampling = f.traceSampling
+	if f.accessLog {
+		opts.AccessLog = os.Stdout
+	}
+	if f.otlpEndpoint != "" {
+		exp, err := waypoint.NewOTLPExporter(waypoint.OTLPOptions{
+			Endpoint: f.otlpEndpoint,
+			Resource: map[string]string{"k8s.namespace.name": f.namespace, "k8s.pod.name": f.podName, "meshlet.gateway.name": f.gateway},
+			Logf:     func(format string, a ...any) { logger.Warn(fmt.Sprintf(format, a...)) },
+		})
+		if err != nil {
+			return fmt.Errorf("--otlp-endpoint: %w", err)
+		}
+		opts.ExportSpan = exp.Export
+		ectx, stop := context.WithCancel(ctx)
+		defer stop()
+		go func() { _ = exp.Run(ectx) }()
 	}
 	return app.Run(ctx, opts)
 }

@@ -17,6 +17,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -92,6 +93,15 @@ type Options struct {
 	Registerer *prometheus.Registry
 	// Logger receives events; nil means slog.Default().
 	Logger *slog.Logger
+	// AccessLog receives the JSON access log (Istio's default fields), one
+	// line per request; nil means none. The Telemetry API can turn it off.
+	AccessLog io.Writer
+	// TraceSampling is the percentage (0–100) of new traces sampled, unless
+	// the Telemetry API says otherwise.
+	TraceSampling float64
+	// ExportSpan receives the sampled spans (e.g. an OTLP exporter's
+	// Export); nil means spans are not exported.
+	ExportSpan func(waypoint.Span)
 }
 
 func (o *Options) check() error {
@@ -272,11 +282,14 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			err = p.Update(cfg)
 		} else {
 			p, err = waypoint.New(waypoint.Options{
-				Config:      cfg,
-				DialContext: s.dialUpstream,
-				Peer:        peerOf,
-				Registerer:  s.reg,
-				Logf:        func(f string, a ...any) { s.log.Warn(fmt.Sprintf(f, a...)) },
+				Config:        cfg,
+				DialContext:   s.dialUpstream,
+				Peer:          peerOf,
+				Registerer:    s.reg,
+				Logf:          func(f string, a ...any) { s.log.Warn(fmt.Sprintf(f, a...)) },
+				AccessLog:     s.opts.AccessLog,
+				TraceSampling: s.opts.TraceSampling,
+				ExportSpan:    s.opts.ExportSpan,
 			})
 			if err == nil {
 				s.proxy.Store(p)
