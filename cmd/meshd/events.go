@@ -49,10 +49,14 @@ func (e *eventRecorder) write(ctx context.Context, r controlplane.Rejection) {
 	}
 	kind, _, _ := strings.Cut(r.Kind, ".") // "Gateway.networking.istio.io" → "Gateway"
 	now := metav1.NewTime(time.Now())
+	reason := "MeshConfigRejected" // skipped: the rest of the config flows without it
+	if r.Warning {
+		reason = "MeshConfigWarning" // used, but probably not what its author meant
+	}
 	ev := &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: strings.ToLower(fmt.Sprintf("%s.%s.", r.Name, kind)), Namespace: ns},
 		InvolvedObject: corev1.ObjectReference{Kind: kind, Namespace: r.Namespace, Name: r.Name},
-		Reason:         "MeshConfigRejected",
+		Reason:         reason,
 		Message:        r.Reason,
 		Type:           corev1.EventTypeWarning,
 		Source:         corev1.EventSource{Component: "meshd"},

@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -156,12 +157,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("gateway api client: %w", err)
 	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("create dynamic client: %w", err)
+	}
 	// Refuse to start without the CRDs, naming what is missing.
 	if err := controlplane.CheckCRDs(kube); err != nil {
 		if errors.Is(err, controlplane.ErrCRDMissing) {
 			// HTTPRoute's and Istio's CRDs exceed client-side apply's
 			// 256 KiB annotation limit.
-			return fmt.Errorf("%w (apply them server-side: kubectl apply --server-side -f deploy/crds/, or meshctl install)", err)
+			return fmt.Errorf("%w (apply them server-side: kubectl apply --server-side -R -f deploy/crds/, or meshctl install)", err)
 		}
 		return err
 	}
@@ -213,7 +218,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kick := make(chan struct{}, 1)
 	roots := &rootPublisher{kube: kube, log: log, queue: make(chan string, 256), done: make(chan struct{})}
 	roots.pem.Store(&rootPEM)
-	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw,
+	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw, Dynamic: dyn,
 		Listener: controlplane.ListenerFunc(func(c controlplane.Change) {
 			select {
 			case kick <- struct{}{}:
@@ -232,7 +237,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	builder := controlplane.NewBuilder(controlplane.BuilderOptions{TrustDomain: td.Name(), RootNamespace: cfg.rootNamespace, ClusterDomain: cfg.clusterDomain})
 	events := &eventRecorder{kube: kube, log: log, queue: make(chan controlplane.Rejection, 100)}
-	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, seen: map[string]bool{}, event: events.record}
+	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, warned: m.warned, seen: map[string]bool{}, event: events.record}
 	if err := rb.rebuild(); err != nil {
 		return err
 	}
@@ -335,6 +340,7 @@ type rebuilder struct {
 	xds      *xds.Server
 	log      *slog.Logger
 	rejected *prometheus.CounterVec
+	warned   *prometheus.CounterVec // nil: warnings are only logged
 	seen     map[string]bool
 	// event records a rejection on its object; nil records none.
 	event func(controlplane.Rejection)
@@ -355,10 +361,13 @@ func (r *rebuilder) rebuild() error {
 		}
 		if rej.Warning {
 			r.log.Warn("config warning", "kind", rej.Kind, "namespace", rej.Namespace, "name", rej.Name, "reason", rej.Reason)
-			continue
+			if r.warned != nil {
+				r.warned.WithLabelValues(rej.Kind).Inc()
+			}
+		} else {
+			r.log.Warn("config rejected", "kind", rej.Kind, "namespace", rej.Namespace, "name", rej.Name, "reason", rej.Reason)
+			r.rejected.WithLabelValues(rej.Kind).Inc()
 		}
-		r.log.Warn("config rejected", "kind", rej.Kind, "namespace", rej.Namespace, "name", rej.Name, "reason", rej.Reason)
-		r.rejected.WithLabelValues(rej.Kind).Inc()
 		if r.event != nil {
 			r.event(rej)
 		}
@@ -411,6 +420,7 @@ func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 // metrics are meshd's own series beside pkg/xds's.
 type metrics struct {
 	rejected   *prometheus.CounterVec
+	warned     *prometheus.CounterVec
 	csrSigned  prometheus.Counter
 	csrRefused prometheus.Counter
 }
@@ -420,10 +430,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_config_rejected_total", Help: "Invalid configuration objects skipped, by kind (each fault counted once).",
 		}, []string{"kind"}),
+		warned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_config_warnings_total", Help: "Configuration objects used but probably not as meant (a selector or target that matches nothing, a shadowed host), by kind (each counted once).",
+		}, []string{"kind"}),
 		csrSigned:  prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_csr_signed_total", Help: "Certificate requests signed."}),
 		csrRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_csr_refused_total", Help: "Certificate requests refused."}),
 	}
-	reg.MustRegister(m.rejected, m.csrSigned, m.csrRefused)
+	reg.MustRegister(m.rejected, m.warned, m.csrSigned, m.csrRefused)
 	return m
 }
 

@@ -3,8 +3,10 @@
 // the Gateway API's standard channel from sigs.k8s.io/gateway-api), so that
 // meshctl can install them and meshd can name what is missing.
 //
-// The YAML files are generated: never edit them, rerun `make crds`. This
-// package must not talk to a cluster.
+// The YAML files at the top are generated: never edit them, rerun `make
+// crds`. meshlet's own CRDs (policy.meshlet.dev) are in meshlet/ and are
+// written by hand with their Go types in pkg/api/policy. This package must
+// not talk to a cluster.
 package crds
 
 import (
@@ -20,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 )
 
-//go:embed *.yaml
+//go:embed *.yaml meshlet/*.yaml
 var files embed.FS
 
 // FS holds the CRD files.
@@ -42,13 +44,14 @@ var Required = []string{
 	"httproutes.gateway.networking.k8s.io",
 	"grpcroutes.gateway.networking.k8s.io",
 	"referencegrants.gateway.networking.k8s.io",
+	"localratelimitpolicies.policy.meshlet.dev",
 }
 
 // InstallHint is the command that installs the CRDs, for error messages.
 //
 // --server-side is needed: several CRDs (HTTPRoute, Istio's) are larger than
 // the 256 KiB last-applied annotation a client-side apply writes.
-const InstallHint = "kubectl apply --server-side -f deploy/crds/"
+const InstallHint = "kubectl apply --server-side -R -f deploy/crds/"
 
 // Documents returns every embedded CRD document by metadata.name, as YAML.
 func Documents() (map[string][]byte, error) {

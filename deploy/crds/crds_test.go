@@ -39,7 +39,7 @@ func TestMissing(t *testing.T) {
 				m[n] = true
 			}
 			return m
-		}(), []string{"gatewayclasses.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io", "grpcroutes.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io", "referencegrants.gateway.networking.k8s.io"}},
+		}(), []string{"gatewayclasses.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io", "grpcroutes.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io", "localratelimitpolicies.policy.meshlet.dev", "referencegrants.gateway.networking.k8s.io"}},
 	}
 	for _, tt := range tests {
 		if got := Missing(tt.have); !slices.Equal(got, tt.want) {

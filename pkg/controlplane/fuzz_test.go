@@ -208,3 +208,14 @@ spec:
   metrics: [{overrides: [{match: {metric: ALL_METRICS}, disabled: true}]}]
 `)
 }
+
+func FuzzTranslateLocalRateLimitPolicy(f *testing.F) {
+	fuzzTranslate(f, "policy.meshlet.dev/v1alpha1", "LocalRateLimitPolicy", `apiVersion: policy.meshlet.dev/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: web-limit, namespace: foo}
+spec:
+  targetRefs: [{group: "", kind: Service, name: web}, {group: gateway.networking.k8s.io, kind: Gateway, name: wp}]
+  limit: {requests: 10, interval: 1s, burst: 20}
+  key: {type: Header, header: x-user, maxKeys: 100}
+`)
+}

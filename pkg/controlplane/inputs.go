@@ -17,9 +17,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	policyv1alpha1 "github.com/meshlet/meshlet/pkg/api/policy/v1alpha1"
 )
+
+// decodeErrorAnnotation carries, on a placeholder object, why a stored
+// object could not be decoded; the builder reports it.
+const decodeErrorAnnotation = "meshlet.dev/decode-error"
 
 // Kind names of the objects the builder reads, as in Rejection.Kind.
 const (
@@ -43,6 +50,7 @@ const (
 	KindGRPCRoute             = "GRPCRoute"
 	KindReferenceGrant        = "ReferenceGrant"
 	KindTelemetry             = "Telemetry"
+	KindLocalRateLimitPolicy  = "LocalRateLimitPolicy"
 )
 
 // config is one Istio object reduced to what translation needs: its metadata
@@ -78,6 +86,8 @@ type Inputs struct {
 	httpRoutes      map[string]*gatewayv1.HTTPRoute
 	grpcRoutes      map[string]*gatewayv1.GRPCRoute
 	referenceGrants map[string]*gatewayv1.ReferenceGrant
+
+	rateLimits map[string]*policyv1alpha1.LocalRateLimitPolicy
 }
 
 func key(m metav1.Object) string { return m.GetNamespace() + "/" + m.GetName() }
@@ -174,6 +184,20 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		put(&in.grpcRoutes, key(o), o)
 	case *gatewayv1.ReferenceGrant:
 		put(&in.referenceGrants, key(o), o)
+	case *policyv1alpha1.LocalRateLimitPolicy:
+		put(&in.rateLimits, key(o), o)
+	case *unstructured.Unstructured:
+		// meshlet's own CRDs come through a dynamic informer.
+		if o.GroupVersionKind() != policyv1alpha1.GroupVersion.WithKind(KindLocalRateLimitPolicy) {
+			return fmt.Errorf("add object: unsupported kind %s", o.GroupVersionKind())
+		}
+		p := &policyv1alpha1.LocalRateLimitPolicy{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, p); err != nil {
+			// Stored but unreadable: kept so the builder reports it.
+			p = &policyv1alpha1.LocalRateLimitPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: o.GetNamespace(), Name: o.GetName(),
+				CreationTimestamp: o.GetCreationTimestamp(), Annotations: map[string]string{decodeErrorAnnotation: err.Error()}}}
+		}
+		put(&in.rateLimits, key(p), p)
 	case nil:
 		return fmt.Errorf("add object: nil")
 	default:

@@ -9,8 +9,10 @@ import (
 	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
-	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
+
+	policyv1alpha1 "github.com/meshlet/meshlet/pkg/api/policy/v1alpha1"
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
+	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -43,6 +45,8 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &securityv1beta1.AuthorizationPolicy{}
 	case "security.istio.io/v1/RequestAuthentication":
 		return &securityv1.RequestAuthentication{}
+	case "policy.meshlet.dev/v1alpha1/LocalRateLimitPolicy":
+		return &policyv1alpha1.LocalRateLimitPolicy{}
 	case "telemetry.istio.io/v1/Telemetry":
 		return &telemetryv1.Telemetry{}
 	case "telemetry.istio.io/v1alpha1/Telemetry":

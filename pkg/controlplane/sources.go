@@ -13,18 +13,22 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	policyv1alpha1 "github.com/meshlet/meshlet/pkg/api/policy/v1alpha1"
 )
 
 // ErrCRDMissing is wrapped by Start when a CRD meshd needs is not installed.
 var ErrCRDMissing = errors.New("required CRDs are not installed")
 
 // InstallCRDsCommand is how a user installs the CRDs meshd needs.
-const InstallCRDsCommand = "kubectl apply --server-side -f deploy/crds/"
+const InstallCRDsCommand = "kubectl apply --server-side -R -f deploy/crds/"
 
 // Op is what happened to an object.
 type Op string
@@ -68,6 +72,9 @@ type SourcesOptions struct {
 	Istio istioclient.Interface
 	// Gateway is the Gateway API client. Required.
 	Gateway gatewayclient.Interface
+	// Dynamic reads meshlet's own CRDs (policy.meshlet.dev); nil means
+	// they are not watched.
+	Dynamic dynamic.Interface
 	// Listener receives every change after the initial sync. Nil means changes
 	// are only visible through Inputs.
 	Listener Listener
@@ -102,6 +109,7 @@ var requiredCRDs = []requiredCRD{
 	{"gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute"},
 	{"gateway.networking.k8s.io/v1", "grpcroutes", "GRPCRoute"},
 	{"gateway.networking.k8s.io/v1", "referencegrants", "ReferenceGrant"},
+	{"policy.meshlet.dev/v1alpha1", "localratelimitpolicies", "LocalRateLimitPolicy"},
 }
 
 // Sources watches every object the Builder reads.
@@ -110,6 +118,7 @@ type Sources struct {
 	kube      informers.SharedInformerFactory
 	istio     istioinformers.SharedInformerFactory
 	gateway   gatewayinformers.SharedInformerFactory
+	dynamic   dynamicinformer.DynamicSharedInformerFactory
 	informers []kindInformer
 
 	mu     sync.Mutex
@@ -158,6 +167,10 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		{KindHTTPRoute, gw.HTTPRoutes().Informer()},
 		{KindGRPCRoute, gw.GRPCRoutes().Informer()},
 		{KindReferenceGrant, gw.ReferenceGrants().Informer()},
+	}
+	if opts.Dynamic != nil {
+		s.dynamic = dynamicinformer.NewDynamicSharedInformerFactory(opts.Dynamic, opts.Resync)
+		s.informers = append(s.informers, kindInformer{KindLocalRateLimitPolicy, s.dynamic.ForResource(policyv1alpha1.LocalRateLimitPolicyResource).Informer()})
 	}
 	for _, ki := range s.informers {
 		if _, err := ki.informer.AddEventHandler(s.handler(ki.kind)); err != nil {
@@ -247,6 +260,9 @@ func (s *Sources) Start(ctx context.Context) error {
 	s.kube.Start(ctx.Done())
 	s.istio.Start(ctx.Done())
 	s.gateway.Start(ctx.Done())
+	if s.dynamic != nil {
+		s.dynamic.Start(ctx.Done())
+	}
 	syncs := make([]cache.InformerSynced, 0, len(s.informers))
 	for _, ki := range s.informers {
 		syncs = append(syncs, ki.informer.HasSynced)
@@ -289,5 +305,8 @@ func (s *Sources) Close() error {
 	s.kube.Shutdown()
 	s.istio.Shutdown()
 	s.gateway.Shutdown()
+	if s.dynamic != nil {
+		s.dynamic.Shutdown()
+	}
 	return nil
 }

@@ -149,6 +149,11 @@ func (lb *Lab) Kubectl(args ...string) (string, error) {
 	return lb.kubectl(nil, args...)
 }
 
+// KubectlStdin runs the lab's kubectl with stdin as its input (e.g. apply -f -).
+func (lb *Lab) KubectlStdin(stdin string, args ...string) (string, error) {
+	return lb.kubectl([]byte(stdin), args...)
+}
+
 func (lb *Lab) kubectl(stdin []byte, args ...string) (string, error) {
 	cmd := exec.Command(lb.Layout.Bin("kubectl"), append([]string{"--kubeconfig", lb.Layout.Kubeconfig()}, args...)...)
 	if stdin != nil {

@@ -554,3 +554,54 @@ spec:
 		return now >= before && n == 2, fmt.Errorf("%v clients over %d ready replicas; had %v", now, n, before)
 	})
 }
+
+// TestLocalRateLimitPolicyInTheCluster: meshlet's own CRD is installed with
+// the mesh; the API server refuses a malformed policy with a message that
+// names the field, and meshd reports a valid one whose target does not
+// exist (a Warning event on it) while it keeps serving.
+func TestLocalRateLimitPolicyInTheCluster(t *testing.T) {
+	lb := meshLab(t)
+	ns := lb.NewNamespace(t)
+	bad := `apiVersion: policy.meshlet.dev/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: bad}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Service, name: web}]
+  limit: {requests: 0, interval: soon}
+`
+	out, err := lb.KubectlStdin(bad, "apply", "-n", ns, "-f", "-")
+	if err == nil {
+		t.Fatalf("the API server accepted a malformed LocalRateLimitPolicy:\n%s", out)
+	}
+	for _, want := range []string{"spec.limit.requests", "spec.limit.interval", "group"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("refusal %q does not name %s", out, want)
+		}
+	}
+	md := meshdPod(t, lb)
+	metrics := "http://" + md.Status.PodIP + ":15014/metrics"
+	warned0 := sumMetric(t, metrics, "meshd_config_warnings_total", "LocalRateLimitPolicy")
+	lb.Apply(t, ns, `apiVersion: policy.meshlet.dev/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: orphan}
+spec:
+  targetRefs: [{group: "", kind: Service, name: nothing-here}]
+  limit: {requests: 10, interval: 1s}
+  key: {type: Header, header: x-user}
+`)
+	lab.WaitFor(t, 30*time.Second, "a Warning event on LocalRateLimitPolicy orphan", func() (bool, error) {
+		evs, err := lb.Clientset().CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=orphan"})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs.Items {
+			if e.Type == corev1.EventTypeWarning && e.Reason == "MeshConfigWarning" && strings.Contains(e.Message, "match no route") {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("%d events, none the warning", len(evs.Items))
+	})
+	if d := sumMetric(t, metrics, "meshd_config_warnings_total", "LocalRateLimitPolicy") - warned0; d != 1 {
+		t.Errorf("meshd_config_warnings_total{kind=LocalRateLimitPolicy} moved by %v; want 1", d)
+	}
+}
