@@ -61,7 +61,8 @@ func ensurePKI(l Layout, nodes int) error {
 	}
 	for i := 1; i <= nodes; i++ {
 		n := NodeName(i)
-		specs = append(specs, certSpec{Name: "node-" + n, CN: "system:node:" + n, Orgs: []string{"system:nodes"}})
+		specs = append(specs, certSpec{Name: "node-" + n, CN: "system:node:" + n, Orgs: []string{"system:nodes"}},
+			certSpec{Name: "kubelet-" + n, CN: n, Server: true, DNS: []string{n}, IPs: []string{NodeIP(i)}})
 	}
 	for _, s := range specs {
 		if exists(filepath.Join(dir, s.Name+".crt")) && exists(filepath.Join(dir, s.Name+".key")) {

@@ -160,6 +160,7 @@ func (s *supervisor) startControlPlane(ctx context.Context) error {
 		"--kubelet-client-certificate=" + pki("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key=" + pki("apiserver-kubelet-client.key"),
 		"--kubelet-preferred-address-types=InternalIP",
+		"--kubelet-certificate-authority=" + pki("ca.crt"),
 		"--service-account-issuer=https://kubernetes.default.svc." + ClusterDomain,
 		"--service-account-key-file=" + pki("sa.pub"),
 		"--service-account-signing-key-file=" + pki("sa.key"),
@@ -267,6 +268,9 @@ func (s *supervisor) startNode(i int) error {
 		ClusterDomain: ClusterDomain,
 		Images:        images,
 		ImagesFile:    l.Path("images.json"),
+		ServingCert:   l.PKI("kubelet-" + node + ".crt"),
+		ServingKey:    l.PKI("kubelet-" + node + ".key"),
+		ClientCA:      l.PKI("ca.crt"),
 		LogDir:        filepath.Join(root, "var/log/pods"),
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")

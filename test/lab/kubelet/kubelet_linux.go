@@ -87,6 +87,9 @@ func Run(ctx context.Context, cfg Config) error {
 	k.cleanStale()
 
 	go k.installPlugins(ctx)
+	if err := k.serveAPI(ctx); err != nil {
+		return err
+	}
 	if err := k.registerNode(ctx); err != nil {
 		return err
 	}
@@ -518,6 +521,7 @@ func (k *kubelet) nodeStatus() corev1.NodeStatus {
 			{Type: corev1.NodeInternalIP, Address: k.cfg.NodeIP},
 			{Type: corev1.NodeHostName, Address: k.cfg.NodeName},
 		},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: APIPort}},
 		NodeInfo: corev1.NodeSystemInfo{
 			MachineID: k.cfg.NodeName, SystemUUID: k.cfg.NodeName, BootID: strings.TrimSpace(string(boot)),
 			KernelVersion: kernelVersion(), OSImage: "meshlet lab node", ContainerRuntimeVersion: "lab://" + kubeletVersion,
