@@ -25,6 +25,13 @@ import (
 )
 
 func main() {
+	// Descriptors inherited from whoever started us (a flock(1) lock, a
+	// terminal's extras) must not live on in the lab's long-running
+	// processes: a supervisor holding its caller's lock would hold it
+	// until the lab goes down.
+	for fd := 3; fd < 1024; fd++ {
+		syscall.CloseOnExec(fd)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root().ExecuteContext(ctx); err != nil {
