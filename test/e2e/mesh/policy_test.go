@@ -1,0 +1,178 @@
+package meshtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// ambientNamespace makes a namespace enrolled in the mesh.
+func ambientNamespace(t *testing.T, lb *lab.Lab) string {
+	t.Helper()
+	ns := lb.NewNamespace(t)
+	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
+		t.Fatalf("label namespace: %v: %s", err, out)
+	}
+	return ns
+}
+
+// clientPod runs an idle echo pod as service account sa (created here) to
+// make requests from with ExecInPod.
+func clientPod(t *testing.T, lb *lab.Lab, ns, name, sa string) corev1.Pod {
+	t.Helper()
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: %[2]s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, labels: {role: client-%[1]s}}
+spec:
+  serviceAccountName: %[2]s
+  containers:
+  - name: main
+    image: meshlet.dev/echo:latest
+    command: [/bin/sh, -c, "exec sleep 3600"]
+`, name, sa))
+	return lb.WaitPodsReady(t, ns, "role=client-"+name, 1, 2*time.Minute)[0]
+}
+
+// request makes one request (a fresh connection) from a pod and reports
+// whether it was answered, with the client's summary.
+func request(t *testing.T, lb *lab.Lab, ns, pod, url string) (bool, string) {
+	t.Helper()
+	out, err := lb.ExecInPod(ns, pod, lb.Layout.Bin("echo"), "client", "-json", "-n", "1", "-timeout", "3s", url)
+	if err != nil {
+		return false, fmt.Sprintf("%v: %s", err, out)
+	}
+	var s struct{ OK int }
+	if i := strings.Index(out, "{"); i >= 0 {
+		_ = json.Unmarshal([]byte(out[i:]), &s)
+	}
+	return s.OK == 1, out
+}
+
+// waitAnswered polls until requests from pod are answered (want) or refused.
+func waitAnswered(t *testing.T, lb *lab.Lab, ns, pod, url string, want bool, what string) {
+	t.Helper()
+	lab.WaitFor(t, 45*time.Second, what, func() (bool, error) {
+		ok, out := request(t, lb, ns, pod, url)
+		return ok == want, fmt.Errorf("answered=%v: %s", ok, strings.Join(strings.Fields(out), " "))
+	})
+}
+
+// echoServer deploys one echo pod behind Service echo in ns and returns the
+// pod and the Service's URL.
+func echoServer(t *testing.T, lb *lab.Lab, ns string) (corev1.Pod, string) {
+	t.Helper()
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1))
+	pod := lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)[0]
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod, fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+}
+
+func refusedMetric(t *testing.T, hostIP, ns, reason string) float64 {
+	t.Helper()
+	return sumMetric(t, "http://"+hostIP+":15020/metrics", "meshlet_tcp_connections_refused_total",
+		`reporter="destination"`, fmt.Sprintf(`destination_workload_namespace=%q`, ns), fmt.Sprintf(`reason=%q`, reason))
+}
+
+// TestPeerAuthenticationStrictAndPermissive: with the mesh's default
+// (PERMISSIVE) a client outside the mesh is served in plaintext; a
+// namespace PeerAuthentication STRICT refuses it (reset, counted) while mesh
+// clients and the kubelet's probes keep working; back to PERMISSIVE, it is
+// served again.
+func TestPeerAuthenticationStrictAndPermissive(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	server, url := echoServer(t, lb, ns)
+	insider := clientPod(t, lb, ns, "insider", "insider")
+	plain := lb.NewNamespace(t)
+	outsider := clientPod(t, lb, plain, "outsider", "outsider")
+
+	waitAnswered(t, lb, plain, outsider.Name, url, true, "PERMISSIVE by default: the outsider is served")
+	waitAnswered(t, lb, ns, insider.Name, url, true, "the mesh client is served")
+
+	refused0 := refusedMetric(t, server.Status.HostIP, ns, "strict_mtls_plaintext")
+	lb.Apply(t, ns, `apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: STRICT}
+`)
+	waitAnswered(t, lb, plain, outsider.Name, url, false, "STRICT: the outsider is refused")
+	if ok, out := request(t, lb, ns, insider.Name, url); !ok {
+		t.Errorf("STRICT: the mesh client was refused: %s", out)
+	}
+	if d := refusedMetric(t, server.Status.HostIP, ns, "strict_mtls_plaintext") - refused0; d < 1 {
+		t.Errorf("refused connections (strict_mtls_plaintext) moved by %v; want at least 1", d)
+	}
+	// The kubelet's readiness probe (plaintext, from the node) still passes.
+	time.Sleep(3 * time.Second)
+	p, err := lb.Clientset().CoreV1().Pods(ns).Get(t.Context(), server.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !podReady(p) {
+		t.Errorf("echo pod not Ready under STRICT: the kubelet's probes must keep working")
+	}
+
+	lb.Apply(t, ns, `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec:
+  mtls: {mode: PERMISSIVE}
+`)
+	waitAnswered(t, lb, plain, outsider.Name, url, true, "PERMISSIVE again: the outsider is served")
+}
+
+// TestL4AuthorizationPolicy: an ALLOW for one service account lets it in and
+// keeps another out (reset, counted as policy_denied); a DENY for the
+// allowed one wins over the ALLOW.
+func TestL4AuthorizationPolicy(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	server, url := echoServer(t, lb, ns)
+	alice := clientPod(t, lb, ns, "alice", "a")
+	bob := clientPod(t, lb, ns, "bob", "b")
+	waitAnswered(t, lb, ns, bob.Name, url, true, "no policy: bob is served")
+
+	denied0 := refusedMetric(t, server.Status.HostIP, ns, "policy_denied")
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-a}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/%s/sa/a"]}}]
+`, ns))
+	waitAnswered(t, lb, ns, bob.Name, url, false, "ALLOW a: bob (sa b) is refused")
+	if ok, out := request(t, lb, ns, alice.Name, url); !ok {
+		t.Errorf("ALLOW a: alice (sa a) was refused: %s", out)
+	}
+	if d := refusedMetric(t, server.Status.HostIP, ns, "policy_denied") - denied0; d < 1 {
+		t.Errorf("refused connections (policy_denied) moved by %v; want at least 1", d)
+	}
+
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: not-a}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/%s/sa/a"]}}]
+`, ns))
+	waitAnswered(t, lb, ns, alice.Name, url, false, "DENY a wins over ALLOW a: alice is refused")
+}
