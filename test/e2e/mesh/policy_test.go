@@ -176,3 +176,55 @@ spec:
 `, ns))
 	waitAnswered(t, lb, ns, alice.Name, url, false, "DENY a wins over ALLOW a: alice is refused")
 }
+
+// TestTrafficFlowsWithMeshdStopped: with every meshd replica gone, enrolled
+// pods keep opening mutual-TLS connections to each other across nodes on
+// the last config and certificates the node agents hold.
+func TestTrafficFlowsWithMeshdStopped(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	nodes, err := lb.Clientset().CoreV1().Nodes().List(t.Context(), metav1.ListOptions{})
+	if err != nil || len(nodes.Items) < 2 {
+		t.Fatalf("want two nodes: %v", err)
+	}
+	server := podOn(t, lb, ns, "server", "server", nodes.Items[1].Name)
+	client := podOn(t, lb, ns, "client", "client", nodes.Items[0].Name)
+	url := fmt.Sprintf("http://%s:8080/", server.Status.PodIP)
+	waitAnswered(t, lb, ns, client.Name, url, true, "mesh traffic before meshd stops")
+
+	metrics := "http://" + client.Status.HostIP + ":15020/metrics"
+	mtls := func() float64 {
+		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`, fmt.Sprintf(`source_workload_namespace=%q`, ns), `connection_security_policy="mutual_tls"`)
+	}
+	scale := func(n int) {
+		t.Helper()
+		if out, err := lb.Kubectl("-n", "meshlet-system", "scale", "deployment/meshd", fmt.Sprintf("--replicas=%d", n)); err != nil {
+			t.Fatalf("scale meshd to %d: %v: %s", n, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		scale(2)
+		if out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "status", "deployment/meshd", "--timeout", "3m"); err != nil {
+			t.Errorf("meshd did not come back: %v: %s", err, out)
+		}
+	})
+	scale(0)
+	lab.WaitFor(t, 2*time.Minute, "every meshd pod gone", func() (bool, error) {
+		pods, err := lb.Clientset().CoreV1().Pods("meshlet-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshd"})
+		if err != nil {
+			return false, err
+		}
+		return len(pods.Items) == 0, fmt.Errorf("%d meshd pods left", len(pods.Items))
+	})
+	before := mtls()
+	const conns = 5
+	for i := range conns {
+		if ok, out := request(t, lb, ns, client.Name, url); !ok {
+			t.Fatalf("request %d with meshd stopped: %s", i, out)
+		}
+	}
+	lab.WaitFor(t, 10*time.Second, "the connections counted as mutual TLS", func() (bool, error) {
+		d := mtls() - before
+		return d == conns, fmt.Errorf("+%v mutual-TLS connections; want +%d", d, conns)
+	})
+}
