@@ -1,0 +1,269 @@
+// Package dnsproxy is the node agent's DNS proxy: the eBPF data path sends
+// an enrolled pod's UDP/53 queries to 127.0.0.1:15053 (and [::1]:15053)
+// inside the pod's network namespace, where this proxy answers the names
+// the mesh knows (Services and ServiceEntry hosts with addresses, which the
+// cluster DNS may not know) from the pushed model and forwards every other
+// query to the cluster DNS, returning its answer unchanged.
+//
+// It must not become an open resolver: it listens only on the pod's
+// loopback, bounds message sizes, concurrency and time, and answers only
+// well-formed queries.
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// Port is where captured queries arrive inside the pod.
+const Port = 15053
+
+// maxMessage bounds a query and a forwarded answer (EDNS0's common size).
+const maxMessage = 4096
+
+// Options configure one pod's proxy.
+type Options struct {
+	// Netns is the pod's network namespace path. Required.
+	Netns string
+	// Lookup returns the addresses the mesh has for a fully qualified name
+	// (lower case, no trailing dot); ok is false for names the mesh does not
+	// know, which are forwarded. Required.
+	Lookup func(name string) (addrs []netip.Addr, ok bool)
+	// Upstream returns the resolver to forward to (host:port, usually the
+	// cluster DNS Service); "" refuses forwarded queries with SERVFAIL.
+	// Required.
+	Upstream func() string
+	// Mark is set on the proxy's sockets so the data path never captures
+	// them (the agent's mark).
+	Mark uint32
+	// Timeout bounds one forwarded query; zero means 5s.
+	Timeout time.Duration
+	// MaxInFlight bounds concurrent forwarded queries; zero means 128.
+	// Queries beyond it are answered SERVFAIL at once.
+	MaxInFlight int
+	// TTL is the TTL of answers from the mesh; zero means 5s.
+	TTL time.Duration
+	// Errorf reports problems; nil discards them.
+	Errorf func(format string, args ...any)
+}
+
+// Server is one pod's DNS proxy.
+type Server struct {
+	opts  Options
+	conns []net.PacketConn
+	sem   chan struct{}
+	wg    sync.WaitGroup
+}
+
+// Start listens on the pod's loopback port 15053 (IPv4, and IPv6 when the
+// pod has it) with SO_REUSEPORT, so a new agent can take over during a
+// rolling update, and serves until Close.
+func Start(opts Options) (*Server, error) {
+	if opts.Netns == "" || opts.Lookup == nil || opts.Upstream == nil {
+		return nil, errors.New("dns proxy: Netns, Lookup and Upstream are required")
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 128
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = 5 * time.Second
+	}
+	if opts.Errorf == nil {
+		opts.Errorf = func(string, ...any) {}
+	}
+	s := &Server{opts: opts, sem: make(chan struct{}, opts.MaxInFlight)}
+	for _, addr := range []string{"127.0.0.1", "::1"} {
+		pc, err := listenUDP(opts.Netns, net.JoinHostPort(addr, fmt.Sprint(Port)), opts.Mark)
+		if err != nil {
+			if addr == "::1" {
+				continue // no IPv6 loopback in this pod
+			}
+			return nil, fmt.Errorf("dns proxy for %s: %w", opts.Netns, err)
+		}
+		s.conns = append(s.conns, pc)
+	}
+	for _, pc := range s.conns {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.serve(pc) }()
+	}
+	return s, nil
+}
+
+// Close stops serving and waits for queries in flight.
+func (s *Server) Close() error {
+	var err error
+	for _, pc := range s.conns {
+		err = errors.Join(err, pc.Close())
+	}
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) serve(pc net.PacketConn) {
+	buf := make([]byte, maxMessage)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.opts.Errorf("dns proxy: read: %v", err)
+			}
+			return
+		}
+		q := append([]byte(nil), buf[:n]...)
+		if !wellFormed(q) {
+			continue // never passed on, never answered
+		}
+		if answer, ok := s.local(q); ok {
+			_, _ = pc.WriteTo(answer, from)
+			continue
+		}
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			if a, ok := servfail(q); ok {
+				_, _ = pc.WriteTo(a, from)
+			}
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			a, err := s.forward(q)
+			if err != nil {
+				s.opts.Errorf("dns proxy: forward: %v", err)
+				var ok bool
+				if a, ok = servfail(q); !ok {
+					return
+				}
+			}
+			_, _ = pc.WriteTo(a, from)
+		}()
+	}
+}
+
+// local answers a query for a name the mesh knows. ok is false when the
+// query is to be forwarded (or is malformed: the upstream judges it).
+func (s *Server) local(q []byte) ([]byte, bool) {
+	var p dnsmessage.Parser
+	h, err := p.Start(q)
+	if err != nil || h.Response || h.OpCode != 0 {
+		return nil, false
+	}
+	qs, err := p.AllQuestions()
+	if err != nil || len(qs) != 1 {
+		return nil, false
+	}
+	question := qs[0]
+	if question.Class != dnsmessage.ClassINET || (question.Type != dnsmessage.TypeA && question.Type != dnsmessage.TypeAAAA) {
+		return nil, false
+	}
+	name := strings.TrimSuffix(strings.ToLower(question.Name.String()), ".")
+	addrs, known := s.opts.Lookup(name)
+	if !known {
+		return nil, false
+	}
+	b := dnsmessage.NewBuilder(make([]byte, 0, 512), dnsmessage.Header{
+		ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
+	})
+	b.EnableCompression()
+	if b.StartQuestions() != nil || b.Question(question) != nil || b.StartAnswers() != nil {
+		return nil, false
+	}
+	rh := dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: uint32(s.opts.TTL / time.Second)}
+	for _, a := range addrs {
+		switch {
+		case question.Type == dnsmessage.TypeA && a.Is4():
+			if b.AResource(rh, dnsmessage.AResource{A: a.As4()}) != nil {
+				return nil, false
+			}
+		case question.Type == dnsmessage.TypeAAAA && a.Is6() && !a.Is4In6():
+			if b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()}) != nil {
+				return nil, false
+			}
+		}
+	}
+	out, err := b.Finish()
+	return out, err == nil
+}
+
+// forward sends q to the upstream from the agent's own network namespace
+// and returns its answer as is.
+func (s *Server) forward(q []byte) ([]byte, error) {
+	up := s.opts.Upstream()
+	if up == "" {
+		return nil, errors.New("no upstream resolver known")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", up)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := c.Write(q); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, maxMessage)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		// Only the answer to this query (same ID) is passed back.
+		if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
+			return buf[:n], nil
+		}
+	}
+}
+
+// wellFormed reports whether q is a standard query with at least one
+// parseable question (what the upstream may see).
+func wellFormed(q []byte) bool {
+	var p dnsmessage.Parser
+	h, err := p.Start(q)
+	if err != nil || h.Response {
+		return false
+	}
+	qs, err := p.AllQuestions()
+	return err == nil && len(qs) > 0
+}
+
+// servfail builds a SERVFAIL answer to q; ok is false for a malformed q.
+func servfail(q []byte) ([]byte, bool) {
+	var p dnsmessage.Parser
+	h, err := p.Start(q)
+	if err != nil || h.Response {
+		return nil, false
+	}
+	qs, err := p.AllQuestions()
+	if err != nil {
+		return nil, false
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RCode: dnsmessage.RCodeServerFailure, RecursionDesired: h.RecursionDesired})
+	if b.StartQuestions() != nil {
+		return nil, false
+	}
+	for _, q := range qs {
+		if b.Question(q) != nil {
+			return nil, false
+		}
+	}
+	out, err := b.Finish()
+	return out, err == nil
+}
