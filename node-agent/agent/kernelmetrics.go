@@ -59,11 +59,26 @@ func (k *KernelCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	names := k.agent.workloadNames()
+	// Counters of workload IDs this agent has not named (a previous agent's,
+	// kept in the pinned map) all become "unknown": sum them, and any other
+	// IDs sharing labels, so each series is emitted once — a duplicate
+	// series fails the whole scrape.
+	byLabels := map[[3]string]*ebpf.Stats{}
 	for id, s := range stats {
 		lv, ok := names[id]
-		if !ok {
+		if !ok || len(lv) != 3 {
 			lv = []string{"unknown", "unknown", "unknown"}
 		}
+		key := [3]string{lv[0], lv[1], lv[2]}
+		if acc, ok := byLabels[key]; ok {
+			addStats(acc, s)
+			continue
+		}
+		sc := s
+		byLabels[key] = &sc
+	}
+	for key, sp := range byLabels {
+		lv, s := key[:], *sp
 		c := func(d *prometheus.Desc, v uint64, extra ...string) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append(append([]string{}, lv...), extra...)...)
 		}
@@ -93,6 +108,26 @@ func (k *KernelCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- h
 		}
 	}
+}
+
+// addStats adds b's counters to a.
+func addStats(a *ebpf.Stats, b ebpf.Stats) {
+	a.ConnsOpened += b.ConnsOpened
+	a.ConnsClosed += b.ConnsClosed
+	a.BytesSent += b.BytesSent
+	a.BytesReceived += b.BytesReceived
+	a.PacketsSent += b.PacketsSent
+	a.PacketsReceived += b.PacketsReceived
+	a.Retransmits += b.Retransmits
+	for i := range a.RTT {
+		a.RTT[i] += b.RTT[i]
+	}
+	a.CapturedTCP += b.CapturedTCP
+	a.CapturedDNS += b.CapturedDNS
+	a.BypassedMark += b.BypassedMark
+	a.BypassedMeshPort += b.BypassedMeshPort
+	a.BypassedExcluded += b.BypassedExcluded
+	a.BypassedFlags += b.BypassedFlags
 }
 
 // workloadNames maps data path workload IDs to label values.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -31,6 +32,7 @@ type enrolledPod struct {
 	cookie uint64
 	rec    ebpf.Pod
 	proxy  *proxy.Proxy
+	dns    io.Closer // nil without a DNS proxy
 }
 
 // New checks opts and returns an Agent with nothing enrolled.
@@ -130,6 +132,13 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 			}
 		}
 	}()
+	var dns io.Closer
+	if o.DNS != nil {
+		if dns, err = o.DNS(p.Netns); err != nil {
+			return fmt.Errorf("start the DNS proxy: %w", err)
+		}
+		undo = append(undo, func() { dns.Close() })
+	}
 	if err := netns.PrepareReturnPath(p.Netns, netns.ReturnPath{Mark: o.ReturnMark, Table: o.ReturnTable}); err != nil {
 		return err
 	}
@@ -139,6 +148,9 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	}
 	undo = append(undo, func() { _ = o.Datapath.DetachPodIngress(p.Netns, ifname) })
 	rec := ebpf.Pod{WorkloadID: a.workloadID(p)}
+	if dns == nil {
+		rec.Flags |= ebpf.NoCaptureDNS // no proxy: the pod's DNS goes where it was sent
+	}
 	for _, ip := range p.IPs {
 		if ip.Is4() && !rec.IPv4.IsValid() {
 			rec.IPv4 = ip
@@ -149,7 +161,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	if err := o.Datapath.Enroll(cookie, rec); err != nil {
 		return fmt.Errorf("start capture: %w", err)
 	}
-	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, rec: rec, proxy: px}
+	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, rec: rec, proxy: px, dns: dns}
 	return nil
 }
 
@@ -220,6 +232,9 @@ func (a *Agent) unenrollLocked(ep *enrolledPod, drain time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), drain)
 		defer cancel()
 		_ = ep.proxy.Drain(ctx)
+		if ep.dns != nil {
+			_ = ep.dns.Close()
+		}
 		if forget != nil {
 			forget.Forget(pp)
 		}

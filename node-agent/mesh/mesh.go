@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/meshlet/meshlet/node-agent/proxy"
@@ -48,6 +49,9 @@ type Options struct {
 type Mesh struct {
 	opts Options
 	next atomic.Uint64 // round-robin cursor
+
+	hostsMu sync.Mutex
+	hosts   *hostIndex // LookupHost's index of the current snapshot
 }
 
 // New returns a Mesh.

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log"
+	"net"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshlet/meshlet/node-agent/agent"
+	"github.com/meshlet/meshlet/node-agent/dnsproxy"
+	"github.com/meshlet/meshlet/node-agent/mesh"
+)
+
+// clusterDNS finds the resolver the DNS proxy forwards to: --dns-upstream
+// when set, else the kube-dns Service of kube-system (CoreDNS), looked up
+// again at most every 30s until found.
+type clusterDNS struct {
+	client kubernetes.Interface
+	fixed  string
+
+	mu      sync.Mutex
+	addr    string
+	checked time.Time
+}
+
+func (c *clusterDNS) upstream() string {
+	if c.fixed != "" {
+		return c.fixed
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.addr != "" || time.Since(c.checked) < 30*time.Second {
+		return c.addr
+	}
+	c.checked = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	svc, err := c.client.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+	if err != nil || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == "None" {
+		log.Printf("dns proxy: find the cluster DNS (kube-system/kube-dns): %v; pass --dns-upstream", err)
+		return ""
+	}
+	c.addr = net.JoinHostPort(svc.Spec.ClusterIP, "53")
+	return c.addr
+}
+
+// dnsProxies starts each enrolled pod's DNS proxy; nil (no capture of the
+// pods' DNS) without the mesh, whose model it answers from.
+func dnsProxies(m agent.Mesh, client kubernetes.Interface, upstream string, disabled bool) func(string) (io.Closer, error) {
+	mm, ok := m.(*mesh.Mesh)
+	if !ok || disabled {
+		return nil
+	}
+	up := &clusterDNS{client: client, fixed: upstream}
+	return func(nsPath string) (io.Closer, error) {
+		return dnsproxy.Start(dnsproxy.Options{
+			Netns: nsPath, Lookup: mm.LookupHost, Upstream: up.upstream,
+			Mark: agent.DefaultAgentMark, Errorf: log.Printf,
+		})
+	}
+}

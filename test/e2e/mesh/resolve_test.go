@@ -1,0 +1,55 @@
+package meshtest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// TestDNSProxy: an enrolled pod's DNS goes through the node agent's DNS
+// proxy — cluster names still resolve (forwarded to CoreDNS), a ServiceEntry
+// host that CoreDNS does not know resolves to the entry's address, and the
+// kernel metrics count the captured queries; a pod outside the mesh cannot
+// resolve that host, so the answer came from the mesh.
+func TestDNSProxy(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	host := "api." + ns + ".partner.example"
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner}
+spec:
+  hosts: [%s]
+  addresses: [198.19.200.10]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 198.19.200.11}]
+`, host))
+	c := clientPod(t, lb, ns, "resolver", "resolver")
+	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
+	captured0 := sumMetric(t, metrics, "meshlet_kernel_redirect_decisions_total", `decision="captured_dns"`, fmt.Sprintf(`namespace=%q`, ns))
+
+	getent := func(ns, pod, name string) (string, error) {
+		return lb.ExecInPod(ns, pod, "/usr/bin/getent", "ahostsv4", name)
+	}
+	out, err := getent(ns, c.Name, "kubernetes.default.svc.cluster.local")
+	if err != nil || !strings.Contains(out, "198.18.128.1") {
+		t.Fatalf("enrolled pod resolving kubernetes.default: %v %q; want 198.18.128.1 through the proxy", err, out)
+	}
+	lab.WaitFor(t, 30*time.Second, "the ServiceEntry host resolves in the enrolled pod", func() (bool, error) {
+		out, err := getent(ns, c.Name, host)
+		return err == nil && strings.Contains(out, "198.19.200.10"), fmt.Errorf("%v %q", err, out)
+	})
+	if d := sumMetric(t, metrics, "meshlet_kernel_redirect_decisions_total", `decision="captured_dns"`, fmt.Sprintf(`namespace=%q`, ns)) - captured0; d < 2 {
+		t.Errorf("captured DNS queries moved by %v; want at least the 2 lookups", d)
+	}
+
+	plain := lb.NewNamespace(t)
+	outsider := clientPod(t, lb, plain, "outsider", "outsider")
+	if out, err := getent(plain, outsider.Name, host); err == nil {
+		t.Errorf("a pod outside the mesh resolved %s (%q): the cluster DNS knows it, so the test proves nothing", host, out)
+	}
+}
