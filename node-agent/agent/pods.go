@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -142,6 +143,12 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	if err := netns.PrepareReturnPath(p.Netns, netns.ReturnPath{Mark: o.ReturnMark, Table: o.ReturnTable}); err != nil {
 		return err
 	}
+	// When a draining agent closes its listeners, connections still in their
+	// accept queues move to the new agent's listeners of the same
+	// SO_REUSEPORT group instead of being reset (Linux 5.14+; best effort).
+	_ = netns.Do(p.Netns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte("1"), 0o644)
+	})
 	ifname := ifName(p)
 	if err := o.Datapath.AttachPodIngress(p.Netns, ifname, ebpf.IngressOptions{}); err != nil {
 		return fmt.Errorf("attach inbound steering: %w", err)

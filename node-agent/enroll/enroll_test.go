@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,11 +128,16 @@ func TestReconcilerLive(t *testing.T) {
 	rec := &recorder{set: map[string]Pod{}}
 	afterSync := make(chan []string, 2)
 	snap := filepath.Join(t.TempDir(), "enrollment.json")
+	var self atomic.Pointer[Reconciler]
+	var readyEarly atomic.Bool // Synced before a pod that ran at start was enrolled
 	r, err := New(Options{
 		Client: client, NodeName: node, SnapshotPath: snap, Errorf: t.Logf,
 		Enroll: func(_ context.Context, p Pod) error {
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
+			if r := self.Load(); r != nil && r.Synced() && (p.Name == "cart" || p.Name == "optin") && len(rec.set) < 2 {
+				readyEarly.Store(true)
+			}
 			rec.set[p.Namespace+"/"+p.Name] = p
 			return nil
 		},
@@ -149,6 +155,7 @@ func TestReconcilerLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	self.Store(r)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -161,6 +168,10 @@ func TestReconcilerLive(t *testing.T) {
 		}
 	}
 	eventually(t, "initial enrollment", want("plain/optin", "shop/cart"))
+	eventually(t, "Synced", func() (bool, string) { return r.Synced(), "not synced" })
+	if readyEarly.Load() {
+		t.Error("Synced (the agent's readiness) before the pods running at start were enrolled: a rolling update would refuse their connections")
+	}
 	select {
 	case got := <-afterSync:
 		if d := cmp.Diff([]string{"plain/optin", "shop/cart"}, got); d != "" {

@@ -71,7 +71,7 @@ type Reconciler struct {
 	queue     workqueue.TypedRateLimitingInterface[string]
 
 	hasSynced []cache.InformerSynced
-	synced    atomic.Bool // informers synced once
+	synced    atomic.Bool // informers synced and the pods found then reconciled
 
 	mu       sync.Mutex        // serializes enroll/unenroll and guards below
 	enrolled map[string]Pod    // by namespace/name
@@ -172,16 +172,22 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		return fmt.Errorf("sync pod and namespace informers: %w", ctx.Err())
 	}
 	r.writeSnapshot()
-	r.synced.Store(true)
 	go func() {
 		<-ctx.Done()
 		r.queue.ShutDown()
 	}()
-	afterSync := r.opts.AfterSync
+	afterSync, initial := r.opts.AfterSync, true
 	for {
-		if afterSync != nil && r.queue.Len() == 0 {
-			afterSync()
-			afterSync = nil
+		if initial && r.queue.Len() == 0 {
+			// Every pod that ran when the agent started is enrolled (its
+			// listeners open) only now: readiness waits for this, or a
+			// rolling update would stop the old agent while pods still
+			// have no listener of the new one, refusing their connections.
+			initial = false
+			r.synced.Store(true)
+			if afterSync != nil {
+				afterSync()
+			}
 		}
 		key, quit := r.queue.Get()
 		if quit {
@@ -198,7 +204,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
-// Synced reports whether the informers have synced, so every running pod
+// Synced reports whether the informers have synced and every pod found
+// then has been reconciled once, so every running pod
 // of this node has been seen at least once.
 func (r *Reconciler) Synced() bool { return r.synced.Load() }
 
