@@ -478,6 +478,9 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		default:
 			kind = failReset
 		}
+		if err != nil {
+			rec.transportFailure = boundedReason(err.Error())
+		}
 		outlierStatus := status
 		if kind == failPerTryTimeout {
 			outlierStatus = http.StatusGatewayTimeout
@@ -626,6 +629,15 @@ func contains[T comparable](list []T, v T) bool {
 		}
 	}
 	return false
+}
+
+// boundedReason keeps an upstream error readable in one access log field.
+func boundedReason(s string) string {
+	const limit = 256
+	if len(s) > limit {
+		s = s[:limit] + "…"
+	}
+	return s
 }
 
 func isDialError(err error) bool {

@@ -137,13 +137,16 @@ type record struct {
 	grpcStatus    string
 	flags         []string
 	details       string
-	bytesIn       int64
-	bytesOut      int64
-	upstreamHost  string
-	upstreamClust string
-	upstreamTime  time.Duration
-	peer          Peer
-	dest          destInfo
+	// transportFailure is why the upstream connection failed or ended, for
+	// the access log's upstream_transport_failure_reason.
+	transportFailure string
+	bytesIn          int64
+	bytesOut         int64
+	upstreamHost     string
+	upstreamClust    string
+	upstreamTime     time.Duration
+	peer             Peer
+	dest             destInfo
 }
 
 type destInfo struct {
@@ -301,7 +304,7 @@ func (l *accessLogger) log(rec *record) {
 		DownstreamRemoteAddress:  dash(rec.downstreamRem),
 		RouteName:                dash(rec.routeName),
 		ConnectionTermination:    "-",
-		UpstreamTransportFailure: "-",
+		UpstreamTransportFailure: dash(rec.transportFailure),
 		UpstreamLocalAddress:     "-",
 		RequestedServerName:      "-",
 		UpstreamServiceTime:      "-",

@@ -94,7 +94,13 @@ func TestViews(t *testing.T) {
 	wa := workload("wa", "node-a")
 	wb := workload("wb", "node-b")
 	wb.Waypoint = &meshv1.GatewayAddress{Namespace: "ns1", Name: "wp", Hostname: "wp.ns1.svc.cluster.local", HbonePort: 15008}
-	for _, w := range []*meshv1.Workload{wa, wb} {
+	// wc has no waypoint of its own but backs api, whose waypoint is wp: wp
+	// forwards to it, so it sees it.
+	wc := workload("wc", "node-a")
+	wc.Services = map[string]*meshv1.PortList{"ns1/api.ns1.svc.cluster.local": {Ports: []*meshv1.Port{{ServicePort: 80, TargetPort: 8080}}}}
+	mustSet(t, ts.SetService(&meshv1.Service{Name: "api", Namespace: "ns1", Hostname: "api.ns1.svc.cluster.local", Vips: []string{"198.18.100.2"},
+		Waypoint: &meshv1.GatewayAddress{Namespace: "ns1", Name: "wp", Hostname: "wp.ns1.svc.cluster.local", HbonePort: 15008}}))
+	for _, w := range []*meshv1.Workload{wa, wb, wc} {
 		if err := ts.SetWorkload(w); err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +116,7 @@ func TestViews(t *testing.T) {
 
 	ts.MarkSynced()
 
-	wantAddresses := []string{"ns1/web.ns1.svc.cluster.local", "wa", "wb"}
+	wantAddresses := []string{"ns1/api.ns1.svc.cluster.local", "ns1/web.ns1.svc.cluster.local", "wa", "wb", "wc"}
 	tests := []struct {
 		name      string
 		token     string
@@ -118,10 +124,10 @@ func TestViews(t *testing.T) {
 		workloads []string
 		authz     []string
 	}{
-		{"node-a", "node:node-a", nodeID("node-a"), []string{"wa"}, []string{"ns1/ns-wide"}},
+		{"node-a", "node:node-a", nodeID("node-a"), []string{"wa", "wc"}, []string{"ns1/ns-wide"}},
 		{"node-b", "node:node-b", nodeID("node-b"), []string{"wb"}, []string{"ns1/ns-wide", "ns1/only-b"}},
 		{"node-c (empty)", "node:node-c", nodeID("node-c"), nil, nil},
-		{"waypoint", "waypoint:ns1/wp", xds.Principal{Role: xds.RoleWaypoint, Namespace: "ns1", Name: "wp"}.NodeID(), []string{"wb"}, []string{"ns1/ns-wide", "ns1/only-b"}},
+		{"waypoint", "waypoint:ns1/wp", xds.Principal{Role: xds.RoleWaypoint, Namespace: "ns1", Name: "wp"}.NodeID(), []string{"wb", "wc"}, []string{"ns1/ns-wide", "ns1/only-b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

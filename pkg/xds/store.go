@@ -54,6 +54,17 @@ func (s *store) freeze() *frozen {
 		}
 		idx[key][uid] = struct{}{}
 	}
+	// A service's waypoint forwards to the workloads behind it, so it needs
+	// them (their identities, to verify each upstream) as much as the
+	// workloads whose own waypoint it is.
+	svcWaypoint := map[string]string{}
+	for key, e := range f.addresses {
+		if svc := e.msg.(*meshv1.Address).GetService(); svc != nil {
+			if wp := svc.GetWaypoint(); wp != nil {
+				svcWaypoint[key] = wp.GetNamespace() + "/" + wp.GetName()
+			}
+		}
+	}
 	for uid, e := range f.workloads {
 		w := e.msg.(*meshv1.Workload)
 		if w.GetNode() != "" {
@@ -61,6 +72,11 @@ func (s *store) freeze() *frozen {
 		}
 		if wp := w.GetWaypoint(); wp != nil {
 			add(f.byWaypoint, wp.GetNamespace()+"/"+wp.GetName(), uid)
+		}
+		for svc := range w.GetServices() {
+			if wp, ok := svcWaypoint[svc]; ok {
+				add(f.byWaypoint, wp, uid)
+			}
 		}
 	}
 	return f

@@ -398,7 +398,7 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	}
 	peer, err := s.identityOf(ap.Addr())
 	if err != nil {
-		return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+		return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
 	c, err := s.dialer.Dial(ctx, hbone.Target{
 		Local:  s.svid,
@@ -407,7 +407,9 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 		Addr:   ap,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+		// A net.OpError "dial": the proxy reports it as a connection
+		// failure (UF), not a reset of an established upstream.
+		return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
 	return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
 }

@@ -1,0 +1,148 @@
+package meshtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+const echoV1V2 = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-v1}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo, version: v1}}
+  template:
+    metadata: {labels: {app: echo, version: v1}}
+    spec:
+      containers:
+      - name: echo
+        image: meshlet.dev/echo:latest
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: VERSION, value: v1}
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-v2}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo, version: v2}}
+  template:
+    metadata: {labels: {app: echo, version: v2}}
+    spec:
+      containers:
+      - name: echo
+        image: meshlet.dev/echo:latest
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: VERSION, value: v2}
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080}]
+`
+
+// summary runs `echo client` in a pod and decodes its summary.
+func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s struct {
+	OK, Failed int
+	ByVersion  map[string]int
+	ByStatus   map[string]int
+	Errors     map[string]int
+}) {
+	t.Helper()
+	out, err := lb.ExecInPod(ns, pod, append([]string{lb.Layout.Bin("echo"), "client", "-json"}, args...)...)
+	if err != nil {
+		t.Fatalf("echo client %v: %v: %s", args, err, out)
+	}
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &s); err != nil {
+		t.Fatalf("echo client output %q: %v", out, err)
+	}
+	return s
+}
+
+// TestWaypointRoutesAndSplits: `meshctl waypoint apply --enroll-namespace`
+// makes meshd deploy a waypoint for the namespace; requests to the echo
+// Service then go through it (its Istio request metrics count them, as
+// reporter="waypoint"), and a VirtualService with DestinationRule subsets
+// splits them 90/10 within ±3 points over 2000 requests and sends a test
+// user to v2 by header.
+func TestWaypointRoutesAndSplits(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, echoV1V2)
+	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+
+	out := run("waypoint", "apply", "-n", ns, "--enroll-namespace")
+	t.Log(out)
+	wps := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := lb.PodLogs(ns, wps[0].Name, wps[0].Spec.Containers[0].Name)
+			t.Logf("waypoint logs:\n%s", logs)
+		}
+	})
+	wpMetrics := "http://" + wps[0].Status.PodIP + ":15020/metrics"
+	reqs := func() float64 {
+		return sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, `response_code="200"`)
+	}
+	lab.WaitFor(t, time.Minute, "requests through the waypoint", func() (bool, error) {
+		before := reqs()
+		s := summary(t, lb, ns, client.Name, "-n", "5", url)
+		d := reqs() - before
+		return s.OK == 5 && d == 5, fmt.Errorf("%d of 5 answered, waypoint counted %v (status %v, errors %v)", s.OK, d, s.ByStatus, s.Errors)
+	})
+
+	lb.Apply(t, ns, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: echo, subset: v2}}]
+  - route:
+    - {destination: {host: echo, subset: v1}, weight: 90}
+    - {destination: {host: echo, subset: v2}, weight: 10}
+`)
+	lab.WaitFor(t, time.Minute, "the test user routed to v2", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "10", "-H", "end-user: jason", url)
+		return s.ByVersion["v2"] == 10, fmt.Errorf("by version %v", s.ByVersion)
+	})
+	s := summary(t, lb, ns, client.Name, "-n", "2000", "-c", "8", url)
+	if s.OK != 2000 {
+		t.Fatalf("%d of 2000 answered (errors %v)", s.OK, s.Errors)
+	}
+	v2 := float64(s.ByVersion["v2"]) / 20 // percent
+	t.Logf("90/10 split over 2000 requests: %v", s.ByVersion)
+	if v2 < 7 || v2 > 13 {
+		t.Errorf("v2 got %.1f%% of 2000 requests; want 10 ± 3", v2)
+	}
+}
