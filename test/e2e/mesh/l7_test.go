@@ -146,3 +146,69 @@ spec:
 		t.Errorf("v2 got %.1f%% of 2000 requests; want 10 ± 3", v2)
 	}
 }
+
+// TestWaypointResilience: through a waypoint, retries hide a backend that
+// fails half its requests, a delay beyond the route timeout gives 504, an
+// injected abort comes at its rate, and a connection pool of one with one
+// pending request turns a concurrent burst's overflow into immediate 503s.
+func TestWaypointResilience(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, echoV1V2)
+	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://%s:8080", svc.Spec.ClusterIP)
+	run("waypoint", "apply", "-n", ns, "--enroll-namespace")
+	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
+	lb.Apply(t, ns, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{uri: {prefix: /flaky}}]
+    route: [{destination: {host: echo, subset: v1}}]
+    retries: {attempts: 10, retryOn: 5xx}
+  - match: [{uri: {prefix: /slow}}]
+    route: [{destination: {host: echo, subset: v1}}]
+    timeout: 500ms
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 50}}}
+    route: [{destination: {host: echo, subset: v1}}]
+  - route: [{destination: {host: echo, subset: v1}}]
+`)
+	lab.WaitFor(t, time.Minute, "the VirtualService applied (a slow request times out)", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "1", base+"/slow?delay=2s")
+		return s.ByStatus["504"] == 1, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
+	})
+	s := summary(t, lb, ns, client.Name, "-n", "100", base+"/flaky?fail=50")
+	if s.ByStatus["200"] != 100 {
+		t.Errorf("retries over a backend failing 50%%: %v; want 100 answered 200", s.ByStatus)
+	}
+	s = summary(t, lb, ns, client.Name, "-n", "200", base+"/abort")
+	if n := s.ByStatus["418"]; n < 70 || n > 130 || n+s.ByStatus["200"] != 200 {
+		t.Errorf("abort 418 at 50%% over 200 requests: %v; want 70-130 aborted, the rest 200", s.ByStatus)
+	}
+	s = summary(t, lb, ns, client.Name, "-n", "30", "-c", "10", base+"/?delay=300ms")
+	t.Logf("burst of 30 (10 at a time) against a pool of 1 + 1 pending: %v", s.ByStatus)
+	if s.ByStatus["503"] == 0 || s.ByStatus["200"] == 0 {
+		t.Errorf("circuit breaking: %v; want both served (200) and overflowing (503) requests", s.ByStatus)
+	}
+}
