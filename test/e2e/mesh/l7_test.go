@@ -212,3 +212,38 @@ spec:
 		t.Errorf("circuit breaking: %v; want both served (200) and overflowing (503) requests", s.ByStatus)
 	}
 }
+
+// TestWaypointGRPC: gRPC calls to a Service behind a waypoint go through it
+// (counted with request_protocol="grpc" and grpc_response_status="0") and
+// are answered by the backend.
+func TestWaypointGRPC(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+`---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-grpc}
+spec:
+  selector: {app: echo}
+  ports: [{name: grpc, port: 9090, appProtocol: grpc}]
+`)
+	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo-grpc", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run("waypoint", "apply", "-n", ns, "--enroll-namespace")
+	wps := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
+	wpMetrics := "http://" + wps[0].Status.PodIP + ":15020/metrics"
+	calls := func() float64 {
+		return sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, `request_protocol="grpc"`, `grpc_response_status="0"`)
+	}
+	lab.WaitFor(t, time.Minute, "gRPC calls through the waypoint", func() (bool, error) {
+		before := calls()
+		s := summary(t, lb, ns, client.Name, "-n", "10", "-grpc", svc.Spec.ClusterIP+":9090")
+		d := calls() - before
+		return s.OK == 10 && d == 10, fmt.Errorf("%d of 10 answered (%v %v), waypoint counted %v", s.OK, s.ByStatus, s.Errors, d)
+	})
+}
