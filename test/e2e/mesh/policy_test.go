@@ -228,3 +228,81 @@ func TestTrafficFlowsWithMeshdStopped(t *testing.T) {
 		return d == conns, fmt.Errorf("+%v mutual-TLS connections; want +%d", d, conns)
 	})
 }
+
+// TestLiveEnrollment: labelling a namespace whose pods already run puts
+// them in the mesh with no restart (their traffic becomes mutual TLS), and
+// unlabelling takes them out again; a client that retries once never sees a
+// failed request throughout.
+func TestLiveEnrollment(t *testing.T) {
+	lb := meshLab(t)
+	ns := lb.NewNamespace(t)
+	nodes, err := lb.Clientset().CoreV1().Nodes().List(t.Context(), metav1.ListOptions{})
+	if err != nil || len(nodes.Items) < 2 {
+		t.Fatalf("want two nodes: %v", err)
+	}
+	server := podOn(t, lb, ns, "server", "server", nodes.Items[1].Name)
+	client := podOn(t, lb, ns, "client", "client", nodes.Items[0].Name)
+	url := fmt.Sprintf("http://%s:8080/", server.Status.PodIP)
+	metrics := "http://" + client.Status.HostIP + ":15020/metrics"
+	mtls := func() float64 {
+		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`, fmt.Sprintf(`source_workload_namespace=%q`, ns), `connection_security_policy="mutual_tls"`)
+	}
+	failures := 0
+	try := func() {
+		t.Helper()
+		for attempt := 0; attempt < 2; attempt++ {
+			if ok, _ := request(t, lb, ns, client.Name, url); ok {
+				return
+			}
+		}
+		failures++
+	}
+	restarts := func() int32 {
+		var n int32
+		for _, name := range []string{server.Name, client.Name} {
+			p, err := lb.Clientset().CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range p.Status.ContainerStatuses {
+				n += c.RestartCount
+			}
+		}
+		return n
+	}
+	try()
+	if d := mtls(); d != 0 {
+		t.Fatalf("before enrollment %v mutual-TLS connections from %s; want none", d, ns)
+	}
+	r0 := restarts()
+
+	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
+		t.Fatalf("label: %v: %s", err, out)
+	}
+	lab.WaitFor(t, time.Minute, "running pods enrolled live (traffic is mutual TLS)", func() (bool, error) {
+		before := mtls()
+		try()
+		return mtls() > before, fmt.Errorf("no mutual-TLS connection yet (%v so far)", before)
+	})
+	for range 5 {
+		try()
+	}
+
+	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode-"); err != nil {
+		t.Fatalf("unlabel: %v: %s", err, out)
+	}
+	lab.WaitFor(t, time.Minute, "pods out of the mesh again (traffic not captured)", func() (bool, error) {
+		before := mtls()
+		try()
+		return mtls() == before, fmt.Errorf("still mutual TLS")
+	})
+	for range 5 {
+		try()
+	}
+	if failures != 0 {
+		t.Errorf("%d requests failed twice in a row while the namespace moved in and out of the mesh", failures)
+	}
+	if r := restarts(); r != r0 {
+		t.Errorf("containers restarted %d times; enrollment must not restart pods", r-r0)
+	}
+}
