@@ -38,6 +38,7 @@ type flags struct {
 	accessLog                                          bool
 	traceSampling                                      float64
 	otlpEndpoint                                       string
+	serveListeners                                     bool
 }
 
 func parseFlags() flags {
@@ -56,6 +57,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
 	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "debug (pprof) listen address, loopback only; empty disables")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "how long open HBONE streams may finish after SIGTERM")
+	flag.BoolVar(&f.serveListeners, "serve-listeners", false, "run as an ingress gateway: also serve every listener port of the pushed config (meshd's deployer sets it for ingress Gateways)")
 	flag.BoolVar(&f.accessLog, "access-log", true, "write Istio's JSON access log to stdout (the Telemetry API can turn it off per waypoint)")
 	flag.Float64Var(&f.traceSampling, "trace-sampling", 1, "percentage (0-100) of new traces sampled (the Telemetry API can override it)")
 	flag.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector base URL for sampled spans, e.g. http://otel-collector:4318; empty: spans are not exported (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
@@ -154,6 +156,7 @@ func run(ctx context.Context, f flags) error {
 		return fmt.Errorf("--trace-sampling %v: want a percentage between 0 and 100", f.traceSampling)
 	}
 	opts.TraceSampling = f.traceSampling
+	opts.ServeListeners = f.serveListeners
 	if f.accessLog {
 		opts.AccessLog = os.Stdout
 	}

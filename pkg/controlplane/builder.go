@@ -25,10 +25,10 @@ type BuilderOptions struct {
 	// ClusterDomain is the DNS suffix of Kubernetes service hostnames; "" means "cluster.local".
 	ClusterDomain string
 	// WaypointClasses are the GatewayClass names whose Gateways are waypoints;
-	// nil means Istio's "istio-waypoint".
+	// nil means Istio's "istio-waypoint" and meshlet's "meshlet-waypoint".
 	WaypointClasses []string
 	// IngressClasses are the GatewayClass names whose Gateways are ingress
-	// gateways served by meshlet; nil means Istio's "istio".
+	// gateways served by meshlet; nil means Istio's "istio" and meshlet's "meshlet".
 	IngressClasses []string
 }
 
@@ -59,10 +59,10 @@ func NewBuilder(opts BuilderOptions) *Builder {
 		opts.ClusterDomain = "cluster.local"
 	}
 	if opts.WaypointClasses == nil {
-		opts.WaypointClasses = []string{"istio-waypoint"}
+		opts.WaypointClasses = []string{"istio-waypoint", "meshlet-waypoint"} // as pkg/deployer.ClassKind
 	}
 	if opts.IngressClasses == nil {
-		opts.IngressClasses = []string{"istio"}
+		opts.IngressClasses = []string{"istio", "meshlet"} // as pkg/deployer.ClassKind
 	}
 	return &Builder{opts: opts}
 }

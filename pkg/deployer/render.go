@@ -115,9 +115,13 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 		return corev1ac.EnvVar().WithName(env).WithValueFrom(corev1ac.EnvVarSource().
 			WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath(path)))
 	}
+	args := []string{"--meshd-address=" + opts.MeshdAddress, "--root-cert=/var/run/secrets/istio/root-cert.pem"}
+	if kind == KindIngress {
+		args = append(args, "--serve-listeners") // clients outside the mesh connect to its listener ports
+	}
 	container := corev1ac.Container().
 		WithName("waypoint").WithImage(opts.Image).WithImagePullPolicy(corev1.PullIfNotPresent).
-		WithArgs("--meshd-address="+opts.MeshdAddress, "--root-cert=/var/run/secrets/istio/root-cert.pem").
+		WithArgs(args...).
 		WithEnv(
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),

@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/xds"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
@@ -102,6 +104,14 @@ type Options struct {
 	// ExportSpan receives the sampled spans (e.g. an OTLP exporter's
 	// Export); nil means spans are not exported.
 	ExportSpan func(waypoint.Span)
+	// ServeListeners makes this an ingress gateway: besides HBONE, it
+	// listens on every listener port of its pushed config (plain HTTP, for
+	// clients outside the mesh), opening and closing ports as the config
+	// changes. A waypoint leaves it false: its listener ports are the
+	// services' ports, reached only through HBONE.
+	ServeListeners bool
+	// ListenHost is the address ingress listener ports bind; "" means all.
+	ListenHost string
 }
 
 func (o *Options) check() error {
@@ -133,7 +143,9 @@ type state struct {
 	proxy    atomic.Pointer[waypoint.Proxy]
 	reg      prometheus.Registerer
 	conns    *waypoint.ConnListener
-	serve    func(*waypoint.Proxy) // starts the proxy's Serve on conns
+	serve    func(*waypoint.Proxy)               // starts the proxy's Serve on conns
+	serveOn  func(*waypoint.Proxy, net.Listener) // starts Serve on a listener of the config (ingress)
+	ports    map[uint32]net.Listener             // the config's listener ports this gateway serves
 	xds      *xdsclient.Client
 	dialer   *hbone.Dialer
 	mu       sync.Mutex // serializes Validate→Update
@@ -209,7 +221,7 @@ func Run(ctx context.Context, opts Options) error {
 		TLS:      opts.MeshdTLS,
 		Token:    func(context.Context) (string, error) { return opts.Token() },
 		NodeID:   node.NodeID(),
-		Types:    []string{meshv1.WorkloadType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
+		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
 		Validate: s.validate,
 		Logger:   opts.Logger,
 	})
@@ -221,6 +233,14 @@ func Run(ctx context.Context, opts Options) error {
 	s.conns = waypoint.NewConnListener(opts.HBONE.Addr())
 	s.serve = func(p *waypoint.Proxy) {
 		g.Go(func() error { return ignoreCanceled(p.Serve(gctx, s.conns, waypoint.ServerOptions{})) })
+	}
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) {
+		g.Go(func() error {
+			if err := p.Serve(gctx, ln, waypoint.ServerOptions{}); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Warn("ingress listener stopped", "addr", ln.Addr(), "err", err)
+			}
+			return nil
+		})
 	}
 	g.Go(func() error { return ignoreCanceled(renewer.Run(gctx)) })
 	g.Go(func() error { return ignoreCanceled(s.xds.Run(gctx)) })
@@ -295,6 +315,9 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 				s.proxy.Store(p)
 				s.serve(p)
 			}
+		}
+		if err == nil && s.opts.ServeListeners {
+			err = s.syncPorts(s.proxy.Load(), l7)
 		}
 		if err != nil {
 			s.log.Warn("refuse waypoint config", "name", name, "err", err)
@@ -414,6 +437,50 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
 }
 
+// syncPorts makes the ingress listeners exactly the config's listener
+// ports: new ones are opened (a port that cannot be bound refuses the
+// config, keeping the last good one serving), gone ones closed. Called with
+// s.mu held.
+func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config) error {
+	want := map[uint32]bool{}
+	for _, l := range l7.Listeners {
+		if l.Port != 0 && l.Port != HBONEPort {
+			want[l.Port] = true
+		}
+	}
+	var opened []net.Listener
+	for port := range want {
+		if _, ok := s.ports[port]; ok {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(s.opts.ListenHost, strconv.Itoa(int(port))))
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return fmt.Errorf("open ingress listener port %d: %w", port, err)
+		}
+		opened = append(opened, ln)
+	}
+	if s.ports == nil {
+		s.ports = map[uint32]net.Listener{}
+	}
+	for _, ln := range opened {
+		port := uint32(ln.Addr().(*net.TCPAddr).Port)
+		s.ports[port] = ln
+		s.serveOn(p, ln)
+		s.log.Info("serving ingress listener", "port", port)
+	}
+	for port, ln := range s.ports {
+		if !want[port] {
+			ln.Close()
+			delete(s.ports, port)
+			s.log.Info("closed ingress listener", "port", port)
+		}
+	}
+	return nil
+}
+
 // identityOf finds the SPIFFE ID of the workload holding ip.
 func (s *state) identityOf(ip netip.Addr) (spiffeid.ID, error) {
 	for name, r := range s.xds.List(meshv1.WorkloadType) {
@@ -437,6 +504,23 @@ func (s *state) identityOf(ip netip.Addr) (spiffeid.ID, error) {
 					}
 				}
 				return identity.NewID(td, w.GetNamespace(), w.GetServiceAccount())
+			}
+		}
+	}
+	// Not one of the workloads this waypoint serves (an ingress gateway
+	// routes to any Service): the mesh-wide address index names its identity.
+	for name, r := range s.xds.List(meshv1.AddressType) {
+		w := r.Message.(*meshv1.Address).GetWorkload()
+		if w == nil || w.GetIdentity() == "" {
+			continue
+		}
+		for _, a := range w.GetAddresses() {
+			if wa, err := netip.ParseAddr(a); err == nil && wa == ip {
+				id, err := spiffeid.FromString(w.GetIdentity())
+				if err != nil {
+					return spiffeid.ID{}, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
+				}
+				return id, nil
 			}
 		}
 	}
