@@ -1029,8 +1029,16 @@ func setPath(u *url.URL, escaped, rawQuery string) {
 func redirectURL(req *http.Request, path string, rd *model.Redirect) string {
 	u := url.URL{Scheme: scheme(req), Host: req.Host, RawQuery: req.URL.RawQuery}
 	setPath(&u, path, req.URL.RawQuery)
-	if rd.Scheme != "" {
+	if rd.Scheme != "" && rd.Scheme != u.Scheme {
 		u.Scheme = rd.Scheme
+		// The request's port belongs to the old scheme (an HTTPS redirect
+		// from port 80 must not send the client to https://host:80).
+		if h, port, ok := splitHostPort(u.Host); ok && port != "" && rd.Port == 0 {
+			u.Host = h
+			if strings.Contains(h, ":") {
+				u.Host = "[" + h + "]"
+			}
+		}
 	}
 	if rd.Authority != "" {
 		u.Host = rd.Authority

@@ -50,6 +50,7 @@ func TestMatchRouting(t *testing.T) {
 		model.L7Route{Name: "regex", Matches: []model.RouteMatch{{URI: &model.StringMatch{Regex: "/api/v[0-9]+/echo"}}}, Destinations: to("v3")},
 		model.L7Route{Name: "query", Matches: []model.RouteMatch{{QueryParams: []model.HeaderMatch{{Name: "canary", Value: model.StringMatch{Exact: "yes"}}}}}, Destinations: to("v3")},
 		model.L7Route{Name: "method", Matches: []model.RouteMatch{{Method: &model.StringMatch{Exact: "DELETE"}}}, DirectResponse: &model.DirectResponse{Status: 405, Body: "no deletes"}},
+		model.L7Route{Name: "secure", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/login"}}}, Redirect: &model.Redirect{Scheme: "https", Code: 301}},
 		model.L7Route{Name: "old", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/old"}}}, Redirect: &model.Redirect{URI: "/new", Code: 308}},
 		model.L7Route{Name: "rewrite", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/legacy/"}}}, Rewrite: &model.Rewrite{URIPrefix: "/v2/"}, Destinations: to("v2"),
 			RequestHeaders: model.HeaderOps{Set: map[string]string{"X-Route": "rewrite"}}, ResponseHeaders: model.HeaderOps{Set: map[string]string{"X-Served-By": "waypoint"}}},
@@ -71,6 +72,7 @@ func TestMatchRouting(t *testing.T) {
 		{name: "query param", path: "/x?canary=yes", wantCode: 200, wantBody: "v3"},
 		{name: "direct response", method: "DELETE", path: "/x", wantCode: 405, wantBody: "no deletes"},
 		{name: "redirect", path: "/old/page", wantCode: 308},
+		{name: "https redirect", path: "/login?next=%2Fhome", wantCode: 301},
 		{name: "rewrite", path: "/legacy/item", wantCode: 200, wantBody: "v2"},
 	}
 	for _, tt := range tests {
@@ -95,6 +97,9 @@ func TestMatchRouting(t *testing.T) {
 			}
 			if tt.name == "redirect" && resp.Header.Get("Location") != "http://"+h.addr+"/new" {
 				t.Errorf("Location = %q; want http://%s/new", resp.Header.Get("Location"), h.addr)
+			}
+			if host, _, _ := strings.Cut(h.addr, ":"); tt.name == "https redirect" && resp.Header.Get("Location") != "https://"+host+"/login?next=%2Fhome" {
+				t.Errorf("Location = %q; want https://%s/login?next=%%2Fhome (the http port dropped)", resp.Header.Get("Location"), host)
 			}
 			if tt.name == "rewrite" {
 				last := v2.lastRequest()

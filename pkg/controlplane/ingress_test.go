@@ -1,7 +1,18 @@
 package controlplane
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -100,15 +111,122 @@ spec:
 	}
 }
 
-// The tutorial's ingress (issue 6): an Istio Gateway on port 80 for any host
-// and a VirtualService bound to it, in the versions the seed manifests use.
+// The tutorial's ingress (issue 6): an Istio Gateway selecting the chart's
+// ingress gateway (istio: ingressgateway) on port 80 for any host, HTTPS on
+// 443 from a kubernetes.io/tls Secret, and a VirtualService bound to it.
+// The configuration belongs to the gateway deployment the selector picks,
+// keyed by its pods' gateway-name label, on its Service's target ports.
 func TestIstioGatewayL7(t *testing.T) {
-	snap, rej := mustBuild(t, inputs(t, istioBookingIngress, pod("booking", "booking-1", "10.0.0.40", "n1", "app=booking")))
-	_, withPod := mustBuild(t, inputs(t, istioBookingIngress, pod("istio-system", "ingress-1", "10.0.0.50", "n1", "istio=ingressgateway")))
-	if hasRejection(withPod, "matches no gateway pod", true) {
-		t.Errorf("rejections = %v; a pod labelled istio=ingressgateway serves the gateway", withPod)
+	cert, key := selfSignedPEM(t, "booking.example.com")
+	secret := fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: booking-cert, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s}
+`, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key))
+	gatewayPod := pod("istio-system", "ingress-1", "10.0.0.50", "n1", "istio=ingressgateway,app=istio-ingressgateway,gateway.networking.k8s.io/gateway-name=istio-ingressgateway")
+	gatewaySvc := `apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: istio-ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}, {name: https, port: 443, targetPort: 8443}]
+`
+	backend := pod("booking", "booking-1", "10.0.0.40", "n1", "app=booking")
+	gwKey := model.NamespacedName{Namespace: "istio-system", Name: "istio-ingressgateway"}
+	const cluster = "outbound|8080||booking-service.booking.svc.cluster.local"
+	route := model.L7Route{
+		Name:         "booking.booking.0",
+		Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api/v1/booking"}}},
+		Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 100}},
 	}
-	testIstioGatewayL7(t, snap, rej)
+	vhost := model.VirtualHost{Name: "booking/booking", Domains: []string{"*"}, Routes: []model.L7Route{route}}
+
+	t.Run("no gateway pod", func(t *testing.T) {
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, backend))
+		if !hasRejection(rej, "Gateway.networking.istio.io booking/booking-gateway: selector map[istio:ingressgateway] matches no gateway pod", true) {
+			t.Errorf("rejections = %v; want a warning that no pod serves the gateway", rej)
+		}
+		if names := snap.L7Names(); len(names) != 0 {
+			t.Errorf("L7Names() = %v; nothing serves the Gateway, so no configuration", names)
+		}
+	})
+	t.Run("served", func(t *testing.T) {
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend))
+		if hasRejection(rej, "booking-gateway", true) {
+			t.Errorf("rejections = %v; want none for the Gateway", rej)
+		}
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok {
+			t.Fatalf("no L7 config for %s; have %v", gwKey, snap.L7Names())
+		}
+		want := &model.L7Config{
+			Listeners: []model.L7Listener{
+				{Name: "http", Port: 8080, VirtualHosts: []model.VirtualHost{vhost}},
+				{Name: "https", Port: 8443, VirtualHosts: []model.VirtualHost{vhost},
+					TLS: &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(cert), KeyPEM: string(key), SNIHosts: []string{"*"}}},
+			},
+			Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.40:8080", Labels: map[string]string{"app": "booking"}}}}},
+		}
+		if diff := cmp.Diff(want, cfg); diff != "" {
+			t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]model.NamespacedName{gwKey}, snap.L7Names()); diff != "" {
+			t.Errorf("L7Names() mismatch (-want +got):\n%s", diff)
+		}
+		// A gateway-only VirtualService does not route mesh traffic.
+		if len(snap.Waypoints()) != 0 {
+			t.Errorf("unexpected waypoints: %v", snap.Waypoints())
+		}
+	})
+	t.Run("missing secret", func(t *testing.T) {
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, gatewayPod, gatewaySvc, backend))
+		if !hasRejection(rej, `servers[1] (port 443): tls.credentialName "booking-cert": no Secret of type kubernetes.io/tls named so in namespace istio-system`, true) {
+			t.Errorf("rejections = %v; want the missing Secret named with the fix", rej)
+		}
+		cfg, _ := snap.L7Config(gwKey)
+		if cfg == nil || len(cfg.Listeners) != 1 || cfg.Listeners[0].Port != 8080 {
+			t.Errorf("config = %+v; the HTTP server is still served", cfg)
+		}
+	})
+	t.Run("https redirect and MUTUAL", func(t *testing.T) {
+		gw := strings.Replace(istioBookingIngress, "    hosts: [\"*\"]\n  - port: {number: 443", "    hosts: [\"*\"]\n    tls: {httpsRedirect: true}\n  - port: {number: 443", 1)
+		gw = strings.Replace(gw, "mode: SIMPLE", "mode: MUTUAL", 1)
+		snap, rej := mustBuild(t, inputs(t, gw, secret, gatewayPod, gatewaySvc, backend))
+		if !hasRejection(rej, "tls.mode MUTUAL: Secret istio-system/booking-cert has no usable ca.crt", true) {
+			t.Errorf("rejections = %v; want the missing client CA named", rej)
+		}
+		cfg, _ := snap.L7Config(gwKey)
+		if cfg == nil || len(cfg.Listeners) != 1 {
+			t.Fatalf("config = %+v; want the redirecting HTTP listener only", cfg)
+		}
+		want := []model.VirtualHost{{Name: "https-redirect/booking/booking-gateway", Domains: []string{"*"},
+			Routes: []model.L7Route{{Name: "https-redirect", Redirect: &model.Redirect{Scheme: "https", Code: 301}}}}}
+		if diff := cmp.Diff(want, cfg.Listeners[0].VirtualHosts); diff != "" {
+			t.Errorf("redirect virtual hosts mismatch (-want +got):\n%s", diff)
+		}
+	})
+}
+
+// selfSignedPEM returns a self-signed certificate for host and its key.
+func selfSignedPEM(t *testing.T, host string) (cert, key []byte) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
 }
 
 const istioBookingIngress = `apiVersion: networking.istio.io/v1alpha3
@@ -141,42 +259,6 @@ spec:
   selector: {app: booking}
   ports: [{name: http, port: 8080}]
 `
-
-func testIstioGatewayL7(t *testing.T, snap *model.Snapshot, rej []Rejection) {
-	t.Helper()
-	if !hasRejection(rej, "servers[1]: protocol HTTPS is not served", true) {
-		t.Errorf("rejections = %v; want a warning about the HTTPS server", rej)
-	}
-	if !hasRejection(rej, "Gateway.networking.istio.io booking/booking-gateway: selector map[istio:ingressgateway] matches no gateway pod", true) {
-		t.Errorf("rejections = %v; want a warning that no pod serves the gateway", rej)
-	}
-	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "booking", Name: "booking-gateway"})
-	if !ok {
-		t.Fatal("no L7 config for booking/booking-gateway")
-	}
-	const cluster = "outbound|8080||booking-service.booking.svc.cluster.local"
-	want := &model.L7Config{
-		Listeners: []model.L7Listener{{Name: "http", Port: 80, VirtualHosts: []model.VirtualHost{{
-			Name: "booking/booking", Domains: []string{"*"},
-			Routes: []model.L7Route{{
-				Name:         "booking.booking.0",
-				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api/v1/booking"}}},
-				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 100}},
-			}},
-		}}}},
-		Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.40:8080", Labels: map[string]string{"app": "booking"}}}}},
-	}
-	if diff := cmp.Diff(want, cfg); diff != "" {
-		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]model.NamespacedName{{Namespace: "booking", Name: "booking-gateway"}}, snap.L7Names()); diff != "" {
-		t.Errorf("L7Names() mismatch (-want +got):\n%s", diff)
-	}
-	// A gateway-only VirtualService does not route mesh traffic.
-	if len(snap.Waypoints()) != 0 {
-		t.Errorf("unexpected waypoints: %v", snap.Waypoints())
-	}
-}
 
 func TestHostIntersection(t *testing.T) {
 	tests := []struct {

@@ -51,7 +51,12 @@ const (
 	KindReferenceGrant        = "ReferenceGrant"
 	KindTelemetry             = "Telemetry"
 	KindLocalRateLimitPolicy  = "LocalRateLimitPolicy"
+	KindSecret                = "Secret"
 )
+
+// caCertKey is the entry of a credential Secret holding the roots client
+// certificates must chain to (Istio's key for MUTUAL ingress TLS).
+const caCertKey = "ca.crt"
 
 // config is one Istio object reduced to what translation needs: its metadata
 // and its spec, whatever API version it was read through. Spec is never nil.
@@ -70,6 +75,7 @@ type Inputs struct {
 	endpointSlices  map[string]*discoveryv1.EndpointSlice
 	nodes           map[string]*corev1.Node
 	serviceAccounts map[string]*corev1.ServiceAccount
+	tlsSecrets      map[string]*corev1.Secret
 
 	peerAuths    map[string]config[securityapi.PeerAuthentication]
 	authzs       map[string]config[securityapi.AuthorizationPolicy]
@@ -104,7 +110,7 @@ func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) 
 }
 
 // Add records one object. It accepts the typed objects of k8s.io/api core/v1
-// (Namespace, Pod, Service, Node, ServiceAccount) and discovery/v1
+// (Namespace, Pod, Service, Node, ServiceAccount, Secret of type kubernetes.io/tls) and discovery/v1
 // (EndpointSlice); istio.io/client-go networking v1, v1beta1 and v1alpha3
 // (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
 // security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
@@ -125,6 +131,11 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		put(&in.nodes, o.Name, o)
 	case *corev1.ServiceAccount:
 		put(&in.serviceAccounts, key(o), o)
+	case *corev1.Secret:
+		if o.Type != corev1.SecretTypeTLS {
+			return fmt.Errorf("add object: Secret %s is of type %s; only %s Secrets are read", key(o), o.Type, corev1.SecretTypeTLS)
+		}
+		put(&in.tlsSecrets, key(o), o)
 
 	case *securityv1.PeerAuthentication:
 		putConfig(&in.peerAuths, o.ObjectMeta, &o.Spec)

@@ -1,98 +1,270 @@
 package controlplane
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 
 	networkingapi "istio.io/api/networking/v1alpha3"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
-// buildIstioIngressL7 adds the L7 configuration of every Istio
-// (networking.istio.io) Gateway to out, keyed by the Gateway's namespace and
-// name. Each HTTP server port becomes a listener; the VirtualServices that
-// name the Gateway in spec.gateways ("name" in their own namespace, or
-// "namespace/name") supply one virtual host per VirtualService with its
-// hosts, limited to the server's hosts. HTTPS/TLS servers (certificates from
-// Secrets) are reported and skipped for now. A name already used by a Gateway
-// API Gateway keeps the Gateway API configuration.
+// buildIstioIngressL7 adds the L7 configuration of every gateway
+// deployment that Istio (networking.istio.io) Gateways select to out, keyed
+// by the deployment's namespace and name: the gateway-name label its pods
+// carry, which is also how meshd recognises their xDS stream. As in Istio, a
+// Gateway's selector picks gateway pods in any namespace, several Gateways
+// may select one deployment (their servers merge), and a server port is the
+// port of the gateway's Service: the listener opens on that Service port's
+// targetPort, so an unprivileged gateway serves port 80 on 8080.
+//
+// Each server becomes a listener: HTTP/HTTP2/GRPC in plaintext, HTTPS with
+// tls.mode SIMPLE or MUTUAL and a credentialName naming a kubernetes.io/tls
+// Secret in the gateway's namespace (tls.crt, tls.key, and ca.crt for
+// MUTUAL). A VirtualService naming the Gateway in spec.gateways ("name" in
+// its own namespace, or "namespace/name") supplies one virtual host per
+// server with its hosts limited to the server's. A server with
+// tls.httpsRedirect answers every request with a 301 to https. Anything
+// else (PASSTHROUGH, TCP, certificates by file) is reported and skipped. A
+// deployment that is also a Gateway API gateway keeps that configuration.
 func (bd *build) buildIstioIngressL7(out map[model.NamespacedName]*model.L7Config) {
-	for _, gw := range bd.validIstioGws {
-		key := model.NamespacedName{Namespace: gw.meta.Namespace, Name: gw.meta.Name}
-		r := bd.rejecter(KindIstioGateway, key.Namespace, key.Name)
-		if _, taken := out[key]; taken {
-			r.warn("a Gateway API Gateway %s has the same name; its configuration is used", key)
+	if len(bd.validIstioGws) == 0 {
+		return
+	}
+	deployments := map[model.NamespacedName]map[string]string{}
+	for _, w := range bd.workloads {
+		name := w.Labels[gatewayNameLabel]
+		if w.Kind != model.KindPod || name == "" {
 			continue
 		}
-		lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
-		listeners := map[uint32]*model.L7Listener{}
-		serverHosts := map[uint32][]string{}
+		k := model.NamespacedName{Namespace: w.Namespace, Name: name}
+		if _, seen := deployments[k]; !seen {
+			deployments[k] = w.Labels
+		}
+	}
+	keys := make([]model.NamespacedName, 0, len(deployments))
+	for k := range deployments {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, key := range keys {
+		if _, isWaypoint := bd.waypoints[key]; isWaypoint {
+			continue
+		}
+		labels := deployments[key]
+		var gws []config[networkingapi.Gateway]
+		for _, gw := range bd.validIstioGws {
+			if sel := gw.spec.GetSelector(); len(sel) > 0 && model.SelectorMatches(sel, labels) {
+				gws = append(gws, gw)
+			}
+		}
+		if len(gws) == 0 {
+			continue
+		}
+		if _, taken := out[key]; taken {
+			for _, gw := range gws {
+				bd.rejecter(KindIstioGateway, gw.meta.Namespace, gw.meta.Name).warn("its selector picks %s, a Gateway API gateway; that configuration is used", key)
+			}
+			continue
+		}
+		if cfg := bd.istioIngressConfig(key, labels, gws); cfg != nil {
+			out[key] = cfg
+		}
+	}
+}
+
+// ingressServer is one Istio Gateway server as a listener will serve it.
+type ingressServer struct {
+	gw       model.NamespacedName
+	port     uint32 // the server (Service) port VirtualServices match on
+	hosts    []string
+	redirect bool // tls.httpsRedirect
+}
+
+// istioIngressConfig merges the servers of gws into the configuration of one
+// gateway deployment; nil when nothing is left to serve.
+func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[string]string, gws []config[networkingapi.Gateway]) *model.L7Config {
+	targets := bd.gatewayTargetPorts(key.Namespace, podLabels)
+	lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
+	listeners := map[uint32]*model.L7Listener{}
+	servers := map[uint32][]ingressServer{}
+	for _, gw := range gws {
+		gwKey := model.NamespacedName{Namespace: gw.meta.Namespace, Name: gw.meta.Name}
+		r := bd.rejecter(KindIstioGateway, gwKey.Namespace, gwKey.Name)
 		for i, s := range gw.spec.GetServers() {
-			proto := strings.ToUpper(s.GetPort().GetProtocol())
-			if proto != "HTTP" && proto != "HTTP2" && proto != "GRPC" {
-				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress yet; skipped", i, s.GetPort().GetProtocol())
+			p := s.GetPort().GetNumber()
+			listenPort := p
+			if t, ok := targets[p]; ok {
+				listenPort = t
+			}
+			var tlsCfg *model.ListenerTLS
+			switch proto := strings.ToUpper(s.GetPort().GetProtocol()); proto {
+			case "HTTP", "HTTP2", "GRPC":
+			case "HTTPS":
+				var err error
+				if tlsCfg, err = bd.ingressTLS(key.Namespace, s); err != nil {
+					r.warn("servers[%d] (port %d): %v; server skipped", i, p, err)
+					continue
+				}
+			default:
+				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress (HTTP, HTTP2, GRPC and HTTPS are); skipped", i, s.GetPort().GetProtocol())
 				continue
 			}
-			if s.GetTls().GetHttpsRedirect() {
-				r.warn("servers[%d]: tls.httpsRedirect needs an HTTPS server, which meshlet's ingress does not serve yet; ignored", i)
-			}
-			p := s.GetPort().GetNumber()
-			if listeners[p] == nil {
-				listeners[p] = &model.L7Listener{Name: s.GetPort().GetName(), Port: p}
-				if listeners[p].Name == "" {
-					listeners[p].Name = "port-" + strconv.FormatUint(uint64(p), 10)
+			l := listeners[listenPort]
+			if l == nil {
+				l = &model.L7Listener{Name: s.GetPort().GetName(), Port: listenPort, TLS: tlsCfg}
+				if l.Name == "" {
+					l.Name = "port-" + strconv.FormatUint(uint64(p), 10)
 				}
+				listeners[listenPort] = l
+			} else if (l.TLS == nil) != (tlsCfg == nil) || (tlsCfg != nil && (l.TLS.CertPEM != tlsCfg.CertPEM || l.TLS.Mode != tlsCfg.Mode)) {
+				r.warn("servers[%d]: port %d already serves another server with different TLS settings (one certificate per port is served); skipped", i, p)
+				continue
 			}
+			srv := ingressServer{gw: gwKey, port: p, redirect: s.GetTls().GetHttpsRedirect() && tlsCfg == nil}
 			for _, h := range s.GetHosts() {
 				// "namespace/host" limits which namespaces' VirtualServices may
 				// bind; meshlet keeps the host part.
 				if _, host, ok := strings.Cut(h, "/"); ok {
 					h = host
 				}
-				serverHosts[p] = append(serverHosts[p], h)
+				srv.hosts = append(srv.hosts, h)
 			}
+			if tlsCfg != nil {
+				tlsCfg.SNIHosts = append(tlsCfg.SNIHosts, srv.hosts...)
+			}
+			servers[listenPort] = append(servers[listenPort], srv)
 		}
-		for _, vs := range bd.validVS {
-			if !vsBindsGateway(vs, key) {
+	}
+	for port, l := range listeners {
+		for _, srv := range servers[port] {
+			if srv.redirect {
+				l.VirtualHosts = append(l.VirtualHosts, model.VirtualHost{
+					Name: "https-redirect/" + srv.gw.String(), Domains: srv.hosts,
+					Routes: []model.L7Route{{Name: "https-redirect", Redirect: &model.Redirect{Scheme: "https", Code: 301}}},
+				})
 				continue
 			}
-			for port, l := range listeners {
-				doms := hostIntersection(vs.spec.GetHosts(), serverHosts[port])
+			for _, vs := range bd.validVS {
+				if !vsBindsGateway(vs, srv.gw) || hasVirtualHost(l, vs.meta.Namespace+"/"+vs.meta.Name) {
+					continue
+				}
+				doms := hostIntersection(vs.spec.GetHosts(), srv.hosts)
 				if len(doms) == 0 {
 					continue
 				}
-				routes := lb.virtualServiceRoutes(vs, port)
-				if len(routes) == 0 {
-					continue
+				routes := lb.virtualServiceRoutes(vs, srv.port)
+				// Port matches were decided against the server port here;
+				// the listener itself may open on another (the targetPort).
+				for i := range routes {
+					for j := range routes[i].Matches {
+						routes[i].Matches[j].Port = 0
+					}
 				}
-				l.VirtualHosts = append(l.VirtualHosts, model.VirtualHost{Name: vs.meta.Namespace + "/" + vs.meta.Name, Domains: doms, Routes: routes})
+				if len(routes) > 0 {
+					l.VirtualHosts = append(l.VirtualHosts, model.VirtualHost{Name: vs.meta.Namespace + "/" + vs.meta.Name, Domains: doms, Routes: routes})
+				}
 			}
 		}
-		cfg := &model.L7Config{}
-		ports := make([]uint32, 0, len(listeners))
-		for p := range listeners {
-			ports = append(ports, p)
-		}
-		sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
-		for _, p := range ports {
-			if l := listeners[p]; len(l.VirtualHosts) > 0 {
-				cfg.Listeners = append(cfg.Listeners, *l)
-			}
-		}
-		if len(cfg.Listeners) == 0 {
-			continue
-		}
-		for _, name := range sortedKeys(lb.clusters) {
-			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
-		}
-		if err := cfg.Validate(); err != nil {
-			r.reject("gateway L7 configuration is invalid, not pushed: %v", err)
-			continue
-		}
-		out[key] = cfg
 	}
+	cfg := &model.L7Config{}
+	ports := make([]uint32, 0, len(listeners))
+	for p := range listeners {
+		ports = append(ports, p)
+	}
+	sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
+	for _, p := range ports {
+		if l := listeners[p]; len(l.VirtualHosts) > 0 {
+			cfg.Listeners = append(cfg.Listeners, *l)
+		}
+	}
+	if len(cfg.Listeners) == 0 {
+		return nil
+	}
+	for _, name := range sortedKeys(lb.clusters) {
+		cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
+	}
+	if err := cfg.Validate(); err != nil {
+		for _, gw := range gws {
+			bd.rejecter(KindIstioGateway, gw.meta.Namespace, gw.meta.Name).reject("configuration of gateway %s is invalid, not pushed: %v", key, err)
+		}
+		return nil
+	}
+	return cfg
+}
+
+func hasVirtualHost(l *model.L7Listener, name string) bool {
+	for _, vh := range l.VirtualHosts {
+		if vh.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// gatewayTargetPorts maps each port of the Services in ns that select a
+// gateway's pods to the numeric port the pods serve it on.
+func (bd *build) gatewayTargetPorts(ns string, podLabels map[string]string) map[uint32]uint32 {
+	out := map[uint32]uint32{}
+	for _, k := range sortedKeys(bd.kubeSvcs) {
+		svc := bd.kubeSvcs[k]
+		if svc.Namespace != ns || len(svc.Spec.Selector) == 0 || !model.SelectorMatches(svc.Spec.Selector, podLabels) {
+			continue
+		}
+		for _, sp := range svc.Spec.Ports {
+			if _, seen := out[uint32(sp.Port)]; seen {
+				continue
+			}
+			if t := sp.TargetPort.IntValue(); t > 0 {
+				out[uint32(sp.Port)] = uint32(t)
+			} else if sp.TargetPort.StrVal == "" {
+				out[uint32(sp.Port)] = uint32(sp.Port)
+			}
+		}
+	}
+	return out
+}
+
+// ingressTLS reads an HTTPS server's certificate from the kubernetes.io/tls
+// Secret its credentialName names, in the gateway's namespace (Istio's rule).
+func (bd *build) ingressTLS(gatewayNS string, s *networkingapi.Server) (*model.ListenerTLS, error) {
+	t := s.GetTls()
+	var mode string
+	switch t.GetMode() {
+	case networkingapi.ServerTLSSettings_SIMPLE:
+		mode = model.TLSModeSimple
+	case networkingapi.ServerTLSSettings_MUTUAL:
+		mode = model.TLSModeMutual
+	default:
+		return nil, fmt.Errorf("tls.mode %s is not served by meshlet's ingress: use SIMPLE or MUTUAL", t.GetMode())
+	}
+	if t.GetCredentialName() == "" {
+		return nil, errors.New("tls.credentialName is empty: name a kubernetes.io/tls Secret in the gateway's namespace (certificates by file path are not read)")
+	}
+	sec := bd.in.tlsSecrets[gatewayNS+"/"+t.GetCredentialName()]
+	if sec == nil {
+		return nil, fmt.Errorf("tls.credentialName %q: no Secret of type kubernetes.io/tls named so in namespace %s (the gateway's): create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>",
+			t.GetCredentialName(), gatewayNS, t.GetCredentialName(), gatewayNS)
+	}
+	cert, key := sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]
+	if _, err := tls.X509KeyPair(cert, key); err != nil {
+		return nil, fmt.Errorf("credential secret %s/%s: tls.crt and tls.key do not form a usable key pair: %w", gatewayNS, t.GetCredentialName(), err)
+	}
+	out := &model.ListenerTLS{Mode: mode, CertPEM: string(cert), KeyPEM: string(key)}
+	if mode == model.TLSModeMutual {
+		ca := sec.Data[caCertKey]
+		if !x509.NewCertPool().AppendCertsFromPEM(ca) {
+			return nil, fmt.Errorf("tls.mode MUTUAL: Secret %s/%s has no usable %s: add the client CA certificates to it", gatewayNS, t.GetCredentialName(), caCertKey)
+		}
+		out.ClientCAPEM = string(ca)
+	}
+	return out, nil
 }
 
 // vsBindsGateway reports whether a VirtualService's gateways name gw.

@@ -31,6 +31,8 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &corev1.Service{}
 	case "v1/Node":
 		return &corev1.Node{}
+	case "v1/Secret":
+		return &corev1.Secret{}
 	case "v1/ServiceAccount":
 		return &corev1.ServiceAccount{}
 	case "discovery.k8s.io/v1/EndpointSlice":

@@ -10,8 +10,10 @@ import (
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -119,6 +121,7 @@ type Sources struct {
 	istio     istioinformers.SharedInformerFactory
 	gateway   gatewayinformers.SharedInformerFactory
 	dynamic   dynamicinformer.DynamicSharedInformerFactory
+	secrets   informers.SharedInformerFactory // TLS Secrets only (ingress credentials)
 	informers []kindInformer
 
 	mu     sync.Mutex
@@ -141,6 +144,12 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		kube:    informers.NewSharedInformerFactory(opts.Kube, opts.Resync),
 		istio:   istioinformers.NewSharedInformerFactory(opts.Istio, opts.Resync),
 		gateway: gatewayinformers.NewSharedInformerFactory(opts.Gateway, opts.Resync),
+		// Ingress credentials (an Istio Gateway server's tls.credentialName)
+		// are Secrets of type kubernetes.io/tls; no other Secret is listed,
+		// and of these only the certificate, key and CA entries are kept.
+		secrets: informers.NewSharedInformerFactoryWithOptions(opts.Kube, opts.Resync,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "type=" + string(corev1.SecretTypeTLS) }),
+			informers.WithTransform(trimTLSSecret)),
 	}
 	core := s.kube.Core().V1()
 	nw := s.istio.Networking().V1()
@@ -167,6 +176,7 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		{KindHTTPRoute, gw.HTTPRoutes().Informer()},
 		{KindGRPCRoute, gw.GRPCRoutes().Informer()},
 		{KindReferenceGrant, gw.ReferenceGrants().Informer()},
+		{KindSecret, s.secrets.Core().V1().Secrets().Informer()},
 	}
 	if opts.Dynamic != nil {
 		s.dynamic = dynamicinformer.NewDynamicSharedInformerFactory(opts.Dynamic, opts.Resync)
@@ -260,6 +270,7 @@ func (s *Sources) Start(ctx context.Context) error {
 	s.kube.Start(ctx.Done())
 	s.istio.Start(ctx.Done())
 	s.gateway.Start(ctx.Done())
+	s.secrets.Start(ctx.Done())
 	if s.dynamic != nil {
 		s.dynamic.Start(ctx.Done())
 	}
@@ -294,6 +305,24 @@ func (s *Sources) Inputs() (*Inputs, error) {
 	return in, nil
 }
 
+// trimTLSSecret keeps of a TLS Secret only what an ingress listener serves,
+// so that meshd's cache holds no more secret material than it needs.
+func trimTLSSecret(obj any) (any, error) {
+	sec, ok := obj.(*corev1.Secret)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Secret{TypeMeta: sec.TypeMeta, Type: sec.Type, Data: map[string][]byte{}}
+	out.ObjectMeta = metav1.ObjectMeta{Namespace: sec.Namespace, Name: sec.Name, UID: sec.UID,
+		ResourceVersion: sec.ResourceVersion, CreationTimestamp: sec.CreationTimestamp}
+	for _, k := range []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey, caCertKey} {
+		if v, ok := sec.Data[k]; ok {
+			out.Data[k] = v
+		}
+	}
+	return out, nil
+}
+
 // Close stops the informers and waits for their goroutines.
 func (s *Sources) Close() error {
 	s.mu.Lock()
@@ -305,6 +334,7 @@ func (s *Sources) Close() error {
 	s.kube.Shutdown()
 	s.istio.Shutdown()
 	s.gateway.Shutdown()
+	s.secrets.Shutdown()
 	if s.dynamic != nil {
 		s.dynamic.Shutdown()
 	}

@@ -63,6 +63,55 @@ type L7Listener struct {
 	// VirtualHosts are tried by Host/:authority; the first whose Domains
 	// match wins, and a host with Domains ["*"] catches the rest.
 	VirtualHosts []VirtualHost
+	// TLS terminates TLS on an ingress listener (an Istio Gateway server
+	// with tls.mode SIMPLE or MUTUAL); nil serves plaintext.
+	TLS *ListenerTLS `json:",omitempty"`
+}
+
+// TLS modes of an ingress listener, as Istio's ServerTLSSettings names them.
+const (
+	TLSModeSimple = "SIMPLE"
+	TLSModeMutual = "MUTUAL"
+)
+
+// ListenerTLS is the server certificate of an ingress listener and, for
+// MUTUAL, the roots client certificates must chain to.
+type ListenerTLS struct {
+	// Mode is TLSModeSimple or TLSModeMutual.
+	Mode string
+	// CertPEM is the certificate chain, leaf first.
+	CertPEM string
+	// KeyPEM is the private key. It travels only over meshd's mutual-TLS
+	// xDS stream to the gateway that serves it and is never logged.
+	KeyPEM string
+	// ClientCAPEM holds the roots for client certificates (MUTUAL only).
+	ClientCAPEM string `json:",omitempty"`
+	// SNIHosts are the server's hosts; the listener's certificate is served
+	// for any SNI, they are kept for diagnostics.
+	SNIHosts []string `json:",omitempty"`
+}
+
+// String never prints the key.
+func (t *ListenerTLS) String() string {
+	if t == nil {
+		return "<plaintext>"
+	}
+	return fmt.Sprintf("tls(mode=%s, hosts=%v)", t.Mode, t.SNIHosts)
+}
+
+func (t *ListenerTLS) validate() error {
+	switch t.Mode {
+	case TLSModeSimple, TLSModeMutual:
+	default:
+		return fmt.Errorf("tls mode %q: want %s or %s", t.Mode, TLSModeSimple, TLSModeMutual)
+	}
+	if t.CertPEM == "" || t.KeyPEM == "" {
+		return errors.New("tls: a certificate and a key are required")
+	}
+	if t.Mode == TLSModeMutual && t.ClientCAPEM == "" {
+		return errors.New("tls mode MUTUAL: no client CA: add ca.crt to the credential Secret")
+	}
+	return nil
 }
 
 // VirtualHost is a set of domains sharing one ordered route table.
@@ -522,6 +571,11 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 	}
 	if len(l.VirtualHosts) == 0 {
 		return errors.New("no virtual hosts")
+	}
+	if l.TLS != nil {
+		if err := l.TLS.validate(); err != nil {
+			return err
+		}
 	}
 	for i := range l.VirtualHosts {
 		vh := &l.VirtualHosts[i]

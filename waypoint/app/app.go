@@ -22,7 +22,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +40,6 @@ import (
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
-	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/xds"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
@@ -145,7 +143,7 @@ type state struct {
 	conns    *waypoint.ConnListener
 	serve    func(*waypoint.Proxy)               // starts the proxy's Serve on conns
 	serveOn  func(*waypoint.Proxy, net.Listener) // starts Serve on a listener of the config (ingress)
-	ports    map[uint32]net.Listener             // the config's listener ports this gateway serves
+	ports    map[uint32]*ingressPort             // the config's listener ports this gateway serves
 	xds      *xdsclient.Client
 	dialer   *hbone.Dialer
 	mu       sync.Mutex // serializes Validate→Update
@@ -296,6 +294,12 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			return err
 		}
 		cfg := &waypoint.Config{L7: l7, Policies: policies}
+		var tlsByPort map[uint32]*tls.Config
+		if s.opts.ServeListeners {
+			if tlsByPort, err = ingressTLSConfigs(l7); err != nil {
+				return fmt.Errorf("apply waypoint config %s: %w", name, err)
+			}
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if p := s.proxy.Load(); p != nil {
@@ -317,7 +321,7 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			}
 		}
 		if err == nil && s.opts.ServeListeners {
-			err = s.syncPorts(s.proxy.Load(), l7)
+			err = s.syncPorts(s.proxy.Load(), l7, tlsByPort)
 		}
 		if err != nil {
 			s.log.Warn("refuse waypoint config", "name", name, "err", err)
@@ -441,46 +445,6 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 // ports: new ones are opened (a port that cannot be bound refuses the
 // config, keeping the last good one serving), gone ones closed. Called with
 // s.mu held.
-func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config) error {
-	want := map[uint32]bool{}
-	for _, l := range l7.Listeners {
-		if l.Port != 0 && l.Port != HBONEPort {
-			want[l.Port] = true
-		}
-	}
-	var opened []net.Listener
-	for port := range want {
-		if _, ok := s.ports[port]; ok {
-			continue
-		}
-		ln, err := net.Listen("tcp", net.JoinHostPort(s.opts.ListenHost, strconv.Itoa(int(port))))
-		if err != nil {
-			for _, o := range opened {
-				o.Close()
-			}
-			return fmt.Errorf("open ingress listener port %d: %w", port, err)
-		}
-		opened = append(opened, ln)
-	}
-	if s.ports == nil {
-		s.ports = map[uint32]net.Listener{}
-	}
-	for _, ln := range opened {
-		port := uint32(ln.Addr().(*net.TCPAddr).Port)
-		s.ports[port] = ln
-		s.serveOn(p, ln)
-		s.log.Info("serving ingress listener", "port", port)
-	}
-	for port, ln := range s.ports {
-		if !want[port] {
-			ln.Close()
-			delete(s.ports, port)
-			s.log.Info("closed ingress listener", "port", port)
-		}
-	}
-	return nil
-}
-
 // identityOf finds the SPIFFE ID of the workload holding ip.
 func (s *state) identityOf(ip netip.Addr) (spiffeid.ID, error) {
 	for name, r := range s.xds.List(meshv1.WorkloadType) {

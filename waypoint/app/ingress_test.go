@@ -1,0 +1,173 @@
+package app
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/waypoint"
+)
+
+// pemPair is a certificate (signed by parent, or self-signed) and its key.
+type pemPair struct {
+	cert, key []byte
+	x509      *x509.Certificate
+	priv      *ecdsa.PrivateKey
+}
+
+func newPair(t *testing.T, cn string, parent *pemPair, isCA bool) *pemPair {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn}, DNSNames: []string{cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: isCA, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	signer, signerKey := tmpl, k
+	if parent != nil {
+		signer, signerKey = parent.x509, parent.priv
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &k.PublicKey, signerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	kd, _ := x509.MarshalPKCS8PrivateKey(k)
+	return &pemPair{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), x509: c, priv: k}
+}
+
+func freePort(t *testing.T) uint32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint32(l.Addr().(*net.TCPAddr).Port)
+}
+
+// An ingress gateway terminates TLS on a listener with a certificate from
+// its config: a client that trusts it gets the route's answer; a pushed
+// certificate replaces it for new connections; MUTUAL refuses a client
+// without a certificate from the configured CA; a port whose listener is
+// removed stops answering.
+func TestIngressTLSListener(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	port := freePort(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	first, second := newPair(t, "shop.example.com", nil, false), newPair(t, "shop.example.com", nil, false)
+	clientCA := newPair(t, "client-ca", nil, true)
+	client := newPair(t, "client", clientCA, false)
+	config := func(tlsCfg *model.ListenerTLS) *model.L7Config {
+		return &model.L7Config{Listeners: []model.L7Listener{{Name: "https", Port: port, TLS: tlsCfg, VirtualHosts: []model.VirtualHost{{
+			Name: "shop", Domains: []string{"*"},
+			Routes: []model.L7Route{{Name: "hello", DirectResponse: &model.DirectResponse{Status: 200, Body: "hello over tls"}}},
+		}}}}}
+	}
+	l7 := config(&model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(first.cert), KeyPEM: string(first.key)})
+	p, err := waypoint.New(waypoint.Options{Config: &waypoint.Config{L7: l7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
+	apply := func(l7 *model.L7Config) {
+		t.Helper()
+		byPort, err := ingressTLSConfigs(l7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Update(&waypoint.Config{L7: l7}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.syncPorts(p, l7, byPort); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, ip := range s.ports {
+			ip.ln.Close()
+		}
+	})
+	apply(l7)
+
+	get := func(trust *pemPair, cert *pemPair) (string, error) {
+		pool := x509.NewCertPool()
+		pool.AddCert(trust.x509)
+		cfg := &tls.Config{RootCAs: pool, ServerName: "shop.example.com"}
+		if cert != nil {
+			pair, err := tls.X509KeyPair(cert.cert, cert.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, DisableKeepAlives: true}}
+		resp, err := c.Get("https://" + addr + "/")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.Status + " " + string(b), nil
+	}
+	if got, err := get(first, nil); err != nil || got != "200 OK hello over tls" {
+		t.Fatalf("GET with the first certificate trusted = %q, %v; want 200 OK hello over tls", got, err)
+	}
+	if _, err := get(second, nil); err == nil {
+		t.Fatal("a client trusting only the second certificate was served before it was pushed")
+	}
+
+	apply(config(&model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(second.cert), KeyPEM: string(second.key)}))
+	if got, err := get(second, nil); err != nil || got != "200 OK hello over tls" {
+		t.Fatalf("GET after the certificate was rotated = %q, %v; want 200", got, err)
+	}
+
+	apply(config(&model.ListenerTLS{Mode: model.TLSModeMutual, CertPEM: string(second.cert), KeyPEM: string(second.key), ClientCAPEM: string(clientCA.cert)}))
+	if _, err := get(second, nil); err == nil {
+		t.Fatal("MUTUAL: a client without a certificate was served")
+	}
+	if _, err := get(second, newPair(t, "stranger", nil, false)); err == nil {
+		t.Fatal("MUTUAL: a client with a certificate from another CA was served")
+	}
+	if got, err := get(second, client); err != nil || got != "200 OK hello over tls" {
+		t.Fatalf("MUTUAL with a client certificate from the CA = %q, %v; want 200", got, err)
+	}
+
+	if _, err := ingressTLSConfigs(config(&model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(first.cert), KeyPEM: string(second.key)})); err == nil {
+		t.Error("a certificate with another certificate's key was accepted")
+	}
+
+	other := freePort(t)
+	moved := config(nil)
+	moved.Listeners[0].Port = other
+	apply(moved)
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("port %d still accepts after its listener was removed from the config", port)
+	}
+	resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(int(other))) + "/")
+	if err != nil {
+		t.Fatalf("plaintext listener on the new port: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("plaintext listener: %s; want 200", resp.Status)
+	}
+}
