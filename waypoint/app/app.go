@@ -40,6 +40,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/xds"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
@@ -221,6 +222,7 @@ func Run(ctx context.Context, opts Options) error {
 		NodeID:   node.NodeID(),
 		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
 		Validate: s.validate,
+		OnChange: s.onChange,
 		Logger:   opts.Logger,
 	})
 	if err != nil {
@@ -271,10 +273,41 @@ func (s *state) ready() error {
 		return errors.New("draining")
 	case s.svid.Expiry().IsZero():
 		return errors.New("no SVID yet")
-	case !s.applied.Load():
+	case s.opts.ServeListeners && !s.synced():
+		// An ingress gateway is ready once it holds meshd's view, even with
+		// no Gateway configuring it yet (it serves no port until one does).
+		return errors.New("no config received from meshd yet")
+	case !s.opts.ServeListeners && !s.applied.Load():
 		return errors.New("no config applied yet")
 	}
 	return nil
+}
+
+// synced reports whether the xDS client has received meshd's first answer
+// for every type.
+func (s *state) synced() bool {
+	select {
+	case <-s.xds.Synced():
+		return true
+	default:
+		return false
+	}
+}
+
+// onChange closes an ingress gateway's listener ports when meshd removes
+// its config (the last Gateway selecting it was deleted).
+func (s *state) onChange(typeURL string, _, removed []string) {
+	if typeURL != meshv1.WaypointConfigType || !s.opts.ServeListeners || len(removed) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, still := s.xds.Get(typeURL, model.NamespacedName{Namespace: s.opts.Namespace, Name: s.opts.GatewayName}.String()); still {
+		return
+	}
+	if err := s.syncPorts(s.proxy.Load(), &model.L7Config{}, nil); err != nil {
+		s.log.Warn("close ingress listeners", "err", err)
+	}
 }
 
 // validate applies a pushed resource before the xDS client stores it: an

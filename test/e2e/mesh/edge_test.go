@@ -1,13 +1,23 @@
 package meshtest
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/test/lab"
@@ -76,4 +86,159 @@ spec:
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return resp.StatusCode == 200 && strings.Contains(string(b), ns), fmt.Errorf("%s: %.200s", resp.Status, b)
 	})
+}
+
+// meshSystem is the namespace meshctl installs the mesh into.
+const meshSystem = "meshlet-system"
+
+// TestIngressIstioGateway: the tutorial's way in. An Istio Gateway selecting
+// the chart's ingress gateway (istio: ingressgateway) and a VirtualService
+// bound to it expose /api/v1/echo of a mesh Service: over HTTP on port 80
+// from a pod outside the mesh (the gateway's Service) and from the machine
+// (node port), over HTTPS on 443 with the certificate of a kubernetes.io/tls
+// Secret in the gateway's namespace, verified by the client; a host whose
+// server sets httpsRedirect gets a 301 to https.
+func TestIngressIstioGateway(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	const host = "echo.example.com"
+	certPEM, keyPEM, roots := servingCert(t, host)
+	secretName := "echo-cert-" + ns
+	if _, err := lb.Clientset().CoreV1().Secrets(meshSystem).Create(t.Context(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secretName}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create the credential Secret: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = lb.Clientset().CoreV1().Secrets(meshSystem).Delete(context.Background(), secretName, metav1.DeleteOptions{})
+	})
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: echo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http-secure-only, protocol: HTTP}
+    hosts: ["secure.example.com"]
+    tls: {httpsRedirect: true}
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: %s}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-api}
+spec:
+  hosts: ["*"]
+  gateways: [echo-gateway]
+  http:
+  - match: [{uri: {prefix: /api/v1/echo}}]
+    route: [{destination: {host: echo, port: {number: 8080}}}]
+`, secretName))
+	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
+	lb.WaitPodsReady(t, meshSystem, "istio=ingressgateway", 1, 2*time.Minute)
+	svc, err := lb.Clientset().CoreV1().Services(meshSystem).Get(t.Context(), "istio-ingressgateway", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the chart's ingress gateway Service: %v", err)
+	}
+	nodePorts := map[int32]int32{}
+	for _, p := range svc.Spec.Ports {
+		nodePorts[p.Port] = p.NodePort
+	}
+	if nodePorts[80] == 0 || nodePorts[443] == 0 {
+		t.Fatalf("ingress gateway Service ports %v; want node ports for 80 and 443", svc.Spec.Ports)
+	}
+
+	plain := lb.NewNamespace(t)
+	outsider := clientPod(t, lb, plain, "outsider", "outsider")
+	lab.WaitFor(t, time.Minute, "the route through the gateway's Service from a pod outside the mesh", func() (bool, error) {
+		s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s/api/v1/echo/list", svc.Spec.ClusterIP))
+		return s.ByStatus["200"] == 3, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
+	})
+	if s := summary(t, lb, plain, outsider.Name, "-n", "1", fmt.Sprintf("http://%s/other", svc.Spec.ClusterIP)); s.ByStatus["404"] != 1 {
+		t.Errorf("a path no route matches: %v; want 404", s.ByStatus)
+	}
+
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	httpClient := &http.Client{Timeout: 5 * time.Second, CheckRedirect: noRedirect}
+	plainURL := fmt.Sprintf("http://%s:%d/api/v1/echo", lab.NodeIP(1), nodePorts[80])
+	lab.WaitFor(t, 30*time.Second, "HTTP through the node port "+plainURL, func() (bool, error) {
+		code, body, _, err := fetch(httpClient, plainURL, "")
+		return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	code, _, hdr, err := fetch(httpClient, plainURL, "secure.example.com")
+	if err != nil || code != http.StatusMovedPermanently || hdr.Get("Location") != "https://secure.example.com/api/v1/echo" {
+		t.Errorf("Host secure.example.com over HTTP: %d Location %q (%v); want 301 to https://secure.example.com/api/v1/echo", code, hdr.Get("Location"), err)
+	}
+
+	tlsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: host}, ForceAttemptHTTP2: true}}
+	tlsURL := fmt.Sprintf("https://%s:%d/api/v1/echo", lab.NodeIP(2), nodePorts[443])
+	lab.WaitFor(t, 30*time.Second, "HTTPS through the node port "+tlsURL, func() (bool, error) {
+		code, body, _, err := fetch(tlsClient, tlsURL, "")
+		return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	// The client verified the Secret's certificate; one it does not trust fails.
+	untrusted := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: x509.NewCertPool(), ServerName: host}}}
+	if _, _, _, err := fetch(untrusted, tlsURL, ""); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
+	}
+}
+
+// fetch GETs url (with Host set when host is not empty) and returns the
+// status, up to 4 KiB of the body and the headers.
+func fetch(c *http.Client, url, host string) (int, string, http.Header, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(b), resp.Header, nil
+}
+
+// servingCert makes a CA and a server certificate for host signed by it; it
+// returns the server's certificate and key in PEM and a pool with the CA.
+func servingCert(t *testing.T, host string) (certPEM, keyPEM []byte, roots *x509.CertPool) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "meshlet test ingress CA"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots = x509.NewCertPool()
+	roots.AddCert(caCert)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), roots
 }

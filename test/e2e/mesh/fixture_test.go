@@ -21,6 +21,7 @@ var meshBinaries = map[string][]string{
 	"meshd":       {"deployment/meshd"},
 	"node-agent":  {"daemonset/meshlet-node-agent"},
 	"meshlet-cni": {"daemonset/meshlet-node-agent"},
+	"waypoint":    {"deployment/istio-ingressgateway"},
 }
 
 var installed struct {
@@ -30,7 +31,7 @@ var installed struct {
 }
 
 // meshLab returns the shared lab with meshlet installed from this checkout
-// (`meshctl install --profile minimal -y`), once per test process. When the
+// (`meshctl install -y`: the default profile, with the ingress gateway), once per test process. When the
 // lab already ran an older build of the mesh, the binaries are rebuilt and
 // its pods restarted, so tests never run against stale code.
 func meshLab(t *testing.T) *lab.Lab {
@@ -60,14 +61,9 @@ func installMesh(lb *lab.Lab) (string, error) {
 	if out, err := build.CombinedOutput(); err != nil {
 		return log.String() + string(out), fmt.Errorf("build meshctl: %w", err)
 	}
-	out, err := exec.Command(bin, "install", "--profile", "minimal", "-y", "--timeout", "3m", "--kubeconfig", lb.Layout.Kubeconfig()).CombinedOutput()
-	log.Write(out)
-	if err != nil {
-		return log.String(), fmt.Errorf("meshctl install: %w", err)
-	}
-	if !strings.Contains(string(out), "meshlet is installed") {
-		return log.String(), fmt.Errorf("meshctl install did not end with its verdict")
-	}
+	// Workloads whose binary changed are restarted before the install waits
+	// for its rollouts: a pod still running the old binary may never get
+	// ready (the install would time out on a bug already fixed).
 	restart := map[string]bool{}
 	for name, workloads := range meshBinaries {
 		if before[name] != "" && before[name] != after[name] {
@@ -78,15 +74,25 @@ func installMesh(lb *lab.Lab) (string, error) {
 	}
 	for w := range restart {
 		fmt.Fprintf(&log, "restarting %s: its binary changed\n", w)
-		for _, args := range [][]string{
-			{"-n", "meshlet-system", "rollout", "restart", w},
-			{"-n", "meshlet-system", "rollout", "status", w, "--timeout", "3m"},
-		} {
-			out, err := lb.Kubectl(args...)
-			log.WriteString(out)
-			if err != nil {
-				return log.String(), fmt.Errorf("kubectl %s: %w", strings.Join(args, " "), err)
-			}
+		out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "restart", w)
+		log.WriteString(out)
+		if err != nil && !strings.Contains(out, "NotFound") && !strings.Contains(out, "not found") {
+			return log.String(), fmt.Errorf("kubectl rollout restart %s: %w", w, err)
+		}
+	}
+	out, err := exec.Command(bin, "install", "--profile", "default", "-y", "--timeout", "3m", "--kubeconfig", lb.Layout.Kubeconfig()).CombinedOutput()
+	log.Write(out)
+	if err != nil {
+		return log.String(), fmt.Errorf("meshctl install: %w", err)
+	}
+	if !strings.Contains(string(out), "meshlet is installed") {
+		return log.String(), fmt.Errorf("meshctl install did not end with its verdict")
+	}
+	for w := range restart {
+		out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "status", w, "--timeout", "3m")
+		log.WriteString(out)
+		if err != nil {
+			return log.String(), fmt.Errorf("kubectl rollout status %s: %w", w, err)
 		}
 	}
 	return log.String(), nil
