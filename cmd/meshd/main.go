@@ -190,7 +190,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	caSrv, err := ca.NewServer(ca.ServerOptions{CA: authority, Authenticate: acc.reviewer.Authenticate, Logger: log, Observe: m.observeCSR})
+	status := &statusPublisher{kube: kube, namespace: cfg.namespace, pod: os.Getenv("POD_NAME"), log: log}
+	caSrv, err := ca.NewServer(ca.ServerOptions{CA: authority, Authenticate: acc.reviewer.Authenticate, Logger: log, Observe: m.observeCSR, Issued: status.issued})
 	if err != nil {
 		return err
 	}
@@ -270,6 +271,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	go func() { defer wg.Done(); rot.run(ctx, cfg.caPoll) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); events.run(ctx) }()
+	status.clients = xsrv.Clients
+	wg.Add(1)
+	go func() { defer wg.Done(); status.run(ctx, xsrv.Generation) }()
 	if cfg.waypointImage != "" {
 		dep, err := deployer.New(deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
 			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}})

@@ -131,4 +131,3 @@ func (r *caRotation) waitAcks(ctx context.Context, before map[string]string) []s
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -9,10 +10,10 @@ import (
 	"strings"
 	"time"
 
-	securityv1alpha1 "istio.io/api/security/v1alpha1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
 )
 
 // ServerOptions configure the gRPC certificate service.
@@ -27,6 +28,10 @@ type ServerOptions struct {
 	// Observe, if set, is called after every request with its outcome (nil
 	// error when signed), e.g. to count CSRs signed and refused.
 	Observe func(err error)
+	// Issued, if set, is called with every certificate signed and its
+	// caller, e.g. for the status report of who holds which certificate
+	// until when.
+	Issued func(caller Caller, leaf *x509.Certificate)
 }
 
 // Server implements Istio's IstioCertificateService (istio.v1.auth), so
@@ -81,6 +86,9 @@ func (s *Server) create(ctx context.Context, req *securityv1alpha1.IstioCertific
 			code = codes.PermissionDenied
 		}
 		return nil, status.Error(code, err.Error())
+	}
+	if s.opts.Issued != nil && len(chain) > 0 {
+		s.opts.Issued(caller, chain[0])
 	}
 	out := make([]string, 0, len(chain)+len(s.opts.CA.Roots()))
 	for _, c := range chain {

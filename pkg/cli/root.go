@@ -101,6 +101,8 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newWaypointCommand(s, g),
 		newAnalyzeCommand(s, g),
 		newVersionCommand(s, g),
+		newStatusCommand(s, g),
+		newProxyStatusCommand(s, g),
 	)
 	return root
 }

@@ -408,6 +408,15 @@ func (s *Server) flush() {
 	}
 }
 
+// Generation is the version of the latest state pushed to clients ("0"
+// before the first push). A client whose ACKs carry an older version may
+// still be current: a push that changes nothing it holds is not sent to it.
+func (s *Server) Generation() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strconv.FormatUint(s.gen, 10)
+}
+
 // Clients reports every open stream that passed its first request's checks,
 // sorted by node id.
 func (s *Server) Clients() []ClientStatus {

@@ -1,0 +1,62 @@
+// Package meshstatus is the status report each meshd replica publishes in a
+// ConfigMap of its namespace (meshd-status-<pod>, label
+// meshlet.dev/meshd-status=true, key status.json) and `meshctl status` and
+// `proxy-status` read: the node agents and waypoints connected to it, what
+// they acknowledged or rejected, and the certificates it signed. A ConfigMap
+// rather than an HTTP endpoint, because meshd's debug endpoints stay on
+// loopback and meshctl reads the cluster through the API server with the
+// user's own RBAC. The package holds only the wire shape: no logic.
+package meshstatus
+
+import "time"
+
+// Where a report lives.
+const (
+	// Label marks a status ConfigMap (value "true").
+	Label = "meshlet.dev/meshd-status"
+	// Key is the ConfigMap data key holding the JSON Report.
+	Key = "status.json"
+	// NamePrefix starts a status ConfigMap's name; the replica's pod name follows.
+	NamePrefix = "meshd-status-"
+	// Interval is how often a replica rewrites its report; a report much
+	// older than this is stale (its replica is stuck or gone).
+	Interval = 5 * time.Second
+)
+
+// Report is the JSON in a status ConfigMap.
+type Report struct {
+	Meshd      string    `json:"meshd"`
+	Updated    time.Time `json:"updated"`
+	Generation string    `json:"generation"`
+	Clients    []Client  `json:"clients"`
+	Certs      []Cert    `json:"certificates"`
+}
+
+// Client is one connected node agent or waypoint/gateway.
+type Client struct {
+	NodeID    string            `json:"nodeID"`
+	Role      string            `json:"role"`
+	Node      string            `json:"node,omitempty"`
+	Namespace string            `json:"namespace,omitempty"`
+	Name      string            `json:"name,omitempty"`
+	Connected time.Time         `json:"connected"`
+	Acked     map[string]string `json:"acked"`
+	NACK      *NACK             `json:"nack,omitempty"`
+}
+
+// NACK is a client's latest rejection of a push.
+type NACK struct {
+	TypeURL string    `json:"typeURL"`
+	Version string    `json:"version"`
+	Error   string    `json:"error"`
+	At      time.Time `json:"at"`
+}
+
+// Cert is the latest certificate this replica signed for one
+// identity on one caller (a node's agent or a pod).
+type Cert struct {
+	Node     string    `json:"node,omitempty"`
+	Pod      string    `json:"pod,omitempty"` // namespace/name
+	Identity string    `json:"identity"`
+	NotAfter time.Time `json:"notAfter"`
+}
