@@ -1,0 +1,244 @@
+// Command booking is the tutorial's sample application: one binary that
+// plays one of four services, chosen by -role (or $ROLE):
+//
+//	booking   GET /api/v1/booking[/{item}]   calls order
+//	order     GET /api/v1/order/{item}       calls inventory and shipping
+//	inventory GET /api/v1/inventory/{item}
+//	shipping  GET /api/v1/shipping/{item}
+//
+// Each answers JSON with its service name, version ($VERSION, from the pod's
+// version label) and pod ($POD_NAME), and nests the answers of the services
+// it called, so one request through the ingress shows which version of
+// every service served it. The headers that steer routing and tracing
+// (end-user, x-request-id, traceparent, tracestate, authorization) are
+// passed on to the services it calls. $FAIL_PERCENT answers that share of
+// requests 503 and $DELAY waits before answering, for the tutorial's
+// resilience steps. GET /healthz answers ok.
+//
+// It must stay a plain workload: no mesh logic, no Kubernetes API calls.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// forwarded are the request headers passed on to the services called.
+var forwarded = []string{"end-user", "x-request-id", "traceparent", "tracestate", "authorization"}
+
+// maxBody bounds an answer read from another service.
+const maxBody = 1 << 20
+
+// config is one service's setup.
+type config struct {
+	role, version, pod string
+	failPercent        int
+	delay              time.Duration
+	// upstream URLs by role (without path).
+	order, inventory, shipping string
+	client                     *http.Client
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func configFromEnv(args []string) (*config, string, error) {
+	fs := flag.NewFlagSet("booking", flag.ContinueOnError)
+	c := &config{client: &http.Client{Timeout: 5 * time.Second}}
+	fs.StringVar(&c.role, "role", os.Getenv("ROLE"), "booking, order, inventory or shipping (default $ROLE)")
+	addr := fs.String("listen", ":"+envOr("PORT", "8080"), "listen address (default :$PORT or :8080)")
+	if err := fs.Parse(args); err != nil {
+		return nil, "", err
+	}
+	c.version, c.pod = envOr("VERSION", "v1"), envOr("POD_NAME", "")
+	c.order = envOr("ORDER_URL", "http://order-service:8080")
+	c.inventory = envOr("INVENTORY_URL", "http://inventory-service:8080")
+	c.shipping = envOr("SHIPPING_URL", "http://shipping-service:8080")
+	if v := os.Getenv("FAIL_PERCENT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 100 {
+			return nil, "", fmt.Errorf("FAIL_PERCENT=%q: want an integer from 0 to 100", v)
+		}
+		c.failPercent = n
+	}
+	if v := os.Getenv("DELAY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return nil, "", fmt.Errorf("DELAY=%q: want a duration such as 200ms", v)
+		}
+		c.delay = d
+	}
+	switch c.role {
+	case "booking", "order", "inventory", "shipping":
+	default:
+		return nil, "", fmt.Errorf("-role %q: want booking, order, inventory or shipping", c.role)
+	}
+	return c, *addr, nil
+}
+
+// handler serves the role's API.
+func (c *config) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	api := "/api/v1/" + c.role
+	mux.HandleFunc("GET "+api, c.serve)
+	mux.HandleFunc("GET "+api+"/{item}", c.serve)
+	return mux
+}
+
+func (c *config) serve(w http.ResponseWriter, r *http.Request) {
+	if c.delay > 0 {
+		select {
+		case <-time.After(c.delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if c.failPercent > 0 && rand.IntN(100) < c.failPercent {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"service": c.role, "version": c.version, "pod": c.pod, "error": "failing on purpose (FAIL_PERCENT)"})
+		return
+	}
+	item := r.PathValue("item")
+	if item == "" {
+		item = "book"
+	}
+	out := map[string]any{"service": c.role, "version": c.version, "pod": c.pod, "item": item}
+	switch c.role {
+	case "booking":
+		order, err := c.call(r, c.order, "order", item)
+		if err != nil {
+			writeError(w, c, err)
+			return
+		}
+		out["order"] = order
+	case "order":
+		inv, err := c.call(r, c.inventory, "inventory", item)
+		if err != nil {
+			writeError(w, c, err)
+			return
+		}
+		ship, err := c.call(r, c.shipping, "shipping", item)
+		if err != nil {
+			writeError(w, c, err)
+			return
+		}
+		out["inventory"], out["shipping"] = inv, ship
+	case "inventory":
+		out["inStock"] = 3 + len(item)%5
+	case "shipping":
+		out["days"] = 1 + len(item)%3
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// upstreamError is a failed call to another service.
+type upstreamError struct {
+	service string
+	status  int
+	detail  string // the failed service's own error, when it said one
+	err     error
+}
+
+func (e *upstreamError) Error() string {
+	if e.err != nil {
+		return fmt.Sprintf("%s: %v", e.service, e.err)
+	}
+	if e.detail != "" {
+		return fmt.Sprintf("%s answered %d: %s", e.service, e.status, e.detail)
+	}
+	return fmt.Sprintf("%s answered %d", e.service, e.status)
+}
+
+// call GETs /api/v1/<service>/<item> from base with the forwarded headers.
+func (c *config) call(in *http.Request, base, service, item string) (map[string]any, error) {
+	req, err := http.NewRequestWithContext(in.Context(), http.MethodGet, strings.TrimSuffix(base, "/")+"/api/v1/"+service+"/"+item, nil)
+	if err != nil {
+		return nil, &upstreamError{service: service, err: err}
+	}
+	for _, h := range forwarded {
+		if v := in.Header.Values(h); len(v) > 0 {
+			req.Header[http.CanonicalHeaderKey(h)] = v
+		}
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, &upstreamError{service: service, err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return nil, &upstreamError{service: service, err: err}
+	}
+	var out map[string]any
+	if resp.StatusCode != http.StatusOK {
+		ue := &upstreamError{service: service, status: resp.StatusCode}
+		if json.Unmarshal(b, &out) == nil {
+			ue.detail, _ = out["error"].(string)
+		}
+		return nil, ue
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, &upstreamError{service: service, err: fmt.Errorf("answer is not JSON: %w", err)}
+	}
+	return out, nil
+}
+
+func writeError(w http.ResponseWriter, c *config, err error) {
+	var ue *upstreamError
+	body := map[string]any{"service": c.role, "version": c.version, "pod": c.pod, "error": err.Error()}
+	if errors.As(err, &ue) {
+		body["upstream"] = ue.service
+		if ue.status != 0 {
+			body["upstreamStatus"] = ue.status
+		}
+	}
+	writeJSON(w, http.StatusBadGateway, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func main() {
+	c, addr, err := configFromEnv(os.Args[1:])
+	if err != nil {
+		log.Fatalf("booking: %v", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Fatalf("booking: listen on %s: %v", addr, err)
+	}
+	srv := &http.Server{Handler: c.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Printf("booking: %s %s serving on %s", c.role, c.version, ln.Addr())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Fatalf("booking: %v", err)
+	}
+}
