@@ -24,11 +24,13 @@ type Config struct {
 
 // compiled is an immutable, validated, ready-to-match form of a Config.
 type compiled struct {
-	listeners  []*listener
-	clusters   map[string]*cluster
-	policies   []*policy.Policy
-	jwt        *jwtAuthenticator
-	tcpCluster *upstream
+	listeners []*listener
+	clusters  map[string]*cluster
+	policies  []*policy.Policy
+	// scopedPolicies is set when some policy applies to some services only.
+	scopedPolicies bool
+	jwt            *jwtAuthenticator
+	tcpCluster     *upstream
 	// limiters by listener/vhost/route name, so that a config push keeps
 	// the token buckets of unchanged rate limits.
 	limiters map[string]*rateLimiter
@@ -140,6 +142,9 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 		}
 	}
 	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies, limiters: map[string]*rateLimiter{}, telemetry: cfg.L7.Telemetry}
+	for _, p := range cfg.Policies {
+		c.scopedPolicies = c.scopedPolicies || len(p.Services) > 0
+	}
 	var oldLimiters map[string]*rateLimiter
 	if old != nil {
 		oldLimiters = old.limiters

@@ -85,6 +85,25 @@ type Peer struct {
 	// DestinationPort is the port the client dialled (the HBONE target's
 	// port); zero means the local port of the connection.
 	DestinationPort uint32
+	// DestinationService is the hostname of the service whose address the
+	// client dialled (the HBONE target, resolved by the node agent, never
+	// the Host header); empty when it dialled a workload. Policies scoped
+	// to services (policy.Policy.Services) apply by it.
+	DestinationService string
+}
+
+// policiesFor returns the policies that apply to a request for service.
+func (c *compiled) policiesFor(service string) []*policy.Policy {
+	if !c.scopedPolicies {
+		return c.policies
+	}
+	out := make([]*policy.Policy, 0, len(c.policies))
+	for _, p := range c.policies {
+		if p.AppliesTo(service) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Proxy is the waypoint's L7 proxy: an http.Handler that routes, authorizes
@@ -220,8 +239,8 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 
 	// 4. Authorize: DENY, then ALLOW, per Istio.
-	if len(cfg.policies) > 0 {
-		d := policy.Evaluate(cfg.policies, &policy.Request{
+	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
+		d := policy.Evaluate(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
 			SourceIP: peer.IP, DestinationPort: peer.DestinationPort,
 			Host: req.Host, Method: req.Method, Path: path, Headers: req.Header, Auth: auth,

@@ -349,3 +349,47 @@ func TestJWTForwardOriginalToken(t *testing.T) {
 		t.Errorf("GET with garbage in an unconfigured location = %d; want 200 (not a token location)", code)
 	}
 }
+
+// A policy whose targetRefs name a Service applies to requests for that
+// service only — chosen by the address the client dialled, never by the
+// Host header — while a policy on the waypoint itself applies to all.
+func TestServiceScopedPolicies(t *testing.T) {
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", app)}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{
+		{Namespace: "shop", Name: "booking-only-jwt", Action: policy.Allow, Services: []string{"booking.shop.svc.cluster.local"},
+			Rules: []policy.Rule{{From: []policy.Source{{RequestPrincipals: []string{"*"}}}}}},
+		{Namespace: "shop", Name: "no-delete", Action: policy.Deny, Rules: []policy.Rule{{To: []policy.Operation{{Methods: []string{"DELETE"}}}}}},
+	}
+	var dialled atomic.Value
+	dialled.Store("")
+	h := start(t, cfg, func(o *Options) {
+		o.Peer = func(*http.Request) Peer { return Peer{DestinationService: dialled.Load().(string)} }
+	})
+	tests := []struct {
+		service, method, host string
+		want                  int
+	}{
+		{"booking.shop.svc.cluster.local", http.MethodGet, "", http.StatusForbidden},
+		{"booking.shop.svc.cluster.local", http.MethodGet, "order.shop.svc.cluster.local", http.StatusForbidden},
+		{"order.shop.svc.cluster.local", http.MethodGet, "", http.StatusOK},
+		{"order.shop.svc.cluster.local", http.MethodGet, "booking.shop.svc.cluster.local", http.StatusOK},
+		{"", http.MethodGet, "", http.StatusOK},
+		{"order.shop.svc.cluster.local", http.MethodDelete, "", http.StatusForbidden},
+	}
+	for _, tt := range tests {
+		dialled.Store(tt.service)
+		req, _ := http.NewRequest(tt.method, h.url+"/", nil)
+		if tt.host != "" {
+			req.Host = tt.host
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s to service %q with Host %q = %d; want %d", tt.method, tt.service, tt.host, resp.StatusCode, tt.want)
+		}
+	}
+}

@@ -192,8 +192,8 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 			peer.DestinationPort = uint32(ap.Port())
 		}
 	}
-	if len(cfg.policies) > 0 {
-		d := policy.EvaluateL4(cfg.policies, &policy.Request{
+	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
+		d := policy.EvaluateL4(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
 			SourceIP: peer.IP, DestinationPort: peer.DestinationPort,
 		})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // newHTTPServers builds meshd's plain-HTTP servers: metrics (15014) for
@@ -17,9 +18,12 @@ import (
 // checked to be loopback by parseFlags: debug data never leaves the pod.
 // clients reports the xDS clients; ready reports whether meshd has built its
 // first model and listens, so a rollout waits for a replica that can serve.
-func newHTTPServers(cfg config, reg *prometheus.Registry, clients func() any, ready func() bool) []*http.Server {
+// pods lists the cluster's pods for the Prometheus service discovery at
+// /sd/prometheus on the metrics port (scrape.go).
+func newHTTPServers(cfg config, reg *prometheus.Registry, clients func() any, ready func() bool, pods func() []*corev1.Pod) []*http.Server {
 	metrics := http.NewServeMux()
 	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metrics.Handle("GET /sd/prometheus", scrapeHandler(pods))
 
 	health := http.NewServeMux()
 	health.HandleFunc("/healthz/live", func(w http.ResponseWriter, _ *http.Request) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	corev1 "k8s.io/api/core/v1"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,7 +17,7 @@ func TestHealthAndAdmin(t *testing.T) {
 		t.Fatalf("parseFlags(nil): %v", err)
 	}
 	var ready bool
-	servers := newHTTPServers(cfg, prometheus.NewRegistry(), func() any { return []string{"agent-1"} }, func() bool { return ready })
+	servers := newHTTPServers(cfg, prometheus.NewRegistry(), func() any { return []string{"agent-1"} }, func() bool { return ready }, func() []*corev1.Pod { return nil })
 	byAddr := map[string]http.Handler{}
 	for _, s := range servers {
 		byAddr[s.Addr] = s.Handler

@@ -253,7 +253,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); errc <- g.Serve(lis) }()
 	var ready atomic.Bool
-	servers := newHTTPServers(cfg, reg, func() any { return xsrv.Clients() }, ready.Load)
+	servers := newHTTPServers(cfg, reg, func() any { return xsrv.Clients() }, ready.Load, sources.Pods)
 	for _, hs := range servers {
 		wg.Add(1)
 		go func() {

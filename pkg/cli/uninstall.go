@@ -69,7 +69,9 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 	policy := metav1.DeletePropagationForeground
 	for i := len(r.Objects) - 1; i >= 0; i-- {
 		obj := r.Objects[i]
-		if obj.GetKind() == "Namespace" && !o.purge {
+		// Only meshlet's own namespace goes, and only with --purge: the
+		// mesh root namespace holds the user's mesh-wide policies.
+		if obj.GetKind() == "Namespace" && (!o.purge || obj.GetName() != g.meshNamespace) {
 			continue
 		}
 		ri, err := resourceFor(c, obj)

@@ -305,6 +305,22 @@ func (s *Sources) Inputs() (*Inputs, error) {
 	return in, nil
 }
 
+// Pods returns the pods the informer holds: cached, read-only objects.
+func (s *Sources) Pods() []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, ki := range s.informers {
+		if ki.kind != KindPod {
+			continue
+		}
+		for _, obj := range ki.informer.GetStore().List() {
+			if p, ok := obj.(*corev1.Pod); ok {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
 // trimTLSSecret keeps of a TLS Secret only what an ingress listener serves,
 // so that meshd's cache holds no more secret material than it needs.
 func trimTLSSecret(obj any) (any, error) {

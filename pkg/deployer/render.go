@@ -147,6 +147,9 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{GatewayNameLabel: name})).
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(podLabels).
+				// Istio's request metrics on 15020, for the annotation-driven
+				// scrape (meshd's /sd/prometheus and kubernetes_sd alike).
+				WithAnnotations(map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/metrics"}).
 				WithSpec(corev1ac.PodSpec().
 					WithServiceAccountName(name).
 					WithTerminationGracePeriodSeconds(30).

@@ -81,6 +81,26 @@ type Policy struct {
 	Rules []Rule
 	// DryRun evaluates the policy without enforcing it.
 	DryRun bool
+	// Services, when set, limits the policy to requests for these service
+	// hostnames (a waypoint policy whose targetRefs name a Service or
+	// ServiceEntry); empty means every request the proxy serves (a policy
+	// targeting the Gateway itself). The proxy filters on it before
+	// Evaluate; Evaluate does not read it.
+	Services []string `json:",omitempty"`
+}
+
+// AppliesTo reports whether p applies to a request for service (a
+// hostname; empty when the destination is no service).
+func (p *Policy) AppliesTo(service string) bool {
+	if len(p.Services) == 0 {
+		return true
+	}
+	for _, s := range p.Services {
+		if s == service {
+			return true
+		}
+	}
+	return false
 }
 
 // ID is "namespace/name".

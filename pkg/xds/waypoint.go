@@ -34,28 +34,35 @@ func waypointConfig(snap *model.Snapshot, key model.NamespacedName) (*meshv1.Way
 // targetRefs for waypoints and gateways).
 func targetingPolicies(snap *model.Snapshot, key model.NamespacedName) []*policy.Policy {
 	wp := &model.Waypoint{Namespace: key.Namespace, Name: key.Name}
-	served := map[string]bool{}
+	served := map[string][]string{} // source/namespace/name -> hostnames
 	if _, ok := snap.Waypoint(key); ok {
 		for _, svc := range snap.WaypointBindings(key).Services {
-			served[string(svc.Source)+"/"+svc.Namespace+"/"+svc.Name] = true
+			served[string(svc.Source)+"/"+svc.Namespace+"/"+svc.Name] = svc.Hostnames
 		}
 	}
 	out := []*policy.Policy{}
 	for _, ap := range snap.AuthorizationPolicies() {
+		whole := false
+		var services []string
 		for _, t := range ap.Targets {
-			var hit bool
 			switch t.Kind {
 			case "Gateway":
-				hit = t.Namespace == wp.Namespace && t.Name == wp.Name
+				whole = whole || t.Namespace == wp.Namespace && t.Name == wp.Name
 			case "Service":
-				hit = served[string(model.SourceKubernetes)+"/"+t.Namespace+"/"+t.Name]
+				services = append(services, served[string(model.SourceKubernetes)+"/"+t.Namespace+"/"+t.Name]...)
 			case "ServiceEntry":
-				hit = served[string(model.SourceServiceEntry)+"/"+t.Namespace+"/"+t.Name]
+				services = append(services, served[string(model.SourceServiceEntry)+"/"+t.Namespace+"/"+t.Name]...)
 			}
-			if hit {
-				out = append(out, ap.Policy)
-				break
-			}
+		}
+		switch {
+		case whole:
+			out = append(out, ap.Policy)
+		case len(services) > 0:
+			// Targeting a Service scopes the policy to that service's
+			// requests, not to everything the waypoint serves.
+			scoped := *ap.Policy
+			scoped.Services = services
+			out = append(out, &scoped)
 		}
 	}
 	return out

@@ -8,7 +8,9 @@ set -euo pipefail
 pkgs=(iproute2 iptables nftables conntrack ipset ethtool tcpdump
       clang llvm libbpf-dev protobuf-compiler jq curl socat ca-certificates)
 if [ "${WITH_BENCH:-}" = 1 ]; then pkgs+=(haproxy nginx iperf3); fi
-if [ "${WITH_DEMO:-}" = 1 ]; then pkgs+=(prometheus); fi
+# Debian's prometheus stands for the prom/prometheus image of the demo
+# profile in the lab (the tutorial test and make demo query it).
+pkgs+=(prometheus)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -25,6 +27,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440)" ]; then
     apt-get update -qq
     touch "$stamp"
+  fi
+  # Packages with a daemon (prometheus, nginx, haproxy) must not start it on
+  # the machine: the lab and the benchmarks run their own copies.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

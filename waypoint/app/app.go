@@ -79,7 +79,7 @@ type Options struct {
 	// Metrics, if set, serves Prometheus metrics on /metrics (:15020).
 	Metrics net.Listener
 	// Ready, if set, serves /healthz/ready (:15021): 200 once the waypoint
-	// has an SVID and has applied a first config, 503 before and while
+	// has an SVID and meshd's first answer (with its config, if any), 503 before and while
 	// draining.
 	Ready net.Listener
 	// UpstreamHBONEPort is the port upstream endpoints' HBONE servers listen
@@ -142,13 +142,13 @@ type state struct {
 	proxy    atomic.Pointer[waypoint.Proxy]
 	reg      prometheus.Registerer
 	conns    *waypoint.ConnListener
-	serve    func(*waypoint.Proxy)               // starts the proxy's Serve on conns
-	serveOn  func(*waypoint.Proxy, net.Listener) // starts Serve on a listener of the config (ingress)
-	ports    map[uint32]*ingressPort             // the config's listener ports this gateway serves
+	serve    func(*waypoint.Proxy)                 // starts the proxy's Serve on conns
+	serveOn  func(*waypoint.Proxy, net.Listener)   // starts Serve on a listener of the config (ingress)
+	ports    map[uint32]*ingressPort               // the config's listener ports this gateway serves
+	vips     atomic.Pointer[map[netip.Addr]string] // service VIP -> hostname, from the address resources
 	xds      *xdsclient.Client
 	dialer   *hbone.Dialer
 	mu       sync.Mutex // serializes Validate→Update
-	applied  atomic.Bool
 	draining atomic.Bool
 }
 
@@ -273,12 +273,12 @@ func (s *state) ready() error {
 		return errors.New("draining")
 	case s.svid.Expiry().IsZero():
 		return errors.New("no SVID yet")
-	case s.opts.ServeListeners && !s.synced():
-		// An ingress gateway is ready once it holds meshd's view, even with
-		// no Gateway configuring it yet (it serves no port until one does).
+	case !s.synced():
+		// Ready once it holds meshd's first answer for every type, which
+		// includes its config when the model has one: a waypoint for a
+		// namespace with no service yet, or an ingress gateway that no
+		// Gateway configures yet, is ready and serves nothing.
 		return errors.New("no config received from meshd yet")
-	case !s.opts.ServeListeners && !s.applied.Load():
-		return errors.New("no config applied yet")
 	}
 	return nil
 }
@@ -294,9 +294,14 @@ func (s *state) synced() bool {
 	}
 }
 
-// onChange closes an ingress gateway's listener ports when meshd removes
-// its config (the last Gateway selecting it was deleted).
+// onChange keeps the VIP index current, and closes an ingress gateway's
+// listener ports when meshd removes its config (the last Gateway selecting
+// it was deleted).
 func (s *state) onChange(typeURL string, _, removed []string) {
+	if typeURL == meshv1.AddressType {
+		s.indexVIPs()
+		return
+	}
 	if typeURL != meshv1.WaypointConfigType || !s.opts.ServeListeners || len(removed) == 0 {
 		return
 	}
@@ -341,7 +346,8 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			p, err = waypoint.New(waypoint.Options{
 				Config:        cfg,
 				DialContext:   s.dialUpstream,
-				Peer:          peerOf,
+				Peer:          s.peerOf,
+				ConnPeer:      s.connPeer,
 				Registerer:    s.reg,
 				Logf:          func(f string, a ...any) { s.log.Warn(fmt.Sprintf(f, a...)) },
 				AccessLog:     s.opts.AccessLog,
@@ -360,7 +366,6 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			s.log.Warn("refuse waypoint config", "name", name, "err", err)
 			return fmt.Errorf("apply waypoint config %s: %w", name, err)
 		}
-		s.applied.Store(true)
 		s.log.Info("applied waypoint config", "name", name)
 	case meshv1.TrustBundleType:
 		tb, ok := msg.(*meshv1.TrustBundle)
@@ -524,13 +529,18 @@ func (s *state) identityOf(ip netip.Addr) (spiffeid.ID, error) {
 	return spiffeid.ID{}, fmt.Errorf("no workload with address %s is known to this waypoint", ip)
 }
 
-// peerOf takes the verified HBONE client identity from the stream.
-func peerOf(r *http.Request) waypoint.Peer {
-	var p waypoint.Peer
+// peerOf takes the verified HBONE client identity from the stream, and the
+// service it dialled from the stream's target address.
+func (s *state) peerOf(r *http.Request) waypoint.Peer {
 	c, ok := waypoint.ConnFromContext(r.Context())
 	if !ok {
-		return p
+		return waypoint.Peer{}
 	}
+	return s.connPeer(c)
+}
+
+func (s *state) connPeer(c net.Conn) waypoint.Peer {
+	var p waypoint.Peer
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		p.IP = ap.Addr()
 	}
@@ -544,8 +554,29 @@ func peerOf(r *http.Request) waypoint.Peer {
 		if w, err := identity.FromID(req.Peer); err == nil {
 			p.Namespace = w.Namespace
 		}
+		if idx := s.vips.Load(); idx != nil {
+			p.DestinationService = (*idx)[req.Target.Addr().Unmap()]
+		}
 	}
 	return p
+}
+
+// indexVIPs rebuilds the service VIP → hostname index from the address
+// resources meshd pushed.
+func (s *state) indexVIPs() {
+	idx := map[netip.Addr]string{}
+	for _, r := range s.xds.List(meshv1.AddressType) {
+		a, ok := r.Message.(*meshv1.Address)
+		if !ok || a.GetService() == nil {
+			continue
+		}
+		for _, v := range a.GetService().GetVips() {
+			if ip, err := netip.ParseAddr(v); err == nil {
+				idx[ip.Unmap()] = a.GetService().GetHostname()
+			}
+		}
+	}
+	s.vips.Store(&idx)
 }
 
 // hboneConn gives an hbone.Conn the net.Conn methods the proxy's HTTP
