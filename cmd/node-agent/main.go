@@ -43,6 +43,7 @@ type flags struct {
 	cniPluginSocket, cniPluginState   string
 	cniConfDir, cniBinDir, cniBinary  string
 	installCNI, uninstallCNIOnExit    bool
+	daemonSetName, namespace          string
 	metricsAddr, readinessAddr        string
 	drainTimeout                      time.Duration
 	netnsDir                          string
@@ -66,6 +67,8 @@ func parseFlags() flags {
 	flag.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI binary directory")
 	flag.StringVar(&f.cniBinary, "cni-binary", filepath.Join(filepath.Dir(exe), cni.PluginType), "the meshlet-cni binary to install")
 	flag.BoolVar(&f.installCNI, "install-cni", true, "install meshlet-cni into the node's CNI configuration and keep it there")
+	flag.StringVar(&f.daemonSetName, "daemonset-name", "meshlet-node-agent", "the agent's own DaemonSet: when it is being deleted at exit, the agent removes its eBPF programs and CNI entry (uninstall); otherwise they stay for the next agent")
+	flag.StringVar(&f.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the agent's namespace (default $POD_NAMESPACE)")
 	flag.BoolVar(&f.uninstallCNIOnExit, "uninstall-cni-on-exit", false, "remove meshlet-cni on exit (for uninstalling meshlet; a restart keeps it so new mesh pods fail closed)")
 	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics listen address")
 	flag.StringVar(&f.readinessAddr, "readiness-addr", ":15021", "readiness (/healthz/ready) listen address")
@@ -190,6 +193,7 @@ func run(f flags) error {
 	go serveHTTP(readySrv)
 	defer readySrv.Close()
 
+	own := watchOwnDaemonSet(ctx, client, f.namespace, f.daemonSetName)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()
 	log.Printf("node-agent on %s: data path loaded (pins %s, cgroup %s)", f.nodeName, f.pinDir, f.cgroupRoot)
@@ -210,9 +214,19 @@ func run(f flags) error {
 	if err := ag.Drain(dctx); err != nil {
 		log.Printf("drain: %v", err)
 	}
-	if f.uninstallCNIOnExit {
+	uninstall := own.uninstalling()
+	if f.uninstallCNIOnExit || uninstall {
 		if err := install.Uninstall(instOpts); err != nil {
 			log.Printf("uninstall meshlet-cni: %v", err)
+		}
+	}
+	if uninstall {
+		// The mesh is being removed: stop capturing, so that enrolled pods
+		// talk directly again instead of to listeners that are gone.
+		if err := dp.Uninstall(); err != nil {
+			log.Printf("remove the eBPF data path: %v", err)
+		} else {
+			log.Printf("meshlet is being uninstalled: eBPF programs and pins removed")
 		}
 	}
 	return nil

@@ -62,7 +62,10 @@ func envOr(k, def string) string {
 
 func configFromEnv(args []string) (*config, string, error) {
 	fs := flag.NewFlagSet("booking", flag.ContinueOnError)
-	c := &config{client: &http.Client{Timeout: 5 * time.Second}}
+	// A connection per call: routing changes (a waypoint added, a new
+	// VirtualService) apply to the next call at once. A long-lived
+	// connection keeps the path it was opened on, in the mesh as anywhere.
+	c := &config{client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 	fs.StringVar(&c.role, "role", os.Getenv("ROLE"), "booking, order, inventory or shipping (default $ROLE)")
 	addr := fs.String("listen", ":"+envOr("PORT", "8080"), "listen address (default :$PORT or :8080)")
 	if err := fs.Parse(args); err != nil {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"log"
+	"sync/atomic"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// uninstallWatch tells a rolling update from an uninstall when the agent is
+// stopped. Both send SIGTERM; only an uninstall deletes the DaemonSet, and
+// with foreground deletion (meshctl uninstall, kubectl delete --cascade=
+// foreground) the DaemonSet is marked for deletion before its pods are
+// stopped. The agent watches its own DaemonSet so that it knows at SIGTERM
+// without asking the API server, whose permissions for it may already be
+// gone by then. On an uninstall the agent removes its eBPF programs and
+// its CNI entry, so that pods keep working without the mesh; on a restart
+// it keeps them, so that the next agent adopts them with no gap.
+type uninstallWatch struct {
+	deleting atomic.Bool
+}
+
+func watchOwnDaemonSet(ctx context.Context, client kubernetes.Interface, namespace, name string) *uninstallWatch {
+	w := &uninstallWatch{}
+	if namespace == "" || name == "" {
+		log.Printf("uninstall detection off: no --daemonset-name or POD_NAMESPACE; pins and CNI entry stay on exit")
+		return w
+	}
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		}))
+	inf := f.Apps().V1().DaemonSets().Informer()
+	mark := func(obj any) {
+		if ds, ok := obj.(*appsv1.DaemonSet); ok && ds.DeletionTimestamp != nil {
+			w.deleting.Store(true)
+		}
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    mark,
+		UpdateFunc: func(_, n any) { mark(n) },
+		DeleteFunc: func(any) { w.deleting.Store(true) },
+	})
+	f.Start(ctx.Done())
+	return w
+}
+
+// uninstalling reports whether the agent's DaemonSet is being deleted.
+func (w *uninstallWatch) uninstalling() bool { return w.deleting.Load() }
