@@ -3,7 +3,8 @@
 # installs meshlet (demo profile: meshd, node agents, ingress gateway,
 # Prometheus), enrolls a namespace with a waypoint, deploys the booking app
 # (deploy/examples/booking), exposes it through the ingress gateway, splits
-# order-service 80/20, turns on STRICT mutual TLS, drives traffic and prints
+# order-service 80/20, turns on STRICT mutual TLS for the namespace, drives
+# traffic and prints
 # what the mesh saw. Run by `make demo` (as root). Leaves the lab running;
 # `bin/lab down` ends it.
 set -euo pipefail
@@ -34,7 +35,14 @@ step "enroll namespace $ns with a waypoint, deploy the booking app"
 for d in booking-v1 order-v1 order-v2 inventory-v1 shipping-v1; do
   "$kubectl" -n "$ns" rollout status "deploy/$d" --timeout=3m
 done
-"$kubectl" apply -f "$ex/security.yaml"   # STRICT mutual TLS, mesh-wide
+# STRICT mutual TLS for the namespace (deploy/examples/booking/security.yaml
+# does it mesh-wide, in the root namespace).
+"$kubectl" -n "$ns" apply -f - <<'YAML'
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+YAML
 "$kubectl" -n "$ns" get pods -o wide
 
 node1=$("$kubectl" get node lab-node-1 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
@@ -53,14 +61,14 @@ for _ in $(seq 5); do curl -s --max-time 5 -H 'end-user: jason' "$url"; echo; do
 step "what the mesh saw (Prometheus from the demo profile)"
 prom=$("$kubectl" -n meshlet-system get pod -l app.kubernetes.io/name=prometheus -o jsonpath='{.items[0].status.podIP}')
 q() { curl -s --max-time 5 "http://$prom:9090/api/v1/query" --data-urlencode "query=$1" |
-  jq -r --arg l "$2" '.data.result[] | "  \($l)\(.metric | to_entries | map(select(.key | test("^(destination_workload|connection_security_policy|response_code|decision|exported_namespace|workload)$"))) | map("\(.key)=\(.value)") | join(" "))  \(.value[1])"'; }
+  jq -r --arg l "$2" '.data.result[] | "  \($l)\(.metric | to_entries | map(select(.key | test("^(destination_workload|connection_security_policy|response_code|decision|workload)$"))) | map("\(.key)=\(.value)") | join(" "))  \(.value[1])"'; }
 echo "waiting for a scrape (15s)..."; sleep 20
 echo "waypoint requests by destination and code:"
 q "sum by (destination_workload, response_code) (istio_requests_total{reporter=\"waypoint\",destination_workload_namespace=\"$ns\"})" ""
 echo "node agents' TCP connections by security policy (mutual_tls = the tunnel):"
 q "sum by (destination_workload, connection_security_policy) (istio_tcp_connections_opened_total{reporter=\"destination\",destination_workload_namespace=\"$ns\"})" ""
 echo "kernel: connect-time redirect decisions:"
-q "sum by (decision) (meshlet_kernel_redirect_decisions_total{exported_namespace=\"$ns\"})" ""
+q "sum by (decision) (meshlet_kernel_redirect_decisions_total{namespace=\"$ns\"})" ""
 
 step "meshctl status"
 "$meshctl" status || true
