@@ -87,10 +87,11 @@ type upstream struct {
 }
 
 type endpoint struct {
-	addr   string
-	labels map[string]string
-	weight uint64
-	active atomic.Int64
+	addr     string
+	labels   map[string]string
+	workload string
+	weight   uint64
+	active   atomic.Int64
 
 	mu           sync.Mutex
 	consec5xx    int
@@ -107,7 +108,7 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 			w = 1
 		}
 		u.weighted = u.weighted || w != 1
-		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, weight: w})
+		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w})
 	}
 	u.h1 = newTransport(&tp.Pool, opts, false)
 	u.h2 = newTransport(&tp.Pool, opts, true)

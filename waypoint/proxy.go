@@ -442,6 +442,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			return nil, nil, false
 		}
 		tried = append(tried, ep)
+		rec.dest.setEndpoint(ep)
 		if err := pool.acquire(ctx); err != nil {
 			if errors.Is(err, errOverflow) {
 				if p.metrics != nil {
@@ -961,6 +962,20 @@ func newRecord(req *http.Request, peer Peer) *record {
 
 // destFor fills telemetry's destination labels from the cluster name
 // (Istio's "outbound|port|subset|host" when used) and endpoint labels.
+// setEndpoint describes the endpoint actually picked: its workload, app
+// and version (the cluster's first endpoint stands in until one is picked).
+func (d *destInfo) setEndpoint(ep *endpoint) {
+	if ep.workload != "" {
+		d.workload = ep.workload
+	}
+	if a := ep.labels["app"]; a != "" {
+		d.app = a
+	}
+	if v := ep.labels["version"]; v != "" {
+		d.version = v
+	}
+}
+
 func destFor(up *upstream) destInfo {
 	d := destInfo{service: up.cluster, version: up.subset}
 	if parts := strings.Split(up.cluster, "|"); len(parts) == 4 {
@@ -980,7 +995,7 @@ func destFor(up *upstream) destInfo {
 		if v := l["version"]; v != "" {
 			d.version = v
 		}
-		d.workload = l["workload"]
+		d.workload = up.endpoints[0].workload
 	}
 	return d
 }

@@ -16,6 +16,7 @@ func TestMetricsAndAccessLog(t *testing.T) {
 	}))
 	cl := clusterOf("outbound|9080||reviews.default.svc.cluster.local", app)
 	cl.Endpoints[0].Labels = map[string]string{"app": "reviews", "version": "v1"}
+	cl.Endpoints[0].Workload = "reviews-v1"
 	cfg := oneRoute([]model.L7Cluster{cl},
 		model.L7Route{Name: "missing", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/missing"}}}, DirectResponse: &model.DirectResponse{Status: 404}},
 		model.L7Route{Name: "default", Destinations: to(cl.Name)})
@@ -48,7 +49,8 @@ func TestMetricsAndAccessLog(t *testing.T) {
 		return m
 	}
 	ok := with(map[string]string{"response_code": "200", "destination_service": "reviews.default.svc.cluster.local",
-		"destination_service_name": "reviews", "destination_service_namespace": "default", "destination_app": "reviews", "destination_version": "v1", "response_flags": "-"})
+		"destination_service_name": "reviews", "destination_service_namespace": "default", "destination_app": "reviews", "destination_version": "v1", "response_flags": "-",
+		"destination_workload": "reviews-v1"})
 	tests := []struct {
 		metric string
 		labels map[string]string

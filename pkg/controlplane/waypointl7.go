@@ -147,14 +147,19 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 				continue
 			}
 			var labels map[string]string
+			workload := ""
 			if w, ok := lb.bd.workloadByUID(ep.WorkloadUID); ok {
 				labels = w.Labels
+				workload = w.CanonicalName
+				if workload == "" {
+					workload = w.Name
+				}
 			}
 			hostPart := ep.Hostname
 			if len(ep.Addresses) > 0 {
 				hostPart = ep.Addresses[0].String()
 			}
-			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels})
+			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload})
 		}
 		if dr, ok := lb.bd.drFor[owner]; ok {
 			c.Traffic = trafficPolicy(forPort(dr.spec.GetTrafficPolicy(), port))

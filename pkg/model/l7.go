@@ -399,6 +399,9 @@ type L7Endpoint struct {
 	Address string
 	// Labels are the endpoint workload's labels, for subsets.
 	Labels map[string]string
+	// Workload names the endpoint's workload (Istio's canonical name), for
+	// the destination_workload of request metrics; empty when unknown.
+	Workload string `json:",omitempty"`
 	// Weight is the endpoint's relative weight; zero means 1.
 	Weight uint32
 }
