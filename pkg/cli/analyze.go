@@ -29,6 +29,7 @@ import (
 	gatewayscheme "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/scheme"
 
 	"github.com/meshlet/meshlet/pkg/controlplane"
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 // Severity of a finding.
@@ -300,6 +301,13 @@ func (a *analysis) add(sev Severity, check, kind, ns, name, format string, args 
 
 // analyze runs every check on objs.
 func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
+	findings, _, err := analyzeModel(objs, opts)
+	return findings, err
+}
+
+// analyzeModel runs every check on objs and also returns the mesh model
+// meshd would build from them (for describe).
+func analyzeModel(objs []sourced, opts AnalyzeOptions) ([]Finding, *model.Snapshot, error) {
 	if opts.DefaultNamespace == "" {
 		opts.DefaultNamespace = "default"
 	}
@@ -317,7 +325,7 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 	if opts.AssumeProfile != "none" && opts.AssumeProfile != "live" {
 		r, err := Render(RenderOptions{Profile: opts.AssumeProfile, Namespace: opts.MeshNamespace, SkipCRDs: true})
 		if err != nil {
-			return nil, fmt.Errorf("render the assumed installation: %w", err)
+			return nil, nil, fmt.Errorf("render the assumed installation: %w", err)
 		}
 		for _, u := range r.Objects {
 			if u.GetKind() == "Deployment" || u.GetKind() == "DaemonSet" {
@@ -362,14 +370,14 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 		}
 		data, err := json.Marshal(u.Object)
 		if err != nil {
-			return nil, fmt.Errorf("encode %s %s: %w", kind, name, err)
+			return nil, nil, fmt.Errorf("encode %s %s: %w", kind, name, err)
 		}
 		if err := json.Unmarshal(data, typed); err != nil {
 			a.add(SeverityError, "schema", kind, ns, name, "does not decode as %s: %v; fix the field named", gvk, err)
 			continue
 		}
 		if err := a.collect(in, typed, &podIP); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	for ns := range namespaces {
@@ -377,11 +385,11 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 			continue
 		}
 		if err := in.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			return nil, fmt.Errorf("add namespace %s: %w", ns, err)
+			return nil, nil, fmt.Errorf("add namespace %s: %w", ns, err)
 		}
 	}
 
-	_, rejections := controlplane.NewBuilder(controlplane.BuilderOptions{RootNamespace: opts.RootNamespace}).Build(in)
+	snap, rejections := controlplane.NewBuilder(controlplane.BuilderOptions{RootNamespace: opts.RootNamespace}).Build(in)
 	for _, r := range rejections {
 		if superseded(r) {
 			continue
@@ -408,7 +416,7 @@ func analyze(objs []sourced, opts AnalyzeOptions) ([]Finding, error) {
 		}
 		return x.Name < y.Name
 	})
-	return a.findings, nil
+	return a.findings, snap, nil
 }
 
 // danglingReference tells the builder's warnings that istioctl reports as

@@ -43,6 +43,26 @@ func analyzeLive(ctx context.Context, g *globalOptions, o *analyzeOptions) ([]Fi
 	if o.allNamespaces {
 		ns = ""
 	}
+	objs, err := listLive(ctx, c, ns)
+	if err != nil {
+		return nil, err
+	}
+	findings, err := analyze(objs, AnalyzeOptions{DefaultNamespace: o.namespace, AssumeProfile: "live", MeshNamespace: g.meshNamespace})
+	if err != nil || ns == "" {
+		return findings, err
+	}
+	var inNS []Finding
+	for _, f := range findings {
+		if f.Namespace == ns || f.Namespace == "" {
+			inNS = append(inNS, f)
+		}
+	}
+	return inNS, nil
+}
+
+// listLive reads the objects of liveKinds in ns ("" for all; pods and
+// cluster-scoped kinds always cluster-wide).
+func listLive(ctx context.Context, c *clients, ns string) ([]sourced, error) {
 	var objs []sourced
 	for _, gvk := range liveKinds {
 		m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
@@ -70,15 +90,5 @@ func analyzeLive(ctx context.Context, g *globalOptions, o *analyzeOptions) ([]Fi
 			objs = append(objs, sourced{obj: u})
 		}
 	}
-	findings, err := analyze(objs, AnalyzeOptions{DefaultNamespace: o.namespace, AssumeProfile: "live", MeshNamespace: g.meshNamespace})
-	if err != nil || ns == "" {
-		return findings, err
-	}
-	var inNS []Finding
-	for _, f := range findings {
-		if f.Namespace == ns || f.Namespace == "" {
-			inNS = append(inNS, f)
-		}
-	}
-	return inNS, nil
+	return objs, nil
 }

@@ -103,6 +103,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newVersionCommand(s, g),
 		newStatusCommand(s, g),
 		newProxyStatusCommand(s, g),
+		newDescribeCommand(s, g),
 	)
 	return root
 }
