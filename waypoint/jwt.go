@@ -43,6 +43,8 @@ const (
 
 type jwtAuthenticator struct {
 	providers []*jwtProvider
+	// scoped is set when some provider applies to some services only.
+	scoped bool
 	// outputHeaders are headers the proxy sets from tokens; client-supplied
 	// values are removed first.
 	outputHeaders []string
@@ -78,6 +80,7 @@ func newJWTAuthenticator(specs []model.JWTProvider, old *jwtAuthenticator, opts 
 	}
 	a := &jwtAuthenticator{}
 	for _, s := range specs {
+		a.scoped = a.scoped || len(s.Services) > 0
 		p := &jwtProvider{spec: s}
 		if s.JWKS != "" {
 			keys, err := parseJWKS([]byte(s.JWKS))
@@ -156,6 +159,21 @@ func (l tokenLocation) extract(r *http.Request) (string, bool) {
 // authenticate validates the request's token(s). It returns nil, nil when no
 // token is present, and an error (answer 401) when a token is invalid. It
 // applies the providers' header outputs to r.
+// forService returns the authenticator for a request to service: only the
+// providers that apply to it, and still every output header to strip.
+func (a *jwtAuthenticator) forService(service string) *jwtAuthenticator {
+	if !a.scoped {
+		return a
+	}
+	out := &jwtAuthenticator{outputHeaders: a.outputHeaders}
+	for _, p := range a.providers {
+		if p.spec.AppliesTo(service) {
+			out.providers = append(out.providers, p)
+		}
+	}
+	return out
+}
+
 func (a *jwtAuthenticator) authenticate(ctx context.Context, r *http.Request) (*policy.Auth, error) {
 	for _, h := range a.outputHeaders {
 		r.Header.Del(h)

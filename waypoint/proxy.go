@@ -220,7 +220,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	// claim headers it sets (and removes when spoofed) are what routes see.
 	var auth *policy.Auth
 	if cfg.jwt != nil {
-		auth, err = cfg.jwt.authenticate(req.Context(), req)
+		auth, err = cfg.jwt.forService(peer.DestinationService).authenticate(req.Context(), req)
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meshlet", error="invalid_token"`)
 			p.localReply(w, rec, grpc, http.StatusUnauthorized, "", "jwt_authn_access_denied", "Jwt verification fails")

@@ -393,3 +393,45 @@ func TestServiceScopedPolicies(t *testing.T) {
 		}
 	}
 }
+
+// A RequestAuthentication targeting a Service checks only that service's
+// requests: a bad token sent to another service of the same waypoint is
+// not this provider's business (its own policies decide), while the
+// targeted service answers 401, whatever the Host header says.
+func TestServiceScopedJWT(t *testing.T) {
+	s := newSigner(t)
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", app)}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.JWTProviders = []model.JWTProvider{{Name: "booking-jwt", Issuer: issuer, JWKS: s.jwks, Services: []string{"booking.shop.svc.cluster.local"}}}
+	var dialled atomic.Value
+	h := start(t, cfg, func(o *Options) {
+		o.Peer = func(*http.Request) Peer { return Peer{DestinationService: dialled.Load().(string)} }
+	})
+	valid := s.token(t, "RS256", claims(nil))
+	tests := []struct {
+		service, host, token string
+		want                 int
+	}{
+		{"booking.shop.svc.cluster.local", "", "not.a.token", http.StatusUnauthorized},
+		{"booking.shop.svc.cluster.local", "order.shop.svc.cluster.local", "not.a.token", http.StatusUnauthorized},
+		{"booking.shop.svc.cluster.local", "", valid, http.StatusOK},
+		{"order.shop.svc.cluster.local", "", "not.a.token", http.StatusOK},
+		{"order.shop.svc.cluster.local", "booking.shop.svc.cluster.local", "not.a.token", http.StatusOK},
+	}
+	for _, tt := range tests {
+		dialled.Store(tt.service)
+		req, _ := http.NewRequest(http.MethodGet, h.url+"/", nil)
+		req.Header.Set("Authorization", "Bearer "+tt.token)
+		if tt.host != "" {
+			req.Host = tt.host
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("token %.10q to service %q (Host %q) = %d; want %d", tt.token, tt.service, tt.host, resp.StatusCode, tt.want)
+		}
+	}
+}

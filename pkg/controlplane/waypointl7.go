@@ -516,13 +516,18 @@ func (bd *build) jwtProviders(wp model.NamespacedName) []model.JWTProvider {
 	var out []model.JWTProvider
 	for _, k := range sortedKeys(bd.in.requestAuths) {
 		c := bd.in.requestAuths[k]
-		if !bd.targetsWaypoint(c, wp) {
+		whole, services := bd.waypointTargets(c, wp)
+		if !whole && len(services) == 0 {
 			continue
 		}
 		var provs []model.JWTProvider
 		ok := true
 		for i, r := range c.spec.GetJwtRules() {
 			p := jwtProvider(fmt.Sprintf("%s/%s[%d]", c.meta.Namespace, c.meta.Name, i), r)
+			if !whole {
+				// Targeting a Service: only that service's requests.
+				p.Services = services
+			}
 			if err := p.Validate(); err != nil {
 				bd.rejecter(KindRequestAuthentication, c.meta.Namespace, c.meta.Name).reject("jwtRules[%d]: %v", i, err)
 				ok = false
@@ -537,7 +542,10 @@ func (bd *build) jwtProviders(wp model.NamespacedName) []model.JWTProvider {
 	return out
 }
 
-func (bd *build) targetsWaypoint(c config[securityapi.RequestAuthentication], wp model.NamespacedName) bool {
+// waypointTargets says whether a RequestAuthentication targets the waypoint
+// Gateway itself (whole) and which hostnames of Services bound to it it
+// targets.
+func (bd *build) waypointTargets(c config[securityapi.RequestAuthentication], wp model.NamespacedName) (whole bool, services []string) {
 	refs := append([]*typeapi.PolicyTargetReference{c.spec.GetTargetRef()}, c.spec.GetTargetRefs()...)
 	for _, tr := range refs {
 		if tr == nil {
@@ -546,15 +554,15 @@ func (bd *build) targetsWaypoint(c config[securityapi.RequestAuthentication], wp
 		switch tr.GetKind() {
 		case "Gateway":
 			if c.meta.Namespace == wp.Namespace && tr.GetName() == wp.Name {
-				return true
+				whole = true
 			}
 		case "Service":
 			if ms, ok := bd.svcByKey[c.meta.Namespace+"/"+tr.GetName()]; ok && ms.Waypoint != nil && ms.Waypoint.Waypoint == wp {
-				return true
+				services = append(services, ms.Hostnames...)
 			}
 		}
 	}
-	return false
+	return whole, services
 }
 
 func jwtProvider(name string, r *securityapi.JWTRule) model.JWTProvider {

@@ -19,6 +19,20 @@ import (
 // config push. Every type is plain data; Validate reports the first problem
 // with the path of the offending field.
 
+// AppliesTo reports whether the provider checks requests for service (a
+// hostname; empty when the destination is no service).
+func (p *JWTProvider) AppliesTo(service string) bool {
+	if len(p.Services) == 0 {
+		return true
+	}
+	for _, s := range p.Services {
+		if s == service {
+			return true
+		}
+	}
+	return false
+}
+
 // MaxRegexProgramSize bounds a compiled RE2 program (number of instructions),
 // like Envoy's regex max_program_size, so that a route cannot carry a regex
 // whose matching cost is unbounded in practice.
@@ -484,6 +498,10 @@ type OutlierDetection struct {
 type JWTProvider struct {
 	// Name identifies the provider in logs.
 	Name string
+	// Services, when set, limits the provider to requests for these service
+	// hostnames (a RequestAuthentication whose targetRefs name a Service);
+	// empty means every request of the proxy.
+	Services []string `json:",omitempty"`
 	// Issuer must equal the token's iss claim.
 	Issuer string
 	// Audiences, if any, must intersect the token's aud claim.
