@@ -104,6 +104,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newStatusCommand(s, g),
 		newProxyStatusCommand(s, g),
 		newDescribeCommand(s, g),
+		newTopCommand(s, g),
 	)
 	return root
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +120,110 @@ spec:
 	}
 	if table, _ := run("proxy-status"); !strings.Contains(table, "lost-gateway") || !strings.Contains(table, "NOT CONNECTED") {
 		t.Errorf("meshctl proxy-status:\n%s\nwant lost-gateway NOT CONNECTED", table)
+	}
+}
+
+// TestMeshctlDescribe: `meshctl describe pod` tells a user what the mesh
+// does with a pod — its identity, that it is enrolled and why, the
+// PeerAuthentication in force, the L4 policy that selects it, and the
+// connections its node agent refused (after one was refused) — and, for a
+// pod outside the mesh, why not and the command that fixes it;
+// `meshctl describe service` lists the service's enrolled endpoints and the
+// VirtualService that routes it.
+func TestMeshctlDescribe(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	server, url := echoServer(t, lb, ns)
+	intruder := clientPod(t, lb, ns, "intruder", "intruder")
+	lb.Apply(t, ns, `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-friends}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/`+ns+`/sa/friend"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-timeout}
+spec:
+  hosts: [echo]
+  http:
+  - timeout: 2s
+    route: [{destination: {host: echo}}]
+`)
+	waitAnswered(t, lb, ns, intruder.Name, url, false, "the intruder refused by the policy")
+
+	out := run("describe", "pod", server.Name, "-n", ns)
+	for _, want := range []string{
+		fmt.Sprintf("Identity:   spiffe://cluster.local/ns/%s/sa/default", ns),
+		fmt.Sprintf("Enrolled:   yes (namespace %s has istio.io/dataplane-mode=ambient)", ns),
+		"ready: yes",
+		fmt.Sprintf("echo.%s.svc.cluster.local", ns),
+		fmt.Sprintf("PeerAuthentication: STRICT (%s/strict)", ns),
+		fmt.Sprintf("%s/only-friends ALLOW, enforced by the node agent (L4)", ns),
+		fmt.Sprintf("VirtualService %s/echo-timeout", ns),
+		"Refused connections (to this workload, since the node agent started): policy_denied",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("meshctl describe pod %s:\n%s\nwant a line with %q", server.Name, out, want)
+		}
+	}
+
+	plain := lb.NewNamespace(t)
+	outsider := clientPod(t, lb, plain, "outsider", "outsider")
+	out = run("describe", "pod", outsider.Name, "-n", plain)
+	if want := fmt.Sprintf("Enrolled:   no (namespace %s has no istio.io/dataplane-mode=ambient label: run meshctl ambient enable %s)", plain, plain); !strings.Contains(out, want) {
+		t.Errorf("meshctl describe pod outside the mesh:\n%s\nwant %q", out, want)
+	}
+
+	out = run("describe", "service", "echo", "-n", ns)
+	for _, want := range []string{
+		fmt.Sprintf("%s/%s %s ready: yes, enrolled: yes", ns, server.Name, server.Status.PodIP),
+		fmt.Sprintf("VirtualService %s/echo-timeout (hosts echo)", ns),
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("meshctl describe service echo:\n%s\nwant a line with %q", out, want)
+		}
+	}
+}
+
+// TestMeshctlMetricsTop: while a client makes fresh connections to the echo
+// service, `meshctl metrics top` shows the echo workload with a connection
+// rate above zero, read live from the node agents.
+func TestMeshctlMetricsTop(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	_, url := echoServer(t, lb, ns)
+	client := clientPod(t, lb, ns, "client", "client")
+	waitAnswered(t, lb, ns, client.Name, url, true, "the echo service")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// About 8 s of fresh connections (bounded: 400 requests).
+		_, _ = lb.ExecInPod(ns, client.Name, lb.Layout.Bin("echo"), "client", "-n", "400", "-c", "1", url+"?delay=20ms")
+	}()
+	t.Cleanup(func() { <-done })
+	time.Sleep(time.Second) // let the load start before the first sample
+	out := run("metrics", "top", "--count", "1", "--interval", "3s", "-n", ns)
+	var row []string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 9 && f[0] == ns && f[1] == "echo" {
+			row = f
+		}
+	}
+	if row == nil {
+		t.Fatalf("meshctl metrics top:\n%s\nwant a row for %s echo", out, ns)
+	}
+	if rate, err := strconv.ParseFloat(row[2], 64); err != nil || rate <= 0 {
+		t.Errorf("echo's CONN/s = %q; want above 0 while the client connects:\n%s", row[2], out)
 	}
 }
