@@ -208,8 +208,12 @@ func TestMeshctlMetricsTop(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// About 8 s of fresh connections (bounded: 400 requests).
-		_, _ = lb.ExecInPod(ns, client.Name, lb.Layout.Bin("echo"), "client", "-n", "400", "-c", "1", url+"?delay=20ms")
+		// Fresh connections (one client process each) for about 8 s, at
+		// most 200 of them.
+		end := time.Now().Add(8 * time.Second)
+		for i := 0; i < 200 && time.Now().Before(end); i++ {
+			_, _ = lb.ExecInPod(ns, client.Name, lb.Layout.Bin("echo"), "client", "-n", "1", url)
+		}
 	}()
 	t.Cleanup(func() { <-done })
 	time.Sleep(time.Second) // let the load start before the first sample
