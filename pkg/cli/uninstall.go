@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -91,10 +93,50 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 		deleted++
 		fmt.Fprintf(s.ErrOut, "deleted %s %s\n", obj.GetKind(), qualifiedName(obj))
 	}
+	// The root certificate ConfigMaps meshd published in every namespace
+	// (Istio's istio-ca-root-cert) go too, once no meshd is left to write
+	// them again.
+	n, err := deleteRootConfigMaps(ctx, c, g.meshNamespace, s.ErrOut)
+	if err != nil {
+		return err
+	}
+	deleted += n
 	if deleted == 0 {
 		fmt.Fprintln(s.Out, "✔ nothing of meshlet is left to delete; nothing to do.")
 		return nil
 	}
 	fmt.Fprintf(s.Out, "✔ meshlet is uninstalled (%d objects deleted). Enrolled namespaces keep their istio.io/dataplane-mode label; remove it with meshctl ambient disable <namespace>.\n", deleted)
 	return nil
+}
+
+// deleteRootConfigMaps waits (bounded) for meshd's pods to be gone, then
+// deletes the istio-ca-root-cert ConfigMaps meshd made (label
+// app.kubernetes.io/managed-by=meshd) in every namespace.
+func deleteRootConfigMaps(ctx context.Context, c *clients, meshNS string, progress io.Writer) (int, error) {
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		pods, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshd"})
+		if err != nil || len(pods.Items) == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	cms, err := c.kube.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=meshd", FieldSelector: "metadata.name=istio-ca-root-cert"})
+	if err != nil {
+		return 0, fmt.Errorf("list the mesh root ConfigMaps: %w", err)
+	}
+	n := 0
+	for _, cm := range cms.Items {
+		err := c.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return n, fmt.Errorf("delete ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
+		}
+		n++
+		fmt.Fprintf(progress, "deleted ConfigMap %s/%s\n", cm.Namespace, cm.Name)
+	}
+	return n, nil
 }

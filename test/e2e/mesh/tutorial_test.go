@@ -206,6 +206,9 @@ func TestTutorial(t *testing.T) {
 		s := summary(t, lb, ns, client.Name, "-n", "3", "http://booking-service:8080/api/v1/booking")
 		return s.ByStatus["200"] == 3, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
 	})
+	if _, err := lb.Clientset().CoreV1().ConfigMaps(ns).Get(t.Context(), "istio-ca-root-cert", metav1.GetOptions{}); err == nil {
+		t.Errorf("uninstall left the mesh root ConfigMap istio-ca-root-cert in %s", ns)
+	}
 }
 
 // runMeshctl runs the meshctl the fixture built, for cleanups (which must
