@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/netip"
@@ -80,13 +81,36 @@ func (a *Agent) proxyPod(p enroll.Pod) proxy.Pod {
 }
 
 // workloadID numbers (namespace, workload, service account) for the data
-// path's per-workload counters. Called with a.mu held.
+// path's per-workload counters. Called with a.mu held. The number is a hash
+// of the three, so that an agent that restarts (and adopts the pinned
+// counters) gives a workload the number its predecessor gave it and names
+// the old counters right.
 func (a *Agent) workloadID(p enroll.Pod) uint32 {
 	k := p.Namespace + "/" + p.Workload + "/" + p.ServiceAccount
 	id, ok := a.workloads[k]
 	if !ok {
-		id = uint32(len(a.workloads) + 1)
+		id = stableWorkloadID(k, func(id uint32) bool {
+			for other, oid := range a.workloads {
+				if oid == id && other != k {
+					return true
+				}
+			}
+			return false
+		})
 		a.workloads[k] = id
+	}
+	return id
+}
+
+// stableWorkloadID is the FNV-1a hash of key, moved past 0 (no workload)
+// and past numbers taken by other keys (a collision, rare: the next free
+// number is used, which a restarted agent may assign differently).
+func stableWorkloadID(key string, taken func(uint32) bool) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	id := h.Sum32()
+	for id == 0 || taken(id) {
+		id++
 	}
 	return id
 }
