@@ -16,9 +16,9 @@
 package enroll
 
 import (
+	"github.com/meshlet/meshlet/pkg/model"
 	"net/netip"
 	"slices"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -73,15 +73,9 @@ func InMesh(nsLabels map[string]string, pod *corev1.Pod) bool {
 // Deployment behind a ReplicaSet, else the owning controller, else the pod.
 func WorkloadName(pod *corev1.Pod) string {
 	for _, o := range pod.OwnerReferences {
-		if o.Controller == nil || !*o.Controller {
-			continue
+		if o.Controller != nil && *o.Controller {
+			return model.WorkloadName(pod.Name, o.Kind, o.Name, pod.Labels["pod-template-hash"])
 		}
-		if o.Kind == "ReplicaSet" {
-			if h := pod.Labels["pod-template-hash"]; h != "" && strings.HasSuffix(o.Name, "-"+h) {
-				return strings.TrimSuffix(o.Name, "-"+h)
-			}
-		}
-		return o.Name
 	}
 	return pod.Name
 }

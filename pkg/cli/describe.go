@@ -186,7 +186,7 @@ func (d *describer) pod(ctx context.Context, w io.Writer, ns, name string) error
 	if routes == 0 {
 		fmt.Fprintln(w, "  none: traffic goes to the services' endpoints as Kubernetes balances them")
 	}
-	d.printRefused(ctx, w, agent, wl)
+	d.printRefused(ctx, w, agent, ns, podWorkloadName(p))
 	d.printFindings(w, ns, name, p.Labels)
 	return nil
 }
@@ -317,7 +317,17 @@ func (d *describer) routesFor(svc *model.Service) []string {
 
 // printRefused reads the node agent's counters of connections it refused
 // to the workload, through the API server's pod proxy.
-func (d *describer) printRefused(ctx context.Context, w io.Writer, agent *corev1.Pod, wl *model.Workload) {
+// podWorkloadName is the workload name the node agents' metrics use.
+func podWorkloadName(p *corev1.Pod) string {
+	for _, o := range p.OwnerReferences {
+		if o.Controller != nil && *o.Controller {
+			return model.WorkloadName(p.Name, o.Kind, o.Name, p.Labels["pod-template-hash"])
+		}
+	}
+	return p.Name
+}
+
+func (d *describer) printRefused(ctx context.Context, w io.Writer, agent *corev1.Pod, ns, name string) {
 	if agent == nil {
 		return
 	}
@@ -326,11 +336,7 @@ func (d *describer) printRefused(ctx context.Context, w io.Writer, agent *corev1
 		fmt.Fprintf(w, "Refused connections: unknown (read %s metrics: %v)\n", agent.Name, err)
 		return
 	}
-	name := wl.CanonicalName
-	if name == "" {
-		name = wl.Name
-	}
-	byReason := refusedByReason(raw, wl.Namespace, name)
+	byReason := refusedByReason(raw, ns, name)
 	if len(byReason) == 0 {
 		fmt.Fprintln(w, "Refused connections: none since the node agent started")
 		return

@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -273,4 +274,18 @@ func (m ObjectMeta) Older(o ObjectMeta) bool {
 		return m.Namespace < o.Namespace
 	}
 	return m.Name < o.Name
+}
+
+// WorkloadName is the workload name Istio's telemetry gives a pod: its
+// controller's name — a ReplicaSet's without the pod-template-hash suffix,
+// that is its Deployment's — else the pod's own name. controllerKind and
+// controllerName describe the pod's controlling owner ("" when none).
+func WorkloadName(podName, controllerKind, controllerName, templateHash string) string {
+	if controllerName == "" {
+		return podName
+	}
+	if controllerKind == "ReplicaSet" && templateHash != "" && strings.HasSuffix(controllerName, "-"+templateHash) {
+		return strings.TrimSuffix(controllerName, "-"+templateHash)
+	}
+	return controllerName
 }
