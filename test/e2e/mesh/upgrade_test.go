@@ -73,8 +73,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	out := run("upgrade", "-y", "--timeout", "5m", "--set", "logging.level=debug", "--set", "nodeAgent.drainTimeout=20s")
 	took := time.Since(start)
 	t.Cleanup(func() { run("upgrade", "-y", "--timeout", "5m") })
-	if !strings.Contains(out, "profile minimal") {
-		t.Errorf("upgrade did not keep the installed profile (minimal):\n%s", out)
+	if !strings.Contains(out, "profile default") {
+		t.Errorf("upgrade did not keep the installed profile (default, as the lab tests install it):\n%s", out)
 	}
 	// Let connections opened during the last rollout step finish.
 	time.Sleep(2 * time.Second)
@@ -94,8 +94,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := d.Labels["meshlet.dev/profile"]; got != "minimal" {
-		t.Errorf("meshd profile label after upgrade = %q; want minimal", got)
+	if got := d.Labels["meshlet.dev/profile"]; got != "default" {
+		t.Errorf("meshd profile label after upgrade = %q; want default", got)
 	}
 	ds, err := lb.Clientset().AppsV1().DaemonSets("meshlet-system").Get(t.Context(), "meshlet-node-agent", metav1.GetOptions{})
 	if err != nil {
