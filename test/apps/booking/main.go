@@ -104,7 +104,31 @@ func (c *config) handler() http.Handler {
 	api := "/api/v1/" + c.role
 	mux.HandleFunc("GET "+api, c.serve)
 	mux.HandleFunc("GET "+api+"/{item}", c.serve)
-	return mux
+	return logRequests(mux)
+}
+
+// statusRecorder remembers the status a handler wrote, for the request log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// logRequests writes one line per API request to the log (stderr): what a
+// user reads with kubectl logs to see which version served what, mirrored
+// requests included. Health checks are not logged.
+func logRequests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		if r.URL.Path != "/healthz" {
+			log.Printf("request %s %q %d host=%q", r.Method, r.URL.Path, rec.status, r.Host)
+		}
+	})
 }
 
 func (c *config) serve(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,139 @@
+package meshtest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// inventoryDeployment is the booking app's inventory role as one version;
+// failPercent makes it answer 503 that share of requests.
+func inventoryDeployment(version string, failPercent int) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: inventory-%[1]s}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: inventory, version: %[1]s}}
+  template:
+    metadata: {labels: {app: inventory, version: %[1]s}}
+    spec:
+      containers:
+      - name: inventory
+        image: meshlet.dev/booking
+        args: ["-role", "inventory"]
+        env:
+        - {name: VERSION, value: %[1]s}
+        - {name: FAIL_PERCENT, value: "%[2]d"}
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        readinessProbe:
+          httpGet: {path: /healthz, port: 8080}
+          periodSeconds: 1
+`, version, failPercent)
+}
+
+// TestWaypointMirrorAndOutlierDetection, through a namespace waypoint:
+// a VirtualService sending everything to v1 and mirroring it to v2 — the
+// client sees only v1 while v2 logs every mirrored request; then a
+// DestinationRule with outlier detection — an endpoint that fails every
+// request is ejected after its consecutive 5xx (the ejection counted in
+// the waypoint's metrics) and the client is served by the healthy one,
+// until baseEjectionTime lets it back.
+func TestWaypointMirrorAndOutlierDetection(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	run("waypoint", "apply", "-n", ns, "--enroll-namespace")
+	wp := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)[0]
+	lb.Apply(t, ns, inventoryDeployment("v1", 0)+"---\n"+inventoryDeployment("v2", 0)+`---
+apiVersion: v1
+kind: Service
+metadata: {name: inventory}
+spec:
+  selector: {app: inventory}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: inventory}
+spec:
+  host: inventory
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: inventory}
+spec:
+  hosts: [inventory]
+  http:
+  - route: [{destination: {host: inventory, subset: v1}}]
+    mirror: {host: inventory, subset: v2}
+    mirrorPercentage: {value: 100}
+`)
+	v2 := lb.WaitPodsReady(t, ns, "app=inventory,version=v2", 1, 2*time.Minute)[0]
+	lb.WaitPodsReady(t, ns, "app=inventory,version=v1", 1, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	url := "http://inventory:8080/api/v1/inventory/mirrored"
+	lab.WaitFor(t, time.Minute, "the route to v1 in place", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "5", url)
+		return s.ByVersion["v1"] == 5, fmt.Errorf("by version %v, status %v", s.ByVersion, s.ByStatus)
+	})
+	mirrored := func() int {
+		logs, err := lb.PodLogs(ns, v2.Name, "inventory")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(logs, `"/api/v1/inventory/mirrored"`)
+	}
+	before := mirrored()
+	const n = 20
+	if s := summary(t, lb, ns, client.Name, "-n", fmt.Sprint(n), url); s.ByVersion["v1"] != n {
+		t.Errorf("with mirroring, the client saw %v; want all %d from v1", s.ByVersion, n)
+	}
+	lab.WaitFor(t, 15*time.Second, "v2 logging the mirrored requests", func() (bool, error) {
+		d := mirrored() - before
+		return d >= n, fmt.Errorf("v2 logged %d of %d mirrored requests", d, n)
+	})
+
+	// Outlier detection: v2 is replaced by a version failing every request.
+	if out, err := lb.Kubectl("-n", ns, "delete", "virtualservice", "inventory", "deployment", "inventory-v2"); err != nil {
+		t.Fatalf("delete the mirror: %v: %s", err, out)
+	}
+	lb.Apply(t, ns, inventoryDeployment("bad", 100)+`---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: inventory}
+spec:
+  host: inventory
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 15s
+      maxEjectionPercent: 100
+`)
+	lb.WaitPodsReady(t, ns, "app=inventory,version=bad", 1, 2*time.Minute)
+	metrics := "http://" + wp.Status.PodIP + ":15020/metrics"
+	ejections := func() float64 { return sumMetric(t, metrics, "meshlet_waypoint_outlier_ejections_total") }
+	ejected0 := ejections()
+	url = "http://inventory:8080/api/v1/inventory/x"
+	lab.WaitFor(t, time.Minute, "the failing endpoint ejected: 20 requests in a row served by v1", func() (bool, error) {
+		_ = summary(t, lb, ns, client.Name, "-n", "10", url) // trips the ejection
+		s := summary(t, lb, ns, client.Name, "-n", "20", url)
+		return s.ByStatus["200"] == 20 && s.ByVersion["v1"] == 20, fmt.Errorf("status %v, by version %v", s.ByStatus, s.ByVersion)
+	})
+	if d := ejections() - ejected0; d < 1 {
+		t.Errorf("meshlet_waypoint_outlier_ejections_total moved by %v; want at least 1", d)
+	}
+	lab.WaitFor(t, time.Minute, "the failing endpoint back after baseEjectionTime (some 503s again)", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "10", url)
+		return s.ByStatus["503"] > 0, fmt.Errorf("status %v", s.ByStatus)
+	})
+}
