@@ -41,6 +41,7 @@ type clientOptions struct {
 	Concurrency int           // parallel workers
 	Timeout     time.Duration // per request
 	H2C         bool          // HTTP/2 with prior knowledge instead of HTTP/1.1
+	WebSocket   bool          // a WebSocket handshake and one echoed message per request
 	Headers     http.Header   // extra request headers
 }
 
@@ -66,6 +67,7 @@ func runClient(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&o.Concurrency, "c", 1, "concurrent requests")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.BoolVar(&o.H2C, "h2c", false, "use HTTP/2 cleartext (prior knowledge)")
+	fs.BoolVar(&o.WebSocket, "ws", false, "open a WebSocket to the URL (path /ws) and echo one message per request")
 	fs.Var(headerFlags(o.Headers), "H", "extra header 'Name: value' (repeatable)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -121,6 +123,9 @@ func runRequests(ctx context.Context, o clientOptions) (*Summary, error) {
 		}
 		defer hc.CloseIdleConnections()
 		call = func(ctx context.Context) result { return httpCall(ctx, hc, o.URL, o.Headers) }
+		if o.WebSocket {
+			call = func(ctx context.Context) result { return wsCall(ctx, o.URL, o.Headers) }
+		}
 	}
 	s := &Summary{ByPod: map[string]int{}, ByVersion: map[string]int{}, ByStatus: map[string]int{},
 		Errors: map[string]int{}, Protocols: map[string]int{}}

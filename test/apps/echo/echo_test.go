@@ -134,7 +134,7 @@ func TestH2CAndClientSummary(t *testing.T) {
 	srv := startHTTP(t)
 	tests := []struct {
 		name     string
-		h2c      bool
+		h2c, ws  bool
 		url      string
 		wantProt string
 		wantOK   int
@@ -142,10 +142,11 @@ func TestH2CAndClientSummary(t *testing.T) {
 		{name: "http1", url: srv.URL + "/", wantProt: "HTTP/1.1", wantOK: 20},
 		{name: "h2c", h2c: true, url: srv.URL + "/", wantProt: "h2c", wantOK: 20},
 		{name: "failing", url: srv.URL + "/?status=500", wantProt: "HTTP/1.1", wantOK: 0},
+		{name: "websocket", ws: true, url: srv.URL + "/ws", wantProt: "websocket", wantOK: 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := runRequests(context.Background(), clientOptions{URL: tt.url, N: 20, Concurrency: 4, H2C: tt.h2c})
+			s, err := runRequests(context.Background(), clientOptions{URL: tt.url, N: 20, Concurrency: 4, H2C: tt.h2c, WebSocket: tt.ws})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -160,6 +161,10 @@ func TestH2CAndClientSummary(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "requests 3 ok 3 failed 0") || !strings.Contains(out.String(), `"v2"`) {
 		t.Errorf("client output:\n%s\nwant 3 ok requests by version v2", out.String())
+	}
+	// A WebSocket client against a path that does not upgrade fails.
+	if s, err := runRequests(context.Background(), clientOptions{URL: srv.URL + "/", N: 1, WebSocket: true}); err != nil || s.OK != 0 || s.Errors["no websocket upgrade"] != 1 {
+		t.Errorf("websocket to a plain path: %+v, %v; want 1 failure, no websocket upgrade", s, err)
 	}
 	if err := runClient(context.Background(), []string{"-n", "3"}, &out); err == nil {
 		t.Error("client with no -url/-grpc: want an error")

@@ -139,6 +139,7 @@ func newHandler(id Identity) http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "ok\n")
 	})
+	mux.HandleFunc("/ws", serveWebSocket(id))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		resp := Response{
 			Pod: id.Pod, Namespace: id.Namespace, Version: id.Version, Node: id.Node, PodIP: id.PodIP,

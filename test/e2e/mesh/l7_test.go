@@ -60,6 +60,7 @@ func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s struc
 	ByVersion  map[string]int
 	ByStatus   map[string]int
 	Errors     map[string]int
+	Protocols  map[string]int
 }) {
 	t.Helper()
 	out, err := lb.ExecInPod(ns, pod, append([]string{lb.Layout.Bin("echo"), "client", "-json"}, args...)...)

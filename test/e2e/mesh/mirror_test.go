@@ -36,14 +36,15 @@ spec:
 `, version, failPercent)
 }
 
-// TestWaypointMirrorAndOutlierDetection, through a namespace waypoint:
-// a VirtualService sending everything to v1 and mirroring it to v2 — the
+// TestWaypointMirrorOutlierWebSocket, through a namespace waypoint: a
+// WebSocket to the echo service is upgraded and echoes (the waypoint counts
+// its 101s); a VirtualService sending everything to v1 and mirroring it to v2 — the
 // client sees only v1 while v2 logs every mirrored request; then a
 // DestinationRule with outlier detection — an endpoint that fails every
 // request is ejected after its consecutive 5xx (the ejection counted in
 // the waypoint's metrics) and the client is served by the healthy one,
 // until baseEjectionTime lets it back.
-func TestWaypointMirrorAndOutlierDetection(t *testing.T) {
+func TestWaypointMirrorOutlierWebSocket(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
 	ns := ambientNamespace(t, lb)
@@ -76,9 +77,22 @@ spec:
     mirror: {host: inventory, subset: v2}
     mirrorPercentage: {value: 100}
 `)
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1))
 	v2 := lb.WaitPodsReady(t, ns, "app=inventory,version=v2", 1, 2*time.Minute)[0]
 	lb.WaitPodsReady(t, ns, "app=inventory,version=v1", 1, 2*time.Minute)
+	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
 	client := clientPod(t, lb, ns, "client", "client")
+	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
+
+	upgrades := func() float64 {
+		return sumMetric(t, wpMetrics, "istio_requests_total", `response_code="101"`, fmt.Sprintf(`destination_service_namespace=%q`, ns))
+	}
+	lab.WaitFor(t, time.Minute, "WebSockets to the echo service through the waypoint", func() (bool, error) {
+		before := upgrades()
+		s := summary(t, lb, ns, client.Name, "-ws", "-n", "5", "http://echo:8080/ws")
+		d := upgrades() - before
+		return s.OK == 5 && s.Protocols["websocket"] == 5 && d >= 5, fmt.Errorf("ok %d, errors %v, waypoint 101s +%v", s.OK, s.Errors, d)
+	})
 	url := "http://inventory:8080/api/v1/inventory/mirrored"
 	lab.WaitFor(t, time.Minute, "the route to v1 in place", func() (bool, error) {
 		s := summary(t, lb, ns, client.Name, "-n", "5", url)
@@ -120,8 +134,7 @@ spec:
       maxEjectionPercent: 100
 `)
 	lb.WaitPodsReady(t, ns, "app=inventory,version=bad", 1, 2*time.Minute)
-	metrics := "http://" + wp.Status.PodIP + ":15020/metrics"
-	ejections := func() float64 { return sumMetric(t, metrics, "meshlet_waypoint_outlier_ejections_total") }
+	ejections := func() float64 { return sumMetric(t, wpMetrics, "meshlet_waypoint_outlier_ejections_total") }
 	ejected0 := ejections()
 	url = "http://inventory:8080/api/v1/inventory/x"
 	lab.WaitFor(t, time.Minute, "the failing endpoint ejected: 20 requests in a row served by v1", func() (bool, error) {
