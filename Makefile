@@ -10,7 +10,7 @@ export MESHLET_CACHE ?= $(HOME)/.cache/meshlet
 BIN := bin
 GO_TEST_TIMEOUT ?= 25m
 
-.PHONY: help deps build generate crds lint test unit e2e bench bench-meshd demo lab clean check-generate
+.PHONY: help deps build generate crds lint test unit e2e bench bench-meshd bench-waypoint demo lab clean check-generate
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ test: unit e2e ## everything CI runs: unit, kernel and lab tests
 bench: deps ## benchmarks, results in test/bench/results/
 	WITH_BENCH=1 test/scripts/deps.sh
 	go test -run '^$$' -bench . -benchmem ./...
+
+bench-waypoint: ## the waypoint against nginx and no proxy (fortio), kept in test/bench/results/waypoint.txt
+	test/scripts/bench-waypoint.sh
 
 bench-meshd: ## meshd's benchmarks (push latency, memory, CSRs/s), kept in test/bench/results/meshd.txt
 	test/scripts/bench-meshd.sh

@@ -39,6 +39,7 @@ type flags struct {
 	traceSampling                                      float64
 	otlpEndpoint                                       string
 	serveListeners                                     bool
+	configFile, listen                                 string
 }
 
 func parseFlags() flags {
@@ -61,6 +62,8 @@ func parseFlags() flags {
 	flag.BoolVar(&f.accessLog, "access-log", true, "write Istio's JSON access log to stdout (the Telemetry API can turn it off per waypoint)")
 	flag.Float64Var(&f.traceSampling, "trace-sampling", 1, "percentage (0-100) of new traces sampled (the Telemetry API can override it)")
 	flag.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector base URL for sampled spans, e.g. http://otel-collector:4318; empty: spans are not exported (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
+	flag.StringVar(&f.configFile, "config-file", "", "serve this static L7 config (JSON) on --listen without meshd: plaintext, no mesh identity; for development and benchmarks only")
+	flag.StringVar(&f.listen, "listen", "127.0.0.1:18080", "with --config-file: the plain HTTP listen address")
 	flag.Parse()
 	return f
 }
@@ -76,7 +79,13 @@ func main() {
 	f := parseFlags()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, f); err != nil {
+	var err error
+	if f.configFile != "" {
+		err = runStatic(ctx, f.configFile, f.listen, f.metricsAddr, f.accessLog)
+	} else {
+		err = run(ctx, f)
+	}
+	if err != nil {
 		log.Fatalf("waypoint: %v", err)
 	}
 }

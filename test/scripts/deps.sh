@@ -7,7 +7,7 @@ set -euo pipefail
 # for `make generate`, protoc for pkg/api, and the benchmark peers.
 pkgs=(iproute2 iptables nftables conntrack ipset ethtool tcpdump
       clang llvm libbpf-dev protobuf-compiler jq curl socat ca-certificates)
-if [ "${WITH_BENCH:-}" = 1 ]; then pkgs+=(haproxy nginx iperf3); fi
+if [ "${WITH_BENCH:-}" = 1 ]; then pkgs+=(haproxy nginx iperf3 wrk bc); fi
 # Debian's prometheus stands for the prom/prometheus image of the demo
 # profile in the lab (the tutorial test and make demo query it).
 pkgs+=(prometheus)

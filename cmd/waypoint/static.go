@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshlet/meshlet/waypoint"
+)
+
+// runStatic serves a static L7 configuration (waypoint.LoadConfigFile's
+// JSON) on a plain HTTP listener, without meshd, HBONE or mesh identity:
+// for developing routes and for benchmarking the proxy against others on
+// the same path. Never a production mode: nothing is authenticated.
+func runStatic(ctx context.Context, path, listen, metricsAddr string, accessLog bool) error {
+	cfg, err := waypoint.LoadConfigFile(path)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	opts := waypoint.Options{Config: cfg, Registerer: reg}
+	if accessLog {
+		opts.AccessLog = os.Stdout
+	}
+	p, err := waypoint.New(opts)
+	if err != nil {
+		return fmt.Errorf("--config-file %s: %w", path, err)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	if metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Addr: metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.ListenAndServe() }()
+		defer srv.Close()
+	}
+	err = p.Serve(ctx, ln, waypoint.ServerOptions{})
+	if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# bench-waypoint.sh: the waypoint's L7 proxy against nginx (Debian) as a
+# reverse proxy on the same path, and against no proxy at all, in one run on
+# this machine: fortio at a fixed 1000 requests/s (p50/p90/p99 of a 1 KiB
+# answer) and at its maximum rate, with each proxy's CPU (from /proc) and
+# RSS. Both proxies get one core (nginx: one worker; waypoint: GOMAXPROCS=1);
+# the backend is nginx serving a static 1 KiB file. Results, with the ratios
+# the issue sets as targets, go to test/bench/results/waypoint.txt.
+# Everything listens on 127.0.0.1 and is stopped by PID at exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+cache=${MESHLET_CACHE:-$HOME/.cache/meshlet}
+out=$root/test/bench/results/waypoint.txt
+dur=${BENCH_DURATION:-10s}
+
+WITH_BENCH=1 test/scripts/deps.sh
+fortio=$cache/bin/fortio
+if [ ! -x "$fortio" ]; then
+  GOBIN=$cache/bin go install fortio.org/fortio@v1.66.5
+fi
+
+tmp=$(mktemp -d)
+chmod 755 "$tmp" # nginx workers (www-data) read the payload
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$tmp"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+go build -o "$tmp/waypoint" ./cmd/waypoint
+head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/payload"
+
+nginx_conf() { # name port body
+  mkdir -p "$tmp/$1"
+  cat > "$tmp/$1/nginx.conf" <<EOF
+worker_processes 1;
+pid $tmp/$1.pid;
+error_log $tmp/$1/error.log;
+daemon on;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/$1; proxy_temp_path $tmp/$1; fastcgi_temp_path $tmp/$1; uwsgi_temp_path $tmp/$1; scgi_temp_path $tmp/$1;
+  upstream backend { server 127.0.0.1:18000; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2;
+    $3
+  }
+}
+EOF
+  nginx -c "$tmp/$1/nginx.conf" -p "$tmp/$1"
+}
+nginx_conf backend 18000 "location / { root $tmp; try_files /payload =404; }"
+nginx_conf proxy 18081 "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+
+cat > "$tmp/waypoint.json" <<EOF
+{"L7": {"Listeners": [{"Name": "http", "Port": 18080, "VirtualHosts": [{"Name": "bench", "Domains": ["*"],
+  "Routes": [{"Name": "all", "Destinations": [{"Cluster": "backend", "Weight": 100}]}]}]}],
+  "Clusters": [{"Name": "backend", "Endpoints": [{"Address": "127.0.0.1:18000"}]}]}}
+EOF
+GOMAXPROCS=1 "$tmp/waypoint" --config-file "$tmp/waypoint.json" --listen 127.0.0.1:18080 --metrics-addr "" --access-log=false &
+pids+=($!)
+wp=$!
+for port in 18000 18080 18081; do
+  for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+done
+
+ticks=$(getconf CLK_TCK)
+# cpu_of pid...: total user+system ticks of the processes.
+cpu_of() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
+nginx_pids() { local m; m=$(cat "$tmp/proxy.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+
+# run name port qps -> prints "qps p50 p90 p99 cores" (cores used by the proxy's processes)
+run() {
+  local name=$1 port=$2 qps=$3 procs=""
+  case $name in waypoint) procs=$wp ;; nginx) procs=$(nginx_pids) ;; esac
+  local c0=0; [ -n "$procs" ] && c0=$(cpu_of $procs)
+  local t0; t0=$(date +%s.%N)
+  if ! "$fortio" load -quiet -qps "$qps" -c 16 -t "$dur" -json "$tmp/$name-$qps.json" "http://127.0.0.1:$port/" >"$tmp/$name-$qps.log" 2>&1; then
+    echo "fortio against $name failed:" >&2; tail -5 "$tmp/$name-$qps.log" >&2; exit 1
+  fi
+  local t1; t1=$(date +%s.%N)
+  local cores=0
+  if [ -n "$procs" ]; then cores=$(echo "($(cpu_of $procs) - $c0) / $ticks / ($t1 - $t0)" | bc -l); fi
+  jq -r --arg cores "$cores" '[.ActualQPS, (.DurationHistogram.Percentiles[] | select(.Percentile==50) | .Value*1000),
+     (.DurationHistogram.Percentiles[] | select(.Percentile==90) | .Value*1000),
+     (.DurationHistogram.Percentiles[] | select(.Percentile==99) | .Value*1000), ($cores|tonumber)] | @tsv' "$tmp/$name-$qps.json"
+}
+
+declare -A fixed max
+for name in direct waypoint nginx; do
+  case $name in direct) port=18000 ;; waypoint) port=18080 ;; nginx) port=18081 ;; esac
+  fixed[$name]=$(run "$name" "$port" 1000)
+  max[$name]=$(run "$name" "$port" 0)
+done
+wp_rss=$(rss_kb $wp); ng_rss=$(rss_kb $(nginx_pids))
+
+{
+  echo "# waypoint vs nginx vs direct — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(go version | awk '{print $3, $4}'), $(nproc) CPUs, $(git rev-parse --short HEAD)"
+  echo "# fortio -c 16 -t $dur, 1 KiB answers from an nginx static backend; proxies on one core each"
+  echo "# targets: waypoint CPU <= 0.1 core per 1000 req/s; RSS < 40 MB; max req/s per core >= nginx's"
+  echo
+  printf "%-9s %10s %9s %9s %9s %12s\n" "fixed1k" "req/s" "p50 ms" "p90 ms" "p99 ms" "proxy cores"
+  for name in direct waypoint nginx; do
+    read -r q p50 p90 p99 c <<<"${fixed[$name]}"
+    printf "%-9s %10.0f %9.3f %9.3f %9.3f %12.3f\n" "$name" "$q" "$p50" "$p90" "$p99" "$c"
+  done
+  echo
+  printf "%-9s %10s %9s %12s %14s\n" "max" "req/s" "p99 ms" "proxy cores" "req/s per core"
+  for name in direct waypoint nginx; do
+    read -r q p50 p90 p99 c <<<"${max[$name]}"
+    per="-"; if [ "$name" != direct ]; then per=$(printf "%.0f" "$(echo "$q / $c" | bc -l)"); fi
+    printf "%-9s %10.0f %9.3f %12.3f %14s\n" "$name" "$q" "$p99" "$c" "$per"
+  done
+  echo
+  read -r _ _ _ wp99 wc <<<"${fixed[waypoint]}"; read -r _ _ _ ng99 nc <<<"${fixed[nginx]}"; read -r _ _ _ d99 _ <<<"${fixed[direct]}"
+  read -r wq _ _ _ wmc <<<"${max[waypoint]}"; read -r nq _ _ _ nmc <<<"${max[nginx]}"
+  printf "waypoint cores per 1000 req/s:   %.3f (target <= 0.1)\n" "$wc"
+  printf "nginx cores per 1000 req/s:      %.3f\n" "$nc"
+  printf "waypoint RSS:                    %.1f MB (target < 40); nginx proxy RSS %.1f MB\n" "$(echo "$wp_rss/1024" | bc -l)" "$(echo "$ng_rss/1024" | bc -l)"
+  printf "added p99 at 1000 req/s:         waypoint %.3f ms, nginx %.3f ms\n" "$(echo "$wp99 - $d99" | bc -l)" "$(echo "$ng99 - $d99" | bc -l)"
+  printf "max req/s per core, waypoint/nginx: %.2f (target >= 1)\n" "$(echo "($wq / $wmc) / ($nq / $nmc)" | bc -l)"
+} | tee "$out"
