@@ -42,8 +42,8 @@ spec:
 // client sees only v1 while v2 logs every mirrored request; then a
 // DestinationRule with outlier detection — an endpoint that fails every
 // request is ejected after its consecutive 5xx (the ejection counted in
-// the waypoint's metrics) and the client is served by the healthy one,
-// until baseEjectionTime lets it back.
+// the waypoint's metrics) and the client is served by the healthy one;
+// baseEjectionTime later it is let back (and, still failing, ejected again).
 func TestWaypointMirrorOutlierWebSocket(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
@@ -116,7 +116,7 @@ spec:
 	})
 
 	// Outlier detection: v2 is replaced by a version failing every request.
-	if out, err := lb.Kubectl("-n", ns, "delete", "virtualservice", "inventory", "deployment", "inventory-v2"); err != nil {
+	if out, err := lb.Kubectl("-n", ns, "delete", "virtualservice/inventory", "deployment/inventory-v2"); err != nil {
 		t.Fatalf("delete the mirror: %v: %s", err, out)
 	}
 	lb.Apply(t, ns, inventoryDeployment("bad", 100)+`---
@@ -133,20 +133,43 @@ spec:
       baseEjectionTime: 15s
       maxEjectionPercent: 100
 `)
-	lb.WaitPodsReady(t, ns, "app=inventory,version=bad", 1, 2*time.Minute)
+	bad := lb.WaitPodsReady(t, ns, "app=inventory,version=bad", 1, 2*time.Minute)[0]
 	ejections := func() float64 { return sumMetric(t, wpMetrics, "meshlet_waypoint_outlier_ejections_total") }
+	badRequests := func() int {
+		logs, err := lb.PodLogs(ns, bad.Name, "inventory")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(logs, "request GET")
+	}
 	ejected0 := ejections()
 	url = "http://inventory:8080/api/v1/inventory/x"
-	lab.WaitFor(t, time.Minute, "the failing endpoint ejected: 20 requests in a row served by v1", func() (bool, error) {
-		_ = summary(t, lb, ns, client.Name, "-n", "10", url) // trips the ejection
-		s := summary(t, lb, ns, client.Name, "-n", "20", url)
-		return s.ByStatus["200"] == 20 && s.ByVersion["v1"] == 20, fmt.Errorf("status %v, by version %v", s.ByStatus, s.ByVersion)
-	})
-	if d := ejections() - ejected0; d < 1 {
-		t.Errorf("meshlet_waypoint_outlier_ejections_total moved by %v; want at least 1", d)
-	}
-	lab.WaitFor(t, time.Minute, "the failing endpoint back after baseEjectionTime (some 503s again)", func() (bool, error) {
+	lab.WaitFor(t, time.Minute, "the failing endpoint ejected", func() (bool, error) {
 		s := summary(t, lb, ns, client.Name, "-n", "10", url)
-		return s.ByStatus["503"] > 0, fmt.Errorf("status %v", s.ByStatus)
+		return ejections() > ejected0, fmt.Errorf("no ejection yet; clients saw %v", s.ByStatus)
 	})
+	ejected1 := ejections()
+	ejectedAt := time.Now()
+	// While ejected it gets nothing: every request is served by v1.
+	served := badRequests()
+	if s := summary(t, lb, ns, client.Name, "-n", "20", url); s.ByStatus["200"] != 20 || s.ByVersion["v1"] != 20 {
+		t.Errorf("with the failing endpoint ejected, clients saw status %v, versions %v; want 20 from v1", s.ByStatus, s.ByVersion)
+	}
+	if n := badRequests() - served; n != 0 && time.Since(ejectedAt) < 14*time.Second {
+		t.Errorf("the ejected endpoint received %d requests", n)
+	}
+	// Back after baseEjectionTime (15 s): it gets requests again, fails
+	// them (the client still sees 200s: the waypoint retries a 503 on the
+	// healthy endpoint, as Istio's default retry policy does) and is
+	// ejected a second time.
+	lab.WaitFor(t, 90*time.Second, "the failing endpoint let back after baseEjectionTime and ejected again", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "10", url)
+		if s.ByStatus["200"] != 10 {
+			return false, fmt.Errorf("clients saw %v; want every request served", s.ByStatus)
+		}
+		return ejections() > ejected1, fmt.Errorf("no second ejection yet (%s after the first)", time.Since(ejectedAt).Round(time.Second))
+	})
+	if took := time.Since(ejectedAt); took < 14*time.Second {
+		t.Errorf("the endpoint was back %s after its ejection; want baseEjectionTime (15s) first", took)
+	}
 }
