@@ -7,9 +7,17 @@
 //	shipping  GET /api/v1/shipping/{item}
 //
 // Each answers JSON with its service name, version ($VERSION, from the pod's
-// version label) and pod ($POD_NAME), and nests the answers of the services
-// it called, so one request through the ingress shows which version of
-// every service served it. The headers that steer routing and tracing
+// version label), pod ($POD_NAME) and namespace ($POD_NAMESPACE), and nests
+// the answers of the services it called, so one request through the ingress
+// shows which version of every service served it:
+//
+//	{"service":"booking","version":"v1","pod":"booking-v1-…","item":"book",
+//	 "booking":{"item":"book","order":{…}},
+//	 "order":{"service":"order",…,"inventory":{…},"shipping":{…}}}
+//
+// booking.order and order are the same answer: booking.order is the shape the
+// tutorial documents, the top-level order is what test/e2e/mesh and
+// test/scripts/demo.sh read. The headers that steer routing and tracing
 // (end-user, x-request-id, traceparent, tracestate, authorization) are
 // passed on to the services it calls. $FAIL_PERCENT answers that share of
 // requests 503 and $DELAY waits before answering, for the tutorial's
@@ -45,12 +53,19 @@ const maxBody = 1 << 20
 
 // config is one service's setup.
 type config struct {
-	role, version, pod string
-	failPercent        int
-	delay              time.Duration
-	// upstream URLs by role (without path).
+	role      string // booking, order, inventory or shipping
+	version   string // answered as "version"; $VERSION, "v1" when unset
+	pod       string // answered as "pod"; $POD_NAME, may be empty
+	namespace string // answered as "namespace" when set; $POD_NAMESPACE
+
+	failPercent int           // share of requests answered 503; 0 fails none
+	delay       time.Duration // wait before answering; 0 answers at once
+
+	// Base URLs (scheme and host, no path) of the services called; only the
+	// ones the role calls are used.
 	order, inventory, shipping string
-	client                     *http.Client
+	// client makes the calls; it must have a timeout.
+	client *http.Client
 }
 
 func envOr(k, def string) string {
@@ -71,7 +86,7 @@ func configFromEnv(args []string) (*config, string, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, "", err
 	}
-	c.version, c.pod = envOr("VERSION", "v1"), envOr("POD_NAME", "")
+	c.version, c.pod, c.namespace = envOr("VERSION", "v1"), os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
 	c.order = envOr("ORDER_URL", "http://order-service:8080")
 	c.inventory = envOr("INVENTORY_URL", "http://inventory-service:8080")
 	c.shipping = envOr("SHIPPING_URL", "http://shipping-service:8080")
@@ -140,14 +155,17 @@ func (c *config) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if c.failPercent > 0 && rand.IntN(100) < c.failPercent {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"service": c.role, "version": c.version, "pod": c.pod, "error": "failing on purpose (FAIL_PERCENT)"})
+		out := c.identity()
+		out["error"] = fmt.Sprintf("failing on purpose (FAIL_PERCENT=%d)", c.failPercent)
+		writeJSON(w, http.StatusServiceUnavailable, out)
 		return
 	}
 	item := r.PathValue("item")
 	if item == "" {
 		item = "book"
 	}
-	out := map[string]any{"service": c.role, "version": c.version, "pod": c.pod, "item": item}
+	out := c.identity()
+	out["item"] = item
 	switch c.role {
 	case "booking":
 		order, err := c.call(r, c.order, "order", item)
@@ -155,6 +173,7 @@ func (c *config) serve(w http.ResponseWriter, r *http.Request) {
 			writeError(w, c, err)
 			return
 		}
+		out["booking"] = map[string]any{"item": item, "order": order}
 		out["order"] = order
 	case "order":
 		inv, err := c.call(r, c.inventory, "inventory", item)
@@ -174,6 +193,15 @@ func (c *config) serve(w http.ResponseWriter, r *http.Request) {
 		out["days"] = 1 + len(item)%3
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// identity is the start of every answer: who served it.
+func (c *config) identity() map[string]any {
+	out := map[string]any{"service": c.role, "version": c.version, "pod": c.pod}
+	if c.namespace != "" {
+		out["namespace"] = c.namespace
+	}
+	return out
 }
 
 // upstreamError is a failed call to another service.
@@ -210,9 +238,12 @@ func (c *config) call(in *http.Request, base, service, item string) (map[string]
 		return nil, &upstreamError{service: service, err: err}
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	if err != nil {
-		return nil, &upstreamError{service: service, err: err}
+		return nil, &upstreamError{service: service, status: resp.StatusCode, err: fmt.Errorf("read answer: %w", err)}
+	}
+	if len(b) > maxBody {
+		return nil, &upstreamError{service: service, status: resp.StatusCode, err: fmt.Errorf("answer larger than %d bytes", maxBody)}
 	}
 	var out map[string]any
 	if resp.StatusCode != http.StatusOK {
@@ -230,7 +261,8 @@ func (c *config) call(in *http.Request, base, service, item string) (map[string]
 
 func writeError(w http.ResponseWriter, c *config, err error) {
 	var ue *upstreamError
-	body := map[string]any{"service": c.role, "version": c.version, "pod": c.pod, "error": err.Error()}
+	body := c.identity()
+	body["error"] = err.Error()
 	if errors.As(err, &ue) {
 		body["upstream"] = ue.service
 		if ue.status != 0 {
@@ -246,6 +278,31 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// shutdownGrace bounds how long in-flight requests may finish after SIGTERM;
+// Kubernetes' default terminationGracePeriodSeconds is 30s.
+const shutdownGrace = 10 * time.Second
+
+// serve answers on ln until ctx is done, then stops taking connections and
+// waits (up to shutdownGrace) for the requests under way to finish. It
+// returns only once they have: Serve itself returns as soon as Shutdown
+// starts, so returning from there would cut them off.
+func serve(ctx context.Context, c *config, ln net.Listener) error {
+	srv := &http.Server{Handler: c.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shut down: %w", err)
+	}
+	return nil
+}
+
 func main() {
 	c, addr, err := configFromEnv(os.Args[1:])
 	if err != nil {
@@ -257,15 +314,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("booking: listen on %s: %v", addr, err)
 	}
-	srv := &http.Server{Handler: c.handler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
 	log.Printf("booking: %s %s serving on %s", c.role, c.version, ln.Addr())
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := serve(ctx, c, ln); err != nil {
 		log.Fatalf("booking: %v", err)
 	}
+	log.Printf("booking: %s stopped", c.role)
 }
