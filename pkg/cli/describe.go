@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -280,7 +281,7 @@ func (d *describer) routesFor(svc *model.Service) []string {
 		u := so.obj
 		switch u.GetKind() {
 		case "VirtualService":
-			if len(stringSlice(u, "spec", "gateways")) > 0 && !contains(stringSlice(u, "spec", "gateways"), "mesh") {
+			if len(stringSlice(u, "spec", "gateways")) > 0 && !slices.Contains(stringSlice(u, "spec", "gateways"), "mesh") {
 				continue // ingress-only
 			}
 			for _, h := range stringSlice(u, "spec", "hosts") {
@@ -462,15 +463,6 @@ func addrs(svc *model.Service) string {
 func stringSlice(u *unstructured.Unstructured, path ...string) []string {
 	v, _, _ := unstructured.NestedStringSlice(u.Object, path...)
 	return v
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func yesNo(b bool) string {

@@ -61,6 +61,15 @@ type meshState struct {
 	now       time.Time
 }
 
+// meshState reads the mesh's state with the command's clients, now.
+func (g *globalOptions) meshState(ctx context.Context) (*meshState, error) {
+	c, err := g.clients()
+	if err != nil {
+		return nil, err
+	}
+	return readMeshState(ctx, c, g.meshNamespace, time.Now())
+}
+
 func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*meshState, error) {
 	st := &meshState{now: now}
 	cms, err := c.kube.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{LabelSelector: meshstatus.Label + "=true"})
@@ -185,11 +194,7 @@ func newProxyStatusCommand(s Streams, g *globalOptions) *cobra.Command {
 		Short: "Show each node agent and waypoint: connected to meshd or not, config acknowledged or rejected, certificate expiry",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.clients()
-			if err != nil {
-				return err
-			}
-			st, err := readMeshState(ctxOf(cmd), c, g.meshNamespace, time.Now())
+			st, err := g.meshState(ctxOf(cmd))
 			if err != nil {
 				return err
 			}
@@ -263,11 +268,7 @@ func newStatusCommand(s Streams, g *globalOptions) *cobra.Command {
 		Short: "Summarize the mesh's health: meshd, node agents, waypoints and gateways, with what to do about problems",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.clients()
-			if err != nil {
-				return err
-			}
-			st, err := readMeshState(ctxOf(cmd), c, g.meshNamespace, time.Now())
+			st, err := g.meshState(ctxOf(cmd))
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
 	"time"
 )
@@ -22,15 +23,7 @@ import (
 // AppliesTo reports whether the provider checks requests for service (a
 // hostname; empty when the destination is no service).
 func (p *JWTProvider) AppliesTo(service string) bool {
-	if len(p.Services) == 0 {
-		return true
-	}
-	for _, s := range p.Services {
-		if s == service {
-			return true
-		}
-	}
-	return false
+	return len(p.Services) == 0 || slices.Contains(p.Services, service)
 }
 
 // MaxRegexProgramSize bounds a compiled RE2 program (number of instructions),

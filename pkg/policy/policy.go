@@ -48,6 +48,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -92,15 +93,7 @@ type Policy struct {
 // AppliesTo reports whether p applies to a request for service (a
 // hostname; empty when the destination is no service).
 func (p *Policy) AppliesTo(service string) bool {
-	if len(p.Services) == 0 {
-		return true
-	}
-	for _, s := range p.Services {
-		if s == service {
-			return true
-		}
-	}
-	return false
+	return len(p.Services) == 0 || slices.Contains(p.Services, service)
 }
 
 // ID is "namespace/name".
