@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -62,40 +64,8 @@ func TestMeshDataPath(t *testing.T) {
 			Rules: []policy.Rule{{From: []policy.Source{{Principals: []string{"cluster.local/ns/shop/sa/cart"}}}}}}}},
 	})
 
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	keys, err := ca.GenerateRoot(td, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.New(ca.Options{TrustDomain: td, Keys: keys, Authorizer: func(context.Context, ca.Caller, spiffeid.ID) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tn, err := tunnel.New(tunnel.Options{TrustDomain: td, Bundle: identity.NewBundleSource(authority.Bundle()), Mark: DefaultAgentMark, DrainTimeout: time.Second,
-		SVID: func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error) {
-			src := identity.NewSVIDSource(nil)
-			r, err := identity.NewRenewer(identity.RenewerOptions{ID: id, Source: src, Issue: func(ctx context.Context, csr []byte) ([]*x509.Certificate, error) {
-				return authority.Sign(ctx, ca.Caller{}, csr, 0)
-			}})
-			if err != nil {
-				return nil, err
-			}
-			return src, r.Renew(ctx)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := mesh.New(mesh.Options{Snapshot: func() *model.Snapshot { return snap }, Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget})
-	ag, err := New(Options{NodeName: "node-1", Datapath: dp, Mesh: m, DrainTimeout: time.Second, Errorf: t.Logf,
-		HostAddrs: func() []netip.Addr { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		ag.Drain(ctx)
-	})
+	authority := testAuthority(t)
+	ag := meshAgent(t, dp, authority, snap)
 	ctx := context.Background()
 	for _, p := range []enroll.Pod{
 		{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart", IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: "mlna-mda"},
@@ -158,5 +128,203 @@ func TestMeshDataPath(t *testing.T) {
 	case src := <-sources:
 		t.Errorf("app in B reached in plaintext from %s under STRICT", src)
 	default:
+	}
+}
+
+// testAuthority is a real CA for the trust domain cluster.local.
+func testAuthority(t *testing.T) *ca.CA {
+	t.Helper()
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	keys, err := ca.GenerateRoot(td, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.New(ca.Options{TrustDomain: td, Keys: keys, Authorizer: func(context.Context, ca.Caller, spiffeid.ID) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authority
+}
+
+// meshAgent is a whole node agent on dp: a real HBONE tunnel whose SVIDs
+// authority signs, the model snap, and the agent with its proxies. Each call
+// is a separate agent process would be: its own tunnel, pool and listeners.
+func meshAgent(t *testing.T, dp Datapath, authority *ca.CA, snap *model.Snapshot) *Agent {
+	t.Helper()
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	tn, err := tunnel.New(tunnel.Options{TrustDomain: td, Bundle: identity.NewBundleSource(authority.Bundle()), Mark: DefaultAgentMark, DrainTimeout: time.Second,
+		SVID: func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error) {
+			src := identity.NewSVIDSource(nil)
+			r, err := identity.NewRenewer(identity.RenewerOptions{ID: id, Source: src, Issue: func(ctx context.Context, csr []byte) ([]*x509.Certificate, error) {
+				return authority.Sign(ctx, ca.Caller{}, csr, 0)
+			}})
+			if err != nil {
+				return nil, err
+			}
+			return src, r.Renew(ctx)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mesh.New(mesh.Options{Snapshot: func() *model.Snapshot { return snap }, Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget})
+	ag, err := New(Options{NodeName: "node-1", Datapath: dp, Mesh: m, DrainTimeout: time.Second, Errorf: t.Logf,
+		HostAddrs: func() []netip.Addr { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		ag.Drain(ctx)
+	})
+	return ag
+}
+
+// TestHandoff is a rolling update of the node agent on one kernel: while pod
+// A keeps opening new connections to pod B through the mesh, a second agent
+// enrolls the same pods beside the first (SO_REUSEPORT listeners), then the
+// first drains and exits. No new connection may fail, and a connection
+// established through the first agent keeps working through its drain.
+func TestHandoff(t *testing.T) {
+	testutil.RequireRoot(t)
+	if err := ebpf.CheckKernel(); err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	cg := enterCgroup(t)
+	dp, err := ebpf.Load(ebpf.Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: cg,
+		AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
+	if err != nil {
+		t.Fatalf("load data path: %v", err)
+	}
+	t.Cleanup(func() { dp.Uninstall() })
+	na, nb := nstest.Pair(t, "mlna-ho", netip.MustParseAddr("198.19.4.45"), netip.MustParseAddr("198.19.4.46"))
+	idA, idB := "spiffe://cluster.local/ns/shop/sa/cart", "spiffe://cluster.local/ns/shop/sa/db"
+	snap := model.NewSnapshot(model.SnapshotInput{Workloads: []*model.Workload{
+		{UID: "uid-a", Name: "cart-0", Namespace: "shop", CanonicalName: "cart", IPs: []netip.Addr{na.Addr}, Identity: idA, Enrolled: true},
+		{UID: "uid-b", Name: "db-0", Namespace: "shop", CanonicalName: "db", IPs: []netip.Addr{nb.Addr}, Identity: idB, Enrolled: true,
+			PeerAuthentication: model.PeerAuthResult{Mode: model.MTLSStrict}},
+	}})
+	pods := []enroll.Pod{
+		{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart", IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: "mlna-hoa"},
+		{UID: "uid-b", Namespace: "shop", Name: "db-0", Workload: "db", ServiceAccount: "db", IPs: []netip.Addr{nb.Addr}, Netns: nb.Path, IfName: "mlna-hob"},
+	}
+	authority := testAuthority(t)
+	enrollAll := func(ag *Agent) {
+		for _, p := range pods {
+			if err := ag.Enroll(context.Background(), p); err != nil {
+				t.Fatalf("enroll %s: %v", p.Name, err)
+			}
+		}
+	}
+	app := nstest.MustListen(t)(netns.Listen(nb.Path, nb.Addr.String()+":8080", netns.ListenOptions{}))
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	echo := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if string(buf) != msg {
+			return fmt.Errorf("echo %q; want %q", buf, msg)
+		}
+		return nil
+	}
+	dial := func() (net.Conn, error) {
+		return netns.Dial(context.Background(), na.Path, nb.Addr.String()+":8080", netns.DialOptions{Timeout: 5 * time.Second})
+	}
+
+	old := meshAgent(t, dp, authority, snap)
+	enrollAll(old)
+	long, err := dial()
+	if err != nil {
+		t.Fatalf("pod A dials pod B: %v", err)
+	}
+	defer long.Close()
+	if err := echo(long, "before"); err != nil {
+		t.Fatalf("through the first agent: %v", err)
+	}
+
+	// New connections from four clients, each one echo, until stopped.
+	var (
+		mu       sync.Mutex
+		ok       int
+		failures []string
+	)
+	stop := make(chan struct{})
+	var loaders sync.WaitGroup
+	for range 4 {
+		loaders.Go(func() {
+			for i := 0; i < 20000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := dial()
+				if err == nil {
+					err = echo(c, "new")
+					c.Close()
+				}
+				mu.Lock()
+				if err == nil {
+					ok++
+				} else if len(failures) < 1000 {
+					failures = append(failures, err.Error())
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	answered := func() int { mu.Lock(); defer mu.Unlock(); return ok }
+	waitAnswered := func(n int) {
+		deadline := time.Now().Add(20 * time.Second)
+		for answered() < n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitAnswered(50)
+	// The rolling update: the new agent comes up beside the old one...
+	next := meshAgent(t, dp, authority, snap)
+	enrollAll(next)
+	waitAnswered(answered() + 50)
+	// ...then the old one drains while the established connection is open.
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		drained <- old.Drain(ctx)
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if err := echo(long, "during the drain"); err != nil {
+		t.Errorf("connection established before the drain: %v; want it served to its end", err)
+	}
+	long.Close()
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Errorf("old agent's drain: %v; want it to end once its connections closed", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("old agent's drain did not end")
+	}
+	waitAnswered(answered() + 50)
+	close(stop)
+	loaders.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("new connections during the handoff: %d answered, %d failed", ok, len(failures))
+	if len(failures) > 0 {
+		t.Errorf("%d new connections failed during the handoff; first: %v", len(failures), failures[0])
 	}
 }

@@ -21,7 +21,10 @@ type Proxy struct {
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[io.Closer]struct{}
-	draining  bool
+	draining  bool // listeners closing: no new connection is accepted
+	// stopped: every accept loop and tunnel server has returned, so the
+	// connection count only falls from here (Drain waits on it).
+	stopped bool
 	wg        sync.WaitGroup // open connections
 	serving   sync.WaitGroup // accept loops
 }
@@ -104,11 +107,14 @@ func (p *Proxy) acceptLoop(ln net.Listener, serve func(net.Conn)) {
 	}()
 }
 
-// track registers an open connection; false when draining.
+// track registers an open connection. A connection accepted while the
+// listeners are closing is served like any other (resetting it would fail a
+// client that reached us just before the handoff); only after every accept
+// loop and tunnel server has returned is it refused.
 func (p *Proxy) track(c io.Closer) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.draining {
+	if p.stopped {
 		return false
 	}
 	p.conns[c] = struct{}{}
@@ -212,20 +218,15 @@ func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
 	if err := p.CheckStream(ctx, s); err != nil {
 		return err
 	}
+	// A stream that reaches us has been answered 200 already; serve it even
+	// while draining (its client chose this connection before our GOAWAY).
+	if !p.track(s.Conn) {
+		return p.refuseStream("draining", "agent has stopped")
+	}
 	up, err := p.dialApp(ctx, s.Source.Addr(), s.Target)
 	if err != nil {
+		p.untrack(s.Conn)
 		return p.refuseStream(ReasonDialFailed, err.Error())
-	}
-	p.mu.Lock()
-	draining := p.draining
-	if !draining {
-		p.conns[s.Conn] = struct{}{}
-		p.wg.Add(1)
-	}
-	p.mu.Unlock()
-	if draining {
-		up.Close()
-		return p.refuseStream("draining", "agent is draining")
 	}
 	defer p.untrack(s.Conn)
 	splice(s.Conn, up, o.Metrics.open(connLabels{
@@ -316,6 +317,9 @@ func (p *Proxy) Drain(ctx context.Context) error {
 		ln.Close()
 	}
 	p.serving.Wait()
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
