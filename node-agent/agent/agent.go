@@ -44,6 +44,7 @@ type Mesh interface {
 	DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
 	ServeTunnel(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error
 	PeerAuth(pod proxy.Pod, port uint16) proxy.Mode
+	PeerWorkload(src netip.Addr, identity string) proxy.Workload
 	Authorize(ctx context.Context, r proxy.AuthzRequest) proxy.Decision
 }
 

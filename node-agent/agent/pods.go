@@ -143,7 +143,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		popts.ServeTunnel = func(ln net.Listener, h proxy.StreamHandler) error {
 			return m.ServeTunnel(pp, ln, h)
 		}
-		popts.PeerAuth, popts.Authorize = m.PeerAuth, m.Authorize
+		popts.PeerAuth, popts.Authorize, popts.PeerWorkload = m.PeerAuth, m.Authorize, m.PeerWorkload
 	}
 	px, err := proxy.Start(popts)
 	if err != nil {

@@ -173,6 +173,19 @@ func workloadOf(w *model.Workload) proxy.Workload {
 	return proxy.Workload{Namespace: w.Namespace, Name: name, Identity: w.Identity}
 }
 
+// PeerWorkload names the workload a tunnel stream came from: the model's
+// workload at src when it has the peer's identity (a waypoint forwarding
+// for a client keeps the client's address but not its identity: then only
+// the peer is known), else the namespace the identity names.
+func (m *Mesh) PeerWorkload(src netip.Addr, peer string) proxy.Workload {
+	if s := m.snapshot(); s != nil && src.IsValid() {
+		if a, ok := s.Lookup(src); ok && a.Kind == model.AddressWorkload && a.Workload.Identity == peer {
+			return workloadOf(a.Workload)
+		}
+	}
+	return proxy.Workload{Identity: peer, Namespace: namespaceOf(peer)}
+}
+
 // PeerAuth returns the PeerAuthentication mode for a port of pod.
 func (m *Mesh) PeerAuth(pod proxy.Pod, port uint16) proxy.Mode {
 	s := m.snapshot()

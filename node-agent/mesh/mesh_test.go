@@ -143,3 +143,26 @@ func TestNamespaceOf(t *testing.T) {
 		}
 	}
 }
+
+func TestPeerWorkload(t *testing.T) {
+	m := New(Options{Snapshot: testSnapshot})
+	tests := []struct {
+		name string
+		src  netip.Addr
+		peer string
+		want proxy.Workload
+	}{
+		{"the workload at the address, with the peer's identity", ip("198.19.3.50"), idCart,
+			proxy.Workload{Namespace: "shop", Name: "cart", Identity: idCart}},
+		{"a waypoint forwarding for cart: only the peer is known", ip("198.19.3.50"), idWP,
+			proxy.Workload{Namespace: "shop", Identity: idWP}},
+		{"an address the model does not know", ip("198.19.3.99"), idBad,
+			proxy.Workload{Namespace: "other", Identity: idBad}},
+		{"no address", netip.Addr{}, idDB, proxy.Workload{Namespace: "shop", Identity: idDB}},
+	}
+	for _, tt := range tests {
+		if got := m.PeerWorkload(tt.src, tt.peer); got != tt.want {
+			t.Errorf("%s: PeerWorkload(%s, %s) = %+v; want %+v", tt.name, tt.src, tt.peer, got, tt.want)
+		}
+	}
+}

@@ -188,6 +188,11 @@ type Options struct {
 	// answered 403), h.ServeStream for each accepted one (an error resets
 	// it). Nil leaves 15008 closed.
 	ServeTunnel func(ln net.Listener, h StreamHandler) error
+	// PeerWorkload names the workload a tunnel stream came from, for the
+	// destination's metrics: src is the client's address (from the
+	// stream's Forwarded header or the peer), identity the peer's verified
+	// SPIFFE ID. Nil labels the source by its identity only.
+	PeerWorkload func(src netip.Addr, identity string) Workload
 	// PeerAuth returns the PeerAuthentication mode for a port of the pod.
 	// Nil means PERMISSIVE everywhere.
 	PeerAuth func(pod Pod, port uint16) Mode

@@ -25,8 +25,8 @@ type Proxy struct {
 	// stopped: every accept loop and tunnel server has returned, so the
 	// connection count only falls from here (Drain waits on it).
 	stopped bool
-	wg        sync.WaitGroup // open connections
-	serving   sync.WaitGroup // accept loops
+	wg      sync.WaitGroup // open connections
+	serving sync.WaitGroup // accept loops
 }
 
 // Start opens the pod's listeners inside its netns (with SO_REUSEPORT, so a
@@ -229,8 +229,12 @@ func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
 		return p.refuseStream(ReasonDialFailed, err.Error())
 	}
 	defer p.untrack(s.Conn)
+	src := Workload{Identity: s.Peer}
+	if o.PeerWorkload != nil {
+		src = o.PeerWorkload(s.Source.Addr(), s.Peer)
+	}
 	splice(s.Conn, up, o.Metrics.open(connLabels{
-		reporter: "destination", src: Workload{Identity: s.Peer}, dst: o.Pod.Workload, mutualTLS: true,
+		reporter: "destination", src: src, dst: o.Pod.Workload, mutualTLS: true,
 	}))
 	return nil
 }
