@@ -62,6 +62,9 @@ func (p *statusPublisher) report(now time.Time, generation string) meshstatus.Re
 		if n := c.LastNACK; n != nil {
 			cr.NACK = &meshstatus.NACK{TypeURL: n.TypeURL, Version: n.Version, Error: n.Message, At: n.At.UTC()}
 		}
+		for _, nc := range c.Certs {
+			cr.Certs = append(cr.Certs, meshstatus.Cert{Node: c.Principal.Node, Identity: nc.Identity, NotAfter: nc.NotAfter.UTC()})
+		}
 		rep.Clients = append(rep.Clients, cr)
 	}
 	p.mu.Lock()

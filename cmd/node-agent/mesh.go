@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshlet/meshlet/node-agent/agent"
 	"github.com/meshlet/meshlet/node-agent/certs"
@@ -108,6 +109,9 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 		NodeID:   xds.Principal{Role: xds.RoleNodeAgent, Node: f.nodeName}.NodeID(),
 		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
 		OnChange: rebuild,
+		// A meshd that did not sign them (restarted since) learns our
+		// certificates' expiry from this when we reconnect.
+		Metadata: func() *structpb.Struct { return xds.CertsMetadata(cm.Certificates()) },
 	})
 	if err != nil {
 		cm.Close()

@@ -14,6 +14,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/xds"
 )
 
 // Options configures a Manager.
@@ -114,6 +117,21 @@ func (m *Manager) run(ctx context.Context, id spiffeid.ID, e *entry) {
 		return
 	}
 	_ = r.Run(ctx)
+}
+
+// Certificates lists the identities held with their current certificate's
+// expiry (reported to meshd in the xDS node metadata).
+func (m *Manager) Certificates() []xds.NodeCert {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]xds.NodeCert, 0, len(m.sources))
+	for id, e := range m.sources {
+		if exp := e.src.Expiry(); !exp.IsZero() {
+			out = append(out, xds.NodeCert{Identity: id.String(), NotAfter: exp})
+		}
+	}
+	slices.SortFunc(out, func(a, b xds.NodeCert) int { return strings.Compare(a.Identity, b.Identity) })
+	return out
 }
 
 // Forget stops renewing id (no pod on the node uses it any more).

@@ -47,8 +47,9 @@ type proxyRow struct {
 	Generation string     `json:"meshdVersion,omitempty"`
 	NACK       string     `json:"nack,omitempty"`
 	Connected  *time.Time `json:"connectedSince,omitempty"`
-	// CertExpiry is the soonest expiry of the certificates meshd signed for
-	// this pod and still valid; Certs counts them.
+	// CertExpiry is the soonest expiry of the pod's valid certificates, the
+	// latest per identity of those meshd signed for it or it reported
+	// holding; Certs counts them.
 	CertExpiry *time.Time `json:"certExpiry,omitempty"`
 	Certs      int        `json:"certificates"`
 }
@@ -124,6 +125,7 @@ func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*
 func (st *meshState) row(p corev1.Pod, kind, nodeID string) proxyRow {
 	r := proxyRow{Namespace: p.Namespace, Pod: p.Name, Kind: kind, Node: p.Spec.NodeName, Status: proxyNotConnected}
 	podKey := p.Namespace + "/" + p.Name
+	var signed, reported []meshstatus.Cert
 	for _, rep := range st.reports {
 		stale := st.now.Sub(rep.Updated) > 6*meshstatus.Interval
 		for _, c := range rep.Clients {
@@ -143,15 +145,30 @@ func (st *meshState) row(p corev1.Pod, kind, nodeID string) proxyRow {
 			default:
 				r.Status = proxySynced
 			}
+			reported = c.Certs
 		}
 		for _, cert := range rep.Certs {
-			if cert.Pod != podKey || st.now.After(cert.NotAfter) {
-				continue
+			if cert.Pod == podKey {
+				signed = append(signed, cert)
 			}
-			r.Certs++
-			if na := cert.NotAfter; r.CertExpiry == nil || na.Before(*r.CertExpiry) {
-				r.CertExpiry = &na
-			}
+		}
+	}
+	// Per identity, the latest certificate: one a replica signed for this
+	// pod, or one the pod's freshest stream reported holding (signed by a
+	// replica since restarted).
+	latest := map[string]time.Time{}
+	for _, cert := range append(signed, reported...) {
+		if na, ok := latest[cert.Identity]; !ok || cert.NotAfter.After(na) {
+			latest[cert.Identity] = cert.NotAfter
+		}
+	}
+	for _, na := range latest {
+		if st.now.After(na) {
+			continue
+		}
+		r.Certs++
+		if r.CertExpiry == nil || na.Before(*r.CertExpiry) {
+			r.CertExpiry = &na
 		}
 	}
 	return r

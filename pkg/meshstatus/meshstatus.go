@@ -42,6 +42,9 @@ type Client struct {
 	Connected time.Time         `json:"connected"`
 	Acked     map[string]string `json:"acked"`
 	NACK      *NACK             `json:"nack,omitempty"`
+	// Certs are the certificates the client reported holding when it
+	// connected (identity and expiry only), whoever signed them.
+	Certs []Cert `json:"certificates,omitempty"`
 }
 
 // NACK is a client's latest rejection of a push.

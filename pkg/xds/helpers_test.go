@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/xds"
@@ -195,6 +196,8 @@ type clientOpts struct {
 	types []string
 	// onChange replaces the event log when set.
 	onChange func(typeURL string, updated, removed []string)
+	// metadata is the node metadata sent on each stream.
+	metadata func() *structpb.Struct
 }
 
 // startClient runs a client against ts until the test ends.
@@ -217,6 +220,7 @@ func startClient(t testing.TB, ts *testServer, o clientOpts) (*client.Client, *e
 		Types:      types,
 		Validate:   o.validate,
 		OnChange:   onChange,
+		Metadata:   o.metadata,
 		MinBackoff: 20 * time.Millisecond,
 		MaxBackoff: 200 * time.Millisecond,
 		Logger:     quiet,

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -101,7 +102,8 @@ type streamState struct {
 	sent      map[string]sentResponse // nonce → what it carried
 	acked     map[string]string       // type URL → acked version
 	lastNACK  *NACK
-	counted   bool // counted in nodeStreams and the connected gauge
+	counted   bool       // counted in nodeStreams and the connected gauge
+	certs     []NodeCert // what the client reported holding (node metadata)
 }
 
 type sentResponse struct {
@@ -137,6 +139,9 @@ type ClientStatus struct {
 	Acked map[string]string
 	// LastNACK is the most recent rejection, nil if none.
 	LastNACK *NACK
+	// Certs are the certificates the client reported holding when it
+	// opened the stream (xds.MetadataCertificates).
+	Certs []NodeCert
 }
 
 // New returns a Server with an empty state. Close stops its push loop.
@@ -435,6 +440,7 @@ func (s *Server) Clients() []ClientStatus {
 			n := *st.lastNACK
 			cs.LastNACK = &n
 		}
+		cs.Certs = slices.Clone(st.certs)
 		out = append(out, cs)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
@@ -508,6 +514,8 @@ func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryR
 	}
 	if req.Node == nil {
 		req.Node = &core.Node{Id: want}
+	} else if md := req.Node.GetMetadata(); md != nil && st.certs == nil {
+		st.certs = CertsFromMetadata(md)
 	}
 	if nonce := req.GetResponseNonce(); nonce != "" {
 		sent, ok := st.sent[nonce]

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/xds"
@@ -437,5 +438,36 @@ func TestMaxDebounce(t *testing.T) {
 	}
 	if got := ts.metric(t, "meshd_xds_debounced_pushes_total", "") - 1; got < 2 {
 		t.Errorf("pushes during 1.5s of steady changes = %v; want at least 2 (one per MaxDebounce of 400ms)", got)
+	}
+}
+
+// TestReportedCertificates: a client's certificates, reported in its node
+// metadata, show in its status with a meshd that never signed them;
+// malformed entries are skipped and the list is bounded.
+func TestReportedCertificates(t *testing.T) {
+	ts := startServer(t, newPKI(t), 10*time.Millisecond)
+	notAfter := time.Date(2031, 5, 4, 3, 2, 1, 0, time.UTC)
+	md := func() *structpb.Struct {
+		s := xds.CertsMetadata([]xds.NodeCert{{Identity: "spiffe://cluster.local/ns/shop/sa/cart", NotAfter: notAfter}})
+		list := s.Fields[xds.MetadataCertificates].GetListValue()
+		list.Values = append(list.Values,
+			structpb.NewStringValue("not an entry"),
+			structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"identity": structpb.NewStringValue("spiffe://x/y")}}))
+		for range 1000 {
+			list.Values = append(list.Values, list.Values[0])
+		}
+		return s
+	}
+	c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a"), metadata: md})
+	waitSynced(t, c)
+	eventually(t, "the client listed", func() bool { return len(ts.Clients()) == 1 })
+	certs := ts.Clients()[0].Certs
+	if len(certs) == 0 || len(certs) > 512 {
+		t.Fatalf("%d certificates reported; want 1 to 512 (bounded)", len(certs))
+	}
+	for _, c := range certs {
+		if c.Identity != "spiffe://cluster.local/ns/shop/sa/cart" || !c.NotAfter.Equal(notAfter) {
+			t.Fatalf("reported certificate %+v; want cart's, expiring %s (malformed entries skipped)", c, notAfter)
+		}
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/ca"
@@ -223,7 +224,14 @@ func Run(ctx context.Context, opts Options) error {
 		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
 		Validate: s.validate,
 		OnChange: s.onChange,
-		Logger:   opts.Logger,
+		// A meshd that did not sign it learns our certificate's expiry.
+		Metadata: func() *structpb.Struct {
+			if exp := s.svid.Expiry(); !exp.IsZero() {
+				return xds.CertsMetadata([]xds.NodeCert{{Identity: id.String(), NotAfter: exp}})
+			}
+			return nil
+		},
+		Logger: opts.Logger,
 	})
 	if err != nil {
 		return fmt.Errorf("run waypoint: %w", err)

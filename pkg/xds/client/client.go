@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Options configures a Client.
@@ -53,6 +54,9 @@ type Options struct {
 	// updated and removed (both may be empty). It runs on the stream's
 	// goroutine: keep it short. Nil means no callback.
 	OnChange func(typeURL string, updated, removed []string)
+	// Metadata, when set, is called for every new stream and sent as the
+	// node's metadata (e.g. xds.CertsMetadata). Nil sends none.
+	Metadata func() *structpb.Struct
 	// MinBackoff and MaxBackoff bound the wait between reconnects.
 	// Zero means 100ms and 15s.
 	MinBackoff, MaxBackoff time.Duration
@@ -207,6 +211,9 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 		return fmt.Errorf("open delta stream: %w", err)
 	}
 	node := &core.Node{Id: c.opts.NodeID}
+	if c.opts.Metadata != nil {
+		node.Metadata = c.opts.Metadata()
+	}
 	for _, t := range c.opts.Types {
 		req := &discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: t, InitialResourceVersions: c.versions(t)}
 		if err := str.Send(req); err != nil {
