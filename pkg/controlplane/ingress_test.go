@@ -180,6 +180,43 @@ spec:
 			t.Errorf("unexpected waypoints: %v", snap.Waypoints())
 		}
 	})
+	t.Run("certificates by SNI on one port", func(t *testing.T) {
+		apiCert, apiKey := selfSignedPEM(t, "api.example.com")
+		second := fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: api-cert, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: api-gateway, namespace: booking}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-api, protocol: HTTPS}
+    hosts: ["api.example.com"]
+    tls: {mode: SIMPLE, credentialName: api-cert}
+  - port: {number: 443, name: https-more, protocol: HTTPS}
+    hosts: ["more.example.com"]
+    tls: {mode: SIMPLE, credentialName: booking-cert}
+`, base64.StdEncoding.EncodeToString(apiCert), base64.StdEncoding.EncodeToString(apiKey))
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, second, gatewayPod, gatewaySvc, backend))
+		if hasRejection(rej, "gateway", true) {
+			t.Errorf("rejections = %v; want none: servers on one port with their own certificates are served by SNI", rej)
+		}
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok || len(cfg.Listeners) != 2 {
+			t.Fatalf("config = %+v; want the HTTP and HTTPS listeners", cfg)
+		}
+		l := cfg.Listeners[1]
+		// Gateways in name order: api-gateway's first server opens the port.
+		wantDefault := &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(apiCert), KeyPEM: string(apiKey), SNIHosts: []string{"api.example.com"}}
+		wantSNI := []model.ListenerTLS{{Mode: model.TLSModeSimple, CertPEM: string(cert), KeyPEM: string(key), SNIHosts: []string{"more.example.com", "*"}}}
+		if l.Port != 8443 || !cmp.Equal(wantDefault, l.TLS) || !cmp.Equal(wantSNI, l.SNI) {
+			t.Errorf("HTTPS listener port %d TLS %v SNI %v; want 8443, api-cert for api.example.com, booking-cert for more.example.com and *", l.Port, l.TLS, l.SNI)
+		}
+	})
 	t.Run("missing secret", func(t *testing.T) {
 		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, gatewayPod, gatewaySvc, backend))
 		if !hasRejection(rej, `servers[1] (port 443): tls.credentialName "booking-cert": no Secret of type kubernetes.io/tls named so in namespace istio-system`, true) {

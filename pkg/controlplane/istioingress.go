@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,6 +88,28 @@ type ingressServer struct {
 	redirect bool // tls.httpsRedirect
 }
 
+// addSNI adds a server's TLS settings to a TLS listener of the same port:
+// its hosts join those of the listener's default or of an SNI entry with
+// the same settings, or it becomes a new SNI entry.
+func addSNI(l *model.L7Listener, t *model.ListenerTLS, hosts []string) {
+	same := func(a *model.ListenerTLS) bool {
+		return a.Mode == t.Mode && a.CertPEM == t.CertPEM && a.KeyPEM == t.KeyPEM && a.ClientCAPEM == t.ClientCAPEM
+	}
+	if same(l.TLS) {
+		l.TLS.SNIHosts = append(l.TLS.SNIHosts, hosts...)
+		return
+	}
+	for i := range l.SNI {
+		if same(&l.SNI[i]) {
+			l.SNI[i].SNIHosts = append(l.SNI[i].SNIHosts, hosts...)
+			return
+		}
+	}
+	e := *t
+	e.SNIHosts = slices.Clone(hosts)
+	l.SNI = append(l.SNI, e)
+}
+
 // istioIngressConfig merges the servers of gws into the configuration of one
 // gateway deployment; nil when nothing is left to serve.
 func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[string]string, gws []config[networkingapi.Gateway]) *model.L7Config {
@@ -116,17 +139,6 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress (HTTP, HTTP2, GRPC and HTTPS are); skipped", i, s.GetPort().GetProtocol())
 				continue
 			}
-			l := listeners[listenPort]
-			if l == nil {
-				l = &model.L7Listener{Name: s.GetPort().GetName(), Port: listenPort, TLS: tlsCfg}
-				if l.Name == "" {
-					l.Name = "port-" + strconv.FormatUint(uint64(p), 10)
-				}
-				listeners[listenPort] = l
-			} else if (l.TLS == nil) != (tlsCfg == nil) || (tlsCfg != nil && (l.TLS.CertPEM != tlsCfg.CertPEM || l.TLS.Mode != tlsCfg.Mode)) {
-				r.warn("servers[%d]: port %d already serves another server with different TLS settings (one certificate per port is served); skipped", i, p)
-				continue
-			}
 			srv := ingressServer{gw: gwKey, port: p, redirect: s.GetTls().GetHttpsRedirect() && tlsCfg == nil}
 			for _, h := range s.GetHosts() {
 				// "namespace/host" limits which namespaces' VirtualServices may
@@ -136,8 +148,23 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				}
 				srv.hosts = append(srv.hosts, h)
 			}
-			if tlsCfg != nil {
-				tlsCfg.SNIHosts = append(tlsCfg.SNIHosts, srv.hosts...)
+			l := listeners[listenPort]
+			switch {
+			case l == nil:
+				l = &model.L7Listener{Name: s.GetPort().GetName(), Port: listenPort, TLS: tlsCfg}
+				if l.Name == "" {
+					l.Name = "port-" + strconv.FormatUint(uint64(p), 10)
+				}
+				if tlsCfg != nil {
+					tlsCfg.SNIHosts = slices.Clone(srv.hosts)
+				}
+				listeners[listenPort] = l
+			case (l.TLS == nil) != (tlsCfg == nil):
+				r.warn("servers[%d]: port %d already serves another server in %s; skipped", i, p, map[bool]string{true: "plaintext", false: "TLS"}[l.TLS == nil])
+				continue
+			case tlsCfg != nil:
+				// Another server's certificate on the same port: chosen by SNI.
+				addSNI(l, tlsCfg, srv.hosts)
 			}
 			servers[listenPort] = append(servers[listenPort], srv)
 		}

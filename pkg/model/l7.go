@@ -73,6 +73,11 @@ type L7Listener struct {
 	// TLS terminates TLS on an ingress listener (an Istio Gateway server
 	// with tls.mode SIMPLE or MUTUAL); nil serves plaintext.
 	TLS *ListenerTLS `json:",omitempty"`
+	// SNI are further certificates on the port (more Gateway servers with
+	// their own credentials): a client whose TLS SNI matches one of an
+	// entry's SNIHosts gets that entry, an exact host before a wildcard;
+	// TLS serves every other client. Requires TLS.
+	SNI []ListenerTLS `json:",omitempty"`
 }
 
 // TLS modes of an ingress listener, as Istio's ServerTLSSettings names them.
@@ -93,8 +98,9 @@ type ListenerTLS struct {
 	KeyPEM string
 	// ClientCAPEM holds the roots for client certificates (MUTUAL only).
 	ClientCAPEM string `json:",omitempty"`
-	// SNIHosts are the server's hosts; the listener's certificate is served
-	// for any SNI, they are kept for diagnostics.
+	// SNIHosts are the server's hosts (exact, "*.suffix" or "*"): an
+	// L7Listener.SNI entry is chosen by them; the listener's TLS serves any
+	// SNI no entry claims.
 	SNIHosts []string `json:",omitempty"`
 }
 
@@ -589,6 +595,17 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 	if l.TLS != nil {
 		if err := l.TLS.validate(); err != nil {
 			return err
+		}
+	}
+	if len(l.SNI) > 0 && l.TLS == nil {
+		return errors.New("sni certificates on a plaintext listener: set tls as well")
+	}
+	for i := range l.SNI {
+		if err := l.SNI[i].validate(); err != nil {
+			return fmt.Errorf("sni[%d]: %w", i, err)
+		}
+		if len(l.SNI[i].SNIHosts) == 0 {
+			return fmt.Errorf("sni[%d]: no hosts to choose it by", i)
 		}
 	}
 	for i := range l.VirtualHosts {

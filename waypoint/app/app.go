@@ -340,7 +340,7 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			return err
 		}
 		cfg := &waypoint.Config{L7: l7, Policies: policies}
-		var tlsByPort map[uint32]*tls.Config
+		var tlsByPort map[uint32]*portTLS
 		if s.opts.ServeListeners {
 			if tlsByPort, err = ingressTLSConfigs(l7); err != nil {
 				return fmt.Errorf("apply waypoint config %s: %w", name, err)

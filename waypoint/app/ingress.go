@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -17,23 +19,87 @@ import (
 // serves (--serve-listeners), in plaintext or terminating TLS.
 type ingressPort struct {
 	ln  net.Listener // the TCP listener; closing it stops the port
-	tls *atomic.Pointer[tls.Config]
+	tls *atomic.Pointer[portTLS]
+}
+
+// portTLS is what a TLS port serves: a certificate per SNI host, and a
+// default for the rest.
+type portTLS struct {
+	def   *tls.Config
+	exact map[string]*tls.Config // lower-case host
+	wild  []sniWildcard          // longest suffix first
+}
+
+type sniWildcard struct {
+	suffix string // ".example.com" for "*.example.com"
+	cfg    *tls.Config
+}
+
+// forServerName picks the configuration for a client hello's SNI: an exact
+// host, else the longest matching wildcard, else the default.
+func (p *portTLS) forServerName(name string) *tls.Config {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if name == "" {
+		return p.def
+	}
+	if c, ok := p.exact[name]; ok {
+		return c
+	}
+	for _, w := range p.wild {
+		if strings.HasSuffix(name, w.suffix) {
+			return w.cfg
+		}
+	}
+	return p.def
 }
 
 // ingressTLSConfigs builds the server TLS configuration of each TLS
 // listener of l7, by port, so that a bad certificate is refused before the
 // config is applied.
-func ingressTLSConfigs(l7 *model.L7Config) (map[uint32]*tls.Config, error) {
-	out := map[uint32]*tls.Config{}
+func ingressTLSConfigs(l7 *model.L7Config) (map[uint32]*portTLS, error) {
+	out := map[uint32]*portTLS{}
 	for _, l := range l7.Listeners {
 		if l.TLS == nil || l.Port == 0 || l.Port == HBONEPort {
 			continue
 		}
-		cfg, err := serverTLSConfig(l.TLS)
+		def, err := serverTLSConfig(l.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q (port %d): %w", l.Name, l.Port, err)
 		}
-		out[l.Port] = cfg
+		// Every server's hosts choose its certificate, the listener's own
+		// included; a server for "*" (or else the listener's) serves the
+		// names nobody claims.
+		pt := &portTLS{exact: map[string]*tls.Config{}}
+		index := func(cfg *tls.Config, hosts []string) {
+			for _, h := range hosts {
+				h = strings.ToLower(h)
+				switch {
+				case h == "*":
+					if pt.def == nil {
+						pt.def = cfg
+					}
+				case strings.HasPrefix(h, "*."):
+					pt.wild = append(pt.wild, sniWildcard{suffix: h[1:], cfg: cfg})
+				default:
+					if _, taken := pt.exact[h]; !taken {
+						pt.exact[h] = cfg
+					}
+				}
+			}
+		}
+		index(def, l.TLS.SNIHosts)
+		for i := range l.SNI {
+			cfg, err := serverTLSConfig(&l.SNI[i])
+			if err != nil {
+				return nil, fmt.Errorf("listener %q (port %d) certificate for %v: %w", l.Name, l.Port, l.SNI[i].SNIHosts, err)
+			}
+			index(cfg, l.SNI[i].SNIHosts)
+		}
+		if pt.def == nil {
+			pt.def = def
+		}
+		slices.SortStableFunc(pt.wild, func(a, b sniWildcard) int { return len(b.suffix) - len(a.suffix) })
+		out[l.Port] = pt
 	}
 	return out, nil
 }
@@ -68,7 +134,7 @@ func serverTLSConfig(t *model.ListenerTLS) (*tls.Config, error) {
 // theirs), and closes the ports l7 no longer has. A port that changes
 // between plaintext and TLS is reopened. tlsByPort comes from
 // ingressTLSConfigs(l7).
-func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[uint32]*tls.Config) error {
+func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[uint32]*portTLS) error {
 	want := map[uint32]bool{}
 	for _, l := range l7.Listeners {
 		if l.Port != 0 && l.Port != HBONEPort {
@@ -103,7 +169,7 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 		}
 		ip := &ingressPort{ln: ln}
 		if cfg := tlsByPort[port]; cfg != nil {
-			ip.tls = &atomic.Pointer[tls.Config]{}
+			ip.tls = &atomic.Pointer[portTLS]{}
 			ip.tls.Store(cfg)
 		}
 		opened = append(opened, ip)
@@ -115,7 +181,9 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 		if ip.tls != nil {
 			current := ip.tls
 			served = tls.NewListener(ip.ln, &tls.Config{
-				GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return current.Load(), nil },
+				GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+					return current.Load().forServerName(h.ServerName), nil
+				},
 			})
 		}
 		s.serveOn(p, served)

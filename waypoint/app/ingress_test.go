@@ -171,3 +171,75 @@ func TestIngressTLSListener(t *testing.T) {
 		t.Errorf("plaintext listener: %s; want 200", resp.Status)
 	}
 }
+
+// TestIngressSNI: servers on one port with their own certificates: a client
+// gets the certificate of the host it names in SNI (exact before wildcard),
+// and the certificate of the server for "*" for any other name.
+func TestIngressSNI(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	port := freePort(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	shop := newPair(t, "shop.example.com", nil, false)
+	api := newPair(t, "api.example.com", nil, false)
+	dev := newPair(t, "*.dev.example.com", nil, false)
+	special := newPair(t, "special.dev.example.com", nil, false)
+	simple := func(p *pemPair, hosts ...string) model.ListenerTLS {
+		return model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(p.cert), KeyPEM: string(p.key), SNIHosts: hosts}
+	}
+	// The listener's own certificate is for one host; "*" falls to shop's.
+	def := simple(api, "api.example.com")
+	l7 := &model.L7Config{Listeners: []model.L7Listener{{Name: "https", Port: port, TLS: &def,
+		SNI: []model.ListenerTLS{simple(dev, "*.dev.example.com"), simple(shop, "shop.example.com", "*"), simple(special, "special.dev.example.com")},
+		VirtualHosts: []model.VirtualHost{{Name: "all", Domains: []string{"*"},
+			Routes: []model.L7Route{{Name: "hello", DirectResponse: &model.DirectResponse{Status: 200, Body: "hello"}}}}}}}}
+	if err := l7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := waypoint.New(waypoint.Options{Config: &waypoint.Config{L7: l7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
+	byPort, err := ingressTLSConfigs(l7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.syncPorts(p, l7, byPort); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, ip := range s.ports {
+			ip.ln.Close()
+		}
+	})
+	served := func(sni string) string {
+		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("TLS handshake with SNI %q: %v", sni, err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	for sni, want := range map[string]string{
+		"api.example.com":         "api.example.com",
+		"API.Example.com":         "api.example.com",
+		"a.dev.example.com":       "*.dev.example.com",
+		"special.dev.example.com": "special.dev.example.com",
+		"shop.example.com":        "shop.example.com",
+		"other.example.org":       "shop.example.com",
+		"":                        "shop.example.com",
+	} {
+		if got := served(sni); got != want {
+			t.Errorf("SNI %q was served the certificate of %q; want %q", sni, got, want)
+		}
+	}
+
+	bad := *l7
+	bad.Listeners = []model.L7Listener{l7.Listeners[0]}
+	bad.Listeners[0].TLS = nil
+	if err := bad.Validate(); err == nil {
+		t.Error("SNI certificates on a plaintext listener were accepted")
+	}
+}
