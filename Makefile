@@ -10,7 +10,7 @@ export MESHLET_CACHE ?= $(HOME)/.cache/meshlet
 BIN := bin
 GO_TEST_TIMEOUT ?= 25m
 
-.PHONY: help deps build generate crds lint test unit e2e bench bench-meshd bench-waypoint demo lab clean check-generate
+.PHONY: help deps build generate crds lint test unit e2e bench bench-meshd bench-waypoint bench-datapath demo lab clean check-generate
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,9 @@ bench: deps ## benchmarks, results in test/bench/results/
 
 bench-waypoint: ## the waypoint against nginx and no proxy (fortio), kept in test/bench/results/waypoint.txt
 	test/scripts/bench-waypoint.sh
+
+bench-datapath: ## the node agent's data path vs an HAProxy mTLS pair and no mesh, on the lab (holds /tmp/meshlet-lab.lock), kept in test/bench/results/datapath.txt
+	test/scripts/bench-datapath.sh
 
 bench-meshd: ## meshd's benchmarks (push latency, memory, CSRs/s), kept in test/bench/results/meshd.txt
 	test/scripts/bench-meshd.sh
