@@ -81,7 +81,7 @@ func main() {
 	defer stop()
 	var err error
 	if f.configFile != "" {
-		err = runStatic(ctx, f.configFile, f.listen, f.metricsAddr, f.accessLog)
+		err = runStatic(ctx, f)
 	} else {
 		err = run(ctx, f)
 	}

@@ -19,19 +19,28 @@ import (
 // JSON) on a plain HTTP listener, without meshd, HBONE or mesh identity:
 // for developing routes and for benchmarking the proxy against others on
 // the same path. Never a production mode: nothing is authenticated.
-func runStatic(ctx context.Context, path, listen, metricsAddr string, accessLog bool) error {
+//
+// --admin-addr serves pprof here as in mesh mode, so that the benchmark can
+// profile the proxy under load.
+func runStatic(ctx context.Context, f flags) error {
+	path, listen, metricsAddr := f.configFile, f.listen, f.metricsAddr
 	cfg, err := waypoint.LoadConfigFile(path)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	opts := waypoint.Options{Config: cfg, Registerer: reg}
-	if accessLog {
+	if f.accessLog {
 		opts.AccessLog = os.Stdout
 	}
 	p, err := waypoint.New(opts)
 	if err != nil {
 		return fmt.Errorf("--config-file %s: %w", path, err)
+	}
+	if f.adminAddr != "" {
+		if err := serveAdmin(ctx, f.adminAddr); err != nil {
+			return err
+		}
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {

@@ -7,12 +7,19 @@
 # the backend is nginx serving a static 1 KiB file. Results, with the ratios
 # the issue sets as targets, go to test/bench/results/waypoint.txt.
 # Everything listens on 127.0.0.1 and is stopped by PID at exit.
+# BENCH_PROFILE=DIR also writes the waypoint's pprof CPU profile of the
+# max-rate run (cpu.pprof) and its heap and allocs profiles after it, from
+# its loopback admin port, to DIR: `go tool pprof DIR/cpu.pprof`.
+# BENCH_NOTE="..." is written into the results' header (what changed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 cache=${MESHLET_CACHE:-$HOME/.cache/meshlet}
 out=$root/test/bench/results/waypoint.txt
 dur=${BENCH_DURATION:-10s}
+profile=${BENCH_PROFILE:-}
+admin=""
+if [ -n "$profile" ]; then mkdir -p "$profile"; profile=$(cd "$profile" && pwd); admin=127.0.0.1:18090; fi
 
 WITH_BENCH=1 test/scripts/deps.sh
 fortio=$cache/bin/fortio
@@ -62,7 +69,7 @@ cat > "$tmp/waypoint.json" <<EOF
   "Routes": [{"Name": "all", "Destinations": [{"Cluster": "backend", "Weight": 100}]}]}]}],
   "Clusters": [{"Name": "backend", "Endpoints": [{"Address": "127.0.0.1:18000"}]}]}}
 EOF
-GOMAXPROCS=1 "$tmp/waypoint" --config-file "$tmp/waypoint.json" --listen 127.0.0.1:18080 --metrics-addr "" --access-log=false &
+GOMAXPROCS=1 "$tmp/waypoint" --config-file "$tmp/waypoint.json" --listen 127.0.0.1:18080 --metrics-addr "" --admin-addr "$admin" --access-log=false &
 pids+=($!)
 wp=$!
 for port in 18000 18080 18081; do
@@ -80,11 +87,21 @@ run() {
   local name=$1 port=$2 qps=$3 procs=""
   case $name in waypoint) procs=$wp ;; nginx) procs=$(nginx_pids) ;; esac
   local c0=0; [ -n "$procs" ] && c0=$(cpu_of $procs)
-  local t0; t0=$(date +%s.%N)
+  local t0; t0=$(date +%s.%N) prof=""
+  if [ -n "$profile" ] && [ "$name" = waypoint ] && [ "$qps" = 0 ]; then
+    # The CPU profile covers the run but its first and last second.
+    (sleep 1; curl -sf -o "$profile/cpu.pprof" "http://$admin/debug/pprof/profile?seconds=$(( ${dur%s} - 2 ))") &
+    prof=$!
+  fi
   if ! "$fortio" load -quiet -qps "$qps" -c 16 -t "$dur" -json "$tmp/$name-$qps.json" "http://127.0.0.1:$port/" >"$tmp/$name-$qps.log" 2>&1; then
     echo "fortio against $name failed:" >&2; tail -5 "$tmp/$name-$qps.log" >&2; exit 1
   fi
   local t1; t1=$(date +%s.%N)
+  if [ -n "$prof" ]; then
+    wait "$prof" || echo "bench: no CPU profile from the waypoint" >&2
+    curl -sf -o "$profile/heap.pprof" "http://$admin/debug/pprof/heap"
+    curl -sf -o "$profile/allocs.pprof" "http://$admin/debug/pprof/allocs"
+  fi
   local cores=0
   if [ -n "$procs" ]; then cores=$(echo "($(cpu_of $procs) - $c0) / $ticks / ($t1 - $t0)" | bc -l); fi
   jq -r --arg cores "$cores" '[.ActualQPS, (.DurationHistogram.Percentiles[] | select(.Percentile==50) | .Value*1000),
@@ -103,6 +120,7 @@ wp_rss=$(rss_kb $wp); ng_rss=$(rss_kb $(nginx_pids))
 {
   echo "# waypoint vs nginx vs direct — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(go version | awk '{print $3, $4}'), $(nproc) CPUs, $(git rev-parse --short HEAD)"
   echo "# fortio -c 16 -t $dur, 1 KiB answers from an nginx static backend; proxies on one core each"
+  if [ -n "${BENCH_NOTE:-}" ]; then echo "# changes: $BENCH_NOTE"; fi
   echo "# targets: waypoint CPU <= 0.1 core per 1000 req/s; RSS < 40 MB; max req/s per core >= nginx's"
   echo
   printf "%-9s %10s %9s %9s %9s %12s\n" "fixed1k" "req/s" "p50 ms" "p90 ms" "p99 ms" "proxy cores"
