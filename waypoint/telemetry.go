@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,7 +71,8 @@ type metrics struct {
 	tcpSent    *prometheus.CounterVec
 	tcpRecv    *prometheus.CounterVec
 	registered bool
-	cache      sync.Map // label values joined by 0xff → *series
+	cache      atomic.Pointer[map[seriesKey]*series] // see seriesFor
+	cacheMu    sync.Mutex                            // serializes cache writers
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -180,27 +182,56 @@ func (m *metrics) observe(rec *record) {
 	if m == nil || !m.registered {
 		return
 	}
-	p, d := rec.peer, rec.dest
-	security := "none"
-	if p.Principal != "" {
-		security = "mutual_tls"
+	p := &rec.peer
+	k := seriesKey{
+		srcWorkload: p.Workload, srcNamespace: p.Namespace, srcPrincipal: p.Principal,
+		dest: rec.dest, grpc: rec.grpcStatus != "",
+		code: rec.code, grpcStatus: rec.grpcStatus, flags: rec.flagString(),
 	}
-	// Values in istioLabels order.
-	values := [...]string{
-		"waypoint",
-		orUnknown(p.Workload), orUnknown(p.Namespace), orUnknown(spiffeURI(p.Principal)),
-		orUnknown(p.Labels["app"]), orUnknown(p.Labels["version"]),
-		orUnknown(p.Labels["service.istio.io/canonical-name"]), orUnknown(p.Labels["service.istio.io/canonical-revision"]), "unknown",
-		orUnknown(d.workload), orUnknown(d.namespace), "unknown", orUnknown(d.app), orUnknown(d.version),
-		orUnknown(d.service), orUnknown(d.name), orUnknown(d.namespace),
-		orUnknown(d.app), orUnknown(d.version), "unknown",
-		requestProtocol(rec), strconv.Itoa(rec.code), rec.grpcStatus, rec.flagString(), security,
+	if p.Labels != nil {
+		k.srcApp, k.srcVersion = p.Labels["app"], p.Labels["version"]
+		k.srcCanonName, k.srcCanonRev = p.Labels["service.istio.io/canonical-name"], p.Labels["service.istio.io/canonical-revision"]
 	}
-	s := m.seriesFor(values[:])
+	s := m.seriesFor(&k)
 	s.requests.Inc()
 	s.duration.Observe(float64(time.Since(rec.start).Microseconds()) / 1000)
 	s.reqBytes.Observe(float64(rec.bytesIn))
 	s.respBytes.Observe(float64(rec.bytesOut))
+}
+
+// seriesKey is what a request's Istio label values are made of: the same
+// key always yields the same values, so it stands for them in the cache
+// without building the 25 strings per request.
+type seriesKey struct {
+	srcWorkload, srcNamespace, srcPrincipal       string
+	srcApp, srcVersion, srcCanonName, srcCanonRev string
+	dest                                          destInfo
+	grpc                                          bool
+	code                                          int
+	grpcStatus, flags                             string
+}
+
+// labelValues are the key's values in istioLabels order.
+func (k *seriesKey) labelValues() []string {
+	d := k.dest
+	security := "none"
+	if k.srcPrincipal != "" {
+		security = "mutual_tls"
+	}
+	protocol := "http"
+	if k.grpc {
+		protocol = "grpc"
+	}
+	return []string{
+		"waypoint",
+		orUnknown(k.srcWorkload), orUnknown(k.srcNamespace), orUnknown(spiffeURI(k.srcPrincipal)),
+		orUnknown(k.srcApp), orUnknown(k.srcVersion),
+		orUnknown(k.srcCanonName), orUnknown(k.srcCanonRev), "unknown",
+		orUnknown(d.workload), orUnknown(d.namespace), "unknown", orUnknown(d.app), orUnknown(d.version),
+		orUnknown(d.service), orUnknown(d.name), orUnknown(d.namespace),
+		orUnknown(d.app), orUnknown(d.version), "unknown",
+		protocol, strconv.Itoa(k.code), k.grpcStatus, k.flags, security,
+	}
 }
 
 // series are one label combination's metrics, cached so that a request
@@ -210,26 +241,44 @@ type series struct {
 	duration, reqBytes, respBytes prometheus.Observer
 }
 
-func (m *metrics) seriesFor(values []string) *series {
-	key := strings.Join(values, "\xff")
-	if s, ok := m.cache.Load(key); ok {
-		return s.(*series)
+// seriesFor returns the cached series of k. Reads take no lock: the cache
+// is an immutable map replaced (copied) when a new label combination
+// appears, which is rare after warm-up since label values are bounded.
+func (m *metrics) seriesFor(k *seriesKey) *series {
+	if c := m.cache.Load(); c != nil {
+		if s, ok := (*c)[*k]; ok {
+			return s
+		}
 	}
+	m.cacheMu.Lock()
+	defer m.cacheMu.Unlock()
+	old := m.cache.Load()
+	if old != nil {
+		if s, ok := (*old)[*k]; ok {
+			return s
+		}
+	}
+	values := k.labelValues()
 	s := &series{
 		requests:  m.requests.WithLabelValues(values...),
 		duration:  m.duration.WithLabelValues(values...),
 		reqBytes:  m.reqBytes.WithLabelValues(values...),
 		respBytes: m.respBytes.WithLabelValues(values...),
 	}
-	actual, _ := m.cache.LoadOrStore(key, s)
-	return actual.(*series)
+	next := make(map[seriesKey]*series, 1+len(mapOrNil(old)))
+	for k, v := range mapOrNil(old) {
+		next[k] = v
+	}
+	next[*k] = s
+	m.cache.Store(&next)
+	return s
 }
 
-func requestProtocol(rec *record) string {
-	if rec.grpcStatus != "" {
-		return "grpc"
+func mapOrNil(m *map[seriesKey]*series) map[seriesKey]*series {
+	if m == nil {
+		return nil
 	}
-	return "http"
+	return *m
 }
 
 func spiffeURI(p string) string {

@@ -39,39 +39,75 @@ type traceContext struct {
 // through unchanged. An invalid traceparent is replaced, as the W3C spec
 // requires.
 func startTrace(h http.Header, samplePercent float64) traceContext {
-	tc := traceContext{spanID: randomHex(8)}
-	if v, p, flags, ok := parseTraceparent(h.Get("Traceparent")); ok {
-		tc.traceID, tc.parentID, tc.sampled = v, p, flags&1 == 1
+	// The outgoing traceparent is built in one buffer, with random IDs
+	// from one read, and the context's IDs are slices of that one string.
+	var rnd [24]byte // span ID, then a new trace ID if one is needed
+	var tc traceContext
+	v, parent, flags, ok := parseTraceparent(h.Get("Traceparent"))
+	if ok {
+		crand.Read(rnd[:8])
+		tc.parentID, tc.sampled = parent, flags&1 == 1
 	} else {
-		tc.traceID, tc.sampled = randomHex(16), chance(samplePercent)
+		crand.Read(rnd[:])
+		tc.sampled = chance(samplePercent)
 		h.Del("Tracestate")
 	}
-	flags := "00"
-	if tc.sampled {
-		flags = "01"
+	var b [traceparentLen]byte
+	copy(b[:], "00-")
+	if ok {
+		copy(b[3:35], v)
+	} else {
+		hex.Encode(b[3:35], rnd[8:24])
 	}
-	h.Set("Traceparent", "00-"+tc.traceID+"-"+tc.spanID+"-"+flags)
+	b[35] = '-'
+	hex.Encode(b[36:52], rnd[:8])
+	copy(b[52:], "-00")
+	if tc.sampled {
+		b[54] = '1'
+	}
+	tp := string(b[:])
+	tc.traceID, tc.spanID = tp[3:35], tp[36:52]
+	h["Traceparent"] = []string{tp}
 	return tc
 }
 
+// traceparentLen is the length of a version 00 traceparent:
+// "00-" trace ID (32) "-" parent ID (16) "-" flags (2).
+const traceparentLen = 55
+
+// parseTraceparent checks a traceparent by its fixed layout, without
+// allocating: version 00 is exactly traceparentLen long; later versions may
+// append "-" and more fields.
 func parseTraceparent(v string) (traceID, parentID string, flags byte, ok bool) {
-	parts := strings.Split(strings.TrimSpace(v), "-")
-	if len(parts) < 4 || len(parts[0]) != 2 || parts[0] == "ff" || len(parts[1]) != 32 || len(parts[2]) != 16 || len(parts[3]) != 2 {
+	v = strings.TrimSpace(v)
+	if len(v) < traceparentLen || v[2] != '-' || v[35] != '-' || v[52] != '-' {
 		return "", "", 0, false
 	}
-	if parts[0] == "00" && len(parts) != 4 {
+	version := v[:2]
+	if version == "ff" || (version == "00" && len(v) != traceparentLen) || (len(v) > traceparentLen && v[traceparentLen] != '-') {
 		return "", "", 0, false
 	}
-	for _, p := range parts[:4] {
+	traceID, parentID, fl := v[3:35], v[36:52], v[53:55]
+	for _, p := range [...]string{version, traceID, parentID, fl} {
 		if !isLowerHex(p) {
 			return "", "", 0, false
 		}
 	}
-	if parts[1] == strings.Repeat("0", 32) || parts[2] == strings.Repeat("0", 16) {
+	if allZero(traceID) || allZero(parentID) {
 		return "", "", 0, false
 	}
-	f, _ := hex.DecodeString(parts[3])
-	return parts[1], parts[2], f[0], true
+	var f [1]byte
+	hex.Decode(f[:], []byte(fl))
+	return traceID, parentID, f[0], true
+}
+
+func allZero(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '0' {
+			return false
+		}
+	}
+	return true
 }
 
 func isLowerHex(s string) bool {
@@ -82,10 +118,4 @@ func isLowerHex(s string) bool {
 		}
 	}
 	return true
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	crand.Read(b)
-	return hex.EncodeToString(b)
 }
