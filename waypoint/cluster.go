@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -80,7 +79,8 @@ type upstream struct {
 	endpoints       []*endpoint
 	weighted        bool // some endpoint has a weight other than 1
 	policy          model.TrafficPolicy
-	h1, h2          *http.Transport
+	h1              *h1Client
+	h2              *http.Transport
 	h1Pool, h2Pool  *connLimiter
 	rr              atomic.Uint64
 	metrics         *metrics
@@ -110,8 +110,8 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 		u.weighted = u.weighted || w != 1
 		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w})
 	}
-	u.h1 = newTransport(&tp.Pool, opts, false)
-	u.h2 = newTransport(&tp.Pool, opts, true)
+	u.h1 = newH1Client(&tp.Pool, opts)
+	u.h2 = newH2Transport(&tp.Pool, opts)
 	// For HTTP/1.1 each connection carries one request at a time, so
 	// maxConnections also bounds requests in flight; HTTP/2 multiplexes and
 	// is bounded by http2MaxRequests (Envoy's circuit breaker thresholds).
@@ -134,11 +134,13 @@ func (u *upstream) useH2(grpc bool) bool {
 }
 
 func (u *upstream) close() {
-	u.h1.CloseIdleConnections()
+	u.h1.closeIdle()
 	u.h2.CloseIdleConnections()
 }
 
-func newTransport(p *model.ConnectionPool, opts *Options, h2 bool) *http.Transport {
+// newH2Transport is the HTTP/2 (h2c) transport of an upstream: gRPC, and
+// clusters marked HTTP2. HTTP/1.1 goes through h1Client.
+func newH2Transport(p *model.ConnectionPool, opts *Options) *http.Transport {
 	dial := opts.DialContext
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
@@ -151,53 +153,21 @@ func newTransport(p *model.ConnectionPool, opts *Options, h2 bool) *http.Transpo
 	if idle == 0 {
 		idle = time.Hour
 	}
-	t := &http.Transport{
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 			defer cancel()
-			c, err := dial(ctx, network, addr)
-			if err != nil || h2 || p.MaxRequestsPerConnection <= 1 {
-				return c, err
-			}
-			return &countedConn{Conn: c}, nil
+			return dial(ctx, network, addr)
 		},
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     idle,
 		MaxConnsPerHost:     p.MaxConnections,
 		DisableCompression:  true,
 		DisableKeepAlives:   p.MaxRequestsPerConnection == 1,
+		Protocols:           &protos,
 	}
-	if h2 {
-		var protos http.Protocols
-		protos.SetUnencryptedHTTP2(true)
-		t.Protocols = &protos
-	}
-	return t
-}
-
-// countedConn counts the HTTP/1.1 requests sent on an upstream connection,
-// for maxRequestsPerConnection.
-type countedConn struct {
-	net.Conn
-	requests atomic.Int64
-}
-
-// limitRequestsPerConn returns a ClientTrace hook that marks the request
-// that reaches maxRequestsPerConnection on its connection as the last one
-// ("Connection: close"), so the transport retires the connection after it.
-// The hook runs in RoundTrip before the request is written.
-func limitRequestsPerConn(req *http.Request, max int) *http.Request {
-	if max <= 1 {
-		return req
-	}
-	var out *http.Request
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if c, ok := info.Conn.(*countedConn); ok && c.requests.Add(1) >= int64(max) {
-			out.Close = true
-		}
-	}}
-	out = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-	return out
 }
 
 // connLimiter is a circuit breaker: up to max requests in flight, up to

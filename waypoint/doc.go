@@ -46,7 +46,10 @@
 // pools and outlier state, and unchanged rate limits keep their buckets.
 //
 // The upstream protocol is HTTP/2 (h2c) for gRPC requests and for clusters
-// marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke.
+// marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke. HTTP/2 goes
+// through http.Transport; HTTP/1.1 through h1Client, a keep-alive pool that
+// sends each request on the handler's goroutine (cheaper per request than
+// the transport's goroutines per connection).
 //
 // Known limits: a request body is buffered up front (for retries and
 // mirrors) only when its length is known and at most

@@ -116,22 +116,8 @@ func TestGRPCFaultAbort(t *testing.T) {
 
 func TestTCPFallbackL4Policy(t *testing.T) {
 	var accepted atomic.Int64
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	cfg := oneRoute([]model.L7Cluster{clusterOf("tcp", l.Addr().String())}, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}})
+	echo := tcpBackend(t, func(c net.Conn) { accepted.Add(1); io.Copy(c, c) })
+	cfg := oneRoute([]model.L7Cluster{clusterOf("tcp", echo)}, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}})
 	cfg.TCPCluster = "tcp"
 	// Only sleep may connect; the TCP client has no identity.
 	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "only-sleep", Rules: []policy.Rule{{From: []policy.Source{{Principals: []string{"cluster.local/ns/default/sa/sleep"}}}}}}}

@@ -29,6 +29,28 @@ func backend(t testing.TB, h http.Handler) string {
 	return s.Listener.Addr().String()
 }
 
+// tcpBackend starts a loopback TCP server that runs handle on each
+// connection (in its own goroutine, closing it after) and returns its
+// host:port.
+func tcpBackend(t testing.TB, handle func(c net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	return l.Addr().String()
+}
+
 // named answers with its name and counts requests.
 type named struct {
 	name string

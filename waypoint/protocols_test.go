@@ -158,21 +158,8 @@ func TestWebSocket(t *testing.T) {
 }
 
 func TestTCPFallback(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	cfg := oneRoute([]model.L7Cluster{clusterOf("tcp", l.Addr().String())}, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}})
+	echo := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
+	cfg := oneRoute([]model.L7Cluster{clusterOf("tcp", echo)}, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}})
 	cfg.TCPCluster = "tcp"
 	h := start(t, cfg, nil)
 	for _, first := range []string{"hello, not http\n", "\x00\x01binary"} {

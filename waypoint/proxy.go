@@ -190,6 +190,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		if al := cfg.telemetry.AccessLog; al == nil || *al {
 			p.log.log(rec)
 		}
+		freeRecord(rec)
 	}()
 	grpc := isGRPC(req)
 	sampling := p.opts.TraceSampling
@@ -430,7 +431,8 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		attempts = 1
 	}
 	var next io.ReadCloser
-	transport, pool := up.h1, up.h1Pool
+	var transport http.RoundTripper = up.h1
+	pool := up.h1Pool
 	if up.useH2(grpc) {
 		transport, pool = up.h2, up.h2Pool
 	}
@@ -459,15 +461,21 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		release := func() { ep.active.Add(-1); pool.release() }
 		rec.upstreamHost = ep.addr
 
-		tryCtx, cancelTry := context.WithCancel(ctx)
+		// A try gets its own context only when a per-try timeout can end
+		// it: a cancelable context costs allocations and a registration
+		// with the request's context on every request.
+		attempt, cancelTry := out, func() {}
 		var perTryFired atomic.Bool
 		var timer *time.Timer
 		if rp.PerTryTimeout > 0 {
+			var tryCtx context.Context
+			tryCtx, cancelTry = context.WithCancel(ctx)
 			timer = time.AfterFunc(rp.PerTryTimeout, func() { perTryFired.Store(true); cancelTry() })
-		}
-		attempt := out.WithContext(tryCtx)
-		if !up.useH2(grpc) {
-			attempt = limitRequestsPerConn(attempt, up.policy.Pool.MaxRequestsPerConnection)
+			attempt = out.WithContext(tryCtx)
+		} else if try > 0 {
+			// A new Request per retry: the transport may still hold the
+			// previous one while it finishes writing its body.
+			attempt = out.WithContext(ctx)
 		}
 		attempt.URL.Host = ep.addr
 		attempt.URL.Scheme = "http"
@@ -764,7 +772,7 @@ func (p *Proxy) sendMirror(m *http.Request, up *upstream, cancel context.CancelF
 		return
 	}
 	m.URL.Host, m.URL.Scheme = ep.addr, "http"
-	t := up.h1
+	var t http.RoundTripper = up.h1
 	if up.useH2(isGRPC(m)) {
 		t = up.h2
 	}
@@ -935,8 +943,15 @@ func (p *Proxy) logf(format string, args ...any) {
 	}
 }
 
+// records are reused across requests: a record is some 600 bytes, and
+// every request has one.
+var records = sync.Pool{New: func() any { return new(record) }}
+
+// newRecord starts a request's record; freeRecord gives it back once the
+// request's telemetry is written, and nothing may hold it after.
 func newRecord(req *http.Request, peer Peer) *record {
-	rec := &record{
+	rec := records.Get().(*record)
+	*rec = record{
 		start:     time.Now(),
 		method:    req.Method,
 		path:      req.URL.RequestURI(),
@@ -958,6 +973,11 @@ func newRecord(req *http.Request, peer Peer) *record {
 		rec.requestID = hex.EncodeToString(b[:])
 	}
 	return rec
+}
+
+func freeRecord(rec *record) {
+	*rec = record{}
+	records.Put(rec)
 }
 
 // destFor fills telemetry's destination labels from the cluster name
@@ -1138,9 +1158,14 @@ func upgradeType(h http.Header) string {
 	return ""
 }
 
+// copyHeader sets dst's fields from src's. The value slices are shared, not
+// copied (one allocation less per field and request): src must not change
+// afterwards, as an upstream answer's header, dropped once copied, does not;
+// and dst's edits (Set, Add, Del) replace or extend a slice, never write
+// into the part src sees.
 func copyHeader(dst, src http.Header) {
 	for k, vv := range src {
-		dst[k] = append(dst[k][:0:0], vv...)
+		dst[k] = vv
 	}
 }
 

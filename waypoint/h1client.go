@@ -1,0 +1,447 @@
+package waypoint
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// h1Client sends requests upstream over HTTP/1.1: keep-alive connections
+// pooled per endpoint address, and a RoundTrip that writes the request and
+// reads the response on the caller's goroutine. It stands in for
+// http.Transport on HTTP/1.1 upstreams because the transport's two
+// goroutines per connection, and the channel hand-offs between them and the
+// caller on every request, cost more CPU than the rest of the proxy put
+// together (make bench-waypoint; BENCH_PROFILE shows it). HTTP/2 upstreams
+// keep http.Transport.
+//
+// It keeps what the waypoint used of http.Transport: at most maxConns
+// connections per endpoint (requests wait for one), idle connections closed
+// after idleTimeout, no keep-alive when maxRequestsPerConnection is 1 and
+// "Connection: close" on a connection's last request otherwise, 1xx
+// answers skipped, a 101's body being the connection (io.ReadWriteCloser),
+// a request body written while the answer is read (for streams and early
+// answers), a retry on another connection when a reused one turns out
+// closed by the server before it answered, and cancellation by the
+// request's context. Requests and answers are written and parsed by
+// net/http (Request.Write, ReadResponse), as the transport does.
+type h1Client struct {
+	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
+	connectTimeout time.Duration
+	idleTimeout    time.Duration
+	maxConns       int // per endpoint; 0: unlimited
+	maxRequests    int // per connection; 0: unlimited; 1: no keep-alive
+
+	mu     sync.Mutex
+	hosts  map[string]*h1Host
+	closed bool // closeIdle was called: returned connections are closed
+}
+
+// h1Host is the pool of one endpoint address.
+type h1Host struct {
+	idle    []*h1Conn // most recently used last
+	open    int
+	waiters []chan *h1Conn // a nil *h1Conn means: a connection slot was freed
+}
+
+// h1Conn is one upstream connection.
+type h1Conn struct {
+	net.Conn
+	addr     string
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	requests int
+	idleAt   time.Time
+	reused   bool
+}
+
+func newH1Client(p *model.ConnectionPool, opts *Options) *h1Client {
+	c := &h1Client{
+		dial:           opts.DialContext,
+		connectTimeout: p.ConnectTimeout,
+		idleTimeout:    p.IdleTimeout,
+		maxConns:       p.MaxConnections,
+		maxRequests:    p.MaxRequestsPerConnection,
+		hosts:          map[string]*h1Host{},
+	}
+	if c.dial == nil {
+		c.dial = (&net.Dialer{}).DialContext
+	}
+	if c.connectTimeout == 0 {
+		c.connectTimeout = 10 * time.Second
+	}
+	if c.idleTimeout == 0 {
+		c.idleTimeout = time.Hour
+	}
+	return c
+}
+
+// errClosedBeforeAnswer is a reused connection that ended before any byte
+// of an answer: the server had closed it while it was idle.
+var errClosedBeforeAnswer = errors.New("upstream closed a reused connection before answering")
+
+// RoundTrip sends req to req.URL.Host. The answer's body must be read to
+// its end or closed; only then is the connection reused.
+func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	addr := req.URL.Host
+	for {
+		pc, err := c.getConn(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.send(pc, req)
+		if err == nil {
+			return resp, nil
+		}
+		if !pc.reused || !errors.Is(err, errClosedBeforeAnswer) || ctx.Err() != nil {
+			return nil, err
+		}
+		// As http.Transport does, the request goes again on another
+		// connection when the server could not have acted on it: nothing
+		// came back and it is idempotent, and its body can be sent again.
+		if !replayable(req) {
+			return nil, err
+		}
+		if req.GetBody != nil {
+			b, gerr := req.GetBody()
+			if gerr != nil {
+				return nil, err
+			}
+			r2 := req.WithContext(ctx)
+			r2.Body = b
+			req = r2
+		}
+	}
+}
+
+// replayable mirrors http.Request's rule for resending a request after a
+// reused connection failed: an idempotent method (or an idempotency key)
+// and a body that is absent or can be produced again.
+func replayable(r *http.Request) bool {
+	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
+		return false
+	}
+	switch r.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := r.Header["Idempotency-Key"]
+	_, xkey := r.Header["X-Idempotency-Key"]
+	return key || xkey
+}
+
+// send writes req on pc and reads the answer's head. On error pc is
+// closed.
+func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
+	pc.requests++
+	if c.maxRequests == 1 || (c.maxRequests > 1 && pc.requests >= c.maxRequests) {
+		if !req.Close {
+			// The connection's last request says so, and the server
+			// closes it after answering.
+			req = req.WithContext(req.Context())
+			req.Close = true
+		}
+	}
+	ctx := req.Context()
+	stop := context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo) })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		c.discard(pc)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	var written chan error
+	if req.Body == nil || req.Body == http.NoBody {
+		if err := req.Write(pc.bw); err != nil {
+			return fail(err)
+		}
+		if err := pc.bw.Flush(); err != nil {
+			if pc.reused {
+				err = fmt.Errorf("%w: %w", errClosedBeforeAnswer, err)
+			}
+			return fail(err)
+		}
+	} else {
+		// The body goes while the answer is read: a server may answer
+		// before reading all of it, or stream back as it reads.
+		written = make(chan error, 1)
+		go pc.writeRequest(req, written)
+	}
+	resp, err := pc.readResponse(req)
+	if err != nil {
+		if written != nil {
+			pc.Close() // ends a write still blocked
+			if werr := <-written; werr != nil && !errors.Is(err, errClosedBeforeAnswer) {
+				err = werr
+			}
+		}
+		return fail(err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection now belongs to the caller.
+		stop()
+		resp.Body = &h1Upgraded{Conn: pc.Conn, br: pc.br}
+		c.forget(pc)
+		return resp, nil
+	}
+	b := &h1Body{c: c, pc: pc, body: resp.Body, stop: stop, written: written, keep: !resp.Close && !req.Close}
+	if resp.Body == http.NoBody {
+		b.finish(true)
+		return resp, nil
+	}
+	resp.Body = b
+	return resp, nil
+}
+
+// writeRequest writes a request with a body, concurrently with the answer
+// being read; it reports the write's end on done.
+func (pc *h1Conn) writeRequest(req *http.Request, done chan<- error) {
+	err := req.Write(pc.bw)
+	if err == nil {
+		err = pc.bw.Flush()
+	}
+	done <- err
+}
+
+// readResponse reads the answer's head, skipping 1xx interim answers other
+// than 101.
+func (pc *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
+	for skipped := 0; ; skipped++ {
+		if _, err := pc.br.Peek(1); err != nil {
+			if pc.reused && skipped == 0 {
+				return nil, fmt.Errorf("%w: %w", errClosedBeforeAnswer, err)
+			}
+			return nil, fmt.Errorf("read upstream answer: %w", err)
+		}
+		resp, err := http.ReadResponse(pc.br, req)
+		if err != nil {
+			return nil, fmt.Errorf("read upstream answer: %w", err)
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		if skipped == 5 {
+			return nil, errors.New("read upstream answer: too many 1xx answers")
+		}
+	}
+}
+
+// h1Body is an answer's body; reading it to its end gives the connection
+// back to the pool.
+type h1Body struct {
+	c       *h1Client
+	pc      *h1Conn
+	body    io.ReadCloser
+	stop    func() bool
+	written chan error // nil: the request was written before the answer was read
+	keep    bool       // neither side asked to close the connection
+	done    bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if !b.done {
+		b.finish(false)
+	}
+	return nil
+}
+
+// finish ends the exchange: the connection is reused when the answer was
+// read to its end, the request fully written, the context did not cut the
+// connection and neither side asked to close it; otherwise it is closed.
+func (b *h1Body) finish(complete bool) {
+	b.done = true
+	stopped := b.stop() // false: the context ended and cut the connection
+	reuse := complete && b.keep && stopped
+	if b.written != nil {
+		select {
+		case err := <-b.written:
+			reuse = reuse && err == nil
+		default:
+			reuse = false // still writing: closing the connection ends the write
+			b.pc.Close()
+			<-b.written
+		}
+	}
+	if reuse {
+		b.c.put(b.pc)
+	} else {
+		b.c.discard(b.pc)
+	}
+}
+
+// h1Upgraded is the connection after a 101, with the bytes already read
+// from it.
+type h1Upgraded struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (u *h1Upgraded) Read(p []byte) (int, error) { return u.br.Read(p) }
+
+// getConn takes an idle connection to addr, dials one if fewer than
+// maxConns are open, or else waits for one to be given back or closed.
+func (c *h1Client) getConn(ctx context.Context, addr string) (*h1Conn, error) {
+	for {
+		c.mu.Lock()
+		h := c.hosts[addr]
+		if h == nil {
+			h = &h1Host{}
+			c.hosts[addr] = h
+		}
+		for n := len(h.idle); n > 0; n = len(h.idle) {
+			pc := h.idle[n-1]
+			h.idle[n-1] = nil
+			h.idle = h.idle[:n-1]
+			if time.Since(pc.idleAt) > c.idleTimeout {
+				h.open--
+				pc.Close()
+				continue
+			}
+			c.mu.Unlock()
+			pc.reused = true
+			return pc, nil
+		}
+		if c.maxConns <= 0 || h.open < c.maxConns {
+			h.open++
+			c.mu.Unlock()
+			return c.dialConn(ctx, addr)
+		}
+		wait := make(chan *h1Conn, 1)
+		h.waiters = append(h.waiters, wait)
+		c.mu.Unlock()
+		select {
+		case pc := <-wait:
+			if pc != nil {
+				pc.reused = true
+				return pc, nil
+			}
+			// A slot was freed: go round again.
+		case <-ctx.Done():
+			c.mu.Lock()
+			for i, w := range h.waiters {
+				if w == wait {
+					h.waiters = append(h.waiters[:i], h.waiters[i+1:]...)
+					break
+				}
+			}
+			c.mu.Unlock()
+			select {
+			case pc := <-wait: // handed over as the wait ended
+				if pc != nil {
+					c.put(pc)
+				} else {
+					c.wakeOne(addr)
+				}
+			default:
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
+	defer cancel()
+	conn, err := c.dial(dctx, "tcp", addr)
+	if err != nil {
+		c.released(addr)
+		return nil, err
+	}
+	return &h1Conn{Conn: conn, addr: addr, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}, nil
+}
+
+// put gives a connection back: to a waiting request, or to the idle pool.
+func (c *h1Client) put(pc *h1Conn) {
+	pc.idleAt = time.Now()
+	c.mu.Lock()
+	h := c.hosts[pc.addr]
+	if len(h.waiters) > 0 {
+		w := h.waiters[0]
+		h.waiters = h.waiters[1:]
+		c.mu.Unlock()
+		w <- pc
+		return
+	}
+	if c.closed {
+		c.mu.Unlock()
+		c.discard(pc)
+		return
+	}
+	h.idle = append(h.idle, pc)
+	c.mu.Unlock()
+}
+
+// discard closes a connection and frees its slot.
+func (c *h1Client) discard(pc *h1Conn) {
+	pc.Close()
+	c.released(pc.addr)
+}
+
+// forget frees the slot of a connection handed over after a 101.
+func (c *h1Client) forget(pc *h1Conn) { c.released(pc.addr) }
+
+func (c *h1Client) released(addr string) {
+	c.mu.Lock()
+	c.hosts[addr].open--
+	c.mu.Unlock()
+	c.wakeOne(addr)
+}
+
+// wakeOne tells the first waiting request that it may dial.
+func (c *h1Client) wakeOne(addr string) {
+	c.mu.Lock()
+	h := c.hosts[addr]
+	if len(h.waiters) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	w := h.waiters[0]
+	h.waiters = h.waiters[1:]
+	c.mu.Unlock()
+	w <- nil
+}
+
+// closeIdle closes the idle connections; connections given back later are
+// closed too (the upstream was replaced or the proxy closed).
+func (c *h1Client) closeIdle() {
+	c.mu.Lock()
+	c.closed = true
+	var idle []*h1Conn
+	for _, h := range c.hosts {
+		idle = append(idle, h.idle...)
+		h.open -= len(h.idle)
+		h.idle = nil
+	}
+	c.mu.Unlock()
+	for _, pc := range idle {
+		pc.Close()
+	}
+}
+
+// aLongTimeAgo is a deadline in the past: it ends blocked reads and writes
+// at once.
+var aLongTimeAgo = time.Unix(1, 0)
