@@ -84,6 +84,9 @@ type upstream struct {
 	h1Pool, h2Pool  *connLimiter
 	rr              atomic.Uint64
 	metrics         *metrics
+	// dest is the telemetry destination of a request to this upstream
+	// until an endpoint is picked (destOf).
+	dest destInfo
 }
 
 type endpoint struct {
@@ -110,6 +113,7 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 		u.weighted = u.weighted || w != 1
 		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w})
 	}
+	u.dest = destOf(u)
 	u.h1 = newH1Client(&tp.Pool, opts)
 	u.h2 = newH2Transport(&tp.Pool, opts)
 	// For HTTP/1.1 each connection carries one request at a time, so

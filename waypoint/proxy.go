@@ -642,8 +642,12 @@ func shouldRetryOn(rp *model.RetryPolicy, status int, grpcStatus string, kind fa
 			if c, ok := grpcRetryCodes[on]; ok && grpcStatus == c {
 				return true
 			}
-			if n, err := strconv.Atoi(on); err == nil && n == status {
-				return true
+			// A status code; the digit check spares building an error
+			// for each named condition on every answer.
+			if on != "" && on[0] >= '0' && on[0] <= '9' {
+				if n, err := strconv.Atoi(on); err == nil && n == status {
+					return true
+				}
 			}
 		}
 	}
@@ -897,7 +901,10 @@ func (p *Proxy) peer(req *http.Request) Peer {
 		}
 	}
 	if pr.DestinationPort == 0 {
-		if a, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		switch a := req.Context().Value(http.LocalAddrContextKey).(type) {
+		case *net.TCPAddr:
+			pr.DestinationPort = uint32(a.Port)
+		case net.Addr:
 			if ap, err := netip.ParseAddrPort(a.String()); err == nil {
 				pr.DestinationPort = uint32(ap.Port())
 			}
@@ -965,7 +972,7 @@ func newRecord(req *http.Request, peer Peer) *record {
 	}
 	rec.downstreamRem = req.RemoteAddr
 	if a, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		rec.downstreamLoc = a.String()
+		rec.downstreamLoc = a // formatted only if the access log is written
 	}
 	if rec.requestID == "" {
 		var b [16]byte
@@ -996,7 +1003,11 @@ func (d *destInfo) setEndpoint(ep *endpoint) {
 	}
 }
 
-func destFor(up *upstream) destInfo {
+// destFor is up's destination labels before an endpoint is picked; they
+// are worked out once, when the upstream is built (see newUpstream).
+func destFor(up *upstream) destInfo { return up.dest }
+
+func destOf(up *upstream) destInfo {
 	d := destInfo{service: up.cluster, version: up.subset}
 	if parts := strings.Split(up.cluster, "|"); len(parts) == 4 {
 		d.service = parts[3]
@@ -1137,7 +1148,7 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 		if keepUpgrade && k == "Upgrade" {
 			continue
 		}
-		h.Del(k)
+		delete(h, k) // k is canonical: Del would canonicalize it again
 	}
 }
 

@@ -3,6 +3,7 @@ package waypoint
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,7 +134,7 @@ type record struct {
 	requestID     string
 	xff           string
 	downstreamRem string
-	downstreamLoc string
+	downstreamLoc net.Addr
 	routeName     string
 	code          int
 	grpcStatus    string
@@ -169,6 +170,13 @@ func (r *record) flagString() string {
 		return flagNone
 	}
 	return strings.Join(r.flags, ",")
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 func orUnknown(s string) string {
@@ -349,7 +357,7 @@ func (l *accessLogger) log(rec *record) {
 		Authority:                dash(rec.authority),
 		UpstreamHost:             dash(rec.upstreamHost),
 		UpstreamCluster:          dash(rec.upstreamClust),
-		DownstreamLocalAddress:   dash(rec.downstreamLoc),
+		DownstreamLocalAddress:   dash(addrString(rec.downstreamLoc)),
 		DownstreamRemoteAddress:  dash(rec.downstreamRem),
 		RouteName:                dash(rec.routeName),
 		ConnectionTermination:    "-",
