@@ -41,3 +41,17 @@ command -v go >/dev/null || { echo "deps: go is not on PATH; install Go 1.26 (se
 # Go tools are pinned in go.mod (tool directives); fetching them here keeps the
 # first `go tool` call from looking like a hang.
 go mod download
+# The test module's too: the lab's kubelets build the CNI plugins from it
+# inside the node network namespaces, where the module proxy cannot be
+# reached, so every module must be in the cache before the lab comes up.
+(cd "$(dirname "$0")/.." && go mod download)
+
+# helm, for the lab test that installs and upgrades the chart as a helm user
+# does; built once from its module (pinned here and in test/e2e/mesh
+# helm_test.go) into the cache, outside the clone.
+helm_version=v3.22.0
+helm_bin="${HOME}/.cache/meshlet/helm-${helm_version}/helm"
+if [ ! -x "$helm_bin" ]; then
+  echo "deps: building helm ${helm_version} (once, cached in $(dirname "$helm_bin"))"
+  GOBIN="$(dirname "$helm_bin")" go install "helm.sh/helm/v3/cmd/helm@${helm_version}"
+fi

@@ -198,14 +198,17 @@ func installCNIPlugins(ctx context.Context, testModDir, cacheDir, binDir string)
 			tmp := fmt.Sprintf("%s.tmp%d", cached, os.Getpid())
 			cmd := exec.CommandContext(ctx, goCommand(), "build", "-o", tmp, cniPlugins[name])
 			cmd.Dir = testModDir
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+			// Offline: the kubelet runs in the node's network namespace,
+			// which cannot reach the module proxy (a lookup would hang on
+			// DNS); the modules come from the cache deps.sh filled.
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false", "GOPROXY=off")
 			if os.Getenv("HOME") == "" && os.Getenv("GOCACHE") == "" {
 				// A supervisor may start us with a bare environment; go needs a cache.
 				cmd.Env = append(cmd.Env, "HOME=/root")
 			}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				os.Remove(tmp)
-				return fmt.Errorf("build CNI plugin %s in %s: %v: %s", name, testModDir, err, truncate(string(out), 500))
+				return fmt.Errorf("build CNI plugin %s in %s: %v: %s (the modules must be in the cache: run test/scripts/deps.sh, or go mod download in test/)", name, testModDir, err, truncate(string(out), 500))
 			}
 			if err := os.Rename(tmp, cached); err != nil {
 				return fmt.Errorf("cache CNI plugin %s: %w", name, err)
