@@ -153,6 +153,11 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 				WithSpec(corev1ac.PodSpec().
 					WithServiceAccountName(name).
 					WithTerminationGracePeriodSeconds(30).
+					// Listeners on ports below 1024 (a Gateway on 80 or 443)
+					// without running as root or any capability, as Istio's
+					// gateways do: a namespaced sysctl in Kubernetes' safe set.
+					WithSecurityContext(corev1ac.PodSecurityContext().WithSysctls(
+						corev1ac.Sysctl().WithName("net.ipv4.ip_unprivileged_port_start").WithValue("0"))).
 					WithContainers(container).
 					WithVolumes(corev1ac.Volume().WithName("istio-ca-root-cert").
 						WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(RootCertConfigMap))))))

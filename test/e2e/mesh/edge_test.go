@@ -27,7 +27,9 @@ import (
 // makes meshd deploy an ingress gateway; an HTTPRoute bound to it by
 // parentRefs exposes /api/v1/echo of a mesh Service to clients outside the
 // mesh — a pod in a plain namespace through the gateway's Service, and the
-// machine itself through a node port — while other paths get 404.
+// machine itself through a node port — while other paths get 404. The
+// listener is on port 80: the gateway runs as a non-root user with no
+// capability, and binds it through the pod's unprivileged-port sysctl.
 func TestIngressGatewayAPI(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -38,7 +40,7 @@ metadata: {name: edge}
 spec:
   gatewayClassName: meshlet
   listeners:
-  - {name: http, port: 8080, protocol: HTTP}
+  - {name: http, port: 80, protocol: HTTP}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -59,19 +61,19 @@ spec:
 			return false, err
 		}
 		for _, p := range svc.Spec.Ports {
-			if p.Port == 8080 {
+			if p.Port == 80 {
 				svcIP, nodePort = svc.Spec.ClusterIP, p.NodePort
 			}
 		}
-		return svcIP != "" && nodePort != 0, fmt.Errorf("no port 8080 with a node port yet")
+		return svcIP != "" && nodePort != 0, fmt.Errorf("no port 80 with a node port yet")
 	})
 	plain := lb.NewNamespace(t)
 	outsider := clientPod(t, lb, plain, "outsider", "outsider")
 	lab.WaitFor(t, time.Minute, "the route through the gateway from a pod outside the mesh", func() (bool, error) {
-		s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s:8080/api/v1/echo/list", svcIP))
+		s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s/api/v1/echo/list", svcIP))
 		return s.ByStatus["200"] == 3, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
 	})
-	if s := summary(t, lb, plain, outsider.Name, "-n", "1", fmt.Sprintf("http://%s:8080/other", svcIP)); s.ByStatus["404"] != 1 {
+	if s := summary(t, lb, plain, outsider.Name, "-n", "1", fmt.Sprintf("http://%s/other", svcIP)); s.ByStatus["404"] != 1 {
 		t.Errorf("a path no route matches: %v; want 404", s.ByStatus)
 	}
 	// From the machine, through the node port on a node's address.

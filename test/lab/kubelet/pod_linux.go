@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -235,6 +236,9 @@ func (w *podWorker) trySandbox(ctx context.Context) error {
 			w.mu.Lock()
 			w.netns, w.sandboxID = netns, id
 			w.mu.Unlock()
+		}
+		if err := applySysctls(w.netns, pod.Spec.SecurityContext); err != nil {
+			return err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		ip, err := w.k.cni.add(cctx, pod.Namespace, pod.Name, string(pod.UID), w.sandboxID, w.netns)
@@ -940,4 +944,41 @@ func (w *podWorker) buildStatus() corev1.PodStatus {
 		}
 	}
 	return st
+}
+
+// safeSysctls are the namespaced sysctls the kubelet allows a pod to set
+// without --allowed-unsafe-sysctls (Kubernetes' safe set, network part).
+var safeSysctls = map[string]bool{
+	"net.ipv4.ip_local_port_range":        true,
+	"net.ipv4.ip_local_reserved_ports":    true,
+	"net.ipv4.ip_unprivileged_port_start": true,
+	"net.ipv4.ping_group_range":           true,
+	"net.ipv4.tcp_syncookies":             true,
+	"net.ipv4.tcp_keepalive_time":         true,
+	"net.ipv4.tcp_fin_timeout":            true,
+	"net.ipv4.tcp_keepalive_intvl":        true,
+	"net.ipv4.tcp_keepalive_probes":       true,
+}
+
+// applySysctls sets the pod's securityContext.sysctls in its network
+// namespace; a sysctl outside the safe set fails the sandbox as the kubelet
+// does (SysctlForbidden).
+func applySysctls(netns string, psc *corev1.PodSecurityContext) error {
+	if psc == nil || len(psc.Sysctls) == 0 {
+		return nil
+	}
+	for _, s := range psc.Sysctls {
+		if !safeSysctls[s.Name] {
+			return fmt.Errorf("SysctlForbidden: sysctl %q is not in the safe set this kubelet allows", s.Name)
+		}
+	}
+	return inNetns(netns, func() error {
+		for _, s := range psc.Sysctls {
+			p := "/proc/sys/" + strings.ReplaceAll(s.Name, ".", "/")
+			if err := os.WriteFile(p, []byte(s.Value), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", s.Name, s.Value, err)
+			}
+		}
+		return nil
+	})
 }
