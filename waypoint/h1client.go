@@ -281,9 +281,13 @@ func (b *h1Body) finish(complete bool) {
 		case err := <-b.written:
 			reuse = reuse && err == nil
 		default:
-			reuse = false // still writing: closing the connection ends the write
-			b.pc.Close()
-			<-b.written
+			// Still writing, or just done but not yet reported: a
+			// deadline in the past ends a write the server no longer
+			// reads, and one that did finish leaves the connection
+			// reusable.
+			b.pc.SetWriteDeadline(aLongTimeAgo)
+			err := <-b.written
+			reuse = reuse && err == nil && b.pc.SetWriteDeadline(time.Time{}) == nil
 		}
 	}
 	if reuse {
