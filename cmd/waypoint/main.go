@@ -40,6 +40,7 @@ type flags struct {
 	otlpEndpoint                                       string
 	serveListeners                                     bool
 	configFile, listen                                 string
+	memoryLimit                                        string
 }
 
 func parseFlags() flags {
@@ -64,6 +65,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector base URL for sampled spans, e.g. http://otel-collector:4318; empty: spans are not exported (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 	flag.StringVar(&f.configFile, "config-file", "", "serve this static L7 config (JSON) on --listen without meshd: plaintext, no mesh identity; for development and benchmarks only")
 	flag.StringVar(&f.listen, "listen", "127.0.0.1:18080", "with --config-file: the plain HTTP listen address")
+	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", "soft memory limit of the Go runtime (debug.SetMemoryLimit), above which it collects garbage harder instead of growing toward the pod's OOM kill: a size such as 64MiB; none; or auto: $GOMEMLIMIT if set, else 90% of the container's cgroup memory limit, else none")
 	flag.Parse()
 	return f
 }
@@ -79,7 +81,10 @@ func main() {
 	f := parseFlags()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	var err error
+	err := applyMemoryLimit(f.memoryLimit)
+	if err != nil {
+		log.Fatalf("waypoint: %v", err)
+	}
 	if f.configFile != "" {
 		err = runStatic(ctx, f)
 	} else {

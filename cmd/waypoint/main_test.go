@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 )
@@ -32,5 +33,49 @@ func TestServeAdminRefusesNonLoopback(t *testing.T) {
 				t.Fatalf("serveAdmin(%q) = %v; want an error containing %q", tt.addr, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	files := func(m map[string]string) func(string) ([]byte, error) {
+		return func(name string) ([]byte, error) {
+			if v, ok := m[name]; ok {
+				return []byte(v), nil
+			}
+			return nil, os.ErrNotExist
+		}
+	}
+	const v2, v1 = "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+	tests := []struct {
+		flag    string
+		env     string
+		cgroup  map[string]string
+		want    int64
+		wantErr bool
+	}{
+		{flag: "auto", cgroup: map[string]string{v2: "1000\n"}, want: 900},
+		{flag: "auto", cgroup: map[string]string{v2: "max\n"}, want: 0},
+		{flag: "auto", cgroup: map[string]string{v1: "2000\n"}, want: 1800},
+		{flag: "auto", cgroup: map[string]string{v1: "9223372036854771712\n"}, want: 0},
+		{flag: "auto", env: "100MiB", cgroup: map[string]string{v2: "1000\n"}, want: 0},
+		{flag: "auto", want: 0},
+		{flag: "none", cgroup: map[string]string{v2: "1000\n"}, want: 0},
+		{flag: "64MiB", want: 64 << 20},
+		{flag: "1GiB", want: 1 << 30},
+		{flag: "12345", want: 12345},
+		{flag: "64MB", wantErr: true},
+		{flag: "-1", wantErr: true},
+	}
+	for _, tt := range tests {
+		getenv := func(k string) string {
+			if k == "GOMEMLIMIT" {
+				return tt.env
+			}
+			return ""
+		}
+		got, _, err := memoryLimit(tt.flag, getenv, files(tt.cgroup))
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("memoryLimit(%q, GOMEMLIMIT=%q, %v) = %d, %v; want %d (error %v)", tt.flag, tt.env, tt.cgroup, got, err, tt.want, tt.wantErr)
+		}
 	}
 }
