@@ -328,8 +328,9 @@ if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
   lp=$!; pids+=("$lp")
   sleep 1
   if timeout 60 perf record -q -e cpu-clock -F 999 -g -p "$a1" -o "$tmp/perf.data" -- sleep 10 >/dev/null 2>&1; then
+    # sed reads to the end: a reader that stops early (head) would SIGPIPE perf.
     profile=$(perf report -q -i "$tmp/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null |
-      grep -v '^$' | head -15 | sed 's/^ */    /')
+      sed -n '/^ *$/d; s/^ */    /; 1,15p') || true
   fi
   wait "$lp" || true
 fi
