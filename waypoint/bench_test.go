@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
 )
@@ -86,6 +88,13 @@ func TestHotPathAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := &routeInput{path: "/api/v1", method: "GET", authority: "reviews:9080", header: http.Header{"End-User": {"alice"}}}
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &record{start: time.Now(), code: 200, peer: Peer{Principal: "cluster.local/ns/a/sa/b", Labels: map[string]string{"app": "a"}}, dest: destInfo{service: "reviews.default.svc.cluster.local"}}
+	m.observe(rec) // the series is cached from here on
+	traceHeader := http.Header{}
 	tests := []struct {
 		name string
 		max  float64
@@ -94,6 +103,9 @@ func TestHotPathAllocs(t *testing.T) {
 		{"normalizePath clean", 0, func() { normalizePath("/api/v1/reviews/1") }},
 		{"normalizePath dirty", 5, func() { normalizePath("//api/./v1/../v2%2Fx") }},
 		{"findRoute", 0, func() { c.selectListener(0).findRoute(in) }},
+		{"metrics.observe cached series", 0, func() { m.observe(rec) }},
+		// The traceparent string and its one-element value slice.
+		{"startTrace", 2, func() { startTrace(traceHeader, 0) }},
 		{"policy.Evaluate", 0, func() {
 			policy.Evaluate(cfg.Policies, &policy.Request{Path: "/api/v1", Method: "GET"})
 		}},
