@@ -189,7 +189,13 @@ func run(f flags) error {
 	metricsSrv := &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(metricsSrv)
 	defer metricsSrv.Close()
-	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ag.ReadinessHandler(rec.Synced), ReadHeaderTimeout: 10 * time.Second}
+	// Claimed before the readiness port opens: from now on an older agent
+	// on this node answers its probes "not ready" (agent.Succession).
+	succ, err := agent.ClaimSuccession(filepath.Join(filepath.Dir(f.cniState), "agent.pid"))
+	if err != nil {
+		return err
+	}
+	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ag.ReadinessHandler(rec.Synced, succ.Newest), ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(readySrv)
 	defer readySrv.Close()
 

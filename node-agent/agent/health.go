@@ -9,12 +9,18 @@ import (
 // probe (15021): 200 once synced reports true, 503 before that and from the
 // moment the agent starts draining, so a rolling update stops sending new
 // work to a draining agent.
-func (a *Agent) ReadinessHandler(synced func() bool) http.Handler {
+//
+// newest, when set, says whether this is still the newest agent on the node
+// (Succession.Newest): a superseded agent answers 503, so a probe of the new
+// agent's pod that reaches it cannot make that pod ready early.
+func (a *Agent) ReadinessHandler(synced, newest func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		switch {
 		case a.Draining():
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case newest != nil && !newest():
+			http.Error(w, "superseded: a newer agent is starting on this node", http.StatusServiceUnavailable)
 		case synced != nil && !synced():
 			http.Error(w, "starting: pods not synced yet", http.StatusServiceUnavailable)
 		default:

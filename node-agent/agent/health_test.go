@@ -15,7 +15,7 @@ func TestReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	synced := false
-	srv := httptest.NewServer(ag.ReadinessHandler(func() bool { return synced }))
+	srv := httptest.NewServer(ag.ReadinessHandler(func() bool { return synced }, nil))
 	defer srv.Close()
 	status := func() int {
 		t.Helper()
@@ -38,5 +38,45 @@ func TestReadiness(t *testing.T) {
 	}
 	if got := status(); got != http.StatusServiceUnavailable {
 		t.Errorf("draining: %d; want 503", got)
+	}
+}
+
+// TestSuccession: two agents on a node (a rolling update): once the second
+// has claimed the node, the first answers readiness 503, so a kubelet probe
+// of the new pod that reaches the old agent cannot make it ready early.
+func TestSuccession(t *testing.T) {
+	path := t.TempDir() + "/agent.pid"
+	old, err := ClaimSuccession(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, err := New(Options{NodeName: "n", Datapath: nopDatapath{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(ag.ReadinessHandler(func() bool { return true }, old.Newest))
+	defer srv.Close()
+	status := func() int {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/healthz/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status(); got != http.StatusOK {
+		t.Fatalf("the only agent, synced: %d; want 200", got)
+	}
+	// The next agent is another process: its PID claims the node.
+	next := &Succession{path: path, pid: old.pid + 1}
+	if err := next.claim(); err != nil {
+		t.Fatal(err)
+	}
+	if got := status(); got != http.StatusServiceUnavailable {
+		t.Errorf("superseded agent: %d; want 503", got)
+	}
+	if !next.Newest() || old.Newest() {
+		t.Errorf("Newest: old %v, next %v; want only next", old.Newest(), next.Newest())
 	}
 }
