@@ -66,7 +66,10 @@ func TestMeshctlStatus(t *testing.T) {
 	}
 
 	var rows []proxyStatusRow
-	lab.WaitFor(t, time.Minute, "every proxy synced, with certificates on the echo pods' nodes", func() (bool, error) {
+	// synced: every proxy synced (to a meshd other than notFrom), the node
+	// agents on the echo pods' nodes and the ingress gateway with valid
+	// certificates.
+	synced := func(notFrom string) (bool, error) {
 		out, code := run("proxy-status", "-o", "json")
 		if code != 0 {
 			return false, fmt.Errorf("exit %d: %s", code, out)
@@ -77,7 +80,7 @@ func TestMeshctlStatus(t *testing.T) {
 		}
 		agents, gateways := 0, 0
 		for _, r := range rows {
-			if r.Status != "SYNCED" || r.Meshd == "" || r.Acked == "" {
+			if r.Status != "SYNCED" || r.Meshd == "" || r.Meshd == notFrom || r.Acked == "" {
 				return false, fmt.Errorf("%s %s/%s: %s (meshd %q, acked %q)", r.Kind, r.Namespace, r.Pod, r.Status, r.Meshd, r.Acked)
 			}
 			switch {
@@ -87,11 +90,15 @@ func TestMeshctlStatus(t *testing.T) {
 					return false, fmt.Errorf("agent on %s runs echo pods but shows %d certificates expiring %v", r.Node, r.Certs, r.CertExpiry)
 				}
 			case r.Kind == "gateway" && strings.HasPrefix(r.Pod, "istio-ingressgateway-"):
+				if r.Certs == 0 || time.Until(r.CertExpiry) <= 0 {
+					return false, fmt.Errorf("ingress gateway %s shows %d certificates expiring %v", r.Pod, r.Certs, r.CertExpiry)
+				}
 				gateways++
 			}
 		}
 		return agents == 2 && gateways == 1, fmt.Errorf("%d node agents, %d ingress gateways synced; want 2 and 1", agents, gateways)
-	})
+	}
+	lab.WaitFor(t, time.Minute, "every proxy synced, with certificates", func() (bool, error) { return synced("") })
 	out, code := run("status")
 	if code != 0 || !strings.Contains(out, "node-agents  2/2 connected and synced") || !strings.Contains(out, "✔ the mesh is healthy") {
 		t.Fatalf("meshctl status = exit %d:\n%s\nwant exit 0, 2/2 node agents synced and a healthy verdict", code, out)
@@ -100,6 +107,17 @@ func TestMeshctlStatus(t *testing.T) {
 	if code != 0 || !strings.Contains(table, "NAMESPACE") || strings.Count(table, "SYNCED") != len(rows) {
 		t.Errorf("meshctl proxy-status table (exit %d):\n%s\nwant a header and %d SYNCED rows", code, table, len(rows))
 	}
+
+	// meshd restarts: the new replica signed none of the certificates in
+	// use, and still shows their expiry (the proxies report them).
+	before := rows[0].Meshd
+	if out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "restart", "deployment/meshd"); err != nil {
+		t.Fatalf("restart meshd: %v: %s", err, out)
+	}
+	if out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "status", "deployment/meshd", "--timeout=3m"); err != nil {
+		t.Fatalf("meshd rollout: %v: %s", err, out)
+	}
+	lab.WaitFor(t, 2*time.Minute, "every proxy synced to the new meshd, certificates still shown", func() (bool, error) { return synced(before) })
 
 	// A gateway pod that never connects to meshd.
 	lb.Apply(t, ns, `apiVersion: v1
