@@ -215,24 +215,25 @@ func run(f flags) error {
 	// with a surging new agent on this node: closing ours leaves every probe
 	// to it, instead of answering the new pod's probes with our 503.
 	readySrv.Close()
+	uninstall := own.uninstalling()
+	if uninstall {
+		// The mesh is being removed: stop capturing first, so that enrolled
+		// pods' new connections go directly again instead of to listeners
+		// about to close (connections the proxies carry finish below).
+		if err := dp.Uninstall(); err != nil {
+			log.Printf("remove the eBPF data path: %v", err)
+		} else {
+			log.Printf("meshlet is being uninstalled: eBPF programs and pins removed")
+		}
+	}
 	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 	defer cancel()
 	if err := ag.Drain(dctx); err != nil {
 		log.Printf("drain: %v", err)
 	}
-	uninstall := own.uninstalling()
 	if f.uninstallCNIOnExit || uninstall {
 		if err := install.Uninstall(instOpts); err != nil {
 			log.Printf("uninstall meshlet-cni: %v", err)
-		}
-	}
-	if uninstall {
-		// The mesh is being removed: stop capturing, so that enrolled pods
-		// talk directly again instead of to listeners that are gone.
-		if err := dp.Uninstall(); err != nil {
-			log.Printf("remove the eBPF data path: %v", err)
-		} else {
-			log.Printf("meshlet is being uninstalled: eBPF programs and pins removed")
 		}
 	}
 	return nil
