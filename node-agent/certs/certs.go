@@ -11,7 +11,6 @@ package certs
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"slices"
@@ -22,9 +21,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
-	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
+	"github.com/meshlet/meshlet/pkg/ca/caclient"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/xds"
 )
@@ -45,7 +43,7 @@ type Options struct {
 // Manager holds one renewing SVID source per identity.
 type Manager struct {
 	opts   Options
-	client securityv1alpha1.IstioCertificateServiceClient
+	issue  func(ctx context.Context, csrDER []byte) ([]*x509.Certificate, error)
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -65,9 +63,12 @@ func New(opts Options) (*Manager, error) {
 	if opts.Conn == nil || opts.Token == nil {
 		return nil, errors.New("certs: Options.Conn and Token are required")
 	}
+	issue, err := caclient.New(caclient.Options{Conn: opts.Conn, Token: opts.Token, TTL: opts.TTL})
+	if err != nil {
+		return nil, fmt.Errorf("certs: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{opts: opts, client: securityv1alpha1.NewIstioCertificateServiceClient(opts.Conn),
-		ctx: ctx, cancel: cancel, sources: map[spiffeid.ID]*entry{}}, nil
+	return &Manager{opts: opts, issue: issue, ctx: ctx, cancel: cancel, sources: map[spiffeid.ID]*entry{}}, nil
 }
 
 // SVID returns the source for id, issuing the first certificate on first
@@ -148,49 +149,4 @@ func (m *Manager) Forget(id spiffeid.ID) {
 func (m *Manager) Close() error {
 	m.cancel()
 	return nil
-}
-
-// issue sends one CSR to the CA.
-func (m *Manager) issue(ctx context.Context, csrDER []byte) ([]*x509.Certificate, error) {
-	tok, err := m.opts.Token(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read service account token: %w", err)
-	}
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
-	resp, err := m.client.CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
-		Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})),
-		ValidityDuration: int64(m.opts.TTL / time.Second),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("CreateCertificate: %w", err)
-	}
-	var chain []*x509.Certificate
-	for _, p := range resp.GetCertChain() {
-		rest := []byte(p)
-		for {
-			var blk *pem.Block
-			blk, rest = pem.Decode(rest)
-			if blk == nil {
-				break
-			}
-			c, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("parse issued certificate: %w", err)
-			}
-			chain = append(chain, c)
-		}
-	}
-	// The response ends with the root(s), as Istio's does; the SVID is the
-	// leaf and its intermediates.
-	for len(chain) > 1 && isSelfSigned(chain[len(chain)-1]) {
-		chain = chain[:len(chain)-1]
-	}
-	if len(chain) == 0 {
-		return nil, errors.New("CreateCertificate returned no certificate")
-	}
-	return chain, nil
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	return c.CheckSignatureFrom(c) == nil
 }

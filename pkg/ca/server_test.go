@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshlet/meshlet/pkg/ca/caclient"
 	"github.com/meshlet/meshlet/pkg/identity"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -85,7 +86,7 @@ func TestGRPCOverTLS(t *testing.T) {
 		{"foreign trust domain", "web-token", csrPEM("spiffe://other.example/ns/default/sa/web"), codes.InvalidArgument},
 	}
 	t.Run("issuer with renewer", func(t *testing.T) {
-		issue, err := NewIssuer(IssuerOptions{Conn: conn, Token: func() (string, error) { return "web-token", nil }, TTL: time.Hour})
+		issue, err := caclient.New(caclient.Options{Conn: conn, Token: func(context.Context) (string, error) { return "web-token", nil }, TTL: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -38,7 +38,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
-	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/ca/caclient"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -185,7 +185,7 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("run waypoint: dial meshd %s: %w", opts.MeshdAddress, err)
 	}
 	defer conn.Close()
-	issue, err := ca.NewIssuer(ca.IssuerOptions{Conn: conn, Token: opts.Token, TTL: opts.CertTTL})
+	issue, err := caclient.New(caclient.Options{Conn: conn, Token: func(context.Context) (string, error) { return opts.Token() }, TTL: opts.CertTTL})
 	if err != nil {
 		return fmt.Errorf("run waypoint: %w", err)
 	}
