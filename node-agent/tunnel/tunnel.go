@@ -109,11 +109,16 @@ func (t *Tunnel) Dial(ctx context.Context, src proxy.Pod, d proxy.Destination) (
 // streams finish within DrainTimeout.
 func (t *Tunnel) Serve(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error {
 	ctx := context.Background()
-	svid, err := t.svidOf(ctx, pod.Identity)
+	id, err := spiffeid.FromString(pod.Identity)
 	if err != nil {
 		ln.Close()
-		return err
+		return fmt.Errorf("tunnel: pod identity %q: %w", pod.Identity, err)
 	}
+	// The certificate is fetched at the first handshake, and again at the
+	// next one while meshd cannot issue it (an agent starting beside a
+	// meshd that is not up yet): the listener stays open throughout, and
+	// serves as soon as an SVID is there, without an agent restart.
+	svid := &lazySVID{get: func(ctx context.Context) (x509svid.Source, error) { return t.opts.SVID(ctx, id) }}
 	srv, err := hbone.NewServer(hbone.ServerOptions{
 		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain,
 		Authorize: func(ctx context.Context, r *hbone.Request) error { return h.CheckStream(ctx, streamOf(r)) },
@@ -171,4 +176,35 @@ func streamOf(r *hbone.Request) proxy.Stream {
 		}
 	}
 	return s
+}
+
+// lazySVID is an x509svid.Source that obtains its source on first use, and
+// retries on each use until that succeeds.
+type lazySVID struct {
+	get func(ctx context.Context) (x509svid.Source, error)
+
+	mu  sync.Mutex
+	src x509svid.Source
+}
+
+// GetX509SVID implements x509svid.Source.
+func (l *lazySVID) GetX509SVID() (*x509svid.SVID, error) {
+	l.mu.Lock()
+	src := l.src
+	l.mu.Unlock()
+	if src == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := l.get(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: no certificate yet: %w", err)
+		}
+		l.mu.Lock()
+		if l.src == nil {
+			l.src = s
+		}
+		src = l.src
+		l.mu.Unlock()
+	}
+	return src.GetX509SVID()
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -195,4 +197,75 @@ func TestForeignTrustDomain(t *testing.T) {
 		t.Errorf("the forger's own side failed (%v); the test must reach our server's verification", err)
 	}
 	t.Logf("foreign peer: %v", err)
+}
+
+// echoStreams serves every tunnel stream by echoing it.
+type echoStreams struct{}
+
+func (echoStreams) CheckStream(context.Context, proxy.Stream) error { return nil }
+func (echoStreams) ServeStream(_ context.Context, s proxy.Stream) error {
+	io.Copy(s.Conn, s.Conn)
+	return nil
+}
+
+// TestServeBeforeMeshdIsUp: a pod's tunnel listener opened while meshd
+// cannot issue its certificate (an agent starting beside a meshd not up
+// yet) refuses handshakes, and serves once meshd can, without reopening.
+func TestServeBeforeMeshdIsUp(t *testing.T) {
+	na, nb := nstest.Pair(t, "mlna-up", netip.MustParseAddr("198.19.4.25"), netip.MustParseAddr("198.19.4.26"))
+	c := newCA(t, "cluster.local")
+	client := newTunnel(t, c)
+	var meshdUp atomic.Bool
+	working := newTunnel(t, c)
+	server, err := New(Options{TrustDomain: c.TrustDomain(), Bundle: identity.NewBundleSource(c.Bundle()), Mark: mark, DrainTimeout: time.Second,
+		SVID: func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error) {
+			if !meshdUp.Load() {
+				return nil, errors.New("meshd unavailable")
+			}
+			return working.opts.SVID(ctx, id)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	podA := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "cart", Identity: idCart}, Netns: na.Path, IPs: []netip.Addr{na.Addr}}
+	podB := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: idDB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
+	t.Cleanup(func() { client.Forget(podA) })
+	ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, proxy.PortTunnel).String(), netns.ListenOptions{}))
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(podB, ln, echoStreams{}) }()
+	dst := proxy.Destination{Target: netip.AddrPortFrom(nb.Addr, 8080), Via: netip.AddrPortFrom(nb.Addr, proxy.PortTunnel), Identity: idDB}
+	echo := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		s, err := client.Dial(ctx, podA, dst)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, err := io.WriteString(s, "ping"); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "ping" {
+			return fmt.Errorf("echo %q, %v", buf, err)
+		}
+		return nil
+	}
+	if err := echo(); err == nil {
+		t.Fatal("a stream was served before the server had a certificate")
+	}
+	meshdUp.Store(true)
+	if err := echo(); err != nil {
+		t.Fatalf("once meshd issues the certificate: %v; want the stream served on the same listener", err)
+	}
+	client.Forget(podA) // its pooled connection ends, so Serve's drain has nothing left
+	ln.Close()
+	select {
+	case err := <-served:
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Serve after its listener closed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Serve did not return after its listener closed")
+	}
 }
