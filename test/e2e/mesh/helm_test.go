@@ -1,0 +1,135 @@
+package meshtest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// helmVersion is the helm the lab tests drive; test/scripts/deps.sh builds it
+// from its module into ~/.cache/meshlet/helm-<version>/helm.
+const helmVersion = "v3.22.0"
+
+// TestHelmInstallUpgrade is the chart as a helm user runs it, as its README
+// says: the CRDs copied in, `helm install --create-namespace` with a
+// profile, then `helm upgrade` while an enrolled pod keeps opening new
+// connections (none may fail: node agents hand their listeners over), then
+// `helm uninstall`, after which the app still answers. meshctl's install is
+// put back for the other tests.
+func TestHelmInstallUpgrade(t *testing.T) {
+	lb := meshLab(t)
+	home, _ := os.UserHomeDir()
+	helmBin := filepath.Join(home, ".cache", "meshlet", "helm-"+helmVersion, "helm")
+	if _, err := os.Stat(helmBin); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("helm %s not built at %s: test/scripts/deps.sh builds it", helmVersion, helmBin)
+		}
+		t.Skipf("helm %s not built at %s: run test/scripts/deps.sh", helmVersion, helmBin)
+	}
+	run := meshctl(t, lb)
+	helm := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(helmBin, append(args, "--kubeconfig", lb.Layout.Kubeconfig())...)
+		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			diagnose(t, lb)
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	// The chart as a user has it after `go generate ./deploy/charts/meshlet`.
+	chart := filepath.Join(t.TempDir(), "meshlet")
+	cp := exec.Command("cp", "-r", filepath.Join(lb.Layout.Repo(), "deploy", "charts", "meshlet"), chart)
+	if out, err := cp.CombinedOutput(); err != nil {
+		t.Fatalf("copy the chart: %v: %s", err, out)
+	}
+	if out, err := exec.Command("sh", "-c", fmt.Sprintf("mkdir -p %s/crds && cp %s/deploy/crds/*.yaml %s/crds/", chart, lb.Layout.Repo(), chart)).CombinedOutput(); err != nil {
+		t.Fatalf("copy the CRDs into the chart: %v: %s", err, out)
+	}
+	profile := filepath.Join(chart, "profiles", "default.yaml")
+
+	ns := lb.NewNamespace(t)
+	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
+		t.Fatalf("label namespace: %v: %s", err, out)
+	}
+	lb.Apply(t, ns, echoDeployment)
+	pods := lb.WaitPodsReady(t, ns, "app=echo", 3, 3*time.Minute)
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+
+	run("uninstall", "-y")
+	// Cleanups run last first: on failure the logs, then helm's release
+	// removed (a no-op when the test got to its uninstall), then meshctl's
+	// install put back for the other tests.
+	t.Cleanup(func() { run("install", "--profile", "default", "-y", "--timeout", "3m") })
+	t.Cleanup(func() { helm("uninstall", "meshlet", "-n", "meshlet-system", "--ignore-not-found", "--wait", "--timeout", "3m") })
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpMesh(t, lb)
+		}
+	})
+	// A release a failed earlier run left behind (its objects are gone
+	// with meshctl's uninstall).
+	helm("uninstall", "meshlet", "-n", "meshlet-system", "--ignore-not-found", "--wait", "--timeout", "3m")
+	out := helm("install", "meshlet", chart, "-n", "meshlet-system", "--create-namespace", "-f", profile, "--wait", "--timeout", "5m")
+	if !strings.Contains(out, "STATUS: deployed") {
+		t.Fatalf("helm install:\n%s\nwant STATUS: deployed", out)
+	}
+	agents := func() string {
+		ds, err := lb.Clientset().AppsV1().DaemonSets("meshlet-system").Get(t.Context(), "meshlet-node-agent", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%v, %d of %d updated and ready", ds.Spec.Template.Spec.Containers[0].Args, ds.Status.UpdatedNumberScheduled, ds.Status.NumberReady)
+	}
+	t.Logf("installed by helm: node agents %s", agents())
+
+	load := startConnectionLoad(t, lb, ns, pods[0].Name, url)
+	start := time.Now()
+	helm("upgrade", "meshlet", chart, "-n", "meshlet-system", "-f", profile, "--set", "nodeAgent.drainTimeout=20s", "--wait", "--timeout", "5m")
+	took := time.Since(start)
+	ok, failed, failures := load.finish()
+	t.Logf("during helm upgrade (%s): %d new connections answered, %d failed; node agents %s", took.Round(time.Second), ok, failed, agents())
+	if failed > 0 {
+		t.Errorf("%d of %d new connections failed during helm upgrade; want none; first: %v", failed, ok+failed, failures)
+	}
+	if a := agents(); !strings.Contains(a, "20s") {
+		t.Errorf("node agents after helm upgrade: %s; want the new drain timeout rolled out", a)
+	}
+
+	helm("uninstall", "meshlet", "-n", "meshlet-system", "--wait", "--timeout", "3m")
+	for _, ns := range []string{"meshlet-system", "istio-system"} {
+		if _, err := lb.Clientset().CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{}); err != nil {
+			t.Errorf("namespace %s after helm uninstall: %v; want it kept", ns, err)
+		}
+	}
+	l := startConnectionLoad(t, lb, ns, pods[0].Name, url)
+	if ok, failed, failures := l.finish(); failed > 0 {
+		t.Errorf("after helm uninstall: %d of %d requests failed; want the app reachable without the mesh; first: %v", failed, ok+failed, failures)
+	}
+}
+
+// dumpMesh logs the mesh's pods, node agent and meshd logs.
+func dumpMesh(t *testing.T, lb *lab.Lab) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"-n", "meshlet-system", "get", "pods,cm,secrets", "-o", "wide"},
+		{"-n", "meshlet-system", "logs", "-l", "app.kubernetes.io/name=meshlet-node-agent", "--tail=80"},
+		{"-n", "meshlet-system", "logs", "-l", "app.kubernetes.io/name=meshd", "--tail=40"},
+	} {
+		out, _ := lb.Kubectl(args...)
+		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
+	}
+}
