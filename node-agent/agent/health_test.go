@@ -15,17 +15,7 @@ func TestReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	synced := false
-	srv := httptest.NewServer(ag.ReadinessHandler(func() bool { return synced }, nil))
-	defer srv.Close()
-	status := func() int {
-		t.Helper()
-		resp, err := http.Get(srv.URL + "/healthz/ready")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	status := readiness(t, ag.ReadinessHandler(func() bool { return synced }, nil))
 	if got := status(); got != http.StatusServiceUnavailable {
 		t.Errorf("before sync: %d; want 503", got)
 	}
@@ -54,17 +44,7 @@ func TestSuccession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(ag.ReadinessHandler(func() bool { return true }, old.Newest))
-	defer srv.Close()
-	status := func() int {
-		t.Helper()
-		resp, err := http.Get(srv.URL + "/healthz/ready")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	status := readiness(t, ag.ReadinessHandler(func() bool { return true }, old.Newest))
 	if got := status(); got != http.StatusOK {
 		t.Fatalf("the only agent, synced: %d; want 200", got)
 	}
@@ -78,5 +58,20 @@ func TestSuccession(t *testing.T) {
 	}
 	if !next.Newest() || old.Newest() {
 		t.Errorf("Newest: old %v, next %v; want only next", old.Newest(), next.Newest())
+	}
+}
+
+// readiness serves h and returns a func that probes it as the kubelet does.
+func readiness(t *testing.T, h http.Handler) func() int {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return func() int {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/healthz/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
 	}
 }

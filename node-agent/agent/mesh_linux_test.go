@@ -37,17 +37,7 @@ import (
 // address. A plaintext client outside the mesh is refused by STRICT through
 // the tc steering.
 func TestMeshDataPath(t *testing.T) {
-	testutil.RequireRoot(t)
-	if err := ebpf.CheckKernel(); err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	cg := enterCgroup(t)
-	dp, err := ebpf.Load(ebpf.Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: cg,
-		AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
-	if err != nil {
-		t.Fatalf("load data path: %v", err)
-	}
-	t.Cleanup(func() { dp.Uninstall() })
+	dp := loadDatapath(t)
 
 	na, nb := nstest.Pair(t, "mlna-md", netip.MustParseAddr("198.19.4.41"), netip.MustParseAddr("198.19.4.42"))
 	idA, idB := "spiffe://cluster.local/ns/shop/sa/cart", "spiffe://cluster.local/ns/shop/sa/db"
@@ -186,17 +176,7 @@ func meshAgent(t *testing.T, dp Datapath, authority *ca.CA, snap *model.Snapshot
 // first drains and exits. No new connection may fail, and a connection
 // established through the first agent keeps working through its drain.
 func TestHandoff(t *testing.T) {
-	testutil.RequireRoot(t)
-	if err := ebpf.CheckKernel(); err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	cg := enterCgroup(t)
-	dp, err := ebpf.Load(ebpf.Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: cg,
-		AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
-	if err != nil {
-		t.Fatalf("load data path: %v", err)
-	}
-	t.Cleanup(func() { dp.Uninstall() })
+	dp := loadDatapath(t)
 	na, nb := nstest.Pair(t, "mlna-ho", netip.MustParseAddr("198.19.4.45"), netip.MustParseAddr("198.19.4.46"))
 	idA, idB := "spiffe://cluster.local/ns/shop/sa/cart", "spiffe://cluster.local/ns/shop/sa/db"
 	snap := model.NewSnapshot(model.SnapshotInput{Workloads: []*model.Workload{
@@ -327,4 +307,22 @@ func TestHandoff(t *testing.T) {
 	if len(failures) > 0 {
 		t.Errorf("%d new connections failed during the handoff; first: %v", len(failures), failures[0])
 	}
+}
+
+// loadDatapath loads the real eBPF data path into a fresh cgroup and bpffs
+// (root and a capable kernel required), removed when the test ends.
+func loadDatapath(t *testing.T) *ebpf.Datapath {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if err := ebpf.CheckKernel(); err != nil {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	cg := enterCgroup(t)
+	dp, err := ebpf.Load(ebpf.Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: cg,
+		AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
+	if err != nil {
+		t.Fatalf("load data path: %v", err)
+	}
+	t.Cleanup(func() { dp.Uninstall() })
+	return dp
 }
