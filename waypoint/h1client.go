@@ -152,7 +152,10 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 		}
 	}
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo) })
+	// Cut the connection when the context ends: a deadline for a plain
+	// TCP connection, and a close for those without deadlines (HBONE
+	// streams ignore them), which would otherwise wait out the upstream.
+	stop := context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo); pc.Conn.Close() })
 	fail := func(err error) (*http.Response, error) {
 		stop()
 		c.discard(pc)

@@ -1,7 +1,9 @@
 package waypoint
 
 import (
+	"context"
 	"math"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -339,5 +341,39 @@ func TestOutlierGatewayErrors(t *testing.T) {
 				t.Errorf("bad endpoint saw %d of 12 requests; want ejected=%v", badHits.Load(), tt.wantEject)
 			}
 		})
+	}
+}
+
+// noDeadlineConn is a connection that ignores deadlines, as an HBONE
+// stream does.
+type noDeadlineConn struct{ net.Conn }
+
+func (noDeadlineConn) SetDeadline(time.Time) error      { return nil }
+func (noDeadlineConn) SetReadDeadline(time.Time) error  { return nil }
+func (noDeadlineConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestTimeoutWithoutDeadlines: the route timeout cuts an upstream reached
+// over a connection without deadlines (the waypoint's HBONE streams), with
+// the circuit breaker's single connection, as the lab's resilience test
+// does; the connection is not reused after it.
+func TestTimeoutWithoutDeadlines(t *testing.T) {
+	slowAddr := backend(t, slow(2*time.Second))
+	cl := clusterOf("slow", slowAddr)
+	cl.Traffic.Pool = model.ConnectionPool{MaxConnections: 1, HTTP1MaxPendingRequests: 1}
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("slow"), Timeout: 150 * time.Millisecond}), func(o *Options) {
+		o.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return noDeadlineConn{c}, nil
+		}
+	})
+	for i := range 3 {
+		began := time.Now()
+		code, _ := h.get(t, newClient(t), "/", nil)
+		if took := time.Since(began); code != http.StatusGatewayTimeout || took > time.Second {
+			t.Errorf("request %d: %d after %v; want 504 well before the backend's 2s", i, code, took)
+		}
 	}
 }
