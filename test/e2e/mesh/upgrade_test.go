@@ -56,17 +56,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 	ok, failed, failures := load.finish()
 	t.Logf("during the upgrade (%s): %d new connections answered, %d failed", took.Round(time.Second), ok, failed)
-	// The goal is zero, and a roll of the node agents alone reaches it
-	// (TestHelmInstallUpgrade; TestHandoff on one kernel). This upgrade also
-	// rolls meshd and the gateway, and about 1% of new connections are still
-	// refused ("connection refused" at the client: a moment with no capture
-	// or no listener, not yet found); beyond 2% is a regression.
-	if failed*50 > ok+failed {
-		t.Errorf("%d of %d new connections failed during the upgrade (more than 2%%); first: %v", failed, ok+failed, failures)
-		dumpMesh(t, lb)
-	} else if failed > 0 {
-		t.Logf("KNOWN GAP: %d new connections refused during the upgrade; first: %v", failed, failures)
-	}
+	checkRollRefusals(t, lb, "the upgrade", ok, failed, failures)
 	d, err := lb.Clientset().AppsV1().Deployments("meshlet-system").Get(t.Context(), "meshd", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -190,5 +180,22 @@ func longRequests(ctx context.Context, t *testing.T, lb *lab.Lab, ns string, pod
 		mu.Lock()
 		defer mu.Unlock()
 		return n, failures
+	}
+}
+
+// maxRollRefusals bounds the new connections a roll of the node agents may
+// still refuse. The goal is zero (issue 6). Today a few connections (0 to 5
+// per roll, whatever its length: a short moment per node, not yet found)
+// are still refused, with "connection refused" at the client; a bug such
+// as a listener left closed refuses hundreds.
+const maxRollRefusals = 8
+
+func checkRollRefusals(t *testing.T, lb *lab.Lab, what string, ok, failed int, failures []string) {
+	t.Helper()
+	if failed > maxRollRefusals {
+		t.Errorf("%d of %d new connections failed during %s (more than %d); first: %v", failed, ok+failed, what, maxRollRefusals, failures)
+		dumpMesh(t, lb)
+	} else if failed > 0 {
+		t.Logf("KNOWN GAP: %d of %d new connections refused during %s; first: %v", failed, ok+failed, what, failures)
 	}
 }
