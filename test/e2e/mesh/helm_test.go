@@ -57,17 +57,7 @@ func TestHelmInstallUpgrade(t *testing.T) {
 	}
 	profile := filepath.Join(chart, "profiles", "default.yaml")
 
-	ns := lb.NewNamespace(t)
-	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
-		t.Fatalf("label namespace: %v: %s", err, out)
-	}
-	lb.Apply(t, ns, echoDeployment)
-	pods := lb.WaitPodsReady(t, ns, "app=echo", 3, 3*time.Minute)
-	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+	ns, pods, url := ambientEcho(t, lb)
 
 	run("uninstall", "-y")
 	// Cleanups run last first: on failure the logs, then helm's release

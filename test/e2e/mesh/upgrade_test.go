@@ -22,18 +22,8 @@ import (
 func TestUpgradeUnderLoad(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
-	ns := lb.NewNamespace(t)
-	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
-		t.Fatalf("label namespace: %v: %s", err, out)
-	}
-	lb.Apply(t, ns, echoDeployment)
-	pods := lb.WaitPodsReady(t, ns, "app=echo", 3, 3*time.Minute)
-	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, pods, url := ambientEcho(t, lb)
 	from := pods[0]
-	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
 
 	load := startConnectionLoad(t, lb, ns, from.Name, url)
 	// Established connections: requests answered after 8 s, one started
@@ -198,4 +188,18 @@ func checkRollRefusals(t *testing.T, lb *lab.Lab, what string, ok, failed int, f
 	} else if failed > 0 {
 		t.Logf("KNOWN GAP: %d of %d new connections refused during %s; first: %v", failed, ok+failed, what, failures)
 	}
+}
+
+// ambientEcho deploys the echo app (3 pods) in a new ambient namespace and
+// returns the namespace, its ready pods and the URL of its Service.
+func ambientEcho(t *testing.T, lb *lab.Lab) (string, []corev1.Pod, string) {
+	t.Helper()
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, echoDeployment)
+	pods := lb.WaitPodsReady(t, ns, "app=echo", 3, 3*time.Minute)
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, pods, fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
 }
