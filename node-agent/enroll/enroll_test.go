@@ -2,10 +2,13 @@ package enroll
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -315,5 +318,88 @@ func TestProbePorts(t *testing.T) {
 	}}}
 	if d := cmp.Diff([]uint16{6379, 8080, 9090}, ProbePorts(pod)); d != "" {
 		t.Errorf("ProbePorts (-want +got):\n%s", d)
+	}
+}
+
+// A pod whose enrollment fails at start (netns not found yet, a listener that
+// cannot bind) keeps the agent unready until a retry enrolls it: readiness
+// is what lets a rolling update stop the old agent, whose listeners are the
+// pod's only ones until then. A pod that never enrolls holds it only for
+// SyncGrace, and the log names it.
+func TestReconcilerReadyWaitsForFailedEnrollment(t *testing.T) {
+	amb := map[string]string{Label: ModeAmbient}
+	for _, tt := range []struct {
+		name     string
+		recovers bool
+	}{
+		{name: "retry succeeds", recovers: true},
+		{name: "never enrolls"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			client := fake.NewClientset(ns("shop", amb),
+				pod("shop", "cart", node, "198.19.3.10", nil),
+				pod("shop", "web", node, "198.19.3.11", nil))
+			var attempts atomic.Int32
+			allow := make(chan struct{})
+			rec := &recorder{set: map[string]Pod{}}
+			var logs struct {
+				sync.Mutex
+				lines []string
+			}
+			r, err := New(Options{
+				Client: client, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "enrollment.json"),
+				SyncGrace: 300 * time.Millisecond,
+				Errorf: func(format string, args ...any) {
+					logs.Lock()
+					defer logs.Unlock()
+					logs.lines = append(logs.lines, fmt.Sprintf(format, args...))
+				},
+				Enroll: func(_ context.Context, p Pod) error {
+					if p.Name == "cart" {
+						attempts.Add(1)
+						select {
+						case <-allow:
+						default:
+							return errors.New("bind 127.0.0.1:15001: address already in use")
+						}
+					}
+					rec.mu.Lock()
+					defer rec.mu.Unlock()
+					rec.set[p.Namespace+"/"+p.Name] = p
+					return nil
+				},
+				Unenroll:  func(context.Context, Pod) error { return nil },
+				FindNetns: func(string, []netip.Addr) (string, error) { return "/proc/self/ns/net", nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- r.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+
+			eventually(t, "cart's enrollment retried", func() (bool, string) {
+				return attempts.Load() >= 2, fmt.Sprintf("%d attempts", attempts.Load())
+			})
+			if r.Synced() {
+				t.Fatalf("ready while cart, running at start, is not enrolled (enrolled: %v): a rolling update would stop the old agent and refuse cart's connections", rec.names())
+			}
+			if tt.recovers {
+				close(allow)
+				eventually(t, "ready after cart enrolled", func() (bool, string) {
+					return r.Synced() && slices.Contains(rec.names(), "shop/cart"), fmt.Sprintf("synced %v, enrolled %v", r.Synced(), rec.names())
+				})
+				return
+			}
+			eventually(t, "ready after SyncGrace", func() (bool, string) { return r.Synced(), "not synced" })
+			logs.Lock()
+			defer logs.Unlock()
+			if !slices.ContainsFunc(logs.lines, func(l string) bool {
+				return strings.Contains(l, "not yet enrolled") && strings.Contains(l, "shop/cart")
+			}) {
+				t.Errorf("readiness after SyncGrace with cart not enrolled logged nothing naming it; log:\n%s", strings.Join(logs.lines, "\n"))
+			}
+		})
 	}
 }

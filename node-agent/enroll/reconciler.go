@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -56,6 +57,10 @@ type Options struct {
 	// they delivered was reconciled once (so a restarted agent can drop
 	// state no running pod claims). Nil means nothing.
 	AfterSync func()
+	// SyncGrace bounds the wait for the pods found at start to be
+	// enrolled: a pod whose enrollment keeps failing (it is retried) does
+	// not hold the agent unready past it. Zero means 30s.
+	SyncGrace time.Duration
 	// Errorf logs reconcile failures. Nil discards.
 	Errorf func(format string, args ...any)
 }
@@ -72,6 +77,10 @@ type Reconciler struct {
 
 	hasSynced []cache.InformerSynced
 	synced    atomic.Bool // informers synced and the pods found then reconciled
+	syncOnce  sync.Once
+
+	pendingMu sync.Mutex
+	pending   map[string]bool // pods found at start, not yet reconciled successfully
 
 	mu       sync.Mutex        // serializes enroll/unenroll and guards below
 	enrolled map[string]Pod    // by namespace/name
@@ -97,6 +106,9 @@ func New(opts Options) (*Reconciler, error) {
 	}
 	if opts.Resync == 0 {
 		opts.Resync = 30 * time.Second
+	}
+	if opts.SyncGrace == 0 {
+		opts.SyncGrace = 30 * time.Second
 	}
 	if opts.Errorf == nil {
 		opts.Errorf = func(string, ...any) {}
@@ -176,19 +188,39 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		<-ctx.Done()
 		r.queue.ShutDown()
 	}()
-	afterSync, initial := r.opts.AfterSync, true
-	for {
-		if initial && r.queue.Len() == 0 {
-			// Every pod that ran when the agent started is enrolled (its
-			// listeners open) only now: readiness waits for this, or a
-			// rolling update would stop the old agent while pods still
-			// have no listener of the new one, refusing their connections.
-			initial = false
-			r.synced.Store(true)
-			if afterSync != nil {
-				afterSync()
+	// Every pod that runs when the agent starts must be enrolled (its
+	// listeners open) before the agent is ready: a rolling update stops
+	// the old agent then, and a pod without a listener of the new one would
+	// refuse its connections. A pod whose enrollment failed is retried
+	// with backoff; it counts as done only when it succeeds (or after
+	// SyncGrace, so that one broken pod does not stall the roll forever).
+	r.pendingMu.Lock()
+	r.pending = map[string]bool{}
+	if pods, err := r.pods.List(labels.Everything()); err == nil {
+		for _, p := range pods {
+			if r.wanted(p) {
+				r.pending[p.Namespace+"/"+p.Name] = true
 			}
 		}
+	}
+	empty := len(r.pending) == 0
+	r.pendingMu.Unlock()
+	if empty {
+		r.finishSync()
+	} else {
+		grace := time.AfterFunc(r.opts.SyncGrace, func() {
+			r.pendingMu.Lock()
+			left := slices.Sorted(maps.Keys(r.pending))
+			r.pendingMu.Unlock()
+			if len(left) > 0 {
+				r.opts.Errorf("ready after %s with %d pods not yet enrolled (retried; their connections are refused until then): %s",
+					r.opts.SyncGrace, len(left), strings.Join(left, ", "))
+			}
+			r.finishSync()
+		})
+		defer grace.Stop()
+	}
+	for {
 		key, quit := r.queue.Get()
 		if quit {
 			return nil
@@ -199,14 +231,40 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.queue.AddRateLimited(key)
 		} else {
 			r.queue.Forget(key)
+			r.settled(key)
 		}
 		r.queue.Done(key)
 	}
 }
 
+// settled records that key, one of the pods found at start, is reconciled;
+// the last one makes the reconciler synced.
+func (r *Reconciler) settled(key string) {
+	r.pendingMu.Lock()
+	if !r.pending[key] {
+		r.pendingMu.Unlock()
+		return
+	}
+	delete(r.pending, key)
+	done := len(r.pending) == 0
+	r.pendingMu.Unlock()
+	if done {
+		r.finishSync()
+	}
+}
+
+// finishSync marks the reconciler synced and runs AfterSync, once.
+func (r *Reconciler) finishSync() {
+	r.syncOnce.Do(func() {
+		r.synced.Store(true)
+		if r.opts.AfterSync != nil {
+			r.opts.AfterSync()
+		}
+	})
+}
+
 // Synced reports whether the informers have synced and every pod found
-// then has been reconciled once, so every running pod
-// of this node has been seen at least once.
+// then that belongs in the mesh has been enrolled (or SyncGrace passed).
 func (r *Reconciler) Synced() bool { return r.synced.Load() }
 
 // Enrolled returns the enrolled pods, sorted by namespace/name.
