@@ -272,6 +272,10 @@ func (b *h1Body) Close() error {
 	return nil
 }
 
+// writeStopGrace is how long finish waits for a request body's write to end
+// once the answer is complete before it closes the connection.
+const writeStopGrace = 100 * time.Millisecond
+
 // finish ends the exchange: the connection is reused when the answer was
 // read to its end, the request fully written, the context did not cut the
 // connection and neither side asked to close it; otherwise it is closed.
@@ -287,10 +291,20 @@ func (b *h1Body) finish(complete bool) {
 			// Still writing, or just done but not yet reported: a
 			// deadline in the past ends a write the server no longer
 			// reads, and one that did finish leaves the connection
-			// reusable.
+			// reusable. Connections without deadlines (HBONE streams)
+			// ignore it: a write still blocked a moment later is ended
+			// by closing the connection.
 			b.pc.SetWriteDeadline(aLongTimeAgo)
-			err := <-b.written
-			reuse = reuse && err == nil && b.pc.SetWriteDeadline(time.Time{}) == nil
+			t := time.NewTimer(writeStopGrace)
+			select {
+			case err := <-b.written:
+				reuse = reuse && err == nil && b.pc.SetWriteDeadline(time.Time{}) == nil
+			case <-t.C:
+				b.pc.Close()
+				<-b.written
+				reuse = false
+			}
+			t.Stop()
 		}
 	}
 	if reuse {

@@ -1,7 +1,9 @@
 package waypoint
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -376,4 +378,65 @@ func TestTimeoutWithoutDeadlines(t *testing.T) {
 			t.Errorf("request %d: %d after %v; want 504 well before the backend's 2s", i, code, took)
 		}
 	}
+}
+
+// TestEarlyAnswerWithoutDeadlines: an upstream that answers before reading
+// the request body (an early 413, a redirect) and then stops reading, over a
+// connection without deadlines (the waypoint's HBONE streams): the client
+// gets the answer at once, not when the upstream finally closes, and the
+// connection is not reused.
+func TestEarlyAnswerWithoutDeadlines(t *testing.T) {
+	const hold = 5 * time.Second
+	var conns atomic.Int32
+	addr := tcpBackend(t, func(c net.Conn) {
+		conns.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n")
+		time.Sleep(hold) // reads nothing more: the body's write blocks
+	})
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("up", addr)}, model.L7Route{Name: "r", Destinations: to("up")}), func(o *Options) {
+		o.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return noDeadlineConn{c}, nil
+		}
+	})
+	client := newClient(t)
+	for i := range 2 {
+		body := io.LimitReader(zeros{}, 64<<20) // far more than socket buffers hold
+		req, err := http.NewRequest(http.MethodPost, h.url+"/upload", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "reviews.default.svc.cluster.local"
+		began := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if took := time.Since(began); resp.StatusCode != http.StatusRequestEntityTooLarge || took > hold/2 {
+			t.Errorf("upload %d: %d %q after %v; want the upstream's 413 at once, not after it stops holding the connection (%v)", i, resp.StatusCode, b, took, hold)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("upstream connections = %d; want 2 (one whose request body was cut short is never reused)", n)
+	}
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
