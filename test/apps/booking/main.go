@@ -141,7 +141,7 @@ func logRequests(h http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(rec, r)
 		if r.URL.Path != "/healthz" {
-			log.Printf("request %s %q %d host=%q", r.Method, r.URL.Path, rec.status, r.Host)
+			log.Printf("request %s %q %d host=%q from=%s", r.Method, r.URL.Path, rec.status, r.Host, r.RemoteAddr)
 		}
 	})
 }

@@ -110,8 +110,10 @@ func TestTutorial(t *testing.T) {
 			t.Logf("proxy-status:\n%s", ps)
 		}
 	})
+	// 20 in a row: before the VirtualService applies, a request reaches v2
+	// half of the time, and 5 in a row would pass by chance within the wait.
 	lab.WaitFor(t, time.Minute, "the test user routed to order v2", func() (bool, error) {
-		for range 5 {
+		for range 20 {
 			b, code, err := getBooking(ingress, map[string]string{"end-user": "jason"})
 			if err != nil || code != 200 || b.Order.Version != "v2" {
 				return false, fmt.Errorf("%d order %q %v", code, b.Order.Version, err)
@@ -131,6 +133,18 @@ func TestTutorial(t *testing.T) {
 	// 20% of 200 is 40 with a standard deviation of about 5.7; ±3 of them.
 	if v2 := byVersion["v2"]; v2 < 23 || v2 > 57 || byVersion["v1"]+v2 != n {
 		t.Errorf("order versions over %d bookings: %v; want about 80/20 (v2 between 23 and 57)", n, byVersion)
+		// Which path the calls took: the order pods log the peer of each
+		// request (the waypoint's address when it routed them).
+		for _, sel := range []string{"app=order-service", "gateway.networking.k8s.io/gateway-name=waypoint"} {
+			out, err := lb.Kubectl("-n", ns, "logs", "-l", sel, "--prefix", "--tail", "15")
+			t.Logf("logs of %s (%v):\n%s", sel, err, out)
+		}
+		pods, err := lb.Kubectl("-n", ns, "get", "pods", "-o", "wide")
+		t.Logf("pods (%v):\n%s", err, pods)
+		for _, c := range [][]string{{"describe", "service", "order-service", "-n", ns}, {"proxy-status"}} {
+			out, err := runMeshctl(lb, c...)
+			t.Logf("meshctl %s (%v):\n%s", strings.Join(c, " "), err, out)
+		}
 	}
 
 	t.Log("6. circuit breaking on inventory-service")
