@@ -14,9 +14,15 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 )
+
+// DefaultTimeout bounds one issuance, retries included, when the caller's
+// context has no deadline.
+const DefaultTimeout = 30 * time.Second
 
 // Options configure an issuer.
 type Options struct {
@@ -43,10 +49,33 @@ func New(opts Options) (func(ctx context.Context, csrDER []byte) ([]*x509.Certif
 			return nil, fmt.Errorf("read service account token: %w", err)
 		}
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
-		resp, err := client.CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+			defer cancel()
+		}
+		req := &securityv1alpha1.IstioCertificateRequest{
 			Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})),
 			ValidityDuration: int64(opts.TTL / time.Second),
-		})
+		}
+		// While meshd rolls, its old replica stops and the connection
+		// moves to the new one: the call waits for a ready connection
+		// (WaitForReady) and is sent again when a stopping server dropped
+		// it (Unavailable), within ctx, so that no issuance fails for it.
+		var resp *securityv1alpha1.IstioCertificateResponse
+		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+			resp, err = client.CreateCertificate(ctx, req, grpc.WaitForReady(true))
+			if status.Code(err) != codes.Unavailable {
+				break
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, fmt.Errorf("create certificate: %w", err)
+			case <-t.C:
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("create certificate: %w", err)
 		}
