@@ -69,6 +69,7 @@ type config struct {
 	certMaxTTL    time.Duration
 	tokenAudience string
 	waypointImage string
+	shutdownDelay time.Duration
 }
 
 func parseFlags(args []string) (config, error) {
@@ -97,6 +98,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.certMaxTTL, "max-workload-cert-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime a client may ask for")
 	fs.StringVar(&c.tokenAudience, "token-audience", "", "audience the callers' service account tokens must carry; empty means the API server's default")
 	fs.StringVar(&c.waypointImage, "waypoint-image", deployer.DefaultImage, "image of the waypoint Deployments meshd creates for istio-waypoint/meshlet-waypoint (and istio/meshlet ingress) Gateways; empty disables the deployer")
+	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, how long meshd answers not ready but keeps serving before it stops, so that the Service stops sending it new connections first (no gap in certificate issuance while meshd rolls)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -305,9 +307,17 @@ loop:
 			}
 		}
 	}
+	ready.Store(false)
+	if runErr == nil && cfg.shutdownDelay > 0 {
+		// Not ready, still serving: the endpoints controller and the
+		// nodes' service proxies take the replica out of the Service
+		// before its listener closes, so callers reach the other replica
+		// instead of a refused connection.
+		log.Info("stopping: not ready, serving for the shutdown delay", "delay", cfg.shutdownDelay)
+		time.Sleep(cfg.shutdownDelay)
+	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ready.Store(false)
 	for _, hs := range servers {
 		_ = hs.Shutdown(shutdown)
 	}

@@ -605,3 +605,88 @@ spec:
 		t.Errorf("meshd_config_warnings_total{kind=LocalRateLimitPolicy} moved by %v; want 1", d)
 	}
 }
+
+// TestMeshdRollKeepsIssuingCertificates: while `kubectl rollout restart`
+// rolls meshd, pods make their first connection through the mesh, one every
+// 1.5 s, each as a service account of its own, so each needs a certificate
+// that its node agent asks meshd for right then. Every one is answered: a
+// replica going away hands its callers to the other without a failed
+// issuance.
+func TestMeshdRollKeepsIssuingCertificates(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	_, url := echoServer(t, lb, ns)
+	const n = 16
+	var yaml strings.Builder
+	for i := range n {
+		fmt.Fprintf(&yaml, `apiVersion: v1
+kind: ServiceAccount
+metadata: {name: roll-%[1]d}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: roll-%[1]d, labels: {app: roll-probe}}
+spec:
+  serviceAccountName: roll-%[1]d
+  containers:
+  - name: main
+    image: meshlet.dev/echo:latest
+    command: [/bin/sh, -c, "exec sleep 3600"]
+---
+`, i)
+	}
+	lb.Apply(t, ns, yaml.String())
+	lb.WaitPodsReady(t, ns, "app=roll-probe", n, 3*time.Minute)
+	before := meshdPods(t, lb)
+	if len(before) == 0 {
+		t.Fatal("no ready meshd replica")
+	}
+
+	if out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "restart", "deployment/meshd"); err != nil {
+		t.Fatalf("rollout restart meshd: %v: %s", err, out)
+	}
+	rolled := make(chan error, 1)
+	go func() {
+		out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "status", "deployment/meshd", "--timeout", "3m")
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		rolled <- err
+	}()
+	var failures []string
+	rollDone := -1 // the first probe after the roll ended
+	for i := range n {
+		select {
+		case err := <-rolled:
+			if err != nil {
+				t.Fatalf("meshd roll: %v", err)
+			}
+			rollDone = i
+			rolled = nil
+		default:
+		}
+		if ok, out := request(t, lb, ns, fmt.Sprintf("roll-%d", i), url); !ok {
+			failures = append(failures, fmt.Sprintf("roll-%d: %s", i, strings.Join(strings.Fields(out), " ")))
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	if rolled != nil {
+		if err := <-rolled; err != nil {
+			t.Fatalf("meshd roll: %v", err)
+		}
+	}
+	t.Logf("%d first connections (each a new certificate) while meshd rolled: %d failed; the roll ended before probe %d", n, len(failures), rollDone)
+	if len(failures) > 0 {
+		t.Errorf("first connections refused while meshd rolled (a certificate not issued): %s", strings.Join(failures, "; "))
+	}
+	if rollDone >= 0 && rollDone < 4 {
+		t.Errorf("meshd's roll ended before probe %d: too few first connections during it to show anything", rollDone)
+	}
+	for _, p := range meshdPods(t, lb) {
+		for _, old := range before {
+			if p.Name == old.Name {
+				t.Errorf("meshd replica %s still serving after the roll", p.Name)
+			}
+		}
+	}
+}
