@@ -13,12 +13,14 @@ import (
 
 	"github.com/meshlet/meshlet/node-agent/agent"
 	"github.com/meshlet/meshlet/node-agent/dnsproxy"
+	"github.com/meshlet/meshlet/node-agent/ebpf"
 	"github.com/meshlet/meshlet/node-agent/mesh"
 )
 
-// clusterDNS finds the resolver the DNS proxy forwards to: --dns-upstream
-// when set, else the kube-dns Service of kube-system (CoreDNS), looked up
-// again at most every 30s until found.
+// clusterDNS finds the resolver the DNS proxy forwards to when it does not
+// know the one the pod asked: --dns-upstream when set, else the kube-dns
+// Service of kube-system (CoreDNS), looked up again at most every 30s until
+// found.
 type clusterDNS struct {
 	client kubernetes.Interface
 	fixed  string
@@ -49,9 +51,11 @@ func (c *clusterDNS) upstream() string {
 	return c.addr
 }
 
-// dnsProxies starts each enrolled pod's DNS proxy; nil (no capture of the
-// pods' DNS) without the mesh, whose model it answers from.
-func dnsProxies(m agent.Mesh, client kubernetes.Interface, upstream string, disabled bool) func(string) (io.Closer, error) {
+// dnsProxies starts each enrolled pod's DNS proxy, which forwards names the
+// mesh does not know to the resolver the pod asked, as dp recorded it; nil
+// (no capture of the pods' DNS) without the mesh, whose model it answers
+// from.
+func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client kubernetes.Interface, upstream string, disabled bool) func(string) (io.Closer, error) {
 	mm, ok := m.(*mesh.Mesh)
 	if !ok || disabled {
 		return nil
@@ -59,7 +63,7 @@ func dnsProxies(m agent.Mesh, client kubernetes.Interface, upstream string, disa
 	up := &clusterDNS{client: client, fixed: upstream}
 	return func(nsPath string) (io.Closer, error) {
 		return dnsproxy.Start(dnsproxy.Options{
-			Netns: nsPath, Lookup: mm.LookupHost, Upstream: up.upstream,
+			Netns: nsPath, Lookup: mm.LookupHost, Upstream: up.upstream, OriginalDst: dp.SockOriginalDst,
 			Mark: agent.DefaultAgentMark, Errorf: log.Printf,
 		})
 	}

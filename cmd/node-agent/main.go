@@ -74,7 +74,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.readinessAddr, "readiness-addr", ":15021", "readiness (/healthz/ready) listen address")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown or unenrollment")
 	flag.StringVar(&f.netnsDir, "netns-dir", "/var/run/netns", "the runtime's netns bind mounts, searched for running pods")
-	flag.StringVar(&f.dnsUpstream, "dns-upstream", "", "resolver (host:port) the DNS proxy forwards names the mesh does not know to; empty: the kube-dns Service of kube-system")
+	flag.StringVar(&f.dnsUpstream, "dns-upstream", "", "resolver (host:port) the DNS proxy forwards names the mesh does not know to when the pod's own resolver is unknown; empty: the kube-dns Service of kube-system")
 	flag.BoolVar(&f.noDNSCapture, "no-dns-capture", false, "leave enrolled pods' DNS alone (no DNS proxy: ServiceEntry hosts without cluster DNS records do not resolve)")
 	flag.StringVar(&f.meshdAddress, "meshd-address", "", "meshd's xDS and CA address (host:port, 15012); empty runs without the mesh: enrolled traffic passes through unencrypted (data path testing only)")
 	flag.StringVar(&f.meshdServerName, "meshd-server-name", "", "name meshd's TLS certificate must carry; empty means the host of --meshd-address")
@@ -145,7 +145,7 @@ func run(f flags) error {
 	ag, err := agent.New(agent.Options{
 		NodeName: f.nodeName, TrustDomain: f.trustDomain, Datapath: dp,
 		Metrics: proxy.NewMetrics(reg), DrainTimeout: f.drainTimeout, Errorf: log.Printf, Mesh: m,
-		DNS: dnsProxies(m, client, f.dnsUpstream, f.noDNSCapture),
+		DNS: dnsProxies(m, dp, client, f.dnsUpstream, f.noDNSCapture),
 	})
 	if err != nil {
 		return err

@@ -3,7 +3,19 @@
 // inside the pod's network namespace, where this proxy answers the names
 // the mesh knows (Services and ServiceEntry hosts with addresses, which the
 // cluster DNS may not know) from the pushed model and forwards every other
-// query to the cluster DNS, returning its answer unchanged.
+// query to the resolver the pod sent it to, returning its answer unchanged.
+// That resolver is found from the query's source: sock_diag inside the pod
+// names the sending socket, whose cookie the data path recorded the original
+// destination under. The forward leaves from the pod's netns, as the query
+// would have without the mesh, carrying the agent's mark so that it is not
+// captured again. When the original resolver is not known (capture did not
+// record it, the socket is gone, or the record points at the proxy itself)
+// the query goes to the configured upstream (the cluster DNS) from the
+// agent's netns.
+//
+// Only UDP is proxied. DNS over TCP is not captured as DNS: connect4 sends
+// it to the outbound listener (15001) like any TCP, which passes it through
+// to the resolver the app dialled, so mesh names are not answered over TCP.
 //
 // It must not become an open resolver: it listens only on the pod's
 // loopback, bounds message sizes, concurrency and time, and answers only
@@ -11,13 +23,13 @@
 package dnsproxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -37,14 +49,20 @@ type Options struct {
 	// (lower case, no trailing dot); ok is false for names the mesh does not
 	// know, which are forwarded. Required.
 	Lookup func(name string) (addrs []netip.Addr, ok bool)
-	// Upstream returns the resolver to forward to (host:port, usually the
-	// cluster DNS Service); "" refuses forwarded queries with SERVFAIL.
-	// Required.
+	// Upstream returns the resolver to forward to when the pod's own is not
+	// known (host:port, usually the cluster DNS Service); "" refuses such
+	// queries with SERVFAIL. Required.
 	Upstream func() string
+	// OriginalDst returns the address the socket with the given cookie sent
+	// its captured query to (ebpf.Datapath.SockOriginalDst); an error when
+	// none is recorded. Nil forwards every query to Upstream.
+	OriginalDst func(socketCookie uint64) (netip.AddrPort, error)
 	// Mark is set on the proxy's sockets so the data path never captures
-	// them (the agent's mark).
+	// them (the agent's mark). Required with OriginalDst: queries forwarded
+	// from the pod's netns would otherwise be captured again.
 	Mark uint32
-	// Timeout bounds one forwarded query; zero means 5s.
+	// Timeout bounds one forwarded query, including finding its resolver;
+	// zero means 5s.
 	Timeout time.Duration
 	// MaxInFlight bounds concurrent forwarded queries; zero means 128.
 	// Queries beyond it are answered SERVFAIL at once.
@@ -57,10 +75,12 @@ type Options struct {
 
 // Server is one pod's DNS proxy.
 type Server struct {
-	opts  Options
-	conns []net.PacketConn
-	sem   chan struct{}
-	wg    sync.WaitGroup
+	opts   Options
+	conns  []net.PacketConn
+	finder *sockFinder // nil without Options.OriginalDst
+	sem    chan struct{}
+	wg     sync.WaitGroup
+	warned atomic.Bool // a failed sender lookup was reported
 }
 
 // Start listens on the pod's loopback port 15053 (IPv4, and IPv6 when the
@@ -69,6 +89,9 @@ type Server struct {
 func Start(opts Options) (*Server, error) {
 	if opts.Netns == "" || opts.Lookup == nil || opts.Upstream == nil {
 		return nil, errors.New("dns proxy: Netns, Lookup and Upstream are required")
+	}
+	if opts.OriginalDst != nil && opts.Mark == 0 {
+		return nil, errors.New("dns proxy: OriginalDst needs Mark: forwards from the pod would be captured again")
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Second
@@ -89,9 +112,18 @@ func Start(opts Options) (*Server, error) {
 			if addr == "::1" {
 				continue // no IPv6 loopback in this pod
 			}
+			s.Close()
 			return nil, fmt.Errorf("dns proxy for %s: %w", opts.Netns, err)
 		}
 		s.conns = append(s.conns, pc)
+	}
+	if opts.OriginalDst != nil {
+		f, err := openSockFinder(opts.Netns, opts.Timeout)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("dns proxy for %s: %w", opts.Netns, err)
+		}
+		s.finder = f
 	}
 	for _, pc := range s.conns {
 		s.wg.Add(1)
@@ -107,6 +139,9 @@ func (s *Server) Close() error {
 		err = errors.Join(err, pc.Close())
 	}
 	s.wg.Wait()
+	if s.finder != nil {
+		err = errors.Join(err, s.finder.Close())
+	}
 	return err
 }
 
@@ -140,7 +175,7 @@ func (s *Server) serve(pc net.PacketConn) {
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.sem }()
-			a, err := s.forward(q)
+			a, err := s.forward(q, from)
 			if err != nil {
 				s.opts.Errorf("dns proxy: forward: %v", err)
 				var ok bool
@@ -198,24 +233,29 @@ func (s *Server) local(q []byte) ([]byte, bool) {
 	return out, err == nil
 }
 
-// forward sends q to the upstream from the agent's own network namespace
-// and returns its answer as is.
-func (s *Server) forward(q []byte) ([]byte, error) {
-	up := s.opts.Upstream()
-	if up == "" {
-		return nil, errors.New("no upstream resolver known")
+// forward sends q, which came from the pod's address from, to the
+// resolver the pod sent it to (from the pod's netns) or else to the
+// upstream (from the agent's), and returns the answer as is.
+func (s *Server) forward(q []byte, from net.Addr) ([]byte, error) {
+	deadline := time.Now().Add(s.opts.Timeout)
+	var (
+		c   net.Conn
+		err error
+	)
+	if orig, ok := s.originalDst(from); ok {
+		c, err = dialUDP(s.opts.Netns, orig, s.opts.Mark)
+	} else {
+		up := s.opts.Upstream()
+		if up == "" {
+			return nil, errors.New("no upstream resolver known")
+		}
+		c, err = net.DialTimeout("udp", up, time.Until(deadline))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", up)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
+	_ = c.SetDeadline(deadline)
 	if _, err := c.Write(q); err != nil {
 		return nil, err
 	}
@@ -230,6 +270,38 @@ func (s *Server) forward(q []byte) ([]byte, error) {
 			return buf[:n], nil
 		}
 	}
+}
+
+// originalDst returns the resolver the pod sent the query from from to, when
+// the data path recorded one that is safe to forward to.
+func (s *Server) originalDst(from net.Addr) (netip.AddrPort, bool) {
+	if s.finder == nil {
+		return netip.AddrPort{}, false
+	}
+	ua, ok := from.(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	cookie, err := s.finder.cookie(ua.AddrPort())
+	if err != nil {
+		if !errors.Is(err, errNoSender) && s.warned.CompareAndSwap(false, true) {
+			s.opts.Errorf("dns proxy: find the sender of a query in %s (forwarding to the upstream instead; reported once): %v", s.opts.Netns, err)
+		}
+		return netip.AddrPort{}, false
+	}
+	orig, err := s.opts.OriginalDst(cookie)
+	if err != nil || !forwardable(orig) {
+		return netip.AddrPort{}, false
+	}
+	return orig, true
+}
+
+// forwardable reports whether a recorded original destination may be
+// forwarded to: not the proxy itself or anything on the pod's loopback
+// (which capture never records), not a wildcard.
+func forwardable(orig netip.AddrPort) bool {
+	a := orig.Addr().Unmap()
+	return a.IsValid() && !a.IsUnspecified() && !a.IsLoopback() && orig.Port() != 0 && orig.Port() != Port
 }
 
 // wellFormed reports whether q is a standard query with at least one

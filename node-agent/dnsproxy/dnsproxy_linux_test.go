@@ -69,6 +69,12 @@ func upstream(t *testing.T) (string, *atomic.Int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveDNS(t, pc, [4]byte{198, 19, 44, 99})
+}
+
+// serveDNS answers every A query on pc with answer, counting datagrams.
+func serveDNS(t *testing.T, pc net.PacketConn, answer [4]byte) (string, *atomic.Int64) {
+	t.Helper()
 	t.Cleanup(func() { pc.Close() })
 	var n atomic.Int64
 	go func() {
@@ -85,7 +91,7 @@ func upstream(t *testing.T) (string, *atomic.Int64) {
 			}
 			m.Header.Response = true
 			m.Answers = []dnsmessage.Resource{{Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 30},
-				Body: &dnsmessage.AResource{A: [4]byte{198, 19, 44, 99}}}}
+				Body: &dnsmessage.AResource{A: answer}}}
 			out, _ := m.Pack()
 			_, _ = pc.WriteTo(out, from)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -37,3 +38,24 @@ func listenUDP(nsPath, addr string, mark uint32) (net.PacketConn, error) {
 	return pc, nil
 }
 
+// dialUDP opens a UDP socket connected to addr inside the netns at nsPath,
+// carrying mark so that the data path does not capture it.
+func dialUDP(nsPath string, addr netip.AddrPort, mark uint32) (net.Conn, error) {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_MARK, int(mark))
+		})
+		return errors.Join(err, serr)
+	}}
+	var c net.Conn
+	err := netns.Do(nsPath, func() error {
+		var err error
+		c, err = d.Dial("udp", addr.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial udp %s in %s: %w", addr, nsPath, err)
+	}
+	return c, nil
+}

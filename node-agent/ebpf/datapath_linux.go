@@ -573,6 +573,23 @@ func (d *Datapath) OriginalDstOf(netnsCookie uint64, client netip.AddrPort) (net
 	return addrOf(v), nil
 }
 
+// SockOriginalDst returns the address a captured socket, known by its socket
+// cookie (SO_COOKIE, or sock_diag's), was sending to when capture rewrote
+// it: for a UDP socket the resolver of its last captured DNS query, kept
+// until the socket is released. It is ErrNoOriginalDst for a socket that was
+// not captured, is gone, or is a TCP connection past its handshake (whose
+// record moved to OriginalDstOf).
+func (d *Datapath) SockOriginalDst(socketCookie uint64) (netip.AddrPort, error) {
+	var v sockopsMlAddr
+	if err := d.maps.MlSockDst.Lookup(socketCookie, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return netip.AddrPort{}, fmt.Errorf("original destination of socket %d: %w", socketCookie, ErrNoOriginalDst)
+		}
+		return netip.AddrPort{}, fmt.Errorf("original destination of socket %d: %w", socketCookie, err)
+	}
+	return addrOf(v), nil
+}
+
 func addrOf(v sockopsMlAddr) netip.AddrPort {
 	a := netip.AddrFrom16(v.Ip)
 	if v.Family == afInet {

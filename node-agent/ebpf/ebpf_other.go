@@ -37,6 +37,9 @@ func (*Datapath) OriginalDst(net.Conn) (netip.AddrPort, error) {
 func (*Datapath) OriginalDstOf(uint64, netip.AddrPort) (netip.AddrPort, error) {
 	return netip.AddrPort{}, ErrNotSupported
 }
+func (*Datapath) SockOriginalDst(uint64) (netip.AddrPort, error) {
+	return netip.AddrPort{}, ErrNotSupported
+}
 func (*Datapath) AttachPodIngress(string, string, IngressOptions) error { return ErrNotSupported }
 func (*Datapath) DetachPodIngress(string, string) error                 { return ErrNotSupported }
 func (*Datapath) Stats() (map[uint32]Stats, error)                      { return nil, ErrNotSupported }
