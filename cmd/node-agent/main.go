@@ -153,7 +153,7 @@ func run(f flags) error {
 	reg.MustRegister(ag.NewKernelCollector(dp))
 	rec, err := enroll.New(enroll.Options{
 		Client: client, NodeName: f.nodeName, SnapshotPath: f.cniState,
-		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf, NetnsDir: f.netnsDir,
+		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf, Logf: log.Printf, NetnsDir: f.netnsDir,
 		AfterSync: func() {
 			res, err := ag.ReconcileDatapath()
 			if err != nil {

@@ -63,6 +63,8 @@ type Options struct {
 	SyncGrace time.Duration
 	// Errorf logs reconcile failures. Nil discards.
 	Errorf func(format string, args ...any)
+	// Logf logs enrollment changes and readiness. Nil discards.
+	Logf func(format string, args ...any)
 }
 
 // Reconciler keeps this node's enrollment in step with the API.
@@ -112,6 +114,9 @@ func New(opts Options) (*Reconciler, error) {
 	}
 	if opts.Errorf == nil {
 		opts.Errorf = func(string, ...any) {}
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
 	}
 	podF := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -256,6 +261,10 @@ func (r *Reconciler) settled(key string) {
 // finishSync marks the reconciler synced and runs AfterSync, once.
 func (r *Reconciler) finishSync() {
 	r.syncOnce.Do(func() {
+		r.mu.Lock()
+		n := len(r.enrolled)
+		r.mu.Unlock()
+		r.opts.Logf("synced: %d pods enrolled; ready", n)
 		r.synced.Store(true)
 		if r.opts.AfterSync != nil {
 			r.opts.AfterSync()
@@ -341,6 +350,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod,
 			return fmt.Errorf("unenroll %s: %w", key, err)
 		}
 		delete(r.enrolled, key)
+		r.opts.Logf("unenrolled %s", key)
 		return nil
 	}
 	want := Pod{
@@ -393,6 +403,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod,
 		return fmt.Errorf("enroll %s: %w", key, err)
 	}
 	r.enrolled[key] = want
+	r.opts.Logf("enrolled %s (%s, service account %s)", key, want.IPs, want.ServiceAccount)
 	return nil
 }
 
