@@ -85,6 +85,8 @@ func parseFlags() flags {
 }
 
 func main() {
+	// Microseconds: a rolling update's handoff happens within one second.
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	f := parseFlags()
 	if err := run(f); err != nil {
 		log.Fatalf("node-agent: %v", err)
@@ -231,6 +233,7 @@ func run(f flags) error {
 	if err := ag.Drain(dctx); err != nil {
 		log.Printf("drain: %v", err)
 	}
+	log.Printf("drained")
 	if f.uninstallCNIOnExit || uninstall {
 		if err := install.Uninstall(instOpts); err != nil {
 			log.Printf("uninstall meshlet-cni: %v", err)
