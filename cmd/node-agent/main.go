@@ -230,7 +230,13 @@ func run(f flags) error {
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 	defer cancel()
-	if err := ag.Drain(dctx); err != nil {
+	drain := ag.Drain
+	if !uninstall {
+		// A rolling update (or a restart): each pod keeps our listeners
+		// until the successor's are beside them, within half the drain.
+		drain = func(ctx context.Context) error { return ag.Handoff(ctx, f.drainTimeout/2) }
+	}
+	if err := drain(dctx); err != nil {
 		log.Printf("drain: %v", err)
 	}
 	log.Printf("drained")

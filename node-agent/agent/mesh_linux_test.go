@@ -326,3 +326,96 @@ func loadDatapath(t *testing.T) *ebpf.Datapath {
 	t.Cleanup(func() { dp.Uninstall() })
 	return dp
 }
+
+// TestHandoffWaitsForSuccessor: an agent told to stop before its successor
+// has opened its listeners in a pod (a successor late for that pod, or none
+// yet) keeps serving there until they appear, then drains; the pod is never
+// without a listener.
+func TestHandoffWaitsForSuccessor(t *testing.T) {
+	dp := loadDatapath(t)
+	na, nb := nstest.Pair(t, "mlna-hw", netip.MustParseAddr("198.19.4.49"), netip.MustParseAddr("198.19.4.50"))
+	idA, idB := "spiffe://cluster.local/ns/shop/sa/cart", "spiffe://cluster.local/ns/shop/sa/db"
+	snap := model.NewSnapshot(model.SnapshotInput{Workloads: []*model.Workload{
+		{UID: "uid-a", Name: "cart-0", Namespace: "shop", CanonicalName: "cart", IPs: []netip.Addr{na.Addr}, Identity: idA, Enrolled: true},
+		{UID: "uid-b", Name: "db-0", Namespace: "shop", CanonicalName: "db", IPs: []netip.Addr{nb.Addr}, Identity: idB, Enrolled: true},
+	}})
+	pods := []enroll.Pod{
+		{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart", IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: "mlna-hwa"},
+		{UID: "uid-b", Namespace: "shop", Name: "db-0", Workload: "db", ServiceAccount: "db", IPs: []netip.Addr{nb.Addr}, Netns: nb.Path, IfName: "mlna-hwb"},
+	}
+	authority := testAuthority(t)
+	enrollAll := func(ag *Agent) {
+		for _, p := range pods {
+			if err := ag.Enroll(context.Background(), p); err != nil {
+				t.Fatalf("enroll %s: %v", p.Name, err)
+			}
+		}
+	}
+	app := nstest.MustListen(t)(netns.Listen(nb.Path, nb.Addr.String()+":8080", netns.ListenOptions{}))
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	roundTrip := func() error {
+		c, err := netns.Dial(context.Background(), na.Path, nb.Addr.String()+":8080", netns.DialOptions{Timeout: 5 * time.Second})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "ping"); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(c, buf)
+		return err
+	}
+
+	old := meshAgent(t, dp, authority, snap)
+	enrollAll(old)
+	if err := roundTrip(); err != nil {
+		t.Fatalf("through the first agent: %v", err)
+	}
+	handedOff := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		handedOff <- old.Handoff(ctx, 10*time.Second)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := roundTrip(); err != nil {
+		t.Errorf("new connection while the old agent waits for a successor: %v; want it served by the old agent", err)
+	}
+	select {
+	case err := <-handedOff:
+		t.Fatalf("handoff ended (%v) with no successor listening", err)
+	default:
+	}
+	began := time.Now()
+	next := meshAgent(t, dp, authority, snap)
+	enrollAll(next)
+	select {
+	case err := <-handedOff:
+		if err != nil {
+			t.Errorf("handoff: %v", err)
+		}
+		t.Logf("handoff ended %s after the successor enrolled the pods", time.Since(began).Round(time.Millisecond))
+	case <-time.After(8 * time.Second):
+		t.Fatal("handoff did not end once the successor listened in every pod")
+	}
+	if err := roundTrip(); err != nil {
+		t.Errorf("through the successor: %v", err)
+	}
+	for _, p := range pods {
+		for _, port := range []uint16{15001, 15006, 15008} {
+			if n, err := netns.Listeners(p.Netns, port); err != nil || n != 1 {
+				t.Errorf("%s port %d: %d listeners (%v); want the successor's only", p.Name, port, n, err)
+			}
+		}
+	}
+}

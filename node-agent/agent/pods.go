@@ -308,6 +308,45 @@ func (a *Agent) Drain(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Handoff is Drain for a rolling update: each pod's proxy first waits, up
+// to wait, until another agent listens on its ports beside it (the new
+// agent, whose readiness let the update stop this one), so that no pod is
+// left without a listener even for a moment; a pod without a successor by
+// then is reported and drained anyway. Uninstalling uses Drain: no
+// successor comes.
+func (a *Agent) Handoff(ctx context.Context, wait time.Duration) error {
+	a.mu.Lock()
+	a.draining = true
+	type pod struct {
+		name string
+		px   *proxy.Proxy
+	}
+	var pods []pod
+	for _, ep := range a.pods {
+		pods = append(pods, pod{ep.pod.Namespace + "/" + ep.pod.Name, ep.proxy})
+	}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(pods))
+	for i, p := range pods {
+		wg.Go(func() {
+			wctx, cancel := context.WithTimeout(ctx, wait)
+			began := time.Now()
+			err := p.px.AwaitSuccessor(wctx)
+			cancel()
+			switch {
+			case err != nil:
+				a.opts.Errorf("handoff of %s: %v after %s; closing ours anyway", p.name, err, wait)
+			case time.Since(began) > 100*time.Millisecond:
+				a.opts.Errorf("handoff of %s: the successor's listeners came after %s", p.name, time.Since(began).Round(time.Millisecond))
+			}
+			errs[i] = p.px.Drain(ctx)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Draining reports whether Drain has started (readiness is false then).
 func (a *Agent) Draining() bool {
 	a.mu.Lock()

@@ -190,3 +190,33 @@ func PrepareReturnPath(nsPath string, rp ReturnPath) error {
 	}
 	return nil
 }
+
+// Listeners counts the TCP sockets listening on port (any address, IPv4 or
+// IPv6) inside the netns at nsPath, whichever process holds them: during a
+// handoff, the draining agent waits for its successor's listeners with it.
+func Listeners(nsPath string, port uint16) (int, error) {
+	n := 0
+	err := Do(nsPath, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_INET_DIAG)
+		if err != nil {
+			return fmt.Errorf("open sock_diag: %w", err)
+		}
+		defer h.Close()
+		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			socks, err := h.SocketDiagTCP(family)
+			if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+				return fmt.Errorf("list TCP sockets: %w", err)
+			}
+			for _, s := range socks {
+				if s.State == unix.BPF_TCP_LISTEN && s.ID.SourcePort == port {
+					n++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count listeners on %d in %s: %w", port, nsPath, err)
+	}
+	return n, nil
+}

@@ -20,3 +20,6 @@ func Dial(context.Context, string, string, DialOptions) (net.Conn, error) {
 
 // PrepareReturnPath returns ErrNotSupported.
 func PrepareReturnPath(string, ReturnPath) error { return ErrNotSupported }
+
+// Listeners returns ErrNotSupported.
+func Listeners(string, uint16) (int, error) { return 0, ErrNotSupported }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/meshlet/meshlet/node-agent/netns"
 )
@@ -338,6 +339,49 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	p.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// AwaitSuccessor waits until every port this proxy listens on has another
+// listener in the pod's netns besides its own (a new agent's, in the same
+// SO_REUSEPORT group), polling until ctx ends. It returns nil once they all
+// have one, else an error naming the ports without. Called before Drain in a
+// rolling update, it keeps the pod from being without a listener if the
+// successor is late for this pod.
+func (p *Proxy) AwaitSuccessor(ctx context.Context) error {
+	p.mu.Lock()
+	var ports []uint16
+	for _, ln := range p.listeners {
+		if a, ok := ln.Addr().(*net.TCPAddr); ok {
+			ports = append(ports, uint16(a.Port))
+		}
+	}
+	p.mu.Unlock()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var missing []uint16
+		var lastErr error
+		for _, port := range ports {
+			n, err := netns.Listeners(p.opts.Pod.Netns, port)
+			if err != nil {
+				lastErr = err
+			}
+			if n < 2 {
+				missing = append(missing, port)
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr != nil {
+				return fmt.Errorf("no other listener on ports %v: %w", missing, lastErr)
+			}
+			return fmt.Errorf("no other listener on ports %v", missing)
+		case <-tick.C:
+		}
+	}
 }
 
 // Close closes listeners and connections at once.
