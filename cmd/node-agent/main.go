@@ -97,6 +97,15 @@ func run(f flags) error {
 	if f.nodeName == "" {
 		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
 	}
+	// Claimed first of all: until this agent listens on the readiness port,
+	// the kubelet's probes of its pod reach the older agent on this node
+	// (the port is shared), which from now on answers them "not ready"
+	// (agent.Succession); claimed later, the old agent would make the new
+	// pod ready before it enrolled a single pod.
+	succ, err := agent.ClaimSuccession(filepath.Join(filepath.Dir(f.cniState), "agent.pid"))
+	if err != nil {
+		return err
+	}
 	if err := ebpf.CheckKernel(); err != nil {
 		return fmt.Errorf("kernel check (see README for the kernel floor): %w", err)
 	}
@@ -191,12 +200,6 @@ func run(f flags) error {
 	metricsSrv := &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(metricsSrv)
 	defer metricsSrv.Close()
-	// Claimed before the readiness port opens: from now on an older agent
-	// on this node answers its probes "not ready" (agent.Succession).
-	succ, err := agent.ClaimSuccession(filepath.Join(filepath.Dir(f.cniState), "agent.pid"))
-	if err != nil {
-		return err
-	}
 	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ag.ReadinessHandler(rec.Synced, succ.Newest), ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(readySrv)
 	defer readySrv.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"testing"
 )
 
@@ -49,7 +50,12 @@ func TestSuccession(t *testing.T) {
 		t.Fatalf("the only agent, synced: %d; want 200", got)
 	}
 	// The next agent is another process: its PID claims the node.
-	next := &Succession{path: path, pid: old.pid + 1}
+	proc := exec.Command("sleep", "30")
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proc.Process.Kill(); proc.Wait() })
+	next := &Succession{path: path, pid: proc.Process.Pid}
 	if err := next.claim(); err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +64,13 @@ func TestSuccession(t *testing.T) {
 	}
 	if !next.Newest() || old.Newest() {
 		t.Errorf("Newest: old %v, next %v; want only next", old.Newest(), next.Newest())
+	}
+	// The new agent exits (it failed at start): the node is the old one's
+	// again, which answers ready instead of holding the node unready.
+	proc.Process.Kill()
+	proc.Wait()
+	if got := status(); got != http.StatusOK {
+		t.Errorf("agent whose successor exited: %d; want 200", got)
 	}
 }
 

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Succession tells an agent whether it is the newest agent process on the
@@ -43,13 +45,24 @@ func (s *Succession) claim() error {
 	return nil
 }
 
-// Newest reports whether no later agent has claimed the node. An unreadable
-// file counts as newest: readiness must not fail for want of it.
+// Newest reports whether no later agent that still runs has claimed the
+// node (the DaemonSet shares the host's PID namespace, so a claimant that
+// exited, say a new agent that failed at start, gives the node back). An
+// unreadable file counts as newest: readiness must not fail for want of it.
 func (s *Succession) Newest() bool {
 	b, err := os.ReadFile(s.path)
 	if err != nil {
 		return true
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return err != nil || pid == s.pid
+	if err != nil || pid == s.pid || pid <= 0 {
+		return true
+	}
+	return !alive(pid)
+}
+
+// alive reports whether process pid exists (signal 0; EPERM means it does).
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
