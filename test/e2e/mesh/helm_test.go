@@ -122,4 +122,23 @@ func dumpMesh(t *testing.T, lb *lab.Lab) {
 		out, _ := lb.Kubectl(args...)
 		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
 	}
+	// The agents a roll replaced are gone from the API; their logs stay in
+	// the lab nodes' log directories: how each handoff went.
+	logs, _ := filepath.Glob(filepath.Join(lb.Layout.Path("nodes"), "*", "var", "log", "pods", "meshlet-system_meshlet-node-agent-*", "node-agent.log"))
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var keep []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "draining") || strings.Contains(l, "drained") || strings.Contains(l, "synced") || strings.Contains(l, "handoff") || strings.Contains(l, "outbound") || strings.Contains(l, "inbound") {
+				keep = append(keep, l)
+			}
+		}
+		if len(keep) > 40 {
+			keep = keep[len(keep)-40:]
+		}
+		t.Logf("%s:\n%s", strings.TrimPrefix(f, lb.Layout.Path("nodes")), strings.Join(keep, "\n"))
+	}
 }
