@@ -170,31 +170,30 @@ func meshAgent(t *testing.T, dp Datapath, authority *ca.CA, snap *model.Snapshot
 	return ag
 }
 
-// TestHandoff is a rolling update of the node agent on one kernel: while pod
-// A keeps opening new connections to pod B through the mesh, a second agent
-// enrolls the same pods beside the first (SO_REUSEPORT listeners), then the
-// first drains and exits. No new connection may fail, and a connection
-// established through the first agent keeps working through its drain.
-func TestHandoff(t *testing.T) {
-	dp := loadDatapath(t)
-	na, nb := nstest.Pair(t, "mlna-ho", netip.MustParseAddr("198.19.4.45"), netip.MustParseAddr("198.19.4.46"))
+// handoffMesh is the two pods the handoff tests roll agents over: pod A
+// (cart) dials pod B (db, STRICT when strict), whose app echoes on 8080;
+// enroll puts both in an agent.
+type handoffMesh struct {
+	na, nb    nstest.Pod
+	snap      *model.Snapshot
+	authority *ca.CA
+	enroll    func(ag *Agent)
+}
+
+func newHandoffMesh(t *testing.T, name string, a, b netip.Addr, strict bool) *handoffMesh {
+	t.Helper()
+	na, nb := nstest.Pair(t, name, a, b)
 	idA, idB := "spiffe://cluster.local/ns/shop/sa/cart", "spiffe://cluster.local/ns/shop/sa/db"
+	wb := &model.Workload{UID: "uid-b", Name: "db-0", Namespace: "shop", CanonicalName: "db", IPs: []netip.Addr{nb.Addr}, Identity: idB, Enrolled: true}
+	if strict {
+		wb.PeerAuthentication = model.PeerAuthResult{Mode: model.MTLSStrict}
+	}
 	snap := model.NewSnapshot(model.SnapshotInput{Workloads: []*model.Workload{
-		{UID: "uid-a", Name: "cart-0", Namespace: "shop", CanonicalName: "cart", IPs: []netip.Addr{na.Addr}, Identity: idA, Enrolled: true},
-		{UID: "uid-b", Name: "db-0", Namespace: "shop", CanonicalName: "db", IPs: []netip.Addr{nb.Addr}, Identity: idB, Enrolled: true,
-			PeerAuthentication: model.PeerAuthResult{Mode: model.MTLSStrict}},
+		{UID: "uid-a", Name: "cart-0", Namespace: "shop", CanonicalName: "cart", IPs: []netip.Addr{na.Addr}, Identity: idA, Enrolled: true}, wb,
 	}})
 	pods := []enroll.Pod{
-		{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart", IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: "mlna-hoa"},
-		{UID: "uid-b", Namespace: "shop", Name: "db-0", Workload: "db", ServiceAccount: "db", IPs: []netip.Addr{nb.Addr}, Netns: nb.Path, IfName: "mlna-hob"},
-	}
-	authority := testAuthority(t)
-	enrollAll := func(ag *Agent) {
-		for _, p := range pods {
-			if err := ag.Enroll(context.Background(), p); err != nil {
-				t.Fatalf("enroll %s: %v", p.Name, err)
-			}
-		}
+		{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart", IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: name + "a"},
+		{UID: "uid-b", Namespace: "shop", Name: "db-0", Workload: "db", ServiceAccount: "db", IPs: []netip.Addr{nb.Addr}, Netns: nb.Path, IfName: name + "b"},
 	}
 	app := nstest.MustListen(t)(netns.Listen(nb.Path, nb.Addr.String()+":8080", netns.ListenOptions{}))
 	go func() {
@@ -206,26 +205,48 @@ func TestHandoff(t *testing.T) {
 			go func() { io.Copy(c, c); c.Close() }()
 		}
 	}()
-	echo := func(c net.Conn, msg string) error {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(c, msg); err != nil {
-			return err
+	return &handoffMesh{na: na, nb: nb, snap: snap, authority: testAuthority(t), enroll: func(ag *Agent) {
+		for _, p := range pods {
+			if err := ag.Enroll(context.Background(), p); err != nil {
+				t.Fatalf("enroll %s: %v", p.Name, err)
+			}
 		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return err
-		}
-		if string(buf) != msg {
-			return fmt.Errorf("echo %q; want %q", buf, msg)
-		}
-		return nil
-	}
-	dial := func() (net.Conn, error) {
-		return netns.Dial(context.Background(), na.Path, nb.Addr.String()+":8080", netns.DialOptions{Timeout: 5 * time.Second})
-	}
+	}}
+}
 
-	old := meshAgent(t, dp, authority, snap)
-	enrollAll(old)
+// echoOnce writes msg on c and reads it back from the echo app.
+func echoOnce(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo %q; want %q", buf, msg)
+	}
+	return nil
+}
+
+// dial opens a connection from pod A to pod B's app.
+func (m *handoffMesh) dial() (net.Conn, error) {
+	return netns.Dial(context.Background(), m.na.Path, m.nb.Addr.String()+":8080", netns.DialOptions{Timeout: 5 * time.Second})
+}
+
+// TestHandoff is a rolling update of the node agent on one kernel: while pod
+// A keeps opening new connections to pod B through the mesh, a second agent
+// enrolls the same pods beside the first (SO_REUSEPORT listeners), then the
+// first drains and exits. No new connection may fail, and a connection
+// established through the first agent keeps working through its drain.
+func TestHandoff(t *testing.T) {
+	dp := loadDatapath(t)
+	m := newHandoffMesh(t, "mlna-ho", netip.MustParseAddr("198.19.4.45"), netip.MustParseAddr("198.19.4.46"), true)
+	echo, dial := echoOnce, m.dial
+
+	old := meshAgent(t, dp, m.authority, m.snap)
+	m.enroll(old)
 	long, err := dial()
 	if err != nil {
 		t.Fatalf("pod A dials pod B: %v", err)
@@ -275,8 +296,8 @@ func TestHandoff(t *testing.T) {
 	}
 	waitAnswered(50)
 	// The rolling update: the new agent comes up beside the old one...
-	next := meshAgent(t, dp, authority, snap)
-	enrollAll(next)
+	next := meshAgent(t, dp, m.authority, m.snap)
+	m.enroll(next)
 	waitAnswered(answered() + 50)
 	// ...then the old one drains while the established connection is open.
 	drained := make(chan error, 1)
@@ -333,51 +354,18 @@ func loadDatapath(t *testing.T) *ebpf.Datapath {
 // without a listener.
 func TestHandoffWaitsForSuccessor(t *testing.T) {
 	dp := loadDatapath(t)
-	na, nb := nstest.Pair(t, "mlna-hw", netip.MustParseAddr("198.19.4.49"), netip.MustParseAddr("198.19.4.50"))
-	idA, idB := "spiffe://cluster.local/ns/shop/sa/cart", "spiffe://cluster.local/ns/shop/sa/db"
-	snap := model.NewSnapshot(model.SnapshotInput{Workloads: []*model.Workload{
-		{UID: "uid-a", Name: "cart-0", Namespace: "shop", CanonicalName: "cart", IPs: []netip.Addr{na.Addr}, Identity: idA, Enrolled: true},
-		{UID: "uid-b", Name: "db-0", Namespace: "shop", CanonicalName: "db", IPs: []netip.Addr{nb.Addr}, Identity: idB, Enrolled: true},
-	}})
-	pods := []enroll.Pod{
-		{UID: "uid-a", Namespace: "shop", Name: "cart-0", Workload: "cart", ServiceAccount: "cart", IPs: []netip.Addr{na.Addr}, Netns: na.Path, IfName: "mlna-hwa"},
-		{UID: "uid-b", Namespace: "shop", Name: "db-0", Workload: "db", ServiceAccount: "db", IPs: []netip.Addr{nb.Addr}, Netns: nb.Path, IfName: "mlna-hwb"},
-	}
-	authority := testAuthority(t)
-	enrollAll := func(ag *Agent) {
-		for _, p := range pods {
-			if err := ag.Enroll(context.Background(), p); err != nil {
-				t.Fatalf("enroll %s: %v", p.Name, err)
-			}
-		}
-	}
-	app := nstest.MustListen(t)(netns.Listen(nb.Path, nb.Addr.String()+":8080", netns.ListenOptions{}))
-	go func() {
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	m := newHandoffMesh(t, "mlna-hw", netip.MustParseAddr("198.19.4.49"), netip.MustParseAddr("198.19.4.50"), false)
 	roundTrip := func() error {
-		c, err := netns.Dial(context.Background(), na.Path, nb.Addr.String()+":8080", netns.DialOptions{Timeout: 5 * time.Second})
+		c, err := m.dial()
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(c, "ping"); err != nil {
-			return err
-		}
-		buf := make([]byte, 4)
-		_, err = io.ReadFull(c, buf)
-		return err
+		return echoOnce(c, "ping")
 	}
 
-	old := meshAgent(t, dp, authority, snap)
-	enrollAll(old)
+	old := meshAgent(t, dp, m.authority, m.snap)
+	m.enroll(old)
 	if err := roundTrip(); err != nil {
 		t.Fatalf("through the first agent: %v", err)
 	}
@@ -397,8 +385,8 @@ func TestHandoffWaitsForSuccessor(t *testing.T) {
 	default:
 	}
 	began := time.Now()
-	next := meshAgent(t, dp, authority, snap)
-	enrollAll(next)
+	next := meshAgent(t, dp, m.authority, m.snap)
+	m.enroll(next)
 	select {
 	case err := <-handedOff:
 		if err != nil {
@@ -411,10 +399,10 @@ func TestHandoffWaitsForSuccessor(t *testing.T) {
 	if err := roundTrip(); err != nil {
 		t.Errorf("through the successor: %v", err)
 	}
-	for _, p := range pods {
+	for _, ns := range []nstest.Pod{m.na, m.nb} {
 		for _, port := range []uint16{15001, 15006, 15008} {
-			if n, err := netns.Listeners(p.Netns, port); err != nil || n != 1 {
-				t.Errorf("%s port %d: %d listeners (%v); want the successor's only", p.Name, port, n, err)
+			if n, err := netns.Listeners(ns.Path, port); err != nil || n != 1 {
+				t.Errorf("%s port %d: %d listeners (%v); want the successor's only", ns.Path, port, n, err)
 			}
 		}
 	}
