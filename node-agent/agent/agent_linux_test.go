@@ -2,20 +2,17 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"os"
+
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"golang.org/x/sys/unix"
 
 	"github.com/meshlet/meshlet/node-agent/ebpf"
 	"github.com/meshlet/meshlet/node-agent/enroll"
@@ -35,8 +32,8 @@ func TestEnrollDataPath(t *testing.T) {
 	if err := ebpf.CheckKernel(); err != nil {
 		testutil.SkipOrFail(t, err.Error())
 	}
-	cg := enterCgroup(t)
-	pin := filepath.Join(mountBPFFS(t), "meshlet")
+	cg := testutil.EnterCgroup(t, "mlna")
+	pin := filepath.Join(testutil.MountBPFFS(t), "meshlet")
 	dp, err := ebpf.Load(ebpf.Options{PinDir: pin, CgroupPath: cg, AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
 	if err != nil {
 		t.Fatalf("load data path: %v", err)
@@ -190,50 +187,6 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 		}
 	}
 	return false
-}
-
-func mountBPFFS(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
-		t.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
-
-// enterCgroup moves this test process into a new cgroup v2 child mlna-<pid>
-// so its sockets are subject to the programs attached there.
-func enterCgroup(t *testing.T) string {
-	t.Helper()
-	root, err := testutil.Cgroup2Root()
-	if err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var orig string
-	for _, line := range strings.Split(string(self), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			orig = filepath.Join(root, rest)
-		}
-	}
-	cg := filepath.Join(root, fmt.Sprintf("mlna-%d", os.Getpid()))
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pid := []byte(fmt.Sprint(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
-		os.Remove(cg)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0)
-		os.Remove(cg)
-	})
-	return cg
 }
 
 // kernelValue sums a metric's series that carry every label in want.

@@ -338,8 +338,8 @@ func loadDatapath(t *testing.T) *ebpf.Datapath {
 	if err := ebpf.CheckKernel(); err != nil {
 		testutil.SkipOrFail(t, err.Error())
 	}
-	cg := enterCgroup(t)
-	dp, err := ebpf.Load(ebpf.Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: cg,
+	cg := testutil.EnterCgroup(t, "mlna")
+	dp, err := ebpf.Load(ebpf.Options{PinDir: filepath.Join(testutil.MountBPFFS(t), "meshlet"), CgroupPath: cg,
 		AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
 	if err != nil {
 		t.Fatalf("load data path: %v", err)

@@ -1,12 +1,10 @@
 package dnsproxy
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
+
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -178,7 +176,7 @@ func loadDatapath(t *testing.T) *ebpf.Datapath {
 	if err := ebpf.CheckKernel(); err != nil {
 		testutil.SkipOrFail(t, err.Error())
 	}
-	cg := enterCgroup(t)
+	cg := testutil.EnterCgroup(t, "mlna-dns")
 	bpffs := t.TempDir()
 	if err := unix.Mount("bpf", bpffs, "bpf", 0, ""); err != nil {
 		t.Fatalf("mount bpffs on %s: %v", bpffs, err)
@@ -194,48 +192,6 @@ func loadDatapath(t *testing.T) *ebpf.Datapath {
 		}
 	})
 	return dp
-}
-
-// enterCgroup moves this test process into a new cgroup v2 child
-// mlna-dns-<pid>, so its sockets are subject to the programs attached there,
-// and back at cleanup.
-func enterCgroup(t *testing.T) string {
-	t.Helper()
-	root, err := testutil.Cgroup2Root()
-	if err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var orig string
-	for _, line := range strings.Split(string(self), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			orig = filepath.Join(root, rest)
-		}
-	}
-	if orig == "" {
-		t.Fatalf("no cgroup v2 line in /proc/self/cgroup:\n%s", self)
-	}
-	cg := filepath.Join(root, fmt.Sprintf("mlna-dns-%d", os.Getpid()))
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pid := []byte(fmt.Sprint(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
-		_ = os.Remove(cg)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0); err != nil {
-			t.Errorf("return to cgroup %s: %v", orig, err)
-		}
-		if err := os.Remove(cg); err != nil {
-			t.Errorf("remove cgroup %s: %v", cg, err)
-		}
-	})
-	return cg
 }
 
 // TestForwardNeverToItself: when the recorded original destination of a

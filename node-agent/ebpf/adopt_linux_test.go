@@ -89,7 +89,7 @@ func TestAdopt(t *testing.T) {
 	captured(nil) // nobody holds the data path: the pins keep it working
 	steered()
 
-	if _, err := Adopt(Options{PinDir: filepath.Join(mountBPFFS(t), "meshlet"), CgroupPath: opts.CgroupPath}); !errors.Is(err, ErrNothingPinned) {
+	if _, err := Adopt(Options{PinDir: filepath.Join(testutil.MountBPFFS(t), "meshlet"), CgroupPath: opts.CgroupPath}); !errors.Is(err, ErrNothingPinned) {
 		t.Errorf("Adopt of an empty pin dir = %v; want ErrNothingPinned", err)
 	}
 	dp, err := Adopt(opts)
@@ -315,8 +315,8 @@ func mustReadDir(t *testing.T, dir string) []string {
 // Load left no program attached.
 func TestLoadFailureDetaches(t *testing.T) {
 	testutil.RequireRoot(t)
-	pinDir := filepath.Join(mountBPFFS(t), "meshlet")
-	cg := enterNewCgroup(t)
+	pinDir := filepath.Join(testutil.MountBPFFS(t), "meshlet")
+	cg := testutil.EnterCgroup(t, "mlbpf")
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}

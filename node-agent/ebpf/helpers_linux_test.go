@@ -2,15 +2,11 @@ package ebpf
 
 import (
 	"bytes"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/meshlet/meshlet/pkg/testutil"
 )
@@ -34,7 +30,7 @@ func newSetup(t testing.TB, opts Options) *setup {
 	if err := CheckKernel(); err != nil {
 		testutil.SkipOrFail(t, err.Error())
 	}
-	s := &setup{pinDir: filepath.Join(mountBPFFS(t), "meshlet"), cgroup: enterNewCgroup(t)}
+	s := &setup{pinDir: filepath.Join(testutil.MountBPFFS(t), "meshlet"), cgroup: testutil.EnterCgroup(t, "mlbpf")}
 	opts.PinDir, opts.CgroupPath = s.pinDir, s.cgroup
 	if opts.AgentMark == 0 {
 		opts.AgentMark = agentMark
@@ -52,63 +48,6 @@ func newSetup(t testing.TB, opts Options) *setup {
 		}
 	})
 	return s
-}
-
-func mountBPFFS(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
-		t.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount bpffs %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
-// enterNewCgroup creates <cgroup2 root>/mlbpf-<test> and moves this process
-// into it (cgroup v2 moves whole processes), so the sockets the test opens
-// are subject to the programs attached there.
-func enterNewCgroup(t testing.TB) string {
-	t.Helper()
-	root, err := testutil.Cgroup2Root()
-	if err != nil {
-		testutil.SkipOrFail(t, "no cgroup v2: "+err.Error())
-	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var orig string
-	for _, line := range strings.Split(string(self), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			orig = filepath.Join(root, rest)
-		}
-	}
-	if orig == "" {
-		t.Fatalf("no cgroup v2 line in /proc/self/cgroup:\n%s", self)
-	}
-	name := fmt.Sprintf("mlbpf-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
-	cg := filepath.Join(root, name)
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatalf("create cgroup: %v", err)
-	}
-	pid := []byte(fmt.Sprint(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
-		_ = os.Remove(cg)
-		t.Fatalf("enter cgroup %s: %v", cg, err)
-	}
-	t.Cleanup(func() {
-		if err := os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0); err != nil {
-			t.Errorf("return to cgroup %s: %v", orig, err)
-		}
-		if err := os.Remove(cg); err != nil {
-			t.Errorf("remove cgroup %s: %v", cg, err)
-		}
-	})
-	return cg
 }
 
 // newNetns creates netns mlbpf-<name> with lo up and the given addresses on
