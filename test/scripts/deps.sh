@@ -55,3 +55,12 @@ if [ ! -x "$helm_bin" ]; then
   echo "deps: building helm ${helm_version} (once, cached in $(dirname "$helm_bin"))"
   GOBIN="$(dirname "$helm_bin")" go install "helm.sh/helm/v3/cmd/helm@${helm_version}"
 fi
+
+# fortio, the load generator the tutorial's circuit-breaking step bursts with
+# (as Istio's task does); pinned here and in test/e2e/mesh/tutorial_test.go.
+fortio_version=v1.66.5
+fortio_bin="${HOME}/.cache/meshlet/fortio-${fortio_version}/fortio"
+if [ ! -x "$fortio_bin" ]; then
+  echo "deps: building fortio ${fortio_version} (once, cached in $(dirname "$fortio_bin"))"
+  GOBIN="$(dirname "$fortio_bin")" go install "fortio.org/fortio@${fortio_version}"
+fi

@@ -18,22 +18,18 @@ import (
 // from its module into ~/.cache/meshlet/helm-<version>/helm.
 const helmVersion = "v3.22.0"
 
+// fortioVersion is the fortio test/scripts/deps.sh builds (pinned there too).
+const fortioVersion = "v1.66.5"
+
 // TestHelmInstallUpgrade is the chart as a helm user runs it, as its README
 // says: the CRDs copied in, `helm install --create-namespace` with a
 // profile, then `helm upgrade` while an enrolled pod keeps opening new
-// connections (node agents hand their listeners over; maxRollRefusals), then
+// connections (node agents hand their listeners over; none may be refused), then
 // `helm uninstall`, after which the app still answers. meshctl's install is
 // put back for the other tests.
 func TestHelmInstallUpgrade(t *testing.T) {
 	lb := meshLab(t)
-	home, _ := os.UserHomeDir()
-	helmBin := filepath.Join(home, ".cache", "meshlet", "helm-"+helmVersion, "helm")
-	if _, err := os.Stat(helmBin); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("helm %s not built at %s: test/scripts/deps.sh builds it", helmVersion, helmBin)
-		}
-		t.Skipf("helm %s not built at %s: run test/scripts/deps.sh", helmVersion, helmBin)
-	}
+	helmBin := cachedTool(t, "helm", helmVersion)
 	run := meshctl(t, lb)
 	helm := func(args ...string) string {
 		t.Helper()
@@ -109,6 +105,22 @@ func TestHelmInstallUpgrade(t *testing.T) {
 	if ok, failed, failures := l.finish(); failed > 0 {
 		t.Errorf("after helm uninstall: %d of %d requests failed; want the app reachable without the mesh; first: %v", failed, ok+failed, failures)
 	}
+}
+
+// cachedTool is the path of a tool test/scripts/deps.sh builds once into
+// ~/.cache/meshlet/<name>-<version>/<name>; without it the test skips, or
+// fails under CI.
+func cachedTool(t *testing.T, name, version string) string {
+	t.Helper()
+	home, _ := os.UserHomeDir()
+	bin := filepath.Join(home, ".cache", "meshlet", name+"-"+version, name)
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s %s not built at %s: test/scripts/deps.sh builds it", name, version, bin)
+		}
+		t.Skipf("%s %s not built at %s: run test/scripts/deps.sh", name, version, bin)
+	}
+	return bin
 }
 
 // dumpMesh logs the mesh's pods, node agent and meshd logs.
