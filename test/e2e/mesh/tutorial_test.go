@@ -99,14 +99,14 @@ func TestTutorial(t *testing.T) {
 	kubectl("apply", "-n", ns, "-f", filepath.Join(examples, "routing.yaml"))
 	t.Cleanup(func() {
 		if t.Failed() {
-			wp, _ := lb.Kubectl("-n", ns, "logs", "-l", "gateway.networking.k8s.io/gateway-name=waypoint", "--tail", "40")
-			t.Logf("waypoint log:\n%s", wp)
+			wp, err := lb.Kubectl("-n", ns, "logs", "-l", "gateway.networking.k8s.io/gateway-name=waypoint", "--tail", "40")
+			t.Logf("waypoint log (%v):\n%s", err, wp)
 			for _, app := range []string{"booking", "order"} {
-				pods, _ := lb.Kubectl("-n", ns, "get", "pods", "-l", "app="+app+"-service", "-o", "wide")
-				t.Logf("%s pods:\n%s", app, pods)
+				pods, err := lb.Kubectl("-n", ns, "get", "pods", "-l", "app="+app+"-service", "-o", "wide")
+				t.Logf("%s pods (%v):\n%s", app, err, pods)
 			}
-			ps, _ := runMeshctl(lb, "proxy-status")
-			t.Logf("proxy-status:\n%s", ps)
+			ps, err := runMeshctl(lb, "proxy-status")
+			t.Logf("proxy-status (%v):\n%s", err, ps)
 		}
 	})
 	// 20 in a row: before the VirtualService applies, a request reaches v2
@@ -155,13 +155,18 @@ func TestTutorial(t *testing.T) {
 	// waypoint answers the overflow 503 at once.
 	fortio := cachedTool(t, "fortio", fortioVersion)
 	lab.WaitFor(t, time.Minute, "a fortio burst on inventory-service tripping its circuit breaker", func() (bool, error) {
-		out, err := lb.ExecInPod(ns, client.Name, fortio, "load", "-qps", "0", "-c", "10", "-n", "40", "-loglevel", "Error", "-json", "-",
-			"http://inventory-service:8080/api/v1/inventory")
+		// The result is fortio's stdout; its log and summary go to stderr.
+		out, err := lb.ExecInPod(ns, client.Name, "/bin/sh", "-c", fortio+
+			" load -qps 0 -c 10 -n 40 -loglevel Error -json - http://inventory-service:8080/api/v1/inventory 2>/dev/null")
 		var res struct{ RetCodes map[string]int }
 		if i := strings.Index(out, "{"); i >= 0 {
 			_ = json.Unmarshal([]byte(out[i:]), &res)
 		}
-		return res.RetCodes["200"] > 0 && res.RetCodes["503"] > 0,
+		tripped := res.RetCodes["200"] > 0 && res.RetCodes["503"] > 0
+		if tripped {
+			t.Logf("fortio burst on inventory-service: answers by status %v", res.RetCodes)
+		}
+		return tripped,
 			fmt.Errorf("fortio's answers by status %v (want some 200 and some 503 overflows; exit %v): %.300s", res.RetCodes, err, out)
 	})
 	kubectl("delete", "-n", ns, "-f", filepath.Join(examples, "circuit-breaker.yaml"))
