@@ -400,9 +400,10 @@ func TestHandoffWaitsForSuccessor(t *testing.T) {
 		t.Errorf("through the successor: %v", err)
 	}
 	for _, ns := range []nstest.Pod{m.na, m.nb} {
+		counts, err := netns.Listeners(ns.Path, 15001, 15006, 15008)
 		for _, port := range []uint16{15001, 15006, 15008} {
-			if n, err := netns.Listeners(ns.Path, port); err != nil || n != 1 {
-				t.Errorf("%s port %d: %d listeners (%v); want the successor's only", ns.Path, port, n, err)
+			if err != nil || counts[port] != 1 {
+				t.Errorf("%s port %d: %d listeners (%v); want the successor's only", ns.Path, port, counts[port], err)
 			}
 		}
 	}

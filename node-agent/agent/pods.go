@@ -287,64 +287,49 @@ func (a *Agent) Enrolled() []string {
 // Drain stops taking new connections on every pod and lets open ones finish
 // until ctx ends. Capture stays in place (the maps are pinned) so the next
 // agent takes over with no gap.
-func (a *Agent) Drain(ctx context.Context) error {
-	a.mu.Lock()
-	a.draining = true
-	var pxs []*proxy.Proxy
-	for _, ep := range a.pods {
-		pxs = append(pxs, ep.proxy)
-	}
-	a.mu.Unlock()
-	var wg sync.WaitGroup
-	errs := make([]error, len(pxs))
-	for i, px := range pxs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = px.Drain(ctx)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
+func (a *Agent) Drain(ctx context.Context) error { return a.Handoff(ctx, 0) }
 
 // Handoff is Drain for a rolling update: each pod's proxy first waits, up
 // to wait, until another agent listens on its ports beside it (the new
 // agent, whose readiness let the update stop this one), so that no pod is
 // left without a listener even for a moment; a pod without a successor by
-// then is reported and drained anyway. Uninstalling uses Drain: no
-// successor comes.
+// then is reported and drained anyway. Zero waits for nothing (Drain:
+// uninstalling, no successor comes).
 func (a *Agent) Handoff(ctx context.Context, wait time.Duration) error {
 	a.mu.Lock()
 	a.draining = true
-	type pod struct {
-		name string
-		px   *proxy.Proxy
-	}
-	var pods []pod
+	var pods []*enrolledPod
 	for _, ep := range a.pods {
-		pods = append(pods, pod{ep.pod.Namespace + "/" + ep.pod.Name, ep.proxy})
+		pods = append(pods, ep)
 	}
 	a.mu.Unlock()
 	var wg sync.WaitGroup
 	errs := make([]error, len(pods))
-	for i, p := range pods {
+	for i, ep := range pods {
 		wg.Go(func() {
-			wctx, cancel := context.WithTimeout(ctx, wait)
-			began := time.Now()
-			err := p.px.AwaitSuccessor(wctx)
-			cancel()
-			switch {
-			case err != nil:
-				a.opts.Errorf("handoff of %s: %v after %s; closing ours anyway", p.name, err, wait)
-			case time.Since(began) > 100*time.Millisecond:
-				a.opts.Errorf("handoff of %s: the successor's listeners came after %s", p.name, time.Since(began).Round(time.Millisecond))
+			if wait > 0 {
+				a.awaitSuccessor(ctx, ep, wait)
 			}
-			errs[i] = p.px.Drain(ctx)
+			errs[i] = ep.proxy.Drain(ctx)
 		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// awaitSuccessor waits up to wait for another agent's listeners in ep's pod
+// and logs a late or missing successor.
+func (a *Agent) awaitSuccessor(ctx context.Context, ep *enrolledPod, wait time.Duration) {
+	name := ep.pod.Namespace + "/" + ep.pod.Name
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	began := time.Now()
+	switch err := ep.proxy.AwaitSuccessor(wctx); {
+	case err != nil:
+		a.opts.Errorf("handoff of %s: %v after %s; closing ours anyway", name, err, wait)
+	case time.Since(began) > 100*time.Millisecond:
+		a.opts.Errorf("handoff of %s: the successor's listeners came after %s", name, time.Since(began).Round(time.Millisecond))
+	}
 }
 
 // Draining reports whether Drain has started (readiness is false then).

@@ -191,11 +191,15 @@ func PrepareReturnPath(nsPath string, rp ReturnPath) error {
 	return nil
 }
 
-// Listeners counts the TCP sockets listening on port (any address, IPv4 or
-// IPv6) inside the netns at nsPath, whichever process holds them: during a
-// handoff, the draining agent waits for its successor's listeners with it.
-func Listeners(nsPath string, port uint16) (int, error) {
-	n := 0
+// Listeners counts the TCP sockets listening on each of ports (any address,
+// IPv4 or IPv6) inside the netns at nsPath, whichever process holds them, in
+// one sock_diag dump per family: during a handoff, the draining agent waits
+// for its successor's listeners with it.
+func Listeners(nsPath string, ports ...uint16) (map[uint16]int, error) {
+	counts := make(map[uint16]int, len(ports))
+	for _, p := range ports {
+		counts[p] = 0
+	}
 	err := Do(nsPath, func() error {
 		h, err := netlink.NewHandle(unix.NETLINK_INET_DIAG)
 		if err != nil {
@@ -208,15 +212,15 @@ func Listeners(nsPath string, port uint16) (int, error) {
 				return fmt.Errorf("list TCP sockets: %w", err)
 			}
 			for _, s := range socks {
-				if s.State == unix.BPF_TCP_LISTEN && s.ID.SourcePort == port {
-					n++
+				if _, ok := counts[s.ID.SourcePort]; ok && s.State == unix.BPF_TCP_LISTEN {
+					counts[s.ID.SourcePort]++
 				}
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("count listeners on %d in %s: %w", port, nsPath, err)
+		return nil, fmt.Errorf("count listeners on %v in %s: %w", ports, nsPath, err)
 	}
-	return n, nil
+	return counts, nil
 }

@@ -22,4 +22,4 @@ func Dial(context.Context, string, string, DialOptions) (net.Conn, error) {
 func PrepareReturnPath(string, ReturnPath) error { return ErrNotSupported }
 
 // Listeners returns ErrNotSupported.
-func Listeners(string, uint16) (int, error) { return 0, ErrNotSupported }
+func Listeners(string, ...uint16) (map[uint16]int, error) { return nil, ErrNotSupported }

@@ -360,13 +360,9 @@ func (p *Proxy) AwaitSuccessor(ctx context.Context) error {
 	defer tick.Stop()
 	for {
 		var missing []uint16
-		var lastErr error
+		counts, lastErr := netns.Listeners(p.opts.Pod.Netns, ports...)
 		for _, port := range ports {
-			n, err := netns.Listeners(p.opts.Pod.Netns, port)
-			if err != nil {
-				lastErr = err
-			}
-			if n < 2 {
+			if counts[port] < 2 {
 				missing = append(missing, port)
 			}
 		}
