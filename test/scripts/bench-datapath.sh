@@ -58,10 +58,7 @@ node1=lab-node-1 node2=lab-node-2
 ip1=198.18.0.11 ip2=198.18.0.12
 
 WITH_BENCH=1 test/scripts/deps.sh
-fortio=$cache/bin/fortio
-if [ ! -x "$fortio" ]; then
-  GOBIN=$cache/bin go install fortio.org/fortio@v1.66.5
-fi
+fortio=$cache/fortio-v1.66.5/fortio # built by deps.sh above
 
 tmp=$(mktemp -d)
 pids=()

@@ -25,10 +25,7 @@ admin=""
 if [ -n "$profile" ]; then mkdir -p "$profile"; profile=$(cd "$profile" && pwd); admin=127.0.0.1:18090; fi
 
 WITH_BENCH=1 test/scripts/deps.sh
-fortio=$cache/bin/fortio
-if [ ! -x "$fortio" ]; then
-  GOBIN=$cache/bin go install fortio.org/fortio@v1.66.5
-fi
+fortio=$cache/fortio-v1.66.5/fortio # built by deps.sh above
 
 tmp=$(mktemp -d)
 chmod 755 "$tmp" # nginx workers (www-data) read the payload
