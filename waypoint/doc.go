@@ -35,7 +35,11 @@
 //
 // Serve detects the protocol per connection: HTTP/1.1, HTTP/2 with prior
 // knowledge, TLS with ALPN, or anything else, which is forwarded as TCP to
-// Config.TCPCluster after L4 authorization. Upstream connections are opened
+// Config.TCPCluster after L4 authorization. HTTP/1.x (plaintext or TLS) is
+// served by the waypoint's own loop, h1Server: one goroutine per connection,
+// reused buffers, a flush only when no pipelined request waits, and stricter
+// framing than net/http (a malformed or ambiguous request is refused, never
+// forwarded); HTTP/2 by net/http's server. Upstream connections are opened
 // through Options.DialContext so that HBONE can be plugged in; inbound, an
 // HBONE server's handler wraps each CONNECT stream in a StreamConn (Meta
 // holding the verified peer), Pushes it to a ConnListener that Serve

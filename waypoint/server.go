@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -102,6 +103,8 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 			MaxReceiveBufferPerStream:     h2StreamReceiveBuf,
 		},
 	}
+	// net/http serves HTTP/2 only; HTTP/1.x is h1Server's.
+	h1 := newH1Server(p, &opts)
 	httpConns := &chanListener{addr: l.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(httpConns) }()
@@ -121,21 +124,23 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.detect(ctx, c, &opts, tlsConfig, httpConns)
+			p.detect(ctx, c, &opts, tlsConfig, httpConns, h1)
 		}()
 	}
 	httpConns.close()
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	go h1.shutdown(shutdownCtx)
 	_ = srv.Shutdown(shutdownCtx)
 	<-srvDone
 	wg.Wait()
 	return err
 }
 
-// detect sniffs the first bytes of c and hands it to the HTTP server or to
-// the TCP forwarder.
-func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tlsConfig *tls.Config, httpConns *chanListener) {
+// detect sniffs the first bytes of c and hands it to the HTTP/1.x server,
+// to net/http's HTTP/2 server or to the TCP forwarder. TLS is terminated
+// here so that ALPN picks the server.
+func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tlsConfig *tls.Config, httpConns *chanListener, h1 *h1Server) {
 	br := bufio.NewReaderSize(c, 512)
 	_ = c.SetReadDeadline(time.Now().Add(opts.DetectTimeout))
 	head, _ := br.Peek(8)
@@ -143,13 +148,27 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 	pc := &peekedConn{Conn: c, r: br}
 	switch {
 	case len(head) > 0 && head[0] == 0x16 && tlsConfig != nil:
-		if !httpConns.offer(tls.Server(pc, tlsConfig)) {
+		tc := tls.Server(pc, tlsConfig)
+		_ = c.SetDeadline(time.Now().Add(opts.ReadHeaderTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
+			return
 		}
-	case looksLikeHTTP(head):
+		_ = c.SetDeadline(time.Time{})
+		st := tc.ConnectionState()
+		if st.NegotiatedProtocol == "h2" {
+			if !httpConns.offer(tc) {
+				c.Close()
+			}
+			return
+		}
+		h1.serve(tc, c, &st)
+	case bytes.HasPrefix(head, []byte("PRI * HT")):
 		if !httpConns.offer(pc) {
 			c.Close()
 		}
+	case looksLikeHTTP(head):
+		h1.serve(pc, c, nil)
 	default:
 		p.forwardTCP(ctx, pc)
 	}

@@ -1,0 +1,1261 @@
+package waypoint
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// h1Server serves HTTP/1.x connections for Serve in place of
+// net/http.Server, which costs more per request than the rest of the proxy:
+// a goroutine per request for its background read, four read deadline
+// updates, a flush per response, a header map clone and some twenty
+// allocations in ReadRequest. Here one goroutine per connection (h1ServerConn
+// below) parses each request head into one string, calls Proxy.ServeHTTP
+// with a ResponseWriter that writes into the connection's reused
+// bufio.Writer, and flushes only when no further request is already
+// buffered (pipelining) or when the handler flushes.
+//
+// It keeps net/http's server semantics that the proxy and its clients rely
+// on: keep-alive and "Connection: close" (HTTP/1.0 keep-alive too),
+// Content-Length or chunked framing (a short body whose length is known when
+// the handler returns gets a Content-Length), trailers, HEAD, 1xx, 204 and
+// 304 without a body, Expect: 100-continue (sent on the first body read),
+// Hijack for the WebSocket hand-over, a request context cancelled when the
+// handler returns or the client goes away, unread request bodies drained up
+// to 256 KiB for keep-alive, and the read timeouts of ServerOptions.
+//
+// It is stricter than net/http where requests are smuggled: a request with
+// both Content-Length and Transfer-Encoding, with a Transfer-Encoding other
+// than one "chunked" (501), with Transfer-Encoding on HTTP/1.0, with an
+// invalid or conflicting Content-Length, with obs-fold (a header line that
+// starts with whitespace), a field name that is not a token or a space before
+// the colon, a control character in a value, no or several Host headers
+// (HTTP/1.1) or an invalid one is answered 400 and the connection closed;
+// headers over MaxHeaderBytes are 431. A refused request never reaches the
+// handler. Bare LF line ends are accepted, as net/http does.
+type h1Server struct {
+	proxy             *Proxy
+	maxHeaderBytes    int // head bytes including the request line
+	readHeaderTimeout time.Duration
+	idleTimeout       time.Duration
+	// bgReadDelay is how long a handler runs before the connection is
+	// watched for the client going away: shorter requests never pay for it.
+	bgReadDelay time.Duration
+
+	shuttingDown atomic.Bool
+	mu           sync.Mutex
+	conns        map[*h1ServerConn]struct{}
+	wg           sync.WaitGroup
+}
+
+// maxPostHandlerReadBytes is how much of a request body the handler left
+// unread is drained to keep the connection alive (net/http's value).
+const maxPostHandlerReadBytes = 256 << 10
+
+// h1ServerConn is one client connection.
+type h1ServerConn struct {
+	srv        *h1Server
+	conn       net.Conn // the connection as read and written (TLS or plain)
+	raw        net.Conn // the accepted connection, for ConnFromContext
+	cr         connReader
+	br         *bufio.Reader
+	bw         *bufio.Writer
+	ctx        context.Context // conn values (ConnFromContext, LocalAddrContextKey)
+	remoteAddr string
+	tlsState   *tls.ConnectionState
+
+	state atomic.Int32 // connIdle or connActive; see shutdown
+	head  []byte       // the request head being read, reused
+	spans []headerSpan // its header fields, reused
+	res   h1Response   // reused: a handler must not keep it after it returns
+
+	// Watching for the client going away while a handler runs.
+	mu        sync.Mutex
+	cond      sync.Cond
+	inHandler bool               // a handler runs; the watch may start
+	bodyDone  bool               // the request body was read to its end
+	bgReading bool               // a background read is running
+	cancelReq context.CancelFunc // the running request's
+	timer     *time.Timer
+
+	// Expect: 100-continue.
+	continueMu sync.Mutex
+	canWrite   bool // a 100 Continue may still be written
+
+	hijacked bool
+}
+
+const (
+	connIdle int32 = iota
+	connActive
+)
+
+// headerSpan locates one header field in the head.
+type headerSpan struct{ k0, k1, v0, v1 int }
+
+// connReader reads the connection for the bufio.Reader, handing out first a
+// byte a background read took, and flushing the response writer before a
+// read that may block while a request head is read (so a pipelined
+// client's responses are never held back).
+type connReader struct {
+	c          *h1ServerConn
+	hasByte    bool
+	byteBuf    [1]byte
+	flushFirst bool
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if r.hasByte {
+		p[0] = r.byteBuf[0]
+		r.hasByte = false
+		return 1, nil
+	}
+	if r.flushFirst && r.c.bw.Buffered() > 0 {
+		if err := r.c.bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return r.c.conn.Read(p)
+}
+
+func newH1Server(p *Proxy, opts *ServerOptions) *h1Server {
+	return &h1Server{
+		proxy:             p,
+		maxHeaderBytes:    opts.MaxHeaderBytes + 4096, // as net/http: the limit plus room for the request line
+		readHeaderTimeout: opts.ReadHeaderTimeout,
+		idleTimeout:       opts.IdleTimeout,
+		bgReadDelay:       10 * time.Millisecond,
+		conns:             map[*h1ServerConn]struct{}{},
+	}
+}
+
+// serve runs the connection to its end. conn is what is read and written
+// (TLS, or the accepted connection behind the detection's buffer), raw the
+// accepted connection, and tlsState is set for TLS connections.
+func (s *h1Server) serve(conn, raw net.Conn, tlsState *tls.ConnectionState) {
+	c := &h1ServerConn{srv: s, conn: conn, raw: raw, tlsState: tlsState, remoteAddr: conn.RemoteAddr().String()}
+	c.cond.L = &c.mu
+	c.cr.c = c
+	c.br = bufio.NewReaderSize(&c.cr, 4096)
+	c.bw = bufio.NewWriterSize(conn, 4096)
+	c.ctx = context.WithValue(context.WithValue(context.Background(), connKey{}, raw), http.LocalAddrContextKey, conn.LocalAddr())
+	c.res.c = c
+	c.res.header = make(http.Header, 16)
+	if !s.track(c, true) {
+		conn.Close()
+		return
+	}
+	defer s.track(c, false)
+	c.loop()
+}
+
+// track adds or removes c from the connections shutdown closes; it reports
+// false when the server is already shutting down.
+func (s *h1Server) track(c *h1ServerConn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.shuttingDown.Load() {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		return true
+	}
+	delete(s.conns, c)
+	s.wg.Done()
+	return true
+}
+
+// shutdown closes idle connections, lets active ones finish their request
+// (they close after it) until ctx ends, then closes what is left.
+func (s *h1Server) shutdown(ctx context.Context) {
+	s.mu.Lock()
+	s.shuttingDown.Store(true)
+	for c := range s.conns {
+		if c.state.Load() == connIdle {
+			c.conn.Close()
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.conn.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+}
+
+// requestError is a request refused before it reached the handler.
+type requestError struct {
+	code int
+	msg  string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func badRequest(msg string) error { return &requestError{http.StatusBadRequest, msg} }
+
+var errHeadTooLarge = &requestError{http.StatusRequestHeaderFieldsTooLarge, "request header fields too large"}
+
+// loop reads and serves requests until the connection ends.
+func (c *h1ServerConn) loop() {
+	s := c.srv
+	c.timer = time.AfterFunc(time.Hour, c.watch)
+	c.timer.Stop()
+	defer func() {
+		c.timer.Stop()
+		if !c.hijacked {
+			c.conn.Close()
+		}
+	}()
+	for {
+		// Wait for the next request; the idle timeout applies until its
+		// first byte, then the header timeout unless the whole head is
+		// already here (one deadline update per request when busy).
+		if c.br.Buffered() == 0 && !c.cr.hasByte {
+			if c.bw.Buffered() > 0 {
+				if c.bw.Flush() != nil {
+					return
+				}
+			}
+			c.state.Store(connIdle)
+			if s.shuttingDown.Load() {
+				return
+			}
+			c.conn.SetReadDeadline(time.Now().Add(s.idleTimeout))
+			if _, err := c.br.Peek(1); err != nil {
+				return
+			}
+		}
+		c.state.Store(connActive)
+		if !headBuffered(c.br) {
+			c.conn.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+		}
+		c.cr.flushFirst = true
+		req, err := c.readRequest()
+		c.cr.flushFirst = false
+		if err != nil {
+			c.refuse(err)
+			return
+		}
+		if req.Body != http.NoBody {
+			c.conn.SetReadDeadline(time.Time{})
+		}
+		if !c.serveRequest(&req) {
+			return
+		}
+	}
+}
+
+// headBuffered reports whether a whole request head sits in br.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, crlfcrlf) || bytes.Contains(b, lflf)
+}
+
+var (
+	crlfcrlf = []byte("\r\n\r\n")
+	lflf     = []byte("\n\n")
+)
+
+// refuse answers a request that cannot be served and closes the
+// connection: 400 or 431 for a malformed or oversized head, nothing when
+// the client went away or timed out.
+func (c *h1ServerConn) refuse(err error) {
+	var re *requestError
+	if !errors.As(err, &re) {
+		return
+	}
+	body := strconv.Itoa(re.code) + " " + http.StatusText(re.code)
+	if re.code == http.StatusBadRequest && re.msg != "" {
+		body += ": " + re.msg
+	}
+	c.bw.WriteString("HTTP/1.1 " + strconv.Itoa(re.code) + " " + http.StatusText(re.code) + "\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+	c.bw.Flush()
+	c.closeWriteAndDrain()
+}
+
+// closeWriteAndDrain half-closes the connection and reads what the client
+// still sends for a moment, so that the answer is not lost to a reset
+// (net/http's rstAvoidanceDelay).
+func (c *h1ServerConn) closeWriteAndDrain() {
+	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	for {
+		if _, err := c.conn.Read(*buf); err != nil {
+			return
+		}
+	}
+}
+
+// readRequest parses one request head and sets up its body.
+func (c *h1ServerConn) readRequest() (r http.Request, err error) {
+	limit := c.srv.maxHeaderBytes
+	c.head = c.head[:0]
+	c.spans = c.spans[:0]
+	rl0, rl1 := -1, -1 // the request line
+	for empty := 0; ; {
+		start := len(c.head)
+		line, lerr := c.readLine(limit, rl0 < 0 && empty == 0)
+		if lerr != nil {
+			err = lerr
+			return r, err
+		}
+		if rl0 < 0 {
+			if len(line) == 0 {
+				// RFC 9112 section 2.2: empty lines before a request line
+				// are ignored (a client's extra CRLF after a body), a few.
+				if empty++; empty > 4 {
+					return r, badRequest("malformed HTTP request")
+				}
+				continue
+			}
+			rl0, rl1 = start, start+len(line)
+			continue
+		}
+		if len(line) == 0 {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return r, badRequest("obsolete line folding")
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return r, badRequest("malformed header line")
+		}
+		if !canonicalizeToken(line[:colon]) {
+			return r, badRequest("invalid header name")
+		}
+		v0, v1 := colon+1, len(line)
+		for v0 < v1 && (line[v0] == ' ' || line[v0] == '\t') {
+			v0++
+		}
+		for v1 > v0 && (line[v1-1] == ' ' || line[v1-1] == '\t') {
+			v1--
+		}
+		for _, b := range line[v0:v1] {
+			if (b < ' ' && b != '\t') || b == 0x7f {
+				return r, badRequest("invalid header value")
+			}
+		}
+		c.spans = append(c.spans, headerSpan{start, start + colon, start + v0, start + v1})
+	}
+	head := string(c.head) // the one allocation for the whole head
+	// The request line: method SP request-target SP HTTP-version.
+	rl := head[rl0:rl1]
+	method, rest, ok1 := strings.Cut(rl, " ")
+	uri, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || method == "" || !isToken(method) {
+		return r, badRequest("malformed HTTP request line")
+	}
+	var major, minor int
+	switch proto {
+	case "HTTP/1.1":
+		proto, major, minor = "HTTP/1.1", 1, 1
+	case "HTTP/1.0":
+		proto, major, minor = "HTTP/1.0", 1, 0
+	default:
+		var ok bool
+		if major, minor, ok = http.ParseHTTPVersion(proto); !ok {
+			return r, badRequest("malformed HTTP version")
+		}
+		if major != 1 {
+			return r, &requestError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
+		}
+	}
+	hdr := make(http.Header, len(c.spans))
+	values := make([]string, len(c.spans))
+	for i, sp := range c.spans {
+		k, v := head[sp.k0:sp.k1], head[sp.v0:sp.v1]
+		values[i] = v
+		if vv, ok := hdr[k]; ok {
+			hdr[k] = append(vv, v)
+		} else {
+			hdr[k] = values[i : i+1 : i+1]
+		}
+	}
+
+	rawurl := uri
+	justAuthority := method == http.MethodConnect && !strings.HasPrefix(uri, "/")
+	if justAuthority {
+		rawurl = "http://" + uri
+	}
+	u, perr := url.ParseRequestURI(rawurl)
+	if perr != nil {
+		return r, badRequest("malformed request target")
+	}
+	if justAuthority {
+		u.Scheme = ""
+	}
+
+	hosts, haveHost := hdr["Host"]
+	if major == 1 && minor >= 1 && len(hosts) == 0 && method != http.MethodConnect {
+		return r, badRequest("missing required Host header")
+	}
+	if len(hosts) > 1 {
+		return r, badRequest("too many Host headers")
+	}
+	host := u.Host
+	if haveHost {
+		if !validHost(hosts[0]) {
+			return r, badRequest("malformed Host header")
+		}
+		if host == "" {
+			host = hosts[0]
+		}
+		delete(hdr, "Host")
+	}
+
+	r = http.Request{
+		Method: method, URL: u, Proto: proto, ProtoMajor: major, ProtoMinor: minor,
+		Header: hdr, Host: host, RemoteAddr: c.remoteAddr, RequestURI: uri, TLS: c.tlsState,
+		Body: http.NoBody,
+	}
+	r.Close = wantsClose(hdr, major, minor)
+
+	// Framing (RFC 9112 section 6), strictly: see h1Server.
+	te, haveTE := hdr["Transfer-Encoding"]
+	cls, haveCL := hdr["Content-Length"]
+	switch {
+	case haveTE && haveCL:
+		return r, badRequest("both Transfer-Encoding and Content-Length")
+	case haveTE && minor == 0:
+		return r, badRequest("Transfer-Encoding in an HTTP/1.0 request")
+	case haveTE:
+		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
+			return r, &requestError{http.StatusNotImplemented, "unsupported transfer encoding"}
+		}
+		delete(hdr, "Transfer-Encoding")
+		r.TransferEncoding = chunkedEncoding
+		r.ContentLength = -1
+	case haveCL:
+		for _, v := range cls[1:] {
+			if v != cls[0] {
+				return r, badRequest("conflicting Content-Length")
+			}
+		}
+		n, ok := parseContentLength(cls[0])
+		if !ok {
+			return r, badRequest("invalid Content-Length")
+		}
+		if len(cls) > 1 {
+			hdr["Content-Length"] = cls[:1]
+		}
+		r.ContentLength = n
+	}
+
+	// Expect: only 100-continue is known (417 otherwise, as net/http).
+	c.canWrite = false
+	if ex, ok := hdr["Expect"]; ok {
+		if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") {
+			return r, &requestError{http.StatusExpectationFailed, "unsupported Expect"}
+		}
+		delete(hdr, "Expect")
+		c.canWrite = minor >= 1 && r.ContentLength != 0
+	}
+
+	if r.ContentLength != 0 {
+		r.Body = newReqBody(c, r.ContentLength)
+	}
+	return r, nil
+}
+
+var chunkedEncoding = []string{"chunked"}
+
+// readLine appends the next line of the head, without its line end, to
+// c.head (then a '\n' separator) and returns it. first is set for the
+// first line of a request: an end of input before any byte of it is the
+// client closing an idle connection, returned as is.
+func (c *h1ServerConn) readLine(limit int, first bool) ([]byte, error) {
+	start := len(c.head)
+	for {
+		frag, err := c.br.ReadSlice('\n')
+		if len(c.head)+len(frag) > limit {
+			return nil, errHeadTooLarge
+		}
+		c.head = append(c.head, frag...)
+		if err == nil {
+			break
+		}
+		if err != bufio.ErrBufferFull {
+			if first && len(c.head) == 0 {
+				return nil, err
+			}
+			return nil, fmt.Errorf("read request head: %w", err)
+		}
+	}
+	// Drop "\n" or "\r\n": the line is then what textproto's ReadLine
+	// returns (a bare LF ends a line, as it does for net/http).
+	end := len(c.head) - 1
+	if end > start && c.head[end-1] == '\r' {
+		end--
+	}
+	c.head = append(c.head[:end], '\n')
+	return c.head[start:end], nil
+}
+
+// serveRequest runs the handler for req and finishes its response; it
+// reports whether the connection can serve another request.
+func (c *h1ServerConn) serveRequest(r *http.Request) bool {
+	s := c.srv
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	req := r.WithContext(ctx)
+	body, _ := req.Body.(*h1ReqBody)
+
+	c.mu.Lock()
+	c.inHandler, c.bodyDone, c.cancelReq = true, body == nil, cancel
+	c.mu.Unlock()
+	c.timer.Reset(s.bgReadDelay)
+	if c.canWrite && c.bw.Buffered() > 0 {
+		// A 100 Continue goes straight to the connection: earlier
+		// (pipelined) answers must be out before it.
+		if c.bw.Flush() != nil {
+			c.endWatch()
+			return false
+		}
+	}
+	w := &c.res
+	w.reset(req, body)
+	ok := c.runHandler(w, req)
+	c.endWatch()
+	if c.hijacked {
+		return false
+	}
+	if !ok {
+		// An aborted response (http.ErrAbortHandler, or a panic): what
+		// was written goes out, then the connection is cut so that the
+		// client sees a broken body, not a short success.
+		c.bw.Flush()
+		return false
+	}
+	w.finish()
+	keep := !w.closeAfter
+	if keep && body != nil {
+		keep = body.drain()
+	}
+	if !keep {
+		if c.bw.Flush() == nil {
+			c.closeWriteAndDrain()
+		}
+		return false
+	}
+	return w.err == nil
+}
+
+// runHandler calls the proxy; it reports false when the handler panicked.
+func (c *h1ServerConn) runHandler(w *h1Response, req *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			ok = false
+			if v != http.ErrAbortHandler {
+				buf := make([]byte, 16<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.srv.proxy.logf("waypoint: panic serving %s: %v\n%s", c.remoteAddr, v, buf)
+			}
+		}
+	}()
+	c.srv.proxy.ServeHTTP(w, req)
+	return true
+}
+
+// watch runs on the connection's timer once a handler has run for
+// bgReadDelay: it reads the connection in the background, as net/http does
+// for every request, so that a client that goes away cancels the request's
+// context. A byte that arrives instead (the next request) is kept for the
+// connection's reader.
+func (c *h1ServerConn) watch() {
+	c.mu.Lock()
+	if !c.inHandler || c.bgReading {
+		c.mu.Unlock()
+		return
+	}
+	if !c.bodyDone {
+		// The handler still reads the body: look again later.
+		c.timer.Reset(100 * time.Millisecond)
+		c.mu.Unlock()
+		return
+	}
+	if c.br.Buffered() > 0 || c.cr.hasByte {
+		c.mu.Unlock() // the next request is already here
+		return
+	}
+	c.bgReading = true
+	c.conn.SetReadDeadline(time.Time{})
+	c.mu.Unlock()
+	var b [1]byte
+	n, err := c.conn.Read(b[:])
+	c.mu.Lock()
+	if n == 1 {
+		c.cr.byteBuf[0], c.cr.hasByte = b[0], true
+	}
+	if err != nil && c.inHandler && c.cancelReq != nil {
+		c.cancelReq()
+	}
+	c.bgReading = false
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// endWatch stops watching the connection: the handler returned or hijacks
+// it.
+func (c *h1ServerConn) endWatch() {
+	c.timer.Stop()
+	c.mu.Lock()
+	c.inHandler = false
+	c.cancelReq = nil
+	if c.bgReading {
+		c.conn.SetReadDeadline(aLongTimeAgo)
+		for c.bgReading {
+			c.cond.Wait()
+		}
+		c.conn.SetReadDeadline(time.Time{})
+	}
+	c.mu.Unlock()
+}
+
+// writeContinue sends "100 Continue" on the first read of a body whose
+// client waits for it, unless the response has started.
+func (c *h1ServerConn) writeContinue() {
+	c.continueMu.Lock()
+	defer c.continueMu.Unlock()
+	if c.canWrite {
+		c.canWrite = false
+		io.WriteString(c.conn, "HTTP/1.1 100 Continue\r\n\r\n")
+	}
+}
+
+// h1ReqBody is a request body read from the connection: Content-Length
+// bytes or chunks. Its state is atomic because the connection's watch and
+// the response reads it while a transport goroutine may be reading it.
+type h1ReqBody struct {
+	c       *h1ServerConn
+	remain  atomic.Int64 // Content-Length bytes left; -1: chunked
+	chunked io.Reader
+	done    atomic.Bool // read to its end
+	closed  atomic.Bool
+	started bool
+	err     error // sticky
+}
+
+func newReqBody(c *h1ServerConn, n int64) *h1ReqBody {
+	b := &h1ReqBody{c: c}
+	b.remain.Store(n)
+	if n < 0 {
+		b.chunked = httputil.NewChunkedReader(c.br)
+	}
+	return b
+}
+
+func (b *h1ReqBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return b.read(p)
+}
+
+// Close marks the body closed; what is left unread is drained by the
+// connection after the handler returns.
+func (b *h1ReqBody) Close() error {
+	b.closed.Store(true)
+	return nil
+}
+
+func (b *h1ReqBody) read(p []byte) (int, error) {
+	if b.done.Load() {
+		return 0, io.EOF
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	if !b.started {
+		b.started = true
+		b.c.writeContinue()
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if b.chunked == nil {
+		rem := b.remain.Load()
+		if int64(len(p)) > rem {
+			p = p[:rem]
+		}
+		n, err := b.c.br.Read(p)
+		rem -= int64(n)
+		b.remain.Store(rem)
+		if rem == 0 {
+			b.finish()
+			return n, io.EOF
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			b.err = err
+		}
+		return n, err
+	}
+	n, err := b.chunked.Read(p)
+	if err == io.EOF {
+		if terr := b.readTrailer(); terr != nil {
+			b.err = terr
+			return n, terr
+		}
+		b.finish()
+		return n, io.EOF
+	}
+	if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *h1ReqBody) finish() {
+	b.done.Store(true)
+	c := b.c
+	c.mu.Lock()
+	c.bodyDone = true
+	c.mu.Unlock()
+}
+
+// readTrailer reads the trailer section after the last chunk; the fields
+// are dropped (the proxy forwards none).
+func (b *h1ReqBody) readTrailer() error {
+	c := b.c
+	c.head = c.head[:0]
+	for {
+		line, err := c.readLine(c.srv.maxHeaderBytes, false)
+		if err != nil {
+			return err
+		}
+		if len(line) == 0 {
+			return nil
+		}
+		if line[0] == ' ' || line[0] == '\t' || bytes.IndexByte(line, ':') <= 0 {
+			return errors.New("malformed chunked trailer")
+		}
+	}
+}
+
+// drain reads what the handler left of the body, up to
+// maxPostHandlerReadBytes; it reports whether the body ended within that.
+func (b *h1ReqBody) drain() bool {
+	if b.done.Load() {
+		return true
+	}
+	if rem := b.remain.Load(); rem > maxPostHandlerReadBytes {
+		return false
+	}
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	var total int
+	for total <= maxPostHandlerReadBytes {
+		n, err := b.read(*buf)
+		total += n
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
+
+// h1Response is the http.ResponseWriter of h1ServerConn. The head is written
+// into the connection's buffer when the status is final and the framing
+// known: at WriteHeader when the handler set Content-Length (the proxy's
+// common case), else once 2 KiB of body are buffered, at a flush, or when
+// the handler returns (then with a Content-Length, as net/http does).
+type h1Response struct {
+	c           *h1ServerConn
+	req         *http.Request
+	body        *h1ReqBody
+	header      http.Header
+	snapshot    http.Header // the header as of WriteHeader, while the head waits
+	status      int
+	wroteHeader bool
+	committed   bool // the head is in the buffer
+	noBody      bool // HEAD, 1xx, 204, 304
+	chunked     bool
+	cl          int64 // declared Content-Length; -1: none
+	written     int64
+	closeAfter  bool
+	pending     []byte // body held while the framing is not known
+	trailers    []string
+	err         error
+}
+
+func (w *h1Response) reset(req *http.Request, body *h1ReqBody) {
+	clear(w.header)
+	*w = h1Response{c: w.c, req: req, body: body, header: w.header, cl: -1, pending: w.pending[:0], trailers: w.trailers[:0]}
+}
+
+func (w *h1Response) Header() http.Header { return w.header }
+
+func (w *h1Response) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		w.writeInterim(code)
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	_, hasCL := w.header["Content-Length"]
+	if hasCL || w.req.Method == http.MethodHead || !bodyAllowed(code) {
+		w.commit(w.header, false)
+		return
+	}
+	w.snapshot = w.header.Clone()
+}
+
+// writeInterim writes a 1xx answer (other than 101) at once.
+func (w *h1Response) writeInterim(code int) {
+	bw := w.c.bw
+	writeStatusLine(bw, code)
+	for k, vv := range w.header {
+		writeField(bw, k, vv)
+	}
+	bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		w.err = err
+	}
+}
+
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// commit writes the head from hdr. final is set when the handler has
+// returned: a body not yet framed then gets a Content-Length.
+func (w *h1Response) commit(hdr http.Header, final bool) {
+	w.committed = true
+	c, req := w.c, w.req
+	code := w.status
+	if !bodyAllowed(code) || req.Method == http.MethodHead {
+		w.noBody = true
+	}
+	if code == http.StatusSwitchingProtocols {
+		w.closeAfter = true // the handler did not hijack: nothing more can follow
+	}
+	if w.body != nil && !w.body.done.Load() {
+		// The body is still unread: drain it after the handler or, when
+		// it is too large or of unknown length, close.
+		if rem := w.body.remain.Load(); rem < 0 || rem > maxPostHandlerReadBytes {
+			w.closeAfter = true
+		}
+		if c.canWrite {
+			c.continueMu.Lock()
+			if c.canWrite {
+				// The client waits for a 100 Continue that will not come: its
+				// body may or may not follow the answer.
+				c.canWrite = false
+				w.closeAfter = true
+			}
+			c.continueMu.Unlock()
+		}
+	}
+	if req.Close || c.srv.shuttingDown.Load() {
+		w.closeAfter = true
+	}
+	if hasToken(hdr["Connection"], "close") {
+		w.closeAfter = true
+	}
+
+	// Framing.
+	skipCL := false
+	var clLine string
+	if vv := hdr["Content-Length"]; len(vv) > 0 {
+		if n, ok := parseContentLength(vv[0]); ok {
+			w.cl = n
+		} else {
+			skipCL = true
+		}
+	}
+	if t := hdr["Trailer"]; len(t) > 0 && !w.noBody && req.ProtoAtLeast(1, 1) {
+		for _, v := range t {
+			for _, k := range strings.Split(v, ",") {
+				if k = strings.TrimSpace(k); k != "" {
+					w.trailers = append(w.trailers, http.CanonicalHeaderKey(k))
+				}
+			}
+		}
+	}
+	switch {
+	case w.noBody:
+	case len(w.trailers) > 0:
+		w.chunked, w.cl, skipCL = true, -1, true
+	case w.cl >= 0:
+	case final:
+		w.cl = int64(len(w.pending))
+		clLine = strconv.Itoa(len(w.pending))
+	case req.ProtoAtLeast(1, 1):
+		w.chunked = true
+	default:
+		w.closeAfter = true // the body ends with the connection
+	}
+
+	bw := c.bw
+	writeStatusLine(bw, code)
+	for k, vv := range hdr {
+		switch k {
+		case "Content-Length":
+			if skipCL {
+				continue
+			}
+		case "Transfer-Encoding":
+			continue
+		}
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		writeField(bw, k, vv)
+	}
+	if clLine != "" && !w.noBody {
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(clLine)
+		bw.WriteString("\r\n")
+	}
+	if w.chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if _, ok := hdr["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.WriteString(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if _, ok := hdr["Content-Type"]; !ok && !w.noBody && len(w.pending) > 0 {
+		bw.WriteString("Content-Type: ")
+		bw.WriteString(http.DetectContentType(w.pending))
+		bw.WriteString("\r\n")
+	}
+	switch {
+	case w.closeAfter && !hasToken(hdr["Connection"], "close"):
+		bw.WriteString("Connection: close\r\n")
+	case !w.closeAfter && req.ProtoMinor == 0:
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+	if len(w.pending) > 0 {
+		p := w.pending
+		w.pending = w.pending[:0]
+		w.written -= int64(len(p))
+		w.writeBody(p)
+	}
+}
+
+func writeStatusLine(bw *bufio.Writer, code int) {
+	bw.WriteString("HTTP/1.1 ")
+	var b [3]byte
+	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	bw.WriteByte(' ')
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+	bw.WriteString(text)
+	bw.WriteString("\r\n")
+}
+
+// writeField writes one header field: fields with invalid names are
+// dropped, CR and LF in values become spaces (as net/http does).
+func writeField(bw *bufio.Writer, k string, vv []string) {
+	if !isToken(k) {
+		return
+	}
+	for _, v := range vv {
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		if strings.ContainsAny(v, "\r\n") {
+			v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+		}
+		bw.WriteString(v)
+		bw.WriteString("\r\n")
+	}
+}
+
+func (w *h1Response) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody || (!w.committed && !bodyAllowed(w.status)) {
+		if w.req.Method == http.MethodHead {
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if !w.committed {
+		if len(w.pending)+len(p) <= pendingMax {
+			if w.pending == nil {
+				w.pending = make([]byte, 0, pendingMax)
+			}
+			w.pending = append(w.pending, p...)
+			w.written += int64(len(p))
+			return len(p), nil
+		}
+		w.commit(w.snapshot, false)
+	}
+	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
+		return 0, http.ErrContentLength
+	}
+	return w.writeBody(p)
+}
+
+// pendingMax is how much body is held before the head is written without a
+// Content-Length (net/http's bufferBeforeChunkingSize).
+const pendingMax = 2048
+
+func (w *h1Response) writeBody(p []byte) (int, error) {
+	bw := w.c.bw
+	if w.chunked && len(p) > 0 {
+		var b [16]byte
+		bw.Write(strconv.AppendInt(b[:0], int64(len(p)), 16))
+		bw.WriteString("\r\n")
+	}
+	n, err := bw.Write(p)
+	if w.chunked && err == nil && len(p) > 0 {
+		_, err = bw.WriteString("\r\n")
+	}
+	w.written += int64(n)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+func (w *h1Response) WriteString(s string) (int, error) {
+	return w.Write([]byte(s))
+}
+
+// FlushError writes the head if it is not yet out and sends what is
+// buffered (http.ResponseController.Flush).
+func (w *h1Response) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(w.snapshot, false)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.c.bw.Flush(); err != nil {
+		w.err = err
+		return err
+	}
+	return nil
+}
+
+func (w *h1Response) Flush() { w.FlushError() }
+
+// Hijack hands the connection over (the proxy does after a 101); the
+// buffered bytes of the client come in the ReadWriter's Reader.
+func (w *h1Response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c := w.c
+	if w.committed {
+		return nil, nil, errors.New("hijack after the response started")
+	}
+	c.endWatch()
+	c.hijacked = true
+	if c.cr.hasByte {
+		if _, err := c.br.Peek(c.br.Buffered() + 1); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := c.bw.Flush(); err != nil {
+		return nil, nil, err
+	}
+	c.conn.SetDeadline(time.Time{})
+	return c.conn, bufio.NewReadWriter(c.br, c.bw), nil
+}
+
+// finish completes the response once the handler returned.
+func (w *h1Response) finish() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(w.snapshot, true)
+	}
+	bw := w.c.bw
+	if w.chunked {
+		bw.WriteString("0\r\n")
+		for _, k := range w.trailers {
+			if vv := w.header[k]; len(vv) > 0 {
+				writeField(bw, k, vv)
+			}
+		}
+		for k, vv := range w.header {
+			if strings.HasPrefix(k, http.TrailerPrefix) {
+				writeField(bw, k[len(http.TrailerPrefix):], vv)
+			}
+		}
+		bw.WriteString("\r\n")
+	}
+	if !w.noBody && w.cl >= 0 && w.written < w.cl {
+		w.closeAfter = true // a short body: only closing can end it
+	}
+	if w.err != nil {
+		w.closeAfter = true
+	}
+}
+
+// Date header values, formatted once a second.
+type dateValue struct {
+	sec int64
+	s   string
+}
+
+var dateCache atomic.Pointer[dateValue]
+
+func httpDate() string {
+	now := time.Now()
+	if d := dateCache.Load(); d != nil && d.sec == now.Unix() {
+		return d.s
+	}
+	d := &dateValue{sec: now.Unix(), s: now.UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.s
+}
+
+// tokenChars are RFC 9110's tchar.
+var tokenChars = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenChars[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// canonicalizeToken checks that b is a token and rewrites it in place in
+// canonical MIME form (textproto.CanonicalMIMEHeaderKey), so that the
+// header map's keys are substrings of the head.
+func canonicalizeToken(b []byte) bool {
+	upper := true
+	for i, c := range b {
+		if !tokenChars[c] {
+			return false
+		}
+		if upper && 'a' <= c && c <= 'z' {
+			b[i] = c - ('a' - 'A')
+		} else if !upper && 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// hostChars are httpguts.ValidHostHeader's.
+var hostChars = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = tokenChars[c] && c != '#' && c != '^' && c != '`' && c != '|'
+	}
+	for _, c := range "()*,:;=[]" {
+		t[c] = true
+	}
+	return t
+}()
+
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		if !hostChars[h[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// parseContentLength accepts only digits (no sign, no spaces, no list).
+func parseContentLength(s string) (int64, bool) {
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(s[i]-'0')
+	}
+	return n, true
+}
+
+// wantsClose is whether the client asked for the connection to end after
+// this request (HTTP/1.0 without keep-alive, or "Connection: close").
+func wantsClose(h http.Header, major, minor int) bool {
+	conn := h["Connection"]
+	if major == 1 && minor == 0 {
+		return !hasToken(conn, "keep-alive") || hasToken(conn, "close")
+	}
+	return hasToken(conn, "close")
+}
+
+// hasToken reports whether a comma-separated header contains token.
+func hasToken(vv []string, token string) bool {
+	for _, v := range vv {
+		for v != "" {
+			var f string
+			f, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(f), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
