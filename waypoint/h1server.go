@@ -73,15 +73,13 @@ type h1ServerConn struct {
 	conn       net.Conn // the connection as read and written (TLS or plain)
 	raw        net.Conn // the accepted connection, for ConnFromContext
 	cr         connReader
-	br         *bufio.Reader
+	headReader // br, and the head being read
 	bw         *bufio.Writer
 	ctx        context.Context // conn values (ConnFromContext, LocalAddrContextKey)
 	remoteAddr string
 	tlsState   *tls.ConnectionState
 
 	state atomic.Int32 // connIdle or connActive; see shutdown
-	head  []byte       // the request head being read, reused
-	spans []headerSpan // its header fields, reused
 	res   h1Response   // reused: a handler must not keep it after it returns
 
 	// Watching for the client going away while a handler runs.
@@ -104,9 +102,6 @@ const (
 	connIdle int32 = iota
 	connActive
 )
-
-// headerSpan locates one header field in the head.
-type headerSpan struct{ k0, k1, v0, v1 int }
 
 // connReader reads the connection for the bufio.Reader, handing out first a
 // byte a background read took, and flushing the response writer before a
@@ -320,55 +315,9 @@ func (c *h1ServerConn) closeWriteAndDrain() {
 
 // readRequest parses one request head and sets up its body.
 func (c *h1ServerConn) readRequest() (r http.Request, err error) {
-	limit := c.srv.maxHeaderBytes
-	c.head = c.head[:0]
-	c.spans = c.spans[:0]
-	rl0, rl1 := -1, -1 // the request line
-	for empty := 0; ; {
-		start := len(c.head)
-		line, lerr := c.readLine(limit, rl0 < 0 && empty == 0)
-		if lerr != nil {
-			err = lerr
-			return r, err
-		}
-		if rl0 < 0 {
-			if len(line) == 0 {
-				// RFC 9112 section 2.2: empty lines before a request line
-				// are ignored (a client's extra CRLF after a body), a few.
-				if empty++; empty > 4 {
-					return r, badRequest("malformed HTTP request")
-				}
-				continue
-			}
-			rl0, rl1 = start, start+len(line)
-			continue
-		}
-		if len(line) == 0 {
-			break
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return r, badRequest("obsolete line folding")
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			return r, badRequest("malformed header line")
-		}
-		if !canonicalizeToken(line[:colon]) {
-			return r, badRequest("invalid header name")
-		}
-		v0, v1 := colon+1, len(line)
-		for v0 < v1 && (line[v0] == ' ' || line[v0] == '\t') {
-			v0++
-		}
-		for v1 > v0 && (line[v1-1] == ' ' || line[v1-1] == '\t') {
-			v1--
-		}
-		for _, b := range line[v0:v1] {
-			if (b < ' ' && b != '\t') || b == 0x7f {
-				return r, badRequest("invalid header value")
-			}
-		}
-		c.spans = append(c.spans, headerSpan{start, start + colon, start + v0, start + v1})
+	rl0, rl1, err := c.readHead(c.srv.maxHeaderBytes)
+	if err != nil {
+		return r, err
 	}
 	head := string(c.head) // the one allocation for the whole head
 	// The request line: method SP request-target SP HTTP-version.
@@ -393,17 +342,7 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 			return r, &requestError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 		}
 	}
-	hdr := make(http.Header, len(c.spans))
-	values := make([]string, len(c.spans))
-	for i, sp := range c.spans {
-		k, v := head[sp.k0:sp.k1], head[sp.v0:sp.v1]
-		values[i] = v
-		if vv, ok := hdr[k]; ok {
-			hdr[k] = append(vv, v)
-		} else {
-			hdr[k] = values[i : i+1 : i+1]
-		}
-	}
+	hdr := c.header(head)
 
 	rawurl := uri
 	justAuthority := method == http.MethodConnect && !strings.HasPrefix(uri, "/")
@@ -491,38 +430,6 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 }
 
 var chunkedEncoding = []string{"chunked"}
-
-// readLine appends the next line of the head, without its line end, to
-// c.head (then a '\n' separator) and returns it. first is set for the
-// first line of a request: an end of input before any byte of it is the
-// client closing an idle connection, returned as is.
-func (c *h1ServerConn) readLine(limit int, first bool) ([]byte, error) {
-	start := len(c.head)
-	for {
-		frag, err := c.br.ReadSlice('\n')
-		if len(c.head)+len(frag) > limit {
-			return nil, errHeadTooLarge
-		}
-		c.head = append(c.head, frag...)
-		if err == nil {
-			break
-		}
-		if err != bufio.ErrBufferFull {
-			if first && len(c.head) == 0 {
-				return nil, err
-			}
-			return nil, fmt.Errorf("read request head: %w", err)
-		}
-	}
-	// Drop "\n" or "\r\n": the line is then what textproto's ReadLine
-	// returns (a bare LF ends a line, as it does for net/http).
-	end := len(c.head) - 1
-	if end > start && c.head[end-1] == '\r' {
-		end--
-	}
-	c.head = append(c.head[:end], '\n')
-	return c.head[start:end], nil
-}
 
 // serveRequest runs the handler for req and finishes its response; it
 // reports whether the connection can serve another request.
@@ -727,7 +634,7 @@ func (b *h1ReqBody) read(p []byte) (int, error) {
 	}
 	n, err := b.chunked.Read(p)
 	if err == io.EOF {
-		if terr := b.readTrailer(); terr != nil {
+		if terr := b.c.readTrailer(b.c.srv.maxHeaderBytes, nil); terr != nil {
 			b.err = terr
 			return n, terr
 		}
@@ -746,25 +653,6 @@ func (b *h1ReqBody) finish() {
 	c.mu.Lock()
 	c.bodyDone = true
 	c.mu.Unlock()
-}
-
-// readTrailer reads the trailer section after the last chunk; the fields
-// are dropped (the proxy forwards none).
-func (b *h1ReqBody) readTrailer() error {
-	c := b.c
-	c.head = c.head[:0]
-	for {
-		line, err := c.readLine(c.srv.maxHeaderBytes, false)
-		if err != nil {
-			return err
-		}
-		if len(line) == 0 {
-			return nil
-		}
-		if line[0] == ' ' || line[0] == '\t' || bytes.IndexByte(line, ':') <= 0 {
-			return errors.New("malformed chunked trailer")
-		}
-	}
 }
 
 // drain reads what the handler left of the body, up to

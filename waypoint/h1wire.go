@@ -1,0 +1,429 @@
+package waypoint
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+)
+
+// HTTP/1.1 messages as the waypoint reads and writes them on both sides:
+// request heads for h1Server, request heads and bodies written and answers
+// read for h1Client. A head is read into one reused buffer and turned into
+// one string, whose substrings are the header keys (canonicalized in place)
+// and values: one allocation for the head instead of one or two per field
+// (net/textproto's), and no per-field work beyond a scan.
+
+// headerSpan locates one header field in the head.
+type headerSpan struct{ k0, k1, v0, v1 int }
+
+// headReader reads message heads from br.
+type headReader struct {
+	br    *bufio.Reader
+	head  []byte       // the head being read, lines separated by '\n'
+	spans []headerSpan // its fields
+}
+
+// readHead reads a start line and header fields up to the empty line,
+// limited to limit bytes (errHeadTooLarge). The start line is
+// head[l0:l1]. Empty lines before the start line are skipped, a few (RFC
+// 9112 section 2.2). Malformed fields are a requestError (400): obs-fold,
+// a name that is not a token or has a space before the colon, a control
+// character in a value.
+func (h *headReader) readHead(limit int) (l0, l1 int, err error) {
+	h.head = h.head[:0]
+	h.spans = h.spans[:0]
+	l0 = -1
+	for empty := 0; ; {
+		start := len(h.head)
+		line, err := h.readLine(limit, l0 < 0 && empty == 0)
+		if err != nil {
+			return 0, 0, err
+		}
+		if l0 < 0 {
+			if len(line) == 0 {
+				if empty++; empty > 4 {
+					return 0, 0, badRequest("malformed start line")
+				}
+				continue
+			}
+			l0, l1 = start, start+len(line)
+			continue
+		}
+		if len(line) == 0 {
+			return l0, l1, nil
+		}
+		if err := h.addField(line, start); err != nil {
+			return 0, 0, err
+		}
+	}
+}
+
+// addField records the header field line, at start in h.head.
+func (h *headReader) addField(line []byte, start int) error {
+	if line[0] == ' ' || line[0] == '\t' {
+		return badRequest("obsolete line folding")
+	}
+	colon := bytes.IndexByte(line, ':')
+	if colon <= 0 {
+		return badRequest("malformed header line")
+	}
+	if !canonicalizeToken(line[:colon]) {
+		return badRequest("invalid header name")
+	}
+	v0, v1 := colon+1, len(line)
+	for v0 < v1 && (line[v0] == ' ' || line[v0] == '\t') {
+		v0++
+	}
+	for v1 > v0 && (line[v1-1] == ' ' || line[v1-1] == '\t') {
+		v1--
+	}
+	for _, b := range line[v0:v1] {
+		if (b < ' ' && b != '\t') || b == 0x7f {
+			return badRequest("invalid header value")
+		}
+	}
+	h.spans = append(h.spans, headerSpan{start, start + colon, start + v0, start + v1})
+	return nil
+}
+
+// header builds the header map of the fields just read; head is
+// string(h.head).
+func (h *headReader) header(head string) http.Header {
+	hdr := make(http.Header, len(h.spans))
+	values := make([]string, len(h.spans))
+	for i, sp := range h.spans {
+		k, v := head[sp.k0:sp.k1], head[sp.v0:sp.v1]
+		values[i] = v
+		if vv, ok := hdr[k]; ok {
+			hdr[k] = append(vv, v)
+		} else {
+			hdr[k] = values[i : i+1 : i+1]
+		}
+	}
+	return hdr
+}
+
+// readLine appends the next line of the head, without its line end, to
+// h.head (then a '\n' separator) and returns it. first is set for the
+// first line of a message: an end of input before any byte of it is the
+// peer closing an idle connection, returned as is.
+func (h *headReader) readLine(limit int, first bool) ([]byte, error) {
+	start := len(h.head)
+	for {
+		frag, err := h.br.ReadSlice('\n')
+		if len(h.head)+len(frag) > limit {
+			return nil, errHeadTooLarge
+		}
+		h.head = append(h.head, frag...)
+		if err == nil {
+			break
+		}
+		if err != bufio.ErrBufferFull {
+			if first && len(h.head) == 0 {
+				return nil, err
+			}
+			return nil, fmt.Errorf("read message head: %w", err)
+		}
+	}
+	// Drop "\n" or "\r\n": the line is then what textproto's ReadLine
+	// returns (a bare LF ends a line, as it does for net/http).
+	end := len(h.head) - 1
+	if end > start && h.head[end-1] == '\r' {
+		end--
+	}
+	h.head = append(h.head[:end], '\n')
+	return h.head[start:end], nil
+}
+
+// readTrailer reads the trailer section after a last chunk, up to its
+// empty line, into *into (nil: the fields are dropped).
+func (h *headReader) readTrailer(limit int, into *http.Header) error {
+	h.head = h.head[:0]
+	h.spans = h.spans[:0]
+	for {
+		start := len(h.head)
+		line, err := h.readLine(limit, false)
+		if err != nil {
+			return err
+		}
+		if len(line) == 0 {
+			break
+		}
+		if err := h.addField(line, start); err != nil {
+			return fmt.Errorf("malformed trailer: %w", err)
+		}
+	}
+	if into == nil || len(h.spans) == 0 {
+		return nil
+	}
+	if *into == nil {
+		*into = http.Header{}
+	}
+	for k, vv := range h.header(string(h.head)) {
+		(*into)[k] = vv
+	}
+	return nil
+}
+
+// maxResponseHead bounds an upstream answer's head.
+const maxResponseHead = 1 << 20
+
+// readResponse reads an answer's head from h.br and sets up its body, as
+// http.ReadResponse does for the waypoint's uses.
+func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
+	l0, l1, err := h.readHead(maxResponseHead)
+	if err != nil {
+		var re *requestError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("malformed HTTP response: %s", re.msg)
+		}
+		return nil, err
+	}
+	head := string(h.head)
+	line := head[l0:l1]
+	proto, status, ok := strings.Cut(line, " ")
+	if !ok {
+		return nil, fmt.Errorf("malformed HTTP response %q", line)
+	}
+	resp := &http.Response{Request: req, Status: strings.TrimLeft(status, " ")}
+	switch proto {
+	case "HTTP/1.1":
+		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	case "HTTP/1.0":
+		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.0", 1, 0
+	default:
+		return nil, fmt.Errorf("malformed HTTP version %q", proto)
+	}
+	code, _, _ := strings.Cut(resp.Status, " ")
+	if len(code) != 3 {
+		return nil, fmt.Errorf("malformed HTTP status code %q", code)
+	}
+	resp.StatusCode, err = strconv.Atoi(code)
+	if err != nil || resp.StatusCode < 100 {
+		return nil, fmt.Errorf("malformed HTTP status code %q", code)
+	}
+	hdr := h.header(head)
+	resp.Header = hdr
+	resp.Close = wantsClose(hdr, resp.ProtoMajor, resp.ProtoMinor)
+
+	noBody := req.Method == http.MethodHead || resp.StatusCode < 200 ||
+		resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	te, chunked := hdr["Transfer-Encoding"]
+	if chunked {
+		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
+			return nil, fmt.Errorf("unsupported transfer encoding %q", te)
+		}
+		delete(hdr, "Transfer-Encoding")
+		if resp.ProtoMinor == 0 {
+			chunked = false
+		} else {
+			delete(hdr, "Content-Length")
+		}
+	}
+	resp.ContentLength = -1
+	if cls := hdr["Content-Length"]; len(cls) > 0 && !chunked {
+		for _, v := range cls[1:] {
+			if v != cls[0] {
+				return nil, fmt.Errorf("conflicting Content-Length %q", cls)
+			}
+		}
+		n, ok := parseContentLength(cls[0])
+		if !ok {
+			return nil, fmt.Errorf("invalid Content-Length %q", cls[0])
+		}
+		resp.ContentLength = n
+	}
+	switch {
+	case noBody:
+		if req.Method != http.MethodHead || resp.StatusCode < 200 {
+			resp.ContentLength = 0 // as http.ReadResponse: Response.Write then adds no "Connection: close"
+		}
+		resp.Body = http.NoBody
+		return resp, nil
+	case chunked:
+		resp.TransferEncoding = chunkedEncoding
+		if tr, ok := hdr["Trailer"]; ok {
+			delete(hdr, "Trailer")
+			resp.Trailer = http.Header{}
+			for _, v := range tr {
+				for _, k := range strings.Split(v, ",") {
+					if k = strings.TrimSpace(k); k != "" {
+						resp.Trailer[http.CanonicalHeaderKey(k)] = nil
+					}
+				}
+			}
+		}
+		resp.Body = &wireBody{h: h, remain: -1, chunked: httputil.NewChunkedReader(h.br), trailer: &resp.Trailer}
+	case resp.ContentLength == 0:
+		resp.Body = http.NoBody
+	case resp.ContentLength > 0:
+		resp.Body = &wireBody{h: h, remain: resp.ContentLength}
+	default:
+		// Delimited by the end of the connection.
+		resp.Close = true
+		resp.Body = &wireBody{h: h, remain: -1}
+	}
+	return resp, nil
+}
+
+// wireBody is an answer's body read from the connection: Content-Length
+// bytes, chunks, or everything up to the connection's end.
+type wireBody struct {
+	h       *headReader
+	remain  int64 // -1: chunked or up to the end
+	chunked io.Reader
+	trailer *http.Header
+	err     error
+}
+
+func (b *wireBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var err error
+	switch {
+	case b.chunked != nil:
+		n, err = b.chunked.Read(p)
+		if err == io.EOF {
+			if terr := b.h.readTrailer(maxResponseHead, b.trailer); terr != nil {
+				err = terr
+			}
+		}
+	case b.remain >= 0:
+		if int64(len(p)) > b.remain {
+			p = p[:b.remain]
+		}
+		n, err = b.h.br.Read(p)
+		b.remain -= int64(n)
+		if b.remain == 0 {
+			err = io.EOF
+		} else if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+	default:
+		n, err = b.h.br.Read(p)
+	}
+	b.err = err
+	return n, err
+}
+
+func (b *wireBody) Close() error { return nil }
+
+// writeRequest writes req as http.Request.Write does for a proxy: the
+// request line with the URL's path and query, Host, the header fields (CR
+// and LF in values become spaces), the framing from ContentLength (chunked
+// when unknown, "Content-Length: 0" for an empty body of a method other
+// than GET and HEAD), "Connection: close" for req.Close, then the body and
+// trailers. Unlike net/http it adds no User-Agent: a proxy passes the
+// client's on, or none. The body is closed after.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !validHost(host) {
+		return fmt.Errorf("invalid Host %q", host)
+	}
+	body := req.Body
+	hasBody := body != nil && body != http.NoBody
+	cl := req.ContentLength
+	switch {
+	case !hasBody:
+		cl = 0
+	case cl == 0:
+		cl = -1
+	}
+	if hasBody {
+		defer body.Close()
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	bw.WriteString(method)
+	bw.WriteByte(' ')
+	if req.URL.Opaque != "" {
+		bw.WriteString(req.URL.RequestURI())
+	} else {
+		p := req.URL.EscapedPath()
+		if p == "" {
+			p = "/"
+		}
+		bw.WriteString(p)
+		if req.URL.ForceQuery || req.URL.RawQuery != "" {
+			bw.WriteByte('?')
+			bw.WriteString(req.URL.RawQuery)
+		}
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	for k, vv := range req.Header {
+		switch k {
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		}
+		writeField(bw, k, vv)
+	}
+	switch {
+	case cl > 0:
+		var b [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(b[:0], cl, 10))
+		bw.WriteString("\r\n")
+	case cl == 0 && method != http.MethodGet && method != http.MethodHead:
+		bw.WriteString("Content-Length: 0\r\n")
+	case cl < 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(req.Trailer) > 0 {
+			keys := make([]string, 0, len(req.Trailer))
+			for k := range req.Trailer {
+				keys = append(keys, k)
+			}
+			bw.WriteString("Trailer: ")
+			bw.WriteString(strings.Join(keys, ","))
+			bw.WriteString("\r\n")
+		}
+	}
+	if req.Close && !hasToken(req.Header["Connection"], "close") {
+		bw.WriteString("Connection: close\r\n")
+	}
+	if _, err := bw.WriteString("\r\n"); err != nil {
+		return err
+	}
+	switch {
+	case cl > 0:
+		n, err := io.Copy(bw, io.LimitReader(body, cl))
+		if err != nil {
+			return err
+		}
+		if n != cl {
+			return fmt.Errorf("http: ContentLength=%d with Body length %d", cl, n)
+		}
+	case cl < 0:
+		cw := httputil.NewChunkedWriter(bw)
+		if _, err := io.Copy(cw, body); err != nil {
+			return err
+		}
+		if err := cw.Close(); err != nil {
+			return err
+		}
+		for k, vv := range req.Trailer {
+			writeField(bw, k, vv)
+		}
+		if _, err := bw.WriteString("\r\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
