@@ -60,9 +60,9 @@ type h1Conn struct {
 	headReader // br, and the answer's head being read
 	addr       string
 	bw         *bufio.Writer
-	requests int
-	idleAt   time.Time
-	reused   bool
+	requests   int
+	idleAt     time.Time
+	reused     bool
 }
 
 func newH1Client(p *model.ConnectionPool, opts *Options) *h1Client {
