@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 the brief pins golang.org/x/net/http2 (ServeConn on an accepted TLS conn, NewClientConn for our own pool); moving to net/http's HTTP2Config/ClientConn is a follow-up.
-
 package hbone
 
 import (
@@ -7,11 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Errors a caller branches on.
@@ -76,13 +74,24 @@ type poolKey struct {
 
 type poolEntry struct {
 	mu    sync.Mutex // held while picking or dialling, so concurrent Dials share one new connection
-	conns []*http2.ClientConn
+	conns []*conn
+}
+
+// remove forgets a closed connection.
+func (e *poolEntry) remove(c *conn) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, x := range e.conns {
+		if x == c {
+			e.conns = slices.Delete(e.conns, i, i+1)
+			return
+		}
+	}
 }
 
 // Dialer opens HBONE streams over pooled HTTP/2 connections.
 type Dialer struct {
 	opts DialerOptions
-	tr   *http2.Transport
 
 	mu     sync.Mutex
 	closed bool
@@ -109,16 +118,7 @@ func NewDialer(opts DialerOptions) (*Dialer, error) {
 	if opts.PingTimeout <= 0 {
 		opts.PingTimeout = 15 * time.Second
 	}
-	return &Dialer{
-		opts: opts,
-		tr: &http2.Transport{
-			IdleConnTimeout:  opts.IdleTimeout,
-			ReadIdleTimeout:  opts.ReadIdleTimeout,
-			PingTimeout:      opts.PingTimeout,
-			MaxReadFrameSize: DefaultMaxFrameSize,
-		},
-		pool: make(map[poolKey]*poolEntry),
-	}, nil
+	return &Dialer{opts: opts, pool: make(map[poolKey]*poolEntry)}, nil
 }
 
 // Dial opens one CONNECT stream to t.Addr through the HBONE server at
@@ -133,20 +133,17 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 		return nil, fmt.Errorf("hbone dial: local SVID: %w", err)
 	}
 	key := poolKey{local: svid.ID, proxy: t.Proxy, peer: t.PeerID}
-	var (
-		resp   *http.Response
-		pw     *io.PipeWriter
-		cancel context.CancelFunc
-	)
+	fields := connectFields(t)
+	var s *stream
 	// A pooled connection may have been told to go away (server drain) or
 	// died since its last use; such a stream never reached the target, so it
 	// is retried once on a fresh connection.
 	for attempt := 0; ; attempt++ {
-		cc, fresh, err := d.clientConn(ctx, key, t.Local)
+		c, fresh, err := d.clientConn(ctx, key, t.Local)
 		if err != nil {
 			return nil, err
 		}
-		resp, pw, cancel, err = connect(ctx, cc, t)
+		s, err = c.connect(ctx, fields)
 		if err == nil {
 			break
 		}
@@ -154,13 +151,19 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 			return nil, fmt.Errorf("hbone CONNECT %s via %s: %w", t.Addr, t.Proxy, err)
 		}
 	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		cancel()
-		pw.Close()
+	if s.status != http.StatusOK {
+		var msg []byte
+		buf := make([]byte, 512)
+		for len(msg) < len(buf) {
+			n, err := s.read(ctx, buf[len(msg):])
+			msg = buf[:len(msg)+n]
+			if err != nil {
+				break
+			}
+		}
+		s.close()
 		var kind error
-		switch resp.StatusCode {
+		switch s.status {
 		case http.StatusForbidden:
 			kind = ErrForbidden
 		case http.StatusBadRequest:
@@ -168,47 +171,119 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 		default:
 			kind = errors.New("hbone: stream refused")
 		}
-		return nil, fmt.Errorf("hbone CONNECT %s via %s: %d %q: %w", t.Addr, t.Proxy, resp.StatusCode, string(msg), kind)
+		return nil, fmt.Errorf("hbone CONNECT %s via %s: %d %q: %w", t.Addr, t.Proxy, s.status, string(msg), kind)
 	}
-	return &Conn{body: resp.Body, pw: pw, cancel: cancel, local: svid.ID, peer: t.PeerID}, nil
+	return &Conn{s: s, local: svid.ID, peer: t.PeerID}, nil
 }
 
-// connect sends the CONNECT request on cc and waits for the response
-// headers; ctx bounds only that wait.
-func connect(ctx context.Context, cc *http2.ClientConn, t Target) (*http.Response, *io.PipeWriter, context.CancelFunc, error) {
-	pr, pw := io.Pipe()
-	streamCtx, cancel := context.WithCancel(context.Background())
-	req := &http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: t.Addr.String()},
-		Host:          t.Addr.String(),
-		Header:        make(http.Header),
-		Body:          pr,
-		ContentLength: -1,
+// connectFields is the CONNECT request's header block.
+func connectFields(t Target) []hpack.HeaderField {
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: http.MethodConnect},
+		{Name: ":authority", Value: t.Addr.String()},
 	}
 	if t.Source.IsValid() {
-		req.Header.Set(ForwardedHeader, formatForwarded(t.Source))
+		fields = append(fields, hpack.HeaderField{Name: "forwarded", Value: formatForwarded(t.Source)})
 	}
-	req = req.WithContext(streamCtx)
-	stop := context.AfterFunc(ctx, cancel)
-	resp, err := cc.RoundTrip(req)
-	stopped := stop()
-	if err == nil && !stopped {
-		// ctx ended while the response arrived: honour it.
-		resp.Body.Close()
-		err = ctx.Err()
-	}
+	return fields
+}
+
+// connect opens a stream with a reservation from reserve, sends the CONNECT
+// request and waits for the response headers; ctx bounds only that wait.
+func (c *conn) connect(ctx context.Context, fields []hpack.HeaderField) (*stream, error) {
+	s, err := c.openStream(fields)
 	if err != nil {
-		cancel()
-		pw.Close()
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return resp, pw, cancel, nil
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		s.readCond.Broadcast()
+		c.mu.Unlock()
+	})
+	c.mu.Lock()
+	for !s.responded && s.resetErr == nil && ctx.Err() == nil {
+		s.readCond.Wait()
+	}
+	switch {
+	case ctx.Err() != nil:
+		err = ctx.Err()
+	case s.responded:
+	default:
+		err = s.resetErr
+	}
+	c.mu.Unlock()
+	stop()
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// reserve promises the caller one stream on c, if c takes another.
+func (c *conn) reserve() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.closing || c.goAwayRecv || c.goAwaySent {
+		return false
+	}
+	if c.nextStreamID+2*uint32(c.reserved) > maxStreamID-2 {
+		// Out of stream IDs: retire the connection after its last stream.
+		c.closing = true
+		if len(c.streams) == 0 && c.reserved == 0 {
+			go c.flushAndClose(nil)
+		}
+		return false
+	}
+	if uint64(len(c.streams)+c.reserved) >= uint64(c.peerMaxStreams) {
+		return false
+	}
+	c.reserved++
+	return true
+}
+
+// usable reports whether the pool should keep c.
+func (c *conn) usable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.closed && !c.closing && !c.goAwayRecv && !c.goAwaySent
+}
+
+// openStream turns a reservation into a stream and sends its HEADERS. The
+// ID is taken under the write lock so that IDs go out in order.
+func (c *conn) openStream(fields []hpack.HeaderField) (*stream, error) {
+	c.wmu.Lock()
+	c.mu.Lock()
+	c.reserved--
+	if c.closed || c.goAwayRecv || c.goAwaySent {
+		closeNow := c.closing && !c.closed && len(c.streams) == 0 && c.reserved == 0
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		if closeNow {
+			go c.flushAndClose(nil)
+		}
+		return nil, errGoneAway
+	}
+	id := c.nextStreamID
+	c.nextStreamID += 2
+	s := c.newStreamLocked(id)
+	maxFrame := c.peerMaxFrame
+	c.mu.Unlock()
+	err := c.writeHeaders(id, fields, false, maxFrame)
+	if err == nil {
+		err = c.writeCtlLocked(true)
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.close(err)
+		return nil, fmt.Errorf("send CONNECT: %w", err)
+	}
+	return s, nil
 }
 
 // clientConn returns a pooled connection that has reserved room for one
 // stream, dialling a new one when none has.
-func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Source) (cc *http2.ClientConn, fresh bool, err error) {
+func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Source) (c *conn, fresh bool, err error) {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -224,15 +299,13 @@ func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Sou
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	live := e.conns[:0]
-	var picked *http2.ClientConn
-	for _, cc := range e.conns {
-		st := cc.State()
-		if st.Closed || st.Closing {
-			continue
+	var picked *conn
+	for _, c := range e.conns {
+		if picked == nil && c.reserve() {
+			picked = c
 		}
-		live = append(live, cc)
-		if picked == nil && cc.ReserveNewRequest() {
-			picked = cc
+		if picked == c || c.usable() {
+			live = append(live, c)
 		}
 	}
 	clear(e.conns[len(live):])
@@ -240,28 +313,28 @@ func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Sou
 	if picked != nil {
 		return picked, false, nil
 	}
-	cc, err = d.dial(ctx, key, local)
+	c, err = d.dial(ctx, key, local, e)
 	if err != nil {
 		return nil, false, err
 	}
-	if !cc.ReserveNewRequest() {
-		cc.Close()
+	if !c.reserve() {
+		c.close(nil)
 		return nil, false, fmt.Errorf("hbone dial %s: new connection takes no stream", key.proxy)
 	}
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
 	if closed {
-		cc.Close()
+		c.close(nil)
 		return nil, false, ErrDialerClosed
 	}
-	e.conns = append(e.conns, cc)
-	return cc, true, nil
+	e.conns = append(e.conns, c)
+	return c, true, nil
 }
 
 // dial opens TCP, runs the TLS 1.3 handshake verifying the server's SVID is
 // key.peer, and starts HTTP/2.
-func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source) (*http2.ClientConn, error) {
+func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e *poolEntry) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.opts.HandshakeTimeout)
 	defer cancel()
 	raw, err := d.opts.DialContext(ctx, "tcp", key.proxy.String())
@@ -280,16 +353,23 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source) (
 		tc.Close()
 		return nil, fmt.Errorf("hbone handshake with %s: server negotiated %q, want h2", key.proxy, p)
 	}
-	cc, err := d.tr.NewClientConn(tc)
-	if err != nil {
+	c := newConn(tc, connConfig{
+		streamWindow: DefaultStreamWindow,
+		connWindow:   DefaultConnWindow,
+		// Not under e.mu: close may run while clientConn holds it.
+		onClose: func(c *conn) { go e.remove(c) },
+	})
+	if err := c.start(); err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("hbone start http2 with %s: %w", key.proxy, err)
 	}
-	return cc, nil
+	go c.readLoop()
+	c.startKeepalive(d.opts.ReadIdleTimeout, d.opts.PingTimeout, d.opts.IdleTimeout)
+	return c, nil
 }
 
-// conns returns every pooled connection and empties the pool.
-func (d *Dialer) drain() []*http2.ClientConn {
+// drain returns every pooled connection and empties the pool.
+func (d *Dialer) drain() []*conn {
 	d.mu.Lock()
 	d.closed = true
 	entries := make([]*poolEntry, 0, len(d.pool))
@@ -298,7 +378,7 @@ func (d *Dialer) drain() []*http2.ClientConn {
 	}
 	d.pool = map[poolKey]*poolEntry{}
 	d.mu.Unlock()
-	var out []*http2.ClientConn
+	var out []*conn
 	for _, e := range entries {
 		e.mu.Lock()
 		out = append(out, e.conns...)
@@ -312,30 +392,28 @@ func (d *Dialer) drain() []*http2.ClientConn {
 // open streams end, or at once when ctx ends.
 func (d *Dialer) Shutdown(ctx context.Context) error {
 	conns := d.drain()
-	errs := make([]error, len(conns))
-	var wg sync.WaitGroup
-	for i, cc := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = cc.Shutdown(ctx)
-			if errs[i] != nil {
-				errs[i] = errors.Join(errs[i], cc.Close())
-			}
-		}()
+	var errs []error
+	for _, c := range conns {
+		c.shutdown()
 	}
-	wg.Wait()
+	for _, c := range conns {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			c.close(nil)
+			errs = append(errs, ctx.Err())
+		}
+	}
 	return errors.Join(errs...)
 }
 
 // Close refuses new Dials and closes every pooled connection at once,
 // resetting open streams.
 func (d *Dialer) Close() error {
-	var errs []error
-	for _, cc := range d.drain() {
-		errs = append(errs, cc.Close())
+	for _, c := range d.drain() {
+		c.close(nil)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // PooledConns returns how many HTTP/2 connections the pool holds, for tests
@@ -350,7 +428,11 @@ func (d *Dialer) PooledConns() int {
 	n := 0
 	for _, e := range entries {
 		e.mu.Lock()
-		n += len(e.conns)
+		for _, c := range e.conns {
+			if c.usable() {
+				n++
+			}
+		}
 		e.mu.Unlock()
 	}
 	return n
@@ -358,29 +440,46 @@ func (d *Dialer) PooledConns() int {
 
 // Conn is the client end of one HBONE stream.
 type Conn struct {
-	body   io.ReadCloser
-	pw     *io.PipeWriter
-	cancel context.CancelFunc
-	local  spiffeid.ID
-	peer   spiffeid.ID
+	s     *stream
+	local spiffeid.ID
+	peer  spiffeid.ID
 }
 
 // Read reads bytes the server sent; io.EOF when it ended the stream.
-func (c *Conn) Read(p []byte) (int, error) { return c.body.Read(p) }
+func (c *Conn) Read(p []byte) (int, error) { return c.s.read(context.Background(), p) }
 
-// Write sends bytes to the server.
-func (c *Conn) Write(p []byte) (int, error) { return c.pw.Write(p) }
+// Write sends bytes to the server. It returns once they are handed to the
+// TLS connection, blocking while the server's flow-control window is shut.
+func (c *Conn) Write(p []byte) (int, error) { return c.s.write(p) }
 
 // CloseWrite ends the client's side of the stream (HTTP/2 END_STREAM); the
 // server reads io.EOF, and reads here continue until the server ends.
-func (c *Conn) CloseWrite() error { return c.pw.Close() }
+func (c *Conn) CloseWrite() error { return c.s.closeWrite() }
 
-// Close ends the stream in both directions (RST_STREAM if not finished).
+// Close ends the stream in both directions (RST_STREAM CANCEL if not
+// finished).
 func (c *Conn) Close() error {
-	c.pw.CloseWithError(net.ErrClosed)
-	err := c.body.Close()
-	c.cancel()
-	return err
+	c.s.close()
+	return nil
+}
+
+// close is the client's Close: unread bytes are dropped, and a stream not
+// finished both ways is reset.
+func (s *stream) close() {
+	c := s.c
+	c.mu.Lock()
+	if s.closed {
+		c.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.dropBufferLocked()
+	if s.resetErr == nil && !(s.sentEnd && s.recvEnd) {
+		c.resetLocked(s, http2.ErrCodeCancel)
+	}
+	c.endStreamLocked(s)
+	c.mu.Unlock()
+	c.flushCtl()
 }
 
 // PeerID returns the server's verified SPIFFE ID.

@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 the brief pins golang.org/x/net/http2 (ServeConn on an accepted TLS conn, NewClientConn for our own pool); moving to net/http's HTTP2Config/ClientConn is a follow-up.
-
 package hbone
 
 import (
@@ -12,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Flow-control and framing defaults. A stream window of 4 MiB covers the
@@ -27,9 +27,8 @@ import (
 // window-limited inside a cluster; the connection window of 16 MiB lets four
 // such streams run flat out before they share. 256 KiB frames cut per-frame
 // overhead on bulk transfers while bounding head-of-line delay between
-// streams of one connection to ~0.2 ms at 10 Gbit/s. The client side uses
-// x/net's transport defaults, which are larger (4 MiB per stream, 1 GiB per
-// connection).
+// streams of one connection to ~0.2 ms at 10 Gbit/s. The client advertises
+// the same windows and frame size.
 const (
 	DefaultStreamWindow         = 4 << 20
 	DefaultConnWindow           = 16 << 20
@@ -53,9 +52,9 @@ type Request struct {
 	// RemoteAddr is the TCP peer of the tunnel (the other node agent).
 	RemoteAddr net.Addr
 	// Stream carries the bytes. Reads end with io.EOF when the client half-
-	// closes; CloseWrite stops writing, and the end of the stream (HTTP/2
-	// END_STREAM) is sent when the handler returns. Relay does the right
-	// thing for a TCP backend.
+	// closes; CloseWrite sends the end of the stream (HTTP/2 END_STREAM), and
+	// the handler returning sends it if CloseWrite did not. Relay does the
+	// right thing for a TCP backend.
 	Stream Stream
 }
 
@@ -97,13 +96,11 @@ type ServerOptions struct {
 type Server struct {
 	opts   ServerOptions
 	tlsCfg *tls.Config
-	h1     *http.Server // carries the graceful-shutdown hook of h2
-	h2     *http2.Server
 
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]*conn // nil while the TLS handshake runs
 	wg        sync.WaitGroup
 }
 
@@ -130,23 +127,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	cfg := tlsconfig.MTLSServerConfig(opts.SVID, opts.Bundle, tlsconfig.AuthorizeMemberOf(opts.TrustDomain))
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.NextProtos = []string{http2.NextProtoTLS}
-	s := &Server{
-		opts:   opts,
-		tlsCfg: cfg,
-		h1:     &http.Server{},
-		h2: &http2.Server{
-			MaxConcurrentStreams:         opts.MaxConcurrentStreams,
-			MaxUploadBufferPerStream:     opts.StreamWindow,
-			MaxUploadBufferPerConnection: opts.ConnWindow,
-			MaxReadFrameSize:             DefaultMaxFrameSize,
-		},
+	return &Server{
+		opts:      opts,
+		tlsCfg:    cfg,
 		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
-	}
-	if err := http2.ConfigureServer(s.h1, s.h2); err != nil {
-		return nil, fmt.Errorf("configure http2: %w", err)
-	}
-	return s, nil
+		conns:     make(map[net.Conn]*conn),
+	}, nil
 }
 
 // Serve accepts connections on ln until Shutdown or Close, then returns
@@ -199,7 +185,7 @@ func (s *Server) track(c net.Conn) bool {
 	if s.closed {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = nil
 	s.wg.Add(1)
 	return true
 }
@@ -211,7 +197,8 @@ func (s *Server) untrack(c net.Conn) {
 	s.wg.Done()
 }
 
-// serveConn runs the TLS handshake and the HTTP/2 connection of one client.
+// serveConn runs the TLS handshake and the HTTP/2 connection of one client;
+// its goroutine is the connection's reader.
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
@@ -223,78 +210,100 @@ func (s *Server) serveConn(raw net.Conn) {
 		s.opts.Logger.Debug("hbone handshake refused", "remote", raw.RemoteAddr(), "err", err)
 		return
 	}
-	if p := tc.ConnectionState().NegotiatedProtocol; p != http2.NextProtoTLS {
-		s.opts.Logger.Debug("hbone client did not negotiate h2", "remote", raw.RemoteAddr(), "alpn", p)
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != http2.NextProtoTLS {
+		s.opts.Logger.Debug("hbone client did not negotiate h2", "remote", raw.RemoteAddr(), "alpn", cs.NegotiatedProtocol)
 		return
 	}
-	// The verified peer travels in the connection's context: net/http leaves
-	// Request.TLS nil for CONNECT, which has no :scheme.
-	certs := tc.ConnectionState().PeerCertificates
-	if len(certs) == 0 {
+	if len(cs.PeerCertificates) == 0 {
 		return
 	}
-	peer, err := x509svid.IDFromCert(certs[0])
+	peer, err := x509svid.IDFromCert(cs.PeerCertificates[0])
 	if err != nil {
 		return
 	}
-	base := context.WithValue(context.Background(), peerKey{}, peerInfo{id: peer, addr: raw.RemoteAddr()})
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: base, BaseConfig: s.h1, Handler: http.HandlerFunc(s.serveStream)})
-}
-
-type peerKey struct{}
-
-type peerInfo struct {
-	id   spiffeid.ID
-	addr net.Addr
+	remote := raw.RemoteAddr()
+	c := newConn(tc, connConfig{
+		server:       true,
+		streamWindow: s.opts.StreamWindow,
+		connWindow:   s.opts.ConnWindow,
+		maxStreams:   s.opts.MaxConcurrentStreams,
+		accept: func(st *stream, h *requestHeaders) {
+			go s.serveStream(st, h, peer, remote)
+		},
+	})
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.conns[raw] = c
+	s.mu.Unlock()
+	// The client's preface must follow the handshake promptly.
+	tc.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	if err := c.start(); err != nil {
+		c.close(err)
+		return
+	}
+	if err := c.readPreface(); err != nil {
+		s.opts.Logger.Debug("hbone client sent no HTTP/2 preface", "remote", remote, "err", err)
+		c.close(err)
+		return
+	}
+	tc.SetReadDeadline(time.Time{})
+	c.readLoop()
 }
 
 // serveStream checks one CONNECT request, accepts it and runs the handler.
-func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodConnect {
-		http.Error(w, "hbone: only CONNECT is served", http.StatusMethodNotAllowed)
-		return
+func (s *Server) serveStream(st *stream, h *requestHeaders, peer spiffeid.ID, remote net.Addr) {
+	err := s.acceptStream(st, h, peer, remote)
+	st.finish(err)
+}
+
+// acceptStream answers the request and runs the handler; the error resets
+// the stream.
+func (s *Server) acceptStream(st *stream, h *requestHeaders, peer spiffeid.ID, remote net.Addr) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.opts.Logger.Error("hbone handler panicked", "peer", peer, "panic", p)
+			err = fmt.Errorf("handler panic: %v", p)
+		}
+	}()
+	switch {
+	case h.truncated:
+		return st.refuse(http.StatusRequestHeaderFieldsTooLarge, "hbone: request headers too large")
+	case h.method != http.MethodConnect:
+		return st.refuse(http.StatusMethodNotAllowed, "hbone: only CONNECT is served")
+	case h.protocol != "" || h.scheme != "" || h.path != "":
+		return st.refuse(http.StatusBadRequest, "hbone: extended CONNECT is not served")
 	}
-	target, err := netip.ParseAddrPort(r.Host)
+	target, err := netip.ParseAddrPort(h.authority)
 	if err != nil || target.Port() == 0 || target.Addr().IsUnspecified() {
-		http.Error(w, fmt.Sprintf("hbone: CONNECT authority %q is not ip:port", r.Host), http.StatusBadRequest)
-		return
+		return st.refuse(http.StatusBadRequest, fmt.Sprintf("hbone: CONNECT authority %q is not ip:port", h.authority))
 	}
-	req := &Request{Target: netip.AddrPortFrom(target.Addr().Unmap(), target.Port())}
-	if fwd := r.Header.Get(ForwardedHeader); fwd != "" {
-		src, err := parseForwarded(fwd)
+	req := &Request{Peer: peer, RemoteAddr: remote, Target: netip.AddrPortFrom(target.Addr().Unmap(), target.Port())}
+	if h.forwarded != "" {
+		src, err := parseForwarded(h.forwarded)
 		if err != nil {
-			http.Error(w, "hbone: "+err.Error(), http.StatusBadRequest)
-			return
+			return st.refuse(http.StatusBadRequest, "hbone: "+err.Error())
 		}
 		req.Source = src
 	}
-	pi, ok := r.Context().Value(peerKey{}).(peerInfo)
-	if !ok {
-		http.Error(w, "hbone: no verified client identity", http.StatusForbidden)
-		return
-	}
-	peer := pi.id
-	req.Peer, req.RemoteAddr = pi.id, pi.addr
 	if s.opts.Authorize != nil {
-		if err := s.opts.Authorize(r.Context(), req); err != nil {
+		if err := s.opts.Authorize(st.ctx, req); err != nil {
 			s.opts.Logger.Info("hbone stream refused", "peer", peer, "target", target, "reason", err)
-			http.Error(w, "hbone: "+err.Error(), http.StatusForbidden)
-			return
+			return st.refuse(http.StatusForbidden, "hbone: "+err.Error())
 		}
 	}
-	rc := http.NewResponseController(w)
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		return
+	if err := st.respond(http.StatusOK, ""); err != nil {
+		return err
 	}
-	st := &serverStream{body: r.Body, w: w, rc: rc}
-	req.Stream = st
-	if err := s.opts.Handler(r.Context(), req); err != nil {
+	req.Stream = &serverStream{s: st}
+	if err := s.opts.Handler(st.ctx, req); err != nil {
 		s.opts.Logger.Debug("hbone stream reset", "peer", peer, "target", target, "err", err)
-		// Resets the stream (RST_STREAM INTERNAL_ERROR) instead of ending it
-		// cleanly, so the client sees the failure.
-		panic(http.ErrAbortHandler)
+		return err
 	}
+	return nil
 }
 
 // Shutdown stops accepting, tells every client to open no new stream
@@ -307,9 +316,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		errs = append(errs, ignoreClosed(ln.Close()))
 	}
+	for _, c := range s.conns {
+		// nil: still in the handshake; serveConn sees closed and stops.
+		if c != nil {
+			c.shutdown()
+		}
+	}
 	s.mu.Unlock()
-	// Runs http2's graceful shutdown (GOAWAY) on every served connection.
-	errs = append(errs, s.h1.Shutdown(ctx))
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -343,46 +356,118 @@ func ignoreClosed(err error) error {
 	return err
 }
 
-// serverStream is the server end of one CONNECT stream.
-type serverStream struct {
-	body io.ReadCloser
-	w    http.ResponseWriter
-	rc   *http.ResponseController
-
-	mu          sync.Mutex
-	writeClosed bool
+// refuse answers with status and a text body, as http.Error does, and ends
+// the stream. A refusal is a clean end, not an error.
+func (st *stream) refuse(status int, msg string) error {
+	if err := st.respond(status, msg+"\n"); err != nil {
+		return err
+	}
+	return st.closeWrite()
 }
 
-func (s *serverStream) Read(p []byte) (int, error) { return s.body.Read(p) }
-
-func (s *serverStream) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.writeClosed {
-		return 0, fmt.Errorf("write hbone stream: %w", net.ErrClosed)
+// respond sends the response HEADERS and, if body is not empty, a DATA
+// frame with it.
+func (st *stream) respond(status int, body string) error {
+	c := st.c
+	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
+	if body != "" {
+		fields = append(fields,
+			hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"},
+			hpack.HeaderField{Name: "x-content-type-options", Value: "nosniff"},
+		)
 	}
-	n, err := s.w.Write(p)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	err := st.writeErrLocked()
+	maxFrame := c.peerMaxFrame
+	c.mu.Unlock()
 	if err != nil {
-		return n, fmt.Errorf("write hbone stream: %w", err)
+		return err
 	}
-	if err := s.rc.Flush(); err != nil {
-		return n, fmt.Errorf("flush hbone stream: %w", err)
+	err = c.writeHeaders(st.id, fields, false, maxFrame)
+	// The body is short and the peer's window at least 64 KiB: it needs no
+	// flow control beyond the accounting.
+	if err == nil && body != "" {
+		c.mu.Lock()
+		st.sendWindow -= int32(len(body))
+		c.sendWindow -= int32(len(body))
+		c.mu.Unlock()
+		err = c.fr.WriteData(st.id, false, []byte(body))
 	}
-	return n, nil
-}
-
-// CloseWrite stops writes. HTTP/2 lets a server end its side of a stream only
-// by finishing the response, which net/http does when the handler returns:
-// END_STREAM goes out then.
-func (s *serverStream) CloseWrite() error {
-	s.mu.Lock()
-	s.writeClosed = true
-	s.mu.Unlock()
+	if err == nil {
+		err = c.writeCtlLocked(true)
+	}
+	if err != nil {
+		c.close(err)
+		return fmt.Errorf("send response: %w", err)
+	}
 	return nil
 }
 
-// Close stops writes and reads; the handler should return after it.
+// finish ends a server stream after its handler returned: a failure resets
+// it (RST_STREAM INTERNAL_ERROR), so the client never takes it for a clean
+// end; success sends END_STREAM if CloseWrite did not, then, if the client
+// has not ended its side, RST_STREAM NO_ERROR to tell it to stop sending
+// (RFC 9113 §8.1).
+func (st *stream) finish(handlerErr error) {
+	c := st.c
+	c.wmu.Lock()
+	c.mu.Lock()
+	sendEnd := false
+	if !c.closed && st.resetErr == nil {
+		if handlerErr != nil {
+			c.resetLocked(st, http2.ErrCodeInternal)
+		} else {
+			sendEnd = !st.sentEnd
+			st.sentEnd = true
+			if !st.recvEnd {
+				c.resetLocked(st, http2.ErrCodeNo)
+			}
+		}
+	}
+	st.closed = true
+	st.dropBufferLocked()
+	st.readCond.Broadcast()
+	st.writeCond.Broadcast()
+	c.removeLocked(st)
+	c.mu.Unlock()
+	var err error
+	if sendEnd {
+		err = c.fr.WriteData(st.id, true, nil)
+	}
+	if err == nil {
+		err = c.writeCtlLocked(true)
+	}
+	c.wmu.Unlock()
+	st.cancel()
+	if err != nil {
+		c.close(err)
+	}
+}
+
+// serverStream is the server end of one CONNECT stream.
+type serverStream struct{ s *stream }
+
+func (s *serverStream) Read(p []byte) (int, error) { return s.s.read(context.Background(), p) }
+
+func (s *serverStream) Write(p []byte) (int, error) { return s.s.write(p) }
+
+// CloseWrite sends END_STREAM: the client reads io.EOF.
+func (s *serverStream) CloseWrite() error { return s.s.closeWrite() }
+
+// Close stops reads and writes; the handler should return after it, which
+// ends the stream on the wire.
 func (s *serverStream) Close() error {
-	s.CloseWrite()
-	return s.body.Close()
+	st := s.s
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !st.closed {
+		st.closed = true
+		st.dropBufferLocked()
+		st.readCond.Broadcast()
+		st.writeCond.Broadcast()
+	}
+	return nil
 }

@@ -1,0 +1,1119 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// This file is the HTTP/2 connection both ends share: framing and HPACK come
+// from x/net (http2.Framer, hpack), the rest is purpose-built for CONNECT
+// streams. One goroutine per connection reads frames and appends DATA to the
+// stream's buffer; a stream's Read copies out of that buffer, and Write frames
+// the bytes and flushes them on the caller's goroutine under the connection's
+// write lock. A 1 KiB write is one TLS record and one goroutine hand-off on
+// each side (reader to the stream's reader), where x/net's ClientConn and
+// Server cost three each way.
+
+const (
+	// maxHeaderListSize bounds a decoded header block (SETTINGS_MAX_HEADER_LIST_SIZE):
+	// a CONNECT carries a handful of short fields. x/net's Framer closes the
+	// connection when a HEADERS or CONTINUATION fragment overshoots it.
+	maxHeaderListSize = 16 << 10
+	// initialPeerMaxStreams is assumed until the peer's SETTINGS arrive, as x/net does.
+	initialPeerMaxStreams = 100
+	// Flood bounds, per connection and second: PING, SETTINGS, PRIORITY and
+	// empty DATA frames together, and RST_STREAM frames (a stream reset by
+	// the peer still counts against the concurrency limit until its handler
+	// returns, so resets cannot pile up handlers; this bounds the churn). Over
+	// either, the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+	maxControlFramesPerSecond = 1000
+	maxResetsPerSecond        = 5000
+	// goAwayFlushTimeout bounds how long a GOAWAY may take to go out before
+	// the connection is closed anyway.
+	goAwayFlushTimeout = time.Second
+	readBufferSize     = 32 << 10
+	writeBufferSize    = 32 << 10
+	// maxRetainedBuffer: a drained receive buffer larger than this is dropped
+	// rather than kept for the stream's next bytes, so an idle stream that
+	// once carried a burst does not hold its window's worth of memory.
+	maxRetainedBuffer = 64 << 10
+	maxStreamID       = math.MaxInt32
+)
+
+var (
+	// errConnClosed: the connection ended; streams on it fail with it.
+	errConnClosed = errors.New("hbone: connection closed")
+	// errGoneAway: the peer said it will not serve the stream (GOAWAY).
+	errGoneAway = errors.New("hbone: connection going away, stream not served")
+)
+
+// streamError is a stream ended by RST_STREAM.
+type streamError struct {
+	code   http2.ErrCode
+	remote bool // sent by the peer
+}
+
+func (e streamError) Error() string {
+	if e.remote {
+		return "hbone: stream reset by peer: " + e.code.String()
+	}
+	return "hbone: stream reset: " + e.code.String()
+}
+
+// connError ends the connection with GOAWAY code.
+type connError struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connError) Error() string {
+	return "hbone: connection error " + e.code.String() + ": " + e.reason
+}
+
+// connConfig is what differs between the client and the server end.
+type connConfig struct {
+	server       bool
+	streamWindow int32 // receive window per stream we advertise
+	connWindow   int32 // receive window of the connection
+	maxStreams   uint32
+	// accept is the server's hook for a new stream, called on the reader
+	// goroutine with c.mu not held; it must not block.
+	accept func(s *stream, h *requestHeaders)
+	// onClose runs once when the connection has closed.
+	onClose func(*conn)
+}
+
+// requestHeaders are the fields of a CONNECT request the server looks at.
+type requestHeaders struct {
+	method, authority, scheme, path, protocol, forwarded string
+	truncated                                            bool
+}
+
+type ctlKind uint8
+
+const (
+	ctlSettingsAck ctlKind = iota
+	ctlPing
+	ctlPingAck
+	ctlWindowUpdate
+	ctlReset
+	ctlGoAway
+	ctlTableSize
+)
+
+// ctlFrame is a frame queued by code that must not block on the write lock
+// (above all the reader goroutine: if it waited for a writer blocked on a
+// full TCP send buffer while the peer did the same, neither would read).
+type ctlFrame struct {
+	kind ctlKind
+	id   uint32
+	val  uint32
+	code http2.ErrCode
+	data [8]byte
+}
+
+// conn is one HBONE connection.
+type conn struct {
+	nc  net.Conn
+	cfg connConfig
+	fr  *http2.Framer
+	br  *bufio.Reader
+
+	ctx    context.Context // ends when the connection closes
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the connection has closed
+
+	// framesRead counts frames read, for the client's keepalive.
+	framesRead atomic.Uint64
+
+	wmu  sync.Mutex // serialises writing: fr's write side, bw, henc, hbuf
+	bw   *bufio.Writer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+
+	mu             sync.Mutex
+	streams        map[uint32]*stream
+	nextStreamID   uint32 // client: the ID of the next stream
+	maxPeerStream  uint32 // server: the highest stream ID the client opened
+	reserved       int    // client: streams promised to Dials, not yet opened
+	peerMaxStreams uint32
+	peerWindow     int32  // peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame   uint32 // peer's SETTINGS_MAX_FRAME_SIZE
+	sendWindow     int32  // what the peer lets us send on the connection
+	recvWindow     int32  // what we let the peer send on the connection
+	recvUnacked    int32  // bytes consumed but not yet returned to the peer
+	goAwayRecv     bool
+	goAwaySent     bool
+	closing        bool // close once the last stream ends
+	closed         bool
+	idleSince      time.Time
+	ctl            []ctlFrame
+	ctlFlushing    bool
+
+	// Reader goroutine only.
+	controlRate, resetRate rateLimit
+	// keepalive state, under mu.
+	pingOut              bool
+	lastFrames, pingMark uint64
+	keepalive            *time.Timer
+}
+
+func newConn(nc net.Conn, cfg connConfig) *conn {
+	c := &conn{
+		nc:             nc,
+		cfg:            cfg,
+		br:             bufio.NewReaderSize(nc, readBufferSize),
+		bw:             bufio.NewWriterSize(nc, writeBufferSize),
+		done:           make(chan struct{}),
+		streams:        make(map[uint32]*stream),
+		nextStreamID:   1,
+		peerMaxStreams: initialPeerMaxStreams,
+		peerWindow:     65535,
+		peerMaxFrame:   16 << 10,
+		sendWindow:     65535,
+		recvWindow:     65535,
+		idleSince:      time.Now(),
+		controlRate:    rateLimit{max: maxControlFramesPerSecond},
+		resetRate:      rateLimit{max: maxResetsPerSecond},
+	}
+	if cfg.server {
+		c.peerMaxStreams = math.MaxUint32 // a client opens no streams
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.fr = http2.NewFramer(c.bw, c.br)
+	c.fr.SetMaxReadFrameSize(DefaultMaxFrameSize)
+	c.fr.SetReuseFrames()
+	c.fr.MaxHeaderListSize = maxHeaderListSize
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// start sends the preface (client), our SETTINGS and the connection window.
+func (c *conn) start() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.cfg.server {
+		if _, err := io.WriteString(c.bw, http2.ClientPreface); err != nil {
+			return err
+		}
+	}
+	settings := []http2.Setting{
+		{ID: http2.SettingInitialWindowSize, Val: uint32(c.cfg.streamWindow)},
+		{ID: http2.SettingMaxFrameSize, Val: DefaultMaxFrameSize},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
+	}
+	if c.cfg.server {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.cfg.maxStreams})
+	} else {
+		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	}
+	if err := c.fr.WriteSettings(settings...); err != nil {
+		return err
+	}
+	if inc := c.cfg.connWindow - 65535; inc > 0 {
+		if err := c.fr.WriteWindowUpdate(0, uint32(inc)); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.recvWindow += inc
+		c.mu.Unlock()
+	}
+	return c.bw.Flush()
+}
+
+// readPreface reads the client's connection preface (server side).
+func (c *conn) readPreface() error {
+	buf := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.br, buf); err != nil {
+		return fmt.Errorf("read client preface: %w", err)
+	}
+	if string(buf) != http2.ClientPreface {
+		return errors.New("read client preface: not HTTP/2")
+	}
+	return nil
+}
+
+// readLoop reads frames until the connection fails, then closes it.
+func (c *conn) readLoop() {
+	err := c.readFrames()
+	var ce connError
+	if errors.As(err, &ce) {
+		c.goAwayAndClose(ce.code, err)
+		return
+	}
+	c.close(err)
+}
+
+func (c *conn) readFrames() error {
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if err := c.streamFailed(se.StreamID, se.Code); err != nil {
+					return err
+				}
+				continue
+			}
+			var ce http2.ConnectionError
+			switch {
+			case errors.As(err, &ce):
+				return connError{http2.ErrCode(ce), "read frame: " + err.Error()}
+			case errors.Is(err, http2.ErrFrameTooLarge):
+				return connError{http2.ErrCodeFrameSize, "frame too large"}
+			}
+			return err
+		}
+		c.framesRead.Add(1)
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			err = c.onData(f)
+		case *http2.MetaHeadersFrame:
+			err = c.onHeaders(f)
+		case *http2.WindowUpdateFrame:
+			err = c.onWindowUpdate(f)
+		case *http2.RSTStreamFrame:
+			err = c.onReset(f)
+		case *http2.SettingsFrame:
+			err = c.onSettings(f)
+		case *http2.PingFrame:
+			err = c.onPing(f)
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.PriorityFrame:
+			err = c.calm(&c.controlRate, "PRIORITY")
+		case *http2.PushPromiseFrame:
+			err = connError{http2.ErrCodeProtocol, "PUSH_PROMISE received"}
+		default:
+			// Unknown frame types are ignored (RFC 9113 §4.1); CONTINUATION
+			// out of order is caught by the Framer.
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// rateLimit counts events per one-second window.
+type rateLimit struct {
+	start time.Time
+	n     int
+	max   int
+}
+
+func (r *rateLimit) allow() bool {
+	r.n++
+	if r.n <= r.max {
+		return true
+	}
+	now := time.Now()
+	if now.Sub(r.start) > time.Second {
+		r.start, r.n = now, 1
+		return true
+	}
+	return false
+}
+
+func (c *conn) calm(r *rateLimit, what string) error {
+	if r.allow() {
+		return nil
+	}
+	return connError{http2.ErrCodeEnhanceYourCalm, what + " flood"}
+}
+
+// idleStream reports whether id names a stream that was never opened, on
+// which any frame but HEADERS (from a client) is a protocol error.
+// c.mu held.
+func (c *conn) idleStream(id uint32) bool {
+	if c.cfg.server {
+		return id%2 == 0 || id > c.maxPeerStream
+	}
+	return id%2 == 0 || id >= c.nextStreamID
+}
+
+func (c *conn) onData(f *http2.DataFrame) error {
+	id := f.StreamID
+	size := int32(f.Header().Length) // padding counts against the window
+	data := f.Data()
+	c.mu.Lock()
+	if size > c.recvWindow {
+		c.mu.Unlock()
+		return connError{http2.ErrCodeFlowControl, "connection receive window exceeded"}
+	}
+	c.recvWindow -= size
+	s := c.streams[id]
+	if s == nil || s.closed || s.resetErr != nil || s.recvEnd {
+		if s == nil && c.idleStream(id) {
+			c.mu.Unlock()
+			return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
+		}
+		// A stream we ended or reset: its frames may still be in flight.
+		// Their bytes go back to the connection window at once.
+		c.creditConnLocked(size)
+		if s != nil && s.recvEnd && s.resetErr == nil && !s.closed {
+			c.resetLocked(s, http2.ErrCodeStreamClosed)
+		}
+		c.mu.Unlock()
+		c.flushCtl()
+		return nil
+	}
+	if size > s.recvWindow {
+		c.creditConnLocked(size)
+		c.resetLocked(s, http2.ErrCodeFlowControl)
+		c.mu.Unlock()
+		c.flushCtl()
+		return nil
+	}
+	s.recvWindow -= size
+	if pad := size - int32(len(data)); pad > 0 {
+		c.creditLocked(s, pad)
+	}
+	if len(data) > 0 {
+		if s.off > 0 && len(s.buf)+len(data) > cap(s.buf) {
+			n := copy(s.buf, s.buf[s.off:])
+			s.buf, s.off = s.buf[:n], 0
+		}
+		s.buf = append(s.buf, data...)
+		s.readCond.Signal()
+	}
+	end := f.StreamEnded()
+	if end {
+		s.recvEnd = true
+		s.readCond.Broadcast()
+		c.maybeRemoveLocked(s)
+	}
+	pending := len(c.ctl) > 0
+	c.mu.Unlock()
+	if pending {
+		c.flushCtl()
+	}
+	if len(data) == 0 && !end {
+		return c.calm(&c.controlRate, "empty DATA")
+	}
+	return nil
+}
+
+func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	c.mu.Lock()
+	s := c.streams[id]
+	if s != nil {
+		// Client: the response (after any 1xx). Either end: trailers, which
+		// must end the stream.
+		if !c.cfg.server && !s.responded {
+			st, err := strconv.Atoi(f.PseudoValue("status"))
+			if err != nil || st < 100 || st > 999 || f.Truncated {
+				c.resetLocked(s, http2.ErrCodeProtocol)
+				c.mu.Unlock()
+				c.flushCtl()
+				return nil
+			}
+			if st < 200 && !f.StreamEnded() {
+				c.mu.Unlock()
+				return nil
+			}
+			s.status, s.responded = st, true
+		} else if !f.StreamEnded() {
+			c.resetLocked(s, http2.ErrCodeProtocol)
+			c.mu.Unlock()
+			c.flushCtl()
+			return nil
+		}
+		if f.StreamEnded() {
+			s.recvEnd = true
+			c.maybeRemoveLocked(s)
+		}
+		s.readCond.Broadcast()
+		c.mu.Unlock()
+		return nil
+	}
+	if !c.cfg.server || id%2 == 0 {
+		idle := c.idleStream(id)
+		c.mu.Unlock()
+		if idle {
+			return connError{http2.ErrCodeProtocol, "HEADERS on a stream the peer may not open"}
+		}
+		return nil // a stream we already closed
+	}
+	if id <= c.maxPeerStream {
+		c.mu.Unlock()
+		return connError{http2.ErrCodeStreamClosed, "HEADERS on a closed stream"}
+	}
+	c.maxPeerStream = id
+	if c.goAwaySent || c.closed || uint32(len(c.streams)) >= c.cfg.maxStreams {
+		c.queueLocked(ctlFrame{kind: ctlReset, id: id, code: http2.ErrCodeRefusedStream})
+		c.mu.Unlock()
+		c.flushCtl()
+		return c.calm(&c.resetRate, "refused stream")
+	}
+	s = c.newStreamLocked(id)
+	s.recvEnd = f.StreamEnded()
+	s.ctx, s.cancel = context.WithCancel(c.ctx)
+	c.mu.Unlock()
+	h := &requestHeaders{
+		method:    f.PseudoValue("method"),
+		authority: f.PseudoValue("authority"),
+		scheme:    f.PseudoValue("scheme"),
+		path:      f.PseudoValue("path"),
+		protocol:  f.PseudoValue("protocol"),
+		truncated: f.Truncated,
+	}
+	for _, hf := range f.RegularFields() {
+		if hf.Name == "forwarded" {
+			h.forwarded = hf.Value
+			break
+		}
+	}
+	c.cfg.accept(s, h)
+	return nil
+}
+
+// streamFailed handles a stream error the Framer found (a malformed header
+// block or frame): the stream is reset, the connection lives on.
+func (c *conn) streamFailed(id uint32, code http2.ErrCode) error {
+	c.mu.Lock()
+	if c.cfg.server && id%2 == 1 && id > c.maxPeerStream {
+		c.maxPeerStream = id
+	}
+	if s := c.streams[id]; s != nil {
+		c.resetLocked(s, code)
+	} else {
+		c.queueLocked(ctlFrame{kind: ctlReset, id: id, code: code})
+	}
+	c.mu.Unlock()
+	c.flushCtl()
+	return c.calm(&c.resetRate, "malformed stream")
+}
+
+func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	inc := int64(f.Increment)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.StreamID == 0 {
+		if int64(c.sendWindow)+inc > math.MaxInt32 {
+			return connError{http2.ErrCodeFlowControl, "connection send window overflow"}
+		}
+		wake := c.sendWindow <= 0
+		c.sendWindow += int32(inc)
+		if wake {
+			for _, s := range c.streams {
+				s.writeCond.Broadcast()
+			}
+		}
+		return nil
+	}
+	s := c.streams[f.StreamID]
+	if s == nil {
+		if c.idleStream(f.StreamID) {
+			return connError{http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream"}
+		}
+		return nil
+	}
+	if int64(s.sendWindow)+inc > math.MaxInt32 {
+		c.resetLocked(s, http2.ErrCodeFlowControl)
+		go c.flushCtl()
+		return nil
+	}
+	wake := s.sendWindow <= 0
+	s.sendWindow += int32(inc)
+	if wake {
+		s.writeCond.Broadcast()
+	}
+	return nil
+}
+
+func (c *conn) onReset(f *http2.RSTStreamFrame) error {
+	c.mu.Lock()
+	s := c.streams[f.StreamID]
+	if s == nil {
+		idle := c.idleStream(f.StreamID)
+		c.mu.Unlock()
+		if idle {
+			return connError{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
+		}
+		return c.calm(&c.resetRate, "RST_STREAM")
+	}
+	if s.resetErr == nil {
+		s.resetErr = streamError{code: f.ErrCode, remote: true}
+	}
+	c.endStreamLocked(s)
+	c.mu.Unlock()
+	return c.calm(&c.resetRate, "RST_STREAM")
+}
+
+func (c *conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	if err := c.calm(&c.controlRate, "SETTINGS"); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := f.ForeachSetting(func(st http2.Setting) error {
+		if err := st.Valid(); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				return connError{http2.ErrCode(ce), "invalid setting " + st.String()}
+			}
+			return connError{http2.ErrCodeProtocol, "invalid setting " + st.String()}
+		}
+		switch st.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(st.Val) - int64(c.peerWindow)
+			for _, s := range c.streams {
+				if w := int64(s.sendWindow) + delta; w > math.MaxInt32 {
+					return connError{http2.ErrCodeFlowControl, "stream send window overflow"}
+				}
+			}
+			c.peerWindow = int32(st.Val)
+			for _, s := range c.streams {
+				s.sendWindow += int32(delta)
+				if delta > 0 {
+					s.writeCond.Broadcast()
+				}
+			}
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = st.Val
+		case http2.SettingMaxConcurrentStreams:
+			if !c.cfg.server {
+				c.peerMaxStreams = st.Val
+			}
+		case http2.SettingHeaderTableSize:
+			c.queueLocked(ctlFrame{kind: ctlTableSize, val: st.Val})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.queueLocked(ctlFrame{kind: ctlSettingsAck})
+	go c.flushCtl() // not under c.mu: flushCtl takes it
+	return nil
+}
+
+func (c *conn) onPing(f *http2.PingFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	if err := c.calm(&c.controlRate, "PING"); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.queueLocked(ctlFrame{kind: ctlPingAck, data: f.Data})
+	c.mu.Unlock()
+	c.flushCtl()
+	return nil
+}
+
+func (c *conn) onGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.goAwayRecv = true
+	if !c.cfg.server {
+		// Streams above LastStreamID never reached the server's handler:
+		// they fail as retryable.
+		for id, s := range c.streams {
+			if id > f.LastStreamID && s.resetErr == nil {
+				s.resetErr = errGoneAway
+				c.endStreamLocked(s)
+			}
+		}
+		if len(c.streams) == 0 && c.reserved == 0 {
+			c.closing = true
+		}
+	}
+	closeNow := c.closing && len(c.streams) == 0 && c.reserved == 0
+	c.mu.Unlock()
+	if closeNow {
+		go c.flushAndClose(nil)
+	}
+}
+
+// queueLocked adds a control frame to be written by flushCtl or by the
+// next writer. c.mu held.
+func (c *conn) queueLocked(f ctlFrame) { c.ctl = append(c.ctl, f) }
+
+// flushCtl writes queued control frames without blocking: when another
+// goroutine holds the write lock, a helper goroutine waits for it.
+func (c *conn) flushCtl() {
+	if c.wmu.TryLock() {
+		err := c.writeCtlLocked(true)
+		c.wmu.Unlock()
+		if err != nil {
+			c.close(err)
+		}
+		return
+	}
+	c.mu.Lock()
+	if c.ctlFlushing || len(c.ctl) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.ctlFlushing = true
+	c.mu.Unlock()
+	go func() {
+		c.wmu.Lock()
+		c.mu.Lock()
+		c.ctlFlushing = false
+		c.mu.Unlock()
+		err := c.writeCtlLocked(true)
+		c.wmu.Unlock()
+		if err != nil {
+			c.close(err)
+		}
+	}()
+}
+
+// writeCtlLocked writes the queued control frames, and flushes when flush
+// is set or anything was written. c.wmu held.
+func (c *conn) writeCtlLocked(flush bool) error {
+	c.mu.Lock()
+	q := c.ctl
+	c.ctl = nil
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil
+	}
+	for _, f := range q {
+		var err error
+		switch f.kind {
+		case ctlSettingsAck:
+			err = c.fr.WriteSettingsAck()
+		case ctlPing:
+			err = c.fr.WritePing(false, f.data)
+		case ctlPingAck:
+			err = c.fr.WritePing(true, f.data)
+		case ctlWindowUpdate:
+			err = c.fr.WriteWindowUpdate(f.id, f.val)
+		case ctlReset:
+			err = c.fr.WriteRSTStream(f.id, f.code)
+		case ctlGoAway:
+			err = c.fr.WriteGoAway(f.id, f.code, nil)
+		case ctlTableSize:
+			c.henc.SetMaxDynamicTableSizeLimit(f.val)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if flush || len(q) > 0 {
+		if c.bw.Buffered() > 0 {
+			return c.bw.Flush()
+		}
+	}
+	return nil
+}
+
+// writeHeaders encodes fields and writes them as HEADERS (+CONTINUATION).
+// c.wmu held.
+func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, endStream bool, maxFrame uint32) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	for first := true; first || len(block) > 0; first = false {
+		frag := block[:min(len(block), int(maxFrame))]
+		block = block[len(frag):]
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: endStream, EndHeaders: len(block) == 0})
+		} else {
+			err = c.fr.WriteContinuation(id, len(block) == 0, frag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// creditConnLocked returns n received bytes to the connection window,
+// batching WINDOW_UPDATEs to one per half window. c.mu held.
+func (c *conn) creditConnLocked(n int32) {
+	c.recvUnacked += n
+	if c.recvUnacked >= c.cfg.connWindow/2 && !c.closed {
+		c.queueLocked(ctlFrame{kind: ctlWindowUpdate, id: 0, val: uint32(c.recvUnacked)})
+		c.recvWindow += c.recvUnacked
+		c.recvUnacked = 0
+	}
+}
+
+// creditLocked returns n bytes consumed from s to the stream's and the
+// connection's windows. c.mu held.
+func (c *conn) creditLocked(s *stream, n int32) {
+	c.creditConnLocked(n)
+	if s.recvEnd || s.resetErr != nil || s.closed {
+		return
+	}
+	s.recvUnacked += n
+	if s.recvUnacked >= c.cfg.streamWindow/2 {
+		c.queueLocked(ctlFrame{kind: ctlWindowUpdate, id: s.id, val: uint32(s.recvUnacked)})
+		s.recvWindow += s.recvUnacked
+		s.recvUnacked = 0
+	}
+}
+
+// resetLocked resets s with code (RST_STREAM) unless it already ended.
+// c.mu held; the caller then calls flushCtl.
+func (c *conn) resetLocked(s *stream, code http2.ErrCode) {
+	if s.resetErr == nil {
+		s.resetErr = streamError{code: code}
+		if !c.closed {
+			c.queueLocked(ctlFrame{kind: ctlReset, id: s.id, code: code})
+		}
+	}
+	c.endStreamLocked(s)
+}
+
+// endStreamLocked wakes everyone waiting on a stream that can move no more
+// data. The client forgets it at once; the server when its handler returns.
+// c.mu held.
+func (c *conn) endStreamLocked(s *stream) {
+	s.readCond.Broadcast()
+	s.writeCond.Broadcast()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if !c.cfg.server {
+		c.removeLocked(s)
+	}
+}
+
+// maybeRemoveLocked forgets a client stream both of whose ends are done.
+func (c *conn) maybeRemoveLocked(s *stream) {
+	if !c.cfg.server && s.recvEnd && s.sentEnd {
+		c.removeLocked(s)
+	}
+}
+
+// removeLocked takes s out of the stream table; a draining connection
+// closes after its last stream. c.mu held.
+func (c *conn) removeLocked(s *stream) {
+	if s.removed {
+		return
+	}
+	s.removed = true
+	delete(c.streams, s.id)
+	if len(c.streams) == 0 {
+		c.idleSince = time.Now()
+		if c.closing && c.reserved == 0 && !c.closed {
+			go c.flushAndClose(nil)
+		}
+	}
+}
+
+// shutdown sends GOAWAY and closes the connection once its streams end.
+func (c *conn) shutdown() {
+	c.mu.Lock()
+	if c.closed || c.goAwaySent {
+		c.mu.Unlock()
+		return
+	}
+	c.goAwaySent, c.closing = true, true
+	c.queueLocked(ctlFrame{kind: ctlGoAway, id: c.maxPeerStream, code: http2.ErrCodeNo})
+	idle := len(c.streams) == 0 && c.reserved == 0
+	c.mu.Unlock()
+	if idle {
+		go c.flushAndClose(nil)
+		return
+	}
+	c.flushCtl()
+}
+
+// goAwayAndClose ends the connection on a connection error.
+func (c *conn) goAwayAndClose(code http2.ErrCode, err error) {
+	c.mu.Lock()
+	if !c.closed && !c.goAwaySent {
+		c.goAwaySent = true
+		c.queueLocked(ctlFrame{kind: ctlGoAway, id: c.maxPeerStream, code: code})
+	}
+	c.mu.Unlock()
+	c.flushAndClose(err)
+}
+
+// flushAndClose writes queued control frames (a GOAWAY) and closes,
+// waiting at most goAwayFlushTimeout for the write lock.
+func (c *conn) flushAndClose(err error) {
+	t := time.AfterFunc(goAwayFlushTimeout, func() { c.close(err) })
+	c.wmu.Lock()
+	c.writeCtlLocked(true)
+	c.wmu.Unlock()
+	t.Stop()
+	c.close(err)
+}
+
+// close ends the connection and fails every stream on it.
+func (c *conn) close(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	if c.keepalive != nil {
+		c.keepalive.Stop()
+	}
+	fail := errConnClosed
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		fail = fmt.Errorf("%w: %w", errConnClosed, err)
+	}
+	for _, s := range c.streams {
+		if s.resetErr == nil {
+			s.resetErr = fail
+		}
+		c.endStreamLocked(s)
+	}
+	c.ctl = nil
+	c.mu.Unlock()
+	c.cancel()
+	c.nc.Close()
+	close(c.done)
+	if c.cfg.onClose != nil {
+		c.cfg.onClose(c)
+	}
+}
+
+// startKeepalive pings a connection silent for readIdle, closes it when the
+// ping is not answered within pingTimeout, and closes it after idle with no
+// stream (client side).
+func (c *conn) startKeepalive(readIdle, pingTimeout, idle time.Duration) {
+	tick := min(readIdle, idle)
+	c.mu.Lock()
+	c.keepalive = time.AfterFunc(tick, func() {
+		next := tick
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		n := c.framesRead.Load()
+		var reason string
+		switch {
+		case len(c.streams) == 0 && c.reserved == 0 && time.Since(c.idleSince) >= idle:
+			reason = "idle"
+		case c.pingOut && n == c.pingMark:
+			reason = "ping timeout"
+		case c.pingOut:
+			c.pingOut = false
+		case n == c.lastFrames:
+			c.pingOut, c.pingMark = true, n
+			c.queueLocked(ctlFrame{kind: ctlPing, data: [8]byte{'h', 'b', 'o', 'n', 'e'}})
+			next = pingTimeout
+		}
+		c.lastFrames = n
+		if reason == "" {
+			c.keepalive.Reset(next)
+		}
+		c.mu.Unlock()
+		switch reason {
+		case "idle":
+			c.shutdown()
+		case "":
+			c.flushCtl()
+		default:
+			c.close(errors.New(reason))
+		}
+	})
+	c.mu.Unlock()
+}
+
+// stream is one CONNECT stream, either end.
+type stream struct {
+	c  *conn
+	id uint32
+	// Both use c.mu.
+	readCond, writeCond sync.Cond
+
+	// Server: the handler's context, ended by a reset or the connection's end.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Guarded by c.mu.
+	buf         []byte // received, unread bytes are buf[off:]
+	off         int
+	recvWindow  int32 // what the peer may still send
+	recvUnacked int32 // read but not yet returned to the peer
+	sendWindow  int32
+	recvEnd     bool  // END_STREAM received
+	sentEnd     bool  // END_STREAM sent
+	resetErr    error // RST_STREAM either way, GOAWAY or the connection's end
+	closed      bool  // Close called here
+	removed     bool  // out of c.streams
+	// Client: the response.
+	status    int
+	responded bool
+}
+
+// newStreamLocked adds a stream to the table. c.mu held.
+func (c *conn) newStreamLocked(id uint32) *stream {
+	s := &stream{c: c, id: id, recvWindow: c.cfg.streamWindow, sendWindow: c.peerWindow}
+	s.readCond.L = &c.mu
+	s.writeCond.L = &c.mu
+	c.streams[id] = s
+	return s
+}
+
+// read copies received bytes into p; ctx bounds the wait.
+func (s *stream) read(ctx context.Context, p []byte) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	for {
+		if s.closed {
+			c.mu.Unlock()
+			return 0, fmt.Errorf("read hbone stream: %w", net.ErrClosed)
+		}
+		if s.off < len(s.buf) {
+			break
+		}
+		if s.recvEnd {
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		if s.resetErr != nil {
+			c.mu.Unlock()
+			return 0, s.resetErr
+		}
+		if ctx.Err() != nil {
+			c.mu.Unlock()
+			return 0, ctx.Err()
+		}
+		if len(p) == 0 {
+			c.mu.Unlock()
+			return 0, nil
+		}
+		s.readCond.Wait()
+	}
+	n := copy(p, s.buf[s.off:])
+	s.off += n
+	if s.off == len(s.buf) {
+		if cap(s.buf) > maxRetainedBuffer {
+			s.buf = nil
+		} else {
+			s.buf = s.buf[:0]
+		}
+		s.off = 0
+	}
+	c.creditLocked(s, int32(n))
+	pending := len(c.ctl) > 0
+	c.mu.Unlock()
+	if pending {
+		c.flushCtl()
+	}
+	return n, nil
+}
+
+// writeErrLocked says why s takes no more writes. c.mu held.
+func (s *stream) writeErrLocked() error {
+	switch {
+	case s.closed || s.sentEnd:
+		return fmt.Errorf("write hbone stream: %w", net.ErrClosed)
+	case s.resetErr != nil:
+		return fmt.Errorf("write hbone stream: %w", s.resetErr)
+	case s.c.closed:
+		return fmt.Errorf("write hbone stream: %w", errConnClosed)
+	}
+	return nil
+}
+
+// write sends p as DATA frames, blocking while the peer's windows are
+// shut, and flushes before it returns.
+func (s *stream) write(p []byte) (int, error) {
+	c := s.c
+	written := 0
+	for len(p) > 0 {
+		c.mu.Lock()
+		for s.writeErrLocked() == nil && (s.sendWindow <= 0 || c.sendWindow <= 0) {
+			s.writeCond.Wait()
+		}
+		if err := s.writeErrLocked(); err != nil {
+			c.mu.Unlock()
+			return written, err
+		}
+		n := min(int32(min(len(p), math.MaxInt32)), s.sendWindow, c.sendWindow)
+		s.sendWindow -= n
+		c.sendWindow -= n
+		maxFrame := int(c.peerMaxFrame)
+		c.mu.Unlock()
+
+		c.wmu.Lock()
+		c.mu.Lock()
+		err := s.writeErrLocked() // CloseWrite or a reset may have won the race
+		c.mu.Unlock()
+		if err != nil {
+			c.wmu.Unlock()
+			return written, err
+		}
+		chunk := p[:n]
+		for len(chunk) > 0 && err == nil {
+			k := min(len(chunk), maxFrame)
+			err = c.fr.WriteData(s.id, false, chunk[:k])
+			chunk = chunk[k:]
+		}
+		if err == nil {
+			err = c.writeCtlLocked(true)
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			c.close(err)
+			return written, fmt.Errorf("write hbone stream: %w", err)
+		}
+		written += int(n)
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// closeWrite sends END_STREAM.
+func (s *stream) closeWrite() error {
+	c := s.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	if s.sentEnd && !s.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	if err := s.writeErrLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	s.sentEnd = true
+	c.maybeRemoveLocked(s)
+	s.writeCond.Broadcast()
+	c.mu.Unlock()
+	err := c.fr.WriteData(s.id, true, nil)
+	if err == nil {
+		err = c.writeCtlLocked(true)
+	}
+	if err != nil {
+		c.close(err)
+		return fmt.Errorf("close hbone stream for writing: %w", err)
+	}
+	return nil
+}
+
+// dropBufferLocked returns unread bytes to the connection window. c.mu held.
+func (s *stream) dropBufferLocked() {
+	if n := len(s.buf) - s.off; n > 0 {
+		s.c.creditConnLocked(int32(n))
+	}
+	s.buf, s.off = nil, 0
+}
