@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -183,6 +184,12 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 		written = make(chan error, 1)
 		go pc.sendRequest(req, written)
 	}
+	// Let other goroutines run before reading the answer: under load the
+	// answer is then usually there, and the read does not fail with
+	// EAGAIN and park this goroutine in the poller first (two system calls
+	// and a wake-up saved); unloaded, there is nothing else to run and this
+	// returns at once.
+	runtime.Gosched()
 	resp, err := pc.readResponse(req)
 	if err != nil {
 		if written != nil {

@@ -237,6 +237,9 @@ func (c *h1ServerConn) loop() {
 				if c.bw.Flush() != nil {
 					return
 				}
+				// As in h1Client.send: under load the client's next
+				// request is usually here once the others have run.
+				runtime.Gosched()
 			}
 			c.state.Store(connIdle)
 			if s.shuttingDown.Load() {
