@@ -46,11 +46,7 @@ const (
 	goAwayFlushTimeout = time.Second
 	readBufferSize     = 32 << 10
 	writeBufferSize    = 32 << 10
-	// maxRetainedBuffer: a drained receive buffer larger than this is dropped
-	// rather than kept for the stream's next bytes, so an idle stream that
-	// once carried a burst does not hold its window's worth of memory.
-	maxRetainedBuffer = 64 << 10
-	maxStreamID       = math.MaxInt32
+	maxStreamID        = math.MaxInt32
 )
 
 var (
@@ -258,6 +254,11 @@ func (c *conn) readLoop() {
 	c.close(err)
 }
 
+// lingerTimeout bounds how long a connection ended by a protocol error keeps
+// reading (and discarding) after its GOAWAY, so that closing with unread
+// bytes does not reset the TCP connection before the peer read the GOAWAY.
+const lingerTimeout = time.Second
+
 func (c *conn) readFrames() error {
 	for {
 		f, err := c.fr.ReadFrame()
@@ -383,11 +384,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		c.creditLocked(s, pad)
 	}
 	if len(data) > 0 {
-		if s.off > 0 && len(s.buf)+len(data) > cap(s.buf) {
-			n := copy(s.buf, s.buf[s.off:])
-			s.buf, s.off = s.buf[:n], 0
-		}
-		s.buf = append(s.buf, data...)
+		s.buf.write(data)
 		s.readCond.Signal()
 	}
 	end := f.StreamEnded()
@@ -838,7 +835,9 @@ func (c *conn) shutdown() {
 	c.flushCtl()
 }
 
-// goAwayAndClose ends the connection on a connection error.
+// goAwayAndClose ends the connection on a connection error, on the reader
+// goroutine: GOAWAY goes out, streams fail at once, and reads are drained for
+// up to lingerTimeout before the TCP connection closes.
 func (c *conn) goAwayAndClose(code http2.ErrCode, err error) {
 	c.mu.Lock()
 	if !c.closed && !c.goAwaySent {
@@ -846,7 +845,16 @@ func (c *conn) goAwayAndClose(code http2.ErrCode, err error) {
 		c.queueLocked(ctlFrame{kind: ctlGoAway, id: c.maxPeerStream, code: code})
 	}
 	c.mu.Unlock()
-	c.flushAndClose(err)
+	t := time.AfterFunc(goAwayFlushTimeout, func() { c.close(err) })
+	c.wmu.Lock()
+	c.writeCtlLocked(true)
+	c.wmu.Unlock()
+	t.Stop()
+	if c.markClosed(err) {
+		c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+		io.Copy(io.Discard, c.nc)
+		c.finishClose()
+	}
 }
 
 // flushAndClose writes queued control frames (a GOAWAY) and closes,
@@ -862,10 +870,18 @@ func (c *conn) flushAndClose(err error) {
 
 // close ends the connection and fails every stream on it.
 func (c *conn) close(err error) {
+	if c.markClosed(err) {
+		c.finishClose()
+	}
+}
+
+// markClosed fails every stream; it reports false when the connection was
+// already closed.
+func (c *conn) markClosed(err error) bool {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.closed = true
 	if c.keepalive != nil {
@@ -884,6 +900,11 @@ func (c *conn) close(err error) {
 	c.ctl = nil
 	c.mu.Unlock()
 	c.cancel()
+	return true
+}
+
+// finishClose closes the TCP connection after markClosed.
+func (c *conn) finishClose() {
 	c.nc.Close()
 	close(c.done)
 	if c.cfg.onClose != nil {
@@ -947,8 +968,7 @@ type stream struct {
 	cancel context.CancelFunc
 
 	// Guarded by c.mu.
-	buf         []byte // received, unread bytes are buf[off:]
-	off         int
+	buf         recvBuffer
 	recvWindow  int32 // what the peer may still send
 	recvUnacked int32 // read but not yet returned to the peer
 	sendWindow  int32
@@ -980,7 +1000,7 @@ func (s *stream) read(ctx context.Context, p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, fmt.Errorf("read hbone stream: %w", net.ErrClosed)
 		}
-		if s.off < len(s.buf) {
+		if s.buf.n > 0 {
 			break
 		}
 		if s.recvEnd {
@@ -1001,16 +1021,7 @@ func (s *stream) read(ctx context.Context, p []byte) (int, error) {
 		}
 		s.readCond.Wait()
 	}
-	n := copy(p, s.buf[s.off:])
-	s.off += n
-	if s.off == len(s.buf) {
-		if cap(s.buf) > maxRetainedBuffer {
-			s.buf = nil
-		} else {
-			s.buf = s.buf[:0]
-		}
-		s.off = 0
-	}
+	n := s.buf.read(p)
 	c.creditLocked(s, int32(n))
 	pending := len(c.ctl) > 0
 	c.mu.Unlock()
@@ -1112,8 +1123,72 @@ func (s *stream) closeWrite() error {
 
 // dropBufferLocked returns unread bytes to the connection window. c.mu held.
 func (s *stream) dropBufferLocked() {
-	if n := len(s.buf) - s.off; n > 0 {
-		s.c.creditConnLocked(int32(n))
+	if s.buf.n > 0 {
+		s.c.creditConnLocked(int32(s.buf.n))
 	}
-	s.buf, s.off = nil, 0
+	s.buf.reset()
+}
+
+// chunkSize is the unit of receive buffers; chunks come from a pool and go
+// back as soon as they are read, so an idle stream holds no buffer.
+const chunkSize = 16 << 10
+
+var chunkPool = sync.Pool{New: func() any { return new([chunkSize]byte) }}
+
+// recvBuffer is a FIFO of pooled chunks. Flow control bounds it to the
+// stream's receive window.
+type recvBuffer struct {
+	chunks []*[chunkSize]byte
+	r, w   int // read offset in chunks[0], write offset in the last chunk
+	n      int // bytes buffered
+}
+
+func (b *recvBuffer) write(p []byte) {
+	for len(p) > 0 {
+		if len(b.chunks) == 0 || b.w == chunkSize {
+			b.chunks = append(b.chunks, chunkPool.Get().(*[chunkSize]byte))
+			b.w = 0
+		}
+		k := copy(b.chunks[len(b.chunks)-1][b.w:], p)
+		b.w += k
+		b.n += k
+		p = p[k:]
+	}
+}
+
+func (b *recvBuffer) read(p []byte) int {
+	n := 0
+	for len(p) > 0 && b.n > 0 {
+		end := chunkSize
+		if len(b.chunks) == 1 {
+			end = b.w
+		}
+		k := copy(p, b.chunks[0][b.r:end])
+		b.r += k
+		b.n -= k
+		n += k
+		p = p[k:]
+		if b.r == end {
+			b.popChunk()
+		}
+	}
+	return n
+}
+
+func (b *recvBuffer) popChunk() {
+	chunkPool.Put(b.chunks[0])
+	copy(b.chunks, b.chunks[1:])
+	b.chunks[len(b.chunks)-1] = nil
+	b.chunks = b.chunks[:len(b.chunks)-1]
+	b.r = 0
+	if len(b.chunks) == 0 {
+		b.w = 0
+	}
+}
+
+func (b *recvBuffer) reset() {
+	for len(b.chunks) > 0 {
+		b.popChunk()
+	}
+	b.chunks, b.n = nil, 0
 }

@@ -15,15 +15,10 @@ type HalfConn interface {
 
 // Relay copies bytes both ways between an HBONE stream and a TCP connection
 // (or any HalfConn), carrying half-closes across: the end of one side's data
-// becomes CloseWrite on the other (HTTP/2 END_STREAM ↔ TCP FIN). It returns
-// nil when both directions ended cleanly, or the first error after closing
-// both sides (the caller then resets, never half-serves).
-//
-// On the server side of a tunnel HTTP/2 can only end the response by
-// finishing the handler, so when conn's data ends first Relay returns at once;
-// the handler returning sends END_STREAM (the client reads io.EOF) followed by
-// RST_STREAM(NO_ERROR) for the client's side, as RFC 9113 §8.1 allows. The
-// caller still owns conn and must close it.
+// becomes CloseWrite on the other (HTTP/2 END_STREAM ↔ TCP FIN), on the client
+// and on the server end alike. It returns nil when both directions ended
+// cleanly, or the first error after closing both sides (the caller then
+// resets, never half-serves). The caller still owns conn and must close it.
 func Relay(stream Stream, conn HalfConn) error {
 	type result struct {
 		toStream bool
@@ -44,7 +39,6 @@ func Relay(stream Stream, conn HalfConn) error {
 		}
 		done <- result{true, err}
 	}()
-	_, serverSide := stream.(*serverStream)
 	for range 2 {
 		r := <-done
 		if r.err != nil {
@@ -53,9 +47,6 @@ func Relay(stream Stream, conn HalfConn) error {
 				dir = "connection to stream"
 			}
 			return errors.Join(fmt.Errorf("relay %s: %w", dir, r.err), stream.Close(), conn.Close())
-		}
-		if r.toStream && serverSide {
-			return nil
 		}
 	}
 	return nil

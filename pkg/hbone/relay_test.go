@@ -104,3 +104,31 @@ func TestRelayHalfClose(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayServerHalfClose checks that the app's FIN ends only the server's
+// side: the client reads EOF and can still send, and the app reads it.
+func TestRelayServerHalfClose(t *testing.T) {
+	late := make(chan string, 1)
+	app := appServer(t, func(c *net.TCPConn) {
+		c.Write([]byte("banner"))
+		c.CloseWrite()
+		b, _ := io.ReadAll(c)
+		late <- string(b)
+	})
+	e := newEnv(t, relayHandler(app), nil)
+	c, err := e.dialer.Dial(ctxT(t), e.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "banner" {
+		t.Fatalf("read %q, %v; want banner then EOF", got, err)
+	}
+	if _, err := c.Write([]byte("after EOF")); err != nil {
+		t.Fatalf("write after the server's END_STREAM: %v", err)
+	}
+	c.CloseWrite()
+	if got := <-late; got != "after EOF" {
+		t.Fatalf("app read %q; want %q", got, "after EOF")
+	}
+}
