@@ -892,7 +892,7 @@ func writeField(bw *bufio.Writer, k string, vv []string) {
 	for _, v := range vv {
 		bw.WriteString(k)
 		bw.WriteString(": ")
-		if strings.ContainsAny(v, "\r\n") {
+		if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
 			v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
 		}
 		bw.WriteString(v)

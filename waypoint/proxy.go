@@ -213,7 +213,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		rec.path += "?" + req.URL.RawQuery
 	}
 	for _, h := range internalHeaders {
-		req.Header.Del(h)
+		delete(req.Header, h) // h is canonical: Del would canonicalize it again
 	}
 
 	// 2. Authenticate: an invalid token is 401, a missing one is anonymous.
