@@ -447,8 +447,10 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil // a stream we already closed
 	}
 	if id <= c.maxPeerStream {
+		// A stream we reset or finished: frames in flight are ignored
+		// (RFC 9113 §5.1); the Framer has kept the HPACK state.
 		c.mu.Unlock()
-		return connError{http2.ErrCodeStreamClosed, "HEADERS on a closed stream"}
+		return nil
 	}
 	c.maxPeerStream = id
 	if c.goAwaySent || c.closed || uint32(len(c.streams)) >= c.cfg.maxStreams {
@@ -1067,6 +1069,15 @@ func (s *stream) write(p []byte) (int, error) {
 		c.wmu.Lock()
 		c.mu.Lock()
 		err := s.writeErrLocked() // CloseWrite or a reset may have won the race
+		if err != nil {
+			// Give the connection window back, or other streams lose it.
+			if c.sendWindow <= 0 && c.sendWindow+n > 0 {
+				for _, o := range c.streams {
+					o.writeCond.Broadcast()
+				}
+			}
+			c.sendWindow += n
+		}
 		c.mu.Unlock()
 		if err != nil {
 			c.wmu.Unlock()

@@ -232,19 +232,22 @@ func (s *Server) serveConn(raw net.Conn) {
 			go s.serveStream(st, h, peer, remote)
 		},
 	})
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	s.conns[raw] = c
-	s.mu.Unlock()
 	// The client's preface must follow the handshake promptly.
 	tc.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	if err := c.start(); err != nil {
 		c.close(err)
 		return
 	}
+	// Registered after our SETTINGS went out, so that Shutdown's GOAWAY
+	// never precedes them.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.close(nil)
+		return
+	}
+	s.conns[raw] = c
+	s.mu.Unlock()
 	if err := c.readPreface(); err != nil {
 		s.opts.Logger.Debug("hbone client sent no HTTP/2 preface", "remote", remote, "err", err)
 		c.close(err)
