@@ -3,6 +3,7 @@ package waypoint
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 
@@ -316,7 +317,7 @@ type routeInput struct {
 	method    string
 	authority string
 	header    http.Header
-	query     func() map[string][]string
+	url       *url.URL // its query is parsed only if a route matches on it
 	port      uint32
 	peer      Peer
 }
@@ -413,7 +414,10 @@ func (m *match) match(in *routeInput) bool {
 		}
 	}
 	if len(m.query) > 0 {
-		q := in.query()
+		var q url.Values
+		if in.url != nil {
+			q = in.url.Query()
+		}
 		for _, h := range m.query {
 			vals, ok := q[h.name]
 			if !h.matches(vals, ok) {

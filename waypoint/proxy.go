@@ -233,7 +233,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	lis := cfg.selectListener(peer.DestinationPort)
 	_, rt := lis.findRoute(&routeInput{
 		path: path, method: req.Method, authority: req.Host, header: req.Header,
-		query: func() map[string][]string { return req.URL.Query() }, port: peer.DestinationPort, peer: peer,
+		url: req.URL, port: peer.DestinationPort, peer: peer,
 	})
 	if rt != nil {
 		rec.routeName = rt.name
@@ -366,6 +366,9 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 	var replay func() (io.ReadCloser, bool)
 	switch {
+	case replayable && out.ContentLength == 0:
+		// The common case, without closures to allocate.
+		out.Body, out.GetBody, replay = http.NoBody, getNoBody, replayNoBody
 	case replayable:
 		out.Body, out.GetBody = body(), func() (io.ReadCloser, error) { return body(), nil }
 		replay = func() (io.ReadCloser, bool) { return body(), true }
@@ -384,11 +387,11 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 
 	// 10. Forward, retrying per policy.
-	resp, release, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc)
+	resp, held, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc)
 	if !ok {
 		return
 	}
-	defer release()
+	defer held.release()
 	if upgrade != "" && resp.StatusCode == http.StatusSwitchingProtocols {
 		p.handleUpgrade(w, rec, resp)
 		return
@@ -430,6 +433,25 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 }
 
+// inFlight is a try's hold on its endpoint and connection pool slot, and
+// the cancel of its own context (per-try timeout), if any.
+type inFlight struct {
+	ep     *endpoint
+	pool   *connLimiter
+	cancel context.CancelFunc
+}
+
+func (f inFlight) release() {
+	f.ep.active.Add(-1)
+	f.pool.release()
+	if f.cancel != nil {
+		f.cancel()
+	}
+}
+
+func getNoBody() (io.ReadCloser, error)   { return http.NoBody, nil }
+func replayNoBody() (io.ReadCloser, bool) { return http.NoBody, true }
+
 // Header values set on every request, shared: a field's slice has room for
 // no more values (an Add copies it), and nothing writes into one.
 var (
@@ -440,9 +462,9 @@ var (
 
 // forward sends out to up, retrying per the route's policy while replay can
 // produce the request body again (nil: never). On success it returns the
-// response and a release func that frees the pool slot; on failure it has
-// written the local reply.
-func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool) (*http.Response, func(), bool) {
+// response and what it holds, to release once the response is done; on
+// failure it has written the local reply.
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool) (*http.Response, inFlight, bool) {
 	ctx := out.Context()
 	rp := retryPolicyFor(spec)
 	attempts := 1 + rp.Attempts
@@ -455,12 +477,13 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	if up.useH2(grpc) {
 		transport, pool = up.h2, up.h2Pool
 	}
-	var tried []*endpoint
+	var triedBuf [4]*endpoint
+	tried := triedBuf[:0]
 	for try := 0; ; try++ {
 		ep, err := up.pick(out, peer, tried)
 		if err != nil {
 			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagNoHealthy, "no_healthy_upstream", "no healthy upstream")
-			return nil, nil, false
+			return nil, inFlight{}, false
 		}
 		tried = append(tried, ep)
 		rec.dest.setEndpoint(ep)
@@ -474,22 +497,24 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			} else {
 				p.timeoutOrClosed(w, rec, grpc, ctx)
 			}
-			return nil, nil, false
+			return nil, inFlight{}, false
 		}
 		ep.active.Add(1)
-		release := func() { ep.active.Add(-1); pool.release() }
+		held := inFlight{ep: ep, pool: pool}
 		rec.upstreamHost = ep.addr
 
 		// A try gets its own context only when a per-try timeout can end
 		// it: a cancelable context costs allocations and a registration
 		// with the request's context on every request.
 		attempt, cancelTry := out, func() {}
-		var perTryFired atomic.Bool
+		var perTryFired *atomic.Bool // nil: no per-try timeout
 		var timer *time.Timer
 		if rp.PerTryTimeout > 0 {
 			var tryCtx context.Context
 			tryCtx, cancelTry = context.WithCancel(ctx)
-			timer = time.AfterFunc(rp.PerTryTimeout, func() { perTryFired.Store(true); cancelTry() })
+			fired := new(atomic.Bool)
+			perTryFired = fired
+			timer = time.AfterFunc(rp.PerTryTimeout, func() { fired.Store(true); cancelTry() })
 			attempt = out.WithContext(tryCtx)
 		} else if try > 0 {
 			// A new Request per retry: the transport may still hold the
@@ -512,14 +537,14 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		switch {
 		case err == nil:
 			status, gstatus = resp.StatusCode, resp.Header.Get("Grpc-Status")
-		case perTryFired.Load():
+		case perTryFired != nil && perTryFired.Load():
 			kind = failPerTryTimeout
 		case ctx.Err() != nil:
 			cancelTry()
-			release()
+			held.release()
 			up.report(ep, 0)
 			p.timeoutOrClosed(w, rec, grpc, ctx)
-			return nil, nil, false
+			return nil, inFlight{}, false
 		case isDialError(err):
 			kind = failConnect
 		default:
@@ -543,10 +568,11 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 				if try > 0 && shouldRetryOn(rp, status, gstatus, kind) {
 					rec.flag(flagRetryExhausted)
 				}
-				return resp, func() { release(); cancelTry() }, true
+				held.cancel = cancelTry
+				return resp, held, true
 			}
 			cancelTry()
-			release()
+			held.release()
 			if try > 0 {
 				rec.flag(flagRetryExhausted)
 			}
@@ -558,21 +584,21 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			default:
 				p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagUpstreamReset, "upstream_reset_before_response_started{connection_termination}", "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
 			}
-			return nil, nil, false
+			return nil, inFlight{}, false
 		}
 		if resp != nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 		}
 		cancelTry()
-		release()
+		held.release()
 		// Envoy's default backoff: 25ms base, doubling, full jitter, 250ms cap.
 		backoff := time.Duration(rand.Int64N(int64(min(25*time.Millisecond<<try, 250*time.Millisecond)) + 1))
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
 			p.timeoutOrClosed(w, rec, grpc, ctx)
-			return nil, nil, false
+			return nil, inFlight{}, false
 		}
 	}
 }
