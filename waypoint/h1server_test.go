@@ -2,11 +2,13 @@ package waypoint
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,6 +32,10 @@ func h1Backend(t *testing.T) (*harness, *atomic.Int64) {
 			}
 		case "/empty":
 			w.WriteHeader(http.StatusNoContent)
+		case "/trailer":
+			w.Header().Set("Trailer", "X-Sum")
+			io.WriteString(w, "body")
+			w.Header().Set("X-Sum", "42")
 		default:
 			fmt.Fprintf(w, "%s %d", r.Method, len(b))
 		}
@@ -155,6 +161,7 @@ func TestH1Framing(t *testing.T) {
 		{"HTTP/1.0", "GET / HTTP/1.0\r\n" + host + "\r\n", []string{"GET"}, []want{{200, "GET 0", 5, false}}, true},
 		{"HTTP/1.0 keep-alive", "GET / HTTP/1.0\r\n" + host + "Connection: keep-alive\r\n\r\n", []string{"GET"}, []want{{200, "GET 0", 5, false}}, false},
 		{"streamed answer is chunked", "GET /stream HTTP/1.1\r\n" + host + "\r\n", []string{"GET"}, []want{{200, "part0;part1;part2;", -1, true}}, false},
+		{"trailers", "GET /trailer HTTP/1.1\r\n" + host + "\r\n", []string{"GET"}, []want{{200, "body", -1, true}}, false},
 		{"204 has no body", "GET /empty HTTP/1.1\r\n" + host + "\r\nGET / HTTP/1.1\r\n" + host + "\r\n", []string{"GET", "GET"}, []want{{204, "", -2, false}, {200, "GET 0", 5, false}}, false},
 		{"OPTIONS *", "OPTIONS * HTTP/1.1\r\n" + host + "\r\n", []string{"OPTIONS"}, []want{{400, "invalid path", 12, false}}, false},
 	}
@@ -252,5 +259,106 @@ func TestH1ClientGoneCancelsRequest(t *testing.T) {
 	case <-gone:
 	case <-time.After(3 * time.Second):
 		t.Fatal("the upstream request outlived its client")
+	}
+}
+
+// TestH1Trailers: an upstream's trailers reach the client after the
+// chunked body.
+func TestH1Trailers(t *testing.T) {
+	h, _ := h1Backend(t)
+	a := exchange(t, h.addr, "GET /trailer HTTP/1.1\r\nHost: app\r\n\r\n", "GET")[0]
+	if got := a.resp.Trailer.Get("X-Sum"); got != "42" || a.body != "body" {
+		t.Errorf("answer %q with trailer X-Sum %q; want \"body\" and 42", a.body, got)
+	}
+}
+
+// startWith runs a Proxy with cfg and opts on a loopback listener and
+// returns its address and a stop func that ends Serve and waits for it.
+func startWith(t *testing.T, cfg *Config, opts ServerOptions) (string, func()) {
+	t.Helper()
+	p, err := New(Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ctx, l, opts) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done; p.Close() }) }
+	t.Cleanup(stop)
+	return l.Addr().String(), stop
+}
+
+// TestH1Timeouts: a client that sends half a head is cut off after
+// ReadHeaderTimeout, an idle keep-alive connection after IdleTimeout.
+func TestH1Timeouts(t *testing.T) {
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	addr, _ := startWith(t, cfg, ServerOptions{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	tests := []struct {
+		name, raw string
+		answers   int
+	}{
+		{"half a head", "GET / HTTP/1.1\r\nHost: app\r\n", 0},
+		{"idle after an answer", "GET / HTTP/1.1\r\nHost: app\r\n\r\n", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			began := time.Now()
+			io.WriteString(c, tt.raw)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			for range tt.answers {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("read after %v = %v; want EOF (closed by the server)", time.Since(began), err)
+			}
+			if took := time.Since(began); took > 3*time.Second {
+				t.Errorf("connection closed after %v; want about the timeout", took)
+			}
+		})
+	}
+}
+
+// TestH1ShutdownClosesIdleConnections: when Serve's context ends, an idle
+// keep-alive connection is closed at once and Serve returns.
+func TestH1ShutdownClosesIdleConnections(t *testing.T) {
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	addr, stop := startWith(t, cfg, ServerOptions{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	began := time.Now()
+	stop()
+	if took := time.Since(began); took > 2*time.Second {
+		t.Errorf("Serve returned %v after its context ended; want at once with only idle connections", took)
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection after shutdown: read = %v; want EOF", err)
 	}
 }
