@@ -32,6 +32,7 @@ import (
 	"github.com/meshlet/meshlet/node-agent/ebpf"
 	"github.com/meshlet/meshlet/node-agent/enroll"
 	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/admin"
 )
 
 type flags struct {
@@ -49,6 +50,7 @@ type flags struct {
 	netnsDir                          string
 	meshdAddress, meshdServerName     string
 	meshdRootCert, tokenFile          string
+	adminAddr, memoryLimit            string
 }
 
 func parseFlags() flags {
@@ -80,6 +82,11 @@ func parseFlags() flags {
 	flag.StringVar(&f.meshdServerName, "meshd-server-name", "", "name meshd's TLS certificate must carry; empty means the host of --meshd-address")
 	flag.StringVar(&f.meshdRootCert, "meshd-root-cert", "/var/run/secrets/meshlet/root-cert.pem", "PEM root certificate of the mesh (meshd's TLS and workload certificates)")
 	flag.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "service account token sent to meshd")
+	// Off by default: the agent runs in the host's network namespace,
+	// whose loopback every host process and hostNetwork pod shares, and a
+	// heap profile holds private keys.
+	flag.StringVar(&f.adminAddr, "admin-addr", "", "debug (pprof) listen address, loopback only (such as 127.0.0.1:15000); empty disables")
+	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
 	flag.Parse()
 	return f
 }
@@ -96,6 +103,14 @@ func main() {
 func run(f flags) error {
 	if f.nodeName == "" {
 		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
+	}
+	if _, err := admin.ApplyMemoryLimit(f.memoryLimit); err != nil {
+		return err
+	}
+	if f.adminAddr != "" {
+		if err := admin.CheckAddr(f.adminAddr); err != nil {
+			return fmt.Errorf("--admin-addr: %w", err)
+		}
 	}
 	// Claimed first of all: until this agent listens on the readiness port,
 	// the kubelet's probes of its pod reach the older agent on this node
@@ -204,6 +219,13 @@ func run(f flags) error {
 	go serveHTTP(readySrv)
 	defer readySrv.Close()
 
+	if f.adminAddr != "" {
+		// Not fatal: during a rolling update the agent being replaced
+		// holds the port until it exits.
+		if err := admin.Serve(ctx, f.adminAddr); err != nil {
+			log.Printf("debug endpoint not served: %v", err)
+		}
+	}
 	own := watchOwnDaemonSet(ctx, client, f.namespace, f.daemonSetName)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()

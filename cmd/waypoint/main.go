@@ -15,8 +15,6 @@ import (
 	"log"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/waypoint"
 	"github.com/meshlet/meshlet/waypoint/app"
 )
@@ -65,7 +64,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector base URL for sampled spans, e.g. http://otel-collector:4318; empty: spans are not exported (default $OTEL_EXPORTER_OTLP_ENDPOINT)")
 	flag.StringVar(&f.configFile, "config-file", "", "serve this static L7 config (JSON) on --listen without meshd: plaintext, no mesh identity; for development and benchmarks only")
 	flag.StringVar(&f.listen, "listen", "127.0.0.1:18080", "with --config-file: the plain HTTP listen address")
-	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", "soft memory limit of the Go runtime (debug.SetMemoryLimit), above which it collects garbage harder instead of growing toward the pod's OOM kill: a size such as 64MiB; none; or auto: $GOMEMLIMIT if set, else 90% of the container's cgroup memory limit, else none")
+	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
 	flag.Parse()
 	return f
 }
@@ -81,7 +80,7 @@ func main() {
 	f := parseFlags()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	err := applyMemoryLimit(f.memoryLimit)
+	_, err := admin.ApplyMemoryLimit(f.memoryLimit)
 	if err != nil {
 		log.Fatalf("waypoint: %v", err)
 	}
@@ -162,7 +161,7 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	if f.adminAddr != "" {
-		if err := serveAdmin(ctx, f.adminAddr); err != nil {
+		if err := admin.Serve(ctx, f.adminAddr); err != nil {
 			return err
 		}
 	}
@@ -216,31 +215,4 @@ func readRoots(path string) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("--root-cert %s holds no PEM certificate: mount the istio-ca-root-cert ConfigMap there", path)
 	}
 	return roots, nil
-}
-
-// serveAdmin serves pprof, and only on a loopback address: it exposes
-// memory contents and must never be reachable from the network.
-func serveAdmin(ctx context.Context, addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("--admin-addr %q is not host:port: %w", addr, err)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("--admin-addr %q is not a loopback address: debug endpoints are served on localhost only", addr)
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen for admin on %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/waypoint"
 )
 
@@ -38,7 +39,7 @@ func runStatic(ctx context.Context, f flags) error {
 		return fmt.Errorf("--config-file %s: %w", path, err)
 	}
 	if f.adminAddr != "" {
-		if err := serveAdmin(ctx, f.adminAddr); err != nil {
+		if err := admin.Serve(ctx, f.adminAddr); err != nil {
 			return err
 		}
 	}

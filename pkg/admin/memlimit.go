@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"fmt"
@@ -68,14 +68,18 @@ func parseSize(v string) (int64, error) {
 	return n * mult, nil
 }
 
-// applyMemoryLimit sets the runtime's soft memory limit per --memory-limit.
-func applyMemoryLimit(v string) error {
-	n, _, err := memoryLimit(v, os.Getenv, os.ReadFile)
+// MemoryLimitUsage is the help text of a --memory-limit flag.
+const MemoryLimitUsage = "soft memory limit of the Go runtime (debug.SetMemoryLimit), above which it collects garbage harder instead of growing toward the pod's OOM kill: a size such as 64MiB; none; or auto: $GOMEMLIMIT if set, else 90% of the container's cgroup memory limit, else none"
+
+// ApplyMemoryLimit sets the runtime's soft memory limit per a --memory-limit
+// flag's value (see MemoryLimitUsage) and says where it came from.
+func ApplyMemoryLimit(v string) (string, error) {
+	n, from, err := memoryLimit(v, os.Getenv, os.ReadFile)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if n > 0 {
 		debug.SetMemoryLimit(n)
 	}
-	return nil
+	return from, nil
 }

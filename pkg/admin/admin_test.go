@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"context"
@@ -22,15 +22,15 @@ func TestServeAdminRefusesNonLoopback(t *testing.T) {
 		t.Run(tt.addr, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
-			err := serveAdmin(ctx, tt.addr)
+			err := Serve(ctx, tt.addr)
 			if tt.wantErr == "" {
 				if err != nil {
-					t.Fatalf("serveAdmin(%q) = %v; want nil", tt.addr, err)
+					t.Fatalf("Serve(%q) = %v; want nil", tt.addr, err)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("serveAdmin(%q) = %v; want an error containing %q", tt.addr, err, tt.wantErr)
+				t.Fatalf("Serve(%q) = %v; want an error containing %q", tt.addr, err, tt.wantErr)
 			}
 		})
 	}
