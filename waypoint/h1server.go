@@ -471,7 +471,12 @@ func (c *h1ServerConn) serveRequest(r *http.Request) bool {
 	}
 	w.finish()
 	keep := !w.closeAfter
-	if keep && body != nil {
+	if keep && body != nil && !body.done.Load() {
+		// The answer goes out first: the client may wait for it before it
+		// sends the rest of the body, or close.
+		if c.bw.Flush() != nil {
+			return false
+		}
 		keep = body.drain()
 	}
 	if !keep {
@@ -569,6 +574,10 @@ func (c *h1ServerConn) writeContinue() {
 // bytes or chunks. Its state is atomic because the connection's watch and
 // the response reads it while a transport goroutine may be reading it.
 type h1ReqBody struct {
+	// mu serializes reads: a transport may still be reading the body (an
+	// HTTP/2 upstream's request writer) when the handler has returned and
+	// the connection drains what is left.
+	mu      sync.Mutex
 	c       *h1ServerConn
 	remain  atomic.Int64 // Content-Length bytes left; -1: chunked
 	chunked io.Reader
@@ -588,6 +597,8 @@ func newReqBody(c *h1ServerConn, n int64) *h1ReqBody {
 }
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed.Load() {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -667,6 +678,8 @@ func (b *h1ReqBody) drain() bool {
 	if rem := b.remain.Load(); rem > maxPostHandlerReadBytes {
 		return false
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	buf := bufPool.Get().(*[]byte)
 	defer bufPool.Put(buf)
 	var total int
