@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"strconv"
@@ -40,13 +41,15 @@ const (
 	// returns, so resets cannot pile up handlers; this bounds the churn). Over
 	// either, the connection ends with GOAWAY ENHANCE_YOUR_CALM.
 	maxControlFramesPerSecond = 1000
-	maxResetsPerSecond        = 5000
+	maxResetsPerSecond        = 10000
 	// goAwayFlushTimeout bounds how long a GOAWAY may take to go out before
 	// the connection is closed anyway.
 	goAwayFlushTimeout = time.Second
-	readBufferSize     = 32 << 10
-	writeBufferSize    = 32 << 10
-	maxStreamID        = math.MaxInt32
+	// A TLS read returns at most one 16 KiB record, and larger frames are
+	// written past the buffer, so 16 KiB each way is enough.
+	readBufferSize  = 16 << 10
+	writeBufferSize = 16 << 10
+	maxStreamID     = math.MaxInt32
 )
 
 var (
@@ -90,6 +93,9 @@ type connConfig struct {
 	accept func(s *stream, h *requestHeaders)
 	// onClose runs once when the connection has closed.
 	onClose func(*conn)
+	// logger receives protocol errors that end the connection; nil logs
+	// nothing.
+	logger *slog.Logger
 }
 
 // requestHeaders are the fields of a CONNECT request the server looks at.
@@ -248,6 +254,9 @@ func (c *conn) readLoop() {
 	err := c.readFrames()
 	var ce connError
 	if errors.As(err, &ce) {
+		if c.cfg.logger != nil {
+			c.cfg.logger.Info("hbone connection closed on protocol error", "remote", c.nc.RemoteAddr(), "err", err)
+		}
 		c.goAwayAndClose(ce.code, err)
 		return
 	}
@@ -631,9 +640,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 				c.endStreamLocked(s)
 			}
 		}
-		if len(c.streams) == 0 && c.reserved == 0 {
-			c.closing = true
-		}
+		c.closing = true // retire it once its last stream ends
 	}
 	closeNow := c.closing && len(c.streams) == 0 && c.reserved == 0
 	c.mu.Unlock()

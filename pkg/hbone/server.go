@@ -228,6 +228,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		streamWindow: s.opts.StreamWindow,
 		connWindow:   s.opts.ConnWindow,
 		maxStreams:   s.opts.MaxConcurrentStreams,
+		logger:       s.opts.Logger,
 		accept: func(st *stream, h *requestHeaders) {
 			go s.serveStream(st, h, peer, remote)
 		},

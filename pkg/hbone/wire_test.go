@@ -601,3 +601,55 @@ func TestClientPingTimeout(t *testing.T) {
 		t.Errorf("pool holds %d connections; want the dead one dropped", n)
 	}
 }
+
+// TestFlowControlStress runs many concurrent echo streams through small
+// server windows, so writers on both ends block on stream and connection
+// windows and must be woken by WINDOW_UPDATEs.
+func TestFlowControlStress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stress test skipped in -short mode")
+	}
+	e := newEnv(t, nil, func(o *ServerOptions) {
+		o.StreamWindow = 16 << 10
+		o.ConnWindow = 64 << 10
+	})
+	const (
+		streams = 20
+		size    = 512 << 10
+	)
+	errs := make(chan error, streams)
+	for i := range streams {
+		go func() {
+			c, err := e.dialer.Dial(ctxT(t), e.target())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			msg := bytes.Repeat([]byte{byte(i)}, size)
+			go func() {
+				for off := 0; off < size; off += 7000 {
+					if _, err := c.Write(msg[off:min(off+7000, size)]); err != nil {
+						return
+					}
+				}
+				c.CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = errors.New("echo differs from the bytes sent")
+			}
+			errs <- err
+		}()
+	}
+	for range streams {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("streams stalled for 60s: a writer was not woken")
+		}
+	}
+}
