@@ -322,7 +322,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	// the handler owns and nothing below reads for the client's values
 	// once it is edited for upstream, and copies its URL: two allocations
 	// instead of Clone's deep copy of every field on every request.
-	te := req.Header.Get("Te")
+	te := get(req.Header, "Te")
 	upgrade := upgradeType(req.Header)
 	out := req.WithContext(ctx)
 	u := *req.URL
@@ -343,7 +343,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		out.Host = rw.Authority
 	}
 	if peer.IP.IsValid() {
-		if prior := req.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+		if prior := req.Header["X-Forwarded-For"]; len(prior) > 0 {
 			out.Header.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+peer.IP.String())
 		} else {
 			out.Header.Set("X-Forwarded-For", peer.IP.String())
@@ -354,7 +354,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	} else {
 		out.Header["X-Forwarded-Proto"] = xfpHTTP[:1:1]
 	}
-	if out.Header.Get("X-Request-Id") == "" {
+	if get(out.Header, "X-Request-Id") == "" {
 		out.Header.Set("X-Request-Id", rec.requestID)
 	}
 	applyHeaderOps(out.Header, spec.RequestHeaders)
@@ -411,7 +411,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if len(announced) > 0 {
 		h.Add("Trailer", strings.Join(announced, ", "))
 	}
-	rec.grpcStatus = resp.Header.Get("Grpc-Status")
+	rec.grpcStatus = get(resp.Header, "Grpc-Status")
 	w.WriteHeader(resp.StatusCode)
 	if err := copyBody(w, resp.Body, streaming(resp, grpc)); err != nil {
 		rec.flag(flagUpstreamReset)
@@ -536,7 +536,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		kind, status, gstatus := failNone, 0, ""
 		switch {
 		case err == nil:
-			status, gstatus = resp.StatusCode, resp.Header.Get("Grpc-Status")
+			status, gstatus = resp.StatusCode, get(resp.Header, "Grpc-Status")
 		case perTryFired != nil && perTryFired.Load():
 			kind = failPerTryTimeout
 		case ctx.Err() != nil:
@@ -1009,9 +1009,9 @@ func newRecord(req *http.Request, peer Peer) *record {
 		path:      req.URL.RequestURI(),
 		protocol:  req.Proto,
 		authority: req.Host,
-		userAgent: req.UserAgent(),
-		requestID: req.Header.Get("X-Request-Id"),
-		xff:       req.Header.Get("X-Forwarded-For"),
+		userAgent: get(req.Header, "User-Agent"),
+		requestID: get(req.Header, "X-Request-Id"),
+		xff:       get(req.Header, "X-Forwarded-For"),
 		peer:      peer,
 		bytesIn:   max(req.ContentLength, 0),
 	}
@@ -1097,8 +1097,18 @@ func cmp(v, def int) int {
 	return v
 }
 
+// get is h.Get for a key in canonical form, without canonicalizing it again
+// (the header maps the waypoint reads are keyed canonically: net/http's and
+// h1wire's).
+func get(h http.Header, k string) string {
+	if v := h[k]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 func isGRPC(r *http.Request) bool {
-	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+	return strings.HasPrefix(get(r.Header, "Content-Type"), "application/grpc")
 }
 
 func scheme(r *http.Request) string {
@@ -1185,7 +1195,7 @@ var hopHeaders = []string{
 }
 
 func removeHopHeaders(h http.Header, keepUpgrade bool) {
-	for _, f := range h.Values("Connection") {
+	for _, f := range h["Connection"] {
 		for _, sf := range strings.Split(f, ",") {
 			if sf = strings.TrimSpace(sf); sf != "" && !(keepUpgrade && strings.EqualFold(sf, "upgrade")) {
 				h.Del(sf)
@@ -1207,9 +1217,9 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 // policy (h2c smuggling), so other upgrades are dropped with the other
 // hop-by-hop headers and the request is proxied as a plain request.
 func upgradeType(h http.Header) string {
-	for _, f := range h.Values("Connection") {
+	for _, f := range h["Connection"] {
 		for _, sf := range strings.Split(f, ",") {
-			if strings.EqualFold(strings.TrimSpace(sf), "upgrade") && strings.EqualFold(h.Get("Upgrade"), "websocket") {
+			if strings.EqualFold(strings.TrimSpace(sf), "upgrade") && strings.EqualFold(get(h, "Upgrade"), "websocket") {
 				return "websocket"
 			}
 		}
@@ -1229,7 +1239,7 @@ func copyHeader(dst, src http.Header) {
 }
 
 func streaming(resp *http.Response, grpc bool) bool {
-	return grpc || resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	return grpc || resp.ContentLength < 0 || strings.HasPrefix(get(resp.Header, "Content-Type"), "text/event-stream")
 }
 
 // copyBody copies the upstream body, flushing after each write when

@@ -43,7 +43,7 @@ func startTrace(h http.Header, samplePercent float64) traceContext {
 	// from one read, and the context's IDs are slices of that one string.
 	var rnd [24]byte // span ID, then a new trace ID if one is needed
 	var tc traceContext
-	v, parent, flags, ok := parseTraceparent(h.Get("Traceparent"))
+	v, parent, flags, ok := parseTraceparent(get(h, "Traceparent"))
 	if ok {
 		crand.Read(rnd[:8])
 		tc.parentID, tc.sampled = parent, flags&1 == 1
