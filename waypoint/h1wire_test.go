@@ -129,3 +129,52 @@ func TestWriteRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestWireAllocs guards the allocations of the HTTP/1.1 hot path: a request
+// head parsed by h1Server, the request written upstream, the answer parsed.
+func TestWireAllocs(t *testing.T) {
+	const reqHead = "GET /api/v1/reviews?x=1 HTTP/1.1\r\nHost: reviews:9080\r\nUser-Agent: fortio.org/fortio-1.66.5\r\nAccept: */*\r\nX-Request-Id: abc\r\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
+	const answer = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 02 Dec 2026 15:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\nAccept-Ranges: bytes\r\n\r\nok"
+	c := &h1ServerConn{srv: &h1Server{maxHeaderBytes: 64 << 10}}
+	rr := strings.NewReader(reqHead)
+	c.br = bufio.NewReader(rr)
+	ar := strings.NewReader(answer)
+	h := &headReader{br: bufio.NewReader(ar)}
+	out := &http.Request{Method: "GET", URL: &url.URL{Path: "/api/v1/reviews", RawQuery: "x=1"}, Host: "reviews:9080",
+		Header: http.Header{"Accept": {"*/*"}, "X-Request-Id": {"abc"}, "X-Forwarded-For": {"10.0.0.1"}, "X-Forwarded-Proto": {"http"}}, Body: http.NoBody}
+	bw := bufio.NewWriter(io.Discard)
+	tests := []struct {
+		name string
+		max  float64
+		fn   func()
+	}{
+		// The head's string, the header map (two) and its values, the URL.
+		{"readRequest", 5, func() {
+			rr.Reset(reqHead)
+			c.br.Reset(rr)
+			if _, err := c.readRequest(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"writeRequest", 0, func() {
+			if err := writeRequest(bw, out); err != nil {
+				t.Fatal(err)
+			}
+			bw.Flush()
+		}},
+		// The Response, the head's string, the header map and its values,
+		// the body.
+		{"readResponse", 6, func() {
+			ar.Reset(answer)
+			h.br.Reset(ar)
+			if _, err := h.readResponse(out); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		if got := testing.AllocsPerRun(100, tt.fn); got > tt.max {
+			t.Errorf("%s allocates %v times per call; want at most %v", tt.name, got, tt.max)
+		}
+	}
+}
