@@ -84,10 +84,9 @@ type h1ServerConn struct {
 
 	// Watching for the client going away while a handler runs.
 	mu        sync.Mutex
-	cond      sync.Cond
 	inHandler bool               // a handler runs; the watch may start
 	bodyDone  bool               // the request body was read to its end
-	bgReading bool               // a background read is running
+	bgDone    chan struct{}      // a background read runs until it is closed
 	cancelReq context.CancelFunc // the running request's
 	timer     *time.Timer
 
@@ -147,7 +146,6 @@ func newH1Server(p *Proxy, opts *ServerOptions) *h1Server {
 // accepted connection, and tlsState is set for TLS connections.
 func (s *h1Server) serve(conn, raw net.Conn, tlsState *tls.ConnectionState) {
 	c := &h1ServerConn{srv: s, conn: conn, raw: raw, tlsState: tlsState, remoteAddr: conn.RemoteAddr().String()}
-	c.cond.L = &c.mu
 	c.cr.c = c
 	c.br = bufio.NewReaderSize(&c.cr, 4096)
 	c.bw = bufio.NewWriterSize(conn, 4096)
@@ -511,7 +509,7 @@ func (c *h1ServerConn) runHandler(w *h1Response, req *http.Request) (ok bool) {
 // connection's reader.
 func (c *h1ServerConn) watch() {
 	c.mu.Lock()
-	if !c.inHandler || c.bgReading {
+	if !c.inHandler || c.bgDone != nil {
 		c.mu.Unlock()
 		return
 	}
@@ -525,7 +523,8 @@ func (c *h1ServerConn) watch() {
 		c.mu.Unlock() // the next request is already here
 		return
 	}
-	c.bgReading = true
+	done := make(chan struct{})
+	c.bgDone = done
 	c.conn.SetReadDeadline(time.Time{})
 	c.mu.Unlock()
 	var b [1]byte
@@ -537,9 +536,9 @@ func (c *h1ServerConn) watch() {
 	if err != nil && c.inHandler && c.cancelReq != nil {
 		c.cancelReq()
 	}
-	c.bgReading = false
-	c.cond.Broadcast()
+	c.bgDone = nil
 	c.mu.Unlock()
+	close(done)
 }
 
 // endWatch stops watching the connection: the handler returned or hijacks
@@ -549,14 +548,23 @@ func (c *h1ServerConn) endWatch() {
 	c.mu.Lock()
 	c.inHandler = false
 	c.cancelReq = nil
-	if c.bgReading {
-		c.conn.SetReadDeadline(aLongTimeAgo)
-		for c.bgReading {
-			c.cond.Wait()
-		}
-		c.conn.SetReadDeadline(time.Time{})
-	}
+	done := c.bgDone
 	c.mu.Unlock()
+	if done == nil {
+		return
+	}
+	c.conn.SetReadDeadline(aLongTimeAgo)
+	t := time.NewTimer(time.Second)
+	select {
+	case <-done:
+		c.conn.SetReadDeadline(time.Time{})
+	case <-t.C:
+		// A connection that ignores deadlines: only closing it ends the
+		// read.
+		c.conn.Close()
+		<-done
+	}
+	t.Stop()
 }
 
 // writeContinue sends "100 Continue" on the first read of a body whose
