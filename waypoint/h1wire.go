@@ -10,6 +10,8 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // HTTP/1.1 messages as the waypoint reads and writes them on both sides:
@@ -426,4 +428,156 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		}
 	}
 	return nil
+}
+
+func writeStatusLine(bw *bufio.Writer, code int) {
+	bw.WriteString("HTTP/1.1 ")
+	var b [3]byte
+	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	bw.WriteByte(' ')
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+	bw.WriteString(text)
+	bw.WriteString("\r\n")
+}
+
+// writeField writes one header field: fields with invalid names are
+// dropped, CR and LF in values become spaces (as net/http does).
+func writeField(bw *bufio.Writer, k string, vv []string) {
+	if !isToken(k) {
+		return
+	}
+	for _, v := range vv {
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
+			v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+		}
+		bw.WriteString(v)
+		bw.WriteString("\r\n")
+	}
+}
+
+// Date header values, formatted once a second.
+type dateValue struct {
+	sec int64
+	s   string
+}
+
+var dateCache atomic.Pointer[dateValue]
+
+func httpDate() string {
+	now := time.Now()
+	if d := dateCache.Load(); d != nil && d.sec == now.Unix() {
+		return d.s
+	}
+	d := &dateValue{sec: now.Unix(), s: now.UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.s
+}
+
+// tokenChars are RFC 9110's tchar.
+var tokenChars = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenChars[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// canonicalizeToken checks that b is a token and rewrites it in place in
+// canonical MIME form (textproto.CanonicalMIMEHeaderKey), so that the
+// header map's keys are substrings of the head.
+func canonicalizeToken(b []byte) bool {
+	upper := true
+	for i, c := range b {
+		if !tokenChars[c] {
+			return false
+		}
+		if upper && 'a' <= c && c <= 'z' {
+			b[i] = c - ('a' - 'A')
+		} else if !upper && 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// hostChars are httpguts.ValidHostHeader's.
+var hostChars = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = tokenChars[c] && c != '#' && c != '^' && c != '`' && c != '|'
+	}
+	for _, c := range "()*,:;=[]" {
+		t[c] = true
+	}
+	return t
+}()
+
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		if !hostChars[h[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// parseContentLength accepts only digits (no sign, no spaces, no list).
+func parseContentLength(s string) (int64, bool) {
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(s[i]-'0')
+	}
+	return n, true
+}
+
+// wantsClose is whether the client asked for the connection to end after
+// this request (HTTP/1.0 without keep-alive, or "Connection: close").
+func wantsClose(h http.Header, major, minor int) bool {
+	conn := h["Connection"]
+	if major == 1 && minor == 0 {
+		return !hasToken(conn, "keep-alive") || hasToken(conn, "close")
+	}
+	return hasToken(conn, "close")
+}
+
+// hasToken reports whether a comma-separated header contains token.
+func hasToken(vv []string, token string) bool {
+	for _, v := range vv {
+		for v != "" {
+			var f string
+			f, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(f), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
