@@ -53,7 +53,8 @@
 // marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke. HTTP/2 goes
 // through http.Transport; HTTP/1.1 through h1Client, a keep-alive pool that
 // sends each request on the handler's goroutine (cheaper per request than
-// the transport's goroutines per connection).
+// the transport's goroutines per connection), with the same wire code as
+// h1Server (h1wire.go).
 //
 // Known limits: a request body is buffered up front (for retries and
 // mirrors) only when its length is known and at most

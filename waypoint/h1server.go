@@ -136,7 +136,7 @@ func newH1Server(p *Proxy, opts *ServerOptions) *h1Server {
 		maxHeaderBytes:    opts.MaxHeaderBytes + 4096, // as net/http: the limit plus room for the request line
 		readHeaderTimeout: opts.ReadHeaderTimeout,
 		idleTimeout:       opts.IdleTimeout,
-		bgReadDelay:       10 * time.Millisecond,
+		bgReadDelay:       50 * time.Millisecond,
 		conns:             map[*h1ServerConn]struct{}{},
 	}
 }
