@@ -144,3 +144,48 @@ func BenchmarkStreamOpen(b *testing.B) {
 		c.Close()
 	}
 }
+
+// BenchmarkParallelRoundTrip runs 1 KiB echoes on concurrent streams that
+// share one pooled connection (the agent under many client connections);
+// "tls" gives each goroutine its own TLS connection.
+func BenchmarkParallelRoundTrip(b *testing.B) {
+	b.Run("hbone", func(b *testing.B) {
+		e := newEnv(b, nil, nil)
+		b.SetBytes(1024)
+		b.ReportAllocs()
+		b.SetParallelism(4)
+		b.RunParallel(func(pb *testing.PB) {
+			c, err := e.dialer.Dial(context.Background(), e.target())
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 1024)
+			for pb.Next() {
+				c.Write(buf)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("tls", func(b *testing.B) {
+		e := newEnv(b, nil, nil)
+		b.SetBytes(1024)
+		b.ReportAllocs()
+		b.SetParallelism(4)
+		b.RunParallel(func(pb *testing.PB) {
+			c := tlsPipe(b, e, func(c net.Conn) { io.Copy(c, c) })
+			buf := make([]byte, 1024)
+			for pb.Next() {
+				c.Write(buf)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
