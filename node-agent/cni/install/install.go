@@ -19,10 +19,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/meshlet/meshlet/node-agent/cni"
@@ -320,20 +322,81 @@ func writeLike(path string, data []byte) error {
 	return nil
 }
 
+// copied remembers, per destination, the source and destination files
+// copyBinary last found with the same bytes, so that Watch's polls every
+// Interval cost two stats instead of reading both binaries (megabytes each,
+// which the agent's heap would otherwise grow by).
+var copied sync.Map // dst path → copyStamp
+
+type copyStamp struct{ src, dst os.FileInfo }
+
 // copyBinary puts src at dst atomically unless dst already has its bytes.
 func copyBinary(src, dst string) error {
-	want, err := os.ReadFile(src)
+	sfi, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("read plugin binary: %w", err)
 	}
-	if have, err := os.ReadFile(dst); err == nil && bytes.Equal(have, want) {
-		return nil
+	dfi, derr := os.Stat(dst)
+	if v, ok := copied.Load(dst); ok && derr == nil {
+		if s := v.(copyStamp); unchanged(s.src, sfi) && unchanged(s.dst, dfi) {
+			return nil
+		}
+	}
+	if derr == nil && dfi.Size() == sfi.Size() {
+		if same, err := sameContents(src, dst); err == nil && same {
+			copied.Store(dst, copyStamp{sfi, dfi})
+			return nil
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("create CNI bin dir: %w", err)
 	}
-	if err := cni.WriteFileAtomic(dst, want, 0o755); err != nil {
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("read plugin binary: %w", err)
+	}
+	defer f.Close()
+	if err := cni.WriteAtomic(dst, 0o755, func(w io.Writer) error {
+		_, err := io.Copy(w, f)
+		return err
+	}); err != nil {
 		return fmt.Errorf("install plugin binary: %w", err)
 	}
+	if dfi, err := os.Stat(dst); err == nil {
+		copied.Store(dst, copyStamp{sfi, dfi})
+	}
 	return nil
+}
+
+// unchanged reports whether b is the file a was, not written since.
+func unchanged(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// sameContents compares two files chunk by chunk.
+func sameContents(a, b string) (bool, error) {
+	fa, err := os.Open(a)
+	if err != nil {
+		return false, err
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		return false, err
+	}
+	defer fb.Close()
+	ba, bb := make([]byte, 32<<10), make([]byte, 32<<10)
+	for {
+		na, ea := io.ReadFull(fa, ba)
+		nb, eb := io.ReadFull(fb, bb)
+		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+			return false, nil
+		}
+		if ea != nil || eb != nil { // both ended (io.EOF or ErrUnexpectedEOF), or one failed
+			if (ea == io.EOF || ea == io.ErrUnexpectedEOF) && (eb == io.EOF || eb == io.ErrUnexpectedEOF) {
+				return true, nil
+			}
+			return false, errors.Join(ea, eb)
+		}
+	}
 }

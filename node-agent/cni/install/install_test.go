@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -161,4 +162,59 @@ func TestInstallErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInstallKeepsBinaryCurrent: the plugin binary in the bin dir is put
+// back whenever someone changes or replaces it, and polls that find it
+// current neither rewrite it nor read it into memory.
+func TestInstallKeepsBinaryCurrent(t *testing.T) {
+	opts := testOpts(t)
+	kindnet, _ := os.ReadFile("testdata/kindnet.conflist")
+	os.WriteFile(filepath.Join(opts.ConfDir, "10-kindnet.conflist"), kindnet, 0o644)
+	want := bytes.Repeat([]byte("meshlet-cni "), 700_000) // 8.4 MB, as the real one
+	opts.Binary = filepath.Join(t.TempDir(), "meshlet-cni")
+	os.WriteFile(opts.Binary, want, 0o755)
+	dst := filepath.Join(opts.BinDir, cni.PluginType)
+	install := func(step string) {
+		t.Helper()
+		if _, err := Install(opts); err != nil {
+			t.Fatalf("%s: Install: %v", step, err)
+		}
+		if got, _ := os.ReadFile(dst); !bytes.Equal(got, want) {
+			t.Fatalf("%s: plugin binary is %d bytes, not the agent's %d", step, len(got), len(want))
+		}
+	}
+	install("first install")
+	first, _ := os.Stat(dst)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		if _, err := Install(opts); err != nil {
+			t.Fatalf("poll: Install: %v", err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if got, _ := os.Stat(dst); !os.SameFile(first, got) {
+		t.Errorf("polls rewrote an unchanged plugin binary")
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Errorf("10 polls allocated %d bytes: they read the binaries instead of checking them", alloc)
+	}
+
+	// Changed in place (same file, same size, other bytes).
+	changed := bytes.Clone(want)
+	copy(changed[len(changed)/2:], "XXXX")
+	os.WriteFile(dst, changed, 0o755)
+	install("after an in-place change")
+	// Replaced by another file of the same size.
+	other := filepath.Join(opts.BinDir, "other")
+	os.WriteFile(other, changed, 0o755)
+	os.Rename(other, dst)
+	install("after a replacement")
+	// Truncated, and removed.
+	os.WriteFile(dst, want[:100], 0o755)
+	install("after truncation")
+	os.Remove(dst)
+	install("after removal")
 }
