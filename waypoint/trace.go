@@ -1,8 +1,9 @@
 package waypoint
 
 import (
-	crand "crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -39,18 +40,22 @@ type traceContext struct {
 // through unchanged. An invalid traceparent is replaced, as the W3C spec
 // requires.
 func startTrace(h http.Header, samplePercent float64) traceContext {
-	// The outgoing traceparent is built in one buffer, with random IDs
-	// from one read, and the context's IDs are slices of that one string.
+	// The outgoing traceparent is built in one buffer, and the context's
+	// IDs are slices of that one string. The IDs come from math/rand/v2
+	// (as OpenTelemetry's SDKs take theirs from a non-cryptographic
+	// generator): unique and unpredictable enough, at a fraction of
+	// crypto/rand's cost per request.
 	var rnd [24]byte // span ID, then a new trace ID if one is needed
 	var tc traceContext
 	v, parent, flags, ok := parseTraceparent(get(h, "Traceparent"))
+	binary.LittleEndian.PutUint64(rnd[:8], rand.Uint64())
 	if ok {
-		crand.Read(rnd[:8])
 		tc.parentID, tc.sampled = parent, flags&1 == 1
 	} else {
-		crand.Read(rnd[:])
+		binary.LittleEndian.PutUint64(rnd[8:16], rand.Uint64())
+		binary.LittleEndian.PutUint64(rnd[16:], rand.Uint64())
 		tc.sampled = chance(samplePercent)
-		h.Del("Tracestate")
+		delete(h, "Tracestate")
 	}
 	var b [traceparentLen]byte
 	copy(b[:], "00-")
