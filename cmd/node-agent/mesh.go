@@ -25,8 +25,8 @@ import (
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
-	"github.com/meshlet/meshlet/pkg/xds"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // startMesh connects to meshd (xDS config and the CA) and returns the
@@ -106,12 +106,12 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 	}
 	xc, err = xdsclient.New(xdsclient.Options{
 		Address: f.meshdAddress, TLS: tlsCfg, Token: token,
-		NodeID:   xds.Principal{Role: xds.RoleNodeAgent, Node: f.nodeName}.NodeID(),
+		NodeID:   xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: f.nodeName}.NodeID(),
 		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
 		OnChange: rebuild,
 		// A meshd that did not sign them (restarted since) learns our
 		// certificates' expiry from this when we reconnect.
-		Metadata: func() *structpb.Struct { return xds.CertsMetadata(cm.Certificates()) },
+		Metadata: func() *structpb.Struct { return xdsnode.CertsMetadata(cm.Certificates()) },
 	})
 	if err != nil {
 		cm.Close()

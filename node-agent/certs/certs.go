@@ -24,7 +24,7 @@ import (
 
 	"github.com/meshlet/meshlet/pkg/ca/caclient"
 	"github.com/meshlet/meshlet/pkg/identity"
-	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // Options configures a Manager.
@@ -122,16 +122,16 @@ func (m *Manager) run(ctx context.Context, id spiffeid.ID, e *entry) {
 
 // Certificates lists the identities held with their current certificate's
 // expiry (reported to meshd in the xDS node metadata).
-func (m *Manager) Certificates() []xds.NodeCert {
+func (m *Manager) Certificates() []xdsnode.NodeCert {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]xds.NodeCert, 0, len(m.sources))
+	out := make([]xdsnode.NodeCert, 0, len(m.sources))
 	for id, e := range m.sources {
 		if exp := e.src.Expiry(); !exp.IsZero() {
-			out = append(out, xds.NodeCert{Identity: id.String(), NotAfter: exp})
+			out = append(out, xdsnode.NodeCert{Identity: id.String(), NotAfter: exp})
 		}
 	}
-	slices.SortFunc(out, func(a, b xds.NodeCert) int { return strings.Compare(a.Identity, b.Identity) })
+	slices.SortFunc(out, func(a, b xdsnode.NodeCert) int { return strings.Compare(a.Identity, b.Identity) })
 	return out
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -15,76 +14,24 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
-// Role is what kind of client a stream belongs to; it decides the view.
-type Role string
+// Role, Principal and the node id live in xdsnode, which clients import
+// without linking this server; these are their names here.
+type (
+	Role      = xdsnode.Role
+	Principal = xdsnode.Principal
+)
 
 const (
-	// RoleNodeAgent is a node agent: it reads its own node's workloads.
-	RoleNodeAgent Role = "node-agent"
-	// RoleWaypoint is a waypoint: it reads the workloads it serves.
-	RoleWaypoint Role = "waypoint"
+	RoleNodeAgent = xdsnode.RoleNodeAgent
+	RoleWaypoint  = xdsnode.RoleWaypoint
 )
 
-// Principal is who an authenticated client is and so what it may read.
-type Principal struct {
-	// Role selects the view.
-	Role Role
-	// Node is the node agent's Kubernetes node name (RoleNodeAgent only).
-	Node string
-	// Namespace and Name name the waypoint's Gateway (RoleWaypoint only),
-	// as istio.io/use-waypoint names it.
-	Namespace, Name string
-}
-
-// NodeID is the xDS node id a client with this principal must send:
-// "node-agent~<node>" or "waypoint~<namespace>/<name>".
-func (p Principal) NodeID() string {
-	switch p.Role {
-	case RoleNodeAgent:
-		return string(RoleNodeAgent) + "~" + p.Node
-	case RoleWaypoint:
-		return string(RoleWaypoint) + "~" + p.Namespace + "/" + p.Name
-	}
-	return ""
-}
-
-// Validate reports what is missing from p.
-func (p Principal) Validate() error {
-	switch p.Role {
-	case RoleNodeAgent:
-		if p.Node == "" {
-			return errors.New("node agent principal has no node name")
-		}
-	case RoleWaypoint:
-		if p.Namespace == "" || p.Name == "" {
-			return errors.New("waypoint principal needs a namespace and a name")
-		}
-	default:
-		return fmt.Errorf("unknown role %q (want %q or %q)", p.Role, RoleNodeAgent, RoleWaypoint)
-	}
-	return nil
-}
-
-// ParseNodeID is the inverse of Principal.NodeID.
-func ParseNodeID(id string) (Principal, error) {
-	role, rest, ok := strings.Cut(id, "~")
-	if !ok {
-		return Principal{}, fmt.Errorf("parse node id %q: want <role>~<name>", id)
-	}
-	p := Principal{Role: Role(role)}
-	switch p.Role {
-	case RoleNodeAgent:
-		p.Node = rest
-	case RoleWaypoint:
-		p.Namespace, p.Name, _ = strings.Cut(rest, "/")
-	}
-	if err := p.Validate(); err != nil {
-		return Principal{}, fmt.Errorf("parse node id %q: %w", id, err)
-	}
-	return p, nil
-}
+// ParseNodeID is xdsnode.ParseNodeID.
+var ParseNodeID = xdsnode.ParseNodeID
 
 // Authenticator decides who presented token (a Kubernetes service account
 // token, without the "Bearer " prefix). meshd backs it with a TokenReview and

@@ -140,7 +140,7 @@ type ClientStatus struct {
 	// LastNACK is the most recent rejection, nil if none.
 	LastNACK *NACK
 	// Certs are the certificates the client reported holding when it
-	// opened the stream (xds.MetadataCertificates).
+	// opened the stream (xdsnode.MetadataCertificates).
 	Certs []NodeCert
 }
 

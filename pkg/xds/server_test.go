@@ -16,6 +16,7 @@ import (
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 func nodeID(n string) string { return xds.Principal{Role: xds.RoleNodeAgent, Node: n}.NodeID() }
@@ -449,7 +450,7 @@ func TestReportedCertificates(t *testing.T) {
 	notAfter := time.Date(2031, 5, 4, 3, 2, 1, 0, time.UTC)
 	md := func() *structpb.Struct {
 		s := xds.CertsMetadata([]xds.NodeCert{{Identity: "spiffe://cluster.local/ns/shop/sa/cart", NotAfter: notAfter}})
-		list := s.Fields[xds.MetadataCertificates].GetListValue()
+		list := s.Fields[xdsnode.MetadataCertificates].GetListValue()
 		list.Values = append(list.Values,
 			structpb.NewStringValue("not an entry"),
 			structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{"identity": structpb.NewStringValue("spiffe://x/y")}}))

@@ -42,9 +42,9 @@ import (
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
-	"github.com/meshlet/meshlet/pkg/xds"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 	"github.com/meshlet/meshlet/waypoint"
 )
 
@@ -215,7 +215,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer s.dialer.Close()
 
-	node := xds.Principal{Role: xds.RoleWaypoint, Namespace: opts.Namespace, Name: opts.GatewayName}
+	node := xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: opts.Namespace, Name: opts.GatewayName}
 	s.xds, err = xdsclient.New(xdsclient.Options{
 		Address:  opts.MeshdAddress,
 		TLS:      opts.MeshdTLS,
@@ -227,7 +227,7 @@ func Run(ctx context.Context, opts Options) error {
 		// A meshd that did not sign it learns our certificate's expiry.
 		Metadata: func() *structpb.Struct {
 			if exp := s.svid.Expiry(); !exp.IsZero() {
-				return xds.CertsMetadata([]xds.NodeCert{{Identity: id.String(), NotAfter: exp}})
+				return xdsnode.CertsMetadata([]xdsnode.NodeCert{{Identity: id.String(), NotAfter: exp}})
 			}
 			return nil
 		},

@@ -28,6 +28,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 	"github.com/meshlet/meshlet/waypoint/app"
 
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
@@ -78,11 +79,11 @@ func startMeshd(t *testing.T) *meshd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xs, err := xds.New(xds.Options{Debounce: -1, Logger: quiet, Authenticate: func(_ context.Context, tok string) (xds.Principal, error) {
+	xs, err := xds.New(xds.Options{Debounce: -1, Logger: quiet, Authenticate: func(_ context.Context, tok string) (xdsnode.Principal, error) {
 		if tok != wpToken {
-			return xds.Principal{}, errors.New("unknown token")
+			return xdsnode.Principal{}, errors.New("unknown token")
 		}
-		return xds.Principal{Role: xds.RoleWaypoint, Namespace: wpNS, Name: wpGateway}, nil
+		return xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: wpNS, Name: wpGateway}, nil
 	}})
 	if err != nil {
 		t.Fatal(err)
