@@ -735,6 +735,10 @@ func (w *h1Response) reset(req *http.Request, body *h1ReqBody) {
 
 func (w *h1Response) Header() http.Header { return w.header }
 
+// adoptHeader makes h the response's header (see headerAdopter); the
+// connection keeps the map for its next responses.
+func (w *h1Response) adoptHeader(h http.Header) { w.header = h }
+
 func (w *h1Response) WriteHeader(code int) {
 	if w.wroteHeader {
 		return

@@ -399,8 +399,17 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	defer resp.Body.Close()
 
 	// 11. Response.
+	rec.grpcStatus = get(resp.Header, "Grpc-Status")
+	flush := streaming(resp, grpc)
 	h := w.Header()
-	copyHeader(h, resp.Header)
+	if a, ok := w.ResponseWriter.(headerAdopter); ok && len(h) == 0 && resp.Header != nil {
+		// The answer's header map becomes the response's: no copy of
+		// every field, and it is edited below as the copy would be.
+		a.adoptHeader(resp.Header)
+		h = resp.Header
+	} else {
+		copyHeader(h, resp.Header)
+	}
 	removeHopHeaders(h, false)
 	applyHeaderOps(h, spec.ResponseHeaders)
 	applyHeaderOps(h, d.spec.ResponseHeaders)
@@ -411,9 +420,8 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if len(announced) > 0 {
 		h.Add("Trailer", strings.Join(announced, ", "))
 	}
-	rec.grpcStatus = get(resp.Header, "Grpc-Status")
 	w.WriteHeader(resp.StatusCode)
-	if err := copyBody(w, resp.Body, streaming(resp, grpc)); err != nil {
+	if err := copyBody(w, resp.Body, flush); err != nil {
 		rec.flag(flagUpstreamReset)
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			rec.flag(flagUpstreamTimeout)
@@ -1226,6 +1234,10 @@ func upgradeType(h http.Header) string {
 	}
 	return ""
 }
+
+// headerAdopter is a ResponseWriter that can take a header map as its own
+// (h1Response), so that an upstream answer's fields need no copy.
+type headerAdopter interface{ adoptHeader(h http.Header) }
 
 // copyHeader sets dst's fields from src's. The value slices are shared, not
 // copied (one allocation less per field and request): src must not change
