@@ -174,6 +174,7 @@ type conn struct {
 }
 
 func newConn(nc net.Conn, cfg connConfig) *conn {
+	now := time.Now()
 	c := &conn{
 		nc:             nc,
 		cfg:            cfg,
@@ -187,9 +188,9 @@ func newConn(nc net.Conn, cfg connConfig) *conn {
 		peerMaxFrame:   16 << 10,
 		sendWindow:     65535,
 		recvWindow:     65535,
-		idleSince:      time.Now(),
-		controlRate:    rateLimit{max: maxControlFramesPerSecond},
-		resetRate:      rateLimit{max: maxResetsPerSecond},
+		idleSince:      now,
+		controlRate:    rateLimit{start: now, max: maxControlFramesPerSecond},
+		resetRate:      rateLimit{start: now, max: maxResetsPerSecond},
 	}
 	if cfg.server {
 		c.peerMaxStreams = math.MaxUint32 // a client opens no streams
@@ -318,7 +319,9 @@ func (c *conn) readFrames() error {
 	}
 }
 
-// rateLimit counts events per one-second window.
+// rateLimit bounds events to max per second: n counts events since start,
+// and only when it passes max is the clock read, to open a new window if
+// the old one is over a second old or refuse if it is not.
 type rateLimit struct {
 	start time.Time
 	n     int
@@ -1013,7 +1016,15 @@ func (s *stream) read(ctx context.Context, p []byte) (int, error) {
 			break
 		}
 		if s.recvEnd {
+			// A peer's error reset after its END_STREAM still fails a
+			// reader that has not taken the end yet, as a TCP RST after a
+			// FIN does: a handler that half-closed and then failed is not a
+			// clean end. RST_STREAM NO_ERROR (RFC 9113 §8.1) is.
+			se, ok := s.resetErr.(streamError)
 			c.mu.Unlock()
+			if ok && se.remote && se.code != http2.ErrCodeNo {
+				return 0, se
+			}
 			return 0, io.EOF
 		}
 		if s.resetErr != nil {

@@ -4,7 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 )
+
+// errConnReset: conn's data ended with a TCP reset that its read reported
+// as io.EOF.
+var errConnReset = errors.New("connection reset by peer")
 
 // HalfConn is a connection whose write side can be closed on its own, such
 // as *net.TCPConn, *Conn or a server Stream.
@@ -25,15 +30,23 @@ func Relay(stream Stream, conn HalfConn) error {
 		err      error
 	}
 	done := make(chan result, 2)
+	var connWriteClosed atomic.Bool
 	go func() {
 		_, err := io.Copy(conn, stream)
 		if err == nil {
+			connWriteClosed.Store(true)
 			err = conn.CloseWrite()
 		}
 		done <- result{false, err}
 	}()
 	go func() {
 		_, err := io.Copy(stream, conn)
+		// A reset must not pass for the end of conn's data: the state is
+		// read before the flag, so a CLOSE state with the flag unset cannot
+		// come from our own FIN.
+		if err == nil && resetByPeer(conn) && !connWriteClosed.Load() {
+			err = errConnReset
+		}
 		if err == nil {
 			err = stream.CloseWrite()
 		}
