@@ -7,6 +7,13 @@
 // proxied connection, refusing a server whose SPIFFE ID is not the one
 // expected.
 //
+// The HTTP/2 layer is the package's own (conn.go), framed by x/net's
+// http2.Framer and hpack: one goroutine per connection reads frames into the
+// streams' buffers, and writes go out on the caller's goroutine, one flush
+// per Write. It serves CONNECT streams only, and bounds what a network peer
+// can make it hold: concurrent streams, header size, flow-control windows,
+// and PING, SETTINGS and RST_STREAM rates.
+//
 // The client's original source address travels in a Forwarded header
 // (RFC 7239): `Forwarded: for="<ip>:<port>"` (IPv6 as "[ip]:port"), the header
 // Istio's ztunnel also sets on HBONE CONNECT requests.
