@@ -8,12 +8,10 @@ import (
 	"sync"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/meshlet/meshlet/node-agent/agent"
 	"github.com/meshlet/meshlet/node-agent/dnsproxy"
 	"github.com/meshlet/meshlet/node-agent/ebpf"
+	"github.com/meshlet/meshlet/node-agent/kube"
 	"github.com/meshlet/meshlet/node-agent/mesh"
 )
 
@@ -22,7 +20,7 @@ import (
 // Service of kube-system (CoreDNS), looked up again at most every 30s until
 // found.
 type clusterDNS struct {
-	client kubernetes.Interface
+	client *kube.Client
 	fixed  string
 
 	mu      sync.Mutex
@@ -42,7 +40,7 @@ func (c *clusterDNS) upstream() string {
 	c.checked = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	svc, err := c.client.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+	svc, err := c.client.GetService(ctx, "kube-system", "kube-dns")
 	if err != nil || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == "None" {
 		log.Printf("dns proxy: find the cluster DNS (kube-system/kube-dns): %v; pass --dns-upstream", err)
 		return ""
@@ -55,7 +53,7 @@ func (c *clusterDNS) upstream() string {
 // mesh does not know to the resolver the pod asked, as dp recorded it; nil
 // (no capture of the pods' DNS) without the mesh, whose model it answers
 // from.
-func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client kubernetes.Interface, upstream string, disabled bool) func(string) (io.Closer, error) {
+func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream string, disabled bool) func(string) (io.Closer, error) {
 	mm, ok := m.(*mesh.Mesh)
 	if !ok || disabled {
 		return nil

@@ -6,11 +6,9 @@ import (
 	"sync/atomic"
 
 	appsv1 "k8s.io/api/apps/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshlet/meshlet/node-agent/kube"
 )
 
 // uninstallWatch tells a rolling update from an uninstall when the agent is
@@ -26,17 +24,13 @@ type uninstallWatch struct {
 	deleting atomic.Bool
 }
 
-func watchOwnDaemonSet(ctx context.Context, client kubernetes.Interface, namespace, name string) *uninstallWatch {
+func watchOwnDaemonSet(ctx context.Context, client *kube.Client, namespace, name string) *uninstallWatch {
 	w := &uninstallWatch{}
 	if namespace == "" || name == "" {
 		log.Printf("uninstall detection off: no --daemonset-name or POD_NAMESPACE; pins and CNI entry stay on exit")
 		return w
 	}
-	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-		}))
-	inf := f.Apps().V1().DaemonSets().Informer()
+	inf := cache.NewSharedIndexInformer(client.DaemonSet(namespace, name), &appsv1.DaemonSet{}, 0, cache.Indexers{})
 	mark := func(obj any) {
 		if ds, ok := obj.(*appsv1.DaemonSet); ok && ds.DeletionTimestamp != nil {
 			w.deleting.Store(true)
@@ -47,7 +41,7 @@ func watchOwnDaemonSet(ctx context.Context, client kubernetes.Interface, namespa
 		UpdateFunc: func(_, n any) { mark(n) },
 		DeleteFunc: func(any) { w.deleting.Store(true) },
 	})
-	f.Start(ctx.Done())
+	go inf.RunWithContext(ctx)
 	return w
 }
 

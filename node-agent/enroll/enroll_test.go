@@ -134,7 +134,7 @@ func TestReconcilerLive(t *testing.T) {
 	var self atomic.Pointer[Reconciler]
 	var readyEarly atomic.Bool // Synced before a pod that ran at start was enrolled
 	r, err := New(Options{
-		Client: client, NodeName: node, SnapshotPath: snap, Errorf: t.Logf,
+		Client: clientsetAPI{client}, NodeName: node, SnapshotPath: snap, Errorf: t.Logf,
 		Enroll: func(_ context.Context, p Pod) error {
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
@@ -225,7 +225,7 @@ func TestCNIAdd(t *testing.T) {
 	var enrolled []Pod
 	failing := false
 	r, err := New(Options{
-		Client: client, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"),
+		Client: clientsetAPI{client}, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"),
 		Enroll: func(_ context.Context, p Pod) error {
 			if failing {
 				return context.DeadlineExceeded
@@ -286,7 +286,7 @@ func TestCNIAddNodePath(t *testing.T) {
 	client := fake.NewClientset(ns("shop", map[string]string{Label: ModeAmbient}), pod("shop", "new", node, "", nil))
 	var got Pod
 	r, err := New(Options{
-		Client: client, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"), NetnsDir: dir,
+		Client: clientsetAPI{client}, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"), NetnsDir: dir,
 		Enroll:   func(_ context.Context, p Pod) error { got = p; return nil },
 		Unenroll: func(context.Context, Pod) error { return nil },
 	})
@@ -347,7 +347,7 @@ func TestReconcilerReadyWaitsForFailedEnrollment(t *testing.T) {
 				lines []string
 			}
 			r, err := New(Options{
-				Client: client, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "enrollment.json"),
+				Client: clientsetAPI{client}, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "enrollment.json"),
 				SyncGrace: 300 * time.Millisecond,
 				Errorf: func(format string, args ...any) {
 					logs.Lock()

@@ -16,22 +16,30 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/meshlet/meshlet/node-agent/cni"
+	"github.com/meshlet/meshlet/node-agent/kube"
 )
+
+// API is what the reconciler reads from the API server.
+type API interface {
+	// PodsOnNode lists and watches the pods scheduled to a node.
+	PodsOnNode(node string) cache.ListerWatcher
+	// Namespaces lists and watches all namespaces.
+	Namespaces() cache.ListerWatcher
+	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+	GetNamespace(ctx context.Context, name string) (*corev1.Namespace, error)
+}
 
 // Options configures a Reconciler.
 type Options struct {
-	// Client talks to the API server. Required.
-	Client kubernetes.Interface
+	// Client reads pods and namespaces from the API server (node-agent/kube).
+	// Required.
+	Client API
 	// NodeName is this node; only its pods are considered. Required.
 	NodeName string
 	// Enroll puts a pod in the mesh. It is called again with new facts
@@ -69,13 +77,12 @@ type Options struct {
 
 // Reconciler keeps this node's enrollment in step with the API.
 type Reconciler struct {
-	opts      Options
-	pods      corelisters.PodLister
-	nss       corelisters.NamespaceLister
-	podInf    cache.SharedIndexInformer
-	nsInf     cache.SharedIndexInformer
-	factories []informers.SharedInformerFactory
-	queue     workqueue.TypedRateLimitingInterface[string]
+	opts   Options
+	pods   corelisters.PodLister
+	nss    corelisters.NamespaceLister
+	podInf cache.SharedIndexInformer
+	nsInf  cache.SharedIndexInformer
+	queue  workqueue.TypedRateLimitingInterface[string]
 
 	hasSynced []cache.InformerSynced
 	synced    atomic.Bool // informers synced and the pods found then reconciled
@@ -118,21 +125,23 @@ func New(opts Options) (*Reconciler, error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	podF := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", opts.NodeName).String()
-		}))
-	nsF := informers.NewSharedInformerFactory(opts.Client, opts.Resync)
+	podInf := cache.NewSharedIndexInformer(opts.Client.PodsOnNode(opts.NodeName), &corev1.Pod{}, opts.Resync,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	nsInf := cache.NewSharedIndexInformer(opts.Client.Namespaces(), &corev1.Namespace{}, opts.Resync, cache.Indexers{})
+	for _, inf := range []cache.SharedIndexInformer{podInf, nsInf} {
+		if err := inf.SetTransform(kube.DropManagedFields); err != nil {
+			return nil, err
+		}
+	}
 	r := &Reconciler{
-		opts:      opts,
-		pods:      podF.Core().V1().Pods().Lister(),
-		nss:       nsF.Core().V1().Namespaces().Lister(),
-		podInf:    podF.Core().V1().Pods().Informer(),
-		nsInf:     nsF.Core().V1().Namespaces().Informer(),
-		factories: []informers.SharedInformerFactory{podF, nsF},
-		queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
-		enrolled:  map[string]Pod{},
-		cniNetns:  map[string]string{},
+		opts:     opts,
+		pods:     corelisters.NewPodLister(podInf.GetIndexer()),
+		nss:      corelisters.NewNamespaceLister(nsInf.GetIndexer()),
+		podInf:   podInf,
+		nsInf:    nsInf,
+		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		enrolled: map[string]Pod{},
+		cniNetns: map[string]string{},
 	}
 	enqueuePod := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -176,14 +185,15 @@ func nsKey(name string) string { return "ns:" + name }
 // Run watches until ctx ends. It unenrolls nothing on the way out: the
 // datapath state outlives the agent, and the next agent adopts it.
 func (r *Reconciler) Run(ctx context.Context) error {
-	for _, f := range r.factories {
-		f.Start(ctx.Done())
+	ictx, stopInformers := context.WithCancel(ctx)
+	var informers sync.WaitGroup
+	for _, inf := range []cache.SharedIndexInformer{r.podInf, r.nsInf} {
+		informers.Go(func() { inf.RunWithContext(ictx) })
 	}
 	defer func() {
 		r.queue.ShutDown()
-		for _, f := range r.factories {
-			f.Shutdown()
-		}
+		stopInformers()
+		informers.Wait()
 	}()
 	if !cache.WaitForCacheSync(ctx.Done(), r.hasSynced...) {
 		return fmt.Errorf("sync pod and namespace informers: %w", ctx.Err())
@@ -474,14 +484,14 @@ func (r *Reconciler) getPod(ctx context.Context, ns, name string) (*corev1.Pod, 
 	if p, err := r.pods.Pods(ns).Get(name); err == nil {
 		return p, nil
 	}
-	return r.opts.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	return r.opts.Client.GetPod(ctx, ns, name)
 }
 
 func (r *Reconciler) getNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
 	if ns, err := r.nss.Get(name); err == nil {
 		return ns, nil
 	}
-	return r.opts.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	return r.opts.Client.GetNamespace(ctx, name)
 }
 
 // writeSnapshot records the ambient namespaces for the CNI plugin, when

@@ -1,0 +1,119 @@
+// Package kube is the node agent's Kubernetes client: only the core/v1 and
+// apps/v1 kinds it reads, with a scheme of its own. client-go's clientset
+// registers every API group and links a typed client for each; in the agent
+// that was most of its code and of its resident memory, on every node.
+//
+// It must not grow into a general client: a kind the agent starts to read
+// gets a method here.
+package kube
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+)
+
+var codecs = func() serializer.CodecFactory {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err) // generated registrations: cannot fail
+		}
+	}
+	// ListOptions and friends, unversioned, as client-go's scheme has them.
+	metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
+	return serializer.NewCodecFactory(s)
+}()
+
+// Client reads pods, namespaces and services (core/v1) and daemonsets
+// (apps/v1).
+type Client struct {
+	core, apps *rest.RESTClient
+}
+
+// New returns a Client for the API server cfg points at. It asks for
+// protobuf, which costs the agent less to decode than JSON.
+func New(cfg *rest.Config) (*Client, error) {
+	core, err := restClient(cfg, corev1.SchemeGroupVersion, "/api")
+	if err != nil {
+		return nil, err
+	}
+	apps, err := restClient(cfg, appsv1.SchemeGroupVersion, "/apis")
+	if err != nil {
+		return nil, err
+	}
+	return &Client{core: core, apps: apps}, nil
+}
+
+func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (*rest.RESTClient, error) {
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &gv
+	c.APIPath = apiPath
+	c.NegotiatedSerializer = codecs.WithoutConversion()
+	c.ContentType = runtime.ContentTypeProtobuf
+	c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for %s: %w", gv, err)
+	}
+	return rc, nil
+}
+
+// PodsOnNode lists and watches the pods scheduled to node.
+func (c *Client) PodsOnNode(node string) cache.ListerWatcher {
+	return cache.NewListWatchFromClient(c.core, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
+}
+
+// Namespaces lists and watches all namespaces.
+func (c *Client) Namespaces() cache.ListerWatcher {
+	return cache.NewListWatchFromClient(c.core, "namespaces", metav1.NamespaceAll, fields.Everything())
+}
+
+// DaemonSet lists and watches one daemonset.
+func (c *Client) DaemonSet(namespace, name string) cache.ListerWatcher {
+	return cache.NewListWatchFromClient(c.apps, "daemonsets", namespace, fields.OneTermEqualSelector("metadata.name", name))
+}
+
+// GetPod reads one pod.
+func (c *Client) GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+	return get(ctx, c.core.Get().Namespace(namespace).Resource("pods").Name(name), &corev1.Pod{})
+}
+
+// GetNamespace reads one namespace.
+func (c *Client) GetNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	return get(ctx, c.core.Get().Resource("namespaces").Name(name), &corev1.Namespace{})
+}
+
+// GetService reads one service.
+func (c *Client) GetService(ctx context.Context, namespace, name string) (*corev1.Service, error) {
+	return get(ctx, c.core.Get().Namespace(namespace).Resource("services").Name(name), &corev1.Service{})
+}
+
+func get[T runtime.Object](ctx context.Context, r *rest.Request, into T) (T, error) {
+	if err := r.Do(ctx).Into(into); err != nil {
+		var none T
+		return none, err
+	}
+	return into, nil
+}
+
+// DropManagedFields is an informer transform (SetTransform) that drops what
+// the agent never reads and would otherwise keep for every object it caches.
+func DropManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
