@@ -103,14 +103,16 @@ func TestHBONEBetweenPods(t *testing.T) {
 		}
 	}()
 
-	expectID := idDB
+	// Read by the proxy's goroutines, changed by the test below.
+	var expectID atomic.Pointer[string]
+	expectID.Store(new(idDB))
 	bApp := netip.AddrPortFrom(nb.Addr, 8080)
 	start := func(p proxy.Pod) *proxy.Proxy {
 		px, err := proxy.Start(proxy.Options{
 			Pod: p, Mark: mark, ReturnMark: 0x1000, Errorf: t.Logf,
 			OriginalDst: func(net.Conn) (netip.AddrPort, error) { return bApp, nil },
 			Resolve: func(proxy.Pod, netip.AddrPort) (proxy.Destination, bool) {
-				return proxy.Destination{Target: bApp, Via: netip.AddrPortFrom(nb.Addr, proxy.PortTunnel), Identity: expectID}, true
+				return proxy.Destination{Target: bApp, Via: netip.AddrPortFrom(nb.Addr, proxy.PortTunnel), Identity: *expectID.Load()}, true
 			},
 			DialTunnel:  tn.Dial,
 			ServeTunnel: func(ln net.Listener, h proxy.StreamHandler) error { return tn.Serve(p, ln, h) },
@@ -159,7 +161,7 @@ func TestHBONEBetweenPods(t *testing.T) {
 
 	// The model expects another identity at B: A's agent refuses to talk to
 	// B, so A's app gets a reset, and B's app sees nothing.
-	expectID = "spiffe://cluster.local/ns/shop/sa/not-db"
+	expectID.Store(new("spiffe://cluster.local/ns/shop/sa/not-db"))
 	if got, err := call(); err == nil && got != "" {
 		t.Errorf("call with a wrong expected peer served %d bytes; want a reset", len(got))
 	}
