@@ -264,6 +264,8 @@ ticks=$(getconf CLK_TCK)
 cpu_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 sys_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done; echo "$t"; }
 rss_mb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo "scale=1; $t / 1024" | bc; }
+# rss_split pid: "<anonymous> MB heap and stacks + <file-backed> MB (the binary)"
+rss_split() { awk '/RssAnon/{a=$2} /RssFile/{f=$2} END {printf "%.1f MB anonymous + %.1f MB file-backed (the binary)\n", a/1024, f/1024}' "/proc/$1/status"; }
 # mtls_opened: connections the node 1 agent tunnelled with mutual TLS for the ambient namespace.
 mtls_opened() { curl -s --max-time 5 "http://$ip1:15020/metrics" |
   awk -v ns="source_workload_namespace=\"$nsm\"" 'index($0, "istio_tcp_connections_opened_total{") == 1 &&
@@ -354,7 +356,7 @@ EOF
 kubectl -n "$nsm" rollout status deployment/idle --timeout=6m >/dev/null
 enrolled=$(kubectl -n "$nsm" get pods --field-selector spec.nodeName=$node1,status.phase=Running --no-headers | wc -l)
 sleep 15 # let the agent settle (certificates, listeners) before reading RSS
-rss_50=$(rss_mb "$a1")
+rss_50=$(rss_mb "$a1"); split_50=$(rss_split "$a1")
 
 # Medians over the rounds.
 med() { # path column(1-based in the results line)
@@ -406,7 +408,7 @@ dirty=$(git status --porcelain --untracked-files=no -- cmd node-agent pkg bpf | 
     printf "  %-14s %10.3f (%.3f sys) %16.3f %14.3f\n" "$p" "${K1[$p]}" "${KS1[$p]}" "${K2[$p]}" "${KH[$p]}"
   done
   echo
-  echo "node agent RSS ($node1): idle $rss_idle MB; after the load $rss_load MB ($node2: $rss2_load MB); with $enrolled enrolled pods on $node1 $rss_50 MB"
+  echo "node agent RSS ($node1): idle $rss_idle MB; after the load $rss_load MB ($node2: $rss2_load MB); with $enrolled enrolled pods on $node1 $rss_50 MB ($split_50)"
   echo "haproxy pair RSS after the load: $rss_hap MB"
   echo "mutual-TLS connections the $node1 agent opened for $nsm during the runs: $((mtls1 - mtls0))"
   echo
