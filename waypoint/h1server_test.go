@@ -2,13 +2,11 @@ package waypoint
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -270,27 +268,6 @@ func TestH1Trailers(t *testing.T) {
 	if got := a.resp.Trailer.Get("X-Sum"); got != "42" || a.body != "body" {
 		t.Errorf("answer %q with trailer X-Sum %q; want \"body\" and 42", a.body, got)
 	}
-}
-
-// startWith runs a Proxy with cfg and opts on a loopback listener and
-// returns its address and a stop func that ends Serve and waits for it.
-func startWith(t *testing.T, cfg *Config, opts ServerOptions) (string, func()) {
-	t.Helper()
-	p, err := New(Options{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); p.Serve(ctx, l, opts) }()
-	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done; p.Close() }) }
-	t.Cleanup(stop)
-	return l.Addr().String(), stop
 }
 
 // TestH1Timeouts: a client that sends half a head is cut off after

@@ -249,3 +249,30 @@ func sampleValue(m *dto.Metric) float64 {
 var _ = policy.Allow
 
 type dtoLabel = dto.LabelPair
+
+// serve runs p with opts on a loopback listener and returns its address and
+// a stop func that ends Serve, waits for it and closes p (also at cleanup).
+func serve(t *testing.T, p *Proxy, opts ServerOptions) (string, func()) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ctx, l, opts) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done; p.Close() }) }
+	t.Cleanup(stop)
+	return l.Addr().String(), stop
+}
+
+// startWith is serve for a Proxy with only cfg.
+func startWith(t *testing.T, cfg *Config, opts ServerOptions) (string, func()) {
+	t.Helper()
+	p, err := New(Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serve(t, p, opts)
+}

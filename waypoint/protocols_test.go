@@ -226,21 +226,7 @@ func TestHTTP2(t *testing.T) {
 	app := &named{name: "app"}
 	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
 	cert := selfSigned(t)
-	p, err := New(Options{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.Serve(ctx, l, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	addr, _ := startWith(t, cfg, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}})
 	pool := x509.NewCertPool()
 	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
 	pool.AddCert(leaf)
@@ -250,13 +236,13 @@ func TestHTTP2(t *testing.T) {
 		client *http.Client
 		url    string
 	}{
-		{name: "h2 over TLS", url: "https://" + l.Addr().String(), client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}},
-		{name: "h2c prior knowledge", url: "http://" + l.Addr().String(), client: func() *http.Client {
+		{name: "h2 over TLS", url: "https://" + addr, client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}},
+		{name: "h2c prior knowledge", url: "http://" + addr, client: func() *http.Client {
 			var protos http.Protocols
 			protos.SetUnencryptedHTTP2(true)
 			return &http.Client{Transport: &http.Transport{Protocols: &protos}}
 		}()},
-		{name: "http/1.1 over TLS", url: "https://" + l.Addr().String(), client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}},
+		{name: "http/1.1 over TLS", url: "https://" + addr, client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -326,17 +312,7 @@ func TestMutualTLSIngressIdentityAndPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.Serve(ctx, l, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	addr, _ := serve(t, p, ServerOptions{TLSConfig: &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}})
 
 	tests := []struct {
 		name     string
@@ -350,7 +326,7 @@ func TestMutualTLSIngressIdentityAndPolicy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cert := issue(t, ca, caKey, tt.id, int64(10+i))
 			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}, ForceAttemptHTTP2: true}}
-			resp, err := c.Get("https://" + l.Addr().String() + "/")
+			resp, err := c.Get("https://" + addr + "/")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -362,7 +338,7 @@ func TestMutualTLSIngressIdentityAndPolicy(t *testing.T) {
 	}
 	// Without a client certificate the handshake fails.
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	if resp, err := c.Get("https://" + l.Addr().String() + "/"); err == nil {
+	if resp, err := c.Get("https://" + addr + "/"); err == nil {
 		resp.Body.Close()
 		t.Error("GET without a client certificate succeeded; want a TLS failure")
 	}
