@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshlet/meshlet/pkg/ca"
-	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // gatewayNameLabel marks the pods of a Gateway API gateway (and so of an
@@ -44,15 +44,15 @@ func (a *access) podOf(ctx context.Context, c ca.Caller) (*corev1.Pod, error) {
 }
 
 // authenticateXDS is the xds.Authenticator.
-func (a *access) authenticateXDS(ctx context.Context, token string) (xds.Principal, error) {
+func (a *access) authenticateXDS(ctx context.Context, token string) (xdsnode.Principal, error) {
 	c, err := a.reviewer.Authenticate(ctx, token)
 	if err != nil {
-		return xds.Principal{}, err
+		return xdsnode.Principal{}, err
 	}
 	var pod *corev1.Pod
 	if c.NodeName == "" || c.Namespace+"/"+c.ServiceAccount != a.nodeAgentSA {
 		if pod, err = a.podOf(ctx, c); err != nil {
-			return xds.Principal{}, err
+			return xdsnode.Principal{}, err
 		}
 	}
 	return principalFor(c, pod, a.nodeAgentSA)
@@ -60,12 +60,12 @@ func (a *access) authenticateXDS(ctx context.Context, token string) (xds.Princip
 
 // principalFor maps an authenticated caller (and its pod, when looked up)
 // to the xDS view it may read.
-func principalFor(c ca.Caller, pod *corev1.Pod, nodeAgentSA string) (xds.Principal, error) {
+func principalFor(c ca.Caller, pod *corev1.Pod, nodeAgentSA string) (xdsnode.Principal, error) {
 	if c.ServiceAccount == "" {
-		return xds.Principal{}, fmt.Errorf("caller %q is not a service account", c.Username)
+		return xdsnode.Principal{}, fmt.Errorf("caller %q is not a service account", c.Username)
 	}
 	if pod != nil && (pod.Namespace != c.Namespace || pod.Spec.ServiceAccountName != c.ServiceAccount) {
-		return xds.Principal{}, fmt.Errorf("pod %s/%s does not run as service account %s/%s", pod.Namespace, pod.Name, c.Namespace, c.ServiceAccount)
+		return xdsnode.Principal{}, fmt.Errorf("pod %s/%s does not run as service account %s/%s", pod.Namespace, pod.Name, c.Namespace, c.ServiceAccount)
 	}
 	if c.Namespace+"/"+c.ServiceAccount == nodeAgentSA {
 		node := c.NodeName
@@ -73,14 +73,14 @@ func principalFor(c ca.Caller, pod *corev1.Pod, nodeAgentSA string) (xds.Princip
 			node = pod.Spec.NodeName
 		}
 		if node == "" {
-			return xds.Principal{}, fmt.Errorf("node agent %s has no node yet", c.Username)
+			return xdsnode.Principal{}, fmt.Errorf("node agent %s has no node yet", c.Username)
 		}
-		return xds.Principal{Role: xds.RoleNodeAgent, Node: node}, nil
+		return xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: node}, nil
 	}
 	if pod != nil && pod.Labels[gatewayNameLabel] != "" {
-		return xds.Principal{Role: xds.RoleWaypoint, Namespace: pod.Namespace, Name: pod.Labels[gatewayNameLabel]}, nil
+		return xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: pod.Namespace, Name: pod.Labels[gatewayNameLabel]}, nil
 	}
-	return xds.Principal{}, fmt.Errorf("service account %s/%s is neither the node agent's (%s) nor a waypoint's (pod label %s)", c.Namespace, c.ServiceAccount, nodeAgentSA, gatewayNameLabel)
+	return xdsnode.Principal{}, fmt.Errorf("service account %s/%s is neither the node agent's (%s) nor a waypoint's (pod label %s)", c.Namespace, c.ServiceAccount, nodeAgentSA, gatewayNameLabel)
 }
 
 // authorizeCSR is the ca.Authorizer: any service account may hold its own

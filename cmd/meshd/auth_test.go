@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/pkg/ca"
-	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 func pod(ns, name, sa, node string, labels map[string]string) *corev1.Pod {
@@ -30,16 +30,16 @@ func TestPrincipalFor(t *testing.T) {
 		name    string
 		caller  ca.Caller
 		pod     *corev1.Pod
-		want    xds.Principal
+		want    xdsnode.Principal
 		wantErr string
 	}{
-		{"node agent, node from the token", withNode, nil, xds.Principal{Role: xds.RoleNodeAgent, Node: "node-a"}, ""},
-		{"node agent, node from its pod", agent, pod("meshlet-system", "agent-1", "meshlet-node-agent", "node-b", nil), xds.Principal{Role: xds.RoleNodeAgent, Node: "node-b"}, ""},
-		{"node agent not scheduled yet", agent, pod("meshlet-system", "agent-1", "meshlet-node-agent", "", nil), xds.Principal{}, "has no node"},
-		{"waypoint", wp, pod("ns1", "waypoint-x", "waypoint", "node-a", map[string]string{gatewayNameLabel: "waypoint"}), xds.Principal{Role: xds.RoleWaypoint, Namespace: "ns1", Name: "waypoint"}, ""},
-		{"application pod", app, pod("ns1", "web-1", "web", "node-a", nil), xds.Principal{}, "neither the node agent's"},
-		{"pod of another service account", app, pod("ns1", "web-1", "other", "node-a", map[string]string{gatewayNameLabel: "waypoint"}), xds.Principal{}, "does not run as"},
-		{"not a service account", ca.Caller{Username: "alice"}, nil, xds.Principal{}, "not a service account"},
+		{"node agent, node from the token", withNode, nil, xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: "node-a"}, ""},
+		{"node agent, node from its pod", agent, pod("meshlet-system", "agent-1", "meshlet-node-agent", "node-b", nil), xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: "node-b"}, ""},
+		{"node agent not scheduled yet", agent, pod("meshlet-system", "agent-1", "meshlet-node-agent", "", nil), xdsnode.Principal{}, "has no node"},
+		{"waypoint", wp, pod("ns1", "waypoint-x", "waypoint", "node-a", map[string]string{gatewayNameLabel: "waypoint"}), xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: "ns1", Name: "waypoint"}, ""},
+		{"application pod", app, pod("ns1", "web-1", "web", "node-a", nil), xdsnode.Principal{}, "neither the node agent's"},
+		{"pod of another service account", app, pod("ns1", "web-1", "other", "node-a", map[string]string{gatewayNameLabel: "waypoint"}), xdsnode.Principal{}, "does not run as"},
+		{"not a service account", ca.Caller{Username: "alice"}, nil, xdsnode.Principal{}, "not a service account"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // TestGRPCServer: xDS and certificate signing share one TLS port whose
@@ -49,9 +50,9 @@ func TestGRPCServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xsrv, err := xds.New(xds.Options{Logger: quiet, Debounce: 10 * time.Millisecond, Authenticate: func(_ context.Context, tok string) (xds.Principal, error) {
+	xsrv, err := xds.New(xds.Options{Logger: quiet, Debounce: 10 * time.Millisecond, Authenticate: func(_ context.Context, tok string) (xdsnode.Principal, error) {
 		if tok != "agent-token" {
-			return xds.Principal{}, ca.ErrUnauthenticated
+			return xdsnode.Principal{}, ca.ErrUnauthenticated
 		}
 		return principalFor(caller, nil, "meshlet-system/meshlet-node-agent")
 	}})

@@ -21,6 +21,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // memStore is a ca.Store held in memory, standing for the cacerts Secret.
@@ -65,8 +66,8 @@ func TestRootRotationDistributesBeforeSigning(t *testing.T) {
 	}
 	oldRoot, newRoot := authority.Roots()[0], mustRoot(t, newKeys)
 
-	xsrv, err := xds.New(xds.Options{Logger: quiet, Debounce: 10 * time.Millisecond, Authenticate: func(context.Context, string) (xds.Principal, error) {
-		return xds.Principal{Role: xds.RoleNodeAgent, Node: "node-a"}, nil
+	xsrv, err := xds.New(xds.Options{Logger: quiet, Debounce: 10 * time.Millisecond, Authenticate: func(context.Context, string) (xdsnode.Principal, error) {
+		return xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: "node-a"}, nil
 	}})
 	if err != nil {
 		t.Fatal(err)

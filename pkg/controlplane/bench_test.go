@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // scaleInputs builds a cluster of pods and services spread over 10
@@ -230,8 +231,8 @@ func BenchmarkMeshdMemory10kPods(b *testing.B) {
 		if len(rej) != 0 {
 			b.Fatalf("rejections: %v", rej[0])
 		}
-		srv, err := xds.New(xds.Options{Authenticate: func(context.Context, string) (xds.Principal, error) {
-			return xds.Principal{}, errors.New("no clients in this benchmark")
+		srv, err := xds.New(xds.Options{Authenticate: func(context.Context, string) (xdsnode.Principal, error) {
+			return xdsnode.Principal{}, errors.New("no clients in this benchmark")
 		}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			b.Fatal(err)

@@ -18,25 +18,10 @@ import (
 	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
-// Role, Principal and the node id live in xdsnode, which clients import
-// without linking this server; these are their names here.
-type (
-	Role      = xdsnode.Role
-	Principal = xdsnode.Principal
-)
-
-const (
-	RoleNodeAgent = xdsnode.RoleNodeAgent
-	RoleWaypoint  = xdsnode.RoleWaypoint
-)
-
-// ParseNodeID is xdsnode.ParseNodeID.
-var ParseNodeID = xdsnode.ParseNodeID
-
 // Authenticator decides who presented token (a Kubernetes service account
 // token, without the "Bearer " prefix). meshd backs it with a TokenReview and
 // a pod lookup; it returns an error for anything it cannot vouch for.
-type Authenticator func(ctx context.Context, token string) (Principal, error)
+type Authenticator func(ctx context.Context, token string) (xdsnode.Principal, error)
 
 // bearerToken takes the token from the stream's "authorization" metadata and
 // refuses streams that did not arrive over TLS.

@@ -27,6 +27,7 @@ import (
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 var allTypes = []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType}
@@ -85,15 +86,15 @@ func pemBlock(der []byte) []byte {
 
 // tokenAuth authenticates "node:<name>" and "waypoint:<ns>/<name>" tokens,
 // standing in for meshd's TokenReview.
-func tokenAuth(_ context.Context, tok string) (xds.Principal, error) {
+func tokenAuth(_ context.Context, tok string) (xdsnode.Principal, error) {
 	if n, ok := strings.CutPrefix(tok, "node:"); ok {
-		return xds.Principal{Role: xds.RoleNodeAgent, Node: n}, nil
+		return xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: n}, nil
 	}
 	if w, ok := strings.CutPrefix(tok, "waypoint:"); ok {
 		ns, name, _ := strings.Cut(w, "/")
-		return xds.Principal{Role: xds.RoleWaypoint, Namespace: ns, Name: name}, nil
+		return xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: ns, Name: name}, nil
 	}
-	return xds.Principal{}, errors.New("token not recognised")
+	return xdsnode.Principal{}, errors.New("token not recognised")
 }
 
 // testServer is an xds.Server on a TLS gRPC server on loopback.

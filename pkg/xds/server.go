@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 	"log/slog"
 	"slices"
 	"sort"
@@ -97,13 +98,13 @@ type Server struct {
 
 // streamState is what the server knows about one open stream.
 type streamState struct {
-	principal Principal
+	principal xdsnode.Principal
 	opened    time.Time
 	sent      map[string]sentResponse // nonce → what it carried
 	acked     map[string]string       // type URL → acked version
 	lastNACK  *NACK
-	counted   bool       // counted in nodeStreams and the connected gauge
-	certs     []NodeCert // what the client reported holding (node metadata)
+	counted   bool               // counted in nodeStreams and the connected gauge
+	certs     []xdsnode.NodeCert // what the client reported holding (node metadata)
 }
 
 type sentResponse struct {
@@ -132,7 +133,7 @@ type ClientStatus struct {
 	// NodeID is the client's xDS node id.
 	NodeID string
 	// Principal is who the stream authenticated as.
-	Principal Principal
+	Principal xdsnode.Principal
 	// Connected is when the stream opened.
 	Connected time.Time
 	// Acked maps each type URL to the last version the client ACKed.
@@ -141,7 +142,7 @@ type ClientStatus struct {
 	LastNACK *NACK
 	// Certs are the certificates the client reported holding when it
 	// opened the stream (xdsnode.MetadataCertificates).
-	Certs []NodeCert
+	Certs []xdsnode.NodeCert
 }
 
 // New returns a Server with an empty state. Close stops its push loop.
@@ -403,7 +404,7 @@ func (s *Server) flush() {
 	version := strconv.FormatUint(gen, 10)
 	sort.Strings(nodes)
 	for _, id := range nodes {
-		p, err := ParseNodeID(id)
+		p, err := xdsnode.ParseNodeID(id)
 		if err != nil {
 			continue
 		}
@@ -515,7 +516,7 @@ func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryR
 	if req.Node == nil {
 		req.Node = &core.Node{Id: want}
 	} else if md := req.Node.GetMetadata(); md != nil && st.certs == nil {
-		st.certs = CertsFromMetadata(md)
+		st.certs = xdsnode.CertsFromMetadata(md)
 	}
 	if nonce := req.GetResponseNonce(); nonce != "" {
 		sent, ok := st.sent[nonce]

@@ -19,7 +19,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
-func nodeID(n string) string { return xds.Principal{Role: xds.RoleNodeAgent, Node: n}.NodeID() }
+func nodeID(n string) string { return xdsnode.Principal{Role: xdsnode.RoleNodeAgent, Node: n}.NodeID() }
 
 // TestDeltaAddChangeDelete: each change reaches the client as a delta that
 // names only what changed.
@@ -129,7 +129,7 @@ func TestViews(t *testing.T) {
 		{"node-a", "node:node-a", nodeID("node-a"), []string{"wa", "wc"}, []string{"ns1/ns-wide"}},
 		{"node-b", "node:node-b", nodeID("node-b"), []string{"wb"}, []string{"ns1/ns-wide", "ns1/only-b"}},
 		{"node-c (empty)", "node:node-c", nodeID("node-c"), nil, nil},
-		{"waypoint", "waypoint:ns1/wp", xds.Principal{Role: xds.RoleWaypoint, Namespace: "ns1", Name: "wp"}.NodeID(), []string{"wb", "wc"}, []string{"ns1/ns-wide", "ns1/only-b"}},
+		{"waypoint", "waypoint:ns1/wp", xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: "ns1", Name: "wp"}.NodeID(), []string{"wb", "wc"}, []string{"ns1/ns-wide", "ns1/only-b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -449,7 +449,7 @@ func TestReportedCertificates(t *testing.T) {
 	ts := startServer(t, newPKI(t), 10*time.Millisecond)
 	notAfter := time.Date(2031, 5, 4, 3, 2, 1, 0, time.UTC)
 	md := func() *structpb.Struct {
-		s := xds.CertsMetadata([]xds.NodeCert{{Identity: "spiffe://cluster.local/ns/shop/sa/cart", NotAfter: notAfter}})
+		s := xdsnode.CertsMetadata([]xdsnode.NodeCert{{Identity: "spiffe://cluster.local/ns/shop/sa/cart", NotAfter: notAfter}})
 		list := s.Fields[xdsnode.MetadataCertificates].GetListValue()
 		list.Values = append(list.Values,
 			structpb.NewStringValue("not an entry"),

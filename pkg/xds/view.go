@@ -3,6 +3,7 @@ package xds
 import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 )
@@ -59,12 +60,12 @@ func (v *view) GetVersionMap(typeURL string) map[string]string {
 }
 
 // roleTypes are the type URLs each role may subscribe to.
-var roleTypes = map[Role][]string{
-	RoleNodeAgent: {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
-	RoleWaypoint:  {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
+var roleTypes = map[xdsnode.Role][]string{
+	xdsnode.RoleNodeAgent: {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType},
+	xdsnode.RoleWaypoint:  {meshv1.WorkloadType, meshv1.AddressType, meshv1.AuthorizationType, meshv1.PeerAuthenticationType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
 }
 
-func allowedType(r Role, typeURL string) bool {
+func allowedType(r xdsnode.Role, typeURL string) bool {
 	for _, t := range roleTypes[r] {
 		if t == typeURL {
 			return true
@@ -79,12 +80,12 @@ func allowedType(r Role, typeURL string) bool {
 //     address index and the trust bundles;
 //   - a waypoint: the same, for the workloads whose waypoint it is, and its
 //     own WaypointConfig.
-func buildView(s *frozen, p Principal, version string) *view {
+func buildView(s *frozen, p xdsnode.Principal, version string) *view {
 	var uids map[string]struct{}
 	switch p.Role {
-	case RoleNodeAgent:
+	case xdsnode.RoleNodeAgent:
 		uids = s.byNode[p.Node]
-	case RoleWaypoint:
+	case xdsnode.RoleWaypoint:
 		uids = s.byWaypoint[p.Namespace+"/"+p.Name]
 	}
 	workloads := make(typeSet, len(uids))
@@ -111,7 +112,7 @@ func buildView(s *frozen, p Principal, version string) *view {
 		meshv1.PeerAuthenticationType: peerAuthn,
 		meshv1.TrustBundleType:        s.bundles,
 	}}
-	if p.Role == RoleWaypoint {
+	if p.Role == xdsnode.RoleWaypoint {
 		own := typeSet{}
 		if e, ok := s.waypoints[p.Namespace+"/"+p.Name]; ok {
 			own[p.Namespace+"/"+p.Name] = e

@@ -14,8 +14,8 @@ import (
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
-	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
+	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // TestWaypointConfig: a waypoint gets its own L7 config and the policies
@@ -47,7 +47,7 @@ func TestWaypointConfig(t *testing.T) {
 	ts.MarkSynced()
 
 	types := append(slices.Clone(allTypes), meshv1.WaypointConfigType)
-	c, _ := startClient(t, ts, clientOpts{token: "waypoint:ns1/waypoint", nodeID: xds.Principal{Role: xds.RoleWaypoint, Namespace: "ns1", Name: "waypoint"}.NodeID(), types: types})
+	c, _ := startClient(t, ts, clientOpts{token: "waypoint:ns1/waypoint", nodeID: xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: "ns1", Name: "waypoint"}.NodeID(), types: types})
 	waitSynced(t, c)
 	if got := names(c.List(meshv1.WaypointConfigType)); !slices.Equal(got, []string{"ns1/waypoint"}) {
 		t.Fatalf("waypoint configs = %v; want only its own [ns1/waypoint]", got)
@@ -103,7 +103,7 @@ func TestIngressGatewayConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts.MarkSynced()
-	c, _ := startClient(t, ts, clientOpts{token: "waypoint:istio-system/booking-gateway", nodeID: xds.Principal{Role: xds.RoleWaypoint, Namespace: gw.Namespace, Name: gw.Name}.NodeID(), types: []string{meshv1.WaypointConfigType}})
+	c, _ := startClient(t, ts, clientOpts{token: "waypoint:istio-system/booking-gateway", nodeID: xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: gw.Namespace, Name: gw.Name}.NodeID(), types: []string{meshv1.WaypointConfigType}})
 	waitSynced(t, c)
 	r, ok := c.Get(meshv1.WaypointConfigType, gw.String())
 	if !ok {

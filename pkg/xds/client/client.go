@@ -42,7 +42,7 @@ type Options struct {
 	// Token returns the current service account token; it is called for
 	// every stream so a rotated token is picked up. Required.
 	Token func(ctx context.Context) (string, error)
-	// NodeID is the xDS node id, as xds.Principal.NodeID builds it. Required.
+	// NodeID is the xDS node id, as xdsnode.Principal.NodeID builds it. Required.
 	NodeID string
 	// Types are the type URLs to subscribe to (wildcard). Required.
 	Types []string
@@ -55,7 +55,7 @@ type Options struct {
 	// goroutine: keep it short. Nil means no callback.
 	OnChange func(typeURL string, updated, removed []string)
 	// Metadata, when set, is called for every new stream and sent as the
-	// node's metadata (e.g. xds.CertsMetadata). Nil sends none.
+	// node's metadata (e.g. xdsnode.CertsMetadata). Nil sends none.
 	Metadata func() *structpb.Struct
 	// MinBackoff and MaxBackoff bound the wait between reconnects.
 	// Zero means 100ms and 15s.
