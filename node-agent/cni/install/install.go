@@ -389,13 +389,12 @@ func sameContents(a, b string) (bool, error) {
 	for {
 		na, ea := io.ReadFull(fa, ba)
 		nb, eb := io.ReadFull(fb, bb)
-		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+		switch {
+		case na != nb || !bytes.Equal(ba[:na], bb[:nb]):
 			return false, nil
-		}
-		if ea != nil || eb != nil { // both ended (io.EOF or ErrUnexpectedEOF), or one failed
-			if (ea == io.EOF || ea == io.ErrUnexpectedEOF) && (eb == io.EOF || eb == io.ErrUnexpectedEOF) {
-				return true, nil
-			}
+		case ea == io.EOF || ea == io.ErrUnexpectedEOF:
+			return eb == ea, nil // equal so far: equal if both ended here
+		case ea != nil || eb != nil:
 			return false, errors.Join(ea, eb)
 		}
 	}
