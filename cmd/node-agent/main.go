@@ -229,6 +229,7 @@ func run(f flags) error {
 	own := watchOwnDaemonSet(ctx, client, f.namespace, f.daemonSetName)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()
+	go releaseStartupPages(ctx, rec.Synced)
 	log.Printf("node-agent on %s: data path loaded (pins %s, cgroup %s)", f.nodeName, f.pinDir, f.cgroupRoot)
 	select {
 	case <-ctx.Done():
@@ -325,3 +326,34 @@ func cgroup2Mount() (string, error) {
 	}
 	return "", errors.New("no cgroup2 mount in /proc/mounts: mount the cgroup v2 hierarchy into the agent (hostPath) or pass --cgroup-root")
 }
+
+// releaseStartupPages waits until the agent has enrolled this node's pods
+// and then a little more (certificates, the first config push), then lets
+// go of the binary's pages that start-up mapped (admin.ReleaseStartupPages):
+// the resident set then shows what the running agent uses.
+func releaseStartupPages(ctx context.Context, synced func() bool) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for !synced() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(startupSettle):
+	}
+	n, err := admin.ReleaseStartupPages()
+	if err != nil {
+		log.Printf("%v", err)
+		return
+	}
+	log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
+}
+
+// startupSettle is how long after the first full enrollment start-up is
+// taken to be over.
+const startupSettle = 20 * time.Second
