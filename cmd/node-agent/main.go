@@ -51,6 +51,7 @@ type flags struct {
 	meshdAddress, meshdServerName     string
 	meshdRootCert, tokenFile          string
 	adminAddr, memoryLimit            string
+	workerThreads                     int
 }
 
 func parseFlags() flags {
@@ -87,6 +88,7 @@ func parseFlags() flags {
 	// heap profile holds private keys.
 	flag.StringVar(&f.adminAddr, "admin-addr", "", "debug (pprof) listen address, loopback only (such as 127.0.0.1:15000); empty disables")
 	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
+	flag.IntVar(&f.workerThreads, "worker-threads", 1, admin.WorkerThreadsUsage)
 	flag.Parse()
 	return f
 }
@@ -107,6 +109,11 @@ func run(f flags) error {
 	if _, err := admin.ApplyMemoryLimit(f.memoryLimit); err != nil {
 		return err
 	}
+	threads, from, err := admin.ApplyWorkerThreads(f.workerThreads)
+	if err != nil {
+		return err
+	}
+	log.Printf("worker threads: %d (%s)", threads, from)
 	if f.adminAddr != "" {
 		if err := admin.CheckAddr(f.adminAddr); err != nil {
 			return fmt.Errorf("--admin-addr: %w", err)

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -76,5 +77,28 @@ func TestReleaseStartupPagesShrinksRSS(t *testing.T) {
 	// Still runs: something that was not touched since start-up.
 	if _, err := readOnlyMappings(strings.NewReader(""), "x"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestApplyWorkerThreads(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "")
+	os.Unsetenv("GOMAXPROCS")
+	orig := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(orig) })
+
+	if n, from, err := ApplyWorkerThreads(1); err != nil || n != 1 || runtime.GOMAXPROCS(0) != 1 {
+		t.Fatalf("ApplyWorkerThreads(1) = %d, %q, %v; GOMAXPROCS %d; want 1 in force", n, from, err, runtime.GOMAXPROCS(0))
+	}
+	if _, _, err := ApplyWorkerThreads(-2); err == nil || !strings.Contains(err.Error(), "--worker-threads -2") {
+		t.Errorf("ApplyWorkerThreads(-2) error = %v; want one naming the flag and value", err)
+	}
+	runtime.GOMAXPROCS(orig)
+	if n, _, err := ApplyWorkerThreads(0); err != nil || n != orig {
+		t.Errorf("ApplyWorkerThreads(0) = %d, %v; want the runtime's default %d left alone", n, err, orig)
+	}
+	t.Setenv("GOMAXPROCS", "3")
+	runtime.GOMAXPROCS(3)
+	if n, from, _ := ApplyWorkerThreads(1); n != 3 || from != "$GOMAXPROCS" || runtime.GOMAXPROCS(0) != 3 {
+		t.Errorf("with $GOMAXPROCS=3: ApplyWorkerThreads(1) = %d from %q, GOMAXPROCS %d; want $GOMAXPROCS to win", n, from, runtime.GOMAXPROCS(0))
 	}
 }
