@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshlet/meshlet/pkg/rawsock"
 )
 
 // splice copies both ways between the downstream (client side) and upstream
@@ -16,6 +18,9 @@ func splice(down, up io.ReadWriteCloser, c *connCounters) {
 	if c != nil {
 		recv, sent = c.received, c.sent
 	}
+	// Socket reads and writes without the scheduler's system-call
+	// hand-off (see package rawsock); other streams are left as they are.
+	down, up = rawIO(down), rawIO(up)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -56,6 +61,13 @@ func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
 			return
 		}
 	}
+}
+
+func rawIO(c io.ReadWriteCloser) io.ReadWriteCloser {
+	if nc, ok := c.(net.Conn); ok {
+		return rawsock.Wrap(nc)
+	}
+	return c
 }
 
 func closeWrite(c io.ReadWriteCloser) {

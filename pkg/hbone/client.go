@@ -18,6 +18,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/meshlet/meshlet/pkg/rawsock"
 )
 
 // Errors a caller branches on.
@@ -344,7 +346,7 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 	cfg := tlsconfig.MTLSClientConfig(local, d.opts.Bundle, tlsconfig.AuthorizeID(key.peer))
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.NextProtos = []string{http2.NextProtoTLS}
-	tc := tls.Client(raw, cfg)
+	tc := tls.Client(rawsock.Wrap(raw), cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("hbone handshake with %s (want %s): %w", key.proxy, key.peer, err)

@@ -20,6 +20,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/meshlet/meshlet/pkg/rawsock"
 )
 
 // Flow-control and framing defaults. A stream window of 4 MiB covers the
@@ -202,7 +204,7 @@ func (s *Server) untrack(c net.Conn) {
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
-	tc := tls.Server(raw, s.tlsCfg)
+	tc := tls.Server(rawsock.Wrap(raw), s.tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()

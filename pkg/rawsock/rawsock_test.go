@@ -1,0 +1,154 @@
+package rawsock
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// pair returns a wrapped client and the plain server end of a loopback TCP
+// connection.
+func pair(t *testing.T) (*Conn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	w, ok := Wrap(c).(*Conn)
+	if !ok {
+		t.Fatalf("Wrap(%T) did not wrap", c)
+	}
+	return w, s.(*net.TCPConn)
+}
+
+// Many megabytes each way, through full send buffers (the poller waits)
+// and partial reads: what arrives is what was sent, in order.
+func TestBulkBothWays(t *testing.T) {
+	c, s := pair(t)
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+
+	errc := make(chan error, 2)
+	go func() { _, err := c.Write(data); c.CloseWrite(); errc <- err }()
+	go func() { _, err := io.Copy(s, s); s.CloseWrite(); errc <- err }() // the server echoes
+	var got bytes.Buffer
+	buf := make([]byte, 7001) // odd size: reads end mid-write
+	for {
+		n, err := c.Read(buf)
+		got.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Read after %d bytes: %v", got.Len(), err)
+		}
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("echoed %d bytes differ from the %d sent", got.Len(), len(data))
+	}
+}
+
+func TestReadDeadlineAndClose(t *testing.T) {
+	c, _ := pair(t)
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err := c.Read(make([]byte, 10))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline = %v; want a net.Error timeout wrapping os.ErrDeadlineExceeded", err)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	done := make(chan error, 1)
+	go func() { _, err := c.Read(make([]byte, 10)); done <- err }()
+	time.Sleep(20 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read on a closed conn = %v; want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock a waiting Read")
+	}
+}
+
+func TestWriteToResetPeer(t *testing.T) {
+	c, s := pair(t)
+	s.SetLinger(0)
+	s.Close() // RST
+	time.Sleep(20 * time.Millisecond)
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = c.Write(make([]byte, 64<<10))
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("writing to a reset peer: %v; want a write *net.OpError", err)
+	}
+}
+
+// io.Copy into and out of a Conn goes through its own Read and Write
+// (ReadFrom/WriteTo), and the data is intact.
+func TestCopyThrough(t *testing.T) {
+	c, s := pair(t)
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	go func() { c.ReadFrom(bytes.NewReader(data)); c.CloseWrite() }()
+	var got bytes.Buffer
+	if _, err := io.Copy(&got, s); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatal("ReadFrom delivered different bytes")
+	}
+	go func() { s.Write(data); s.CloseWrite() }()
+	got.Reset()
+	if _, err := c.WriteTo(&got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatal("WriteTo delivered different bytes")
+	}
+}
+
+func TestWrapLeavesOtherConnsAlone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if Wrap(a) != a {
+		t.Fatal("Wrap changed a non-TCP conn")
+	}
+	c, _ := pair(t)
+	if Wrap(c) != net.Conn(c) {
+		t.Fatal("Wrap wrapped a *Conn twice")
+	}
+}
