@@ -228,10 +228,25 @@ func run(f flags) error {
 
 	if f.adminAddr != "" {
 		// Not fatal: during a rolling update the agent being replaced
-		// holds the port until it exits.
-		if err := admin.Serve(ctx, f.adminAddr); err != nil {
-			log.Printf("debug endpoint not served: %v", err)
-		}
+		// holds the port until it exits; this one takes it over then.
+		go func() {
+			logged := false
+			for {
+				err := admin.Serve(ctx, f.adminAddr)
+				if err == nil {
+					return
+				}
+				if !logged {
+					log.Printf("debug endpoint not served yet, retrying every 2s: %v", err)
+					logged = true
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(2 * time.Second):
+				}
+			}
+		}()
 	}
 	own := watchOwnDaemonSet(ctx, client, f.namespace, f.daemonSetName)
 	recErr := make(chan error, 1)
