@@ -401,6 +401,7 @@ func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 		c.released(addr)
 		return nil, err
 	}
+	conn = withRawIO(conn) // a plain TCP upstream: see rawIOConn
 	return &h1Conn{Conn: conn, addr: addr, headReader: headReader{br: bufio.NewReader(conn)}, bw: bufio.NewWriter(conn)}, nil
 }
 

@@ -168,6 +168,7 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 			c.Close()
 		}
 	case looksLikeHTTP(head):
+		pc.Conn = withRawIO(c) // the HTTP/1 loop's reads and writes are most of its system calls
 		h1.serve(pc, c, nil)
 	default:
 		p.forwardTCP(ctx, pc)
@@ -391,13 +392,19 @@ func (l *chanListener) close()         { l.once.Do(func() { close(l.done) }) }
 func (l *chanListener) Close() error   { l.close(); return nil }
 func (l *chanListener) Addr() net.Addr { return l.addr }
 
-// peekedConn is a conn whose first bytes sit in a bufio.Reader.
+// peekedConn is a conn whose first bytes sit in a bufio.Reader; once they
+// are read, reads go to Conn itself (a rawIOConn's reads are not bufio's).
 type peekedConn struct {
 	net.Conn
 	r *bufio.Reader
 }
 
-func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+func (c *peekedConn) Read(b []byte) (int, error) {
+	if c.r.Buffered() == 0 {
+		return c.Conn.Read(b)
+	}
+	return c.r.Read(b)
+}
 
 // CloseWrite half-closes when the underlying conn supports it.
 func (c *peekedConn) CloseWrite() error {
