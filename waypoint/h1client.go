@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/rawsock"
 )
 
 // h1Client sends requests upstream over HTTP/1.1: keep-alive connections
@@ -401,7 +402,7 @@ func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 		c.released(addr)
 		return nil, err
 	}
-	conn = withRawIO(conn) // a plain TCP upstream: see rawIOConn
+	conn = rawsock.Wrap(conn) // a plain TCP upstream: see package rawsock
 	return &h1Conn{Conn: conn, addr: addr, headReader: headReader{br: bufio.NewReader(conn)}, bw: bufio.NewWriter(conn)}, nil
 }
 

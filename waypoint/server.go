@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/rawsock"
 )
 
 // ServerOptions configure Proxy.Serve. Zero values are safe defaults.
@@ -168,7 +169,9 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 			c.Close()
 		}
 	case looksLikeHTTP(head):
-		pc.Conn = withRawIO(c) // the HTTP/1 loop's reads and writes are most of its system calls
+		// The HTTP/1 loop's reads and writes are most of its system
+		// calls: see package rawsock.
+		pc.Conn = rawsock.Wrap(c)
 		h1.serve(pc, c, nil)
 	default:
 		p.forwardTCP(ctx, pc)
@@ -393,7 +396,7 @@ func (l *chanListener) Close() error   { l.close(); return nil }
 func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // peekedConn is a conn whose first bytes sit in a bufio.Reader; once they
-// are read, reads go to Conn itself (a rawIOConn's reads are not bufio's).
+// are read, reads go to Conn itself (a rawsock.Conn's reads are not bufio's).
 type peekedConn struct {
 	net.Conn
 	r *bufio.Reader
