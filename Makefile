@@ -18,8 +18,13 @@ help: ## show this help
 deps: ## install the Debian packages and Go tools the build and tests need (idempotent)
 	@test/scripts/deps.sh
 
+# The tags meshlet's binaries are built with (the lab builds with the same,
+# test/lab/build.go ProductBuildTags): grpcnotrace drops grpc's x/net/trace and
+# text/template, 10 MB of the node agent's binary.
+BUILD_TAGS := grpcnotrace
+
 build: ## build every meshlet binary into bin/
-	go build -o $(BIN)/ ./cmd/...
+	go build -tags $(BUILD_TAGS) -o $(BIN)/ ./cmd/...
 
 generate: crds ## regenerate eBPF bindings (bpf2go, Debian's clang), protobuf code and deploy/crds
 	go generate ./...

@@ -123,9 +123,26 @@ func ensureTools(repo string, progress io.Writer) (string, error) {
 	return bin, nil
 }
 
+// ProductBuildTags are the build tags meshlet's own binaries are built
+// with, here and in the Makefile. grpcnotrace leaves out grpc's
+// golang.org/x/net/trace and with it text/template, whose reflective
+// method calls stop the linker from dropping unused methods: the node
+// agent is 10 MB smaller without it, and that much less of the binary is
+// mapped into its resident set.
+const ProductBuildTags = "grpcnotrace"
+
 // goBuild runs go build -o out pkgs... in dir.
 func goBuild(dir, out string, progress io.Writer, pkgs ...string) error {
-	args := append([]string{"build", "-o", out}, pkgs...)
+	return goBuildTags(dir, out, "", progress, pkgs...)
+}
+
+// goBuildTags runs go build -tags tags -o out pkgs... in dir.
+func goBuildTags(dir, out, tags string, progress io.Writer, pkgs ...string) error {
+	args := []string{"build", "-o", out}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	args = append(args, pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
 	cmd.Stdout = progress
@@ -159,7 +176,7 @@ func buildLocal(l Layout, tools string, progress io.Writer) (map[string]string, 
 	}
 	if len(pkgs) > 0 {
 		fmt.Fprintf(progress, "building %s\n", strings.Join(pkgs, " "))
-		if err := goBuild(l.Repo(), bin+"/", progress, pkgs...); err != nil {
+		if err := goBuildTags(l.Repo(), bin+"/", ProductBuildTags, progress, pkgs...); err != nil {
 			return nil, err
 		}
 	}

@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$tmp/waypoint" ./cmd/waypoint
+go build -tags grpcnotrace -o "$tmp/waypoint" ./cmd/waypoint
 head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/payload"
 
 nginx_conf() { # name port body
