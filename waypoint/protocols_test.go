@@ -343,3 +343,28 @@ func TestMutualTLSIngressIdentityAndPolicy(t *testing.T) {
 		t.Error("GET without a client certificate succeeded; want a TLS failure")
 	}
 }
+
+// TestNotPrefaceNotHTTP1 checks that a connection that starts like the
+// HTTP/2 preface but is not one reaches no HTTP/1 parser but h1Server's:
+// net/http, which gets it, serves HTTP/2 only and closes it.
+func TestNotPrefaceNotHTTP1(t *testing.T) {
+	addr, _ := startWith(t, oneRoute(nil), ServerOptions{})
+	tests := []string{
+		"PRI * HTTP/1.1\r\nHost: x\r\n\r\n",
+		"PRI * HTTP/1.0\r\n\r\n",
+		"PRI * HTTP/2.0\r\nHost: x\r\n\r\n",
+	}
+	for _, in := range tests {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, in)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if len(got) > 0 || err != nil {
+			t.Errorf("%q: answered %q, %v; want the connection closed without an answer", in, got, err)
+		}
+	}
+}

@@ -78,8 +78,12 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 	if opts.IdleTimeout == 0 {
 		opts.IdleTimeout = 5 * time.Minute
 	}
+	// net/http serves HTTP/2 only (prior knowledge, or "h2" by ALPN);
+	// HTTP/1.x is h1Server's. Without HTTP1 in its protocols, a connection
+	// that detect offers as prior knowledge but that is not ("PRI *
+	// HTTP/1.1") is closed, not parsed by net/http's HTTP/1 server, whose
+	// framing rules are laxer than h1Server's.
 	var protos http.Protocols
-	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	var tlsConfig *tls.Config
 	if opts.TLSConfig != nil {
@@ -104,7 +108,6 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 			MaxReceiveBufferPerStream:     h2StreamReceiveBuf,
 		},
 	}
-	// net/http serves HTTP/2 only; HTTP/1.x is h1Server's.
 	h1 := newH1Server(p, &opts)
 	httpConns := &chanListener{addr: l.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
 	srvDone := make(chan error, 1)
