@@ -51,7 +51,8 @@ crds: ## extract the Istio and Gateway API CRDs from the pinned modules into dep
 check-generate: generate ## fail if `make generate` changes any committed file
 	@git diff --exit-code --stat -- . || { echo "make generate left a diff: commit the regenerated files" >&2; exit 1; }
 
-lint: deps ## go vet and staticcheck (pinned in go.mod) over both modules
+lint: deps ## gofmt, go vet and staticcheck (pinned in go.mod) over both modules
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt: these files need \`gofmt -w\`:" >&2; echo "$$unformatted" >&2; exit 1; fi
 	go vet ./...
 	cd test && go vet ./...
 	go tool staticcheck ./...

@@ -42,8 +42,8 @@ spec:
       filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Backend, value: v1}]}}]
 `,
 		want: model.L7Route{
-			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1, RequestHeaders: model.HeaderOps{Set: map[string]string{"x-backend": "v1"}}}},
-			RequestHeaders: model.HeaderOps{Set: map[string]string{"x-env": "canary"}, Add: map[string]string{"x-trace": "1"}, Remove: []string{"x-debug"}},
+			Destinations:    []model.WeightedDestination{{Cluster: cluster, Weight: 1, RequestHeaders: model.HeaderOps{Set: map[string]string{"x-backend": "v1"}}}},
+			RequestHeaders:  model.HeaderOps{Set: map[string]string{"x-env": "canary"}, Add: map[string]string{"x-trace": "1"}, Remove: []string{"x-debug"}},
 			ResponseHeaders: model.HeaderOps{Set: map[string]string{"cache-control": "no-store"}},
 		},
 	}, {

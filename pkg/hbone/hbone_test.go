@@ -29,11 +29,11 @@ import (
 )
 
 var (
-	td        = spiffeid.RequireTrustDomainFromString("cluster.local")
-	clientID  = spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/client")
-	serverID  = spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/server")
-	target    = netip.MustParseAddrPort("198.18.4.10:8080")
-	sourceIP  = netip.MustParseAddrPort("198.18.4.20:40000")
+	td       = spiffeid.RequireTrustDomainFromString("cluster.local")
+	clientID = spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/client")
+	serverID = spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/server")
+	target   = netip.MustParseAddrPort("198.18.4.10:8080")
+	sourceIP = netip.MustParseAddrPort("198.18.4.20:40000")
 )
 
 // testCA is a real CA from pkg/ca for one trust domain.
@@ -238,12 +238,20 @@ func TestPeerVerification(t *testing.T) {
 		dialer func() *Dialer
 	}{
 		{
-			name:   "server has another SPIFFE ID than expected",
-			target: func() Target { t := e.target(); t.PeerID = spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/other"); return t },
+			name: "server has another SPIFFE ID than expected",
+			target: func() Target {
+				t := e.target()
+				t.PeerID = spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/other")
+				return t
+			},
 		},
 		{
-			name:   "expected peer in a foreign trust domain",
-			target: func() Target { t := e.target(); t.PeerID = spiffeid.RequireFromString("spiffe://evil.example/ns/b/sa/server"); return t },
+			name: "expected peer in a foreign trust domain",
+			target: func() Target {
+				t := e.target()
+				t.PeerID = spiffeid.RequireFromString("spiffe://evil.example/ns/b/sa/server")
+				return t
+			},
 		},
 		{
 			name: "client SVID from a foreign trust domain",

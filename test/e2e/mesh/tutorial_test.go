@@ -179,7 +179,9 @@ func TestTutorial(t *testing.T) {
 	direct := "http://booking-service." + ns + ":8080/api/v1/booking"
 	waitAnswered(t, lb, plain, outsider.Name, direct, true, "a client outside the mesh before STRICT")
 	kubectl("apply", "-f", filepath.Join(examples, "security.yaml"))
-	t.Cleanup(func() { _, _ = lb.Kubectl("delete", "--ignore-not-found", "-f", filepath.Join(examples, "security.yaml")) })
+	t.Cleanup(func() {
+		_, _ = lb.Kubectl("delete", "--ignore-not-found", "-f", filepath.Join(examples, "security.yaml"))
+	})
 	waitAnswered(t, lb, plain, outsider.Name, direct, false, "a client outside the mesh under STRICT")
 	if s := summary(t, lb, ns, client.Name, "-n", "3", "http://booking-service:8080/api/v1/booking"); s.ByStatus["200"] != 3 {
 		t.Errorf("a mesh client under STRICT: %v %v; want 3 bookings", s.ByStatus, s.Errors)
