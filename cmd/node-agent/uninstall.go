@@ -5,7 +5,6 @@ import (
 	"log"
 	"sync/atomic"
 
-	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshlet/meshlet/node-agent/kube"
@@ -30,9 +29,9 @@ func watchOwnDaemonSet(ctx context.Context, client *kube.Client, namespace, name
 		log.Printf("uninstall detection off: no --daemonset-name or POD_NAMESPACE; pins and CNI entry stay on exit")
 		return w
 	}
-	inf := cache.NewSharedIndexInformer(client.DaemonSet(namespace, name), &appsv1.DaemonSet{}, 0, cache.Indexers{})
+	inf := cache.NewSharedIndexInformer(client.DaemonSet(namespace, name), &kube.DaemonSet{}, 0, cache.Indexers{})
 	mark := func(obj any) {
-		if ds, ok := obj.(*appsv1.DaemonSet); ok && ds.DeletionTimestamp != nil {
+		if ds, ok := obj.(*kube.DaemonSet); ok && ds.DeletionTimestamp != nil {
 			w.deleting.Store(true)
 		}
 	}

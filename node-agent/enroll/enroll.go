@@ -16,12 +16,13 @@
 package enroll
 
 import (
-	"github.com/meshlet/meshlet/pkg/model"
 	"net/netip"
 	"slices"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/meshlet/meshlet/node-agent/kube"
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 // Label is the dataplane-mode label on namespaces and pods.
@@ -56,7 +57,7 @@ type Pod struct {
 
 // InMesh applies the enrollment rule (see the package doc) to a pod and its
 // namespace's labels; node placement and the pod's phase are the caller's.
-func InMesh(nsLabels map[string]string, pod *corev1.Pod) bool {
+func InMesh(nsLabels map[string]string, pod *kube.Pod) bool {
 	if pod.Spec.HostNetwork {
 		return false
 	}
@@ -71,7 +72,7 @@ func InMesh(nsLabels map[string]string, pod *corev1.Pod) bool {
 
 // WorkloadName names the pod's workload for identity and metrics: the
 // Deployment behind a ReplicaSet, else the owning controller, else the pod.
-func WorkloadName(pod *corev1.Pod) string {
+func WorkloadName(pod *kube.Pod) string {
 	for _, o := range pod.OwnerReferences {
 		if o.Controller != nil && *o.Controller {
 			return model.WorkloadName(pod.Name, o.Kind, o.Name, pod.Labels["pod-template-hash"])
@@ -81,7 +82,7 @@ func WorkloadName(pod *corev1.Pod) string {
 }
 
 // podIPs returns the pod's addresses from its status.
-func podIPs(pod *corev1.Pod) []netip.Addr {
+func podIPs(pod *kube.Pod) []netip.Addr {
 	var ips []netip.Addr
 	for _, ip := range pod.Status.PodIPs {
 		if a, err := netip.ParseAddr(ip.IP); err == nil {
@@ -98,7 +99,7 @@ func podIPs(pod *corev1.Pod) []netip.Addr {
 
 // ProbePorts returns the ports of the pod's HTTP, TCP and gRPC probes,
 // resolving named ports against the container's ports, sorted and unique.
-func ProbePorts(pod *corev1.Pod) []uint16 {
+func ProbePorts(pod *kube.Pod) []uint16 {
 	var out []uint16
 	add := func(p uint16) {
 		if p != 0 && !slices.Contains(out, p) {
@@ -117,7 +118,7 @@ func ProbePorts(pod *corev1.Pod) []uint16 {
 			}
 			return 0
 		}
-		for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+		for _, pr := range []*kube.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
 			switch {
 			case pr == nil:
 			case pr.HTTPGet != nil:

@@ -42,7 +42,7 @@ func TestInMesh(t *testing.T) {
 	}
 	for _, tt := range tests {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: tt.podLabels}, Spec: corev1.PodSpec{HostNetwork: tt.hostNet}}
-		if got := InMesh(tt.nsLabels, pod); got != tt.want {
+		if got := InMesh(tt.nsLabels, slim(t, pod)); got != tt.want {
 			t.Errorf("%s: InMesh(%v, pod labels %v, hostNetwork %v) = %v; want %v", tt.name, tt.nsLabels, tt.podLabels, tt.hostNet, got, tt.want)
 		}
 	}
@@ -62,7 +62,7 @@ func TestWorkloadName(t *testing.T) {
 	}
 	for _, tt := range tests {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pod-x", OwnerReferences: tt.owners, Labels: tt.labels}}
-		if got := WorkloadName(pod); got != tt.want {
+		if got := WorkloadName(slim(t, pod)); got != tt.want {
 			t.Errorf("%s: WorkloadName = %q; want %q", tt.name, got, tt.want)
 		}
 	}
@@ -316,7 +316,7 @@ func TestProbePorts(t *testing.T) {
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9090}}},
 		},
 	}}}
-	if d := cmp.Diff([]uint16{6379, 8080, 9090}, ProbePorts(pod)); d != "" {
+	if d := cmp.Diff([]uint16{6379, 8080, 9090}, ProbePorts(slim(t, pod))); d != "" {
 		t.Errorf("ProbePorts (-want +got):\n%s", d)
 	}
 }

@@ -14,10 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/listers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -31,8 +31,8 @@ type API interface {
 	PodsOnNode(node string) cache.ListerWatcher
 	// Namespaces lists and watches all namespaces.
 	Namespaces() cache.ListerWatcher
-	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
-	GetNamespace(ctx context.Context, name string) (*corev1.Namespace, error)
+	GetPod(ctx context.Context, namespace, name string) (*kube.Pod, error)
+	GetNamespace(ctx context.Context, name string) (*kube.Namespace, error)
 }
 
 // Options configures a Reconciler.
@@ -78,8 +78,8 @@ type Options struct {
 // Reconciler keeps this node's enrollment in step with the API.
 type Reconciler struct {
 	opts   Options
-	pods   corelisters.PodLister
-	nss    corelisters.NamespaceLister
+	pods   listers.ResourceIndexer[*kube.Pod]
+	nss    listers.ResourceIndexer[*kube.Namespace]
 	podInf cache.SharedIndexInformer
 	nsInf  cache.SharedIndexInformer
 	queue  workqueue.TypedRateLimitingInterface[string]
@@ -125,18 +125,18 @@ func New(opts Options) (*Reconciler, error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	podInf := cache.NewSharedIndexInformer(opts.Client.PodsOnNode(opts.NodeName), &corev1.Pod{}, opts.Resync,
+	podInf := cache.NewSharedIndexInformer(opts.Client.PodsOnNode(opts.NodeName), &kube.Pod{}, opts.Resync,
 		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
-	nsInf := cache.NewSharedIndexInformer(opts.Client.Namespaces(), &corev1.Namespace{}, opts.Resync, cache.Indexers{})
+	nsInf := cache.NewSharedIndexInformer(opts.Client.Namespaces(), &kube.Namespace{}, opts.Resync, cache.Indexers{})
 	for _, inf := range []cache.SharedIndexInformer{podInf, nsInf} {
-		if err := inf.SetTransform(kube.DropManagedFields); err != nil {
+		if err := inf.SetTransform(kube.DropUnread); err != nil {
 			return nil, err
 		}
 	}
 	r := &Reconciler{
 		opts:     opts,
-		pods:     corelisters.NewPodLister(podInf.GetIndexer()),
-		nss:      corelisters.NewNamespaceLister(nsInf.GetIndexer()),
+		pods:     listers.New[*kube.Pod](podInf.GetIndexer(), schema.GroupResource{Resource: "pods"}),
+		nss:      listers.New[*kube.Namespace](nsInf.GetIndexer(), schema.GroupResource{Resource: "namespaces"}),
 		podInf:   podInf,
 		nsInf:    nsInf,
 		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
@@ -156,10 +156,10 @@ func New(opts Options) (*Reconciler, error) {
 		return nil, fmt.Errorf("watch pods: %w", err)
 	}
 	enqueueNS := func(obj any) {
-		ns, ok := obj.(*corev1.Namespace)
+		ns, ok := obj.(*kube.Namespace)
 		if !ok {
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				ns, _ = d.Obj.(*corev1.Namespace)
+				ns, _ = d.Obj.(*kube.Namespace)
 			}
 		}
 		if ns == nil {
@@ -306,7 +306,7 @@ func (r *Reconciler) Enrolled() []Pod {
 func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 	if ns, ok := strings.CutPrefix(key, "ns:"); ok {
 		r.writeSnapshot()
-		pods, err := r.pods.Pods(ns).List(labels.Everything())
+		pods, err := listers.NewNamespaced(r.pods, ns).List(labels.Everything())
 		if err != nil {
 			return err
 		}
@@ -319,7 +319,7 @@ func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	pod, err := r.pods.Pods(ns).Get(name)
+	pod, err := listers.NewNamespaced(r.pods, ns).Get(name)
 	if apierrors.IsNotFound(err) {
 		pod = nil
 	} else if err != nil {
@@ -329,11 +329,11 @@ func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 }
 
 // wanted reports whether pod belongs in the mesh on this node now.
-func (r *Reconciler) wanted(pod *corev1.Pod) bool {
+func (r *Reconciler) wanted(pod *kube.Pod) bool {
 	if pod == nil || pod.DeletionTimestamp != nil || pod.Spec.NodeName != r.opts.NodeName {
 		return false
 	}
-	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+	if pod.Status.Phase == kube.PodSucceeded || pod.Status.Phase == kube.PodFailed {
 		return false
 	}
 	var nsLabels map[string]string
@@ -345,7 +345,7 @@ func (r *Reconciler) wanted(pod *corev1.Pod) bool {
 
 // reconcile brings one pod's enrollment to what the API says. cniEv, when
 // set, carries the CNI plugin's facts (netns, IPs) for a starting pod.
-func (r *Reconciler) reconcile(ctx context.Context, key string, pod *corev1.Pod, cniEv *cni.PodEvent) error {
+func (r *Reconciler) reconcile(ctx context.Context, key string, pod *kube.Pod, cniEv *cni.PodEvent) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur, isEnrolled := r.enrolled[key]
@@ -480,14 +480,14 @@ func (r *Reconciler) CNIDel(_ context.Context, ev cni.PodEvent) {
 	r.queue.Add(ev.Namespace + "/" + ev.Name)
 }
 
-func (r *Reconciler) getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
-	if p, err := r.pods.Pods(ns).Get(name); err == nil {
+func (r *Reconciler) getPod(ctx context.Context, ns, name string) (*kube.Pod, error) {
+	if p, err := listers.NewNamespaced(r.pods, ns).Get(name); err == nil {
 		return p, nil
 	}
 	return r.opts.Client.GetPod(ctx, ns, name)
 }
 
-func (r *Reconciler) getNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+func (r *Reconciler) getNamespace(ctx context.Context, name string) (*kube.Namespace, error) {
 	if ns, err := r.nss.Get(name); err == nil {
 		return ns, nil
 	}

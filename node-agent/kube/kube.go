@@ -1,7 +1,9 @@
 // Package kube is the node agent's Kubernetes client: only the core/v1 and
-// apps/v1 kinds it reads, with a scheme of its own. client-go's clientset
-// registers every API group and links a typed client for each; in the agent
-// that was most of its code and of its resident memory, on every node.
+// apps/v1 kinds it reads, each cut down to the fields it reads (types.go),
+// with a scheme of its own, over client-go's REST client and informers.
+// client-go's clientset registers every API group and links a typed client
+// for each; in the agent that was most of its code and of its resident
+// memory, on every node.
 //
 // It must not grow into a general client: a kind the agent starts to read
 // gets a method here.
@@ -11,8 +13,6 @@ import (
 	"context"
 	"fmt"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -24,11 +24,7 @@ import (
 
 var codecs = func() serializer.CodecFactory {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme} {
-		if err := add(s); err != nil {
-			panic(err) // generated registrations: cannot fail
-		}
-	}
+	addKnownTypes(s)
 	// ListOptions and friends, unversioned, as client-go's scheme has them.
 	metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
 	return serializer.NewCodecFactory(s)
@@ -40,14 +36,16 @@ type Client struct {
 	core, apps *rest.RESTClient
 }
 
-// New returns a Client for the API server cfg points at. It asks for
-// protobuf, which costs the agent less to decode than JSON.
+// New returns a Client for the API server cfg points at. It asks for JSON:
+// decoding protobuf would take k8s.io/api's generated types and code for
+// every field of a pod, where JSON decodes into the few fields types.go
+// keeps and skips the rest.
 func New(cfg *rest.Config) (*Client, error) {
-	core, err := restClient(cfg, corev1.SchemeGroupVersion, "/api")
+	core, err := restClient(cfg, CoreV1, "/api")
 	if err != nil {
 		return nil, err
 	}
-	apps, err := restClient(cfg, appsv1.SchemeGroupVersion, "/apis")
+	apps, err := restClient(cfg, AppsV1, "/apis")
 	if err != nil {
 		return nil, err
 	}
@@ -59,8 +57,8 @@ func restClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string) (*rest
 	c.GroupVersion = &gv
 	c.APIPath = apiPath
 	c.NegotiatedSerializer = codecs.WithoutConversion()
-	c.ContentType = runtime.ContentTypeProtobuf
-	c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	c.ContentType = runtime.ContentTypeJSON
+	c.AcceptContentTypes = runtime.ContentTypeJSON
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -87,18 +85,18 @@ func (c *Client) DaemonSet(namespace, name string) cache.ListerWatcher {
 }
 
 // GetPod reads one pod.
-func (c *Client) GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
-	return get(ctx, c.core.Get().Namespace(namespace).Resource("pods").Name(name), &corev1.Pod{})
+func (c *Client) GetPod(ctx context.Context, namespace, name string) (*Pod, error) {
+	return get(ctx, c.core.Get().Namespace(namespace).Resource("pods").Name(name), &Pod{})
 }
 
 // GetNamespace reads one namespace.
-func (c *Client) GetNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
-	return get(ctx, c.core.Get().Resource("namespaces").Name(name), &corev1.Namespace{})
+func (c *Client) GetNamespace(ctx context.Context, name string) (*Namespace, error) {
+	return get(ctx, c.core.Get().Resource("namespaces").Name(name), &Namespace{})
 }
 
 // GetService reads one service.
-func (c *Client) GetService(ctx context.Context, namespace, name string) (*corev1.Service, error) {
-	return get(ctx, c.core.Get().Namespace(namespace).Resource("services").Name(name), &corev1.Service{})
+func (c *Client) GetService(ctx context.Context, namespace, name string) (*Service, error) {
+	return get(ctx, c.core.Get().Namespace(namespace).Resource("services").Name(name), &Service{})
 }
 
 func get[T runtime.Object](ctx context.Context, r *rest.Request, into T) (T, error) {
@@ -109,11 +107,13 @@ func get[T runtime.Object](ctx context.Context, r *rest.Request, into T) (T, err
 	return into, nil
 }
 
-// DropManagedFields is an informer transform (SetTransform) that drops what
-// the agent never reads and would otherwise keep for every object it caches.
-func DropManagedFields(obj any) (any, error) {
+// DropUnread is an informer transform (SetTransform) that drops the metadata
+// the agent never reads and would otherwise keep for every object it
+// caches: managed fields and annotations (up to 256 KiB a pod).
+func DropUnread(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
+		m.SetAnnotations(nil)
 	}
 	return obj, nil
 }
