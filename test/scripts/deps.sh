@@ -2,6 +2,9 @@
 # deps.sh installs what building and testing meshlet needs on a Debian machine,
 # and does nothing when it is already there. Called by make; safe to rerun.
 set -euo pipefail
+# Tools built here are cached outside the clone, in $MESHLET_CACHE (as the
+# Makefile and the lab's build cache have it).
+cache=${MESHLET_CACHE:-$HOME/.cache/meshlet}
 
 # Debian packages: the kernel-side tools the lab and the data path use, clang
 # for `make generate`, protoc for pkg/api, and the benchmark peers.
@@ -22,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "deps: installing ${missing[*]}"
-  stamp="${HOME}/.cache/meshlet/apt-updated"
+  stamp="$cache/apt-updated"
   mkdir -p "$(dirname "$stamp")"
   if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440)" ]; then
     apt-get update -qq
@@ -50,7 +53,7 @@ go mod download
 # does; built once from its module (pinned here and in test/e2e/mesh
 # helm_test.go) into the cache, outside the clone.
 helm_version=v3.22.0
-helm_bin="${HOME}/.cache/meshlet/helm-${helm_version}/helm"
+helm_bin="$cache/helm-${helm_version}/helm"
 if [ ! -x "$helm_bin" ]; then
   echo "deps: building helm ${helm_version} (once, cached in $(dirname "$helm_bin"))"
   GOBIN="$(dirname "$helm_bin")" go install "helm.sh/helm/v3/cmd/helm@${helm_version}"
@@ -59,7 +62,7 @@ fi
 # fortio, the load generator the tutorial's circuit-breaking step bursts with
 # (as Istio's task does); pinned here and in test/e2e/mesh/tutorial_test.go.
 fortio_version=v1.66.5
-fortio_bin="${HOME}/.cache/meshlet/fortio-${fortio_version}/fortio"
+fortio_bin="$cache/fortio-${fortio_version}/fortio"
 if [ ! -x "$fortio_bin" ]; then
   echo "deps: building fortio ${fortio_version} (once, cached in $(dirname "$fortio_bin"))"
   GOBIN="$(dirname "$fortio_bin")" go install "fortio.org/fortio@${fortio_version}"

@@ -15,7 +15,7 @@ import (
 )
 
 // helmVersion is the helm the lab tests drive; test/scripts/deps.sh builds it
-// from its module into ~/.cache/meshlet/helm-<version>/helm.
+// from its module into $MESHLET_CACHE/helm-<version>/helm.
 const helmVersion = "v3.22.0"
 
 // fortioVersion is the fortio test/scripts/deps.sh builds (pinned there too).
@@ -108,12 +108,16 @@ func TestHelmInstallUpgrade(t *testing.T) {
 }
 
 // cachedTool is the path of a tool test/scripts/deps.sh builds once into
-// ~/.cache/meshlet/<name>-<version>/<name>; without it the test skips, or
-// fails under CI.
+// $MESHLET_CACHE/<name>-<version>/<name> (default ~/.cache/meshlet); without
+// it the test skips, or fails under CI.
 func cachedTool(t *testing.T, name, version string) string {
 	t.Helper()
-	home, _ := os.UserHomeDir()
-	bin := filepath.Join(home, ".cache", "meshlet", name+"-"+version, name)
+	cache := os.Getenv("MESHLET_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "meshlet")
+	}
+	bin := filepath.Join(cache, name+"-"+version, name)
 	if _, err := os.Stat(bin); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s %s not built at %s: test/scripts/deps.sh builds it", name, version, bin)
