@@ -186,7 +186,7 @@ spec:
   http:
   - match: [{uri: {prefix: /flaky}}]
     route: [{destination: {host: echo, subset: v1}}]
-    retries: {attempts: 10, retryOn: 5xx}
+    retries: {attempts: 20, retryOn: 5xx}
   - match: [{uri: {prefix: /slow}}]
     route: [{destination: {host: echo, subset: v1}}]
     timeout: 500ms
@@ -199,6 +199,9 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "1", base+"/slow?delay=2s")
 		return s.ByStatus["504"] == 1, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
 	})
+	// Each try fails at random with p = 0.5: with 10 retries one of 100
+	// requests failed all 11 tries in ~5% of runs (100 x 0.5^11); with 20,
+	// 100 x 0.5^21 ~ 5e-5. Without retries about 50 would fail.
 	s := summary(t, lb, ns, client.Name, "-n", "100", base+"/flaky?fail=50")
 	if s.ByStatus["200"] != 100 {
 		t.Errorf("retries over a backend failing 50%%: %v; want 100 answered 200", s.ByStatus)
