@@ -23,8 +23,8 @@ deps: ## install the Debian packages and Go tools the build and tests need (idem
 # text/template, 10 MB of the node agent's binary.
 BUILD_TAGS := grpcnotrace
 
-build: ## build every meshlet binary into bin/
-	go build -tags $(BUILD_TAGS) -o $(BIN)/ ./cmd/...
+build: ## build every meshlet binary into bin/ (static: CGO_ENABLED=0, as the lab builds them)
+	CGO_ENABLED=0 go build -tags $(BUILD_TAGS) -o $(BIN)/ ./cmd/...
 
 generate: crds ## regenerate eBPF bindings (bpf2go, Debian's clang), protobuf code and deploy/crds
 	go generate ./...

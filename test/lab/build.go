@@ -131,19 +131,28 @@ func ensureTools(repo string, progress io.Writer) (string, error) {
 // mapped into its resident set.
 const ProductBuildTags = "grpcnotrace"
 
+// ProductBuildEnv is the environment meshlet's own binaries are built with,
+// here and in the Makefile: no cgo, so they are static. meshlet-cni runs
+// on the node's host with whatever C library it has, and a static agent
+// maps no libc (about 1.5 MB less resident on every node); nothing in
+// meshlet needs cgo (the pure-Go DNS resolver and user lookups do).
+var ProductBuildEnv = []string{"CGO_ENABLED=0"}
+
 // goBuild runs go build -o out pkgs... in dir.
 func goBuild(dir, out string, progress io.Writer, pkgs ...string) error {
-	return goBuildTags(dir, out, "", progress, pkgs...)
+	return goBuildTags(dir, out, "", nil, progress, pkgs...)
 }
 
-// goBuildTags runs go build -tags tags -o out pkgs... in dir.
-func goBuildTags(dir, out, tags string, progress io.Writer, pkgs ...string) error {
+// goBuildTags runs go build -tags tags -o out pkgs... in dir, with env
+// added to the environment.
+func goBuildTags(dir, out, tags string, env []string, progress io.Writer, pkgs ...string) error {
 	args := []string{"build", "-o", out}
 	if tags != "" {
 		args = append(args, "-tags", tags)
 	}
 	args = append(args, pkgs...)
 	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Dir = dir
 	cmd.Stdout = progress
 	cmd.Stderr = progress
@@ -176,7 +185,7 @@ func buildLocal(l Layout, tools string, progress io.Writer) (map[string]string, 
 	}
 	if len(pkgs) > 0 {
 		fmt.Fprintf(progress, "building %s\n", strings.Join(pkgs, " "))
-		if err := goBuildTags(l.Repo(), bin+"/", ProductBuildTags, progress, pkgs...); err != nil {
+		if err := goBuildTags(l.Repo(), bin+"/", ProductBuildTags, ProductBuildEnv, progress, pkgs...); err != nil {
 			return nil, err
 		}
 	}

@@ -113,7 +113,7 @@ if [ "$quiet" -lt 60 ]; then echo "bench-datapath: another checkout's lab still 
 
 step "lab up"
 make -s lab
-go build -tags grpcnotrace -o "$tmp/meshctl" ./cmd/meshctl
+CGO_ENABLED=0 go build -tags grpcnotrace -o "$tmp/meshctl" ./cmd/meshctl
 if ! "$lab" status 2>/dev/null | grep -q '^lab: running'; then started_lab=1; fi
 "$lab" up --nodes 2
 digest() { sha256sum "$labdir/bin/$1" 2>/dev/null | cut -c1-64; }

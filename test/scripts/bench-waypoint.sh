@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -tags grpcnotrace -o "$tmp/waypoint" ./cmd/waypoint
+CGO_ENABLED=0 go build -tags grpcnotrace -o "$tmp/waypoint" ./cmd/waypoint
 head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/payload"
 
 nginx_conf() { # name port body

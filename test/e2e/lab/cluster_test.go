@@ -2,6 +2,7 @@ package labtest
 
 import (
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -100,6 +101,21 @@ func TestNodesReady(t *testing.T) {
 	lb := lab.Shared(t)
 	if lb.Started {
 		t.Logf("lab up (this process) took %s", lb.UpTime.Round(time.Millisecond))
+	}
+	// The binaries the lab runs are built as releases are: static, with no
+	// program interpreter (meshlet-cni runs on the host, whatever libc
+	// it has).
+	for _, b := range []string{"meshd", "node-agent", "waypoint", "meshlet-cni"} {
+		f, err := elf.Open(lb.Layout.Path("bin", b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("%s is dynamically linked (has a program interpreter); want static (CGO_ENABLED=0, lab.ProductBuildEnv)", b)
+			}
+		}
+		f.Close()
 	}
 	nodes, err := lb.Clientset().CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
 	if err != nil {
