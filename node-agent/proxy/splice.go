@@ -41,8 +41,33 @@ func splice(down, up io.ReadWriteCloser, c *connCounters) {
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // copyCounted is io.Copy that adds each chunk to ctr as it is written, so
-// long connections show their bytes before they end.
+// long connections show their bytes before they end. A connection waiting
+// for data holds no copy buffer when src is a socket (the buffer is taken
+// once it is readable) or an HBONE stream (it writes its received chunks
+// itself): idle keep-alive connections, most of a node's, cost none.
 func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
+	switch s := src.(type) {
+	case *rawsock.Conn: // before io.WriterTo, which it also is
+		for {
+			bp, n, rerr := s.ReadPooled(&bufPool)
+			if n > 0 {
+				w, werr := dst.Write((*bp)[:n])
+				bufPool.Put(bp)
+				if ctr != nil && w > 0 {
+					ctr.Add(float64(w))
+				}
+				if werr != nil {
+					return
+				}
+			}
+			if rerr != nil {
+				return
+			}
+		}
+	case io.WriterTo:
+		_, _ = s.WriteTo(countingWriter{dst, ctr})
+		return
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -61,6 +86,20 @@ func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
 			return
 		}
 	}
+}
+
+// countingWriter adds what it writes to ctr (when set).
+type countingWriter struct {
+	w   io.Writer
+	ctr prometheus.Counter
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if c.ctr != nil && n > 0 {
+		c.ctr.Add(float64(n))
+	}
+	return n, err
 }
 
 func rawIO(c io.ReadWriteCloser) io.ReadWriteCloser {

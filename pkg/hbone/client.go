@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -449,6 +450,11 @@ type Conn struct {
 
 // Read reads bytes the server sent; io.EOF when it ended the stream.
 func (c *Conn) Read(p []byte) (int, error) { return c.s.read(context.Background(), p) }
+
+// WriteTo writes what the server sends to w until it ends the stream
+// (io.WriterTo, which io.Copy uses): it hands w the received chunks
+// themselves, and holds no buffer while it waits.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) { return c.s.writeTo(w) }
 
 // Write sends bytes to the server. It returns once they are handed to the
 // TLS connection, blocking while the server's flow-control window is shut.

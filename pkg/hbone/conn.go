@@ -1007,39 +1007,9 @@ func (c *conn) newStreamLocked(id uint32) *stream {
 func (s *stream) read(ctx context.Context, p []byte) (int, error) {
 	c := s.c
 	c.mu.Lock()
-	for {
-		if s.closed {
-			c.mu.Unlock()
-			return 0, fmt.Errorf("read hbone stream: %w", net.ErrClosed)
-		}
-		if s.buf.n > 0 {
-			break
-		}
-		if s.recvEnd {
-			// A peer's error reset after its END_STREAM still fails a
-			// reader that has not taken the end yet, as a TCP RST after a
-			// FIN does: a handler that half-closed and then failed is not a
-			// clean end. RST_STREAM NO_ERROR (RFC 9113 §8.1) is.
-			se, ok := s.resetErr.(streamError)
-			c.mu.Unlock()
-			if ok && se.remote && se.code != http2.ErrCodeNo {
-				return 0, se
-			}
-			return 0, io.EOF
-		}
-		if s.resetErr != nil {
-			c.mu.Unlock()
-			return 0, s.resetErr
-		}
-		if ctx.Err() != nil {
-			c.mu.Unlock()
-			return 0, ctx.Err()
-		}
-		if len(p) == 0 {
-			c.mu.Unlock()
-			return 0, nil
-		}
-		s.readCond.Wait()
+	if err := s.waitDataLocked(ctx, len(p) == 0); err != nil || len(p) == 0 {
+		c.mu.Unlock()
+		return 0, err
 	}
 	n := s.buf.read(p)
 	c.creditLocked(s, int32(n))
@@ -1049,6 +1019,72 @@ func (s *stream) read(ctx context.Context, p []byte) (int, error) {
 		c.flushCtl()
 	}
 	return n, nil
+}
+
+// waitDataLocked waits until s has received bytes to read, and returns nil
+// then; else why there will be none (io.EOF at the peer's clean end). With
+// noWait it returns nil at once when there is nothing yet. c.mu held.
+func (s *stream) waitDataLocked(ctx context.Context, noWait bool) error {
+	for {
+		if s.closed {
+			return fmt.Errorf("read hbone stream: %w", net.ErrClosed)
+		}
+		if s.buf.n > 0 {
+			return nil
+		}
+		if s.recvEnd {
+			// A peer's error reset after its END_STREAM still fails a
+			// reader that has not taken the end yet, as a TCP RST after a
+			// FIN does: a handler that half-closed and then failed is not a
+			// clean end. RST_STREAM NO_ERROR (RFC 9113 §8.1) is.
+			if se, ok := s.resetErr.(streamError); ok && se.remote && se.code != http2.ErrCodeNo {
+				return se
+			}
+			return io.EOF
+		}
+		if s.resetErr != nil {
+			return s.resetErr
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if noWait {
+			return nil
+		}
+		s.readCond.Wait()
+	}
+}
+
+// writeTo writes received bytes to w as they arrive until the peer ends the
+// stream (nil then, as io.WriterTo has it). Each write hands w a received
+// chunk itself: no copy, and no buffer held while the stream waits for
+// data, where a Read loop keeps its buffer for the connection's life.
+func (s *stream) writeTo(w io.Writer) (int64, error) {
+	c := s.c
+	var total int64
+	for {
+		c.mu.Lock()
+		if err := s.waitDataLocked(context.Background(), false); err != nil {
+			c.mu.Unlock()
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		chunk, data := s.buf.take()
+		c.creditLocked(s, int32(len(data)))
+		pending := len(c.ctl) > 0
+		c.mu.Unlock()
+		if pending {
+			c.flushCtl()
+		}
+		n, err := w.Write(data)
+		chunkPool.Put(chunk)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // writeErrLocked says why s takes no more writes. c.mu held.
@@ -1202,6 +1238,26 @@ func (b *recvBuffer) read(p []byte) int {
 		}
 	}
 	return n
+}
+
+// take removes the first chunk and returns it with its unread bytes; the
+// caller puts it back in chunkPool once done with them. b.n > 0.
+func (b *recvBuffer) take() (*[chunkSize]byte, []byte) {
+	chunk := b.chunks[0]
+	end := chunkSize
+	if len(b.chunks) == 1 {
+		end = b.w
+	}
+	data := chunk[b.r:end]
+	b.n -= len(data)
+	copy(b.chunks, b.chunks[1:])
+	b.chunks[len(b.chunks)-1] = nil
+	b.chunks = b.chunks[:len(b.chunks)-1]
+	b.r = 0
+	if len(b.chunks) == 0 {
+		b.w = 0
+	}
+	return chunk, data
 }
 
 func (b *recvBuffer) popChunk() {

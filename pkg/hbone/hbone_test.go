@@ -436,6 +436,17 @@ func TestHalfClose(t *testing.T) {
 		if _, err := io.ReadAll(c); err == nil {
 			t.Fatal("read ended cleanly; want a reset error so a failure is never taken for a clean end")
 		}
+		// The same through WriteTo (io.Copy's way, the node agent's and
+		// the relay's), which hands over received chunks.
+		c2, err := e.dialer.Dial(ctxT(t), e.target())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		var got bytes.Buffer
+		if _, err := io.Copy(&got, c2); err == nil {
+			t.Fatalf("copy ended cleanly after %q; want a reset error", got.String())
+		}
 	})
 }
 

@@ -457,6 +457,10 @@ type serverStream struct{ s *stream }
 
 func (s *serverStream) Read(p []byte) (int, error) { return s.s.read(context.Background(), p) }
 
+// WriteTo writes what the client sends to w until it ends the stream, as
+// (*Conn).WriteTo does.
+func (s *serverStream) WriteTo(w io.Writer) (int64, error) { return s.s.writeTo(w) }
+
 func (s *serverStream) Write(p []byte) (int, error) { return s.s.write(p) }
 
 // CloseWrite sends END_STREAM: the client reads io.EOF.

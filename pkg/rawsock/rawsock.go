@@ -41,6 +41,11 @@ type Conn struct {
 	rbuf, wbuf      []byte
 	rn, wn          int
 	rerrno, werrno  syscall.Errno
+
+	// ReadPooled's callback and its pool and buffer.
+	readPooledFn func(fd uintptr) bool
+	rpool        *sync.Pool
+	rbp          *[]byte
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, else c unchanged.
@@ -57,7 +62,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{TCPConn: tc, rc: rc}
-	w.readFn, w.writeFn = w.read, w.write
+	w.readFn, w.writeFn, w.readPooledFn = w.read, w.write, w.readPooled
 	return w
 }
 
@@ -94,6 +99,56 @@ func (c *Conn) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			return false
+		}
+		c.rn, c.rerrno = int(r), e
+		return true
+	}
+}
+
+// ReadPooled is Read into a buffer taken from pool (a *[]byte of non-zero
+// length) only once the socket is readable, so that a connection waiting
+// for data holds no buffer: a proxy's idle keep-alive connections then cost
+// no copy buffer each. It returns the buffer, for the caller to put back in
+// pool when done with its first n bytes; on an error or io.EOF it returns
+// none (the buffer is back in pool).
+func (c *Conn) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rpool, c.rbp, c.rn, c.rerrno = pool, nil, 0, 0
+	err := c.rc.Read(c.readPooledFn)
+	bp, n, errno := c.rbp, c.rn, c.rerrno
+	c.rpool, c.rbp = nil, nil
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("read", errno)
+	}
+	if err != nil || n == 0 {
+		if bp != nil {
+			pool.Put(bp)
+		}
+		if err != nil {
+			return nil, 0, c.opError("read", err)
+		}
+		return nil, 0, io.EOF
+	}
+	return bp, n, nil
+}
+
+// readPooled is the RawConn callback of ReadPooled: it takes a buffer for
+// the read and gives it back before asking the poller to wait.
+func (c *Conn) readPooled(fd uintptr) bool {
+	if c.rbp == nil {
+		c.rbp = c.rpool.Get().(*[]byte)
+	}
+	p := *c.rbp
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			c.rpool.Put(c.rbp)
+			c.rbp = nil
 			return false
 		}
 		c.rn, c.rerrno = int(r), e

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
 	"testing"
 	"time"
 )
@@ -150,5 +153,49 @@ func TestWrapLeavesOtherConnsAlone(t *testing.T) {
 	c, _ := pair(t)
 	if Wrap(c) != net.Conn(c) {
 		t.Fatal("Wrap wrapped a *Conn twice")
+	}
+}
+
+// ReadPooled reads what was sent into a pooled buffer, and gives the
+// buffer back while it waits: over many reads that each wait first, the
+// pool makes one buffer (it would make one per wait if a waiting read kept
+// its buffer). The end and a deadline come back as Read's do.
+func TestReadPooled(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // one P: one pool cache
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no GC emptying the pool
+	c, s := pair(t)
+	made := 0
+	pool := &sync.Pool{New: func() any { made++; b := make([]byte, 64); return &b }}
+	for i := range 50 {
+		type result struct {
+			bp  *[]byte
+			n   int
+			err error
+		}
+		got := make(chan result, 1)
+		go func() { bp, n, err := c.ReadPooled(pool); got <- result{bp, n, err} }()
+		time.Sleep(time.Millisecond) // the read waits on the poller
+		msg := []byte{byte(i), 'x'}
+		if _, err := s.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		r := <-got
+		if r.err != nil || !bytes.Equal((*r.bp)[:r.n], msg) {
+			t.Fatalf("read %d: %q, %v; want %q", i, (*r.bp)[:r.n], r.err, msg)
+		}
+		pool.Put(r.bp)
+	}
+	if made != 1 {
+		t.Errorf("the pool made %d buffers for 50 reads that waited; want 1 (a waiting read gives its buffer back)", made)
+	}
+
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if bp, _, err := c.ReadPooled(pool); bp != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("past the deadline: buffer %v, %v; want none and a deadline error", bp, err)
+	}
+	c.SetReadDeadline(time.Time{})
+	s.CloseWrite()
+	if bp, n, err := c.ReadPooled(pool); bp != nil || n != 0 || err != io.EOF {
+		t.Errorf("at the peer's end: buffer %v, %d bytes, %v; want none, 0, io.EOF", bp, n, err)
 	}
 }
