@@ -161,7 +161,7 @@ func TestWrapLeavesOtherConnsAlone(t *testing.T) {
 // pool makes one buffer (it would make one per wait if a waiting read kept
 // its buffer). The end and a deadline come back as Read's do.
 func TestReadPooled(t *testing.T) {
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // one P: one pool cache
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))  // one P: one pool cache
 	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no GC emptying the pool
 	c, s := pair(t)
 	made := 0
