@@ -46,16 +46,14 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // once it is readable) or an HBONE stream (it writes its received chunks
 // itself): idle keep-alive connections, most of a node's, cost none.
 func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
+	cw := countingWriter{dst, ctr}
 	switch s := src.(type) {
 	case *rawsock.Conn: // before io.WriterTo, which it also is
 		for {
 			bp, n, rerr := s.ReadPooled(&bufPool)
 			if n > 0 {
-				w, werr := dst.Write((*bp)[:n])
+				_, werr := cw.Write((*bp)[:n])
 				bufPool.Put(bp)
-				if ctr != nil && w > 0 {
-					ctr.Add(float64(w))
-				}
 				if werr != nil {
 					return
 				}
@@ -65,26 +63,11 @@ func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
 			}
 		}
 	case io.WriterTo:
-		_, _ = s.WriteTo(countingWriter{dst, ctr})
-		return
-	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			w, werr := dst.Write(buf[:n])
-			if ctr != nil && w > 0 {
-				ctr.Add(float64(w))
-			}
-			if werr != nil {
-				return
-			}
-		}
-		if rerr != nil {
-			return
-		}
+		_, _ = s.WriteTo(cw)
+	default:
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		_, _ = io.CopyBuffer(cw, src, *bp)
 	}
 }
 

@@ -1241,7 +1241,7 @@ func (b *recvBuffer) read(p []byte) int {
 }
 
 // take removes the first chunk and returns it with its unread bytes; the
-// caller puts it back in chunkPool once done with them. b.n > 0.
+// caller puts it back in chunkPool once done with them. b holds a chunk.
 func (b *recvBuffer) take() (*[chunkSize]byte, []byte) {
 	chunk := b.chunks[0]
 	end := chunkSize
@@ -1260,15 +1260,10 @@ func (b *recvBuffer) take() (*[chunkSize]byte, []byte) {
 	return chunk, data
 }
 
+// popChunk drops the first chunk (read to its end, or dropped unread).
 func (b *recvBuffer) popChunk() {
-	chunkPool.Put(b.chunks[0])
-	copy(b.chunks, b.chunks[1:])
-	b.chunks[len(b.chunks)-1] = nil
-	b.chunks = b.chunks[:len(b.chunks)-1]
-	b.r = 0
-	if len(b.chunks) == 0 {
-		b.w = 0
-	}
+	chunk, _ := b.take()
+	chunkPool.Put(chunk)
 }
 
 func (b *recvBuffer) reset() {

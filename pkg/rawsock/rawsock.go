@@ -42,10 +42,9 @@ type Conn struct {
 	rn, wn          int
 	rerrno, werrno  syscall.Errno
 
-	// ReadPooled's callback and its pool and buffer.
-	readPooledFn func(fd uintptr) bool
-	rpool        *sync.Pool
-	rbp          *[]byte
+	// ReadPooled's pool and the buffer taken from it.
+	rpool *sync.Pool
+	rbp   *[]byte
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, else c unchanged.
@@ -62,7 +61,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{TCPConn: tc, rc: rc}
-	w.readFn, w.writeFn, w.readPooledFn = w.read, w.write, w.readPooled
+	w.readFn, w.writeFn = w.read, w.write
 	return w
 }
 
@@ -74,10 +73,40 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	c.rbuf, c.rn, c.rerrno = p, 0, 0
+	c.rbuf = p
+	n, err := c.readLocked()
+	c.rbuf = nil
+	return n, err
+}
+
+// ReadPooled is Read into a buffer taken from pool (a *[]byte of non-zero
+// length) only once the socket is readable, so that a connection waiting
+// for data holds no buffer: a proxy's idle keep-alive connections then cost
+// no copy buffer each. It returns the buffer, for the caller to put back in
+// pool when done with its first n bytes; on an error or io.EOF it returns
+// none (the buffer is back in pool).
+func (c *Conn) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rpool = pool
+	n, err := c.readLocked()
+	bp := c.rbp
+	c.rpool, c.rbp, c.rbuf = nil, nil, nil
+	if err != nil {
+		if bp != nil {
+			pool.Put(bp)
+		}
+		return nil, 0, err
+	}
+	return bp, n, nil
+}
+
+// readLocked reads into c.rbuf, or into a buffer from c.rpool (c.rbp),
+// through the poller. c.rmu held.
+func (c *Conn) readLocked() (int, error) {
+	c.rn, c.rerrno = 0, 0
 	err := c.rc.Read(c.readFn)
 	n, errno := c.rn, c.rerrno
-	c.rbuf = nil
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("read", errno)
 	}
@@ -90,8 +119,14 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// read is the RawConn callback of Read: false asks the poller to wait.
+// read is the RawConn callback of readLocked: false asks the poller to
+// wait. Reading for ReadPooled, it takes the buffer from the pool here and
+// gives it back before a wait.
 func (c *Conn) read(fd uintptr) bool {
+	if c.rbuf == nil {
+		c.rbp = c.rpool.Get().(*[]byte)
+		c.rbuf = *c.rbp
+	}
 	p := c.rbuf
 	for {
 		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
@@ -99,56 +134,10 @@ func (c *Conn) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			return false
-		}
-		c.rn, c.rerrno = int(r), e
-		return true
-	}
-}
-
-// ReadPooled is Read into a buffer taken from pool (a *[]byte of non-zero
-// length) only once the socket is readable, so that a connection waiting
-// for data holds no buffer: a proxy's idle keep-alive connections then cost
-// no copy buffer each. It returns the buffer, for the caller to put back in
-// pool when done with its first n bytes; on an error or io.EOF it returns
-// none (the buffer is back in pool).
-func (c *Conn) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	c.rpool, c.rbp, c.rn, c.rerrno = pool, nil, 0, 0
-	err := c.rc.Read(c.readPooledFn)
-	bp, n, errno := c.rbp, c.rn, c.rerrno
-	c.rpool, c.rbp = nil, nil
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("read", errno)
-	}
-	if err != nil || n == 0 {
-		if bp != nil {
-			pool.Put(bp)
-		}
-		if err != nil {
-			return nil, 0, c.opError("read", err)
-		}
-		return nil, 0, io.EOF
-	}
-	return bp, n, nil
-}
-
-// readPooled is the RawConn callback of ReadPooled: it takes a buffer for
-// the read and gives it back before asking the poller to wait.
-func (c *Conn) readPooled(fd uintptr) bool {
-	if c.rbp == nil {
-		c.rbp = c.rpool.Get().(*[]byte)
-	}
-	p := *c.rbp
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			c.rpool.Put(c.rbp)
-			c.rbp = nil
+			if c.rpool != nil {
+				c.rpool.Put(c.rbp)
+				c.rbp, c.rbuf = nil, nil
+			}
 			return false
 		}
 		c.rn, c.rerrno = int(r), e
