@@ -352,7 +352,8 @@ func cgroup2Mount() (string, error) {
 // releaseStartupPages waits until the agent has enrolled this node's pods
 // and then a little more (certificates, the first config push), then lets
 // go of the binary's pages that start-up mapped (admin.ReleaseStartupPages):
-// the resident set then shows what the running agent uses.
+// the resident set then shows what the running agent uses. It then returns
+// the heap of each later burst (admin.ReleaseAfterBursts) until ctx ends.
 func releaseStartupPages(ctx context.Context, synced func() bool) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -371,10 +372,17 @@ func releaseStartupPages(ctx context.Context, synced func() bool) {
 	n, err := admin.ReleaseStartupPages()
 	if err != nil {
 		log.Printf("%v", err)
-		return
+	} else {
+		log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
 	}
-	log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
+	// From now on, the heap a burst of traffic or of enrollments leaves
+	// behind goes back to the system once it is over (the first check
+	// releases start-up's).
+	admin.ReleaseAfterBursts(ctx, burstCheck, nil)
 }
+
+// burstCheck is how often the agent checks for heap a burst left behind.
+const burstCheck = 15 * time.Second
 
 // startupSettle is how long after the first full enrollment start-up is
 // taken to be over.
