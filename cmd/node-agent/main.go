@@ -251,7 +251,13 @@ func run(f flags) error {
 	own := watchOwnDaemonSet(ctx, client, f.namespace, f.daemonSetName)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()
-	go releaseStartupPages(ctx, rec.Synced)
+	go func() {
+		releaseStartupPages(ctx, rec.Synced)
+		// From then on, the heap a burst of traffic or of enrollments
+		// leaves behind goes back to the system once it is over (the first
+		// check releases start-up's).
+		admin.ReleaseAfterBursts(ctx, burstCheck)
+	}()
 	log.Printf("node-agent on %s: data path loaded (pins %s, cgroup %s)", f.nodeName, f.pinDir, f.cgroupRoot)
 	select {
 	case <-ctx.Done():
@@ -352,8 +358,7 @@ func cgroup2Mount() (string, error) {
 // releaseStartupPages waits until the agent has enrolled this node's pods
 // and then a little more (certificates, the first config push), then lets
 // go of the binary's pages that start-up mapped (admin.ReleaseStartupPages):
-// the resident set then shows what the running agent uses. It then returns
-// the heap of each later burst (admin.ReleaseAfterBursts) until ctx ends.
+// the resident set then shows what the running agent uses.
 func releaseStartupPages(ctx context.Context, synced func() bool) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -372,13 +377,9 @@ func releaseStartupPages(ctx context.Context, synced func() bool) {
 	n, err := admin.ReleaseStartupPages()
 	if err != nil {
 		log.Printf("%v", err)
-	} else {
-		log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
+		return
 	}
-	// From now on, the heap a burst of traffic or of enrollments leaves
-	// behind goes back to the system once it is over (the first check
-	// releases start-up's).
-	admin.ReleaseAfterBursts(ctx, burstCheck, nil)
+	log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
 }
 
 // burstCheck is how often the agent checks for heap a burst left behind.

@@ -9,7 +9,7 @@ import (
 
 // ReleaseAfterBursts returns to the operating system, once traffic has
 // calmed down, the heap a burst left behind, checking every interval until
-// ctx ends. It calls logf (when set) after each release.
+// ctx ends.
 //
 // Why: a burst (a bulk transfer filling HBONE receive windows, many pods
 // enrolled at once) grows the heap, and the buffers it used go back to
@@ -18,7 +18,7 @@ import (
 // slowly: in the lab the agent held ~6 MB more after an iperf3 run for
 // minutes. Two forced collections and a release (debug.FreeOSMemory) when
 // allocation is quiet cost a few milliseconds once per burst.
-func ReleaseAfterBursts(ctx context.Context, interval time.Duration, logf func(string, ...any)) {
+func ReleaseAfterBursts(ctx context.Context, interval time.Duration) {
 	r := newBurstReleaser()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -28,9 +28,7 @@ func ReleaseAfterBursts(ctx context.Context, interval time.Duration, logf func(s
 			return
 		case <-t.C:
 		}
-		if before, after, ok := r.tick(); ok && logf != nil {
-			logf("released heap after a burst: %d -> %d KiB held", before>>10, after>>10)
-		}
+		r.tick()
 	}
 }
 
@@ -49,7 +47,8 @@ const (
 type burstReleaser struct {
 	samples    []metrics.Sample
 	lastAllocs uint64
-	baseline   uint64 // heap held right after the last release; 0: none yet
+	released   bool   // there was a release: baseline is set
+	baseline   uint64 // heap held right after the last release
 	release    func()
 }
 
@@ -97,11 +96,11 @@ func (r *burstReleaser) tick() (before, after uint64, released bool) {
 	allocs, held := r.read()
 	quiet := allocs-r.lastAllocs < quietAlloc
 	r.lastAllocs = allocs
-	if !quiet || (r.baseline != 0 && held < r.baseline+burstSlack) {
+	if !quiet || (r.released && held < r.baseline+burstSlack) {
 		return held, held, false
 	}
 	r.release()
 	r.lastAllocs, after = r.read()
-	r.baseline = max(after, 1)
+	r.released, r.baseline = true, after
 	return held, after, true
 }
