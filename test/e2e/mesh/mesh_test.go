@@ -137,6 +137,31 @@ lines:
 	return sum
 }
 
+// waitTunnelled makes requests from pod from to url until one is counted by
+// the source node agent as mutual TLS to a workload of dstNS. Pods created
+// right after their namespace was labelled may start before the node agent
+// has seen the label (they are enrolled live a moment later), and a pod or
+// endpoint that has just become Ready reaches the other nodes' agents a
+// moment after the API server has it, as it reaches kube-proxy: a first
+// request can still go out in plaintext or find no endpoint.
+func waitTunnelled(t *testing.T, lb *lab.Lab, ns string, from corev1.Pod, url, dstNS string) {
+	t.Helper()
+	metrics := "http://" + from.Status.HostIP + ":15020/metrics"
+	tunnelled := func() float64 {
+		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`,
+			fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_workload_namespace=%q`, dstNS),
+			`connection_security_policy="mutual_tls"`)
+	}
+	lab.WaitFor(t, time.Minute, "a request from "+from.Name+" to "+url+" tunnelled with mutual TLS", func() (bool, error) {
+		before := tunnelled()
+		ok, out := request(t, lb, ns, from.Name, url)
+		if tunnelled() > before && ok {
+			return true, nil
+		}
+		return false, fmt.Errorf("answered=%v, not counted as mutual TLS yet: %s", ok, strings.Join(strings.Fields(out), " "))
+	})
+}
+
 func TestMeshCarriesServiceTrafficOverMutualTLS(t *testing.T) {
 	lb := meshLab(t)
 
@@ -165,6 +190,7 @@ func TestMeshCarriesServiceTrafficOverMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitTunnelled(t, lb, ns, from, fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP), ns)
 	metrics := fmt.Sprintf("http://%s:15020/metrics", from.Status.HostIP)
 	src := fmt.Sprintf(`source_workload_namespace=%q`, ns)
 	mtls := `connection_security_policy="mutual_tls"`

@@ -60,6 +60,8 @@ func TestTCPMetricsCountTheBytesSent(t *testing.T) {
 			kernelReceived: sumMetric(t, srcMetrics, "meshlet_kernel_tcp_bytes_total", fmt.Sprintf(`namespace=%q`, ns), `direction="received"`),
 		}
 	}
+	// Counted from the moment the mesh knows both pods.
+	waitTunnelled(t, lb, ns, from, fmt.Sprintf("http://%s:8080/", to.Status.PodIP), ns)
 	before := read()
 	url := fmt.Sprintf("http://%s:8080/?size=%d", to.Status.PodIP, size)
 	// Each request is at least its request line.

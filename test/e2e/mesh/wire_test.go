@@ -106,18 +106,7 @@ func TestMutualTLSOnTheWire(t *testing.T) {
 	plainServer := podOn(t, lb, plain, "server", "wire-server", n2)
 	plainClient := podOn(t, lb, plain, "client", "wire-client", n1)
 
-	// Pods created right after their namespace was labelled may start
-	// before the node agent has seen the label, and are enrolled live a
-	// moment later: wait until the client's traffic is mutual TLS.
-	metrics := "http://" + meshClient.Status.HostIP + ":15020/metrics"
-	mtls := func() float64 {
-		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`, fmt.Sprintf(`source_workload_namespace=%q`, mesh), `connection_security_policy="mutual_tls"`)
-	}
-	lab.WaitFor(t, time.Minute, "the mesh client's traffic is mutual TLS", func() (bool, error) {
-		before := mtls()
-		request(t, lb, mesh, meshClient.Name, fmt.Sprintf("http://%s:8080/", meshServer.Status.PodIP))
-		return mtls() > before, fmt.Errorf("not yet")
-	})
+	waitTunnelled(t, lb, mesh, meshClient, fmt.Sprintf("http://%s:8080/", meshServer.Status.PodIP), mesh)
 
 	secret, clear := marker(), marker()
 	stop := capture(t)
