@@ -162,13 +162,14 @@ func run(f flags) error {
 	defer stop()
 
 	var m agent.Mesh
+	configured := func() error { return nil }
 	if f.meshdAddress != "" {
-		mm, stopMesh, err := startMesh(ctx, f)
+		mm, cfgd, stopMesh, err := startMesh(ctx, f)
 		if err != nil {
 			return err
 		}
 		defer stopMesh()
-		m = mm
+		m, configured = mm, cfgd
 	} else {
 		log.Printf("no --meshd-address: enrolled traffic passes through the proxies without the tunnel")
 	}
@@ -222,7 +223,16 @@ func run(f flags) error {
 	metricsSrv := &http.Server{Addr: f.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(metricsSrv)
 	defer metricsSrv.Close()
-	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ag.ReadinessHandler(rec.Synced, succ.Newest), ReadHeaderTimeout: 10 * time.Second}
+	// Ready once every running pod is enrolled and meshd's first config is
+	// in: until then a rolling update keeps the old agent, which can decide
+	// for its pods.
+	starting := func() error {
+		if !rec.Synced() {
+			return errors.New("pods not synced yet")
+		}
+		return configured()
+	}
+	readySrv := &http.Server{Addr: f.readinessAddr, Handler: ag.ReadinessHandler(starting, succ.Newest), ReadHeaderTimeout: 10 * time.Second}
 	go serveHTTP(readySrv)
 	defer readySrv.Close()
 
@@ -381,6 +391,13 @@ func releaseStartupPages(ctx context.Context, synced func() bool) {
 	}
 	log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
 }
+
+// decisionWait bounds how long a connection waits for the mesh config its
+// decision needs: the first config after the agent starts, or a new local
+// pod that meshd has not pushed yet (its push trails the CNI's enrollment by
+// up to meshd's debounce). Longer than that lag under load, shorter than a
+// client's connect timeout.
+const decisionWait = 5 * time.Second
 
 // burstCheck is how often the agent checks for heap a burst left behind.
 const burstCheck = 15 * time.Second

@@ -8,7 +8,6 @@ import (
 	"log"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -24,31 +23,31 @@ import (
 	"github.com/meshlet/meshlet/node-agent/tunnel"
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/identity"
-	"github.com/meshlet/meshlet/pkg/model"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
 // startMesh connects to meshd (xDS config and the CA) and returns the
 // agent's Mesh hooks: model resolution, PeerAuthentication and L4 policy,
-// and the HBONE tunnel with certificates from meshd. The returned stop
-// function releases it all.
-func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
+// and the HBONE tunnel with certificates from meshd. configured says why the
+// agent cannot decide for its pods yet (nil once meshd's first full config
+// is in); the returned stop function releases it all.
+func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() error, stop func(), err error) {
 	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
+		return nil, nil, nil, fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
 	}
 	rootPEM, err := os.ReadFile(f.meshdRootCert)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read meshd root certificate (--meshd-root-cert): %w", err)
+		return nil, nil, nil, fmt.Errorf("read meshd root certificate (--meshd-root-cert): %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(rootPEM) {
-		return nil, nil, fmt.Errorf("--meshd-root-cert %s holds no PEM certificate", f.meshdRootCert)
+		return nil, nil, nil, fmt.Errorf("--meshd-root-cert %s holds no PEM certificate", f.meshdRootCert)
 	}
 	bundle, err := x509bundle.Parse(td, rootPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("parse trust bundle from %s: %w", f.meshdRootCert, err)
+		return nil, nil, nil, fmt.Errorf("parse trust bundle from %s: %w", f.meshdRootCert, err)
 	}
 	bundles := identity.NewBundleSource(bundle)
 	serverName := f.meshdServerName
@@ -66,7 +65,7 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 
 	conn, err := grpc.NewClient(f.meshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
-		return nil, nil, fmt.Errorf("meshd connection: %w", err)
+		return nil, nil, nil, fmt.Errorf("meshd connection: %w", err)
 	}
 	cm, err := certs.New(certs.Options{Conn: conn, Token: token, TTL: 24 * time.Hour,
 		OnError: func(id spiffeid.ID, err error) {
@@ -74,10 +73,10 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 		}})
 	if err != nil {
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 
-	var snap atomic.Pointer[model.Snapshot]
+	store := mesh.NewStore()
 	var xc *xdsclient.Client
 	rebuild := func(typeURL string, _, _ []string) {
 		if typeURL == meshv1.TrustBundleType {
@@ -96,7 +95,14 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 				}
 			}
 		}
-		snap.Store(mesh.SnapshotFromResources(f.trustDomain, func(t string) []proto.Message {
+		select {
+		case <-xc.Synced():
+		default:
+			// Not before every type is in: workloads without their
+			// policies would allow what a policy denies.
+			return
+		}
+		store.Set(mesh.SnapshotFromResources(f.trustDomain, func(t string) []proto.Message {
 			var out []proto.Message
 			for _, r := range xc.List(t) {
 				out = append(out, r.Message)
@@ -116,7 +122,7 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 	if err != nil {
 		cm.Close()
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	xctx, cancel := context.WithCancel(ctx)
 	go func() {
@@ -130,13 +136,25 @@ func startMesh(ctx context.Context, f flags) (agent.Mesh, func(), error) {
 		cancel()
 		cm.Close()
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	m := mesh.New(mesh.Options{Snapshot: snap.Load, Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget})
-	stop := func() {
+	m = mesh.New(mesh.Options{Snapshot: store.Load, Changed: store.Changed, Wait: decisionWait,
+		Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget})
+	configured = func() error {
+		select {
+		case <-xc.Synced():
+			return nil
+		default:
+		}
+		if err := xc.LastError(); err != nil {
+			return fmt.Errorf("no mesh config from meshd yet (%s): %w", f.meshdAddress, err)
+		}
+		return fmt.Errorf("no mesh config from meshd yet (%s)", f.meshdAddress)
+	}
+	stop = func() {
 		cancel()
 		cm.Close()
 		conn.Close()
 	}
-	return m, stop, nil
+	return m, configured, stop, nil
 }

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -15,12 +17,18 @@ func TestReadiness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	synced := false
-	status := readiness(t, ag.ReadinessHandler(func() bool { return synced }, nil))
+	var starting error = errors.New("no mesh config from meshd yet")
+	h := ag.ReadinessHandler(func() error { return starting }, nil)
+	status := readiness(t, h)
 	if got := status(); got != http.StatusServiceUnavailable {
 		t.Errorf("before sync: %d; want 503", got)
 	}
-	synced = true
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz/ready", nil))
+	if !strings.Contains(rec.Body.String(), "no mesh config from meshd yet") {
+		t.Errorf("before sync: body %q does not say why", rec.Body.String())
+	}
+	starting = nil
 	if got := status(); got != http.StatusOK {
 		t.Errorf("synced: %d; want 200", got)
 	}
@@ -45,7 +53,7 @@ func TestSuccession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	status := readiness(t, ag.ReadinessHandler(func() bool { return true }, old.Newest))
+	status := readiness(t, ag.ReadinessHandler(nil, old.Newest))
 	if got := status(); got != http.StatusOK {
 		t.Fatalf("the only agent, synced: %d; want 200", got)
 	}

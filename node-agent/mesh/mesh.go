@@ -10,6 +10,12 @@
 // the model does not know yet is PERMISSIVE with no policies (Istio's
 // defaults). A service with no ready endpoint passes through to its VIP.
 //
+// Before the first config (an agent that just started) and for a local pod
+// the model does not have yet (meshd's push trails the CNI's enrollment),
+// decisions wait for it, up to Options.Wait. Inbound connections are
+// refused if there is still no config by then: the policies that would
+// allow them are unknown.
+//
 // It must not open connections or hold certificates itself.
 package mesh
 
@@ -22,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -33,6 +40,12 @@ type Options struct {
 	// Snapshot returns the current model. Nil, or a nil result, means
 	// nothing is known yet.
 	Snapshot func() *model.Snapshot
+	// Changed returns a channel closed when the model next changes (see
+	// Store). With Wait, decisions made before the first model, or about a
+	// pod the model does not have yet, wait for it. Nil means no waiting.
+	Changed func() <-chan struct{}
+	// Wait bounds that wait for one decision.
+	Wait time.Duration
 	// Dial opens a tunnel stream (pkg/hbone client): from src's netns to
 	// d.Via, CONNECT d.Target, requiring the peer to present d.Identity.
 	// Nil makes tunnelled destinations fail.
@@ -64,9 +77,75 @@ func (m *Mesh) snapshot() *model.Snapshot {
 	return m.opts.Snapshot()
 }
 
+// awaitSnapshot returns the model once done(model) holds, or the latest
+// model when Options.Wait has passed (at once without Options.Changed).
+func (m *Mesh) awaitSnapshot(done func(*model.Snapshot) bool) *model.Snapshot {
+	s := m.snapshot()
+	if done(s) || m.opts.Changed == nil || m.opts.Wait <= 0 {
+		return s
+	}
+	timeout := time.NewTimer(m.opts.Wait)
+	defer timeout.Stop()
+	for {
+		changed := m.opts.Changed()
+		// Read again after taking the channel: a change between the first
+		// read and now has closed an earlier channel, not this one.
+		if s = m.snapshot(); done(s) {
+			return s
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return m.snapshot()
+		}
+	}
+}
+
+// snapshotFor waits for a model that has pod (a local pod: meshd will
+// push it).
+func (m *Mesh) snapshotFor(pod proxy.Pod) *model.Snapshot {
+	return m.awaitSnapshot(func(s *model.Snapshot) bool {
+		if s == nil {
+			return false
+		}
+		_, ok := s.Workload(pod.UID)
+		return ok
+	})
+}
+
+// Store holds the current model and tells waiters when it changes: its
+// Load and Changed are Options.Snapshot and Options.Changed.
+type Store struct {
+	cur     atomic.Pointer[model.Snapshot]
+	mu      sync.Mutex
+	changed chan struct{}
+}
+
+// NewStore returns an empty Store.
+func NewStore() *Store { return &Store{changed: make(chan struct{})} }
+
+// Load returns the current model, nil before the first Set.
+func (st *Store) Load() *model.Snapshot { return st.cur.Load() }
+
+// Set replaces the model and wakes every waiter.
+func (st *Store) Set(s *model.Snapshot) {
+	st.cur.Store(s)
+	st.mu.Lock()
+	close(st.changed)
+	st.changed = make(chan struct{})
+	st.mu.Unlock()
+}
+
+// Changed returns a channel closed at the next Set.
+func (st *Store) Changed() <-chan struct{} {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.changed
+}
+
 // Resolve maps an original destination to where the tunnel goes.
 func (m *Mesh) Resolve(_ proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool) {
-	s := m.snapshot()
+	s := m.awaitSnapshot(func(s *model.Snapshot) bool { return s != nil })
 	if s == nil {
 		return proxy.Destination{}, false
 	}
@@ -188,7 +267,7 @@ func (m *Mesh) PeerWorkload(src netip.Addr, peer string) proxy.Workload {
 
 // PeerAuth returns the PeerAuthentication mode for a port of pod.
 func (m *Mesh) PeerAuth(pod proxy.Pod, port uint16) proxy.Mode {
-	s := m.snapshot()
+	s := m.snapshotFor(pod)
 	if s == nil {
 		return proxy.ModePermissive
 	}
@@ -207,9 +286,10 @@ func (m *Mesh) PeerAuth(pod proxy.Pod, port uint16) proxy.Mode {
 
 // Authorize evaluates the pod's L4 AuthorizationPolicies.
 func (m *Mesh) Authorize(_ context.Context, r proxy.AuthzRequest) proxy.Decision {
-	s := m.snapshot()
+	s := m.snapshotFor(r.Pod)
 	if s == nil {
-		return proxy.Decision{Allow: true, Reason: "no mesh config yet"}
+		// Fail closed: a policy we have not received may deny this.
+		return proxy.Decision{Allow: false, Reason: "no mesh config from meshd yet"}
 	}
 	w, ok := s.Workload(r.Pod.UID)
 	if !ok {

@@ -3,7 +3,9 @@ package mesh
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -127,6 +129,52 @@ func TestAuthorize(t *testing.T) {
 		if d.Allow != tt.want {
 			t.Errorf("%s: Authorize = %+v; want allow=%v", tt.name, d, tt.want)
 		}
+	}
+}
+
+// TestDecisionsWaitForConfig: an agent that has just started, or a local
+// pod meshd has not pushed yet, waits for the config instead of deciding
+// without it; inbound is refused if there is still none when the wait ends.
+func TestDecisionsWaitForConfig(t *testing.T) {
+	cart := proxy.Pod{UID: "uid-cart", IPs: []netip.Addr{ip("198.19.3.50")}}
+	intruder := proxy.AuthzRequest{Pod: cart, Principal: idBad, Source: ip("198.19.3.51"), Port: 8080}
+	pushLater := func(st *Store, s *model.Snapshot) {
+		time.AfterFunc(50*time.Millisecond, func() { st.Set(s) })
+	}
+
+	st := NewStore()
+	m := New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: 10 * time.Second})
+	pushLater(st, testSnapshot())
+	if d := m.Authorize(context.Background(), intruder); d.Allow {
+		t.Errorf("before the first config: Authorize = %+v; want the pushed policy's deny", d)
+	}
+
+	// meshd's push with cart trails cart's enrollment.
+	st = NewStore()
+	m = New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: 10 * time.Second})
+	st.Set(model.NewSnapshot(model.SnapshotInput{}))
+	pushLater(st, testSnapshot())
+	if got := m.PeerAuth(cart, 8080); got != proxy.ModeStrict {
+		t.Errorf("pod pushed after its enrollment: PeerAuth = %v; want STRICT from the push", got)
+	}
+	st = NewStore()
+	m = New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: 10 * time.Second})
+	pushLater(st, testSnapshot())
+	if d, ok := m.Resolve(cart, netip.MustParseAddrPort("198.19.3.51:8080")); !ok || d.Identity != idDB {
+		t.Errorf("before the first config: Resolve = %+v, %v; want the tunnel to db", d, ok)
+	}
+
+	// No config within the wait: refused, saying why.
+	st = NewStore()
+	m = New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: 20 * time.Millisecond})
+	d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: cart, Principal: idDB, Source: ip("198.19.3.51"), Port: 8080})
+	if d.Allow || !strings.Contains(d.Reason, "meshd") {
+		t.Errorf("no config at all: Authorize = %+v; want refused, naming meshd", d)
+	}
+	// A pod the config still lacks when the wait ends: Istio's defaults.
+	st.Set(testSnapshot())
+	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: proxy.Pod{UID: "uid-new"}, Principal: idBad, Port: 8080}); !d.Allow {
+		t.Errorf("pod not in the config: Authorize = %+v; want allowed (no policies)", d)
 	}
 }
 
