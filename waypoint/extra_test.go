@@ -414,9 +414,7 @@ func TestEndpointWeights(t *testing.T) {
 		_, body := h.get(t, client, "/", nil)
 		counts[body]++
 	}
-	if share := 100 * float64(counts["heavy"]) / n; share < 68 || share > 82 {
-		t.Errorf("heavy endpoint got %.1f%% (%v); want 75 ± 7", share, counts)
-	}
+	checkShare(t, fmt.Sprintf("the heavy endpoint's requests (counts %v)", counts), counts["heavy"], n, 0.75)
 }
 
 func TestTraceContext(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -275,4 +276,16 @@ func startWith(t *testing.T, cfg *Config, opts ServerOptions) (string, func()) {
 		t.Fatal(err)
 	}
 	return serve(t, p, opts)
+}
+
+// checkShare fails t unless hits of n is the share p (0..1) a weighted
+// random choice should give, within five standard deviations of the
+// binomial (one failure in ~1.7 million runs), which still tells a
+// weight from its neighbours and from none.
+func checkShare(t *testing.T, what string, hits, n int, p float64) {
+	t.Helper()
+	tol := 5 * math.Sqrt(float64(n)*p*(1-p))
+	if want := float64(n) * p; math.Abs(float64(hits)-want) > tol {
+		t.Errorf("%s: %d of %d (%.1f%%); want %.0f ± %.0f (%.0f%%)", what, hits, n, 100*float64(hits)/float64(n), want, tol, 100*p)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -144,9 +143,7 @@ func TestFaultInjection(t *testing.T) {
 				aborted++
 			}
 		}
-		if share := 100 * float64(aborted) / n; math.Abs(share-30) > 5 {
-			t.Errorf("aborted %.1f%%; want 30 ± 5", share)
-		}
+		checkShare(t, "aborted", aborted, n, 0.30)
 		if got := h.log.countFlag(t, flagFaultInjected); got != aborted {
 			t.Errorf("FI flags in access log = %d; want %d", got, aborted)
 		}

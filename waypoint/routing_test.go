@@ -1,8 +1,8 @@
 package waypoint
 
 import (
+	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -33,10 +33,7 @@ func TestWeightedSplit(t *testing.T) {
 		}
 		counts[body]++
 	}
-	share := 100 * float64(counts["v2"]) / n
-	if math.Abs(share-10) > 3 {
-		t.Errorf("v2 got %.1f%% of %d requests (counts %v); want 10 ± 3", share, n, counts)
-	}
+	checkShare(t, fmt.Sprintf("v2's requests (counts %v)", counts), counts["v2"], n, 0.10)
 	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint", "response_code": "200", "destination_version": "v2"}); got != float64(counts["v2"]) {
 		t.Errorf("istio_requests_total{destination_version=v2} = %v; want %d", got, counts["v2"])
 	}

@@ -129,9 +129,10 @@ func TestTutorial(t *testing.T) {
 		}
 		byVersion[b.Order.Version]++
 	}
-	// 20% of 200 is 40 with a standard deviation of about 5.7; ±3 of them.
-	if v2 := byVersion["v2"]; v2 < 23 || v2 > 57 || byVersion["v1"]+v2 != n {
-		t.Errorf("order versions over %d bookings: %v; want about 80/20 (v2 between 23 and 57)", n, byVersion)
+	// 20% of 200 is 40 with a standard deviation of about 5.7: within five
+	// of them (a flake in ~1.7 million runs; three failed ~1 in 370).
+	if v2 := byVersion["v2"]; v2 < 12 || v2 > 68 || byVersion["v1"]+v2 != n {
+		t.Errorf("order versions over %d bookings: %v; want about 80/20 (v2 between 12 and 68)", n, byVersion)
 		// Which path the calls took: the order pods log the peer of each
 		// request (the waypoint's address when it routed them).
 		for _, sel := range []string{"app=order-service", "gateway.networking.k8s.io/gateway-name=waypoint"} {
