@@ -138,7 +138,7 @@ type conn struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the connection has closed
 
-	// framesRead counts frames read, for the client's keepalive.
+	// framesRead counts frames read, for the keepalive.
 	framesRead atomic.Uint64
 
 	wmu  sync.Mutex // serialises writing: fr's write side, bw, henc, hbuf
@@ -926,7 +926,7 @@ func (c *conn) finishClose() {
 
 // startKeepalive pings a connection silent for readIdle, closes it when the
 // ping is not answered within pingTimeout, and closes it after idle with no
-// stream (client side).
+// stream (GOAWAY, then close once the last stream ends).
 func (c *conn) startKeepalive(readIdle, pingTimeout, idle time.Duration) {
 	tick := min(readIdle, idle)
 	c.mu.Lock()

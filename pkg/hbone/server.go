@@ -90,6 +90,15 @@ type ServerOptions struct {
 	ConnWindow int32
 	// HandshakeTimeout bounds the TLS handshake; zero means 10s.
 	HandshakeTimeout time.Duration
+	// IdleTimeout ends (GOAWAY) a connection that has had no stream for
+	// this long; zero means 10 minutes, longer than the Dialer's 5, so a
+	// pooled connection is normally closed by its client.
+	IdleTimeout time.Duration
+	// ReadIdleTimeout sends a health-check ping on a connection silent
+	// this long, and PingTimeout closes it when the ping is not answered;
+	// zero means 30s and 15s. A client that went away without a FIN (its
+	// node died) holds nothing here past that.
+	ReadIdleTimeout, PingTimeout time.Duration
 	// Logger receives refusals; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -122,6 +131,15 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 10 * time.Minute
+	}
+	if opts.ReadIdleTimeout <= 0 {
+		opts.ReadIdleTimeout = 30 * time.Second
+	}
+	if opts.PingTimeout <= 0 {
+		opts.PingTimeout = 15 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -257,6 +275,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	tc.SetReadDeadline(time.Time{})
+	c.startKeepalive(s.opts.ReadIdleTimeout, s.opts.PingTimeout, s.opts.IdleTimeout)
 	c.readLoop()
 }
 

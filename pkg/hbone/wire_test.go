@@ -602,6 +602,61 @@ func TestClientPingTimeout(t *testing.T) {
 	}
 }
 
+// TestServerKeepalive: the server pings a silent client and closes the
+// connection when the ping goes unanswered (a client whose node died sends
+// no FIN), and ends a connection that has carried no stream for its idle
+// timeout with a GOAWAY.
+func TestServerKeepalive(t *testing.T) {
+	t.Run("unanswered ping", func(t *testing.T) {
+		e := newEnv(t, nil, func(o *ServerOptions) {
+			o.ReadIdleTimeout, o.PingTimeout = 50*time.Millisecond, 50*time.Millisecond
+		})
+		f := dialFrames(t, e)
+		// Read, never answer: the server's PING must be followed by the
+		// connection's end.
+		pinged := false
+		for fr := f.next(); fr != nil; fr = f.next() {
+			if p, ok := fr.(*http2.PingFrame); ok && !p.IsAck() {
+				pinged = true
+			}
+		}
+		if !pinged {
+			t.Error("connection closed without a PING first")
+		}
+	})
+	t.Run("answered pings keep it", func(t *testing.T) {
+		e := newEnv(t, nil, func(o *ServerOptions) {
+			o.ReadIdleTimeout, o.PingTimeout = 50*time.Millisecond, 50*time.Millisecond
+		})
+		c, err := e.dialer.Dial(ctxT(t), e.target())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		time.Sleep(400 * time.Millisecond) // several ping rounds
+		if _, err := c.Write([]byte("still here")); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		if got, err := io.ReadAll(c); err != nil || string(got) != "still here" {
+			t.Fatalf("echo after pings = %q, %v; want still here", got, err)
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		e := newEnv(t, nil, func(o *ServerOptions) { o.IdleTimeout = 100 * time.Millisecond })
+		f := dialFrames(t, e)
+		var goAway *http2.GoAwayFrame
+		for fr := f.next(); fr != nil; fr = f.next() {
+			if g, ok := fr.(*http2.GoAwayFrame); ok {
+				goAway = g
+			}
+		}
+		if goAway == nil || goAway.ErrCode != http2.ErrCodeNo {
+			t.Errorf("idle connection ended with GOAWAY %+v; want GOAWAY NO_ERROR", goAway)
+		}
+	})
+}
+
 // TestFlowControlStress runs many concurrent echo streams through small
 // server windows, so writers on both ends block on stream and connection
 // windows and must be woken by WINDOW_UPDATEs.
