@@ -30,6 +30,9 @@ func watchOwnDaemonSet(ctx context.Context, client *kube.Client, namespace, name
 		return w
 	}
 	inf := cache.NewSharedIndexInformer(client.DaemonSet(namespace, name), &kube.DaemonSet{}, 0, cache.Indexers{})
+	// Only the deletion timestamp is read: kubectl's last-applied
+	// annotation (the whole manifest) is not kept.
+	_ = inf.SetTransform(kube.DropUnread)
 	mark := func(obj any) {
 		if ds, ok := obj.(*kube.DaemonSet); ok && ds.DeletionTimestamp != nil {
 			w.deleting.Store(true)
