@@ -44,6 +44,9 @@ type meshConfig struct {
 	mode      Mode
 	probe     func(netip.Addr, uint16) bool
 	authorize func(context.Context, AuthzRequest) Decision
+	// lateB starts B's proxy (its tunnel listener) this long after A's:
+	// B's node agent enrolling it after the model already says enrolled.
+	lateB time.Duration
 }
 
 func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
@@ -98,10 +101,24 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.pa.Close() })
-	if m.pb, err = Start(common(m.b)); err != nil {
-		t.Fatal(err)
+	startB := func() {
+		if m.pb, err = Start(common(m.b)); err != nil {
+			t.Error(err)
+		}
 	}
-	t.Cleanup(func() { m.pb.Close() })
+	if cfg.lateB == 0 {
+		startB()
+		t.Cleanup(func() { m.pb.Close() })
+		return m
+	}
+	started := make(chan struct{})
+	time.AfterFunc(cfg.lateB, func() { startB(); close(started) })
+	t.Cleanup(func() {
+		<-started
+		if m.pb != nil {
+			m.pb.Close()
+		}
+	})
 	return m
 }
 
@@ -172,6 +189,20 @@ func TestOutboundThroughTunnel(t *testing.T) {
 				t.Errorf("istio_tcp %s (reporter=%s) = %v; want %v", c.name, rep.reporter, got, c.want)
 			}
 		}
+	}
+}
+
+// TestOutboundWaitsForEnrollingPeer: the model says B is in the mesh before
+// B's node agent listens on its tunnel port (meshd's push beat the agent's
+// own watch): A's connection waits for the listener instead of failing.
+func TestOutboundWaitsForEnrollingPeer(t *testing.T) {
+	m := newMesh(t, "mlna-le", meshConfig{mode: ModeStrict, lateB: 300 * time.Millisecond})
+	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
+	if got, err := roundTrip(c, "early"); err != nil || got != "early" {
+		t.Fatalf("echo while B's tunnel listener was still to come = %q, %v; want early", got, err)
+	}
+	if got := value(m.metrics.refused.WithLabelValues("source", "db", "shop", ReasonDialFailed)); got != 0 {
+		t.Errorf("refused dial_failed = %v; want 0", got)
 	}
 }
 

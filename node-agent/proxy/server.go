@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/meshlet/meshlet/node-agent/netns"
@@ -148,20 +149,34 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
 	defer cancel()
-	d, inMesh := Destination{}, false
-	if o.Resolve != nil {
-		d, inMesh = o.Resolve(o.Pod, dst)
-	}
 	var up io.ReadWriteCloser
-	labels := connLabels{reporter: "source", src: o.Pod.Workload}
-	if inMesh {
-		d.Source = p.clientAddr(down, dst.Addr())
-		up, err = o.DialTunnel(ctx, o.Pod, d)
-		labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
-	} else {
-		// Outside the mesh: dial it from the pod as the pod would have,
-		// marked so the connect hook does not capture it again.
-		up, err = netns.Dial(ctx, o.Pod.Netns, dst.String(), netns.DialOptions{Mark: o.Mark})
+	var labels connLabels
+	for wait := 50 * time.Millisecond; ; wait *= 2 {
+		d, inMesh := Destination{}, false
+		if o.Resolve != nil {
+			d, inMesh = o.Resolve(o.Pod, dst)
+		}
+		labels = connLabels{reporter: "source", src: o.Pod.Workload}
+		if inMesh {
+			d.Source = p.clientAddr(down, dst.Addr())
+			up, err = o.DialTunnel(ctx, o.Pod, d)
+			labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
+		} else {
+			// Outside the mesh: dial it from the pod as the pod would
+			// have, marked so the connect hook does not capture it again.
+			up, err = netns.Dial(ctx, o.Pod.Netns, dst.String(), netns.DialOptions{Mark: o.Mark})
+		}
+		// Nothing listens on the tunnel port while the model says the
+		// destination is in the mesh: its node agent is enrolling the pod
+		// (meshd's push can beat the agent's own watch) or has just
+		// unenrolled it. Ask the model again shortly, for a moment.
+		if err == nil || !inMesh || !errors.Is(err, syscall.ECONNREFUSED) || wait > refusedRetryMax {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
 	}
 	if err != nil {
 		o.Metrics.refuse("source", labels.dst, ReasonDialFailed)
@@ -171,6 +186,10 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	}
 	splice(down, up, o.Metrics.open(labels))
 }
+
+// refusedRetryMax bounds the retries of a tunnel dial refused by the
+// destination: 50+100+...+800 ms, 1.5 s in all.
+const refusedRetryMax = 800 * time.Millisecond
 
 // CheckStream decides whether an inbound tunnel stream may be served: it
 // must name this pod and an app port, and the peer must be authorized. It

@@ -247,15 +247,18 @@ func TestLiveEnrollment(t *testing.T) {
 	mtls := func() float64 {
 		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`, fmt.Sprintf(`source_workload_namespace=%q`, ns), `connection_security_policy="mutual_tls"`)
 	}
-	failures := 0
+	var failures []string
 	try := func() {
 		t.Helper()
+		var outs []string
 		for attempt := 0; attempt < 2; attempt++ {
-			if ok, _ := request(t, lb, ns, client.Name, url); ok {
+			ok, out := request(t, lb, ns, client.Name, url)
+			if ok {
 				return
 			}
+			outs = append(outs, time.Now().Format("15:04:05.000")+": "+strings.Join(strings.Fields(out), " "))
 		}
-		failures++
+		failures = append(failures, strings.Join(outs, "; then "))
 	}
 	restarts := func() int32 {
 		var n int32
@@ -299,8 +302,8 @@ func TestLiveEnrollment(t *testing.T) {
 	for range 5 {
 		try()
 	}
-	if failures != 0 {
-		t.Errorf("%d requests failed twice in a row while the namespace moved in and out of the mesh", failures)
+	if len(failures) != 0 {
+		t.Errorf("%d requests failed twice in a row while the namespace moved in and out of the mesh: %s", len(failures), strings.Join(failures, "\n"))
 	}
 	if r := restarts(); r != r0 {
 		t.Errorf("containers restarted %d times; enrollment must not restart pods", r-r0)
