@@ -5,6 +5,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -53,15 +54,16 @@ func (c *clusterDNS) upstream() string {
 // mesh does not know to the resolver the pod asked, as dp recorded it; nil
 // (no capture of the pods' DNS) without the mesh, whose model it answers
 // from.
-func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream string, disabled bool) func(string) (io.Closer, error) {
+func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream string, disabled bool) func(nsPath, namespace string) (io.Closer, error) {
 	mm, ok := m.(*mesh.Mesh)
 	if !ok || disabled {
 		return nil
 	}
 	up := &clusterDNS{client: client, fixed: upstream}
-	return func(nsPath string) (io.Closer, error) {
+	return func(nsPath, namespace string) (io.Closer, error) {
 		return dnsproxy.Start(dnsproxy.Options{
-			Netns: nsPath, Lookup: mm.LookupHost, Upstream: up.upstream, OriginalDst: dp.SockOriginalDst,
+			Netns:  nsPath,
+			Lookup: func(name string) ([]netip.Addr, bool) { return mm.LookupHost(namespace, name) }, Upstream: up.upstream, OriginalDst: dp.SockOriginalDst,
 			Mark: agent.DefaultAgentMark, Errorf: log.Printf,
 		})
 	}

@@ -78,7 +78,7 @@ type Options struct {
 	// DNS starts the pod's DNS proxy on its loopback port 15053 (where the
 	// data path sends its UDP/53); nil means none, and then the pod's DNS
 	// queries must not be captured (see ebpf.NoCaptureDNS).
-	DNS func(netnsPath string) (io.Closer, error)
+	DNS func(netnsPath, namespace string) (io.Closer, error)
 	// AgentMark, ReturnMark and ReturnTable: see the constants. Zero means
 	// the default.
 	AgentMark, ReturnMark uint32

@@ -159,7 +159,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	}()
 	var dns io.Closer
 	if o.DNS != nil {
-		if dns, err = o.DNS(p.Netns); err != nil {
+		if dns, err = o.DNS(p.Netns, p.Namespace); err != nil {
 			return fmt.Errorf("start the DNS proxy: %w", err)
 		}
 		undo = append(undo, func() { dns.Close() })

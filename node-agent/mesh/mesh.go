@@ -8,7 +8,8 @@
 // Decisions when the model is silent: an address the model does not know,
 // or a workload outside the mesh, passes through without the tunnel; a pod
 // the model does not know yet is PERMISSIVE with no policies (Istio's
-// defaults). A service with no ready endpoint passes through to its VIP.
+// defaults). A service with no ready endpoint passes through to its VIP, and
+// so does one not exported to the client's namespace (exportTo).
 //
 // Before the first config (an agent that just started) and for a local pod
 // the model does not have yet (meshd's push trails the CNI's enrollment),
@@ -144,7 +145,7 @@ func (st *Store) Changed() <-chan struct{} {
 }
 
 // Resolve maps an original destination to where the tunnel goes.
-func (m *Mesh) Resolve(_ proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool) {
+func (m *Mesh) Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool) {
 	s := m.awaitSnapshot(func(s *model.Snapshot) bool { return s != nil })
 	if s == nil {
 		return proxy.Destination{}, false
@@ -168,6 +169,11 @@ func (m *Mesh) Resolve(_ proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool
 		}, true
 	case model.AddressService:
 		svc := a.Service
+		if !svc.VisibleTo(src.Namespace) {
+			// Not exported to the client's namespace: the mesh does not
+			// know it there (Istio's exportTo), as for any unknown address.
+			return proxy.Destination{}, false
+		}
 		if wp := waypointOf(s, svc.Waypoint, model.WaypointForService); wp != nil {
 			return toWaypoint(wp, dst, proxy.Workload{}, svc.Hostname()), true
 		}

@@ -87,6 +87,29 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestResolveExportTo: a service VIP not exported to the client's namespace
+// is not the mesh's there: the connection passes through, as to any address
+// the mesh does not know.
+func TestResolveExportTo(t *testing.T) {
+	db := &model.Workload{UID: "uid-db", Kind: model.KindPod, Name: "db-0", Namespace: "shop",
+		IPs: []netip.Addr{ip("198.19.3.51")}, Identity: idDB, Enrolled: true}
+	s := model.NewSnapshot(model.SnapshotInput{
+		Workloads: []*model.Workload{db},
+		Services: []*model.Service{{Name: "db", Namespace: "shop", Hostnames: []string{"db.shop.svc.cluster.local"},
+			VIPs: []netip.Addr{ip("198.19.3.100")}, ExportTo: []string{"."},
+			Ports:     []model.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}},
+			Endpoints: []model.Endpoint{{WorkloadUID: "uid-db", Addresses: []netip.Addr{ip("198.19.3.51")}, Ports: map[uint32]uint32{80: 8080}, Ready: true}}}},
+	})
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	vip := netip.MustParseAddrPort("198.19.3.100:80")
+	if d, ok := m.Resolve(proxy.Pod{Workload: proxy.Workload{Namespace: "shop"}}, vip); !ok || d.Identity != idDB {
+		t.Errorf("from its own namespace: Resolve = %+v, %v; want db's endpoint", d, ok)
+	}
+	if d, ok := m.Resolve(proxy.Pod{Workload: proxy.Workload{Namespace: "billing"}}, vip); ok {
+		t.Errorf("from a namespace it is not exported to: Resolve = %+v; want passthrough", d)
+	}
+}
+
 func TestPeerAuth(t *testing.T) {
 	s := testSnapshot()
 	m := New(Options{Snapshot: func() *model.Snapshot { return s }})

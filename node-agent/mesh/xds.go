@@ -68,6 +68,7 @@ func SnapshotFromResources(trustDomain string, list func(typeURL string) []proto
 				Hostnames: append([]string{s.GetHostname()}, s.GetAdditionalHostnames()...),
 				VIPs:      parseAddrs(s.GetVips()), Waypoint: waypointRef(s.GetWaypoint()),
 				External: s.GetExternal(), Resolution: s.GetResolution(),
+				ExportTo: s.GetExportTo(),
 			}
 			for _, p := range s.GetPorts() {
 				svc.Ports = append(svc.Ports, model.ServicePort{Name: p.GetName(), Port: p.GetPort(), TargetPort: p.GetTargetPort(), AppProtocol: p.GetAppProtocol(), Protocol: "TCP"})

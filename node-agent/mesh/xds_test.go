@@ -26,6 +26,8 @@ func TestSnapshotFromResources(t *testing.T) {
 				Name: "db", Namespace: "shop", Hostname: "db.shop.svc.cluster.local", Vips: []string{"198.19.3.100"},
 				Ports: []*meshv1.ServicePort{{Port: 80, TargetPort: 8080}}}}},
 			&meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
+				Name: "private", Namespace: "shop", Hostname: "private.shop.svc.cluster.local", Vips: []string{"198.19.3.103"}, ExportTo: []string{"."}}}},
+			&meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
 				Name: "reviews", Namespace: "shop", Hostname: "reviews.shop.svc.cluster.local", Vips: []string{"198.19.3.102"},
 				Waypoint: &meshv1.GatewayAddress{Namespace: "shop", Name: "waypoint", Address: "198.19.3.200", HbonePort: 15008, Identity: idWP, WaypointFor: "service"}}}},
 		},
@@ -47,6 +49,12 @@ func TestSnapshotFromResources(t *testing.T) {
 	}
 	s := SnapshotFromResources("cluster.local", func(typeURL string) []proto.Message { return res[typeURL] })
 	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	if _, ok := m.LookupHost("shop", "private.shop.svc.cluster.local"); !ok {
+		t.Error("a service exported to its own namespace is not answered there")
+	}
+	if _, ok := m.LookupHost("billing", "private.shop.svc.cluster.local"); ok {
+		t.Error("a service exported to its own namespace is answered in another (exportTo lost on the way)")
+	}
 
 	for _, tt := range []struct {
 		dst, wantVia, wantTarget, wantID string

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"istio.io/api/annotation"
 	"istio.io/api/label"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
@@ -222,6 +223,15 @@ func (bd *build) translateKubeServices() {
 				sp.TargetPort = sp.Port
 			}
 			ms.Ports = append(ms.Ports, sp)
+		}
+		if v, ok := svc.Annotations[annotation.NetworkingExportTo.Name]; ok {
+			list := strings.Split(strings.ReplaceAll(v, " ", ""), ",")
+			if msg := checkExportTo(list); msg != "" {
+				// The Service keeps working, seen as before the annotation.
+				r.warn("annotation %s: %s; ignored (exported to all namespaces)", annotation.NetworkingExportTo.Name, msg)
+			} else {
+				ms.ExportTo = list
+			}
 		}
 		bd.hostOwners[ms.Hostname()] = ms.Key()
 		bd.addService(ms)

@@ -322,28 +322,3 @@ func envoySubstitution(s string) string {
 	}
 	return b.String()
 }
-
-// exportedTo reports whether an Istio object in namespace own with exportTo
-// is visible to a proxy in namespace proxy: no exportTo or "*" exports
-// everywhere, "." to its own namespace, "~" nowhere, a name to that namespace.
-func exportedTo(exportTo []string, own, proxy string) bool {
-	if len(exportTo) == 0 {
-		return true
-	}
-	for _, e := range exportTo {
-		switch e {
-		case "*":
-			return true
-		case ".":
-			if own == proxy {
-				return true
-			}
-		case "~":
-		default:
-			if e == proxy {
-				return true
-			}
-		}
-	}
-	return false
-}

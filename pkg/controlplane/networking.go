@@ -1,11 +1,14 @@
 package controlplane
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	networkingapi "istio.io/api/networking/v1alpha3"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/meshlet/meshlet/pkg/model"
 )
@@ -212,7 +215,33 @@ func translateServiceEntry(c config[networkingapi.ServiceEntry], r *rejections) 
 	if res == "STATIC" && sel == nil && len(ms.Endpoints) == 0 {
 		r.warn("resolution STATIC without endpoints or workloadSelector has no endpoints")
 	}
+	if msg := checkExportTo(spec.GetExportTo()); msg != "" {
+		r.reject("exportTo: %s", msg)
+		return nil, nil
+	}
+	ms.ExportTo = slices.Clone(spec.GetExportTo())
 	return ms, sel
+}
+
+// checkExportTo validates an exportTo list as Istio does: namespace names,
+// "." (own namespace), "*" (all) or "~" (none), no value twice, and "*" or
+// "~" alone.
+func checkExportTo(list []string) string {
+	seen := map[string]bool{}
+	for _, e := range list {
+		switch {
+		case seen[e]:
+			return fmt.Sprintf("%q listed twice", e)
+		case e == "." || e == "*" || e == "~":
+		case len(validation.IsDNS1123Label(e)) > 0:
+			return fmt.Sprintf("%q is not a namespace name, \".\", \"*\" or \"~\"", e)
+		}
+		seen[e] = true
+	}
+	if len(list) > 1 && (seen["*"] || seen["~"]) {
+		return fmt.Sprintf("%q: \"*\" and \"~\" may not be combined with other values", strings.Join(list, ","))
+	}
+	return ""
 }
 
 // checkHost validates a ServiceEntry or VirtualService host: a DNS name with

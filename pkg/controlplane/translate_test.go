@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -286,6 +288,43 @@ func TestServiceEntryTranslation(t *testing.T) {
 	}
 }
 
+// TestExportTo: a ServiceEntry's exportTo and a Service's
+// networking.istio.io/exportTo annotation reach the model; an invalid
+// annotation is reported and the Service kept, exported everywhere.
+func TestExportTo(t *testing.T) {
+	annotated := func(name, v string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: foo, annotations: {networking.istio.io/exportTo: %q}}
+spec: {clusterIP: 10.96.0.%d, ports: [{port: 80}]}
+`, name, v, len(name))
+	}
+	snap, rej := mustBuild(t, inputs(t, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: foo}
+spec:
+  hosts: [api.partner.example]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  exportTo: [".", bar]
+`, annotated("local", "."), annotated("two", "bar, baz"), annotated("broken", "*,bar")))
+	se, _ := snap.Service("se/foo/partner")
+	if se == nil || !slices.Equal(se.ExportTo, []string{".", "bar"}) || !se.VisibleTo("foo") || !se.VisibleTo("bar") || se.VisibleTo("baz") {
+		t.Errorf("ServiceEntry = %+v; want exported to foo and bar only", se)
+	}
+	if svc, _ := snap.Service("foo/local"); svc == nil || !svc.VisibleTo("foo") || svc.VisibleTo("bar") {
+		t.Errorf("Service with exportTo . = %+v; want visible in foo only", svc)
+	}
+	if svc, _ := snap.Service("foo/two"); svc == nil || !slices.Equal(svc.ExportTo, []string{"bar", "baz"}) {
+		t.Errorf("Service with exportTo \"bar, baz\" = %+v; want [bar baz]", svc)
+	}
+	if svc, _ := snap.Service("foo/broken"); svc == nil || len(svc.ExportTo) != 0 || !svc.VisibleTo("elsewhere") {
+		t.Errorf("Service with an invalid exportTo = %+v; want kept, exported everywhere", svc)
+	}
+	if !hasRejection(rej, "networking.istio.io/exportTo", true) {
+		t.Errorf("rejections = %v; want a warning for foo/broken's annotation", rej)
+	}
+}
+
 func TestValidationRejectsAndKeepsTheRest(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -344,6 +383,22 @@ spec:
   hosts: [x.example.com]
   ports: [{number: 80, name: http, protocol: GOPHER}]
 `, "not a protocol"},
+		{"ServiceEntry exportTo with a bad namespace", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: se, namespace: foo}
+spec:
+  hosts: [x.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  exportTo: [Not_A_Namespace]
+`, "exportTo"},
+		{"ServiceEntry exportTo star with others", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: se, namespace: foo}
+spec:
+  hosts: [x.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  exportTo: ["*", bar]
+`, "may not be combined"},
 		{"WorkloadEntry without IP", `apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: we, namespace: foo}

@@ -83,7 +83,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 					}
 					vh.Routes = append(vh.Routes, routes...)
 				}
-				if vs, ok := vsByHost[ms.Hostname()]; ok && len(vh.Routes) == 0 && exportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
+				if vs, ok := vsByHost[ms.Hostname()]; ok && len(vh.Routes) == 0 && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
 					vh.Routes = lb.virtualServiceRoutes(vs, sp.Port)
 				}
 				if len(vh.Routes) == 0 {

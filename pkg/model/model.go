@@ -117,6 +117,41 @@ type Service struct {
 	// Resolution is how clients find endpoints of a ServiceEntry: "STATIC",
 	// "DNS", "DNS_ROUND_ROBIN" or "NONE"; empty for Kubernetes services.
 	Resolution string
+	// ExportTo is Istio's exportTo (a ServiceEntry's field, a Service's
+	// networking.istio.io/exportTo annotation): the namespaces whose
+	// workloads see the service, "." for its own, "*" (or none given) for
+	// all, "~" for none. See VisibleTo.
+	ExportTo []string
+}
+
+// VisibleTo reports whether workloads in namespace ns see s: resolve its
+// addresses and names through the mesh.
+func (s *Service) VisibleTo(ns string) bool { return ExportedTo(s.ExportTo, s.Namespace, ns) }
+
+// ExportedTo reports whether an object of namespace own with Istio's
+// exportTo list is visible from namespace to: an empty list or "*" exports
+// it everywhere, "." to its own namespace, "~" nowhere, and a name to that
+// namespace.
+func ExportedTo(exportTo []string, own, to string) bool {
+	if len(exportTo) == 0 {
+		return true
+	}
+	for _, e := range exportTo {
+		switch e {
+		case "*":
+			return true
+		case ".":
+			if own == to {
+				return true
+			}
+		case "~":
+		default:
+			if e == to {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Key returns "namespace/name" qualified by source, unique in a snapshot.

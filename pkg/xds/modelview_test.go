@@ -50,6 +50,9 @@ func TestModelRoundTrip(t *testing.T) {
 	if !ok || wp.For != want.For || wp.Identity != want.Identity || !slices.Equal(wp.Addresses, want.Addresses) {
 		t.Errorf("Waypoint(ns1/waypoint) = %+v; want %+v", wp, want)
 	}
+	if ext, ok := got.ServiceByHostname("api.example.com"); !ok || !ext.VisibleTo("ns2") || ext.VisibleTo("ns3") {
+		t.Errorf("api.example.com = %+v; want exported to ns1 and ns2 only, as sent", ext)
+	}
 	web, _ := got.ServiceByHostname("web.ns1.svc.cluster.local")
 	wantEP := []model.Endpoint{{WorkloadUID: "uid-a", Addresses: []netip.Addr{netip.MustParseAddr("198.18.0.10")}, Ports: map[uint32]uint32{80: 8080}, Ready: true}}
 	if d := cmp.Diff(wantEP, web.Endpoints, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {

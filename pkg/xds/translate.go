@@ -257,6 +257,7 @@ func translateService(snap *model.Snapshot, ms *model.Service, ga *meshv1.Gatewa
 		Waypoint:   ga,
 		External:   ms.External,
 		Resolution: ms.Resolution,
+		ExportTo:   slices.Clone(ms.ExportTo),
 	}
 	if len(ms.Hostnames) > 1 {
 		svc.AdditionalHostnames = slices.Clone(ms.Hostnames[1:])

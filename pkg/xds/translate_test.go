@@ -26,6 +26,7 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 	wpSvc := &model.Service{Name: "waypoint", Namespace: "ns1", Source: model.SourceKubernetes, Hostnames: []string{"waypoint.ns1.svc.cluster.local"}, VIPs: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
 	ext := &model.Service{
 		Name: "ext", Namespace: "ns1", Source: model.SourceServiceEntry, Hostnames: []string{"api.example.com"}, External: true, Resolution: "DNS",
+		ExportTo:  []string{".", "ns2"},
 		Endpoints: []model.Endpoint{{Hostname: "api.example.com", Ports: map[uint32]uint32{443: 443}}},
 	}
 	a := &model.Workload{

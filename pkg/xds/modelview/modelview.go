@@ -199,6 +199,7 @@ func (b *builder) service(ms *meshv1.Service) *model.Service {
 		VIPs:      addrs(ms.GetVips()), Waypoint: b.waypointRef(ms.GetWaypoint()),
 		LoadBalancing: algorithms[ms.GetLoadBalancing().GetAlgorithm()],
 		External:      ms.GetExternal(), Resolution: ms.GetResolution(),
+		ExportTo: ms.GetExportTo(),
 	}
 	if s.Resolution != "" {
 		s.Source = model.SourceServiceEntry

@@ -13,11 +13,14 @@ import (
 // proxy — cluster names still resolve (forwarded to CoreDNS), a ServiceEntry
 // host that CoreDNS does not know resolves to the entry's address, and the
 // kernel metrics count the captured queries; a pod outside the mesh cannot
-// resolve that host, so the answer came from the mesh.
+// resolve that host, so the answer came from the mesh. A ServiceEntry
+// exported only to its own namespace (exportTo: ["."]) resolves there and
+// not in another mesh namespace, where one exported everywhere does.
 func TestDNSProxy(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
 	host := "api." + ns + ".partner.example"
+	private := "private." + ns + ".partner.example"
 	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: partner}
@@ -27,7 +30,18 @@ spec:
   ports: [{number: 443, name: https, protocol: TLS}]
   resolution: STATIC
   endpoints: [{address: 198.19.200.11}]
-`, host))
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private}
+spec:
+  hosts: [%s]
+  addresses: [198.19.200.20]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 198.19.200.21}]
+  exportTo: ["."]
+`, host, private))
 	c := clientPod(t, lb, ns, "resolver", "resolver")
 	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
 	captured0 := sumMetric(t, metrics, "meshlet_kernel_redirect_decisions_total", `decision="captured_dns"`, fmt.Sprintf(`namespace=%q`, ns))
@@ -45,6 +59,20 @@ spec:
 	})
 	if d := sumMetric(t, metrics, "meshlet_kernel_redirect_decisions_total", `decision="captured_dns"`, fmt.Sprintf(`namespace=%q`, ns)) - captured0; d < 2 {
 		t.Errorf("captured DNS queries moved by %v; want at least the 2 lookups", d)
+	}
+
+	lab.WaitFor(t, 30*time.Second, "the ServiceEntry exported to its own namespace resolves there", func() (bool, error) {
+		out, err := getent(ns, c.Name, private)
+		return err == nil && strings.Contains(out, "198.19.200.20"), fmt.Errorf("%v %q", err, out)
+	})
+	other := ambientNamespace(t, lb)
+	neighbour := clientPod(t, lb, other, "neighbour", "neighbour")
+	lab.WaitFor(t, 30*time.Second, "the ServiceEntry exported everywhere resolves in another mesh namespace", func() (bool, error) {
+		out, err := getent(other, neighbour.Name, host)
+		return err == nil && strings.Contains(out, "198.19.200.10"), fmt.Errorf("%v %q", err, out)
+	})
+	if out, err := getent(other, neighbour.Name, private); err == nil {
+		t.Errorf("a pod of another mesh namespace resolved %s (%q); its ServiceEntry is exported only to %s", private, out, ns)
 	}
 
 	plain := lb.NewNamespace(t)

@@ -1084,8 +1084,11 @@ type Service struct {
 	// addresses or DNS names); workload endpoints are found through each
 	// workload's services map instead.
 	StaticEndpoints []*StaticEndpoint `protobuf:"bytes,11,rep,name=static_endpoints,json=staticEndpoints,proto3" json:"static_endpoints,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// export_to is Istio's exportTo: the namespaces whose workloads see the
+	// service, "." for its own, "*" or none for all, "~" for none.
+	ExportTo      []string `protobuf:"bytes,12,rep,name=export_to,json=exportTo,proto3" json:"export_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -1191,6 +1194,13 @@ func (x *Service) GetResolution() string {
 func (x *Service) GetStaticEndpoints() []*StaticEndpoint {
 	if x != nil {
 		return x.StaticEndpoints
+	}
+	return nil
+}
+
+func (x *Service) GetExportTo() []string {
+	if x != nil {
+		return x.ExportTo
 	}
 	return nil
 }
@@ -2050,7 +2060,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\x0ecanonical_name\x18\f \x01(\tR\rcanonicalName\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xf6\x03\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\x93\x04\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -2065,7 +2075,8 @@ const file_mesh_proto_rawDesc = "" +
 	"resolution\x18\n" +
 	" \x01(\tR\n" +
 	"resolution\x12P\n" +
-	"\x10static_endpoints\x18\v \x03(\v2%.meshlet.mesh.v1alpha1.StaticEndpointR\x0fstaticEndpoints\"}\n" +
+	"\x10static_endpoints\x18\v \x03(\v2%.meshlet.mesh.v1alpha1.StaticEndpointR\x0fstaticEndpoints\x12\x1b\n" +
+	"\texport_to\x18\f \x03(\tR\bexportTo\"}\n" +
 	"\x0eStaticEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x121\n" +
