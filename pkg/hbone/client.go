@@ -112,15 +112,7 @@ func NewDialer(opts DialerOptions) (*Dialer, error) {
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = defaultHandshakeTimeout
 	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = 5 * time.Minute
-	}
-	if opts.ReadIdleTimeout <= 0 {
-		opts.ReadIdleTimeout = 30 * time.Second
-	}
-	if opts.PingTimeout <= 0 {
-		opts.PingTimeout = 15 * time.Second
-	}
+	keepaliveDefaults(&opts.IdleTimeout, &opts.ReadIdleTimeout, &opts.PingTimeout, 5*time.Minute)
 	return &Dialer{opts: opts, pool: make(map[poolKey]*poolEntry)}, nil
 }
 

@@ -924,6 +924,20 @@ func (c *conn) finishClose() {
 	}
 }
 
+// keepaliveDefaults fills the keepalive timeouts left zero: idle with
+// idleDefault, read-idle 30s, ping 15s.
+func keepaliveDefaults(idle, readIdle, ping *time.Duration, idleDefault time.Duration) {
+	if *idle <= 0 {
+		*idle = idleDefault
+	}
+	if *readIdle <= 0 {
+		*readIdle = 30 * time.Second
+	}
+	if *ping <= 0 {
+		*ping = 15 * time.Second
+	}
+}
+
 // startKeepalive pings a connection silent for readIdle, closes it when the
 // ping is not answered within pingTimeout, and closes it after idle with no
 // stream (GOAWAY, then close once the last stream ends).

@@ -132,15 +132,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = defaultHandshakeTimeout
 	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = 10 * time.Minute
-	}
-	if opts.ReadIdleTimeout <= 0 {
-		opts.ReadIdleTimeout = 30 * time.Second
-	}
-	if opts.PingTimeout <= 0 {
-		opts.PingTimeout = 15 * time.Second
-	}
+	keepaliveDefaults(&opts.IdleTimeout, &opts.ReadIdleTimeout, &opts.PingTimeout, 10*time.Minute)
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
