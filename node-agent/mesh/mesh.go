@@ -64,6 +64,8 @@ type Mesh struct {
 	opts Options
 	next atomic.Uint64 // round-robin cursor
 
+	gaveUp sync.Map // pod UIDs a wait for ended without them; see snapshotFor
+
 	hostsMu sync.Mutex
 	hosts   *hostIndex // LookupHost's index of the current snapshot
 }
@@ -103,15 +105,25 @@ func (m *Mesh) awaitSnapshot(done func(*model.Snapshot) bool) *model.Snapshot {
 }
 
 // snapshotFor waits for a model that has pod (a local pod: meshd will
-// push it).
+// push it). Once a wait for pod ended without it, later decisions for pod
+// do not wait again (until Forget): one slow push costs one wait.
 func (m *Mesh) snapshotFor(pod proxy.Pod) *model.Snapshot {
-	return m.awaitSnapshot(func(s *model.Snapshot) bool {
+	if _, gaveUp := m.gaveUp.Load(pod.UID); gaveUp {
+		return m.snapshot()
+	}
+	s := m.awaitSnapshot(func(s *model.Snapshot) bool {
 		if s == nil {
 			return false
 		}
 		_, ok := s.Workload(pod.UID)
 		return ok
 	})
+	if s != nil && pod.UID != "" {
+		if _, ok := s.Workload(pod.UID); !ok {
+			m.gaveUp.Store(pod.UID, struct{}{})
+		}
+	}
+	return s
 }
 
 // Store holds the current model and tells waiters when it changes: its
@@ -328,6 +340,7 @@ func namespaceOf(id string) string {
 
 // Forget releases a departed pod's tunnel state.
 func (m *Mesh) Forget(pod proxy.Pod) {
+	m.gaveUp.Delete(pod.UID)
 	if m.opts.Forget != nil {
 		m.opts.Forget(pod)
 	}

@@ -194,10 +194,18 @@ func TestDecisionsWaitForConfig(t *testing.T) {
 	if d.Allow || !strings.Contains(d.Reason, "meshd") {
 		t.Errorf("no config at all: Authorize = %+v; want refused, naming meshd", d)
 	}
-	// A pod the config still lacks when the wait ends: Istio's defaults.
+	// A pod the config still lacks when the wait ends: Istio's defaults,
+	// and its next decision does not wait again.
 	st.Set(testSnapshot())
-	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: proxy.Pod{UID: "uid-new"}, Principal: idBad, Port: 8080}); !d.Allow {
+	m = New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: time.Second})
+	newPod := proxy.Pod{UID: "uid-new"}
+	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: newPod, Principal: idBad, Port: 8080}); !d.Allow {
 		t.Errorf("pod not in the config: Authorize = %+v; want allowed (no policies)", d)
+	}
+	began := time.Now()
+	m.PeerAuth(newPod, 8080)
+	if took := time.Since(began); took >= time.Second {
+		t.Errorf("second decision for a pod the config lacks waited %v; want no second wait", took)
 	}
 }
 
