@@ -248,6 +248,7 @@ func TestLiveEnrollment(t *testing.T) {
 		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`, fmt.Sprintf(`source_workload_namespace=%q`, ns), `connection_security_policy="mutual_tls"`)
 	}
 	var failures []string
+	phase := "before enrollment"
 	try := func() {
 		t.Helper()
 		var outs []string
@@ -258,7 +259,7 @@ func TestLiveEnrollment(t *testing.T) {
 			}
 			outs = append(outs, time.Now().Format("15:04:05.000")+": "+strings.Join(strings.Fields(out), " "))
 		}
-		failures = append(failures, strings.Join(outs, "; then "))
+		failures = append(failures, phase+": "+strings.Join(outs, "; then "))
 	}
 	restarts := func() int32 {
 		var n int32
@@ -282,6 +283,7 @@ func TestLiveEnrollment(t *testing.T) {
 	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
 		t.Fatalf("label: %v: %s", err, out)
 	}
+	phase = "enrolling (labelled " + time.Now().Format("15:04:05.000") + ")"
 	lab.WaitFor(t, time.Minute, "running pods enrolled live (traffic is mutual TLS)", func() (bool, error) {
 		before := mtls()
 		try()
@@ -291,9 +293,11 @@ func TestLiveEnrollment(t *testing.T) {
 		try()
 	}
 
+	phase = "enrolled"
 	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode-"); err != nil {
 		t.Fatalf("unlabel: %v: %s", err, out)
 	}
+	phase = "unenrolling (unlabelled " + time.Now().Format("15:04:05.000") + ")"
 	lab.WaitFor(t, time.Minute, "pods out of the mesh again (traffic not captured)", func() (bool, error) {
 		before := mtls()
 		try()
@@ -303,7 +307,9 @@ func TestLiveEnrollment(t *testing.T) {
 		try()
 	}
 	if len(failures) != 0 {
-		t.Errorf("%d requests failed twice in a row while the namespace moved in and out of the mesh: %s", len(failures), strings.Join(failures, "\n"))
+		t.Errorf("%d requests failed twice in a row while the namespace moved in and out of the mesh:\n%s", len(failures), strings.Join(failures, "\n"))
+		out, err := lb.Kubectl("-n", "meshlet-system", "logs", "-l", "app.kubernetes.io/name=meshlet-node-agent", "--prefix", "--tail", "60")
+		t.Logf("node agent logs (%v):\n%s", err, out)
 	}
 	if r := restarts(); r != r0 {
 		t.Errorf("containers restarted %d times; enrollment must not restart pods", r-r0)
