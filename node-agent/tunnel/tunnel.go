@@ -119,6 +119,12 @@ func (t *Tunnel) Serve(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) er
 	// meshd that is not up yet): the listener stays open throughout, and
 	// serves as soon as an SVID is there, without an agent restart.
 	svid := &lazySVID{get: func(ctx context.Context) (x509svid.Source, error) { return t.opts.SVID(ctx, id) }}
+	// Asked for now rather than at the first handshake, as ztunnel
+	// prefetches its workloads' certificates: the pod's first connection,
+	// in or out (one certificate per service account), then does not wait
+	// for meshd to sign one. A failure here is tried again at the first
+	// handshake.
+	go func() { _, _ = svid.GetX509SVID() }()
 	srv, err := hbone.NewServer(hbone.ServerOptions{
 		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain,
 		Authorize: func(ctx context.Context, r *hbone.Request) error { return h.CheckStream(ctx, streamOf(r)) },

@@ -60,6 +60,38 @@ func newTunnel(t *testing.T, c *ca.CA, trusted ...*ca.CA) *Tunnel {
 	return tn
 }
 
+// TestCertificateAskedAtEnrollment: serving a pod's tunnel port asks for
+// its certificate at once, before any connection needs it.
+func TestCertificateAskedAtEnrollment(t *testing.T) {
+	asked := make(chan spiffeid.ID, 4)
+	c := newCA(t, "cluster.local")
+	tn, err := New(Options{TrustDomain: c.TrustDomain(), Bundle: identity.NewBundleSource(c.Bundle()), Mark: mark, DrainTimeout: time.Second,
+		SVID: func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error) {
+			asked <- id
+			return nil, errors.New("not in this test")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- tn.Serve(proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Identity: idDB}}, ln, nil)
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	select {
+	case id := <-asked:
+		if id.String() != idDB {
+			t.Errorf("asked for %s; want %s", id, idDB)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no certificate asked for within 5s of serving the pod's tunnel port; want it at once")
+	}
+}
+
 func newCA(t *testing.T, domain string) *ca.CA {
 	t.Helper()
 	d := spiffeid.RequireTrustDomainFromString(domain)
