@@ -206,7 +206,16 @@ func TestTrafficFlowsWithMeshdStopped(t *testing.T) {
 		scale(2)
 		if out, err := lb.Kubectl("-n", "meshlet-system", "rollout", "status", "deployment/meshd", "--timeout", "3m"); err != nil {
 			t.Errorf("meshd did not come back: %v: %s", err, out)
+			return
 		}
+		// The node agents reconnect a moment later (kube-proxy learns the
+		// new endpoints, then their backoff runs out); until then no new
+		// identity gets a certificate. The next test finds the mesh as a
+		// user would want it: meshctl status healthy.
+		lab.WaitFor(t, 2*time.Minute, "meshctl status: every node agent connected and synced again", func() (bool, error) {
+			out, err := runMeshctl(lb, "status")
+			return err == nil && strings.Contains(out, "2/2 connected and synced"), fmt.Errorf("%v: %s", err, out)
+		})
 	})
 	scale(0)
 	lab.WaitFor(t, 2*time.Minute, "every meshd pod gone", func() (bool, error) {
