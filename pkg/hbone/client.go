@@ -339,7 +339,8 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 	cfg := tlsconfig.MTLSClientConfig(local, d.opts.Bundle, tlsconfig.AuthorizeID(key.peer))
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.NextProtos = []string{http2.NextProtoTLS}
-	tc := tls.Client(rawsock.Wrap(raw), cfg)
+	rs := rawsock.Wrap(raw)
+	tc := tls.Client(rs, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("hbone handshake with %s (want %s): %w", key.proxy, key.peer, err)
@@ -349,6 +350,7 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 		return nil, fmt.Errorf("hbone handshake with %s: server negotiated %q, want h2", key.proxy, p)
 	}
 	c := newConn(tc, connConfig{
+		gather:       gatherOf(rs),
 		streamWindow: DefaultStreamWindow,
 		connWindow:   DefaultConnWindow,
 		// Not under e.mu: close may run while clientConn holds it.

@@ -96,6 +96,22 @@ type connConfig struct {
 	// logger receives protocol errors that end the connection; nil logs
 	// nothing.
 	logger *slog.Logger
+	// gather, when set, is the socket under the TLS connection: a stream's
+	// Write holds its records there and sends them with one system call
+	// (rawsock.Conn's Hold and Release).
+	gather gatherer
+}
+
+// gatherer gathers writes between Hold and Release (rawsock.Conn).
+type gatherer interface {
+	Hold()
+	Release() error
+}
+
+// gatherOf returns c as a gatherer, or nil.
+func gatherOf(c net.Conn) gatherer {
+	g, _ := c.(gatherer)
+	return g
 }
 
 // requestHeaders are the fields of a CONNECT request the server looks at.
@@ -1152,6 +1168,9 @@ func (s *stream) write(p []byte) (int, error) {
 			return written, err
 		}
 		chunk := p[:n]
+		if g := c.cfg.gather; g != nil {
+			g.Hold()
+		}
 		for len(chunk) > 0 && err == nil {
 			k := min(len(chunk), maxFrame)
 			err = c.fr.WriteData(s.id, false, chunk[:k])
@@ -1159,6 +1178,11 @@ func (s *stream) write(p []byte) (int, error) {
 		}
 		if err == nil {
 			err = c.writeCtlLocked(true)
+		}
+		if g := c.cfg.gather; g != nil {
+			if rerr := g.Release(); err == nil {
+				err = rerr
+			}
 		}
 		c.wmu.Unlock()
 		if err != nil {

@@ -214,7 +214,8 @@ func (s *Server) untrack(c net.Conn) {
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
-	tc := tls.Server(rawsock.Wrap(raw), s.tlsCfg)
+	rs := rawsock.Wrap(raw)
+	tc := tls.Server(rs, s.tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -236,6 +237,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	}
 	remote := raw.RemoteAddr()
 	c := newConn(tc, connConfig{
+		gather:       gatherOf(rs),
 		server:       true,
 		streamWindow: s.opts.StreamWindow,
 		connWindow:   s.opts.ConnWindow,

@@ -45,7 +45,16 @@ type Conn struct {
 	// ReadPooled's pool and the buffer taken from it.
 	rpool *sync.Pool
 	rbp   *[]byte
+
+	// Between Hold and Release, Writes gather in held (from heldPool).
+	holding bool
+	held    *[]byte
 }
+
+// maxHeld bounds the bytes Hold gathers before they go out anyway.
+const maxHeld = 256 << 10
+
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, else c unchanged.
 func Wrap(c net.Conn) net.Conn {
@@ -145,14 +154,69 @@ func (c *Conn) read(fd uintptr) bool {
 	}
 }
 
+// Hold makes the Writes that follow gather into one buffer, sent by
+// Release with one system call (or earlier, when maxHeld is reached).
+//
+// Why: a TLS connection writes each record (at most 16 KiB) with its own
+// Write, and every write to a TCP socket runs the transmit path and wakes
+// the reader on the other end; a proxy that frames 64 KiB at a time pays
+// that four times over. Writes while held report success: an error comes
+// from Release (or from a Write that had to send early).
+func (c *Conn) Hold() {
+	c.wmu.Lock()
+	c.holding = true
+	c.wmu.Unlock()
+}
+
+// Release ends Hold and sends what it gathered.
+func (c *Conn) Release() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.holding = false
+	return c.flushHeldLocked()
+}
+
+// flushHeldLocked sends the gathered bytes. c.wmu held.
+func (c *Conn) flushHeldLocked() error {
+	bp := c.held
+	if bp == nil {
+		return nil
+	}
+	c.held = nil
+	_, err := c.writeLocked(*bp)
+	*bp = (*bp)[:0]
+	heldPool.Put(bp)
+	return err
+}
+
 // Write writes all of p, waiting on the runtime's poller while the
-// socket's send buffer is full.
+// socket's send buffer is full; between Hold and Release it gathers p.
 func (c *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.holding {
+		if c.held != nil && len(*c.held)+len(p) > maxHeld {
+			if err := c.flushHeldLocked(); err != nil {
+				return 0, err
+			}
+		}
+		if len(p) >= maxHeld {
+			return c.writeLocked(p)
+		}
+		if c.held == nil {
+			c.held = heldPool.Get().(*[]byte)
+		}
+		*c.held = append(*c.held, p...)
+		return len(p), nil
+	}
+	return c.writeLocked(p)
+}
+
+// writeLocked writes all of p. c.wmu held.
+func (c *Conn) writeLocked(p []byte) (int, error) {
 	c.wbuf, c.wn, c.werrno = p, 0, 0
 	err := c.rc.Write(c.writeFn)
 	done, errno := c.wn, c.werrno

@@ -199,3 +199,80 @@ func TestReadPooled(t *testing.T) {
 		t.Errorf("at the peer's end: buffer %v, %d bytes, %v; want none, 0, io.EOF", bp, n, err)
 	}
 }
+
+// Between Hold and Release, writes gather: the peer sees none of them until
+// Release, then all of them in order, as one read when they fit in one.
+// Past maxHeld they go out without waiting for Release.
+func TestHoldGathersWrites(t *testing.T) {
+	c, s := pair(t)
+	c.Hold()
+	for _, p := range []string{"one ", "two ", "three"} {
+		if n, err := c.Write([]byte(p)); n != len(p) || err != nil {
+			t.Fatalf("held Write(%q) = %d, %v", p, n, err)
+		}
+	}
+	s.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	buf := make([]byte, 64)
+	if n, err := s.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the peer read %q (%v) before Release", buf[:n], err)
+	}
+	if err := c.Release(); err != nil {
+		t.Fatal(err)
+	}
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := s.Read(buf)
+	if err != nil || string(buf[:n]) != "one two three" {
+		t.Fatalf("after Release the peer read %q, %v; want %q in one read", buf[:n], err, "one two three")
+	}
+
+	// Released: writes go straight out again.
+	if _, err := c.Write([]byte("now")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Read(buf); err != nil || string(buf[:n]) != "now" {
+		t.Fatalf("unheld write: the peer read %q, %v", buf[:n], err)
+	}
+
+	// More than maxHeld while held: the first part goes out before Release.
+	big := make([]byte, maxHeld-10)
+	rand.Read(big)
+	c.Hold()
+	if _, err := c.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("0123456789 tail")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(big))
+	if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("held past maxHeld: the first %d bytes did not arrive before Release (%v)", len(big), err)
+	}
+	if err := c.Release(); err != nil {
+		t.Fatal(err)
+	}
+	tail := make([]byte, 15)
+	if _, err := io.ReadFull(s, tail); err != nil || string(tail) != "0123456789 tail" {
+		t.Fatalf("tail = %q, %v", tail, err)
+	}
+}
+
+// A held write to a connection the peer reset fails at Release, and a
+// Release with nothing held is a no-op.
+func TestReleaseReportsWriteError(t *testing.T) {
+	c, s := pair(t)
+	if err := c.Release(); err != nil {
+		t.Fatalf("Release with nothing held: %v", err)
+	}
+	s.SetLinger(0)
+	s.Close()
+	time.Sleep(50 * time.Millisecond) // the RST arrives
+	var err error
+	for i := 0; i < 3 && err == nil; i++ { // the first write may still pass
+		c.Hold()
+		c.Write([]byte("lost"))
+		err = c.Release()
+	}
+	if err == nil {
+		t.Fatal("Release to a reset connection reported no error")
+	}
+}
