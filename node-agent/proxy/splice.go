@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/rawsock"
 )
 
@@ -79,6 +80,28 @@ type countingWriter struct {
 
 func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
+	if c.ctr != nil && n > 0 {
+		c.ctr.Add(float64(n))
+	}
+	return n, err
+}
+
+// Writev hands bufs to w in one writev when w can (rawsock.Conn), counting
+// what it wrote.
+func (c countingWriter) Writev(bufs [][]byte) (int, error) {
+	vw, ok := c.w.(hbone.VectorWriter)
+	if !ok {
+		total := 0
+		for _, b := range bufs {
+			n, err := c.Write(b)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+		return total, nil
+	}
+	n, err := vw.Writev(bufs)
 	if c.ctr != nil && n > 0 {
 		c.ctr.Add(float64(n))
 	}

@@ -38,6 +38,8 @@ type Conn struct {
 	// rmu and wmu keep concurrent Reads (Writes) off each other's fields.
 	rmu, wmu        sync.Mutex
 	readFn, writeFn func(fd uintptr) bool
+	writevFn        func(fd uintptr) bool
+	iov             []syscall.Iovec // Writev's, reused
 	rbuf, wbuf      []byte
 	rn, wn          int
 	rerrno, werrno  syscall.Errno
@@ -70,7 +72,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{TCPConn: tc, rc: rc}
-	w.readFn, w.writeFn = w.read, w.write
+	w.readFn, w.writeFn, w.writevFn = w.read, w.write, w.writev
 	return w
 }
 
@@ -198,21 +200,27 @@ func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.holding {
-		if c.held != nil && len(*c.held)+len(p) > maxHeld {
-			if err := c.flushHeldLocked(); err != nil {
-				return 0, err
-			}
-		}
-		if len(p) >= maxHeld {
-			return c.writeLocked(p)
-		}
-		if c.held == nil {
-			c.held = heldPool.Get().(*[]byte)
-		}
-		*c.held = append(*c.held, p...)
-		return len(p), nil
+		return c.writeHeldLocked(p)
 	}
 	return c.writeLocked(p)
+}
+
+// writeHeldLocked gathers p, sending what was gathered first when p would
+// take it past maxHeld. c.wmu held.
+func (c *Conn) writeHeldLocked(p []byte) (int, error) {
+	if c.held != nil && len(*c.held)+len(p) > maxHeld {
+		if err := c.flushHeldLocked(); err != nil {
+			return 0, err
+		}
+	}
+	if len(p) >= maxHeld {
+		return c.writeLocked(p)
+	}
+	if c.held == nil {
+		c.held = heldPool.Get().(*[]byte)
+	}
+	*c.held = append(*c.held, p...)
+	return len(p), nil
 }
 
 // writeLocked writes all of p. c.wmu held.
@@ -256,6 +264,106 @@ func (c *Conn) write(fd uintptr) bool {
 		return true
 	}
 	return true
+}
+
+// maxIovecs bounds the buffers one writev takes (the kernel's UIO_MAXIOV
+// is 1024).
+const maxIovecs = 64
+
+// Writev writes all of bufs with as few system calls as the socket's send
+// buffer allows (writev), in order: a proxy that holds received data in
+// chunks hands them over together instead of one write, and one wake-up of
+// the reader, each. Between Hold and Release the bytes are gathered as
+// Write's are.
+func (c *Conn) Writev(bufs [][]byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := 0
+	if c.holding {
+		for _, b := range bufs {
+			n, err := c.writeHeldLocked(b)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+		return total, nil
+	}
+	for len(bufs) > 0 {
+		batch := bufs[:min(len(bufs), maxIovecs)]
+		bufs = bufs[len(batch):]
+		c.iov = c.iov[:0]
+		want := 0
+		for _, b := range batch {
+			if len(b) == 0 {
+				continue
+			}
+			v := syscall.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			c.iov = append(c.iov, v)
+			want += len(b)
+		}
+		if want == 0 {
+			continue
+		}
+		all := c.iov // writev drops from the front of c.iov as it goes
+		c.wn, c.werrno = 0, 0
+		err := c.rc.Write(c.writevFn)
+		done, errno := c.wn, c.werrno
+		clear(all) // hold no caller's buffer
+		c.iov = all[:0]
+		total += done
+		switch {
+		case err != nil:
+		case errno != 0:
+			err = os.NewSyscallError("writev", errno)
+		case done < want:
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return total, c.opError("write", err)
+		}
+	}
+	return total, nil
+}
+
+// writev is the RawConn callback of Writev: it writes c.iov, dropping what
+// went out from its front after a partial write; false asks the poller to
+// wait for room in the send buffer.
+func (c *Conn) writev(fd uintptr) bool {
+	for len(c.iov) > 0 {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
+		switch e {
+		case 0:
+			if r == 0 {
+				return true
+			}
+			c.wn += int(r)
+			c.advanceIov(int(r))
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.werrno = e
+		return true
+	}
+	return true
+}
+
+// advanceIov drops n written bytes from the front of c.iov.
+func (c *Conn) advanceIov(n int) {
+	for n > 0 && len(c.iov) > 0 {
+		l := int(c.iov[0].Len)
+		if n < l {
+			c.iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(c.iov[0].Base), n))
+			c.iov[0].SetLen(l - n)
+			return
+		}
+		n -= l
+		c.iov = c.iov[1:]
+	}
 }
 
 // ReadFrom and WriteTo copy through Read and Write: without them, io.Copy

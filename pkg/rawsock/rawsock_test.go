@@ -276,3 +276,40 @@ func TestReleaseReportsWriteError(t *testing.T) {
 		t.Fatal("Release to a reset connection reported no error")
 	}
 }
+
+// Writev sends many buffers, more than one writev takes and more than the
+// send buffer holds (partial writes, poller waits), and the peer gets them
+// whole and in order; empty buffers are skipped.
+func TestWritevInOrder(t *testing.T) {
+	c, s := pair(t)
+	data := make([]byte, 6<<20)
+	rand.Read(data)
+	var bufs [][]byte
+	for off, i := 0, 0; off < len(data); i++ {
+		n := min(1+(i*7919)%40000, len(data)-off) // uneven sizes
+		bufs = append(bufs, data[off:off+n], nil)
+		off += n
+	}
+	if len(bufs) <= 2*maxIovecs {
+		t.Fatalf("only %d buffers: the test must pass maxIovecs", len(bufs))
+	}
+	errc := make(chan error, 1)
+	go func() {
+		n, err := c.Writev(bufs)
+		if err == nil && n != len(data) {
+			err = io.ErrShortWrite
+		}
+		c.CloseWrite()
+		errc <- err
+	}()
+	got, err := io.ReadAll(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("Writev: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("the peer got %d bytes that differ from the %d written", len(got), len(data))
+	}
+}
