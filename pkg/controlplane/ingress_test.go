@@ -180,6 +180,46 @@ spec:
 			t.Errorf("unexpected waypoints: %v", snap.Waypoints())
 		}
 	})
+	// exportTo: a VirtualService bound to the gateway but not exported to
+	// the gateway's namespace is not served, and a backend Service not
+	// exported there gives the route a cluster without endpoints.
+	t.Run("exportTo", func(t *testing.T) {
+		exported := func(vsTo, svcTo string) string {
+			doc := strings.Replace(istioBookingIngress, "  gateways: [booking-gateway]\n", "  gateways: [booking-gateway]\n  exportTo: ["+vsTo+"]\n", 1)
+			return strings.Replace(doc, "metadata: {name: booking-service, namespace: booking}",
+				"metadata: {name: booking-service, namespace: booking, annotations: {networking.istio.io/exportTo: \""+svcTo+"\"}}", 1)
+		}
+		tests := []struct {
+			name, vsTo, svcTo string
+			routed, endpoints bool
+		}{
+			{"both exported to the gateway's namespace", `"istio-system"`, "istio-system,booking", true, true},
+			{"VirtualService exported everywhere", `"*"`, "*", true, true},
+			{"VirtualService kept in its namespace", `"."`, "*", false, false},
+			{"Service kept in its namespace", `"*"`, ".", true, false},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				snap, _ := mustBuild(t, inputs(t, exported(tt.vsTo, tt.svcTo), secret, gatewayPod, gatewaySvc, backend))
+				cfg, _ := snap.L7Config(gwKey)
+				routed, endpoints := false, false
+				if cfg != nil {
+					for _, l := range cfg.Listeners {
+						for _, vh := range l.VirtualHosts {
+							routed = routed || vh.Name == "booking/booking"
+						}
+					}
+					for _, c := range cfg.Clusters {
+						endpoints = endpoints || (c.Name == cluster && len(c.Endpoints) > 0)
+					}
+				}
+				if routed != tt.routed || endpoints != tt.endpoints {
+					t.Errorf("VirtualService exportTo %s, Service exportTo %q: routed %v, backend endpoints %v; want %v, %v",
+						tt.vsTo, tt.svcTo, routed, endpoints, tt.routed, tt.endpoints)
+				}
+			})
+		}
+	})
 	t.Run("certificates by SNI on one port", func(t *testing.T) {
 		apiCert, apiKey := selfSignedPEM(t, "api.example.com")
 		second := fmt.Sprintf(`apiVersion: v1

@@ -114,7 +114,7 @@ func addSNI(l *model.L7Listener, t *model.ListenerTLS, hosts []string) {
 // gateway deployment; nil when nothing is left to serve.
 func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[string]string, gws []config[networkingapi.Gateway]) *model.L7Config {
 	targets := bd.gatewayTargetPorts(key.Namespace, podLabels)
-	lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
+	lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
 	listeners := map[uint32]*model.L7Listener{}
 	servers := map[uint32][]ingressServer{}
 	for _, gw := range gws {
@@ -179,7 +179,10 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				continue
 			}
 			for _, vs := range bd.validVS {
-				if !vsBindsGateway(vs, srv.gw) || hasVirtualHost(l, vs.meta.Namespace+"/"+vs.meta.Name) {
+				// A VirtualService not exported to the gateway's namespace is
+				// not the gateway's to serve, whatever its gateways say.
+				if !vsBindsGateway(vs, srv.gw) || !model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) ||
+					hasVirtualHost(l, vs.meta.Namespace+"/"+vs.meta.Name) {
 					continue
 				}
 				doms := hostIntersection(vs.spec.GetHosts(), srv.hosts)

@@ -42,7 +42,11 @@ func clusterName(host string, port uint32) string {
 
 // l7Builder accumulates one waypoint's configuration.
 type l7Builder struct {
-	bd       *build
+	bd *build
+	// ns is the proxy's namespace: a service or ServiceEntry not exported
+	// to it (exportTo) gives its clusters no endpoints, as Istio gives the
+	// proxy no cluster for it.
+	ns       string
 	clusters map[string]*model.L7Cluster
 }
 
@@ -58,7 +62,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 	}
 	out := map[model.NamespacedName]*model.L7Config{}
 	for _, key := range sortedWaypointKeys(bd.waypoints) {
-		lb := &l7Builder{bd: bd, clusters: map[string]*model.L7Cluster{}}
+		lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
 		listeners := map[uint32]*model.L7Listener{}
 		for _, ms := range bd.services {
 			if ms.Waypoint == nil || ms.Waypoint.Waypoint != key {
@@ -136,7 +140,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 		return name
 	}
 	c := &model.L7Cluster{Name: name}
-	if owner, ok := lb.bd.hostOwners[host]; ok {
+	if owner, ok := lb.bd.hostOwners[host]; ok && lb.bd.svcByKey[owner].VisibleTo(lb.ns) {
 		ms := lb.bd.svcByKey[owner]
 		for _, ep := range ms.Endpoints {
 			if !ep.Ready {

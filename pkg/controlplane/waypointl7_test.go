@@ -196,3 +196,47 @@ spec:
 		t.Errorf("matches mismatch (-want +got):\n%s", diff)
 	}
 }
+
+// A waypoint routes to a ServiceEntry of another namespace only when the
+// entry is exported to the waypoint's namespace: otherwise the route's
+// cluster has no endpoints (Istio gives the proxy no cluster for the host).
+func TestWaypointL7ServiceEntryExportTo(t *testing.T) {
+	const cluster = "outbound|9080||ratings.partner.example"
+	for _, tt := range []struct {
+		exportTo  string
+		endpoints int
+	}{{`"*"`, 1}, {`bookinfo`, 1}, {`"."`, 0}, {`other`, 0}} {
+		t.Run(tt.exportTo, func(t *testing.T) {
+			snap, _ := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings-ext, namespace: partner}
+spec:
+  hosts: [ratings.partner.example]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.1.0.9}]
+  exportTo: [`+tt.exportTo+`]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: ratings.partner.example, port: {number: 9080}}}]}]
+`)...))
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/waypoint")
+			}
+			got := -1
+			for _, c := range cfg.Clusters {
+				if c.Name == cluster {
+					got = len(c.Endpoints)
+				}
+			}
+			if got != tt.endpoints {
+				t.Errorf("ServiceEntry exportTo [%s]: cluster %s has %d endpoints (-1: no cluster); want %d", tt.exportTo, cluster, got, tt.endpoints)
+			}
+		})
+	}
+}
