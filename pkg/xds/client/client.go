@@ -25,6 +25,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -58,7 +59,7 @@ type Options struct {
 	// node's metadata (e.g. xdsnode.CertsMetadata). Nil sends none.
 	Metadata func() *structpb.Struct
 	// MinBackoff and MaxBackoff bound the wait between reconnects.
-	// Zero means 100ms and 15s.
+	// Zero means 100ms and 5s.
 	MinBackoff, MaxBackoff time.Duration
 	// DialOptions are added to the gRPC dial (e.g. a custom dialer).
 	DialOptions []grpc.DialOption
@@ -108,7 +109,7 @@ func New(opts Options) (*Client, error) {
 		opts.MinBackoff = 100 * time.Millisecond
 	}
 	if opts.MaxBackoff <= 0 {
-		opts.MaxBackoff = 15 * time.Second
+		opts.MaxBackoff = 5 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -156,12 +157,29 @@ func (c *Client) LastError() error {
 // Synced is closed once a first response of every subscribed type was applied.
 func (c *Client) Synced() <-chan struct{} { return c.syncedCh }
 
+// ConnectParams are how a client of meshd (xDS here, certificate requests
+// on the node agent's and the waypoint's own connections) reconnects: at
+// most 5 s between attempts, and an attempt that gets no answer (a Service
+// VIP whose endpoints kube-proxy has not programmed yet drops the SYN) is
+// given up after 5 s and made again.
+//
+// Why: gRPC's defaults back off to 120 s and let one attempt hang 20 s.
+// After meshd was down or rolled for a minute, agents then reached the new
+// meshd tens of seconds after it was ready, and the pods enrolled meanwhile
+// waited that long for their certificates (their CSRs wait for the
+// connection).
+var ConnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
+}
+
 // Run connects and keeps the store up to date until ctx ends, reconnecting
 // with exponential backoff and jitter. It returns ctx's error.
 func (c *Client) Run(ctx context.Context) error {
 	conn, err := grpc.NewClient(c.opts.Address, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.opts.TLS)),
 		grpc.WithPerRPCCredentials(tokenCreds{c.opts.Token}),
+		grpc.WithConnectParams(ConnectParams),
 		// The first address-index response of a large cluster (10k pods)
 		// is larger than gRPC's default 4 MiB receive limit.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
