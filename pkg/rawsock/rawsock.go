@@ -36,13 +36,12 @@ type Conn struct {
 	// The callbacks handed to rc and their arguments and results live in
 	// the Conn, bound once in Wrap: a closure per call would allocate.
 	// rmu and wmu keep concurrent Reads (Writes) off each other's fields.
-	rmu, wmu        sync.Mutex
-	readFn, writeFn func(fd uintptr) bool
-	writevFn        func(fd uintptr) bool
-	iov             []syscall.Iovec // Writev's, reused
-	rbuf, wbuf      []byte
-	rn, wn          int
-	rerrno, werrno  syscall.Errno
+	rmu, wmu         sync.Mutex
+	readFn, writevFn func(fd uintptr) bool
+	iov              []syscall.Iovec // what Write and Writev send, reused
+	rbuf             []byte
+	rn, wn           int
+	rerrno, werrno   syscall.Errno
 
 	// ReadPooled's pool and the buffer taken from it.
 	rpool *sync.Pool
@@ -72,7 +71,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{TCPConn: tc, rc: rc}
-	w.readFn, w.writeFn, w.writevFn = w.read, w.write, w.writev
+	w.readFn, w.writevFn = w.read, w.writev
 	return w
 }
 
@@ -225,45 +224,14 @@ func (c *Conn) writeHeldLocked(p []byte) (int, error) {
 
 // writeLocked writes all of p. c.wmu held.
 func (c *Conn) writeLocked(p []byte) (int, error) {
-	c.wbuf, c.wn, c.werrno = p, 0, 0
-	err := c.rc.Write(c.writeFn)
-	done, errno := c.wn, c.werrno
-	c.wbuf = nil
-	switch {
-	case err != nil:
-	case errno != 0:
-		err = os.NewSyscallError("write", errno)
-	case done < len(p):
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		return done, c.opError("write", err)
-	}
-	return done, nil
+	c.iov = append(c.iov[:0], iovec(p))
+	return c.sendIovLocked(len(p))
 }
 
-// write is the RawConn callback of Write: false asks the poller to wait
-// for room in the send buffer.
-func (c *Conn) write(fd uintptr) bool {
-	p := c.wbuf
-	for c.wn < len(p) {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[c.wn])), uintptr(len(p)-c.wn))
-		switch e {
-		case 0:
-			if r == 0 { // not seen on a socket; never spin on it
-				return true
-			}
-			c.wn += int(r)
-			continue
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		c.werrno = e
-		return true
-	}
-	return true
+func iovec(b []byte) syscall.Iovec {
+	v := syscall.Iovec{Base: &b[0]}
+	v.SetLen(len(b))
+	return v
 }
 
 // maxIovecs bounds the buffers one writev takes (the kernel's UIO_MAXIOV
@@ -295,39 +263,46 @@ func (c *Conn) Writev(bufs [][]byte) (int, error) {
 		c.iov = c.iov[:0]
 		want := 0
 		for _, b := range batch {
-			if len(b) == 0 {
-				continue
+			if len(b) > 0 {
+				c.iov = append(c.iov, iovec(b))
+				want += len(b)
 			}
-			v := syscall.Iovec{Base: &b[0]}
-			v.SetLen(len(b))
-			c.iov = append(c.iov, v)
-			want += len(b)
 		}
 		if want == 0 {
 			continue
 		}
-		all := c.iov // writev drops from the front of c.iov as it goes
-		c.wn, c.werrno = 0, 0
-		err := c.rc.Write(c.writevFn)
-		done, errno := c.wn, c.werrno
-		clear(all) // hold no caller's buffer
-		c.iov = all[:0]
+		done, err := c.sendIovLocked(want)
 		total += done
-		switch {
-		case err != nil:
-		case errno != 0:
-			err = os.NewSyscallError("writev", errno)
-		case done < want:
-			err = io.ErrShortWrite
-		}
 		if err != nil {
-			return total, c.opError("write", err)
+			return total, err
 		}
 	}
 	return total, nil
 }
 
-// writev is the RawConn callback of Writev: it writes c.iov, dropping what
+// sendIovLocked writes c.iov (want bytes in all), waiting on the poller
+// while the send buffer is full. c.wmu held.
+func (c *Conn) sendIovLocked(want int) (int, error) {
+	all := c.iov // writev drops from the front of c.iov as it goes
+	c.wn, c.werrno = 0, 0
+	err := c.rc.Write(c.writevFn)
+	done, errno := c.wn, c.werrno
+	clear(all) // hold no caller's buffer
+	c.iov = all[:0]
+	switch {
+	case err != nil:
+	case errno != 0:
+		err = os.NewSyscallError("write", errno)
+	case done < want:
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return done, c.opError("write", err)
+	}
+	return done, nil
+}
+
+// writev is the RawConn callback of Write and Writev: it writes c.iov, dropping what
 // went out from its front after a partial write; false asks the poller to
 // wait for room in the send buffer.
 func (c *Conn) writev(fd uintptr) bool {
@@ -335,7 +310,7 @@ func (c *Conn) writev(fd uintptr) bool {
 		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
 		switch e {
 		case 0:
-			if r == 0 {
+			if r == 0 { // not seen on a socket; never spin on it
 				return true
 			}
 			c.wn += int(r)
