@@ -1094,7 +1094,6 @@ func (s *stream) writeTo(w io.Writer) (int64, error) {
 	var total int64
 	vw, _ := w.(VectorWriter)
 	var chunks [maxWritev]*[chunkSize]byte
-	var bufs [maxWritev][]byte
 	for {
 		c.mu.Lock()
 		if err := s.waitDataLocked(context.Background(), false); err != nil {
@@ -1111,10 +1110,20 @@ func (s *stream) writeTo(w io.Writer) (int64, error) {
 		if vw != nil {
 			nb = min(len(s.buf.chunks), maxWritev)
 		}
+		// The list of buffers comes from a pool, as the chunks do: a
+		// stream waiting for data holds neither.
+		var bufs *[maxWritev][]byte
+		var data []byte
 		got := 0
-		for i := range nb {
-			chunks[i], bufs[i] = s.buf.take()
-			got += len(bufs[i])
+		if nb == 1 {
+			chunks[0], data = s.buf.take()
+			got = len(data)
+		} else {
+			bufs = bufsPool.Get().(*[maxWritev][]byte)
+			for i := range nb {
+				chunks[i], bufs[i] = s.buf.take()
+				got += len(bufs[i])
+			}
 		}
 		c.creditLocked(s, int32(got))
 		pending := len(c.ctl) > 0
@@ -1124,14 +1133,16 @@ func (s *stream) writeTo(w io.Writer) (int64, error) {
 		}
 		var n int
 		var err error
-		if nb == 1 {
-			n, err = w.Write(bufs[0])
+		if bufs == nil {
+			n, err = w.Write(data)
 		} else {
 			n, err = vw.Writev(bufs[:nb])
+			*bufs = [maxWritev][]byte{}
+			bufsPool.Put(bufs)
 		}
 		for i := range nb {
 			chunkPool.Put(chunks[i])
-			chunks[i], bufs[i] = nil, nil
+			chunks[i] = nil
 		}
 		total += int64(n)
 		if err != nil {
@@ -1142,6 +1153,8 @@ func (s *stream) writeTo(w io.Writer) (int64, error) {
 
 // maxWritev bounds the chunks writeTo hands over in one Writev (256 KiB).
 const maxWritev = 16
+
+var bufsPool = sync.Pool{New: func() any { return new([maxWritev][]byte) }}
 
 // VectorWriter writes several buffers at once, in order, as writev does
 // (rawsock.Conn). A stream's WriteTo uses it when its writer has it.
