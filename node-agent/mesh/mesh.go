@@ -81,11 +81,15 @@ func (m *Mesh) snapshot() *model.Snapshot {
 }
 
 // awaitSnapshot returns the model once done(model) holds, or the latest
-// model when Options.Wait has passed (at once without Options.Changed).
-func (m *Mesh) awaitSnapshot(done func(*model.Snapshot) bool) *model.Snapshot {
+// model when Options.Wait has passed (at once without Options.Changed), and
+// whether done holds for the model returned.
+func (m *Mesh) awaitSnapshot(done func(*model.Snapshot) bool) (*model.Snapshot, bool) {
 	s := m.snapshot()
-	if done(s) || m.opts.Changed == nil || m.opts.Wait <= 0 {
-		return s
+	if done(s) {
+		return s, true
+	}
+	if m.opts.Changed == nil || m.opts.Wait <= 0 {
+		return s, false
 	}
 	timeout := time.NewTimer(m.opts.Wait)
 	defer timeout.Stop()
@@ -94,12 +98,13 @@ func (m *Mesh) awaitSnapshot(done func(*model.Snapshot) bool) *model.Snapshot {
 		// Read again after taking the channel: a change between the first
 		// read and now has closed an earlier channel, not this one.
 		if s = m.snapshot(); done(s) {
-			return s
+			return s, true
 		}
 		select {
 		case <-changed:
 		case <-timeout.C:
-			return m.snapshot()
+			s = m.snapshot()
+			return s, done(s)
 		}
 	}
 }
@@ -111,17 +116,15 @@ func (m *Mesh) snapshotFor(pod proxy.Pod) *model.Snapshot {
 	if _, gaveUp := m.gaveUp.Load(pod.UID); gaveUp {
 		return m.snapshot()
 	}
-	s := m.awaitSnapshot(func(s *model.Snapshot) bool {
+	s, ok := m.awaitSnapshot(func(s *model.Snapshot) bool {
 		if s == nil {
 			return false
 		}
 		_, ok := s.Workload(pod.UID)
 		return ok
 	})
-	if s != nil && pod.UID != "" {
-		if _, ok := s.Workload(pod.UID); !ok {
-			m.gaveUp.Store(pod.UID, struct{}{})
-		}
+	if !ok && s != nil && pod.UID != "" {
+		m.gaveUp.Store(pod.UID, struct{}{})
 	}
 	return s
 }
@@ -158,7 +161,7 @@ func (st *Store) Changed() <-chan struct{} {
 
 // Resolve maps an original destination to where the tunnel goes.
 func (m *Mesh) Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool) {
-	s := m.awaitSnapshot(func(s *model.Snapshot) bool { return s != nil })
+	s, _ := m.awaitSnapshot(func(s *model.Snapshot) bool { return s != nil })
 	if s == nil {
 		return proxy.Destination{}, false
 	}
