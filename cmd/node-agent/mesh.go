@@ -14,7 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshlet/meshlet/node-agent/agent"
@@ -24,6 +23,7 @@ import (
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/identity"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/modelview"
 	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
 
@@ -78,6 +78,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 
 	store := mesh.NewStore()
 	var xc *xdsclient.Client
+	var gen uint64 // the model's version: one per rebuild (OnChange calls are serialized)
 	rebuild := func(typeURL string, _, _ []string) {
 		if typeURL == meshv1.TrustBundleType {
 			for _, r := range xc.List(meshv1.TrustBundleType) {
@@ -102,13 +103,8 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 			// policies would allow what a policy denies.
 			return
 		}
-		store.Set(mesh.SnapshotFromResources(f.trustDomain, func(t string) []proto.Message {
-			var out []proto.Message
-			for _, r := range xc.List(t) {
-				out = append(out, r.Message)
-			}
-			return out
-		}))
+		gen++
+		store.Set(modelview.BuildIn(f.trustDomain, xc, gen))
 	}
 	xc, err = xdsclient.New(xdsclient.Options{
 		Address: f.meshdAddress, TLS: tlsCfg, Token: token,

@@ -10,11 +10,49 @@ import (
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/xds"
+	"github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/pkg/xds/modelview"
 )
 
-// TestSnapshotFromResources feeds what meshd pushes to a node agent through
-// the conversion and asks the resulting Mesh the proxies' questions.
-func TestSnapshotFromResources(t *testing.T) {
+// store holds resources as an xDS client's store does, by type URL and by
+// the names meshd gives them.
+type store map[string]map[string]client.Resource
+
+func (s store) List(typeURL string) map[string]client.Resource { return s[typeURL] }
+
+func storeOf(t *testing.T, res map[string][]proto.Message) store {
+	s := store{}
+	for typeURL, msgs := range res {
+		s[typeURL] = map[string]client.Resource{}
+		for _, m := range msgs {
+			var name string
+			switch m := m.(type) {
+			case *meshv1.Address:
+				if svc := m.GetService(); svc != nil {
+					name = xds.ServiceKey(svc)
+				} else {
+					name = m.GetWorkload().GetUid()
+				}
+			case *meshv1.Workload:
+				name = m.GetUid()
+			case *meshv1.PeerAuthentication:
+				name = m.GetWorkloadUid()
+			case *meshv1.Authorization:
+				name = m.GetNamespace() + "/" + m.GetName()
+			default:
+				t.Fatalf("no resource name for %T", m)
+			}
+			s[typeURL][name] = client.Resource{Message: m}
+		}
+	}
+	return s
+}
+
+// TestModelFromResources feeds what meshd pushes to a node agent through
+// the conversion the agent uses (pkg/xds/modelview) and asks the resulting
+// Mesh the proxies' questions.
+func TestModelFromResources(t *testing.T) {
 	dbPorts := map[string]*meshv1.PortList{"shop/db.shop.svc.cluster.local": {Ports: []*meshv1.Port{{ServicePort: 80, TargetPort: 8080}}}}
 	res := map[string][]proto.Message{
 		meshv1.AddressType: {
@@ -22,6 +60,14 @@ func TestSnapshotFromResources(t *testing.T) {
 				Uid: "uid-cart", Name: "cart-0", Namespace: "shop", Addresses: []string{"198.19.3.50"}, Identity: idCart, Enrolled: true, CanonicalName: "cart"}}},
 			&meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
 				Uid: "uid-db", Name: "db-0", Namespace: "shop", Addresses: []string{"198.19.3.51"}, Identity: idDB, Enrolled: true, CanonicalName: "db", Services: dbPorts}}},
+			// A second db pod on another node that is not ready: no endpoint.
+			&meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
+				Uid: "uid-db-1", Name: "db-1", Namespace: "shop", Addresses: []string{"198.19.3.52"}, Identity: idDB, Enrolled: true, CanonicalName: "db", Services: dbPorts,
+				Status: meshv1.WorkloadStatus_UNHEALTHY}}},
+			// A pod on another node with a workload waypoint.
+			&meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
+				Uid: "uid-pay", Name: "pay-0", Namespace: "shop", Addresses: []string{"198.19.3.60"}, Identity: idDB, Enrolled: true, CanonicalName: "pay",
+				Waypoint: &meshv1.GatewayAddress{Namespace: "shop", Name: "pay-waypoint", Address: "198.19.3.201", HbonePort: 15008, Identity: idWP, WaypointFor: "workload"}}}},
 			&meshv1.Address{Type: &meshv1.Address_Service{Service: &meshv1.Service{
 				Name: "db", Namespace: "shop", Hostname: "db.shop.svc.cluster.local", Vips: []string{"198.19.3.100"},
 				Ports: []*meshv1.ServicePort{{Port: 80, TargetPort: 8080}}}}},
@@ -43,11 +89,13 @@ func TestSnapshotFromResources(t *testing.T) {
 				Action: meshv1.Authorization_ALLOW, Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{Principals: []string{"cluster.local/ns/shop/sa/db"}}}}}},
 			&meshv1.Authorization{Name: "deny-ip", Namespace: "shop", Scope: meshv1.Authorization_NAMESPACE,
 				Action: meshv1.Authorization_DENY, Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{IpBlocks: []string{"198.19.3.66/32"}}}}}},
+			&meshv1.Authorization{Name: "deny-db-7070", Namespace: "shop", Scope: meshv1.Authorization_NAMESPACE,
+				Action: meshv1.Authorization_DENY, Rules: []*meshv1.Rule{{To: []*meshv1.DestinationMatch{{Ports: []uint32{7070}, IpBlocks: []string{"198.19.3.51/32"}}}}}},
 			&meshv1.Authorization{Name: "deny-9000", Namespace: "istio-system", Scope: meshv1.Authorization_MESH,
 				Action: meshv1.Authorization_DENY, Rules: []*meshv1.Rule{{To: []*meshv1.DestinationMatch{{Ports: []uint32{9000}}}}}},
 		},
 	}
-	s := SnapshotFromResources("cluster.local", func(typeURL string) []proto.Message { return res[typeURL] })
+	s := modelview.BuildIn("cluster.local", storeOf(t, res), 1)
 	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
 	if _, ok := m.LookupHost("shop", "private.shop.svc.cluster.local"); !ok {
 		t.Error("a service exported to its own namespace is not answered there")
@@ -62,10 +110,18 @@ func TestSnapshotFromResources(t *testing.T) {
 		{"198.19.3.51:8080", "198.19.3.51:15008", "198.19.3.51:8080", idDB},
 		{"198.19.3.100:80", "198.19.3.51:15008", "198.19.3.51:8080", idDB},
 		{"198.19.3.102:9080", "198.19.3.200:15008", "198.19.3.102:9080", idWP},
+		// The remote pod's own waypoint is known from the address index.
+		{"198.19.3.60:8080", "198.19.3.201:15008", "198.19.3.60:8080", idWP},
 	} {
 		d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort(tt.dst))
 		if !ok || d.Via.String() != tt.wantVia || d.Target.String() != tt.wantTarget || d.Identity != tt.wantID {
 			t.Errorf("Resolve(%s) = %+v, %v; want via %s target %s identity %s", tt.dst, d, ok, tt.wantVia, tt.wantTarget, tt.wantID)
+		}
+	}
+	// The service VIP only ever goes to the ready pod.
+	for range 8 {
+		if d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.3.100:80")); !ok || d.Target.String() != "198.19.3.51:8080" {
+			t.Fatalf("Resolve(db VIP) = %+v, %v; want the ready pod 198.19.3.51:8080 every time (db-1 is not ready)", d, ok)
 		}
 	}
 	if got := m.PeerAuth(proxy.Pod{UID: "uid-cart"}, 8080); got != proxy.ModeStrict {
@@ -90,6 +146,8 @@ func TestSnapshotFromResources(t *testing.T) {
 		{"namespace DENY on another workload", db, idBad, "198.19.3.66", 8080, false},
 		{"no ALLOW on db", db, idBad, "198.19.3.50", 8080, true},
 		{"mesh DENY port", db, idCart, "198.19.3.50", 9000, false},
+		{"DENY to destination IP", db, idCart, "198.19.3.50", 7070, false},
+		{"DENY to another destination IP", cart, idDB, "198.19.3.51", 7070, true},
 	} {
 		d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: tt.pod, Principal: tt.principal, Source: ip(tt.src), Port: tt.port})
 		if d.Allow != tt.want {

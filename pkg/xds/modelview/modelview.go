@@ -3,9 +3,9 @@
 // their questions (where does this IP go, which mTLS mode, which L4 policies)
 // with the same model meshd built, through the same code.
 //
-// The view is partial by design: full workloads (with peer authentication
-// and bound authorizations) only for what the client was sent in full, the
-// rest from the address index. Authorization policies come back as their L4
+// The view is partial by design: full workloads (service account, revision)
+// only for what the client was sent in full, the rest from the address
+// index; peer authentication and authorizations bind to both. Authorization policies come back as their L4
 // form (meshd already dropped or trimmed rules that need L7 attributes).
 //
 // This package must not do I/O or keep state: Build is a pure function of
@@ -28,21 +28,33 @@ type Lister interface {
 	List(typeURL string) map[string]client.Resource
 }
 
-// Build makes a snapshot of what l holds, with the given version.
+// Build makes a snapshot of what l holds, with the given version, in the
+// trust domain of the trust bundle l holds (the first by name if several).
 func Build(l Lister, version uint64) *model.Snapshot {
+	var td string
+	for name := range l.List(meshv1.TrustBundleType) {
+		if td == "" || name < td {
+			td = name
+		}
+	}
+	return BuildIn(td, l, version)
+}
+
+// BuildIn is Build for a client that knows its own trust domain (a node
+// agent's --trust-domain).
+func BuildIn(trustDomain string, l Lister, version uint64) *model.Snapshot {
 	b := &builder{waypoints: map[model.NamespacedName]*model.Waypoint{}}
 	full := l.List(meshv1.WorkloadType)
 	peerAuthn := l.List(meshv1.PeerAuthenticationType)
 	authz := l.List(meshv1.AuthorizationType)
 
-	in := model.SnapshotInput{Version: version}
-	for td := range l.List(meshv1.TrustBundleType) {
-		in.TrustDomain = td
-		break
-	}
+	in := model.SnapshotInput{Version: version, TrustDomain: trustDomain}
 	var policies []*meshv1.Authorization
 	for _, r := range authz {
-		a := r.Message.(*meshv1.Authorization)
+		a, ok := r.Message.(*meshv1.Authorization)
+		if !ok {
+			continue
+		}
 		policies = append(policies, a)
 		in.AuthorizationPolicies = append(in.AuthorizationPolicies, fromAuthorization(a))
 	}
@@ -53,7 +65,11 @@ func Build(l Lister, version uint64) *model.Snapshot {
 	services := map[string]*model.Service{} // address-index key → service
 	var workloads []*model.Workload
 	for name, r := range l.List(meshv1.AddressType) {
-		switch a := r.Message.(*meshv1.Address).GetType().(type) {
+		addr, ok := r.Message.(*meshv1.Address)
+		if !ok {
+			continue
+		}
+		switch a := addr.GetType().(type) {
 		case *meshv1.Address_Service:
 			services[name] = b.service(a.Service)
 		case *meshv1.Address_Workload:
@@ -63,13 +79,20 @@ func Build(l Lister, version uint64) *model.Snapshot {
 			workloads = append(workloads, b.workloadAddress(a.Workload))
 		}
 	}
-	for uid, r := range full {
-		w := b.workload(r.Message.(*meshv1.Workload))
-		if pa, ok := peerAuthn[uid]; ok {
-			w.PeerAuthentication = fromPeerAuthn(pa.Message.(*meshv1.PeerAuthentication))
+	for _, r := range full {
+		if mw, ok := r.Message.(*meshv1.Workload); ok {
+			workloads = append(workloads, b.workload(mw))
+		}
+	}
+	// Policies bind to every workload, the address index's too: a local pod
+	// whose full resource trails its address (types arrive in separate
+	// responses) is not left without its namespace's and the mesh's
+	// policies meanwhile.
+	for _, w := range workloads {
+		if pa, ok := peerAuthn[w.UID].Message.(*meshv1.PeerAuthentication); ok {
+			w.PeerAuthentication = fromPeerAuthn(pa)
 		}
 		w.AuthorizationPolicies = bound(policies, w)
-		workloads = append(workloads, w)
 	}
 	sort.Slice(workloads, func(i, j int) bool { return workloads[i].UID < workloads[j].UID })
 
@@ -108,11 +131,13 @@ type builder struct {
 	bindingKeys map[*model.Workload][]string
 }
 
+// addrs parses IPs, skipping malformed ones (meshd validates what it
+// sends); IPv4-mapped IPv6 comes back as IPv4, as the data path sees it.
 func addrs(in []string) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range in {
 		if a, err := netip.ParseAddr(s); err == nil {
-			out = append(out, a)
+			out = append(out, a.Unmap())
 		}
 	}
 	return out
@@ -259,6 +284,12 @@ func fromAuthorization(a *meshv1.Authorization) *model.AuthorizationPolicy {
 		}
 		for _, d := range r.GetTo() {
 			pr.To = append(pr.To, policy.Operation{Ports: portStrings(d.GetPorts()), NotPorts: portStrings(d.GetNotPorts())})
+			// pkg/policy has no destination IP blocks in an operation; a
+			// destination.ip condition says the same for a rule with one
+			// "to" (with several, it narrows the whole rule).
+			if len(d.GetIpBlocks()) > 0 || len(d.GetNotIpBlocks()) > 0 {
+				pr.When = append(pr.When, policy.Condition{Key: "destination.ip", Values: d.GetIpBlocks(), NotValues: d.GetNotIpBlocks()})
+			}
 		}
 		for _, c := range r.GetWhen() {
 			pr.When = append(pr.When, policy.Condition{Key: c.GetKey(), Values: c.GetValues(), NotValues: c.GetNotValues()})
