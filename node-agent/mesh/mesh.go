@@ -9,7 +9,8 @@
 // or a workload outside the mesh, passes through without the tunnel; a pod
 // the model does not know yet is PERMISSIVE with no policies (Istio's
 // defaults). A service with no ready endpoint passes through to its VIP, and
-// so does one not exported to the client's namespace (exportTo).
+// so does one not exported to the client's namespace (exportTo). Service
+// endpoints are picked by the service's load balancing (pickEndpoint).
 //
 // Before the first config (an agent that just started) and for a local pod
 // the model does not have yet (meshd's push trails the CNI's enrollment),
@@ -24,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -62,7 +64,8 @@ type Options struct {
 // Mesh implements the agent's Mesh hooks over a model snapshot.
 type Mesh struct {
 	opts Options
-	next atomic.Uint64 // round-robin cursor
+	next  atomic.Uint64 // round-robin cursor
+	conns connCounts    // open connections per endpoint (LEAST_REQUEST)
 
 	gaveUp sync.Map // pod UIDs a wait for ended without them; see snapshotFor
 
@@ -197,46 +200,132 @@ func (m *Mesh) Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bo
 	return proxy.Destination{}, false
 }
 
-// pickEndpoint chooses a ready endpoint of svc for dst's port.
+// pickEndpoint chooses a ready endpoint of svc for dst's port by the
+// service's load balancing (a DestinationRule's loadBalancer.simple, as
+// meshd resolved it):
+//   - LEAST_REQUEST, and the default (Istio's default too): of two
+//     endpoints, the one with fewer open connections from this agent; the
+//     first of the two is the round-robin cursor's, and wins ties, so
+//     one-at-a-time connections still go round the endpoints in turn;
+//   - ROUND_ROBIN: the endpoints in turn;
+//   - RANDOM: any, at random;
+//   - PASSTHROUGH: none: the connection goes to the address dialled.
+//
+// An endpoint that is an enrolled workload is reached through the tunnel. A
+// ServiceEntry's endpoint address that is no workload of the mesh, or a
+// workload outside it, is dialled directly (Destination.Target, not in the
+// mesh). Endpoints known by hostname only (DNS resolution) are not picked:
+// the agent resolves no names, the connection goes to the address dialled.
 func (m *Mesh) pickEndpoint(s *model.Snapshot, svc *model.Service, dst netip.AddrPort) (proxy.Destination, bool) {
+	if svc.LoadBalancing == model.LBPassthrough {
+		return proxy.Destination{}, false
+	}
 	type choice struct {
-		addr netip.Addr
-		port uint16
-		w    *model.Workload
+		target netip.AddrPort
+		w      *model.Workload // nil: an address outside the model's workloads
 	}
 	var ready []choice
 	for _, ep := range svc.Endpoints {
-		if !ep.Ready || ep.WorkloadUID == "" {
+		if !ep.Ready {
 			continue
 		}
-		w, ok := s.Workload(ep.WorkloadUID)
-		if !ok {
-			continue
+		var w *model.Workload
+		if ep.WorkloadUID != "" {
+			var ok bool
+			if w, ok = s.Workload(ep.WorkloadUID); !ok {
+				continue
+			}
 		}
-		port := uint16(dst.Port())
-		if tp, ok := ep.Ports[uint32(dst.Port())]; ok && tp != 0 {
+		port := dst.Port()
+		if tp, ok := ep.Ports[uint32(dst.Port())]; ok && tp != 0 && tp <= 65535 {
 			port = uint16(tp)
 		}
 		for _, ip := range ep.Addresses {
-			if ip.Is4() == dst.Addr().Is4() {
-				ready = append(ready, choice{ip, port, w})
-				break
+			if ip.Is4() != dst.Addr().Is4() {
+				continue
 			}
+			c := choice{target: netip.AddrPortFrom(ip, port), w: w}
+			if w == nil {
+				// A ServiceEntry endpoint: a workload of the mesh when
+				// the model knows its address as one.
+				if a, ok := s.Lookup(ip); ok && a.Kind == model.AddressWorkload {
+					c.w = a.Workload
+				}
+			}
+			ready = append(ready, c)
+			break
 		}
 	}
 	if len(ready) == 0 {
 		return proxy.Destination{}, false
 	}
-	c := ready[int(m.next.Add(1)-1)%len(ready)]
-	if !c.w.Enrolled {
-		// Outside the mesh: the pod's own connect to the VIP goes on
-		// without the tunnel.
-		return proxy.Destination{}, false
+	var c choice
+	track := false
+	switch svc.LoadBalancing {
+	case model.LBRoundRobin:
+		c = ready[int(m.next.Add(1)-1)%len(ready)]
+	case model.LBRandom:
+		c = ready[rand.IntN(len(ready))]
+	default: // LEAST_REQUEST
+		first := int(m.next.Add(1)-1) % len(ready)
+		c = ready[first]
+		if len(ready) > 1 {
+			other := ready[(first+1+rand.IntN(len(ready)-1))%len(ready)]
+			if m.conns.open(other.target) < m.conns.open(c.target) {
+				c = other
+			}
+		}
+		track = true
 	}
-	return proxy.Destination{
-		Target: netip.AddrPortFrom(c.addr, c.port), Via: netip.AddrPortFrom(c.addr, proxy.PortTunnel),
-		Identity: c.w.Identity, Workload: workloadOf(c.w), Service: svc.Hostname(),
-	}, true
+	var d proxy.Destination
+	inMesh := c.w != nil && c.w.Enrolled
+	if inMesh {
+		d = proxy.Destination{
+			Target: c.target, Via: netip.AddrPortFrom(c.target.Addr(), proxy.PortTunnel),
+			Identity: c.w.Identity, Workload: workloadOf(c.w), Service: svc.Hostname(),
+		}
+	} else {
+		// Outside the mesh: the pod's connection goes on to the chosen
+		// endpoint without the tunnel.
+		d = proxy.Destination{Target: c.target, Service: svc.Hostname()}
+	}
+	if track {
+		m.conns.add(c.target)
+		d.Release = sync.OnceFunc(func() { m.conns.done(c.target) })
+	}
+	return d, inMesh
+}
+
+// connCounts counts this agent's open connections per endpoint, for
+// LEAST_REQUEST. An endpoint with none has no entry.
+type connCounts struct {
+	mu sync.Mutex
+	n  map[netip.AddrPort]int
+}
+
+func (c *connCounts) open(ep netip.AddrPort) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[ep]
+}
+
+func (c *connCounts) add(ep netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[netip.AddrPort]int{}
+	}
+	c.n[ep]++
+}
+
+func (c *connCounts) done(ep netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[ep] <= 1 {
+		delete(c.n, ep)
+		return
+	}
+	c.n[ep]--
 }
 
 func waypointOf(s *model.Snapshot, ref *model.WaypointRef, kind model.WaypointFor) *model.Waypoint {

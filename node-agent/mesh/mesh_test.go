@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -78,12 +79,157 @@ func TestResolve(t *testing.T) {
 			t.Errorf("Resolve(%s) in mesh = %v; want %v", tt.dst, ok, tt.inMesh)
 			continue
 		}
-		if d := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); d != "" {
+		if d := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }), cmpopts.IgnoreFields(proxy.Destination{}, "Release")); d != "" {
 			t.Errorf("Resolve(%s) (-want +got):\n%s", tt.dst, d)
+		}
+		if got.Release != nil {
+			got.Release()
 		}
 	}
 	if _, ok := New(Options{}).Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.3.51:8080")); ok {
 		t.Error("Resolve with no snapshot yet = in mesh; want passthrough")
+	}
+}
+
+// lbSnapshot is a service with two enrolled endpoints (A .61, B .62) and
+// the given load balancing, and a ServiceEntry with one endpoint outside
+// the mesh, one that is a mesh pod and one known by hostname only.
+func lbSnapshot(lb model.LoadBalancing) *model.Snapshot {
+	pod := func(uid, addr string) *model.Workload {
+		return &model.Workload{UID: uid, Kind: model.KindPod, Name: uid, Namespace: "shop", IPs: []netip.Addr{ip(addr)}, Identity: idDB, Enrolled: true}
+	}
+	ep := func(uid, addr string) model.Endpoint {
+		return model.Endpoint{WorkloadUID: uid, Addresses: []netip.Addr{ip(addr)}, Ports: map[uint32]uint32{80: 8080}, Ready: true}
+	}
+	return model.NewSnapshot(model.SnapshotInput{
+		Workloads: []*model.Workload{pod("a", "198.19.3.61"), pod("b", "198.19.3.62")},
+		Services: []*model.Service{
+			{Name: "db", Namespace: "shop", Hostnames: []string{"db.shop.svc.cluster.local"}, VIPs: []netip.Addr{ip("198.19.3.100")},
+				Ports: []model.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}}, LoadBalancing: lb,
+				Endpoints: []model.Endpoint{ep("a", "198.19.3.61"), ep("b", "198.19.3.62")}},
+			{Name: "partner", Namespace: "shop", Source: model.SourceServiceEntry, Hostnames: []string{"api.partner.example"},
+				VIPs: []netip.Addr{ip("198.19.44.30")}, Ports: []model.ServicePort{{Port: 443, Protocol: "TCP"}}, Resolution: "STATIC",
+				Endpoints: []model.Endpoint{{Addresses: []netip.Addr{ip("198.19.200.11")}, Ports: map[uint32]uint32{443: 8443}, Ready: true}}},
+			{Name: "inmesh", Namespace: "shop", Source: model.SourceServiceEntry, Hostnames: []string{"inmesh.example"},
+				VIPs: []netip.Addr{ip("198.19.44.31")}, Ports: []model.ServicePort{{Port: 80, Protocol: "TCP"}}, Resolution: "STATIC",
+				Endpoints: []model.Endpoint{{Addresses: []netip.Addr{ip("198.19.3.62")}, Ports: map[uint32]uint32{80: 8080}, Ready: true}}},
+			{Name: "byname", Namespace: "shop", Source: model.SourceServiceEntry, Hostnames: []string{"byname.example"},
+				VIPs: []netip.Addr{ip("198.19.44.32")}, Ports: []model.ServicePort{{Port: 80, Protocol: "TCP"}}, Resolution: "DNS",
+				Endpoints: []model.Endpoint{{Hostname: "backend.partner.example", Ready: true}}},
+		},
+	})
+}
+
+// TestResolveLoadBalancing: a service VIP's endpoint is picked by the
+// service's load balancing, as a DestinationRule sets it.
+func TestResolveLoadBalancing(t *testing.T) {
+	vip := netip.MustParseAddrPort("198.19.3.100:80")
+	a, b := netip.MustParseAddrPort("198.19.3.61:8080"), netip.MustParseAddrPort("198.19.3.62:8080")
+	resolve := func(t *testing.T, m *Mesh) proxy.Destination {
+		t.Helper()
+		d, ok := m.Resolve(proxy.Pod{}, vip)
+		if !ok || (d.Target != a && d.Target != b) || d.Via != netip.AddrPortFrom(d.Target.Addr(), proxy.PortTunnel) {
+			t.Fatalf("Resolve(VIP) = %+v, %v; want an endpoint through its tunnel port", d, ok)
+		}
+		return d
+	}
+	for _, lb := range []model.LoadBalancing{model.LBDefault, model.LBLeastRequest} {
+		t.Run("least request "+string(lb), func(t *testing.T) {
+			s := lbSnapshot(lb)
+			m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+			// Connections one at a time (each ended before the next) go
+			// round the endpoints.
+			var seq []netip.AddrPort
+			for range 4 {
+				d := resolve(t, m)
+				seq = append(seq, d.Target)
+				d.Release()
+			}
+			if seq[0] == seq[1] || seq[1] == seq[2] || seq[2] == seq[3] {
+				t.Errorf("one-at-a-time connections went to %v; want the endpoints in turn", seq)
+			}
+			// Ten long connections spread evenly; those on B end: new
+			// ones go to B, which now has fewer open.
+			var held, onB []proxy.Destination
+			for range 10 {
+				d := resolve(t, m)
+				if d.Target == a {
+					held = append(held, d)
+				} else {
+					onB = append(onB, d)
+				}
+			}
+			if len(held) != 5 {
+				t.Fatalf("10 concurrent connections put %d on A; want 5 (the fewer open each time)", len(held))
+			}
+			for _, d := range onB {
+				d.Release()
+			}
+			for i := range 20 {
+				d := resolve(t, m)
+				if d.Target != b {
+					t.Fatalf("connection %d with 5 open on A went to %s; want B (fewer open)", i, d.Target)
+				}
+				d.Release()
+				d.Release() // a second call is harmless
+			}
+			for _, d := range held {
+				d.Release()
+			}
+			if n := m.conns.open(a); n != 0 {
+				t.Errorf("open connections counted on A after all ended = %d; want 0", n)
+			}
+		})
+	}
+	t.Run("round robin", func(t *testing.T) {
+		s := lbSnapshot(model.LBRoundRobin)
+		m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+		prev := resolve(t, m).Target // held: round robin does not look at load
+		for range 6 {
+			d := resolve(t, m)
+			if d.Target == prev {
+				t.Fatalf("round robin gave %s twice in a row", d.Target)
+			}
+			prev = d.Target
+		}
+	})
+	t.Run("random", func(t *testing.T) {
+		s := lbSnapshot(model.LBRandom)
+		m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+		seen := map[netip.AddrPort]int{}
+		for range 200 {
+			seen[resolve(t, m).Target]++
+		}
+		if seen[a] == 0 || seen[b] == 0 {
+			t.Errorf("random over 200 connections: %v; want both endpoints", seen)
+		}
+	})
+	t.Run("passthrough", func(t *testing.T) {
+		s := lbSnapshot(model.LBPassthrough)
+		m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+		if d, ok := m.Resolve(proxy.Pod{}, vip); ok || d.Target.IsValid() {
+			t.Errorf("PASSTHROUGH: Resolve = %+v, %v; want the address dialled, outside the tunnel", d, ok)
+		}
+	})
+}
+
+// TestResolveServiceEntryEndpoints: a ServiceEntry's static endpoint
+// outside the mesh is dialled directly on its target port; one that is a
+// mesh pod goes through the tunnel with the pod's identity; an endpoint
+// known by hostname only leaves the connection to the address dialled.
+func TestResolveServiceEntryEndpoints(t *testing.T) {
+	s := lbSnapshot(model.LBDefault)
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.44.30:443"))
+	if ok || d.Target != netip.MustParseAddrPort("198.19.200.11:8443") || d.Service != "api.partner.example" {
+		t.Errorf("ServiceEntry endpoint outside the mesh: Resolve = %+v, %v; want 198.19.200.11:8443 directly, service api.partner.example", d, ok)
+	}
+	d, ok = m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.44.31:80"))
+	if !ok || d.Target != netip.MustParseAddrPort("198.19.3.62:8080") || d.Identity != idDB || d.Via != netip.MustParseAddrPort("198.19.3.62:15008") {
+		t.Errorf("ServiceEntry endpoint that is a mesh pod: Resolve = %+v, %v; want the tunnel to 198.19.3.62", d, ok)
+	}
+	if d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.44.32:80")); ok || d.Target.IsValid() {
+		t.Errorf("ServiceEntry endpoint by hostname: Resolve = %+v, %v; want the address dialled", d, ok)
 	}
 }
 

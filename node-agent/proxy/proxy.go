@@ -80,6 +80,10 @@ type Destination struct {
 	// Source is the connecting app's address (the tunnel's Forwarded
 	// header). The proxy sets it before DialTunnel; Resolve leaves it zero.
 	Source netip.AddrPort
+	// Release, when set, is called once the connection to this
+	// destination has ended (or was never made): the resolver counts
+	// open connections per endpoint with it.
+	Release func()
 }
 
 // Mode is a PeerAuthentication mTLS mode.
@@ -176,8 +180,10 @@ type Options struct {
 	// bpf_sk_assign leaves as the original destination.
 	InboundDst func(c net.Conn) netip.AddrPort
 	// Resolve maps an original destination to a mesh destination. false
-	// means the address is outside the mesh: the connection passes through
-	// without the tunnel. Nil means everything passes through.
+	// means the destination is outside the mesh: the connection passes
+	// through without the tunnel, to d.Target when Resolve chose one (a
+	// service endpoint outside the mesh), else to the original
+	// destination. Nil means everything passes through.
 	Resolve func(src Pod, dst netip.AddrPort) (Destination, bool)
 	// DialTunnel opens a tunnel stream from the pod to d. Required for
 	// outbound to mesh destinations.

@@ -47,6 +47,10 @@ type meshConfig struct {
 	// lateB starts B's proxy (its tunnel listener) this long after A's:
 	// B's node agent enrolling it after the model already says enrolled.
 	lateB time.Duration
+	// origDst and resolve, when set, replace "every captured connection
+	// was going to B's app" and its resolution to B through the tunnel.
+	origDst netip.AddrPort
+	resolve func(dst netip.AddrPort) (Destination, bool)
 }
 
 func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
@@ -75,19 +79,28 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 		}
 	}()
 	bApp := netip.AddrPortFrom(nb.Addr, appPort)
+	origDst := bApp
+	if cfg.origDst.IsValid() {
+		origDst = cfg.origDst
+	}
+	resolve := func(_ Pod, dst netip.AddrPort) (Destination, bool) {
+		if dst != bApp {
+			return Destination{}, false
+		}
+		return Destination{Target: dst, Via: netip.AddrPortFrom(nb.Addr, PortTunnel), Identity: idB,
+			Workload: m.b.Workload, Service: "db.shop.svc.cluster.local"}, true
+	}
+	if cfg.resolve != nil {
+		resolve = func(_ Pod, dst netip.AddrPort) (Destination, bool) { return cfg.resolve(dst) }
+	}
 	common := func(p Pod) Options {
 		return Options{
 			Pod: p, Mark: agentMark, ReturnMark: returnMark, Metrics: m.metrics,
-			// No eBPF here: every captured connection was going to B's app.
-			OriginalDst: func(net.Conn) (netip.AddrPort, error) { return bApp, nil },
+			// No eBPF here: every captured connection was going to B's app
+			// (or cfg.origDst).
+			OriginalDst: func(net.Conn) (netip.AddrPort, error) { return origDst, nil },
 			InboundDst:  func(net.Conn) netip.AddrPort { return bApp },
-			Resolve: func(_ Pod, dst netip.AddrPort) (Destination, bool) {
-				if dst != bApp {
-					return Destination{}, false
-				}
-				return Destination{Target: dst, Via: netip.AddrPortFrom(nb.Addr, PortTunnel), Identity: idB,
-					Workload: m.b.Workload, Service: "db.shop.svc.cluster.local"}, true
-			},
+			Resolve:     resolve,
 			DialTunnel:  testDialTunnel(agentMark),
 			ServeTunnel: testServeTunnel,
 			PeerAuth:    func(Pod, uint16) Mode { return cfg.mode },
@@ -203,6 +216,49 @@ func TestOutboundWaitsForEnrollingPeer(t *testing.T) {
 	}
 	if got := value(m.metrics.refused.WithLabelValues("source", "db", "shop", ReasonDialFailed)); got != 0 {
 		t.Errorf("refused dial_failed = %v; want 0", got)
+	}
+}
+
+// TestOutboundToChosenEndpointOutsideMesh: a service endpoint outside the
+// mesh (a ServiceEntry's address) that Resolve chose is dialled directly,
+// not the address the app dialled (a VIP nothing listens on), and the
+// resolver hears once that the connection ended.
+func TestOutboundToChosenEndpointOutsideMesh(t *testing.T) {
+	vip := netip.MustParseAddrPort("198.19.4.100:80")
+	released := make(chan struct{}, 4)
+	var bApp netip.AddrPort
+	m := newMesh(t, "mlna-ep", meshConfig{mode: ModePermissive, origDst: vip, resolve: func(dst netip.AddrPort) (Destination, bool) {
+		if dst != vip {
+			return Destination{}, false
+		}
+		return Destination{Target: bApp, Service: "api.partner.example", Release: func() { released <- struct{}{} }}, false
+	}})
+	bApp = netip.AddrPortFrom(m.b.IPs[0], appPort)
+	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
+	if got, err := roundTrip(c, "direct"); err != nil || got != "direct" {
+		t.Fatalf("echo through the chosen endpoint = %q, %v; want direct", got, err)
+	}
+	select {
+	case src := <-m.appSources:
+		if src != m.a.IPs[0] {
+			t.Errorf("app saw client %s; want pod A's address %s", src, m.a.IPs[0])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("app never saw the connection")
+	}
+	waitClosed(t, m, 1)
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Release was not called after the connection ended")
+	}
+	select {
+	case <-released:
+		t.Error("Release called twice for one connection")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if got := value(m.metrics.opened.WithLabelValues("source", "cart", "shop", idA, "unknown", "unknown", "unknown", "api.partner.example", "none")); got != 1 {
+		t.Errorf("passthrough connections opened = %v; want 1", got)
 	}
 }
 

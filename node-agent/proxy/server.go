@@ -151,8 +151,10 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	defer cancel()
 	var up io.ReadWriteCloser
 	var labels connLabels
+	var d Destination
 	for wait := 50 * time.Millisecond; ; wait *= 2 {
-		d, inMesh := Destination{}, false
+		inMesh := false
+		d = Destination{}
 		if o.Resolve != nil {
 			d, inMesh = o.Resolve(o.Pod, dst)
 		}
@@ -163,8 +165,14 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 			labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 		} else {
 			// Outside the mesh: dial it from the pod as the pod would
-			// have, marked so the connect hook does not capture it again.
-			up, err = netns.Dial(ctx, o.Pod.Netns, dst.String(), netns.DialOptions{Mark: o.Mark})
+			// have (or the endpoint Resolve chose), marked so the connect
+			// hook does not capture it again.
+			target := dst
+			if d.Target.IsValid() {
+				target = d.Target
+			}
+			labels.service = d.Service
+			up, err = netns.Dial(ctx, o.Pod.Netns, target.String(), netns.DialOptions{Mark: o.Mark})
 		}
 		// Nothing listens on the tunnel port while the model says the
 		// destination is in the mesh: its node agent is enrolling the pod
@@ -173,10 +181,16 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 		if err == nil || !inMesh || !errors.Is(err, syscall.ECONNREFUSED) || wait > refusedRetryMax {
 			break
 		}
+		if d.Release != nil {
+			d.Release()
+		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
 		}
+	}
+	if d.Release != nil {
+		defer d.Release()
 	}
 	if err != nil {
 		o.Metrics.refuse("source", labels.dst, ReasonDialFailed)
