@@ -63,7 +63,7 @@ type Options struct {
 
 // Mesh implements the agent's Mesh hooks over a model snapshot.
 type Mesh struct {
-	opts Options
+	opts  Options
 	next  atomic.Uint64 // round-robin cursor
 	conns connCounts    // open connections per endpoint (LEAST_REQUEST)
 
