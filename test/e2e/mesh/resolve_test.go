@@ -81,3 +81,39 @@ spec:
 		t.Errorf("a pod outside the mesh resolved %s (%q): the cluster DNS knows it, so the test proves nothing", host, out)
 	}
 }
+
+// TestServiceEntryStaticEndpoint: an enrolled pod reaches a ServiceEntry
+// host — resolved by the mesh's DNS proxy to the entry's address, which
+// nothing serves — at the entry's static endpoint, an echo server outside
+// the mesh, on the endpoint's own port; the source node agent counts the
+// connection under the entry's host, without mutual TLS (the endpoint is
+// not in the mesh).
+func TestServiceEntryStaticEndpoint(t *testing.T) {
+	lb := meshLab(t)
+	plain := lb.NewNamespace(t)
+	backend, _ := echoServer(t, lb, plain)
+	ns := ambientNamespace(t, lb)
+	host := "legacy." + ns + ".partner.example"
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [%s]
+  addresses: [198.19.201.10]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: %s, ports: {http: 8080}}]
+`, host, backend.Status.PodIP))
+	c := clientPod(t, lb, ns, "caller", "caller")
+	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
+	counted := func() float64 {
+		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`,
+			fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_service=%q`, host),
+			`connection_security_policy="none"`)
+	}
+	before := counted()
+	waitAnswered(t, lb, ns, c.Name, "http://"+host+"/", true, "the ServiceEntry host answered by its static endpoint")
+	if d := counted() - before; d < 1 {
+		t.Errorf("source agent's connections to %s (no mutual TLS) moved by %v; want at least 1", host, d)
+	}
+}
