@@ -135,6 +135,20 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 	return m
 }
 
+// wantAppSawA waits for B's app to accept a connection and checks that it
+// came from pod A's address.
+func (m *mesh) wantAppSawA(t *testing.T) {
+	t.Helper()
+	select {
+	case src := <-m.appSources:
+		if src != m.a.IPs[0] {
+			t.Errorf("app saw client %s; want pod A's address %s", src, m.a.IPs[0])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("app never saw the connection")
+	}
+}
+
 // dialFrom connects from pod p's netns to addr as an app would.
 func dialFrom(t *testing.T, p Pod, addr netip.AddrPort) net.Conn {
 	t.Helper()
@@ -165,14 +179,7 @@ func TestOutboundThroughTunnel(t *testing.T) {
 	if err != nil || got != msg {
 		t.Fatalf("echo through the tunnel: %d bytes, %v; want the %d bytes sent", len(got), err, len(msg))
 	}
-	select {
-	case src := <-m.appSources:
-		if src != m.a.IPs[0] {
-			t.Errorf("app saw client %s; want pod A's address %s", src, m.a.IPs[0])
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("app never saw the connection")
-	}
+	m.wantAppSawA(t)
 	// Both reporters count the connection and every byte.
 	waitClosed(t, m, 2)
 	for _, rep := range []struct {
@@ -238,14 +245,7 @@ func TestOutboundToChosenEndpointOutsideMesh(t *testing.T) {
 	if got, err := roundTrip(c, "direct"); err != nil || got != "direct" {
 		t.Fatalf("echo through the chosen endpoint = %q, %v; want direct", got, err)
 	}
-	select {
-	case src := <-m.appSources:
-		if src != m.a.IPs[0] {
-			t.Errorf("app saw client %s; want pod A's address %s", src, m.a.IPs[0])
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("app never saw the connection")
-	}
+	m.wantAppSawA(t)
 	waitClosed(t, m, 1)
 	select {
 	case <-released:
