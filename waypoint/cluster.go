@@ -358,16 +358,17 @@ func (u *upstream) report(e *endpoint, status int) {
 		(od.ConsecutiveGatewayErrors > 0 && e.consecGw >= od.ConsecutiveGatewayErrors)
 	e.mu.Unlock()
 	if trip {
-		u.eject(e, od)
+		u.eject(e, od, time.Now())
 	}
 }
 
 // eject removes e from load balancing for baseEjectionTime times the number
 // of times it was ejected (capped at 300s, Envoy's max_ejection_time), unless
 // maxEjectionPercent is reached; at least one endpoint may always be ejected,
-// as in Envoy.
-func (u *upstream) eject(e *endpoint, od *model.OutlierDetection) {
-	now := time.Now()
+// as in Envoy. As in Envoy, that count goes down by one for every interval
+// the endpoint has spent back in load balancing since its last ejection, so
+// an endpoint that failed once long ago is not ejected for longer and longer.
+func (u *upstream) eject(e *endpoint, od *model.OutlierDetection, now time.Time) {
 	ejected := 0
 	for _, x := range u.endpoints {
 		if x != e && x.ejected(now) {
@@ -386,10 +387,18 @@ func (u *upstream) eject(e *endpoint, od *model.OutlierDetection) {
 	if base == 0 {
 		base = 30 * time.Second
 	}
+	interval := od.Interval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
 	e.mu.Lock()
 	if now.Before(e.ejectedUntil) {
 		e.mu.Unlock()
 		return
+	}
+	if e.ejections > 0 {
+		healthy := int(now.Sub(e.ejectedUntil) / interval)
+		e.ejections = max(0, e.ejections-healthy)
 	}
 	e.ejections++
 	d := min(base*time.Duration(e.ejections), max(base, 300*time.Second))

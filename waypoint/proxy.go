@@ -82,8 +82,10 @@ type Peer struct {
 	Labels map[string]string
 	// IP is the client address.
 	IP netip.Addr
-	// DestinationPort is the port the client dialled (the HBONE target's
-	// port); zero means the local port of the connection.
+	// DestinationIP and DestinationPort are the address the client dialled
+	// (the HBONE target: a service VIP or a pod IP); unset means the local
+	// address of the connection.
+	DestinationIP   netip.Addr
 	DestinationPort uint32
 	// DestinationService is the hostname of the service whose address the
 	// client dialled (the HBONE target, resolved by the node agent, never
@@ -243,7 +245,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
 		d := policy.Evaluate(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
-			SourceIP: peer.IP, DestinationPort: peer.DestinationPort,
+			SourceIP: peer.IP, DestinationIP: peer.DestinationIP, DestinationPort: peer.DestinationPort,
 			Host: req.Host, Method: req.Method, Path: path, Headers: req.Header, Auth: auth,
 		})
 		if d.Shadow != nil && d.Shadow.Allow != d.Allow {
@@ -953,14 +955,19 @@ func (p *Proxy) peer(req *http.Request) Peer {
 			pr.IP = ap.Addr().Unmap()
 		}
 	}
-	if pr.DestinationPort == 0 {
+	if pr.DestinationPort == 0 || !pr.DestinationIP.IsValid() {
+		var local netip.AddrPort
 		switch a := req.Context().Value(http.LocalAddrContextKey).(type) {
 		case *net.TCPAddr:
-			pr.DestinationPort = uint32(a.Port)
+			local = a.AddrPort()
 		case net.Addr:
-			if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-				pr.DestinationPort = uint32(ap.Port())
-			}
+			local, _ = netip.ParseAddrPort(a.String())
+		}
+		if pr.DestinationPort == 0 {
+			pr.DestinationPort = uint32(local.Port())
+		}
+		if !pr.DestinationIP.IsValid() && local.IsValid() {
+			pr.DestinationIP = local.Addr().Unmap()
 		}
 	}
 	if pr.Namespace == "" && pr.Principal != "" {
@@ -1137,13 +1144,26 @@ func rewritePath(path string, rt *route) string {
 	if rw.URIPrefix == "" {
 		return path
 	}
-	// Replace the matched prefix when the route matched by prefix.
+	// Istio's rewrite.uri: a prefix match that the path satisfies has its
+	// prefix replaced; an exact or regex match has the whole path replaced;
+	// a route that does not match on the URI at all matches the prefix "/"
+	// (Envoy's route), so "/" is what is replaced: "/foo" with "/v2/" is
+	// "/v2/foo".
+	whole := false
 	for _, m := range rt.matches {
-		if m.uri != nil && m.uri.prefix != "" && strings.HasPrefix(path, m.uri.prefix) {
-			return rw.URIPrefix + path[len(m.uri.prefix):]
+		u := m.uri
+		switch {
+		case u == nil:
+		case u.re != nil || u.exact != "":
+			whole = whole || u.match(path)
+		case u.prefix != "" && u.match(path):
+			return rw.URIPrefix + path[len(u.prefix):]
 		}
 	}
-	return rw.URIPrefix
+	if whole {
+		return rw.URIPrefix
+	}
+	return rw.URIPrefix + strings.TrimPrefix(path, "/")
 }
 
 // setPath sets u's path from a normalized (escaped) path.

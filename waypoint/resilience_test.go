@@ -437,3 +437,27 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// TestOutlierEjectionDecays: each ejection of the same endpoint lasts
+// longer (baseEjectionTime times the count), and every interval it spends
+// back in load balancing takes one off that count, as Envoy does.
+func TestOutlierEjectionDecays(t *testing.T) {
+	od := &model.OutlierDetection{Consecutive5xxErrors: 1, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 100}
+	u := newUpstream("od", "", []model.L7Endpoint{{Address: "198.19.0.1:80"}, {Address: "198.19.0.2:80"}}, model.TrafficPolicy{Outlier: od}, &Options{})
+	e := u.endpoints[0]
+	t0 := time.Now()
+	for _, step := range []struct {
+		at, want time.Duration // when it is ejected again (from t0), and for how long
+	}{
+		{0, 30 * time.Second},
+		{31 * time.Second, 60 * time.Second},  // back for 1 s: the count grows to 2
+		{116 * time.Second, 30 * time.Second}, // back for 25 s: two intervals take it to 0, then 1
+		{151 * time.Second, 60 * time.Second}, // back for 5 s: 2 again
+	} {
+		now := t0.Add(step.at)
+		u.eject(e, od, now)
+		if got := e.ejectedUntil.Sub(now); got != step.want {
+			t.Errorf("ejected at +%v for %v; want %v", step.at, got, step.want)
+		}
+	}
+}

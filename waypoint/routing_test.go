@@ -132,3 +132,39 @@ func TestUpdateSwapsConfig(t *testing.T) {
 		t.Fatalf("after Update: body %q; want v2", body)
 	}
 }
+
+// TestRewriteURI: rewrite.uri as Istio has it: a prefix match has its
+// matched prefix replaced (case-insensitively with ignoreUriCase), an exact
+// match the whole path, and a route that does not match on the URI the
+// leading "/" (Envoy's implicit prefix match).
+func TestRewriteURI(t *testing.T) {
+	v2 := &named{name: "v2"}
+	rewrite := func(name, to string, m model.RouteMatch) model.L7Route {
+		return model.L7Route{Name: name, Matches: []model.RouteMatch{m}, Rewrite: &model.Rewrite{URIPrefix: to}, Destinations: []model.WeightedDestination{{Cluster: "v2", Weight: 100}}}
+	}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("v2", backend(t, v2))},
+		rewrite("exact", "/replaced", model.RouteMatch{URI: &model.StringMatch{Exact: "/exact/path"}}),
+		rewrite("any case", "/v3/", model.RouteMatch{URI: &model.StringMatch{Prefix: "/api/", IgnoreCase: true}}),
+		rewrite("by header", "/v2/", model.RouteMatch{Headers: []model.HeaderMatch{{Name: "x-rewrite", Value: model.StringMatch{Exact: "yes"}}}}),
+	)
+	h := start(t, cfg, nil)
+	client := newClient(t)
+	for _, tt := range []struct {
+		path, header, want string
+	}{
+		{"/exact/path", "", "/replaced"},
+		{"/API/items/1", "", "/v3/items/1"},
+		{"/foo/bar", "yes", "/v2/foo/bar"},
+	} {
+		hdr := map[string]string{}
+		if tt.header != "" {
+			hdr["x-rewrite"] = tt.header
+		}
+		if code, body := h.get(t, client, tt.path, hdr); code != 200 {
+			t.Fatalf("GET %s = %d %q; want 200", tt.path, code, body)
+		}
+		if got := v2.lastRequest().URL.Path; got != tt.want {
+			t.Errorf("GET %s reached the backend as %s; want %s", tt.path, got, tt.want)
+		}
+	}
+}

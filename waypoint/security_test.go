@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"path"
 	"strings"
 	"sync/atomic"
@@ -432,6 +433,42 @@ func TestServiceScopedJWT(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tt.want {
 			t.Errorf("token %.10q to service %q (Host %q) = %d; want %d", tt.token, tt.service, tt.host, resp.StatusCode, tt.want)
+		}
+	}
+}
+
+// TestDestinationIPPolicy: destination.ip conditions match the address the
+// client dialled (the HBONE target, here set by Options.Peer), so an ALLOW
+// for a VIP lets its requests in and a DENY "when destination.ip notValues"
+// denies only the others (it was never set: the ALLOW matched nothing and
+// the DENY everything).
+func TestDestinationIPPolicy(t *testing.T) {
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", app)}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.Policies = []*policy.Policy{
+		{Namespace: "shop", Name: "allow-vip", Action: policy.Allow, Rules: []policy.Rule{{When: []policy.Condition{{Key: "destination.ip", Values: []string{"198.19.9.0/24"}}}}}},
+		{Namespace: "shop", Name: "deny-other-vips", Action: policy.Deny, Rules: []policy.Rule{{When: []policy.Condition{{Key: "destination.ip", NotValues: []string{"198.19.9.10"}}}}}},
+	}
+	var dialled atomic.Value
+	h := start(t, cfg, func(o *Options) {
+		o.Peer = func(*http.Request) Peer { return Peer{DestinationIP: dialled.Load().(netip.Addr)} }
+	})
+	for _, tt := range []struct {
+		dst  string
+		want int
+	}{
+		{"198.19.9.10", http.StatusOK},
+		{"198.19.9.11", http.StatusForbidden}, // allowed by the ALLOW, denied by the DENY
+		{"198.19.8.10", http.StatusForbidden}, // no ALLOW matches
+	} {
+		dialled.Store(netip.MustParseAddr(tt.dst))
+		resp, err := http.Get(h.url + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("request to %s = %d; want %d", tt.dst, resp.StatusCode, tt.want)
 		}
 	}
 }

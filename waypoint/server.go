@@ -213,15 +213,20 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 			peer.IP = ap.Addr().Unmap()
 		}
 	}
-	if peer.DestinationPort == 0 {
+	if peer.DestinationPort == 0 || !peer.DestinationIP.IsValid() {
 		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-			peer.DestinationPort = uint32(ap.Port())
+			if peer.DestinationPort == 0 {
+				peer.DestinationPort = uint32(ap.Port())
+			}
+			if !peer.DestinationIP.IsValid() {
+				peer.DestinationIP = ap.Addr().Unmap()
+			}
 		}
 	}
 	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
 		d := policy.EvaluateL4(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
-			SourceIP: peer.IP, DestinationPort: peer.DestinationPort,
+			SourceIP: peer.IP, DestinationIP: peer.DestinationIP, DestinationPort: peer.DestinationPort,
 		})
 		if !d.Allow {
 			p.logf("waypoint: tcp from %s denied: %s", peer.IP, d.Reason)

@@ -240,6 +240,9 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
 			Interval:           od.GetInterval().AsDuration(),
 			BaseEjectionTime:   od.GetBaseEjectionTime().AsDuration(),
 			MaxEjectionPercent: int(od.GetMaxEjectionPercent()),
+			// Istio: consecutive5xxErrors "defaults to 5, but can be
+			// disabled by setting the value to 0".
+			Consecutive5xxErrors: 5,
 		}
 		if v := od.GetConsecutive_5XxErrors(); v != nil {
 			o.Consecutive5xxErrors = int(v.GetValue())
@@ -397,6 +400,9 @@ func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService]
 				Subset:  d.GetSubset(), Percent: percent(m.GetPercentage(), 100),
 			})
 		}
+		if cp := hr.GetCorsPolicy(); cp != nil {
+			r.CORS = corsPolicy(cp)
+		}
 		r.RequestHeaders = headerOps(hr.GetHeaders().GetRequest())
 		r.ResponseHeaders = headerOps(hr.GetHeaders().GetResponse())
 		routes = append(routes, r)
@@ -452,6 +458,32 @@ func percent(p *networkingapi.Percent, def float64) float64 {
 		return p.GetValue()
 	}
 	return def
+}
+
+// corsPolicy translates a VirtualService route's corsPolicy. The
+// deprecated allowOrigin list (exact origins, "*" for any) still counts.
+func corsPolicy(cp *networkingapi.CorsPolicy) *model.CORSPolicy {
+	p := &model.CORSPolicy{
+		AllowMethods:     cp.GetAllowMethods(),
+		AllowHeaders:     cp.GetAllowHeaders(),
+		ExposeHeaders:    cp.GetExposeHeaders(),
+		MaxAge:           cp.GetMaxAge().AsDuration(),
+		AllowCredentials: cp.GetAllowCredentials().GetValue(),
+	}
+	for _, o := range cp.GetAllowOrigins() {
+		if m := stringMatch(o, false); m != nil {
+			p.AllowOrigins = append(p.AllowOrigins, *m)
+		}
+	}
+	//lint:ignore SA1019 users still write the deprecated allowOrigin list.
+	for _, o := range cp.GetAllowOrigin() {
+		if o == "*" {
+			p.AllowOrigins = append(p.AllowOrigins, model.StringMatch{Regex: ".*"})
+		} else {
+			p.AllowOrigins = append(p.AllowOrigins, model.StringMatch{Exact: o})
+		}
+	}
+	return p
 }
 
 func headerOps(h *networkingapi.Headers_HeaderOperations) model.HeaderOps {

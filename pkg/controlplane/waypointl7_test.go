@@ -240,3 +240,75 @@ spec:
 		})
 	}
 }
+
+// TestWaypointL7VirtualServiceCORS: a VirtualService route's corsPolicy
+// reaches the waypoint's route (it was dropped), the deprecated allowOrigin
+// list too.
+func TestWaypointL7VirtualServiceCORS(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - name: api
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example"}, {regex: "https://.*\\.partner\\.example"}]
+      allowOrigin: ["https://legacy.example"]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 1h
+      allowCredentials: true
+    route: [{destination: {host: reviews}}]
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok || len(cfg.Listeners) == 0 || len(cfg.Listeners[0].VirtualHosts) == 0 || len(cfg.Listeners[0].VirtualHosts[0].Routes) == 0 {
+		t.Fatalf("no route in the waypoint's config: %+v", cfg)
+	}
+	want := &model.CORSPolicy{
+		AllowOrigins: []model.StringMatch{{Exact: "https://shop.example"}, {Regex: `https://.*\.partner\.example`}, {Exact: "https://legacy.example"}},
+		AllowMethods: []string{"GET", "POST"}, AllowHeaders: []string{"x-token"}, ExposeHeaders: []string{"x-trace"},
+		MaxAge: time.Hour, AllowCredentials: true,
+	}
+	if diff := cmp.Diff(want, cfg.Listeners[0].VirtualHosts[0].Routes[0].CORS); diff != "" {
+		t.Errorf("route CORS (-want +got):\n%s", diff)
+	}
+}
+
+// TestWaypointL7OutlierDefaults: a DestinationRule's outlierDetection
+// without consecutive5xxErrors ejects after 5 errors (Istio's default), and
+// an explicit 0 turns that detector off.
+func TestWaypointL7OutlierDefaults(t *testing.T) {
+	for _, tt := range []struct {
+		name, od string
+		want     int
+	}{
+		{"unset", "{baseEjectionTime: 1m}", 5},
+		{"zero", "{consecutive5xxErrors: 0, consecutiveGatewayErrors: 3}", 0},
+		{"set", "{consecutive5xxErrors: 2}", 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {outlierDetection: `+tt.od+`}
+`)...))
+			if len(rej) != 0 {
+				t.Errorf("rejections = %v; want none", rej)
+			}
+			cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if cfg == nil || len(cfg.Clusters) == 0 || cfg.Clusters[0].Traffic.Outlier == nil {
+				t.Fatalf("no outlier detection in the waypoint's cluster: %+v", cfg)
+			}
+			if got := cfg.Clusters[0].Traffic.Outlier.Consecutive5xxErrors; got != tt.want {
+				t.Errorf("consecutive 5xx errors = %d; want %d", got, tt.want)
+			}
+		})
+	}
+}

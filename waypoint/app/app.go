@@ -558,7 +558,7 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 	}
 	if req, ok := sc.Meta.(*hbone.Request); ok {
 		p.Principal = req.Peer.String()
-		p.DestinationPort = uint32(req.Target.Port())
+		p.DestinationIP, p.DestinationPort = req.Target.Addr().Unmap(), uint32(req.Target.Port())
 		if w, err := identity.FromID(req.Peer); err == nil {
 			p.Namespace = w.Namespace
 		}
