@@ -6,17 +6,17 @@
 // proxies.
 //
 // Decisions when the model is silent: an address the model does not know,
-// or a workload outside the mesh, passes through without the tunnel; a pod
-// the model does not know yet is PERMISSIVE with no policies (Istio's
-// defaults). A service with no ready endpoint passes through to its VIP, and
+// or a workload outside the mesh, passes through without the tunnel; inbound
+// to a local pod the model does not know yet is refused (its policies are
+// unknown). A service with no ready endpoint passes through to its VIP, and
 // so does one not exported to the client's namespace (exportTo). Service
 // endpoints are picked by the service's load balancing (pickEndpoint).
 //
 // Before the first config (an agent that just started) and for a local pod
 // the model does not have yet (meshd's push trails the CNI's enrollment),
 // decisions wait for it, up to Options.Wait. Inbound connections are
-// refused if there is still no config by then: the policies that would
-// allow them are unknown.
+// refused if there is still no config for the pod by then: the policies
+// that would allow them are unknown.
 //
 // It must not open connections or hold certificates itself.
 package mesh
@@ -403,7 +403,10 @@ func (m *Mesh) Authorize(_ context.Context, r proxy.AuthzRequest) proxy.Decision
 	}
 	w, ok := s.Workload(r.Pod.UID)
 	if !ok {
-		return proxy.Decision{Allow: true, Reason: "workload not in mesh config"}
+		// Fail closed as well: the pod's policies are unknown until meshd
+		// pushes it (ztunnel too refuses inbound for a workload it cannot
+		// find once its wait ends).
+		return proxy.Decision{Allow: false, Reason: "pod not in the mesh config from meshd yet"}
 	}
 	req := &policy.Request{
 		SourcePrincipal: r.Principal, SourceNamespace: namespaceOf(r.Principal),

@@ -303,7 +303,8 @@ func TestAuthorize(t *testing.T) {
 
 // TestDecisionsWaitForConfig: an agent that has just started, or a local
 // pod meshd has not pushed yet, waits for the config instead of deciding
-// without it; inbound is refused if there is still none when the wait ends.
+// without it; inbound is refused if there is still none for the pod when
+// the wait ends.
 func TestDecisionsWaitForConfig(t *testing.T) {
 	cart := proxy.Pod{UID: "uid-cart", IPs: []netip.Addr{ip("198.19.3.50")}}
 	intruder := proxy.AuthzRequest{Pod: cart, Principal: idBad, Source: ip("198.19.3.51"), Port: 8080}
@@ -340,13 +341,13 @@ func TestDecisionsWaitForConfig(t *testing.T) {
 	if d.Allow || !strings.Contains(d.Reason, "meshd") {
 		t.Errorf("no config at all: Authorize = %+v; want refused, naming meshd", d)
 	}
-	// A pod the config still lacks when the wait ends: Istio's defaults,
-	// and its next decision does not wait again.
+	// A pod the config still lacks when the wait ends: refused (its
+	// policies are unknown), and its next decision does not wait again.
 	st.Set(testSnapshot())
 	m = New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: time.Second})
 	newPod := proxy.Pod{UID: "uid-new"}
-	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: newPod, Principal: idBad, Port: 8080}); !d.Allow {
-		t.Errorf("pod not in the config: Authorize = %+v; want allowed (no policies)", d)
+	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: newPod, Principal: idDB, Port: 8080}); d.Allow || !strings.Contains(d.Reason, "meshd") {
+		t.Errorf("pod not in the config: Authorize = %+v; want refused, naming meshd", d)
 	}
 	began := time.Now()
 	m.PeerAuth(newPod, 8080)

@@ -203,8 +203,9 @@ type Options struct {
 	// Nil means PERMISSIVE everywhere.
 	PeerAuth func(pod Pod, port uint16) Mode
 	// ProbeExempt says whether a plaintext connection from src to port is a
-	// kubelet probe, served under STRICT (the kubelet is not in the mesh).
-	// It still goes through Authorize. Nil exempts nothing.
+	// kubelet probe, served under STRICT (the kubelet is not in the mesh)
+	// and not subject to Authorize (a probe is not the workload's traffic;
+	// Istio's bypass ztunnel). Nil exempts nothing.
 	ProbeExempt func(src netip.Addr, port uint16) bool
 	// Authorize decides L4 authorization. Nil allows everything.
 	Authorize func(ctx context.Context, r AuthzRequest) Decision

@@ -337,6 +337,7 @@ func TestPlaintextInbound(t *testing.T) {
 		name      string
 		mode      Mode
 		probe     func(netip.Addr, uint16) bool
+		onlyAllow string // an L4 ALLOW for this identity only
 		wantReset bool
 	}{
 		{name: "STRICT", mode: ModeStrict, wantReset: true},
@@ -349,10 +350,21 @@ func TestPlaintextInbound(t *testing.T) {
 		{name: "STRICT other port exempt", mode: ModeStrict, wantReset: true, probe: func(src netip.Addr, port uint16) bool {
 			return port == 9999
 		}},
+		// An ALLOW policy for some identity does not stop the kubelet's
+		// probes either (Istio's probes bypass ztunnel): the pod stays Ready.
+		{name: "STRICT probe, ALLOW for another identity", mode: ModeStrict, onlyAllow: idB, probe: func(src netip.Addr, port uint16) bool {
+			return src == netip.MustParseAddr("198.19.4.1") && port == appPort
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newMesh(t, "mlna-pt", meshConfig{mode: tt.mode, probe: tt.probe})
+			cfg := meshConfig{mode: tt.mode, probe: tt.probe}
+			if tt.onlyAllow != "" {
+				cfg.authorize = func(_ context.Context, r AuthzRequest) Decision {
+					return Decision{Allow: r.Principal == tt.onlyAllow, Reason: "allow-" + tt.onlyAllow}
+				}
+			}
+			m := newMesh(t, "mlna-pt", cfg)
 			c, err := netns.Dial(context.Background(), m.a.Netns, netip.AddrPortFrom(m.b.IPs[0], PortInbound).String(), netns.DialOptions{Timeout: 5 * time.Second})
 			var got string
 			if err == nil {

@@ -300,15 +300,21 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	if o.PeerAuth != nil {
 		mode = o.PeerAuth(o.Pod, dst.Port())
 	}
-	if mode == ModeStrict && (o.ProbeExempt == nil || !o.ProbeExempt(src.Addr(), dst.Port())) {
+	probe := o.ProbeExempt != nil && o.ProbeExempt(src.Addr(), dst.Port())
+	if mode == ModeStrict && !probe {
 		refuse(ReasonStrict)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
 	defer cancel()
-	if d := p.authorize(ctx, "", src.Addr(), dst.Port()); !d.Allow {
-		refuse(ReasonDenied)
-		return
+	// A kubelet probe is not the workload's traffic: L4 policies do not
+	// apply to it, or an ALLOW for some identity would fail the pod's
+	// readiness (Istio's probes bypass ztunnel altogether).
+	if !probe {
+		if d := p.authorize(ctx, "", src.Addr(), dst.Port()); !d.Allow {
+			refuse(ReasonDenied)
+			return
+		}
 	}
 	up, err := p.dialApp(ctx, src.Addr(), dst)
 	if err != nil {
