@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"regexp"
+	"slices"
 	"sort"
 
 	networkingapi "istio.io/api/networking/v1alpha3"
@@ -145,6 +146,13 @@ func (bd *build) warnUnmatchedSelectors() {
 		}
 	}
 	for _, a := range bd.authz {
+		if a.Selector != nil && a.Policy.Namespace == bd.opts.RootNamespace {
+			// A root-namespace policy selects in every namespace (authzFor).
+			if !slices.ContainsFunc(bd.workloads, func(w *model.Workload) bool { return model.SelectorMatches(a.Selector, w.Labels) }) {
+				bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name).warn("selector %v matches no workload in any namespace", a.Selector)
+			}
+			continue
+		}
 		if a.Selector != nil && !matches(a.Policy.Namespace, a.Selector) {
 			bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name).warn("selector %v matches no workload", a.Selector)
 		}

@@ -221,7 +221,9 @@ func serviceAccountPrincipals(sas []string) ([]string, error) {
 
 // authzFor returns the L4 policies bound to a workload: mesh-wide ones from
 // the root namespace, namespace-wide ones, and selector matches in its
-// namespace. Policies with targetRefs are for waypoints and are not bound here.
+// namespace or in the root namespace (a root-namespace policy applies to
+// every namespace; its selector narrows it). Policies with targetRefs are
+// for waypoints and are not bound here.
 func (bd *build) authzFor(ns string, labels map[string]string) []model.NamespacedName {
 	var out []model.NamespacedName
 	for _, a := range bd.authz {
@@ -229,7 +231,7 @@ func (bd *build) authzFor(ns string, labels map[string]string) []model.Namespace
 		case len(a.Targets) > 0:
 			continue
 		case a.Mesh:
-		case a.Policy.Namespace != ns:
+		case a.Policy.Namespace != ns && (a.Selector == nil || a.Policy.Namespace != bd.opts.RootNamespace):
 			continue
 		case a.Selector != nil && !model.SelectorMatches(a.Selector, labels):
 			continue

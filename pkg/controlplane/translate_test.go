@@ -156,8 +156,23 @@ spec:
     - operation: {methods: ["GET"]}
 `
 
+// A root-namespace policy with a selector applies to the matching workloads
+// of every namespace (Istio: "If set to root namespace, the policy applies
+// to all namespaces in a mesh"; the selector narrows it).
+const rootSelectorPolicy = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-legacy, namespace: istio-system}
+spec:
+  selector:
+    matchLabels: {app: api}
+  action: DENY
+  rules:
+  - to:
+    - operation: {ports: ["9000"]}
+`
+
 func TestAuthorizationPolicyBinding(t *testing.T) {
-	snap, rej := mustBuild(t, inputs(t, istioAuthzExamples,
+	snap, rej := mustBuild(t, inputs(t, istioAuthzExamples+"---\n"+rootSelectorPolicy,
 		pod("foo", "httpbin", "10.0.0.1", "n1", "app=httpbin"),
 		pod("foo", "web", "10.0.0.2", "n1", "app=web"),
 		pod("bar", "api", "10.0.0.3", "n1", "app=api"),
@@ -171,7 +186,7 @@ func TestAuthorizationPolicyBinding(t *testing.T) {
 	}{
 		{"foo", "httpbin", []model.NamespacedName{{Namespace: "foo", Name: "allow-read"}, {Namespace: "foo", Name: "deny-httpbin"}, {Namespace: "istio-system", Name: "allow-nothing"}}},
 		{"foo", "web", []model.NamespacedName{{Namespace: "foo", Name: "allow-read"}, {Namespace: "istio-system", Name: "allow-nothing"}}},
-		{"bar", "api", []model.NamespacedName{{Namespace: "istio-system", Name: "allow-nothing"}}},
+		{"bar", "api", []model.NamespacedName{{Namespace: "istio-system", Name: "allow-nothing"}, {Namespace: "istio-system", Name: "deny-legacy"}}},
 	}
 	for _, tt := range tests {
 		w := workloadByName(t, snap, tt.ns, tt.name)
