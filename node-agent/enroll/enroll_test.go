@@ -208,6 +208,23 @@ func TestReconcilerLive(t *testing.T) {
 	client.CoreV1().Namespaces().Update(ctx, ns("shop", nil), metav1.UpdateOptions{})
 	eventually(t, "after unlabelling shop", want("plain/optin", "plain/web"))
 
+	// A terminating pod stays in the mesh through its grace period, and
+	// leaves once its sandbox is torn down (CNI DEL).
+	term := pod("plain", "optin", node, "198.19.3.14", amb)
+	term.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	client.CoreV1().Pods("plain").Update(ctx, term, metav1.UpdateOptions{})
+	eventually(t, "terminating pod seen", func() (bool, string) {
+		p, err := r.getPod(ctx, "plain", "optin")
+		return err == nil && p.DeletionTimestamp != nil, "no deletion timestamp yet"
+	})
+	time.Sleep(200 * time.Millisecond)
+	if got := rec.names(); !slices.Contains(got, "plain/optin") {
+		t.Fatalf("a terminating pod left the mesh before its sandbox was torn down: enrolled %v", got)
+	}
+	r.CNIDel(ctx, cni.PodEvent{Namespace: "plain", Name: "optin", UID: "uid-optin"})
+	eventually(t, "after the terminating pod's CNI DEL", want("plain/web"))
+	client.CoreV1().Pods("plain").Update(ctx, pod("plain", "optin", node, "198.19.3.14", amb), metav1.UpdateOptions{})
+
 	// A pod opting out leaves; a deleted pod leaves.
 	client.CoreV1().Pods("plain").Update(ctx, pod("plain", "web", node, "198.19.3.13", map[string]string{Label: ModeNone}), metav1.UpdateOptions{})
 	client.CoreV1().Pods("plain").Delete(ctx, "optin", metav1.DeleteOptions{})

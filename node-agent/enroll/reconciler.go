@@ -94,6 +94,9 @@ type Reconciler struct {
 	mu       sync.Mutex        // serializes enroll/unenroll and guards below
 	enrolled map[string]Pod    // by namespace/name
 	cniNetns map[string]string // by pod UID: netns the CNI plugin reported
+	// torn down: pod UIDs whose sandbox the CNI plugin reported deleted
+	// (CNI DEL); a terminating pod leaves the mesh then, not before.
+	tornDown map[string]bool
 	snapshot []string          // last written ambient namespaces
 }
 
@@ -142,6 +145,7 @@ func New(opts Options) (*Reconciler, error) {
 		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		enrolled: map[string]Pod{},
 		cniNetns: map[string]string{},
+		tornDown: map[string]bool{},
 	}
 	enqueuePod := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -328,9 +332,16 @@ func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 	return r.reconcile(ctx, key, pod, nil)
 }
 
-// wanted reports whether pod belongs in the mesh on this node now.
+// wanted reports whether pod belongs in the mesh on this node now. A pod
+// being deleted stays in until its sandbox is torn down (CNI DEL, after its
+// containers have exited), it ends, or it is gone from the API: its traffic
+// during the grace period (draining, preStop hooks) is still the mesh's, as
+// Istio's ztunnel has it. r.mu held.
 func (r *Reconciler) wanted(pod *kube.Pod) bool {
-	if pod == nil || pod.DeletionTimestamp != nil || pod.Spec.NodeName != r.opts.NodeName {
+	if pod == nil || pod.Spec.NodeName != r.opts.NodeName {
+		return false
+	}
+	if pod.DeletionTimestamp != nil && r.tornDown[string(pod.UID)] {
 		return false
 	}
 	if pod.Status.Phase == kube.PodSucceeded || pod.Status.Phase == kube.PodFailed {
@@ -352,6 +363,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *kube.Pod, c
 	if !r.wanted(pod) {
 		if pod == nil && cur.UID != "" {
 			delete(r.cniNetns, cur.UID)
+			delete(r.tornDown, cur.UID)
 		}
 		if !isEnrolled {
 			return nil
@@ -375,6 +387,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *kube.Pod, c
 		want.IfName = cur.IfName
 	}
 	if cniEv != nil {
+		delete(r.tornDown, want.UID) // a new sandbox
 		r.cniNetns[want.UID] = r.localNetns(cniEv.Netns)
 		want.IfName = cniEv.IfName
 		want.IPs = nil
@@ -470,12 +483,15 @@ func (r *Reconciler) CNIAdd(ctx context.Context, ev cni.PodEvent) cni.Verdict {
 	return cni.Verdict{MustEnroll: true, Enrolled: true}
 }
 
-// CNIDel forgets the netns the plugin reported; the pod watch unenrolls.
+// CNIDel forgets the netns the plugin reported and notes the sandbox gone:
+// a terminating pod leaves the mesh now (see wanted); the pod watch
+// unenrolls a deleted one.
 func (r *Reconciler) CNIDel(_ context.Context, ev cni.PodEvent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ev.UID != "" {
 		delete(r.cniNetns, ev.UID)
+		r.tornDown[ev.UID] = true
 	}
 	r.queue.Add(ev.Namespace + "/" + ev.Name)
 }
