@@ -3,9 +3,10 @@
 // change on a namespace or a pod enrolls or unenrolls running pods with no
 // restart.
 //
-// A pod is in the mesh when it runs on this node, is not hostNetwork, is not
-// finished, does not carry istio.io/dataplane-mode=none, and it or its
-// namespace carries istio.io/dataplane-mode=ambient. Its network namespace
+// A pod is in the mesh when it runs on this node, is not hostNetwork, has no
+// Istio sidecar, is not finished, does not carry
+// istio.io/dataplane-mode=none, and it or its namespace carries
+// istio.io/dataplane-mode=ambient. Its network namespace
 // comes from the CNI plugin's report when there is one, else from the
 // kubelet's netns dir (/var/run/netns) or /proc: the netns whose interfaces
 // hold the pod's IP — for /proc only among processes whose cgroup names the
@@ -58,7 +59,7 @@ type Pod struct {
 // InMesh applies the enrollment rule (see the package doc) to a pod and its
 // namespace's labels; node placement and the pod's phase are the caller's.
 func InMesh(nsLabels map[string]string, pod *kube.Pod) bool {
-	if pod.Spec.HostNetwork {
+	if pod.Spec.HostNetwork || hasSidecar(pod) {
 		return false
 	}
 	switch pod.Labels[Label] {
@@ -68,6 +69,23 @@ func InMesh(nsLabels map[string]string, pod *kube.Pod) bool {
 		return true
 	}
 	return nsLabels[Label] == ModeAmbient
+}
+
+// hasSidecar reports an Istio sidecar (an istio-proxy container or native
+// sidecar init container): the pod's traffic is its sidecar's, and its
+// ports 15001/15006/15008 are Envoy's. meshd applies the same rule.
+func hasSidecar(pod *kube.Pod) bool {
+	for _, c := range pod.Spec.Containers {
+		if c.Name == "istio-proxy" {
+			return true
+		}
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == "istio-proxy" {
+			return true
+		}
+	}
+	return false
 }
 
 // WorkloadName names the pod's workload for identity and metrics: the

@@ -31,6 +31,7 @@ func TestInMesh(t *testing.T) {
 		nsLabels  map[string]string
 		podLabels map[string]string
 		hostNet   bool
+		sidecar   string // "container" or "init": an istio-proxy of that kind
 		want      bool
 	}{
 		{name: "namespace ambient", nsLabels: amb, want: true},
@@ -39,9 +40,18 @@ func TestInMesh(t *testing.T) {
 		{name: "pod opts out of ambient namespace", nsLabels: amb, podLabels: map[string]string{Label: ModeNone}, want: false},
 		{name: "hostNetwork never", nsLabels: amb, podLabels: amb, hostNet: true, want: false},
 		{name: "other value", nsLabels: map[string]string{Label: "sidecar"}, want: false},
+		{name: "istio-proxy sidecar in ambient namespace", nsLabels: amb, sidecar: "container", want: false},
+		{name: "native sidecar opting in", podLabels: amb, sidecar: "init", want: false},
 	}
 	for _, tt := range tests {
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: tt.podLabels}, Spec: corev1.PodSpec{HostNetwork: tt.hostNet}}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: tt.podLabels}, Spec: corev1.PodSpec{HostNetwork: tt.hostNet,
+			Containers: []corev1.Container{{Name: "app"}}}}
+		switch tt.sidecar {
+		case "container":
+			pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy"})
+		case "init":
+			pod.Spec.InitContainers = []corev1.Container{{Name: "istio-init"}, {Name: "istio-proxy"}}
+		}
 		if got := InMesh(tt.nsLabels, slim(t, pod)); got != tt.want {
 			t.Errorf("%s: InMesh(%v, pod labels %v, hostNetwork %v) = %v; want %v", tt.name, tt.nsLabels, tt.podLabels, tt.hostNet, got, tt.want)
 		}

@@ -43,6 +43,13 @@ type PodSpec struct {
 	HostNetwork        bool        `json:"hostNetwork,omitempty"`
 	ServiceAccountName string      `json:"serviceAccountName,omitempty"`
 	Containers         []Container `json:"containers,omitempty"`
+	// InitContainers by name only: an Istio sidecar may run as one.
+	InitContainers []NamedContainer `json:"initContainers,omitempty"`
+}
+
+// NamedContainer is a container the agent knows by name only.
+type NamedContainer struct {
+	Name string `json:"name"`
 }
 
 // Container is a container's named ports and its probes.
@@ -164,6 +171,7 @@ func (in *Pod) DeepCopy() *Pod {
 			out.Spec.Containers[i] = c
 		}
 	}
+	out.Spec.InitContainers = append([]NamedContainer(nil), in.Spec.InitContainers...)
 	out.Status.PodIPs = append([]PodIP(nil), in.Status.PodIPs...)
 	return out
 }
