@@ -78,6 +78,7 @@ type build struct {
 	peerAuths  []*model.PeerAuthentication
 	authz      []*model.AuthorizationPolicy
 	waypoints  map[model.NamespacedName]*model.Waypoint
+	waypointGW map[model.NamespacedName]*gatewayv1.Gateway // for allowedRoutes
 	services   []*model.Service
 	svcByKey   map[string]*model.Service
 	kubeSvcs   map[string]*corev1.Service // key -> object, only valid services
@@ -107,6 +108,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		in:         in,
 		next:       make(map[string]cachedWorkload, len(in.pods)),
 		waypoints:  make(map[model.NamespacedName]*model.Waypoint),
+		waypointGW: make(map[model.NamespacedName]*gatewayv1.Gateway),
 		svcByKey:   make(map[string]*model.Service),
 		kubeSvcs:   make(map[string]*corev1.Service),
 		svcsByNS:   make(map[string]*selectorIndex),
@@ -332,7 +334,25 @@ func (bd *build) translateWaypoints() {
 			r.warn("waypoint has no address yet (no status address and no Service %s/%s)", gw.Namespace, gw.Name)
 		}
 		bd.waypoints[wp.Key()] = wp
+		bd.waypointGW[wp.Key()] = gw
 	}
+}
+
+// waypointAccepts says whether objects of namespace ns may use waypoint
+// key: its own namespace always; another only when the waypoint Gateway's
+// HBONE listener allows routes from it (allowedRoutes.namespaces: from All,
+// or a Selector matching ns), as Istio requires for cross-namespace use.
+func (bd *build) waypointAccepts(key model.NamespacedName, ns string) bool {
+	gw, ok := bd.waypointGW[key]
+	if !ok || ns == key.Namespace {
+		return ns == key.Namespace
+	}
+	for _, l := range gw.Spec.Listeners {
+		if l.Protocol == "HBONE" || l.Port == 15008 {
+			return bd.allowedRoute(ns, gw, l)
+		}
+	}
+	return false
 }
 
 // resolveWaypoint follows a use-waypoint label on an object of kind kind.
@@ -349,6 +369,11 @@ func (bd *build) resolveWaypoint(kind, objNS, objName, scopeNS string, labels ma
 	wp, found := bd.waypoints[model.NamespacedName{Namespace: ns, Name: name}]
 	if !found {
 		bd.rejecter(kind, objNS, objName).warn("%s label %s=%s: no waypoint Gateway %s/%s", source, label.IoIstioUseWaypoint.Name, name, ns, name)
+		return nil, true
+	}
+	if !bd.waypointAccepts(wp.Key(), scopeNS) {
+		bd.rejecter(kind, objNS, objName).warn("%s label %s=%s: waypoint %s/%s does not accept namespace %s: its HBONE listener's allowedRoutes.namespaces must say from: All, or a selector matching it",
+			source, label.IoIstioUseWaypoint.Name, name, ns, name, scopeNS)
 		return nil, true
 	}
 	if forWorkload && !wp.For.AcceptsWorkloads() || !forWorkload && !wp.For.AcceptsServices() {

@@ -262,14 +262,21 @@ func TestWaypointBinding(t *testing.T) {
 		{name: "pod label on a service-only waypoint is ignored", podLabels: "istio.io/use-waypoint=wp", wantWarn: "waypoint app/wp has istio.io/waypoint-for=service"},
 		{name: "pod label, workload waypoint", podLabels: "istio.io/use-waypoint=wp", waypointFor: "workload", wantPod: "wp"},
 		{name: "pod label names a missing waypoint", podLabels: "istio.io/use-waypoint=nope", waypointFor: "all", wantWarn: "no waypoint Gateway app/nope"},
-		{name: "cross-namespace waypoint", svcLabels: "istio.io/use-waypoint=shared,istio.io/use-waypoint-namespace=infra", wantSvc: "shared"},
+		// Another namespace's waypoint: only if its HBONE listener allows
+		// routes from this namespace (Istio; the default is Same).
+		{name: "cross-namespace waypoint allowing all", svcLabels: "istio.io/use-waypoint=shared,istio.io/use-waypoint-namespace=infra", wantSvc: "shared"},
+		{name: "cross-namespace waypoint allowing its namespace only", svcLabels: "istio.io/use-waypoint=private,istio.io/use-waypoint-namespace=infra",
+			wantWarn: "waypoint infra/private does not accept namespace app"},
+		{name: "namespace label, cross-namespace waypoint allowing its namespace only", nsLabels: "istio.io/use-waypoint=private,istio.io/use-waypoint-namespace=infra",
+			wantWarn: "waypoint infra/private does not accept namespace app"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			snap, rej := mustBuild(t, inputs(t,
 				ns("app", tt.nsLabels), ns("infra", ""),
 				waypoint("app", "wp", "10.96.9.9", tt.waypointFor),
-				waypoint("infra", "shared", "10.96.9.10", ""),
+				strings.Replace(waypoint("infra", "shared", "10.96.9.10", ""), "protocol: HBONE", "protocol: HBONE\n    allowedRoutes: {namespaces: {from: All}}", 1),
+				waypoint("infra", "private", "10.96.9.11", ""),
 				pod("app", "web", "10.0.0.1", "n1", "app=web,"+tt.podLabels),
 				service("app", "web", "10.96.0.1", "app=web", tt.svcLabels),
 			))
