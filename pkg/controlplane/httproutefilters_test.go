@@ -58,7 +58,7 @@ spec:
     backendRefs: [{name: reviews, port: 9080}]
 `,
 		want: model.L7Route{
-			Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api/"}}},
+			Matches:      []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/api(/.*)?$`}}}, // a segment-aware PathPrefix
 			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			Rewrite:      &model.Rewrite{Authority: "reviews.internal", URIRegex: &model.RegexRewrite{Pattern: `^/api(/.*)?$`, Substitution: "/v2${1}"}},
 		},
@@ -96,7 +96,7 @@ spec:
     backendRefs: [{name: reviews, port: 9080}]
 `,
 		want: model.L7Route{
-			Matches:        []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/admin"}}},
+			Matches:        []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/admin(/.*)?$`}}},
 			DirectResponse: &model.DirectResponse{Status: 500},
 		},
 		rejected: "ExtensionRef Auth/strict is not supported",

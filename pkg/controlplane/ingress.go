@@ -35,7 +35,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 				routes         []model.L7Route
 			}
 			var rts []attachedRoute
-			for _, rt := range bd.validRoutes {
+			for _, rt := range oldestFirst(bd.validRoutes) {
 				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
 					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
@@ -62,6 +62,9 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 				if !merged {
 					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.ns + "/" + rt.name, Domains: doms, Routes: routes})
 				}
+			}
+			for i := range ml.VirtualHosts {
+				sortGatewayRoutes(ml.VirtualHosts[i].Routes)
 			}
 			// A catch-all host goes last so that specific hosts win.
 			var specific, wildcard []model.VirtualHost

@@ -81,9 +81,15 @@ func TestIngressGatewayL7(t *testing.T) {
 	const cluster = "outbound|9080||productpage.bookinfo.svc.cluster.local"
 	want := &model.L7Config{
 		Listeners: []model.L7Listener{{Name: "http", Port: 80, VirtualHosts: []model.VirtualHost{
+			// One route per match (Gateway API ranks matches one by one),
+			// the PathPrefix on whole segments.
 			{Name: "bookinfo/bookinfo", Domains: []string{"bookinfo.example.com"}, Routes: []model.L7Route{{
 				Name:         "bookinfo.bookinfo.0",
-				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Exact: "/productpage"}}, {URI: &model.StringMatch{Prefix: "/static"}}},
+				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Exact: "/productpage"}}},
+				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
+			}, {
+				Name:         "bookinfo.bookinfo.0",
+				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/static(/.*)?$`}}},
 				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			}}},
 			// The cross-namespace backend without a ReferenceGrant is dropped: 500.

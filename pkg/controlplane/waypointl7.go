@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -529,10 +530,11 @@ func headerMatch(name string, sm *networkingapi.StringMatch, invert bool) model.
 	return hm
 }
 
-// gatewayRoutes translates HTTPRoute rules (GAMMA) for one service port.
+// gatewayRoutes translates HTTPRoute rules (GAMMA) for one service port,
+// in Gateway API's precedence (sortGatewayRoutes).
 func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service, port uint32) []model.L7Route {
 	var all []model.L7Route
-	for _, rt := range rts {
+	for _, rt := range oldestFirst(rts) {
 		if !parentPort(rt.Spec.ParentRefs, ms.Name, port) {
 			continue
 		}
@@ -543,7 +545,130 @@ func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service
 		}
 		all = append(all, routes...)
 	}
+	sortGatewayRoutes(all)
 	return all
+}
+
+// oldestFirst orders HTTPRoutes as Gateway API breaks precedence ties: the
+// oldest first, then by namespace/name.
+func oldestFirst(rts []*gatewayv1.HTTPRoute) []*gatewayv1.HTTPRoute {
+	out := slices.Clone(rts)
+	slices.SortStableFunc(out, func(a, b *gatewayv1.HTTPRoute) int {
+		if c := a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	return out
+}
+
+// sortGatewayRoutes puts routes made from HTTPRoute rules (one match each,
+// see splitMatches) in Gateway API's precedence: an Exact path, then a
+// PathPrefix (the longest first), then a RegularExpression path, then no
+// path; then a method match; then more header matches; then more query
+// parameter matches. A route without matches goes last. The sort is stable:
+// ties keep the oldest route's, then the first rule's, place.
+func sortGatewayRoutes(routes []model.L7Route) {
+	type rank struct{ path, length, method, headers, queries int }
+	rankOf := func(r *model.L7Route) (rank, bool) {
+		if len(r.Matches) == 0 {
+			return rank{}, false
+		}
+		m := r.Matches[0]
+		var k rank
+		if u := m.URI; u != nil {
+			switch {
+			case u.Exact != "":
+				k.path, k.length = 3, len(u.Exact)
+			case u.Prefix != "":
+				k.path, k.length = 2, len(u.Prefix)
+			case u.Regex != "":
+				if p, ok := segmentPrefixOf(u.Regex); ok {
+					k.path, k.length = 2, len(p)
+				} else {
+					k.path, k.length = 1, len(u.Regex)
+				}
+			}
+		}
+		if m.Method != nil {
+			k.method = 1
+		}
+		k.headers, k.queries = len(m.Headers), len(m.QueryParams)
+		return k, true
+	}
+	slices.SortStableFunc(routes, func(a, b model.L7Route) int {
+		ka, oka := rankOf(&a)
+		kb, okb := rankOf(&b)
+		switch {
+		case oka != okb:
+			if oka {
+				return -1
+			}
+			return 1
+		case ka.path != kb.path:
+			return kb.path - ka.path
+		case ka.length != kb.length:
+			return kb.length - ka.length
+		case ka.method != kb.method:
+			return kb.method - ka.method
+		case ka.headers != kb.headers:
+			return kb.headers - ka.headers
+		}
+		return kb.queries - ka.queries
+	})
+}
+
+// splitMatches makes one route per match of r (Gateway API ranks each match
+// on its own), each with a PathPrefix made segment-aware: Gateway API's
+// "/api" matches /api and /api/x, not /apix (a plain string prefix would).
+// A route without matches stays one route.
+func splitMatches(r model.L7Route) []model.L7Route {
+	if len(r.Matches) == 0 {
+		return []model.L7Route{r}
+	}
+	out := make([]model.L7Route, 0, len(r.Matches))
+	for _, m := range r.Matches {
+		if m.URI != nil && m.URI.Prefix != "" && m.URI.Prefix != "/" {
+			m.URI = &model.StringMatch{Regex: segmentPrefixRegex(m.URI.Prefix)}
+		}
+		one := r
+		one.Matches = []model.RouteMatch{m}
+		out = append(out, one)
+	}
+	return out
+}
+
+// segmentPrefixRegex matches p as a Gateway API PathPrefix: whole path
+// segments, a trailing slash ignored.
+func segmentPrefixRegex(p string) string {
+	return "^" + regexp.QuoteMeta(strings.TrimSuffix(p, "/")) + segmentTail
+}
+
+const segmentTail = "(/.*)?$"
+
+// segmentPrefixOf returns the prefix of a segmentPrefixRegex expression.
+func segmentPrefixOf(re string) (string, bool) {
+	body, ok := strings.CutPrefix(re, "^")
+	if !ok {
+		return "", false
+	}
+	if body, ok = strings.CutSuffix(body, segmentTail); !ok {
+		return "", false
+	}
+	p := unquoteMeta(body)
+	return p, regexp.QuoteMeta(p) == body
+}
+
+// unquoteMeta undoes regexp.QuoteMeta.
+func unquoteMeta(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // jwtProviders collects the JWT rules of RequestAuthentications that target
@@ -682,7 +807,7 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d]: %v; its requests are answered 500", i, err)
 			r = model.L7Route{Name: r.Name, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
 		}
-		routes = append(routes, r)
+		routes = append(routes, splitMatches(r)...)
 	}
 	return routes
 }

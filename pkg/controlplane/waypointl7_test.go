@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"regexp"
 	"testing"
 	"time"
 
@@ -155,7 +156,7 @@ spec:
 	routes := cfg.Listeners[0].VirtualHosts[0].Routes
 	wantRoutes := []model.L7Route{{
 		Name:         "reviews.bookinfo.0",
-		Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/v2"}}},
+		Matches:      []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/v2(/.*)?$`}}}, // a segment-aware PathPrefix
 		Destinations: []model.WeightedDestination{{Cluster: "outbound|9080||reviews.bookinfo.svc.cluster.local", Weight: 1}},
 		Timeout:      3 * time.Second,
 	}}
@@ -310,5 +311,62 @@ spec:
 				t.Errorf("consecutive 5xx errors = %d; want %d", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestWaypointL7HTTPRoutePrecedence: HTTPRoute rules reach the waypoint in
+// Gateway API's precedence, not in the order they were written: an Exact
+// path, then the longest PathPrefix, then more header matches; a tie goes
+// to the older HTTPRoute. A PathPrefix matches whole segments.
+func TestWaypointL7HTTPRoutePrecedence(t *testing.T) {
+	route := func(name, created, rules string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ` + name + `, namespace: bookinfo, creationTimestamp: "` + created + `"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+` + rules
+	}
+	snap, rej := mustBuild(t, inputs(t, bookinfo(
+		route("a-newer", "2026-01-02T00:00:00Z", `  - name: catch-all
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: api
+    matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: newer-x
+    matches: [{path: {type: PathPrefix, value: /x}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`),
+		"---\n"+route("b-older", "2026-01-01T00:00:00Z", `  - name: api-canary
+    matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: "yes"}]}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: special-or-root
+    matches: [{path: {type: Exact, value: /api/special}}, {path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: older-x
+    matches: [{path: {type: PathPrefix, value: /x/}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`))...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	var got []string
+	for _, r := range cfg.Listeners[0].VirtualHosts[0].Routes {
+		got = append(got, r.Name)
+	}
+	want := []string{"special-or-root", "api-canary", "api", "older-x", "newer-x", "special-or-root", "catch-all"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("route order (-want +got):\n%s", diff)
+	}
+	re := regexp.MustCompile(cfg.Listeners[0].VirtualHosts[0].Routes[2].Matches[0].URI.Regex)
+	for path, match := range map[string]bool{"/api": true, "/api/": true, "/api/v1": true, "/apiv2": false, "/ap": false} {
+		if re.MatchString(path) != match {
+			t.Errorf("PathPrefix /api on %s: match %v; want %v", path, !match, match)
+		}
 	}
 }
