@@ -6,7 +6,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
-	"crypto/sha256"
+	_ "crypto/sha256" // crypto.SHA256
+	_ "crypto/sha512" // crypto.SHA384, crypto.SHA512
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -24,10 +25,11 @@ import (
 
 // JWT validation follows Istio's RequestAuthentication: a request without a
 // token is unauthenticated (left to AuthorizationPolicy); a request with a
-// token that fails any check is answered 401. Only RS256 (RSA keys of at
-// least 2048 bits) and ES256 (P-256) are accepted: "none" and the HS*
-// family are refused whatever the key set holds, so a public key can never be
-// used as an HMAC secret. exp and nbf are checked with 60s of clock skew
+// token that fails any check is answered 401. The asymmetric algorithms
+// Envoy's JWT filter accepts are: RS256/384/512 and PS256/384/512 (RSA keys
+// of at least 2048 bits), ES256/384/512 (a key on the algorithm's curve);
+// "none" and the HS* family are refused whatever the key set holds, so a
+// public key can never be used as an HMAC secret. exp and nbf are checked with 60s of clock skew
 // (Envoy's default). JWKS from jwksUri are fetched on first use, cached and
 // refreshed every JWKSRefresh (Istio's default 20m); when a refresh fails the
 // last good key set is kept, and when there has never been one, tokens for
@@ -118,11 +120,11 @@ func newJWTAuthenticator(specs []model.JWTProvider, old *jwtAuthenticator, opts 
 
 // tokenLocation is where a token was found, so it can be removed.
 type tokenLocation struct {
-	header, prefix, param string
+	header, prefix, param, cookie string
 }
 
 func (p *jwtProvider) locations() []tokenLocation {
-	if len(p.spec.FromHeaders) == 0 && len(p.spec.FromParams) == 0 {
+	if len(p.spec.FromHeaders) == 0 && len(p.spec.FromParams) == 0 && len(p.spec.FromCookies) == 0 {
 		return []tokenLocation{{header: "Authorization", prefix: "Bearer "}, {param: "access_token"}}
 	}
 	var out []tokenLocation
@@ -132,10 +134,20 @@ func (p *jwtProvider) locations() []tokenLocation {
 	for _, q := range p.spec.FromParams {
 		out = append(out, tokenLocation{param: q})
 	}
+	for _, c := range p.spec.FromCookies {
+		out = append(out, tokenLocation{cookie: c})
+	}
 	return out
 }
 
 func (l tokenLocation) extract(r *http.Request) (string, bool) {
+	if l.cookie != "" {
+		c, err := r.Cookie(l.cookie)
+		if err != nil || c.Value == "" {
+			return "", false
+		}
+		return c.Value, true
+	}
 	if l.header != "" {
 		v := r.Header.Get(l.header)
 		if v == "" {
@@ -226,8 +238,8 @@ func (a *jwtAuthenticator) verify(ctx context.Context, tok string, loc tokenLoca
 	if err := decodeSegment(parts[0], &hdr); err != nil {
 		return verified{}, "", fmt.Errorf("jwt: header: %w", err)
 	}
-	if hdr.Alg != "RS256" && hdr.Alg != "ES256" {
-		return verified{}, "", fmt.Errorf("jwt: algorithm %q is not accepted (RS256 and ES256 only)", hdr.Alg)
+	if _, ok := jwsAlgs[hdr.Alg]; !ok {
+		return verified{}, "", fmt.Errorf("jwt: algorithm %q is not accepted (RS, PS and ES 256/384/512 only)", hdr.Alg)
 	}
 	if len(hdr.Crit) > 0 {
 		return verified{}, "", errors.New("jwt: crit header extensions are not supported")
@@ -291,8 +303,29 @@ func decodeSegment(seg string, v any) error {
 	return nil
 }
 
+// jwsAlg is a JWS signature algorithm (RFC 7518 §3): its hash, its scheme
+// ('R' RSASSA-PKCS1-v1_5, 'P' RSASSA-PSS, 'E' ECDSA) and, for ECDSA, the
+// curve its key must be on.
+type jwsAlg struct {
+	hash   crypto.Hash
+	scheme byte
+	curve  elliptic.Curve
+}
+
+var jwsAlgs = map[string]jwsAlg{
+	"RS256": {crypto.SHA256, 'R', nil}, "RS384": {crypto.SHA384, 'R', nil}, "RS512": {crypto.SHA512, 'R', nil},
+	"PS256": {crypto.SHA256, 'P', nil}, "PS384": {crypto.SHA384, 'P', nil}, "PS512": {crypto.SHA512, 'P', nil},
+	"ES256": {crypto.SHA256, 'E', elliptic.P256()}, "ES384": {crypto.SHA384, 'E', elliptic.P384()}, "ES512": {crypto.SHA512, 'E', elliptic.P521()},
+}
+
 func verifySignature(alg, kid string, keys []jwk, signed string, sig []byte) error {
-	digest := sha256.Sum256([]byte(signed))
+	a, ok := jwsAlgs[alg]
+	if !ok {
+		return fmt.Errorf("jwt: algorithm %q is not accepted", alg)
+	}
+	h := a.hash.New()
+	h.Write([]byte(signed))
+	digest := h.Sum(nil)
 	tried := 0
 	for _, k := range keys {
 		if kid != "" && k.kid != kid {
@@ -302,16 +335,24 @@ func verifySignature(alg, kid string, keys []jwk, signed string, sig []byte) err
 			continue
 		}
 		switch {
-		case alg == "RS256" && k.rsa != nil:
+		case a.scheme == 'R' && k.rsa != nil:
 			tried++
-			if rsa.VerifyPKCS1v15(k.rsa, crypto.SHA256, digest[:], sig) == nil {
+			if rsa.VerifyPKCS1v15(k.rsa, a.hash, digest, sig) == nil {
 				return nil
 			}
-		case alg == "ES256" && k.ec != nil:
+		case a.scheme == 'P' && k.rsa != nil:
 			tried++
-			if len(sig) == 64 {
-				r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-				if ecdsa.Verify(k.ec, digest[:], r, s) {
+			// RFC 7518 §3.5: the salt is as long as the hash.
+			if rsa.VerifyPSS(k.rsa, a.hash, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}) == nil {
+				return nil
+			}
+		case a.scheme == 'E' && k.ec != nil && k.ec.Curve == a.curve:
+			tried++
+			// RFC 7518 §3.4: R and S, each as long as the curve's order.
+			n := (a.curve.Params().BitSize + 7) / 8
+			if len(sig) == 2*n {
+				r, s := new(big.Int).SetBytes(sig[:n]), new(big.Int).SetBytes(sig[n:])
+				if ecdsa.Verify(k.ec, digest, r, s) {
 					return nil
 				}
 			}
@@ -389,9 +430,12 @@ func audiences(claims map[string]any) []string {
 // outputClaimToHeaders.
 func (p *jwtProvider) output(r *http.Request, loc tokenLocation, payload string, claims map[string]any) {
 	if !p.spec.ForwardOriginalToken {
-		if loc.header != "" {
+		switch {
+		case loc.cookie != "":
+			removeCookie(r, loc.cookie)
+		case loc.header != "":
 			r.Header.Del(loc.header)
-		} else {
+		default:
 			q := r.URL.Query()
 			q.Del(loc.param)
 			r.URL.RawQuery = q.Encode()
@@ -405,6 +449,23 @@ func (p *jwtProvider) output(r *http.Request, loc tokenLocation, payload string,
 		if len(vals) > 0 {
 			r.Header.Set(c.Header, strings.Join(vals, ","))
 		}
+	}
+}
+
+// removeCookie drops the cookie name from r's Cookie headers, keeping the
+// others as they were sent.
+func removeCookie(r *http.Request, name string) {
+	var keep []string
+	for _, line := range r.Header.Values("Cookie") {
+		for part := range strings.SplitSeq(line, ";") {
+			if n, _, _ := strings.Cut(strings.TrimSpace(part), "="); n != name && strings.TrimSpace(part) != "" {
+				keep = append(keep, strings.TrimSpace(part))
+			}
+		}
+	}
+	r.Header.Del("Cookie")
+	if len(keep) > 0 {
+		r.Header.Set("Cookie", strings.Join(keep, "; "))
 	}
 }
 
@@ -495,7 +556,11 @@ func (k *jwks) fetch(ctx context.Context) {
 	}
 }
 
-// parseJWKS reads RSA and P-256 EC signing keys; other keys are skipped.
+// jwkCurves are the EC curves of the ES algorithms, by JWK "crv" name.
+var jwkCurves = map[string]elliptic.Curve{"P-256": elliptic.P256(), "P-384": elliptic.P384(), "P-521": elliptic.P521()}
+
+// parseJWKS reads RSA and P-256/384/521 EC signing keys; other keys are
+// skipped.
 func parseJWKS(b []byte) ([]jwk, error) {
 	var set struct {
 		Keys []struct {
@@ -523,15 +588,17 @@ func parseJWKS(b []byte) ([]jwk, error) {
 			}
 			out = append(out, jwk{kid: k.Kid, alg: k.Alg, rsa: pub})
 		case "EC":
-			if k.Crv != "P-256" {
+			curve, ok := jwkCurves[k.Crv]
+			if !ok {
 				continue
 			}
+			size := (curve.Params().BitSize + 7) / 8
 			x, err1 := base64.RawURLEncoding.DecodeString(k.X)
 			y, err2 := base64.RawURLEncoding.DecodeString(k.Y)
-			if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
+			if err1 != nil || err2 != nil || len(x) != size || len(y) != size {
 				continue
 			}
-			pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+			pub, err := ecdsa.ParseUncompressedPublicKey(curve, append(append([]byte{4}, x...), y...))
 			if err != nil {
 				continue
 			}
@@ -539,7 +606,7 @@ func parseJWKS(b []byte) ([]jwk, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, errors.New("parse jwks: no usable RS256 or ES256 keys")
+		return nil, errors.New("parse jwks: no usable RSA or EC signing keys")
 	}
 	return out, nil
 }

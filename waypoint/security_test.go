@@ -472,3 +472,91 @@ func TestDestinationIPPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestJWTAlgorithmsAndCookies: the other asymmetric algorithms Envoy's JWT
+// filter takes (RS384, PS256, PS512, ES384) verify against their keys, an
+// ES384 token against a P-256 key does not, and a provider with fromCookies
+// finds the token in its cookie and removes just that cookie.
+func TestJWTAlgorithmsAndCookies(t *testing.T) {
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	ecJWK := func(kid, crv string, k *ecdsa.PrivateKey) map[string]string {
+		pub, err := k.PublicKey.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := (len(pub) - 1) / 2
+		return map[string]string{"kty": "EC", "kid": kid, "crv": crv, "x": b64(pub[1 : 1+n]), "y": b64(pub[1+n:])}
+	}
+	set, _ := json.Marshal(map[string]any{"keys": []map[string]string{
+		{"kty": "RSA", "kid": "rsa", "n": b64(rk.N.Bytes()), "e": b64(big.NewInt(int64(rk.E)).Bytes())},
+		ecJWK("p384", "P-384", p384), ecJWK("p256", "P-256", p256),
+	}})
+	sign := func(alg, kid string) string {
+		input := seg(map[string]any{"alg": alg, "kid": kid}) + "." + seg(claims(nil))
+		hash := map[string]crypto.Hash{"256": crypto.SHA256, "384": crypto.SHA384, "512": crypto.SHA512}[alg[2:]]
+		h := hash.New()
+		h.Write([]byte(input))
+		digest := h.Sum(nil)
+		var sig []byte
+		switch alg[:2] {
+		case "RS":
+			sig, err = rsa.SignPKCS1v15(rand.Reader, rk, hash, digest)
+		case "PS":
+			sig, err = rsa.SignPSS(rand.Reader, rk, hash, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
+		case "ES":
+			k := map[string]*ecdsa.PrivateKey{"p384": p384, "p256": p256}[kid]
+			var r, s *big.Int
+			r, s, err = ecdsa.Sign(rand.Reader, k, digest)
+			n := (k.Curve.Params().BitSize + 7) / 8
+			sig = append(r.FillBytes(make([]byte, n)), s.FillBytes(make([]byte, n))...)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return input + "." + b64(sig)
+	}
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.JWTProviders = []model.JWTProvider{
+		{Name: "header", Issuer: issuer, JWKS: string(set)},
+		{Name: "cookie", Issuer: issuer, JWKS: string(set), FromCookies: []string{"session"}},
+	}
+	cfg.Policies = []*policy.Policy{{Namespace: "default", Name: "require-jwt", Rules: []policy.Rule{{
+		From: []policy.Source{{RequestPrincipals: []string{"*"}}},
+	}}}}
+	h := start(t, cfg, nil)
+	client := newClient(t)
+	for _, tt := range []struct {
+		alg, kid string
+		want     int
+	}{
+		{"RS384", "rsa", 200}, {"PS256", "rsa", 200}, {"PS512", "rsa", 200}, {"ES384", "p384", 200},
+		{"ES384", "p256", 401}, // the right algorithm, a key on another curve
+	} {
+		if code, body := h.get(t, client, "/", map[string]string{"Authorization": "Bearer " + sign(tt.alg, tt.kid)}); code != tt.want {
+			t.Errorf("%s token (key %s) = %d %q; want %d", tt.alg, tt.kid, code, body, tt.want)
+		}
+	}
+	code, body := h.get(t, client, "/", map[string]string{"Cookie": "theme=dark; session=" + sign("ES384", "p384") + "; lang=en"})
+	if code != 200 {
+		t.Fatalf("token in the session cookie = %d %q; want 200", code, body)
+	}
+	if got := app.lastRequest().Header.Get("Cookie"); got != "theme=dark; lang=en" {
+		t.Errorf("app saw Cookie %q; want the other cookies only (the token is not forwarded)", got)
+	}
+	if code, _ := h.get(t, client, "/", map[string]string{"Cookie": "session=" + sign("ES384", "p256")}); code != 401 {
+		t.Errorf("a bad token in the session cookie = %d; want 401", code)
+	}
+}

@@ -729,7 +729,7 @@ func (bd *build) waypointTargets(c config[securityapi.RequestAuthentication], wp
 func jwtProvider(name string, r *securityapi.JWTRule) model.JWTProvider {
 	p := model.JWTProvider{
 		Name: name, Issuer: r.GetIssuer(), Audiences: r.GetAudiences(), JWKS: r.GetJwks(), JWKSURI: r.GetJwksUri(),
-		FromParams: r.GetFromParams(), ForwardOriginalToken: r.GetForwardOriginalToken(), OutputPayloadToHeader: r.GetOutputPayloadToHeader(),
+		FromParams: r.GetFromParams(), FromCookies: r.GetFromCookies(), ForwardOriginalToken: r.GetForwardOriginalToken(), OutputPayloadToHeader: r.GetOutputPayloadToHeader(),
 	}
 	for _, h := range r.GetFromHeaders() {
 		p.FromHeaders = append(p.FromHeaders, model.JWTHeader{Name: h.GetName(), Prefix: h.GetPrefix()})

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"regexp"
+	"slices"
 	"testing"
 	"time"
 
@@ -145,6 +146,7 @@ spec:
   jwtRules:
   - issuer: "testing@secure.istio.io"
     jwksUri: "https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json"
+    fromCookies: [session]
 `)...))
 	if len(rej) != 0 {
 		t.Errorf("rejections = %v; want none", rej)
@@ -163,8 +165,8 @@ spec:
 	if diff := cmp.Diff(wantRoutes, routes); diff != "" {
 		t.Errorf("routes mismatch (-want +got):\n%s", diff)
 	}
-	if len(cfg.JWTProviders) != 1 || cfg.JWTProviders[0].Issuer != "testing@secure.istio.io" {
-		t.Errorf("JWTProviders = %+v; want the testing@secure.istio.io issuer", cfg.JWTProviders)
+	if len(cfg.JWTProviders) != 1 || cfg.JWTProviders[0].Issuer != "testing@secure.istio.io" || !slices.Equal(cfg.JWTProviders[0].FromCookies, []string{"session"}) {
+		t.Errorf("JWTProviders = %+v; want the testing@secure.istio.io issuer, token from the session cookie", cfg.JWTProviders)
 	}
 }
 

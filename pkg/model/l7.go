@@ -510,10 +510,13 @@ type JWTProvider struct {
 	// JWKSURI is fetched, cached and refreshed.
 	JWKSURI string
 	// FromHeaders are where to look for the token; empty with empty
-	// FromParams means "Authorization: Bearer" and the access_token param.
+	// FromParams and FromCookies means "Authorization: Bearer" and the
+	// access_token param.
 	FromHeaders []JWTHeader
 	// FromParams are query parameter names to look for the token.
 	FromParams []string
+	// FromCookies are cookie names to look for the token.
+	FromCookies []string `json:",omitempty"`
 	// ForwardOriginalToken keeps the token in the forwarded request.
 	ForwardOriginalToken bool
 	// OutputPayloadToHeader, if set, receives the base64url payload.
@@ -1006,6 +1009,11 @@ func (p *JWTProvider) Validate() error {
 	for i, h := range p.FromHeaders {
 		if h.Name == "" {
 			return fmt.Errorf("jwt provider %q: fromHeaders[%d]: empty name", p.Name, i)
+		}
+	}
+	for i, c := range p.FromCookies {
+		if c == "" {
+			return fmt.Errorf("jwt provider %q: fromCookies[%d]: empty name", p.Name, i)
 		}
 	}
 	for i, c := range p.OutputClaimToHeaders {
