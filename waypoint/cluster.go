@@ -81,7 +81,8 @@ type upstream struct {
 	policy          model.TrafficPolicy
 	h1              *h1Client
 	h2              *http.Transport
-	h1Pool, h2Pool  *connLimiter
+	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
+	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
 	metrics         *metrics
 	// dest is the telemetry destination of a request to this upstream
@@ -116,11 +117,13 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	u.dest = destOf(u)
 	u.h1 = newH1Client(&tp.Pool, opts)
 	u.h2 = newH2Transport(&tp.Pool, opts)
-	// For HTTP/1.1 each connection carries one request at a time, so
-	// maxConnections also bounds requests in flight; HTTP/2 multiplexes and
-	// is bounded by http2MaxRequests (Envoy's circuit breaker thresholds).
+	// Envoy's circuit breakers: requests in flight are bounded by
+	// http2MaxRequests whatever the protocol (overflow at once); for
+	// HTTP/1.1 each connection carries one request at a time, so
+	// maxConnections bounds them too, with http1MaxPendingRequests waiting
+	// for a connection. HTTP/2 multiplexes on its connections.
+	u.requests = newRequestLimiter(tp.Pool.HTTP2MaxRequests)
 	u.h1Pool = newConnLimiter(tp.Pool.MaxConnections, tp.Pool.HTTP1MaxPendingRequests)
-	u.h2Pool = newConnLimiter(tp.Pool.HTTP2MaxRequests, tp.Pool.HTTP1MaxPendingRequests)
 	return u
 }
 
@@ -180,6 +183,7 @@ type connLimiter struct {
 	sem        chan struct{}
 	pending    atomic.Int64
 	maxPending int64
+	noWait     bool // full means overflow at once (a request limit)
 }
 
 func newConnLimiter(max, maxPending int) *connLimiter {
@@ -187,6 +191,17 @@ func newConnLimiter(max, maxPending int) *connLimiter {
 		return nil
 	}
 	return &connLimiter{sem: make(chan struct{}, max), maxPending: int64(maxPending)}
+}
+
+// newRequestLimiter bounds requests in flight with no waiting: Envoy's
+// max_requests circuit breaker (Istio's http2MaxRequests, which holds for
+// HTTP/1.1 and HTTP/2 alike).
+func newRequestLimiter(max int) *connLimiter {
+	l := newConnLimiter(max, 0)
+	if l != nil {
+		l.noWait = true
+	}
+	return l
 }
 
 // acquire takes a slot, waiting as a pending request if allowed.
@@ -198,6 +213,9 @@ func (l *connLimiter) acquire(ctx context.Context) error {
 	case l.sem <- struct{}{}:
 		return nil
 	default:
+	}
+	if l.noWait {
+		return errOverflow
 	}
 	n := l.pending.Add(1)
 	defer l.pending.Add(-1)

@@ -446,14 +446,16 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 // inFlight is a try's hold on its endpoint and connection pool slot, and
 // the cancel of its own context (per-try timeout), if any.
 type inFlight struct {
-	ep     *endpoint
-	pool   *connLimiter
-	cancel context.CancelFunc
+	ep       *endpoint
+	pool     *connLimiter
+	requests *connLimiter
+	cancel   context.CancelFunc
 }
 
 func (f inFlight) release() {
 	f.ep.active.Add(-1)
 	f.pool.release()
+	f.requests.release()
 	if f.cancel != nil {
 		f.cancel()
 	}
@@ -485,7 +487,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	var transport http.RoundTripper = up.h1
 	pool := up.h1Pool
 	if up.useH2(grpc) {
-		transport, pool = up.h2, up.h2Pool
+		transport, pool = up.h2, nil
 	}
 	var triedBuf [4]*endpoint
 	tried := triedBuf[:0]
@@ -497,7 +499,13 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		}
 		tried = append(tried, ep)
 		rec.dest.setEndpoint(ep)
-		if err := pool.acquire(ctx); err != nil {
+		err = up.requests.acquire(ctx)
+		if err == nil {
+			if err = pool.acquire(ctx); err != nil {
+				up.requests.release()
+			}
+		}
+		if err != nil {
 			if errors.Is(err, errOverflow) {
 				if p.metrics != nil {
 					p.metrics.overflows.WithLabelValues(up.name()).Inc()
@@ -510,7 +518,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			return nil, inFlight{}, false
 		}
 		ep.active.Add(1)
-		held := inFlight{ep: ep, pool: pool}
+		held := inFlight{ep: ep, pool: pool, requests: up.requests}
 		rec.upstreamHost = ep.addr
 
 		// A try gets its own context only when a per-try timeout can end

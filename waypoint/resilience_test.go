@@ -196,52 +196,66 @@ func TestMirror(t *testing.T) {
 	}
 }
 
+// TestCircuitBreaker: a burst of HTTP/1.1 requests beyond the connection
+// pool (maxConnections 1, one pending) or beyond http2MaxRequests (which
+// Istio applies to HTTP/1.1 too) gets 503 overflows at once, counted, while
+// the backend never sees more than the limit.
 func TestCircuitBreaker(t *testing.T) {
-	var active, peak atomic.Int64
-	b := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := active.Add(1)
-		for {
-			p := peak.Load()
-			if n <= p || peak.CompareAndSwap(p, n) {
-				break
+	for _, tt := range []struct {
+		name string
+		pool model.ConnectionPool
+	}{
+		{"maxConnections", model.ConnectionPool{MaxConnections: 1, HTTP1MaxPendingRequests: 1}},
+		{"http2MaxRequests over HTTP/1.1", model.ConnectionPool{HTTP2MaxRequests: 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var active, peak atomic.Int64
+			b := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n := active.Add(1)
+				for {
+					p := peak.Load()
+					if n <= p || peak.CompareAndSwap(p, n) {
+						break
+					}
+				}
+				time.Sleep(300 * time.Millisecond)
+				active.Add(-1)
+				w.Write([]byte("ok"))
+			}))
+			cl := clusterOf("cb", b)
+			cl.Traffic.Pool = tt.pool
+			h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("cb"), Retries: &model.RetryPolicy{}}), nil)
+			client := newClient(t)
+			const burst = 10
+			var wg sync.WaitGroup
+			var ok, overflow atomic.Int64
+			for i := 0; i < burst; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					code, _ := h.get(t, client, "/", nil)
+					switch code {
+					case 200:
+						ok.Add(1)
+					case 503:
+						overflow.Add(1)
+					}
+				}()
 			}
-		}
-		time.Sleep(300 * time.Millisecond)
-		active.Add(-1)
-		w.Write([]byte("ok"))
-	}))
-	cl := clusterOf("cb", b)
-	cl.Traffic.Pool = model.ConnectionPool{MaxConnections: 1, HTTP1MaxPendingRequests: 1}
-	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("cb"), Retries: &model.RetryPolicy{}}), nil)
-	client := newClient(t)
-	const burst = 10
-	var wg sync.WaitGroup
-	var ok, overflow atomic.Int64
-	for i := 0; i < burst; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			code, _ := h.get(t, client, "/", nil)
-			switch code {
-			case 200:
-				ok.Add(1)
-			case 503:
-				overflow.Add(1)
+			wg.Wait()
+			if peak.Load() > 1 {
+				t.Errorf("backend saw %d concurrent requests; want at most 1", peak.Load())
 			}
-		}()
-	}
-	wg.Wait()
-	if peak.Load() > 1 {
-		t.Errorf("backend saw %d concurrent requests; want at most maxConnections=1", peak.Load())
-	}
-	if ok.Load() < 1 || overflow.Load() < 1 || ok.Load()+overflow.Load() != burst {
-		t.Errorf("burst of %d: %d ok, %d overflow; want both, adding up", burst, ok.Load(), overflow.Load())
-	}
-	if got := h.log.countFlag(t, flagOverflow); got != int(overflow.Load()) {
-		t.Errorf("UO flags = %d; want %d", got, overflow.Load())
-	}
-	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UO"}); got != float64(overflow.Load()) {
-		t.Errorf("istio_requests_total{response_flags=UO} = %v; want %d", got, overflow.Load())
+			if ok.Load() < 1 || overflow.Load() < 1 || ok.Load()+overflow.Load() != burst {
+				t.Errorf("burst of %d: %d ok, %d overflow; want both, adding up", burst, ok.Load(), overflow.Load())
+			}
+			if got := h.log.countFlag(t, flagOverflow); got != int(overflow.Load()) {
+				t.Errorf("UO flags = %d; want %d", got, overflow.Load())
+			}
+			if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UO"}); got != float64(overflow.Load()) {
+				t.Errorf("istio_requests_total{response_flags=UO} = %v; want %d", got, overflow.Load())
+			}
+		})
 	}
 }
 
