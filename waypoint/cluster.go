@@ -2,6 +2,8 @@ package waypoint
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"hash/fnv"
 	"math/rand/v2"
@@ -239,7 +241,10 @@ func (l *connLimiter) release() {
 // pick chooses an endpoint by the load balancing policy, skipping ejected
 // endpoints and, when others are available, those already tried (Istio's
 // default retry host predicate).
-func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint) (*endpoint, error) {
+//
+// key, when not empty, is the consistent-hash key to use instead of the
+// request's (a cookie the proxy is about to give the client).
+func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key string) (*endpoint, error) {
 	now := time.Now()
 	var avail []*endpoint
 	for _, e := range u.endpoints {
@@ -281,6 +286,9 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint) (*endpoin
 		}
 	}
 	if h := lb.ConsistentHash; h != nil {
+		if key != "" {
+			return rendezvous(avail, key), nil
+		}
 		if key, ok := hashKey(h, r, peer); ok {
 			return rendezvous(avail, key), nil
 		}
@@ -322,10 +330,34 @@ func hashKey(h *model.ConsistentHash, r *http.Request, peer Peer) (string, bool)
 			return "", false
 		}
 		return c.Value, true
+	case h.QueryParam != "":
+		v := r.URL.Query().Get(h.QueryParam)
+		return v, v != ""
 	case h.SourceIP:
 		return peer.IP.String(), peer.IP.IsValid()
 	}
 	return "", false
+}
+
+// stickyCookie returns the cookie to give a client that came without the
+// hash cookie, when the policy says to (a TTL): a random value, so that the
+// client's next requests, carrying it, hash to the same endpoint. Nil when
+// there is nothing to give.
+func stickyCookie(lb model.LBPolicy, r *http.Request) *http.Cookie {
+	h := lb.ConsistentHash
+	if h == nil || h.Cookie == "" || h.CookieTTL <= 0 {
+		return nil
+	}
+	if _, err := r.Cookie(h.Cookie); err == nil {
+		return nil
+	}
+	var b [16]byte
+	crand.Read(b[:])
+	path := h.CookiePath
+	if path == "" {
+		path = "/"
+	}
+	return &http.Cookie{Name: h.Cookie, Value: hex.EncodeToString(b[:]), Path: path, MaxAge: int(h.CookieTTL.Seconds()), HttpOnly: true}
 }
 
 // rendezvous is highest-random-weight hashing: stable per key, and only the

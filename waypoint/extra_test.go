@@ -70,6 +70,66 @@ func TestConsistentHash(t *testing.T) {
 	}
 }
 
+// TestConsistentHashStickyCookie: with an httpCookie ttl, a client without
+// the cookie is given one (Set-Cookie with the TTL and path) and, sending it
+// back, keeps reaching the endpoint its first request reached; a query
+// parameter hash keeps each value on one endpoint.
+func TestConsistentHashStickyCookie(t *testing.T) {
+	var eps []model.L7Endpoint
+	for _, n := range []string{"a", "b", "c", "d"} {
+		eps = append(eps, model.L7Endpoint{Address: backend(t, &named{name: n})})
+	}
+	sticky := model.L7Cluster{Name: "sticky", Endpoints: eps, Traffic: model.TrafficPolicy{LB: model.LBPolicy{
+		ConsistentHash: &model.ConsistentHash{Cookie: "route", CookieTTL: 30 * time.Minute, CookiePath: "/shop"}}}}
+	byQuery := model.L7Cluster{Name: "query", Endpoints: eps, Traffic: model.TrafficPolicy{LB: model.LBPolicy{
+		ConsistentHash: &model.ConsistentHash{QueryParam: "cart"}}}}
+	h := start(t, oneRoute([]model.L7Cluster{sticky, byQuery},
+		model.L7Route{Name: "q", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/q"}}}, Destinations: to("query")},
+		model.L7Route{Name: "r", Destinations: to("sticky")}), nil)
+	client := newClient(t)
+	seen := map[string]bool{}
+	for range 8 {
+		resp, err := client.Get(h.url + "/shop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cookies := resp.Cookies()
+		if len(cookies) != 1 || cookies[0].Name != "route" || cookies[0].MaxAge != 1800 || cookies[0].Path != "/shop" || !cookies[0].HttpOnly {
+			t.Fatalf("first response's cookies = %v; want route, Max-Age=1800, Path=/shop, HttpOnly", cookies)
+		}
+		seen[string(first)] = true
+		for range 4 {
+			req, _ := http.NewRequest(http.MethodGet, h.url+"/shop", nil)
+			req.AddCookie(&http.Cookie{Name: "route", Value: cookies[0].Value})
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != string(first) {
+				t.Fatalf("with its cookie the client reached %s, first %s; want the same endpoint", b, first)
+			}
+			if len(resp.Cookies()) != 0 {
+				t.Errorf("a client sending the cookie was given another: %v", resp.Cookies())
+			}
+		}
+	}
+	if len(seen) < 2 {
+		t.Errorf("8 new clients all went to %v; want a spread", seen)
+	}
+	for _, cart := range []string{"c1", "c2", "c3"} {
+		_, first := h.get(t, client, "/q?cart="+cart, nil)
+		for range 4 {
+			if _, body := h.get(t, client, "/q?x=1&cart="+cart, nil); body != first {
+				t.Fatalf("cart %s went to %s then %s; want a stable endpoint", cart, first, body)
+			}
+		}
+	}
+}
+
 func TestCORS(t *testing.T) {
 	app := &named{name: "app"}
 	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app"),

@@ -491,8 +491,13 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	}
 	var triedBuf [4]*endpoint
 	tried := triedBuf[:0]
+	var stickyKey string
+	if c := stickyCookie(up.policy.LB, out); c != nil {
+		stickyKey = c.Value
+		w.Header().Add("Set-Cookie", c.String())
+	}
 	for try := 0; ; try++ {
-		ep, err := up.pick(out, peer, tried)
+		ep, err := up.pick(out, peer, tried, stickyKey)
 		if err != nil {
 			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagNoHealthy, "no_healthy_upstream", "no healthy upstream")
 			return nil, inFlight{}, false
@@ -834,7 +839,7 @@ func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadClose
 func (p *Proxy) sendMirror(m *http.Request, up *upstream, cancel context.CancelFunc) {
 	defer func() { <-p.mirrors }()
 	defer cancel()
-	ep, err := up.pick(m, Peer{}, nil)
+	ep, err := up.pick(m, Peer{}, nil, "")
 	if err != nil {
 		return
 	}

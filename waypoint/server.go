@@ -234,7 +234,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 		}
 	}
 	labels := p.metrics.tcpLabelValues(peer, destFor(up), flagNone)
-	ep, err := up.pick(nil, peer, nil)
+	ep, err := up.pick(nil, peer, nil, "")
 	if err != nil {
 		p.logf("waypoint: tcp to %s: %v", up.name(), err)
 		return

@@ -222,7 +222,10 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
 		case ch.GetHttpHeaderName() != "":
 			out.LB.ConsistentHash = &model.ConsistentHash{Header: ch.GetHttpHeaderName()}
 		case ch.GetHttpCookie() != nil:
-			out.LB.ConsistentHash = &model.ConsistentHash{Cookie: ch.GetHttpCookie().GetName()}
+			c := ch.GetHttpCookie()
+			out.LB.ConsistentHash = &model.ConsistentHash{Cookie: c.GetName(), CookieTTL: c.GetTtl().AsDuration(), CookiePath: c.GetPath()}
+		case ch.GetHttpQueryParameterName() != "":
+			out.LB.ConsistentHash = &model.ConsistentHash{QueryParam: ch.GetHttpQueryParameterName()}
 		case ch.GetUseSourceIp():
 			out.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
 		}

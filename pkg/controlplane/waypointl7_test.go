@@ -372,3 +372,35 @@ spec:
 		}
 	}
 }
+
+// TestWaypointL7ConsistentHash: a DestinationRule's consistentHash reaches
+// the waypoint with the httpCookie's ttl and path, and by query parameter.
+func TestWaypointL7ConsistentHash(t *testing.T) {
+	for _, tt := range []struct {
+		name, lb string
+		want     model.ConsistentHash
+	}{
+		{"cookie", "{consistentHash: {httpCookie: {name: route, ttl: 30m, path: /shop}}}", model.ConsistentHash{Cookie: "route", CookieTTL: 30 * time.Minute, CookiePath: "/shop"}},
+		{"query parameter", "{consistentHash: {httpQueryParameterName: cart}}", model.ConsistentHash{QueryParam: "cart"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: `+tt.lb+`}
+`)...))
+			if len(rej) != 0 {
+				t.Errorf("rejections = %v; want none", rej)
+			}
+			cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if cfg == nil || len(cfg.Clusters) == 0 || cfg.Clusters[0].Traffic.LB.ConsistentHash == nil {
+				t.Fatalf("no consistent hash in the waypoint's cluster: %+v", cfg)
+			}
+			if diff := cmp.Diff(tt.want, *cfg.Clusters[0].Traffic.LB.ConsistentHash); diff != "" {
+				t.Errorf("consistent hash (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -453,6 +453,14 @@ type ConsistentHash struct {
 	Header string
 	// Cookie hashes the named cookie's value.
 	Cookie string
+	// CookieTTL, when set, makes the proxy give a client without the
+	// cookie a new one (Set-Cookie, Max-Age this long), so its next
+	// requests stick to the same endpoint (Istio's httpCookie ttl).
+	CookieTTL time.Duration `json:",omitempty"`
+	// CookiePath is the generated cookie's Path; empty means "/".
+	CookiePath string `json:",omitempty"`
+	// QueryParam hashes the named query parameter's value.
+	QueryParam string `json:",omitempty"`
 	// SourceIP hashes the client address.
 	SourceIP bool
 }
@@ -973,8 +981,14 @@ func (t *TrafficPolicy) Validate() error {
 		if h.SourceIP {
 			n++
 		}
+		if h.QueryParam != "" {
+			n++
+		}
 		if n != 1 {
-			return errors.New("loadBalancer: consistentHash needs exactly one of httpHeaderName, httpCookie or useSourceIp")
+			return errors.New("loadBalancer: consistentHash needs exactly one of httpHeaderName, httpCookie, httpQueryParameterName or useSourceIp")
+		}
+		if h.CookieTTL < 0 || (h.CookieTTL > 0 || h.CookiePath != "") && h.Cookie == "" {
+			return errors.New("loadBalancer: consistentHash cookie ttl and path need an httpCookie name, and the ttl cannot be negative")
 		}
 	}
 	p := t.Pool
