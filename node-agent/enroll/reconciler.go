@@ -97,7 +97,7 @@ type Reconciler struct {
 	// torn down: pod UIDs whose sandbox the CNI plugin reported deleted
 	// (CNI DEL); a terminating pod leaves the mesh then, not before.
 	tornDown map[string]bool
-	snapshot []string          // last written ambient namespaces
+	snapshot []string // last written ambient namespaces
 }
 
 // New builds a Reconciler; Run starts it.

@@ -354,8 +354,11 @@ func toWaypoint(wp *model.Waypoint, dst netip.AddrPort, w proxy.Workload, servic
 	}
 }
 
+// workloadOf names a workload for metrics as the source agent names its own
+// pods (enroll.WorkloadName): by its controller, so both reporters agree
+// and the label's values are bounded by workloads, not pods.
 func workloadOf(w *model.Workload) proxy.Workload {
-	name := w.CanonicalName
+	name := w.WorkloadName
 	if name == "" {
 		name = w.Name
 	}

@@ -25,11 +25,11 @@ const (
 var ip = netip.MustParseAddr
 
 func testSnapshot() *model.Snapshot {
-	cart := &model.Workload{UID: "uid-cart", Kind: model.KindPod, Name: "cart-0", Namespace: "shop", CanonicalName: "cart",
+	cart := &model.Workload{UID: "uid-cart", Kind: model.KindPod, Name: "cart-0", Namespace: "shop", CanonicalName: "cart-app", WorkloadName: "cart",
 		IPs: []netip.Addr{ip("198.19.3.50")}, Identity: idCart, Enrolled: true,
 		PeerAuthentication:    model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{8081: model.MTLSPermissive}},
 		AuthorizationPolicies: []model.NamespacedName{{Namespace: "shop", Name: "allow-db"}, {Namespace: "shop", Name: "deny-ip"}}}
-	db := &model.Workload{UID: "uid-db", Kind: model.KindPod, Name: "db-0", Namespace: "shop", CanonicalName: "db",
+	db := &model.Workload{UID: "uid-db", Kind: model.KindPod, Name: "db-0", Namespace: "shop", CanonicalName: "db-app", WorkloadName: "db",
 		IPs: []netip.Addr{ip("198.19.3.51")}, Identity: idDB, Enrolled: true}
 	out := &model.Workload{UID: "uid-out", Kind: model.KindPod, Name: "legacy-0", Namespace: "plain",
 		IPs: []netip.Addr{ip("198.19.3.52")}, Identity: "spiffe://cluster.local/ns/plain/sa/default"}

@@ -12,6 +12,7 @@ import (
 	networkingapi "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -533,7 +534,12 @@ func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workl
 	if len(w.IPs) == 0 {
 		return nil
 	}
-	w.CanonicalName, w.CanonicalRevision = canonical(pod.Labels, pod.Name)
+	w.WorkloadName = pod.Name
+	if o := metav1.GetControllerOf(pod); o != nil {
+		w.WorkloadName = model.WorkloadName(pod.Name, o.Kind, o.Name, pod.Labels["pod-template-hash"])
+	}
+	// Istio's canonical name falls back to the workload's name.
+	w.CanonicalName, w.CanonicalRevision = canonical(pod.Labels, w.WorkloadName)
 	w.Enrolled, w.EnrollReason = enrollment(pod, ns)
 	w.Waypoint = bd.workloadWaypoint(KindPod, pod.Namespace, pod.Name, pod.Labels)
 	w.PeerAuthentication = model.ResolvePeerAuthentication(bd.peerAuths, bd.opts.RootNamespace, pod.Namespace, pod.Labels)

@@ -151,6 +151,9 @@ func TestWorkloadFields(t *testing.T) {
 		ns("shop", "istio.io/dataplane-mode=ambient"),
 		pod("shop", "reviews-v2", "10.0.0.7", "node-1", "app=reviews,version=v2"),
 		pod("shop", "other", "10.0.0.8", "node-2", "service.istio.io/canonical-name=canon,app=x"),
+		// A Deployment's pod with no app label: named by its Deployment.
+		strings.Replace(pod("shop", "web-7d9f8c-x2x4q", "10.0.0.9", "node-2", "pod-template-hash=7d9f8c"), "  labels:",
+			"  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d9f8c, uid: rs-1, controller: true}]\n  labels:", 1),
 		service("shop", "reviews", "10.96.0.7", "app=reviews", ""),
 	))
 	if len(rej) != 0 {
@@ -162,7 +165,7 @@ func TestWorkloadFields(t *testing.T) {
 		IPs: []netip.Addr{netip.MustParseAddr("10.0.0.7")}, Node: "node-1", ServiceAccount: "sa-reviews-v2",
 		Identity:      "spiffe://cluster.local/ns/shop/sa/sa-reviews-v2",
 		Labels:        map[string]string{"app": "reviews", "version": "v2"},
-		CanonicalName: "reviews", CanonicalRevision: "v2",
+		CanonicalName: "reviews", CanonicalRevision: "v2", WorkloadName: "reviews-v2",
 		Enrolled: true, EnrollReason: "namespace label istio.io/dataplane-mode=ambient",
 		Services: []model.ServiceBinding{{
 			Service:  model.NamespacedName{Namespace: "shop", Name: "reviews"},
@@ -178,6 +181,9 @@ func TestWorkloadFields(t *testing.T) {
 	}
 	if o := workloadByName(t, snap, "shop", "other"); o.CanonicalName != "canon" || o.CanonicalRevision != "latest" {
 		t.Errorf("canonical = %q/%q; want canon/latest", o.CanonicalName, o.CanonicalRevision)
+	}
+	if d := workloadByName(t, snap, "shop", "web-7d9f8c-x2x4q"); d.WorkloadName != "web" || d.CanonicalName != "web" {
+		t.Errorf("a Deployment's pod: workload %q, canonical name %q; want web and web (Istio's canonical name falls back to the workload's)", d.WorkloadName, d.CanonicalName)
 	}
 
 	// The indexes a node agent needs.

@@ -96,7 +96,7 @@ func TestIngressGatewayL7(t *testing.T) {
 			// The route from namespace "other" is not allowed (from: Same).
 			{Name: "bookinfo/cross", Domains: []string{"*"}, Routes: []model.L7Route{{Name: "cross.bookinfo.0", DirectResponse: &model.DirectResponse{Status: 500}}}},
 		}}},
-		Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}, Workload: "productpage"}}}},
+		Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}, Workload: "productpage-v1"}}}},
 	}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
@@ -173,7 +173,7 @@ spec:
 				{Name: "https", Port: 8443, VirtualHosts: []model.VirtualHost{vhost},
 					TLS: &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(cert), KeyPEM: string(key), SNIHosts: []string{"*"}}},
 			},
-			Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.40:8080", Labels: map[string]string{"app": "booking"}, Workload: "booking"}}}},
+			Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.40:8080", Labels: map[string]string{"app": "booking"}, Workload: "booking-1"}}}},
 		}
 		if diff := cmp.Diff(want, cfg); diff != "" {
 			t.Errorf("L7Config mismatch (-want +got):\n%s", diff)

@@ -315,6 +315,7 @@ func (bd *build) translateWorkloadEntry(c config[networkingapi.WorkloadEntry], r
 		w.ServiceAccount = "default"
 	}
 	w.Identity = bd.identity(w.Namespace, w.ServiceAccount)
+	w.WorkloadName = w.Name
 	w.CanonicalName, w.CanonicalRevision = canonical(w.Labels, w.Name)
 	w.Waypoint = bd.workloadWaypoint(KindWorkloadEntry, w.Namespace, w.Name, c.meta.Labels)
 	w.PeerAuthentication = model.ResolvePeerAuthentication(bd.peerAuths, bd.opts.RootNamespace, w.Namespace, w.Labels)

@@ -155,7 +155,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			workload := ""
 			if w, ok := lb.bd.workloadByUID(ep.WorkloadUID); ok {
 				labels = w.Labels
-				workload = w.CanonicalName
+				workload = w.WorkloadName
 				if workload == "" {
 					workload = w.Name
 				}

@@ -50,6 +50,10 @@ type Workload struct {
 	// service.istio.io/canonical-revision, else app.kubernetes.io/version, else version, else "latest".
 	CanonicalName     string
 	CanonicalRevision string
+	// WorkloadName is the owning controller's name (the Deployment behind a
+	// ReplicaSet, a StatefulSet, a Job, ...) or the object's own name: the
+	// *_workload label of Istio's metrics. Empty means Name.
+	WorkloadName string
 	// Enrolled is true when the workload's traffic is captured by the mesh.
 	Enrolled bool
 	// EnrollReason says why the workload is or is not enrolled, for status and debugging.

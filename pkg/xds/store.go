@@ -109,6 +109,7 @@ func workloadAddress(w *meshv1.Workload) *meshv1.Address {
 		Network:       w.GetNetwork(),
 		Status:        w.GetStatus(),
 		CanonicalName: w.GetCanonicalName(),
+		WorkloadName:  w.GetWorkloadName(),
 	}}}
 }
 

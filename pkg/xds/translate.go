@@ -206,6 +206,7 @@ func translateWorkload(snap *model.Snapshot, mw *model.Workload, ga *meshv1.Gate
 		Waypoint:          ga,
 		Enrolled:          mw.Enrolled,
 		CanonicalName:     mw.CanonicalName,
+		WorkloadName:      mw.WorkloadName,
 		CanonicalRevision: mw.CanonicalRevision,
 	}
 	if !mw.Ready {

@@ -191,7 +191,7 @@ func (b *builder) workload(mw *meshv1.Workload) *model.Workload {
 	w := &model.Workload{
 		UID: mw.GetUid(), Kind: model.KindPod, Name: mw.GetName(), Namespace: mw.GetNamespace(),
 		IPs: addrs(mw.GetAddresses()), Node: mw.GetNode(), ServiceAccount: mw.GetServiceAccount(),
-		Identity: mw.GetIdentity(), CanonicalName: mw.GetCanonicalName(), CanonicalRevision: mw.GetCanonicalRevision(),
+		Identity: mw.GetIdentity(), CanonicalName: mw.GetCanonicalName(), CanonicalRevision: mw.GetCanonicalRevision(), WorkloadName: mw.GetWorkloadName(),
 		Enrolled: mw.GetEnrolled(), Waypoint: b.waypointRef(mw.GetWaypoint()),
 		Ready: mw.GetStatus() == meshv1.WorkloadStatus_HEALTHY,
 	}
@@ -203,7 +203,7 @@ func (b *builder) workloadAddress(mw *meshv1.WorkloadAddress) *model.Workload {
 	w := &model.Workload{
 		UID: mw.GetUid(), Kind: model.KindPod, Name: mw.GetName(), Namespace: mw.GetNamespace(),
 		IPs: addrs(mw.GetAddresses()), Node: mw.GetNode(), Identity: mw.GetIdentity(),
-		CanonicalName: mw.GetCanonicalName(), Enrolled: mw.GetEnrolled(), Waypoint: b.waypointRef(mw.GetWaypoint()),
+		CanonicalName: mw.GetCanonicalName(), WorkloadName: mw.GetWorkloadName(), Enrolled: mw.GetEnrolled(), Waypoint: b.waypointRef(mw.GetWaypoint()),
 		Ready: mw.GetStatus() == meshv1.WorkloadStatus_HEALTHY,
 	}
 	b.bindings(w, mw.GetServices())

@@ -434,8 +434,12 @@ type Workload struct {
 	CanonicalRevision string         `protobuf:"bytes,14,opt,name=canonical_revision,json=canonicalRevision,proto3" json:"canonical_revision,omitempty"`
 	Network           string         `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
 	Status            WorkloadStatus `protobuf:"varint,16,opt,name=status,proto3,enum=meshlet.mesh.v1alpha1.WorkloadStatus" json:"status,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// workload_name is the owning controller's name (the Deployment behind a
+	// ReplicaSet, a StatefulSet, ...) or the pod's own: the *_workload label
+	// of Istio's metrics, the same from every reporter.
+	WorkloadName  string `protobuf:"bytes,17,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Workload) Reset() {
@@ -578,6 +582,13 @@ func (x *Workload) GetStatus() WorkloadStatus {
 		return x.Status
 	}
 	return WorkloadStatus_HEALTHY
+}
+
+func (x *Workload) GetWorkloadName() string {
+	if x != nil {
+		return x.WorkloadName
+	}
+	return ""
 }
 
 // WorkloadPort is one declared container port.
@@ -942,6 +953,8 @@ type WorkloadAddress struct {
 	Network       string                 `protobuf:"bytes,10,opt,name=network,proto3" json:"network,omitempty"`
 	Status        WorkloadStatus         `protobuf:"varint,11,opt,name=status,proto3,enum=meshlet.mesh.v1alpha1.WorkloadStatus" json:"status,omitempty"`
 	CanonicalName string                 `protobuf:"bytes,12,opt,name=canonical_name,json=canonicalName,proto3" json:"canonical_name,omitempty"`
+	// workload_name is Workload.workload_name.
+	WorkloadName  string `protobuf:"bytes,13,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1056,6 +1069,13 @@ func (x *WorkloadAddress) GetStatus() WorkloadStatus {
 func (x *WorkloadAddress) GetCanonicalName() string {
 	if x != nil {
 		return x.CanonicalName
+	}
+	return ""
+}
+
+func (x *WorkloadAddress) GetWorkloadName() string {
+	if x != nil {
+		return x.WorkloadName
 	}
 	return ""
 }
@@ -1999,7 +2019,7 @@ var File_mesh_proto protoreflect.FileDescriptor
 const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xda\x05\n" +
+	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xff\x05\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2017,7 +2037,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x0ecanonical_name\x18\r \x01(\tR\rcanonicalName\x12-\n" +
 	"\x12canonical_revision\x18\x0e \x01(\tR\x11canonicalRevision\x12\x18\n" +
 	"\anetwork\x18\x0f \x01(\tR\anetwork\x12=\n" +
-	"\x06status\x18\x10 \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x1a\\\n" +
+	"\x06status\x18\x10 \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12#\n" +
+	"\rworkload_name\x18\x11 \x01(\tR\fworkloadName\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
 	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"R\n" +
@@ -2043,7 +2064,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\aAddress\x12D\n" +
 	"\bworkload\x18\x01 \x01(\v2&.meshlet.mesh.v1alpha1.WorkloadAddressH\x00R\bworkload\x12:\n" +
 	"\aservice\x18\x02 \x01(\v2\x1e.meshlet.mesh.v1alpha1.ServiceH\x00R\aserviceB\x06\n" +
-	"\x04type\"\xb2\x04\n" +
+	"\x04type\"\xd7\x04\n" +
 	"\x0fWorkloadAddress\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2057,7 +2078,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\anetwork\x18\n" +
 	" \x01(\tR\anetwork\x12=\n" +
 	"\x06status\x18\v \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12%\n" +
-	"\x0ecanonical_name\x18\f \x01(\tR\rcanonicalName\x1a\\\n" +
+	"\x0ecanonical_name\x18\f \x01(\tR\rcanonicalName\x12#\n" +
+	"\rworkload_name\x18\r \x01(\tR\fworkloadName\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
 	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\x93\x04\n" +
