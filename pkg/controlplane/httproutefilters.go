@@ -20,7 +20,7 @@ import (
 // without what its author asked for.
 func (lb *l7Builder) applyHTTPRouteRule(rt *gatewayv1.HTTPRoute, rule gatewayv1.HTTPRouteRule, r *model.L7Route, resolved []int, defaultPort uint32) error {
 	for i, f := range rule.Filters {
-		if err := lb.applyHTTPFilter(rt, f, r, defaultPort); err != nil {
+		if err := lb.applyHTTPFilter(routeRef{KindHTTPRoute, rt.Namespace, rt.Name}, f, r, defaultPort); err != nil {
 			return fmt.Errorf("filters[%d] (%s): %w", i, f.Type, err)
 		}
 	}
@@ -70,7 +70,10 @@ func (lb *l7Builder) applyHTTPRouteRule(rt *gatewayv1.HTTPRoute, rule gatewayv1.
 	return nil
 }
 
-func (lb *l7Builder) applyHTTPFilter(rt *gatewayv1.HTTPRoute, f gatewayv1.HTTPRouteFilter, r *model.L7Route, defaultPort uint32) error {
+// routeRef names the route a filter belongs to.
+type routeRef struct{ kind, namespace, name string }
+
+func (lb *l7Builder) applyHTTPFilter(rt routeRef, f gatewayv1.HTTPRouteFilter, r *model.L7Route, defaultPort uint32) error {
 	switch f.Type {
 	case gatewayv1.HTTPRouteFilterRequestHeaderModifier:
 		if f.RequestHeaderModifier == nil {
@@ -171,7 +174,7 @@ func (lb *l7Builder) applyHTTPFilter(rt *gatewayv1.HTTPRoute, f gatewayv1.HTTPRo
 		if m == nil {
 			return fmt.Errorf("requestMirror is missing")
 		}
-		d, ok := lb.backend(KindHTTPRoute, rt.Namespace, rt.Name, gatewayv1.BackendRef{BackendObjectReference: m.BackendRef}, defaultPort)
+		d, ok := lb.backend(rt.kind, rt.namespace, rt.name, gatewayv1.BackendRef{BackendObjectReference: m.BackendRef}, defaultPort)
 		if !ok {
 			return fmt.Errorf("mirror backend %s does not resolve", m.BackendRef.Name)
 		}

@@ -918,6 +918,23 @@ func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32)
 		if len(r.Destinations) == 0 {
 			r.DirectResponse = &model.DirectResponse{Status: 500}
 		}
+		// GRPCRoute's filters are HTTPRoute's header modifiers, mirror and
+		// extension reference, with the same type names and fields.
+		for k, f := range rule.Filters {
+			hf := gatewayv1.HTTPRouteFilter{
+				Type:                   gatewayv1.HTTPRouteFilterType(f.Type),
+				RequestHeaderModifier:  f.RequestHeaderModifier,
+				ResponseHeaderModifier: f.ResponseHeaderModifier,
+				RequestMirror:          f.RequestMirror,
+				ExtensionRef:           f.ExtensionRef,
+			}
+			if err := lb.applyHTTPFilter(routeRef{KindGRPCRoute, rt.Namespace, rt.Name}, hf, &r, defaultPort); err != nil {
+				// As for HTTPRoute: never skipped, its requests get an error.
+				lb.bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name).warn("rules[%d]: filters[%d] (%s): %v; its requests are answered 500", i, k, f.Type, err)
+				r = model.L7Route{Name: r.Name, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
+				break
+			}
+		}
 		routes = append(routes, r)
 	}
 	return routes

@@ -181,6 +181,11 @@ spec:
     - method: {service: com.example.Reviews, method: Get}
     - method: {service: com.example.Admin}
       headers: [{name: x-tenant, value: a}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: grpc}]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {remove: [x-internal]}
     backendRefs: [{name: reviews, port: 9080}]
 `)...))
 	if len(rej) != 0 {
@@ -197,6 +202,10 @@ spec:
 	}
 	if diff := cmp.Diff(want, routes[0].Matches); diff != "" {
 		t.Errorf("matches mismatch (-want +got):\n%s", diff)
+	}
+	// The rule's filters apply (they were dropped).
+	if routes[0].RequestHeaders.Set["x-route"] != "grpc" || len(routes[0].ResponseHeaders.Remove) != 1 || routes[0].ResponseHeaders.Remove[0] != "x-internal" {
+		t.Errorf("header filters = request %+v, response %+v; want x-route set, x-internal removed", routes[0].RequestHeaders, routes[0].ResponseHeaders)
 	}
 }
 
