@@ -291,6 +291,28 @@ spec:
 	}
 }
 
+// reviewsTraffic builds bookinfo with a DestinationRule for reviews whose
+// trafficPolicy is the given YAML flow map, and returns the traffic policy
+// of the waypoint's reviews cluster.
+func reviewsTraffic(t *testing.T, trafficPolicy string) model.TrafficPolicy {
+	t.Helper()
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: `+trafficPolicy+`
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if cfg == nil || len(cfg.Clusters) == 0 {
+		t.Fatalf("no cluster in the waypoint's config: %+v", cfg)
+	}
+	return cfg.Clusters[0].Traffic
+}
+
 // TestWaypointL7OutlierDefaults: a DestinationRule's outlierDetection
 // without consecutive5xxErrors ejects after 5 errors (Istio's default), and
 // an explicit 0 turns that detector off.
@@ -304,21 +326,11 @@ func TestWaypointL7OutlierDefaults(t *testing.T) {
 		{"set", "{consecutive5xxErrors: 2}", 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  host: reviews
-  trafficPolicy: {outlierDetection: `+tt.od+`}
-`)...))
-			if len(rej) != 0 {
-				t.Errorf("rejections = %v; want none", rej)
+			tp := reviewsTraffic(t, "{outlierDetection: "+tt.od+"}")
+			if tp.Outlier == nil {
+				t.Fatalf("no outlier detection in the waypoint's cluster: %+v", tp)
 			}
-			cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-			if cfg == nil || len(cfg.Clusters) == 0 || cfg.Clusters[0].Traffic.Outlier == nil {
-				t.Fatalf("no outlier detection in the waypoint's cluster: %+v", cfg)
-			}
-			if got := cfg.Clusters[0].Traffic.Outlier.Consecutive5xxErrors; got != tt.want {
+			if got := tp.Outlier.Consecutive5xxErrors; got != tt.want {
 				t.Errorf("consecutive 5xx errors = %d; want %d", got, tt.want)
 			}
 		})
@@ -393,21 +405,11 @@ func TestWaypointL7ConsistentHash(t *testing.T) {
 		{"query parameter", "{consistentHash: {httpQueryParameterName: cart}}", model.ConsistentHash{QueryParam: "cart"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  host: reviews
-  trafficPolicy: {loadBalancer: `+tt.lb+`}
-`)...))
-			if len(rej) != 0 {
-				t.Errorf("rejections = %v; want none", rej)
+			tp := reviewsTraffic(t, "{loadBalancer: "+tt.lb+"}")
+			if tp.LB.ConsistentHash == nil {
+				t.Fatalf("no consistent hash in the waypoint's cluster: %+v", tp)
 			}
-			cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-			if cfg == nil || len(cfg.Clusters) == 0 || cfg.Clusters[0].Traffic.LB.ConsistentHash == nil {
-				t.Fatalf("no consistent hash in the waypoint's cluster: %+v", cfg)
-			}
-			if diff := cmp.Diff(tt.want, *cfg.Clusters[0].Traffic.LB.ConsistentHash); diff != "" {
+			if diff := cmp.Diff(tt.want, *tp.LB.ConsistentHash); diff != "" {
 				t.Errorf("consistent hash (-want +got):\n%s", diff)
 			}
 		})
