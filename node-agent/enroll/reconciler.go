@@ -94,9 +94,10 @@ type Reconciler struct {
 	mu       sync.Mutex        // serializes enroll/unenroll and guards below
 	enrolled map[string]Pod    // by namespace/name
 	cniNetns map[string]string // by pod UID: netns the CNI plugin reported
-	// torn down: pod UIDs whose sandbox the CNI plugin reported deleted
-	// (CNI DEL); a terminating pod leaves the mesh then, not before.
-	tornDown map[string]bool
+	// tornDown: by pod key, the UID of a pod whose sandbox the CNI plugin
+	// reported deleted (CNI DEL); a terminating pod leaves the mesh then,
+	// not before. An entry goes with the pod (or a new sandbox).
+	tornDown map[string]string
 	snapshot []string // last written ambient namespaces
 }
 
@@ -145,7 +146,7 @@ func New(opts Options) (*Reconciler, error) {
 		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		enrolled: map[string]Pod{},
 		cniNetns: map[string]string{},
-		tornDown: map[string]bool{},
+		tornDown: map[string]string{},
 	}
 	enqueuePod := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -341,7 +342,7 @@ func (r *Reconciler) wanted(pod *kube.Pod) bool {
 	if pod == nil || pod.Spec.NodeName != r.opts.NodeName {
 		return false
 	}
-	if pod.DeletionTimestamp != nil && r.tornDown[string(pod.UID)] {
+	if pod.DeletionTimestamp != nil && r.tornDown[pod.Namespace+"/"+pod.Name] == string(pod.UID) {
 		return false
 	}
 	if pod.Status.Phase == kube.PodSucceeded || pod.Status.Phase == kube.PodFailed {
@@ -361,9 +362,11 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *kube.Pod, c
 	defer r.mu.Unlock()
 	cur, isEnrolled := r.enrolled[key]
 	if !r.wanted(pod) {
-		if pod == nil && cur.UID != "" {
-			delete(r.cniNetns, cur.UID)
-			delete(r.tornDown, cur.UID)
+		if pod == nil {
+			delete(r.tornDown, key)
+			if cur.UID != "" {
+				delete(r.cniNetns, cur.UID)
+			}
 		}
 		if !isEnrolled {
 			return nil
@@ -387,7 +390,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *kube.Pod, c
 		want.IfName = cur.IfName
 	}
 	if cniEv != nil {
-		delete(r.tornDown, want.UID) // a new sandbox
+		delete(r.tornDown, key) // a new sandbox
 		r.cniNetns[want.UID] = r.localNetns(cniEv.Netns)
 		want.IfName = cniEv.IfName
 		want.IPs = nil
@@ -491,7 +494,7 @@ func (r *Reconciler) CNIDel(_ context.Context, ev cni.PodEvent) {
 	defer r.mu.Unlock()
 	if ev.UID != "" {
 		delete(r.cniNetns, ev.UID)
-		r.tornDown[ev.UID] = true
+		r.tornDown[ev.Namespace+"/"+ev.Name] = ev.UID
 	}
 	r.queue.Add(ev.Namespace + "/" + ev.Name)
 }
