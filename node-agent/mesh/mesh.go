@@ -415,7 +415,10 @@ func (m *Mesh) Authorize(_ context.Context, r proxy.AuthzRequest) proxy.Decision
 		SourcePrincipal: r.Principal, SourceNamespace: namespaceOf(r.Principal),
 		SourceIP: r.Source, DestinationPort: uint32(r.Port),
 	}
-	if len(r.Pod.IPs) > 0 {
+	switch {
+	case r.Destination.IsValid():
+		req.DestinationIP = r.Destination
+	case len(r.Pod.IPs) > 0:
 		req.DestinationIP = r.Pod.IPs[0]
 	}
 	d := policy.EvaluateL4(s.PoliciesFor(w), req)

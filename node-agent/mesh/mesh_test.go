@@ -392,3 +392,25 @@ func TestPeerWorkload(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthorizeDestinationAddress: a destination ipBlocks rule on a
+// dual-stack pod matches the address the client reached, not always the
+// pod's first one.
+func TestAuthorizeDestinationAddress(t *testing.T) {
+	v4, v6 := ip("198.19.3.70"), ip("fd00::70")
+	w := &model.Workload{UID: "uid-ds", Kind: model.KindPod, Name: "ds-0", Namespace: "shop", IPs: []netip.Addr{v4, v6}, Identity: idDB, Enrolled: true,
+		AuthorizationPolicies: []model.NamespacedName{{Namespace: "shop", Name: "deny-v6"}}}
+	s := model.NewSnapshot(model.SnapshotInput{
+		Workloads: []*model.Workload{w},
+		AuthorizationPolicies: []*model.AuthorizationPolicy{{Policy: &policy.Policy{Name: "deny-v6", Namespace: "shop", Action: policy.Deny,
+			Rules: []policy.Rule{{When: []policy.Condition{{Key: "destination.ip", Values: []string{"fd00::70/128"}}}}}}}},
+	})
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+	pod := proxy.Pod{UID: "uid-ds", IPs: []netip.Addr{v4, v6}}
+	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: pod, Principal: idCart, Destination: v6, Port: 8080}); d.Allow {
+		t.Errorf("to the pod's IPv6 address: %+v; want denied", d)
+	}
+	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: pod, Principal: idCart, Destination: v4, Port: 8080}); !d.Allow {
+		t.Errorf("to the pod's IPv4 address: %+v; want allowed", d)
+	}
+}

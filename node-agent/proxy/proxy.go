@@ -104,8 +104,10 @@ type AuthzRequest struct {
 	Principal string
 	// Source is the client's address.
 	Source netip.Addr
-	// Port is the destination port.
-	Port uint16
+	// Destination is the pod address the client reached (the pod's first
+	// IP when unset); Port is the destination port.
+	Destination netip.Addr
+	Port        uint16
 }
 
 // Decision is an authorization verdict.

@@ -221,7 +221,7 @@ func (p *Proxy) CheckStream(ctx context.Context, s Stream) error {
 	if !src.IsValid() {
 		src = s.Source.Addr()
 	}
-	if d := p.authorize(ctx, s.Peer, src, s.Target.Port()); !d.Allow {
+	if d := p.authorize(ctx, s.Peer, src, s.Target); !d.Allow {
 		return p.refuseStream(ReasonDenied, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, src, s.Target.Port(), d.Reason))
 	}
 	return nil
@@ -311,7 +311,7 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	// apply to it, or an ALLOW for some identity would fail the pod's
 	// readiness (Istio's probes bypass ztunnel altogether).
 	if !probe {
-		if d := p.authorize(ctx, "", src.Addr(), dst.Port()); !d.Allow {
+		if d := p.authorize(ctx, "", src.Addr(), dst); !d.Allow {
 			refuse(ReasonDenied)
 			return
 		}
@@ -325,11 +325,11 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	splice(down, up, o.Metrics.open(connLabels{reporter: "destination", dst: o.Pod.Workload}))
 }
 
-func (p *Proxy) authorize(ctx context.Context, principal string, src netip.Addr, port uint16) Decision {
+func (p *Proxy) authorize(ctx context.Context, principal string, src netip.Addr, dst netip.AddrPort) Decision {
 	if p.opts.Authorize == nil {
 		return Decision{Allow: true}
 	}
-	return p.opts.Authorize(ctx, AuthzRequest{Pod: p.opts.Pod, Principal: principal, Source: src, Port: port})
+	return p.opts.Authorize(ctx, AuthzRequest{Pod: p.opts.Pod, Principal: principal, Source: src, Destination: dst.Addr().Unmap(), Port: dst.Port()})
 }
 
 // dialApp connects to the app at target from inside the pod, as src when
