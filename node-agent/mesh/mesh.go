@@ -123,8 +123,10 @@ func (m *Mesh) snapshotFor(pod proxy.Pod) *model.Snapshot {
 		if s == nil {
 			return false
 		}
-		_, ok := s.Workload(pod.UID)
-		return ok
+		// All of it: its full resource, its PeerAuthentication and the
+		// policies meshd bound to it, not just its address.
+		w, ok := s.Workload(pod.UID)
+		return ok && !w.Partial
 	})
 	if !ok && s != nil && pod.UID != "" {
 		m.gaveUp.Store(pod.UID, struct{}{})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -156,5 +157,38 @@ func TestModelFromResources(t *testing.T) {
 	}
 	if w, _ := s.Workload("uid-cart"); w.ServiceAccount != "cart" {
 		t.Errorf("cart's service account = %q; want cart (from the Workload resource)", w.ServiceAccount)
+	}
+}
+
+// TestDecisionsWaitForTrailingConfig: meshd's types come in separate
+// responses, so a local pod's address can arrive before its full resource,
+// and its full resource before its PeerAuthentication or a policy it names.
+// Inbound decisions for the pod wait for all of it.
+func TestDecisionsWaitForTrailingConfig(t *testing.T) {
+	cartAddr := &meshv1.Address{Type: &meshv1.Address_Workload{Workload: &meshv1.WorkloadAddress{
+		Uid: "uid-cart", Name: "cart-0", Namespace: "shop", Addresses: []string{"198.19.3.50"}, Identity: idCart, Enrolled: true}}}
+	cartFull := &meshv1.Workload{Uid: "uid-cart", Name: "cart-0", Namespace: "shop", Addresses: []string{"198.19.3.50"}, ServiceAccount: "cart",
+		Identity: idCart, Enrolled: true, AuthorizationPolicies: []string{"shop/deny-intruder"}}
+	pa := &meshv1.PeerAuthentication{WorkloadUid: "uid-cart", Mode: meshv1.PeerAuthentication_PERMISSIVE}
+	deny := &meshv1.Authorization{Name: "deny-intruder", Namespace: "shop", Scope: meshv1.Authorization_WORKLOAD, WorkloadUids: []string{"uid-cart"},
+		Action: meshv1.Authorization_DENY, Rules: []*meshv1.Rule{{From: []*meshv1.SourceMatch{{Principals: []string{"cluster.local/ns/other/sa/intruder"}}}}}}
+	stages := []map[string][]proto.Message{
+		{meshv1.AddressType: {cartAddr}},
+		{meshv1.AddressType: {cartAddr}, meshv1.WorkloadType: {cartFull}},
+		{meshv1.AddressType: {cartAddr}, meshv1.WorkloadType: {cartFull}, meshv1.PeerAuthenticationType: {pa}},
+		{meshv1.AddressType: {cartAddr}, meshv1.WorkloadType: {cartFull}, meshv1.PeerAuthenticationType: {pa}, meshv1.AuthorizationType: {deny}},
+	}
+	st := NewStore()
+	m := New(Options{Snapshot: st.Load, Changed: st.Changed, Wait: 10 * time.Second})
+	st.Set(modelview.BuildIn("cluster.local", storeOf(t, stages[0]), 1))
+	go func() {
+		for i, res := range stages[1:] {
+			time.Sleep(30 * time.Millisecond)
+			st.Set(modelview.BuildIn("cluster.local", storeOf(t, res), uint64(i+2)))
+		}
+	}()
+	cart := proxy.Pod{UID: "uid-cart", IPs: []netip.Addr{ip("198.19.3.50")}}
+	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: cart, Principal: idBad, Source: ip("198.19.3.66"), Port: 8080}); d.Allow {
+		t.Errorf("decided before the pod's DENY policy arrived: %+v; want the DENY (the decision waits for it)", d)
 	}
 }

@@ -50,6 +50,12 @@ type Workload struct {
 	// service.istio.io/canonical-revision, else app.kubernetes.io/version, else version, else "latest".
 	CanonicalName     string
 	CanonicalRevision string
+	// Partial is set by a client's view of the model (pkg/xds/modelview)
+	// when part of the workload's configuration has not reached it yet: it
+	// is known only from the address index, or its PeerAuthentication or an
+	// authorization policy its full resource names is still to come (they
+	// arrive in separate responses). meshd's own model never sets it.
+	Partial bool
 	// WorkloadName is the owning controller's name (the Deployment behind a
 	// ReplicaSet, a StatefulSet, a Job, ...) or the object's own name: the
 	// *_workload label of Istio's metrics. Empty means Name.

@@ -22,40 +22,6 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 	defer s.applyMu.Unlock()
 	cache := &applyCache{workloads: map[*model.Workload]cachedWorkload{}, services: map[*model.Service]cachedService{}}
 	td := snap.TrustDomain()
-	workloads, addresses, peerAuthn := typeSet{}, typeSet{}, typeSet{}
-	for _, mw := range snap.Workloads() {
-		ga := gatewayAddress(snap, mw.Waypoint)
-		c, ok := s.applied.workloads[mw]
-		if !ok || c.trustDomain != td || !proto.Equal(c.waypoint, ga) {
-			var err error
-			if c, err = translateWorkloadEntries(snap, mw, ga); err != nil {
-				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-			}
-		}
-		cache.workloads[mw] = c
-		workloads[mw.UID], addresses[mw.UID], peerAuthn[mw.UID] = c.workload, c.address, c.peerAuthn
-	}
-	for _, ms := range snap.Services() {
-		if ms.Hostname() == "" {
-			continue // nothing can address it by name, and its VIPs, if any, are in no workload's map
-		}
-		ga := gatewayAddress(snap, ms.Waypoint)
-		c, ok := s.applied.services[ms]
-		if !ok || !proto.Equal(c.waypoint, ga) {
-			svc := translateService(snap, ms, ga)
-			if err := validateService(svc); err != nil {
-				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-			}
-			e, err := newEntry(&meshv1.Address{Type: &meshv1.Address_Service{Service: svc}})
-			if err != nil {
-				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
-			}
-			c = cachedService{waypoint: ga, key: ServiceKey(svc), address: e}
-		}
-		cache.services[ms] = c
-		addresses[c.key] = c.address
-	}
-	s.applied = cache
 	bound := map[model.NamespacedName][]string{}
 	for _, mw := range snap.Workloads() {
 		for _, n := range mw.AuthorizationPolicies {
@@ -83,6 +49,47 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		}
 		authz[a.GetNamespace()+"/"+a.GetName()] = e
 	}
+	workloads, addresses, peerAuthn := typeSet{}, typeSet{}, typeSet{}
+	for _, mw := range snap.Workloads() {
+		ga := gatewayAddress(snap, mw.Waypoint)
+		// The policies bound to it that are sent (some translate to none).
+		var names []string
+		for _, n := range mw.AuthorizationPolicies {
+			if _, ok := authz[n.String()]; ok {
+				names = append(names, n.String())
+			}
+		}
+		c, ok := s.applied.workloads[mw]
+		if !ok || c.trustDomain != td || !proto.Equal(c.waypoint, ga) || !slices.Equal(c.authzNames, names) {
+			var err error
+			if c, err = translateWorkloadEntries(snap, mw, ga, names); err != nil {
+				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+			}
+		}
+		cache.workloads[mw] = c
+		workloads[mw.UID], addresses[mw.UID], peerAuthn[mw.UID] = c.workload, c.address, c.peerAuthn
+	}
+	for _, ms := range snap.Services() {
+		if ms.Hostname() == "" {
+			continue // nothing can address it by name, and its VIPs, if any, are in no workload's map
+		}
+		ga := gatewayAddress(snap, ms.Waypoint)
+		c, ok := s.applied.services[ms]
+		if !ok || !proto.Equal(c.waypoint, ga) {
+			svc := translateService(snap, ms, ga)
+			if err := validateService(svc); err != nil {
+				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+			}
+			e, err := newEntry(&meshv1.Address{Type: &meshv1.Address_Service{Service: svc}})
+			if err != nil {
+				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
+			}
+			c = cachedService{waypoint: ga, key: ServiceKey(svc), address: e}
+		}
+		cache.services[ms] = c
+		addresses[c.key] = c.address
+	}
+	s.applied = cache
 	waypoints := typeSet{}
 	for _, key := range snap.L7Names() {
 		c, err := waypointConfig(snap, key)
@@ -125,6 +132,7 @@ type applyCache struct {
 type cachedWorkload struct {
 	trustDomain                  string
 	waypoint                     *meshv1.GatewayAddress
+	authzNames                   []string
 	workload, address, peerAuthn entry
 }
 
@@ -134,8 +142,9 @@ type cachedService struct {
 	address  entry
 }
 
-func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress) (cachedWorkload, error) {
+func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress, authzNames []string) (cachedWorkload, error) {
 	w := translateWorkload(snap, mw, ga)
+	w.AuthorizationPolicies = authzNames
 	if err := validateWorkload(w); err != nil {
 		return cachedWorkload{}, err
 	}
@@ -151,7 +160,7 @@ func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *mesh
 	if err != nil {
 		return cachedWorkload{}, err
 	}
-	return cachedWorkload{trustDomain: snap.TrustDomain(), waypoint: ga, workload: we, address: ae, peerAuthn: pe}, nil
+	return cachedWorkload{trustDomain: snap.TrustDomain(), waypoint: ga, authzNames: authzNames, workload: we, address: ae, peerAuthn: pe}, nil
 }
 
 func sameVersions(a, b typeSet) bool {

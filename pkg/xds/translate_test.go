@@ -66,6 +66,8 @@ func TestApplySnapshot(t *testing.T) {
 		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", TrustDomain: "cluster.local",
 		Waypoint: wantWaypoint, Enrolled: true, CanonicalName: "web", CanonicalRevision: "v1",
 		Services: map[string]*meshv1.PortList{"ns1/web.ns1.svc.cluster.local": {Ports: []*meshv1.Port{{ServicePort: 80, TargetPort: 8080}}}},
+		// The policies bound to it, so that the agent can tell one is late.
+		AuthorizationPolicies: []string{"ns1/web-allow"},
 	}
 	r, ok := c.Get(meshv1.WorkloadType, "uid-a")
 	if !ok {

@@ -14,8 +14,10 @@ package modelview
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -79,9 +81,12 @@ func BuildIn(trustDomain string, l Lister, version uint64) *model.Snapshot {
 			workloads = append(workloads, b.workloadAddress(a.Workload))
 		}
 	}
+	named := map[*model.Workload][]string{} // full workloads: the policies meshd says are bound
 	for _, r := range full {
 		if mw, ok := r.Message.(*meshv1.Workload); ok {
-			workloads = append(workloads, b.workload(mw))
+			w := b.workload(mw)
+			named[w] = mw.GetAuthorizationPolicies()
+			workloads = append(workloads, w)
 		}
 	}
 	// Policies bind to every workload, the address index's too: a local pod
@@ -89,10 +94,13 @@ func BuildIn(trustDomain string, l Lister, version uint64) *model.Snapshot {
 	// responses) is not left without its namespace's and the mesh's
 	// policies meanwhile.
 	for _, w := range workloads {
-		if pa, ok := peerAuthn[w.UID].Message.(*meshv1.PeerAuthentication); ok {
+		pa, hasPA := peerAuthn[w.UID].Message.(*meshv1.PeerAuthentication)
+		if hasPA {
 			w.PeerAuthentication = fromPeerAuthn(pa)
 		}
 		w.AuthorizationPolicies = bound(policies, w)
+		names, isFull := named[w]
+		w.Partial = !isFull || !hasPA || !allBound(names, w.AuthorizationPolicies)
 	}
 	sort.Slice(workloads, func(i, j int) bool { return workloads[i].UID < workloads[j].UID })
 
@@ -309,6 +317,17 @@ func portStrings(ps []uint32) []string {
 		out = append(out, strconv.FormatUint(uint64(p), 10))
 	}
 	return out
+}
+
+// allBound reports whether every "namespace/name" in names is among bound.
+func allBound(names []string, bound []model.NamespacedName) bool {
+	for _, n := range names {
+		ns, name, _ := strings.Cut(n, "/")
+		if !slices.Contains(bound, model.NamespacedName{Namespace: ns, Name: name}) {
+			return false
+		}
+	}
+	return true
 }
 
 // bound lists the policies that apply to w, sorted, as the model's

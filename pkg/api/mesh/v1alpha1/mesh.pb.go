@@ -437,9 +437,13 @@ type Workload struct {
 	// workload_name is the owning controller's name (the Deployment behind a
 	// ReplicaSet, a StatefulSet, ...) or the pod's own: the *_workload label
 	// of Istio's metrics, the same from every reporter.
-	WorkloadName  string `protobuf:"bytes,17,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WorkloadName string `protobuf:"bytes,17,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
+	// authorization_policies names ("namespace/name") the L4 Authorization
+	// resources bound to this workload, so that a client can tell when one
+	// of them has not reached it yet (they come in another response).
+	AuthorizationPolicies []string `protobuf:"bytes,18,rep,name=authorization_policies,json=authorizationPolicies,proto3" json:"authorization_policies,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Workload) Reset() {
@@ -589,6 +593,13 @@ func (x *Workload) GetWorkloadName() string {
 		return x.WorkloadName
 	}
 	return ""
+}
+
+func (x *Workload) GetAuthorizationPolicies() []string {
+	if x != nil {
+		return x.AuthorizationPolicies
+	}
+	return nil
 }
 
 // WorkloadPort is one declared container port.
@@ -2019,7 +2030,7 @@ var File_mesh_proto protoreflect.FileDescriptor
 const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xff\x05\n" +
+	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xb6\x06\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2038,7 +2049,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\x12canonical_revision\x18\x0e \x01(\tR\x11canonicalRevision\x12\x18\n" +
 	"\anetwork\x18\x0f \x01(\tR\anetwork\x12=\n" +
 	"\x06status\x18\x10 \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12#\n" +
-	"\rworkload_name\x18\x11 \x01(\tR\fworkloadName\x1a\\\n" +
+	"\rworkload_name\x18\x11 \x01(\tR\fworkloadName\x125\n" +
+	"\x16authorization_policies\x18\x12 \x03(\tR\x15authorizationPolicies\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
 	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"R\n" +
