@@ -1193,23 +1193,38 @@ func setPath(u *url.URL, escaped, rawQuery string) {
 func redirectURL(req *http.Request, path string, rd *model.Redirect) string {
 	u := url.URL{Scheme: scheme(req), Host: req.Host, RawQuery: req.URL.RawQuery}
 	setPath(&u, path, req.URL.RawQuery)
+	_, reqPort, _ := splitHostPort(req.Host)
+	hostOnly := func(host string) string {
+		h, _, ok := splitHostPort(host)
+		if !ok {
+			return host
+		}
+		if strings.Contains(h, ":") {
+			return "[" + h + "]"
+		}
+		return h
+	}
 	if rd.Scheme != "" && rd.Scheme != u.Scheme {
 		u.Scheme = rd.Scheme
 		// The request's port belongs to the old scheme (an HTTPS redirect
-		// from port 80 must not send the client to https://host:80).
-		if h, port, ok := splitHostPort(u.Host); ok && port != "" && rd.Port == 0 {
-			u.Host = h
-			if strings.Contains(h, ":") {
-				u.Host = "[" + h + "]"
-			}
+		// from port 80 must not send the client to https://host:80),
+		// unless derivePort says to keep it.
+		if rd.Port == 0 && rd.DerivePort != "FROM_REQUEST_PORT" {
+			u.Host = hostOnly(u.Host)
 		}
 	}
 	if rd.Authority != "" {
 		u.Host = rd.Authority
 	}
-	if rd.Port != 0 {
+	switch {
+	case rd.Port != 0:
 		h, _, _ := splitHostPort(u.Host)
 		u.Host = net.JoinHostPort(h, strconv.Itoa(int(rd.Port)))
+	case rd.DerivePort == "FROM_PROTOCOL_DEFAULT":
+		u.Host = hostOnly(u.Host)
+	case rd.DerivePort == "FROM_REQUEST_PORT" && reqPort != "":
+		h, _, _ := splitHostPort(u.Host)
+		u.Host = net.JoinHostPort(h, reqPort)
 	}
 	if rd.URI != "" {
 		setPath(&u, rd.URI, req.URL.RawQuery)

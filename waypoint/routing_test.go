@@ -168,3 +168,32 @@ func TestRewriteURI(t *testing.T) {
 		}
 	}
 }
+
+// TestRedirectDerivePort: Istio's redirect derivePort: FROM_REQUEST_PORT
+// keeps the request's port even to another scheme, FROM_PROTOCOL_DEFAULT
+// drops it (the scheme's default port).
+func TestRedirectDerivePort(t *testing.T) {
+	redirect := func(name, prefix string, rd model.Redirect) model.L7Route {
+		return model.L7Route{Name: name, Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: prefix}}}, Redirect: &rd}
+	}
+	h := start(t, oneRoute(nil,
+		redirect("keep", "/keep", model.Redirect{Scheme: "https", DerivePort: "FROM_REQUEST_PORT", Code: 302}),
+		redirect("default", "/default", model.Redirect{Authority: "shop.example:8443", DerivePort: "FROM_PROTOCOL_DEFAULT", Code: 302}),
+	), nil)
+	client := newClient(t)
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	host, port, _ := strings.Cut(h.addr, ":")
+	for _, tt := range []struct{ path, want string }{
+		{"/keep/x", "https://" + host + ":" + port + "/keep/x"},
+		{"/default/x", "http://shop.example/default/x"},
+	} {
+		resp, err := client.Get(h.url + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("Location"); resp.StatusCode != 302 || got != tt.want {
+			t.Errorf("GET %s = %d Location %q; want 302 %q", tt.path, resp.StatusCode, got, tt.want)
+		}
+	}
+}

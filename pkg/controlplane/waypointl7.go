@@ -351,6 +351,9 @@ func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService]
 		}
 		if rd := hr.GetRedirect(); rd != nil {
 			r.Redirect = &model.Redirect{Scheme: rd.GetScheme(), Authority: rd.GetAuthority(), Port: rd.GetPort(), URI: rd.GetUri(), Code: int(rd.GetRedirectCode())}
+			if dp, ok := rd.GetRedirectPort().(*networkingapi.HTTPRedirect_DerivePort); ok {
+				r.Redirect.DerivePort = dp.DerivePort.String()
+			}
 		}
 		if dr := hr.GetDirectResponse(); dr != nil {
 			body := dr.GetBody().GetString_()

@@ -415,3 +415,27 @@ func TestWaypointL7ConsistentHash(t *testing.T) {
 		})
 	}
 }
+
+// TestWaypointL7RedirectDerivePort: a VirtualService redirect's derivePort
+// reaches the waypoint (it was dropped).
+func TestWaypointL7RedirectDerivePort(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - name: to-https
+    redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if cfg == nil || len(cfg.Listeners) == 0 || len(cfg.Listeners[0].VirtualHosts[0].Routes) == 0 {
+		t.Fatalf("no route in the waypoint's config: %+v", cfg)
+	}
+	if rd := cfg.Listeners[0].VirtualHosts[0].Routes[0].Redirect; rd == nil || rd.Scheme != "https" || rd.DerivePort != "FROM_REQUEST_PORT" {
+		t.Errorf("redirect = %+v; want https, derivePort FROM_REQUEST_PORT", rd)
+	}
+}

@@ -325,6 +325,11 @@ type Redirect struct {
 	Authority string
 	// Port replaces the port; zero keeps it.
 	Port uint32
+	// DerivePort, when Port is zero, is Istio's derivePort:
+	// "FROM_PROTOCOL_DEFAULT" (no port: the scheme's default) or
+	// "FROM_REQUEST_PORT" (the request's port, even to another scheme).
+	// Empty keeps the request's port unless the scheme changes.
+	DerivePort string `json:",omitempty"`
 	// URI replaces the path; empty keeps it.
 	URI string
 	// Code is the 3xx status; zero means 301.
