@@ -257,13 +257,7 @@ spec:
 // reaches the waypoint's route (it was dropped), the deprecated allowOrigin
 // list too.
 func TestWaypointL7VirtualServiceCORS(t *testing.T) {
-	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - name: api
+	r := reviewsRoute(t, `  - name: api
     corsPolicy:
       allowOrigins: [{exact: "https://shop.example"}, {regex: "https://.*\\.partner\\.example"}]
       allowOrigin: ["https://legacy.example"]
@@ -273,7 +267,29 @@ spec:
       maxAge: 1h
       allowCredentials: true
     route: [{destination: {host: reviews}}]
-`)...))
+`)
+	want := &model.CORSPolicy{
+		AllowOrigins: []model.StringMatch{{Exact: "https://shop.example"}, {Regex: `https://.*\.partner\.example`}, {Exact: "https://legacy.example"}},
+		AllowMethods: []string{"GET", "POST"}, AllowHeaders: []string{"x-token"}, ExposeHeaders: []string{"x-trace"},
+		MaxAge: time.Hour, AllowCredentials: true,
+	}
+	if diff := cmp.Diff(want, r.CORS); diff != "" {
+		t.Errorf("route CORS (-want +got):\n%s", diff)
+	}
+}
+
+// reviewsRoute builds bookinfo with a VirtualService for reviews whose http
+// routes are the given YAML list items, and returns the waypoint's first
+// route.
+func reviewsRoute(t *testing.T, httpRoutes string) model.L7Route {
+	t.Helper()
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+`+httpRoutes)...))
 	if len(rej) != 0 {
 		t.Errorf("rejections = %v; want none", rej)
 	}
@@ -281,14 +297,7 @@ spec:
 	if !ok || len(cfg.Listeners) == 0 || len(cfg.Listeners[0].VirtualHosts) == 0 || len(cfg.Listeners[0].VirtualHosts[0].Routes) == 0 {
 		t.Fatalf("no route in the waypoint's config: %+v", cfg)
 	}
-	want := &model.CORSPolicy{
-		AllowOrigins: []model.StringMatch{{Exact: "https://shop.example"}, {Regex: `https://.*\.partner\.example`}, {Exact: "https://legacy.example"}},
-		AllowMethods: []string{"GET", "POST"}, AllowHeaders: []string{"x-token"}, ExposeHeaders: []string{"x-trace"},
-		MaxAge: time.Hour, AllowCredentials: true,
-	}
-	if diff := cmp.Diff(want, cfg.Listeners[0].VirtualHosts[0].Routes[0].CORS); diff != "" {
-		t.Errorf("route CORS (-want +got):\n%s", diff)
-	}
+	return cfg.Listeners[0].VirtualHosts[0].Routes[0]
 }
 
 // reviewsTraffic builds bookinfo with a DestinationRule for reviews whose
@@ -419,23 +428,10 @@ func TestWaypointL7ConsistentHash(t *testing.T) {
 // TestWaypointL7RedirectDerivePort: a VirtualService redirect's derivePort
 // reaches the waypoint (it was dropped).
 func TestWaypointL7RedirectDerivePort(t *testing.T) {
-	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - name: to-https
+	r := reviewsRoute(t, `  - name: to-https
     redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}
-`)...))
-	if len(rej) != 0 {
-		t.Errorf("rejections = %v; want none", rej)
-	}
-	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-	if cfg == nil || len(cfg.Listeners) == 0 || len(cfg.Listeners[0].VirtualHosts[0].Routes) == 0 {
-		t.Fatalf("no route in the waypoint's config: %+v", cfg)
-	}
-	if rd := cfg.Listeners[0].VirtualHosts[0].Routes[0].Redirect; rd == nil || rd.Scheme != "https" || rd.DerivePort != "FROM_REQUEST_PORT" {
+`)
+	if rd := r.Redirect; rd == nil || rd.Scheme != "https" || rd.DerivePort != "FROM_REQUEST_PORT" {
 		t.Errorf("redirect = %+v; want https, derivePort FROM_REQUEST_PORT", rd)
 	}
 }
