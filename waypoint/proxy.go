@@ -389,7 +389,14 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 
 	// 10. Forward, retrying per policy.
-	resp, held, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc)
+	// A client without the consistent-hash cookie is given one (its value
+	// picks the endpoint), set on the response after the upstream's fields.
+	sticky := stickyCookie(up.policy.LB, out)
+	stickyKey := ""
+	if sticky != nil {
+		stickyKey = sticky.Value
+	}
+	resp, held, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc, stickyKey)
 	if !ok {
 		return
 	}
@@ -414,6 +421,9 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 	removeHopHeaders(h, false)
 	applyHeaderOps(h, spec.ResponseHeaders)
+	if sticky != nil {
+		h.Add("Set-Cookie", sticky.String())
+	}
 	applyHeaderOps(h, d.spec.ResponseHeaders)
 	announced := make([]string, 0, len(resp.Trailer))
 	for k := range resp.Trailer {
@@ -475,8 +485,9 @@ var (
 // forward sends out to up, retrying per the route's policy while replay can
 // produce the request body again (nil: never). On success it returns the
 // response and what it holds, to release once the response is done; on
-// failure it has written the local reply.
-func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool) (*http.Response, inFlight, bool) {
+// failure it has written the local reply. stickyKey, when set, is the
+// consistent-hash key (the cookie the client is being given).
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string) (*http.Response, inFlight, bool) {
 	ctx := out.Context()
 	rp := retryPolicyFor(spec)
 	attempts := 1 + rp.Attempts
@@ -491,11 +502,6 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	}
 	var triedBuf [4]*endpoint
 	tried := triedBuf[:0]
-	var stickyKey string
-	if c := stickyCookie(up.policy.LB, out); c != nil {
-		stickyKey = c.Value
-		w.Header().Add("Set-Cookie", c.String())
-	}
 	for try := 0; ; try++ {
 		ep, err := up.pick(out, peer, tried, stickyKey)
 		if err != nil {
