@@ -964,6 +964,24 @@ func (p *Proxy) cors(w *responseWriter, req *http.Request, cp *corsPolicy) bool 
 	return false
 }
 
+// defaultDestination fills the destination the peer does not name from the
+// connection's local address.
+func (pr *Peer) defaultDestination(local net.Addr) {
+	if pr.DestinationPort != 0 && pr.DestinationIP.IsValid() {
+		return
+	}
+	ap, err := netip.ParseAddrPort(local.String())
+	if err != nil {
+		return
+	}
+	if pr.DestinationPort == 0 {
+		pr.DestinationPort = uint32(ap.Port())
+	}
+	if !pr.DestinationIP.IsValid() {
+		pr.DestinationIP = ap.Addr().Unmap()
+	}
+}
+
 func (p *Proxy) peer(req *http.Request) Peer {
 	var pr Peer
 	if p.opts.Peer != nil {
@@ -974,20 +992,8 @@ func (p *Proxy) peer(req *http.Request) Peer {
 			pr.IP = ap.Addr().Unmap()
 		}
 	}
-	if pr.DestinationPort == 0 || !pr.DestinationIP.IsValid() {
-		var local netip.AddrPort
-		switch a := req.Context().Value(http.LocalAddrContextKey).(type) {
-		case *net.TCPAddr:
-			local = a.AddrPort()
-		case net.Addr:
-			local, _ = netip.ParseAddrPort(a.String())
-		}
-		if pr.DestinationPort == 0 {
-			pr.DestinationPort = uint32(local.Port())
-		}
-		if !pr.DestinationIP.IsValid() && local.IsValid() {
-			pr.DestinationIP = local.Addr().Unmap()
-		}
+	if a, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		pr.defaultDestination(a)
 	}
 	if pr.Namespace == "" && pr.Principal != "" {
 		// "td/ns/<ns>/sa/<sa>"
@@ -1222,15 +1228,18 @@ func redirectURL(req *http.Request, path string, rd *model.Redirect) string {
 	if rd.Authority != "" {
 		u.Host = rd.Authority
 	}
+	port := ""
 	switch {
 	case rd.Port != 0:
-		h, _, _ := splitHostPort(u.Host)
-		u.Host = net.JoinHostPort(h, strconv.Itoa(int(rd.Port)))
+		port = strconv.Itoa(int(rd.Port))
 	case rd.DerivePort == "FROM_PROTOCOL_DEFAULT":
 		u.Host = hostOnly(u.Host)
-	case rd.DerivePort == "FROM_REQUEST_PORT" && reqPort != "":
+	case rd.DerivePort == "FROM_REQUEST_PORT":
+		port = reqPort
+	}
+	if port != "" {
 		h, _, _ := splitHostPort(u.Host)
-		u.Host = net.JoinHostPort(h, reqPort)
+		u.Host = net.JoinHostPort(h, port)
 	}
 	if rd.URI != "" {
 		setPath(&u, rd.URI, req.URL.RawQuery)

@@ -213,16 +213,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 			peer.IP = ap.Addr().Unmap()
 		}
 	}
-	if peer.DestinationPort == 0 || !peer.DestinationIP.IsValid() {
-		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
-			if peer.DestinationPort == 0 {
-				peer.DestinationPort = uint32(ap.Port())
-			}
-			if !peer.DestinationIP.IsValid() {
-				peer.DestinationIP = ap.Addr().Unmap()
-			}
-		}
-	}
+	peer.defaultDestination(c.LocalAddr())
 	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
 		d := policy.EvaluateL4(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"regexp"
-	"slices"
 	"sort"
 
 	networkingapi "istio.io/api/networking/v1alpha3"
@@ -132,9 +131,10 @@ func validateGRPCRoute(rt *gatewayv1.GRPCRoute, r *rejections) bool {
 // warnUnmatchedSelectors reports policies whose selector matches no workload.
 // They stay in force (a matching pod may come later), so these are warnings.
 func (bd *build) warnUnmatchedSelectors() {
+	// matches looks in namespace ns, or in every namespace when ns is "".
 	matches := func(ns string, sel map[string]string) bool {
 		for _, w := range bd.workloads {
-			if w.Namespace == ns && model.SelectorMatches(sel, w.Labels) {
+			if (ns == "" || w.Namespace == ns) && model.SelectorMatches(sel, w.Labels) {
 				return true
 			}
 		}
@@ -146,15 +146,16 @@ func (bd *build) warnUnmatchedSelectors() {
 		}
 	}
 	for _, a := range bd.authz {
-		if a.Selector != nil && a.Policy.Namespace == bd.opts.RootNamespace {
-			// A root-namespace policy selects in every namespace (authzFor).
-			if !slices.ContainsFunc(bd.workloads, func(w *model.Workload) bool { return model.SelectorMatches(a.Selector, w.Labels) }) {
-				bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name).warn("selector %v matches no workload in any namespace", a.Selector)
-			}
+		if a.Selector == nil {
 			continue
 		}
-		if a.Selector != nil && !matches(a.Policy.Namespace, a.Selector) {
-			bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name).warn("selector %v matches no workload", a.Selector)
+		ns, where := a.Policy.Namespace, ""
+		if ns == bd.opts.RootNamespace {
+			// A root-namespace policy selects in every namespace (authzFor).
+			ns, where = "", " in any namespace"
+		}
+		if !matches(ns, a.Selector) {
+			bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name).warn("selector %v matches no workload%s", a.Selector, where)
 		}
 	}
 }

@@ -221,19 +221,11 @@ spec:
 // TestVirtualServiceRegexRewrite: Istio's uriRegexRewrite example, with
 // Envoy's backslash group references, gives the path Istio documents.
 func TestVirtualServiceRegexRewrite(t *testing.T) {
-	snap, _ := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  hosts: [reviews]
-  http:
-  - match: [{uri: {prefix: /service}}]
+	rw := reviewsRoute(t, `  - match: [{uri: {prefix: /service}}]
     rewrite:
       uriRegexRewrite: {match: '^/service/([^/]+)(/.*)$', rewrite: '\2/instance/\1'}
     route: [{destination: {host: reviews}}]
-`)...))
-	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-	rw := cfg.Listeners[0].VirtualHosts[0].Routes[0].Rewrite
+`).Rewrite
 	if rw == nil || rw.URIRegex == nil {
 		t.Fatal("no regex rewrite")
 	}

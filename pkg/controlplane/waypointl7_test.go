@@ -283,21 +283,32 @@ func TestWaypointL7VirtualServiceCORS(t *testing.T) {
 // route.
 func reviewsRoute(t *testing.T, httpRoutes string) model.L7Route {
 	t.Helper()
-	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+	cfg := bookinfoWaypoint(t, `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: bookinfo}
 spec:
   hosts: [reviews]
   http:
-`+httpRoutes)...))
+`+httpRoutes)
+	if len(cfg.Listeners) == 0 || len(cfg.Listeners[0].VirtualHosts) == 0 || len(cfg.Listeners[0].VirtualHosts[0].Routes) == 0 {
+		t.Fatalf("no route in the waypoint's config: %+v", cfg)
+	}
+	return cfg.Listeners[0].VirtualHosts[0].Routes[0]
+}
+
+// bookinfoWaypoint builds bookinfo with doc added, wants no rejection, and
+// returns the bookinfo waypoint's L7 config.
+func bookinfoWaypoint(t *testing.T, doc string) *model.L7Config {
+	t.Helper()
+	snap, rej := mustBuild(t, inputs(t, bookinfo(doc)...))
 	if len(rej) != 0 {
 		t.Errorf("rejections = %v; want none", rej)
 	}
 	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-	if !ok || len(cfg.Listeners) == 0 || len(cfg.Listeners[0].VirtualHosts) == 0 || len(cfg.Listeners[0].VirtualHosts[0].Routes) == 0 {
-		t.Fatalf("no route in the waypoint's config: %+v", cfg)
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
 	}
-	return cfg.Listeners[0].VirtualHosts[0].Routes[0]
+	return cfg
 }
 
 // reviewsTraffic builds bookinfo with a DestinationRule for reviews whose
@@ -305,18 +316,14 @@ spec:
 // of the waypoint's reviews cluster.
 func reviewsTraffic(t *testing.T, trafficPolicy string) model.TrafficPolicy {
 	t.Helper()
-	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+	cfg := bookinfoWaypoint(t, `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews, namespace: bookinfo}
 spec:
   host: reviews
   trafficPolicy: `+trafficPolicy+`
-`)...))
-	if len(rej) != 0 {
-		t.Errorf("rejections = %v; want none", rej)
-	}
-	cfg, _ := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-	if cfg == nil || len(cfg.Clusters) == 0 {
+`)
+	if len(cfg.Clusters) == 0 {
 		t.Fatalf("no cluster in the waypoint's config: %+v", cfg)
 	}
 	return cfg.Clusters[0].Traffic

@@ -17,7 +17,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -322,7 +321,7 @@ func portStrings(ps []uint32) []string {
 // allBound reports whether every "namespace/name" in names is among bound.
 func allBound(names []string, bound []model.NamespacedName) bool {
 	for _, n := range names {
-		ns, name, _ := strings.Cut(n, "/")
+		ns, name := splitKey(n)
 		if !slices.Contains(bound, model.NamespacedName{Namespace: ns, Name: name}) {
 			return false
 		}
