@@ -10,7 +10,9 @@
 // to a local pod the model does not know yet is refused (its policies are
 // unknown). A service with no ready endpoint passes through to its VIP, and
 // so does one not exported to the client's namespace (exportTo). Service
-// endpoints are picked by the service's load balancing (pickEndpoint).
+// endpoints are picked by the service's load balancing (pickEndpoint); a
+// ServiceEntry's endpoints known by hostname are resolved through
+// Options.LookupHost (hostResolver caches the answers).
 //
 // Before the first config (an agent that just started) and for a local pod
 // the model does not have yet (meshd's push trails the CNI's enrollment),
@@ -59,6 +61,15 @@ type Options struct {
 	// Forget releases per-pod tunnel state when a pod leaves the mesh. Nil
 	// means nothing to release.
 	Forget func(pod proxy.Pod)
+	// LookupHost resolves the hostname of a ServiceEntry endpoint
+	// (resolution DNS or DNS_ROUND_ROBIN) to addresses, e.g. with
+	// net.Resolver.LookupNetIP; answers are cached (see hostResolver). Nil
+	// leaves such endpoints unpicked: their connections pass through to
+	// the address dialled.
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
+	// Errorf reports problems (a name that does not resolve); nil discards
+	// them.
+	Errorf func(format string, args ...any)
 }
 
 // Mesh implements the agent's Mesh hooks over a model snapshot.
@@ -71,10 +82,22 @@ type Mesh struct {
 
 	hostsMu sync.Mutex
 	hosts   *hostIndex // LookupHost's index of the current snapshot
+
+	resolver *hostResolver // nil without Options.LookupHost
 }
 
 // New returns a Mesh.
-func New(opts Options) *Mesh { return &Mesh{opts: opts} }
+func New(opts Options) *Mesh {
+	m := &Mesh{opts: opts}
+	if opts.LookupHost != nil {
+		errorf := opts.Errorf
+		if errorf == nil {
+			errorf = func(string, ...any) {}
+		}
+		m.resolver = &hostResolver{lookup: opts.LookupHost, now: time.Now, errorf: errorf}
+	}
+	return m
+}
 
 func (m *Mesh) snapshot() *model.Snapshot {
 	if m.opts.Snapshot == nil {
@@ -170,6 +193,14 @@ func (m *Mesh) Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bo
 	if s == nil {
 		return proxy.Destination{}, false
 	}
+	return m.resolve(s, src, dst, false)
+}
+
+// resolve is Resolve on s. nested is set when dst is a service endpoint's
+// address that is itself another service's VIP (a ServiceEntry endpoint
+// naming a Kubernetes Service): that service's endpoint is picked in turn,
+// once, never again from there.
+func (m *Mesh) resolve(s *model.Snapshot, src proxy.Pod, dst netip.AddrPort, nested bool) (proxy.Destination, bool) {
 	a, ok := s.Lookup(dst.Addr())
 	if !ok {
 		return proxy.Destination{}, false
@@ -197,7 +228,7 @@ func (m *Mesh) Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bo
 		if wp := waypointOf(s, svc.Waypoint, model.WaypointForService); wp != nil {
 			return toWaypoint(wp, dst, proxy.Workload{}, svc.Hostname()), true
 		}
-		return m.pickEndpoint(s, svc, dst)
+		return m.pickEndpoint(s, src, svc, dst, nested)
 	}
 	return proxy.Destination{}, false
 }
@@ -216,15 +247,20 @@ func (m *Mesh) Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bo
 // An endpoint that is an enrolled workload is reached through the tunnel. A
 // ServiceEntry's endpoint address that is no workload of the mesh, or a
 // workload outside it, is dialled directly (Destination.Target, not in the
-// mesh). Endpoints known by hostname only (DNS resolution) are not picked:
-// the agent resolves no names, the connection goes to the address dialled.
-func (m *Mesh) pickEndpoint(s *model.Snapshot, svc *model.Service, dst netip.AddrPort) (proxy.Destination, bool) {
+// mesh). An endpoint known by hostname (a ServiceEntry with resolution DNS
+// or DNS_ROUND_ROBIN) is resolved (Options.LookupHost, cached): with DNS
+// every address of the answer is an endpoint of its own, as Envoy's strict
+// DNS clusters have it; with DNS_ROUND_ROBIN the first one is, as its
+// logical DNS clusters have it. A name that does not resolve is no
+// endpoint.
+func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service, dst netip.AddrPort, nested bool) (proxy.Destination, bool) {
 	if svc.LoadBalancing == model.LBPassthrough {
 		return proxy.Destination{}, false
 	}
 	type choice struct {
 		target netip.AddrPort
 		w      *model.Workload // nil: an address outside the model's workloads
+		svc    bool            // the address is another service's VIP
 	}
 	var ready []choice
 	for _, ep := range svc.Endpoints {
@@ -242,7 +278,15 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, svc *model.Service, dst netip.Add
 		if tp, ok := ep.Ports[uint32(dst.Port())]; ok && tp != 0 && tp <= 65535 {
 			port = uint16(tp)
 		}
-		for _, ip := range ep.Addresses {
+		addrs, every := ep.Addresses, false
+		if len(addrs) == 0 && ep.Hostname != "" {
+			if m.resolver == nil {
+				continue
+			}
+			addrs, _ = m.resolver.addrs(ep.Hostname) // reported by the resolver
+			every = svc.Resolution == "DNS"
+		}
+		for _, ip := range addrs {
 			if ip.Is4() != dst.Addr().Is4() {
 				continue
 			}
@@ -252,10 +296,14 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, svc *model.Service, dst netip.Add
 				// the model knows its address as one.
 				if a, ok := s.Lookup(ip); ok && a.Kind == model.AddressWorkload {
 					c.w = a.Workload
+				} else if ok && a.Kind == model.AddressService && a.Service != svc {
+					c.svc = true
 				}
 			}
 			ready = append(ready, c)
-			break
+			if !every {
+				break
+			}
 		}
 	}
 	if len(ready) == 0 {
@@ -278,6 +326,14 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, svc *model.Service, dst netip.Add
 			}
 		}
 		track = true
+	}
+	if c.svc && !nested {
+		// That service picks the endpoint (its waypoint, its mesh
+		// workloads through the tunnel), not kube-proxy in plaintext. The
+		// metrics name the service the client asked for.
+		d, inMesh := m.resolve(s, src, c.target, true)
+		d.Service = svc.Hostname()
+		return d, inMesh
 	}
 	var d proxy.Destination
 	inMesh := c.w != nil && c.w.Enrolled

@@ -2,13 +2,18 @@ package mesh
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -412,5 +417,231 @@ func TestAuthorizeDestinationAddress(t *testing.T) {
 	}
 	if d := m.Authorize(context.Background(), proxy.AuthzRequest{Pod: pod, Principal: idCart, Destination: v4, Port: 8080}); !d.Allow {
 		t.Errorf("to the pod's IPv4 address: %+v; want allowed", d)
+	}
+}
+
+// dnsServer answers A queries on loopback from names (lower case, no
+// trailing dot): a name not there is NXDOMAIN, AAAA is answered with no
+// records. It counts the A queries per name.
+type dnsServer struct {
+	addr    string
+	mu      sync.Mutex
+	queries map[string]int
+}
+
+func startDNS(t *testing.T, names map[string][]string) *dnsServer {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	srv := &dnsServer{addr: pc.LocalAddr().String(), queries: map[string]int{}}
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			name := strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionAvailable: true})
+			addrs, known := names[name]
+			if !known {
+				b = dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RCode: dnsmessage.RCodeNameError})
+			}
+			b.StartQuestions()
+			b.Question(q)
+			b.StartAnswers()
+			if q.Type == dnsmessage.TypeA {
+				srv.mu.Lock()
+				srv.queries[name]++
+				srv.mu.Unlock()
+				for _, a := range addrs {
+					b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 30}, dnsmessage.AResource{A: netip.MustParseAddr(a).As4()})
+				}
+			}
+			out, err := b.Finish()
+			if err == nil {
+				pc.WriteTo(out, from)
+			}
+		}
+	}()
+	return srv
+}
+
+func (d *dnsServer) count(name string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries[name]
+}
+
+// lookup resolves through the server, as the agent resolves through the
+// cluster DNS.
+func (d *dnsServer) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "udp", d.addr)
+	}}
+	return r.LookupNetIP(ctx, "ip", host)
+}
+
+// TestResolveServiceEntryByHostname: a ServiceEntry endpoint known by
+// hostname (resolution DNS) is resolved by the agent, through a real DNS
+// exchange, and the pod's connection to the entry's address goes to what
+// the name resolves to; the answer is cached; a name resolving to a
+// Service's VIP goes on to that Service's endpoints through the tunnel; a
+// name that does not resolve, or only to loopback, passes through and is
+// reported.
+func TestResolveServiceEntryByHostname(t *testing.T) {
+	dns := startDNS(t, map[string][]string{
+		"backend.partner.example":  {"198.19.200.21", "198.19.200.22"},
+		"db-alias.partner.example": {"198.19.3.100"},
+		"local.partner.example":    {"127.0.0.1"},
+	})
+	se := func(name, vip, res, host string, port uint32) *model.Service {
+		return &model.Service{Name: name, Namespace: "shop", Source: model.SourceServiceEntry, Hostnames: []string{name + ".example"},
+			VIPs: []netip.Addr{ip(vip)}, Ports: []model.ServicePort{{Port: 80, Protocol: "TCP"}}, Resolution: res,
+			LoadBalancing: model.LBRoundRobin,
+			Endpoints:     []model.Endpoint{{Hostname: host, Ports: map[uint32]uint32{80: port}, Ready: true}}}
+	}
+	base := lbSnapshot(model.LBDefault)
+	s := model.NewSnapshot(model.SnapshotInput{
+		Workloads: base.Workloads(),
+		Services: append(base.Services(),
+			se("strict", "198.19.44.40", "DNS", "backend.partner.example", 9080),
+			se("logical", "198.19.44.41", "DNS_ROUND_ROBIN", "backend.partner.example", 9080),
+			se("alias", "198.19.44.42", "DNS", "db-alias.partner.example", 80), // db's port 80
+			se("dead", "198.19.44.43", "DNS", "dead.partner.example", 9080),
+			se("local", "198.19.44.44", "DNS", "local.partner.example", 9080)),
+	})
+	var reported []string
+	var mu sync.Mutex
+	m := New(Options{Snapshot: func() *model.Snapshot { return s }, LookupHost: dns.lookup,
+		Errorf: func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			reported = append(reported, fmt.Sprintf(format, args...))
+		}})
+
+	targets := func(vip string) map[netip.AddrPort]int {
+		seen := map[netip.AddrPort]int{}
+		for range 6 {
+			d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort(vip+":80"))
+			if ok {
+				t.Fatalf("Resolve(%s) = %+v in the mesh; want the resolved address directly", vip, d)
+			}
+			seen[d.Target]++
+		}
+		return seen
+	}
+	r1, r2 := netip.MustParseAddrPort("198.19.200.21:9080"), netip.MustParseAddrPort("198.19.200.22:9080")
+	if got := targets("198.19.44.40"); len(got) != 2 || got[r1] != 3 || got[r2] != 3 {
+		t.Errorf("resolution DNS, round robin: targets %v; want both resolved addresses on port 9080, 3 each", got)
+	}
+	if got := targets("198.19.44.41"); len(got) != 1 || got[r1] != 6 {
+		t.Errorf("resolution DNS_ROUND_ROBIN: targets %v; want the first resolved address only", got)
+	}
+	if n := dns.count("backend.partner.example"); n != 1 {
+		t.Errorf("backend.partner.example was asked %d times for 14 connections; want once (cached)", n)
+	}
+
+	d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.44.42:80"))
+	if !ok || d.Identity != idDB || d.Via != netip.AddrPortFrom(d.Target.Addr(), proxy.PortTunnel) || d.Service != "alias.example" ||
+		(d.Target != netip.MustParseAddrPort("198.19.3.61:8080") && d.Target != netip.MustParseAddrPort("198.19.3.62:8080")) {
+		t.Errorf("a name resolving to the db Service's VIP: Resolve = %+v, %v; want a db endpoint through the tunnel", d, ok)
+	}
+
+	for _, vip := range []string{"198.19.44.43", "198.19.44.44"} {
+		if d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort(vip+":80")); ok || d.Target.IsValid() {
+			t.Errorf("Resolve(%s) = %+v, %v; want the address dialled (no usable answer)", vip, d, ok)
+		}
+	}
+	m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.44.43:80"))
+	if n := dns.count("dead.partner.example"); n != 1 {
+		t.Errorf("dead.partner.example was asked %d times for 2 connections within %v; want once (failures cached)", n, failedTTL)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reported) != 2 || !strings.Contains(reported[0]+reported[1], `"dead.partner.example"`) || !strings.Contains(reported[0]+reported[1], `"local.partner.example"`) {
+		t.Errorf("reported %q; want one report for each of dead.partner.example and local.partner.example", reported)
+	}
+}
+
+// TestHostResolverRefresh: an expired answer is served while one lookup in
+// the background refreshes it; a failure is retried once it expires.
+func TestHostResolverRefresh(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1000, 0)
+	answer, calls := "198.19.200.31", 0
+	fail := false
+	refreshed := make(chan struct{}, 4)
+	r := &hostResolver{
+		now:    func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
+		errorf: func(string, ...any) {},
+		lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			defer func() { refreshed <- struct{}{} }()
+			if fail {
+				return nil, errors.New("SERVFAIL")
+			}
+			return []netip.Addr{netip.MustParseAddr(answer)}, nil
+		},
+	}
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	get := func() string {
+		t.Helper()
+		a, err := r.addrs("api.partner.example")
+		if err != nil || len(a) != 1 {
+			return fmt.Sprint(a, err)
+		}
+		return a[0].String()
+	}
+	if got := get(); got != "198.19.200.31" {
+		t.Fatalf("first lookup: %s", got)
+	}
+	<-refreshed
+	mu.Lock()
+	answer = "198.19.200.32"
+	mu.Unlock()
+	advance(resolvedTTL + time.Second)
+	if got := get(); got != "198.19.200.31" {
+		t.Errorf("expired answer while refreshing: %s; want the old one served", got)
+	}
+	<-refreshed
+	if got := get(); got != "198.19.200.32" {
+		t.Errorf("after the refresh: %s; want the new answer", got)
+	}
+	mu.Lock()
+	if calls != 2 {
+		t.Errorf("lookups: %d; want 2 (first, one refresh)", calls)
+	}
+	fail = true
+	mu.Unlock()
+	r.entries = nil // a new name's story: failures
+	if _, err := r.addrs("api.partner.example"); err == nil {
+		t.Fatal("failing lookup: want an error")
+	}
+	<-refreshed
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	if _, err := r.addrs("api.partner.example"); err == nil {
+		t.Error("within failedTTL: want the cached failure")
+	}
+	advance(failedTTL + time.Second)
+	if got := get(); got != "198.19.200.32" {
+		t.Errorf("after failedTTL: %s; want a new lookup's answer", got)
 	}
 }

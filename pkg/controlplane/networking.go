@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -211,6 +212,21 @@ func translateServiceEntry(c config[networkingapi.ServiceEntry], r *rejections) 
 			e.Ports[sp.Port] = tp
 		}
 		ms.Endpoints = append(ms.Endpoints, e)
+	}
+	if (res == "DNS" || res == "DNS_ROUND_ROBIN") && sel == nil && len(ms.Endpoints) == 0 {
+		// Istio: DNS resolution without endpoints resolves the hosts
+		// themselves, each an endpoint on the entry's ports.
+		for _, h := range ms.Hostnames {
+			if strings.HasPrefix(h, "*") {
+				r.reject("host %q: a wildcard host cannot be resolved; resolution %s without endpoints needs hosts that are names (or set endpoints, or resolution NONE)", h, res)
+				return nil, nil
+			}
+			e := model.Endpoint{Hostname: h, Ready: true, Ports: map[uint32]uint32{}}
+			for _, sp := range ms.Ports {
+				e.Ports[sp.Port] = cmp.Or(sp.TargetPort, sp.Port)
+			}
+			ms.Endpoints = append(ms.Endpoints, e)
+		}
 	}
 	if res == "STATIC" && sel == nil && len(ms.Endpoints) == 0 {
 		r.warn("resolution STATIC without endpoints or workloadSelector has no endpoints")

@@ -286,6 +286,17 @@ func TestServiceEntryTranslation(t *testing.T) {
 	if !ok || !ext.External || ext.Resolution != "DNS" || ext.Ports[0].AppProtocol != "TLS" {
 		t.Errorf("www.googleapis.com = %+v; want the external DNS service with a TLS port", ext)
 	}
+	// DNS resolution without endpoints: the hosts themselves are resolved.
+	var hosts []string
+	for _, ep := range ext.Endpoints {
+		if ep.Ports[443] != 443 || !ep.Ready || len(ep.Addresses) != 0 {
+			t.Errorf("endpoint %+v; want a hostname on 443", ep)
+		}
+		hosts = append(hosts, ep.Hostname)
+	}
+	if !slices.Equal(hosts, []string{"api.dropboxapi.com", "www.googleapis.com"}) {
+		t.Errorf("endpoints by hostname %q; want each host of the entry", hosts)
+	}
 	details, ok := snap.ServiceByHostname("details.bookinfo.com")
 	if !ok {
 		t.Fatal("details.bookinfo.com not found")
@@ -369,6 +380,14 @@ spec:
   hosts: [reviews]
   http: [{route: [{weight: 100}]}]
 `, "no destination host"},
+		{"ServiceEntry DNS wildcard without endpoints", `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: se, namespace: foo}
+spec:
+  hosts: ["*.partner.example"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+`, "a wildcard host cannot be resolved"},
 		{"DestinationRule unknown load balancer", `apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata: {name: dr, namespace: foo}

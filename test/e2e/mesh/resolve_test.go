@@ -117,3 +117,39 @@ spec:
 		t.Errorf("source agent's connections to %s (no mutual TLS) moved by %v; want at least 1", host, d)
 	}
 }
+
+// TestServiceEntryDNSEndpoint: an enrolled pod reaches a ServiceEntry host
+// whose endpoint is a hostname (resolution DNS): the entry's address is
+// served by nothing, so the answer shows the source node agent resolved the
+// endpoint's name (a Service of a namespace outside the mesh, through the
+// cluster DNS) and sent the connection there; the agent counts it under the
+// entry's host, without mutual TLS.
+func TestServiceEntryDNSEndpoint(t *testing.T) {
+	lb := meshLab(t)
+	plain := lb.NewNamespace(t)
+	echoServer(t, lb, plain)
+	ns := ambientNamespace(t, lb)
+	host := "legacy-dns." + ns + ".partner.example"
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy-dns}
+spec:
+  hosts: [%s]
+  addresses: [198.19.201.11]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  endpoints: [{address: echo.%s.svc.cluster.local, ports: {http: 8080}}]
+`, host, plain))
+	c := clientPod(t, lb, ns, "caller", "caller")
+	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
+	counted := func() float64 {
+		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`,
+			fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_service=%q`, host),
+			`connection_security_policy="none"`)
+	}
+	before := counted()
+	waitAnswered(t, lb, ns, c.Name, "http://"+host+"/", true, "the ServiceEntry host answered by its endpoint found through DNS")
+	if d := counted() - before; d < 1 {
+		t.Errorf("source agent's connections to %s (no mutual TLS) moved by %v; want at least 1", host, d)
+	}
+}
