@@ -13,6 +13,12 @@
 // the query goes to the configured upstream (the cluster DNS) from the
 // agent's netns.
 //
+// A mesh name with one of the pod's search domains appended, which the
+// pod's resolver asks before the name itself (ndots:5), is answered at once
+// with a CNAME to the mesh name and its addresses, as Istio's DNS proxy and
+// ztunnel answer it; forwarded, it would come back NXDOMAIN, one search
+// domain after another, before the mesh name is asked.
+//
 // Only UDP is proxied. DNS over TCP is not captured as DNS: connect4 sends
 // it to the outbound listener (15001) like any TCP, which passes it through
 // to the resolver the app dialled, so mesh names are not answered over TCP.
@@ -27,6 +33,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +74,12 @@ type Options struct {
 	// MaxInFlight bounds concurrent forwarded queries; zero means 128.
 	// Queries beyond it are answered SERVFAIL at once.
 	MaxInFlight int
+	// SearchDomains are the pod's resolver search domains (such as
+	// KubeSearchDomains gives; any case, trailing dot or not): a query for a
+	// name the mesh does not know that is a mesh name with one of them
+	// appended is answered with a CNAME to the mesh name followed by its
+	// addresses. Nil answers exact mesh names only.
+	SearchDomains []string
 	// TTL is the TTL of answers from the mesh; zero means 5s.
 	TTL time.Duration
 	// Errorf reports problems; nil discards them.
@@ -105,6 +118,7 @@ func Start(opts Options) (*Server, error) {
 	if opts.Errorf == nil {
 		opts.Errorf = func(string, ...any) {}
 	}
+	opts.SearchDomains = searchDomains(opts.SearchDomains)
 	s := &Server{opts: opts, sem: make(chan struct{}, opts.MaxInFlight)}
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		pc, err := listenUDP(opts.Netns, net.JoinHostPort(addr, fmt.Sprint(Port)), opts.Mark)
@@ -188,8 +202,9 @@ func (s *Server) serve(pc net.PacketConn) {
 	}
 }
 
-// local answers a query for a name the mesh knows. ok is false when the
-// query is to be forwarded (or is malformed: the upstream judges it).
+// local answers a query for a name the mesh knows, or for a search-domain
+// expansion of one. ok is false when the query is to be forwarded (or is
+// malformed: the upstream judges it).
 func (s *Server) local(q []byte) ([]byte, bool) {
 	var p dnsmessage.Parser
 	h, err := p.Start(q)
@@ -205,32 +220,117 @@ func (s *Server) local(q []byte) ([]byte, bool) {
 		return nil, false
 	}
 	name := strings.TrimSuffix(strings.ToLower(question.Name.String()), ".")
+	target := "" // the mesh name name expands, when name is not one itself
 	addrs, known := s.opts.Lookup(name)
 	if !known {
-		return nil, false
+		if target, addrs, known = s.expansion(name); !known {
+			return nil, false
+		}
 	}
+	var records []netip.Addr // of the family asked for
+	for _, a := range addrs {
+		if question.Type == dnsmessage.TypeA && a.Is4() || question.Type == dnsmessage.TypeAAAA && a.Is6() && !a.Is4In6() {
+			records = append(records, a)
+		}
+	}
+	// The answer fits maxMessage: the addresses past it are left out. TC is
+	// not set: the client would ask again over TCP, which reaches a
+	// resolver that does not know the mesh's names.
+	for {
+		out, err := s.answer(h, question, target, records)
+		if err != nil {
+			return nil, false
+		}
+		if len(out) <= maxMessage {
+			return out, true
+		}
+		if len(records) == 0 {
+			return nil, false
+		}
+		per := 16 // a compressed A record; loops again if the guess is short
+		if question.Type == dnsmessage.TypeAAAA {
+			per = 28
+		}
+		records = records[:max(0, len(records)-(len(out)-maxMessage+per-1)/per)]
+	}
+}
+
+// expansion finds the mesh name that name is a search-domain expansion of:
+// the name with one of the pod's search domains, the longest first, cut
+// off. ok is false when there is none.
+func (s *Server) expansion(name string) (host string, addrs []netip.Addr, ok bool) {
+	for _, d := range s.opts.SearchDomains {
+		h, found := strings.CutSuffix(name, "."+d)
+		if !found || h == "" {
+			continue
+		}
+		if addrs, ok = s.opts.Lookup(h); ok {
+			return h, addrs, true
+		}
+	}
+	return "", nil, false
+}
+
+// answer builds the answer to the query with header h and the question:
+// a CNAME from the name asked to target unless target is "", then an A or
+// AAAA record for each of records, under target or else the name asked.
+func (s *Server) answer(h dnsmessage.Header, question dnsmessage.Question, target string, records []netip.Addr) ([]byte, error) {
 	b := dnsmessage.NewBuilder(make([]byte, 0, 512), dnsmessage.Header{
 		ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
 	})
 	b.EnableCompression()
-	if b.StartQuestions() != nil || b.Question(question) != nil || b.StartAnswers() != nil {
-		return nil, false
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(question); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
 	}
 	rh := dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: uint32(s.opts.TTL / time.Second)}
-	for _, a := range addrs {
-		switch {
-		case question.Type == dnsmessage.TypeA && a.Is4():
-			if b.AResource(rh, dnsmessage.AResource{A: a.As4()}) != nil {
-				return nil, false
-			}
-		case question.Type == dnsmessage.TypeAAAA && a.Is6() && !a.Is4In6():
-			if b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()}) != nil {
-				return nil, false
-			}
+	if target != "" {
+		t, err := dnsmessage.NewName(target + ".")
+		if err != nil {
+			return nil, err
+		}
+		if err := b.CNAMEResource(rh, dnsmessage.CNAMEResource{CNAME: t}); err != nil {
+			return nil, err
+		}
+		rh.Name = t
+	}
+	for _, a := range records {
+		var err error
+		if a.Is4() {
+			err = b.AResource(rh, dnsmessage.AResource{A: a.As4()})
+		} else {
+			err = b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()})
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	out, err := b.Finish()
-	return out, err == nil
+	return b.Finish()
+}
+
+// KubeSearchDomains returns the search domains the kubelet gives a pod of
+// namespace in a cluster whose DNS domain is clusterDomain (dnsPolicy
+// ClusterFirst), most specific first.
+func KubeSearchDomains(namespace, clusterDomain string) []string {
+	return []string{namespace + ".svc." + clusterDomain, "svc." + clusterDomain, clusterDomain}
+}
+
+// searchDomains returns domains in lower case without dots at either end,
+// empty ones dropped, the longest first.
+func searchDomains(domains []string) []string {
+	var out []string
+	for _, d := range domains {
+		if d = strings.Trim(strings.ToLower(d), "."); d != "" {
+			out = append(out, d)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // forward sends q, which came from the pod's address from, to the

@@ -17,6 +17,12 @@ import (
 // returns the answer (nil on timeout).
 func query(t *testing.T, nsPath, server, name string, typ dnsmessage.Type) *dnsmessage.Message {
 	t.Helper()
+	return exchange(t, nsPath, server, newQuery(t, name, typ))
+}
+
+// newQuery builds a standard query with ID 0x4d4c for name and typ.
+func newQuery(t *testing.T, name string, typ dnsmessage.Type) []byte {
+	t.Helper()
 	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 0x4d4c, RecursionDesired: true})
 	_ = b.StartQuestions()
 	_ = b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName(name), Type: typ, Class: dnsmessage.ClassINET})
@@ -24,7 +30,7 @@ func query(t *testing.T, nsPath, server, name string, typ dnsmessage.Type) *dnsm
 	if err != nil {
 		t.Fatal(err)
 	}
-	return exchange(t, nsPath, server, q)
+	return q
 }
 
 func exchange(t *testing.T, nsPath, server string, q []byte) *dnsmessage.Message {
@@ -144,8 +150,13 @@ func TestDNSProxy(t *testing.T) {
 	if m == nil || len(m.Answers) != 1 || m.Answers[0].Body.(*dnsmessage.AResource).A != [4]byte{198, 19, 44, 99} || forwarded.Load() != 1 {
 		t.Errorf("other name: %+v (upstream saw %d); want the upstream's answer relayed", m, forwarded.Load())
 	}
+	// Without Options.SearchDomains only exact mesh names are answered.
+	m = query(t, pod.Path, server, "api.partner.example.svc.cluster.local.", dnsmessage.TypeA)
+	if m == nil || len(m.Answers) != 1 || m.Answers[0].Body.(*dnsmessage.AResource).A != [4]byte{198, 19, 44, 99} || forwarded.Load() != 2 {
+		t.Errorf("search-domain expansion without SearchDomains: %+v (upstream saw %d); want the upstream's answer relayed", m, forwarded.Load())
+	}
 
-	if m := exchange(t, pod.Path, server, []byte("not a dns message")); m != nil || forwarded.Load() != 1 {
+	if m := exchange(t, pod.Path, server, []byte("not a dns message")); m != nil || forwarded.Load() != 2 {
 		t.Errorf("garbage got an answer (%+v) or reached the upstream (%d queries); want neither", m, forwarded.Load())
 	}
 

@@ -3,7 +3,25 @@ package dnsproxy
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
+
+func TestSearchDomains(t *testing.T) {
+	tests := []struct {
+		in, want []string
+	}{
+		{KubeSearchDomains("shop", "cluster.local"), []string{"shop.svc.cluster.local", "svc.cluster.local", "cluster.local"}},
+		{[]string{"Cluster.Local.", "svc.cluster.local", "", ".", "Shop.svc.cluster.local."}, []string{"shop.svc.cluster.local", "svc.cluster.local", "cluster.local"}},
+		{[]string{"corp.example", "a.b"}, []string{"corp.example", "a.b"}},
+		{nil, nil},
+	}
+	for _, tt := range tests {
+		if got := searchDomains(tt.in); !cmp.Equal(got, tt.want) {
+			t.Errorf("searchDomains(%q) = %q; want %q", tt.in, got, tt.want)
+		}
+	}
+}
 
 func TestForwardable(t *testing.T) {
 	tests := []struct {

@@ -40,6 +40,23 @@ func Pair(t *testing.T, name string, a, b netip.Addr) (Pod, Pod) {
 	return pa, pb
 }
 
+// Loopback creates a netns named name (starting with "mlna-", at most 10
+// bytes) with only its loopback, up: for code that talks to itself inside
+// a pod, like the DNS proxy and its client. Cleanup deletes it.
+func Loopback(t *testing.T, name string) Pod {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if !strings.HasPrefix(name, "mlna-") || len(name) > 10 {
+		t.Fatalf("nstest.Loopback(%q): names start with mlna- and have at most 10 bytes", name)
+	}
+	p := Pod{Name: name, Path: "/var/run/netns/" + name}
+	run(t, "ip", "netns", "del", p.Name) // a leftover from a killed run
+	mustRun(t, "ip", "netns", "add", p.Name)
+	t.Cleanup(func() { run(t, "ip", "netns", "del", p.Name) })
+	mustRun(t, "ip", "-n", p.Name, "link", "set", "lo", "up")
+	return p
+}
+
 // MustListen returns a function that takes a listen call's results, fails
 // the test on error and closes the listener at cleanup:
 // nstest.MustListen(t)(netns.Listen(...)).
