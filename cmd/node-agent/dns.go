@@ -50,11 +50,12 @@ func (c *clusterDNS) upstream() string {
 	return c.addr
 }
 
-// dnsProxies starts each enrolled pod's DNS proxy, which forwards names the
-// mesh does not know to the resolver the pod asked, as dp recorded it; nil
-// (no capture of the pods' DNS) without the mesh, whose model it answers
-// from.
-func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream string, disabled bool) func(nsPath, namespace string) (io.Closer, error) {
+// dnsProxies starts each enrolled pod's DNS proxy, which answers mesh names
+// (also with the pod's search domains in clusterDomain appended) and
+// forwards names the mesh does not know to the resolver the pod asked, as
+// dp recorded it; nil (no capture of the pods' DNS) without the mesh, whose
+// model it answers from.
+func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream, clusterDomain string, disabled bool) func(nsPath, namespace string) (io.Closer, error) {
 	mm, ok := m.(*mesh.Mesh)
 	if !ok || disabled {
 		return nil
@@ -62,9 +63,13 @@ func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream s
 	up := &clusterDNS{client: client, fixed: upstream}
 	return func(nsPath, namespace string) (io.Closer, error) {
 		return dnsproxy.Start(dnsproxy.Options{
-			Netns:  nsPath,
-			Lookup: func(name string) ([]netip.Addr, bool) { return mm.LookupHost(namespace, name) }, Upstream: up.upstream, OriginalDst: dp.SockOriginalDst,
-			Mark: agent.DefaultAgentMark, Errorf: log.Printf,
+			Netns:         nsPath,
+			Lookup:        func(name string) ([]netip.Addr, bool) { return mm.LookupHost(namespace, name) },
+			SearchDomains: dnsproxy.KubeSearchDomains(namespace, clusterDomain),
+			Upstream:      up.upstream,
+			OriginalDst:   dp.SockOriginalDst,
+			Mark:          agent.DefaultAgentMark,
+			Errorf:        log.Printf,
 		})
 	}
 }

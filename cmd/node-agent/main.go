@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -36,7 +37,7 @@ import (
 )
 
 type flags struct {
-	dnsUpstream                       string
+	dnsUpstream, clusterDomain        string
 	noDNSCapture                      bool
 	nodeName, kubeconfig, trustDomain string
 	pinDir, cgroupRoot                string
@@ -78,6 +79,7 @@ func parseFlags() flags {
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown or unenrollment")
 	flag.StringVar(&f.netnsDir, "netns-dir", "/var/run/netns", "the runtime's netns bind mounts, searched for running pods")
 	flag.StringVar(&f.dnsUpstream, "dns-upstream", "", "resolver (host:port) the DNS proxy forwards names the mesh does not know to when the pod's own resolver is unknown; empty: the kube-dns Service of kube-system")
+	flag.StringVar(&f.clusterDomain, "cluster-domain", "cluster.local", "DNS domain of the cluster (the kubelet's --cluster-domain): the DNS proxy answers a mesh name with a pod's search domains <namespace>.svc.<domain>, svc.<domain> and <domain> appended")
 	flag.BoolVar(&f.noDNSCapture, "no-dns-capture", false, "leave enrolled pods' DNS alone (no DNS proxy: ServiceEntry hosts without cluster DNS records do not resolve)")
 	flag.StringVar(&f.meshdAddress, "meshd-address", "", "meshd's xDS and CA address (host:port, 15012); empty runs without the mesh: enrolled traffic passes through unencrypted (data path testing only)")
 	flag.StringVar(&f.meshdServerName, "meshd-server-name", "", "name meshd's TLS certificate must carry; empty means the host of --meshd-address")
@@ -106,6 +108,11 @@ func run(f flags) error {
 	if f.nodeName == "" {
 		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
 	}
+	domain, err := parseClusterDomain(f.clusterDomain)
+	if err != nil {
+		return err
+	}
+	f.clusterDomain = domain
 	if _, err := admin.ApplyMemoryLimit(f.memoryLimit); err != nil {
 		return err
 	}
@@ -179,7 +186,7 @@ func run(f flags) error {
 	ag, err := agent.New(agent.Options{
 		NodeName: f.nodeName, TrustDomain: f.trustDomain, Datapath: dp,
 		Metrics: proxy.NewMetrics(reg), DrainTimeout: f.drainTimeout, Errorf: log.Printf, Mesh: m,
-		DNS: dnsProxies(m, dp, client, f.dnsUpstream, f.noDNSCapture),
+		DNS: dnsProxies(m, dp, client, f.dnsUpstream, f.clusterDomain, f.noDNSCapture),
 	})
 	if err != nil {
 		return err
@@ -310,6 +317,23 @@ func run(f flags) error {
 		}
 	}
 	return nil
+}
+
+// parseClusterDomain checks --cluster-domain, a DNS name (RFC 1123
+// subdomain, any case, trailing dot or not), and returns it in lower case
+// without the dot.
+func parseClusterDomain(s string) (string, error) {
+	d := strings.ToLower(strings.TrimSuffix(s, "."))
+	errs := validation.IsDNS1123Subdomain(d)
+	if len(errs) == 0 {
+		for _, l := range strings.Split(d, ".") {
+			errs = append(errs, validation.IsDNS1123Label(l)...) // 63 bytes at most
+		}
+	}
+	if len(errs) > 0 {
+		return "", fmt.Errorf("--cluster-domain %q is not a DNS name: %s", s, strings.Join(errs, "; "))
+	}
+	return d, nil
 }
 
 func or(a, b string) string {
