@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -621,10 +622,8 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		}
 		cancelTry()
 		held.release()
-		// Envoy's default backoff: 25ms base, doubling, full jitter, 250ms cap.
-		backoff := time.Duration(rand.Int64N(int64(min(25*time.Millisecond<<try, 250*time.Millisecond)) + 1))
 		select {
-		case <-time.After(backoff):
+		case <-time.After(retryBackoff(rp.Backoff, try)):
 		case <-ctx.Done():
 			p.timeoutOrClosed(w, rec, grpc, ctx)
 			return nil, inFlight{}, false
@@ -661,10 +660,26 @@ func retryPolicyFor(spec *model.L7Route) *model.RetryPolicy {
 	return defaultRetry
 }
 
-var defaultRetry = &model.RetryPolicy{
-	Attempts:             2,
-	RetryOn:              []string{"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"},
-	RetriableStatusCodes: []int{503},
+var defaultRetry = &model.DefaultRetry
+
+// retryBackoff is how long to wait before retry n (0 for the first retry)
+// of a policy whose Backoff is base. Zero base is Envoy's default: full
+// jitter over min(25ms<<n, 250ms). Otherwise a random time in [base,
+// min(base<<n, 10*base)]: never under base, which Gateway API calls the
+// minimum between tries, growing like Envoy's exponential backoff up to its
+// 10x cap. n is capped where both ceilings are already reached (2^4 > 10),
+// so that a policy with many attempts cannot overflow the shift.
+func retryBackoff(base time.Duration, n int) time.Duration {
+	n = min(n, 4)
+	if base <= 0 {
+		return time.Duration(rand.Int64N(int64(min(25*time.Millisecond<<n, 250*time.Millisecond)) + 1))
+	}
+	mult := time.Duration(min(1<<n, 10))
+	ceil := base * mult
+	if ceil/mult != base { // overflow: only for a base of centuries
+		ceil = math.MaxInt64
+	}
+	return base + time.Duration(rand.Int64N(int64(ceil-base)+1))
 }
 
 var grpcRetryCodes = map[string]string{

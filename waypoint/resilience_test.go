@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -473,5 +474,146 @@ func TestOutlierEjectionDecays(t *testing.T) {
 		if got := e.ejectedUntil.Sub(now); got != step.want {
 			t.Errorf("ejected at +%v for %v; want %v", step.at, got, step.want)
 		}
+	}
+}
+
+// TestRetryBackoffBounds: the wait before each retry stays in its bounds:
+// Envoy's full jitter without a Backoff, [Backoff, min(Backoff<<n,
+// 10*Backoff)] with one, and it spreads over the range rather than sitting
+// at an end.
+func TestRetryBackoffBounds(t *testing.T) {
+	const ms = time.Millisecond
+	tests := []struct {
+		base   time.Duration
+		n      int
+		lo, hi time.Duration
+	}{
+		{0, 0, 0, 25 * ms},
+		{0, 1, 0, 50 * ms},
+		{0, 3, 0, 200 * ms},
+		{0, 4, 0, 250 * ms},
+		{0, 60, 0, 250 * ms}, // many attempts: no overflow
+		{100 * ms, 0, 100 * ms, 100 * ms},
+		{100 * ms, 1, 100 * ms, 200 * ms},
+		{100 * ms, 3, 100 * ms, 800 * ms},
+		{100 * ms, 4, 100 * ms, time.Second}, // Envoy's 10x cap
+		{100 * ms, 60, 100 * ms, time.Second},
+		{math.MaxInt64 / 4, 2, math.MaxInt64 / 4, math.MaxInt64}, // no overflow
+	}
+	for _, tt := range tests {
+		var low, high bool // a sample in the lower and in the upper quarter
+		for i := 0; i < 2000; i++ {
+			d := retryBackoff(tt.base, tt.n)
+			if d < tt.lo || d > tt.hi {
+				t.Fatalf("retryBackoff(%v, %d) = %v; want within [%v, %v]", tt.base, tt.n, d, tt.lo, tt.hi)
+			}
+			low = low || d <= tt.lo+(tt.hi-tt.lo)/4
+			high = high || d >= tt.hi-(tt.hi-tt.lo)/4
+		}
+		if !low || !high {
+			t.Errorf("retryBackoff(%v, %d) in 2000 samples: lower quarter %v, upper quarter %v; want both of [%v, %v]", tt.base, tt.n, low, high, tt.lo, tt.hi)
+		}
+	}
+}
+
+// tries is a backend that records when each request arrived and answers
+// the first with first (a status, after a pause of firstDelay) and the
+// rest with 200 at once.
+type tries struct {
+	first      int
+	firstDelay time.Duration
+	mu         sync.Mutex
+	at         []time.Time
+}
+
+func (b *tries) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	b.at = append(b.at, time.Now())
+	n := len(b.at)
+	b.mu.Unlock()
+	io.Copy(io.Discard, r.Body)
+	if n > 1 {
+		w.Write([]byte("ok"))
+		return
+	}
+	select {
+	case <-time.After(b.firstDelay):
+	case <-r.Context().Done():
+		return
+	}
+	w.WriteHeader(b.first)
+}
+
+func (b *tries) arrivals() []time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]time.Time(nil), b.at...)
+}
+
+// TestRetryBackoff: a retry waits at least the route's Backoff after the
+// try it repeats; without one it waits Envoy's default (at most 25ms
+// before the first retry), and the retry still happens.
+func TestRetryBackoff(t *testing.T) {
+	tests := []struct {
+		name    string
+		retries *model.RetryPolicy
+		minGap  time.Duration // between the two tries' arrivals
+	}{
+		{name: "backoff 200ms", retries: &model.RetryPolicy{Attempts: 2, RetryOn: []string{"5xx"}, Backoff: 200 * time.Millisecond}, minGap: 200 * time.Millisecond},
+		{name: "default backoff, 5xx", retries: &model.RetryPolicy{Attempts: 2, RetryOn: []string{"5xx"}}},
+		{name: "default policy", retries: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &tries{first: http.StatusServiceUnavailable}
+			h := start(t, oneRoute([]model.L7Cluster{clusterOf("b", backend(t, b))}, model.L7Route{Name: "r", Destinations: to("b"), Retries: tt.retries}), nil)
+			if code, body := h.get(t, newClient(t), "/", nil); code != 200 || body != "ok" {
+				t.Fatalf("GET = %d %q; want 200 ok from the retry", code, body)
+			}
+			at := b.arrivals()
+			if len(at) != 2 {
+				t.Fatalf("backend saw %d tries; want 2", len(at))
+			}
+			gap := at[1].Sub(at[0])
+			if gap < tt.minGap {
+				t.Errorf("retry reached the backend %v after the first try; want at least %v", gap, tt.minGap)
+			}
+			if gap > 2*time.Second {
+				t.Errorf("retry reached the backend %v after the first try; want well under 2s", gap)
+			}
+		})
+	}
+}
+
+// TestPerTryTimeoutRetried: a try that outlives the per-try timeout is cut
+// and, under a policy that retries it (reset, as meshd gives an HTTPRoute
+// retry stanza), retried; the client gets the retry's answer. Istio's
+// default retryOn does not retry a timed-out try, as in Envoy.
+func TestPerTryTimeoutRetried(t *testing.T) {
+	withPerTry := func(rp model.RetryPolicy) *model.RetryPolicy {
+		rp.PerTryTimeout = 100 * time.Millisecond
+		return &rp
+	}
+	tests := []struct {
+		name      string
+		retries   *model.RetryPolicy
+		wantCode  int
+		wantTries int
+	}{
+		{name: "retry on reset", retries: withPerTry(model.RetryPolicy{Attempts: 1, RetryOn: []string{"connect-failure", "refused-stream", "reset"}}), wantCode: 200, wantTries: 2},
+		{name: "retry on 5xx", retries: withPerTry(model.RetryPolicy{Attempts: 1, RetryOn: []string{"5xx"}}), wantCode: 200, wantTries: 2},
+		{name: "default policy", retries: withPerTry(model.DefaultRetry), wantCode: http.StatusGatewayTimeout, wantTries: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &tries{first: 200, firstDelay: 300 * time.Millisecond}
+			h := start(t, oneRoute([]model.L7Cluster{clusterOf("b", backend(t, b))}, model.L7Route{Name: "r", Destinations: to("b"), Retries: tt.retries}), nil)
+			if code, _ := h.get(t, newClient(t), "/", nil); code != tt.wantCode {
+				t.Errorf("GET = %d; want %d", code, tt.wantCode)
+			}
+			if n := len(b.arrivals()); n != tt.wantTries {
+				t.Errorf("backend saw %d tries; want %d", n, tt.wantTries)
+			}
+		})
 	}
 }

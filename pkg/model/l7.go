@@ -159,9 +159,9 @@ type L7Route struct {
 	// Timeout bounds the whole request including retries; zero means none
 	// (Istio's default for HTTP routes).
 	Timeout time.Duration
-	// Retries is the retry policy; nil means Istio's default of 2 retries
-	// on "connect-failure,refused-stream,unavailable,cancelled,
-	// retriable-status-codes" (503); Attempts 0 disables retries.
+	// Retries is the retry policy; nil means DefaultRetry (Istio's 2
+	// retries on "connect-failure,refused-stream,unavailable,cancelled,
+	// retriable-status-codes" (503)); Attempts 0 disables retries.
 	Retries *RetryPolicy
 	// Fault injects delays or aborts; nil means none.
 	Fault *FaultInjection
@@ -254,6 +254,21 @@ type RetryPolicy struct {
 	RetryOn []string
 	// RetriableStatusCodes are the codes retried under retriable-status-codes.
 	RetriableStatusCodes []int
+	// Backoff is the base interval between tries: before retry n (0 for
+	// the first) the proxy waits a random time in [Backoff,
+	// min(Backoff<<n, 10*Backoff)], never less than Backoff. Zero means
+	// Envoy's default: full jitter over min(25ms<<n, 250ms).
+	Backoff time.Duration `json:",omitempty"`
+}
+
+// DefaultRetry is the policy of a route without one: Istio's default of 2
+// retries on connect-failure, refused-stream, unavailable, cancelled and
+// retriable-status-codes (503). It is shared: copy it, and its slices,
+// before changing anything.
+var DefaultRetry = RetryPolicy{
+	Attempts:             2,
+	RetryOn:              []string{"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"},
+	RetriableStatusCodes: []int{503},
 }
 
 // KnownRetryOn are the retry conditions the waypoint implements.
@@ -715,8 +730,8 @@ func (r *L7Route) validate(clusters map[string]*L7Cluster) error {
 		return fmt.Errorf("timeout %v is negative", r.Timeout)
 	}
 	if rp := r.Retries; rp != nil {
-		if rp.Attempts < 0 || rp.PerTryTimeout < 0 {
-			return errors.New("retries: attempts and perTryTimeout must not be negative")
+		if rp.Attempts < 0 || rp.PerTryTimeout < 0 || rp.Backoff < 0 {
+			return errors.New("retries: attempts, perTryTimeout and backoff must not be negative")
 		}
 		for _, on := range rp.RetryOn {
 			if !KnownRetryOn[on] {

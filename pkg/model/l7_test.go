@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +66,9 @@ func TestL7ConfigValidate(t *testing.T) {
 		{name: "bad retryOn", mutate: func(c *L7Config) {
 			c.Listeners[0].VirtualHosts[0].Routes[0].Retries.RetryOn = []string{"sometimes"}
 		}, wantErr: `retryOn "sometimes"`},
+		{name: "negative backoff", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Retries.Backoff = -time.Millisecond
+		}, wantErr: "backoff must not be negative"},
 		{name: "fault percent", mutate: func(c *L7Config) {
 			c.Listeners[0].VirtualHosts[0].Routes[0].Fault.Abort.Percent = 101
 		}, wantErr: "out of range 0-100"},
@@ -110,6 +114,28 @@ func TestCompileRegexAnchored(t *testing.T) {
 	for in, want := range map[string]bool{"/api/v1": true, "/api/v12": true, "/x/api/v1": false, "/api/v1/extra": false} {
 		if got := re.MatchString(in); got != want {
 			t.Errorf("CompileRegex(/api/v[0-9]+).MatchString(%q) = %v; want %v", in, got, want)
+		}
+	}
+}
+
+// TestRetryPolicyBackoffOmitted: a policy without a backoff encodes as it
+// did before the field existed, so a waypoint that decodes strictly and
+// knows no Backoff still takes it.
+func TestRetryPolicyBackoffOmitted(t *testing.T) {
+	tests := []struct {
+		rp   RetryPolicy
+		want bool // "Backoff" in the JSON
+	}{
+		{RetryPolicy{Attempts: 2, PerTryTimeout: time.Second}, false},
+		{RetryPolicy{Attempts: 2, Backoff: 100 * time.Millisecond}, true},
+	}
+	for _, tt := range tests {
+		b, err := json.Marshal(tt.rp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(string(b), `"Backoff"`); got != tt.want {
+			t.Errorf("json.Marshal(%+v) = %s; Backoff present %v, want %v", tt.rp, b, got, tt.want)
 		}
 	}
 }
