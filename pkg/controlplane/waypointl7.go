@@ -371,6 +371,13 @@ func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService]
 		r.Timeout = hr.GetTimeout().AsDuration()
 		if rt := hr.GetRetries(); rt != nil {
 			p := &model.RetryPolicy{Attempts: int(rt.GetAttempts()), PerTryTimeout: rt.GetPerTryTimeout().AsDuration()}
+			if b := rt.GetBackoff(); b != nil {
+				if d := b.AsDuration(); d > 0 {
+					p.Backoff = d
+				} else {
+					lb.bd.rejecter(KindVirtualService, c.meta.Namespace, c.meta.Name).warn("http[%d].retries.backoff %v is not positive; ignored (the default backoff applies)", i, d)
+				}
+			}
 			for _, on := range strings.Split(rt.GetRetryOn(), ",") {
 				on = strings.TrimSpace(on)
 				if code, err := strconv.Atoi(on); err == nil {

@@ -442,3 +442,50 @@ func TestWaypointL7RedirectDerivePort(t *testing.T) {
 		t.Errorf("redirect = %+v; want https, derivePort FROM_REQUEST_PORT", rd)
 	}
 }
+
+// TestWaypointL7VirtualServiceRetryBackoff: a VirtualService's
+// retries.backoff reaches the waypoint as the route's Backoff; a value that
+// is not positive is reported on the VirtualService and ignored.
+func TestWaypointL7VirtualServiceRetryBackoff(t *testing.T) {
+	tests := []struct {
+		name    string
+		retries string
+		want    model.RetryPolicy
+		warned  string // part of the warning; empty means none
+	}{
+		{name: "backoff", retries: "{attempts: 3, retryOn: 5xx, backoff: 200ms}", want: model.RetryPolicy{Attempts: 3, RetryOn: []string{"5xx"}, Backoff: 200 * time.Millisecond}},
+		{name: "no backoff", retries: "{attempts: 3, retryOn: 5xx}", want: model.RetryPolicy{Attempts: 3, RetryOn: []string{"5xx"}}},
+		{name: "zero backoff", retries: "{attempts: 3, retryOn: 5xx, backoff: 0s}", want: model.RetryPolicy{Attempts: 3, RetryOn: []string{"5xx"}}, warned: "http[0].retries.backoff 0s is not positive; ignored"},
+		{name: "negative backoff", retries: "{attempts: 3, retryOn: 5xx, backoff: -1s}", want: model.RetryPolicy{Attempts: 3, RetryOn: []string{"5xx"}}, warned: "http[0].retries.backoff -1s is not positive; ignored"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    retries: `+tt.retries+`
+`)...))
+			switch {
+			case tt.warned == "" && len(rej) != 0:
+				t.Errorf("rejections = %v; want none", rej)
+			case tt.warned != "" && !hasRejection(rej, "VirtualService bookinfo/reviews: "+tt.warned, true):
+				t.Errorf("rejections = %v; want a warning %q", rej, tt.warned)
+			}
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/waypoint")
+			}
+			r := cfg.Listeners[0].VirtualHosts[0].Routes[0]
+			if r.Retries == nil {
+				t.Fatalf("route %+v has no retry policy; want %+v", r, tt.want)
+			}
+			if diff := cmp.Diff(tt.want, *r.Retries); diff != "" {
+				t.Errorf("retry policy (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
