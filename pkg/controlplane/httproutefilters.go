@@ -51,9 +51,11 @@ func (lb *l7Builder) applyHTTPRouteRule(rt *gatewayv1.HTTPRoute, rule gatewayv1.
 			rp.Attempts = *rule.Retry.Attempts
 		}
 		if rule.Retry.Backoff != nil {
-			if _, err := time.ParseDuration(string(*rule.Retry.Backoff)); err != nil {
-				return fmt.Errorf("retry.backoff %q: %w", *rule.Retry.Backoff, err)
+			d, err := time.ParseDuration(string(*rule.Retry.Backoff))
+			if err != nil || d < 0 {
+				return fmt.Errorf("retry.backoff %q is not a duration (want one such as \"100ms\")", *rule.Retry.Backoff)
 			}
+			rp.Backoff = d // "0s": no minimum, the waypoint's default backoff
 		}
 		if len(rule.Retry.Codes) > 0 {
 			rp.RetryOn = []string{"retriable-status-codes"}

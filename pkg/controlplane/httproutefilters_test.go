@@ -90,6 +90,13 @@ spec:
 			Retries:      &model.RetryPolicy{Attempts: 3, RetryOn: []string{"retriable-status-codes"}, RetriableStatusCodes: []int{503, 504}},
 		},
 	}, {
+		name: "a retry backoff that is no duration: 500",
+		rules: `  - retry: {attempts: 2, backoff: later}
+    backendRefs: [{name: reviews, port: 9080}]
+`,
+		want:     model.L7Route{DirectResponse: &model.DirectResponse{Status: 500}},
+		rejected: `retry.backoff "later" is not a duration (want one such as "100ms")`,
+	}, {
 		name: "an ExtensionRef is never skipped: 500",
 		rules: `  - matches: [{path: {type: PathPrefix, value: /admin}}]
     filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: strict}}]

@@ -809,20 +809,57 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 		if len(r.Destinations) == 0 {
 			r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no backends → 500
 		}
-		if rule.Timeouts != nil && rule.Timeouts.Request != nil {
-			if d, err := time.ParseDuration(string(*rule.Timeouts.Request)); err == nil {
-				r.Timeout = d
-			}
-		}
+		var perTry time.Duration
+		r.Timeout, perTry = lb.httpRouteTimeouts(rt, i, rule.Timeouts)
 		if err := lb.applyHTTPRouteRule(rt, rule, &r, resolved, defaultPort); err != nil {
 			// Gateway API: a filter that cannot be applied is never
 			// skipped; the requests it would have handled get an error.
 			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d]: %v; its requests are answered 500", i, err)
 			r = model.L7Route{Name: r.Name, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
 		}
+		if perTry > 0 && len(r.Destinations) > 0 {
+			if r.Retries == nil {
+				// No retry stanza: the waypoint's default retries, each
+				// try bounded.
+				rp := model.DefaultRetry
+				rp.RetryOn = slices.Clone(rp.RetryOn)
+				rp.RetriableStatusCodes = slices.Clone(rp.RetriableStatusCodes)
+				r.Retries = &rp
+			}
+			r.Retries.PerTryTimeout = perTry
+		}
 		routes = append(routes, splitMatches(r)...)
 	}
 	return routes
+}
+
+// httpRouteTimeouts reads rule i's timeouts: request bounds the whole
+// request with its retries, backendRequest each try (Gateway API: "a
+// timeout for an individual request from the gateway to a backend"). "0s"
+// disables either. A value that is not a duration is reported on the route
+// and that timeout left unset. A backendRequest longer than request is
+// invalid (Gateway API) and reported; request then bounds each try.
+func (lb *l7Builder) httpRouteTimeouts(rt *gatewayv1.HTTPRoute, i int, t *gatewayv1.HTTPRouteTimeouts) (request, backendRequest time.Duration) {
+	if t == nil {
+		return 0, 0
+	}
+	parse := func(field string, v *gatewayv1.Duration) time.Duration {
+		if v == nil {
+			return 0
+		}
+		d, err := time.ParseDuration(string(*v))
+		if err != nil || d < 0 {
+			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d].timeouts.%s %q is not a duration (want one such as \"10s\" or \"500ms\", \"0s\" for none); the rule has no %s timeout", i, field, *v, field)
+			return 0
+		}
+		return d
+	}
+	request, backendRequest = parse("request", t.Request), parse("backendRequest", t.BackendRequest)
+	if request > 0 && backendRequest > request {
+		lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d].timeouts.backendRequest %v is longer than timeouts.request %v, which Gateway API does not allow; each try is bounded by %v", i, backendRequest, request, request)
+		backendRequest = request
+	}
+	return request, backendRequest
 }
 
 // referenceGranted reports whether a ReferenceGrant in toNS lets routes of

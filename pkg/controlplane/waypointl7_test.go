@@ -489,3 +489,91 @@ spec:
 		})
 	}
 }
+
+// TestWaypointL7HTTPRouteRetryAndTimeouts: an HTTPRoute rule's retry.backoff
+// and timeouts reach the waypoint: request as the route timeout,
+// backendRequest as each try's (with the default retries when the rule has
+// no retry stanza); "0s" disables either, and a value the waypoint cannot
+// use is reported on the route.
+func TestWaypointL7HTTPRouteRetryAndTimeouts(t *testing.T) {
+	safe := []string{"connect-failure", "refused-stream", "reset"} // a stanza without codes
+	defaultWith := func(perTry time.Duration) *model.RetryPolicy {
+		rp := model.DefaultRetry
+		rp.PerTryTimeout = perTry
+		return &rp
+	}
+	tests := []struct {
+		name     string
+		rule     string // the rule's fields besides backendRefs
+		timeout  time.Duration
+		retries  *model.RetryPolicy
+		reported string // part of the warning; empty means none
+	}{{
+		name:    "retry backoff",
+		rule:    "retry: {attempts: 2, backoff: 200ms}",
+		retries: &model.RetryPolicy{Attempts: 2, RetryOn: safe, Backoff: 200 * time.Millisecond},
+	}, {
+		name:    "backendRequest without a retry stanza: the default retries, each try bounded",
+		rule:    "timeouts: {request: 10s, backendRequest: 2s}",
+		timeout: 10 * time.Second,
+		retries: defaultWith(2 * time.Second),
+	}, {
+		name:    "backendRequest with a retry stanza",
+		rule:    "retry: {attempts: 3, backoff: 50ms}\n    timeouts: {backendRequest: 1s}",
+		retries: &model.RetryPolicy{Attempts: 3, RetryOn: safe, Backoff: 50 * time.Millisecond, PerTryTimeout: time.Second},
+	}, {
+		name:    "request 0s: no route timeout",
+		rule:    "timeouts: {request: 0s, backendRequest: 5s}",
+		retries: defaultWith(5 * time.Second),
+	}, {
+		name:    "backendRequest 0s: no per-try timeout",
+		rule:    "timeouts: {request: 3s, backendRequest: 0s}",
+		timeout: 3 * time.Second,
+	}, {
+		name:     "backendRequest over request: request bounds each try",
+		rule:     "timeouts: {request: 1s, backendRequest: 5s}",
+		timeout:  time.Second,
+		retries:  defaultWith(time.Second),
+		reported: "rules[0].timeouts.backendRequest 5s is longer than timeouts.request 1s",
+	}, {
+		name:     "unparsable request",
+		rule:     "timeouts: {request: soon, backendRequest: 2s}",
+		retries:  defaultWith(2 * time.Second),
+		reported: `rules[0].timeouts.request "soon" is not a duration (want one such as "10s"`,
+	}, {
+		name:     "unparsable backendRequest",
+		rule:     "timeouts: {request: 2s, backendRequest: 1x}",
+		timeout:  2 * time.Second,
+		reported: `rules[0].timeouts.backendRequest "1x" is not a duration (want one such as "10s"`,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - backendRefs: [{name: reviews, port: 9080}]
+    `+tt.rule+`
+`)...))
+			switch {
+			case tt.reported == "" && len(rej) != 0:
+				t.Errorf("rejections = %v; want none", rej)
+			case tt.reported != "" && !hasRejection(rej, "HTTPRoute bookinfo/reviews: "+tt.reported, true):
+				t.Errorf("rejections = %v; want a warning %q", rej, tt.reported)
+			}
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/waypoint")
+			}
+			r := cfg.Listeners[0].VirtualHosts[0].Routes[0]
+			if r.Timeout != tt.timeout {
+				t.Errorf("route timeout = %v; want %v", r.Timeout, tt.timeout)
+			}
+			if diff := cmp.Diff(tt.retries, r.Retries); diff != "" {
+				t.Errorf("retry policy (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
