@@ -57,15 +57,15 @@ func (lb *l7Builder) applyHTTPRouteRule(rt *gatewayv1.HTTPRoute, rule gatewayv1.
 			}
 			rp.Backoff = d // "0s": no minimum, the waypoint's default backoff
 		}
+		// Gateway API: implementations SHOULD retry connection errors
+		// (disconnect, reset, timeout, TCP failure) under any retry
+		// stanza; "reset" also retries a try cut by backendRequest.
+		rp.RetryOn = []string{"connect-failure", "refused-stream", "reset"}
 		if len(rule.Retry.Codes) > 0 {
-			rp.RetryOn = []string{"retriable-status-codes"}
+			rp.RetryOn = append(rp.RetryOn, "retriable-status-codes")
 			for _, c := range rule.Retry.Codes {
 				rp.RetriableStatusCodes = append(rp.RetriableStatusCodes, int(c))
 			}
-		} else {
-			// Gateway API: without codes, retry what is safe to retry:
-			// connection failures and resets before a response.
-			rp.RetryOn = []string{"connect-failure", "refused-stream", "reset"}
 		}
 		r.Retries = rp
 	}

@@ -81,13 +81,13 @@ spec:
 			Mirrors:      []model.Mirror{{Cluster: cluster, Percent: 25}},
 		},
 	}, {
-		name: "retry on codes",
+		name: "retry on codes, and on connection errors",
 		rules: `  - retry: {attempts: 3, codes: [503, 504]}
     backendRefs: [{name: reviews, port: 9080}]
 `,
 		want: model.L7Route{
 			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
-			Retries:      &model.RetryPolicy{Attempts: 3, RetryOn: []string{"retriable-status-codes"}, RetriableStatusCodes: []int{503, 504}},
+			Retries:      &model.RetryPolicy{Attempts: 3, RetryOn: []string{"connect-failure", "refused-stream", "reset", "retriable-status-codes"}, RetriableStatusCodes: []int{503, 504}},
 		},
 	}, {
 		name: "a retry backoff that is no duration: 500",
