@@ -23,7 +23,9 @@
 //  9. the request is forwarded through the cluster's circuit breaker
 //     (overflow → 503 UO) and load balancer, with per-try timeouts and
 //     retries (Envoy's retry_on conditions; retries prefer endpoints not
-//     yet tried), feeding outlier detection;
+//     yet tried; between tries a RetryPolicy.Backoff is waited at least,
+//     growing to 10x, else Envoy's default jitter: see retryBackoff),
+//     feeding outlier detection;
 //  10. response headers are edited and the body streamed back with trailers
 //     (gRPC) and flushing, or the connection is handed over after a 101
 //     (WebSocket only: other upgrades such as h2c are dropped, since an
