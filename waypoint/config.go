@@ -116,8 +116,10 @@ type match struct {
 
 type strMatch struct {
 	exact, prefix string
-	re            *regexp.Regexp
-	ignoreCase    bool
+	// pathPrefix is a segment-aware prefix (model.HasPathPrefix).
+	pathPrefix string
+	re         *regexp.Regexp
+	ignoreCase bool
 }
 
 type headerMatch struct {
@@ -268,9 +270,9 @@ func compileStr(m *model.StringMatch) (*strMatch, error) {
 	if m == nil || m.IsZero() {
 		return nil, nil
 	}
-	s := &strMatch{exact: m.Exact, prefix: m.Prefix, ignoreCase: m.IgnoreCase}
+	s := &strMatch{exact: m.Exact, prefix: m.Prefix, pathPrefix: m.PathPrefix, ignoreCase: m.IgnoreCase}
 	if m.IgnoreCase {
-		s.exact, s.prefix = strings.ToLower(s.exact), strings.ToLower(s.prefix)
+		s.exact, s.prefix, s.pathPrefix = strings.ToLower(s.exact), strings.ToLower(s.prefix), strings.ToLower(s.pathPrefix)
 	}
 	if m.Regex != "" {
 		re, err := model.CompileRegex(m.Regex)
@@ -305,8 +307,11 @@ func (s *strMatch) match(v string) bool {
 	case s.ignoreCase:
 		v = strings.ToLower(v)
 	}
-	if s.exact != "" {
+	switch {
+	case s.exact != "":
 		return v == s.exact
+	case s.pathPrefix != "":
+		return model.HasPathPrefix(v, s.pathPrefix)
 	}
 	return strings.HasPrefix(v, s.prefix)
 }

@@ -11,7 +11,8 @@
 //     missing → anonymous); this comes before routing, as Envoy's jwt_authn
 //     filter does, so that claim headers it outputs (and strips when a
 //     client sends them) are what route matches see;
-//  3. the route is chosen (first match in Istio order);
+//  3. the route is chosen (first match in Istio order; a Gateway API
+//     PathPrefix matches whole segments of the normalized path);
 //  4. AuthorizationPolicy is evaluated by pkg/policy (DENY, then ALLOW),
 //     after JWT because requestPrincipals and request.auth.* need its
 //     result; an unmatched request is 404 only if authorization allows it;

@@ -1198,6 +1198,15 @@ func rewritePath(path string, rt *route) string {
 			whole = whole || u.match(path)
 		case u.prefix != "" && u.match(path):
 			return rw.URIPrefix + path[len(u.prefix):]
+		case u.pathPrefix != "" && u.match(path):
+			// The segments matched are replaced, one slash kept between
+			// the replacement and the rest: with "/v2", "/api/x" is
+			// "/v2/x"; with "/", "/api/x" is "/x" and "/api" is "/".
+			rest := path[len(strings.TrimSuffix(u.pathPrefix, "/")):]
+			if strings.HasSuffix(rw.URIPrefix, "/") {
+				rest = strings.TrimPrefix(rest, "/")
+			}
+			return rw.URIPrefix + rest
 		}
 	}
 	if whole {

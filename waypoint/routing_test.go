@@ -135,8 +135,9 @@ func TestUpdateSwapsConfig(t *testing.T) {
 
 // TestRewriteURI: rewrite.uri as Istio has it: a prefix match has its
 // matched prefix replaced (case-insensitively with ignoreUriCase), an exact
-// match the whole path, and a route that does not match on the URI the
-// leading "/" (Envoy's implicit prefix match).
+// match the whole path, a PathPrefix match its matched segments, and a
+// route that does not match on the URI the leading "/" (Envoy's implicit
+// prefix match).
 func TestRewriteURI(t *testing.T) {
 	v2 := &named{name: "v2"}
 	rewrite := func(name, to string, m model.RouteMatch) model.L7Route {
@@ -146,6 +147,8 @@ func TestRewriteURI(t *testing.T) {
 		rewrite("exact", "/replaced", model.RouteMatch{URI: &model.StringMatch{Exact: "/exact/path"}}),
 		rewrite("any case", "/v3/", model.RouteMatch{URI: &model.StringMatch{Prefix: "/api/", IgnoreCase: true}}),
 		rewrite("by header", "/v2/", model.RouteMatch{Headers: []model.HeaderMatch{{Name: "x-rewrite", Value: model.StringMatch{Exact: "yes"}}}}),
+		rewrite("segments", "/v4", model.RouteMatch{URI: &model.StringMatch{PathPrefix: "/seg/"}}),
+		rewrite("segments to root", "/", model.RouteMatch{URI: &model.StringMatch{PathPrefix: "/root"}}),
 	)
 	h := start(t, cfg, nil)
 	client := newClient(t)
@@ -155,6 +158,10 @@ func TestRewriteURI(t *testing.T) {
 		{"/exact/path", "", "/replaced"},
 		{"/API/items/1", "", "/v3/items/1"},
 		{"/foo/bar", "yes", "/v2/foo/bar"},
+		{"/seg/items", "", "/v4/items"},
+		{"/seg", "", "/v4"},
+		{"/root/x", "", "/x"},
+		{"/root", "", "/"},
 	} {
 		hdr := map[string]string{}
 		if tt.header != "" {
@@ -194,6 +201,44 @@ func TestRedirectDerivePort(t *testing.T) {
 		resp.Body.Close()
 		if got := resp.Header.Get("Location"); resp.StatusCode != 302 || got != tt.want {
 			t.Errorf("GET %s = %d Location %q; want 302 %q", tt.path, resp.StatusCode, got, tt.want)
+		}
+	}
+}
+
+// TestPathPrefixMatch: a PathPrefix matches whole path segments (Gateway
+// API), a trailing slash in it ignored; "/" matches every path.
+func TestPathPrefixMatch(t *testing.T) {
+	tests := []struct {
+		prefix     string
+		ignoreCase bool
+		path       string
+		want       bool
+	}{
+		{prefix: "/api", path: "/api", want: true},
+		{prefix: "/api", path: "/api/", want: true},
+		{prefix: "/api", path: "/api/x", want: true},
+		{prefix: "/api", path: "/apiv2", want: false},
+		{prefix: "/api", path: "/ap", want: false},
+		{prefix: "/api/", path: "/api", want: true},
+		{prefix: "/api/", path: "/api/", want: true},
+		{prefix: "/api/", path: "/api/x", want: true},
+		{prefix: "/api/", path: "/apiv2", want: false},
+		{prefix: "/api/", path: "/ap", want: false},
+		{prefix: "/", path: "/", want: true},
+		{prefix: "/", path: "/api", want: true},
+		{prefix: "/", path: "/apiv2/x", want: true},
+		{prefix: "/api", path: "/API/x", want: false},
+		{prefix: "/api", ignoreCase: true, path: "/API/x", want: true},
+		{prefix: "/API", ignoreCase: true, path: "/api", want: true},
+		{prefix: "/API", ignoreCase: true, path: "/apiv2", want: false},
+	}
+	for _, tt := range tests {
+		m, err := compileStr(&model.StringMatch{PathPrefix: tt.prefix, IgnoreCase: tt.ignoreCase})
+		if err != nil {
+			t.Fatalf("compileStr(PathPrefix %q) = %v", tt.prefix, err)
+		}
+		if got := m.match(tt.path); got != tt.want {
+			t.Errorf("PathPrefix %q (ignoreCase %v) on %q = %v; want %v", tt.prefix, tt.ignoreCase, tt.path, got, tt.want)
 		}
 	}
 }

@@ -298,13 +298,13 @@ func onePrefix(ms []model.RouteMatch) (string, bool) {
 	}
 	var p string
 	for i, m := range ms {
-		if m.URI == nil || m.URI.Prefix == "" {
+		if m.URI == nil || m.URI.PathPrefix == "" {
 			return "", false
 		}
-		if i > 0 && m.URI.Prefix != p {
+		if i > 0 && m.URI.PathPrefix != p {
 			return "", false
 		}
-		p = m.URI.Prefix
+		p = m.URI.PathPrefix
 	}
 	return p, true
 }

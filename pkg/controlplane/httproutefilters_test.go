@@ -58,7 +58,7 @@ spec:
     backendRefs: [{name: reviews, port: 9080}]
 `,
 		want: model.L7Route{
-			Matches:      []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/api(/.*)?$`}}}, // a segment-aware PathPrefix
+			Matches:      []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/api/"}}},
 			Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			Rewrite:      &model.Rewrite{Authority: "reviews.internal", URIRegex: &model.RegexRewrite{Pattern: `^/api(/.*)?$`, Substitution: "/v2${1}"}},
 		},
@@ -103,7 +103,7 @@ spec:
     backendRefs: [{name: reviews, port: 9080}]
 `,
 		want: model.L7Route{
-			Matches:        []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/admin(/.*)?$`}}},
+			Matches:        []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/admin"}}},
 			DirectResponse: &model.DirectResponse{Status: 500},
 		},
 		rejected: "ExtensionRef Auth/strict is not supported",

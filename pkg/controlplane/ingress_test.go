@@ -89,7 +89,7 @@ func TestIngressGatewayL7(t *testing.T) {
 				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			}, {
 				Name:         "bookinfo.bookinfo.0",
-				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Regex: `^/static(/.*)?$`}}},
+				Matches:      []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/static"}}},
 				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			}}},
 			// The cross-namespace backend without a ReferenceGrant is dropped: 500.

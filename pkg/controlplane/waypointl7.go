@@ -593,14 +593,14 @@ func sortGatewayRoutes(routes []model.L7Route) {
 			switch {
 			case u.Exact != "":
 				k.path, k.length = 3, len(u.Exact)
+			case u.PathPrefix != "":
+				// A trailing slash does not count: "/api/" and "/api"
+				// match the same paths.
+				k.path, k.length = 2, len(strings.TrimSuffix(u.PathPrefix, "/"))
 			case u.Prefix != "":
 				k.path, k.length = 2, len(u.Prefix)
 			case u.Regex != "":
-				if p, ok := segmentPrefixOf(u.Regex); ok {
-					k.path, k.length = 2, len(p)
-				} else {
-					k.path, k.length = 1, len(u.Regex)
-				}
+				k.path, k.length = 1, len(u.Regex)
 			}
 		}
 		if m.Method != nil {
@@ -632,56 +632,18 @@ func sortGatewayRoutes(routes []model.L7Route) {
 }
 
 // splitMatches makes one route per match of r (Gateway API ranks each match
-// on its own), each with a PathPrefix made segment-aware: Gateway API's
-// "/api" matches /api and /api/x, not /apix (a plain string prefix would).
-// A route without matches stays one route.
+// on its own). A route without matches stays one route.
 func splitMatches(r model.L7Route) []model.L7Route {
-	if len(r.Matches) == 0 {
+	if len(r.Matches) <= 1 {
 		return []model.L7Route{r}
 	}
 	out := make([]model.L7Route, 0, len(r.Matches))
 	for _, m := range r.Matches {
-		if m.URI != nil && m.URI.Prefix != "" && m.URI.Prefix != "/" {
-			m.URI = &model.StringMatch{Regex: segmentPrefixRegex(m.URI.Prefix)}
-		}
 		one := r
 		one.Matches = []model.RouteMatch{m}
 		out = append(out, one)
 	}
 	return out
-}
-
-// segmentPrefixRegex matches p as a Gateway API PathPrefix: whole path
-// segments, a trailing slash ignored.
-func segmentPrefixRegex(p string) string {
-	return "^" + regexp.QuoteMeta(strings.TrimSuffix(p, "/")) + segmentTail
-}
-
-const segmentTail = "(/.*)?$"
-
-// segmentPrefixOf returns the prefix of a segmentPrefixRegex expression.
-func segmentPrefixOf(re string) (string, bool) {
-	body, ok := strings.CutPrefix(re, "^")
-	if !ok {
-		return "", false
-	}
-	if body, ok = strings.CutSuffix(body, segmentTail); !ok {
-		return "", false
-	}
-	p := unquoteMeta(body)
-	return p, regexp.QuoteMeta(p) == body
-}
-
-// unquoteMeta undoes regexp.QuoteMeta.
-func unquoteMeta(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+1 < len(s) {
-			i++
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // jwtProviders collects the JWT rules of RequestAuthentications that target
@@ -777,7 +739,7 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 				case gatewayv1.PathMatchRegularExpression:
 					rm.URI = &model.StringMatch{Regex: *m.Path.Value}
 				default:
-					rm.URI = &model.StringMatch{Prefix: *m.Path.Value}
+					rm.URI = &model.StringMatch{PathPrefix: *m.Path.Value}
 				}
 			}
 			if m.Method != nil {

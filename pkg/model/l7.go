@@ -177,7 +177,8 @@ type L7Route struct {
 	RateLimit *RateLimit
 }
 
-// StringMatch is Istio's StringMatch: exactly one of Exact, Prefix or Regex.
+// StringMatch is Istio's StringMatch: exactly one of Exact, Prefix or Regex,
+// or Gateway API's PathPrefix.
 type StringMatch struct {
 	// Exact matches the whole value.
 	Exact string
@@ -185,12 +186,27 @@ type StringMatch struct {
 	Prefix string
 	// Regex is an RE2 expression that must match the whole value.
 	Regex string
-	// IgnoreCase makes Exact and Prefix case-insensitive.
+	// PathPrefix matches whole path segments, as Gateway API's PathPrefix
+	// (see HasPathPrefix): "/api" matches /api, /api/ and /api/x, not
+	// /apiv2; a trailing slash in it is ignored. It must start with "/".
+	PathPrefix string `json:",omitempty"`
+	// IgnoreCase makes Exact, Prefix and PathPrefix case-insensitive.
 	IgnoreCase bool
 }
 
 // IsZero reports whether no match kind is set.
-func (m StringMatch) IsZero() bool { return m.Exact == "" && m.Prefix == "" && m.Regex == "" }
+func (m StringMatch) IsZero() bool {
+	return m.Exact == "" && m.Prefix == "" && m.Regex == "" && m.PathPrefix == ""
+}
+
+// HasPathPrefix reports whether path starts with prefix on a segment
+// boundary (Gateway API's PathPrefix): after prefix, less its trailing
+// slash, path ends or goes on with "/". The prefix "/" matches every path
+// that starts with "/".
+func HasPathPrefix(path, prefix string) bool {
+	p := strings.TrimSuffix(prefix, "/")
+	return strings.HasPrefix(path, p) && (len(path) == len(p) || path[len(p)] == '/')
+}
 
 // HeaderMatch matches one request header (or, in QueryParams, one parameter).
 type HeaderMatch struct {
@@ -837,30 +853,32 @@ func (m *RouteMatch) validate() error {
 	return nil
 }
 
-// Validate checks that exactly one kind is set and that a regex compiles
-// within the size bound.
+// Validate checks that exactly one kind is set, that a path prefix starts
+// with "/" and that a regex compiles within the size bound.
 func (m StringMatch) Validate() error {
-	n := 0
-	for _, s := range []string{m.Exact, m.Prefix, m.Regex} {
-		if s != "" {
-			n++
-		}
-	}
-	if n != 1 {
-		return errors.New("string match needs exactly one of exact, prefix or regex")
+	if m.kinds() != 1 {
+		return errors.New("string match needs exactly one of exact, prefix or regex (or a pathPrefix)")
 	}
 	return m.validateOptional()
 }
 
-func (m StringMatch) validateOptional() error {
+// kinds counts the match kinds set.
+func (m StringMatch) kinds() int {
 	n := 0
-	for _, s := range []string{m.Exact, m.Prefix, m.Regex} {
+	for _, s := range []string{m.Exact, m.Prefix, m.Regex, m.PathPrefix} {
 		if s != "" {
 			n++
 		}
 	}
-	if n > 1 {
-		return errors.New("string match sets more than one of exact, prefix or regex")
+	return n
+}
+
+func (m StringMatch) validateOptional() error {
+	if m.kinds() > 1 {
+		return errors.New("string match sets more than one of exact, prefix, regex or pathPrefix")
+	}
+	if m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/") {
+		return fmt.Errorf("pathPrefix %q does not start with /", m.PathPrefix)
 	}
 	if m.Regex != "" {
 		if _, err := CompileRegex(m.Regex); err != nil {

@@ -60,6 +60,18 @@ func TestL7ConfigValidate(t *testing.T) {
 		{name: "two match kinds", mutate: func(c *L7Config) {
 			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].URI = &StringMatch{Prefix: "/a", Exact: "/a"}
 		}, wantErr: "exactly one of exact, prefix or regex"},
+		{name: "path prefix", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].URI = &StringMatch{PathPrefix: "/api/"}
+		}},
+		{name: "path prefix and prefix", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].URI = &StringMatch{Prefix: "/a", PathPrefix: "/a"}
+		}, wantErr: "exactly one of exact, prefix or regex"},
+		{name: "path prefix without slash", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].URI = &StringMatch{PathPrefix: "api"}
+		}, wantErr: `pathPrefix "api" does not start with /`},
+		{name: "header path prefix and exact", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].Headers[0].Value = StringMatch{Exact: "a", PathPrefix: "/a"}
+		}, wantErr: "more than one of"},
 		{name: "redirect and destinations", mutate: func(c *L7Config) {
 			c.Listeners[0].VirtualHosts[0].Routes[0].Redirect = &Redirect{URI: "/x"}
 		}, wantErr: "exactly one of destinations, redirect or directResponse"},
