@@ -32,8 +32,9 @@ type compiled struct {
 	scopedPolicies bool
 	jwt            *jwtAuthenticator
 	tcpCluster     *upstream
-	// limiters by listener/vhost/route name, so that a config push keeps
-	// the token buckets of unchanged rate limits.
+	// limiters by listener/vhost/route name, shared by the routes of a
+	// virtual host with that name, and kept by a config push for unchanged
+	// rate limits.
 	limiters map[string]*rateLimiter
 	// telemetry is the Telemetry API's say over access log, metrics and
 	// trace sampling; nil fields keep Options' defaults.
@@ -188,7 +189,20 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 				}
 			}
 			for k := range vs.Routes {
-				r, err := compileRoute(&vs.Routes[k], c.clusters, oldLimiters[limiterKey(ls.Name, vs.Name, vs.Routes[k].Name)])
+				// Routes of a virtual host that share a name share one
+				// token bucket: meshd splits a Gateway API rule with several
+				// matches into one route per match (for precedence), all
+				// with the rule's name, and the rule's limit must not be
+				// multiplied by its matches. The name is already what keeps
+				// a bucket across config pushes, so keying on it needs no
+				// field in the model and holds for configs from an older
+				// meshd too. A limit that differs gets its own bucket.
+				key := limiterKey(ls.Name, vs.Name, vs.Routes[k].Name)
+				prev := c.limiters[key]
+				if prev == nil {
+					prev = oldLimiters[key]
+				}
+				r, err := compileRoute(&vs.Routes[k], c.clusters, prev)
 				if err != nil {
 					return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: route %d: %w", ls.Name, vs.Name, k, err)
 				}
@@ -196,8 +210,8 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 					r.cors = vhCORS
 				}
 				vh.routes = append(vh.routes, r)
-				if r.limiter != nil {
-					c.limiters[limiterKey(ls.Name, vs.Name, r.name)] = r.limiter
+				if r.limiter != nil && c.limiters[key] == nil {
+					c.limiters[key] = r.limiter
 				}
 			}
 			l.vhosts = append(l.vhosts, vh)
@@ -212,7 +226,10 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 	return c, nil
 }
 
-func compileRoute(spec *model.L7Route, clusters map[string]*cluster, oldLimiter *rateLimiter) (*route, error) {
+// compileRoute builds one route; its rate limit uses shared (the bucket of
+// a route of the same name, in this config or the last) when the limits are
+// equal, else a new bucket.
+func compileRoute(spec *model.L7Route, clusters map[string]*cluster, shared *rateLimiter) (*route, error) {
 	cors, err := compileCORS(spec.CORS)
 	if err != nil {
 		return nil, err
@@ -250,8 +267,8 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster, oldLimiter 
 		r.mirrors = append(r.mirrors, mirrorDest{up: clusters[m.Cluster].subset(m.Subset), percent: m.Percent})
 	}
 	if spec.RateLimit != nil {
-		if oldLimiter != nil && oldLimiter.spec == *spec.RateLimit {
-			r.limiter = oldLimiter
+		if shared != nil && shared.spec == *spec.RateLimit {
+			r.limiter = shared
 		} else {
 			r.limiter = newRateLimiter(spec.RateLimit)
 		}

@@ -3,10 +3,12 @@ package waypoint
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -326,6 +328,35 @@ func TestRateLimit(t *testing.T) {
 			t.Errorf("a, a, b = %d %d %d; want 200 429 200", a1, a2, b1)
 		}
 	})
+}
+
+// TestRateLimitSharedByRule: the routes meshd splits from one rule (one per
+// match, all with the rule's name) draw from one bucket, so spreading
+// requests over the rule's paths does not multiply its limit; a route of
+// another name keeps its own bucket.
+func TestRateLimitSharedByRule(t *testing.T) {
+	limit := func() *model.RateLimit {
+		return &model.RateLimit{MaxTokens: 3, TokensPerFill: 3, FillInterval: time.Hour}
+	}
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("ok", backend(t, &named{name: "ok"}))},
+		model.L7Route{Name: "rule", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/a"}}}, Destinations: to("ok"), RateLimit: limit()},
+		model.L7Route{Name: "other", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/c"}}}, Destinations: to("ok"), RateLimit: limit()},
+		model.L7Route{Name: "rule", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/b"}}}, Destinations: to("ok"), RateLimit: limit()},
+	), nil)
+	client := newClient(t)
+	var got []string
+	for i := 0; i < 8; i++ {
+		path := []string{"/a", "/b"}[i%2]
+		code, _ := h.get(t, client, path, nil)
+		got = append(got, fmt.Sprintf("%s %d", path, code))
+	}
+	want := []string{"/a 200", "/b 200", "/a 200", "/b 429", "/a 429", "/b 429", "/a 429", "/b 429"}
+	if !slices.Equal(got, want) {
+		t.Errorf("requests over both matches of one rule, limit 3: %q; want %q", got, want)
+	}
+	if code, _ := h.get(t, client, "/c", nil); code != 200 {
+		t.Errorf("GET /c (route other, its own bucket) = %d; want 200", code)
+	}
 }
 
 func TestOutlierGatewayErrors(t *testing.T) {

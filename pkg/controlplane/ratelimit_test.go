@@ -1,6 +1,10 @@
 package controlplane
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	waypointproxy "github.com/meshlet/meshlet/waypoint"
 )
 
 // TestLocalRateLimitPolicy: a policy on a Service limits that Service's
@@ -149,5 +154,80 @@ func TestLocalRateLimitPolicyFromDynamicInformer(t *testing.T) {
 	rl := cfg.Listeners[0].VirtualHosts[0].Routes[0].RateLimit
 	if d := cmp.Diff(&model.RateLimit{MaxTokens: 3, TokensPerFill: 3, FillInterval: 2 * time.Second}, rl); d != "" {
 		t.Errorf("limit (-want +got):\n%s", d)
+	}
+}
+
+// TestLocalRateLimitPolicyPerRule: a policy on an HTTPRoute whose rule has
+// two path matches limits the rule, not each match: meshd splits the rule
+// into one route per match (for precedence), and the waypoint that runs the
+// result, with a real backend on loopback, answers 3 requests in all across
+// both paths before 429, not 3 per path.
+func TestLocalRateLimitPolicyPerRule(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /a}}, {path: {type: Exact, value: /b}}]
+    backendRefs: [{name: reviews, port: 9080}]
+---
+apiVersion: policy.meshlet.dev/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: per-rule, namespace: bookinfo}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: reviews}]
+  limit: {requests: 3, interval: 1h}
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	if n := len(cfg.Listeners[0].VirtualHosts[0].Routes); n != 2 {
+		t.Fatalf("%d routes; want the rule split in 2", n)
+	}
+	// As it travels to the waypoint, with the pods' endpoints replaced by
+	// a loopback backend.
+	l7JSON, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc, err := waypointproxy.ConfigFromJSON(l7JSON, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(app.Close)
+	for i := range wc.L7.Clusters {
+		wc.L7.Clusters[i].Endpoints = []model.L7Endpoint{{Address: app.Listener.Addr().String()}}
+	}
+	p, err := waypointproxy.New(waypointproxy.Options{Config: wc})
+	if err != nil {
+		t.Fatalf("waypointproxy.New() = %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+	var got []string
+	for i := 0; i < 6; i++ {
+		path := []string{"/a/x", "/b"}[i%2]
+		req, err := http.NewRequest(http.MethodGet, front.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "reviews.bookinfo.svc.cluster.local"
+		resp, err := front.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		got = append(got, fmt.Sprintf("%s %d", path, resp.StatusCode))
+	}
+	want := []string{"/a/x 200", "/b 200", "/a/x 200", "/b 429", "/a/x 429", "/b 429"}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("requests through the waypoint (-want +got):\n%s", d)
 	}
 }

@@ -174,6 +174,9 @@ type L7Route struct {
 	// CORS overrides the virtual host's CORS policy; nil inherits it.
 	CORS *CORSPolicy
 	// RateLimit is a local token bucket for this route; nil means none.
+	// Routes of one virtual host with the same Name and an equal RateLimit
+	// share the bucket (meshd gives the routes it splits from one rule
+	// the rule's name).
 	RateLimit *RateLimit
 }
 
@@ -593,7 +596,8 @@ type RateLimit struct {
 	TokensPerFill int
 	// FillInterval is the refill period; must be positive.
 	FillInterval time.Duration
-	// Key splits the bucket: "" for one bucket per route, "principal" for
+	// Key splits the bucket: "" for one bucket per route (see
+	// L7Route.RateLimit for routes that share one), "principal" for
 	// one per client identity, or "header:<name>" for one per header value.
 	Key string
 	// MaxKeys bounds the number of buckets kept for keyed limits; zero means 10000.

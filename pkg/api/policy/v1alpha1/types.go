@@ -42,7 +42,8 @@ type LocalRateLimitPolicySpec struct {
 	TargetRefs []TargetRef `json:"targetRefs"`
 	// Limit is the bucket.
 	Limit Limit `json:"limit"`
-	// Key splits the bucket; absent means one bucket per route.
+	// Key splits the bucket; absent means one bucket per route (an
+	// HTTPRoute rule with several matches is one route).
 	Key *Key `json:"key,omitempty"`
 }
 
