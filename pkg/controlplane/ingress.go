@@ -32,7 +32,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			type attachedRoute struct {
 				kind, ns, name string
 				hostnames      []gatewayv1.Hostname
-				routes         []model.L7Route
+				routes         []rankedRoute
 			}
 			var rts []attachedRoute
 			for _, rt := range oldestFirst(bd.validRoutes) {
@@ -40,14 +40,15 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
 			}
-			for _, rt := range bd.validGRPC {
+			for _, rt := range oldestFirst(bd.validGRPC) {
 				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
 					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
 				}
 			}
+			ranked := map[int][]rankedRoute{} // by index in ml.VirtualHosts
 			for _, rt := range rts {
 				routes := rt.routes
-				if err := lb.check(routes); err != nil {
+				if err := lb.check(plainRoutes(routes)); err != nil {
 					bd.rejecter(rt.kind, rt.ns, rt.name).reject("%v", err)
 					continue
 				}
@@ -55,16 +56,18 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 				merged := false
 				for i := range ml.VirtualHosts {
 					if strings.Join(ml.VirtualHosts[i].Domains, ",") == strings.Join(doms, ",") {
-						ml.VirtualHosts[i].Routes = append(ml.VirtualHosts[i].Routes, routes...)
+						ranked[i] = append(ranked[i], routes...)
 						merged = true
 					}
 				}
 				if !merged {
-					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.ns + "/" + rt.name, Domains: doms, Routes: routes})
+					ranked[len(ml.VirtualHosts)] = routes
+					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.ns + "/" + rt.name, Domains: doms})
 				}
 			}
 			for i := range ml.VirtualHosts {
-				sortGatewayRoutes(ml.VirtualHosts[i].Routes)
+				sortGatewayRoutes(ranked[i])
+				ml.VirtualHosts[i].Routes = plainRoutes(ranked[i])
 			}
 			// A catch-all host goes last so that specific hosts win.
 			var specific, wildcard []model.VirtualHost

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -358,5 +359,47 @@ func TestHostIntersection(t *testing.T) {
 		if got := hostIntersection(tt.vs, tt.server); !cmp.Equal(got, tt.want) {
 			t.Errorf("hostIntersection(%v, %v) = %v; want %v", tt.vs, tt.server, got, tt.want)
 		}
+	}
+}
+
+// TestIngressGRPCRoutePrecedence: on a Gateway API ingress too, GRPCRoute
+// matches go in Gateway API's precedence: a longer service first, even
+// against an exact service and method, then the newer route's
+// service+method match before the older route's service-only one.
+func TestIngressGRPCRoutePrecedence(t *testing.T) {
+	route := func(name, created, method string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: ` + name + `, namespace: bookinfo, creationTimestamp: "` + created + `"}
+spec:
+  parentRefs: [{name: grpc-gateway}]
+  hostnames: [grpc.example.com]
+  rules: [{matches: [{method: ` + method + `}], backendRefs: [{name: reviews, port: 9080}]}]
+`
+	}
+	snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: grpc-gateway, namespace: bookinfo}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+`,
+		"---\n"+route("older", "2026-01-01T00:00:00Z", "{service: com.example.Reviews}"),
+		"---\n"+route("newer", "2026-01-02T00:00:00Z", "{service: com.example.Reviews, method: Get}"),
+		"---\n"+route("admin", "2026-01-03T00:00:00Z", "{service: com.example.ReviewsAdmin}"),
+	)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "grpc-gateway"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/grpc-gateway")
+	}
+	var got []string
+	for _, r := range cfg.Listeners[0].VirtualHosts[0].Routes {
+		got = append(got, r.Name)
+	}
+	if want := []string{"admin.bookinfo.0", "newer.bookinfo.0", "older.bookinfo.0"}; !slices.Equal(got, want) {
+		t.Errorf("routes %q; want %q", got, want)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -30,6 +31,10 @@ import (
 //     to the mesh (no gateways, or "mesh" among them), else one default route
 //     to the service itself. Istio uses one VirtualService per host outside
 //     gateways; a newer one for the same host gets a warning.
+//   - HTTPRoute and GRPCRoute rules are split into one route per match and
+//     put in Gateway API's precedence (sortGatewayRoutes): each kind by its
+//     own criteria, HTTPRoute's before GRPCRoute's, since the spec ranks
+//     the two apart and the waypoint has always tried HTTPRoute's first.
 //   - A destination without a port uses the listener's port.
 //   - JWT providers are per waypoint: every RequestAuthentication that
 //     targets the waypoint Gateway or one of its services contributes.
@@ -76,18 +81,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 					listeners[sp.Port] = l
 				}
 				vh := model.VirtualHost{Name: ms.Hostname(), Domains: domains(ms)}
-				vh.Routes = lb.gatewayRoutes(routesBySvc[ms.Key()], ms, sp.Port)
-				for _, rt := range grpcBySvc[ms.Key()] {
-					if !parentPort(rt.Spec.ParentRefs, ms.Name, sp.Port) {
-						continue
-					}
-					routes := lb.grpcRouteRules(rt, sp.Port)
-					if err := lb.check(routes); err != nil {
-						bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name).reject("%v", err)
-						continue
-					}
-					vh.Routes = append(vh.Routes, routes...)
-				}
+				vh.Routes = lb.gatewayRoutes(routesBySvc[ms.Key()], grpcBySvc[ms.Key()], ms, sp.Port)
 				if vs, ok := vsByHost[ms.Hostname()]; ok && len(vh.Routes) == 0 && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
 					vh.Routes = lb.virtualServiceRoutes(vs, sp.Port)
 				}
@@ -543,91 +537,148 @@ func headerMatch(name string, sm *networkingapi.StringMatch, invert bool) model.
 	return hm
 }
 
-// gatewayRoutes translates HTTPRoute rules (GAMMA) for one service port,
-// in Gateway API's precedence (sortGatewayRoutes).
-func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, ms *model.Service, port uint32) []model.L7Route {
-	var all []model.L7Route
+// gatewayRoutes translates the HTTPRoute and GRPCRoute rules (GAMMA) of one
+// service port, in Gateway API's precedence (sortGatewayRoutes).
+func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, grpcs []*gatewayv1.GRPCRoute, ms *model.Service, port uint32) []model.L7Route {
+	var all []rankedRoute
 	for _, rt := range oldestFirst(rts) {
 		if !parentPort(rt.Spec.ParentRefs, ms.Name, port) {
 			continue
 		}
 		routes := lb.httpRouteRules(rt, port)
-		if err := lb.check(routes); err != nil {
+		if err := lb.check(plainRoutes(routes)); err != nil {
 			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).reject("%v", err)
 			continue
 		}
 		all = append(all, routes...)
 	}
+	for _, rt := range oldestFirst(grpcs) {
+		if !parentPort(rt.Spec.ParentRefs, ms.Name, port) {
+			continue
+		}
+		routes := lb.grpcRouteRules(rt, port)
+		if err := lb.check(plainRoutes(routes)); err != nil {
+			lb.bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name).reject("%v", err)
+			continue
+		}
+		all = append(all, routes...)
+	}
 	sortGatewayRoutes(all)
-	return all
+	return plainRoutes(all)
 }
 
-// oldestFirst orders HTTPRoutes as Gateway API breaks precedence ties: the
+// oldestFirst orders routes as Gateway API breaks precedence ties: the
 // oldest first, then by namespace/name.
-func oldestFirst(rts []*gatewayv1.HTTPRoute) []*gatewayv1.HTTPRoute {
+func oldestFirst[R interface {
+	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute
+	GetCreationTimestamp() metav1.Time
+	GetNamespace() string
+	GetName() string
+}](rts []R) []R {
 	out := slices.Clone(rts)
-	slices.SortStableFunc(out, func(a, b *gatewayv1.HTTPRoute) int {
-		if c := a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time); c != 0 {
+	slices.SortStableFunc(out, func(a, b R) int {
+		if c := a.GetCreationTimestamp().Time.Compare(b.GetCreationTimestamp().Time); c != 0 {
 			return c
 		}
-		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+		return strings.Compare(a.GetNamespace()+"/"+a.GetName(), b.GetNamespace()+"/"+b.GetName())
 	})
 	return out
 }
 
-// sortGatewayRoutes puts routes made from HTTPRoute rules (one match each,
-// see splitMatches) in Gateway API's precedence: an Exact path, then a
-// PathPrefix (the longest first), then a RegularExpression path, then no
-// path; then a method match; then more header matches; then more query
-// parameter matches. A route without matches goes last. The sort is stable:
-// ties keep the oldest route's, then the first rule's, place.
-func sortGatewayRoutes(routes []model.L7Route) {
-	type rank struct{ path, length, method, headers, queries int }
-	rankOf := func(r *model.L7Route) (rank, bool) {
-		if len(r.Matches) == 0 {
-			return rank{}, false
-		}
-		m := r.Matches[0]
-		var k rank
-		if u := m.URI; u != nil {
-			switch {
-			case u.Exact != "":
-				k.path, k.length = 3, len(u.Exact)
-			case u.PathPrefix != "":
-				// A trailing slash does not count: "/api/" and "/api"
-				// match the same paths.
-				k.path, k.length = 2, len(strings.TrimSuffix(u.PathPrefix, "/"))
-			case u.Prefix != "":
-				k.path, k.length = 2, len(u.Prefix)
-			case u.Regex != "":
-				k.path, k.length = 1, len(u.Regex)
-			}
-		}
-		if m.Method != nil {
-			k.method = 1
-		}
-		k.headers, k.queries = len(m.Headers), len(m.QueryParams)
-		return k, true
+// rankedRoute is a route made from one match of a Gateway API rule (see
+// splitMatches) with its place in Gateway API's precedence, which the
+// route alone cannot say for a GRPCRoute.
+type rankedRoute struct {
+	model.L7Route
+	// grpc marks a GRPCRoute rule's: they go after HTTPRoute's, as Gateway
+	// API ranks the two kinds apart ("merging MUST not be done").
+	grpc bool
+	// rank is compared field by field, the larger first.
+	rank [6]int
+}
+
+// plainRoutes drops the ranks.
+func plainRoutes(rs []rankedRoute) []model.L7Route {
+	out := make([]model.L7Route, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, r.L7Route)
 	}
-	slices.SortStableFunc(routes, func(a, b model.L7Route) int {
-		ka, oka := rankOf(&a)
-		kb, okb := rankOf(&b)
+	return out
+}
+
+// httpRank is the precedence of a route made from one HTTPRoute match: an
+// Exact path, then a PathPrefix (the longest first), then a
+// RegularExpression path, then no path; then a method match; then more
+// header matches; then more query parameter matches. A route without
+// matches goes last.
+func httpRank(r *model.L7Route) [6]int {
+	if len(r.Matches) == 0 {
+		return [6]int{}
+	}
+	m := r.Matches[0]
+	k := [6]int{0: 1}
+	if u := m.URI; u != nil {
 		switch {
-		case oka != okb:
-			if oka {
+		case u.Exact != "":
+			k[1], k[2] = 3, len(u.Exact)
+		case u.PathPrefix != "":
+			// A trailing slash does not count: "/api/" and "/api" match
+			// the same paths.
+			k[1], k[2] = 2, len(strings.TrimSuffix(u.PathPrefix, "/"))
+		case u.Prefix != "":
+			k[1], k[2] = 2, len(u.Prefix)
+		case u.Regex != "":
+			k[1], k[2] = 1, len(u.Regex)
+		}
+	}
+	if m.Method != nil {
+		k[3] = 1
+	}
+	k[4], k[5] = len(m.Headers), len(m.QueryParams)
+	return k
+}
+
+// grpcRank is the precedence of one GRPCRoute match, as GRPCRouteRule's
+// matches documents it: more characters in the service, then in the
+// method, then more header matches (the hostname criteria before them are
+// a tie inside one virtual host). A RegularExpression counts the
+// characters written; no match at all ranks as an empty one.
+func grpcRank(m *gatewayv1.GRPCRouteMatch) [6]int {
+	var k [6]int
+	if m == nil {
+		return k
+	}
+	if mm := m.Method; mm != nil {
+		if mm.Service != nil {
+			k[0] = len(*mm.Service)
+		}
+		if mm.Method != nil {
+			k[1] = len(*mm.Method)
+		}
+	}
+	k[2] = len(m.Headers)
+	return k
+}
+
+// sortGatewayRoutes puts routes made from Gateway API rules in Gateway
+// API's precedence: HTTPRoute's by httpRank, then GRPCRoute's by grpcRank.
+// The sort is stable, so given routes oldest first (oldestFirst) in rule
+// and match order, ties go to the oldest route, then namespace/name, then
+// the first rule and match.
+func sortGatewayRoutes(routes []rankedRoute) {
+	slices.SortStableFunc(routes, func(a, b rankedRoute) int {
+		if a.grpc != b.grpc {
+			if b.grpc {
 				return -1
 			}
 			return 1
-		case ka.path != kb.path:
-			return kb.path - ka.path
-		case ka.length != kb.length:
-			return kb.length - ka.length
-		case ka.method != kb.method:
-			return kb.method - ka.method
-		case ka.headers != kb.headers:
-			return kb.headers - ka.headers
 		}
-		return kb.queries - ka.queries
+		for i := range a.rank {
+			if a.rank[i] != b.rank[i] {
+				return b.rank[i] - a.rank[i]
+			}
+		}
+		return 0
 	})
 }
 
@@ -719,8 +770,8 @@ func jwtProvider(name string, r *securityapi.JWTRule) model.JWTProvider {
 // port uses defaultPort. A backend in another namespace needs a
 // ReferenceGrant there (Gateway API); without one it is dropped with a
 // warning, and a rule left without backends answers 500.
-func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32) []model.L7Route {
-	var routes []model.L7Route
+func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32) []rankedRoute {
+	var routes []rankedRoute
 	for i, rule := range rt.Spec.Rules {
 		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
 		if rule.Name != nil {
@@ -790,7 +841,9 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			}
 			r.Retries.PerTryTimeout = perTry
 		}
-		routes = append(routes, splitMatches(r)...)
+		for _, one := range splitMatches(r) {
+			routes = append(routes, rankedRoute{L7Route: one, rank: httpRank(&one)})
+		}
 	}
 	return routes
 }
@@ -872,10 +925,11 @@ func (lb *l7Builder) backend(kind, rtNS, rtName string, b gatewayv1.BackendRef, 
 	return model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w}, true
 }
 
-// grpcRouteRules translates a GRPCRoute's rules: a method match becomes a
-// match on the request path "/<service>/<method>".
-func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32) []model.L7Route {
-	var routes []model.L7Route
+// grpcRouteRules translates a GRPCRoute's rules, one route per match (see
+// splitMatches): a method match becomes a match on the request path
+// "/<service>/<method>".
+func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32) []rankedRoute {
+	var routes []rankedRoute
 	for i, rule := range rt.Spec.Rules {
 		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
 		if rule.Name != nil {
@@ -944,7 +998,13 @@ func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32)
 				break
 			}
 		}
-		routes = append(routes, r)
+		for j, one := range splitMatches(r) {
+			var m *gatewayv1.GRPCRouteMatch
+			if j < len(rule.Matches) {
+				m = &rule.Matches[j]
+			}
+			routes = append(routes, rankedRoute{L7Route: one, grpc: true, rank: grpcRank(m)})
+		}
 	}
 	return routes
 }

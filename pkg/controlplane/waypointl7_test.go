@@ -195,16 +195,21 @@ spec:
 		{URI: &model.StringMatch{Exact: "/com.example.Reviews/Get"}},
 		{URI: &model.StringMatch{Prefix: "/com.example.Admin/"}, Headers: []model.HeaderMatch{{Name: "x-tenant", Value: model.StringMatch{Exact: "a"}}}},
 	}
+	// One route per match, as for HTTPRoute, each the rule's.
 	routes := cfg.Listeners[0].VirtualHosts[0].Routes
-	if len(routes) != 1 {
-		t.Fatalf("routes = %+v; want the one GRPCRoute rule", routes)
+	var got []model.RouteMatch
+	for _, r := range routes {
+		if r.Name != "reviews-grpc.bookinfo.0" || len(r.Matches) != 1 {
+			t.Fatalf("route %s with %d matches; want reviews-grpc.bookinfo.0 with one", r.Name, len(r.Matches))
+		}
+		got = append(got, r.Matches[0])
+		// The rule's filters apply (they were dropped).
+		if r.RequestHeaders.Set["x-route"] != "grpc" || len(r.ResponseHeaders.Remove) != 1 || r.ResponseHeaders.Remove[0] != "x-internal" {
+			t.Errorf("header filters = request %+v, response %+v; want x-route set, x-internal removed", r.RequestHeaders, r.ResponseHeaders)
+		}
 	}
-	if diff := cmp.Diff(want, routes[0].Matches); diff != "" {
+	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("matches mismatch (-want +got):\n%s", diff)
-	}
-	// The rule's filters apply (they were dropped).
-	if routes[0].RequestHeaders.Set["x-route"] != "grpc" || len(routes[0].ResponseHeaders.Remove) != 1 || routes[0].ResponseHeaders.Remove[0] != "x-internal" {
-		t.Errorf("header filters = request %+v, response %+v; want x-route set, x-internal removed", routes[0].RequestHeaders, routes[0].ResponseHeaders)
 	}
 }
 
@@ -577,5 +582,66 @@ spec:
 				t.Errorf("retry policy (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestWaypointL7GRPCRoutePrecedence: GRPCRoute matches reach the waypoint
+// in Gateway API's precedence, not in the order written: more characters
+// in the service, then in the method, then more header matches; a tie
+// goes to the older GRPCRoute, then the first rule. A request for
+// com.example.Reviews/Get reaches the newer route's service+method rule,
+// not the older one's service-only rule.
+func TestWaypointL7GRPCRoutePrecedence(t *testing.T) {
+	route := func(name, created, rules string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: ` + name + `, namespace: bookinfo, creationTimestamp: "` + created + `"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+` + rules
+	}
+	snap, rej := mustBuild(t, inputs(t, bookinfo(
+		route("a-older", "2026-01-01T00:00:00Z", `  - name: older-service
+    matches: [{method: {service: com.example.Reviews}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: older-catch-all
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: older-method
+    matches: [{method: {method: Get}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`),
+		"---\n"+route("b-newer", "2026-01-02T00:00:00Z", `  - name: newer-service-method
+    matches: [{method: {service: com.example.Reviews, method: Get}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: newer-method-or-service-header
+    matches: [{method: {method: Get}}, {method: {service: com.example.Reviews}, headers: [{name: x-tenant, value: a}]}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: newer-longer-service
+    matches: [{method: {service: com.example.ReviewsAdmin}}]
+    backendRefs: [{name: reviews, port: 9080}]
+`))...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	var got []string
+	for _, r := range cfg.Listeners[0].VirtualHosts[0].Routes {
+		got = append(got, r.Name)
+	}
+	want := []string{
+		"newer-longer-service",           // 24 service characters
+		"newer-service-method",           // 19, method 3
+		"newer-method-or-service-header", // 19, one header
+		"older-service",                  // 19
+		"older-method",                   // method 3, older
+		"newer-method-or-service-header", // method 3
+		"older-catch-all",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("route order (-want +got):\n%s", diff)
 	}
 }
