@@ -117,8 +117,27 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w})
 	}
 	u.dest = destOf(u)
-	u.h1 = newH1Client(&tp.Pool, opts)
-	u.h2 = newH2Transport(&tp.Pool, opts)
+	dial := dialFunc(opts.DialContext)
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	h1dial, h2dial := dial, dial
+	if tp.TLS != nil {
+		var err error
+		if h1dial, err = originateTLS(dial, tp.TLS, false); err == nil {
+			h2dial, err = originateTLS(dial, tp.TLS, true)
+		}
+		if err != nil {
+			// Validated with the config; should it still fail, no request
+			// goes out in the clear: every connection fails (UF) with why.
+			failed := func(context.Context, string, string) (net.Conn, error) {
+				return nil, &net.OpError{Op: "dial", Net: "tls", Err: err}
+			}
+			h1dial, h2dial = failed, failed
+		}
+	}
+	u.h1 = newH1Client(&tp.Pool, h1dial)
+	u.h2 = newH2Transport(&tp.Pool, h2dial)
 	// Envoy's circuit breakers: requests in flight are bounded by
 	// http2MaxRequests whatever the protocol (overflow at once); for
 	// HTTP/1.1 each connection carries one request at a time, so
@@ -149,11 +168,7 @@ func (u *upstream) close() {
 
 // newH2Transport is the HTTP/2 (h2c) transport of an upstream: gRPC, and
 // clusters marked HTTP2. HTTP/1.1 goes through h1Client.
-func newH2Transport(p *model.ConnectionPool, opts *Options) *http.Transport {
-	dial := opts.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
+func newH2Transport(p *model.ConnectionPool, dial dialFunc) *http.Transport {
 	connectTimeout := p.ConnectTimeout
 	if connectTimeout == 0 {
 		connectTimeout = 10 * time.Second

@@ -67,9 +67,9 @@ type h1Conn struct {
 	reused     bool
 }
 
-func newH1Client(p *model.ConnectionPool, opts *Options) *h1Client {
+func newH1Client(p *model.ConnectionPool, dial dialFunc) *h1Client {
 	c := &h1Client{
-		dial:           opts.DialContext,
+		dial:           dial,
 		connectTimeout: p.ConnectTimeout,
 		idleTimeout:    p.IdleTimeout,
 		maxConns:       p.MaxConnections,

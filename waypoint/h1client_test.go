@@ -150,7 +150,7 @@ func TestH1ClientCancel(t *testing.T) {
 		io.WriteString(w, "ok")
 	}))
 	t.Cleanup(func() { close(release) })
-	c := newH1Client(&model.ConnectionPool{}, &Options{})
+	c := newH1Client(&model.ConnectionPool{}, nil)
 	t.Cleanup(c.closeIdle)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

@@ -1,6 +1,9 @@
 package controlplane
 
 import (
+	"cmp"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"regexp"
@@ -13,6 +16,7 @@ import (
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -161,14 +165,27 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload})
 		}
 		if dr, ok := lb.bd.drFor[owner]; ok {
-			c.Traffic = trafficPolicy(forPort(dr.spec.GetTrafficPolicy(), port))
+			tp := forPort(dr.spec.GetTrafficPolicy(), port)
+			c.Traffic = trafficPolicy(tp)
+			ok := true
+			c.Traffic.TLS, ok = lb.upstreamTLS(dr, tp.GetTls(), host, "trafficPolicy")
 			for _, ss := range dr.spec.GetSubsets() {
 				sub := model.Subset{Name: ss.GetName(), Labels: ss.GetLabels()}
 				if ss.GetTrafficPolicy() != nil {
-					tp := trafficPolicy(forPort(ss.GetTrafficPolicy(), port))
-					sub.Traffic = &tp
+					stp := forPort(ss.GetTrafficPolicy(), port)
+					t := trafficPolicy(stp)
+					var subOK bool
+					t.TLS, subOK = lb.upstreamTLS(dr, stp.GetTls(), host, "subsets["+ss.GetName()+"].trafficPolicy")
+					ok = ok && subOK
+					sub.Traffic = &t
 				}
 				c.Subsets = append(c.Subsets, sub)
+			}
+			if !ok {
+				// TLS origination asked for and not possible: no endpoint
+				// rather than requests in the clear (503, as Envoy's cluster
+				// waiting for its secret answers).
+				c.Endpoints = nil
 			}
 		}
 	}
@@ -1007,4 +1024,54 @@ func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32)
 		}
 	}
 	return routes
+}
+
+// upstreamTLS turns a DestinationRule's client TLS settings into TLS
+// origination for the proxy of namespace lb.ns (where its credentialName
+// Secret is read, as Istio reads it beside the proxy). DISABLE and
+// ISTIO_MUTUAL need none: mesh endpoints are reached over HBONE, mutual TLS
+// already. ok is false when origination is asked for and cannot be set up
+// (reported on the DestinationRule); the caller then sends nothing.
+func (lb *l7Builder) upstreamTLS(dr config[networkingapi.DestinationRule], t *networkingapi.ClientTLSSettings, host, field string) (*model.UpstreamTLS, bool) {
+	var mode string
+	switch t.GetMode() {
+	case networkingapi.ClientTLSSettings_SIMPLE:
+		mode = model.TLSModeSimple
+	case networkingapi.ClientTLSSettings_MUTUAL:
+		mode = model.TLSModeMutual
+	default:
+		return nil, true
+	}
+	r := lb.bd.rejecter(KindDestinationRule, dr.meta.Namespace, dr.meta.Name)
+	out := &model.UpstreamTLS{Mode: mode, SNI: cmp.Or(t.GetSni(), host), SubjectAltNames: slices.Clone(t.GetSubjectAltNames()),
+		InsecureSkipVerify: t.GetInsecureSkipVerify().GetValue()}
+	if t.GetCaCertificates() != "" || t.GetClientCertificate() != "" || t.GetPrivateKey() != "" || t.GetCaCrl() != "" {
+		r.warn("%s.tls: certificates by file path (caCertificates, clientCertificate, privateKey, caCrl) are not read by meshlet's proxies: put them in a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) in namespace %s and name it in credentialName", field, lb.ns)
+	}
+	if name := t.GetCredentialName(); name != "" {
+		sec := lb.bd.in.tlsSecrets[lb.ns+"/"+name]
+		if sec == nil {
+			r.warn("%s.tls.credentialName %q: no Secret of type kubernetes.io/tls named so in namespace %s (the proxy's); requests to %s get 503 until it exists", field, name, lb.ns, host)
+			return nil, false
+		}
+		if ca := sec.Data[caCertKey]; len(ca) > 0 {
+			if !x509.NewCertPool().AppendCertsFromPEM(ca) {
+				r.warn("%s.tls.credentialName %q: %s holds no PEM certificate; requests to %s get 503", field, name, caCertKey, host)
+				return nil, false
+			}
+			out.CAPEM = string(ca)
+		}
+		if mode == model.TLSModeMutual {
+			cert, key := sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]
+			if _, err := tls.X509KeyPair(cert, key); err != nil {
+				r.warn("%s.tls.credentialName %q: tls.crt and tls.key do not form a usable key pair (%v); requests to %s get 503", field, name, err, host)
+				return nil, false
+			}
+			out.ClientCertPEM, out.ClientKeyPEM = string(cert), string(key)
+		}
+	} else if mode == model.TLSModeMutual {
+		r.warn("%s.tls: mode MUTUAL needs credentialName, a kubernetes.io/tls Secret in namespace %s with the client certificate (tls.crt, tls.key); requests to %s get 503", field, lb.ns, host)
+		return nil, false
+	}
+	return out, true
 }

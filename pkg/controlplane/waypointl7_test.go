@@ -1,11 +1,15 @@
 package controlplane
 
 import (
+	"encoding/base64"
+	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/meshlet/meshlet/pkg/model"
 )
@@ -643,5 +647,102 @@ spec:
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("route order (-want +got):\n%s", diff)
+	}
+}
+
+// TestWaypointL7TLSOrigination: a DestinationRule's trafficPolicy.tls
+// (SIMPLE, MUTUAL) for a ServiceEntry bound to the waypoint reaches its
+// cluster as TLS origination, with the CA and client certificate from the
+// credentialName Secret in the waypoint's namespace and the SNI defaulting
+// to the host; port-level settings apply per port; ISTIO_MUTUAL and DISABLE
+// originate nothing (mesh endpoints are reached over HBONE already). A
+// MUTUAL without a usable Secret is reported and leaves the cluster without
+// endpoints: 503, never a request in the clear.
+func TestWaypointL7TLSOrigination(t *testing.T) {
+	cert, key := selfSignedPEM(t, "waypoint-client")
+	ca, _ := selfSignedPEM(t, "partner root")
+	b64 := base64.StdEncoding.EncodeToString
+	se := `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: bookinfo, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [api.partner.example]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}, {number: 8080, name: http-alt, protocol: HTTP, targetPort: 443}]
+  resolution: DNS
+`
+	secret := fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: partner-client, namespace: bookinfo}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s, ca.crt: %s}
+`, b64(cert), b64(key), b64(ca))
+	dr := func(tls string) string {
+		return `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: partner, namespace: bookinfo}
+spec:
+  host: api.partner.example
+  trafficPolicy:
+    tls: ` + tls + `
+    portLevelSettings:
+    - port: {number: 8080}
+      tls: {mode: DISABLE}
+`
+	}
+	tests := []struct {
+		name     string
+		tls      string
+		want     *model.UpstreamTLS
+		reported string
+	}{
+		{name: "simple, system roots", tls: "{mode: SIMPLE}",
+			want: &model.UpstreamTLS{Mode: model.TLSModeSimple, SNI: "api.partner.example"}},
+		{name: "simple with the Secret's CA, sni, subjectAltNames", tls: "{mode: SIMPLE, credentialName: partner-client, sni: edge.partner.example, subjectAltNames: [api.partner.example]}",
+			want: &model.UpstreamTLS{Mode: model.TLSModeSimple, SNI: "edge.partner.example", SubjectAltNames: []string{"api.partner.example"}, CAPEM: string(ca)}},
+		{name: "mutual", tls: "{mode: MUTUAL, credentialName: partner-client}",
+			want: &model.UpstreamTLS{Mode: model.TLSModeMutual, SNI: "api.partner.example", CAPEM: string(ca), ClientCertPEM: string(cert), ClientKeyPEM: string(key)}},
+		{name: "insecureSkipVerify", tls: "{mode: SIMPLE, insecureSkipVerify: true}",
+			want: &model.UpstreamTLS{Mode: model.TLSModeSimple, SNI: "api.partner.example", InsecureSkipVerify: true}},
+		{name: "istio mutual", tls: "{mode: ISTIO_MUTUAL}"},
+		{name: "mutual without credentialName", tls: "{mode: MUTUAL, clientCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}",
+			reported: "trafficPolicy.tls: mode MUTUAL needs credentialName"},
+		{name: "missing Secret", tls: "{mode: SIMPLE, credentialName: nowhere}",
+			reported: `trafficPolicy.tls.credentialName "nowhere": no Secret of type kubernetes.io/tls named so in namespace bookinfo`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(se, secret, dr(tt.tls))...))
+			if tt.reported == "" && len(rej) != 0 {
+				t.Errorf("rejections = %v; want none", rej)
+			}
+			if tt.reported != "" && !hasRejection(rej, tt.reported, true) {
+				t.Errorf("rejections = %v; want a warning on the DestinationRule containing %q", rej, tt.reported)
+			}
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/waypoint")
+			}
+			clusters := map[string]model.L7Cluster{}
+			for _, c := range cfg.Clusters {
+				clusters[c.Name] = c
+			}
+			c80, ok := clusters["outbound|80||api.partner.example"]
+			if !ok {
+				t.Fatalf("clusters %v; want outbound|80||api.partner.example", slices.Collect(maps.Keys(clusters)))
+			}
+			if diff := cmp.Diff(tt.want, c80.Traffic.TLS); diff != "" {
+				t.Errorf("port 80 TLS origination (-want +got):\n%s", diff)
+			}
+			wantEndpoints := []model.L7Endpoint{{Address: "api.partner.example:443"}}
+			if tt.reported != "" && tt.want == nil && tt.name != "istio mutual" {
+				wantEndpoints = nil
+			}
+			if diff := cmp.Diff(wantEndpoints, c80.Endpoints, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("port 80 endpoints (-want +got):\n%s", diff)
+			}
+			if c := clusters["outbound|8080||api.partner.example"]; c.Traffic.TLS != nil {
+				t.Errorf("port 8080 (tls DISABLE at port level): TLS %v; want none", c.Traffic.TLS)
+			}
+		})
 	}
 }

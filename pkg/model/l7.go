@@ -1,6 +1,8 @@
 package model
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -476,6 +478,71 @@ type TrafficPolicy struct {
 	Pool ConnectionPool
 	// Outlier ejects failing endpoints; nil means none.
 	Outlier *OutlierDetection
+	// TLS originates TLS to the endpoints (a DestinationRule's
+	// trafficPolicy.tls with mode SIMPLE or MUTUAL): the proxy speaks
+	// TLS to the app behind the endpoint, inside HBONE for a mesh
+	// endpoint and over plain TCP for one outside the mesh. Nil sends the
+	// request as it is.
+	TLS *UpstreamTLS `json:",omitempty"`
+}
+
+// UpstreamTLS is TLS origination to a cluster's endpoints.
+type UpstreamTLS struct {
+	// Mode is TLSModeSimple (verify the server) or TLSModeMutual (also
+	// present ClientCertPEM/ClientKeyPEM).
+	Mode string
+	// SNI is the server name sent and, without SubjectAltNames, the name
+	// the server's certificate must carry; empty means the cluster's host.
+	SNI string `json:",omitempty"`
+	// SubjectAltNames, when set, are the names (DNS or URI SANs) one of
+	// which the server's certificate must carry, instead of SNI.
+	SubjectAltNames []string `json:",omitempty"`
+	// CAPEM holds the roots the server's chain must lead to; empty means
+	// the proxy's system roots.
+	CAPEM string `json:",omitempty"`
+	// InsecureSkipVerify accepts any server certificate (Istio's
+	// insecureSkipVerify).
+	InsecureSkipVerify bool `json:",omitempty"`
+	// ClientCertPEM and ClientKeyPEM are the client certificate chain and
+	// key (MUTUAL only). The key travels only over meshd's mutual-TLS xDS
+	// stream to the proxy that uses it and is never logged.
+	ClientCertPEM string `json:",omitempty"`
+	ClientKeyPEM  string `json:",omitempty"`
+}
+
+// String never prints the key.
+func (t *UpstreamTLS) String() string {
+	if t == nil {
+		return "<none>"
+	}
+	return fmt.Sprintf("tls(mode=%s, sni=%q, sans=%v, custom CA=%t, insecure=%t)", t.Mode, t.SNI, t.SubjectAltNames, t.CAPEM != "", t.InsecureSkipVerify)
+}
+
+func (t *UpstreamTLS) validate() error {
+	switch t.Mode {
+	case TLSModeSimple:
+		if t.ClientCertPEM != "" || t.ClientKeyPEM != "" {
+			return errors.New("tls mode SIMPLE carries no client certificate")
+		}
+	case TLSModeMutual:
+		if t.ClientCertPEM == "" || t.ClientKeyPEM == "" {
+			return errors.New("tls mode MUTUAL: a client certificate and key are required")
+		}
+	default:
+		return fmt.Errorf("tls mode %q: want %s or %s", t.Mode, TLSModeSimple, TLSModeMutual)
+	}
+	if t.SNI == "" && len(t.SubjectAltNames) == 0 && !t.InsecureSkipVerify {
+		return errors.New("tls: no name to verify the server by: set sni or subjectAltNames")
+	}
+	if t.CAPEM != "" && !x509.NewCertPool().AppendCertsFromPEM([]byte(t.CAPEM)) {
+		return errors.New("tls: the CA certificates hold no PEM certificate")
+	}
+	if t.Mode == TLSModeMutual {
+		if _, err := tls.X509KeyPair([]byte(t.ClientCertPEM), []byte(t.ClientKeyPEM)); err != nil {
+			return fmt.Errorf("tls: the client certificate and key do not form a usable pair: %w", err)
+		}
+	}
+	return nil
 }
 
 // LBPolicy picks an endpoint: Simple, or ConsistentHash when set.
@@ -1005,6 +1072,11 @@ func (c *L7Cluster) Validate() error {
 
 // Validate checks a traffic policy.
 func (t *TrafficPolicy) Validate() error {
+	if t.TLS != nil {
+		if err := t.TLS.validate(); err != nil {
+			return err
+		}
+	}
 	switch t.LB.Simple {
 	case LBDefault, LBRoundRobin, LBLeastRequest, LBRandom:
 	case LBPassthrough:

@@ -146,6 +146,7 @@ type state struct {
 	serve    func(*waypoint.Proxy)                 // starts the proxy's Serve on conns
 	serveOn  func(*waypoint.Proxy, net.Listener)   // starts Serve on a listener of the config (ingress)
 	ports    map[uint32]*ingressPort               // the config's listener ports this gateway serves
+	direct   atomic.Pointer[map[string]bool]       // the config's endpoint addresses (dialUpstream)
 	vips     atomic.Pointer[map[netip.Addr]string] // service VIP -> hostname, from the address resources
 	xds      *xdsclient.Client
 	dialer   *hbone.Dialer
@@ -348,6 +349,15 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		// The new endpoints are dialable before the config that routes to
+		// them is served; a refused config puts the last good set back.
+		direct := directEndpoints(l7)
+		prevDirect := s.direct.Swap(&direct)
+		defer func() {
+			if err != nil {
+				s.direct.Store(prevDirect)
+			}
+		}()
 		if p := s.proxy.Load(); p != nil {
 			err = p.Update(cfg)
 		} else {
@@ -460,81 +470,109 @@ func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 	return nil
 }
 
-// dialUpstream opens an HBONE stream to an endpoint: the endpoint's
-// workload (from xDS, by IP) gives the identity its HBONE server must
-// present; an address with no known workload is refused, since the waypoint
-// never sends plaintext into the mesh.
+// dialUpstream opens a connection to an endpoint. A workload of the mesh
+// (enrolled: from xDS, by IP) is reached over HBONE, its server required to
+// present the workload's identity: the waypoint never sends plaintext into
+// the mesh. An endpoint of the current config that is no workload of the
+// mesh (a ServiceEntry's address or hostname outside it, a pod not
+// enrolled) is dialled directly, as Istio's waypoints reach them (egress
+// through a waypoint); with a DestinationRule's TLS origination the proxy
+// wraps that connection in TLS. Any other address is refused.
 func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("dial upstream %s: endpoint is not ip:port: %w", addr, err)
+	ap, perr := netip.ParseAddrPort(addr)
+	if perr == nil {
+		peer, inMesh, err := s.identityOf(ap.Addr())
+		switch {
+		case inMesh && err != nil:
+			return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+		case inMesh:
+			c, err := s.dialer.Dial(ctx, hbone.Target{
+				Local:  s.svid,
+				Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
+				PeerID: peer,
+				Addr:   ap,
+			})
+			if err != nil {
+				// A net.OpError "dial": the proxy reports it as a connection
+				// failure (UF), not a reset of an established upstream.
+				return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+			}
+			return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
+		}
 	}
-	peer, err := s.identityOf(ap.Addr())
-	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	if direct := s.direct.Load(); direct != nil && (*direct)[addr] {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
 	}
-	c, err := s.dialer.Dial(ctx, hbone.Target{
-		Local:  s.svid,
-		Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
-		PeerID: peer,
-		Addr:   ap,
-	})
-	if err != nil {
-		// A net.OpError "dial": the proxy reports it as a connection
-		// failure (UF), not a reset of an established upstream.
-		return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	if perr != nil {
+		return nil, fmt.Errorf("dial upstream %s: not an endpoint of this proxy's config and not ip:port", addr)
 	}
-	return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
+	return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap),
+		Err: fmt.Errorf("no workload with address %s is known to this waypoint, and it is no endpoint of its config", ap.Addr())}
+}
+
+// directEndpoints are the addresses of a config's endpoints, which
+// dialUpstream may dial directly when they are no workload of the mesh.
+func directEndpoints(l7 *model.L7Config) map[string]bool {
+	out := map[string]bool{}
+	for _, c := range l7.Clusters {
+		for _, e := range c.Endpoints {
+			out[e.Address] = true
+		}
+	}
+	return out
 }
 
 // syncPorts makes the ingress listeners exactly the config's listener
 // ports: new ones are opened (a port that cannot be bound refuses the
 // config, keeping the last good one serving), gone ones closed. Called with
 // s.mu held.
-// identityOf finds the SPIFFE ID of the workload holding ip.
-func (s *state) identityOf(ip netip.Addr) (spiffeid.ID, error) {
-	for name, r := range s.xds.List(meshv1.WorkloadType) {
-		w, ok := r.Message.(*meshv1.Workload)
-		if !ok {
-			continue
-		}
-		for _, a := range w.GetAddresses() {
+// identityOf finds the SPIFFE ID of the workload of the mesh holding ip;
+// inMesh is false when no enrolled workload holds it.
+func (s *state) identityOf(ip netip.Addr) (id spiffeid.ID, inMesh bool, err error) {
+	holds := func(addrs []string) bool {
+		for _, a := range addrs {
 			if wa, err := netip.ParseAddr(a); err == nil && wa == ip {
-				if w.GetIdentity() != "" {
-					id, err := spiffeid.FromString(w.GetIdentity())
-					if err != nil {
-						return spiffeid.ID{}, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
-					}
-					return id, nil
-				}
-				td := s.opts.TrustDomain
-				if w.GetTrustDomain() != "" {
-					if td, err = spiffeid.TrustDomainFromString(w.GetTrustDomain()); err != nil {
-						return spiffeid.ID{}, fmt.Errorf("workload %s: %w", name, err)
-					}
-				}
-				return identity.NewID(td, w.GetNamespace(), w.GetServiceAccount())
+				return true
 			}
 		}
+		return false
+	}
+	for name, r := range s.xds.List(meshv1.WorkloadType) {
+		w, ok := r.Message.(*meshv1.Workload)
+		if !ok || !w.GetEnrolled() || !holds(w.GetAddresses()) {
+			continue
+		}
+		if w.GetIdentity() != "" {
+			id, err := spiffeid.FromString(w.GetIdentity())
+			if err != nil {
+				return spiffeid.ID{}, true, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
+			}
+			return id, true, nil
+		}
+		td := s.opts.TrustDomain
+		if w.GetTrustDomain() != "" {
+			if td, err = spiffeid.TrustDomainFromString(w.GetTrustDomain()); err != nil {
+				return spiffeid.ID{}, true, fmt.Errorf("workload %s: %w", name, err)
+			}
+		}
+		id, err := identity.NewID(td, w.GetNamespace(), w.GetServiceAccount())
+		return id, true, err
 	}
 	// Not one of the workloads this waypoint serves (an ingress gateway
 	// routes to any Service): the mesh-wide address index names its identity.
 	for name, r := range s.xds.List(meshv1.AddressType) {
 		w := r.Message.(*meshv1.Address).GetWorkload()
-		if w == nil || w.GetIdentity() == "" {
+		if w == nil || !w.GetEnrolled() || !holds(w.GetAddresses()) {
 			continue
 		}
-		for _, a := range w.GetAddresses() {
-			if wa, err := netip.ParseAddr(a); err == nil && wa == ip {
-				id, err := spiffeid.FromString(w.GetIdentity())
-				if err != nil {
-					return spiffeid.ID{}, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
-				}
-				return id, nil
-			}
+		id, err := spiffeid.FromString(w.GetIdentity())
+		if err != nil {
+			return spiffeid.ID{}, true, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
 		}
+		return id, true, nil
 	}
-	return spiffeid.ID{}, fmt.Errorf("no workload with address %s is known to this waypoint", ip)
+	return spiffeid.ID{}, false, nil
 }
 
 // peerOf takes the verified HBONE client identity from the stream, and the

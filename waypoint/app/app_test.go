@@ -191,8 +191,25 @@ func namedBackend(t *testing.T, name string) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// waypointConfig routes every request to cluster and defines v1 and v2.
-func waypointConfig(t *testing.T, cluster, v1, v2 string) *meshv1.WaypointConfig {
+// plainBackend serves HTTP on ip (a loopback address), answering name.
+func plainBackend(t *testing.T, ip, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, name)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// waypointConfig routes every request to cluster and defines v1 and v2 (and
+// v3, v1's port on 127.0.0.2), and "outside" when that address is set: an
+// endpoint that is no workload of the mesh.
+func waypointConfig(t *testing.T, cluster, v1, v2 string, outside ...string) *meshv1.WaypointConfig {
 	t.Helper()
 	l7 := model.L7Config{
 		Listeners: []model.L7Listener{{Name: "hbone", VirtualHosts: []model.VirtualHost{{
@@ -205,6 +222,9 @@ func waypointConfig(t *testing.T, cluster, v1, v2 string) *meshv1.WaypointConfig
 			// v3 is v1's port on 127.0.0.2, a workload with another identity.
 			{Name: "v3", Endpoints: []model.L7Endpoint{{Address: "127.0.0.2:" + v1[strings.LastIndex(v1, ":")+1:]}}},
 		},
+	}
+	for _, a := range outside {
+		l7.Clusters = append(l7.Clusters, model.L7Cluster{Name: "outside", Endpoints: []model.L7Endpoint{{Address: a}}})
 	}
 	b, err := json.Marshal(l7)
 	if err != nil {
@@ -259,7 +279,7 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	if err := m.xds.SetWorkload(&meshv1.Workload{
 		Uid: "reviews-1", Name: "reviews-1", Namespace: "app", Addresses: []string{"127.0.0.1"},
 		ServiceAccount: "reviews", TrustDomain: td.Name(), Identity: backendID.String(),
-		Waypoint: &meshv1.GatewayAddress{Namespace: wpNS, Name: wpGateway},
+		Waypoint: &meshv1.GatewayAddress{Namespace: wpNS, Name: wpGateway}, Enrolled: true,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +409,7 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	if err := m.xds.SetWorkload(&meshv1.Workload{
 		Uid: "ratings-1", Name: "ratings-1", Namespace: "app", Addresses: []string{"127.0.0.2"},
 		ServiceAccount: "ratings", TrustDomain: td.Name(), Identity: "spiffe://cluster.local/ns/app/sa/ratings",
-		Waypoint: &meshv1.GatewayAddress{Namespace: wpNS, Name: wpGateway},
+		Waypoint: &meshv1.GatewayAddress{Namespace: wpNS, Name: wpGateway}, Enrolled: true,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -412,6 +432,20 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 
 	if got := len(node.seen()); got != before {
 		t.Errorf("backend node accepted %d streams for the mis-identified endpoint; want 0", got-before)
+	}
+
+	// An endpoint of the config that is no workload of the mesh (a
+	// ServiceEntry's, outside it) is dialled directly, as Istio's waypoints
+	// do for egress; an address that is neither a workload nor an endpoint
+	// of the config is never dialled.
+	outside := plainBackend(t, "127.0.0.3", "outside")
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "outside", v1, v2, outside)); err != nil {
+		t.Fatal(err)
+	}
+	before = len(node.seen())
+	eventually(t, "endpoint outside the mesh dialled directly", expect("outside"))
+	if got := len(node.seen()); got != before {
+		t.Errorf("backend node got %d HBONE streams for the endpoint outside the mesh; want 0", got-before)
 	}
 
 	resp, err := hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
