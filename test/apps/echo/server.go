@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -53,6 +54,7 @@ type Response struct {
 	Node       string            `json:"node,omitempty"`
 	PodIP      string            `json:"podIP,omitempty"`
 	Protocol   string            `json:"protocol"`
+	TLSServer  string            `json:"tlsServerName,omitempty"` // the SNI, on the HTTPS port
 	Method     string            `json:"method,omitempty"`
 	Host       string            `json:"host,omitempty"`
 	Path       string            `json:"path,omitempty"`
@@ -126,6 +128,9 @@ func httpProtocol(r *http.Request) string {
 		return "h2c"
 	case r.ProtoMajor == 2:
 		return "h2"
+	case r.TLS != nil:
+		// The HTTPS port: what a proxy originating TLS sent, and its SNI.
+		return fmt.Sprintf("HTTP/%d.%d over TLS to %s", r.ProtoMajor, r.ProtoMinor, r.TLS.ServerName)
 	default:
 		return fmt.Sprintf("HTTP/%d.%d", r.ProtoMajor, r.ProtoMinor)
 	}
@@ -145,6 +150,9 @@ func newHandler(id Identity) http.Handler {
 			Pod: id.Pod, Namespace: id.Namespace, Version: id.Version, Node: id.Node, PodIP: id.PodIP,
 			Protocol: httpProtocol(r), Method: r.Method, Host: r.Host, Path: r.URL.Path,
 			ClientAddr: r.RemoteAddr, Headers: map[string]string{}, Status: http.StatusOK,
+		}
+		if r.TLS != nil {
+			resp.TLSServer = r.TLS.ServerName
 		}
 		for k, v := range r.Header {
 			resp.Headers[k] = strings.Join(v, ",")
@@ -226,6 +234,7 @@ func runServe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
 	httpAddr := fs.String("http", envOr("HTTP_PORT", "8080"), "HTTP/1.1 + h2c port or address (env HTTP_PORT)")
 	grpcAddr := fs.String("grpc", envOr("GRPC_PORT", "9090"), "gRPC port or address, empty to disable (env GRPC_PORT)")
+	httpsAddr := fs.String("https", os.Getenv("HTTPS_PORT"), "HTTPS (HTTP/1.1 and h2) port or address, with the PEM certificate chain and key in $TLS_CERT and $TLS_KEY; empty to disable (env HTTPS_PORT)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -235,8 +244,24 @@ func runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen http on %s: %w", *httpAddr, err)
 	}
 	hs := newHTTPServer(id)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- hs.Serve(hl) }()
+	if *httpsAddr != "" {
+		pair, err := tls.X509KeyPair([]byte(os.Getenv("TLS_CERT")), []byte(os.Getenv("TLS_KEY")))
+		if err != nil {
+			hs.Close()
+			return fmt.Errorf("https on %s: $TLS_CERT and $TLS_KEY: %w", *httpsAddr, err)
+		}
+		tl, err := net.Listen("tcp", listenAddr(*httpsAddr))
+		if err != nil {
+			hs.Close()
+			return fmt.Errorf("listen https on %s: %w", *httpsAddr, err)
+		}
+		ts := &http.Server{Handler: newHandler(id), ReadHeaderTimeout: 10 * time.Second,
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}}}
+		go func() { errc <- ts.ServeTLS(tl, "", "") }()
+		defer ts.Close()
+	}
 	var gs *grpc.Server
 	if *grpcAddr != "" {
 		gl, err := net.Listen("tcp", listenAddr(*grpcAddr))

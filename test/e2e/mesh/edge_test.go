@@ -214,6 +214,15 @@ func fetch(c *http.Client, url, host string) (int, string, http.Header, error) {
 // returns the server's certificate and key in PEM and a pool with the CA.
 func servingCert(t *testing.T, host string) (certPEM, keyPEM []byte, roots *x509.CertPool) {
 	t.Helper()
+	certPEM, keyPEM, caPEM := servingCertCA(t, host)
+	roots = x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	return certPEM, keyPEM, roots
+}
+
+// servingCertCA is servingCert with the CA certificate in PEM.
+func servingCertCA(t *testing.T, host string) (certPEM, keyPEM, caPEM []byte) {
+	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +249,6 @@ func servingCert(t *testing.T, host string) (certPEM, keyPEM []byte, roots *x509
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots = x509.NewCertPool()
-	roots.AddCert(caCert)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), roots
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
 }

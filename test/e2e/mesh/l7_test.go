@@ -1,6 +1,7 @@
 package meshtest
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -249,5 +250,96 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "10", "-grpc", svc.Spec.ClusterIP+":9090")
 		d := calls() - before
 		return s.OK == 10 && d == 10, fmt.Errorf("%d of 10 answered (%v %v), waypoint counted %v", s.OK, s.ByStatus, s.Errors, d)
+	})
+}
+
+// TestWaypointEgressTLSOrigination: Istio's egress through a waypoint with
+// TLS origination. A ServiceEntry for a partner API outside the mesh (an
+// echo pod of a namespace outside it, serving only HTTPS on 8443) is bound
+// to the namespace's waypoint with istio.io/use-waypoint, and a
+// DestinationRule originates TLS to it, verifying the server against the CA
+// in a credentialName Secret. A mesh client's plain HTTP request to the
+// entry's host is answered, and the partner saw TLS with the entry's host as
+// SNI; with a CA that did not sign the partner's certificate the waypoint
+// sends nothing (503), never plaintext.
+func TestWaypointEgressTLSOrigination(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	partnerNS := lb.NewNamespace(t)
+	host := "api." + ns + ".partner.example"
+	certPEM, keyPEM, caPEM := servingCertCA(t, host)
+	_, _, otherCA := servingCertCA(t, host)
+	b64 := base64.StdEncoding.EncodeToString
+	lb.Apply(t, partnerNS, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: partner, labels: {app: partner}}
+spec:
+  containers:
+  - name: echo
+    image: meshlet.dev/echo:latest
+    env:
+    - {name: POD_NAME, value: partner}
+    - {name: VERSION, value: partner}
+    - {name: HTTPS_PORT, value: "8443"}
+    - {name: TLS_CERT, value: %q}
+    - {name: TLS_KEY, value: %q}
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+`, certPEM, keyPEM))
+	partner := lb.WaitPodsReady(t, partnerNS, "app=partner", 1, 2*time.Minute)[0]
+
+	out := run("waypoint", "apply", "-n", ns)
+	t.Log(out)
+	wps := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := lb.PodLogs(ns, wps[0].Name, wps[0].Spec.Containers[0].Name)
+			t.Logf("waypoint logs:\n%s", logs)
+		}
+	})
+	secret := func(ca []byte) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: partner-ca}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s, ca.crt: %s}
+`, b64(certPEM), b64(keyPEM), b64(ca))
+	}
+	lb.Apply(t, ns, secret(caPEM)+fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [%[1]s]
+  addresses: [198.19.202.10]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8443}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: %[2]s}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: partner}
+spec:
+  host: %[1]s
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: partner-ca}
+`, host, partner.Status.PodIP))
+	client := clientPod(t, lb, ns, "client", "client")
+	url := "http://" + host + "/"
+	wantProto := "HTTP/1.1 over TLS to " + host
+	lab.WaitFor(t, time.Minute, "the partner API answered over TLS originated by the waypoint", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "3", url)
+		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
+	})
+	wpMetrics := "http://" + wps[0].Status.PodIP + ":15020/metrics"
+	if n := sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service=%q`, host), `response_code="200"`); n < 3 {
+		t.Errorf("waypoint counted %v answered requests to %s; want at least 3", n, host)
+	}
+
+	lb.Apply(t, ns, secret(otherCA))
+	lab.WaitFor(t, time.Minute, "a partner the CA did not sign gets no request", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "3", url)
+		return s.ByStatus["503"] == 3, fmt.Errorf("status %v, protocols %v, errors %v", s.ByStatus, s.Protocols, s.Errors)
 	})
 }
