@@ -54,7 +54,10 @@
 // pools and outlier state, and unchanged rate limits keep their buckets.
 //
 // The upstream protocol is HTTP/2 (h2c) for gRPC requests and for clusters
-// marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke. HTTP/2 goes
+// marked HTTP2, HTTP/1.1 otherwise, whatever the client spoke. A cluster's
+// TrafficPolicy.TLS originates TLS on every upstream connection
+// (originateTLS: the handshake is part of the dial, ALPN h2 or http/1.1; a
+// server that fails verification is a connection failure, UF). HTTP/2 goes
 // through http.Transport; HTTP/1.1 through h1Client, a keep-alive pool that
 // sends each request on the handler's goroutine (cheaper per request than
 // the transport's goroutines per connection), with the same wire code as
