@@ -21,7 +21,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	for _, gw := range bd.ingress {
 		key := model.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
 		r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
-		lb := &l7Builder{bd: bd, ns: gw.Namespace, clusters: map[string]*model.L7Cluster{}}
+		lb := &l7Builder{bd: bd, ns: gw.Namespace, clusters: map[string]*model.L7Cluster{}, ingress: true}
 		cfg := &model.L7Config{}
 		for _, l := range gw.Spec.Listeners {
 			if l.Protocol != gatewayv1.HTTPProtocolType {

@@ -403,3 +403,62 @@ spec:
 		t.Errorf("routes %q; want %q", got, want)
 	}
 }
+
+// TestIngressUseWaypoint: an ingress gateway sends a service's requests to
+// its endpoints, bypassing the service's waypoint (Istio's default), unless
+// istio.io/ingress-use-waypoint=true is on the service or its namespace:
+// then the gateway's cluster for it is the service's VIP, which its HBONE
+// dial takes to the waypoint; the service's own label wins over its
+// namespace's. The waypoint's own config keeps the endpoints.
+func TestIngressUseWaypoint(t *testing.T) {
+	productpage := func(labels string) string {
+		return `apiVersion: v1
+kind: Service
+metadata: {name: productpage, namespace: bookinfo, labels: {` + labels + `}}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: productpage}
+  ports: [{name: http, port: 9080}]
+`
+	}
+	const cluster = "outbound|9080||productpage.bookinfo.svc.cluster.local"
+	podEndpoint := []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}, Workload: "productpage-v1"}}
+	viaVIP := []model.L7Endpoint{{Address: "10.96.0.30:9080"}}
+	for _, tt := range []struct {
+		name, nsLabels, svcLabels string
+		want                      []model.L7Endpoint
+	}{
+		{"no label: endpoints", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "", podEndpoint},
+		{"service label", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "istio.io/ingress-use-waypoint: 'true'", viaVIP},
+		{"namespace label", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint,istio.io/ingress-use-waypoint=true", "", viaVIP},
+		{"service says false over its namespace", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint,istio.io/ingress-use-waypoint=true", "istio.io/ingress-use-waypoint: 'false'", podEndpoint},
+		{"no waypoint: endpoints", "istio.io/dataplane-mode=ambient,istio.io/ingress-use-waypoint=true", "", podEndpoint},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ingress := bookinfoIngress[:strings.Index(bookinfoIngress, "apiVersion: v1\nkind: Service\nmetadata: {name: productpage")]
+			snap, _ := mustBuild(t, inputs(t, ingress, productpage(tt.svcLabels),
+				ns("bookinfo", tt.nsLabels), waypoint("bookinfo", "waypoint", "10.96.9.9", ""),
+				pod("bookinfo", "productpage-v1", "10.0.0.30", "n1", "app=productpage")))
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/bookinfo-gateway")
+			}
+			var got []model.L7Endpoint
+			for _, c := range cfg.Clusters {
+				if c.Name == cluster {
+					got = c.Endpoints
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("ingress cluster endpoints (-want +got):\n%s", diff)
+			}
+			if wp, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"}); ok {
+				for _, c := range wp.Clusters {
+					if c.Name == cluster && !cmp.Equal(c.Endpoints, podEndpoint) {
+						t.Errorf("the waypoint's own cluster endpoints %+v; want the pod", c.Endpoints)
+					}
+				}
+			}
+		})
+	}
+}

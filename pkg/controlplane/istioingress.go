@@ -114,7 +114,7 @@ func addSNI(l *model.L7Listener, t *model.ListenerTLS, hosts []string) {
 // gateway deployment; nil when nothing is left to serve.
 func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[string]string, gws []config[networkingapi.Gateway]) *model.L7Config {
 	targets := bd.gatewayTargetPorts(key.Namespace, podLabels)
-	lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
+	lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}, ingress: true}
 	listeners := map[uint32]*model.L7Listener{}
 	servers := map[uint32][]ingressServer{}
 	for _, gw := range gws {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"istio.io/api/label"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
@@ -58,6 +60,10 @@ type l7Builder struct {
 	// proxy no cluster for it.
 	ns       string
 	clusters map[string]*model.L7Cluster
+	// ingress is set for an ingress gateway: a service whose waypoint takes
+	// ingress traffic (istio.io/ingress-use-waypoint) is reached through
+	// its VIP, which the gateway's HBONE dial sends to that waypoint.
+	ingress bool
 }
 
 // buildL7 returns the L7 configuration of every waypoint with services bound.
@@ -141,6 +147,17 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 	c := &model.L7Cluster{Name: name}
 	if owner, ok := lb.bd.hostOwners[host]; ok && lb.bd.svcByKey[owner].VisibleTo(lb.ns) {
 		ms := lb.bd.svcByKey[owner]
+		if lb.ingress && lb.bd.ingressUsesWaypoint(ms) {
+			// The service's waypoint applies its routes and policies to
+			// ingress requests too (Istio's istio.io/ingress-use-waypoint):
+			// the gateway sends them to the service's VIP, as a mesh client
+			// would, and its HBONE dial goes to the waypoint.
+			for _, vip := range ms.VIPs {
+				c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: netip.AddrPortFrom(vip, uint16(port)).String()})
+			}
+			lb.clusters[name] = c
+			return name
+		}
 		for _, ep := range ms.Endpoints {
 			if !ep.Ready {
 				continue
@@ -1074,4 +1091,29 @@ func (lb *l7Builder) upstreamTLS(dr config[networkingapi.DestinationRule], t *ne
 		return nil, false
 	}
 	return out, true
+}
+
+// ingressUsesWaypoint reports whether ingress gateways send a service's
+// requests through its waypoint: it has one (for services) and the
+// istio.io/ingress-use-waypoint label is "true" on the service (Service or
+// ServiceEntry), else on its namespace.
+func (bd *build) ingressUsesWaypoint(ms *model.Service) bool {
+	if ms.Waypoint == nil || len(ms.VIPs) == 0 {
+		return false
+	}
+	var labels map[string]string
+	if ms.Source == model.SourceKubernetes {
+		if svc := bd.kubeSvcs[ms.Namespace+"/"+ms.Name]; svc != nil {
+			labels = svc.Labels
+		}
+	} else if se, ok := bd.in.serviceEnts[ms.Namespace+"/"+ms.Name]; ok {
+		labels = se.meta.Labels
+	}
+	if v, ok := labels[label.IoIstioIngressUseWaypoint.Name]; ok {
+		return v == "true"
+	}
+	if nsObj := bd.in.namespaces[ms.Namespace]; nsObj != nil {
+		return nsObj.Labels[label.IoIstioIngressUseWaypoint.Name] == "true"
+	}
+	return false
 }

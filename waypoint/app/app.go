@@ -143,11 +143,11 @@ type state struct {
 	proxy    atomic.Pointer[waypoint.Proxy]
 	reg      prometheus.Registerer
 	conns    *waypoint.ConnListener
-	serve    func(*waypoint.Proxy)                 // starts the proxy's Serve on conns
-	serveOn  func(*waypoint.Proxy, net.Listener)   // starts Serve on a listener of the config (ingress)
-	ports    map[uint32]*ingressPort               // the config's listener ports this gateway serves
-	direct   atomic.Pointer[map[string]bool]       // the config's endpoint addresses (dialUpstream)
-	vips     atomic.Pointer[map[netip.Addr]string] // service VIP -> hostname, from the address resources
+	serve    func(*waypoint.Proxy)                     // starts the proxy's Serve on conns
+	serveOn  func(*waypoint.Proxy, net.Listener)       // starts Serve on a listener of the config (ingress)
+	ports    map[uint32]*ingressPort                   // the config's listener ports this gateway serves
+	direct   atomic.Pointer[map[string]bool]           // the config's endpoint addresses (dialUpstream)
+	vips     atomic.Pointer[map[netip.Addr]vipService] // service VIP -> its service, from the address resources
 	xds      *xdsclient.Client
 	dialer   *hbone.Dialer
 	mu       sync.Mutex // serializes Validate→Update
@@ -481,6 +481,16 @@ func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
 	ap, perr := netip.ParseAddrPort(addr)
 	if perr == nil {
+		if target, ok, err := s.viaWaypoint(ap); ok {
+			var c *hbone.Conn
+			if err == nil {
+				c, err = s.dialer.Dial(ctx, target)
+			}
+			if err != nil {
+				return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+			}
+			return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
+		}
 		peer, inMesh, err := s.identityOf(ap.Addr())
 		switch {
 		case inMesh && err != nil:
@@ -601,28 +611,66 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 			p.Namespace = w.Namespace
 		}
 		if idx := s.vips.Load(); idx != nil {
-			p.DestinationService = (*idx)[req.Target.Addr().Unmap()]
+			p.DestinationService = (*idx)[req.Target.Addr().Unmap()].hostname
 		}
 	}
 	return p
 }
 
-// indexVIPs rebuilds the service VIP → hostname index from the address
-// resources meshd pushed.
+// vipService is what the address resources say of a service VIP.
+type vipService struct {
+	hostname string
+	waypoint *meshv1.GatewayAddress // nil when the service has none
+}
+
+// indexVIPs rebuilds the service VIP index from the address resources
+// meshd pushed.
 func (s *state) indexVIPs() {
-	idx := map[netip.Addr]string{}
+	idx := map[netip.Addr]vipService{}
 	for _, r := range s.xds.List(meshv1.AddressType) {
 		a, ok := r.Message.(*meshv1.Address)
 		if !ok || a.GetService() == nil {
 			continue
 		}
+		svc := vipService{hostname: a.GetService().GetHostname(), waypoint: a.GetService().GetWaypoint()}
 		for _, v := range a.GetService().GetVips() {
 			if ip, err := netip.ParseAddr(v); err == nil {
-				idx[ip.Unmap()] = a.GetService().GetHostname()
+				idx[ip.Unmap()] = svc
 			}
 		}
 	}
 	s.vips.Store(&idx)
+}
+
+// viaWaypoint is the HBONE dial that sends a request for a service VIP to
+// the service's waypoint (an ingress gateway's route to a service labelled
+// istio.io/ingress-use-waypoint: meshd makes the VIP the cluster's
+// endpoint); ok is false when ip is no VIP of a service with a waypoint.
+func (s *state) viaWaypoint(ap netip.AddrPort) (hbone.Target, bool, error) {
+	idx := s.vips.Load()
+	if idx == nil {
+		return hbone.Target{}, false, nil
+	}
+	wp := (*idx)[ap.Addr().Unmap()].waypoint
+	if wp == nil || wp.GetAddress() == "" {
+		return hbone.Target{}, false, nil
+	}
+	if wp.GetNamespace() == s.opts.Namespace && wp.GetName() == s.opts.GatewayName {
+		return hbone.Target{}, false, nil // this proxy is that waypoint
+	}
+	addr, err := netip.ParseAddr(wp.GetAddress())
+	if err != nil {
+		return hbone.Target{}, true, fmt.Errorf("waypoint %s/%s of %s has a bad address %q", wp.GetNamespace(), wp.GetName(), ap.Addr(), wp.GetAddress())
+	}
+	id, err := spiffeid.FromString(wp.GetIdentity())
+	if err != nil {
+		return hbone.Target{}, true, fmt.Errorf("waypoint %s/%s of %s has a bad identity %q: %w", wp.GetNamespace(), wp.GetName(), ap.Addr(), wp.GetIdentity(), err)
+	}
+	port := uint16(wp.GetHbonePort())
+	if port == 0 {
+		port = s.opts.UpstreamHBONEPort
+	}
+	return hbone.Target{Local: s.svid, Proxy: netip.AddrPortFrom(addr.Unmap(), port), PeerID: id, Addr: ap}, true, nil
 }
 
 // hboneConn gives an hbone.Conn the net.Conn methods the proxy's HTTP

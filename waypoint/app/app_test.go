@@ -448,6 +448,26 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 		t.Errorf("backend node got %d HBONE streams for the endpoint outside the mesh; want 0", got-before)
 	}
 
+	// A service VIP as an endpoint (an ingress gateway's route to a service
+	// labelled istio.io/ingress-use-waypoint) goes over HBONE to the
+	// service's waypoint, CONNECT to the VIP, the waypoint verified by its
+	// identity: here the backend node plays that waypoint.
+	viaWP := plainBackend(t, "127.0.0.5", "via-waypoint")
+	if err := m.xds.SetService(&meshv1.Service{
+		Name: "ratings", Namespace: "app", Hostname: "ratings.app.svc.cluster.local", Vips: []string{"127.0.0.5"},
+		Waypoint: &meshv1.GatewayAddress{Namespace: "app", Name: "ratings-waypoint", Address: "127.0.0.1", HbonePort: uint32(node.port), Identity: backendID.String()},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.xds.SetWaypointConfig(waypointConfig(t, "outside", v1, v2, viaWP)); err != nil {
+		t.Fatal(err)
+	}
+	before = len(node.seen())
+	eventually(t, "a service VIP reached through its waypoint", expect("via-waypoint"))
+	if got := node.seen(); len(got) <= before || got[len(got)-1] != wpID {
+		t.Errorf("the service's waypoint saw peers %v (had %d before); want a new HBONE stream from %s", got, before, wpID)
+	}
+
 	resp, err := hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)

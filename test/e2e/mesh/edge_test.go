@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -251,4 +252,84 @@ func servingCertCA(t *testing.T, host string) (certPEM, keyPEM, caPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}),
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+}
+
+// TestIngressUseWaypoint: an ingress gateway reaches a mesh service's pods
+// directly, so the L7 policy of the service's waypoint does not see ingress
+// requests (Istio's default); labelled istio.io/ingress-use-waypoint=true,
+// the service gets its ingress requests through its waypoint, whose DENY on
+// a path then answers 403 for them too.
+func TestIngressUseWaypoint(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+`---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  gatewayClassName: meshlet
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+`)
+	out := run("waypoint", "apply", "-n", ns, "--enroll-namespace")
+	t.Log(out)
+	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
+	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
+	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=edge", 1, 3*time.Minute)
+	var edgeIP string
+	lab.WaitFor(t, time.Minute, "the gateway's Service", func() (bool, error) {
+		svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "edge", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		edgeIP = svc.Spec.ClusterIP
+		return edgeIP != "", errors.New("no cluster IP yet")
+	})
+	plain := lb.NewNamespace(t)
+	outsider := clientPod(t, lb, plain, "outsider", "outsider")
+	status := func(path string) map[string]int {
+		return summary(t, lb, plain, outsider.Name, "-n", "2", "http://"+edgeIP+path).ByStatus
+	}
+	inMesh := clientPod(t, lb, ns, "client", "client")
+	lab.WaitFor(t, time.Minute, "the waypoint's DENY for mesh clients", func() (bool, error) {
+		s := summary(t, lb, ns, inMesh.Name, "-n", "2", "http://echo:8080/admin")
+		return s.ByStatus["403"] == 2, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
+	})
+	lab.WaitFor(t, time.Minute, "ingress requests bypass the waypoint by default", func() (bool, error) {
+		s := status("/admin")
+		return s["200"] == 2, fmt.Errorf("status %v", s)
+	})
+
+	lb.Apply(t, ns, `apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  labels: {istio.io/ingress-use-waypoint: "true"}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080}]
+`)
+	lab.WaitFor(t, time.Minute, "ingress requests through the waypoint, its DENY applied", func() (bool, error) {
+		s := status("/admin")
+		return s["403"] == 2, fmt.Errorf("status %v", s)
+	})
+	if s := status("/api"); s["200"] != 2 {
+		t.Errorf("an allowed path through the gateway and the waypoint: %v; want 200", s)
+	}
 }
