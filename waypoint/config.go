@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/meshlet/meshlet/pkg/logfilter"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
 )
@@ -39,6 +40,9 @@ type compiled struct {
 	// telemetry is the Telemetry API's say over access log, metrics and
 	// trace sampling; nil fields keep Options' defaults.
 	telemetry model.L7Telemetry
+	// logFilter is telemetry.AccessLogFilter compiled; nil logs every
+	// request.
+	logFilter *logfilter.Filter
 }
 
 func limiterKey(listener, vhost, route string) string {
@@ -146,6 +150,13 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 		}
 	}
 	c := &compiled{clusters: map[string]*cluster{}, policies: cfg.Policies, limiters: map[string]*rateLimiter{}, telemetry: cfg.L7.Telemetry}
+	if expr := cfg.L7.Telemetry.AccessLogFilter; expr != "" {
+		f, err := logfilter.Compile(expr)
+		if err != nil {
+			return nil, fmt.Errorf("compile waypoint config: telemetry: %w", err)
+		}
+		c.logFilter = f
+	}
 	for _, p := range cfg.Policies {
 		c.scopedPolicies = c.scopedPolicies || len(p.Services) > 0
 	}
@@ -363,34 +374,16 @@ func (c *compiled) selectListener(port uint32) *listener {
 }
 
 // findRoute returns the first route that matches, Istio order: the virtual
-// host by authority (exact, then longest wildcard suffix, then "*"), then its
+// host of the service the client dialled (a waypoint's HBONE target, as
+// Istio's waypoints choose by destination, so that a request from an
+// ingress gateway carrying its external Host, or any client's Host naming
+// another service, gets the routes of the service it was sent to), else by
+// authority (exact, then longest wildcard suffix, then "*"), then its
 // routes in order.
 func (l *listener) findRoute(in *routeInput) (*vhost, *route) {
-	host := strings.ToLower(in.authority)
-	if h, _, ok := splitHostPort(host); ok {
-		host = h
-	}
-	host = strings.TrimSuffix(host, ".")
-	var vh *vhost
-	best := -1
-	for _, v := range l.vhosts {
-		if v.exact[host] {
-			vh = v
-			break
-		}
-		for _, s := range v.suffixes {
-			if strings.HasSuffix(host, s) && len(s) > best {
-				vh, best = v, len(s)
-			}
-		}
-	}
+	vh := l.vhostNamed(in.peer.DestinationService)
 	if vh == nil {
-		for _, v := range l.vhosts {
-			if v.any {
-				vh = v
-				break
-			}
-		}
+		vh = l.vhostByAuthority(in.authority)
 	}
 	if vh == nil {
 		return nil, nil
@@ -406,6 +399,51 @@ func (l *listener) findRoute(in *routeInput) (*vhost, *route) {
 		}
 	}
 	return vh, nil
+}
+
+// vhostNamed is the virtual host of service (meshd names a waypoint's by
+// the service hostname); nil for "" or none.
+func (l *listener) vhostNamed(service string) *vhost {
+	if service == "" {
+		return nil
+	}
+	for _, v := range l.vhosts {
+		if v.name == service {
+			return v
+		}
+	}
+	return nil
+}
+
+// vhostByAuthority is the virtual host for a Host/:authority: exact, then
+// the longest wildcard suffix, then "*".
+func (l *listener) vhostByAuthority(authority string) *vhost {
+	host := strings.ToLower(authority)
+	if h, _, ok := splitHostPort(host); ok {
+		host = h
+	}
+	host = strings.TrimSuffix(host, ".")
+	var vh *vhost
+	best := -1
+	for _, v := range l.vhosts {
+		if v.exact[host] {
+			return v
+		}
+		for _, s := range v.suffixes {
+			if strings.HasSuffix(host, s) && len(s) > best {
+				vh, best = v, len(s)
+			}
+		}
+	}
+	if vh != nil {
+		return vh
+	}
+	for _, v := range l.vhosts {
+		if v.any {
+			return v
+		}
+	}
+	return nil
 }
 
 func (m *match) match(in *routeInput) bool {

@@ -190,7 +190,8 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		if tm := cfg.telemetry.RequestMetrics; tm == nil || *tm {
 			p.metrics.observe(rec)
 		}
-		if al := cfg.telemetry.AccessLog; al == nil || *al {
+		if al := cfg.telemetry.AccessLog; (al == nil || *al) && p.log != nil &&
+			(cfg.logFilter == nil || cfg.logFilter.Match(logAttributes(rec, req, w))) {
 			p.log.log(rec)
 		}
 		freeRecord(rec)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -239,6 +240,45 @@ func TestPathPrefixMatch(t *testing.T) {
 		}
 		if got := m.match(tt.path); got != tt.want {
 			t.Errorf("PathPrefix %q (ignoreCase %v) on %q = %v; want %v", tt.prefix, tt.ignoreCase, tt.path, got, tt.want)
+		}
+	}
+}
+
+// TestVirtualHostByDestination: a waypoint picks the virtual host of the
+// service the client dialled (the HBONE target), not the Host header: an
+// ingress gateway's request carrying its external Host reaches the
+// service's routes, and a Host naming another service does not route the
+// request there (policies apply by the dialled service too). Without a
+// dialled service (an ingress gateway's own listener) the Host decides.
+func TestVirtualHostByDestination(t *testing.T) {
+	reviews := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "reviews") }))
+	ratings := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ratings") }))
+	cfg := &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", VirtualHosts: []model.VirtualHost{
+			{Name: "reviews.shop.svc.cluster.local", Domains: []string{"reviews.shop.svc.cluster.local", "reviews"}, Routes: []model.L7Route{{Name: "r", Destinations: to("reviews")}}},
+			{Name: "ratings.shop.svc.cluster.local", Domains: []string{"ratings.shop.svc.cluster.local", "ratings"}, Routes: []model.L7Route{{Name: "r", Destinations: to("ratings")}}},
+		}}},
+		Clusters: []model.L7Cluster{clusterOf("reviews", reviews), clusterOf("ratings", ratings)},
+	}}
+	var dialled atomic.Value
+	dialled.Store("")
+	h := start(t, cfg, func(o *Options) {
+		o.Peer = func(*http.Request) Peer { return Peer{DestinationService: dialled.Load().(string)} }
+	})
+	client := newClient(t)
+	for _, tt := range []struct {
+		dialled, host, want string
+		code                int
+	}{
+		{"reviews.shop.svc.cluster.local", "bookinfo.example.com", "reviews", 200},
+		{"reviews.shop.svc.cluster.local", "ratings", "reviews", 200},
+		{"", "ratings", "ratings", 200},
+		{"", "bookinfo.example.com", "", 404},
+	} {
+		dialled.Store(tt.dialled)
+		code, body := h.get(t, client, "/", map[string]string{"Host": tt.host})
+		if code != tt.code || code == 200 && body != tt.want {
+			t.Errorf("dialled %q, Host %q: %d %q; want %d %q", tt.dialled, tt.host, code, body, tt.code, tt.want)
 		}
 	}
 }

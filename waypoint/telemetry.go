@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshlet/meshlet/pkg/logfilter"
 )
 
 // Response flags, as Envoy and Istio print them in access logs and in the
@@ -377,4 +381,36 @@ func (l *accessLogger) log(rec *record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	_, _ = l.w.Write(b)
+}
+
+// logAttributes are a request's attributes for a Telemetry access log
+// filter (pkg/logfilter), built only when one is configured.
+func logAttributes(rec *record, req *http.Request, w *responseWriter) *logfilter.Attributes {
+	a := &logfilter.Attributes{
+		Method: rec.method, Path: rec.path, URLPath: req.URL.Path, Host: rec.authority, Protocol: rec.protocol,
+		ID: rec.requestID, UserAgent: rec.userAgent, Referer: req.Header.Get("Referer"),
+		RequestHeaders: make(map[string]string, len(req.Header)),
+		Time:           rec.start, Duration: time.Since(rec.start), RequestSize: rec.bytesIn,
+		Code: rec.code, CodeDetails: rec.details, GRPCStatus: rec.grpcStatus, ResponseSize: rec.bytesOut,
+		ResponseFlags:   rec.flagString(),
+		SourcePrincipal: spiffeURI(rec.peer.Principal), MutualTLS: rec.peer.Principal != "",
+		UpstreamAddress: rec.upstreamHost,
+	}
+	a.Scheme = "http"
+	if req.TLS != nil {
+		a.Scheme = "https"
+		a.RequestedServerName = req.TLS.ServerName
+	}
+	for k, v := range req.Header {
+		a.RequestHeaders[strings.ToLower(k)] = strings.Join(v, ",")
+	}
+	if ap, err := netip.ParseAddrPort(rec.downstreamRem); err == nil {
+		a.SourceAddress, a.SourcePort = ap.Addr().String(), int(ap.Port())
+	}
+	if rec.peer.DestinationIP.IsValid() {
+		a.DestinationAddress, a.DestinationPort = rec.peer.DestinationIP.String(), int(rec.peer.DestinationPort)
+	} else if ap, err := netip.ParseAddrPort(addrString(rec.downstreamLoc)); err == nil {
+		a.DestinationAddress, a.DestinationPort = ap.Addr().String(), int(ap.Port())
+	}
+	return a
 }

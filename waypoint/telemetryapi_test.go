@@ -1,7 +1,10 @@
 package waypoint
 
 import (
+	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -54,5 +57,55 @@ func TestTelemetryAPISwitches(t *testing.T) {
 	send(2)
 	if got := len(h.log.lines(t)); got != 5 || requests() != 5 || spans.Load() != 4 {
 		t.Errorf("defaults again: %d log lines, %v requests counted, %d spans; want 5, 5, 4", got, requests(), spans.Load())
+	}
+}
+
+// TestAccessLogFilter: a Telemetry accessLogging filter logs only the
+// requests its CEL condition holds for (here: failures, and anything a
+// client marks for debugging), while metrics still count every request; an
+// expression the proxy cannot compile refuses the config and the last good
+// one keeps serving.
+func TestAccessLogFilter(t *testing.T) {
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	cl := clusterOf("outbound|9080||reviews.default.svc.cluster.local", app)
+	cfg := oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "default", Destinations: to(cl.Name), Retries: &model.RetryPolicy{}})
+	cfg.L7.Telemetry.AccessLogFilter = "response.code >= 400 || request.headers['x-debug'] == 'true'"
+	h := start(t, cfg, nil)
+	client := newClient(t)
+	for _, r := range []struct {
+		path  string
+		debug bool
+		code  int
+	}{{"/ok", false, 200}, {"/fail", false, 503}, {"/ok", true, 200}, {"/ok", false, 200}, {"/fail", false, 503}} {
+		hdr := map[string]string{}
+		if r.debug {
+			hdr["X-Debug"] = "true"
+		}
+		if code, _ := h.get(t, client, r.path, hdr); code != r.code {
+			t.Fatalf("GET %s = %d; want %d", r.path, code, r.code)
+		}
+	}
+	var logged []string
+	for _, l := range h.log.lines(t) {
+		logged = append(logged, fmt.Sprintf("%s %d", l.Path, l.ResponseCode))
+	}
+	if want := []string{"/fail 503", "/ok 200", "/fail 503"}; !slices.Equal(logged, want) {
+		t.Errorf("logged %q; want %q (the failures and the debug request)", logged, want)
+	}
+	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"}); n != 5 {
+		t.Errorf("requests counted: %v; want all 5", n)
+	}
+
+	bad := oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "default", Destinations: to(cl.Name)})
+	bad.L7.Telemetry.AccessLogFilter = "response.code >="
+	if err := h.proxy.Update(bad); err == nil || !strings.Contains(err.Error(), "filter expression") {
+		t.Errorf("Update with an invalid filter = %v; want it refused naming the filter expression", err)
+	}
+	if code, _ := h.get(t, client, "/fail", nil); code != 503 || len(h.log.lines(t)) != 4 {
+		t.Errorf("after the refused config: %d, %d lines; want the last good config still filtering (503 logged, 4 lines)", code, len(h.log.lines(t)))
 	}
 }

@@ -1,8 +1,11 @@
 package controlplane
 
 import (
+	"fmt"
+
 	telemetryapi "istio.io/api/telemetry/v1alpha1"
 
+	"github.com/meshlet/meshlet/pkg/logfilter"
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
@@ -28,6 +31,9 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 	for _, k := range keys {
 		c := bd.in.telemetries[k]
 		r := bd.rejecter(KindTelemetry, c.meta.Namespace, c.meta.Name)
+		if err := checkAccessLogFilter(c.spec); err != nil {
+			r.reject("%v", err)
+		}
 		for _, al := range c.spec.GetAccessLogging() {
 			for _, p := range al.GetProviders() {
 				if !knownProviders[p.GetName()] {
@@ -69,6 +75,7 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 			for _, c := range level {
 				if v, ok := accessLogSetting(c.spec); ok && !log {
 					t.AccessLog, log = &v, true
+					t.AccessLogFilter = c.spec.GetAccessLogging()[0].GetFilter().GetExpression()
 				}
 				if v, ok := samplingSetting(c.spec); ok && !sampling {
 					t.TraceSampling, sampling = &v, true
@@ -83,6 +90,9 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 }
 
 func validTelemetry(t *telemetryapi.Telemetry) bool {
+	if checkAccessLogFilter(t) != nil {
+		return false
+	}
 	for _, tr := range t.GetTracing() {
 		if v := tr.GetRandomSamplingPercentage(); v != nil && (v.GetValue() < 0 || v.GetValue() > 100) {
 			return false
@@ -168,4 +178,17 @@ func metricsSetting(t *telemetryapi.Telemetry) (bool, bool) {
 		}
 	}
 	return false, false
+}
+
+// checkAccessLogFilter compiles the filters of t's access logging, as the
+// proxies will: a Telemetry whose filter they could not run is refused.
+func checkAccessLogFilter(t *telemetryapi.Telemetry) error {
+	for i, al := range t.GetAccessLogging() {
+		if expr := al.GetFilter().GetExpression(); expr != "" {
+			if _, err := logfilter.Compile(expr); err != nil {
+				return fmt.Errorf("accessLogging[%d].filter: %w", i, err)
+			}
+		}
+	}
+	return nil
 }

@@ -79,6 +79,28 @@ spec:
   tracing: [{randomSamplingPercentage: 150}]
 `},
 		rejected: "randomSamplingPercentage 150 is not between 0 and 100",
+	}, {
+		name: "a namespace's access log filter (Istio's example) goes with its access log setting",
+		docs: []string{mesh, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: errors-only, namespace: bookinfo}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+`},
+		want: model.L7Telemetry{AccessLog: &on, AccessLogFilter: "response.code >= 400", TraceSampling: pct(1)},
+	}, {
+		name: "a filter that does not compile is rejected and the Telemetry ignored",
+		docs: []string{mesh, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: broken, namespace: bookinfo}
+spec:
+  accessLogging:
+  - filter: {expression: "response.code >="}
+`},
+		want:     model.L7Telemetry{AccessLog: &on, TraceSampling: pct(1)},
+		rejected: "accessLogging[0].filter: filter expression",
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -56,6 +56,10 @@ type L7Config struct {
 type L7Telemetry struct {
 	// AccessLog turns the JSON access log on or off.
 	AccessLog *bool `json:",omitempty"`
+	// AccessLogFilter is the CEL condition a request must meet to be
+	// logged (the Telemetry's accessLogging filter.expression, see
+	// pkg/logfilter); empty logs every request.
+	AccessLogFilter string `json:",omitempty"`
 	// TraceSampling is the percentage (0–100) of new traces sampled.
 	TraceSampling *float64 `json:",omitempty"`
 	// RequestMetrics turns the Istio request metrics on or off.

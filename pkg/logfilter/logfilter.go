@@ -1,0 +1,135 @@
+// Package logfilter compiles and evaluates the filters of the Telemetry
+// API's access logging (accessLogging[].filter.expression): CEL expressions
+// over Envoy's request attributes, such as
+//
+//	response.code >= 400
+//	request.url_path.startsWith('/api') && request.duration > duration('500ms')
+//	request.headers['x-debug'] == 'true'
+//
+// meshd compiles an expression to refuse a Telemetry whose filter is not
+// valid, and the waypoint compiles it once per configuration and evaluates
+// it for every request: a line is written only when the filter is true. An
+// expression that fails for a request (a header that is not there, a type
+// mismatch) counts as false, as Envoy's CEL filter treats an error.
+//
+// The attributes are Envoy's names (request.*, response.*, source.*,
+// destination.*, connection.*, upstream.*) for what a waypoint knows of a
+// request; attribute maps not listed in Attributes are unknown and refused
+// when the expression is compiled.
+package logfilter
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/cel-go/cel"
+)
+
+// maxExpression bounds an expression's length: it comes from a user's
+// Telemetry object and is compiled by meshd and every proxy it applies to.
+const maxExpression = 4096
+
+// costLimit bounds one evaluation (CEL's runtime cost units): a filter runs
+// for every request and must not cost more than the request.
+const costLimit = 10000
+
+// Filter is a compiled expression.
+type Filter struct {
+	expr string
+	prg  cel.Program
+}
+
+// attributeNames are the top-level variables an expression may use.
+var attributeNames = []string{"request", "response", "source", "destination", "connection", "upstream"}
+
+var env = func() *cel.Env {
+	opts := []cel.EnvOption{}
+	for _, n := range attributeNames {
+		opts = append(opts, cel.Variable(n, cel.MapType(cel.StringType, cel.DynType)))
+	}
+	e, err := cel.NewEnv(opts...)
+	if err != nil {
+		panic(fmt.Sprintf("logfilter: CEL environment: %v", err))
+	}
+	return e
+}()
+
+// Compile checks expr and prepares it for evaluation. The expression must
+// be boolean.
+func Compile(expr string) (*Filter, error) {
+	if expr == "" {
+		return nil, errors.New("the filter expression is empty")
+	}
+	if len(expr) > maxExpression {
+		return nil, fmt.Errorf("the filter expression is %d bytes; at most %d", len(expr), maxExpression)
+	}
+	ast, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		return nil, fmt.Errorf("filter expression %q: %w", expr, iss.Err())
+	}
+	if t := ast.OutputType(); t != cel.BoolType && t != cel.DynType {
+		return nil, fmt.Errorf("filter expression %q is of type %s; it must be a condition (bool), e.g. response.code >= 400", expr, t)
+	}
+	prg, err := env.Program(ast, cel.CostLimit(costLimit))
+	if err != nil {
+		return nil, fmt.Errorf("filter expression %q: %w", expr, err)
+	}
+	return &Filter{expr: expr, prg: prg}, nil
+}
+
+// String is the expression.
+func (f *Filter) String() string { return f.expr }
+
+// Attributes is what the proxy knows of one request, by Envoy's attribute
+// names.
+type Attributes struct {
+	Method, Path, URLPath, Host, Scheme, Protocol, ID, UserAgent, Referer string
+	RequestHeaders                                                        map[string]string // lower-case names
+	Time                                                                  time.Time
+	Duration                                                              time.Duration
+	RequestSize                                                           int64
+
+	Code          int
+	CodeDetails   string
+	GRPCStatus    string
+	ResponseSize  int64
+	ResponseFlags string
+
+	SourceAddress, DestinationAddress string
+	SourcePort, DestinationPort       int
+	SourcePrincipal                   string // the peer's SPIFFE ID
+	MutualTLS                         bool
+	RequestedServerName               string
+
+	UpstreamAddress string
+}
+
+// Match reports whether the filter holds for a; an evaluation error is
+// false.
+func (f *Filter) Match(a *Attributes) bool {
+	out, _, err := f.prg.Eval(map[string]any{
+		"request": map[string]any{
+			"method": a.Method, "path": a.Path, "url_path": a.URLPath, "host": a.Host, "scheme": a.Scheme,
+			"protocol": a.Protocol, "id": a.ID, "useragent": a.UserAgent, "referer": a.Referer,
+			"headers": a.RequestHeaders, "time": a.Time, "duration": a.Duration,
+			"size": a.RequestSize, "total_size": a.RequestSize,
+		},
+		"response": map[string]any{
+			"code": a.Code, "code_details": a.CodeDetails, "grpc_status": a.GRPCStatus,
+			"size": a.ResponseSize, "total_size": a.ResponseSize, "flags": a.ResponseFlags,
+		},
+		"source":      map[string]any{"address": a.SourceAddress, "port": a.SourcePort, "principal": a.SourcePrincipal},
+		"destination": map[string]any{"address": a.DestinationAddress, "port": a.DestinationPort},
+		"connection": map[string]any{
+			"mtls": a.MutualTLS, "requested_server_name": a.RequestedServerName,
+			"uri_san_peer_certificate": a.SourcePrincipal,
+		},
+		"upstream": map[string]any{"address": a.UpstreamAddress},
+	})
+	if err != nil {
+		return false
+	}
+	b, ok := out.Value().(bool)
+	return ok && b
+}
