@@ -11,8 +11,10 @@
 //     missing → anonymous); this comes before routing, as Envoy's jwt_authn
 //     filter does, so that claim headers it outputs (and strips when a
 //     client sends them) are what route matches see;
-//  3. the route is chosen (first match in Istio order; a Gateway API
-//     PathPrefix matches whole segments of the normalized path);
+//  3. the route is chosen: the virtual host of the service the client
+//     dialled (Peer.DestinationService), else by Host; then the first
+//     match in Istio order (a Gateway API PathPrefix matches whole
+//     segments of the normalized path);
 //  4. AuthorizationPolicy is evaluated by pkg/policy (DENY, then ALLOW),
 //     after JWT because requestPrincipals and request.auth.* need its
 //     result; an unmatched request is 404 only if authorization allows it;
@@ -32,7 +34,8 @@
 //     (gRPC) and flushing, or the connection is handed over after a 101
 //     (WebSocket only: other upgrades such as h2c are dropped, since an
 //     upgraded tunnel would bypass routing and policy);
-//  11. Istio's request metrics and a JSON access log line are recorded; the
+//  11. Istio's request metrics and a JSON access log line (when the
+//     Telemetry's CEL filter, if any, holds: pkg/logfilter) are recorded; the
 //     W3C trace context is continued (or started, sampled at
 //     Options.TraceSampling) with a span per request handed to
 //     Options.ExportSpan, where an OTLP exporter plugs in.
