@@ -287,10 +287,8 @@ spec:
   action: DENY
   rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
 `)
-	out := run("waypoint", "apply", "-n", ns, "--enroll-namespace")
-	t.Log(out)
+	applyWaypoint(t, lb, run, ns, "--enroll-namespace")
 	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
-	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
 	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=edge", 1, 3*time.Minute)
 	var edgeIP string
 	lab.WaitFor(t, time.Minute, "the gateway's Service", func() (bool, error) {

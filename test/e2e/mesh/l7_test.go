@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/test/lab"
@@ -55,6 +56,21 @@ spec:
   ports: [{name: http, port: 8080}]
 `
 
+// applyWaypoint runs `meshctl waypoint apply -n ns args...` and returns the
+// waypoint's pod once it is ready; a test that fails prints its logs.
+func applyWaypoint(t *testing.T, lb *lab.Lab, run func(args ...string) string, ns string, args ...string) corev1.Pod {
+	t.Helper()
+	t.Log(run(append([]string{"waypoint", "apply", "-n", ns}, args...)...))
+	wp := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)[0]
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := lb.PodLogs(ns, wp.Name, wp.Spec.Containers[0].Name)
+			t.Logf("waypoint logs:\n%s", logs)
+		}
+	})
+	return wp
+}
+
 // summary runs `echo client` in a pod and decodes its summary.
 func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s struct {
 	OK, Failed int
@@ -93,16 +109,8 @@ func TestWaypointRoutesAndSplits(t *testing.T) {
 	}
 	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
 
-	out := run("waypoint", "apply", "-n", ns, "--enroll-namespace")
-	t.Log(out)
-	wps := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
-	t.Cleanup(func() {
-		if t.Failed() {
-			logs, _ := lb.PodLogs(ns, wps[0].Name, wps[0].Spec.Containers[0].Name)
-			t.Logf("waypoint logs:\n%s", logs)
-		}
-	})
-	wpMetrics := "http://" + wps[0].Status.PodIP + ":15020/metrics"
+	wp := applyWaypoint(t, lb, run, ns, "--enroll-namespace")
+	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
 	reqs := func() float64 {
 		return sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, `response_code="200"`)
 	}
@@ -239,9 +247,8 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	run("waypoint", "apply", "-n", ns, "--enroll-namespace")
-	wps := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
-	wpMetrics := "http://" + wps[0].Status.PodIP + ":15020/metrics"
+	wp := applyWaypoint(t, lb, run, ns, "--enroll-namespace")
+	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
 	calls := func() float64 {
 		return sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, `request_protocol="grpc"`, `grpc_response_status="0"`)
 	}
@@ -288,15 +295,7 @@ spec:
 `, certPEM, keyPEM))
 	partner := lb.WaitPodsReady(t, partnerNS, "app=partner", 1, 2*time.Minute)[0]
 
-	out := run("waypoint", "apply", "-n", ns)
-	t.Log(out)
-	wps := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 3*time.Minute)
-	t.Cleanup(func() {
-		if t.Failed() {
-			logs, _ := lb.PodLogs(ns, wps[0].Name, wps[0].Spec.Containers[0].Name)
-			t.Logf("waypoint logs:\n%s", logs)
-		}
-	})
+	wp := applyWaypoint(t, lb, run, ns)
 	secret := func(ca []byte) string {
 		return fmt.Sprintf(`apiVersion: v1
 kind: Secret
@@ -332,7 +331,7 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "3", url)
 		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
 	})
-	wpMetrics := "http://" + wps[0].Status.PodIP + ":15020/metrics"
+	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
 	if n := sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service=%q`, host), `response_code="200"`); n < 3 {
 		t.Errorf("waypoint counted %v answered requests to %s; want at least 3", n, host)
 	}

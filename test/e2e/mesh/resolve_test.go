@@ -106,11 +106,7 @@ spec:
 `, host, backend.Status.PodIP))
 	c := clientPod(t, lb, ns, "caller", "caller")
 	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
-	counted := func() float64 {
-		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`,
-			fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_service=%q`, host),
-			`connection_security_policy="none"`)
-	}
+	counted := func() float64 { return plaintextConnections(t, metrics, ns, host) }
 	before := counted()
 	waitAnswered(t, lb, ns, c.Name, "http://"+host+"/", true, "the ServiceEntry host answered by its static endpoint")
 	if d := counted() - before; d < 1 {
@@ -142,14 +138,19 @@ spec:
 `, host, plain))
 	c := clientPod(t, lb, ns, "caller", "caller")
 	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
-	counted := func() float64 {
-		return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`,
-			fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_service=%q`, host),
-			`connection_security_policy="none"`)
-	}
+	counted := func() float64 { return plaintextConnections(t, metrics, ns, host) }
 	before := counted()
 	waitAnswered(t, lb, ns, c.Name, "http://"+host+"/", true, "the ServiceEntry host answered by its endpoint found through DNS")
 	if d := counted() - before; d < 1 {
 		t.Errorf("source agent's connections to %s (no mutual TLS) moved by %v; want at least 1", host, d)
 	}
+}
+
+// plaintextConnections is what a source node agent counts of connections
+// from namespace ns to service host without mutual TLS.
+func plaintextConnections(t *testing.T, metrics, ns, host string) float64 {
+	t.Helper()
+	return sumMetric(t, metrics, "istio_tcp_connections_opened_total", `reporter="source"`,
+		fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_service=%q`, host),
+		`connection_security_policy="none"`)
 }
