@@ -3,6 +3,7 @@ package controlplane
 import (
 	"cmp"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -77,6 +78,61 @@ func (bd *build) translateServiceEntries() {
 		bd.addService(ms)
 		if sel != nil {
 			bd.seSelect = append(bd.seSelect, seSelector{svc: ms, selector: sel})
+		}
+	}
+	bd.allocateServiceEntryVIPs(keys)
+}
+
+// autoVIPs is where ServiceEntry addresses are allocated, Istio's range for
+// its automatic allocation (240.240.0.0/16, reserved class E space that no
+// network routes; pods resolve to it only through the mesh's DNS proxy and
+// their connections to it are captured by the node agent).
+var autoVIPs = netip.MustParsePrefix("240.240.0.0/16")
+
+// allocateServiceEntryVIPs gives a ServiceEntry with resolution DNS or
+// DNS_ROUND_ROBIN and no addresses a virtual IP, as Istio's automatic
+// allocation does in ambient mode: the mesh's DNS proxy answers its host
+// with it, so a pod's connection to the host is the mesh's to steer (to the
+// entry's waypoint, for egress, or to the addresses its endpoints resolve
+// to) instead of leaving for whatever the name resolves to. The address is
+// a hash of namespace/name/host in autoVIPs, probing on past an address
+// taken, entries in age order (keys): an entry keeps its address while
+// older ones do not change. An entry with several hosts and no endpoints is
+// not given one: each host is resolved on its own there, and one address
+// cannot say which (give it addresses, or one host per entry).
+func (bd *build) allocateServiceEntryVIPs(keys []string) {
+	taken := map[netip.Addr]bool{}
+	for _, ms := range bd.services {
+		for _, v := range ms.VIPs {
+			taken[v] = true
+		}
+	}
+	size := uint32(1) << (32 - autoVIPs.Bits())
+	base := autoVIPs.Addr().As4()
+	first := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	for _, k := range keys {
+		c := bd.in.serviceEnts[k]
+		ms := bd.svcByKey[(&model.Service{Namespace: c.meta.Namespace, Name: c.meta.Name, Source: model.SourceServiceEntry}).Key()]
+		if ms == nil || len(ms.VIPs) > 0 || (ms.Resolution != "DNS" && ms.Resolution != "DNS_ROUND_ROBIN") {
+			continue
+		}
+		if len(ms.Hostnames) > 1 && len(c.spec.GetEndpoints()) == 0 {
+			bd.rejecter(KindServiceEntry, c.meta.Namespace, c.meta.Name).warn("no address is allocated to an entry with several hosts and no endpoints (each host resolves on its own): set addresses, or one host per ServiceEntry, for the mesh to steer its traffic")
+			continue
+		}
+		h := fnv.New32a()
+		h.Write([]byte(c.meta.Namespace + "/" + c.meta.Name + "/" + ms.Hostname()))
+		// Offsets 1 .. size-2: neither the network nor the broadcast address.
+		off := h.Sum32()%(size-2) + 1
+		for range size {
+			n := first + off
+			vip := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+			if !taken[vip] {
+				taken[vip] = true
+				ms.VIPs = []netip.Addr{vip}
+				break
+			}
+			off = off%(size-2) + 1
 		}
 	}
 }

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -645,5 +646,70 @@ spec: {selector: {matchLabels: {tier: front}}, mtls: {mode: DISABLE}}
 	}
 	if hasRejection(rej, "istio-system/old: conflicts", true) || hasRejection(rej, "foo/by-app: conflicts", true) {
 		t.Errorf("rejections = %v; the oldest policies must not be reported", rej)
+	}
+}
+
+// TestServiceEntryAutoAllocation: a ServiceEntry with resolution DNS and no
+// addresses gets a virtual IP in 240.240.0.0/16 (Istio's automatic
+// allocation), the same one build after build, another entry another one;
+// an address some entry claims is never handed out again; entries with
+// addresses, another resolution, or several hosts and no endpoints get
+// none (the last reported).
+func TestServiceEntryAutoAllocation(t *testing.T) {
+	se := func(name, host, extra string) string {
+		return `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ` + name + `, namespace: foo}
+spec:
+  hosts: [` + host + `]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+` + extra
+	}
+	vip := func(t *testing.T, snap *model.Snapshot, name string) netip.Addr {
+		t.Helper()
+		s, ok := snap.Service("se/foo/" + name)
+		if !ok {
+			t.Fatalf("no service for ServiceEntry foo/%s", name)
+		}
+		if len(s.VIPs) != 1 {
+			return netip.Addr{}
+		}
+		return s.VIPs[0]
+	}
+	docs := []string{
+		se("github", "api.github.com", "  resolution: DNS\n"),
+		se("partner", "api.partner.example", "  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: edge.partner.example}]\n"),
+		se("static", "static.partner.example", "  resolution: STATIC\n  endpoints: [{address: 192.0.2.7}]\n"),
+		se("none", "none.partner.example", "  resolution: NONE\n"),
+		se("fixed", "fixed.partner.example", "  resolution: DNS\n  addresses: [198.19.9.9]\n"),
+		se("twohosts", "a.example.org, b.example.org", "  resolution: DNS\n"),
+	}
+	snap, rej := mustBuild(t, inputs(t, docs...))
+	gh, partner := vip(t, snap, "github"), vip(t, snap, "partner")
+	auto := netip.MustParsePrefix("240.240.0.0/16")
+	if !auto.Contains(gh) || !auto.Contains(partner) || gh == partner {
+		t.Errorf("allocated %v and %v; want two different addresses in %v", gh, partner, auto)
+	}
+	for name, want := range map[string]netip.Addr{"static": {}, "none": {}, "fixed": netip.MustParseAddr("198.19.9.9"), "twohosts": {}} {
+		if got := vip(t, snap, name); got != want {
+			t.Errorf("ServiceEntry %s: VIP %v; want %v", name, got, want)
+		}
+	}
+	if !hasRejection(rej, "ServiceEntry foo/twohosts: no address is allocated to an entry with several hosts and no endpoints", true) {
+		t.Errorf("rejections = %v; want a warning for the two-host entry", rej)
+	}
+	a, ok := snap.Lookup(gh)
+	if !ok || a.Service == nil || a.Service.Hostname() != "api.github.com" {
+		t.Errorf("Lookup(%v) = %+v; want the api.github.com entry", gh, a)
+	}
+
+	again, _ := mustBuild(t, inputs(t, docs...))
+	if vip(t, again, "github") != gh || vip(t, again, "partner") != partner {
+		t.Errorf("a second build allocated %v, %v; want the same %v, %v", vip(t, again, "github"), vip(t, again, "partner"), gh, partner)
+	}
+	// A newer entry claiming github's address explicitly: github moves on.
+	claimed, _ := mustBuild(t, inputs(t, append(docs, se("claim", "claim.example.org", "  resolution: STATIC\n  addresses: ["+gh.String()+"]\n  endpoints: [{address: 192.0.2.8}]\n"))...))
+	if got := vip(t, claimed, "github"); got == gh || !auto.Contains(got) || vip(t, claimed, "claim") != gh {
+		t.Errorf("with %v claimed by another entry, github got %v; want another address in %v", gh, got, auto)
 	}
 }

@@ -154,3 +154,37 @@ func plaintextConnections(t *testing.T, metrics, ns, host string) float64 {
 		fmt.Sprintf(`source_workload_namespace=%q`, ns), fmt.Sprintf(`destination_service=%q`, host),
 		`connection_security_policy="none"`)
 }
+
+// TestServiceEntryAutoAllocatedAddress: a ServiceEntry with resolution DNS
+// and no addresses (the usual way to declare an external API) gets an
+// address from meshd (240.240.0.0/16, Istio's automatic allocation), which
+// the mesh's DNS proxy answers for its host; an enrolled pod's request to
+// the host then reaches what the entry's endpoint resolves to, and the
+// source node agent counts it under the entry's host.
+func TestServiceEntryAutoAllocatedAddress(t *testing.T) {
+	lb := meshLab(t)
+	plain := lb.NewNamespace(t)
+	echoServer(t, lb, plain)
+	ns := ambientNamespace(t, lb)
+	host := "auto." + ns + ".partner.example"
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto}
+spec:
+  hosts: [%s]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  endpoints: [{address: echo.%s.svc.cluster.local, ports: {http: 8080}}]
+`, host, plain))
+	c := clientPod(t, lb, ns, "caller", "caller")
+	lab.WaitFor(t, 30*time.Second, "the host resolves to an allocated address in the enrolled pod", func() (bool, error) {
+		out, err := lb.ExecInPod(ns, c.Name, "/usr/bin/getent", "ahostsv4", host)
+		return err == nil && strings.HasPrefix(strings.TrimSpace(out), "240.240."), fmt.Errorf("%v %q", err, out)
+	})
+	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
+	before := plaintextConnections(t, metrics, ns, host)
+	waitAnswered(t, lb, ns, c.Name, "http://"+host+"/", true, "the host answered through its allocated address")
+	if d := plaintextConnections(t, metrics, ns, host) - before; d < 1 {
+		t.Errorf("source agent's connections to %s moved by %v; want at least 1", host, d)
+	}
+}
