@@ -482,32 +482,16 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	ap, perr := netip.ParseAddrPort(addr)
 	if perr == nil {
 		if target, ok, err := s.viaWaypoint(ap); ok {
-			var c *hbone.Conn
-			if err == nil {
-				c, err = s.dialer.Dial(ctx, target)
-			}
-			if err != nil {
-				return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
-			}
-			return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
+			return s.dialHBONE(ctx, target, err)
 		}
 		peer, inMesh, err := s.identityOf(ap.Addr())
-		switch {
-		case inMesh && err != nil:
-			return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
-		case inMesh:
-			c, err := s.dialer.Dial(ctx, hbone.Target{
+		if inMesh {
+			return s.dialHBONE(ctx, hbone.Target{
 				Local:  s.svid,
 				Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
 				PeerID: peer,
 				Addr:   ap,
-			})
-			if err != nil {
-				// A net.OpError "dial": the proxy reports it as a connection
-				// failure (UF), not a reset of an established upstream.
-				return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
-			}
-			return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: net.TCPAddrFromAddrPort(ap)}, nil
+			}, err)
 		}
 	}
 	if direct := s.direct.Load(); direct != nil && (*direct)[addr] {
@@ -519,6 +503,21 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	}
 	return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap),
 		Err: fmt.Errorf("no workload with address %s is known to this waypoint, and it is no endpoint of its config", ap.Addr())}
+}
+
+// dialHBONE opens an HBONE stream to target unless finding it failed (err).
+// Errors are a net.OpError "dial": the proxy reports them as a connection
+// failure (UF), not a reset of an established upstream.
+func (s *state) dialHBONE(ctx context.Context, target hbone.Target, err error) (net.Conn, error) {
+	var c *hbone.Conn
+	if err == nil {
+		c, err = s.dialer.Dial(ctx, target)
+	}
+	remote := net.TCPAddrFromAddrPort(target.Addr)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: remote, Err: err}
+	}
+	return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: remote}, nil
 }
 
 // directEndpoints are the addresses of a config's endpoints, which
@@ -533,10 +532,6 @@ func directEndpoints(l7 *model.L7Config) map[string]bool {
 	return out
 }
 
-// syncPorts makes the ingress listeners exactly the config's listener
-// ports: new ones are opened (a port that cannot be bound refuses the
-// config, keeping the last good one serving), gone ones closed. Called with
-// s.mu held.
 // identityOf finds the SPIFFE ID of the workload of the mesh holding ip;
 // inMesh is false when no enrolled workload holds it.
 func (s *state) identityOf(ip netip.Addr) (id spiffeid.ID, inMesh bool, err error) {
@@ -660,11 +655,11 @@ func (s *state) viaWaypoint(ap netip.AddrPort) (hbone.Target, bool, error) {
 	}
 	addr, err := netip.ParseAddr(wp.GetAddress())
 	if err != nil {
-		return hbone.Target{}, true, fmt.Errorf("waypoint %s/%s of %s has a bad address %q", wp.GetNamespace(), wp.GetName(), ap.Addr(), wp.GetAddress())
+		return hbone.Target{Addr: ap}, true, fmt.Errorf("waypoint %s/%s of %s has a bad address %q", wp.GetNamespace(), wp.GetName(), ap.Addr(), wp.GetAddress())
 	}
 	id, err := spiffeid.FromString(wp.GetIdentity())
 	if err != nil {
-		return hbone.Target{}, true, fmt.Errorf("waypoint %s/%s of %s has a bad identity %q: %w", wp.GetNamespace(), wp.GetName(), ap.Addr(), wp.GetIdentity(), err)
+		return hbone.Target{Addr: ap}, true, fmt.Errorf("waypoint %s/%s of %s has a bad identity %q: %w", wp.GetNamespace(), wp.GetName(), ap.Addr(), wp.GetIdentity(), err)
 	}
 	port := uint16(wp.GetHbonePort())
 	if port == 0 {
