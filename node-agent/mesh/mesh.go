@@ -332,6 +332,9 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service
 		// workloads through the tunnel), not kube-proxy in plaintext. The
 		// metrics name the service the client asked for.
 		d, inMesh := m.resolve(s, src, c.target, true)
+		if !inMesh && !d.Target.IsValid() {
+			d.Target = c.target // that service passes through: to its VIP
+		}
 		d.Service = svc.Hostname()
 		return d, inMesh
 	}

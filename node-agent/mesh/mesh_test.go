@@ -504,9 +504,10 @@ func (d *dnsServer) lookup(ctx context.Context, host string) ([]netip.Addr, erro
 // reported.
 func TestResolveServiceEntryByHostname(t *testing.T) {
 	dns := startDNS(t, map[string][]string{
-		"backend.partner.example":  {"198.19.200.21", "198.19.200.22"},
-		"db-alias.partner.example": {"198.19.3.100"},
-		"local.partner.example":    {"127.0.0.1"},
+		"backend.partner.example":    {"198.19.200.21", "198.19.200.22"},
+		"db-alias.partner.example":   {"198.19.3.100"},
+		"local.partner.example":      {"127.0.0.1"},
+		"idle-alias.partner.example": {"198.19.3.110"},
 	})
 	se := func(name, vip, res, host string, port uint32) *model.Service {
 		return &model.Service{Name: name, Namespace: "shop", Source: model.SourceServiceEntry, Hostnames: []string{name + ".example"},
@@ -522,7 +523,10 @@ func TestResolveServiceEntryByHostname(t *testing.T) {
 			se("logical", "198.19.44.41", "DNS_ROUND_ROBIN", "backend.partner.example", 9080),
 			se("alias", "198.19.44.42", "DNS", "db-alias.partner.example", 80), // db's port 80
 			se("dead", "198.19.44.43", "DNS", "dead.partner.example", 9080),
-			se("local", "198.19.44.44", "DNS", "local.partner.example", 9080)),
+			se("local", "198.19.44.44", "DNS", "local.partner.example", 9080),
+			se("idle", "198.19.44.45", "DNS", "idle-alias.partner.example", 80),
+			&model.Service{Name: "idle", Namespace: "shop", Hostnames: []string{"idle.shop.svc.cluster.local"}, VIPs: []netip.Addr{ip("198.19.3.110")},
+				Ports: []model.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}}}),
 	})
 	var reported []string
 	var mu sync.Mutex
@@ -559,6 +563,10 @@ func TestResolveServiceEntryByHostname(t *testing.T) {
 	if !ok || d.Identity != idDB || d.Via != netip.AddrPortFrom(d.Target.Addr(), proxy.PortTunnel) || d.Service != "alias.example" ||
 		(d.Target != netip.MustParseAddrPort("198.19.3.61:8080") && d.Target != netip.MustParseAddrPort("198.19.3.62:8080")) {
 		t.Errorf("a name resolving to the db Service's VIP: Resolve = %+v, %v; want a db endpoint through the tunnel", d, ok)
+	}
+
+	if d, ok := m.Resolve(proxy.Pod{}, netip.MustParseAddrPort("198.19.44.45:80")); ok || d.Target != netip.MustParseAddrPort("198.19.3.110:80") {
+		t.Errorf("a name resolving to the VIP of a Service with no endpoint: Resolve = %+v, %v; want that VIP dialled", d, ok)
 	}
 
 	for _, vip := range []string{"198.19.44.43", "198.19.44.44"} {
