@@ -261,8 +261,10 @@ spec:
 }
 
 // TestWaypointEgressTLSOrigination: Istio's egress through a waypoint with
-// TLS origination. A ServiceEntry for a partner API outside the mesh (an
-// echo pod of a namespace outside it, serving only HTTPS on 8443) is bound
+// TLS origination, written as Istio's ambient egress guide writes it. A
+// ServiceEntry with resolution DNS and no addresses (meshd allocates one)
+// declares a partner API outside the mesh: an echo server of a namespace
+// outside it serving only HTTPS on 8443, known by a DNS name. It is bound
 // to the namespace's waypoint with istio.io/use-waypoint, and a
 // DestinationRule originates TLS to it, verifying the server against the CA
 // in a credentialName Secret. A mesh client's plain HTTP request to the
@@ -293,7 +295,14 @@ spec:
     - {name: TLS_KEY, value: %q}
     readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
 `, certPEM, keyPEM))
-	partner := lb.WaitPodsReady(t, partnerNS, "app=partner", 1, 2*time.Minute)[0]
+	lb.Apply(t, partnerNS, `apiVersion: v1
+kind: Service
+metadata: {name: partner}
+spec:
+  selector: {app: partner}
+  ports: [{name: https, port: 8443}]
+`)
+	lb.WaitPodsReady(t, partnerNS, "app=partner", 1, 2*time.Minute)
 
 	wp := applyWaypoint(t, lb, run, ns)
 	secret := func(ca []byte) string {
@@ -310,11 +319,10 @@ kind: ServiceEntry
 metadata: {name: partner, labels: {istio.io/use-waypoint: waypoint}}
 spec:
   hosts: [%[1]s]
-  addresses: [198.19.202.10]
   ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8443}]
   location: MESH_EXTERNAL
-  resolution: STATIC
-  endpoints: [{address: %[2]s}]
+  resolution: DNS
+  endpoints: [{address: partner.%[2]s.svc.cluster.local}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -323,7 +331,7 @@ spec:
   host: %[1]s
   trafficPolicy:
     tls: {mode: SIMPLE, credentialName: partner-ca}
-`, host, partner.Status.PodIP))
+`, host, partnerNS))
 	client := clientPod(t, lb, ns, "client", "client")
 	url := "http://" + host + "/"
 	wantProto := "HTTP/1.1 over TLS to " + host
