@@ -76,12 +76,12 @@ func InMesh(nsLabels map[string]string, pod *kube.Pod) bool {
 // ports 15001/15006/15008 are Envoy's. meshd applies the same rule.
 func hasSidecar(pod *kube.Pod) bool {
 	for _, c := range pod.Spec.Containers {
-		if c.Name == "istio-proxy" {
+		if c.Name == model.IstioSidecarContainer {
 			return true
 		}
 	}
 	for _, c := range pod.Spec.InitContainers {
-		if c.Name == "istio-proxy" {
+		if c.Name == model.IstioSidecarContainer {
 			return true
 		}
 	}

@@ -3,6 +3,8 @@ package controlplane
 import (
 	"istio.io/api/label"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 // Label values Istio defines for ambient mode.
@@ -43,12 +45,12 @@ func enrollment(pod *corev1.Pod, ns *corev1.Namespace) (bool, string) {
 
 func hasSidecar(pod *corev1.Pod) bool {
 	for _, c := range pod.Spec.Containers {
-		if c.Name == "istio-proxy" {
+		if c.Name == model.IstioSidecarContainer {
 			return true
 		}
 	}
 	for _, c := range pod.Spec.InitContainers {
-		if c.Name == "istio-proxy" {
+		if c.Name == model.IstioSidecarContainer {
 			return true
 		}
 	}

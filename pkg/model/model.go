@@ -15,6 +15,11 @@ type NamespacedName struct {
 // String returns "namespace/name".
 func (n NamespacedName) String() string { return n.Namespace + "/" + n.Name }
 
+// IstioSidecarContainer is the name of Istio's sidecar container (or native
+// sidecar init container): a pod with one is left to its sidecar, never
+// enrolled (meshd and the node agent apply the same rule).
+const IstioSidecarContainer = "istio-proxy"
+
 // WorkloadKind says where a workload came from.
 type WorkloadKind string
 
