@@ -65,7 +65,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		return strings.TrimSpace(string(b)), nil
 	}
 
-	conn, err := grpc.NewClient(f.meshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithConnectParams(xdsclient.ConnectParams))
+	conn, err := grpc.NewClient(f.meshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), xdsclient.WithMeshdReconnect())
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("meshd connection: %w", err)
 	}

@@ -181,7 +181,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	s := &state{opts: opts, log: opts.Logger, svid: identity.NewSVIDSource(nil)}
 
-	conn, err := grpc.NewClient(opts.MeshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(opts.MeshdTLS)), grpc.WithConnectParams(xdsclient.ConnectParams))
+	conn, err := grpc.NewClient(opts.MeshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(opts.MeshdTLS)), xdsclient.WithMeshdReconnect())
 	if err != nil {
 		return fmt.Errorf("run waypoint: dial meshd %s: %w", opts.MeshdAddress, err)
 	}

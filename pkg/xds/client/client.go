@@ -157,7 +157,7 @@ func (c *Client) LastError() error {
 // Synced is closed once a first response of every subscribed type was applied.
 func (c *Client) Synced() <-chan struct{} { return c.syncedCh }
 
-// ConnectParams are how a client of meshd (xDS here, certificate requests
+// connectParams are how a client of meshd (xDS here, certificate requests
 // on the node agent's and the waypoint's own connections) reconnects: at
 // most 5 s between attempts, and an attempt that gets no answer (a Service
 // VIP whose endpoints kube-proxy has not programmed yet drops the SYN) is
@@ -168,10 +168,15 @@ func (c *Client) Synced() <-chan struct{} { return c.syncedCh }
 // meshd tens of seconds after it was ready, and the pods enrolled meanwhile
 // waited that long for their certificates (their CSRs wait for the
 // connection).
-var ConnectParams = grpc.ConnectParams{
+var connectParams = grpc.ConnectParams{
 	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 	MinConnectTimeout: 5 * time.Second,
 }
+
+// WithMeshdReconnect is the dial option for every gRPC connection to meshd
+// (see connectParams): the node agent's and the waypoint's certificate
+// connections use it as the xDS client does.
+func WithMeshdReconnect() grpc.DialOption { return grpc.WithConnectParams(connectParams) }
 
 // Run connects and keeps the store up to date until ctx ends, reconnecting
 // with exponential backoff and jitter. It returns ctx's error.
@@ -179,7 +184,7 @@ func (c *Client) Run(ctx context.Context) error {
 	conn, err := grpc.NewClient(c.opts.Address, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.opts.TLS)),
 		grpc.WithPerRPCCredentials(tokenCreds{c.opts.Token}),
-		grpc.WithConnectParams(ConnectParams),
+		WithMeshdReconnect(),
 		// The first address-index response of a large cluster (10k pods)
 		// is larger than gRPC's default 4 MiB receive limit.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize)),
