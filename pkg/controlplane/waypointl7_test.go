@@ -308,9 +308,19 @@ spec:
 // returns the bookinfo waypoint's L7 config.
 func bookinfoWaypoint(t *testing.T, doc string) *model.L7Config {
 	t.Helper()
+	return bookinfoWaypointWarned(t, doc, "")
+}
+
+// bookinfoWaypointWarned is bookinfoWaypoint wanting the one warning
+// containing warned (none when it is "").
+func bookinfoWaypointWarned(t *testing.T, doc, warned string) *model.L7Config {
+	t.Helper()
 	snap, rej := mustBuild(t, inputs(t, bookinfo(doc)...))
-	if len(rej) != 0 {
+	switch {
+	case warned == "" && len(rej) != 0:
 		t.Errorf("rejections = %v; want none", rej)
+	case warned != "" && !hasRejection(rej, warned, true):
+		t.Errorf("rejections = %v; want a warning %q", rej, warned)
 	}
 	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
 	if !ok {
@@ -471,7 +481,11 @@ func TestWaypointL7VirtualServiceRetryBackoff(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+			warned := ""
+			if tt.warned != "" {
+				warned = "VirtualService bookinfo/reviews: " + tt.warned
+			}
+			cfg := bookinfoWaypointWarned(t, `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: bookinfo}
 spec:
@@ -479,17 +493,7 @@ spec:
   http:
   - route: [{destination: {host: reviews}}]
     retries: `+tt.retries+`
-`)...))
-			switch {
-			case tt.warned == "" && len(rej) != 0:
-				t.Errorf("rejections = %v; want none", rej)
-			case tt.warned != "" && !hasRejection(rej, "VirtualService bookinfo/reviews: "+tt.warned, true):
-				t.Errorf("rejections = %v; want a warning %q", rej, tt.warned)
-			}
-			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-			if !ok {
-				t.Fatal("no L7 config for bookinfo/waypoint")
-			}
+`, warned)
 			r := cfg.Listeners[0].VirtualHosts[0].Routes[0]
 			if r.Retries == nil {
 				t.Fatalf("route %+v has no retry policy; want %+v", r, tt.want)
@@ -559,7 +563,11 @@ func TestWaypointL7HTTPRouteRetryAndTimeouts(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: gateway.networking.k8s.io/v1
+			reported := ""
+			if tt.reported != "" {
+				reported = "HTTPRoute bookinfo/reviews: " + tt.reported
+			}
+			cfg := bookinfoWaypointWarned(t, `apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: reviews, namespace: bookinfo}
 spec:
@@ -567,17 +575,7 @@ spec:
   rules:
   - backendRefs: [{name: reviews, port: 9080}]
     `+tt.rule+`
-`)...))
-			switch {
-			case tt.reported == "" && len(rej) != 0:
-				t.Errorf("rejections = %v; want none", rej)
-			case tt.reported != "" && !hasRejection(rej, "HTTPRoute bookinfo/reviews: "+tt.reported, true):
-				t.Errorf("rejections = %v; want a warning %q", rej, tt.reported)
-			}
-			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-			if !ok {
-				t.Fatal("no L7 config for bookinfo/waypoint")
-			}
+`, reported)
 			r := cfg.Listeners[0].VirtualHosts[0].Routes[0]
 			if r.Timeout != tt.timeout {
 				t.Errorf("route timeout = %v; want %v", r.Timeout, tt.timeout)
