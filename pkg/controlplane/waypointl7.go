@@ -184,7 +184,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 		if dr, ok := lb.bd.drFor[owner]; ok {
 			tp := forPort(dr.spec.GetTrafficPolicy(), port)
 			c.Traffic = trafficPolicy(tp)
-			ok := true
+			var ok bool
 			c.Traffic.TLS, ok = lb.upstreamTLS(dr, tp.GetTls(), host, "trafficPolicy")
 			for _, ss := range dr.spec.GetSubsets() {
 				sub := model.Subset{Name: ss.GetName(), Labels: ss.GetLabels()}
