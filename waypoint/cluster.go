@@ -123,11 +123,10 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	}
 	h1dial, h2dial := dial, dial
 	if tp.TLS != nil {
-		var err error
-		if h1dial, err = originateTLS(dial, tp.TLS, false); err == nil {
-			h2dial, err = originateTLS(dial, tp.TLS, true)
-		}
-		if err != nil {
+		cfg, err := upstreamTLSConfig(tp.TLS)
+		if err == nil {
+			h1dial, h2dial = originateTLS(dial, cfg, false), originateTLS(dial, cfg, true)
+		} else {
 			// Validated with the config; should it still fail, no request
 			// goes out in the clear: every connection fails (UF) with why.
 			failed := func(context.Context, string, string) (net.Conn, error) {

@@ -20,11 +20,8 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 // by its connect timeout), and a failed one is a connection failure (UF),
 // never a request sent in the clear. h2 selects the ALPN offered: "h2" for
 // the HTTP/2 transport, "http/1.1" for the HTTP/1.1 client.
-func originateTLS(dial dialFunc, t *model.UpstreamTLS, h2 bool) (dialFunc, error) {
-	cfg, err := upstreamTLSConfig(t)
-	if err != nil {
-		return nil, err
-	}
+func originateTLS(dial dialFunc, base *tls.Config, h2 bool) dialFunc {
+	cfg := base.Clone()
 	if h2 {
 		cfg.NextProtos = []string{"h2"}
 	} else {
@@ -41,7 +38,7 @@ func originateTLS(dial dialFunc, t *model.UpstreamTLS, h2 bool) (dialFunc, error
 			return nil, &net.OpError{Op: "dial", Net: "tls", Err: fmt.Errorf("TLS origination to %s: %w", addr, err)}
 		}
 		return tc, nil
-	}, nil
+	}
 }
 
 // upstreamTLSConfig is the client side of TLS origination. The server's

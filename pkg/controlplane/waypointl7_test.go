@@ -371,20 +371,25 @@ func TestWaypointL7OutlierDefaults(t *testing.T) {
 	}
 }
 
-// TestWaypointL7HTTPRoutePrecedence: HTTPRoute rules reach the waypoint in
-// Gateway API's precedence, not in the order they were written: an Exact
-// path, then the longest PathPrefix, then more header matches; a tie goes
-// to the older HTTPRoute. A PathPrefix matches whole segments.
-func TestWaypointL7HTTPRoutePrecedence(t *testing.T) {
-	route := func(name, created, rules string) string {
-		return `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
+// reviewsRouteOf is a Gateway API route of kind (HTTPRoute, GRPCRoute) in
+// bookinfo, attached to the reviews Service's port 9080, created at created,
+// with the YAML list items rules.
+func reviewsRouteOf(kind, name, created, rules string) string {
+	return `apiVersion: gateway.networking.k8s.io/v1
+kind: ` + kind + `
 metadata: {name: ` + name + `, namespace: bookinfo, creationTimestamp: "` + created + `"}
 spec:
   parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
   rules:
 ` + rules
-	}
+}
+
+// TestWaypointL7HTTPRoutePrecedence: HTTPRoute rules reach the waypoint in
+// Gateway API's precedence, not in the order they were written: an Exact
+// path, then the longest PathPrefix, then more header matches; a tie goes
+// to the older HTTPRoute. A PathPrefix matches whole segments.
+func TestWaypointL7HTTPRoutePrecedence(t *testing.T) {
+	route := func(name, created, rules string) string { return reviewsRouteOf("HTTPRoute", name, created, rules) }
 	snap, rej := mustBuild(t, inputs(t, bookinfo(
 		route("a-newer", "2026-01-02T00:00:00Z", `  - name: catch-all
     backendRefs: [{name: reviews, port: 9080}]
@@ -594,15 +599,7 @@ spec:
 // com.example.Reviews/Get reaches the newer route's service+method rule,
 // not the older one's service-only rule.
 func TestWaypointL7GRPCRoutePrecedence(t *testing.T) {
-	route := func(name, created, rules string) string {
-		return `apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: ` + name + `, namespace: bookinfo, creationTimestamp: "` + created + `"}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-` + rules
-	}
+	route := func(name, created, rules string) string { return reviewsRouteOf("GRPCRoute", name, created, rules) }
 	snap, rej := mustBuild(t, inputs(t, bookinfo(
 		route("a-older", "2026-01-01T00:00:00Z", `  - name: older-service
     matches: [{method: {service: com.example.Reviews}}]

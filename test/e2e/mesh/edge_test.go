@@ -24,6 +24,17 @@ import (
 	"github.com/meshlet/meshlet/test/lab"
 )
 
+// edgeGateway is a Gateway API Gateway of meshlet's ingress class, "edge",
+// listening for HTTP on port 80.
+const edgeGateway = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  gatewayClassName: meshlet
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+`
+
 // TestIngressGatewayAPI: a Gateway API Gateway of meshlet's ingress class
 // makes meshd deploy an ingress gateway; an HTTPRoute bound to it by
 // parentRefs exposes /api/v1/echo of a mesh Service to clients outside the
@@ -34,15 +45,7 @@ import (
 func TestIngressGatewayAPI(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+`---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: edge}
-spec:
-  gatewayClassName: meshlet
-  listeners:
-  - {name: http, port: 80, protocol: HTTP}
----
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+edgeGateway+`---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo-api}
@@ -263,15 +266,7 @@ func TestIngressUseWaypoint(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
 	ns := ambientNamespace(t, lb)
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+`---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: edge}
-spec:
-  gatewayClassName: meshlet
-  listeners:
-  - {name: http, port: 80, protocol: HTTP}
----
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+edgeGateway+`---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo}
