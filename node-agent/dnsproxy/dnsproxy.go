@@ -22,6 +22,9 @@
 // Only UDP is proxied. DNS over TCP is not captured as DNS: connect4 sends
 // it to the outbound listener (15001) like any TCP, which passes it through
 // to the resolver the app dialled, so mesh names are not answered over TCP.
+// An answer from the mesh is therefore never truncated (TC): it fits what
+// the client takes over UDP (512 bytes, or the size its EDNS0 OPT record
+// advertises, up to 4096) and leaves out the addresses past that.
 //
 // It must not become an open resolver: it listens only on the pod's
 // loopback, bounds message sizes, concurrency and time, and answers only
@@ -45,8 +48,18 @@ import (
 // Port is where captured queries arrive inside the pod.
 const Port = 15053
 
-// maxMessage bounds a query and a forwarded answer (EDNS0's common size).
+// maxMessage bounds a query, a forwarded answer and any answer from the
+// mesh (EDNS0's common size).
 const maxMessage = 4096
+
+// minUDPMessage is what every client accepts over UDP (RFC 1035 §4.2.1):
+// all a query without an EDNS0 OPT record may be answered with, and the
+// floor of the size an OPT record advertises (RFC 6891 §6.2.5).
+const minUDPMessage = 512
+
+// rcodeBadVersion is EDNS0's BADVERS (RFC 6891 §9), an extended RCODE: its
+// high bits travel in the OPT record, its low four (zero) in the header.
+const rcodeBadVersion dnsmessage.RCode = 16
 
 // Options configure one pod's proxy.
 type Options struct {
@@ -219,6 +232,7 @@ func (s *Server) local(q []byte) ([]byte, bool) {
 	if question.Class != dnsmessage.ClassINET || (question.Type != dnsmessage.TypeA && question.Type != dnsmessage.TypeAAAA) {
 		return nil, false
 	}
+	opt, ednsErr := queryEDNS(&p)
 	name := strings.TrimSuffix(strings.ToLower(question.Name.String()), ".")
 	target := "" // the mesh name name expands, when name is not one itself
 	addrs, known := s.opts.Lookup(name)
@@ -233,15 +247,32 @@ func (s *Server) local(q []byte) ([]byte, bool) {
 			records = append(records, a)
 		}
 	}
-	// The answer fits maxMessage: the addresses past it are left out. TC is
-	// not set: the client would ask again over TCP, which reaches a
-	// resolver that does not know the mesh's names.
+	// The proxy answers this name, so it judges the query's EDNS0 as a
+	// resolver would (RFC 6891 §6.1.1, §6.1.3); for a forwarded name the
+	// upstream does.
+	switch {
+	case ednsErr != nil:
+		out, err := s.answer(h, question, dnsmessage.RCodeFormatError, "", nil, 0)
+		return out, err == nil
+	case opt.present && opt.version != 0:
+		out, err := s.answer(h, question, rcodeBadVersion, "", nil, opt.limit())
+		return out, err == nil
+	}
+	// The answer fits what the client takes over UDP (512 bytes, or the
+	// size its OPT record advertises, at most maxMessage): the addresses
+	// past it are left out. TC is not set: the client would ask again over
+	// TCP, which reaches a resolver that does not know the mesh's names,
+	// so a truncated answer would become no answer.
+	limit, optSize := opt.limit(), 0
+	if opt.present {
+		optSize = limit // an EDNS0 client is answered with an OPT record
+	}
 	for {
-		out, err := s.answer(h, question, target, records)
+		out, err := s.answer(h, question, dnsmessage.RCodeSuccess, target, records, optSize)
 		if err != nil {
 			return nil, false
 		}
-		if len(out) <= maxMessage {
+		if len(out) <= limit {
 			return out, true
 		}
 		if len(records) == 0 {
@@ -251,7 +282,57 @@ func (s *Server) local(q []byte) ([]byte, bool) {
 		if question.Type == dnsmessage.TypeAAAA {
 			per = 28
 		}
-		records = records[:max(0, len(records)-(len(out)-maxMessage+per-1)/per)]
+		records = records[:max(0, len(records)-(len(out)-limit+per-1)/per)]
+	}
+}
+
+// edns is what a query's EDNS0 OPT record says.
+type edns struct {
+	present bool  // the query has an OPT record
+	size    int   // the UDP payload size it advertises
+	version uint8 // its EDNS version
+}
+
+// limit is the size of the largest answer the client takes over UDP.
+func (e edns) limit() int {
+	if !e.present {
+		return minUDPMessage
+	}
+	return min(max(e.size, minUDPMessage), maxMessage)
+}
+
+// queryEDNS reads the OPT record from the sections of a query past its
+// questions, where p stands. An error means a query RFC 6891 §6.1.1 calls
+// malformed — more than one OPT record, one not owned by the root — or a
+// record that does not parse; such a query is answered FORMERR.
+func queryEDNS(p *dnsmessage.Parser) (edns, error) {
+	if err := p.SkipAllAnswers(); err != nil {
+		return edns{}, err
+	}
+	if err := p.SkipAllAuthorities(); err != nil {
+		return edns{}, err
+	}
+	var e edns
+	for {
+		rh, err := p.AdditionalHeader()
+		if errors.Is(err, dnsmessage.ErrSectionDone) {
+			return e, nil
+		}
+		if err != nil {
+			return edns{}, err
+		}
+		if rh.Type == dnsmessage.TypeOPT {
+			if e.present {
+				return edns{}, errors.New("more than one OPT record")
+			}
+			if rh.Name.String() != "." {
+				return edns{}, fmt.Errorf("OPT record owned by %s, not the root", rh.Name)
+			}
+			e = edns{present: true, size: int(rh.Class), version: uint8(rh.TTL >> 16)}
+		}
+		if err := p.SkipAdditional(); err != nil {
+			return edns{}, err
+		}
 	}
 }
 
@@ -271,12 +352,14 @@ func (s *Server) expansion(name string) (host string, addrs []netip.Addr, ok boo
 	return "", nil, false
 }
 
-// answer builds the answer to the query with header h and the question:
-// a CNAME from the name asked to target unless target is "", then an A or
-// AAAA record for each of records, under target or else the name asked.
-func (s *Server) answer(h dnsmessage.Header, question dnsmessage.Question, target string, records []netip.Addr) ([]byte, error) {
-	b := dnsmessage.NewBuilder(make([]byte, 0, 512), dnsmessage.Header{
+// answer builds the answer to the query with header h and the question,
+// with rcode: a CNAME from the name asked to target unless target is "",
+// then an A or AAAA record for each of records, under target or else the
+// name asked, then an OPT record advertising optSize unless it is 0.
+func (s *Server) answer(h dnsmessage.Header, question dnsmessage.Question, rcode dnsmessage.RCode, target string, records []netip.Addr, optSize int) ([]byte, error) {
+	b := dnsmessage.NewBuilder(make([]byte, 0, minUDPMessage), dnsmessage.Header{
 		ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
+		RCode: rcode & 0xF, // the rest of an extended RCODE is in the OPT record
 	})
 	b.EnableCompression()
 	if err := b.StartQuestions(); err != nil {
@@ -307,6 +390,18 @@ func (s *Server) answer(h dnsmessage.Header, question dnsmessage.Question, targe
 			err = b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()})
 		}
 		if err != nil {
+			return nil, err
+		}
+	}
+	if optSize > 0 {
+		if err := b.StartAdditionals(); err != nil {
+			return nil, err
+		}
+		var oh dnsmessage.ResourceHeader
+		if err := oh.SetEDNS0(optSize, rcode, false); err != nil {
+			return nil, err
+		}
+		if err := b.OPTResource(oh, dnsmessage.OPTResource{}); err != nil {
 			return nil, err
 		}
 	}

@@ -144,12 +144,13 @@ func TestSearchDomainExpansion(t *testing.T) {
 		})
 	}
 
-	// 300 addresses do not fit maxMessage: the answer keeps the CNAME and
-	// as many as fit (exchange reads at most maxMessage bytes, so a longer
-	// answer would not parse).
+	// 300 addresses do not fit maxMessage, the most a client's OPT record
+	// gets: the answer keeps the CNAME and as many as fit (exchange reads
+	// at most maxMessage bytes, so a longer answer would not parse).
+	// TestLocalAnswerSize has the bounds for other clients.
 	for _, typ := range []dnsmessage.Type{dnsmessage.TypeA, dnsmessage.TypeAAAA} {
 		qname := "many.example.com.shop.svc.cluster.local."
-		m := exchange(t, pod.Path, "127.0.0.1:15053", newQuery(t, qname, typ))
+		m := exchange(t, pod.Path, "127.0.0.1:15053", ednsQuery(t, qname, typ, opt(t, maxMessage, 0)))
 		if m == nil || m.RCode != dnsmessage.RCodeSuccess || len(m.Answers) < 2 {
 			t.Fatalf("%s %s: %+v; want a CNAME and addresses", qname, typ, m)
 		}
