@@ -19,9 +19,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,6 +150,7 @@ type state struct {
 	ports    map[uint32]*ingressPort                   // the config's listener ports this gateway serves
 	direct   atomic.Pointer[map[string]bool]           // the config's endpoint addresses (dialUpstream)
 	vips     atomic.Pointer[map[netip.Addr]vipService] // service VIP -> its service, from the address resources
+	idents   atomic.Pointer[map[netip.Addr]upstreamID] // workload address -> its identity (identityOf)
 	xds      *xdsclient.Client
 	dialer   *hbone.Dialer
 	mu       sync.Mutex // serializes Validate→Update
@@ -303,12 +306,17 @@ func (s *state) synced() bool {
 	}
 }
 
-// onChange keeps the VIP index current, and closes an ingress gateway's
-// listener ports when meshd removes its config (the last Gateway selecting
-// it was deleted).
+// onChange keeps the VIP and workload identity indexes current, and closes
+// an ingress gateway's listener ports when meshd removes its config (the
+// last Gateway selecting it was deleted).
 func (s *state) onChange(typeURL string, _, removed []string) {
-	if typeURL == meshv1.AddressType {
+	switch typeURL {
+	case meshv1.AddressType:
 		s.indexVIPs()
+		s.indexIdentities()
+		return
+	case meshv1.WorkloadType:
+		s.indexIdentities()
 		return
 	}
 	if typeURL != meshv1.WaypointConfigType || !s.opts.ServeListeners || len(removed) == 0 {
@@ -533,51 +541,100 @@ func directEndpoints(l7 *model.L7Config) map[string]bool {
 }
 
 // identityOf finds the SPIFFE ID of the workload of the mesh holding ip;
-// inMesh is false when no enrolled workload holds it.
+// inMesh is false when no enrolled workload holds it. It runs for every new
+// upstream connection, so it reads an index rather than the workloads.
 func (s *state) identityOf(ip netip.Addr) (id spiffeid.ID, inMesh bool, err error) {
-	holds := func(addrs []string) bool {
+	idx := s.idents.Load()
+	if idx == nil {
+		return spiffeid.ID{}, false, nil
+	}
+	u, inMesh := (*idx)[ip]
+	return u.id, inMesh, u.err
+}
+
+// upstreamID is the identity an enrolled workload's HBONE server must
+// present, or why its resource gives none usable (then the dial fails for
+// that workload's addresses only).
+type upstreamID struct {
+	id  spiffeid.ID
+	err error
+}
+
+// indexIdentities rebuilds the index identityOf reads from the workload and
+// address resources meshd pushed. It runs on the xDS stream's goroutine
+// only; the index it replaces is never changed, so connections read it
+// without a lock.
+func (s *state) indexIdentities() {
+	idx := identityIndex(s.opts.TrustDomain, s.xds.List(meshv1.WorkloadType), s.xds.List(meshv1.AddressType))
+	s.idents.Store(&idx)
+}
+
+// identityIndex maps each address of an enrolled workload to its identity.
+// The workloads this waypoint serves (workloads, the WorkloadType
+// resources) come first; an address none of them holds takes its identity
+// from the mesh-wide address resources (addresses): an ingress gateway
+// routes to any Service. Of two resources of one type holding an address,
+// the first by name wins, so that the choice does not change from one
+// rebuild to the next. Addresses are keyed as they parse (not unmapped), as
+// dialUpstream looks them up; the workloads' network is not part of the key
+// because a dial names only an address.
+func identityIndex(td spiffeid.TrustDomain, workloads, addresses map[string]xdsclient.Resource) map[netip.Addr]upstreamID {
+	idx := map[netip.Addr]upstreamID{}
+	add := func(addrs []string, u upstreamID) {
 		for _, a := range addrs {
-			if wa, err := netip.ParseAddr(a); err == nil && wa == ip {
-				return true
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				continue
+			}
+			if _, taken := idx[ip]; !taken {
+				idx[ip] = u
 			}
 		}
-		return false
 	}
-	for name, r := range s.xds.List(meshv1.WorkloadType) {
-		w, ok := r.Message.(*meshv1.Workload)
-		if !ok || !w.GetEnrolled() || !holds(w.GetAddresses()) {
+	for _, name := range slices.Sorted(maps.Keys(workloads)) {
+		w, ok := workloads[name].Message.(*meshv1.Workload)
+		if !ok || !w.GetEnrolled() {
 			continue
 		}
-		if w.GetIdentity() != "" {
-			id, err := spiffeid.FromString(w.GetIdentity())
-			if err != nil {
-				return spiffeid.ID{}, true, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
-			}
-			return id, true, nil
-		}
-		td := s.opts.TrustDomain
-		if w.GetTrustDomain() != "" {
-			if td, err = spiffeid.TrustDomainFromString(w.GetTrustDomain()); err != nil {
-				return spiffeid.ID{}, true, fmt.Errorf("workload %s: %w", name, err)
-			}
-		}
-		id, err := identity.NewID(td, w.GetNamespace(), w.GetServiceAccount())
-		return id, true, err
+		add(w.GetAddresses(), workloadID(td, name, w))
 	}
-	// Not one of the workloads this waypoint serves (an ingress gateway
-	// routes to any Service): the mesh-wide address index names its identity.
-	for name, r := range s.xds.List(meshv1.AddressType) {
-		w := r.Message.(*meshv1.Address).GetWorkload()
-		if w == nil || !w.GetEnrolled() || !holds(w.GetAddresses()) {
+	for _, name := range slices.Sorted(maps.Keys(addresses)) {
+		a, ok := addresses[name].Message.(*meshv1.Address)
+		w := a.GetWorkload()
+		if !ok || w == nil || !w.GetEnrolled() {
 			continue
 		}
 		id, err := spiffeid.FromString(w.GetIdentity())
 		if err != nil {
-			return spiffeid.ID{}, true, fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
+			err = fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)
 		}
-		return id, true, nil
+		add(w.GetAddresses(), upstreamID{id: id, err: err})
 	}
-	return spiffeid.ID{}, false, nil
+	return idx
+}
+
+// workloadID is the identity of the workload resource w named name: its
+// Identity field, else the one its trust domain (td when it names none),
+// namespace and service account make.
+func workloadID(td spiffeid.TrustDomain, name string, w *meshv1.Workload) upstreamID {
+	if w.GetIdentity() != "" {
+		id, err := spiffeid.FromString(w.GetIdentity())
+		if err != nil {
+			return upstreamID{err: fmt.Errorf("workload %s has a bad identity %q: %w", name, w.GetIdentity(), err)}
+		}
+		return upstreamID{id: id}
+	}
+	if w.GetTrustDomain() != "" {
+		var err error
+		if td, err = spiffeid.TrustDomainFromString(w.GetTrustDomain()); err != nil {
+			return upstreamID{err: fmt.Errorf("workload %s: %w", name, err)}
+		}
+	}
+	id, err := identity.NewID(td, w.GetNamespace(), w.GetServiceAccount())
+	if err != nil {
+		return upstreamID{err: fmt.Errorf("workload %s: %w", name, err)}
+	}
+	return upstreamID{id: id}
 }
 
 // peerOf takes the verified HBONE client identity from the stream, and the
