@@ -95,6 +95,7 @@ type build struct {
 	wlByUID       map[string]*model.Workload
 	ingress       []*gatewayv1.Gateway
 	validIstioGws []config[networkingapi.Gateway]
+	credentials   map[string]*credentialCheck // credentialName Secrets parsed in this build (upstreamTLS)
 }
 
 // Build translates in into a new snapshot and reports every rejected or

@@ -1071,26 +1071,86 @@ func (lb *l7Builder) upstreamTLS(dr config[networkingapi.DestinationRule], t *ne
 			r.warn("%s.tls.credentialName %q: no Secret of type kubernetes.io/tls named so in namespace %s (the proxy's); requests to %s get 503 until it exists", field, name, lb.ns, host)
 			return nil, false
 		}
+		check := lb.bd.credentialCheck(sec)
 		if ca := sec.Data[caCertKey]; len(ca) > 0 {
-			if !x509.NewCertPool().AppendCertsFromPEM(ca) {
+			if !check.caUsable() {
 				r.warn("%s.tls.credentialName %q: %s holds no PEM certificate; requests to %s get 503", field, name, caCertKey, host)
 				return nil, false
 			}
 			out.CAPEM = string(ca)
 		}
 		if mode == model.TLSModeMutual {
-			cert, key := sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]
-			if _, err := tls.X509KeyPair(cert, key); err != nil {
+			if err := check.keyPair(); err != nil {
 				r.warn("%s.tls.credentialName %q: tls.crt and tls.key do not form a usable key pair (%v); requests to %s get 503", field, name, err, host)
 				return nil, false
 			}
-			out.ClientCertPEM, out.ClientKeyPEM = string(cert), string(key)
+			out.ClientCertPEM, out.ClientKeyPEM = string(sec.Data[corev1.TLSCertKey]), string(sec.Data[corev1.TLSPrivateKeyKey])
 		}
 	} else if mode == model.TLSModeMutual {
 		r.warn("%s.tls: mode MUTUAL needs credentialName, a kubernetes.io/tls Secret in namespace %s with the client certificate (tls.crt, tls.key); requests to %s get 503", field, lb.ns, host)
 		return nil, false
 	}
 	return out, true
+}
+
+// credentialCheck returns what parsing the credentialName Secret sec finds,
+// shared by every cluster of every waypoint of this build that names it:
+// each of its PEMs is parsed at most once per build. The key holds the
+// Secret's resourceVersion, so that an entry never stands for another
+// version of it.
+func (bd *build) credentialCheck(sec *corev1.Secret) *credentialCheck {
+	key := sec.Namespace + "/" + sec.Name + "@" + sec.ResourceVersion
+	c, ok := bd.credentials[key]
+	if !ok {
+		if bd.credentials == nil {
+			bd.credentials = map[string]*credentialCheck{}
+		}
+		c = &credentialCheck{key: key, secret: sec}
+		bd.credentials[key] = c
+	}
+	return c
+}
+
+// credentialCheck holds the validation of one credentialName Secret, each
+// part done when a DestinationRule first needs it (a SIMPLE origination
+// never parses the key pair). The warnings stay with the callers, which
+// name the rule's field and host.
+type credentialCheck struct {
+	key    string // namespace/name@resourceVersion
+	secret *corev1.Secret
+
+	caDone, caOK bool
+	pairDone     bool
+	pairErr      error
+}
+
+// credentialParsed, when set, is called with the Secret's key and the part
+// (caCertKey or "key pair") each time a credentialCheck parses it. Nil but
+// in tests, which count the parses.
+var credentialParsed func(key, part string)
+
+// caUsable reports whether the Secret's ca.crt holds a PEM certificate.
+func (c *credentialCheck) caUsable() bool {
+	if !c.caDone {
+		if credentialParsed != nil {
+			credentialParsed(c.key, caCertKey)
+		}
+		c.caDone, c.caOK = true, x509.NewCertPool().AppendCertsFromPEM(c.secret.Data[caCertKey])
+	}
+	return c.caOK
+}
+
+// keyPair says why the Secret's tls.crt and tls.key do not form a usable
+// key pair, or nil.
+func (c *credentialCheck) keyPair() error {
+	if !c.pairDone {
+		if credentialParsed != nil {
+			credentialParsed(c.key, "key pair")
+		}
+		_, c.pairErr = tls.X509KeyPair(c.secret.Data[corev1.TLSCertKey], c.secret.Data[corev1.TLSPrivateKeyKey])
+		c.pairDone = true
+	}
+	return c.pairErr
 }
 
 // ingressUsesWaypoint reports whether ingress gateways send a service's

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -739,5 +740,108 @@ spec:
 				t.Errorf("port 8080 (tls DISABLE at port level): TLS %v; want none", c.Traffic.TLS)
 			}
 		})
+	}
+}
+
+// TestWaypointL7CredentialParsedOncePerBuild: a credentialName Secret named
+// by the DestinationRules of several hosts — each host a cluster per port,
+// its subsets each a TLS setting of their own — is parsed once per build
+// (ca.crt once, the key pair once), and every cluster still gets its TLS.
+// A Secret whose key pair is unusable is still reported on every
+// DestinationRule that names it.
+func TestWaypointL7CredentialParsedOncePerBuild(t *testing.T) {
+	cert, key := selfSignedPEM(t, "waypoint-client")
+	ca, _ := selfSignedPEM(t, "partner root")
+	b64 := base64.StdEncoding.EncodeToString
+	hosts := []string{"a", "b", "c"}
+	var docs []string
+	for _, h := range hosts {
+		docs = append(docs, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner-%[1]s, namespace: bookinfo, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [%[1]s.partner.example]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}, {number: 8080, name: http-alt, protocol: HTTP, targetPort: 443}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: partner-%[1]s, namespace: bookinfo}
+spec:
+  host: %[1]s.partner.example
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: partner-client}
+  subsets:
+  - name: blue
+    trafficPolicy: {tls: {mode: MUTUAL, credentialName: partner-client, sni: blue.%[1]s.partner.example}}
+`, h))
+	}
+	secret := func(key []byte) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: partner-client, namespace: bookinfo, resourceVersion: "7"}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s, ca.crt: %s}
+`, b64(cert), b64(key), b64(ca))
+	}
+	parses := map[string]int{}
+	credentialParsed = func(key, part string) { parses[key+" "+part]++ }
+	t.Cleanup(func() { credentialParsed = nil })
+
+	b := NewBuilder(BuilderOptions{})
+	snap, rej := b.Build(inputs(t, bookinfo(append(docs, secret(key))...)...))
+	if hasRejection(rej, "tls", true) || hasRejection(rej, "tls", false) {
+		t.Errorf("rejections = %v; want none about TLS", rej)
+	}
+	want := map[string]int{"bookinfo/partner-client@7 ca.crt": 1, "bookinfo/partner-client@7 key pair": 1}
+	if diff := cmp.Diff(want, parses); diff != "" {
+		t.Errorf("Secret parses in one build (-want +got):\n%s", diff)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	originating := 0
+	for _, c := range cfg.Clusters {
+		if !strings.HasSuffix(c.Name, ".partner.example") {
+			continue
+		}
+		tlsOf := []*model.UpstreamTLS{c.Traffic.TLS}
+		for _, s := range c.Subsets {
+			tlsOf = append(tlsOf, s.Traffic.TLS)
+		}
+		for _, u := range tlsOf {
+			if u == nil || u.ClientCertPEM != string(cert) || u.ClientKeyPEM != string(key) || u.CAPEM != string(ca) {
+				t.Errorf("cluster %s: TLS %+v; want MUTUAL with the Secret's certificate, key and CA", c.Name, u)
+				continue
+			}
+			originating++
+		}
+	}
+	if want := len(hosts) * 2 * 2; originating != want {
+		t.Errorf("%d TLS settings from the Secret; want %d (3 hosts, 2 ports, trafficPolicy and a subset)", originating, want)
+	}
+
+	// The next build parses again: the cache lives for one build.
+	clear(parses)
+	b.Build(inputs(t, bookinfo(append(docs, secret(key))...)...))
+	if diff := cmp.Diff(want, parses); diff != "" {
+		t.Errorf("Secret parses in the next build (-want +got):\n%s", diff)
+	}
+
+	clear(parses)
+	_, rej = b.Build(inputs(t, bookinfo(append(docs, secret([]byte("not a key")))...)...))
+	if diff := cmp.Diff(want, parses); diff != "" {
+		t.Errorf("parses of a Secret with an unusable key pair (-want +got):\n%s", diff)
+	}
+	for _, h := range hosts {
+		found := false
+		for _, r := range rej {
+			found = found || r.Kind == KindDestinationRule && r.Name == "partner-"+h && r.Warning &&
+				strings.Contains(r.Reason, `credentialName "partner-client": tls.crt and tls.key do not form a usable key pair`)
+		}
+		if !found {
+			t.Errorf("rejections = %v; want the unusable key pair reported on DestinationRule bookinfo/partner-%s", rej, h)
+		}
 	}
 }
