@@ -221,7 +221,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kick := make(chan struct{}, 1)
 	roots := &rootPublisher{kube: kube, log: log, queue: make(chan string, 256), done: make(chan struct{})}
 	roots.pem.Store(&rootPEM)
-	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw, Dynamic: dyn,
+	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw, Dynamic: dyn, Logger: log,
 		Listener: controlplane.ListenerFunc(func(c controlplane.Change) {
 			select {
 			case kick <- struct{}{}:

@@ -92,6 +92,7 @@ type build struct {
 	validRoutes   []*gatewayv1.HTTPRoute
 	validGRPC     []*gatewayv1.GRPCRoute
 	drFor         map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
+	btlsFor       map[string]*backendTLSTargets                    // service key -> BackendTLSPolicies in force
 	wlByUID       map[string]*model.Workload
 	ingress       []*gatewayv1.Gateway
 	validIstioGws []config[networkingapi.Gateway]
@@ -116,6 +117,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		svcsByNS:   make(map[string]*selectorIndex),
 		hostOwners: make(map[string]string),
 		drFor:      make(map[string]config[networkingapi.DestinationRule]),
+		btlsFor:    make(map[string]*backendTLSTargets),
 	}
 	bd.translatePeerAuthentications()
 	bd.translateAuthorizationPolicies()
@@ -123,6 +125,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.translateWaypoints()
 	bd.translateServiceEntries()
 	bd.translateDestinationRules()
+	bd.translateBackendTLSPolicies()
 	bd.validateVirtualServices()
 	bd.validateIstioGateways()
 	bd.validateRequestAuthentications()

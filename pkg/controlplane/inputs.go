@@ -52,10 +52,13 @@ const (
 	KindTelemetry             = "Telemetry"
 	KindLocalRateLimitPolicy  = "LocalRateLimitPolicy"
 	KindSecret                = "Secret"
+	KindConfigMap             = "ConfigMap"
+	KindBackendTLSPolicy      = "BackendTLSPolicy"
 )
 
 // caCertKey is the entry of a credential Secret holding the roots client
-// certificates must chain to (Istio's key for MUTUAL ingress TLS).
+// certificates must chain to (Istio's key for MUTUAL ingress TLS), and of a
+// ConfigMap a BackendTLSPolicy names in caCertificateRefs (Gateway API's).
 const caCertKey = "ca.crt"
 
 // config is one Istio object reduced to what translation needs: its metadata
@@ -76,6 +79,7 @@ type Inputs struct {
 	nodes           map[string]*corev1.Node
 	serviceAccounts map[string]*corev1.ServiceAccount
 	tlsSecrets      map[string]*corev1.Secret
+	configMaps      map[string]*corev1.ConfigMap // for BackendTLSPolicy's caCertificateRefs
 
 	peerAuths    map[string]config[securityapi.PeerAuthentication]
 	authzs       map[string]config[securityapi.AuthorizationPolicy]
@@ -92,6 +96,7 @@ type Inputs struct {
 	httpRoutes      map[string]*gatewayv1.HTTPRoute
 	grpcRoutes      map[string]*gatewayv1.GRPCRoute
 	referenceGrants map[string]*gatewayv1.ReferenceGrant
+	backendTLS      map[string]*gatewayv1.BackendTLSPolicy
 
 	rateLimits map[string]*policyv1alpha1.LocalRateLimitPolicy
 }
@@ -110,12 +115,12 @@ func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) 
 }
 
 // Add records one object. It accepts the typed objects of k8s.io/api core/v1
-// (Namespace, Pod, Service, Node, ServiceAccount, Secret of type kubernetes.io/tls) and discovery/v1
+// (Namespace, Pod, Service, Node, ServiceAccount, Secret of type kubernetes.io/tls, ConfigMap) and discovery/v1
 // (EndpointSlice); istio.io/client-go networking v1, v1beta1 and v1alpha3
 // (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
 // security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
 // RequestAuthentication), telemetry v1 and v1alpha1 (Telemetry); and sigs.k8s.io/gateway-api v1 (Gateway,
-// GatewayClass, HTTPRoute, GRPCRoute, ReferenceGrant). Adding an object with
+// GatewayClass, HTTPRoute, GRPCRoute, ReferenceGrant, BackendTLSPolicy). Adding an object with
 // the namespace/name of one already added replaces it. Any other type is an error.
 func (in *Inputs) Add(obj runtime.Object) error {
 	switch o := obj.(type) {
@@ -136,6 +141,8 @@ func (in *Inputs) Add(obj runtime.Object) error {
 			return fmt.Errorf("add object: Secret %s is of type %s; only %s Secrets are read", key(o), o.Type, corev1.SecretTypeTLS)
 		}
 		put(&in.tlsSecrets, key(o), o)
+	case *corev1.ConfigMap:
+		put(&in.configMaps, key(o), o)
 
 	case *securityv1.PeerAuthentication:
 		putConfig(&in.peerAuths, o.ObjectMeta, &o.Spec)
@@ -195,6 +202,8 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		put(&in.grpcRoutes, key(o), o)
 	case *gatewayv1.ReferenceGrant:
 		put(&in.referenceGrants, key(o), o)
+	case *gatewayv1.BackendTLSPolicy:
+		put(&in.backendTLS, key(o), o)
 	case *policyv1alpha1.LocalRateLimitPolicy:
 		put(&in.rateLimits, key(o), o)
 	case *unstructured.Unstructured:

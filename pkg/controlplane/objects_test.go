@@ -33,6 +33,8 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &corev1.Node{}
 	case "v1/Secret":
 		return &corev1.Secret{}
+	case "v1/ConfigMap":
+		return &corev1.ConfigMap{}
 	case "v1/ServiceAccount":
 		return &corev1.ServiceAccount{}
 	case "discovery.k8s.io/v1/EndpointSlice":
@@ -93,6 +95,8 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &gatewayv1.GRPCRoute{}
 	case "gateway.networking.k8s.io/v1/ReferenceGrant":
 		return &gatewayv1.ReferenceGrant{}
+	case "gateway.networking.k8s.io/v1/BackendTLSPolicy":
+		return &gatewayv1.BackendTLSPolicy{}
 	}
 	return nil
 }

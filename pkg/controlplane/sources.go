@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
@@ -84,19 +86,23 @@ type SourcesOptions struct {
 	// unchanged objects are not reported anyway).
 	Resync time.Duration
 	// SkipCRDCheck skips the check that the mesh CRDs are installed; for
-	// clients that cannot serve discovery (fakes).
+	// clients that cannot serve discovery (fakes). The optional CRDs are
+	// then taken as installed.
 	SkipCRDCheck bool
+	// Logger reports optional CRDs that are not installed. Nil means
+	// slog.Default().
+	Logger *slog.Logger
 }
 
-// requiredCRD is one CRD meshd reads, as discovery reports it.
-type requiredCRD struct {
+// watchedCRD is one CRD meshd reads, as discovery reports it.
+type watchedCRD struct {
 	groupVersion, resource, kind string
 }
 
 // requiredCRDs lists the CRDs meshd needs. Each is watched at its v1 version:
 // the API server serves the same objects at every version a CRD defines, so
 // objects written as v1alpha3 or v1beta1 are seen here too.
-var requiredCRDs = []requiredCRD{
+var requiredCRDs = []watchedCRD{
 	{"networking.istio.io/v1", "virtualservices", "VirtualService"},
 	{"networking.istio.io/v1", "destinationrules", "DestinationRule"},
 	{"networking.istio.io/v1", "gateways", "Gateway"},
@@ -114,6 +120,12 @@ var requiredCRDs = []requiredCRD{
 	{"policy.meshlet.dev/v1alpha1", "localratelimitpolicies", "LocalRateLimitPolicy"},
 }
 
+// backendTLSPolicyCRD is read when the cluster serves it and done without
+// otherwise: BackendTLSPolicy reached the Gateway API's v1 only in its
+// v1.4, clusters with an older Gateway API install are common, and
+// refusing to start there would take the whole mesh down for one feature.
+var backendTLSPolicyCRD = watchedCRD{"gateway.networking.k8s.io/v1", "backendtlspolicies", "BackendTLSPolicy"}
+
 // Sources watches every object the Builder reads.
 type Sources struct {
 	opts      SourcesOptions
@@ -123,6 +135,13 @@ type Sources struct {
 	dynamic   dynamicinformer.DynamicSharedInformerFactory
 	secrets   informers.SharedInformerFactory // TLS Secrets only (ingress credentials)
 	informers []kindInformer
+
+	// configMaps holds ConfigMaps trimmed to their ca.crt, read for
+	// BackendTLSPolicy's caCertificateRefs. Its informer and the
+	// BackendTLSPolicy one are made, and added to informers, by Start
+	// (which must return before Inputs is called), and only when
+	// BackendTLSPolicy is served.
+	configMaps informers.SharedInformerFactory
 
 	mu     sync.Mutex
 	synced bool
@@ -150,6 +169,13 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		secrets: informers.NewSharedInformerFactoryWithOptions(opts.Kube, opts.Resync,
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "type=" + string(corev1.SecretTypeTLS) }),
 			informers.WithTransform(trimTLSSecret)),
+		// Of ConfigMaps only the CA bundle is kept: every namespace has a
+		// few (kube-root-ca.crt, istio-ca-root-cert) and users keep
+		// whatever they like in theirs.
+		configMaps: informers.NewSharedInformerFactoryWithOptions(opts.Kube, opts.Resync, informers.WithTransform(trimCAConfigMap)),
+	}
+	if s.opts.Logger == nil {
+		s.opts.Logger = slog.Default()
 	}
 	core := s.kube.Core().V1()
 	nw := s.istio.Networking().V1()
@@ -183,14 +209,44 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		s.informers = append(s.informers, kindInformer{KindLocalRateLimitPolicy, s.dynamic.ForResource(policyv1alpha1.LocalRateLimitPolicyResource).Informer()})
 	}
 	for _, ki := range s.informers {
-		if _, err := ki.informer.AddEventHandler(s.handler(ki.kind)); err != nil {
-			return nil, fmt.Errorf("add %s event handler: %w", ki.kind, err)
+		if err := s.addHandler(ki); err != nil {
+			return nil, err
 		}
 	}
 	return s, nil
 }
 
+func (s *Sources) addHandler(ki kindInformer) error {
+	if _, err := ki.informer.AddEventHandler(s.handler(ki.kind)); err != nil {
+		return fmt.Errorf("add %s event handler: %w", ki.kind, err)
+	}
+	return nil
+}
+
+// watchBackendTLS adds the informers of BackendTLSPolicies and of the
+// ConfigMaps their caCertificateRefs name.
+func (s *Sources) watchBackendTLS() error {
+	btls := s.gateway.Gateway().V1().BackendTLSPolicies().Informer()
+	if err := btls.SetTransform(trimBackendTLSPolicy); err != nil {
+		return fmt.Errorf("trim BackendTLSPolicies: %w", err)
+	}
+	for _, ki := range []kindInformer{
+		{KindBackendTLSPolicy, btls},
+		{KindConfigMap, s.configMaps.Core().V1().ConfigMaps().Informer()},
+	} {
+		if err := s.addHandler(ki); err != nil {
+			return err
+		}
+		s.informers = append(s.informers, ki)
+	}
+	return nil
+}
+
 func (s *Sources) handler(kind string) cache.ResourceEventHandler {
+	// Of ConfigMaps only CA bundles are read: changes to the others
+	// (meshd's own status reports, the root certificate it publishes,
+	// whatever apps keep) must not rebuild the mesh.
+	relevant := func(obj any) bool { return kind != KindConfigMap || caBundle(obj) != "" }
 	notify := func(op Op, obj any) {
 		s.mu.Lock()
 		synced := s.synced
@@ -208,16 +264,27 @@ func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 		s.opts.Listener.OnChange(Change{Kind: kind, Namespace: m.GetNamespace(), Name: m.GetName(), Op: op})
 	}
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { notify(OpAdd, obj) },
+		AddFunc: func(obj any) {
+			if relevant(obj) {
+				notify(OpAdd, obj)
+			}
+		},
 		UpdateFunc: func(oldObj, newObj any) {
 			o, err1 := meta.Accessor(oldObj)
 			n, err2 := meta.Accessor(newObj)
 			if err1 == nil && err2 == nil && o.GetResourceVersion() == n.GetResourceVersion() && n.GetResourceVersion() != "" {
 				return // a resync, not a change
 			}
+			if kind == KindConfigMap && caBundle(oldObj) == caBundle(newObj) {
+				return // no CA bundle changed
+			}
 			notify(OpUpdate, newObj)
 		},
-		DeleteFunc: func(obj any) { notify(OpDelete, obj) },
+		DeleteFunc: func(obj any) {
+			if relevant(obj) {
+				notify(OpDelete, obj)
+			}
+		},
 	}
 }
 
@@ -225,9 +292,21 @@ func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 // returns an error wrapping ErrCRDMissing that names each missing one and the
 // command that installs them.
 func CheckCRDs(kube kubernetes.Interface) error {
+	missing, err := missingCRDs(kube, requiredCRDs)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %s; install them with %q", ErrCRDMissing, strings.Join(missing, ", "), InstallCRDsCommand)
+	}
+	return nil
+}
+
+// missingCRDs names those of crds discovery does not serve.
+func missingCRDs(kube kubernetes.Interface, crds []watchedCRD) ([]string, error) {
 	byGV := map[string]map[string]bool{}
 	var missing []string
-	for _, c := range requiredCRDs {
+	for _, c := range crds {
 		served, ok := byGV[c.groupVersion]
 		if !ok {
 			served = map[string]bool{}
@@ -235,7 +314,7 @@ func CheckCRDs(kube kubernetes.Interface) error {
 			switch {
 			case apierrors.IsNotFound(err):
 			case err != nil:
-				return fmt.Errorf("discover %s: %w", c.groupVersion, err)
+				return nil, fmt.Errorf("discover %s: %w", c.groupVersion, err)
 			default:
 				for _, r := range list.APIResources {
 					served[r.Name] = true
@@ -248,18 +327,31 @@ func CheckCRDs(kube kubernetes.Interface) error {
 			missing = append(missing, fmt.Sprintf("%s.%s (%s %s)", c.resource, group, c.groupVersion, c.kind))
 		}
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w: %s; install them with %q", ErrCRDMissing, strings.Join(missing, ", "), InstallCRDsCommand)
-	}
-	return nil
+	return missing, nil
 }
 
 // Start checks the CRDs, starts every informer and waits until their caches
 // have synced; from then on the Listener hears every change. The informers
-// run until Close or until ctx is done.
+// run until Close or until ctx is done. Without the BackendTLSPolicy CRD it
+// logs so and watches neither BackendTLSPolicies nor ConfigMaps; a CRD
+// installed later is read after meshd restarts.
 func (s *Sources) Start(ctx context.Context) error {
+	withBackendTLS := true
 	if !s.opts.SkipCRDCheck {
 		if err := CheckCRDs(s.opts.Kube); err != nil {
+			return fmt.Errorf("start sources: %w", err)
+		}
+		missing, err := missingCRDs(s.opts.Kube, []watchedCRD{backendTLSPolicyCRD})
+		if err != nil {
+			return fmt.Errorf("start sources: %w", err)
+		}
+		if withBackendTLS = len(missing) == 0; !withBackendTLS {
+			s.opts.Logger.Warn("BackendTLSPolicy is not read: its CRD is not installed (Gateway API before v1.4); Services get no TLS origination from BackendTLSPolicies until it is installed and meshd restarted",
+				"missing", missing[0], "install", InstallCRDsCommand)
+		}
+	}
+	if withBackendTLS {
+		if err := s.watchBackendTLS(); err != nil {
 			return fmt.Errorf("start sources: %w", err)
 		}
 	}
@@ -271,6 +363,7 @@ func (s *Sources) Start(ctx context.Context) error {
 	s.istio.Start(ctx.Done())
 	s.gateway.Start(ctx.Done())
 	s.secrets.Start(ctx.Done())
+	s.configMaps.Start(ctx.Done())
 	if s.dynamic != nil {
 		s.dynamic.Start(ctx.Done())
 	}
@@ -328,15 +421,64 @@ func trimTLSSecret(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	out := &corev1.Secret{TypeMeta: sec.TypeMeta, Type: sec.Type, Data: map[string][]byte{}}
-	out.ObjectMeta = metav1.ObjectMeta{Namespace: sec.Namespace, Name: sec.Name, UID: sec.UID,
-		ResourceVersion: sec.ResourceVersion, CreationTimestamp: sec.CreationTimestamp}
+	out := &corev1.Secret{TypeMeta: sec.TypeMeta, ObjectMeta: trimmedMeta(sec.ObjectMeta), Type: sec.Type, Data: map[string][]byte{}}
 	for _, k := range []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey, caCertKey} {
 		if v, ok := sec.Data[k]; ok {
 			out.Data[k] = v
 		}
 	}
 	return out, nil
+}
+
+// trimCAConfigMap keeps of a ConfigMap only its CA bundle (ca.crt, the
+// key Gateway API names for caCertificateRefs), as Data or BinaryData.
+func trimCAConfigMap(obj any) (any, error) {
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.ConfigMap{TypeMeta: cm.TypeMeta, ObjectMeta: trimmedMeta(cm.ObjectMeta)}
+	if v, ok := cm.Data[caCertKey]; ok {
+		out.Data = map[string]string{caCertKey: v}
+	}
+	if v, ok := cm.BinaryData[caCertKey]; ok {
+		out.BinaryData = map[string][]byte{caCertKey: v}
+	}
+	return out, nil
+}
+
+// caBundle is a ConfigMap's ca.crt, "" for anything else.
+func caBundle(obj any) string {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return ""
+	}
+	if v := cm.Data[caCertKey]; v != "" {
+		return v
+	}
+	return string(cm.BinaryData[caCertKey])
+}
+
+// trimBackendTLSPolicy drops what the builder does not read of a
+// BackendTLSPolicy: annotations (often the whole object again, as
+// kubectl's last-applied-configuration), managed fields and status.
+func trimBackendTLSPolicy(obj any) (any, error) {
+	p, ok := obj.(*gatewayv1.BackendTLSPolicy)
+	if !ok {
+		return obj, nil
+	}
+	return &gatewayv1.BackendTLSPolicy{TypeMeta: p.TypeMeta, ObjectMeta: trimmedMeta(p.ObjectMeta), Spec: p.Spec}, nil
+}
+
+// trimmedMeta is the metadata the builder reads of a trimmed object:
+// identity, version and age (for precedence), no labels, annotations or
+// managed fields.
+func trimmedMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: m.Namespace, Name: m.Name, UID: m.UID,
+		ResourceVersion: m.ResourceVersion, CreationTimestamp: m.CreationTimestamp, Generation: m.Generation}
 }
 
 // Close stops the informers and waits for their goroutines.
@@ -351,6 +493,7 @@ func (s *Sources) Close() error {
 	s.istio.Shutdown()
 	s.gateway.Shutdown()
 	s.secrets.Shutdown()
+	s.configMaps.Shutdown()
 	if s.dynamic != nil {
 		s.dynamic.Shutdown()
 	}

@@ -1,8 +1,11 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,14 +17,18 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+
+	"github.com/google/go-cmp/cmp"
 )
 
-// servedResources returns discovery lists serving every required CRD except skip.
+// servedResources returns discovery lists serving every required and
+// optional CRD except skip.
 func servedResources(skip ...string) []*metav1.APIResourceList {
 	byGV := map[string]*metav1.APIResourceList{}
 	var out []*metav1.APIResourceList
-	for _, c := range requiredCRDs {
+	for _, c := range append(slices.Clone(requiredCRDs), backendTLSPolicyCRD) {
 		if strings.Contains(strings.Join(skip, ","), c.resource+"."+c.groupVersion) {
 			continue
 		}
@@ -175,5 +182,93 @@ func TestSourcesRefusesToStartWithoutCRDs(t *testing.T) {
 	err = src.Start(context.Background())
 	if !errors.Is(err, ErrCRDMissing) || !strings.Contains(err.Error(), "authorizationpolicies.security.istio.io") {
 		t.Errorf("Start() = %v; want ErrCRDMissing naming authorizationpolicies.security.istio.io", err)
+	}
+}
+
+// startSources starts Sources over fakes whose discovery serves the CRDs
+// but skip, with rec hearing changes and logs written to log.
+func startSources(t *testing.T, kube *kubefake.Clientset, gw *gatewayfake.Clientset, rec Listener, log *bytes.Buffer, skip ...string) *Sources {
+	t.Helper()
+	// See TestSources: the fakes predate streaming lists.
+	t.Setenv("KUBE_FEATURE_WatchListClient", "false")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	kube.Discovery().(*fakediscovery.FakeDiscovery).Resources = servedResources(skip...)
+	src, err := NewSources(SourcesOptions{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gw, Listener: rec,
+		Logger: slog.New(slog.NewTextHandler(log, nil))})
+	if err != nil {
+		t.Fatalf("NewSources: %v", err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	if err := src.Start(ctx); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return src
+}
+
+// TestSourcesBackendTLSPolicy: BackendTLSPolicies and the CA bundles of
+// ConfigMaps reach Inputs, trimmed to what the builder reads; ConfigMaps
+// without a CA bundle cause no rebuild.
+func TestSourcesBackendTLSPolicy(t *testing.T) {
+	meta := func(name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: name, Namespace: "app", Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}}
+	}
+	kube := kubefake.NewClientset(&corev1.ConfigMap{ObjectMeta: meta("api-ca"), Data: map[string]string{caCertKey: "PEM", "notes.txt": "other data"}})
+	gw := gatewayfake.NewClientset(&gatewayv1.BackendTLSPolicy{ObjectMeta: meta("api-tls"), Spec: gatewayv1.BackendTLSPolicySpec{
+		Validation: gatewayv1.BackendTLSPolicyValidation{Hostname: "api.example.com"}}})
+	rec := &changeRecorder{notify: make(chan struct{}, 1)}
+	src := startSources(t, kube, gw, rec, &bytes.Buffer{})
+
+	in, err := src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	if got := in.configMaps["app/api-ca"]; got == nil || got.Annotations != nil || got.ManagedFields != nil {
+		t.Errorf("ConfigMap app/api-ca in Inputs = %+v; want it without annotations or managed fields", got)
+	} else if diff := cmp.Diff(map[string]string{caCertKey: "PEM"}, got.Data); diff != "" {
+		t.Errorf("ConfigMap app/api-ca data in Inputs (-want +got):\n%s", diff)
+	}
+	if got := in.backendTLS["app/api-tls"]; got == nil || got.Annotations != nil || got.ManagedFields != nil || got.Spec.Validation.Hostname != "api.example.com" {
+		t.Errorf("BackendTLSPolicy app/api-tls in Inputs = %+v; want its spec without annotations or managed fields", got)
+	}
+
+	ctx := context.Background()
+	if _, err := kube.CoreV1().ConfigMaps("app").Create(ctx, &corev1.ConfigMap{ObjectMeta: meta("settings"), Data: map[string]string{"a": "b"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create ConfigMap: %v", err)
+	}
+	if _, err := kube.CoreV1().ConfigMaps("app").Create(ctx, &corev1.ConfigMap{ObjectMeta: meta("db-ca"), Data: map[string]string{caCertKey: "PEM"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create ConfigMap: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindConfigMap, Namespace: "app", Name: "db-ca", Op: OpAdd})
+	rec.mu.Lock()
+	for _, c := range rec.changes {
+		if c.Name == "settings" {
+			t.Errorf("change %+v; want none for a ConfigMap without ca.crt", c)
+		}
+	}
+	rec.mu.Unlock()
+	if err := gw.GatewayV1().BackendTLSPolicies("app").Delete(ctx, "api-tls", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete BackendTLSPolicy: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindBackendTLSPolicy, Namespace: "app", Name: "api-tls", Op: OpDelete})
+}
+
+// TestSourcesWithoutBackendTLSPolicyCRD: a cluster whose Gateway API
+// predates BackendTLSPolicy still runs meshd, which says what it does
+// without and watches no ConfigMaps.
+func TestSourcesWithoutBackendTLSPolicyCRD(t *testing.T) {
+	kube := kubefake.NewClientset(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "api-ca", Namespace: "app"}, Data: map[string]string{caCertKey: "PEM"}})
+	var log bytes.Buffer
+	src := startSources(t, kube, gatewayfake.NewClientset(), nil, &log, "backendtlspolicies.gateway.networking.k8s.io/v1")
+	if !strings.Contains(log.String(), "BackendTLSPolicy is not read") || !strings.Contains(log.String(), "backendtlspolicies.gateway.networking.k8s.io") {
+		t.Errorf("log = %q; want a line saying BackendTLSPolicy is not read, naming the missing CRD", log.String())
+	}
+	in, err := src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	if len(in.configMaps) != 0 {
+		t.Errorf("Inputs holds ConfigMaps %v; want none watched without BackendTLSPolicy", sortedKeys(in.configMaps))
 	}
 }

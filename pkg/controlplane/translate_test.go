@@ -527,8 +527,8 @@ func TestInputsAddRejectsUnknownTypes(t *testing.T) {
 	if err := in.Add(nil); err == nil {
 		t.Error("Add(nil) = nil; want an error")
 	}
-	if err := in.Add(&corev1.ConfigMap{}); err == nil || !strings.Contains(err.Error(), "unsupported type") {
-		t.Errorf("Add(*corev1.ConfigMap) = %v; want an unsupported type error", err)
+	if err := in.Add(&corev1.PersistentVolume{}); err == nil || !strings.Contains(err.Error(), "unsupported type") {
+		t.Errorf("Add(*corev1.PersistentVolume) = %v; want an unsupported type error", err)
 	}
 }
 

@@ -181,15 +181,22 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			}
 			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload})
 		}
+		// A DestinationRule's tls for the port takes precedence over a
+		// BackendTLSPolicy's (see backendtls.go).
+		drTLS := false
+		var subsetTLS []bool
 		if dr, ok := lb.bd.drFor[owner]; ok {
 			tp := forPort(dr.spec.GetTrafficPolicy(), port)
+			drTLS = tp.GetTls() != nil
 			c.Traffic = trafficPolicy(tp)
 			var ok bool
 			c.Traffic.TLS, ok = lb.upstreamTLS(dr, tp.GetTls(), host, "trafficPolicy")
 			for _, ss := range dr.spec.GetSubsets() {
 				sub := model.Subset{Name: ss.GetName(), Labels: ss.GetLabels()}
+				setsTLS := false
 				if ss.GetTrafficPolicy() != nil {
 					stp := forPort(ss.GetTrafficPolicy(), port)
+					setsTLS = stp.GetTls() != nil
 					t := trafficPolicy(stp)
 					var subOK bool
 					t.TLS, subOK = lb.upstreamTLS(dr, stp.GetTls(), host, "subsets["+ss.GetName()+"].trafficPolicy")
@@ -197,6 +204,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 					sub.Traffic = &t
 				}
 				c.Subsets = append(c.Subsets, sub)
+				subsetTLS = append(subsetTLS, setsTLS)
 			}
 			if !ok {
 				// TLS origination asked for and not possible: no endpoint
@@ -204,6 +212,9 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 				// waiting for its secret answers).
 				c.Endpoints = nil
 			}
+		}
+		if bt := lb.bd.backendTLSFor(ms, port); bt != nil && !drTLS {
+			applyBackendTLS(c, bt, subsetTLS)
 		}
 	}
 	lb.clusters[name] = c
@@ -604,7 +615,7 @@ func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, grpcs []*gatewayv
 // oldestFirst orders routes as Gateway API breaks precedence ties: the
 // oldest first, then by namespace/name.
 func oldestFirst[R interface {
-	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute
+	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute | *gatewayv1.BackendTLSPolicy
 	GetCreationTimestamp() metav1.Time
 	GetNamespace() string
 	GetName() string
