@@ -350,3 +350,71 @@ spec:
 		return s.ByStatus["503"] == 3, fmt.Errorf("status %v, protocols %v, errors %v", s.ByStatus, s.Protocols, s.Errors)
 	})
 }
+
+// TestWaypointBackendTLSPolicy: a Gateway API BackendTLSPolicy on a mesh
+// Service makes the Service's waypoint speak TLS to its pods (inside HBONE),
+// with the policy's hostname as SNI and verified against the CA in the
+// policy's ConfigMap; a pod whose certificate that CA did not sign gets no
+// request.
+func TestWaypointBackendTLSPolicy(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	host := "secure.backend.example"
+	certPEM, keyPEM, caPEM := servingCertCA(t, host)
+	_, _, otherCA := servingCertCA(t, host)
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: secure, labels: {app: secure}}
+spec:
+  containers:
+  - name: echo
+    image: meshlet.dev/echo:latest
+    env:
+    - {name: POD_NAME, value: secure}
+    - {name: VERSION, value: secure}
+    - {name: HTTPS_PORT, value: "8443"}
+    - {name: TLS_CERT, value: %q}
+    - {name: TLS_KEY, value: %q}
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  selector: {app: secure}
+  ports: [{name: http, port: 80, targetPort: 8443}]
+`, certPEM, keyPEM))
+	lb.WaitPodsReady(t, ns, "app=secure", 1, 2*time.Minute)
+	applyWaypoint(t, lb, run, ns)
+	caConfigMap := func(ca []byte) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata: {name: secure-ca}
+data: {ca.crt: %q}
+`, ca)
+	}
+	lb.Apply(t, ns, caConfigMap(caPEM)+fmt.Sprintf(`---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: secure}
+spec:
+  targetRefs: [{group: "", kind: Service, name: secure}]
+  validation:
+    hostname: %s
+    caCertificateRefs: [{group: "", kind: ConfigMap, name: secure-ca}]
+`, host))
+	client := clientPod(t, lb, ns, "client", "client")
+	url := "http://secure." + ns + ".svc.cluster.local/"
+	wantProto := "HTTP/1.1 over TLS to " + host
+	lab.WaitFor(t, time.Minute, "the waypoint originated TLS to the Service's pod", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "3", url)
+		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
+	})
+
+	lb.Apply(t, ns, caConfigMap(otherCA))
+	lab.WaitFor(t, time.Minute, "a pod the policy's CA did not sign gets no request", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "3", url)
+		return s.ByStatus["503"] == 3, fmt.Errorf("status %v, protocols %v, errors %v", s.ByStatus, s.Protocols, s.Errors)
+	})
+}
