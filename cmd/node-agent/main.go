@@ -270,9 +270,12 @@ func run(f flags) error {
 	go func() { recErr <- rec.Run(ctx) }()
 	go func() {
 		releaseStartupPages(ctx, rec.Synced)
-		// From then on, the heap a burst of traffic or of enrollments
-		// leaves behind goes back to the system once it is over (the first
-		// check releases start-up's).
+		// From then on, the binary's pages that rare code mapped (a burst
+		// of enrollments, a renewal) are let go as well.
+		go admin.TrimBinaryPages(ctx, binaryTrimCheck, binaryTrimGrowth, log.Printf)
+		// And the heap a burst of traffic or of enrollments leaves behind
+		// goes back to the system once it is over (the first check
+		// releases start-up's).
 		admin.ReleaseAfterBursts(ctx, burstCheck)
 	}()
 	log.Printf("node-agent on %s: data path loaded (pins %s, cgroup %s)", f.nodeName, f.pinDir, f.cgroupRoot)
@@ -425,6 +428,14 @@ const decisionWait = 5 * time.Second
 
 // burstCheck is how often the agent checks for heap a burst left behind.
 const burstCheck = 15 * time.Second
+
+// binaryTrimCheck is how often the agent checks how much of its binary is
+// mapped, and binaryTrimGrowth how much growth since the last release
+// makes it release again (admin.TrimBinaryPages).
+const (
+	binaryTrimCheck  = 30 * time.Second
+	binaryTrimGrowth = 1 << 20
+)
 
 // startupSettle is how long after the first full enrollment start-up is
 // taken to be over.

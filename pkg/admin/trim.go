@@ -2,11 +2,13 @@ package admin
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,4 +81,89 @@ func readOnlyMappings(r io.Reader, path string) ([]addrRange, error) {
 		out = append(out, addrRange{uintptr(start), uintptr(end)})
 	}
 	return out, sc.Err()
+}
+
+// TrimBinaryPages keeps the executable's pages mapped into this process to
+// what it has run lately: every interval it reads how much of the binary is
+// mapped and, when that grew by minGrowth bytes or more since the last
+// release, releases the mappings again (ReleaseStartupPages). It returns
+// when ctx ends.
+//
+// Why: start-up is not the only time rare code runs. Enrolling a burst of
+// pods (eBPF attachment, netlink, certificates), a config push, a
+// certificate renewal or a scrape of the debug endpoints each map code and
+// read-only data that the steady state does not use again, and the
+// runtime's stack scans map a 64 KiB neighbourhood of every function table
+// they read. Without a release those mappings stay for the life of the
+// process and the resident set creeps toward the whole binary. The pages
+// stay in the page cache: what the agent runs next is mapped again with a
+// minor fault (a few hundred per release, well under a millisecond), and
+// under memory pressure the kernel can drop what nothing maps, where it
+// would first have to unmap it. logf, when not nil, hears the first
+// release and any error once.
+func TrimBinaryPages(ctx context.Context, interval time.Duration, minGrowth int64, logf func(format string, args ...any)) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last, err := mappedFileBytes()
+	if err != nil {
+		logf("%v; the binary's mapped pages are not trimmed", err)
+		return
+	}
+	first := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now, err := mappedFileBytes()
+		if err != nil {
+			logf("%v; the binary's mapped pages are no longer trimmed", err)
+			return
+		}
+		if now-last < minGrowth {
+			continue
+		}
+		if _, err := ReleaseStartupPages(); err != nil {
+			logf("%v; the binary's mapped pages are no longer trimmed", err)
+			return
+		}
+		if last, err = mappedFileBytes(); err != nil {
+			logf("%v; the binary's mapped pages are no longer trimmed", err)
+			return
+		}
+		if first {
+			logf("trimming the binary's mapped pages: %d KiB mapped before this release, %d KiB after; checked every %s", now>>10, last>>10, interval)
+			first = false
+		}
+	}
+}
+
+// mappedFileBytes returns the file-backed pages mapped into this process
+// (the third field of /proc/self/statm, shared pages: mostly the binary's,
+// as the agent maps no other file of size), in bytes.
+func mappedFileBytes() (int64, error) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, fmt.Errorf("read mapped pages: %w", err)
+	}
+	return parseStatmShared(string(b), int64(os.Getpagesize()))
+}
+
+// parseStatmShared reads the shared (file-backed) page count of a
+// /proc/<pid>/statm line ("size resident shared text lib data dt") and
+// returns it in bytes.
+func parseStatmShared(statm string, pageSize int64) (int64, error) {
+	fields := strings.Fields(statm)
+	if len(fields) < 3 {
+		return 0, fmt.Errorf("read mapped pages: statm %q: want at least 3 fields", statm)
+	}
+	pages, err := strconv.ParseInt(fields[2], 10, 64)
+	if err != nil || pages < 0 {
+		return 0, fmt.Errorf("read mapped pages: statm %q: bad shared page count", statm)
+	}
+	return pages * pageSize, nil
 }

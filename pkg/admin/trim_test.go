@@ -1,11 +1,13 @@
 package admin
 
 import (
+	"context"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestReadOnlyMappings(t *testing.T) {
@@ -101,4 +103,66 @@ func TestApplyWorkerThreads(t *testing.T) {
 	if n, from, _ := ApplyWorkerThreads(1); n != 3 || from != "$GOMAXPROCS" || runtime.GOMAXPROCS(0) != 3 {
 		t.Errorf("with $GOMAXPROCS=3: ApplyWorkerThreads(1) = %d from %q, GOMAXPROCS %d; want $GOMAXPROCS to win", n, from, runtime.GOMAXPROCS(0))
 	}
+}
+
+func TestParseStatmShared(t *testing.T) {
+	for _, tc := range []struct {
+		statm   string
+		want    int64
+		wantErr bool
+	}{
+		{statm: "1186 612 459 1021 0 140 0\n", want: 459 * 4096},
+		{statm: "1 2 0", want: 0},
+		{statm: "1186 612", wantErr: true},
+		{statm: "1186 612 x 1021 0 140 0", wantErr: true},
+		{statm: "1186 612 -3 1021 0 140 0", wantErr: true},
+		{statm: "", wantErr: true},
+	} {
+		got, err := parseStatmShared(tc.statm, 4096)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("parseStatmShared(%q) = %d, %v; want %d, error %t", tc.statm, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// Each check that finds the binary's mapped pages grown by minGrowth
+// releases them: the test binary's mapped file pages shrink.
+func TestTrimBinaryPagesReleasesGrowth(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type release struct{ before, after int64 }
+	got := make(chan release, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		TrimBinaryPages(ctx, 5*time.Millisecond, 0, func(format string, args ...any) {
+			if len(args) < 2 {
+				t.Errorf("unexpected log: "+format, args...)
+				return
+			}
+			select {
+			case got <- release{args[0].(int64), args[1].(int64)}:
+			default:
+			}
+		})
+	}()
+	select {
+	case r := <-got:
+		if r.after >= r.before {
+			t.Errorf("mapped %d KiB of the binary before the release, %d KiB after; want fewer", r.before, r.after)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no release within 10s of 5ms checks with minGrowth 0")
+	}
+	cancel()
+	<-done
+}
+
+// Growth below minGrowth releases nothing.
+func TestTrimBinaryPagesWaitsForGrowth(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	TrimBinaryPages(ctx, 5*time.Millisecond, 1<<40, func(format string, args ...any) {
+		t.Errorf("released or failed though nothing grew by 1 TiB: "+format, args...)
+	})
 }
