@@ -248,9 +248,21 @@ spec:
     hosts: ["more.example.com"]
     tls: {mode: SIMPLE, credentialName: booking-cert}
 `, base64.StdEncoding.EncodeToString(apiCert), base64.StdEncoding.EncodeToString(apiKey))
+		parses := map[string]int{}
+		credentialParsed = func(key, part string) { parses[key+" "+part]++ }
+		t.Cleanup(func() { credentialParsed = nil })
 		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, second, gatewayPod, gatewaySvc, backend))
 		if hasRejection(rej, "gateway", true) {
 			t.Errorf("rejections = %v; want none: servers on one port with their own certificates are served by SNI", rej)
+		}
+		// booking-cert serves two servers of two gateways: parsed once.
+		for k, n := range parses {
+			if n != 1 {
+				t.Errorf("%s parsed %d times in one build; want once", k, n)
+			}
+		}
+		if len(parses) != 2 {
+			t.Errorf("key pairs parsed: %v; want api-cert's and booking-cert's, once each", parses)
 		}
 		cfg, ok := snap.L7Config(gwKey)
 		if !ok || len(cfg.Listeners) != 2 {

@@ -1,8 +1,6 @@
 package controlplane
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
@@ -282,14 +280,15 @@ func (bd *build) ingressTLS(gatewayNS string, s *networkingapi.Server) (*model.L
 		return nil, fmt.Errorf("tls.credentialName %q: no Secret of type kubernetes.io/tls named so in namespace %s (the gateway's): create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>",
 			t.GetCredentialName(), gatewayNS, t.GetCredentialName(), gatewayNS)
 	}
-	cert, key := sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]
-	if _, err := tls.X509KeyPair(cert, key); err != nil {
+	// Parsed once per build however many servers and gateways name it.
+	check := bd.credentialCheck(sec)
+	if err := check.keyPair(); err != nil {
 		return nil, fmt.Errorf("credential secret %s/%s: tls.crt and tls.key do not form a usable key pair: %w", gatewayNS, t.GetCredentialName(), err)
 	}
-	out := &model.ListenerTLS{Mode: mode, CertPEM: string(cert), KeyPEM: string(key)}
+	out := &model.ListenerTLS{Mode: mode, CertPEM: string(sec.Data[corev1.TLSCertKey]), KeyPEM: string(sec.Data[corev1.TLSPrivateKeyKey])}
 	if mode == model.TLSModeMutual {
 		ca := sec.Data[caCertKey]
-		if !x509.NewCertPool().AppendCertsFromPEM(ca) {
+		if !check.caUsable() {
 			return nil, fmt.Errorf("tls.mode MUTUAL: Secret %s/%s has no usable %s: add the client CA certificates to it", gatewayNS, t.GetCredentialName(), caCertKey)
 		}
 		out.ClientCAPEM = string(ca)

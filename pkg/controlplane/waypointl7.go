@@ -1105,10 +1105,10 @@ func (lb *l7Builder) upstreamTLS(dr config[networkingapi.DestinationRule], t *ne
 }
 
 // credentialCheck returns what parsing the credentialName Secret sec finds,
-// shared by every cluster of every waypoint of this build that names it:
-// each of its PEMs is parsed at most once per build. The key holds the
-// Secret's resourceVersion, so that an entry never stands for another
-// version of it.
+// shared by every cluster of every waypoint and every ingress server of
+// this build that names it: each of its PEMs is parsed at most once per
+// build. The key holds the Secret's resourceVersion, so that an entry
+// never stands for another version of it.
 func (bd *build) credentialCheck(sec *corev1.Secret) *credentialCheck {
 	key := sec.Namespace + "/" + sec.Name + "@" + sec.ResourceVersion
 	c, ok := bd.credentials[key]
