@@ -85,6 +85,8 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{[]string{"--namespace", "mesh"}, "meshd.mesh.svc,meshd.mesh.svc.cluster.local", ""},
 		{[]string{"--node-agent-service-account", "agent"}, "", "want namespace/name"},
+		{[]string{"--namespace", "mesh", "--cluster-domain", "Corp.Example."}, "meshd.mesh.svc,meshd.mesh.svc.corp.example", ""},
+		{[]string{"--cluster-domain", "cluster_local"}, "", `--cluster-domain "cluster_local" is not a DNS name`},
 	}
 	for _, tt := range tests {
 		c, err := parseFlags(tt.args)

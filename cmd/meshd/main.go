@@ -42,6 +42,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/controlplane"
 	"github.com/meshlet/meshlet/pkg/deployer"
@@ -105,6 +106,11 @@ func parseFlags(args []string) (config, error) {
 	if _, _, ok := strings.Cut(c.nodeAgentSA, "/"); !ok {
 		return config{}, fmt.Errorf("--node-agent-service-account %q: want namespace/name", c.nodeAgentSA)
 	}
+	domain, err := admin.ParseClusterDomain(c.clusterDomain)
+	if err != nil {
+		return config{}, err
+	}
+	c.clusterDomain = domain
 	if err := requireLoopback(c.adminAddr); err != nil {
 		return config{}, fmt.Errorf("--admin-addr: %w", err)
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -108,7 +107,7 @@ func run(f flags) error {
 	if f.nodeName == "" {
 		return errors.New("no node name: pass --node-name or set NODE_NAME (fieldRef spec.nodeName)")
 	}
-	domain, err := parseClusterDomain(f.clusterDomain)
+	domain, err := admin.ParseClusterDomain(f.clusterDomain)
 	if err != nil {
 		return err
 	}
@@ -320,23 +319,6 @@ func run(f flags) error {
 		}
 	}
 	return nil
-}
-
-// parseClusterDomain checks --cluster-domain, a DNS name (RFC 1123
-// subdomain, any case, trailing dot or not), and returns it in lower case
-// without the dot.
-func parseClusterDomain(s string) (string, error) {
-	d := strings.ToLower(strings.TrimSuffix(s, "."))
-	errs := validation.IsDNS1123Subdomain(d)
-	if len(errs) == 0 {
-		for _, l := range strings.Split(d, ".") {
-			errs = append(errs, validation.IsDNS1123Label(l)...) // 63 bytes at most
-		}
-	}
-	if len(errs) > 0 {
-		return "", fmt.Errorf("--cluster-domain %q is not a DNS name: %s", s, strings.Join(errs, "; "))
-	}
-	return d, nil
 }
 
 func or(a, b string) string {

@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"strings"
@@ -26,15 +26,15 @@ func TestParseClusterDomain(t *testing.T) {
 		{strings.Repeat("a", 63) + ".local", strings.Repeat("a", 63) + ".local"},
 	}
 	for _, tt := range tests {
-		got, err := parseClusterDomain(tt.in)
+		got, err := ParseClusterDomain(tt.in)
 		if tt.want == "" {
 			if err == nil || !strings.Contains(err.Error(), "--cluster-domain") {
-				t.Errorf("parseClusterDomain(%q) = %q, %v; want an error naming --cluster-domain", tt.in, got, err)
+				t.Errorf("ParseClusterDomain(%q) = %q, %v; want an error naming --cluster-domain", tt.in, got, err)
 			}
 			continue
 		}
 		if err != nil || got != tt.want {
-			t.Errorf("parseClusterDomain(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+			t.Errorf("ParseClusterDomain(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
 }
