@@ -246,7 +246,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	builder := controlplane.NewBuilder(controlplane.BuilderOptions{TrustDomain: td.Name(), RootNamespace: cfg.rootNamespace, ClusterDomain: cfg.clusterDomain})
 	events := &eventRecorder{kube: kube, log: log, queue: make(chan controlplane.Rejection, 100)}
-	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, warned: m.warned, seen: map[string]bool{}, event: events.record}
+	gwStatus := newGatewayStatusWriter(gw, log)
+	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, warned: m.warned, seen: map[string]bool{}, event: events.record, status: gwStatus.submit}
 	if err := rb.rebuild(); err != nil {
 		return err
 	}
@@ -279,6 +280,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	go func() { defer wg.Done(); rot.run(ctx, cfg.caPoll) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); events.run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); gwStatus.run(ctx) }()
 	status.clients = xsrv.Clients
 	wg.Add(1)
 	go func() { defer wg.Done(); status.run(ctx, xsrv.Generation) }()
@@ -364,6 +367,9 @@ type rebuilder struct {
 	seen     map[string]bool
 	// event records a rejection on its object; nil records none.
 	event func(controlplane.Rejection)
+	// status hands the build's Gateway API status to its writer without
+	// blocking; nil writes none.
+	status func([]controlplane.ObjectStatus, *controlplane.Inputs)
 }
 
 func (r *rebuilder) rebuild() error {
@@ -395,6 +401,9 @@ func (r *rebuilder) rebuild() error {
 	r.seen = seen
 	if err := r.xds.Apply(snap); err != nil {
 		return fmt.Errorf("serve snapshot: %w", err)
+	}
+	if r.status != nil {
+		r.status(r.builder.Status(), in)
 	}
 	return nil
 }

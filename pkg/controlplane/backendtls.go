@@ -43,14 +43,31 @@ import (
 //   - Like a DestinationRule's TLS, it applies where meshlet's L7 proxies
 //     dial the Service's endpoints: waypoints, and ingress gateways that
 //     reach the pods directly (one that sends requests through the
-//     Service's waypoint leaves origination to the waypoint). Status
-//     (ancestors' Accepted and ResolvedRefs) is not written.
+//     Service's waypoint leaves origination to the waypoint).
+//   - Status: one ancestor per Service target (see backendTLSStatus in
+//     gatewaystatus.go).
 
 // backendTLS is one BackendTLSPolicy made ready for clusters.
 type backendTLS struct {
 	namespace, name string
 	// tls is nil when the policy is unusable: its targets fail closed.
 	tls *model.UpstreamTLS
+	// What status reports (all also warned on the policy): invalid
+	// holds the faults of the policy's own fields; caKind and caRef those
+	// of its caCertificateRefs (unsupported kind; missing or malformed).
+	invalid, caKind, caRef []string
+	// targets says, per targetRefs entry, what became of it.
+	targets []backendTLSTarget
+}
+
+// backendTLSTarget is the outcome of one of a policy's targetRefs.
+type backendTLSTarget struct {
+	ref gatewayv1.LocalPolicyTargetReferenceWithSectionName
+	// reason is "" when the policy is in force for the target, else
+	// PolicyReasonTargetNotFound or PolicyReasonConflicted; unsupported
+	// (not a core Service) targets are not recorded.
+	reason  gatewayv1.PolicyConditionReason
+	message string
 }
 
 // backendTLSTargets are the policies in force for one Service.
@@ -69,7 +86,12 @@ func (bd *build) translateBackendTLSPolicies() {
 	}
 	for _, p := range oldestFirst(pols) {
 		r := bd.rejecter(KindBackendTLSPolicy, p.Namespace, p.Name)
-		bt := &backendTLS{namespace: p.Namespace, name: p.Name, tls: bd.backendTLSSettings(p, r)}
+		bt := &backendTLS{namespace: p.Namespace, name: p.Name}
+		bt.tls = bd.backendTLSSettings(p, r, bt)
+		bd.btlsPolicies = append(bd.btlsPolicies, bt)
+		target := func(ref gatewayv1.LocalPolicyTargetReferenceWithSectionName, reason gatewayv1.PolicyConditionReason, format string, args ...any) {
+			bt.targets = append(bt.targets, backendTLSTarget{ref: ref, reason: reason, message: fmt.Sprintf(format, args...)})
+		}
 		for i, ref := range p.Spec.TargetRefs {
 			field := fmt.Sprintf("targetRefs[%d]", i)
 			if ref.Group != "" || ref.Kind != "Service" {
@@ -80,6 +102,7 @@ func (bd *build) translateBackendTLSPolicies() {
 			svc, ok := bd.kubeSvcs[svcKey]
 			if !ok {
 				r.warn("%s: no Service %s; the policy applies to it once it exists", field, svcKey)
+				target(ref, gatewayv1.PolicyReasonTargetNotFound, "no Service %s; the policy applies to it once it exists", svcKey)
 				continue
 			}
 			section := ""
@@ -88,6 +111,7 @@ func (bd *build) translateBackendTLSPolicies() {
 			}
 			if section != "" && !slices.ContainsFunc(svc.Spec.Ports, func(sp corev1.ServicePort) bool { return sp.Name == section }) {
 				r.warn("%s: Service %s has no port named %q (sectionName names a port of the Service); ignored", field, svcKey, section)
+				target(ref, gatewayv1.PolicyReasonTargetNotFound, "Service %s has no port named %q (sectionName names a port of the Service)", svcKey, section)
 				continue
 			}
 			t := bd.btlsFor[svcKey]
@@ -101,8 +125,10 @@ func (bd *build) translateBackendTLSPolicies() {
 			}
 			if prev != nil {
 				r.warn("%s: %s already has TLS from the older BackendTLSPolicy %s/%s, which takes precedence (Gateway API: the oldest wins); ignored for it", field, what, prev.namespace, prev.name)
+				target(ref, gatewayv1.PolicyReasonConflicted, "%s already has TLS from the older BackendTLSPolicy %s/%s, which takes precedence (the oldest wins)", what, prev.namespace, prev.name)
 				continue
 			}
+			target(ref, "", "")
 			if section != "" {
 				t.byPort[section] = bt
 			} else {
@@ -158,14 +184,20 @@ func (bd *build) backendTLSFor(ms *model.Service, port uint32) *backendTLS {
 
 // backendTLSSettings turns a policy's validation into TLS origination;
 // nil when it cannot be (each fault reported on r, naming the field).
-func (bd *build) backendTLSSettings(p *gatewayv1.BackendTLSPolicy, r *rejections) *model.UpstreamTLS {
+func (bd *build) backendTLSSettings(p *gatewayv1.BackendTLSPolicy, r *rejections, bt *backendTLS) *model.UpstreamTLS {
 	const failed = "requests to the Services it targets get 503 until it is fixed"
 	v := p.Spec.Validation
 	ok := true
+	// invalid reports a fault of the policy's own fields, on r and in bt.
+	invalid := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		r.warn("%s; %s", msg, failed)
+		bt.invalid = append(bt.invalid, msg)
+		ok = false
+	}
 	host := string(v.Hostname)
 	if len(validation.IsDNS1123Subdomain(host)) > 0 {
-		r.warn("validation.hostname %q is not a DNS name (lowercase letters, digits, '-' and '.'; no wildcard): set the name the backend serves TLS for, such as api.example.com; %s", host, failed)
-		ok = false
+		invalid("validation.hostname %q is not a DNS name (lowercase letters, digits, '-' and '.'; no wildcard): set the name the backend serves TLS for, such as api.example.com", host)
 	}
 	out := &model.UpstreamTLS{Mode: model.TLSModeSimple, SNI: host}
 	for i, san := range v.SubjectAltNames {
@@ -173,21 +205,18 @@ func (bd *build) backendTLSSettings(p *gatewayv1.BackendTLSPolicy, r *rejections
 		switch san.Type {
 		case gatewayv1.HostnameSubjectAltNameType:
 			if san.Hostname == "" {
-				r.warn("%s: type Hostname needs hostname; %s", field, failed)
-				ok = false
+				invalid("%s: type Hostname needs hostname", field)
 				continue
 			}
 			out.SubjectAltNames = append(out.SubjectAltNames, string(san.Hostname))
 		case gatewayv1.URISubjectAltNameType:
 			if u, err := url.Parse(string(san.URI)); err != nil || u.Scheme == "" || (u.Host == "" && u.Opaque == "") {
-				r.warn("%s: uri %q is not an absolute URI such as spiffe://cluster.local/ns/app/sa/api; %s", field, san.URI, failed)
-				ok = false
+				invalid("%s: uri %q is not an absolute URI such as spiffe://cluster.local/ns/app/sa/api", field, san.URI)
 				continue
 			}
 			out.SubjectAltNames = append(out.SubjectAltNames, string(san.URI))
 		default:
-			r.warn("%s: type %q: want Hostname or URI; %s", field, san.Type, failed)
-			ok = false
+			invalid("%s: type %q: want Hostname or URI", field, san.Type)
 		}
 	}
 	wellKnown := ""
@@ -196,20 +225,17 @@ func (bd *build) backendTLSSettings(p *gatewayv1.BackendTLSPolicy, r *rejections
 	}
 	switch {
 	case len(v.CACertificateRefs) > 0 && wellKnown != "":
-		r.warn("validation: caCertificateRefs and wellKnownCACertificates are both set; keep one; %s", failed)
-		ok = false
+		invalid("validation: caCertificateRefs and wellKnownCACertificates are both set; keep one")
 	case len(v.CACertificateRefs) > 0:
 		var caOK bool
-		out.CAPEM, caOK = bd.backendTLSCA(p, r, failed)
+		out.CAPEM, caOK = bd.backendTLSCA(p, r, bt, failed)
 		ok = ok && caOK
 	case wellKnown == string(gatewayv1.WellKnownCACertificatesSystem):
 		// The proxy's system roots: CAPEM stays empty.
 	case wellKnown != "":
-		r.warn("validation.wellKnownCACertificates %q is not a set meshlet knows: use System, or caCertificateRefs to a ConfigMap with ca.crt; %s", wellKnown, failed)
-		ok = false
+		invalid("validation.wellKnownCACertificates %q is not a set meshlet knows: use System, or caCertificateRefs to a ConfigMap with ca.crt", wellKnown)
 	default:
-		r.warn("validation: neither caCertificateRefs nor wellKnownCACertificates is set: name a ConfigMap with ca.crt, or System for the system roots; %s", failed)
-		ok = false
+		invalid("validation: neither caCertificateRefs nor wellKnownCACertificates is set: name a ConfigMap with ca.crt, or System for the system roots")
 	}
 	if len(p.Spec.Options) > 0 {
 		r.warn("options are not read by meshlet; ignored")
@@ -224,32 +250,35 @@ func (bd *build) backendTLSSettings(p *gatewayv1.BackendTLSPolicy, r *rejections
 // caCertificateRefs name. ok is false when any of them does not resolve
 // to PEM certificates (the spec: connections using an invalid reference
 // must fail).
-func (bd *build) backendTLSCA(p *gatewayv1.BackendTLSPolicy, r *rejections, failed string) (string, bool) {
+func (bd *build) backendTLSCA(p *gatewayv1.BackendTLSPolicy, r *rejections, bt *backendTLS, failed string) (string, bool) {
 	var pem strings.Builder
 	ok := true
+	// bad reports a fault of one reference, on r and in list (bt.caKind or bt.caRef).
+	bad := func(list *[]string, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		r.warn("%s; %s", msg, failed)
+		*list = append(*list, msg)
+		ok = false
+	}
 	for i, ref := range p.Spec.Validation.CACertificateRefs {
 		field := fmt.Sprintf("validation.caCertificateRefs[%d]", i)
 		if ref.Group != "" || ref.Kind != "ConfigMap" {
-			r.warn("%s: %s %q (group %q) is not supported: name a ConfigMap (group \"\", kind ConfigMap) holding the CA certificates under %s; %s", field, ref.Kind, ref.Name, ref.Group, caCertKey, failed)
-			ok = false
+			bad(&bt.caKind, "%s: %s %q (group %q) is not supported: name a ConfigMap (group \"\", kind ConfigMap) holding the CA certificates under %s", field, ref.Kind, ref.Name, ref.Group, caCertKey)
 			continue
 		}
 		cmKey := p.Namespace + "/" + string(ref.Name)
 		cm := bd.in.configMaps[cmKey]
 		if cm == nil {
-			r.warn("%s: no ConfigMap %s: create it with the backend's CA certificates under %s; %s", field, cmKey, caCertKey, failed)
-			ok = false
+			bad(&bt.caRef, "%s: no ConfigMap %s: create it with the backend's CA certificates under %s", field, cmKey, caCertKey)
 			continue
 		}
 		ca := caBundle(cm)
 		if ca == "" {
-			r.warn("%s: ConfigMap %s has no %s: put the backend's PEM CA certificates under that key; %s", field, cmKey, caCertKey, failed)
-			ok = false
+			bad(&bt.caRef, "%s: ConfigMap %s has no %s: put the backend's PEM CA certificates under that key", field, cmKey, caCertKey)
 			continue
 		}
 		if !x509.NewCertPool().AppendCertsFromPEM([]byte(ca)) {
-			r.warn("%s: ConfigMap %s: %s holds no PEM certificate; %s", field, cmKey, caCertKey, failed)
-			ok = false
+			bad(&bt.caRef, "%s: ConfigMap %s: %s holds no PEM certificate", field, cmKey, caCertKey)
 			continue
 		}
 		pem.WriteString(ca)

@@ -41,6 +41,7 @@ type Builder struct {
 	opts    BuilderOptions
 	version uint64
 	cache   map[string]cachedWorkload
+	status  []ObjectStatus // of the last build (Status)
 }
 
 type cachedWorkload struct {
@@ -93,6 +94,7 @@ type build struct {
 	validGRPC     []*gatewayv1.GRPCRoute
 	drFor         map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
 	btlsFor       map[string]*backendTLSTargets                    // service key -> BackendTLSPolicies in force
+	btlsPolicies  []*backendTLS                                    // every BackendTLSPolicy, oldest first (for status)
 	wlByUID       map[string]*model.Workload
 	ingress       []*gatewayv1.Gateway
 	validIstioGws []config[networkingapi.Gateway]
@@ -144,6 +146,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.warnPeerAuthenticationConflicts()
 	bd.warnIstioGatewaysWithoutPods()
 	b.cache = bd.next
+	b.status = bd.gatewayStatus()
 
 	var wps []*model.Waypoint
 	for _, k := range sortedWaypointKeys(bd.waypoints) {

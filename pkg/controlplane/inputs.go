@@ -235,3 +235,26 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
+
+// GatewayAPIObject returns the HTTPRoute, GRPCRoute or BackendTLSPolicy
+// (kind KindHTTPRoute, KindGRPCRoute or KindBackendTLSPolicy) named
+// namespace/name, nil when the inputs hold none. It is shared: do not
+// modify it.
+func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object {
+	k := namespace + "/" + name
+	switch kind {
+	case KindHTTPRoute:
+		if o, ok := in.httpRoutes[k]; ok {
+			return o
+		}
+	case KindGRPCRoute:
+		if o, ok := in.grpcRoutes[k]; ok {
+			return o
+		}
+	case KindBackendTLSPolicy:
+		if o, ok := in.backendTLS[k]; ok {
+			return o
+		}
+	}
+	return nil
+}

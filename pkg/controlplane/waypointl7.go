@@ -947,17 +947,16 @@ func (bd *build) referenceGranted(kind, fromNS, toNS, name string) bool {
 // backend translates one Gateway API backendRef to a Service; ok is false
 // for other kinds and for cross-namespace references no ReferenceGrant allows.
 func (lb *l7Builder) backend(kind, rtNS, rtName string, b gatewayv1.BackendRef, defaultPort uint32) (model.WeightedDestination, bool) {
-	if b.Kind != nil && *b.Kind != "Service" {
+	ns, fault := lb.bd.resolveBackendRef(kind, rtNS, b)
+	switch fault.reason {
+	case gatewayv1.RouteReasonInvalidKind:
 		return model.WeightedDestination{}, false
-	}
-	ns := rtNS
-	if b.Namespace != nil && *b.Namespace != "" {
-		ns = string(*b.Namespace)
-	}
-	if ns != rtNS && !lb.bd.referenceGranted(kind, rtNS, ns, string(b.Name)) {
+	case gatewayv1.RouteReasonRefNotPermitted:
 		lb.bd.rejecter(kind, rtNS, rtName).warn("backendRef %s/%s: no ReferenceGrant in %s allows it; dropped", ns, b.Name, ns)
 		return model.WeightedDestination{}, false
 	}
+	// A Service that does not exist (yet) still gets its cluster, without
+	// endpoints; the route's ResolvedRefs condition says BackendNotFound.
 	p := defaultPort
 	if b.Port != nil {
 		p = uint32(*b.Port)

@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"reflect"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/meshlet/meshlet/pkg/controlplane"
+)
+
+// gatewayStatusWriter writes the Gateway API status each build computes
+// (controlplane.Builder.Status) on HTTPRoutes, GRPCRoutes and
+// BackendTLSPolicies: meshd's entries in status.parents and
+// status.ancestors.
+//
+// Both lists are listType=atomic in the CRDs, so server-side apply would
+// make meshd own the whole list and drop the entries of other controllers
+// (a route may name an Envoy Gateway and a meshlet Service in one
+// parentRefs). So the writer reads, merges (mergeParents, mergeAncestors:
+// others' entries kept as they are) and calls UpdateStatus, whose
+// resourceVersion check makes a concurrent writer's change a conflict;
+// on conflict it reads the object again and merges anew, with backoff.
+//
+// Replicas run without leader election and all write: the status is a
+// function of the inputs and lastTransitionTime is kept while a
+// condition's status and reason stay, so replicas that see the same
+// objects want the same status, and an object whose status already says
+// it (compared without lastTransitionTimes) is not written again.
+//
+// Builds hand over their result without waiting (submit): a newer result
+// replaces one not yet started, and writes run on at most statusWorkers
+// goroutines, so a slow or refusing API server never delays config pushes.
+type gatewayStatusWriter struct {
+	gw  gatewayclient.Interface
+	log *slog.Logger
+	// now stamps changed conditions; nil means time.Now.
+	now   func() time.Time
+	queue chan statusBatch // capacity 1: the latest build's
+}
+
+// statusBatch is one build's status with the inputs it was computed from
+// (the informers' objects, whose status is compared with it).
+type statusBatch struct {
+	status []controlplane.ObjectStatus
+	in     *controlplane.Inputs
+}
+
+// statusWorkers bounds the concurrent status writes.
+const statusWorkers = 4
+
+func newGatewayStatusWriter(gw gatewayclient.Interface, log *slog.Logger) *gatewayStatusWriter {
+	return &gatewayStatusWriter{gw: gw, log: log, queue: make(chan statusBatch, 1)}
+}
+
+// submit queues a build's status, replacing one still waiting; it never blocks.
+func (w *gatewayStatusWriter) submit(status []controlplane.ObjectStatus, in *controlplane.Inputs) {
+	b := statusBatch{status: status, in: in}
+	for {
+		select {
+		case w.queue <- b:
+			return
+		default:
+		}
+		select {
+		case <-w.queue: // stale: the new build supersedes it
+		default:
+		}
+	}
+}
+
+func (w *gatewayStatusWriter) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b := <-w.queue:
+			w.writeBatch(ctx, b)
+		}
+	}
+}
+
+func (w *gatewayStatusWriter) stamp() metav1.Time {
+	if w.now != nil {
+		return metav1.NewTime(w.now())
+	}
+	return metav1.NewTime(time.Now())
+}
+
+func (w *gatewayStatusWriter) writeBatch(ctx context.Context, b statusBatch) {
+	jobs := make(chan controlplane.ObjectStatus)
+	var wg sync.WaitGroup
+	for range statusWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for st := range jobs {
+				w.write(ctx, st, b.in.GatewayAPIObject(st.Kind, st.Namespace, st.Name))
+			}
+		}()
+	}
+	for _, st := range b.status {
+		cached := b.in.GatewayAPIObject(st.Kind, st.Namespace, st.Name)
+		if cached == nil {
+			continue
+		}
+		if _, changed := withStatus(cached, st, w.stamp()); !changed {
+			continue // the informer's copy already says it: no write
+		}
+		select {
+		case jobs <- st:
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+}
+
+// statusBackoff spaces the retries of a write that conflicted or failed
+// for a reason that may pass (the API server busy or restarting).
+var statusBackoff = wait.Backoff{Steps: 5, Duration: 100 * time.Millisecond, Factor: 2, Jitter: 0.2}
+
+// write brings one object's status to st, starting from the informer's
+// copy (cached); it logs, never returns, a failure.
+func (w *gatewayStatusWriter) write(ctx context.Context, st controlplane.ObjectStatus, cached runtime.Object) {
+	obj := cached
+	retriable := func(err error) bool {
+		return apierrors.IsConflict(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) ||
+			apierrors.IsServiceUnavailable(err) || apierrors.IsTimeout(err) || apierrors.IsInternalError(err)
+	}
+	err := retry.OnError(statusBackoff, retriable, func() error {
+		if obj == nil {
+			var err error
+			if obj, err = w.get(ctx, st); err != nil {
+				return err
+			}
+		}
+		next, changed := withStatus(obj, st, w.stamp())
+		if !changed {
+			return nil
+		}
+		err := w.update(ctx, next)
+		if err != nil {
+			obj = nil // read it again: someone else wrote in between
+		}
+		return err
+	})
+	switch {
+	case err == nil, apierrors.IsNotFound(err), errors.Is(err, context.Canceled):
+		// Written, unchanged, or deleted meanwhile.
+	case apierrors.IsForbidden(err):
+		w.log.Error("write Gateway API status: forbidden; grant meshd's ClusterRole the verb update on this resource's status subresource (group gateway.networking.k8s.io)",
+			"kind", st.Kind, "namespace", st.Namespace, "name", st.Name, "resource", statusResource(st.Kind), "verb", "update", "err", err)
+	default:
+		w.log.Warn("write Gateway API status", "kind", st.Kind, "namespace", st.Namespace, "name", st.Name, "err", err)
+	}
+}
+
+// statusResource is the subresource UpdateStatus needs for kind.
+func statusResource(kind string) string {
+	switch kind {
+	case controlplane.KindHTTPRoute:
+		return "httproutes/status"
+	case controlplane.KindGRPCRoute:
+		return "grpcroutes/status"
+	default:
+		return "backendtlspolicies/status"
+	}
+}
+
+func (w *gatewayStatusWriter) get(ctx context.Context, st controlplane.ObjectStatus) (runtime.Object, error) {
+	v1 := w.gw.GatewayV1()
+	switch st.Kind {
+	case controlplane.KindHTTPRoute:
+		return v1.HTTPRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindGRPCRoute:
+		return v1.GRPCRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	default:
+		return v1.BackendTLSPolicies(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	}
+}
+
+func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) error {
+	v1 := w.gw.GatewayV1()
+	var err error
+	switch o := obj.(type) {
+	case *gatewayv1.HTTPRoute:
+		_, err = v1.HTTPRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.GRPCRoute:
+		_, err = v1.GRPCRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.BackendTLSPolicy:
+		_, err = v1.BackendTLSPolicies(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	}
+	return err
+}
+
+// withStatus returns a copy of obj (an HTTPRoute, GRPCRoute or
+// BackendTLSPolicy) carrying st merged into its status, and whether that
+// differs from obj's status. An object whose generation is not the one st
+// was computed for is left alone: st is stale, or the object is, and the
+// next build brings the right one.
+func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Time) (runtime.Object, bool) {
+	var route *gatewayv1.RouteStatus // of the copy
+	var out runtime.Object
+	switch o := obj.(type) {
+	case *gatewayv1.HTTPRoute:
+		c := o.DeepCopy()
+		route, out = &c.Status.RouteStatus, c
+	case *gatewayv1.GRPCRoute:
+		c := o.DeepCopy()
+		route, out = &c.Status.RouteStatus, c
+	case *gatewayv1.BackendTLSPolicy:
+		merged, changed := mergeIfChanged(o.Generation, o.Status.Ancestors, st.Generation, st.Ancestors, now)
+		if !changed {
+			return nil, false
+		}
+		c := o.DeepCopy()
+		c.Status.Ancestors = merged
+		return c, true
+	default:
+		return nil, false
+	}
+	gen := obj.(metav1.Object).GetGeneration()
+	merged, changed := mergeIfChanged(gen, route.Parents, st.Generation, st.Parents, now)
+	if !changed {
+		return nil, false
+	}
+	route.Parents = merged
+	return out, true
+}
+
+// statusEntry is an entry of status.parents or status.ancestors.
+type statusEntry interface {
+	gatewayv1.RouteParentStatus | gatewayv1.PolicyAncestorStatus
+}
+
+// entryParts gives access to what merging reads and writes in an entry.
+func entryParts[S statusEntry](e *S) (ref gatewayv1.ParentReference, controller gatewayv1.GatewayController, conds *[]metav1.Condition) {
+	switch v := any(e).(type) {
+	case *gatewayv1.RouteParentStatus:
+		return v.ParentRef, v.ControllerName, &v.Conditions
+	case *gatewayv1.PolicyAncestorStatus:
+		return v.AncestorRef, v.ControllerName, &v.Conditions
+	}
+	panic("unreachable")
+}
+
+// mergeIfChanged merges desired (computed for generation want) into the
+// object's current entries (at generation gen); changed is false when the
+// generations differ or the merge says what current says.
+func mergeIfChanged[S statusEntry](gen int64, current []S, want int64, desired []S, now metav1.Time) (merged []S, changed bool) {
+	if gen != want {
+		return nil, false
+	}
+	merged = mergeEntries(current, desired, now)
+	return merged, !sameIgnoringTimes(current, merged)
+}
+
+// mergeParents returns status.parents with meshd's entries replaced by
+// desired (mergeEntries).
+func mergeParents(current, desired []gatewayv1.RouteParentStatus, now metav1.Time) []gatewayv1.RouteParentStatus {
+	return mergeEntries(current, desired, now)
+}
+
+// mergeAncestors is mergeParents for a policy's status.ancestors.
+func mergeAncestors(current, desired []gatewayv1.PolicyAncestorStatus, now metav1.Time) []gatewayv1.PolicyAncestorStatus {
+	return mergeEntries(current, desired, now)
+}
+
+// mergeEntries returns current with meshd's entries replaced by desired:
+// the entries of other controllers first, as they were, then desired in
+// its order. Conditions keep their lastTransitionTime where status and
+// reason did not change (mergeConditions). Never nil: the field is
+// required.
+func mergeEntries[S statusEntry](current, desired []S, now metav1.Time) []S {
+	out := make([]S, 0, len(current)+len(desired))
+	var ours []S
+	for _, e := range current {
+		if _, c, _ := entryParts(&e); c == controlplane.ControllerName {
+			ours = append(ours, e)
+		} else {
+			out = append(out, e)
+		}
+	}
+	for _, d := range desired {
+		ref, _, conds := entryParts(&d)
+		var old []metav1.Condition
+		for _, e := range ours {
+			if r, _, c := entryParts(&e); reflect.DeepEqual(r, ref) {
+				old = *c
+				break
+			}
+		}
+		*conds = mergeConditions(old, *conds, now)
+		out = append(out, d)
+	}
+	return out
+}
+
+// mergeConditions stamps want's conditions: one whose type had the same
+// status and reason in old keeps old's lastTransitionTime, any other
+// gets now.
+func mergeConditions(old, want []metav1.Condition, now metav1.Time) []metav1.Condition {
+	out := make([]metav1.Condition, len(want))
+	for i, c := range want {
+		c.LastTransitionTime = now
+		for _, o := range old {
+			if o.Type == c.Type && o.Status == c.Status && o.Reason == c.Reason {
+				c.LastTransitionTime = o.LastTransitionTime
+			}
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// sameIgnoringTimes compares two parents or ancestors lists without their
+// conditions' lastTransitionTimes, so that the same status computed at
+// another moment (or by another replica) is not written again.
+func sameIgnoringTimes[S statusEntry](a, b []S) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	return reflect.DeepEqual(withoutTimes(a), withoutTimes(b))
+}
+
+func withoutTimes[S statusEntry](list []S) []S {
+	out := make([]S, len(list))
+	for i, e := range list {
+		_, _, conds := entryParts(&e)
+		*conds = clearTimes(*conds)
+		out[i] = e
+	}
+	return out
+}
+
+func clearTimes(cs []metav1.Condition) []metav1.Condition {
+	out := make([]metav1.Condition, len(cs))
+	for i, c := range cs {
+		c.LastTransitionTime = metav1.Time{}
+		out[i] = c
+	}
+	return out
+}
