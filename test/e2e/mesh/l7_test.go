@@ -412,9 +412,32 @@ spec:
 		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
 	})
 
+	policyStatus := func(want map[string]string) func() (bool, error) {
+		return func() (bool, error) {
+			gen, conds, err := meshletStatus(t, lb, "backendtlspolicy", ns, "secure")
+			if err == nil {
+				err = wantConditions(gen, conds, want)
+			}
+			return err == nil, err
+		}
+	}
+	lab.WaitFor(t, time.Minute, "the policy's status: accepted, its CA reference resolved", policyStatus(map[string]string{
+		"secure/Accepted": "True Accepted", "secure/ResolvedRefs": "True ResolvedRefs"}))
+
 	lb.Apply(t, ns, caConfigMap(otherCA))
 	lab.WaitFor(t, time.Minute, "a pod the policy's CA did not sign gets no request", func() (bool, error) {
 		s := summary(t, lb, ns, client.Name, "-n", "3", url)
 		return s.ByStatus["503"] == 3, fmt.Errorf("status %v, protocols %v, errors %v", s.ByStatus, s.Protocols, s.Errors)
 	})
+
+	// A CA reference to a ConfigMap that does not exist: no request goes
+	// out in the clear, and the policy's status says why.
+	if out, err := lb.Kubectl("-n", ns, "delete", "configmap", "secure-ca"); err != nil {
+		t.Fatalf("delete the CA ConfigMap: %v: %s", err, out)
+	}
+	lab.WaitFor(t, time.Minute, "the unresolved CA reference reported on the policy", policyStatus(map[string]string{
+		"secure/Accepted": "False NoValidCACertificate", "secure/ResolvedRefs": "False InvalidCACertificateRef"}))
+	if s := summary(t, lb, ns, client.Name, "-n", "3", url); s.ByStatus["503"] != 3 {
+		t.Errorf("with the CA ConfigMap gone: status %v, protocols %v; want 503s (fail closed)", s.ByStatus, s.Protocols)
+	}
 }
