@@ -260,6 +260,27 @@ spec:
 	})
 }
 
+// httpsEchoPod is an echo pod named and labelled app=name that also
+// serves HTTPS on 8443 with the certificate and key given, and answers
+// with its name as its version.
+func httpsEchoPod(name string, certPEM, keyPEM []byte) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, labels: {app: %[1]s}}
+spec:
+  containers:
+  - name: echo
+    image: meshlet.dev/echo:latest
+    env:
+    - {name: POD_NAME, value: %[1]s}
+    - {name: VERSION, value: %[1]s}
+    - {name: HTTPS_PORT, value: "8443"}
+    - {name: TLS_CERT, value: %[2]q}
+    - {name: TLS_KEY, value: %[3]q}
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+`, name, certPEM, keyPEM)
+}
+
 // TestWaypointEgressTLSOrigination: Istio's egress through a waypoint with
 // TLS origination, written as Istio's ambient egress guide writes it. A
 // ServiceEntry with resolution DNS and no addresses (meshd allocates one)
@@ -280,21 +301,7 @@ func TestWaypointEgressTLSOrigination(t *testing.T) {
 	certPEM, keyPEM, caPEM := servingCertCA(t, host)
 	_, _, otherCA := servingCertCA(t, host)
 	b64 := base64.StdEncoding.EncodeToString
-	lb.Apply(t, partnerNS, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: partner, labels: {app: partner}}
-spec:
-  containers:
-  - name: echo
-    image: meshlet.dev/echo:latest
-    env:
-    - {name: POD_NAME, value: partner}
-    - {name: VERSION, value: partner}
-    - {name: HTTPS_PORT, value: "8443"}
-    - {name: TLS_CERT, value: %q}
-    - {name: TLS_KEY, value: %q}
-    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
-`, certPEM, keyPEM))
+	lb.Apply(t, partnerNS, httpsEchoPod("partner", certPEM, keyPEM))
 	lb.Apply(t, partnerNS, `apiVersion: v1
 kind: Service
 metadata: {name: partner}
@@ -363,28 +370,14 @@ func TestWaypointBackendTLSPolicy(t *testing.T) {
 	host := "secure.backend.example"
 	certPEM, keyPEM, caPEM := servingCertCA(t, host)
 	_, _, otherCA := servingCertCA(t, host)
-	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: secure, labels: {app: secure}}
-spec:
-  containers:
-  - name: echo
-    image: meshlet.dev/echo:latest
-    env:
-    - {name: POD_NAME, value: secure}
-    - {name: VERSION, value: secure}
-    - {name: HTTPS_PORT, value: "8443"}
-    - {name: TLS_CERT, value: %q}
-    - {name: TLS_KEY, value: %q}
-    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
----
+	lb.Apply(t, ns, httpsEchoPod("secure", certPEM, keyPEM)+`---
 apiVersion: v1
 kind: Service
 metadata: {name: secure, labels: {istio.io/use-waypoint: waypoint}}
 spec:
   selector: {app: secure}
   ports: [{name: http, port: 80, targetPort: 8443}]
-`, certPEM, keyPEM))
+`)
 	lb.WaitPodsReady(t, ns, "app=secure", 1, 2*time.Minute)
 	applyWaypoint(t, lb, run, ns)
 	caConfigMap := func(ca []byte) string {
