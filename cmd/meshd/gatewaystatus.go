@@ -210,32 +210,37 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 // was computed for is left alone: st is stale, or the object is, and the
 // next build brings the right one.
 func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Time) (runtime.Object, bool) {
-	var route *gatewayv1.RouteStatus // of the copy
-	var out runtime.Object
-	switch o := obj.(type) {
-	case *gatewayv1.HTTPRoute:
-		c := o.DeepCopy()
-		route, out = &c.Status.RouteStatus, c
-	case *gatewayv1.GRPCRoute:
-		c := o.DeepCopy()
-		route, out = &c.Status.RouteStatus, c
-	case *gatewayv1.BackendTLSPolicy:
-		merged, changed := mergeIfChanged(o.Generation, o.Status.Ancestors, st.Generation, st.Ancestors, now)
+	// The merge reads the cached object and builds new lists: the object
+	// is copied only when its status changes, not on every build.
+	if p, ok := obj.(*gatewayv1.BackendTLSPolicy); ok {
+		merged, changed := mergeIfChanged(p.Generation, p.Status.Ancestors, st.Generation, st.Ancestors, now)
 		if !changed {
 			return nil, false
 		}
-		c := o.DeepCopy()
+		c := p.DeepCopy()
 		c.Status.Ancestors = merged
 		return c, true
+	}
+	var route *gatewayv1.RouteStatus // of the cached object: read only
+	switch o := obj.(type) {
+	case *gatewayv1.HTTPRoute:
+		route = &o.Status.RouteStatus
+	case *gatewayv1.GRPCRoute:
+		route = &o.Status.RouteStatus
 	default:
 		return nil, false
 	}
-	gen := obj.(metav1.Object).GetGeneration()
-	merged, changed := mergeIfChanged(gen, route.Parents, st.Generation, st.Parents, now)
+	merged, changed := mergeIfChanged(obj.(metav1.Object).GetGeneration(), route.Parents, st.Generation, st.Parents, now)
 	if !changed {
 		return nil, false
 	}
-	route.Parents = merged
+	out := obj.DeepCopyObject()
+	switch o := out.(type) {
+	case *gatewayv1.HTTPRoute:
+		o.Status.Parents = merged
+	case *gatewayv1.GRPCRoute:
+		o.Status.Parents = merged
+	}
 	return out, true
 }
 
