@@ -194,8 +194,8 @@ func (bd *build) parentAccepts(routeNS string, pr gatewayv1.ParentReference) (ou
 		if pr.Port != nil && !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Port == int32(*pr.Port) }) {
 			return true, false, noParent, fmt.Sprintf("Service %s has no port %d", key, *pr.Port)
 		}
-		ms := bd.svcByKey[key]
-		if ms.Waypoint == nil {
+		ms := bd.svcByKey[key] // set with kubeSvcs; checked all the same
+		if ms == nil || ms.Waypoint == nil {
 			return true, false, string(gatewayv1.RouteReasonPending), fmt.Sprintf("Service %s has no waypoint, so nothing applies the route yet: label the Service or its namespace istio.io/use-waypoint=<waypoint Gateway>", key)
 		}
 		return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("applied to requests for Service %s by its waypoint %s", key, ms.Waypoint.Waypoint)
