@@ -173,6 +173,10 @@ func statusResource(kind string) string {
 		return "httproutes/status"
 	case controlplane.KindGRPCRoute:
 		return "grpcroutes/status"
+	case controlplane.KindGateway:
+		return "gateways/status"
+	case controlplane.KindGatewayClass:
+		return "gatewayclasses/status"
 	default:
 		return "backendtlspolicies/status"
 	}
@@ -185,6 +189,10 @@ func (w *gatewayStatusWriter) get(ctx context.Context, st controlplane.ObjectSta
 		return v1.HTTPRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGRPCRoute:
 		return v1.GRPCRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindGateway:
+		return v1.Gateways(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindGatewayClass:
+		return v1.GatewayClasses().Get(ctx, st.Name, metav1.GetOptions{})
 	default:
 		return v1.BackendTLSPolicies(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	}
@@ -200,12 +208,16 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 		_, err = v1.GRPCRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.BackendTLSPolicy:
 		_, err = v1.BackendTLSPolicies(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.Gateway:
+		_, err = v1.Gateways(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.GatewayClass:
+		_, err = v1.GatewayClasses().UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	}
 	return err
 }
 
-// withStatus returns a copy of obj (an HTTPRoute, GRPCRoute or
-// BackendTLSPolicy) carrying st merged into its status, and whether that
+// withStatus returns a copy of obj (an HTTPRoute, GRPCRoute,
+// BackendTLSPolicy, Gateway or GatewayClass) carrying st merged into its status, and whether that
 // differs from obj's status. An object whose generation is not the one st
 // was computed for is left alone: st is stale, or the object is, and the
 // next build brings the right one.
@@ -220,6 +232,10 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 		c := p.DeepCopy()
 		c.Status.Ancestors = merged
 		return c, true
+	}
+	switch obj.(type) {
+	case *gatewayv1.Gateway, *gatewayv1.GatewayClass:
+		return withOwnedStatus(obj, st, now) // gatewayclassstatus.go
 	}
 	var route *gatewayv1.RouteStatus // of the cached object: read only
 	switch o := obj.(type) {

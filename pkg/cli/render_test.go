@@ -19,6 +19,9 @@ import (
 	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/controlplane"
 
 	chartfiles "github.com/meshlet/meshlet/deploy/charts/meshlet"
 )
@@ -105,6 +108,51 @@ func TestRenderProfilesContent(t *testing.T) {
 	}
 }
 
+// TestRenderGatewayClasses: `kubectl get gatewayclass` after install lists
+// meshlet's classes, controlled by the controllerName meshd reports status
+// under; Istio's class names only when asked for (gatewayClasses.istioNames),
+// and none without meshd to serve them.
+func TestRenderGatewayClasses(t *testing.T) {
+	tests := []struct {
+		name string
+		set  []string
+		want []string
+	}{
+		{"default", nil, []string{"meshlet", "meshlet-waypoint"}},
+		{"Istio's names asked for", []string{"gatewayClasses.istioNames=true"}, []string{"meshlet", "meshlet-waypoint", "istio", "istio-waypoint"}},
+		{"disabled", []string{"gatewayClasses.enabled=false"}, nil},
+		{"without meshd", []string{"meshd.enabled=false"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Render(RenderOptions{Set: tt.set, SkipCRDs: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, o := range r.Objects {
+				if o.GetKind() != "GatewayClass" {
+					continue
+				}
+				got = append(got, o.GetName())
+				var gc gatewayv1.GatewayClass
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &gc); err != nil {
+					t.Fatal(err)
+				}
+				if gc.Spec.ControllerName != controlplane.ControllerName || gc.Spec.Description == nil || *gc.Spec.Description == "" {
+					t.Errorf("GatewayClass %s: controllerName %q, description %v; want %q and a description", gc.Name, gc.Spec.ControllerName, gc.Spec.Description, controlplane.ControllerName)
+				}
+			}
+			sort.Strings(got)
+			want := append([]string(nil), tt.want...)
+			sort.Strings(want)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("rendered GatewayClasses (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // TestRenderedObjectsDecode converts every rendered object into its typed
 // Kubernetes struct, strictly, so a misspelt field fails here and not in the cluster.
 func TestRenderedObjectsDecode(t *testing.T) {
@@ -139,6 +187,8 @@ func TestRenderedObjectsDecode(t *testing.T) {
 			typed = &rbacv1.RoleBinding{}
 		case "CustomResourceDefinition":
 			typed = &apiextv1.CustomResourceDefinition{}
+		case "GatewayClass":
+			typed = &gatewayv1.GatewayClass{}
 		default:
 			t.Errorf("%s %s: no typed check for this kind; add one", o.GetKind(), o.GetName())
 			continue

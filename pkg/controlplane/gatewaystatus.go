@@ -58,11 +58,14 @@ import (
 const ControllerName gatewayv1.GatewayController = "meshlet.dev/gateway-controller"
 
 // ObjectStatus is the Gateway API status meshd computed for one HTTPRoute,
-// GRPCRoute or BackendTLSPolicy: only the entries under ControllerName.
+// GRPCRoute, BackendTLSPolicy, Gateway or GatewayClass: only the entries
+// under ControllerName, or the fields meshd owns (listenerstatus.go).
 // Conditions have no LastTransitionTime; the writer sets it.
 type ObjectStatus struct {
-	// Kind is KindHTTPRoute, KindGRPCRoute or KindBackendTLSPolicy.
-	Kind            string
+	// Kind is KindHTTPRoute, KindGRPCRoute, KindBackendTLSPolicy,
+	// KindGateway or KindGatewayClass.
+	Kind string
+	// Namespace is "" for a GatewayClass (cluster-scoped).
 	Namespace, Name string
 	// Generation is the object's metadata.generation the status is for.
 	Generation int64
@@ -73,15 +76,22 @@ type ObjectStatus struct {
 	// Ancestors, for a BackendTLSPolicy: one entry per Service target, in
 	// the order of spec.targetRefs.
 	Ancestors []gatewayv1.PolicyAncestorStatus
+	// Listeners, for a Gateway of a meshlet class: status.listeners, one
+	// entry per spec listener in spec order.
+	Listeners []gatewayv1.ListenerStatus
+	// Conditions, for a GatewayClass whose controllerName is
+	// ControllerName: Accepted and SupportedVersion.
+	Conditions []metav1.Condition
 }
 
 // Status returns the Gateway API status computed by the last Build: one
-// entry per HTTPRoute, GRPCRoute and BackendTLSPolicy of its inputs,
+// entry per HTTPRoute, GRPCRoute and BackendTLSPolicy of its inputs, per
+// Gateway of a meshlet class and per GatewayClass of meshd's controllerName,
 // sorted by kind, namespace and name. The caller must not modify it.
 func (b *Builder) Status() []ObjectStatus { return b.status }
 
-// gatewayStatus computes the status of every route and BackendTLSPolicy.
-// It runs last, when every rejection of the build has been made.
+// gatewayStatus computes the status of every route, BackendTLSPolicy,
+// Gateway and GatewayClass meshd answers for. It runs last, when every rejection of the build has been made.
 func (bd *build) gatewayStatus() []ObjectStatus {
 	rejected := map[string]string{} // kind/namespace/name -> the first rejection
 	for _, r := range bd.rej {
@@ -110,6 +120,8 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		}
 		route(KindHTTPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, backends)
 	}
+	out = append(out, bd.listenerStatus(out)...) // out: the routes, whose acceptance attachedRoutes counts
+	out = append(out, bd.gatewayClassStatus()...)
 	out = append(out, bd.backendTLSStatus()...)
 	slices.SortFunc(out, func(a, b ObjectStatus) int {
 		return strings.Compare(a.Kind+"/"+a.Namespace+"/"+a.Name, b.Kind+"/"+b.Namespace+"/"+b.Name)

@@ -212,7 +212,7 @@ spec: {parentRefs: [{group: "", kind: Service, name: reviews}]}
 	for _, st := range b.Status() {
 		got = append(got, st.Kind+" "+st.Namespace+"/"+st.Name)
 	}
-	if diff := cmp.Diff([]string{"GRPCRoute bookinfo/g", "HTTPRoute bookinfo/a", "HTTPRoute bookinfo/z"}, got); diff != "" {
+	if diff := cmp.Diff([]string{"GRPCRoute bookinfo/g", "Gateway bookinfo/waypoint", "HTTPRoute bookinfo/a", "HTTPRoute bookinfo/z"}, got); diff != "" {
 		t.Errorf("Status order mismatch (-want +got):\n%s", diff)
 	}
 	g := statusOf(t, b, KindGRPCRoute, "bookinfo", "g")

@@ -236,9 +236,10 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// GatewayAPIObject returns the HTTPRoute, GRPCRoute or BackendTLSPolicy
-// (kind KindHTTPRoute, KindGRPCRoute or KindBackendTLSPolicy) named
-// namespace/name, nil when the inputs hold none. It is shared: do not
+// GatewayAPIObject returns the HTTPRoute, GRPCRoute, BackendTLSPolicy,
+// Gateway or GatewayClass (kind KindHTTPRoute, KindGRPCRoute,
+// KindBackendTLSPolicy, KindGateway or KindGatewayClass; namespace "" for
+// a GatewayClass) named namespace/name, nil when the inputs hold none. It is shared: do not
 // modify it.
 func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object {
 	k := namespace + "/" + name
@@ -253,6 +254,14 @@ func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object 
 		}
 	case KindBackendTLSPolicy:
 		if o, ok := in.backendTLS[k]; ok {
+			return o
+		}
+	case KindGateway:
+		if o, ok := in.gateways[k]; ok {
+			return o
+		}
+	case KindGatewayClass:
+		if o, ok := in.gatewayClasses[name]; ok {
 			return o
 		}
 	}

@@ -189,6 +189,10 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 // Status is the Gateway status the deployer owns: Accepted, Programmed
 // (once a waypoint pod is ready) and the Service's addresses. A condition
 // whose status did not change keeps its last transition time.
+// status.listeners is not here: attachedRoutes is a fact about routes,
+// which meshd's builder knows, so meshd's Gateway API status writer owns
+// that field (controlplane listenerstatus.go) and this apply, which never
+// names it, leaves it alone.
 func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, now time.Time) *gatewayac.GatewayApplyConfiguration {
 	cond := func(t gatewayv1.GatewayConditionType, ok bool, reason gatewayv1.GatewayConditionReason, msg string) *metav1ac.ConditionApplyConfiguration {
 		st := metav1.ConditionFalse

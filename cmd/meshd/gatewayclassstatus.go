@@ -1,0 +1,90 @@
+package main
+
+import (
+	"reflect"
+	"slices"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/controlplane"
+)
+
+// withOwnedStatus is withStatus for the objects whose status fields meshd
+// owns outright rather than sharing entry by entry: a Gateway's
+// status.listeners (its status.conditions and addresses are pkg/deployer's,
+// left as read, so that the two writers never undo each other; the
+// UpdateStatus resourceVersion check turns a deployer write in between
+// into a conflict and a fresh merge) and a GatewayClass's Accepted and
+// SupportedVersion conditions (conditions of other types are kept, as the
+// Gateway API asks of every writer).
+func withOwnedStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Time) (runtime.Object, bool) {
+	switch o := obj.(type) {
+	case *gatewayv1.Gateway:
+		if o.Generation != st.Generation {
+			return nil, false
+		}
+		merged := mergeListeners(o.Status.Listeners, st.Listeners, now)
+		if sameListeners(o.Status.Listeners, merged) {
+			return nil, false
+		}
+		c := o.DeepCopy()
+		c.Status.Listeners = merged
+		return c, true
+	case *gatewayv1.GatewayClass:
+		if o.Generation != st.Generation {
+			return nil, false
+		}
+		merged := mergeConditionTypes(o.Status.Conditions, st.Conditions, now)
+		if reflect.DeepEqual(clearTimes(o.Status.Conditions), clearTimes(merged)) {
+			return nil, false
+		}
+		c := o.DeepCopy()
+		c.Status.Conditions = merged
+		return c, true
+	}
+	return nil, false
+}
+
+// mergeListeners returns desired, each listener's conditions keeping the
+// lastTransitionTime of the same-named listener in current where status
+// and reason did not change. Listeners no longer in the spec are dropped:
+// the list is meshd's alone.
+func mergeListeners(current, desired []gatewayv1.ListenerStatus, now metav1.Time) []gatewayv1.ListenerStatus {
+	out := make([]gatewayv1.ListenerStatus, len(desired))
+	for i, l := range desired {
+		var old []metav1.Condition
+		if j := slices.IndexFunc(current, func(c gatewayv1.ListenerStatus) bool { return c.Name == l.Name }); j >= 0 {
+			old = current[j].Conditions
+		}
+		l.Conditions = mergeConditions(old, l.Conditions, now)
+		out[i] = l
+	}
+	return out
+}
+
+// sameListeners compares two status.listeners without lastTransitionTimes
+// (nil and empty alike: the API server returns an empty list as none).
+func sameListeners(a, b []gatewayv1.ListenerStatus) bool {
+	return slices.EqualFunc(a, b, func(x, y gatewayv1.ListenerStatus) bool {
+		x.Conditions, y.Conditions = clearTimes(x.Conditions), clearTimes(y.Conditions)
+		return reflect.DeepEqual(x, y)
+	})
+}
+
+// mergeConditionTypes returns current with the conditions of desired's
+// types replaced (in place, or appended when new), stamped as
+// mergeConditions does; conditions of other types are kept as they are.
+func mergeConditionTypes(current, desired []metav1.Condition, now metav1.Time) []metav1.Condition {
+	stamped := mergeConditions(current, desired, now)
+	out := slices.Clone(current)
+	for _, c := range stamped {
+		if i := slices.IndexFunc(out, func(o metav1.Condition) bool { return o.Type == c.Type }); i >= 0 {
+			out[i] = c
+		} else {
+			out = append(out, c)
+		}
+	}
+	return out
+}

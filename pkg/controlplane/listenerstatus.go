@@ -1,0 +1,217 @@
+package controlplane
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayconsts "sigs.k8s.io/gateway-api/pkg/consts"
+)
+
+// This file computes the status of the Gateways and GatewayClasses meshd
+// serves, next to the routes' (gatewaystatus.go), from the same build.
+//
+// Decisions:
+//   - Gateway status is split between two writers, one per field, so that
+//     neither undoes the other: pkg/deployer (which deploys the Gateway's
+//     proxy and alone knows when a pod is ready) server-side applies
+//     status.conditions and status.addresses; meshd's status writer owns
+//     status.listeners, computed here because attachedRoutes is a fact
+//     about routes, which only the build knows.
+//   - attachedRoutes counts the routes whose status.parents entry for a
+//     parentRef to the Gateway is Accepted and that the listener matches
+//     (sectionName, port) and admits (allowedRoutes), as the Gateway API
+//     defines it. Routes bound to a Service (GAMMA) are attached to the
+//     Service, not to any listener: a waypoint's HBONE listener counts 0,
+//     as Istio's does.
+//   - supportedKinds: HTTPRoute and GRPCRoute on HTTP and HTTPS listeners
+//     (narrowed by allowedRoutes.kinds; a kind outside those is
+//     ResolvedRefs False InvalidRouteKinds); none on a waypoint's HBONE
+//     listener, which takes no routes directly, as Istio reports it.
+//   - meshlet's ingress serves HTTP listeners only yet (buildIngressL7):
+//     an HTTPS, TLS, TCP or UDP listener is Accepted False
+//     UnsupportedProtocol and Programmed False, so that nothing waiting for
+//     Programmed mistakes it for served. An HTTPS listener's
+//     certificateRefs are checked all the same (ResolvedRefs False
+//     InvalidCertificateRef for a Secret that is missing or not of type
+//     kubernetes.io/tls, the only Secrets the inputs hold), so that the
+//     Gateway is ready when HTTPS lands.
+//   - A waypoint serves its HBONE listener (port 15008); any other
+//     listener of a waypoint Gateway is Accepted False UnsupportedProtocol.
+//   - A GatewayClass is meshd's when spec.controllerName is ControllerName.
+//     Of those, the names meshlet serves (the waypoint and ingress classes)
+//     are Accepted; any other name is Accepted False, reason Unsupported
+//     (a user-defined class meshlet does not implement), the message
+//     naming the classes it serves. SupportedVersion says which Gateway
+//     API bundle meshd is built against; meshd does not read the CRDs (it
+//     has no access to them), so it cannot compare with what is installed.
+
+// listenerStatus computes the listeners of every Gateway of a meshlet
+// class. routes is the routes' status of this build.
+func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
+	var out []ObjectStatus
+	for _, k := range sortedKeys(bd.in.gateways) {
+		gw := bd.in.gateways[k]
+		class := string(gw.Spec.GatewayClassName)
+		waypoint := contains(bd.opts.WaypointClasses, class)
+		if !waypoint && !slices.Contains(bd.ingress, gw) {
+			continue // another class, or an invalid Gateway (its events say why)
+		}
+		st := ObjectStatus{Kind: KindGateway, Namespace: gw.Namespace, Name: gw.Name, Generation: gw.Generation}
+		for _, l := range gw.Spec.Listeners {
+			st.Listeners = append(st.Listeners, bd.oneListener(gw, l, waypoint, routes))
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// hboneProtocols name a waypoint's listener protocol: "HBONE" as Istio's
+// waypoints and meshctl waypoint apply write it, and the domain-prefixed
+// spelling Gateway API asks of implementation-specific protocols.
+var hboneProtocols = []gatewayv1.ProtocolType{"HBONE", "istio.io/HBONE"}
+
+// oneListener computes the status of listener l of gw.
+func (bd *build) oneListener(gw *gatewayv1.Gateway, l gatewayv1.Listener, waypoint bool, routes []ObjectStatus) gatewayv1.ListenerStatus {
+	gen := gw.Generation
+	kinds, invalidKinds := listenerKinds(l)
+	served := l.Protocol == gatewayv1.HTTPProtocolType
+	unsupported := fmt.Sprintf("protocol %s: meshlet's ingress serves HTTP listeners only yet (for HTTPS, use an Istio Gateway server with tls.credentialName)", l.Protocol)
+	if waypoint {
+		served = slices.Contains(hboneProtocols, l.Protocol)
+		unsupported = fmt.Sprintf("protocol %s: a waypoint serves one listener, protocol HBONE port 15008; routes reach it through the Services bound to it", l.Protocol)
+	}
+	accepted := condition(string(gatewayv1.ListenerConditionAccepted), true, string(gatewayv1.ListenerReasonAccepted), "listener accepted", gen)
+	programmed := condition(string(gatewayv1.ListenerConditionProgrammed), true, string(gatewayv1.ListenerReasonProgrammed), "configuration pushed to the gateway's proxies", gen)
+	if !served {
+		accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonUnsupportedProtocol), unsupported, gen)
+		programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Accepted", gen)
+	}
+	resolved := condition(string(gatewayv1.ListenerConditionResolvedRefs), true, string(gatewayv1.ListenerReasonResolvedRefs), "all references resolved", gen)
+	if reason, msg := bd.certificateRefsFault(gw, l); reason != "" {
+		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(reason), msg, gen)
+	} else if len(invalidKinds) > 0 {
+		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(gatewayv1.ListenerReasonInvalidRouteKinds),
+			fmt.Sprintf("allowedRoutes.kinds %s: meshlet attaches HTTPRoute and GRPCRoute (group %s) only", strings.Join(invalidKinds, ", "), gatewayv1.GroupName), gen)
+	}
+	return gatewayv1.ListenerStatus{
+		Name:           l.Name,
+		SupportedKinds: kinds,
+		AttachedRoutes: bd.attachedRoutes(gw, l, served, kinds, routes),
+		Conditions:     []metav1.Condition{accepted, programmed, resolved},
+	}
+}
+
+// listenerKinds returns the route kinds listener l takes, and the kinds
+// its allowedRoutes.kinds names that meshlet does not attach.
+func listenerKinds(l gatewayv1.Listener) (kinds []gatewayv1.RouteGroupKind, invalid []string) {
+	if l.Protocol != gatewayv1.HTTPProtocolType && l.Protocol != gatewayv1.HTTPSProtocolType {
+		return nil, nil
+	}
+	group := gatewayv1.Group(gatewayv1.GroupName)
+	supported := []gatewayv1.RouteGroupKind{{Group: &group, Kind: KindHTTPRoute}, {Group: &group, Kind: KindGRPCRoute}}
+	if l.AllowedRoutes == nil || len(l.AllowedRoutes.Kinds) == 0 {
+		return supported, nil
+	}
+	for _, want := range l.AllowedRoutes.Kinds {
+		g := gatewayv1.GroupName
+		if want.Group != nil {
+			g = string(*want.Group)
+		}
+		i := slices.IndexFunc(supported, func(s gatewayv1.RouteGroupKind) bool { return g == gatewayv1.GroupName && s.Kind == want.Kind })
+		if i < 0 {
+			invalid = append(invalid, g+"/"+string(want.Kind))
+		} else if !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return k.Kind == want.Kind }) {
+			kinds = append(kinds, supported[i])
+		}
+	}
+	return kinds, invalid
+}
+
+// certificateRefsFault checks an HTTPS listener's certificateRefs against
+// the build's Secrets (only those of type kubernetes.io/tls are read, so a
+// Secret of another type is as good as missing); reason is "" when all
+// resolve.
+func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listener) (gatewayv1.ListenerConditionReason, string) {
+	if l.Protocol != gatewayv1.HTTPSProtocolType || l.TLS == nil {
+		return "", ""
+	}
+	var reason gatewayv1.ListenerConditionReason
+	var msgs []string
+	fault := func(r gatewayv1.ListenerConditionReason, format string, args ...any) {
+		if reason == "" {
+			reason = r
+		}
+		msgs = append(msgs, fmt.Sprintf(format, args...))
+	}
+	for i, ref := range l.TLS.CertificateRefs {
+		ns := gw.Namespace
+		if ref.Namespace != nil && *ref.Namespace != "" {
+			ns = string(*ref.Namespace)
+		}
+		switch {
+		case (ref.Group != nil && *ref.Group != "") || (ref.Kind != nil && *ref.Kind != "Secret"):
+			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d] %s: meshlet reads certificates from Secrets only (group \"\", kind Secret)", i, ref.Name)
+		case ns != gw.Namespace:
+			fault(gatewayv1.ListenerReasonRefNotPermitted, "certificateRefs[%d] Secret %s/%s: meshlet reads certificates from the Gateway's namespace only; put the Secret in %s", i, ns, ref.Name, gw.Namespace)
+		case bd.in.tlsSecrets[ns+"/"+string(ref.Name)] == nil:
+			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d]: no Secret of type kubernetes.io/tls named %s in namespace %s: create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>", i, ref.Name, ns, ref.Name, ns)
+		}
+	}
+	return reason, strings.Join(msgs, "; ")
+}
+
+// attachedRoutes counts the routes attached to listener l of gw: those
+// with an Accepted status.parents entry for a parentRef l matches, of a
+// kind l takes (kinds), from a namespace l admits. A listener meshlet does
+// not serve has none: Accepted on the Gateway says the route is served by
+// another of its listeners, not by this one. A route is counted once
+// however many of its parentRefs match.
+func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l gatewayv1.Listener, served bool, kinds []gatewayv1.RouteGroupKind, routes []ObjectStatus) int32 {
+	if !served {
+		return 0
+	}
+	var n int32
+	for _, rt := range routes {
+		if !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == rt.Kind }) || !bd.allowedRoute(rt.Namespace, gw, l) {
+			continue
+		}
+		if slices.ContainsFunc(rt.Parents, func(p gatewayv1.RouteParentStatus) bool {
+			return attached([]gatewayv1.ParentReference{p.ParentRef}, rt.Namespace, gw, l) &&
+				meta.IsStatusConditionTrue(p.Conditions, string(gatewayv1.RouteConditionAccepted))
+		}) {
+			n++
+		}
+	}
+	return n
+}
+
+// gatewayClassStatus computes the conditions of every GatewayClass whose
+// controllerName is meshd's.
+func (bd *build) gatewayClassStatus() []ObjectStatus {
+	served := append(slices.Clone(bd.opts.IngressClasses), bd.opts.WaypointClasses...)
+	slices.Sort(served)
+	var out []ObjectStatus
+	for _, k := range sortedKeys(bd.in.gatewayClasses) {
+		gc := bd.in.gatewayClasses[k]
+		if gc.Spec.ControllerName != ControllerName {
+			continue
+		}
+		gen := gc.Generation
+		accepted := condition(string(gatewayv1.GatewayClassConditionStatusAccepted), true, string(gatewayv1.GatewayClassReasonAccepted),
+			"handled by meshlet", gen)
+		if !slices.Contains(served, gc.Name) {
+			accepted = condition(string(gatewayv1.GatewayClassConditionStatusAccepted), false, string(gatewayv1.GatewayClassReasonUnsupported),
+				fmt.Sprintf("meshlet serves the classes %s only; name one of them in gatewayClassName (user-defined classes are not supported)", strings.Join(served, ", ")), gen)
+		}
+		out = append(out, ObjectStatus{Kind: KindGatewayClass, Name: gc.Name, Generation: gen, Conditions: []metav1.Condition{
+			accepted,
+			condition(string(gatewayv1.GatewayClassConditionStatusSupportedVersion), true, string(gatewayv1.GatewayClassReasonSupportedVersion),
+				"meshd is built for Gateway API "+gatewayconsts.BundleVersion+", the CRDs meshlet's chart installs", gen),
+		}})
+	}
+	return out
+}

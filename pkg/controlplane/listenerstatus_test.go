@@ -1,0 +1,208 @@
+package controlplane
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// TestListenerStatus: what `kubectl get gateway -o yaml` shows in
+// status.listeners of meshlet's waypoint and ingress Gateways.
+func TestListenerStatus(t *testing.T) {
+	const ingress = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: bookinfo, generation: 4}
+spec:
+  gatewayClassName: meshlet
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: admin, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: bookinfo-cert}]}}
+  - {name: grpc-only, port: 9090, protocol: HTTP, allowedRoutes: {kinds: [{kind: GRPCRoute}, {kind: TCPRoute}]}}
+`
+	route := func(ns, name, parentRefs string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ` + name + `, namespace: ` + ns + `}
+spec:
+  parentRefs: ` + parentRefs + `
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+---
+`
+	}
+	const cert = `apiVersion: v1
+kind: Secret
+metadata: {name: bookinfo-cert, namespace: bookinfo}
+type: kubernetes.io/tls
+data: {tls.crt: "", tls.key: ""}
+---
+`
+	group := gatewayv1.Group(gatewayv1.GroupName)
+	httpKinds := []gatewayv1.RouteGroupKind{{Group: &group, Kind: "HTTPRoute"}, {Group: &group, Kind: "GRPCRoute"}}
+	listener := func(name string, kinds []gatewayv1.RouteGroupKind, attached int32, conds ...metav1.Condition) gatewayv1.ListenerStatus {
+		return gatewayv1.ListenerStatus{Name: gatewayv1.SectionName(name), SupportedKinds: kinds, AttachedRoutes: attached, Conditions: conds}
+	}
+	c := func(typ string, ok bool, reason string) metav1.Condition { return condition(typ, ok, reason, "", 4) }
+	served := []metav1.Condition{c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", true, "ResolvedRefs")}
+	httpsNotServed := func(refsOK bool, refsReason string) []metav1.Condition {
+		return []metav1.Condition{c("Accepted", false, "UnsupportedProtocol"), c("Programmed", false, "Invalid"), c("ResolvedRefs", refsOK, refsReason)}
+	}
+	tests := []struct {
+		name     string
+		gateway  string // namespace/name
+		extra    string
+		want     []gatewayv1.ListenerStatus
+		wantNone bool
+	}{
+		{
+			name:    "waypoint made by meshctl waypoint apply, a route bound to its Service",
+			gateway: "bookinfo/waypoint",
+			extra:   route("bookinfo", "r", `[{group: "", kind: Service, name: reviews, port: 9080}]`),
+			want: []gatewayv1.ListenerStatus{{Name: "mesh", AttachedRoutes: 0, Conditions: []metav1.Condition{
+				condition("Accepted", true, "Accepted", "", 0), condition("Programmed", true, "Programmed", "", 0), condition("ResolvedRefs", true, "ResolvedRefs", "", 0)}}},
+		},
+		{
+			name:    "ingress: routes counted per listener they attach to and are accepted on",
+			gateway: "bookinfo/ingress",
+			extra: cert +
+				route("bookinfo", "whole", `[{name: ingress}]`) + // every HTTP listener admitting bookinfo
+				route("bookinfo", "by-section", `[{name: ingress, sectionName: http}, {name: ingress, port: 80}]`) + // once
+				route("bookinfo", "by-port", `[{name: ingress, port: 8080}]`) +
+				route("other", "cross-ns", `[{name: ingress, namespace: bookinfo}]`) + // admitted by admin only
+				route("bookinfo", "on-https", `[{name: ingress, sectionName: https}]`) + // not accepted: not counted
+				// grpc-only takes GRPCRoutes: no HTTPRoute counts there, the one below does
+				`apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: bookinfo}
+spec:
+  parentRefs: [{name: ingress, sectionName: grpc-only}]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+---
+` +
+				`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rejected, namespace: bookinfo}
+spec:
+  parentRefs: [{name: ingress}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "/(unclosed"}}]}]
+`,
+			want: []gatewayv1.ListenerStatus{
+				listener("http", httpKinds, 2, served...),
+				listener("admin", httpKinds, 3, served...),
+				listener("https", httpKinds, 0, httpsNotServed(true, "ResolvedRefs")...),
+				listener("grpc-only", httpKinds[1:], 1, c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", false, "InvalidRouteKinds")),
+			},
+		},
+		{
+			name:    "HTTPS listener whose certificate Secret is missing",
+			gateway: "bookinfo/ingress",
+			want: []gatewayv1.ListenerStatus{
+				listener("http", httpKinds, 0, served...),
+				listener("admin", httpKinds, 0, served...),
+				listener("https", httpKinds, 0, httpsNotServed(false, "InvalidCertificateRef")...),
+				listener("grpc-only", httpKinds[1:], 0, c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", false, "InvalidRouteKinds")),
+			},
+		},
+		{name: "Gateway of another class: not meshd's", gateway: "bookinfo/envoy", extra: `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: envoy, namespace: bookinfo}
+spec:
+  gatewayClassName: envoy-gateway
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+`, wantNone: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := NewBuilder(BuilderOptions{})
+			b.Build(inputs(t, append(bookinfo(ns("other", "")), ingress, tt.extra)...))
+			var got *ObjectStatus
+			for _, st := range b.Status() {
+				if st.Kind == KindGateway && st.Namespace+"/"+st.Name == tt.gateway {
+					got = &st
+				}
+			}
+			switch {
+			case tt.wantNone && got != nil:
+				t.Fatalf("Status has %s %s; want none: meshd writes only meshlet classes' listeners", KindGateway, tt.gateway)
+			case tt.wantNone:
+				return
+			case got == nil:
+				t.Fatalf("Status has no %s %s", KindGateway, tt.gateway)
+			}
+			if diff := cmp.Diff(tt.want, got.Listeners, ignoreMessages); diff != "" {
+				t.Errorf("status.listeners mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestListenerStatusMessages: the faults name the thing and the fix.
+func TestListenerStatusMessages(t *testing.T) {
+	b := NewBuilder(BuilderOptions{})
+	b.Build(inputs(t, append(bookinfo(), `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: bookinfo}
+spec:
+  gatewayClassName: meshlet
+  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: missing}, {name: far, namespace: other}]}}]
+`)...))
+	l := statusOf(t, b, KindGateway, "bookinfo", "ingress").Listeners[0]
+	want := map[string]string{
+		"Accepted":     "protocol HTTPS: meshlet's ingress serves HTTP listeners only yet (for HTTPS, use an Istio Gateway server with tls.credentialName)",
+		"ResolvedRefs": "certificateRefs[0]: no Secret of type kubernetes.io/tls named missing in namespace bookinfo: create it with kubectl create secret tls missing -n bookinfo --cert=<file> --key=<file>; certificateRefs[1] Secret other/far: meshlet reads certificates from the Gateway's namespace only; put the Secret in bookinfo",
+	}
+	for _, c := range l.Conditions {
+		if w, ok := want[c.Type]; ok && c.Message != w {
+			t.Errorf("%s message = %q; want %q", c.Type, c.Message, w)
+		}
+	}
+}
+
+// TestGatewayClassStatus: what `kubectl get gatewayclass` shows for the
+// classes of meshlet's controllerName (ACCEPTED), and that other
+// controllers' classes are left alone.
+func TestGatewayClassStatus(t *testing.T) {
+	class := func(name, controller string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ` + name + `, generation: 2}
+spec: {controllerName: ` + controller + `}
+`
+	}
+	b := NewBuilder(BuilderOptions{})
+	b.Build(inputs(t, class("meshlet", "meshlet.dev/gateway-controller"), class("meshlet-waypoint", "meshlet.dev/gateway-controller"),
+		class("istio", "istio.io/gateway-controller"), class("custom", "meshlet.dev/gateway-controller")))
+	c := func(typ string, ok bool, reason string) metav1.Condition { return condition(typ, ok, reason, "", 2) }
+	supported := c("SupportedVersion", true, "SupportedVersion")
+	tests := []struct {
+		name string
+		want []metav1.Condition // nil: no status from meshd
+	}{
+		{"meshlet", []metav1.Condition{c("Accepted", true, "Accepted"), supported}},
+		{"meshlet-waypoint", []metav1.Condition{c("Accepted", true, "Accepted"), supported}},
+		{"custom", []metav1.Condition{c("Accepted", false, "Unsupported"), supported}},
+		{"istio", nil}, // Istio's own class: its controller answers
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []metav1.Condition
+			for _, st := range b.Status() {
+				if st.Kind == KindGatewayClass && st.Name == tt.name {
+					got = st.Conditions
+					if st.Generation != 2 || st.Namespace != "" {
+						t.Errorf("Generation, Namespace = %d, %q; want 2, \"\" (cluster-scoped)", st.Generation, st.Namespace)
+					}
+				}
+			}
+			if diff := cmp.Diff(tt.want, got, ignoreMessages); diff != "" {
+				t.Errorf("GatewayClass %s conditions mismatch (-want +got):\n%s", tt.name, diff)
+			}
+		})
+	}
+	custom := statusOf(t, b, KindGatewayClass, "", "custom").Conditions[0].Message
+	if want := "meshlet serves the classes istio, istio-waypoint, meshlet, meshlet-waypoint only; name one of them in gatewayClassName (user-defined classes are not supported)"; custom != want {
+		t.Errorf("Accepted message of an unserved class = %q; want %q", custom, want)
+	}
+}
