@@ -74,11 +74,14 @@ func wantConditions(gen int64, conds map[string]statusCondition, want map[string
 	return nil
 }
 
-// TestGatewayAPIRouteStatus: meshd reports on an HTTPRoute bound to a
-// Service what `kubectl get httproute -o yaml` users and tools (Argo CD,
-// Flagger) wait for: Accepted once the Service's waypoint applies it,
-// ResolvedRefs False with BackendNotFound for a backend that does not
-// exist, each at the route's current generation.
+// TestGatewayAPIRouteStatus: meshd reports what `kubectl get` users and
+// tools (Argo CD, Flagger) wait for. An HTTPRoute bound to a Service is
+// Accepted once the Service's waypoint applies it, and ResolvedRefs turns
+// False with BackendNotFound for a backend that does not exist, each at the
+// route's current generation. meshlet's GatewayClasses are installed and
+// Accepted; a route bound to an ingress Gateway counts in its listener's
+// attachedRoutes, and the waypoint's HBONE listener, which takes no route
+// itself, counts none.
 func TestGatewayAPIRouteStatus(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
@@ -93,7 +96,14 @@ spec:
   rules: [{backendRefs: [{name: %s, port: 8080}]}]
 `, backend)
 	}
-	lb.Apply(t, ns, route("echo"))
+	lb.Apply(t, ns, route("echo")+"---\n"+edgeGateway+`---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: edge-echo}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
+`)
 	applyWaypoint(t, lb, run, ns, "--enroll-namespace")
 	lab.WaitFor(t, time.Minute, "the route accepted with its backends resolved", func() (bool, error) {
 		gen, conds, err := meshletStatus(t, lb, "httproute", ns, "echo")
@@ -103,6 +113,42 @@ spec:
 		err = wantConditions(gen, conds, map[string]string{"echo/Accepted": "True Accepted", "echo/ResolvedRefs": "True ResolvedRefs"})
 		return err == nil, err
 	})
+
+	lab.WaitFor(t, time.Minute, "the ingress route attached to the edge Gateway's listener", func() (bool, error) {
+		gen, conds, err := meshletStatus(t, lb, "httproute", ns, "edge-echo")
+		if err == nil {
+			err = wantConditions(gen, conds, map[string]string{"edge/Accepted": "True Accepted", "edge/ResolvedRefs": "True ResolvedRefs"})
+		}
+		if err == nil {
+			err = wantListener(t, lb, ns, "edge", "http", 1)
+		}
+		if err == nil {
+			err = wantListener(t, lb, ns, "waypoint", "mesh", 0)
+		}
+		return err == nil, err
+	})
+	for _, class := range []string{"meshlet", "meshlet-waypoint"} {
+		lab.WaitFor(t, time.Minute, "GatewayClass "+class+" accepted", func() (bool, error) {
+			out, err := lb.Kubectl("get", "gatewayclass", class, "-o", "json")
+			if err != nil {
+				return false, fmt.Errorf("kubectl get gatewayclass %s: %v: %s", class, err, out)
+			}
+			var gc struct {
+				Spec   struct{ ControllerName string }
+				Status struct{ Conditions []statusCondition }
+			}
+			if err := json.Unmarshal([]byte(out), &gc); err != nil {
+				return false, err
+			}
+			for _, c := range gc.Status.Conditions {
+				if c.Type == "Accepted" {
+					ok := c.Status == "True" && gc.Spec.ControllerName == meshletController
+					return ok, fmt.Errorf("controller %q, Accepted %s %s (%q)", gc.Spec.ControllerName, c.Status, c.Reason, c.Message)
+				}
+			}
+			return false, fmt.Errorf("no Accepted condition: %+v", gc.Status.Conditions)
+		})
+	}
 
 	lb.Apply(t, ns, route("nosuch"))
 	lab.WaitFor(t, time.Minute, "the missing backend reported", func() (bool, error) {
@@ -116,4 +162,44 @@ spec:
 		}
 		return err == nil, err
 	})
+}
+
+// wantListener checks a Gateway's status for listener name: accepted and
+// programmed at the Gateway's generation, with attached routes.
+func wantListener(t *testing.T, lb *lab.Lab, ns, gateway, name string, attached int) error {
+	t.Helper()
+	out, err := lb.Kubectl("get", "gateway", gateway, "-n", ns, "-o", "json")
+	if err != nil {
+		return fmt.Errorf("kubectl get gateway %s/%s: %v: %s", ns, gateway, err, out)
+	}
+	var gw struct {
+		Metadata struct{ Generation int64 }
+		Status   struct {
+			Listeners []struct {
+				Name           string
+				AttachedRoutes int
+				Conditions     []statusCondition
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &gw); err != nil {
+		return fmt.Errorf("decode gateway %s/%s: %v", ns, gateway, err)
+	}
+	for _, l := range gw.Status.Listeners {
+		if l.Name != name {
+			continue
+		}
+		conds := map[string]statusCondition{}
+		for _, c := range l.Conditions {
+			conds[c.Type] = c
+		}
+		if err := wantConditions(gw.Metadata.Generation, conds, map[string]string{"Accepted": "True Accepted", "Programmed": "True Programmed"}); err != nil {
+			return fmt.Errorf("gateway %s listener %s: %v", gateway, name, err)
+		}
+		if l.AttachedRoutes != attached {
+			return fmt.Errorf("gateway %s listener %s: %d attached routes; want %d", gateway, name, l.AttachedRoutes, attached)
+		}
+		return nil
+	}
+	return fmt.Errorf("gateway %s: no status for listener %s (listeners %+v)", gateway, name, gw.Status.Listeners)
 }
