@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"reflect"
-	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -46,7 +45,7 @@ type gatewayStatusWriter struct {
 	log *slog.Logger
 	// now stamps changed conditions; nil means time.Now.
 	now   func() time.Time
-	queue chan statusBatch // capacity 1: the latest build's
+	queue statusQueue[statusBatch]
 }
 
 // statusBatch is one build's status with the inputs it was computed from
@@ -60,34 +59,16 @@ type statusBatch struct {
 const statusWorkers = 4
 
 func newGatewayStatusWriter(gw gatewayclient.Interface, log *slog.Logger) *gatewayStatusWriter {
-	return &gatewayStatusWriter{gw: gw, log: log, queue: make(chan statusBatch, 1)}
+	return &gatewayStatusWriter{gw: gw, log: log, queue: newStatusQueue[statusBatch]()}
 }
 
 // submit queues a build's status, replacing one still waiting; it never blocks.
 func (w *gatewayStatusWriter) submit(status []controlplane.ObjectStatus, in *controlplane.Inputs) {
-	b := statusBatch{status: status, in: in}
-	for {
-		select {
-		case w.queue <- b:
-			return
-		default:
-		}
-		select {
-		case <-w.queue: // stale: the new build supersedes it
-		default:
-		}
-	}
+	w.queue.put(statusBatch{status: status, in: in})
 }
 
 func (w *gatewayStatusWriter) run(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case b := <-w.queue:
-			w.writeBatch(ctx, b)
-		}
-	}
+	w.queue.run(ctx, func(b statusBatch) { w.writeBatch(ctx, b) })
 }
 
 func (w *gatewayStatusWriter) stamp() metav1.Time {
@@ -98,32 +79,16 @@ func (w *gatewayStatusWriter) stamp() metav1.Time {
 }
 
 func (w *gatewayStatusWriter) writeBatch(ctx context.Context, b statusBatch) {
-	jobs := make(chan controlplane.ObjectStatus)
-	var wg sync.WaitGroup
-	for range statusWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for st := range jobs {
-				w.write(ctx, st, b.in.GatewayAPIObject(st.Kind, st.Namespace, st.Name))
-			}
-		}()
-	}
-	for _, st := range b.status {
+	writeEach(ctx, b.status, func(st controlplane.ObjectStatus) bool {
 		cached := b.in.GatewayAPIObject(st.Kind, st.Namespace, st.Name)
 		if cached == nil {
-			continue
+			return false
 		}
-		if _, changed := withStatus(cached, st, w.stamp()); !changed {
-			continue // the informer's copy already says it: no write
-		}
-		select {
-		case jobs <- st:
-		case <-ctx.Done():
-		}
-	}
-	close(jobs)
-	wg.Wait()
+		_, changed := withStatus(cached, st, w.stamp()) // else the informer's copy already says it: no write
+		return changed
+	}, func(st controlplane.ObjectStatus) {
+		w.write(ctx, st, b.in.GatewayAPIObject(st.Kind, st.Namespace, st.Name))
+	})
 }
 
 // statusBackoff spaces the retries of a write that conflicted or failed
@@ -134,11 +99,7 @@ var statusBackoff = wait.Backoff{Steps: 5, Duration: 100 * time.Millisecond, Fac
 // copy (cached); it logs, never returns, a failure.
 func (w *gatewayStatusWriter) write(ctx context.Context, st controlplane.ObjectStatus, cached runtime.Object) {
 	obj := cached
-	retriable := func(err error) bool {
-		return apierrors.IsConflict(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) ||
-			apierrors.IsServiceUnavailable(err) || apierrors.IsTimeout(err) || apierrors.IsInternalError(err)
-	}
-	err := retry.OnError(statusBackoff, retriable, func() error {
+	err := retry.OnError(statusBackoff, retriableStatusError, func() error {
 		if obj == nil {
 			var err error
 			if obj, err = w.get(ctx, st); err != nil {

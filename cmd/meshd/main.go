@@ -247,7 +247,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	builder := controlplane.NewBuilder(controlplane.BuilderOptions{TrustDomain: td.Name(), RootNamespace: cfg.rootNamespace, ClusterDomain: cfg.clusterDomain})
 	events := &eventRecorder{kube: kube, log: log, queue: make(chan controlplane.Rejection, 100)}
 	gwStatus := newGatewayStatusWriter(gw, log)
-	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, warned: m.warned, seen: map[string]bool{}, event: events.record, status: gwStatus.submit}
+	seStatus := newServiceEntryStatusWriter(istio, log)
+	rb := &rebuilder{sources: sources, builder: builder, xds: xsrv, log: log, rejected: m.rejected, warned: m.warned, seen: map[string]bool{}, event: events.record, status: gwStatus.submit,
+		addresses: seStatus.submit}
 	if err := rb.rebuild(); err != nil {
 		return err
 	}
@@ -282,6 +284,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	go func() { defer wg.Done(); events.run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); gwStatus.run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); seStatus.run(ctx) }()
 	status.clients = xsrv.Clients
 	wg.Add(1)
 	go func() { defer wg.Done(); status.run(ctx, xsrv.Generation) }()
@@ -370,6 +374,9 @@ type rebuilder struct {
 	// status hands the build's Gateway API status to its writer without
 	// blocking; nil writes none.
 	status func([]controlplane.ObjectStatus, *controlplane.Inputs)
+	// addresses hands the build's ServiceEntry addresses to their writer
+	// without blocking; nil writes none.
+	addresses func([]controlplane.ServiceEntryAddresses, *controlplane.Inputs)
 }
 
 func (r *rebuilder) rebuild() error {
@@ -404,6 +411,9 @@ func (r *rebuilder) rebuild() error {
 	}
 	if r.status != nil {
 		r.status(r.builder.Status(), in)
+	}
+	if r.addresses != nil {
+		r.addresses(r.builder.ServiceEntryStatus(), in)
 	}
 	return nil
 }

@@ -42,6 +42,8 @@ type Builder struct {
 	version uint64
 	cache   map[string]cachedWorkload
 	status  []ObjectStatus // of the last build (Status)
+	// seStatus is the last build's ServiceEntry addresses (ServiceEntryStatus).
+	seStatus []ServiceEntryAddresses
 }
 
 type cachedWorkload struct {
@@ -99,6 +101,7 @@ type build struct {
 	ingress       []*gatewayv1.Gateway
 	validIstioGws []config[networkingapi.Gateway]
 	credentials   map[string]*credentialCheck // credentialName Secrets parsed in this build (upstreamTLS)
+	autoAllocated map[string]*model.Service   // ServiceEntry key -> its service, when it got an automatic address
 }
 
 // Build translates in into a new snapshot and reports every rejected or
@@ -163,6 +166,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		AuthorizationPolicies: bd.authz,
 		L7:                    l7,
 	})
+	b.seStatus = bd.serviceEntryStatus()
 	return snap, bd.rej
 }
 

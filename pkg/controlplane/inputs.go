@@ -85,6 +85,7 @@ type Inputs struct {
 	authzs       map[string]config[securityapi.AuthorizationPolicy]
 	requestAuths map[string]config[securityapi.RequestAuthentication]
 	serviceEnts  map[string]config[networkingapi.ServiceEntry]
+	seObjects    map[string]*networkingv1.ServiceEntry // as read, for their status (ServiceEntryObject)
 	workloadEnts map[string]config[networkingapi.WorkloadEntry]
 	virtualSvcs  map[string]config[networkingapi.VirtualService]
 	destRules    map[string]config[networkingapi.DestinationRule]
@@ -163,10 +164,13 @@ func (in *Inputs) Add(obj runtime.Object) error {
 
 	case *networkingv1.ServiceEntry:
 		putConfig(&in.serviceEnts, o.ObjectMeta, &o.Spec)
+		put(&in.seObjects, key(o), o)
 	case *networkingv1beta1.ServiceEntry:
 		putConfig(&in.serviceEnts, o.ObjectMeta, &o.Spec)
+		delete(in.seObjects, key(o)) // replaced
 	case *networkingv1alpha3.ServiceEntry:
 		putConfig(&in.serviceEnts, o.ObjectMeta, &o.Spec)
+		delete(in.seObjects, key(o)) // replaced
 	case *networkingv1.WorkloadEntry:
 		putConfig(&in.workloadEnts, o.ObjectMeta, &o.Spec)
 	case *networkingv1beta1.WorkloadEntry:
@@ -224,6 +228,14 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		return fmt.Errorf("add object: unsupported type %T", obj)
 	}
 	return nil
+}
+
+// ServiceEntryObject returns the ServiceEntry named namespace/name as
+// added, nil when the inputs hold none or hold it in another API version
+// than networking.istio.io/v1 (the one meshd watches). It is shared: do
+// not modify it.
+func (in *Inputs) ServiceEntryObject(namespace, name string) *networkingv1.ServiceEntry {
+	return in.seObjects[namespace+"/"+name]
 }
 
 // sortedKeys returns a map's keys in order, so builds are deterministic.

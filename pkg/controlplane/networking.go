@@ -99,7 +99,10 @@ var autoVIPs = netip.MustParsePrefix("240.240.0.0/16")
 // taken, entries in age order (keys): an entry keeps its address while
 // older ones do not change. An entry with several hosts and no endpoints is
 // not given one: each host is resolved on its own there, and one address
-// cannot say which (give it addresses, or one host per entry).
+// cannot say which (give it addresses, or one host per entry). Each
+// allocation is recorded for the entry's status.addresses
+// (ServiceEntryStatus); no IPv6 address is allocated (serviceentrystatus.go
+// says why).
 func (bd *build) allocateServiceEntryVIPs(keys []string) {
 	taken := map[netip.Addr]bool{}
 	for _, ms := range bd.services {
@@ -130,6 +133,10 @@ func (bd *build) allocateServiceEntryVIPs(keys []string) {
 			if !taken[vip] {
 				taken[vip] = true
 				ms.VIPs = []netip.Addr{vip}
+				if bd.autoAllocated == nil {
+					bd.autoAllocated = map[string]*model.Service{}
+				}
+				bd.autoAllocated[k] = ms // for status.addresses
 				break
 			}
 			off = off%(size-2) + 1
