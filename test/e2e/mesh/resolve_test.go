@@ -177,9 +177,17 @@ spec:
   endpoints: [{address: echo.%s.svc.cluster.local, ports: {http: 8080}}]
 `, host, plain))
 	c := clientPod(t, lb, ns, "caller", "caller")
+	var answered string
 	lab.WaitFor(t, 30*time.Second, "the host resolves to an allocated address in the enrolled pod", func() (bool, error) {
 		out, err := lb.ExecInPod(ns, c.Name, "/usr/bin/getent", "ahostsv4", host)
-		return err == nil && strings.HasPrefix(strings.TrimSpace(out), "240.240."), fmt.Errorf("%v %q", err, out)
+		answered, _, _ = strings.Cut(strings.TrimSpace(out), " ")
+		return err == nil && strings.HasPrefix(answered, "240.240."), fmt.Errorf("%v %q", err, out)
+	})
+	// As with Istio, the entry's status says which address its host got.
+	want := fmt.Sprintf(`[{"host":%q,"value":%q}]`, host, answered)
+	lab.WaitFor(t, 30*time.Second, "the allocated address in the ServiceEntry's status", func() (bool, error) {
+		out, err := lb.Kubectl("-n", ns, "get", "serviceentry", "auto", "-o", "jsonpath={.status.addresses}")
+		return err == nil && strings.TrimSpace(out) == want, fmt.Errorf("status.addresses %q (%v); want %s", out, err, want)
 	})
 	metrics := "http://" + c.Status.HostIP + ":15020/metrics"
 	before := plaintextConnections(t, metrics, ns, host)
@@ -187,4 +195,20 @@ spec:
 	if d := plaintextConnections(t, metrics, ns, host) - before; d < 1 {
 		t.Errorf("source agent's connections to %s moved by %v; want at least 1", host, d)
 	}
+
+	// An address of its own replaces the allocated one, in the status too.
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto}
+spec:
+  hosts: [%s]
+  addresses: [198.19.250.1]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  endpoints: [{address: echo.%s.svc.cluster.local, ports: {http: 8080}}]
+`, host, plain))
+	lab.WaitFor(t, 30*time.Second, "the allocated address gone from the status", func() (bool, error) {
+		out, err := lb.Kubectl("-n", ns, "get", "serviceentry", "auto", "-o", "jsonpath={.status.addresses}")
+		return err == nil && strings.TrimSpace(out) == "", fmt.Errorf("status.addresses %q (%v); want none", out, err)
+	})
 }
