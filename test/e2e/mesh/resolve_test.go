@@ -209,6 +209,7 @@ spec:
 `, host, plain))
 	lab.WaitFor(t, 30*time.Second, "the allocated address gone from the status", func() (bool, error) {
 		out, err := lb.Kubectl("-n", ns, "get", "serviceentry", "auto", "-o", "jsonpath={.status.addresses}")
-		return err == nil && strings.TrimSpace(out) == "", fmt.Errorf("status.addresses %q (%v); want none", out, err)
+		o := strings.TrimSpace(out)
+		return err == nil && (o == "" || o == "[]"), fmt.Errorf("status.addresses %q (%v); want none", out, err)
 	})
 }
