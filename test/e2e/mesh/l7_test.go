@@ -260,6 +260,17 @@ spec:
 	})
 }
 
+// waitOriginatedTLS waits until three requests from pod to url are all
+// answered by an echo server that saw them over TLS with sni.
+func waitOriginatedTLS(t *testing.T, lb *lab.Lab, ns, pod, url, sni, what string) {
+	t.Helper()
+	wantProto := "HTTP/1.1 over TLS to " + sni
+	lab.WaitFor(t, time.Minute, what, func() (bool, error) {
+		s := summary(t, lb, ns, pod, "-n", "3", url)
+		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
+	})
+}
+
 // httpsEchoPod is an echo pod named and labelled app=name that also
 // serves HTTPS on 8443 with the certificate and key given, and answers
 // with its name as its version.
@@ -341,11 +352,7 @@ spec:
 `, host, partnerNS))
 	client := clientPod(t, lb, ns, "client", "client")
 	url := "http://" + host + "/"
-	wantProto := "HTTP/1.1 over TLS to " + host
-	lab.WaitFor(t, time.Minute, "the partner API answered over TLS originated by the waypoint", func() (bool, error) {
-		s := summary(t, lb, ns, client.Name, "-n", "3", url)
-		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
-	})
+	waitOriginatedTLS(t, lb, ns, client.Name, url, host, "the partner API answered over TLS originated by the waypoint")
 	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
 	if n := sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service=%q`, host), `response_code="200"`); n < 3 {
 		t.Errorf("waypoint counted %v answered requests to %s; want at least 3", n, host)
@@ -399,11 +406,7 @@ spec:
 `, host))
 	client := clientPod(t, lb, ns, "client", "client")
 	url := "http://secure." + ns + ".svc.cluster.local/"
-	wantProto := "HTTP/1.1 over TLS to " + host
-	lab.WaitFor(t, time.Minute, "the waypoint originated TLS to the Service's pod", func() (bool, error) {
-		s := summary(t, lb, ns, client.Name, "-n", "3", url)
-		return s.OK == 3 && s.Protocols[wantProto] == 3, fmt.Errorf("%d of 3 answered, protocols %v, status %v, errors %v", s.OK, s.Protocols, s.ByStatus, s.Errors)
-	})
+	waitOriginatedTLS(t, lb, ns, client.Name, url, host, "the waypoint originated TLS to the Service's pod")
 
 	policyStatus := func(want map[string]string) func() (bool, error) {
 		return func() (bool, error) {
