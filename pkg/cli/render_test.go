@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -19,11 +20,16 @@ import (
 	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/kube-openapi/pkg/validation/spec"
+	"k8s.io/kube-openapi/pkg/validation/strfmt"
+	"k8s.io/kube-openapi/pkg/validation/validate"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/pkg/controlplane"
 
 	chartfiles "github.com/meshlet/meshlet/deploy/charts/meshlet"
+	"github.com/meshlet/meshlet/deploy/crds"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
@@ -113,6 +119,7 @@ func TestRenderProfilesContent(t *testing.T) {
 // under; Istio's class names only when asked for (gatewayClasses.istioNames),
 // and none without meshd to serve them.
 func TestRenderGatewayClasses(t *testing.T) {
+	gatewayClassSchema := crdSchema(t, "gatewayclasses.gateway.networking.k8s.io", "v1")
 	tests := []struct {
 		name string
 		set  []string
@@ -138,6 +145,10 @@ func TestRenderGatewayClasses(t *testing.T) {
 				var gc gatewayv1.GatewayClass
 				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &gc); err != nil {
 					t.Fatal(err)
+				}
+				// As the API server will: the CRD's schema (lengths, patterns).
+				if res := gatewayClassSchema.Validate(o.Object); !res.IsValid() {
+					t.Errorf("GatewayClass %s fails the CRD's schema: %v", gc.Name, res.Errors)
 				}
 				if gc.Spec.ControllerName != controlplane.ControllerName || gc.Spec.Description == nil || *gc.Spec.Description == "" {
 					t.Errorf("GatewayClass %s: controllerName %q, description %v; want %q and a description", gc.Name, gc.Spec.ControllerName, gc.Spec.Description, controlplane.ControllerName)
@@ -261,4 +272,36 @@ func TestEmbeddedChartIsTheDirectory(t *testing.T) {
 	if d := cmp.Diff(disk.Values, embedded.Values); d != "" {
 		t.Errorf("embedded values.yaml differs from the directory:\n%s", d)
 	}
+}
+
+// crdSchema returns a validator for the OpenAPI schema of one version of
+// an embedded CRD (deploy/crds): the checks the API server makes of an
+// object's structure (types, lengths, patterns), not its CEL rules.
+func crdSchema(t *testing.T, name, version string) *validate.SchemaValidator {
+	t.Helper()
+	docs, err := crds.Documents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextv1.CustomResourceDefinition
+	if err := sigsyaml.Unmarshal(docs[name], &crd); err != nil {
+		t.Fatalf("CRD %s: %v", name, err)
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Name != version || v.Schema == nil {
+			continue
+		}
+		// The CRD's JSONSchemaProps and OpenAPI's Schema share one JSON form.
+		b, err := json.Marshal(v.Schema.OpenAPIV3Schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sch spec.Schema
+		if err := json.Unmarshal(b, &sch); err != nil {
+			t.Fatal(err)
+		}
+		return validate.NewSchemaValidator(&sch, nil, "", strfmt.Default)
+	}
+	t.Fatalf("CRD %s has no version %s with a schema", name, version)
+	return nil
 }
