@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -213,6 +214,10 @@ type AnalyzeOptions struct {
 	MeshNamespace string
 	// RootNamespace holds mesh-wide policies; "" means "istio-system".
 	RootNamespace string
+	// Unreadable are the kinds (Secret, ConfigMap) live analysis was not
+	// allowed to list: the checks of references to them are skipped
+	// rather than report every such reference as missing.
+	Unreadable []string
 }
 
 // AnalyzeFiles reads YAML files (directories: their *.yaml, *.yml and
@@ -391,7 +396,7 @@ func analyzeModel(objs []sourced, opts AnalyzeOptions) ([]Finding, *model.Snapsh
 
 	snap, rejections := controlplane.NewBuilder(controlplane.BuilderOptions{RootNamespace: opts.RootNamespace}).Build(in)
 	for _, r := range rejections {
-		if superseded(r) {
+		if superseded(r) || unverifiable(r, opts.Unreadable) {
 			continue
 		}
 		sev := SeverityWarning
@@ -425,6 +430,13 @@ func analyzeModel(objs []sourced, opts AnalyzeOptions) ([]Finding, *model.Snapsh
 func danglingReference(r controlplane.Rejection) bool {
 	return r.Kind == controlplane.KindVirtualService &&
 		(strings.Contains(r.Reason, "matches no service or ServiceEntry") || strings.Contains(r.Reason, "is not defined by a DestinationRule"))
+}
+
+// unverifiable tells the builder's findings of a reference to a Secret or
+// ConfigMap that is missing only because analysis could not list that kind.
+func unverifiable(r controlplane.Rejection, unreadable []string) bool {
+	return slices.Contains(unreadable, "Secret") && strings.Contains(r.Reason, "no Secret of type kubernetes.io/tls") ||
+		slices.Contains(unreadable, "ConfigMap") && strings.Contains(r.Reason, ": no ConfigMap ")
 }
 
 // superseded tells the builder's findings that a check of analyze reports

@@ -1,9 +1,16 @@
 package cli
 
 import (
+	"encoding/base64"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 func TestAnalyzeCorpus(t *testing.T) {
@@ -150,5 +157,101 @@ func TestAnalyzeBadInput(t *testing.T) {
 				t.Fatalf("error = %v, want it to contain %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// Live analysis without the right to list Secrets or ConfigMaps skips the
+// checks of references to them instead of reporting each as missing; with
+// that right (or from files) a missing one is still reported.
+func TestAnalyzeUnreadableReferences(t *testing.T) {
+	const config = `apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 80, targetPort: 8443}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [api.partner.example]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: partner, namespace: shop}
+spec:
+  host: api.partner.example
+  trafficPolicy: {tls: {mode: SIMPLE, credentialName: partner-ca}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: api}]
+  validation:
+    hostname: api.shop.example
+    caCertificateRefs: [{group: "", kind: ConfigMap, name: api-ca}]
+`
+	f := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(f, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Read (from files here, as live analysis lists them), they satisfy
+	// the references.
+	present := filepath.Join(t.TempDir(), "present.yaml")
+	cert, key := testutil.SelfSignedPEM(t, "api.shop.example")
+	if err := os.WriteFile(present, fmt.Appendf(nil, `apiVersion: v1
+kind: Secret
+metadata: {name: partner-ca, namespace: shop}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s, ca.crt: %[1]s}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: api-ca, namespace: shop}
+data: {ca.crt: %q}
+`, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key), cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reported := func(findings []Finding, part string) bool {
+		return slices.ContainsFunc(findings, func(f Finding) bool { return strings.Contains(f.Message, part) })
+	}
+	const noSecret, noConfigMap = "no Secret of type kubernetes.io/tls", ": no ConfigMap shop/api-ca"
+	for _, tt := range []struct {
+		unreadable         []string
+		wantSecret, wantCM bool
+	}{
+		{nil, true, true},
+		{[]string{"Secret"}, false, true},
+		{[]string{"ConfigMap"}, true, false},
+		{[]string{"Secret", "ConfigMap"}, false, false},
+	} {
+		findings, err := AnalyzeFiles([]string{f}, AnalyzeOptions{AssumeProfile: "none", Unreadable: tt.unreadable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		withRefs, err := AnalyzeFiles([]string{f, present}, AnalyzeOptions{AssumeProfile: "none", Unreadable: tt.unreadable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reported(withRefs, noSecret) || reported(withRefs, noConfigMap) {
+			t.Errorf("unreadable %v: with the Secret and ConfigMap read, findings %v; want neither reported missing", tt.unreadable, withRefs)
+		}
+		if got := reported(findings, noSecret); got != tt.wantSecret {
+			t.Errorf("unreadable %v: missing Secret reported %t; want %t (findings %v)", tt.unreadable, got, tt.wantSecret, findings)
+		}
+		if got := reported(findings, noConfigMap); got != tt.wantCM {
+			t.Errorf("unreadable %v: missing ConfigMap reported %t; want %t (findings %v)", tt.unreadable, got, tt.wantCM, findings)
+		}
 	}
 }

@@ -75,11 +75,11 @@ func newDescriber(ctx context.Context, g *globalOptions) (*describer, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, err := listLive(ctx, c, "")
+	objs, unreadable, err := listLive(ctx, c, "")
 	if err != nil {
 		return nil, err
 	}
-	findings, snap, err := analyzeModel(objs, AnalyzeOptions{AssumeProfile: "live", MeshNamespace: g.meshNamespace})
+	findings, snap, err := analyzeModel(objs, AnalyzeOptions{AssumeProfile: "live", MeshNamespace: g.meshNamespace, Unreadable: unreadable})
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // reviewsTwoPorts replaces bookinfo's reviews Service with one serving
@@ -73,8 +74,8 @@ func reviewsClusters(t *testing.T, snap *model.Snapshot) map[uint32]model.L7Clus
 // leaves the ports it covers without endpoints, never in the clear; a
 // DestinationRule's tls for the port takes precedence.
 func TestWaypointL7BackendTLSPolicy(t *testing.T) {
-	ca, _ := selfSignedPEM(t, "reviews root")
-	ca2, _ := selfSignedPEM(t, "reviews second root")
+	ca, _ := testutil.SelfSignedPEM(t, "reviews root")
+	ca2, _ := testutil.SelfSignedPEM(t, "reviews second root")
 	caCM := configMap("reviews-ca", caCertKey, string(ca))
 	withCA := `{hostname: ` + reviewsSNI + `, caCertificateRefs: [{group: "", kind: ConfigMap, name: reviews-ca}]}`
 	simple := func(sni, caPEM string, sans ...string) *model.UpstreamTLS {
@@ -242,7 +243,7 @@ func TestBackendTLSPolicyDeleted(t *testing.T) {
 	if c := build(policy)[9080]; len(c.Endpoints) != 0 {
 		t.Fatalf("with its CA ConfigMap missing: %d endpoints; want none", len(c.Endpoints))
 	}
-	ca, _ := selfSignedPEM(t, "reviews root")
+	ca, _ := testutil.SelfSignedPEM(t, "reviews root")
 	if c := build(policy, configMap("reviews-ca", caCertKey, string(ca)))[9080]; c.Traffic.TLS == nil || len(c.Endpoints) == 0 {
 		t.Fatalf("with its CA ConfigMap: TLS %v, %d endpoints; want TLS and endpoints", c.Traffic.TLS, len(c.Endpoints))
 	}

@@ -6,6 +6,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // statusOf returns the status the build computed for kind namespace/name.
@@ -224,7 +226,7 @@ spec: {parentRefs: [{group: "", kind: Service, name: reviews}]}
 // TestBackendTLSPolicyStatus: status.ancestors of BackendTLSPolicies, one
 // per targeted Service.
 func TestBackendTLSPolicyStatus(t *testing.T) {
-	ca, _ := selfSignedPEM(t, "reviews root")
+	ca, _ := testutil.SelfSignedPEM(t, "reviews root")
 	svc := gatewayv1.ParentReference{Group: ptrTo(gatewayv1.Group("")), Kind: ptrTo(gatewayv1.Kind("Service")), Name: "reviews"}
 	ancestor := func(ref gatewayv1.ParentReference, acc bool, accReason string, res bool, resReason string) gatewayv1.PolicyAncestorStatus {
 		return gatewayv1.PolicyAncestorStatus{AncestorRef: ref, ControllerName: ControllerName, Conditions: []metav1.Condition{

@@ -1,23 +1,16 @@
 package controlplane
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // Istio's "Getting started" ingress for bookinfo, on the Gateway API.
@@ -124,7 +117,7 @@ spec:
 // The configuration belongs to the gateway deployment the selector picks,
 // keyed by its pods' gateway-name label, on its Service's target ports.
 func TestIstioGatewayL7(t *testing.T) {
-	cert, key := selfSignedPEM(t, "booking.example.com")
+	cert, key := testutil.SelfSignedPEM(t, "booking.example.com")
 	secret := fmt.Sprintf(`apiVersion: v1
 kind: Secret
 metadata: {name: booking-cert, namespace: istio-system}
@@ -228,7 +221,7 @@ spec:
 		}
 	})
 	t.Run("certificates by SNI on one port", func(t *testing.T) {
-		apiCert, apiKey := selfSignedPEM(t, "api.example.com")
+		apiCert, apiKey := testutil.SelfSignedPEM(t, "api.example.com")
 		second := fmt.Sprintf(`apiVersion: v1
 kind: Secret
 metadata: {name: api-cert, namespace: istio-system}
@@ -303,26 +296,6 @@ spec:
 			t.Errorf("redirect virtual hosts mismatch (-want +got):\n%s", diff)
 		}
 	})
-}
-
-// selfSignedPEM returns a self-signed certificate for host and its key.
-func selfSignedPEM(t *testing.T, host string) (cert, key []byte) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
 }
 
 const istioBookingIngress = `apiVersion: networking.istio.io/v1alpha3

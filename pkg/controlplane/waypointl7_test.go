@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // bookinfo is Istio's reviews example in an ambient namespace with a waypoint.
@@ -655,8 +656,8 @@ func TestWaypointL7GRPCRoutePrecedence(t *testing.T) {
 // MUTUAL without a usable Secret is reported and leaves the cluster without
 // endpoints: 503, never a request in the clear.
 func TestWaypointL7TLSOrigination(t *testing.T) {
-	cert, key := selfSignedPEM(t, "waypoint-client")
-	ca, _ := selfSignedPEM(t, "partner root")
+	cert, key := testutil.SelfSignedPEM(t, "waypoint-client")
+	ca, _ := testutil.SelfSignedPEM(t, "partner root")
 	b64 := base64.StdEncoding.EncodeToString
 	se := `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -750,8 +751,8 @@ spec:
 // A Secret whose key pair is unusable is still reported on every
 // DestinationRule that names it.
 func TestWaypointL7CredentialParsedOncePerBuild(t *testing.T) {
-	cert, key := selfSignedPEM(t, "waypoint-client")
-	ca, _ := selfSignedPEM(t, "partner root")
+	cert, key := testutil.SelfSignedPEM(t, "waypoint-client")
+	ca, _ := testutil.SelfSignedPEM(t, "partner root")
 	b64 := base64.StdEncoding.EncodeToString
 	hosts := []string{"a", "b", "c"}
 	var docs []string

@@ -353,6 +353,10 @@ spec:
 	client := clientPod(t, lb, ns, "client", "client")
 	url := "http://" + host + "/"
 	waitOriginatedTLS(t, lb, ns, client.Name, url, host, "the partner API answered over TLS originated by the waypoint")
+	// meshctl analyze reads the credentialName Secret: nothing to report.
+	if out := run("analyze", "-n", ns); strings.Contains(out, "credentialName") {
+		t.Errorf("meshctl analyze -n %s reports the DestinationRule's Secret, which exists:\n%s", ns, out)
+	}
 	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
 	if n := sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service=%q`, host), `response_code="200"`); n < 3 {
 		t.Errorf("waypoint counted %v answered requests to %s; want at least 3", n, host)
@@ -419,6 +423,10 @@ spec:
 	}
 	lab.WaitFor(t, time.Minute, "the policy's status: accepted, its CA reference resolved", policyStatus(map[string]string{
 		"secure/Accepted": "True Accepted", "secure/ResolvedRefs": "True ResolvedRefs"}))
+	// meshctl analyze reads the policy and the ConfigMap it names.
+	if out := run("analyze", "-n", ns); strings.Contains(out, "BackendTLSPolicy") {
+		t.Errorf("meshctl analyze -n %s reports the valid policy:\n%s", ns, out)
+	}
 
 	lb.Apply(t, ns, caConfigMap(otherCA))
 	lab.WaitFor(t, time.Minute, "a pod the policy's CA did not sign gets no request", func() (bool, error) {
@@ -435,5 +443,8 @@ spec:
 		"secure/Accepted": "False NoValidCACertificate", "secure/ResolvedRefs": "False InvalidCACertificateRef"}))
 	if s := summary(t, lb, ns, client.Name, "-n", "3", url); s.ByStatus["503"] != 3 {
 		t.Errorf("with the CA ConfigMap gone: status %v, protocols %v; want 503s (fail closed)", s.ByStatus, s.Protocols)
+	}
+	if out, want := run("analyze", "-n", ns), "no ConfigMap "+ns+"/secure-ca"; !strings.Contains(out, want) {
+		t.Errorf("meshctl analyze -n %s does not say %q:\n%s", ns, want, out)
 	}
 }
