@@ -2,13 +2,7 @@ package caclient
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -20,6 +14,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
+
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // fakeCA answers CreateCertificate with a fixed certificate, after failing
@@ -37,21 +33,6 @@ func (f *fakeCA) CreateCertificate(context.Context, *securityv1alpha1.IstioCerti
 		return nil, status.Error(f.fail, "meshd is shutting down")
 	}
 	return &securityv1alpha1.IstioCertificateResponse{CertChain: []string{f.cert}}, nil
-}
-
-func selfSigned(t *testing.T) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "workload"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
 func serve(t *testing.T, ln net.Listener, ca *fakeCA) {
@@ -81,7 +62,8 @@ func issuer(t *testing.T, addr string) func(context.Context, []byte) ([]*x509.Ce
 // drops is issued once one answers, within the caller's deadline; a refusal
 // on the merits is not asked again.
 func TestIssueAcrossMeshdRestart(t *testing.T) {
-	cert := selfSigned(t)
+	certPEM, _ := testutil.SelfSignedPEM(t, "workload")
+	cert := string(certPEM)
 	t.Run("no meshd listening yet", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
