@@ -26,7 +26,7 @@ import (
 // Both lists are listType=atomic in the CRDs, so server-side apply would
 // make meshd own the whole list and drop the entries of other controllers
 // (a route may name an Envoy Gateway and a meshlet Service in one
-// parentRefs). So the writer reads, merges (mergeParents, mergeAncestors:
+// parentRefs). So the writer reads, merges (mergeEntries:
 // others' entries kept as they are) and calls UpdateStatus, whose
 // resourceVersion check makes a concurrent writer's change a conflict;
 // on conflict it reads the object again and merges anew, with backoff.
@@ -246,17 +246,6 @@ func mergeIfChanged[S statusEntry](gen int64, current []S, want int64, desired [
 	}
 	merged = mergeEntries(current, desired, now)
 	return merged, !sameIgnoringTimes(current, merged)
-}
-
-// mergeParents returns status.parents with meshd's entries replaced by
-// desired (mergeEntries).
-func mergeParents(current, desired []gatewayv1.RouteParentStatus, now metav1.Time) []gatewayv1.RouteParentStatus {
-	return mergeEntries(current, desired, now)
-}
-
-// mergeAncestors is mergeParents for a policy's status.ancestors.
-func mergeAncestors(current, desired []gatewayv1.PolicyAncestorStatus, now metav1.Time) []gatewayv1.PolicyAncestorStatus {
-	return mergeEntries(current, desired, now)
 }
 
 // mergeEntries returns current with meshd's entries replaced by desired:

@@ -56,7 +56,7 @@ func TestMergeParents(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := mergeParents(tt.current, tt.desired, now)
+			got := mergeEntries(tt.current, tt.desired, now)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("mergeParents mismatch (-want +got):\n%s", diff)
 			}
@@ -113,7 +113,7 @@ func TestMergeAncestors(t *testing.T) {
 	want := mine
 	desired := mine
 	desired.Conditions = []metav1.Condition{routeCond("Accepted", "True", "Accepted", time.Time{})}
-	got := mergeAncestors([]gatewayv1.PolicyAncestorStatus{mine, other}, []gatewayv1.PolicyAncestorStatus{desired}, metav1.NewTime(t0.Add(time.Hour)))
+	got := mergeEntries([]gatewayv1.PolicyAncestorStatus{mine, other}, []gatewayv1.PolicyAncestorStatus{desired}, metav1.NewTime(t0.Add(time.Hour)))
 	if diff := cmp.Diff([]gatewayv1.PolicyAncestorStatus{other, want}, got); diff != "" {
 		t.Errorf("mergeAncestors mismatch (-want +got):\n%s", diff)
 	}

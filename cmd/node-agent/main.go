@@ -376,7 +376,7 @@ func cgroup2Mount() (string, error) {
 
 // releaseStartupPages waits until the agent has enrolled this node's pods
 // and then a little more (certificates, the first config push), then lets
-// go of the binary's pages that start-up mapped (admin.ReleaseStartupPages):
+// go of the binary's pages that start-up mapped (admin.ReleaseBinaryPages):
 // the resident set then shows what the running agent uses.
 func releaseStartupPages(ctx context.Context, synced func() bool) {
 	tick := time.NewTicker(time.Second)
@@ -393,7 +393,7 @@ func releaseStartupPages(ctx context.Context, synced func() bool) {
 		return
 	case <-time.After(startupSettle):
 	}
-	n, err := admin.ReleaseStartupPages()
+	n, err := admin.ReleaseBinaryPages()
 	if err != nil {
 		log.Printf("%v", err)
 		return

@@ -13,10 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ReleaseStartupPages drops this process's page-table entries for its own
+// ReleaseBinaryPages drops this process's page-table entries for its own
 // executable's read-only segments (machine code and read-only data), so
 // that its resident set holds what it runs from now on rather than
-// everything start-up touched.
+// everything start-up (or, later, rare code: TrimBinaryPages) touched.
 //
 // Why: the Go runtime runs every linked package's init code and reads
 // type and function tables all over the binary at start, and the kernel
@@ -29,24 +29,24 @@ import (
 // Only private mappings of the executable without write permission are
 // touched: a written page of a private mapping (.data) would be lost.
 // It returns the bytes of address space released.
-func ReleaseStartupPages() (int64, error) {
+func ReleaseBinaryPages() (int64, error) {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
-		return 0, fmt.Errorf("release start-up pages: %w", err)
+		return 0, fmt.Errorf("release the binary's pages: %w", err)
 	}
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
-		return 0, fmt.Errorf("release start-up pages: %w", err)
+		return 0, fmt.Errorf("release the binary's pages: %w", err)
 	}
 	defer f.Close()
 	ranges, err := readOnlyMappings(f, exe)
 	if err != nil {
-		return 0, fmt.Errorf("release start-up pages: %w", err)
+		return 0, fmt.Errorf("release the binary's pages: %w", err)
 	}
 	var released int64
 	for _, r := range ranges {
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, r.start, r.end-r.start, unix.MADV_DONTNEED); errno != 0 {
-			return released, fmt.Errorf("release start-up pages: madvise %#x-%#x: %w", r.start, r.end, errno)
+			return released, fmt.Errorf("release the binary's pages: madvise %#x-%#x: %w", r.start, r.end, errno)
 		}
 		released += int64(r.end - r.start)
 	}
@@ -86,7 +86,7 @@ func readOnlyMappings(r io.Reader, path string) ([]addrRange, error) {
 // TrimBinaryPages keeps the executable's pages mapped into this process to
 // what it has run lately: every interval it reads how much of the binary is
 // mapped and, when that grew by minGrowth bytes or more since the last
-// release, releases the mappings again (ReleaseStartupPages). It returns
+// release, releases the mappings again (ReleaseBinaryPages). It returns
 // when ctx ends.
 //
 // Why: start-up is not the only time rare code runs. Enrolling a burst of
@@ -127,7 +127,7 @@ func TrimBinaryPages(ctx context.Context, interval time.Duration, minGrowth int6
 		if now-last < minGrowth {
 			continue
 		}
-		if _, err := ReleaseStartupPages(); err != nil {
+		if _, err := ReleaseBinaryPages(); err != nil {
 			logf("%v; the binary's mapped pages are no longer trimmed", err)
 			return
 		}

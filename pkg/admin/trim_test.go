@@ -62,9 +62,9 @@ func rssFileKB(t *testing.T) int {
 
 // The test binary's own start-up pages go: its file-backed resident set
 // shrinks, and the process keeps running (code faults back in as used).
-func TestReleaseStartupPagesShrinksRSS(t *testing.T) {
+func TestReleaseBinaryPagesShrinksRSS(t *testing.T) {
 	before := rssFileKB(t)
-	released, err := ReleaseStartupPages()
+	released, err := ReleaseBinaryPages()
 	if err != nil {
 		t.Fatal(err)
 	}
