@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -242,6 +243,24 @@ func (s *Sources) watchBackendTLS() error {
 	return nil
 }
 
+// statusWritten are the kinds whose status meshd writes and the build
+// does not read (Gateways are not among them: the build reads the
+// addresses the deployer writes into their status).
+var statusWritten = map[string]bool{
+	KindHTTPRoute: true, KindGRPCRoute: true, KindBackendTLSPolicy: true,
+	KindServiceEntry: true, KindGatewayClass: true,
+}
+
+// statusOnlyUpdate reports whether an update of an object of kind changed
+// nothing the build reads: the kind's status is all meshd does not read,
+// and its spec (generation), labels, annotations and deletion stayed. Each
+// status write of meshd's would otherwise rebuild the mesh once more.
+func statusOnlyUpdate(kind string, o, n metav1.Object) bool {
+	return statusWritten[kind] && n.GetGeneration() != 0 && o.GetGeneration() == n.GetGeneration() &&
+		maps.Equal(o.GetLabels(), n.GetLabels()) && maps.Equal(o.GetAnnotations(), n.GetAnnotations()) &&
+		o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
+}
+
 func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 	// Of ConfigMaps only CA bundles are read: changes to the others
 	// (meshd's own status reports, the root certificate it publishes,
@@ -277,6 +296,9 @@ func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 			}
 			if kind == KindConfigMap && caBundle(oldObj) == caBundle(newObj) {
 				return // no CA bundle changed
+			}
+			if err1 == nil && err2 == nil && statusOnlyUpdate(kind, o, n) {
+				return // meshd's own status write (or another controller's)
 			}
 			notify(OpUpdate, newObj)
 		},

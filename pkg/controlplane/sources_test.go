@@ -272,3 +272,36 @@ func TestSourcesWithoutBackendTLSPolicyCRD(t *testing.T) {
 		t.Errorf("Inputs holds ConfigMaps %v; want none watched without BackendTLSPolicy", sortedKeys(in.configMaps))
 	}
 }
+
+// A status write (meshd's own, or another controller's) to a kind whose
+// status the build does not read rebuilds nothing; a change of spec,
+// labels, annotations or deletion does, and so does any update of a kind
+// whose status the build reads (Gateway: its addresses).
+func TestStatusOnlyUpdate(t *testing.T) {
+	base := metav1.ObjectMeta{Name: "r", Namespace: "app", Generation: 3, Labels: map[string]string{"a": "1"}, Annotations: map[string]string{"n": "x"}}
+	now := metav1.Now()
+	for _, tt := range []struct {
+		name string
+		kind string
+		edit func(m *metav1.ObjectMeta)
+		want bool
+	}{
+		{"status only", KindHTTPRoute, func(*metav1.ObjectMeta) {}, true},
+		{"ServiceEntry status only", KindServiceEntry, func(*metav1.ObjectMeta) {}, true},
+		{"spec changed", KindHTTPRoute, func(m *metav1.ObjectMeta) { m.Generation++ }, false},
+		{"label changed", KindServiceEntry, func(m *metav1.ObjectMeta) { m.Labels = map[string]string{"istio.io/use-waypoint": "w"} }, false},
+		{"annotation changed", KindGRPCRoute, func(m *metav1.ObjectMeta) { m.Annotations = nil }, false},
+		{"deletion started", KindBackendTLSPolicy, func(m *metav1.ObjectMeta) { m.DeletionTimestamp = &now }, false},
+		{"Gateway status is read", KindGateway, func(*metav1.ObjectMeta) {}, false},
+		{"no generation kept", KindHTTPRoute, func(m *metav1.ObjectMeta) {}, false},
+	} {
+		o, n := base.DeepCopy(), base.DeepCopy()
+		if tt.name == "no generation kept" {
+			o.Generation, n.Generation = 0, 0
+		}
+		tt.edit(n)
+		if got := statusOnlyUpdate(tt.kind, o, n); got != tt.want {
+			t.Errorf("%s: statusOnlyUpdate(%s) = %t; want %t", tt.name, tt.kind, got, tt.want)
+		}
+	}
+}
