@@ -137,7 +137,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		return nil, nil, nil, err
 	}
 	m = mesh.New(mesh.Options{Snapshot: store.Load, Changed: store.Changed, Wait: decisionWait,
-		Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget,
+		Dial: tn.Dial, Server: tn.Server, Forget: tn.Forget,
 		// ServiceEntry endpoints by hostname, resolved as the agent's own
 		// names are (dnsPolicy ClusterFirstWithHostNet: the cluster DNS).
 		LookupHost: func(ctx context.Context, host string) ([]netip.Addr, error) {

@@ -42,7 +42,8 @@ type Datapath interface {
 type Mesh interface {
 	Resolve(src proxy.Pod, dst netip.AddrPort) (proxy.Destination, bool)
 	DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
-	ServeTunnel(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error
+	// TunnelServer makes the pod's HBONE server; nil leaves 15008 closed.
+	TunnelServer(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServer, error)
 	PeerAuth(pod proxy.Pod, port uint16) proxy.Mode
 	PeerWorkload(src netip.Addr, identity string) proxy.Workload
 	Authorize(ctx context.Context, r proxy.AuthzRequest) proxy.Decision

@@ -156,7 +156,7 @@ func meshAgent(t *testing.T, dp Datapath, authority *ca.CA, snap *model.Snapshot
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := mesh.New(mesh.Options{Snapshot: func() *model.Snapshot { return snap }, Dial: tn.Dial, Serve: tn.Serve, Forget: tn.Forget})
+	m := mesh.New(mesh.Options{Snapshot: func() *model.Snapshot { return snap }, Dial: tn.Dial, Server: tn.Server, Forget: tn.Forget})
 	ag, err := New(Options{NodeName: "node-1", Datapath: dp, Mesh: m, DrainTimeout: time.Second, Errorf: t.Logf,
 		HostAddrs: func() []netip.Addr { return nil }})
 	if err != nil {

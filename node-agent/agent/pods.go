@@ -140,8 +140,8 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	}
 	if m := o.Mesh; m != nil {
 		popts.Resolve, popts.DialTunnel = m.Resolve, m.DialTunnel
-		popts.ServeTunnel = func(ln net.Listener, h proxy.StreamHandler) error {
-			return m.ServeTunnel(pp, ln, h)
+		popts.Tunnel = func(h proxy.StreamHandler) (proxy.TunnelServer, error) {
+			return m.TunnelServer(pp, h)
 		}
 		popts.PeerAuth, popts.Authorize, popts.PeerWorkload = m.PeerAuth, m.Authorize, m.PeerWorkload
 	}

@@ -40,9 +40,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/meshlet/meshlet/node-agent/poller"
 )
 
 // Port is where captured queries arrive inside the pod.
@@ -97,16 +100,19 @@ type Options struct {
 	TTL time.Duration
 	// Errorf reports problems; nil discards them.
 	Errorf func(format string, args ...any)
+	// Poller reads the queries. Nil means poller.Shared().
+	Poller *poller.Poller
 }
 
 // Server is one pod's DNS proxy.
 type Server struct {
-	opts   Options
-	conns  []net.PacketConn
-	finder *sockFinder // nil without Options.OriginalDst
-	sem    chan struct{}
-	wg     sync.WaitGroup
-	warned atomic.Bool // a failed sender lookup was reported
+	opts    Options
+	conns   []net.PacketConn
+	watches []*poller.Watch
+	finder  *sockFinder // nil without Options.OriginalDst
+	sem     chan struct{}
+	wg      sync.WaitGroup
+	warned  atomic.Bool // a failed sender lookup was reported
 }
 
 // Start listens on the pod's loopback port 15053 (IPv4, and IPv6 when the
@@ -152,15 +158,32 @@ func Start(opts Options) (*Server, error) {
 		}
 		s.finder = f
 	}
+	pl := opts.Poller
+	if pl == nil {
+		var err error
+		if pl, err = poller.Shared(); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("dns proxy for %s: %w", opts.Netns, err)
+		}
+	}
 	for _, pc := range s.conns {
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.serve(pc) }()
+		// No goroutine waits on the socket: the poller calls serve when
+		// queries are there.
+		w, err := pl.Watch(pc.(syscall.Conn), func(w *poller.Watch) bool { return s.serve(pc, w) })
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("dns proxy for %s: %w", opts.Netns, err)
+		}
+		s.watches = append(s.watches, w)
 	}
 	return s, nil
 }
 
 // Close stops serving and waits for queries in flight.
 func (s *Server) Close() error {
+	for _, w := range s.watches {
+		w.Stop()
+	}
 	var err error
 	for _, pc := range s.conns {
 		err = errors.Join(err, pc.Close())
@@ -172,16 +195,32 @@ func (s *Server) Close() error {
 	return err
 }
 
-func (s *Server) serve(pc net.PacketConn) {
-	buf := make([]byte, maxMessage)
-	for {
-		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.opts.Errorf("dns proxy: read: %v", err)
-			}
-			return
+// readBatch bounds the queries read from one socket per wake-up, so that
+// one busy pod does not hold up the others.
+const readBatch = 64
+
+var bufPool = sync.Pool{New: func() any { return new([maxMessage]byte) }}
+
+// serve answers or forwards the queries waiting on pc. The poller calls it
+// on its goroutine when pc is readable; it reads without blocking, answers
+// what the mesh knows at once and forwards the rest on goroutines of their
+// own. It returns false when pc is closed.
+func (s *Server) serve(pc net.PacketConn, w *poller.Watch) bool {
+	bp := bufPool.Get().(*[maxMessage]byte)
+	defer bufPool.Put(bp)
+	buf := bp[:]
+	for range readBatch {
+		n, src, err := recvFrom(w, buf)
+		switch {
+		case errors.Is(err, net.ErrClosed):
+			return false
+		case errors.Is(err, errDrained):
+			return true
+		case err != nil:
+			s.opts.Errorf("dns proxy: read: %v", err)
+			return true
 		}
+		from := net.UDPAddrFromAddrPort(src)
 		q := append([]byte(nil), buf[:n]...)
 		if !wellFormed(q) {
 			continue // never passed on, never answered
@@ -213,6 +252,7 @@ func (s *Server) serve(pc net.PacketConn) {
 			_, _ = pc.WriteTo(a, from)
 		}()
 	}
+	return true
 }
 
 // local answers a query for a name the mesh knows, or for a search-domain

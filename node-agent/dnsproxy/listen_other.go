@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/meshlet/meshlet/node-agent/poller"
 )
 
 var errLinuxOnly = errors.New("the DNS proxy runs on Linux only")
@@ -25,3 +27,9 @@ type sockFinder struct{}
 func openSockFinder(string, time.Duration) (*sockFinder, error) { return nil, errLinuxOnly }
 func (*sockFinder) cookie(netip.AddrPort) (uint64, error)       { return 0, errLinuxOnly }
 func (*sockFinder) Close() error                                { return nil }
+
+var errDrained = errors.New("no datagram waiting")
+
+func recvFrom(*poller.Watch, []byte) (int, netip.AddrPort, error) {
+	return 0, netip.AddrPort{}, errLinuxOnly
+}

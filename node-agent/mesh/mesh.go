@@ -28,7 +28,6 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -55,9 +54,9 @@ type Options struct {
 	// d.Via, CONNECT d.Target, requiring the peer to present d.Identity.
 	// Nil makes tunnelled destinations fail.
 	Dial func(ctx context.Context, src proxy.Pod, d proxy.Destination) (io.ReadWriteCloser, error)
-	// Serve serves HBONE on pod's 15008 listener (pkg/hbone server), with
-	// the pod's identity. Nil leaves 15008 closed.
-	Serve func(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error
+	// Server makes the HBONE server of pod's 15008 (pkg/hbone), with the
+	// pod's identity. Nil leaves 15008 closed.
+	Server func(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServer, error)
 	// Forget releases per-pod tunnel state when a pod leaves the mesh. Nil
 	// means nothing to release.
 	Forget func(pod proxy.Pod)
@@ -519,11 +518,11 @@ func (m *Mesh) DialTunnel(ctx context.Context, src proxy.Pod, d proxy.Destinatio
 	return m.opts.Dial(ctx, src, d)
 }
 
-// ServeTunnel serves HBONE through Options.Serve; without one it returns at
-// once and 15008 stays closed.
-func (m *Mesh) ServeTunnel(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error {
-	if m.opts.Serve == nil {
-		return ln.Close()
+// TunnelServer makes pod's HBONE server through Options.Server; without
+// one it returns nil and 15008 stays closed.
+func (m *Mesh) TunnelServer(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServer, error) {
+	if m.opts.Server == nil {
+		return nil, nil
 	}
-	return m.opts.Serve(pod, ln, h)
+	return m.opts.Server(pod, h)
 }

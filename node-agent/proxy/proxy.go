@@ -25,6 +25,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/meshlet/meshlet/node-agent/poller"
 )
 
 // Mesh ports, as in Istio.
@@ -142,6 +144,16 @@ type StreamHandler interface {
 	ServeStream(ctx context.Context, s Stream) error
 }
 
+// TunnelServer serves the HBONE connections accepted on a pod's 15008.
+type TunnelServer interface {
+	// ServeConn serves one accepted connection on a goroutine of its own
+	// (after Shutdown it closes it).
+	ServeConn(c net.Conn)
+	// Shutdown tells every client to open no new stream, waits for open
+	// streams to finish until ctx ends, then closes what is left.
+	Shutdown(ctx context.Context) error
+}
+
 // Refused is the error ServeStream returns for a stream it will not serve;
 // the tunnel server answers it with a refusal (403) and resets the stream.
 type Refused struct {
@@ -191,11 +203,12 @@ type Options struct {
 	// outbound to mesh destinations.
 	// The stream may have CloseWrite() error for half-close.
 	DialTunnel func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error)
-	// ServeTunnel serves HBONE on ln, the pod's 15008 listener, until ln
-	// is closed: h.CheckStream before accepting a stream (a refusal is
-	// answered 403), h.ServeStream for each accepted one (an error resets
-	// it). Nil leaves 15008 closed.
-	ServeTunnel func(ln net.Listener, h StreamHandler) error
+	// Tunnel makes the HBONE server of the pod's 15008: h.CheckStream
+	// before accepting a stream (a refusal is answered 403), h.ServeStream
+	// for each accepted one (an error resets it). Nil leaves 15008 closed.
+	Tunnel func(h StreamHandler) (TunnelServer, error)
+	// Poller accepts on the pod's listeners. Nil means poller.Shared().
+	Poller *poller.Poller
 	// PeerWorkload names the workload a tunnel stream came from, for the
 	// destination's metrics: src is the client's address (from the
 	// stream's Forwarded header or the peer), identity the peer's verified

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -102,7 +103,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 			InboundDst:  func(net.Conn) netip.AddrPort { return bApp },
 			Resolve:     resolve,
 			DialTunnel:  testDialTunnel(agentMark),
-			ServeTunnel: testServeTunnel,
+			Tunnel:      newTestTunnel,
 			PeerAuth:    func(Pod, uint16) Mode { return cfg.mode },
 			ProbeExempt: cfg.probe,
 			Authorize:   cfg.authorize,
@@ -233,14 +234,14 @@ func TestOutboundWaitsForEnrollingPeer(t *testing.T) {
 func TestOutboundToChosenEndpointOutsideMesh(t *testing.T) {
 	vip := netip.MustParseAddrPort("198.19.4.100:80")
 	released := make(chan struct{}, 4)
-	var bApp netip.AddrPort
+	var bApp atomic.Pointer[netip.AddrPort] // known once the pods are up
 	m := newMesh(t, "mlna-ep", meshConfig{mode: ModePermissive, origDst: vip, resolve: func(dst netip.AddrPort) (Destination, bool) {
 		if dst != vip {
 			return Destination{}, false
 		}
-		return Destination{Target: bApp, Service: "api.partner.example", Release: func() { released <- struct{}{} }}, false
+		return Destination{Target: *bApp.Load(), Service: "api.partner.example", Release: func() { released <- struct{}{} }}, false
 	}})
-	bApp = netip.AddrPortFrom(m.b.IPs[0], appPort)
+	bApp.Store(new(netip.AddrPortFrom(m.b.IPs[0], appPort)))
 	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
 	if got, err := roundTrip(c, "direct"); err != nil || got != "direct" {
 		t.Fatalf("echo through the chosen endpoint = %q, %v; want direct", got, err)

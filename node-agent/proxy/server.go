@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/node-agent/poller"
 )
 
 // Proxy is one enrolled pod's set of listeners and the connections they
@@ -21,98 +22,99 @@ type Proxy struct {
 	opts Options
 
 	mu        sync.Mutex
-	listeners []net.Listener
+	listeners []net.Listener // *poller.Listener: Close stops accepting
+	tunnel    TunnelServer   // nil without Options.Tunnel
 	conns     map[io.Closer]struct{}
 	draining  bool // listeners closing: no new connection is accepted
-	// stopped: every accept loop and tunnel server has returned, so the
-	// connection count only falls from here (Drain waits on it).
+	// stopped: every listener is closed, so the connection count only falls
+	// from here (Drain waits on it).
 	stopped bool
 	wg      sync.WaitGroup // open connections
-	serving sync.WaitGroup // accept loops
 }
 
 // Start opens the pod's listeners inside its netns (with SO_REUSEPORT, so a
 // new agent can open its own beside them during a handoff) and serves them.
+// No goroutine waits on them: the Poller accepts for every pod.
 func Start(opts Options) (*Proxy, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
 	p := &Proxy{opts: opts, conns: map[io.Closer]struct{}{}}
-	lo := netns.ListenOptions{Mark: opts.Mark, ReusePort: true}
-	listen := func(port int) (net.Listener, error) {
-		// Bind the wildcard: 15001 receives loopback-rewritten connects,
-		// 15006 connections assigned by the tc program, 15008 the tunnel.
-		ln, err := netns.Listen(opts.Pod.Netns, net.JoinHostPort("", strconv.Itoa(port)), lo)
-		if err != nil {
-			return nil, err
-		}
-		p.listeners = append(p.listeners, ln)
-		return ln, nil
-	}
 	fail := func(err error) (*Proxy, error) {
 		for _, ln := range p.listeners {
 			ln.Close()
 		}
+		if p.tunnel != nil {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = p.tunnel.Shutdown(ctx)
+		}
 		return nil, fmt.Errorf("start proxy for %s/%s: %w", opts.Pod.Namespace, opts.Pod.Name, err)
 	}
-	if opts.OriginalDst != nil {
-		ln, err := listen(PortOutbound)
+	pl := opts.Poller
+	if pl == nil {
+		var err error
+		if pl, err = poller.Shared(); err != nil {
+			return fail(err)
+		}
+	}
+	lo := netns.ListenOptions{Mark: opts.Mark, ReusePort: true}
+	listen := func(port int, serve func(net.Conn)) error {
+		// Bind the wildcard: 15001 receives loopback-rewritten connects,
+		// 15006 connections assigned by the tc program, 15008 the tunnel.
+		ln, err := netns.Listen(opts.Pod.Netns, net.JoinHostPort("", strconv.Itoa(port)), lo)
+		if err != nil {
+			return err
+		}
+		pln, err := pl.Accept(ln, serve)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		p.listeners = append(p.listeners, pln)
+		return nil
+	}
+	if opts.Tunnel != nil {
+		// Made before any listener serves, so that 15008 never accepts a
+		// connection with no server for it.
+		ts, err := opts.Tunnel(p)
 		if err != nil {
 			return fail(err)
 		}
-		p.acceptLoop(ln, p.serveOutbound)
+		p.tunnel = ts
 	}
-	ln, err := listen(PortInbound)
-	if err != nil {
+	if opts.OriginalDst != nil {
+		if err := listen(PortOutbound, p.served(p.serveOutbound)); err != nil {
+			return fail(err)
+		}
+	}
+	if err := listen(PortInbound, p.served(p.servePlaintext)); err != nil {
 		return fail(err)
 	}
-	p.acceptLoop(ln, p.servePlaintext)
-	if opts.ServeTunnel != nil {
-		ln, err := listen(PortTunnel)
-		if err != nil {
+	if p.tunnel != nil {
+		if err := listen(PortTunnel, p.tunnel.ServeConn); err != nil {
 			return fail(err)
 		}
-		p.serving.Add(1)
-		go func() {
-			defer p.serving.Done()
-			if err := opts.ServeTunnel(ln, p); err != nil && !errors.Is(err, net.ErrClosed) {
-				opts.Errorf("serve tunnel for %s/%s: %v", opts.Pod.Namespace, opts.Pod.Name, err)
-			}
-		}()
 	}
 	return p, nil
 }
 
-// acceptLoop accepts on ln until it is closed, serving each connection on
-// its own goroutine.
-func (p *Proxy) acceptLoop(ln net.Listener, serve func(net.Conn)) {
-	p.serving.Add(1)
-	go func() {
-		defer p.serving.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					p.opts.Errorf("accept on %s: %v", ln.Addr(), err)
-				}
-				return
-			}
-			if !p.track(c) {
-				reset(c)
-				continue
-			}
-			go func() {
-				defer p.untrack(c)
-				serve(c)
-			}()
+// served wraps serve with the connection's tracking.
+func (p *Proxy) served(serve func(net.Conn)) func(net.Conn) {
+	return func(c net.Conn) {
+		if !p.track(c) {
+			reset(c)
+			return
 		}
-	}()
+		defer p.untrack(c)
+		serve(c)
+	}
 }
 
 // track registers an open connection. A connection accepted while the
 // listeners are closing is served like any other (resetting it would fail a
-// client that reached us just before the handoff); only after every accept
-// loop and tunnel server has returned is it refused.
+// client that reached us just before the handoff); only after every
+// listener is closed and the tunnel server has stopped is it refused.
 func (p *Proxy) track(c io.Closer) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -358,9 +360,15 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	lns := p.listeners
 	p.mu.Unlock()
 	for _, ln := range lns {
-		ln.Close()
+		ln.Close() // returns once the poller is done accepting on it
 	}
-	p.serving.Wait()
+	// The tunnel's streams are tracked too, and a stream its client opened
+	// before our GOAWAY is served: only once the tunnel server has stopped
+	// are new connections refused.
+	var tunnelErr error
+	if p.tunnel != nil {
+		tunnelErr = p.tunnel.Shutdown(ctx)
+	}
 	p.mu.Lock()
 	p.stopped = true
 	p.mu.Unlock()
@@ -368,7 +376,10 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		return nil
+		if ctx.Err() == nil {
+			return tunnelErr
+		}
+		return ctx.Err()
 	case <-ctx.Done():
 	}
 	p.mu.Lock()

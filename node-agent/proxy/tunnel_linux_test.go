@@ -63,37 +63,39 @@ func dialTestTunnel(ctx context.Context, nsPath, identity string, mark uint32, d
 	return &bufConn{Conn: c, r: r}, nil
 }
 
-func testServeTunnel(ln net.Listener, h StreamHandler) error {
-	for {
-		c, err := ln.Accept()
+// testTunnel serves the test's line protocol in place of HBONE.
+type testTunnel struct{ h StreamHandler }
+
+func newTestTunnel(h StreamHandler) (TunnelServer, error) { return testTunnel{h}, nil }
+
+func (testTunnel) Shutdown(context.Context) error { return nil }
+
+func (tt testTunnel) ServeConn(c net.Conn) {
+	h := tt.h
+	go func() {
+		r := bufio.NewReader(c)
+		line, err := r.ReadString('\n')
 		if err != nil {
-			return err
+			c.Close()
+			return
 		}
-		go func() {
-			r := bufio.NewReader(c)
-			line, err := r.ReadString('\n')
-			if err != nil {
-				c.Close()
-				return
-			}
-			var id, target string
-			fmt.Sscan(line, &id, &target)
-			tgt, _ := netip.ParseAddrPort(target)
-			// The answer "ok" is written once the proxy accepted the stream:
-			// the first write on the stream's conn.
-			sc := &answerConn{bufConn: bufConn{Conn: c, r: r}}
-			s := Stream{Conn: sc, Peer: id, Source: addrPort(c.RemoteAddr()), PeerAddr: addrPort(c.RemoteAddr()).Addr(), Target: tgt}
-			err = h.CheckStream(context.Background(), s)
-			if err == nil {
-				err = h.ServeStream(context.Background(), s)
-			}
-			var ref *Refused
-			if errors.As(err, &ref) {
-				fmt.Fprintf(c, "refused %s\n", ref.Reason)
-				c.Close()
-			}
-		}()
-	}
+		var id, target string
+		fmt.Sscan(line, &id, &target)
+		tgt, _ := netip.ParseAddrPort(target)
+		// The answer "ok" is written once the proxy accepted the stream:
+		// the first write on the stream's conn.
+		sc := &answerConn{bufConn: bufConn{Conn: c, r: r}}
+		s := Stream{Conn: sc, Peer: id, Source: addrPort(c.RemoteAddr()), PeerAddr: addrPort(c.RemoteAddr()).Addr(), Target: tgt}
+		err = h.CheckStream(context.Background(), s)
+		if err == nil {
+			err = h.ServeStream(context.Background(), s)
+		}
+		var ref *Refused
+		if errors.As(err, &ref) {
+			fmt.Fprintf(c, "refused %s\n", ref.Reason)
+			c.Close()
+		}
+	}()
 }
 
 // answerConn sends "ok" before the first byte, or on the first read.

@@ -105,45 +105,47 @@ func (t *Tunnel) Dial(ctx context.Context, src proxy.Pod, d proxy.Destination) (
 	return c, nil
 }
 
-// Serve serves HBONE on pod's listener until it is closed, then lets open
-// streams finish within DrainTimeout.
-func (t *Tunnel) Serve(pod proxy.Pod, ln net.Listener, h proxy.StreamHandler) error {
-	ctx := context.Background()
+// Server makes the HBONE server of pod's 15008, serving streams through h.
+// Its Shutdown waits for open streams at most DrainTimeout.
+func (t *Tunnel) Server(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServer, error) {
 	id, err := spiffeid.FromString(pod.Identity)
 	if err != nil {
-		ln.Close()
-		return fmt.Errorf("tunnel: pod identity %q: %w", pod.Identity, err)
+		return nil, fmt.Errorf("tunnel: pod identity %q: %w", pod.Identity, err)
 	}
 	// The certificate is fetched at the first handshake, and again at the
 	// next one while meshd cannot issue it (an agent starting beside a
 	// meshd that is not up yet): the listener stays open throughout, and
 	// serves as soon as an SVID is there, without an agent restart.
 	svid := &lazySVID{get: func(ctx context.Context) (x509svid.Source, error) { return t.opts.SVID(ctx, id) }}
-	// Asked for now rather than at the first handshake, as ztunnel
-	// prefetches its workloads' certificates: the pod's first connection,
-	// in or out (one certificate per service account), then does not wait
-	// for meshd to sign one. A failure here is tried again at the first
-	// handshake.
-	go func() { _, _ = svid.GetX509SVID() }()
 	srv, err := hbone.NewServer(hbone.ServerOptions{
 		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain,
 		Authorize: func(ctx context.Context, r *hbone.Request) error { return h.CheckStream(ctx, streamOf(r)) },
 		Handler:   func(ctx context.Context, r *hbone.Request) error { return h.ServeStream(ctx, streamOf(r)) },
 	})
 	if err != nil {
-		ln.Close()
+		return nil, err
+	}
+	// Asked for now rather than at the first handshake, as ztunnel
+	// prefetches its workloads' certificates: the pod's first connection,
+	// in or out (one certificate per service account), then does not wait
+	// for meshd to sign one. A failure here is tried again at the first
+	// handshake.
+	go func() { _, _ = svid.GetX509SVID() }()
+	return &tunnelServer{Server: srv, drain: t.opts.DrainTimeout}, nil
+}
+
+type tunnelServer struct {
+	*hbone.Server
+	drain time.Duration
+}
+
+func (s *tunnelServer) Shutdown(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.drain)
+	defer cancel()
+	if err := s.Server.Shutdown(ctx); err != nil && !errors.Is(err, hbone.ErrServerClosed) {
 		return err
 	}
-	err = srv.Serve(ln)
-	sctx, cancel := context.WithTimeout(ctx, t.opts.DrainTimeout)
-	defer cancel()
-	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, hbone.ErrServerClosed) {
-		return errors.Join(err, serr)
-	}
-	if errors.Is(err, hbone.ErrServerClosed) {
-		return nil
-	}
-	return err
+	return nil
 }
 
 // Forget closes the pooled connections of a pod that left the mesh.

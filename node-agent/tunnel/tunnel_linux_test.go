@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshlet/meshlet/node-agent/internal/nstest"
 	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/node-agent/poller"
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/hbone"
@@ -73,15 +74,11 @@ func TestCertificateAskedAtEnrollment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := tn.Server(proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Identity: idDB}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		done <- tn.Serve(proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Identity: idDB}}, ln, nil)
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
 	select {
 	case id := <-asked:
 		if id.String() != idDB {
@@ -146,9 +143,9 @@ func TestHBONEBetweenPods(t *testing.T) {
 			Resolve: func(proxy.Pod, netip.AddrPort) (proxy.Destination, bool) {
 				return proxy.Destination{Target: bApp, Via: netip.AddrPortFrom(nb.Addr, proxy.PortTunnel), Identity: *expectID.Load()}, true
 			},
-			DialTunnel:  tn.Dial,
-			ServeTunnel: func(ln net.Listener, h proxy.StreamHandler) error { return tn.Serve(p, ln, h) },
-			PeerAuth:    func(proxy.Pod, uint16) proxy.Mode { return proxy.ModeStrict },
+			DialTunnel: tn.Dial,
+			Tunnel:     func(h proxy.StreamHandler) (proxy.TunnelServer, error) { return tn.Server(p, h) },
+			PeerAuth:   func(proxy.Pod, uint16) proxy.Mode { return proxy.ModeStrict },
 			Authorize: func(_ context.Context, r proxy.AuthzRequest) proxy.Decision {
 				return proxy.Decision{Allow: r.Principal == idCart, Reason: "allow cart only"}
 			},
@@ -214,7 +211,7 @@ func TestForeignTrustDomain(t *testing.T) {
 	ours, theirs := newTunnel(t, ourCA), newTunnel(t, newCA(t, "evil.example"), ourCA)
 	podB := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: idDB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
 	px, err := proxy.Start(proxy.Options{Pod: podB, Mark: mark, Errorf: t.Logf,
-		ServeTunnel: func(ln net.Listener, h proxy.StreamHandler) error { return ours.Serve(podB, ln, h) }})
+		Tunnel: func(h proxy.StreamHandler) (proxy.TunnelServer, error) { return ours.Server(podB, h) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,8 +262,18 @@ func TestServeBeforeMeshdIsUp(t *testing.T) {
 	podB := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: idDB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
 	t.Cleanup(func() { client.Forget(podA) })
 	ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, proxy.PortTunnel).String(), netns.ListenOptions{}))
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(podB, ln, echoStreams{}) }()
+	srv, err := server.Server(podB, echoStreams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := poller.Shared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pln, err := pl.Accept(ln, srv.ServeConn)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dst := proxy.Destination{Target: netip.AddrPortFrom(nb.Addr, 8080), Via: netip.AddrPortFrom(nb.Addr, proxy.PortTunnel), Identity: idDB}
 	echo := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -292,14 +299,11 @@ func TestServeBeforeMeshdIsUp(t *testing.T) {
 	if err := echo(); err != nil {
 		t.Fatalf("once meshd issues the certificate: %v; want the stream served on the same listener", err)
 	}
-	client.Forget(podA) // its pooled connection ends, so Serve's drain has nothing left
-	ln.Close()
-	select {
-	case err := <-served:
-		if err != nil && !errors.Is(err, net.ErrClosed) {
-			t.Errorf("Serve after its listener closed: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("Serve did not return after its listener closed")
+	client.Forget(podA) // its pooled connection ends, so the drain has nothing left
+	pln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown with no stream open: %v; want nil within 10s", err)
 	}
 }

@@ -191,6 +191,18 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// ServeConn serves one connection accepted elsewhere, on a goroutine of its
+// own, as Serve serves those it accepts (the node agent accepts for all its
+// pods on one poller rather than a goroutine per listener). After Shutdown
+// or Close it closes c instead.
+func (s *Server) ServeConn(c net.Conn) {
+	if !s.track(c) {
+		c.Close()
+		return
+	}
+	go s.serveConn(c)
+}
+
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
