@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -98,6 +99,13 @@ func main() {
 	// Microseconds: a rolling update's handoff happens within one second.
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	f := parseFlags()
+	if f.adminAddr == "" {
+		// Without the debug endpoint no one can read a heap profile:
+		// sampling would only fill the profiler's bucket table (1.4 MB
+		// reserved, a page of it resident for about every call stack
+		// sampled), measured at ~0.4 MB of the agent's RSS with 50 pods.
+		runtime.MemProfileRate = 0
+	}
 	if err := run(f); err != nil {
 		log.Fatalf("node-agent: %v", err)
 	}
