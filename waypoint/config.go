@@ -100,7 +100,7 @@ type route struct {
 }
 
 type dest struct {
-	up     *upstream
+	up     *upstream // nil when spec.DirectResponse answers instead
 	weight uint64
 	spec   *model.WeightedDestination
 }
@@ -271,7 +271,11 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster, shared *rat
 		if len(spec.Destinations) == 1 && w == 0 {
 			w = 1
 		}
-		r.dests = append(r.dests, dest{up: clusters[d.Cluster].subset(d.Subset), weight: w, spec: d})
+		var up *upstream // nil for a direct response
+		if d.DirectResponse == nil {
+			up = clusters[d.Cluster].subset(d.Subset)
+		}
+		r.dests = append(r.dests, dest{up: up, weight: w, spec: d})
 		r.total += w
 	}
 	for _, m := range spec.Mirrors {

@@ -313,6 +313,16 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 
 	// 8. Build the upstream request.
 	d := rt.pickDest(rand.Uint64N)
+	if dr := d.spec.DirectResponse; dr != nil {
+		// A backend that does not resolve: its share of the requests is
+		// answered here (Gateway API: 500), never forwarded or mirrored.
+		applyHeaderOps(w.Header(), spec.ResponseHeaders)
+		applyHeaderOps(w.Header(), d.spec.ResponseHeaders)
+		w.WriteHeader(dr.Status)
+		io.WriteString(w, dr.Body)
+		rec.details = "direct_response"
+		return
+	}
 	up := d.up
 	rec.upstreamClust = up.name()
 	rec.dest = destFor(up)

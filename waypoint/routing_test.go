@@ -40,6 +40,49 @@ func TestWeightedSplit(t *testing.T) {
 	}
 }
 
+// TestWeightedDirectResponse: a destination that answers itself (meshd's
+// translation of a backendRef that does not resolve) takes its weight's
+// share of the requests, answered 500, and the others reach the backend.
+func TestWeightedDirectResponse(t *testing.T) {
+	a := &named{name: "a"}
+	cl := clusterOf("a", backend(t, a))
+	h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "split", Destinations: []model.WeightedDestination{
+		{Cluster: cl.Name, Weight: 1},
+		{Weight: 1, DirectResponse: &model.DirectResponse{Status: http.StatusInternalServerError}, ResponseHeaders: model.HeaderOps{Set: map[string]string{"x-dest": "invalid"}}},
+	}}), nil)
+	client := newClient(t)
+	const n = 1000
+	codes := map[int]int{}
+	for i := 0; i < n; i++ {
+		req, _ := http.NewRequest(http.MethodGet, h.url+"/reviews", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET /reviews: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		codes[resp.StatusCode]++
+		switch resp.StatusCode {
+		case http.StatusOK:
+			if string(body) != "a" {
+				t.Fatalf("GET /reviews = 200 %q; want 200 from backend a", body)
+			}
+		case http.StatusInternalServerError:
+			if got := resp.Header.Get("x-dest"); got != "invalid" {
+				t.Fatalf("GET /reviews = 500 with x-dest %q; want the destination's response header \"invalid\"", got)
+			}
+		default:
+			t.Fatalf("GET /reviews = %d %q; want 200 or 500", resp.StatusCode, body)
+		}
+	}
+	checkShare(t, fmt.Sprintf("requests answered 500 (codes %v)", codes), codes[http.StatusInternalServerError], n, 0.5)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n != codes[http.StatusOK] {
+		t.Errorf("backend a served %d requests; want the %d answered 200", a.n, codes[http.StatusOK])
+	}
+}
+
 func TestMatchRouting(t *testing.T) {
 	v1, v2, v3 := &named{name: "v1"}, &named{name: "v2"}, &named{name: "v3"}
 	clusters := []model.L7Cluster{clusterOf("v1", backend(t, v1)), clusterOf("v2", backend(t, v2)), clusterOf("v3", backend(t, v3))}

@@ -252,10 +252,15 @@ type RouteMatch struct {
 
 // WeightedDestination is one backend of a route.
 type WeightedDestination struct {
-	// Cluster names an L7Cluster.
+	// Cluster names an L7Cluster; empty when DirectResponse is set.
 	Cluster string
 	// Subset names a subset of that cluster; empty means all its endpoints.
 	Subset string
+	// DirectResponse, when set, answers the requests this destination is
+	// chosen for instead of forwarding them: a Gateway API backendRef that
+	// does not resolve keeps its weight and its share of requests gets 500.
+	// Cluster and Subset are then empty. Nil forwards to Cluster.
+	DirectResponse *DirectResponse `json:",omitempty"`
 	// Weight is the relative share of traffic.
 	Weight uint32
 	// RequestHeaders are applied when this destination is chosen.
@@ -775,6 +780,19 @@ func (r *L7Route) validate(clusters map[string]*L7Cluster) error {
 	}
 	var total uint64
 	for i, d := range r.Destinations {
+		total += uint64(d.Weight)
+		if dr := d.DirectResponse; dr != nil {
+			if d.Cluster != "" || d.Subset != "" {
+				return fmt.Errorf("destinations[%d]: set cluster or directResponse, not both", i)
+			}
+			if dr.Status < 200 || dr.Status > 599 {
+				return fmt.Errorf("destinations[%d]: directResponse: status %d out of range 200-599", i, dr.Status)
+			}
+			if err := validateHeaderOps(d.ResponseHeaders); err != nil {
+				return fmt.Errorf("destinations[%d]: responseHeaders: %w", i, err)
+			}
+			continue
+		}
 		cl := clusters[d.Cluster]
 		if cl == nil {
 			return fmt.Errorf("destinations[%d]: unknown cluster %q", i, d.Cluster)
@@ -788,7 +806,6 @@ func (r *L7Route) validate(clusters map[string]*L7Cluster) error {
 		if err := validateHeaderOps(d.ResponseHeaders); err != nil {
 			return fmt.Errorf("destinations[%d]: responseHeaders: %w", i, err)
 		}
-		total += uint64(d.Weight)
 	}
 	if len(r.Destinations) > 1 && total == 0 {
 		return errors.New("destinations: all weights are zero: give at least one a positive weight")

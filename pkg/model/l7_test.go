@@ -51,6 +51,17 @@ func TestL7ConfigValidate(t *testing.T) {
 			d := c.Listeners[0].VirtualHosts[0].Routes[0].Destinations
 			d[0].Weight, d[1].Weight = 0, 0
 		}, wantErr: "all weights are zero"},
+		{name: "direct response destination", mutate: func(c *L7Config) {
+			d := c.Listeners[0].VirtualHosts[0].Routes[0].Destinations
+			d[1] = WeightedDestination{Weight: 10, DirectResponse: &DirectResponse{Status: 500}}
+		}},
+		{name: "direct response destination with cluster", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts[0].Routes[0].Destinations[1].DirectResponse = &DirectResponse{Status: 500}
+		}, wantErr: "set cluster or directResponse, not both"},
+		{name: "direct response destination status", mutate: func(c *L7Config) {
+			d := c.Listeners[0].VirtualHosts[0].Routes[0].Destinations
+			d[1] = WeightedDestination{Weight: 10, DirectResponse: &DirectResponse{Status: 600}}
+		}, wantErr: "destinations[1]: directResponse: status 600 out of range"},
 		{name: "bad regex", mutate: func(c *L7Config) {
 			c.Listeners[0].VirtualHosts[0].Routes[0].Matches[0].Headers[0].Value.Regex = "(unclosed"
 		}, wantErr: "compile regex"},
