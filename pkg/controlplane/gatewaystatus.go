@@ -282,7 +282,7 @@ type backendFault struct {
 }
 
 // resolveBackendRef checks one backendRef of a route of kind in rtNS, as
-// the waypoints and gateways use it (l7Builder.backend): a core Service,
+// the waypoints and gateways use it (l7Builder.ruleBackend): a core Service,
 // in another namespace only with a ReferenceGrant there, that exists.
 // ns is the namespace it refers to.
 func (bd *build) resolveBackendRef(kind, rtNS string, b gatewayv1.BackendRef) (ns string, fault backendFault) {

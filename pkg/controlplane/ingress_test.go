@@ -96,13 +96,26 @@ func TestIngressGatewayL7(t *testing.T) {
 		t.Errorf("L7Config mismatch (-want +got):\n%s", diff)
 	}
 
-	// With a ReferenceGrant in "other", the cross-namespace backend is used.
-	snap, _ = mustBuild(t, inputs(t, bookinfoIngress, `apiVersion: gateway.networking.k8s.io/v1
+	// With a ReferenceGrant in "other", the cross-namespace backend is
+	// used once it exists.
+	grant := `apiVersion: gateway.networking.k8s.io/v1
 kind: ReferenceGrant
 metadata: {name: allow-bookinfo, namespace: other}
 spec:
   from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: bookinfo}]
   to: [{group: "", kind: Service}]
+`
+	snap, _ = mustBuild(t, inputs(t, bookinfoIngress, grant))
+	cfg, _ = snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
+	if got := cfg.Listeners[0].VirtualHosts[1].Routes[0]; got.DirectResponse == nil || got.DirectResponse.Status != 500 {
+		t.Errorf("cross route, granted, to no Service = %+v; want answered 500 (Gateway API: an invalid backend's requests get 500)", got)
+	}
+	snap, _ = mustBuild(t, inputs(t, bookinfoIngress, grant, `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: other}
+spec:
+  clusterIP: 10.96.0.31
+  ports: [{name: http, port: 80}]
 `))
 	cfg, _ = snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
 	got := cfg.Listeners[0].VirtualHosts[1].Routes[0].Destinations

@@ -859,13 +859,12 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 		}
 		var resolved []int // index in rule.BackendRefs of each destination
 		for bi, b := range rule.BackendRefs {
-			if d, ok := lb.backend(KindHTTPRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort); ok {
-				r.Destinations = append(r.Destinations, d)
-				resolved = append(resolved, bi)
-			}
+			r.Destinations = append(r.Destinations, lb.ruleBackend(KindHTTPRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort))
+			resolved = append(resolved, bi)
 		}
-		if len(r.Destinations) == 0 {
-			r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no backends → 500
+		if answersAll500(r.Destinations) {
+			r.Destinations, resolved = nil, nil
+			r.DirectResponse = &model.DirectResponse{Status: 500} // Gateway API: no valid backend → 500
 		}
 		var perTry time.Duration
 		r.Timeout, perTry = lb.httpRouteTimeouts(rt, i, rule.Timeouts)
@@ -946,6 +945,8 @@ func (bd *build) referenceGranted(kind, fromNS, toNS, name string) bool {
 
 // backend translates one Gateway API backendRef to a Service; ok is false
 // for other kinds and for cross-namespace references no ReferenceGrant allows.
+// A Service that does not exist gets its cluster, without endpoints: a
+// request mirror to it mirrors nothing. Route rules use ruleBackend.
 func (lb *l7Builder) backend(kind, rtNS, rtName string, b gatewayv1.BackendRef, defaultPort uint32) (model.WeightedDestination, bool) {
 	ns, fault := lb.bd.resolveBackendRef(kind, rtNS, b)
 	switch fault.reason {
@@ -955,18 +956,53 @@ func (lb *l7Builder) backend(kind, rtNS, rtName string, b gatewayv1.BackendRef, 
 		lb.bd.rejecter(kind, rtNS, rtName).warn("backendRef %s/%s: no ReferenceGrant in %s allows it; dropped", ns, b.Name, ns)
 		return model.WeightedDestination{}, false
 	}
-	// A Service that does not exist (yet) still gets its cluster, without
-	// endpoints; the route's ResolvedRefs condition says BackendNotFound.
 	p := defaultPort
 	if b.Port != nil {
 		p = uint32(*b.Port)
 	}
-	w := uint32(1)
-	if b.Weight != nil && *b.Weight >= 0 {
-		w = uint32(*b.Weight)
-	}
 	host := string(b.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain
-	return model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: w}, true
+	return model.WeightedDestination{Cluster: lb.cluster(host, p), Weight: backendWeight(b)}, true
+}
+
+// ruleBackend translates one backendRef of a route rule. A reference that
+// does not resolve (a kind other than Service, another namespace without a
+// ReferenceGrant, a Service that does not exist) keeps its weight and
+// answers its share of the requests 500, as Gateway API asks ("requests
+// that would have been sent to an invalid backend MUST receive a 500"):
+// it is neither dropped, which would send its share to the others, nor an
+// empty cluster, which would answer 503. The route's ResolvedRefs
+// condition says why (gatewaystatus.go).
+func (lb *l7Builder) ruleBackend(kind, rtNS, rtName string, b gatewayv1.BackendRef, defaultPort uint32) model.WeightedDestination {
+	ns, fault := lb.bd.resolveBackendRef(kind, rtNS, b)
+	if fault.reason == "" {
+		d, _ := lb.backend(kind, rtNS, rtName, b, defaultPort)
+		return d
+	}
+	if fault.reason == gatewayv1.RouteReasonRefNotPermitted {
+		lb.bd.rejecter(kind, rtNS, rtName).warn("backendRef %s/%s: no ReferenceGrant in %s allows it; its requests are answered 500", ns, b.Name, ns)
+	}
+	return model.WeightedDestination{Weight: backendWeight(b), DirectResponse: &model.DirectResponse{Status: 500}}
+}
+
+// backendWeight is a backendRef's weight, 1 when unset.
+func backendWeight(b gatewayv1.BackendRef) uint32 {
+	if b.Weight != nil && *b.Weight >= 0 {
+		return uint32(*b.Weight)
+	}
+	return 1
+}
+
+// answersAll500 reports whether a rule's destinations send no request to
+// a backend: there are none, or those with weight are all answered
+// directly (Gateway API: a rule without a valid backend, or whose weights
+// are all zero, answers 500).
+func answersAll500(ds []model.WeightedDestination) bool {
+	for _, d := range ds {
+		if d.DirectResponse == nil && (d.Weight > 0 || len(ds) == 1) {
+			return false
+		}
+	}
+	return true
 }
 
 // grpcRouteRules translates a GRPCRoute's rules, one route per match (see
@@ -1018,11 +1054,10 @@ func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32)
 			r.Matches = append(r.Matches, rm)
 		}
 		for _, b := range rule.BackendRefs {
-			if d, ok := lb.backend(KindGRPCRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort); ok {
-				r.Destinations = append(r.Destinations, d)
-			}
+			r.Destinations = append(r.Destinations, lb.ruleBackend(KindGRPCRoute, rt.Namespace, rt.Name, b.BackendRef, defaultPort))
 		}
-		if len(r.Destinations) == 0 {
+		if answersAll500(r.Destinations) {
+			r.Destinations = nil
 			r.DirectResponse = &model.DirectResponse{Status: 500}
 		}
 		// GRPCRoute's filters are HTTPRoute's header modifiers, mirror and
