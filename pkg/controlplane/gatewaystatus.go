@@ -3,6 +3,7 @@ package controlplane
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,10 +31,12 @@ import (
 //     parentRef to the waypoint Gateway itself is answered NotAllowedByListeners
 //     with a message naming the fix.
 //   - An ingress Gateway parent is Accepted when one of its listeners
-//     matches sectionName and port, serves HTTP and admits the route's
-//     namespace (allowedRoutes). Listener hostnames are not intersected with
-//     the route's: meshlet's ingress serves the route's hostnames whatever
-//     the listener says (see routeDomains), so the status says so too.
+//     matches sectionName and port, serves HTTP, admits the route's
+//     namespace (allowedRoutes) and has a hostname in common with the
+//     route (routeDomains: a listener or a route without hostnames has
+//     every one in common). When only the hostnames keep the route off,
+//     Accepted is False, reason NoMatchingListenerHostname; the route then
+//     serves nothing through that Gateway.
 //   - A route the build rejected (an invalid regex, a rule that failed
 //     validation) is Accepted False, reason UnsupportedValue, with the
 //     rejection as message, on every parent it would otherwise bind to.
@@ -101,8 +104,8 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		}
 	}
 	var out []ObjectStatus
-	route := func(kind string, meta metav1.ObjectMeta, parents []gatewayv1.ParentReference, backends []gatewayv1.BackendRef) {
-		out = append(out, bd.routeStatus(kind, meta, parents, backends, rejected[kind+"/"+meta.Namespace+"/"+meta.Name]))
+	route := func(kind string, meta metav1.ObjectMeta, parents []gatewayv1.ParentReference, hostnames []gatewayv1.Hostname, backends []gatewayv1.BackendRef) {
+		out = append(out, bd.routeStatus(kind, meta, parents, hostnames, backends, rejected[kind+"/"+meta.Namespace+"/"+meta.Name]))
 	}
 	for _, k := range sortedKeys(bd.in.grpcRoutes) {
 		rt := bd.in.grpcRoutes[k]
@@ -110,7 +113,7 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		for _, rule := range rt.Spec.Rules {
 			backends = appendBackendRefs(backends, rule.BackendRefs)
 		}
-		route(KindGRPCRoute, rt.ObjectMeta, rt.Spec.ParentRefs, backends)
+		route(KindGRPCRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
 	}
 	for _, k := range sortedKeys(bd.in.httpRoutes) {
 		rt := bd.in.httpRoutes[k]
@@ -118,7 +121,7 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		for _, rule := range rt.Spec.Rules {
 			backends = appendBackendRefs(backends, rule.BackendRefs)
 		}
-		route(KindHTTPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, backends)
+		route(KindHTTPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
 	}
 	out = append(out, bd.listenerStatus(out)...) // out: the routes, whose acceptance attachedRoutes counts
 	out = append(out, bd.gatewayClassStatus()...)
@@ -153,14 +156,14 @@ func condition(typ string, ok bool, reason, message string, generation int64) me
 
 // routeStatus computes one route's parents. rejected is the build's first
 // rejection of the route, "" when none.
-func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gatewayv1.ParentReference, backends []gatewayv1.BackendRef, rejected string) ObjectStatus {
+func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gatewayv1.ParentReference, hostnames []gatewayv1.Hostname, backends []gatewayv1.BackendRef, rejected string) ObjectStatus {
 	st := ObjectStatus{Kind: kind, Namespace: meta.Namespace, Name: meta.Name, Generation: meta.Generation}
 	resolved := bd.backendRefsCondition(kind, meta.Namespace, backends, meta.Generation)
 	for i, pr := range parents {
 		if slices.ContainsFunc(parents[:i], func(p gatewayv1.ParentReference) bool { return sameParentRef(p, pr) }) {
 			continue // written twice: one entry
 		}
-		ours, ok, reason, msg := bd.parentAccepts(meta.Namespace, pr)
+		ours, ok, reason, msg := bd.parentAccepts(meta.Namespace, hostnames, pr)
 		if !ours {
 			continue
 		}
@@ -179,10 +182,10 @@ func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gate
 	return st
 }
 
-// parentAccepts decides one parentRef of a route in routeNS: ours says
-// whether meshlet serves that parent at all; ok, reason and msg are the
-// Accepted condition's.
-func (bd *build) parentAccepts(routeNS string, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
+// parentAccepts decides one parentRef of a route in routeNS with
+// hostnames: ours says whether meshlet serves that parent at all; ok,
+// reason and msg are the Accepted condition's.
+func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
 	group, kind := gatewayv1.GroupName, "Gateway"
 	if pr.Group != nil {
 		group = string(*pr.Group)
@@ -227,7 +230,8 @@ func (bd *build) parentAccepts(routeNS string, pr gatewayv1.ParentReference) (ou
 			return true, false, noParent, fmt.Sprintf("Gateway %s is invalid and serves no route (see its events)", key)
 		}
 		one := []gatewayv1.ParentReference{pr}
-		matched, http := false, false
+		matched, http, allowed := false, false, false
+		var listenerHosts []string
 		for _, l := range gw.Spec.Listeners {
 			if !attached(one, routeNS, gw, l) {
 				continue
@@ -237,20 +241,37 @@ func (bd *build) parentAccepts(routeNS string, pr gatewayv1.ParentReference) (ou
 				continue
 			}
 			http = true
-			if bd.allowedRoute(routeNS, gw, l) {
+			if !bd.allowedRoute(routeNS, gw, l) {
+				continue
+			}
+			allowed = true
+			if routeDomains(hostnames, l) != nil {
 				return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("attached to Gateway %s listener %q", key, l.Name)
 			}
+			listenerHosts = append(listenerHosts, fmt.Sprintf("%q (listener %q)", *l.Hostname, l.Name))
 		}
 		switch {
 		case !matched:
 			return true, false, noParent, fmt.Sprintf("Gateway %s has no listener matching the parentRef's sectionName and port", key)
 		case !http:
 			return true, false, notAllowed, fmt.Sprintf("the listeners of Gateway %s the parentRef matches are not HTTP, the only protocol meshlet's ingress serves yet", key)
-		default:
+		case !allowed:
 			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches admits routes from namespace %s (allowedRoutes.namespaces)", key, routeNS)
+		default:
+			return true, false, string(gatewayv1.RouteReasonNoMatchingListenerHostname), fmt.Sprintf("none of the route's hostnames %s matches the hostname of a listener of Gateway %s the parentRef matches: %s; add a matching hostname to the route or to a listener",
+				hostnameList(hostnames), key, strings.Join(listenerHosts, ", "))
 		}
 	}
 	return false, false, "", ""
+}
+
+// hostnameList prints a route's hostnames for a message.
+func hostnameList(hostnames []gatewayv1.Hostname) string {
+	var q []string
+	for _, h := range hostnames {
+		q = append(q, strconv.Quote(string(h)))
+	}
+	return strings.Join(q, ", ")
 }
 
 // sameParentRef reports whether two parentRefs are written alike.

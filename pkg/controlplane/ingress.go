@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"slices"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,13 +36,15 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 				routes         []rankedRoute
 			}
 			var rts []attachedRoute
+			// A route attaches to the listener when it names it as a parent,
+			// the listener admits its namespace, and their hostnames meet.
 			for _, rt := range oldestFirst(bd.validRoutes) {
-				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
+				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l) != nil {
 					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
 			}
 			for _, rt := range oldestFirst(bd.validGRPC) {
-				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
+				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l) != nil {
 					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
 				}
 			}
@@ -150,18 +153,55 @@ func (bd *build) allowedRoute(routeNS string, gw *gatewayv1.Gateway, l gatewayv1
 	return false
 }
 
-// routeDomains returns the hostnames a route serves on a listener: the
-// route's hostnames, else the listener's, else every host.
+// routeDomains returns the hostnames a route with hostnames serves on
+// listener l, as Gateway API intersects them: a listener without hostname
+// takes the route's (every host when it has none), a route without
+// hostnames takes the listener's, and otherwise each route hostname that
+// matches the listener's (intersectHostname) gives the more specific of the
+// two. Nil when none matches: the route does not attach to l, and its
+// status says NoMatchingListenerHostname when no listener of the parent is
+// left (parentAccepts).
 func routeDomains(hostnames []gatewayv1.Hostname, l gatewayv1.Listener) []string {
+	lh := ""
+	if l.Hostname != nil {
+		lh = string(*l.Hostname)
+	}
 	var out []string
 	for _, h := range hostnames {
-		out = append(out, string(h))
+		d := string(h)
+		if lh != "" {
+			var ok bool
+			if d, ok = intersectHostname(d, lh); !ok {
+				continue
+			}
+		}
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
 	}
-	if len(out) == 0 && l.Hostname != nil && *l.Hostname != "" {
-		out = []string{string(*l.Hostname)}
+	switch {
+	case len(hostnames) > 0:
+		return out
+	case lh != "":
+		return []string{lh}
 	}
-	if len(out) == 0 {
-		out = []string{"*"}
+	return []string{"*"}
+}
+
+// intersectHostname returns the hostname a route hostname h and a listener
+// hostname lh have in common, as Gateway API matches them: the same name,
+// or a name under a wildcard, "*.example.com" matching names with one or
+// more labels in front of example.com (not example.com itself) and
+// wildcards under it such as "*.foo.example.com". The result is the more
+// specific of the two; ok is false when they have none in common.
+func intersectHostname(h, lh string) (string, bool) {
+	switch {
+	case h == lh:
+		return h, true
+	case strings.HasPrefix(lh, "*.") && strings.HasSuffix(h, lh[1:]):
+		return h, true
+	case strings.HasPrefix(h, "*.") && strings.HasSuffix(lh, h[1:]):
+		return lh, true
 	}
-	return out
+	return "", false
 }

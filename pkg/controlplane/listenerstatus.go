@@ -23,8 +23,8 @@ import (
 //     about routes, which only the build knows.
 //   - attachedRoutes counts the routes whose status.parents entry for a
 //     parentRef to the Gateway is Accepted and that the listener matches
-//     (sectionName, port) and admits (allowedRoutes), as the Gateway API
-//     defines it. Routes bound to a Service (GAMMA) are attached to the
+//     (sectionName, port), admits (allowedRoutes) and shares a hostname
+//     with (routeDomains), as the Gateway API defines it. Routes bound to a Service (GAMMA) are attached to the
 //     Service, not to any listener: a waypoint's HBONE listener counts 0,
 //     as Istio's does.
 //   - supportedKinds: HTTPRoute and GRPCRoute on HTTP and HTTPS listeners
@@ -166,10 +166,10 @@ func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listene
 
 // attachedRoutes counts the routes attached to listener l of gw: those
 // with an Accepted status.parents entry for a parentRef l matches, of a
-// kind l takes (kinds), from a namespace l admits. A listener meshlet does
-// not serve has none: Accepted on the Gateway says the route is served by
-// another of its listeners, not by this one. A route is counted once
-// however many of its parentRefs match.
+// kind l takes (kinds), from a namespace l admits, with a hostname in
+// common with l. A listener meshlet does not serve has none: Accepted on
+// the Gateway says the route is served by another of its listeners, not by
+// this one. A route is counted once however many of its parentRefs match.
 func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l gatewayv1.Listener, served bool, kinds []gatewayv1.RouteGroupKind, routes []ObjectStatus) int32 {
 	if !served {
 		return 0
@@ -177,6 +177,9 @@ func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ser
 	var n int32
 	for _, rt := range routes {
 		if !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == rt.Kind }) || !bd.allowedRoute(rt.Namespace, gw, l) {
+			continue
+		}
+		if routeDomains(bd.routeHostnames(rt.Kind, rt.Namespace, rt.Name), l) == nil {
 			continue
 		}
 		if slices.ContainsFunc(rt.Parents, func(p gatewayv1.RouteParentStatus) bool {
@@ -187,6 +190,22 @@ func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ser
 		}
 	}
 	return n
+}
+
+// routeHostnames returns the spec.hostnames of the HTTPRoute or GRPCRoute
+// kind namespace/name of the build's inputs.
+func (bd *build) routeHostnames(kind, namespace, name string) []gatewayv1.Hostname {
+	switch kind {
+	case KindHTTPRoute:
+		if rt := bd.in.httpRoutes[namespace+"/"+name]; rt != nil {
+			return rt.Spec.Hostnames
+		}
+	case KindGRPCRoute:
+		if rt := bd.in.grpcRoutes[namespace+"/"+name]; rt != nil {
+			return rt.Spec.Hostnames
+		}
+	}
+	return nil
 }
 
 // gatewayClassStatus computes the conditions of every GatewayClass whose
