@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"reflect"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -37,6 +38,14 @@ import (
 // objects want the same status, and an object whose status already says
 // it (compared without lastTransitionTimes) is not written again.
 //
+// status.parents holds at most 32 entries and status.ancestors 16 (the
+// CRDs' maxItems), others' entries included, and an update carrying more
+// is refused whole. So mergeEntries keeps the others' entries and
+// as many of meshd's, in the build's order, as fit; the writer warns once
+// per object generation about those left out (noteLeftOut). Other
+// controllers' entries are never dropped, even when they alone fill the
+// list.
+//
 // Builds hand over their result without waiting (submit): a newer result
 // replaces one not yet started, and writes run on at most statusWorkers
 // goroutines, so a slow or refusing API server never delays config pushes.
@@ -46,6 +55,18 @@ type gatewayStatusWriter struct {
 	// now stamps changed conditions; nil means time.Now.
 	now   func() time.Time
 	queue statusQueue[statusBatch]
+
+	// warnedMu guards warned: writes run on several goroutines.
+	warnedMu sync.Mutex
+	// warned holds, per kind/namespace/name, the generation and count of
+	// the entries left out last warned about (noteLeftOut).
+	warned map[string]leftOutWarning
+}
+
+// leftOutWarning is what noteLeftOut last warned about for an object.
+type leftOutWarning struct {
+	generation int64
+	leftOut    int
 }
 
 // statusBatch is one build's status with the inputs it was computed from
@@ -84,6 +105,7 @@ func (w *gatewayStatusWriter) writeBatch(ctx context.Context, b statusBatch) {
 		if cached == nil {
 			return false
 		}
+		w.noteLeftOut(cached, st)
 		_, changed := withStatus(cached, st, w.stamp()) // else the informer's copy already says it: no write
 		return changed
 	}, func(st controlplane.ObjectStatus) {
@@ -221,6 +243,71 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 	return out, true
 }
 
+// noteLeftOut warns when not all of st's entries fit in obj's status
+// (entriesLeftOut), once per object, generation and count, so that a
+// status that stays over the limit does not warn on every build.
+func (w *gatewayStatusWriter) noteLeftOut(obj runtime.Object, st controlplane.ObjectStatus) {
+	var n, limit, others int
+	switch o := obj.(type) {
+	case *gatewayv1.HTTPRoute:
+		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
+	case *gatewayv1.GRPCRoute:
+		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
+	case *gatewayv1.BackendTLSPolicy:
+		n, limit, others = entriesLeftOut(o.Status.Ancestors, st.Ancestors)
+	default:
+		return
+	}
+	key := st.Kind + "/" + st.Namespace + "/" + st.Name
+	w.warnedMu.Lock()
+	defer w.warnedMu.Unlock()
+	if n == 0 {
+		delete(w.warned, key)
+		return
+	}
+	now := leftOutWarning{generation: st.Generation, leftOut: n}
+	if w.warned[key] == now {
+		return
+	}
+	if w.warned == nil {
+		w.warned = map[string]leftOutWarning{}
+	}
+	w.warned[key] = now
+	w.log.Warn("write Gateway API status: more entries than the CRD's maxItems allow; meshd's last ones, in spec order, are left out",
+		"kind", st.Kind, "namespace", st.Namespace, "name", st.Name, "generation", st.Generation,
+		"maxItems", limit, "otherControllersEntries", others, "meshdEntries", len(st.Parents)+len(st.Ancestors), "leftOut", n)
+}
+
+// maxParents and maxAncestors are the CRDs' maxItems of a route's
+// status.parents and a policy's status.ancestors.
+const (
+	maxParents   = 32
+	maxAncestors = 16
+)
+
+// maxEntries is the CRD's maxItems for a list of S.
+func maxEntries[S statusEntry]() int {
+	var s S
+	if _, ok := any(s).(gatewayv1.PolicyAncestorStatus); ok {
+		return maxAncestors
+	}
+	return maxParents
+}
+
+// entriesLeftOut says how many of desired (meshd's entries) do not fit
+// beside the entries of other controllers in current, within limit, the
+// CRD's maxItems; others is how many entries those controllers have.
+func entriesLeftOut[S statusEntry](current, desired []S) (n, limit, others int) {
+	limit = maxEntries[S]()
+	for _, e := range current {
+		if _, c, _ := entryParts(&e); c != controlplane.ControllerName {
+			others++
+		}
+	}
+	room := max(limit-others, 0)
+	return max(len(desired)-room, 0), limit, others
+}
+
 // statusEntry is an entry of status.parents or status.ancestors.
 type statusEntry interface {
 	gatewayv1.RouteParentStatus | gatewayv1.PolicyAncestorStatus
@@ -250,10 +337,13 @@ func mergeIfChanged[S statusEntry](gen int64, current []S, want int64, desired [
 
 // mergeEntries returns current with meshd's entries replaced by desired:
 // the entries of other controllers first, as they were, then desired in
-// its order. Conditions keep their lastTransitionTime where status and
-// reason did not change (mergeConditions). Never nil: the field is
-// required.
+// its order, as many as fit within the CRD's maxItems (entriesLeftOut).
+// Conditions keep their lastTransitionTime where status and reason did
+// not change (mergeConditions). Never nil: the field is required.
 func mergeEntries[S statusEntry](current, desired []S, now metav1.Time) []S {
+	if n, _, _ := entriesLeftOut(current, desired); n > 0 {
+		desired = desired[:len(desired)-n]
+	}
 	out := make([]S, 0, len(current)+len(desired))
 	var ours []S
 	for _, e := range current {

@@ -1,6 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -132,5 +137,107 @@ func TestStatusSubmitNeverBlocks(t *testing.T) {
 	b := <-w.queue
 	if len(b.status) != 1 || b.status[0].Name != "c" {
 		t.Errorf("queued status = %+v; want only the last build's", b.status)
+	}
+}
+
+// TestMergeEntriesMaxItems: what is written never holds more entries than
+// the CRD's maxItems (32 parents, 16 ancestors), which UpdateStatus would
+// refuse whole: the other controllers' entries are kept, first, and as
+// many of meshd's as fit, in the build's order.
+func TestMergeEntriesMaxItems(t *testing.T) {
+	now := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	parent := func(controller gatewayv1.GatewayController, name string) gatewayv1.RouteParentStatus {
+		return gatewayv1.RouteParentStatus{ParentRef: svcParentRef(name), ControllerName: controller, Conditions: []metav1.Condition{}}
+	}
+	const envoy = "gateway.envoyproxy.io/gatewayclass-controller"
+	list := func(controller gatewayv1.GatewayController, prefix string, n int) []gatewayv1.RouteParentStatus {
+		var out []gatewayv1.RouteParentStatus
+		for i := range n {
+			out = append(out, parent(controller, fmt.Sprintf("%s%d", prefix, i)))
+		}
+		return out
+	}
+	ours := func(n int) []gatewayv1.RouteParentStatus { return list(controlplane.ControllerName, "svc", n) }
+	tests := []struct {
+		name             string
+		current, desired []gatewayv1.RouteParentStatus
+		want             []gatewayv1.RouteParentStatus
+		wantLeftOut      int
+	}{
+		{"5 others and 30 of meshd's: meshd's first 27", list(envoy, "eg", 5), ours(30), append(list(envoy, "eg", 5), ours(27)...), 3},
+		{"exactly 32: all written", list(envoy, "eg", 2), ours(30), append(list(envoy, "eg", 2), ours(30)...), 0},
+		{"meshd's old entries do not count", append(ours(32), parent(envoy, "eg0")), ours(32), append(list(envoy, "eg", 1), ours(31)...), 1},
+		{"others alone over the limit: kept, meshd's left out", list(envoy, "eg", 33), ours(1), list(envoy, "eg", 33), 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := mergeEntries(tt.current, tt.desired, now)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("mergeEntries mismatch (-want +got):\n%s", diff)
+			}
+			if n, _, _ := entriesLeftOut(tt.current, tt.desired); n != tt.wantLeftOut {
+				t.Errorf("entriesLeftOut = %d; want %d", n, tt.wantLeftOut)
+			}
+		})
+	}
+
+	// Ancestors: 16.
+	var others, mine []gatewayv1.PolicyAncestorStatus
+	for i := range 10 {
+		others = append(others, gatewayv1.PolicyAncestorStatus{AncestorRef: svcParentRef(fmt.Sprint("gw", i)), ControllerName: "istio.io/gateway-controller", Conditions: []metav1.Condition{}})
+	}
+	for i := range 8 {
+		mine = append(mine, gatewayv1.PolicyAncestorStatus{AncestorRef: svcParentRef(fmt.Sprint("svc", i)), ControllerName: controlplane.ControllerName, Conditions: []metav1.Condition{}})
+	}
+	if diff := cmp.Diff(append(slices.Clone(others), mine[:6]...), mergeEntries(others, mine, now)); diff != "" {
+		t.Errorf("mergeEntries(10 others' ancestors, 8 of meshd's) mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestNoteLeftOut: entries left out are warned about once per object
+// generation, not on every build.
+func TestNoteLeftOut(t *testing.T) {
+	var buf bytes.Buffer
+	w := newGatewayStatusWriter(nil, slog.New(slog.NewJSONHandler(&buf, nil)))
+	route := &gatewayv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "bookinfo", Name: "r", Generation: 2}}
+	for i := range 5 {
+		route.Status.Parents = append(route.Status.Parents, gatewayv1.RouteParentStatus{ParentRef: svcParentRef(fmt.Sprint("eg", i)), ControllerName: "gateway.envoyproxy.io/gatewayclass-controller"})
+	}
+	st := func(gen int64, n int) controlplane.ObjectStatus {
+		s := controlplane.ObjectStatus{Kind: controlplane.KindHTTPRoute, Namespace: "bookinfo", Name: "r", Generation: gen}
+		for i := range n {
+			s.Parents = append(s.Parents, gatewayv1.RouteParentStatus{ParentRef: svcParentRef(fmt.Sprint("svc", i)), ControllerName: controlplane.ControllerName})
+		}
+		return s
+	}
+	warnings := func() []map[string]any {
+		var out []map[string]any
+		dec := json.NewDecoder(bytes.NewReader(buf.Bytes()))
+		for {
+			var m map[string]any
+			if err := dec.Decode(&m); err != nil {
+				return out
+			}
+			out = append(out, m)
+		}
+	}
+	for _, step := range []struct {
+		st   controlplane.ObjectStatus
+		want int // warnings logged so far
+	}{
+		{st(2, 30), 1}, // 3 left out
+		{st(2, 30), 1}, // the next build: said already
+		{st(3, 30), 2}, // a new generation
+		{st(3, 10), 2}, // all fit
+		{st(3, 30), 3}, // over again
+	} {
+		w.noteLeftOut(route, step.st)
+		if got := warnings(); len(got) != step.want {
+			t.Fatalf("after noteLeftOut(generation %d, %d parents): %d warnings %v; want %d", step.st.Generation, len(step.st.Parents), len(got), got, step.want)
+		}
+	}
+	first := warnings()[0]
+	if first["level"] != "WARN" || first["leftOut"] != 3.0 || first["maxItems"] != 32.0 || first["name"] != "r" {
+		t.Errorf("warning = %v; want level WARN, leftOut 3, maxItems 32, name r", first)
 	}
 }
