@@ -58,8 +58,9 @@ type Options struct {
 	// SnapshotPath is where the enrollment snapshot for the CNI plugin goes.
 	// Empty means cni.DefaultStatePath.
 	SnapshotPath string
-	// Resync is the informers' resync period, which also retries pods whose
-	// netns could not be found. Zero means 30s.
+	// Resync is the informers' resync period, a safety net only: a pod
+	// whose enrollment failed (its netns not found yet, ...) is retried
+	// with backoff, at most retryMax apart. Zero means 5 minutes.
 	Resync time.Duration
 	// AfterSync is called once, after the informers synced and every pod
 	// they delivered was reconciled once (so a restarted agent can drop
@@ -118,7 +119,11 @@ func New(opts Options) (*Reconciler, error) {
 		opts.SnapshotPath = cni.DefaultStatePath
 	}
 	if opts.Resync == 0 {
-		opts.Resync = 30 * time.Second
+		// Every resync reconciles every pod and namespace again and
+		// rewrites the enrollment snapshot: with a 30 s period, the
+		// code it runs kept megabytes of the binary's pages resident in
+		// an idle agent (the lab, 50 pods), to find nothing to do.
+		opts.Resync = 5 * time.Minute
 	}
 	if opts.SyncGrace == 0 {
 		opts.SyncGrace = 30 * time.Second
@@ -138,12 +143,13 @@ func New(opts Options) (*Reconciler, error) {
 		}
 	}
 	r := &Reconciler{
-		opts:     opts,
-		pods:     listers.New[*kube.Pod](podInf.GetIndexer(), schema.GroupResource{Resource: "pods"}),
-		nss:      listers.New[*kube.Namespace](nsInf.GetIndexer(), schema.GroupResource{Resource: "namespaces"}),
-		podInf:   podInf,
-		nsInf:    nsInf,
-		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		opts:   opts,
+		pods:   listers.New[*kube.Pod](podInf.GetIndexer(), schema.GroupResource{Resource: "pods"}),
+		nss:    listers.New[*kube.Namespace](nsInf.GetIndexer(), schema.GroupResource{Resource: "namespaces"}),
+		podInf: podInf,
+		nsInf:  nsInf,
+		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](
+			5*time.Millisecond, retryMax)),
 		enrolled: map[string]Pod{},
 		cniNetns: map[string]string{},
 		tornDown: map[string]string{},
@@ -183,6 +189,11 @@ func New(opts Options) (*Reconciler, error) {
 	r.hasSynced = []cache.InformerSynced{podReg.HasSynced, nsReg.HasSynced}
 	return r, nil
 }
+
+// retryMax bounds the backoff between retries of a pod whose enrollment
+// fails (client-go's default grows to 1000 s; the resync, once every 30 s,
+// used to cut it short).
+const retryMax = 30 * time.Second
 
 // nsKey marks a queue key as a namespace (pod keys always contain "/").
 func nsKey(name string) string { return "ns:" + name }

@@ -78,10 +78,12 @@ func wantConditions(gen int64, conds map[string]statusCondition, want map[string
 // tools (Argo CD, Flagger) wait for. An HTTPRoute bound to a Service is
 // Accepted once the Service's waypoint applies it, and ResolvedRefs turns
 // False with BackendNotFound for a backend that does not exist, each at the
-// route's current generation. meshlet's GatewayClasses are installed and
+// route's current generation, and the requests the route sends to that
+// backend are answered 500. meshlet's GatewayClasses are installed and
 // Accepted; a route bound to an ingress Gateway counts in its listener's
-// attachedRoutes, and the waypoint's HBONE listener, which takes no route
-// itself, counts none.
+// attachedRoutes, one whose hostnames the listener does not take is not
+// Accepted (NoMatchingListenerHostname) and counts nowhere, and the
+// waypoint's HBONE listener, which takes no route itself, counts none.
 func TestGatewayAPIRouteStatus(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
@@ -96,12 +98,23 @@ spec:
   rules: [{backendRefs: [{name: %s, port: 8080}]}]
 `, backend)
 	}
-	lb.Apply(t, ns, route("echo")+"---\n"+edgeGateway+`---
+	// The edge listener takes *.example.com: edge-echo's name is among
+	// them, edge-elsewhere's is not.
+	lb.Apply(t, ns, route("echo")+"---\n"+strings.Replace(edgeGateway, "protocol: HTTP}", "protocol: HTTP, hostname: '*.example.com'}", 1)+`---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: edge-echo}
 spec:
   parentRefs: [{name: edge}]
+  hostnames: [shop.example.com]
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: edge-elsewhere}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [shop.example.org]
   rules: [{backendRefs: [{name: echo, port: 8080}]}]
 `)
 	applyWaypoint(t, lb, run, ns, "--enroll-namespace")
@@ -120,7 +133,13 @@ spec:
 			err = wantConditions(gen, conds, map[string]string{"edge/Accepted": "True Accepted", "edge/ResolvedRefs": "True ResolvedRefs"})
 		}
 		if err == nil {
-			err = wantListener(t, lb, ns, "edge", "http", 1)
+			gen, conds, err = meshletStatus(t, lb, "httproute", ns, "edge-elsewhere")
+			if err == nil {
+				err = wantConditions(gen, conds, map[string]string{"edge/Accepted": "False NoMatchingListenerHostname"})
+			}
+		}
+		if err == nil {
+			err = wantListener(t, lb, ns, "edge", "http", 1) // edge-echo only
 		}
 		if err == nil {
 			err = wantListener(t, lb, ns, "waypoint", "mesh", 0)
@@ -161,6 +180,13 @@ spec:
 			err = fmt.Errorf("ResolvedRefs message %q does not name the missing Service nosuch", conds["echo/ResolvedRefs"].Message)
 		}
 		return err == nil, err
+	})
+	// What the route sends to a backend that does not exist is answered
+	// 500 by the waypoint, as Gateway API asks.
+	client := clientPod(t, lb, ns, "client", "client")
+	lab.WaitFor(t, time.Minute, "requests for the missing backend answered 500", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "4", "http://echo."+ns+".svc.cluster.local:8080/")
+		return s.ByStatus["500"] == 4, fmt.Errorf("status %v, errors %v", s.ByStatus, s.Errors)
 	})
 }
 
