@@ -12,6 +12,12 @@
 // must never serve a refused connection half-way: a refusal is a TCP reset
 // (or a refused stream) counted by reason.
 //
+// A connection captured on 15001 whose original destination port is 53 is
+// DNS over TCP: it goes to Options.DNS (the pod's DNS proxy, which answers
+// mesh names over TCP as it does over UDP) instead of passing through to the
+// resolver, which does not know them. It is tracked and counted like a
+// passthrough connection.
+//
 // Ports inside the pod that belong to the mesh (15001, 15006, 15008, 15000,
 // 15020, 15021, 15053) are never a destination: a pod dialling its own
 // capture ports, or a CONNECT naming one, is refused.
@@ -39,6 +45,9 @@ const (
 	PortReadiness = 15021
 	PortDNS       = 15053
 )
+
+// dnsPort is the port of DNS over TCP, which Options.DNS serves.
+const dnsPort = 53
 
 var meshPorts = []uint16{PortOutbound, PortInbound, PortTunnel, PortAdmin, PortMetrics, PortReadiness, PortDNS}
 
@@ -203,6 +212,12 @@ type Options struct {
 	// outbound to mesh destinations.
 	// The stream may have CloseWrite() error for half-close.
 	DialTunnel func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error)
+	// DNS serves a DNS-over-TCP connection the pod opened: one accepted on
+	// 15001 whose original destination orig has port 53. It owns c and
+	// returns once c is closed; c's bytes are counted (received and sent)
+	// and Drain waits for it, then cuts it, as for any connection. Nil
+	// passes such connections through to orig like any other.
+	DNS func(c net.Conn, orig netip.AddrPort)
 	// Tunnel makes the HBONE server of the pod's 15008: h.CheckStream
 	// before accepting a stream (a refusal is answered 403), h.ServeStream
 	// for each accepted one (an error resets it). Nil leaves 15008 closed.

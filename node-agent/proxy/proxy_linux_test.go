@@ -52,6 +52,8 @@ type meshConfig struct {
 	// was going to B's app" and its resolution to B through the tunnel.
 	origDst netip.AddrPort
 	resolve func(dst netip.AddrPort) (Destination, bool)
+	// dns is Options.DNS.
+	dns func(c net.Conn, orig netip.AddrPort)
 }
 
 func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
@@ -107,6 +109,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 			PeerAuth:    func(Pod, uint16) Mode { return cfg.mode },
 			ProbeExempt: cfg.probe,
 			Authorize:   cfg.authorize,
+			DNS:         cfg.dns,
 			Errorf:      t.Logf,
 		}
 	}

@@ -149,6 +149,17 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 		reset(down)
 		return
 	}
+	if o.DNS != nil && dst.Port() == dnsPort {
+		// DNS over TCP: the pod's DNS proxy answers it, mesh names
+		// included, and forwards the rest to dst itself. Counted as a
+		// passthrough connection to a destination outside the mesh.
+		cc := o.Metrics.open(connLabels{reporter: "source", src: o.Pod.Workload})
+		o.DNS(countConn(down, cc), dst)
+		if cc != nil {
+			cc.closed.Inc()
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
 	defer cancel()
 	var up io.ReadWriteCloser

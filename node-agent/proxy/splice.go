@@ -108,6 +108,37 @@ func (c countingWriter) Writev(bufs [][]byte) (int, error) {
 	return n, err
 }
 
+// countedConn is a connection whose reads count as received and writes as
+// sent, for a connection the proxy hands to someone else (Options.DNS).
+type countedConn struct {
+	net.Conn
+	received, sent prometheus.Counter
+}
+
+// countConn counts c's bytes in cc; c itself when cc is nil.
+func countConn(c net.Conn, cc *connCounters) net.Conn {
+	if cc == nil {
+		return c
+	}
+	return &countedConn{Conn: c, received: cc.received, sent: cc.sent}
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.received.Add(float64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.sent.Add(float64(n))
+	}
+	return n, err
+}
+
 func rawIO(c io.ReadWriteCloser) io.ReadWriteCloser {
 	if nc, ok := c.(net.Conn); ok {
 		return rawsock.Wrap(nc)
