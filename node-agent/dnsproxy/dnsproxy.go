@@ -19,12 +19,16 @@
 // ztunnel answer it; forwarded, it would come back NXDOMAIN, one search
 // domain after another, before the mesh name is asked.
 //
-// Only UDP is proxied. DNS over TCP is not captured as DNS: connect4 sends
-// it to the outbound listener (15001) like any TCP, which passes it through
-// to the resolver the app dialled, so mesh names are not answered over TCP.
-// An answer from the mesh is therefore never truncated (TC): it fits what
-// the client takes over UDP (512 bytes, or the size its EDNS0 OPT record
-// advertises, up to 4096) and leaves out the addresses past that.
+// DNS over TCP (dig +tcp, glibc's use-vc, a resolver retrying a truncated
+// answer) is captured like any TCP: connect4 sends it to the outbound
+// listener (15001), which hands a connection to port 53 to ServeTCP (see
+// proxy.Options.DNS) instead of passing it through. ServeTCP answers the
+// same names from the same code, with every address (up to a TCP message's
+// 65535 bytes), and forwards the rest over TCP to the resolver the pod
+// dialled, from the pod's netns with the agent's mark, one upstream
+// connection per client connection. An answer over UDP is never truncated
+// (TC): it fits what the client takes (512 bytes, or the size its EDNS0 OPT
+// record advertises, up to 4096) and leaves out the addresses past that.
 //
 // It must not become an open resolver: it listens only on the pod's
 // loopback, bounds message sizes, concurrency and time, and answers only
@@ -51,9 +55,13 @@ import (
 // Port is where captured queries arrive inside the pod.
 const Port = 15053
 
-// maxMessage bounds a query, a forwarded answer and any answer from the
-// mesh (EDNS0's common size).
+// maxMessage bounds a query, an answer forwarded over UDP and any answer
+// from the mesh over UDP (EDNS0's common size).
 const maxMessage = 4096
+
+// maxTCPMessage is the most a DNS message over TCP holds (its length is a
+// 16-bit prefix, RFC 1035 §4.2.2).
+const maxTCPMessage = 65535
 
 // minUDPMessage is what every client accepts over UDP (RFC 1035 §4.2.1):
 // all a query without an EDNS0 OPT record may be answered with, and the
@@ -98,6 +106,14 @@ type Options struct {
 	SearchDomains []string
 	// TTL is the TTL of answers from the mesh; zero means 5s.
 	TTL time.Duration
+	// IdleTimeout closes a DNS-over-TCP connection that has had no query
+	// for this long and has none in flight; zero means 10s (as common
+	// resolvers do).
+	IdleTimeout time.Duration
+	// MaxPipelined bounds the forwarded queries one TCP connection may
+	// have unanswered; zero means 16. The connection is read no further
+	// until one of them is answered.
+	MaxPipelined int
 	// Errorf reports problems; nil discards them.
 	Errorf func(format string, args ...any)
 	// Poller reads the queries. Nil means poller.Shared().
@@ -111,8 +127,12 @@ type Server struct {
 	watches []*poller.Watch
 	finder  *sockFinder // nil without Options.OriginalDst
 	sem     chan struct{}
-	wg      sync.WaitGroup
-	warned  atomic.Bool // a failed sender lookup was reported
+	wg      sync.WaitGroup // queries in flight and TCP connections served
+	warned  atomic.Bool    // a failed sender lookup was reported
+
+	mu     sync.Mutex
+	closed bool                  // Close was called: ServeTCP serves no more
+	tcp    map[net.Conn]struct{} // the TCP connections ServeTCP serves
 }
 
 // Start listens on the pod's loopback port 15053 (IPv4, and IPv6 when the
@@ -134,11 +154,17 @@ func Start(opts Options) (*Server, error) {
 	if opts.TTL <= 0 {
 		opts.TTL = 5 * time.Second
 	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 10 * time.Second
+	}
+	if opts.MaxPipelined <= 0 {
+		opts.MaxPipelined = 16
+	}
 	if opts.Errorf == nil {
 		opts.Errorf = func(string, ...any) {}
 	}
 	opts.SearchDomains = searchDomains(opts.SearchDomains)
-	s := &Server{opts: opts, sem: make(chan struct{}, opts.MaxInFlight)}
+	s := &Server{opts: opts, sem: make(chan struct{}, opts.MaxInFlight), tcp: map[net.Conn]struct{}{}}
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		pc, err := listenUDP(opts.Netns, net.JoinHostPort(addr, fmt.Sprint(Port)), opts.Mark)
 		if err != nil {
@@ -179,8 +205,15 @@ func Start(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Close stops serving and waits for queries in flight.
+// Close stops serving, closes the TCP connections ServeTCP serves and waits
+// for queries in flight.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.tcp {
+		c.Close()
+	}
+	s.mu.Unlock()
 	for _, w := range s.watches {
 		w.Stop()
 	}
@@ -225,7 +258,7 @@ func (s *Server) serve(pc net.PacketConn, w *poller.Watch) bool {
 		if !wellFormed(q) {
 			continue // never passed on, never answered
 		}
-		if answer, ok := s.local(q); ok {
+		if answer, ok := s.local(q, overUDP); ok {
 			_, _ = pc.WriteTo(answer, from)
 			continue
 		}
@@ -255,10 +288,19 @@ func (s *Server) serve(pc net.PacketConn, w *poller.Watch) bool {
 	return true
 }
 
+// transport is how a query came, which bounds the answer's size.
+type transport int
+
+const (
+	overUDP transport = iota // what the client takes over UDP
+	overTCP                  // up to maxTCPMessage
+)
+
 // local answers a query for a name the mesh knows, or for a search-domain
-// expansion of one. ok is false when the query is to be forwarded (or is
-// malformed: the upstream judges it).
-func (s *Server) local(q []byte) ([]byte, bool) {
+// expansion of one, with an answer sized for the transport the query came
+// over. ok is false when the query is to be forwarded (or is malformed: the
+// upstream judges it).
+func (s *Server) local(q []byte, tr transport) ([]byte, bool) {
 	var p dnsmessage.Parser
 	h, err := p.Start(q)
 	if err != nil || h.Response || h.OpCode != 0 {
@@ -298,14 +340,19 @@ func (s *Server) local(q []byte) ([]byte, bool) {
 		out, err := s.answer(h, question, rcodeBadVersion, "", nil, opt.limit())
 		return out, err == nil
 	}
-	// The answer fits what the client takes over UDP (512 bytes, or the
+	// Over UDP the answer fits what the client takes (512 bytes, or the
 	// size its OPT record advertises, at most maxMessage): the addresses
-	// past it are left out. TC is not set: the client would ask again over
-	// TCP, which reaches a resolver that does not know the mesh's names,
-	// so a truncated answer would become no answer.
+	// past it are left out. TC is not set, as before TCP was answered: a
+	// client uses the addresses it got (one that wants them all asks over
+	// TCP). Over TCP the answer holds every address up to a TCP message's
+	// 65535 bytes; its OPT record still advertises the UDP size the query
+	// did (RFC 6891 §6.2.3).
 	limit, optSize := opt.limit(), 0
 	if opt.present {
 		optSize = limit // an EDNS0 client is answered with an OPT record
+	}
+	if tr == overTCP {
+		limit = maxTCPMessage
 	}
 	for {
 		out, err := s.answer(h, question, dnsmessage.RCodeSuccess, target, records, optSize)

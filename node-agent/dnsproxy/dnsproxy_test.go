@@ -145,7 +145,7 @@ func TestLocalAnswerSize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, ok := s.local(ednsQuery(t, tt.qname, tt.qtype, tt.additionals...))
+			out, ok := s.local(ednsQuery(t, tt.qname, tt.qtype, tt.additionals...), overUDP)
 			if !ok {
 				t.Fatalf("local(%s %s) not answered; want an answer from the mesh", tt.qname, tt.qtype)
 			}
@@ -212,7 +212,7 @@ func TestLocalAnswerSize(t *testing.T) {
 
 	// A name the mesh does not know is forwarded whatever its OPT records
 	// say: the upstream judges them.
-	if _, ok := s.local(ednsQuery(t, "elsewhere.example.", dnsmessage.TypeA, opt(t, 1232, 0), opt(t, 1232, 0))); ok {
+	if _, ok := s.local(ednsQuery(t, "elsewhere.example.", dnsmessage.TypeA, opt(t, 1232, 0), opt(t, 1232, 0)), overUDP); ok {
 		t.Errorf("local(elsewhere.example. A, two OPT records) answered; want it forwarded")
 	}
 }
