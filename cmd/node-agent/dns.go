@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log"
 	"net"
 	"net/netip"
@@ -55,14 +54,14 @@ func (c *clusterDNS) upstream() string {
 // forwards names the mesh does not know to the resolver the pod asked, as
 // dp recorded it; nil (no capture of the pods' DNS) without the mesh, whose
 // model it answers from.
-func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream, clusterDomain string, disabled bool) func(nsPath, namespace string) (io.Closer, error) {
+func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream, clusterDomain string, disabled bool) func(nsPath, namespace string) (agent.DNSServer, error) {
 	mm, ok := m.(*mesh.Mesh)
 	if !ok || disabled {
 		return nil
 	}
 	up := &clusterDNS{client: client, fixed: upstream}
-	return func(nsPath, namespace string) (io.Closer, error) {
-		return dnsproxy.Start(dnsproxy.Options{
+	return func(nsPath, namespace string) (agent.DNSServer, error) {
+		s, err := dnsproxy.Start(dnsproxy.Options{
 			Netns:         nsPath,
 			Lookup:        func(name string) ([]netip.Addr, bool) { return mm.LookupHost(namespace, name) },
 			SearchDomains: dnsproxy.KubeSearchDomains(namespace, clusterDomain),
@@ -71,5 +70,9 @@ func dnsProxies(m agent.Mesh, dp *ebpf.Datapath, client *kube.Client, upstream, 
 			Mark:          agent.DefaultAgentMark,
 			Errorf:        log.Printf,
 		})
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 }

@@ -64,6 +64,15 @@ const (
 	DefaultReturnTable        = 1539
 )
 
+// DNSServer is one pod's DNS proxy (a *dnsproxy.Server).
+type DNSServer interface {
+	// ServeTCP serves a DNS-over-TCP connection the pod opened to the
+	// resolver orig, until c is closed (proxy.Options.DNS).
+	ServeTCP(c net.Conn, orig netip.AddrPort)
+	// Close stops the proxy.
+	Close() error
+}
+
 // Options configures the agent.
 type Options struct {
 	// NodeName is this node. Required.
@@ -77,9 +86,11 @@ type Options struct {
 	// Mesh provides resolution, tunnel and policy. Nil means passthrough.
 	Mesh Mesh
 	// DNS starts the pod's DNS proxy on its loopback port 15053 (where the
-	// data path sends its UDP/53); nil means none, and then the pod's DNS
-	// queries must not be captured (see ebpf.NoCaptureDNS).
-	DNS func(netnsPath, namespace string) (io.Closer, error)
+	// data path sends its UDP/53); the pod's proxy hands it the pod's DNS
+	// over TCP (connections to port 53 captured on 15001). Nil means none,
+	// and then the pod's DNS queries must not be captured (see
+	// ebpf.NoCaptureDNS) and DNS over TCP passes through.
+	DNS func(netnsPath, namespace string) (DNSServer, error)
 	// AgentMark, ReturnMark and ReturnTable: see the constants. Zero means
 	// the default.
 	AgentMark, ReturnMark uint32

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -34,7 +33,7 @@ type enrolledPod struct {
 	cookie uint64
 	rec    ebpf.Pod
 	proxy  *proxy.Proxy
-	dns    io.Closer // nil without a DNS proxy
+	dns    DNSServer // nil without a DNS proxy
 }
 
 // New checks opts and returns an Agent with nothing enrolled.
@@ -130,6 +129,22 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	if err != nil {
 		return err
 	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	// The DNS proxy first: the pod's proxy hands it DNS over TCP.
+	var dns DNSServer
+	if o.DNS != nil {
+		if dns, err = o.DNS(p.Netns, p.Namespace); err != nil {
+			return fmt.Errorf("start the DNS proxy: %w", err)
+		}
+		undo = append(undo, func() { dns.Close() })
+	}
 	pp := a.proxyPod(p)
 	popts := proxy.Options{
 		Pod: pp, Mark: o.AgentMark, ReturnMark: o.ReturnMark,
@@ -145,25 +160,14 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		}
 		popts.PeerAuth, popts.Authorize, popts.PeerWorkload = m.PeerAuth, m.Authorize, m.PeerWorkload
 	}
+	if dns != nil {
+		popts.DNS = dns.ServeTCP
+	}
 	px, err := proxy.Start(popts)
 	if err != nil {
 		return err
 	}
-	undo := []func(){func() { px.Close() }}
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
-	var dns io.Closer
-	if o.DNS != nil {
-		if dns, err = o.DNS(p.Netns, p.Namespace); err != nil {
-			return fmt.Errorf("start the DNS proxy: %w", err)
-		}
-		undo = append(undo, func() { dns.Close() })
-	}
+	undo = append(undo, func() { px.Close() })
 	if err := netns.PrepareReturnPath(p.Netns, netns.ReturnPath{Mark: o.ReturnMark, Table: o.ReturnTable}); err != nil {
 		return err
 	}
