@@ -12,10 +12,12 @@ import (
 // TestDNSProxy: an enrolled pod's DNS goes through the node agent's DNS
 // proxy — cluster names still resolve (forwarded to CoreDNS), a ServiceEntry
 // host that CoreDNS does not know resolves to the entry's address, and the
-// kernel metrics count the captured queries; a pod outside the mesh cannot
-// resolve that host, so the answer came from the mesh. A ServiceEntry
-// exported only to its own namespace (exportTo: ["."]) resolves there and
-// not in another mesh namespace, where one exported everywhere does.
+// kernel metrics count the captured queries; asked over TCP the host resolves
+// the same (the pod's TCP connection to port 53 goes to the DNS proxy); a
+// pod outside the mesh cannot resolve that host, so the answer came from the
+// mesh. A ServiceEntry exported only to its own namespace (exportTo: ["."])
+// resolves there and not in another mesh namespace, where one exported
+// everywhere does.
 func TestDNSProxy(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -60,6 +62,15 @@ spec:
 	if d := sumMetric(t, metrics, "meshlet_kernel_redirect_decisions_total", `decision="captured_dns"`, fmt.Sprintf(`namespace=%q`, ns)) - captured0; d < 2 {
 		t.Errorf("captured DNS queries moved by %v; want at least the 2 lookups", d)
 	}
+	// Over TCP too (glibc's use-vc option, as dig +tcp or a resolver
+	// retrying over TCP): the cluster DNS does not know the host, so only
+	// the pod's DNS proxy answers it.
+	if out, err := lb.ExecInPod(ns, c.Name, "/usr/bin/env", "RES_OPTIONS=use-vc", "/usr/bin/getent", "ahostsv4", host); err != nil || !strings.Contains(out, "198.19.200.10") {
+		t.Errorf("the ServiceEntry host asked over TCP: %v %q; want 198.19.200.10 from the DNS proxy", err, out)
+	}
+	if out, err := lb.ExecInPod(ns, c.Name, "/usr/bin/env", "RES_OPTIONS=use-vc", "/usr/bin/getent", "ahostsv4", "kubernetes.default.svc.cluster.local"); err != nil || !strings.Contains(out, "198.18.128.1") {
+		t.Errorf("kubernetes.default asked over TCP: %v %q; want 198.18.128.1", err, out)
+	}
 
 	lab.WaitFor(t, 30*time.Second, "the ServiceEntry exported to its own namespace resolves there", func() (bool, error) {
 		out, err := getent(ns, c.Name, private)
@@ -79,6 +90,9 @@ spec:
 	outsider := clientPod(t, lb, plain, "outsider", "outsider")
 	if out, err := getent(plain, outsider.Name, host); err == nil {
 		t.Errorf("a pod outside the mesh resolved %s (%q): the cluster DNS knows it, so the test proves nothing", host, out)
+	}
+	if out, err := lb.ExecInPod(plain, outsider.Name, "/usr/bin/env", "RES_OPTIONS=use-vc", "/usr/bin/getent", "ahostsv4", host); err == nil {
+		t.Errorf("a pod outside the mesh resolved %s over TCP (%q): the cluster DNS knows it, so the TCP check proves nothing", host, out)
 	}
 }
 
