@@ -229,7 +229,8 @@ type Listener struct {
 // Accept starts accepting on ln, a TCP listener: serve is called on a new
 // goroutine for every connection, as an accept loop would. Close the
 // returned Listener (not ln) to stop: once its Close returns, serve is not
-// called again. Accepted connections get TCP keep-alive as net.Listen's do.
+// called again. Accepted connections get TCP_NODELAY and keep-alive as
+// net.Listen's do.
 func (p *Poller) Accept(ln net.Listener, serve func(net.Conn)) (*Listener, error) {
 	sc, ok := ln.(syscall.Conn)
 	if !ok {
@@ -280,18 +281,12 @@ func (l *Listener) Close() error {
 }
 
 // fileConn makes a net.Conn of an accepted socket. net.FileConn takes a
-// duplicate and registers it with the runtime; the original is closed.
+// duplicate and registers it with the runtime (with TCP_NODELAY and
+// keep-alive after 15 s idle, as net.Listen's accepted connections get); the
+// original is closed.
 func fileConn(fd int) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "")
 	c, err := net.FileConn(f)
 	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		// What net.ListenConfig's zero KeepAlive gives accepted
-		// connections: probes after 15 s idle, every 15 s, 9 of them.
-		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true})
-	}
-	return c, nil
+	return c, err
 }

@@ -76,19 +76,20 @@ func TestAcceptManyListenersOneGoroutine(t *testing.T) {
 	}
 }
 
-func TestAcceptedConnectionsKeepAlive(t *testing.T) {
+func TestAcceptedConnectionsOptions(t *testing.T) {
 	p := newPoller(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan int, 1)
+	got := make(chan [2]int, 1)
 	l, err := p.Accept(ln, func(c net.Conn) {
 		defer c.Close()
 		rc, _ := c.(*net.TCPConn).SyscallConn()
 		rc.Control(func(fd uintptr) {
-			v, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
-			got <- v
+			ka, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+			nd, _ := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+			got <- [2]int{ka, nd}
 		})
 	})
 	if err != nil {
@@ -102,8 +103,11 @@ func TestAcceptedConnectionsKeepAlive(t *testing.T) {
 	defer c.Close()
 	select {
 	case v := <-got:
-		if v != 1 {
-			t.Errorf("SO_KEEPALIVE on an accepted connection = %d; want 1, as net.Listen's", v)
+		if v[0] != 1 {
+			t.Errorf("SO_KEEPALIVE on an accepted connection = %d; want 1, as net.Listen's", v[0])
+		}
+		if v[1] != 1 {
+			t.Errorf("TCP_NODELAY on an accepted connection = %d; want 1 (Nagle would hold back small writes)", v[1])
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("connection not served")
