@@ -24,6 +24,23 @@ func newPoller(t *testing.T) *Poller {
 	return p
 }
 
+// acceptOn listens on loopback and has p accept there; the listener is
+// closed at the end of the test.
+func acceptOn(t *testing.T, p *Poller, serve func(net.Conn)) *Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.Accept(ln, serve)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func echo(c net.Conn) {
 	defer c.Close()
 	io.Copy(c, c)
@@ -56,17 +73,7 @@ func TestAcceptManyListenersOneGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	var lns []*Listener
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := p.Accept(ln, echo)
-		if err != nil {
-			ln.Close()
-			t.Fatal(err)
-		}
-		lns = append(lns, l)
-		t.Cleanup(func() { l.Close() })
+		lns = append(lns, acceptOn(t, p, echo))
 	}
 	if grew := runtime.NumGoroutine() - before; grew > 0 {
 		t.Errorf("watching %d listeners started %d goroutines; want none", n, grew)
@@ -78,12 +85,8 @@ func TestAcceptManyListenersOneGoroutine(t *testing.T) {
 
 func TestAcceptedConnectionsOptions(t *testing.T) {
 	p := newPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := make(chan [2]int, 1)
-	l, err := p.Accept(ln, func(c net.Conn) {
+	l := acceptOn(t, p, func(c net.Conn) {
 		defer c.Close()
 		rc, _ := c.(*net.TCPConn).SyscallConn()
 		rc.Control(func(fd uintptr) {
@@ -92,10 +95,6 @@ func TestAcceptedConnectionsOptions(t *testing.T) {
 			got <- [2]int{ka, nd}
 		})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -117,15 +116,7 @@ func TestAcceptedConnectionsOptions(t *testing.T) {
 // A burst larger than one wake-up's batch is served in full.
 func TestAcceptBurst(t *testing.T) {
 	p := newPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := p.Accept(ln, echo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := acceptOn(t, p, echo)
 	const n = 3 * acceptBatch
 	var wg sync.WaitGroup
 	var failed atomic.Int32
@@ -178,15 +169,7 @@ func TestListenerCloseStopsServing(t *testing.T) {
 		t.Errorf("serve called %d times after Close; want 0", n)
 	}
 	// The poller goes on serving other listeners.
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l2, err := p.Accept(ln2, echo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l2.Close()
+	l2 := acceptOn(t, p, echo)
 	roundTrip(t, l2.Addr().String(), "still here")
 }
 
@@ -204,15 +187,7 @@ func TestListenerClosedUnderneath(t *testing.T) {
 	}
 	ln.Close()
 	defer l.Close()
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l2, err := p.Accept(ln2, echo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l2.Close()
+	l2 := acceptOn(t, p, echo)
 	roundTrip(t, l2.Addr().String(), "other listener")
 }
 
@@ -285,18 +260,19 @@ func TestStopWaitsForReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	entered, release := make(chan struct{}), make(chan struct{})
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var first sync.Once
 	var after atomic.Bool
 	var stopped atomic.Bool
 	w, err := p.Watch(pc, func(w *Watch) bool {
 		if stopped.Load() {
 			after.Store(true)
 		}
-		select {
-		case entered <- struct{}{}:
+		// The first call holds on until the test has called Stop.
+		first.Do(func() {
+			entered <- struct{}{}
 			<-release
-		default:
-		}
+		})
 		buf := make([]byte, 64)
 		for {
 			var rerr error
