@@ -12,7 +12,8 @@ import (
 // knownProviders are the telemetry providers meshlet's proxies implement:
 // Istio's default names for the built-in access log and tracer. A
 // Telemetry naming another provider is reported (the provider is not
-// configured) but its enable/disable and sampling settings still apply.
+// configured); its accessLogging entries for that provider alone leave the
+// access log as it is, its tracing settings still apply.
 var knownProviders = map[string]bool{"": true, "envoy": true, "otel": true, "opentelemetry": true, "stdout": true}
 
 // applyTelemetry sets each proxy's effective Telemetry API configuration,
@@ -37,7 +38,7 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		for _, al := range c.spec.GetAccessLogging() {
 			for _, p := range al.GetProviders() {
 				if !knownProviders[p.GetName()] {
-					r.warn("accessLogging provider %q is not configured in meshlet; the proxy's JSON access log is used", p.GetName())
+					r.warn("accessLogging provider %q is not configured in meshlet; entries naming only it leave the proxy's JSON access log as it is", p.GetName())
 				}
 			}
 		}
@@ -73,9 +74,8 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 			// Oldest first, so the first setting found at a level is the one kept.
 			var log, sampling, metrics bool
 			for _, c := range level {
-				if v, ok := accessLogSetting(c.spec); ok && !log {
-					t.AccessLog, log = &v, true
-					t.AccessLogFilter = c.spec.GetAccessLogging()[0].GetFilter().GetExpression()
+				if v, filter, ok := accessLogSetting(c.spec); ok && !log {
+					t.AccessLog, t.AccessLogFilter, log = &v, filter, true
 				}
 				if v, ok := samplingSetting(c.spec); ok && !sampling {
 					t.TraceSampling, sampling = &v, true
@@ -138,46 +138,119 @@ func (bd *build) telemetryTargets(c config[telemetryapi.Telemetry], name model.N
 	return true
 }
 
-// accessLogSetting is the Telemetry's access logging switch: logging is on
-// unless its (first, Istio-wide) accessLogging entry says disabled.
-func accessLogSetting(t *telemetryapi.Telemetry) (bool, bool) {
-	als := t.GetAccessLogging()
-	if len(als) == 0 {
-		return false, false
-	}
-	if d := als[0].GetDisabled(); d != nil {
-		return !d.GetValue(), true
-	}
-	return true, true
+// waypointMode is the workload mode whose settings a waypoint takes.
+// Istio builds a waypoint's listeners, their access logs, tracing and
+// metrics as ListenerClassSidecarInbound (pilot/pkg/networking/core/
+// listener_waypoint.go), which workloadMode (pilot/pkg/model/telemetry.go)
+// turns into SERVER: tracing takes the ServerSpec and metrics the
+// ServerMetrics. So a waypoint follows entries whose match.mode is SERVER
+// or CLIENT_AND_SERVER (the default) and ignores CLIENT ones.
+const waypointMode = telemetryapi.WorkloadMode_SERVER
+
+// appliesToWaypoint reports whether a match.mode selects the waypoint.
+func appliesToWaypoint(m telemetryapi.WorkloadMode) bool {
+	return m == telemetryapi.WorkloadMode_CLIENT_AND_SERVER || m == waypointMode
 }
 
+// accessLogSetting is the Telemetry's switch and filter for the proxy's
+// JSON access log, which stands for Istio's default envoy file provider,
+// and whether the Telemetry has one. As Istio's mergeLogs decides for one
+// provider: of the entries that name the log's provider (or name none and
+// inherit the providers of the entry before them, the first the mesh's
+// default, which is the log) and whose match mode applies to a waypoint,
+// the last one wins, disabled or not; an entry whose providers are all
+// ones meshlet does not serve leaves the log alone. The winning entry's
+// filter goes with it (an off log has none).
+//
+// Two things Istio does that meshlet does not: it takes the filter only
+// from entries that name their providers (a filter on an entry with no
+// providers is dropped there; here it is kept, as the entry asks), and a
+// Telemetry whose entries name only other providers takes the log out of
+// scope below it, turning it off (here such a Telemetry changes nothing).
+func accessLogSetting(t *telemetryapi.Telemetry) (on bool, filter string, ok bool) {
+	var parent []*telemetryapi.ProviderRef
+	for _, al := range t.GetAccessLogging() {
+		providers := al.GetProviders()
+		if len(providers) == 0 {
+			providers = parent
+		}
+		parent = providers
+		if !appliesToWaypoint(al.GetMatch().GetMode()) || !servesLog(providers) {
+			continue
+		}
+		on, filter, ok = !al.GetDisabled().GetValue(), "", true
+		if on {
+			filter = al.GetFilter().GetExpression()
+		}
+	}
+	return on, filter, ok
+}
+
+// servesLog reports whether an entry with these providers is about the
+// proxy's access log: none (the default provider) or one meshlet serves.
+func servesLog(providers []*telemetryapi.ProviderRef) bool {
+	if len(providers) == 0 {
+		return true
+	}
+	for _, p := range providers {
+		if knownProviders[p.GetName()] {
+			return true
+		}
+	}
+	return false
+}
+
+// samplingSetting is the Telemetry's trace sampling for a waypoint, and
+// whether it has one. As Istio's Tracing merges them, each tracing entry
+// whose match mode applies to a waypoint overrides the settings it sets,
+// later entries over earlier ones, whatever their providers (Istio keeps
+// one tracer per mode); disableSpanReporting true means no sampling.
 func samplingSetting(t *telemetryapi.Telemetry) (float64, bool) {
+	var disabled, set bool
+	var pct float64
 	for _, tr := range t.GetTracing() {
-		if d := tr.GetDisableSpanReporting(); d != nil && d.GetValue() {
-			return 0, true
+		if !appliesToWaypoint(tr.GetMatch().GetMode()) {
+			continue
+		}
+		if d := tr.GetDisableSpanReporting(); d != nil {
+			disabled = d.GetValue()
 		}
 		if v := tr.GetRandomSamplingPercentage(); v != nil {
-			return v.GetValue(), true
+			pct, set = v.GetValue(), true
 		}
+	}
+	switch {
+	case disabled:
+		return 0, true
+	case set:
+		return pct, true
 	}
 	return 0, false
 }
 
 // metricsSetting is the switch for Istio's request metrics: an override
-// of ALL_METRICS (or with no match) with disabled set.
-func metricsSetting(t *telemetryapi.Telemetry) (bool, bool) {
+// of every metric (match.metric ALL_METRICS or no metric named) with
+// disabled set, whose match mode applies to a waypoint. The overrides are
+// an ordered list in Istio (mergeMetrics), the last one winning.
+func metricsSetting(t *telemetryapi.Telemetry) (on bool, ok bool) {
 	for _, m := range t.GetMetrics() {
 		for _, o := range m.GetOverrides() {
-			if o.GetDisabled() == nil {
+			if o.GetDisabled() == nil || !appliesToWaypoint(o.GetMatch().GetMode()) {
 				continue
 			}
-			if mt := o.GetMatch(); mt != nil && mt.GetMetric() != telemetryapi.MetricSelector_ALL_METRICS {
+			switch mm := o.GetMatch().GetMetricMatch().(type) {
+			case nil:
+			case *telemetryapi.MetricSelector_Metric:
+				if mm.Metric != telemetryapi.MetricSelector_ALL_METRICS {
+					continue
+				}
+			default: // a custom metric
 				continue
 			}
-			return !o.GetDisabled().GetValue(), true
+			on, ok = !o.GetDisabled().GetValue(), true
 		}
 	}
-	return false, false
+	return on, ok
 }
 
 // checkAccessLogFilter compiles the filters of t's access logging, as the

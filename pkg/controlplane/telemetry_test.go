@@ -101,6 +101,156 @@ spec:
 `},
 		want:     model.L7Telemetry{AccessLog: &on, TraceSampling: pct(1)},
 		rejected: "accessLogging[0].filter: filter expression",
+	}, {
+		name: "an entry disabling a provider meshlet does not serve leaves the log on",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: two-sinks, namespace: bookinfo}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+  - providers: [{name: custom-als}]
+    disabled: true
+`},
+		want:     model.L7Telemetry{AccessLog: &on},
+		rejected: `provider "custom-als" is not configured in meshlet`,
+	}, {
+		name: "an entry with only a provider meshlet does not serve falls through to the mesh",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-quiet, namespace: istio-system}
+spec:
+  accessLogging: [{disabled: true}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: als, namespace: bookinfo}
+spec:
+  accessLogging: [{providers: [{name: custom-als}], filter: {expression: "response.code >= 500"}}]
+`},
+		want:     model.L7Telemetry{AccessLog: &off},
+		rejected: `provider "custom-als" is not configured in meshlet`,
+	}, {
+		name: "an entry with no providers after one naming another provider inherits it",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: als, namespace: bookinfo}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+  - providers: [{name: custom-als}]
+  - disabled: true
+`},
+		want:     model.L7Telemetry{AccessLog: &on},
+		rejected: `provider "custom-als" is not configured in meshlet`,
+	}, {
+		name: "a CLIENT entry does not apply to a waypoint (Istio builds it as SERVER)",
+		docs: []string{mesh, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-outbound-logs, namespace: bookinfo}
+spec:
+  accessLogging: [{match: {mode: CLIENT}, disabled: true}]
+  tracing: [{match: {mode: CLIENT}, randomSamplingPercentage: 50}]
+  metrics: [{overrides: [{match: {metric: ALL_METRICS, mode: CLIENT}, disabled: true}]}]
+`},
+		want: model.L7Telemetry{AccessLog: &on, TraceSampling: pct(1)},
+	}, {
+		name: "SERVER entries apply to a waypoint",
+		docs: []string{mesh, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-inbound-logs, namespace: bookinfo}
+spec:
+  accessLogging: [{match: {mode: SERVER}, disabled: true}]
+  tracing: [{match: {mode: SERVER}, randomSamplingPercentage: 50}]
+  metrics: [{overrides: [{match: {mode: SERVER}, disabled: true}]}]
+`},
+		want: model.L7Telemetry{AccessLog: &off, TraceSampling: pct(50), RequestMetrics: &off},
+	}, {
+		name: "the filter of the last applying entry is carried",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: filters, namespace: bookinfo}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 500"}
+  - match: {mode: SERVER}
+    providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+  - match: {mode: CLIENT}
+    providers: [{name: envoy}]
+    filter: {expression: "response.code >= 300"}
+  - providers: [{name: custom-als}]
+    filter: {expression: "response.code >= 200"}
+`},
+		want:     model.L7Telemetry{AccessLog: &on, AccessLogFilter: "response.code >= 400"},
+		rejected: `provider "custom-als" is not configured in meshlet`,
+	}, {
+		name: "a later entry that disables the log wins, and takes the filter with it",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: off-after-all, namespace: bookinfo}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+  - providers: [{name: envoy}]
+    disabled: true
+`},
+		want: model.L7Telemetry{AccessLog: &off},
+	}, {
+		name: "a later entry that enables the log again wins",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: on-again, namespace: bookinfo}
+spec:
+  accessLogging:
+  - disabled: true
+  - match: {mode: CLIENT_AND_SERVER}
+    filter: {expression: "response.code >= 400"}
+`},
+		want: model.L7Telemetry{AccessLog: &on, AccessLogFilter: "response.code >= 400"},
+	}, {
+		name: "later tracing and metrics entries override earlier ones",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: layered, namespace: bookinfo}
+spec:
+  tracing:
+  - randomSamplingPercentage: 10
+  - match: {mode: SERVER}
+    randomSamplingPercentage: 20
+  - match: {mode: CLIENT}
+    disableSpanReporting: true
+  metrics:
+  - overrides: [{match: {metric: ALL_METRICS}, disabled: true}]
+  - overrides:
+    - match: {customMetric: my_metric}
+      disabled: true
+    - match: {metric: ALL_METRICS, mode: SERVER}
+      disabled: false
+`},
+		want: model.L7Telemetry{TraceSampling: pct(20), RequestMetrics: &on},
+	}, {
+		name: "span reporting disabled for the waypoint's mode means no sampling",
+		docs: []string{mesh, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-spans, namespace: bookinfo}
+spec:
+  tracing:
+  - match: {mode: SERVER}
+    disableSpanReporting: true
+  - randomSamplingPercentage: 30
+`},
+		want: model.L7Telemetry{AccessLog: &on, TraceSampling: pct(0)},
+	}, {
+		name: "a custom metric's override is not the request metrics switch",
+		docs: []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: custom, namespace: bookinfo}
+spec:
+  metrics: [{overrides: [{match: {customMetric: my_metric}, disabled: true}]}]
+`},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
