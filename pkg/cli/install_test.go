@@ -97,7 +97,7 @@ func TestUninstallRefusesWithoutConfirmation(t *testing.T) {
 }
 
 func TestWaypointGateway(t *testing.T) {
-	u, err := WaypointGateway("bookinfo", "waypoint", "all")
+	u, err := WaypointGateway("bookinfo", "waypoint", "all", "meshlet-waypoint")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,13 +105,16 @@ func TestWaypointGateway(t *testing.T) {
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, &gw, true); err != nil {
 		t.Fatalf("waypoint does not decode as a Gateway API Gateway: %v", err)
 	}
-	if gw.Spec.GatewayClassName != "istio-waypoint" || len(gw.Spec.Listeners) != 1 ||
+	if gw.Spec.GatewayClassName != "meshlet-waypoint" || len(gw.Spec.Listeners) != 1 ||
 		gw.Spec.Listeners[0].Name != "mesh" || gw.Spec.Listeners[0].Port != 15008 || gw.Spec.Listeners[0].Protocol != "HBONE" ||
 		gw.Labels["istio.io/waypoint-for"] != "all" || gw.Namespace != "bookinfo" {
 		t.Errorf("waypoint Gateway = %+v", gw)
 	}
-	if _, err := WaypointGateway("ns", "w", "pods"); err == nil || !strings.Contains(err.Error(), "use service, workload, all or none") {
+	if _, err := WaypointGateway("ns", "w", "pods", "meshlet-waypoint"); err == nil || !strings.Contains(err.Error(), "use service, workload, all or none") {
 		t.Errorf("bad --for error = %v", err)
+	}
+	if _, err := WaypointGateway("ns", "w", "all", "meshlet"); err == nil || !strings.Contains(err.Error(), "use meshlet-waypoint or istio-waypoint") {
+		t.Errorf("ingress class for a waypoint: error = %v", err)
 	}
 }
 

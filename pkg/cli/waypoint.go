@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -12,12 +14,76 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/meshlet/meshlet/pkg/controlplane"
 )
 
-// WaypointClass is the GatewayClass of waypoints, as Istio names it.
-const WaypointClass = "istio-waypoint"
+// The GatewayClasses of waypoints, both served by meshd. The chart
+// installs WaypointClass always and IstioWaypointClass only with
+// gatewayClasses.istioNames (the name may be Istio's own class).
+const (
+	// WaypointClass is meshlet's name for the waypoint class.
+	WaypointClass = "meshlet-waypoint"
+	// IstioWaypointClass is Istio's name for it.
+	IstioWaypointClass = "istio-waypoint"
+)
 
-var gatewayResource = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
+var (
+	gatewayResource      = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
+	gatewayClassResource = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gatewayclasses"}
+)
+
+// isWaypointClass reports whether Gateways of class are meshlet waypoints.
+func isWaypointClass(class string) bool {
+	return class == WaypointClass || class == IstioWaypointClass
+}
+
+// isWaypoint reports whether gw is a Gateway of a waypoint class.
+func isWaypoint(gw *unstructured.Unstructured) bool {
+	class, _, _ := unstructured.NestedString(gw.Object, "spec", "gatewayClassName")
+	return isWaypointClass(class)
+}
+
+// pickWaypointClass is the class `waypoint apply` gives a waypoint when
+// --gateway-class is not set: the class of the waypoint Gateway that is
+// already there (existing, "" when there is none), so that applying again
+// changes nothing; else Istio's name when the cluster has a GatewayClass
+// istio-waypoint that is meshd's (istio and istioErr are the result of
+// reading it), so that users coming from Istio keep its name; else
+// meshlet's name, whose GatewayClass the chart always installs. Not being
+// allowed to read GatewayClasses, or there being none of that name (or no
+// GatewayClass CRD), is no error: meshlet's name is used.
+func pickWaypointClass(existing string, istio *unstructured.Unstructured, istioErr error) (string, error) {
+	if isWaypointClass(existing) {
+		return existing, nil
+	}
+	switch {
+	case apierrors.IsNotFound(istioErr) || apierrors.IsForbidden(istioErr):
+		return WaypointClass, nil
+	case istioErr != nil:
+		return "", fmt.Errorf("read GatewayClass %s: %w (choose one with --gateway-class)", IstioWaypointClass, istioErr)
+	}
+	if c, _, _ := unstructured.NestedString(istio.Object, "spec", "controllerName"); c == string(controlplane.ControllerName) {
+		return IstioWaypointClass, nil
+	}
+	return WaypointClass, nil
+}
+
+// waypointClass reads what pickWaypointClass decides on: the Gateway
+// ns/name, if it is there, and GatewayClass istio-waypoint.
+func waypointClass(ctx context.Context, dyn dynamic.Interface, ns, name string) (string, error) {
+	var existing string
+	gw, err := dyn.Resource(gatewayResource).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		existing, _, _ = unstructured.NestedString(gw.Object, "spec", "gatewayClassName")
+	case !apierrors.IsNotFound(err) && !apierrors.IsForbidden(err):
+		return "", fmt.Errorf("read Gateway %s/%s: %w", ns, name, err)
+	}
+	gc, err := dyn.Resource(gatewayClassResource).Get(ctx, IstioWaypointClass, metav1.GetOptions{})
+	return pickWaypointClass(existing, gc, err)
+}
 
 // waypointOptions are the waypoint commands' flags.
 type waypointOptions struct {
@@ -29,14 +95,32 @@ type waypointOptions struct {
 	forTraffic string
 	// enroll labels the namespace istio.io/use-waypoint=<name>.
 	enroll bool
+	// class is the waypoint's GatewayClass; "" picks one (waypointClass).
+	class string
 }
 
-// WaypointGateway returns the Gateway API Gateway of a waypoint.
-func WaypointGateway(ns, name, forTraffic string) (*unstructured.Unstructured, error) {
+// checkWaypointFlags checks the --for and --gateway-class of `waypoint
+// apply` ("" is a valid class: one is picked).
+func checkWaypointFlags(forTraffic, class string) error {
 	switch forTraffic {
 	case "service", "workload", "all", "none":
 	default:
-		return nil, fmt.Errorf("unknown --for %q: use service, workload, all or none", forTraffic)
+		return fmt.Errorf("unknown --for %q: use service, workload, all or none", forTraffic)
+	}
+	if class != "" && !isWaypointClass(class) {
+		return fmt.Errorf("unknown --gateway-class %q: use %s or %s", class, WaypointClass, IstioWaypointClass)
+	}
+	return nil
+}
+
+// WaypointGateway returns the Gateway API Gateway of a waypoint of the
+// given GatewayClass (WaypointClass or IstioWaypointClass).
+func WaypointGateway(ns, name, forTraffic, class string) (*unstructured.Unstructured, error) {
+	if err := checkWaypointFlags(forTraffic, class); err != nil {
+		return nil, err
+	}
+	if class == "" {
+		return nil, errors.New("waypoint Gateway: no GatewayClass")
 	}
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "gateway.networking.k8s.io/v1",
@@ -47,7 +131,7 @@ func WaypointGateway(ns, name, forTraffic string) (*unstructured.Unstructured, e
 			"labels":    map[string]any{LabelWaypointFor: forTraffic},
 		},
 		"spec": map[string]any{
-			"gatewayClassName": WaypointClass,
+			"gatewayClassName": class,
 			"listeners": []any{map[string]any{
 				"name":     "mesh",
 				"port":     int64(15008),
@@ -69,8 +153,7 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 		Short: "Create or update a waypoint",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			gw, err := WaypointGateway(o.namespace, o.name, o.forTraffic)
-			if err != nil {
+			if err := checkWaypointFlags(o.forTraffic, o.class); err != nil {
 				return err
 			}
 			c, err := g.clients()
@@ -78,6 +161,16 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 				return err
 			}
 			ctx := ctxOf(cmd)
+			class := o.class
+			if class == "" {
+				if class, err = waypointClass(ctx, c.dynamic, o.namespace, o.name); err != nil {
+					return err
+				}
+			}
+			gw, err := WaypointGateway(o.namespace, o.name, o.forTraffic, class)
+			if err != nil {
+				return err
+			}
 			data, err := json.Marshal(gw.Object)
 			if err != nil {
 				return fmt.Errorf("encode waypoint: %w", err)
@@ -87,7 +180,7 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("apply waypoint %s/%s: %w (are the Gateway API CRDs installed? run meshctl install)", o.namespace, o.name, err)
 			}
-			fmt.Fprintf(s.Out, "✔ waypoint %s/%s applied (for %s traffic).\n", o.namespace, o.name, o.forTraffic)
+			fmt.Fprintf(s.Out, "✔ waypoint %s/%s applied (for %s traffic, GatewayClass %s).\n", o.namespace, o.name, o.forTraffic, class)
 			if o.enroll {
 				if err := labelNamespace(ctx, g, o.namespace, map[string]any{LabelUseWaypoint: o.name}); err != nil {
 					return err
@@ -102,6 +195,7 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 	apply.Flags().StringVar(&o.name, "name", "waypoint", "waypoint name")
 	apply.Flags().StringVar(&o.forTraffic, "for", "service", "traffic the waypoint handles: service, workload, all or none")
 	apply.Flags().BoolVar(&o.enroll, "enroll-namespace", false, "label the namespace to use this waypoint")
+	apply.Flags().StringVar(&o.class, "gateway-class", "", "GatewayClass of the waypoint: "+WaypointClass+" or "+IstioWaypointClass+" (default: the existing waypoint's, else "+IstioWaypointClass+" if that GatewayClass is meshlet's, else "+WaypointClass+")")
 
 	del := &cobra.Command{
 		Use:   "delete [name]",
@@ -117,7 +211,20 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 				return err
 			}
 			ctx := ctxOf(cmd)
-			err = c.dynamic.Resource(gatewayResource).Namespace(o.namespace).Delete(ctx, name, metav1.DeleteOptions{})
+			gws := c.dynamic.Resource(gatewayResource).Namespace(o.namespace)
+			// A Gateway of another class (an ingress gateway) is not
+			// deleted; without the right to read it, it is deleted unseen.
+			gw, err := gws.Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case err == nil && !isWaypoint(gw):
+				class, _, _ := unstructured.NestedString(gw.Object, "spec", "gatewayClassName")
+				return fmt.Errorf("not deleted: Gateway %s/%s is not a waypoint (GatewayClass %q)", o.namespace, name, class)
+			case err == nil:
+				uid := gw.GetUID()
+				err = gws.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+			case apierrors.IsForbidden(err):
+				err = gws.Delete(ctx, name, metav1.DeleteOptions{})
+			}
 			if apierrors.IsNotFound(err) {
 				fmt.Fprintf(s.Out, "waypoint %s/%s does not exist; nothing to do.\n", o.namespace, name)
 				return nil
@@ -154,22 +261,8 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("list Gateways: %w (are the Gateway API CRDs installed? run meshctl install)", err)
 			}
-			tw := tabwriter.NewWriter(s.Out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAMESPACE\tNAME\tFOR\tPROGRAMMED")
-			n := 0
-			for i := range l.Items {
-				gw := &l.Items[i]
-				if cls, _, _ := unstructured.NestedString(gw.Object, "spec", "gatewayClassName"); cls != WaypointClass {
-					continue
-				}
-				n++
-				forT := gw.GetLabels()[LabelWaypointFor]
-				if forT == "" {
-					forT = "service"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%t\n", gw.GetNamespace(), gw.GetName(), forT, conditionTrue(gw, "Programmed"))
-			}
-			if err := tw.Flush(); err != nil {
+			n, err := printWaypoints(s.Out, l.Items)
+			if err != nil {
 				return err
 			}
 			if n == 0 {
@@ -181,6 +274,28 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 	list.Flags().BoolVarP(&allNS, "all-namespaces", "A", false, "list waypoints in every namespace")
 	cmd.AddCommand(apply, del, list)
 	return cmd
+}
+
+// printWaypoints writes the table of `waypoint list`: the Gateways among
+// gws of either waypoint class. It returns how many it wrote.
+func printWaypoints(w io.Writer, gws []unstructured.Unstructured) (int, error) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tCLASS\tFOR\tPROGRAMMED")
+	n := 0
+	for i := range gws {
+		gw := &gws[i]
+		if !isWaypoint(gw) {
+			continue
+		}
+		n++
+		class, _, _ := unstructured.NestedString(gw.Object, "spec", "gatewayClassName")
+		forT := gw.GetLabels()[LabelWaypointFor]
+		if forT == "" {
+			forT = "service"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\n", gw.GetNamespace(), gw.GetName(), class, forT, conditionTrue(gw, "Programmed"))
+	}
+	return n, tw.Flush()
 }
 
 func ctxOf(cmd *cobra.Command) context.Context {
