@@ -69,18 +69,19 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 				levels[0] = append(levels[0], c)
 			}
 		}
+		mode := bd.proxyMode(name)
 		var t model.L7Telemetry
 		for _, level := range levels {
 			// Oldest first, so the first setting found at a level is the one kept.
 			var log, sampling, metrics bool
 			for _, c := range level {
-				if v, filter, ok := accessLogSetting(c.spec); ok && !log {
+				if v, filter, ok := accessLogSetting(c.spec, mode); ok && !log {
 					t.AccessLog, t.AccessLogFilter, log = &v, filter, true
 				}
-				if v, ok := samplingSetting(c.spec); ok && !sampling {
+				if v, ok := samplingSetting(c.spec, mode); ok && !sampling {
 					t.TraceSampling, sampling = &v, true
 				}
-				if v, ok := metricsSetting(c.spec); ok && !metrics {
+				if v, ok := metricsSetting(c.spec, mode); ok && !metrics {
 					t.RequestMetrics, metrics = &v, true
 				}
 			}
@@ -138,18 +139,26 @@ func (bd *build) telemetryTargets(c config[telemetryapi.Telemetry], name model.N
 	return true
 }
 
-// waypointMode is the workload mode whose settings a waypoint takes.
-// Istio builds a waypoint's listeners, their access logs, tracing and
-// metrics as ListenerClassSidecarInbound (pilot/pkg/networking/core/
-// listener_waypoint.go), which workloadMode (pilot/pkg/model/telemetry.go)
-// turns into SERVER: tracing takes the ServerSpec and metrics the
-// ServerMetrics. So a waypoint follows entries whose match.mode is SERVER
-// or CLIENT_AND_SERVER (the default) and ignores CLIENT ones.
-const waypointMode = telemetryapi.WorkloadMode_SERVER
+// proxyMode is the workload mode whose Telemetry entries the proxy name
+// takes. Istio builds a waypoint's listeners, their access logs, tracing
+// and metrics as ListenerClassSidecarInbound (pilot/pkg/networking/core/
+// listener_waypoint.go), which its workloadMode (pilot/pkg/model/
+// telemetry.go) makes SERVER: tracing takes the ServerSpec and metrics
+// the ServerMetrics. An ingress gateway's are ListenerClassGateway
+// (core/gateway.go, listener.go), which is CLIENT. A waypoint thus
+// follows entries whose match.mode is SERVER or CLIENT_AND_SERVER (the
+// default) and ignores CLIENT ones; an ingress gateway the reverse.
+func (bd *build) proxyMode(name model.NamespacedName) telemetryapi.WorkloadMode {
+	if _, ok := bd.waypoints[name]; ok {
+		return telemetryapi.WorkloadMode_SERVER
+	}
+	return telemetryapi.WorkloadMode_CLIENT
+}
 
-// appliesToWaypoint reports whether a match.mode selects the waypoint.
-func appliesToWaypoint(m telemetryapi.WorkloadMode) bool {
-	return m == telemetryapi.WorkloadMode_CLIENT_AND_SERVER || m == waypointMode
+// modeApplies reports whether an entry's match.mode m selects a proxy of
+// workload mode proxy.
+func modeApplies(m, proxy telemetryapi.WorkloadMode) bool {
+	return m == telemetryapi.WorkloadMode_CLIENT_AND_SERVER || m == proxy
 }
 
 // accessLogSetting is the Telemetry's switch and filter for the proxy's
@@ -157,7 +166,7 @@ func appliesToWaypoint(m telemetryapi.WorkloadMode) bool {
 // and whether the Telemetry has one. As Istio's mergeLogs decides for one
 // provider: of the entries that name the log's provider (or name none and
 // inherit the providers of the entry before them, the first the mesh's
-// default, which is the log) and whose match mode applies to a waypoint,
+// default, which is the log) and whose match mode applies to the proxy,
 // the last one wins, disabled or not; an entry whose providers are all
 // ones meshlet does not serve leaves the log alone. The winning entry's
 // filter goes with it (an off log has none).
@@ -167,7 +176,7 @@ func appliesToWaypoint(m telemetryapi.WorkloadMode) bool {
 // providers is dropped there; here it is kept, as the entry asks), and a
 // Telemetry whose entries name only other providers takes the log out of
 // scope below it, turning it off (here such a Telemetry changes nothing).
-func accessLogSetting(t *telemetryapi.Telemetry) (on bool, filter string, ok bool) {
+func accessLogSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) (on bool, filter string, ok bool) {
 	var parent []*telemetryapi.ProviderRef
 	for _, al := range t.GetAccessLogging() {
 		providers := al.GetProviders()
@@ -175,7 +184,7 @@ func accessLogSetting(t *telemetryapi.Telemetry) (on bool, filter string, ok boo
 			providers = parent
 		}
 		parent = providers
-		if !appliesToWaypoint(al.GetMatch().GetMode()) || !servesLog(providers) {
+		if !modeApplies(al.GetMatch().GetMode(), mode) || !servesLog(providers) {
 			continue
 		}
 		on, filter, ok = !al.GetDisabled().GetValue(), "", true
@@ -200,16 +209,16 @@ func servesLog(providers []*telemetryapi.ProviderRef) bool {
 	return false
 }
 
-// samplingSetting is the Telemetry's trace sampling for a waypoint, and
-// whether it has one. As Istio's Tracing merges them, each tracing entry
-// whose match mode applies to a waypoint overrides the settings it sets,
+// samplingSetting is the Telemetry's trace sampling for a proxy of the
+// given mode, and whether it has one. As Istio's Tracing merges them, each
+// tracing entry whose match mode applies overrides the settings it sets,
 // later entries over earlier ones, whatever their providers (Istio keeps
 // one tracer per mode); disableSpanReporting true means no sampling.
-func samplingSetting(t *telemetryapi.Telemetry) (float64, bool) {
+func samplingSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) (float64, bool) {
 	var disabled, set bool
 	var pct float64
 	for _, tr := range t.GetTracing() {
-		if !appliesToWaypoint(tr.GetMatch().GetMode()) {
+		if !modeApplies(tr.GetMatch().GetMode(), mode) {
 			continue
 		}
 		if d := tr.GetDisableSpanReporting(); d != nil {
@@ -230,12 +239,12 @@ func samplingSetting(t *telemetryapi.Telemetry) (float64, bool) {
 
 // metricsSetting is the switch for Istio's request metrics: an override
 // of every metric (match.metric ALL_METRICS or no metric named) with
-// disabled set, whose match mode applies to a waypoint. The overrides are
+// disabled set, whose match mode applies to the proxy. The overrides are
 // an ordered list in Istio (mergeMetrics), the last one winning.
-func metricsSetting(t *telemetryapi.Telemetry) (on bool, ok bool) {
+func metricsSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) (on bool, ok bool) {
 	for _, m := range t.GetMetrics() {
 		for _, o := range m.GetOverrides() {
-			if o.GetDisabled() == nil || !appliesToWaypoint(o.GetMatch().GetMode()) {
+			if o.GetDisabled() == nil || !modeApplies(o.GetMatch().GetMode(), mode) {
 				continue
 			}
 			switch mm := o.GetMatch().GetMetricMatch().(type) {

@@ -274,3 +274,35 @@ spec:
 		})
 	}
 }
+
+// TestTelemetryModeByProxy: a waypoint takes the SERVER entries of a
+// Telemetry and an ingress gateway the CLIENT ones, as Istio builds their
+// listeners (inbound and gateway listeners).
+func TestTelemetryModeByProxy(t *testing.T) {
+	off := false
+	pct := func(v float64) *float64 { return &v }
+	snap, _ := mustBuild(t, inputs(t, bookinfo(bookinfoIngress, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: by-mode, namespace: bookinfo}
+spec:
+  accessLogging: [{match: {mode: CLIENT}, disabled: true}]
+  tracing: [{match: {mode: SERVER}, randomSamplingPercentage: 50}]
+  metrics: [{overrides: [{match: {mode: CLIENT}, disabled: true}]}]
+`)...))
+	tests := []struct {
+		proxy string
+		want  model.L7Telemetry
+	}{
+		{"waypoint", model.L7Telemetry{TraceSampling: pct(50)}},
+		{"bookinfo-gateway", model.L7Telemetry{AccessLog: &off, RequestMetrics: &off}},
+	}
+	for _, tt := range tests {
+		cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: tt.proxy})
+		if !ok {
+			t.Fatalf("no L7 config for %s", tt.proxy)
+		}
+		if d := cmp.Diff(tt.want, cfg.Telemetry); d != "" {
+			t.Errorf("%s telemetry (-want +got):\n%s", tt.proxy, d)
+		}
+	}
+}
