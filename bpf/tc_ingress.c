@@ -4,7 +4,8 @@
  * pod's netns: a TCP SYN to any local port but 15008 (HBONE), the inbound
  * listener's own port and ml_in_exclude ports, not carrying
  * ml_config.tc_skip_mark and not from an ml_in_skip_src address (kubelet's
- * probes), is assigned to the listener on the inbound port (15006) for the
+ * probes), and not a kubelet probe (a port in ml_in_probe for the
+ * destination, from an ml_probe_src address), is assigned to the listener on the inbound port (15006) for the
  * same destination address with bpf_skc_lookup_tcp +
  * bpf_sk_assign; the accepted socket keeps the original local address. If no
  * such listener exists the packet passes untouched. The program needs no
@@ -35,6 +36,7 @@ int ml_tc_ingress(struct __sk_buff *skb)
 	__u32 tuple_len;
 	struct tcphdr *tcp;
 	struct ml_ip src = {};
+	struct ml_probe_key probe = {};
 
 	if ((void *)(eth + 1) > end)
 		return TC_ACT_UNSPEC;
@@ -49,6 +51,7 @@ int ml_tc_ingress(struct __sk_buff *skb)
 			return TC_ACT_UNSPEC;
 		tuple.ipv4.saddr = ip->saddr;
 		ml_v4mapped(src.ip, ip->saddr);
+		ml_v4mapped(probe.ip, ip->daddr);
 		tuple.ipv4.daddr = ip->daddr;
 		tuple.ipv4.sport = tcp->source;
 		tuple_len = sizeof(tuple.ipv4);
@@ -61,6 +64,7 @@ int ml_tc_ingress(struct __sk_buff *skb)
 			return TC_ACT_UNSPEC;
 		__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(src.ip, &ip6->saddr, 16);
+		__builtin_memcpy(probe.ip, &ip6->daddr, 16);
 		__builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
 		tuple.ipv6.sport = tcp->source;
 		tuple_len = sizeof(tuple.ipv6);
@@ -87,6 +91,12 @@ int ml_tc_ingress(struct __sk_buff *skb)
 	if (bpf_map_lookup_elem(&ml_in_skip_src, &src)) {
 		if (st)
 			ML_INC(st->passed_source);
+		return TC_ACT_UNSPEC;
+	}
+	probe.port = dport;
+	if (bpf_map_lookup_elem(&ml_probe_src, &src) && bpf_map_lookup_elem(&ml_in_probe, &probe)) {
+		if (st)
+			ML_INC(st->passed_probe);
 		return TC_ACT_UNSPEC;
 	}
 

@@ -107,6 +107,7 @@ struct ml_tc_stats {
 	__u64 passed_source;
 	__u64 passed_no_listener;
 	__u64 assign_failed;
+	__u64 passed_probe;
 };
 
 /* An address, IPv4 as ::ffff:a.b.c.d. */
@@ -187,6 +188,34 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ml_in_skip_src SEC(".maps");
+
+/* A port kubelet probes on an enrolled pod's address (IPv4 as ::ffff:a.b.c.d,
+ * port in host byte order). A SYN to it from an ml_probe_src address (the
+ * node's) is not steered: the probe reaches the app directly, as the agent
+ * would have let it through (STRICT exempts probes) at the cost of a hop.
+ */
+struct ml_probe_key {
+	__u8 ip[16];
+	__u16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ml_probe_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ml_in_probe SEC(".maps");
+
+/* The node's addresses, which kubelet's probes come from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct ml_ip);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ml_probe_src SEC(".maps");
 
 /* Inbound ports (host byte order) the tc program never steers, besides 15008. */
 struct {

@@ -35,6 +35,7 @@ type Datapath interface {
 	AttachPodIngress(nsPath, ifname string, opts ebpf.IngressOptions) error
 	DetachPodIngress(nsPath, ifname string) error
 	Reconcile(desired map[uint64]ebpf.Pod) (ebpf.ReconcileResult, error)
+	SetProbeSources(addrs []netip.Addr) error
 }
 
 // Mesh is what the proxies need from the pushed config, the tunnel and

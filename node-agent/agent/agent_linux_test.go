@@ -111,6 +111,9 @@ func TestEnrollDataPath(t *testing.T) {
 	if got := counter(t, kreg, "meshlet_kernel_redirect_decisions_total", "decision", "captured_tcp"); got < 1 {
 		t.Errorf("kernel captured_tcp = %v; want at least 1", got)
 	}
+	if got := counter(t, kreg, "meshlet_kernel_inbound_decisions_total", "decision", "steered"); got < 1 {
+		t.Errorf("kernel inbound steered = %v; want at least 1 (B's inbound)", got)
+	}
 	if got := kernelValue(t, kreg, "meshlet_kernel_tcp_connections_total", map[string]string{"workload": "cart", "namespace": "shop", "service_account": "cart", "event": "opened"}); got < 1 {
 		t.Errorf("kernel connections opened for shop/cart = %v; want at least 1", got)
 	}

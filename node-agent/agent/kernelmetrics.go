@@ -13,6 +13,12 @@ type StatsSource interface {
 	Stats() (map[uint32]ebpf.Stats, error)
 }
 
+// IngressStatsSource is the tc ingress program's node-wide counters
+// (node-agent/ebpf.Datapath); a StatsSource that has them exports them too.
+type IngressStatsSource interface {
+	IngressStats() (ebpf.IngressStats, error)
+}
+
 // KernelCollector exports the data path's per-workload counters as
 // Prometheus metrics, labelled by namespace, workload and service account
 // (never by pod IP or port), read from the maps at scrape time.
@@ -22,6 +28,7 @@ type KernelCollector struct {
 
 	conns, bytes, packets, retrans, redirects *prometheus.Desc
 	rtt                                       *prometheus.Desc
+	inbound                                   *prometheus.Desc
 }
 
 var kernelLabels = []string{"namespace", "workload", "service_account"}
@@ -42,18 +49,36 @@ func (a *Agent) NewKernelCollector(src StatsSource) *KernelCollector {
 		redirects: d("meshlet_kernel_redirect_decisions_total", "Connect-time decisions: captured (tcp, dns) or bypassed and why.", "decision"),
 		// The kernel keeps bucket counts only, so the histogram's sum is 0.
 		rtt: d("meshlet_kernel_tcp_rtt_microseconds", "Smoothed RTT of connections at close (bucket counts; sum not recorded)."),
+		// Node-wide: the tc program does not know the pod's workload.
+		inbound: prometheus.NewDesc("meshlet_kernel_inbound_decisions_total",
+			"SYNs to enrolled pods seen by tc ingress, node-wide: steered to the inbound listener (15006) or passed and why (probe: a kubelet probe, straight to the app).",
+			[]string{"decision"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (k *KernelCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{k.conns, k.bytes, k.packets, k.retrans, k.redirects, k.rtt} {
+	for _, d := range []*prometheus.Desc{k.conns, k.bytes, k.packets, k.retrans, k.redirects, k.rtt, k.inbound} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (k *KernelCollector) Collect(ch chan<- prometheus.Metric) {
+	if is, ok := k.src.(IngressStatsSource); ok {
+		if s, err := is.IngressStats(); err == nil {
+			for _, v := range []struct {
+				decision string
+				n        uint64
+			}{
+				{"steered", s.Steered}, {"passed_probe", s.PassedProbe}, {"passed_excluded_port", s.PassedExcludedPort},
+				{"passed_mark", s.PassedMark}, {"passed_source", s.PassedSource}, {"passed_no_listener", s.PassedNoListener},
+				{"assign_failed", s.AssignFailed},
+			} {
+				ch <- prometheus.MustNewConstMetric(k.inbound, prometheus.CounterValue, float64(v.n), v.decision)
+			}
+		}
+	}
 	stats, err := k.src.Stats()
 	if err != nil {
 		return

@@ -26,6 +26,7 @@ type Agent struct {
 	pods      map[string]*enrolledPod // by pod UID
 	workloads map[string]uint32       // namespace/workload/sa → data path workload ID
 	draining  bool
+	probeSrc  []netip.Addr // the node's addresses, as last given to the data path
 }
 
 type enrolledPod struct {
@@ -182,7 +183,10 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		return fmt.Errorf("attach inbound steering: %w", err)
 	}
 	undo = append(undo, func() { _ = o.Datapath.DetachPodIngress(p.Netns, ifname) })
-	rec := ebpf.Pod{WorkloadID: a.workloadID(p)}
+	rec := ebpf.Pod{WorkloadID: a.workloadID(p), ProbePorts: p.ProbePorts}
+	if len(p.ProbePorts) > 0 {
+		a.syncProbeSourcesLocked()
+	}
 	if dns == nil {
 		rec.Flags |= ebpf.NoCaptureDNS // no proxy: the pod's DNS goes where it was sent
 	}
@@ -198,6 +202,24 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	}
 	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, rec: rec, proxy: px, dns: dns}
 	return nil
+}
+
+// syncProbeSourcesLocked gives the data path the node's addresses, which
+// kubelet's probes come from, when they changed (a pod's host-side veth may
+// bring the address its probes use). Probes from elsewhere, or before this
+// succeeds, go through the agent, which exempts them as well (ProbeExempt).
+// a.mu held.
+func (a *Agent) syncProbeSourcesLocked() {
+	addrs := slices.Clone(a.opts.HostAddrs())
+	slices.SortFunc(addrs, func(x, y netip.Addr) int { return x.Compare(y) })
+	if slices.Equal(addrs, a.probeSrc) {
+		return
+	}
+	if err := a.opts.Datapath.SetProbeSources(addrs); err != nil {
+		a.opts.Errorf("kubelet probes go through the agent: %v", err)
+		return
+	}
+	a.probeSrc = addrs
 }
 
 // ReconcileDatapath makes the data path's enrolled set exactly the agent's:

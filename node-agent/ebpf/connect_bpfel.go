@@ -59,6 +59,13 @@ type connectMlPod struct {
 	Ip6        [16]uint8
 }
 
+type connectMlProbeKey struct {
+	_    structs.HostLayout
+	Ip   [16]uint8
+	Port uint16
+	Pad  uint16
+}
+
 type connectMlStats struct {
 	_                structs.HostLayout
 	ConnsOpened      uint64
@@ -85,6 +92,7 @@ type connectMlTcStats struct {
 	PassedSource       uint64
 	PassedNoListener   uint64
 	AssignFailed       uint64
+	PassedProbe        uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -95,8 +103,10 @@ const (
 	connectMapMlEnrolled      = "ml_enrolled"
 	connectMapMlExclude       = "ml_exclude"
 	connectMapMlInExclude     = "ml_in_exclude"
+	connectMapMlInProbe       = "ml_in_probe"
 	connectMapMlInSkipSrc     = "ml_in_skip_src"
 	connectMapMlOrigdst       = "ml_origdst"
+	connectMapMlProbeSrc      = "ml_probe_src"
 	connectMapMlSockDst       = "ml_sock_dst"
 	connectMapMlTcCounts      = "ml_tc_counts"
 	connectMapMlWorkloadStats = "ml_workload_stats"
@@ -158,8 +168,10 @@ type connectMapSpecs struct {
 	MlEnrolled      *ebpf.MapSpec `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.MapSpec `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.MapSpec `ebpf:"ml_in_exclude"`
+	MlInProbe       *ebpf.MapSpec `ebpf:"ml_in_probe"`
 	MlInSkipSrc     *ebpf.MapSpec `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.MapSpec `ebpf:"ml_origdst"`
+	MlProbeSrc      *ebpf.MapSpec `ebpf:"ml_probe_src"`
 	MlSockDst       *ebpf.MapSpec `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.MapSpec `ebpf:"ml_tc_counts"`
 	MlWorkloadStats *ebpf.MapSpec `ebpf:"ml_workload_stats"`
@@ -195,8 +207,10 @@ type connectMaps struct {
 	MlEnrolled      *ebpf.Map `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.Map `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.Map `ebpf:"ml_in_exclude"`
+	MlInProbe       *ebpf.Map `ebpf:"ml_in_probe"`
 	MlInSkipSrc     *ebpf.Map `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.Map `ebpf:"ml_origdst"`
+	MlProbeSrc      *ebpf.Map `ebpf:"ml_probe_src"`
 	MlSockDst       *ebpf.Map `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.Map `ebpf:"ml_tc_counts"`
 	MlWorkloadStats *ebpf.Map `ebpf:"ml_workload_stats"`
@@ -208,8 +222,10 @@ func (m *connectMaps) Close() error {
 		m.MlEnrolled,
 		m.MlExclude,
 		m.MlInExclude,
+		m.MlInProbe,
 		m.MlInSkipSrc,
 		m.MlOrigdst,
+		m.MlProbeSrc,
 		m.MlSockDst,
 		m.MlTcCounts,
 		m.MlWorkloadStats,

@@ -365,6 +365,83 @@ func (d *Datapath) Enroll(netnsCookie uint64, p Pod) error {
 	if err := d.maps.MlEnrolled.Put(netnsCookie, r); err != nil {
 		return fmt.Errorf("enroll pod (netns cookie %d): %w", netnsCookie, err)
 	}
+	want := map[sockopsMlProbeKey]bool{}
+	addProbes(want, p)
+	if err := d.replaceProbes(podIPs(r), want); err != nil {
+		return fmt.Errorf("enroll pod (netns cookie %d): probe ports: %w", netnsCookie, err)
+	}
+	return nil
+}
+
+// SetProbeSources sets the addresses kubelet's probes come from (the
+// node's): only SYNs from them to a pod's ProbePorts pass tc ingress.
+func (d *Datapath) SetProbeSources(addrs []netip.Addr) error {
+	want := map[sockopsMlIp]bool{}
+	for _, a := range addrs {
+		if a.IsValid() {
+			want[sockopsMlIp{Ip: a.Unmap().As16()}] = true
+		}
+	}
+	if len(want) > int(d.maps.MlProbeSrc.MaxEntries()) {
+		return fmt.Errorf("set probe sources: %d addresses, at most %d", len(want), d.maps.MlProbeSrc.MaxEntries())
+	}
+	if err := replaceSet(d.maps.MlProbeSrc, want); err != nil {
+		return fmt.Errorf("set probe sources: %w", err)
+	}
+	return nil
+}
+
+// addProbes adds p's probe ports on each of its addresses to want.
+func addProbes(want map[sockopsMlProbeKey]bool, p Pod) {
+	for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
+		if !ip.IsValid() {
+			continue
+		}
+		for _, port := range p.ProbePorts {
+			want[sockopsMlProbeKey{Ip: ip.Unmap().As16(), Port: port}] = true
+		}
+	}
+}
+
+// podIPs are the addresses of a pod record, as probe keys hold them.
+func podIPs(r sockopsMlPod) map[[16]byte]bool {
+	out := map[[16]byte]bool{}
+	if r.Ip4 != [4]uint8{} {
+		out[netip.AddrFrom4(r.Ip4).As16()] = true
+	}
+	if r.Ip6 != [16]uint8{} {
+		out[r.Ip6] = true
+	}
+	return out
+}
+
+// replaceProbes makes the probe entries for the addresses in ips exactly
+// those of want (nil ips: every address).
+func (d *Datapath) replaceProbes(ips map[[16]byte]bool, want map[sockopsMlProbeKey]bool) error {
+	var (
+		k     sockopsMlProbeKey
+		v     uint8
+		stale []sockopsMlProbeKey
+	)
+	it := d.maps.MlInProbe.Iterate()
+	for it.Next(&k, &v) {
+		if (ips == nil || ips[k.Ip]) && !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range stale {
+		if err := d.maps.MlInProbe.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	for k := range want {
+		if err := d.maps.MlInProbe.Put(k, uint8(1)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -385,8 +462,16 @@ func ownNetnsCookie() (uint64, error) {
 // Unenroll stops capture for a pod's netns; unknown cookies are not an error.
 // Connections already captured keep going to the outbound listener.
 func (d *Datapath) Unenroll(netnsCookie uint64) error {
+	var r sockopsMlPod
+	found := d.maps.MlEnrolled.Lookup(netnsCookie, &r) == nil
 	if err := d.maps.MlEnrolled.Delete(netnsCookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unenroll pod (netns cookie %d): %w", netnsCookie, err)
+	}
+	if found {
+		// Its probe ports go with it: the address may be another pod's next.
+		if err := d.replaceProbes(podIPs(r), nil); err != nil {
+			return fmt.Errorf("unenroll pod (netns cookie %d): probe ports: %w", netnsCookie, err)
+		}
 	}
 	return nil
 }
@@ -451,6 +536,10 @@ func (d *Datapath) Reconcile(desired map[uint64]Pod) (ReconcileResult, error) {
 	if err := it.Err(); err != nil {
 		return res, fmt.Errorf("reconcile: list enrolled pods: %w", err)
 	}
+	wantProbes := map[sockopsMlProbeKey]bool{}
+	for _, p := range desired {
+		addProbes(wantProbes, p)
+	}
 	// Remove first, so that no moment has two entries for one IP.
 	for c := range current {
 		if _, ok := want[c]; ok {
@@ -469,6 +558,9 @@ func (d *Datapath) Reconcile(desired map[uint64]Pod) (ReconcileResult, error) {
 			return res, fmt.Errorf("reconcile: enroll pod (netns cookie %d): %w", c, err)
 		}
 		res.Upserted = append(res.Upserted, c)
+	}
+	if err := d.replaceProbes(nil, wantProbes); err != nil {
+		return res, fmt.Errorf("reconcile: probe ports: %w", err)
 	}
 	var (
 		ck    sockopsMlConnKey
@@ -673,6 +765,7 @@ func (d *Datapath) IngressStats() (IngressStats, error) {
 		s.PassedSource += v.PassedSource
 		s.PassedNoListener += v.PassedNoListener
 		s.AssignFailed += v.AssignFailed
+		s.PassedProbe += v.PassedProbe
 	}
 	return s, nil
 }
@@ -730,7 +823,7 @@ func (d *Datapath) Uninstall() error {
 	}
 	d.mu.Unlock()
 	for _, m := range []*ebpf.Map{d.maps.MlCfg, d.maps.MlEnrolled, d.maps.MlExclude, d.maps.MlInExclude, d.maps.MlInSkipSrc,
-		d.maps.MlOrigdst, d.maps.MlSockDst, d.maps.MlTcCounts, d.maps.MlWorkloadStats} {
+		d.maps.MlInProbe, d.maps.MlProbeSrc, d.maps.MlOrigdst, d.maps.MlSockDst, d.maps.MlTcCounts, d.maps.MlWorkloadStats} {
 		if m != nil {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))

@@ -104,6 +104,11 @@ type Pod struct {
 	IPv4 netip.Addr
 	// IPv6 is the pod's IPv6 address; the zero Addr when it has none.
 	IPv6 netip.Addr
+	// ProbePorts are the ports kubelet probes on the pod (httpGet and
+	// tcpSocket probes): a SYN to one of them from a SetProbeSources
+	// address passes tc ingress untouched, so probes do not cost the agent
+	// a connection each (STRICT exempts them there anyway).
+	ProbePorts []uint16
 }
 
 // RTTBuckets is the number of RTT histogram buckets: bucket i counts
@@ -147,6 +152,7 @@ type IngressStats struct {
 	PassedSource       uint64 // Options.IngressSkipSources
 	PassedNoListener   uint64
 	AssignFailed       uint64
+	PassedProbe        uint64 // Pod.ProbePorts from SetProbeSources addresses
 }
 
 // ReconcileResult says what Reconcile changed, by netns cookie.

@@ -25,9 +25,10 @@ func Adopt(Options) (*Datapath, error) { return nil, ErrNotSupported }
 // NetnsCookie is not supported on this OS.
 func NetnsCookie(string) (uint64, error) { return 0, ErrNotSupported }
 
-func (*Datapath) Enroll(uint64, Pod) error          { return ErrNotSupported }
-func (*Datapath) Enrolled() (map[uint64]Pod, error) { return nil, ErrNotSupported }
-func (*Datapath) Unenroll(uint64) error             { return ErrNotSupported }
+func (*Datapath) Enroll(uint64, Pod) error           { return ErrNotSupported }
+func (*Datapath) Enrolled() (map[uint64]Pod, error)  { return nil, ErrNotSupported }
+func (*Datapath) Unenroll(uint64) error              { return ErrNotSupported }
+func (*Datapath) SetProbeSources([]netip.Addr) error { return ErrNotSupported }
 func (*Datapath) Reconcile(map[uint64]Pod) (ReconcileResult, error) {
 	return ReconcileResult{}, ErrNotSupported
 }

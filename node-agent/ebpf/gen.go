@@ -5,7 +5,7 @@ package ebpf
 // The structs that cross into Go are generated once, from the sockops object
 // (every object carries every map, so every object's BTF has them).
 
-//go:generate go tool bpf2go -tags linux -cc clang-14 -target bpfel -cflags "-O2 -g -Wall -Werror -I../../bpf/include -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" -type ml_pod -type ml_addr -type ml_conn_key -type ml_config -type ml_stats -type ml_tc_stats -type ml_exclude_key -type ml_ip sockops ../../bpf/sockops.c
+//go:generate go tool bpf2go -tags linux -cc clang-14 -target bpfel -cflags "-O2 -g -Wall -Werror -I../../bpf/include -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" -type ml_pod -type ml_addr -type ml_conn_key -type ml_config -type ml_stats -type ml_tc_stats -type ml_exclude_key -type ml_ip -type ml_probe_key sockops ../../bpf/sockops.c
 //go:generate go tool bpf2go -tags linux -cc clang-14 -target bpfel -cflags "-O2 -g -Wall -Werror -I../../bpf/include -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" connect ../../bpf/connect.c
 //go:generate go tool bpf2go -tags linux -cc clang-14 -target bpfel -cflags "-O2 -g -Wall -Werror -I../../bpf/include -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" sendmsg ../../bpf/sendmsg.c
 //go:generate go tool bpf2go -tags linux -cc clang-14 -target bpfel -cflags "-O2 -g -Wall -Werror -I../../bpf/include -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" recvmsg ../../bpf/recvmsg.c

@@ -208,3 +208,109 @@ func TestPodIngress(t *testing.T) {
 		t.Errorf("AttachPodIngress of a missing netns succeeded")
 	}
 }
+
+// runTC runs the tc program on pkt inside ns and returns what its counters
+// moved by.
+func runTC(t *testing.T, s *setup, ns string, pkt []byte) IngressStats {
+	t.Helper()
+	before, err := s.dp.IngressStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ret uint32
+	if err := netns.Do(ns, func() (err error) {
+		ret, err = s.dp.tc.Run(&ebpf.RunOptions{Data: pkt, Context: make([]byte, 12)})
+		return err
+	}); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if ret != tcNext {
+		t.Errorf("verdict = %#x; want %#x (pass)", ret, uint32(tcNext))
+	}
+	after, err := s.dp.IngressStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return IngressStats{
+		Steered: after.Steered - before.Steered, PassedExcludedPort: after.PassedExcludedPort - before.PassedExcludedPort,
+		PassedMark: after.PassedMark - before.PassedMark, PassedSource: after.PassedSource - before.PassedSource,
+		PassedNoListener: after.PassedNoListener - before.PassedNoListener, AssignFailed: after.AssignFailed - before.AssignFailed,
+		PassedProbe: after.PassedProbe - before.PassedProbe,
+	}
+}
+
+// TestIngressProbeBypass: a SYN from the node's address to a port kubelet
+// probes on an enrolled pod passes tc ingress untouched (the probe goes to
+// the app, not through the agent); the same SYN to another port or another
+// pod, or from another source, is not a probe; the entries go with the pod
+// (Unenroll, Reconcile).
+func TestIngressProbeBypass(t *testing.T) {
+	s := newSetup(t, Options{})
+	ns := newNetns(t, "tcprobe")
+	cookie, err := NetnsCookie(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tcp = 6
+	node4, node6 := "198.19.2.50", "fd00:198:19:2::50"
+	if err := s.dp.SetProbeSources([]netip.Addr{netip.MustParseAddr(node4), netip.MustParseAddr(node6)}); err != nil {
+		t.Fatal(err)
+	}
+	pod := Pod{WorkloadID: 7, IPv4: netip.MustParseAddr("198.19.2.2"), IPv6: netip.MustParseAddr("fd00:198:19:2::2"), ProbePorts: []uint16{8081, 9090}}
+	if err := s.dp.Enroll(cookie, pod); err != nil {
+		t.Fatal(err)
+	}
+	probe := IngressStats{PassedProbe: 1}
+	steerable := IngressStats{PassedNoListener: 1} // no 15006 listener here: would have been steered
+	for _, tt := range []struct {
+		name string
+		pkt  []byte
+		want IngressStats
+	}{
+		{"probe", packetFrom(node4, "198.19.2.2", tcp, 8081, true, false), probe},
+		{"probe on the other port", packetFrom(node4, "198.19.2.2", tcp, 9090, true, false), probe},
+		{"probe v6", packetFrom(node6, "fd00:198:19:2::2", tcp, 8081, true, false), probe},
+		{"node to a port not probed", packetFrom(node4, "198.19.2.2", tcp, 8080, true, false), steerable},
+		{"another source to the probe port", packetFrom("198.19.2.9", "198.19.2.2", tcp, 8081, true, false), steerable},
+		{"node to another pod's address", packetFrom(node4, "198.19.2.3", tcp, 8081, true, false), steerable},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := runTC(t, s, ns, tt.pkt); got != tt.want {
+				t.Errorf("counters moved by %+v; want %+v", got, tt.want)
+			}
+		})
+	}
+
+	probeSYN := packetFrom(node4, "198.19.2.2", tcp, 8081, true, false)
+	if err := s.dp.Unenroll(cookie); err != nil {
+		t.Fatal(err)
+	}
+	if got := runTC(t, s, ns, probeSYN); got != steerable {
+		t.Errorf("after Unenroll: counters moved by %+v; want %+v (the pod's probe ports gone with it)", got, steerable)
+	}
+	if err := s.dp.Enroll(cookie, pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.dp.Reconcile(map[uint64]Pod{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := runTC(t, s, ns, probeSYN); got != steerable {
+		t.Errorf("after a Reconcile without the pod: counters moved by %+v; want %+v", got, steerable)
+	}
+	pod.ProbePorts = []uint16{9090}
+	if _, err := s.dp.Reconcile(map[uint64]Pod{cookie: pod}); err != nil {
+		t.Fatal(err)
+	}
+	if got := runTC(t, s, ns, probeSYN); got != steerable {
+		t.Errorf("8081 after a Reconcile that probes 9090 only: counters moved by %+v; want %+v", got, steerable)
+	}
+	if got := runTC(t, s, ns, packetFrom(node4, "198.19.2.2", tcp, 9090, true, false)); got != probe {
+		t.Errorf("9090 after a Reconcile that probes it: counters moved by %+v; want %+v", got, probe)
+	}
+	if err := s.dp.SetProbeSources(nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := runTC(t, s, ns, packetFrom(node4, "198.19.2.2", tcp, 9090, true, false)); got != steerable {
+		t.Errorf("with no probe sources: counters moved by %+v; want %+v", got, steerable)
+	}
+}

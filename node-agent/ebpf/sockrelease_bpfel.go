@@ -59,6 +59,13 @@ type sockReleaseMlPod struct {
 	Ip6        [16]uint8
 }
 
+type sockReleaseMlProbeKey struct {
+	_    structs.HostLayout
+	Ip   [16]uint8
+	Port uint16
+	Pad  uint16
+}
+
 type sockReleaseMlStats struct {
 	_                structs.HostLayout
 	ConnsOpened      uint64
@@ -85,6 +92,7 @@ type sockReleaseMlTcStats struct {
 	PassedSource       uint64
 	PassedNoListener   uint64
 	AssignFailed       uint64
+	PassedProbe        uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -95,8 +103,10 @@ const (
 	sockReleaseMapMlEnrolled      = "ml_enrolled"
 	sockReleaseMapMlExclude       = "ml_exclude"
 	sockReleaseMapMlInExclude     = "ml_in_exclude"
+	sockReleaseMapMlInProbe       = "ml_in_probe"
 	sockReleaseMapMlInSkipSrc     = "ml_in_skip_src"
 	sockReleaseMapMlOrigdst       = "ml_origdst"
+	sockReleaseMapMlProbeSrc      = "ml_probe_src"
 	sockReleaseMapMlSockDst       = "ml_sock_dst"
 	sockReleaseMapMlTcCounts      = "ml_tc_counts"
 	sockReleaseMapMlWorkloadStats = "ml_workload_stats"
@@ -156,8 +166,10 @@ type sockReleaseMapSpecs struct {
 	MlEnrolled      *ebpf.MapSpec `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.MapSpec `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.MapSpec `ebpf:"ml_in_exclude"`
+	MlInProbe       *ebpf.MapSpec `ebpf:"ml_in_probe"`
 	MlInSkipSrc     *ebpf.MapSpec `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.MapSpec `ebpf:"ml_origdst"`
+	MlProbeSrc      *ebpf.MapSpec `ebpf:"ml_probe_src"`
 	MlSockDst       *ebpf.MapSpec `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.MapSpec `ebpf:"ml_tc_counts"`
 	MlWorkloadStats *ebpf.MapSpec `ebpf:"ml_workload_stats"`
@@ -193,8 +205,10 @@ type sockReleaseMaps struct {
 	MlEnrolled      *ebpf.Map `ebpf:"ml_enrolled"`
 	MlExclude       *ebpf.Map `ebpf:"ml_exclude"`
 	MlInExclude     *ebpf.Map `ebpf:"ml_in_exclude"`
+	MlInProbe       *ebpf.Map `ebpf:"ml_in_probe"`
 	MlInSkipSrc     *ebpf.Map `ebpf:"ml_in_skip_src"`
 	MlOrigdst       *ebpf.Map `ebpf:"ml_origdst"`
+	MlProbeSrc      *ebpf.Map `ebpf:"ml_probe_src"`
 	MlSockDst       *ebpf.Map `ebpf:"ml_sock_dst"`
 	MlTcCounts      *ebpf.Map `ebpf:"ml_tc_counts"`
 	MlWorkloadStats *ebpf.Map `ebpf:"ml_workload_stats"`
@@ -206,8 +220,10 @@ func (m *sockReleaseMaps) Close() error {
 		m.MlEnrolled,
 		m.MlExclude,
 		m.MlInExclude,
+		m.MlInProbe,
 		m.MlInSkipSrc,
 		m.MlOrigdst,
+		m.MlProbeSrc,
 		m.MlSockDst,
 		m.MlTcCounts,
 		m.MlWorkloadStats,

@@ -117,8 +117,17 @@ spec:
 	if d := refusedMetric(t, server.Status.HostIP, ns, "strict_mtls_plaintext") - refused0; d < 1 {
 		t.Errorf("refused connections (strict_mtls_plaintext) moved by %v; want at least 1", d)
 	}
-	// The kubelet's readiness probe (plaintext, from the node) still passes.
+	// The kubelet's readiness probe (plaintext, from the node) still passes,
+	// straight to the app: tc ingress lets the node's SYNs to the pod's
+	// probe ports through (the agent would exempt them too, a hop later).
+	probes := func() float64 {
+		return sumMetric(t, "http://"+server.Status.HostIP+":15020/metrics", "meshlet_kernel_inbound_decisions_total", `decision="passed_probe"`)
+	}
+	probes0 := probes()
 	time.Sleep(3 * time.Second)
+	if d := probes() - probes0; d < 1 {
+		t.Errorf("probes passed by tc ingress on %s moved by %v in 3s; want the readiness probe's", server.Status.HostIP, d)
+	}
 	p, err := lb.Clientset().CoreV1().Pods(ns).Get(t.Context(), server.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
