@@ -596,7 +596,8 @@ func applySecurity(spec *initSpec, psc *corev1.PodSecurityContext, sc *corev1.Se
 // probeLoop runs the startup, readiness and liveness probes of one run of c.
 func (w *podWorker) probeLoop(ctx context.Context, c *container) {
 	w.mu.Lock()
-	target := probeTarget{netns: w.netns, podIP: w.ip, pid: c.pid, cgroup: c.cgroup, ports: c.spec.Ports}
+	// Dialled from the node's netns (netns ""), as a real kubelet does.
+	target := probeTarget{podIP: w.ip, pid: c.pid, cgroup: c.cgroup, ports: c.spec.Ports}
 	w.mu.Unlock()
 	if target.podIP == "" {
 		target.podIP = "127.0.0.1"

@@ -19,7 +19,11 @@ import (
 
 // probeTarget is where a probe runs: the container's namespaces.
 type probeTarget struct {
-	netns  string                 // pod netns path; empty for hostNetwork
+	// netns is where httpGet and tcpSocket probes dial from; empty means
+	// the kubelet's own netns, the node's, as a real kubelet probes the
+	// pod's IP from the host network namespace (through the pod's
+	// interface, where a mesh's inbound steering sees it).
+	netns  string
 	podIP  string                 // default host of httpGet and tcpSocket
 	pid    int                    // container process, for exec probes
 	cgroup string                 // container cgroup, for exec probes
