@@ -70,19 +70,44 @@ func pickWaypointClass(existing string, istio *unstructured.Unstructured, istioE
 	return WaypointClass, nil
 }
 
-// waypointClass reads what pickWaypointClass decides on: the Gateway
-// ns/name, if it is there, and GatewayClass istio-waypoint.
-func waypointClass(ctx context.Context, dyn dynamic.Interface, ns, name string) (string, error) {
-	var existing string
+// existingGateway reads the Gateway ns/name that `waypoint apply` is about
+// to write: nil when there is none, or when meshctl may not read it (it is
+// then applied unseen, as delete deletes it unseen).
+func existingGateway(ctx context.Context, dyn dynamic.Interface, ns, name string) (*unstructured.Unstructured, error) {
 	gw, err := dyn.Resource(gatewayResource).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		existing, _, _ = unstructured.NestedString(gw.Object, "spec", "gatewayClassName")
-	case !apierrors.IsNotFound(err) && !apierrors.IsForbidden(err):
-		return "", fmt.Errorf("read Gateway %s/%s: %w", ns, name, err)
+		return gw, nil
+	case apierrors.IsNotFound(err) || apierrors.IsForbidden(err):
+		return nil, nil
+	}
+	return nil, fmt.Errorf("read Gateway %s/%s: %w", ns, name, err)
+}
+
+// checkOverwrite refuses to apply a waypoint over gw, the Gateway of the
+// name `waypoint apply` writes (nil when there is none), when gw is not a
+// waypoint: applying would turn an ingress Gateway, or another
+// controller's, into a waypoint. A waypoint is updated (its class kept by
+// pickWaypointClass).
+func checkOverwrite(gw *unstructured.Unstructured) error {
+	if gw == nil || isWaypoint(gw) {
+		return nil
+	}
+	class, _, _ := unstructured.NestedString(gw.Object, "spec", "gatewayClassName")
+	return fmt.Errorf("not applied: Gateway %s/%s is not a waypoint (GatewayClass %q) and applying would make it one; choose another --name, or delete that Gateway yourself (kubectl delete gateway %s -n %s) if it is no longer needed",
+		gw.GetNamespace(), gw.GetName(), class, gw.GetName(), gw.GetNamespace())
+}
+
+// waypointClass reads what pickWaypointClass decides on besides the
+// Gateway already there (existing, nil when there is none): GatewayClass
+// istio-waypoint.
+func waypointClass(ctx context.Context, dyn dynamic.Interface, existing *unstructured.Unstructured) (string, error) {
+	var class string
+	if existing != nil {
+		class, _, _ = unstructured.NestedString(existing.Object, "spec", "gatewayClassName")
 	}
 	gc, err := dyn.Resource(gatewayClassResource).Get(ctx, IstioWaypointClass, metav1.GetOptions{})
-	return pickWaypointClass(existing, gc, err)
+	return pickWaypointClass(class, gc, err)
 }
 
 // waypointOptions are the waypoint commands' flags.
@@ -161,9 +186,16 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 				return err
 			}
 			ctx := ctxOf(cmd)
+			existing, err := existingGateway(ctx, c.dynamic, o.namespace, o.name)
+			if err != nil {
+				return err
+			}
+			if err := checkOverwrite(existing); err != nil {
+				return err
+			}
 			class := o.class
 			if class == "" {
-				if class, err = waypointClass(ctx, c.dynamic, o.namespace, o.name); err != nil {
+				if class, err = waypointClass(ctx, c.dynamic, existing); err != nil {
 					return err
 				}
 			}

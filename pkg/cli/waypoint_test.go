@@ -86,6 +86,50 @@ func TestPickWaypointClass(t *testing.T) {
 	}
 }
 
+// TestCheckOverwrite: `meshctl waypoint apply` updates a waypoint of
+// either class and refuses a Gateway of the same name that is not a
+// waypoint (an ingress Gateway, another controller's), saying which and
+// what to do.
+func TestCheckOverwrite(t *testing.T) {
+	tests := []struct {
+		name     string
+		existing string // the Gateway of the waypoint's name, "" when there is none
+		wantErr  string
+	}{{
+		name: "no Gateway of that name",
+	}, {
+		name:     "a meshlet-waypoint waypoint",
+		existing: `{metadata: {name: waypoint, namespace: shop}, spec: {gatewayClassName: meshlet-waypoint}}`,
+	}, {
+		name:     "an istio-waypoint waypoint",
+		existing: `{metadata: {name: waypoint, namespace: shop}, spec: {gatewayClassName: istio-waypoint}}`,
+	}, {
+		name:     "meshlet's ingress Gateway",
+		existing: `{metadata: {name: waypoint, namespace: shop}, spec: {gatewayClassName: meshlet}}`,
+		wantErr:  `not applied: Gateway shop/waypoint is not a waypoint (GatewayClass "meshlet") and applying would make it one; choose another --name, or delete that Gateway yourself (kubectl delete gateway waypoint -n shop) if it is no longer needed`,
+	}, {
+		name:     "another controller's Gateway",
+		existing: `{metadata: {name: edge, namespace: shop}, spec: {gatewayClassName: cilium}}`,
+		wantErr:  `not applied: Gateway shop/edge is not a waypoint (GatewayClass "cilium") and applying would make it one; choose another --name, or delete that Gateway yourself (kubectl delete gateway edge -n shop) if it is no longer needed`,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var gw *unstructured.Unstructured
+			if tt.existing != "" {
+				gw = object(t, tt.existing)
+			}
+			err := checkOverwrite(gw)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tt.wantErr {
+				t.Errorf("checkOverwrite(%s) error = %q; want %q", tt.existing, got, tt.wantErr)
+			}
+		})
+	}
+}
+
 // TestWaypointApplyGatewayClassFlag: --gateway-class takes the two
 // waypoint classes and refuses any other before reaching for a cluster.
 func TestWaypointApplyGatewayClassFlag(t *testing.T) {
