@@ -56,6 +56,14 @@ func TestWithOwnedStatus(t *testing.T) {
 		return out
 	}
 	stamped := func(cs []metav1.Condition) []metav1.Condition { return stampedAt(cs, later) }
+	// The class given a parametersRef (generation 3): Accepted turns False
+	// InvalidParameters now; SupportedVersion keeps its time.
+	invalidParams := []metav1.Condition{
+		{Type: "Accepted", Status: "False", Reason: "InvalidParameters", ObservedGeneration: 3},
+		{Type: "SupportedVersion", Status: "True", Reason: "SupportedVersion", ObservedGeneration: 3},
+	}
+	invalidStatus := controlplane.ObjectStatus{Kind: controlplane.KindGatewayClass, Name: "meshlet", Generation: 3, Conditions: invalidParams}
+	invalidWritten := []metav1.Condition{stamped(invalidParams[:1])[0], stampedAt(invalidParams[1:], metav1.NewTime(t0))[0]}
 
 	tests := []struct {
 		name          string
@@ -75,6 +83,7 @@ func TestWithOwnedStatus(t *testing.T) {
 		{"class with another writer's condition: kept", class(2, foreign), classStatus, true, nil, append([]metav1.Condition{foreign}, stamped(acceptedSupported)...)},
 		{"class already accepted an hour ago: no write", class(2, stampedAt(acceptedSupported, metav1.NewTime(t0))...), classStatus, false, nil, nil},
 		{"class at another generation: no write", class(3), classStatus, false, nil, nil},
+		{"class given a parametersRef: Accepted False InvalidParameters from now", class(3, stampedAt(acceptedSupported, metav1.NewTime(t0))...), invalidStatus, true, nil, invalidWritten},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

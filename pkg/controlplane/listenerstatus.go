@@ -45,9 +45,22 @@ import (
 //     Of those, the names meshlet serves (the waypoint and ingress classes)
 //     are Accepted; any other name is Accepted False, reason Unsupported
 //     (a user-defined class meshlet does not implement), the message
-//     naming the classes it serves. SupportedVersion says which Gateway
-//     API bundle meshd is built against; meshd does not read the CRDs (it
-//     has no access to them), so it cannot compare with what is installed.
+//     naming the classes it serves. A served class with a parametersRef
+//     is Accepted False, reason InvalidParameters (meshlet has no
+//     parameters resource, so no reference resolves), the message naming
+//     the ref and saying to remove it. Its Gateways are still served:
+//     meshlet serves a Gateway by its class name (the deployer and the
+//     build never read the GatewayClass object), as it did before the
+//     class had a parametersRef, and withdrawing them would tear down
+//     every running waypoint or ingress gateway of the class (L7 policy
+//     and routes gone, traffic to the waypoint refused) for a field that
+//     changes nothing meshlet does; the class's status says what to fix.
+//     A name meshlet does not serve (Unsupported) has no Gateways served
+//     whatever its parametersRef. Gateway spec.infrastructure (and its
+//     parametersRef) is not read.
+//   - A GatewayClass's SupportedVersion says which Gateway API bundle
+//     meshd is built against; meshd does not read the CRDs (it has no
+//     access to them), so it cannot compare with what is installed.
 
 // listenerStatus computes the listeners of every Gateway of a meshlet
 // class. routes is the routes' status of this build.
@@ -222,9 +235,13 @@ func (bd *build) gatewayClassStatus() []ObjectStatus {
 		gen := gc.Generation
 		accepted := condition(string(gatewayv1.GatewayClassConditionStatusAccepted), true, string(gatewayv1.GatewayClassReasonAccepted),
 			"handled by meshlet", gen)
-		if !slices.Contains(served, gc.Name) {
+		switch {
+		case !slices.Contains(served, gc.Name):
 			accepted = condition(string(gatewayv1.GatewayClassConditionStatusAccepted), false, string(gatewayv1.GatewayClassReasonUnsupported),
 				fmt.Sprintf("meshlet serves the classes %s only; name one of them in gatewayClassName (user-defined classes are not supported)", strings.Join(served, ", ")), gen)
+		case gc.Spec.ParametersRef != nil:
+			accepted = condition(string(gatewayv1.GatewayClassConditionStatusAccepted), false, string(gatewayv1.GatewayClassReasonInvalidParameters),
+				fmt.Sprintf("parametersRef %s: meshlet takes no parameters; remove spec.parametersRef (its Gateways are served all the same, without parameters)", parametersRefString(gc.Spec.ParametersRef)), gen)
 		}
 		out = append(out, ObjectStatus{Kind: KindGatewayClass, Name: gc.Name, Generation: gen, Conditions: []metav1.Condition{
 			accepted,
@@ -233,4 +250,18 @@ func (bd *build) gatewayClassStatus() []ObjectStatus {
 		}})
 	}
 	return out
+}
+
+// parametersRefString names ref as kubectl does a resource: kind, with its
+// group after a dot when it has one, then namespace/name (name alone for a
+// cluster-scoped referent).
+func parametersRefString(ref *gatewayv1.ParametersReference) string {
+	kind := string(ref.Kind)
+	if ref.Group != "" {
+		kind += "." + string(ref.Group)
+	}
+	if ref.Namespace != nil && *ref.Namespace != "" {
+		return kind + " " + string(*ref.Namespace) + "/" + ref.Name
+	}
+	return kind + " " + ref.Name
 }

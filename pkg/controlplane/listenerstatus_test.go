@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -204,5 +206,69 @@ spec: {controllerName: ` + controller + `}
 	custom := statusOf(t, b, KindGatewayClass, "", "custom").Conditions[0].Message
 	if want := "meshlet serves the classes istio, istio-waypoint, meshlet, meshlet-waypoint only; name one of them in gatewayClassName (user-defined classes are not supported)"; custom != want {
 		t.Errorf("Accepted message of an unserved class = %q; want %q", custom, want)
+	}
+}
+
+// TestGatewayClassParametersRef: a class of meshlet's with a parametersRef
+// is not Accepted (meshlet takes no parameters), the message naming the
+// ref and the fix; its Gateways are still served (see the Decisions in
+// listenerstatus.go).
+func TestGatewayClassParametersRef(t *testing.T) {
+	class := func(name, controller, ref string) string {
+		return `apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ` + name + `, generation: 3}
+spec: {controllerName: ` + controller + `, parametersRef: ` + ref + `}
+---
+`
+	}
+	const waypoint = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop, generation: 1}
+spec:
+  gatewayClassName: meshlet-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`
+	b := NewBuilder(BuilderOptions{})
+	b.Build(inputs(t, class("meshlet", "meshlet.dev/gateway-controller", "{kind: ConfigMap, group: '', name: edge-params, namespace: meshlet-system}")+
+		class("meshlet-waypoint", "meshlet.dev/gateway-controller", "{kind: WaypointConfig, group: example.com, name: defaults}")+
+		class("custom", "meshlet.dev/gateway-controller", "{kind: ConfigMap, group: '', name: custom-params, namespace: meshlet-system}")+
+		class("istio", "istio.io/gateway-controller", "{kind: ConfigMap, group: '', name: istio-params, namespace: istio-system}")+
+		waypoint))
+	tests := []struct {
+		name string
+		want *metav1.Condition // Accepted; nil: no status from meshd
+	}{{
+		name: "meshlet",
+		want: &metav1.Condition{Type: "Accepted", Status: "False", Reason: "InvalidParameters",
+			Message: "parametersRef ConfigMap meshlet-system/edge-params: meshlet takes no parameters; remove spec.parametersRef (its Gateways are served all the same, without parameters)"},
+	}, {
+		name: "meshlet-waypoint",
+		want: &metav1.Condition{Type: "Accepted", Status: "False", Reason: "InvalidParameters",
+			Message: "parametersRef WaypointConfig.example.com defaults: meshlet takes no parameters; remove spec.parametersRef (its Gateways are served all the same, without parameters)"},
+	}, {
+		name: "custom", // a name meshlet does not serve: that is what to fix first
+		want: &metav1.Condition{Type: "Accepted", Status: "False", Reason: "Unsupported",
+			Message: "meshlet serves the classes istio, istio-waypoint, meshlet, meshlet-waypoint only; name one of them in gatewayClassName (user-defined classes are not supported)"},
+	}, {
+		name: "istio", // Istio's own class: its controller answers
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got *metav1.Condition
+			for _, st := range b.Status() {
+				if st.Kind == KindGatewayClass && st.Name == tt.name {
+					got = &st.Conditions[0]
+				}
+			}
+			if diff := cmp.Diff(tt.want, got, cmpopts.IgnoreFields(metav1.Condition{}, "ObservedGeneration", "LastTransitionTime")); diff != "" {
+				t.Errorf("GatewayClass %s Accepted mismatch (-want +got):\n%s", tt.name, diff)
+			}
+		})
+	}
+	// The waypoint of the class that is not Accepted keeps being served.
+	l := statusOf(t, b, KindGateway, "shop", "waypoint").Listeners
+	if len(l) != 1 || !meta.IsStatusConditionTrue(l[0].Conditions, "Programmed") {
+		t.Errorf("waypoint of a class with a parametersRef: listeners = %+v; want mesh Programmed True", l)
 	}
 }
