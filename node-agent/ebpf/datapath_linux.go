@@ -292,6 +292,12 @@ func (d *Datapath) writeConfig() error {
 
 // replaceSet makes the keys of a set-like map (value: one byte) exactly want.
 func replaceSet[K comparable](m *ebpf.Map, want map[K]bool) error {
+	return replaceSetWhere(m, want, nil)
+}
+
+// replaceSetWhere is replaceSet for the keys in (all when in is nil): keys
+// outside it are left as they are.
+func replaceSetWhere[K comparable](m *ebpf.Map, want map[K]bool, in func(K) bool) error {
 	var (
 		k     K
 		v     uint8
@@ -299,7 +305,7 @@ func replaceSet[K comparable](m *ebpf.Map, want map[K]bool) error {
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if !want[k] {
+		if (in == nil || in(k)) && !want[k] {
 			stale = append(stale, k)
 		}
 	}
@@ -418,31 +424,11 @@ func podIPs(r sockopsMlPod) map[[16]byte]bool {
 // replaceProbes makes the probe entries for the addresses in ips exactly
 // those of want (nil ips: every address).
 func (d *Datapath) replaceProbes(ips map[[16]byte]bool, want map[sockopsMlProbeKey]bool) error {
-	var (
-		k     sockopsMlProbeKey
-		v     uint8
-		stale []sockopsMlProbeKey
-	)
-	it := d.maps.MlInProbe.Iterate()
-	for it.Next(&k, &v) {
-		if (ips == nil || ips[k.Ip]) && !want[k] {
-			stale = append(stale, k)
-		}
+	var in func(sockopsMlProbeKey) bool
+	if ips != nil {
+		in = func(k sockopsMlProbeKey) bool { return ips[k.Ip] }
 	}
-	if err := it.Err(); err != nil {
-		return err
-	}
-	for _, k := range stale {
-		if err := d.maps.MlInProbe.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
-	}
-	for k := range want {
-		if err := d.maps.MlInProbe.Put(k, uint8(1)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return replaceSetWhere(d.maps.MlInProbe, want, in)
 }
 
 // ownNetnsCookie is the cookie of the netns this process runs in.

@@ -100,29 +100,10 @@ func TestIngressProgram(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want, err := s.dp.IngressStats()
-			if err != nil {
-				t.Fatal(err)
-			}
+			var want IngressStats
 			tt.want(&want)
-			ctx := make([]byte, 12) // struct __sk_buff up to mark
-			binary.LittleEndian.PutUint32(ctx[8:], tt.mark)
-			var ret uint32
-			if err := netns.Do(ns, func() (err error) {
-				ret, err = s.dp.tc.Run(&ebpf.RunOptions{Data: tt.pkt, Context: ctx})
-				return err
-			}); err != nil {
-				t.Fatalf("run: %v", err)
-			}
-			if ret != tcNext {
-				t.Errorf("verdict = %#x; want %#x (pass)", ret, uint32(tcNext))
-			}
-			got, err := s.dp.IngressStats()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("counters (-want +got):\n%s", diff)
+			if diff := cmp.Diff(want, runTC(t, s, ns, tt.pkt, tt.mark)); diff != "" {
+				t.Errorf("counters moved by (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -209,17 +190,19 @@ func TestPodIngress(t *testing.T) {
 	}
 }
 
-// runTC runs the tc program on pkt inside ns and returns what its counters
-// moved by.
-func runTC(t *testing.T, s *setup, ns string, pkt []byte) IngressStats {
+// runTC runs the tc program on pkt (with skb->mark) inside ns, checks that
+// it passes the packet on, and returns what its counters moved by.
+func runTC(t *testing.T, s *setup, ns string, pkt []byte, mark uint32) IngressStats {
 	t.Helper()
 	before, err := s.dp.IngressStats()
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx := make([]byte, 12) // struct __sk_buff up to mark
+	binary.LittleEndian.PutUint32(ctx[8:], mark)
 	var ret uint32
 	if err := netns.Do(ns, func() (err error) {
-		ret, err = s.dp.tc.Run(&ebpf.RunOptions{Data: pkt, Context: make([]byte, 12)})
+		ret, err = s.dp.tc.Run(&ebpf.RunOptions{Data: pkt, Context: ctx})
 		return err
 	}); err != nil {
 		t.Fatalf("run: %v", err)
@@ -275,7 +258,7 @@ func TestIngressProbeBypass(t *testing.T) {
 		{"node to another pod's address", packetFrom(node4, "198.19.2.3", tcp, 8081, true, false), steerable},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := runTC(t, s, ns, tt.pkt); got != tt.want {
+			if got := runTC(t, s, ns, tt.pkt, 0); got != tt.want {
 				t.Errorf("counters moved by %+v; want %+v", got, tt.want)
 			}
 		})
@@ -285,7 +268,7 @@ func TestIngressProbeBypass(t *testing.T) {
 	if err := s.dp.Unenroll(cookie); err != nil {
 		t.Fatal(err)
 	}
-	if got := runTC(t, s, ns, probeSYN); got != steerable {
+	if got := runTC(t, s, ns, probeSYN, 0); got != steerable {
 		t.Errorf("after Unenroll: counters moved by %+v; want %+v (the pod's probe ports gone with it)", got, steerable)
 	}
 	if err := s.dp.Enroll(cookie, pod); err != nil {
@@ -294,23 +277,23 @@ func TestIngressProbeBypass(t *testing.T) {
 	if _, err := s.dp.Reconcile(map[uint64]Pod{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := runTC(t, s, ns, probeSYN); got != steerable {
+	if got := runTC(t, s, ns, probeSYN, 0); got != steerable {
 		t.Errorf("after a Reconcile without the pod: counters moved by %+v; want %+v", got, steerable)
 	}
 	pod.ProbePorts = []uint16{9090}
 	if _, err := s.dp.Reconcile(map[uint64]Pod{cookie: pod}); err != nil {
 		t.Fatal(err)
 	}
-	if got := runTC(t, s, ns, probeSYN); got != steerable {
+	if got := runTC(t, s, ns, probeSYN, 0); got != steerable {
 		t.Errorf("8081 after a Reconcile that probes 9090 only: counters moved by %+v; want %+v", got, steerable)
 	}
-	if got := runTC(t, s, ns, packetFrom(node4, "198.19.2.2", tcp, 9090, true, false)); got != probe {
+	if got := runTC(t, s, ns, packetFrom(node4, "198.19.2.2", tcp, 9090, true, false), 0); got != probe {
 		t.Errorf("9090 after a Reconcile that probes it: counters moved by %+v; want %+v", got, probe)
 	}
 	if err := s.dp.SetProbeSources(nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := runTC(t, s, ns, packetFrom(node4, "198.19.2.2", tcp, 9090, true, false)); got != steerable {
+	if got := runTC(t, s, ns, packetFrom(node4, "198.19.2.2", tcp, 9090, true, false), 0); got != steerable {
 		t.Errorf("with no probe sources: counters moved by %+v; want %+v", got, steerable)
 	}
 }
