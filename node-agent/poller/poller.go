@@ -226,12 +226,14 @@ type Listener struct {
 	w *Watch
 }
 
-// Accept starts accepting on ln, a TCP listener: serve is called on a new
-// goroutine for every connection, as an accept loop would. Close the
-// returned Listener (not ln) to stop: once its Close returns, serve is not
-// called again. Accepted connections get TCP_NODELAY and keep-alive as
-// net.Listen's do.
-func (p *Poller) Accept(ln net.Listener, serve func(net.Conn)) (*Listener, error) {
+// Accept starts accepting on ln, a TCP listener: accepted is called for
+// every connection, on the Poller's goroutine, so it must not block: it
+// takes the connection in (a server tracks it there) and starts a goroutine
+// to serve it. Close the returned Listener (not ln) to stop: once its Close
+// returns, every connection accepted on ln has been given to accepted and
+// none will be again. Accepted connections get TCP_NODELAY and keep-alive
+// as net.Listen's do.
+func (p *Poller) Accept(ln net.Listener, accepted func(net.Conn)) (*Listener, error) {
 	sc, ok := ln.(syscall.Conn)
 	if !ok {
 		return nil, fmt.Errorf("poller: listener %s (%T) has no socket", ln.Addr(), ln)
@@ -263,7 +265,7 @@ func (p *Poller) Accept(ln net.Listener, serve func(net.Conn)) (*Listener, error
 			if err != nil {
 				continue // a connection reset before we got to it
 			}
-			go serve(c)
+			accepted(c)
 		}
 		return true
 	}

@@ -41,6 +41,9 @@ func acceptOn(t *testing.T, p *Poller, serve func(net.Conn)) *Listener {
 	return l
 }
 
+// goEcho serves c on a goroutine of its own, as an accepted function must.
+func goEcho(c net.Conn) { go echo(c) }
+
 func echo(c net.Conn) {
 	defer c.Close()
 	io.Copy(c, c)
@@ -73,7 +76,7 @@ func TestAcceptManyListenersOneGoroutine(t *testing.T) {
 	before := runtime.NumGoroutine()
 	var lns []*Listener
 	for range n {
-		lns = append(lns, acceptOn(t, p, echo))
+		lns = append(lns, acceptOn(t, p, goEcho))
 	}
 	if grew := runtime.NumGoroutine() - before; grew > 0 {
 		t.Errorf("watching %d listeners started %d goroutines; want none", n, grew)
@@ -116,7 +119,7 @@ func TestAcceptedConnectionsOptions(t *testing.T) {
 // A burst larger than one wake-up's batch is served in full.
 func TestAcceptBurst(t *testing.T) {
 	p := newPoller(t)
-	l := acceptOn(t, p, echo)
+	l := acceptOn(t, p, goEcho)
 	const n = 3 * acceptBatch
 	var wg sync.WaitGroup
 	var failed atomic.Int32
@@ -169,7 +172,7 @@ func TestListenerCloseStopsServing(t *testing.T) {
 		t.Errorf("serve called %d times after Close; want 0", n)
 	}
 	// The poller goes on serving other listeners.
-	l2 := acceptOn(t, p, echo)
+	l2 := acceptOn(t, p, goEcho)
 	roundTrip(t, l2.Addr().String(), "still here")
 }
 
@@ -181,13 +184,13 @@ func TestListenerClosedUnderneath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := p.Accept(ln, echo)
+	l, err := p.Accept(ln, goEcho)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ln.Close()
 	defer l.Close()
-	l2 := acceptOn(t, p, echo)
+	l2 := acceptOn(t, p, goEcho)
 	roundTrip(t, l2.Addr().String(), "other listener")
 }
 

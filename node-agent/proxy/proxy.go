@@ -155,8 +155,9 @@ type StreamHandler interface {
 
 // TunnelServer serves the HBONE connections accepted on a pod's 15008.
 type TunnelServer interface {
-	// ServeConn serves one accepted connection on a goroutine of its own
-	// (after Shutdown it closes it).
+	// ServeConn takes in one accepted connection and serves it on a
+	// goroutine of its own (after Shutdown it closes it); it must not
+	// block: the poller calls it.
 	ServeConn(c net.Conn)
 	// Shutdown tells every client to open no new stream, waits for open
 	// streams to finish until ctx ends, then closes what is left.

@@ -99,15 +99,20 @@ func Start(opts Options) (*Proxy, error) {
 	return p, nil
 }
 
-// served wraps serve with the connection's tracking.
+// served is the poller's accepted function for a listener: the connection
+// is tracked before the poller goes on (so that once Drain has closed the
+// listeners, every connection they accepted is counted), then served on a
+// goroutine of its own.
 func (p *Proxy) served(serve func(net.Conn)) func(net.Conn) {
 	return func(c net.Conn) {
 		if !p.track(c) {
 			reset(c)
 			return
 		}
-		defer p.untrack(c)
-		serve(c)
+		go func() {
+			defer p.untrack(c)
+			serve(c)
+		}()
 	}
 }
 
