@@ -269,10 +269,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if dr := spec.DirectResponse; dr != nil {
-		applyHeaderOps(w.Header(), spec.ResponseHeaders)
-		w.WriteHeader(dr.Status)
-		io.WriteString(w, dr.Body)
-		rec.details = "direct_response"
+		directReply(w, rec, dr, spec.ResponseHeaders)
 		return
 	}
 	if rd := spec.Redirect; rd != nil {
@@ -316,11 +313,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if dr := d.spec.DirectResponse; dr != nil {
 		// A backend that does not resolve: its share of the requests is
 		// answered here (Gateway API: 500), never forwarded or mirrored.
-		applyHeaderOps(w.Header(), spec.ResponseHeaders)
-		applyHeaderOps(w.Header(), d.spec.ResponseHeaders)
-		w.WriteHeader(dr.Status)
-		io.WriteString(w, dr.Body)
-		rec.details = "direct_response"
+		directReply(w, rec, dr, spec.ResponseHeaders, d.spec.ResponseHeaders)
 		return
 	}
 	up := d.up
@@ -1280,6 +1273,17 @@ func redirectURL(req *http.Request, path string, rd *model.Redirect) string {
 		setPath(&u, rd.URI, req.URL.RawQuery)
 	}
 	return u.String()
+}
+
+// directReply answers with a configured direct response, after the
+// response header operations in ops (route's, then destination's).
+func directReply(w http.ResponseWriter, rec *record, dr *model.DirectResponse, ops ...model.HeaderOps) {
+	for _, o := range ops {
+		applyHeaderOps(w.Header(), o)
+	}
+	w.WriteHeader(dr.Status)
+	io.WriteString(w, dr.Body)
+	rec.details = "direct_response"
 }
 
 func applyHeaderOps(h http.Header, ops model.HeaderOps) {
