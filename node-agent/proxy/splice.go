@@ -64,6 +64,11 @@ func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
 			}
 		}
 	case io.WriterTo:
+		if _, ok := dst.(hbone.TryWriter); ok {
+			// An HBONE stream's reader then writes to dst itself.
+			_, _ = s.WriteTo(countingTryWriter{cw})
+			return
+		}
 		_, _ = s.WriteTo(cw)
 	default:
 		bp := bufPool.Get().(*[]byte)
@@ -102,6 +107,17 @@ func (c countingWriter) Writev(bufs [][]byte) (int, error) {
 		return total, nil
 	}
 	n, err := vw.Writev(bufs)
+	if c.ctr != nil && n > 0 {
+		c.ctr.Add(float64(n))
+	}
+	return n, err
+}
+
+// countingTryWriter is a countingWriter whose writer has TryWrite.
+type countingTryWriter struct{ countingWriter }
+
+func (c countingTryWriter) TryWrite(p []byte) (int, error) {
+	n, err := c.w.(hbone.TryWriter).TryWrite(p)
 	if c.ctr != nil && n > 0 {
 		c.ctr.Add(float64(n))
 	}

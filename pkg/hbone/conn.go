@@ -378,6 +378,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	id := f.StreamID
 	size := int32(f.Header().Length) // padding counts against the window
 	data := f.Data()
+	empty := len(data) == 0 // data shrinks as the sink takes it
 	c.mu.Lock()
 	if size > c.recvWindow {
 		c.mu.Unlock()
@@ -411,6 +412,16 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if pad := size - int32(len(data)); pad > 0 {
 		c.creditLocked(s, pad)
 	}
+	if len(data) > 0 && s.sink != nil && s.buf.n == 0 && !s.sinking {
+		if !c.sinkLocked(s, &data) {
+			pending := len(c.ctl) > 0
+			c.mu.Unlock()
+			if pending {
+				c.flushCtl()
+			}
+			return nil
+		}
+	}
 	if len(data) > 0 {
 		s.buf.write(data)
 		s.readCond.Signal()
@@ -426,10 +437,50 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if pending {
 		c.flushCtl()
 	}
-	if len(data) == 0 && !end {
+	if empty && !end {
 		return c.calm(&c.controlRate, "empty DATA")
 	}
 	return nil
+}
+
+// sinkLocked hands *data to the writer of s's waiting WriteTo (s.sink)
+// from the reader goroutine, without waiting on it, and leaves in *data
+// what it did not take, for the buffer. It reports false when s can take
+// no more data (a failed writer, a stream ended meanwhile), having given
+// what is left back to the connection window. c.mu held; it is released
+// while the writer runs.
+//
+// Why: WriteTo waking for every frame puts a goroutine hand-off (a wake-up,
+// often of another thread) on each received chunk of every proxied
+// connection, on both nodes, in the request's and in the response's way.
+func (c *conn) sinkLocked(s *stream, data *[]byte) bool {
+	sink := s.sink
+	s.sinking = true
+	c.mu.Unlock()
+	n, err := sink.TryWrite(*data)
+	c.mu.Lock()
+	s.sinking = false
+	s.sunk += int64(n)
+	c.creditLocked(s, int32(n))
+	*data = (*data)[n:]
+	// WriteTo sets s.sink only while it waits; nil now means it woke
+	// meanwhile, found the sink busy and waits again, for this signal.
+	wake := s.sink == nil
+	ok := true
+	switch {
+	case err != nil:
+		s.sinkErr, ok = err, false
+	case s.closed || s.resetErr != nil:
+		ok = false
+	}
+	if !ok {
+		c.creditConnLocked(int32(len(*data)))
+		*data = nil
+	}
+	if wake || !ok || len(*data) > 0 {
+		s.readCond.Signal()
+	}
+	return ok
 }
 
 func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
@@ -1019,6 +1070,12 @@ type stream struct {
 	resetErr    error // RST_STREAM either way, GOAWAY or the connection's end
 	closed      bool  // Close called here
 	removed     bool  // out of c.streams
+	// WriteTo's writer, set while WriteTo waits with nothing buffered:
+	// the reader goroutine writes received data to it itself (sinkLocked).
+	sink    TryWriter
+	sinking bool  // the reader goroutine is in sink.TryWrite, c.mu released
+	sunk    int64 // bytes sink took, for WriteTo's count
+	sinkErr error // sink's failure, for WriteTo to return
 	// Client: the response.
 	status    int
 	responded bool
@@ -1093,10 +1150,13 @@ func (s *stream) writeTo(w io.Writer) (int64, error) {
 	c := s.c
 	var total int64
 	vw, _ := w.(VectorWriter)
+	tw, _ := w.(TryWriter)
 	var chunks [maxWritev]*[chunkSize]byte
 	for {
 		c.mu.Lock()
-		if err := s.waitDataLocked(context.Background(), false); err != nil {
+		if err := s.waitWriteToLocked(tw); err != nil {
+			total += s.sunk
+			s.sunk = 0
 			c.mu.Unlock()
 			if err == io.EOF {
 				err = nil
@@ -1149,6 +1209,34 @@ func (s *stream) writeTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// waitWriteToLocked is waitDataLocked for writeTo: while it waits with
+// nothing buffered, the reader goroutine writes what arrives to tw itself
+// (sinkLocked), and it returns nil only for bytes left in the buffer. It
+// never returns while the reader is in tw, which would let the caller
+// close or half-close w under that write. c.mu held.
+func (s *stream) waitWriteToLocked(tw TryWriter) error {
+	for {
+		if s.sinkErr != nil {
+			return s.sinkErr
+		}
+		if !s.sinking {
+			if err := s.waitDataLocked(context.Background(), true); err != nil || s.buf.n > 0 {
+				return err
+			}
+			s.sink = tw
+		}
+		s.readCond.Wait()
+		s.sink = nil
+	}
+}
+
+// TryWriter writes without waiting what it can take of p at once
+// (rawsock.Conn): a stream's WriteTo lets the connection's reader hand
+// received bytes to it directly while WriteTo waits.
+type TryWriter interface {
+	TryWrite(p []byte) (int, error)
 }
 
 // maxWritev bounds the chunks writeTo hands over in one Writev (256 KiB).

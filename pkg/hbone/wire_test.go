@@ -464,8 +464,8 @@ func TestClientResetOnClose(t *testing.T) {
 // allocates about what the same echo over plain TLS does (2 in
 // BenchmarkStreamRoundTrip/tls), counting the server's side.
 func TestRoundTripAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation count skipped in -short mode")
+	if testing.Short() || raceEnabled {
+		t.Skip("allocation count skipped in -short mode and under the race detector")
 	}
 	e := newEnv(t, nil, nil)
 	c, err := e.dialer.Dial(ctxT(t), e.target())

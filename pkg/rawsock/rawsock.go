@@ -39,6 +39,7 @@ type Conn struct {
 	rmu, wmu         sync.Mutex
 	readFn, writevFn func(fd uintptr) bool
 	iov              []syscall.Iovec // what Write and Writev send, reused
+	noWait           bool            // TryWrite: writev takes no wait
 	rbuf             []byte
 	rn, wn           int
 	rerrno, werrno   syscall.Errno
@@ -228,6 +229,34 @@ func (c *Conn) writeLocked(p []byte) (int, error) {
 	return c.sendIovLocked(len(p))
 }
 
+// TryWrite writes what of p the socket's send buffer takes now and returns
+// at once: n < len(p) with a nil error says the buffer is full, and the
+// rest is the caller's to write later (with Write, which waits). Between
+// Hold and Release it gathers p, as Write does.
+//
+// Why: a proxy whose reader goroutine has bytes for a connection nobody is
+// writing to can write them itself instead of waking a copier goroutine
+// for them (hbone's stream WriteTo), as long as it never waits on a slow
+// receiver while other streams wait behind it.
+func (c *Conn) TryWrite(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.holding {
+		return c.writeHeldLocked(p)
+	}
+	c.iov = append(c.iov[:0], iovec(p))
+	c.noWait = true
+	n, err := c.sendIovLocked(len(p))
+	c.noWait = false
+	if errors.Is(err, io.ErrShortWrite) {
+		err = nil
+	}
+	return n, err
+}
+
 func iovec(b []byte) syscall.Iovec {
 	v := syscall.Iovec{Base: &b[0]}
 	v.SetLen(len(b))
@@ -304,7 +333,7 @@ func (c *Conn) sendIovLocked(want int) (int, error) {
 
 // writev is the RawConn callback of Write and Writev: it writes c.iov, dropping what
 // went out from its front after a partial write; false asks the poller to
-// wait for room in the send buffer.
+// wait for room in the send buffer (never for TryWrite).
 func (c *Conn) writev(fd uintptr) bool {
 	for len(c.iov) > 0 {
 		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
@@ -319,7 +348,7 @@ func (c *Conn) writev(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			return false
+			return c.noWait
 		}
 		c.werrno = e
 		return true
