@@ -27,6 +27,10 @@ type Agent struct {
 	workloads map[string]uint32       // namespace/workload/sa → data path workload ID
 	draining  bool
 	probeSrc  []netip.Addr // the node's addresses, as last given to the data path
+	// local maps each enrolled pod's addresses to its proxy, for the
+	// same-node path (proxy.Options.Local), read without a.mu: a
+	// connection never waits for an enrollment in progress.
+	local sync.Map // netip.Addr → *proxy.Proxy
 }
 
 type enrolledPod struct {
@@ -160,6 +164,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 			return m.TunnelServer(pp, h)
 		}
 		popts.PeerAuth, popts.Authorize, popts.PeerWorkload = m.PeerAuth, m.Authorize, m.PeerWorkload
+		popts.Local = a.localProxy
 	}
 	if dns != nil {
 		popts.DNS = dns.ServeTCP
@@ -201,6 +206,17 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		return fmt.Errorf("start capture: %w", err)
 	}
 	a.pods[p.UID] = &enrolledPod{pod: p, cookie: cookie, rec: rec, proxy: px, dns: dns}
+	for _, ip := range p.IPs {
+		a.local.Store(ip.Unmap(), px)
+	}
+	return nil
+}
+
+// localProxy returns the proxy of the enrolled pod that owns addr, or nil.
+func (a *Agent) localProxy(addr netip.Addr) *proxy.Proxy {
+	if v, ok := a.local.Load(addr.Unmap()); ok {
+		return v.(*proxy.Proxy)
+	}
 	return nil
 }
 
@@ -277,6 +293,9 @@ func (a *Agent) Unenroll(_ context.Context, p enroll.Pod) error {
 
 func (a *Agent) unenrollLocked(ep *enrolledPod, drain time.Duration) error {
 	delete(a.pods, ep.pod.UID)
+	for _, ip := range ep.pod.IPs {
+		a.local.CompareAndDelete(ip.Unmap(), ep.proxy)
+	}
 	var errs []error
 	if err := a.opts.Datapath.Unenroll(ep.cookie); err != nil {
 		errs = append(errs, fmt.Errorf("stop capture: %w", err))

@@ -70,7 +70,36 @@ func (l connLabels) values() []string {
 
 // connCounters are the counters of one connection, resolved once.
 type connCounters struct {
-	closed, sent, received prometheus.Counter
+	closed, sent, received counter
+}
+
+// counter is what a connection's counts go to: a Prometheus counter, or
+// two (counterPair).
+type counter interface{ Add(float64) }
+
+// counterPair counts into both: a connection on the same-node path is
+// reported by its source and by its destination, as a tunnelled one is by
+// the agents at both ends.
+type counterPair [2]counter
+
+func (p counterPair) Add(v float64) {
+	p[0].Add(v)
+	p[1].Add(v)
+}
+
+// joinCounters counts a connection into a and b; either may be nil.
+func joinCounters(a, b *connCounters) *connCounters {
+	if a == nil || b == nil {
+		if a == nil {
+			return b
+		}
+		return a
+	}
+	return &connCounters{
+		closed:   counterPair{a.closed, b.closed},
+		sent:     counterPair{a.sent, b.sent},
+		received: counterPair{a.received, b.received},
+	}
 }
 
 func (m *Metrics) open(l connLabels) *connCounters {

@@ -12,6 +12,12 @@
 // must never serve a refused connection half-way: a refusal is a TCP reset
 // (or a refused stream) counted by reason.
 //
+// A connection to a mesh destination whose pod the same agent serves takes
+// no tunnel (serveLocal): DESIGN.md plans same-node traffic spliced in the
+// kernel (sockhash + sk_msg), which keeps the policy decision but not the
+// counters and needs a safe hand-over of bytes already in flight; until
+// then it is carried in user space with one hop and no TLS.
+//
 // A connection captured on 15001 whose original destination port is 53 is
 // DNS over TCP: it goes to Options.DNS (the pod's DNS proxy, which answers
 // mesh names over TCP as it does over UDP) instead of passing through to the
@@ -213,6 +219,10 @@ type Options struct {
 	// outbound to mesh destinations.
 	// The stream may have CloseWrite() error for half-close.
 	DialTunnel func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error)
+	// Local returns the proxy of a pod this agent serves that owns addr,
+	// or nil. With it, a connection to a mesh destination on the same
+	// node skips the tunnel (serveLocal). Nil tunnels everything.
+	Local func(addr netip.Addr) *Proxy
 	// DNS serves a DNS-over-TCP connection the pod opened: one accepted on
 	// 15001 whose original destination orig has port 53. It owns c and
 	// returns once c is closed; c's bytes are counted (received and sent)

@@ -39,6 +39,8 @@ type mesh struct {
 	metrics    *Metrics
 	reg        *prometheus.Registry
 	appSources chan netip.Addr
+	// tunnelDials counts DialTunnel calls.
+	tunnelDials atomic.Int32
 }
 
 type meshConfig struct {
@@ -54,6 +56,8 @@ type meshConfig struct {
 	resolve func(dst netip.AddrPort) (Destination, bool)
 	// dns is Options.DNS.
 	dns func(c net.Conn, orig netip.AddrPort)
+	// local makes A and B pods of one agent (Options.Local).
+	local bool
 }
 
 func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
@@ -104,7 +108,10 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 			OriginalDst: func(net.Conn) (netip.AddrPort, error) { return origDst, nil },
 			InboundDst:  func(net.Conn) netip.AddrPort { return bApp },
 			Resolve:     resolve,
-			DialTunnel:  testDialTunnel(agentMark),
+			DialTunnel: func(ctx context.Context, src Pod, d Destination) (io.ReadWriteCloser, error) {
+				m.tunnelDials.Add(1)
+				return testDialTunnel(agentMark)(ctx, src, d)
+			},
 			Tunnel:      newTestTunnel,
 			PeerAuth:    func(Pod, uint16) Mode { return cfg.mode },
 			ProbeExempt: cfg.probe,
@@ -114,7 +121,16 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 		}
 	}
 	var err error
-	if m.pa, err = Start(common(m.a)); err != nil {
+	oa := common(m.a)
+	if cfg.local {
+		oa.Local = func(addr netip.Addr) *Proxy {
+			if m.b.owns(addr) {
+				return m.pb
+			}
+			return nil
+		}
+	}
+	if m.pa, err = Start(oa); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.pa.Close() })

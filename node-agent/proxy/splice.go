@@ -5,8 +5,6 @@ import (
 	"net"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/rawsock"
 )
@@ -15,7 +13,7 @@ import (
 // connections until both directions end, counting bytes as they pass, then
 // closes both. A direction that ends half-closes the other side's write.
 func splice(down, up io.ReadWriteCloser, c *connCounters) {
-	var recv, sent prometheus.Counter
+	var recv, sent counter
 	if c != nil {
 		recv, sent = c.received, c.sent
 	}
@@ -35,7 +33,7 @@ func splice(down, up io.ReadWriteCloser, c *connCounters) {
 	down.Close()
 	up.Close()
 	if c != nil {
-		c.closed.Inc()
+		c.closed.Add(1)
 	}
 }
 
@@ -46,7 +44,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // for data holds no copy buffer when src is a socket (the buffer is taken
 // once it is readable) or an HBONE stream (it writes its received chunks
 // itself): idle keep-alive connections, most of a node's, cost none.
-func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
+func copyCounted(dst io.Writer, src io.Reader, ctr counter) {
 	cw := countingWriter{dst, ctr}
 	switch s := src.(type) {
 	case *rawsock.Conn: // before io.WriterTo, which it also is
@@ -80,7 +78,7 @@ func copyCounted(dst io.Writer, src io.Reader, ctr prometheus.Counter) {
 // countingWriter adds what it writes to ctr (when set).
 type countingWriter struct {
 	w   io.Writer
-	ctr prometheus.Counter
+	ctr counter
 }
 
 func (c countingWriter) Write(p []byte) (int, error) {
@@ -128,7 +126,7 @@ func (c countingTryWriter) TryWrite(p []byte) (int, error) {
 // sent, for a connection the proxy hands to someone else (Options.DNS).
 type countedConn struct {
 	net.Conn
-	received, sent prometheus.Counter
+	received, sent counter
 }
 
 // countConn counts c's bytes in cc; c itself when cc is nil.
