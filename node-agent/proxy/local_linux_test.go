@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/meshlet/meshlet/node-agent/netns"
 )
 
@@ -31,30 +29,7 @@ func TestOutboundSameNode(t *testing.T) {
 		t.Errorf("%d tunnel dials; want none between pods of one node", n)
 	}
 	waitClosed(t, m, 2)
-	for _, rep := range []struct {
-		reporter string
-		src      []string
-		svc      string
-	}{
-		{"source", []string{"cart", "shop", idA}, "db.shop.svc.cluster.local"},
-		{"destination", []string{"unknown", "unknown", idA}, "unknown"},
-	} {
-		labels := append(append([]string{rep.reporter}, rep.src...), "db", "shop", idB, rep.svc, "mutual_tls")
-		for _, c := range []struct {
-			vec  *prometheus.CounterVec
-			name string
-			want float64
-		}{
-			{m.metrics.opened, "opened", 1},
-			{m.metrics.closed, "closed", 1},
-			{m.metrics.received, "received", float64(len(msg))},
-			{m.metrics.sent, "sent", float64(len(msg))},
-		} {
-			if got := value(c.vec.WithLabelValues(labels...)); got != c.want {
-				t.Errorf("istio_tcp %s (reporter=%s) = %v; want %v", c.name, rep.reporter, got, c.want)
-			}
-		}
-	}
+	m.wantBothReported(t, len(msg))
 }
 
 // The destination's authorization holds on the same-node path: a source

@@ -202,19 +202,22 @@ func TestOutboundThroughTunnel(t *testing.T) {
 	m.wantAppSawA(t)
 	// Both reporters count the connection and every byte.
 	waitClosed(t, m, 2)
+	m.wantBothReported(t, len(msg))
+}
+
+// wantBothReported checks that the source and the destination each counted
+// one mutual-TLS connection from A to B, closed, with n bytes each way.
+func (m *mesh) wantBothReported(t *testing.T, n int) {
+	t.Helper()
 	for _, rep := range []struct {
 		reporter string
 		src      []string
+		svc      string
 	}{
-		{"source", []string{"cart", "shop", idA}},
-		{"destination", []string{"unknown", "unknown", idA}},
+		{"source", []string{"cart", "shop", idA}, "db.shop.svc.cluster.local"},
+		{"destination", []string{"unknown", "unknown", idA}, "unknown"},
 	} {
-		labels := append(append([]string{rep.reporter}, rep.src...), "db", "shop", idB)
-		svc := "db.shop.svc.cluster.local"
-		if rep.reporter == "destination" {
-			svc = "unknown"
-		}
-		labels = append(labels, svc, "mutual_tls")
+		labels := append(append([]string{rep.reporter}, rep.src...), "db", "shop", idB, rep.svc, "mutual_tls")
 		for _, c := range []struct {
 			vec  *prometheus.CounterVec
 			name string
@@ -222,8 +225,8 @@ func TestOutboundThroughTunnel(t *testing.T) {
 		}{
 			{m.metrics.opened, "opened", 1},
 			{m.metrics.closed, "closed", 1},
-			{m.metrics.received, "received", float64(len(msg))},
-			{m.metrics.sent, "sent", float64(len(msg))},
+			{m.metrics.received, "received", float64(n)},
+			{m.metrics.sent, "sent", float64(n)},
 		} {
 			if got := value(c.vec.WithLabelValues(labels...)); got != c.want {
 				t.Errorf("istio_tcp %s (reporter=%s) = %v; want %v", c.name, rep.reporter, got, c.want)
