@@ -127,7 +127,8 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
-	log.Printf("worker threads: %d (%s)", threads, from)
+	gc, gcFrom := admin.ApplyGCPercent(agentGCPercent)
+	log.Printf("worker threads: %d (%s); GOGC %d (%s)", threads, from, gc, gcFrom)
 	if f.adminAddr != "" {
 		if err := admin.CheckAddr(f.adminAddr); err != nil {
 			return fmt.Errorf("--admin-addr: %w", err)
@@ -426,6 +427,10 @@ const (
 	binaryTrimCheck  = 30 * time.Second
 	binaryTrimGrowth = 1 << 20
 )
+
+// agentGCPercent is the agent's GOGC unless $GOGC is set (see
+// admin.ApplyGCPercent).
+const agentGCPercent = 50
 
 // startupSettle is how long after the first full enrollment start-up is
 // taken to be over.

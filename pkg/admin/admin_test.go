@@ -79,3 +79,20 @@ func TestMemoryLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestApplyGCPercent(t *testing.T) {
+	gc := 100
+	set := func(n int) int { old := gc; gc = n; return old }
+	if n, from := applyGCPercent(50, func(string) string { return "" }, set); n != 50 || gc != 50 || from != "default" {
+		t.Errorf("no $GOGC: %d from %s, runtime at %d; want 50 from default", n, from, gc)
+	}
+	gc = 200 // as the runtime set it from $GOGC=200
+	if n, from := applyGCPercent(50, func(k string) string {
+		if k == "GOGC" {
+			return "200"
+		}
+		return ""
+	}, set); n != 200 || gc != 200 || from != "$GOGC" {
+		t.Errorf("$GOGC=200: %d from %s, runtime at %d; want 200 from $GOGC, unchanged", n, from, gc)
+	}
+}
