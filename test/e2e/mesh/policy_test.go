@@ -147,14 +147,19 @@ spec:
 
 // TestL4AuthorizationPolicy: an ALLOW for one service account lets it in and
 // keeps another out (reset, counted as policy_denied); a DENY for the
-// allowed one wins over the ALLOW.
+// allowed one wins over the ALLOW. Carol (sa b) and dave (sa a) run on the
+// server's node, where the agent carries their connections without the
+// tunnel: the same policy holds for them.
 func TestL4AuthorizationPolicy(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
 	server, url := echoServer(t, lb, ns)
 	alice := clientPod(t, lb, ns, "alice", "a")
 	bob := clientPod(t, lb, ns, "bob", "b")
+	carol := podOn(t, lb, ns, "carol", "b", server.Spec.NodeName)
+	dave := podOn(t, lb, ns, "dave", "a", server.Spec.NodeName)
 	waitAnswered(t, lb, ns, bob.Name, url, true, "no policy: bob is served")
+	waitAnswered(t, lb, ns, carol.Name, url, true, "no policy: carol (same node) is served")
 
 	denied0 := refusedMetric(t, server.Status.HostIP, ns, "policy_denied")
 	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: security.istio.io/v1
@@ -167,8 +172,12 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/%s/sa/a"]}}]
 `, ns))
 	waitAnswered(t, lb, ns, bob.Name, url, false, "ALLOW a: bob (sa b) is refused")
+	waitAnswered(t, lb, ns, carol.Name, url, false, "ALLOW a: carol (sa b, same node) is refused")
 	if ok, out := request(t, lb, ns, alice.Name, url); !ok {
 		t.Errorf("ALLOW a: alice (sa a) was refused: %s", out)
+	}
+	if ok, out := request(t, lb, ns, dave.Name, url); !ok {
+		t.Errorf("ALLOW a: dave (sa a, same node) was refused: %s", out)
 	}
 	if d := refusedMetric(t, server.Status.HostIP, ns, "policy_denied") - denied0; d < 1 {
 		t.Errorf("refused connections (policy_denied) moved by %v; want at least 1", d)
@@ -184,6 +193,7 @@ spec:
   - from: [{source: {principals: ["cluster.local/ns/%s/sa/a"]}}]
 `, ns))
 	waitAnswered(t, lb, ns, alice.Name, url, false, "DENY a wins over ALLOW a: alice is refused")
+	waitAnswered(t, lb, ns, dave.Name, url, false, "DENY a wins over ALLOW a: dave (same node) is refused")
 }
 
 // TestTrafficFlowsWithMeshdStopped: with every meshd replica gone, enrolled
