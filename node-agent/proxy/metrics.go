@@ -89,10 +89,10 @@ func (p counterPair) Add(v float64) {
 
 // joinCounters counts a connection into a and b; either may be nil.
 func joinCounters(a, b *connCounters) *connCounters {
-	if a == nil || b == nil {
-		if a == nil {
-			return b
-		}
+	if a == nil {
+		return b
+	}
+	if b == nil {
 		return a
 	}
 	return &connCounters{

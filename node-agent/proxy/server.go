@@ -179,16 +179,15 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 		labels = connLabels{reporter: "source", src: o.Pod.Workload}
 		if inMesh {
 			d.Source = p.clientAddr(down, dst.Addr())
+			labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 			if local := p.localPeer(d); local != nil {
 				if d.Release != nil {
 					defer d.Release()
 				}
-				labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 				p.serveLocal(ctx, down, local, d, labels)
 				return
 			}
 			up, err = o.DialTunnel(ctx, o.Pod, d)
-			labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 		} else {
 			// Outside the mesh: dial it from the pod as the pod would
 			// have (or the endpoint Resolve chose), marked so the connect
@@ -258,32 +257,34 @@ func (p *Proxy) localPeer(d Destination) *Proxy {
 // refused on 15006).
 func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Destination, labels connLabels) {
 	o := &p.opts
+	refuse := func(reason string, err error) {
+		o.Metrics.refuse("source", labels.dst, reason)
+		if err != nil {
+			o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
+		}
+		reset(down)
+	}
 	s := Stream{Conn: down, Peer: o.Pod.Identity, Source: d.Source, PeerAddr: d.Source.Addr(), Target: d.Target}
 	if err := dp.CheckStream(ctx, s); err != nil {
 		reason := ReasonDenied
 		if r := (*Refused)(nil); errors.As(err, &r) {
 			reason = r.Reason
 		}
-		o.Metrics.refuse("source", labels.dst, reason)
-		o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
-		reset(down)
+		refuse(reason, err)
 		return
 	}
 	// The destination's Drain waits for (then cuts) the connection too,
 	// as it does a tunnel stream; once it has stopped, it takes none.
 	if !dp.track(down) {
 		dp.opts.Metrics.refuse("destination", dp.opts.Pod.Workload, "draining")
-		o.Metrics.refuse("source", labels.dst, ReasonDialFailed)
-		reset(down)
+		refuse(ReasonDialFailed, nil)
 		return
 	}
 	defer dp.untrack(down)
 	up, err := dp.dialApp(ctx, d.Source.Addr(), d.Target)
 	if err != nil {
 		dp.opts.Metrics.refuse("destination", dp.opts.Pod.Workload, ReasonDialFailed)
-		o.Metrics.refuse("source", labels.dst, ReasonDialFailed)
-		o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
-		reset(down)
+		refuse(ReasonDialFailed, err)
 		return
 	}
 	src := Workload{Identity: o.Pod.Identity}

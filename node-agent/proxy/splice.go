@@ -83,10 +83,14 @@ type countingWriter struct {
 
 func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
+	c.count(n)
+	return n, err
+}
+
+func (c countingWriter) count(n int) {
 	if c.ctr != nil && n > 0 {
 		c.ctr.Add(float64(n))
 	}
-	return n, err
 }
 
 // Writev hands bufs to w in one writev when w can (rawsock.Conn), counting
@@ -105,9 +109,7 @@ func (c countingWriter) Writev(bufs [][]byte) (int, error) {
 		return total, nil
 	}
 	n, err := vw.Writev(bufs)
-	if c.ctr != nil && n > 0 {
-		c.ctr.Add(float64(n))
-	}
+	c.count(n)
 	return n, err
 }
 
@@ -116,9 +118,7 @@ type countingTryWriter struct{ countingWriter }
 
 func (c countingTryWriter) TryWrite(p []byte) (int, error) {
 	n, err := c.w.(hbone.TryWriter).TryWrite(p)
-	if c.ctr != nil && n > 0 {
-		c.ctr.Add(float64(n))
-	}
+	c.count(n)
 	return n, err
 }
 

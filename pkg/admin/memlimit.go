@@ -98,7 +98,7 @@ func ApplyGCPercent(def int) (int, string) {
 }
 
 func applyGCPercent(def int, getenv func(string) string, set func(int) int) (int, string) {
-	if v := getenv("GOGC"); v != "" {
+	if getenv("GOGC") != "" {
 		// The runtime has applied it; read it back without changing it.
 		cur := set(100)
 		set(cur)

@@ -194,6 +194,12 @@ func (c *Conn) flushHeldLocked() error {
 // Write writes all of p, waiting on the runtime's poller while the
 // socket's send buffer is full; between Hold and Release it gathers p.
 func (c *Conn) Write(p []byte) (int, error) {
+	return c.write(p, true)
+}
+
+// write is Write, and TryWrite when wait is false: a full send buffer ends
+// it with what went out and no error.
+func (c *Conn) write(p []byte, wait bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -202,7 +208,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if c.holding {
 		return c.writeHeldLocked(p)
 	}
-	return c.writeLocked(p)
+	c.noWait = !wait
+	n, err := c.writeLocked(p)
+	c.noWait = false
+	if !wait && errors.Is(err, io.ErrShortWrite) {
+		err = nil
+	}
+	return n, err
 }
 
 // writeHeldLocked gathers p, sending what was gathered first when p would
@@ -238,24 +250,7 @@ func (c *Conn) writeLocked(p []byte) (int, error) {
 // writing to can write them itself instead of waking a copier goroutine
 // for them (hbone's stream WriteTo), as long as it never waits on a slow
 // receiver while other streams wait behind it.
-func (c *Conn) TryWrite(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.holding {
-		return c.writeHeldLocked(p)
-	}
-	c.iov = append(c.iov[:0], iovec(p))
-	c.noWait = true
-	n, err := c.sendIovLocked(len(p))
-	c.noWait = false
-	if errors.Is(err, io.ErrShortWrite) {
-		err = nil
-	}
-	return n, err
-}
+func (c *Conn) TryWrite(p []byte) (int, error) { return c.write(p, false) }
 
 func iovec(b []byte) syscall.Iovec {
 	v := syscall.Iovec{Base: &b[0]}
