@@ -180,7 +180,12 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 		if inMesh {
 			d.Source = p.clientAddr(down, dst.Addr())
 			labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
-			if local := p.localPeer(d); local != nil {
+			// The destination's Drain waits for (then cuts) a same-node
+			// connection too, as it does a tunnel stream. Once it has
+			// stopped (the agent hands over to its successor), the tunnel
+			// below reaches the successor's listener instead.
+			if local := p.localPeer(d); local != nil && local.track(down) {
+				defer local.untrack(down)
 				if d.Release != nil {
 					defer d.Release()
 				}
@@ -254,14 +259,12 @@ func (p *Proxy) localPeer(d Destination) *Proxy {
 // the TLS handshake would prove nothing the agent does not know. The
 // connection is reported as mutual TLS, the policy it is held to (a
 // STRICT PeerAuthentication serves it; a plaintext client is still
-// refused on 15006).
+// refused on 15006). The caller has tracked down in dp (its Drain waits).
 func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Destination, labels connLabels) {
 	o := &p.opts
 	refuse := func(reason string, err error) {
 		o.Metrics.refuse("source", labels.dst, reason)
-		if err != nil {
-			o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
-		}
+		o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
 		reset(down)
 	}
 	s := Stream{Conn: down, Peer: o.Pod.Identity, Source: d.Source, PeerAddr: d.Source.Addr(), Target: d.Target}
@@ -273,14 +276,6 @@ func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Dest
 		refuse(reason, err)
 		return
 	}
-	// The destination's Drain waits for (then cuts) the connection too,
-	// as it does a tunnel stream; once it has stopped, it takes none.
-	if !dp.track(down) {
-		dp.opts.Metrics.refuse("destination", dp.opts.Pod.Workload, "draining")
-		refuse(ReasonDialFailed, nil)
-		return
-	}
-	defer dp.untrack(down)
 	up, err := dp.dialApp(ctx, d.Source.Addr(), d.Target)
 	if err != nil {
 		dp.opts.Metrics.refuse("destination", dp.opts.Pod.Workload, ReasonDialFailed)
