@@ -14,6 +14,7 @@ import (
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -134,6 +135,15 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 			corev1ac.ContainerPort().WithName("metrics").WithContainerPort(portMetrics).WithProtocol(corev1.ProtocolTCP),
 			corev1ac.ContainerPort().WithName("status-port").WithContainerPort(portReady).WithProtocol(corev1.ProtocolTCP),
 		).
+		// Requests make the pod Burstable, not BestEffort (first evicted
+		// when the node runs short); the memory limit bounds a leak and is
+		// what --memory-limit=auto derives the Go runtime's soft limit
+		// from. No CPU limit: throttling a proxy adds latency to every
+		// request it carries. Istio's waypoint asks 100m/128Mi with a 1Gi
+		// limit; meshlet's waypoint runs in ~25 MB.
+		WithResources(corev1ac.ResourceRequirements().
+			WithRequests(corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}).
+			WithLimits(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")})).
 		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().
 			WithPath("/healthz/ready").WithPort(intstr.FromInt32(portReady))).
 			WithPeriodSeconds(2).WithFailureThreshold(3)).

@@ -97,6 +97,12 @@ func TestRenderContract(t *testing.T) {
 			t.Errorf("env %s from %q; want %q", k, env[k], want)
 		}
 	}
+	// Burstable QoS (not first to be evicted), a memory bound for
+	// --memory-limit=auto, no CPU throttling.
+	if r := c.Resources; r == nil || r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() ||
+		r.Limits.Memory().IsZero() || !r.Limits.Cpu().IsZero() {
+		t.Errorf("resources = %+v; want CPU and memory requests and a memory limit only", r)
+	}
 	var ports []int32
 	for _, p := range c.Ports {
 		ports = append(ports, *p.ContainerPort)
