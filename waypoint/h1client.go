@@ -156,12 +156,10 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 		}
 	}
 	ctx := req.Context()
-	// Cut the connection when the context ends: a deadline for a plain
-	// TCP connection, and a close for those without deadlines (HBONE
-	// streams ignore them), which would otherwise wait out the upstream.
-	stop := context.AfterFunc(ctx, func() { pc.SetDeadline(aLongTimeAgo); pc.Conn.Close() })
+	// Cut the connection when the context ends (see h1Conn.cut).
+	watch := watchCtx(ctx, pc)
 	fail := func(err error) (*http.Response, error) {
-		stop()
+		watch.end()
 		c.discard(pc)
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
@@ -203,18 +201,26 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The connection now belongs to the caller.
-		stop()
+		watch.end()
 		resp.Body = &h1Upgraded{Conn: pc.Conn, br: pc.br}
 		c.forget(pc)
 		return resp, nil
 	}
-	b := &h1Body{c: c, pc: pc, body: resp.Body, stop: stop, written: written, keep: !resp.Close && !req.Close}
+	b := &h1Body{c: c, pc: pc, body: resp.Body, watch: watch, written: written, keep: !resp.Close && !req.Close}
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, nil
 	}
 	resp.Body = b
 	return resp, nil
+}
+
+// cut ends the connection when a request's context ends: a deadline for a
+// plain TCP connection, and a close for those without deadlines (HBONE
+// streams ignore them), which would otherwise wait out the upstream.
+func (pc *h1Conn) cut() {
+	pc.SetDeadline(aLongTimeAgo)
+	pc.Conn.Close()
 }
 
 // sendRequest writes a request with a body, concurrently with the answer
@@ -256,7 +262,7 @@ type h1Body struct {
 	c       *h1Client
 	pc      *h1Conn
 	body    io.ReadCloser
-	stop    func() bool
+	watch   ctxWatch
 	written chan error // nil: the request was written before the answer was read
 	keep    bool       // neither side asked to close the connection
 	done    bool
@@ -291,7 +297,7 @@ const writeStopGrace = 100 * time.Millisecond
 // connection and neither side asked to close it; otherwise it is closed.
 func (b *h1Body) finish(complete bool) {
 	b.done = true
-	stopped := b.stop() // false: the context ended and cut the connection
+	stopped := b.watch.end() // false: the context ended and cut the connection
 	reuse := complete && b.keep && stopped
 	if b.written != nil {
 		select {

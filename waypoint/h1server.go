@@ -84,10 +84,10 @@ type h1ServerConn struct {
 
 	// Watching for the client going away while a handler runs.
 	mu        sync.Mutex
-	inHandler bool               // a handler runs; the watch may start
-	bodyDone  bool               // the request body was read to its end
-	bgDone    chan struct{}      // a background read runs until it is closed
-	cancelReq context.CancelFunc // the running request's
+	inHandler bool          // a handler runs; the watch may start
+	bodyDone  bool          // the request body was read to its end
+	bgDone    chan struct{} // a background read runs until it is closed
+	req       *reqContext   // the running request's context
 	timer     *time.Timer
 
 	// Expect: 100-continue.
@@ -436,13 +436,13 @@ var chunkedEncoding = []string{"chunked"}
 // reports whether the connection can serve another request.
 func (c *h1ServerConn) serveRequest(r *http.Request) bool {
 	s := c.srv
-	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
+	ctx := newReqContext(c.ctx)
+	defer ctx.cancel(context.Canceled)
 	req := r.WithContext(ctx)
 	body, _ := req.Body.(*h1ReqBody)
 
 	c.mu.Lock()
-	c.inHandler, c.bodyDone, c.cancelReq = true, body == nil, cancel
+	c.inHandler, c.bodyDone, c.req = true, body == nil, ctx
 	c.mu.Unlock()
 	c.timer.Reset(s.bgReadDelay)
 	if c.canWrite && c.bw.Buffered() > 0 {
@@ -533,8 +533,8 @@ func (c *h1ServerConn) watch() {
 	if n == 1 {
 		c.cr.byteBuf[0], c.cr.hasByte = b[0], true
 	}
-	if err != nil && c.inHandler && c.cancelReq != nil {
-		c.cancelReq()
+	if err != nil && c.inHandler && c.req != nil {
+		c.req.cancel(context.Canceled)
 	}
 	c.bgDone = nil
 	c.mu.Unlock()
@@ -547,7 +547,7 @@ func (c *h1ServerConn) endWatch() {
 	c.timer.Stop()
 	c.mu.Lock()
 	c.inHandler = false
-	c.cancelReq = nil
+	c.req = nil
 	done := c.bgDone
 	c.mu.Unlock()
 	if done == nil {

@@ -989,8 +989,16 @@ func (pr *Peer) defaultDestination(local net.Addr) {
 	if pr.DestinationPort != 0 && pr.DestinationIP.IsValid() {
 		return
 	}
-	ap, err := netip.ParseAddrPort(local.String())
-	if err != nil {
+	var ap netip.AddrPort
+	if tcp, ok := local.(*net.TCPAddr); ok {
+		ap = tcp.AddrPort() // no string built and parsed per request
+	} else {
+		var err error
+		if ap, err = netip.ParseAddrPort(local.String()); err != nil {
+			return
+		}
+	}
+	if !ap.IsValid() {
 		return
 	}
 	if pr.DestinationPort == 0 {
