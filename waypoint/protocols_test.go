@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -365,6 +366,35 @@ func TestNotPrefaceNotHTTP1(t *testing.T) {
 		c.Close()
 		if len(got) > 0 || err != nil {
 			t.Errorf("%q: answered %q, %v; want the connection closed without an answer", in, got, err)
+		}
+	}
+}
+
+// TestRemoveHopHeaders: every hop-by-hop field goes, and those named in
+// Connection; end-to-end fields stay; a WebSocket upgrade keeps Upgrade.
+func TestRemoveHopHeaders(t *testing.T) {
+	fresh := func() http.Header {
+		return http.Header{
+			"Connection": {"X-Private, upgrade"}, "Proxy-Connection": {"keep-alive"}, "Keep-Alive": {"timeout=5"},
+			"Proxy-Authenticate": {"Basic"}, "Proxy-Authorization": {"Basic eA=="}, "Te": {"trailers"},
+			"Trailer": {"X-T"}, "Transfer-Encoding": {"chunked"}, "Upgrade": {"websocket"},
+			"X-Private": {"1"}, "Content-Type": {"text/plain"}, "X-Request-Id": {"r1"},
+		}
+	}
+	for _, keepUpgrade := range []bool{false, true} {
+		h := fresh()
+		removeHopHeaders(h, keepUpgrade)
+		var keys []string
+		for k := range h {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		want := []string{"Content-Type", "X-Request-Id"}
+		if keepUpgrade {
+			want = []string{"Content-Type", "Upgrade", "X-Request-Id"}
+		}
+		if !slices.Equal(keys, want) {
+			t.Errorf("keepUpgrade=%v: left %v; want %v", keepUpgrade, keys, want)
 		}
 	}
 }

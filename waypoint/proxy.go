@@ -165,10 +165,26 @@ func (p *Proxy) Update(cfg *Config) error {
 	return nil
 }
 
-// internalHeaders are set only by the mesh; a client's values are removed.
-var internalHeaders = []string{
-	"X-Forwarded-Client-Cert", "X-Envoy-Peer-Metadata", "X-Envoy-Peer-Metadata-Id",
-	"X-Istio-Attributes", "X-Meshlet-Source-Principal", "X-Envoy-Original-Path",
+// isInternalHeader reports the canonical names set only by the mesh; a
+// client's values are removed.
+func isInternalHeader(k string) bool {
+	switch k {
+	case "X-Forwarded-Client-Cert", "X-Envoy-Peer-Metadata", "X-Envoy-Peer-Metadata-Id",
+		"X-Istio-Attributes", "X-Meshlet-Source-Principal", "X-Envoy-Original-Path":
+		return true
+	}
+	return false
+}
+
+// deleteHeaders removes from h the fields whose canonical name match
+// reports: one pass over h (a handful of fields, usually) instead of a hash
+// and lookup per listed name, every request.
+func deleteHeaders(h http.Header, match func(string) bool) {
+	for k := range h {
+		if match(k) {
+			delete(h, k)
+		}
+	}
 }
 
 // ServeHTTP is the flow of one request, top to bottom: normalize,
@@ -216,9 +232,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if req.URL.RawQuery != "" {
 		rec.path += "?" + req.URL.RawQuery
 	}
-	for _, h := range internalHeaders {
-		delete(req.Header, h) // h is canonical: Del would canonicalize it again
-	}
+	deleteHeaders(req.Header, isInternalHeader)
 
 	// 2. Authenticate: an invalid token is 401, a missing one is anonymous.
 	// This runs before routing, as Envoy's jwt_authn filter does, so that
@@ -1307,10 +1321,18 @@ func applyHeaderOps(h http.Header, ops model.HeaderOps) {
 }
 
 // hopHeaders are connection-specific (RFC 9110 section 7.6.1).
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+// isHopHeader reports the canonical names of hop-by-hop fields (RFC 9110
+// section 7.6.1, and the ones net/http's reverse proxy also drops).
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
+
+func isHopHeaderButUpgrade(k string) bool { return k != "Upgrade" && isHopHeader(k) }
 
 func removeHopHeaders(h http.Header, keepUpgrade bool) {
 	for _, f := range h["Connection"] {
@@ -1320,11 +1342,10 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 			}
 		}
 	}
-	for _, k := range hopHeaders {
-		if keepUpgrade && k == "Upgrade" {
-			continue
-		}
-		delete(h, k) // k is canonical: Del would canonicalize it again
+	if keepUpgrade {
+		deleteHeaders(h, isHopHeaderButUpgrade)
+	} else {
+		deleteHeaders(h, isHopHeader)
 	}
 }
 
