@@ -1320,7 +1320,6 @@ func applyHeaderOps(h http.Header, ops model.HeaderOps) {
 	}
 }
 
-// hopHeaders are connection-specific (RFC 9110 section 7.6.1).
 // isHopHeader reports the canonical names of hop-by-hop fields (RFC 9110
 // section 7.6.1, and the ones net/http's reverse proxy also drops).
 func isHopHeader(k string) bool {
