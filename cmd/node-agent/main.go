@@ -429,7 +429,11 @@ const (
 )
 
 // agentGCPercent is the agent's GOGC unless $GOGC is set (see
-// admin.ApplyGCPercent).
+// admin.ApplyGCPercent). Below Go's 100: the agent's live heap is small
+// (~3 MB with 50 pods) and it allocates little per connection (pooled
+// buffers), so collecting at 50% growth costs a collection every tens of
+// seconds at 1000 requests/s and keeps ~1 MB less heap resident (lab, 50
+// pods after a load: 10.2 -> 9.2 MB anonymous).
 const agentGCPercent = 50
 
 // startupSettle is how long after the first full enrollment start-up is

@@ -86,13 +86,8 @@ func ApplyMemoryLimit(v string) (string, error) {
 
 // ApplyGCPercent sets the garbage collector's target percentage (GOGC) to
 // def unless $GOGC is set (the runtime applied it already). It returns the
-// value in force and where it came from.
-//
-// Why a default below Go's 100 for a node agent: its live heap is small
-// (~3 MB with 50 pods) and it allocates little per connection (pooled
-// buffers), so collecting at 50% growth instead of 100% costs a collection
-// every tens of seconds at 1000 requests/s, and keeps ~1 MB less heap
-// resident (lab, 50 pods after a load: 10.2 -> 9.2 MB anonymous).
+// value in force and where it came from. Why a binary's default differs
+// from Go's 100 is said where it calls this.
 func ApplyGCPercent(def int) (int, string) {
 	return applyGCPercent(def, os.Getenv, debug.SetGCPercent)
 }
