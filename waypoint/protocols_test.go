@@ -371,11 +371,14 @@ func TestNotPrefaceNotHTTP1(t *testing.T) {
 }
 
 // TestRemoveHopHeaders: every hop-by-hop field goes, and those named in
-// Connection; end-to-end fields stay; a WebSocket upgrade keeps Upgrade.
+// Connection (in any case, over several Connection lines); end-to-end
+// fields stay, even one whose name starts with a listed one; a WebSocket
+// upgrade keeps Upgrade.
 func TestRemoveHopHeaders(t *testing.T) {
 	fresh := func() http.Header {
 		return http.Header{
-			"Connection": {"X-Private, upgrade"}, "Proxy-Connection": {"keep-alive"}, "Keep-Alive": {"timeout=5"},
+			"Connection": {"x-PRIVATE ,, upgrade", "X-Other"}, "Proxy-Connection": {"keep-alive"}, "Keep-Alive": {"timeout=5"},
+			"X-Other": {"2"}, "X-Private-Not": {"3"},
 			"Proxy-Authenticate": {"Basic"}, "Proxy-Authorization": {"Basic eA=="}, "Te": {"trailers"},
 			"Trailer": {"X-T"}, "Transfer-Encoding": {"chunked"}, "Upgrade": {"websocket"},
 			"X-Private": {"1"}, "Content-Type": {"text/plain"}, "X-Request-Id": {"r1"},
@@ -389,9 +392,9 @@ func TestRemoveHopHeaders(t *testing.T) {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		want := []string{"Content-Type", "X-Request-Id"}
+		want := []string{"Content-Type", "X-Private-Not", "X-Request-Id"}
 		if keepUpgrade {
-			want = []string{"Content-Type", "Upgrade", "X-Request-Id"}
+			want = []string{"Content-Type", "Upgrade", "X-Private-Not", "X-Request-Id"}
 		}
 		if !slices.Equal(keys, want) {
 			t.Errorf("keepUpgrade=%v: left %v; want %v", keepUpgrade, keys, want)

@@ -1331,20 +1331,22 @@ func isHopHeader(k string) bool {
 	return false
 }
 
-func isHopHeaderButUpgrade(k string) bool { return k != "Upgrade" && isHopHeader(k) }
-
+// removeHopHeaders drops the hop-by-hop fields and those the Connection
+// field names, in one pass over h: a listed name is matched against each
+// field's name without case (the names are canonical), so neither the
+// list is split nor a listed name canonicalized (both allocated, per
+// request: most answers carry "Connection: keep-alive").
 func removeHopHeaders(h http.Header, keepUpgrade bool) {
-	for _, f := range h["Connection"] {
-		for _, sf := range strings.Split(f, ",") {
-			if sf = strings.TrimSpace(sf); sf != "" && !(keepUpgrade && strings.EqualFold(sf, "upgrade")) {
-				h.Del(sf)
+	listed := h["Connection"]
+	for k := range h {
+		switch {
+		case isHopHeader(k):
+			if !keepUpgrade || k != "Upgrade" {
+				delete(h, k)
 			}
+		case len(listed) > 0 && hasToken(listed, k):
+			delete(h, k)
 		}
-	}
-	if keepUpgrade {
-		deleteHeaders(h, isHopHeaderButUpgrade)
-	} else {
-		deleteHeaders(h, isHopHeader)
 	}
 }
 
@@ -1355,12 +1357,8 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 // policy (h2c smuggling), so other upgrades are dropped with the other
 // hop-by-hop headers and the request is proxied as a plain request.
 func upgradeType(h http.Header) string {
-	for _, f := range h["Connection"] {
-		for _, sf := range strings.Split(f, ",") {
-			if strings.EqualFold(strings.TrimSpace(sf), "upgrade") && strings.EqualFold(get(h, "Upgrade"), "websocket") {
-				return "websocket"
-			}
-		}
+	if hasToken(h["Connection"], "upgrade") && strings.EqualFold(get(h, "Upgrade"), "websocket") {
+		return "websocket"
 	}
 	return ""
 }
