@@ -200,6 +200,11 @@ func run(f flags) error {
 		return err
 	}
 	reg.MustRegister(ag.NewKernelCollector(dp))
+	go func() {
+		if err := ag.WatchHostAddrs(ctx, ""); err != nil {
+			log.Printf("%v: an address the node gains from now on reaches the data path's probe sources only at the next enrollment of a pod with probes", err)
+		}
+	}()
 	rec, err := enroll.New(enroll.Options{
 		Client: client, NodeName: f.nodeName, SnapshotPath: f.cniState,
 		Enroll: ag.Enroll, Unenroll: ag.Unenroll, Errorf: log.Printf, Logf: log.Printf, NetnsDir: f.netnsDir,

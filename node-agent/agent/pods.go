@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshlet/meshlet/node-agent/ebpf"
@@ -27,6 +28,9 @@ type Agent struct {
 	workloads map[string]uint32       // namespace/workload/sa → data path workload ID
 	draining  bool
 	probeSrc  []netip.Addr // the node's addresses, as last given to the data path
+	// hostAddrs is the node's addresses as WatchHostAddrs last read them;
+	// nil when it does not run (then Options.HostAddrs is asked each time).
+	hostAddrs atomic.Pointer[[]netip.Addr]
 	// local maps each enrolled pod's addresses to its proxy, for the
 	// same-node path (proxy.Options.Local), read without a.mu: a
 	// connection never waits for an enrollment in progress.
@@ -155,7 +159,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		Pod: pp, Mark: o.AgentMark, ReturnMark: o.ReturnMark,
 		OriginalDst: o.Datapath.OriginalDst, Metrics: o.Metrics, Errorf: o.Errorf,
 		ProbeExempt: func(src netip.Addr, port uint16) bool {
-			return slices.Contains(p.ProbePorts, port) && slices.Contains(o.HostAddrs(), src)
+			return slices.Contains(p.ProbePorts, port) && slices.Contains(a.nodeAddrs(), src)
 		},
 	}
 	if m := o.Mesh; m != nil {
@@ -226,8 +230,9 @@ func (a *Agent) localProxy(addr netip.Addr) *proxy.Proxy {
 // succeeds, go through the agent, which exempts them as well (ProbeExempt).
 // a.mu held.
 func (a *Agent) syncProbeSourcesLocked() {
-	addrs := slices.Clone(a.opts.HostAddrs())
+	addrs := slices.Clone(a.nodeAddrs())
 	slices.SortFunc(addrs, func(x, y netip.Addr) int { return x.Compare(y) })
+	addrs = slices.Compact(addrs)
 	if slices.Equal(addrs, a.probeSrc) {
 		return
 	}
@@ -236,6 +241,24 @@ func (a *Agent) syncProbeSourcesLocked() {
 		return
 	}
 	a.probeSrc = addrs
+}
+
+// nodeAddrs returns the node's addresses: WatchHostAddrs's when it runs,
+// else Options.HostAddrs's. The slice is not to be changed.
+func (a *Agent) nodeAddrs() []netip.Addr {
+	if p := a.hostAddrs.Load(); p != nil {
+		return *p
+	}
+	return a.opts.HostAddrs()
+}
+
+// setHostAddrs takes the node's addresses as WatchHostAddrs read them and
+// gives them to the data path if they changed.
+func (a *Agent) setHostAddrs(addrs []netip.Addr) {
+	a.hostAddrs.Store(&addrs)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.syncProbeSourcesLocked()
 }
 
 // ReconcileDatapath makes the data path's enrolled set exactly the agent's:
