@@ -6,8 +6,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log"
-	"net"
-	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -139,11 +137,10 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 	m = mesh.New(mesh.Options{Snapshot: store.Load, Changed: store.Changed, Wait: decisionWait,
 		Dial: tn.Dial, Server: tn.Server, Forget: tn.Forget,
 		// ServiceEntry endpoints by hostname, resolved as the agent's own
-		// names are (dnsPolicy ClusterFirstWithHostNet: the cluster DNS).
-		LookupHost: func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		},
-		Errorf: log.Printf})
+		// names are (dnsPolicy ClusterFirstWithHostNet: the cluster DNS),
+		// and kept for their TTL.
+		LookupHost: mesh.DNSLookup(nil),
+		Errorf:     log.Printf})
 	configured = func() error {
 		select {
 		case <-xc.Synced():

@@ -2,8 +2,10 @@ package mesh
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -427,6 +429,7 @@ type dnsServer struct {
 	addr    string
 	mu      sync.Mutex
 	queries map[string]int
+	ttls    map[string]uint32 // a name's records' TTL; 30 when not set
 }
 
 func startDNS(t *testing.T, names map[string][]string) *dnsServer {
@@ -436,7 +439,7 @@ func startDNS(t *testing.T, names map[string][]string) *dnsServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	srv := &dnsServer{addr: pc.LocalAddr().String(), queries: map[string]int{}}
+	srv := &dnsServer{addr: pc.LocalAddr().String(), queries: map[string]int{}, ttls: map[string]uint32{}}
 	go func() {
 		buf := make([]byte, 512)
 		for {
@@ -465,9 +468,13 @@ func startDNS(t *testing.T, names map[string][]string) *dnsServer {
 			if q.Type == dnsmessage.TypeA {
 				srv.mu.Lock()
 				srv.queries[name]++
+				ttl, ok := srv.ttls[name]
+				if !ok {
+					ttl = 30
+				}
 				srv.mu.Unlock()
 				for _, a := range addrs {
-					b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 30}, dnsmessage.AResource{A: netip.MustParseAddr(a).As4()})
+					b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: ttl}, dnsmessage.AResource{A: netip.MustParseAddr(a).As4()})
 				}
 			}
 			out, err := b.Finish()
@@ -486,13 +493,12 @@ func (d *dnsServer) count(name string) int {
 }
 
 // lookup resolves through the server, as the agent resolves through the
-// cluster DNS.
+// cluster DNS (DNSLookup, with the server's address for resolv.conf's).
 func (d *dnsServer) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	return DNSLookup(func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var dl net.Dialer
 		return dl.DialContext(ctx, "udp", d.addr)
-	}}
-	return r.LookupNetIP(ctx, "ip", host)
+	})(ctx, host)
 }
 
 // TestResolveServiceEntryByHostname: a ServiceEntry endpoint known by
@@ -651,5 +657,97 @@ func TestHostResolverRefresh(t *testing.T) {
 	advance(failedTTL + time.Second)
 	if got := get(); got != "198.19.200.32" {
 		t.Errorf("after failedTTL: %s; want a new lookup's answer", got)
+	}
+}
+
+// TestHostResolverTTL: through a real DNS exchange, an answer is kept for
+// its records' TTL (not refreshed before it, refreshed after), bounded to
+// [minResolvedTTL, maxResolvedTTL].
+func TestHostResolverTTL(t *testing.T) {
+	dns := startDNS(t, map[string][]string{
+		"minute.partner.example":  {"198.19.200.41"},
+		"zero.partner.example":    {"198.19.200.42"},
+		"day.partner.example":     {"198.19.200.43"},
+		"default.partner.example": {"198.19.200.44"},
+	})
+	dns.mu.Lock()
+	dns.ttls["minute.partner.example"] = 60
+	dns.ttls["zero.partner.example"] = 0
+	dns.ttls["day.partner.example"] = 86400
+	dns.mu.Unlock()
+	for _, tt := range []struct {
+		host string
+		keep time.Duration // how long the answer is kept
+	}{
+		{"minute.partner.example", time.Minute},
+		{"zero.partner.example", minResolvedTTL},
+		{"day.partner.example", maxResolvedTTL},
+		{"default.partner.example", 30 * time.Second}, // the test server's TTL
+	} {
+		t.Run(tt.host, func(t *testing.T) {
+			var mu sync.Mutex
+			now := time.Unix(1000, 0)
+			r := &hostResolver{lookup: dns.lookup, errorf: t.Logf,
+				now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+			advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+			if _, err := r.addrs(tt.host); err != nil {
+				t.Fatal(err)
+			}
+			advance(tt.keep - time.Second)
+			r.addrs(tt.host)
+			time.Sleep(50 * time.Millisecond) // a refresh, had one started, would have asked by now
+			if n := dns.count(tt.host); n != 1 {
+				t.Fatalf("asked %d times within the TTL; want once", n)
+			}
+			advance(2 * time.Second)
+			r.addrs(tt.host)
+			deadline := time.Now().Add(5 * time.Second)
+			for dns.count(tt.host) < 2 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := dns.count(tt.host); n != 2 {
+				t.Errorf("asked %d times once the answer was %v old; want a refresh", n, tt.keep+time.Second)
+			}
+		})
+	}
+}
+
+// TestTTLConnStream: over a stream (DNS over TCP), messages are put
+// together from reads of any size, each one's TTL seen once.
+func TestTTLConnStream(t *testing.T) {
+	msg := func(ttl uint32) []byte {
+		b := dnsmessage.NewBuilder(nil, dnsmessage.Header{Response: true})
+		b.StartQuestions()
+		name := dnsmessage.MustNewName("api.partner.example.")
+		b.Question(dnsmessage.Question{Name: name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
+		b.StartAnswers()
+		b.CNAMEResource(dnsmessage.ResourceHeader{Name: name, Class: dnsmessage.ClassINET, TTL: ttl + 100},
+			dnsmessage.CNAMEResource{CNAME: dnsmessage.MustNewName("lb.partner.example.")})
+		b.AResource(dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName("lb.partner.example."), Class: dnsmessage.ClassINET, TTL: ttl},
+			dnsmessage.AResource{A: [4]byte{198, 19, 200, 51}})
+		out, err := b.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)
+	}
+	for _, chunk := range []int{1, 3, 1000} {
+		o := &ttlObserver{}
+		a, b := net.Pipe()
+		c := &ttlConn{Conn: a, o: o, stream: true}
+		stream := append(msg(120), msg(45)...)
+		go func() {
+			for p := stream; len(p) > 0; {
+				n := min(chunk, len(p))
+				b.Write(p[:n])
+				p = p[n:]
+			}
+			b.Close()
+		}()
+		io.Copy(io.Discard, c)
+		a.Close()
+		if got := o.result(); got != 45*time.Second {
+			t.Errorf("reads of %d bytes: TTL %v; want 45s (the smallest record's, of both messages)", chunk, got)
+		}
 	}
 }
