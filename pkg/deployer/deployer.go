@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -69,8 +70,8 @@ func New(opts Options) (*Deployer, error) {
 			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "meshlet-deployer"})}, nil
 }
 
-// Run watches Gateways and the Deployments it made, and reconciles until ctx
-// ends.
+// Run watches Gateways, the Deployments it made and the Gateways' parameters
+// ConfigMaps, and reconciles until ctx ends.
 func (d *Deployer) Run(ctx context.Context) error {
 	defer d.queue.ShutDown()
 	gf := gatewayinformers.NewSharedInformerFactory(d.opts.Gateway, d.opts.Resync)
@@ -112,18 +113,55 @@ func (d *Deployer) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("watch deployments: %w", err)
 	}
+	// A Gateway's parameters ConfigMap changing re-renders the Gateway. The
+	// cache keeps ConfigMaps' names only: reconcile reads the one it needs.
+	cf := kubeinformers.NewSharedInformerFactoryWithOptions(d.opts.Kube, d.opts.Resync,
+		kubeinformers.WithTransform(func(obj any) (any, error) {
+			if cm, ok := obj.(*corev1.ConfigMap); ok {
+				return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: cm.Name, Namespace: cm.Namespace, ResourceVersion: cm.ResourceVersion}}, nil
+			}
+			return obj, nil
+		}))
+	onConfigMap := func(obj any) {
+		key, err := cache.DeletionHandlingObjectToName(obj)
+		if err != nil {
+			return
+		}
+		gws, err := d.gateways.Gateways(key.Namespace).List(labels.Everything())
+		if err != nil {
+			return
+		}
+		for _, gw := range gws {
+			if name, err := ParamsConfigMap(gw); err == nil && name == key.Name && ClassKind(gw.Spec.GatewayClassName) != KindNone {
+				d.queue.Add(cache.ObjectName{Namespace: gw.Namespace, Name: gw.Name})
+			}
+		}
+	}
+	if _, err := cf.Core().V1().ConfigMaps().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    onConfigMap,
+		UpdateFunc: func(_, obj any) { onConfigMap(obj) },
+		DeleteFunc: onConfigMap,
+	}); err != nil {
+		return fmt.Errorf("watch configmaps: %w", err)
+	}
 	gf.Start(ctx.Done())
 	kf.Start(ctx.Done())
+	cf.Start(ctx.Done())
 	defer gf.Shutdown()
 	defer kf.Shutdown()
+	defer cf.Shutdown()
 	for t, ok := range gf.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("sync %v informer: %w", t, ctx.Err())
 		}
 	}
-	for t, ok := range kf.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("sync %v informer: %w", t, ctx.Err())
+	for _, f := range []interface {
+		WaitForCacheSync(<-chan struct{}) map[reflect.Type]bool
+	}{kf, cf} {
+		for t, ok := range f.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("sync %v informer: %w", t, ctx.Err())
+			}
 		}
 	}
 	go func() {
@@ -163,27 +201,81 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 	if ClassKind(gw.Spec.GatewayClassName) == KindNone || gw.DeletionTimestamp != nil {
 		return nil
 	}
-	objs, err := Render(gw, d.opts.Render)
+	apply := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
+	params, err := d.params(ctx, gw)
+	var objs *Objects
+	if err == nil {
+		objs, err = Render(gw, d.opts.Render, params)
+	}
+	var dep *appsv1.Deployment
+	var svc *corev1.Service
+	if err == nil {
+		dep, svc, err = d.apply(ctx, gw, objs, params != nil, apply)
+	}
+	var perr *ParamsError
+	if errors.As(err, &perr) {
+		// Rejected: what was deployed stays as it was, and the Gateway
+		// says why (its addresses still those of what runs).
+		d.log.Warn("gateway rejected", "gateway", key.String(), "err", perr)
+		dep, svc = nil, nil
+		if got, err := d.opts.Kube.AppsV1().Deployments(gw.Namespace).Get(ctx, gw.Name, metav1.GetOptions{}); err == nil {
+			dep = got
+		}
+		if got, err := d.opts.Kube.CoreV1().Services(gw.Namespace).Get(ctx, gw.Name, metav1.GetOptions{}); err == nil {
+			svc = got
+		}
+		if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, Status(gw, dep, svc, d.now(), perr.Error()), apply); err != nil {
+			return fmt.Errorf("apply gateway status: %w", err)
+		}
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	apply := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
-	if _, err := d.opts.Kube.CoreV1().ServiceAccounts(gw.Namespace).Apply(ctx, objs.ServiceAccount, apply); err != nil {
-		return fmt.Errorf("apply service account: %w", err)
-	}
-	dep, err := d.opts.Kube.AppsV1().Deployments(gw.Namespace).Apply(ctx, objs.Deployment, apply)
-	if err != nil {
-		return fmt.Errorf("apply deployment: %w", err)
-	}
-	svc, err := d.opts.Kube.CoreV1().Services(gw.Namespace).Apply(ctx, objs.Service, apply)
-	if err != nil {
-		return fmt.Errorf("apply service: %w", err)
-	}
-	status := Status(gw, dep, svc, d.now())
-	if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, status, apply); err != nil {
+	if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, Status(gw, dep, svc, d.now(), ""), apply); err != nil {
 		return fmt.Errorf("apply gateway status: %w", err)
 	}
 	return nil
+}
+
+// params returns the ConfigMap gw's parametersRef names, nil when it names
+// none, a *ParamsError when it names what is not there.
+func (d *Deployer) params(ctx context.Context, gw *gatewayv1.Gateway) (*corev1.ConfigMap, error) {
+	name, err := ParamsConfigMap(gw)
+	if err != nil || name == "" {
+		return nil, err
+	}
+	cm, err := d.opts.Kube.CoreV1().ConfigMaps(gw.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, paramsErrorf(gw, "no such ConfigMap in namespace %s", gw.Namespace)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get parameters: %w", err)
+	}
+	return cm, nil
+}
+
+// apply server-side applies objs. With parameters merged in, an object the
+// API server finds invalid is the parameters' fault: a *ParamsError.
+func (d *Deployer) apply(ctx context.Context, gw *gatewayv1.Gateway, objs *Objects, withParams bool, opts metav1.ApplyOptions) (*appsv1.Deployment, *corev1.Service, error) {
+	wrap := func(what string, err error) error {
+		if withParams && apierrors.IsInvalid(err) {
+			return paramsErrorf(gw, "the %s it makes is invalid: %v", what, err)
+		}
+		return fmt.Errorf("apply %s: %w", what, err)
+	}
+	if _, err := d.opts.Kube.CoreV1().ServiceAccounts(gw.Namespace).Apply(ctx, objs.ServiceAccount, opts); err != nil {
+		return nil, nil, wrap("service account", err)
+	}
+	dep, err := d.opts.Kube.AppsV1().Deployments(gw.Namespace).Apply(ctx, objs.Deployment, opts)
+	if err != nil {
+		return nil, nil, wrap("deployment", err)
+	}
+	svc, err := d.opts.Kube.CoreV1().Services(gw.Namespace).Apply(ctx, objs.Service, opts)
+	if err != nil {
+		return nil, nil, wrap("service", err)
+	}
+	return dep, svc, nil
 }
 
 // Status is the Gateway status the deployer owns: Accepted, Programmed
@@ -193,7 +285,11 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 // which meshd's builder knows, so meshd's Gateway API status writer owns
 // that field (controlplane listenerstatus.go) and this apply, which never
 // names it, leaves it alone.
-func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, now time.Time) *gatewayac.GatewayApplyConfiguration {
+//
+// rejected, when set, is why the Gateway's parameters cannot be used:
+// Accepted False (InvalidParameters), Programmed False (Invalid), with the
+// addresses of what still runs.
+func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, now time.Time, rejected string) *gatewayac.GatewayApplyConfiguration {
 	cond := func(t gatewayv1.GatewayConditionType, ok bool, reason gatewayv1.GatewayConditionReason, msg string) *metav1ac.ConditionApplyConfiguration {
 		st := metav1.ConditionFalse
 		if ok {
@@ -215,10 +311,14 @@ func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, 
 		progMsg = "waiting for a ready waypoint pod"
 		progReason = gatewayv1.GatewayReasonPending
 	}
-	st := gatewayac.GatewayStatus().WithConditions(
-		cond(gatewayv1.GatewayConditionAccepted, true, gatewayv1.GatewayReasonAccepted, "resources deployed by meshlet"),
-		cond(gatewayv1.GatewayConditionProgrammed, ready, progReason, progMsg),
-	)
+	accepted := cond(gatewayv1.GatewayConditionAccepted, true, gatewayv1.GatewayReasonAccepted, "resources deployed by meshlet")
+	programmed := cond(gatewayv1.GatewayConditionProgrammed, ready, progReason, progMsg)
+	if rejected != "" {
+		accepted = cond(gatewayv1.GatewayConditionAccepted, false, gatewayv1.GatewayReasonInvalidParameters, rejected)
+		programmed = cond(gatewayv1.GatewayConditionProgrammed, false, gatewayv1.GatewayReasonInvalid,
+			"parameters rejected (see Accepted); what was deployed before is left as it was")
+	}
+	st := gatewayac.GatewayStatus().WithConditions(accepted, programmed)
 	for _, a := range addresses(gw, svc) {
 		st.WithAddresses(gatewayac.GatewayStatusAddress().WithType(a.typ).WithValue(a.value))
 	}

@@ -79,9 +79,13 @@ type Objects struct {
 	Service        *corev1ac.ServiceApplyConfiguration
 }
 
-// Render returns the objects for gw. It fails for a Gateway that is not of
-// a meshlet class, has no UID (ownership needs it) or misses options.
-func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
+// Render returns the objects for gw, with its spec.infrastructure applied
+// (infrastructure.go): its labels and annotations, and the overlays of
+// params, the ConfigMap its parametersRef names (nil when it names none). It
+// fails for a Gateway that is not of a meshlet class, has no UID (ownership
+// needs it) or misses options, and with a *ParamsError for parameters that
+// cannot be used.
+func Render(gw *gatewayv1.Gateway, opts RenderOptions, params *corev1.ConfigMap) (*Objects, error) {
 	kind := ClassKind(gw.Spec.GatewayClassName)
 	switch {
 	case kind == KindNone:
@@ -104,12 +108,14 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 		WithAPIVersion(gatewayv1.GroupVersion.String()).WithKind("Gateway").
 		WithName(name).WithUID(gw.UID).WithController(true)
 
-	sa := corev1ac.ServiceAccount(name, ns).WithLabels(labels).WithOwnerReferences(owner)
+	infraLabels, infraAnnotations := infraMetadata(gw)
+	objLabels := under(infraLabels, labels)
+	sa := corev1ac.ServiceAccount(name, ns).WithLabels(objLabels).WithAnnotations(infraAnnotations).WithOwnerReferences(owner)
 
 	// The waypoint's own traffic must not be redirected again by the node
 	// agent: it speaks HBONE itself.
 	podLabels := map[string]string{"istio.io/dataplane-mode": "none"}
-	for k, v := range labels {
+	for k, v := range objLabels {
 		podLabels[k] = v
 	}
 	fieldEnv := func(env, path string) *corev1ac.EnvVarApplyConfiguration {
@@ -152,14 +158,14 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 			WithRunAsNonRoot(true).WithRunAsUser(1337).WithRunAsGroup(1337).
 			WithReadOnlyRootFilesystem(true).WithAllowPrivilegeEscalation(false).
 			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")))
-	dep := appsv1ac.Deployment(name, ns).WithLabels(labels).WithOwnerReferences(owner).
+	dep := appsv1ac.Deployment(name, ns).WithLabels(objLabels).WithAnnotations(infraAnnotations).WithOwnerReferences(owner).
 		WithSpec(appsv1ac.DeploymentSpec().
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{GatewayNameLabel: name})).
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(podLabels).
 				// Istio's request metrics on 15020, for the annotation-driven
 				// scrape (meshd's /sd/prometheus and kubernetes_sd alike).
-				WithAnnotations(map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/metrics"}).
+				WithAnnotations(under(infraAnnotations, map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/metrics"})).
 				WithSpec(corev1ac.PodSpec().
 					WithServiceAccountName(name).
 					WithTerminationGracePeriodSeconds(30).
@@ -197,12 +203,16 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions) (*Objects, error) {
 				WithPort(p).WithTargetPort(intstr.FromInt32(p)).WithProtocol(proto))
 		}
 	}
-	svc := corev1ac.Service(name, ns).WithLabels(labels).WithOwnerReferences(owner).
+	svc := corev1ac.Service(name, ns).WithLabels(objLabels).WithAnnotations(infraAnnotations).WithOwnerReferences(owner).
 		WithSpec(corev1ac.ServiceSpec().
 			WithType(svcType).
 			WithSelector(map[string]string{GatewayNameLabel: name}).
 			WithPorts(svcPorts...))
-	return &Objects{ServiceAccount: sa, Deployment: dep, Service: svc}, nil
+	objs := &Objects{ServiceAccount: sa, Deployment: dep, Service: svc}
+	if err := applyParams(gw, objs, params); err != nil {
+		return nil, err
+	}
+	return objs, nil
 }
 
 // listenerProtocol is a DNS-label-safe port name prefix.

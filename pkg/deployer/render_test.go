@@ -39,7 +39,7 @@ func TestRenderGolden(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			objs, err := Render(tt.gw, opts)
+			objs, err := Render(tt.gw, opts, nil)
 			if err != nil {
 				t.Fatalf("Render() = %v", err)
 			}
@@ -71,7 +71,7 @@ func TestRenderGolden(t *testing.T) {
 // every object.
 func TestRenderContract(t *testing.T) {
 	gw := gateway("meshlet-waypoint")
-	objs, err := Render(gw, opts)
+	objs, err := Render(gw, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestRenderRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Render(tt.gw, tt.opts)
+			_, err := Render(tt.gw, tt.opts, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Render() = %v; want an error containing %q", err, tt.wantErr)
 			}

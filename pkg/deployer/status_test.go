@@ -31,25 +31,29 @@ func TestStatus(t *testing.T) {
 		gw        *gatewayv1.Gateway
 		dep       *appsv1.Deployment
 		svc       *corev1.Service
+		rejected  string
 		wantConds []cond
 		wantAddrs []addr
 	}{
-		{"waypoint not ready", gateway("istio-waypoint"), &appsv1.Deployment{}, clusterIP,
+		{"waypoint not ready", gateway("istio-waypoint"), &appsv1.Deployment{}, clusterIP, "",
 			[]cond{{"Accepted", "True", "Accepted", now}, {"Programmed", "False", "Pending", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
-		{"waypoint ready keeps Accepted's transition time", acceptedEarlier, ready, clusterIP,
+		{"waypoint ready keeps Accepted's transition time", acceptedEarlier, ready, clusterIP, "",
 			[]cond{{"Accepted", "True", "Accepted", earlier.Time}, {"Programmed", "True", "Programmed", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
-		{"ingress uses load balancer addresses", gateway("meshlet"), ready, lb,
+		{"ingress uses load balancer addresses", gateway("meshlet"), ready, lb, "",
 			[]cond{{"Accepted", "True", "Accepted", now}, {"Programmed", "True", "Programmed", now}},
 			[]addr{{"IPAddress", "198.18.0.10"}, {"Hostname", "gw.example"}}},
-		{"ingress without load balancer falls back to the cluster IP", gateway("meshlet"), ready, clusterIP,
+		{"ingress without load balancer falls back to the cluster IP", gateway("meshlet"), ready, clusterIP, "",
 			[]cond{{"Accepted", "True", "Accepted", now}, {"Programmed", "True", "Programmed", now}},
+			[]addr{{"IPAddress", "10.96.0.10"}}},
+		{"parameters rejected: what runs keeps its addresses", acceptedEarlier, ready, clusterIP, "parametersRef ConfigMap \"p\": no such ConfigMap",
+			[]cond{{"Accepted", "False", "InvalidParameters", now}, {"Programmed", "False", "Invalid", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := Status(tt.gw, tt.dep, tt.svc, now).Status
+			st := Status(tt.gw, tt.dep, tt.svc, now, tt.rejected).Status
 			var conds []cond
 			for _, c := range st.Conditions {
 				conds = append(conds, cond{*c.Type, string(*c.Status), *c.Reason, c.LastTransitionTime.Time})

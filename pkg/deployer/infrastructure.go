@@ -1,0 +1,192 @@
+package deployer
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// A Gateway's spec.infrastructure, as Istio reads it for the waypoints and
+// gateways it deploys:
+//   - labels and annotations go on every object rendered for the Gateway and
+//     on its pods (a change rolls the pods); meshlet's own labels and
+//     annotations win over one of the same key, since meshd finds the
+//     waypoint by them;
+//   - parametersRef names a ConfigMap in the Gateway's namespace whose keys
+//     "deployment", "service" and "serviceAccount" hold YAML merged over the
+//     rendered object as a strategic merge patch (kubectl patch's default:
+//     containers merged by name, so `spec.template.spec.containers: [{name:
+//     waypoint, resources: ...}]` changes only the resources), for replicas,
+//     resources, node placement, tolerations, Service annotations and the
+//     like. The Gateway's name, namespace, owner, the Deployment's selector
+//     and the Service's selector stay meshlet's.
+//
+// A parametersRef to anything but a ConfigMap, to one that does not exist,
+// or one with another key or YAML that does not merge, rejects the Gateway
+// (Accepted False, InvalidParameters, as the Gateway API asks) and leaves
+// what was deployed for it as it was.
+
+// ParamsError is a Gateway's parametersRef that cannot be used; the message
+// names the reference and what to fix.
+type ParamsError struct{ msg string }
+
+func (e *ParamsError) Error() string { return e.msg }
+
+func paramsErrorf(gw *gatewayv1.Gateway, format string, args ...any) *ParamsError {
+	ref := gw.Spec.Infrastructure.ParametersRef
+	return &ParamsError{fmt.Sprintf("gateway %s/%s: spec.infrastructure.parametersRef %s %q: ", gw.Namespace, gw.Name, ref.Kind, ref.Name) + fmt.Sprintf(format, args...)}
+}
+
+// Overlay keys of a parameters ConfigMap.
+const (
+	paramsDeployment     = "deployment"
+	paramsService        = "service"
+	paramsServiceAccount = "serviceAccount"
+)
+
+// ParamsConfigMap returns the name of the ConfigMap gw's parametersRef
+// names, "" when it names none, or a ParamsError when it names something
+// other than a ConfigMap.
+func ParamsConfigMap(gw *gatewayv1.Gateway) (string, error) {
+	inf := gw.Spec.Infrastructure
+	if inf == nil || inf.ParametersRef == nil {
+		return "", nil
+	}
+	if ref := inf.ParametersRef; ref.Group != "" || ref.Kind != "ConfigMap" {
+		return "", paramsErrorf(gw, "group %q: only a ConfigMap (group \"\", kind ConfigMap) in the Gateway's namespace is supported", ref.Group)
+	}
+	return inf.ParametersRef.Name, nil
+}
+
+// infraMetadata returns gw's infrastructure labels and annotations.
+func infraMetadata(gw *gatewayv1.Gateway) (labels, annotations map[string]string) {
+	inf := gw.Spec.Infrastructure
+	if inf == nil {
+		return nil, nil
+	}
+	labels, annotations = map[string]string{}, map[string]string{}
+	for k, v := range inf.Labels {
+		labels[string(k)] = string(v)
+	}
+	for k, v := range inf.Annotations {
+		annotations[string(k)] = string(v)
+	}
+	return labels, annotations
+}
+
+// under returns user's entries overridden by own's (meshlet's keys win).
+func under(user, own map[string]string) map[string]string {
+	if len(user) == 0 {
+		return own
+	}
+	out := maps.Clone(user)
+	maps.Copy(out, own)
+	return out
+}
+
+// applyParams merges params' overlays over objs and puts meshlet's
+// invariants back. params nil is no overlay.
+func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap) error {
+	if params == nil {
+		return nil
+	}
+	var unknown []string
+	for k := range params.Data {
+		if k != paramsDeployment && k != paramsService && k != paramsServiceAccount {
+			unknown = append(unknown, k)
+		}
+	}
+	for k := range params.BinaryData {
+		unknown = append(unknown, k)
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return paramsErrorf(gw, "keys %s: meshlet merges only %q, %q and %q over what it deploys", strings.Join(unknown, ", "), paramsDeployment, paramsService, paramsServiceAccount)
+	}
+	sa, dep, svc := *objs.ServiceAccount.Name, *objs.Deployment.Name, *objs.Service.Name
+	owner := objs.Deployment.OwnerReferences
+	selector := objs.Deployment.Spec.Selector
+	podLabels := maps.Clone(objs.Deployment.Spec.Template.Labels)
+	svcSelector := maps.Clone(objs.Service.Spec.Selector)
+	var err error
+	if objs.Deployment, err = overlay(gw, paramsDeployment, objs.Deployment, params.Data[paramsDeployment], appsv1.Deployment{}); err != nil {
+		return err
+	}
+	if objs.Service, err = overlay(gw, paramsService, objs.Service, params.Data[paramsService], corev1.Service{}); err != nil {
+		return err
+	}
+	if objs.ServiceAccount, err = overlay(gw, paramsServiceAccount, objs.ServiceAccount, params.Data[paramsServiceAccount], corev1.ServiceAccount{}); err != nil {
+		return err
+	}
+	// What meshd and the garbage collector rely on is not the overlay's.
+	ns := gw.Namespace
+	keep := func(m *metav1ac.ObjectMetaApplyConfiguration, name string) {
+		m.Name, m.Namespace, m.GenerateName = &name, &ns, nil
+		m.OwnerReferences = slices.Clone(owner)
+	}
+	keep(objs.ServiceAccount.ObjectMetaApplyConfiguration, sa)
+	keep(objs.Deployment.ObjectMetaApplyConfiguration, dep)
+	keep(objs.Service.ObjectMetaApplyConfiguration, svc)
+	d := objs.Deployment
+	if d.Spec == nil {
+		d.Spec = appsv1ac.DeploymentSpec()
+	}
+	d.Spec.Selector = selector
+	if d.Spec.Template == nil {
+		d.Spec.Template = corev1ac.PodTemplateSpec()
+	}
+	if d.Spec.Template.ObjectMetaApplyConfiguration == nil {
+		d.Spec.Template.ObjectMetaApplyConfiguration = &metav1ac.ObjectMetaApplyConfiguration{}
+	}
+	d.Spec.Template.Labels = under(d.Spec.Template.Labels, podLabels)
+	if d.Spec.Template.Spec != nil && d.Spec.Template.Spec.ServiceAccountName != nil && *d.Spec.Template.Spec.ServiceAccountName != sa {
+		return paramsErrorf(gw, "%s: the pods run as the Gateway's service account %q, not %q", paramsDeployment, sa, *d.Spec.Template.Spec.ServiceAccountName)
+	}
+	if objs.Service.Spec == nil {
+		objs.Service.Spec = corev1ac.ServiceSpec()
+	}
+	objs.Service.Spec.Selector = svcSelector
+	return nil
+}
+
+// overlay merges the YAML patch (empty: none) over obj as a strategic merge
+// patch with schema's patch strategies, and returns the result as a new
+// apply configuration.
+func overlay[T any](gw *gatewayv1.Gateway, key string, obj *T, patch string, schema any) (*T, error) {
+	if strings.TrimSpace(patch) == "" {
+		return obj, nil
+	}
+	patchJSON, err := yaml.YAMLToJSON([]byte(patch))
+	if err != nil {
+		return nil, paramsErrorf(gw, "%s: not YAML: %v", key, err)
+	}
+	if !strings.HasPrefix(strings.TrimSpace(string(patchJSON)), "{") {
+		return nil, paramsErrorf(gw, "%s: want a YAML mapping (fields of the %T to change)", key, schema)
+	}
+	orig, err := json.Marshal(obj)
+	if err != nil {
+		return nil, fmt.Errorf("render gateway %s/%s: %w", gw.Namespace, gw.Name, err)
+	}
+	merged, err := strategicpatch.StrategicMergePatch(orig, patchJSON, schema)
+	if err != nil {
+		return nil, paramsErrorf(gw, "%s: does not merge: %v", key, err)
+	}
+	out := new(T)
+	dec := json.NewDecoder(strings.NewReader(string(merged)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(out); err != nil {
+		return nil, paramsErrorf(gw, "%s: %v", key, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,141 @@
+package deployer
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// withInfra returns the waypoint Gateway with team/cost-center labels and
+// annotations (one of each trying to take a key meshlet sets) and a
+// parametersRef to the ConfigMap "wp-params".
+func withInfra() *gatewayv1.Gateway {
+	gw := gateway("istio-waypoint")
+	gw.Spec.Infrastructure = &gatewayv1.GatewayInfrastructure{
+		Labels:        map[gatewayv1.LabelKey]gatewayv1.LabelValue{"team": "payments", GatewayNameLabel: "hijack"},
+		Annotations:   map[gatewayv1.AnnotationKey]gatewayv1.AnnotationValue{"cost-center": "42", "prometheus.io/port": "9999"},
+		ParametersRef: &gatewayv1.LocalParametersReference{Group: "", Kind: "ConfigMap", Name: "wp-params"},
+	}
+	return gw
+}
+
+func params(data map[string]string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "wp-params", Namespace: "bookinfo"}, Data: data}
+}
+
+// TestRenderInfrastructure: the Gateway's infrastructure labels and
+// annotations land on every object and the pods, meshlet's own keys
+// unchanged; the parameters ConfigMap's overlays change what they name
+// (replicas, placement, one resource of the waypoint container, Service and
+// ServiceAccount annotations) and leave the rest of the rendered objects,
+// and what meshd relies on (names, selectors, the gateway-name pod label),
+// as meshlet renders them.
+func TestRenderInfrastructure(t *testing.T) {
+	gw := withInfra()
+	if name, err := ParamsConfigMap(gw); err != nil || name != "wp-params" {
+		t.Fatalf("ParamsConfigMap = %q, %v; want wp-params", name, err)
+	}
+	objs, err := Render(gw, opts, params(map[string]string{
+		"deployment": `
+metadata: {name: other}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hijack}}
+  template:
+    metadata: {labels: {extra: "yes", gateway.networking.k8s.io/gateway-name: hijack}}
+    spec:
+      nodeSelector: {pool: edge}
+      containers:
+      - name: waypoint
+        resources: {limits: {memory: 256Mi}}
+`,
+		"service":        "metadata: {annotations: {lb: internal}}\nspec: {selector: {app: hijack}}\n",
+		"serviceAccount": "metadata: {annotations: {eks.amazonaws.com/role-arn: 'arn:x'}}\n",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep, svc, sa := objs.Deployment, objs.Service, objs.ServiceAccount
+	tmpl := dep.Spec.Template
+	for what, m := range map[string]map[string]string{
+		"service account labels": sa.Labels, "deployment labels": dep.Labels, "service labels": svc.Labels, "pod labels": tmpl.Labels,
+	} {
+		if m["team"] != "payments" || m[GatewayNameLabel] != "waypoint" {
+			t.Errorf("%s = %v; want team=payments and %s=waypoint", what, m, GatewayNameLabel)
+		}
+	}
+	for what, m := range map[string]map[string]string{
+		"service account annotations": sa.Annotations, "deployment annotations": dep.Annotations,
+		"service annotations": svc.Annotations, "pod annotations": tmpl.Annotations,
+	} {
+		if m["cost-center"] != "42" {
+			t.Errorf("%s = %v; want cost-center=42", what, m)
+		}
+	}
+	if got := tmpl.Annotations["prometheus.io/port"]; got != "15020" {
+		t.Errorf("pod annotation prometheus.io/port = %q; want meshlet's 15020", got)
+	}
+	if *dep.Name != "waypoint" || *dep.Namespace != "bookinfo" || len(dep.OwnerReferences) != 1 || dep.OwnerReferences[0].UID == nil || *dep.OwnerReferences[0].UID != gw.UID {
+		t.Errorf("deployment %v/%v owned by %+v; want waypoint/bookinfo owned by the Gateway", dep.Name, dep.Namespace, dep.OwnerReferences)
+	}
+	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
+		t.Errorf("replicas = %v; want 2 from the parameters", dep.Spec.Replicas)
+	}
+	if sel := dep.Spec.Selector.MatchLabels; len(sel) != 1 || sel[GatewayNameLabel] != "waypoint" {
+		t.Errorf("deployment selector = %v; want meshlet's", sel)
+	}
+	if tmpl.Labels["extra"] != "yes" || tmpl.Labels["istio.io/dataplane-mode"] != "none" {
+		t.Errorf("pod labels = %v; want the parameters' extra=yes beside meshlet's", tmpl.Labels)
+	}
+	if tmpl.Spec.NodeSelector["pool"] != "edge" {
+		t.Errorf("nodeSelector = %v; want pool=edge", tmpl.Spec.NodeSelector)
+	}
+	if n := len(tmpl.Spec.Containers); n != 1 {
+		t.Fatalf("%d containers; want the waypoint's, merged by name", n)
+	}
+	c := tmpl.Spec.Containers[0]
+	if c.Image == nil || *c.Image != DefaultImage || len(c.Args) == 0 || len(c.Env) == 0 {
+		t.Errorf("waypoint container lost what meshlet renders: image %v, %d args, %d env", c.Image, len(c.Args), len(c.Env))
+	}
+	if r := c.Resources; r == nil || r.Limits.Memory().String() != "256Mi" || r.Requests.Cpu().String() != "100m" {
+		t.Errorf("resources = %+v; want the 256Mi memory limit of the parameters and meshlet's 100m CPU request", r)
+	}
+	if svc.Annotations["lb"] != "internal" || len(svc.Spec.Selector) != 1 || svc.Spec.Selector[GatewayNameLabel] != "waypoint" {
+		t.Errorf("service annotations %v, selector %v; want lb=internal and meshlet's selector", svc.Annotations, svc.Spec.Selector)
+	}
+	if sa.Annotations["eks.amazonaws.com/role-arn"] != "arn:x" || *sa.Name != "waypoint" {
+		t.Errorf("service account %v annotations %v; want waypoint with the role annotation", *sa.Name, sa.Annotations)
+	}
+}
+
+// TestRenderParamsRefused: parameters that cannot be used are a ParamsError
+// that names the reference and what is wrong.
+func TestRenderParamsRefused(t *testing.T) {
+	secret := withInfra()
+	secret.Spec.Infrastructure.ParametersRef.Kind = "Secret"
+	if _, err := ParamsConfigMap(secret); err == nil || !strings.Contains(err.Error(), "only a ConfigMap") {
+		t.Errorf("parametersRef to a Secret: %v; want refused", err)
+	}
+	for _, tt := range []struct {
+		name, want string
+		data       map[string]string
+	}{
+		{"unknown key", `keys horizontalPodAutoscaler: meshlet merges only`, map[string]string{"horizontalPodAutoscaler": "spec: {}"}},
+		{"not YAML", "deployment: not YAML", map[string]string{"deployment": "spec: [unclosed"}},
+		{"not a mapping", "want a YAML mapping", map[string]string{"service": "- a\n- b\n"}},
+		{"unknown field", `unknown field "replica"`, map[string]string{"deployment": "spec: {replica: 2}"}},
+		{"another service account", `the pods run as the Gateway's service account "waypoint"`, map[string]string{"deployment": "spec: {template: {spec: {serviceAccountName: admin}}}"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Render(withInfra(), opts, params(tt.data))
+			var perr *ParamsError
+			if !errors.As(err, &perr) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), `parametersRef ConfigMap "wp-params"`) {
+				t.Errorf("Render = %v; want a ParamsError naming the ConfigMap and containing %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,121 @@
+package meshtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// infraParams is a parameters ConfigMap for a waypoint Gateway: replicas
+// and the waypoint container's memory limit, an annotation on its Service.
+func infraParams(replicas int, extraKey string) string {
+	extra := ""
+	if extraKey != "" {
+		extra = "  " + extraKey + ": |\n    spec: {}\n"
+	}
+	return fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata: {name: wp-params}
+data:
+  deployment: |
+    spec:
+      replicas: %d
+      template:
+        spec:
+          containers:
+          - name: waypoint
+            resources: {limits: {memory: 512Mi}}
+  service: |
+    metadata: {annotations: {example.com/lb: internal}}
+%s`, replicas, extra)
+}
+
+const infraGateway = `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint}
+spec:
+  gatewayClassName: istio-waypoint
+  infrastructure:
+    labels: {example.com/team: payments}
+    annotations: {example.com/cost-center: "42"}
+    parametersRef: {group: "", kind: ConfigMap, name: wp-params}
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`
+
+// TestWaypointInfrastructure: a waypoint Gateway's spec.infrastructure, as
+// Istio reads it. Its labels and annotations are on the waypoint's
+// Deployment, Service, ServiceAccount and pods; the ConfigMap its
+// parametersRef names sets the replicas and the waypoint container's memory
+// limit and annotates the Service; an edit of the ConfigMap is rolled out;
+// a ConfigMap meshlet cannot use rejects the Gateway (Accepted False,
+// InvalidParameters, naming the key) and leaves the running waypoint as it
+// was.
+func TestWaypointInfrastructure(t *testing.T) {
+	lb := meshLab(t)
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, infraParams(2, "")+"---\n"+infraGateway)
+	pods := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 2, 3*time.Minute)
+	for _, p := range pods {
+		lim := p.Spec.Containers[0].Resources.Limits.Memory().String()
+		if p.Labels["example.com/team"] != "payments" || p.Annotations["example.com/cost-center"] != "42" || lim != "512Mi" {
+			t.Errorf("pod %s: labels %v, annotations %v, memory limit %s; want the infrastructure's label and annotation and the parameters' 512Mi",
+				p.Name, p.Labels, p.Annotations, lim)
+		}
+	}
+	meta := func(kind string) (labels, annotations map[string]string) {
+		t.Helper()
+		out, err := lb.Kubectl("get", kind, "waypoint", "-n", ns, "-o", "json")
+		if err != nil {
+			t.Fatalf("get %s: %v: %s", kind, err, out)
+		}
+		var obj struct {
+			Metadata struct{ Labels, Annotations map[string]string }
+		}
+		if err := json.Unmarshal([]byte(out), &obj); err != nil {
+			t.Fatal(err)
+		}
+		return obj.Metadata.Labels, obj.Metadata.Annotations
+	}
+	for _, kind := range []string{"deployment", "service", "serviceaccount"} {
+		l, a := meta(kind)
+		if l["example.com/team"] != "payments" || a["example.com/cost-center"] != "42" || l["gateway.networking.k8s.io/gateway-name"] != "waypoint" {
+			t.Errorf("%s labels %v, annotations %v; want the infrastructure's beside meshlet's", kind, l, a)
+		}
+	}
+	if _, a := meta("service"); a["example.com/lb"] != "internal" {
+		t.Errorf("service annotations %v; want the parameters' example.com/lb", a)
+	}
+
+	replicas := func() string {
+		out, _ := lb.Kubectl("get", "deployment", "waypoint", "-n", ns, "-o", "jsonpath={.spec.replicas}")
+		return strings.TrimSpace(out)
+	}
+	lb.Apply(t, ns, infraParams(1, ""))
+	lab.WaitFor(t, time.Minute, "the ConfigMap's edit (replicas 1) rolled out", func() (bool, error) {
+		return replicas() == "1", nil
+	})
+
+	lb.Apply(t, ns, infraParams(3, "horizontalPodAutoscaler"))
+	accepted := func() string {
+		out, _ := lb.Kubectl("get", "gateway", "waypoint", "-n", ns, "-o",
+			`jsonpath={.status.conditions[?(@.type=="Accepted")].status} {.status.conditions[?(@.type=="Accepted")].reason} {.status.conditions[?(@.type=="Accepted")].message}`)
+		return out
+	}
+	lab.WaitFor(t, time.Minute, "the Gateway rejected for its parameters", func() (bool, error) {
+		return strings.HasPrefix(accepted(), "False InvalidParameters"), nil
+	})
+	if got := accepted(); !strings.Contains(got, "horizontalPodAutoscaler") || !strings.Contains(got, "wp-params") {
+		t.Errorf("Accepted: %q; want the message to name the ConfigMap and the key", got)
+	}
+	if got := replicas(); got != "1" {
+		t.Errorf("replicas %s after the rejected parameters; want 1, as deployed before", got)
+	}
+	lb.Apply(t, ns, infraParams(1, ""))
+	lab.WaitFor(t, time.Minute, "the Gateway accepted again once its parameters are fixed", func() (bool, error) {
+		return strings.HasPrefix(accepted(), "True Accepted"), nil
+	})
+}
