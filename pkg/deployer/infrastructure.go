@@ -116,6 +116,7 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	}
 	sa, dep, svc := *objs.ServiceAccount.Name, *objs.Deployment.Name, *objs.Service.Name
 	owner := objs.Deployment.OwnerReferences
+	objLabels := maps.Clone(objs.Deployment.Labels) // the deployer finds its Deployments by them
 	selector := objs.Deployment.Spec.Selector
 	podLabels := maps.Clone(objs.Deployment.Spec.Template.Labels)
 	svcSelector := maps.Clone(objs.Service.Spec.Selector)
@@ -134,6 +135,7 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	keep := func(m *metav1ac.ObjectMetaApplyConfiguration, name string) {
 		m.Name, m.Namespace, m.GenerateName = &name, &ns, nil
 		m.OwnerReferences = slices.Clone(owner)
+		m.Labels = under(m.Labels, objLabels)
 	}
 	keep(objs.ServiceAccount.ObjectMetaApplyConfiguration, sa)
 	keep(objs.Deployment.ObjectMetaApplyConfiguration, dep)

@@ -41,7 +41,7 @@ func TestRenderInfrastructure(t *testing.T) {
 	}
 	objs, err := Render(gw, opts, params(map[string]string{
 		"deployment": `
-metadata: {name: other}
+metadata: {name: other, labels: {gateway.networking.k8s.io/gateway-name: hijack, tier: edge}}
 spec:
   replicas: 2
   selector: {matchLabels: {app: hijack}}
@@ -81,6 +81,9 @@ spec:
 	}
 	if *dep.Name != "waypoint" || *dep.Namespace != "bookinfo" || len(dep.OwnerReferences) != 1 || dep.OwnerReferences[0].UID == nil || *dep.OwnerReferences[0].UID != gw.UID {
 		t.Errorf("deployment %v/%v owned by %+v; want waypoint/bookinfo owned by the Gateway", dep.Name, dep.Namespace, dep.OwnerReferences)
+	}
+	if dep.Labels[GatewayNameLabel] != "waypoint" || dep.Labels["tier"] != "edge" {
+		t.Errorf("deployment labels = %v; want the parameters' tier=edge beside meshlet's %s=waypoint", dep.Labels, GatewayNameLabel)
 	}
 	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
 		t.Errorf("replicas = %v; want 2 from the parameters", dep.Spec.Replicas)
