@@ -5,8 +5,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -19,7 +17,6 @@ import (
 	"github.com/meshlet/meshlet/node-agent/internal/nstest"
 	"github.com/meshlet/meshlet/node-agent/netns"
 	"github.com/meshlet/meshlet/node-agent/proxy"
-	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // TestEnrollDataPath runs the real eBPF data path with the agent's
@@ -28,17 +25,7 @@ import (
 // tc program into B's inbound listener, and reaches B's app with A's address
 // as its source. Unenrolling A stops the capture at once.
 func TestEnrollDataPath(t *testing.T) {
-	testutil.RequireRoot(t)
-	if err := ebpf.CheckKernel(); err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	cg := testutil.EnterCgroup(t, "mlna")
-	pin := filepath.Join(testutil.MountBPFFS(t), "meshlet")
-	dp, err := ebpf.Load(ebpf.Options{PinDir: pin, CgroupPath: cg, AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
-	if err != nil {
-		t.Fatalf("load data path: %v", err)
-	}
-	t.Cleanup(func() { dp.Uninstall() })
+	dp := loadDatapath(t)
 
 	na, nb := nstest.Pair(t, "mlna-ag", netip.MustParseAddr("198.19.4.11"), netip.MustParseAddr("198.19.4.12"))
 	reg := prometheus.NewRegistry()

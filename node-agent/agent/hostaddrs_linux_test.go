@@ -4,14 +4,12 @@ import (
 	"context"
 	"net/netip"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/meshlet/meshlet/node-agent/ebpf"
 	"github.com/meshlet/meshlet/node-agent/internal/nstest"
-	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // probeSourceRecorder is the real data path, with each probe source set
@@ -34,17 +32,7 @@ func (r probeSourceRecorder) SetProbeSources(addrs []netip.Addr) error {
 // being enrolled; one it loses leaves them; the watch stops with its
 // context.
 func TestWatchHostAddrs(t *testing.T) {
-	testutil.RequireRoot(t)
-	if err := ebpf.CheckKernel(); err != nil {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	cg := testutil.EnterCgroup(t, "mlna")
-	pin := filepath.Join(testutil.MountBPFFS(t), "meshlet")
-	dp, err := ebpf.Load(ebpf.Options{PinDir: pin, CgroupPath: cg, AgentMark: DefaultAgentMark, IngressSkipMark: DefaultAgentMark})
-	if err != nil {
-		t.Fatalf("load data path: %v", err)
-	}
-	t.Cleanup(func() { dp.Uninstall() })
+	dp := loadDatapath(t)
 	node := nstest.Loopback(t, "mlna-hadr")
 	ip := func(args ...string) {
 		t.Helper()
