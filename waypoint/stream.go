@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -70,6 +71,9 @@ type StreamConn struct {
 	// Meta is the transport's own data about the stream (e.g. the verified
 	// peer identity), for a Peer or ConnPeer hook to read.
 	Meta any
+	// memo is what a hook derived from Meta, kept for the stream's next
+	// requests (Memo, SetMemo).
+	memo atomic.Value
 
 	once   sync.Once
 	closed chan struct{}
@@ -82,6 +86,15 @@ type StreamConn struct {
 	deadline time.Time
 	changed  chan struct{} // closed when the read deadline changes
 }
+
+// Memo returns what SetMemo last kept, nil before.
+func (c *StreamConn) Memo() any { return c.memo.Load() }
+
+// SetMemo keeps v with the stream, for a Peer or ConnPeer hook that derives
+// the same value from Meta for every request on it (HTTP/2 streams' requests
+// run concurrently: v is replaced whole, never changed in place). Every v
+// must be of one type.
+func (c *StreamConn) SetMemo(v any) { c.memo.Store(v) }
 
 // NewStreamConn wraps rw; local is the address the client dialled (the
 // original destination) and remote the client's address.

@@ -647,26 +647,47 @@ func (s *state) peerOf(r *http.Request) waypoint.Peer {
 	return s.connPeer(c)
 }
 
+// peerMemo is an HBONE stream's Peer, computed at its first request and
+// kept for the next ones (~1 us and 7 allocations a request otherwise) while
+// the VIP index it was computed with is current.
+type peerMemo struct {
+	vips *map[netip.Addr]vipService
+	peer waypoint.Peer
+}
+
 func (s *state) connPeer(c net.Conn) waypoint.Peer {
-	var p waypoint.Peer
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		p.IP = ap.Addr()
-	}
 	sc, ok := c.(*waypoint.StreamConn)
 	if !ok {
-		return p
+		return waypoint.Peer{IP: remoteIP(c)}
 	}
+	idx := s.vips.Load()
+	if m, ok := sc.Memo().(*peerMemo); ok && m.vips == idx {
+		return m.peer
+	}
+	p := waypoint.Peer{IP: remoteIP(c)}
 	if req, ok := sc.Meta.(*hbone.Request); ok {
 		p.Principal = req.Peer.String()
 		p.DestinationIP, p.DestinationPort = req.Target.Addr().Unmap(), uint32(req.Target.Port())
 		if w, err := identity.FromID(req.Peer); err == nil {
 			p.Namespace = w.Namespace
 		}
-		if idx := s.vips.Load(); idx != nil {
+		if idx != nil {
 			p.DestinationService = (*idx)[req.Target.Addr().Unmap()].hostname
 		}
 	}
+	sc.SetMemo(&peerMemo{vips: idx, peer: p})
 	return p
+}
+
+// remoteIP is c's remote address, unmapped.
+func remoteIP(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // vipService is what the address resources say of a service VIP.

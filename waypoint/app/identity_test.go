@@ -2,14 +2,18 @@ package app
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/hbone"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
+	"github.com/meshlet/meshlet/waypoint"
 )
 
 var meshTD = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -202,5 +206,28 @@ func BenchmarkIdentityOf(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestConnPeerMemo: an HBONE stream's peer (identity, namespace, original
+// destination and its service) is worked out once per stream, not per
+// request, and again when the service VIP index changes.
+func TestConnPeerMemo(t *testing.T) {
+	s := &state{opts: Options{TrustDomain: meshTD}}
+	target := netip.MustParseAddrPort("10.96.0.10:8080")
+	s.vips.Store(&map[netip.Addr]vipService{target.Addr(): {hostname: "cart.shop.svc.cluster.local"}})
+	req := &hbone.Request{Peer: spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web"), Target: target}
+	c := waypoint.NewStreamConn(nil, net.TCPAddrFromAddrPort(target), &net.TCPAddr{IP: net.IPv4(10, 244, 1, 5), Port: 43210}, req)
+	want := waypoint.Peer{IP: netip.MustParseAddr("10.244.1.5"), Principal: "spiffe://cluster.local/ns/shop/sa/web", Namespace: "shop",
+		DestinationIP: target.Addr(), DestinationPort: 8080, DestinationService: "cart.shop.svc.cluster.local"}
+	if got := s.connPeer(c); !reflect.DeepEqual(got, want) {
+		t.Fatalf("connPeer = %+v; want %+v", got, want)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.connPeer(c) }); n != 0 {
+		t.Errorf("connPeer on the stream's next requests: %v allocations; want none (kept with the stream)", n)
+	}
+	s.vips.Store(&map[netip.Addr]vipService{target.Addr(): {hostname: "cart-v2.shop.svc.cluster.local"}})
+	if got := s.connPeer(c).DestinationService; got != "cart-v2.shop.svc.cluster.local" {
+		t.Errorf("after a new VIP index: destination service %q; want cart-v2.shop.svc.cluster.local", got)
 	}
 }
