@@ -81,6 +81,10 @@ type h1ServerConn struct {
 
 	state atomic.Int32 // connIdle or connActive; see shutdown
 	res   h1Response   // reused: a handler must not keep it after it returns
+	// idleUntil is the idle read deadline in place, zero when the deadline
+	// is another (see setIdleDeadline); every other SetReadDeadline on conn
+	// goes through setReadDeadline, which zeroes it.
+	idleUntil time.Time
 
 	// Watching for the client going away while a handler runs.
 	mu        sync.Mutex
@@ -243,14 +247,14 @@ func (c *h1ServerConn) loop() {
 			if s.shuttingDown.Load() {
 				return
 			}
-			c.conn.SetReadDeadline(time.Now().Add(s.idleTimeout))
+			c.setIdleDeadline(time.Now())
 			if _, err := c.br.Peek(1); err != nil {
 				return
 			}
 		}
 		c.state.Store(connActive)
 		if !headBuffered(c.br) {
-			c.conn.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+			c.setReadDeadline(time.Now().Add(s.readHeaderTimeout))
 		}
 		c.cr.flushFirst = true
 		req, err := c.readRequest()
@@ -260,12 +264,33 @@ func (c *h1ServerConn) loop() {
 			return
 		}
 		if req.Body != http.NoBody {
-			c.conn.SetReadDeadline(time.Time{})
+			c.setReadDeadline(time.Time{})
 		}
 		if !c.serveRequest(&req) {
 			return
 		}
 	}
+}
+
+// setIdleDeadline makes the connection's read deadline idleTimeout or more
+// from now. A deadline set this way runs to 9/8 of idleTimeout and stays
+// while it still has idleTimeout to run: under load it is moved once every
+// idleTimeout/8 instead of before every request (a runtime timer update
+// each), and an idle connection is closed between idleTimeout and 9/8 of it
+// after its last request, never before.
+func (c *h1ServerConn) setIdleDeadline(now time.Time) {
+	idle := c.srv.idleTimeout
+	if !c.idleUntil.IsZero() && c.idleUntil.Sub(now) >= idle {
+		return
+	}
+	c.conn.SetReadDeadline(now.Add(idle + idle/8))
+	c.idleUntil = now.Add(idle + idle/8)
+}
+
+// setReadDeadline sets any other read deadline than the idle one.
+func (c *h1ServerConn) setReadDeadline(t time.Time) {
+	c.idleUntil = time.Time{}
+	c.conn.SetReadDeadline(t)
 }
 
 // headBuffered reports whether a whole request head sits in br.
@@ -304,7 +329,7 @@ func (c *h1ServerConn) closeWriteAndDrain() {
 	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
-	c.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	c.setReadDeadline(time.Now().Add(500 * time.Millisecond))
 	buf := bufPool.Get().(*[]byte)
 	defer bufPool.Put(buf)
 	for {
@@ -525,7 +550,7 @@ func (c *h1ServerConn) watch() {
 	}
 	done := make(chan struct{})
 	c.bgDone = done
-	c.conn.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Time{}) // the loop reads idleUntil after endWatch, which waits for done
 	c.mu.Unlock()
 	var b [1]byte
 	n, err := c.conn.Read(b[:])
@@ -553,11 +578,11 @@ func (c *h1ServerConn) endWatch() {
 	if done == nil {
 		return
 	}
-	c.conn.SetReadDeadline(aLongTimeAgo)
+	c.setReadDeadline(aLongTimeAgo)
 	t := time.NewTimer(time.Second)
 	select {
 	case <-done:
-		c.conn.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	case <-t.C:
 		// A connection that ignores deadlines: only closing it ends the
 		// read.

@@ -311,6 +311,47 @@ func TestH1Timeouts(t *testing.T) {
 	}
 }
 
+// TestH1IdleTimeoutKeepsBusyConnections: a connection whose requests come
+// closer together than IdleTimeout stays open for longer than IdleTimeout
+// in all, and is closed once it idles, never before IdleTimeout after its
+// last answer.
+func TestH1IdleTimeoutKeepsBusyConnections(t *testing.T) {
+	app := &named{name: "app"}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")})
+	const idle = 400 * time.Millisecond
+	addr, _ := startWith(t, cfg, ServerOptions{IdleTimeout: idle})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	began := time.Now()
+	var last time.Time
+	for i := range 12 { // 12 x 100 ms: three times the idle timeout
+		if i > 0 {
+			time.Sleep(idle / 4)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+			t.Fatalf("request %d, %v after the first: %v", i+1, time.Since(began), err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d, %v after the first: %v (the connection should stay open while busy)", i+1, time.Since(began), err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		last = time.Now()
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("read after idling = %v; want EOF (closed by the server)", err)
+	}
+	if idled := time.Since(last); idled < idle || idled > 3*time.Second {
+		t.Errorf("closed %v after the last answer; want between IdleTimeout (%v) and a little more", idled, idle)
+	}
+}
+
 // TestH1ShutdownClosesIdleConnections: when Serve's context ends, an idle
 // keep-alive connection is closed at once and Serve returns.
 func TestH1ShutdownClosesIdleConnections(t *testing.T) {
