@@ -58,7 +58,7 @@ func (a *Agent) WatchHostAddrs(ctx context.Context, netnsPath string) error {
 		}
 		a.setHostAddrs(addrs)
 	}
-	for {
+	for first := true; ; first = false {
 		updates := make(chan netlink.AddrUpdate, 64)
 		done := make(chan struct{})
 		opts := netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
@@ -69,11 +69,16 @@ func (a *Agent) WatchHostAddrs(ctx context.Context, netnsPath string) error {
 		if netnsPath != "" {
 			opts.Namespace = &ns
 		}
-		if err := netlink.AddrSubscribeWithOptions(updates, done, opts); err != nil {
+		err := netlink.AddrSubscribeWithOptions(updates, done, opts)
+		if err != nil && first {
 			return fmt.Errorf("watch the node's addresses: subscribe: %w", err)
 		}
-		read() // after subscribing: a change from now on is not missed
-		broken := false
+		broken := err != nil // the next try after the pause
+		if broken {
+			a.opts.Errorf("kubelet probes: node address updates: subscribe again: %v", err)
+		} else {
+			read() // after subscribing: a change from now on is not missed
+		}
 		for !broken {
 			select {
 			case <-ctx.Done():
