@@ -256,13 +256,21 @@ func (d *Deployer) params(ctx context.Context, gw *gatewayv1.Gateway) (*corev1.C
 }
 
 // apply server-side applies objs. With parameters merged in, an object the
-// API server finds invalid is the parameters' fault: a *ParamsError.
+// API server finds invalid is the parameters' fault: a *ParamsError, found
+// by a dry run of all three before any is written, so that none changes.
 func (d *Deployer) apply(ctx context.Context, gw *gatewayv1.Gateway, objs *Objects, withParams bool, opts metav1.ApplyOptions) (*appsv1.Deployment, *corev1.Service, error) {
 	wrap := func(what string, err error) error {
 		if withParams && apierrors.IsInvalid(err) {
 			return paramsErrorf(gw, "the %s it makes is invalid: %v", what, err)
 		}
 		return fmt.Errorf("apply %s: %w", what, err)
+	}
+	if withParams && len(opts.DryRun) == 0 {
+		dry := opts
+		dry.DryRun = []string{metav1.DryRunAll}
+		if _, _, err := d.apply(ctx, gw, objs, true, dry); err != nil {
+			return nil, nil, err
+		}
 	}
 	if _, err := d.opts.Kube.CoreV1().ServiceAccounts(gw.Namespace).Apply(ctx, objs.ServiceAccount, opts); err != nil {
 		return nil, nil, wrap("service account", err)

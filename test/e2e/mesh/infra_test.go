@@ -51,9 +51,9 @@ spec:
 // Deployment, Service, ServiceAccount and pods; the ConfigMap its
 // parametersRef names sets the replicas and the waypoint container's memory
 // limit and annotates the Service; an edit of the ConfigMap is rolled out;
-// a ConfigMap meshlet cannot use rejects the Gateway (Accepted False,
-// InvalidParameters, naming the key) and leaves the running waypoint as it
-// was.
+// a ConfigMap meshlet cannot use (another key; a Deployment the API server
+// refuses) rejects the Gateway (Accepted False, InvalidParameters, saying
+// why) and leaves the running waypoint as it was, its Service too.
 func TestWaypointInfrastructure(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -113,6 +113,17 @@ func TestWaypointInfrastructure(t *testing.T) {
 	}
 	if got := replicas(); got != "1" {
 		t.Errorf("replicas %s after the rejected parameters; want 1, as deployed before", got)
+	}
+	// Parameters that merge but make an object the API server refuses:
+	// found by a dry run, so nothing of them is written.
+	lb.Apply(t, ns, strings.Replace(infraParams(-1, ""), "example.com/lb: internal", "example.com/lb: external", 1))
+	lab.WaitFor(t, time.Minute, "the Gateway rejected for a Deployment the API server refuses", func() (bool, error) {
+		got := accepted()
+		return strings.HasPrefix(got, "False InvalidParameters") && strings.Contains(got, "invalid"), nil
+	})
+	if _, a := meta("service"); a["example.com/lb"] != "internal" || replicas() != "1" {
+		t.Errorf("after parameters the API server refuses: service annotation %q, replicas %s; want internal and 1, as deployed before",
+			a["example.com/lb"], replicas())
 	}
 	lb.Apply(t, ns, infraParams(1, ""))
 	lab.WaitFor(t, time.Minute, "the Gateway accepted again once its parameters are fixed", func() (bool, error) {
