@@ -283,7 +283,55 @@ func (d *Deployer) apply(ctx context.Context, gw *gatewayv1.Gateway, objs *Objec
 	if err != nil {
 		return nil, nil, wrap("service", err)
 	}
+	dryRun := len(opts.DryRun) > 0
+	hpas := d.opts.Kube.AutoscalingV2().HorizontalPodAutoscalers(gw.Namespace)
+	if objs.HorizontalPodAutoscaler != nil {
+		if _, err := hpas.Apply(ctx, objs.HorizontalPodAutoscaler, opts); err != nil {
+			return nil, nil, wrap("horizontal pod autoscaler", err)
+		}
+	} else if !dryRun {
+		if err := d.deleteOwned(ctx, gw, "horizontal pod autoscaler", func() (metav1.Object, error) {
+			return hpas.Get(ctx, gw.Name, metav1.GetOptions{})
+		}, hpas.Delete); err != nil {
+			return nil, nil, err
+		}
+	}
+	pdbs := d.opts.Kube.PolicyV1().PodDisruptionBudgets(gw.Namespace)
+	if objs.PodDisruptionBudget != nil {
+		if _, err := pdbs.Apply(ctx, objs.PodDisruptionBudget, opts); err != nil {
+			return nil, nil, wrap("pod disruption budget", err)
+		}
+	} else if !dryRun {
+		if err := d.deleteOwned(ctx, gw, "pod disruption budget", func() (metav1.Object, error) {
+			return pdbs.Get(ctx, gw.Name, metav1.GetOptions{})
+		}, pdbs.Delete); err != nil {
+			return nil, nil, err
+		}
+	}
 	return dep, svc, nil
+}
+
+// deleteOwned deletes the object get finds when gw owns it: an autoscaler
+// or disruption budget made for parameters that no longer ask for it.
+// One made by someone else under the same name is left alone.
+func (d *Deployer) deleteOwned(ctx context.Context, gw *gatewayv1.Gateway, what string, get func() (metav1.Object, error),
+	del func(context.Context, string, metav1.DeleteOptions) error) error {
+	obj, err := get()
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get %s: %w", what, err)
+	}
+	if !metav1.IsControlledBy(obj, gw) {
+		return nil
+	}
+	uid := obj.GetUID()
+	err = del(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s no longer asked for: %w", what, err)
+	}
+	return nil
 }
 
 // Status is the Gateway status the deployer owns: Accepted, Programmed

@@ -8,11 +8,15 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -29,8 +33,13 @@ import (
 //     containers merged by name, so `spec.template.spec.containers: [{name:
 //     waypoint, resources: ...}]` changes only the resources), for replicas,
 //     resources, node placement, tolerations, Service annotations and the
-//     like. The Gateway's name, namespace, owner, the Deployment's selector
-//     and the Service's selector stay meshlet's.
+//     like; "horizontalPodAutoscaler" and "podDisruptionBudget" make those
+//     objects for the waypoint (the YAML merged over one that targets its
+//     Deployment, or selects its pods: minReplicas/maxReplicas/metrics,
+//     minAvailable/maxUnavailable), removed again when the key goes. The
+//     Gateway's name, namespace, owner, the Deployment's, Service's and
+//     PodDisruptionBudget's selectors and the autoscaler's target stay
+//     meshlet's.
 //
 // A parametersRef to anything but a ConfigMap, to one that does not exist,
 // or one with another key or YAML that does not merge, rejects the Gateway
@@ -53,7 +62,11 @@ const (
 	paramsDeployment     = "deployment"
 	paramsService        = "service"
 	paramsServiceAccount = "serviceAccount"
+	paramsHPA            = "horizontalPodAutoscaler"
+	paramsPDB            = "podDisruptionBudget"
 )
+
+var paramsKeys = []string{paramsDeployment, paramsService, paramsServiceAccount, paramsHPA, paramsPDB}
 
 // ParamsConfigMap returns the name of the ConfigMap gw's parametersRef
 // names, "" when it names none, or a ParamsError when it names something
@@ -103,7 +116,7 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	}
 	var unknown []string
 	for k := range params.Data {
-		if k != paramsDeployment && k != paramsService && k != paramsServiceAccount {
+		if !slices.Contains(paramsKeys, k) {
 			unknown = append(unknown, k)
 		}
 	}
@@ -112,7 +125,7 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return paramsErrorf(gw, "keys %s: meshlet merges only %q, %q and %q over what it deploys", strings.Join(unknown, ", "), paramsDeployment, paramsService, paramsServiceAccount)
+		return paramsErrorf(gw, "keys %s: meshlet reads only %s", strings.Join(unknown, ", "), strings.Join(paramsKeys, ", "))
 	}
 	sa, dep, svc := *objs.ServiceAccount.Name, *objs.Deployment.Name, *objs.Service.Name
 	owner := objs.Deployment.OwnerReferences
@@ -130,8 +143,23 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	if objs.ServiceAccount, err = overlay(gw, paramsServiceAccount, objs.ServiceAccount, params.Data[paramsServiceAccount], corev1.ServiceAccount{}); err != nil {
 		return err
 	}
+	if y := params.Data[paramsHPA]; strings.TrimSpace(y) != "" {
+		base := autoscalingv2ac.HorizontalPodAutoscaler(dep, gw.Namespace).
+			WithSpec(autoscalingv2ac.HorizontalPodAutoscalerSpec().WithScaleTargetRef(scaleTarget(dep)))
+		if objs.HorizontalPodAutoscaler, err = overlay(gw, paramsHPA, base, y, autoscalingv2.HorizontalPodAutoscaler{}); err != nil {
+			return err
+		}
+	}
+	if y := params.Data[paramsPDB]; strings.TrimSpace(y) != "" {
+		base := policyv1ac.PodDisruptionBudget(dep, gw.Namespace).
+			WithSpec(policyv1ac.PodDisruptionBudgetSpec().WithSelector(selector))
+		if objs.PodDisruptionBudget, err = overlay(gw, paramsPDB, base, y, policyv1.PodDisruptionBudget{}); err != nil {
+			return err
+		}
+	}
 	// What meshd and the garbage collector rely on is not the overlay's.
 	ns := gw.Namespace
+	_, infraAnnotations := infraMetadata(gw)
 	keep := func(m *metav1ac.ObjectMetaApplyConfiguration, name string) {
 		m.Name, m.Namespace, m.GenerateName = &name, &ns, nil
 		m.OwnerReferences = slices.Clone(owner)
@@ -140,6 +168,28 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	keep(objs.ServiceAccount.ObjectMetaApplyConfiguration, sa)
 	keep(objs.Deployment.ObjectMetaApplyConfiguration, dep)
 	keep(objs.Service.ObjectMetaApplyConfiguration, svc)
+	if h := objs.HorizontalPodAutoscaler; h != nil {
+		if h.ObjectMetaApplyConfiguration == nil {
+			h.ObjectMetaApplyConfiguration = &metav1ac.ObjectMetaApplyConfiguration{}
+		}
+		keep(h.ObjectMetaApplyConfiguration, dep)
+		h.Annotations = under(h.Annotations, infraAnnotations)
+		if h.Spec == nil {
+			h.Spec = autoscalingv2ac.HorizontalPodAutoscalerSpec()
+		}
+		h.Spec.ScaleTargetRef = scaleTarget(dep)
+	}
+	if b := objs.PodDisruptionBudget; b != nil {
+		if b.ObjectMetaApplyConfiguration == nil {
+			b.ObjectMetaApplyConfiguration = &metav1ac.ObjectMetaApplyConfiguration{}
+		}
+		keep(b.ObjectMetaApplyConfiguration, dep)
+		b.Annotations = under(b.Annotations, infraAnnotations)
+		if b.Spec == nil {
+			b.Spec = policyv1ac.PodDisruptionBudgetSpec()
+		}
+		b.Spec.Selector = selector
+	}
 	d := objs.Deployment
 	if d.Spec == nil {
 		d.Spec = appsv1ac.DeploymentSpec()
@@ -160,6 +210,11 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	}
 	objs.Service.Spec.Selector = svcSelector
 	return nil
+}
+
+// scaleTarget is the autoscaler's target: the Gateway's Deployment.
+func scaleTarget(deployment string) *autoscalingv2ac.CrossVersionObjectReferenceApplyConfiguration {
+	return autoscalingv2ac.CrossVersionObjectReference().WithAPIVersion("apps/v1").WithKind("Deployment").WithName(deployment)
 }
 
 // overlay merges the YAML patch (empty: none) over obj as a strategic merge

@@ -55,6 +55,13 @@ spec:
 `,
 		"service":        "metadata: {annotations: {lb: internal}}\nspec: {selector: {app: hijack}}\n",
 		"serviceAccount": "metadata: {annotations: {eks.amazonaws.com/role-arn: 'arn:x'}}\n",
+		"horizontalPodAutoscaler": `spec:
+  minReplicas: 2
+  maxReplicas: 5
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: other}
+  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}}]
+`,
+		"podDisruptionBudget": "spec: {minAvailable: 1, selector: {matchLabels: {app: hijack}}}\n",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -113,6 +120,31 @@ spec:
 	if sa.Annotations["eks.amazonaws.com/role-arn"] != "arn:x" || *sa.Name != "waypoint" {
 		t.Errorf("service account %v annotations %v; want waypoint with the role annotation", *sa.Name, sa.Annotations)
 	}
+	hpa := objs.HorizontalPodAutoscaler
+	if hpa == nil {
+		t.Fatal("no HorizontalPodAutoscaler for parameters with the key")
+	}
+	if ref := hpa.Spec.ScaleTargetRef; *hpa.Name != "waypoint" || *ref.Kind != "Deployment" || *ref.Name != "waypoint" ||
+		*hpa.Spec.MinReplicas != 2 || *hpa.Spec.MaxReplicas != 5 || len(hpa.Spec.Metrics) != 1 ||
+		hpa.Labels[GatewayNameLabel] != "waypoint" || hpa.Annotations["cost-center"] != "42" || *hpa.OwnerReferences[0].UID != gw.UID {
+		t.Errorf("autoscaler %s: target %s/%s, replicas %d..%d, %d metrics, labels %v, annotations %v; want the waypoint Deployment's, 2..5, 1, and the Gateway's",
+			*hpa.Name, *ref.Kind, *ref.Name, *hpa.Spec.MinReplicas, *hpa.Spec.MaxReplicas, len(hpa.Spec.Metrics), hpa.Labels, hpa.Annotations)
+	}
+	pdb := objs.PodDisruptionBudget
+	if pdb == nil {
+		t.Fatal("no PodDisruptionBudget for parameters with the key")
+	}
+	if sel := pdb.Spec.Selector.MatchLabels; len(sel) != 1 || sel[GatewayNameLabel] != "waypoint" || pdb.Spec.MinAvailable.IntValue() != 1 || *pdb.OwnerReferences[0].UID != gw.UID {
+		t.Errorf("disruption budget: selector %v, minAvailable %v; want the waypoint's pods, 1", sel, pdb.Spec.MinAvailable)
+	}
+
+	plain, err := Render(gw, opts, params(map[string]string{"deployment": "spec: {replicas: 2}"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.HorizontalPodAutoscaler != nil || plain.PodDisruptionBudget != nil {
+		t.Errorf("parameters without their keys made an autoscaler (%v) or disruption budget (%v)", plain.HorizontalPodAutoscaler != nil, plain.PodDisruptionBudget != nil)
+	}
 }
 
 // TestRenderParamsRefused: parameters that cannot be used are a ParamsError
@@ -127,7 +159,8 @@ func TestRenderParamsRefused(t *testing.T) {
 		name, want string
 		data       map[string]string
 	}{
-		{"unknown key", `keys horizontalPodAutoscaler: meshlet merges only`, map[string]string{"horizontalPodAutoscaler": "spec: {}"}},
+		{"unknown key", `keys autoscaler: meshlet reads only deployment, service, serviceAccount, horizontalPodAutoscaler, podDisruptionBudget`, map[string]string{"autoscaler": "spec: {}"}},
+		{"unknown autoscaler field", `horizontalPodAutoscaler: json: unknown field "maxReplica"`, map[string]string{"horizontalPodAutoscaler": "spec: {maxReplica: 3}"}},
 		{"not YAML", "deployment: not YAML", map[string]string{"deployment": "spec: [unclosed"}},
 		{"not a mapping", "want a YAML mapping", map[string]string{"service": "- a\n- b\n"}},
 		{"unknown field", `unknown field "replica"`, map[string]string{"deployment": "spec: {replica: 2}"}},

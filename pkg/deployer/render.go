@@ -17,8 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -77,6 +79,11 @@ type Objects struct {
 	ServiceAccount *corev1ac.ServiceAccountApplyConfiguration
 	Deployment     *appsv1ac.DeploymentApplyConfiguration
 	Service        *corev1ac.ServiceApplyConfiguration
+	// HorizontalPodAutoscaler and PodDisruptionBudget are made only when
+	// the Gateway's parameters have their keys (infrastructure.go); nil
+	// otherwise, and the deployer removes the ones it made before.
+	HorizontalPodAutoscaler *autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration `json:",omitempty"`
+	PodDisruptionBudget     *policyv1ac.PodDisruptionBudgetApplyConfiguration         `json:",omitempty"`
 }
 
 // Render returns the objects for gw, with its spec.infrastructure applied

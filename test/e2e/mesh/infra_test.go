@@ -11,12 +11,9 @@ import (
 )
 
 // infraParams is a parameters ConfigMap for a waypoint Gateway: replicas
-// and the waypoint container's memory limit, an annotation on its Service.
-func infraParams(replicas int, extraKey string) string {
-	extra := ""
-	if extraKey != "" {
-		extra = "  " + extraKey + ": |\n    spec: {}\n"
-	}
+// and the waypoint container's memory limit, an annotation on its Service,
+// and extra (more data keys, indented as they are).
+func infraParams(replicas int, extra string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: ConfigMap
 metadata: {name: wp-params}
@@ -51,6 +48,8 @@ spec:
 // Deployment, Service, ServiceAccount and pods; the ConfigMap its
 // parametersRef names sets the replicas and the waypoint container's memory
 // limit and annotates the Service; an edit of the ConfigMap is rolled out;
+// its horizontalPodAutoscaler and podDisruptionBudget keys make those
+// objects for the waypoint, removed when the keys go;
 // a ConfigMap meshlet cannot use (another key; a Deployment the API server
 // refuses) rejects the Gateway (Accepted False, InvalidParameters, saying
 // why) and leaves the running waypoint as it was, its Service too.
@@ -99,7 +98,7 @@ func TestWaypointInfrastructure(t *testing.T) {
 		return replicas() == "1", nil
 	})
 
-	lb.Apply(t, ns, infraParams(3, "horizontalPodAutoscaler"))
+	lb.Apply(t, ns, infraParams(3, "  autoscaler: |\n    spec: {}\n"))
 	accepted := func() string {
 		out, _ := lb.Kubectl("get", "gateway", "waypoint", "-n", ns, "-o",
 			`jsonpath={.status.conditions[?(@.type=="Accepted")].status} {.status.conditions[?(@.type=="Accepted")].reason} {.status.conditions[?(@.type=="Accepted")].message}`)
@@ -108,7 +107,7 @@ func TestWaypointInfrastructure(t *testing.T) {
 	lab.WaitFor(t, time.Minute, "the Gateway rejected for its parameters", func() (bool, error) {
 		return strings.HasPrefix(accepted(), "False InvalidParameters"), nil
 	})
-	if got := accepted(); !strings.Contains(got, "horizontalPodAutoscaler") || !strings.Contains(got, "wp-params") {
+	if got := accepted(); !strings.Contains(got, "autoscaler") || !strings.Contains(got, "wp-params") {
 		t.Errorf("Accepted: %q; want the message to name the ConfigMap and the key", got)
 	}
 	if got := replicas(); got != "1" {
@@ -128,5 +127,29 @@ func TestWaypointInfrastructure(t *testing.T) {
 	lb.Apply(t, ns, infraParams(1, ""))
 	lab.WaitFor(t, time.Minute, "the Gateway accepted again once its parameters are fixed", func() (bool, error) {
 		return strings.HasPrefix(accepted(), "True Accepted"), nil
+	})
+
+	// An autoscaler and a disruption budget, while the parameters ask.
+	lb.Apply(t, ns, infraParams(1, `  horizontalPodAutoscaler: |
+    spec: {minReplicas: 1, maxReplicas: 3}
+  podDisruptionBudget: |
+    spec: {minAvailable: 1}
+`))
+	get := func(kind, path string) string {
+		out, err := lb.Kubectl("get", kind, "waypoint", "-n", ns, "-o", "jsonpath="+path)
+		if err != nil {
+			return "absent: " + out
+		}
+		return strings.TrimSpace(out)
+	}
+	lab.WaitFor(t, time.Minute, "the waypoint's autoscaler and disruption budget made", func() (bool, error) {
+		hpa := get("hpa", "{.spec.scaleTargetRef.kind}/{.spec.scaleTargetRef.name} {.spec.maxReplicas}")
+		pdb := get("pdb", "{.spec.selector.matchLabels.gateway\\.networking\\.k8s\\.io/gateway-name} {.spec.minAvailable}")
+		return hpa == "Deployment/waypoint 3" && pdb == "waypoint 1", fmt.Errorf("autoscaler %q, disruption budget %q", hpa, pdb)
+	})
+	lb.Apply(t, ns, infraParams(1, ""))
+	lab.WaitFor(t, time.Minute, "the autoscaler and disruption budget removed with their keys", func() (bool, error) {
+		hpa, pdb := get("hpa", "{.metadata.name}"), get("pdb", "{.metadata.name}")
+		return strings.HasPrefix(hpa, "absent") && strings.HasPrefix(pdb, "absent"), fmt.Errorf("autoscaler %q, disruption budget %q", hpa, pdb)
 	})
 }
