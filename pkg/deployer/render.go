@@ -83,7 +83,7 @@ type Objects struct {
 	// the Gateway's parameters have their keys (infrastructure.go); nil
 	// otherwise, and the deployer removes the ones it made before.
 	HorizontalPodAutoscaler *autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration `json:",omitempty"`
-	PodDisruptionBudget     *policyv1ac.PodDisruptionBudgetApplyConfiguration         `json:",omitempty"`
+	PodDisruptionBudget     *policyv1ac.PodDisruptionBudgetApplyConfiguration          `json:",omitempty"`
 }
 
 // Render returns the objects for gw, with its spec.infrastructure applied
