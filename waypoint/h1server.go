@@ -283,8 +283,8 @@ func (c *h1ServerConn) setIdleDeadline(now time.Time) {
 	if !c.idleUntil.IsZero() && c.idleUntil.Sub(now) >= idle {
 		return
 	}
-	c.conn.SetReadDeadline(now.Add(idle + idle/8))
 	c.idleUntil = now.Add(idle + idle/8)
+	c.conn.SetReadDeadline(c.idleUntil)
 }
 
 // setReadDeadline sets any other read deadline than the idle one.

@@ -9,12 +9,16 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	kubeinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -283,40 +287,44 @@ func (d *Deployer) apply(ctx context.Context, gw *gatewayv1.Gateway, objs *Objec
 	if err != nil {
 		return nil, nil, wrap("service", err)
 	}
-	dryRun := len(opts.DryRun) > 0
-	hpas := d.opts.Kube.AutoscalingV2().HorizontalPodAutoscalers(gw.Namespace)
-	if objs.HorizontalPodAutoscaler != nil {
-		if _, err := hpas.Apply(ctx, objs.HorizontalPodAutoscaler, opts); err != nil {
-			return nil, nil, wrap("horizontal pod autoscaler", err)
-		}
-	} else if !dryRun {
-		if err := d.deleteOwned(ctx, gw, "horizontal pod autoscaler", func() (metav1.Object, error) {
-			return hpas.Get(ctx, gw.Name, metav1.GetOptions{})
-		}, hpas.Delete); err != nil {
-			return nil, nil, err
-		}
+	if err := applyOptional(ctx, gw, "horizontal pod autoscaler", objs.HorizontalPodAutoscaler, opts, wrap,
+		typedClient[autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration, *autoscalingv2.HorizontalPodAutoscaler](
+			d.opts.Kube.AutoscalingV2().HorizontalPodAutoscalers(gw.Namespace))); err != nil {
+		return nil, nil, err
 	}
-	pdbs := d.opts.Kube.PolicyV1().PodDisruptionBudgets(gw.Namespace)
-	if objs.PodDisruptionBudget != nil {
-		if _, err := pdbs.Apply(ctx, objs.PodDisruptionBudget, opts); err != nil {
-			return nil, nil, wrap("pod disruption budget", err)
-		}
-	} else if !dryRun {
-		if err := d.deleteOwned(ctx, gw, "pod disruption budget", func() (metav1.Object, error) {
-			return pdbs.Get(ctx, gw.Name, metav1.GetOptions{})
-		}, pdbs.Delete); err != nil {
-			return nil, nil, err
-		}
+	if err := applyOptional(ctx, gw, "pod disruption budget", objs.PodDisruptionBudget, opts, wrap,
+		typedClient[policyv1ac.PodDisruptionBudgetApplyConfiguration, *policyv1.PodDisruptionBudget](
+			d.opts.Kube.PolicyV1().PodDisruptionBudgets(gw.Namespace))); err != nil {
+		return nil, nil, err
 	}
 	return dep, svc, nil
 }
 
-// deleteOwned deletes the object get finds when gw owns it: an autoscaler
-// or disruption budget made for parameters that no longer ask for it.
-// One made by someone else under the same name is left alone.
-func (d *Deployer) deleteOwned(ctx context.Context, gw *gatewayv1.Gateway, what string, get func() (metav1.Object, error),
-	del func(context.Context, string, metav1.DeleteOptions) error) error {
-	obj, err := get()
+// typedClient is what applyOptional needs of a typed client: apply
+// configurations A, objects O.
+type typedClient[A any, O metav1.Object] interface {
+	Apply(ctx context.Context, obj *A, opts metav1.ApplyOptions) (O, error)
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (O, error)
+	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
+}
+
+// applyOptional applies want, an object the Gateway's parameters may ask for
+// (the autoscaler, the disruption budget); when they do not (want nil), it
+// deletes the one of the Gateway's name if the Gateway controls it, one made
+// for parameters that no longer ask for it. One made by someone else under
+// the same name is left alone; a dry run deletes nothing.
+func applyOptional[A any, O metav1.Object](ctx context.Context, gw *gatewayv1.Gateway, what string, want *A, opts metav1.ApplyOptions,
+	wrap func(string, error) error, c typedClient[A, O]) error {
+	if want != nil {
+		if _, err := c.Apply(ctx, want, opts); err != nil {
+			return wrap(what, err)
+		}
+		return nil
+	}
+	if len(opts.DryRun) > 0 {
+		return nil
+	}
+	obj, err := c.Get(ctx, gw.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -327,7 +335,7 @@ func (d *Deployer) deleteOwned(ctx context.Context, gw *gatewayv1.Gateway, what 
 		return nil
 	}
 	uid := obj.GetUID()
-	err = del(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	err = c.Delete(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete %s no longer asked for: %w", what, err)
 	}

@@ -168,23 +168,24 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	keep(objs.ServiceAccount.ObjectMetaApplyConfiguration, sa)
 	keep(objs.Deployment.ObjectMetaApplyConfiguration, dep)
 	keep(objs.Service.ObjectMetaApplyConfiguration, svc)
-	if h := objs.HorizontalPodAutoscaler; h != nil {
-		if h.ObjectMetaApplyConfiguration == nil {
-			h.ObjectMetaApplyConfiguration = &metav1ac.ObjectMetaApplyConfiguration{}
+	// The autoscaler and budget have no metadata of Render's: theirs is
+	// meshlet's as for the others, with the infrastructure annotations.
+	extra := func(m **metav1ac.ObjectMetaApplyConfiguration) {
+		if *m == nil {
+			*m = &metav1ac.ObjectMetaApplyConfiguration{}
 		}
-		keep(h.ObjectMetaApplyConfiguration, dep)
-		h.Annotations = under(h.Annotations, infraAnnotations)
+		keep(*m, dep)
+		(*m).Annotations = under((*m).Annotations, infraAnnotations)
+	}
+	if h := objs.HorizontalPodAutoscaler; h != nil {
+		extra(&h.ObjectMetaApplyConfiguration)
 		if h.Spec == nil {
 			h.Spec = autoscalingv2ac.HorizontalPodAutoscalerSpec()
 		}
 		h.Spec.ScaleTargetRef = scaleTarget(dep)
 	}
 	if b := objs.PodDisruptionBudget; b != nil {
-		if b.ObjectMetaApplyConfiguration == nil {
-			b.ObjectMetaApplyConfiguration = &metav1ac.ObjectMetaApplyConfiguration{}
-		}
-		keep(b.ObjectMetaApplyConfiguration, dep)
-		b.Annotations = under(b.Annotations, infraAnnotations)
+		extra(&b.ObjectMetaApplyConfiguration)
 		if b.Spec == nil {
 			b.Spec = policyv1ac.PodDisruptionBudgetSpec()
 		}
