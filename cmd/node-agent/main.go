@@ -390,8 +390,10 @@ func cgroup2Mount() (string, error) {
 
 // releaseStartupPages waits until the agent has enrolled this node's pods
 // and then a little more (certificates, the first config push), then lets
-// go of the binary's pages that start-up mapped (admin.ReleaseBinaryPages):
-// the resident set then shows what the running agent uses.
+// go of the binary's pages that start-up mapped, and of its page cache, so
+// that what it maps from then on is read a page at a time
+// (admin.ReleaseStartupPages): the resident set then shows what the running
+// agent uses.
 func releaseStartupPages(ctx context.Context, synced func() bool) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -407,7 +409,7 @@ func releaseStartupPages(ctx context.Context, synced func() bool) {
 		return
 	case <-time.After(startupSettle):
 	}
-	n, err := admin.ReleaseBinaryPages()
+	n, err := admin.ReleaseStartupPages()
 	if err != nil {
 		log.Printf("%v", err)
 		return

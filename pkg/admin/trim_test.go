@@ -4,10 +4,14 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestReadOnlyMappings(t *testing.T) {
@@ -80,6 +84,134 @@ func TestReleaseBinaryPagesShrinksRSS(t *testing.T) {
 	if _, err := readOnlyMappings(strings.NewReader(""), "x"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// After the start-up release a page the process uses again is read into
+// the cache alone and mapped alone, not with the neighbours read-ahead
+// brought in: the test does to a file of its own (on disk, cached whole,
+// mapped privately read-only as an executable's code is) what the agent
+// does to its binary, and counts what touching pages maps.
+func TestReleaseUncachedMapsPageSized(t *testing.T) {
+	dir := t.TempDir()
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Type == unix.TMPFS_MAGIC {
+		t.Skipf("%s is on tmpfs, whose pages cannot be dropped from the cache: set TMPDIR to a directory on disk", dir)
+	}
+	const size = 8 << 20
+	path := dir + "/binary"
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(path); err != nil { // all of it cached
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	start := uintptr(unsafe.Pointer(&m[0]))
+	addr := strconv.FormatUint(uint64(start), 16) + "-"
+
+	const touches, stride = 16, 256 << 10
+	page := os.Getpagesize()
+	var sink byte
+	touch := func(first int) int {
+		before := smapsRssKB(t, addr)
+		for i := 0; i < touches; i++ {
+			sink += m[first*stride/2+i*stride+3*page]
+		}
+		return smapsRssKB(t, addr) - before
+	}
+	grewBefore := touch(0)
+	released, err := releaseUncached([]addrRange{{start, start + size}}, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if released != size {
+		t.Fatalf("released %d bytes; want the mapping's %d", released, size)
+	}
+	grew := touch(1)
+	t.Logf("%d pages touched: the mapping's Rss +%d kB with the file cached, +%d kB after the release (sink %d)", touches, grewBefore, grew, sink)
+	if limit := touches * page >> 10; grew > limit {
+		t.Errorf("touching %d pages after the release mapped %d kB; want at most %d kB (each page read and mapped alone)", touches, grew, limit)
+	}
+	if grewBefore <= grew {
+		t.Errorf("touching %d pages of the cached file mapped %d kB, after the release %d kB; want fault-around to have mapped more before", touches, grewBefore, grew)
+	}
+}
+
+// The start-up release finds the test binary's own code and read-only
+// data and marks them for random access ("rr" in smaps).
+func TestReleaseStartupPages(t *testing.T) {
+	released, err := ReleaseStartupPages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if released == 0 {
+		t.Fatal("released nothing: the test binary's code and read-only data mappings were not found")
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := false
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 6 && fields[5] == exe && fields[1] == "r-xp" {
+			code = true
+			continue
+		}
+		if code && strings.HasPrefix(line, "VmFlags:") {
+			if !slices.Contains(fields[1:], "rr") {
+				t.Errorf("the binary's code mapping has VmFlags %q after the start-up release; want rr (random access: no read-ahead)", line)
+			}
+			return
+		}
+	}
+	t.Fatalf("no code mapping of %s in /proc/self/smaps", exe)
+}
+
+// smapsRssKB reads the Rss of the mapping that starts at addr ("7f12...-")
+// from /proc/self/smaps.
+func smapsRssKB(t *testing.T, addr string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "-") && !strings.Contains(line, ":") || strings.HasPrefix(line, addr) {
+			in = strings.HasPrefix(line, addr)
+			continue
+		}
+		if v, ok := strings.CutPrefix(line, "Rss:"); ok && in {
+			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err != nil {
+				t.Fatalf("smaps line %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no mapping at %s in /proc/self/smaps", addr)
+	return 0
 }
 
 func TestApplyWorkerThreads(t *testing.T) {
