@@ -1023,6 +1023,19 @@ func (pr *Peer) defaultDestination(local net.Addr) {
 	}
 }
 
+// RemoteIP is c's remote address, unmapped; the zero Addr when it is not
+// an IP address.
+func RemoteIP(c net.Conn) netip.Addr {
+	ra := c.RemoteAddr()
+	if ta, ok := ra.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap() // no string built and parsed
+	}
+	if ap, err := netip.ParseAddrPort(ra.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
 func (p *Proxy) peer(req *http.Request) Peer {
 	var pr Peer
 	if p.opts.Peer != nil {

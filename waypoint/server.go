@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -209,9 +208,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 		peer = p.opts.ConnPeer(c)
 	}
 	if !peer.IP.IsValid() {
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			peer.IP = ap.Addr().Unmap()
-		}
+		peer.IP = RemoteIP(c)
 	}
 	peer.defaultDestination(c.LocalAddr())
 	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {

@@ -281,16 +281,10 @@ func run(f flags) error {
 	own := watchOwnDaemonSet(ctx, client, f.namespace, f.daemonSetName)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()
-	go func() {
-		releaseStartupPages(ctx, rec.Synced)
-		// From then on, the binary's pages that rare code mapped (a burst
-		// of enrollments, a renewal) are let go as well.
-		go admin.TrimBinaryPages(ctx, binaryTrimCheck, binaryTrimGrowth, log.Printf)
-		// And the heap a burst of traffic or of enrollments leaves behind
-		// goes back to the system once it is over (the first check
-		// releases start-up's).
-		admin.ReleaseAfterBursts(ctx, burstCheck)
-	}()
+	// Once this node's pods are enrolled (and certificates and the first
+	// config are in), the binary's start-up pages go, then what rare code
+	// maps and the heap bursts leave, for the life of the agent.
+	go admin.KeepLean(ctx, rec.Synced, log.Printf)
 	log.Printf("node-agent on %s: data path loaded (pins %s, cgroup %s)", f.nodeName, f.pinDir, f.cgroupRoot)
 	select {
 	case <-ctx.Done():
@@ -388,52 +382,12 @@ func cgroup2Mount() (string, error) {
 	return "", errors.New("no cgroup2 mount in /proc/mounts: mount the cgroup v2 hierarchy into the agent (hostPath) or pass --cgroup-root")
 }
 
-// releaseStartupPages waits until the agent has enrolled this node's pods
-// and then a little more (certificates, the first config push), then lets
-// go of the binary's pages that start-up mapped, and of its page cache, so
-// that what it maps from then on is read a page at a time
-// (admin.ReleaseStartupPages): the resident set then shows what the running
-// agent uses.
-func releaseStartupPages(ctx context.Context, synced func() bool) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for !synced() {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(startupSettle):
-	}
-	n, err := admin.ReleaseStartupPages()
-	if err != nil {
-		log.Printf("%v", err)
-		return
-	}
-	log.Printf("start-up done: released %d MiB of the binary's mapped pages", n>>20)
-}
-
 // decisionWait bounds how long a connection waits for the mesh config its
 // decision needs: the first config after the agent starts, or a new local
 // pod that meshd has not pushed yet (its push trails the CNI's enrollment by
 // up to meshd's debounce). Longer than that lag under load, shorter than a
 // client's connect timeout.
 const decisionWait = 5 * time.Second
-
-// burstCheck is how often the agent checks for heap a burst left behind.
-const burstCheck = 15 * time.Second
-
-// binaryTrimCheck is how often the agent checks how much of its binary is
-// mapped, and binaryTrimGrowth how much growth since the last release
-// makes it release again (admin.TrimBinaryPages).
-const (
-	binaryTrimCheck  = 30 * time.Second
-	binaryTrimGrowth = 1 << 20
-)
 
 // agentGCPercent is the agent's GOGC unless $GOGC is set (see
 // admin.ApplyGCPercent). Below Go's 100: the agent's live heap is small
@@ -442,7 +396,3 @@ const (
 // seconds at 1000 requests/s and keeps ~1 MB less heap resident (lab, 50
 // pods after a load: 10.2 -> 9.2 MB anonymous).
 const agentGCPercent = 50
-
-// startupSettle is how long after the first full enrollment start-up is
-// taken to be over.
-const startupSettle = 20 * time.Second

@@ -129,6 +129,7 @@ func run(ctx context.Context, f flags) error {
 		},
 		TrustDomain: td, Namespace: f.namespace, ServiceAccount: f.serviceAccount, GatewayName: f.gateway,
 		DrainTimeout: f.drainTimeout,
+		KeepLean:     true,
 		Logger:       logger,
 	}
 	var lns []net.Listener

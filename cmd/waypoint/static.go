@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -54,6 +55,7 @@ func runStatic(ctx context.Context, f flags) error {
 		go func() { _ = srv.ListenAndServe() }()
 		defer srv.Close()
 	}
+	go admin.KeepLean(ctx, func() bool { return true }, log.Printf)
 	err = p.Serve(ctx, ln, waypoint.ServerOptions{})
 	if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 		return nil

@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshlet/meshlet/pkg/admin"
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/ca/caclient"
 	"github.com/meshlet/meshlet/pkg/hbone"
@@ -90,6 +91,11 @@ type Options struct {
 	UpstreamHBONEPort uint16
 	// DrainTimeout bounds the graceful drain after ctx ends; zero means 5s.
 	DrainTimeout time.Duration
+	// KeepLean runs admin.KeepLean once the waypoint is ready: the binary's
+	// start-up pages, what rare code maps later and the heap a burst
+	// leaves go back to the system. The command sets it; tests, which
+	// share their binary, do not.
+	KeepLean bool
 	// CertTTL is the SVID lifetime asked for; zero lets the CA choose.
 	CertTTL time.Duration
 	// Registerer receives the proxy's and the process's metrics; nil means a
@@ -252,6 +258,11 @@ func Run(ctx context.Context, opts Options) error {
 				s.log.Warn("ingress listener stopped", "addr", ln.Addr(), "err", err)
 			}
 			return nil
+		})
+	}
+	if opts.KeepLean {
+		go admin.KeepLean(gctx, func() bool { return s.ready() == nil }, func(format string, args ...any) {
+			s.log.Info(fmt.Sprintf(format, args...))
 		})
 	}
 	g.Go(func() error { return ignoreCanceled(renewer.Run(gctx)) })
@@ -658,13 +669,13 @@ type peerMemo struct {
 func (s *state) connPeer(c net.Conn) waypoint.Peer {
 	sc, ok := c.(*waypoint.StreamConn)
 	if !ok {
-		return waypoint.Peer{IP: remoteIP(c)}
+		return waypoint.Peer{IP: waypoint.RemoteIP(c)}
 	}
 	idx := s.vips.Load()
 	if m, ok := sc.Memo().(*peerMemo); ok && m.vips == idx {
 		return m.peer
 	}
-	p := waypoint.Peer{IP: remoteIP(c)}
+	p := waypoint.Peer{IP: waypoint.RemoteIP(c)}
 	if req, ok := sc.Meta.(*hbone.Request); ok {
 		p.Principal = req.Peer.String()
 		p.DestinationIP, p.DestinationPort = req.Target.Addr().Unmap(), uint32(req.Target.Port())
@@ -677,17 +688,6 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 	}
 	sc.SetMemo(&peerMemo{vips: idx, peer: p})
 	return p
-}
-
-// remoteIP is c's remote address, unmapped.
-func remoteIP(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
-	}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 // vipService is what the address resources say of a service VIP.
