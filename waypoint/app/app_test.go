@@ -463,10 +463,20 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	before = len(node.seen())
-	eventually(t, "a service VIP reached through its waypoint", expect("via-waypoint"))
-	if got := node.seen(); len(got) <= before || got[len(got)-1] != wpID {
-		t.Errorf("the service's waypoint saw peers %v (had %d before); want a new HBONE stream from %s", got, before, wpID)
-	}
+	// The Service and the config are pushed as two resources: until the
+	// waypoint holds both, the VIP is an address outside the mesh and is
+	// dialled directly (noted as a window to close); once it does, the
+	// request goes through the service's waypoint.
+	eventually(t, "a service VIP reached through its waypoint", func() error {
+		if err := expect("via-waypoint")(); err != nil {
+			return err
+		}
+		if got := node.seen(); len(got) <= before || got[len(got)-1] != wpID {
+			before = len(got)
+			return fmt.Errorf("the service's waypoint saw peers %v; want a new HBONE stream from %s", got, wpID)
+		}
+		return nil
+	})
 
 	resp, err := hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
 	if err != nil {
