@@ -196,13 +196,14 @@ func smapsRssKB(t *testing.T, addr string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := false
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.Contains(line, "-") && !strings.Contains(line, ":") || strings.HasPrefix(line, addr) {
-			in = strings.HasPrefix(line, addr)
-			continue
-		}
-		if v, ok := strings.CutPrefix(line, "Rss:"); ok && in {
+	// The mapping's header line starts with its address; its first Rss
+	// line after that is its own.
+	_, rest, ok := strings.Cut("\n"+string(b), "\n"+addr)
+	if !ok {
+		t.Fatalf("no mapping at %s in /proc/self/smaps", addr)
+	}
+	for _, line := range strings.Split(rest, "\n") {
+		if v, ok := strings.CutPrefix(line, "Rss:"); ok {
 			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			if err != nil {
 				t.Fatalf("smaps line %q: %v", line, err)
@@ -210,7 +211,7 @@ func smapsRssKB(t *testing.T, addr string) int {
 			return n
 		}
 	}
-	t.Fatalf("no mapping at %s in /proc/self/smaps", addr)
+	t.Fatalf("no Rss line for the mapping at %s in /proc/self/smaps", addr)
 	return 0
 }
 
