@@ -407,7 +407,12 @@ spec:
 // istio.io/ingress-use-waypoint=true is on the service or its namespace:
 // then the gateway's cluster for it is the service's VIP, which its HBONE
 // dial takes to the waypoint; the service's own label wins over its
-// namespace's. The waypoint's own config keeps the endpoints.
+// namespace's. The config names the waypoint to reach the VIP through (its
+// HBONE address and identity), so the gateway never depends on the
+// service's own resource arriving first; a waypoint with no address yet
+// leaves the cluster without endpoints (503), never reached around. Pod
+// endpoints carry the identity of their enrolled workload. The waypoint's
+// own config keeps the endpoints.
 func TestIngressUseWaypoint(t *testing.T) {
 	productpage := func(labels string) string {
 		return `apiVersion: v1
@@ -420,22 +425,29 @@ spec:
 `
 	}
 	const cluster = "outbound|9080||productpage.bookinfo.svc.cluster.local"
-	podEndpoint := []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}, Workload: "productpage-v1"}}
-	viaVIP := []model.L7Endpoint{{Address: "10.96.0.30:9080"}}
+	podEndpoint := []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}, Workload: "productpage-v1",
+		Identity: "spiffe://cluster.local/ns/bookinfo/sa/sa-productpage-v1"}}
+	viaVIP := []model.L7Endpoint{{Address: "10.96.0.30:9080", Via: &model.L7Via{
+		Waypoint: model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"},
+		Address:  "10.96.9.9:15008", Identity: "spiffe://cluster.local/ns/bookinfo/sa/waypoint",
+	}}}
+	withAddress := waypoint("bookinfo", "waypoint", "10.96.9.9", "")
+	noAddress := withAddress[:strings.Index(withAddress, "status:")]
 	for _, tt := range []struct {
-		name, nsLabels, svcLabels string
-		want                      []model.L7Endpoint
+		name, nsLabels, svcLabels, waypoint string
+		want                                []model.L7Endpoint
 	}{
-		{"no label: endpoints", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "", podEndpoint},
-		{"service label", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "istio.io/ingress-use-waypoint: 'true'", viaVIP},
-		{"namespace label", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint,istio.io/ingress-use-waypoint=true", "", viaVIP},
-		{"service says false over its namespace", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint,istio.io/ingress-use-waypoint=true", "istio.io/ingress-use-waypoint: 'false'", podEndpoint},
-		{"no waypoint: endpoints", "istio.io/dataplane-mode=ambient,istio.io/ingress-use-waypoint=true", "", podEndpoint},
+		{"no label: endpoints", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "", withAddress, podEndpoint},
+		{"service label", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "istio.io/ingress-use-waypoint: 'true'", withAddress, viaVIP},
+		{"namespace label", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint,istio.io/ingress-use-waypoint=true", "", withAddress, viaVIP},
+		{"service says false over its namespace", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint,istio.io/ingress-use-waypoint=true", "istio.io/ingress-use-waypoint: 'false'", withAddress, podEndpoint},
+		{"no waypoint: endpoints", "istio.io/dataplane-mode=ambient,istio.io/ingress-use-waypoint=true", "", withAddress, podEndpoint},
+		{"waypoint without an address yet: no endpoints", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint", "istio.io/ingress-use-waypoint: 'true'", noAddress, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ingress := bookinfoIngress[:strings.Index(bookinfoIngress, "apiVersion: v1\nkind: Service\nmetadata: {name: productpage")]
 			snap, _ := mustBuild(t, inputs(t, ingress, productpage(tt.svcLabels),
-				ns("bookinfo", tt.nsLabels), waypoint("bookinfo", "waypoint", "10.96.9.9", ""),
+				ns("bookinfo", tt.nsLabels), tt.waypoint,
 				pod("bookinfo", "productpage-v1", "10.0.0.30", "n1", "app=productpage")))
 			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
 			if !ok {

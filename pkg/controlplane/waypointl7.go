@@ -151,9 +151,17 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			// The service's waypoint applies its routes and policies to
 			// ingress requests too (Istio's istio.io/ingress-use-waypoint):
 			// the gateway sends them to the service's VIP, as a mesh client
-			// would, and its HBONE dial goes to the waypoint.
+			// would, and its HBONE dial goes to the waypoint, which the
+			// config names itself (the service's own resource may reach the
+			// gateway later: the VIP must never be dialled directly).
+			// A waypoint with no address or identity yet leaves the cluster
+			// without endpoints: 503 until it has them, never a bypass.
+			via := lb.bd.viaWaypoint(ms.Waypoint)
 			for _, vip := range ms.VIPs {
-				c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: netip.AddrPortFrom(vip, uint16(port)).String()})
+				if via == nil {
+					break
+				}
+				c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: netip.AddrPortFrom(vip, uint16(port)).String(), Via: via})
 			}
 			lb.clusters[name] = c
 			return name
@@ -167,19 +175,22 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 				continue
 			}
 			var labels map[string]string
-			workload := ""
+			workload, id := "", ""
 			if w, ok := lb.bd.workloadByUID(ep.WorkloadUID); ok {
 				labels = w.Labels
 				workload = w.WorkloadName
 				if workload == "" {
 					workload = w.Name
 				}
+				if w.Enrolled {
+					id = w.Identity
+				}
 			}
 			hostPart := ep.Hostname
 			if len(ep.Addresses) > 0 {
 				hostPart = ep.Addresses[0].String()
 			}
-			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload})
+			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload, Identity: id})
 		}
 		// A DestinationRule's tls for the port takes precedence over a
 		// BackendTLSPolicy's (see backendtls.go).
@@ -1196,6 +1207,22 @@ func (c *credentialCheck) keyPair() error {
 		c.pairDone = true
 	}
 	return c.pairErr
+}
+
+// viaWaypoint is the HBONE hop to the waypoint ref names, or nil when the
+// snapshot has no address or identity for it (then the gateway's dial
+// refuses the VIP rather than reach it directly: see the waypoint's
+// dialUpstream).
+func (bd *build) viaWaypoint(ref *model.WaypointRef) *model.L7Via {
+	wp, ok := bd.waypoints[ref.Waypoint]
+	if !ok || len(ref.Addresses) == 0 || wp.Identity == "" {
+		return nil
+	}
+	return &model.L7Via{
+		Waypoint: ref.Waypoint,
+		Address:  netip.AddrPortFrom(ref.Addresses[0], model.PortHBONE).String(),
+		Identity: wp.Identity,
+	}
 }
 
 // ingressUsesWaypoint reports whether ingress gateways send a service's

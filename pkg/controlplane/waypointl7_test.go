@@ -95,8 +95,10 @@ func TestWaypointL7FromVirtualService(t *testing.T) {
 		Clusters: []model.L7Cluster{{
 			Name: cluster,
 			Endpoints: []model.L7Endpoint{
-				{Address: "10.0.0.1:8080", Labels: map[string]string{"app": "reviews", "version": "v1"}, Workload: "reviews-v1"},
-				{Address: "10.0.0.2:8080", Labels: map[string]string{"app": "reviews", "version": "v2"}, Workload: "reviews-v2"},
+				{Address: "10.0.0.1:8080", Labels: map[string]string{"app": "reviews", "version": "v1"}, Workload: "reviews-v1",
+					Identity: "spiffe://cluster.local/ns/bookinfo/sa/sa-reviews-v1"},
+				{Address: "10.0.0.2:8080", Labels: map[string]string{"app": "reviews", "version": "v2"}, Workload: "reviews-v2",
+					Identity: "spiffe://cluster.local/ns/bookinfo/sa/sa-reviews-v2"},
 			},
 			Subsets: []model.Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}},
 			Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}},

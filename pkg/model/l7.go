@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"regexp/syntax"
@@ -467,6 +468,28 @@ type L7Endpoint struct {
 	Workload string `json:",omitempty"`
 	// Weight is the endpoint's relative weight; zero means 1.
 	Weight uint32
+	// Identity is the SPIFFE ID of the workload of the mesh at Address: the
+	// proxy reaches it over HBONE and requires its server to present that
+	// ID. Empty for an endpoint outside the mesh. It travels in the config
+	// itself, not only in the workload resources pushed beside it, so that
+	// a config that arrives first never has a mesh endpoint dialled in
+	// plaintext.
+	Identity string `json:",omitempty"`
+	// Via is set when Address is a service VIP reached through the
+	// service's waypoint (an ingress gateway's route to a service labelled
+	// istio.io/ingress-use-waypoint): the proxy opens HBONE to the waypoint
+	// and CONNECTs to Address, never dials Address itself.
+	Via *L7Via `json:",omitempty"`
+}
+
+// L7Via is the waypoint an endpoint is reached through.
+type L7Via struct {
+	// Waypoint names the waypoint's Gateway, for errors and logs.
+	Waypoint NamespacedName
+	// Address is the waypoint's HBONE "ip:port".
+	Address string
+	// Identity is the SPIFFE ID the waypoint must present.
+	Identity string
 }
 
 // Subset is a DestinationRule subset.
@@ -1066,6 +1089,17 @@ func (c *L7Cluster) Validate() error {
 		host, port, err := net.SplitHostPort(e.Address)
 		if err != nil || host == "" || port == "" {
 			return fmt.Errorf("cluster %q: endpoints[%d]: address %q: want host:port", c.Name, i, e.Address)
+		}
+		if e.Identity != "" && !strings.HasPrefix(e.Identity, "spiffe://") {
+			return fmt.Errorf("cluster %q: endpoints[%d] %s: identity %q: want a spiffe:// ID", c.Name, i, e.Address, e.Identity)
+		}
+		if v := e.Via; v != nil {
+			if _, err := netip.ParseAddrPort(v.Address); err != nil {
+				return fmt.Errorf("cluster %q: endpoints[%d] %s: waypoint %s address %q: want ip:port", c.Name, i, e.Address, v.Waypoint, v.Address)
+			}
+			if !strings.HasPrefix(v.Identity, "spiffe://") {
+				return fmt.Errorf("cluster %q: endpoints[%d] %s: waypoint %s identity %q: want a spiffe:// ID", c.Name, i, e.Address, v.Waypoint, v.Identity)
+			}
 		}
 	}
 	switch c.Protocol {

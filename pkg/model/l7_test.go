@@ -97,6 +97,13 @@ func TestL7ConfigValidate(t *testing.T) {
 		}, wantErr: "out of range 0-100"},
 		{name: "bad domain", mutate: func(c *L7Config) { c.Listeners[0].VirtualHosts[0].Domains = []string{"a*.b"} }, wantErr: "domain"},
 		{name: "bad endpoint", mutate: func(c *L7Config) { c.Clusters[0].Endpoints[0].Address = "10.0.0.1" }, wantErr: "want host:port"},
+		{name: "endpoint identity not SPIFFE", mutate: func(c *L7Config) { c.Clusters[0].Endpoints[0].Identity = "ns/app/sa/reviews" }, wantErr: `identity "ns/app/sa/reviews": want a spiffe:// ID`},
+		{name: "via waypoint without a port", mutate: func(c *L7Config) {
+			c.Clusters[0].Endpoints[0].Via = &L7Via{Waypoint: NamespacedName{"app", "wp"}, Address: "10.96.9.9", Identity: "spiffe://cluster.local/ns/app/sa/wp"}
+		}, wantErr: `waypoint app/wp address "10.96.9.9": want ip:port`},
+		{name: "via waypoint without an identity", mutate: func(c *L7Config) {
+			c.Clusters[0].Endpoints[0].Via = &L7Via{Waypoint: NamespacedName{"app", "wp"}, Address: "10.96.9.9:15008"}
+		}, wantErr: `waypoint app/wp identity "": want a spiffe:// ID`},
 		{name: "passthrough", mutate: func(c *L7Config) { c.Clusters[0].Traffic.LB.Simple = LBPassthrough }, wantErr: "PASSTHROUGH"},
 		{name: "two hash keys", mutate: func(c *L7Config) {
 			c.Clusters[0].Traffic.LB.ConsistentHash = &ConsistentHash{Header: "x", SourceIP: true}

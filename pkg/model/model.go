@@ -15,6 +15,10 @@ type NamespacedName struct {
 // String returns "namespace/name".
 func (n NamespacedName) String() string { return n.Namespace + "/" + n.Name }
 
+// PortHBONE is the port of the mesh's HBONE servers: a pod's (its node
+// agent's listener in the pod's netns) and a waypoint's.
+const PortHBONE = 15008
+
 // IstioSidecarContainer is the name of Istio's sidecar container (or native
 // sidecar init container): a pod with one is left to its sidecar, never
 // enrolled (meshd and the node agent apply the same rule).

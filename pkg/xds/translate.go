@@ -189,7 +189,7 @@ func gatewayAddress(snap *model.Snapshot, ref *model.WaypointRef) *meshv1.Gatewa
 	if ref == nil {
 		return nil
 	}
-	ga := &meshv1.GatewayAddress{Namespace: ref.Waypoint.Namespace, Name: ref.Waypoint.Name, HbonePort: 15008}
+	ga := &meshv1.GatewayAddress{Namespace: ref.Waypoint.Namespace, Name: ref.Waypoint.Name, HbonePort: model.PortHBONE}
 	if wp, ok := snap.Waypoint(ref.Waypoint); ok {
 		ga.Identity, ga.WaypointFor = wp.Identity, string(wp.For)
 	}

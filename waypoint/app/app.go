@@ -154,7 +154,7 @@ type state struct {
 	serve    func(*waypoint.Proxy)                     // starts the proxy's Serve on conns
 	serveOn  func(*waypoint.Proxy, net.Listener)       // starts Serve on a listener of the config (ingress)
 	ports    map[uint32]*ingressPort                   // the config's listener ports this gateway serves
-	direct   atomic.Pointer[map[string]bool]           // the config's endpoint addresses (dialUpstream)
+	upstream atomic.Pointer[map[string]configEndpoint] // the config's endpoints by address (dialUpstream)
 	vips     atomic.Pointer[map[netip.Addr]vipService] // service VIP -> its service, from the address resources
 	idents   atomic.Pointer[map[netip.Addr]upstreamID] // workload address -> its identity (identityOf)
 	xds      *xdsclient.Client
@@ -370,11 +370,14 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 		defer s.mu.Unlock()
 		// The new endpoints are dialable before the config that routes to
 		// them is served; a refused config puts the last good set back.
-		direct := directEndpoints(l7)
-		prevDirect := s.direct.Swap(&direct)
+		upstream, err := configEndpoints(l7)
+		if err != nil {
+			return fmt.Errorf("apply waypoint config %s: %w", name, err)
+		}
+		prevUpstream := s.upstream.Swap(&upstream)
 		defer func() {
 			if err != nil {
-				s.direct.Store(prevDirect)
+				s.upstream.Store(prevUpstream)
 			}
 		}()
 		if p := s.proxy.Load(); p != nil {
@@ -490,16 +493,37 @@ func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 }
 
 // dialUpstream opens a connection to an endpoint. A workload of the mesh
-// (enrolled: from xDS, by IP) is reached over HBONE, its server required to
-// present the workload's identity: the waypoint never sends plaintext into
-// the mesh. An endpoint of the current config that is no workload of the
-// mesh (a ServiceEntry's address or hostname outside it, a pod not
-// enrolled) is dialled directly, as Istio's waypoints reach them (egress
-// through a waypoint); with a DestinationRule's TLS origination the proxy
-// wraps that connection in TLS. Any other address is refused.
+// is reached over HBONE, its server required to present the workload's
+// identity: the waypoint never sends plaintext into the mesh. The config's
+// own marks on the endpoint come first (meshd puts them there, so they hold
+// even when the workload and service resources, pushed apart from the
+// config, have not arrived): a service VIP to reach through its waypoint,
+// or the identity of the workload at the address. An endpoint the config
+// leaves unmarked is looked up in those resources (a service VIP with a
+// waypoint, an enrolled workload by IP); one that is neither (a
+// ServiceEntry's address or hostname outside the mesh, a pod not enrolled)
+// is dialled directly, as Istio's waypoints reach them (egress through a
+// waypoint); with a DestinationRule's TLS origination the proxy wraps that
+// connection in TLS. Any other address is refused.
 func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
+	var ep configEndpoint
+	inConfig := false
+	if eps := s.upstream.Load(); eps != nil {
+		ep, inConfig = (*eps)[addr]
+	}
 	ap, perr := netip.ParseAddrPort(addr)
 	if perr == nil {
+		if ep.via.IsValid() && !ep.viaSelf(s.opts.Namespace, s.opts.GatewayName) {
+			return s.dialHBONE(ctx, hbone.Target{Local: s.svid, Proxy: ep.via, PeerID: ep.viaID, Addr: ap}, nil)
+		}
+		if !ep.peer.IsZero() {
+			return s.dialHBONE(ctx, hbone.Target{
+				Local:  s.svid,
+				Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
+				PeerID: ep.peer,
+				Addr:   ap,
+			}, nil)
+		}
 		if target, ok, err := s.viaWaypoint(ap); ok {
 			return s.dialHBONE(ctx, target, err)
 		}
@@ -513,7 +537,7 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 			}, err)
 		}
 	}
-	if direct := s.direct.Load(); direct != nil && (*direct)[addr] {
+	if inConfig {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
@@ -539,16 +563,49 @@ func (s *state) dialHBONE(ctx context.Context, target hbone.Target, err error) (
 	return &hboneConn{Conn: c, local: s.opts.HBONE.Addr(), remote: remote}, nil
 }
 
-// directEndpoints are the addresses of a config's endpoints, which
-// dialUpstream may dial directly when they are no workload of the mesh.
-func directEndpoints(l7 *model.L7Config) map[string]bool {
-	out := map[string]bool{}
+// configEndpoint is what a config says of one of its endpoint addresses.
+type configEndpoint struct {
+	peer    spiffeid.ID          // a workload of the mesh with this identity; zero when unmarked
+	via     netip.AddrPort       // valid: a service VIP reached through this waypoint
+	viaID   spiffeid.ID          // the identity that waypoint must present
+	viaName model.NamespacedName // that waypoint's Gateway
+}
+
+func (e configEndpoint) viaSelf(ns, name string) bool {
+	return e.viaName.Namespace == ns && e.viaName.Name == name
+}
+
+// configEndpoints indexes a config's endpoints by address, for
+// dialUpstream: every one may be dialled (how, its marks say). Two
+// endpoints of one address (in two clusters) merge, a mark winning over
+// none; a mark that does not parse refuses the config.
+func configEndpoints(l7 *model.L7Config) (map[string]configEndpoint, error) {
+	out := map[string]configEndpoint{}
 	for _, c := range l7.Clusters {
 		for _, e := range c.Endpoints {
-			out[e.Address] = true
+			ce := out[e.Address]
+			if e.Identity != "" && ce.peer.IsZero() {
+				id, err := spiffeid.FromString(e.Identity)
+				if err != nil {
+					return nil, fmt.Errorf("cluster %q: endpoint %s: identity %q: %w", c.Name, e.Address, e.Identity, err)
+				}
+				ce.peer = id
+			}
+			if v := e.Via; v != nil && !ce.via.IsValid() {
+				ap, err := netip.ParseAddrPort(v.Address)
+				if err != nil {
+					return nil, fmt.Errorf("cluster %q: endpoint %s: waypoint %s address %q: %w", c.Name, e.Address, v.Waypoint, v.Address, err)
+				}
+				id, err := spiffeid.FromString(v.Identity)
+				if err != nil {
+					return nil, fmt.Errorf("cluster %q: endpoint %s: waypoint %s identity %q: %w", c.Name, e.Address, v.Waypoint, v.Identity, err)
+				}
+				ce.via, ce.viaID, ce.viaName = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), id, v.Waypoint
+			}
+			out[e.Address] = ce
 		}
 	}
-	return out
+	return out, nil
 }
 
 // identityOf finds the SPIFFE ID of the workload of the mesh holding ip;

@@ -165,13 +165,16 @@ func startBackendNode(t *testing.T, m *meshd, svid *identity.SVIDSource) *backen
 	}
 	b.port = uint16(ln.Addr().(*net.TCPAddr).Port)
 	// The same server also answers on 127.0.0.2, for an endpoint whose
-	// workload claims another identity.
-	ln2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.2:%d", b.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// workload claims another identity, and on 127.0.0.4, for an endpoint
+	// only the config marks as a workload of the mesh.
 	go func() { _ = srv.Serve(ln) }()
-	go func() { _ = srv.Serve(ln2) }()
+	for _, ip := range []string{"127.0.0.2", "127.0.0.4"} {
+		more, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, b.port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = srv.Serve(more) }()
+	}
 	t.Cleanup(func() { _ = srv.Close() })
 	return b
 }
@@ -231,6 +234,29 @@ func waypointConfig(t *testing.T, cluster, v1, v2 string, outside ...string) *me
 		t.Fatal(err)
 	}
 	return &meshv1.WaypointConfig{Namespace: wpNS, Name: wpGateway, L7Json: b}
+}
+
+// markEndpoints rewrites a config's endpoints of cluster with mark, as
+// meshd marks them (the identity of a workload of the mesh, or the waypoint
+// a service VIP is reached through).
+func markEndpoints(t *testing.T, wc *meshv1.WaypointConfig, cluster string, mark func(*model.L7Endpoint)) *meshv1.WaypointConfig {
+	t.Helper()
+	var l7 model.L7Config
+	if err := json.Unmarshal(wc.L7Json, &l7); err != nil {
+		t.Fatal(err)
+	}
+	for i := range l7.Clusters {
+		if l7.Clusters[i].Name == cluster {
+			for j := range l7.Clusters[i].Endpoints {
+				mark(&l7.Clusters[i].Endpoints[j])
+			}
+		}
+	}
+	b, err := json.Marshal(l7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &meshv1.WaypointConfig{Namespace: wc.Namespace, Name: wc.Name, L7Json: b}
 }
 
 // get sends one HTTP request inside an HBONE CONNECT to the waypoint.
@@ -448,13 +474,45 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 		t.Errorf("backend node got %d HBONE streams for the endpoint outside the mesh; want 0", got-before)
 	}
 
-	// A service VIP as an endpoint (an ingress gateway's route to a service
-	// labelled istio.io/ingress-use-waypoint) goes over HBONE to the
-	// service's waypoint, CONNECT to the VIP, the waypoint verified by its
-	// identity: here the backend node plays that waypoint.
+	// An endpoint the config marks as a workload of the mesh goes over
+	// HBONE with the identity the mark names, before (here: without) any
+	// workload resource for its address: the first request the new config
+	// routes is already on HBONE, never plaintext.
+	marked := plainBackend(t, "127.0.0.4", "marked")
+	before = len(node.seen())
+	if err := m.xds.SetWaypointConfig(markEndpoints(t, waypointConfig(t, "outside", v1, v2, marked), "outside",
+		func(e *model.L7Endpoint) { e.Identity = backendID.String() })); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the marked endpoint served", expect("marked"))
+	if got := node.seen(); len(got) != before+1 || got[len(got)-1] != wpID {
+		t.Errorf("backend node saw peers %v after the marked endpoint's first answer; want exactly one new HBONE stream from %s (the endpoint dialled in plaintext?)", got[before:], wpID)
+	}
+
+	// A service VIP the config marks as reached through its waypoint (an
+	// ingress gateway's route to a service labelled
+	// istio.io/ingress-use-waypoint) goes over HBONE to that waypoint,
+	// CONNECT to the VIP, the waypoint verified by its identity, with no
+	// Service resource for the VIP (it may come later: the VIP must never
+	// be dialled directly meanwhile). The backend node plays the waypoint.
 	viaWP := plainBackend(t, "127.0.0.5", "via-waypoint")
+	before = len(node.seen())
+	if err := m.xds.SetWaypointConfig(markEndpoints(t, waypointConfig(t, "outside", v1, v2, viaWP), "outside", func(e *model.L7Endpoint) {
+		e.Via = &model.L7Via{Waypoint: model.NamespacedName{Namespace: "app", Name: "ratings-waypoint"},
+			Address: fmt.Sprintf("127.0.0.1:%d", node.port), Identity: backendID.String()}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the VIP marked via its waypoint served", expect("via-waypoint"))
+	if got := node.seen(); len(got) != before+1 || got[len(got)-1] != wpID {
+		t.Errorf("the service's waypoint saw peers %v after the VIP's first answer; want exactly one new HBONE stream from %s (the VIP dialled directly?)", got[before:], wpID)
+	}
+
+	// A config that leaves the VIP unmarked (from a meshd before the marks)
+	// still reaches it through the waypoint the Service resource names.
+	viaWP = plainBackend(t, "127.0.0.6", "via-service-resource")
 	if err := m.xds.SetService(&meshv1.Service{
-		Name: "ratings", Namespace: "app", Hostname: "ratings.app.svc.cluster.local", Vips: []string{"127.0.0.5"},
+		Name: "ratings", Namespace: "app", Hostname: "ratings.app.svc.cluster.local", Vips: []string{"127.0.0.6"},
 		Waypoint: &meshv1.GatewayAddress{Namespace: "app", Name: "ratings-waypoint", Address: "127.0.0.1", HbonePort: uint32(node.port), Identity: backendID.String()},
 	}); err != nil {
 		t.Fatal(err)
@@ -463,12 +521,12 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	before = len(node.seen())
-	// The Service and the config are pushed as two resources: until the
-	// waypoint holds both, the VIP is an address outside the mesh and is
-	// dialled directly (noted as a window to close); once it does, the
-	// request goes through the service's waypoint.
+	// Unmarked, the VIP depends on the Service resource, pushed apart from
+	// the config: until the waypoint holds both, the VIP is an endpoint
+	// outside the mesh and is dialled directly (the window the marks
+	// close); once it does, the request goes through the service's waypoint.
 	eventually(t, "a service VIP reached through its waypoint", func() error {
-		if err := expect("via-waypoint")(); err != nil {
+		if err := expect("via-service-resource")(); err != nil {
 			return err
 		}
 		if got := node.seen(); len(got) <= before || got[len(got)-1] != wpID {
