@@ -45,8 +45,8 @@ type compiled struct {
 	logFilter *logfilter.Filter
 }
 
-func limiterKey(listener, vhost, route string) string {
-	return listener + "\x00" + vhost + "\x00" + route
+func limiterKey(listener, vhost string, r *model.L7Route) string {
+	return listener + "\x00" + vhost + "\x00" + r.Origin + "\x00" + r.Name
 }
 
 type listener struct {
@@ -200,15 +200,16 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 				}
 			}
 			for k := range vs.Routes {
-				// Routes of a virtual host that share a name share one
-				// token bucket: meshd splits a Gateway API rule with several
-				// matches into one route per match (for precedence), all
-				// with the rule's name, and the rule's limit must not be
-				// multiplied by its matches. The name is already what keeps
-				// a bucket across config pushes, so keying on it needs no
-				// field in the model and holds for configs from an older
-				// meshd too. A limit that differs gets its own bucket.
-				key := limiterKey(ls.Name, vs.Name, vs.Routes[k].Name)
+				// Routes of a virtual host that share an origin and a name
+				// share one token bucket: meshd splits a Gateway API rule
+				// with several matches into one route per match (for
+				// precedence), all with the rule's origin and name, and the
+				// rule's limit must not be multiplied by its matches. Rules
+				// of two objects with one name (two HTTPRoutes' "api") keep
+				// apart by their origins. The key is also what keeps a
+				// bucket across config pushes. A limit that differs gets its
+				// own bucket.
+				key := limiterKey(ls.Name, vs.Name, &vs.Routes[k])
 				prev := c.limiters[key]
 				if prev == nil {
 					prev = oldLimiters[key]

@@ -20,7 +20,8 @@
 //     result; an unmatched request is 404 only if authorization allows it;
 //  5. CORS preflights, direct responses and redirects are answered;
 //  6. the local rate limit is applied (429, flag RL; routes of a virtual
-//     host with one name, as meshd's split of one rule, share a bucket);
+//     host with one origin and name, as meshd's split of one rule, share a
+//     bucket);
 //  7. fault delays and aborts are injected (DI, FI);
 //  8. a weighted destination is chosen, mirrors are sent fire-and-forget
 //     (bounded, dropped when too many are in flight);

@@ -331,17 +331,19 @@ func TestRateLimit(t *testing.T) {
 }
 
 // TestRateLimitSharedByRule: the routes meshd splits from one rule (one per
-// match, all with the rule's name) draw from one bucket, so spreading
-// requests over the rule's paths does not multiply its limit; a route of
-// another name keeps its own bucket.
+// match, all with the rule's origin and name) draw from one bucket, so
+// spreading requests over the rule's paths does not multiply its limit; a
+// route of another name, or of the same name from another object (two
+// HTTPRoutes' rules named alike), keeps its own bucket.
 func TestRateLimitSharedByRule(t *testing.T) {
 	limit := func() *model.RateLimit {
 		return &model.RateLimit{MaxTokens: 3, TokensPerFill: 3, FillInterval: time.Hour}
 	}
 	h := start(t, oneRoute([]model.L7Cluster{clusterOf("ok", backend(t, &named{name: "ok"}))},
-		model.L7Route{Name: "rule", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/a"}}}, Destinations: to("ok"), RateLimit: limit()},
-		model.L7Route{Name: "other", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/c"}}}, Destinations: to("ok"), RateLimit: limit()},
-		model.L7Route{Name: "rule", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/b"}}}, Destinations: to("ok"), RateLimit: limit()},
+		model.L7Route{Name: "rule", Origin: "HTTPRoute/app/one", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/a"}}}, Destinations: to("ok"), RateLimit: limit()},
+		model.L7Route{Name: "other", Origin: "HTTPRoute/app/one", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/c"}}}, Destinations: to("ok"), RateLimit: limit()},
+		model.L7Route{Name: "rule", Origin: "HTTPRoute/app/two", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/d"}}}, Destinations: to("ok"), RateLimit: limit()},
+		model.L7Route{Name: "rule", Origin: "HTTPRoute/app/one", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/b"}}}, Destinations: to("ok"), RateLimit: limit()},
 	), nil)
 	client := newClient(t)
 	var got []string
@@ -356,6 +358,9 @@ func TestRateLimitSharedByRule(t *testing.T) {
 	}
 	if code, _ := h.get(t, client, "/c", nil); code != 200 {
 		t.Errorf("GET /c (route other, its own bucket) = %d; want 200", code)
+	}
+	if code, _ := h.get(t, client, "/d", nil); code != 200 {
+		t.Errorf("GET /d (route rule of another HTTPRoute, its own bucket) = %d; want 200", code)
 	}
 }
 

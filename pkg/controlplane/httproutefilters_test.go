@@ -126,7 +126,7 @@ spec:
 			if len(routes) != 1 {
 				t.Fatalf("%d routes; want 1", len(routes))
 			}
-			tt.want.Name = "reviews.bookinfo.0"
+			tt.want.Name, tt.want.Origin = "reviews.bookinfo.0", "HTTPRoute/bookinfo/reviews"
 			if d := cmp.Diff(tt.want, routes[0]); d != "" {
 				t.Errorf("route (-want +got):\n%s", d)
 			}

@@ -79,16 +79,18 @@ func TestIngressGatewayL7(t *testing.T) {
 			// the PathPrefix on whole segments.
 			{Name: "bookinfo/bookinfo", Domains: []string{"bookinfo.example.com"}, Routes: []model.L7Route{{
 				Name:         "bookinfo.bookinfo.0",
+				Origin:       "HTTPRoute/bookinfo/bookinfo",
 				Matches:      []model.RouteMatch{{URI: &model.StringMatch{Exact: "/productpage"}}},
 				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			}, {
 				Name:         "bookinfo.bookinfo.0",
+				Origin:       "HTTPRoute/bookinfo/bookinfo",
 				Matches:      []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/static"}}},
 				Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}},
 			}}},
 			// The cross-namespace backend without a ReferenceGrant is dropped: 500.
 			// The route from namespace "other" is not allowed (from: Same).
-			{Name: "bookinfo/cross", Domains: []string{"*"}, Routes: []model.L7Route{{Name: "cross.bookinfo.0", DirectResponse: &model.DirectResponse{Status: 500}}}},
+			{Name: "bookinfo/cross", Domains: []string{"*"}, Routes: []model.L7Route{{Name: "cross.bookinfo.0", Origin: "HTTPRoute/bookinfo/cross", DirectResponse: &model.DirectResponse{Status: 500}}}},
 		}}},
 		Clusters: []model.L7Cluster{{Name: cluster, Endpoints: []model.L7Endpoint{{Address: "10.0.0.30:9080", Labels: map[string]string{"app": "productpage"}, Workload: "productpage-v1"}}}},
 	}
@@ -151,6 +153,7 @@ spec:
 	const cluster = "outbound|8080||booking-service.booking.svc.cluster.local"
 	route := model.L7Route{
 		Name:         "booking.booking.0",
+		Origin:       "VirtualService/booking/booking",
 		Matches:      []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api/v1/booking"}}},
 		Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 100}},
 	}

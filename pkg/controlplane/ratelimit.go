@@ -137,7 +137,7 @@ func (bd *build) rateLimitTargets(p *policyv1alpha1.LocalRateLimitPolicy, name m
 				s = specService
 			}
 		case "HTTPRoute":
-			if bd.routeFromHTTPRoute(p.Namespace, t.Name, r.Name) {
+			if routeFromHTTPRoute(p.Namespace, t.Name, r) {
 				s = specHTTPRoute
 			}
 		}
@@ -146,23 +146,12 @@ func (bd *build) rateLimitTargets(p *policyv1alpha1.LocalRateLimitPolicy, name m
 	return best
 }
 
-// routeFromHTTPRoute reports whether the route named route was translated
-// from the HTTPRoute ns/name: its rules are "<name>.<ns>.<index>", or the
-// rule's own name.
-func (bd *build) routeFromHTTPRoute(ns, name, route string) bool {
-	if strings.HasPrefix(route, name+"."+ns+".") {
-		return true
-	}
-	rt, ok := bd.in.httpRoutes[ns+"/"+name]
-	if !ok {
-		return false
-	}
-	for _, rule := range rt.Spec.Rules {
-		if rule.Name != nil && string(*rule.Name) == route {
-			return true
-		}
-	}
-	return false
+// routeFromHTTPRoute reports whether route was translated from the
+// HTTPRoute ns/name (by its Origin: a rule name is unique only within its
+// HTTPRoute, so another route's rule of the same name, or a VirtualService
+// route of that name, is not targeted).
+func routeFromHTTPRoute(ns, name string, route *model.L7Route) bool {
+	return route.Origin == "HTTPRoute/"+ns+"/"+name
 }
 
 func (bd *build) rateLimitHitsAnything(p *policyv1alpha1.LocalRateLimitPolicy, l7 map[model.NamespacedName]*model.L7Config) bool {

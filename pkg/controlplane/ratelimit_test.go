@@ -169,7 +169,18 @@ metadata: {name: reviews, namespace: bookinfo}
 spec:
   parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
   rules:
-  - matches: [{path: {type: PathPrefix, value: /a}}, {path: {type: Exact, value: /b}}]
+  - name: api
+    matches: [{path: {type: PathPrefix, value: /a}}, {path: {type: Exact, value: /b}}]
+    backendRefs: [{name: reviews, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-extra, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - name: api
+    matches: [{path: {type: PathPrefix, value: /c}}]
     backendRefs: [{name: reviews, port: 9080}]
 ---
 apiVersion: policy.meshlet.dev/v1alpha1
@@ -186,8 +197,8 @@ spec:
 	if !ok {
 		t.Fatal("no L7 config for bookinfo/waypoint")
 	}
-	if n := len(cfg.Listeners[0].VirtualHosts[0].Routes); n != 2 {
-		t.Fatalf("%d routes; want the rule split in 2", n)
+	if n := len(cfg.Listeners[0].VirtualHosts[0].Routes); n != 3 {
+		t.Fatalf("%d routes; want the rule split in 2 and the other route's rule", n)
 	}
 	// As it travels to the waypoint, with the pods' endpoints replaced by
 	// a loopback backend.
@@ -211,9 +222,11 @@ spec:
 	t.Cleanup(func() { p.Close() })
 	front := httptest.NewServer(p)
 	t.Cleanup(front.Close)
+	// The other HTTPRoute's rule of the same name is not targeted: /c is
+	// never limited and takes nothing from the bucket.
 	var got []string
-	for i := 0; i < 6; i++ {
-		path := []string{"/a/x", "/b"}[i%2]
+	for i := 0; i < 9; i++ {
+		path := []string{"/a/x", "/c", "/b"}[i%3]
 		req, err := http.NewRequest(http.MethodGet, front.URL+path, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -226,7 +239,7 @@ spec:
 		resp.Body.Close()
 		got = append(got, fmt.Sprintf("%s %d", path, resp.StatusCode))
 	}
-	want := []string{"/a/x 200", "/b 200", "/a/x 200", "/b 429", "/a/x 429", "/b 429"}
+	want := []string{"/a/x 200", "/c 200", "/b 200", "/a/x 200", "/c 200", "/b 429", "/a/x 429", "/c 200", "/b 429"}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("requests through the waypoint (-want +got):\n%s", d)
 	}

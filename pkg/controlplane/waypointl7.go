@@ -375,7 +375,7 @@ func parentPort(refs []gatewayv1.ParentReference, svc string, port uint32) bool 
 func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService], port uint32) []model.L7Route {
 	var routes []model.L7Route
 	for i, hr := range c.spec.GetHttp() {
-		r := model.L7Route{Name: hr.GetName()}
+		r := model.L7Route{Name: hr.GetName(), Origin: "VirtualService/" + c.meta.Namespace + "/" + c.meta.Name}
 		if r.Name == "" {
 			r.Name = fmt.Sprintf("%s.%s.%d", c.meta.Name, c.meta.Namespace, i)
 		}
@@ -829,7 +829,7 @@ func jwtProvider(name string, r *securityapi.JWTRule) model.JWTProvider {
 func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32) []rankedRoute {
 	var routes []rankedRoute
 	for i, rule := range rt.Spec.Rules {
-		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
+		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i), Origin: "HTTPRoute/" + rt.Namespace + "/" + rt.Name}
 		if rule.Name != nil {
 			r.Name = string(*rule.Name)
 		}
@@ -883,7 +883,7 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			// Gateway API: a filter that cannot be applied is never
 			// skipped; the requests it would have handled get an error.
 			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d]: %v; its requests are answered 500", i, err)
-			r = model.L7Route{Name: r.Name, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
+			r = model.L7Route{Name: r.Name, Origin: r.Origin, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
 		}
 		if perTry > 0 && len(r.Destinations) > 0 {
 			if r.Retries == nil {
@@ -1022,7 +1022,7 @@ func answersAll500(ds []model.WeightedDestination) bool {
 func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32) []rankedRoute {
 	var routes []rankedRoute
 	for i, rule := range rt.Spec.Rules {
-		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i)}
+		r := model.L7Route{Name: fmt.Sprintf("%s.%s.%d", rt.Name, rt.Namespace, i), Origin: "GRPCRoute/" + rt.Namespace + "/" + rt.Name}
 		if rule.Name != nil {
 			r.Name = string(*rule.Name)
 		}
@@ -1084,7 +1084,7 @@ func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32)
 			if err := lb.applyHTTPFilter(routeRef{KindGRPCRoute, rt.Namespace, rt.Name}, hf, &r, defaultPort); err != nil {
 				// As for HTTPRoute: never skipped, its requests get an error.
 				lb.bd.rejecter(KindGRPCRoute, rt.Namespace, rt.Name).warn("rules[%d]: filters[%d] (%s): %v; its requests are answered 500", i, k, f.Type, err)
-				r = model.L7Route{Name: r.Name, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
+				r = model.L7Route{Name: r.Name, Origin: r.Origin, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
 				break
 			}
 		}

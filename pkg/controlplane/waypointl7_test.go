@@ -81,11 +81,13 @@ func TestWaypointL7FromVirtualService(t *testing.T) {
 			Routes: []model.L7Route{
 				{
 					Name:         "jason",
+					Origin:       "VirtualService/bookinfo/reviews",
 					Matches:      []model.RouteMatch{{Headers: []model.HeaderMatch{{Name: "end-user", Value: model.StringMatch{Exact: "jason"}}}}},
 					Destinations: []model.WeightedDestination{{Cluster: cluster, Subset: "v2", Weight: 100}},
 				},
 				{
 					Name:         "default",
+					Origin:       "VirtualService/bookinfo/reviews",
 					Destinations: []model.WeightedDestination{{Cluster: cluster, Subset: "v1", Weight: 90}, {Cluster: cluster, Subset: "v2", Weight: 10}},
 					Timeout:      2 * time.Second,
 					Retries:      &model.RetryPolicy{Attempts: 3, PerTryTimeout: 500 * time.Millisecond, RetryOn: []string{"5xx", "retriable-status-codes"}, RetriableStatusCodes: []int{503}},
@@ -165,6 +167,7 @@ spec:
 	routes := cfg.Listeners[0].VirtualHosts[0].Routes
 	wantRoutes := []model.L7Route{{
 		Name:         "reviews.bookinfo.0",
+		Origin:       "HTTPRoute/bookinfo/reviews",
 		Matches:      []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/v2"}}},
 		Destinations: []model.WeightedDestination{{Cluster: "outbound|9080||reviews.bookinfo.svc.cluster.local", Weight: 1}},
 		Timeout:      3 * time.Second,

@@ -152,6 +152,13 @@ type VirtualHost struct {
 type L7Route struct {
 	// Name identifies the route in logs and metrics.
 	Name string
+	// Origin is the object the route was translated from, "<Kind>/<ns>/<name>"
+	// (a VirtualService, HTTPRoute or GRPCRoute); empty for routes meshd
+	// makes itself. Names are unique only within their object (two
+	// HTTPRoutes may both name a rule "api"), so what belongs to one
+	// object's rule (a policy's targetRef, a shared rate-limit bucket) is
+	// found by Origin and Name together.
+	Origin string `json:",omitempty"`
 	// Matches are alternatives (OR); empty matches every request.
 	Matches []RouteMatch
 	// Destinations split traffic by Weight; weights need not sum to 100 but
@@ -181,9 +188,9 @@ type L7Route struct {
 	// CORS overrides the virtual host's CORS policy; nil inherits it.
 	CORS *CORSPolicy
 	// RateLimit is a local token bucket for this route; nil means none.
-	// Routes of one virtual host with the same Name and an equal RateLimit
-	// share the bucket (meshd gives the routes it splits from one rule
-	// the rule's name).
+	// Routes of one virtual host with the same Origin and Name and an equal
+	// RateLimit share the bucket (meshd gives the routes it splits from one
+	// rule the rule's origin and name).
 	RateLimit *RateLimit
 }
 
