@@ -206,6 +206,12 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	if d.Spec.Template.Spec != nil && d.Spec.Template.Spec.ServiceAccountName != nil && *d.Spec.Template.Spec.ServiceAccountName != sa {
 		return paramsErrorf(gw, "%s: the pods run as the Gateway's service account %q, not %q", paramsDeployment, sa, *d.Spec.Template.Spec.ServiceAccountName)
 	}
+	// An autoscaler owns the Deployment's replica count: a count of the
+	// deployer's too would be put back at every reconcile, undoing each
+	// scaling (Istio's gateway templates leave replicas out with an HPA).
+	if objs.HorizontalPodAutoscaler != nil && d.Spec.Replicas != nil {
+		return paramsErrorf(gw, "%s sets spec.replicas (%d) and %s scales the same Deployment: remove replicas, the autoscaler's minReplicas/maxReplicas set the count", paramsDeployment, *d.Spec.Replicas, paramsHPA)
+	}
 	if objs.Service.Spec == nil {
 		objs.Service.Spec = corev1ac.ServiceSpec()
 	}

@@ -30,7 +30,7 @@ func params(data map[string]string) *corev1.ConfigMap {
 // TestRenderInfrastructure: the Gateway's infrastructure labels and
 // annotations land on every object and the pods, meshlet's own keys
 // unchanged; the parameters ConfigMap's overlays change what they name
-// (replicas, placement, one resource of the waypoint container, Service and
+// (replicas when no autoscaler is asked for, placement, one resource of the waypoint container, Service and
 // ServiceAccount annotations) and leave the rest of the rendered objects,
 // and what meshd relies on (names, selectors, the gateway-name pod label),
 // as meshlet renders them.
@@ -43,7 +43,6 @@ func TestRenderInfrastructure(t *testing.T) {
 		"deployment": `
 metadata: {name: other, labels: {gateway.networking.k8s.io/gateway-name: hijack, tier: edge}}
 spec:
-  replicas: 2
   selector: {matchLabels: {app: hijack}}
   template:
     metadata: {labels: {extra: "yes", gateway.networking.k8s.io/gateway-name: hijack}}
@@ -92,8 +91,8 @@ spec:
 	if dep.Labels[GatewayNameLabel] != "waypoint" || dep.Labels["tier"] != "edge" {
 		t.Errorf("deployment labels = %v; want the parameters' tier=edge beside meshlet's %s=waypoint", dep.Labels, GatewayNameLabel)
 	}
-	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
-		t.Errorf("replicas = %v; want 2 from the parameters", dep.Spec.Replicas)
+	if dep.Spec.Replicas != nil {
+		t.Errorf("replicas = %d beside an autoscaler; want none (the autoscaler's)", *dep.Spec.Replicas)
 	}
 	if sel := dep.Spec.Selector.MatchLabels; len(sel) != 1 || sel[GatewayNameLabel] != "waypoint" {
 		t.Errorf("deployment selector = %v; want meshlet's", sel)
@@ -145,6 +144,9 @@ spec:
 	if plain.HorizontalPodAutoscaler != nil || plain.PodDisruptionBudget != nil {
 		t.Errorf("parameters without their keys made an autoscaler (%v) or disruption budget (%v)", plain.HorizontalPodAutoscaler != nil, plain.PodDisruptionBudget != nil)
 	}
+	if r := plain.Deployment.Spec.Replicas; r == nil || *r != 2 {
+		t.Errorf("replicas = %v; want 2 from the parameters", r)
+	}
 }
 
 // TestRenderParamsRefused: parameters that cannot be used are a ParamsError
@@ -164,6 +166,8 @@ func TestRenderParamsRefused(t *testing.T) {
 		{"not YAML", "deployment: not YAML", map[string]string{"deployment": "spec: [unclosed"}},
 		{"not a mapping", "want a YAML mapping", map[string]string{"service": "- a\n- b\n"}},
 		{"unknown field", `unknown field "replica"`, map[string]string{"deployment": "spec: {replica: 2}"}},
+		{"replicas beside an autoscaler", `deployment sets spec.replicas (2) and horizontalPodAutoscaler scales the same Deployment: remove replicas`,
+			map[string]string{"deployment": "spec: {replicas: 2}", "horizontalPodAutoscaler": "spec: {minReplicas: 2, maxReplicas: 5}"}},
 		{"another service account", `the pods run as the Gateway's service account "waypoint"`, map[string]string{"deployment": "spec: {template: {spec: {serviceAccountName: admin}}}"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,16 +11,20 @@ import (
 )
 
 // infraParams is a parameters ConfigMap for a waypoint Gateway: replicas
-// and the waypoint container's memory limit, an annotation on its Service,
-// and extra (more data keys, indented as they are).
+// (none when 0: an autoscaler's) and the waypoint container's memory
+// limit, an annotation on its Service, and extra (more data keys, indented
+// as they are).
 func infraParams(replicas int, extra string) string {
+	replicasLine := ""
+	if replicas > 0 {
+		replicasLine = fmt.Sprintf("\n      replicas: %d", replicas)
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: ConfigMap
 metadata: {name: wp-params}
 data:
   deployment: |
-    spec:
-      replicas: %d
+    spec:%s
       template:
         spec:
           containers:
@@ -28,7 +32,7 @@ data:
             resources: {limits: {memory: 512Mi}}
   service: |
     metadata: {annotations: {example.com/lb: internal}}
-%s`, replicas, extra)
+%s`, replicasLine, extra)
 }
 
 const infraGateway = `apiVersion: gateway.networking.k8s.io/v1
@@ -129,8 +133,9 @@ func TestWaypointInfrastructure(t *testing.T) {
 		return strings.HasPrefix(accepted(), "True Accepted"), nil
 	})
 
-	// An autoscaler and a disruption budget, while the parameters ask.
-	lb.Apply(t, ns, infraParams(1, `  horizontalPodAutoscaler: |
+	// An autoscaler (which owns the replica count: the parameters set none)
+	// and a disruption budget, while the parameters ask.
+	lb.Apply(t, ns, infraParams(0, `  horizontalPodAutoscaler: |
     spec: {minReplicas: 1, maxReplicas: 3}
   podDisruptionBudget: |
     spec: {minAvailable: 1}
