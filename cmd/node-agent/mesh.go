@@ -54,7 +54,9 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 	if serverName == "" {
 		serverName, _, _ = strings.Cut(f.meshdAddress, ":")
 	}
-	tlsCfg := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS13}
+	// meshd is verified against the mounted root and the roots it pushes
+	// (a CA rotation's new one before the mounted file has it).
+	tlsCfg := identity.MeshdClientTLS(&tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS13}, td, bundles)
 	token := func(context.Context) (string, error) {
 		b, err := os.ReadFile(f.tokenFile)
 		if err != nil {

@@ -60,7 +60,8 @@ type Options struct {
 	// xDS. Required.
 	MeshdAddress string
 	// MeshdTLS verifies meshd: RootCAs from the istio-ca-root-cert
-	// ConfigMap and ServerName meshd's DNS name. Required.
+	// ConfigMap and ServerName meshd's DNS name; the roots meshd pushes
+	// are trusted for it too (identity.MeshdClientTLS). Required.
 	MeshdTLS *tls.Config
 	// Roots are the mesh's root certificates (the same file as MeshdTLS's
 	// RootCAs); they seed the trust bundle that HBONE peers are verified
@@ -189,8 +190,13 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("run waypoint: build SPIFFE ID: %w", err)
 	}
 	s := &state{opts: opts, log: opts.Logger, svid: identity.NewSVIDSource(nil)}
+	// The trust bundle starts as meshd's root (the same CA signs SVIDs) and
+	// follows TrustBundle pushes; meshd is verified against both (a CA
+	// rotation's new root before the mounted file has it).
+	s.bundle = identity.NewBundleSource(x509bundle.FromX509Authorities(opts.TrustDomain, opts.Roots))
+	meshdTLS := identity.MeshdClientTLS(opts.MeshdTLS, opts.TrustDomain, s.bundle)
 
-	conn, err := grpc.NewClient(opts.MeshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(opts.MeshdTLS)), xdsclient.WithMeshdReconnect())
+	conn, err := grpc.NewClient(opts.MeshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(meshdTLS)), xdsclient.WithMeshdReconnect())
 	if err != nil {
 		return fmt.Errorf("run waypoint: dial meshd %s: %w", opts.MeshdAddress, err)
 	}
@@ -206,10 +212,6 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("run waypoint: %w", err)
 	}
-	// The trust bundle starts as meshd's root (the same CA signs SVIDs) and
-	// follows TrustBundle pushes.
-	s.bundle = identity.NewBundleSource(x509bundle.FromX509Authorities(opts.TrustDomain, opts.Roots))
-
 	// The proxy is built from the first config meshd pushes (a proxy
 	// needs a valid config); until then HBONE streams wait in the listener.
 	defer func() {
@@ -228,7 +230,7 @@ func Run(ctx context.Context, opts Options) error {
 	node := xdsnode.Principal{Role: xdsnode.RoleWaypoint, Namespace: opts.Namespace, Name: opts.GatewayName}
 	s.xds, err = xdsclient.New(xdsclient.Options{
 		Address:  opts.MeshdAddress,
-		TLS:      opts.MeshdTLS,
+		TLS:      meshdTLS,
 		Token:    func(context.Context) (string, error) { return opts.Token() },
 		NodeID:   node.NodeID(),
 		Types:    []string{meshv1.WorkloadType, meshv1.AddressType, meshv1.TrustBundleType, meshv1.WaypointConfigType},
