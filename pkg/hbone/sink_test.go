@@ -76,8 +76,12 @@ func copyOut(c io.WriterTo, w interface {
 	return done
 }
 
-// A socket that keeps up gets every received byte from the connection's
-// reader itself: WriteTo's goroutine is not woken for each chunk.
+// A socket that keeps up gets the received bytes from the connection's
+// reader itself: WriteTo's goroutine is not woken for each chunk. Some
+// chunks may still go through WriteTo when the machine is loaded (its
+// goroutine not yet back waiting when the next chunk comes in: a CI run
+// saw 39 of 3000), so the test asks for nearly all, which a broken fast
+// path (none) cannot pass.
 func TestWriteToSocketThatKeepsUp(t *testing.T) {
 	e := newEnv(t, nil, nil)
 	c, err := e.dialer.Dial(ctxT(t), e.target())
@@ -108,8 +112,8 @@ func TestWriteToSocketThatKeepsUp(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("WriteTo after the echo ended: %v", err)
 	}
-	if tried, written := cc.tried.Load(), cc.written.Load(); tried+written != rounds*1024 || written != 0 {
-		t.Fatalf("%d bytes went through TryWrite from the reader and %d through WriteTo's own writes; want all %d through TryWrite", tried, written, rounds*1024)
+	if tried, written := cc.tried.Load(), cc.written.Load(); tried+written != rounds*1024 || written > rounds*1024/10 {
+		t.Fatalf("%d bytes went through TryWrite from the reader and %d through WriteTo's own writes; want all %d, at least 90%% through TryWrite", tried, written, rounds*1024)
 	}
 }
 
