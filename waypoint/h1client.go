@@ -226,11 +226,36 @@ func (pc *h1Conn) cut() {
 // sendRequest writes a request with a body, concurrently with the answer
 // being read; it reports the write's end on done.
 func (pc *h1Conn) sendRequest(req *http.Request, done chan<- error) {
-	err := writeRequest(pc.bw, req)
+	body := &bodyReadError{ReadCloser: req.Body}
+	out := *req
+	out.Body = body
+	err := writeRequest(pc.bw, &out)
 	if err == nil {
 		err = pc.bw.Flush()
 	}
+	if body.err != nil {
+		// The client's body failed (malformed chunks, cut short): the
+		// upstream must neither see the request end nor get another on
+		// this connection, and no answer will come to wait for. Cutting
+		// the connection does all three.
+		pc.Close()
+	}
 	done <- err
+}
+
+// bodyReadError is a request body that remembers its first read error
+// other than io.EOF.
+type bodyReadError struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *bodyReadError) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
 }
 
 // readResponse reads the answer's head, skipping 1xx interim answers other

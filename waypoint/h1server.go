@@ -682,16 +682,31 @@ func (b *h1ReqBody) read(p []byte) (int, error) {
 	n, err := b.chunked.Read(p)
 	if err == io.EOF {
 		if terr := b.c.readTrailer(b.c.srv.maxHeaderBytes, nil); terr != nil {
-			b.err = terr
-			return n, terr
+			b.err = &malformedBodyError{terr}
+			return n, b.err
 		}
 		b.finish()
 		return n, io.EOF
 	}
 	if err != nil {
+		if err != io.ErrUnexpectedEOF && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
+			err = &malformedBodyError{err} // the chunked reader refused the framing
+		}
 		b.err = err
 	}
 	return n, err
+}
+
+// malformedBodyError is a request body whose framing is broken: the proxy
+// answers 400 (flag DPE) and closes the connection.
+type malformedBodyError struct{ err error }
+
+func (e *malformedBodyError) Error() string { return "malformed request body: " + e.err.Error() }
+func (e *malformedBodyError) Unwrap() error { return e.err }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (b *h1ReqBody) finish() {

@@ -130,6 +130,35 @@ func TestH1RefusesMalformedRequests(t *testing.T) {
 	}
 }
 
+// TestH1MalformedChunkedBody: a chunked body the proxy cannot frame (a
+// chunk size that is no number; a trailer section ending with a bare LF
+// instead of CRLF) is answered 400 and the connection closed, so what
+// follows is never read as a request, and the upstream connection that got
+// the request's head is cut before the request could end. The bare LF
+// matters because parsers disagree on it (net/http takes it as the body's
+// end only when a CRLF CRLF follows somewhere in its buffer), and a request
+// boundary two parsers see apart is how a request is smuggled past a
+// proxy's policy. Before, the proxy waited on the upstream for an answer
+// to a request it had never finished, with no end.
+func TestH1MalformedChunkedBody(t *testing.T) {
+	for _, tt := range []struct{ name, body string }{
+		{"chunk size no number", "zz\r\n"},
+		{"trailer ends with a bare LF", "0\r\n\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h, seen := h1Backend(t)
+			raw := "POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n" + tt.body + "GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n"
+			a := exchange(t, h.addr, raw, "POST")[0]
+			if a.resp.StatusCode != http.StatusBadRequest || !a.closed {
+				t.Errorf("%q = %d %q (closed %v); want 400 and the connection closed", raw, a.resp.StatusCode, a.body, a.closed)
+			}
+			if n := seen.Load(); n != 0 {
+				t.Errorf("the backend served %d requests; want none (the POST never ended, nothing follows it)", n)
+			}
+		})
+	}
+}
+
 func TestH1Framing(t *testing.T) {
 	h, _ := h1Backend(t)
 	const host = "Host: app\r\n"

@@ -27,8 +27,9 @@ type headerSpan struct{ k0, k1, v0, v1 int }
 // headReader reads message heads from br.
 type headReader struct {
 	br    *bufio.Reader
-	head  []byte       // the head being read, lines separated by '\n'
-	spans []headerSpan // its fields
+	head   []byte       // the head being read, lines separated by '\n'
+	spans  []headerSpan // its fields
+	bareLF bool         // the last line read ended with "\n" alone
 }
 
 // readHead reads a start line and header fields up to the empty line,
@@ -136,8 +137,10 @@ func (h *headReader) readLine(limit int, first bool) ([]byte, error) {
 	// Drop "\n" or "\r\n": the line is then what textproto's ReadLine
 	// returns (a bare LF ends a line, as it does for net/http).
 	end := len(h.head) - 1
+	h.bareLF = true
 	if end > start && h.head[end-1] == '\r' {
 		end--
+		h.bareLF = false
 	}
 	h.head = append(h.head[:end], '\n')
 	return h.head[start:end], nil
@@ -153,6 +156,13 @@ func (h *headReader) readTrailer(limit int, into *http.Header) error {
 		line, err := h.readLine(limit, false)
 		if err != nil {
 			return err
+		}
+		// The chunked framing takes CRLF only (RFC 9112 section 7.1):
+		// a bare LF here is where parsers disagree on where a message
+		// ends (net/http accepts it only when a CRLF CRLF follows
+		// somewhere in its buffer), the ground for smuggling a request.
+		if h.bareLF {
+			return errors.New("malformed trailer: a line ends with a bare LF, not CRLF")
 		}
 		if len(line) == 0 {
 			break

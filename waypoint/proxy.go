@@ -593,6 +593,15 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			up.report(ep, 0)
 			p.timeoutOrClosed(w, rec, grpc, ctx)
 			return nil, inFlight{}, false
+		case errors.As(err, new(*malformedBodyError)):
+			// The client's body, not the upstream, failed: no retry, no
+			// outlier report; the upstream connection was cut before the
+			// request could end (see h1Conn.sendRequest).
+			cancelTry()
+			held.release()
+			rec.transportFailure = boundedReason(err.Error())
+			p.localReply(w, rec, grpc, http.StatusBadRequest, flagDownstreamProtocolError, "downstream_protocol_error", "malformed request body")
+			return nil, inFlight{}, false
 		case isDialError(err):
 			kind = failConnect
 		default:
