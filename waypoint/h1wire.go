@@ -26,7 +26,7 @@ type headerSpan struct{ k0, k1, v0, v1 int }
 
 // headReader reads message heads from br.
 type headReader struct {
-	br    *bufio.Reader
+	br     *bufio.Reader
 	head   []byte       // the head being read, lines separated by '\n'
 	spans  []headerSpan // its fields
 	bareLF bool         // the last line read ended with "\n" alone
