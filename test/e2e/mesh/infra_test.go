@@ -11,12 +11,12 @@ import (
 )
 
 // infraParams is a parameters ConfigMap for a waypoint Gateway: replicas
-// (none when 0: an autoscaler's) and the waypoint container's memory
-// limit, an annotation on its Service, and extra (more data keys, indented
-// as they are).
+// (none when 0, the autoscaler's count; -1 is one the API server refuses)
+// and the waypoint container's memory limit, an annotation on its Service,
+// and extra (more data keys, indented as they are).
 func infraParams(replicas int, extra string) string {
 	replicasLine := ""
-	if replicas > 0 {
+	if replicas != 0 {
 		replicasLine = fmt.Sprintf("\n      replicas: %d", replicas)
 	}
 	return fmt.Sprintf(`apiVersion: v1
