@@ -198,3 +198,96 @@ func diffRequests(a, b parsedRequest) string {
 	}
 	return strings.Join(diffs, "; ")
 }
+
+// parsedResponse is what a parser made of one answer of a stream.
+type parsedResponse struct {
+	Code, Major, Minor int
+	Chunked            bool
+	ContentLength      int64
+	Body               string
+	Header             http.Header // without the framing fields
+	Close              bool
+}
+
+func summarizeResponse(r *http.Response, body []byte) parsedResponse {
+	h := r.Header.Clone()
+	for _, k := range []string{"Transfer-Encoding", "Content-Length", "Trailer", "Connection"} { // net/http drops "Connection: close"; the proxy drops hop-by-hop fields anyway
+		delete(h, k)
+	}
+	return parsedResponse{Code: r.StatusCode, Major: r.ProtoMajor, Minor: r.ProtoMinor,
+		Chunked: slices.Contains(r.TransferEncoding, "chunked"), ContentLength: r.ContentLength,
+		Body: string(body), Header: h, Close: r.Close}
+}
+
+// parseResponses reads the answers of data to requests of method with
+// read (the waypoint's or net/http's), bodies included, until one fails.
+func parseResponses(data []byte, method string, read func(*bufio.Reader, *http.Request) (*http.Response, error)) []parsedResponse {
+	br := bufio.NewReaderSize(bytes.NewReader(data), 4096)
+	req := &http.Request{Method: method}
+	var out []parsedResponse
+	for {
+		resp, err := read(br, req)
+		if err != nil {
+			return out
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return out
+		}
+		out = append(out, summarizeResponse(resp, body))
+		if resp.Close {
+			return out
+		}
+	}
+}
+
+// FuzzH1ResponseFraming: the waypoint's reading of an upstream's answers
+// agrees with net/http's client where both accept them (same status,
+// fields, body and bounds) and is never more lenient: an answer an upstream
+// frames one way and the proxy another would desynchronise the answers of
+// a reused connection.
+func FuzzH1ResponseFraming(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\n\r\nrest",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+		"HTTP/1.1 2000 OK\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), true)
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		ours := parseResponses(data, method, func(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+			return (&headReader{br: br}).readResponse(req)
+		})
+		theirs := parseResponses(data, method, http.ReadResponse)
+		for i := range min(len(ours), len(theirs)) {
+			if c := ours[i].Code; c == theirs[i].Code && (c < 200 || c == 204 || c == 304 || head) {
+				// An answer without a body has none either way, whatever
+				// its fields say (net/http reports an interim answer's
+				// Transfer-Encoding and a length of -1, the waypoint 0).
+				for _, r := range []*parsedResponse{&ours[i], &theirs[i]} {
+					r.ContentLength, r.Chunked = 0, false
+				}
+			}
+		}
+		for i, o := range ours {
+			if i >= len(theirs) {
+				t.Fatalf("the waypoint accepted answer %d, which net/http refuses: %+v\nstream: %q", i, o, data)
+			}
+			if th := theirs[i]; o.Code != th.Code || o.Major != th.Major || o.Minor != th.Minor || o.Chunked != th.Chunked ||
+				o.ContentLength != th.ContentLength || o.Body != th.Body || o.Close != th.Close || !maps.EqualFunc(o.Header, th.Header, slices.Equal) {
+				t.Fatalf("answer %d: the waypoint read %+v, net/http %+v\nstream: %q", i, o, th, data)
+			}
+		}
+	})
+}

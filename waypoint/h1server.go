@@ -341,7 +341,7 @@ func (c *h1ServerConn) closeWriteAndDrain() {
 
 // readRequest parses one request head and sets up its body.
 func (c *h1ServerConn) readRequest() (r http.Request, err error) {
-	rl0, rl1, err := c.readHead(c.srv.maxHeaderBytes)
+	rl0, rl1, err := c.readHead(c.srv.maxHeaderBytes, 4)
 	if err != nil {
 		return r, err
 	}

@@ -34,11 +34,12 @@ type headReader struct {
 
 // readHead reads a start line and header fields up to the empty line,
 // limited to limit bytes (errHeadTooLarge). The start line is
-// head[l0:l1]. Empty lines before the start line are skipped, a few (RFC
-// 9112 section 2.2). Malformed fields are a requestError (400): obs-fold,
-// a name that is not a token or has a space before the colon, a control
-// character in a value.
-func (h *headReader) readHead(limit int) (l0, l1 int, err error) {
+// head[l0:l1]. Up to leading empty lines before the start line are skipped
+// (RFC 9112 section 2.2 asks it of a server reading a request line; a
+// client reading an answer skips none, as net/http's). Malformed fields are
+// a requestError (400): obs-fold, a name that is not a token or has a space
+// before the colon, a control character in a value.
+func (h *headReader) readHead(limit, leading int) (l0, l1 int, err error) {
 	h.head = h.head[:0]
 	h.spans = h.spans[:0]
 	l0 = -1
@@ -50,7 +51,7 @@ func (h *headReader) readHead(limit int) (l0, l1 int, err error) {
 		}
 		if l0 < 0 {
 			if len(line) == 0 {
-				if empty++; empty > 4 {
+				if empty++; empty > leading {
 					return 0, 0, badRequest("malformed start line")
 				}
 				continue
@@ -189,7 +190,7 @@ const maxResponseHead = 1 << 20
 // readResponse reads an answer's head from h.br and sets up its body, as
 // http.ReadResponse does for the waypoint's uses.
 func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
-	l0, l1, err := h.readHead(maxResponseHead)
+	l0, l1, err := h.readHead(maxResponseHead, 0)
 	if err != nil {
 		var re *requestError
 		if errors.As(err, &re) {
@@ -226,6 +227,21 @@ func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
 
 	noBody := req.Method == http.MethodHead || resp.StatusCode < 200 ||
 		resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	// A Content-Length must be valid whatever else frames the answer (as
+	// net/http checks it), even where no body follows.
+	cl := int64(-1)
+	if cls := hdr["Content-Length"]; len(cls) > 0 {
+		for _, v := range cls[1:] {
+			if v != cls[0] {
+				return nil, fmt.Errorf("conflicting Content-Length %q", cls)
+			}
+		}
+		n, ok := parseContentLength(cls[0])
+		if !ok {
+			return nil, fmt.Errorf("invalid Content-Length %q", cls[0])
+		}
+		cl = n
+	}
 	te, chunked := hdr["Transfer-Encoding"]
 	if chunked {
 		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
@@ -239,17 +255,8 @@ func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
 		}
 	}
 	resp.ContentLength = -1
-	if cls := hdr["Content-Length"]; len(cls) > 0 && !chunked {
-		for _, v := range cls[1:] {
-			if v != cls[0] {
-				return nil, fmt.Errorf("conflicting Content-Length %q", cls)
-			}
-		}
-		n, ok := parseContentLength(cls[0])
-		if !ok {
-			return nil, fmt.Errorf("invalid Content-Length %q", cls[0])
-		}
-		resp.ContentLength = n
+	if !chunked {
+		resp.ContentLength = cl
 	}
 	switch {
 	case noBody:
