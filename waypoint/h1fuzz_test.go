@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -291,3 +292,53 @@ func FuzzH1ResponseFraming(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNormalizePath: the one view of a path that routing, policy and the
+// upstream share is stable and leaves nothing a backend could read another
+// way: normalizing it again changes nothing; it starts with "/" and holds
+// no backslash, no empty, "." or ".." segment, and no escape of a slash, a
+// backslash or an unreserved character. A backend that decodes the
+// remaining escapes once sees the same segments, none of them a dot
+// segment: a DENY on a prefix of the normalized path holds for it.
+func FuzzNormalizePath(f *testing.F) {
+	for _, s := range []string{
+		"/", "/admin", "//admin", "/a/../admin", "/admin%2F", "/%2e%2e/admin", "/a/%2E%2E%2fadmin", "/a\\..\\admin",
+		"/a/./b/../../admin/", "/%61dmin", "/%zz", "/a%00", "/a#b", "/%252e%252e/admin", "/..;/admin", "/a/.%2e/admin",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		out, err := normalizePath(raw)
+		if err != nil {
+			return
+		}
+		again, err := normalizePath(out)
+		if err != nil || again != out {
+			t.Fatalf("normalizePath(%q) = %q, and again %q, %v; want the same", raw, out, again, err)
+		}
+		if !strings.HasPrefix(out, "/") || strings.Contains(out, "\\") {
+			t.Fatalf("normalizePath(%q) = %q: not rooted, or a backslash", raw, out)
+		}
+		for i := 0; i+2 < len(out); i++ {
+			if out[i] != '%' {
+				continue
+			}
+			d := unhex(out[i+1])<<4 | unhex(out[i+2])
+			if d == '/' || d == '\\' || isUnreserved(d) || !isUpperHexDigit(out[i+1]) || !isUpperHexDigit(out[i+2]) {
+				t.Fatalf("normalizePath(%q) = %q keeps the escape %s", raw, out, out[i:i+3])
+			}
+		}
+		decoded, err := url.PathUnescape(out)
+		if err != nil {
+			t.Fatalf("normalizePath(%q) = %q, which a backend cannot decode: %v", raw, out, err)
+		}
+		segs := strings.Split(decoded, "/")[1:]
+		for i, s := range segs {
+			if s == "." || s == ".." || s == "" && i < len(segs)-1 {
+				t.Fatalf("normalizePath(%q) = %q, which a backend decodes to %q: segment %d is %q", raw, out, decoded, i, s)
+			}
+		}
+	})
+}
+
+func isUpperHexDigit(c byte) bool { return '0' <= c && c <= '9' || 'A' <= c && c <= 'F' }
