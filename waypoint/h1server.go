@@ -689,8 +689,10 @@ func (b *h1ReqBody) read(p []byte) (int, error) {
 		return n, io.EOF
 	}
 	if err != nil {
-		if err != io.ErrUnexpectedEOF && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
-			err = &malformedBodyError{err} // the chunked reader refused the framing
+		if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) && !errors.As(err, new(net.Error)) {
+			// Not the connection failing or ending (a net.Error, a cut):
+			// the chunked reader refused the framing.
+			err = &malformedBodyError{err}
 		}
 		b.err = err
 	}
@@ -704,10 +706,6 @@ type malformedBodyError struct{ err error }
 func (e *malformedBodyError) Error() string { return "malformed request body: " + e.err.Error() }
 func (e *malformedBodyError) Unwrap() error { return e.err }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
 
 func (b *h1ReqBody) finish() {
 	b.done.Store(true)

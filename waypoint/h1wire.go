@@ -34,7 +34,7 @@ type headReader struct {
 
 // readHead reads a start line and header fields up to the empty line,
 // limited to limit bytes (errHeadTooLarge). The start line is
-// head[l0:l1]. Up to leading empty lines before the start line are skipped
+// head[l0:l1]. At most leading empty lines before the start line are skipped
 // (RFC 9112 section 2.2 asks it of a server reading a request line; a
 // client reading an answer skips none, as net/http's). Malformed fields are
 // a requestError (400): obs-fold, a name that is not a token or has a space
