@@ -156,12 +156,10 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			// gateway later: the VIP must never be dialled directly).
 			// A waypoint with no address or identity yet leaves the cluster
 			// without endpoints: 503 until it has them, never a bypass.
-			via := lb.bd.viaWaypoint(ms.Waypoint)
-			for _, vip := range ms.VIPs {
-				if via == nil {
-					break
+			if via := lb.bd.viaWaypoint(ms.Waypoint); via != nil {
+				for _, vip := range ms.VIPs {
+					c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: netip.AddrPortFrom(vip, uint16(port)).String(), Via: via})
 				}
-				c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: netip.AddrPortFrom(vip, uint16(port)).String(), Via: via})
 			}
 			lb.clusters[name] = c
 			return name
@@ -1210,9 +1208,8 @@ func (c *credentialCheck) keyPair() error {
 }
 
 // viaWaypoint is the HBONE hop to the waypoint ref names, or nil when the
-// snapshot has no address or identity for it (then the gateway's dial
-// refuses the VIP rather than reach it directly: see the waypoint's
-// dialUpstream).
+// snapshot has no address or identity for it yet (then the ingress cluster
+// gets no endpoints: see l7Builder.cluster).
 func (bd *build) viaWaypoint(ref *model.WaypointRef) *model.L7Via {
 	wp, ok := bd.waypoints[ref.Waypoint]
 	if !ok || len(ref.Addresses) == 0 || wp.Identity == "" {
