@@ -706,7 +706,6 @@ type malformedBodyError struct{ err error }
 func (e *malformedBodyError) Error() string { return "malformed request body: " + e.err.Error() }
 func (e *malformedBodyError) Unwrap() error { return e.err }
 
-
 func (b *h1ReqBody) finish() {
 	b.done.Store(true)
 	c := b.c
