@@ -519,24 +519,14 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 			return s.dialHBONE(ctx, hbone.Target{Local: s.svid, Proxy: ep.via, PeerID: ep.viaID, Addr: ap}, nil)
 		}
 		if !ep.peer.IsZero() {
-			return s.dialHBONE(ctx, hbone.Target{
-				Local:  s.svid,
-				Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
-				PeerID: ep.peer,
-				Addr:   ap,
-			}, nil)
+			return s.dialHBONE(ctx, s.workloadTarget(ap, ep.peer), nil)
 		}
 		if target, ok, err := s.viaWaypoint(ap); ok {
 			return s.dialHBONE(ctx, target, err)
 		}
 		peer, inMesh, err := s.identityOf(ap.Addr())
 		if inMesh {
-			return s.dialHBONE(ctx, hbone.Target{
-				Local:  s.svid,
-				Proxy:  netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort),
-				PeerID: peer,
-				Addr:   ap,
-			}, err)
+			return s.dialHBONE(ctx, s.workloadTarget(ap, peer), err)
 		}
 	}
 	if inConfig {
@@ -548,6 +538,12 @@ func (s *state) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	}
 	return nil, &net.OpError{Op: "dial", Net: "hbone", Addr: net.TCPAddrFromAddrPort(ap),
 		Err: fmt.Errorf("no workload with address %s is known to this waypoint, and it is no endpoint of its config", ap.Addr())}
+}
+
+// workloadTarget is the HBONE stream to ap through the HBONE server of the
+// workload at ap's address, which must present peer.
+func (s *state) workloadTarget(ap netip.AddrPort, peer spiffeid.ID) hbone.Target {
+	return hbone.Target{Local: s.svid, Proxy: netip.AddrPortFrom(ap.Addr(), s.opts.UpstreamHBONEPort), PeerID: peer, Addr: ap}
 }
 
 // dialHBONE opens an HBONE stream to target unless finding it failed (err).
