@@ -40,6 +40,7 @@ type flags struct {
 	serveListeners                                     bool
 	configFile, listen                                 string
 	memoryLimit                                        string
+	gcMinHeap                                          string
 }
 
 func parseFlags() flags {
@@ -65,6 +66,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.configFile, "config-file", "", "serve this static L7 config (JSON) on --listen without meshd: plaintext, no mesh identity; for development and benchmarks only")
 	flag.StringVar(&f.listen, "listen", "127.0.0.1:18080", "with --config-file: the plain HTTP listen address")
 	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
+	flag.StringVar(&f.gcMinHeap, "gc-min-heap", "16MiB", admin.MinHeapGoalUsage)
 	flag.Parse()
 	return f
 }
@@ -84,6 +86,13 @@ func main() {
 	if err != nil {
 		log.Fatalf("waypoint: %v", err)
 	}
+	// The waypoint allocates a few KiB per request around a live heap of a
+	// few MB: see admin.MinHeapGoal for what the floor saves.
+	stopGC, _, err := admin.ApplyMinHeapGoal(f.gcMinHeap)
+	if err != nil {
+		log.Fatalf("waypoint: %v", err)
+	}
+	defer stopGC()
 	if f.configFile != "" {
 		err = runStatic(ctx, f)
 	} else {
