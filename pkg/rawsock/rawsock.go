@@ -44,9 +44,20 @@ type Conn struct {
 	rn, wn           int
 	rerrno, werrno   syscall.Errno
 
-	// ReadPooled's pool and the buffer taken from it.
+	// ReadEach's pool and the buffer taken from it.
 	rpool *sync.Pool
 	rbp   *[]byte
+
+	// ReadEach's callback and state; the recvmsg header, iovec and control
+	// buffer it reads with.
+	eachReadFn func(fd uintptr) bool
+	eachFn     func([]byte) error
+	eachErr    error
+	inq        bool // TCP_INQ is on
+	emptyReads int  // reads that found nothing (EAGAIN), for tests
+	rmsg       syscall.Msghdr
+	riov       syscall.Iovec
+	rctl       [(syscall.SizeofCmsghdr + 8) / 8]uint64 // aligned for a Cmsghdr
 
 	// Between Hold and Release, Writes gather in held (from heldPool).
 	holding bool
@@ -72,7 +83,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{TCPConn: tc, rc: rc}
-	w.readFn, w.writevFn = w.read, w.writev
+	w.readFn, w.writevFn, w.eachReadFn = w.read, w.writev, w.eachRead
 	return w
 }
 
@@ -90,30 +101,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ReadPooled is Read into a buffer taken from pool (a *[]byte of non-zero
-// length) only once the socket is readable, so that a connection waiting
-// for data holds no buffer: a proxy's idle keep-alive connections then cost
-// no copy buffer each. It returns the buffer, for the caller to put back in
-// pool when done with its first n bytes; on an error or io.EOF it returns
-// none (the buffer is back in pool).
-func (c *Conn) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	c.rpool = pool
-	n, err := c.readLocked()
-	bp := c.rbp
-	c.rpool, c.rbp, c.rbuf = nil, nil, nil
-	if err != nil {
-		if bp != nil {
-			pool.Put(bp)
-		}
-		return nil, 0, err
-	}
-	return bp, n, nil
-}
-
-// readLocked reads into c.rbuf, or into a buffer from c.rpool (c.rbp),
-// through the poller. c.rmu held.
+// readLocked reads into c.rbuf through the poller. c.rmu held.
 func (c *Conn) readLocked() (int, error) {
 	c.rn, c.rerrno = 0, 0
 	err := c.rc.Read(c.readFn)
@@ -131,13 +119,8 @@ func (c *Conn) readLocked() (int, error) {
 }
 
 // read is the RawConn callback of readLocked: false asks the poller to
-// wait. Reading for ReadPooled, it takes the buffer from the pool here and
-// gives it back before a wait.
+// wait.
 func (c *Conn) read(fd uintptr) bool {
-	if c.rbuf == nil {
-		c.rbp = c.rpool.Get().(*[]byte)
-		c.rbuf = *c.rbp
-	}
 	p := c.rbuf
 	for {
 		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
@@ -145,15 +128,124 @@ func (c *Conn) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			if c.rpool != nil {
-				c.rpool.Put(c.rbp)
-				c.rbp, c.rbuf = nil, nil
-			}
 			return false
 		}
 		c.rn, c.rerrno = int(r), e
 		return true
 	}
+}
+
+// ReadEach reads the socket until its end, handing fn each chunk read, in
+// a buffer from pool (a *[]byte of non-zero length) that is back in pool
+// once fn returns. It returns nil at the peer's end of its side, fn's
+// error when fn fails, or the read's. A connection waiting for data holds
+// no buffer (it is taken once the socket is readable), so a proxy's idle
+// keep-alive connections cost no copy buffer each. fn must not read from c.
+//
+// Why: a loop of Reads asks the socket once more after each chunk and
+// mostly finds it empty, one failing system call per chunk (per request,
+// on a keep-alive connection) and the poller's wait after it. ReadEach
+// asks the kernel with each read how much is left (TCP_INQ) and, when
+// nothing is, waits for the poller's next readiness without that call.
+// The wait spans one RawConn.Read, so a readiness that came in meanwhile
+// is never lost (each RawConn.Read starts by forgetting it); and the kernel
+// reports a received FIN as one byte left, so an end that came with the
+// last data is read, not waited for. Where TCP_INQ cannot be set, every
+// chunk is followed by a read, as Read does.
+func (c *Conn) ReadEach(pool *sync.Pool, fn func([]byte) error) error {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.inq = false
+	if err := c.rc.Control(func(fd uintptr) {
+		c.inq = useINQ && syscall.SetsockoptInt(int(fd), syscall.SOL_TCP, tcpINQ, 1) == nil
+	}); err != nil {
+		return c.opError("read", err)
+	}
+	c.rpool, c.eachFn, c.eachErr, c.rerrno = pool, fn, nil, 0
+	err := c.rc.Read(c.eachReadFn)
+	fnErr, errno := c.eachErr, c.rerrno
+	if c.rbp != nil {
+		pool.Put(c.rbp)
+	}
+	c.rpool, c.rbp, c.eachFn, c.eachErr = nil, nil, nil, nil
+	switch {
+	case fnErr != nil:
+		return fnErr
+	case err == nil && errno != 0:
+		err = os.NewSyscallError("read", errno)
+	}
+	if err != nil {
+		return c.opError("read", err)
+	}
+	return nil
+}
+
+// useINQ: ReadEach asks for TCP_INQ (tests turn it off to compare).
+var useINQ = true
+
+// tcpINQ is Linux's TCP_INQ socket option and the type of its control
+// message (TCP_CM_INQ): the bytes left to read after a recvmsg.
+const tcpINQ = 36
+
+// eachRead is the RawConn callback of ReadEach: it reads until the socket
+// is drained (false: the poller waits), ends, fails, or fn fails (true).
+func (c *Conn) eachRead(fd uintptr) bool {
+	for {
+		if c.rbp == nil {
+			c.rbp = c.rpool.Get().(*[]byte)
+		}
+		p := *c.rbp
+		n, left, e := c.recvInq(fd, p)
+		switch e {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			c.emptyReads++
+			c.rpool.Put(c.rbp)
+			c.rbp = nil
+			return false
+		default:
+			c.rerrno = e
+			return true
+		}
+		if n == 0 {
+			return true // the peer's FIN
+		}
+		if err := c.eachFn(p[:n]); err != nil {
+			c.eachErr = err
+			return true
+		}
+		if left == 0 {
+			c.rpool.Put(c.rbp)
+			c.rbp = nil
+			return false
+		}
+	}
+}
+
+// recvInq reads into p and says how many bytes the socket has left: -1
+// when unknown (no TCP_INQ), 1 or more after the peer's FIN.
+func (c *Conn) recvInq(fd uintptr, p []byte) (n, left int, errno syscall.Errno) {
+	if !c.inq {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		return int(r), -1, e
+	}
+	c.riov = iovec(p)
+	c.rmsg = syscall.Msghdr{Iov: &c.riov, Iovlen: 1, Control: (*byte)(unsafe.Pointer(&c.rctl[0]))}
+	c.rmsg.SetControllen(int(unsafe.Sizeof(c.rctl)))
+	r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&c.rmsg)), 0)
+	if e != 0 {
+		return 0, 0, e
+	}
+	left = -1
+	if c.rmsg.Controllen >= syscall.SizeofCmsghdr+4 {
+		h := (*syscall.Cmsghdr)(unsafe.Pointer(&c.rctl[0]))
+		if h.Level == syscall.SOL_TCP && h.Type == tcpINQ {
+			left = int(*(*int32)(unsafe.Add(unsafe.Pointer(&c.rctl[0]), syscall.SizeofCmsghdr)))
+		}
+	}
+	return int(r), left, 0
 }
 
 // Hold makes the Writes that follow gather into one buffer, sent by

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -160,46 +161,47 @@ func TestWrapLeavesOtherConnsAlone(t *testing.T) {
 // buffer back while it waits: over many reads that each wait first, the
 // pool makes one buffer (it would make one per wait if a waiting read kept
 // its buffer). The end and a deadline come back as Read's do.
-func TestReadPooled(t *testing.T) {
+func TestReadEachPooledBuffer(t *testing.T) {
 	if raceEnabled {
 		t.Skip("pool counts mean nothing under the race detector (it drops pooled items at random)")
 	}
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))  // one P: one pool cache
 	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no GC emptying the pool
 	c, s := pair(t)
-	made := 0
+	made, held := 0, 0
 	pool := &sync.Pool{New: func() any { made++; b := make([]byte, 64); return &b }}
+	got := make(chan []byte)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.ReadEach(pool, func(b []byte) error { got <- append([]byte(nil), b...); return nil })
+	}()
 	for i := range 50 {
-		type result struct {
-			bp  *[]byte
-			n   int
-			err error
-		}
-		got := make(chan result, 1)
-		go func() { bp, n, err := c.ReadPooled(pool); got <- result{bp, n, err} }()
-		time.Sleep(time.Millisecond) // the read waits on the poller
+		time.Sleep(time.Millisecond) // the read waits on the poller...
+		pool.Put(pool.Get())         // ...without the buffer: this takes it
 		msg := []byte{byte(i), 'x'}
 		if _, err := s.Write(msg); err != nil {
 			t.Fatal(err)
 		}
-		r := <-got
-		if r.err != nil || !bytes.Equal((*r.bp)[:r.n], msg) {
-			t.Fatalf("read %d: %q, %v; want %q", i, (*r.bp)[:r.n], r.err, msg)
+		if b := <-got; !bytes.Equal(b, msg) {
+			t.Fatalf("read %d: %q; want %q", i, b, msg)
 		}
-		pool.Put(r.bp)
+	}
+	s.CloseWrite()
+	if err := <-done; err != nil {
+		t.Errorf("at the peer's end: %v; want nil", err)
 	}
 	if made != 1 {
-		t.Errorf("the pool made %d buffers for 50 reads that waited; want 1 (a waiting read gives its buffer back)", made)
+		t.Errorf("the pool made %d buffers for 50 reads that waited, taken in turn by the test; want 1 (a waiting read gives its buffer back)", made)
 	}
-
-	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	if bp, _, err := c.ReadPooled(pool); bp != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("past the deadline: buffer %v, %v; want none and a deadline error", bp, err)
+	// Stopped by a deadline, it gives its buffer back too.
+	c2, _ := pair(t)
+	c2.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	before := made
+	if err := c2.ReadEach(pool, func([]byte) error { held++; return nil }); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("past the deadline: %v; want a deadline error", err)
 	}
-	c.SetReadDeadline(time.Time{})
-	s.CloseWrite()
-	if bp, n, err := c.ReadPooled(pool); bp != nil || n != 0 || err != io.EOF {
-		t.Errorf("at the peer's end: buffer %v, %d bytes, %v; want none, 0, io.EOF", bp, n, err)
+	if made != before || held != 0 {
+		t.Errorf("past the deadline: %d buffers made, fn called %d times; want none", made-before, held)
 	}
 }
 
@@ -367,4 +369,112 @@ func TestTryWrite(t *testing.T) {
 	if !errors.As(err, &oe) || oe.Op != "write" {
 		t.Fatalf("TryWrite to a reset peer: %v; want a write *net.OpError", err)
 	}
+}
+
+// ReadEach hands over every chunk in order and returns nil at the peer's
+// end, including an end that arrives together with the last data (the
+// case a drained-socket shortcut would wait on forever): many short
+// connections, each written and closed at once.
+func TestReadEachEndWithLastData(t *testing.T) {
+	pool := &sync.Pool{New: func() any { b := make([]byte, 16); return &b }}
+	for i := range 100 {
+		c, s := pair(t)
+		msg := bytes.Repeat([]byte{byte('a' + i%26)}, 1+i%40) // some longer than a buffer
+		if _, err := s.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var got []byte
+		err := c.ReadEach(pool, func(b []byte) error { got = append(got, b...); return nil })
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("connection %d: read %q, %v; want %q and nil at the end", i, got, err, msg)
+		}
+	}
+}
+
+// On a keep-alive exchange (a message, its answer, the next message)
+// ReadEach does not ask the drained socket once more after each message:
+// with TCP_INQ nearly no read finds it empty; without, every message costs
+// one such read.
+func TestReadEachSkipsEmptyReads(t *testing.T) {
+	const rounds = 200
+	exchange := func(t *testing.T) int {
+		c, s := pair(t)
+		pool := &sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+		done := make(chan error, 1)
+		go func() {
+			done <- c.ReadEach(pool, func(b []byte) error { _, err := c.Write(b); return err })
+		}()
+		msg, answer := []byte("GET / HTTP/1.1\r\n\r\n"), make([]byte, 18)
+		for i := range rounds {
+			if _, err := s.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(s, answer); err != nil || !bytes.Equal(answer, msg) {
+				t.Fatalf("exchange %d: %q, %v", i, answer, err)
+			}
+		}
+		s.CloseWrite()
+		if err := <-done; err != nil {
+			t.Fatalf("ReadEach at the peer's end: %v", err)
+		}
+		return c.emptyReads
+	}
+	withINQ := exchange(t)
+	useINQ = false
+	defer func() { useINQ = true }()
+	without := exchange(t)
+	t.Logf("reads that found the socket empty in %d exchanges: %d with TCP_INQ, %d without", rounds, withINQ, without)
+	if withINQ > rounds/10 {
+		t.Errorf("%d of %d exchanges read an empty socket with TCP_INQ; want nearly none", withINQ, rounds)
+	}
+	if without < rounds*9/10 {
+		t.Errorf("without TCP_INQ only %d of %d exchanges read an empty socket: the comparison measures nothing", without, rounds)
+	}
+}
+
+// ReadEach stops with fn's error, a reset, a deadline or a Close, and
+// gives its buffer back whenever it waits or stops.
+func TestReadEachStops(t *testing.T) {
+	pool := &sync.Pool{New: func() any { b := make([]byte, 64); return &b }}
+	boom := errors.New("boom")
+	t.Run("fn fails", func(t *testing.T) {
+		c, s := pair(t)
+		s.Write([]byte("x"))
+		if err := c.ReadEach(pool, func([]byte) error { return boom }); err != boom {
+			t.Errorf("ReadEach = %v, want fn's error", err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		c, s := pair(t)
+		s.SetLinger(0)
+		s.Close()
+		if err := c.ReadEach(pool, func([]byte) error { return nil }); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("ReadEach after a reset = %v, want ECONNRESET", err)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		c, _ := pair(t)
+		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if err := c.ReadEach(pool, func([]byte) error { return nil }); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("ReadEach past its deadline = %v", err)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		c, s := pair(t)
+		got := make(chan error, 1)
+		go func() { got <- c.ReadEach(pool, func([]byte) error { return nil }) }()
+		s.Write([]byte("x"))
+		time.Sleep(20 * time.Millisecond) // read, then waiting
+		c.Close()
+		select {
+		case err := <-got:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("ReadEach on a closed conn = %v, want net.ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("ReadEach did not return after Close")
+		}
+	})
 }
