@@ -324,13 +324,22 @@ profile=""
 if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
   step "perf profile of the $node1 agent over a mesh-remote run"
   read -r ns host fport _ <<<"${target[mesh-remote]}"
-  in_pod "$ns" client "$fortio" load -quiet -qps "$qps" -c "$conns" -t 12s -payload-size 1024 "http://$host:$fport/" >/dev/null 2>&1 &
+  in_pod "$ns" client "$fortio" load -quiet -qps "$qps" -c "$conns" -t 21s -payload-size 1024 "http://$host:$fport/" >/dev/null 2>&1 &
   lp=$!; pids+=("$lp")
   sleep 1
   if timeout 60 perf record -q -e cpu-clock -F 999 -g -p "$a1" -o "$tmp/perf.data" -- sleep 10 >/dev/null 2>&1; then
     # sed reads to the end: a reader that stops early (head) would SIGPIPE perf.
     profile=$(perf report -q -i "$tmp/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null |
       sed -n '/^ *$/d; s/^ */    /; 1,15p') || true
+  fi
+  # Then the agent's system calls by kind, over 8 s of the same run (the
+  # tracepoints slow each call a little: not during the measured rounds).
+  sc_kinds="read recvmsg writev write epoll_pwait futex nanosleep"
+  sc_events="raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' $sc_kinds)"
+  if timeout 30 perf stat -x, -e "$sc_events" -p "$a1" -o "$tmp/syscalls.csv" -- sleep 8 >/dev/null 2>&1; then
+    syscalls=$(awk -F, -v reqs=$((qps * 8)) '$3 ~ /sys_enter/ { n = $1 / reqs; k = $3; sub(/.*sys_enter_?/, "", k)
+      if (k == "") total = n; else if (n >= 0.005) parts = parts sprintf("%s%s %.2f", parts == "" ? "" : ", ", k, n) }
+      END { if (total != "") printf "%.2f (%s)", total, parts }' "$tmp/syscalls.csv") || true
   fi
   wait "$lp" || true
 fi
@@ -427,6 +436,10 @@ dirty=$(git status --porcelain --untracked-files=no -- cmd node-agent pkg bpf | 
     "$(f3 "$cpu1")" "$(f3 "$(per1k "${K2[mesh-remote]}" mesh-remote)")" "$(f3 "$(per1k "${K1[mesh-local]}" mesh-local)")" "$(met "$cpu1 < 0.03")"
   printf "  agent RSS < 20 MB with 50 enrolled pods:      %s MB with %s pods   %s\n" "$rss_50" "$enrolled" "$(met "$rss_50 < 20")"
   printf "    (steady state, a minute after the pods were ready; 15 s after: %s MB)\n" "$rss_50_early"
+  if [ -n "${syscalls:-}" ]; then
+    echo
+    echo "$node1 agent system calls per request (perf stat over 8 s of mesh-remote at $qps req/s): $syscalls"
+  fi
   if [ -n "$profile" ]; then
     echo
     echo "where the $node1 agent's CPU goes (perf -e cpu-clock over 10 s of mesh-remote at $qps req/s, self time by symbol):"
