@@ -136,11 +136,12 @@ func (c *Conn) read(fd uintptr) bool {
 }
 
 // ReadEach reads the socket until its end, handing fn each chunk read, in
-// a buffer from pool (a *[]byte of non-zero length) that is back in pool
-// once fn returns. It returns nil at the peer's end of its side, fn's
-// error when fn fails, or the read's. A connection waiting for data holds
-// no buffer (it is taken once the socket is readable), so a proxy's idle
-// keep-alive connections cost no copy buffer each. fn must not read from c.
+// a buffer from pool (a *[]byte of non-zero length) that the next read
+// reuses: fn must not keep it, nor read from c. It returns nil at the
+// peer's end of its side, fn's error when fn fails, or the read's. A
+// connection waiting for data holds no buffer (it goes back to pool before
+// each wait and is taken once the socket is readable), so a proxy's idle
+// keep-alive connections cost no copy buffer each.
 //
 // Why: a loop of Reads asks the socket once more after each chunk and
 // mostly finds it empty, one failing system call per chunk (per request,
