@@ -13,6 +13,8 @@
 # BENCH_NOTE="..." is written into the results' header (what changed).
 # BENCH_ROUNDS (default 3) rounds run every proxy in turn; each result is
 # the round with the median proxy CPU per request.
+# BENCH_PERF=0 skips the last run per proxy that counts system calls per
+# request by kind (perf stat).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -132,6 +134,28 @@ for name in direct waypoint nginx; do
 done
 wp_rss=$(rss_kb $wp); ng_rss=$(rss_kb $(nginx_pids))
 
+# System calls per request by kind at full load, one more run per proxy
+# under perf stat (its tracepoints slow each call: never in the rounds
+# above). What the two proxies do differently in the kernel shows here.
+declare -A syscalls
+if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
+  sc_events="raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' read recvfrom recvmsg writev write epoll_wait epoll_pwait futex nanosleep getsockopt)"
+  for name in waypoint nginx; do
+    case $name in waypoint) port=18080 procs=$wp ;; nginx) port=18081 procs=$(nginx_pids) ;; esac
+    perf stat -x, -e "$sc_events" -p "$(echo $procs | tr ' ' ,)" -o "$tmp/$name-sys.csv" -- sleep "$(( ${dur%s} + 1 ))" >/dev/null 2>&1 &
+    sp=$!
+    sleep 0.5
+    "$fortio" load -quiet -qps 0 -c 16 -t "$dur" -json "$tmp/$name-sys.json" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+    wait "$sp" || true
+    reqs=$(jq '.DurationHistogram.Count' "$tmp/$name-sys.json" 2>/dev/null || echo 0)
+    if [ "${reqs:-0}" -gt 0 ] && [ -s "$tmp/$name-sys.csv" ]; then
+      syscalls[$name]=$(awk -F, -v reqs="$reqs" '$3 ~ /sys_enter/ { n = $1 / reqs; k = $3; sub(/.*sys_enter_?/, "", k)
+        if (k == "") total = n; else if (n >= 0.005) parts = parts sprintf("%s%s %.2f", parts == "" ? "" : ", ", k, n) }
+        END { if (total != "") printf "%.2f (%s)", total, parts }' "$tmp/$name-sys.csv")
+    fi
+  done
+fi
+
 {
   echo "# waypoint vs nginx vs direct — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(go version | awk '{print $3, $4}'), $(nproc) CPUs, $(git rev-parse --short HEAD)"
   echo "# fortio -c 16 -t $dur, 1 KiB answers from an nginx static backend; proxies on one core each; median of $rounds interleaved rounds"
@@ -158,4 +182,10 @@ wp_rss=$(rss_kb $wp); ng_rss=$(rss_kb $(nginx_pids))
   printf "waypoint RSS:                    %.1f MB (target < 40); nginx proxy RSS %.1f MB\n" "$(echo "$wp_rss/1024" | bc -l)" "$(echo "$ng_rss/1024" | bc -l)"
   printf "added p99 at 1000 req/s:         waypoint %.3f ms, nginx %.3f ms\n" "$(echo "$wp99 - $d99" | bc -l)" "$(echo "$ng99 - $d99" | bc -l)"
   printf "max req/s per core, waypoint/nginx: %.2f (target >= 1)\n" "$(echo "($wq / $wmc) / ($nq / $nmc)" | bc -l)"
+  if [ -n "${syscalls[waypoint]:-}${syscalls[nginx]:-}" ]; then
+    echo
+    echo "system calls per request at full load (perf stat over one more run each):"
+    echo "  waypoint: ${syscalls[waypoint]:-not measured}"
+    echo "  nginx:    ${syscalls[nginx]:-not measured}"
+  fi
 } | tee "$out"

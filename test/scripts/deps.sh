@@ -7,10 +7,11 @@ set -euo pipefail
 cache=${MESHLET_CACHE:-$HOME/.cache/meshlet}
 
 # Debian packages: the kernel-side tools the lab and the data path use, clang
-# for `make generate`, protoc for pkg/api, and the benchmark peers.
+# for `make generate`, protoc for pkg/api, and the benchmark peers (and perf,
+# which the benchmarks profile and count system calls with).
 pkgs=(iproute2 iptables nftables conntrack ipset ethtool tcpdump
       clang llvm libbpf-dev protobuf-compiler jq curl socat ca-certificates)
-if [ "${WITH_BENCH:-}" = 1 ]; then pkgs+=(haproxy nginx iperf3 wrk bc); fi
+if [ "${WITH_BENCH:-}" = 1 ]; then pkgs+=(haproxy nginx iperf3 wrk bc linux-perf); fi
 # Debian's prometheus stands for the prom/prometheus image of the demo
 # profile in the lab (the tutorial test and make demo query it).
 pkgs+=(prometheus)
