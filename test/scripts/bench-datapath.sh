@@ -31,6 +31,7 @@
 #        profile of the agent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. test/scripts/perfstat.sh # syscalls_per_request
 root=$PWD
 
 lock=/tmp/meshlet-lab.lock
@@ -337,9 +338,7 @@ if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
   sc_kinds="read recvmsg writev write epoll_pwait futex nanosleep"
   sc_events="raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' $sc_kinds)"
   if timeout 30 perf stat -x, -e "$sc_events" -p "$a1" -o "$tmp/syscalls.csv" -- sleep 8 >/dev/null 2>&1; then
-    syscalls=$(awk -F, -v reqs=$((qps * 8)) '$3 ~ /sys_enter/ { n = $1 / reqs; k = $3; sub(/.*sys_enter_?/, "", k)
-      if (k == "") total = n; else if (n >= 0.005) parts = parts sprintf("%s%s %.2f", parts == "" ? "" : ", ", k, n) }
-      END { if (total != "") printf "%.2f (%s)", total, parts }' "$tmp/syscalls.csv") || true
+    syscalls=$(syscalls_per_request "$tmp/syscalls.csv" $((qps * 8))) || true
   fi
   wait "$lp" || true
 fi

@@ -17,6 +17,7 @@
 # request by kind (perf stat).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. test/scripts/perfstat.sh # syscalls_per_request
 root=$PWD
 cache=${MESHLET_CACHE:-$HOME/.cache/meshlet}
 out=$root/test/bench/results/waypoint.txt
@@ -149,9 +150,7 @@ if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
     wait "$sp" || true
     reqs=$(jq '.DurationHistogram.Count' "$tmp/$name-sys.json" 2>/dev/null || echo 0)
     if [ "${reqs:-0}" -gt 0 ] && [ -s "$tmp/$name-sys.csv" ]; then
-      syscalls[$name]=$(awk -F, -v reqs="$reqs" '$3 ~ /sys_enter/ { n = $1 / reqs; k = $3; sub(/.*sys_enter_?/, "", k)
-        if (k == "") total = n; else if (n >= 0.005) parts = parts sprintf("%s%s %.2f", parts == "" ? "" : ", ", k, n) }
-        END { if (total != "") printf "%.2f (%s)", total, parts }' "$tmp/$name-sys.csv")
+      syscalls[$name]=$(syscalls_per_request "$tmp/$name-sys.csv" "$reqs")
     fi
   done
 fi
