@@ -62,9 +62,10 @@ func Up(ctx context.Context, opt UpOptions) error {
 		return err
 	}
 	if linkExists(BridgeName) {
-		owner := bridgeOwner()
-		if owner != l.Dir {
-			return fmt.Errorf("%w: bridge %s belongs to the lab in %q; run `lab down` there first (or `ip link del %s` if that directory is gone)", ErrAnotherLab, BridgeName, owner, BridgeName)
+		if owner := bridgeOwner(); owner != l.Dir && owner != "" {
+			if pid := supervisorPid(Layout{Dir: owner}); pid > 0 {
+				return fmt.Errorf("%w: bridge %s belongs to the lab running from %q (supervisor pid %d); run `lab down` there first", ErrAnotherLab, BridgeName, owner, pid)
+			}
 		}
 		step("cleaning up a lab that stopped without `lab down`")
 		if err := Down(DownOptions{Layout: l, Out: out}); err != nil {
@@ -336,15 +337,26 @@ func Down(opt DownOptions) error {
 		}
 	}
 	// The prefix sweep below covers names every lab uses; it runs only when
-	// the bridge is absent or this lab's, so another checkout's lab is never hit.
+	// the bridge is absent, this lab's, or left by a lab whose supervisor is
+	// gone (a run killed before its `lab down`, e.g. a CI job at its time
+	// limit), so a running lab of another checkout is never hit.
 	if owner := bridgeOwner(); linkExists(BridgeName) && owner != "" && owner != l.Dir {
-		if did {
-			fmt.Fprintln(out, "stopped this directory's lab processes")
+		if pid := supervisorPid(Layout{Dir: owner}); pid > 0 {
+			if did {
+				fmt.Fprintln(out, "stopped this directory's lab processes")
+			}
+			fmt.Fprintf(out, "no lab is running from %s; the lab running from %s (supervisor pid %d) is left alone\n", l.Dir, owner, pid)
+			_ = os.Remove(l.PidFile())
+			_ = os.Remove(l.StateFile())
+			return nil
 		}
-		fmt.Fprintf(out, "no lab is running from %s; the lab running from %s is left alone\n", l.Dir, owner)
-		_ = os.Remove(l.PidFile())
-		_ = os.Remove(l.StateFile())
-		return nil
+		// The dead lab's own down: its recorded processes, its mounts and
+		// its node directories, then the sweep; this directory's state after.
+		fmt.Fprintf(out, "the lab from %s stopped without `lab down` (its supervisor is gone); cleaning up what it left\n", owner)
+		if err := Down(DownOptions{Layout: Layout{Dir: owner}, Out: out}); err != nil {
+			return err
+		}
+		did = true
 	}
 	var errs []error
 	cgRoot, cgErr := testutil.Cgroup2Root()

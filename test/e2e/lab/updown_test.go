@@ -125,8 +125,10 @@ func assertNothingLeft(t *testing.T, lb *lab.Lab, cg, state string) {
 }
 
 // TestDownAfterCrash kills the supervisor and every lab process with SIGKILL
-// (no cleanup ran), then checks lab down still removes everything, and brings
-// the lab back.
+// (no cleanup ran, as when a CI job is killed at its time limit), then checks
+// lab down run from another checkout's directory removes everything the dead
+// lab left (a live one it leaves alone: TestSecondLabRefused), and brings the
+// lab back.
 func TestDownAfterCrash(t *testing.T) {
 	lb := lab.Shared(t)
 	ns := lb.NewNamespace(t)
@@ -161,9 +163,9 @@ spec:
 		_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 	}
 	time.Sleep(time.Second)
-	out, err := labCmd(t, lb, lb.Layout.Dir, "down")
-	if err != nil {
-		t.Fatalf("lab down after a crash: %v\n%s", err, out)
+	out, err := labCmd(t, lb, filepath.Join(t.TempDir(), ".lab"), "down")
+	if err != nil || !strings.Contains(out, "stopped without `lab down`") || !strings.Contains(out, lb.Layout.Dir) {
+		t.Fatalf("lab down from another directory after a crash: err=%v output:\n%s\nwant it to clean up the dead lab of %s", err, out, lb.Layout.Dir)
 	}
 	assertNothingLeft(t, lb, cg, string(b))
 	out, err = labCmd(t, lb, lb.Layout.Dir, "up", "--nodes", "2")
