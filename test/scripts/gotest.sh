@@ -16,6 +16,11 @@ if [ $rc -ne 0 ]; then
   grep -v -E '^(=== (RUN|PAUSE|CONT)|--- PASS)' "$log" | tail -n 300 >&2
   exit $rc
 fi
+# Where the time went: the slowest top-level tests (make test is to stay
+# under 30 minutes on a warm machine).
+echo "slowest tests in $dir:"
+sed -n -E 's/^--- (PASS|FAIL): ([^ ]+) \(([0-9.]+)s\)$/\3 \2/p' "$log" | sort -rn | head -n 8 |
+  awk '{ printf "  %8.1fs %s\n", $1, $2 }'
 if [ "${CI:-}" = true ] && grep -q -- '--- SKIP' "$log"; then
   echo "CI=true: these tests skipped, and under CI a skipped test is a failed test:" >&2
   grep -A2 -- '--- SKIP' "$log" >&2
