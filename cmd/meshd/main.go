@@ -290,17 +290,24 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); status.run(ctx, xsrv.Generation) }()
 	if cfg.waypointImage != "" {
-		dep, err := deployer.New(deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
-			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}})
-		if err != nil {
+		depOpts := deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
+			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}}
+		if _, err := deployer.New(depOpts); err != nil {
 			return err
 		}
+		// One replica deploys at a time (lease.go); a Deployer per term,
+		// since Run ends with its queue.
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := dep.Run(ctx); err != nil {
-				log.Error("waypoint deployer stopped", "err", err)
-			}
+			runElected(ctx, kube, cfg.namespace, DeployerLease, leaseIdentity(), defaultLeaseTimes, log.With("component", "deployer"),
+				func(ctx context.Context) error {
+					dep, err := deployer.New(depOpts)
+					if err != nil {
+						return err
+					}
+					return dep.Run(ctx)
+				})
 		}()
 	}
 	log.Info("meshd serving", "grpc", cfg.grpcAddr, "metrics", cfg.metricsAddr, "health", cfg.healthAddr, "admin", cfg.adminAddr, "trust-domain", td.Name())

@@ -531,7 +531,19 @@ spec:
 	if before < 2 {
 		t.Fatalf("%v clients connected over both replicas; want at least the 2 node agents", before)
 	}
-	victim := replicas[0]
+	// One replica deploys waypoints and gateways: the one holding the
+	// deployer's Lease. It is the one deleted, so that another takes over.
+	var victim corev1.Pod
+	lab.WaitFor(t, time.Minute, "a ready meshd replica holds the deployer's Lease", func() (bool, error) {
+		holder := deployerLeaseHolder(t, lb)
+		for _, p := range replicas {
+			if p.Name == holder {
+				victim = p
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("Lease meshlet-system/meshlet-gateway-deployer held by %q, not by one of the ready replicas", holder)
+	})
 	if err := lb.Clientset().CoreV1().Pods("meshlet-system").Delete(t.Context(), victim.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -553,6 +565,32 @@ spec:
 		}
 		return now >= before && n == 2, fmt.Errorf("%v clients over %d ready replicas; had %v", now, n, before)
 	})
+	// The deployer moved (the deleted replica releases the Lease once it
+	// stops): a waypoint applied now is deployed.
+	lab.WaitFor(t, time.Minute, "another replica holds the deployer's Lease", func() (bool, error) {
+		holder := deployerLeaseHolder(t, lb)
+		return holder != victim.Name && holder != "", fmt.Errorf("held by %q; %s was deleted", holder, victim.Name)
+	})
+	lb.Apply(t, ns, `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint}
+spec:
+  gatewayClassName: meshlet-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`)
+	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 2*time.Minute)
+}
+
+// deployerLeaseHolder is the pod whose meshd holds the deployer's Lease
+// ("" when none does): its holderIdentity is <pod>_<random>.
+func deployerLeaseHolder(t *testing.T, lb *lab.Lab) string {
+	t.Helper()
+	l, err := lb.Clientset().CoordinationV1().Leases("meshlet-system").Get(t.Context(), "meshlet-gateway-deployer", metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	pod, _, _ := strings.Cut(*l.Spec.HolderIdentity, "_")
+	return pod
 }
 
 // TestLocalRateLimitPolicyInTheCluster: meshlet's own CRD is installed with
