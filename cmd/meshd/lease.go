@@ -15,19 +15,19 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
-// The waypoint and gateway deployer (pkg/deployer) runs on one meshd
-// replica at a time: the one holding the Lease DeployerLease in meshd's
-// namespace, as istiod runs its gateway deployment controller under leader
-// election. With every replica deploying, each reads a Gateway's parameters
-// at its own moment, so a replica working from a read taken just before an
-// edit writes the old objects and status after another replica wrote the
-// new ones, until its next pass (seen in the lab: a Gateway whose
-// parameters were just rejected read Accepted again for a moment).
-// Everything else meshd does (xDS, certificates, the status of routes,
-// which is a function of what every replica sees) stays on every replica.
+// Some of meshd's work is done by one replica at a time, the holder of the
+// Lease LeaderLease in meshd's namespace, as istiod leader-elects its
+// gateway deployment controller and its status writers: deploying
+// waypoints and gateways (pkg/deployer) and writing the status of Gateway
+// API objects and ServiceEntries. With every replica doing it, each works
+// from reads and builds of its own moment, so one a step behind writes the
+// old objects or status after another wrote the new, until its next pass
+// (seen in the lab: a Gateway whose parameters were just rejected read
+// Accepted again for a moment). Serving xDS, signing certificates and
+// publishing the root certificate stay on every replica.
 
-// DeployerLease names the Lease the deploying replica holds.
-const DeployerLease = "meshlet-gateway-deployer"
+// LeaderLease names the Lease of the replica doing that work.
+const LeaderLease = "meshd-leader"
 
 // leaseTimes are a Lease's timings, kube-controller-manager's defaults: a
 // replica that dies holding the Lease is replaced after at most duration;

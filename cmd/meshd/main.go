@@ -282,34 +282,44 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	go func() { defer wg.Done(); rot.run(ctx, cfg.caPoll) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); events.run(ctx) }()
-	wg.Add(1)
-	go func() { defer wg.Done(); gwStatus.run(ctx) }()
-	wg.Add(1)
-	go func() { defer wg.Done(); seStatus.run(ctx) }()
 	status.clients = xsrv.Clients
 	wg.Add(1)
 	go func() { defer wg.Done(); status.run(ctx, xsrv.Generation) }()
+	// Work one replica does at a time, the holder of the leader Lease
+	// (lease.go): writing the status of Gateway API objects and
+	// ServiceEntries, and deploying waypoints and gateways. A Deployer per
+	// term, since Run ends with its queue.
+	var depOpts *deployer.Options
 	if cfg.waypointImage != "" {
-		depOpts := deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
+		depOpts = &deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
 			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}}
-		if _, err := deployer.New(depOpts); err != nil {
+		if _, err := deployer.New(*depOpts); err != nil {
 			return err
 		}
-		// One replica deploys at a time (lease.go); a Deployer per term,
-		// since Run ends with its queue.
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runElected(ctx, kube, cfg.namespace, DeployerLease, leaseIdentity(), defaultLeaseTimes, log.With("component", "deployer"),
-				func(ctx context.Context) error {
-					dep, err := deployer.New(depOpts)
-					if err != nil {
-						return err
-					}
-					return dep.Run(ctx)
-				})
-		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		runElected(ctx, kube, cfg.namespace, LeaderLease, leaseIdentity(), defaultLeaseTimes, log.With("component", "leader"),
+			func(ctx context.Context) error {
+				var writers sync.WaitGroup
+				defer writers.Wait()
+				ctx, cancel := context.WithCancel(ctx)
+				defer cancel() // before the Wait: the writers stop with ctx
+				writers.Add(2)
+				go func() { defer writers.Done(); gwStatus.run(ctx) }()
+				go func() { defer writers.Done(); seStatus.run(ctx) }()
+				if depOpts == nil {
+					<-ctx.Done()
+					return nil
+				}
+				dep, err := deployer.New(*depOpts)
+				if err != nil {
+					return err
+				}
+				return dep.Run(ctx)
+			})
+	}()
 	log.Info("meshd serving", "grpc", cfg.grpcAddr, "metrics", cfg.metricsAddr, "health", cfg.healthAddr, "admin", cfg.adminAddr, "trust-domain", td.Name())
 
 	var runErr error

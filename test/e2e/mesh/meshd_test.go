@@ -531,18 +531,19 @@ spec:
 	if before < 2 {
 		t.Fatalf("%v clients connected over both replicas; want at least the 2 node agents", before)
 	}
-	// One replica deploys waypoints and gateways: the one holding the
-	// deployer's Lease. It is the one deleted, so that another takes over.
+	// One replica deploys waypoints and gateways and writes status: the one
+	// holding the leader Lease. It is the one deleted, so that another
+	// takes over.
 	var victim corev1.Pod
-	lab.WaitFor(t, time.Minute, "a ready meshd replica holds the deployer's Lease", func() (bool, error) {
-		holder := deployerLeaseHolder(t, lb)
+	lab.WaitFor(t, time.Minute, "a ready meshd replica holds the leader Lease", func() (bool, error) {
+		holder := leaderLeaseHolder(t, lb)
 		for _, p := range replicas {
 			if p.Name == holder {
 				victim = p
 				return true, nil
 			}
 		}
-		return false, fmt.Errorf("Lease meshlet-system/meshlet-gateway-deployer held by %q, not by one of the ready replicas", holder)
+		return false, fmt.Errorf("Lease meshlet-system/meshd-leader held by %q, not by one of the ready replicas", holder)
 	})
 	if err := lb.Clientset().CoreV1().Pods("meshlet-system").Delete(t.Context(), victim.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -565,10 +566,11 @@ spec:
 		}
 		return now >= before && n == 2, fmt.Errorf("%v clients over %d ready replicas; had %v", now, n, before)
 	})
-	// The deployer moved (the deleted replica releases the Lease once it
-	// stops): a waypoint applied now is deployed.
-	lab.WaitFor(t, time.Minute, "another replica holds the deployer's Lease", func() (bool, error) {
-		holder := deployerLeaseHolder(t, lb)
+	// The work moved (the deleted replica releases the Lease once it
+	// stops): a waypoint applied now is deployed, and its listener status
+	// written.
+	lab.WaitFor(t, time.Minute, "another replica holds the leader Lease", func() (bool, error) {
+		holder := leaderLeaseHolder(t, lb)
 		return holder != victim.Name && holder != "", fmt.Errorf("held by %q; %s was deleted", holder, victim.Name)
 	})
 	lb.Apply(t, ns, `apiVersion: gateway.networking.k8s.io/v1
@@ -579,13 +581,17 @@ spec:
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 `)
 	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=waypoint", 1, 2*time.Minute)
+	lab.WaitFor(t, time.Minute, "the new waypoint's listener status", func() (bool, error) {
+		out, err := lb.Kubectl("get", "gateway", "waypoint", "-n", ns, "-o", `jsonpath={.status.listeners[0].name}`)
+		return strings.TrimSpace(out) == "mesh", fmt.Errorf("status.listeners[0].name %q (%v)", out, err)
+	})
 }
 
-// deployerLeaseHolder is the pod whose meshd holds the deployer's Lease
+// leaderLeaseHolder is the pod whose meshd holds the leader Lease
 // ("" when none does): its holderIdentity is <pod>_<random>.
-func deployerLeaseHolder(t *testing.T, lb *lab.Lab) string {
+func leaderLeaseHolder(t *testing.T, lb *lab.Lab) string {
 	t.Helper()
-	l, err := lb.Clientset().CoordinationV1().Leases("meshlet-system").Get(t.Context(), "meshlet-gateway-deployer", metav1.GetOptions{})
+	l, err := lb.Clientset().CoordinationV1().Leases("meshlet-system").Get(t.Context(), "meshd-leader", metav1.GetOptions{})
 	if err != nil || l.Spec.HolderIdentity == nil {
 		return ""
 	}
