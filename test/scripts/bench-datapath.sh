@@ -83,13 +83,18 @@ trap cleanup EXIT
 step() { printf '\n== %s\n' "$*" >&2; }
 
 # One lab per machine: a lab of another checkout (a CI clone) is waited out,
-# until for a minute none of these was seen: its bridge, a `lab up`/`lab
-# supervise` of it, a `go test` in its test module (which brings one lab up
-# and down per package).
+# until for a minute none of these was seen: its bridge with its supervisor
+# running, a `lab up`/`lab supervise` of it, a `go test` in its test module
+# (which brings one lab up and down per package). A bridge whose supervisor
+# is gone (a run killed before its `lab down`) is no lab: `lab up` below
+# cleans it up.
 foreign() {
   local owner pid cwd
   owner=$(ip -o link show mlab0 2>/dev/null | sed -n 's/.*alias \(.*\)$/\1/p' | tr -d ' ')
-  if ip link show mlab0 >/dev/null 2>&1 && [ "$owner" != "$labdir" ]; then return 0; fi
+  if ip link show mlab0 >/dev/null 2>&1 && [ "$owner" != "$labdir" ]; then
+    pid=$(cat "$owner/supervisor.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | awk '{ exit !($2 == "supervise") }'; then return 0; fi
+  fi
   if ps -eo args= | awk -v me="$root/" '$1 ~ /\/lab$/ && ($2 == "up" || $2 == "supervise") && index($1, me) != 1 { f = 1 } END { exit !f }'; then
     return 0
   fi
