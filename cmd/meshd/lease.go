@@ -16,7 +16,7 @@ import (
 )
 
 // Some of meshd's work is done by one replica at a time, the holder of the
-// Lease LeaderLease in meshd's namespace, as istiod leader-elects its
+// Lease meshstatus.LeaderLease in meshd's namespace, as istiod leader-elects its
 // gateway deployment controller and its status writers: deploying
 // waypoints and gateways (pkg/deployer) and writing the status of Gateway
 // API objects and ServiceEntries. With every replica doing it, each works
@@ -25,9 +25,6 @@ import (
 // (seen in the lab: a Gateway whose parameters were just rejected read
 // Accepted again for a moment). Serving xDS, signing certificates and
 // publishing the root certificate stay on every replica.
-
-// LeaderLease names the Lease of the replica doing that work.
-const LeaderLease = "meshd-leader"
 
 // leaseTimes are a Lease's timings, kube-controller-manager's defaults: a
 // replica that dies holding the Lease is replaced after at most duration;

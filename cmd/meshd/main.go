@@ -46,6 +46,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/controlplane"
 	"github.com/meshlet/meshlet/pkg/deployer"
+	"github.com/meshlet/meshlet/pkg/meshstatus"
 	"github.com/meshlet/meshlet/pkg/xds"
 )
 
@@ -300,7 +301,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		runElected(ctx, kube, cfg.namespace, LeaderLease, leaseIdentity(), defaultLeaseTimes, log.With("component", "leader"),
+		runElected(ctx, kube, cfg.namespace, meshstatus.LeaderLease, leaseIdentity(), defaultLeaseTimes, log.With("component", "leader"),
 			func(ctx context.Context) error {
 				var writers sync.WaitGroup
 				defer writers.Wait()

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
@@ -60,6 +62,10 @@ type meshState struct {
 	reports   []meshstatus.Report
 	rows      []proxyRow
 	now       time.Time
+	// leaseRead is set when the leader Lease was read; leader is then the
+	// meshd pod holding it, "" when none does (released or expired).
+	leaseRead bool
+	leader    string
 }
 
 // meshState reads the mesh's state with the command's clients, now.
@@ -89,6 +95,15 @@ func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*
 		return nil, fmt.Errorf("list meshd pods in namespace %s: %w", ns, err)
 	}
 	st.meshdPods = meshd.Items
+	lease, err := c.kube.CoordinationV1().Leases(ns).Get(ctx, meshstatus.LeaderLease, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		st.leaseRead, st.leader = true, leaseHolder(lease, now)
+	case apierrors.IsNotFound(err) || apierrors.IsForbidden(err):
+		// Not made yet (no replica has run), or not the user's to read.
+	default:
+		return nil, fmt.Errorf("read Lease %s/%s: %w", ns, meshstatus.LeaderLease, err)
+	}
 	agents, err := c.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshlet-node-agent"})
 	if err != nil {
 		return nil, fmt.Errorf("list node agents in namespace %s: %w", ns, err)
@@ -118,6 +133,20 @@ func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*
 		return a.Namespace+"/"+a.Pod < b.Namespace+"/"+b.Pod
 	})
 	return st, nil
+}
+
+// leaseHolder is the pod holding l at now: its holderIdentity up to "_",
+// "" when none holds it or the holder stopped renewing it.
+func leaseHolder(l *coordinationv1.Lease, now time.Time) string {
+	sp := l.Spec
+	if sp.HolderIdentity == nil || *sp.HolderIdentity == "" || sp.RenewTime == nil || sp.LeaseDurationSeconds == nil {
+		return ""
+	}
+	if now.After(sp.RenewTime.Add(time.Duration(*sp.LeaseDurationSeconds) * time.Second)) {
+		return ""
+	}
+	pod, _, _ := strings.Cut(*sp.HolderIdentity, "_")
+	return pod
 }
 
 // row joins a pod with the reports: the freshest stream with its node id,
@@ -317,11 +346,18 @@ func printStatus(w io.Writer, st *meshState, ns string) int {
 		}
 		fmt.Fprintf(w, ", config version %s", gen)
 	}
+	if st.leader != "" {
+		fmt.Fprintf(w, ", leader %s", st.leader)
+	}
 	fmt.Fprintln(w)
-	if len(st.meshdPods) == 0 {
+	switch {
+	case len(st.meshdPods) == 0:
 		problems = append(problems, fmt.Sprintf("meshd is not running in namespace %s: is meshlet installed? run meshctl install", ns))
-	} else if ready == 0 {
+	case ready == 0:
 		problems = append(problems, fmt.Sprintf("no meshd replica is ready: see kubectl -n %s describe pods -l app.kubernetes.io/name=meshd", ns))
+	case st.leaseRead && st.leader == "":
+		problems = append(problems, fmt.Sprintf("no meshd replica holds the Lease %s/%s: until one does, new waypoints and gateways are not deployed and Gateway API status is not written; see kubectl -n %s logs -l app.kubernetes.io/name=meshd",
+			ns, meshstatus.LeaderLease, ns))
 	}
 	for _, kind := range []string{"node-agent", "waypoint", "gateway"} {
 		var total, synced, nack int

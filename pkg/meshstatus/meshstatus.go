@@ -21,6 +21,11 @@ const (
 	// Interval is how often a replica rewrites its report; a report much
 	// older than this is stale (its replica is stuck or gone).
 	Interval = 5 * time.Second
+	// LeaderLease is the Lease (coordination.k8s.io) in meshd's namespace
+	// held by the replica that deploys waypoints and gateways and writes
+	// the status of Gateway API objects and ServiceEntries; its
+	// holderIdentity is "<pod>_<random>".
+	LeaderLease = "meshd-leader"
 )
 
 // Report is the JSON in a status ConfigMap.

@@ -103,6 +103,9 @@ func TestMeshctlStatus(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "node-agents  2/2 connected and synced") || !strings.Contains(out, "✔ the mesh is healthy") {
 		t.Fatalf("meshctl status = exit %d:\n%s\nwant exit 0, 2/2 node agents synced and a healthy verdict", code, out)
 	}
+	if !strings.Contains(out, ", leader meshd-") {
+		t.Errorf("meshctl status:\n%s\nwant the meshd replica holding the leader Lease named", out)
+	}
 	table, code := run("proxy-status")
 	if code != 0 || !strings.Contains(table, "NAMESPACE") || strings.Count(table, "SYNCED") != len(rows) {
 		t.Errorf("meshctl proxy-status table (exit %d):\n%s\nwant a header and %d SYNCED rows", code, table, len(rows))
