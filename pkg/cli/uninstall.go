@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/meshlet/meshlet/pkg/meshstatus"
 )
 
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -93,10 +95,12 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 		deleted++
 		fmt.Fprintf(s.ErrOut, "deleted %s %s\n", obj.GetKind(), qualifiedName(obj))
 	}
-	// The root certificate ConfigMaps meshd published in every namespace
-	// (Istio's istio-ca-root-cert) go too, once no meshd is left to write
-	// them again.
-	n, err := deleteRootConfigMaps(ctx, c, g.meshNamespace, s.ErrOut)
+	// What meshd made at run time goes too, once no meshd is left to write
+	// it again: the root certificate ConfigMaps it published in every
+	// namespace (Istio's istio-ca-root-cert), its replicas' status reports
+	// and its leader Lease. The CA Secret stays (a reinstall keeps the
+	// mesh's root), as Istio keeps istio-ca-secret.
+	n, err := deleteMeshdMade(ctx, c, g.meshNamespace, s.ErrOut)
 	if err != nil {
 		return err
 	}
@@ -109,10 +113,11 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 	return nil
 }
 
-// deleteRootConfigMaps waits (bounded) for meshd's pods to be gone, then
+// deleteMeshdMade waits (bounded) for meshd's pods to be gone, then
 // deletes the istio-ca-root-cert ConfigMaps meshd made (label
-// app.kubernetes.io/managed-by=meshd) in every namespace.
-func deleteRootConfigMaps(ctx context.Context, c *clients, meshNS string, progress io.Writer) (int, error) {
+// app.kubernetes.io/managed-by=meshd) in every namespace, and its status
+// ConfigMaps and leader Lease in meshNS.
+func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io.Writer) (int, error) {
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		pods, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshd"})
@@ -129,14 +134,25 @@ func deleteRootConfigMaps(ctx context.Context, c *clients, meshNS string, progre
 	if err != nil {
 		return 0, fmt.Errorf("list the mesh root ConfigMaps: %w", err)
 	}
+	reports, err := c.kube.CoreV1().ConfigMaps(meshNS).List(ctx, metav1.ListOptions{LabelSelector: meshstatus.Label + "=true"})
+	if err != nil {
+		return 0, fmt.Errorf("list meshd's status reports in namespace %s: %w", meshNS, err)
+	}
 	n := 0
-	for _, cm := range cms.Items {
+	for _, cm := range append(cms.Items, reports.Items...) {
 		err := c.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return n, fmt.Errorf("delete ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
 		}
 		n++
 		fmt.Fprintf(progress, "deleted ConfigMap %s/%s\n", cm.Namespace, cm.Name)
+	}
+	switch err := c.kube.CoordinationV1().Leases(meshNS).Delete(ctx, meshstatus.LeaderLease, metav1.DeleteOptions{}); {
+	case err == nil:
+		n++
+		fmt.Fprintf(progress, "deleted Lease %s/%s\n", meshNS, meshstatus.LeaderLease)
+	case !apierrors.IsNotFound(err):
+		return n, fmt.Errorf("delete Lease %s/%s: %w", meshNS, meshstatus.LeaderLease, err)
 	}
 	return n, nil
 }
