@@ -278,10 +278,13 @@ mtls_opened() { curl -s --max-time 5 "http://$ip1:15020/metrics" |
   awk -v ns="source_workload_namespace=\"$nsm\"" 'index($0, "istio_tcp_connections_opened_total{") == 1 &&
     index($0, "reporter=\"source\"") && index($0, "connection_security_policy=\"mutual_tls\"") && index($0, ns) { s += $NF }
     END { printf "%d\n", s }'; }
+# agent_gcs: garbage collections the node 1 agent ran so far (its Go runtime's count).
+agent_gcs() { curl -s --max-time 5 "http://$ip1:15020/metrics" | awk '$1 == "go_gc_duration_seconds_count" { print $2 }'; }
 
 rss_idle=$(rss_mb "$a1")
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 mtls0=$(mtls_opened)
+gc0=$(agent_gcs) gct0=$(date +%s)
 
 # measure path round: one line "path round qps p50 p90 p99 gbit/s a1-cores a1-sys a2-cores haproxy-cores"
 measure() {
@@ -321,6 +324,7 @@ for ((r = 1; r <= rounds; r++)); do
   done
 done
 mtls1=$(mtls_opened)
+gc1=$(agent_gcs) gct1=$(date +%s)
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 rss_load=$(rss_mb "$a1"); rss2_load=$(rss_mb "$a2")
 rss_hap=$(rss_mb "$hc" "$hs")
@@ -430,6 +434,7 @@ dirty=$(git status --porcelain --untracked-files=no -- cmd node-agent pkg bpf | 
   echo "node agent RSS ($node1): idle $rss_idle MB; after the load $rss_load MB ($node2: $rss2_load MB); with $enrolled enrolled pods on $node1 $rss_50_early MB 15 s after they were ready ($split_50_early), $rss_50 MB a minute later ($split_50)"
   echo "haproxy pair RSS after the load: $rss_hap MB"
   echo "mutual-TLS connections the $node1 agent opened for $nsm during the runs: $((mtls1 - mtls0))"
+  echo "garbage collections the $node1 agent ran during the runs: $(( ${gc1:-0} - ${gc0:-0} )) in $((gct1 - gct0)) s"
   echo
   echo "targets:"
   printf "  added p99 across nodes <= half of HAProxy's:  mesh %s ms, haproxy %s ms (ratio %s, target <= 0.5)   %s\n" \
