@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -102,6 +103,14 @@ func ensureTools(repo string, progress io.Writer) (string, error) {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return "", fmt.Errorf("create build cache: %w", err)
 	}
+	// Binaries are built beside bin and renamed into it, each whole: a
+	// build killed half way (a CI job at its time limit) leaves no
+	// truncated binary that the next run would take for a built one.
+	tmp, err := os.MkdirTemp(filepath.Dir(bin), "build-")
+	if err != nil {
+		return "", fmt.Errorf("create build dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
 	var pkgs []string
 	for _, m := range missing {
 		if m != "coredns" {
@@ -110,14 +119,19 @@ func ensureTools(repo string, progress io.Writer) (string, error) {
 	}
 	if len(pkgs) > 0 {
 		fmt.Fprintf(progress, "building %s into %s (cold build: several minutes)\n", strings.Join(pkgs, " "), bin)
-		if err := goBuild(filepath.Join(repo, "test"), bin, progress, pkgs...); err != nil {
+		if err := goBuild(filepath.Join(repo, "test"), tmp, progress, pkgs...); err != nil {
 			return "", err
 		}
 	}
-	if !exists(filepath.Join(bin, "coredns")) {
+	if slices.Contains(missing, "coredns") {
 		fmt.Fprintf(progress, "building coredns into %s\n", bin)
-		if err := goBuild(filepath.Join(repo, "test/tools/coredns"), filepath.Join(bin, "coredns"), progress, "."); err != nil {
+		if err := goBuild(filepath.Join(repo, "test/tools/coredns"), filepath.Join(tmp, "coredns"), progress, "."); err != nil {
 			return "", err
+		}
+	}
+	for _, m := range missing {
+		if err := os.Rename(filepath.Join(tmp, m), filepath.Join(bin, m)); err != nil {
+			return "", fmt.Errorf("move the built %s into the cache: %w", m, err)
 		}
 	}
 	return bin, nil
