@@ -13,6 +13,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/meshlet/meshlet/pkg/meshstatus"
 )
 
 // Some of meshd's work is done by one replica at a time, the holder of the
@@ -43,7 +45,7 @@ func leaseIdentity() string {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return name + "_" + hex.EncodeToString(b[:])
+	return meshstatus.LeaderIdentity(name, hex.EncodeToString(b[:]))
 }
 
 // runElected runs run while this replica holds the Lease ns/name, and

@@ -135,8 +135,7 @@ func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*
 	return st, nil
 }
 
-// leaseHolder is the pod holding l at now: its holderIdentity up to "_",
-// "" when none holds it or the holder stopped renewing it.
+// leaseHolder is the pod holding l at now, "" when none holds it or the holder stopped renewing it.
 func leaseHolder(l *coordinationv1.Lease, now time.Time) string {
 	sp := l.Spec
 	if sp.HolderIdentity == nil || *sp.HolderIdentity == "" || sp.RenewTime == nil || sp.LeaseDurationSeconds == nil {
@@ -145,8 +144,7 @@ func leaseHolder(l *coordinationv1.Lease, now time.Time) string {
 	if now.After(sp.RenewTime.Add(time.Duration(*sp.LeaseDurationSeconds) * time.Second)) {
 		return ""
 	}
-	pod, _, _ := strings.Cut(*sp.HolderIdentity, "_")
-	return pod
+	return meshstatus.LeaderPod(*sp.HolderIdentity)
 }
 
 // row joins a pod with the reports: the freshest stream with its node id,

@@ -8,7 +8,10 @@
 // user's own RBAC. The package holds only the wire shape: no logic.
 package meshstatus
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Where a report lives.
 const (
@@ -24,9 +27,19 @@ const (
 	// LeaderLease is the Lease (coordination.k8s.io) in meshd's namespace
 	// held by the replica that deploys waypoints and gateways and writes
 	// the status of Gateway API objects and ServiceEntries; its
-	// holderIdentity is "<pod>_<random>".
+	// holderIdentity is LeaderIdentity's.
 	LeaderLease = "meshd-leader"
 )
+
+// LeaderIdentity is a replica's holderIdentity in the leader Lease: its pod
+// name, then a nonce telling a restarted container from the one before.
+func LeaderIdentity(pod, nonce string) string { return pod + "_" + nonce }
+
+// LeaderPod is the pod name in a LeaderIdentity.
+func LeaderPod(identity string) string {
+	pod, _, _ := strings.Cut(identity, "_")
+	return pod
+}
 
 // Report is the JSON in a status ConfigMap.
 type Report struct {

@@ -62,10 +62,8 @@ func Up(ctx context.Context, opt UpOptions) error {
 		return err
 	}
 	if linkExists(BridgeName) {
-		if owner := bridgeOwner(); owner != l.Dir && owner != "" {
-			if pid := supervisorPid(Layout{Dir: owner}); pid > 0 {
-				return fmt.Errorf("%w: bridge %s belongs to the lab running from %q (supervisor pid %d); run `lab down` there first", ErrAnotherLab, BridgeName, owner, pid)
-			}
+		if owner, pid := otherLab(l); pid > 0 {
+			return fmt.Errorf("%w: bridge %s belongs to the lab running from %q (supervisor pid %d); run `lab down` there first", ErrAnotherLab, BridgeName, owner, pid)
 		}
 		step("cleaning up a lab that stopped without `lab down`")
 		if err := Down(DownOptions{Layout: l, Out: out}); err != nil {
@@ -229,6 +227,19 @@ func waitAPIServerOrSupervisor(ctx context.Context, l Layout, timeout time.Durat
 	}
 }
 
+// otherLab reports the lab of another directory that owns the bridge:
+// its directory ("" when the bridge is absent, unowned or l's) and its
+// supervisor's pid (0 when that lab's supervisor is gone).
+func otherLab(l Layout) (owner string, pid int) {
+	if !linkExists(BridgeName) {
+		return "", 0
+	}
+	if owner = bridgeOwner(); owner == "" || owner == l.Dir {
+		return "", 0
+	}
+	return owner, supervisorPid(Layout{Dir: owner})
+}
+
 // supervisorPid is the pid of this lab's running supervisor, 0 if none.
 func supervisorPid(l Layout) int {
 	b, err := os.ReadFile(l.PidFile())
@@ -340,8 +351,8 @@ func Down(opt DownOptions) error {
 	// the bridge is absent, this lab's, or left by a lab whose supervisor is
 	// gone (a run killed before its `lab down`, e.g. a CI job at its time
 	// limit), so a running lab of another checkout is never hit.
-	if owner := bridgeOwner(); linkExists(BridgeName) && owner != "" && owner != l.Dir {
-		if pid := supervisorPid(Layout{Dir: owner}); pid > 0 {
+	if owner, pid := otherLab(l); owner != "" {
+		if pid > 0 {
 			if did {
 				fmt.Fprintln(out, "stopped this directory's lab processes")
 			}

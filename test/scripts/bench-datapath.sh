@@ -31,7 +31,7 @@
 #        profile of the agent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. test/scripts/perfstat.sh # syscalls_per_request
+. test/scripts/perfstat.sh # syscall_events, syscalls_per_request
 root=$PWD
 
 lock=/tmp/meshlet-lab.lock
@@ -83,18 +83,13 @@ trap cleanup EXIT
 step() { printf '\n== %s\n' "$*" >&2; }
 
 # One lab per machine: a lab of another checkout (a CI clone) is waited out,
-# until for a minute none of these was seen: its bridge with its supervisor
-# running, a `lab up`/`lab supervise` of it, a `go test` in its test module
-# (which brings one lab up and down per package). A bridge whose supervisor
-# is gone (a run killed before its `lab down`) is no lab: `lab up` below
-# cleans it up.
+# until for a minute none of these was seen: a `lab up`/`lab supervise` of
+# it (every running lab has its supervisor), a `go test` in its test module
+# (which brings one lab up and down per package). A bridge left by a lab
+# whose supervisor is gone (a run killed before its `lab down`) is no lab:
+# `lab up` below cleans it up.
 foreign() {
-  local owner pid cwd
-  owner=$(ip -o link show mlab0 2>/dev/null | sed -n 's/.*alias \(.*\)$/\1/p' | tr -d ' ')
-  if ip link show mlab0 >/dev/null 2>&1 && [ "$owner" != "$labdir" ]; then
-    pid=$(cat "$owner/supervisor.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | awk '{ exit !($2 == "supervise") }'; then return 0; fi
-  fi
+  local pid cwd
   if ps -eo args= | awk -v me="$root/" '$1 ~ /\/lab$/ && ($2 == "up" || $2 == "supervise") && index($1, me) != 1 { f = 1 } END { exit !f }'; then
     return 0
   fi
@@ -273,18 +268,18 @@ sys_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $15}' "/proc/$p
 rss_mb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo "scale=1; $t / 1024" | bc; }
 # rss_split pid: "<anonymous> MB heap and stacks + <file-backed> MB (the binary)"
 rss_split() { awk '/RssAnon/{a=$2} /RssFile/{f=$2} END {printf "%.1f MB anonymous + %.1f MB file-backed (the binary)\n", a/1024, f/1024}' "/proc/$1/status"; }
-# mtls_opened: connections the node 1 agent tunnelled with mutual TLS for the ambient namespace.
-mtls_opened() { curl -s --max-time 5 "http://$ip1:15020/metrics" |
+# agent_counts: from one read of the node 1 agent's metrics, "<mTLS> <GCs>":
+# the connections it tunnelled with mutual TLS for the ambient namespace,
+# and the garbage collections its Go runtime ran, so far.
+agent_counts() { curl -s --max-time 5 "http://$ip1:15020/metrics" |
   awk -v ns="source_workload_namespace=\"$nsm\"" 'index($0, "istio_tcp_connections_opened_total{") == 1 &&
     index($0, "reporter=\"source\"") && index($0, "connection_security_policy=\"mutual_tls\"") && index($0, ns) { s += $NF }
-    END { printf "%d\n", s }'; }
-# agent_gcs: garbage collections the node 1 agent ran so far (its Go runtime's count).
-agent_gcs() { curl -s --max-time 5 "http://$ip1:15020/metrics" | awk '$1 == "go_gc_duration_seconds_count" { print $2 }'; }
+    $1 == "go_gc_duration_seconds_count" { gc = $2 }
+    END { printf "%d %d\n", s, gc }'; }
 
 rss_idle=$(rss_mb "$a1")
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-mtls0=$(mtls_opened)
-gc0=$(agent_gcs) gct0=$(date +%s)
+read -r mtls0 gc0 <<<"$(agent_counts)"; gct0=$(date +%s)
 
 # measure path round: one line "path round qps p50 p90 p99 gbit/s a1-cores a1-sys a2-cores haproxy-cores"
 measure() {
@@ -323,8 +318,7 @@ for ((r = 1; r <= rounds; r++)); do
     measure "$p" "$r" | tee -a "$tmp/results" >&2
   done
 done
-mtls1=$(mtls_opened)
-gc1=$(agent_gcs) gct1=$(date +%s)
+read -r mtls1 gc1 <<<"$(agent_counts)"; gct1=$(date +%s)
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 rss_load=$(rss_mb "$a1"); rss2_load=$(rss_mb "$a2")
 rss_hap=$(rss_mb "$hc" "$hs")
@@ -344,9 +338,7 @@ if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
   fi
   # Then the agent's system calls by kind, over 8 s of the same run (the
   # tracepoints slow each call a little: not during the measured rounds).
-  sc_kinds="read recvmsg writev write epoll_pwait futex nanosleep"
-  sc_events="raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' $sc_kinds)"
-  if timeout 30 perf stat -x, -e "$sc_events" -p "$a1" -o "$tmp/syscalls.csv" -- sleep 8 >/dev/null 2>&1; then
+  if timeout 30 perf stat -x, -e "$(syscall_events read recvmsg writev write epoll_pwait futex nanosleep)" -p "$a1" -o "$tmp/syscalls.csv" -- sleep 8 >/dev/null 2>&1; then
     syscalls=$(syscalls_per_request "$tmp/syscalls.csv" $((qps * 8))) || true
   fi
   wait "$lp" || true
@@ -434,7 +426,7 @@ dirty=$(git status --porcelain --untracked-files=no -- cmd node-agent pkg bpf | 
   echo "node agent RSS ($node1): idle $rss_idle MB; after the load $rss_load MB ($node2: $rss2_load MB); with $enrolled enrolled pods on $node1 $rss_50_early MB 15 s after they were ready ($split_50_early), $rss_50 MB a minute later ($split_50)"
   echo "haproxy pair RSS after the load: $rss_hap MB"
   echo "mutual-TLS connections the $node1 agent opened for $nsm during the runs: $((mtls1 - mtls0))"
-  echo "garbage collections the $node1 agent ran during the runs: $(( ${gc1:-0} - ${gc0:-0} )) in $((gct1 - gct0)) s"
+  echo "garbage collections the $node1 agent ran during the runs: $((gc1 - gc0)) in $((gct1 - gct0)) s"
   echo
   echo "targets:"
   printf "  added p99 across nodes <= half of HAProxy's:  mesh %s ms, haproxy %s ms (ratio %s, target <= 0.5)   %s\n" \

@@ -17,7 +17,7 @@
 # request by kind (perf stat).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. test/scripts/perfstat.sh # syscalls_per_request
+. test/scripts/perfstat.sh # syscall_events, syscalls_per_request
 root=$PWD
 cache=${MESHLET_CACHE:-$HOME/.cache/meshlet}
 out=$root/test/bench/results/waypoint.txt
@@ -140,7 +140,7 @@ wp_rss=$(rss_kb $wp); ng_rss=$(rss_kb $(nginx_pids))
 # above). What the two proxies do differently in the kernel shows here.
 declare -A syscalls
 if [ "${BENCH_PERF:-1}" = 1 ] && command -v perf >/dev/null; then
-  sc_events="raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' read recvfrom recvmsg writev write epoll_wait epoll_pwait futex nanosleep getsockopt)"
+  sc_events=$(syscall_events read recvfrom recvmsg writev write epoll_wait epoll_pwait futex nanosleep getsockopt)
   for name in waypoint nginx; do
     case $name in waypoint) port=18080 procs=$wp ;; nginx) port=18081 procs=$(nginx_pids) ;; esac
     perf stat -x, -e "$sc_events" -p "$(echo $procs | tr ' ' ,)" -o "$tmp/$name-sys.csv" -- sleep "$(( ${dur%s} + 1 ))" >/dev/null 2>&1 &

@@ -1,4 +1,9 @@
 # perfstat.sh: sourced by the bench scripts.
+
+# syscall_events KIND... prints the perf events that count every system
+# call and each KIND (for `perf stat -e`).
+syscall_events() { printf 'raw_syscalls:sys_enter'; printf ',syscalls:sys_enter_%s' "$@"; }
+
 # syscalls_per_request CSV REQUESTS prints what `perf stat -x,` wrote to CSV
 # for raw_syscalls:sys_enter and syscalls:sys_enter_<kind> events as calls
 # per request: "4.20 (read 0.61, writev 2.00, ...)", kinds under 0.005 left

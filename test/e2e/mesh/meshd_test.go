@@ -29,6 +29,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/meshstatus"
 	"github.com/meshlet/meshlet/test/lab"
 )
 
@@ -587,16 +588,15 @@ spec:
 	})
 }
 
-// leaderLeaseHolder is the pod whose meshd holds the leader Lease
-// ("" when none does): its holderIdentity is <pod>_<random>.
+// leaderLeaseHolder is the pod whose meshd holds the leader Lease ("" when
+// none does).
 func leaderLeaseHolder(t *testing.T, lb *lab.Lab) string {
 	t.Helper()
-	l, err := lb.Clientset().CoordinationV1().Leases("meshlet-system").Get(t.Context(), "meshd-leader", metav1.GetOptions{})
+	l, err := lb.Clientset().CoordinationV1().Leases("meshlet-system").Get(t.Context(), meshstatus.LeaderLease, metav1.GetOptions{})
 	if err != nil || l.Spec.HolderIdentity == nil {
 		return ""
 	}
-	pod, _, _ := strings.Cut(*l.Spec.HolderIdentity, "_")
-	return pod
+	return meshstatus.LeaderPod(*l.Spec.HolderIdentity)
 }
 
 // TestLocalRateLimitPolicyInTheCluster: meshlet's own CRD is installed with

@@ -15,6 +15,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshlet/meshlet/pkg/meshstatus"
 	"github.com/meshlet/meshlet/test/lab"
 )
 
@@ -240,13 +241,13 @@ func TestTutorial(t *testing.T) {
 	if _, err := lb.Clientset().CoreV1().ConfigMaps(ns).Get(t.Context(), "istio-ca-root-cert", metav1.GetOptions{}); err == nil {
 		t.Errorf("uninstall left the mesh root ConfigMap istio-ca-root-cert in %s", ns)
 	}
-	cms, err := lb.Clientset().CoreV1().ConfigMaps(meshSystem).List(t.Context(), metav1.ListOptions{LabelSelector: "meshlet.dev/meshd-status=true"})
+	cms, err := lb.Clientset().CoreV1().ConfigMaps(meshSystem).List(t.Context(), metav1.ListOptions{LabelSelector: meshstatus.Label + "=true"})
 	if err != nil {
 		t.Errorf("list meshd's status reports: %v", err)
 	} else if len(cms.Items) > 0 {
 		t.Errorf("uninstall left %d of meshd's status reports in %s", len(cms.Items), meshSystem)
 	}
-	if _, err := lb.Clientset().CoordinationV1().Leases(meshSystem).Get(t.Context(), "meshd-leader", metav1.GetOptions{}); err == nil {
+	if _, err := lb.Clientset().CoordinationV1().Leases(meshSystem).Get(t.Context(), meshstatus.LeaderLease, metav1.GetOptions{}); err == nil {
 		t.Errorf("uninstall left meshd's leader Lease in %s", meshSystem)
 	}
 }
