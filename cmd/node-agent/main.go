@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +35,7 @@ import (
 	"github.com/meshlet/meshlet/node-agent/kube"
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/admin"
+	"github.com/meshlet/meshlet/pkg/configdump"
 )
 
 type flags struct {
@@ -52,6 +54,7 @@ type flags struct {
 	meshdAddress, meshdServerName     string
 	meshdRootCert, tokenFile          string
 	adminAddr, memoryLimit            string
+	pprof                             bool
 	workerThreads                     int
 }
 
@@ -88,7 +91,8 @@ func parseFlags() flags {
 	// Off by default: the agent runs in the host's network namespace,
 	// whose loopback every host process and hostNetwork pod shares, and a
 	// heap profile holds private keys.
-	flag.StringVar(&f.adminAddr, "admin-addr", "", "debug (pprof) listen address, loopback only (such as 127.0.0.1:15000); empty disables")
+	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address, loopback only: /config_dump (what `meshctl agent-config` shows), and pprof with --pprof; empty disables")
+	flag.BoolVar(&f.pprof, "pprof", false, "serve pprof on --admin-addr too (heap profile sampling costs ~0.4 MB)")
 	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
 	flag.IntVar(&f.workerThreads, "worker-threads", 1, admin.WorkerThreadsUsage)
 	flag.Parse()
@@ -99,8 +103,8 @@ func main() {
 	// Microseconds: a rolling update's handoff happens within one second.
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	f := parseFlags()
-	if f.adminAddr == "" {
-		// Without the debug endpoint no one can read a heap profile:
+	if f.adminAddr == "" || !f.pprof {
+		// Without pprof no one can read a heap profile:
 		// sampling would only fill the profiler's bucket table (1.4 MB
 		// reserved, a page of it resident for about every call stack
 		// sampled), measured at ~0.4 MB of the agent's RSS with 50 pods.
@@ -178,13 +182,14 @@ func run(f flags) error {
 
 	var m agent.Mesh
 	configured := func() error { return nil }
+	dumpMesh := func(*configdump.Agent) {}
 	if f.meshdAddress != "" {
-		mm, cfgd, stopMesh, err := startMesh(ctx, f)
+		mm, cfgd, dump, stopMesh, err := startMesh(ctx, f)
 		if err != nil {
 			return err
 		}
 		defer stopMesh()
-		m, configured = mm, cfgd
+		m, configured, dumpMesh = mm, cfgd, dump
 	} else {
 		log.Printf("no --meshd-address: enrolled traffic passes through the proxies without the tunnel")
 	}
@@ -262,12 +267,17 @@ func run(f flags) error {
 		go func() {
 			logged := false
 			for {
-				err := admin.Serve(ctx, f.adminAddr)
+				err := admin.Serve(ctx, f.adminAddr, f.pprof, map[string]http.Handler{configdump.Path: configdump.Handler(func() any {
+					d := &configdump.Agent{Node: f.nodeName, TrustDomain: f.trustDomain, Enrolled: ag.Enrolled()}
+					slices.Sort(d.Enrolled)
+					dumpMesh(d)
+					return d
+				})})
 				if err == nil {
 					return
 				}
 				if !logged {
-					log.Printf("debug endpoint not served yet, retrying every 2s: %v", err)
+					log.Printf("admin endpoint not served yet, retrying every 2s: %v", err)
 					logged = true
 				}
 				select {

@@ -21,6 +21,7 @@ import (
 	"github.com/meshlet/meshlet/node-agent/mesh"
 	"github.com/meshlet/meshlet/node-agent/tunnel"
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/identity"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
@@ -31,23 +32,24 @@ import (
 // agent's Mesh hooks: model resolution, PeerAuthentication and L4 policy,
 // and the HBONE tunnel with certificates from meshd. configured says why the
 // agent cannot decide for its pods yet (nil once meshd's first full config
-// is in); the returned stop function releases it all.
-func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() error, stop func(), err error) {
+// is in); dump fills the config dump's model and certificates; the returned
+// stop function releases it all.
+func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() error, dump func(*configdump.Agent), stop func(), err error) {
 	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
+		return nil, nil, nil, nil, fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
 	}
 	rootPEM, err := os.ReadFile(f.meshdRootCert)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("read meshd root certificate (--meshd-root-cert): %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("read meshd root certificate (--meshd-root-cert): %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(rootPEM) {
-		return nil, nil, nil, fmt.Errorf("--meshd-root-cert %s holds no PEM certificate", f.meshdRootCert)
+		return nil, nil, nil, nil, fmt.Errorf("--meshd-root-cert %s holds no PEM certificate", f.meshdRootCert)
 	}
 	bundle, err := x509bundle.Parse(td, rootPEM)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("parse trust bundle from %s: %w", f.meshdRootCert, err)
+		return nil, nil, nil, nil, fmt.Errorf("parse trust bundle from %s: %w", f.meshdRootCert, err)
 	}
 	bundles := identity.NewBundleSource(bundle)
 	serverName := f.meshdServerName
@@ -67,7 +69,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 
 	conn, err := grpc.NewClient(f.meshdAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), xdsclient.WithMeshdReconnect())
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("meshd connection: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("meshd connection: %w", err)
 	}
 	cm, err := certs.New(certs.Options{Conn: conn, Token: token, TTL: 24 * time.Hour,
 		OnError: func(id spiffeid.ID, err error) {
@@ -75,7 +77,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		}})
 	if err != nil {
 		conn.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 
 	store := mesh.NewStore()
@@ -120,7 +122,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 	if err != nil {
 		cm.Close()
 		conn.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	xctx, cancel := context.WithCancel(ctx)
 	go func() {
@@ -134,7 +136,7 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		cancel()
 		cm.Close()
 		conn.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	m = mesh.New(mesh.Options{Snapshot: store.Load, Changed: store.Changed, Wait: decisionWait,
 		Dial: tn.Dial, Server: tn.Server, Forget: tn.Forget,
@@ -154,10 +156,14 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		}
 		return fmt.Errorf("no mesh config from meshd yet (%s)", f.meshdAddress)
 	}
+	dump = func(d *configdump.Agent) {
+		d.SetModel(store.Load())
+		d.Certificates = cm.Dump()
+	}
 	stop = func() {
 		cancel()
 		cm.Close()
 		conn.Close()
 	}
-	return m, configured, stop, nil
+	return m, configured, dump, stop, nil
 }

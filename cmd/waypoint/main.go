@@ -57,7 +57,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.hboneAddr, "hbone-addr", ":15008", "HBONE (mTLS HTTP/2 CONNECT) listen address")
 	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics listen address; empty disables")
 	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
-	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "debug (pprof) listen address, loopback only; empty disables")
+	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address, loopback only: /config_dump (what `meshctl proxy-config` shows) and pprof; empty disables")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "how long open HBONE streams may finish after SIGTERM")
 	flag.BoolVar(&f.serveListeners, "serve-listeners", false, "run as an ingress gateway: also serve every listener port of the pushed config (meshd's deployer sets it for ingress Gateways)")
 	flag.BoolVar(&f.accessLog, "access-log", true, "write Istio's JSON access log to stdout (the Telemetry API can turn it off per waypoint)")
@@ -170,11 +170,7 @@ func run(ctx context.Context, f flags) error {
 	if opts.Ready, err = listen("readiness", f.readyAddr); err != nil {
 		return err
 	}
-	if f.adminAddr != "" {
-		if err := admin.Serve(ctx, f.adminAddr); err != nil {
-			return err
-		}
-	}
+	opts.AdminAddr = f.adminAddr
 	if f.traceSampling < 0 || f.traceSampling > 100 {
 		return fmt.Errorf("--trace-sampling %v: want a percentage between 0 and 100", f.traceSampling)
 	}

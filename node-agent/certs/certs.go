@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshlet/meshlet/pkg/ca/caclient"
+	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
 )
@@ -132,6 +133,23 @@ func (m *Manager) Certificates() []xdsnode.NodeCert {
 		}
 	}
 	slices.SortFunc(out, func(a, b xdsnode.NodeCert) int { return strings.Compare(a.Identity, b.Identity) })
+	return out
+}
+
+// Dump describes the certificates held, sorted by identity, for the config
+// dump (public facts only).
+func (m *Manager) Dump() []configdump.Certificate {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]configdump.Certificate, 0, len(m.sources))
+	for id, e := range m.sources {
+		if svid, err := e.src.GetX509SVID(); err == nil {
+			if c, ok := configdump.CertificateOf(id.String(), svid.Certificates); ok {
+				out = append(out, c)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b configdump.Certificate) int { return strings.Compare(a.Identity, b.Identity) })
 	return out
 }
 

@@ -105,6 +105,17 @@ func TestSVID(t *testing.T) {
 			if err != nil || again != src {
 				t.Errorf("second SVID(%s) = %p, %v; want the same source %p", id, again, err, src)
 			}
+			// The config dump shows the certificate held, public facts
+			// only, as a user compares it with what a peer presents.
+			dump := m.Dump()
+			leaf := svid.Certificates[0]
+			if len(dump) != 1 || dump[0].Identity != id.String() || dump[0].SerialNumber != leaf.SerialNumber.Text(16) ||
+				!dump[0].NotAfter.Equal(leaf.NotAfter) || dump[0].Issuer != leaf.Issuer.String() || dump[0].Chain != len(svid.Certificates) {
+				t.Errorf("Dump() = %+v; want the one certificate of %s (serial %x, not after %s, issuer %s)", dump, id, leaf.SerialNumber, leaf.NotAfter, leaf.Issuer)
+			}
+			if len(dump) == 1 && dump[0].State(time.Now()) != "valid" {
+				t.Errorf("fresh certificate state %q; want valid", dump[0].State(time.Now()))
+			}
 		})
 	}
 }

@@ -1,6 +1,6 @@
 // Package admin holds the process-level knobs every meshlet daemon shares:
-// the debug (pprof) endpoint, served on loopback only, and the Go
-// runtime's soft memory limit.
+// the admin endpoint (config dump, pprof), served on loopback only, and the
+// Go runtime's soft memory limit.
 package admin
 
 import (
@@ -12,9 +12,11 @@ import (
 	"time"
 )
 
-// Serve serves pprof on addr until ctx ends, and only on a loopback address: it exposes
-// memory contents and must never be reachable from the network.
-func Serve(ctx context.Context, addr string) error {
+// Serve serves the admin endpoints on addr until ctx ends, and only on a
+// loopback address: they expose configuration and, with pprof, memory
+// contents, and must never be reachable from the network. handlers are
+// served at their paths; pprof adds /debug/pprof/.
+func Serve(ctx context.Context, addr string, pprofToo bool, handlers map[string]http.Handler) error {
 	if err := CheckAddr(addr); err != nil {
 		return err
 	}
@@ -23,9 +25,14 @@ func Serve(ctx context.Context, addr string) error {
 		return fmt.Errorf("listen for admin on %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if pprofToo {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	for path, h := range handlers {
+		mux.Handle(path, h)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	go func() {

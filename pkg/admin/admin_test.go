@@ -2,10 +2,53 @@ package admin
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
 )
+
+// TestServeAdminEndpoints: the handlers given are served at their paths,
+// pprof only when asked for.
+func TestServeAdminEndpoints(t *testing.T) {
+	for _, pprofToo := range []bool{false, true} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		dump := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "dump") })
+		if err := Serve(ctx, addr, pprofToo, map[string]http.Handler{"/config_dump": dump}); err != nil {
+			t.Fatal(err)
+		}
+		get := func(path string) (int, string) {
+			t.Helper()
+			res, err := http.Get("http://" + addr + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			return res.StatusCode, string(b)
+		}
+		if code, body := get("/config_dump"); code != 200 || body != "dump" {
+			t.Errorf("pprof %v: /config_dump = %d %q; want 200 \"dump\"", pprofToo, code, body)
+		}
+		want := http.StatusNotFound
+		if pprofToo {
+			want = http.StatusOK
+		}
+		if code, _ := get("/debug/pprof/"); code != want {
+			t.Errorf("pprof %v: /debug/pprof/ = %d; want %d", pprofToo, code, want)
+		}
+		cancel()
+	}
+}
 
 func TestServeAdminRefusesNonLoopback(t *testing.T) {
 	tests := []struct {
@@ -22,7 +65,7 @@ func TestServeAdminRefusesNonLoopback(t *testing.T) {
 		t.Run(tt.addr, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
-			err := Serve(ctx, tt.addr)
+			err := Serve(ctx, tt.addr, false, nil)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Serve(%q) = %v; want nil", tt.addr, err)

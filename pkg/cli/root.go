@@ -105,6 +105,8 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newProxyStatusCommand(s, g),
 		newDescribeCommand(s, g),
 		newTopCommand(s, g),
+		newAgentConfigCommand(s, g),
+		newProxyConfigCommand(s, g),
 	)
 	return root
 }

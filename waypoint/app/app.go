@@ -42,6 +42,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/admin"
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/ca/caclient"
+	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -121,6 +122,10 @@ type Options struct {
 	ServeListeners bool
 	// ListenHost is the address ingress listener ports bind; "" means all.
 	ListenHost string
+	// AdminAddr, if set, serves the admin endpoints there, loopback only:
+	// /config_dump (the config in force and the SVID, what `meshctl
+	// proxy-config` shows) and pprof.
+	AdminAddr string
 }
 
 func (o *Options) check() error {
@@ -162,6 +167,27 @@ type state struct {
 	dialer   *hbone.Dialer
 	mu       sync.Mutex // serializes Validate→Update
 	draining atomic.Bool
+	applied  atomic.Pointer[appliedConfig] // the config in force, for the config dump
+}
+
+// appliedConfig is a waypoint config the proxy took, and when.
+type appliedConfig struct {
+	cfg *waypoint.Config
+	at  time.Time
+}
+
+// configDump is the waypoint's /config_dump document.
+func (s *state) configDump() any {
+	d := &configdump.Waypoint{Gateway: s.opts.Namespace + "/" + s.opts.GatewayName}
+	if a := s.applied.Load(); a != nil {
+		d.Applied, d.L7, d.Policies = a.at.UTC(), a.cfg.L7, a.cfg.Policies
+	}
+	if svid, err := s.svid.GetX509SVID(); err == nil {
+		if c, ok := configdump.CertificateOf(svid.ID.String(), svid.Certificates); ok {
+			d.Certificates = []configdump.Certificate{c}
+		}
+	}
+	return d
 }
 
 // Run serves until ctx ends, then drains and returns. It returns an error
@@ -276,6 +302,11 @@ func Run(ctx context.Context, opts Options) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		serveHTTP(gctx, g, opts.Metrics, mux)
+	}
+	if opts.AdminAddr != "" {
+		if err := admin.Serve(gctx, opts.AdminAddr, true, map[string]http.Handler{configdump.Path: configdump.Handler(s.configDump)}); err != nil {
+			return fmt.Errorf("run waypoint: %w", err)
+		}
 	}
 	if opts.Ready != nil {
 		mux := http.NewServeMux()
@@ -408,6 +439,7 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 			s.log.Warn("refuse waypoint config", "name", name, "err", err)
 			return fmt.Errorf("apply waypoint config %s: %w", name, err)
 		}
+		s.applied.Store(&appliedConfig{cfg: cfg, at: time.Now()})
 		s.log.Info("applied waypoint config", "name", name)
 	case meshv1.TrustBundleType:
 		tb, ok := msg.(*meshv1.TrustBundle)

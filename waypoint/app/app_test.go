@@ -24,6 +24,7 @@ import (
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -323,6 +324,12 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminAddr := adminLn.Addr().String()
+	adminLn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -330,7 +337,7 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 			MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
 			Token:       func() (string, error) { return wpToken, nil },
 			TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
-			HBONE: hboneLn, Ready: readyLn, Metrics: metricsLn,
+			HBONE: hboneLn, Ready: readyLn, Metrics: metricsLn, AdminAddr: adminAddr,
 			UpstreamHBONEPort: node.port, Logger: quiet,
 		})
 	}()
@@ -427,6 +434,26 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	})
 	if err := expect("v2")(); err != nil {
 		t.Fatalf("after the NACKed push: %v", err)
+	}
+	// The config dump (meshctl proxy-config) shows the config in force,
+	// the last good one, and the waypoint's own certificate.
+	resp, err := hc.Get("http://" + adminAddr + configdump.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dump configdump.Waypoint
+	err = json.NewDecoder(resp.Body).Decode(&dump)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("decode config dump: %v", err)
+	}
+	if dump.Gateway != wpNS+"/"+wpGateway || dump.L7 == nil || len(dump.L7.Listeners) != 1 ||
+		dump.L7.Listeners[0].VirtualHosts[0].Routes[0].Destinations[0].Cluster != "v2" {
+		t.Errorf("config dump = gateway %q, L7 %+v; want %s/%s routing to v2 (the last good config)", dump.Gateway, dump.L7, wpNS, wpGateway)
+	}
+	if len(dump.Certificates) != 1 || dump.Certificates[0].Identity != spiffeid.RequireFromPath(td, "/ns/"+wpNS+"/sa/"+wpSA).String() ||
+		dump.Certificates[0].State(time.Now()) != "valid" {
+		t.Errorf("config dump certificates = %+v; want the waypoint's valid SVID", dump.Certificates)
 	}
 
 	// The upstream must present the identity xDS says the endpoint has:
@@ -536,7 +563,7 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 		return nil
 	})
 
-	resp, err := hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
+	resp, err = hc.Get("http://" + metricsLn.Addr().String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -146,6 +147,7 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "10", "-H", "end-user: jason", url)
 		return s.ByVersion["v2"] == 10, fmt.Errorf("by version %v", s.ByVersion)
 	})
+	checkDataplaneConfig(t, lb, run, ns, client)
 	s := summary(t, lb, ns, client.Name, "-n", "2000", "-c", "8", url)
 	if s.OK != 2000 {
 		t.Fatalf("%d of 2000 answered (errors %v)", s.OK, s.Errors)
@@ -155,6 +157,63 @@ spec:
 	if v2 < 7 || v2 > 13 {
 		t.Errorf("v2 got %.1f%% of 2000 requests; want 10 ± 3", v2)
 	}
+}
+
+// checkDataplaneConfig: what the node agents and the waypoint hold, as a
+// user debugging the routing above reads it, through port-forwards to their
+// loopback admin ports: `meshctl proxy-config routes` shows the
+// VirtualService's two routes in match order (the header match to v2, then
+// the 90/10 split); `meshctl agent-config workloads` shows every echo pod
+// with its address, identity and HBONE; `agent-config certificates` on the
+// client's node shows the client's valid SVID.
+func checkDataplaneConfig(t *testing.T, lb *lab.Lab, run func(args ...string) string, ns string, client corev1.Pod) {
+	t.Helper()
+	routes := run("proxy-config", "routes", "waypoint", "-n", ns)
+	header, split := -1, -1
+	for i, line := range strings.Split(routes, "\n") {
+		switch {
+		case strings.Contains(line, "header:end-user") && strings.Contains(line, "|v2") && !strings.Contains(line, "|v1"):
+			header = i
+		case strings.Contains(line, "|v1 90%") && strings.Contains(line, "|v2 10%"):
+			split = i
+		}
+	}
+	if header < 0 || split < 0 || header > split {
+		t.Errorf("meshctl proxy-config routes waypoint -n %s:\n%s\nwant the end-user header route to v2, then the 90/10 split", ns, routes)
+	}
+
+	pods, err := lb.Clientset().CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	workloads := run("agent-config", "workloads", "-n", ns)
+	for _, p := range pods.Items {
+		want := []string{p.Name, p.Status.PodIP, p.Spec.NodeName, fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/default", ns), "HBONE"}
+		found := false
+		for _, line := range strings.Split(workloads, "\n") {
+			if strings.Contains(line, ns+"  ") && containsAll(line, want...) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("meshctl agent-config workloads -n %s:\n%s\nwant a row with %q", ns, workloads, want)
+		}
+	}
+
+	certs := run("agent-config", "certificates", "--node", client.Spec.NodeName)
+	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/client", ns)
+	if !strings.Contains(certs, "on "+client.Spec.NodeName) || !slices.ContainsFunc(strings.Split(certs, "\n"), func(l string) bool { return containsAll(l, id, "valid") }) {
+		t.Errorf("meshctl agent-config certificates --node %s:\n%s\nwant the client's SVID %s, valid", client.Spec.NodeName, certs, id)
+	}
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // TestWaypointResilience: through a waypoint, retries hide a backend that

@@ -21,7 +21,7 @@ type Config struct {
 	ClusterDomain string            // cluster.local when empty
 	Images        map[string]string // image reference (tag and digest ignored) -> absolute path of a local binary
 	ImagesFile    string            // JSON image table re-read when an image is not in Images (lab build adds images to a running lab); optional
-	ServingCert   string            // PEM certificate of the kubelet API on NodeIP:10250 (kubectl logs); with ServingKey and ClientCA, else no API
+	ServingCert   string            // PEM certificate of the kubelet API on NodeIP:10250 (kubectl logs, port-forward); with ServingKey and ClientCA, else no API
 	ServingKey    string            // its key
 	ClientCA      string            // CA of the client certificates allowed in (the API server's kubelet client)
 	LogDir        string            // where each container's stdout/stderr file goes; NodeRoot/var/log/pods when empty

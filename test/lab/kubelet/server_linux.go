@@ -19,31 +19,51 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// APIPort is the kubelet API port the API server reaches for `kubectl logs`.
+// APIPort is the kubelet API port the API server reaches for `kubectl logs`
+// and `kubectl port-forward`.
 const APIPort = 10250
 
-// serveAPI serves the part of the kubelet API the lab has — container logs,
-// so `kubectl logs [-f] [--tail N]` works — on NodeIP:10250 over TLS. Only
-// a client certificate from the lab CA in the group system:masters (the
-// API server's kubelet client) gets in. No exec, attach or port-forward.
+// serveAPI serves the part of the kubelet API the lab has on NodeIP:10250
+// over TLS: container logs, so `kubectl logs [-f] [--tail N]` works, and
+// port-forward, so `kubectl port-forward` (and client-go's portforward)
+// reaches ports on a pod's loopback (see podForwarder). Only a client
+// certificate from the lab CA in the group system:masters (the API server's
+// kubelet client) gets in. No exec or attach.
 func (k *kubelet) serveAPI(ctx context.Context) error {
+	_, err := k.serveAPIAt(ctx, net.JoinHostPort(k.cfg.NodeIP, strconv.Itoa(APIPort)))
+	return err
+}
+
+// serveAPIAt serves the kubelet API on addr until ctx is done and returns the
+// address it listens on (nil when the API is not configured). Its goroutines,
+// port-forwards included, are in k.wg: when ctx is done the server and every
+// port-forward connection are closed.
+func (k *kubelet) serveAPIAt(ctx context.Context, addr string) (net.Addr, error) {
 	if k.cfg.ServingCert == "" || k.cfg.ServingKey == "" || k.cfg.ClientCA == "" {
-		return nil // not configured: the lab's records are the only way to logs
+		return nil, nil // not configured: the lab's records are the only way to logs
 	}
 	cert, err := tls.LoadX509KeyPair(k.cfg.ServingCert, k.cfg.ServingKey)
 	if err != nil {
-		return fmt.Errorf("load kubelet serving certificate: %w", err)
+		return nil, fmt.Errorf("load kubelet serving certificate: %w", err)
 	}
 	caPEM, err := os.ReadFile(k.cfg.ClientCA)
 	if err != nil {
-		return fmt.Errorf("read kubelet client CA: %w", err)
+		return nil, fmt.Errorf("read kubelet client CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
-		return fmt.Errorf("client CA %s holds no certificate", k.cfg.ClientCA)
+		return nil, fmt.Errorf("client CA %s holds no certificate", k.cfg.ClientCA)
 	}
+	fwd := &forwards{k: k}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", k.containerLogs)
+	// The paths a kubelet serves and the API server's pods/portforward
+	// proxies to (/portForward/<namespace>/<pod>); the uid form is the
+	// kubelet's too.
+	for _, p := range []string{"/portForward/{namespace}/{pod}", "/portForward/{namespace}/{pod}/{uid}"} {
+		mux.HandleFunc("GET "+p, fwd.serve)
+		mux.HandleFunc("POST "+p, fwd.serve)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	srv := &http.Server{
 		Handler:           onlyMasters(mux),
@@ -51,23 +71,29 @@ func (k *kubelet) serveAPI(ctx context.Context) error {
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(k.cfg.NodeIP, strconv.Itoa(APIPort)))
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen for the kubelet API: %w", err)
+		return nil, fmt.Errorf("listen for the kubelet API: %w", err)
 	}
+	k.wg.Add(2)
 	go func() {
+		defer k.wg.Done()
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		_ = srv.Close() // followers still streaming
+		// Port-forward connections were taken over from srv (which does
+		// not close them); each closes when ctx is done.
+		fwd.closeAndWait()
 	}()
 	go func() {
+		defer k.wg.Done()
 		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			k.logf("kubelet API: %v", err)
 		}
 	}()
-	return nil
+	return ln.Addr(), nil
 }
 
 func onlyMasters(next http.Handler) http.Handler {

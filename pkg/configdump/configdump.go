@@ -1,0 +1,152 @@
+// Package configdump is the /config_dump document of meshlet's data plane:
+// what a node agent or a waypoint holds right now (the mesh model meshd
+// pushed, the policies in force, the certificates it serves with), as
+// Istio's ztunnel and Envoy dump theirs on their admin port. It is served on
+// the loopback admin address only (pkg/admin) and read by `meshctl
+// agent-config` and `meshctl proxy-config` through a port-forward.
+//
+// The document's own fields are lowerCamelCase; the model objects inside it
+// (pkg/model) keep the encoding they have everywhere else in meshlet, that
+// of the waypoint's --config-file. Keys never appear: a Certificate carries
+// the chain's public facts only.
+package configdump
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+// Path is where the admin server serves the document.
+const Path = "/config_dump"
+
+// AdminPort is the admin port of the node agent and the waypoint, loopback
+// only (Envoy's and ztunnel's admin port).
+const AdminPort = 15000
+
+// Agent is a node agent's document.
+type Agent struct {
+	// Node is the node the agent runs on.
+	Node string `json:"node"`
+	// ConfigVersion counts the agent's model builds, one per change meshd
+	// pushed (0: no config from meshd yet).
+	ConfigVersion uint64 `json:"configVersion"`
+	// TrustDomain is the mesh's SPIFFE trust domain.
+	TrustDomain string `json:"trustDomain"`
+	// RootNamespace is the namespace of mesh-wide policies.
+	RootNamespace string `json:"rootNamespace"`
+	// Enrolled are the UIDs of the pods on this node whose traffic the agent
+	// carries, sorted.
+	Enrolled []string `json:"enrolled"`
+	// Workloads, Services and Waypoints are the whole mesh model the agent
+	// holds (every node's workloads: it resolves destinations with them).
+	Workloads []*model.Workload `json:"workloads"`
+	Services  []*model.Service  `json:"services"`
+	Waypoints []*model.Waypoint `json:"waypoints"`
+	// AuthorizationPolicies and PeerAuthentications are the policies in
+	// the model, sorted by namespace and name.
+	AuthorizationPolicies []*model.AuthorizationPolicy `json:"authorizationPolicies"`
+	PeerAuthentications   []*model.PeerAuthentication  `json:"peerAuthentications"`
+	// Certificates are the SVIDs the agent holds, one per identity with
+	// pods on the node.
+	Certificates []Certificate `json:"certificates"`
+}
+
+// SetModel fills d's model fields from the snapshot s (nil: no config yet).
+func (d *Agent) SetModel(s *model.Snapshot) {
+	if s == nil {
+		return
+	}
+	d.ConfigVersion, d.TrustDomain, d.RootNamespace = s.Version(), s.TrustDomain(), s.RootNamespace()
+	d.Workloads, d.Services, d.Waypoints = s.Workloads(), s.Services(), s.Waypoints()
+	d.AuthorizationPolicies = s.AuthorizationPolicies()
+	d.PeerAuthentications = s.PeerAuthentications()
+}
+
+// Waypoint is a waypoint's (or ingress gateway's) document.
+type Waypoint struct {
+	// Gateway is the waypoint's Gateway, namespace/name.
+	Gateway string `json:"gateway"`
+	// Applied is when the config below was applied; zero when none was.
+	Applied time.Time `json:"applied"`
+	// L7 is the routing configuration in force: listeners with their
+	// virtual hosts and routes, clusters with their endpoints.
+	L7 *model.L7Config `json:"l7"`
+	// Policies are the AuthorizationPolicies bound to the waypoint.
+	Policies []*policy.Policy `json:"policies"`
+	// Certificates is the waypoint's own SVID.
+	Certificates []Certificate `json:"certificates"`
+}
+
+// Certificate is the public part of an SVID the process holds.
+type Certificate struct {
+	// Identity is the SPIFFE ID.
+	Identity string `json:"identity"`
+	// SerialNumber is the leaf's serial, in hex.
+	SerialNumber string    `json:"serialNumber"`
+	NotBefore    time.Time `json:"notBefore"`
+	NotAfter     time.Time `json:"notAfter"`
+	// Issuer is the subject of the certificate that signed the leaf.
+	Issuer string `json:"issuer"`
+	// Chain is the number of certificates sent in handshakes (leaf and
+	// intermediates).
+	Chain int `json:"chain"`
+	// Fingerprint is the SHA-256 of the leaf, in hex.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// CertificateOf describes the SVID of identity whose chain (leaf first) is
+// certs; ok is false when there is no leaf.
+func CertificateOf(identity string, certs []*x509.Certificate) (c Certificate, ok bool) {
+	if len(certs) == 0 || certs[0] == nil {
+		return Certificate{}, false
+	}
+	leaf := certs[0]
+	sum := sha256.Sum256(leaf.Raw)
+	return Certificate{
+		Identity:     identity,
+		SerialNumber: leaf.SerialNumber.Text(16),
+		NotBefore:    leaf.NotBefore.UTC(),
+		NotAfter:     leaf.NotAfter.UTC(),
+		Issuer:       leaf.Issuer.String(),
+		Chain:        len(certs),
+		Fingerprint:  hex.EncodeToString(sum[:]),
+	}, true
+}
+
+// State says how a certificate stands at now: "expired", "not yet valid",
+// "expiring" (less than a tenth of its lifetime left: renewal at half-life
+// has failed for a while) or "valid".
+func (c Certificate) State(now time.Time) string {
+	switch {
+	case !now.Before(c.NotAfter):
+		return "expired"
+	case now.Before(c.NotBefore):
+		return "not yet valid"
+	case c.NotAfter.Sub(now) < c.NotAfter.Sub(c.NotBefore)/10:
+		return "expiring"
+	}
+	return "valid"
+}
+
+// Handler serves the document doc returns, as JSON, to GET requests.
+func Handler(doc func() any) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "config_dump: only GET", http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(doc())
+	})
+}
