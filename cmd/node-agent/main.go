@@ -267,12 +267,16 @@ func run(f flags) error {
 		go func() {
 			logged := false
 			for {
-				err := admin.Serve(ctx, f.adminAddr, f.pprof, map[string]http.Handler{configdump.Path: configdump.Handler(func() any {
+				dump := configdump.Handler(func() any {
 					d := &configdump.Agent{Node: f.nodeName, TrustDomain: f.trustDomain, Enrolled: ag.Enrolled()}
 					slices.Sort(d.Enrolled)
 					dumpMesh(d)
 					return d
-				})})
+				})
+				// The node's loopback is every process's and every
+				// hostNetwork pod's on the node: root only.
+				err := admin.Serve(ctx, f.adminAddr, admin.Options{Pprof: f.pprof, RootPeersOnly: true,
+					Handlers: map[string]http.Handler{configdump.Path: dump}})
 				if err == nil {
 					return
 				}

@@ -40,7 +40,7 @@ func runStatic(ctx context.Context, f flags) error {
 		return fmt.Errorf("--config-file %s: %w", path, err)
 	}
 	if f.adminAddr != "" {
-		if err := admin.Serve(ctx, f.adminAddr, true, nil); err != nil {
+		if err := admin.Serve(ctx, f.adminAddr, admin.Options{Pprof: true}); err != nil {
 			return err
 		}
 	}

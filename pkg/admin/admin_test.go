@@ -23,7 +23,7 @@ func TestServeAdminEndpoints(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		dump := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "dump") })
-		if err := Serve(ctx, addr, pprofToo, map[string]http.Handler{"/config_dump": dump}); err != nil {
+		if err := Serve(ctx, addr, Options{Pprof: pprofToo, Handlers: map[string]http.Handler{"/config_dump": dump}}); err != nil {
 			t.Fatal(err)
 		}
 		get := func(path string) (int, string) {
@@ -65,7 +65,7 @@ func TestServeAdminRefusesNonLoopback(t *testing.T) {
 		t.Run(tt.addr, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
-			err := Serve(ctx, tt.addr, false, nil)
+			err := Serve(ctx, tt.addr, Options{})
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Serve(%q) = %v; want nil", tt.addr, err)

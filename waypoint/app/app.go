@@ -304,7 +304,7 @@ func Run(ctx context.Context, opts Options) error {
 		serveHTTP(gctx, g, opts.Metrics, mux)
 	}
 	if opts.AdminAddr != "" {
-		if err := admin.Serve(gctx, opts.AdminAddr, true, map[string]http.Handler{configdump.Path: configdump.Handler(s.configDump)}); err != nil {
+		if err := admin.Serve(gctx, opts.AdminAddr, admin.Options{Pprof: true, Handlers: map[string]http.Handler{configdump.Path: configdump.Handler(s.configDump)}}); err != nil {
 			return fmt.Errorf("run waypoint: %w", err)
 		}
 	}
