@@ -169,6 +169,7 @@ spec:
 func checkDataplaneConfig(t *testing.T, lb *lab.Lab, run func(args ...string) string, ns string, client corev1.Pod) {
 	t.Helper()
 	routes := run("proxy-config", "routes", "waypoint", "-n", ns)
+	t.Logf("meshctl proxy-config routes waypoint -n %s:\n%s", ns, routes)
 	header, split := -1, -1
 	for i, line := range strings.Split(routes, "\n") {
 		switch {
@@ -187,6 +188,7 @@ func checkDataplaneConfig(t *testing.T, lb *lab.Lab, run func(args ...string) st
 		t.Fatal(err)
 	}
 	workloads := run("agent-config", "workloads", "-n", ns)
+	t.Logf("meshctl agent-config workloads -n %s:\n%s", ns, workloads)
 	for _, p := range pods.Items {
 		want := []string{p.Name, p.Status.PodIP, p.Spec.NodeName, fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/default", ns), "HBONE"}
 		found := false
@@ -201,6 +203,7 @@ func checkDataplaneConfig(t *testing.T, lb *lab.Lab, run func(args ...string) st
 	}
 
 	certs := run("agent-config", "certificates", "--node", client.Spec.NodeName)
+	t.Logf("meshctl agent-config certificates --node %s:\n%s", client.Spec.NodeName, certs)
 	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/client", ns)
 	if !strings.Contains(certs, "on "+client.Spec.NodeName) || !slices.ContainsFunc(strings.Split(certs, "\n"), func(l string) bool { return containsAll(l, id, "valid") }) {
 		t.Errorf("meshctl agent-config certificates --node %s:\n%s\nwant the client's SVID %s, valid", client.Spec.NodeName, certs, id)
