@@ -320,6 +320,15 @@ func joinAddrs[T fmt.Stringer](in []T) string {
 	return dash(strings.Join(out, ","))
 }
 
+// shortList joins the first n of list and says how many more there are:
+// a service's virtual host answers to its short names and VIP too.
+func shortList(list []string, n int) string {
+	if len(list) <= n {
+		return dash(strings.Join(list, ","))
+	}
+	return fmt.Sprintf("%s (+%d)", strings.Join(list[:n], ","), len(list)-n)
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -468,7 +477,7 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 		for _, l := range d.L7.Listeners {
 			for _, vh := range l.VirtualHosts {
 				for _, r := range vh.Routes {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, dash(strings.Join(vh.Domains, ",")),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2),
 						dash(r.Name), describeMatches(r.Matches), describeAction(&r))
 				}
 			}

@@ -104,7 +104,7 @@ func TestPrintProxyConfig(t *testing.T) {
 	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	d := &configdump.Waypoint{Gateway: "shop/waypoint", L7: &model.L7Config{
 		Listeners: []model.L7Listener{{Name: "web.shop.svc.cluster.local:80", Port: 80, VirtualHosts: []model.VirtualHost{{
-			Name: "web", Domains: []string{"web.shop.svc.cluster.local"},
+			Name: "web", Domains: []string{"web.shop.svc.cluster.local", "web", "web.shop", "198.19.0.10"},
 			Routes: []model.L7Route{
 				{Name: "beta", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api"}, Headers: []model.HeaderMatch{{Name: "x-user"}}}},
 					Destinations: []model.WeightedDestination{{Cluster: "web", Subset: "v2", Weight: 100}}},
@@ -120,9 +120,9 @@ func TestPrintProxyConfig(t *testing.T) {
 	}{
 		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web"}}},
 		{"routes", [][]string{
-			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local", "beta", "uri^=/api header:x-user", "web|v2"},
-			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local", "split", "*", "web|v1 90%, web|v2 10%"},
-			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local", "gone", "uri=/old", "direct response 410"},
+			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "beta", "uri^=/api header:x-user", "web|v2"},
+			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10%"},
+			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "gone", "uri=/old", "direct response 410"},
 		}},
 		{"clusters", [][]string{{"web", "-", "-", "v1,v2", "198.18.1.5:8080,198.18.2.5:8080"}}},
 		{"certificates", [][]string{{"spiffe://cluster.local/ns/shop/sa/waypoint", "expired"}}},
