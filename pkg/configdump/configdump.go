@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -76,12 +77,72 @@ type Waypoint struct {
 	// Applied is when the config below was applied; zero when none was.
 	Applied time.Time `json:"applied"`
 	// L7 is the routing configuration in force: listeners with their
-	// virtual hosts and routes, clusters with their endpoints.
+	// virtual hosts and routes, clusters with their endpoints; private keys
+	// redacted (RedactL7).
 	L7 *model.L7Config `json:"l7"`
 	// Policies are the AuthorizationPolicies bound to the waypoint.
 	Policies []*policy.Policy `json:"policies"`
 	// Certificates is the waypoint's own SVID.
 	Certificates []Certificate `json:"certificates"`
+}
+
+// Redacted is what a dump shows in place of a private key.
+const Redacted = "[redacted]"
+
+// RedactL7 returns l7 with every private key replaced by Redacted: the
+// ingress listeners' server keys (from their credential Secrets) and the
+// client keys of upstream mutual TLS. The rest is shared with l7, which is
+// left as it is (the proxy serves from it).
+func RedactL7(l7 *model.L7Config) *model.L7Config {
+	if l7 == nil {
+		return nil
+	}
+	out := *l7
+	out.Listeners = slices.Clone(l7.Listeners)
+	for i := range out.Listeners {
+		l := &out.Listeners[i]
+		l.TLS = redactListenerTLS(l.TLS)
+		l.SNI = slices.Clone(l.SNI)
+		for j := range l.SNI {
+			l.SNI[j] = *redactListenerTLS(&l.SNI[j])
+		}
+	}
+	out.Clusters = slices.Clone(l7.Clusters)
+	for i := range out.Clusters {
+		c := &out.Clusters[i]
+		c.Traffic.TLS = redactUpstreamTLS(c.Traffic.TLS)
+		c.Subsets = slices.Clone(c.Subsets)
+		for j := range c.Subsets {
+			if t := c.Subsets[j].Traffic; t != nil {
+				tc := *t
+				tc.TLS = redactUpstreamTLS(t.TLS)
+				c.Subsets[j].Traffic = &tc
+			}
+		}
+	}
+	return &out
+}
+
+func redactListenerTLS(t *model.ListenerTLS) *model.ListenerTLS {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	if c.KeyPEM != "" {
+		c.KeyPEM = Redacted
+	}
+	return &c
+}
+
+func redactUpstreamTLS(t *model.UpstreamTLS) *model.UpstreamTLS {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	if c.ClientKeyPEM != "" {
+		c.ClientKeyPEM = Redacted
+	}
+	return &c
 }
 
 // Certificate is the public part of an SVID the process holds.

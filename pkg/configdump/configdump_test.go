@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,5 +86,39 @@ func TestAgentDocument(t *testing.T) {
 	post.Body.Close()
 	if post.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST = %d; want 405", post.StatusCode)
+	}
+}
+
+// TestRedactL7: a dump never carries a private key (an ingress listener's,
+// an SNI entry's, an upstream client's, a subset's), and redacting leaves
+// the config the proxy serves from untouched.
+func TestRedactL7(t *testing.T) {
+	const key = "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n"
+	mtls := func() *model.UpstreamTLS {
+		return &model.UpstreamTLS{Mode: model.TLSModeMutual, SNI: "db", ClientCertPEM: "cert", ClientKeyPEM: key}
+	}
+	in := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "https", Port: 443,
+			TLS: &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: "cert", KeyPEM: key},
+			SNI: []model.ListenerTLS{{Mode: model.TLSModeSimple, CertPEM: "cert2", KeyPEM: key, SNIHosts: []string{"a.example"}}}}},
+		Clusters: []model.L7Cluster{{Name: "db", Traffic: model.TrafficPolicy{TLS: mtls()},
+			Subsets: []model.Subset{{Name: "v1", Traffic: &model.TrafficPolicy{TLS: mtls()}}, {Name: "v2"}}}},
+	}
+	b, err := json.Marshal(RedactL7(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "PRIVATE KEY") || strings.Count(string(b), Redacted) != 4 {
+		t.Errorf("redacted config = %s; want 4 keys redacted and none shown", b)
+	}
+	if !strings.Contains(string(b), `"CertPEM":"cert2"`) || !strings.Contains(string(b), `"ClientCertPEM":"cert"`) {
+		t.Errorf("redacted config = %s; want the certificates kept", b)
+	}
+	if in.Listeners[0].TLS.KeyPEM != key || in.Listeners[0].SNI[0].KeyPEM != key ||
+		in.Clusters[0].Traffic.TLS.ClientKeyPEM != key || in.Clusters[0].Subsets[0].Traffic.TLS.ClientKeyPEM != key {
+		t.Error("RedactL7 changed the config it was given")
+	}
+	if RedactL7(nil) != nil {
+		t.Error("RedactL7(nil) != nil")
 	}
 }

@@ -180,7 +180,7 @@ type appliedConfig struct {
 func (s *state) configDump() any {
 	d := &configdump.Waypoint{Gateway: s.opts.Namespace + "/" + s.opts.GatewayName}
 	if a := s.applied.Load(); a != nil {
-		d.Applied, d.L7, d.Policies = a.at.UTC(), a.cfg.L7, a.cfg.Policies
+		d.Applied, d.L7, d.Policies = a.at.UTC(), configdump.RedactL7(a.cfg.L7), a.cfg.Policies
 	}
 	if svid, err := s.svid.GetX509SVID(); err == nil {
 		if c, ok := configdump.CertificateOf(svid.ID.String(), svid.Certificates); ok {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
@@ -15,9 +17,12 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshlet/meshlet/pkg/configdump"
+	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/waypoint"
 )
@@ -106,6 +111,18 @@ func TestIngressTLSListener(t *testing.T) {
 		}
 	})
 	apply(l7)
+
+	// The config dump (meshctl proxy-config) shows the listener's
+	// certificate, never its key.
+	s.svid = identity.NewSVIDSource(nil)
+	s.applied.Store(&appliedConfig{cfg: &waypoint.Config{L7: l7}, at: time.Now()})
+	dump, err := json.Marshal(s.configDump())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(dump, first.key) || !bytes.Contains(dump, []byte(configdump.Redacted)) || !strings.Contains(string(dump), "BEGIN CERTIFICATE") {
+		t.Errorf("config dump of a TLS listener = %s; want its certificate and the key redacted", dump)
+	}
 
 	get := func(trust *pemPair, cert *pemPair) (string, error) {
 		pool := x509.NewCertPool()
