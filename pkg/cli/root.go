@@ -107,6 +107,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newTopCommand(s, g),
 		newAgentConfigCommand(s, g),
 		newProxyConfigCommand(s, g),
+		newBugReportCommand(s, g),
 	)
 	return root
 }

@@ -1,16 +1,27 @@
 package meshtest
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/pkg/configdump"
+	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/test/lab"
 )
 
@@ -36,6 +47,81 @@ func meshctlExit(t *testing.T, lb *lab.Lab) func(args ...string) (string, int) {
 		}
 		t.Fatalf("meshctl %s: %v", strings.Join(args, " "), err)
 		return "", -1
+	}
+}
+
+// checkBugReport: `meshctl bug-report` writes one archive with the mesh's
+// status, every node agent's config dump (each holding the echo pods, with
+// certificates on their nodes), the ingress gateway's, meshd's xDS clients
+// and logs, and the mesh's objects; no Secret, no private key, no literal
+// env value.
+func checkBugReport(t *testing.T, run func(args ...string) (string, int), ns string, echoes []corev1.Pod) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "report.tar.gz")
+	out, code := run("bug-report", "-o", path, "--tail", "200")
+	if code != 0 || !strings.Contains(out, "wrote "+path) {
+		t.Fatalf("meshctl bug-report = exit %d:\n%s", code, out)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read the archive: %v", err)
+		}
+		b, _ := io.ReadAll(tr)
+		files[h.Name[strings.Index(h.Name, "/")+1:]] = b
+	}
+	names := slices.Sorted(maps.Keys(files))
+	t.Logf("bug report: %d files; summary:\n%s", len(files), files["summary.txt"])
+	if !strings.Contains(string(files["status.txt"]), "the mesh is healthy") {
+		t.Errorf("status.txt = %q; want meshctl status's healthy verdict", files["status.txt"])
+	}
+	dumps, gateway, meshdLogs, xds := 0, false, false, false
+	for _, n := range names {
+		b := files[n]
+		switch {
+		case strings.HasPrefix(n, "node-agents/") && strings.HasSuffix(n, "/config_dump.json"):
+			dumps++
+			var d configdump.Agent
+			if err := json.Unmarshal(b, &d); err != nil {
+				t.Errorf("%s: %v", n, err)
+				continue
+			}
+			for _, e := range echoes {
+				if !slices.ContainsFunc(d.Workloads, func(w *model.Workload) bool { return w.Name == e.Name && w.Namespace == ns }) {
+					t.Errorf("%s (node %s) lacks echo pod %s", n, d.Node, e.Name)
+				}
+				if e.Spec.NodeName == d.Node && len(d.Certificates) == 0 {
+					t.Errorf("%s: node %s runs %s but holds no certificate", n, d.Node, e.Name)
+				}
+			}
+		case strings.HasPrefix(n, "gateways/") && strings.Contains(n, "/istio-ingressgateway-") && strings.HasSuffix(n, "/config_dump.json"):
+			var d configdump.Waypoint
+			gateway = json.Unmarshal(b, &d) == nil && len(d.Certificates) == 1
+		case strings.HasPrefix(n, "meshd/") && strings.HasSuffix(n, ".log") && len(b) > 0:
+			meshdLogs = true
+		case strings.HasPrefix(n, "meshd/") && strings.HasSuffix(n, "/debug_xds.json"):
+			xds = json.Valid(b)
+		}
+		if strings.Contains(n, "secrets") || bytes.Contains(b, []byte("PRIVATE KEY")) {
+			t.Errorf("%s holds a Secret or a private key", n)
+		}
+	}
+	if dumps != 2 || !gateway || !meshdLogs || !xds || files["objects/core/pods.json"] == nil || files["objects/networking.istio.io/gateways.json"] == nil {
+		t.Errorf("bug report files %v: want 2 node agent config dumps (got %d), the ingress gateway's (%v), meshd logs (%v) and xDS clients (%v), pods and Istio Gateways", names, dumps, gateway, meshdLogs, xds)
 	}
 }
 
@@ -110,6 +196,7 @@ func TestMeshctlStatus(t *testing.T) {
 	if code != 0 || !strings.Contains(table, "NAMESPACE") || strings.Count(table, "SYNCED") != len(rows) {
 		t.Errorf("meshctl proxy-status table (exit %d):\n%s\nwant a header and %d SYNCED rows", code, table, len(rows))
 	}
+	checkBugReport(t, run, ns, echoes)
 
 	// meshd restarts: the new replica signed none of the certificates in
 	// use, and still shows their expiry (the proxies report them).
