@@ -29,6 +29,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,6 +244,12 @@ func (m *Mesh) resolve(s *model.Snapshot, src proxy.Pod, dst netip.AddrPort, nes
 //   - RANDOM: any, at random;
 //   - PASSTHROUGH: none: the connection goes to the address dialled.
 //
+// A service with a traffic distribution (PreferClose, PreferSameZone,
+// PreferSameNode) first narrows the ready endpoints to the closest to the
+// client that have any (model.TrafficDistribution.Closeness: same zone and
+// subzone, then region, then any; or same node, then any), as ztunnel
+// does; the algorithm picks among those.
+//
 // An endpoint that is an enrolled workload is reached through the tunnel. A
 // ServiceEntry's endpoint address that is no workload of the mesh, or a
 // workload outside it, is dialled directly (Destination.Target, not in the
@@ -307,6 +314,23 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service
 	}
 	if len(ready) == 0 {
 		return proxy.Destination{}, false
+	}
+	if svc.TrafficDistribution != "" {
+		if from, ok := s.Workload(src.UID); ok {
+			rank := func(c choice) int {
+				if c.w == nil {
+					return 0 // no place known: the farthest
+				}
+				return svc.TrafficDistribution.Closeness(from.Node, from.Locality, c.w.Node, c.w.Locality)
+			}
+			best := 0
+			for _, c := range ready {
+				best = max(best, rank(c))
+			}
+			if best > 0 {
+				ready = slices.DeleteFunc(ready, func(c choice) bool { return rank(c) < best })
+			}
+		}
 	}
 	var c choice
 	track := false

@@ -751,3 +751,77 @@ func TestTTLConnStream(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveTrafficDistribution: a service with PreferClose sends a
+// client's connections to the ready endpoints of its zone, then of its
+// region when its zone has none, then anywhere; PreferSameNode to its
+// node's, then anywhere; without one (or from a client whose place is
+// unknown) every ready endpoint takes connections.
+func TestResolveTrafficDistribution(t *testing.T) {
+	west := func(zone string) model.Locality { return model.Locality{Region: "west", Zone: zone} }
+	type ep struct {
+		name, node string
+		loc        model.Locality
+		ready      bool
+	}
+	tests := []struct {
+		name       string
+		dist       model.TrafficDistribution
+		clientNode string
+		clientLoc  model.Locality
+		eps        []ep
+		want       []string // the endpoints that may be picked
+	}{
+		{"prefer close: same zone", model.TrafficPreferClose, "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), true}, {"a2", "n2", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "a2"}},
+		{"prefer close: zone empty, same region", model.TrafficPreferClose, "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), false}, {"b1", "n3", west("b"), true}, {"e1", "n4", model.Locality{Region: "east", Zone: "a"}, true}}, []string{"b1"}},
+		{"prefer close: region empty, anywhere", model.TrafficPreferClose, "n1", west("a"),
+			[]ep{{"e1", "n4", model.Locality{Region: "east", Zone: "a"}, true}, {"e2", "n5", model.Locality{Region: "east", Zone: "b"}, true}}, []string{"e1", "e2"}},
+		{"prefer same zone: subzone ranks too", model.TrafficPreferSameZone, "n1", model.Locality{Region: "west", Zone: "a", Subzone: "rack1"},
+			[]ep{{"r1", "n2", model.Locality{Region: "west", Zone: "a", Subzone: "rack1"}, true}, {"r2", "n3", model.Locality{Region: "west", Zone: "a", Subzone: "rack2"}, true}}, []string{"r1"}},
+		{"prefer same node", model.TrafficPreferSameNode, "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), true}, {"a2", "n2", west("a"), true}}, []string{"a1"}},
+		{"prefer same node: none ready there", model.TrafficPreferSameNode, "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), false}, {"a2", "n2", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a2", "b1"}},
+		{"none: every endpoint", "", "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "b1"}},
+		{"client's place unknown: every endpoint", model.TrafficPreferClose, "n1", model.Locality{},
+			[]ep{{"a1", "n1", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "b1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := &model.Workload{UID: "uid-client", Kind: model.KindPod, Name: "client", Namespace: "shop", Node: tt.clientNode,
+				Locality: tt.clientLoc, IPs: []netip.Addr{ip("198.19.4.1")}, Identity: idCart, Enrolled: true, Ready: true}
+			ws := []*model.Workload{client}
+			svc := &model.Service{Name: "api", Namespace: "shop", Hostnames: []string{"api.shop.svc.cluster.local"},
+				VIPs: []netip.Addr{ip("198.19.4.100")}, Ports: []model.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}},
+				TrafficDistribution: tt.dist, LoadBalancing: model.LBRoundRobin}
+			byAddr := map[netip.Addr]string{}
+			for i, e := range tt.eps {
+				a := netip.AddrFrom4([4]byte{198, 19, 4, byte(10 + i)})
+				byAddr[a] = e.name
+				ws = append(ws, &model.Workload{UID: "uid-" + e.name, Kind: model.KindPod, Name: e.name, Namespace: "shop", Node: e.node,
+					Locality: e.loc, IPs: []netip.Addr{a}, Identity: idDB, Enrolled: true, Ready: e.ready})
+				svc.Endpoints = append(svc.Endpoints, model.Endpoint{WorkloadUID: "uid-" + e.name, Addresses: []netip.Addr{a}, Ports: map[uint32]uint32{80: 8080}, Ready: e.ready})
+			}
+			s := model.NewSnapshot(model.SnapshotInput{Workloads: ws, Services: []*model.Service{svc}})
+			m := New(Options{Snapshot: func() *model.Snapshot { return s }})
+			got := map[string]bool{}
+			for range 4 * len(tt.eps) {
+				d, ok := m.Resolve(proxy.Pod{UID: "uid-client"}, netip.MustParseAddrPort("198.19.4.100:80"))
+				if !ok {
+					t.Fatalf("Resolve = %+v, %v; want an endpoint", d, ok)
+				}
+				got[byAddr[d.Target.Addr()]] = true
+			}
+			want := map[string]bool{}
+			for _, w := range tt.want {
+				want[w] = true
+			}
+			if !cmp.Equal(got, want) {
+				t.Errorf("connections went to %v; want exactly %v", got, want)
+			}
+		})
+	}
+}

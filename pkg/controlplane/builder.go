@@ -183,6 +183,41 @@ func (bd *build) rejecter(kind, ns, name string) *rejections {
 	return &rejections{kind: kind, namespace: ns, name: name, out: &bd.rej}
 }
 
+// trafficDistribution is a service's preference for close endpoints: Istio's
+// networking.istio.io/traffic-distribution annotation on the service, else
+// its spec.trafficDistribution (Kubernetes Services), else the annotation
+// on its namespace. An unknown value is warned about and ignored (every
+// ready endpoint takes traffic, as without one).
+func (bd *build) trafficDistribution(r *rejections, ns string, ann map[string]string, spec *string) model.TrafficDistribution {
+	key := annotation.NetworkingTrafficDistribution.Name
+	v, from := ann[key], "annotation "+key
+	if v == "" && spec != nil {
+		v, from = *spec, "spec.trafficDistribution"
+	}
+	if v == "" {
+		if n := bd.in.namespaces[ns]; n != nil {
+			v, from = n.Annotations[key], "namespace "+ns+" annotation "+key
+		}
+	}
+	switch d := model.TrafficDistribution(v); d {
+	case "", model.TrafficPreferClose, model.TrafficPreferSameZone, model.TrafficPreferSameNode:
+		return d
+	}
+	r.warn("%s %q: want %s, %s or %s; ignored (traffic spreads over every ready endpoint)", from, v,
+		model.TrafficPreferClose, model.TrafficPreferSameZone, model.TrafficPreferSameNode)
+	return ""
+}
+
+// locality is the place of the node name in the cluster's topology, from
+// its labels; zero when the node is unknown or unlabelled.
+func (bd *build) locality(node string) model.Locality {
+	n := bd.in.nodes[node]
+	if n == nil {
+		return model.Locality{}
+	}
+	return model.Locality{Region: n.Labels[model.LabelRegion], Zone: n.Labels[model.LabelZone], Subzone: n.Labels[model.LabelSubzone]}
+}
+
 // identity returns the SPIFFE ID of a service account.
 func (bd *build) identity(ns, sa string) string {
 	return "spiffe://" + bd.opts.TrustDomain + "/ns/" + ns + "/sa/" + sa
@@ -247,6 +282,7 @@ func (bd *build) translateKubeServices() {
 				ms.ExportTo = list
 			}
 		}
+		ms.TrafficDistribution = bd.trafficDistribution(r, svc.Namespace, svc.Annotations, svc.Spec.TrafficDistribution)
 		bd.hostOwners[ms.Hostname()] = ms.Key()
 		bd.addService(ms)
 		bd.kubeSvcs[k] = svc
@@ -492,6 +528,10 @@ func (bd *build) buildPodWorkloads() {
 			if ns != nil {
 				fp += "|" + ns.ResourceVersion
 			}
+			// The node's locality, not its resourceVersion: node status
+			// updates would otherwise rebuild every workload on it.
+			loc := bd.locality(pod.Spec.NodeName)
+			fp += "|" + loc.Region + "|" + loc.Zone + "|" + loc.Subzone
 			if c, ok := bd.cache[string(pod.UID)]; ok && c.fingerprint == fp {
 				bd.next[string(pod.UID)] = c
 				bd.workloads = append(bd.workloads, c.workload)
@@ -522,6 +562,7 @@ func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workl
 		ServiceAccount: pod.Spec.ServiceAccountName,
 		Labels:         pod.Labels,
 		Ready:          podReady(pod),
+		Locality:       bd.locality(pod.Spec.NodeName),
 	}
 	if w.UID == "" {
 		w.UID = "pod/" + pod.Namespace + "/" + pod.Name

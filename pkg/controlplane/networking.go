@@ -61,6 +61,7 @@ func (bd *build) translateServiceEntries() {
 		if ms == nil {
 			continue
 		}
+		ms.TrafficDistribution = bd.trafficDistribution(r, c.meta.Namespace, c.meta.Annotations, nil)
 		dup := ""
 		for _, h := range ms.Hostnames {
 			if owner, taken := bd.hostOwners[h]; taken {

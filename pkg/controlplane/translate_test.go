@@ -713,3 +713,57 @@ spec:
 		t.Errorf("with %v claimed by another entry, github got %v; want another address in %v", gh, got, auto)
 	}
 }
+
+// TestTrafficDistributionAndLocality: a workload's locality comes from its
+// node's topology labels; a service's traffic distribution from Istio's
+// annotation on it, else its spec.trafficDistribution, else the annotation
+// on its namespace (ServiceEntries too); an unknown value is warned about
+// and ignored.
+func TestTrafficDistributionAndLocality(t *testing.T) {
+	svc := func(name, annotations, spec string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: foo, annotations: {%s}}
+spec: {clusterIP: 10.96.0.%d, ports: [{port: 80}]%s}
+`, name, annotations, len(name), spec)
+	}
+	snap, rej := mustBuild(t, inputs(t, `apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {topology.kubernetes.io/region: west, topology.kubernetes.io/zone: west-a, topology.istio.io/subzone: rack1}}
+`, `apiVersion: v1
+kind: Namespace
+metadata: {name: bar, annotations: {networking.istio.io/traffic-distribution: PreferSameNode}}
+`, ns("foo", ""),
+		pod("foo", "web", "10.0.0.7", "node-1", "app=web"),
+		pod("foo", "elsewhere", "10.0.0.8", "node-unknown", "app=web"),
+		svc("plain", "", ""),
+		svc("spec", "", ", trafficDistribution: PreferClose"),
+		svc("annotated", "networking.istio.io/traffic-distribution: PreferSameNode", ", trafficDistribution: PreferClose"),
+		svc("bogus", "networking.istio.io/traffic-distribution: Nearest", ""),
+		`apiVersion: v1
+kind: Service
+metadata: {name: inherits, namespace: bar}
+spec: {clusterIP: 10.96.1.1, ports: [{port: 80}]}
+`, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: foo, annotations: {networking.istio.io/traffic-distribution: PreferSameZone}}
+spec: {hosts: [api.partner.example], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+`))
+	if w := workloadByName(t, snap, "foo", "web"); w.Locality != (model.Locality{Region: "west", Zone: "west-a", Subzone: "rack1"}) {
+		t.Errorf("workload on node-1 has locality %+v; want west/west-a/rack1 from the node's labels", w.Locality)
+	}
+	if w := workloadByName(t, snap, "foo", "elsewhere"); w.Locality != (model.Locality{}) {
+		t.Errorf("workload on an unknown node has locality %+v; want none", w.Locality)
+	}
+	for key, want := range map[string]model.TrafficDistribution{
+		"foo/plain": "", "foo/spec": model.TrafficPreferClose, "foo/annotated": model.TrafficPreferSameNode,
+		"foo/bogus": "", "bar/inherits": model.TrafficPreferSameNode, "se/foo/partner": model.TrafficPreferSameZone,
+	} {
+		if s, ok := snap.Service(key); !ok || s.TrafficDistribution != want {
+			t.Errorf("service %s: traffic distribution %q (found %v); want %q", key, s.TrafficDistribution, ok, want)
+		}
+	}
+	if !hasRejection(rej, `"Nearest"`, true) {
+		t.Errorf("rejections = %v; want a warning naming foo/bogus's value", rej)
+	}
+}

@@ -85,6 +85,8 @@ type Workload struct {
 	AuthorizationPolicies []NamespacedName
 	// Ready is false for pods that are not ready; they stay addressable but services skip them.
 	Ready bool
+	// Locality is where the workload runs, from its node's labels.
+	Locality Locality `json:",omitzero"`
 }
 
 // Key returns the workload's UID.
@@ -141,6 +143,10 @@ type Service struct {
 	// workloads see the service, "." for its own, "*" (or none given) for
 	// all, "~" for none. See VisibleTo.
 	ExportTo []string
+	// TrafficDistribution prefers endpoints close to the client (Kubernetes'
+	// spec.trafficDistribution, or Istio's traffic-distribution
+	// annotation); "" spreads over every ready endpoint.
+	TrafficDistribution TrafficDistribution `json:",omitempty"`
 }
 
 // VisibleTo reports whether workloads in namespace ns see s: resolve its
@@ -219,6 +225,64 @@ type Endpoint struct {
 	Ports map[uint32]uint32
 	// Ready is false for endpoints that should not receive new connections.
 	Ready bool
+}
+
+// Locality is a node's place in the cluster's topology.
+type Locality struct {
+	// Region and Zone are the node's topology.kubernetes.io/region and
+	// topology.kubernetes.io/zone labels.
+	Region, Zone string
+	// Subzone is Istio's topology.istio.io/subzone label.
+	Subzone string
+}
+
+// Node labels a Locality is read from.
+const (
+	LabelRegion  = "topology.kubernetes.io/region"
+	LabelZone    = "topology.kubernetes.io/zone"
+	LabelSubzone = "topology.istio.io/subzone"
+)
+
+// TrafficDistribution is how a service spreads connections over its
+// endpoints by closeness to the client.
+type TrafficDistribution string
+
+// Traffic distributions: Kubernetes' spec.trafficDistribution values, as
+// Istio ambient reads them.
+const (
+	// TrafficPreferClose prefers endpoints in the client's zone (and
+	// subzone), then its region, then any (Istio's failover order).
+	TrafficPreferClose TrafficDistribution = "PreferClose"
+	// TrafficPreferSameZone is PreferClose's newer name (Kubernetes 1.34).
+	TrafficPreferSameZone TrafficDistribution = "PreferSameZone"
+	// TrafficPreferSameNode prefers endpoints on the client's node, then any.
+	TrafficPreferSameNode TrafficDistribution = "PreferSameNode"
+)
+
+// Closeness ranks how close an endpoint (on node at loc) is to a client (on
+// fromNode at from) under d: a higher rank is preferred; endpoints of the
+// best rank with any ready endpoint take all the traffic. Every endpoint
+// ranks 0 when d is "" (or unknown), or when the client's place is unknown.
+func (d TrafficDistribution) Closeness(fromNode string, from Locality, node string, loc Locality) int {
+	switch d {
+	case TrafficPreferSameNode:
+		if fromNode != "" && node == fromNode {
+			return 1
+		}
+	case TrafficPreferClose, TrafficPreferSameZone:
+		if from == (Locality{}) {
+			return 0
+		}
+		rank := 0
+		for _, same := range []bool{from.Region == loc.Region, from.Zone == loc.Zone, from.Subzone == loc.Subzone} {
+			if !same {
+				break
+			}
+			rank++
+		}
+		return rank
+	}
+	return 0
 }
 
 // LoadBalancing is the endpoint-selection algorithm, from a DestinationRule.

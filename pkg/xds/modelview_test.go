@@ -40,9 +40,12 @@ func TestModelRoundTrip(t *testing.T) {
 			continue
 		}
 		if a.Kind == model.AddressWorkload {
-			if diff := cmp.Diff(a.Workload.Identity, b.Workload.Identity); diff != "" || a.Workload.Enrolled != b.Workload.Enrolled || a.Workload.Ready != b.Workload.Ready {
-				t.Errorf("Lookup(%s) workload = %+v; want identity/enrolled/ready of %+v", ip, b.Workload, a.Workload)
+			if diff := cmp.Diff(a.Workload.Identity, b.Workload.Identity); diff != "" || a.Workload.Enrolled != b.Workload.Enrolled || a.Workload.Ready != b.Workload.Ready ||
+				a.Workload.Locality != b.Workload.Locality {
+				t.Errorf("Lookup(%s) workload = %+v; want identity/enrolled/ready/locality of %+v", ip, b.Workload, a.Workload)
 			}
+		} else if a.Service.TrafficDistribution != b.Service.TrafficDistribution {
+			t.Errorf("Lookup(%s) service traffic distribution = %q; want %q", ip, b.Service.TrafficDistribution, a.Service.TrafficDistribution)
 		}
 	}
 	wp, ok := got.Waypoint(model.NamespacedName{Namespace: "ns1", Name: "waypoint"})

@@ -110,6 +110,7 @@ func workloadAddress(w *meshv1.Workload) *meshv1.Address {
 		Status:        w.GetStatus(),
 		CanonicalName: w.GetCanonicalName(),
 		WorkloadName:  w.GetWorkloadName(),
+		Locality:      w.GetLocality(),
 	}}}
 }
 

@@ -217,6 +217,7 @@ func translateWorkload(snap *model.Snapshot, mw *model.Workload, ga *meshv1.Gate
 		CanonicalName:     mw.CanonicalName,
 		WorkloadName:      mw.WorkloadName,
 		CanonicalRevision: mw.CanonicalRevision,
+		Locality:          translateLocality(mw.Locality),
 	}
 	if !mw.Ready {
 		w.Status = meshv1.WorkloadStatus_UNHEALTHY
@@ -258,6 +259,13 @@ var algorithms = map[model.LoadBalancing]meshv1.LoadBalancing_Algorithm{
 	model.LBPassthrough:  meshv1.LoadBalancing_PASSTHROUGH,
 }
 
+func translateLocality(l model.Locality) *meshv1.Locality {
+	if l == (model.Locality{}) {
+		return nil
+	}
+	return &meshv1.Locality{Region: l.Region, Zone: l.Zone, Subzone: l.Subzone}
+}
+
 func translateService(snap *model.Snapshot, ms *model.Service, ga *meshv1.GatewayAddress) *meshv1.Service {
 	svc := &meshv1.Service{
 		Name:       ms.Name,
@@ -268,6 +276,8 @@ func translateService(snap *model.Snapshot, ms *model.Service, ga *meshv1.Gatewa
 		External:   ms.External,
 		Resolution: ms.Resolution,
 		ExportTo:   slices.Clone(ms.ExportTo),
+
+		TrafficDistribution: string(ms.TrafficDistribution),
 	}
 	if len(ms.Hostnames) > 1 {
 		svc.AdditionalHostnames = slices.Clone(ms.Hostnames[1:])

@@ -22,6 +22,8 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 		Ports:         []model.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, AppProtocol: "HTTP", Protocol: "TCP"}},
 		Waypoint:      wp,
 		LoadBalancing: model.LBRoundRobin,
+
+		TrafficDistribution: model.TrafficPreferClose,
 	}
 	wpSvc := &model.Service{Name: "waypoint", Namespace: "ns1", Source: model.SourceKubernetes, Hostnames: []string{"waypoint.ns1.svc.cluster.local"}, VIPs: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
 	ext := &model.Service{
@@ -32,7 +34,7 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 	a := &model.Workload{
 		UID: "uid-a", Name: "web-a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr(podIP)},
 		ServiceAccount: "web", Identity: "spiffe://cluster.local/ns/ns1/sa/web", Enrolled: true, Waypoint: wp,
-		CanonicalName: "web", CanonicalRevision: "v1", Ready: true,
+		CanonicalName: "web", CanonicalRevision: "v1", Ready: true, Locality: model.Locality{Region: "west", Zone: "west-a", Subzone: "rack1"},
 		Services:              []model.ServiceBinding{{Service: model.NamespacedName{Namespace: "ns1", Name: "web"}, Hostname: "web.ns1.svc.cluster.local", Ports: map[uint32]uint32{80: 8080}}},
 		PeerAuthentication:    model.PeerAuthResult{Mode: model.MTLSStrict, PortModes: map[uint32]model.MTLSMode{9090: model.MTLSPermissive}},
 		AuthorizationPolicies: []model.NamespacedName{{Namespace: "ns1", Name: "web-allow"}},
@@ -41,7 +43,8 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 		Name: "web-allow", Namespace: "ns1", Action: policy.Allow,
 		Rules: []policy.Rule{{From: []policy.Source{{Namespaces: []string{"ns1"}}}}},
 	}}
-	b := &model.Workload{UID: "uid-b", Name: "db-b", Namespace: "ns1", Node: "node-b", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.20")}, Identity: "spiffe://cluster.local/ns/ns1/sa/default"}
+	b := &model.Workload{UID: "uid-b", Name: "db-b", Namespace: "ns1", Node: "node-b", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.20")}, Identity: "spiffe://cluster.local/ns/ns1/sa/default",
+		Locality: model.Locality{Region: "west", Zone: "west-b"}}
 	return model.NewSnapshot(model.SnapshotInput{Version: version, Workloads: []*model.Workload{a, b}, Services: []*model.Service{web, wpSvc, ext}, AuthorizationPolicies: []*model.AuthorizationPolicy{authz},
 		Waypoints: []*model.Waypoint{{Name: "waypoint", Namespace: "ns1", For: model.WaypointForAll, Addresses: wp.Addresses, Identity: "spiffe://cluster.local/ns/ns1/sa/waypoint"}}})
 }
@@ -68,6 +71,7 @@ func TestApplySnapshot(t *testing.T) {
 		Services: map[string]*meshv1.PortList{"ns1/web.ns1.svc.cluster.local": {Ports: []*meshv1.Port{{ServicePort: 80, TargetPort: 8080}}}},
 		// The policies bound to it, so that the agent can tell one is late.
 		AuthorizationPolicies: []string{"ns1/web-allow"},
+		Locality:              &meshv1.Locality{Region: "west", Zone: "west-a", Subzone: "rack1"},
 	}
 	r, ok := c.Get(meshv1.WorkloadType, "uid-a")
 	if !ok {
@@ -98,6 +102,8 @@ func TestApplySnapshot(t *testing.T) {
 		Ports:         []*meshv1.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, AppProtocol: "HTTP"}},
 		Waypoint:      wantWaypoint,
 		LoadBalancing: &meshv1.LoadBalancing{Algorithm: meshv1.LoadBalancing_ROUND_ROBIN},
+
+		TrafficDistribution: "PreferClose",
 	}}}
 	if d := cmp.Diff(wantSvc, svc.Message, protocmp.Transform()); d != "" {
 		t.Errorf("service web (-want +got):\n%s", d)

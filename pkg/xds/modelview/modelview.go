@@ -200,10 +200,14 @@ func (b *builder) workload(mw *meshv1.Workload) *model.Workload {
 		IPs: addrs(mw.GetAddresses()), Node: mw.GetNode(), ServiceAccount: mw.GetServiceAccount(),
 		Identity: mw.GetIdentity(), CanonicalName: mw.GetCanonicalName(), CanonicalRevision: mw.GetCanonicalRevision(), WorkloadName: mw.GetWorkloadName(),
 		Enrolled: mw.GetEnrolled(), Waypoint: b.waypointRef(mw.GetWaypoint()),
-		Ready: mw.GetStatus() == meshv1.WorkloadStatus_HEALTHY,
+		Ready: mw.GetStatus() == meshv1.WorkloadStatus_HEALTHY, Locality: locality(mw.GetLocality()),
 	}
 	b.bindings(w, mw.GetServices())
 	return w
+}
+
+func locality(l *meshv1.Locality) model.Locality {
+	return model.Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubzone()}
 }
 
 func (b *builder) workloadAddress(mw *meshv1.WorkloadAddress) *model.Workload {
@@ -211,7 +215,7 @@ func (b *builder) workloadAddress(mw *meshv1.WorkloadAddress) *model.Workload {
 		UID: mw.GetUid(), Kind: model.KindPod, Name: mw.GetName(), Namespace: mw.GetNamespace(),
 		IPs: addrs(mw.GetAddresses()), Node: mw.GetNode(), Identity: mw.GetIdentity(),
 		CanonicalName: mw.GetCanonicalName(), WorkloadName: mw.GetWorkloadName(), Enrolled: mw.GetEnrolled(), Waypoint: b.waypointRef(mw.GetWaypoint()),
-		Ready: mw.GetStatus() == meshv1.WorkloadStatus_HEALTHY,
+		Ready: mw.GetStatus() == meshv1.WorkloadStatus_HEALTHY, Locality: locality(mw.GetLocality()),
 	}
 	b.bindings(w, mw.GetServices())
 	return w
@@ -232,6 +236,8 @@ func (b *builder) service(ms *meshv1.Service) *model.Service {
 		LoadBalancing: algorithms[ms.GetLoadBalancing().GetAlgorithm()],
 		External:      ms.GetExternal(), Resolution: ms.GetResolution(),
 		ExportTo: ms.GetExportTo(),
+
+		TrafficDistribution: model.TrafficDistribution(ms.GetTrafficDistribution()),
 	}
 	if s.Resolution != "" {
 		s.Source = model.SourceServiceEntry

@@ -124,7 +124,7 @@ func (x LoadBalancing_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LoadBalancing_Mode.Descriptor instead.
 func (LoadBalancing_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type LoadBalancing_Scope int32
@@ -185,7 +185,7 @@ func (x LoadBalancing_Scope) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LoadBalancing_Scope.Descriptor instead.
 func (LoadBalancing_Scope) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10, 1}
+	return file_mesh_proto_rawDescGZIP(), []int{11, 1}
 }
 
 // Algorithm is how one endpoint is picked (a DestinationRule's simple LB).
@@ -243,7 +243,7 @@ func (x LoadBalancing_Algorithm) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LoadBalancing_Algorithm.Descriptor instead.
 func (LoadBalancing_Algorithm) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10, 2}
+	return file_mesh_proto_rawDescGZIP(), []int{11, 2}
 }
 
 type Authorization_Scope int32
@@ -295,7 +295,7 @@ func (x Authorization_Scope) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Authorization_Scope.Descriptor instead.
 func (Authorization_Scope) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{11, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{12, 0}
 }
 
 type Authorization_Action int32
@@ -344,7 +344,7 @@ func (x Authorization_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Authorization_Action.Descriptor instead.
 func (Authorization_Action) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{11, 1}
+	return file_mesh_proto_rawDescGZIP(), []int{12, 1}
 }
 
 type PeerAuthentication_Mode int32
@@ -397,7 +397,7 @@ func (x PeerAuthentication_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PeerAuthentication_Mode.Descriptor instead.
 func (PeerAuthentication_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{16, 0}
+	return file_mesh_proto_rawDescGZIP(), []int{17, 0}
 }
 
 // Workload is one pod (or WorkloadEntry) in full. A node agent receives the
@@ -442,8 +442,10 @@ type Workload struct {
 	// resources bound to this workload, so that a client can tell when one
 	// of them has not reached it yet (they come in another response).
 	AuthorizationPolicies []string `protobuf:"bytes,18,rep,name=authorization_policies,json=authorizationPolicies,proto3" json:"authorization_policies,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// locality is where the workload runs, from its node's topology labels.
+	Locality      *Locality `protobuf:"bytes,19,opt,name=locality,proto3" json:"locality,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Workload) Reset() {
@@ -602,6 +604,77 @@ func (x *Workload) GetAuthorizationPolicies() []string {
 	return nil
 }
 
+func (x *Workload) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+// Locality is a node's place in the cluster's topology: the labels
+// topology.kubernetes.io/region and zone, and Istio's
+// topology.istio.io/subzone. Services with a traffic distribution prefer
+// endpoints closest to the client by it.
+type Locality struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Zone          string                 `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
+	Subzone       string                 `protobuf:"bytes,3,opt,name=subzone,proto3" json:"subzone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Locality) Reset() {
+	*x = Locality{}
+	mi := &file_mesh_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Locality) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Locality) ProtoMessage() {}
+
+func (x *Locality) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Locality.ProtoReflect.Descriptor instead.
+func (*Locality) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Locality) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *Locality) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *Locality) GetSubzone() string {
+	if x != nil {
+		return x.Subzone
+	}
+	return ""
+}
+
 // WorkloadPort is one declared container port.
 type WorkloadPort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -615,7 +688,7 @@ type WorkloadPort struct {
 
 func (x *WorkloadPort) Reset() {
 	*x = WorkloadPort{}
-	mi := &file_mesh_proto_msgTypes[1]
+	mi := &file_mesh_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +700,7 @@ func (x *WorkloadPort) String() string {
 func (*WorkloadPort) ProtoMessage() {}
 
 func (x *WorkloadPort) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[1]
+	mi := &file_mesh_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +713,7 @@ func (x *WorkloadPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadPort.ProtoReflect.Descriptor instead.
 func (*WorkloadPort) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{1}
+	return file_mesh_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *WorkloadPort) GetName() string {
@@ -676,7 +749,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_mesh_proto_msgTypes[2]
+	mi := &file_mesh_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +761,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[2]
+	mi := &file_mesh_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +774,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{2}
+	return file_mesh_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Port) GetServicePort() uint32 {
@@ -728,7 +801,7 @@ type PortList struct {
 
 func (x *PortList) Reset() {
 	*x = PortList{}
-	mi := &file_mesh_proto_msgTypes[3]
+	mi := &file_mesh_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +813,7 @@ func (x *PortList) String() string {
 func (*PortList) ProtoMessage() {}
 
 func (x *PortList) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[3]
+	mi := &file_mesh_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +826,7 @@ func (x *PortList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortList.ProtoReflect.Descriptor instead.
 func (*PortList) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{3}
+	return file_mesh_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PortList) GetPorts() []*Port {
@@ -786,7 +859,7 @@ type GatewayAddress struct {
 
 func (x *GatewayAddress) Reset() {
 	*x = GatewayAddress{}
-	mi := &file_mesh_proto_msgTypes[4]
+	mi := &file_mesh_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +871,7 @@ func (x *GatewayAddress) String() string {
 func (*GatewayAddress) ProtoMessage() {}
 
 func (x *GatewayAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[4]
+	mi := &file_mesh_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +884,7 @@ func (x *GatewayAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayAddress.ProtoReflect.Descriptor instead.
 func (*GatewayAddress) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{4}
+	return file_mesh_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GatewayAddress) GetNamespace() string {
@@ -880,7 +953,7 @@ type Address struct {
 
 func (x *Address) Reset() {
 	*x = Address{}
-	mi := &file_mesh_proto_msgTypes[5]
+	mi := &file_mesh_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +965,7 @@ func (x *Address) String() string {
 func (*Address) ProtoMessage() {}
 
 func (x *Address) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[5]
+	mi := &file_mesh_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +978,7 @@ func (x *Address) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Address.ProtoReflect.Descriptor instead.
 func (*Address) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{5}
+	return file_mesh_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Address) GetType() isAddress_Type {
@@ -965,14 +1038,16 @@ type WorkloadAddress struct {
 	Status        WorkloadStatus         `protobuf:"varint,11,opt,name=status,proto3,enum=meshlet.mesh.v1alpha1.WorkloadStatus" json:"status,omitempty"`
 	CanonicalName string                 `protobuf:"bytes,12,opt,name=canonical_name,json=canonicalName,proto3" json:"canonical_name,omitempty"`
 	// workload_name is Workload.workload_name.
-	WorkloadName  string `protobuf:"bytes,13,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
+	WorkloadName string `protobuf:"bytes,13,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
+	// locality is Workload.locality.
+	Locality      *Locality `protobuf:"bytes,14,opt,name=locality,proto3" json:"locality,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WorkloadAddress) Reset() {
 	*x = WorkloadAddress{}
-	mi := &file_mesh_proto_msgTypes[6]
+	mi := &file_mesh_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1059,7 @@ func (x *WorkloadAddress) String() string {
 func (*WorkloadAddress) ProtoMessage() {}
 
 func (x *WorkloadAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[6]
+	mi := &file_mesh_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1072,7 @@ func (x *WorkloadAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadAddress.ProtoReflect.Descriptor instead.
 func (*WorkloadAddress) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{6}
+	return file_mesh_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkloadAddress) GetUid() string {
@@ -1091,6 +1166,13 @@ func (x *WorkloadAddress) GetWorkloadName() string {
 	return ""
 }
 
+func (x *WorkloadAddress) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
 // Service is a Kubernetes Service or ServiceEntry.
 type Service struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1117,14 +1199,20 @@ type Service struct {
 	StaticEndpoints []*StaticEndpoint `protobuf:"bytes,11,rep,name=static_endpoints,json=staticEndpoints,proto3" json:"static_endpoints,omitempty"`
 	// export_to is Istio's exportTo: the namespaces whose workloads see the
 	// service, "." for its own, "*" or none for all, "~" for none.
-	ExportTo      []string `protobuf:"bytes,12,rep,name=export_to,json=exportTo,proto3" json:"export_to,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExportTo []string `protobuf:"bytes,12,rep,name=export_to,json=exportTo,proto3" json:"export_to,omitempty"`
+	// traffic_distribution is the Service's spec.trafficDistribution (or
+	// Istio's networking.istio.io/traffic-distribution annotation):
+	// "PreferClose" or "PreferSameZone" (endpoints in the client's zone,
+	// else its region, else any), "PreferSameNode" (on the client's node,
+	// else any); empty spreads over every ready endpoint.
+	TrafficDistribution string `protobuf:"bytes,13,opt,name=traffic_distribution,json=trafficDistribution,proto3" json:"traffic_distribution,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_mesh_proto_msgTypes[7]
+	mi := &file_mesh_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1224,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[7]
+	mi := &file_mesh_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1237,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{7}
+	return file_mesh_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Service) GetName() string {
@@ -1236,6 +1324,13 @@ func (x *Service) GetExportTo() []string {
 	return nil
 }
 
+func (x *Service) GetTrafficDistribution() string {
+	if x != nil {
+		return x.TrafficDistribution
+	}
+	return ""
+}
+
 // StaticEndpoint is a service endpoint without a workload.
 type StaticEndpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1251,7 +1346,7 @@ type StaticEndpoint struct {
 
 func (x *StaticEndpoint) Reset() {
 	*x = StaticEndpoint{}
-	mi := &file_mesh_proto_msgTypes[8]
+	mi := &file_mesh_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1358,7 @@ func (x *StaticEndpoint) String() string {
 func (*StaticEndpoint) ProtoMessage() {}
 
 func (x *StaticEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[8]
+	mi := &file_mesh_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1371,7 @@ func (x *StaticEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StaticEndpoint.ProtoReflect.Descriptor instead.
 func (*StaticEndpoint) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{8}
+	return file_mesh_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StaticEndpoint) GetAddresses() []string {
@@ -1314,7 +1409,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_mesh_proto_msgTypes[9]
+	mi := &file_mesh_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1421,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[9]
+	mi := &file_mesh_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1434,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{9}
+	return file_mesh_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ServicePort) GetName() string {
@@ -1382,7 +1477,7 @@ type LoadBalancing struct {
 
 func (x *LoadBalancing) Reset() {
 	*x = LoadBalancing{}
-	mi := &file_mesh_proto_msgTypes[10]
+	mi := &file_mesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1489,7 @@ func (x *LoadBalancing) String() string {
 func (*LoadBalancing) ProtoMessage() {}
 
 func (x *LoadBalancing) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[10]
+	mi := &file_mesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1502,7 @@ func (x *LoadBalancing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancing.ProtoReflect.Descriptor instead.
 func (*LoadBalancing) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{10}
+	return file_mesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LoadBalancing) GetMode() LoadBalancing_Mode {
@@ -1459,7 +1554,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_mesh_proto_msgTypes[11]
+	mi := &file_mesh_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1566,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[11]
+	mi := &file_mesh_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1579,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{11}
+	return file_mesh_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Authorization) GetName() string {
@@ -1556,7 +1651,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_mesh_proto_msgTypes[12]
+	mi := &file_mesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1663,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[12]
+	mi := &file_mesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1676,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{12}
+	return file_mesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Rule) GetFrom() []*SourceMatch {
@@ -1619,7 +1714,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1726,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[13]
+	mi := &file_mesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1739,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{13}
+	return file_mesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Condition) GetKey() string {
@@ -1686,7 +1781,7 @@ type SourceMatch struct {
 
 func (x *SourceMatch) Reset() {
 	*x = SourceMatch{}
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1793,7 @@ func (x *SourceMatch) String() string {
 func (*SourceMatch) ProtoMessage() {}
 
 func (x *SourceMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[14]
+	mi := &file_mesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1806,7 @@ func (x *SourceMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceMatch.ProtoReflect.Descriptor instead.
 func (*SourceMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{14}
+	return file_mesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SourceMatch) GetPrincipals() []string {
@@ -1769,7 +1864,7 @@ type DestinationMatch struct {
 
 func (x *DestinationMatch) Reset() {
 	*x = DestinationMatch{}
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1876,7 @@ func (x *DestinationMatch) String() string {
 func (*DestinationMatch) ProtoMessage() {}
 
 func (x *DestinationMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[15]
+	mi := &file_mesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1889,7 @@ func (x *DestinationMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestinationMatch.ProtoReflect.Descriptor instead.
 func (*DestinationMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{15}
+	return file_mesh_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DestinationMatch) GetPorts() []uint32 {
@@ -1840,7 +1935,7 @@ type PeerAuthentication struct {
 
 func (x *PeerAuthentication) Reset() {
 	*x = PeerAuthentication{}
-	mi := &file_mesh_proto_msgTypes[16]
+	mi := &file_mesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +1947,7 @@ func (x *PeerAuthentication) String() string {
 func (*PeerAuthentication) ProtoMessage() {}
 
 func (x *PeerAuthentication) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[16]
+	mi := &file_mesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +1960,7 @@ func (x *PeerAuthentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerAuthentication.ProtoReflect.Descriptor instead.
 func (*PeerAuthentication) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{16}
+	return file_mesh_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PeerAuthentication) GetWorkloadUid() string {
@@ -1903,7 +1998,7 @@ type TrustBundle struct {
 
 func (x *TrustBundle) Reset() {
 	*x = TrustBundle{}
-	mi := &file_mesh_proto_msgTypes[17]
+	mi := &file_mesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1915,7 +2010,7 @@ func (x *TrustBundle) String() string {
 func (*TrustBundle) ProtoMessage() {}
 
 func (x *TrustBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[17]
+	mi := &file_mesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1928,7 +2023,7 @@ func (x *TrustBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
 func (*TrustBundle) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{17}
+	return file_mesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TrustBundle) GetTrustDomain() string {
@@ -1969,7 +2064,7 @@ type WaypointConfig struct {
 
 func (x *WaypointConfig) Reset() {
 	*x = WaypointConfig{}
-	mi := &file_mesh_proto_msgTypes[18]
+	mi := &file_mesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2076,7 @@ func (x *WaypointConfig) String() string {
 func (*WaypointConfig) ProtoMessage() {}
 
 func (x *WaypointConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_proto_msgTypes[18]
+	mi := &file_mesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2089,7 @@ func (x *WaypointConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaypointConfig.ProtoReflect.Descriptor instead.
 func (*WaypointConfig) Descriptor() ([]byte, []int) {
-	return file_mesh_proto_rawDescGZIP(), []int{18}
+	return file_mesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WaypointConfig) GetNamespace() string {
@@ -2030,7 +2125,7 @@ var File_mesh_proto protoreflect.FileDescriptor
 const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xb6\x06\n" +
+	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xf3\x06\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2050,10 +2145,15 @@ const file_mesh_proto_rawDesc = "" +
 	"\anetwork\x18\x0f \x01(\tR\anetwork\x12=\n" +
 	"\x06status\x18\x10 \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12#\n" +
 	"\rworkload_name\x18\x11 \x01(\tR\fworkloadName\x125\n" +
-	"\x16authorization_policies\x18\x12 \x03(\tR\x15authorizationPolicies\x1a\\\n" +
+	"\x16authorization_policies\x18\x12 \x03(\tR\x15authorizationPolicies\x12;\n" +
+	"\blocality\x18\x13 \x01(\v2\x1f.meshlet.mesh.v1alpha1.LocalityR\blocality\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"R\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"P\n" +
+	"\bLocality\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x18\n" +
+	"\asubzone\x18\x03 \x01(\tR\asubzone\"R\n" +
 	"\fWorkloadPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
@@ -2076,7 +2176,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\aAddress\x12D\n" +
 	"\bworkload\x18\x01 \x01(\v2&.meshlet.mesh.v1alpha1.WorkloadAddressH\x00R\bworkload\x12:\n" +
 	"\aservice\x18\x02 \x01(\v2\x1e.meshlet.mesh.v1alpha1.ServiceH\x00R\aserviceB\x06\n" +
-	"\x04type\"\xd7\x04\n" +
+	"\x04type\"\x94\x05\n" +
 	"\x0fWorkloadAddress\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2091,10 +2191,11 @@ const file_mesh_proto_rawDesc = "" +
 	" \x01(\tR\anetwork\x12=\n" +
 	"\x06status\x18\v \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12%\n" +
 	"\x0ecanonical_name\x18\f \x01(\tR\rcanonicalName\x12#\n" +
-	"\rworkload_name\x18\r \x01(\tR\fworkloadName\x1a\\\n" +
+	"\rworkload_name\x18\r \x01(\tR\fworkloadName\x12;\n" +
+	"\blocality\x18\x0e \x01(\v2\x1f.meshlet.mesh.v1alpha1.LocalityR\blocality\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\x93\x04\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xc6\x04\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -2110,7 +2211,8 @@ const file_mesh_proto_rawDesc = "" +
 	" \x01(\tR\n" +
 	"resolution\x12P\n" +
 	"\x10static_endpoints\x18\v \x03(\v2%.meshlet.mesh.v1alpha1.StaticEndpointR\x0fstaticEndpoints\x12\x1b\n" +
-	"\texport_to\x18\f \x03(\tR\bexportTo\"}\n" +
+	"\texport_to\x18\f \x03(\tR\bexportTo\x121\n" +
+	"\x14traffic_distribution\x18\r \x01(\tR\x13trafficDistribution\"}\n" +
 	"\x0eStaticEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x121\n" +
@@ -2229,7 +2331,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_mesh_proto_goTypes = []any{
 	(WorkloadStatus)(0),          // 0: meshlet.mesh.v1alpha1.WorkloadStatus
 	(LoadBalancing_Mode)(0),      // 1: meshlet.mesh.v1alpha1.LoadBalancing.Mode
@@ -2239,63 +2341,66 @@ var file_mesh_proto_goTypes = []any{
 	(Authorization_Action)(0),    // 5: meshlet.mesh.v1alpha1.Authorization.Action
 	(PeerAuthentication_Mode)(0), // 6: meshlet.mesh.v1alpha1.PeerAuthentication.Mode
 	(*Workload)(nil),             // 7: meshlet.mesh.v1alpha1.Workload
-	(*WorkloadPort)(nil),         // 8: meshlet.mesh.v1alpha1.WorkloadPort
-	(*Port)(nil),                 // 9: meshlet.mesh.v1alpha1.Port
-	(*PortList)(nil),             // 10: meshlet.mesh.v1alpha1.PortList
-	(*GatewayAddress)(nil),       // 11: meshlet.mesh.v1alpha1.GatewayAddress
-	(*Address)(nil),              // 12: meshlet.mesh.v1alpha1.Address
-	(*WorkloadAddress)(nil),      // 13: meshlet.mesh.v1alpha1.WorkloadAddress
-	(*Service)(nil),              // 14: meshlet.mesh.v1alpha1.Service
-	(*StaticEndpoint)(nil),       // 15: meshlet.mesh.v1alpha1.StaticEndpoint
-	(*ServicePort)(nil),          // 16: meshlet.mesh.v1alpha1.ServicePort
-	(*LoadBalancing)(nil),        // 17: meshlet.mesh.v1alpha1.LoadBalancing
-	(*Authorization)(nil),        // 18: meshlet.mesh.v1alpha1.Authorization
-	(*Rule)(nil),                 // 19: meshlet.mesh.v1alpha1.Rule
-	(*Condition)(nil),            // 20: meshlet.mesh.v1alpha1.Condition
-	(*SourceMatch)(nil),          // 21: meshlet.mesh.v1alpha1.SourceMatch
-	(*DestinationMatch)(nil),     // 22: meshlet.mesh.v1alpha1.DestinationMatch
-	(*PeerAuthentication)(nil),   // 23: meshlet.mesh.v1alpha1.PeerAuthentication
-	(*TrustBundle)(nil),          // 24: meshlet.mesh.v1alpha1.TrustBundle
-	(*WaypointConfig)(nil),       // 25: meshlet.mesh.v1alpha1.WaypointConfig
-	nil,                          // 26: meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	nil,                          // 27: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	nil,                          // 28: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	(*Locality)(nil),             // 8: meshlet.mesh.v1alpha1.Locality
+	(*WorkloadPort)(nil),         // 9: meshlet.mesh.v1alpha1.WorkloadPort
+	(*Port)(nil),                 // 10: meshlet.mesh.v1alpha1.Port
+	(*PortList)(nil),             // 11: meshlet.mesh.v1alpha1.PortList
+	(*GatewayAddress)(nil),       // 12: meshlet.mesh.v1alpha1.GatewayAddress
+	(*Address)(nil),              // 13: meshlet.mesh.v1alpha1.Address
+	(*WorkloadAddress)(nil),      // 14: meshlet.mesh.v1alpha1.WorkloadAddress
+	(*Service)(nil),              // 15: meshlet.mesh.v1alpha1.Service
+	(*StaticEndpoint)(nil),       // 16: meshlet.mesh.v1alpha1.StaticEndpoint
+	(*ServicePort)(nil),          // 17: meshlet.mesh.v1alpha1.ServicePort
+	(*LoadBalancing)(nil),        // 18: meshlet.mesh.v1alpha1.LoadBalancing
+	(*Authorization)(nil),        // 19: meshlet.mesh.v1alpha1.Authorization
+	(*Rule)(nil),                 // 20: meshlet.mesh.v1alpha1.Rule
+	(*Condition)(nil),            // 21: meshlet.mesh.v1alpha1.Condition
+	(*SourceMatch)(nil),          // 22: meshlet.mesh.v1alpha1.SourceMatch
+	(*DestinationMatch)(nil),     // 23: meshlet.mesh.v1alpha1.DestinationMatch
+	(*PeerAuthentication)(nil),   // 24: meshlet.mesh.v1alpha1.PeerAuthentication
+	(*TrustBundle)(nil),          // 25: meshlet.mesh.v1alpha1.TrustBundle
+	(*WaypointConfig)(nil),       // 26: meshlet.mesh.v1alpha1.WaypointConfig
+	nil,                          // 27: meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	nil,                          // 28: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	nil,                          // 29: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 }
 var file_mesh_proto_depIdxs = []int32{
-	11, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	8,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
-	26, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
+	12, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	9,  // 1: meshlet.mesh.v1alpha1.Workload.ports:type_name -> meshlet.mesh.v1alpha1.WorkloadPort
+	27, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
 	0,  // 3: meshlet.mesh.v1alpha1.Workload.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
-	9,  // 4: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	13, // 5: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
-	14, // 6: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
-	11, // 7: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	27, // 8: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	0,  // 9: meshlet.mesh.v1alpha1.WorkloadAddress.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
-	16, // 10: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
-	11, // 11: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	17, // 12: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
-	15, // 13: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
-	9,  // 14: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	1,  // 15: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
-	2,  // 16: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
-	3,  // 17: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
-	4,  // 18: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
-	5,  // 19: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
-	19, // 20: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
-	21, // 21: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
-	22, // 22: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
-	20, // 23: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
-	6,  // 24: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	28, // 25: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
-	10, // 26: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	10, // 27: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	6,  // 28: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	8,  // 4: meshlet.mesh.v1alpha1.Workload.locality:type_name -> meshlet.mesh.v1alpha1.Locality
+	10, // 5: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	14, // 6: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
+	15, // 7: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
+	12, // 8: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	28, // 9: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	0,  // 10: meshlet.mesh.v1alpha1.WorkloadAddress.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
+	8,  // 11: meshlet.mesh.v1alpha1.WorkloadAddress.locality:type_name -> meshlet.mesh.v1alpha1.Locality
+	17, // 12: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
+	12, // 13: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	18, // 14: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
+	16, // 15: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
+	10, // 16: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	1,  // 17: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
+	2,  // 18: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
+	3,  // 19: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
+	4,  // 20: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
+	5,  // 21: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
+	20, // 22: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
+	22, // 23: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
+	23, // 24: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
+	21, // 25: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
+	6,  // 26: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	29, // 27: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	11, // 28: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	11, // 29: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	6,  // 30: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -2303,7 +2408,7 @@ func file_mesh_proto_init() {
 	if File_mesh_proto != nil {
 		return
 	}
-	file_mesh_proto_msgTypes[5].OneofWrappers = []any{
+	file_mesh_proto_msgTypes[6].OneofWrappers = []any{
 		(*Address_Workload)(nil),
 		(*Address_Service)(nil),
 	}
@@ -2313,7 +2418,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,99 @@
+package meshtest
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// TestTrafficDistributionPreferClose: with the lab's two nodes in two zones
+// of one region, a Service with spec.trafficDistribution PreferClose sends
+// every request of a client to the echo pod in the client's zone, and to
+// the other zone's once its own has none; the same pods behind a Service
+// without it answer from both zones; Istio's annotation
+// networking.istio.io/traffic-distribution PreferSameNode does the same by
+// node.
+func TestTrafficDistributionPreferClose(t *testing.T) {
+	lb := meshLab(t)
+	nodes, err := lb.Clientset().CoreV1().Nodes().List(t.Context(), metav1.ListOptions{})
+	if err != nil || len(nodes.Items) < 2 {
+		t.Fatalf("want two nodes: %v", err)
+	}
+	near, far := nodes.Items[0].Name, nodes.Items[1].Name
+	for i, n := range []string{near, far} {
+		if out, err := lb.Kubectl("label", "node", n, "--overwrite", "topology.kubernetes.io/region=lab", fmt.Sprintf("topology.kubernetes.io/zone=lab-%c", 'a'+i)); err != nil {
+			t.Fatalf("label node %s: %v: %s", n, err, out)
+		}
+		t.Cleanup(func() {
+			_, _ = lb.Kubectl("label", "node", n, "topology.kubernetes.io/region-", "topology.kubernetes.io/zone-")
+		})
+	}
+	ns := ambientNamespace(t, lb)
+	echoOn := func(name, node string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, labels: {app: echo}}
+spec:
+  nodeName: %[2]s
+  containers:
+  - name: echo
+    image: meshlet.dev/echo:latest
+    env: [{name: VERSION, value: %[1]s}]
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+`, name, node)
+	}
+	lb.Apply(t, ns, echoOn("echo-near", near)+"---\n"+echoOn("echo-far", far)+`---
+apiVersion: v1
+kind: Service
+metadata: {name: close}
+spec:
+  selector: {app: echo}
+  ports: [{port: 8080}]
+  trafficDistribution: PreferClose
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spread}
+spec:
+  selector: {app: echo}
+  ports: [{port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: samenode, annotations: {networking.istio.io/traffic-distribution: PreferSameNode}}
+spec:
+  selector: {app: echo}
+  ports: [{port: 8080}]
+`)
+	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	// Near is the client's node, wherever the scheduler put it.
+	nearPod, farPod := "echo-near", "echo-far"
+	if client.Spec.NodeName != near {
+		nearPod, farPod = farPod, nearPod
+	}
+	url := func(svc string) string { return fmt.Sprintf("http://%s.%s.svc.cluster.local:8080/", svc, ns) }
+	for _, svc := range []string{"close", "samenode"} {
+		lab.WaitFor(t, time.Minute, svc+": every request to the client's zone", func() (bool, error) {
+			s := summary(t, lb, ns, client.Name, "-n", "20", url(svc))
+			return s.OK == 20 && s.ByVersion[nearPod] == 20, fmt.Errorf("answered by %v (errors %v); want all 20 by %s on %s", s.ByVersion, s.Errors, nearPod, client.Spec.NodeName)
+		})
+	}
+	s := summary(t, lb, ns, client.Name, "-n", "20", url("spread"))
+	if s.OK != 20 || s.ByVersion[nearPod] == 0 || s.ByVersion[farPod] == 0 {
+		t.Errorf("Service without a traffic distribution: answered by %v (errors %v); want both pods", s.ByVersion, s.Errors)
+	}
+
+	// The near pod goes: the far zone takes over.
+	if out, err := lb.Kubectl("-n", ns, "delete", "pod", nearPod, "--wait=true"); err != nil {
+		t.Fatalf("delete %s: %v: %s", nearPod, err, out)
+	}
+	lab.WaitFor(t, time.Minute, "requests fail over to the other zone", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "10", url("close"))
+		return s.OK == 10 && s.ByVersion[farPod] == 10, fmt.Errorf("answered by %v (errors %v); want all 10 by %s", s.ByVersion, s.Errors, farPod)
+	})
+}
