@@ -79,11 +79,12 @@ spec:
 	url := func(svc string) string { return fmt.Sprintf("http://%s.%s.svc.cluster.local:8080/", svc, ns) }
 	for _, svc := range []string{"close", "samenode"} {
 		lab.WaitFor(t, time.Minute, svc+": every request to the client's zone", func() (bool, error) {
-			s := summary(t, lb, ns, client.Name, "-n", "20", url(svc))
+			// Four connections at a time (a client keeps each alive).
+			s := summary(t, lb, ns, client.Name, "-n", "20", "-c", "4", url(svc))
 			return s.OK == 20 && s.ByVersion[nearPod] == 20, fmt.Errorf("answered by %v (errors %v); want all 20 by %s on %s", s.ByVersion, s.Errors, nearPod, client.Spec.NodeName)
 		})
 	}
-	s := summary(t, lb, ns, client.Name, "-n", "20", url("spread"))
+	s := summary(t, lb, ns, client.Name, "-n", "20", "-c", "4", url("spread"))
 	if s.OK != 20 || s.ByVersion[nearPod] == 0 || s.ByVersion[farPod] == 0 {
 		t.Errorf("Service without a traffic distribution: answered by %v (errors %v); want both pods", s.ByVersion, s.Errors)
 	}
@@ -93,7 +94,7 @@ spec:
 		t.Fatalf("delete %s: %v: %s", nearPod, err, out)
 	}
 	lab.WaitFor(t, time.Minute, "requests fail over to the other zone", func() (bool, error) {
-		s := summary(t, lb, ns, client.Name, "-n", "10", url("close"))
+		s := summary(t, lb, ns, client.Name, "-n", "10", "-c", "4", url("close"))
 		return s.OK == 10 && s.ByVersion[farPod] == 10, fmt.Errorf("answered by %v (errors %v); want all 10 by %s", s.ByVersion, s.Errors, farPod)
 	})
 }
