@@ -88,9 +88,10 @@ func parseFlags() flags {
 	flag.StringVar(&f.meshdServerName, "meshd-server-name", "", "name meshd's TLS certificate must carry; empty means the host of --meshd-address")
 	flag.StringVar(&f.meshdRootCert, "meshd-root-cert", "/var/run/secrets/meshlet/root-cert.pem", "PEM root certificate of the mesh (meshd's TLS and workload certificates)")
 	flag.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "service account token sent to meshd")
-	// Off by default: the agent runs in the host's network namespace,
-	// whose loopback every host process and hostNetwork pod shares, and a
-	// heap profile holds private keys.
+	// The agent runs in the host's network namespace, whose loopback every
+	// host process and hostNetwork pod shares: the admin port answers root
+	// only (admin.Options.RootPeersOnly), and pprof is off unless asked for
+	// (a heap profile holds private keys).
 	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address, loopback only: /config_dump (what `meshctl agent-config` shows), and pprof with --pprof; empty disables")
 	flag.BoolVar(&f.pprof, "pprof", false, "serve pprof on --admin-addr too (heap profile sampling costs ~0.4 MB)")
 	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)

@@ -119,6 +119,23 @@ func (f *dataplaneFlags) check() error {
 	return nil
 }
 
+// readDump reads pod's config dump: with -o json it is written to out as
+// is (done), else decoded into doc.
+func (f *dataplaneFlags) readDump(ctx context.Context, c *clients, out io.Writer, pod *corev1.Pod, doc any) (done bool, err error) {
+	raw, err := c.adminGet(ctx, pod.Namespace, pod.Name, configdump.AdminPort, configdump.Path)
+	if err != nil {
+		return false, err
+	}
+	if f.output == "json" {
+		_, err := out.Write(raw)
+		return true, err
+	}
+	if err := json.Unmarshal(raw, doc); err != nil {
+		return false, fmt.Errorf("pod %s/%s: config dump: %w", pod.Namespace, pod.Name, err)
+	}
+	return false, nil
+}
+
 var agentConfigKinds = []string{"workloads", "services", "policies", "certificates", "all"}
 
 func newAgentConfigCommand(s Streams, g *globalOptions) *cobra.Command {
@@ -147,23 +164,15 @@ As istioctl ztunnel-config. -o json prints the whole config dump.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			ctx, cancel := context.WithTimeout(ctxOf(cmd), f.timeout)
 			defer cancel()
 			pod, err := agentOn(ctx, c, g.meshNamespace, node)
 			if err != nil {
 				return err
 			}
-			raw, err := c.adminGet(ctx, pod.Namespace, pod.Name, configdump.AdminPort, configdump.Path)
-			if err != nil {
-				return err
-			}
-			if f.output == "json" {
-				_, err := s.Out.Write(raw)
-				return err
-			}
 			var d configdump.Agent
-			if err := json.Unmarshal(raw, &d); err != nil {
-				return fmt.Errorf("node agent %s: config dump: %w", pod.Name, err)
+			if done, err := f.readDump(ctx, c, s.Out, pod, &d); done || err != nil {
+				return err
 			}
 			fmt.Fprintf(s.ErrOut, "node agent %s on %s, config version %d\n", pod.Name, d.Node, d.ConfigVersion)
 			return printAgentConfig(s.Out, &d, kind, f.namespace, time.Now())
@@ -393,23 +402,15 @@ running pods). As istioctl proxy-config. -o json prints the whole config dump.`,
 			if ns == "" {
 				ns = "default"
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			ctx, cancel := context.WithTimeout(ctxOf(cmd), f.timeout)
 			defer cancel()
 			pod, err := waypointPod(ctx, c, ns, name)
 			if err != nil {
 				return err
 			}
-			raw, err := c.adminGet(ctx, pod.Namespace, pod.Name, configdump.AdminPort, configdump.Path)
-			if err != nil {
-				return err
-			}
-			if f.output == "json" {
-				_, err := s.Out.Write(raw)
-				return err
-			}
 			var d configdump.Waypoint
-			if err := json.Unmarshal(raw, &d); err != nil {
-				return fmt.Errorf("waypoint %s: config dump: %w", pod.Name, err)
+			if done, err := f.readDump(ctx, c, s.Out, pod, &d); done || err != nil {
+				return err
 			}
 			if d.L7 == nil {
 				fmt.Fprintf(s.ErrOut, "waypoint %s of Gateway %s: no config from meshd yet\n", pod.Name, d.Gateway)
