@@ -37,6 +37,8 @@ var liveKinds = []schema.GroupVersionKind{
 	// (liveOptional). The ConfigMaps of BackendTLSPolicies are read one by
 	// one (policyConfigMaps): all of a cluster's would be a lot.
 	{Version: "v1", Kind: "Secret"},
+	// Their topology labels place workloads (traffic distribution).
+	{Version: "v1", Kind: "Node"},
 }
 
 // liveOptional are the kinds analysis goes on without when the user may
@@ -45,6 +47,7 @@ var liveKinds = []schema.GroupVersionKind{
 var liveOptional = map[string]metav1.ListOptions{
 	// Only TLS Secrets are ever referred to: others are not read.
 	"Secret": {FieldSelector: "type=kubernetes.io/tls"},
+	"Node":   {},
 }
 
 // analyzeLive reads the cluster's objects and analyzes them. Gateways are
@@ -64,8 +67,12 @@ func analyzeLive(ctx context.Context, g *globalOptions, o *analyzeOptions) ([]Fi
 	}
 	findings, err := analyze(objs, AnalyzeOptions{DefaultNamespace: o.namespace, AssumeProfile: "live", MeshNamespace: g.meshNamespace, Unreadable: unreadable})
 	for _, kind := range unreadable {
+		effect := "references to them (TLS credentialName, caCertificateRefs) were not checked"
+		if kind == "Node" {
+			effect = "workloads' zones (for traffic distribution) are not known"
+		}
 		findings = append(findings, Finding{Severity: SeverityWarning, Check: "access", Kind: kind, Namespace: ns,
-			Message: fmt.Sprintf("not allowed to list %ss: references to them (TLS credentialName, caCertificateRefs) were not checked; run analyze with read access to them to check those", kind)})
+			Message: fmt.Sprintf("not allowed to list %ss: %s; run analyze with read access to them to check those", kind, effect)})
 	}
 	if err != nil || ns == "" {
 		return findings, err

@@ -51,7 +51,6 @@ func bugReportKinds() []schema.GroupVersionKind {
 		schema.GroupVersionKind{Group: "telemetry.istio.io", Version: "v1", Kind: "Telemetry"},
 		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"},
 		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"},
-		schema.GroupVersionKind{Version: "v1", Kind: "Node"},
 	)
 }
 

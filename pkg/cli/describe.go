@@ -204,6 +204,15 @@ func (d *describer) service(w io.Writer, ns, name string) error {
 	}
 	fmt.Fprintf(w, "Service:    %s (%s)\n", svc.Hostname(), addrs(svc))
 	fmt.Fprintf(w, "Waypoint:   %s\n", waypointText(svc.Waypoint))
+	switch svc.TrafficDistribution {
+	case model.TrafficPreferClose, model.TrafficPreferSameZone:
+		fmt.Fprintf(w, "Traffic:    %s: a client's connections go to the ready endpoints in its zone, else its region, else any\n", svc.TrafficDistribution)
+	case model.TrafficPreferSameNode:
+		fmt.Fprintf(w, "Traffic:    %s: a client's connections go to the ready endpoints on its node, else any\n", svc.TrafficDistribution)
+	}
+	if svc.TrafficDistribution != "" && svc.Waypoint != nil {
+		fmt.Fprintln(w, "            (not applied: its waypoint picks the endpoints)")
+	}
 	fmt.Fprintln(w, "Endpoints:")
 	if len(svc.Endpoints) == 0 {
 		fmt.Fprintln(w, "  none")
@@ -217,7 +226,11 @@ func (d *describer) service(w io.Writer, ns, name string) error {
 		for i, a := range ep.Addresses {
 			ips[i] = a.String()
 		}
-		fmt.Fprintf(w, "  %s/%s %s ready: %s, enrolled: %s\n", wl.Namespace, wl.Name, strings.Join(ips, ","), yesNo(ep.Ready), yesNo(wl.Enrolled))
+		where := ""
+		if z := wl.Locality.Zone; z != "" {
+			where = ", zone: " + z
+		}
+		fmt.Fprintf(w, "  %s/%s %s ready: %s, enrolled: %s%s\n", wl.Namespace, wl.Name, strings.Join(ips, ","), yesNo(ep.Ready), yesNo(wl.Enrolled), where)
 	}
 	fmt.Fprintln(w, "Routes:")
 	routes := d.routesFor(svc)

@@ -2,6 +2,7 @@ package meshtest
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +88,12 @@ spec:
 	s := summary(t, lb, ns, client.Name, "-n", "20", "-c", "4", url("spread"))
 	if s.OK != 20 || s.ByVersion[nearPod] == 0 || s.ByVersion[farPod] == 0 {
 		t.Errorf("Service without a traffic distribution: answered by %v (errors %v); want both pods", s.ByVersion, s.Errors)
+	}
+
+	// meshctl describe says so, with each endpoint's zone.
+	out := meshctl(t, lb)("describe", "service", "close", "-n", ns)
+	if !strings.Contains(out, "Traffic:    PreferClose") || !strings.Contains(out, "zone: lab-a") || !strings.Contains(out, "zone: lab-b") {
+		t.Errorf("meshctl describe service close:\n%s\nwant its traffic distribution and the endpoints' zones lab-a and lab-b", out)
 	}
 
 	// The near pod goes: the far zone takes over.
