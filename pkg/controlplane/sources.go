@@ -179,6 +179,10 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		s.opts.Logger = slog.Default()
 	}
 	core := s.kube.Core().V1()
+	nodes := core.Nodes().Informer()
+	if err := nodes.SetTransform(trimNode); err != nil {
+		return nil, fmt.Errorf("trim Nodes: %w", err)
+	}
 	nw := s.istio.Networking().V1()
 	sec := s.istio.Security().V1()
 	gw := s.gateway.Gateway().V1()
@@ -188,7 +192,7 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		{KindService, core.Services().Informer()},
 		{KindEndpointSlice, s.kube.Discovery().V1().EndpointSlices().Informer()},
 		{KindServiceAccount, core.ServiceAccounts().Informer()},
-		{KindNode, core.Nodes().Informer()},
+		{KindNode, nodes},
 		{KindVirtualService, nw.VirtualServices().Informer()},
 		{KindDestinationRule, nw.DestinationRules().Informer()},
 		{KindIstioGateway, nw.Gateways().Informer()},
@@ -256,6 +260,11 @@ var statusWritten = map[string]bool{
 // and its spec (generation), labels, annotations and deletion stayed. Each
 // status write of meshd's would otherwise rebuild the mesh once more.
 func statusOnlyUpdate(kind string, o, n metav1.Object) bool {
+	if kind == KindNode {
+		// Of Nodes the build reads the topology labels only
+		// (trimNode): the kubelets' status updates change nothing.
+		return maps.Equal(o.GetLabels(), n.GetLabels()) && o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
+	}
 	return statusWritten[kind] && n.GetGeneration() != 0 && o.GetGeneration() == n.GetGeneration() &&
 		maps.Equal(o.GetLabels(), n.GetLabels()) && maps.Equal(o.GetAnnotations(), n.GetAnnotations()) &&
 		o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
@@ -493,6 +502,18 @@ func trimBackendTLSPolicy(obj any) (any, error) {
 		return obj, nil
 	}
 	return &gatewayv1.BackendTLSPolicy{TypeMeta: p.TypeMeta, ObjectMeta: trimmedMeta(p.ObjectMeta), Spec: p.Spec}, nil
+}
+
+// trimNode keeps of a Node its name and labels (a workload's locality): its
+// status, with every image the node holds, is most of its size, and
+// changes with each kubelet status update.
+func trimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID,
+		ResourceVersion: n.ResourceVersion, Labels: n.Labels, DeletionTimestamp: n.DeletionTimestamp}}, nil
 }
 
 // trimmedMeta is the metadata the builder reads of a trimmed object:

@@ -294,6 +294,10 @@ func TestStatusOnlyUpdate(t *testing.T) {
 		{"deletion started", KindBackendTLSPolicy, func(m *metav1.ObjectMeta) { m.DeletionTimestamp = &now }, false},
 		{"Gateway status is read", KindGateway, func(*metav1.ObjectMeta) {}, false},
 		{"no generation kept", KindHTTPRoute, func(m *metav1.ObjectMeta) {}, false},
+		// A Node is read for its topology labels only: a kubelet's
+		// status update (no generation on Nodes) rebuilds nothing.
+		{"Node status update", KindNode, func(m *metav1.ObjectMeta) { m.Generation = 0 }, true},
+		{"Node zone label changed", KindNode, func(m *metav1.ObjectMeta) { m.Labels = map[string]string{"topology.kubernetes.io/zone": "b"} }, false},
 	} {
 		o, n := base.DeepCopy(), base.DeepCopy()
 		if tt.name == "no generation kept" {
