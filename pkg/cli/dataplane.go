@@ -238,7 +238,7 @@ func printAgentConfig(w io.Writer, d *configdump.Agent, kind, ns string, now tim
 	}
 	if kind == "services" || kind == "all" {
 		section("SERVICES")
-		fmt.Fprintln(tw, "NAMESPACE\tNAME\tKIND\tVIP\tPORTS\tENDPOINTS\tWAYPOINT")
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tKIND\tVIP\tPORTS\tENDPOINTS\tWAYPOINT\tTRAFFIC")
 		for _, sv := range sortedServices(d.Services) {
 			if ns != "" && sv.Namespace != ns {
 				continue
@@ -253,8 +253,8 @@ func printAgentConfig(w io.Writer, d *configdump.Agent, kind, ns string, now tim
 			for _, p := range sv.Ports {
 				ports = append(ports, strconv.FormatUint(uint64(p.Port), 10))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", sv.Namespace, sv.Name, sv.Source, joinAddrs(sv.VIPs),
-				dash(strings.Join(ports, ",")), ready, len(sv.Endpoints), waypointName(sv.Waypoint))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", sv.Namespace, sv.Name, sv.Source, joinAddrs(sv.VIPs),
+				dash(strings.Join(ports, ",")), ready, len(sv.Endpoints), waypointName(sv.Waypoint), dash(string(sv.TrafficDistribution)))
 		}
 	}
 	if kind == "policies" || kind == "all" {

@@ -90,6 +90,9 @@ type build struct {
 	seSelect   []seSelector
 	workloads  []*model.Workload
 	hostOwners map[string]string
+	// zoned: 0 not looked yet, 1 some node has a region or zone label, 2
+	// nodes are known and none has (see trafficDistribution).
+	zoned int8
 
 	validVS       []config[networkingapi.VirtualService] // oldest first
 	validRoutes   []*gatewayv1.HTTPRoute
@@ -200,12 +203,36 @@ func (bd *build) trafficDistribution(r *rejections, ns string, ann map[string]st
 		}
 	}
 	switch d := model.TrafficDistribution(v); d {
-	case "", model.TrafficPreferClose, model.TrafficPreferSameZone, model.TrafficPreferSameNode:
+	case model.TrafficPreferClose, model.TrafficPreferSameZone:
+		if bd.unzoned() {
+			r.warn("%s %s: no node has a %s or %s label, so every ready endpoint is as close as any other; label the nodes",
+				from, v, model.LabelRegion, model.LabelZone)
+		}
+		return d
+	case "", model.TrafficPreferSameNode:
 		return d
 	}
 	r.warn("%s %q: want %s, %s or %s; ignored (traffic spreads over every ready endpoint)", from, v,
 		model.TrafficPreferClose, model.TrafficPreferSameZone, model.TrafficPreferSameNode)
 	return ""
+}
+
+// unzoned reports whether nodes are known and none of them carries a region
+// or zone label (a file analysis knows no nodes: nothing to say).
+func (bd *build) unzoned() bool {
+	if bd.zoned == 0 {
+		bd.zoned = 2
+		if len(bd.in.nodes) == 0 {
+			bd.zoned = 1
+		}
+		for _, n := range bd.in.nodes {
+			if n.Labels[model.LabelRegion] != "" || n.Labels[model.LabelZone] != "" {
+				bd.zoned = 1
+				break
+			}
+		}
+	}
+	return bd.zoned == 2
 }
 
 // locality is the place of the node name in the cluster's topology, from

@@ -766,4 +766,23 @@ spec: {hosts: [api.partner.example], ports: [{number: 443, name: tls, protocol: 
 	if !hasRejection(rej, `"Nearest"`, true) {
 		t.Errorf("rejections = %v; want a warning naming foo/bogus's value", rej)
 	}
+	if hasRejection(rej, "label the nodes", true) {
+		t.Errorf("rejections = %v; want no warning about unlabelled nodes (node-1 has a zone)", rej)
+	}
+
+	// Nodes without topology labels: PreferClose cannot prefer anything,
+	// and the service is told so; with no node known (a file analysis),
+	// nothing is said.
+	unlabelled := `apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+`
+	_, rej = mustBuild(t, inputs(t, unlabelled, svc("spec", "", ", trafficDistribution: PreferClose")))
+	if !hasRejection(rej, "label the nodes", true) {
+		t.Errorf("rejections = %v; want a warning that no node has a zone", rej)
+	}
+	_, rej = mustBuild(t, inputs(t, svc("spec", "", ", trafficDistribution: PreferClose")))
+	if hasRejection(rej, "label the nodes", true) {
+		t.Errorf("rejections without nodes = %v; want none about labels", rej)
+	}
 }
