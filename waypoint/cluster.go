@@ -6,14 +6,17 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash/fnv"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
@@ -389,6 +392,36 @@ func rendezvous(eps []*endpoint, key string) *endpoint {
 		}
 	}
 	return best
+}
+
+// EndpointStates describes every endpoint of every cluster and subset of
+// the config in force, sorted by cluster, subset and address, for the
+// config dump.
+func (p *Proxy) EndpointStates(now time.Time) []configdump.Endpoint {
+	c := p.cfg.Load()
+	if c == nil {
+		return nil
+	}
+	var out []configdump.Endpoint
+	add := func(u *upstream) {
+		for _, e := range u.endpoints {
+			e.mu.Lock()
+			d := configdump.Endpoint{Cluster: u.cluster, Subset: u.subset, Address: e.addr, Active: e.active.Load(), Ejections: e.ejections}
+			if now.Before(e.ejectedUntil) {
+				d.EjectedUntil = e.ejectedUntil.UTC()
+			}
+			e.mu.Unlock()
+			out = append(out, d)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.clusters)) {
+		cl := c.clusters[name]
+		add(cl.all)
+		for _, s := range slices.Sorted(maps.Keys(cl.subsets)) {
+			add(cl.subsets[s])
+		}
+	}
+	return out
 }
 
 func (e *endpoint) ejected(now time.Time) bool {

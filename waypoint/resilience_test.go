@@ -289,6 +289,15 @@ func TestOutlierDetection(t *testing.T) {
 	if got := metricSum(t, h.reg, "meshlet_waypoint_outlier_ejections_total", map[string]string{"cluster": "od"}); got != 1 {
 		t.Errorf("ejections metric = %v; want 1", got)
 	}
+	// The config dump (meshctl proxy-config endpoints) shows which.
+	for _, e := range h.proxy.EndpointStates(time.Now()) {
+		if ejected := !e.EjectedUntil.IsZero(); e.Cluster != "od" || ejected != (e.Address == bad) || (e.Address == bad && e.Ejections != 1) {
+			t.Errorf("endpoint state %+v; want cluster od, only %s ejected (once)", e, bad)
+		}
+	}
+	if n := len(h.proxy.EndpointStates(time.Now())); n != 2 {
+		t.Errorf("%d endpoint states; want the cluster's 2", n)
+	}
 	time.Sleep(450 * time.Millisecond)
 	for i := 0; i < 4; i++ {
 		h.get(t, client, "/", nil)

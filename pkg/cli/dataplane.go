@@ -370,17 +370,17 @@ func scope(mesh bool, selector map[string]string, targets int) string {
 	return "namespace"
 }
 
-var proxyConfigKinds = []string{"listeners", "routes", "clusters", "certificates", "all"}
+var proxyConfigKinds = []string{"listeners", "routes", "clusters", "endpoints", "certificates", "all"}
 
 func newProxyConfigCommand(s Streams, g *globalOptions) *cobra.Command {
 	var f dataplaneFlags
 	cmd := &cobra.Command{
 		Use:   "proxy-config <" + strings.Join(proxyConfigKinds, "|") + "> <waypoint>",
-		Short: "Show what a waypoint or ingress gateway holds: listeners, routes, clusters, certificate",
+		Short: "Show what a waypoint or ingress gateway holds: listeners, routes, clusters, endpoints, certificate",
 		Long: `Shows the L7 configuration a waypoint (or ingress gateway) serves, read from
 its admin port (loopback, through a port-forward): listeners, the routes of
-their virtual hosts in match order, clusters with their endpoints, and its
-certificate. <waypoint> is a pod name or a Gateway's name (then one of its
+their virtual hosts in match order, clusters, their endpoints with requests in
+flight and outlier ejections, and its certificate. <waypoint> is a pod name or a Gateway's name (then one of its
 running pods). As istioctl proxy-config. -o json prints the whole config dump.`,
 		Example: `  meshctl proxy-config routes waypoint -n shop
   meshctl proxy-config clusters waypoint-7d9c6b5f4-x2k8p -n shop -o json`,
@@ -502,6 +502,17 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, dash(string(c.Protocol)), dash(lb),
 				dash(strings.Join(subsets, ",")), dash(strings.Join(eps, ",")))
+		}
+	}
+	if kind == "endpoints" || kind == "all" {
+		section("ENDPOINTS")
+		fmt.Fprintln(tw, "CLUSTER\tSUBSET\tENDPOINT\tSTATUS\tACTIVE\tEJECTIONS")
+		for _, e := range d.Endpoints {
+			status := "HEALTHY"
+			if !e.EjectedUntil.IsZero() && now.Before(e.EjectedUntil) {
+				status = "EJECTED for " + e.EjectedUntil.Sub(now).Round(time.Second).String()
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", e.Cluster, dash(e.Subset), e.Address, status, e.Active, e.Ejections)
 		}
 	}
 	if kind == "certificates" || kind == "all" {

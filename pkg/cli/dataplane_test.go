@@ -116,7 +116,11 @@ func TestPrintProxyConfig(t *testing.T) {
 			}}}}},
 		Clusters: []model.L7Cluster{{Name: "web", Endpoints: []model.L7Endpoint{{Address: "198.18.1.5:8080"}, {Address: "198.18.2.5:8080"}},
 			Subsets: []model.Subset{{Name: "v1"}, {Name: "v2"}}}},
-	}, Certificates: []configdump.Certificate{{Identity: "spiffe://cluster.local/ns/shop/sa/waypoint", NotBefore: now.Add(-25 * time.Hour), NotAfter: now.Add(-time.Hour)}}}
+	}, Certificates: []configdump.Certificate{{Identity: "spiffe://cluster.local/ns/shop/sa/waypoint", NotBefore: now.Add(-25 * time.Hour), NotAfter: now.Add(-time.Hour)}},
+		Endpoints: []configdump.Endpoint{
+			{Cluster: "web", Address: "198.18.1.5:8080", Active: 2},
+			{Cluster: "web", Subset: "v1", Address: "198.18.1.5:8080", EjectedUntil: now.Add(30 * time.Second), Ejections: 1},
+		}}
 	tests := []struct {
 		kind string
 		rows [][]string
@@ -129,6 +133,7 @@ func TestPrintProxyConfig(t *testing.T) {
 		}},
 		{"clusters", [][]string{{"web", "-", "-", "v1,v2", "198.18.1.5:8080,198.18.2.5:8080"}}},
 		{"certificates", [][]string{{"spiffe://cluster.local/ns/shop/sa/waypoint", "expired"}}},
+		{"endpoints", [][]string{{"web", "-", "198.18.1.5:8080", "HEALTHY", "2", "0"}, {"web", "v1", "198.18.1.5:8080", "EJECTED for 30s", "0", "1"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind, func(t *testing.T) {

@@ -82,6 +82,9 @@ type Waypoint struct {
 	L7 *model.L7Config `json:"l7"`
 	// Policies are the AuthorizationPolicies bound to the waypoint.
 	Policies []*policy.Policy `json:"policies"`
+	// Endpoints are the endpoints of every cluster and subset as the
+	// proxy sees them now: requests in flight, outlier ejection.
+	Endpoints []Endpoint `json:"endpoints"`
 	// Certificates is the waypoint's own SVID.
 	Certificates []Certificate `json:"certificates"`
 }
@@ -143,6 +146,21 @@ func redactUpstreamTLS(t *model.UpstreamTLS) *model.UpstreamTLS {
 		c.ClientKeyPEM = Redacted
 	}
 	return &c
+}
+
+// Endpoint is one endpoint of a waypoint's cluster (or of one of its
+// subsets, each of which keeps its own outlier state, as Istio makes one
+// Envoy cluster per subset).
+type Endpoint struct {
+	Cluster string `json:"cluster"`
+	Subset  string `json:"subset,omitempty"`
+	Address string `json:"address"`
+	// Active is the requests in flight to it.
+	Active int64 `json:"active"`
+	// EjectedUntil is set while outlier detection keeps it out.
+	EjectedUntil time.Time `json:"ejectedUntil,omitzero"`
+	// Ejections counts its ejections (each lasts longer).
+	Ejections int `json:"ejections"`
 }
 
 // Certificate is the public part of an SVID the process holds.

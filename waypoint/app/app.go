@@ -182,6 +182,9 @@ func (s *state) configDump() any {
 	if a := s.applied.Load(); a != nil {
 		d.Applied, d.L7, d.Policies = a.at.UTC(), configdump.RedactL7(a.cfg.L7), a.cfg.Policies
 	}
+	if p := s.proxy.Load(); p != nil {
+		d.Endpoints = p.EndpointStates(time.Now())
+	}
 	if svid, err := s.svid.GetX509SVID(); err == nil {
 		if c, ok := configdump.CertificateOf(svid.ID.String(), svid.Certificates); ok {
 			d.Certificates = []configdump.Certificate{c}

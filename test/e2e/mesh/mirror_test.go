@@ -2,6 +2,7 @@ package meshtest
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +151,12 @@ spec:
 	})
 	ejected1 := ejections()
 	ejectedAt := time.Now()
+	// meshctl proxy-config endpoints shows which endpoint is out, and for
+	// how long (read well within the 15 s).
+	eps := run("proxy-config", "endpoints", "waypoint", "-n", ns)
+	if !slices.ContainsFunc(strings.Split(eps, "\n"), func(l string) bool { return containsAll(l, bad.Status.PodIP+":", "EJECTED for") }) {
+		t.Errorf("meshctl proxy-config endpoints waypoint -n %s:\n%s\nwant %s (the failing pod) EJECTED", ns, eps, bad.Status.PodIP)
+	}
 	// While ejected it gets nothing: every request is served by v1.
 	served := badRequests()
 	if s := summary(t, lb, ns, client.Name, "-n", "20", url); s.ByStatus["200"] != 20 || s.ByVersion["v1"] != 20 {
