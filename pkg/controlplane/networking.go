@@ -396,6 +396,12 @@ func (bd *build) translateWorkloadEntry(c config[networkingapi.WorkloadEntry], r
 	}
 	w.Identity = bd.identity(w.Namespace, w.ServiceAccount)
 	w.WorkloadName = w.Name
+	// Istio's locality: "region/zone/subzone", any of them empty.
+	if loc := spec.GetLocality(); loc != "" {
+		parts := strings.SplitN(loc, "/", 3)
+		parts = append(parts, "", "")
+		w.Locality = model.Locality{Region: parts[0], Zone: parts[1], Subzone: parts[2]}
+	}
 	w.CanonicalName, w.CanonicalRevision = canonical(w.Labels, w.Name)
 	w.Waypoint = bd.workloadWaypoint(KindWorkloadEntry, w.Namespace, w.Name, c.meta.Labels)
 	w.PeerAuthentication = model.ResolvePeerAuthentication(bd.peerAuths, bd.opts.RootNamespace, w.Namespace, w.Labels)

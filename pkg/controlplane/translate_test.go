@@ -770,6 +770,16 @@ spec: {hosts: [api.partner.example], ports: [{number: 443, name: tls, protocol: 
 		t.Errorf("rejections = %v; want no warning about unlabelled nodes (node-1 has a zone)", rej)
 	}
 
+	// A WorkloadEntry's own locality field (Istio's "region/zone/subzone").
+	snap, _ = mustBuild(t, inputs(t, `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: foo}
+spec: {address: 10.1.0.5, locality: west/west-b}
+`))
+	if w := workloadByName(t, snap, "foo", "vm-1"); w.Locality != (model.Locality{Region: "west", Zone: "west-b"}) {
+		t.Errorf("WorkloadEntry with locality west/west-b: %+v; want region west, zone west-b", w.Locality)
+	}
+
 	// Nodes without topology labels: PreferClose cannot prefer anything,
 	// and the service is told so; with no node known (a file analysis),
 	// nothing is said.
