@@ -140,14 +140,13 @@ func (b *bugReport) gather(ctx context.Context) {
 	if st, err := readMeshState(ctx, b.c, ns, time.Now()); err != nil {
 		b.fail("status", err)
 	} else {
-		var out bytes.Buffer
-		printStatus(&out, st, ns)
-		b.add("status.txt", out.Bytes())
-		out.Reset()
-		if err := printProxyStatus(&out, st, "json"); err != nil {
+		var status, proxies bytes.Buffer
+		printStatus(&status, st, ns)
+		b.add("status.txt", status.Bytes())
+		if err := printProxyStatus(&proxies, st, "json"); err != nil {
 			b.fail("proxy-status", err)
 		} else {
-			b.add("proxy-status.json", out.Bytes())
+			b.add("proxy-status.json", proxies.Bytes())
 		}
 	}
 	if findings, err := analyzeLive(ctx, b.g, &analyzeOptions{allNamespaces: true}); err != nil {
@@ -198,7 +197,7 @@ func (b *bugReport) meshletPods(ctx context.Context) ([]corev1.Pod, error) {
 	return out, nil
 }
 
-// podDir is where a pod's files go: meshd/<pod>, node-agents/<node>, or
+// podDir is where a pod's files go: meshd/<pod>, node-agents/<node>/<pod>, or
 // gateways/<namespace>/<pod>.
 func (b *bugReport) podDir(p corev1.Pod) (dir string, admin string) {
 	switch {
