@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -53,8 +54,8 @@ func (c *clients) adminGet(ctx context.Context, ns, pod string, port int, path s
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	ready := make(chan struct{})
-	var errOut strings.Builder
-	fw, err := portforward.NewOnAddressesWithContext(fctx, dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, ready, io.Discard, &errOut)
+	errOut := &lockedBuffer{}
+	fw, err := portforward.NewOnAddressesWithContext(fctx, dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, ready, io.Discard, errOut)
 	if err != nil {
 		return nil, fmt.Errorf("port-forward to %s: %w", where, err)
 	}
@@ -97,6 +98,25 @@ func (c *clients) adminGet(ctx context.Context, ns, pod string, port int, path s
 		return nil, fmt.Errorf("GET %s from %s: %s: %s", path, where, res.Status, strings.TrimSpace(string(body)))
 	}
 	return body, nil
+}
+
+// lockedBuffer collects what the port-forward's goroutines report, for an
+// error message read while they may still write.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // dataplaneFlags are the flags agent-config and proxy-config share.
