@@ -418,10 +418,7 @@ running pods). As istioctl proxy-config. -o json prints the whole config dump.`,
 			if err != nil {
 				return err
 			}
-			ns := f.namespace
-			if ns == "" {
-				ns = "default"
-			}
+			ns := g.namespace(f.namespace)
 			ctx, cancel := context.WithTimeout(ctxOf(cmd), f.timeout)
 			defer cancel()
 			pod, err := waypointPod(ctx, c, ns, name)
@@ -441,7 +438,7 @@ running pods). As istioctl proxy-config. -o json prints the whole config dump.`,
 			return printProxyConfig(s.Out, &d, kind, time.Now())
 		},
 	}
-	f.add(cmd, "namespace of the waypoint (default \"default\")")
+	f.add(cmd, "namespace of the waypoint"+nsUsage)
 	return cmd
 }
 

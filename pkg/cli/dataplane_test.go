@@ -2,6 +2,8 @@ package cli
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -153,5 +155,37 @@ func TestPrintProxyConfig(t *testing.T) {
 	_ = printProxyConfig(&b, d, "routes", now)
 	if out := b.String(); !(strings.Index(out, "beta") < strings.Index(out, "split") && strings.Index(out, "split") < strings.Index(out, "gone")) {
 		t.Errorf("routes out of match order:\n%s", out)
+	}
+}
+
+// TestNamespaceDefault: -n wins; without it the kubeconfig context's
+// namespace, as kubectl's; without one (or without a kubeconfig) "default".
+func TestNamespaceDefault(t *testing.T) {
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: lab, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: admin, user: {}}]
+contexts:
+- {name: shop, context: {cluster: lab, user: admin, namespace: shop}}
+- {name: plain, context: {cluster: lab, user: admin}}
+current-context: shop
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		kubeconfig, context, flag, want string
+	}{
+		{kc, "", "", "shop"},
+		{kc, "", "billing", "billing"},
+		{kc, "plain", "", "default"},
+		{filepath.Join(dir, "missing"), "", "", "default"},
+	}
+	for _, tt := range tests {
+		g := &globalOptions{kubeconfig: tt.kubeconfig, context: tt.context}
+		if got := g.namespace(tt.flag); got != tt.want {
+			t.Errorf("namespace(%q) with kubeconfig %s, context %q = %q; want %q", tt.flag, filepath.Base(tt.kubeconfig), tt.context, got, tt.want)
+		}
 	}
 }

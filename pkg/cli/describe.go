@@ -40,7 +40,7 @@ func newDescribeCommand(s Streams, g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return d.pod(ctxOf(cmd), s.Out, namespace, args[0])
+			return d.pod(ctxOf(cmd), s.Out, g.namespace(namespace), args[0])
 		},
 	}
 	svc := &cobra.Command{
@@ -52,11 +52,11 @@ func newDescribeCommand(s Streams, g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return d.service(s.Out, namespace, args[0])
+			return d.service(s.Out, g.namespace(namespace), args[0])
 		},
 	}
 	for _, c := range []*cobra.Command{pod, svc} {
-		c.Flags().StringVarP(&namespace, "namespace", "n", "default", "the object's namespace")
+		c.Flags().StringVarP(&namespace, "namespace", "n", "", "the object's namespace"+nsUsage)
 	}
 	cmd.AddCommand(pod, svc)
 	return cmd

@@ -52,6 +52,26 @@ type clients struct {
 	mapper  *restmapper.DeferredDiscoveryRESTMapper
 }
 
+// nsUsage ends the help of a -n flag whose default is the context's.
+const nsUsage = " (default: the kubeconfig context's namespace, else default)"
+
+// namespace is ns when set, else the namespace of the kubeconfig's context
+// (as kubectl and istioctl default to it), else "default".
+func (g *globalOptions) namespace(ns string) string {
+	if ns != "" {
+		return ns
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if g.kubeconfig != "" {
+		rules.ExplicitPath = g.kubeconfig
+	}
+	n, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: g.context}).Namespace()
+	if err != nil || n == "" {
+		return "default"
+	}
+	return n
+}
+
 // clients builds API clients from the kubeconfig flags.
 func (g *globalOptions) clients() (*clients, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()

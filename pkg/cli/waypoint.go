@@ -171,8 +171,11 @@ func newWaypointCommand(s Streams, g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "waypoint",
 		Short: "Manage waypoints, the L7 proxies of a namespace or service",
+		PersistentPreRun: func(*cobra.Command, []string) {
+			o.namespace = g.namespace(o.namespace)
+		},
 	}
-	cmd.PersistentFlags().StringVarP(&o.namespace, "namespace", "n", "default", "namespace of the waypoint")
+	cmd.PersistentFlags().StringVarP(&o.namespace, "namespace", "n", "", "namespace of the waypoint"+nsUsage)
 	apply := &cobra.Command{
 		Use:   "apply",
 		Short: "Create or update a waypoint",
