@@ -265,15 +265,15 @@ func run(f flags) error {
 	if f.adminAddr != "" {
 		// Not fatal: during a rolling update the agent being replaced
 		// holds the port until it exits; this one takes it over then.
+		dump := configdump.Handler(func() any {
+			d := &configdump.Agent{Node: f.nodeName, TrustDomain: f.trustDomain, Enrolled: ag.Enrolled()}
+			slices.Sort(d.Enrolled)
+			dumpMesh(d)
+			return d
+		})
 		go func() {
 			logged := false
 			for {
-				dump := configdump.Handler(func() any {
-					d := &configdump.Agent{Node: f.nodeName, TrustDomain: f.trustDomain, Enrolled: ag.Enrolled()}
-					slices.Sort(d.Enrolled)
-					dumpMesh(d)
-					return d
-				})
 				// The node's loopback is every process's and every
 				// hostNetwork pod's on the node: root only.
 				err := admin.Serve(ctx, f.adminAddr, admin.Options{Pprof: f.pprof, RootPeersOnly: true,

@@ -184,8 +184,8 @@ func (b *bugReport) gather(ctx context.Context) {
 func (b *bugReport) meshletPods(ctx context.Context) ([]corev1.Pod, error) {
 	var out []corev1.Pod
 	for _, q := range []struct{ ns, selector string }{
-		{b.g.meshNamespace, "app.kubernetes.io/name=meshd"},
-		{b.g.meshNamespace, "app.kubernetes.io/name=meshlet-node-agent"},
+		{b.g.meshNamespace, meshdSelector},
+		{b.g.meshNamespace, nodeAgentSelector},
 		{"", gatewayNameLabel},
 	} {
 		l, err := b.c.kube.CoreV1().Pods(q.ns).List(ctx, metav1.ListOptions{LabelSelector: q.selector})

@@ -206,7 +206,7 @@ As istioctl ztunnel-config. -o json prints the whole config dump.`,
 // agentOn finds the running node agent on node ("" any, the first by node
 // name).
 func agentOn(ctx context.Context, c *clients, meshNS, node string) (*corev1.Pod, error) {
-	opts := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshlet-node-agent"}
+	opts := metav1.ListOptions{LabelSelector: nodeAgentSelector}
 	if node != "" {
 		opts.FieldSelector = "spec.nodeName=" + node
 	}
@@ -214,17 +214,25 @@ func agentOn(ctx context.Context, c *clients, meshNS, node string) (*corev1.Pod,
 	if err != nil {
 		return nil, fmt.Errorf("list node agents in namespace %s: %w (is meshlet installed? run meshctl install)", meshNS, err)
 	}
-	running := slices.DeleteFunc(l.Items, func(p corev1.Pod) bool { return p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil })
-	if len(running) == 0 {
+	p, ok := firstRunning(l.Items, func(p corev1.Pod) string { return p.Spec.NodeName + "/" + p.Name })
+	if !ok {
 		if node != "" {
 			return nil, fmt.Errorf("no running node agent on node %q (check kubectl -n %s get pods -o wide -l app.kubernetes.io/name=meshlet-node-agent)", node, meshNS)
 		}
 		return nil, fmt.Errorf("no running node agent in namespace %s (is meshlet installed? run meshctl install, or pass --mesh-namespace)", meshNS)
 	}
-	slices.SortFunc(running, func(a, b corev1.Pod) int {
-		return strings.Compare(a.Spec.NodeName+"/"+a.Name, b.Spec.NodeName+"/"+b.Name)
-	})
-	return &running[0], nil
+	return p, nil
+}
+
+// firstRunning is the first by key of the pods running and not being
+// deleted.
+func firstRunning(pods []corev1.Pod, key func(corev1.Pod) string) (*corev1.Pod, bool) {
+	running := slices.DeleteFunc(pods, func(p corev1.Pod) bool { return p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil })
+	if len(running) == 0 {
+		return nil, false
+	}
+	slices.SortFunc(running, func(a, b corev1.Pod) int { return strings.Compare(key(a), key(b)) })
+	return &running[0], true
 }
 
 func printAgentConfig(w io.Writer, d *configdump.Agent, kind, ns string, now time.Time) error {
@@ -459,12 +467,11 @@ func waypointPod(ctx context.Context, c *clients, ns, name string) (*corev1.Pod,
 	if err != nil {
 		return nil, fmt.Errorf("list pods of Gateway %s/%s: %w", ns, name, err)
 	}
-	running := slices.DeleteFunc(l.Items, func(p corev1.Pod) bool { return p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil })
-	if len(running) == 0 {
+	p, ok := firstRunning(l.Items, func(p corev1.Pod) string { return p.Name })
+	if !ok {
 		return nil, fmt.Errorf("no pod %s in namespace %s, and no running pod of a Gateway %s there (meshctl waypoint list -n %s)", name, ns, name, ns)
 	}
-	slices.SortFunc(running, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
-	return &running[0], nil
+	return p, nil
 }
 
 func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time.Time) error {

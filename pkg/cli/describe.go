@@ -264,7 +264,7 @@ func (d *describer) nodeAgent(ctx context.Context, node string) (*corev1.Pod, bo
 	if node == "" {
 		return nil, false
 	}
-	l, err := d.c.kube.CoreV1().Pods(d.g.meshNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshlet-node-agent", FieldSelector: "spec.nodeName=" + node})
+	l, err := d.c.kube.CoreV1().Pods(d.g.meshNamespace).List(ctx, metav1.ListOptions{LabelSelector: nodeAgentSelector, FieldSelector: "spec.nodeName=" + node})
 	if err != nil || len(l.Items) == 0 {
 		return nil, false
 	}

@@ -33,6 +33,12 @@ const (
 // recognises their xDS streams by it.
 const gatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
 
+// The label selectors of meshd's and the node agents' pods.
+const (
+	meshdSelector     = "app.kubernetes.io/name=meshd"
+	nodeAgentSelector = "app.kubernetes.io/name=meshlet-node-agent"
+)
+
 // proxyRow is one node agent or waypoint/gateway pod as proxy-status shows it.
 type proxyRow struct {
 	Namespace string `json:"namespace"`
@@ -90,7 +96,7 @@ func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*
 		}
 		st.reports = append(st.reports, r)
 	}
-	meshd, err := c.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshd"})
+	meshd, err := c.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: meshdSelector})
 	if err != nil {
 		return nil, fmt.Errorf("list meshd pods in namespace %s: %w", ns, err)
 	}
@@ -104,7 +110,7 @@ func readMeshState(ctx context.Context, c *clients, ns string, now time.Time) (*
 	default:
 		return nil, fmt.Errorf("read Lease %s/%s: %w", ns, meshstatus.LeaderLease, err)
 	}
-	agents, err := c.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshlet-node-agent"})
+	agents, err := c.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: nodeAgentSelector})
 	if err != nil {
 		return nil, fmt.Errorf("list node agents in namespace %s: %w", ns, err)
 	}

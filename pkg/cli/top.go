@@ -107,7 +107,7 @@ func newTopCommand(s Streams, g *globalOptions) *cobra.Command {
 // scrapeMesh reads every node agent's and waypoint's metrics.
 func scrapeMesh(ctx context.Context, c *clients, meshNS string) (*sample, error) {
 	s := newSample(time.Now())
-	agents, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshlet-node-agent"})
+	agents, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: nodeAgentSelector})
 	if err != nil {
 		return nil, fmt.Errorf("list node agents in namespace %s: %w (is meshlet installed? run meshctl install)", meshNS, err)
 	}

@@ -120,7 +120,7 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io.Writer) (int, error) {
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		pods, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=meshd"})
+		pods, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: meshdSelector})
 		if err != nil || len(pods.Items) == 0 || time.Now().After(deadline) {
 			break
 		}
