@@ -248,7 +248,10 @@ func (m *Mesh) resolve(s *model.Snapshot, src proxy.Pod, dst netip.AddrPort, nes
 // PreferSameNode) first narrows the ready endpoints to the closest to the
 // client that have any (model.TrafficDistribution.Closeness: same zone and
 // subzone, then region, then any; or same node, then any), as ztunnel
-// does; the algorithm picks among those.
+// does; the algorithm picks among those. A service with internalTrafficPolicy
+// Local (model.Service.NodeLocal) keeps only the endpoints on the client's
+// node: none there is no endpoint, and the connection passes through to the
+// VIP, where kube-proxy drops it as well.
 //
 // An endpoint that is an enrolled workload is reached through the tunnel. A
 // ServiceEntry's endpoint address that is no workload of the mesh, or a
@@ -312,10 +315,16 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service
 			}
 		}
 	}
+	if svc.NodeLocal {
+		// Only this node's endpoints; the client is a pod of this node,
+		// known to the model (pods the model lacks wait for it above).
+		from, ok := s.Workload(src.UID)
+		ready = slices.DeleteFunc(ready, func(c choice) bool { return !ok || c.w == nil || c.w.Node != from.Node })
+	}
 	if len(ready) == 0 {
 		return proxy.Destination{}, false
 	}
-	if svc.TrafficDistribution != "" {
+	if svc.TrafficDistribution != "" && !svc.NodeLocal {
 		if from, ok := s.Workload(src.UID); ok {
 			rank := func(c choice) int {
 				if c.w == nil {

@@ -770,24 +770,31 @@ func TestResolveTrafficDistribution(t *testing.T) {
 		clientNode string
 		clientLoc  model.Locality
 		eps        []ep
-		want       []string // the endpoints that may be picked
+		want       []string // the endpoints that may be picked; none: no endpoint (passthrough)
+		local      bool     // internalTrafficPolicy: Local
 	}{
 		{"prefer close: same zone", model.TrafficPreferClose, "n1", west("a"),
-			[]ep{{"a1", "n1", west("a"), true}, {"a2", "n2", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "a2"}},
+			[]ep{{"a1", "n1", west("a"), true}, {"a2", "n2", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "a2"}, false},
 		{"prefer close: zone empty, same region", model.TrafficPreferClose, "n1", west("a"),
-			[]ep{{"a1", "n1", west("a"), false}, {"b1", "n3", west("b"), true}, {"e1", "n4", model.Locality{Region: "east", Zone: "a"}, true}}, []string{"b1"}},
+			[]ep{{"a1", "n1", west("a"), false}, {"b1", "n3", west("b"), true}, {"e1", "n4", model.Locality{Region: "east", Zone: "a"}, true}}, []string{"b1"}, false},
 		{"prefer close: region empty, anywhere", model.TrafficPreferClose, "n1", west("a"),
-			[]ep{{"e1", "n4", model.Locality{Region: "east", Zone: "a"}, true}, {"e2", "n5", model.Locality{Region: "east", Zone: "b"}, true}}, []string{"e1", "e2"}},
+			[]ep{{"e1", "n4", model.Locality{Region: "east", Zone: "a"}, true}, {"e2", "n5", model.Locality{Region: "east", Zone: "b"}, true}}, []string{"e1", "e2"}, false},
 		{"prefer same zone: subzone ranks too", model.TrafficPreferSameZone, "n1", model.Locality{Region: "west", Zone: "a", Subzone: "rack1"},
-			[]ep{{"r1", "n2", model.Locality{Region: "west", Zone: "a", Subzone: "rack1"}, true}, {"r2", "n3", model.Locality{Region: "west", Zone: "a", Subzone: "rack2"}, true}}, []string{"r1"}},
+			[]ep{{"r1", "n2", model.Locality{Region: "west", Zone: "a", Subzone: "rack1"}, true}, {"r2", "n3", model.Locality{Region: "west", Zone: "a", Subzone: "rack2"}, true}}, []string{"r1"}, false},
 		{"prefer same node", model.TrafficPreferSameNode, "n1", west("a"),
-			[]ep{{"a1", "n1", west("a"), true}, {"a2", "n2", west("a"), true}}, []string{"a1"}},
+			[]ep{{"a1", "n1", west("a"), true}, {"a2", "n2", west("a"), true}}, []string{"a1"}, false},
 		{"prefer same node: none ready there", model.TrafficPreferSameNode, "n1", west("a"),
-			[]ep{{"a1", "n1", west("a"), false}, {"a2", "n2", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a2", "b1"}},
+			[]ep{{"a1", "n1", west("a"), false}, {"a2", "n2", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a2", "b1"}, false},
 		{"none: every endpoint", "", "n1", west("a"),
-			[]ep{{"a1", "n1", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "b1"}},
+			[]ep{{"a1", "n1", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "b1"}, false},
 		{"client's place unknown: every endpoint", model.TrafficPreferClose, "n1", model.Locality{},
-			[]ep{{"a1", "n1", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "b1"}},
+			[]ep{{"a1", "n1", west("a"), true}, {"b1", "n3", west("b"), true}}, []string{"a1", "b1"}, false},
+		{"internal traffic policy local: this node's endpoints only", "", "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), true}, {"a3", "n1", west("a"), true}, {"a2", "n2", west("a"), true}}, []string{"a1", "a3"}, true},
+		{"internal traffic policy local: none ready on this node, no endpoint", "", "n1", west("a"),
+			[]ep{{"a1", "n1", west("a"), false}, {"a2", "n2", west("a"), true}}, nil, true},
+		{"internal traffic policy local wins over prefer close", model.TrafficPreferClose, "n1", west("a"),
+			[]ep{{"a2", "n2", west("a"), true}, {"b1", "n1", west("b"), true}}, []string{"b1"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -796,7 +803,7 @@ func TestResolveTrafficDistribution(t *testing.T) {
 			ws := []*model.Workload{client}
 			svc := &model.Service{Name: "api", Namespace: "shop", Hostnames: []string{"api.shop.svc.cluster.local"},
 				VIPs: []netip.Addr{ip("198.19.4.100")}, Ports: []model.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}},
-				TrafficDistribution: tt.dist, LoadBalancing: model.LBRoundRobin}
+				TrafficDistribution: tt.dist, NodeLocal: tt.local, LoadBalancing: model.LBRoundRobin}
 			byAddr := map[netip.Addr]string{}
 			for i, e := range tt.eps {
 				a := netip.AddrFrom4([4]byte{198, 19, 4, byte(10 + i)})
@@ -810,6 +817,12 @@ func TestResolveTrafficDistribution(t *testing.T) {
 			got := map[string]bool{}
 			for range 4 * len(tt.eps) {
 				d, ok := m.Resolve(proxy.Pod{UID: "uid-client"}, netip.MustParseAddrPort("198.19.4.100:80"))
+				if len(tt.want) == 0 {
+					if ok || d.Target.IsValid() {
+						t.Fatalf("Resolve = %+v, %v; want no endpoint (passthrough to the VIP)", d, ok)
+					}
+					continue
+				}
 				if !ok {
 					t.Fatalf("Resolve = %+v, %v; want an endpoint", d, ok)
 				}

@@ -282,7 +282,7 @@ func printAgentConfig(w io.Writer, d *configdump.Agent, kind, ns string, now tim
 				ports = append(ports, strconv.FormatUint(uint64(p.Port), 10))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", sv.Namespace, sv.Name, sv.Source, joinAddrs(sv.VIPs),
-				dash(strings.Join(ports, ",")), ready, len(sv.Endpoints), waypointName(sv.Waypoint), dash(string(sv.TrafficDistribution)))
+				dash(strings.Join(ports, ",")), ready, len(sv.Endpoints), waypointName(sv.Waypoint), trafficName(sv))
 		}
 	}
 	if kind == "policies" || kind == "all" {
@@ -616,4 +616,14 @@ func describeAction(r *model.L7Route) string {
 		out = append(out, to)
 	}
 	return dash(strings.Join(out, ", "))
+}
+
+// trafficName is a service's endpoint preference for a table: "NodeLocal"
+// for internalTrafficPolicy Local (which wins), else its traffic
+// distribution, else "-".
+func trafficName(sv *model.Service) string {
+	if sv.NodeLocal {
+		return "NodeLocal"
+	}
+	return dash(string(sv.TrafficDistribution))
 }

@@ -204,13 +204,15 @@ func (d *describer) service(w io.Writer, ns, name string) error {
 	}
 	fmt.Fprintf(w, "Service:    %s (%s)\n", svc.Hostname(), addrs(svc))
 	fmt.Fprintf(w, "Waypoint:   %s\n", waypointText(svc.Waypoint))
-	switch svc.TrafficDistribution {
-	case model.TrafficPreferClose, model.TrafficPreferSameZone:
+	switch {
+	case svc.NodeLocal:
+		fmt.Fprintln(w, "Traffic:    internalTrafficPolicy Local: a client's connections go only to the ready endpoints on its node (none there: dropped, as by kube-proxy)")
+	case svc.TrafficDistribution == model.TrafficPreferClose, svc.TrafficDistribution == model.TrafficPreferSameZone:
 		fmt.Fprintf(w, "Traffic:    %s: a client's connections go to the ready endpoints in its zone, else its region, else any\n", svc.TrafficDistribution)
-	case model.TrafficPreferSameNode:
+	case svc.TrafficDistribution == model.TrafficPreferSameNode:
 		fmt.Fprintf(w, "Traffic:    %s: a client's connections go to the ready endpoints on its node, else any\n", svc.TrafficDistribution)
 	}
-	if svc.TrafficDistribution != "" && svc.Waypoint != nil {
+	if (svc.TrafficDistribution != "" || svc.NodeLocal) && svc.Waypoint != nil {
 		fmt.Fprintln(w, "            (not applied: its waypoint picks the endpoints)")
 	}
 	fmt.Fprintln(w, "Endpoints:")

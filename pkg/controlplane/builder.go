@@ -310,6 +310,7 @@ func (bd *build) translateKubeServices() {
 			}
 		}
 		ms.TrafficDistribution = bd.trafficDistribution(r, svc.Namespace, svc.Annotations, svc.Spec.TrafficDistribution)
+		ms.NodeLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 		bd.hostOwners[ms.Hostname()] = ms.Key()
 		bd.addService(ms)
 		bd.kubeSvcs[k] = svc

@@ -740,6 +740,8 @@ metadata: {name: bar, annotations: {networking.istio.io/traffic-distribution: Pr
 		svc("spec", "", ", trafficDistribution: PreferClose"),
 		svc("annotated", "networking.istio.io/traffic-distribution: PreferSameNode", ", trafficDistribution: PreferClose"),
 		svc("bogus", "networking.istio.io/traffic-distribution: Nearest", ""),
+		svc("local-only", "", ", internalTrafficPolicy: Local"),
+		svc("cluster-wide", "", ", internalTrafficPolicy: Cluster"),
 		`apiVersion: v1
 kind: Service
 metadata: {name: inherits, namespace: bar}
@@ -761,6 +763,11 @@ spec: {hosts: [api.partner.example], ports: [{number: 443, name: tls, protocol: 
 	} {
 		if s, ok := snap.Service(key); !ok || s.TrafficDistribution != want {
 			t.Errorf("service %s: traffic distribution %q (found %v); want %q", key, s.TrafficDistribution, ok, want)
+		}
+	}
+	for key, want := range map[string]bool{"foo/local-only": true, "foo/cluster-wide": false, "foo/plain": false} {
+		if s, ok := snap.Service(key); !ok || s.NodeLocal != want {
+			t.Errorf("service %s: node-local %v (found %v); want %v (internalTrafficPolicy)", key, s.NodeLocal, ok, want)
 		}
 	}
 	if !hasRejection(rej, `"Nearest"`, true) {

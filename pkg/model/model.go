@@ -147,6 +147,11 @@ type Service struct {
 	// spec.trafficDistribution, or Istio's traffic-distribution
 	// annotation); "" spreads over every ready endpoint.
 	TrafficDistribution TrafficDistribution `json:",omitempty"`
+	// NodeLocal is a Kubernetes Service's internalTrafficPolicy: Local: a
+	// client's connections go only to the ready endpoints on its own node;
+	// with none there, the service has no endpoint for it (kube-proxy
+	// drops such traffic too). It wins over TrafficDistribution.
+	NodeLocal bool `json:",omitempty"`
 }
 
 // VisibleTo reports whether workloads in namespace ns see s: resolve its

@@ -278,6 +278,7 @@ func translateService(snap *model.Snapshot, ms *model.Service, ga *meshv1.Gatewa
 		ExportTo:   slices.Clone(ms.ExportTo),
 
 		TrafficDistribution: string(ms.TrafficDistribution),
+		NodeLocal:           ms.NodeLocal,
 	}
 	if len(ms.Hostnames) > 1 {
 		svc.AdditionalHostnames = slices.Clone(ms.Hostnames[1:])

@@ -24,6 +24,7 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 		LoadBalancing: model.LBRoundRobin,
 
 		TrafficDistribution: model.TrafficPreferClose,
+		NodeLocal:           true,
 	}
 	wpSvc := &model.Service{Name: "waypoint", Namespace: "ns1", Source: model.SourceKubernetes, Hostnames: []string{"waypoint.ns1.svc.cluster.local"}, VIPs: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
 	ext := &model.Service{
@@ -104,6 +105,7 @@ func TestApplySnapshot(t *testing.T) {
 		LoadBalancing: &meshv1.LoadBalancing{Algorithm: meshv1.LoadBalancing_ROUND_ROBIN},
 
 		TrafficDistribution: "PreferClose",
+		NodeLocal:           true,
 	}}}
 	if d := cmp.Diff(wantSvc, svc.Message, protocmp.Transform()); d != "" {
 		t.Errorf("service web (-want +got):\n%s", d)

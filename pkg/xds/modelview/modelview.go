@@ -238,6 +238,7 @@ func (b *builder) service(ms *meshv1.Service) *model.Service {
 		ExportTo: ms.GetExportTo(),
 
 		TrafficDistribution: model.TrafficDistribution(ms.GetTrafficDistribution()),
+		NodeLocal:           ms.GetNodeLocal(),
 	}
 	if s.Resolution != "" {
 		s.Source = model.SourceServiceEntry

@@ -17,7 +17,8 @@ import (
 // the other zone's once its own has none; the same pods behind a Service
 // without it answer from both zones; Istio's annotation
 // networking.istio.io/traffic-distribution PreferSameNode does the same by
-// node.
+// node; internalTrafficPolicy Local keeps to the client's node and fails
+// when that has no endpoint left.
 func TestTrafficDistributionPreferClose(t *testing.T) {
 	lb := meshLab(t)
 	nodes, err := lb.Clientset().CoreV1().Nodes().List(t.Context(), metav1.ListOptions{})
@@ -69,6 +70,14 @@ metadata: {name: samenode, annotations: {networking.istio.io/traffic-distributio
 spec:
   selector: {app: echo}
   ports: [{port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nodelocal}
+spec:
+  selector: {app: echo}
+  ports: [{port: 8080}]
+  internalTrafficPolicy: Local
 `)
 	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
 	client := clientPod(t, lb, ns, "client", "client")
@@ -78,7 +87,7 @@ spec:
 		nearPod, farPod = farPod, nearPod
 	}
 	url := func(svc string) string { return fmt.Sprintf("http://%s.%s.svc.cluster.local:8080/", svc, ns) }
-	for _, svc := range []string{"close", "samenode"} {
+	for _, svc := range []string{"close", "samenode", "nodelocal"} {
 		lab.WaitFor(t, time.Minute, svc+": every request to the client's zone", func() (bool, error) {
 			// Four connections at a time (a client keeps each alive).
 			s := summary(t, lb, ns, client.Name, "-n", "20", "-c", "4", url(svc))
@@ -104,4 +113,10 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "10", "-c", "4", url("close"))
 		return s.OK == 10 && s.ByVersion[farPod] == 10, fmt.Errorf("answered by %v (errors %v); want all 10 by %s", s.ByVersion, s.Errors, farPod)
 	})
+	// internalTrafficPolicy Local has no fallback: with no endpoint on the
+	// client's node, the far pod is never reached (kube-proxy drops it too).
+	s = summary(t, lb, ns, client.Name, "-n", "4", "-c", "4", "-timeout", "2s", url("nodelocal"))
+	if s.OK != 0 || s.Failed != 4 {
+		t.Errorf("Service with internalTrafficPolicy Local and no endpoint on the client's node: answered by %v (errors %v); want every request to fail", s.ByVersion, s.Errors)
+	}
 }

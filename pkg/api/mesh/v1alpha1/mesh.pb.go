@@ -1206,8 +1206,12 @@ type Service struct {
 	// else its region, else any), "PreferSameNode" (on the client's node,
 	// else any); empty spreads over every ready endpoint.
 	TrafficDistribution string `protobuf:"bytes,13,opt,name=traffic_distribution,json=trafficDistribution,proto3" json:"traffic_distribution,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// node_local is a Kubernetes Service's internalTrafficPolicy Local: a
+	// client reaches only the endpoints on its own node, and none when its
+	// node has none (as kube-proxy).
+	NodeLocal     bool `protobuf:"varint,14,opt,name=node_local,json=nodeLocal,proto3" json:"node_local,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -1329,6 +1333,13 @@ func (x *Service) GetTrafficDistribution() string {
 		return x.TrafficDistribution
 	}
 	return ""
+}
+
+func (x *Service) GetNodeLocal() bool {
+	if x != nil {
+		return x.NodeLocal
+	}
+	return false
 }
 
 // StaticEndpoint is a service endpoint without a workload.
@@ -2195,7 +2206,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\blocality\x18\x0e \x01(\v2\x1f.meshlet.mesh.v1alpha1.LocalityR\blocality\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xc6\x04\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xe5\x04\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -2212,7 +2223,9 @@ const file_mesh_proto_rawDesc = "" +
 	"resolution\x12P\n" +
 	"\x10static_endpoints\x18\v \x03(\v2%.meshlet.mesh.v1alpha1.StaticEndpointR\x0fstaticEndpoints\x12\x1b\n" +
 	"\texport_to\x18\f \x03(\tR\bexportTo\x121\n" +
-	"\x14traffic_distribution\x18\r \x01(\tR\x13trafficDistribution\"}\n" +
+	"\x14traffic_distribution\x18\r \x01(\tR\x13trafficDistribution\x12\x1d\n" +
+	"\n" +
+	"node_local\x18\x0e \x01(\bR\tnodeLocal\"}\n" +
 	"\x0eStaticEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x121\n" +
