@@ -31,16 +31,17 @@ var errNoHealthy = errors.New("no healthy upstream")
 // cluster per subset).
 type cluster struct {
 	spec    model.L7Cluster
+	self    proxyPlace // the proxy's place when compiled
 	all     *upstream
 	subsets map[string]*upstream
 }
 
-func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options) *cluster {
-	if prev != nil && reflect.DeepEqual(prev.spec, *spec) {
+func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options, self proxyPlace) *cluster {
+	if prev != nil && prev.self == self && reflect.DeepEqual(prev.spec, *spec) {
 		return prev
 	}
-	c := &cluster{spec: *spec, subsets: map[string]*upstream{}}
-	c.all = newUpstream(spec.Name, "", spec.Endpoints, spec.Traffic, opts)
+	c := &cluster{spec: *spec, subsets: map[string]*upstream{}, self: self}
+	c.all = newUpstream(spec.Name, "", spec.Endpoints, spec.Traffic, opts, self)
 	c.all.protocol = spec.Protocol
 	for _, s := range spec.Subsets {
 		tp := spec.Traffic
@@ -53,7 +54,7 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options) *cluster {
 				eps = append(eps, e)
 			}
 		}
-		u := newUpstream(spec.Name, s.Name, eps, tp, opts)
+		u := newUpstream(spec.Name, s.Name, eps, tp, opts, self)
 		u.protocol = spec.Protocol
 		c.subsets[s.Name] = u
 	}
@@ -89,6 +90,7 @@ type upstream struct {
 	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
 	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
+	locality        *localityPicker // nil: no locality load balancing
 	metrics         *metrics
 	// dest is the telemetry destination of a request to this upstream
 	// until an endpoint is picked (destOf).
@@ -100,6 +102,8 @@ type endpoint struct {
 	labels   map[string]string
 	workload string
 	weight   uint64
+	node     string
+	loc      model.Locality
 	active   atomic.Int64
 
 	mu           sync.Mutex
@@ -109,7 +113,7 @@ type endpoint struct {
 	ejectedUntil time.Time
 }
 
-func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.TrafficPolicy, opts *Options) *upstream {
+func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.TrafficPolicy, opts *Options, self proxyPlace) *upstream {
 	u := &upstream{cluster: cluster, subset: subset, policy: tp, metrics: opts.metrics}
 	for _, e := range eps {
 		w := uint64(e.Weight)
@@ -117,8 +121,10 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 			w = 1
 		}
 		u.weighted = u.weighted || w != 1
-		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w})
+		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w,
+			node: e.Node, loc: model.ParseLocality(e.Locality)})
 	}
+	u.locality = newLocalityPicker(tp.LB.Locality, u.endpoints, self)
 	u.dest = destOf(u)
 	dial := dialFunc(opts.DialContext)
 	if dial == nil {
@@ -264,24 +270,13 @@ func (l *connLimiter) release() {
 func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key string) (*endpoint, error) {
 	now := time.Now()
 	var avail []*endpoint
-	for _, e := range u.endpoints {
-		if !e.ejected(now) {
-			avail = append(avail, e)
-		}
+	if u.locality != nil {
+		avail = u.locality.choose(now, tried)
+	} else {
+		avail = usable(u.endpoints, now, tried)
 	}
 	if len(avail) == 0 {
 		return nil, errNoHealthy
-	}
-	if len(tried) > 0 && len(avail) > 1 {
-		fresh := avail[:0:0]
-		for _, e := range avail {
-			if !containsEndpoint(tried, e) {
-				fresh = append(fresh, e)
-			}
-		}
-		if len(fresh) > 0 {
-			avail = fresh
-		}
 	}
 	if len(avail) == 1 {
 		return avail[0], nil
@@ -323,6 +318,29 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 		}
 		return a, nil
 	}
+}
+
+// usable are the endpoints of eps not ejected and, when others are left,
+// not tried already.
+func usable(eps []*endpoint, now time.Time, tried []*endpoint) []*endpoint {
+	var avail []*endpoint
+	for _, e := range eps {
+		if !e.ejected(now) {
+			avail = append(avail, e)
+		}
+	}
+	if len(tried) > 0 && len(avail) > 1 {
+		fresh := avail[:0:0]
+		for _, e := range avail {
+			if !containsEndpoint(tried, e) {
+				fresh = append(fresh, e)
+			}
+		}
+		if len(fresh) > 0 {
+			avail = fresh
+		}
+	}
+	return avail
 }
 
 func containsEndpoint(list []*endpoint, e *endpoint) bool {
@@ -406,7 +424,8 @@ func (p *Proxy) EndpointStates(now time.Time) []configdump.Endpoint {
 	add := func(u *upstream) {
 		for _, e := range u.endpoints {
 			e.mu.Lock()
-			d := configdump.Endpoint{Cluster: u.cluster, Subset: u.subset, Address: e.addr, Active: e.active.Load(), Ejections: e.ejections}
+			d := configdump.Endpoint{Cluster: u.cluster, Subset: u.subset, Address: e.addr, Active: e.active.Load(), Ejections: e.ejections,
+				Locality: e.loc.String(), Priority: u.locality.describe(e)}
 			if now.Before(e.ejectedUntil) {
 				d.EjectedUntil = e.ejectedUntil.UTC()
 			}

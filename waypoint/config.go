@@ -164,13 +164,17 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 	if old != nil {
 		oldLimiters = old.limiters
 	}
+	self := proxyPlace{node: opts.NodeName}
+	if loc, ok := cfg.L7.ProxyLocalities[opts.NodeName]; ok && opts.NodeName != "" {
+		self.loc = model.ParseLocality(loc)
+	}
 	for i := range cfg.L7.Clusters {
 		spec := &cfg.L7.Clusters[i]
 		var prev *cluster
 		if old != nil {
 			prev = old.clusters[spec.Name]
 		}
-		c.clusters[spec.Name] = newCluster(spec, prev, opts)
+		c.clusters[spec.Name] = newCluster(spec, prev, opts, self)
 	}
 	if cfg.TCPCluster != "" {
 		cl := c.clusters[cfg.TCPCluster]

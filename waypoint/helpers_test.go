@@ -69,6 +69,12 @@ func (b *named) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprint(w, b.name)
 }
 
+func (b *named) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n
+}
+
 func (b *named) lastRequest() *http.Request {
 	b.mu.Lock()
 	defer b.mu.Unlock()

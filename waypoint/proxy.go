@@ -66,6 +66,10 @@ type Options struct {
 	// Logf reports proxy errors that have no response to go to (mirror
 	// failures, L4 forwarding errors); nil means they are dropped.
 	Logf func(format string, args ...any)
+	// NodeName is the node this proxy runs on: with the config's
+	// ProxyLocalities, its place for locality load balancing. Empty: the
+	// proxy's place is unknown, and locality rules prefer nothing.
+	NodeName string
 
 	metrics *metrics
 }

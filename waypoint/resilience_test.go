@@ -503,7 +503,7 @@ func (zeros) Read(p []byte) (int, error) {
 // back in load balancing takes one off that count, as Envoy does.
 func TestOutlierEjectionDecays(t *testing.T) {
 	od := &model.OutlierDetection{Consecutive5xxErrors: 1, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 100}
-	u := newUpstream("od", "", []model.L7Endpoint{{Address: "198.19.0.1:80"}, {Address: "198.19.0.2:80"}}, model.TrafficPolicy{Outlier: od}, &Options{})
+	u := newUpstream("od", "", []model.L7Endpoint{{Address: "198.19.0.1:80"}, {Address: "198.19.0.2:80"}}, model.TrafficPolicy{Outlier: od}, &Options{}, proxyPlace{})
 	e := u.endpoints[0]
 	t0 := time.Now()
 	for _, step := range []struct {

@@ -31,7 +31,7 @@ import (
 type flags struct {
 	meshdAddress, meshdServerName, rootCert, tokenFile string
 	trustDomain, namespace, serviceAccount, gateway    string
-	podName                                            string
+	podName, nodeName                                  string
 	hboneAddr, metricsAddr, readyAddr, adminAddr       string
 	drainTimeout                                       time.Duration
 	accessLog                                          bool
@@ -54,6 +54,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.serviceAccount, "service-account", os.Getenv("SERVICE_ACCOUNT"), "the waypoint's service account (default $SERVICE_ACCOUNT, from the downward API)")
 	flag.StringVar(&f.gateway, "gateway-name", os.Getenv("GATEWAY_NAME"), "the Gateway this waypoint serves (default $GATEWAY_NAME, from the pod label gateway.networking.k8s.io/gateway-name)")
 	flag.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name, for logs (default $POD_NAME)")
+	flag.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this pod runs on, for locality load balancing (default $NODE_NAME, from the downward API)")
 	flag.StringVar(&f.hboneAddr, "hbone-addr", ":15008", "HBONE (mTLS HTTP/2 CONNECT) listen address")
 	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics listen address; empty disables")
 	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
@@ -138,6 +139,7 @@ func run(ctx context.Context, f flags) error {
 		},
 		TrustDomain: td, Namespace: f.namespace, ServiceAccount: f.serviceAccount, GatewayName: f.gateway,
 		DrainTimeout: f.drainTimeout,
+		NodeName:     f.nodeName,
 		KeepLean:     true,
 		Logger:       logger,
 	}

@@ -524,19 +524,28 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 			if c.Traffic.LB.ConsistentHash != nil {
 				lb = "CONSISTENT_HASH"
 			}
+			if l := c.Traffic.LB.Locality; l != nil {
+				lb = strings.TrimPrefix(lb+"+", "+")
+				if len(l.Distribute) > 0 {
+					lb += "LOCALITY_DISTRIBUTE"
+				} else {
+					lb += "LOCALITY_FAILOVER(" + strings.Join(l.Priority, ",") + ")"
+				}
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, dash(string(c.Protocol)), dash(lb),
 				dash(strings.Join(subsets, ",")), dash(strings.Join(eps, ",")))
 		}
 	}
 	if kind == "endpoints" || kind == "all" {
 		section("ENDPOINTS")
-		fmt.Fprintln(tw, "CLUSTER\tSUBSET\tENDPOINT\tSTATUS\tACTIVE\tEJECTIONS")
+		fmt.Fprintln(tw, "CLUSTER\tSUBSET\tENDPOINT\tSTATUS\tACTIVE\tEJECTIONS\tLOCALITY\tPRIORITY")
 		for _, e := range d.Endpoints {
 			status := "HEALTHY"
 			if !e.EjectedUntil.IsZero() && now.Before(e.EjectedUntil) {
 				status = "EJECTED for " + e.EjectedUntil.Sub(now).Round(time.Second).String()
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", e.Cluster, dash(e.Subset), e.Address, status, e.Active, e.Ejections)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Cluster, dash(e.Subset), e.Address, status, e.Active, e.Ejections,
+				dash(e.Locality), dash(e.Priority))
 		}
 	}
 	if kind == "certificates" || kind == "all" {

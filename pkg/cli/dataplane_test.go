@@ -120,11 +120,14 @@ func TestPrintProxyConfig(t *testing.T) {
 				{Name: "gone", Matches: []model.RouteMatch{{URI: &model.StringMatch{Exact: "/old"}}}, DirectResponse: &model.DirectResponse{Status: 410}},
 			}}}}},
 		Clusters: []model.L7Cluster{{Name: "web", Endpoints: []model.L7Endpoint{{Address: "198.18.1.5:8080"}, {Address: "198.18.2.5:8080"}},
-			Subsets: []model.Subset{{Name: "v1"}, {Name: "v2"}}}},
+			Subsets: []model.Subset{{Name: "v1"}, {Name: "v2"}}},
+			{Name: "zoned", Endpoints: []model.L7Endpoint{{Address: "198.18.3.5:8080"}},
+				Traffic: model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin, Locality: &model.LocalityLB{Priority: model.LocalityPriority}}}}},
 	}, Certificates: []configdump.Certificate{{Identity: "spiffe://cluster.local/ns/shop/sa/waypoint", NotBefore: now.Add(-25 * time.Hour), NotAfter: now.Add(-time.Hour)}},
 		Endpoints: []configdump.Endpoint{
 			{Cluster: "web", Address: "198.18.1.5:8080", Active: 2},
 			{Cluster: "web", Subset: "v1", Address: "198.18.1.5:8080", EjectedUntil: now.Add(30 * time.Second), Ejections: 1},
+			{Cluster: "zoned", Address: "198.18.3.5:8080", Locality: "west/a/", Priority: "1"},
 		}}
 	tests := []struct {
 		kind string
@@ -136,9 +139,11 @@ func TestPrintProxyConfig(t *testing.T) {
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10%"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "gone", "uri=/old", "direct response 410"},
 		}},
-		{"clusters", [][]string{{"web", "-", "-", "v1,v2", "198.18.1.5:8080,198.18.2.5:8080"}}},
+		{"clusters", [][]string{{"web", "-", "-", "v1,v2", "198.18.1.5:8080,198.18.2.5:8080"},
+			{"zoned", "-", "ROUND_ROBIN+LOCALITY_FAILOVER(region,zone,subzone)", "-", "198.18.3.5:8080"}}},
 		{"certificates", [][]string{{"spiffe://cluster.local/ns/shop/sa/waypoint", "expired"}}},
-		{"endpoints", [][]string{{"web", "-", "198.18.1.5:8080", "HEALTHY", "2", "0"}, {"web", "v1", "198.18.1.5:8080", "EJECTED for 30s", "0", "1"}}},
+		{"endpoints", [][]string{{"web", "-", "198.18.1.5:8080", "HEALTHY", "2", "0", "-", "-"}, {"web", "v1", "198.18.1.5:8080", "EJECTED for 30s", "0", "1", "-", "-"},
+			{"zoned", "-", "198.18.3.5:8080", "HEALTHY", "0", "0", "west/a/", "1"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind, func(t *testing.T) {

@@ -212,8 +212,12 @@ func (d *describer) service(w io.Writer, ns, name string) error {
 	case svc.TrafficDistribution == model.TrafficPreferSameNode:
 		fmt.Fprintf(w, "Traffic:    %s: a client's connections go to the ready endpoints on its node, else any\n", svc.TrafficDistribution)
 	}
-	if (svc.TrafficDistribution != "" || svc.NodeLocal) && svc.Waypoint != nil {
+	switch {
+	case svc.Waypoint == nil:
+	case svc.NodeLocal:
 		fmt.Fprintln(w, "            (not applied: its waypoint picks the endpoints)")
+	case svc.TrafficDistribution != "":
+		fmt.Fprintln(w, "            (its waypoint applies it, from the node each waypoint pod runs on)")
 	}
 	fmt.Fprintln(w, "Endpoints:")
 	if len(svc.Endpoints) == 0 {

@@ -161,6 +161,14 @@ type Endpoint struct {
 	EjectedUntil time.Time `json:"ejectedUntil,omitzero"`
 	// Ejections counts its ejections (each lasts longer).
 	Ejections int `json:"ejections"`
+	// Locality is its "region/zone/subzone", when the cluster balances by
+	// locality.
+	Locality string `json:"locality,omitempty"`
+	// Priority is its place in this proxy's locality load balancing: the
+	// failover level ("0" the proxy's own locality, higher when those
+	// fail), a locality's weight ("weight 80"), or "none" for a locality
+	// that takes no traffic; empty without locality load balancing.
+	Priority string `json:"priority,omitempty"`
 }
 
 // Certificate is the public part of an SVID the process holds.

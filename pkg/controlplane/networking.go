@@ -398,9 +398,7 @@ func (bd *build) translateWorkloadEntry(c config[networkingapi.WorkloadEntry], r
 	w.WorkloadName = w.Name
 	// Istio's locality: "region/zone/subzone", any of them empty.
 	if loc := spec.GetLocality(); loc != "" {
-		parts := strings.SplitN(loc, "/", 3)
-		parts = append(parts, "", "")
-		w.Locality = model.Locality{Region: parts[0], Zone: parts[1], Subzone: parts[2]}
+		w.Locality = model.ParseLocality(loc)
 	}
 	w.CanonicalName, w.CanonicalRevision = canonical(w.Labels, w.Name)
 	w.Waypoint = bd.workloadWaypoint(KindWorkloadEntry, w.Namespace, w.Name, c.meta.Labels)
@@ -475,6 +473,15 @@ func validateDestinationRule(c config[networkingapi.DestinationRule], r *rejecti
 		r.reject("trafficPolicy.loadBalancer.simple %d is not a known algorithm", spec.GetTrafficPolicy().GetLoadBalancer().GetSimple())
 		return "", false
 	}
+	if !checkLocalityLB(r, "trafficPolicy", spec.GetTrafficPolicy()) {
+		return "", false
+	}
+	for _, pl := range spec.GetTrafficPolicy().GetPortLevelSettings() {
+		where := fmt.Sprintf("trafficPolicy.portLevelSettings[port %d]", pl.GetPort().GetNumber())
+		if !checkLocalityLB(r, where, forPort(spec.GetTrafficPolicy(), pl.GetPort().GetNumber())) {
+			return "", false
+		}
+	}
 	names := map[string]bool{}
 	for i, ss := range spec.GetSubsets() {
 		if ss.GetName() == "" {
@@ -488,6 +495,9 @@ func validateDestinationRule(c config[networkingapi.DestinationRule], r *rejecti
 		names[ss.GetName()] = true
 		if _, ok := simpleLB(ss.GetTrafficPolicy().GetLoadBalancer().GetSimple()); !ok {
 			r.reject("subset %q loadBalancer.simple %d is not a known algorithm", ss.GetName(), ss.GetTrafficPolicy().GetLoadBalancer().GetSimple())
+			return "", false
+		}
+		if ss.GetTrafficPolicy() != nil && !checkLocalityLB(r, fmt.Sprintf("subsets[%s].trafficPolicy", ss.GetName()), ss.GetTrafficPolicy()) {
 			return "", false
 		}
 	}

@@ -174,7 +174,8 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			}
 			var labels map[string]string
 			workload, id := "", ""
-			if w, ok := lb.bd.workloadByUID(ep.WorkloadUID); ok {
+			w, _ := lb.bd.workloadByUID(ep.WorkloadUID)
+			if w != nil {
 				labels = w.Labels
 				workload = w.WorkloadName
 				if workload == "" {
@@ -188,16 +189,22 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			if len(ep.Addresses) > 0 {
 				hostPart = ep.Addresses[0].String()
 			}
-			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload, Identity: id})
+			e := model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload, Identity: id}
+			if w != nil {
+				e.Node, e.Locality = w.Node, w.Locality.String()
+			}
+			c.Endpoints = append(c.Endpoints, e)
 		}
 		// A DestinationRule's tls for the port takes precedence over a
 		// BackendTLSPolicy's (see backendtls.go).
 		drTLS := false
 		var subsetTLS []bool
+		c.Traffic.LB.Locality = localityLB(ms, nil)
 		if dr, ok := lb.bd.drFor[owner]; ok {
 			tp := forPort(dr.spec.GetTrafficPolicy(), port)
 			drTLS = tp.GetTls() != nil
 			c.Traffic = trafficPolicy(tp)
+			c.Traffic.LB.Locality = localityLB(ms, tp)
 			var ok bool
 			c.Traffic.TLS, ok = lb.upstreamTLS(dr, tp.GetTls(), host, "trafficPolicy")
 			for _, ss := range dr.spec.GetSubsets() {
@@ -207,6 +214,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 					stp := forPort(ss.GetTrafficPolicy(), port)
 					setsTLS = stp.GetTls() != nil
 					t := trafficPolicy(stp)
+					t.LB.Locality = localityLB(ms, stp)
 					var subOK bool
 					t.TLS, subOK = lb.upstreamTLS(dr, stp.GetTls(), host, "subsets["+ss.GetName()+"].trafficPolicy")
 					ok = ok && subOK
@@ -225,6 +233,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 		if bt := lb.bd.backendTLSFor(ms, port); bt != nil && !drTLS {
 			applyBackendTLS(c, bt, subsetTLS)
 		}
+		unplaceEndpoints(c)
 	}
 	lb.clusters[name] = c
 	return name

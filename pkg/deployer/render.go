@@ -140,6 +140,7 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions, params *corev1.ConfigMap)
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
 			fieldEnv("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+			fieldEnv("NODE_NAME", "spec.nodeName"),
 			fieldEnv("GATEWAY_NAME", "metadata.labels['"+GatewayNameLabel+"']"),
 			corev1ac.EnvVar().WithName("TRUST_DOMAIN").WithValue(opts.TrustDomain),
 		).

@@ -92,7 +92,7 @@ func TestRenderContract(t *testing.T) {
 			env[*e.Name] = *e.ValueFrom.FieldRef.FieldPath
 		}
 	}
-	for k, want := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "SERVICE_ACCOUNT": "spec.serviceAccountName", "GATEWAY_NAME": "metadata.labels['gateway.networking.k8s.io/gateway-name']"} {
+	for k, want := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "SERVICE_ACCOUNT": "spec.serviceAccountName", "NODE_NAME": "spec.nodeName", "GATEWAY_NAME": "metadata.labels['gateway.networking.k8s.io/gateway-name']"} {
 		if env[k] != want {
 			t.Errorf("env %s from %q; want %q", k, env[k], want)
 		}

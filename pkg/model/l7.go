@@ -49,6 +49,11 @@ type L7Config struct {
 	// Telemetry is what Istio's Telemetry API asks of this proxy; the zero
 	// value keeps the proxy's own defaults.
 	Telemetry L7Telemetry
+	// ProxyLocalities maps the nodes the proxy's pods run on to their
+	// locality ("region/zone/subzone"): each pod finds its own by its
+	// node's name, for locality load balancing. Set only when a cluster
+	// has LBPolicy.Locality.
+	ProxyLocalities map[string]string `json:",omitempty"`
 }
 
 // L7Telemetry is the effective Telemetry API configuration of one proxy
@@ -487,6 +492,11 @@ type L7Endpoint struct {
 	// istio.io/ingress-use-waypoint): the proxy opens HBONE to the waypoint
 	// and CONNECTs to Address, never dials Address itself.
 	Via *L7Via `json:",omitempty"`
+	// Node and Locality ("region/zone/subzone") place the endpoint's
+	// workload, for locality load balancing (LBPolicy.Locality); empty
+	// when unknown.
+	Node     string `json:",omitempty"`
+	Locality string `json:",omitempty"`
 }
 
 // L7Via is the waypoint an endpoint is reached through.
@@ -590,6 +600,10 @@ type LBPolicy struct {
 	Simple LoadBalancing
 	// ConsistentHash, when set, overrides Simple.
 	ConsistentHash *ConsistentHash
+	// Locality, when set, narrows each pick to the endpoints its locality
+	// rules prefer for the proxy's own place; the algorithm picks among
+	// them.
+	Locality *LocalityLB `json:",omitempty"`
 }
 
 // ConsistentHash hashes one request property: exactly one field set.
@@ -1165,6 +1179,11 @@ func (t *TrafficPolicy) Validate() error {
 		}
 		if h.CookieTTL < 0 || (h.CookieTTL > 0 || h.CookiePath != "") && h.Cookie == "" {
 			return errors.New("loadBalancer: consistentHash cookie ttl and path need an httpCookie name, and the ttl cannot be negative")
+		}
+	}
+	if l := t.LB.Locality; l != nil {
+		if err := l.Validate(); err != nil {
+			return err
 		}
 	}
 	p := t.Pool

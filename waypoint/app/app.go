@@ -100,6 +100,10 @@ type Options struct {
 	KeepLean bool
 	// CertTTL is the SVID lifetime asked for; zero lets the CA choose.
 	CertTTL time.Duration
+	// NodeName is the node the waypoint runs on (the downward API's
+	// spec.nodeName): its place for locality load balancing. Empty: no
+	// locality preference.
+	NodeName string
 	// Registerer receives the proxy's and the process's metrics; nil means a
 	// fresh registry served on Metrics.
 	Registerer *prometheus.Registry
@@ -429,6 +433,7 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 				AccessLog:     s.opts.AccessLog,
 				TraceSampling: s.opts.TraceSampling,
 				ExportSpan:    s.opts.ExportSpan,
+				NodeName:      s.opts.NodeName,
 			})
 			if err == nil {
 				s.proxy.Store(p)
