@@ -43,6 +43,8 @@ type compiled struct {
 	// logFilter is telemetry.AccessLogFilter compiled; nil logs every
 	// request.
 	logFilter *logfilter.Filter
+	// extAuthz are the external authorizers CUSTOM policies name.
+	extAuthz map[string]*extAuthz
 }
 
 func limiterKey(listener, vhost string, r *model.L7Route) string {
@@ -175,6 +177,16 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			prev = old.clusters[spec.Name]
 		}
 		c.clusters[spec.Name] = newCluster(spec, prev, opts, self)
+	}
+	for _, e := range cfg.L7.ExtAuthz {
+		if c.extAuthz == nil {
+			c.extAuthz = map[string]*extAuthz{}
+		}
+		x := &extAuthz{spec: e}
+		if cl := c.clusters[e.Cluster]; cl != nil {
+			x.up = cl.all
+		}
+		c.extAuthz[e.Name] = x
 	}
 	if cfg.TCPCluster != "" {
 		cl := c.clusters[cfg.TCPCluster]

@@ -261,7 +261,8 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		rec.routeName = rt.name
 	}
 
-	// 4. Authorize: DENY, then ALLOW, per Istio.
+	// 4. Authorize: CUSTOM, DENY, then ALLOW, per Istio.
+	var authzResponse http.Header // an authorizer's headers for the response
 	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
 		d := policy.Evaluate(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
@@ -270,6 +271,14 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		})
 		if d.Shadow != nil && d.Shadow.Allow != d.Allow {
 			p.logf("waypoint: dry-run: %s %s would be %s by %s (%s)", req.Method, path, verdict(d.Shadow.Allow), d.Shadow.Policy, d.Shadow.Reason)
+		}
+		// A CUSTOM policy's authorizer first, as Envoy's ext_authz
+		// filter runs before RBAC.
+		if d.Check != "" {
+			var done bool
+			if authzResponse, done = p.authorize(w, rec, grpc, cfg, &d, req, peer); done {
+				return
+			}
 		}
 		if !d.Allow {
 			p.localReply(w, rec, grpc, http.StatusForbidden, "", "rbac_access_denied_matched_policy["+d.Policy+"]", "RBAC: access denied")
@@ -448,6 +457,9 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		h.Add("Set-Cookie", sticky.String())
 	}
 	applyHeaderOps(h, d.spec.ResponseHeaders)
+	for k, vv := range authzResponse {
+		h[k] = vv
+	}
 	announced := make([]string, 0, len(resp.Trailer))
 	for k := range resp.Trailer {
 		announced = append(announced, k)
@@ -858,6 +870,56 @@ func (t *teeBody) replay() (io.ReadCloser, bool) {
 		return nil, false
 	}
 	return io.NopCloser(bytes.NewReader(t.buf)), true
+}
+
+// authorize asks the authorizer of the CUSTOM policy that matched (d.Check)
+// about req. It answers the client itself when the request is denied (or
+// the provider is not configured: fail closed) and reports done; when
+// allowed, it edits req's headers as the authorizer says and returns the
+// headers it wants on the response.
+func (p *Proxy) authorize(w *responseWriter, rec *record, grpc bool, cfg *compiled, d *policy.Decision, req *http.Request, peer Peer) (http.Header, bool) {
+	x := cfg.extAuthz[d.Check]
+	if x == nil {
+		rec.flag(flagExtAuthzDenied)
+		p.localReply(w, rec, grpc, http.StatusForbidden, "", "ext_authz_provider_missing["+d.CheckPolicy+"]", "RBAC: access denied")
+		return nil, true
+	}
+	id := get(req.Header, "X-Request-Id")
+	if id == "" {
+		id = rec.requestID
+	}
+	ar := &authzRequest{req: req, path: rec.path, peer: peer, id: id}
+	if b := x.spec.IncludeBody; b != nil {
+		body, ok, err := authzBody(req, b)
+		switch {
+		case err != nil:
+			p.localReply(w, rec, grpc, http.StatusBadRequest, flagDownstreamClosed, "downstream_remote_disconnect", "")
+			return nil, true
+		case !ok:
+			p.localReply(w, rec, grpc, http.StatusRequestEntityTooLarge, "", "ext_authz_request_too_large", "Payload Too Large")
+			return nil, true
+		}
+		ar.body = body
+	}
+	v := x.check(req.Context(), ar)
+	if !v.allow {
+		rec.flag(flagExtAuthzDenied)
+		rec.details = v.details
+		h := w.Header()
+		for k, vv := range v.downstream {
+			h[k] = vv
+		}
+		w.WriteHeader(v.status)
+		w.Write(v.body)
+		return nil, true
+	}
+	for _, k := range v.remove {
+		req.Header.Del(k)
+	}
+	for k, vv := range v.upstream {
+		req.Header[k] = vv
+	}
+	return v.downstream, false
 }
 
 // mirror sends a shadow copy of out to up, with "-shadow" appended to the

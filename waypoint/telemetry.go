@@ -21,18 +21,19 @@ import (
 // response_flags metric label.
 const (
 	flagNone                    = "-"
-	flagNoRoute                 = "NR"  // no route matched
-	flagNoHealthy               = "UH"  // no healthy upstream
-	flagOverflow                = "UO"  // circuit breaker overflow
-	flagConnFailure             = "UF"  // upstream connection failure
-	flagUpstreamTimeout         = "UT"  // upstream request timeout
-	flagRetryExhausted          = "URX" // retries exhausted
-	flagUpstreamReset           = "UC"  // upstream connection termination
-	flagDownstreamClosed        = "DC"  // downstream connection termination
-	flagDownstreamProtocolError = "DPE" // malformed downstream request
-	flagDelayInjected           = "DI"  // fault delay
-	flagFaultInjected           = "FI"  // fault abort
-	flagRateLimited             = "RL"  // local rate limit
+	flagNoRoute                 = "NR"   // no route matched
+	flagNoHealthy               = "UH"   // no healthy upstream
+	flagOverflow                = "UO"   // circuit breaker overflow
+	flagConnFailure             = "UF"   // upstream connection failure
+	flagUpstreamTimeout         = "UT"   // upstream request timeout
+	flagRetryExhausted          = "URX"  // retries exhausted
+	flagUpstreamReset           = "UC"   // upstream connection termination
+	flagDownstreamClosed        = "DC"   // downstream connection termination
+	flagDownstreamProtocolError = "DPE"  // malformed downstream request
+	flagDelayInjected           = "DI"   // fault delay
+	flagFaultInjected           = "FI"   // fault abort
+	flagRateLimited             = "RL"   // local rate limit
+	flagExtAuthzDenied          = "UAEX" // denied by an external authorizer
 )
 
 // istioLabels are the standard labels of Istio's HTTP metrics

@@ -11,8 +11,10 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protojson"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -304,4 +306,47 @@ func crdSchema(t *testing.T, name, version string) *validate.SchemaValidator {
 	}
 	t.Fatalf("CRD %s has no version %s with a schema", name, version)
 	return nil
+}
+
+// TestRenderMeshConfig: meshConfig becomes Istio's mesh config (ConfigMap
+// istio in the root namespace, key mesh), which meshd parses as a
+// MeshConfig; unset, there is none (an existing Istio's stays untouched).
+func TestRenderMeshConfig(t *testing.T) {
+	dir := t.TempDir()
+	vf := filepath.Join(dir, "v.yaml")
+	if err := os.WriteFile(vf, []byte(`meshConfig:
+  extensionProviders:
+  - name: ext-authz
+    envoyExtAuthzHttp: {service: ext-authz.foo.svc.cluster.local, port: 8000, includeRequestHeadersInCheck: [x-ext-authz]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	find := func(r *Rendered) *unstructured.Unstructured {
+		for _, o := range r.Objects {
+			if o.GetKind() == "ConfigMap" && o.GetName() == "istio" {
+				return o
+			}
+		}
+		return nil
+	}
+	r, err := Render(RenderOptions{ValueFiles: []string{vf}, SkipCRDs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := find(r)
+	if cm == nil || cm.GetNamespace() != "istio-system" {
+		t.Fatalf("ConfigMap istio = %v; want it in the root namespace istio-system", cm)
+	}
+	text, _, _ := unstructured.NestedString(cm.Object, "data", "mesh")
+	j, err := sigsyaml.YAMLToJSON([]byte(text))
+	mc := &meshconfig.MeshConfig{}
+	if err == nil {
+		err = protojson.Unmarshal(j, mc)
+	}
+	if err != nil || len(mc.GetExtensionProviders()) != 1 || mc.GetExtensionProviders()[0].GetEnvoyExtAuthzHttp().GetPort() != 8000 {
+		t.Errorf("mesh = %q: %v; want a MeshConfig with the ext-authz provider", text, err)
+	}
+	if r, err := Render(RenderOptions{SkipCRDs: true}); err != nil || find(r) != nil {
+		t.Errorf("without meshConfig: %v, ConfigMap istio rendered: %v; want none", err, find(r) != nil)
+	}
 }

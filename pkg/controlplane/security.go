@@ -119,6 +119,9 @@ func translateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], roo
 		Action:    action,
 		DryRun:    c.meta.Annotations["istio.io/dry-run"] == "true",
 	}}
+	if action == policy.Custom {
+		a.Policy.Provider = spec.GetProvider().GetName()
+	}
 	refs := append([]*typeapi.PolicyTargetReference{spec.GetTargetRef()}, spec.GetTargetRefs()...)
 	for _, tr := range refs {
 		if tr == nil {

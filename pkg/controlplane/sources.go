@@ -170,9 +170,10 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		secrets: informers.NewSharedInformerFactoryWithOptions(opts.Kube, opts.Resync,
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "type=" + string(corev1.SecretTypeTLS) }),
 			informers.WithTransform(trimTLSSecret)),
-		// Of ConfigMaps only the CA bundle is kept: every namespace has a
-		// few (kube-root-ca.crt, istio-ca-root-cert) and users keep
-		// whatever they like in theirs.
+		// Of ConfigMaps only the CA bundle and the mesh config (the "mesh"
+		// of one named "istio") are kept: every namespace has a few
+		// (kube-root-ca.crt, istio-ca-root-cert) and users keep whatever
+		// they like in theirs.
 		configMaps: informers.NewSharedInformerFactoryWithOptions(opts.Kube, opts.Resync, informers.WithTransform(trimCAConfigMap)),
 	}
 	if s.opts.Logger == nil {
@@ -208,6 +209,9 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 		{KindGRPCRoute, gw.GRPCRoutes().Informer()},
 		{KindReferenceGrant, gw.ReferenceGrants().Informer()},
 		{KindSecret, s.secrets.Core().V1().Secrets().Informer()},
+		// The mesh config (extension providers) and BackendTLSPolicy's
+		// CA bundles.
+		{KindConfigMap, s.configMaps.Core().V1().ConfigMaps().Informer()},
 	}
 	if opts.Dynamic != nil {
 		s.dynamic = dynamicinformer.NewDynamicSharedInformerFactory(opts.Dynamic, opts.Resync)
@@ -228,22 +232,17 @@ func (s *Sources) addHandler(ki kindInformer) error {
 	return nil
 }
 
-// watchBackendTLS adds the informers of BackendTLSPolicies and of the
-// ConfigMaps their caCertificateRefs name.
+// watchBackendTLS adds the informer of BackendTLSPolicies.
 func (s *Sources) watchBackendTLS() error {
 	btls := s.gateway.Gateway().V1().BackendTLSPolicies().Informer()
 	if err := btls.SetTransform(trimBackendTLSPolicy); err != nil {
 		return fmt.Errorf("trim BackendTLSPolicies: %w", err)
 	}
-	for _, ki := range []kindInformer{
-		{KindBackendTLSPolicy, btls},
-		{KindConfigMap, s.configMaps.Core().V1().ConfigMaps().Informer()},
-	} {
-		if err := s.addHandler(ki); err != nil {
-			return err
-		}
-		s.informers = append(s.informers, ki)
+	ki := kindInformer{KindBackendTLSPolicy, btls}
+	if err := s.addHandler(ki); err != nil {
+		return err
 	}
+	s.informers = append(s.informers, ki)
 	return nil
 }
 
@@ -271,10 +270,10 @@ func statusOnlyUpdate(kind string, o, n metav1.Object) bool {
 }
 
 func (s *Sources) handler(kind string) cache.ResourceEventHandler {
-	// Of ConfigMaps only CA bundles are read: changes to the others
-	// (meshd's own status reports, the root certificate it publishes,
-	// whatever apps keep) must not rebuild the mesh.
-	relevant := func(obj any) bool { return kind != KindConfigMap || caBundle(obj) != "" }
+	// Of ConfigMaps only CA bundles and the mesh config are read: changes
+	// to the others (meshd's own status reports, the root certificate it
+	// publishes, whatever apps keep) must not rebuild the mesh.
+	relevant := func(obj any) bool { return kind != KindConfigMap || configMapRead(obj) != "" }
 	notify := func(op Op, obj any) {
 		s.mu.Lock()
 		synced := s.synced
@@ -303,8 +302,8 @@ func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 			if err1 == nil && err2 == nil && o.GetResourceVersion() == n.GetResourceVersion() && n.GetResourceVersion() != "" {
 				return // a resync, not a change
 			}
-			if kind == KindConfigMap && caBundle(oldObj) == caBundle(newObj) {
-				return // no CA bundle changed
+			if kind == KindConfigMap && configMapRead(oldObj) == configMapRead(newObj) {
+				return // no CA bundle or mesh config changed
 			}
 			if err1 == nil && err2 == nil && statusOnlyUpdate(kind, o, n) {
 				return // meshd's own status write (or another controller's)
@@ -472,10 +471,29 @@ func trimCAConfigMap(obj any) (any, error) {
 	if v, ok := cm.Data[caCertKey]; ok {
 		out.Data = map[string]string{caCertKey: v}
 	}
+	if v, ok := cm.Data[meshConfigKey]; ok && cm.Name == meshConfigName {
+		if out.Data == nil {
+			out.Data = map[string]string{}
+		}
+		out.Data[meshConfigKey] = v
+	}
 	if v, ok := cm.BinaryData[caCertKey]; ok {
 		out.BinaryData = map[string][]byte{caCertKey: v}
 	}
 	return out, nil
+}
+
+// configMapRead is what the build reads of a ConfigMap: its CA bundle and,
+// for the mesh config's, that; "" for the rest.
+func configMapRead(obj any) string {
+	ca := caBundle(obj)
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if cm, ok := obj.(*corev1.ConfigMap); ok && cm.Name == meshConfigName && cm.Data[meshConfigKey] != "" {
+		return ca + "\x00" + cm.Data[meshConfigKey]
+	}
+	return ca
 }
 
 // caBundle is a ConfigMap's ca.crt, "" for anything else.

@@ -214,7 +214,10 @@ func TestSourcesBackendTLSPolicy(t *testing.T) {
 		return metav1.ObjectMeta{Name: name, Namespace: "app", Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}}
 	}
-	kube := kubefake.NewClientset(&corev1.ConfigMap{ObjectMeta: meta("api-ca"), Data: map[string]string{caCertKey: "PEM", "notes.txt": "other data"}})
+	mesh := meta("istio")
+	mesh.Namespace = "istio-system"
+	kube := kubefake.NewClientset(&corev1.ConfigMap{ObjectMeta: meta("api-ca"), Data: map[string]string{caCertKey: "PEM", "notes.txt": "other data"}},
+		&corev1.ConfigMap{ObjectMeta: mesh, Data: map[string]string{meshConfigKey: "extensionProviders: []", "meshNetworks": "networks: {}"}})
 	gw := gatewayfake.NewClientset(&gatewayv1.BackendTLSPolicy{ObjectMeta: meta("api-tls"), Spec: gatewayv1.BackendTLSPolicySpec{
 		Validation: gatewayv1.BackendTLSPolicyValidation{Hostname: "api.example.com"}}})
 	rec := &changeRecorder{notify: make(chan struct{}, 1)}
@@ -229,6 +232,9 @@ func TestSourcesBackendTLSPolicy(t *testing.T) {
 	} else if diff := cmp.Diff(map[string]string{caCertKey: "PEM"}, got.Data); diff != "" {
 		t.Errorf("ConfigMap app/api-ca data in Inputs (-want +got):\n%s", diff)
 	}
+	if got := in.configMaps["istio-system/istio"]; got == nil || !cmp.Equal(got.Data, map[string]string{meshConfigKey: "extensionProviders: []"}) {
+		t.Errorf("the mesh config's ConfigMap in Inputs = %+v; want its mesh key only", got)
+	}
 	if got := in.backendTLS["app/api-tls"]; got == nil || got.Annotations != nil || got.ManagedFields != nil || got.Spec.Validation.Hostname != "api.example.com" {
 		t.Errorf("BackendTLSPolicy app/api-tls in Inputs = %+v; want its spec without annotations or managed fields", got)
 	}
@@ -241,6 +247,16 @@ func TestSourcesBackendTLSPolicy(t *testing.T) {
 		t.Fatalf("create ConfigMap: %v", err)
 	}
 	rec.waitFor(t, Change{Kind: KindConfigMap, Namespace: "app", Name: "db-ca", Op: OpAdd})
+	mc, err := kube.CoreV1().ConfigMaps("istio-system").Get(ctx, "istio", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc.Data[meshConfigKey] = "extensionProviders: [{name: authz}]"
+	mc.ResourceVersion = "2"
+	if _, err := kube.CoreV1().ConfigMaps("istio-system").Update(ctx, mc, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update the mesh config: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindConfigMap, Namespace: "istio-system", Name: "istio", Op: OpUpdate})
 	rec.mu.Lock()
 	for _, c := range rec.changes {
 		if c.Name == "settings" {
@@ -256,7 +272,7 @@ func TestSourcesBackendTLSPolicy(t *testing.T) {
 
 // TestSourcesWithoutBackendTLSPolicyCRD: a cluster whose Gateway API
 // predates BackendTLSPolicy still runs meshd, which says what it does
-// without and watches no ConfigMaps.
+// without; ConfigMaps are still read (the mesh config).
 func TestSourcesWithoutBackendTLSPolicyCRD(t *testing.T) {
 	kube := kubefake.NewClientset(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "api-ca", Namespace: "app"}, Data: map[string]string{caCertKey: "PEM"}})
 	var log bytes.Buffer
@@ -268,8 +284,8 @@ func TestSourcesWithoutBackendTLSPolicyCRD(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Inputs: %v", err)
 	}
-	if len(in.configMaps) != 0 {
-		t.Errorf("Inputs holds ConfigMaps %v; want none watched without BackendTLSPolicy", sortedKeys(in.configMaps))
+	if len(in.configMaps) != 1 || len(in.backendTLS) != 0 {
+		t.Errorf("Inputs holds ConfigMaps %v, BackendTLSPolicies %v; want the ConfigMap, no policy", sortedKeys(in.configMaps), sortedKeys(in.backendTLS))
 	}
 }
 

@@ -54,6 +54,9 @@ type L7Config struct {
 	// node's name, for locality load balancing. Set only when a cluster
 	// has LBPolicy.Locality.
 	ProxyLocalities map[string]string `json:",omitempty"`
+	// ExtAuthz are the external authorization providers CUSTOM
+	// policies may name.
+	ExtAuthz []ExtAuthz `json:",omitempty"`
 }
 
 // L7Telemetry is the effective Telemetry API configuration of one proxy
@@ -751,6 +754,20 @@ func (c *L7Config) Validate() error {
 	for i := range c.JWTProviders {
 		if err := c.JWTProviders[i].Validate(); err != nil {
 			return fmt.Errorf("jwtProviders[%d]: %w", i, err)
+		}
+	}
+	names := map[string]bool{}
+	for i := range c.ExtAuthz {
+		e := &c.ExtAuthz[i]
+		if err := e.Validate(); err != nil {
+			return fmt.Errorf("extAuthz[%d]: %w", i, err)
+		}
+		if names[e.Name] {
+			return fmt.Errorf("extAuthz[%d]: duplicate provider %q", i, e.Name)
+		}
+		names[e.Name] = true
+		if e.Cluster != "" && clusters[e.Cluster] == nil {
+			return fmt.Errorf("extAuthz[%d] %q: cluster %q is not defined", i, e.Name, e.Cluster)
 		}
 	}
 	return nil

@@ -6,9 +6,12 @@
 // Evaluation follows Istio exactly
 // (https://istio.io/latest/docs/reference/config/security/authorization-policy/):
 //
-//   - CUSTOM policies are not supported. Validate rejects them, and Evaluate
-//     fails closed (denies) if one is passed anyway, naming the policy.
-//   - DENY policies are evaluated first: if any matches, the request is denied.
+//   - CUSTOM policies come first: the first one whose rules match names the
+//     external authorizer (Decision.Check, its provider) that the caller
+//     must ask before it acts on the rest of the decision, as Envoy's
+//     ext_authz filter runs before its RBAC filters. At L4 a matching CUSTOM
+//     policy denies (fails closed): only waypoints ask authorizers.
+//   - DENY policies are evaluated next: if any matches, the request is denied.
 //   - Then ALLOW: if no ALLOW policy applies, the request is allowed; if any
 //     applies, the request must match at least one of them.
 //   - AUDIT policies never change the decision; a match is reported in
@@ -44,7 +47,6 @@
 package policy
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -64,12 +66,10 @@ const (
 	Deny Action = "DENY"
 	// Audit marks matching requests for auditing; never changes the decision.
 	Audit Action = "AUDIT"
-	// Custom delegates to an external authorizer: not supported.
+	// Custom delegates matching requests to an external authorizer
+	// (Policy.Provider).
 	Custom Action = "CUSTOM"
 )
-
-// ErrCustomUnsupported is returned by Validate for CUSTOM policies.
-var ErrCustomUnsupported = errors.New("action CUSTOM (external authorization) is not supported by meshlet: use ALLOW or DENY")
 
 // Policy is one AuthorizationPolicy, already selected for the workload or
 // waypoint that enforces it.
@@ -82,6 +82,9 @@ type Policy struct {
 	Rules []Rule
 	// DryRun evaluates the policy without enforcing it.
 	DryRun bool
+	// Provider names the external authorizer of a CUSTOM policy (its
+	// provider.name, an extension provider of the mesh config).
+	Provider string `json:",omitempty"`
 	// Services, when set, limits the policy to requests for these service
 	// hostnames (a waypoint policy whose targetRefs name a Service or
 	// ServiceEntry); empty means every request the proxy serves (a policy
@@ -212,6 +215,10 @@ type Decision struct {
 	// Unmatchable lists "policy/rule[i]" rules that used L7 attributes in
 	// L4 mode.
 	Unmatchable []string
+	// Check names the external authorizer (a CUSTOM policy's provider)
+	// that must allow the request too; CheckPolicy is that policy's ID.
+	// Empty when no CUSTOM policy matched (and always at L4).
+	Check, CheckPolicy string
 }
 
 // Validate checks a policy: known action, parsable IP blocks and ports,
@@ -220,9 +227,11 @@ func (p *Policy) Validate() error {
 	switch p.action() {
 	case Allow, Deny, Audit:
 	case Custom:
-		return fmt.Errorf("policy %s: %w", p.ID(), ErrCustomUnsupported)
+		if p.Provider == "" {
+			return fmt.Errorf("policy %s: action CUSTOM needs provider.name: the extension provider (meshConfig.extensionProviders) to ask", p.ID())
+		}
 	default:
-		return fmt.Errorf("policy %s: unknown action %q: want ALLOW, DENY or AUDIT", p.ID(), p.Action)
+		return fmt.Errorf("policy %s: unknown action %q: want ALLOW, DENY, AUDIT or CUSTOM", p.ID(), p.Action)
 	}
 	for i, r := range p.Rules {
 		for j, s := range r.From {
@@ -291,11 +300,16 @@ func decide(policies []*Policy, req *Request, l4, withDryRun bool) Decision {
 	var d Decision
 	enforced := func(p *Policy) bool { return withDryRun || !p.DryRun }
 	for _, p := range policies {
-		if enforced(p) && p.action() == Custom {
-			d.Reason = fmt.Sprintf("policy %s uses action CUSTOM, which meshlet does not support: denying (fail closed)", p.ID())
+		if !enforced(p) || p.action() != Custom || !matchPolicy(p, req, l4, &d) {
+			continue
+		}
+		if l4 {
+			d.Reason = fmt.Sprintf("policy %s asks an external authorizer (CUSTOM), which only waypoints do: denying (fail closed); attach it to a waypoint with targetRefs", p.ID())
 			d.Policy = p.ID()
 			return d
 		}
+		d.Check, d.CheckPolicy = p.Provider, p.ID()
+		break
 	}
 	for _, p := range policies {
 		if p.action() == Audit && d.Audit == "" && matchPolicy(p, req, l4, &d) {
@@ -332,7 +346,9 @@ func decide(policies []*Policy, req *Request, l4, withDryRun bool) Decision {
 }
 
 func matchPolicy(p *Policy, req *Request, l4 bool, d *Decision) bool {
-	deny := p.action() == Deny
+	// At L4, a CUSTOM policy denies what it would send to its authorizer
+	// (fail closed), so it matches as DENY does.
+	deny := p.action() == Deny || p.action() == Custom
 	for i := range p.Rules {
 		r := &p.Rules[i]
 		if l4 && ruleUsesL7(r) {

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"errors"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -108,7 +107,6 @@ func TestEvaluate(t *testing.T) {
 		{name: "principals with spiffe prefix", policies: []*Policy{{Namespace: "foo", Name: "p", Rules: []Rule{{From: []Source{{Principals: []string{"spiffe://cluster.local/ns/default/*"}}}}}}}, req: req(nil), wantAllow: true, wantPolicy: "foo/p"},
 		{name: "principals * needs an identity", policies: []*Policy{{Namespace: "foo", Name: "p", Rules: []Rule{{From: []Source{{Principals: []string{"*"}}}}}}}, req: req(func(r *Request) { r.SourcePrincipal = "" })},
 		{name: "nested claim list", policies: []*Policy{{Namespace: "foo", Name: "c", Rules: []Rule{{When: []Condition{{Key: "request.auth.claims[groups]", Values: []string{"admin"}}}}}}}, req: req(func(r *Request) { r.Auth = googleAuth() }), wantAllow: true, wantPolicy: "foo/c"},
-		{name: "custom fails closed", policies: []*Policy{{Namespace: "foo", Name: "ext", Action: Custom, Rules: []Rule{{}}}}, req: req(nil), wantPolicy: "foo/ext"},
 		{name: "audit never decides", policies: []*Policy{{Namespace: "foo", Name: "audit", Action: Audit, Rules: []Rule{{}}}}, req: req(nil), wantAllow: true},
 		{name: "dry-run deny is not enforced", policies: []*Policy{{Namespace: "foo", Name: "dry", Action: Deny, DryRun: true, Rules: []Rule{{}}}}, req: req(nil), wantAllow: true},
 	}
@@ -186,7 +184,8 @@ func TestValidate(t *testing.T) {
 		wantErr string
 	}{
 		{name: "ok", p: httpbin},
-		{name: "custom", p: &Policy{Name: "x", Action: Custom}, wantErr: "CUSTOM"},
+		{name: "custom without a provider", p: &Policy{Name: "x", Action: Custom}, wantErr: "provider.name"},
+		{name: "custom", p: &Policy{Name: "x", Action: Custom, Provider: "ext-authz"}},
 		{name: "unknown action", p: &Policy{Name: "x", Action: "LOG"}, wantErr: "unknown action"},
 		{name: "bad cidr", p: &Policy{Name: "x", Rules: []Rule{{From: []Source{{IPBlocks: []string{"10.0.0.0/33"}}}}}}, wantErr: "ip block"},
 		{name: "bad port", p: &Policy{Name: "x", Rules: []Rule{{To: []Operation{{Ports: []string{"http"}}}}}}, wantErr: "port"},
@@ -208,7 +207,41 @@ func TestValidate(t *testing.T) {
 			}
 		})
 	}
-	if err := (&Policy{Name: "x", Action: Custom}).Validate(); !errors.Is(err, ErrCustomUnsupported) {
-		t.Errorf("Validate(CUSTOM) = %v; want ErrCustomUnsupported", err)
+}
+
+// TestCustom: a matching CUSTOM policy names its provider for the caller to
+// ask and leaves DENY and ALLOW to decide the rest; one that does not match
+// asks nothing; at L4 a match denies (fail closed).
+func TestCustom(t *testing.T) {
+	admin := &Policy{Namespace: "foo", Name: "ext", Action: Custom, Provider: "authz", Rules: []Rule{{To: []Operation{{Paths: []string{"/admin*"}}}}}}
+	l4 := &Policy{Namespace: "foo", Name: "ext-l4", Action: Custom, Provider: "authz", Rules: []Rule{{To: []Operation{{Ports: []string{"8080"}}}}}}
+	deny := &Policy{Namespace: "foo", Name: "deny", Action: Deny, Rules: []Rule{{To: []Operation{{Methods: []string{"DELETE"}}}}}}
+	for _, tt := range []struct {
+		name      string
+		policies  []*Policy
+		req       *Request
+		l4        bool
+		wantAllow bool
+		wantCheck string
+	}{
+		{"matching: ask the provider", []*Policy{admin}, &Request{Path: "/admin/users", Method: "GET"}, false, true, "authz"},
+		{"not matching: nothing to ask", []*Policy{admin}, &Request{Path: "/public", Method: "GET"}, false, true, ""},
+		{"matching and denied locally too", []*Policy{admin, deny}, &Request{Path: "/admin/users", Method: "DELETE"}, false, false, "authz"},
+		{"dry-run: nothing to ask", []*Policy{{Namespace: "foo", Name: "dry", Action: Custom, Provider: "authz", DryRun: true, Rules: []Rule{{}}}}, &Request{Path: "/"}, false, true, ""},
+		{"L4 match: denied", []*Policy{l4}, &Request{DestinationPort: 8080}, true, false, ""},
+		{"L4 no match: allowed", []*Policy{l4}, &Request{DestinationPort: 9090}, true, true, ""},
+		{"L4 rule with L7 attributes: denied", []*Policy{admin}, &Request{DestinationPort: 8080}, true, false, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var d Decision
+			if tt.l4 {
+				d = EvaluateL4(tt.policies, tt.req)
+			} else {
+				d = Evaluate(tt.policies, tt.req)
+			}
+			if d.Allow != tt.wantAllow || d.Check != tt.wantCheck || (d.Check != "" && d.CheckPolicy != "foo/ext") {
+				t.Errorf("decision = {Allow:%v Check:%q CheckPolicy:%q Reason:%q}; want allow %v, check %q", d.Allow, d.Check, d.CheckPolicy, d.Reason, tt.wantAllow, tt.wantCheck)
+			}
+		})
 	}
 }

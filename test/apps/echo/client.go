@@ -31,18 +31,25 @@ type Summary struct {
 	ByStatus  map[string]int `json:"byStatus"`  // HTTP code or gRPC code name -> count
 	Errors    map[string]int `json:"errors,omitempty"`
 	Protocols map[string]int `json:"protocols"` // protocol the server saw -> count
+	// Seen counts the values the server saw of the -seen-header header
+	// ("" when absent); Answered the values of the -answer-header header
+	// of the responses.
+	Seen     map[string]int `json:"seen,omitempty"`
+	Answered map[string]int `json:"answered,omitempty"`
 }
 
 // clientOptions configure runClient.
 type clientOptions struct {
-	URL         string        // HTTP URL to GET; empty when GRPC is set
-	GRPC        string        // gRPC host:port; empty for HTTP
-	N           int           // number of requests (bounded to 100000)
-	Concurrency int           // parallel workers
-	Timeout     time.Duration // per request
-	H2C         bool          // HTTP/2 with prior knowledge instead of HTTP/1.1
-	WebSocket   bool          // a WebSocket handshake and one echoed message per request
-	Headers     http.Header   // extra request headers
+	URL          string        // HTTP URL to GET; empty when GRPC is set
+	GRPC         string        // gRPC host:port; empty for HTTP
+	SeenHeader   string        // request header whose value the server saw is counted
+	AnswerHeader string        // response header whose value is counted
+	N            int           // number of requests (bounded to 100000)
+	Concurrency  int           // parallel workers
+	Timeout      time.Duration // per request
+	H2C          bool          // HTTP/2 with prior knowledge instead of HTTP/1.1
+	WebSocket    bool          // a WebSocket handshake and one echoed message per request
+	Headers      http.Header   // extra request headers
 }
 
 type headerFlags http.Header
@@ -69,6 +76,8 @@ func runClient(ctx context.Context, args []string, out io.Writer) error {
 	fs.BoolVar(&o.H2C, "h2c", false, "use HTTP/2 cleartext (prior knowledge)")
 	fs.BoolVar(&o.WebSocket, "ws", false, "open a WebSocket to the URL (path /ws) and echo one message per request")
 	fs.Var(headerFlags(o.Headers), "H", "extra header 'Name: value' (repeatable)")
+	fs.StringVar(&o.SeenHeader, "seen-header", "", "count the values of this request header as the server saw it")
+	fs.StringVar(&o.AnswerHeader, "answer-header", "", "count the values of this response header")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -122,7 +131,7 @@ func runRequests(ctx context.Context, o clientOptions) (*Summary, error) {
 			hc.Transport = &http.Transport{MaxIdleConnsPerHost: o.Concurrency}
 		}
 		defer hc.CloseIdleConnections()
-		call = func(ctx context.Context) result { return httpCall(ctx, hc, o.URL, o.Headers) }
+		call = func(ctx context.Context) result { return httpCall(ctx, hc, &o) }
 		if o.WebSocket {
 			call = func(ctx context.Context) result { return wsCall(ctx, o.URL, o.Headers) }
 		}
@@ -165,6 +174,10 @@ type result struct {
 	version  string
 	protocol string
 	err      string
+	// seen and answered are the -seen-header and -answer-header values;
+	// counted when counted is set.
+	seen, answered string
+	counted        bool
 }
 
 func (s *Summary) add(r result) {
@@ -187,14 +200,21 @@ func (s *Summary) add(r result) {
 	if r.protocol != "" {
 		s.Protocols[r.protocol]++
 	}
+	if r.counted {
+		if s.Seen == nil {
+			s.Seen, s.Answered = map[string]int{}, map[string]int{}
+		}
+		s.Seen[r.seen]++
+		s.Answered[r.answered]++
+	}
 }
 
-func httpCall(ctx context.Context, hc *http.Client, url string, h http.Header) result {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+func httpCall(ctx context.Context, hc *http.Client, o *clientOptions) result {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.URL, nil)
 	if err != nil {
 		return result{err: err.Error()}
 	}
-	for k, v := range h {
+	for k, v := range o.Headers {
 		req.Header[k] = v
 	}
 	resp, err := hc.Do(req)
@@ -206,6 +226,10 @@ func httpCall(ctx context.Context, hc *http.Client, url string, h http.Header) r
 	var body Response
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&body); err == nil {
 		r.pod, r.version, r.protocol = body.Pod, body.Version, body.Protocol
+	}
+	if o.SeenHeader != "" || o.AnswerHeader != "" {
+		r.counted = true
+		r.seen, r.answered = body.Headers[http.CanonicalHeaderKey(o.SeenHeader)], resp.Header.Get(o.AnswerHeader)
 	}
 	return r
 }

@@ -3,7 +3,8 @@
 // namespace, version label, node), the headers and client address it saw and
 // the protocol, and that can be told to fail, delay or return a status code.
 // `echo client` makes N requests from inside a pod and prints a summary by pod
-// and version, for tests and the demo.
+// and version, for tests and the demo. `echo authz` is an HTTP external
+// authorizer (Envoy's ext_authz protocol) for CUSTOM AuthorizationPolicies.
 //
 // Environment (set from the downward API in the manifests): POD_NAME,
 // POD_NAMESPACE, VERSION (the pod's version label), NODE_NAME, POD_IP; ports:
@@ -36,6 +37,8 @@ func main() {
 	switch {
 	case len(args) > 0 && args[0] == "client":
 		err = runClient(ctx, args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "authz":
+		err = runAuthz(ctx, args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "serve":
 		err = runServe(ctx, args[1:])
 	default:

@@ -79,6 +79,8 @@ func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s struc
 	ByStatus   map[string]int
 	Errors     map[string]int
 	Protocols  map[string]int
+	Seen       map[string]int
+	Answered   map[string]int
 }) {
 	t.Helper()
 	out, err := lb.ExecInPod(ns, pod, append([]string{lb.Layout.Bin("echo"), "client", "-json"}, args...)...)

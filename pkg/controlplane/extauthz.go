@@ -1,0 +1,187 @@
+package controlplane
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	meshconfig "istio.io/api/mesh/v1alpha1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+// The mesh config is where Istio keeps extension providers: the "mesh" key
+// (MeshConfig in YAML) of the ConfigMap "istio" in its root namespace. A
+// cluster moving from Istio keeps its own; meshlet's chart writes one from
+// the meshConfig value.
+const (
+	meshConfigName = "istio"
+	meshConfigKey  = "mesh"
+)
+
+// KindMeshConfig names the mesh config in rejections.
+const KindMeshConfig = "MeshConfig"
+
+// extAuthzProviders reads the external authorization providers of the mesh
+// config, by name; a mesh config that does not parse is reported (CUSTOM
+// policies naming its providers then deny what they match, fail closed).
+func (bd *build) extAuthzProviders() map[string]*meshconfig.MeshConfig_ExtensionProvider {
+	cm := bd.in.configMaps[bd.opts.RootNamespace+"/"+meshConfigName]
+	if cm == nil || cm.Data[meshConfigKey] == "" {
+		return nil
+	}
+	text := cm.Data[meshConfigKey]
+	r := bd.rejecter(KindMeshConfig, bd.opts.RootNamespace, meshConfigName)
+	j, err := yaml.YAMLToJSON([]byte(text))
+	mc := &meshconfig.MeshConfig{}
+	if err == nil {
+		err = protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(j, mc)
+	}
+	if err != nil {
+		r.reject("ConfigMap %s/%s key %s is not a valid MeshConfig: %v; its extension providers are not used", bd.opts.RootNamespace, meshConfigName, meshConfigKey, err)
+		return nil
+	}
+	out := map[string]*meshconfig.MeshConfig_ExtensionProvider{}
+	for _, p := range mc.GetExtensionProviders() {
+		if p.GetEnvoyExtAuthzHttp() == nil && p.GetEnvoyExtAuthzGrpc() == nil {
+			continue // tracing, logging, ...: read elsewhere or not at all
+		}
+		if _, dup := out[p.GetName()]; dup || p.GetName() == "" {
+			r.warn("extensionProviders: %q is empty or defined twice; the first one is used", p.GetName())
+			continue
+		}
+		out[p.GetName()] = p
+	}
+	return out
+}
+
+// warnCustomPolicies tells what CUSTOM policies will do where it is not what
+// their author may expect: one naming a provider the mesh config lacks
+// denies what it matches; one with a selector (no targetRefs) is enforced
+// by the node agents, which cannot ask an authorizer and deny what it
+// matches (fail closed both times, as a policy that cannot be enforced
+// must not let requests by).
+func (bd *build) warnCustomPolicies(providers map[string]*meshconfig.MeshConfig_ExtensionProvider) {
+	for _, a := range bd.authz {
+		if a.Policy.Action != policy.Custom {
+			continue
+		}
+		r := bd.rejecter(KindAuthorizationPolicy, a.Policy.Namespace, a.Policy.Name)
+		if _, ok := providers[a.Policy.Provider]; !ok {
+			r.warn("provider %q is not an envoyExtAuthzHttp or envoyExtAuthzGrpc extension provider of the mesh config (ConfigMap %s/%s, key %s): the requests its rules match are denied until it is",
+				a.Policy.Provider, bd.opts.RootNamespace, meshConfigName, meshConfigKey)
+		}
+		if len(a.Targets) == 0 {
+			r.warn("CUSTOM policies are enforced by waypoints (targetRefs); with a selector or none, node agents deny the connections its rules match: attach it to a waypoint")
+		}
+	}
+}
+
+// applyExtAuthz gives every L7 config the providers that CUSTOM policies
+// attached to proxies (targetRefs) name, with a cluster for each
+// provider's service and port, as Istio adds the provider's cluster to
+// every proxy that may call it.
+func (bd *build) applyExtAuthz(l7 map[model.NamespacedName]*model.L7Config) {
+	providers := bd.extAuthzProviders()
+	bd.warnCustomPolicies(providers)
+	var used []string
+	for _, a := range bd.authz {
+		if a.Policy.Action == policy.Custom && len(a.Targets) > 0 && providers[a.Policy.Provider] != nil && !slices.Contains(used, a.Policy.Provider) {
+			used = append(used, a.Policy.Provider)
+		}
+	}
+	if len(used) == 0 {
+		return
+	}
+	slices.Sort(used)
+	r := bd.rejecter(KindMeshConfig, bd.opts.RootNamespace, meshConfigName)
+	specs := make([]model.ExtAuthz, 0, len(used))
+	hosts := make([]string, 0, len(used))
+	for _, name := range used {
+		e, host := bd.extAuthz(providers[name], r)
+		specs = append(specs, e)
+		hosts = append(hosts, host)
+	}
+	for key, cfg := range l7 {
+		lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
+		for i := range cfg.Clusters {
+			lb.clusters[cfg.Clusters[i].Name] = &cfg.Clusters[i]
+		}
+		have := len(lb.clusters)
+		for i, e := range specs {
+			if hosts[i] != "" {
+				e.Cluster = lb.cluster(hosts[i], extAuthzPort(providers[e.Name]))
+			}
+			cfg.ExtAuthz = append(cfg.ExtAuthz, e)
+		}
+		if len(lb.clusters) == have {
+			continue
+		}
+		for _, name := range sortedKeys(lb.clusters) {
+			if !slices.ContainsFunc(cfg.Clusters, func(c model.L7Cluster) bool { return c.Name == name }) {
+				cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
+			}
+		}
+		slices.SortFunc(cfg.Clusters, func(a, b model.L7Cluster) int { return strings.Compare(a.Name, b.Name) })
+	}
+}
+
+func extAuthzPort(p *meshconfig.MeshConfig_ExtensionProvider) uint32 {
+	if h := p.GetEnvoyExtAuthzHttp(); h != nil {
+		return h.GetPort()
+	}
+	return p.GetEnvoyExtAuthzGrpc().GetPort()
+}
+
+// extAuthz translates one provider; host is the service's hostname, "" when
+// the mesh has no such service (reported: checks then fail).
+func (bd *build) extAuthz(p *meshconfig.MeshConfig_ExtensionProvider, r *rejections) (e model.ExtAuthz, host string) {
+	e.Name = p.GetName()
+	var service, status string
+	var port uint32
+	var body *meshconfig.MeshConfig_ExtensionProvider_EnvoyExternalAuthorizationRequestBody
+	if h := p.GetEnvoyExtAuthzHttp(); h != nil {
+		service, port, status, body = h.GetService(), h.GetPort(), h.GetStatusOnError(), h.GetIncludeRequestBodyInCheck()
+		e.Timeout, e.FailOpen, e.PathPrefix = h.GetTimeout().AsDuration(), h.GetFailOpen(), h.GetPathPrefix()
+		//lint:ignore SA1019 the deprecated includeHeadersInCheck is still read, as Istio reads it.
+		e.IncludeRequestHeaders = append(slices.Clone(h.GetIncludeRequestHeadersInCheck()), h.GetIncludeHeadersInCheck()...)
+		e.AdditionalHeaders = h.GetIncludeAdditionalHeadersInCheck()
+		e.HeadersToUpstreamOnAllow = h.GetHeadersToUpstreamOnAllow()
+		e.HeadersToDownstreamOnAllow = h.GetHeadersToDownstreamOnAllow()
+		e.HeadersToDownstreamOnDeny = h.GetHeadersToDownstreamOnDeny()
+	} else {
+		g := p.GetEnvoyExtAuthzGrpc()
+		e.GRPC = true
+		service, port, status, body = g.GetService(), g.GetPort(), g.GetStatusOnError(), g.GetIncludeRequestBodyInCheck()
+		e.Timeout, e.FailOpen = g.GetTimeout().AsDuration(), g.GetFailOpen()
+	}
+	if body != nil {
+		e.IncludeBody = &model.ExtAuthzBody{MaxBytes: int64(body.GetMaxRequestBytes()), AllowPartial: body.GetAllowPartialMessage()}
+	}
+	if status != "" {
+		n, err := strconv.Atoi(status)
+		if err != nil || n < 200 || n > 599 {
+			r.warn("extensionProviders %q: statusOnError %q is not an HTTP status; 403 is used", e.Name, status)
+		} else {
+			e.StatusOnError = n
+		}
+	}
+	if err := e.Validate(); err != nil {
+		r.warn("extensionProviders %q: %v; checks with it fail", e.Name, err)
+		return model.ExtAuthz{Name: e.Name, StatusOnError: e.StatusOnError}, ""
+	}
+	// "[namespace/]hostname"
+	_, host, _ = strings.Cut(service, "/")
+	if !strings.Contains(service, "/") {
+		host = service
+	}
+	e.Authority = host + ":" + strconv.FormatUint(uint64(port), 10)
+	if _, ok := bd.hostOwners[host]; !ok || port == 0 || port > 65535 {
+		r.warn("extensionProviders %q: service %q port %d is no service of the mesh: checks with it fail (the requests are denied unless failOpen)", e.Name, service, port)
+		return e, ""
+	}
+	return e, host
+}

@@ -1,0 +1,302 @@
+package waypoint
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+)
+
+// authzSeen records what an authorizer was asked.
+type authzSeen struct {
+	mu    sync.Mutex
+	paths []string
+	last  map[string]string // headers of the last check
+	body  string
+}
+
+func (s *authzSeen) record(path string, h map[string]string, body string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paths = append(s.paths, path)
+	s.last, s.body = h, body
+}
+
+func (s *authzSeen) get() ([]string, map[string]string, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.paths...), s.last, s.body
+}
+
+// httpAuthz is an HTTP ext_authz server like Istio's sample: it allows a
+// request carrying "x-ext-authz: allow" and denies the rest with 403.
+func httpAuthz(t *testing.T, seen *authzSeen) string {
+	return backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := map[string]string{"host": r.Host}
+		for k := range r.Header {
+			h[strings.ToLower(k)] = r.Header.Get(k)
+		}
+		b, _ := io.ReadAll(r.Body)
+		seen.record(r.URL.RequestURI(), h, string(b))
+		if r.Header.Get("X-Ext-Authz") == "allow" {
+			w.Header().Set("X-Ext-Authz-Check-Result", "allowed")
+			w.Header().Set("X-User", "alice")
+			w.Header().Set("X-Internal", "not for anyone")
+			return
+		}
+		w.Header().Set("X-Ext-Authz-Check-Result", "denied")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, "denied by ext_authz for not having the header")
+	}))
+}
+
+// authzConfig routes everything to app, with a CUSTOM policy sending
+// /admin requests to provider p.
+func authzConfig(app string, p model.ExtAuthz, authzAddr string) *Config {
+	clusters := []model.L7Cluster{clusterOf("app", app)}
+	if authzAddr != "" {
+		clusters = append(clusters, clusterOf("authz", authzAddr))
+		p.Cluster = "authz"
+	}
+	cfg := oneRoute(clusters, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.ExtAuthz = []model.ExtAuthz{p}
+	cfg.Policies = []*policy.Policy{{Namespace: "shop", Name: "ext", Action: policy.Custom, Provider: "authz",
+		Rules: []policy.Rule{{To: []policy.Operation{{Paths: []string{"/admin*"}}}}}}}
+	return cfg
+}
+
+func TestExtAuthzHTTP(t *testing.T) {
+	app := &named{name: "app"}
+	appAddr := backend(t, app)
+	seen := &authzSeen{}
+	authz := httpAuthz(t, seen)
+	spec := model.ExtAuthz{Name: "authz", PathPrefix: "/check", IncludeRequestHeaders: []string{"x-ext-authz", "x-b3-*"},
+		AdditionalHeaders: map[string]string{"X-From": "waypoint"}, HeadersToUpstreamOnAllow: []string{"x-user"},
+		HeadersToDownstreamOnAllow: []string{"x-ext-authz-check-result"}}
+	h := start(t, authzConfig(appAddr, spec, authz), nil)
+	client := newClient(t)
+
+	if code, body := h.get(t, client, "/public", nil); code != 200 || body != "app" {
+		t.Fatalf("GET /public = %d %q; want the app's 200 (no CUSTOM rule matches)", code, body)
+	}
+	if paths, _, _ := seen.get(); len(paths) != 0 {
+		t.Errorf("the authorizer was asked about %v; want nothing for /public", paths)
+	}
+
+	// Allowed: the authorizer saw the prefixed path and the listed
+	// headers only; the app gets the header the authorizer adds.
+	req, _ := http.NewRequest(http.MethodGet, h.url+"/admin/users?page=2", nil)
+	req.Host = "shop.example"
+	req.Header.Set("X-Ext-Authz", "allow")
+	req.Header.Set("X-B3-Traceid", "abc")
+	req.Header.Set("X-Secret", "keep me")
+	req.Header.Set("X-User", "mallory") // overwritten by the authorizer's
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Ext-Authz-Check-Result") != "allowed" || resp.Header.Get("X-Internal") != "" {
+		t.Errorf("allowed request = %d, check result %q, x-internal %q; want 200, allowed, none", resp.StatusCode, resp.Header.Get("X-Ext-Authz-Check-Result"), resp.Header.Get("X-Internal"))
+	}
+	paths, hdr, _ := seen.get()
+	if len(paths) != 1 || paths[0] != "/check/admin/users?page=2" {
+		t.Errorf("authorizer asked about %v; want /check/admin/users?page=2", paths)
+	}
+	if hdr["x-ext-authz"] != "allow" || hdr["x-b3-traceid"] != "abc" || hdr["x-from"] != "waypoint" || hdr["host"] != "shop.example" || hdr["x-secret"] != "" {
+		t.Errorf("authorizer saw headers %v; want x-ext-authz, x-b3-traceid, x-from and the host, not x-secret", hdr)
+	}
+	if got := app.lastRequest(); got == nil || got.Header.Get("X-User") != "alice" || got.Header.Get("X-Secret") != "keep me" {
+		t.Errorf("app got %v; want x-user alice from the authorizer and the client's other headers", got.Header)
+	}
+
+	// Denied: the authorizer's status, body and headers; the app never
+	// sees the request; the access log flags UAEX.
+	served := app.count()
+	resp, err = client.Do(mustRequest(t, h.url+"/admin/users", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 403 || string(body) != "denied by ext_authz for not having the header" || resp.Header.Get("X-Ext-Authz-Check-Result") != "denied" {
+		t.Errorf("denied request = %d %q (check result %q); want the authorizer's 403, body and header", resp.StatusCode, body, resp.Header.Get("X-Ext-Authz-Check-Result"))
+	}
+	if app.count() != served {
+		t.Error("a denied request reached the app")
+	}
+	if n := h.log.countFlag(t, flagExtAuthzDenied); n != 1 {
+		t.Errorf("%d access log lines flagged UAEX; want 1", n)
+	}
+}
+
+func mustRequest(t *testing.T, url string, hdr map[string]string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "shop.example"
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return req
+}
+
+// TestExtAuthzFailures: an authorizer that cannot be reached denies with
+// statusOnError (403 by default) unless failOpen; a policy naming a
+// provider the config lacks denies (fail closed); a body over the limit is
+// 413 unless partial bodies are allowed, and the authorizer sees at most
+// the limit while the app gets the whole body.
+func TestExtAuthzFailures(t *testing.T) {
+	app := &named{name: "app"}
+	appAddr := backend(t, app)
+	down := tcpBackend(t, func(c net.Conn) {}) // closes every connection at once
+	client := newClient(t)
+	for _, tt := range []struct {
+		name string
+		spec model.ExtAuthz
+		addr string
+		want int
+	}{
+		{"unreachable: 403", model.ExtAuthz{Name: "authz"}, down, 403},
+		{"unreachable with statusOnError 503", model.ExtAuthz{Name: "authz", StatusOnError: 503}, down, 503},
+		{"unreachable, failOpen", model.ExtAuthz{Name: "authz", FailOpen: true}, down, 200},
+		{"no service: 403", model.ExtAuthz{Name: "authz"}, "", 403},
+		{"provider not configured: 403", model.ExtAuthz{Name: "other"}, down, 403},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := start(t, authzConfig(appAddr, tt.spec, tt.addr), nil)
+			if code, _ := h.get(t, client, "/admin", map[string]string{"X-Ext-Authz": "allow"}); code != tt.want {
+				t.Errorf("GET /admin = %d; want %d", code, tt.want)
+			}
+		})
+	}
+
+	seen := &authzSeen{}
+	authz := httpAuthz(t, seen)
+	post := func(h *harness) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, h.url+"/admin", strings.NewReader("0123456789"))
+		req.Header.Set("X-Ext-Authz", "allow")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	h := start(t, authzConfig(appAddr, model.ExtAuthz{Name: "authz", IncludeRequestHeaders: []string{"x-ext-authz"}, IncludeBody: &model.ExtAuthzBody{MaxBytes: 4}}, authz), nil)
+	if code, _ := post(h); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("POST 10 bytes, limit 4 = %d; want 413", code)
+	}
+	bodyApp := &bodyRecorder{}
+	h = start(t, authzConfig(backend(t, bodyApp), model.ExtAuthz{Name: "authz", IncludeRequestHeaders: []string{"x-ext-authz"}, IncludeBody: &model.ExtAuthzBody{MaxBytes: 4, AllowPartial: true}}, authz), nil)
+	if code, _ := post(h); code != 200 {
+		t.Fatalf("POST with a partial body allowed = %d; want 200", code)
+	}
+	if _, _, body := seen.get(); body != "0123" {
+		t.Errorf("authorizer saw body %q; want the first 4 bytes", body)
+	}
+	if got := bodyApp.get(); got != "0123456789" {
+		t.Errorf("app got body %q; want all 10 bytes", got)
+	}
+}
+
+type bodyRecorder struct {
+	mu   sync.Mutex
+	body string
+}
+
+func (b *bodyRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	data, _ := io.ReadAll(r.Body)
+	b.mu.Lock()
+	b.body = string(data)
+	b.mu.Unlock()
+}
+
+func (b *bodyRecorder) get() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.body
+}
+
+// grpcAuthz is Envoy's Authorization service: it allows requests with
+// "x-ext-authz: allow" (adding a header for the app and one for the
+// client) and denies the rest with 401.
+type grpcAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+	seen *authzSeen
+}
+
+func (g *grpcAuthz) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	hr := req.GetAttributes().GetRequest().GetHttp()
+	g.seen.record(hr.GetPath(), hr.GetHeaders(), string(hr.GetRawBody()))
+	if hr.GetHeaders()["x-ext-authz"] == "allow" {
+		return &authv3.CheckResponse{Status: &status.Status{Code: 0}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:              []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-user", Value: "bob"}}},
+			HeadersToRemove:      []string{"x-ext-authz"},
+			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-ext-authz-check-result", Value: "allowed"}}},
+		}}}, nil
+	}
+	return &authv3.CheckResponse{Status: &status.Status{Code: 7}, HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+		Status:  &typev3.HttpStatus{Code: typev3.StatusCode_Unauthorized},
+		Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-ext-authz-check-result", Value: "denied"}}},
+		Body:    "denied by the gRPC authorizer",
+	}}}, nil
+}
+
+func TestExtAuthzGRPC(t *testing.T) {
+	seen := &authzSeen{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(srv, &grpcAuthz{seen: seen})
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+
+	app := &named{name: "app"}
+	h := start(t, authzConfig(backend(t, app), model.ExtAuthz{Name: "authz", GRPC: true, Authority: "authz.shop.svc.cluster.local:9000"}, l.Addr().String()), nil)
+	client := newClient(t)
+	resp, err := client.Do(mustRequest(t, h.url+"/admin/users?page=2", map[string]string{"X-Ext-Authz": "allow"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Ext-Authz-Check-Result") != "allowed" {
+		t.Errorf("allowed request = %d (check result %q); want 200, allowed", resp.StatusCode, resp.Header.Get("X-Ext-Authz-Check-Result"))
+	}
+	if got := app.lastRequest(); got == nil || got.Header.Get("X-User") != "bob" || got.Header.Get("X-Ext-Authz") != "" {
+		t.Errorf("app got headers %v; want x-user bob added and x-ext-authz removed by the authorizer", got.Header)
+	}
+	paths, hdr, _ := seen.get()
+	if len(paths) != 1 || paths[0] != "/admin/users?page=2" || hdr[":authority"] != "shop.example" || hdr["x-ext-authz"] != "allow" {
+		t.Errorf("authorizer asked about %v with headers %v; want /admin/users?page=2 from shop.example", paths, hdr)
+	}
+
+	resp, err = client.Do(mustRequest(t, h.url+"/admin/users", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 401 || string(body) != "denied by the gRPC authorizer" || resp.Header.Get("X-Ext-Authz-Check-Result") != "denied" {
+		t.Errorf("denied request = %d %q (check result %q); want the authorizer's 401, body and header", resp.StatusCode, body, resp.Header.Get("X-Ext-Authz-Check-Result"))
+	}
+}
