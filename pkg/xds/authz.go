@@ -21,12 +21,15 @@ var actions = map[policy.Action]meshv1.Authorization_Action{
 	policy.Allow: meshv1.Authorization_ALLOW,
 	policy.Deny:  meshv1.Authorization_DENY,
 	policy.Audit: meshv1.Authorization_AUDIT,
+	// A node agent cannot ask an external authorizer: it denies what a
+	// CUSTOM policy would have asked about (fail closed), as a DENY.
+	policy.Custom: meshv1.Authorization_DENY,
 }
 
 // translateAuthorization turns a policy a node agent enforces (one without
 // targetRefs) into its L4 form; uids are the workloads that bind it. It
 // returns nil for policies that are not the node agent's: waypoint-targeted
-// ones, and CUSTOM (which the builder already rejects).
+// ones. A CUSTOM policy becomes a DENY (fail closed: see actions).
 //
 // A node agent sees connections, not requests, so L7 attributes are handled
 // as Istio ambient (and pkg/policy's EvaluateL4) does: an ALLOW or AUDIT rule

@@ -53,6 +53,16 @@ func TestTranslateAuthorization(t *testing.T) {
 			},
 		},
 		{
+			name: "custom with a selector: a deny of what it matches (fail closed)",
+			in: &model.AuthorizationPolicy{Selector: map[string]string{"app": "db"}, Policy: &policy.Policy{Name: "c", Namespace: "ns1", Action: policy.Custom, Provider: "authz",
+				Rules: []policy.Rule{{To: []policy.Operation{{Ports: []string{"8080"}, Paths: []string{"/admin*"}}}}}}},
+			uids: []string{"u1"},
+			want: &meshv1.Authorization{
+				Name: "c", Namespace: "ns1", Scope: meshv1.Authorization_WORKLOAD, WorkloadUids: []string{"u1"}, Action: meshv1.Authorization_DENY, L4Adjusted: []string{"rules[0]"},
+				Rules: []*meshv1.Rule{{To: []*meshv1.DestinationMatch{{Ports: []uint32{8080}}}}},
+			},
+		},
+		{
 			name: "mesh-wide allow-nothing keeps its empty rules",
 			in:   &model.AuthorizationPolicy{Mesh: true, Policy: &policy.Policy{Name: "allow-nothing", Namespace: "istio-system", DryRun: true}},
 			want: &meshv1.Authorization{Name: "allow-nothing", Namespace: "istio-system", Scope: meshv1.Authorization_MESH, Action: meshv1.Authorization_ALLOW, DryRun: true},
