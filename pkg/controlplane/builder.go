@@ -146,6 +146,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.buildIngressL7(l7)
 	bd.buildIstioIngressL7(l7)
 	bd.applyTelemetry(l7)
+	bd.selectGatewayPolicies(l7)
 	bd.applyExtAuthz(l7)
 	bd.applyProxyLocalities(l7)
 	bd.applyRateLimits(l7)

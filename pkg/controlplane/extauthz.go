@@ -64,7 +64,13 @@ func (bd *build) extAuthzProviders() map[string]*meshconfig.MeshConfig_Extension
 // by the node agents, which cannot ask an authorizer and deny what it
 // matches (fail closed both times, as a policy that cannot be enforced
 // must not let requests by).
-func (bd *build) warnCustomPolicies(providers map[string]*meshconfig.MeshConfig_ExtensionProvider) {
+func (bd *build) warnCustomPolicies(providers map[string]*meshconfig.MeshConfig_ExtensionProvider, l7 map[model.NamespacedName]*model.L7Config) {
+	atGateway := map[model.NamespacedName]bool{}
+	for _, cfg := range l7 {
+		for _, n := range cfg.PodPolicies {
+			atGateway[n] = true
+		}
+	}
 	for _, a := range bd.authz {
 		if a.Policy.Action != policy.Custom {
 			continue
@@ -74,22 +80,21 @@ func (bd *build) warnCustomPolicies(providers map[string]*meshconfig.MeshConfig_
 			r.warn("provider %q is not an envoyExtAuthzHttp or envoyExtAuthzGrpc extension provider of the mesh config (ConfigMap %s/%s, key %s): the requests its rules match are denied until it is",
 				a.Policy.Provider, bd.opts.RootNamespace, meshConfigName, meshConfigKey)
 		}
-		if len(a.Targets) == 0 {
-			r.warn("CUSTOM policies are enforced by waypoints (targetRefs); with a selector or none, node agents deny the connections its rules match: attach it to a waypoint")
+		if len(a.Targets) == 0 && !atGateway[a.Key()] {
+			r.warn("CUSTOM policies are enforced by waypoints (targetRefs) and ingress gateways; with a selector or none, node agents deny the connections its rules match: attach it to a waypoint")
 		}
 	}
 }
 
 // applyExtAuthz gives every L7 config the providers that CUSTOM policies
-// attached to proxies (targetRefs) name, with a cluster for each
-// provider's service and port, as Istio adds the provider's cluster to
-// every proxy that may call it.
+// name, with a cluster for each provider's service and port, as Istio adds
+// the provider's cluster to every proxy that may call it.
 func (bd *build) applyExtAuthz(l7 map[model.NamespacedName]*model.L7Config) {
 	providers := bd.extAuthzProviders()
-	bd.warnCustomPolicies(providers)
+	bd.warnCustomPolicies(providers, l7)
 	var used []string
 	for _, a := range bd.authz {
-		if a.Policy.Action == policy.Custom && len(a.Targets) > 0 && providers[a.Policy.Provider] != nil && !slices.Contains(used, a.Policy.Provider) {
+		if a.Policy.Action == policy.Custom && providers[a.Policy.Provider] != nil && !slices.Contains(used, a.Policy.Provider) {
 			used = append(used, a.Policy.Provider)
 		}
 	}
@@ -184,4 +189,28 @@ func (bd *build) extAuthz(p *meshconfig.MeshConfig_ExtensionProvider, r *rejecti
 		return e, ""
 	}
 	return e, host
+}
+
+// selectGatewayPolicies binds to each ingress gateway the AuthorizationPolicies
+// that select its pods, as Istio applies selector, namespace-wide and
+// mesh-wide policies to a gateway's Envoy (an edge allow list by
+// remoteIpBlocks, a JWT requirement, an external authorizer). Waypoints take
+// policies by targetRefs only, as in Istio ambient.
+func (bd *build) selectGatewayPolicies(l7 map[model.NamespacedName]*model.L7Config) {
+	for key, cfg := range l7 {
+		if _, waypoint := bd.waypoints[key]; waypoint {
+			continue
+		}
+		for _, w := range bd.workloads {
+			if w.Namespace != key.Namespace || w.Labels[gatewayNameLabel] != key.Name {
+				continue
+			}
+			for _, n := range w.AuthorizationPolicies {
+				if !slices.Contains(cfg.PodPolicies, n) {
+					cfg.PodPolicies = append(cfg.PodPolicies, n)
+				}
+			}
+		}
+		slices.SortFunc(cfg.PodPolicies, func(a, b model.NamespacedName) int { return strings.Compare(a.String(), b.String()) })
+	}
 }

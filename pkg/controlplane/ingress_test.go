@@ -196,6 +196,34 @@ spec:
 			t.Errorf("unexpected waypoints: %v", snap.Waypoints())
 		}
 	})
+	// AuthorizationPolicies that select the gateway's pods (by selector,
+	// namespace-wide, mesh-wide) apply to it, as Istio applies them to a
+	// gateway's Envoy; one selecting other pods does not.
+	t.Run("policies selecting its pods", func(t *testing.T) {
+		authz := func(name, ns, selector string) string {
+			return fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s, namespace: %s}
+spec:
+  %s
+  action: DENY
+  rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]
+`, name, ns, selector)
+		}
+		snap, _ := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend,
+			authz("edge-deny", "istio-system", "selector: {matchLabels: {istio: ingressgateway}}"),
+			authz("ns-wide", "istio-system", ""),
+			authz("other-app", "istio-system", "selector: {matchLabels: {app: other}}"),
+			authz("booking-only", "booking", "")))
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok {
+			t.Fatalf("no L7 config for %s", gwKey)
+		}
+		want := []model.NamespacedName{{Namespace: "istio-system", Name: "edge-deny"}, {Namespace: "istio-system", Name: "ns-wide"}}
+		if d := cmp.Diff(want, cfg.PodPolicies); d != "" {
+			t.Errorf("policies bound to the gateway's pods (-want +got):\n%s", d)
+		}
+	})
 	// exportTo: a VirtualService bound to the gateway but not exported to
 	// the gateway's namespace is not served, and a backend Service not
 	// exported there gives the route a cluster without endpoints.

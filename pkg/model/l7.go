@@ -57,6 +57,11 @@ type L7Config struct {
 	// ExtAuthz are the external authorization providers CUSTOM
 	// policies may name.
 	ExtAuthz []ExtAuthz `json:",omitempty"`
+	// PodPolicies are the AuthorizationPolicies that select an ingress
+	// gateway's pods (mesh-wide, namespace-wide or by selector, as Istio
+	// applies them to a gateway's Envoy); meshd sends them with the
+	// config's policies. Not part of the proxy's config itself.
+	PodPolicies []NamespacedName `json:"-"`
 }
 
 // L7Telemetry is the effective Telemetry API configuration of one proxy

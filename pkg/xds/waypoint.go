@@ -3,6 +3,7 @@ package xds
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -31,7 +32,8 @@ func waypointConfig(snap *model.Snapshot, key model.NamespacedName) (*meshv1.Way
 
 // targetingPolicies are the policies whose targetRefs name the gateway
 // itself, or a Service or ServiceEntry that it serves as a waypoint (Istio's
-// targetRefs for waypoints and gateways).
+// targetRefs for waypoints and gateways), and for an ingress gateway those
+// that select its pods (L7Config.PodPolicies).
 func targetingPolicies(snap *model.Snapshot, key model.NamespacedName) []*policy.Policy {
 	wp := &model.Waypoint{Namespace: key.Namespace, Name: key.Name}
 	served := map[string][]string{} // source/namespace/name -> hostnames
@@ -40,6 +42,7 @@ func targetingPolicies(snap *model.Snapshot, key model.NamespacedName) []*policy
 			served[string(svc.Source)+"/"+svc.Namespace+"/"+svc.Name] = svc.Hostnames
 		}
 	}
+	l7, _ := snap.L7Config(key)
 	out := []*policy.Policy{}
 	for _, ap := range snap.AuthorizationPolicies() {
 		whole := false
@@ -53,6 +56,9 @@ func targetingPolicies(snap *model.Snapshot, key model.NamespacedName) []*policy
 			case "ServiceEntry":
 				services = append(services, served[string(model.SourceServiceEntry)+"/"+t.Namespace+"/"+t.Name]...)
 			}
+		}
+		if l7 != nil && slices.Contains(l7.PodPolicies, ap.Key()) {
+			whole = true
 		}
 		switch {
 		case whole:

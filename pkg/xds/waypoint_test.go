@@ -77,8 +77,8 @@ func TestWaypointConfig(t *testing.T) {
 }
 
 // TestIngressGatewayConfig: an ingress gateway has an L7 config but is not a
-// waypoint (no service is bound to it); it still gets its own config, and a
-// policy targeting the gateway by name.
+// waypoint (no service is bound to it); it still gets its own config, a
+// policy targeting the gateway by name and one selecting its pods.
 func TestIngressGatewayConfig(t *testing.T) {
 	gw := model.NamespacedName{Namespace: "istio-system", Name: "booking-gateway"}
 	l7 := &model.L7Config{
@@ -89,10 +89,17 @@ func TestIngressGatewayConfig(t *testing.T) {
 		Clusters: []model.L7Cluster{{Name: "booking", Endpoints: []model.L7Endpoint{{Address: "198.18.0.20:8080"}}}},
 	}
 	allowGet := &policy.Policy{Name: "edge", Namespace: "istio-system", Action: policy.Allow, Rules: []policy.Rule{{To: []policy.Operation{{Methods: []string{"GET"}}}}}}
+	// One selecting the gateway's pods (meshd bound it: PodPolicies),
+	// which the gateway enforces, and one selecting other pods.
+	bySelector := &policy.Policy{Name: "edge-ips", Namespace: "istio-system", Action: policy.Deny, Rules: []policy.Rule{{From: []policy.Source{{RemoteIPBlocks: []string{"203.0.113.0/24"}}}}}}
+	elsewhere := &policy.Policy{Name: "app", Namespace: "istio-system", Action: policy.Deny}
+	l7.PodPolicies = []model.NamespacedName{{Namespace: "istio-system", Name: "edge-ips"}}
 	snap := model.NewSnapshot(model.SnapshotInput{
 		L7: map[model.NamespacedName]*model.L7Config{gw: l7},
 		AuthorizationPolicies: []*model.AuthorizationPolicy{
 			{Policy: allowGet, Targets: []model.PolicyTarget{{Kind: "Gateway", Namespace: gw.Namespace, Name: gw.Name}}},
+			{Policy: bySelector, Selector: map[string]string{"istio": "ingressgateway"}},
+			{Policy: elsewhere, Selector: map[string]string{"app": "other"}},
 		},
 	})
 	if len(snap.Waypoints()) != 0 {
@@ -113,10 +120,12 @@ func TestIngressGatewayConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff(l7, gotL7); d != "" {
+	wantL7 := *l7
+	wantL7.PodPolicies = nil // meshd's, not sent
+	if d := cmp.Diff(&wantL7, gotL7); d != "" {
 		t.Errorf("L7 config (-want +got):\n%s", d)
 	}
-	if d := cmp.Diff([]*policy.Policy{allowGet}, gotPolicies); d != "" {
+	if d := cmp.Diff([]*policy.Policy{allowGet, bySelector}, gotPolicies); d != "" {
 		t.Errorf("policies (-want +got):\n%s", d)
 	}
 }

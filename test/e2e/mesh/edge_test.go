@@ -103,7 +103,8 @@ const meshSystem = "meshlet-system"
 // from a pod outside the mesh (the gateway's Service) and from the machine
 // (node port), over HTTPS on 443 with the certificate of a kubernetes.io/tls
 // Secret in the gateway's namespace, verified by the client; a host whose
-// server sets httpsRedirect gets a 301 to https.
+// server sets httpsRedirect gets a 301 to https; an AuthorizationPolicy
+// selecting the gateway's pods denies at the gateway.
 func TestIngressIstioGateway(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -192,6 +193,26 @@ spec:
 	untrusted := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: x509.NewCertPool(), ServerName: host}}}
 	if _, _, _, err := fetch(untrusted, tlsURL, ""); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
+	}
+
+	// An AuthorizationPolicy selecting the gateway's pods applies at the
+	// gateway, as Istio applies it to its ingress gateway's Envoy.
+	policyName := "edge-deny-" + ns
+	lb.Apply(t, meshSystem, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/api/v1/echo/private*"]}}]}]
+`, policyName))
+	t.Cleanup(func() { _, _ = lb.Kubectl("-n", meshSystem, "delete", "authorizationpolicy", policyName, "--ignore-not-found") })
+	lab.WaitFor(t, time.Minute, "the gateway denies what the policy selecting its pods denies", func() (bool, error) {
+		s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s/api/v1/echo/private/x", svc.Spec.ClusterIP))
+		return s.ByStatus["403"] == 3, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
+	})
+	if s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s/api/v1/echo/list", svc.Spec.ClusterIP)); s.ByStatus["200"] != 3 {
+		t.Errorf("a path the policy does not deny: %v; want 200", s.ByStatus)
 	}
 }
 
