@@ -79,9 +79,11 @@ type build struct {
 	rej  []Rejection
 	next map[string]cachedWorkload
 
-	peerAuths  []*model.PeerAuthentication
-	authz      []*model.AuthorizationPolicy
-	waypoints  map[model.NamespacedName]*model.Waypoint
+	peerAuths []*model.PeerAuthentication
+	authz     []*model.AuthorizationPolicy
+	waypoints map[model.NamespacedName]*model.Waypoint
+	// rejectedRA are RequestAuthentications already reported.
+	rejectedRA map[string]bool
 	waypointGW map[model.NamespacedName]*gatewayv1.Gateway // for allowedRoutes
 	services   []*model.Service
 	svcByKey   map[string]*model.Service

@@ -224,6 +224,35 @@ spec:
 			t.Errorf("policies bound to the gateway's pods (-want +got):\n%s", d)
 		}
 	})
+	// RequestAuthentications selecting its pods, or targeting it, give the
+	// gateway their JWT rules (Istio's "JWT at ingress"); one selecting
+	// other pods does not.
+	t.Run("request authentications", func(t *testing.T) {
+		ra := func(name, ns, selector, issuer string) string {
+			return fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: %s, namespace: %s}
+spec:
+  %s
+  jwtRules: [{issuer: %s, jwksUri: "https://issuer.example.com/jwks"}]
+`, name, ns, selector, issuer)
+		}
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend,
+			ra("edge-jwt", "istio-system", "selector: {matchLabels: {istio: ingressgateway}}", "edge.example.com"),
+			ra("by-name", "istio-system", "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: istio-ingressgateway}]", "named.example.com"),
+			ra("other-app", "istio-system", "selector: {matchLabels: {app: other}}", "other.example.com")))
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok {
+			t.Fatalf("no L7 config for %s (rejections %v)", gwKey, rej)
+		}
+		var issuers []string
+		for _, p := range cfg.JWTProviders {
+			issuers = append(issuers, p.Issuer)
+		}
+		if d := cmp.Diff([]string{"named.example.com", "edge.example.com"}, issuers); d != "" {
+			t.Errorf("the gateway's JWT issuers (-want +got):\n%s", d)
+		}
+	})
 	// exportTo: a VirtualService bound to the gateway but not exported to
 	// the gateway's namespace is not served, and a backend Service not
 	// exported there gives the route a cluster without endpoints.

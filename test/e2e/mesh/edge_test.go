@@ -214,6 +214,47 @@ spec:
 	if s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s/api/v1/echo/list", svc.Spec.ClusterIP)); s.ByStatus["200"] != 3 {
 		t.Errorf("a path the policy does not deny: %v; want 200", s.ByStatus)
 	}
+
+	// JWT at ingress (Istio's task): a RequestAuthentication selecting the
+	// gateway's pods and a DENY of requests without a request principal to
+	// /api/v1/echo/secure.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := jwtSigner{key}
+	const issuer = "https://ingress-issuer.meshlet.test"
+	raName := "edge-jwt-" + ns
+	lb.Apply(t, meshSystem, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: %[1]s}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules: [{issuer: %[2]q, jwks: '%[3]s'}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %[1]s}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{from: [{source: {notRequestPrincipals: ["*"]}}], to: [{operation: {paths: ["/api/v1/echo/secure*"]}}]}]
+`, raName, issuer, signer.jwks()))
+	t.Cleanup(func() {
+		_, _ = lb.Kubectl("-n", meshSystem, "delete", "requestauthentication,authorizationpolicy", raName, "--ignore-not-found")
+	})
+	now := time.Now().Unix()
+	token := signer.token(map[string]any{"alg": "ES256", "typ": "JWT", "kid": "k1"}, map[string]any{"iss": issuer, "sub": "carol", "iat": now, "exp": now + 600})
+	secure := fmt.Sprintf("http://%s/api/v1/echo/secure", svc.Spec.ClusterIP)
+	lab.WaitFor(t, time.Minute, "JWT at the gateway: no token 403, a valid one 200", func() (bool, error) {
+		none := summary(t, lb, plain, outsider.Name, "-n", "2", secure)
+		valid := summary(t, lb, plain, outsider.Name, "-n", "2", "-H", "Authorization: Bearer "+token, secure)
+		return none.ByStatus["403"] == 2 && valid.ByStatus["200"] == 2, fmt.Errorf("without a token %v, with a valid one %v", none.ByStatus, valid.ByStatus)
+	})
+	forged := token[:strings.LastIndex(token, ".")] + ".AAAA"
+	if s := summary(t, lb, plain, outsider.Name, "-n", "2", "-H", "Authorization: Bearer "+forged, secure); s.ByStatus["401"] != 2 {
+		t.Errorf("a forged token at the gateway: %v; want 401", s.ByStatus)
+	}
 }
 
 // fetch GETs url (with Host set when host is not empty) and returns the
