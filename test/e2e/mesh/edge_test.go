@@ -206,7 +206,9 @@ spec:
   action: DENY
   rules: [{to: [{operation: {paths: ["/api/v1/echo/private*"]}}]}]
 `, policyName))
-	t.Cleanup(func() { _, _ = lb.Kubectl("-n", meshSystem, "delete", "authorizationpolicy", policyName, "--ignore-not-found") })
+	t.Cleanup(func() {
+		_, _ = lb.Kubectl("-n", meshSystem, "delete", "authorizationpolicy", policyName, "--ignore-not-found")
+	})
 	lab.WaitFor(t, time.Minute, "the gateway denies what the policy selecting its pods denies", func() (bool, error) {
 		s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s/api/v1/echo/private/x", svc.Spec.ClusterIP))
 		return s.ByStatus["403"] == 3, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
