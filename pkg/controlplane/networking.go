@@ -476,11 +476,14 @@ func validateDestinationRule(c config[networkingapi.DestinationRule], r *rejecti
 	if !checkLocalityLB(r, "trafficPolicy", spec.GetTrafficPolicy()) {
 		return "", false
 	}
+	warnIgnoredTrafficPolicy(r, "trafficPolicy", spec.GetTrafficPolicy())
 	for _, pl := range spec.GetTrafficPolicy().GetPortLevelSettings() {
 		where := fmt.Sprintf("trafficPolicy.portLevelSettings[port %d]", pl.GetPort().GetNumber())
-		if !checkLocalityLB(r, where, forPort(spec.GetTrafficPolicy(), pl.GetPort().GetNumber())) {
+		tp := forPort(spec.GetTrafficPolicy(), pl.GetPort().GetNumber())
+		if !checkLocalityLB(r, where, tp) {
 			return "", false
 		}
+		warnIgnoredTrafficPolicy(r, where, tp)
 	}
 	names := map[string]bool{}
 	for i, ss := range spec.GetSubsets() {
@@ -500,6 +503,7 @@ func validateDestinationRule(c config[networkingapi.DestinationRule], r *rejecti
 		if ss.GetTrafficPolicy() != nil && !checkLocalityLB(r, fmt.Sprintf("subsets[%s].trafficPolicy", ss.GetName()), ss.GetTrafficPolicy()) {
 			return "", false
 		}
+		warnIgnoredTrafficPolicy(r, fmt.Sprintf("subsets[%s].trafficPolicy", ss.GetName()), ss.GetTrafficPolicy())
 	}
 	return lb, true
 }
@@ -575,9 +579,16 @@ func validateVirtualService(c config[networkingapi.VirtualService], r *rejection
 				}
 			}
 		}
+		if hr.GetDelegate() != nil {
+			r.reject("http[%d].delegate: VirtualService delegation is not supported by meshlet; put the delegate's routes in this VirtualService", i)
+			return false
+		}
 		if hr.GetRedirect() == nil && hr.GetDirectResponse() == nil && len(hr.GetRoute()) == 0 {
 			r.reject("http[%d] has no route, redirect or directResponse", i)
 			return false
+		}
+		if fields := ignoredHTTPRoute(hr); len(fields) > 0 {
+			r.warn("http[%d]: %s not implemented by meshlet; ignored", i, strings.Join(fields, ", "))
 		}
 		var total int64
 		for j, d := range hr.GetRoute() {

@@ -1,0 +1,63 @@
+package controlplane
+
+import (
+	"strings"
+
+	networkingapi "istio.io/api/networking/v1alpha3"
+)
+
+// Fields of Istio's traffic APIs that meshlet's proxies do not implement are
+// reported where they are set, rather than dropped without a word: the
+// object still applies, without them.
+
+// ignoredTrafficPolicy lists the fields of a DestinationRule traffic policy
+// that are set and not implemented.
+func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
+	var out []string
+	set := func(cond bool, field string) {
+		if cond {
+			out = append(out, field)
+		}
+	}
+	tcp, http := tp.GetConnectionPool().GetTcp(), tp.GetConnectionPool().GetHttp()
+	set(tcp.GetTcpKeepalive() != nil, "connectionPool.tcp.tcpKeepalive")
+	set(tcp.GetMaxConnectionDuration() != nil, "connectionPool.tcp.maxConnectionDuration")
+	set(tcp.GetIdleTimeout() != nil, "connectionPool.tcp.idleTimeout")
+	set(http.GetH2UpgradePolicy() == networkingapi.ConnectionPoolSettings_HTTPSettings_UPGRADE, "connectionPool.http.h2UpgradePolicy")
+	set(http.GetUseClientProtocol(), "connectionPool.http.useClientProtocol")
+	set(http.GetMaxRetries() != 0, "connectionPool.http.maxRetries")
+	set(http.GetMaxConcurrentStreams() != 0, "connectionPool.http.maxConcurrentStreams")
+	set(http.GetHttp2KeepAlive() != nil, "connectionPool.http.http2KeepAlive")
+	lb := tp.GetLoadBalancer()
+	set(lb.GetWarmupDurationSecs() != nil || lb.GetWarmup() != nil, "loadBalancer.warmup")
+	set(lb.GetZoneAwareLbSetting() != nil, "loadBalancer.zoneAwareLbSetting")
+	od := tp.GetOutlierDetection()
+	set(od.GetSplitExternalLocalOriginErrors() || od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.splitExternalLocalOriginErrors")
+	set(od.GetMinHealthPercent() != 0, "outlierDetection.minHealthPercent")
+	set(len(od.GetOutlierDetectionHttpErrorCodes()) > 0, "outlierDetection.outlierDetectionHttpErrorCodes")
+	set(tp.GetTunnel() != nil, "tunnel")
+	set(tp.GetProxyProtocol() != nil, "proxyProtocol")
+	set(tp.GetRetryBudget() != nil, "retryBudget")
+	return out
+}
+
+// warnIgnoredTrafficPolicy reports the fields of tp at where that meshlet
+// does not implement.
+func warnIgnoredTrafficPolicy(r *rejections, where string, tp *networkingapi.TrafficPolicy) {
+	if fields := ignoredTrafficPolicy(tp); len(fields) > 0 {
+		r.warn("%s: %s not implemented by meshlet; ignored (the rest of the policy applies)", where, strings.Join(fields, ", "))
+	}
+}
+
+// ignoredHTTPRoute lists the fields of a VirtualService http route that are
+// set and not implemented.
+func ignoredHTTPRoute(hr *networkingapi.HTTPRoute) []string {
+	var out []string
+	if hr.GetRetries().GetRetryRemoteLocalities().GetValue() {
+		out = append(out, "retries.retryRemoteLocalities")
+	}
+	if v := hr.GetRetries().GetRetryIgnorePreviousHosts(); v != nil && !v.GetValue() {
+		out = append(out, "retries.retryIgnorePreviousHosts: false (a retry always tries another endpoint first)")
+	}
+	return out
+}

@@ -1,0 +1,50 @@
+package controlplane
+
+import "testing"
+
+// TestIgnoredFieldsWarned: traffic policy and route fields meshlet does not
+// implement are named in a warning; the object still applies. Delegation,
+// whose routes would be lost, rejects the VirtualService.
+func TestIgnoredFieldsWarned(t *testing.T) {
+	_, rej := mustBuild(t, inputs(t, bookinfo(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnectionDuration: 1h}, http: {h2UpgradePolicy: UPGRADE, maxRetries: 3}}
+    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 50}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryRemoteLocalities: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: delegating, namespace: bookinfo}
+spec:
+  hosts: [ratings]
+  http:
+  - delegate: {name: ratings-routes, namespace: bookinfo}
+`)...))
+	for _, want := range []struct {
+		text    string
+		warning bool
+	}{
+		{"trafficPolicy: connectionPool.tcp.maxConnectionDuration, connectionPool.http.h2UpgradePolicy, connectionPool.http.maxRetries, loadBalancer.warmup not implemented", true},
+		{"subsets[v1].trafficPolicy: outlierDetection.minHealthPercent not implemented", true},
+		{"http[0]: retries.retryRemoteLocalities not implemented", true},
+		{"http[0].delegate: VirtualService delegation is not supported", false},
+	} {
+		if !hasRejection(rej, want.text, want.warning) {
+			t.Errorf("rejections = %v; want %q (warning %v)", rej, want.text, want.warning)
+		}
+	}
+}
