@@ -15,6 +15,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -164,7 +165,7 @@ func (x *extAuthz) checkHTTP(ctx context.Context, ar *authzRequest) (authzVerdic
 			}
 		}
 		return v, nil
-	case resp.StatusCode >= 500:
+	case resp.StatusCode >= 500 || resp.StatusCode < 200:
 		return authzVerdict{}, fmt.Errorf("the provider answered %d", resp.StatusCode)
 	}
 	v := authzVerdict{status: resp.StatusCode, body: body, downstream: http.Header{}, details: "ext_authz_denied"}
@@ -296,7 +297,8 @@ func addHeaderOptions(h http.Header, opts []*corev3.HeaderValueOption) {
 		if val == "" && len(o.GetHeader().GetRawValue()) > 0 {
 			val = string(o.GetHeader().GetRawValue())
 		}
-		if k == "" || strings.HasPrefix(k, ":") {
+		// From the network: only valid header fields, and no pseudo-header.
+		if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(val) {
 			continue
 		}
 		//lint:ignore SA1019 authorizers still send the deprecated append field, which Envoy still reads.

@@ -247,7 +247,9 @@ func (g *grpcAuthz) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.
 	g.seen.record(hr.GetPath(), hr.GetHeaders(), string(hr.GetRawBody()))
 	if hr.GetHeaders()["x-ext-authz"] == "allow" {
 		return &authv3.CheckResponse{Status: &status.Status{Code: 0}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers:              []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-user", Value: "bob"}}},
+			Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-user", Value: "bob"}},
+				// Not header fields: dropped.
+				{Header: &corev3.HeaderValue{Key: ":path", Value: "/evil"}}, {Header: &corev3.HeaderValue{Key: "x-split", Value: "a\r\nx-injected: 1"}}},
 			HeadersToRemove:      []string{"x-ext-authz"},
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-ext-authz-check-result", Value: "allowed"}}},
 		}}}, nil
@@ -282,8 +284,9 @@ func TestExtAuthzGRPC(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("X-Ext-Authz-Check-Result") != "allowed" {
 		t.Errorf("allowed request = %d (check result %q); want 200, allowed", resp.StatusCode, resp.Header.Get("X-Ext-Authz-Check-Result"))
 	}
-	if got := app.lastRequest(); got == nil || got.Header.Get("X-User") != "bob" || got.Header.Get("X-Ext-Authz") != "" {
-		t.Errorf("app got headers %v; want x-user bob added and x-ext-authz removed by the authorizer", got.Header)
+	if got := app.lastRequest(); got == nil || got.Header.Get("X-User") != "bob" || got.Header.Get("X-Ext-Authz") != "" ||
+		got.URL.Path != "/admin/users" || got.Header.Get("X-Split") != "" || got.Header.Get("X-Injected") != "" {
+		t.Errorf("app got %v with headers %v; want x-user bob added, x-ext-authz removed, and nothing else the authorizer sent", got.URL, got.Header)
 	}
 	paths, hdr, _ := seen.get()
 	if len(paths) != 1 || paths[0] != "/admin/users?page=2" || hdr[":authority"] != "shop.example" || hdr["x-ext-authz"] != "allow" {
