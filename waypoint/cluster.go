@@ -91,6 +91,7 @@ type upstream struct {
 	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
 	locality        *localityPicker // nil: no locality load balancing
+	minHealth       int             // outlier detection's minHealthPercent
 	metrics         *metrics
 	// dest is the telemetry destination of a request to this upstream
 	// until an endpoint is picked (destOf).
@@ -125,6 +126,9 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 			node: e.Node, loc: model.ParseLocality(e.Locality)})
 	}
 	u.locality = newLocalityPicker(tp.LB.Locality, u.endpoints, self)
+	if tp.Outlier != nil {
+		u.minHealth = tp.Outlier.MinHealthPercent
+	}
 	u.dest = destOf(u)
 	dial := dialFunc(opts.DialContext)
 	if dial == nil {
@@ -271,9 +275,9 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 	now := time.Now()
 	var avail []*endpoint
 	if u.locality != nil {
-		avail = u.locality.choose(now, tried)
+		avail = u.locality.choose(now, tried, u.minHealth)
 	} else {
-		avail = usable(u.endpoints, now, tried)
+		avail = usable(u.endpoints, now, tried, u.minHealth)
 	}
 	if len(avail) == 0 {
 		return nil, errNoHealthy
@@ -321,13 +325,17 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 }
 
 // usable are the endpoints of eps not ejected and, when others are left,
-// not tried already.
-func usable(eps []*endpoint, now time.Time, tried []*endpoint) []*endpoint {
+// not tried already. While fewer than minHealth percent of eps are not
+// ejected, ejections are ignored (Envoy's panic mode: minHealthPercent).
+func usable(eps []*endpoint, now time.Time, tried []*endpoint, minHealth int) []*endpoint {
 	var avail []*endpoint
 	for _, e := range eps {
 		if !e.ejected(now) {
 			avail = append(avail, e)
 		}
+	}
+	if minHealth > 0 && len(avail)*100 < len(eps)*minHealth {
+		avail = eps
 	}
 	if len(tried) > 0 && len(avail) > 1 {
 		fresh := avail[:0:0]
@@ -456,8 +464,11 @@ func (u *upstream) report(e *endpoint, status int) {
 	if od == nil {
 		return
 	}
-	gw := status == 0 || status == 502 || status == 503 || status == 504
 	fail := status == 0 || status >= 500
+	if len(od.ErrorCodes) > 0 && status != 0 {
+		fail = slices.Contains(od.ErrorCodes, status)
+	}
+	gw := status == 0 || fail && (status == 502 || status == 503 || status == 504)
 	e.mu.Lock()
 	if !fail {
 		e.consec5xx, e.consecGw = 0, 0

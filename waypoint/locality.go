@@ -196,7 +196,7 @@ func health(eps []*endpoint, now time.Time) uint64 {
 // locality) drawn by load, not ejected and, when others are left, not
 // tried. Nil when every endpoint is ejected (or, distributing, every
 // weighted locality's).
-func (p *localityPicker) choose(now time.Time, tried []*endpoint) []*endpoint {
+func (p *localityPicker) choose(now time.Time, tried []*endpoint, minHealth int) []*endpoint {
 	var loads [8]uint64
 	load := loads[:0]
 	var total uint64
@@ -217,7 +217,7 @@ func (p *localityPicker) choose(now time.Time, tried []*endpoint) []*endpoint {
 	n := rand.Uint64N(total)
 	for i, l := range load {
 		if n < l {
-			return usable(p.sets[i], now, tried)
+			return usable(p.sets[i], now, tried, minHealth)
 		}
 		n -= l
 	}

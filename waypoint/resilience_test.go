@@ -522,6 +522,52 @@ func TestOutlierEjectionDecays(t *testing.T) {
 	}
 }
 
+// TestOutlierErrorCodesAndPanic: with outlierDetectionHttpErrorCodes only
+// those statuses count toward ejection; with minHealthPercent, once too
+// few endpoints are left in, ejections are ignored and every endpoint
+// takes traffic (Envoy's panic mode).
+func TestOutlierErrorCodesAndPanic(t *testing.T) {
+	eps := []model.L7Endpoint{{Address: "198.19.0.1:80"}, {Address: "198.19.0.2:80"}}
+	od := &model.OutlierDetection{Consecutive5xxErrors: 2, MaxEjectionPercent: 100, ErrorCodes: []int{429}}
+	u := newUpstream("od", "", eps, model.TrafficPolicy{Outlier: od}, &Options{}, proxyPlace{})
+	a, b := u.endpoints[0], u.endpoints[1]
+	now := time.Now()
+	for range 3 {
+		u.report(a, 500) // not a listed code
+	}
+	if a.ejected(now) {
+		t.Error("ejected after 500s; want only 429 to count")
+	}
+	u.report(b, 429)
+	u.report(b, 429)
+	if !b.ejected(time.Now()) {
+		t.Error("not ejected after two 429s")
+	}
+
+	picked := func(u *upstream) map[string]bool {
+		got := map[string]bool{}
+		for range 50 {
+			e, err := u.pick(nil, Peer{}, nil, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[e.addr] = true
+		}
+		return got
+	}
+	for _, tt := range []struct {
+		minHealth int
+		want      int
+	}{{0, 1}, {50, 1}, {60, 2}} {
+		od := &model.OutlierDetection{Consecutive5xxErrors: 1, MaxEjectionPercent: 100, MinHealthPercent: tt.minHealth}
+		u := newUpstream("od", "", eps, model.TrafficPolicy{LB: model.LBPolicy{Simple: model.LBRoundRobin}, Outlier: od}, &Options{}, proxyPlace{})
+		u.report(u.endpoints[0], 503)
+		if got := picked(u); len(got) != tt.want {
+			t.Errorf("minHealthPercent %d, one of two ejected: picked %v; want %d endpoint(s)", tt.minHealth, got, tt.want)
+		}
+	}
+}
+
 // TestRetryBackoffBounds: the wait before each retry stays in its bounds:
 // Envoy's full jitter without a Backoff, [Backoff, min(Backoff<<n,
 // 10*Backoff)] with one, and it spreads over the range rather than sitting

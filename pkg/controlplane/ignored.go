@@ -33,8 +33,6 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 	set(lb.GetZoneAwareLbSetting() != nil, "loadBalancer.zoneAwareLbSetting")
 	od := tp.GetOutlierDetection()
 	set(od.GetSplitExternalLocalOriginErrors() || od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.splitExternalLocalOriginErrors")
-	set(od.GetMinHealthPercent() != 0, "outlierDetection.minHealthPercent")
-	set(len(od.GetOutlierDetectionHttpErrorCodes()) > 0, "outlierDetection.outlierDetectionHttpErrorCodes")
 	set(tp.GetTunnel() != nil, "tunnel")
 	set(tp.GetProxyProtocol() != nil, "proxyProtocol")
 	set(tp.GetRetryBudget() != nil, "retryBudget")

@@ -15,7 +15,7 @@ spec:
     connectionPool: {tcp: {maxConnectionDuration: 1h}, http: {h2UpgradePolicy: UPGRADE, maxRetries: 3}}
     loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
   subsets:
-  - {name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {minHealthPercent: 50}}}
+  - {name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {splitExternalLocalOriginErrors: true}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -39,12 +39,21 @@ spec:
 		warning bool
 	}{
 		{"trafficPolicy: connectionPool.tcp.maxConnectionDuration, connectionPool.http.h2UpgradePolicy, connectionPool.http.maxRetries, loadBalancer.warmup not implemented", true},
-		{"subsets[v1].trafficPolicy: outlierDetection.minHealthPercent not implemented", true},
+		{"subsets[v1].trafficPolicy: outlierDetection.splitExternalLocalOriginErrors not implemented", true},
 		{"http[0]: retries.retryRemoteLocalities not implemented", true},
 		{"http[0].delegate: VirtualService delegation is not supported", false},
 	} {
 		if !hasRejection(rej, want.text, want.warning) {
 			t.Errorf("rejections = %v; want %q (warning %v)", rej, want.text, want.warning)
 		}
+	}
+}
+
+// TestOutlierDetectionFields: minHealthPercent and
+// outlierDetectionHttpErrorCodes reach the waypoint.
+func TestOutlierDetectionFields(t *testing.T) {
+	tp := reviewsTraffic(t, "{outlierDetection: {minHealthPercent: 40, outlierDetectionHttpErrorCodes: [429, 503]}}")
+	if o := tp.Outlier; o == nil || o.MinHealthPercent != 40 || len(o.ErrorCodes) != 2 || o.ErrorCodes[0] != 429 || o.ErrorCodes[1] != 503 {
+		t.Errorf("outlier detection = %+v; want minHealthPercent 40, error codes [429 503]", tp.Outlier)
 	}
 }

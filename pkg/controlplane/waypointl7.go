@@ -301,6 +301,7 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
 			Interval:           od.GetInterval().AsDuration(),
 			BaseEjectionTime:   od.GetBaseEjectionTime().AsDuration(),
 			MaxEjectionPercent: int(od.GetMaxEjectionPercent()),
+			MinHealthPercent:   int(od.GetMinHealthPercent()),
 			// Istio: consecutive5xxErrors "defaults to 5, but can be
 			// disabled by setting the value to 0".
 			Consecutive5xxErrors: 5,
@@ -310,6 +311,9 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
 		}
 		if v := od.GetConsecutiveGatewayErrors(); v != nil {
 			o.ConsecutiveGatewayErrors = int(v.GetValue())
+		}
+		for _, c := range od.GetOutlierDetectionHttpErrorCodes() {
+			o.ErrorCodes = append(o.ErrorCodes, int(c))
 		}
 		out.Outlier = o
 	}

@@ -666,6 +666,14 @@ type OutlierDetection struct {
 	BaseEjectionTime time.Duration
 	// MaxEjectionPercent caps the share of ejected endpoints; zero means 10.
 	MaxEjectionPercent int
+	// MinHealthPercent: while fewer than this percent of the endpoints are
+	// not ejected, ejections are ignored and every endpoint takes traffic
+	// (Envoy's panic threshold); zero disables.
+	MinHealthPercent int `json:",omitempty"`
+	// ErrorCodes, when set, are the only HTTP statuses counted as errors
+	// (outlierDetectionHttpErrorCodes); otherwise every 5xx is. Connection
+	// failures always count.
+	ErrorCodes []int `json:",omitempty"`
 }
 
 // JWTProvider is one RequestAuthentication jwtRules entry.
@@ -1218,6 +1226,14 @@ func (t *TrafficPolicy) Validate() error {
 		}
 		if o.MaxEjectionPercent < 0 || o.MaxEjectionPercent > 100 {
 			return fmt.Errorf("outlierDetection: maxEjectionPercent %d out of range 0-100", o.MaxEjectionPercent)
+		}
+		if o.MinHealthPercent < 0 || o.MinHealthPercent > 100 {
+			return fmt.Errorf("outlierDetection: minHealthPercent %d out of range 0-100", o.MinHealthPercent)
+		}
+		for _, c := range o.ErrorCodes {
+			if c < 100 || c > 599 {
+				return fmt.Errorf("outlierDetection: outlierDetectionHttpErrorCodes: %d is not an HTTP status (100-599)", c)
+			}
 		}
 	}
 	return nil
