@@ -123,6 +123,20 @@ func RedactL7(l7 *model.L7Config) *model.L7Config {
 			}
 		}
 	}
+	// Fixed headers sent to an external authorizer may carry its
+	// credentials (an Authorization header): their names only.
+	out.ExtAuthz = slices.Clone(l7.ExtAuthz)
+	for i := range out.ExtAuthz {
+		e := &out.ExtAuthz[i]
+		if len(e.AdditionalHeaders) == 0 {
+			continue
+		}
+		h := make(map[string]string, len(e.AdditionalHeaders))
+		for k := range e.AdditionalHeaders {
+			h[k] = Redacted
+		}
+		e.AdditionalHeaders = h
+	}
 	return &out
 }
 
