@@ -294,10 +294,7 @@ func printAgentConfig(w io.Writer, d *configdump.Agent, kind, ns string, now tim
 			if a.Policy == nil {
 				continue
 			}
-			action := string(a.Policy.Action)
-			if action == "" {
-				action = "ALLOW"
-			}
+			action := actionOf(a)
 			if a.Policy.DryRun {
 				action += " (dry-run)"
 			}

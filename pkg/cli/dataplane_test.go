@@ -54,7 +54,8 @@ func TestPrintAgentConfig(t *testing.T) {
 			{Name: "dns-cache", Namespace: "shop", Source: model.SourceKubernetes, VIPs: []netip.Addr{netip.MustParseAddr("198.19.0.12")},
 				Ports: []model.ServicePort{{Port: 53}}, NodeLocal: true, TrafficDistribution: model.TrafficPreferClose}},
 		AuthorizationPolicies: []*model.AuthorizationPolicy{{Policy: &policy.Policy{Name: "deny-admin", Namespace: "shop", Action: policy.Deny},
-			Selector: map[string]string{"app": "web"}}},
+			Selector: map[string]string{"app": "web"}},
+			{Policy: &policy.Policy{Name: "ext", Namespace: "shop", Action: policy.Custom, Provider: "authz"}, Selector: map[string]string{"app": "web"}}},
 		PeerAuthentications: []*model.PeerAuthentication{{Meta: model.ObjectMeta{Name: "default", Namespace: "istio-system"}, Mode: model.MTLSStrict}},
 		Certificates: []configdump.Certificate{{Identity: "spiffe://cluster.local/ns/shop/sa/web", SerialNumber: "1f",
 			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(23 * time.Hour), Issuer: "O=cluster.local"}},
@@ -77,6 +78,7 @@ func TestPrintAgentConfig(t *testing.T) {
 		{kind: "policies", rows: [][]string{
 			{"istio-system", "default", "PeerAuthentication", "STRICT", "mesh"},
 			{"shop", "deny-admin", "AuthorizationPolicy", "DENY", "workloads app=web"},
+			{"shop", "ext", "AuthorizationPolicy", "CUSTOM (authz)", "workloads app=web"},
 		}},
 		{kind: "certificates", rows: [][]string{{"spiffe://cluster.local/ns/shop/sa/web", "valid", "2026-12-06T11:00:00Z", "2026-12-07T11:00:00Z", "1f"}}},
 		{kind: "all", rows: [][]string{{"WORKLOADS"}, {"SERVICES"}, {"POLICIES"}, {"CERTIFICATES"}, {"shop", "web-1"}, {"shop", "deny-admin"}}},

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
 )
 
 // describe explains how the mesh treats one pod or service, from the model
@@ -452,8 +453,11 @@ func enrollment(p *corev1.Pod, ns *corev1.Namespace) (bool, string) {
 }
 
 func actionOf(ap *model.AuthorizationPolicy) string {
-	if ap.Policy.Action == "" {
+	switch ap.Policy.Action {
+	case "":
 		return "ALLOW"
+	case policy.Custom:
+		return "CUSTOM (" + ap.Policy.Provider + ")"
 	}
 	return string(ap.Policy.Action)
 }
