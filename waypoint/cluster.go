@@ -328,6 +328,9 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 // not tried already. While fewer than minHealth percent of eps are not
 // ejected, ejections are ignored (Envoy's panic mode: minHealthPercent).
 func usable(eps []*endpoint, now time.Time, tried []*endpoint, minHealth int) []*endpoint {
+	if len(tried) == 0 && !slices.ContainsFunc(eps, func(e *endpoint) bool { return e.ejected(now) }) {
+		return eps // the common case, without a copy: callers only read it
+	}
 	var avail []*endpoint
 	for _, e := range eps {
 		if !e.ejected(now) {
