@@ -224,6 +224,34 @@ spec:
 			t.Errorf("policies bound to the gateway's pods (-want +got):\n%s", d)
 		}
 	})
+	// A CUSTOM policy selecting the gateway's pods: the gateway asks the
+	// provider (no warning about node agents), and has it in its config.
+	t.Run("external authorization at the gateway", func(t *testing.T) {
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend, `apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - {name: edge-authz, envoyExtAuthzHttp: {service: booking-service.booking.svc.cluster.local, port: 8080}}
+`, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-authz, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: CUSTOM
+  provider: {name: edge-authz}
+  rules: [{}]
+`))
+		if hasRejection(rej, "edge-authz", true) {
+			t.Errorf("rejections = %v; want no warning for a CUSTOM policy its gateway enforces", rej)
+		}
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok || !slices.Contains(cfg.PodPolicies, model.NamespacedName{Namespace: "istio-system", Name: "edge-authz"}) ||
+			len(cfg.ExtAuthz) != 1 || cfg.ExtAuthz[0].Cluster != "outbound|8080||booking-service.booking.svc.cluster.local" {
+			t.Errorf("gateway config %+v; want the CUSTOM policy bound and its provider with a cluster", cfg)
+		}
+	})
 	// RequestAuthentications selecting its pods, or targeting it, give the
 	// gateway their JWT rules (Istio's "JWT at ingress"); one selecting
 	// other pods does not.
