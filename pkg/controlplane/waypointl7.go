@@ -774,26 +774,37 @@ func (bd *build) jwtProviders(wp model.NamespacedName) []model.JWTProvider {
 		if !whole && len(services) == 0 {
 			continue
 		}
-		var provs []model.JWTProvider
-		ok := true
-		for i, r := range c.spec.GetJwtRules() {
-			p := jwtProvider(fmt.Sprintf("%s/%s[%d]", c.meta.Namespace, c.meta.Name, i), r)
-			if !whole {
-				// Targeting a Service: only that service's requests.
-				p.Services = services
-			}
-			if err := p.Validate(); err != nil {
-				bd.rejecter(KindRequestAuthentication, c.meta.Namespace, c.meta.Name).reject("jwtRules[%d]: %v", i, err)
-				ok = false
-				break
-			}
-			provs = append(provs, p)
+		if whole {
+			services = nil // the Gateway itself: every request
 		}
-		if ok {
-			out = append(out, provs...)
-		}
+		out = append(out, bd.jwtRules(k, services)...)
 	}
 	return out
+}
+
+// jwtRules are the providers of RequestAuthentication k's jwtRules, limited
+// to requests for services when that is set (a policy targeting Services);
+// none when a rule is invalid, which is reported once however many proxies
+// the policy applies to.
+func (bd *build) jwtRules(k string, services []string) []model.JWTProvider {
+	c := bd.in.requestAuths[k]
+	var provs []model.JWTProvider
+	for i, r := range c.spec.GetJwtRules() {
+		p := jwtProvider(fmt.Sprintf("%s/%s[%d]", c.meta.Namespace, c.meta.Name, i), r)
+		p.Services = services
+		if err := p.Validate(); err != nil {
+			if !bd.rejectedRA[k] {
+				bd.rejecter(KindRequestAuthentication, c.meta.Namespace, c.meta.Name).reject("jwtRules[%d]: %v", i, err)
+			}
+			if bd.rejectedRA == nil {
+				bd.rejectedRA = map[string]bool{}
+			}
+			bd.rejectedRA[k] = true
+			return nil
+		}
+		provs = append(provs, p)
+	}
+	return provs
 }
 
 // waypointTargets says whether a RequestAuthentication targets the waypoint
