@@ -173,6 +173,15 @@ func (u *upstream) useH2(grpc bool) bool {
 	return grpc || u.protocol == model.UpstreamHTTP2
 }
 
+// transport carries a request to u: HTTP/2 for gRPC (grpc) or an HTTP2
+// cluster, else HTTP/1.1.
+func (u *upstream) transport(grpc bool) http.RoundTripper {
+	if u.useH2(grpc) {
+		return u.h2
+	}
+	return u.h1
+}
+
 func (u *upstream) close() {
 	u.h1.closeIdle()
 	u.h2.CloseIdleConnections()

@@ -111,11 +111,7 @@ func (x *extAuthz) send(r *http.Request, h2 bool) (*http.Response, error) {
 	r.URL.Host = ep.addr
 	ep.active.Add(1)
 	defer ep.active.Add(-1)
-	var t http.RoundTripper = x.up.h1
-	if h2 || x.up.useH2(false) {
-		t = x.up.h2
-	}
-	resp, err := t.RoundTrip(r)
+	resp, err := x.up.transport(h2).RoundTrip(r)
 	code := 0
 	if err == nil {
 		code = resp.StatusCode

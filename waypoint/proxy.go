@@ -958,11 +958,7 @@ func (p *Proxy) sendMirror(m *http.Request, up *upstream, cancel context.CancelF
 		return
 	}
 	m.URL.Host, m.URL.Scheme = ep.addr, "http"
-	var t http.RoundTripper = up.h1
-	if up.useH2(isGRPC(m)) {
-		t = up.h2
-	}
-	resp, err := t.RoundTrip(m)
+	resp, err := up.transport(isGRPC(m)).RoundTrip(m)
 	if err != nil {
 		p.logf("waypoint: mirror to %s: %v", up.name(), err)
 		return

@@ -270,6 +270,7 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service
 		target netip.AddrPort
 		w      *model.Workload // nil: an address outside the model's workloads
 		svc    bool            // the address is another service's VIP
+		rank   int             // closeness to the client (traffic distribution)
 	}
 	var ready []choice
 	for _, ep := range svc.Endpoints {
@@ -326,18 +327,15 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service
 	}
 	if svc.TrafficDistribution != "" && !svc.NodeLocal {
 		if from, ok := s.Workload(src.UID); ok {
-			rank := func(c choice) int {
-				if c.w == nil {
-					return 0 // no place known: the farthest
-				}
-				return svc.TrafficDistribution.Closeness(from.Node, from.Locality, c.w.Node, c.w.Locality)
-			}
 			best := 0
-			for _, c := range ready {
-				best = max(best, rank(c))
+			for i := range ready {
+				if w := ready[i].w; w != nil { // no place known: the farthest (0)
+					ready[i].rank = svc.TrafficDistribution.Closeness(from.Node, from.Locality, w.Node, w.Locality)
+				}
+				best = max(best, ready[i].rank)
 			}
 			if best > 0 {
-				ready = slices.DeleteFunc(ready, func(c choice) bool { return rank(c) < best })
+				ready = slices.DeleteFunc(ready, func(c choice) bool { return c.rank < best })
 			}
 		}
 	}

@@ -84,14 +84,17 @@ type build struct {
 	waypoints map[model.NamespacedName]*model.Waypoint
 	// rejectedRA are RequestAuthentications already reported.
 	rejectedRA map[string]bool
-	waypointGW map[model.NamespacedName]*gatewayv1.Gateway // for allowedRoutes
-	services   []*model.Service
-	svcByKey   map[string]*model.Service
-	kubeSvcs   map[string]*corev1.Service // key -> object, only valid services
-	svcsByNS   map[string]*selectorIndex
-	seSelect   []seSelector
-	workloads  []*model.Workload
-	hostOwners map[string]string
+	// podsByProxy indexes workloads by the proxy their gateway-name label
+	// names (proxyPods), once the workloads are built.
+	podsByProxy map[model.NamespacedName][]*model.Workload
+	waypointGW  map[model.NamespacedName]*gatewayv1.Gateway // for allowedRoutes
+	services    []*model.Service
+	svcByKey    map[string]*model.Service
+	kubeSvcs    map[string]*corev1.Service // key -> object, only valid services
+	svcsByNS    map[string]*selectorIndex
+	seSelect    []seSelector
+	workloads   []*model.Workload
+	hostOwners  map[string]string
 	// zoned: 0 not looked yet, 1 some node has a region or zone label, 2
 	// nodes are known and none has (see trafficDistribution).
 	zoned int8

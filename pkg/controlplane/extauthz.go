@@ -178,11 +178,7 @@ func (bd *build) extAuthz(p *meshconfig.MeshConfig_ExtensionProvider, r *rejecti
 		r.warn("extensionProviders %q: %v; checks with it fail", e.Name, err)
 		return model.ExtAuthz{Name: e.Name, StatusOnError: e.StatusOnError}, ""
 	}
-	// "[namespace/]hostname"
-	_, host, _ = strings.Cut(service, "/")
-	if !strings.Contains(service, "/") {
-		host = service
-	}
+	host = service[strings.IndexByte(service, '/')+1:] // "[namespace/]hostname"
 	e.Authority = host + ":" + strconv.FormatUint(uint64(port), 10)
 	if _, ok := bd.hostOwners[host]; !ok || port == 0 || port > 65535 {
 		r.warn("extensionProviders %q: service %q port %d is no service of the mesh: checks with it fail (the requests are denied unless failOpen)", e.Name, service, port)

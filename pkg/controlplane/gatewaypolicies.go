@@ -19,10 +19,7 @@ func (bd *build) selectGatewayPolicies(l7 map[model.NamespacedName]*model.L7Conf
 			continue
 		}
 		var pods []map[string]string
-		for _, w := range bd.workloads {
-			if w.Namespace != key.Namespace || w.Labels[gatewayNameLabel] != key.Name {
-				continue
-			}
+		for _, w := range bd.proxyPods(key) {
 			pods = append(pods, w.Labels)
 			for _, n := range w.AuthorizationPolicies {
 				if !slices.Contains(cfg.PodPolicies, n) {
@@ -56,4 +53,20 @@ func (bd *build) podJWTProviders(ns string, pods []map[string]string) []model.JW
 		out = append(out, bd.jwtRules(k, nil)...)
 	}
 	return out
+}
+
+// proxyPods are the pods of the waypoint or gateway key: its namespace's
+// workloads with the gateway-name label naming it (as the deployer labels
+// them, and as Istio ingress gateways are keyed).
+func (bd *build) proxyPods(key model.NamespacedName) []*model.Workload {
+	if bd.podsByProxy == nil {
+		bd.podsByProxy = map[model.NamespacedName][]*model.Workload{}
+		for _, w := range bd.workloads {
+			if name := w.Labels[gatewayNameLabel]; name != "" {
+				k := model.NamespacedName{Namespace: w.Namespace, Name: name}
+				bd.podsByProxy[k] = append(bd.podsByProxy[k], w)
+			}
+		}
+	}
+	return bd.podsByProxy[key]
 }

@@ -130,8 +130,8 @@ func (bd *build) applyProxyLocalities(l7 map[model.NamespacedName]*model.L7Confi
 		if !usesLocality(cfg) {
 			continue
 		}
-		for _, w := range bd.workloads {
-			if w.Namespace != key.Namespace || w.Labels[gatewayNameLabel] != key.Name || w.Node == "" {
+		for _, w := range bd.proxyPods(key) {
+			if w.Node == "" {
 				continue
 			}
 			if cfg.ProxyLocalities == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -254,16 +255,39 @@ var statusWritten = map[string]bool{
 	KindServiceEntry: true, KindGatewayClass: true,
 }
 
+// trimmedKinds are the kinds whose informers keep only what the build reads
+// of them (trimNode, trimCAConfigMap, trimTLSSecret, trimBackendTLSPolicy).
+var trimmedKinds = map[string]bool{KindNode: true, KindConfigMap: true, KindSecret: true, KindBackendTLSPolicy: true}
+
+// unchangedWhenTrimmed reports whether an update of an object of a trimmed
+// kind changed nothing the build reads: the two trimmed objects are equal
+// but for their resourceVersion (a kubelet's Node status update, a
+// ConfigMap's data other than its CA bundle or mesh config).
+func unchangedWhenTrimmed(kind string, oldObj, newObj any) bool {
+	if !trimmedKinds[kind] {
+		return false
+	}
+	o, ok1 := oldObj.(runtime.Object)
+	n, ok2 := newObj.(runtime.Object)
+	if !ok1 || !ok2 {
+		return false
+	}
+	o, n = o.DeepCopyObject(), n.DeepCopyObject()
+	for _, x := range []runtime.Object{o, n} {
+		m, err := meta.Accessor(x)
+		if err != nil {
+			return false
+		}
+		m.SetResourceVersion("")
+	}
+	return reflect.DeepEqual(o, n)
+}
+
 // statusOnlyUpdate reports whether an update of an object of kind changed
 // nothing the build reads: the kind's status is all meshd does not read,
 // and its spec (generation), labels, annotations and deletion stayed. Each
 // status write of meshd's would otherwise rebuild the mesh once more.
 func statusOnlyUpdate(kind string, o, n metav1.Object) bool {
-	if kind == KindNode {
-		// Of Nodes the build reads the topology labels only
-		// (trimNode): the kubelets' status updates change nothing.
-		return maps.Equal(o.GetLabels(), n.GetLabels()) && o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
-	}
 	return statusWritten[kind] && n.GetGeneration() != 0 && o.GetGeneration() == n.GetGeneration() &&
 		maps.Equal(o.GetLabels(), n.GetLabels()) && maps.Equal(o.GetAnnotations(), n.GetAnnotations()) &&
 		o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
@@ -273,7 +297,7 @@ func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 	// Of ConfigMaps only CA bundles and the mesh config are read: changes
 	// to the others (meshd's own status reports, the root certificate it
 	// publishes, whatever apps keep) must not rebuild the mesh.
-	relevant := func(obj any) bool { return kind != KindConfigMap || configMapRead(obj) != "" }
+	relevant := func(obj any) bool { return kind != KindConfigMap || holdsRead(obj) }
 	notify := func(op Op, obj any) {
 		s.mu.Lock()
 		synced := s.synced
@@ -302,8 +326,8 @@ func (s *Sources) handler(kind string) cache.ResourceEventHandler {
 			if err1 == nil && err2 == nil && o.GetResourceVersion() == n.GetResourceVersion() && n.GetResourceVersion() != "" {
 				return // a resync, not a change
 			}
-			if kind == KindConfigMap && configMapRead(oldObj) == configMapRead(newObj) {
-				return // no CA bundle or mesh config changed
+			if unchangedWhenTrimmed(kind, oldObj, newObj) {
+				return // nothing the build reads changed
 			}
 			if err1 == nil && err2 == nil && statusOnlyUpdate(kind, o, n) {
 				return // meshd's own status write (or another controller's)
@@ -483,17 +507,22 @@ func trimCAConfigMap(obj any) (any, error) {
 	return out, nil
 }
 
-// configMapRead is what the build reads of a ConfigMap: its CA bundle and,
-// for the mesh config's, that; "" for the rest.
-func configMapRead(obj any) string {
-	ca := caBundle(obj)
+// holdsRead reports whether a trimmed ConfigMap holds anything the build
+// reads: a CA bundle or the mesh config (trimCAConfigMap drops the rest).
+func holdsRead(obj any) bool {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	if cm, ok := obj.(*corev1.ConfigMap); ok && cm.Name == meshConfigName && cm.Data[meshConfigKey] != "" {
-		return ca + "\x00" + cm.Data[meshConfigKey]
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return false
 	}
-	return ca
+	for _, v := range cm.Data {
+		if v != "" {
+			return true
+		}
+	}
+	return len(cm.BinaryData[caCertKey]) > 0
 }
 
 // caBundle is a ConfigMap's ca.crt, "" for anything else.

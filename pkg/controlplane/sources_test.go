@@ -310,10 +310,6 @@ func TestStatusOnlyUpdate(t *testing.T) {
 		{"deletion started", KindBackendTLSPolicy, func(m *metav1.ObjectMeta) { m.DeletionTimestamp = &now }, false},
 		{"Gateway status is read", KindGateway, func(*metav1.ObjectMeta) {}, false},
 		{"no generation kept", KindHTTPRoute, func(m *metav1.ObjectMeta) {}, false},
-		// A Node is read for its topology labels only: a kubelet's
-		// status update (no generation on Nodes) rebuilds nothing.
-		{"Node status update", KindNode, func(m *metav1.ObjectMeta) { m.Generation = 0 }, true},
-		{"Node zone label changed", KindNode, func(m *metav1.ObjectMeta) { m.Labels = map[string]string{"topology.kubernetes.io/zone": "b"} }, false},
 	} {
 		o, n := base.DeepCopy(), base.DeepCopy()
 		if tt.name == "no generation kept" {
@@ -322,6 +318,39 @@ func TestStatusOnlyUpdate(t *testing.T) {
 		tt.edit(n)
 		if got := statusOnlyUpdate(tt.kind, o, n); got != tt.want {
 			t.Errorf("%s: statusOnlyUpdate(%s) = %t; want %t", tt.name, tt.kind, got, tt.want)
+		}
+	}
+}
+
+// TestUnchangedWhenTrimmed: of a kind meshd keeps trimmed, an update that
+// changes nothing the build reads rebuilds nothing: a Node is read for its
+// topology labels only (a kubelet's status update changes nothing), a
+// ConfigMap for its CA bundle and mesh config only; a change to those does.
+func TestUnchangedWhenTrimmed(t *testing.T) {
+	node := func(rv, zone, ready string) any {
+		n, _ := trimNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", ResourceVersion: rv, Labels: map[string]string{"topology.kubernetes.io/zone": zone}},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionStatus(ready)}}}})
+		return n
+	}
+	cm := func(rv, ca, other string) any {
+		c, _ := trimCAConfigMap(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "api-ca", Namespace: "app", ResourceVersion: rv},
+			Data: map[string]string{caCertKey: ca, "notes": other}})
+		return c
+	}
+	for _, tt := range []struct {
+		name     string
+		kind     string
+		old, new any
+		want     bool
+	}{
+		{"Node status update", KindNode, node("1", "a", "True"), node("2", "a", "False"), true},
+		{"Node zone label changed", KindNode, node("1", "a", "True"), node("2", "b", "True"), false},
+		{"ConfigMap other data", KindConfigMap, cm("1", "PEM", "x"), cm("2", "PEM", "y"), true},
+		{"ConfigMap CA bundle", KindConfigMap, cm("1", "PEM", "x"), cm("2", "PEM2", "x"), false},
+		{"untrimmed kind", KindHTTPRoute, node("1", "a", "True"), node("2", "a", "True"), false},
+	} {
+		if got := unchangedWhenTrimmed(tt.kind, tt.old, tt.new); got != tt.want {
+			t.Errorf("%s: unchangedWhenTrimmed = %t; want %t", tt.name, got, tt.want)
 		}
 	}
 }
