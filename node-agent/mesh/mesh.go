@@ -74,9 +74,11 @@ type Options struct {
 
 // Mesh implements the agent's Mesh hooks over a model snapshot.
 type Mesh struct {
-	opts  Options
-	next  atomic.Uint64 // round-robin cursor
-	conns connCounts    // open connections per endpoint (LEAST_REQUEST)
+	opts   Options
+	next   atomic.Uint64 // round-robin cursor
+	conns  connCounts    // open connections per endpoint (LEAST_REQUEST)
+	sticky affinities    // ClientIP session affinity: client -> endpoint
+	now    func() time.Time
 
 	gaveUp sync.Map // pod UIDs a wait for ended without them; see snapshotFor
 
@@ -88,7 +90,7 @@ type Mesh struct {
 
 // New returns a Mesh.
 func New(opts Options) *Mesh {
-	m := &Mesh{opts: opts}
+	m := &Mesh{opts: opts, now: time.Now}
 	if opts.LookupHost != nil {
 		errorf := opts.Errorf
 		if errorf == nil {
@@ -251,7 +253,11 @@ func (m *Mesh) resolve(s *model.Snapshot, src proxy.Pod, dst netip.AddrPort, nes
 // does; the algorithm picks among those. A service with internalTrafficPolicy
 // Local (model.Service.NodeLocal) keeps only the endpoints on the client's
 // node: none there is no endpoint, and the connection passes through to the
-// VIP, where kube-proxy drops it as well.
+// VIP, where kube-proxy drops it as well. A service with session affinity
+// (model.Service.SessionAffinity) sends a client back to the endpoint of
+// its last connection to the same address while that one is among the
+// ready endpoints left and its timeout has not run out (see affinities);
+// otherwise the algorithm picks, and the pick is remembered.
 //
 // An endpoint that is an enrolled workload is reached through the tunnel. A
 // ServiceEntry's endpoint address that is no workload of the mesh, or a
@@ -340,22 +346,37 @@ func (m *Mesh) pickEndpoint(s *model.Snapshot, src proxy.Pod, svc *model.Service
 		}
 	}
 	var c choice
-	track := false
-	switch svc.LoadBalancing {
-	case model.LBRoundRobin:
-		c = ready[int(m.next.Add(1)-1)%len(ready)]
-	case model.LBRandom:
-		c = ready[rand.IntN(len(ready))]
-	default: // LEAST_REQUEST
-		first := int(m.next.Add(1)-1) % len(ready)
-		c = ready[first]
-		if len(ready) > 1 {
-			other := ready[(first+1+rand.IntN(len(ready)-1))%len(ready)]
-			if m.conns.open(other.target) < m.conns.open(c.target) {
-				c = other
+	picked := false
+	var sticky affinityKey
+	var now time.Time
+	if svc.SessionAffinity > 0 && src.UID != "" {
+		sticky, now = affinityKey{client: src.UID, service: dst}, m.now()
+		if ep, ok := m.sticky.get(sticky, now, svc.SessionAffinity); ok {
+			if i := slices.IndexFunc(ready, func(c choice) bool { return c.target == ep }); i >= 0 {
+				c, picked = ready[i], true
 			}
 		}
-		track = true
+	}
+	track := svc.LoadBalancing != model.LBRoundRobin && svc.LoadBalancing != model.LBRandom
+	if !picked {
+		switch svc.LoadBalancing {
+		case model.LBRoundRobin:
+			c = ready[int(m.next.Add(1)-1)%len(ready)]
+		case model.LBRandom:
+			c = ready[rand.IntN(len(ready))]
+		default: // LEAST_REQUEST
+			first := int(m.next.Add(1)-1) % len(ready)
+			c = ready[first]
+			if len(ready) > 1 {
+				other := ready[(first+1+rand.IntN(len(ready)-1))%len(ready)]
+				if m.conns.open(other.target) < m.conns.open(c.target) {
+					c = other
+				}
+			}
+		}
+		if sticky.client != "" {
+			m.sticky.put(sticky, c.target, now, svc.SessionAffinity)
+		}
 	}
 	if c.svc && !nested {
 		// That service picks the endpoint (its waypoint, its mesh
@@ -532,6 +553,7 @@ func namespaceOf(id string) string {
 
 // Forget releases a departed pod's tunnel state.
 func (m *Mesh) Forget(pod proxy.Pod) {
+	m.sticky.forget(pod.UID)
 	m.gaveUp.Delete(pod.UID)
 	if m.opts.Forget != nil {
 		m.opts.Forget(pod)

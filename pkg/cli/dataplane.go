@@ -626,10 +626,17 @@ func describeAction(r *model.L7Route) string {
 
 // trafficName is a service's endpoint preference for a table: "NodeLocal"
 // for internalTrafficPolicy Local (which wins), else its traffic
-// distribution, else "-".
+// distribution, then "ClientIP" for session affinity; "-" for none.
 func trafficName(sv *model.Service) string {
-	if sv.NodeLocal {
-		return "NodeLocal"
+	var out []string
+	switch {
+	case sv.NodeLocal:
+		out = append(out, "NodeLocal")
+	case sv.TrafficDistribution != "":
+		out = append(out, string(sv.TrafficDistribution))
 	}
-	return dash(string(sv.TrafficDistribution))
+	if sv.SessionAffinity > 0 {
+		out = append(out, "ClientIP")
+	}
+	return dash(strings.Join(out, ","))
 }

@@ -220,6 +220,12 @@ func (d *describer) service(w io.Writer, ns, name string) error {
 	case svc.TrafficDistribution != "":
 		fmt.Fprintln(w, "            (its waypoint applies it, from the node each waypoint pod runs on)")
 	}
+	if svc.SessionAffinity > 0 {
+		fmt.Fprintf(w, "Affinity:   ClientIP: a client's connections keep to one ready endpoint while it comes back within %s\n", svc.SessionAffinity)
+		if svc.Waypoint != nil {
+			fmt.Fprintln(w, "            (its waypoint hashes the client's address instead, unless a DestinationRule sets the load balancer)")
+		}
+	}
 	fmt.Fprintln(w, "Endpoints:")
 	if len(svc.Endpoints) == 0 {
 		fmt.Fprintln(w, "  none")

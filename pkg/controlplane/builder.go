@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	"istio.io/api/annotation"
 	"istio.io/api/label"
@@ -319,6 +320,7 @@ func (bd *build) translateKubeServices() {
 		}
 		ms.TrafficDistribution = bd.trafficDistribution(r, svc.Namespace, svc.Annotations, svc.Spec.TrafficDistribution)
 		ms.NodeLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+		ms.SessionAffinity = sessionAffinity(&svc.Spec)
 		bd.hostOwners[ms.Hostname()] = ms.Key()
 		bd.addService(ms)
 		bd.kubeSvcs[k] = svc
@@ -329,6 +331,26 @@ func (bd *build) translateKubeServices() {
 		}
 		idx.add(svc)
 	}
+}
+
+// sessionAffinity is a Service's ClientIP affinity timeout, zero without
+// one. The API server keeps timeoutSeconds within (0, 86400]; a value
+// outside (an object written around validation) is taken as Kubernetes'
+// default, 3 hours, as kube-proxy would not take it either.
+// maxAffinitySeconds is the API server's bound on timeoutSeconds (a day).
+const maxAffinitySeconds = 86400
+
+func sessionAffinity(spec *corev1.ServiceSpec) time.Duration {
+	if spec.SessionAffinity != corev1.ServiceAffinityClientIP {
+		return 0
+	}
+	secs := int32(corev1.DefaultClientIPServiceAffinitySeconds)
+	if c := spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		if t := *c.ClientIP.TimeoutSeconds; t > 0 && t <= maxAffinitySeconds {
+			secs = t
+		}
+	}
+	return time.Duration(secs) * time.Second
 }
 
 func (bd *build) addService(ms *model.Service) {

@@ -230,6 +230,14 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 				c.Endpoints = nil
 			}
 		}
+		if ms.SessionAffinity > 0 && c.Traffic.LB.Simple == model.LBDefault && c.Traffic.LB.ConsistentHash == nil {
+			// The Service's sessionAffinity ClientIP, which the node
+			// agent honours without a waypoint: here a hash of the
+			// client's address keeps it on one endpoint while the
+			// endpoints stay the same (Envoy has no timed affinity). A
+			// DestinationRule's load balancer wins, as it does in Istio.
+			c.Traffic.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
+		}
 		if bt := lb.bd.backendTLSFor(ms, port); bt != nil && !drTLS {
 			applyBackendTLS(c, bt, subsetTLS)
 		}

@@ -152,6 +152,12 @@ type Service struct {
 	// with none there, the service has no endpoint for it (kube-proxy
 	// drops such traffic too). It wins over TrafficDistribution.
 	NodeLocal bool `json:",omitempty"`
+	// SessionAffinity is a Kubernetes Service's sessionAffinity ClientIP,
+	// as its timeout: a client's connections to a service port keep going
+	// to the endpoint its last one went to while that endpoint stays ready
+	// and the client connected within this long (kube-proxy's rule). Zero:
+	// no affinity.
+	SessionAffinity time.Duration `json:",omitempty"`
 }
 
 // VisibleTo reports whether workloads in namespace ns see s: resolve its

@@ -44,9 +44,11 @@ func TestModelRoundTrip(t *testing.T) {
 				a.Workload.Locality != b.Workload.Locality {
 				t.Errorf("Lookup(%s) workload = %+v; want identity/enrolled/ready/locality of %+v", ip, b.Workload, a.Workload)
 			}
-		} else if a.Service.TrafficDistribution != b.Service.TrafficDistribution || a.Service.NodeLocal != b.Service.NodeLocal {
-			t.Errorf("Lookup(%s) service traffic distribution = %q, node-local %v; want %q, %v", ip,
-				b.Service.TrafficDistribution, b.Service.NodeLocal, a.Service.TrafficDistribution, a.Service.NodeLocal)
+		} else if a.Service.TrafficDistribution != b.Service.TrafficDistribution || a.Service.NodeLocal != b.Service.NodeLocal ||
+			a.Service.SessionAffinity != b.Service.SessionAffinity {
+			t.Errorf("Lookup(%s) service traffic distribution = %q, node-local %v, affinity %v; want %q, %v, %v", ip,
+				b.Service.TrafficDistribution, b.Service.NodeLocal, b.Service.SessionAffinity,
+				a.Service.TrafficDistribution, a.Service.NodeLocal, a.Service.SessionAffinity)
 		}
 	}
 	wp, ok := got.Waypoint(model.NamespacedName{Namespace: "ns1", Name: "waypoint"})

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -279,6 +280,8 @@ func translateService(snap *model.Snapshot, ms *model.Service, ga *meshv1.Gatewa
 
 		TrafficDistribution: string(ms.TrafficDistribution),
 		NodeLocal:           ms.NodeLocal,
+
+		SessionAffinitySeconds: uint32(ms.SessionAffinity / time.Second),
 	}
 	if len(ms.Hostnames) > 1 {
 		svc.AdditionalHostnames = slices.Clone(ms.Hostnames[1:])

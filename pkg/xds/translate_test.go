@@ -25,6 +25,7 @@ func testSnapshot(version uint64, podIP string) *model.Snapshot {
 
 		TrafficDistribution: model.TrafficPreferClose,
 		NodeLocal:           true,
+		SessionAffinity:     10 * time.Minute,
 	}
 	wpSvc := &model.Service{Name: "waypoint", Namespace: "ns1", Source: model.SourceKubernetes, Hostnames: []string{"waypoint.ns1.svc.cluster.local"}, VIPs: []netip.Addr{netip.MustParseAddr("198.18.100.9")}}
 	ext := &model.Service{
@@ -106,6 +107,8 @@ func TestApplySnapshot(t *testing.T) {
 
 		TrafficDistribution: "PreferClose",
 		NodeLocal:           true,
+
+		SessionAffinitySeconds: 600,
 	}}}
 	if d := cmp.Diff(wantSvc, svc.Message, protocmp.Transform()); d != "" {
 		t.Errorf("service web (-want +got):\n%s", d)

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"time"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -239,6 +240,8 @@ func (b *builder) service(ms *meshv1.Service) *model.Service {
 
 		TrafficDistribution: model.TrafficDistribution(ms.GetTrafficDistribution()),
 		NodeLocal:           ms.GetNodeLocal(),
+
+		SessionAffinity: time.Duration(ms.GetSessionAffinitySeconds()) * time.Second,
 	}
 	if s.Resolution != "" {
 		s.Source = model.SourceServiceEntry

@@ -19,7 +19,8 @@ import (
 // without it answer from both zones; Istio's annotation
 // networking.istio.io/traffic-distribution PreferSameNode does the same by
 // node; internalTrafficPolicy Local keeps to the client's node and fails
-// when that has no endpoint left.
+// when that has no endpoint left; sessionAffinity ClientIP keeps every
+// connection of the client on one pod, and moves it when that pod goes.
 func TestTrafficDistributionPreferClose(t *testing.T) {
 	lb := meshLab(t)
 	near, far := zonedNodes(t, lb)
@@ -54,6 +55,15 @@ spec:
   selector: {app: echo}
   ports: [{port: 8080}]
   internalTrafficPolicy: Local
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: echo}
+  ports: [{port: 8080}]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
 `)
 	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
 	client := clientPod(t, lb, ns, "client", "client")
@@ -75,6 +85,23 @@ spec:
 		t.Errorf("Service without a traffic distribution: answered by %v (errors %v); want both pods", s.ByVersion, s.Errors)
 	}
 
+	// Session affinity: the client's four connections, and the next ones,
+	// all to one pod (the same pods behind "spread" answer from both).
+	s = summary(t, lb, ns, client.Name, "-n", "20", "-c", "4", url("sticky"))
+	if s.OK != 20 || len(s.ByVersion) != 1 {
+		t.Errorf("Service with sessionAffinity ClientIP: answered by %v (errors %v); want all 20 by one pod", s.ByVersion, s.Errors)
+	}
+	var stuck string
+	for v := range s.ByVersion {
+		stuck = v
+	}
+	if s := summary(t, lb, ns, client.Name, "-n", "8", "-c", "4", url("sticky")); s.OK != 8 || s.ByVersion[stuck] != 8 {
+		t.Errorf("Service with sessionAffinity ClientIP, later connections: answered by %v (errors %v); want all 8 by %s", s.ByVersion, s.Errors, stuck)
+	}
+	if out := meshctl(t, lb)("describe", "service", "sticky", "-n", ns); !strings.Contains(out, "Affinity:   ClientIP") {
+		t.Errorf("meshctl describe service sticky:\n%s\nwant its session affinity", out)
+	}
+
 	// meshctl describe says so, with each endpoint's zone.
 	out := meshctl(t, lb)("describe", "service", "close", "-n", ns)
 	if !strings.Contains(out, "Traffic:    PreferClose") || !strings.Contains(out, "zone: lab-a") || !strings.Contains(out, "zone: lab-b") {
@@ -89,6 +116,10 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "10", "-c", "4", url("close"))
 		return s.OK == 10 && s.ByVersion[farPod] == 10, fmt.Errorf("answered by %v (errors %v); want all 10 by %s", s.ByVersion, s.Errors, farPod)
 	})
+	// The affine pod gone (when it was the near one), the client moves.
+	if s := summary(t, lb, ns, client.Name, "-n", "8", "-c", "4", url("sticky")); s.OK != 8 || s.ByVersion[farPod] != 8 {
+		t.Errorf("Service with sessionAffinity ClientIP after %s went: answered by %v (errors %v); want all 8 by %s", nearPod, s.ByVersion, s.Errors, farPod)
+	}
 	// internalTrafficPolicy Local has no fallback: with no endpoint on the
 	// client's node, the far pod is never reached (kube-proxy drops it too).
 	s = summary(t, lb, ns, client.Name, "-n", "4", "-c", "4", "-timeout", "2s", url("nodelocal"))

@@ -1209,9 +1209,14 @@ type Service struct {
 	// node_local is a Kubernetes Service's internalTrafficPolicy Local: a
 	// client reaches only the endpoints on its own node, and none when its
 	// node has none (as kube-proxy).
-	NodeLocal     bool `protobuf:"varint,14,opt,name=node_local,json=nodeLocal,proto3" json:"node_local,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NodeLocal bool `protobuf:"varint,14,opt,name=node_local,json=nodeLocal,proto3" json:"node_local,omitempty"`
+	// session_affinity_seconds is a Kubernetes Service's sessionAffinity
+	// ClientIP timeout: a client's connections to a service port keep to
+	// the endpoint its last one went to while it stays ready and the client
+	// came back within this many seconds (as kube-proxy). 0: none.
+	SessionAffinitySeconds uint32 `protobuf:"varint,15,opt,name=session_affinity_seconds,json=sessionAffinitySeconds,proto3" json:"session_affinity_seconds,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -1340,6 +1345,13 @@ func (x *Service) GetNodeLocal() bool {
 		return x.NodeLocal
 	}
 	return false
+}
+
+func (x *Service) GetSessionAffinitySeconds() uint32 {
+	if x != nil {
+		return x.SessionAffinitySeconds
+	}
+	return 0
 }
 
 // StaticEndpoint is a service endpoint without a workload.
@@ -2206,7 +2218,7 @@ const file_mesh_proto_rawDesc = "" +
 	"\blocality\x18\x0e \x01(\v2\x1f.meshlet.mesh.v1alpha1.LocalityR\blocality\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\xe5\x04\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\"\x9f\x05\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -2225,7 +2237,8 @@ const file_mesh_proto_rawDesc = "" +
 	"\texport_to\x18\f \x03(\tR\bexportTo\x121\n" +
 	"\x14traffic_distribution\x18\r \x01(\tR\x13trafficDistribution\x12\x1d\n" +
 	"\n" +
-	"node_local\x18\x0e \x01(\bR\tnodeLocal\"}\n" +
+	"node_local\x18\x0e \x01(\bR\tnodeLocal\x128\n" +
+	"\x18session_affinity_seconds\x18\x0f \x01(\rR\x16sessionAffinitySeconds\"}\n" +
 	"\x0eStaticEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x121\n" +
