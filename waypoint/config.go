@@ -45,6 +45,9 @@ type compiled struct {
 	logFilter *logfilter.Filter
 	// extAuthz are the external authorizers CUSTOM policies name.
 	extAuthz map[string]*extAuthz
+	// exportSpan receives sampled spans: the config tracer's exporter,
+	// else Options.ExportSpan; nil exports none.
+	exportSpan func(Span)
 }
 
 func limiterKey(listener, vhost string, r *model.L7Route) string {

@@ -104,19 +104,28 @@ func (x *extAuthz) check(ctx context.Context, ar *authzRequest) authzVerdict {
 
 // send picks an endpoint of the provider's cluster and sends r there.
 func (x *extAuthz) send(r *http.Request, h2 bool) (*http.Response, error) {
-	ep, err := x.up.pick(r, Peer{}, nil, "")
+	return sendVia(x.up, r, h2)
+}
+
+// sendVia sends a request of the proxy's own (an authorizer's check, a
+// span export) to an endpoint of up, picked and reported on as for any
+// request (load balancing, outlier detection), over its pooled
+// connections: HTTP/2 when h2 (gRPC). r's URL host becomes the endpoint's
+// address; its Host stays the service's authority.
+func sendVia(up *upstream, r *http.Request, h2 bool) (*http.Response, error) {
+	ep, err := up.pick(r, Peer{}, nil, "")
 	if err != nil {
 		return nil, err
 	}
 	r.URL.Host = ep.addr
 	ep.active.Add(1)
 	defer ep.active.Add(-1)
-	resp, err := x.up.transport(h2).RoundTrip(r)
+	resp, err := up.transport(h2).RoundTrip(r)
 	code := 0
 	if err == nil {
 		code = resp.StatusCode
 	}
-	x.up.report(ep, code)
+	up.report(ep, code)
 	return resp, err
 }
 
@@ -213,9 +222,7 @@ func (x *extAuthz) checkGRPC(ctx context.Context, ar *authzRequest) (authzVerdic
 	if err != nil {
 		return authzVerdict{}, fmt.Errorf("encode the check: %w", err)
 	}
-	frame := make([]byte, 5+len(msg))
-	binary.BigEndian.PutUint32(frame[1:5], uint32(len(msg)))
-	copy(frame[5:], msg)
+	frame := grpcFrame(msg)
 	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://authz/envoy.service.auth.v3.Authorization/Check", bytes.NewReader(frame))
 	if err != nil {
 		return authzVerdict{}, err

@@ -60,9 +60,16 @@ type Options struct {
 	// without a valid traceparent) that are sampled; callers' sampling
 	// decisions are kept. Zero samples none.
 	TraceSampling float64
-	// ExportSpan receives the span of each sampled request after it ends;
-	// nil means spans are only propagated (traceparent), not exported.
+	// ExportSpan receives the span of each sampled request after it ends
+	// when the config names no tracer (model.L7Telemetry.Tracer, which
+	// the proxy exports to itself); nil means spans are only propagated
+	// (traceparent), not exported.
 	ExportSpan func(Span)
+	// SpanServiceName and SpanResource are the service.name and further
+	// resource attributes of the spans exported to a config's tracer;
+	// empty SpanServiceName means "waypoint".
+	SpanServiceName string
+	SpanResource    map[string]string
 	// Logf reports proxy errors that have no response to go to (mirror
 	// failures, L4 forwarding errors); nil means they are dropped.
 	Logf func(format string, args ...any)
@@ -118,6 +125,7 @@ func (c *compiled) policiesFor(service string) []*policy.Policy {
 type Proxy struct {
 	opts    Options
 	cfg     atomic.Pointer[compiled]
+	tracers tracers // the config's tracers' exporters
 	metrics *metrics
 	log     *accessLogger
 	mirrors chan struct{}
@@ -150,6 +158,7 @@ func New(opts Options) (*Proxy, error) {
 // Close releases the upstream connections the proxy keeps idle. Requests in
 // flight are not interrupted; stop Serve first.
 func (p *Proxy) Close() error {
+	p.tracers.close() // their last exports go out before the connections close
 	if c := p.cfg.Load(); c != nil {
 		for _, cl := range c.clusters {
 			cl.close()
@@ -165,7 +174,12 @@ func (p *Proxy) Update(cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	c.exportSpan = p.opts.ExportSpan
+	if t := c.telemetry.Tracer; t != nil {
+		c.exportSpan = p.tracers.use(p, t)
+	}
 	p.cfg.Store(c)
+	p.tracers.keepOnly(c.telemetry.Tracer)
 	return nil
 }
 
@@ -222,8 +236,8 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		sampling = *s
 	}
 	tc := startTrace(req.Header, sampling)
-	if p.opts.ExportSpan != nil && tc.sampled {
-		defer p.exportSpan(tc, rec, w)
+	if cfg.exportSpan != nil && tc.sampled {
+		defer exportSpan(cfg.exportSpan, tc, rec, w)
 	}
 
 	// 1. One view of the path for routing, policy and the upstream.
@@ -1130,7 +1144,7 @@ func (p *Proxy) peer(req *http.Request) Peer {
 	return pr
 }
 
-func (p *Proxy) exportSpan(tc traceContext, rec *record, w *responseWriter) {
+func exportSpan(export func(Span), tc traceContext, rec *record, w *responseWriter) {
 	name := rec.routeName
 	if name == "" {
 		name = rec.authority
@@ -1139,7 +1153,7 @@ func (p *Proxy) exportSpan(tc traceContext, rec *record, w *responseWriter) {
 	if code == 0 && !w.aborted {
 		code = http.StatusOK
 	}
-	p.opts.ExportSpan(Span{
+	export(Span{
 		TraceID: tc.traceID, SpanID: tc.spanID, ParentSpanID: tc.parentID, Name: name,
 		Start: rec.start, End: time.Now(),
 		Attributes: map[string]string{

@@ -181,11 +181,15 @@ func run(ctx context.Context, f flags) error {
 	if f.accessLog {
 		opts.AccessLog = os.Stdout
 	}
+	// Spans name the proxy as Istio names a waypoint's: <name>.<namespace>.
+	opts.SpanServiceName = f.gateway + "." + f.namespace
+	opts.SpanResource = map[string]string{"k8s.namespace.name": f.namespace, "k8s.pod.name": f.podName, "meshlet.gateway.name": f.gateway}
 	if f.otlpEndpoint != "" {
 		exp, err := waypoint.NewOTLPExporter(waypoint.OTLPOptions{
-			Endpoint: f.otlpEndpoint,
-			Resource: map[string]string{"k8s.namespace.name": f.namespace, "k8s.pod.name": f.podName, "meshlet.gateway.name": f.gateway},
-			Logf:     func(format string, a ...any) { logger.Warn(fmt.Sprintf(format, a...)) },
+			Endpoint:    f.otlpEndpoint,
+			ServiceName: opts.SpanServiceName,
+			Resource:    opts.SpanResource,
+			Logf:        func(format string, a ...any) { logger.Warn(fmt.Sprintf(format, a...)) },
 		})
 		if err != nil {
 			return fmt.Errorf("--otlp-endpoint: %w", err)

@@ -137,6 +137,15 @@ func RedactL7(l7 *model.L7Config) *model.L7Config {
 		}
 		e.AdditionalHeaders = h
 	}
+	// So may a tracer's headers (a collector's API key).
+	if tr := l7.Telemetry.Tracer; tr != nil && len(tr.Headers) > 0 {
+		t := *tr
+		t.Headers = make(map[string]string, len(tr.Headers))
+		for k := range tr.Headers {
+			t.Headers[k] = Redacted
+		}
+		out.Telemetry.Tracer = &t
+	}
 	return &out
 }
 

@@ -103,17 +103,19 @@ func TestRedactL7(t *testing.T) {
 			SNI: []model.ListenerTLS{{Mode: model.TLSModeSimple, CertPEM: "cert2", KeyPEM: key, SNIHosts: []string{"a.example"}}}}},
 		Clusters: []model.L7Cluster{{Name: "db", Traffic: model.TrafficPolicy{TLS: mtls()},
 			Subsets: []model.Subset{{Name: "v1", Traffic: &model.TrafficPolicy{TLS: mtls()}}, {Name: "v2"}}}},
-		ExtAuthz: []model.ExtAuthz{{Name: "authz", AdditionalHeaders: map[string]string{"Authorization": "Bearer s3cret"}}},
+		ExtAuthz:  []model.ExtAuthz{{Name: "authz", AdditionalHeaders: map[string]string{"Authorization": "Bearer s3cret"}}},
+		Telemetry: model.L7Telemetry{Tracer: &model.Tracer{Provider: "otel", Headers: map[string]string{"Api-Key": "t0ken"}}},
 	}
 	b, err := json.Marshal(RedactL7(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(b), "PRIVATE KEY") || strings.Contains(string(b), "s3cret") || strings.Count(string(b), Redacted) != 5 {
-		t.Errorf("redacted config = %s; want 4 keys and the authorizer's header value redacted and none shown", b)
+	if strings.Contains(string(b), "PRIVATE KEY") || strings.Contains(string(b), "s3cret") || strings.Contains(string(b), "t0ken") ||
+		strings.Count(string(b), Redacted) != 6 || !strings.Contains(string(b), `"Api-Key":"`+Redacted+`"`) {
+		t.Errorf("redacted config = %s; want 4 keys, the authorizer's and the tracer's header values redacted and none shown", b)
 	}
-	if in.ExtAuthz[0].AdditionalHeaders["Authorization"] != "Bearer s3cret" {
-		t.Error("RedactL7 changed the authorizer's headers it was given")
+	if in.ExtAuthz[0].AdditionalHeaders["Authorization"] != "Bearer s3cret" || in.Telemetry.Tracer.Headers["Api-Key"] != "t0ken" {
+		t.Error("RedactL7 changed the authorizer's or tracer's headers it was given")
 	}
 	if !strings.Contains(string(b), `"CertPEM":"cert2"`) || !strings.Contains(string(b), `"ClientCertPEM":"cert"`) {
 		t.Errorf("redacted config = %s; want the certificates kept", b)

@@ -10,6 +10,7 @@ import (
 
 	"istio.io/api/annotation"
 	"istio.io/api/label"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -96,6 +97,10 @@ type build struct {
 	seSelect    []seSelector
 	workloads   []*model.Workload
 	hostOwners  map[string]string
+	// mesh is Istio's mesh config, parsed once (meshConfig); meshRead
+	// says it was looked for.
+	mesh     *meshconfig.MeshConfig
+	meshRead bool
 	// zoned: 0 not looked yet, 1 some node has a region or zone label, 2
 	// nodes are known and none has (see trafficDistribution).
 	zoned int8
@@ -152,6 +157,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.buildIngressL7(l7)
 	bd.buildIstioIngressL7(l7)
 	bd.applyTelemetry(l7)
+	bd.applyTracers(l7)
 	bd.selectGatewayPolicies(l7)
 	bd.applyExtAuthz(l7)
 	bd.applyProxyLocalities(l7)

@@ -5,57 +5,18 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	meshconfig "istio.io/api/mesh/v1alpha1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
 )
 
-// The mesh config is where Istio keeps extension providers: the "mesh" key
-// (MeshConfig in YAML) of the ConfigMap "istio" in its root namespace. A
-// cluster moving from Istio keeps its own; meshlet's chart writes one from
-// the meshConfig value.
-const (
-	meshConfigName = "istio"
-	meshConfigKey  = "mesh"
-)
-
-// KindMeshConfig names the mesh config in rejections.
-const KindMeshConfig = "MeshConfig"
-
-// extAuthzProviders reads the external authorization providers of the mesh
-// config, by name; a mesh config that does not parse is reported (CUSTOM
-// policies naming its providers then deny what they match, fail closed).
+// extAuthzProviders are the external authorization providers of the mesh
+// config, by name.
 func (bd *build) extAuthzProviders() map[string]*meshconfig.MeshConfig_ExtensionProvider {
-	cm := bd.in.configMaps[bd.opts.RootNamespace+"/"+meshConfigName]
-	if cm == nil || cm.Data[meshConfigKey] == "" {
-		return nil
-	}
-	text := cm.Data[meshConfigKey]
-	r := bd.rejecter(KindMeshConfig, bd.opts.RootNamespace, meshConfigName)
-	j, err := yaml.YAMLToJSON([]byte(text))
-	mc := &meshconfig.MeshConfig{}
-	if err == nil {
-		err = protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(j, mc)
-	}
-	if err != nil {
-		r.reject("ConfigMap %s/%s key %s is not a valid MeshConfig: %v; its extension providers are not used", bd.opts.RootNamespace, meshConfigName, meshConfigKey, err)
-		return nil
-	}
-	out := map[string]*meshconfig.MeshConfig_ExtensionProvider{}
-	for _, p := range mc.GetExtensionProviders() {
-		if p.GetEnvoyExtAuthzHttp() == nil && p.GetEnvoyExtAuthzGrpc() == nil {
-			continue // tracing, logging, ...: read elsewhere or not at all
-		}
-		if _, dup := out[p.GetName()]; dup || p.GetName() == "" {
-			r.warn("extensionProviders: %q is empty or defined twice; the first one is used", p.GetName())
-			continue
-		}
-		out[p.GetName()] = p
-	}
-	return out
+	return bd.extensionProviders(func(p *meshconfig.MeshConfig_ExtensionProvider) bool {
+		return p.GetEnvoyExtAuthzHttp() != nil || p.GetEnvoyExtAuthzGrpc() != nil
+	})
 }
 
 // warnCustomPolicies tells what CUSTOM policies will do where it is not what
@@ -111,26 +72,14 @@ func (bd *build) applyExtAuthz(l7 map[model.NamespacedName]*model.L7Config) {
 		hosts = append(hosts, host)
 	}
 	for key, cfg := range l7 {
-		lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
-		for i := range cfg.Clusters {
-			lb.clusters[cfg.Clusters[i].Name] = &cfg.Clusters[i]
-		}
-		have := len(lb.clusters)
-		for i, e := range specs {
-			if hosts[i] != "" {
-				e.Cluster = lb.cluster(hosts[i], extAuthzPort(providers[e.Name]))
+		bd.addClusters(key, cfg, func(lb *l7Builder) {
+			for i, e := range specs {
+				if hosts[i] != "" {
+					e.Cluster = lb.cluster(hosts[i], extAuthzPort(providers[e.Name]))
+				}
+				cfg.ExtAuthz = append(cfg.ExtAuthz, e)
 			}
-			cfg.ExtAuthz = append(cfg.ExtAuthz, e)
-		}
-		if len(lb.clusters) == have {
-			continue
-		}
-		for _, name := range sortedKeys(lb.clusters) {
-			if !slices.ContainsFunc(cfg.Clusters, func(c model.L7Cluster) bool { return c.Name == name }) {
-				cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
-			}
-		}
-		slices.SortFunc(cfg.Clusters, func(a, b model.L7Cluster) int { return strings.Compare(a.Name, b.Name) })
+		})
 	}
 }
 

@@ -16,7 +16,9 @@ import (
 // access log as it is, its tracing settings still apply.
 var knownProviders = map[string]bool{"": true, "envoy": true, "otel": true, "opentelemetry": true, "stdout": true}
 
-// applyTelemetry sets each proxy's effective Telemetry API configuration,
+// applyTelemetry sets each proxy's effective Telemetry API configuration
+// (its tracer by provider name, the mesh's default tracing provider below
+// every level),
 // with Istio's precedence: a Telemetry in the root namespace with no
 // selector applies mesh-wide; one in the proxy's namespace with no selector
 // overrides it; one that targets the proxy (targetRefs to its Gateway, or a
@@ -29,9 +31,11 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		c := bd.in.telemetries[k]
 		return model.ObjectMeta{Namespace: c.meta.Namespace, Name: c.meta.Name, Created: c.meta.CreationTimestamp.Time}
 	})
+	otel := bd.tracingProviders()
 	for _, k := range keys {
 		c := bd.in.telemetries[k]
 		r := bd.rejecter(KindTelemetry, c.meta.Namespace, c.meta.Name)
+		bd.warnTracingProviders(r, c.spec, otel)
 		if err := checkAccessLogFilter(c.spec); err != nil {
 			r.reject("%v", err)
 		}
@@ -71,10 +75,14 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		}
 		mode := bd.proxyMode(name)
 		var t model.L7Telemetry
+		tracer := bd.defaultTracer()
 		for _, level := range levels {
 			// Oldest first, so the first setting found at a level is the one kept.
-			var log, sampling, metrics bool
+			var log, sampling, metrics, traced bool
 			for _, c := range level {
+				if v, ok := tracerSetting(c.spec, mode); ok && !traced {
+					tracer, traced = v, true
+				}
 				if v, filter, ok := accessLogSetting(c.spec, mode); ok && !log {
 					t.AccessLog, t.AccessLogFilter, log = &v, filter, true
 				}
@@ -85,6 +93,9 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 					t.RequestMetrics, metrics = &v, true
 				}
 			}
+		}
+		if otel[tracer] != nil {
+			t.Tracer = &model.Tracer{Provider: tracer} // completed by applyTracers
 		}
 		cfg.Telemetry = t
 	}

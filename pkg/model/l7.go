@@ -78,6 +78,9 @@ type L7Telemetry struct {
 	TraceSampling *float64 `json:",omitempty"`
 	// RequestMetrics turns the Istio request metrics on or off.
 	RequestMetrics *bool `json:",omitempty"`
+	// Tracer is where sampled spans go; nil leaves the proxy's own
+	// exporter (its --otlp-endpoint), if any.
+	Tracer *Tracer `json:",omitempty"`
 }
 
 // L7Listener is one port with its virtual hosts.
@@ -781,6 +784,14 @@ func (c *L7Config) Validate() error {
 		names[e.Name] = true
 		if e.Cluster != "" && clusters[e.Cluster] == nil {
 			return fmt.Errorf("extAuthz[%d] %q: cluster %q is not defined", i, e.Name, e.Cluster)
+		}
+	}
+	if tr := c.Telemetry.Tracer; tr != nil {
+		if err := tr.Validate(); err != nil {
+			return fmt.Errorf("telemetry: %w", err)
+		}
+		if tr.Cluster != "" && clusters[tr.Cluster] == nil {
+			return fmt.Errorf("telemetry: tracer %q: cluster %q is not defined", tr.Provider, tr.Cluster)
 		}
 	}
 	return nil

@@ -118,6 +118,11 @@ type Options struct {
 	// ExportSpan receives the sampled spans (e.g. an OTLP exporter's
 	// Export); nil means spans are not exported.
 	ExportSpan func(waypoint.Span)
+	// SpanServiceName and SpanResource name the spans sent to a tracer the
+	// config names (a Telemetry's opentelemetry provider): service.name and
+	// further resource attributes.
+	SpanServiceName string
+	SpanResource    map[string]string
 	// ServeListeners makes this an ingress gateway: besides HBONE, it
 	// listens on every listener port of its pushed config (plain HTTP, for
 	// clients outside the mesh), opening and closing ports as the config
@@ -434,6 +439,9 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 				TraceSampling: s.opts.TraceSampling,
 				ExportSpan:    s.opts.ExportSpan,
 				NodeName:      s.opts.NodeName,
+
+				SpanServiceName: s.opts.SpanServiceName,
+				SpanResource:    s.opts.SpanResource,
 			})
 			if err == nil {
 				s.proxy.Store(p)

@@ -1,0 +1,125 @@
+package controlplane
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+const meshConfigTracing = `apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel-grpc
+      opentelemetry:
+        service: opentelemetry-collector.observability.svc.cluster.local
+        port: 4317
+        grpc: {timeout: 3s, initialMetadata: [{name: x-tenant, value: shop}]}
+    - name: otel-http
+      opentelemetry:
+        service: observability/opentelemetry-collector.observability.svc.cluster.local
+        port: 4318
+        http:
+          path: v1/traces
+          timeout: 5s
+          headers: [{name: api-key, value: s3cret}, {name: x-from-env, envName: TOKEN}]
+    - name: otel-nowhere
+      opentelemetry: {service: gone.observability.svc.cluster.local, port: 4317}
+    - name: zipkin
+      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+%s`
+
+const collectorService = `apiVersion: v1
+kind: Service
+metadata: {name: opentelemetry-collector, namespace: observability}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: collector}
+  ports: [{name: otlp-grpc, port: 4317}, {name: otlp-http, port: 4318}]
+`
+
+func telemetryDoc(ns, name, tracing string) string {
+	return `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ` + name + `, namespace: ` + ns + `}
+spec:
+  tracing: [` + tracing + `]
+`
+}
+
+// TestTracingProviders: the opentelemetry extension provider a proxy's
+// Telemetry names (or the mesh's default tracing provider) reaches the
+// waypoint as its tracer, with a cluster for the collector's service;
+// providers the proxies cannot send to are reported and leave no tracer.
+func TestTracingProviders(t *testing.T) {
+	grpcTracer := &model.Tracer{Provider: "otel-grpc", Cluster: "outbound|4317||opentelemetry-collector.observability.svc.cluster.local",
+		Authority: "opentelemetry-collector.observability.svc.cluster.local:4317", Timeout: 3 * time.Second, Headers: map[string]string{"x-tenant": "shop"}}
+	httpTracer := &model.Tracer{Provider: "otel-http", Cluster: "outbound|4318||opentelemetry-collector.observability.svc.cluster.local",
+		Authority: "opentelemetry-collector.observability.svc.cluster.local:4318", HTTPPath: "/v1/traces", Timeout: 5 * time.Second,
+		Headers: map[string]string{"api-key": "s3cret"}}
+	for _, tt := range []struct {
+		name     string
+		defaults string // the mesh config's defaultProviders
+		docs     []string
+		want     *model.Tracer
+		warned   []string
+	}{
+		{name: "no provider named: none", want: nil},
+		{name: "mesh-wide Telemetry names the gRPC provider",
+			docs: []string{telemetryDoc("istio-system", "mesh-default", "{providers: [{name: otel-grpc}], randomSamplingPercentage: 10}")},
+			want: grpcTracer},
+		{name: "the mesh's default tracing provider", defaults: "    defaultProviders: {tracing: [otel-grpc]}\n", want: grpcTracer},
+		{name: "the namespace's Telemetry overrides the default, the HTTP provider",
+			defaults: "    defaultProviders: {tracing: [otel-grpc]}\n",
+			docs:     []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: otel-http}]}")},
+			want:     httpTracer, warned: []string{`header "x-from-env"`}},
+		{name: "an entry for clients only does not apply to a waypoint",
+			docs: []string{telemetryDoc("bookinfo", "traces", "{match: {mode: CLIENT}, providers: [{name: otel-grpc}]}")}, want: nil},
+		{name: "a zipkin provider is reported, no tracer",
+			docs: []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: zipkin}]}")}, want: nil,
+			warned: []string{`"zipkin" is not an opentelemetry provider`}},
+		{name: "an unknown provider is reported, no tracer",
+			docs: []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: jaeger}]}")}, want: nil,
+			warned: []string{`"jaeger" is not an extension provider of the mesh config`}},
+		{name: "a collector that is no service of the mesh: a tracer without a cluster, reported",
+			docs:   []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: otel-nowhere}]}")},
+			want:   &model.Tracer{Provider: "otel-nowhere", Authority: "gone.observability.svc.cluster.local:4317"},
+			warned: []string{`"otel-nowhere": service "gone.observability.svc.cluster.local" port 4317 is no service of the mesh`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			docs := bookinfo(append([]string{fmt.Sprintf(meshConfigTracing, tt.defaults), collectorService, ns("observability", "")}, tt.docs...)...)
+			snap, rej := mustBuild(t, inputs(t, docs...))
+			for _, w := range tt.warned {
+				if !hasRejection(rej, w, true) {
+					t.Errorf("rejections = %v; want a warning %q", rej, w)
+				}
+			}
+			if len(rej) != len(tt.warned) {
+				t.Errorf("rejections = %v; want %d", rej, len(tt.warned))
+			}
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for bookinfo/waypoint")
+			}
+			if d := cmp.Diff(tt.want, cfg.Telemetry.Tracer); d != "" {
+				t.Errorf("tracer (-want +got):\n%s", d)
+			}
+			if tt.want != nil && tt.want.Cluster != "" {
+				i := slices.IndexFunc(cfg.Clusters, func(c model.L7Cluster) bool { return c.Name == tt.want.Cluster })
+				if i < 0 {
+					t.Fatalf("clusters %v; want %s for the collector", cfg.Clusters, tt.want.Cluster)
+				}
+				if err := cfg.Validate(); err != nil {
+					t.Errorf("config does not validate: %v", err)
+				}
+			}
+		})
+	}
+}
