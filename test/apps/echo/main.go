@@ -4,7 +4,9 @@
 // the protocol, and that can be told to fail, delay or return a status code.
 // `echo client` makes N requests from inside a pod and prints a summary by pod
 // and version, for tests and the demo. `echo authz` is an HTTP external
-// authorizer (Envoy's ext_authz protocol) for CUSTOM AuthorizationPolicies.
+// authorizer (Envoy's ext_authz protocol) for CUSTOM AuthorizationPolicies;
+// `echo otlp` an OpenTelemetry collector's OTLP/gRPC trace receiver that logs
+// the spans it gets.
 //
 // Environment (set from the downward API in the manifests): POD_NAME,
 // POD_NAMESPACE, VERSION (the pod's version label), NODE_NAME, POD_IP; ports:
@@ -39,6 +41,8 @@ func main() {
 		err = runClient(ctx, args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "authz":
 		err = runAuthz(ctx, args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "otlp":
+		err = runOTLP(ctx, args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "serve":
 		err = runServe(ctx, args[1:])
 	default:

@@ -17,7 +17,12 @@ import (
 // reaches the app carrying the x-user the authorizer set, and the client
 // sees the authorizer's x-ext-authz-check-result; one without gets the
 // authorizer's 403 and never reaches the app; other paths are not checked;
-// with the authorizer gone, checks fail closed (403).
+// with the authorizer gone, checks fail closed (403). The same mesh config
+// names an opentelemetry tracing provider (`echo otlp`, an OTLP/gRPC
+// collector in the mesh) that the namespace's Telemetry selects: the
+// waypoint's spans of the client's sampled trace reach it, named
+// waypoint.<namespace>. (One test for both providers: one waypoint and one
+// mesh config to set up.)
 func TestExtAuthz(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
@@ -39,9 +44,27 @@ metadata: {name: ext-authz}
 spec:
   selector: {app: ext-authz}
   ports: [{name: http, port: 8000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: collector, labels: {app: collector}}
+spec:
+  containers:
+  - name: otlp
+    image: meshlet.dev/echo:latest
+    args: [otlp, -grpc, "4317"]
+    readinessProbe: {tcpSocket: {port: 4317}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: collector}
+spec:
+  selector: {app: collector}
+  ports: [{name: grpc-otlp, port: 4317}]
 `)
 	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
 	lb.WaitPodsReady(t, ns, "app=ext-authz", 1, 2*time.Minute)
+	lb.WaitPodsReady(t, ns, "app=collector", 1, 2*time.Minute)
 	client := clientPod(t, lb, ns, "client", "client")
 	applyWaypoint(t, lb, run, ns, "--enroll-namespace")
 
@@ -53,11 +76,13 @@ data:
     extensionProviders:
     - name: lab-ext-authz
       envoyExtAuthzHttp:
-        service: ext-authz.%s.svc.cluster.local
+        service: ext-authz.%[1]s.svc.cluster.local
         port: 8000
         includeRequestHeadersInCheck: [x-ext-authz, x-ext-authz-user]
         headersToUpstreamOnAllow: [x-user]
         headersToDownstreamOnAllow: [x-ext-authz-check-result]
+    - name: lab-otel
+      opentelemetry: {service: collector.%[1]s.svc.cluster.local, port: 4317}
 `, ns))
 	t.Cleanup(func() { _, _ = lb.Kubectl("-n", "istio-system", "delete", "configmap", "istio", "--ignore-not-found") })
 	lb.Apply(t, ns, `apiVersion: security.istio.io/v1
@@ -90,6 +115,28 @@ spec:
 	if strings.Contains(logs, "/public") || strings.Count(logs, "GET /admin/users") < 10 {
 		t.Errorf("authorizer log:\n%s\nwant the /admin checks only", logs)
 	}
+
+	// Tracing: the namespace's Telemetry names the provider; the client's
+	// sampled trace continues through the waypoint, whose span reaches
+	// the collector as the child of the client's.
+	lb.Apply(t, ns, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: traces}
+spec:
+  tracing: [{providers: [{name: lab-otel}]}]
+`)
+	const trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	lab.WaitFor(t, time.Minute, "the waypoint's spans at the collector", func() (bool, error) {
+		summary(t, lb, ns, client.Name, "-n", "3", "-H", "traceparent: 00-"+trace+"-"+parent+"-01", fmt.Sprintf("http://echo.%s.svc.cluster.local:8080/traced", ns))
+		logs, err := lb.PodLogs(ns, "collector", "otlp")
+		want := fmt.Sprintf("span trace=%s parent=%s name=", trace, parent)
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.HasPrefix(line, want) && strings.Contains(line, " service=waypoint."+ns+" ") && strings.Contains(line, " code=200 ") {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("collector log (err %v):\n%s\nwant a line %q... service=waypoint.%s code=200", err, logs, want, ns)
+	})
 
 	// The authorizer gone: checks fail, and the requests are denied.
 	if out, err := lb.Kubectl("-n", ns, "delete", "pod", "ext-authz", "--wait=true"); err != nil {
