@@ -232,12 +232,12 @@ func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, p
 		one := []gatewayv1.ParentReference{pr}
 		matched, http, allowed := false, false, false
 		var listenerHosts []string
-		for _, l := range gw.Spec.Listeners {
+		for i, l := range gw.Spec.Listeners {
 			if !attached(one, routeNS, gw, l) {
 				continue
 			}
 			matched = true
-			if l.Protocol != gatewayv1.HTTPProtocolType {
+			if reason, _ := bd.unservedListener(gw, i); reason != "" {
 				continue
 			}
 			http = true
@@ -254,7 +254,7 @@ func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, p
 		case !matched:
 			return true, false, noParent, fmt.Sprintf("Gateway %s has no listener matching the parentRef's sectionName and port", key)
 		case !http:
-			return true, false, notAllowed, fmt.Sprintf("the listeners of Gateway %s the parentRef matches are not HTTP, the only protocol meshlet's ingress serves yet", key)
+			return true, false, notAllowed, fmt.Sprintf("the listeners of Gateway %s the parentRef matches are not served: meshlet's ingress serves HTTP and HTTPS (tls.mode Terminate) listeners, one protocol per port (see the Gateway's status.listeners)", key)
 		case !allowed:
 			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches admits routes from namespace %s (allowedRoutes.namespaces)", key, routeNS)
 		default:

@@ -1,9 +1,11 @@
 package controlplane
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -13,23 +15,63 @@ import (
 
 // buildIngressL7 adds the L7 configuration of every ingress Gateway (a
 // Gateway API Gateway of an ingress class) to out, keyed by the Gateway's
-// name like a waypoint's. Each HTTP listener gets the HTTPRoutes attached to
-// it — parentRef to the Gateway, matching sectionName and port when given,
-// and allowed by the listener's allowedRoutes (Same namespace by default) —
-// one virtual host per distinct hostname set. Listeners of other protocols
-// (HTTPS/TLS termination) are reported and skipped for now.
+// name like a waypoint's. Each HTTP or HTTPS listener gets the HTTPRoutes
+// and GRPCRoutes attached to it — parentRef to the Gateway, matching
+// sectionName and port when given, and allowed by the listener's
+// allowedRoutes (Same namespace by default) — one virtual host per distinct
+// hostname set. Listeners on one port share it, as Gateway API has them:
+// their virtual hosts are served together (a Host picks the most specific,
+// as a request picks the listener with the most specific hostname), and an
+// HTTPS listener's certificate (tls.mode Terminate, its first
+// certificateRef: a kubernetes.io/tls Secret of the Gateway's namespace) is
+// chosen by SNI from its hostname, the first listener's serving a client
+// whose SNI names no listener. An HTTP and an HTTPS listener on one port
+// conflict: the later is skipped (status Conflicted, ProtocolConflict).
+// Other protocols and TLS passthrough are reported and skipped.
 func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	for _, gw := range bd.ingress {
 		key := model.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
 		r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
 		lb := &l7Builder{bd: bd, ns: gw.Namespace, clusters: map[string]*model.L7Cluster{}, ingress: true}
 		cfg := &model.L7Config{}
-		for _, l := range gw.Spec.Listeners {
-			if l.Protocol != gatewayv1.HTTPProtocolType {
-				r.warn("listener %q: protocol %s is not served by meshlet's ingress yet; skipped", l.Name, l.Protocol)
+		// The hosts of each port, in the order listeners and routes name
+		// them; a host's routes are ranked together whichever listener
+		// they came through.
+		type host struct {
+			name    string
+			domains []string
+			routes  []rankedRoute
+		}
+		type port struct {
+			listener model.L7Listener
+			hosts    []*host
+		}
+		var ports []*port
+		for i, l := range gw.Spec.Listeners {
+			if _, msg := bd.unservedListener(gw, i); msg != "" {
+				r.warn("listener %q: %s; skipped", l.Name, msg)
 				continue
 			}
-			ml := model.L7Listener{Name: string(l.Name), Port: uint32(l.Port)}
+			var tlsCfg *model.ListenerTLS
+			if l.Protocol == gatewayv1.HTTPSProtocolType {
+				if tlsCfg = bd.listenerTLS(gw, l, r); tlsCfg == nil {
+					continue
+				}
+			}
+			var pt *port
+			for _, p := range ports {
+				if p.listener.Port == uint32(l.Port) {
+					pt = p
+				}
+			}
+			switch {
+			case pt == nil:
+				pt = &port{listener: model.L7Listener{Name: string(l.Name), Port: uint32(l.Port), TLS: tlsCfg}}
+				ports = append(ports, pt)
+			case tlsCfg != nil:
+				// Another HTTPS listener of the port: its certificate by SNI.
+				addSNI(&pt.listener, tlsCfg, tlsCfg.SNIHosts)
+			}
 			type attachedRoute struct {
 				kind, ns, name string
 				hostnames      []gatewayv1.Hostname
@@ -48,33 +90,27 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
 				}
 			}
-			ranked := map[int][]rankedRoute{} // by index in ml.VirtualHosts
 			for _, rt := range rts {
-				routes := rt.routes
-				if err := lb.check(plainRoutes(routes)); err != nil {
+				if err := lb.check(plainRoutes(rt.routes)); err != nil {
 					bd.rejecter(rt.kind, rt.ns, rt.name).reject("%v", err)
 					continue
 				}
 				doms := routeDomains(rt.hostnames, l)
-				merged := false
-				for i := range ml.VirtualHosts {
-					if strings.Join(ml.VirtualHosts[i].Domains, ",") == strings.Join(doms, ",") {
-						ranked[i] = append(ranked[i], routes...)
-						merged = true
-					}
+				i := slices.IndexFunc(pt.hosts, func(h *host) bool { return slices.Equal(h.domains, doms) })
+				if i < 0 {
+					i = len(pt.hosts)
+					pt.hosts = append(pt.hosts, &host{name: rt.ns + "/" + rt.name, domains: doms})
 				}
-				if !merged {
-					ranked[len(ml.VirtualHosts)] = routes
-					ml.VirtualHosts = append(ml.VirtualHosts, model.VirtualHost{Name: rt.ns + "/" + rt.name, Domains: doms})
-				}
+				pt.hosts[i].routes = append(pt.hosts[i].routes, rt.routes...)
 			}
-			for i := range ml.VirtualHosts {
-				sortGatewayRoutes(ranked[i])
-				ml.VirtualHosts[i].Routes = plainRoutes(ranked[i])
-			}
+		}
+		for _, pt := range ports {
+			ml := pt.listener
 			// A catch-all host goes last so that specific hosts win.
 			var specific, wildcard []model.VirtualHost
-			for _, vh := range ml.VirtualHosts {
+			for _, h := range pt.hosts {
+				sortGatewayRoutes(h.routes)
+				vh := model.VirtualHost{Name: h.name, Domains: h.domains, Routes: plainRoutes(h.routes)}
 				if len(vh.Domains) == 1 && vh.Domains[0] == "*" {
 					wildcard = append(wildcard, vh)
 				} else {
@@ -98,6 +134,53 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 		}
 		out[key] = cfg
 	}
+}
+
+// unservedListener says why listener i of an ingress Gateway is not
+// served, with the status reason, "" when it is: a protocol other than HTTP
+// and HTTPS, TLS passthrough (UnsupportedProtocol), or a port an earlier
+// listener serves with the other of the two (ProtocolConflict). An HTTPS
+// listener's certificate is its ResolvedRefs (certificateRefsFault).
+func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.ListenerConditionReason, string) {
+	l := gw.Spec.Listeners[i]
+	switch l.Protocol {
+	case gatewayv1.HTTPProtocolType:
+	case gatewayv1.HTTPSProtocolType:
+		if l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough {
+			return gatewayv1.ListenerReasonUnsupportedProtocol, "protocol HTTPS with tls.mode Passthrough (TLSRoute) is not served by meshlet's ingress; use Terminate"
+		}
+	default:
+		return gatewayv1.ListenerReasonUnsupportedProtocol, fmt.Sprintf("protocol %s is not served by meshlet's ingress (HTTP and HTTPS are; for TLS passthrough use an Istio Gateway server)", l.Protocol)
+	}
+	for _, o := range gw.Spec.Listeners[:i] {
+		if o.Port == l.Port && o.Protocol != l.Protocol && (o.Protocol == gatewayv1.HTTPProtocolType || o.Protocol == gatewayv1.HTTPSProtocolType) {
+			return gatewayv1.ListenerReasonProtocolConflict, fmt.Sprintf("port %d already serves listener %q over %s; an HTTP and an HTTPS listener cannot share a port", l.Port, o.Name, o.Protocol)
+		}
+	}
+	return "", ""
+}
+
+// listenerTLS is an HTTPS listener's certificate: its first certificateRef,
+// a kubernetes.io/tls Secret of the Gateway's namespace, chosen by SNI from
+// the listener's hostname (any, without one). Nil, reported, when the
+// reference does not resolve or the Secret's key pair is not usable (the
+// listener's ResolvedRefs says why).
+func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rejections) *model.ListenerTLS {
+	if reason, msg := bd.certificateRefsFault(gw, l); reason != "" {
+		r.warn("listener %q: %s; skipped", l.Name, msg)
+		return nil
+	}
+	ref := l.TLS.CertificateRefs[0]
+	if len(l.TLS.CertificateRefs) > 1 {
+		r.warn("listener %q: only the first of %d certificateRefs (%s) is served", l.Name, len(l.TLS.CertificateRefs), ref.Name)
+	}
+	sec := bd.in.tlsSecrets[gw.Namespace+"/"+string(ref.Name)] // its key pair checked with the ref
+	host := "*"
+	if l.Hostname != nil && *l.Hostname != "" {
+		host = string(*l.Hostname)
+	}
+	return &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(sec.Data[corev1.TLSCertKey]), KeyPEM: string(sec.Data[corev1.TLSPrivateKeyKey]),
+		SNIHosts: []string{host}}
 }
 
 // attached reports whether a route in routeNS with refs names gw and listener l as a parent.

@@ -61,7 +61,7 @@ spec:
 func TestIngressGatewayL7(t *testing.T) {
 	snap, rej := mustBuild(t, inputs(t, bookinfoIngress, pod("bookinfo", "productpage-v1", "10.0.0.30", "n1", "app=productpage")))
 	for _, want := range []string{
-		`Gateway bookinfo/bookinfo-gateway: listener "https": protocol HTTPS is not served`,
+		`Gateway bookinfo/bookinfo-gateway: listener "https": protocol HTTPS needs tls.certificateRefs`,
 		"HTTPRoute bookinfo/cross: backendRef other/web: no ReferenceGrant",
 	} {
 		if !hasRejection(rej, want, true) {
@@ -558,5 +558,91 @@ spec:
 				}
 			}
 		})
+	}
+}
+
+// TestIngressGatewayHTTPS: Gateway API listeners that share a port are
+// served together — two HTTP listeners on 80 with their hostnames each
+// route their own host (the second was lost before), and two HTTPS
+// listeners on 443 terminate TLS with their Secrets' certificates chosen by
+// SNI; the routes attached to both reach the HTTPS port's hosts.
+func TestIngressGatewayHTTPS(t *testing.T) {
+	secret := func(name, host string) (string, string) {
+		cert, key := testutil.SelfSignedPEM(t, host)
+		return fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: %s, namespace: shop}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s}
+`, name, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key)), string(cert)
+	}
+	secA, certA := secret("a-cert", "a.example.com")
+	secB, certB := secret("b-cert", "b.example.com")
+	route := func(name, svc, sections string) string {
+		return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: %s, namespace: shop}
+spec:
+  parentRefs: %s
+  rules: [{backendRefs: [{name: %s, port: 80}]}]
+`, name, sections, svc)
+	}
+	service := func(name, ip string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: shop}
+spec: {clusterIP: %s, selector: {app: %s}, ports: [{name: http, port: 80}]}
+`, name, ip, name)
+	}
+	snap, rej := mustBuild(t, inputs(t, ns("shop", ""), secA, secB, service("a", "10.96.0.61"), service("b", "10.96.0.62"),
+		pod("shop", "a-1", "10.0.0.61", "n1", "app=a"), pod("shop", "b-1", "10.0.0.62", "n1", "app=b"),
+		`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: meshlet
+  listeners:
+  - {name: http-a, port: 80, protocol: HTTP, hostname: a.example.com}
+  - {name: http-b, port: 80, protocol: HTTP, hostname: b.example.com}
+  - {name: https-a, port: 443, protocol: HTTPS, hostname: a.example.com, tls: {certificateRefs: [{name: a-cert}]}}
+  - {name: https-b, port: 443, protocol: HTTPS, hostname: b.example.com, tls: {mode: Terminate, certificateRefs: [{name: b-cert}]}}
+  - {name: passthrough, port: 8443, protocol: HTTPS, tls: {mode: Passthrough}}
+`,
+		route("a", "a", "[{name: edge, sectionName: http-a}, {name: edge, sectionName: https-a}]"),
+		route("b", "b", "[{name: edge, sectionName: http-b}, {name: edge, sectionName: https-b}]"),
+	))
+	if len(rej) != 1 || !hasRejection(rej, `listener "passthrough": protocol HTTPS with tls.mode Passthrough`, true) {
+		t.Errorf("rejections = %v; want the passthrough listener's only", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "shop", Name: "edge"})
+	if !ok {
+		t.Fatal("no L7 config for shop/edge")
+	}
+	hosts := func(l model.L7Listener) map[string]string {
+		out := map[string]string{}
+		for _, vh := range l.VirtualHosts {
+			for _, r := range vh.Routes {
+				out[strings.Join(vh.Domains, ",")] = r.Destinations[0].Cluster
+			}
+		}
+		return out
+	}
+	want := map[string]string{"a.example.com": "outbound|80||a.shop.svc.cluster.local", "b.example.com": "outbound|80||b.shop.svc.cluster.local"}
+	if len(cfg.Listeners) != 2 {
+		t.Fatalf("listeners %+v; want one on 80 and one on 443", cfg.Listeners)
+	}
+	plain, secure := cfg.Listeners[0], cfg.Listeners[1]
+	if plain.Port != 80 || plain.TLS != nil || !cmp.Equal(hosts(plain), want) {
+		t.Errorf("port 80: port %d, TLS %v, hosts %v; want plaintext with %v", plain.Port, plain.TLS, hosts(plain), want)
+	}
+	if secure.Port != 443 || !cmp.Equal(hosts(secure), want) {
+		t.Errorf("port 443: port %d, hosts %v; want %v", secure.Port, hosts(secure), want)
+	}
+	if secure.TLS == nil || secure.TLS.CertPEM != certA || !slices.Equal(secure.TLS.SNIHosts, []string{"a.example.com"}) ||
+		len(secure.SNI) != 1 || secure.SNI[0].CertPEM != certB || !slices.Equal(secure.SNI[0].SNIHosts, []string{"b.example.com"}) {
+		t.Errorf("port 443 TLS %v, SNI %v; want a.example.com's certificate by default and b.example.com's by SNI", secure.TLS, secure.SNI)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("config does not validate: %v", err)
 	}
 }

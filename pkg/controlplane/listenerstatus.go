@@ -74,8 +74,8 @@ func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
 			continue // another class, or an invalid Gateway (its events say why)
 		}
 		st := ObjectStatus{Kind: KindGateway, Namespace: gw.Namespace, Name: gw.Name, Generation: gw.Generation}
-		for _, l := range gw.Spec.Listeners {
-			st.Listeners = append(st.Listeners, bd.oneListener(gw, l, waypoint, routes))
+		for i := range gw.Spec.Listeners {
+			st.Listeners = append(st.Listeners, bd.oneListener(gw, i, waypoint, routes))
 		}
 		out = append(out, st)
 	}
@@ -87,34 +87,56 @@ func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
 // spelling Gateway API asks of implementation-specific protocols.
 var hboneProtocols = []gatewayv1.ProtocolType{"HBONE", "istio.io/HBONE"}
 
-// oneListener computes the status of listener l of gw.
-func (bd *build) oneListener(gw *gatewayv1.Gateway, l gatewayv1.Listener, waypoint bool, routes []ObjectStatus) gatewayv1.ListenerStatus {
+// oneListener computes the status of listener i of gw.
+func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes []ObjectStatus) gatewayv1.ListenerStatus {
+	l := gw.Spec.Listeners[i]
 	gen := gw.Generation
 	kinds, invalidKinds := listenerKinds(l)
-	served := l.Protocol == gatewayv1.HTTPProtocolType
-	unsupported := fmt.Sprintf("protocol %s: meshlet's ingress serves HTTP listeners only yet (for HTTPS, use an Istio Gateway server with tls.credentialName)", l.Protocol)
+	var reason gatewayv1.ListenerConditionReason
+	var unsupported string
 	if waypoint {
-		served = slices.Contains(hboneProtocols, l.Protocol)
-		unsupported = fmt.Sprintf("protocol %s: a waypoint serves one listener, protocol HBONE port 15008; routes reach it through the Services bound to it", l.Protocol)
+		if !slices.Contains(hboneProtocols, l.Protocol) {
+			reason = gatewayv1.ListenerReasonUnsupportedProtocol
+			unsupported = fmt.Sprintf("protocol %s: a waypoint serves one listener, protocol HBONE port 15008; routes reach it through the Services bound to it", l.Protocol)
+		}
+	} else {
+		reason, unsupported = bd.unservedListener(gw, i)
 	}
+	served := reason == ""
 	accepted := condition(string(gatewayv1.ListenerConditionAccepted), true, string(gatewayv1.ListenerReasonAccepted), "listener accepted", gen)
 	programmed := condition(string(gatewayv1.ListenerConditionProgrammed), true, string(gatewayv1.ListenerReasonProgrammed), "configuration pushed to the gateway's proxies", gen)
-	if !served {
-		accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonUnsupportedProtocol), unsupported, gen)
+	var conflicted *metav1.Condition
+	switch reason {
+	case "":
+	case gatewayv1.ListenerReasonProtocolConflict:
+		c := condition(string(gatewayv1.ListenerConditionConflicted), true, string(reason), unsupported, gen)
+		conflicted = &c
+		programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Conflicted", gen)
+	default:
+		accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(reason), unsupported, gen)
 		programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Accepted", gen)
 	}
 	resolved := condition(string(gatewayv1.ListenerConditionResolvedRefs), true, string(gatewayv1.ListenerReasonResolvedRefs), "all references resolved", gen)
 	if reason, msg := bd.certificateRefsFault(gw, l); reason != "" {
 		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(reason), msg, gen)
+		if served {
+			// An HTTPS listener without its certificate is not served.
+			served = false
+			programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see ResolvedRefs", gen)
+		}
 	} else if len(invalidKinds) > 0 {
 		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(gatewayv1.ListenerReasonInvalidRouteKinds),
 			fmt.Sprintf("allowedRoutes.kinds %s: meshlet attaches HTTPRoute and GRPCRoute (group %s) only", strings.Join(invalidKinds, ", "), gatewayv1.GroupName), gen)
+	}
+	conds := []metav1.Condition{accepted, programmed, resolved}
+	if conflicted != nil {
+		conds = append(conds, *conflicted)
 	}
 	return gatewayv1.ListenerStatus{
 		Name:           l.Name,
 		SupportedKinds: kinds,
 		AttachedRoutes: bd.attachedRoutes(gw, l, served, kinds, routes),
-		Conditions:     []metav1.Condition{accepted, programmed, resolved},
+		Conditions:     conds,
 	}
 }
 
@@ -149,8 +171,14 @@ func listenerKinds(l gatewayv1.Listener) (kinds []gatewayv1.RouteGroupKind, inva
 // Secret of another type is as good as missing); reason is "" when all
 // resolve.
 func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listener) (gatewayv1.ListenerConditionReason, string) {
-	if l.Protocol != gatewayv1.HTTPSProtocolType || l.TLS == nil {
+	if l.Protocol != gatewayv1.HTTPSProtocolType {
 		return "", ""
+	}
+	if l.TLS == nil || len(l.TLS.CertificateRefs) == 0 {
+		if l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough {
+			return "", "" // no certificate to refer to (and not served: see Accepted)
+		}
+		return gatewayv1.ListenerReasonInvalidCertificateRef, "protocol HTTPS needs tls.certificateRefs naming a kubernetes.io/tls Secret of the Gateway's namespace"
 	}
 	var reason gatewayv1.ListenerConditionReason
 	var msgs []string
@@ -172,6 +200,10 @@ func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listene
 			fault(gatewayv1.ListenerReasonRefNotPermitted, "certificateRefs[%d] Secret %s/%s: meshlet reads certificates from the Gateway's namespace only; put the Secret in %s", i, ns, ref.Name, gw.Namespace)
 		case bd.in.tlsSecrets[ns+"/"+string(ref.Name)] == nil:
 			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d]: no Secret of type kubernetes.io/tls named %s in namespace %s: create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>", i, ref.Name, ns, ref.Name, ns)
+		case i == 0: // the one served
+			if err := bd.credentialCheck(bd.in.tlsSecrets[ns+"/"+string(ref.Name)]).keyPair(); err != nil {
+				fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d] Secret %s/%s: tls.crt and tls.key do not form a usable key pair: %v", i, ns, ref.Name, err)
+			}
 		}
 	}
 	return reason, strings.Join(msgs, "; ")

@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"encoding/base64"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -8,6 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // TestListenerStatus: what `kubectl get gateway -o yaml` shows in
@@ -34,13 +38,14 @@ spec:
 ---
 `
 	}
-	const cert = `apiVersion: v1
+	crt, key := testutil.SelfSignedPEM(t, "bookinfo.example.com")
+	cert := fmt.Sprintf(`apiVersion: v1
 kind: Secret
 metadata: {name: bookinfo-cert, namespace: bookinfo}
 type: kubernetes.io/tls
-data: {tls.crt: "", tls.key: ""}
+data: {tls.crt: %s, tls.key: %s}
 ---
-`
+`, base64.StdEncoding.EncodeToString(crt), base64.StdEncoding.EncodeToString(key))
 	group := gatewayv1.Group(gatewayv1.GroupName)
 	httpKinds := []gatewayv1.RouteGroupKind{{Group: &group, Kind: "HTTPRoute"}, {Group: &group, Kind: "GRPCRoute"}}
 	listener := func(name string, kinds []gatewayv1.RouteGroupKind, attached int32, conds ...metav1.Condition) gatewayv1.ListenerStatus {
@@ -48,9 +53,7 @@ data: {tls.crt: "", tls.key: ""}
 	}
 	c := func(typ string, ok bool, reason string) metav1.Condition { return condition(typ, ok, reason, "", 4) }
 	served := []metav1.Condition{c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", true, "ResolvedRefs")}
-	httpsNotServed := func(refsOK bool, refsReason string) []metav1.Condition {
-		return []metav1.Condition{c("Accepted", false, "UnsupportedProtocol"), c("Programmed", false, "Invalid"), c("ResolvedRefs", refsOK, refsReason)}
-	}
+	unresolved := []metav1.Condition{c("Accepted", true, "Accepted"), c("Programmed", false, "Invalid"), c("ResolvedRefs", false, "InvalidCertificateRef")}
 	tests := []struct {
 		name     string
 		gateway  string // namespace/name
@@ -73,7 +76,7 @@ data: {tls.crt: "", tls.key: ""}
 				route("bookinfo", "by-section", `[{name: ingress, sectionName: http}, {name: ingress, port: 80}]`) + // once
 				route("bookinfo", "by-port", `[{name: ingress, port: 8080}]`) +
 				route("other", "cross-ns", `[{name: ingress, namespace: bookinfo}]`) + // admitted by admin only
-				route("bookinfo", "on-https", `[{name: ingress, sectionName: https}]`) + // not accepted: not counted
+				route("bookinfo", "on-https", `[{name: ingress, sectionName: https}]`) +
 				// grpc-only takes GRPCRoutes: no HTTPRoute counts there, the one below does
 				`apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -93,7 +96,7 @@ spec:
 			want: []gatewayv1.ListenerStatus{
 				listener("http", httpKinds, 2, served...),
 				listener("admin", httpKinds, 3, served...),
-				listener("https", httpKinds, 0, httpsNotServed(true, "ResolvedRefs")...),
+				listener("https", httpKinds, 2, served...), // whole and on-https
 				listener("grpc-only", httpKinds[1:], 1, c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", false, "InvalidRouteKinds")),
 			},
 		},
@@ -103,8 +106,44 @@ spec:
 			want: []gatewayv1.ListenerStatus{
 				listener("http", httpKinds, 0, served...),
 				listener("admin", httpKinds, 0, served...),
-				listener("https", httpKinds, 0, httpsNotServed(false, "InvalidCertificateRef")...),
+				listener("https", httpKinds, 0, unresolved...),
 				listener("grpc-only", httpKinds[1:], 0, c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", false, "InvalidRouteKinds")),
+			},
+		},
+		{
+			name:    "HTTPS listener whose Secret holds no usable key pair",
+			gateway: "bookinfo/ingress",
+			extra: `apiVersion: v1
+kind: Secret
+metadata: {name: bookinfo-cert, namespace: bookinfo}
+type: kubernetes.io/tls
+data: {tls.crt: "", tls.key: ""}
+`,
+			want: []gatewayv1.ListenerStatus{
+				listener("http", httpKinds, 0, served...),
+				listener("admin", httpKinds, 0, served...),
+				listener("https", httpKinds, 0, unresolved...),
+				listener("grpc-only", httpKinds[1:], 0, c("Accepted", true, "Accepted"), c("Programmed", true, "Programmed"), c("ResolvedRefs", false, "InvalidRouteKinds")),
+			},
+		},
+		{
+			name:    "an HTTP and an HTTPS listener on one port: the later conflicts",
+			gateway: "bookinfo/mixed",
+			extra: cert + `apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: mixed, namespace: bookinfo, generation: 4}
+spec:
+  gatewayClassName: meshlet
+  listeners:
+  - {name: plain, port: 8443, protocol: HTTP}
+  - {name: secure, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: bookinfo-cert}]}}
+  - {name: tcp, port: 9000, protocol: TCP}
+`,
+			want: []gatewayv1.ListenerStatus{
+				listener("plain", httpKinds, 0, served...),
+				listener("secure", httpKinds, 0, c("Accepted", true, "Accepted"), c("Programmed", false, "Invalid"), c("ResolvedRefs", true, "ResolvedRefs"),
+					c("Conflicted", true, "ProtocolConflict")),
+				listener("tcp", nil, 0, c("Accepted", false, "UnsupportedProtocol"), c("Programmed", false, "Invalid"), c("ResolvedRefs", true, "ResolvedRefs")),
 			},
 		},
 		{name: "Gateway of another class: not meshd's", gateway: "bookinfo/envoy", extra: `apiVersion: gateway.networking.k8s.io/v1
@@ -152,7 +191,8 @@ spec:
 `)...))
 	l := statusOf(t, b, KindGateway, "bookinfo", "ingress").Listeners[0]
 	want := map[string]string{
-		"Accepted":     "protocol HTTPS: meshlet's ingress serves HTTP listeners only yet (for HTTPS, use an Istio Gateway server with tls.credentialName)",
+		"Accepted":     "listener accepted",
+		"Programmed":   "not served: see ResolvedRefs",
 		"ResolvedRefs": "certificateRefs[0]: no Secret of type kubernetes.io/tls named missing in namespace bookinfo: create it with kubectl create secret tls missing -n bookinfo --cert=<file> --key=<file>; certificateRefs[1] Secret other/far: meshlet reads certificates from the Gateway's namespace only; put the Secret in bookinfo",
 	}
 	for _, c := range l.Conditions {

@@ -41,35 +41,60 @@ spec:
 // mesh — a pod in a plain namespace through the gateway's Service, and the
 // machine itself through a node port — while other paths get 404. The
 // listener is on port 80: the gateway runs as a non-root user with no
-// capability, and binds it through the pod's unprivileged-port sysctl.
+// capability, and binds it through the pod's unprivileged-port sysctl. A
+// second HTTP listener on port 80 with its own hostname serves its own
+// route for that host, and an HTTPS listener on 443 terminates TLS with the
+// certificate of its kubernetes.io/tls Secret, verified by the client.
 func TestIngressGatewayAPI(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+edgeGateway+`---
+	const secureHost = "secure.example.com"
+	certPEM, keyPEM, roots := servingCert(t, secureHost)
+	if _, err := lb.Clientset().CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "secure-cert"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+edgeGateway+`  - {name: http-other, port: 80, protocol: HTTP, hostname: other.example.com}
+  - {name: https, port: 443, protocol: HTTPS, hostname: `+secureHost+`, tls: {certificateRefs: [{name: secure-cert}]}}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo-api}
 spec:
-  parentRefs: [{name: edge}]
+  parentRefs: [{name: edge, sectionName: http}, {name: edge, sectionName: https}]
   rules:
   - matches: [{path: {type: PathPrefix, value: /api/v1/echo}}]
+    backendRefs: [{name: echo, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-other}
+spec:
+  parentRefs: [{name: edge, sectionName: http-other}]
+  rules:
+  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-listener, value: http-other}]}}]
     backendRefs: [{name: echo, port: 8080}]
 `)
 	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
 	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=edge", 1, 3*time.Minute)
 	var svcIP string
-	var nodePort int32
+	var nodePort, tlsNodePort int32
 	lab.WaitFor(t, time.Minute, "the gateway's Service", func() (bool, error) {
 		svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "edge", metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
 		for _, p := range svc.Spec.Ports {
-			if p.Port == 80 {
+			switch p.Port {
+			case 80:
 				svcIP, nodePort = svc.Spec.ClusterIP, p.NodePort
+			case 443:
+				tlsNodePort = p.NodePort
 			}
 		}
-		return svcIP != "" && nodePort != 0, fmt.Errorf("no port 80 with a node port yet")
+		return svcIP != "" && nodePort != 0 && tlsNodePort != 0, fmt.Errorf("no ports 80 and 443 with node ports yet")
 	})
 	plain := lb.NewNamespace(t)
 	outsider := clientPod(t, lb, plain, "outsider", "outsider")
@@ -91,6 +116,31 @@ spec:
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return resp.StatusCode == 200 && strings.Contains(string(b), ns), fmt.Errorf("%s: %.200s", resp.Status, b)
+	})
+	// The second listener of port 80: its host gets its route (the
+	// header its filter sets, seen by the app), the first's hosts do not.
+	if code, body, _, err := fetch(client, url, "other.example.com"); err != nil || code != 200 || !strings.Contains(strings.ToLower(body), "x-listener") {
+		t.Errorf("Host other.example.com on port 80: %d %.300s (%v); want its listener's route (x-listener set)", code, body, err)
+	}
+	if _, body, _, _ := fetch(client, url, ""); strings.Contains(strings.ToLower(body), "x-listener") {
+		t.Errorf("a Host without a listener of its own got the other listener's route: %.300s", body)
+	}
+	// HTTPS on 443: the Secret's certificate, verified; one not trusted fails.
+	tlsURL := fmt.Sprintf("https://%s:%d/api/v1/echo", lab.NodeIP(2), tlsNodePort)
+	tlsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: secureHost}}}
+	lab.WaitFor(t, 30*time.Second, "HTTPS through the node port "+tlsURL, func() (bool, error) {
+		code, body, _, err := fetch(tlsClient, tlsURL, secureHost)
+		return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	untrusted := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: x509.NewCertPool(), ServerName: secureHost}}}
+	if _, _, _, err := fetch(untrusted, tlsURL, secureHost); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
+	}
+	// The listeners' status says they are served.
+	lab.WaitFor(t, 30*time.Second, "every listener Programmed", func() (bool, error) {
+		out, err := lb.Kubectl("-n", ns, "get", "gateway", "edge", "-o",
+			`jsonpath={range .status.listeners[*]}{.name}={.conditions[?(@.type=="Programmed")].status} {end}`)
+		return err == nil && out == "http=True http-other=True https=True ", fmt.Errorf("listeners %q (%v)", out, err)
 	})
 }
 
