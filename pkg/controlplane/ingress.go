@@ -161,7 +161,8 @@ func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.Liste
 }
 
 // listenerTLS is an HTTPS listener's certificate: its first certificateRef,
-// a kubernetes.io/tls Secret of the Gateway's namespace, chosen by SNI from
+// a kubernetes.io/tls Secret of the Gateway's namespace (or of another one
+// whose ReferenceGrant lets the Gateway refer to it), chosen by SNI from
 // the listener's hostname (any, without one). Nil, reported, when the
 // reference does not resolve or the Secret's key pair is not usable (the
 // listener's ResolvedRefs says why).
@@ -174,7 +175,11 @@ func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rej
 	if len(l.TLS.CertificateRefs) > 1 {
 		r.warn("listener %q: only the first of %d certificateRefs (%s) is served", l.Name, len(l.TLS.CertificateRefs), ref.Name)
 	}
-	sec := bd.in.tlsSecrets[gw.Namespace+"/"+string(ref.Name)] // its key pair checked with the ref
+	ns := gw.Namespace
+	if ref.Namespace != nil && *ref.Namespace != "" {
+		ns = string(*ref.Namespace) // granted: checked with the ref, as its key pair
+	}
+	sec := bd.in.tlsSecrets[ns+"/"+string(ref.Name)]
 	host := "*"
 	if l.Hostname != nil && *l.Hostname != "" {
 		host = string(*l.Hostname)

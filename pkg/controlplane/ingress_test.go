@@ -567,17 +567,26 @@ spec:
 // listeners on 443 terminate TLS with their Secrets' certificates chosen by
 // SNI; the routes attached to both reach the HTTPS port's hosts.
 func TestIngressGatewayHTTPS(t *testing.T) {
-	secret := func(name, host string) (string, string) {
+	secret := func(ns, name, host string) (string, string) {
 		cert, key := testutil.SelfSignedPEM(t, host)
 		return fmt.Sprintf(`apiVersion: v1
 kind: Secret
-metadata: {name: %s, namespace: shop}
+metadata: {name: %s, namespace: %s}
 type: kubernetes.io/tls
 data: {tls.crt: %s, tls.key: %s}
-`, name, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key)), string(cert)
+`, name, ns, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key)), string(cert)
 	}
-	secA, certA := secret("a-cert", "a.example.com")
-	secB, certB := secret("b-cert", "b.example.com")
+	secA, certA := secret("shop", "a-cert", "a.example.com")
+	secB, certB := secret("shop", "b-cert", "b.example.com")
+	secC, certC := secret("certs", "c-cert", "c.example.com") // another namespace's, granted
+	secD, _ := secret("certs", "d-cert", "d.example.com")     // not granted
+	grant := `apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: gateways-of-shop, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: shop}]
+  to: [{group: "", kind: Secret, name: c-cert}]
+`
 	route := func(name, svc, sections string) string {
 		return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -594,7 +603,7 @@ metadata: {name: %s, namespace: shop}
 spec: {clusterIP: %s, selector: {app: %s}, ports: [{name: http, port: 80}]}
 `, name, ip, name)
 	}
-	snap, rej := mustBuild(t, inputs(t, ns("shop", ""), secA, secB, service("a", "10.96.0.61"), service("b", "10.96.0.62"),
+	snap, rej := mustBuild(t, inputs(t, ns("shop", ""), ns("certs", ""), secA, secB, secC, secD, grant, service("a", "10.96.0.61"), service("b", "10.96.0.62"),
 		pod("shop", "a-1", "10.0.0.61", "n1", "app=a"), pod("shop", "b-1", "10.0.0.62", "n1", "app=b"),
 		`apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -607,12 +616,15 @@ spec:
   - {name: https-a, port: 443, protocol: HTTPS, hostname: a.example.com, tls: {certificateRefs: [{name: a-cert}]}}
   - {name: https-b, port: 443, protocol: HTTPS, hostname: b.example.com, tls: {mode: Terminate, certificateRefs: [{name: b-cert}]}}
   - {name: passthrough, port: 8443, protocol: HTTPS, tls: {mode: Passthrough}}
+  - {name: https-c, port: 9443, protocol: HTTPS, tls: {certificateRefs: [{name: c-cert, namespace: certs}]}}
+  - {name: https-d, port: 10443, protocol: HTTPS, tls: {certificateRefs: [{name: d-cert, namespace: certs}]}}
 `,
-		route("a", "a", "[{name: edge, sectionName: http-a}, {name: edge, sectionName: https-a}]"),
+		route("a", "a", "[{name: edge, sectionName: http-a}, {name: edge, sectionName: https-a}, {name: edge, sectionName: https-c}, {name: edge, sectionName: https-d}]"),
 		route("b", "b", "[{name: edge, sectionName: http-b}, {name: edge, sectionName: https-b}]"),
 	))
-	if len(rej) != 1 || !hasRejection(rej, `listener "passthrough": protocol HTTPS with tls.mode Passthrough`, true) {
-		t.Errorf("rejections = %v; want the passthrough listener's only", rej)
+	if len(rej) != 2 || !hasRejection(rej, `listener "passthrough": protocol HTTPS with tls.mode Passthrough`, true) ||
+		!hasRejection(rej, `listener "https-d": certificateRefs[0] Secret certs/d-cert: no ReferenceGrant in certs`, true) {
+		t.Errorf("rejections = %v; want the passthrough listener's and https-d's (no grant) only", rej)
 	}
 	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "shop", Name: "edge"})
 	if !ok {
@@ -628,10 +640,13 @@ spec:
 		return out
 	}
 	want := map[string]string{"a.example.com": "outbound|80||a.shop.svc.cluster.local", "b.example.com": "outbound|80||b.shop.svc.cluster.local"}
-	if len(cfg.Listeners) != 2 {
-		t.Fatalf("listeners %+v; want one on 80 and one on 443", cfg.Listeners)
+	if len(cfg.Listeners) != 3 {
+		t.Fatalf("listeners %+v; want one on 80, 443 and 9443", cfg.Listeners)
 	}
-	plain, secure := cfg.Listeners[0], cfg.Listeners[1]
+	plain, secure, granted := cfg.Listeners[0], cfg.Listeners[1], cfg.Listeners[2]
+	if granted.Port != 9443 || granted.TLS == nil || granted.TLS.CertPEM != certC || !slices.Equal(granted.TLS.SNIHosts, []string{"*"}) {
+		t.Errorf("port 9443: port %d TLS %v; want the granted certs/c-cert for any SNI", granted.Port, granted.TLS)
+	}
 	if plain.Port != 80 || plain.TLS != nil || !cmp.Equal(hosts(plain), want) {
 		t.Errorf("port 80: port %d, TLS %v, hosts %v; want plaintext with %v", plain.Port, plain.TLS, hosts(plain), want)
 	}

@@ -196,8 +196,9 @@ func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listene
 		switch {
 		case (ref.Group != nil && *ref.Group != "") || (ref.Kind != nil && *ref.Kind != "Secret"):
 			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d] %s: meshlet reads certificates from Secrets only (group \"\", kind Secret)", i, ref.Name)
-		case ns != gw.Namespace:
-			fault(gatewayv1.ListenerReasonRefNotPermitted, "certificateRefs[%d] Secret %s/%s: meshlet reads certificates from the Gateway's namespace only; put the Secret in %s", i, ns, ref.Name, gw.Namespace)
+		case ns != gw.Namespace && !bd.granted(KindGateway, gw.Namespace, "Secret", ns, string(ref.Name)):
+			fault(gatewayv1.ListenerReasonRefNotPermitted, "certificateRefs[%d] Secret %s/%s: no ReferenceGrant in %s lets Gateways of %s refer to it: create one (from: group %s, kind Gateway, namespace %s; to: group \"\", kind Secret), or put the Secret in %s",
+				i, ns, ref.Name, ns, gw.Namespace, gatewayv1.GroupName, gw.Namespace, gw.Namespace)
 		case bd.in.tlsSecrets[ns+"/"+string(ref.Name)] == nil:
 			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d]: no Secret of type kubernetes.io/tls named %s in namespace %s: create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>", i, ref.Name, ns, ref.Name, ns)
 		case i == 0: // the one served

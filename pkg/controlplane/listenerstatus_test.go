@@ -193,7 +193,7 @@ spec:
 	want := map[string]string{
 		"Accepted":     "listener accepted",
 		"Programmed":   "not served: see ResolvedRefs",
-		"ResolvedRefs": "certificateRefs[0]: no Secret of type kubernetes.io/tls named missing in namespace bookinfo: create it with kubectl create secret tls missing -n bookinfo --cert=<file> --key=<file>; certificateRefs[1] Secret other/far: meshlet reads certificates from the Gateway's namespace only; put the Secret in bookinfo",
+		"ResolvedRefs": "certificateRefs[0]: no Secret of type kubernetes.io/tls named missing in namespace bookinfo: create it with kubectl create secret tls missing -n bookinfo --cert=<file> --key=<file>; certificateRefs[1] Secret other/far: no ReferenceGrant in other lets Gateways of bookinfo refer to it: create one (from: group gateway.networking.k8s.io, kind Gateway, namespace bookinfo; to: group \"\", kind Secret), or put the Secret in bookinfo",
 	}
 	for _, c := range l.Conditions {
 		if w, ok := want[c.Type]; ok && c.Message != w {

@@ -962,9 +962,15 @@ func (lb *l7Builder) httpRouteTimeouts(rt *gatewayv1.HTTPRoute, i int, t *gatewa
 	return request, backendRequest
 }
 
-// referenceGranted reports whether a ReferenceGrant in toNS lets routes of
-// kind in fromNS refer to the Service name.
+// referenceGranted reports whether a ReferenceGrant in toNS lets objects
+// of kind (Gateway API's group) in fromNS refer to the Service name.
 func (bd *build) referenceGranted(kind, fromNS, toNS, name string) bool {
+	return bd.granted(kind, fromNS, "Service", toNS, name)
+}
+
+// granted reports whether a ReferenceGrant in toNS lets objects of kind
+// (Gateway API's group) in fromNS refer to the core object toKind name.
+func (bd *build) granted(kind, fromNS, toKind, toNS, name string) bool {
 	for _, k := range sortedKeys(bd.in.referenceGrants) {
 		g := bd.in.referenceGrants[k]
 		if g.Namespace != toNS {
@@ -975,7 +981,7 @@ func (bd *build) referenceGranted(kind, fromNS, toNS, name string) bool {
 			from = from || (f.Group == gatewayv1.GroupName && string(f.Kind) == kind && string(f.Namespace) == fromNS)
 		}
 		for _, t := range g.Spec.To {
-			to = to || (t.Group == "" && t.Kind == "Service" && (t.Name == nil || string(*t.Name) == name))
+			to = to || (t.Group == "" && string(t.Kind) == toKind && (t.Name == nil || string(*t.Name) == name))
 		}
 		if from && to {
 			return true
