@@ -45,6 +45,8 @@ type compiled struct {
 	logFilter *logfilter.Filter
 	// extAuthz are the external authorizers CUSTOM policies name.
 	extAuthz map[string]*extAuthz
+	// passthrough are the listeners' TLS passthrough routes, by port.
+	passthrough map[uint32][]model.PassthroughRoute
 	// exportSpan receives sampled spans: the config tracer's exporter,
 	// else Options.ExportSpan; nil exports none.
 	exportSpan func(Span)
@@ -200,6 +202,12 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 	}
 	for i := range cfg.L7.Listeners {
 		ls := &cfg.L7.Listeners[i]
+		if len(ls.Passthrough) > 0 {
+			if c.passthrough == nil {
+				c.passthrough = map[uint32][]model.PassthroughRoute{}
+			}
+			c.passthrough[ls.Port] = ls.Passthrough
+		}
 		l := &listener{name: ls.Name, port: ls.Port}
 		for j := range ls.VirtualHosts {
 			vs := &ls.VirtualHosts[j]

@@ -203,14 +203,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 	if up == nil {
 		return
 	}
-	peer := Peer{}
-	if p.opts.ConnPeer != nil {
-		peer = p.opts.ConnPeer(c)
-	}
-	if !peer.IP.IsValid() {
-		peer.IP = RemoteIP(c)
-	}
-	peer.defaultDestination(c.LocalAddr())
+	peer := p.connPeer(c)
 	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
 		d := policy.EvaluateL4(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
@@ -221,6 +214,26 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+	p.relay(ctx, c, nil, up, peer)
+}
+
+// connPeer describes the client of a connection forwarded whole.
+func (p *Proxy) connPeer(c net.Conn) Peer {
+	peer := Peer{}
+	if p.opts.ConnPeer != nil {
+		peer = p.opts.ConnPeer(c)
+	}
+	if !peer.IP.IsValid() {
+		peer.IP = RemoteIP(c)
+	}
+	peer.defaultDestination(c.LocalAddr())
+	return peer
+}
+
+// relay connects c to an endpoint of up and copies both ways until either
+// side ends, head (bytes already read from c) first; Istio's TCP metrics
+// count the connection.
+func (p *Proxy) relay(ctx context.Context, c net.Conn, head []byte, up *upstream, peer Peer) {
 	labels := p.metrics.tcpLabelValues(peer, destFor(up), flagNone)
 	ep, err := up.pick(nil, peer, nil, "")
 	if err != nil {
@@ -240,6 +253,12 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer back.Close()
+	if len(head) > 0 {
+		if _, err := back.Write(head); err != nil {
+			p.logf("waypoint: tcp to %s: %v", ep.addr, err)
+			return
+		}
+	}
 	if p.metrics.registered {
 		p.metrics.tcpOpened.WithLabelValues(labels...).Inc()
 		defer p.metrics.tcpClosed.WithLabelValues(labels...).Inc()
@@ -249,7 +268,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 	client := &countingConn{ReadWriteCloser: c}
 	pipe(client, back)
 	if p.metrics.registered {
-		p.metrics.tcpRecv.WithLabelValues(labels...).Add(float64(client.read.Load()))
+		p.metrics.tcpRecv.WithLabelValues(labels...).Add(float64(client.read.Load() + int64(len(head))))
 		p.metrics.tcpSent.WithLabelValues(labels...).Add(float64(client.written.Load()))
 	}
 }

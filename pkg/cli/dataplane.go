@@ -482,10 +482,14 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 		section("LISTENERS")
 		fmt.Fprintln(tw, "NAME\tPORT\tTLS\tVIRTUAL HOSTS")
 		for _, l := range d.L7.Listeners {
-			tls := "-"
+			var modes []string
 			if l.TLS != nil || len(l.SNI) > 0 {
-				tls = "terminated"
+				modes = append(modes, "terminated")
 			}
+			if len(l.Passthrough) > 0 {
+				modes = append(modes, "passthrough")
+			}
+			tls := dash(strings.Join(modes, "+"))
 			hosts := make([]string, len(l.VirtualHosts))
 			for i, vh := range l.VirtualHosts {
 				hosts[i] = vh.Name
@@ -502,6 +506,11 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2),
 						dash(r.Name), describeMatches(r.Matches), describeAction(&r))
 				}
+			}
+			for _, r := range l.Passthrough {
+				rt := model.L7Route{Destinations: r.Destinations}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, "(tls passthrough)", shortList(r.SNIHosts, 2),
+					r.Name, "sni "+strings.Join(r.SNIHosts, ","), describeAction(&rt))
 			}
 		}
 	}

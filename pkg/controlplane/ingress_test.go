@@ -196,6 +196,60 @@ spec:
 			t.Errorf("unexpected waypoints: %v", snap.Waypoints())
 		}
 	})
+	// A PASSTHROUGH server on the HTTPS server's port: connections whose
+	// SNI a VirtualService's tls route names go to its destination
+	// untouched; the rest are terminated as before.
+	t.Run("TLS passthrough beside HTTPS", func(t *testing.T) {
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend, `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: nginx-gateway, namespace: booking}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls-nginx, protocol: TLS}
+    hosts: [nginx.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: booking}
+spec:
+  hosts: [nginx.example.com]
+  gateways: [nginx-gateway]
+  tls:
+  - match: [{port: 443, sniHosts: [nginx.example.com]}]
+    route: [{destination: {host: my-nginx, port: {number: 443}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: my-nginx, namespace: booking}
+spec:
+  clusterIP: 10.96.0.41
+  selector: {app: my-nginx}
+  ports: [{name: https, port: 443}]
+`))
+		if hasRejection(rej, "gateway", true) {
+			t.Errorf("rejections = %v; want none for the Gateways", rej)
+		}
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok {
+			t.Fatalf("no L7 config for %s", gwKey)
+		}
+		var https *model.L7Listener
+		for i := range cfg.Listeners {
+			if cfg.Listeners[i].Port == 8443 {
+				https = &cfg.Listeners[i]
+			}
+		}
+		want := []model.PassthroughRoute{{Name: "nginx.booking.tls.0", SNIHosts: []string{"nginx.example.com"},
+			Destinations: []model.WeightedDestination{{Cluster: "outbound|443||my-nginx.booking.svc.cluster.local", Weight: 100}}}}
+		if https == nil || https.TLS == nil || len(https.VirtualHosts) != 1 {
+			t.Fatalf("listeners %+v; want 8443 terminating booking's certificate with its virtual host", cfg.Listeners)
+		}
+		if d := cmp.Diff(want, https.Passthrough); d != "" {
+			t.Errorf("passthrough routes (-want +got):\n%s", d)
+		}
+	})
 	// AuthorizationPolicies that select the gateway's pods (by selector,
 	// namespace-wide, mesh-wide) apply to it, as Istio applies them to a
 	// gateway's Envoy; one selecting other pods does not.

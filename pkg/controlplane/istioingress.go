@@ -29,8 +29,13 @@ import (
 // MUTUAL). A VirtualService naming the Gateway in spec.gateways ("name" in
 // its own namespace, or "namespace/name") supplies one virtual host per
 // server with its hosts limited to the server's. A server with
-// tls.httpsRedirect answers every request with a 301 to https. Anything
-// else (PASSTHROUGH, TCP, certificates by file) is reported and skipped. A
+// tls.httpsRedirect answers every request with a 301 to https. A server
+// with protocol TLS (or HTTPS) and tls.mode PASSTHROUGH forwards whole TLS
+// connections by their server name to the destinations of the bound
+// VirtualServices' tls routes (sniHosts); it may share a port with HTTPS
+// servers, SNI deciding whether a connection is terminated or passed
+// through. Anything else (TCP, AUTO_PASSTHROUGH, ISTIO_MUTUAL, certificates
+// by file) is reported and skipped. A
 // deployment that is also a Gateway API gateway keeps that configuration.
 func (bd *build) buildIstioIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	if len(bd.validIstioGws) == 0 {
@@ -84,6 +89,40 @@ type ingressServer struct {
 	port     uint32 // the server (Service) port VirtualServices match on
 	hosts    []string
 	redirect bool // tls.httpsRedirect
+	pass     bool // tls.mode PASSTHROUGH: VirtualServices' tls routes
+}
+
+// passthroughRoutes are the tls routes of vs for a PASSTHROUGH server:
+// each route whose matches (for the server's port, or any) name server
+// names among the server's hosts, with its destinations by weight.
+func (lb *l7Builder) passthroughRoutes(vs config[networkingapi.VirtualService], srv ingressServer) []model.PassthroughRoute {
+	var out []model.PassthroughRoute
+	for i, tr := range vs.spec.GetTls() {
+		var snis []string
+		for _, m := range tr.GetMatch() {
+			if m.GetPort() != 0 && m.GetPort() != srv.port {
+				continue
+			}
+			for _, h := range hostIntersection(m.GetSniHosts(), srv.hosts) {
+				if !slices.Contains(snis, h) {
+					snis = append(snis, h)
+				}
+			}
+		}
+		if len(snis) == 0 || len(tr.GetRoute()) == 0 {
+			continue
+		}
+		r := model.PassthroughRoute{Name: fmt.Sprintf("%s.%s.tls.%d", vs.meta.Name, vs.meta.Namespace, i), SNIHosts: snis}
+		for _, d := range tr.GetRoute() {
+			r.Destinations = append(r.Destinations, model.WeightedDestination{
+				Cluster: lb.cluster(lb.bd.resolveHost(d.GetDestination().GetHost(), vs.meta.Namespace), destPort(d.GetDestination(), srv.port)),
+				Subset:  d.GetDestination().GetSubset(),
+				Weight:  weight(d.GetWeight(), len(tr.GetRoute())),
+			})
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // addSNI adds a server's TLS settings to a TLS listener of the same port:
@@ -114,6 +153,7 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 	targets := bd.gatewayTargetPorts(key.Namespace, podLabels)
 	lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}, ingress: true}
 	listeners := map[uint32]*model.L7Listener{}
+	secureOn := map[uint32]bool{} // the port serves TLS (terminated or passed through)
 	servers := map[uint32][]ingressServer{}
 	for _, gw := range gws {
 		gwKey := model.NamespacedName{Namespace: gw.meta.Namespace, Name: gw.meta.Name}
@@ -125,19 +165,22 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				listenPort = t
 			}
 			var tlsCfg *model.ListenerTLS
-			switch proto := strings.ToUpper(s.GetPort().GetProtocol()); proto {
-			case "HTTP", "HTTP2", "GRPC":
-			case "HTTPS":
+			pass := false
+			switch proto := strings.ToUpper(s.GetPort().GetProtocol()); {
+			case (proto == "TLS" || proto == "HTTPS") && s.GetTls().GetMode() == networkingapi.ServerTLSSettings_PASSTHROUGH:
+				pass = true
+			case proto == "HTTP", proto == "HTTP2", proto == "GRPC":
+			case proto == "HTTPS":
 				var err error
 				if tlsCfg, err = bd.ingressTLS(key.Namespace, s); err != nil {
 					r.warn("servers[%d] (port %d): %v; server skipped", i, p, err)
 					continue
 				}
 			default:
-				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress (HTTP, HTTP2, GRPC and HTTPS are); skipped", i, s.GetPort().GetProtocol())
+				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress (HTTP, HTTP2, GRPC, HTTPS, and TLS or HTTPS with tls.mode PASSTHROUGH are); skipped", i, s.GetPort().GetProtocol())
 				continue
 			}
-			srv := ingressServer{gw: gwKey, port: p, redirect: s.GetTls().GetHttpsRedirect() && tlsCfg == nil}
+			srv := ingressServer{gw: gwKey, port: p, redirect: s.GetTls().GetHttpsRedirect() && tlsCfg == nil && !pass, pass: pass}
 			for _, h := range s.GetHosts() {
 				// "namespace/host" limits which namespaces' VirtualServices may
 				// bind; meshlet keeps the host part.
@@ -146,20 +189,25 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				}
 				srv.hosts = append(srv.hosts, h)
 			}
+			// A port serves plaintext HTTP, or TLS: terminated, passed
+			// through, or both, told apart by SNI.
+			secure := tlsCfg != nil || pass
 			l := listeners[listenPort]
 			switch {
 			case l == nil:
-				l = &model.L7Listener{Name: s.GetPort().GetName(), Port: listenPort, TLS: tlsCfg}
+				l = &model.L7Listener{Name: s.GetPort().GetName(), Port: listenPort}
 				if l.Name == "" {
 					l.Name = "port-" + strconv.FormatUint(uint64(p), 10)
 				}
-				if tlsCfg != nil {
-					tlsCfg.SNIHosts = slices.Clone(srv.hosts)
-				}
-				listeners[listenPort] = l
-			case (l.TLS == nil) != (tlsCfg == nil):
-				r.warn("servers[%d]: port %d already serves another server in %s; skipped", i, p, map[bool]string{true: "plaintext", false: "TLS"}[l.TLS == nil])
+				listeners[listenPort], secureOn[listenPort] = l, secure
+			case secureOn[listenPort] != secure:
+				r.warn("servers[%d]: port %d already serves another server in %s; skipped", i, p, map[bool]string{true: "TLS", false: "plaintext"}[secureOn[listenPort]])
 				continue
+			}
+			switch {
+			case tlsCfg != nil && l.TLS == nil:
+				tlsCfg.SNIHosts = slices.Clone(srv.hosts)
+				l.TLS = tlsCfg
 			case tlsCfg != nil:
 				// Another server's certificate on the same port: chosen by SNI.
 				addSNI(l, tlsCfg, srv.hosts)
@@ -169,6 +217,14 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 	}
 	for port, l := range listeners {
 		for _, srv := range servers[port] {
+			if srv.pass {
+				for _, vs := range bd.validVS {
+					if vsBindsGateway(vs, srv.gw) && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
+						l.Passthrough = append(l.Passthrough, lb.passthroughRoutes(vs, srv)...)
+					}
+				}
+				continue
+			}
 			if srv.redirect {
 				l.VirtualHosts = append(l.VirtualHosts, model.VirtualHost{
 					Name: "https-redirect/" + srv.gw.String(), Domains: srv.hosts,
@@ -208,7 +264,11 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 	}
 	sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
 	for _, p := range ports {
-		if l := listeners[p]; len(l.VirtualHosts) > 0 {
+		l := listeners[p]
+		if len(l.VirtualHosts) == 0 {
+			l.TLS, l.SNI = nil, nil // passthrough only: nothing terminates here
+		}
+		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 {
 			cfg.Listeners = append(cfg.Listeners, *l)
 		}
 	}

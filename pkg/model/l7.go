@@ -101,6 +101,48 @@ type L7Listener struct {
 	// entry's SNIHosts gets that entry, an exact host before a wildcard;
 	// TLS serves every other client. Requires TLS.
 	SNI []ListenerTLS `json:",omitempty"`
+	// Passthrough forwards whole TLS connections, not terminated, by the
+	// server name of their ClientHello (an Istio Gateway server with
+	// tls.mode PASSTHROUGH and a VirtualService's tls routes): the first
+	// route whose SNIHosts match, an exact host before a wildcard. A
+	// connection no route claims is terminated with TLS when the listener
+	// has it, closed otherwise.
+	Passthrough []PassthroughRoute `json:",omitempty"`
+}
+
+// PassthroughRoute sends the TLS connections whose server name matches
+// SNIHosts to its destinations, by weight, as they come (the backend
+// terminates TLS).
+type PassthroughRoute struct {
+	// Name identifies the route in logs (its VirtualService and index).
+	Name string
+	// SNIHosts are exact hosts, "*.suffix" or "*".
+	SNIHosts []string
+	// Destinations are clusters by weight; subsets allowed, no direct
+	// responses or header edits (the stream is not read).
+	Destinations []WeightedDestination
+}
+
+// MatchSNI reports how well host matches the route's SNIHosts: 0 not at
+// all, 1 for "*", 2+len(suffix) for a wildcard, and the most for an exact
+// host, so that the best route wins.
+func (r *PassthroughRoute) MatchSNI(host string) int {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	best := 0
+	for _, h := range r.SNIHosts {
+		h = strings.ToLower(h)
+		switch {
+		case h == "*":
+			best = max(best, 1)
+		case strings.HasPrefix(h, "*."):
+			if strings.HasSuffix(host, h[1:]) {
+				best = max(best, 2+len(h))
+			}
+		case h == host && host != "":
+			return 1 << 20
+		}
+	}
+	return best
 }
 
 // TLS modes of an ingress listener, as Istio's ServerTLSSettings names them.
@@ -801,8 +843,25 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 	if l.Name == "" {
 		return errors.New("listener has no name")
 	}
-	if len(l.VirtualHosts) == 0 {
-		return errors.New("no virtual hosts")
+	if len(l.VirtualHosts) == 0 && len(l.Passthrough) == 0 {
+		return errors.New("no virtual hosts and no passthrough routes")
+	}
+	if len(l.Passthrough) > 0 && len(l.VirtualHosts) > 0 && l.TLS == nil {
+		return errors.New("passthrough routes beside plaintext virtual hosts: a port serves HTTP or TLS")
+	}
+	for i := range l.Passthrough {
+		r := &l.Passthrough[i]
+		if len(r.SNIHosts) == 0 {
+			return fmt.Errorf("passthrough[%d] %q: no SNI hosts: use [\"*\"] to match every server name", i, r.Name)
+		}
+		if len(r.Destinations) == 0 {
+			return fmt.Errorf("passthrough[%d] %q: no destinations", i, r.Name)
+		}
+		for _, d := range r.Destinations {
+			if d.DirectResponse != nil || clusters[d.Cluster] == nil {
+				return fmt.Errorf("passthrough[%d] %q: destination cluster %q is not defined", i, r.Name, d.Cluster)
+			}
+		}
 	}
 	if l.TLS != nil {
 		if err := l.TLS.validate(); err != nil {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,7 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/waypoint"
@@ -20,6 +23,9 @@ import (
 type ingressPort struct {
 	ln  net.Listener // the TCP listener; closing it stops the port
 	tls *atomic.Pointer[portTLS]
+	// pass: the port has TLS passthrough routes; its connections are
+	// read for their server name first (sniListener).
+	pass bool
 }
 
 // portTLS is what a TLS port serves: a certificate per SNI host, and a
@@ -28,6 +34,28 @@ type portTLS struct {
 	def   *tls.Config
 	exact map[string]*tls.Config // lower-case host
 	wild  []sniWildcard          // longest suffix first
+	// anyHost: a certificate was given for "*" (not only the fallback).
+	anyHost bool
+}
+
+// match is how specifically the port's certificates claim server name
+// name, on model.PassthroughRoute.MatchSNI's scale (so that the more
+// specific of a passthrough route and a certificate takes a connection):
+// 0 when only the fallback certificate would serve it.
+func (p *portTLS) match(name string) int {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if _, ok := p.exact[name]; ok && name != "" {
+		return 1 << 20
+	}
+	for _, w := range p.wild {
+		if strings.HasSuffix(name, w.suffix) {
+			return 3 + len(w.suffix) // MatchSNI's 2+len("*"+suffix)
+		}
+	}
+	if p.anyHost {
+		return 1
+	}
+	return 0
 }
 
 type sniWildcard struct {
@@ -78,6 +106,7 @@ func ingressTLSConfigs(l7 *model.L7Config) (map[uint32]*portTLS, error) {
 					if pt.def == nil {
 						pt.def = cfg
 					}
+					pt.anyHost = true
 				case strings.HasPrefix(h, "*."):
 					pt.wild = append(pt.wild, sniWildcard{suffix: h[1:], cfg: cfg})
 				default:
@@ -135,10 +164,11 @@ func serverTLSConfig(t *model.ListenerTLS) (*tls.Config, error) {
 // between plaintext and TLS is reopened. tlsByPort comes from
 // ingressTLSConfigs(l7).
 func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[uint32]*portTLS) error {
-	want := map[uint32]bool{}
+	want, pass := map[uint32]bool{}, map[uint32]bool{}
 	for _, l := range l7.Listeners {
 		if l.Port != 0 && l.Port != HBONEPort {
 			want[l.Port] = true
+			pass[l.Port] = len(l.Passthrough) > 0
 		}
 	}
 	if s.ports == nil {
@@ -146,7 +176,7 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 	}
 	for port, ip := range s.ports {
 		wantTLS := tlsByPort[port] != nil
-		if !want[port] || (ip.tls != nil) != wantTLS {
+		if !want[port] || (ip.tls != nil) != wantTLS || ip.pass != pass[port] {
 			ip.ln.Close()
 			delete(s.ports, port)
 			s.log.Info("closed ingress listener", "port", port)
@@ -167,7 +197,7 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 			}
 			return fmt.Errorf("open ingress listener port %d: %w", port, err)
 		}
-		ip := &ingressPort{ln: ln}
+		ip := &ingressPort{ln: ln, pass: pass[port]}
 		if cfg := tlsByPort[port]; cfg != nil {
 			ip.tls = &atomic.Pointer[portTLS]{}
 			ip.tls.Store(cfg)
@@ -178,7 +208,10 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 		port := uint32(ip.ln.Addr().(*net.TCPAddr).Port)
 		s.ports[port] = ip
 		served := ip.ln
-		if ip.tls != nil {
+		switch {
+		case ip.pass:
+			served = newSNIListener(ip.ln, p, port, ip.tls)
+		case ip.tls != nil:
 			current := ip.tls
 			served = tls.NewListener(ip.ln, &tls.Config{
 				GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -187,7 +220,100 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 			})
 		}
 		s.serveOn(p, served)
-		s.log.Info("serving ingress listener", "port", port, "tls", ip.tls != nil)
+		s.log.Info("serving ingress listener", "port", port, "tls", ip.tls != nil, "passthrough", ip.pass)
 	}
 	return nil
+}
+
+// sniListener serves a port with TLS passthrough routes: each connection's
+// ClientHello is read for its server name; a passthrough route that claims
+// it at least as specifically as the port's certificates gets the whole
+// connection (Proxy.ForwardPassthrough), and any other is terminated with
+// the port's certificate for that name and handed to Accept, for HTTP, or
+// closed when the port has none.
+type sniListener struct {
+	net.Listener
+	proxy *waypoint.Proxy
+	port  uint32
+	tls   *atomic.Pointer[portTLS] // nil: nothing is terminated here
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+// peekTimeout bounds the wait for a connection's ClientHello.
+const peekTimeout = 10 * time.Second
+
+func newSNIListener(ln net.Listener, p *waypoint.Proxy, port uint32, t *atomic.Pointer[portTLS]) *sniListener {
+	l := &sniListener{Listener: ln, proxy: p, port: port, tls: t, conns: make(chan net.Conn), done: make(chan struct{})}
+	go l.loop()
+	return l
+}
+
+func (l *sniListener) loop() {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			l.once.Do(func() { close(l.done) }) // the port was closed
+			return
+		}
+		go l.handle(c)
+	}
+}
+
+func (l *sniListener) handle(c net.Conn) {
+	sni, head, err := waypoint.PeekServerName(c, peekTimeout)
+	if err != nil {
+		c.Close()
+		return
+	}
+	var cfg *tls.Config
+	term := 0
+	if l.tls != nil {
+		if pt := l.tls.Load(); pt != nil {
+			cfg, term = pt.forServerName(sni), pt.match(sni)
+		}
+	}
+	if pass := l.proxy.PassthroughMatch(l.port, sni); pass > 0 && pass >= term {
+		l.proxy.ForwardPassthrough(context.Background(), c, head, l.port, sni)
+		return
+	}
+	if cfg == nil {
+		c.Close()
+		return
+	}
+	select {
+	case l.conns <- tls.Server(&replayConn{Conn: c, head: head}, cfg):
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *sniListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *sniListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// replayConn reads head before the connection's further bytes.
+type replayConn struct {
+	net.Conn
+	head []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(b, c.head)
+		c.head = c.head[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -258,5 +260,115 @@ func TestIngressSNI(t *testing.T) {
 	bad.Listeners[0].TLS = nil
 	if err := bad.Validate(); err == nil {
 		t.Error("SNI certificates on a plaintext listener were accepted")
+	}
+}
+
+// TestIngressTLSPassthrough: one port both terminates TLS and passes it
+// through, by SNI. A connection for nginx.example.com reaches the backend
+// untouched — the client completes its handshake with the backend's own
+// certificate and talks HTTP to it — with the connection counted by the
+// TCP metrics; one for shop.example.com is terminated with the port's
+// certificate and routed as HTTP; a server name no route and no
+// certificate claims, and a client that sends no TLS, are closed. A
+// passthrough-only port closes what it cannot route.
+func TestIngressTLSPassthrough(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	// The backend terminates TLS itself, with a certificate the gateway
+	// never holds.
+	backendCA := newPair(t, "backend CA", nil, true)
+	backendCert := newPair(t, "nginx.example.com", backendCA, false)
+	pair, err := tls.X509KeyPair(backendCert.cert, backendCert.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bl, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "from the backend over its own TLS") })}
+	go bsrv.Serve(bl)
+	t.Cleanup(func() { bsrv.Close() })
+
+	port, passOnly := freePort(t), freePort(t)
+	shop := newPair(t, "shop.example.com", nil, false)
+	term := model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(shop.cert), KeyPEM: string(shop.key), SNIHosts: []string{"shop.example.com"}}
+	pass := []model.PassthroughRoute{{Name: "nginx", SNIHosts: []string{"nginx.example.com"},
+		Destinations: []model.WeightedDestination{{Cluster: "nginx", Weight: 100}}}}
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{
+			{Name: "https", Port: port, TLS: &term, Passthrough: pass, VirtualHosts: []model.VirtualHost{{Name: "shop", Domains: []string{"*"},
+				Routes: []model.L7Route{{Name: "hello", DirectResponse: &model.DirectResponse{Status: 200, Body: "terminated at the gateway"}}}}}},
+			{Name: "tls-only", Port: passOnly, Passthrough: pass},
+		},
+		Clusters: []model.L7Cluster{{Name: "nginx", Endpoints: []model.L7Endpoint{{Address: bl.Addr().String()}}}},
+	}
+	if err := l7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p, err := waypoint.New(waypoint.Options{Config: &waypoint.Config{L7: l7}, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
+	byPort, err := ingressTLSConfigs(l7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.syncPorts(p, l7, byPort); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, ip := range s.ports {
+			ip.ln.Close()
+		}
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(backendCA.x509)
+	get := func(port uint32, sni string, roots *x509.CertPool) (string, string, error) {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{ServerName: sni, RootCAs: roots, InsecureSkipVerify: roots == nil}}}
+		resp, err := c.Get("https://127.0.0.1:" + strconv.Itoa(int(port)) + "/")
+		if err != nil {
+			return "", "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), resp.TLS.PeerCertificates[0].Subject.CommonName, nil
+	}
+	for _, pt := range []uint32{port, passOnly} {
+		body, cn, err := get(pt, "nginx.example.com", roots)
+		if err != nil || body != "from the backend over its own TLS" || cn != "nginx.example.com" {
+			t.Errorf("port %d, SNI nginx.example.com: %q from %q (%v); want the backend's answer over its own certificate", pt, body, cn, err)
+		}
+	}
+	if body, cn, err := get(port, "shop.example.com", nil); err != nil || body != "terminated at the gateway" || cn != "shop.example.com" {
+		t.Errorf("SNI shop.example.com: %q from %q (%v); want the gateway's route with its certificate", body, cn, err)
+	}
+	if _, _, err := get(passOnly, "shop.example.com", nil); err == nil {
+		t.Error("a passthrough-only port served a server name no route claims")
+	}
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(int(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(peekTimeout + 5*time.Second))
+	if n, _ := c.Read(make([]byte, 64)); n != 0 {
+		t.Error("plaintext HTTP on a TLS port got an answer; want the connection closed")
+	}
+	c.Close()
+	opened := 0.0
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "istio_tcp_connections_opened_total" {
+			for _, m := range mf.GetMetric() {
+				opened += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if opened != 2 {
+		t.Errorf("istio_tcp_connections_opened_total = %v; want the 2 connections passed through", opened)
 	}
 }

@@ -153,8 +153,11 @@ const meshSystem = "meshlet-system"
 // from a pod outside the mesh (the gateway's Service) and from the machine
 // (node port), over HTTPS on 443 with the certificate of a kubernetes.io/tls
 // Secret in the gateway's namespace, verified by the client; a host whose
-// server sets httpsRedirect gets a 301 to https; an AuthorizationPolicy
-// selecting the gateway's pods denies at the gateway.
+// server sets httpsRedirect gets a 301 to https; a PASSTHROUGH server on
+// the same port 443 hands connections for its host, untouched, to a mesh
+// pod that terminates TLS with its own certificate (a VirtualService's tls
+// route); an AuthorizationPolicy selecting the gateway's pods denies at the
+// gateway.
 func TestIngressIstioGateway(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -170,7 +173,36 @@ func TestIngressIstioGateway(t *testing.T) {
 	t.Cleanup(func() {
 		_ = lb.Clientset().CoreV1().Secrets(meshSystem).Delete(context.Background(), secretName, metav1.DeleteOptions{})
 	})
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+fmt.Sprintf(`---
+	const passHost = "passthrough.example.com"
+	passCert, passKey, passRoots := servingCert(t, passHost) // the gateway never holds this one
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+httpsEchoPod("echo-tls", passCert, passKey)+fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-tls}
+spec:
+  selector: {app: echo-tls}
+  ports: [{name: https, port: 8443}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: echo-passthrough}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls-passthrough, protocol: TLS}
+    hosts: [%[2]s]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-tls}
+spec:
+  hosts: [%[2]s]
+  gateways: [echo-passthrough]
+  tls:
+  - match: [{port: 443, sniHosts: [%[2]s]}]
+    route: [{destination: {host: echo-tls, port: {number: 8443}}}]
+---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: echo-gateway}
@@ -184,7 +216,7 @@ spec:
     hosts: ["*"]
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["*"]
-    tls: {mode: SIMPLE, credentialName: %s}
+    tls: {mode: SIMPLE, credentialName: %[1]s}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -195,8 +227,9 @@ spec:
   http:
   - match: [{uri: {prefix: /api/v1/echo}}]
     route: [{destination: {host: echo, port: {number: 8080}}}]
-`, secretName))
+`, secretName, passHost))
 	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
+	lb.WaitPodsReady(t, ns, "app=echo-tls", 1, 2*time.Minute)
 	lb.WaitPodsReady(t, meshSystem, "istio=ingressgateway", 1, 2*time.Minute)
 	svc, err := lb.Clientset().CoreV1().Services(meshSystem).Get(t.Context(), "istio-ingressgateway", metav1.GetOptions{})
 	if err != nil {
@@ -244,6 +277,14 @@ spec:
 	if _, _, _, err := fetch(untrusted, tlsURL, ""); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
 	}
+
+	// TLS passthrough on the same port: the backend's own certificate,
+	// verified against its CA, and its answer.
+	passClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: passRoots, ServerName: passHost}}}
+	lab.WaitFor(t, 30*time.Second, "TLS passthrough to echo-tls through "+tlsURL, func() (bool, error) {
+		code, body, _, err := fetch(passClient, tlsURL, passHost)
+		return err == nil && code == 200 && strings.Contains(body, "echo-tls"), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
 
 	// An AuthorizationPolicy selecting the gateway's pods applies at the
 	// gateway, as Istio applies it to its ingress gateway's Envoy.

@@ -1,0 +1,123 @@
+package waypoint
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// TLS passthrough at an ingress gateway (model.PassthroughRoute): the
+// gateway reads a connection's ClientHello for its server name, and a
+// route naming it gets the whole connection, the ClientHello replayed
+// first, untouched; the backend terminates TLS.
+
+// maxClientHello bounds what is read of a connection before its server
+// name is known (a ClientHello fits in one 16 KiB record, or a few).
+const maxClientHello = 64 << 10
+
+// errPeeked stops the handshake once the ClientHello is read.
+var errPeeked = errors.New("client hello read")
+
+// PeekServerName reads c's TLS ClientHello, within timeout, and returns its
+// server name ("" when it names none) and the bytes read, which whoever
+// serves the connection next must see first. Anything but a TLS handshake
+// is an error.
+func PeekServerName(c net.Conn, timeout time.Duration) (string, []byte, error) {
+	rec := &recordingConn{Conn: c}
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	name, seen := "", false
+	err := tls.Server(rec, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		name, seen = h.ServerName, true
+		return nil, errPeeked
+	}}).Handshake()
+	if !seen {
+		return "", rec.buf, fmt.Errorf("no TLS ClientHello: %w", err)
+	}
+	return name, rec.buf, nil
+}
+
+// recordingConn keeps what is read, bounded, and drops what the TLS
+// server would write (its alert after the peek).
+type recordingConn struct {
+	net.Conn
+	buf []byte
+}
+
+func (r *recordingConn) Read(b []byte) (int, error) {
+	room := maxClientHello - len(r.buf)
+	if room <= 0 {
+		return 0, errors.New("client hello too large")
+	}
+	n, err := r.Conn.Read(b[:min(len(b), room)])
+	r.buf = append(r.buf, b[:n]...)
+	return n, err
+}
+
+func (r *recordingConn) Write(b []byte) (int, error) { return len(b), nil }
+
+// PassthroughMatch is how well the best passthrough route of the
+// listener on port matches server name sni (model.PassthroughRoute's
+// MatchSNI): 0 when none does.
+func (p *Proxy) PassthroughMatch(port uint32, sni string) int {
+	_, score := p.cfg.Load().passthroughRoute(port, sni)
+	return score
+}
+
+func (c *compiled) passthroughRoute(port uint32, sni string) (*model.PassthroughRoute, int) {
+	var best *model.PassthroughRoute
+	score := 0
+	for i := range c.passthrough[port] {
+		r := &c.passthrough[port][i]
+		if s := r.MatchSNI(sni); s > score {
+			best, score = r, s
+		}
+	}
+	return best, score
+}
+
+// ForwardPassthrough relays c, whose first bytes head were read for its
+// server name sni, to a destination of the best passthrough route of the
+// listener on port, by weight; with none, c is closed.
+func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, head []byte, port uint32, sni string) {
+	defer c.Close()
+	cfg := p.cfg.Load()
+	r, _ := cfg.passthroughRoute(port, sni)
+	if r == nil {
+		p.logf("waypoint: tls passthrough on port %d: no route for server name %q", port, sni)
+		return
+	}
+	var total uint64
+	for _, d := range r.Destinations {
+		total += uint64(d.Weight)
+	}
+	d := r.Destinations[len(r.Destinations)-1]
+	if total > 0 {
+		n := rand.Uint64N(total)
+		for _, x := range r.Destinations {
+			if n < uint64(x.Weight) {
+				d = x
+				break
+			}
+			n -= uint64(x.Weight)
+		}
+	}
+	cl := cfg.clusters[d.Cluster]
+	if cl == nil {
+		return
+	}
+	up := cl.all
+	if d.Subset != "" {
+		if up = cl.subsets[d.Subset]; up == nil {
+			p.logf("waypoint: tls passthrough route %s: subset %q of %s is not defined", r.Name, d.Subset, d.Cluster)
+			return
+		}
+	}
+	p.relay(ctx, c, head, up, p.connPeer(c))
+}
