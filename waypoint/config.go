@@ -47,6 +47,8 @@ type compiled struct {
 	extAuthz map[string]*extAuthz
 	// passthrough are the listeners' TLS passthrough routes, by port.
 	passthrough map[uint32][]model.PassthroughRoute
+	// tcpRoutes are the listeners' tcp routes, by port.
+	tcpRoutes map[uint32]*model.TCPRoute
 	// exportSpan receives sampled spans: the config tracer's exporter,
 	// else Options.ExportSpan; nil exports none.
 	exportSpan func(Span)
@@ -207,6 +209,12 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 				c.passthrough = map[uint32][]model.PassthroughRoute{}
 			}
 			c.passthrough[ls.Port] = ls.Passthrough
+		}
+		if ls.TCP != nil {
+			if c.tcpRoutes == nil {
+				c.tcpRoutes = map[uint32]*model.TCPRoute{}
+			}
+			c.tcpRoutes[ls.Port] = ls.TCP
 		}
 		l := &listener{name: ls.Name, port: ls.Port}
 		for j := range ls.VirtualHosts {

@@ -12,10 +12,12 @@ import (
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
-// TLS passthrough at an ingress gateway (model.PassthroughRoute): the
+// Whole connections at an ingress gateway. TLS passthrough
+// (model.PassthroughRoute): the
 // gateway reads a connection's ClientHello for its server name, and a
 // route naming it gets the whole connection, the ClientHello replayed
-// first, untouched; the backend terminates TLS.
+// first, untouched; the backend terminates TLS. TCP (model.TCPRoute): every
+// connection of the port goes to the route's destinations.
 
 // maxClientHello bounds what is read of a connection before its server
 // name is known (a ClientHello fits in one 16 KiB record, or a few).
@@ -93,14 +95,50 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, head []byte,
 		p.logf("waypoint: tls passthrough on port %d: no route for server name %q", port, sni)
 		return
 	}
+	if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
+		p.relay(ctx, c, head, up, p.connPeer(c))
+	}
+}
+
+// ServeTCP forwards every connection of l, the listener on port, to the
+// destinations of that listener's tcp route, by weight, until ctx ends or
+// l is closed; a connection while the config has no such route is closed.
+func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer c.Close()
+			cfg := p.cfg.Load()
+			r := cfg.tcpRoutes[port]
+			if r == nil {
+				p.logf("waypoint: tcp on port %d: no tcp route", port)
+				return
+			}
+			if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
+				p.relay(ctx, c, nil, up, p.connPeer(c))
+			}
+		}()
+	}
+}
+
+// routeUpstream picks one of a whole-connection route's destinations by
+// weight: its cluster's (or subset's) upstream; nil, reported, when that is
+// not defined.
+func (p *Proxy) routeUpstream(cfg *compiled, route string, ds []model.WeightedDestination) *upstream {
 	var total uint64
-	for _, d := range r.Destinations {
+	for _, d := range ds {
 		total += uint64(d.Weight)
 	}
-	d := r.Destinations[len(r.Destinations)-1]
+	d := ds[len(ds)-1]
 	if total > 0 {
 		n := rand.Uint64N(total)
-		for _, x := range r.Destinations {
+		for _, x := range ds {
 			if n < uint64(x.Weight) {
 				d = x
 				break
@@ -110,14 +148,14 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, head []byte,
 	}
 	cl := cfg.clusters[d.Cluster]
 	if cl == nil {
-		return
+		return nil // validated: not reached
 	}
-	up := cl.all
-	if d.Subset != "" {
-		if up = cl.subsets[d.Subset]; up == nil {
-			p.logf("waypoint: tls passthrough route %s: subset %q of %s is not defined", r.Name, d.Subset, d.Cluster)
-			return
-		}
+	if d.Subset == "" {
+		return cl.all
 	}
-	p.relay(ctx, c, head, up, p.connPeer(c))
+	up := cl.subsets[d.Subset]
+	if up == nil {
+		p.logf("waypoint: route %s: subset %q of %s is not defined", route, d.Subset, d.Cluster)
+	}
+	return up
 }

@@ -480,7 +480,7 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 	}
 	if kind == "listeners" || kind == "all" {
 		section("LISTENERS")
-		fmt.Fprintln(tw, "NAME\tPORT\tTLS\tVIRTUAL HOSTS")
+		fmt.Fprintln(tw, "NAME\tPORT\tMODE\tVIRTUAL HOSTS")
 		for _, l := range d.L7.Listeners {
 			var modes []string
 			if l.TLS != nil || len(l.SNI) > 0 {
@@ -488,6 +488,9 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 			}
 			if len(l.Passthrough) > 0 {
 				modes = append(modes, "passthrough")
+			}
+			if l.TCP != nil {
+				modes = append(modes, "tcp")
 			}
 			tls := dash(strings.Join(modes, "+"))
 			hosts := make([]string, len(l.VirtualHosts))
@@ -511,6 +514,10 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 				rt := model.L7Route{Destinations: r.Destinations}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, "(tls passthrough)", shortList(r.SNIHosts, 2),
 					r.Name, "sni "+strings.Join(r.SNIHosts, ","), describeAction(&rt))
+			}
+			if r := l.TCP; r != nil {
+				rt := model.L7Route{Destinations: r.Destinations}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, "(tcp)", "-", r.Name, "*", describeAction(&rt))
 			}
 		}
 	}

@@ -125,7 +125,9 @@ func TestPrintProxyConfig(t *testing.T) {
 				{Name: "gone", Matches: []model.RouteMatch{{URI: &model.StringMatch{Exact: "/old"}}}, DirectResponse: &model.DirectResponse{Status: 410}},
 			}}}},
 			{Name: "tls-nginx", Port: 8443, Passthrough: []model.PassthroughRoute{{Name: "nginx.shop.tls.0", SNIHosts: []string{"nginx.example.com"},
-				Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 100}}}}}},
+				Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 100}}}}},
+			{Name: "tcp", Port: 31400, TCP: &model.TCPRoute{Name: "tcp-echo.shop.tcp.0", Destinations: []model.WeightedDestination{
+				{Cluster: "web", Subset: "v1", Weight: 80}, {Cluster: "web", Subset: "v2", Weight: 20}}}}},
 		Clusters: []model.L7Cluster{{Name: "web", Endpoints: []model.L7Endpoint{{Address: "198.18.1.5:8080"}, {Address: "198.18.2.5:8080"}},
 			Subsets: []model.Subset{{Name: "v1"}, {Name: "v2"}}},
 			{Name: "zoned", Endpoints: []model.L7Endpoint{{Address: "198.18.3.5:8080"}},
@@ -140,12 +142,13 @@ func TestPrintProxyConfig(t *testing.T) {
 		kind string
 		rows [][]string
 	}{
-		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web"}, {"tls-nginx", "8443", "passthrough", "-"}}},
+		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web"}, {"tls-nginx", "8443", "passthrough", "-"}, {"tcp", "31400", "tcp", "-"}}},
 		{"routes", [][]string{
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "beta", "uri^=/api header:x-user", "web|v2"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10%"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "gone", "uri=/old", "direct response 410"},
 			{"tls-nginx", "(tls passthrough)", "nginx.example.com", "nginx.shop.tls.0", "sni nginx.example.com", "web"},
+			{"tcp", "(tcp)", "-", "tcp-echo.shop.tcp.0", "*", "web|v1 80%, web|v2 20%"},
 		}},
 		{"clusters", [][]string{{"web", "-", "-", "v1,v2", "198.18.1.5:8080,198.18.2.5:8080"},
 			{"zoned", "-", "ROUND_ROBIN+LOCALITY_FAILOVER(region,zone,subzone)", "-", "198.18.3.5:8080"}}},

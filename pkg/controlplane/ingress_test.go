@@ -250,6 +250,58 @@ spec:
 			t.Errorf("passthrough routes (-want +got):\n%s", d)
 		}
 	})
+	// Istio's TCP traffic shifting task: a TCP server and a VirtualService's
+	// tcp route splitting 80/20 between two subsets.
+	t.Run("TCP server", func(t *testing.T) {
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend, `apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tcp-echo-gateway, namespace: booking}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: booking}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match: [{port: 31400}]
+    route:
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v1}, weight: 80}
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v2}, weight: 20}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: booking}
+spec:
+  clusterIP: 10.96.0.42
+  selector: {app: tcp-echo}
+  ports: [{name: tcp, port: 9000}]
+`))
+		if hasRejection(rej, "gateway", true) {
+			t.Errorf("rejections = %v; want none for the Gateways", rej)
+		}
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok {
+			t.Fatalf("no L7 config for %s", gwKey)
+		}
+		const c = "outbound|9000||tcp-echo.booking.svc.cluster.local"
+		want := &model.TCPRoute{Name: "tcp-echo.booking.tcp.0", Destinations: []model.WeightedDestination{
+			{Cluster: c, Subset: "v1", Weight: 80}, {Cluster: c, Subset: "v2", Weight: 20}}}
+		var got *model.TCPRoute
+		for _, l := range cfg.Listeners {
+			if l.Port == 31400 {
+				got = l.TCP
+			}
+		}
+		if d := cmp.Diff(want, got); d != "" {
+			t.Errorf("tcp route on 31400 (-want +got):\n%s", d)
+		}
+	})
 	// AuthorizationPolicies that select the gateway's pods (by selector,
 	// namespace-wide, mesh-wide) apply to it, as Istio applies them to a
 	// gateway's Envoy; one selecting other pods does not.

@@ -34,8 +34,10 @@ import (
 // connections by their server name to the destinations of the bound
 // VirtualServices' tls routes (sniHosts); it may share a port with HTTPS
 // servers, SNI deciding whether a connection is terminated or passed
-// through. Anything else (TCP, AUTO_PASSTHROUGH, ISTIO_MUTUAL, certificates
-// by file) is reported and skipped. A
+// through. A TCP server forwards every connection to the destinations of
+// the first bound VirtualService's tcp route for its port (by weight, as
+// Istio's TCP traffic shifting). Anything else (AUTO_PASSTHROUGH,
+// ISTIO_MUTUAL, certificates by file) is reported and skipped. A
 // deployment that is also a Gateway API gateway keeps that configuration.
 func (bd *build) buildIstioIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	if len(bd.validIstioGws) == 0 {
@@ -90,6 +92,31 @@ type ingressServer struct {
 	hosts    []string
 	redirect bool // tls.httpsRedirect
 	pass     bool // tls.mode PASSTHROUGH: VirtualServices' tls routes
+	tcp      bool // protocol TCP: a VirtualService's tcp route
+}
+
+// tcpRoute is the first tcp route of vs for a TCP server (its matches
+// naming the server's port, or none), nil when it has none.
+func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], srv ingressServer) *model.TCPRoute {
+	for i, tr := range vs.spec.GetTcp() {
+		applies := len(tr.GetMatch()) == 0
+		for _, m := range tr.GetMatch() {
+			applies = applies || m.GetPort() == 0 || m.GetPort() == srv.port
+		}
+		if !applies || len(tr.GetRoute()) == 0 {
+			continue
+		}
+		r := &model.TCPRoute{Name: fmt.Sprintf("%s.%s.tcp.%d", vs.meta.Name, vs.meta.Namespace, i)}
+		for _, d := range tr.GetRoute() {
+			r.Destinations = append(r.Destinations, model.WeightedDestination{
+				Cluster: lb.cluster(lb.bd.resolveHost(d.GetDestination().GetHost(), vs.meta.Namespace), destPort(d.GetDestination(), srv.port)),
+				Subset:  d.GetDestination().GetSubset(),
+				Weight:  weight(d.GetWeight(), len(tr.GetRoute())),
+			})
+		}
+		return r
+	}
+	return nil
 }
 
 // passthroughRoutes are the tls routes of vs for a PASSTHROUGH server:
@@ -153,7 +180,7 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 	targets := bd.gatewayTargetPorts(key.Namespace, podLabels)
 	lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}, ingress: true}
 	listeners := map[uint32]*model.L7Listener{}
-	secureOn := map[uint32]bool{} // the port serves TLS (terminated or passed through)
+	kindOn := map[uint32]string{} // what the port serves: plaintext HTTP, TLS or TCP
 	servers := map[uint32][]ingressServer{}
 	for _, gw := range gws {
 		gwKey := model.NamespacedName{Namespace: gw.meta.Namespace, Name: gw.meta.Name}
@@ -165,10 +192,12 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				listenPort = t
 			}
 			var tlsCfg *model.ListenerTLS
-			pass := false
+			pass, tcp := false, false
 			switch proto := strings.ToUpper(s.GetPort().GetProtocol()); {
 			case (proto == "TLS" || proto == "HTTPS") && s.GetTls().GetMode() == networkingapi.ServerTLSSettings_PASSTHROUGH:
 				pass = true
+			case proto == "TCP":
+				tcp = true
 			case proto == "HTTP", proto == "HTTP2", proto == "GRPC":
 			case proto == "HTTPS":
 				var err error
@@ -177,10 +206,10 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 					continue
 				}
 			default:
-				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress (HTTP, HTTP2, GRPC, HTTPS, and TLS or HTTPS with tls.mode PASSTHROUGH are); skipped", i, s.GetPort().GetProtocol())
+				r.warn("servers[%d]: protocol %s is not served by meshlet's ingress (HTTP, HTTP2, GRPC, HTTPS, TCP, and TLS or HTTPS with tls.mode PASSTHROUGH are); skipped", i, s.GetPort().GetProtocol())
 				continue
 			}
-			srv := ingressServer{gw: gwKey, port: p, redirect: s.GetTls().GetHttpsRedirect() && tlsCfg == nil && !pass, pass: pass}
+			srv := ingressServer{gw: gwKey, port: p, redirect: s.GetTls().GetHttpsRedirect() && tlsCfg == nil && !pass && !tcp, pass: pass, tcp: tcp}
 			for _, h := range s.GetHosts() {
 				// "namespace/host" limits which namespaces' VirtualServices may
 				// bind; meshlet keeps the host part.
@@ -189,9 +218,15 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				}
 				srv.hosts = append(srv.hosts, h)
 			}
-			// A port serves plaintext HTTP, or TLS: terminated, passed
-			// through, or both, told apart by SNI.
-			secure := tlsCfg != nil || pass
+			// A port serves plaintext HTTP, TLS (terminated, passed
+			// through, or both, told apart by SNI), or TCP.
+			kind := "plaintext HTTP"
+			switch {
+			case tcp:
+				kind = "TCP"
+			case tlsCfg != nil || pass:
+				kind = "TLS"
+			}
 			l := listeners[listenPort]
 			switch {
 			case l == nil:
@@ -199,9 +234,9 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 				if l.Name == "" {
 					l.Name = "port-" + strconv.FormatUint(uint64(p), 10)
 				}
-				listeners[listenPort], secureOn[listenPort] = l, secure
-			case secureOn[listenPort] != secure:
-				r.warn("servers[%d]: port %d already serves another server in %s; skipped", i, p, map[bool]string{true: "TLS", false: "plaintext"}[secureOn[listenPort]])
+				listeners[listenPort], kindOn[listenPort] = l, kind
+			case kindOn[listenPort] != kind:
+				r.warn("servers[%d]: port %d already serves another server in %s; skipped", i, p, kindOn[listenPort])
 				continue
 			}
 			switch {
@@ -217,6 +252,14 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 	}
 	for port, l := range listeners {
 		for _, srv := range servers[port] {
+			if srv.tcp {
+				for _, vs := range bd.validVS {
+					if l.TCP == nil && vsBindsGateway(vs, srv.gw) && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
+						l.TCP = lb.tcpRoute(vs, srv)
+					}
+				}
+				continue
+			}
 			if srv.pass {
 				for _, vs := range bd.validVS {
 					if vsBindsGateway(vs, srv.gw) && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
@@ -268,7 +311,7 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 		if len(l.VirtualHosts) == 0 {
 			l.TLS, l.SNI = nil, nil // passthrough only: nothing terminates here
 		}
-		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 {
+		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 || l.TCP != nil {
 			cfg.Listeners = append(cfg.Listeners, *l)
 		}
 	}

@@ -108,6 +108,18 @@ type L7Listener struct {
 	// connection no route claims is terminated with TLS when the listener
 	// has it, closed otherwise.
 	Passthrough []PassthroughRoute `json:",omitempty"`
+	// TCP forwards every connection of the listener whole, unread (an
+	// Istio Gateway server with protocol TCP and a VirtualService's tcp
+	// route); such a listener serves nothing else.
+	TCP *TCPRoute `json:",omitempty"`
+}
+
+// TCPRoute sends a listener's connections to its destinations by weight.
+type TCPRoute struct {
+	// Name identifies the route in logs (its VirtualService and index).
+	Name string
+	// Destinations are clusters by weight, subsets allowed.
+	Destinations []WeightedDestination
 }
 
 // PassthroughRoute sends the TLS connections whose server name matches
@@ -121,6 +133,20 @@ type PassthroughRoute struct {
 	// Destinations are clusters by weight; subsets allowed, no direct
 	// responses or header edits (the stream is not read).
 	Destinations []WeightedDestination
+}
+
+// validDestinations checks the destinations of a route that forwards
+// whole connections: some, each a defined cluster (no direct responses).
+func validDestinations(ds []WeightedDestination, clusters map[string]*L7Cluster) error {
+	if len(ds) == 0 {
+		return errors.New("no destinations")
+	}
+	for _, d := range ds {
+		if d.DirectResponse != nil || clusters[d.Cluster] == nil {
+			return fmt.Errorf("destination cluster %q is not defined", d.Cluster)
+		}
+	}
+	return nil
 }
 
 // MatchSNI reports how well host matches the route's SNIHosts: 0 not at
@@ -843,6 +869,15 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 	if l.Name == "" {
 		return errors.New("listener has no name")
 	}
+	if l.TCP != nil {
+		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 || l.TLS != nil {
+			return errors.New("a tcp route takes the whole port: no virtual hosts, passthrough routes or tls beside it")
+		}
+		if err := validDestinations(l.TCP.Destinations, clusters); err != nil {
+			return fmt.Errorf("tcp %q: %w", l.TCP.Name, err)
+		}
+		return nil
+	}
 	if len(l.VirtualHosts) == 0 && len(l.Passthrough) == 0 {
 		return errors.New("no virtual hosts and no passthrough routes")
 	}
@@ -854,13 +889,8 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 		if len(r.SNIHosts) == 0 {
 			return fmt.Errorf("passthrough[%d] %q: no SNI hosts: use [\"*\"] to match every server name", i, r.Name)
 		}
-		if len(r.Destinations) == 0 {
-			return fmt.Errorf("passthrough[%d] %q: no destinations", i, r.Name)
-		}
-		for _, d := range r.Destinations {
-			if d.DirectResponse != nil || clusters[d.Cluster] == nil {
-				return fmt.Errorf("passthrough[%d] %q: destination cluster %q is not defined", i, r.Name, d.Cluster)
-			}
+		if err := validDestinations(r.Destinations, clusters); err != nil {
+			return fmt.Errorf("passthrough[%d] %q: %w", i, r.Name, err)
 		}
 	}
 	if l.TLS != nil {

@@ -159,24 +159,27 @@ func (o *Options) check() error {
 
 // state is what the run loop shares between its goroutines.
 type state struct {
-	opts     Options
-	log      *slog.Logger
-	svid     *identity.SVIDSource
-	bundle   *identity.BundleSource
-	proxy    atomic.Pointer[waypoint.Proxy]
-	reg      prometheus.Registerer
-	conns    *waypoint.ConnListener
-	serve    func(*waypoint.Proxy)                     // starts the proxy's Serve on conns
-	serveOn  func(*waypoint.Proxy, net.Listener)       // starts Serve on a listener of the config (ingress)
-	ports    map[uint32]*ingressPort                   // the config's listener ports this gateway serves
-	upstream atomic.Pointer[map[string]configEndpoint] // the config's endpoints by address (dialUpstream)
-	vips     atomic.Pointer[map[netip.Addr]vipService] // service VIP -> its service, from the address resources
-	idents   atomic.Pointer[map[netip.Addr]upstreamID] // workload address -> its identity (identityOf)
-	xds      *xdsclient.Client
-	dialer   *hbone.Dialer
-	mu       sync.Mutex // serializes Validate→Update
-	draining atomic.Bool
-	applied  atomic.Pointer[appliedConfig] // the config in force, for the config dump
+	opts    Options
+	log     *slog.Logger
+	svid    *identity.SVIDSource
+	bundle  *identity.BundleSource
+	proxy   atomic.Pointer[waypoint.Proxy]
+	reg     prometheus.Registerer
+	conns   *waypoint.ConnListener
+	serve   func(*waypoint.Proxy)               // starts the proxy's Serve on conns
+	serveOn func(*waypoint.Proxy, net.Listener) // starts Serve on a listener of the config (ingress)
+	// serveTCPOn starts ServeTCP on a listener of the config with a tcp
+	// route (ingress).
+	serveTCPOn func(*waypoint.Proxy, net.Listener, uint32)
+	ports      map[uint32]*ingressPort                   // the config's listener ports this gateway serves
+	upstream   atomic.Pointer[map[string]configEndpoint] // the config's endpoints by address (dialUpstream)
+	vips       atomic.Pointer[map[netip.Addr]vipService] // service VIP -> its service, from the address resources
+	idents     atomic.Pointer[map[netip.Addr]upstreamID] // workload address -> its identity (identityOf)
+	xds        *xdsclient.Client
+	dialer     *hbone.Dialer
+	mu         sync.Mutex // serializes Validate→Update
+	draining   atomic.Bool
+	applied    atomic.Pointer[appliedConfig] // the config in force, for the config dump
 }
 
 // appliedConfig is a waypoint config the proxy took, and when.
@@ -296,6 +299,14 @@ func Run(ctx context.Context, opts Options) error {
 		g.Go(func() error {
 			if err := p.Serve(gctx, ln, waypoint.ServerOptions{}); err != nil && !errors.Is(err, net.ErrClosed) {
 				s.log.Warn("ingress listener stopped", "addr", ln.Addr(), "err", err)
+			}
+			return nil
+		})
+	}
+	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) {
+		g.Go(func() error {
+			if err := p.ServeTCP(gctx, ln, port); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Warn("ingress tcp listener stopped", "addr", ln.Addr(), "err", err)
 			}
 			return nil
 		})

@@ -26,6 +26,8 @@ type ingressPort struct {
 	// pass: the port has TLS passthrough routes; its connections are
 	// read for their server name first (sniListener).
 	pass bool
+	// tcp: the port forwards whole connections (Proxy.ServeTCP).
+	tcp bool
 }
 
 // portTLS is what a TLS port serves: a certificate per SNI host, and a
@@ -164,11 +166,12 @@ func serverTLSConfig(t *model.ListenerTLS) (*tls.Config, error) {
 // between plaintext and TLS is reopened. tlsByPort comes from
 // ingressTLSConfigs(l7).
 func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[uint32]*portTLS) error {
-	want, pass := map[uint32]bool{}, map[uint32]bool{}
+	want, pass, tcp := map[uint32]bool{}, map[uint32]bool{}, map[uint32]bool{}
 	for _, l := range l7.Listeners {
 		if l.Port != 0 && l.Port != HBONEPort {
 			want[l.Port] = true
 			pass[l.Port] = len(l.Passthrough) > 0
+			tcp[l.Port] = l.TCP != nil
 		}
 	}
 	if s.ports == nil {
@@ -176,7 +179,7 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 	}
 	for port, ip := range s.ports {
 		wantTLS := tlsByPort[port] != nil
-		if !want[port] || (ip.tls != nil) != wantTLS || ip.pass != pass[port] {
+		if !want[port] || (ip.tls != nil) != wantTLS || ip.pass != pass[port] || ip.tcp != tcp[port] {
 			ip.ln.Close()
 			delete(s.ports, port)
 			s.log.Info("closed ingress listener", "port", port)
@@ -197,7 +200,7 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 			}
 			return fmt.Errorf("open ingress listener port %d: %w", port, err)
 		}
-		ip := &ingressPort{ln: ln, pass: pass[port]}
+		ip := &ingressPort{ln: ln, pass: pass[port], tcp: tcp[port]}
 		if cfg := tlsByPort[port]; cfg != nil {
 			ip.tls = &atomic.Pointer[portTLS]{}
 			ip.tls.Store(cfg)
@@ -209,6 +212,10 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 		s.ports[port] = ip
 		served := ip.ln
 		switch {
+		case ip.tcp:
+			s.serveTCPOn(p, ip.ln, port)
+			s.log.Info("serving ingress listener", "port", port, "tcp", true)
+			continue
 		case ip.pass:
 			served = newSNIListener(ip.ln, p, port, ip.tls)
 		case ip.tls != nil:

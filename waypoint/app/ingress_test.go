@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -11,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -370,5 +372,86 @@ func TestIngressTLSPassthrough(t *testing.T) {
 	}
 	if opened != 2 {
 		t.Errorf("istio_tcp_connections_opened_total = %v; want the 2 connections passed through", opened)
+	}
+}
+
+// TestIngressTCP: a port with a tcp route forwards each connection whole to
+// its destinations by weight (two backends at 50/50 both get connections
+// in 40), the bytes both ways untouched; a push that drops the route
+// closes the port.
+func TestIngressTCP(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	backend := func(name string) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					line, _ := bufio.NewReader(c).ReadString('\n')
+					io.WriteString(c, name+" got "+line)
+				}()
+			}
+		}()
+		return l.Addr().String()
+	}
+	v1, v2 := backend("v1"), backend("v2")
+	port := freePort(t)
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "tcp", Port: port, TCP: &model.TCPRoute{Name: "tcp-echo", Destinations: []model.WeightedDestination{
+			{Cluster: "v1", Weight: 50}, {Cluster: "v2", Weight: 50}}}}},
+		Clusters: []model.L7Cluster{{Name: "v1", Endpoints: []model.L7Endpoint{{Address: v1}}}, {Name: "v2", Endpoints: []model.L7Endpoint{{Address: v2}}}},
+	}
+	if err := l7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := waypoint.New(waypoint.Options{Config: &waypoint.Config{L7: l7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) { go p.ServeTCP(ctx, ln, port) }
+	if err := s.syncPorts(p, l7, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, ip := range s.ports {
+			ip.ln.Close()
+		}
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(int(port))
+	seen := map[string]int{}
+	for i := range 40 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "hello %d\n", i)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		who, rest, _ := strings.Cut(string(b), " got ")
+		if rest != fmt.Sprintf("hello %d\n", i) {
+			t.Fatalf("connection %d answered %q; want a backend's echo of hello %d", i, b, i)
+		}
+		seen[who]++
+	}
+	if seen["v1"] == 0 || seen["v2"] == 0 {
+		t.Errorf("40 connections went to %v; want both backends", seen)
+	}
+	if err := s.syncPorts(p, &model.L7Config{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Error("the port still accepts after its listener was removed")
 	}
 }

@@ -156,7 +156,8 @@ const meshSystem = "meshlet-system"
 // server sets httpsRedirect gets a 301 to https; a PASSTHROUGH server on
 // the same port 443 hands connections for its host, untouched, to a mesh
 // pod that terminates TLS with its own certificate (a VirtualService's tls
-// route); an AuthorizationPolicy selecting the gateway's pods denies at the
+// route); a TCP server relays whole connections to a VirtualService's tcp
+// route; an AuthorizationPolicy selecting the gateway's pods denies at the
 // gateway.
 func TestIngressIstioGateway(t *testing.T) {
 	lb := meshLab(t)
@@ -192,6 +193,18 @@ spec:
   - port: {number: 443, name: tls-passthrough, protocol: TLS}
     hosts: [%[2]s]
     tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-tcp}
+spec:
+  hosts: ["*"]
+  gateways: [echo-passthrough]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: echo, port: {number: 8080}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -252,6 +265,17 @@ spec:
 	if s := summary(t, lb, plain, outsider.Name, "-n", "1", fmt.Sprintf("http://%s/other", svc.Spec.ClusterIP)); s.ByStatus["404"] != 1 {
 		t.Errorf("a path no route matches: %v; want 404", s.ByStatus)
 	}
+	// The TCP server (port 31400, no Service port: straight to the
+	// gateway pod) relays whole connections to echo's HTTP port, so any
+	// path is answered by echo itself, not routed.
+	gwPods, err := lb.Clientset().CoreV1().Pods(meshSystem).List(t.Context(), metav1.ListOptions{LabelSelector: "istio=ingressgateway"})
+	if err != nil || len(gwPods.Items) == 0 {
+		t.Fatalf("the ingress gateway's pods: %v", err)
+	}
+	lab.WaitFor(t, time.Minute, "a TCP server's connections relayed to echo", func() (bool, error) {
+		s := summary(t, lb, plain, outsider.Name, "-n", "3", fmt.Sprintf("http://%s:31400/other", gwPods.Items[0].Status.PodIP))
+		return s.ByStatus["200"] == 3, fmt.Errorf("status %v errors %v", s.ByStatus, s.Errors)
+	})
 
 	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	httpClient := &http.Client{Timeout: 5 * time.Second, CheckRedirect: noRedirect}
