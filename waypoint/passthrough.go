@@ -27,10 +27,10 @@ const maxClientHello = 64 << 10
 var errPeeked = errors.New("client hello read")
 
 // PeekServerName reads c's TLS ClientHello, within timeout, and returns its
-// server name ("" when it names none) and the bytes read, which whoever
-// serves the connection next must see first. Anything but a TLS handshake
-// is an error.
-func PeekServerName(c net.Conn, timeout time.Duration) (string, []byte, error) {
+// server name ("" when it names none) and c as whoever serves the
+// connection next must read it: the bytes read so far first. Anything but a
+// TLS handshake is an error.
+func PeekServerName(c net.Conn, timeout time.Duration) (string, net.Conn, error) {
 	rec := &recordingConn{Conn: c}
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
 	defer c.SetReadDeadline(time.Time{})
@@ -40,9 +40,33 @@ func PeekServerName(c net.Conn, timeout time.Duration) (string, []byte, error) {
 		return nil, errPeeked
 	}}).Handshake()
 	if !seen {
-		return "", rec.buf, fmt.Errorf("no TLS ClientHello: %w", err)
+		return "", nil, fmt.Errorf("no TLS ClientHello: %w", err)
 	}
-	return name, rec.buf, nil
+	return name, &replayConn{Conn: c, head: rec.buf}, nil
+}
+
+// replayConn reads head before the connection's further bytes.
+type replayConn struct {
+	net.Conn
+	head []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(b, c.head)
+		c.head = c.head[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// CloseWrite half-closes when the connection supports it (a relay's end
+// of one direction).
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("close write not supported")
 }
 
 // recordingConn keeps what is read, bounded, and drops what the TLS
@@ -84,10 +108,10 @@ func (c *compiled) passthroughRoute(port uint32, sni string) (*model.Passthrough
 	return best, score
 }
 
-// ForwardPassthrough relays c, whose first bytes head were read for its
-// server name sni, to a destination of the best passthrough route of the
-// listener on port, by weight; with none, c is closed.
-func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, head []byte, port uint32, sni string) {
+// ForwardPassthrough relays c (as PeekServerName returned it, server name
+// sni) to a destination of the best passthrough route of the listener on
+// port, by weight; with none, c is closed.
+func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, port uint32, sni string) {
 	defer c.Close()
 	cfg := p.cfg.Load()
 	r, _ := cfg.passthroughRoute(port, sni)
@@ -96,7 +120,7 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, head []byte,
 		return
 	}
 	if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
-		p.relay(ctx, c, head, up, p.connPeer(c))
+		p.relay(ctx, c, up, p.connPeer(c))
 	}
 }
 
@@ -121,7 +145,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error
 				return
 			}
 			if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
-				p.relay(ctx, c, nil, up, p.connPeer(c))
+				p.relay(ctx, c, up, p.connPeer(c))
 			}
 		}()
 	}

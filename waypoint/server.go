@@ -214,7 +214,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
-	p.relay(ctx, c, nil, up, peer)
+	p.relay(ctx, c, up, peer)
 }
 
 // connPeer describes the client of a connection forwarded whole.
@@ -231,9 +231,8 @@ func (p *Proxy) connPeer(c net.Conn) Peer {
 }
 
 // relay connects c to an endpoint of up and copies both ways until either
-// side ends, head (bytes already read from c) first; Istio's TCP metrics
-// count the connection.
-func (p *Proxy) relay(ctx context.Context, c net.Conn, head []byte, up *upstream, peer Peer) {
+// side ends; Istio's TCP metrics count the connection.
+func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer) {
 	labels := p.metrics.tcpLabelValues(peer, destFor(up), flagNone)
 	ep, err := up.pick(nil, peer, nil, "")
 	if err != nil {
@@ -253,12 +252,6 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, head []byte, up *upstream
 		return
 	}
 	defer back.Close()
-	if len(head) > 0 {
-		if _, err := back.Write(head); err != nil {
-			p.logf("waypoint: tcp to %s: %v", ep.addr, err)
-			return
-		}
-	}
 	if p.metrics.registered {
 		p.metrics.tcpOpened.WithLabelValues(labels...).Inc()
 		defer p.metrics.tcpClosed.WithLabelValues(labels...).Inc()
@@ -268,7 +261,7 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, head []byte, up *upstream
 	client := &countingConn{ReadWriteCloser: c}
 	pipe(client, back)
 	if p.metrics.registered {
-		p.metrics.tcpRecv.WithLabelValues(labels...).Add(float64(client.read.Load() + int64(len(head))))
+		p.metrics.tcpRecv.WithLabelValues(labels...).Add(float64(client.read.Load()))
 		p.metrics.tcpSent.WithLabelValues(labels...).Add(float64(client.written.Load()))
 	}
 }

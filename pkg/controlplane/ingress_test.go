@@ -196,11 +196,31 @@ spec:
 			t.Errorf("unexpected waypoints: %v", snap.Waypoints())
 		}
 	})
+	// servedListener builds the booking ingress with docs and returns the
+	// gateway's listener on port, wanting no Gateway reported.
+	servedListener := func(t *testing.T, docs string, port uint32) *model.L7Listener {
+		t.Helper()
+		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend, docs))
+		if hasRejection(rej, "gateway", true) {
+			t.Errorf("rejections = %v; want none for the Gateways", rej)
+		}
+		cfg, ok := snap.L7Config(gwKey)
+		if !ok {
+			t.Fatalf("no L7 config for %s", gwKey)
+		}
+		for i := range cfg.Listeners {
+			if cfg.Listeners[i].Port == port {
+				return &cfg.Listeners[i]
+			}
+		}
+		t.Fatalf("listeners %+v; want one on %d", cfg.Listeners, port)
+		return nil
+	}
 	// A PASSTHROUGH server on the HTTPS server's port: connections whose
 	// SNI a VirtualService's tls route names go to its destination
 	// untouched; the rest are terminated as before.
 	t.Run("TLS passthrough beside HTTPS", func(t *testing.T) {
-		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend, `apiVersion: networking.istio.io/v1
+		https := servedListener(t, `apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: nginx-gateway, namespace: booking}
 spec:
@@ -227,24 +247,11 @@ spec:
   clusterIP: 10.96.0.41
   selector: {app: my-nginx}
   ports: [{name: https, port: 443}]
-`))
-		if hasRejection(rej, "gateway", true) {
-			t.Errorf("rejections = %v; want none for the Gateways", rej)
-		}
-		cfg, ok := snap.L7Config(gwKey)
-		if !ok {
-			t.Fatalf("no L7 config for %s", gwKey)
-		}
-		var https *model.L7Listener
-		for i := range cfg.Listeners {
-			if cfg.Listeners[i].Port == 8443 {
-				https = &cfg.Listeners[i]
-			}
-		}
+`, 8443)
 		want := []model.PassthroughRoute{{Name: "nginx.booking.tls.0", SNIHosts: []string{"nginx.example.com"},
 			Destinations: []model.WeightedDestination{{Cluster: "outbound|443||my-nginx.booking.svc.cluster.local", Weight: 100}}}}
-		if https == nil || https.TLS == nil || len(https.VirtualHosts) != 1 {
-			t.Fatalf("listeners %+v; want 8443 terminating booking's certificate with its virtual host", cfg.Listeners)
+		if https.TLS == nil || len(https.VirtualHosts) != 1 {
+			t.Fatalf("listener %+v; want 8443 terminating booking's certificate with its virtual host", https)
 		}
 		if d := cmp.Diff(want, https.Passthrough); d != "" {
 			t.Errorf("passthrough routes (-want +got):\n%s", d)
@@ -253,7 +260,7 @@ spec:
 	// Istio's TCP traffic shifting task: a TCP server and a VirtualService's
 	// tcp route splitting 80/20 between two subsets.
 	t.Run("TCP server", func(t *testing.T) {
-		snap, rej := mustBuild(t, inputs(t, istioBookingIngress, secret, gatewayPod, gatewaySvc, backend, `apiVersion: networking.istio.io/v1
+		l := servedListener(t, `apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: tcp-echo-gateway, namespace: booking}
 spec:
@@ -281,24 +288,11 @@ spec:
   clusterIP: 10.96.0.42
   selector: {app: tcp-echo}
   ports: [{name: tcp, port: 9000}]
-`))
-		if hasRejection(rej, "gateway", true) {
-			t.Errorf("rejections = %v; want none for the Gateways", rej)
-		}
-		cfg, ok := snap.L7Config(gwKey)
-		if !ok {
-			t.Fatalf("no L7 config for %s", gwKey)
-		}
+`, 31400)
 		const c = "outbound|9000||tcp-echo.booking.svc.cluster.local"
 		want := &model.TCPRoute{Name: "tcp-echo.booking.tcp.0", Destinations: []model.WeightedDestination{
 			{Cluster: c, Subset: "v1", Weight: 80}, {Cluster: c, Subset: "v2", Weight: 20}}}
-		var got *model.TCPRoute
-		for _, l := range cfg.Listeners {
-			if l.Port == 31400 {
-				got = l.TCP
-			}
-		}
-		if d := cmp.Diff(want, got); d != "" {
+		if d := cmp.Diff(want, l.TCP); d != "" {
 			t.Errorf("tcp route on 31400 (-want +got):\n%s", d)
 		}
 	})

@@ -91,10 +91,19 @@ func (e *ExtAuthz) Validate() error {
 	if e.PathPrefix != "" && !strings.HasPrefix(e.PathPrefix, "/") {
 		return fmt.Errorf("ext authz provider %q: pathPrefix %q must start with /", e.Name, e.PathPrefix)
 	}
-	for k, v := range e.AdditionalHeaders {
-		if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
-			return fmt.Errorf("ext authz provider %q: includeAdditionalHeadersInCheck %q: not a valid header", e.Name, k)
-		}
+	if k := invalidHeader(e.AdditionalHeaders); k != "" {
+		return fmt.Errorf("ext authz provider %q: includeAdditionalHeadersInCheck %q: not a valid header", e.Name, k)
 	}
 	return nil
+}
+
+// invalidHeader returns the name of a header of h whose name or value is
+// not valid HTTP, "" when all are.
+func invalidHeader(h map[string]string) string {
+	for k, v := range h {
+		if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+			return k
+		}
+	}
+	return ""
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"golang.org/x/net/http/httpguts"
 )
 
 // Tracer is the OpenTelemetry collector a proxy sends the spans of the
@@ -52,10 +50,8 @@ func (t *Tracer) Validate() error {
 	if t.HTTPPath != "" && !strings.HasPrefix(t.HTTPPath, "/") {
 		return fmt.Errorf("tracer %q: http path %q must start with /", t.Provider, t.HTTPPath)
 	}
-	for k, v := range t.Headers {
-		if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
-			return fmt.Errorf("tracer %q: header %q: not a valid header", t.Provider, k)
-		}
+	if k := invalidHeader(t.Headers); k != "" {
+		return fmt.Errorf("tracer %q: header %q: not a valid header", t.Provider, k)
 	}
 	return nil
 }

@@ -269,7 +269,7 @@ func (l *sniListener) loop() {
 }
 
 func (l *sniListener) handle(c net.Conn) {
-	sni, head, err := waypoint.PeekServerName(c, peekTimeout)
+	sni, pc, err := waypoint.PeekServerName(c, peekTimeout)
 	if err != nil {
 		c.Close()
 		return
@@ -282,7 +282,7 @@ func (l *sniListener) handle(c net.Conn) {
 		}
 	}
 	if pass := l.proxy.PassthroughMatch(l.port, sni); pass > 0 && pass >= term {
-		l.proxy.ForwardPassthrough(context.Background(), c, head, l.port, sni)
+		l.proxy.ForwardPassthrough(context.Background(), pc, l.port, sni)
 		return
 	}
 	if cfg == nil {
@@ -290,7 +290,7 @@ func (l *sniListener) handle(c net.Conn) {
 		return
 	}
 	select {
-	case l.conns <- tls.Server(&replayConn{Conn: c, head: head}, cfg):
+	case l.conns <- tls.Server(pc, cfg):
 	case <-l.done:
 		c.Close()
 	}
@@ -308,19 +308,4 @@ func (l *sniListener) Accept() (net.Conn, error) {
 func (l *sniListener) Close() error {
 	l.once.Do(func() { close(l.done) })
 	return l.Listener.Close()
-}
-
-// replayConn reads head before the connection's further bytes.
-type replayConn struct {
-	net.Conn
-	head []byte
-}
-
-func (c *replayConn) Read(b []byte) (int, error) {
-	if len(c.head) > 0 {
-		n := copy(b, c.head)
-		c.head = c.head[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
 }

@@ -60,6 +60,28 @@ func newPair(t *testing.T, cn string, parent *pemPair, isCA bool) *pemPair {
 	return &pemPair{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), x509: c, priv: k}
 }
 
+// servePorts opens the listener ports of l7 as an ingress gateway does,
+// serving them with p until ctx ends; they are closed when the test ends.
+func servePorts(t *testing.T, ctx context.Context, p *waypoint.Proxy, l7 *model.L7Config) *state {
+	t.Helper()
+	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
+	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) { go p.ServeTCP(ctx, ln, port) }
+	byPort, err := ingressTLSConfigs(l7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.syncPorts(p, l7, byPort); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, ip := range s.ports {
+			ip.ln.Close()
+		}
+	})
+	return s
+}
+
 func freePort(t *testing.T) uint32 {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -221,20 +243,7 @@ func TestIngressSNI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
-	byPort, err := ingressTLSConfigs(l7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.syncPorts(p, l7, byPort); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, ip := range s.ports {
-			ip.ln.Close()
-		}
-	})
+	servePorts(t, ctx, p, l7)
 	served := func(sni string) string {
 		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
 		if err != nil {
@@ -313,20 +322,7 @@ func TestIngressTLSPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
-	byPort, err := ingressTLSConfigs(l7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.syncPorts(p, l7, byPort); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, ip := range s.ports {
-			ip.ln.Close()
-		}
-	})
+	servePorts(t, ctx, p, l7)
 	roots := x509.NewCertPool()
 	roots.AddCert(backendCA.x509)
 	get := func(port uint32, sni string, roots *x509.CertPool) (string, string, error) {
@@ -417,16 +413,7 @@ func TestIngressTCP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) { go p.ServeTCP(ctx, ln, port) }
-	if err := s.syncPorts(p, l7, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, ip := range s.ports {
-			ip.ln.Close()
-		}
-	})
+	s := servePorts(t, ctx, p, l7)
 	addr := "127.0.0.1:" + strconv.Itoa(int(port))
 	seen := map[string]int{}
 	for i := range 40 {
