@@ -23,8 +23,7 @@ import (
 // their virtual hosts are served together (a Host picks the most specific,
 // as a request picks the listener with the most specific hostname), and an
 // HTTPS listener's certificate (tls.mode Terminate, its first
-// certificateRef: a kubernetes.io/tls Secret of the Gateway's namespace) is
-// chosen by SNI from its hostname, the first listener's serving a client
+// certificateRef: see listenerTLS) is chosen by SNI from its hostname, the first listener's serving a client
 // whose SNI names no listener. An HTTP and an HTTPS listener on one port
 // conflict: the later is skipped (status Conflicted, ProtocolConflict).
 // Other protocols and TLS passthrough are reported and skipped.
