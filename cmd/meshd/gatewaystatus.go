@@ -156,6 +156,10 @@ func statusResource(kind string) string {
 		return "httproutes/status"
 	case controlplane.KindGRPCRoute:
 		return "grpcroutes/status"
+	case controlplane.KindTLSRoute:
+		return "tlsroutes/status"
+	case controlplane.KindTCPRoute:
+		return "tcproutes/status"
 	case controlplane.KindGateway:
 		return "gateways/status"
 	case controlplane.KindGatewayClass:
@@ -172,6 +176,10 @@ func (w *gatewayStatusWriter) get(ctx context.Context, st controlplane.ObjectSta
 		return v1.HTTPRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGRPCRoute:
 		return v1.GRPCRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindTLSRoute:
+		return v1.TLSRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindTCPRoute:
+		return v1.TCPRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGateway:
 		return v1.Gateways(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGatewayClass:
@@ -189,6 +197,10 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 		_, err = v1.HTTPRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.GRPCRoute:
 		_, err = v1.GRPCRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.TLSRoute:
+		_, err = v1.TLSRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.TCPRoute:
+		_, err = v1.TCPRoutes(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.BackendTLSPolicy:
 		_, err = v1.BackendTLSPolicies(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.Gateway:
@@ -199,8 +211,8 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 	return err
 }
 
-// withStatus returns a copy of obj (an HTTPRoute, GRPCRoute,
-// BackendTLSPolicy, Gateway or GatewayClass) carrying st merged into its status, and whether that
+// withStatus returns a copy of obj (an HTTPRoute, GRPCRoute, TLSRoute,
+// TCPRoute, BackendTLSPolicy, Gateway or GatewayClass) carrying st merged into its status, and whether that
 // differs from obj's status. An object whose generation is not the one st
 // was computed for is left alone: st is stale, or the object is, and the
 // next build brings the right one.
@@ -226,6 +238,10 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 		route = &o.Status.RouteStatus
 	case *gatewayv1.GRPCRoute:
 		route = &o.Status.RouteStatus
+	case *gatewayv1.TLSRoute:
+		route = &o.Status.RouteStatus
+	case *gatewayv1.TCPRoute:
+		route = &o.Status.RouteStatus
 	default:
 		return nil, false
 	}
@@ -238,6 +254,10 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 	case *gatewayv1.HTTPRoute:
 		o.Status.Parents = merged
 	case *gatewayv1.GRPCRoute:
+		o.Status.Parents = merged
+	case *gatewayv1.TLSRoute:
+		o.Status.Parents = merged
+	case *gatewayv1.TCPRoute:
 		o.Status.Parents = merged
 	}
 	return out, true
@@ -252,6 +272,10 @@ func (w *gatewayStatusWriter) noteLeftOut(obj runtime.Object, st controlplane.Ob
 	case *gatewayv1.HTTPRoute:
 		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
 	case *gatewayv1.GRPCRoute:
+		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
+	case *gatewayv1.TLSRoute:
+		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
+	case *gatewayv1.TCPRoute:
 		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
 	case *gatewayv1.BackendTLSPolicy:
 		n, limit, others = entriesLeftOut(o.Status.Ancestors, st.Ancestors)

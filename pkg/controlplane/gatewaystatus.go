@@ -123,6 +123,22 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		}
 		route(KindHTTPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
 	}
+	for _, k := range sortedKeys(bd.in.tlsRoutes) {
+		rt := bd.in.tlsRoutes[k]
+		var backends []gatewayv1.BackendRef
+		for _, rule := range rt.Spec.Rules {
+			backends = append(backends, rule.BackendRefs...)
+		}
+		route(KindTLSRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
+	}
+	for _, k := range sortedKeys(bd.in.tcpRoutes) {
+		rt := bd.in.tcpRoutes[k]
+		var backends []gatewayv1.BackendRef
+		for _, rule := range rt.Spec.Rules {
+			backends = append(backends, rule.BackendRefs...)
+		}
+		route(KindTCPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, nil, backends)
+	}
 	out = append(out, bd.listenerStatus(out)...) // out: the routes, whose acceptance attachedRoutes counts
 	out = append(out, bd.gatewayClassStatus()...)
 	out = append(out, bd.backendTLSStatus()...)
@@ -163,7 +179,7 @@ func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gate
 		if slices.ContainsFunc(parents[:i], func(p gatewayv1.ParentReference) bool { return sameParentRef(p, pr) }) {
 			continue // written twice: one entry
 		}
-		ours, ok, reason, msg := bd.parentAccepts(meta.Namespace, hostnames, pr)
+		ours, ok, reason, msg := bd.parentAccepts(kind, meta.Namespace, hostnames, pr)
 		if !ours {
 			continue
 		}
@@ -185,7 +201,7 @@ func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gate
 // parentAccepts decides one parentRef of a route in routeNS with
 // hostnames: ours says whether meshlet serves that parent at all; ok,
 // reason and msg are the Accepted condition's.
-func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
+func (bd *build) parentAccepts(routeKind, routeNS string, hostnames []gatewayv1.Hostname, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
 	group, kind := gatewayv1.GroupName, "Gateway"
 	if pr.Group != nil {
 		group = string(*pr.Group)
@@ -201,6 +217,8 @@ func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, p
 	noParent := string(gatewayv1.RouteReasonNoMatchingParent)
 	notAllowed := string(gatewayv1.RouteReasonNotAllowedByListeners)
 	switch {
+	case kind == "Service" && (group == "" || group == "core") && (routeKind == KindTLSRoute || routeKind == KindTCPRoute):
+		return true, false, string(gatewayv1.RouteReasonUnsupportedValue), fmt.Sprintf("a %s bound to a Service is not served: meshlet's waypoints take HTTPRoutes and GRPCRoutes; TCP to Service %s is forwarded as it is (L4 policy applies)", routeKind, key)
 	case kind == "Service" && (group == "" || group == "core"):
 		svc, found := bd.kubeSvcs[key]
 		if !found {
@@ -240,6 +258,9 @@ func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, p
 			if reason, _ := bd.unservedListener(gw, i); reason != "" {
 				continue
 			}
+			if kinds, _ := listenerKinds(l); !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == routeKind }) {
+				continue
+			}
 			http = true
 			if !bd.allowedRoute(routeNS, gw, l) {
 				continue
@@ -254,7 +275,7 @@ func (bd *build) parentAccepts(routeNS string, hostnames []gatewayv1.Hostname, p
 		case !matched:
 			return true, false, noParent, fmt.Sprintf("Gateway %s has no listener matching the parentRef's sectionName and port", key)
 		case !http:
-			return true, false, notAllowed, fmt.Sprintf("the listeners of Gateway %s the parentRef matches are not served: meshlet's ingress serves HTTP and HTTPS (tls.mode Terminate) listeners, one protocol per port (see the Gateway's status.listeners)", key)
+			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches takes a %s: HTTP and HTTPS listeners take HTTPRoutes and GRPCRoutes, TLS passthrough listeners TLSRoutes, TCP listeners TCPRoutes (see the Gateway's status.listeners)", key, routeKind)
 		case !allowed:
 			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches admits routes from namespace %s (allowedRoutes.namespaces)", key, routeNS)
 		default:

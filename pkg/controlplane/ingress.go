@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -67,9 +68,15 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			case pt == nil:
 				pt = &port{listener: model.L7Listener{Name: string(l.Name), Port: uint32(l.Port), TLS: tlsCfg}}
 				ports = append(ports, pt)
+			case tlsCfg != nil && pt.listener.TLS == nil:
+				pt.listener.TLS = tlsCfg // the port's first HTTPS listener, after TLS passthrough ones
 			case tlsCfg != nil:
 				// Another HTTPS listener of the port: its certificate by SNI.
 				addSNI(&pt.listener, tlsCfg, tlsCfg.SNIHosts)
+			}
+			if l.Protocol == gatewayv1.TLSProtocolType || l.Protocol == gatewayv1.TCPProtocolType {
+				lb.l4Routes(gw, l, &pt.listener)
+				continue
 			}
 			type attachedRoute struct {
 				kind, ns, name string
@@ -117,7 +124,10 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 				}
 			}
 			ml.VirtualHosts = append(specific, wildcard...)
-			if len(ml.VirtualHosts) > 0 {
+			if len(ml.VirtualHosts) == 0 {
+				ml.TLS, ml.SNI = nil, nil // TLS passthrough only: nothing terminates here
+			}
+			if len(ml.VirtualHosts) > 0 || len(ml.Passthrough) > 0 || ml.TCP != nil {
 				cfg.Listeners = append(cfg.Listeners, ml)
 			}
 		}
@@ -142,21 +152,96 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 // listener's certificate is its ResolvedRefs (certificateRefsFault).
 func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.ListenerConditionReason, string) {
 	l := gw.Spec.Listeners[i]
+	passthrough := l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough
 	switch l.Protocol {
-	case gatewayv1.HTTPProtocolType:
+	case gatewayv1.HTTPProtocolType, gatewayv1.TCPProtocolType:
 	case gatewayv1.HTTPSProtocolType:
-		if l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough {
-			return gatewayv1.ListenerReasonUnsupportedProtocol, "protocol HTTPS with tls.mode Passthrough (TLSRoute) is not served by meshlet's ingress; use Terminate"
+		if passthrough {
+			return gatewayv1.ListenerReasonUnsupportedProtocol, "protocol HTTPS with tls.mode Passthrough is not valid Gateway API: use protocol TLS with TLSRoutes for passthrough, or Terminate"
+		}
+	case gatewayv1.TLSProtocolType:
+		if !passthrough {
+			return gatewayv1.ListenerReasonUnsupportedProtocol, "protocol TLS with tls.mode Terminate is not served by meshlet's ingress (use HTTPS to terminate, or tls.mode Passthrough with TLSRoutes)"
 		}
 	default:
-		return gatewayv1.ListenerReasonUnsupportedProtocol, fmt.Sprintf("protocol %s is not served by meshlet's ingress (HTTP and HTTPS are; for TLS passthrough use an Istio Gateway server)", l.Protocol)
+		return gatewayv1.ListenerReasonUnsupportedProtocol, fmt.Sprintf("protocol %s is not served by meshlet's ingress (HTTP, HTTPS, TLS passthrough and TCP are)", l.Protocol)
 	}
 	for _, o := range gw.Spec.Listeners[:i] {
-		if o.Port == l.Port && o.Protocol != l.Protocol && (o.Protocol == gatewayv1.HTTPProtocolType || o.Protocol == gatewayv1.HTTPSProtocolType) {
-			return gatewayv1.ListenerReasonProtocolConflict, fmt.Sprintf("port %d already serves listener %q over %s; an HTTP and an HTTPS listener cannot share a port", l.Port, o.Name, o.Protocol)
+		if o.Port == l.Port && portFamily(o.Protocol) != portFamily(l.Protocol) && portFamily(o.Protocol) != "" {
+			return gatewayv1.ListenerReasonProtocolConflict, fmt.Sprintf("port %d already serves listener %q over %s; a port serves HTTP, or TLS (HTTPS and TLS passthrough, told apart by SNI), or TCP", l.Port, o.Name, o.Protocol)
 		}
 	}
 	return "", ""
+}
+
+// portFamily is what a port of a listener of protocol p serves: listeners
+// of one family may share a port; "" for protocols not served.
+func portFamily(p gatewayv1.ProtocolType) string {
+	switch p {
+	case gatewayv1.HTTPProtocolType:
+		return "http"
+	case gatewayv1.HTTPSProtocolType, gatewayv1.TLSProtocolType:
+		return "tls"
+	case gatewayv1.TCPProtocolType:
+		return "tcp"
+	}
+	return ""
+}
+
+// l4Routes adds to pt the TLSRoutes (a TLS passthrough listener) or the
+// oldest TCPRoute (a TCP listener) attached to listener l of gw.
+func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *model.L7Listener) {
+	bd := lb.bd
+	backends := func(kind, ns, name string, rules [][]gatewayv1.BackendRef) []model.WeightedDestination {
+		var out []model.WeightedDestination
+		for _, refs := range rules {
+			for _, b := range refs {
+				// A backendRef of another kind, or to another namespace
+				// without a ReferenceGrant, is left out; a Service that
+				// does not exist keeps its share, whose connections fail
+				// (no endpoints), as Gateway API has an invalid backend's
+				// connections refused. backendRefsCondition reports both
+				// in the route's status.
+				if d, ok := lb.backend(kind, ns, name, b, 0); ok && d.Cluster != "" {
+					out = append(out, d)
+				}
+			}
+		}
+		return out
+	}
+	switch l.Protocol {
+	case gatewayv1.TLSProtocolType:
+		for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tlsRoutes))) {
+			doms := routeDomains(rt.Spec.Hostnames, l)
+			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.allowedRoute(rt.Namespace, gw, l) || doms == nil {
+				continue
+			}
+			var rules [][]gatewayv1.BackendRef
+			for _, r := range rt.Spec.Rules {
+				rules = append(rules, r.BackendRefs)
+			}
+			if ds := backends(KindTLSRoute, rt.Namespace, rt.Name, rules); len(ds) > 0 {
+				ml.Passthrough = append(ml.Passthrough, model.PassthroughRoute{Name: rt.Namespace + "/" + rt.Name, SNIHosts: doms, Destinations: ds})
+			}
+		}
+	case gatewayv1.TCPProtocolType:
+		for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes))) {
+			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.allowedRoute(rt.Namespace, gw, l) {
+				continue
+			}
+			if ml.TCP != nil {
+				bd.rejecter(KindTCPRoute, rt.Namespace, rt.Name).warn("Gateway %s/%s listener %q already forwards to TCPRoute %s (the oldest): a TCP listener forwards to one route; this one is not served there", gw.Namespace, gw.Name, l.Name, ml.TCP.Name)
+				continue
+			}
+			var rules [][]gatewayv1.BackendRef
+			for _, r := range rt.Spec.Rules {
+				rules = append(rules, r.BackendRefs)
+			}
+			if ds := backends(KindTCPRoute, rt.Namespace, rt.Name, rules); len(ds) > 0 {
+				ml.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
+			}
+		}
+	}
 }
 
 // listenerTLS is an HTTPS listener's certificate: its first certificateRef,

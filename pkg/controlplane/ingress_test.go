@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/testutil"
@@ -759,5 +761,124 @@ spec:
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("config does not validate: %v", err)
+	}
+}
+
+// TestIngressGatewayL4: Gateway API's TLS passthrough and TCP listeners. A
+// TLSRoute attached to a TLS listener (tls.mode Passthrough) sends the
+// connections whose server name its hostnames name to its backends,
+// untouched, on a port it shares with an HTTPS listener that terminates
+// another host; the oldest TCPRoute attached to a TCP listener takes its
+// connections by weight, a second one is reported. Route status: accepted
+// where a listener takes the kind; an HTTPRoute naming the TLS listener
+// and a TCPRoute naming a Service are not.
+func TestIngressGatewayL4(t *testing.T) {
+	cert, key := testutil.SelfSignedPEM(t, "shop.example.com")
+	service := func(name, ip string, port int) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: shop}
+spec: {clusterIP: %s, selector: {app: %s}, ports: [{name: p, port: %d}]}
+`, name, ip, name, port)
+	}
+	age := 0 // each route younger than the one before
+	route := func(kind, name, parents, extra string) string {
+		age++
+		return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: %s
+metadata: {name: %s, namespace: shop, creationTimestamp: "2026-01-01T00:00:0%dZ"}
+spec:
+  parentRefs: %s
+%s`, kind, name, age, parents, extra)
+	}
+	b := NewBuilder(BuilderOptions{})
+	snap, rej := b.Build(inputs(t, ns("shop", ""), fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata: {name: shop-cert, namespace: shop}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s}
+`, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key)),
+		service("my-nginx", "10.96.0.71", 443), service("tcp-echo", "10.96.0.72", 9000), service("tcp-echo-v2", "10.96.0.73", 9000), service("web", "10.96.0.74", 80),
+		`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop, generation: 2}
+spec:
+  gatewayClassName: meshlet
+  listeners:
+  - {name: tls, port: 443, protocol: TLS, hostname: "*.example.com", tls: {mode: Passthrough}}
+  - {name: https, port: 443, protocol: HTTPS, hostname: shop.example.com, tls: {certificateRefs: [{name: shop-cert}]}}
+  - {name: tcp, port: 9000, protocol: TCP}
+`,
+		route("TLSRoute", "nginx", "[{name: edge, sectionName: tls}]", `  hostnames: [nginx.example.com]
+  rules: [{backendRefs: [{name: my-nginx, port: 443}, {name: missing, port: 443}]}]
+`),
+		route("TCPRoute", "echo", "[{name: edge, sectionName: tcp}]", `  rules: [{backendRefs: [{name: tcp-echo, port: 9000, weight: 80}, {name: tcp-echo-v2, port: 9000, weight: 20}]}]
+`),
+		route("TCPRoute", "echo-later", "[{name: edge, sectionName: tcp}]", `  rules: [{backendRefs: [{name: tcp-echo, port: 9000}]}]
+`),
+		route("TCPRoute", "to-service", `[{group: "", kind: Service, name: web, port: 80}]`, `  rules: [{backendRefs: [{name: web, port: 80}]}]
+`),
+		route("HTTPRoute", "shop", "[{name: edge, sectionName: https}]", `  rules: [{backendRefs: [{name: web, port: 80}]}]
+`),
+		route("HTTPRoute", "wrong", "[{name: edge, sectionName: tls}]", `  rules: [{backendRefs: [{name: web, port: 80}]}]
+`),
+	))
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "shop", Name: "edge"})
+	if !ok {
+		t.Fatal("no L7 config for shop/edge")
+	}
+	if len(cfg.Listeners) != 2 {
+		t.Fatalf("listeners %+v; want 443 and 9000", cfg.Listeners)
+	}
+	tlsPort, tcpPort := cfg.Listeners[0], cfg.Listeners[1]
+	wantPass := []model.PassthroughRoute{{Name: "shop/nginx", SNIHosts: []string{"nginx.example.com"},
+		Destinations: []model.WeightedDestination{{Cluster: "outbound|443||my-nginx.shop.svc.cluster.local", Weight: 1},
+			{Cluster: "outbound|443||missing.shop.svc.cluster.local", Weight: 1}}}} // its share refused: no endpoints
+	if d := cmp.Diff(wantPass, tlsPort.Passthrough); d != "" {
+		t.Errorf("port 443 passthrough routes (-want +got):\n%s", d)
+	}
+	if tlsPort.TLS == nil || len(tlsPort.VirtualHosts) != 1 || tlsPort.VirtualHosts[0].Domains[0] != "shop.example.com" {
+		t.Errorf("port 443: TLS %v hosts %+v; want shop.example.com terminated beside the passthrough", tlsPort.TLS, tlsPort.VirtualHosts)
+	}
+	wantTCP := &model.TCPRoute{Name: "shop/echo", Destinations: []model.WeightedDestination{
+		{Cluster: "outbound|9000||tcp-echo.shop.svc.cluster.local", Weight: 80}, {Cluster: "outbound|9000||tcp-echo-v2.shop.svc.cluster.local", Weight: 20}}}
+	if d := cmp.Diff(wantTCP, tcpPort.TCP); d != "" {
+		t.Errorf("port 9000 tcp route (-want +got):\n%s", d)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("config does not validate: %v", err)
+	}
+	if !hasRejection(rej, `TCPRoute shop/echo-later: Gateway shop/edge listener "tcp" already forwards to TCPRoute shop/echo`, true) {
+		t.Errorf("rejections = %v; want the second TCPRoute reported", rej)
+	}
+	for _, tt := range []struct {
+		kind, name string
+		accepted   bool
+		reason     string
+	}{
+		{"TLSRoute", "nginx", true, "Accepted"},
+		{"TCPRoute", "echo", true, "Accepted"},
+		{"HTTPRoute", "shop", true, "Accepted"},
+		{"HTTPRoute", "wrong", false, "NotAllowedByListeners"},
+		{"TCPRoute", "to-service", false, "UnsupportedValue"},
+	} {
+		st := statusOf(t, b, tt.kind, "shop", tt.name)
+		if len(st.Parents) != 1 {
+			t.Errorf("%s %s: parents %+v; want one", tt.kind, tt.name, st.Parents)
+			continue
+		}
+		c := meta.FindStatusCondition(st.Parents[0].Conditions, "Accepted")
+		if c == nil || (c.Status == metav1.ConditionTrue) != tt.accepted || c.Reason != tt.reason {
+			t.Errorf("%s %s: Accepted %+v; want %v %s", tt.kind, tt.name, c, tt.accepted, tt.reason)
+		}
+	}
+	ls := statusOf(t, b, KindGateway, "shop", "edge").Listeners
+	for _, l := range ls {
+		if !meta.IsStatusConditionTrue(l.Conditions, "Programmed") {
+			t.Errorf("listener %s: %+v; want Programmed", l.Name, l.Conditions)
+		}
+	}
+	if len(ls) != 3 || ls[0].AttachedRoutes != 1 || ls[2].AttachedRoutes != 2 {
+		t.Errorf("listeners %+v; want tls with 1 route attached, tcp with 2", ls)
 	}
 }

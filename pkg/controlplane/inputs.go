@@ -48,6 +48,8 @@ const (
 	KindGatewayClass          = "GatewayClass"
 	KindHTTPRoute             = "HTTPRoute"
 	KindGRPCRoute             = "GRPCRoute"
+	KindTLSRoute              = "TLSRoute"
+	KindTCPRoute              = "TCPRoute"
 	KindReferenceGrant        = "ReferenceGrant"
 	KindTelemetry             = "Telemetry"
 	KindLocalRateLimitPolicy  = "LocalRateLimitPolicy"
@@ -96,6 +98,8 @@ type Inputs struct {
 	gatewayClasses  map[string]*gatewayv1.GatewayClass
 	httpRoutes      map[string]*gatewayv1.HTTPRoute
 	grpcRoutes      map[string]*gatewayv1.GRPCRoute
+	tlsRoutes       map[string]*gatewayv1.TLSRoute
+	tcpRoutes       map[string]*gatewayv1.TCPRoute
 	referenceGrants map[string]*gatewayv1.ReferenceGrant
 	backendTLS      map[string]*gatewayv1.BackendTLSPolicy
 
@@ -121,7 +125,7 @@ func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) 
 // (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
 // security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
 // RequestAuthentication), telemetry v1 and v1alpha1 (Telemetry); and sigs.k8s.io/gateway-api v1 (Gateway,
-// GatewayClass, HTTPRoute, GRPCRoute, ReferenceGrant, BackendTLSPolicy). Adding an object with
+// GatewayClass, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ReferenceGrant, BackendTLSPolicy). Adding an object with
 // the namespace/name of one already added replaces it. Any other type is an error.
 func (in *Inputs) Add(obj runtime.Object) error {
 	switch o := obj.(type) {
@@ -204,6 +208,10 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		put(&in.httpRoutes, key(o), o)
 	case *gatewayv1.GRPCRoute:
 		put(&in.grpcRoutes, key(o), o)
+	case *gatewayv1.TLSRoute:
+		put(&in.tlsRoutes, key(o), o)
+	case *gatewayv1.TCPRoute:
+		put(&in.tcpRoutes, key(o), o)
 	case *gatewayv1.ReferenceGrant:
 		put(&in.referenceGrants, key(o), o)
 	case *gatewayv1.BackendTLSPolicy:
@@ -248,8 +256,8 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// GatewayAPIObject returns the HTTPRoute, GRPCRoute, BackendTLSPolicy,
-// Gateway or GatewayClass (kind KindHTTPRoute, KindGRPCRoute,
+// GatewayAPIObject returns the HTTPRoute, GRPCRoute, TLSRoute, TCPRoute,
+// BackendTLSPolicy, Gateway or GatewayClass (kind KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute,
 // KindBackendTLSPolicy, KindGateway or KindGatewayClass; namespace "" for
 // a GatewayClass) named namespace/name, nil when the inputs hold none. It is shared: do not
 // modify it.
@@ -262,6 +270,14 @@ func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object 
 		}
 	case KindGRPCRoute:
 		if o, ok := in.grpcRoutes[k]; ok {
+			return o
+		}
+	case KindTLSRoute:
+		if o, ok := in.tlsRoutes[k]; ok {
+			return o
+		}
+	case KindTCPRoute:
+		if o, ok := in.tcpRoutes[k]; ok {
 			return o
 		}
 	case KindBackendTLSPolicy:

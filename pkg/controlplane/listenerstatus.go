@@ -126,7 +126,7 @@ func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes
 		}
 	} else if len(invalidKinds) > 0 {
 		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(gatewayv1.ListenerReasonInvalidRouteKinds),
-			fmt.Sprintf("allowedRoutes.kinds %s: meshlet attaches HTTPRoute and GRPCRoute (group %s) only", strings.Join(invalidKinds, ", "), gatewayv1.GroupName), gen)
+			fmt.Sprintf("allowedRoutes.kinds %s: a listener of protocol %s takes %s (group %s) only", strings.Join(invalidKinds, ", "), l.Protocol, kindNames(l), gatewayv1.GroupName), gen)
 	}
 	conds := []metav1.Condition{accepted, programmed, resolved}
 	if conflicted != nil {
@@ -143,11 +143,18 @@ func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes
 // listenerKinds returns the route kinds listener l takes, and the kinds
 // its allowedRoutes.kinds names that meshlet does not attach.
 func listenerKinds(l gatewayv1.Listener) (kinds []gatewayv1.RouteGroupKind, invalid []string) {
-	if l.Protocol != gatewayv1.HTTPProtocolType && l.Protocol != gatewayv1.HTTPSProtocolType {
+	group := gatewayv1.Group(gatewayv1.GroupName)
+	var supported []gatewayv1.RouteGroupKind
+	switch l.Protocol {
+	case gatewayv1.HTTPProtocolType, gatewayv1.HTTPSProtocolType:
+		supported = []gatewayv1.RouteGroupKind{{Group: &group, Kind: KindHTTPRoute}, {Group: &group, Kind: KindGRPCRoute}}
+	case gatewayv1.TLSProtocolType:
+		supported = []gatewayv1.RouteGroupKind{{Group: &group, Kind: KindTLSRoute}}
+	case gatewayv1.TCPProtocolType:
+		supported = []gatewayv1.RouteGroupKind{{Group: &group, Kind: KindTCPRoute}}
+	default:
 		return nil, nil
 	}
-	group := gatewayv1.Group(gatewayv1.GroupName)
-	supported := []gatewayv1.RouteGroupKind{{Group: &group, Kind: KindHTTPRoute}, {Group: &group, Kind: KindGRPCRoute}}
 	if l.AllowedRoutes == nil || len(l.AllowedRoutes.Kinds) == 0 {
 		return supported, nil
 	}
@@ -164,6 +171,18 @@ func listenerKinds(l gatewayv1.Listener) (kinds []gatewayv1.RouteGroupKind, inva
 		}
 	}
 	return kinds, invalid
+}
+
+// kindNames names the route kinds a listener of l's protocol takes.
+func kindNames(l gatewayv1.Listener) string {
+	all := l
+	all.AllowedRoutes = nil
+	kinds, _ := listenerKinds(all)
+	names := make([]string, len(kinds))
+	for i, k := range kinds {
+		names[i] = string(k.Kind)
+	}
+	return strings.Join(names, " and ")
 }
 
 // certificateRefsFault checks an HTTPS listener's certificateRefs against
@@ -238,8 +257,8 @@ func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ser
 	return n
 }
 
-// routeHostnames returns the spec.hostnames of the HTTPRoute or GRPCRoute
-// kind namespace/name of the build's inputs.
+// routeHostnames returns the spec.hostnames of the HTTPRoute, GRPCRoute or
+// TLSRoute kind namespace/name of the build's inputs (a TCPRoute has none).
 func (bd *build) routeHostnames(kind, namespace, name string) []gatewayv1.Hostname {
 	switch kind {
 	case KindHTTPRoute:
@@ -248,6 +267,10 @@ func (bd *build) routeHostnames(kind, namespace, name string) []gatewayv1.Hostna
 		}
 	case KindGRPCRoute:
 		if rt := bd.in.grpcRoutes[namespace+"/"+name]; rt != nil {
+			return rt.Spec.Hostnames
+		}
+	case KindTLSRoute:
+		if rt := bd.in.tlsRoutes[namespace+"/"+name]; rt != nil {
 			return rt.Spec.Hostnames
 		}
 	}

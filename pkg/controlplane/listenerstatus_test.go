@@ -138,12 +138,14 @@ spec:
   - {name: plain, port: 8443, protocol: HTTP}
   - {name: secure, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: bookinfo-cert}]}}
   - {name: tcp, port: 9000, protocol: TCP}
+  - {name: udp, port: 9001, protocol: UDP}
 `,
 			want: []gatewayv1.ListenerStatus{
 				listener("plain", httpKinds, 0, served...),
 				listener("secure", httpKinds, 0, c("Accepted", true, "Accepted"), c("Programmed", false, "Invalid"), c("ResolvedRefs", true, "ResolvedRefs"),
 					c("Conflicted", true, "ProtocolConflict")),
-				listener("tcp", nil, 0, c("Accepted", false, "UnsupportedProtocol"), c("Programmed", false, "Invalid"), c("ResolvedRefs", true, "ResolvedRefs")),
+				listener("tcp", []gatewayv1.RouteGroupKind{{Group: &group, Kind: "TCPRoute"}}, 0, served...),
+				listener("udp", nil, 0, c("Accepted", false, "UnsupportedProtocol"), c("Programmed", false, "Invalid"), c("ResolvedRefs", true, "ResolvedRefs")),
 			},
 		},
 		{name: "Gateway of another class: not meshd's", gateway: "bookinfo/envoy", extra: `apiVersion: gateway.networking.k8s.io/v1

@@ -93,6 +93,10 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &gatewayv1.HTTPRoute{}
 	case "gateway.networking.k8s.io/v1/GRPCRoute":
 		return &gatewayv1.GRPCRoute{}
+	case "gateway.networking.k8s.io/v1/TLSRoute":
+		return &gatewayv1.TLSRoute{}
+	case "gateway.networking.k8s.io/v1/TCPRoute":
+		return &gatewayv1.TCPRoute{}
 	case "gateway.networking.k8s.io/v1/ReferenceGrant":
 		return &gatewayv1.ReferenceGrant{}
 	case "gateway.networking.k8s.io/v1/BackendTLSPolicy":

@@ -128,6 +128,13 @@ var requiredCRDs = []watchedCRD{
 // refusing to start there would take the whole mesh down for one feature.
 var backendTLSPolicyCRD = watchedCRD{"gateway.networking.k8s.io/v1", "backendtlspolicies", "BackendTLSPolicy"}
 
+// tlsRouteCRD and tcpRouteCRD, Gateway API's L4 routes (v1 since its v1.5),
+// are read when the cluster serves them, as BackendTLSPolicy is.
+var (
+	tlsRouteCRD = watchedCRD{"gateway.networking.k8s.io/v1", "tlsroutes", KindTLSRoute}
+	tcpRouteCRD = watchedCRD{"gateway.networking.k8s.io/v1", "tcproutes", KindTCPRoute}
+)
+
 // Sources watches every object the Builder reads.
 type Sources struct {
 	opts      SourcesOptions
@@ -251,7 +258,7 @@ func (s *Sources) watchBackendTLS() error {
 // does not read (Gateways are not among them: the build reads the
 // addresses the deployer writes into their status).
 var statusWritten = map[string]bool{
-	KindHTTPRoute: true, KindGRPCRoute: true, KindBackendTLSPolicy: true,
+	KindHTTPRoute: true, KindGRPCRoute: true, KindTLSRoute: true, KindTCPRoute: true, KindBackendTLSPolicy: true,
 	KindServiceEntry: true, KindGatewayClass: true,
 }
 
@@ -408,6 +415,30 @@ func (s *Sources) Start(ctx context.Context) error {
 		if err := s.watchBackendTLS(); err != nil {
 			return fmt.Errorf("start sources: %w", err)
 		}
+	}
+	for _, c := range []struct {
+		crd      watchedCRD
+		informer func() cache.SharedIndexInformer
+	}{
+		{tlsRouteCRD, func() cache.SharedIndexInformer { return s.gateway.Gateway().V1().TLSRoutes().Informer() }},
+		{tcpRouteCRD, func() cache.SharedIndexInformer { return s.gateway.Gateway().V1().TCPRoutes().Informer() }},
+	} {
+		if !s.opts.SkipCRDCheck {
+			missing, err := missingCRDs(s.opts.Kube, []watchedCRD{c.crd})
+			if err != nil {
+				return fmt.Errorf("start sources: %w", err)
+			}
+			if len(missing) > 0 {
+				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough and TCP listeners get no routes of that kind until it is installed and meshd restarted",
+					"missing", missing[0], "install", InstallCRDsCommand)
+				continue
+			}
+		}
+		ki := kindInformer{c.crd.kind, c.informer()}
+		if err := s.addHandler(ki); err != nil {
+			return fmt.Errorf("start sources: %w", err)
+		}
+		s.informers = append(s.informers, ki)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s.mu.Lock()

@@ -645,7 +645,7 @@ func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, grpcs []*gatewayv
 // oldestFirst orders routes as Gateway API breaks precedence ties: the
 // oldest first, then by namespace/name.
 func oldestFirst[R interface {
-	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute | *gatewayv1.BackendTLSPolicy
+	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute | *gatewayv1.TLSRoute | *gatewayv1.TCPRoute | *gatewayv1.BackendTLSPolicy
 	GetCreationTimestamp() metav1.Time
 	GetNamespace() string
 	GetName() string

@@ -44,7 +44,10 @@ spec:
 // capability, and binds it through the pod's unprivileged-port sysctl. A
 // second HTTP listener on port 80 with its own hostname serves its own
 // route for that host, and an HTTPS listener on 443 terminates TLS with the
-// certificate of its kubernetes.io/tls Secret, verified by the client.
+// certificate of its kubernetes.io/tls Secret, verified by the client; a TLS
+// passthrough listener on the same port hands its host's connections,
+// untouched, to a TLSRoute's backend, which has its own certificate; a TCP
+// listener relays whole connections to a TCPRoute's backend.
 func TestIngressGatewayAPI(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -56,8 +59,34 @@ func TestIngressGatewayAPI(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+edgeGateway+`  - {name: http-other, port: 80, protocol: HTTP, hostname: other.example.com}
+	const passHost = "passthrough.example.com"
+	passCert, passKey, passRoots := servingCert(t, passHost) // the gateway never holds this one
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+httpsEchoPod("echo-tls", passCert, passKey)+"---\n"+edgeGateway+`  - {name: http-other, port: 80, protocol: HTTP, hostname: other.example.com}
   - {name: https, port: 443, protocol: HTTPS, hostname: `+secureHost+`, tls: {certificateRefs: [{name: secure-cert}]}}
+  - {name: tls-pass, port: 443, protocol: TLS, hostname: `+passHost+`, tls: {mode: Passthrough}}
+  - {name: tcp, port: 9000, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-tls}
+spec:
+  selector: {app: echo-tls}
+  ports: [{name: https, port: 8443}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: echo-tls}
+spec:
+  parentRefs: [{name: edge, sectionName: tls-pass}]
+  hostnames: [`+passHost+`]
+  rules: [{backendRefs: [{name: echo-tls, port: 8443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: echo-tcp}
+spec:
+  parentRefs: [{name: edge, sectionName: tcp}]
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -78,9 +107,10 @@ spec:
     backendRefs: [{name: echo, port: 8080}]
 `)
 	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
+	lb.WaitPodsReady(t, ns, "app=echo-tls", 1, 2*time.Minute)
 	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=edge", 1, 3*time.Minute)
 	var svcIP string
-	var nodePort, tlsNodePort int32
+	var nodePort, tlsNodePort, tcpNodePort int32
 	lab.WaitFor(t, time.Minute, "the gateway's Service", func() (bool, error) {
 		svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "edge", metav1.GetOptions{})
 		if err != nil {
@@ -92,9 +122,11 @@ spec:
 				svcIP, nodePort = svc.Spec.ClusterIP, p.NodePort
 			case 443:
 				tlsNodePort = p.NodePort
+			case 9000:
+				tcpNodePort = p.NodePort
 			}
 		}
-		return svcIP != "" && nodePort != 0 && tlsNodePort != 0, fmt.Errorf("no ports 80 and 443 with node ports yet")
+		return svcIP != "" && nodePort != 0 && tlsNodePort != 0 && tcpNodePort != 0, fmt.Errorf("no ports 80, 443 and 9000 with node ports yet")
 	})
 	plain := lb.NewNamespace(t)
 	outsider := clientPod(t, lb, plain, "outsider", "outsider")
@@ -136,12 +168,31 @@ spec:
 	if _, _, _, err := fetch(untrusted, tlsURL, secureHost); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
 	}
-	// The listeners' status says they are served.
+	// TLS passthrough on the same port, by SNI: the backend's own
+	// certificate, verified against its CA, and its answer.
+	passClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: passRoots, ServerName: passHost}}}
+	lab.WaitFor(t, 30*time.Second, "a TLSRoute's passthrough to echo-tls through "+tlsURL, func() (bool, error) {
+		code, body, _, err := fetch(passClient, tlsURL, passHost)
+		return err == nil && code == 200 && strings.Contains(body, "echo-tls"), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	// TCP: whole connections to echo's HTTP port, any path answered by echo.
+	tcpURL := fmt.Sprintf("http://%s:%d/any/path", lab.NodeIP(1), tcpNodePort)
+	lab.WaitFor(t, 30*time.Second, "a TCPRoute's connections through "+tcpURL, func() (bool, error) {
+		code, body, _, err := fetch(client, tcpURL, "")
+		return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	// The listeners' and routes' status say they are served.
 	lab.WaitFor(t, 30*time.Second, "every listener Programmed", func() (bool, error) {
 		out, err := lb.Kubectl("-n", ns, "get", "gateway", "edge", "-o",
 			`jsonpath={range .status.listeners[*]}{.name}={.conditions[?(@.type=="Programmed")].status} {end}`)
-		return err == nil && out == "http=True http-other=True https=True ", fmt.Errorf("listeners %q (%v)", out, err)
+		return err == nil && out == "http=True http-other=True https=True tls-pass=True tcp=True ", fmt.Errorf("listeners %q (%v)", out, err)
 	})
+	for _, kind := range []string{"tlsroute/echo-tls", "tcproute/echo-tcp"} {
+		lab.WaitFor(t, 30*time.Second, kind+" Accepted", func() (bool, error) {
+			out, err := lb.Kubectl("-n", ns, "get", kind, "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
+			return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
+		})
+	}
 }
 
 // meshSystem is the namespace meshctl installs the mesh into.
