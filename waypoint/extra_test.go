@@ -649,3 +649,52 @@ func TestConnFromContextCarriesStreamIdentity(t *testing.T) {
 		t.Errorf("GET over a stream with the allowed identity = %d; want 200", resp.StatusCode)
 	}
 }
+
+// TestTraceContextB3: a caller propagating Zipkin's B3 (multi-header or
+// the single b3 header) and no traceparent has its trace continued: the
+// upstream request's traceparent carries its trace ID (a 64-bit one padded)
+// with the waypoint's span, its B3 headers are rewritten in the form they
+// came for that span with the caller's as parent, the sampling decision is
+// kept, and the exported span is the caller's child; a malformed b3 starts
+// a new trace and is passed on as it came.
+func TestTraceContextB3(t *testing.T) {
+	app := &named{name: "app"}
+	var spans []Span
+	var mu sync.Mutex
+	h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", backend(t, app))}, model.L7Route{Name: "r", Destinations: to("app")}),
+		func(o *Options) {
+			o.ExportSpan = func(s Span) { mu.Lock(); spans = append(spans, s); mu.Unlock() }
+		})
+	client := newClient(t)
+	const trace64, caller = "463ac35c9f6413ad", "a2fb4a1d1a96d312"
+
+	h.get(t, client, "/", map[string]string{"X-B3-TraceId": trace64, "X-B3-SpanId": caller, "X-B3-Sampled": "1"})
+	got := app.lastRequest().Header
+	tid, pid, flags, ok := parseTraceparent(got.Get("Traceparent"))
+	if !ok || tid != "0000000000000000"+trace64 || flags != 1 {
+		t.Errorf("upstream traceparent %q; want trace 0000000000000000%s, sampled", got.Get("Traceparent"), trace64)
+	}
+	if got.Get("X-B3-TraceId") != trace64 || got.Get("X-B3-SpanId") != pid || got.Get("X-B3-ParentSpanId") != caller || got.Get("X-B3-Sampled") != "1" {
+		t.Errorf("upstream B3 %v; want trace %s, span %s (the waypoint's), parent %s, sampled 1", got, trace64, pid, caller)
+	}
+
+	const trace128 = "80f198ee56343ba864fe8b2a57d3eff7"
+	h.get(t, client, "/", map[string]string{"b3": trace128 + "-" + caller + "-0"})
+	got = app.lastRequest().Header
+	tid, pid, flags, ok = parseTraceparent(got.Get("Traceparent"))
+	if !ok || tid != trace128 || flags != 0 || got.Get("B3") != trace128+"-"+pid+"-0-"+caller || got.Get("X-B3-TraceId") != "" {
+		t.Errorf("upstream traceparent %q b3 %q; want trace %s unsampled and b3 %s-<span>-0-%s only", got.Get("Traceparent"), got.Get("B3"), trace128, trace128, caller)
+	}
+
+	h.get(t, client, "/", map[string]string{"b3": "not-a-context-at-all-really"})
+	got = app.lastRequest().Header
+	if tid, _, _, ok := parseTraceparent(got.Get("Traceparent")); !ok || tid == trace128 || got.Get("B3") != "not-a-context-at-all-really" {
+		t.Errorf("malformed b3: traceparent %q b3 %q; want a new trace and b3 as it came", got.Get("Traceparent"), got.Get("B3"))
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(spans) != 1 || spans[0].TraceID != "0000000000000000"+trace64 || spans[0].ParentSpanID != caller {
+		t.Errorf("exported spans %+v; want one, the sampled B3 request's, child of %s", spans, caller)
+	}
+}

@@ -52,6 +52,10 @@ type OTLPOptions struct {
 	Headers map[string]string
 	// Timeout bounds one export; zero means 10s.
 	Timeout time.Duration
+	// Zipkin posts Zipkin's v2 JSON (the resource's service.name as the
+	// local endpoint, its other attributes as tags) to Endpoint + Path in
+	// place of OTLP; Path is then required.
+	Zipkin bool
 }
 
 // otlpGRPCPath is the OTLP/gRPC trace export method.
@@ -59,7 +63,8 @@ const otlpGRPCPath = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 
 // OTLPExporter sends the waypoint's spans to an OpenTelemetry collector
 // over OTLP/HTTP with the JSON encoding the OTLP specification defines, or
-// over OTLP/gRPC (OTLPOptions.GRPC) with its protobuf encoding. It
+// over OTLP/gRPC (OTLPOptions.GRPC) with its protobuf encoding, or to a
+// Zipkin collector in its v2 JSON (OTLPOptions.Zipkin). It
 // is written against the wire format, not the OpenTelemetry SDK: the SDK
 // and its protobuf module would move the versions the lab's pinned
 // Kubernetes binaries are built with (see the note in the README).
@@ -105,6 +110,8 @@ func NewOTLPExporter(opts OTLPOptions) (*OTLPExporter, error) {
 	switch {
 	case opts.GRPC:
 		path = otlpGRPCPath
+	case opts.Zipkin && path == "":
+		return nil, errors.New("zipkin exporter: no path to post spans to (Istio's default is /api/v2/spans)")
 	case path == "":
 		path = "/v1/traces"
 	}
@@ -241,10 +248,17 @@ func (e *OTLPExporter) send(ctx context.Context, batch []Span) error {
 	}
 	var body []byte
 	var err error
-	if e.opts.GRPC {
+	switch {
+	case e.opts.GRPC:
 		body = grpcFrame(encodeTraces(res, batch))
-	} else if body, err = e.encodeJSON(res, batch); err != nil {
-		return err
+	case e.opts.Zipkin:
+		if body, err = encodeZipkin(res, batch); err != nil {
+			return err
+		}
+	default:
+		if body, err = e.encodeJSON(res, batch); err != nil {
+			return err
+		}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.url, bytes.NewReader(body))
 	if err != nil {
@@ -305,6 +319,50 @@ func (e *OTLPExporter) encodeJSON(res map[string]string, batch []Span) ([]byte, 
 		ss.Spans = append(ss.Spans, sp)
 	}
 	b, err := json.Marshal(otlpExport{ResourceSpans: []otlpResourceSpans{rs}})
+	if err != nil {
+		return nil, fmt.Errorf("encode spans: %w", err)
+	}
+	return b, nil
+}
+
+// zipkinSpan is a span in Zipkin's v2 JSON.
+type zipkinSpan struct {
+	TraceID       string            `json:"traceId"`
+	ID            string            `json:"id"`
+	ParentID      string            `json:"parentId,omitempty"`
+	Name          string            `json:"name"`
+	Kind          string            `json:"kind"`
+	Timestamp     int64             `json:"timestamp"` // microseconds
+	Duration      int64             `json:"duration"`  // microseconds, at least 1
+	LocalEndpoint map[string]string `json:"localEndpoint"`
+	Tags          map[string]string `json:"tags,omitempty"`
+}
+
+// encodeZipkin writes a batch as Zipkin's v2 JSON: server spans of the
+// resource's service.name, the other resource attributes and the span's
+// own as tags, "error" on a 5xx (as Zipkin's instrumentation marks one).
+func encodeZipkin(res map[string]string, batch []Span) ([]byte, error) {
+	out := make([]zipkinSpan, 0, len(batch))
+	for _, s := range batch {
+		tags := make(map[string]string, len(s.Attributes)+len(res))
+		for k, v := range res {
+			if k != "service.name" {
+				tags[k] = v
+			}
+		}
+		for k, v := range s.Attributes {
+			tags[k] = v
+		}
+		if spanFailed(s) {
+			tags["error"] = s.Attributes["http.response.status_code"]
+		}
+		out = append(out, zipkinSpan{
+			TraceID: s.TraceID, ID: s.SpanID, ParentID: s.ParentSpanID, Name: s.Name, Kind: "SERVER",
+			Timestamp: s.Start.UnixMicro(), Duration: max(s.End.Sub(s.Start).Microseconds(), 1),
+			LocalEndpoint: map[string]string{"serviceName": res["service.name"]}, Tags: tags,
+		})
+	}
+	b, err := json.Marshal(out)
 	if err != nil {
 		return nil, fmt.Errorf("encode spans: %w", err)
 	}

@@ -35,10 +35,11 @@ type traceContext struct {
 }
 
 // startTrace continues the caller's trace from a valid traceparent header,
-// or starts a new one sampled at samplePercent, and sets the outgoing
-// traceparent with the waypoint's own span as parent. tracestate is passed
-// through unchanged. An invalid traceparent is replaced, as the W3C spec
-// requires.
+// else from valid B3 headers (Zipkin's, whose headers are then rewritten
+// for the waypoint's span), or starts a new one sampled at samplePercent,
+// and sets the outgoing traceparent with the waypoint's own span as
+// parent. tracestate is passed through unchanged. An invalid traceparent
+// is replaced, as the W3C spec requires.
 func startTrace(h http.Header, samplePercent float64) traceContext {
 	// The outgoing traceparent is built in one buffer, and the context's
 	// IDs are slices of that one string. The IDs come from math/rand/v2
@@ -49,6 +50,21 @@ func startTrace(h http.Header, samplePercent float64) traceContext {
 	var tc traceContext
 	v, parent, flags, ok := parseTraceparent(get(h, "Traceparent"))
 	binary.LittleEndian.PutUint64(rnd[:8], rand.Uint64())
+	var b3 b3Context
+	if !ok {
+		// No W3C context: a caller propagating Zipkin's B3 (Istio's
+		// Envoys did by default) continues its trace all the same.
+		if b3, ok = parseB3(h); ok {
+			v, parent, flags = b3.traceID32(), b3.spanID, 0
+			sampled := b3.sampled
+			if b3.deferred {
+				sampled = chance(samplePercent)
+			}
+			if sampled {
+				flags = 1
+			}
+		}
+	}
 	if ok {
 		tc.parentID, tc.sampled = parent, flags&1 == 1
 	} else {
@@ -73,7 +89,84 @@ func startTrace(h http.Header, samplePercent float64) traceContext {
 	tp := string(b[:])
 	tc.traceID, tc.spanID = tp[3:35], tp[36:52]
 	h["Traceparent"] = []string{tp}
+	if b3.traceID != "" {
+		b3.propagate(h, tc)
+	}
 	return tc
+}
+
+// b3Context is a caller's Zipkin B3 trace context: the multi-header form
+// (X-B3-TraceId, X-B3-SpanId, X-B3-Sampled, X-B3-Flags) or the single
+// "b3" header ("{trace}-{span}[-{sampled}[-{parent}]]").
+type b3Context struct {
+	traceID, spanID string // lower-case hex: 16 or 32, and 16 digits
+	sampled         bool
+	deferred        bool // no sampling decision: the receiver decides
+	single          bool // it came as the single b3 header
+}
+
+// parseB3 reads a valid B3 context from h; ok is false without one, or
+// with a malformed one (which is then left for the caller's next hop as
+// it came).
+func parseB3(h http.Header) (b b3Context, ok bool) {
+	if v := get(h, "B3"); v != "" {
+		parts := strings.Split(strings.ToLower(strings.TrimSpace(v)), "-")
+		if len(parts) < 2 || len(parts) > 4 {
+			return b, false
+		}
+		b.traceID, b.spanID, b.single, b.deferred = parts[0], parts[1], true, true
+		if len(parts) > 2 {
+			switch parts[2] {
+			case "1", "d":
+				b.sampled, b.deferred = true, false
+			case "0":
+				b.deferred = false
+			default:
+				return b, false
+			}
+		}
+	} else {
+		b.traceID, b.spanID = strings.ToLower(get(h, "X-B3-Traceid")), strings.ToLower(get(h, "X-B3-Spanid"))
+		b.deferred = true
+		if get(h, "X-B3-Flags") == "1" {
+			b.sampled, b.deferred = true, false
+		} else if s := get(h, "X-B3-Sampled"); s != "" {
+			b.sampled, b.deferred = s == "1" || strings.EqualFold(s, "true"), false
+		}
+	}
+	if (len(b.traceID) != 16 && len(b.traceID) != 32) || len(b.spanID) != 16 || !isLowerHex(b.traceID) || !isLowerHex(b.spanID) ||
+		allZero(b.traceID) || allZero(b.spanID) {
+		return b3Context{}, false
+	}
+	return b, true
+}
+
+// traceID32 is the B3 trace ID as W3C's 32 digits (a 64-bit one padded
+// with zeros on the left, as Zipkin and OpenTelemetry map it).
+func (b b3Context) traceID32() string {
+	if len(b.traceID) == 32 {
+		return b.traceID
+	}
+	return "0000000000000000" + b.traceID
+}
+
+// propagate rewrites the caller's B3 headers, in the form they came in,
+// for the waypoint's own span (the caller's span its parent), so that an
+// app propagating B3 only keeps the trace.
+func (b b3Context) propagate(h http.Header, tc traceContext) {
+	sampled := "0"
+	if tc.sampled {
+		sampled = "1"
+	}
+	if b.single {
+		h["B3"] = []string{b.traceID + "-" + tc.spanID + "-" + sampled + "-" + b.spanID}
+		return
+	}
+	h["X-B3-Traceid"] = []string{b.traceID}
+	h["X-B3-Spanid"] = []string{tc.spanID}
+	h["X-B3-Parentspanid"] = []string{b.spanID}
+	h["X-B3-Sampled"] = []string{sampled}
+	delete(h, "X-B3-Flags")
 }
 
 // traceparentLen is the length of a version 00 traceparent:

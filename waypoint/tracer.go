@@ -56,6 +56,7 @@ func (ts *tracers) use(p *Proxy, spec *model.Tracer) func(Span) {
 		Resource:    p.opts.SpanResource,
 		Client:      &http.Client{Transport: clusterTransport{p: p, cluster: spec.Cluster, h2: spec.HTTPPath == ""}},
 		GRPC:        spec.HTTPPath == "",
+		Zipkin:      spec.Zipkin,
 		Path:        spec.HTTPPath,
 		Headers:     spec.Headers,
 		Timeout:     spec.Timeout,

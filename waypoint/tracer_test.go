@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -311,5 +312,66 @@ func TestTracerFromConfig(t *testing.T) {
 	}
 	if _, e, _ := gc.got(); len(e) != 1 {
 		t.Errorf("gRPC collector got %d exports after its tracer was dropped; want still 1", len(e))
+	}
+}
+
+// TestZipkinTracer: a config's zipkin tracer posts the sampled requests'
+// spans as Zipkin's v2 JSON to the collector's path, through its cluster:
+// server spans of the caller's B3 trace, named by the proxy's service name,
+// with the HTTP attributes as tags and "error" on a 5xx.
+func TestZipkinTracer(t *testing.T) {
+	type zspan struct {
+		TraceID, ID, ParentID, Name, Kind string
+		Timestamp, Duration               int64
+		LocalEndpoint                     struct{ ServiceName string }
+		Tags                              map[string]string
+	}
+	var mu sync.Mutex
+	var got []zspan
+	var paths []string
+	zipkin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var spans []zspan
+		if err := json.NewDecoder(r.Body).Decode(&spans); err != nil || r.Header.Get("Content-Type") != "application/json" {
+			http.Error(w, "want a JSON array of spans", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got, paths = append(got, spans...), append(paths, r.Method+" "+r.URL.Path+" "+r.Host)
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(zipkin.Close)
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	tr := &model.Tracer{Provider: "zipkin", Cluster: "outbound|9411||zipkin.istio-system.svc.cluster.local",
+		Authority: "zipkin.istio-system.svc.cluster.local:9411", HTTPPath: "/api/v2/spans", Zipkin: true}
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", app), clusterOf(tr.Cluster, zipkin.Listener.Addr().String())},
+		model.L7Route{Name: "reviews", Destinations: to("app")})
+	cfg.L7.Telemetry.Tracer = tr
+	h := start(t, cfg, func(o *Options) { o.SpanServiceName = "waypoint.shop" })
+	client := newClient(t)
+	const trace, caller = "463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312"
+	b3 := map[string]string{"X-B3-TraceId": trace, "X-B3-SpanId": caller, "X-B3-Sampled": "1"}
+	h.get(t, client, "/ok", b3)
+	h.get(t, client, "/fail", b3)
+	if err := h.proxy.Update(oneRoute([]model.L7Cluster{clusterOf("app", app), clusterOf(tr.Cluster, zipkin.Listener.Addr().String())},
+		model.L7Route{Name: "reviews", Destinations: to("app")})); err != nil { // no tracer: the zipkin one flushes
+		t.Fatal(err)
+	}
+	waitFor(t, "the Zipkin collector's spans", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || paths[0] != "POST /api/v2/spans "+tr.Authority {
+		t.Fatalf("collector got %d spans by %v; want 2 by POST /api/v2/spans", len(got), paths)
+	}
+	for _, s := range got {
+		failed := s.Tags["url.path"] == "/fail"
+		if s.TraceID != trace || s.ParentID != caller || len(s.ID) != 16 || s.Kind != "SERVER" || s.Name != "reviews" ||
+			s.LocalEndpoint.ServiceName != "waypoint.shop" || s.Timestamp == 0 || s.Duration < 1 || (s.Tags["error"] != "") != failed {
+			t.Errorf("span %+v: want trace %s child of %s, SERVER reviews of waypoint.shop, error only on /fail", s, trace, caller)
+		}
 	}
 }

@@ -14,20 +14,23 @@ import (
 // provider of the mesh config (or inherit the mesh's defaultProviders
 // tracing), and the proxy sends its sampled spans there, as Istio's
 // Envoys do. meshlet's proxies speak OpenTelemetry (OTLP over gRPC, or
-// over HTTP with the provider's http block); a zipkin, datadog, lightstep,
-// skywalking, stackdriver or opencensus provider is reported and its
-// spans not sent.
+// over HTTP with the provider's http block) and Zipkin (v2 JSON); a
+// datadog, lightstep, skywalking, stackdriver or opencensus provider is
+// reported and its spans not sent.
 
-// tracingProviders are the mesh config's opentelemetry providers, by name.
+// tracingProviders are the mesh config's opentelemetry and zipkin
+// providers, by name.
 func (bd *build) tracingProviders() map[string]*meshconfig.MeshConfig_ExtensionProvider {
-	return bd.extensionProviders(func(p *meshconfig.MeshConfig_ExtensionProvider) bool { return p.GetOpentelemetry() != nil })
+	return bd.extensionProviders(func(p *meshconfig.MeshConfig_ExtensionProvider) bool {
+		return p.GetOpentelemetry() != nil || p.GetZipkin() != nil
+	})
 }
 
 // otherTracer reports whether p is a tracing provider of a kind meshlet's
 // proxies do not speak.
 func otherTracer(p *meshconfig.MeshConfig_ExtensionProvider) bool {
 	switch p.GetProvider().(type) {
-	case *meshconfig.MeshConfig_ExtensionProvider_Zipkin, *meshconfig.MeshConfig_ExtensionProvider_Datadog,
+	case *meshconfig.MeshConfig_ExtensionProvider_Datadog,
 		*meshconfig.MeshConfig_ExtensionProvider_Lightstep, *meshconfig.MeshConfig_ExtensionProvider_Skywalking,
 		*meshconfig.MeshConfig_ExtensionProvider_Stackdriver, *meshconfig.MeshConfig_ExtensionProvider_Opencensus:
 		return true
@@ -62,7 +65,7 @@ func (bd *build) warnTracingProviders(r *rejections, t *telemetryapi.Telemetry, 
 				continue
 			}
 			if bd.isOtherTracer(name) {
-				r.warn("tracing provider %q is not an opentelemetry provider: meshlet's proxies export spans over OTLP only; its spans are not sent", name)
+				r.warn("tracing provider %q is neither an opentelemetry nor a zipkin provider: meshlet's proxies export spans over OTLP or to Zipkin only; its spans are not sent", name)
 			} else {
 				r.warn("tracing provider %q is not an extension provider of the mesh config (ConfigMap %s/%s, key %s); its spans are not sent", name, bd.opts.RootNamespace, meshConfigName, meshConfigKey)
 			}
@@ -111,9 +114,13 @@ func (bd *build) applyTracers(l7 map[model.NamespacedName]*model.L7Config) {
 			specs[tr.Provider], hosts[tr.Provider] = bd.tracer(p, r)
 		}
 		spec, host := *specs[tr.Provider], hosts[tr.Provider]
+		port := p.GetOpentelemetry().GetPort()
+		if z := p.GetZipkin(); z != nil {
+			port = z.GetPort()
+		}
 		bd.addClusters(key, cfg, func(lb *l7Builder) {
 			if host != "" {
-				spec.Cluster = lb.cluster(host, p.GetOpentelemetry().GetPort())
+				spec.Cluster = lb.cluster(host, port)
 			}
 		})
 		cfg.Telemetry.Tracer = &spec
@@ -124,17 +131,29 @@ func (bd *build) applyTracers(l7 map[model.NamespacedName]*model.L7Config) {
 // service's hostname, "" when the mesh has no such service (reported:
 // spans are then dropped).
 func (bd *build) tracer(p *meshconfig.MeshConfig_ExtensionProvider, r *rejections) (*model.Tracer, string) {
-	o := p.GetOpentelemetry()
 	t := &model.Tracer{Provider: p.GetName()}
-	headers := o.GetGrpc().GetInitialMetadata()
-	t.Timeout = o.GetGrpc().GetTimeout().AsDuration()
-	if h := o.GetHttp(); h != nil {
-		t.HTTPPath, t.Timeout, headers = h.GetPath(), h.GetTimeout().AsDuration(), h.GetHeaders()
+	var service string
+	var port uint32
+	var headers []*meshconfig.MeshConfig_ExtensionProvider_HttpHeader
+	if z := p.GetZipkin(); z != nil {
+		service, port, headers = z.GetService(), z.GetPort(), z.GetHeaders()
+		t.Zipkin, t.HTTPPath, t.Timeout = true, z.GetPath(), z.GetTimeout().AsDuration()
 		if t.HTTPPath == "" {
-			t.HTTPPath = "/v1/traces"
-		} else if !strings.HasPrefix(t.HTTPPath, "/") {
-			t.HTTPPath = "/" + t.HTTPPath // Istio's examples write "v1/traces"
+			t.HTTPPath = "/api/v2/spans" // Istio's default
 		}
+	} else {
+		o := p.GetOpentelemetry()
+		service, port, headers = o.GetService(), o.GetPort(), o.GetGrpc().GetInitialMetadata()
+		t.Timeout = o.GetGrpc().GetTimeout().AsDuration()
+		if h := o.GetHttp(); h != nil {
+			t.HTTPPath, t.Timeout, headers = h.GetPath(), h.GetTimeout().AsDuration(), h.GetHeaders()
+			if t.HTTPPath == "" {
+				t.HTTPPath = "/v1/traces"
+			}
+		}
+	}
+	if t.HTTPPath != "" && !strings.HasPrefix(t.HTTPPath, "/") {
+		t.HTTPPath = "/" + t.HTTPPath // Istio's examples write "v1/traces"
 	}
 	for _, h := range headers {
 		if h.GetEnvName() != "" {
@@ -150,7 +169,6 @@ func (bd *build) tracer(p *meshconfig.MeshConfig_ExtensionProvider, r *rejection
 		r.warn("extensionProviders %q: %v; spans are not sent", t.Provider, err)
 		return &model.Tracer{Provider: t.Provider}, ""
 	}
-	service, port := o.GetService(), o.GetPort()
 	host := service[strings.IndexByte(service, '/')+1:] // "[namespace/]hostname"
 	t.Authority = host + ":" + strconv.FormatUint(uint64(port), 10)
 	if _, ok := bd.hostOwners[host]; !ok || port == 0 || port > 65535 {

@@ -34,6 +34,8 @@ data:
       opentelemetry: {service: gone.observability.svc.cluster.local, port: 4317}
     - name: zipkin
       zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+    - name: datadog
+      datadog: {service: datadog-agent.datadog.svc.cluster.local, port: 8126}
 %s`
 
 const collectorService = `apiVersion: v1
@@ -82,9 +84,17 @@ func TestTracingProviders(t *testing.T) {
 			want:     httpTracer, warned: []string{`header "x-from-env"`}},
 		{name: "an entry for clients only does not apply to a waypoint",
 			docs: []string{telemetryDoc("bookinfo", "traces", "{match: {mode: CLIENT}, providers: [{name: otel-grpc}]}")}, want: nil},
-		{name: "a zipkin provider is reported, no tracer",
-			docs: []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: zipkin}]}")}, want: nil,
-			warned: []string{`"zipkin" is not an opentelemetry provider`}},
+		{name: "a zipkin provider: Zipkin's v2 JSON to its default path",
+			docs: []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: zipkin}]}"), `apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec: {clusterIP: 10.96.0.51, selector: {app: zipkin}, ports: [{name: http, port: 9411}]}
+`},
+			want: &model.Tracer{Provider: "zipkin", Cluster: "outbound|9411||zipkin.istio-system.svc.cluster.local",
+				Authority: "zipkin.istio-system.svc.cluster.local:9411", HTTPPath: "/api/v2/spans", Zipkin: true}},
+		{name: "a datadog provider is reported, no tracer",
+			docs: []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: datadog}]}")}, want: nil,
+			warned: []string{`"datadog" is neither an opentelemetry nor a zipkin provider`}},
 		{name: "an unknown provider is reported, no tracer",
 			docs: []string{telemetryDoc("bookinfo", "traces", "{providers: [{name: jaeger}]}")}, want: nil,
 			warned: []string{`"jaeger" is not an extension provider of the mesh config`}},

@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// Tracer is the OpenTelemetry collector a proxy sends the spans of the
-// requests it samples to: an opentelemetry extension provider of Istio's
+// Tracer is the collector a proxy sends the spans of the requests it
+// samples to: an opentelemetry (or zipkin) extension provider of Istio's
 // mesh config (meshConfig.extensionProviders), the one the Telemetry API
 // names for the proxy (tracing.providers) or the mesh's default
 // (meshConfig.defaultProviders.tracing). Spans go to the provider's
@@ -24,8 +24,11 @@ type Tracer struct {
 	// HTTPPath sends OTLP/HTTP (JSON) to this path, e.g. /v1/traces, as the
 	// provider's http block asks; empty sends OTLP/gRPC
 	// (opentelemetry.proto.collector.trace.v1.TraceService/Export),
-	// Istio's default.
+	// Istio's default. With Zipkin, the path spans are posted to.
 	HTTPPath string `json:",omitempty"`
+	// Zipkin sends Zipkin's v2 JSON to HTTPPath (a zipkin extension
+	// provider: Zipkin, Jaeger's Zipkin port) in place of OTLP.
+	Zipkin bool `json:",omitempty"`
 	// Headers are sent with every export (http.headers, or
 	// grpc.initialMetadata); they may carry the collector's credentials.
 	Headers map[string]string `json:",omitempty"`
@@ -46,6 +49,9 @@ func (t *Tracer) Validate() error {
 	}
 	if t.Timeout < 0 {
 		return fmt.Errorf("tracer %q: negative timeout", t.Provider)
+	}
+	if t.Zipkin && t.HTTPPath == "" {
+		return fmt.Errorf("tracer %q: a zipkin tracer needs the path spans are posted to", t.Provider)
 	}
 	if t.HTTPPath != "" && !strings.HasPrefix(t.HTTPPath, "/") {
 		return fmt.Errorf("tracer %q: http path %q must start with /", t.Provider, t.HTTPPath)
