@@ -179,7 +179,7 @@ func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gate
 		if slices.ContainsFunc(parents[:i], func(p gatewayv1.ParentReference) bool { return sameParentRef(p, pr) }) {
 			continue // written twice: one entry
 		}
-		ours, ok, reason, msg := bd.parentAccepts(kind, meta.Namespace, hostnames, pr)
+		ours, ok, reason, msg := bd.parentAccepts(kind, meta.Namespace, meta.Name, hostnames, pr)
 		if !ours {
 			continue
 		}
@@ -201,7 +201,7 @@ func (bd *build) routeStatus(kind string, meta metav1.ObjectMeta, parents []gate
 // parentAccepts decides one parentRef of a route in routeNS with
 // hostnames: ours says whether meshlet serves that parent at all; ok,
 // reason and msg are the Accepted condition's.
-func (bd *build) parentAccepts(routeKind, routeNS string, hostnames []gatewayv1.Hostname, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
+func (bd *build) parentAccepts(routeKind, routeNS, routeName string, hostnames []gatewayv1.Hostname, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
 	group, kind := gatewayv1.GroupName, "Gateway"
 	if pr.Group != nil {
 		group = string(*pr.Group)
@@ -249,7 +249,7 @@ func (bd *build) parentAccepts(routeKind, routeNS string, hostnames []gatewayv1.
 		}
 		one := []gatewayv1.ParentReference{pr}
 		matched, http, allowed := false, false, false
-		var listenerHosts []string
+		var listenerHosts, taken []string
 		for i, l := range gw.Spec.Listeners {
 			if !attached(one, routeNS, gw, l) {
 				continue
@@ -266,6 +266,12 @@ func (bd *build) parentAccepts(routeKind, routeNS string, hostnames []gatewayv1.
 				continue
 			}
 			allowed = true
+			if routeKind == KindTCPRoute {
+				if on := bd.tcpRouteOn(gw, l); on.Namespace != routeNS || on.Name != routeName {
+					taken = append(taken, fmt.Sprintf("listener %q forwards to TCPRoute %s/%s, the oldest", l.Name, on.Namespace, on.Name))
+					continue
+				}
+			}
 			if routeDomains(hostnames, l) != nil {
 				return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("attached to Gateway %s listener %q", key, l.Name)
 			}
@@ -278,6 +284,8 @@ func (bd *build) parentAccepts(routeKind, routeNS string, hostnames []gatewayv1.
 			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches takes a %s: HTTP and HTTPS listeners take HTTPRoutes and GRPCRoutes, TLS passthrough listeners TLSRoutes, TCP listeners TCPRoutes (see the Gateway's status.listeners)", key, routeKind)
 		case !allowed:
 			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches admits routes from namespace %s (allowedRoutes.namespaces)", key, routeNS)
+		case len(taken) > 0:
+			return true, false, notAllowed, fmt.Sprintf("a TCP listener forwards to one TCPRoute: of Gateway %s, %s", key, strings.Join(taken, "; "))
 		default:
 			return true, false, string(gatewayv1.RouteReasonNoMatchingListenerHostname), fmt.Sprintf("none of the route's hostnames %s matches the hostname of a listener of Gateway %s the parentRef matches: %s; add a matching hostname to the route or to a listener",
 				hostnameList(hostnames), key, strings.Join(listenerHosts, ", "))

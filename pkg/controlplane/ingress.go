@@ -188,8 +188,8 @@ func portFamily(p gatewayv1.ProtocolType) string {
 	return ""
 }
 
-// l4Routes adds to pt the TLSRoutes (a TLS passthrough listener) or the
-// oldest TCPRoute (a TCP listener) attached to listener l of gw.
+// l4Routes adds to ml the TLSRoutes (a TLS passthrough listener) or the
+// TCPRoute (a TCP listener: tcpRouteOn) attached to listener l of gw.
 func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *model.L7Listener) {
 	bd := lb.bd
 	backends := func(kind, ns, name string, rules [][]gatewayv1.BackendRef) []model.WeightedDestination {
@@ -225,23 +225,31 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *m
 			}
 		}
 	case gatewayv1.TCPProtocolType:
-		for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes))) {
-			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.allowedRoute(rt.Namespace, gw, l) {
-				continue
-			}
-			if ml.TCP != nil {
-				bd.rejecter(KindTCPRoute, rt.Namespace, rt.Name).warn("Gateway %s/%s listener %q already forwards to TCPRoute %s (the oldest): a TCP listener forwards to one route; this one is not served there", gw.Namespace, gw.Name, l.Name, ml.TCP.Name)
-				continue
-			}
-			var rules [][]gatewayv1.BackendRef
-			for _, r := range rt.Spec.Rules {
-				rules = append(rules, r.BackendRefs)
-			}
-			if ds := backends(KindTCPRoute, rt.Namespace, rt.Name, rules); len(ds) > 0 {
-				ml.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
-			}
+		rt := bd.tcpRouteOn(gw, l)
+		if rt == nil {
+			return
+		}
+		var rules [][]gatewayv1.BackendRef
+		for _, r := range rt.Spec.Rules {
+			rules = append(rules, r.BackendRefs)
+		}
+		if ds := backends(KindTCPRoute, rt.Namespace, rt.Name, rules); len(ds) > 0 {
+			ml.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
 		}
 	}
+}
+
+// tcpRouteOn is the TCPRoute a TCP listener l of gw forwards to: the
+// oldest of those attached to it that it admits; nil for none. A TCP
+// listener forwards to one route (Gateway API leaves several to the
+// implementation); the others are not accepted there (parentAccepts).
+func (bd *build) tcpRouteOn(gw *gatewayv1.Gateway, l gatewayv1.Listener) *gatewayv1.TCPRoute {
+	for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes))) {
+		if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
+			return rt
+		}
+	}
+	return nil
 }
 
 // listenerTLS is an HTTPS listener's certificate: its first certificateRef,
