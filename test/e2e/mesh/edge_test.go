@@ -59,19 +59,11 @@ func TestIngressGatewayAPI(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	const passHost = "passthrough.example.com"
-	passCert, passKey, passRoots := servingCert(t, passHost) // the gateway never holds this one
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+httpsEchoPod("echo-tls", passCert, passKey)+"---\n"+edgeGateway+`  - {name: http-other, port: 80, protocol: HTTP, hostname: other.example.com}
+	passBackend, passRoots := tlsBackend(t)
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+passBackend+"---\n"+edgeGateway+`  - {name: http-other, port: 80, protocol: HTTP, hostname: other.example.com}
   - {name: https, port: 443, protocol: HTTPS, hostname: `+secureHost+`, tls: {certificateRefs: [{name: secure-cert}]}}
   - {name: tls-pass, port: 443, protocol: TLS, hostname: `+passHost+`, tls: {mode: Passthrough}}
   - {name: tcp, port: 9000, protocol: TCP}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-tls}
-spec:
-  selector: {app: echo-tls}
-  ports: [{name: https, port: 8443}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TLSRoute
@@ -168,13 +160,8 @@ spec:
 	if _, _, _, err := fetch(untrusted, tlsURL, secureHost); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
 	}
-	// TLS passthrough on the same port, by SNI: the backend's own
-	// certificate, verified against its CA, and its answer.
-	passClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: passRoots, ServerName: passHost}}}
-	lab.WaitFor(t, 30*time.Second, "a TLSRoute's passthrough to echo-tls through "+tlsURL, func() (bool, error) {
-		code, body, _, err := fetch(passClient, tlsURL, passHost)
-		return err == nil && code == 200 && strings.Contains(body, "echo-tls"), fmt.Errorf("%d %.200s %v", code, body, err)
-	})
+	// TLS passthrough on the same port, by SNI.
+	wantPassthrough(t, tlsURL, passRoots)
 	// TCP: whole connections to echo's HTTP port, any path answered by echo.
 	tcpURL := fmt.Sprintf("http://%s:%d/any/path", lab.NodeIP(1), tcpNodePort)
 	lab.WaitFor(t, 30*time.Second, "a TCPRoute's connections through "+tcpURL, func() (bool, error) {
@@ -193,6 +180,36 @@ spec:
 			return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
 		})
 	}
+}
+
+// passHost is the server name TLS passthrough tests route by.
+const passHost = "passthrough.example.com"
+
+// tlsBackend is an echo pod, echo-tls, serving HTTPS on 8443 with its own
+// certificate for passHost (which no gateway holds), and its Service; roots
+// verify that certificate.
+func tlsBackend(t *testing.T) (manifests string, roots *x509.CertPool) {
+	certPEM, keyPEM, roots := servingCert(t, passHost)
+	return "---\n" + httpsEchoPod("echo-tls", certPEM, keyPEM) + `---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-tls}
+spec:
+  selector: {app: echo-tls}
+  ports: [{name: https, port: 8443}]
+`, roots
+}
+
+// wantPassthrough waits until a TLS connection to url for passHost gets
+// echo-tls's own certificate, verified with roots (the gateway passed it
+// through untouched), and its answer.
+func wantPassthrough(t *testing.T, url string, roots *x509.CertPool) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: passHost}}}
+	lab.WaitFor(t, 30*time.Second, "TLS passthrough to echo-tls through "+url, func() (bool, error) {
+		code, body, _, err := fetch(c, url, passHost)
+		return err == nil && code == 200 && strings.Contains(body, "echo-tls"), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
 }
 
 // meshSystem is the namespace meshctl installs the mesh into.
@@ -225,16 +242,8 @@ func TestIngressIstioGateway(t *testing.T) {
 	t.Cleanup(func() {
 		_ = lb.Clientset().CoreV1().Secrets(meshSystem).Delete(context.Background(), secretName, metav1.DeleteOptions{})
 	})
-	const passHost = "passthrough.example.com"
-	passCert, passKey, passRoots := servingCert(t, passHost) // the gateway never holds this one
-	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+"---\n"+httpsEchoPod("echo-tls", passCert, passKey)+fmt.Sprintf(`---
-apiVersion: v1
-kind: Service
-metadata: {name: echo-tls}
-spec:
-  selector: {app: echo-tls}
-  ports: [{name: https, port: 8443}]
----
+	passBackend, passRoots := tlsBackend(t)
+	lb.Apply(t, ns, strings.Replace(echoDeployment, "replicas: 3", "replicas: 1", 1)+passBackend+fmt.Sprintf(`---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: echo-passthrough}
@@ -353,13 +362,8 @@ spec:
 		t.Errorf("HTTPS with no trusted root: %v; want a certificate verification error", err)
 	}
 
-	// TLS passthrough on the same port: the backend's own certificate,
-	// verified against its CA, and its answer.
-	passClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: passRoots, ServerName: passHost}}}
-	lab.WaitFor(t, 30*time.Second, "TLS passthrough to echo-tls through "+tlsURL, func() (bool, error) {
-		code, body, _, err := fetch(passClient, tlsURL, passHost)
-		return err == nil && code == 200 && strings.Contains(body, "echo-tls"), fmt.Errorf("%d %.200s %v", code, body, err)
-	})
+	// TLS passthrough on the same port, by SNI.
+	wantPassthrough(t, tlsURL, passRoots)
 
 	// An AuthorizationPolicy selecting the gateway's pods applies at the
 	// gateway, as Istio applies it to its ingress gateway's Envoy.
