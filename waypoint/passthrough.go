@@ -110,7 +110,8 @@ func (c *compiled) passthroughRoute(port uint32, sni string) (*model.Passthrough
 
 // ForwardPassthrough relays c (as PeekServerName returned it, server name
 // sni) to a destination of the best passthrough route of the listener on
-// port, by weight; with none, c is closed.
+// port, by weight; with none, or when the policies deny it (allowL4), c is
+// closed.
 func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, port uint32, sni string) {
 	defer c.Close()
 	cfg := p.cfg.Load()
@@ -119,14 +120,19 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, port uint32,
 		p.logf("waypoint: tls passthrough on port %d: no route for server name %q", port, sni)
 		return
 	}
+	peer := p.connPeer(c)
+	if !p.allowL4(cfg, peer) {
+		return
+	}
 	if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
-		p.relay(ctx, c, up, p.connPeer(c))
+		p.relay(ctx, c, up, peer)
 	}
 }
 
 // ServeTCP forwards every connection of l, the listener on port, to the
 // destinations of that listener's tcp route, by weight, until ctx ends or
-// l is closed; a connection while the config has no such route is closed.
+// l is closed; a connection while the config has no such route, or one
+// the policies deny (allowL4), is closed.
 func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error {
 	for {
 		c, err := l.Accept()
@@ -144,8 +150,12 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error
 				p.logf("waypoint: tcp on port %d: no tcp route", port)
 				return
 			}
+			peer := p.connPeer(c)
+			if !p.allowL4(cfg, peer) {
+				return
+			}
 			if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
-				p.relay(ctx, c, up, p.connPeer(c))
+				p.relay(ctx, c, up, peer)
 			}
 		}()
 	}

@@ -204,17 +204,29 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	peer := p.connPeer(c)
-	if pols := cfg.policiesFor(peer.DestinationService); len(pols) > 0 {
-		d := policy.EvaluateL4(pols, &policy.Request{
-			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
-			SourceIP: peer.IP, DestinationIP: peer.DestinationIP, DestinationPort: peer.DestinationPort,
-		})
-		if !d.Allow {
-			p.logf("waypoint: tcp from %s denied: %s", peer.IP, d.Reason)
-			return
-		}
+	if !p.allowL4(cfg, peer) {
+		return
 	}
 	p.relay(ctx, c, up, peer)
+}
+
+// allowL4 evaluates the policies that apply to a connection forwarded
+// whole (L4 fallback, TLS passthrough, tcp routes) on what is known of it
+// without reading it: its source, destination and port, as Envoy's RBAC
+// network filter does. A denial is logged.
+func (p *Proxy) allowL4(cfg *compiled, peer Peer) bool {
+	pols := cfg.policiesFor(peer.DestinationService)
+	if len(pols) == 0 {
+		return true
+	}
+	d := policy.EvaluateL4(pols, &policy.Request{
+		SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
+		SourceIP: peer.IP, DestinationIP: peer.DestinationIP, DestinationPort: peer.DestinationPort,
+	})
+	if !d.Allow {
+		p.logf("waypoint: tcp from %s denied: %s", peer.IP, d.Reason)
+	}
+	return d.Allow
 }
 
 // connPeer describes the client of a connection forwarded whole.

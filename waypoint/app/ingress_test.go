@@ -28,6 +28,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
 	"github.com/meshlet/meshlet/waypoint"
 )
 
@@ -373,8 +374,8 @@ func TestIngressTLSPassthrough(t *testing.T) {
 
 // TestIngressTCP: a port with a tcp route forwards each connection whole to
 // its destinations by weight (two backends at 50/50 both get connections
-// in 40), the bytes both ways untouched; a push that drops the route
-// closes the port.
+// in 40), the bytes both ways untouched; a DENY policy on the client closes
+// its connections; a push that drops the route closes the port.
 func TestIngressTCP(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -434,6 +435,23 @@ func TestIngressTCP(t *testing.T) {
 	if seen["v1"] == 0 || seen["v2"] == 0 {
 		t.Errorf("40 connections went to %v; want both backends", seen)
 	}
+	// A DENY policy on the client's address (one selecting the gateway's
+	// pods, as meshd sends it) closes its connections before any backend.
+	deny := []*policy.Policy{{Namespace: "istio-system", Name: "deny-local", Action: policy.Deny,
+		Rules: []policy.Rule{{From: []policy.Source{{IPBlocks: []string{"127.0.0.1/32"}}}}}}}
+	if err := p.Update(&waypoint.Config{L7: l7, Policies: deny}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "hello denied\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(c); len(b) != 0 {
+		t.Errorf("a connection the policy denies was answered %q; want it closed", b)
+	}
+	c.Close()
 	if err := s.syncPorts(p, &model.L7Config{}, nil); err != nil {
 		t.Fatal(err)
 	}
