@@ -698,3 +698,30 @@ func TestTraceContextB3(t *testing.T) {
 		t.Errorf("exported spans %+v; want one, the sampled B3 request's, child of %s", spans, caller)
 	}
 }
+
+// TestTraceCustomTags: a config's custom span tags: a literal, and a
+// request header's value (bounded), its default when the request has none.
+func TestTraceCustomTags(t *testing.T) {
+	var spans []Span
+	var mu sync.Mutex
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", backend(t, &named{name: "app"}))}, model.L7Route{Name: "r", Destinations: to("app")})
+	cfg.L7.Telemetry.TraceTags = map[string]model.TraceTag{"cluster": {Literal: "west"}, "user": {Header: "x-user", Default: "anon"}}
+	h := start(t, cfg, func(o *Options) {
+		o.TraceSampling = 100
+		o.ExportSpan = func(s Span) { mu.Lock(); spans = append(spans, s); mu.Unlock() }
+	})
+	client := newClient(t)
+	h.get(t, client, "/", map[string]string{"X-User": "alice"})
+	h.get(t, client, "/", nil)
+	h.get(t, client, "/", map[string]string{"X-User": strings.Repeat("u", 1000)})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(spans) != 3 {
+		t.Fatalf("%d spans; want 3", len(spans))
+	}
+	for i, want := range []string{"alice", "anon", strings.Repeat("u", maxTagValue)} {
+		if a := spans[i].Attributes; a["cluster"] != "west" || a["user"] != want || a["http.response.status_code"] != "200" {
+			t.Errorf("span %d attributes %v; want cluster=west, user=%.20s..., the built-in ones kept", i, a, want)
+		}
+	}
+}

@@ -237,7 +237,8 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 	tc := startTrace(req.Header, sampling)
 	if cfg.exportSpan != nil && tc.sampled {
-		defer exportSpan(cfg.exportSpan, tc, rec, w)
+		// Custom tags read the client's headers as they came.
+		defer exportSpan(cfg.exportSpan, tc, rec, w, traceTags(cfg.telemetry.TraceTags, req.Header))
 	}
 
 	// 1. One view of the path for routing, policy and the upstream.
@@ -1144,7 +1145,7 @@ func (p *Proxy) peer(req *http.Request) Peer {
 	return pr
 }
 
-func exportSpan(export func(Span), tc traceContext, rec *record, w *responseWriter) {
+func exportSpan(export func(Span), tc traceContext, rec *record, w *responseWriter, tags map[string]string) {
 	name := rec.routeName
 	if name == "" {
 		name = rec.authority
@@ -1153,19 +1154,50 @@ func exportSpan(export func(Span), tc traceContext, rec *record, w *responseWrit
 	if code == 0 && !w.aborted {
 		code = http.StatusOK
 	}
+	attrs := map[string]string{
+		"http.request.method":       rec.method,
+		"url.path":                  rec.path,
+		"server.address":            rec.authority,
+		"http.response.status_code": strconv.Itoa(code),
+		"istio.response_flags":      rec.flagString(),
+		"istio.upstream_cluster":    rec.upstreamClust,
+		"network.peer.address":      rec.upstreamHost,
+	}
+	for k, v := range tags {
+		if _, builtin := attrs[k]; !builtin {
+			attrs[k] = v
+		}
+	}
 	export(Span{
 		TraceID: tc.traceID, SpanID: tc.spanID, ParentSpanID: tc.parentID, Name: name,
-		Start: rec.start, End: time.Now(),
-		Attributes: map[string]string{
-			"http.request.method":       rec.method,
-			"url.path":                  rec.path,
-			"server.address":            rec.authority,
-			"http.response.status_code": strconv.Itoa(code),
-			"istio.response_flags":      rec.flagString(),
-			"istio.upstream_cluster":    rec.upstreamClust,
-			"network.peer.address":      rec.upstreamHost,
-		},
+		Start: rec.start, End: time.Now(), Attributes: attrs,
 	})
+}
+
+// maxTagValue bounds a custom tag's value taken from a request header.
+const maxTagValue = 256
+
+// traceTags are the values of a config's custom span tags for a request:
+// a literal, or the request header's value (bounded; its default when the
+// request has none). Nil without tags.
+func traceTags(tags map[string]model.TraceTag, h http.Header) map[string]string {
+	if len(tags) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(tags))
+	for name, t := range tags {
+		v := t.Literal
+		if t.Header != "" {
+			if v = h.Get(t.Header); v == "" {
+				v = t.Default
+			}
+			if len(v) > maxTagValue {
+				v = v[:maxTagValue]
+			}
+		}
+		out[name] = v
+	}
+	return out
 }
 
 func (p *Proxy) logf(format string, args ...any) {

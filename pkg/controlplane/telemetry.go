@@ -3,6 +3,7 @@ package controlplane
 import (
 	"fmt"
 
+	"golang.org/x/net/http/httpguts"
 	telemetryapi "istio.io/api/telemetry/v1alpha1"
 
 	"github.com/meshlet/meshlet/pkg/logfilter"
@@ -50,6 +51,18 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 			if v := tr.GetRandomSamplingPercentage(); v != nil && (v.GetValue() < 0 || v.GetValue() > 100) {
 				r.reject("tracing randomSamplingPercentage %v is not between 0 and 100", v.GetValue())
 			}
+			for _, name := range sortedKeys(tr.GetCustomTags()) {
+				ct := tr.GetCustomTags()[name]
+				switch {
+				case ct.GetLiteral() != nil:
+				case ct.GetHeader() != nil:
+					if !httpguts.ValidHeaderFieldName(ct.GetHeader().GetName()) {
+						r.warn("tracing customTags %q: header %q is not a valid header name; the tag is not set", name, ct.GetHeader().GetName())
+					}
+				default:
+					r.warn("tracing customTags %q: only literal and header tags are set by meshlet's proxies (not environment or formatter); the tag is not set", name)
+				}
+			}
 		}
 	}
 	for name, cfg := range l7 {
@@ -79,7 +92,13 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		for _, level := range levels {
 			// Oldest first, so the first setting found at a level is the one kept.
 			var log, sampling, metrics, traced bool
+			levelTags := map[string]model.TraceTag{}
 			for _, c := range level {
+				for name, tag := range tagsSetting(c.spec, mode) {
+					if _, set := levelTags[name]; !set {
+						levelTags[name] = tag
+					}
+				}
 				if v, ok := tracerSetting(c.spec, mode); ok && !traced {
 					tracer, traced = v, true
 				}
@@ -92,6 +111,14 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 				if v, ok := metricsSetting(c.spec, mode); ok && !metrics {
 					t.RequestMetrics, metrics = &v, true
 				}
+			}
+			// A more specific level's tag replaces a broader one's of
+			// the same name; the others add up.
+			for name, tag := range levelTags {
+				if t.TraceTags == nil {
+					t.TraceTags = map[string]model.TraceTag{}
+				}
+				t.TraceTags[name] = tag
 			}
 		}
 		if otel[tracer] != nil {
@@ -246,6 +273,38 @@ func samplingSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) 
 		return pct, true
 	}
 	return 0, false
+}
+
+// tagsSetting are the custom span tags of a Telemetry's tracing entries
+// whose match mode applies to the proxy, a later entry's tag replacing an
+// earlier one of the same name: literal and header tags (others are
+// warned about and left out), at most model.MaxTraceTags.
+func tagsSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) map[string]model.TraceTag {
+	var out map[string]model.TraceTag
+	for _, tr := range t.GetTracing() {
+		if !modeApplies(tr.GetMatch().GetMode(), mode) {
+			continue
+		}
+		for _, name := range sortedKeys(tr.GetCustomTags()) {
+			ct := tr.GetCustomTags()[name]
+			var tag model.TraceTag
+			switch {
+			case ct.GetLiteral() != nil:
+				tag.Literal = ct.GetLiteral().GetValue()
+			case ct.GetHeader() != nil && httpguts.ValidHeaderFieldName(ct.GetHeader().GetName()):
+				tag.Header, tag.Default = ct.GetHeader().GetName(), ct.GetHeader().GetDefaultValue()
+			default:
+				continue
+			}
+			if out == nil {
+				out = map[string]model.TraceTag{}
+			}
+			if _, set := out[name]; set || len(out) < model.MaxTraceTags {
+				out[name] = tag
+			}
+		}
+	}
+	return out
 }
 
 // metricsSetting is the switch for Istio's request metrics: an override

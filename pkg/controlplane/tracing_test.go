@@ -133,3 +133,25 @@ spec: {clusterIP: 10.96.0.51, selector: {app: zipkin}, ports: [{name: http, port
 		})
 	}
 }
+
+// TestTraceCustomTags: Telemetry tracing customTags reach the waypoint as
+// span tags: literal and header ones, a namespace's tag replacing the
+// mesh-wide one of the same name, the others kept; an environment tag is
+// reported and not set.
+func TestTraceCustomTags(t *testing.T) {
+	snap, rej := mustBuild(t, inputs(t, bookinfo(
+		telemetryDoc("istio-system", "mesh-default", `{customTags: {cluster: {literal: {value: east}}, user: {header: {name: x-user, defaultValue: anon}}, pod: {environment: {name: POD_NAME}}}}`),
+		telemetryDoc("bookinfo", "traces", `{customTags: {cluster: {literal: {value: west}}}}`),
+	)...))
+	if len(rej) != 1 || !hasRejection(rej, `tracing customTags "pod": only literal and header tags`, true) {
+		t.Errorf("rejections = %v; want the environment tag reported", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	want := map[string]model.TraceTag{"cluster": {Literal: "west"}, "user": {Header: "x-user", Default: "anon"}}
+	if d := cmp.Diff(want, cfg.Telemetry.TraceTags); d != "" {
+		t.Errorf("trace tags (-want +got):\n%s", d)
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // This file holds the L7 configuration a waypoint or an ingress gateway runs:
@@ -81,7 +83,21 @@ type L7Telemetry struct {
 	// Tracer is where sampled spans go; nil leaves the proxy's own
 	// exporter (its --otlp-endpoint), if any.
 	Tracer *Tracer `json:",omitempty"`
+	// TraceTags are further attributes of the proxy's spans, by name (the
+	// Telemetry's tracing customTags).
+	TraceTags map[string]TraceTag `json:",omitempty"`
 }
+
+// TraceTag is a span attribute: a request header's value (Default when the
+// request has none), or else Literal.
+type TraceTag struct {
+	Literal string `json:",omitempty"`
+	Header  string `json:",omitempty"`
+	Default string `json:",omitempty"`
+}
+
+// MaxTraceTags bounds the custom tags of one proxy's spans.
+const MaxTraceTags = 64
 
 // L7Listener is one port with its virtual hosts.
 type L7Listener struct {
@@ -852,6 +868,14 @@ func (c *L7Config) Validate() error {
 		names[e.Name] = true
 		if e.Cluster != "" && clusters[e.Cluster] == nil {
 			return fmt.Errorf("extAuthz[%d] %q: cluster %q is not defined", i, e.Name, e.Cluster)
+		}
+	}
+	if len(c.Telemetry.TraceTags) > MaxTraceTags {
+		return fmt.Errorf("telemetry: %d trace tags, more than %d", len(c.Telemetry.TraceTags), MaxTraceTags)
+	}
+	for name, tag := range c.Telemetry.TraceTags {
+		if name == "" || (tag.Header != "" && !httpguts.ValidHeaderFieldName(tag.Header)) {
+			return fmt.Errorf("telemetry: trace tag %q: want a name, and a valid header name to read", name)
 		}
 	}
 	if tr := c.Telemetry.Tracer; tr != nil {
