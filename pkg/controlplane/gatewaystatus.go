@@ -125,19 +125,11 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 	}
 	for _, k := range sortedKeys(bd.in.tlsRoutes) {
 		rt := bd.in.tlsRoutes[k]
-		var backends []gatewayv1.BackendRef
-		for _, rule := range rt.Spec.Rules {
-			backends = append(backends, rule.BackendRefs...)
-		}
-		route(KindTLSRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
+		route(KindTLSRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, tlsRouteBackends(rt))
 	}
 	for _, k := range sortedKeys(bd.in.tcpRoutes) {
 		rt := bd.in.tcpRoutes[k]
-		var backends []gatewayv1.BackendRef
-		for _, rule := range rt.Spec.Rules {
-			backends = append(backends, rule.BackendRefs...)
-		}
-		route(KindTCPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, nil, backends)
+		route(KindTCPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, nil, tcpRouteBackends(rt))
 	}
 	out = append(out, bd.listenerStatus(out)...) // out: the routes, whose acceptance attachedRoutes counts
 	out = append(out, bd.gatewayClassStatus()...)
@@ -145,6 +137,24 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 	slices.SortFunc(out, func(a, b ObjectStatus) int {
 		return strings.Compare(a.Kind+"/"+a.Namespace+"/"+a.Name, b.Kind+"/"+b.Namespace+"/"+b.Name)
 	})
+	return out
+}
+
+// tlsRouteBackends and tcpRouteBackends are the backendRefs of all of an
+// L4 route's rules (rules without matches: one set of backends).
+func tlsRouteBackends(rt *gatewayv1.TLSRoute) []gatewayv1.BackendRef {
+	var out []gatewayv1.BackendRef
+	for _, r := range rt.Spec.Rules {
+		out = append(out, r.BackendRefs...)
+	}
+	return out
+}
+
+func tcpRouteBackends(rt *gatewayv1.TCPRoute) []gatewayv1.BackendRef {
+	var out []gatewayv1.BackendRef
+	for _, r := range rt.Spec.Rules {
+		out = append(out, r.BackendRefs...)
+	}
 	return out
 }
 

@@ -192,19 +192,17 @@ func portFamily(p gatewayv1.ProtocolType) string {
 // TCPRoute (a TCP listener: tcpRouteOn) attached to listener l of gw.
 func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *model.L7Listener) {
 	bd := lb.bd
-	backends := func(kind, ns, name string, rules [][]gatewayv1.BackendRef) []model.WeightedDestination {
+	backends := func(kind, ns, name string, refs []gatewayv1.BackendRef) []model.WeightedDestination {
 		var out []model.WeightedDestination
-		for _, refs := range rules {
-			for _, b := range refs {
-				// A backendRef of another kind, or to another namespace
-				// without a ReferenceGrant, is left out; a Service that
-				// does not exist keeps its share, whose connections fail
-				// (no endpoints), as Gateway API has an invalid backend's
-				// connections refused. backendRefsCondition reports both
-				// in the route's status.
-				if d, ok := lb.backend(kind, ns, name, b, 0); ok && d.Cluster != "" {
-					out = append(out, d)
-				}
+		for _, b := range refs {
+			// A backendRef of another kind, or to another namespace
+			// without a ReferenceGrant, is left out; a Service that does
+			// not exist keeps its share, whose connections fail (no
+			// endpoints), as Gateway API has an invalid backend's
+			// connections refused. backendRefsCondition reports both in
+			// the route's status.
+			if d, ok := lb.backend(kind, ns, name, b, 0); ok && d.Cluster != "" {
+				out = append(out, d)
 			}
 		}
 		return out
@@ -216,11 +214,7 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *m
 			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.allowedRoute(rt.Namespace, gw, l) || doms == nil {
 				continue
 			}
-			var rules [][]gatewayv1.BackendRef
-			for _, r := range rt.Spec.Rules {
-				rules = append(rules, r.BackendRefs)
-			}
-			if ds := backends(KindTLSRoute, rt.Namespace, rt.Name, rules); len(ds) > 0 {
+			if ds := backends(KindTLSRoute, rt.Namespace, rt.Name, tlsRouteBackends(rt)); len(ds) > 0 {
 				ml.Passthrough = append(ml.Passthrough, model.PassthroughRoute{Name: rt.Namespace + "/" + rt.Name, SNIHosts: doms, Destinations: ds})
 			}
 		}
@@ -229,11 +223,7 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *m
 		if rt == nil {
 			return
 		}
-		var rules [][]gatewayv1.BackendRef
-		for _, r := range rt.Spec.Rules {
-			rules = append(rules, r.BackendRefs)
-		}
-		if ds := backends(KindTCPRoute, rt.Namespace, rt.Name, rules); len(ds) > 0 {
+		if ds := backends(KindTCPRoute, rt.Namespace, rt.Name, tcpRouteBackends(rt)); len(ds) > 0 {
 			ml.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
 		}
 	}
