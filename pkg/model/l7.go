@@ -846,10 +846,18 @@ func (c *L7Config) Validate() error {
 		}
 		clusters[cl.Name] = cl
 	}
+	ports := map[uint32]string{}
 	for i := range c.Listeners {
-		if err := c.Listeners[i].validate(clusters); err != nil {
-			return fmt.Errorf("listeners[%d] %q: %w", i, c.Listeners[i].Name, err)
+		l := &c.Listeners[i]
+		if err := l.validate(clusters); err != nil {
+			return fmt.Errorf("listeners[%d] %q: %w", i, l.Name, err)
 		}
+		// A proxy serves one listener per port (it picks by port): a
+		// second one would never be reached. Port 0 is "any" (HBONE).
+		if other, dup := ports[l.Port]; dup && l.Port != 0 {
+			return fmt.Errorf("listeners[%d] %q: port %d is listener %q's already: merge their virtual hosts into one listener", i, l.Name, l.Port, other)
+		}
+		ports[l.Port] = l.Name
 	}
 	for i := range c.JWTProviders {
 		if err := c.JWTProviders[i].Validate(); err != nil {

@@ -45,6 +45,28 @@ func TestL7ConfigValidate(t *testing.T) {
 	}{
 		{name: "valid", mutate: func(*L7Config) {}},
 		{name: "no listeners", mutate: func(c *L7Config) { c.Listeners = nil }, wantErr: "no listeners"},
+		{name: "two listeners on one port", mutate: func(c *L7Config) {
+			c.Listeners[0].Port = 80
+			second := c.Listeners[0]
+			second.Name = "again"
+			c.Listeners = append(c.Listeners, second)
+		}, wantErr: `port 80 is listener`},
+		{name: "two listeners on any port (HBONE)", mutate: func(c *L7Config) {
+			c.Listeners[0].Port = 0
+			second := c.Listeners[0]
+			second.Name = "again"
+			c.Listeners = append(c.Listeners, second)
+		}},
+		{name: "passthrough beside plaintext hosts", mutate: func(c *L7Config) {
+			c.Listeners[0].Passthrough = []PassthroughRoute{{Name: "p", SNIHosts: []string{"a.example.com"}, Destinations: c.Listeners[0].VirtualHosts[0].Routes[0].Destinations}}
+		}, wantErr: "a port serves HTTP or TLS"},
+		{name: "tcp route beside hosts", mutate: func(c *L7Config) {
+			c.Listeners[0].TCP = &TCPRoute{Name: "t", Destinations: c.Listeners[0].VirtualHosts[0].Routes[0].Destinations}
+		}, wantErr: "a tcp route takes the whole port"},
+		{name: "tcp route alone", mutate: func(c *L7Config) {
+			c.Listeners[0].VirtualHosts = nil
+			c.Listeners[0].TCP = &TCPRoute{Name: "t", Destinations: []WeightedDestination{{Cluster: "nope", Weight: 1}}}
+		}, wantErr: `tcp "t": destination cluster "nope" is not defined`},
 		{name: "unknown cluster", mutate: func(c *L7Config) { c.Listeners[0].VirtualHosts[0].Routes[0].Destinations[0].Cluster = "nope" }, wantErr: `unknown cluster "nope"`},
 		{name: "unknown subset", mutate: func(c *L7Config) { c.Listeners[0].VirtualHosts[0].Routes[0].Destinations[0].Subset = "v9" }, wantErr: `no subset "v9"`},
 		{name: "zero weights", mutate: func(c *L7Config) {
