@@ -1,6 +1,8 @@
 package waypoint
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -42,31 +44,11 @@ func PeekServerName(c net.Conn, timeout time.Duration) (string, net.Conn, error)
 	if !seen {
 		return "", nil, fmt.Errorf("no TLS ClientHello: %w", err)
 	}
-	return name, &replayConn{Conn: c, head: rec.buf}, nil
-}
-
-// replayConn reads head before the connection's further bytes.
-type replayConn struct {
-	net.Conn
-	head []byte
-}
-
-func (c *replayConn) Read(b []byte) (int, error) {
-	if len(c.head) > 0 {
-		n := copy(b, c.head)
-		c.head = c.head[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
-}
-
-// CloseWrite half-closes when the connection supports it (a relay's end
-// of one direction).
-func (c *replayConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.New("close write not supported")
+	// The bytes read are replayed by the conn type the protocol sniffing
+	// already uses: a bufio.Reader holding them, then the conn itself.
+	r := bufio.NewReaderSize(bytes.NewReader(rec.buf), len(rec.buf))
+	_, _ = r.Peek(len(rec.buf))
+	return name, &peekedConn{Conn: c, r: r}, nil
 }
 
 // recordingConn keeps what is read, bounded, and drops what the TLS
@@ -120,11 +102,17 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, port uint32,
 		p.logf("waypoint: tls passthrough on port %d: no route for server name %q", port, sni)
 		return
 	}
+	p.forwardRoute(ctx, c, cfg, r.Name, r.Destinations)
+}
+
+// forwardRoute relays c to one of a whole-connection route's destinations,
+// by weight, once the policies allow it (allowL4).
+func (p *Proxy) forwardRoute(ctx context.Context, c net.Conn, cfg *compiled, route string, ds []model.WeightedDestination) {
 	peer := p.connPeer(c)
 	if !p.allowL4(cfg, peer) {
 		return
 	}
-	if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
+	if up := p.routeUpstream(cfg, route, ds); up != nil {
 		p.relay(ctx, c, up, peer)
 	}
 }
@@ -150,13 +138,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error
 				p.logf("waypoint: tcp on port %d: no tcp route", port)
 				return
 			}
-			peer := p.connPeer(c)
-			if !p.allowL4(cfg, peer) {
-				return
-			}
-			if up := p.routeUpstream(cfg, r.Name, r.Destinations); up != nil {
-				p.relay(ctx, c, up, peer)
-			}
+			p.forwardRoute(ctx, c, cfg, r.Name, r.Destinations)
 		}()
 	}
 }
