@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshlet/meshlet/pkg/logfilter"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
 	"github.com/prometheus/client_golang/prometheus"
@@ -138,6 +139,7 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register waypoint metrics: %w", err)
 	}
+	m.logf = opts.Logf
 	opts.metrics = m
 	if opts.MaxBufferedBody == 0 {
 		opts.MaxBufferedBody = 1 << 20
@@ -173,6 +175,9 @@ func (p *Proxy) Update(cfg *Config) error {
 	c, err := compile(cfg, p.cfg.Load(), &p.opts)
 	if err != nil {
 		return err
+	}
+	if err := p.metrics.apply(c.telemetry.Metrics); err != nil {
+		return fmt.Errorf("waypoint config: telemetry: %w", err)
 	}
 	c.exportSpan = p.opts.ExportSpan
 	if t := c.telemetry.Tracer; t != nil {
@@ -221,12 +226,17 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 			rec.code = http.StatusOK
 		}
 		// The Telemetry API (cfg.telemetry) switches what the options enable.
+		var attrs *logfilter.Attributes // built once, for the metrics' tag values or the log filter
 		if tm := cfg.telemetry.RequestMetrics; tm == nil || *tm {
-			p.metrics.observe(rec)
+			attrs = p.metrics.observe(rec, req, w)
 		}
-		if al := cfg.telemetry.AccessLog; (al == nil || *al) && p.log != nil &&
-			(cfg.logFilter == nil || cfg.logFilter.Match(logAttributes(rec, req, w))) {
-			p.log.log(rec)
+		if al := cfg.telemetry.AccessLog; (al == nil || *al) && p.log != nil {
+			if cfg.logFilter != nil && attrs == nil {
+				attrs = logAttributes(rec, req, w)
+			}
+			if cfg.logFilter == nil || cfg.logFilter.Match(attrs) {
+				p.log.log(rec)
+			}
 		}
 		freeRecord(rec)
 	}()

@@ -10,10 +10,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshlet/meshlet/pkg/logfilter"
 	"github.com/meshlet/meshlet/pkg/policy"
 	"github.com/meshlet/meshlet/pkg/rawsock"
 )
@@ -245,7 +249,6 @@ func (p *Proxy) connPeer(c net.Conn) Peer {
 // relay connects c to an endpoint of up and copies both ways until either
 // side ends; Istio's TCP metrics count the connection.
 func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer) {
-	labels := p.metrics.tcpLabelValues(peer, destFor(up), flagNone)
 	ep, err := up.pick(nil, peer, nil, "")
 	if err != nil {
 		p.logf("waypoint: tcp to %s: %v", up.name(), err)
@@ -264,18 +267,40 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer) 
 		return
 	}
 	defer back.Close()
-	if p.metrics.registered {
-		p.metrics.tcpOpened.WithLabelValues(labels...).Inc()
-		defer p.metrics.tcpClosed.WithLabelValues(labels...).Inc()
+	var m tcpCounters
+	if tm := p.cfg.Load().telemetry.RequestMetrics; tm == nil || *tm {
+		m = p.metrics.tcp(peer, destFor(up), func() *logfilter.Attributes { return connAttributes(c, peer, ep.addr) })
 	}
+	inc(m.opened, 1)
+	defer func() { inc(m.closed, 1) }()
 	stop := context.AfterFunc(ctx, func() { c.Close(); back.Close() })
 	defer stop()
 	client := &countingConn{ReadWriteCloser: c}
 	pipe(client, back)
-	if p.metrics.registered {
-		p.metrics.tcpRecv.WithLabelValues(labels...).Add(float64(client.read.Load()))
-		p.metrics.tcpSent.WithLabelValues(labels...).Add(float64(client.written.Load()))
+	inc(m.received, float64(client.read.Load()))
+	inc(m.sent, float64(client.written.Load()))
+}
+
+// inc adds v to c unless c is not exported (nil).
+func inc(c prometheus.Counter, v float64) {
+	if c != nil {
+		c.Add(v)
 	}
+}
+
+// connAttributes are a forwarded connection's attributes for the TCP
+// metrics' tagOverrides expressions: no request, only its ends.
+func connAttributes(c net.Conn, peer Peer, upstream string) *logfilter.Attributes {
+	a := &logfilter.Attributes{Connection: true, SourcePrincipal: spiffeURI(peer.Principal), MutualTLS: peer.Principal != "", UpstreamAddress: upstream}
+	if peer.IP.IsValid() {
+		a.SourceAddress = peer.IP.String()
+	}
+	if peer.DestinationIP.IsValid() {
+		a.DestinationAddress, a.DestinationPort = peer.DestinationIP.String(), int(peer.DestinationPort)
+	} else if ap, err := netip.ParseAddrPort(addrString(c.LocalAddr())); err == nil {
+		a.DestinationAddress, a.DestinationPort = ap.Addr().String(), int(ap.Port())
+	}
+	return a
 }
 
 // countingConn counts the bytes of one side of a pipe.

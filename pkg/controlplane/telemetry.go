@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"slices"
 
 	"golang.org/x/net/http/httpguts"
 	telemetryapi "istio.io/api/telemetry/v1alpha1"
@@ -40,6 +41,7 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		if err := checkAccessLogFilter(c.spec); err != nil {
 			r.reject("%v", err)
 		}
+		checkMetrics(r, c.spec)
 		for _, al := range c.spec.GetAccessLogging() {
 			for _, p := range al.GetProviders() {
 				if !knownProviders[p.GetName()] {
@@ -88,12 +90,16 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		}
 		mode := bd.proxyMode(name)
 		var t model.L7Telemetry
+		var metricEntries []*telemetryapi.Metrics // the oldest Telemetry's of each level with any
 		tracer := bd.defaultTracer()
 		for _, level := range levels {
 			// Oldest first, so the first setting found at a level is the one kept.
 			var log, sampling, metrics, traced bool
 			levelTags := map[string]model.TraceTag{}
 			for _, c := range level {
+				if len(c.spec.GetMetrics()) > 0 && !metrics {
+					metricEntries, metrics = append(metricEntries, c.spec.GetMetrics()...), true
+				}
 				for name, tag := range tagsSetting(c.spec, mode) {
 					if _, set := levelTags[name]; !set {
 						levelTags[name] = tag
@@ -108,9 +114,6 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 				if v, ok := samplingSetting(c.spec, mode); ok && !sampling {
 					t.TraceSampling, sampling = &v, true
 				}
-				if v, ok := metricsSetting(c.spec, mode); ok && !metrics {
-					t.RequestMetrics, metrics = &v, true
-				}
 			}
 			// A more specific level's tag replaces a broader one's of
 			// the same name; the others add up.
@@ -120,6 +123,12 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 				}
 				t.TraceTags[name] = tag
 			}
+		}
+		if on, ok, overrides := bd.metricsOverrides(metricEntries, mode); ok || overrides != nil {
+			if ok {
+				t.RequestMetrics = &on
+			}
+			t.Metrics = overrides
 		}
 		if otel[tracer] != nil {
 			t.Tracer = &model.Tracer{Provider: tracer} // completed by applyTracers
@@ -307,29 +316,150 @@ func tagsSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) map[
 	return out
 }
 
-// metricsSetting is the switch for Istio's request metrics: an override
-// of every metric (match.metric ALL_METRICS or no metric named) with
-// disabled set, whose match mode applies to the proxy. The overrides are
-// an ordered list in Istio (mergeMetrics), the last one winning.
-func metricsSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) (on bool, ok bool) {
-	for _, m := range t.GetMetrics() {
-		for _, o := range m.GetOverrides() {
-			if o.GetDisabled() == nil || !modeApplies(o.GetMatch().GetMode(), mode) {
-				continue
-			}
-			switch mm := o.GetMatch().GetMetricMatch().(type) {
-			case nil:
-			case *telemetryapi.MetricSelector_Metric:
-				if mm.Metric != telemetryapi.MetricSelector_ALL_METRICS {
-					continue
-				}
-			default: // a custom metric
-				continue
-			}
-			on, ok = !o.GetDisabled().GetValue(), true
+// prometheusProvider reports whether a metrics provider name is meshlet's
+// Prometheus export: Istio's built-in "prometheus", or a mesh config
+// extension provider of the prometheus kind.
+func (bd *build) prometheusProvider(name string) bool {
+	if name == "prometheus" {
+		return true
+	}
+	for _, p := range bd.meshConfig().GetExtensionProviders() {
+		if p.GetName() == name {
+			return p.GetPrometheus() != nil
 		}
 	}
-	return on, ok
+	return false
+}
+
+// metricsOverrides folds the metrics entries of the Telemetries that apply
+// to a proxy, broadest level first, as Istio's mergeMetrics does for one
+// provider (pilot/pkg/model/telemetry.go): an entry without providers
+// takes the previous entry's (the first, the mesh config's
+// defaultProviders.metrics, else Prometheus), and only entries for
+// Prometheus count; their overrides are an ordered list, each applying, for
+// the proxy's mode, to the metric it matches (ALL_METRICS or no metric: to
+// every one), a later one's disabled and tags replacing an earlier one's.
+// on is the switch for all of them, set by the last ALL_METRICS override
+// that has disabled (ok false: none). Overrides that cannot be served were
+// warned about by checkMetrics and are left out here.
+func (bd *build) metricsOverrides(entries []*telemetryapi.Metrics, mode telemetryapi.WorkloadMode) (on, ok bool, out map[string]model.MetricOverride) {
+	providers := bd.meshConfig().GetDefaultProviders().GetMetrics()
+	if len(providers) == 0 {
+		providers = []string{"prometheus"}
+	}
+	folded := map[string]*model.MetricOverride{}
+	for _, m := range entries {
+		if len(m.GetProviders()) > 0 {
+			providers = nil
+			for _, p := range m.GetProviders() {
+				providers = append(providers, p.GetName())
+			}
+		}
+		if !slices.ContainsFunc(providers, bd.prometheusProvider) {
+			continue
+		}
+		for _, o := range m.GetOverrides() {
+			if !modeApplies(o.GetMatch().GetMode(), mode) {
+				continue
+			}
+			names, all := overrideMetrics(o.GetMatch())
+			if all && o.GetDisabled() != nil {
+				on, ok = !o.GetDisabled().GetValue(), true
+				if !on {
+					continue // as Istio: the switch, not each metric's
+				}
+			}
+			for _, name := range names {
+				f := folded[name]
+				if f == nil {
+					f = &model.MetricOverride{}
+					folded[name] = f
+				}
+				if o.GetDisabled() != nil {
+					f.Disabled = o.GetDisabled().GetValue()
+				}
+				for tag, to := range o.GetTagOverrides() {
+					if checkTagOverride(tag, to) != nil {
+						continue
+					}
+					if f.Tags == nil {
+						f.Tags = map[string]model.TagOverride{}
+					}
+					if _, set := f.Tags[tag]; !set && len(f.Tags) >= model.MaxMetricTags {
+						continue
+					}
+					if to.GetOperation() == telemetryapi.MetricsOverrides_TagOverride_REMOVE {
+						f.Tags[tag] = model.TagOverride{Remove: true}
+					} else {
+						f.Tags[tag] = model.TagOverride{Value: to.GetValue()}
+					}
+				}
+			}
+		}
+	}
+	for name, f := range folded {
+		if f.Disabled || len(f.Tags) > 0 {
+			if out == nil {
+				out = map[string]model.MetricOverride{}
+			}
+			out[name] = *f
+		}
+	}
+	return on, ok, out
+}
+
+// overrideMetrics are the metrics an override's match names: all of them
+// for ALL_METRICS or no match (all true), none for a custom metric.
+func overrideMetrics(sel *telemetryapi.MetricSelector) (names []string, all bool) {
+	switch mm := sel.GetMetricMatch().(type) {
+	case nil:
+		return model.IstioMetrics, true
+	case *telemetryapi.MetricSelector_Metric:
+		if mm.Metric == telemetryapi.MetricSelector_ALL_METRICS {
+			return model.IstioMetrics, true
+		}
+		return []string{mm.Metric.String()}, false
+	}
+	return nil, false
+}
+
+// checkTagOverride is why a tagOverrides entry cannot be served: its name
+// is no Prometheus label, or its value no expression the proxies evaluate.
+func checkTagOverride(tag string, to *telemetryapi.MetricsOverrides_TagOverride) error {
+	if !model.ValidLabelName(tag) {
+		return fmt.Errorf("tag %q is not a valid Prometheus label name (letters, digits and _, not starting with __)", tag)
+	}
+	if to.GetOperation() == telemetryapi.MetricsOverrides_TagOverride_REMOVE {
+		return nil
+	}
+	if to.GetValue() == "" {
+		return fmt.Errorf("tag %q: an UPSERT needs a value expression, e.g. request.host", tag)
+	}
+	if _, err := logfilter.CompileValue(to.GetValue()); err != nil {
+		return fmt.Errorf("tag %q: %w", tag, err)
+	}
+	return nil
+}
+
+// checkMetrics warns about the metrics overrides of t that the proxies
+// leave out: custom metrics, tags that cannot be served, and tags beyond
+// the bound of one metric.
+func checkMetrics(r *rejections, t *telemetryapi.Telemetry) {
+	for i, m := range t.GetMetrics() {
+		for j, o := range m.GetOverrides() {
+			if cm := o.GetMatch().GetCustomMetric(); cm != "" {
+				r.warn("metrics[%d].overrides[%d]: custom metric %q is not one meshlet's proxies export; the override is ignored", i, j, cm)
+			}
+			if len(o.GetTagOverrides()) > model.MaxMetricTags {
+				r.warn("metrics[%d].overrides[%d]: %d tagOverrides, more than %d; the ones past the bound are ignored", i, j, len(o.GetTagOverrides()), model.MaxMetricTags)
+			}
+			for _, tag := range sortedKeys(o.GetTagOverrides()) {
+				if err := checkTagOverride(tag, o.GetTagOverrides()[tag]); err != nil {
+					r.warn("metrics[%d].overrides[%d].tagOverrides: %v; the tag is left as it is", i, j, err)
+				}
+			}
+		}
+	}
 }
 
 // checkAccessLogFilter compiles the filters of t's access logging, as the

@@ -230,7 +230,8 @@ spec:
     - match: {metric: ALL_METRICS, mode: SERVER}
       disabled: false
 `},
-		want: model.L7Telemetry{TraceSampling: pct(20), RequestMetrics: &on},
+		want:     model.L7Telemetry{TraceSampling: pct(20), RequestMetrics: &on},
+		rejected: `custom metric "my_metric" is not one meshlet's proxies export`,
 	}, {
 		name: "span reporting disabled for the waypoint's mode means no sampling",
 		docs: []string{mesh, `apiVersion: telemetry.istio.io/v1
@@ -251,6 +252,7 @@ metadata: {name: custom, namespace: bookinfo}
 spec:
   metrics: [{overrides: [{match: {customMetric: my_metric}, disabled: true}]}]
 `},
+		rejected: `custom metric "my_metric" is not one meshlet's proxies export`,
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -304,5 +306,112 @@ spec:
 		if d := cmp.Diff(tt.want, cfg.Telemetry); d != "" {
 			t.Errorf("%s telemetry (-want +got):\n%s", tt.proxy, d)
 		}
+	}
+}
+
+// TestMetricsOverrides: Istio's metrics overrides folded for a waypoint as
+// Istio's mergeMetrics folds them: mesh, namespace and proxy entries in
+// that order, each override applying to the metrics it matches, a later
+// one's disabled and tags replacing an earlier one's; entries for another
+// provider, and tags the proxies cannot serve, left out with a warning.
+func TestMetricsOverrides(t *testing.T) {
+	on := true
+	docs := []string{`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: ALL_METRICS}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        source_principal: {operation: REMOVE}
+    - match: {metric: RESPONSE_SIZE}
+      disabled: true
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ns, namespace: bookinfo}
+spec:
+  metrics:
+  - providers: [{name: stackdriver}]
+    overrides: [{match: {metric: REQUEST_COUNT}, disabled: true}]
+  - overrides: [{match: {metric: REQUEST_DURATION}, disabled: true}] # stackdriver's too
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: SERVER}
+      tagOverrides:
+        request_host: {value: request.host}
+        source_principal: {value: "'hidden'"}
+        bad-name: {value: request.host}
+        broken: {value: "request.host +"}
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides: {client_only: {value: "'x'"}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: waypoint, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  metrics:
+  - overrides:
+    - match: {metric: TCP_SENT_BYTES}
+      disabled: true
+    - match: {metric: ALL_METRICS}
+      disabled: false
+    - match: {metric: REQUEST_SIZE}
+      disabled: true
+`}
+	snap, rej := mustBuild(t, inputs(t, bookinfo(docs...)...))
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config")
+	}
+	removed := map[string]model.TagOverride{"request_protocol": {Remove: true}, "source_principal": {Remove: true}}
+	want := model.L7Telemetry{
+		RequestMetrics: &on, // the waypoint's ALL_METRICS disabled: false
+		Metrics: map[string]model.MetricOverride{
+			"REQUEST_COUNT": {Tags: map[string]model.TagOverride{
+				"request_protocol": {Remove: true}, "source_principal": {Value: "'hidden'"}, "request_host": {Value: "request.host"},
+			}},
+			"REQUEST_DURATION": {Tags: removed},
+			"REQUEST_SIZE":     {Disabled: true, Tags: removed},
+			// disabled by the mesh, enabled again by the waypoint's ALL_METRICS
+			"RESPONSE_SIZE":          {Tags: removed},
+			"TCP_OPENED_CONNECTIONS": {Tags: removed},
+			"TCP_CLOSED_CONNECTIONS": {Tags: removed},
+			"TCP_SENT_BYTES":         {Tags: removed},
+			"TCP_RECEIVED_BYTES":     {Tags: removed},
+			"GRPC_REQUEST_MESSAGES":  {Tags: removed},
+			"GRPC_RESPONSE_MESSAGES": {Tags: removed},
+		},
+	}
+	if d := cmp.Diff(want, cfg.Telemetry); d != "" {
+		t.Errorf("telemetry (-want +got):\n%s", d)
+	}
+	for _, w := range []string{
+		`tag "bad-name" is not a valid Prometheus label name`,
+		`tag "broken": value expression "request.host +"`,
+	} {
+		if !hasRejection(rej, "Telemetry bookinfo/ns: metrics[2].overrides[0].tagOverrides: "+w, true) {
+			t.Errorf("no warning on bookinfo/ns containing %q in %v", w, rej)
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("the waypoint's config does not validate: %v", err)
+	}
+
+	// The gateway (CLIENT) takes the CLIENT override and not the SERVER one.
+	snap, _ = mustBuild(t, inputs(t, bookinfo(append(docs, bookinfoIngress)...)...))
+	gw, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
+	if !ok {
+		t.Fatal("no gateway config")
+	}
+	if got := gw.Telemetry.Metrics["REQUEST_COUNT"].Tags; got["client_only"] != (model.TagOverride{Value: "'x'"}) || got["request_host"] != (model.TagOverride{}) {
+		t.Errorf("gateway REQUEST_COUNT tags = %v; want client_only and no request_host", got)
+	}
+	if !gw.Telemetry.Metrics["RESPONSE_SIZE"].Disabled {
+		t.Errorf("gateway RESPONSE_SIZE = %+v; want the mesh's disabled", gw.Telemetry.Metrics["RESPONSE_SIZE"])
 	}
 }

@@ -12,6 +12,10 @@
 // expression that fails for a request (a header that is not there, a type
 // mismatch) counts as false, as Envoy's CEL filter treats an error.
 //
+// The same attributes feed the Telemetry API's metric tagOverrides: a
+// Value is an expression whose result labels a request's metrics
+// (request.host, string(response.code), request.headers['x-tenant']).
+//
 // The attributes are Envoy's names (request.*, response.*, source.*,
 // destination.*, connection.*, upstream.*) for what a waypoint knows of a
 // request; attribute maps not listed in Attributes are unknown and refused
@@ -21,6 +25,8 @@ package logfilter
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/cel-go/cel"
@@ -103,22 +109,99 @@ type Attributes struct {
 	RequestedServerName               string
 
 	UpstreamAddress string
+
+	// Connection marks the attributes of a connection forwarded whole: it
+	// has no request.* or response.*, and an expression reading them fails.
+	Connection bool
 }
 
 // Match reports whether the filter holds for a; an evaluation error is
 // false.
 func (f *Filter) Match(a *Attributes) bool {
-	out, _, err := f.prg.Eval(map[string]any{
-		"request": map[string]any{
-			"method": a.Method, "path": a.Path, "url_path": a.URLPath, "host": a.Host, "scheme": a.Scheme,
-			"protocol": a.Protocol, "id": a.ID, "useragent": a.UserAgent, "referer": a.Referer,
-			"headers": a.RequestHeaders, "time": a.Time, "duration": a.Duration,
-			"size": a.RequestSize, "total_size": a.RequestSize,
-		},
-		"response": map[string]any{
-			"code": a.Code, "code_details": a.CodeDetails, "grpc_status": a.GRPCStatus,
-			"size": a.ResponseSize, "total_size": a.ResponseSize, "flags": a.ResponseFlags,
-		},
+	out, _, err := f.prg.Eval(a.activation())
+	if err != nil {
+		return false
+	}
+	b, ok := out.Value().(bool)
+	return ok && b
+}
+
+// Value is a compiled expression whose result is a metric label's value:
+// the tagOverrides of the Telemetry API's metrics (value: request.host,
+// string(destination.port), request.headers['x-user']).
+type Value struct {
+	expr string
+	prg  cel.Program
+}
+
+// Unknown is a Value's result when it cannot be evaluated for a request, as
+// Istio's stats plugin labels what it cannot compute.
+const Unknown = "unknown"
+
+// CompileValue checks expr and prepares it for evaluation. Its result must
+// be a string, a number or a boolean (formatted as CEL's string() does).
+func CompileValue(expr string) (*Value, error) {
+	if expr == "" {
+		return nil, errors.New("the value expression is empty")
+	}
+	if len(expr) > maxExpression {
+		return nil, fmt.Errorf("the value expression is %d bytes; at most %d", len(expr), maxExpression)
+	}
+	ast, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		return nil, fmt.Errorf("value expression %q: %w", expr, iss.Err())
+	}
+	switch t := ast.OutputType(); t {
+	case cel.StringType, cel.IntType, cel.UintType, cel.DoubleType, cel.BoolType, cel.DynType:
+	default:
+		return nil, fmt.Errorf("value expression %q is of type %s; it must be a string, a number or a boolean, e.g. request.host or string(destination.port)", expr, t)
+	}
+	prg, err := env.Program(ast, cel.CostLimit(costLimit))
+	if err != nil {
+		return nil, fmt.Errorf("value expression %q: %w", expr, err)
+	}
+	return &Value{expr: expr, prg: prg}, nil
+}
+
+// String is the expression.
+func (v *Value) String() string { return v.expr }
+
+// maxValue bounds a label value taken from a request (a header, a path):
+// longer ones are cut.
+const maxValue = 256
+
+// Eval is the expression's value for a, Unknown when it fails or is of
+// another type (a map, a list), never longer than maxValue bytes.
+func (v *Value) Eval(a *Attributes) string {
+	out, _, err := v.prg.Eval(a.activation())
+	if err != nil {
+		return Unknown
+	}
+	var s string
+	switch x := out.Value().(type) {
+	case string:
+		s = x
+	case int64:
+		s = strconv.FormatInt(x, 10)
+	case uint64:
+		s = strconv.FormatUint(x, 10)
+	case float64:
+		s = strconv.FormatFloat(x, 'g', -1, 64)
+	case bool:
+		s = strconv.FormatBool(x)
+	default:
+		return Unknown
+	}
+	if len(s) > maxValue {
+		s = strings.ToValidUTF8(s[:maxValue], "")
+	}
+	return s
+}
+
+// activation is a's variables by Envoy's attribute names.
+func (a *Attributes) activation() map[string]any {
+	vars := map[string]any{
+		"request": map[string]any{}, "response": map[string]any{},
 		"source":      map[string]any{"address": a.SourceAddress, "port": a.SourcePort, "principal": a.SourcePrincipal},
 		"destination": map[string]any{"address": a.DestinationAddress, "port": a.DestinationPort},
 		"connection": map[string]any{
@@ -126,10 +209,18 @@ func (f *Filter) Match(a *Attributes) bool {
 			"uri_san_peer_certificate": a.SourcePrincipal,
 		},
 		"upstream": map[string]any{"address": a.UpstreamAddress},
-	})
-	if err != nil {
-		return false
 	}
-	b, ok := out.Value().(bool)
-	return ok && b
+	if !a.Connection {
+		vars["request"] = map[string]any{
+			"method": a.Method, "path": a.Path, "url_path": a.URLPath, "host": a.Host, "scheme": a.Scheme,
+			"protocol": a.Protocol, "id": a.ID, "useragent": a.UserAgent, "referer": a.Referer,
+			"headers": a.RequestHeaders, "time": a.Time, "duration": a.Duration,
+			"size": a.RequestSize, "total_size": a.RequestSize,
+		}
+		vars["response"] = map[string]any{
+			"code": a.Code, "code_details": a.CodeDetails, "grpc_status": a.GRPCStatus,
+			"size": a.ResponseSize, "total_size": a.ResponseSize, "flags": a.ResponseFlags,
+		}
+	}
+	return vars
 }

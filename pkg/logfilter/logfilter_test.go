@@ -67,3 +67,44 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestValue: the tag values Istio's documentation shows, and what a request
+// that lacks the attribute or a result that is no scalar gives.
+func TestValue(t *testing.T) {
+	a := &Attributes{
+		Method: "POST", URLPath: "/api/items", Host: "shop.example", Code: 201,
+		RequestHeaders:  map[string]string{"x-tenant": "acme", "x-long": strings.Repeat("é", 200)},
+		DestinationPort: 8080, MutualTLS: true, Duration: 1500 * time.Millisecond,
+	}
+	for _, tt := range []struct{ expr, want string }{
+		{"request.host", "shop.example"},
+		{"string(destination.port)", "8080"},
+		{"destination.port", "8080"},
+		{"request.headers['x-tenant']", "acme"},
+		{"request.headers['x-missing']", Unknown},
+		{"'v1'", "v1"},
+		{"connection.mtls", "true"},
+		{"response.code >= 500 ? 'server' : 'ok'", "ok"},
+		{"request.headers", Unknown},  // a map is no label value
+		{"request.duration", Unknown}, // nor is a duration
+		{"request.headers['x-long']", strings.Repeat("é", 128)},
+	} {
+		v, err := CompileValue(tt.expr)
+		if err != nil {
+			t.Fatalf("CompileValue(%q): %v", tt.expr, err)
+		}
+		if got := v.Eval(a); got != tt.want {
+			t.Errorf("%s = %.40q; want %.40q", tt.expr, got, tt.want)
+		}
+	}
+	for _, tt := range []struct{ expr, err string }{
+		{"", "empty"},
+		{"requests.host", "undeclared reference"},
+		{"duration('1s')", "must be a string, a number or a boolean"},
+		{"[1, 2]", "must be a string"},
+	} {
+		if _, err := CompileValue(tt.expr); err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("CompileValue(%q) = %v; want an error containing %q", tt.expr, err, tt.err)
+		}
+	}
+}

@@ -86,6 +86,79 @@ type L7Telemetry struct {
 	// TraceTags are further attributes of the proxy's spans, by name (the
 	// Telemetry's tracing customTags).
 	TraceTags map[string]TraceTag `json:",omitempty"`
+	// Metrics are the Telemetry's metrics overrides as they apply to this
+	// proxy, by Istio's metric name (one of IstioMetrics); a metric not
+	// named keeps its standard labels. RequestMetrics false still turns
+	// them all off.
+	Metrics map[string]MetricOverride `json:",omitempty"`
+}
+
+// IstioMetrics are the Telemetry API's names of the standard metrics a proxy
+// exports (MetricSelector.IstioMetric, ALL_METRICS aside), the HTTP ones
+// first. The gRPC message counts are Istio's too; meshlet's proxies do not
+// export them, so overriding them changes nothing.
+var IstioMetrics = []string{
+	"REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE",
+	"TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES",
+	"GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES",
+}
+
+// MetricOverride changes one metric: turns it off, or changes its labels
+// (the Telemetry's tagOverrides).
+type MetricOverride struct {
+	Disabled bool `json:",omitempty"`
+	// Tags are the label changes by label name: Remove drops a standard
+	// label; otherwise Value, a CEL expression over the request's
+	// attributes (pkg/logfilter), sets a standard label's value or adds a
+	// label.
+	Tags map[string]TagOverride `json:",omitempty"`
+}
+
+// TagOverride is one label's change.
+type TagOverride struct {
+	Remove bool   `json:",omitempty"`
+	Value  string `json:",omitempty"`
+}
+
+// MaxMetricTags bounds the label changes of one metric.
+const MaxMetricTags = 32
+
+// ValidLabelName reports whether name can be a Prometheus label: letters,
+// digits and underscores, not starting with a digit, and not the "__"
+// prefix Prometheus reserves.
+func ValidLabelName(name string) bool {
+	if name == "" || strings.HasPrefix(name, "__") {
+		return false
+	}
+	for i, r := range name {
+		switch {
+		case r == '_', r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case r >= '0' && r <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validateMetricOverrides(m map[string]MetricOverride) error {
+	for name, o := range m {
+		if !slices.Contains(IstioMetrics, name) {
+			return fmt.Errorf("telemetry: metric %q is not one of %s", name, strings.Join(IstioMetrics, ", "))
+		}
+		if len(o.Tags) > MaxMetricTags {
+			return fmt.Errorf("telemetry: metric %s: %d tag overrides, more than %d", name, len(o.Tags), MaxMetricTags)
+		}
+		for tag, t := range o.Tags {
+			if !ValidLabelName(tag) {
+				return fmt.Errorf("telemetry: metric %s: tag %q is not a valid Prometheus label name (letters, digits and _)", name, tag)
+			}
+			if t.Remove == (t.Value != "") {
+				return fmt.Errorf("telemetry: metric %s: tag %q: want either remove or a value expression", name, tag)
+			}
+		}
+	}
+	return nil
 }
 
 // TraceTag is a span attribute: a request header's value (Default when the
@@ -885,6 +958,9 @@ func (c *L7Config) Validate() error {
 		if name == "" || (tag.Header != "" && !httpguts.ValidHeaderFieldName(tag.Header)) {
 			return fmt.Errorf("telemetry: trace tag %q: want a name, and a valid header name to read", name)
 		}
+	}
+	if err := validateMetricOverrides(c.Telemetry.Metrics); err != nil {
+		return err
 	}
 	if tr := c.Telemetry.Tracer; tr != nil {
 		if err := tr.Validate(); err != nil {

@@ -159,6 +159,36 @@ spec:
 	if v2 < 7 || v2 > 13 {
 		t.Errorf("v2 got %.1f%% of 2000 requests; want 10 ± 3", v2)
 	}
+
+	// Metrics overrides, as a platform team trims and extends the
+	// waypoint's labels: the namespace's Telemetry drops request_protocol
+	// from the request count, labels it by the end-user header and turns
+	// the request sizes off, with no restart.
+	lb.Apply(t, ns, `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: metrics}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        end_user: {value: "request.headers['end-user']"}
+    - match: {metric: REQUEST_SIZE}
+      disabled: true
+`)
+	lab.WaitFor(t, time.Minute, "the waypoint's request count relabelled", func() (bool, error) {
+		user := func() float64 {
+			return sumMetric(t, wpMetrics, "istio_requests_total", `end_user="jason"`, `reporter="waypoint"`)
+		}
+		before := user()
+		summary(t, lb, ns, client.Name, "-n", "3", "-H", "end-user: jason", url)
+		counted := user() - before
+		protocol := sumMetric(t, wpMetrics, "istio_requests_total", `request_protocol="`)
+		sizes := sumMetric(t, wpMetrics, "istio_request_bytes_count")
+		return counted == 3 && protocol == 0 && sizes == 0, fmt.Errorf("end_user=jason counted %v of 3; series with request_protocol count %v, request sizes %v (want 0 and 0)", counted, protocol, sizes)
+	})
 }
 
 // checkDataplaneConfig: what the node agents and the waypoint hold, as a
