@@ -71,6 +71,7 @@ type vhost struct {
 	any      bool
 	routes   []*route
 	cors     *corsPolicy
+	tcp      *model.TCPRoute // where its service's non-HTTP connections go
 }
 
 // corsPolicy is a CORSPolicy with its origin matches compiled.
@@ -223,7 +224,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			if err != nil {
 				return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: %w", ls.Name, vs.Name, err)
 			}
-			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS}
+			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP}
 			for _, d := range vs.Domains {
 				switch {
 				case d == "*":

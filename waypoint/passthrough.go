@@ -102,13 +102,12 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, port uint32,
 		p.logf("waypoint: tls passthrough on port %d: no route for server name %q", port, sni)
 		return
 	}
-	p.forwardRoute(ctx, c, cfg, r.Name, r.Destinations)
+	p.forwardRoute(ctx, c, cfg, p.connPeer(c), r.Name, r.Destinations)
 }
 
 // forwardRoute relays c to one of a whole-connection route's destinations,
 // by weight, once the policies allow it (allowL4).
-func (p *Proxy) forwardRoute(ctx context.Context, c net.Conn, cfg *compiled, route string, ds []model.WeightedDestination) {
-	peer := p.connPeer(c)
+func (p *Proxy) forwardRoute(ctx context.Context, c net.Conn, cfg *compiled, peer Peer, route string, ds []model.WeightedDestination) {
 	if !p.allowL4(cfg, peer) {
 		return
 	}
@@ -138,7 +137,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error
 				p.logf("waypoint: tcp on port %d: no tcp route", port)
 				return
 			}
-			p.forwardRoute(ctx, c, cfg, r.Name, r.Destinations)
+			p.forwardRoute(ctx, c, cfg, p.connPeer(c), r.Name, r.Destinations)
 		}()
 	}
 }

@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -15,6 +16,9 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -399,5 +403,84 @@ func TestRemoveHopHeaders(t *testing.T) {
 		if !slices.Equal(keys, want) {
 			t.Errorf("keepUpgrade=%v: left %v; want %v", keepUpgrade, keys, want)
 		}
+	}
+}
+
+// TestTCPByServiceRoute: a waypoint forwards the connections to a service
+// that are not HTTP (here a server-first protocol and TLS the client
+// originates) by the tcp route of that service's virtual host, by weight;
+// a service whose virtual host has none gets its connections closed, and
+// an HTTP request to the same service is still routed at L7.
+func TestTCPByServiceRoute(t *testing.T) {
+	greeter := func(name string) string {
+		return tcpBackend(t, func(c net.Conn) {
+			io.WriteString(c, name+"\n") // speaks first, like a database
+			io.Copy(c, c)
+		})
+	}
+	a, b := greeter("a"), greeter("b")
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "http") }))
+	cfg := &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "p", VirtualHosts: []model.VirtualHost{
+			{Name: "db.shop.svc.cluster.local", Domains: []string{"db"}, Routes: []model.L7Route{{Name: "default", Destinations: to("http")}},
+				TCP: &model.TCPRoute{Name: "shop/db", Destinations: []model.WeightedDestination{{Cluster: "a", Weight: 75}, {Cluster: "b", Weight: 25}}}},
+			{Name: "web.shop.svc.cluster.local", Domains: []string{"web"}, Routes: []model.L7Route{{Name: "default", Destinations: to("http")}}},
+		}}},
+		Clusters: []model.L7Cluster{clusterOf("a", a), clusterOf("b", b), clusterOf("http", app)},
+	}}
+	var service atomic.Value
+	h := start(t, cfg, func(o *Options) {
+		o.ConnPeer = func(net.Conn) Peer { return Peer{DestinationService: service.Load().(string)} }
+	})
+	greeting := func() (string, error) {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	service.Store("db.shop.svc.cluster.local")
+	counts := map[string]int{}
+	const n = 40
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range n { // at once: each waits out the proxy's detection timeout
+		wg.Go(func() {
+			g, err := greeting()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("server-first connection to db: %v", err)
+			}
+			counts[g]++
+		})
+	}
+	wg.Wait()
+	if counts["a"]+counts["b"] != n || counts["a"] < counts["b"] || counts["b"] == 0 {
+		t.Errorf("greetings by backend %v; want all %d answered, by a and b about 3:1", counts, n)
+	}
+	// A client that sends first (a TLS ClientHello) is relayed as it is.
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	hello := "\x16\x03\x01\x00\x05hello"
+	io.WriteString(c, hello)
+	got := make([]byte, 2+len(hello)) // "a\n" or "b\n", then the echo
+	if _, err := io.ReadFull(c, got); err != nil || !strings.HasSuffix(string(got), hello) {
+		t.Errorf("client-first bytes through the tcp route = %q, %v; want the greeting then %q", got, err, hello)
+	}
+	c.Close()
+
+	service.Store("web.shop.svc.cluster.local")
+	if g, err := greeting(); err == nil || g != "" {
+		t.Errorf("web (no tcp route) answered %q, %v; want the connection closed", g, err)
+	}
+	if code, body := h.get(t, newClient(t), "/", map[string]string{"Host": "db"}); code != 200 || body != "http" {
+		t.Errorf("HTTP to db = %d %q; want 200 from its L7 route", code, body)
 	}
 }

@@ -198,20 +198,28 @@ func looksLikeHTTP(b []byte) bool {
 	return false
 }
 
-// forwardTCP is the L4 fallback: L4 authorization, then a byte pipe to an
-// endpoint of Config.TCPCluster.
+// forwardTCP is the L4 fallback for a connection that is not HTTP: L4
+// authorization, then a byte pipe to an endpoint of Config.TCPCluster when
+// set, else of the tcp route of the virtual host of the service the client
+// dialled (a waypoint's; Peer.DestinationService on the listener of its
+// port). A connection with neither is closed.
 func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	cfg := p.cfg.Load()
-	up := cfg.tcpCluster
-	if up == nil {
-		return
-	}
 	peer := p.connPeer(c)
-	if !p.allowL4(cfg, peer) {
+	if up := cfg.tcpCluster; up != nil {
+		if p.allowL4(cfg, peer) {
+			p.relay(ctx, c, up, peer)
+		}
 		return
 	}
-	p.relay(ctx, c, up, peer)
+	if len(cfg.listeners) > 0 {
+		if vh := cfg.selectListener(peer.DestinationPort).vhostNamed(peer.DestinationService); vh != nil && vh.tcp != nil {
+			p.forwardRoute(ctx, c, cfg, peer, vh.tcp.Name, vh.tcp.Destinations)
+			return
+		}
+	}
+	p.logf("waypoint: connection from %s to %s (service %q) is not HTTP and has no tcp route; closed", peer.IP, c.LocalAddr(), peer.DestinationService)
 }
 
 // allowL4 evaluates the policies that apply to a connection forwarded

@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 // This file computes the Gateway API status of the routes and policies
@@ -227,8 +229,8 @@ func (bd *build) parentAccepts(routeKind, routeNS, routeName string, hostnames [
 	noParent := string(gatewayv1.RouteReasonNoMatchingParent)
 	notAllowed := string(gatewayv1.RouteReasonNotAllowedByListeners)
 	switch {
-	case kind == "Service" && (group == "" || group == "core") && (routeKind == KindTLSRoute || routeKind == KindTCPRoute):
-		return true, false, string(gatewayv1.RouteReasonUnsupportedValue), fmt.Sprintf("a %s bound to a Service is not served: meshlet's waypoints take HTTPRoutes and GRPCRoutes; TCP to Service %s is forwarded as it is (L4 policy applies)", routeKind, key)
+	case kind == "Service" && (group == "" || group == "core") && routeKind == KindTLSRoute:
+		return true, false, string(gatewayv1.RouteReasonUnsupportedValue), fmt.Sprintf("a TLSRoute bound to a Service is not served: meshlet's waypoints take HTTPRoutes, GRPCRoutes and TCPRoutes; TLS to Service %s is forwarded by its TCPRoute, or to the Service itself (L4 policy applies)", key)
 	case kind == "Service" && (group == "" || group == "core"):
 		svc, found := bd.kubeSvcs[key]
 		if !found {
@@ -240,6 +242,9 @@ func (bd *build) parentAccepts(routeKind, routeNS, routeName string, hostnames [
 		ms := bd.svcByKey[key] // set with kubeSvcs; checked all the same
 		if ms == nil || ms.Waypoint == nil {
 			return true, false, string(gatewayv1.RouteReasonPending), fmt.Sprintf("Service %s has no waypoint, so nothing applies the route yet: label the Service or its namespace istio.io/use-waypoint=<waypoint Gateway>", key)
+		}
+		if routeKind == KindTCPRoute {
+			return bd.meshTCPRouteAccepts(routeNS, routeName, svc, ms, pr)
 		}
 		return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("applied to requests for Service %s by its waypoint %s", key, ms.Waypoint.Waypoint)
 	case kind == "Gateway" && group == gatewayv1.GroupName:
@@ -437,3 +442,24 @@ func (bd *build) backendTLSStatus() []ObjectStatus {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// meshTCPRouteAccepts decides a TCPRoute's parentRef pr to Service svc,
+// which has a waypoint: accepted when the route is the one the waypoint
+// forwards the service's TCP connections by on some port pr covers (the
+// oldest: meshTCPRouteOn), else not, naming the route that port takes.
+func (bd *build) meshTCPRouteAccepts(routeNS, routeName string, svc *corev1.Service, ms *model.Service, pr gatewayv1.ParentReference) (ours, ok bool, reason, msg string) {
+	key := svc.Namespace + "/" + svc.Name
+	rts := bd.tcpRoutesByService()[key]
+	var taken []string
+	for _, sp := range svc.Spec.Ports {
+		if pr.Port != nil && int32(*pr.Port) != sp.Port {
+			continue
+		}
+		on := meshTCPRouteOn(rts, svc.Name, uint32(sp.Port))
+		if on == nil || (on.Namespace == routeNS && on.Name == routeName) {
+			return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("the TCP connections to Service %s are forwarded by it at its waypoint %s", key, ms.Waypoint.Waypoint)
+		}
+		taken = append(taken, fmt.Sprintf("port %d by TCPRoute %s/%s, the oldest", sp.Port, on.Namespace, on.Name))
+	}
+	return true, false, string(gatewayv1.RouteReasonNotAllowedByListeners), fmt.Sprintf("a Service's port forwards its TCP connections by one TCPRoute: of Service %s, %s", key, strings.Join(taken, "; "))
+}

@@ -193,19 +193,7 @@ func portFamily(p gatewayv1.ProtocolType) string {
 func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *model.L7Listener) {
 	bd := lb.bd
 	backends := func(kind, ns, name string, refs []gatewayv1.BackendRef) []model.WeightedDestination {
-		var out []model.WeightedDestination
-		for _, b := range refs {
-			// A backendRef of another kind, or to another namespace
-			// without a ReferenceGrant, is left out; a Service that does
-			// not exist keeps its share, whose connections fail (no
-			// endpoints), as Gateway API has an invalid backend's
-			// connections refused. backendRefsCondition reports both in
-			// the route's status.
-			if d, ok := lb.backend(kind, ns, name, b, 0); ok && d.Cluster != "" {
-				out = append(out, d)
-			}
-		}
-		return out
+		return lb.l4Backends(kind, ns, name, refs, 0)
 	}
 	switch l.Protocol {
 	case gatewayv1.TLSProtocolType:
@@ -227,6 +215,22 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *m
 			ml.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
 		}
 	}
+}
+
+// l4Backends are the destinations of a TLSRoute's or TCPRoute's
+// backendRefs (port: a ref's without one). A backendRef of another kind,
+// or to another namespace without a ReferenceGrant, is left out; a Service
+// that does not exist keeps its share, whose connections fail (no
+// endpoints), as Gateway API has an invalid backend's connections refused.
+// backendRefsCondition reports both in the route's status.
+func (lb *l7Builder) l4Backends(kind, ns, name string, refs []gatewayv1.BackendRef, port uint32) []model.WeightedDestination {
+	var out []model.WeightedDestination
+	for _, b := range refs {
+		if d, ok := lb.backend(kind, ns, name, b, port); ok && d.Cluster != "" {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // tcpRouteOn is the TCPRoute a TCP listener l of gw forwards to: the

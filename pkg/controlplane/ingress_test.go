@@ -861,7 +861,7 @@ spec:
 		{"TCPRoute", "echo-later", false, "NotAllowedByListeners"}, // the listener forwards to the oldest
 		{"HTTPRoute", "shop", true, "Accepted"},
 		{"HTTPRoute", "wrong", false, "NotAllowedByListeners"},
-		{"TCPRoute", "to-service", false, "UnsupportedValue"},
+		{"TCPRoute", "to-service", false, "Pending"}, // Service web has no waypoint
 	} {
 		st := statusOf(t, b, tt.kind, "shop", tt.name)
 		if len(st.Parents) != 1 {

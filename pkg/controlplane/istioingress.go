@@ -95,13 +95,14 @@ type ingressServer struct {
 	tcp      bool // protocol TCP: a VirtualService's tcp route
 }
 
-// tcpRoute is the first tcp route of vs for a TCP server (its matches
-// naming the server's port, or none), nil when it has none.
-func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], srv ingressServer) *model.TCPRoute {
+// tcpRoute is the first tcp route of vs for port (its matches naming the
+// port, or none): a TCP server's, or a service's at its waypoint; nil when
+// it has none.
+func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], port uint32) *model.TCPRoute {
 	for i, tr := range vs.spec.GetTcp() {
 		applies := len(tr.GetMatch()) == 0
 		for _, m := range tr.GetMatch() {
-			applies = applies || m.GetPort() == 0 || m.GetPort() == srv.port
+			applies = applies || m.GetPort() == 0 || m.GetPort() == port
 		}
 		if !applies || len(tr.GetRoute()) == 0 {
 			continue
@@ -109,7 +110,7 @@ func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], srv ingre
 		r := &model.TCPRoute{Name: fmt.Sprintf("%s.%s.tcp.%d", vs.meta.Name, vs.meta.Namespace, i)}
 		for _, d := range tr.GetRoute() {
 			r.Destinations = append(r.Destinations, model.WeightedDestination{
-				Cluster: lb.cluster(lb.bd.resolveHost(d.GetDestination().GetHost(), vs.meta.Namespace), destPort(d.GetDestination(), srv.port)),
+				Cluster: lb.cluster(lb.bd.resolveHost(d.GetDestination().GetHost(), vs.meta.Namespace), destPort(d.GetDestination(), port)),
 				Subset:  d.GetDestination().GetSubset(),
 				Weight:  weight(d.GetWeight(), len(tr.GetRoute())),
 			})
@@ -255,7 +256,7 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 			if srv.tcp {
 				for _, vs := range bd.validVS {
 					if l.TCP == nil && vsBindsGateway(vs, srv.gw) && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
-						l.TCP = lb.tcpRoute(vs, srv)
+						l.TCP = lb.tcpRoute(vs, srv.port)
 					}
 				}
 				continue

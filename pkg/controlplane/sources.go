@@ -429,7 +429,7 @@ func (s *Sources) Start(ctx context.Context) error {
 				return fmt.Errorf("start sources: %w", err)
 			}
 			if len(missing) > 0 {
-				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough and TCP listeners get no routes of that kind until it is installed and meshd restarted",
+				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough and TCP listeners (and, for TCPRoute, waypoints) get no routes of that kind until it is installed and meshd restarted",
 					"missing", missing[0], "install", InstallCRDsCommand)
 				continue
 			}

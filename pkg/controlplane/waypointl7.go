@@ -76,6 +76,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 			grpcBySvc[k] = append(grpcBySvc[k], rt)
 		}
 	}
+	tcpBySvc := bd.tcpRoutesByService()
 	out := map[model.NamespacedName]*model.L7Config{}
 	for _, key := range sortedWaypointKeys(bd.waypoints) {
 		lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
@@ -92,11 +93,25 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 				}
 				vh := model.VirtualHost{Name: ms.Hostname(), Domains: domains(ms)}
 				vh.Routes = lb.gatewayRoutes(routesBySvc[ms.Key()], grpcBySvc[ms.Key()], ms, sp.Port)
-				if vs, ok := vsByHost[ms.Hostname()]; ok && len(vh.Routes) == 0 && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
+				vs, hasVS := vsByHost[ms.Hostname()]
+				hasVS = hasVS && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace)
+				if hasVS && len(vh.Routes) == 0 {
 					vh.Routes = lb.virtualServiceRoutes(vs, sp.Port)
 				}
 				if len(vh.Routes) == 0 {
 					vh.Routes = []model.L7Route{{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}}
+				}
+				switch rt := meshTCPRouteOn(tcpBySvc[ms.Key()], ms.Name, sp.Port); {
+				case rt != nil:
+					// Its backends that do not resolve are left out; with
+					// none, the service's TCP connections are refused.
+					if ds := lb.l4Backends(KindTCPRoute, rt.Namespace, rt.Name, tcpRouteBackends(rt), sp.Port); len(ds) > 0 {
+						vh.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
+					}
+				case hasVS && lb.tcpRoute(vs, sp.Port) != nil:
+					vh.TCP = lb.tcpRoute(vs, sp.Port)
+				default:
+					vh.TCP = &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}
 				}
 				l.VirtualHosts = append(l.VirtualHosts, vh)
 			}
@@ -362,6 +377,31 @@ func (bd *build) httpRoutesByService() map[string][]*gatewayv1.HTTPRoute {
 		}
 	}
 	return out
+}
+
+// tcpRoutesByService returns the TCPRoutes whose parentRefs name a Service
+// (GAMMA): a waypoint forwards the service's TCP connections by them.
+func (bd *build) tcpRoutesByService() map[string][]*gatewayv1.TCPRoute {
+	out := map[string][]*gatewayv1.TCPRoute{}
+	for _, rt := range bd.in.tcpRoutes {
+		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
+			out[k] = append(out[k], rt)
+		}
+	}
+	return out
+}
+
+// meshTCPRouteOn is the TCPRoute a waypoint forwards Service svc's port by:
+// the oldest of rts (bound to the Service) that covers the port; nil for
+// none. As on a Gateway's TCP listener, one route takes a port; the others
+// are not accepted for it (parentAccepts).
+func meshTCPRouteOn(rts []*gatewayv1.TCPRoute, svc string, port uint32) *gatewayv1.TCPRoute {
+	for _, rt := range oldestFirst(rts) {
+		if parentPort(rt.Spec.ParentRefs, svc, port) {
+			return rt
+		}
+	}
+	return nil
 }
 
 // serviceParents returns the "namespace/name" keys of the Services among parentRefs.

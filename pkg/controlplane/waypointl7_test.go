@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/testutil"
@@ -93,6 +95,8 @@ func TestWaypointL7FromVirtualService(t *testing.T) {
 					Retries:      &model.RetryPolicy{Attempts: 3, PerTryTimeout: 500 * time.Millisecond, RetryOn: []string{"5xx", "retriable-status-codes"}, RetriableStatusCodes: []int{503}},
 				},
 			},
+			// Connections that are not HTTP go to the service.
+			TCP: &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: cluster, Weight: 1}}},
 		}}}},
 		Clusters: []model.L7Cluster{{
 			Name: cluster,
@@ -848,6 +852,106 @@ data: {tls.crt: %s, tls.key: %s, ca.crt: %s}
 		}
 		if !found {
 			t.Errorf("rejections = %v; want the unusable key pair reported on DestinationRule bookinfo/partner-%s", rej, h)
+		}
+	}
+}
+
+// TestWaypointTCPRoutes follows Istio's TCP traffic shifting task in ambient
+// mode: connections to a Service behind a waypoint that are not HTTP are
+// forwarded to the Service itself, or by weight to the backends of the
+// oldest TCPRoute bound to the Service (and port), or by a VirtualService's
+// tcp route; a younger TCPRoute on the same port is not accepted, and says
+// which route the port takes.
+func TestWaypointTCPRoutes(t *testing.T) {
+	svc := func(name, ip string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: bookinfo}
+spec: {clusterIP: %s, selector: {app: %s}, ports: [{name: tcp, port: 9000}]}
+`, name, ip, name)
+	}
+	b := NewBuilder(BuilderOptions{})
+	snap, rej := b.Build(inputs(t, bookinfo(
+		pod("bookinfo", "db-0", "10.0.0.9", "n1", "app=db,role=primary"),
+		svc("tcp-echo", "10.96.0.40"), svc("tcp-echo-v1", "10.96.0.41"), svc("tcp-echo-v2", "10.96.0.42"), svc("db", "10.96.0.43"),
+		`apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: tcp-echo, namespace: bookinfo, creationTimestamp: "2026-01-01T00:00:01Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tcp-echo, port: 9000}]
+  rules:
+  - backendRefs:
+    - {name: tcp-echo-v1, port: 9000, weight: 80}
+    - {name: tcp-echo-v2, port: 9000, weight: 20}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: tcp-echo-later, namespace: bookinfo, creationTimestamp: "2026-01-01T00:00:02Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tcp-echo}]
+  rules: [{backendRefs: [{name: tcp-echo-v2, port: 9000}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: bookinfo}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - {destination: {host: db, subset: primary}, weight: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: bookinfo}
+spec:
+  host: db
+  subsets: [{name: primary, labels: {role: primary}}]
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	got := map[string]*model.TCPRoute{}
+	for _, l := range cfg.Listeners {
+		for _, vh := range l.VirtualHosts {
+			got[fmt.Sprintf("%s:%d", vh.Name, l.Port)] = vh.TCP
+		}
+	}
+	cl := func(host string, port uint32) string { return clusterName(host+".bookinfo.svc.cluster.local", port) }
+	want := map[string]*model.TCPRoute{
+		"reviews.bookinfo.svc.cluster.local:9080": {Name: "default", Destinations: []model.WeightedDestination{{Cluster: cl("reviews", 9080), Weight: 1}}},
+		"tcp-echo.bookinfo.svc.cluster.local:9000": {Name: "bookinfo/tcp-echo", Destinations: []model.WeightedDestination{
+			{Cluster: cl("tcp-echo-v1", 9000), Weight: 80}, {Cluster: cl("tcp-echo-v2", 9000), Weight: 20},
+		}},
+		"tcp-echo-v1.bookinfo.svc.cluster.local:9000": {Name: "default", Destinations: []model.WeightedDestination{{Cluster: cl("tcp-echo-v1", 9000), Weight: 1}}},
+		"tcp-echo-v2.bookinfo.svc.cluster.local:9000": {Name: "default", Destinations: []model.WeightedDestination{{Cluster: cl("tcp-echo-v2", 9000), Weight: 1}}},
+		"db.bookinfo.svc.cluster.local:9000":          {Name: "db.bookinfo.tcp.0", Destinations: []model.WeightedDestination{{Cluster: cl("db", 9000), Subset: "primary", Weight: 100}}},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("tcp routes by virtual host (-want +got):\n%s", d)
+	}
+	for _, tt := range []struct {
+		name     string
+		accepted bool
+		reason   string
+	}{
+		{"tcp-echo", true, "Accepted"},
+		{"tcp-echo-later", false, "NotAllowedByListeners"},
+	} {
+		st := statusOf(t, b, "TCPRoute", "bookinfo", tt.name)
+		if len(st.Parents) != 1 {
+			t.Fatalf("TCPRoute %s: parents %+v; want one", tt.name, st.Parents)
+		}
+		c := meta.FindStatusCondition(st.Parents[0].Conditions, "Accepted")
+		if c == nil || (c.Status == metav1.ConditionTrue) != tt.accepted || c.Reason != tt.reason {
+			t.Errorf("TCPRoute %s: Accepted %+v; want %v %s", tt.name, c, tt.accepted, tt.reason)
+		}
+		if !tt.accepted && !strings.Contains(c.Message, "port 9000 by TCPRoute bookinfo/tcp-echo") {
+			t.Errorf("TCPRoute %s: message %q; want it to name the route that takes port 9000", tt.name, c.Message)
 		}
 	}
 }

@@ -318,6 +318,12 @@ type VirtualHost struct {
 	Routes []L7Route
 	// CORS applies to every route without its own CORS policy; nil means none.
 	CORS *CORSPolicy
+	// TCP forwards the connections to this virtual host's service that are
+	// not HTTP (a database, TLS the client originates, a server-first
+	// protocol) whole, by weight: a waypoint's L4 path for the service (a
+	// TCPRoute bound to it, a VirtualService's tcp route, else the service
+	// itself). Nil: such connections are closed.
+	TCP *TCPRoute `json:",omitempty"`
 }
 
 // L7Route is one VirtualService http[] entry or HTTPRoute rule. Exactly one
@@ -1030,6 +1036,11 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 		if vh.CORS != nil {
 			if err := vh.CORS.validate(); err != nil {
 				return fmt.Errorf("virtualHosts[%d] %q: cors: %w", i, vh.Name, err)
+			}
+		}
+		if vh.TCP != nil {
+			if err := validDestinations(vh.TCP.Destinations, clusters); err != nil {
+				return fmt.Errorf("virtualHosts[%d] %q: tcp %q: %w", i, vh.Name, vh.TCP.Name, err)
 			}
 		}
 		for j := range vh.Routes {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -49,6 +50,7 @@ type clientOptions struct {
 	Timeout      time.Duration // per request
 	H2C          bool          // HTTP/2 with prior knowledge instead of HTTP/1.1
 	WebSocket    bool          // a WebSocket handshake and one echoed message per request
+	Insecure     bool          // https without verifying the server (a test server's own certificate)
 	Headers      http.Header   // extra request headers
 }
 
@@ -75,6 +77,7 @@ func runClient(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.BoolVar(&o.H2C, "h2c", false, "use HTTP/2 cleartext (prior knowledge)")
 	fs.BoolVar(&o.WebSocket, "ws", false, "open a WebSocket to the URL (path /ws) and echo one message per request")
+	fs.BoolVar(&o.Insecure, "k", false, "for https URLs, do not verify the server's certificate (a test server's own)")
 	fs.Var(headerFlags(o.Headers), "H", "extra header 'Name: value' (repeatable)")
 	fs.StringVar(&o.SeenHeader, "seen-header", "", "count the values of this request header as the server saw it")
 	fs.StringVar(&o.AnswerHeader, "answer-header", "", "count the values of this response header")
@@ -128,7 +131,7 @@ func runRequests(ctx context.Context, o clientOptions) (*Summary, error) {
 			p.SetUnencryptedHTTP2(true)
 			hc.Transport = &http.Transport{Protocols: &p, MaxIdleConnsPerHost: o.Concurrency}
 		} else {
-			hc.Transport = &http.Transport{MaxIdleConnsPerHost: o.Concurrency}
+			hc.Transport = &http.Transport{MaxIdleConnsPerHost: o.Concurrency, TLSClientConfig: &tls.Config{InsecureSkipVerify: o.Insecure}}
 		}
 		defer hc.CloseIdleConnections()
 		call = func(ctx context.Context) result { return httpCall(ctx, hc, &o) }

@@ -542,3 +542,64 @@ spec:
 		t.Errorf("meshctl analyze -n %s does not say %q:\n%s", ns, want, out)
 	}
 }
+
+// TestWaypointTCP follows Istio's TCP traffic shifting task in ambient
+// mode: a namespace's waypoint carries its services' connections that are
+// not HTTP as well. A client's own TLS to a Service's port (an echo server's
+// HTTPS) is relayed whole through the waypoint (its Istio TCP metrics count
+// the connections) to the Service's pod; a TCPRoute bound to the Service
+// then sends new connections to another Service's pod, and its status says
+// it is accepted.
+func TestWaypointTCP(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	certPEM, keyPEM, _ := servingCert(t, "tcp-echo")
+	lb.Apply(t, ns, httpsEchoPod("tcp-echo-v1", certPEM, keyPEM)+"---\n"+httpsEchoPod("tcp-echo-v2", certPEM, keyPEM)+`---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo}
+spec:
+  selector: {app: tcp-echo-v1}
+  ports: [{name: tcp, port: 9000, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo-v2}
+spec:
+  selector: {app: tcp-echo-v2}
+  ports: [{name: tcp, port: 9000, targetPort: 8443}]
+`)
+	lb.WaitPodsReady(t, ns, "app in (tcp-echo-v1,tcp-echo-v2)", 2, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	wp := applyWaypoint(t, lb, run, ns, "--enroll-namespace")
+	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
+	url := fmt.Sprintf("https://tcp-echo.%s.svc.cluster.local:9000/", ns)
+	relayed := func(svc string) float64 {
+		return sumMetric(t, wpMetrics, "istio_tcp_connections_opened_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service="%s.%s.svc.cluster.local"`, svc, ns))
+	}
+	lab.WaitFor(t, time.Minute, "TLS to tcp-echo relayed whole by the waypoint", func() (bool, error) {
+		before := relayed("tcp-echo")
+		s := summary(t, lb, ns, client.Name, "-k", "-n", "3", url)
+		d := relayed("tcp-echo") - before
+		return s.ByVersion["tcp-echo-v1"] == 3 && d >= 1, fmt.Errorf("answered by %v (errors %v); the waypoint relayed %v connections to tcp-echo", s.ByVersion, s.Errors, d)
+	})
+
+	lb.Apply(t, ns, `apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: tcp-echo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tcp-echo, port: 9000}]
+  rules: [{backendRefs: [{name: tcp-echo-v2, port: 9000}]}]
+`)
+	lab.WaitFor(t, time.Minute, "the TCPRoute shifting tcp-echo's connections to v2", func() (bool, error) {
+		before := relayed("tcp-echo-v2")
+		s := summary(t, lb, ns, client.Name, "-k", "-n", "3", url)
+		d := relayed("tcp-echo-v2") - before
+		return s.ByVersion["tcp-echo-v2"] == 3 && d >= 1, fmt.Errorf("answered by %v (errors %v); the waypoint relayed %v connections to tcp-echo-v2", s.ByVersion, s.Errors, d)
+	})
+	lab.WaitFor(t, 30*time.Second, "the TCPRoute Accepted", func() (bool, error) {
+		out, err := lb.Kubectl("-n", ns, "get", "tcproute", "tcp-echo", "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
+		return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
+	})
+}
