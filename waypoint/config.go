@@ -33,6 +33,9 @@ type compiled struct {
 	scopedPolicies bool
 	jwt            *jwtAuthenticator
 	tcpCluster     *upstream
+	// opaque is set when some virtual host is: connections then have their
+	// service looked up before they are read (Proxy.detect).
+	opaque bool
 	// limiters by listener/vhost/route name, shared by the routes of a
 	// virtual host with that name, and kept by a config push for unchanged
 	// rate limits.
@@ -72,6 +75,7 @@ type vhost struct {
 	routes   []*route
 	cors     *corsPolicy
 	tcp      *model.TCPRoute // where its service's non-HTTP connections go
+	opaque   bool            // its connections all go to tcp, unread
 }
 
 // corsPolicy is a CORSPolicy with its origin matches compiled.
@@ -224,7 +228,8 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			if err != nil {
 				return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: %w", ls.Name, vs.Name, err)
 			}
-			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP}
+			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP, opaque: vs.Opaque}
+			c.opaque = c.opaque || vs.Opaque
 			for _, d := range vs.Domains {
 				switch {
 				case d == "*":
@@ -394,6 +399,15 @@ type routeInput struct {
 	url       *url.URL // its query is parsed only if a route matches on it
 	port      uint32
 	peer      Peer
+}
+
+// serviceVhost is the virtual host of the service a connection's client
+// dialled (a waypoint's), nil when none.
+func (c *compiled) serviceVhost(peer *Peer) *vhost {
+	if len(c.listeners) == 0 {
+		return nil
+	}
+	return c.selectListener(peer.DestinationPort).vhostNamed(peer.DestinationService)
 }
 
 // selectListener picks the listener for a destination port: an exact port,

@@ -410,7 +410,8 @@ func TestRemoveHopHeaders(t *testing.T) {
 // that are not HTTP (here a server-first protocol and TLS the client
 // originates) by the tcp route of that service's virtual host, by weight;
 // a service whose virtual host has none gets its connections closed, and
-// an HTTP request to the same service is still routed at L7.
+// an HTTP request to the same service is still routed at L7, unless the
+// service's port is declared TCP (opaque).
 func TestTCPByServiceRoute(t *testing.T) {
 	greeter := func(name string) string {
 		return tcpBackend(t, func(c net.Conn) {
@@ -425,12 +426,21 @@ func TestTCPByServiceRoute(t *testing.T) {
 			{Name: "db.shop.svc.cluster.local", Domains: []string{"db"}, Routes: []model.L7Route{{Name: "default", Destinations: to("http")}},
 				TCP: &model.TCPRoute{Name: "shop/db", Destinations: []model.WeightedDestination{{Cluster: "a", Weight: 75}, {Cluster: "b", Weight: 25}}}},
 			{Name: "web.shop.svc.cluster.local", Domains: []string{"web"}, Routes: []model.L7Route{{Name: "default", Destinations: to("http")}}},
+			{Name: "cache.shop.svc.cluster.local", Domains: []string{"cache"}, Routes: []model.L7Route{{Name: "default", Destinations: to("http")}},
+				TCP: &model.TCPRoute{Name: "default", Destinations: to("a")}, Opaque: true},
 		}}},
 		Clusters: []model.L7Cluster{clusterOf("a", a), clusterOf("b", b), clusterOf("http", app)},
 	}}
 	var service atomic.Value
 	h := start(t, cfg, func(o *Options) {
-		o.ConnPeer = func(net.Conn) Peer { return Peer{DestinationService: service.Load().(string)} }
+		o.ConnPeer = func(c net.Conn) Peer {
+			// The app's ConnPeer reads the HBONE stream it accepted: it
+			// must get that connection, not a wrapper.
+			if _, ok := c.(*net.TCPConn); !ok {
+				t.Errorf("ConnPeer got a %T; want the accepted *net.TCPConn", c)
+			}
+			return Peer{DestinationService: service.Load().(string)}
+		}
 	})
 	greeting := func() (string, error) {
 		c, err := net.Dial("tcp", h.addr)
@@ -482,5 +492,21 @@ func TestTCPByServiceRoute(t *testing.T) {
 	}
 	if code, body := h.get(t, newClient(t), "/", map[string]string{"Host": "db"}); code != 200 || body != "http" {
 		t.Errorf("HTTP to db = %d %q; want 200 from its L7 route", code, body)
+	}
+
+	// A port declared TCP (opaque) is never read as HTTP: even an HTTP
+	// request goes to its tcp route as bytes.
+	service.Store("cache.shop.svc.cluster.local")
+	c, err = net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	req := "GET / HTTP/1.1\r\nHost: cache\r\n\r\n"
+	io.WriteString(c, req)
+	got = make([]byte, 2+len(req))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "a\n"+req {
+		t.Errorf("HTTP bytes to an opaque port = %q, %v; want a's greeting and the request echoed", got, err)
 	}
 }

@@ -148,6 +148,16 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 // to net/http's HTTP/2 server or to the TCP forwarder. TLS is terminated
 // here so that ALPN picks the server.
 func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tlsConfig *tls.Config, httpConns *chanListener, h1 *h1Server) {
+	if cfg := p.cfg.Load(); cfg.opaque {
+		// A service port declared TCP (or TLS, a database protocol) is
+		// forwarded at once: a server-first protocol would otherwise
+		// wait out DetectTimeout for bytes its client never sends first.
+		peer := p.connPeer(c)
+		if vh := cfg.serviceVhost(&peer); vh != nil && vh.opaque {
+			p.forwardTCP(ctx, c, cfg, peer)
+			return
+		}
+	}
 	br := bufio.NewReaderSize(c, 512)
 	_ = c.SetReadDeadline(time.Now().Add(opts.DetectTimeout))
 	head, _ := br.Peek(8)
@@ -180,7 +190,7 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 		pc.Conn = rawsock.Wrap(c)
 		h1.serve(pc, c, nil)
 	default:
-		p.forwardTCP(ctx, pc)
+		p.forwardTCP(ctx, pc, p.cfg.Load(), p.connPeer(pc))
 	}
 }
 
@@ -203,21 +213,17 @@ func looksLikeHTTP(b []byte) bool {
 // set, else of the tcp route of the virtual host of the service the client
 // dialled (a waypoint's; Peer.DestinationService on the listener of its
 // port). A connection with neither is closed.
-func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn) {
+func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer Peer) {
 	defer c.Close()
-	cfg := p.cfg.Load()
-	peer := p.connPeer(c)
 	if up := cfg.tcpCluster; up != nil {
 		if p.allowL4(cfg, peer) {
 			p.relay(ctx, c, up, peer)
 		}
 		return
 	}
-	if len(cfg.listeners) > 0 {
-		if vh := cfg.selectListener(peer.DestinationPort).vhostNamed(peer.DestinationService); vh != nil && vh.tcp != nil {
-			p.forwardRoute(ctx, c, cfg, peer, vh.tcp.Name, vh.tcp.Destinations)
-			return
-		}
+	if vh := cfg.serviceVhost(&peer); vh != nil && vh.tcp != nil {
+		p.forwardRoute(ctx, c, cfg, peer, vh.tcp.Name, vh.tcp.Destinations)
+		return
 	}
 	p.logf("waypoint: connection from %s to %s (service %q) is not HTTP and has no tcp route; closed", peer.IP, c.LocalAddr(), peer.DestinationService)
 }
@@ -243,6 +249,9 @@ func (p *Proxy) allowL4(cfg *compiled, peer Peer) bool {
 
 // connPeer describes the client of a connection forwarded whole.
 func (p *Proxy) connPeer(c net.Conn) Peer {
+	if pc, ok := c.(*peekedConn); ok {
+		c = pc.Conn // ConnPeer knows the connection as it was accepted
+	}
 	peer := Peer{}
 	if p.opts.ConnPeer != nil {
 		peer = p.opts.ConnPeer(c)

@@ -91,7 +91,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 					l = &model.L7Listener{Name: "port-" + strconv.FormatUint(uint64(sp.Port), 10), Port: sp.Port}
 					listeners[sp.Port] = l
 				}
-				vh := model.VirtualHost{Name: ms.Hostname(), Domains: domains(ms)}
+				vh := model.VirtualHost{Name: ms.Hostname(), Domains: domains(ms), Opaque: opaqueProtocol(sp.AppProtocol)}
 				vh.Routes = lb.gatewayRoutes(routesBySvc[ms.Key()], grpcBySvc[ms.Key()], ms, sp.Port)
 				vs, hasVS := vsByHost[ms.Hostname()]
 				hasVS = hasVS && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace)
@@ -138,6 +138,17 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 		out[key] = cfg
 	}
 	return out
+}
+
+// opaqueProtocol reports whether a port's declared application protocol
+// (model.ServicePort.AppProtocol) is one a waypoint forwards as TCP without
+// reading it, as Istio does for these protocols.
+func opaqueProtocol(p string) bool {
+	switch p {
+	case "TCP", "TLS", "HTTPS", "MONGO", "MYSQL", "REDIS":
+		return true
+	}
+	return false
 }
 
 // domains are the Host values a service answers to inside the cluster.

@@ -919,6 +919,10 @@ spec:
 	for _, l := range cfg.Listeners {
 		for _, vh := range l.VirtualHosts {
 			got[fmt.Sprintf("%s:%d", vh.Name, l.Port)] = vh.TCP
+			// Ports named tcp are declared TCP: relayed unread.
+			if want := l.Port == 9000; vh.Opaque != want {
+				t.Errorf("%s:%d opaque = %v; want %v", vh.Name, l.Port, vh.Opaque, want)
+			}
 		}
 	}
 	cl := func(host string, port uint32) string { return clusterName(host+".bookinfo.svc.cluster.local", port) }

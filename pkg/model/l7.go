@@ -324,6 +324,11 @@ type VirtualHost struct {
 	// TCPRoute bound to it, a VirtualService's tcp route, else the service
 	// itself). Nil: such connections are closed.
 	TCP *TCPRoute `json:",omitempty"`
+	// Opaque is set when the service's port is declared a protocol that is
+	// not HTTP (appProtocol, or Istio's port name prefix: tcp, tls, https,
+	// mongo, mysql, redis): its connections go to TCP at once, never read
+	// for HTTP, so a server-first protocol does not wait out the sniffing.
+	Opaque bool `json:",omitempty"`
 }
 
 // L7Route is one VirtualService http[] entry or HTTPRoute rule. Exactly one
