@@ -509,6 +509,23 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2),
 						dash(r.Name), describeMatches(r.Matches), describeAction(&r))
 				}
+				// Its connections that are not HTTP, or all of them when the
+				// port is declared TCP (opaque).
+				if r := vh.TCP; r != nil || vh.Opaque {
+					match, to := "tcp (not http)", "closed"
+					if vh.Opaque {
+						match = "tcp (all: port declared tcp)"
+					}
+					if r != nil {
+						rt := model.L7Route{Destinations: r.Destinations}
+						to = describeAction(&rt)
+					}
+					name := "-"
+					if r != nil {
+						name = r.Name
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2), name, match, to)
+				}
 			}
 			for _, r := range l.Passthrough {
 				rt := model.L7Route{Destinations: r.Destinations}

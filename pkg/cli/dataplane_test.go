@@ -123,7 +123,12 @@ func TestPrintProxyConfig(t *testing.T) {
 					Destinations: []model.WeightedDestination{{Cluster: "web", Subset: "v2", Weight: 100}}},
 				{Name: "split", Destinations: []model.WeightedDestination{{Cluster: "web", Subset: "v1", Weight: 90}, {Cluster: "web", Subset: "v2", Weight: 10}}},
 				{Name: "gone", Matches: []model.RouteMatch{{URI: &model.StringMatch{Exact: "/old"}}}, DirectResponse: &model.DirectResponse{Status: 410}},
-			}}}},
+			},
+			TCP: &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 1}}}},
+			{Name: "db", Domains: []string{"db.shop.svc.cluster.local"}, Opaque: true,
+				Routes: []model.L7Route{{Name: "default", Destinations: []model.WeightedDestination{{Cluster: "db", Weight: 1}}}},
+				TCP:    &model.TCPRoute{Name: "shop/db", Destinations: []model.WeightedDestination{{Cluster: "db", Weight: 1}}}},
+		}},
 			{Name: "tls-nginx", Port: 8443, Passthrough: []model.PassthroughRoute{{Name: "nginx.shop.tls.0", SNIHosts: []string{"nginx.example.com"},
 				Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 100}}}}},
 			{Name: "tcp", Port: 31400, TCP: &model.TCPRoute{Name: "tcp-echo.shop.tcp.0", Destinations: []model.WeightedDestination{
@@ -142,11 +147,13 @@ func TestPrintProxyConfig(t *testing.T) {
 		kind string
 		rows [][]string
 	}{
-		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web"}, {"tls-nginx", "8443", "passthrough", "-"}, {"tcp", "31400", "tcp", "-"}}},
+		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web,db"}, {"tls-nginx", "8443", "passthrough", "-"}, {"tcp", "31400", "tcp", "-"}}},
 		{"routes", [][]string{
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "beta", "uri^=/api header:x-user", "web|v2"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10%"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "gone", "uri=/old", "direct response 410"},
+			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "default", "tcp (not http)", "web"},
+			{"web.shop.svc.cluster.local:80", "db", "db.shop.svc.cluster.local", "shop/db", "tcp (all: port declared tcp)", "db"},
 			{"tls-nginx", "(tls passthrough)", "nginx.example.com", "nginx.shop.tls.0", "sni nginx.example.com", "web"},
 			{"tcp", "(tcp)", "-", "tcp-echo.shop.tcp.0", "*", "web|v1 80%, web|v2 20%"},
 		}},
