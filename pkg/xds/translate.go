@@ -51,6 +51,7 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		authz[a.GetNamespace()+"/"+a.GetName()] = e
 	}
 	workloads, addresses, peerAuthn := typeSet{}, typeSet{}, typeSet{}
+	labelKeys := workloadLabelKeys(snap)
 	for _, mw := range snap.Workloads() {
 		ga := gatewayAddress(snap, mw.Waypoint)
 		// The policies bound to it that are sent (some translate to none).
@@ -61,9 +62,9 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 			}
 		}
 		c, ok := s.applied.workloads[mw]
-		if !ok || c.trustDomain != td || !proto.Equal(c.waypoint, ga) || !slices.Equal(c.authzNames, names) {
+		if !ok || c.trustDomain != td || !proto.Equal(c.waypoint, ga) || !slices.Equal(c.authzNames, names) || !slices.Equal(c.labelKeys, labelKeys) {
 			var err error
-			if c, err = translateWorkloadEntries(snap, mw, ga, names); err != nil {
+			if c, err = translateWorkloadEntries(snap, mw, ga, names, labelKeys); err != nil {
 				return fmt.Errorf("apply snapshot %d: %w", snap.Version(), err)
 			}
 		}
@@ -134,6 +135,7 @@ type cachedWorkload struct {
 	trustDomain                  string
 	waypoint                     *meshv1.GatewayAddress
 	authzNames                   []string
+	labelKeys                    []string
 	workload, address, peerAuthn entry
 }
 
@@ -143,8 +145,9 @@ type cachedService struct {
 	address  entry
 }
 
-func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress, authzNames []string) (cachedWorkload, error) {
+func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress, authzNames, labelKeys []string) (cachedWorkload, error) {
 	w := translateWorkload(snap, mw, ga)
+	w.Labels = workloadLabels(mw, labelKeys)
 	w.AuthorizationPolicies = authzNames
 	if err := validateWorkload(w); err != nil {
 		return cachedWorkload{}, err
@@ -161,7 +164,7 @@ func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *mesh
 	if err != nil {
 		return cachedWorkload{}, err
 	}
-	return cachedWorkload{trustDomain: snap.TrustDomain(), waypoint: ga, authzNames: authzNames, workload: we, address: ae, peerAuthn: pe}, nil
+	return cachedWorkload{trustDomain: snap.TrustDomain(), waypoint: ga, authzNames: authzNames, labelKeys: labelKeys, workload: we, address: ae, peerAuthn: pe}, nil
 }
 
 func sameVersions(a, b typeSet) bool {
@@ -201,6 +204,55 @@ func gatewayAddress(snap *model.Snapshot, ref *model.WaypointRef) *meshv1.Gatewa
 		ga.Address = ref.Addresses[0].String()
 	}
 	return ga
+}
+
+// maxLabelKeys bounds the label keys sent with every workload: the ones
+// VirtualServices' sourceLabels name come from users, and each costs every
+// workload resource a field.
+const maxLabelKeys = 64
+
+// workloadLabelKeys are the label keys proxies need of a workload: app and
+// version for Istio's source_app and source_version metric labels, and the
+// keys the sourceLabels matches of the waypoints' routes name (sorted; at
+// most maxLabelKeys).
+func workloadLabelKeys(snap *model.Snapshot) []string {
+	keys := map[string]bool{"app": true, "version": true}
+	for _, name := range snap.L7Names() {
+		cfg, _ := snap.L7Config(name)
+		if cfg == nil {
+			continue
+		}
+		for _, l := range cfg.Listeners {
+			for _, vh := range l.VirtualHosts {
+				for _, r := range vh.Routes {
+					for _, m := range r.Matches {
+						for k := range m.SourceLabels {
+							keys[k] = true
+						}
+					}
+				}
+			}
+		}
+	}
+	out := slices.Sorted(maps.Keys(keys))
+	if len(out) > maxLabelKeys {
+		out = out[:maxLabelKeys]
+	}
+	return out
+}
+
+// workloadLabels are mw's labels of the given keys; nil for none.
+func workloadLabels(mw *model.Workload, keys []string) map[string]string {
+	var out map[string]string
+	for _, k := range keys {
+		if v, ok := mw.Labels[k]; ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func translateWorkload(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress) *meshv1.Workload {

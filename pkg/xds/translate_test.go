@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -174,5 +175,54 @@ func TestApplySharedValues(t *testing.T) {
 	eventually(t, "the new waypoint identity", func() bool {
 		r, _ := c.Get(meshv1.WorkloadType, "uid-a")
 		return r.Message.(*meshv1.Workload).GetWaypoint().GetIdentity() == "spiffe://cluster.local/ns/ns1/sa/wp-new"
+	})
+}
+
+// TestApplyWorkloadLabels: a workload's labels go to proxies only as far as
+// they are used: app and version (what a waypoint reports of a client), and
+// the keys a waypoint route's sourceLabels names once one does; the
+// address resource, which waypoints read their clients from, carries them
+// with the canonical revision.
+func TestApplyWorkloadLabels(t *testing.T) {
+	w := &model.Workload{UID: "uid-a", Name: "a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.10")},
+		Identity: "spiffe://cluster.local/ns/ns1/sa/a", Enrolled: true, Ready: true, CanonicalName: "web", CanonicalRevision: "v1",
+		Labels: map[string]string{"app": "web", "version": "v1", "team": "blue", "pod-template-hash": "5d4f"}}
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", VirtualHosts: []model.VirtualHost{{Name: "web", Domains: []string{"*"}, Routes: []model.L7Route{{
+			Name: "blue", Matches: []model.RouteMatch{{SourceLabels: map[string]string{"team": "blue"}}}, Destinations: []model.WeightedDestination{{Cluster: "web"}},
+		}}}}}},
+		Clusters: []model.L7Cluster{{Name: "web"}},
+	}
+	snap := func(v uint64, cfg *model.L7Config) *model.Snapshot {
+		in := model.SnapshotInput{Version: v, TrustDomain: "cluster.local", Workloads: []*model.Workload{w}}
+		if cfg != nil {
+			in.L7 = map[model.NamespacedName]*model.L7Config{{Namespace: "ns1", Name: "wp"}: cfg}
+		}
+		return model.NewSnapshot(in)
+	}
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	if err := ts.Apply(snap(1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	ts.MarkSynced()
+	c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	waitSynced(t, c)
+	labels := func() (map[string]string, map[string]string, string) {
+		r, _ := c.Get(meshv1.WorkloadType, "uid-a")
+		a, _ := c.Get(meshv1.AddressType, "uid-a")
+		aw := a.Message.(*meshv1.Address).GetWorkload()
+		return r.Message.(*meshv1.Workload).GetLabels(), aw.GetLabels(), aw.GetCanonicalRevision()
+	}
+	want := map[string]string{"app": "web", "version": "v1"}
+	if wl, al, rev := labels(); !maps.Equal(wl, want) || !maps.Equal(al, want) || rev != "v1" {
+		t.Errorf("labels sent: workload %v, address %v (revision %q); want %v and v1", wl, al, rev, want)
+	}
+	if err := ts.Apply(snap(2, l7)); err != nil {
+		t.Fatal(err)
+	}
+	want["team"] = "blue"
+	eventually(t, "the label a route matches on sent", func() bool {
+		wl, al, _ := labels()
+		return maps.Equal(wl, want) && maps.Equal(al, want)
 	})
 }

@@ -174,6 +174,7 @@ type state struct {
 	ports      map[uint32]*ingressPort                   // the config's listener ports this gateway serves
 	upstream   atomic.Pointer[map[string]configEndpoint] // the config's endpoints by address (dialUpstream)
 	vips       atomic.Pointer[map[netip.Addr]vipService] // service VIP -> its service, from the address resources
+	sources    atomic.Pointer[map[netip.Addr]sourceInfo] // workload address -> what is reported of it as a client (connPeer)
 	idents     atomic.Pointer[map[netip.Addr]upstreamID] // workload address -> its identity (identityOf)
 	xds        *xdsclient.Client
 	dialer     *hbone.Dialer
@@ -381,6 +382,7 @@ func (s *state) onChange(typeURL string, _, removed []string) {
 	case meshv1.AddressType:
 		s.indexVIPs()
 		s.indexIdentities()
+		s.indexSources()
 		return
 	case meshv1.WorkloadType:
 		s.indexIdentities()
@@ -774,10 +776,67 @@ func (s *state) peerOf(r *http.Request) waypoint.Peer {
 
 // peerMemo is an HBONE stream's Peer, computed at its first request and
 // kept for the next ones (~1 us and 7 allocations a request otherwise) while
-// the VIP index it was computed with is current.
+// the VIP and source indexes it was computed with are current.
 type peerMemo struct {
-	vips *map[netip.Addr]vipService
-	peer waypoint.Peer
+	vips    *map[netip.Addr]vipService
+	sources *map[netip.Addr]sourceInfo
+	peer    waypoint.Peer
+}
+
+// sourceInfo is what a waypoint reports of a client workload (Istio's
+// source_workload, source_app, source_version, source_canonical_* metric
+// labels) and what a route's sourceLabels match: its workload name and the
+// labels meshd sends (model: pkg/xds workloadLabelKeys), with its
+// canonical name and revision under Istio's label keys. id is the identity
+// the workload presents: the information is used only for an HBONE peer
+// that proved it, never on the source address alone.
+type sourceInfo struct {
+	id       spiffeid.ID
+	workload string
+	labels   map[string]string
+}
+
+// indexSources rebuilds the index of client workloads by address from the
+// mesh-wide address resources meshd pushed (a waypoint's workload
+// resources are only the ones it serves).
+func (s *state) indexSources() {
+	idx := sourceIndex(s.xds.List(meshv1.AddressType))
+	s.sources.Store(&idx)
+}
+
+// sourceIndex maps each address of a workload with an identity to what is
+// reported of it as a client.
+func sourceIndex(addresses map[string]xdsclient.Resource) map[netip.Addr]sourceInfo {
+	idx := map[netip.Addr]sourceInfo{}
+	for _, r := range addresses {
+		a, ok := r.Message.(*meshv1.Address)
+		w := a.GetWorkload()
+		if !ok || w == nil || w.GetIdentity() == "" {
+			continue
+		}
+		id, err := spiffeid.FromString(w.GetIdentity())
+		if err != nil {
+			continue
+		}
+		info := sourceInfo{id: id, workload: w.GetWorkloadName(), labels: maps.Clone(w.GetLabels())}
+		if info.workload == "" {
+			info.workload = w.GetName()
+		}
+		for k, v := range map[string]string{"service.istio.io/canonical-name": w.GetCanonicalName(), "service.istio.io/canonical-revision": w.GetCanonicalRevision()} {
+			if v != "" {
+				if info.labels == nil {
+					info.labels = map[string]string{}
+				}
+				info.labels[k] = v
+			}
+		}
+		for _, a := range w.GetAddresses() {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				idx[ip.Unmap()] = info
+			}
+		}
+	}
+	return idx
 }
 
 func (s *state) connPeer(c net.Conn) waypoint.Peer {
@@ -785,8 +844,8 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 	if !ok {
 		return waypoint.Peer{IP: waypoint.RemoteIP(c)}
 	}
-	idx := s.vips.Load()
-	if m, ok := sc.Memo().(*peerMemo); ok && m.vips == idx {
+	idx, srcs := s.vips.Load(), s.sources.Load()
+	if m, ok := sc.Memo().(*peerMemo); ok && m.vips == idx && m.sources == srcs {
 		return m.peer
 	}
 	p := waypoint.Peer{IP: waypoint.RemoteIP(c)}
@@ -799,8 +858,13 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 		if idx != nil {
 			p.DestinationService = (*idx)[req.Target.Addr().Unmap()].hostname
 		}
+		if srcs != nil {
+			if si, ok := (*srcs)[p.IP.Unmap()]; ok && si.id == req.Peer {
+				p.Workload, p.Labels = si.workload, si.labels
+			}
+		}
 	}
-	sc.SetMemo(&peerMemo{vips: idx, peer: p})
+	sc.SetMemo(&peerMemo{vips: idx, sources: srcs, peer: p})
 	return p
 }
 

@@ -231,3 +231,40 @@ func TestConnPeerMemo(t *testing.T) {
 		t.Errorf("after a new VIP index: destination service %q; want cart-v2.shop.svc.cluster.local", got)
 	}
 }
+
+// TestConnPeerSource: a client workload's name and labels (what the
+// waypoint's metrics report as source_* and its routes' sourceLabels
+// match) come from the address resources, for an HBONE peer that presents
+// that workload's identity only: another identity from the same address
+// gets none of it.
+func TestConnPeerSource(t *testing.T) {
+	s := &state{opts: Options{TrustDomain: meshTD}}
+	target := netip.MustParseAddrPort("10.96.0.10:8080")
+	web := "spiffe://cluster.local/ns/shop/sa/web"
+	srcs := sourceIndex(addressResources(map[string]*meshv1.WorkloadAddress{"uid-web": {
+		Name: "web-5d4f-abcde", Namespace: "shop", Addresses: []string{"10.244.1.5"}, Identity: web, WorkloadName: "web",
+		CanonicalName: "web", CanonicalRevision: "v2", Labels: map[string]string{"app": "web", "version": "v2", "team": "blue"},
+	}}))
+	s.sources.Store(&srcs)
+	stream := func(peer string) *waypoint.StreamConn {
+		req := &hbone.Request{Peer: spiffeid.RequireFromString(peer), Target: target}
+		return waypoint.NewStreamConn(nil, net.TCPAddrFromAddrPort(target), &net.TCPAddr{IP: net.IPv4(10, 244, 1, 5), Port: 43210}, req)
+	}
+	got := s.connPeer(stream(web))
+	wantLabels := map[string]string{"app": "web", "version": "v2", "team": "blue",
+		"service.istio.io/canonical-name": "web", "service.istio.io/canonical-revision": "v2"}
+	if got.Workload != "web" || !reflect.DeepEqual(got.Labels, wantLabels) {
+		t.Errorf("client web: workload %q, labels %v; want web, %v", got.Workload, got.Labels, wantLabels)
+	}
+	if got := s.connPeer(stream("spiffe://cluster.local/ns/shop/sa/other")); got.Workload != "" || got.Labels != nil {
+		t.Errorf("another identity from web's address: workload %q, labels %v; want none", got.Workload, got.Labels)
+	}
+	c := stream(web)
+	s.connPeer(c)
+	next := sourceIndex(addressResources(map[string]*meshv1.WorkloadAddress{"uid-web": {
+		Addresses: []string{"10.244.1.5"}, Identity: web, WorkloadName: "web", Labels: map[string]string{"version": "v3"}}}))
+	s.sources.Store(&next)
+	if got := s.connPeer(c).Labels["version"]; got != "v3" {
+		t.Errorf("after a new source index: version %q; want v3", got)
+	}
+}

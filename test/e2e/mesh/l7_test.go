@@ -189,6 +189,26 @@ spec:
 		sizes := sumMetric(t, wpMetrics, "istio_request_bytes_count")
 		return counted == 3 && protocol == 0 && sizes == 0, fmt.Errorf("end_user=jason counted %v of 3; series with request_protocol count %v, request sizes %v (want 0 and 0)", counted, protocol, sizes)
 	})
+
+	// The client as the waypoint knows it: its workload in Istio's source_*
+	// labels, and its labels for a VirtualService's sourceLabels match.
+	if n := sumMetric(t, wpMetrics, "istio_requests_total", `source_workload="client"`, fmt.Sprintf(`source_workload_namespace=%q`, ns)); n == 0 {
+		t.Errorf("the waypoint reported no request with source_workload=\"client\" of %s", ns)
+	}
+	lb.Apply(t, ns, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{sourceLabels: {role: client-client}}]
+    route: [{destination: {host: echo, subset: v2}}]
+  - route: [{destination: {host: echo, subset: v1}}]
+`)
+	lab.WaitFor(t, time.Minute, "the client routed to v2 by its labels", func() (bool, error) {
+		s := summary(t, lb, ns, client.Name, "-n", "10", url)
+		return s.ByVersion["v2"] == 10, fmt.Errorf("by version %v", s.ByVersion)
+	})
 }
 
 // checkDataplaneConfig: what the node agents and the waypoint hold, as a
