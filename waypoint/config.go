@@ -3,9 +3,12 @@ package waypoint
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/meshlet/meshlet/pkg/logfilter"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -36,6 +39,14 @@ type compiled struct {
 	// opaque is set when some virtual host is: connections then have their
 	// service looked up before they are read (Proxy.detect).
 	opaque bool
+	// workloads are the workloads served by their own addresses
+	// (model.L7Config.Workloads), by address; workloadRoutes their routes
+	// by address and port, made as connections come (workloadRoute).
+	workloads      map[netip.Addr]*model.L7Workload
+	workloadMu     sync.Mutex
+	workloadRoutes map[netip.AddrPort]*route
+	opts           *Options
+	self           proxyPlace
 	// limiters by listener/vhost/route name, shared by the routes of a
 	// virtual host with that name, and kept by a config push for unchanged
 	// rate limits.
@@ -181,6 +192,17 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 	self := proxyPlace{node: opts.NodeName}
 	if loc, ok := cfg.L7.ProxyLocalities[opts.NodeName]; ok && opts.NodeName != "" {
 		self.loc = model.ParseLocality(loc)
+	}
+	c.opts, c.self = opts, self
+	for i := range cfg.L7.Workloads {
+		w := &cfg.L7.Workloads[i]
+		for _, a := range w.Addresses {
+			ip, _ := netip.ParseAddr(a) // validated
+			if c.workloads == nil {
+				c.workloads = map[netip.Addr]*model.L7Workload{}
+			}
+			c.workloads[ip.Unmap()] = w
+		}
 	}
 	for i := range cfg.L7.Clusters {
 		spec := &cfg.L7.Clusters[i]
@@ -410,8 +432,57 @@ func (c *compiled) serviceVhost(peer *Peer) *vhost {
 	return c.selectListener(peer.DestinationPort).vhostNamed(peer.DestinationService)
 }
 
+// maxWorkloadRoutes bounds the routes made for workloads' addresses and
+// ports; past it, a route is made per connection and not kept.
+const maxWorkloadRoutes = 4096
+
+// workloadRoute is the route of a connection addressed to a workload this
+// waypoint serves by its own address (not to a service): to that address
+// and port, as Istio's waypoints forward workload traffic; nil for any
+// other connection.
+func (c *compiled) workloadRoute(peer *Peer) *route {
+	if c.workloads == nil || peer.DestinationService != "" || !peer.DestinationIP.IsValid() {
+		return nil
+	}
+	w := c.workloads[peer.DestinationIP.Unmap()]
+	if w == nil {
+		return nil
+	}
+	target := netip.AddrPortFrom(peer.DestinationIP.Unmap(), uint16(peer.DestinationPort))
+	c.workloadMu.Lock()
+	defer c.workloadMu.Unlock()
+	if r := c.workloadRoutes[target]; r != nil {
+		return r
+	}
+	name := "inbound-pod|" + strconv.Itoa(int(target.Port())) + "||" + target.Addr().String()
+	cl := newCluster(&model.L7Cluster{Name: name, Endpoints: []model.L7Endpoint{{Address: target.String(), Labels: w.Labels, Workload: w.Name}}}, nil, c.opts, c.self)
+	cl.all.dest = destInfo{workload: w.Name, namespace: w.Namespace, app: w.Labels["app"], version: w.Labels["version"]}
+	r, err := compileRoute(&model.L7Route{Name: "inbound-pod", Destinations: []model.WeightedDestination{{Cluster: name, Weight: 1}}}, map[string]*cluster{name: cl}, nil)
+	if err != nil {
+		return nil // a plain route to one cluster: not reached
+	}
+	if len(c.workloadRoutes) < maxWorkloadRoutes {
+		if c.workloadRoutes == nil {
+			c.workloadRoutes = map[netip.AddrPort]*route{}
+		}
+		c.workloadRoutes[target] = r
+	}
+	return r
+}
+
+// closeWorkloadRoutes closes the idle upstream connections of the routes
+// workloadRoute made, when a new config replaces c (or the proxy closes).
+func (c *compiled) closeWorkloadRoutes() {
+	c.workloadMu.Lock()
+	defer c.workloadMu.Unlock()
+	for _, r := range c.workloadRoutes {
+		r.dests[0].up.close()
+	}
+}
+
 // selectListener picks the listener for a destination port: an exact port,
-// else a port-0 listener, else the first.
+// else a port-0 listener, else the first; nil when there is none (a
+// waypoint serving workloads only).
 func (c *compiled) selectListener(port uint32) *listener {
 	var wildcard *listener
 	for _, l := range c.listeners {
@@ -424,6 +495,9 @@ func (c *compiled) selectListener(port uint32) *listener {
 	}
 	if wildcard != nil {
 		return wildcard
+	}
+	if len(c.listeners) == 0 {
+		return nil
 	}
 	return c.listeners[0]
 }

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -508,5 +509,56 @@ func TestTCPByServiceRoute(t *testing.T) {
 	got = make([]byte, 2+len(req))
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != "a\n"+req {
 		t.Errorf("HTTP bytes to an opaque port = %q, %v; want a's greeting and the request echoed", got, err)
+	}
+}
+
+// TestWorkloadAddressedTraffic: a waypoint for workloads forwards what is
+// addressed to one of its workloads by its own address (not a service) to
+// that address and port, HTTP and TCP alike, reported with the workload as
+// destination_workload; an address that is none of its workloads is
+// refused (404 for HTTP, closed for TCP), so a client cannot make the
+// waypoint dial elsewhere. Such a waypoint needs no listener.
+func TestWorkloadAddressedTraffic(t *testing.T) {
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "pod "+r.URL.Path) }))
+	echo := tcpBackend(t, func(c net.Conn) { io.WriteString(c, "tcp\n"); io.Copy(c, c) })
+	cfg := &Config{L7: &model.L7Config{Workloads: []model.L7Workload{{Addresses: []string{"127.0.0.1"}, Name: "db", Namespace: "shop", Labels: map[string]string{"app": "db"}}}}}
+	var target atomic.Value
+	// The HBONE CONNECT target, as the waypoint app reports it for a
+	// connection (ConnPeer) and its requests (Peer).
+	dialled := func() Peer {
+		ap := netip.MustParseAddrPort(target.Load().(string))
+		return Peer{DestinationIP: ap.Addr(), DestinationPort: uint32(ap.Port())}
+	}
+	h := start(t, cfg, func(o *Options) {
+		o.ConnPeer = func(net.Conn) Peer { return dialled() }
+		o.Peer = func(*http.Request) Peer { return dialled() }
+	})
+	target.Store(app)
+	client := newClient(t)
+	if code, body := h.get(t, client, "/orders", nil); code != http.StatusOK || body != "pod /orders" {
+		t.Errorf("GET to the workload's own address = %d %q; want 200 from the pod", code, body)
+	}
+	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"destination_workload": "db", "destination_workload_namespace": "shop", "destination_app": "db", "response_code": "200"}); n != 1 {
+		t.Errorf("istio_requests_total{destination_workload=db} = %v; want 1", n)
+	}
+	client.CloseIdleConnections()
+
+	target.Store(echo)
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if err != nil || line != "tcp\n" {
+		t.Errorf("TCP to the workload's own address = %q, %v; want the server's greeting", line, err)
+	}
+
+	// Not one of its workloads: refused.
+	_, port, _ := net.SplitHostPort(app)
+	target.Store("127.0.0.2:" + port)
+	if code, _ := h.get(t, newClient(t), "/orders", nil); code != http.StatusNotFound {
+		t.Errorf("GET to an address that is no workload of the waypoint = %d; want 404", code)
 	}
 }

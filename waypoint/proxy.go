@@ -165,6 +165,7 @@ func (p *Proxy) Close() error {
 		for _, cl := range c.clusters {
 			cl.close()
 		}
+		c.closeWorkloadRoutes()
 	}
 	return nil
 }
@@ -183,7 +184,9 @@ func (p *Proxy) Update(cfg *Config) error {
 	if t := c.telemetry.Tracer; t != nil {
 		c.exportSpan = p.tracers.use(p, t)
 	}
-	p.cfg.Store(c)
+	if old := p.cfg.Swap(c); old != nil {
+		old.closeWorkloadRoutes()
+	}
 	p.tracers.keepOnly(c.telemetry.Tracer)
 	return nil
 }
@@ -276,12 +279,15 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		}
 	}
 
-	// 3. Route: first match in Istio order.
-	lis := cfg.selectListener(peer.DestinationPort)
-	_, rt := lis.findRoute(&routeInput{
-		path: path, method: req.Method, authority: req.Host, header: req.Header,
-		url: req.URL, port: peer.DestinationPort, peer: peer,
-	})
+	// 3. Route: first match in Istio order; a request addressed to a
+	// workload the waypoint serves by its own address goes there.
+	rt := cfg.workloadRoute(&peer)
+	if lis := cfg.selectListener(peer.DestinationPort); rt == nil && lis != nil {
+		_, rt = lis.findRoute(&routeInput{
+			path: path, method: req.Method, authority: req.Host, header: req.Header,
+			url: req.URL, port: peer.DestinationPort, peer: peer,
+		})
+	}
 	if rt != nil {
 		rec.routeName = rt.name
 	}

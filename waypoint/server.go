@@ -225,6 +225,12 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 		p.forwardRoute(ctx, c, cfg, peer, vh.tcp.Name, vh.tcp.Destinations)
 		return
 	}
+	if rt := cfg.workloadRoute(&peer); rt != nil {
+		if p.allowL4(cfg, peer) {
+			p.relay(ctx, c, rt.dests[0].up, peer)
+		}
+		return
+	}
 	p.logf("waypoint: connection from %s to %s (service %q) is not HTTP and has no tcp route; closed", peer.IP, c.LocalAddr(), peer.DestinationService)
 }
 

@@ -499,6 +499,14 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", l.Name, l.Port, tls, dash(strings.Join(hosts, ",")))
 		}
+		// A waypoint for workloads takes what is addressed to them, any port.
+		if ws := d.L7.Workloads; len(ws) > 0 {
+			names := make([]string, len(ws))
+			for i, w := range ws {
+				names[i] = w.Namespace + "/" + w.Name
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", "(workloads)", "*", "workload", shortList(names, 5))
+		}
 	}
 	if kind == "routes" || kind == "all" {
 		section("ROUTES")

@@ -133,6 +133,7 @@ func TestPrintProxyConfig(t *testing.T) {
 				Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 100}}}}},
 			{Name: "tcp", Port: 31400, TCP: &model.TCPRoute{Name: "tcp-echo.shop.tcp.0", Destinations: []model.WeightedDestination{
 				{Cluster: "web", Subset: "v1", Weight: 80}, {Cluster: "web", Subset: "v2", Weight: 20}}}}},
+		Workloads: []model.L7Workload{{Addresses: []string{"198.18.1.7"}, Name: "db-0", Namespace: "shop"}},
 		Clusters: []model.L7Cluster{{Name: "web", Endpoints: []model.L7Endpoint{{Address: "198.18.1.5:8080"}, {Address: "198.18.2.5:8080"}},
 			Subsets: []model.Subset{{Name: "v1"}, {Name: "v2"}}},
 			{Name: "zoned", Endpoints: []model.L7Endpoint{{Address: "198.18.3.5:8080"}},
@@ -147,7 +148,7 @@ func TestPrintProxyConfig(t *testing.T) {
 		kind string
 		rows [][]string
 	}{
-		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web,db"}, {"tls-nginx", "8443", "passthrough", "-"}, {"tcp", "31400", "tcp", "-"}}},
+		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web,db"}, {"tls-nginx", "8443", "passthrough", "-"}, {"tcp", "31400", "tcp", "-"}, {"(workloads)", "*", "workload", "shop/db-0"}}},
 		{"routes", [][]string{
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "beta", "uri^=/api header:x-user", "web|v2"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10%"},

@@ -116,10 +116,11 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 				l.VirtualHosts = append(l.VirtualHosts, vh)
 			}
 		}
-		if len(listeners) == 0 {
+		served := bd.servedWorkloads(key)
+		if len(listeners) == 0 && len(served) == 0 {
 			continue
 		}
-		cfg := &model.L7Config{JWTProviders: bd.jwtProviders(key)}
+		cfg := &model.L7Config{JWTProviders: bd.jwtProviders(key), Workloads: served}
 		ports := make([]uint32, 0, len(listeners))
 		for p := range listeners {
 			ports = append(ports, p)
@@ -137,6 +138,40 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 		}
 		out[key] = cfg
 	}
+	return out
+}
+
+// servedWorkloads are the enrolled workloads whose own traffic waypoint
+// key takes: those bound to it when it is a waypoint for workloads or for
+// all (the node agents send a workload's traffic to its waypoint only
+// then), sorted by namespace and name.
+func (bd *build) servedWorkloads(key model.NamespacedName) []model.L7Workload {
+	wp := bd.waypoints[key]
+	if wp == nil || (wp.For != model.WaypointForWorkload && wp.For != model.WaypointForAll) {
+		return nil
+	}
+	var out []model.L7Workload
+	for _, w := range bd.workloads {
+		if !w.Enrolled || w.Waypoint == nil || w.Waypoint.Waypoint != key || len(w.IPs) == 0 {
+			continue
+		}
+		lw := model.L7Workload{Name: cmp.Or(w.WorkloadName, w.Name), Namespace: w.Namespace}
+		for _, ip := range w.IPs {
+			lw.Addresses = append(lw.Addresses, ip.String())
+		}
+		for _, k := range []string{"app", "version"} {
+			if v, ok := w.Labels[k]; ok {
+				if lw.Labels == nil {
+					lw.Labels = map[string]string{}
+				}
+				lw.Labels[k] = v
+			}
+		}
+		out = append(out, lw)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Namespace+"/"+out[i].Name+"/"+out[i].Addresses[0] < out[j].Namespace+"/"+out[j].Name+"/"+out[j].Addresses[0]
+	})
 	return out
 }
 

@@ -959,3 +959,47 @@ spec:
 		}
 	}
 }
+
+// TestWaypointForWorkloads: a waypoint for workloads (or all) gets the
+// enrolled workloads bound to it, by address, so that it forwards what is
+// addressed to them; one for services (the default) gets none, and a
+// waypoint with workloads but no service still gets a config.
+func TestWaypointForWorkloads(t *testing.T) {
+	docs := func(waypointFor string) []string {
+		return []string{
+			ns("shop", "istio.io/dataplane-mode=ambient,istio.io/use-waypoint=waypoint"),
+			waypoint("shop", "waypoint", "10.96.9.9", waypointFor),
+			pod("shop", "db-0", "10.0.0.7", "n1", "app=db,version=v3,team=blue"),
+			pod("shop", "cache-0", "10.0.0.8", "n1", "app=cache"),
+		}
+	}
+	for _, tt := range []struct {
+		waypointFor string
+		want        []model.L7Workload
+	}{
+		{"workload", []model.L7Workload{
+			{Addresses: []string{"10.0.0.8"}, Name: "cache-0", Namespace: "shop", Labels: map[string]string{"app": "cache"}},
+			{Addresses: []string{"10.0.0.7"}, Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db", "version": "v3"}},
+		}},
+		{"all", []model.L7Workload{
+			{Addresses: []string{"10.0.0.8"}, Name: "cache-0", Namespace: "shop", Labels: map[string]string{"app": "cache"}},
+			{Addresses: []string{"10.0.0.7"}, Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db", "version": "v3"}},
+		}},
+		{"", nil},
+	} {
+		snap, _ := mustBuild(t, inputs(t, docs(tt.waypointFor)...))
+		cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "shop", Name: "waypoint"})
+		if tt.want == nil {
+			if ok {
+				t.Errorf("waypoint-for %q with no service: config %+v; want none", tt.waypointFor, cfg)
+			}
+			continue
+		}
+		if !ok {
+			t.Fatalf("waypoint-for %q: no config", tt.waypointFor)
+		}
+		if d := cmp.Diff(tt.want, cfg.Workloads); d != "" {
+			t.Errorf("waypoint-for %q: workloads (-want +got):\n%s", tt.waypointFor, d)
+		}
+	}
+}

@@ -41,8 +41,16 @@ const maxRegexLen = 4096
 
 // L7Config is everything one waypoint or gateway serves.
 type L7Config struct {
-	// Listeners are the ports the proxy serves; at least one.
+	// Listeners are the ports the proxy serves; at least one, unless
+	// Workloads has some.
 	Listeners []L7Listener
+	// Workloads are the workloads a waypoint takes the traffic addressed
+	// to themselves for (a waypoint for workloads or for all, Istio's
+	// istio.io/waypoint-for): a connection to one of their addresses, not
+	// to a service, is forwarded to that address and port after the
+	// waypoint's policies; service routes do not apply. Any other address
+	// is refused.
+	Workloads []L7Workload `json:",omitempty"`
 	// Clusters are the upstream services routes send to, by unique Name.
 	Clusters []L7Cluster
 	// JWTProviders are the RequestAuthentication JWT rules that apply to
@@ -64,6 +72,17 @@ type L7Config struct {
 	// applies them to a gateway's Envoy); meshd sends them with the
 	// config's policies. Not part of the proxy's config itself.
 	PodPolicies []NamespacedName `json:"-"`
+}
+
+// L7Workload is a workload a waypoint serves by its own address.
+type L7Workload struct {
+	// Addresses are its IPs.
+	Addresses []string
+	// Name and Namespace name it in telemetry (Istio's destination_workload:
+	// the owning controller's name).
+	Name, Namespace string
+	// Labels are its app and version labels, for telemetry.
+	Labels map[string]string `json:",omitempty"`
 }
 
 // L7Telemetry is the effective Telemetry API configuration of one proxy
@@ -913,8 +932,18 @@ type RateLimit struct {
 
 // Validate checks the whole config and returns the first problem found.
 func (c *L7Config) Validate() error {
-	if len(c.Listeners) == 0 {
+	if len(c.Listeners) == 0 && len(c.Workloads) == 0 {
 		return errors.New("l7 config: no listeners: add at least one listener")
+	}
+	for i, w := range c.Workloads {
+		if len(w.Addresses) == 0 {
+			return fmt.Errorf("workloads[%d] %s/%s: no addresses", i, w.Namespace, w.Name)
+		}
+		for _, a := range w.Addresses {
+			if _, err := netip.ParseAddr(a); err != nil {
+				return fmt.Errorf("workloads[%d] %s/%s: address %q is not an IP", i, w.Namespace, w.Name, a)
+			}
+		}
 	}
 	if p := c.Telemetry.TraceSampling; p != nil && (*p < 0 || *p > 100) {
 		return fmt.Errorf("l7 config: trace sampling %v%% is not between 0 and 100", *p)

@@ -623,3 +623,46 @@ spec:
 		return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
 	})
 }
+
+// TestWaypointForWorkload: a waypoint for workloads (`meshctl waypoint apply
+// --for workload`, Istio's istio.io/waypoint-for: workload) takes what is
+// addressed to a pod's own IP. A request to the pod's address goes through
+// it to that pod (the waypoint counts it, with the pod's Deployment as
+// destination_workload), and an AuthorizationPolicy attached to the
+// waypoint applies at L7 (a DENY on a path).
+func TestWaypointForWorkload(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, echoV1V2)
+	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
+	target := lb.WaitPodsReady(t, ns, "app=echo,version=v2", 1, 2*time.Minute)[0]
+	client := clientPod(t, lb, ns, "client", "client")
+	wp := applyWaypoint(t, lb, run, ns, "--enroll-namespace", "--for", "workload")
+	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
+	counted := func() float64 {
+		return sumMetric(t, wpMetrics, "istio_requests_total", `reporter="waypoint"`, `destination_workload="echo-v2"`,
+			fmt.Sprintf(`destination_workload_namespace=%q`, ns), `response_code="200"`)
+	}
+	url := fmt.Sprintf("http://%s:8080/", target.Status.PodIP)
+	lab.WaitFor(t, time.Minute, "requests to the pod's own address through the waypoint", func() (bool, error) {
+		before := counted()
+		s := summary(t, lb, ns, client.Name, "-n", "3", url)
+		d := counted() - before
+		return s.ByVersion["v2"] == 3 && d == 3, fmt.Errorf("answered by %v (status %v, errors %v); the waypoint counted %v", s.ByVersion, s.ByStatus, s.Errors, d)
+	})
+
+	lb.Apply(t, ns, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+`)
+	lab.WaitFor(t, time.Minute, "the waypoint's DENY on the pod's address", func() (bool, error) {
+		denied := summary(t, lb, ns, client.Name, "-n", "2", url+"admin")
+		allowed := summary(t, lb, ns, client.Name, "-n", "2", url)
+		return denied.ByStatus["403"] == 2 && allowed.ByVersion["v2"] == 2, fmt.Errorf("/admin: %v; /: %v", denied.ByStatus, allowed.ByStatus)
+	})
+}
