@@ -91,11 +91,21 @@ type metrics struct {
 	mu        sync.Mutex // serializes apply
 	set       atomic.Pointer[metricSet]
 	logf      func(format string, args ...any) // Options.Logf; nil: quiet
+	// reporter is the reporter label; self, when set, is the proxy as the
+	// source of what it reports (Options.Self).
+	reporter string
+	self     *Peer
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics registers the proxy's metrics with reg (nil: none), reported
+// as reporter ("" means "waypoint"); self, when set, stands in the source_*
+// labels (Options.Self).
+func newMetrics(reg prometheus.Registerer, reporter string, self *Peer) (*metrics, error) {
+	if reporter == "" {
+		reporter = "waypoint"
+	}
 	m := &metrics{
-		reg: reg,
+		reg: reg, reporter: reporter, self: self,
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_waypoint_outlier_ejections_total", Help: "Endpoints ejected by outlier detection.",
 		}, []string{"cluster"}),
@@ -151,6 +161,7 @@ type metricSet struct {
 	tcpMu               sync.Mutex
 	warnOnce            sync.Once
 	logf                func(format string, args ...any)
+	reporter            string
 }
 
 // metricVec is one exported metric.
@@ -260,7 +271,7 @@ func (m *metrics) apply(overrides map[string]model.MetricOverride) error {
 	if old != nil && maps.EqualFunc(old.overrides, overrides, sameOverride) {
 		return nil
 	}
-	next := &metricSet{overrides: overrides, logf: m.logf}
+	next := &metricSet{overrides: overrides, logf: m.logf, reporter: m.reporter}
 	httpIndex, tcpIndex := map[string]int{}, map[string]int{}
 	for i := range numMetrics {
 		o := overrides[model.IstioMetrics[i]]
@@ -300,6 +311,9 @@ func (m *metrics) observe(rec *record, req *http.Request, w *responseWriter) *lo
 		return nil
 	}
 	p := &rec.peer
+	if m.self != nil {
+		p = m.self
+	}
 	k := seriesKey{
 		srcWorkload: p.Workload, srcNamespace: p.Namespace, srcPrincipal: p.Principal,
 		dest: rec.dest, grpc: rec.grpcStatus != "",
@@ -363,7 +377,7 @@ type seriesKey struct {
 }
 
 // labelValues are the key's values in istioLabels order.
-func (k *seriesKey) labelValues() []string {
+func (k *seriesKey) labelValues(reporter string) []string {
 	d := k.dest
 	security := "none"
 	if k.srcPrincipal != "" {
@@ -374,7 +388,7 @@ func (k *seriesKey) labelValues() []string {
 		protocol = "grpc"
 	}
 	return []string{
-		"waypoint",
+		reporter,
 		orUnknown(k.srcWorkload), orUnknown(k.srcNamespace), orUnknown(spiffeURI(k.srcPrincipal)),
 		orUnknown(k.srcApp), orUnknown(k.srcVersion),
 		orUnknown(k.srcCanonName), orUnknown(k.srcCanonRev), "unknown",
@@ -430,7 +444,7 @@ func (set *metricSet) seriesFor(k *seriesKey) *series {
 			return s
 		}
 	}
-	std := k.labelValues()
+	std := k.labelValues(set.reporter)
 	var custom []string
 	if len(set.httpExprs) > 0 {
 		custom = strings.Split(k.custom, "\x00")
@@ -483,12 +497,12 @@ type tcpCounters struct {
 }
 
 // tcpLabelValues are the TCP metric label values for one connection.
-func tcpLabelValues(p Peer, d destInfo, flags string) []string {
+func tcpLabelValues(reporter string, p Peer, d destInfo, flags string) []string {
 	security := "none"
 	if p.Principal != "" {
 		security = "mutual_tls"
 	}
-	return []string{"waypoint", orUnknown(p.Workload), orUnknown(p.Namespace), orUnknown(spiffeURI(p.Principal)),
+	return []string{reporter, orUnknown(p.Workload), orUnknown(p.Namespace), orUnknown(spiffeURI(p.Principal)),
 		orUnknown(d.service), orUnknown(d.name), orUnknown(d.namespace), flags, security}
 }
 
@@ -503,7 +517,10 @@ func (m *metrics) tcp(p Peer, d destInfo, attrs func() *logfilter.Attributes) tc
 	if set == nil {
 		return c
 	}
-	std := tcpLabelValues(p, d, flagNone)
+	if m.self != nil {
+		p = *m.self
+	}
+	std := tcpLabelValues(set.reporter, p, d, flagNone)
 	var custom []string
 	if len(set.tcpExprs) > 0 {
 		joined := evalAll(set.tcpExprs, attrs())

@@ -40,6 +40,13 @@ type Options struct {
 	Peer func(r *http.Request) Peer
 	// Registerer receives the Istio metrics; nil means no metrics.
 	Registerer prometheus.Registerer
+	// Reporter is the reporter label of the Istio metrics: "waypoint" (the
+	// default), or "source" for an ingress gateway, which Istio counts as
+	// the client of the services it forwards to; then Self stands in the
+	// source_* labels (the gateway's workload, namespace, identity and
+	// labels), as Istio's gateways report themselves.
+	Reporter string
+	Self     *Peer
 	// AccessLog receives one JSON line per request; nil means no access log.
 	AccessLog io.Writer
 	// JWKSClient fetches jwksUri; nil means a client with a 5s timeout.
@@ -135,7 +142,15 @@ type Proxy struct {
 // New builds a Proxy. It fails when the config is invalid or the metrics
 // cannot be registered.
 func New(opts Options) (*Proxy, error) {
-	m, err := newMetrics(opts.Registerer)
+	var self *Peer
+	switch opts.Reporter {
+	case "", "waypoint":
+	case "source":
+		self = opts.Self
+	default:
+		return nil, fmt.Errorf("reporter %q: want waypoint or source", opts.Reporter)
+	}
+	m, err := newMetrics(opts.Registerer, opts.Reporter, self)
 	if err != nil {
 		return nil, fmt.Errorf("register waypoint metrics: %w", err)
 	}

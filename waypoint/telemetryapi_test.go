@@ -278,7 +278,7 @@ func TestTCPMetricTagOverrides(t *testing.T) {
 // counted under "other".
 func TestMetricTagOverridesBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,5 +306,31 @@ func TestMetricTagOverridesBounded(t *testing.T) {
 	}
 	if n := metricSum(t, reg, "istio_requests_total", map[string]string{"user": "7"}); n != 1 {
 		t.Errorf("requests of user 7 = %v; want 1", n)
+	}
+}
+
+// TestGatewayReportsAsSource: an ingress gateway counts what it forwards as
+// Istio's gateways do, as the source: reporter="source" with itself in the
+// source_* labels (its workload, namespace, identity and app), whoever the
+// client outside the mesh was.
+func TestGatewayReportsAsSource(t *testing.T) {
+	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	cl := clusterOf("outbound|9080||reviews.shop.svc.cluster.local", app)
+	cfg := oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "default", Destinations: to(cl.Name)})
+	self := &Peer{Workload: "edge", Namespace: "gateways", Principal: "spiffe://cluster.local/ns/gateways/sa/edge", Labels: map[string]string{"app": "edge"}}
+	h := start(t, cfg, func(o *Options) { o.Reporter, o.Self = "source", self })
+	if code, _ := h.get(t, newClient(t), "/", nil); code != http.StatusOK {
+		t.Fatalf("status %d", code)
+	}
+	want := map[string]string{"reporter": "source", "source_workload": "edge", "source_workload_namespace": "gateways",
+		"source_principal": self.Principal, "source_app": "edge", "destination_service": "reviews.shop.svc.cluster.local"}
+	if n := metricSum(t, h.reg, "istio_requests_total", want); n != 1 {
+		t.Errorf("istio_requests_total%v = %v; want 1", want, n)
+	}
+	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"}); n != 0 {
+		t.Errorf("requests reported as waypoint by a gateway: %v", n)
+	}
+	if _, err := New(Options{Config: cfg, Reporter: "client"}); err == nil || !strings.Contains(err.Error(), `reporter "client"`) {
+		t.Errorf("New with reporter client = %v; want refused", err)
 	}
 }

@@ -441,7 +441,7 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 		if p := s.proxy.Load(); p != nil {
 			err = p.Update(cfg)
 		} else {
-			p, err = waypoint.New(waypoint.Options{
+			o := waypoint.Options{
 				Config:        cfg,
 				DialContext:   s.dialUpstream,
 				Peer:          s.peerOf,
@@ -455,7 +455,13 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 
 				SpanServiceName: s.opts.SpanServiceName,
 				SpanResource:    s.opts.SpanResource,
-			})
+			}
+			if s.opts.ServeListeners {
+				// An ingress gateway reports as Istio's do: as the source
+				// of the requests it forwards, itself in source_*.
+				o.Reporter, o.Self = "source", s.gatewaySelf()
+			}
+			p, err = waypoint.New(o)
 			if err == nil {
 				s.proxy.Store(p)
 				s.serve(p)
@@ -781,6 +787,17 @@ type peerMemo struct {
 	vips    *map[netip.Addr]vipService
 	sources *map[netip.Addr]sourceInfo
 	peer    waypoint.Peer
+}
+
+// gatewaySelf is an ingress gateway as the source of what it forwards: its
+// Deployment (named after its Gateway), namespace, identity and app.
+func (s *state) gatewaySelf() *waypoint.Peer {
+	self := &waypoint.Peer{Workload: s.opts.GatewayName, Namespace: s.opts.Namespace,
+		Labels: map[string]string{"app": s.opts.GatewayName, "service.istio.io/canonical-name": s.opts.GatewayName}}
+	if id, err := identity.NewID(s.opts.TrustDomain, s.opts.Namespace, s.opts.ServiceAccount); err == nil {
+		self.Principal = id.String()
+	}
+	return self
 }
 
 // sourceInfo is what a waypoint reports of a client workload (Istio's

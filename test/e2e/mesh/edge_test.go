@@ -100,7 +100,7 @@ spec:
 `)
 	lb.WaitPodsReady(t, ns, "app=echo", 1, 2*time.Minute)
 	lb.WaitPodsReady(t, ns, "app=echo-tls", 1, 2*time.Minute)
-	lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=edge", 1, 3*time.Minute)
+	gwPod := lb.WaitPodsReady(t, ns, "gateway.networking.k8s.io/gateway-name=edge", 1, 3*time.Minute)[0]
 	var svcIP string
 	var nodePort, tlsNodePort, tcpNodePort int32
 	lab.WaitFor(t, time.Minute, "the gateway's Service", func() (bool, error) {
@@ -128,6 +128,12 @@ spec:
 	})
 	if s := summary(t, lb, plain, outsider.Name, "-n", "1", fmt.Sprintf("http://%s/other", svcIP)); s.ByStatus["404"] != 1 {
 		t.Errorf("a path no route matches: %v; want 404", s.ByStatus)
+	}
+	// The gateway counts them as Istio's gateways do: the source, itself.
+	gwMetrics := "http://" + gwPod.Status.PodIP + ":15020/metrics"
+	if n := sumMetric(t, gwMetrics, "istio_requests_total", `reporter="source"`, `source_workload="edge"`, fmt.Sprintf(`source_workload_namespace=%q`, ns),
+		`response_code="200"`, fmt.Sprintf(`destination_service="echo.%s.svc.cluster.local"`, ns)); n < 3 {
+		t.Errorf("the gateway reported %v requests to echo as their source; want at least the 3 answered", n)
 	}
 	// From the machine, through the node port on a node's address.
 	url := fmt.Sprintf("http://%s:%d/api/v1/echo", lab.NodeIP(1), nodePort)
