@@ -114,8 +114,10 @@ type build struct {
 	wlByUID       map[string]*model.Workload
 	ingress       []*gatewayv1.Gateway
 	validIstioGws []config[networkingapi.Gateway]
-	credentials   map[string]*credentialCheck // credentialName Secrets parsed in this build (upstreamTLS)
-	autoAllocated map[string]*model.Service   // ServiceEntry key -> its service, when it got an automatic address
+	credentials   map[string]*credentialCheck      // credentialName Secrets parsed in this build (upstreamTLS)
+	autoAllocated map[string]*model.Service        // ServiceEntry key -> its service, when it got an automatic address
+	tagValues     map[string]error                 // tagOverrides value expressions compiled in this build (checkTagOverride)
+	tcpBySvc      map[string][]*gatewayv1.TCPRoute // tcpRoutesByService, once per build
 }
 
 // Build translates in into a new snapshot and reports every rejected or

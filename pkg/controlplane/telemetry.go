@@ -41,7 +41,7 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		if err := checkAccessLogFilter(c.spec); err != nil {
 			r.reject("%v", err)
 		}
-		checkMetrics(r, c.spec)
+		bd.checkMetrics(r, c.spec)
 		for _, al := range c.spec.GetAccessLogging() {
 			for _, p := range al.GetProviders() {
 				if !knownProviders[p.GetName()] {
@@ -378,8 +378,9 @@ func (bd *build) metricsOverrides(entries []*telemetryapi.Metrics, mode telemetr
 				if o.GetDisabled() != nil {
 					f.Disabled = o.GetDisabled().GetValue()
 				}
-				for tag, to := range o.GetTagOverrides() {
-					if checkTagOverride(tag, to) != nil {
+				for _, tag := range sortedKeys(o.GetTagOverrides()) { // the bound keeps the same ones each build
+					to := o.GetTagOverrides()[tag]
+					if bd.checkTagOverride(tag, to) != nil {
 						continue
 					}
 					if f.Tags == nil {
@@ -425,7 +426,9 @@ func overrideMetrics(sel *telemetryapi.MetricSelector) (names []string, all bool
 
 // checkTagOverride is why a tagOverrides entry cannot be served: its name
 // is no Prometheus label, or its value no expression the proxies evaluate.
-func checkTagOverride(tag string, to *telemetryapi.MetricsOverrides_TagOverride) error {
+// An expression is compiled once per build, whatever the proxies it
+// applies to.
+func (bd *build) checkTagOverride(tag string, to *telemetryapi.MetricsOverrides_TagOverride) error {
 	if !model.ValidLabelName(tag) {
 		return fmt.Errorf("tag %q is not a valid Prometheus label name (letters, digits and _, not starting with __)", tag)
 	}
@@ -435,7 +438,15 @@ func checkTagOverride(tag string, to *telemetryapi.MetricsOverrides_TagOverride)
 	if to.GetValue() == "" {
 		return fmt.Errorf("tag %q: an UPSERT needs a value expression, e.g. request.host", tag)
 	}
-	if _, err := logfilter.CompileValue(to.GetValue()); err != nil {
+	err, done := bd.tagValues[to.GetValue()]
+	if !done {
+		_, err = logfilter.CompileValue(to.GetValue())
+		if bd.tagValues == nil {
+			bd.tagValues = map[string]error{}
+		}
+		bd.tagValues[to.GetValue()] = err
+	}
+	if err != nil {
 		return fmt.Errorf("tag %q: %w", tag, err)
 	}
 	return nil
@@ -444,7 +455,7 @@ func checkTagOverride(tag string, to *telemetryapi.MetricsOverrides_TagOverride)
 // checkMetrics warns about the metrics overrides of t that the proxies
 // leave out: custom metrics, tags that cannot be served, and tags beyond
 // the bound of one metric.
-func checkMetrics(r *rejections, t *telemetryapi.Telemetry) {
+func (bd *build) checkMetrics(r *rejections, t *telemetryapi.Telemetry) {
 	for i, m := range t.GetMetrics() {
 		for j, o := range m.GetOverrides() {
 			if cm := o.GetMatch().GetCustomMetric(); cm != "" {
@@ -454,7 +465,7 @@ func checkMetrics(r *rejections, t *telemetryapi.Telemetry) {
 				r.warn("metrics[%d].overrides[%d]: %d tagOverrides, more than %d; the ones past the bound are ignored", i, j, len(o.GetTagOverrides()), model.MaxMetricTags)
 			}
 			for _, tag := range sortedKeys(o.GetTagOverrides()) {
-				if err := checkTagOverride(tag, o.GetTagOverrides()[tag]); err != nil {
+				if err := bd.checkTagOverride(tag, o.GetTagOverrides()[tag]); err != nil {
 					r.warn("metrics[%d].overrides[%d].tagOverrides: %v; the tag is left as it is", i, j, err)
 				}
 			}

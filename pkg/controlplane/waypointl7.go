@@ -426,15 +426,20 @@ func (bd *build) httpRoutesByService() map[string][]*gatewayv1.HTTPRoute {
 }
 
 // tcpRoutesByService returns the TCPRoutes whose parentRefs name a Service
-// (GAMMA): a waypoint forwards the service's TCP connections by them.
+// (GAMMA), by Service key: a waypoint forwards the service's TCP
+// connections by them. Made once per build (the builder and the routes'
+// status both ask).
 func (bd *build) tcpRoutesByService() map[string][]*gatewayv1.TCPRoute {
-	out := map[string][]*gatewayv1.TCPRoute{}
+	if bd.tcpBySvc != nil {
+		return bd.tcpBySvc
+	}
+	bd.tcpBySvc = map[string][]*gatewayv1.TCPRoute{}
 	for _, rt := range bd.in.tcpRoutes {
 		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
-			out[k] = append(out[k], rt)
+			bd.tcpBySvc[k] = append(bd.tcpBySvc[k], rt)
 		}
 	}
-	return out
+	return bd.tcpBySvc
 }
 
 // meshTCPRouteOn is the TCPRoute a waypoint forwards Service svc's port by:

@@ -822,11 +822,14 @@ func (s *state) indexSources() {
 }
 
 // sourceIndex maps each address of a workload with an identity to what is
-// reported of it as a client.
+// reported of it as a client. Of two resources holding an address (pods on
+// the host's network share its), the first by name wins, so that the choice
+// does not change from one rebuild to the next; a client gets it only with
+// that workload's identity (connPeer).
 func sourceIndex(addresses map[string]xdsclient.Resource) map[netip.Addr]sourceInfo {
 	idx := map[netip.Addr]sourceInfo{}
-	for _, r := range addresses {
-		a, ok := r.Message.(*meshv1.Address)
+	for _, name := range slices.Sorted(maps.Keys(addresses)) {
+		a, ok := addresses[name].Message.(*meshv1.Address)
 		w := a.GetWorkload()
 		if !ok || w == nil || w.GetIdentity() == "" {
 			continue
@@ -849,7 +852,9 @@ func sourceIndex(addresses map[string]xdsclient.Resource) map[netip.Addr]sourceI
 		}
 		for _, a := range w.GetAddresses() {
 			if ip, err := netip.ParseAddr(a); err == nil {
-				idx[ip.Unmap()] = info
+				if _, taken := idx[ip.Unmap()]; !taken {
+					idx[ip.Unmap()] = info
+				}
 			}
 		}
 	}
