@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -119,8 +120,28 @@ func (p *Proxy) forwardRoute(ctx context.Context, c net.Conn, cfg *compiled, pee
 // ServeTCP forwards every connection of l, the listener on port, to the
 // destinations of that listener's tcp route, by weight, until ctx ends or
 // l is closed; a connection while the config has no such route, or one
-// the policies deny (allowL4), is closed.
-func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error {
+// the policies deny (allowL4), is closed. When ctx ends, l is closed and
+// the connections being relayed get drain to finish, as a rolling update
+// drains a gateway, before they are cut; ServeTCP returns once they are
+// all done.
+func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32, drain time.Duration) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	relays, cut := context.WithCancel(context.WithoutCancel(ctx))
+	defer cut()
+	var wg sync.WaitGroup
+	defer func() {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		t := time.NewTimer(drain)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			cut()
+			<-done
+		}
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -129,7 +150,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error
 			}
 			return err
 		}
-		go func() {
+		wg.Go(func() {
 			defer c.Close()
 			cfg := p.cfg.Load()
 			r := cfg.tcpRoutes[port]
@@ -137,8 +158,8 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32) error
 				p.logf("waypoint: tcp on port %d: no tcp route", port)
 				return
 			}
-			p.forwardRoute(ctx, c, cfg, p.connPeer(c), r.Name, r.Destinations)
-		}()
+			p.forwardRoute(relays, c, cfg, p.connPeer(c), r.Name, r.Destinations)
+		})
 	}
 }
 

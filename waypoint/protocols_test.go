@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -560,5 +561,93 @@ func TestWorkloadAddressedTraffic(t *testing.T) {
 	target.Store("127.0.0.2:" + port)
 	if code, _ := h.get(t, newClient(t), "/orders", nil); code != http.StatusNotFound {
 		t.Errorf("GET to an address that is no workload of the waypoint = %d; want 404", code)
+	}
+}
+
+// TestServeTCPDrains: when a gateway stops (its context ends), its TCP
+// listener closes at once, the connections it relays keep working for the
+// drain window and ServeTCP returns when they end; one still open when the
+// window ends is cut.
+func TestServeTCPDrains(t *testing.T) {
+	echo := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
+	cfg := &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "tcp", Port: 9000, TCP: &model.TCPRoute{Name: "echo", Destinations: to("echo")}}},
+		Clusters:  []model.L7Cluster{clusterOf("echo", echo)},
+	}}
+	p, err := New(Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(drain time.Duration) (addr string, cancel func(), done chan error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done = make(chan error, 1)
+		go func() { done <- p.ServeTCP(ctx, ln, 9000, drain) }()
+		return ln.Addr().String(), cancel, done
+	}
+	roundTrip := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+			return fmt.Errorf("echo of %q = %q, %v", msg, got, err)
+		}
+		return nil
+	}
+
+	addr, cancel, done := serve(time.Minute)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := roundTrip(c, "draining"); err != nil {
+		t.Errorf("a relayed connection after the stop, within the drain window: %v", err)
+	}
+	if nc, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		nc.Close()
+		t.Error("a new connection was accepted after the stop")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("ServeTCP returned (%v) with a connection still relayed", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("ServeTCP = %v; want nil after its context ended", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeTCP did not return once its last connection ended")
+	}
+
+	addr, cancel, done = serve(200 * time.Millisecond)
+	c, err = net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeTCP did not return when the drain window ended")
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("a connection still open when the drain window ended was not cut")
 	}
 }

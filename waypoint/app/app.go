@@ -306,7 +306,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) {
 		g.Go(func() error {
-			if err := p.ServeTCP(gctx, ln, port); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := p.ServeTCP(gctx, ln, port, s.opts.DrainTimeout); err != nil && !errors.Is(err, net.ErrClosed) {
 				s.log.Warn("ingress tcp listener stopped", "addr", ln.Addr(), "err", err)
 			}
 			return nil

@@ -67,7 +67,7 @@ func servePorts(t *testing.T, ctx context.Context, p *waypoint.Proxy, l7 *model.
 	t.Helper()
 	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
-	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) { go p.ServeTCP(ctx, ln, port) }
+	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) { go p.ServeTCP(ctx, ln, port, time.Second) }
 	byPort, err := ingressTLSConfigs(l7)
 	if err != nil {
 		t.Fatal(err)
