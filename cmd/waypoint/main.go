@@ -59,7 +59,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics listen address; empty disables")
 	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
 	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address, loopback only: /config_dump (what `meshctl proxy-config` shows) and pprof; empty disables")
-	flag.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "how long open HBONE streams may finish after SIGTERM")
+	flag.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "how long open HBONE streams and an ingress gateway's relayed TCP connections may finish after SIGTERM")
 	flag.BoolVar(&f.serveListeners, "serve-listeners", false, "run as an ingress gateway: also serve every listener port of the pushed config (meshd's deployer sets it for ingress Gateways)")
 	flag.BoolVar(&f.accessLog, "access-log", true, "write Istio's JSON access log to stdout (the Telemetry API can turn it off per waypoint)")
 	flag.Float64Var(&f.traceSampling, "trace-sampling", 1, "percentage (0-100) of new traces sampled (the Telemetry API can override it)")
