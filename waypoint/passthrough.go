@@ -113,7 +113,7 @@ func (p *Proxy) forwardRoute(ctx context.Context, c net.Conn, cfg *compiled, pee
 		return
 	}
 	if up := p.routeUpstream(cfg, route, ds); up != nil {
-		p.relay(ctx, c, up, peer)
+		p.relay(ctx, c, up, peer, route)
 	}
 }
 

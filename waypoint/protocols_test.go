@@ -196,6 +196,23 @@ func TestTCPFallback(t *testing.T) {
 			t.Errorf("%s = %v; want %v", name, got, want)
 		}
 	}
+	// And the access log has a line per connection, as Envoy logs a TCP
+	// proxy's: no request, the bytes each way, the endpoint.
+	lines := h.log.lines(t)
+	if len(lines) != 2 {
+		t.Fatalf("access log: %d lines for 2 connections: %+v", len(lines), lines)
+	}
+	byBytes := map[int64]accessLogLine{}
+	for _, l := range lines {
+		byBytes[l.BytesReceived] = l
+	}
+	for i, first := range []string{"hello, not http\n", "\x00\x01binary"} {
+		l := byBytes[int64(len(first))]
+		if l.Method != "-" || l.Path != "-" || l.ResponseCode != 0 || l.BytesReceived != int64(len(first)) || l.BytesSent != int64(len(first)) ||
+			l.UpstreamHost != echo || l.UpstreamCluster != "tcp" || l.ResponseFlags != "-" {
+			t.Errorf("access log line %d = %+v; want a TCP line with %d bytes each way to %s", i, l, len(first), echo)
+		}
+	}
 	// A server-first client (sends nothing) is forwarded after DetectTimeout.
 	c, err := net.Dial("tcp", h.addr)
 	if err != nil {

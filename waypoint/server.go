@@ -217,7 +217,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 	defer c.Close()
 	if up := cfg.tcpCluster; up != nil {
 		if p.allowL4(cfg, peer) {
-			p.relay(ctx, c, up, peer)
+			p.relay(ctx, c, up, peer, "-")
 		}
 		return
 	}
@@ -227,7 +227,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 	}
 	if rt := cfg.workloadRoute(&peer); rt != nil {
 		if p.allowL4(cfg, peer) {
-			p.relay(ctx, c, rt.dests[0].up, peer)
+			p.relay(ctx, c, rt.dests[0].up, peer, rt.name)
 		}
 		return
 	}
@@ -270,13 +270,40 @@ func (p *Proxy) connPeer(c net.Conn) Peer {
 }
 
 // relay connects c to an endpoint of up and copies both ways until either
-// side ends; Istio's TCP metrics count the connection.
-func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer) {
+// side ends; Istio's TCP metrics count the connection, and the access log
+// has a line for it once it ends, as Envoy logs a TCP proxy's connections
+// (no request: method, path and protocol "-", response code 0; route is
+// the route that chose up).
+func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, route string) {
+	start := time.Now()
+	var read, written int64
+	var upstreamAddr string
+	logConn := func(flag string) {
+		cfg := p.cfg.Load()
+		if al := cfg.telemetry.AccessLog; p.log == nil || (al != nil && !*al) {
+			return
+		}
+		if cfg.logFilter != nil {
+			a := connAttributes(c, peer, upstreamAddr)
+			a.Duration = time.Since(start)
+			if !cfg.logFilter.Match(a) {
+				return
+			}
+		}
+		rec := &record{start: start, method: "-", path: "-", protocol: "-", peer: peer, bytesIn: read, bytesOut: written,
+			upstreamHost: upstreamAddr, upstreamClust: up.name(), downstreamRem: addrString(c.RemoteAddr()), downstreamLoc: c.LocalAddr(), routeName: route}
+		if flag != "" {
+			rec.flag(flag)
+		}
+		p.log.log(rec)
+	}
 	ep, err := up.pick(nil, peer, nil, "")
 	if err != nil {
 		p.logf("waypoint: tcp to %s: %v", up.name(), err)
+		logConn(flagNoHealthy)
 		return
 	}
+	upstreamAddr = ep.addr
 	dial := p.opts.DialContext
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
@@ -287,6 +314,7 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer) 
 	if err != nil {
 		up.report(ep, 0)
 		p.logf("waypoint: tcp to %s: %v", ep.addr, err)
+		logConn(flagConnFailure)
 		return
 	}
 	defer back.Close()
@@ -300,8 +328,10 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer) 
 	defer stop()
 	client := &countingConn{ReadWriteCloser: c}
 	pipe(client, back)
-	inc(m.received, float64(client.read.Load()))
-	inc(m.sent, float64(client.written.Load()))
+	read, written = client.read.Load(), client.written.Load()
+	inc(m.received, float64(read))
+	inc(m.sent, float64(written))
+	logConn("")
 }
 
 // inc adds v to c unless c is not exported (nil).
