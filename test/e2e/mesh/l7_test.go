@@ -604,6 +604,17 @@ spec:
 		d := relayed("tcp-echo") - before
 		return s.ByVersion["tcp-echo-v1"] == 3 && d >= 1, fmt.Errorf("answered by %v (errors %v); the waypoint relayed %v connections to tcp-echo", s.ByVersion, s.Errors, d)
 	})
+	// The waypoint's access log has a line for each relayed connection.
+	lab.WaitFor(t, 30*time.Second, "a TCP line in the waypoint's access log", func() (bool, error) {
+		logs, err := lb.PodLogs(ns, wp.Name, wp.Spec.Containers[0].Name)
+		want := fmt.Sprintf(`"upstream_cluster":"outbound|9000||tcp-echo.%s.svc.cluster.local"`, ns)
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, want) && strings.Contains(line, `"method":"-"`) && !strings.Contains(line, `"bytes_sent":0,`) {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("no line with %s, method - and bytes sent (err %v)", want, err)
+	})
 
 	lb.Apply(t, ns, `apiVersion: gateway.networking.k8s.io/v1
 kind: TCPRoute
