@@ -102,6 +102,7 @@ type endpoint struct {
 	addr     string
 	labels   map[string]string
 	workload string
+	identity string // the SPIFFE ID it presents, for destination_principal
 	weight   uint64
 	node     string
 	loc      model.Locality
@@ -122,7 +123,7 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 			w = 1
 		}
 		u.weighted = u.weighted || w != 1
-		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, weight: w,
+		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, identity: e.Identity, weight: w,
 			node: e.Node, loc: model.ParseLocality(e.Locality)})
 	}
 	u.locality = newLocalityPicker(tp.LB.Locality, u.endpoints, self)

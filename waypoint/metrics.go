@@ -392,7 +392,7 @@ func (k *seriesKey) labelValues(reporter string) []string {
 		orUnknown(k.srcWorkload), orUnknown(k.srcNamespace), orUnknown(spiffeURI(k.srcPrincipal)),
 		orUnknown(k.srcApp), orUnknown(k.srcVersion),
 		orUnknown(k.srcCanonName), orUnknown(k.srcCanonRev), "unknown",
-		orUnknown(d.workload), orUnknown(d.namespace), "unknown", orUnknown(d.app), orUnknown(d.version),
+		orUnknown(d.workload), orUnknown(d.namespace), orUnknown(spiffeURI(d.principal)), orUnknown(d.app), orUnknown(d.version),
 		orUnknown(d.service), orUnknown(d.name), orUnknown(d.namespace),
 		orUnknown(d.app), orUnknown(d.version), "unknown",
 		protocol, strconv.Itoa(k.code), k.grpcStatus, k.flags, security,

@@ -1285,6 +1285,9 @@ func (d *destInfo) setEndpoint(ep *endpoint) {
 	if ep.workload != "" {
 		d.workload = ep.workload
 	}
+	if ep.identity != "" {
+		d.principal = ep.identity
+	}
 	if a := ep.labels["app"]; a != "" {
 		d.app = a
 	}
@@ -1317,6 +1320,7 @@ func destOf(up *upstream) destInfo {
 			d.version = v
 		}
 		d.workload = up.endpoints[0].workload
+		d.principal = up.endpoints[0].identity
 	}
 	return d
 }

@@ -64,6 +64,7 @@ type record struct {
 
 type destInfo struct {
 	service, name, namespace, workload, app, version string
+	principal                                        string // the endpoint's SPIFFE ID, when the config names it
 }
 
 func (r *record) flag(f string) {

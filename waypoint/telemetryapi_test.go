@@ -316,6 +316,7 @@ func TestMetricTagOverridesBounded(t *testing.T) {
 func TestGatewayReportsAsSource(t *testing.T) {
 	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	cl := clusterOf("outbound|9080||reviews.shop.svc.cluster.local", app)
+	cl.Endpoints[0].Identity = "spiffe://cluster.local/ns/shop/sa/reviews"
 	cfg := oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "default", Destinations: to(cl.Name)})
 	self := &Peer{Workload: "edge", Namespace: "gateways", Principal: "spiffe://cluster.local/ns/gateways/sa/edge", Labels: map[string]string{"app": "edge"}}
 	h := start(t, cfg, func(o *Options) { o.Reporter, o.Self = "source", self })
@@ -323,7 +324,8 @@ func TestGatewayReportsAsSource(t *testing.T) {
 		t.Fatalf("status %d", code)
 	}
 	want := map[string]string{"reporter": "source", "source_workload": "edge", "source_workload_namespace": "gateways",
-		"source_principal": self.Principal, "source_app": "edge", "destination_service": "reviews.shop.svc.cluster.local"}
+		"source_principal": self.Principal, "source_app": "edge", "destination_service": "reviews.shop.svc.cluster.local",
+		"destination_principal": "spiffe://cluster.local/ns/shop/sa/reviews"} // the endpoint's identity, which the config names
 	if n := metricSum(t, h.reg, "istio_requests_total", want); n != 1 {
 		t.Errorf("istio_requests_total%v = %v; want 1", want, n)
 	}
