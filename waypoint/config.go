@@ -455,8 +455,8 @@ func (c *compiled) workloadRoute(peer *Peer) *route {
 		return r
 	}
 	name := "inbound-pod|" + strconv.Itoa(int(target.Port())) + "||" + target.Addr().String()
-	cl := newCluster(&model.L7Cluster{Name: name, Endpoints: []model.L7Endpoint{{Address: target.String(), Labels: w.Labels, Workload: w.Name}}}, nil, c.opts, c.self)
-	cl.all.dest = destInfo{workload: w.Name, namespace: w.Namespace, app: w.Labels["app"], version: w.Labels["version"]}
+	cl := newCluster(&model.L7Cluster{Name: name, Endpoints: []model.L7Endpoint{{Address: target.String(), Labels: w.Labels, Workload: w.Name, Identity: w.Identity}}}, nil, c.opts, c.self)
+	cl.all.dest = destInfo{workload: w.Name, namespace: w.Namespace, app: w.Labels["app"], version: w.Labels["version"], principal: w.Identity}
 	r, err := compileRoute(&model.L7Route{Name: "inbound-pod", Destinations: []model.WeightedDestination{{Cluster: name, Weight: 1}}}, map[string]*cluster{name: cl}, nil)
 	if err != nil {
 		return nil // a plain route to one cluster: not reached

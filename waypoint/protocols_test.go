@@ -539,7 +539,8 @@ func TestTCPByServiceRoute(t *testing.T) {
 func TestWorkloadAddressedTraffic(t *testing.T) {
 	app := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "pod "+r.URL.Path) }))
 	echo := tcpBackend(t, func(c net.Conn) { io.WriteString(c, "tcp\n"); io.Copy(c, c) })
-	cfg := &Config{L7: &model.L7Config{Workloads: []model.L7Workload{{Addresses: []string{"127.0.0.1"}, Name: "db", Namespace: "shop", Labels: map[string]string{"app": "db"}}}}}
+	cfg := &Config{L7: &model.L7Config{Workloads: []model.L7Workload{{Addresses: []string{"127.0.0.1"}, Name: "db", Namespace: "shop", Labels: map[string]string{"app": "db"},
+		Identity: "spiffe://cluster.local/ns/shop/sa/db"}}}}
 	var target atomic.Value
 	// The HBONE CONNECT target, as the waypoint app reports it for a
 	// connection (ConnPeer) and its requests (Peer).
@@ -556,7 +557,8 @@ func TestWorkloadAddressedTraffic(t *testing.T) {
 	if code, body := h.get(t, client, "/orders", nil); code != http.StatusOK || body != "pod /orders" {
 		t.Errorf("GET to the workload's own address = %d %q; want 200 from the pod", code, body)
 	}
-	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"destination_workload": "db", "destination_workload_namespace": "shop", "destination_app": "db", "response_code": "200"}); n != 1 {
+	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"destination_workload": "db", "destination_workload_namespace": "shop", "destination_app": "db",
+		"destination_principal": "spiffe://cluster.local/ns/shop/sa/db", "response_code": "200"}); n != 1 {
 		t.Errorf("istio_requests_total{destination_workload=db} = %v; want 1", n)
 	}
 	client.CloseIdleConnections()

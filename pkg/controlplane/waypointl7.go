@@ -155,7 +155,7 @@ func (bd *build) servedWorkloads(key model.NamespacedName) []model.L7Workload {
 		if !w.Enrolled || w.Waypoint == nil || w.Waypoint.Waypoint != key || len(w.IPs) == 0 {
 			continue
 		}
-		lw := model.L7Workload{Name: cmp.Or(w.WorkloadName, w.Name), Namespace: w.Namespace}
+		lw := model.L7Workload{Name: cmp.Or(w.WorkloadName, w.Name), Namespace: w.Namespace, Identity: w.Identity}
 		for _, ip := range w.IPs {
 			lw.Addresses = append(lw.Addresses, ip.String())
 		}

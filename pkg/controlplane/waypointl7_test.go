@@ -978,12 +978,12 @@ func TestWaypointForWorkloads(t *testing.T) {
 		want        []model.L7Workload
 	}{
 		{"workload", []model.L7Workload{
-			{Addresses: []string{"10.0.0.8"}, Name: "cache-0", Namespace: "shop", Labels: map[string]string{"app": "cache"}},
-			{Addresses: []string{"10.0.0.7"}, Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db", "version": "v3"}},
+			{Addresses: []string{"10.0.0.8"}, Name: "cache-0", Namespace: "shop", Labels: map[string]string{"app": "cache"}, Identity: "spiffe://cluster.local/ns/shop/sa/sa-cache-0"},
+			{Addresses: []string{"10.0.0.7"}, Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db", "version": "v3"}, Identity: "spiffe://cluster.local/ns/shop/sa/sa-db-0"},
 		}},
 		{"all", []model.L7Workload{
-			{Addresses: []string{"10.0.0.8"}, Name: "cache-0", Namespace: "shop", Labels: map[string]string{"app": "cache"}},
-			{Addresses: []string{"10.0.0.7"}, Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db", "version": "v3"}},
+			{Addresses: []string{"10.0.0.8"}, Name: "cache-0", Namespace: "shop", Labels: map[string]string{"app": "cache"}, Identity: "spiffe://cluster.local/ns/shop/sa/sa-cache-0"},
+			{Addresses: []string{"10.0.0.7"}, Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db", "version": "v3"}, Identity: "spiffe://cluster.local/ns/shop/sa/sa-db-0"},
 		}},
 		{"", nil},
 	} {

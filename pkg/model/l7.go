@@ -83,6 +83,8 @@ type L7Workload struct {
 	Name, Namespace string
 	// Labels are its app and version labels, for telemetry.
 	Labels map[string]string `json:",omitempty"`
+	// Identity is its SPIFFE ID, for telemetry (destination_principal).
+	Identity string `json:",omitempty"`
 }
 
 // L7Telemetry is the effective Telemetry API configuration of one proxy
