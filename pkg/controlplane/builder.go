@@ -187,7 +187,22 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 		L7:                    l7,
 	})
 	b.seStatus = bd.serviceEntryStatus()
-	return snap, bd.rej
+	return snap, uniqueRejections(bd.rej)
+}
+
+// uniqueRejections drops repeats, keeping the first of each: an object
+// translated once per proxy or port it applies to may report the same
+// fault each time.
+func uniqueRejections(rej []Rejection) []Rejection {
+	seen := make(map[Rejection]bool, len(rej))
+	out := rej[:0]
+	for _, r := range rej {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func sortedWaypointKeys(m map[model.NamespacedName]*model.Waypoint) []model.NamespacedName {

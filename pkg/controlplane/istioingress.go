@@ -101,7 +101,14 @@ type ingressServer struct {
 func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], port uint32) *model.TCPRoute {
 	for i, tr := range vs.spec.GetTcp() {
 		applies := len(tr.GetMatch()) == 0
-		for _, m := range tr.GetMatch() {
+		for j, m := range tr.GetMatch() {
+			if len(m.GetSourceLabels()) > 0 || m.GetSourceNamespace() != "" || len(m.GetDestinationSubnets()) > 0 {
+				// A condition on the client or the address is not
+				// evaluated on a relayed connection: rather than apply
+				// the route to every client, the match is left out.
+				lb.bd.rejecter(KindVirtualService, vs.meta.Namespace, vs.meta.Name).warn("tcp[%d].match[%d]: sourceLabels, sourceNamespace and destinationSubnets are not evaluated on TCP connections by meshlet's proxies; the match is ignored", i, j)
+				continue
+			}
 			applies = applies || m.GetPort() == 0 || m.GetPort() == port
 		}
 		if !applies || len(tr.GetRoute()) == 0 {

@@ -101,16 +101,17 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 				if len(vh.Routes) == 0 {
 					vh.Routes = []model.L7Route{{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}}
 				}
-				switch rt := meshTCPRouteOn(tcpBySvc[ms.Key()], ms.Name, sp.Port); {
-				case rt != nil:
+				rt := meshTCPRouteOn(tcpBySvc[ms.Key()], ms.Name, sp.Port)
+				if rt != nil {
 					// Its backends that do not resolve are left out; with
 					// none, the service's TCP connections are refused.
 					if ds := lb.l4Backends(KindTCPRoute, rt.Namespace, rt.Name, tcpRouteBackends(rt), sp.Port); len(ds) > 0 {
 						vh.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
 					}
-				case hasVS && lb.tcpRoute(vs, sp.Port) != nil:
+				} else if hasVS {
 					vh.TCP = lb.tcpRoute(vs, sp.Port)
-				default:
+				}
+				if vh.TCP == nil && rt == nil {
 					vh.TCP = &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}
 				}
 				l.VirtualHosts = append(l.VirtualHosts, vh)
