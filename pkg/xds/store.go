@@ -111,9 +111,9 @@ func workloadAddress(w *meshv1.Workload) *meshv1.Address {
 		CanonicalName: w.GetCanonicalName(),
 		WorkloadName:  w.GetWorkloadName(),
 		Locality:      w.GetLocality(),
-		// What a waypoint reports of the workload as a client.
+		// What a waypoint reports of the workload as a client (its
+		// labels: translateWorkloadEntries).
 		CanonicalRevision: w.GetCanonicalRevision(),
-		Labels:            w.GetLabels(),
 	}}}
 }
 

@@ -147,7 +147,6 @@ type cachedService struct {
 
 func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *meshv1.GatewayAddress, authzNames, labelKeys []string) (cachedWorkload, error) {
 	w := translateWorkload(snap, mw, ga)
-	w.Labels = workloadLabels(mw, labelKeys)
 	w.AuthorizationPolicies = authzNames
 	if err := validateWorkload(w); err != nil {
 		return cachedWorkload{}, err
@@ -156,7 +155,9 @@ func translateWorkloadEntries(snap *model.Snapshot, mw *model.Workload, ga *mesh
 	if err != nil {
 		return cachedWorkload{}, err
 	}
-	ae, err := newEntry(workloadAddress(w))
+	addr := workloadAddress(w)
+	addr.GetWorkload().Labels = workloadLabels(mw, labelKeys)
+	ae, err := newEntry(addr)
 	if err != nil {
 		return cachedWorkload{}, err
 	}

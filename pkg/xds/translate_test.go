@@ -180,9 +180,9 @@ func TestApplySharedValues(t *testing.T) {
 
 // TestApplyWorkloadLabels: a workload's labels go to proxies only as far as
 // they are used: app and version (what a waypoint reports of a client), and
-// the keys a waypoint route's sourceLabels names once one does; the
-// address resource, which waypoints read their clients from, carries them
-// with the canonical revision.
+// the keys a waypoint route's sourceLabels names once one does, on the
+// address resource, which waypoints read their clients from, with the
+// canonical revision.
 func TestApplyWorkloadLabels(t *testing.T) {
 	w := &model.Workload{UID: "uid-a", Name: "a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.10")},
 		Identity: "spiffe://cluster.local/ns/ns1/sa/a", Enrolled: true, Ready: true, CanonicalName: "web", CanonicalRevision: "v1",
@@ -207,22 +207,21 @@ func TestApplyWorkloadLabels(t *testing.T) {
 	ts.MarkSynced()
 	c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
 	waitSynced(t, c)
-	labels := func() (map[string]string, map[string]string, string) {
-		r, _ := c.Get(meshv1.WorkloadType, "uid-a")
+	labels := func() (map[string]string, string) {
 		a, _ := c.Get(meshv1.AddressType, "uid-a")
 		aw := a.Message.(*meshv1.Address).GetWorkload()
-		return r.Message.(*meshv1.Workload).GetLabels(), aw.GetLabels(), aw.GetCanonicalRevision()
+		return aw.GetLabels(), aw.GetCanonicalRevision()
 	}
 	want := map[string]string{"app": "web", "version": "v1"}
-	if wl, al, rev := labels(); !maps.Equal(wl, want) || !maps.Equal(al, want) || rev != "v1" {
-		t.Errorf("labels sent: workload %v, address %v (revision %q); want %v and v1", wl, al, rev, want)
+	if al, rev := labels(); !maps.Equal(al, want) || rev != "v1" {
+		t.Errorf("labels sent: %v (revision %q); want %v and v1", al, rev, want)
 	}
 	if err := ts.Apply(snap(2, l7)); err != nil {
 		t.Fatal(err)
 	}
 	want["team"] = "blue"
 	eventually(t, "the label a route matches on sent", func() bool {
-		wl, al, _ := labels()
-		return maps.Equal(wl, want) && maps.Equal(al, want)
+		al, _ := labels()
+		return maps.Equal(al, want)
 	})
 }

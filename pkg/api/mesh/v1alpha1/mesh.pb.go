@@ -443,11 +443,7 @@ type Workload struct {
 	// of them has not reached it yet (they come in another response).
 	AuthorizationPolicies []string `protobuf:"bytes,18,rep,name=authorization_policies,json=authorizationPolicies,proto3" json:"authorization_policies,omitempty"`
 	// locality is where the workload runs, from its node's topology labels.
-	Locality *Locality `protobuf:"bytes,19,opt,name=locality,proto3" json:"locality,omitempty"`
-	// labels are the workload's labels that proxies report or match on, not
-	// all of them: app and version (Istio's source_app and source_version),
-	// and the keys some VirtualService's sourceLabels name.
-	Labels        map[string]string `protobuf:"bytes,20,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Locality      *Locality `protobuf:"bytes,19,opt,name=locality,proto3" json:"locality,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -611,13 +607,6 @@ func (x *Workload) GetAuthorizationPolicies() []string {
 func (x *Workload) GetLocality() *Locality {
 	if x != nil {
 		return x.Locality
-	}
-	return nil
-}
-
-func (x *Workload) GetLabels() map[string]string {
-	if x != nil {
-		return x.Labels
 	}
 	return nil
 }
@@ -1052,8 +1041,11 @@ type WorkloadAddress struct {
 	WorkloadName string `protobuf:"bytes,13,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
 	// locality is Workload.locality.
 	Locality *Locality `protobuf:"bytes,14,opt,name=locality,proto3" json:"locality,omitempty"`
-	// canonical_revision and labels are the Workload's: what a waypoint
-	// reports of, and matches on, a client workload.
+	// canonical_revision is Workload.canonical_revision; labels are the
+	// workload's labels that proxies report or match on, not all of them:
+	// app and version (Istio's source_app and source_version) and the keys
+	// some VirtualService's sourceLabels name. A waypoint reads its clients'
+	// from here.
 	CanonicalRevision string            `protobuf:"bytes,15,opt,name=canonical_revision,json=canonicalRevision,proto3" json:"canonical_revision,omitempty"`
 	Labels            map[string]string `protobuf:"bytes,16,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields     protoimpl.UnknownFields
@@ -2177,7 +2169,7 @@ var File_mesh_proto protoreflect.FileDescriptor
 const file_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xf3\a\n" +
+	"mesh.proto\x12\x15meshlet.mesh.v1alpha1\"\xf9\x06\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2198,14 +2190,10 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06status\x18\x10 \x01(\x0e2%.meshlet.mesh.v1alpha1.WorkloadStatusR\x06status\x12#\n" +
 	"\rworkload_name\x18\x11 \x01(\tR\fworkloadName\x125\n" +
 	"\x16authorization_policies\x18\x12 \x03(\tR\x15authorizationPolicies\x12;\n" +
-	"\blocality\x18\x13 \x01(\v2\x1f.meshlet.mesh.v1alpha1.LocalityR\blocality\x12C\n" +
-	"\x06labels\x18\x14 \x03(\v2+.meshlet.mesh.v1alpha1.Workload.LabelsEntryR\x06labels\x1a\\\n" +
+	"\blocality\x18\x13 \x01(\v2\x1f.meshlet.mesh.v1alpha1.LocalityR\blocality\x1a\\\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01\x1a9\n" +
-	"\vLabelsEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.meshlet.mesh.v1alpha1.PortListR\x05value:\x028\x01J\x04\b\x14\x10\x15\"P\n" +
 	"\bLocality\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x18\n" +
@@ -2395,7 +2383,7 @@ func file_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_mesh_proto_goTypes = []any{
 	(WorkloadStatus)(0),          // 0: meshlet.mesh.v1alpha1.WorkloadStatus
 	(LoadBalancing_Mode)(0),      // 1: meshlet.mesh.v1alpha1.LoadBalancing.Mode
@@ -2425,10 +2413,9 @@ var file_mesh_proto_goTypes = []any{
 	(*TrustBundle)(nil),          // 25: meshlet.mesh.v1alpha1.TrustBundle
 	(*WaypointConfig)(nil),       // 26: meshlet.mesh.v1alpha1.WaypointConfig
 	nil,                          // 27: meshlet.mesh.v1alpha1.Workload.ServicesEntry
-	nil,                          // 28: meshlet.mesh.v1alpha1.Workload.LabelsEntry
-	nil,                          // 29: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	nil,                          // 30: meshlet.mesh.v1alpha1.WorkloadAddress.LabelsEntry
-	nil,                          // 31: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	nil,                          // 28: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	nil,                          // 29: meshlet.mesh.v1alpha1.WorkloadAddress.LabelsEntry
+	nil,                          // 30: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
 }
 var file_mesh_proto_depIdxs = []int32{
 	12, // 0: meshlet.mesh.v1alpha1.Workload.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
@@ -2436,39 +2423,38 @@ var file_mesh_proto_depIdxs = []int32{
 	27, // 2: meshlet.mesh.v1alpha1.Workload.services:type_name -> meshlet.mesh.v1alpha1.Workload.ServicesEntry
 	0,  // 3: meshlet.mesh.v1alpha1.Workload.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
 	8,  // 4: meshlet.mesh.v1alpha1.Workload.locality:type_name -> meshlet.mesh.v1alpha1.Locality
-	28, // 5: meshlet.mesh.v1alpha1.Workload.labels:type_name -> meshlet.mesh.v1alpha1.Workload.LabelsEntry
-	10, // 6: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	14, // 7: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
-	15, // 8: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
-	12, // 9: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	29, // 10: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
-	0,  // 11: meshlet.mesh.v1alpha1.WorkloadAddress.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
-	8,  // 12: meshlet.mesh.v1alpha1.WorkloadAddress.locality:type_name -> meshlet.mesh.v1alpha1.Locality
-	30, // 13: meshlet.mesh.v1alpha1.WorkloadAddress.labels:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.LabelsEntry
-	17, // 14: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
-	12, // 15: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
-	18, // 16: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
-	16, // 17: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
-	10, // 18: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
-	1,  // 19: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
-	2,  // 20: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
-	3,  // 21: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
-	4,  // 22: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
-	5,  // 23: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
-	20, // 24: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
-	22, // 25: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
-	23, // 26: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
-	21, // 27: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
-	6,  // 28: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	31, // 29: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
-	11, // 30: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	11, // 31: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
-	6,  // 32: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	10, // 5: meshlet.mesh.v1alpha1.PortList.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	14, // 6: meshlet.mesh.v1alpha1.Address.workload:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress
+	15, // 7: meshlet.mesh.v1alpha1.Address.service:type_name -> meshlet.mesh.v1alpha1.Service
+	12, // 8: meshlet.mesh.v1alpha1.WorkloadAddress.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	28, // 9: meshlet.mesh.v1alpha1.WorkloadAddress.services:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry
+	0,  // 10: meshlet.mesh.v1alpha1.WorkloadAddress.status:type_name -> meshlet.mesh.v1alpha1.WorkloadStatus
+	8,  // 11: meshlet.mesh.v1alpha1.WorkloadAddress.locality:type_name -> meshlet.mesh.v1alpha1.Locality
+	29, // 12: meshlet.mesh.v1alpha1.WorkloadAddress.labels:type_name -> meshlet.mesh.v1alpha1.WorkloadAddress.LabelsEntry
+	17, // 13: meshlet.mesh.v1alpha1.Service.ports:type_name -> meshlet.mesh.v1alpha1.ServicePort
+	12, // 14: meshlet.mesh.v1alpha1.Service.waypoint:type_name -> meshlet.mesh.v1alpha1.GatewayAddress
+	18, // 15: meshlet.mesh.v1alpha1.Service.load_balancing:type_name -> meshlet.mesh.v1alpha1.LoadBalancing
+	16, // 16: meshlet.mesh.v1alpha1.Service.static_endpoints:type_name -> meshlet.mesh.v1alpha1.StaticEndpoint
+	10, // 17: meshlet.mesh.v1alpha1.StaticEndpoint.ports:type_name -> meshlet.mesh.v1alpha1.Port
+	1,  // 18: meshlet.mesh.v1alpha1.LoadBalancing.mode:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Mode
+	2,  // 19: meshlet.mesh.v1alpha1.LoadBalancing.routing_preference:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Scope
+	3,  // 20: meshlet.mesh.v1alpha1.LoadBalancing.algorithm:type_name -> meshlet.mesh.v1alpha1.LoadBalancing.Algorithm
+	4,  // 21: meshlet.mesh.v1alpha1.Authorization.scope:type_name -> meshlet.mesh.v1alpha1.Authorization.Scope
+	5,  // 22: meshlet.mesh.v1alpha1.Authorization.action:type_name -> meshlet.mesh.v1alpha1.Authorization.Action
+	20, // 23: meshlet.mesh.v1alpha1.Authorization.rules:type_name -> meshlet.mesh.v1alpha1.Rule
+	22, // 24: meshlet.mesh.v1alpha1.Rule.from:type_name -> meshlet.mesh.v1alpha1.SourceMatch
+	23, // 25: meshlet.mesh.v1alpha1.Rule.to:type_name -> meshlet.mesh.v1alpha1.DestinationMatch
+	21, // 26: meshlet.mesh.v1alpha1.Rule.when:type_name -> meshlet.mesh.v1alpha1.Condition
+	6,  // 27: meshlet.mesh.v1alpha1.PeerAuthentication.mode:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	30, // 28: meshlet.mesh.v1alpha1.PeerAuthentication.port_modes:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry
+	11, // 29: meshlet.mesh.v1alpha1.Workload.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	11, // 30: meshlet.mesh.v1alpha1.WorkloadAddress.ServicesEntry.value:type_name -> meshlet.mesh.v1alpha1.PortList
+	6,  // 31: meshlet.mesh.v1alpha1.PeerAuthentication.PortModesEntry.value:type_name -> meshlet.mesh.v1alpha1.PeerAuthentication.Mode
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -2486,7 +2472,7 @@ func file_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   25,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
