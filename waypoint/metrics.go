@@ -287,7 +287,10 @@ func (m *metrics) apply(overrides map[string]model.MetricOverride) error {
 			return err
 		}
 		if old != nil && old.vecs[i] != nil && old.vecs[i].layout == v.layout {
-			v = old.vecs[i]
+			// The same labels from the same sources: the series go on.
+			// The sources' indexes are this set's (its expressions may
+			// be numbered otherwise than the last set's).
+			v.counter, v.hist = old.vecs[i].counter, old.vecs[i].hist
 		}
 		next.vecs[i] = v
 	}

@@ -336,3 +336,42 @@ func TestGatewayReportsAsSource(t *testing.T) {
 		t.Errorf("New with reporter client = %v; want refused", err)
 	}
 }
+
+// TestMetricLayoutKeptAcrossPushes: a metric whose labels a push leaves as
+// they were keeps its series, and reads its values from the new push's
+// expressions, numbered anew (here the host's expression moves from second
+// to first when the request count's changes).
+func TestMetricLayoutKeptAcrossPushes(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newMetrics(reg, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := model.TagOverride{Value: "request.host"}
+	first := map[string]model.MetricOverride{
+		"REQUEST_COUNT":    {Tags: map[string]model.TagOverride{"tenant": {Value: "request.headers['x-tenant']"}}},
+		"REQUEST_DURATION": {Tags: map[string]model.TagOverride{"host": host}},
+	}
+	second := map[string]model.MetricOverride{
+		"REQUEST_COUNT":    {Tags: map[string]model.TagOverride{"host": host}},
+		"REQUEST_DURATION": {Tags: map[string]model.TagOverride{"host": host}},
+	}
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Header.Set("X-Tenant", "acme")
+	observe := func() {
+		rec := &record{start: time.Now(), code: 200, authority: "shop.example", dest: destInfo{service: "reviews"}}
+		m.observe(rec, req, &responseWriter{})
+	}
+	for _, o := range []map[string]model.MetricOverride{first, second} {
+		if err := m.apply(o); err != nil {
+			t.Fatal(err)
+		}
+		observe()
+	}
+	if n := metricSum(t, reg, "istio_request_duration_milliseconds", map[string]string{"host": "shop.example"}); n != 2 {
+		t.Errorf("durations with host=shop.example across both pushes = %v; want 2", n)
+	}
+	if n := metricSum(t, reg, "istio_requests_total", map[string]string{"host": "shop.example"}); n != 1 {
+		t.Errorf("requests with host=shop.example after the second push = %v; want 1", n)
+	}
+}
