@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -136,9 +137,9 @@ func (d *describer) pod(ctx context.Context, w io.Writer, ns, name string) error
 		fmt.Fprintln(w, "  none select this pod")
 	}
 	for _, svc := range svcs {
-		fmt.Fprintf(w, "  %s (%s), waypoint: %s\n", svc.Hostname(), addrs(svc), waypointText(svc.Waypoint))
+		fmt.Fprintf(w, "  %s (%s), waypoint: %s\n", svc.Hostname(), addrs(svc), waypointText(d.snap, svc.Waypoint, model.WaypointForService))
 	}
-	fmt.Fprintf(w, "Waypoint for traffic to the pod's own address: %s\n", waypointText(wl.Waypoint))
+	fmt.Fprintf(w, "Waypoint for traffic to the pod's own address: %s\n", waypointText(d.snap, wl.Waypoint, model.WaypointForWorkload))
 	pa := model.ResolvePeerAuthentication(d.snap.PeerAuthentications(), d.snap.RootNamespace(), ns, p.Labels)
 	source := "no PeerAuthentication applies: the default"
 	if len(pa.Policies) > 0 {
@@ -204,7 +205,7 @@ func (d *describer) service(w io.Writer, ns, name string) error {
 		return fmt.Errorf("service %s/%s not found in the mesh model (pass -n <namespace>; kubectl -n %s get service %s)", ns, name, ns, name)
 	}
 	fmt.Fprintf(w, "Service:    %s (%s)\n", svc.Hostname(), addrs(svc))
-	fmt.Fprintf(w, "Waypoint:   %s\n", waypointText(svc.Waypoint))
+	fmt.Fprintf(w, "Waypoint:   %s\n", waypointText(d.snap, svc.Waypoint, model.WaypointForService))
 	switch {
 	case svc.NodeLocal:
 		fmt.Fprintln(w, "Traffic:    internalTrafficPolicy Local: a client's connections go only to the ready endpoints on its node (none there: dropped, as by kube-proxy)")
@@ -468,11 +469,27 @@ func actionOf(ap *model.AuthorizationPolicy) string {
 	return string(ap.Policy.Action)
 }
 
-func waypointText(ref *model.WaypointRef) string {
+// waypointText says which waypoint the traffic of kind (to a service, or to
+// a pod's own address) goes through: the bound one when its
+// istio.io/waypoint-for takes that kind (service by default), else none,
+// saying why.
+func waypointText(snap *model.Snapshot, ref *model.WaypointRef, kind model.WaypointFor) string {
 	if ref == nil {
 		return "none"
 	}
-	return fmt.Sprintf("%s (bound by the %s's %s label)", ref.Waypoint, ref.Source, LabelUseWaypoint)
+	bound := fmt.Sprintf("%s (bound by the %s's %s label)", ref.Waypoint, ref.Source, LabelUseWaypoint)
+	wp, ok := snap.Waypoint(ref.Waypoint)
+	if !ok {
+		return bound + ", not deployed yet: traffic goes straight to the pods"
+	}
+	takes := cmp.Or(wp.For, model.WaypointForService)
+	if takes == model.WaypointForNone {
+		return fmt.Sprintf("none: %s is bound, but it takes no traffic (%s=none)", ref.Waypoint, LabelWaypointFor)
+	}
+	if takes != model.WaypointForAll && takes != kind {
+		return fmt.Sprintf("none: %s is bound, but it takes %s traffic only (%s=%s)", ref.Waypoint, takes, LabelWaypointFor, takes)
+	}
+	return bound
 }
 
 func addrs(svc *model.Service) string {

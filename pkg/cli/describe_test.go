@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/meshlet/meshlet/pkg/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -47,5 +50,31 @@ func TestEnrollment(t *testing.T) {
 		if got != tt.want || why != tt.why {
 			t.Errorf("%s: enrollment = %v %q; want %v %q", tt.name, got, why, tt.want, tt.why)
 		}
+	}
+}
+
+// TestWaypointText: describe says a bound waypoint carries the traffic only
+// when its istio.io/waypoint-for takes that kind (service by default).
+func TestWaypointText(t *testing.T) {
+	name := model.NamespacedName{Namespace: "shop", Name: "waypoint"}
+	ref := &model.WaypointRef{Waypoint: name, Source: "namespace", Addresses: []netip.Addr{netip.MustParseAddr("198.18.9.9")}}
+	for _, tt := range []struct {
+		waypointFor, kind model.WaypointFor
+		want              string
+	}{
+		{"", model.WaypointForService, "shop/waypoint (bound by the namespace's istio.io/use-waypoint label)"},
+		{"", model.WaypointForWorkload, "none: shop/waypoint is bound, but it takes service traffic only (istio.io/waypoint-for=service)"},
+		{model.WaypointForWorkload, model.WaypointForWorkload, "shop/waypoint (bound by the namespace's istio.io/use-waypoint label)"},
+		{model.WaypointForWorkload, model.WaypointForService, "none: shop/waypoint is bound, but it takes workload traffic only (istio.io/waypoint-for=workload)"},
+		{model.WaypointForAll, model.WaypointForWorkload, "shop/waypoint (bound by the namespace's istio.io/use-waypoint label)"},
+		{model.WaypointForNone, model.WaypointForService, "none: shop/waypoint is bound, but it takes no traffic (istio.io/waypoint-for=none)"},
+	} {
+		snap := model.NewSnapshot(model.SnapshotInput{Waypoints: []*model.Waypoint{{Name: "waypoint", Namespace: "shop", For: tt.waypointFor, Addresses: ref.Addresses}}})
+		if got := waypointText(snap, ref, tt.kind); got != tt.want {
+			t.Errorf("waypoint-for %q, %s traffic: %q; want %q", tt.waypointFor, tt.kind, got, tt.want)
+		}
+	}
+	if got := waypointText(model.NewSnapshot(model.SnapshotInput{}), ref, model.WaypointForService); !strings.Contains(got, "not deployed yet") {
+		t.Errorf("a waypoint not in the model: %q; want it said not deployed", got)
 	}
 }
