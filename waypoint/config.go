@@ -426,10 +426,10 @@ type routeInput struct {
 // serviceVhost is the virtual host of the service a connection's client
 // dialled (a waypoint's), nil when none.
 func (c *compiled) serviceVhost(peer *Peer) *vhost {
-	if len(c.listeners) == 0 {
-		return nil
+	if l := c.selectListener(peer.DestinationPort); l != nil {
+		return l.vhostNamed(peer.DestinationService)
 	}
-	return c.selectListener(peer.DestinationPort).vhostNamed(peer.DestinationService)
+	return nil
 }
 
 // maxWorkloadRoutes bounds the routes made for workloads' addresses and

@@ -171,7 +171,8 @@ type metricVec struct {
 	// src is, per label, where its value comes from: i >= 0 the standard
 	// value i (in metricDefs' labels order), -1-j expression j's.
 	src    []int
-	layout string // the label names and their sources, equal layouts share the vec
+	names  []string // the label names
+	layout string   // the label names and their sources, equal layouts share the vec
 }
 
 func (v *metricVec) collector() prometheus.Collector {
@@ -195,6 +196,7 @@ func (v *metricVec) values(std, custom []string) []string {
 
 // newMetricVec lays out metric i with its override o; expressions are
 // added to exprs (shared by the metrics of one kind) as they first appear.
+// The Prometheus vector is made by export, once the layout is known new.
 func newMetricVec(i int, o model.MetricOverride, exprs *[]*logfilter.Value, index map[string]int) (*metricVec, error) {
 	def := &metricDefs[i]
 	var names []string
@@ -247,13 +249,18 @@ func newMetricVec(i int, o model.MetricOverride, exprs *[]*logfilter.Value, inde
 		}
 		b.WriteByte(0)
 	}
-	v.layout = b.String()
-	if def.buckets != nil {
-		v.hist = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: def.name, Help: def.help, Buckets: def.buckets}, names)
-	} else {
-		v.counter = prometheus.NewCounterVec(prometheus.CounterOpts{Name: def.name, Help: def.help}, names)
-	}
+	v.layout, v.names = b.String(), names
 	return v, nil
+}
+
+// export makes v's Prometheus vector for metric i.
+func (v *metricVec) export(i int) {
+	def := &metricDefs[i]
+	if def.buckets != nil {
+		v.hist = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: def.name, Help: def.help, Buckets: def.buckets}, v.names)
+	} else {
+		v.counter = prometheus.NewCounterVec(prometheus.CounterOpts{Name: def.name, Help: def.help}, v.names)
+	}
 }
 
 // apply lays the Istio metrics out by a config's overrides. A metric whose
@@ -291,6 +298,8 @@ func (m *metrics) apply(overrides map[string]model.MetricOverride) error {
 			// The sources' indexes are this set's (its expressions may
 			// be numbered otherwise than the last set's).
 			v.counter, v.hist = old.vecs[i].counter, old.vecs[i].hist
+		} else {
+			v.export(i)
 		}
 		next.vecs[i] = v
 	}

@@ -148,7 +148,8 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 // to net/http's HTTP/2 server or to the TCP forwarder. TLS is terminated
 // here so that ALPN picks the server.
 func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tlsConfig *tls.Config, httpConns *chanListener, h1 *h1Server) {
-	if cfg := p.cfg.Load(); cfg.opaque {
+	cfg := p.cfg.Load()
+	if cfg.opaque {
 		// A service port declared TCP (or TLS, a database protocol) is
 		// forwarded at once: a server-first protocol would otherwise
 		// wait out DetectTimeout for bytes its client never sends first.
@@ -190,7 +191,7 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 		pc.Conn = rawsock.Wrap(c)
 		h1.serve(pc, c, nil)
 	default:
-		p.forwardTCP(ctx, pc, p.cfg.Load(), p.connPeer(pc))
+		p.forwardTCP(ctx, pc, cfg, p.connPeer(pc))
 	}
 }
 

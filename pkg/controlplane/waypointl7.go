@@ -77,6 +77,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 		}
 	}
 	tcpBySvc := bd.tcpRoutesByService()
+	servedBy := bd.servedWorkloads()
 	out := map[model.NamespacedName]*model.L7Config{}
 	for _, key := range sortedWaypointKeys(bd.waypoints) {
 		lb := &l7Builder{bd: bd, ns: key.Namespace, clusters: map[string]*model.L7Cluster{}}
@@ -117,7 +118,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 				l.VirtualHosts = append(l.VirtualHosts, vh)
 			}
 		}
-		served := bd.servedWorkloads(key)
+		served := servedBy[key]
 		if len(listeners) == 0 && len(served) == 0 {
 			continue
 		}
@@ -142,18 +143,19 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 	return out
 }
 
-// servedWorkloads are the enrolled workloads whose own traffic waypoint
-// key takes: those bound to it when it is a waypoint for workloads or for
-// all (the node agents send a workload's traffic to its waypoint only
-// then), sorted by namespace and name.
-func (bd *build) servedWorkloads(key model.NamespacedName) []model.L7Workload {
-	wp := bd.waypoints[key]
-	if wp == nil || (wp.For != model.WaypointForWorkload && wp.For != model.WaypointForAll) {
-		return nil
-	}
-	var out []model.L7Workload
+// servedWorkloads are, by waypoint, the enrolled workloads whose own
+// traffic it takes: those bound to a waypoint for workloads or for all
+// (the node agents send a workload's traffic to its waypoint only then),
+// sorted by namespace and name; one pass over the workloads for every
+// waypoint.
+func (bd *build) servedWorkloads() map[model.NamespacedName][]model.L7Workload {
+	out := map[model.NamespacedName][]model.L7Workload{}
 	for _, w := range bd.workloads {
-		if !w.Enrolled || w.Waypoint == nil || w.Waypoint.Waypoint != key || len(w.IPs) == 0 {
+		if !w.Enrolled || w.Waypoint == nil || len(w.IPs) == 0 {
+			continue
+		}
+		key := w.Waypoint.Waypoint
+		if wp := bd.waypoints[key]; wp == nil || (wp.For != model.WaypointForWorkload && wp.For != model.WaypointForAll) {
 			continue
 		}
 		lw := model.L7Workload{Name: cmp.Or(w.WorkloadName, w.Name), Namespace: w.Namespace, Identity: w.Identity}
@@ -168,11 +170,13 @@ func (bd *build) servedWorkloads(key model.NamespacedName) []model.L7Workload {
 				lw.Labels[k] = v
 			}
 		}
-		out = append(out, lw)
+		out[key] = append(out[key], lw)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].Namespace+"/"+out[i].Name+"/"+out[i].Addresses[0] < out[j].Namespace+"/"+out[j].Name+"/"+out[j].Addresses[0]
-	})
+	for _, ws := range out {
+		sort.Slice(ws, func(i, j int) bool {
+			return ws[i].Namespace+"/"+ws[i].Name+"/"+ws[i].Addresses[0] < ws[j].Namespace+"/"+ws[j].Name+"/"+ws[j].Addresses[0]
+		})
+	}
 	return out
 }
 

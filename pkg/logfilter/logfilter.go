@@ -23,8 +23,8 @@
 package logfilter
 
 import (
-	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -64,24 +64,35 @@ var env = func() *cel.Env {
 // Compile checks expr and prepares it for evaluation. The expression must
 // be boolean.
 func Compile(expr string) (*Filter, error) {
+	prg, err := program("filter", expr, "a condition (bool), e.g. response.code >= 400", cel.BoolType)
+	if err != nil {
+		return nil, err
+	}
+	return &Filter{expr: expr, prg: prg}, nil
+}
+
+// program compiles expr, a what expression ("filter", "value") whose type
+// must be one of types (or dyn, known only at run time; want says so in
+// the error), bounded in size and in the cost of one evaluation.
+func program(what, expr, want string, types ...*cel.Type) (cel.Program, error) {
 	if expr == "" {
-		return nil, errors.New("the filter expression is empty")
+		return nil, fmt.Errorf("the %s expression is empty", what)
 	}
 	if len(expr) > maxExpression {
-		return nil, fmt.Errorf("the filter expression is %d bytes; at most %d", len(expr), maxExpression)
+		return nil, fmt.Errorf("the %s expression is %d bytes; at most %d", what, len(expr), maxExpression)
 	}
 	ast, iss := env.Compile(expr)
 	if iss.Err() != nil {
-		return nil, fmt.Errorf("filter expression %q: %w", expr, iss.Err())
+		return nil, fmt.Errorf("%s expression %q: %w", what, expr, iss.Err())
 	}
-	if t := ast.OutputType(); t != cel.BoolType && t != cel.DynType {
-		return nil, fmt.Errorf("filter expression %q is of type %s; it must be a condition (bool), e.g. response.code >= 400", expr, t)
+	if t := ast.OutputType(); t != cel.DynType && !slices.ContainsFunc(types, t.IsExactType) {
+		return nil, fmt.Errorf("%s expression %q is of type %s; it must be %s", what, expr, t, want)
 	}
 	prg, err := env.Program(ast, cel.CostLimit(costLimit))
 	if err != nil {
-		return nil, fmt.Errorf("filter expression %q: %w", expr, err)
+		return nil, fmt.Errorf("%s expression %q: %w", what, expr, err)
 	}
-	return &Filter{expr: expr, prg: prg}, nil
+	return prg, nil
 }
 
 // String is the expression.
@@ -141,24 +152,10 @@ const Unknown = "unknown"
 // CompileValue checks expr and prepares it for evaluation. Its result must
 // be a string, a number or a boolean (formatted as CEL's string() does).
 func CompileValue(expr string) (*Value, error) {
-	if expr == "" {
-		return nil, errors.New("the value expression is empty")
-	}
-	if len(expr) > maxExpression {
-		return nil, fmt.Errorf("the value expression is %d bytes; at most %d", len(expr), maxExpression)
-	}
-	ast, iss := env.Compile(expr)
-	if iss.Err() != nil {
-		return nil, fmt.Errorf("value expression %q: %w", expr, iss.Err())
-	}
-	switch t := ast.OutputType(); t {
-	case cel.StringType, cel.IntType, cel.UintType, cel.DoubleType, cel.BoolType, cel.DynType:
-	default:
-		return nil, fmt.Errorf("value expression %q is of type %s; it must be a string, a number or a boolean, e.g. request.host or string(destination.port)", expr, t)
-	}
-	prg, err := env.Program(ast, cel.CostLimit(costLimit))
+	prg, err := program("value", expr, "a string, a number or a boolean, e.g. request.host or string(destination.port)",
+		cel.StringType, cel.IntType, cel.UintType, cel.DoubleType, cel.BoolType)
 	if err != nil {
-		return nil, fmt.Errorf("value expression %q: %w", expr, err)
+		return nil, err
 	}
 	return &Value{expr: expr, prg: prg}, nil
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	prommodel "github.com/prometheus/common/model"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -148,18 +149,7 @@ const MaxMetricTags = 32
 // digits and underscores, not starting with a digit, and not the "__"
 // prefix Prometheus reserves.
 func ValidLabelName(name string) bool {
-	if name == "" || strings.HasPrefix(name, "__") {
-		return false
-	}
-	for i, r := range name {
-		switch {
-		case r == '_', r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
-		case r >= '0' && r <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
+	return prommodel.LegacyValidation.IsValidLabelName(name) && !strings.HasPrefix(name, "__")
 }
 
 func validateMetricOverrides(m map[string]MetricOverride) error {

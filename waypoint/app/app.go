@@ -380,9 +380,8 @@ func (s *state) synced() bool {
 func (s *state) onChange(typeURL string, _, removed []string) {
 	switch typeURL {
 	case meshv1.AddressType:
-		s.indexVIPs()
+		s.indexAddresses()
 		s.indexIdentities()
-		s.indexSources()
 		return
 	case meshv1.WorkloadType:
 		s.indexIdentities()
@@ -813,23 +812,37 @@ type sourceInfo struct {
 	labels   map[string]string
 }
 
-// indexSources rebuilds the index of client workloads by address from the
-// mesh-wide address resources meshd pushed (a waypoint's workload
-// resources are only the ones it serves).
-func (s *state) indexSources() {
-	idx := sourceIndex(s.xds.List(meshv1.AddressType))
-	s.sources.Store(&idx)
+// indexAddresses rebuilds, in one pass over the address resources meshd
+// pushed, the service VIP index and the index of client workloads (from
+// the mesh-wide resources: a waypoint's workload resources are only the
+// ones it serves).
+func (s *state) indexAddresses() {
+	vips, sources := addressIndexes(s.xds.List(meshv1.AddressType))
+	s.vips.Store(&vips)
+	s.sources.Store(&sources)
 }
 
-// sourceIndex maps each address of a workload with an identity to what is
-// reported of it as a client. Of two resources holding an address (pods on
-// the host's network share its), the first by name wins, so that the choice
-// does not change from one rebuild to the next; a client gets it only with
-// that workload's identity (connPeer).
-func sourceIndex(addresses map[string]xdsclient.Resource) map[netip.Addr]sourceInfo {
-	idx := map[netip.Addr]sourceInfo{}
+// addressIndexes maps each service VIP to its service, and each address of
+// a workload with an identity to what is reported of it as a client. Of two
+// resources holding an address (pods on the host's network share its), the
+// first by name wins, so that the choice does not change from one rebuild
+// to the next; a client gets it only with that workload's identity
+// (connPeer).
+func addressIndexes(addresses map[string]xdsclient.Resource) (map[netip.Addr]vipService, map[netip.Addr]sourceInfo) {
+	vips, idx := map[netip.Addr]vipService{}, map[netip.Addr]sourceInfo{}
 	for _, name := range slices.Sorted(maps.Keys(addresses)) {
 		a, ok := addresses[name].Message.(*meshv1.Address)
+		if svc := a.GetService(); ok && svc != nil {
+			v := vipService{hostname: svc.GetHostname(), waypoint: svc.GetWaypoint()}
+			for _, vip := range svc.GetVips() {
+				if ip, err := netip.ParseAddr(vip); err == nil {
+					if _, taken := vips[ip.Unmap()]; !taken {
+						vips[ip.Unmap()] = v
+					}
+				}
+			}
+			continue
+		}
 		w := a.GetWorkload()
 		if !ok || w == nil || w.GetIdentity() == "" {
 			continue
@@ -858,7 +871,7 @@ func sourceIndex(addresses map[string]xdsclient.Resource) map[netip.Addr]sourceI
 			}
 		}
 	}
-	return idx
+	return vips, idx
 }
 
 func (s *state) connPeer(c net.Conn) waypoint.Peer {
@@ -894,25 +907,6 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 type vipService struct {
 	hostname string
 	waypoint *meshv1.GatewayAddress // nil when the service has none
-}
-
-// indexVIPs rebuilds the service VIP index from the address resources
-// meshd pushed.
-func (s *state) indexVIPs() {
-	idx := map[netip.Addr]vipService{}
-	for _, r := range s.xds.List(meshv1.AddressType) {
-		a, ok := r.Message.(*meshv1.Address)
-		if !ok || a.GetService() == nil {
-			continue
-		}
-		svc := vipService{hostname: a.GetService().GetHostname(), waypoint: a.GetService().GetWaypoint()}
-		for _, v := range a.GetService().GetVips() {
-			if ip, err := netip.ParseAddr(v); err == nil {
-				idx[ip.Unmap()] = svc
-			}
-		}
-	}
-	s.vips.Store(&idx)
 }
 
 // viaWaypoint is the HBONE dial that sends a request for a service VIP to

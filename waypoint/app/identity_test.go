@@ -241,7 +241,7 @@ func TestConnPeerSource(t *testing.T) {
 	s := &state{opts: Options{TrustDomain: meshTD}}
 	target := netip.MustParseAddrPort("10.96.0.10:8080")
 	web := "spiffe://cluster.local/ns/shop/sa/web"
-	srcs := sourceIndex(addressResources(map[string]*meshv1.WorkloadAddress{"uid-web": {
+	_, srcs := addressIndexes(addressResources(map[string]*meshv1.WorkloadAddress{"uid-web": {
 		Name: "web-5d4f-abcde", Namespace: "shop", Addresses: []string{"10.244.1.5"}, Identity: web, WorkloadName: "web",
 		CanonicalName: "web", CanonicalRevision: "v2", Labels: map[string]string{"app": "web", "version": "v2", "team": "blue"},
 	}}))
@@ -261,7 +261,7 @@ func TestConnPeerSource(t *testing.T) {
 	}
 	c := stream(web)
 	s.connPeer(c)
-	next := sourceIndex(addressResources(map[string]*meshv1.WorkloadAddress{"uid-web": {
+	_, next := addressIndexes(addressResources(map[string]*meshv1.WorkloadAddress{"uid-web": {
 		Addresses: []string{"10.244.1.5"}, Identity: web, WorkloadName: "web", Labels: map[string]string{"version": "v3"}}}))
 	s.sources.Store(&next)
 	if got := s.connPeer(c).Labels["version"]; got != "v3" {

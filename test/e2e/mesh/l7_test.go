@@ -595,15 +595,21 @@ spec:
 	wp := applyWaypoint(t, lb, run, ns, "--enroll-namespace")
 	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
 	url := fmt.Sprintf("https://tcp-echo.%s.svc.cluster.local:9000/", ns)
-	relayed := func(svc string) float64 {
-		return sumMetric(t, wpMetrics, "istio_tcp_connections_opened_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service="%s.%s.svc.cluster.local"`, svc, ns))
+	// relayedTo waits until 3 requests over TLS to tcp-echo are answered by
+	// pod, the waypoint counting the connections to svc.
+	relayedTo := func(what, svc, pod string) {
+		t.Helper()
+		relayed := func() float64 {
+			return sumMetric(t, wpMetrics, "istio_tcp_connections_opened_total", `reporter="waypoint"`, fmt.Sprintf(`destination_service="%s.%s.svc.cluster.local"`, svc, ns))
+		}
+		lab.WaitFor(t, time.Minute, what, func() (bool, error) {
+			before := relayed()
+			s := summary(t, lb, ns, client.Name, "-k", "-n", "3", url)
+			d := relayed() - before
+			return s.ByVersion[pod] == 3 && d >= 1, fmt.Errorf("answered by %v (errors %v); the waypoint relayed %v connections to %s", s.ByVersion, s.Errors, d, svc)
+		})
 	}
-	lab.WaitFor(t, time.Minute, "TLS to tcp-echo relayed whole by the waypoint", func() (bool, error) {
-		before := relayed("tcp-echo")
-		s := summary(t, lb, ns, client.Name, "-k", "-n", "3", url)
-		d := relayed("tcp-echo") - before
-		return s.ByVersion["tcp-echo-v1"] == 3 && d >= 1, fmt.Errorf("answered by %v (errors %v); the waypoint relayed %v connections to tcp-echo", s.ByVersion, s.Errors, d)
-	})
+	relayedTo("TLS to tcp-echo relayed whole by the waypoint", "tcp-echo", "tcp-echo-v1")
 	// The waypoint's access log has a line for each relayed connection.
 	lab.WaitFor(t, 30*time.Second, "a TCP line in the waypoint's access log", func() (bool, error) {
 		logs, err := lb.PodLogs(ns, wp.Name, wp.Spec.Containers[0].Name)
@@ -623,12 +629,7 @@ spec:
   parentRefs: [{group: "", kind: Service, name: tcp-echo, port: 9000}]
   rules: [{backendRefs: [{name: tcp-echo-v2, port: 9000}]}]
 `)
-	lab.WaitFor(t, time.Minute, "the TCPRoute shifting tcp-echo's connections to v2", func() (bool, error) {
-		before := relayed("tcp-echo-v2")
-		s := summary(t, lb, ns, client.Name, "-k", "-n", "3", url)
-		d := relayed("tcp-echo-v2") - before
-		return s.ByVersion["tcp-echo-v2"] == 3 && d >= 1, fmt.Errorf("answered by %v (errors %v); the waypoint relayed %v connections to tcp-echo-v2", s.ByVersion, s.Errors, d)
-	})
+	relayedTo("the TCPRoute shifting tcp-echo's connections to v2", "tcp-echo-v2", "tcp-echo-v2")
 	lab.WaitFor(t, 30*time.Second, "the TCPRoute Accepted", func() (bool, error) {
 		out, err := lb.Kubectl("-n", ns, "get", "tcproute", "tcp-echo", "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
 		return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
