@@ -57,6 +57,7 @@ type h1Server struct {
 	// watched for the client going away: shorter requests never pay for it.
 	bgReadDelay time.Duration
 
+	misdirected  func(serverName, host string) bool // ServerOptions.Misdirected
 	shuttingDown atomic.Bool
 	mu           sync.Mutex
 	conns        map[*h1ServerConn]struct{}
@@ -142,6 +143,7 @@ func newH1Server(p *Proxy, opts *ServerOptions) *h1Server {
 		idleTimeout:       opts.IdleTimeout,
 		bgReadDelay:       50 * time.Millisecond,
 		conns:             map[*h1ServerConn]struct{}{},
+		misdirected:       opts.Misdirected,
 	}
 }
 
@@ -154,6 +156,9 @@ func (s *h1Server) serve(conn, raw net.Conn, tlsState *tls.ConnectionState) {
 	c.br = bufio.NewReaderSize(&c.cr, 4096)
 	c.bw = bufio.NewWriterSize(conn, 4096)
 	c.ctx = context.WithValue(context.WithValue(context.Background(), connKey{}, raw), http.LocalAddrContextKey, conn.LocalAddr())
+	if tlsState != nil {
+		c.ctx = withMisdirected(c.ctx, s.misdirected)
+	}
 	c.res.c = c
 	c.res.header = make(http.Header, 16)
 	if !s.track(c, true) {

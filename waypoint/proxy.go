@@ -280,6 +280,10 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		rec.path += "?" + req.URL.RawQuery
 	}
 	deleteHeaders(req.Header, isInternalHeader)
+	if misdirected(req) {
+		p.localReply(w, rec, grpc, http.StatusMisdirectedRequest, "", "misdirected_request", "")
+		return
+	}
 
 	// 2. Authenticate: an invalid token is 401, a missing one is anonymous.
 	// This runs before routing, as Envoy's jwt_authn filter does, so that

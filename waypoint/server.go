@@ -43,6 +43,15 @@ type ServerOptions struct {
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes idle client connections; zero means 5m.
 	IdleTimeout time.Duration
+	// Misdirected, if set, is asked for every request that came over TLS
+	// whether its Host is one that other TLS settings serve than those the
+	// handshake chose by the client's server name (SNI): such a request is
+	// answered 421 Misdirected Request and goes no further, so that a
+	// connection made for a host without client certificates cannot carry
+	// requests to a host whose server requires them (and a client that
+	// reused an HTTP/2 connection for another host retries on a new one,
+	// as RFC 9110 section 15.5.20 has it).
+	Misdirected func(serverName, host string) bool
 }
 
 // HTTP/2 hardening. The server is net/http's, which bundles
@@ -88,9 +97,9 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 	// framing rules are laxer than h1Server's.
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
+	protos.SetHTTP2(true) // TLS connections come from detect handshaken, "h2" negotiated
 	var tlsConfig *tls.Config
 	if opts.TLSConfig != nil {
-		protos.SetHTTP2(true)
 		tlsConfig = opts.TLSConfig.Clone()
 		tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 	}
@@ -101,7 +110,9 @@ func (p *Proxy) Serve(ctx context.Context, l net.Listener, opts ServerOptions) e
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		TLSConfig:         tlsConfig,
-		ConnContext:       withConn,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return withMisdirected(withConn(ctx, c), opts.Misdirected)
+		},
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          opts.MaxConcurrentStreams,
 			MaxDecoderHeaderTableSize:     h2HeaderTable,
@@ -159,6 +170,13 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 			return
 		}
 	}
+	if tc, ok := c.(*tls.Conn); ok {
+		// The listener terminates TLS (an ingress gateway's, which picks
+		// the certificate by SNI): the handshake's protocol picks the server,
+		// and the requests know they came over TLS.
+		serveTLS(ctx, tc, tc.NetConn(), opts, httpConns, h1)
+		return
+	}
 	br := bufio.NewReaderSize(c, 512)
 	_ = c.SetReadDeadline(time.Now().Add(opts.DetectTimeout))
 	head, _ := br.Peek(8)
@@ -166,21 +184,7 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 	pc := &peekedConn{Conn: c, r: br}
 	switch {
 	case len(head) > 0 && head[0] == 0x16 && tlsConfig != nil:
-		tc := tls.Server(pc, tlsConfig)
-		_ = c.SetDeadline(time.Now().Add(opts.ReadHeaderTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			c.Close()
-			return
-		}
-		_ = c.SetDeadline(time.Time{})
-		st := tc.ConnectionState()
-		if st.NegotiatedProtocol == "h2" {
-			if !httpConns.offer(tc) {
-				c.Close()
-			}
-			return
-		}
-		h1.serve(tc, c, &st)
+		serveTLS(ctx, tls.Server(pc, tlsConfig), c, opts, httpConns, h1)
 	case bytes.HasPrefix(head, []byte("PRI * HT")):
 		if !httpConns.offer(pc) {
 			c.Close()
@@ -193,6 +197,26 @@ func (p *Proxy) detect(ctx context.Context, c net.Conn, opts *ServerOptions, tls
 	default:
 		p.forwardTCP(ctx, pc, cfg, p.connPeer(pc))
 	}
+}
+
+// serveTLS completes tc's handshake, within ReadHeaderTimeout, and hands
+// it to the HTTP/2 server or the HTTP/1.x one by the protocol it
+// negotiated. c is the accepted connection under it.
+func serveTLS(ctx context.Context, tc *tls.Conn, c net.Conn, opts *ServerOptions, httpConns *chanListener, h1 *h1Server) {
+	_ = c.SetDeadline(time.Now().Add(opts.ReadHeaderTimeout))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	st := tc.ConnectionState()
+	if st.NegotiatedProtocol == "h2" {
+		if !httpConns.offer(tc) {
+			c.Close()
+		}
+		return
+	}
+	h1.serve(tc, c, &st)
 }
 
 // looksLikeHTTP reports whether b starts with an HTTP/1 method token and a
@@ -453,6 +477,27 @@ func withConn(ctx context.Context, c net.Conn) context.Context {
 		c = pc.Conn
 	}
 	return context.WithValue(ctx, connKey{}, c)
+}
+
+type misdirectedKey struct{}
+
+// withMisdirected records ServerOptions.Misdirected, if set, in a
+// connection's context.
+func withMisdirected(ctx context.Context, check func(serverName, host string) bool) context.Context {
+	if check == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, misdirectedKey{}, check)
+}
+
+// misdirected reports whether req, which came over TLS, is for a host the
+// connection's server does not serve (ServerOptions.Misdirected).
+func misdirected(req *http.Request) bool {
+	if req.TLS == nil {
+		return false
+	}
+	check, ok := req.Context().Value(misdirectedKey{}).(func(serverName, host string) bool)
+	return ok && check(req.TLS.ServerName, req.Host)
 }
 
 // ConnFromContext returns the connection, as Serve's listener accepted it,

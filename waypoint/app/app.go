@@ -159,15 +159,17 @@ func (o *Options) check() error {
 
 // state is what the run loop shares between its goroutines.
 type state struct {
-	opts    Options
-	log     *slog.Logger
-	svid    *identity.SVIDSource
-	bundle  *identity.BundleSource
-	proxy   atomic.Pointer[waypoint.Proxy]
-	reg     prometheus.Registerer
-	conns   *waypoint.ConnListener
-	serve   func(*waypoint.Proxy)               // starts the proxy's Serve on conns
-	serveOn func(*waypoint.Proxy, net.Listener) // starts Serve on a listener of the config (ingress)
+	opts   Options
+	log    *slog.Logger
+	svid   *identity.SVIDSource
+	bundle *identity.BundleSource
+	proxy  atomic.Pointer[waypoint.Proxy]
+	reg    prometheus.Registerer
+	conns  *waypoint.ConnListener
+	serve  func(*waypoint.Proxy) // starts the proxy's Serve on conns
+	// serveOn starts Serve on a listener of the config (ingress), with the
+	// port's check for misdirected requests (nil on a plaintext port).
+	serveOn func(p *waypoint.Proxy, ln net.Listener, misdirected func(sni, host string) bool)
 	// serveTCPOn starts ServeTCP on a listener of the config with a tcp
 	// route (ingress).
 	serveTCPOn func(*waypoint.Proxy, net.Listener, uint32)
@@ -296,9 +298,9 @@ func Run(ctx context.Context, opts Options) error {
 	s.serve = func(p *waypoint.Proxy) {
 		g.Go(func() error { return ignoreCanceled(p.Serve(gctx, s.conns, waypoint.ServerOptions{})) })
 	}
-	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) {
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener, misdirected func(sni, host string) bool) {
 		g.Go(func() error {
-			if err := p.Serve(gctx, ln, waypoint.ServerOptions{}); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := p.Serve(gctx, ln, waypoint.ServerOptions{Misdirected: misdirected}); err != nil && !errors.Is(err, net.ErrClosed) {
 				s.log.Warn("ingress listener stopped", "addr", ln.Addr(), "err", err)
 			}
 			return nil

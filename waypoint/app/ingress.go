@@ -38,6 +38,29 @@ type portTLS struct {
 	wild  []sniWildcard          // longest suffix first
 	// anyHost: a certificate was given for "*" (not only the fallback).
 	anyHost bool
+	// several: the port's servers have different settings (certificate,
+	// key, mode or client CAs), so a request may be misdirected.
+	several bool
+}
+
+// misdirected reports whether a request for host, on a connection whose
+// handshake chose its settings by server name sni, is for a host that
+// other settings serve: its answer would otherwise come from a server
+// whose certificate or client-certificate requirement the client never
+// met (a client with no certificate connecting for shop.example.com and
+// asking for a host whose server is MUTUAL). Istio's gateways answer such
+// a request 404, each server's filter chain having only its own hosts'
+// routes; meshlet answers 421, as the Gateway API asks of listeners whose
+// TLS settings differ, so that a browser that reuses a connection across
+// hosts its certificate names retries on a new one.
+func (p *portTLS) misdirected(sni, host string) bool {
+	if !p.several {
+		return false
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return p.forServerName(host) != p.forServerName(sni)
 }
 
 // match is how specifically the port's certificates claim server name
@@ -92,7 +115,21 @@ func ingressTLSConfigs(l7 *model.L7Config) (map[uint32]*portTLS, error) {
 		if l.TLS == nil || l.Port == 0 || l.Port == HBONEPort {
 			continue
 		}
-		def, err := serverTLSConfig(l.TLS)
+		// Servers with the same settings share one configuration, so that
+		// a request for another of them is not misdirected (portTLS.misdirected).
+		shared := map[string]*tls.Config{}
+		configFor := func(t *model.ListenerTLS) (*tls.Config, error) {
+			key := t.Mode + "\x00" + t.CertPEM + "\x00" + t.KeyPEM + "\x00" + t.ClientCAPEM
+			if cfg, ok := shared[key]; ok {
+				return cfg, nil
+			}
+			cfg, err := serverTLSConfig(t)
+			if err == nil {
+				shared[key] = cfg
+			}
+			return cfg, err
+		}
+		def, err := configFor(l.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q (port %d): %w", l.Name, l.Port, err)
 		}
@@ -120,7 +157,7 @@ func ingressTLSConfigs(l7 *model.L7Config) (map[uint32]*portTLS, error) {
 		}
 		index(def, l.TLS.SNIHosts)
 		for i := range l.SNI {
-			cfg, err := serverTLSConfig(&l.SNI[i])
+			cfg, err := configFor(&l.SNI[i])
 			if err != nil {
 				return nil, fmt.Errorf("listener %q (port %d) certificate for %v: %w", l.Name, l.Port, l.SNI[i].SNIHosts, err)
 			}
@@ -129,6 +166,7 @@ func ingressTLSConfigs(l7 *model.L7Config) (map[uint32]*portTLS, error) {
 		if pt.def == nil {
 			pt.def = def
 		}
+		pt.several = len(shared) > 1
 		slices.SortStableFunc(pt.wild, func(a, b sniWildcard) int { return len(b.suffix) - len(a.suffix) })
 		out[l.Port] = pt
 	}
@@ -226,10 +264,22 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 				},
 			})
 		}
-		s.serveOn(p, served)
+		s.serveOn(p, served, misdirectedCheck(ip.tls))
 		s.log.Info("serving ingress listener", "port", port, "tls", ip.tls != nil, "passthrough", ip.pass)
 	}
 	return nil
+}
+
+// misdirectedCheck is ServerOptions.Misdirected for a port whose TLS
+// settings t holds (nil: a plaintext port, which needs none).
+func misdirectedCheck(t *atomic.Pointer[portTLS]) func(sni, host string) bool {
+	if t == nil {
+		return nil
+	}
+	return func(sni, host string) bool {
+		pt := t.Load()
+		return pt != nil && pt.misdirected(sni, host)
+	}
 }
 
 // sniListener serves a port with TLS passthrough routes: each connection's

@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,7 +67,9 @@ func newPair(t *testing.T, cn string, parent *pemPair, isCA bool) *pemPair {
 func servePorts(t *testing.T, ctx context.Context, p *waypoint.Proxy, l7 *model.L7Config) *state {
 	t.Helper()
 	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener, m func(string, string) bool) {
+		go p.Serve(ctx, ln, waypoint.ServerOptions{Misdirected: m})
+	}
 	s.serveTCPOn = func(p *waypoint.Proxy, ln net.Listener, port uint32) { go p.ServeTCP(ctx, ln, port, time.Second) }
 	byPort, err := ingressTLSConfigs(l7)
 	if err != nil {
@@ -118,7 +121,9 @@ func TestIngressTLSListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &state{opts: Options{ListenHost: "127.0.0.1"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	s.serveOn = func(p *waypoint.Proxy, ln net.Listener) { go p.Serve(ctx, ln, waypoint.ServerOptions{}) }
+	s.serveOn = func(p *waypoint.Proxy, ln net.Listener, m func(string, string) bool) {
+		go p.Serve(ctx, ln, waypoint.ServerOptions{Misdirected: m})
+	}
 	apply := func(l7 *model.L7Config) {
 		t.Helper()
 		byPort, err := ingressTLSConfigs(l7)
@@ -458,5 +463,100 @@ func TestIngressTCP(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		c.Close()
 		t.Error("the port still accepts after its listener was removed")
+	}
+}
+
+// TestIngressMisdirectedRequest: on a port whose servers have different
+// TLS settings, a request's Host must be served by the settings the
+// handshake chose by SNI. A client without a certificate that connects for
+// shop.example.com and asks for secure.example.com (whose server is
+// MUTUAL) gets 421 over HTTP/1.1 and HTTP/2, never the secure host's
+// answer; a client with a certificate that connects for secure asks for
+// shop and gets 421 too; hosts whose servers share settings (alias) are
+// served on each other's connections, as a browser coalesces them. The
+// backend sees X-Forwarded-Proto https.
+func TestIngressMisdirectedRequest(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	port := freePort(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	shop, secure := newPair(t, "shop.example.com", nil, false), newPair(t, "secure.example.com", nil, false)
+	clientCA := newPair(t, "client-ca", nil, true)
+	client := newPair(t, "client", clientCA, false)
+	shopTLS := model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(shop.cert), KeyPEM: string(shop.key), SNIHosts: []string{"shop.example.com"}}
+	aliasTLS := shopTLS
+	aliasTLS.SNIHosts = []string{"alias.example.com"}
+	secureTLS := model.ListenerTLS{Mode: model.TLSModeMutual, CertPEM: string(secure.cert), KeyPEM: string(secure.key),
+		ClientCAPEM: string(clientCA.cert), SNIHosts: []string{"secure.example.com"}}
+	vhost := func(host string) model.VirtualHost {
+		return model.VirtualHost{Name: host, Domains: []string{host},
+			Routes: []model.L7Route{{Name: host, DirectResponse: &model.DirectResponse{Status: 200, Body: "from " + host}}}}
+	}
+	// shop's backend says what scheme the gateway forwarded.
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "from %s over %s", r.Host, r.Header.Get("X-Forwarded-Proto"))
+	}))
+	t.Cleanup(backend.Close)
+	shopHost := vhost("shop.example.com")
+	shopHost.Routes[0].DirectResponse = nil
+	shopHost.Routes[0].Destinations = []model.WeightedDestination{{Cluster: "shop", Weight: 100}}
+	l7 := &model.L7Config{Listeners: []model.L7Listener{{Name: "https", Port: port, TLS: &shopTLS,
+		SNI:          []model.ListenerTLS{secureTLS, aliasTLS},
+		VirtualHosts: []model.VirtualHost{shopHost, vhost("secure.example.com"), vhost("alias.example.com")}}},
+		Clusters: []model.L7Cluster{{Name: "shop", Endpoints: []model.L7Endpoint{{Address: backend.Listener.Addr().String()}}}}}
+	if err := l7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := waypoint.New(waypoint.Options{Config: &waypoint.Config{L7: l7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servePorts(t, ctx, p, l7)
+	clientCert, err := tls.X509KeyPair(client.cert, client.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(sni, host string, withCert, h2 bool) (int, string) {
+		t.Helper()
+		cfg := &tls.Config{ServerName: sni, InsecureSkipVerify: true}
+		if withCert {
+			cfg.Certificates = []tls.Certificate{clientCert}
+		}
+		tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: h2}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", "https://"+addr+"/", nil)
+		req.Host = host
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatalf("SNI %s, Host %s: %v", sni, host, err)
+		}
+		defer resp.Body.Close()
+		if h2 != (resp.ProtoMajor == 2) {
+			t.Fatalf("SNI %s, Host %s: answered over %s", sni, host, resp.Proto)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, h2 := range []bool{false, true} {
+		for _, c := range []struct {
+			sni, host string
+			cert      bool
+			code      int
+			body      string
+		}{
+			{"shop.example.com", "shop.example.com", false, 200, "from shop.example.com over https"},
+			{"shop.example.com", "secure.example.com", false, 421, ""},
+			{"shop.example.com", "SECURE.example.com:443", false, 421, ""},
+			{"", "secure.example.com", false, 421, ""},
+			{"secure.example.com", "secure.example.com", true, 200, "from secure.example.com"},
+			{"secure.example.com", "shop.example.com", true, 421, ""},
+			{"shop.example.com", "alias.example.com:443", false, 200, "from alias.example.com"},
+			{"alias.example.com", "shop.example.com", false, 200, "from shop.example.com over https"},
+		} {
+			code, body := get(c.sni, c.host, c.cert, h2)
+			if code != c.code || (c.body != "" && body != c.body) || strings.Contains(body, "from secure") && c.code != 200 {
+				t.Errorf("h2=%v SNI %q, Host %q: %d %q; want %d %q", h2, c.sni, c.host, code, body, c.code, c.body)
+			}
+		}
 	}
 }
