@@ -303,6 +303,9 @@ func Run(ctx context.Context, opts Options) error {
 			if err := p.Serve(gctx, ln, waypoint.ServerOptions{Misdirected: misdirected}); err != nil && !errors.Is(err, net.ErrClosed) {
 				s.log.Warn("ingress listener stopped", "addr", ln.Addr(), "err", err)
 			}
+			if l, ok := ln.(*sniListener); ok {
+				l.drain(s.opts.DrainTimeout) // its TLS passthrough relays
+			}
 			return nil
 		})
 	}

@@ -287,7 +287,8 @@ func misdirectedCheck(t *atomic.Pointer[portTLS]) func(sni, host string) bool {
 // it at least as specifically as the port's certificates gets the whole
 // connection (Proxy.ForwardPassthrough), and any other is terminated with
 // the port's certificate for that name and handed to Accept, for HTTP, or
-// closed when the port has none.
+// closed when the port has none. Once the port is closed, the connections
+// it relays get a drain window (drain), as ServeTCP's do.
 type sniListener struct {
 	net.Listener
 	proxy *waypoint.Proxy
@@ -296,29 +297,58 @@ type sniListener struct {
 	conns chan net.Conn
 	done  chan struct{}
 	once  sync.Once
+	// relays ends the connections still read or relayed (cut, by drain);
+	// handling counts them.
+	relays   context.Context
+	cut      context.CancelFunc
+	handling sync.WaitGroup
+	loopDone chan struct{} // loop has returned: handling only goes down
 }
 
 // peekTimeout bounds the wait for a connection's ClientHello.
 const peekTimeout = 10 * time.Second
 
 func newSNIListener(ln net.Listener, p *waypoint.Proxy, port uint32, t *atomic.Pointer[portTLS]) *sniListener {
-	l := &sniListener{Listener: ln, proxy: p, port: port, tls: t, conns: make(chan net.Conn), done: make(chan struct{})}
+	l := &sniListener{Listener: ln, proxy: p, port: port, tls: t, conns: make(chan net.Conn), done: make(chan struct{}), loopDone: make(chan struct{})}
+	l.relays, l.cut = context.WithCancel(context.Background())
 	go l.loop()
 	return l
 }
 
 func (l *sniListener) loop() {
+	defer close(l.loopDone)
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			l.once.Do(func() { close(l.done) }) // the port was closed
 			return
 		}
-		go l.handle(c)
+		l.handling.Go(func() { l.handle(c) })
 	}
 }
 
+// drain waits, once the port is closed, for the connections still being
+// read or relayed to end, at most d, then cuts the rest.
+func (l *sniListener) drain(d time.Duration) {
+	<-l.loopDone
+	ended := make(chan struct{})
+	go func() { l.handling.Wait(); close(ended) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ended:
+	case <-t.C:
+		l.cut()
+		<-ended
+	}
+	l.cut()
+}
+
 func (l *sniListener) handle(c net.Conn) {
+	// A cut ends the wait for a ClientHello and the relay alike; a
+	// connection handed to Accept is the HTTP server's to drain.
+	stop := context.AfterFunc(l.relays, func() { c.Close() })
+	defer stop()
 	sni, pc, err := waypoint.PeekServerName(c, peekTimeout)
 	if err != nil {
 		c.Close()
@@ -332,7 +362,7 @@ func (l *sniListener) handle(c net.Conn) {
 		}
 	}
 	if pass := l.proxy.PassthroughMatch(l.port, sni); pass > 0 && pass >= term {
-		l.proxy.ForwardPassthrough(context.Background(), pc, l.port, sni)
+		l.proxy.ForwardPassthrough(l.relays, pc, l.port, sni)
 		return
 	}
 	if cfg == nil {

@@ -560,3 +560,112 @@ func TestIngressMisdirectedRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestIngressPassthroughDrains: when a TLS passthrough port closes (the
+// gateway stops, or a push removes it), the connections it relays keep
+// working for the drain window and are cut after it; a connection that
+// ends earlier ends the drain at once.
+func TestIngressPassthroughDrains(t *testing.T) {
+	backend := newPair(t, "echo.example.com", nil, false)
+	pair, err := tls.X509KeyPair(backend.cert, backend.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bl, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bl.Close() })
+	go func() {
+		for {
+			c, err := bl.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	const port = 8443
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "tls", Port: port, Passthrough: []model.PassthroughRoute{{Name: "echo",
+			SNIHosts: []string{"echo.example.com"}, Destinations: []model.WeightedDestination{{Cluster: "echo", Weight: 100}}}}}},
+		Clusters: []model.L7Cluster{{Name: "echo", Endpoints: []model.L7Endpoint{{Address: bl.Addr().String()}}}},
+	}
+	if err := l7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := waypoint.New(waypoint.Options{Config: &waypoint.Config{L7: l7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// open serves the port and relays one connection through it.
+	open := func() (*sniListener, *tls.Conn) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := newSNIListener(ln, p, port, nil)
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: "echo.example.com", InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return l, c
+	}
+	echo := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+			return fmt.Errorf("echo of %q = %q, %v", msg, got, err)
+		}
+		return nil
+	}
+	drained := func(l *sniListener, d time.Duration) chan struct{} {
+		done := make(chan struct{})
+		go func() { l.drain(d); close(done) }()
+		return done
+	}
+
+	l, c := open()
+	if err := echo(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	done := drained(l, time.Minute)
+	if err := echo(c, "draining"); err != nil {
+		t.Errorf("a relayed connection after the port closed, within the drain window: %v", err)
+	}
+	select {
+	case <-done:
+		t.Fatal("the drain ended with a connection still relayed")
+	case <-time.After(100 * time.Millisecond):
+	}
+	c.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the drain did not end once the last connection did")
+	}
+
+	l, c = open()
+	if err := echo(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	start := time.Now()
+	done = drained(l, 200*time.Millisecond)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the drain did not cut the connection after its window")
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Errorf("the drain ended after %v; want the 200ms window", waited)
+	}
+	if err := echo(c, "after"); err == nil {
+		t.Error("a relayed connection still worked after the drain window")
+	}
+}
