@@ -80,16 +80,18 @@ for port in 18000 18080 18081; do
 done
 
 ticks=$(getconf CLK_TCK)
-# cpu_of pid...: total user+system ticks of the processes.
+# cpu_of pid...: total user+system ticks of the processes; sys_of: system only.
 cpu_of() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+sys_of() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done; echo $t; }
 rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
 nginx_pids() { local m; m=$(cat "$tmp/proxy.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 
-# run name port qps -> prints "qps p50 p90 p99 cores" (cores used by the proxy's processes)
+# run name port qps -> prints "qps p50 p90 p99 cores syscores" (cores used by the proxy's
+# processes, and of them in the kernel)
 run() {
   local name=$1 port=$2 qps=$3 procs=""
   case $name in waypoint) procs=$wp ;; nginx) procs=$(nginx_pids) ;; esac
-  local c0=0; [ -n "$procs" ] && c0=$(cpu_of $procs)
+  local c0=0 s0=0; [ -n "$procs" ] && c0=$(cpu_of $procs) && s0=$(sys_of $procs)
   local t0; t0=$(date +%s.%N) prof=""
   if [ -n "$profile" ] && [ "$name" = waypoint ] && [ "$qps" = 0 ] && [ "$round" = 1 ]; then
     # The CPU profile covers the run but its first and last second.
@@ -105,11 +107,14 @@ run() {
     curl -sf -o "$profile/heap.pprof" "http://$admin/debug/pprof/heap"
     curl -sf -o "$profile/allocs.pprof" "http://$admin/debug/pprof/allocs"
   fi
-  local cores=0
-  if [ -n "$procs" ]; then cores=$(echo "($(cpu_of $procs) - $c0) / $ticks / ($t1 - $t0)" | bc -l); fi
-  jq -r --arg cores "$cores" '[.ActualQPS, (.DurationHistogram.Percentiles[] | select(.Percentile==50) | .Value*1000),
+  local cores=0 sys=0
+  if [ -n "$procs" ]; then
+    cores=$(echo "($(cpu_of $procs) - $c0) / $ticks / ($t1 - $t0)" | bc -l)
+    sys=$(echo "($(sys_of $procs) - $s0) / $ticks / ($t1 - $t0)" | bc -l)
+  fi
+  jq -r --arg cores "$cores" --arg sys "$sys" '[.ActualQPS, (.DurationHistogram.Percentiles[] | select(.Percentile==50) | .Value*1000),
      (.DurationHistogram.Percentiles[] | select(.Percentile==90) | .Value*1000),
-     (.DurationHistogram.Percentiles[] | select(.Percentile==99) | .Value*1000), ($cores|tonumber)] | @tsv' "$tmp/$name-$qps.json"
+     (.DurationHistogram.Percentiles[] | select(.Percentile==99) | .Value*1000), ($cores|tonumber), ($sys|tonumber)] | @tsv' "$tmp/$name-$qps.json"
 }
 
 # median_run: of the runs on stdin (one "qps p50 p90 p99 cores" line each),
@@ -163,24 +168,30 @@ fi
   echo
   printf "%-9s %10s %9s %9s %9s %12s\n" "fixed1k" "req/s" "p50 ms" "p90 ms" "p99 ms" "proxy cores"
   for name in direct waypoint nginx; do
-    read -r q p50 p90 p99 c <<<"${fixed[$name]}"
+    read -r q p50 p90 p99 c _ <<<"${fixed[$name]}"
     printf "%-9s %10.0f %9.3f %9.3f %9.3f %12.3f\n" "$name" "$q" "$p50" "$p90" "$p99" "$c"
   done
   echo
   printf "%-9s %10s %9s %12s %14s\n" "max" "req/s" "p99 ms" "proxy cores" "req/s per core"
   for name in direct waypoint nginx; do
-    read -r q p50 p90 p99 c <<<"${max[$name]}"
+    read -r q p50 p90 p99 c _ <<<"${max[$name]}"
     per="-"; if [ "$name" != direct ]; then per=$(printf "%.0f" "$(echo "$q / $c" | bc -l)"); fi
     printf "%-9s %10.0f %9.3f %12.3f %14s\n" "$name" "$q" "$p99" "$c" "$per"
   done
   echo
-  read -r _ _ _ wp99 wc <<<"${fixed[waypoint]}"; read -r _ _ _ ng99 nc <<<"${fixed[nginx]}"; read -r _ _ _ d99 _ <<<"${fixed[direct]}"
-  read -r wq _ _ _ wmc <<<"${max[waypoint]}"; read -r nq _ _ _ nmc <<<"${max[nginx]}"
+  read -r _ _ _ wp99 wc _ <<<"${fixed[waypoint]}"; read -r _ _ _ ng99 nc _ <<<"${fixed[nginx]}"; read -r _ _ _ d99 _ <<<"${fixed[direct]}"
+  read -r wq _ _ _ wmc wms <<<"${max[waypoint]}"; read -r nq _ _ _ nmc nms <<<"${max[nginx]}"
   printf "waypoint cores per 1000 req/s:   %.3f (target <= 0.1)\n" "$wc"
   printf "nginx cores per 1000 req/s:      %.3f\n" "$nc"
   printf "waypoint RSS:                    %.1f MB (target < 40); nginx proxy RSS %.1f MB\n" "$(echo "$wp_rss/1024" | bc -l)" "$(echo "$ng_rss/1024" | bc -l)"
   printf "added p99 at 1000 req/s:         waypoint %.3f ms, nginx %.3f ms\n" "$(echo "$wp99 - $d99" | bc -l)" "$(echo "$ng99 - $d99" | bc -l)"
   printf "max req/s per core, waypoint/nginx: %.2f (target >= 1)\n" "$(echo "($wq / $wmc) / ($nq / $nmc)" | bc -l)"
+  # Where a request's CPU goes at full load: the proxy's own code (user)
+  # against the kernel's work for its system calls (system), which for a
+  # loopback write includes delivering the bytes to the reader.
+  us() { echo "($1) * 1000000 / ($2)" | bc -l; }
+  printf "CPU per request at full load:    waypoint %.1f us user + %.1f us system; nginx %.1f us user + %.1f us system\n" \
+    "$(us "$wmc - $wms" "$wq")" "$(us "$wms" "$wq")" "$(us "$nmc - $nms" "$nq")" "$(us "$nms" "$nq")"
   if [ -n "${syscalls[waypoint]:-}${syscalls[nginx]:-}" ]; then
     echo
     echo "system calls per request at full load (perf stat over one more run each):"
