@@ -88,6 +88,7 @@ type upstream struct {
 	h1              *h1Client
 	h2              *http.Transport
 	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
+	retries         atomic.Int64 // retries outstanding, counted when maxRetries is set
 	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
 	locality        *localityPicker // nil: no locality load balancing
@@ -135,6 +136,16 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
+	if k := tp.Pool.TCPKeepalive; k != nil {
+		plain := dial
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := plain(ctx, network, addr)
+			if err == nil {
+				setKeepalive(c, k)
+			}
+			return c, err
+		}
+	}
 	h1dial, h2dial := dial, dial
 	if tp.TLS != nil {
 		cfg, err := upstreamTLSConfig(tp.TLS)
@@ -161,6 +172,30 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	return u
 }
 
+// acquireRetry takes one of the cluster's maxRetries slots for a retry
+// about to be made, recording it in held; false when they are all taken.
+// Without maxRetries it always succeeds and counts nothing.
+func (u *upstream) acquireRetry(held *bool) bool {
+	max := int64(u.policy.Pool.MaxRetries)
+	if max <= 0 {
+		return true
+	}
+	if u.retries.Add(1) > max {
+		u.retries.Add(-1)
+		return false
+	}
+	*held = true
+	return true
+}
+
+// releaseRetry gives back the slot held records, if any.
+func (u *upstream) releaseRetry(held *bool) {
+	if *held {
+		*held = false
+		u.retries.Add(-1)
+	}
+}
+
 // name is Istio's cluster naming: "cluster" or "cluster|subset".
 func (u *upstream) name() string {
 	if u.subset == "" {
@@ -169,15 +204,25 @@ func (u *upstream) name() string {
 	return u.cluster + "|" + u.subset
 }
 
-// useH2 reports whether a request goes upstream over HTTP/2.
-func (u *upstream) useH2(grpc bool) bool {
-	return grpc || u.protocol == model.UpstreamHTTP2
+// useH2 reports whether a request goes upstream over HTTP/2: gRPC (grpc),
+// an HTTP2 cluster, a request that came over HTTP/2 (clientH2) to a
+// cluster that keeps the client's version, or any to one upgraded by its
+// pool settings. An Upgrade (WebSocket) request goes over HTTP/1.1.
+func (u *upstream) useH2(grpc, clientH2 bool, r *http.Request) bool {
+	switch {
+	case grpc || u.protocol == model.UpstreamHTTP2:
+		return true
+	case r != nil && r.Header["Upgrade"] != nil:
+		return false
+	case u.policy.Pool.UseClientProtocol || u.protocol == model.UpstreamClient && !u.policy.Pool.H2Upgrade:
+		return clientH2
+	}
+	return u.policy.Pool.H2Upgrade
 }
 
-// transport carries a request to u: HTTP/2 for gRPC (grpc) or an HTTP2
-// cluster, else HTTP/1.1.
-func (u *upstream) transport(grpc bool) http.RoundTripper {
-	if u.useH2(grpc) {
+// transport carries request r to u, over HTTP/2 or HTTP/1.1 (useH2).
+func (u *upstream) transport(grpc bool, r *http.Request) http.RoundTripper {
+	if u.useH2(grpc, r.ProtoMajor == 2, r) {
 		return u.h2
 	}
 	return u.h1
@@ -201,7 +246,14 @@ func newH2Transport(p *model.ConnectionPool, dial dialFunc) *http.Transport {
 	}
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
+	var h2 *http.HTTP2Config
+	if p.H2PingInterval > 0 {
+		// Istio's http2KeepAlive: a quiet connection is pinged, and
+		// closed when the answer does not come in time.
+		h2 = &http.HTTP2Config{SendPingTimeout: p.H2PingInterval, PingTimeout: p.H2PingTimeout}
+	}
 	return &http.Transport{
+		HTTP2: h2,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 			defer cancel()

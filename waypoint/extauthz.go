@@ -120,7 +120,7 @@ func sendVia(up *upstream, r *http.Request, h2 bool) (*http.Response, error) {
 	r.URL.Host = ep.addr
 	ep.active.Add(1)
 	defer ep.active.Add(-1)
-	resp, err := up.transport(h2).RoundTrip(r)
+	resp, err := up.transport(h2, r).RoundTrip(r)
 	code := 0
 	if err == nil {
 		code = resp.StatusCode

@@ -28,7 +28,8 @@ import (
 // It keeps what the waypoint used of http.Transport: at most maxConns
 // connections per endpoint (requests wait for one), idle connections closed
 // after idleTimeout, no keep-alive when maxRequestsPerConnection is 1 and
-// "Connection: close" on a connection's last request otherwise, 1xx
+// "Connection: close" on a connection's last request otherwise (the last
+// by count, or the first once it is maxConnectionDuration old), 1xx
 // answers skipped, a 101's body being the connection (io.ReadWriteCloser),
 // a request body written while the answer is read (for streams and early
 // answers), a retry on another connection when a reused one turns out
@@ -41,8 +42,9 @@ type h1Client struct {
 	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
-	maxConns       int // per endpoint; 0: unlimited
-	maxRequests    int // per connection; 0: unlimited; 1: no keep-alive
+	maxConns       int           // per endpoint; 0: unlimited
+	maxRequests    int           // per connection; 0: unlimited; 1: no keep-alive
+	maxAge         time.Duration // a connection takes no request after it; 0: none
 
 	mu     sync.Mutex
 	hosts  map[string]*h1Host
@@ -63,6 +65,7 @@ type h1Conn struct {
 	addr       string
 	bw         *bufio.Writer
 	requests   int
+	born       time.Time // set when the client has a maxAge
 	idleAt     time.Time
 	reused     bool
 }
@@ -74,6 +77,7 @@ func newH1Client(p *model.ConnectionPool, dial dialFunc) *h1Client {
 		idleTimeout:    p.IdleTimeout,
 		maxConns:       p.MaxConnections,
 		maxRequests:    p.MaxRequestsPerConnection,
+		maxAge:         p.MaxConnectionDuration,
 		hosts:          map[string]*h1Host{},
 	}
 	if c.dial == nil {
@@ -147,7 +151,7 @@ func replayable(r *http.Request) bool {
 // closed.
 func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	pc.requests++
-	if c.maxRequests == 1 || (c.maxRequests > 1 && pc.requests >= c.maxRequests) {
+	if c.maxRequests == 1 || (c.maxRequests > 1 && pc.requests >= c.maxRequests) || (c.maxAge > 0 && time.Since(pc.born) >= c.maxAge) {
 		if !req.Close {
 			// The connection's last request says so, and the server
 			// closes it after answering.
@@ -378,7 +382,7 @@ func (c *h1Client) getConn(ctx context.Context, addr string) (*h1Conn, error) {
 			pc := h.idle[n-1]
 			h.idle[n-1] = nil
 			h.idle = h.idle[:n-1]
-			if time.Since(pc.idleAt) > c.idleTimeout {
+			if time.Since(pc.idleAt) > c.idleTimeout || (c.maxAge > 0 && time.Since(pc.born) >= c.maxAge) {
 				h.open--
 				pc.Close()
 				continue
@@ -434,7 +438,11 @@ func (c *h1Client) dialConn(ctx context.Context, addr string) (*h1Conn, error) {
 		return nil, err
 	}
 	conn = rawsock.Wrap(conn) // a plain TCP upstream: see package rawsock
-	return &h1Conn{Conn: conn, addr: addr, headReader: headReader{br: bufio.NewReader(conn)}, bw: bufio.NewWriter(conn)}, nil
+	pc := &h1Conn{Conn: conn, addr: addr, headReader: headReader{br: bufio.NewReader(conn)}, bw: bufio.NewWriter(conn)}
+	if c.maxAge > 0 {
+		pc.born = time.Now()
+	}
+	return pc, nil
 }
 
 // put gives a connection back: to a waiting request, or to the idle pool.

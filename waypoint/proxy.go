@@ -582,11 +582,13 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	var next io.ReadCloser
 	var transport http.RoundTripper = up.h1
 	pool := up.h1Pool
-	if up.useH2(grpc) {
+	if up.useH2(grpc, out.ProtoMajor == 2, out) {
 		transport, pool = up.h2, nil
 	}
 	var triedBuf [4]*endpoint
 	tried := triedBuf[:0]
+	retrying := false // holds one of up's retry slots
+	defer up.releaseRetry(&retrying)
 	for try := 0; ; try++ {
 		ep, err := up.pick(out, peer, tried, stickyKey)
 		if err != nil {
@@ -683,12 +685,26 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		up.report(ep, outlierStatus)
 
 		retry := try+1 < attempts && shouldRetryOn(rp, status, gstatus, kind)
+		overflow := false
+		if retry {
+			// The retry this one was has ended; the next needs a slot of
+			// the cluster's maxRetries (Envoy's retry circuit breaker:
+			// over it, the answer stands, flagged UO).
+			up.releaseRetry(&retrying)
+			if !up.acquireRetry(&retrying) {
+				retry, overflow = false, true
+				rec.flag(flagOverflow)
+				if p.metrics != nil {
+					p.metrics.overflows.WithLabelValues(up.name()).Inc()
+				}
+			}
+		}
 		if retry {
 			next, retry = replay()
 		}
 		if !retry {
 			if err == nil {
-				if try > 0 && shouldRetryOn(rp, status, gstatus, kind) {
+				if try > 0 && !overflow && shouldRetryOn(rp, status, gstatus, kind) {
 					rec.flag(flagRetryExhausted)
 				}
 				held.cancel = cancelTry
@@ -1008,7 +1024,7 @@ func (p *Proxy) sendMirror(m *http.Request, up *upstream, cancel context.CancelF
 		return
 	}
 	m.URL.Host, m.URL.Scheme = ep.addr, "http"
-	resp, err := up.transport(isGRPC(m)).RoundTrip(m)
+	resp, err := up.transport(isGRPC(m), m).RoundTrip(m)
 	if err != nil {
 		p.logf("waypoint: mirror to %s: %v", up.name(), err)
 		return

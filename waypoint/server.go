@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshlet/meshlet/pkg/logfilter"
+	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
 	"github.com/meshlet/meshlet/pkg/rawsock"
 )
@@ -333,7 +334,12 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	pool := &up.policy.Pool
+	connectTimeout := pool.ConnectTimeout
+	if connectTimeout == 0 {
+		connectTimeout = 10 * time.Second
+	}
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	back, err := dial(dctx, "tcp", ep.addr)
 	cancel()
 	if err != nil {
@@ -343,6 +349,7 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 		return
 	}
 	defer back.Close()
+	setKeepalive(back, pool.TCPKeepalive)
 	var m tcpCounters
 	if tm := p.cfg.Load().telemetry.RequestMetrics; tm == nil || *tm {
 		m = p.metrics.tcp(peer, destFor(up), func() *logfilter.Attributes { return connAttributes(c, peer, ep.addr) })
@@ -352,11 +359,50 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 	stop := context.AfterFunc(ctx, func() { c.Close(); back.Close() })
 	defer stop()
 	client := &countingConn{ReadWriteCloser: c}
+	// Istio's tcp.idleTimeout (1h unless set; 0s: none) and
+	// tcp.maxConnectionDuration end the relay, flagged SI and DT.
+	var ended atomic.Pointer[string]
+	end := func(flag string) func() {
+		return func() {
+			if ended.CompareAndSwap(nil, &flag) {
+				c.Close()
+				back.Close()
+			}
+		}
+	}
+	idle := pool.TCPIdleTimeout
+	switch idle {
+	case 0:
+		idle = time.Hour
+	case model.NoTimeout:
+		idle = 0
+	}
+	if idle > 0 {
+		defer client.closeWhenIdle(idle, end(flagStreamIdleTimeout))()
+	}
+	if d := pool.MaxConnectionDuration; d > 0 {
+		defer time.AfterFunc(d, end(flagDurationTimeout)).Stop()
+	}
 	pipe(client, back)
 	read, written = client.read.Load(), client.written.Load()
 	inc(m.received, float64(read))
 	inc(m.sent, float64(written))
-	logConn("")
+	flag := ""
+	if f := ended.Load(); f != nil {
+		flag = *f
+	}
+	logConn(flag)
+}
+
+// setKeepalive turns on TCP keepalive probes on c as k says (Istio's
+// tcpKeepalive), when c is a TCP connection the proxy dialled itself.
+func setKeepalive(c net.Conn, k *model.TCPKeepalive) {
+	if k == nil {
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: k.Time, Interval: k.Interval, Count: k.Probes})
+	}
 }
 
 // inc adds v to c unless c is not exported (nil).
@@ -385,18 +431,60 @@ func connAttributes(c net.Conn, peer Peer, upstream string) *logfilter.Attribute
 type countingConn struct {
 	io.ReadWriteCloser
 	read, written atomic.Int64
+	// lastActive is the time (UnixNano) of the last byte either way, kept
+	// when closeWhenIdle watches.
+	lastActive atomic.Int64
+	watched    bool
 }
 
 func (c *countingConn) Read(b []byte) (int, error) {
 	n, err := c.ReadWriteCloser.Read(b)
 	c.read.Add(int64(n))
+	if c.watched && n > 0 {
+		c.lastActive.Store(time.Now().UnixNano())
+	}
 	return n, err
 }
 
 func (c *countingConn) Write(b []byte) (int, error) {
 	n, err := c.ReadWriteCloser.Write(b)
 	c.written.Add(int64(n))
+	if c.watched && n > 0 {
+		c.lastActive.Store(time.Now().UnixNano())
+	}
 	return n, err
+}
+
+// closeWhenIdle calls end once no byte has gone through c, either way, for
+// idle; the returned function stops watching. Call it before the copying
+// starts. Every byte a relay moves passes through c, read from the client
+// or written to it.
+func (c *countingConn) closeWhenIdle(idle time.Duration, end func()) (stop func()) {
+	c.watched = true
+	c.lastActive.Store(time.Now().UnixNano())
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if quiet := time.Since(time.Unix(0, c.lastActive.Load())); quiet < idle {
+			t = time.AfterFunc(idle-quiet, check)
+			return
+		}
+		end()
+	}
+	t = time.AfterFunc(idle, check)
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
 }
 
 // CloseWrite half-closes when the wrapped conn supports it.

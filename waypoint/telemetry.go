@@ -31,6 +31,8 @@ const (
 	flagFaultInjected           = "FI"   // fault abort
 	flagRateLimited             = "RL"   // local rate limit
 	flagExtAuthzDenied          = "UAEX" // denied by an external authorizer
+	flagStreamIdleTimeout       = "SI"   // a relayed connection's idle timeout
+	flagDurationTimeout         = "DT"   // a connection's maximum duration
 )
 
 // record is one request's telemetry, filled in as the request flows.

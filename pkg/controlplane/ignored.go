@@ -19,15 +19,7 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 			out = append(out, field)
 		}
 	}
-	tcp, http := tp.GetConnectionPool().GetTcp(), tp.GetConnectionPool().GetHttp()
-	set(tcp.GetTcpKeepalive() != nil, "connectionPool.tcp.tcpKeepalive")
-	set(tcp.GetMaxConnectionDuration() != nil, "connectionPool.tcp.maxConnectionDuration")
-	set(tcp.GetIdleTimeout() != nil, "connectionPool.tcp.idleTimeout")
-	set(http.GetH2UpgradePolicy() == networkingapi.ConnectionPoolSettings_HTTPSettings_UPGRADE, "connectionPool.http.h2UpgradePolicy")
-	set(http.GetUseClientProtocol(), "connectionPool.http.useClientProtocol")
-	set(http.GetMaxRetries() != 0, "connectionPool.http.maxRetries")
-	set(http.GetMaxConcurrentStreams() != 0, "connectionPool.http.maxConcurrentStreams")
-	set(http.GetHttp2KeepAlive() != nil, "connectionPool.http.http2KeepAlive")
+	set(tp.GetConnectionPool().GetHttp().GetMaxConcurrentStreams() != 0, "connectionPool.http.maxConcurrentStreams")
 	lb := tp.GetLoadBalancer()
 	set(lb.GetWarmupDurationSecs() != nil || lb.GetWarmup() != nil, "loadBalancer.warmup")
 	set(lb.GetZoneAwareLbSetting() != nil, "loadBalancer.zoneAwareLbSetting")

@@ -12,7 +12,7 @@ metadata: {name: reviews, namespace: bookinfo}
 spec:
   host: reviews
   trafficPolicy:
-    connectionPool: {tcp: {maxConnectionDuration: 1h}, http: {h2UpgradePolicy: UPGRADE, maxRetries: 3}}
+    connectionPool: {tcp: {maxConnectionDuration: 1h}, http: {h2UpgradePolicy: UPGRADE, maxRetries: 3, maxConcurrentStreams: 10}}
     loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
   subsets:
   - {name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {splitExternalLocalOriginErrors: true}}}
@@ -38,7 +38,7 @@ spec:
 		text    string
 		warning bool
 	}{
-		{"trafficPolicy: connectionPool.tcp.maxConnectionDuration, connectionPool.http.h2UpgradePolicy, connectionPool.http.maxRetries, loadBalancer.warmup not implemented", true},
+		{"trafficPolicy: connectionPool.http.maxConcurrentStreams, loadBalancer.warmup not implemented", true},
 		{"subsets[v1].trafficPolicy: outlierDetection.splitExternalLocalOriginErrors not implemented", true},
 		{"http[0]: retries.retryRemoteLocalities not implemented", true},
 		{"http[0].delegate: VirtualService delegation is not supported", false},

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"istio.io/api/label"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
@@ -265,11 +267,20 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 		// BackendTLSPolicy's (see backendtls.go).
 		drTLS := false
 		var subsetTLS []bool
+		sp, known := ms.Port(port)
+		appProto := sp.AppProtocol
+		if known {
+			c.Protocol = upstreamProtocol(appProto)
+		}
+		// The mesh config's h2UpgradePolicy upgrades declared HTTP ports
+		// unless a DestinationRule says otherwise (Istio's shouldH2Upgrade).
+		meshUpgrade := appProto == "HTTP" && lb.bd.meshConfig().GetH2UpgradePolicy() == meshconfig.MeshConfig_UPGRADE
+		c.Traffic.Pool.H2Upgrade = meshUpgrade
 		c.Traffic.LB.Locality = localityLB(ms, nil)
 		if dr, ok := lb.bd.drFor[owner]; ok {
 			tp := forPort(dr.spec.GetTrafficPolicy(), port)
 			drTLS = tp.GetTls() != nil
-			c.Traffic = trafficPolicy(tp)
+			c.Traffic = trafficPolicy(tp, meshUpgrade)
 			c.Traffic.LB.Locality = localityLB(ms, tp)
 			var ok bool
 			c.Traffic.TLS, ok = lb.upstreamTLS(dr, tp.GetTls(), host, "trafficPolicy")
@@ -279,7 +290,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 				if ss.GetTrafficPolicy() != nil {
 					stp := forPort(ss.GetTrafficPolicy(), port)
 					setsTLS = stp.GetTls() != nil
-					t := trafficPolicy(stp)
+					t := trafficPolicy(stp, meshUpgrade)
 					t.LB.Locality = localityLB(ms, stp)
 					var subOK bool
 					t.TLS, subOK = lb.upstreamTLS(dr, stp.GetTls(), host, "subsets["+ss.GetName()+"].trafficPolicy")
@@ -344,7 +355,24 @@ func forPort(tp *networkingapi.TrafficPolicy, port uint32) *networkingapi.Traffi
 	return tp
 }
 
-func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
+// upstreamProtocol is how a waypoint speaks to a port's endpoints, from the
+// port's declared protocol (appProtocol): HTTP/2 for HTTP2 and gRPC ports,
+// the client's own version for a port that declares none (Istio's
+// use_downstream_protocol for detected protocols), else HTTP/1.1 (and
+// HTTP/2 for gRPC requests).
+func upstreamProtocol(appProtocol string) model.UpstreamProtocol {
+	switch appProtocol {
+	case "HTTP2", "GRPC":
+		return model.UpstreamHTTP2
+	case "":
+		return model.UpstreamClient
+	}
+	return model.UpstreamAuto
+}
+
+// trafficPolicy is tp in the model. meshUpgrade is the mesh config's
+// h2UpgradePolicy for the port, which tp's own policy overrides.
+func trafficPolicy(tp *networkingapi.TrafficPolicy, meshUpgrade bool) model.TrafficPolicy {
 	var out model.TrafficPolicy
 	lbs := tp.GetLoadBalancer()
 	out.LB.Simple, _ = simpleLB(lbs.GetSimple())
@@ -361,14 +389,36 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy) model.TrafficPolicy {
 			out.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
 		}
 	}
-	cp := tp.GetConnectionPool()
+	tcp, http := tp.GetConnectionPool().GetTcp(), tp.GetConnectionPool().GetHttp()
 	out.Pool = model.ConnectionPool{
-		MaxConnections:           int(cp.GetTcp().GetMaxConnections()),
-		HTTP1MaxPendingRequests:  int(cp.GetHttp().GetHttp1MaxPendingRequests()),
-		HTTP2MaxRequests:         int(cp.GetHttp().GetHttp2MaxRequests()),
-		MaxRequestsPerConnection: int(cp.GetHttp().GetMaxRequestsPerConnection()),
-		IdleTimeout:              cp.GetHttp().GetIdleTimeout().AsDuration(),
-		ConnectTimeout:           cp.GetTcp().GetConnectTimeout().AsDuration(),
+		MaxConnections:           int(tcp.GetMaxConnections()),
+		HTTP1MaxPendingRequests:  int(http.GetHttp1MaxPendingRequests()),
+		HTTP2MaxRequests:         int(http.GetHttp2MaxRequests()),
+		MaxRequestsPerConnection: int(http.GetMaxRequestsPerConnection()),
+		IdleTimeout:              http.GetIdleTimeout().AsDuration(),
+		ConnectTimeout:           tcp.GetConnectTimeout().AsDuration(),
+		MaxRetries:               int(min(http.GetMaxRetries(), math.MaxInt32)),
+		MaxConnectionDuration:    tcp.GetMaxConnectionDuration().AsDuration(),
+		UseClientProtocol:        http.GetUseClientProtocol(),
+	}
+	if d := tcp.GetIdleTimeout(); d != nil {
+		// Istio: "If set to 0s, the timeout will be disabled."
+		out.Pool.TCPIdleTimeout = d.AsDuration()
+		if out.Pool.TCPIdleTimeout == 0 {
+			out.Pool.TCPIdleTimeout = model.NoTimeout
+		}
+	}
+	if k := tcp.GetTcpKeepalive(); k != nil {
+		out.Pool.TCPKeepalive = &model.TCPKeepalive{Time: k.GetTime().AsDuration(), Interval: k.GetInterval().AsDuration(), Probes: int(k.GetProbes())}
+	}
+	if ka := http.GetHttp2KeepAlive(); ka != nil {
+		out.Pool.H2PingInterval, out.Pool.H2PingTimeout = ka.GetInterval().AsDuration(), ka.GetTimeout().AsDuration()
+	}
+	switch http.GetH2UpgradePolicy() {
+	case networkingapi.ConnectionPoolSettings_HTTPSettings_UPGRADE:
+		out.Pool.H2Upgrade = true
+	case networkingapi.ConnectionPoolSettings_HTTPSettings_DEFAULT:
+		out.Pool.H2Upgrade = meshUpgrade
 	}
 	if od := tp.GetOutlierDetection(); od != nil {
 		o := &model.OutlierDetection{

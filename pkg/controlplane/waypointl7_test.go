@@ -1008,3 +1008,89 @@ func TestWaypointForWorkloads(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionPoolFields: a DestinationRule's connectionPool reaches the
+// waypoint whole: retries, connection age, TCP idle timeout (0s: never),
+// keepalive probes, HTTP/2 pings, and the upstream HTTP version, which
+// follows the port's declared protocol, the DestinationRule's
+// h2UpgradePolicy and useClientProtocol, and the mesh config's
+// h2UpgradePolicy for HTTP ports (Istio's shouldH2Upgrade).
+func TestConnectionPoolFields(t *testing.T) {
+	tp := reviewsTraffic(t, `{connectionPool: {
+      tcp: {maxConnectionDuration: 30m, idleTimeout: 0s, tcpKeepalive: {time: 60s, interval: 10s, probes: 3}},
+      http: {maxRetries: 7, http2KeepAlive: {interval: 30s, timeout: 5s}}}}`)
+	want := model.ConnectionPool{MaxRetries: 7, MaxConnectionDuration: 30 * time.Minute, TCPIdleTimeout: model.NoTimeout,
+		TCPKeepalive:   &model.TCPKeepalive{Time: time.Minute, Interval: 10 * time.Second, Probes: 3},
+		H2PingInterval: 30 * time.Second, H2PingTimeout: 5 * time.Second}
+	if diff := cmp.Diff(want, tp.Pool); diff != "" {
+		t.Errorf("pool (-want +got):\n%s", diff)
+	}
+	if tp := reviewsTraffic(t, `{connectionPool: {tcp: {idleTimeout: 2m}}}`); tp.Pool.TCPIdleTimeout != 2*time.Minute {
+		t.Errorf("tcp idleTimeout 2m = %v", tp.Pool.TCPIdleTimeout)
+	}
+
+	upgradeMesh := `apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: "h2UpgradePolicy: UPGRADE"
+`
+	svc := func(portName, appProtocol string) string {
+		app := ""
+		if appProtocol != "" {
+			app = ", appProtocol: " + appProtocol
+		}
+		return `apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: reviews}
+  ports: [{name: ` + portName + `, port: 9080` + app + `}]
+`
+	}
+	dr := func(http string) string {
+		return `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  host: ratings
+  trafficPolicy: {connectionPool: {http: ` + http + `}}
+`
+	}
+	for _, tt := range []struct {
+		name      string
+		docs      []string
+		protocol  model.UpstreamProtocol
+		upgrade   bool
+		useClient bool
+	}{
+		{"http port", []string{svc("http", "")}, model.UpstreamAuto, false, false},
+		{"grpc port", []string{svc("grpc", "")}, model.UpstreamHTTP2, false, false},
+		{"h2c appProtocol", []string{svc("web", "kubernetes.io/h2c")}, model.UpstreamHTTP2, false, false},
+		{"undeclared port", []string{svc("web", "")}, model.UpstreamClient, false, false},
+		{"DestinationRule UPGRADE", []string{svc("http", ""), dr("{h2UpgradePolicy: UPGRADE}")}, model.UpstreamAuto, true, false},
+		{"DestinationRule useClientProtocol", []string{svc("http", ""), dr("{useClientProtocol: true}")}, model.UpstreamAuto, false, true},
+		{"mesh UPGRADE", []string{svc("http", ""), upgradeMesh}, model.UpstreamAuto, true, false},
+		{"mesh UPGRADE, DestinationRule DO_NOT_UPGRADE", []string{svc("http", ""), upgradeMesh, dr("{h2UpgradePolicy: DO_NOT_UPGRADE}")}, model.UpstreamAuto, false, false},
+		{"mesh UPGRADE, DestinationRule without policy", []string{svc("http", ""), upgradeMesh, dr("{maxRetries: 2}")}, model.UpstreamAuto, true, false},
+		{"mesh UPGRADE, undeclared port", []string{svc("web", ""), upgradeMesh}, model.UpstreamClient, false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := bookinfoWaypoint(t, strings.Join(tt.docs, "---\n"))
+			var c *model.L7Cluster
+			for i := range cfg.Clusters {
+				if strings.Contains(cfg.Clusters[i].Name, "ratings") {
+					c = &cfg.Clusters[i]
+				}
+			}
+			if c == nil {
+				t.Fatalf("no ratings cluster in %+v", cfg.Clusters)
+			}
+			if c.Protocol != tt.protocol || c.Traffic.Pool.H2Upgrade != tt.upgrade || c.Traffic.Pool.UseClientProtocol != tt.useClient {
+				t.Errorf("protocol %q, h2Upgrade %v, useClientProtocol %v; want %q, %v, %v",
+					c.Protocol, c.Traffic.Pool.H2Upgrade, c.Traffic.Pool.UseClientProtocol, tt.protocol, tt.upgrade, tt.useClient)
+			}
+		})
+	}
+}

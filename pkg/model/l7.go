@@ -640,7 +640,9 @@ type L7Cluster struct {
 	Traffic TrafficPolicy
 	// Protocol is the upstream protocol, from the service port's
 	// appProtocol or name: UpstreamAuto (HTTP/2 for gRPC requests, else
-	// HTTP/1.1), UpstreamHTTP1 or UpstreamHTTP2 (h2c, also for "grpc").
+	// HTTP/1.1), UpstreamHTTP1, UpstreamHTTP2 (h2c, also for "grpc") or
+	// UpstreamClient (a port whose protocol is not declared). The traffic
+	// policy's ConnectionPool.H2Upgrade and UseClientProtocol change it.
 	Protocol UpstreamProtocol
 }
 
@@ -656,6 +658,10 @@ const (
 	UpstreamHTTP1 UpstreamProtocol = "HTTP"
 	// UpstreamHTTP2 always uses HTTP/2 with prior knowledge (h2c).
 	UpstreamHTTP2 UpstreamProtocol = "HTTP2"
+	// UpstreamClient uses HTTP/2 for requests that came over HTTP/2 (and
+	// gRPC), HTTP/1.1 for the others: Envoy's use_downstream_protocol,
+	// which Istio sets for ports whose protocol is detected.
+	UpstreamClient UpstreamProtocol = "CLIENT"
 )
 
 // L7Endpoint is one upstream address.
@@ -831,6 +837,49 @@ type ConnectionPool struct {
 	IdleTimeout time.Duration
 	// ConnectTimeout bounds a TCP connect; zero means 10s (Istio's).
 	ConnectTimeout time.Duration
+	// MaxRetries bounds the retries outstanding to the cluster at once
+	// (Envoy's max_retries circuit breaker): a retry beyond it is not
+	// made, the last answer stands. Zero means unlimited (Istio's 2^32-1).
+	MaxRetries int `json:",omitempty"`
+	// MaxConnectionDuration retires a connection that old: an upstream
+	// HTTP connection takes no new request after it, and a relayed TCP
+	// connection is closed (Istio's tcp.maxConnectionDuration). Zero means
+	// no limit.
+	MaxConnectionDuration time.Duration `json:",omitempty"`
+	// TCPIdleTimeout closes a relayed TCP connection once no byte went
+	// either way for that long (Istio's tcp.idleTimeout); zero means 1h,
+	// Istio's default, and NoTimeout never.
+	TCPIdleTimeout time.Duration `json:",omitempty"`
+	// TCPKeepalive, if set, sends TCP keepalive probes on the connections
+	// the proxy dials itself (to endpoints outside the mesh; HBONE
+	// tunnels are the node agent's and keep their own).
+	TCPKeepalive *TCPKeepalive `json:",omitempty"`
+	// H2PingInterval, if set, pings an upstream HTTP/2 connection that has
+	// been quiet that long, and closes it when no answer comes within
+	// H2PingTimeout (Istio's http2KeepAlive).
+	H2PingInterval time.Duration `json:",omitempty"`
+	H2PingTimeout  time.Duration `json:",omitempty"`
+	// H2Upgrade sends HTTP/1.1 requests upstream over HTTP/2 (h2c)
+	// (Istio's h2UpgradePolicy UPGRADE, of the DestinationRule or, for an
+	// HTTP port, of the mesh config).
+	H2Upgrade bool `json:",omitempty"`
+	// UseClientProtocol sends each request upstream in the HTTP version
+	// the client used (Istio's useClientProtocol); it wins over H2Upgrade.
+	UseClientProtocol bool `json:",omitempty"`
+}
+
+// NoTimeout disables a timeout whose zero value means a default.
+const NoTimeout time.Duration = -1
+
+// TCPKeepalive is Istio's connectionPool.tcp.tcpKeepalive; a zero field
+// keeps the system's value.
+type TCPKeepalive struct {
+	// Time is how long a connection is idle before the first probe.
+	Time time.Duration `json:",omitempty"`
+	// Interval is the time between probes.
+	Interval time.Duration `json:",omitempty"`
+	// Probes is how many unanswered probes close the connection.
+	Probes int `json:",omitempty"`
 }
 
 // OutlierDetection is DestinationRule outlierDetection.
@@ -1399,9 +1448,9 @@ func (c *L7Cluster) Validate() error {
 		}
 	}
 	switch c.Protocol {
-	case UpstreamAuto, UpstreamHTTP1, UpstreamHTTP2:
+	case UpstreamAuto, UpstreamHTTP1, UpstreamHTTP2, UpstreamClient:
 	default:
-		return fmt.Errorf("cluster %q: protocol %q: want \"\", HTTP or HTTP2", c.Name, c.Protocol)
+		return fmt.Errorf("cluster %q: protocol %q: want \"\", HTTP, HTTP2 or CLIENT", c.Name, c.Protocol)
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Subsets {
@@ -1462,8 +1511,12 @@ func (t *TrafficPolicy) Validate() error {
 		}
 	}
 	p := t.Pool
-	if p.MaxConnections < 0 || p.HTTP1MaxPendingRequests < 0 || p.HTTP2MaxRequests < 0 || p.MaxRequestsPerConnection < 0 || p.IdleTimeout < 0 || p.ConnectTimeout < 0 {
+	if p.MaxConnections < 0 || p.HTTP1MaxPendingRequests < 0 || p.HTTP2MaxRequests < 0 || p.MaxRequestsPerConnection < 0 || p.IdleTimeout < 0 || p.ConnectTimeout < 0 ||
+		p.MaxRetries < 0 || p.MaxConnectionDuration < 0 || (p.TCPIdleTimeout < 0 && p.TCPIdleTimeout != NoTimeout) || p.H2PingInterval < 0 || p.H2PingTimeout < 0 {
 		return errors.New("connectionPool: values must not be negative")
+	}
+	if k := p.TCPKeepalive; k != nil && (k.Time < 0 || k.Interval < 0 || k.Probes < 0) {
+		return errors.New("connectionPool: tcpKeepalive values must not be negative")
 	}
 	if o := t.Outlier; o != nil {
 		if o.Consecutive5xxErrors < 0 || o.ConsecutiveGatewayErrors < 0 || o.Interval < 0 || o.BaseEjectionTime < 0 {

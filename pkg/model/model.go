@@ -206,6 +206,16 @@ func (s *Service) Hostname() string {
 	return s.Hostnames[0]
 }
 
+// Port returns the service's port number n.
+func (s *Service) Port(n uint32) (ServicePort, bool) {
+	for _, p := range s.Ports {
+		if p.Port == n {
+			return p, true
+		}
+	}
+	return ServicePort{}, false
+}
+
 // ServicePort is one port of a service.
 type ServicePort struct {
 	// Name is the port name ("" allowed when the service has one port).

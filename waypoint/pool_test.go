@@ -1,0 +1,273 @@
+package waypoint
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/pkg/model"
+)
+
+// TestUpstreamHTTPVersion: the HTTP version a request goes upstream in
+// follows the cluster's protocol and pool settings (Istio's port protocol,
+// h2UpgradePolicy and useClientProtocol), whichever version the client
+// spoke; a WebSocket upgrade goes over HTTP/1.1 even to an upgraded
+// cluster.
+func TestUpstreamHTTPVersion(t *testing.T) {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Proto)
+	}))
+	srv.Config.Protocols = &protos
+	srv.Start()
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+
+	cluster := func(name string, proto model.UpstreamProtocol, pool model.ConnectionPool) model.L7Cluster {
+		c := clusterOf(name, addr)
+		c.Protocol, c.Traffic.Pool = proto, pool
+		return c
+	}
+	clusters := []model.L7Cluster{
+		cluster("auto", model.UpstreamAuto, model.ConnectionPool{}),
+		cluster("http2", model.UpstreamHTTP2, model.ConnectionPool{}),
+		cluster("client", model.UpstreamClient, model.ConnectionPool{}),
+		cluster("upgrade", model.UpstreamAuto, model.ConnectionPool{H2Upgrade: true}),
+		cluster("keep", model.UpstreamAuto, model.ConnectionPool{H2Upgrade: true, UseClientProtocol: true}),
+	}
+	var routes []model.L7Route
+	for _, c := range clusters {
+		routes = append(routes, model.L7Route{Name: c.Name, Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/" + c.Name}}}, Destinations: to(c.Name)})
+	}
+	h := start(t, oneRoute(clusters, routes...), nil)
+
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	clients := map[string]*http.Client{
+		"HTTP/1.1": newClient(t),
+		"HTTP/2.0": {Transport: &http.Transport{Protocols: &h2c}, Timeout: 5 * time.Second},
+	}
+	for _, tt := range []struct{ cluster, fromH1, fromH2 string }{
+		{"auto", "HTTP/1.1", "HTTP/1.1"},
+		{"http2", "HTTP/2.0", "HTTP/2.0"},
+		{"client", "HTTP/1.1", "HTTP/2.0"},
+		{"upgrade", "HTTP/2.0", "HTTP/2.0"},
+		{"keep", "HTTP/1.1", "HTTP/2.0"},
+	} {
+		for client, want := range map[string]string{"HTTP/1.1": tt.fromH1, "HTTP/2.0": tt.fromH2} {
+			if code, body := h.get(t, clients[client], "/"+tt.cluster, nil); code != 200 || body != want {
+				t.Errorf("cluster %s, client over %s: %d, upstream saw %q; want %s", tt.cluster, client, code, body, want)
+			}
+		}
+	}
+	// A WebSocket upgrade to the upgraded cluster: this backend does not
+	// switch protocols, but it must see the request in HTTP/1.1.
+	code, body := h.get(t, clients["HTTP/1.1"], "/upgrade", map[string]string{"Connection": "Upgrade", "Upgrade": "websocket",
+		"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+	if code != 200 || body != "HTTP/1.1" {
+		t.Errorf("WebSocket upgrade to an upgraded cluster: %d, upstream saw %q; want HTTP/1.1", code, body)
+	}
+}
+
+// TestMaxRetries: a cluster's maxRetries bounds the retries outstanding at
+// once. With one slot and a backend that fails every first try and holds
+// the retry, only one of several concurrent requests is retried; the
+// others get their failure at once, flagged UO, and counted as overflow.
+func TestMaxRetries(t *testing.T) {
+	var tries atomic.Int64
+	release := make(chan struct{})
+	var seen sync.Map
+	addr := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tries.Add(1)
+		id := r.Header.Get("X-Id")
+		if _, again := seen.LoadOrStore(id, true); !again {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		select { // the retry stays outstanding, for a while at most
+		case <-release:
+		case <-time.After(3 * time.Second):
+		}
+		io.WriteString(w, "retried")
+	}))
+	c := clusterOf("b", addr)
+	c.Traffic.Pool.MaxRetries = 1
+	h := start(t, oneRoute([]model.L7Cluster{c}, model.L7Route{Name: "r", Destinations: to("b"),
+		Retries: &model.RetryPolicy{Attempts: 2, RetryOn: []string{"5xx"}, Backoff: time.Millisecond}}), nil)
+
+	type result struct {
+		code int
+		body string
+	}
+	first := make(chan result, 1)
+	go func() {
+		code, body := h.get(t, newClient(t), "/", map[string]string{"X-Id": "first"})
+		first <- result{code, body}
+	}()
+	// Wait for the first request's retry to be outstanding.
+	deadline := time.Now().Add(5 * time.Second)
+	for tries.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range 3 {
+		code, _ := h.get(t, newClient(t), "/", map[string]string{"X-Id": fmt.Sprint("other-", i)})
+		if code != http.StatusServiceUnavailable {
+			t.Errorf("request %d while the only retry slot is taken: %d; want its own 503, not retried", i, code)
+		}
+	}
+	close(release)
+	if r := <-first; r.code != 200 || r.body != "retried" {
+		t.Errorf("the request holding the retry slot: %d %q; want 200 retried", r.code, r.body)
+	}
+	if n := tries.Load(); n != 5 {
+		t.Errorf("backend saw %d tries; want 5 (2 for the first request, 1 for each other)", n)
+	}
+	if n := h.log.countFlag(t, flagOverflow); n != 3 {
+		t.Errorf("%d access log lines flagged UO; want 3", n)
+	}
+	// With the slot back, a failing request is retried again.
+	if code, body := h.get(t, newClient(t), "/", map[string]string{"X-Id": "later"}); code != 200 || body != "retried" {
+		t.Errorf("a request after the retry ended: %d %q; want 200 retried (the slot was given back)", code, body)
+	}
+}
+
+// TestUpstreamMaxConnectionDuration: an upstream HTTP/1.1 connection takes
+// no new request once maxConnectionDuration old: the next request goes on a
+// new connection.
+func TestUpstreamMaxConnectionDuration(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c := clusterOf("b", srv.Listener.Addr().String())
+	c.Traffic.Pool.MaxConnectionDuration = 300 * time.Millisecond
+	h := start(t, oneRoute([]model.L7Cluster{c}, model.L7Route{Name: "r", Destinations: to("b")}), nil)
+	client := newClient(t)
+	for range 5 {
+		if code, _ := h.get(t, client, "/", nil); code != 200 {
+			t.Fatalf("request: %d", code)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("5 quick requests used %d upstream connections; want 1", n)
+	}
+	time.Sleep(400 * time.Millisecond)
+	for range 3 {
+		if code, _ := h.get(t, client, "/", nil); code != 200 {
+			t.Fatalf("request: %d", code)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("requests after the connection's maximum duration used %d connections in all; want 2 (one new)", n)
+	}
+}
+
+// TestRelayTimeouts: a relayed TCP connection is closed once idle for the
+// pool's tcp idle timeout (activity either way keeps it open), and once
+// its maximum duration is reached however busy, each logged with its flag
+// (SI, DT); NoTimeout keeps an idle connection open.
+func TestRelayTimeouts(t *testing.T) {
+	echo := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
+	relay := func(pool model.ConnectionPool) (*syncBuffer, net.Conn) {
+		c := clusterOf("echo", echo)
+		c.Traffic.Pool = pool
+		cfg := &Config{L7: &model.L7Config{
+			Listeners: []model.L7Listener{{Name: "tcp", Port: 9000, TCP: &model.TCPRoute{Name: "echo", Destinations: to("echo")}}},
+			Clusters:  []model.L7Cluster{c},
+		}}
+		log := &syncBuffer{}
+		p, err := New(Options{Config: cfg, AccessLog: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		go p.ServeTCP(ctx, ln, 9000, time.Second)
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return log, conn
+	}
+	echoed := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		_, err := io.ReadFull(c, got)
+		return err
+	}
+	closedWithin := func(c net.Conn, d time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(d))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF || (err != nil && !isTimeout(err))
+	}
+
+	h, c := relay(model.ConnectionPool{TCPIdleTimeout: 300 * time.Millisecond})
+	for range 4 { // busy for longer than the idle timeout
+		if err := echoed(c, "ping"); err != nil {
+			t.Fatalf("relay with activity every 150ms: %v", err)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	if !closedWithin(c, 2*time.Second) {
+		t.Error("an idle relay was not closed after the idle timeout")
+	}
+	waitForLog(t, h, flagStreamIdleTimeout)
+
+	h, c = relay(model.ConnectionPool{MaxConnectionDuration: 400 * time.Millisecond, TCPIdleTimeout: model.NoTimeout})
+	start := time.Now()
+	for time.Since(start) < 2*time.Second {
+		if echoed(c, "ping") != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took := time.Since(start); took < 350*time.Millisecond || took > 1500*time.Millisecond {
+		t.Errorf("a busy relay with a 400ms maximum duration ended after %v", took)
+	}
+	waitForLog(t, h, flagDurationTimeout)
+
+	_, c = relay(model.ConnectionPool{TCPIdleTimeout: model.NoTimeout})
+	time.Sleep(300 * time.Millisecond)
+	if err := echoed(c, "still there"); err != nil {
+		t.Errorf("a relay without idle timeout, after a quiet spell: %v", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+func waitForLog(t *testing.T, log *syncBuffer, flag string) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for log.countFlag(t, flag) == 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("no access log line flagged %s; log: %+v", flag, log.lines(t))
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
