@@ -214,7 +214,7 @@ func (u *upstream) useH2(grpc, clientH2 bool, r *http.Request) bool {
 		return true
 	case r != nil && r.Header["Upgrade"] != nil:
 		return false
-	case u.policy.Pool.UseClientProtocol || u.protocol == model.UpstreamClient && !u.policy.Pool.H2Upgrade:
+	case u.policy.Pool.UseClientProtocol:
 		return clientH2
 	}
 	return u.policy.Pool.H2Upgrade

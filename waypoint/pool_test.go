@@ -40,7 +40,7 @@ func TestUpstreamHTTPVersion(t *testing.T) {
 	clusters := []model.L7Cluster{
 		cluster("auto", model.UpstreamAuto, model.ConnectionPool{}),
 		cluster("http2", model.UpstreamHTTP2, model.ConnectionPool{}),
-		cluster("client", model.UpstreamClient, model.ConnectionPool{}),
+		cluster("client", model.UpstreamAuto, model.ConnectionPool{UseClientProtocol: true}),
 		cluster("upgrade", model.UpstreamAuto, model.ConnectionPool{H2Upgrade: true}),
 		cluster("keep", model.UpstreamAuto, model.ConnectionPool{H2Upgrade: true, UseClientProtocol: true}),
 	}

@@ -357,15 +357,15 @@ func forPort(tp *networkingapi.TrafficPolicy, port uint32) *networkingapi.Traffi
 
 // upstreamProtocol is how a waypoint speaks to a port's endpoints, from the
 // port's declared protocol (appProtocol): HTTP/2 for HTTP2 and gRPC ports,
-// the client's own version for a port that declares none (Istio's
-// use_downstream_protocol for detected protocols), else HTTP/1.1 (and
-// HTTP/2 for gRPC requests).
+// else HTTP/1.1 (and HTTP/2 for gRPC requests). A port that declares no
+// protocol gets HTTP/1.1 too, where Istio's sidecars would use the
+// client's version (use_downstream_protocol): a browser speaking HTTP/2 to
+// an ingress gateway would otherwise reach an HTTP/1.1-only app in h2c,
+// which it refuses. useClientProtocol in a DestinationRule asks for that.
 func upstreamProtocol(appProtocol string) model.UpstreamProtocol {
 	switch appProtocol {
 	case "HTTP2", "GRPC":
 		return model.UpstreamHTTP2
-	case "":
-		return model.UpstreamClient
 	}
 	return model.UpstreamAuto
 }

@@ -1068,13 +1068,13 @@ spec:
 		{"http port", []string{svc("http", "")}, model.UpstreamAuto, false, false},
 		{"grpc port", []string{svc("grpc", "")}, model.UpstreamHTTP2, false, false},
 		{"h2c appProtocol", []string{svc("web", "kubernetes.io/h2c")}, model.UpstreamHTTP2, false, false},
-		{"undeclared port", []string{svc("web", "")}, model.UpstreamClient, false, false},
+		{"undeclared port", []string{svc("web", "")}, model.UpstreamAuto, false, false},
 		{"DestinationRule UPGRADE", []string{svc("http", ""), dr("{h2UpgradePolicy: UPGRADE}")}, model.UpstreamAuto, true, false},
 		{"DestinationRule useClientProtocol", []string{svc("http", ""), dr("{useClientProtocol: true}")}, model.UpstreamAuto, false, true},
 		{"mesh UPGRADE", []string{svc("http", ""), upgradeMesh}, model.UpstreamAuto, true, false},
 		{"mesh UPGRADE, DestinationRule DO_NOT_UPGRADE", []string{svc("http", ""), upgradeMesh, dr("{h2UpgradePolicy: DO_NOT_UPGRADE}")}, model.UpstreamAuto, false, false},
 		{"mesh UPGRADE, DestinationRule without policy", []string{svc("http", ""), upgradeMesh, dr("{maxRetries: 2}")}, model.UpstreamAuto, true, false},
-		{"mesh UPGRADE, undeclared port", []string{svc("web", ""), upgradeMesh}, model.UpstreamClient, false, false},
+		{"mesh UPGRADE, undeclared port", []string{svc("web", ""), upgradeMesh}, model.UpstreamAuto, false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := bookinfoWaypoint(t, strings.Join(tt.docs, "---\n"))

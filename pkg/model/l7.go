@@ -640,9 +640,9 @@ type L7Cluster struct {
 	Traffic TrafficPolicy
 	// Protocol is the upstream protocol, from the service port's
 	// appProtocol or name: UpstreamAuto (HTTP/2 for gRPC requests, else
-	// HTTP/1.1), UpstreamHTTP1, UpstreamHTTP2 (h2c, also for "grpc") or
-	// UpstreamClient (a port whose protocol is not declared). The traffic
-	// policy's ConnectionPool.H2Upgrade and UseClientProtocol change it.
+	// HTTP/1.1), UpstreamHTTP1 or UpstreamHTTP2 (h2c, also for "grpc").
+	// The traffic policy's ConnectionPool.H2Upgrade and UseClientProtocol
+	// change it.
 	Protocol UpstreamProtocol
 }
 
@@ -658,10 +658,6 @@ const (
 	UpstreamHTTP1 UpstreamProtocol = "HTTP"
 	// UpstreamHTTP2 always uses HTTP/2 with prior knowledge (h2c).
 	UpstreamHTTP2 UpstreamProtocol = "HTTP2"
-	// UpstreamClient uses HTTP/2 for requests that came over HTTP/2 (and
-	// gRPC), HTTP/1.1 for the others: Envoy's use_downstream_protocol,
-	// which Istio sets for ports whose protocol is detected.
-	UpstreamClient UpstreamProtocol = "CLIENT"
 )
 
 // L7Endpoint is one upstream address.
@@ -1448,9 +1444,9 @@ func (c *L7Cluster) Validate() error {
 		}
 	}
 	switch c.Protocol {
-	case UpstreamAuto, UpstreamHTTP1, UpstreamHTTP2, UpstreamClient:
+	case UpstreamAuto, UpstreamHTTP1, UpstreamHTTP2:
 	default:
-		return fmt.Errorf("cluster %q: protocol %q: want \"\", HTTP, HTTP2 or CLIENT", c.Name, c.Protocol)
+		return fmt.Errorf("cluster %q: protocol %q: want \"\", HTTP or HTTP2", c.Name, c.Protocol)
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Subsets {
