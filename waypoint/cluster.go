@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -43,6 +44,8 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options, self proxyP
 	c := &cluster{spec: *spec, subsets: map[string]*upstream{}, self: self}
 	c.all = newUpstream(spec.Name, "", spec.Endpoints, spec.Traffic, opts, self)
 	c.all.protocol = spec.Protocol
+	joined := joinTimes(prev, time.Now())
+	c.all.setJoined(joined)
 	for _, s := range spec.Subsets {
 		tp := spec.Traffic
 		if s.Traffic != nil {
@@ -56,12 +59,39 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options, self proxyP
 		}
 		u := newUpstream(spec.Name, s.Name, eps, tp, opts, self)
 		u.protocol = spec.Protocol
+		u.setJoined(joined)
 		c.subsets[s.Name] = u
 	}
 	if prev != nil {
 		prev.close()
 	}
 	return c
+}
+
+// joinTimes returns, for the endpoints of a cluster's new config, when each
+// joined the cluster (for warmup): what prev recorded for an address it
+// had, now for a new one. The endpoints of a cluster's first config have
+// no time: the proxy cannot tell how long they have served.
+func joinTimes(prev *cluster, now time.Time) func(addr string) time.Time {
+	if prev == nil {
+		return func(string) time.Time { return time.Time{} }
+	}
+	known := make(map[string]time.Time, len(prev.all.endpoints))
+	for _, e := range prev.all.endpoints {
+		known[e.addr] = e.joined
+	}
+	return func(addr string) time.Time {
+		if t, ok := known[addr]; ok {
+			return t
+		}
+		return now
+	}
+}
+
+func (u *upstream) setJoined(joined func(addr string) time.Time) {
+	for _, e := range u.endpoints {
+		e.joined = joined(e.addr)
+	}
 }
 
 func (c *cluster) subset(name string) *upstream {
@@ -108,6 +138,7 @@ type endpoint struct {
 	node     string
 	loc      model.Locality
 	active   atomic.Int64
+	joined   time.Time // when it joined the cluster; zero: before the proxy's first config of it
 
 	mu           sync.Mutex
 	consec5xx    int
@@ -348,6 +379,11 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 		return avail[0], nil
 	}
 	lb := u.policy.LB
+	if w := lb.Warmup; w != nil && lb.ConsistentHash == nil {
+		if e := pickWarming(avail, now, w); e != nil {
+			return e, nil
+		}
+	}
 	if u.weighted && lb.ConsistentHash == nil {
 		// Endpoint weights (e.g. from locality or ServiceEntry weights):
 		// weighted random, which Envoy's algorithms converge to.
@@ -384,6 +420,42 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 		}
 		return a, nil
 	}
+}
+
+// pickWarming picks one of avail by weighted random when some of them are
+// still warming up (joined less than w.Duration ago), each endpoint's
+// weight scaled as Envoy's slow start scales it; nil when none is warming,
+// for the cluster's own algorithm to pick.
+func pickWarming(avail []*endpoint, now time.Time, w *model.Warmup) *endpoint {
+	warming := false
+	for _, e := range avail {
+		if !e.joined.IsZero() && now.Sub(e.joined) < w.Duration {
+			warming = true
+			break
+		}
+	}
+	if !warming {
+		return nil
+	}
+	var buf [16]float64
+	weights := buf[:0]
+	total := 0.0
+	for _, e := range avail {
+		f := 1.0
+		if age := now.Sub(e.joined); !e.joined.IsZero() && age < w.Duration {
+			f = max(w.MinPercent/100, math.Pow(float64(age)/float64(w.Duration), 1/w.Aggression))
+		}
+		weights = append(weights, float64(e.weight)*f)
+		total += float64(e.weight) * f
+	}
+	n := rand.Float64() * total
+	for i, e := range avail {
+		if n < weights[i] {
+			return e
+		}
+		n -= weights[i]
+	}
+	return avail[len(avail)-1]
 }
 
 // usable are the endpoints of eps not ejected and, when others are left,

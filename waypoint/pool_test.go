@@ -271,3 +271,56 @@ func waitForLog(t *testing.T, log *syncBuffer, flag string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestWarmup: with warmup set, an endpoint that joins the cluster gets a
+// share that grows from the minimum percent of its weight over the warmup
+// duration (Envoy's slow start), for round robin and least request alike;
+// the endpoints of the cluster's first config, and every endpoint without
+// warmup, share evenly; a push that changes something else keeps a warming
+// endpoint's start.
+func TestWarmup(t *testing.T) {
+	a, b := &named{name: "a"}, &named{name: "b"}
+	addrA, addrB := backend(t, a), backend(t, b)
+	config := func(lb model.LBPolicy, addrs ...string) *Config {
+		c := clusterOf("svc", addrs...)
+		c.Traffic.LB = lb
+		return oneRoute([]model.L7Cluster{c}, model.L7Route{Name: "r", Destinations: to("svc")})
+	}
+	warm := &model.Warmup{Duration: 10 * time.Minute, MinPercent: 10, Aggression: 1}
+	share := func(h *harness, n int) int {
+		b0 := b.count()
+		client := newClient(t)
+		for range n {
+			if code, _ := h.get(t, client, "/", nil); code != 200 {
+				t.Fatalf("request: %d", code)
+			}
+		}
+		return b.count() - b0
+	}
+	const n = 600
+	for _, simple := range []model.LoadBalancing{model.LBRoundRobin, model.LBDefault} {
+		lb := model.LBPolicy{Simple: simple, Warmup: warm}
+		// b is in the first config: not warming.
+		h := start(t, config(lb, addrA, addrB), nil)
+		checkShare(t, fmt.Sprintf("%q: b, in the first config", simple), share(h, n), n, 0.5)
+		// b joins later: about 10/110 of the requests while it warms.
+		h = start(t, config(lb, addrA), nil)
+		if err := h.proxy.Update(config(lb, addrA, addrB)); err != nil {
+			t.Fatal(err)
+		}
+		checkShare(t, fmt.Sprintf("%q: b, just joined", simple), share(h, n), n, 10.0/110)
+		// Another push (a retry policy): b still warming.
+		next := config(lb, addrA, addrB)
+		next.L7.Listeners[0].VirtualHosts[0].Routes[0].Retries = &model.RetryPolicy{Attempts: 1}
+		if err := h.proxy.Update(next); err != nil {
+			t.Fatal(err)
+		}
+		checkShare(t, fmt.Sprintf("%q: b, after an unrelated push", simple), share(h, n), n, 10.0/110)
+	}
+	// Without warmup a joining endpoint gets its full share at once.
+	h := start(t, config(model.LBPolicy{Simple: model.LBRandom}, addrA), nil)
+	if err := h.proxy.Update(config(model.LBPolicy{Simple: model.LBRandom}, addrA, addrB)); err != nil {
+		t.Fatal(err)
+	}
+	checkShare(t, "b, joined, no warmup", share(h, n), n, 0.5)
+}

@@ -21,7 +21,7 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 	}
 	set(tp.GetConnectionPool().GetHttp().GetMaxConcurrentStreams() != 0, "connectionPool.http.maxConcurrentStreams")
 	lb := tp.GetLoadBalancer()
-	set(lb.GetWarmupDurationSecs() != nil || lb.GetWarmup() != nil, "loadBalancer.warmup")
+	set((lb.GetWarmupDurationSecs() != nil || lb.GetWarmup() != nil) && warmup(lb) == nil, "loadBalancer.warmup (with this load balancer, or these values)")
 	set(lb.GetZoneAwareLbSetting() != nil, "loadBalancer.zoneAwareLbSetting")
 	od := tp.GetOutlierDetection()
 	set(od.GetSplitExternalLocalOriginErrors() || od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.splitExternalLocalOriginErrors")

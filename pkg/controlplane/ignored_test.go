@@ -38,7 +38,7 @@ spec:
 		text    string
 		warning bool
 	}{
-		{"trafficPolicy: connectionPool.http.maxConcurrentStreams, loadBalancer.warmup not implemented", true},
+		{"trafficPolicy: connectionPool.http.maxConcurrentStreams not implemented", true},
 		{"subsets[v1].trafficPolicy: outlierDetection.splitExternalLocalOriginErrors not implemented", true},
 		{"http[0]: retries.retryRemoteLocalities not implemented", true},
 		{"http[0].delegate: VirtualService delegation is not supported", false},

@@ -370,12 +370,44 @@ func upstreamProtocol(appProtocol string) model.UpstreamProtocol {
 	return model.UpstreamAuto
 }
 
+// warmup is the slow start of lbs (warmup, or the older
+// warmupDurationSecs), with Istio's defaults: minimum 10%, aggression 1.
+// Envoy's slow start applies to ROUND_ROBIN and LEAST_REQUEST only.
+func warmup(lbs *networkingapi.LoadBalancerSettings) *model.Warmup {
+	switch simple, _ := simpleLB(lbs.GetSimple()); simple {
+	case model.LBDefault, model.LBRoundRobin, model.LBLeastRequest:
+	default:
+		return nil
+	}
+	if lbs.GetConsistentHash() != nil {
+		return nil
+	}
+	w := &model.Warmup{MinPercent: 10, Aggression: 1}
+	switch {
+	case lbs.GetWarmup() != nil:
+		w.Duration = lbs.GetWarmup().GetDuration().AsDuration()
+		if v := lbs.GetWarmup().GetMinimumPercent(); v != nil {
+			w.MinPercent = v.GetValue()
+		}
+		if v := lbs.GetWarmup().GetAggression(); v != nil {
+			w.Aggression = v.GetValue()
+		}
+	case lbs.GetWarmupDurationSecs() != nil: // the older field, still read by Istio
+		w.Duration = lbs.GetWarmupDurationSecs().AsDuration()
+	}
+	if w.Duration <= 0 || w.Aggression <= 0 || w.MinPercent < 0 || w.MinPercent > 100 {
+		return nil
+	}
+	return w
+}
+
 // trafficPolicy is tp in the model. meshUpgrade is the mesh config's
 // h2UpgradePolicy for the port, which tp's own policy overrides.
 func trafficPolicy(tp *networkingapi.TrafficPolicy, meshUpgrade bool) model.TrafficPolicy {
 	var out model.TrafficPolicy
 	lbs := tp.GetLoadBalancer()
 	out.LB.Simple, _ = simpleLB(lbs.GetSimple())
+	out.LB.Warmup = warmup(lbs)
 	if ch := lbs.GetConsistentHash(); ch != nil {
 		switch {
 		case ch.GetHttpHeaderName() != "":

@@ -1094,3 +1094,32 @@ spec:
 		})
 	}
 }
+
+// TestWarmupFields: loadBalancer.warmup (and the older warmupDurationSecs)
+// reach the waypoint with Istio's defaults (10%, aggression 1) for round
+// robin and least request; with another load balancer it is warned and
+// left out, as Envoy's slow start does not apply there.
+func TestWarmupFields(t *testing.T) {
+	for _, tt := range []struct {
+		lb   string
+		want *model.Warmup
+	}{
+		{"{simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 20, aggression: 2}}", &model.Warmup{Duration: time.Minute, MinPercent: 20, Aggression: 2}},
+		{"{warmup: {duration: 90s}}", &model.Warmup{Duration: 90 * time.Second, MinPercent: 10, Aggression: 1}},
+		{"{simple: LEAST_REQUEST, warmupDurationSecs: 30s}", &model.Warmup{Duration: 30 * time.Second, MinPercent: 10, Aggression: 1}},
+	} {
+		if got := reviewsTraffic(t, "{loadBalancer: "+tt.lb+"}").LB.Warmup; !cmp.Equal(got, tt.want) {
+			t.Errorf("%s: warmup %+v; want %+v", tt.lb, got, tt.want)
+		}
+	}
+	cfg := bookinfoWaypointWarned(t, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM, warmup: {duration: 60s}}}
+`, "loadBalancer.warmup (with this load balancer, or these values) not implemented")
+	if w := cfg.Clusters[0].Traffic.LB.Warmup; w != nil {
+		t.Errorf("warmup with RANDOM: %+v; want none", w)
+	}
+}

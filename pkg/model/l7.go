@@ -796,6 +796,22 @@ type LBPolicy struct {
 	// rules prefer for the proxy's own place; the algorithm picks among
 	// them.
 	Locality *LocalityLB `json:",omitempty"`
+	// Warmup, when set, ramps up the share of an endpoint that joined the
+	// cluster recently (Envoy's slow start, Istio's loadBalancer.warmup),
+	// for ROUND_ROBIN and LEAST_REQUEST.
+	Warmup *Warmup `json:",omitempty"`
+}
+
+// Warmup is Envoy's slow start: an endpoint younger than Duration gets its
+// weight times max(MinPercent/100, (age/Duration)^(1/Aggression)).
+type Warmup struct {
+	Duration time.Duration
+	// MinPercent is the least share of its weight a new endpoint gets
+	// (Istio's default 10).
+	MinPercent float64
+	// Aggression shapes the ramp: 1 is linear (Istio's default), more
+	// is faster at first.
+	Aggression float64
 }
 
 // ConsistentHash hashes one request property: exactly one field set.
@@ -1505,6 +1521,9 @@ func (t *TrafficPolicy) Validate() error {
 		if err := l.Validate(); err != nil {
 			return err
 		}
+	}
+	if w := t.LB.Warmup; w != nil && (w.Duration <= 0 || w.MinPercent < 0 || w.MinPercent > 100 || w.Aggression <= 0) {
+		return fmt.Errorf("loadBalancer: warmup %+v: want a positive duration and aggression, and a minimum percent of 0-100", *w)
 	}
 	p := t.Pool
 	if p.MaxConnections < 0 || p.HTTP1MaxPendingRequests < 0 || p.HTTP2MaxRequests < 0 || p.MaxRequestsPerConnection < 0 || p.IdleTimeout < 0 || p.ConnectTimeout < 0 ||
