@@ -203,11 +203,26 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	return u
 }
 
-// acquireRetry takes one of the cluster's maxRetries slots for a retry
-// about to be made, recording it in held; false when they are all taken.
-// Without maxRetries it always succeeds and counts nothing.
+// acquireRetry takes one of the cluster's retry slots for a retry about
+// to be made, recording it in held; false when they are all taken. The
+// slots are the retry budget's share of the requests in flight when the
+// policy has one, else maxRetries; without either it always succeeds and
+// counts nothing.
 func (u *upstream) acquireRetry(held *bool) bool {
 	max := int64(u.policy.Pool.MaxRetries)
+	if b := u.policy.RetryBudget; b != nil {
+		var active int64
+		for _, e := range u.endpoints {
+			active += e.active.Load()
+		}
+		max = int64(float64(active) * b.Percent / 100)
+		if m := int64(b.MinConcurrency); max < m {
+			max = m
+		}
+		if max <= 0 {
+			return false
+		}
+	}
 	if max <= 0 {
 		return true
 	}

@@ -78,11 +78,21 @@ func TestUpstreamHTTPVersion(t *testing.T) {
 	}
 }
 
-// TestMaxRetries: a cluster's maxRetries bounds the retries outstanding at
-// once. With one slot and a backend that fails every first try and holds
-// the retry, only one of several concurrent requests is retried; the
-// others get their failure at once, flagged UO, and counted as overflow.
+// TestMaxRetries: a cluster's maxRetries, or its retry budget's minimum,
+// bounds the retries outstanding at once. With one slot and a backend that
+// fails every first try and holds the retry, only one of several
+// concurrent requests is retried; the others get their failure at once,
+// flagged UO, and counted as overflow.
 func TestMaxRetries(t *testing.T) {
+	t.Run("maxRetries", func(t *testing.T) {
+		testRetrySlots(t, model.TrafficPolicy{Pool: model.ConnectionPool{MaxRetries: 1}})
+	})
+	t.Run("retryBudget", func(t *testing.T) {
+		testRetrySlots(t, model.TrafficPolicy{Pool: model.ConnectionPool{MaxRetries: 5}, RetryBudget: &model.RetryBudget{Percent: 0, MinConcurrency: 1}})
+	})
+}
+
+func testRetrySlots(t *testing.T, tp model.TrafficPolicy) {
 	var tries atomic.Int64
 	release := make(chan struct{})
 	var seen sync.Map
@@ -100,7 +110,7 @@ func TestMaxRetries(t *testing.T) {
 		io.WriteString(w, "retried")
 	}))
 	c := clusterOf("b", addr)
-	c.Traffic.Pool.MaxRetries = 1
+	c.Traffic = tp
 	h := start(t, oneRoute([]model.L7Cluster{c}, model.L7Route{Name: "r", Destinations: to("b"),
 		Retries: &model.RetryPolicy{Attempts: 2, RetryOn: []string{"5xx"}, Backoff: time.Millisecond}}), nil)
 
@@ -323,4 +333,37 @@ func TestWarmup(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkShare(t, "b, joined, no warmup", share(h, n), n, 0.5)
+}
+
+// TestRetryBudgetShare: a retry budget allows its percent of the requests
+// in flight to the cluster as retries at once, never fewer than its
+// minimum; a slot given back is free again.
+func TestRetryBudgetShare(t *testing.T) {
+	u := newUpstream("c", "", []model.L7Endpoint{{Address: "198.18.0.1:80"}, {Address: "198.18.0.2:80"}},
+		model.TrafficPolicy{RetryBudget: &model.RetryBudget{Percent: 20, MinConcurrency: 3}}, &Options{}, proxyPlace{})
+	take := func() int {
+		held := make([]bool, 0, 20)
+		for range 20 {
+			var h bool
+			if !u.acquireRetry(&h) {
+				break
+			}
+			held = append(held, h)
+		}
+		for i := range held {
+			u.releaseRetry(&held[i])
+		}
+		return len(held)
+	}
+	if n := take(); n != 3 {
+		t.Errorf("retries allowed with nothing in flight: %d; want the minimum, 3", n)
+	}
+	u.endpoints[0].active.Store(30)
+	u.endpoints[1].active.Store(20)
+	if n := take(); n != 10 {
+		t.Errorf("retries allowed with 50 requests in flight: %d; want 20%%, 10", n)
+	}
+	if n := take(); n != 10 {
+		t.Errorf("retries allowed once the slots were given back: %d; want 10 again", n)
+	}
 }

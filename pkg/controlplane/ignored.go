@@ -27,7 +27,6 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 	set(od.GetSplitExternalLocalOriginErrors() || od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.splitExternalLocalOriginErrors")
 	set(tp.GetTunnel() != nil, "tunnel")
 	set(tp.GetProxyProtocol() != nil, "proxyProtocol")
-	set(tp.GetRetryBudget() != nil, "retryBudget")
 	return out
 }
 

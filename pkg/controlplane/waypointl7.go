@@ -349,6 +349,7 @@ func forPort(tp *networkingapi.TrafficPolicy, port uint32) *networkingapi.Traffi
 				ConnectionPool:   pl.GetConnectionPool(),
 				OutlierDetection: pl.GetOutlierDetection(),
 				Tls:              pl.GetTls(),
+				RetryBudget:      tp.GetRetryBudget(), // not per port
 			}
 		}
 	}
@@ -419,6 +420,16 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy, meshUpgrade bool) model.Traf
 			out.LB.ConsistentHash = &model.ConsistentHash{QueryParam: ch.GetHttpQueryParameterName()}
 		case ch.GetUseSourceIp():
 			out.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
+		}
+	}
+	if rb := tp.GetRetryBudget(); rb != nil {
+		// Istio's defaults: 20%, at least 3.
+		out.RetryBudget = &model.RetryBudget{Percent: 20, MinConcurrency: 3}
+		if p := rb.GetPercent(); p != nil {
+			out.RetryBudget.Percent = min(max(p.GetValue(), 0), 100)
+		}
+		if m := rb.GetMinRetryConcurrency(); m > 0 {
+			out.RetryBudget.MinConcurrency = int(min(m, math.MaxInt32))
 		}
 	}
 	tcp, http := tp.GetConnectionPool().GetTcp(), tp.GetConnectionPool().GetHttp()

@@ -1123,3 +1123,14 @@ spec:
 		t.Errorf("warmup with RANDOM: %+v; want none", w)
 	}
 }
+
+// TestRetryBudgetFields: trafficPolicy.retryBudget reaches the waypoint,
+// with Istio's defaults (20%, at least 3), port-level settings keeping it.
+func TestRetryBudgetFields(t *testing.T) {
+	if b := reviewsTraffic(t, "{retryBudget: {percent: 50, minRetryConcurrency: 2}}").RetryBudget; b == nil || *b != (model.RetryBudget{Percent: 50, MinConcurrency: 2}) {
+		t.Errorf("retryBudget = %+v; want 50%%, 2", b)
+	}
+	if b := reviewsTraffic(t, "{retryBudget: {}, portLevelSettings: [{port: {number: 9080}, connectionPool: {http: {maxRetries: 4}}}]}").RetryBudget; b == nil || *b != (model.RetryBudget{Percent: 20, MinConcurrency: 3}) {
+		t.Errorf("retryBudget {} with port-level settings = %+v; want Istio's defaults 20%%, 3", b)
+	}
+}

@@ -719,6 +719,10 @@ type TrafficPolicy struct {
 	Pool ConnectionPool
 	// Outlier ejects failing endpoints; nil means none.
 	Outlier *OutlierDetection
+	// RetryBudget, when set, bounds the retries outstanding to the cluster
+	// by the requests in flight, instead of Pool.MaxRetries (Envoy's retry
+	// budget, Istio's trafficPolicy.retryBudget).
+	RetryBudget *RetryBudget `json:",omitempty"`
 	// TLS originates TLS to the endpoints (a DestinationRule's
 	// trafficPolicy.tls with mode SIMPLE or MUTUAL): the proxy speaks
 	// TLS to the app behind the endpoint, inside HBONE for a mesh
@@ -878,6 +882,13 @@ type ConnectionPool struct {
 	// UseClientProtocol sends each request upstream in the HTTP version
 	// the client used (Istio's useClientProtocol); it wins over H2Upgrade.
 	UseClientProtocol bool `json:",omitempty"`
+}
+
+// RetryBudget allows as many retries at once as Percent of the requests in
+// flight to the cluster, and at least MinConcurrency.
+type RetryBudget struct {
+	Percent        float64
+	MinConcurrency int
 }
 
 // NoTimeout disables a timeout whose zero value means a default.
@@ -1521,6 +1532,9 @@ func (t *TrafficPolicy) Validate() error {
 		if err := l.Validate(); err != nil {
 			return err
 		}
+	}
+	if b := t.RetryBudget; b != nil && (b.Percent < 0 || b.Percent > 100 || b.MinConcurrency < 0) {
+		return fmt.Errorf("retryBudget %+v: want a percent of 0-100 and a non-negative minimum", *b)
 	}
 	if w := t.LB.Warmup; w != nil && (w.Duration <= 0 || w.MinPercent < 0 || w.MinPercent > 100 || w.Aggression <= 0) {
 		return fmt.Errorf("loadBalancer: warmup %+v: want a positive duration and aggression, and a minimum percent of 0-100", *w)
