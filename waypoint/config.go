@@ -61,8 +61,8 @@ type compiled struct {
 	extAuthz map[string]*extAuthz
 	// passthrough are the listeners' TLS passthrough routes, by port.
 	passthrough map[uint32][]model.PassthroughRoute
-	// tcpRoutes are the listeners' tcp routes, by port.
-	tcpRoutes map[uint32]*model.TCPRoute
+	// tcpRoutes are the listeners with tcp routes, by port.
+	tcpRoutes map[uint32]*model.L7Listener
 	// exportSpan receives sampled spans: the config tracer's exporter,
 	// else Options.ExportSpan; nil exports none.
 	exportSpan func(Span)
@@ -85,8 +85,22 @@ type vhost struct {
 	any      bool
 	routes   []*route
 	cors     *corsPolicy
-	tcp      *model.TCPRoute // where its service's non-HTTP connections go
-	opaque   bool            // its connections all go to tcp, unread
+	tcp      *model.TCPRoute  // where its service's non-HTTP connections go
+	matched  []model.TCPRoute // tried before tcp, by their matches
+	opaque   bool             // its connections all go to tcp, unread
+}
+
+// pickTCP is the route of a connection forwarded whole: the first of
+// matched whose matches the client (peer) meets, else fallback (nil: none).
+func pickTCP(matched []model.TCPRoute, fallback *model.TCPRoute, peer *Peer) *model.TCPRoute {
+	for i := range matched {
+		for j := range matched[i].Matches {
+			if matched[i].Matches[j].Matches(peer.Namespace, peer.Labels, peer.DestinationIP) {
+				return &matched[i]
+			}
+		}
+	}
+	return fallback
 }
 
 // corsPolicy is a CORSPolicy with its origin matches compiled.
@@ -237,11 +251,11 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			}
 			c.passthrough[ls.Port] = ls.Passthrough
 		}
-		if ls.TCP != nil {
+		if ls.TCP != nil || len(ls.TCPMatched) > 0 {
 			if c.tcpRoutes == nil {
-				c.tcpRoutes = map[uint32]*model.TCPRoute{}
+				c.tcpRoutes = map[uint32]*model.L7Listener{}
 			}
-			c.tcpRoutes[ls.Port] = ls.TCP
+			c.tcpRoutes[ls.Port] = ls
 		}
 		l := &listener{name: ls.Name, port: ls.Port}
 		for j := range ls.VirtualHosts {
@@ -250,7 +264,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			if err != nil {
 				return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: %w", ls.Name, vs.Name, err)
 			}
-			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP, opaque: vs.Opaque}
+			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP, matched: vs.TCPMatched, opaque: vs.Opaque}
 			c.opaque = c.opaque || vs.Opaque
 			for _, d := range vs.Domains {
 				switch {

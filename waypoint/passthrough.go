@@ -153,12 +153,16 @@ func (p *Proxy) ServeTCP(ctx context.Context, l net.Listener, port uint32, drain
 		wg.Go(func() {
 			defer c.Close()
 			cfg := p.cfg.Load()
-			r := cfg.tcpRoutes[port]
+			peer := p.connPeer(c)
+			var r *model.TCPRoute
+			if l := cfg.tcpRoutes[port]; l != nil {
+				r = pickTCP(l.TCPMatched, l.TCP, &peer)
+			}
 			if r == nil {
 				p.logf("waypoint: tcp on port %d: no tcp route", port)
 				return
 			}
-			p.forwardRoute(relays, c, cfg, p.connPeer(c), r.Name, r.Destinations)
+			p.forwardRoute(relays, c, cfg, peer, r.Name, r.Destinations)
 		})
 	}
 }

@@ -1,12 +1,15 @@
 package waypoint
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -365,5 +368,106 @@ func TestRetryBudgetShare(t *testing.T) {
 	}
 	if n := take(); n != 10 {
 		t.Errorf("retries allowed once the slots were given back: %d; want 10 again", n)
+	}
+}
+
+// TestTCPRouteMatches: a service's tcp routes with conditions are tried in
+// order on each connection relayed whole: the client's labels, its
+// namespace together with the address it dialled; a connection none of
+// them takes goes to the unconditional route.
+func TestTCPRouteMatches(t *testing.T) {
+	greeter := func(name string) string {
+		return tcpBackend(t, func(c net.Conn) { io.WriteString(c, name+"\n") })
+	}
+	cfg := &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "p", VirtualHosts: []model.VirtualHost{{
+			Name: "db.shop.svc.cluster.local", Domains: []string{"db"}, Opaque: true,
+			Routes: []model.L7Route{{Name: "default", Destinations: to("all")}},
+			TCPMatched: []model.TCPRoute{
+				{Name: "reports", Destinations: to("reports"), Matches: []model.TCPMatch{{SourceLabels: map[string]string{"app": "reports"}}}},
+				{Name: "analytics", Destinations: to("analytics"), Matches: []model.TCPMatch{{SourceNamespace: "analytics", DestinationSubnets: []string{"198.18.9.0/24"}}}},
+			},
+			TCP: &model.TCPRoute{Name: "default", Destinations: to("all")},
+		}}}},
+		Clusters: []model.L7Cluster{clusterOf("all", greeter("all")), clusterOf("reports", greeter("reports")), clusterOf("analytics", greeter("analytics"))},
+	}}
+	if err := cfg.L7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var client atomic.Pointer[Peer]
+	h := start(t, cfg, func(o *Options) {
+		o.ConnPeer = func(net.Conn) Peer { return *client.Load() }
+	})
+	for _, tt := range []struct {
+		peer Peer
+		want string
+	}{
+		{Peer{Namespace: "shop", Labels: map[string]string{"app": "reports", "version": "v2"}}, "reports"},
+		{Peer{Namespace: "analytics", DestinationIP: netip.MustParseAddr("198.18.9.5")}, "analytics"},
+		{Peer{Namespace: "analytics", DestinationIP: netip.MustParseAddr("198.18.10.5")}, "all"},
+		{Peer{Namespace: "shop", Labels: map[string]string{"app": "web"}, DestinationIP: netip.MustParseAddr("198.18.9.5")}, "all"},
+	} {
+		p := tt.peer
+		p.DestinationService, p.DestinationPort = "db.shop.svc.cluster.local", 9000
+		client.Store(&p)
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if got := strings.TrimSpace(line); err != nil || got != tt.want {
+			t.Errorf("client %+v: relayed to %q (%v); want %s", tt.peer, got, err, tt.want)
+		}
+	}
+}
+
+// TestServeTCPRouteMatches: an ingress TCP listener's routes with
+// conditions are tried before its unconditional one: a connection to an
+// address in the route's subnet takes it, any other the default; with no
+// default, a connection no route takes is closed.
+func TestServeTCPRouteMatches(t *testing.T) {
+	greeter := func(name string) string {
+		return tcpBackend(t, func(c net.Conn) { io.WriteString(c, name+"\n") })
+	}
+	clusters := []model.L7Cluster{clusterOf("local", greeter("local")), clusterOf("other", greeter("other"))}
+	relayedTo := func(l model.L7Listener) string {
+		cfg := &Config{L7: &model.L7Config{Listeners: []model.L7Listener{l}, Clusters: clusters}}
+		if err := cfg.L7.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		p, err := New(Options{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go p.ServeTCP(ctx, ln, 9000, time.Second)
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	route := func(name, subnet string) model.TCPRoute {
+		return model.TCPRoute{Name: name, Destinations: to(name), Matches: []model.TCPMatch{{DestinationSubnets: []string{subnet}}}}
+	}
+	def := &model.TCPRoute{Name: "other", Destinations: to("other")}
+	if got := relayedTo(model.L7Listener{Name: "tcp", Port: 9000, TCPMatched: []model.TCPRoute{route("local", "127.0.0.0/8")}, TCP: def}); got != "local" {
+		t.Errorf("a connection to 127.0.0.1 with a route for 127.0.0.0/8: relayed to %q; want local", got)
+	}
+	if got := relayedTo(model.L7Listener{Name: "tcp", Port: 9000, TCPMatched: []model.TCPRoute{route("local", "198.18.0.0/15")}, TCP: def}); got != "other" {
+		t.Errorf("a connection to 127.0.0.1 with a route for 198.18.0.0/15 only: relayed to %q; want the default, other", got)
+	}
+	if got := relayedTo(model.L7Listener{Name: "tcp", Port: 9000, TCPMatched: []model.TCPRoute{route("local", "198.18.0.0/15")}}); got != "" {
+		t.Errorf("a connection no route takes, without a default: relayed to %q; want it closed", got)
 	}
 }

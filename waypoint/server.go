@@ -247,9 +247,11 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 		}
 		return
 	}
-	if vh := cfg.serviceVhost(&peer); vh != nil && vh.tcp != nil {
-		p.forwardRoute(ctx, c, cfg, peer, vh.tcp.Name, vh.tcp.Destinations)
-		return
+	if vh := cfg.serviceVhost(&peer); vh != nil {
+		if r := pickTCP(vh.matched, vh.tcp, &peer); r != nil {
+			p.forwardRoute(ctx, c, cfg, peer, r.Name, r.Destinations)
+			return
+		}
 	}
 	if rt := cfg.workloadRoute(&peer); rt != nil {
 		if p.allowL4(cfg, peer) {

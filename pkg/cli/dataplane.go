@@ -489,7 +489,7 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 			if len(l.Passthrough) > 0 {
 				modes = append(modes, "passthrough")
 			}
-			if l.TCP != nil {
+			if l.TCP != nil || len(l.TCPMatched) > 0 {
 				modes = append(modes, "tcp")
 			}
 			tls := dash(strings.Join(modes, "+"))
@@ -518,7 +518,12 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 						dash(r.Name), describeMatches(r.Matches), describeAction(&r))
 				}
 				// Its connections that are not HTTP, or all of them when the
-				// port is declared TCP (opaque).
+				// port is declared TCP (opaque): the routes with conditions
+				// first, in order.
+				for _, r := range vh.TCPMatched {
+					rt := model.L7Route{Destinations: r.Destinations}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2), r.Name, "tcp "+describeTCPMatches(r.Matches), describeAction(&rt))
+				}
 				if r := vh.TCP; r != nil || vh.Opaque {
 					match, to := "tcp (not http)", "closed"
 					if vh.Opaque {
@@ -539,6 +544,10 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 				rt := model.L7Route{Destinations: r.Destinations}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, "(tls passthrough)", shortList(r.SNIHosts, 2),
 					r.Name, "sni "+strings.Join(r.SNIHosts, ","), describeAction(&rt))
+			}
+			for _, r := range l.TCPMatched {
+				rt := model.L7Route{Destinations: r.Destinations}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, "(tcp)", "-", r.Name, describeTCPMatches(r.Matches), describeAction(&rt))
 			}
 			if r := l.TCP; r != nil {
 				rt := model.L7Route{Destinations: r.Destinations}
@@ -680,4 +689,28 @@ func trafficName(sv *model.Service) string {
 		out = append(out, "ClientIP")
 	}
 	return dash(strings.Join(out, ","))
+}
+
+// describeTCPMatches is a tcp route's match conditions, "a or b", each
+// "ns=x labels=k=v subnets=c".
+func describeTCPMatches(ms []model.TCPMatch) string {
+	alts := make([]string, 0, len(ms))
+	for _, m := range ms {
+		var parts []string
+		if m.SourceNamespace != "" {
+			parts = append(parts, "ns="+m.SourceNamespace)
+		}
+		if len(m.SourceLabels) > 0 {
+			kv := make([]string, 0, len(m.SourceLabels))
+			for _, k := range slices.Sorted(maps.Keys(m.SourceLabels)) {
+				kv = append(kv, k+"="+m.SourceLabels[k])
+			}
+			parts = append(parts, "labels="+strings.Join(kv, ","))
+		}
+		if len(m.DestinationSubnets) > 0 {
+			parts = append(parts, "subnets="+strings.Join(m.DestinationSubnets, ","))
+		}
+		alts = append(alts, strings.Join(parts, " "))
+	}
+	return strings.Join(alts, " or ")
 }

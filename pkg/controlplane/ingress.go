@@ -127,7 +127,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			if len(ml.VirtualHosts) == 0 {
 				ml.TLS, ml.SNI = nil, nil // TLS passthrough only: nothing terminates here
 			}
-			if len(ml.VirtualHosts) > 0 || len(ml.Passthrough) > 0 || ml.TCP != nil {
+			if len(ml.VirtualHosts) > 0 || len(ml.Passthrough) > 0 || ml.TCP != nil || len(ml.TCPMatched) > 0 {
 				cfg.Listeners = append(cfg.Listeners, ml)
 			}
 		}

@@ -95,23 +95,37 @@ type ingressServer struct {
 	tcp      bool // protocol TCP: a VirtualService's tcp route
 }
 
-// tcpRoute is the first tcp route of vs for port (its matches naming the
-// port, or none): a TCP server's, or a service's at its waypoint; nil when
-// it has none.
-func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], port uint32) *model.TCPRoute {
+// tcpRoute is the first tcp route of vs for port (with a match for the
+// port, or none, and no other condition): a TCP server's, or a service's at
+// its waypoint; nil when it has none. matched are the routes before it
+// whose matches for the port have conditions on the client (sourceLabels,
+// sourceNamespace) or the address dialled (destinationSubnets), which the
+// proxy evaluates on each connection, in order.
+func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], port uint32) (matched []model.TCPRoute, route *model.TCPRoute) {
 	for i, tr := range vs.spec.GetTcp() {
 		applies := len(tr.GetMatch()) == 0
+		var conds []model.TCPMatch
 		for j, m := range tr.GetMatch() {
-			if len(m.GetSourceLabels()) > 0 || m.GetSourceNamespace() != "" || len(m.GetDestinationSubnets()) > 0 {
-				// A condition on the client or the address is not
-				// evaluated on a relayed connection: rather than apply
-				// the route to every client, the match is left out.
-				lb.bd.rejecter(KindVirtualService, vs.meta.Namespace, vs.meta.Name).warn("tcp[%d].match[%d]: sourceLabels, sourceNamespace and destinationSubnets are not evaluated on TCP connections by meshlet's proxies; the match is ignored", i, j)
+			if m.GetPort() != 0 && m.GetPort() != port {
 				continue
 			}
-			applies = applies || m.GetPort() == 0 || m.GetPort() == port
+			if len(m.GetSourceLabels()) == 0 && m.GetSourceNamespace() == "" && len(m.GetDestinationSubnets()) == 0 {
+				applies = true
+				continue
+			}
+			subnets := m.GetDestinationSubnets()
+			bad := false
+			for _, sn := range subnets {
+				if _, err := model.ParseSubnet(sn); err != nil {
+					lb.bd.rejecter(KindVirtualService, vs.meta.Namespace, vs.meta.Name).warn("tcp[%d].match[%d].destinationSubnets: %v; the match is ignored", i, j, err)
+					bad = true
+				}
+			}
+			if !bad {
+				conds = append(conds, model.TCPMatch{SourceLabels: m.GetSourceLabels(), SourceNamespace: m.GetSourceNamespace(), DestinationSubnets: subnets})
+			}
 		}
-		if !applies || len(tr.GetRoute()) == 0 {
+		if (!applies && len(conds) == 0) || len(tr.GetRoute()) == 0 {
 			continue
 		}
 		r := &model.TCPRoute{Name: fmt.Sprintf("%s.%s.tcp.%d", vs.meta.Name, vs.meta.Namespace, i)}
@@ -122,9 +136,13 @@ func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], port uint
 				Weight:  weight(d.GetWeight(), len(tr.GetRoute())),
 			})
 		}
-		return r
+		if applies {
+			return matched, r
+		}
+		r.Matches = conds
+		matched = append(matched, *r)
 	}
-	return nil
+	return matched, nil
 }
 
 // passthroughRoutes are the tls routes of vs for a PASSTHROUGH server:
@@ -262,8 +280,8 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 		for _, srv := range servers[port] {
 			if srv.tcp {
 				for _, vs := range bd.validVS {
-					if l.TCP == nil && vsBindsGateway(vs, srv.gw) && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
-						l.TCP = lb.tcpRoute(vs, srv.port)
+					if l.TCP == nil && l.TCPMatched == nil && vsBindsGateway(vs, srv.gw) && model.ExportedTo(vs.spec.GetExportTo(), vs.meta.Namespace, key.Namespace) {
+						l.TCPMatched, l.TCP = lb.tcpRoute(vs, srv.port)
 					}
 				}
 				continue
@@ -319,7 +337,7 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 		if len(l.VirtualHosts) == 0 {
 			l.TLS, l.SNI = nil, nil // passthrough only: nothing terminates here
 		}
-		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 || l.TCP != nil {
+		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 || l.TCP != nil || len(l.TCPMatched) > 0 {
 			cfg.Listeners = append(cfg.Listeners, *l)
 		}
 	}

@@ -112,7 +112,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 						vh.TCP = &model.TCPRoute{Name: rt.Namespace + "/" + rt.Name, Destinations: ds}
 					}
 				} else if hasVS {
-					vh.TCP = lb.tcpRoute(vs, sp.Port)
+					vh.TCPMatched, vh.TCP = lb.tcpRoute(vs, sp.Port)
 				}
 				if vh.TCP == nil && rt == nil {
 					vh.TCP = &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}

@@ -897,7 +897,10 @@ metadata: {name: db, namespace: bookinfo}
 spec:
   hosts: [db]
   tcp:
-  - match: [{sourceLabels: {app: reports}}]
+  - match: [{sourceLabels: {app: reports}}, {sourceNamespace: analytics, destinationSubnets: [10.96.0.0/16, 10.96.0.43]}]
+    route:
+    - {destination: {host: db}}
+  - match: [{destinationSubnets: [not-a-subnet]}, {port: 9001, sourceNamespace: other}]
     route:
     - {destination: {host: db}}
   - match: [{port: 9000}]
@@ -911,8 +914,9 @@ spec:
   host: db
   subsets: [{name: primary, labels: {role: primary}}]
 `)...))
-	// A tcp route for some clients only is not applied to all of them.
-	const ignored = "warning VirtualService bookinfo/db: tcp[0].match[0]: sourceLabels, sourceNamespace and destinationSubnets are not evaluated on TCP connections"
+	// A match whose subnet does not parse is left out, warned; a match for
+	// another port does not apply.
+	const ignored = `warning VirtualService bookinfo/db: tcp[1].match[0].destinationSubnets: "not-a-subnet" is neither a CIDR nor an address`
 	if len(rej) != 1 || !strings.HasPrefix(rej[0].String(), ignored) {
 		t.Errorf("rejections = %v; want one: %s...", rej, ignored)
 	}
@@ -921,9 +925,11 @@ spec:
 		t.Fatal("no L7 config for bookinfo/waypoint")
 	}
 	got := map[string]*model.TCPRoute{}
+	var matched []model.TCPRoute
 	for _, l := range cfg.Listeners {
 		for _, vh := range l.VirtualHosts {
 			got[fmt.Sprintf("%s:%d", vh.Name, l.Port)] = vh.TCP
+			matched = append(matched, vh.TCPMatched...)
 			// Ports named tcp are declared TCP: relayed unread.
 			if want := l.Port == 9000; vh.Opaque != want {
 				t.Errorf("%s:%d opaque = %v; want %v", vh.Name, l.Port, vh.Opaque, want)
@@ -938,10 +944,16 @@ spec:
 		}},
 		"tcp-echo-v1.bookinfo.svc.cluster.local:9000": {Name: "default", Destinations: []model.WeightedDestination{{Cluster: cl("tcp-echo-v1", 9000), Weight: 1}}},
 		"tcp-echo-v2.bookinfo.svc.cluster.local:9000": {Name: "default", Destinations: []model.WeightedDestination{{Cluster: cl("tcp-echo-v2", 9000), Weight: 1}}},
-		"db.bookinfo.svc.cluster.local:9000":          {Name: "db.bookinfo.tcp.1", Destinations: []model.WeightedDestination{{Cluster: cl("db", 9000), Subset: "primary", Weight: 100}}},
+		"db.bookinfo.svc.cluster.local:9000":          {Name: "db.bookinfo.tcp.2", Destinations: []model.WeightedDestination{{Cluster: cl("db", 9000), Subset: "primary", Weight: 100}}},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("tcp routes by virtual host (-want +got):\n%s", d)
+	}
+	// The routes for some clients come first, with their conditions.
+	wantMatched := []model.TCPRoute{{Name: "db.bookinfo.tcp.0", Destinations: []model.WeightedDestination{{Cluster: cl("db", 9000), Weight: 100}},
+		Matches: []model.TCPMatch{{SourceLabels: map[string]string{"app": "reports"}}, {SourceNamespace: "analytics", DestinationSubnets: []string{"10.96.0.0/16", "10.96.0.43"}}}}}
+	if d := cmp.Diff(wantMatched, matched); d != "" {
+		t.Errorf("tcp routes with conditions (-want +got):\n%s", d)
 	}
 	for _, tt := range []struct {
 		name     string

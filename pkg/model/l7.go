@@ -212,6 +212,10 @@ type L7Listener struct {
 	// Istio Gateway server with protocol TCP and a VirtualService's tcp
 	// route); such a listener serves nothing else.
 	TCP *TCPRoute `json:",omitempty"`
+	// TCPMatched are the routes with match conditions that come before TCP,
+	// tried in order: the first one whose Matches a connection meets takes
+	// it, else TCP (nil: the connection is closed).
+	TCPMatched []TCPRoute `json:",omitempty"`
 }
 
 // TCPRoute sends a listener's connections to its destinations by weight.
@@ -220,6 +224,75 @@ type TCPRoute struct {
 	Name string
 	// Destinations are clusters by weight, subsets allowed.
 	Destinations []WeightedDestination
+	// Matches, set on the routes of a TCPMatched list, limit the route to
+	// the connections one of them matches.
+	Matches []TCPMatch `json:",omitempty"`
+}
+
+// TCPMatch is a VirtualService tcp route's match condition on a connection:
+// every field set must hold.
+type TCPMatch struct {
+	// SourceLabels must be a subset of the client workload's labels (known
+	// from the identity its HBONE connection proved).
+	SourceLabels map[string]string `json:",omitempty"`
+	// SourceNamespace is the client workload's namespace.
+	SourceNamespace string `json:",omitempty"`
+	// DestinationSubnets: the address the client dialled is in one of them
+	// (CIDRs, or single addresses).
+	DestinationSubnets []string `json:",omitempty"`
+}
+
+// Matches reports whether m holds for a client in namespace ns with
+// labels, that dialled dst.
+func (m *TCPMatch) Matches(ns string, labels map[string]string, dst netip.Addr) bool {
+	if m.SourceNamespace != "" && m.SourceNamespace != ns {
+		return false
+	}
+	if !SelectorMatches(m.SourceLabels, labels) {
+		return false
+	}
+	if len(m.DestinationSubnets) == 0 {
+		return true
+	}
+	for _, s := range m.DestinationSubnets {
+		if p, err := ParseSubnet(s); err == nil && dst.IsValid() && p.Contains(dst.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseSubnet reads a CIDR, or a single address as its own /32 or /128.
+func ParseSubnet(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither a CIDR nor an address", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// validateMatched checks a TCPMatched list: each route with a match, its
+// subnets well formed, its destinations defined.
+func validateMatched(routes []TCPRoute, clusters map[string]*L7Cluster) error {
+	for i, r := range routes {
+		if len(r.Matches) == 0 {
+			return fmt.Errorf("tcpMatched[%d] %q: no match (an unconditional route is TCP)", i, r.Name)
+		}
+		for _, m := range r.Matches {
+			for _, s := range m.DestinationSubnets {
+				if _, err := ParseSubnet(s); err != nil {
+					return fmt.Errorf("tcpMatched[%d] %q: destinationSubnets: %w", i, r.Name, err)
+				}
+			}
+		}
+		if err := validDestinations(r.Destinations, clusters); err != nil {
+			return fmt.Errorf("tcpMatched[%d] %q: %w", i, r.Name, err)
+		}
+	}
+	return nil
 }
 
 // PassthroughRoute sends the TLS connections whose server name matches
@@ -335,6 +408,9 @@ type VirtualHost struct {
 	// TCPRoute bound to it, a VirtualService's tcp route, else the service
 	// itself). Nil: such connections are closed.
 	TCP *TCPRoute `json:",omitempty"`
+	// TCPMatched are the tcp routes with match conditions that come before
+	// TCP, tried in order on such a connection.
+	TCPMatched []TCPRoute `json:",omitempty"`
 	// Opaque is set when the service's port is declared a protocol that is
 	// not HTTP (appProtocol, or Istio's port name prefix: tcp, tls, https,
 	// mongo, mysql, redis): its connections go to TCP at once, never read
@@ -1081,14 +1157,16 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 	if l.Name == "" {
 		return errors.New("listener has no name")
 	}
-	if l.TCP != nil {
+	if l.TCP != nil || len(l.TCPMatched) > 0 {
 		if len(l.VirtualHosts) > 0 || len(l.Passthrough) > 0 || l.TLS != nil {
 			return errors.New("a tcp route takes the whole port: no virtual hosts, passthrough routes or tls beside it")
 		}
-		if err := validDestinations(l.TCP.Destinations, clusters); err != nil {
-			return fmt.Errorf("tcp %q: %w", l.TCP.Name, err)
+		if l.TCP != nil {
+			if err := validDestinations(l.TCP.Destinations, clusters); err != nil {
+				return fmt.Errorf("tcp %q: %w", l.TCP.Name, err)
+			}
 		}
-		return nil
+		return validateMatched(l.TCPMatched, clusters)
 	}
 	if len(l.VirtualHosts) == 0 && len(l.Passthrough) == 0 {
 		return errors.New("no virtual hosts and no passthrough routes")
@@ -1140,6 +1218,9 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 			if err := validDestinations(vh.TCP.Destinations, clusters); err != nil {
 				return fmt.Errorf("virtualHosts[%d] %q: tcp %q: %w", i, vh.Name, vh.TCP.Name, err)
 			}
+		}
+		if err := validateMatched(vh.TCPMatched, clusters); err != nil {
+			return fmt.Errorf("virtualHosts[%d] %q: %w", i, vh.Name, err)
 		}
 		for j := range vh.Routes {
 			if err := vh.Routes[j].validate(clusters); err != nil {

@@ -232,6 +232,13 @@ func workloadLabelKeys(snap *model.Snapshot) []string {
 						}
 					}
 				}
+				for _, r := range vh.TCPMatched {
+					for _, m := range r.Matches {
+						for k := range m.SourceLabels {
+							keys[k] = true
+						}
+					}
+				}
 			}
 		}
 	}

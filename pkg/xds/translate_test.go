@@ -186,7 +186,7 @@ func TestApplySharedValues(t *testing.T) {
 func TestApplyWorkloadLabels(t *testing.T) {
 	w := &model.Workload{UID: "uid-a", Name: "a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.10")},
 		Identity: "spiffe://cluster.local/ns/ns1/sa/a", Enrolled: true, Ready: true, CanonicalName: "web", CanonicalRevision: "v1",
-		Labels: map[string]string{"app": "web", "version": "v1", "team": "blue", "pod-template-hash": "5d4f"}}
+		Labels: map[string]string{"app": "web", "version": "v1", "team": "blue", "tier": "db", "pod-template-hash": "5d4f"}}
 	l7 := &model.L7Config{
 		Listeners: []model.L7Listener{{Name: "http", VirtualHosts: []model.VirtualHost{{Name: "web", Domains: []string{"*"}, Routes: []model.L7Route{{
 			Name: "blue", Matches: []model.RouteMatch{{SourceLabels: map[string]string{"team": "blue"}}}, Destinations: []model.WeightedDestination{{Cluster: "web"}},
@@ -221,6 +221,17 @@ func TestApplyWorkloadLabels(t *testing.T) {
 	}
 	want["team"] = "blue"
 	eventually(t, "the label a route matches on sent", func() bool {
+		al, _ := labels()
+		return maps.Equal(al, want)
+	})
+	// A tcp route's sourceLabels count too.
+	l7.Listeners[0].VirtualHosts[0].TCPMatched = []model.TCPRoute{{Name: "db", Matches: []model.TCPMatch{{SourceLabels: map[string]string{"tier": "db"}}},
+		Destinations: []model.WeightedDestination{{Cluster: "web"}}}}
+	if err := ts.Apply(snap(3, l7)); err != nil {
+		t.Fatal(err)
+	}
+	want["tier"] = "db"
+	eventually(t, "the label a tcp route matches on sent", func() bool {
 		al, _ := labels()
 		return maps.Equal(al, want)
 	})

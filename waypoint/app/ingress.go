@@ -209,7 +209,7 @@ func (s *state) syncPorts(p *waypoint.Proxy, l7 *model.L7Config, tlsByPort map[u
 		if l.Port != 0 && l.Port != HBONEPort {
 			want[l.Port] = true
 			pass[l.Port] = len(l.Passthrough) > 0
-			tcp[l.Port] = l.TCP != nil
+			tcp[l.Port] = l.TCP != nil || len(l.TCPMatched) > 0
 		}
 	}
 	if s.ports == nil {
