@@ -471,3 +471,27 @@ func TestServeTCPRouteMatches(t *testing.T) {
 		t.Errorf("a connection no route takes, without a default: relayed to %q; want it closed", got)
 	}
 }
+
+// TestLogfBounded: what clients cause is logged at most logBurst times a
+// second per message; the next one logged says how many were not, and
+// other messages have their own budget.
+func TestLogfBounded(t *testing.T) {
+	var lines []string
+	p, err := New(Options{Config: oneRoute(nil, model.L7Route{Name: "r", DirectResponse: &model.DirectResponse{Status: 200}}), Logf: func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		p.logf("waypoint: connection %d denied", i)
+	}
+	p.logf("waypoint: another kind")
+	if len(lines) != logBurst+1 {
+		t.Fatalf("%d lines logged for 100 denials and one other message; want %d", len(lines), logBurst+1)
+	}
+	// A second later the budget is back, and the first line counts the rest.
+	now := time.Now().Add(time.Second)
+	ok, dropped := p.logs.allow("waypoint: connection %d denied", now)
+	if !ok || dropped != 100-logBurst {
+		t.Errorf("a second later: allowed %v, %d reported dropped; want true, %d", ok, dropped, 100-logBurst)
+	}
+}

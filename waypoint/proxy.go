@@ -137,6 +137,7 @@ type Proxy struct {
 	metrics *metrics
 	log     *accessLogger
 	mirrors chan struct{}
+	logs    logLimiter
 }
 
 // New builds a Proxy. It fails when the config is invalid or the metrics
@@ -1251,10 +1252,63 @@ func traceTags(tags map[string]model.TraceTag, h http.Header) map[string]string 
 	return out
 }
 
+// logf logs through Options.Logf. What clients cause (a connection with
+// no route, one the policies deny, a failing upstream) is logged at most
+// logBurst times a second per message, the rest counted in the next one,
+// so that a client cannot flood the proxy's log.
 func (p *Proxy) logf(format string, args ...any) {
-	if p.opts.Logf != nil {
-		p.opts.Logf(format, args...)
+	if p.opts.Logf == nil {
+		return
 	}
+	ok, dropped := p.logs.allow(format, time.Now())
+	if !ok {
+		return
+	}
+	if dropped > 0 {
+		format += " (and %d more like it in the last second, not logged)"
+		args = append(args, dropped)
+	}
+	p.opts.Logf(format, args...)
+}
+
+// logBurst is how many messages of one kind logf writes a second.
+const logBurst = 10
+
+// logLimiter counts messages by format over one-second windows.
+type logLimiter struct {
+	mu      sync.Mutex
+	windows map[string]*logWindow // by format: a constant of the code, so bounded
+}
+
+type logWindow struct {
+	start           time.Time
+	logged, dropped int
+}
+
+// allow reports whether a message of format may be logged at now, and how
+// many of its kind were dropped since the last one that was.
+func (l *logLimiter) allow(format string, now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.windows == nil {
+		l.windows = map[string]*logWindow{}
+	}
+	w := l.windows[format]
+	if w == nil {
+		w = &logWindow{start: now}
+		l.windows[format] = w
+	}
+	if now.Sub(w.start) >= time.Second {
+		w.start, w.logged = now, 0
+	}
+	if w.logged >= logBurst {
+		w.dropped++
+		return false, 0
+	}
+	w.logged++
+	dropped := w.dropped
+	w.dropped = 0
+	return true, dropped
 }
 
 // records are reused across requests: a record is some 600 bytes, and
