@@ -380,10 +380,18 @@ func (l *connLimiter) release() {
 // key, when not empty, is the consistent-hash key to use instead of the
 // request's (a cookie the proxy is about to give the client).
 func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key string) (*endpoint, error) {
+	return u.pickFrom(r, peer, tried, nil, key)
+}
+
+// pickFrom is pick for a retry: it avoids the endpoints of avoid while
+// others are left and, under locality load balancing, the levels of the
+// endpoints of leave while another level can take the request.
+func (u *upstream) pickFrom(r *http.Request, peer Peer, avoid, leave []*endpoint, key string) (*endpoint, error) {
+	tried := avoid
 	now := time.Now()
 	var avail []*endpoint
 	if u.locality != nil {
-		avail = u.locality.choose(now, tried, u.minHealth)
+		avail = u.locality.choose(now, tried, leave, u.minHealth)
 	} else {
 		avail = usable(u.endpoints, now, tried, u.minHealth)
 	}

@@ -196,10 +196,10 @@ func health(eps []*endpoint, now time.Time) uint64 {
 // locality) drawn by load, not ejected and, when others are left, not
 // tried. Nil when every endpoint is ejected (or, distributing, every
 // weighted locality's).
-func (p *localityPicker) choose(now time.Time, tried []*endpoint, minHealth int) []*endpoint {
+func (p *localityPicker) choose(now time.Time, tried, leave []*endpoint, minHealth int) []*endpoint {
 	var loads [8]uint64
 	load := loads[:0]
-	var total uint64
+	var total, kept uint64
 	for i, set := range p.sets {
 		l := health(set, now)
 		if p.weights != nil {
@@ -207,6 +207,19 @@ func (p *localityPicker) choose(now time.Time, tried []*endpoint, minHealth int)
 		}
 		load = append(load, l)
 		total += l
+		if len(leave) > 0 && !slices.ContainsFunc(set, func(e *endpoint) bool { return containsEndpoint(leave, e) }) {
+			kept += l
+		}
+	}
+	if len(leave) > 0 && kept > 0 {
+		// A retry leaves the levels already tried (Envoy's
+		// previous_priorities) while another one has healthy endpoints.
+		for i, set := range p.sets {
+			if slices.ContainsFunc(set, func(e *endpoint) bool { return containsEndpoint(leave, e) }) {
+				load[i] = 0
+			}
+		}
+		total = kept
 	}
 	if p.weights == nil {
 		total = min(total, 100) // what is left past 100% goes nowhere

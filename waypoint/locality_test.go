@@ -1,7 +1,9 @@
 package waypoint
 
 import (
+	"fmt"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -194,5 +196,86 @@ func TestLocalityFailoverRequests(t *testing.T) {
 	}
 	if far.count() != 20 {
 		t.Errorf("far served %d of 20 after near failed; want all", far.count())
+	}
+}
+
+// TestRetryRemoteLocalities: with retryRemoteLocalities a retry leaves the
+// locality level it failed in for the next one (Envoy's
+// previous_priorities); without, it stays in the proxy's zone while it has
+// healthy endpoints, even failing ones.
+func TestRetryRemoteLocalities(t *testing.T) {
+	failing := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	far := &named{name: "far"}
+	cl := model.L7Cluster{Name: "zoned", Endpoints: []model.L7Endpoint{
+		{Address: backend(t, failing), Node: "n1", Locality: "west/a/"},
+		{Address: backend(t, failing), Node: "n1", Locality: "west/a/"},
+		{Address: backend(t, far), Node: "n2", Locality: "west/b/"},
+	}, Traffic: model.TrafficPolicy{LB: model.LBPolicy{Locality: &model.LocalityLB{Priority: model.LocalityPriority}}}}
+	for _, remote := range []bool{false, true} {
+		before := far.count()
+		cfg := oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("zoned"),
+			Retries: &model.RetryPolicy{Attempts: 2, RetryOn: []string{"5xx"}, Backoff: time.Millisecond, RemoteLocalities: remote}})
+		cfg.L7.ProxyLocalities = map[string]string{"n1": "west/a/", "n2": "west/b/"}
+		h := start(t, cfg, func(o *Options) { o.NodeName = "n1" })
+		client := newClient(t)
+		want := map[bool]int{false: http.StatusServiceUnavailable, true: http.StatusOK}[remote]
+		for i := range 10 {
+			if code, _ := h.get(t, client, "/", nil); code != want {
+				t.Errorf("retryRemoteLocalities %v: request %d = %d; want %d", remote, i, code, want)
+			}
+		}
+		if served := far.count() - before; (served == 10) != remote || (served == 0) == remote {
+			t.Errorf("retryRemoteLocalities %v: the far zone served %d of 10", remote, served)
+		}
+	}
+}
+
+// TestRetrySameHosts: a retry goes to another endpoint than the one that
+// failed, unless retryIgnorePreviousHosts is false, when it may go to the
+// same one.
+func TestRetrySameHosts(t *testing.T) {
+	var mu sync.Mutex
+	first := map[string]string{} // request id -> the endpoint that failed it
+	same := 0
+	endpoint := func(name string) string {
+		return backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			defer mu.Unlock()
+			id := r.Header.Get("X-Id")
+			by, tried := first[id]
+			if !tried {
+				first[id] = name
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			if by == name {
+				same++
+			}
+		}))
+	}
+	cl := clusterOf("two", endpoint("a"), endpoint("b"))
+	cl.Traffic.LB.Simple = model.LBRandom
+	for _, sameHosts := range []bool{false, true} {
+		mu.Lock()
+		same = 0
+		mu.Unlock()
+		h := start(t, oneRoute([]model.L7Cluster{cl}, model.L7Route{Name: "r", Destinations: to("two"),
+			Retries: &model.RetryPolicy{Attempts: 1, RetryOn: []string{"5xx"}, Backoff: time.Millisecond, SameHosts: sameHosts}}), nil)
+		client := newClient(t)
+		const n = 60
+		for i := range n {
+			if code, _ := h.get(t, client, "/", map[string]string{"X-Id": fmt.Sprint(sameHosts, i)}); code != 200 {
+				t.Fatalf("request %d = %d; want 200 on the retry", i, code)
+			}
+		}
+		mu.Lock()
+		got := same
+		mu.Unlock()
+		if sameHosts && got == 0 {
+			t.Errorf("retryIgnorePreviousHosts false: no retry of %d went to the endpoint that failed; want about half", n)
+		}
+		if !sameHosts && got != 0 {
+			t.Errorf("by default %d of %d retries went to the endpoint that failed; want none", got, n)
+		}
 	}
 }

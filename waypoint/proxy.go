@@ -591,7 +591,14 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	retrying := false // holds one of up's retry slots
 	defer up.releaseRetry(&retrying)
 	for try := 0; ; try++ {
-		ep, err := up.pick(out, peer, tried, stickyKey)
+		avoid, leave := tried, []*endpoint(nil)
+		if rp.SameHosts {
+			avoid = nil
+		}
+		if rp.RemoteLocalities {
+			leave = tried
+		}
+		ep, err := up.pickFrom(out, peer, avoid, leave, stickyKey)
 		if err != nil {
 			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagNoHealthy, "no_healthy_upstream", "no healthy upstream")
 			return nil, inFlight{}, false

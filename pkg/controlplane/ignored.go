@@ -37,16 +37,3 @@ func warnIgnoredTrafficPolicy(r *rejections, where string, tp *networkingapi.Tra
 		r.warn("%s: %s not implemented by meshlet; ignored (the rest of the policy applies)", where, strings.Join(fields, ", "))
 	}
 }
-
-// ignoredHTTPRoute lists the fields of a VirtualService http route that are
-// set and not implemented.
-func ignoredHTTPRoute(hr *networkingapi.HTTPRoute) []string {
-	var out []string
-	if hr.GetRetries().GetRetryRemoteLocalities().GetValue() {
-		out = append(out, "retries.retryRemoteLocalities")
-	}
-	if v := hr.GetRetries().GetRetryIgnorePreviousHosts(); v != nil && !v.GetValue() {
-		out = append(out, "retries.retryIgnorePreviousHosts: false (a retry always tries another endpoint first)")
-	}
-	return out
-}

@@ -40,12 +40,14 @@ spec:
 	}{
 		{"trafficPolicy: connectionPool.http.maxConcurrentStreams not implemented", true},
 		{"subsets[v1].trafficPolicy: outlierDetection.splitExternalLocalOriginErrors not implemented", true},
-		{"http[0]: retries.retryRemoteLocalities not implemented", true},
 		{"http[0].delegate: VirtualService delegation is not supported", false},
 	} {
 		if !hasRejection(rej, want.text, want.warning) {
 			t.Errorf("rejections = %v; want %q (warning %v)", rej, want.text, want.warning)
 		}
+	}
+	if hasRejection(rej, "retries", true) {
+		t.Errorf("rejections = %v; want none about retries (retryRemoteLocalities is implemented)", rej)
 	}
 }
 

@@ -587,9 +587,6 @@ func validateVirtualService(c config[networkingapi.VirtualService], r *rejection
 			r.reject("http[%d] has no route, redirect or directResponse", i)
 			return false
 		}
-		if fields := ignoredHTTPRoute(hr); len(fields) > 0 {
-			r.warn("http[%d]: %s not implemented by meshlet; ignored", i, strings.Join(fields, ", "))
-		}
 		var total int64
 		for j, d := range hr.GetRoute() {
 			if d.GetDestination().GetHost() == "" {

@@ -628,7 +628,9 @@ func (lb *l7Builder) virtualServiceRoutes(c config[networkingapi.VirtualService]
 		}
 		r.Timeout = hr.GetTimeout().AsDuration()
 		if rt := hr.GetRetries(); rt != nil {
-			p := &model.RetryPolicy{Attempts: int(rt.GetAttempts()), PerTryTimeout: rt.GetPerTryTimeout().AsDuration()}
+			p := &model.RetryPolicy{Attempts: int(rt.GetAttempts()), PerTryTimeout: rt.GetPerTryTimeout().AsDuration(),
+				SameHosts:        rt.GetRetryIgnorePreviousHosts() != nil && !rt.GetRetryIgnorePreviousHosts().GetValue(),
+				RemoteLocalities: rt.GetRetryRemoteLocalities().GetValue()}
 			if b := rt.GetBackoff(); b != nil {
 				if d := b.AsDuration(); d > 0 {
 					p.Backoff = d

@@ -1146,3 +1146,30 @@ func TestRetryBudgetFields(t *testing.T) {
 		t.Errorf("retryBudget {} with port-level settings = %+v; want Istio's defaults 20%%, 3", b)
 	}
 }
+
+// TestRetryHostFields: a VirtualService's retryIgnorePreviousHosts: false
+// and retryRemoteLocalities reach the waypoint's retry policy.
+func TestRetryHostFields(t *testing.T) {
+	cfg := bookinfoWaypoint(t, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryIgnorePreviousHosts: false, retryRemoteLocalities: true}
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryIgnorePreviousHosts: true}
+`)
+	routes := cfg.Listeners[0].VirtualHosts[0].Routes
+	if len(routes) != 2 || routes[0].Retries == nil || routes[1].Retries == nil {
+		t.Fatalf("routes %+v; want two with retries", routes)
+	}
+	if r := routes[0].Retries; !r.SameHosts || !r.RemoteLocalities {
+		t.Errorf("first route's retries %+v; want same hosts allowed and remote localities", r)
+	}
+	if r := routes[1].Retries; r.SameHosts || r.RemoteLocalities {
+		t.Errorf("second route's retries %+v; want neither", r)
+	}
+}

@@ -568,6 +568,14 @@ type RetryPolicy struct {
 	// min(Backoff<<n, 10*Backoff)], never less than Backoff. Zero means
 	// Envoy's default: full jitter over min(25ms<<n, 250ms).
 	Backoff time.Duration `json:",omitempty"`
+	// SameHosts lets a retry go to an endpoint already tried (Istio's
+	// retryIgnorePreviousHosts: false); by default a retry picks among the
+	// others while there are any.
+	SameHosts bool `json:",omitempty"`
+	// RemoteLocalities sends a retry, under locality load balancing, to
+	// the next locality level rather than the one already tried (Istio's
+	// retryRemoteLocalities, Envoy's previous_priorities).
+	RemoteLocalities bool `json:",omitempty"`
 }
 
 // DefaultRetry is the policy of a route without one: Istio's default of 2
