@@ -143,6 +143,7 @@ type endpoint struct {
 	mu           sync.Mutex
 	consec5xx    int
 	consecGw     int
+	consecLocal  int // failures of the proxy's own making (SplitLocalOrigin)
 	ejections    int
 	ejectedUntil time.Time
 }
@@ -202,6 +203,10 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	u.h1Pool = newConnLimiter(tp.Pool.MaxConnections, tp.Pool.HTTP1MaxPendingRequests)
 	return u
 }
+
+// statusTryTimeout is reported (upstream.report) for a try that timed out:
+// a 504 of the proxy's own making.
+const statusTryTimeout = -1
 
 // acquireRetry takes one of the cluster's retry slots for a retry about
 // to be made, recording it in held; false when they are all taken. The
@@ -623,6 +628,27 @@ func (u *upstream) report(e *endpoint, status int) {
 	od := u.policy.Outlier
 	if od == nil {
 		return
+	}
+	if od.SplitLocalOrigin {
+		// The proxy's own failures (status 0, or a try's timeout) have
+		// their own count; an answer, whatever its code, proves the
+		// connection and resets it.
+		e.mu.Lock()
+		if status > 0 {
+			e.consecLocal = 0
+			e.mu.Unlock()
+		} else {
+			e.consecLocal++
+			trip := od.ConsecutiveLocalOriginFailures > 0 && e.consecLocal >= od.ConsecutiveLocalOriginFailures
+			e.mu.Unlock()
+			if trip {
+				u.eject(e, od, time.Now())
+			}
+			return
+		}
+	}
+	if status == statusTryTimeout {
+		status = http.StatusGatewayTimeout
 	}
 	fail := status == 0 || status >= 500
 	if len(od.ErrorCodes) > 0 && status != 0 {

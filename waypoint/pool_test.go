@@ -495,3 +495,33 @@ func TestLogfBounded(t *testing.T) {
 		t.Errorf("a second later: allowed %v, %d reported dropped; want true, %d", ok, dropped, 100-logBurst)
 	}
 }
+
+// TestOutlierSplitLocalOrigin: with splitExternalLocalOriginErrors the
+// proxy's own failures (connect failures, resets, try timeouts) eject
+// after consecutiveLocalOriginFailures in a row, an answer resets that
+// count, and they no longer add to the 5xx count; without it they count as
+// 5xx.
+func TestOutlierSplitLocalOrigin(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		od := &model.OutlierDetection{Consecutive5xxErrors: 2, BaseEjectionTime: time.Minute, MaxEjectionPercent: 100,
+			SplitLocalOrigin: split, ConsecutiveLocalOriginFailures: 2}
+		eps := []model.L7Endpoint{{Address: "198.18.0.1:80"}, {Address: "198.18.0.2:80"}, {Address: "198.18.0.3:80"}, {Address: "198.18.0.4:80"}}
+		u := newUpstream("c", "", eps, model.TrafficPolicy{Outlier: od}, &Options{}, proxyPlace{})
+		for i, seq := range [][]int{
+			{0, 503, 0},                  // split: local 1 after the answer reset it, 5xx 1
+			{0, 0},                       // split: two local failures in a row
+			{503, 503},                   // 5xx twice either way
+			{statusTryTimeout, 200, 503}, // a try's timeout, then answers
+		} {
+			for _, st := range seq {
+				u.report(u.endpoints[i], st)
+			}
+		}
+		want := map[bool][]bool{false: {true, true, true, false}, true: {false, true, true, false}}[split]
+		for i, e := range u.endpoints {
+			if got := e.ejected(time.Now()); got != want[i] {
+				t.Errorf("split %v: endpoint %d ejected %v; want %v", split, i, got, want[i])
+			}
+		}
+	}
+}

@@ -688,7 +688,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		}
 		outlierStatus := status
 		if kind == failPerTryTimeout {
-			outlierStatus = http.StatusGatewayTimeout
+			outlierStatus = statusTryTimeout
 		}
 		up.report(ep, outlierStatus)
 

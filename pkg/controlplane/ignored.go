@@ -24,7 +24,7 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 	set((lb.GetWarmupDurationSecs() != nil || lb.GetWarmup() != nil) && warmup(lb) == nil, "loadBalancer.warmup (with this load balancer, or these values)")
 	set(lb.GetZoneAwareLbSetting() != nil, "loadBalancer.zoneAwareLbSetting")
 	od := tp.GetOutlierDetection()
-	set(od.GetSplitExternalLocalOriginErrors() || od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.splitExternalLocalOriginErrors")
+	set(!od.GetSplitExternalLocalOriginErrors() && od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.consecutiveLocalOriginFailures (without splitExternalLocalOriginErrors, as in Istio)")
 	set(tp.GetTunnel() != nil, "tunnel")
 	set(tp.GetProxyProtocol() != nil, "proxyProtocol")
 	return out

@@ -15,7 +15,7 @@ spec:
     connectionPool: {tcp: {maxConnectionDuration: 1h}, http: {h2UpgradePolicy: UPGRADE, maxRetries: 3, maxConcurrentStreams: 10}}
     loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
   subsets:
-  - {name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {splitExternalLocalOriginErrors: true}}}
+  - {name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutiveLocalOriginFailures: 3}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -39,7 +39,7 @@ spec:
 		warning bool
 	}{
 		{"trafficPolicy: connectionPool.http.maxConcurrentStreams not implemented", true},
-		{"subsets[v1].trafficPolicy: outlierDetection.splitExternalLocalOriginErrors not implemented", true},
+		{"subsets[v1].trafficPolicy: outlierDetection.consecutiveLocalOriginFailures (without splitExternalLocalOriginErrors, as in Istio) not implemented", true},
 		{"http[0].delegate: VirtualService delegation is not supported", false},
 	} {
 		if !hasRejection(rej, want.text, want.warning) {

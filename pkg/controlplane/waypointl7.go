@@ -482,6 +482,13 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy, meshUpgrade bool) model.Traf
 		for _, c := range od.GetOutlierDetectionHttpErrorCodes() {
 			o.ErrorCodes = append(o.ErrorCodes, int(c))
 		}
+		if od.GetSplitExternalLocalOriginErrors() {
+			// Envoy's consecutive_local_origin_failure defaults to 5.
+			o.SplitLocalOrigin, o.ConsecutiveLocalOriginFailures = true, 5
+			if v := od.GetConsecutiveLocalOriginFailures(); v != nil {
+				o.ConsecutiveLocalOriginFailures = int(min(v.GetValue(), math.MaxInt32))
+			}
+		}
 		out.Outlier = o
 	}
 	return out

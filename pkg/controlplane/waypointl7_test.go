@@ -1173,3 +1173,17 @@ spec:
 		t.Errorf("second route's retries %+v; want neither", r)
 	}
 }
+
+// TestOutlierSplitFields: splitExternalLocalOriginErrors reaches the
+// waypoint with consecutiveLocalOriginFailures, Envoy's 5 when unset.
+func TestOutlierSplitFields(t *testing.T) {
+	for od, want := range map[string]int{
+		"{splitExternalLocalOriginErrors: true}":                                    5,
+		"{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}": 2,
+	} {
+		o := reviewsTraffic(t, "{outlierDetection: "+od+"}").Outlier
+		if o == nil || !o.SplitLocalOrigin || o.ConsecutiveLocalOriginFailures != want {
+			t.Errorf("%s: outlier %+v; want split, %d local failures", od, o, want)
+		}
+	}
+}

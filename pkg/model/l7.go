@@ -1012,6 +1012,13 @@ type OutlierDetection struct {
 	// (outlierDetectionHttpErrorCodes); otherwise every 5xx is. Connection
 	// failures always count.
 	ErrorCodes []int `json:",omitempty"`
+	// SplitLocalOrigin counts the failures of the proxy's own making
+	// (connect failures, resets, timeouts) apart from the answers of the
+	// endpoint: they eject after ConsecutiveLocalOriginFailures in a row
+	// and no longer count as 5xx or gateway errors (Istio's
+	// splitExternalLocalOriginErrors).
+	SplitLocalOrigin               bool `json:",omitempty"`
+	ConsecutiveLocalOriginFailures int  `json:",omitempty"`
 }
 
 // JWTProvider is one RequestAuthentication jwtRules entry.
