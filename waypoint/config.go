@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/logfilter"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
@@ -57,6 +58,9 @@ type compiled struct {
 	// logFilter is telemetry.AccessLogFilter compiled; nil logs every
 	// request.
 	logFilter *logfilter.Filter
+	// logFormat is telemetry.AccessLogFormat compiled; nil writes the JSON
+	// line with Istio's default fields.
+	logFormat *accesslog.Format
 	// extAuthz are the external authorizers CUSTOM policies name.
 	extAuthz map[string]*extAuthz
 	// passthrough are the listeners' TLS passthrough routes, by port.
@@ -195,6 +199,13 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			return nil, fmt.Errorf("compile waypoint config: telemetry: %w", err)
 		}
 		c.logFilter = f
+	}
+	if lf := cfg.L7.Telemetry.AccessLogFormat; lf != nil {
+		f, err := lf.Parse()
+		if err != nil {
+			return nil, fmt.Errorf("compile waypoint config: telemetry: %w", err)
+		}
+		c.logFormat = f
 	}
 	for _, p := range cfg.Policies {
 		c.scopedPolicies = c.scopedPolicies || len(p.Services) > 0

@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
@@ -523,5 +525,86 @@ func TestOutlierSplitLocalOrigin(t *testing.T) {
 				t.Errorf("split %v: endpoint %d ejected %v; want %v", split, i, got, want[i])
 			}
 		}
+	}
+}
+
+// TestAccessLogFormat: a config's access log format writes each request's
+// line with Envoy's operators: a text format (here Istio's default and a
+// custom one) or a JSON object; the response's headers and the upstream's
+// service time are there, and a connection relayed whole gets a line with
+// dashes for what it has no request for.
+func TestAccessLogFormat(t *testing.T) {
+	web := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Served-By", "web-1")
+		io.WriteString(w, "hello")
+	}))
+	raw := func(b *syncBuffer) string {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.b.String()
+	}
+	for _, tt := range []struct {
+		name   string
+		format model.AccessLogFormat
+		want   *regexp.Regexp
+	}{
+		{"istio text", model.AccessLogFormat{Text: accesslog.IstioText},
+			regexp.MustCompile(`^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /cart\?id=7 HTTP/1\.1" 200 - - - "-" 0 5 \d+ \d+ "127\.0\.0\.1" "meshlet-test" "[0-9a-f-]+" "reviews\.default\.svc\.cluster\.local" "127\.0\.0\.1:\d+" web - 127\.0\.0\.1:\d+ 127\.0\.0\.1:\d+ - r\n$`)},
+		{"custom text", model.AccessLogFormat{Text: `%REQ(:METHOD)% %REQ(:PATH)% by %RESP(X-SERVED-BY)% %RESPONSE_CODE% "%REQ(X-TENANT):3%"`},
+			regexp.MustCompile(`^GET /cart\?id=7 by web-1 200 "acm"\n$`)},
+		{"labels", model.AccessLogFormat{Labels: map[string]string{"code": "%RESPONSE_CODE%", "served": "%RESP(X-SERVED-BY)%", "sni": "%REQUESTED_SERVER_NAME%"}},
+			regexp.MustCompile(`^\{"code":200,"served":"web-1","sni":null\}\n$`)},
+		{"labels, empty left out", model.AccessLogFormat{Labels: map[string]string{"code": "%RESPONSE_CODE%", "sni": "%REQUESTED_SERVER_NAME%"}, OmitEmpty: true},
+			regexp.MustCompile(`^\{"code":200\}\n$`)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := oneRoute([]model.L7Cluster{clusterOf("web", web)}, model.L7Route{Name: "r", Destinations: to("web")})
+			f := tt.format
+			cfg.L7.Telemetry.AccessLogFormat = &f
+			h := start(t, cfg, nil)
+			if code, _ := h.get(t, newClient(t), "/cart?id=7", map[string]string{"User-Agent": "meshlet-test", "X-Tenant": "acme"}); code != 200 {
+				t.Fatalf("request: %d", code)
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for raw(h.log) == "" && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := raw(h.log); !tt.want.MatchString(got) {
+				t.Errorf("access log line %q; want it to match %s", got, tt.want)
+			}
+		})
+	}
+
+	// A relayed connection's line.
+	echo := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
+	log := &syncBuffer{}
+	p, err := New(Options{AccessLog: log, Config: &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "tcp", Port: 9000, TCP: &model.TCPRoute{Name: "echo", Destinations: to("echo")}}},
+		Clusters:  []model.L7Cluster{clusterOf("echo", echo)},
+		Telemetry: model.L7Telemetry{AccessLogFormat: &model.AccessLogFormat{Text: `%REQ(:METHOD)% %ROUTE_NAME% %BYTES_RECEIVED% %UPSTREAM_CLUSTER%`}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go p.ServeTCP(ctx, ln, 9000, time.Second)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "ping")
+	io.ReadFull(c, make([]byte, 4))
+	c.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for raw(log) == "" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := raw(log); got != "- echo 4 echo\n" {
+		t.Errorf("a relayed connection's line %q; want %q", got, "- echo 4 echo\n")
 	}
 }

@@ -254,7 +254,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 				attrs = logAttributes(rec, req, w)
 			}
 			if cfg.logFilter == nil || cfg.logFilter.Match(attrs) {
-				p.log.log(rec)
+				p.log.log(cfg.logFormat, rec, req, w)
 			}
 		}
 		freeRecord(rec)

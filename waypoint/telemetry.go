@@ -6,11 +6,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/logfilter"
 )
 
@@ -140,8 +142,22 @@ type accessLogLine struct {
 	RouteName                string `json:"route_name"`
 }
 
-func (l *accessLogger) log(rec *record) {
+// log writes rec's line: in format, or as the JSON line with Istio's
+// default fields when it is nil. req and w are the request and its
+// response, for headers (nil for a connection relayed whole).
+func (l *accessLogger) log(format *accesslog.Format, rec *record, req *http.Request, w *responseWriter) {
 	if l == nil || l.w == nil {
+		return
+	}
+	if format != nil {
+		v := logValues{rec: rec, req: req}
+		if w != nil {
+			v.resp = w.Header()
+		}
+		b := format.Append(nil, &v)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		_, _ = l.w.Write(b)
 		return
 	}
 	dash := func(s string) string {
@@ -179,6 +195,9 @@ func (l *accessLogger) log(rec *record) {
 	if rec.upstreamTime > 0 {
 		line.UpstreamServiceTime = strconv.FormatInt(rec.upstreamTime.Milliseconds(), 10)
 	}
+	if req != nil && req.TLS != nil && req.TLS.ServerName != "" {
+		line.RequestedServerName = req.TLS.ServerName
+	}
 	b, err := json.Marshal(line)
 	if err != nil {
 		return
@@ -188,6 +207,111 @@ func (l *accessLogger) log(rec *record) {
 	defer l.mu.Unlock()
 	_, _ = l.w.Write(b)
 }
+
+// logValues are a record's values for an access log format's operators.
+type logValues struct {
+	rec  *record
+	req  *http.Request // nil for a connection relayed whole
+	resp http.Header
+}
+
+func (v *logValues) Field(name string) string {
+	r := v.rec
+	switch name {
+	case "PROTOCOL":
+		if r.protocol == "-" {
+			return ""
+		}
+		return r.protocol
+	case "RESPONSE_CODE":
+		return strconv.Itoa(r.code)
+	case "RESPONSE_FLAGS":
+		return r.flagString()
+	case "RESPONSE_CODE_DETAILS":
+		return r.details
+	case "GRPC_STATUS":
+		return r.grpcStatus
+	case "UPSTREAM_TRANSPORT_FAILURE_REASON":
+		return r.transportFailure
+	case "BYTES_RECEIVED":
+		return strconv.FormatInt(r.bytesIn, 10)
+	case "BYTES_SENT":
+		return strconv.FormatInt(r.bytesOut, 10)
+	case "DURATION", "REQUEST_DURATION", "RESPONSE_DURATION":
+		return strconv.FormatInt(time.Since(r.start).Milliseconds(), 10)
+	case "UPSTREAM_HOST":
+		return r.upstreamHost
+	case "UPSTREAM_CLUSTER", "UPSTREAM_CLUSTER_RAW":
+		return r.upstreamClust
+	case "DOWNSTREAM_LOCAL_ADDRESS":
+		return addrString(r.downstreamLoc)
+	case "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_LOCAL_PORT":
+		return hostOrPort(addrString(r.downstreamLoc), name == "DOWNSTREAM_LOCAL_PORT")
+	case "DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS":
+		return r.downstreamRem
+	case "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_REMOTE_PORT":
+		return hostOrPort(r.downstreamRem, name == "DOWNSTREAM_REMOTE_PORT")
+	case "DOWNSTREAM_PEER_URI_SAN":
+		return spiffeURI(r.peer.Principal)
+	case "REQUESTED_SERVER_NAME":
+		if v.req != nil && v.req.TLS != nil {
+			return v.req.TLS.ServerName
+		}
+	case "ROUTE_NAME":
+		return r.routeName
+	case "HOSTNAME":
+		h, _ := os.Hostname()
+		return h
+	case "TRACE_ID":
+		if v.req != nil {
+			if tp := v.req.Header.Get("Traceparent"); len(tp) >= 35 {
+				return tp[3:35]
+			}
+		}
+	}
+	return ""
+}
+
+func hostOrPort(hostport string, port bool) string {
+	h, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return ""
+	}
+	if port {
+		return p
+	}
+	return h
+}
+
+func (v *logValues) Request(name string) string {
+	if v.req == nil {
+		return ""
+	}
+	switch name {
+	case ":method":
+		return v.rec.method
+	case ":path":
+		return v.rec.path
+	case ":authority":
+		return v.rec.authority
+	case ":scheme":
+		return scheme(v.req)
+	case "x-request-id":
+		if v.rec.requestID != "" {
+			return v.rec.requestID
+		}
+	}
+	return strings.Join(v.req.Header.Values(name), ",")
+}
+
+func (v *logValues) Response(name string) string {
+	if name == "x-envoy-upstream-service-time" && v.rec.upstreamTime > 0 {
+		return strconv.FormatInt(v.rec.upstreamTime.Milliseconds(), 10)
+	}
+	return strings.Join(v.resp.Values(name), ",")
+}
+
+func (v *logValues) Start() time.Time { return v.rec.start }
 
 // logAttributes are a request's attributes for a Telemetry access log
 // filter (pkg/logfilter), built only when one is configured.

@@ -101,6 +101,9 @@ type build struct {
 	// says it was looked for.
 	mesh     *meshconfig.MeshConfig
 	meshRead bool
+	// logFormats are the access log formats by provider name, built once
+	// (accessLogFormats).
+	logFormats map[string]*model.AccessLogFormat
 	// zoned: 0 not looked yet, 1 some node has a region or zone label, 2
 	// nodes are known and none has (see trafficDistribution).
 	zoned int8

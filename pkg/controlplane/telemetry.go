@@ -44,8 +44,8 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 		bd.checkMetrics(r, c.spec)
 		for _, al := range c.spec.GetAccessLogging() {
 			for _, p := range al.GetProviders() {
-				if !knownProviders[p.GetName()] {
-					r.warn("accessLogging provider %q is not configured in meshlet; entries naming only it leave the proxy's JSON access log as it is", p.GetName())
+				if _, ok := bd.accessLogFormats()[p.GetName()]; !ok {
+					r.warn("accessLogging provider %q is not configured in meshlet (the built-in envoy provider, or an envoyFileAccessLog extension provider of the mesh config); entries naming only it leave the proxy's access log as it is", p.GetName())
 				}
 			}
 		}
@@ -89,7 +89,8 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 			}
 		}
 		mode := bd.proxyMode(name)
-		var t model.L7Telemetry
+		formats := bd.accessLogFormats()
+		t := model.L7Telemetry{AccessLogFormat: formats[""]}
 		var metricEntries []*telemetryapi.Metrics // the oldest Telemetry's of each level with any
 		tracer := bd.defaultTracer()
 		for _, level := range levels {
@@ -108,8 +109,11 @@ func (bd *build) applyTelemetry(l7 map[model.NamespacedName]*model.L7Config) {
 				if v, ok := tracerSetting(c.spec, mode); ok && !traced {
 					tracer, traced = v, true
 				}
-				if v, filter, ok := accessLogSetting(c.spec, mode); ok && !log {
+				if v, filter, format, ok := accessLogSetting(c.spec, mode, formats); ok && !log {
 					t.AccessLog, t.AccessLogFilter, log = &v, filter, true
+					if v {
+						t.AccessLogFormat = format
+					}
 				}
 				if v, ok := samplingSetting(c.spec, mode); ok && !sampling {
 					t.TraceSampling, sampling = &v, true
@@ -223,7 +227,11 @@ func modeApplies(m, proxy telemetryapi.WorkloadMode) bool {
 // providers is dropped there; here it is kept, as the entry asks), and a
 // Telemetry whose entries name only other providers takes the log out of
 // scope below it, turning it off (here such a Telemetry changes nothing).
-func accessLogSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode) (on bool, filter string, ok bool) {
+//
+// The winning entry's format is its first provider's that meshlet serves
+// (formats, by provider name: accessLogFormats), the built-in one's when
+// it names none.
+func accessLogSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode, formats map[string]*model.AccessLogFormat) (on bool, filter string, format *model.AccessLogFormat, ok bool) {
 	var parent []*telemetryapi.ProviderRef
 	for _, al := range t.GetAccessLogging() {
 		providers := al.GetProviders()
@@ -231,29 +239,33 @@ func accessLogSetting(t *telemetryapi.Telemetry, mode telemetryapi.WorkloadMode)
 			providers = parent
 		}
 		parent = providers
-		if !modeApplies(al.GetMatch().GetMode(), mode) || !servesLog(providers) {
+		if !modeApplies(al.GetMatch().GetMode(), mode) {
 			continue
 		}
-		on, filter, ok = !al.GetDisabled().GetValue(), "", true
+		f, served := logFormatOf(providers, formats)
+		if !served {
+			continue
+		}
+		on, filter, format, ok = !al.GetDisabled().GetValue(), "", f, true
 		if on {
 			filter = al.GetFilter().GetExpression()
 		}
 	}
-	return on, filter, ok
+	return on, filter, format, ok
 }
 
-// servesLog reports whether an entry with these providers is about the
-// proxy's access log: none (the default provider) or one meshlet serves.
-func servesLog(providers []*telemetryapi.ProviderRef) bool {
+// logFormatOf is the format of the first of providers meshlet serves (the
+// built-in one's when there are none), and whether there is one.
+func logFormatOf(providers []*telemetryapi.ProviderRef, formats map[string]*model.AccessLogFormat) (*model.AccessLogFormat, bool) {
 	if len(providers) == 0 {
-		return true
+		return formats[""], true
 	}
 	for _, p := range providers {
-		if knownProviders[p.GetName()] {
-			return true
+		if f, ok := formats[p.GetName()]; ok {
+			return f, true
 		}
 	}
-	return false
+	return nil, false
 }
 
 // samplingSetting is the Telemetry's trace sampling for a proxy of the

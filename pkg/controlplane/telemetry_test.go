@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
@@ -413,5 +414,72 @@ spec:
 	}
 	if !gw.Telemetry.Metrics["RESPONSE_SIZE"].Disabled {
 		t.Errorf("gateway RESPONSE_SIZE = %+v; want the mesh's disabled", gw.Telemetry.Metrics["RESPONSE_SIZE"])
+	}
+}
+
+// TestAccessLogFormats: the access log format a proxy writes comes from
+// the mesh config as Istio's does: accessLogFormat (text, or a JSON object
+// with accessLogEncoding JSON) for the built-in provider, and each
+// envoyFileAccessLog extension provider's logFormat (text, labels, or
+// Istio's default text format without one) for the Telemetry entries that
+// name it; a provider whose format does not parse is reported, and
+// entries naming it leave the log as it is.
+func TestAccessLogFormats(t *testing.T) {
+	mesh := func(body string) string {
+		return "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n" + body
+	}
+	telemetry := func(provider string) string {
+		return `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: logs, namespace: bookinfo}
+spec:
+  accessLogging: [{providers: [{name: ` + provider + `}]}]
+`
+	}
+	providers := mesh(`    extensionProviders:
+    - name: json-log
+      envoyFileAccessLog:
+        path: /dev/stdout
+        omitEmptyValues: true
+        logFormat: {labels: {code: "%RESPONSE_CODE%", path: "%REQ(:PATH)%", count: 1}}
+    - name: plain
+      envoyFileAccessLog: {path: /dev/stdout}
+    - name: custom
+      envoyFileAccessLog: {path: /var/log/x, logFormat: {text: "%REQ(:METHOD)% %RESPONSE_CODE%"}}
+    - name: broken
+      envoyFileAccessLog: {logFormat: {text: "%NOT_AN_OPERATOR%"}}
+`)
+	for _, tt := range []struct {
+		name  string
+		docs  []string
+		want  *model.AccessLogFormat
+		warns []string
+	}{
+		{"no mesh config", nil, nil, nil},
+		{"mesh text format", []string{mesh("    accessLogFormat: \"%REQ(:METHOD)% %RESPONSE_CODE%\\n\"\n")}, &model.AccessLogFormat{Text: "%REQ(:METHOD)% %RESPONSE_CODE%\n"}, nil},
+		{"mesh JSON format", []string{mesh("    accessLogEncoding: JSON\n    accessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\n")}, &model.AccessLogFormat{Labels: map[string]string{"code": "%RESPONSE_CODE%"}}, nil},
+		{"mesh format that does not parse", []string{mesh("    accessLogFormat: \"%NOPE%\"\n")}, nil, []string{"accessLogFormat: operator %NOPE%"}},
+		{"labels provider", []string{providers, telemetry("json-log")}, &model.AccessLogFormat{Labels: map[string]string{"code": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%", "count": "1"}, OmitEmpty: true},
+			[]string{`extensionProviders "custom": envoyFileAccessLog path "/var/log/x"`}},
+		{"provider without format", []string{providers, telemetry("plain")}, &model.AccessLogFormat{Text: accesslog.IstioText}, nil},
+		{"text provider", []string{providers, telemetry("custom")}, &model.AccessLogFormat{Text: "%REQ(:METHOD)% %RESPONSE_CODE%"}, nil},
+		{"broken provider", []string{providers, telemetry("broken")}, nil,
+			[]string{`extensionProviders "broken": operator %NOT_AN_OPERATOR%`, `accessLogging provider "broken" is not configured`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			snap, rej := mustBuild(t, inputs(t, bookinfo(tt.docs...)...))
+			cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+			if !ok {
+				t.Fatal("no L7 config for the waypoint")
+			}
+			if d := cmp.Diff(tt.want, cfg.Telemetry.AccessLogFormat); d != "" {
+				t.Errorf("format (-want +got):\n%s", d)
+			}
+			for _, w := range tt.warns {
+				if !hasRejection(rej, w, true) {
+					t.Errorf("rejections %v; want a warning %q", rej, w)
+				}
+			}
+		})
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	prommodel "github.com/prometheus/common/model"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/meshlet/meshlet/pkg/accesslog"
 )
 
 // This file holds the L7 configuration a waypoint or an ingress gateway runs:
@@ -98,6 +100,9 @@ type L7Telemetry struct {
 	// logged (the Telemetry's accessLogging filter.expression, see
 	// pkg/logfilter); empty logs every request.
 	AccessLogFilter string `json:",omitempty"`
+	// AccessLogFormat is how each access log line is written; nil is
+	// meshlet's JSON line with Istio's default fields.
+	AccessLogFormat *AccessLogFormat `json:",omitempty"`
 	// TraceSampling is the percentage (0–100) of new traces sampled.
 	TraceSampling *float64 `json:",omitempty"`
 	// RequestMetrics turns the Istio request metrics on or off.
@@ -113,6 +118,31 @@ type L7Telemetry struct {
 	// named keeps its standard labels. RequestMetrics false still turns
 	// them all off.
 	Metrics map[string]MetricOverride `json:",omitempty"`
+}
+
+// AccessLogFormat is an access log format with Envoy's command operators
+// (pkg/accesslog): Text, or Labels, a JSON object whose values are formats.
+type AccessLogFormat struct {
+	Text   string            `json:",omitempty"`
+	Labels map[string]string `json:",omitempty"`
+	// OmitEmpty leaves out of a JSON line the keys whose value is not
+	// known (omitEmptyValues), rather than writing null.
+	OmitEmpty bool `json:",omitempty"`
+}
+
+// Parse checks and compiles f.
+func (f *AccessLogFormat) Parse() (*accesslog.Format, error) {
+	if (f.Text == "") == (len(f.Labels) == 0) {
+		return nil, errors.New("access log format: want text or labels, one of them")
+	}
+	if f.Text != "" {
+		return accesslog.ParseText(f.Text)
+	}
+	out, err := accesslog.ParseLabels(f.Labels)
+	if err == nil {
+		out.OmitEmpty = f.OmitEmpty
+	}
+	return out, err
 }
 
 // IstioMetrics are the Telemetry API's names of the standard metrics a proxy
@@ -1102,6 +1132,11 @@ func (c *L7Config) Validate() error {
 	}
 	if p := c.Telemetry.TraceSampling; p != nil && (*p < 0 || *p > 100) {
 		return fmt.Errorf("l7 config: trace sampling %v%% is not between 0 and 100", *p)
+	}
+	if f := c.Telemetry.AccessLogFormat; f != nil {
+		if _, err := f.Parse(); err != nil {
+			return fmt.Errorf("telemetry: %w", err)
+		}
 	}
 	clusters := map[string]*L7Cluster{}
 	for i := range c.Clusters {
