@@ -118,7 +118,7 @@ type upstream struct {
 	h1              *h1Client
 	h2              *http.Transport
 	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
-	retries         atomic.Int64 // retries outstanding, counted when maxRetries is set
+	retries         atomic.Int64 // retries outstanding, counted under maxRetries or a retry budget
 	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
 	locality        *localityPicker // nil: no locality load balancing
@@ -255,25 +255,25 @@ func (u *upstream) name() string {
 	return u.cluster + "|" + u.subset
 }
 
-// useH2 reports whether a request goes upstream over HTTP/2: gRPC (grpc),
-// an HTTP2 cluster, a request that came over HTTP/2 (clientH2) to a
-// cluster that keeps the client's version, or any to one upgraded by its
-// pool settings. An Upgrade (WebSocket) request goes over HTTP/1.1.
-func (u *upstream) useH2(grpc, clientH2 bool, r *http.Request) bool {
+// useH2 reports whether request r goes upstream over HTTP/2: gRPC (grpc),
+// to an HTTP2 cluster, one that came over HTTP/2 to a cluster that keeps
+// the client's version, or any to one upgraded by its pool settings. An
+// Upgrade (WebSocket) request goes over HTTP/1.1.
+func (u *upstream) useH2(grpc bool, r *http.Request) bool {
 	switch {
 	case grpc || u.protocol == model.UpstreamHTTP2:
 		return true
-	case r != nil && r.Header["Upgrade"] != nil:
+	case r.Header["Upgrade"] != nil:
 		return false
 	case u.policy.Pool.UseClientProtocol:
-		return clientH2
+		return r.ProtoMajor == 2
 	}
 	return u.policy.Pool.H2Upgrade
 }
 
 // transport carries request r to u, over HTTP/2 or HTTP/1.1 (useH2).
 func (u *upstream) transport(grpc bool, r *http.Request) http.RoundTripper {
-	if u.useH2(grpc, r.ProtoMajor == 2, r) {
+	if u.useH2(grpc, r) {
 		return u.h2
 	}
 	return u.h1
@@ -392,13 +392,12 @@ func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key strin
 // others are left and, under locality load balancing, the levels of the
 // endpoints of leave while another level can take the request.
 func (u *upstream) pickFrom(r *http.Request, peer Peer, avoid, leave []*endpoint, key string) (*endpoint, error) {
-	tried := avoid
 	now := time.Now()
 	var avail []*endpoint
 	if u.locality != nil {
-		avail = u.locality.choose(now, tried, leave, u.minHealth)
+		avail = u.locality.choose(now, avoid, leave, u.minHealth)
 	} else {
-		avail = usable(u.endpoints, now, tried, u.minHealth)
+		avail = usable(u.endpoints, now, avoid, u.minHealth)
 	}
 	if len(avail) == 0 {
 		return nil, errNoHealthy

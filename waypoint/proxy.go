@@ -583,7 +583,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	var next io.ReadCloser
 	var transport http.RoundTripper = up.h1
 	pool := up.h1Pool
-	if up.useH2(grpc, out.ProtoMajor == 2, out) {
+	if up.useH2(grpc, out) {
 		transport, pool = up.h2, nil
 	}
 	var triedBuf [4]*endpoint
