@@ -89,9 +89,10 @@ type vhost struct {
 	any      bool
 	routes   []*route
 	cors     *corsPolicy
-	tcp      *model.TCPRoute  // where its service's non-HTTP connections go
-	matched  []model.TCPRoute // tried before tcp, by their matches
-	opaque   bool             // its connections all go to tcp, unread
+	tcp      *model.TCPRoute          // where its service's non-HTTP connections go
+	matched  []model.TCPRoute         // tried before tcp, by their matches
+	pass     []model.PassthroughRoute // TLS connections by server name, before those
+	opaque   bool                     // its connections all go to tcp, unread
 }
 
 // pickTCP is the route of a connection forwarded whole: the first of
@@ -275,7 +276,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 			if err != nil {
 				return nil, fmt.Errorf("compile waypoint config: listener %q: virtual host %q: %w", ls.Name, vs.Name, err)
 			}
-			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP, matched: vs.TCPMatched, opaque: vs.Opaque}
+			vh := &vhost{name: vs.Name, exact: map[string]bool{}, cors: vhCORS, tcp: vs.TCP, matched: vs.TCPMatched, pass: vs.Passthrough, opaque: vs.Opaque}
 			c.opaque = c.opaque || vs.Opaque
 			for _, d := range vs.Domains {
 				switch {

@@ -80,12 +80,18 @@ func (p *Proxy) PassthroughMatch(port uint32, sni string) int {
 }
 
 func (c *compiled) passthroughRoute(port uint32, sni string) (*model.PassthroughRoute, int) {
+	return bestPassthrough(c.passthrough[port], sni)
+}
+
+// bestPassthrough is the route of routes that claims server name sni most
+// specifically, with its score (model.PassthroughRoute.MatchSNI); nil, 0
+// for none.
+func bestPassthrough(routes []model.PassthroughRoute, sni string) (*model.PassthroughRoute, int) {
 	var best *model.PassthroughRoute
 	score := 0
-	for i := range c.passthrough[port] {
-		r := &c.passthrough[port][i]
-		if s := r.MatchSNI(sni); s > score {
-			best, score = r, s
+	for i := range routes {
+		if s := routes[i].MatchSNI(sni); s > score {
+			best, score = &routes[i], s
 		}
 	}
 	return best, score

@@ -3,6 +3,7 @@ package waypoint
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -205,23 +206,7 @@ func TestRelayTimeouts(t *testing.T) {
 			Clusters:  []model.L7Cluster{c},
 		}}
 		log := &syncBuffer{}
-		p, err := New(Options{Config: cfg, AccessLog: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		go p.ServeTCP(ctx, ln, 9000, time.Second)
-		conn, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return log, conn
+		return log, dialServeTCP(t, cfg, log)
 	}
 	echoed := func(c net.Conn, msg string) error {
 		c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -435,26 +420,7 @@ func TestServeTCPRouteMatches(t *testing.T) {
 	}
 	clusters := []model.L7Cluster{clusterOf("local", greeter("local")), clusterOf("other", greeter("other"))}
 	relayedTo := func(l model.L7Listener) string {
-		cfg := &Config{L7: &model.L7Config{Listeners: []model.L7Listener{l}, Clusters: clusters}}
-		if err := cfg.L7.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		p, err := New(Options{Config: cfg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		go p.ServeTCP(ctx, ln, 9000, time.Second)
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialServeTCP(t, &Config{L7: &model.L7Config{Listeners: []model.L7Listener{l}, Clusters: clusters}}, nil)
 		c.SetDeadline(time.Now().Add(3 * time.Second))
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		return strings.TrimSpace(line)
@@ -578,11 +544,32 @@ func TestAccessLogFormat(t *testing.T) {
 	// A relayed connection's line.
 	echo := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
 	log := &syncBuffer{}
-	p, err := New(Options{AccessLog: log, Config: &Config{L7: &model.L7Config{
+	c := dialServeTCP(t, &Config{L7: &model.L7Config{
 		Listeners: []model.L7Listener{{Name: "tcp", Port: 9000, TCP: &model.TCPRoute{Name: "echo", Destinations: to("echo")}}},
 		Clusters:  []model.L7Cluster{clusterOf("echo", echo)},
 		Telemetry: model.L7Telemetry{AccessLogFormat: &model.AccessLogFormat{Text: `%REQ(:METHOD)% %ROUTE_NAME% %BYTES_RECEIVED% %UPSTREAM_CLUSTER%`}},
-	}}})
+	}}, log)
+	io.WriteString(c, "ping")
+	io.ReadFull(c, make([]byte, 4))
+	c.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for raw(log) == "" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := raw(log); got != "- echo 4 echo\n" {
+		t.Errorf("a relayed connection's line %q; want %q", got, "- echo 4 echo\n")
+	}
+}
+
+// dialServeTCP serves cfg's TCP listener of port 9000 with a Proxy whose
+// access log goes to log (nil: none) until the test ends, and returns a
+// connection to it.
+func dialServeTCP(t *testing.T, cfg *Config, log io.Writer) net.Conn {
+	t.Helper()
+	if err := cfg.L7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Options{Config: cfg, AccessLog: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -597,14 +584,73 @@ func TestAccessLogFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.WriteString(c, "ping")
-	io.ReadFull(c, make([]byte, 4))
-	c.Close()
-	deadline := time.Now().Add(2 * time.Second)
-	for raw(log) == "" && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestTLSRouteByServerName: a service's TLSRoutes take its TLS connections
+// by the ClientHello's server name, relayed whole (the backend sees the
+// ClientHello); a name no route claims, and a connection that is not TLS,
+// go on to the tcp route with nothing lost.
+func TestTLSRouteByServerName(t *testing.T) {
+	got := make(chan string, 8)
+	backendNamed := func(name string) string {
+		return tcpBackend(t, func(c net.Conn) {
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err == nil {
+				got <- fmt.Sprintf("%s %#x", name, b[0])
+			}
+		})
 	}
-	if got := raw(log); got != "- echo 4 echo\n" {
-		t.Errorf("a relayed connection's line %q; want %q", got, "- echo 4 echo\n")
+	cfg := &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "p", VirtualHosts: []model.VirtualHost{{
+			Name: "secure.shop.svc.cluster.local", Domains: []string{"secure"}, Opaque: true,
+			Routes:      []model.L7Route{{Name: "default", Destinations: to("rest")}},
+			Passthrough: []model.PassthroughRoute{{Name: "shop/a", SNIHosts: []string{"a.example.com"}, Destinations: to("a")}},
+			TCP:         &model.TCPRoute{Name: "default", Destinations: to("rest")},
+		}}}},
+		Clusters: []model.L7Cluster{clusterOf("a", backendNamed("a")), clusterOf("rest", backendNamed("rest"))},
+	}}
+	if err := cfg.L7.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, cfg, func(o *Options) {
+		o.ConnPeer = func(net.Conn) Peer {
+			return Peer{DestinationService: "secure.shop.svc.cluster.local", DestinationPort: 443}
+		}
+	})
+	relayedTo := func(send func(c net.Conn)) string {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go send(c)
+		select {
+		case s := <-got:
+			return s
+		case <-time.After(5 * time.Second):
+			return "nothing"
+		}
+	}
+	hello := func(sni string) func(c net.Conn) {
+		return func(c net.Conn) {
+			tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+			tc.SetDeadline(time.Now().Add(5 * time.Second))
+			_ = tc.Handshake() // the backends speak no TLS: only the ClientHello matters
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		send func(c net.Conn)
+		want string
+	}{
+		{"TLS for a.example.com", hello("a.example.com"), "a 0x16"},
+		{"TLS for another name", hello("b.example.com"), "rest 0x16"},
+		{"not TLS", func(c net.Conn) { io.WriteString(c, "PING\r\n") }, "rest 0x50"},
+	} {
+		if r := relayedTo(tt.send); r != tt.want {
+			t.Errorf("%s: relayed to %q; want %q", tt.name, r, tt.want)
+		}
 	}
 }

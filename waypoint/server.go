@@ -248,6 +248,21 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 		return
 	}
 	if vh := cfg.serviceVhost(&peer); vh != nil {
+		if len(vh.pass) > 0 {
+			// TLSRoutes bound to the service: a TLS connection goes by its
+			// server name; anything else, and a name none claims, on to
+			// the tcp routes with what was read replayed.
+			sni, pc, isTLS, err := peekTLS(c)
+			if err != nil {
+				p.logf("waypoint: connection from %s to service %q: %v; closed", peer.IP, peer.DestinationService, err)
+				return
+			}
+			if r, _ := bestPassthrough(vh.pass, sni); isTLS && r != nil {
+				p.forwardRoute(ctx, pc, cfg, peer, r.Name, r.Destinations)
+				return
+			}
+			c = pc
+		}
 		if r := pickTCP(vh.matched, vh.tcp, &peer); r != nil {
 			p.forwardRoute(ctx, c, cfg, peer, r.Name, r.Destinations)
 			return
@@ -261,6 +276,31 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 	}
 	p.logf("waypoint: connection from %s to %s (service %q) is not HTTP and has no tcp route; closed", peer.IP, c.LocalAddr(), peer.DestinationService)
 }
+
+// peekTLS reads c's TLS ClientHello, when it starts with one (isTLS), for
+// its server name. The connection returned replays what was read. A
+// connection that starts as TLS and sends no whole ClientHello within
+// peekTLSTimeout is an error: what it sent cannot be relayed any more.
+func peekTLS(c net.Conn) (sni string, _ net.Conn, isTLS bool, err error) {
+	pc, isPeeked := c.(*peekedConn)
+	if !isPeeked {
+		pc = &peekedConn{Conn: c, r: bufio.NewReaderSize(c, 512)}
+	}
+	_ = pc.Conn.SetReadDeadline(time.Now().Add(peekTLSTimeout))
+	first, perr := pc.r.Peek(1)
+	_ = pc.Conn.SetReadDeadline(time.Time{})
+	if perr != nil || first[0] != 0x16 { // not a TLS handshake record
+		return "", pc, false, nil
+	}
+	sni, tc, err := PeekServerName(pc, peekTLSTimeout)
+	if err != nil {
+		return "", nil, true, err
+	}
+	return sni, tc, true, nil
+}
+
+// peekTLSTimeout bounds the wait for a TLS client's first bytes.
+const peekTLSTimeout = 10 * time.Second
 
 // allowL4 evaluates the policies that apply to a connection forwarded
 // whole (L4 fallback, TLS passthrough, tcp routes) on what is known of it

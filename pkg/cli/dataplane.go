@@ -520,6 +520,10 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 				// Its connections that are not HTTP, or all of them when the
 				// port is declared TCP (opaque): the routes with conditions
 				// first, in order.
+				for _, r := range vh.Passthrough {
+					rt := model.L7Route{Destinations: r.Destinations}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2), r.Name, "tls sni "+strings.Join(r.SNIHosts, ","), describeAction(&rt))
+				}
 				for _, r := range vh.TCPMatched {
 					rt := model.L7Route{Destinations: r.Destinations}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Name, vh.Name, shortList(vh.Domains, 2), r.Name, "tcp "+describeTCPMatches(r.Matches), describeAction(&rt))

@@ -229,8 +229,6 @@ func (bd *build) parentAccepts(routeKind, routeNS, routeName string, hostnames [
 	noParent := string(gatewayv1.RouteReasonNoMatchingParent)
 	notAllowed := string(gatewayv1.RouteReasonNotAllowedByListeners)
 	switch {
-	case kind == "Service" && (group == "" || group == "core") && routeKind == KindTLSRoute:
-		return true, false, string(gatewayv1.RouteReasonUnsupportedValue), fmt.Sprintf("a TLSRoute bound to a Service is not served: meshlet's waypoints take HTTPRoutes, GRPCRoutes and TCPRoutes; TLS to Service %s is forwarded by its TCPRoute, or to the Service itself (L4 policy applies)", key)
 	case kind == "Service" && (group == "" || group == "core"):
 		svc, found := bd.kubeSvcs[key]
 		if !found {
@@ -245,6 +243,9 @@ func (bd *build) parentAccepts(routeKind, routeNS, routeName string, hostnames [
 		}
 		if routeKind == KindTCPRoute {
 			return bd.meshTCPRouteAccepts(routeNS, routeName, svc, ms, pr)
+		}
+		if routeKind == KindTLSRoute {
+			return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("applied to TLS connections to Service %s, by server name, by its waypoint %s", key, ms.Waypoint.Waypoint)
 		}
 		return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("applied to requests for Service %s by its waypoint %s", key, ms.Waypoint.Waypoint)
 	case kind == "Gateway" && group == gatewayv1.GroupName:

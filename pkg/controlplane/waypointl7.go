@@ -78,7 +78,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 			grpcBySvc[k] = append(grpcBySvc[k], rt)
 		}
 	}
-	tcpBySvc := bd.tcpRoutesByService()
+	tcpBySvc, tlsBySvc := bd.tcpRoutesByService(), bd.tlsRoutesByService()
 	servedBy := bd.servedWorkloads()
 	out := map[model.NamespacedName]*model.L7Config{}
 	for _, key := range sortedWaypointKeys(bd.waypoints) {
@@ -113,6 +113,24 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 					}
 				} else if hasVS {
 					vh.TCPMatched, vh.TCP = lb.tcpRoute(vs, sp.Port)
+				}
+				// TLSRoutes bound to the Service: by the ClientHello's
+				// server name, before the tcp routes (Istio's waypoint
+				// TLSRoute); their hostnames, or any name.
+				for _, tr := range oldestFirst(tlsBySvc[ms.Key()]) {
+					if !parentPort(tr.Spec.ParentRefs, ms.Name, sp.Port) {
+						continue
+					}
+					snis := []string{"*"}
+					if len(tr.Spec.Hostnames) > 0 {
+						snis = snis[:0]
+						for _, h := range tr.Spec.Hostnames {
+							snis = append(snis, string(h))
+						}
+					}
+					if ds := lb.l4Backends(KindTLSRoute, tr.Namespace, tr.Name, tlsRouteBackends(tr), sp.Port); len(ds) > 0 {
+						vh.Passthrough = append(vh.Passthrough, model.PassthroughRoute{Name: tr.Namespace + "/" + tr.Name, SNIHosts: snis, Destinations: ds})
+					}
 				}
 				if vh.TCP == nil && rt == nil {
 					vh.TCP = &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}
@@ -545,6 +563,19 @@ func (bd *build) tcpRoutesByService() map[string][]*gatewayv1.TCPRoute {
 		}
 	}
 	return bd.tcpBySvc
+}
+
+// tlsRoutesByService returns the TLSRoutes whose parentRefs name a Service
+// (GAMMA), by Service key: a waypoint forwards the service's TLS
+// connections by their server names.
+func (bd *build) tlsRoutesByService() map[string][]*gatewayv1.TLSRoute {
+	out := map[string][]*gatewayv1.TLSRoute{}
+	for _, rt := range bd.in.tlsRoutes {
+		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
+			out[k] = append(out[k], rt)
+		}
+	}
+	return out
 }
 
 // meshTCPRouteOn is the TCPRoute a waypoint forwards Service svc's port by:

@@ -1187,3 +1187,70 @@ func TestOutlierSplitFields(t *testing.T) {
 		}
 	}
 }
+
+// TestWaypointTLSRoutes: TLSRoutes bound to a Service (GAMMA, Istio's
+// waypoint TLSRoute) become the service's passthrough routes at its
+// waypoint, by their hostnames (any name without), for the port they name
+// or all; their status says they are applied.
+func TestWaypointTLSRoutes(t *testing.T) {
+	svc := func(name, ip string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: bookinfo}
+spec: {clusterIP: %s, selector: {app: %s}, ports: [{name: https, port: 443}, {name: tls-alt, port: 8443}]}
+`, name, ip, name)
+	}
+	b := NewBuilder(BuilderOptions{})
+	snap, rej := b.Build(inputs(t, bookinfo(
+		svc("secure", "10.96.0.50"), svc("secure-a", "10.96.0.51"), svc("secure-b", "10.96.0.52"),
+		`apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: by-name, namespace: bookinfo, creationTimestamp: "2026-01-01T00:00:01Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: secure, port: 443}]
+  hostnames: [a.example.com]
+  rules: [{backendRefs: [{name: secure-a, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: rest, namespace: bookinfo, creationTimestamp: "2026-01-01T00:00:02Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: secure}]
+  rules: [{backendRefs: [{name: secure-b, port: 443}]}]
+`)...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	got := map[uint32][]model.PassthroughRoute{}
+	for _, l := range cfg.Listeners {
+		for _, vh := range l.VirtualHosts {
+			if vh.Name == "secure.bookinfo.svc.cluster.local" {
+				got[l.Port] = vh.Passthrough
+			}
+		}
+	}
+	cl := func(host string) string { return clusterName(host+".bookinfo.svc.cluster.local", 443) }
+	want := map[uint32][]model.PassthroughRoute{
+		443: {
+			{Name: "bookinfo/by-name", SNIHosts: []string{"a.example.com"}, Destinations: []model.WeightedDestination{{Cluster: cl("secure-a"), Weight: 1}}},
+			{Name: "bookinfo/rest", SNIHosts: []string{"*"}, Destinations: []model.WeightedDestination{{Cluster: cl("secure-b"), Weight: 1}}},
+		},
+		8443: {{Name: "bookinfo/rest", SNIHosts: []string{"*"}, Destinations: []model.WeightedDestination{{Cluster: cl("secure-b"), Weight: 1}}}},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("passthrough routes by port (-want +got):\n%s", d)
+	}
+	for _, name := range []string{"by-name", "rest"} {
+		st := statusOf(t, b, "TLSRoute", "bookinfo", name)
+		if len(st.Parents) != 1 {
+			t.Fatalf("TLSRoute %s: parents %+v; want one", name, st.Parents)
+		}
+		if c := meta.FindStatusCondition(st.Parents[0].Conditions, "Accepted"); c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "TLS connections") {
+			t.Errorf("TLSRoute %s: Accepted %+v; want True, applied to TLS connections", name, c)
+		}
+	}
+}

@@ -441,6 +441,11 @@ type VirtualHost struct {
 	// TCPMatched are the tcp routes with match conditions that come before
 	// TCP, tried in order on such a connection.
 	TCPMatched []TCPRoute `json:",omitempty"`
+	// Passthrough are the TLSRoutes bound to the service (GAMMA): a
+	// connection that starts with a TLS ClientHello whose server name one
+	// of them claims is relayed whole to its destinations, before the tcp
+	// routes.
+	Passthrough []PassthroughRoute `json:",omitempty"`
 	// Opaque is set when the service's port is declared a protocol that is
 	// not HTTP (appProtocol, or Istio's port name prefix: tcp, tls, https,
 	// mongo, mysql, redis): its connections go to TCP at once, never read
@@ -1271,6 +1276,14 @@ func (l *L7Listener) validate(clusters map[string]*L7Cluster) error {
 		}
 		if err := validateMatched(vh.TCPMatched, clusters); err != nil {
 			return fmt.Errorf("virtualHosts[%d] %q: %w", i, vh.Name, err)
+		}
+		for j, r := range vh.Passthrough {
+			if len(r.SNIHosts) == 0 {
+				return fmt.Errorf("virtualHosts[%d] %q: passthrough[%d] %q: no server names", i, vh.Name, j, r.Name)
+			}
+			if err := validDestinations(r.Destinations, clusters); err != nil {
+				return fmt.Errorf("virtualHosts[%d] %q: passthrough[%d] %q: %w", i, vh.Name, j, r.Name, err)
+			}
 		}
 		for j := range vh.Routes {
 			if err := vh.Routes[j].validate(clusters); err != nil {
