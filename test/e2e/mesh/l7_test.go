@@ -569,7 +569,8 @@ spec:
 // HTTPS) is relayed whole through the waypoint (its Istio TCP metrics count
 // the connections) to the Service's pod; a TCPRoute bound to the Service
 // then sends new connections to another Service's pod, and its status says
-// it is accepted.
+// it is accepted; a TLSRoute bound to the Service takes the connections for
+// the server name it names back to the first pod, before the TCPRoute.
 func TestWaypointTCP(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
@@ -632,6 +633,22 @@ spec:
 	relayedTo("the TCPRoute shifting tcp-echo's connections to v2", "tcp-echo-v2", "tcp-echo-v2")
 	lab.WaitFor(t, 30*time.Second, "the TCPRoute Accepted", func() (bool, error) {
 		out, err := lb.Kubectl("-n", ns, "get", "tcproute", "tcp-echo", "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
+		return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
+	})
+
+	// A TLSRoute bound to the Service takes its TLS connections by server
+	// name before the TCPRoute: the client's SNI, tcp-echo's name, back to v1.
+	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: tcp-echo-by-name}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tcp-echo, port: 9000}]
+  hostnames: [tcp-echo.%s.svc.cluster.local]
+  rules: [{backendRefs: [{name: tcp-echo, port: 9000}]}]
+`, ns))
+	relayedTo("the TLSRoute taking tcp-echo's TLS by server name to v1", "tcp-echo", "tcp-echo-v1")
+	lab.WaitFor(t, 30*time.Second, "the TLSRoute Accepted", func() (bool, error) {
+		out, err := lb.Kubectl("-n", ns, "get", "tlsroute", "tcp-echo-by-name", "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
 		return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
 	})
 }
