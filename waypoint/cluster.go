@@ -1,11 +1,14 @@
 package waypoint
 
 import (
+	"bufio"
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"hash/fnv"
+	"io"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -13,6 +16,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,6 +122,7 @@ type upstream struct {
 	h1              *h1Client
 	h2              *http.Transport
 	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
+	dial            dialFunc     // to an endpoint, bytes as they are (keepalive, tunnel): relays use it
 	retries         atomic.Int64 // retries outstanding, counted under maxRetries or a retry budget
 	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
@@ -178,6 +183,10 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 			return c, err
 		}
 	}
+	if tn := tp.Tunnel; tn != nil {
+		dial = tunnelDial(dial, tn)
+	}
+	u.dial = dial
 	h1dial, h2dial := dial, dial
 	if tp.TLS != nil {
 		cfg, err := upstreamTLSConfig(tp.TLS)
@@ -202,6 +211,45 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	u.requests = newRequestLimiter(tp.Pool.HTTP2MaxRequests)
 	u.h1Pool = newConnLimiter(tp.Pool.MaxConnections, tp.Pool.HTTP1MaxPendingRequests)
 	return u
+}
+
+// tunnelDial dials through an HTTP proxy: a connection to the endpoint
+// (the proxy), then a CONNECT to the tunnel's target, within the dial's
+// context; what the proxy sends after its 2xx answer is the target's.
+func tunnelDial(dial dialFunc, t *model.Tunnel) dialFunc {
+	target := net.JoinHostPort(t.TargetHost, strconv.FormatUint(uint64(t.TargetPort), 10))
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := ctx.Deadline(); ok {
+			_ = c.SetDeadline(d)
+		}
+		stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+		defer stop()
+		fail := func(err error) (net.Conn, error) {
+			c.Close()
+			return nil, &net.OpError{Op: "dial", Net: "tunnel", Addr: c.RemoteAddr(), Err: err}
+		}
+		if _, err := io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"); err != nil {
+			return fail(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			return fail(fmt.Errorf("CONNECT %s: %w", target, err))
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fail(fmt.Errorf("CONNECT %s: the proxy answered %s", target, resp.Status))
+		}
+		_ = c.SetDeadline(time.Time{})
+		if br.Buffered() > 0 {
+			return &peekedConn{Conn: c, r: br}, nil
+		}
+		return c, nil
+	}
 }
 
 // statusTryTimeout is reported (upstream.report) for a try that timed out:

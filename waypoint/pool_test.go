@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -652,5 +653,81 @@ func TestTLSRouteByServerName(t *testing.T) {
 		if r := relayedTo(tt.send); r != tt.want {
 			t.Errorf("%s: relayed to %q; want %q", tt.name, r, tt.want)
 		}
+	}
+}
+
+// TestTunnel: a cluster with a tunnel reaches its target through each
+// endpoint, an HTTP proxy, with a CONNECT to the target: HTTP requests and
+// relayed connections alike; a proxy that refuses the CONNECT fails the
+// request as a connection failure (503, UF).
+func TestTunnel(t *testing.T) {
+	target := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "from the target") }))
+	echo := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
+	connects := make(chan string, 16)
+	proxy := func(allow bool) string {
+		return tcpBackend(t, func(c net.Conn) {
+			br := bufio.NewReader(c)
+			req, err := http.ReadRequest(br)
+			if err != nil || req.Method != http.MethodConnect {
+				return
+			}
+			connects <- req.Host
+			if !allow {
+				io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+				return
+			}
+			up, err := net.Dial("tcp", req.Host)
+			if err != nil {
+				io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+				return
+			}
+			defer up.Close()
+			io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+			go io.Copy(up, br)
+			io.Copy(c, up)
+		})
+	}
+	tunnelTo := func(addr string) *model.Tunnel {
+		host, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		return &model.Tunnel{TargetHost: host, TargetPort: uint32(p)}
+	}
+	open, refusing := proxy(true), proxy(false)
+	clusters := []model.L7Cluster{clusterOf("via", open), clusterOf("refused", refusing)}
+	clusters[0].Traffic.Tunnel = tunnelTo(target)
+	clusters[1].Traffic.Tunnel = tunnelTo(target)
+	h := start(t, oneRoute(clusters,
+		model.L7Route{Name: "refused", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/refused"}}}, Destinations: to("refused"),
+			Retries: &model.RetryPolicy{}},
+		model.L7Route{Name: "via", Destinations: to("via")}), nil)
+	if code, body := h.get(t, newClient(t), "/", nil); code != 200 || body != "from the target" {
+		t.Errorf("through the tunnel: %d %q; want the target's answer", code, body)
+	}
+	if got := <-connects; got != target {
+		t.Errorf("the proxy was asked to CONNECT %q; want %q", got, target)
+	}
+	if code, _ := h.get(t, newClient(t), "/refused", nil); code != http.StatusServiceUnavailable {
+		t.Errorf("a proxy refusing the CONNECT: %d; want 503", code)
+	}
+	<-connects
+	if n := h.log.countFlag(t, flagConnFailure); n != 1 {
+		t.Errorf("%d lines flagged UF; want 1", n)
+	}
+
+	// A relayed connection goes through the tunnel too.
+	relay := clusterOf("echo", open)
+	relay.Traffic.Tunnel = tunnelTo(echo)
+	c := dialServeTCP(t, &Config{L7: &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "tcp", Port: 9000, TCP: &model.TCPRoute{Name: "echo", Destinations: to("echo")}}},
+		Clusters:  []model.L7Cluster{relay},
+	}}, nil)
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "ping")
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+		t.Errorf("a relayed connection through the tunnel: %q, %v; want the echo", got, err)
+	}
+	if host := <-connects; host != echo {
+		t.Errorf("the relay's CONNECT was for %q; want %q", host, echo)
 	}
 }

@@ -372,10 +372,7 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 		return
 	}
 	upstreamAddr = ep.addr
-	dial := p.opts.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
+	dial := up.dial // the proxy's dialer with the cluster's keepalive and tunnel
 	pool := &up.policy.Pool
 	connectTimeout := pool.ConnectTimeout
 	if connectTimeout == 0 {
@@ -391,7 +388,6 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 		return
 	}
 	defer back.Close()
-	setKeepalive(back, pool.TCPKeepalive)
 	var m tcpCounters
 	if tm := p.cfg.Load().telemetry.RequestMetrics; tm == nil || *tm {
 		m = p.metrics.tcp(peer, destFor(up), func() *logfilter.Attributes { return connAttributes(c, peer, ep.addr) })

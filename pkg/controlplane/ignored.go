@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	networkingapi "istio.io/api/networking/v1alpha3"
+
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 // Fields of Istio's traffic APIs that meshlet's proxies do not implement are
@@ -25,7 +27,12 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 	set(lb.GetZoneAwareLbSetting() != nil, "loadBalancer.zoneAwareLbSetting")
 	od := tp.GetOutlierDetection()
 	set(!od.GetSplitExternalLocalOriginErrors() && od.GetConsecutiveLocalOriginFailures() != nil, "outlierDetection.consecutiveLocalOriginFailures (without splitExternalLocalOriginErrors, as in Istio)")
-	set(tp.GetTunnel() != nil, "tunnel")
+	if tn := tp.GetTunnel(); tn != nil {
+		set(tn.GetProtocol() != "" && !strings.EqualFold(tn.GetProtocol(), "CONNECT"), "tunnel.protocol "+tn.GetProtocol()+" (CONNECT is)")
+		if err := (&model.Tunnel{TargetHost: tn.GetTargetHost(), TargetPort: tn.GetTargetPort()}).Validate(); err != nil {
+			set(true, "tunnel ("+err.Error()+")")
+		}
+	}
 	set(tp.GetProxyProtocol() != nil, "proxyProtocol")
 	return out
 }

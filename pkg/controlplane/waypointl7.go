@@ -368,6 +368,7 @@ func forPort(tp *networkingapi.TrafficPolicy, port uint32) *networkingapi.Traffi
 				OutlierDetection: pl.GetOutlierDetection(),
 				Tls:              pl.GetTls(),
 				RetryBudget:      tp.GetRetryBudget(), // not per port
+				Tunnel:           tp.GetTunnel(),
 			}
 		}
 	}
@@ -438,6 +439,11 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy, meshUpgrade bool) model.Traf
 			out.LB.ConsistentHash = &model.ConsistentHash{QueryParam: ch.GetHttpQueryParameterName()}
 		case ch.GetUseSourceIp():
 			out.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
+		}
+	}
+	if tn := tp.GetTunnel(); tn != nil && (tn.GetProtocol() == "" || strings.EqualFold(tn.GetProtocol(), "CONNECT")) {
+		if t := (&model.Tunnel{TargetHost: tn.GetTargetHost(), TargetPort: tn.GetTargetPort()}); t.Validate() == nil {
+			out.Tunnel = t
 		}
 	}
 	if rb := tp.GetRetryBudget(); rb != nil {

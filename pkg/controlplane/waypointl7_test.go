@@ -1254,3 +1254,27 @@ spec:
 		}
 	}
 }
+
+// TestTunnelFields: trafficPolicy.tunnel (CONNECT, the default protocol)
+// reaches the waypoint; POST, or a tunnel without a target, is warned and
+// left out.
+func TestTunnelFields(t *testing.T) {
+	if tn := reviewsTraffic(t, "{tunnel: {targetHost: api.example.com, targetPort: 443}}").Tunnel; tn == nil || *tn != (model.Tunnel{TargetHost: "api.example.com", TargetPort: 443}) {
+		t.Errorf("tunnel = %+v; want api.example.com:443", tn)
+	}
+	for tunnel, warned := range map[string]string{
+		"{protocol: POST, targetHost: api.example.com, targetPort: 443}": "tunnel.protocol POST (CONNECT is)",
+		"{targetHost: api.example.com}":                                  "want a host name or address and a port",
+	} {
+		cfg := bookinfoWaypointWarned(t, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy: {tunnel: `+tunnel+`}
+`, warned)
+		if tn := cfg.Clusters[0].Traffic.Tunnel; tn != nil {
+			t.Errorf("%s: tunnel %+v; want none", tunnel, tn)
+		}
+	}
+}

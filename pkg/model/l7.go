@@ -838,6 +838,11 @@ type TrafficPolicy struct {
 	Pool ConnectionPool
 	// Outlier ejects failing endpoints; nil means none.
 	Outlier *OutlierDetection
+	// Tunnel, when set, reaches the target through each endpoint, an HTTP
+	// proxy, with a CONNECT to TargetHost:TargetPort on every connection
+	// (Istio's trafficPolicy.tunnel, for egress through a proxy); TLS
+	// origination then runs inside the tunnel.
+	Tunnel *Tunnel `json:",omitempty"`
 	// RetryBudget, when set, bounds the retries outstanding to the cluster
 	// by the requests in flight, instead of Pool.MaxRetries (Envoy's retry
 	// budget, Istio's trafficPolicy.retryBudget).
@@ -1001,6 +1006,20 @@ type ConnectionPool struct {
 	// UseClientProtocol sends each request upstream in the HTTP version
 	// the client used (Istio's useClientProtocol); it wins over H2Upgrade.
 	UseClientProtocol bool `json:",omitempty"`
+}
+
+// Tunnel is an HTTP CONNECT tunnel to TargetHost:TargetPort.
+type Tunnel struct {
+	TargetHost string
+	TargetPort uint32
+}
+
+// Validate checks that t names a host (or address) and a port.
+func (t *Tunnel) Validate() error {
+	if t.TargetHost == "" || t.TargetPort == 0 || t.TargetPort > 65535 || strings.ContainsAny(t.TargetHost, " \t\r\n/@?#") {
+		return fmt.Errorf("tunnel to %q port %d: want a host name or address and a port", t.TargetHost, t.TargetPort)
+	}
+	return nil
 }
 
 // RetryBudget allows as many retries at once as Percent of the requests in
@@ -1674,6 +1693,11 @@ func (t *TrafficPolicy) Validate() error {
 	}
 	if l := t.LB.Locality; l != nil {
 		if err := l.Validate(); err != nil {
+			return err
+		}
+	}
+	if tn := t.Tunnel; tn != nil {
+		if err := tn.Validate(); err != nil {
 			return err
 		}
 	}
