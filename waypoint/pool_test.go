@@ -171,7 +171,7 @@ func TestUpstreamMaxConnectionDuration(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 	c := clusterOf("b", srv.Listener.Addr().String())
-	c.Traffic.Pool.MaxConnectionDuration = 300 * time.Millisecond
+	c.Traffic.Pool.MaxConnectionDuration = time.Second
 	h := start(t, oneRoute([]model.L7Cluster{c}, model.L7Route{Name: "r", Destinations: to("b")}), nil)
 	client := newClient(t)
 	for range 5 {
@@ -182,7 +182,7 @@ func TestUpstreamMaxConnectionDuration(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("5 quick requests used %d upstream connections; want 1", n)
 	}
-	time.Sleep(400 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
 	for range 3 {
 		if code, _ := h.get(t, client, "/", nil); code != 200 {
 			t.Fatalf("request: %d", code)
@@ -224,28 +224,28 @@ func TestRelayTimeouts(t *testing.T) {
 		return err == io.EOF || (err != nil && !isTimeout(err))
 	}
 
-	h, c := relay(model.ConnectionPool{TCPIdleTimeout: 300 * time.Millisecond})
-	for range 4 { // busy for longer than the idle timeout
+	h, c := relay(model.ConnectionPool{TCPIdleTimeout: 600 * time.Millisecond})
+	for range 10 { // busy for longer than the idle timeout
 		if err := echoed(c, "ping"); err != nil {
-			t.Fatalf("relay with activity every 150ms: %v", err)
+			t.Fatalf("relay with activity every 100ms: %v", err)
 		}
-		time.Sleep(150 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	if !closedWithin(c, 2*time.Second) {
 		t.Error("an idle relay was not closed after the idle timeout")
 	}
 	waitForLog(t, h, flagStreamIdleTimeout)
 
-	h, c = relay(model.ConnectionPool{MaxConnectionDuration: 400 * time.Millisecond, TCPIdleTimeout: model.NoTimeout})
+	h, c = relay(model.ConnectionPool{MaxConnectionDuration: 500 * time.Millisecond, TCPIdleTimeout: model.NoTimeout})
 	start := time.Now()
-	for time.Since(start) < 2*time.Second {
+	for time.Since(start) < 5*time.Second {
 		if echoed(c, "ping") != nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if took := time.Since(start); took < 350*time.Millisecond || took > 1500*time.Millisecond {
-		t.Errorf("a busy relay with a 400ms maximum duration ended after %v", took)
+	if took := time.Since(start); took < 450*time.Millisecond || took > 4*time.Second {
+		t.Errorf("a busy relay with a 500ms maximum duration ended after %v", took)
 	}
 	waitForLog(t, h, flagDurationTimeout)
 
