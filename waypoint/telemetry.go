@@ -260,8 +260,7 @@ func (v *logValues) Field(name string) string {
 	case "ROUTE_NAME":
 		return r.routeName
 	case "HOSTNAME":
-		h, _ := os.Hostname()
-		return h
+		return hostname()
 	case "TRACE_ID":
 		if v.req != nil {
 			if tp := v.req.Header.Get("Traceparent"); len(tp) >= 35 {
@@ -271,6 +270,12 @@ func (v *logValues) Field(name string) string {
 	}
 	return ""
 }
+
+// hostname is the proxy's host name (%HOSTNAME%), asked once.
+var hostname = sync.OnceValue(func() string {
+	h, _ := os.Hostname()
+	return h
+})
 
 func hostOrPort(hostport string, port bool) string {
 	h, p, err := net.SplitHostPort(hostport)
