@@ -86,6 +86,24 @@ func servePorts(t *testing.T, ctx context.Context, p *waypoint.Proxy, l7 *model.
 	return s
 }
 
+// serveEach runs handle on each connection l accepts, in its own goroutine,
+// closing it after, until the test ends and closes l.
+func serveEach(t *testing.T, l net.Listener, handle func(net.Conn)) {
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
 func freePort(t *testing.T) uint32 {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -389,20 +407,10 @@ func TestIngressTCP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					line, _ := bufio.NewReader(c).ReadString('\n')
-					io.WriteString(c, name+" got "+line)
-				}()
-			}
-		}()
+		serveEach(t, l, func(c net.Conn) {
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			io.WriteString(c, name+" got "+line)
+		})
 		return l.Addr().String()
 	}
 	v1, v2 := backend("v1"), backend("v2")
@@ -575,16 +583,7 @@ func TestIngressPassthroughDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { bl.Close() })
-	go func() {
-		for {
-			c, err := bl.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	serveEach(t, bl, func(c net.Conn) { io.Copy(c, c) })
 	const port = 8443
 	l7 := &model.L7Config{
 		Listeners: []model.L7Listener{{Name: "tls", Port: port, Passthrough: []model.PassthroughRoute{{Name: "echo",
