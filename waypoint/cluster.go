@@ -186,6 +186,11 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 	if tn := tp.Tunnel; tn != nil {
 		dial = tunnelDial(dial, tn)
 	}
+	if v := tp.ProxyProtocol; v != 0 {
+		dial = proxyProtocolDial(dial, v)
+		// A connection carries one client's requests only: one each.
+		tp.Pool.MaxRequestsPerConnection = 1
+	}
 	u.dial = dial
 	h1dial, h2dial := dial, dial
 	if tp.TLS != nil {

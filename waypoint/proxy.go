@@ -574,6 +574,11 @@ var (
 // failure it has written the local reply. stickyKey, when set, is the
 // consistent-hash key (the cookie the client is being given).
 func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string) (*http.Response, inFlight, bool) {
+	if up.policy.ProxyProtocol != 0 {
+		// The connection's PROXY header names this request's client.
+		src, _ := netip.ParseAddrPort(rec.downstreamRem)
+		out = out.WithContext(withProxyAddrs(out.Context(), proxyAddrs{src: src, dst: addrPortOf(rec.downstreamLoc)}))
+	}
 	ctx := out.Context()
 	rp := retryPolicyFor(spec)
 	attempts := 1 + rp.Attempts

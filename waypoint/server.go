@@ -379,6 +379,9 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 		connectTimeout = 10 * time.Second
 	}
 	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	if up.policy.ProxyProtocol != 0 {
+		dctx = withProxyAddrs(dctx, proxyAddrs{src: addrPortOf(c.RemoteAddr()), dst: addrPortOf(c.LocalAddr())})
+	}
 	back, err := dial(dctx, "tcp", ep.addr)
 	cancel()
 	if err != nil {

@@ -33,7 +33,6 @@ func ignoredTrafficPolicy(tp *networkingapi.TrafficPolicy) []string {
 			set(true, "tunnel ("+err.Error()+")")
 		}
 	}
-	set(tp.GetProxyProtocol() != nil, "proxyProtocol")
 	return out
 }
 

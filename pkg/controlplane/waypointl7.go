@@ -369,6 +369,7 @@ func forPort(tp *networkingapi.TrafficPolicy, port uint32) *networkingapi.Traffi
 				Tls:              pl.GetTls(),
 				RetryBudget:      tp.GetRetryBudget(), // not per port
 				Tunnel:           tp.GetTunnel(),
+				ProxyProtocol:    tp.GetProxyProtocol(),
 			}
 		}
 	}
@@ -444,6 +445,12 @@ func trafficPolicy(tp *networkingapi.TrafficPolicy, meshUpgrade bool) model.Traf
 	if tn := tp.GetTunnel(); tn != nil && (tn.GetProtocol() == "" || strings.EqualFold(tn.GetProtocol(), "CONNECT")) {
 		if t := (&model.Tunnel{TargetHost: tn.GetTargetHost(), TargetPort: tn.GetTargetPort()}); t.Validate() == nil {
 			out.Tunnel = t
+		}
+	}
+	if pp := tp.GetProxyProtocol(); pp != nil {
+		out.ProxyProtocol = 1
+		if pp.GetVersion() == networkingapi.TrafficPolicy_ProxyProtocol_V2 {
+			out.ProxyProtocol = 2
 		}
 	}
 	if rb := tp.GetRetryBudget(); rb != nil {

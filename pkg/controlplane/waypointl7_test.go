@@ -1278,3 +1278,13 @@ spec:
 		}
 	}
 }
+
+// TestProxyProtocolFields: trafficPolicy.proxyProtocol reaches the
+// waypoint as its version (V1 when unset, as Istio's enum defaults).
+func TestProxyProtocolFields(t *testing.T) {
+	for pp, want := range map[string]int{"{}": 1, "{version: V1}": 1, "{version: V2}": 2} {
+		if got := reviewsTraffic(t, "{proxyProtocol: "+pp+"}").ProxyProtocol; got != want {
+			t.Errorf("proxyProtocol %s: version %d; want %d", pp, got, want)
+		}
+	}
+}

@@ -843,6 +843,11 @@ type TrafficPolicy struct {
 	// (Istio's trafficPolicy.tunnel, for egress through a proxy); TLS
 	// origination then runs inside the tunnel.
 	Tunnel *Tunnel `json:",omitempty"`
+	// ProxyProtocol, 1 or 2, sends a PROXY protocol header of that version
+	// first on every connection to an endpoint, with the client's address
+	// and the one it dialled (Istio's trafficPolicy.proxyProtocol); an
+	// HTTP connection then carries one request. Zero sends none.
+	ProxyProtocol int `json:",omitempty"`
 	// RetryBudget, when set, bounds the retries outstanding to the cluster
 	// by the requests in flight, instead of Pool.MaxRetries (Envoy's retry
 	// budget, Istio's trafficPolicy.retryBudget).
@@ -1700,6 +1705,9 @@ func (t *TrafficPolicy) Validate() error {
 		if err := tn.Validate(); err != nil {
 			return err
 		}
+	}
+	if t.ProxyProtocol < 0 || t.ProxyProtocol > 2 {
+		return fmt.Errorf("proxyProtocol version %d: want 1 or 2", t.ProxyProtocol)
 	}
 	if b := t.RetryBudget; b != nil && (b.Percent < 0 || b.Percent > 100 || b.MinConcurrency < 0) {
 		return fmt.Errorf("retryBudget %+v: want a percent of 0-100 and a non-negative minimum", *b)
