@@ -23,7 +23,8 @@ var builtinLogProviders = map[string]bool{"": true, "envoy": true, "otel": true,
 // providers' from the mesh config's accessLogFormat and accessLogEncoding
 // (nil, meshlet's JSON line with Istio's default fields, when it sets no
 // format), and each envoyFileAccessLog provider's logFormat (Istio's
-// default text format when it has none). A provider whose format does not
+// default text format when it has none); under "" the format of entries
+// that name no provider (the first default provider's). A provider whose format does not
 // parse is reported and left out: entries naming it leave the log as it is.
 func (bd *build) accessLogFormats() map[string]*model.AccessLogFormat {
 	if bd.logFormats != nil {
@@ -73,6 +74,14 @@ func (bd *build) accessLogFormats() map[string]*model.AccessLogFormat {
 			continue
 		}
 		out[name] = f
+	}
+	// Entries that name no provider take the mesh config's default ones
+	// (defaultProviders.accessLogging): the first meshlet serves.
+	for _, name := range mc.GetDefaultProviders().GetAccessLogging() {
+		if f, ok := out[name]; ok && name != "" {
+			out[""] = f
+			break
+		}
 	}
 	bd.logFormats = out
 	return out

@@ -463,6 +463,8 @@ spec:
 			[]string{`extensionProviders "custom": envoyFileAccessLog path "/var/log/x"`}},
 		{"provider without format", []string{providers, telemetry("plain")}, &model.AccessLogFormat{Text: accesslog.IstioText}, nil},
 		{"text provider", []string{providers, telemetry("custom")}, &model.AccessLogFormat{Text: "%REQ(:METHOD)% %RESPONSE_CODE%"}, nil},
+		{"default provider, without a Telemetry", []string{strings.Replace(providers, "    extensionProviders:", "    defaultProviders: {accessLogging: [custom]}\n    extensionProviders:", 1)},
+			&model.AccessLogFormat{Text: "%REQ(:METHOD)% %RESPONSE_CODE%"}, nil},
 		{"broken provider", []string{providers, telemetry("broken")}, nil,
 			[]string{`extensionProviders "broken": operator %NOT_AN_OPERATOR%`, `accessLogging provider "broken" is not configured`}},
 	} {
