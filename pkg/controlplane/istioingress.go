@@ -145,7 +145,8 @@ func (lb *l7Builder) tcpRoute(vs config[networkingapi.VirtualService], port uint
 	return matched, nil
 }
 
-// passthroughRoutes are the tls routes of vs for a PASSTHROUGH server:
+// passthroughRoutes are the tls routes of vs for a PASSTHROUGH server (or a
+// service's port at its waypoint, hosts "*"):
 // each route whose matches (for the server's port, or any) name server
 // names among the server's hosts, with its destinations by weight.
 func (lb *l7Builder) passthroughRoutes(vs config[networkingapi.VirtualService], srv ingressServer) []model.PassthroughRoute {

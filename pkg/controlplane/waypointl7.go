@@ -132,6 +132,12 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 						vh.Passthrough = append(vh.Passthrough, model.PassthroughRoute{Name: tr.Namespace + "/" + tr.Name, SNIHosts: snis, Destinations: ds})
 					}
 				}
+				if len(vh.Passthrough) == 0 && hasVS {
+					// Without TLSRoutes (which win, as a TCPRoute wins over
+					// tcp routes), the VirtualService's tls routes for the
+					// port, by their sniHosts.
+					vh.Passthrough = lb.passthroughRoutes(vs, ingressServer{port: sp.Port, hosts: []string{"*"}})
+				}
 				if vh.TCP == nil && rt == nil {
 					vh.TCP = &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: lb.cluster(ms.Hostname(), sp.Port), Weight: 1}}}
 				}

@@ -1288,3 +1288,55 @@ func TestProxyProtocolFields(t *testing.T) {
 		}
 	}
 }
+
+// TestWaypointVirtualServiceTLS: a VirtualService's tls routes become the
+// service's passthrough routes at its waypoint, by their sniHosts, for
+// the port they match; TLSRoutes bound to the Service win over them.
+func TestWaypointVirtualServiceTLS(t *testing.T) {
+	docs := []string{`apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: bookinfo}
+spec: {clusterIP: 10.96.0.50, selector: {app: secure}, ports: [{name: https, port: 443}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure-b, namespace: bookinfo}
+spec: {clusterIP: 10.96.0.52, selector: {app: secure-b}, ports: [{name: https, port: 443}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: bookinfo}
+spec:
+  hosts: [secure]
+  tls:
+  - match: [{port: 443, sniHosts: [b.example.com]}]
+    route: [{destination: {host: secure-b}}]
+`}
+	passthrough := func(cfg *model.L7Config) []model.PassthroughRoute {
+		for _, l := range cfg.Listeners {
+			for _, vh := range l.VirtualHosts {
+				if vh.Name == "secure.bookinfo.svc.cluster.local" {
+					return vh.Passthrough
+				}
+			}
+		}
+		return nil
+	}
+	got := passthrough(bookinfoWaypoint(t, strings.Join(docs, "---\n")))
+	want := []model.PassthroughRoute{{Name: "secure.bookinfo.tls.0", SNIHosts: []string{"b.example.com"},
+		Destinations: []model.WeightedDestination{{Cluster: clusterName("secure-b.bookinfo.svc.cluster.local", 443), Weight: 100}}}}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("passthrough routes (-want +got):\n%s", d)
+	}
+	withRoute := append(docs, `apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: by-route, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: secure}]
+  hostnames: [c.example.com]
+  rules: [{backendRefs: [{name: secure-b, port: 443}]}]
+`)
+	if got := passthrough(bookinfoWaypoint(t, strings.Join(withRoute, "---\n"))); len(got) != 1 || got[0].Name != "bookinfo/by-route" {
+		t.Errorf("with a TLSRoute bound to the Service: %+v; want its route alone", got)
+	}
+}
