@@ -572,14 +572,10 @@ func (bd *build) httpRoutesByService() map[string][]*gatewayv1.HTTPRoute {
 // connections by them. Made once per build (the builder and the routes'
 // status both ask).
 func (bd *build) tcpRoutesByService() map[string][]*gatewayv1.TCPRoute {
-	if bd.tcpBySvc != nil {
-		return bd.tcpBySvc
-	}
-	bd.tcpBySvc = map[string][]*gatewayv1.TCPRoute{}
-	for _, rt := range bd.in.tcpRoutes {
-		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
-			bd.tcpBySvc[k] = append(bd.tcpBySvc[k], rt)
-		}
+	if bd.tcpBySvc == nil {
+		bd.tcpBySvc = routesByService(bd.in.tcpRoutes, func(rt *gatewayv1.TCPRoute) []string {
+			return serviceParents(rt.Spec.ParentRefs, rt.Namespace)
+		})
 	}
 	return bd.tcpBySvc
 }
@@ -588,9 +584,17 @@ func (bd *build) tcpRoutesByService() map[string][]*gatewayv1.TCPRoute {
 // (GAMMA), by Service key: a waypoint forwards the service's TLS
 // connections by their server names.
 func (bd *build) tlsRoutesByService() map[string][]*gatewayv1.TLSRoute {
-	out := map[string][]*gatewayv1.TLSRoute{}
-	for _, rt := range bd.in.tlsRoutes {
-		for _, k := range serviceParents(rt.Spec.ParentRefs, rt.Namespace) {
+	return routesByService(bd.in.tlsRoutes, func(rt *gatewayv1.TLSRoute) []string {
+		return serviceParents(rt.Spec.ParentRefs, rt.Namespace)
+	})
+}
+
+// routesByService groups routes by the keys of the Services among their
+// parents (services).
+func routesByService[R any](routes map[string]R, services func(R) []string) map[string][]R {
+	out := map[string][]R{}
+	for _, rt := range routes {
+		for _, k := range services(rt) {
 			out[k] = append(out[k], rt)
 		}
 	}
