@@ -144,6 +144,7 @@ type endpoint struct {
 	loc      model.Locality
 	active   atomic.Int64
 	joined   time.Time // when it joined the cluster; zero: before the proxy's first config of it
+	key      uint64    // names it in session tokens (endpointKey)
 
 	mu           sync.Mutex
 	consec5xx    int
@@ -162,7 +163,7 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 		}
 		u.weighted = u.weighted || w != 1
 		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, identity: e.Identity, weight: w,
-			node: e.Node, loc: model.ParseLocality(e.Locality)})
+			node: e.Node, loc: model.ParseLocality(e.Locality), key: endpointKey(e.Address, e.Workload, e.Identity)})
 	}
 	u.locality = newLocalityPicker(tp.LB.Locality, u.endpoints, self)
 	if tp.Outlier != nil {

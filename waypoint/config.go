@@ -141,12 +141,14 @@ type route struct {
 	limiter   *rateLimiter
 	rewriteRe *regexp.Regexp
 	cors      *corsPolicy
+	session   *routeSession // nil: no session persistence
 }
 
 type dest struct {
 	up     *upstream // nil when spec.DirectResponse answers instead
 	weight uint64
 	spec   *model.WeightedDestination
+	key    uint64 // names it in session tokens (upstreamKey)
 }
 
 type mirrorDest struct {
@@ -336,6 +338,9 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster, shared *rat
 		return nil, err
 	}
 	r := &route{name: spec.Name, spec: spec, cors: cors}
+	if spec.Session != nil {
+		r.session = &routeSession{spec: spec.Session}
+	}
 	for _, m := range spec.Matches {
 		cm := match{port: m.Port, srcLabels: m.SourceLabels, srcNamespace: m.SourceNamespace}
 		if cm.uri, err = compileStr(m.URI); err != nil {
@@ -365,7 +370,7 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster, shared *rat
 		if d.DirectResponse == nil {
 			up = clusters[d.Cluster].subset(d.Subset)
 		}
-		r.dests = append(r.dests, dest{up: up, weight: w, spec: d})
+		r.dests = append(r.dests, dest{up: up, weight: w, spec: d, key: upstreamKey(d.Cluster, d.Subset)})
 		r.total += w
 	}
 	for _, m := range spec.Mirrors {

@@ -386,8 +386,15 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		}
 	}
 
-	// 8. Build the upstream request.
+	// 8. Build the upstream request. A session's token, when it names one
+	// of the route's endpoints, wins over the weights (GEP-1619).
 	d := rt.pickDest(rand.Uint64N)
+	var pin *endpoint
+	if rt.session != nil {
+		if sd, ep := rt.session.target(rt, req, time.Now()); sd != nil {
+			d, pin = sd, ep
+		}
+	}
 	if dr := d.spec.DirectResponse; dr != nil {
 		// A backend that does not resolve: its share of the requests is
 		// answered here (Gateway API: 500), never forwarded or mirrored.
@@ -479,7 +486,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if sticky != nil {
 		stickyKey = sticky.Value
 	}
-	resp, held, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc, stickyKey)
+	resp, held, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc, stickyKey, pin)
 	if !ok {
 		return
 	}
@@ -506,6 +513,9 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	applyHeaderOps(h, spec.ResponseHeaders)
 	if sticky != nil {
 		h.Add("Set-Cookie", sticky.String())
+	}
+	if rt.session != nil && held.ep != pin {
+		rt.session.give(h, req, d, held.ep, time.Now())
 	}
 	applyHeaderOps(h, d.spec.ResponseHeaders)
 	for k, vv := range authzResponse {
@@ -572,8 +582,9 @@ var (
 // produce the request body again (nil: never). On success it returns the
 // response and what it holds, to release once the response is done; on
 // failure it has written the local reply. stickyKey, when set, is the
-// consistent-hash key (the cookie the client is being given).
-func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string) (*http.Response, inFlight, bool) {
+// consistent-hash key (the cookie the client is being given); pin, when
+// set, is the endpoint of the client's session, tried first unless ejected.
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string, pin *endpoint) (*http.Response, inFlight, bool) {
 	if up.policy.ProxyProtocol != 0 {
 		// The connection's PROXY header names this request's client.
 		src, _ := netip.ParseAddrPort(rec.downstreamRem)
@@ -603,7 +614,13 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		if rp.RemoteLocalities {
 			leave = tried
 		}
-		ep, err := up.pickFrom(out, peer, avoid, leave, stickyKey)
+		var ep *endpoint
+		var err error
+		if try == 0 && pin != nil && !pin.ejected(time.Now()) {
+			ep = pin
+		} else {
+			ep, err = up.pickFrom(out, peer, avoid, leave, stickyKey)
+		}
 		if err != nil {
 			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagNoHealthy, "no_healthy_upstream", "no healthy upstream")
 			return nil, inFlight{}, false

@@ -93,6 +93,9 @@ type build struct {
 	services    []*model.Service
 	svcByKey    map[string]*model.Service
 	kubeSvcs    map[string]*corev1.Service // key -> object, only valid services
+	// svcSessions are the session persistence of services that ask for it
+	// by label (labelSession), by service key.
+	svcSessions map[string]*model.SessionPersistence
 	svcsByNS    map[string]*selectorIndex
 	seSelect    []seSelector
 	workloads   []*model.Workload
@@ -131,17 +134,18 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	}
 	b.version++
 	bd := &build{
-		Builder:    b,
-		in:         in,
-		next:       make(map[string]cachedWorkload, len(in.pods)),
-		waypoints:  make(map[model.NamespacedName]*model.Waypoint),
-		waypointGW: make(map[model.NamespacedName]*gatewayv1.Gateway),
-		svcByKey:   make(map[string]*model.Service),
-		kubeSvcs:   make(map[string]*corev1.Service),
-		svcsByNS:   make(map[string]*selectorIndex),
-		hostOwners: make(map[string]string),
-		drFor:      make(map[string]config[networkingapi.DestinationRule]),
-		btlsFor:    make(map[string]*backendTLSTargets),
+		Builder:     b,
+		in:          in,
+		next:        make(map[string]cachedWorkload, len(in.pods)),
+		waypoints:   make(map[model.NamespacedName]*model.Waypoint),
+		waypointGW:  make(map[model.NamespacedName]*gatewayv1.Gateway),
+		svcByKey:    make(map[string]*model.Service),
+		kubeSvcs:    make(map[string]*corev1.Service),
+		svcSessions: map[string]*model.SessionPersistence{},
+		svcsByNS:    make(map[string]*selectorIndex),
+		hostOwners:  make(map[string]string),
+		drFor:       make(map[string]config[networkingapi.DestinationRule]),
+		btlsFor:     make(map[string]*backendTLSTargets),
 	}
 	bd.translatePeerAuthentications()
 	bd.translateAuthorizationPolicies()
@@ -347,6 +351,9 @@ func (bd *build) translateKubeServices() {
 		ms.TrafficDistribution = bd.trafficDistribution(r, svc.Namespace, svc.Annotations, svc.Spec.TrafficDistribution)
 		ms.NodeLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 		ms.SessionAffinity = sessionAffinity(&svc.Spec)
+		if s := labelSession(r, svc.Labels); s != nil {
+			bd.svcSessions[ms.Key()] = s
+		}
 		bd.hostOwners[ms.Hostname()] = ms.Key()
 		bd.addService(ms)
 		bd.kubeSvcs[k] = svc

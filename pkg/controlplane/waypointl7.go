@@ -160,6 +160,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 		for _, name := range sortedKeys(lb.clusters) {
 			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
 		}
+		bd.withLabelSessions(cfg)
 		if err := cfg.Validate(); err != nil {
 			bd.rejecter(KindGateway, key.Namespace, key.Name).reject("waypoint L7 configuration is invalid, not pushed: %v", err)
 			continue
@@ -1167,6 +1168,9 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			lb.bd.rejecter(KindHTTPRoute, rt.Namespace, rt.Name).warn("rules[%d]: %v; its requests are answered 500", i, err)
 			r = model.L7Route{Name: r.Name, Origin: r.Origin, Matches: r.Matches, DirectResponse: &model.DirectResponse{Status: 500}}
 		}
+		if len(r.Destinations) > 0 {
+			r.Session = lb.ruleSession(KindHTTPRoute, rt.Namespace, rt.Name, ruleLabel(i, rule.Name), rule.SessionPersistence)
+		}
 		if perTry > 0 && len(r.Destinations) > 0 {
 			if r.Retries == nil {
 				// No retry stanza: the waypoint's default retries, each
@@ -1179,6 +1183,7 @@ func (lb *l7Builder) httpRouteRules(rt *gatewayv1.HTTPRoute, defaultPort uint32)
 			r.Retries.PerTryTimeout = perTry
 		}
 		for _, one := range splitMatches(r) {
+			withCookiePath(&one)
 			routes = append(routes, rankedRoute{L7Route: one, rank: httpRank(&one)})
 		}
 	}
@@ -1376,7 +1381,11 @@ func (lb *l7Builder) grpcRouteRules(rt *gatewayv1.GRPCRoute, defaultPort uint32)
 				break
 			}
 		}
+		if len(r.Destinations) > 0 {
+			r.Session = lb.ruleSession(KindGRPCRoute, rt.Namespace, rt.Name, ruleLabel(i, rule.Name), rule.SessionPersistence)
+		}
 		for j, one := range splitMatches(r) {
+			withCookiePath(&one)
 			var m *gatewayv1.GRPCRouteMatch
 			if j < len(rule.Matches) {
 				m = &rule.Matches[j]

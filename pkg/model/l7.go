@@ -498,6 +498,58 @@ type L7Route struct {
 	// RateLimit share the bucket (meshd gives the routes it splits from one
 	// rule the rule's origin and name).
 	RateLimit *RateLimit
+	// Session keeps a client on the endpoint it was first sent to (strong
+	// session affinity: Gateway API's sessionPersistence, Istio's
+	// istio.io/persistent-session Service labels); nil means none.
+	Session *SessionPersistence `json:",omitempty"`
+}
+
+// SessionPersistence pins a client's requests to one endpoint of a route's
+// destinations: the proxy gives the client a token naming the destination
+// and endpoint that answered it, in a cookie or a response header, and sends
+// the requests that carry it back there while that endpoint is in the route
+// and not ejected, whatever the weights say; otherwise (no token, expired,
+// endpoint gone) it balances as usual and gives a new token. The token
+// names the endpoint by a hash, never by its address. Exactly one of Cookie
+// and Header is set.
+type SessionPersistence struct {
+	// Cookie is the name of the cookie that carries the token.
+	Cookie string `json:",omitempty"`
+	// Header is the name of the request and response header that carries it.
+	Header string `json:",omitempty"`
+	// CookiePath is the cookie's Path attribute; empty means "/".
+	CookiePath string `json:",omitempty"`
+	// Timeout is a session's absolute lifetime from when its token was given,
+	// kept in the token; zero means none.
+	Timeout time.Duration `json:",omitempty"`
+	// Permanent makes the cookie last Timeout in the client (Max-Age) rather
+	// than until the browser session ends.
+	Permanent bool `json:",omitempty"`
+}
+
+// Validate checks the names and the lifetime.
+func (s *SessionPersistence) Validate() error {
+	switch {
+	case (s.Cookie == "") == (s.Header == ""):
+		return errors.New("session: set cookie or header, one of them")
+	case s.Cookie != "" && !validCookieName(s.Cookie):
+		return fmt.Errorf("session: cookie name %q is not a token (RFC 6265: letters, digits and !#$%%&'*+-.^_`|~)", s.Cookie)
+	case s.Header != "" && !httpguts.ValidHeaderFieldName(s.Header):
+		return fmt.Errorf("session: header name %q is not a valid field name", s.Header)
+	case s.CookiePath != "" && (s.Cookie == "" || !strings.HasPrefix(s.CookiePath, "/") || strings.ContainsAny(s.CookiePath, ";\x00\r\n")):
+		return fmt.Errorf("session: cookie path %q: want a path starting with / (cookies only), without ';' or control characters", s.CookiePath)
+	case s.Timeout < 0:
+		return fmt.Errorf("session: timeout %v is negative", s.Timeout)
+	case s.Permanent && (s.Cookie == "" || s.Timeout <= 0):
+		return errors.New("session: a permanent session needs a cookie and a timeout (its Max-Age)")
+	}
+	return nil
+}
+
+// validCookieName reports whether name is an RFC 6265 cookie-name (a token)
+// of at most 128 bytes.
+func validCookieName(name string) bool {
+	return len(name) <= 128 && httpguts.ValidHeaderFieldName(name)
 }
 
 // StringMatch is Istio's StringMatch: exactly one of Exact, Prefix or Regex,
@@ -1395,6 +1447,14 @@ func (r *L7Route) validate(clusters map[string]*L7Cluster) error {
 	}
 	if r.Timeout < 0 {
 		return fmt.Errorf("timeout %v is negative", r.Timeout)
+	}
+	if r.Session != nil {
+		if len(r.Destinations) == 0 {
+			return errors.New("session: a route without destinations has no endpoint to keep")
+		}
+		if err := r.Session.Validate(); err != nil {
+			return err
+		}
 	}
 	if rp := r.Retries; rp != nil {
 		if rp.Attempts < 0 || rp.PerTryTimeout < 0 || rp.Backoff < 0 {
