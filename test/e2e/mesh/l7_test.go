@@ -209,6 +209,48 @@ spec:
 		s := summary(t, lb, ns, client.Name, "-n", "10", url)
 		return s.ByVersion["v2"] == 10, fmt.Errorf("by version %v", s.ByVersion)
 	})
+
+	// Session persistence by Istio's Service label: over a 50/50 split, a
+	// client without a session is balanced and given one in the header;
+	// sending it back, it stays on the pod that first answered.
+	svc, err = lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Labels["istio.io/persistent-session-header"] = "x-echo-session"
+	if _, err := lb.Clientset().CoreV1().Services(ns).Update(t.Context(), svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lb.Apply(t, ns, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - {destination: {host: echo, subset: v1}, weight: 50}
+    - {destination: {host: echo, subset: v2}, weight: 50}
+`)
+	var fresh struct {
+		OK, Failed int
+		ByVersion  map[string]int
+		ByStatus   map[string]int
+		Errors     map[string]int
+		Protocols  map[string]int
+		Seen       map[string]int
+		Answered   map[string]int
+	}
+	lab.WaitFor(t, time.Minute, "a session token per pod over the 50/50 split", func() (bool, error) {
+		fresh = summary(t, lb, ns, client.Name, "-n", "40", "-answer-header", "x-echo-session", url)
+		return fresh.OK == 40 && len(fresh.Answered) == 2 && fresh.ByVersion["v1"] > 0 && fresh.ByVersion["v2"] > 0,
+			fmt.Errorf("%d of 40 answered, by version %v, tokens %v", fresh.OK, fresh.ByVersion, fresh.Answered)
+	})
+	for tok, n := range fresh.Answered {
+		s := summary(t, lb, ns, client.Name, "-n", "40", "-c", "4", "-answer-header", "x-echo-session", "-H", "x-echo-session: "+tok, url)
+		if s.OK != 40 || len(s.ByVersion) != 1 || len(s.Answered) != 0 {
+			t.Errorf("40 requests with the session token given %d times: %d answered, by version %v, new tokens %v; want one version and no new token", n, s.OK, s.ByVersion, s.Answered)
+		}
+	}
 }
 
 // checkDataplaneConfig: what the node agents and the waypoint hold, as a
