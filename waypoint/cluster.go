@@ -117,7 +117,8 @@ type upstream struct {
 	cluster, subset string
 	protocol        model.UpstreamProtocol
 	endpoints       []*endpoint
-	weighted        bool // some endpoint has a weight other than 1
+	draining        []*endpoint // reached only by the sessions pinned to them
+	weighted        bool        // some endpoint has a weight other than 1
 	policy          model.TrafficPolicy
 	h1              *h1Client
 	h2              *http.Transport
@@ -161,9 +162,14 @@ func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.Traffi
 		if w == 0 {
 			w = 1
 		}
+		ep := &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, identity: e.Identity, weight: w,
+			node: e.Node, loc: model.ParseLocality(e.Locality), key: endpointKey(e.Address, e.Workload, e.Identity)}
+		if e.Draining {
+			u.draining = append(u.draining, ep)
+			continue
+		}
 		u.weighted = u.weighted || w != 1
-		u.endpoints = append(u.endpoints, &endpoint{addr: e.Address, labels: e.Labels, workload: e.Workload, identity: e.Identity, weight: w,
-			node: e.Node, loc: model.ParseLocality(e.Locality), key: endpointKey(e.Address, e.Workload, e.Identity)})
+		u.endpoints = append(u.endpoints, ep)
 	}
 	u.locality = newLocalityPicker(tp.LB.Locality, u.endpoints, self)
 	if tp.Outlier != nil {
@@ -648,10 +654,10 @@ func (p *Proxy) EndpointStates(now time.Time) []configdump.Endpoint {
 	}
 	var out []configdump.Endpoint
 	add := func(u *upstream) {
-		for _, e := range u.endpoints {
+		for _, e := range slices.Concat(u.endpoints, u.draining) {
 			e.mu.Lock()
 			d := configdump.Endpoint{Cluster: u.cluster, Subset: u.subset, Address: e.addr, Active: e.active.Load(), Ejections: e.ejections,
-				Locality: e.loc.String(), Priority: u.locality.describe(e)}
+				Locality: e.loc.String(), Priority: u.locality.describe(e), Draining: containsEndpoint(u.draining, e)}
 			if now.Before(e.ejectedUntil) {
 				d.EjectedUntil = e.ejectedUntil.UTC()
 			}

@@ -88,9 +88,11 @@ func (s *routeSession) target(r *route, req *http.Request, now time.Time) (*dest
 		if d.up == nil || d.key != dk {
 			continue
 		}
-		for _, e := range d.up.endpoints {
-			if e.key == ek {
-				return d, e
+		for _, eps := range [][]*endpoint{d.up.endpoints, d.up.draining} {
+			for _, e := range eps {
+				if e.key == ek {
+					return d, e
+				}
 			}
 		}
 	}

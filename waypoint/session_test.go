@@ -267,3 +267,60 @@ func TestSessionPersistenceValidate(t *testing.T) {
 		t.Errorf("New with a bad session cookie name = %v; want the field named", err)
 	}
 }
+
+// TestSessionDraining: an endpoint marked draining (its pod terminating
+// while it still serves) takes no balanced request, but the sessions
+// pinned to it still reach it, until it leaves the config; the proxy's
+// endpoint states show it draining.
+func TestSessionDraining(t *testing.T) {
+	a := backend(t, &named{name: "a"})
+	b := backend(t, &named{name: "b"})
+	config := func(bDraining bool, eps ...string) *Config {
+		c := model.L7Cluster{Name: "web"}
+		for _, e := range eps {
+			c.Endpoints = append(c.Endpoints, model.L7Endpoint{Address: e, Draining: bDraining && e == b})
+		}
+		return oneRoute([]model.L7Cluster{c}, model.L7Route{Name: "web", Destinations: to("web"),
+			Session: &model.SessionPersistence{Cookie: "s"}})
+	}
+	h := start(t, config(false, a, b), nil)
+	client := newClient(t)
+	var onB *sessionClient
+	for range 50 {
+		c := &sessionClient{t: t, h: h, client: client, cookie: "s"}
+		if got, _ := c.get("/"); got == "b" {
+			onB = c
+			break
+		}
+	}
+	if onB == nil {
+		t.Fatal("50 new sessions, none on b")
+	}
+	if err := h.proxy.Update(config(true, a, b)); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if got, _ := (&sessionClient{t: t, h: h, client: client, cookie: "s"}).get("/"); got != "a" {
+			t.Fatalf("a new session reached %s while b drains", got)
+		}
+		if got, given := onB.get("/"); got != "b" || given {
+			t.Fatalf("the session pinned to draining b reached %s (new token %v)", got, given)
+		}
+	}
+	states := h.proxy.EndpointStates(time.Now())
+	drains := 0
+	for _, s := range states {
+		if s.Address == b && s.Draining {
+			drains++
+		}
+	}
+	if drains == 0 {
+		t.Errorf("endpoint states %+v; want b shown draining", states)
+	}
+	if err := h.proxy.Update(config(true, a)); err != nil {
+		t.Fatal(err)
+	}
+	if got, given := onB.get("/"); got != "a" || !given {
+		t.Fatalf("after b left its session reached %s (new token %v); want a, re-pinned", got, given)
+	}
+}

@@ -592,6 +592,9 @@ func printProxyConfig(w io.Writer, d *configdump.Waypoint, kind string, now time
 		fmt.Fprintln(tw, "CLUSTER\tSUBSET\tENDPOINT\tSTATUS\tACTIVE\tEJECTIONS\tLOCALITY\tPRIORITY")
 		for _, e := range d.Endpoints {
 			status := "HEALTHY"
+			if e.Draining {
+				status = "DRAINING (sessions only)"
+			}
 			if !e.EjectedUntil.IsZero() && now.Before(e.EjectedUntil) {
 				status = "EJECTED for " + e.EjectedUntil.Sub(now).Round(time.Second).String()
 			}
@@ -675,7 +678,16 @@ func describeAction(r *model.L7Route) string {
 		}
 		out = append(out, to)
 	}
-	return dash(strings.Join(out, ", "))
+	action := dash(strings.Join(out, ", "))
+	if s := r.Session; s != nil {
+		// Where the client's session lives, as the user looks for it.
+		if s.Header != "" {
+			action += " (session: header " + s.Header + ")"
+		} else {
+			action += " (session: cookie " + s.Cookie + ")"
+		}
+	}
+	return action
 }
 
 // trafficName is a service's endpoint preference for a table: "NodeLocal"

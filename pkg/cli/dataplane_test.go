@@ -121,7 +121,8 @@ func TestPrintProxyConfig(t *testing.T) {
 			Routes: []model.L7Route{
 				{Name: "beta", Matches: []model.RouteMatch{{URI: &model.StringMatch{Prefix: "/api"}, Headers: []model.HeaderMatch{{Name: "x-user"}}}},
 					Destinations: []model.WeightedDestination{{Cluster: "web", Subset: "v2", Weight: 100}}},
-				{Name: "split", Destinations: []model.WeightedDestination{{Cluster: "web", Subset: "v1", Weight: 90}, {Cluster: "web", Subset: "v2", Weight: 10}}},
+				{Name: "split", Destinations: []model.WeightedDestination{{Cluster: "web", Subset: "v1", Weight: 90}, {Cluster: "web", Subset: "v2", Weight: 10}},
+					Session: &model.SessionPersistence{Cookie: "web-session"}},
 				{Name: "gone", Matches: []model.RouteMatch{{URI: &model.StringMatch{Exact: "/old"}}}, DirectResponse: &model.DirectResponse{Status: 410}},
 			},
 			TCP: &model.TCPRoute{Name: "default", Destinations: []model.WeightedDestination{{Cluster: "web", Weight: 1}}}},
@@ -143,6 +144,7 @@ func TestPrintProxyConfig(t *testing.T) {
 			{Cluster: "web", Address: "198.18.1.5:8080", Active: 2},
 			{Cluster: "web", Subset: "v1", Address: "198.18.1.5:8080", EjectedUntil: now.Add(30 * time.Second), Ejections: 1},
 			{Cluster: "zoned", Address: "198.18.3.5:8080", Locality: "west/a/", Priority: "1"},
+			{Cluster: "web", Address: "198.18.2.9:8080", Draining: true},
 		}}
 	tests := []struct {
 		kind string
@@ -151,7 +153,7 @@ func TestPrintProxyConfig(t *testing.T) {
 		{"listeners", [][]string{{"web.shop.svc.cluster.local:80", "80", "-", "web,db"}, {"tls-nginx", "8443", "passthrough", "-"}, {"tcp", "31400", "tcp", "-"}, {"(workloads)", "*", "workload", "shop/db-0"}}},
 		{"routes", [][]string{
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "beta", "uri^=/api header:x-user", "web|v2"},
-			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10%"},
+			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "split", "*", "web|v1 90%, web|v2 10% (session: cookie web-session)"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "gone", "uri=/old", "direct response 410"},
 			{"web.shop.svc.cluster.local:80", "web", "web.shop.svc.cluster.local,web (+2)", "default", "tcp (not http)", "web"},
 			{"web.shop.svc.cluster.local:80", "db", "db.shop.svc.cluster.local", "shop/db", "tcp (all: port declared tcp)", "db"},
@@ -162,7 +164,7 @@ func TestPrintProxyConfig(t *testing.T) {
 			{"zoned", "-", "ROUND_ROBIN+LOCALITY_FAILOVER(region,zone,subzone)", "-", "198.18.3.5:8080"}}},
 		{"certificates", [][]string{{"spiffe://cluster.local/ns/shop/sa/waypoint", "expired"}}},
 		{"endpoints", [][]string{{"web", "-", "198.18.1.5:8080", "HEALTHY", "2", "0", "-", "-"}, {"web", "v1", "198.18.1.5:8080", "EJECTED for 30s", "0", "1", "-", "-"},
-			{"zoned", "-", "198.18.3.5:8080", "HEALTHY", "0", "0", "west/a/", "1"}}},
+			{"zoned", "-", "198.18.3.5:8080", "HEALTHY", "0", "0", "west/a/", "1"}, {"web", "-", "198.18.2.9:8080", "DRAINING (sessions only)", "0", "0", "-", "-"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind, func(t *testing.T) {

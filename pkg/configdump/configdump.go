@@ -192,6 +192,9 @@ type Endpoint struct {
 	// fail), a locality's weight ("weight 80"), or "none" for a locality
 	// that takes no traffic; empty without locality load balancing.
 	Priority string `json:"priority,omitempty"`
+	// Draining is set for the endpoint of a terminating pod that only the
+	// sessions pinned to it reach.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Certificate is the public part of an SVID the process holds.

@@ -653,6 +653,7 @@ func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workl
 		ServiceAccount: pod.Spec.ServiceAccountName,
 		Labels:         pod.Labels,
 		Ready:          podReady(pod),
+		Draining:       pod.DeletionTimestamp != nil && readyCondition(pod),
 		Locality:       bd.locality(pod.Spec.NodeName),
 	}
 	if w.UID == "" {
@@ -720,9 +721,11 @@ func canonical(labels map[string]string, fallback string) (string, string) {
 }
 
 func podReady(pod *corev1.Pod) bool {
-	if pod.DeletionTimestamp != nil {
-		return false
-	}
+	return pod.DeletionTimestamp == nil && readyCondition(pod)
+}
+
+// readyCondition reports the pod's Ready condition, deleted or not.
+func readyCondition(pod *corev1.Pod) bool {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodReady {
 			return c.Status == corev1.ConditionTrue
@@ -757,13 +760,13 @@ func (bd *build) joinEndpoints() {
 			if ms == nil {
 				continue
 			}
-			ms.Endpoints = append(ms.Endpoints, model.Endpoint{WorkloadUID: w.UID, Addresses: w.IPs, Ports: sb.Ports, Ready: w.Ready})
+			ms.Endpoints = append(ms.Endpoints, model.Endpoint{WorkloadUID: w.UID, Addresses: w.IPs, Ports: sb.Ports, Ready: w.Ready, Draining: w.Draining})
 		}
 		for _, se := range bd.seSelect {
 			if w.Namespace != se.svc.Namespace || !model.SelectorMatches(se.selector, w.Labels) {
 				continue
 			}
-			se.svc.Endpoints = append(se.svc.Endpoints, model.Endpoint{WorkloadUID: w.UID, Addresses: w.IPs, Ports: se.ports(), Ready: w.Ready})
+			se.svc.Endpoints = append(se.svc.Endpoints, model.Endpoint{WorkloadUID: w.UID, Addresses: w.IPs, Ports: se.ports(), Ready: w.Ready, Draining: w.Draining})
 		}
 	}
 	bd.endpointSliceEndpoints()
@@ -781,6 +784,7 @@ func (bd *build) endpointSliceEndpoints() {
 		ms := bd.svcByKey[svc.Namespace+"/"+svc.Name]
 		for _, ep := range es.Endpoints {
 			e := model.Endpoint{Ready: ep.Conditions.Ready == nil || *ep.Conditions.Ready, Ports: map[uint32]uint32{}}
+			e.Draining = !e.Ready && ep.Conditions.Serving != nil && *ep.Conditions.Serving && ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
 			for _, a := range ep.Addresses {
 				if ip, err := netip.ParseAddr(a); err == nil {
 					e.Addresses = append(e.Addresses, ip.Unmap())

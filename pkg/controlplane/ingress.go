@@ -137,7 +137,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 		for _, name := range sortedKeys(lb.clusters) {
 			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
 		}
-		bd.withLabelSessions(cfg)
+		bd.finishSessions(cfg)
 		if err := cfg.Validate(); err != nil {
 			r.reject("gateway L7 configuration is invalid, not pushed: %v", err)
 			continue

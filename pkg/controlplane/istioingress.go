@@ -348,7 +348,7 @@ func (bd *build) istioIngressConfig(key model.NamespacedName, podLabels map[stri
 	for _, name := range sortedKeys(lb.clusters) {
 		cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
 	}
-	bd.withLabelSessions(cfg)
+	bd.finishSessions(cfg)
 	if err := cfg.Validate(); err != nil {
 		for _, gw := range gws {
 			bd.rejecter(KindIstioGateway, gw.meta.Namespace, gw.meta.Name).reject("configuration of gateway %s is invalid, not pushed: %v", key, err)

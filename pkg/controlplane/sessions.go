@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -150,25 +151,35 @@ func labelSession(r *rejections, labels map[string]string) *model.SessionPersist
 	return s
 }
 
-// withLabelSessions gives the routes of cfg without session persistence of
+// finishSessions gives the routes of cfg without session persistence of
 // their own the one their first destination's Service asks for by label (a
 // route rule's sessionPersistence wins over it, as GEP-1619 has a rule's
-// win over its backends').
-func (bd *build) withLabelSessions(cfg *model.L7Config) {
-	if len(bd.svcSessions) == 0 {
-		return
-	}
+// win over its backends'), then drops the draining endpoints of the
+// clusters no session route sends to: they only serve pinned sessions, and
+// the other configs need not change while a pod terminates.
+func (bd *build) finishSessions(cfg *model.L7Config) {
+	pinned := map[string]bool{} // clusters some session route sends to
 	for li := range cfg.Listeners {
 		for vi := range cfg.Listeners[li].VirtualHosts {
 			routes := cfg.Listeners[li].VirtualHosts[vi].Routes
 			for i := range routes {
 				r := &routes[i]
-				if r.Session != nil || len(r.Destinations) == 0 || r.Destinations[0].Cluster == "" {
-					continue
+				if r.Session == nil && len(bd.svcSessions) > 0 && len(r.Destinations) > 0 && r.Destinations[0].Cluster != "" {
+					_, host, _ := strings.Cut(r.Destinations[0].Cluster, "||")
+					r.Session = bd.svcSessions[bd.hostOwners[host]]
 				}
-				_, host, _ := strings.Cut(r.Destinations[0].Cluster, "||")
-				r.Session = bd.svcSessions[bd.hostOwners[host]]
+				if r.Session != nil {
+					for _, d := range r.Destinations {
+						pinned[d.Cluster] = true
+					}
+				}
 			}
+		}
+	}
+	for i := range cfg.Clusters {
+		c := &cfg.Clusters[i]
+		if !pinned[c.Name] && slices.ContainsFunc(c.Endpoints, func(e model.L7Endpoint) bool { return e.Draining }) {
+			c.Endpoints = slices.DeleteFunc(slices.Clone(c.Endpoints), func(e model.L7Endpoint) bool { return e.Draining })
 		}
 	}
 }

@@ -167,3 +167,41 @@ spec:
 		t.Errorf("a Service without the labels got session %+v", s)
 	}
 }
+
+// TestDrainingEndpointsForSessions: a pod being deleted while still ready
+// stays in its Service's cluster, marked draining, when a session route
+// sends there (Istio's draining endpoints for persistent sessions), and is
+// left out of every other cluster; a pod not ready is left out of both.
+func TestDrainingEndpointsForSessions(t *testing.T) {
+	terminating := strings.Replace(pod("bookinfo", "reviews-v3", "10.0.0.3", "n1", "app=reviews,version=v3"),
+		"  uid: uid-bookinfo-reviews-v3\n", "  uid: uid-bookinfo-reviews-v3\n  deletionTimestamp: \"2026-12-06T10:00:00Z\"\n", 1)
+	notReady := strings.Replace(pod("bookinfo", "reviews-v4", "10.0.0.4", "n1", "app=reviews,version=v4"),
+		`status: "True"`, `status: "False"`, 1)
+	endpoints := func(labels string) map[string]bool {
+		t.Helper()
+		docs := bookinfo(terminating, notReady)
+		docs[4] = strings.Replace(docs[4], "metadata: {name: reviews, namespace: bookinfo}",
+			"metadata: {name: reviews, namespace: bookinfo, labels: {"+labels+"}}", 1)
+		snap, rej := mustBuild(t, inputs(t, docs...))
+		if len(rej) != 0 {
+			t.Errorf("rejections = %v; want none", rej)
+		}
+		cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+		if !ok {
+			t.Fatal("no L7 config")
+		}
+		out := map[string]bool{} // address -> draining
+		for _, e := range cfg.Clusters[0].Endpoints {
+			out[e.Address] = e.Draining
+		}
+		return out
+	}
+	if diff := cmp.Diff(map[string]bool{"10.0.0.1:8080": false, "10.0.0.2:8080": false, "10.0.0.3:8080": true},
+		endpoints(`istio.io/persistent-session: s`)); diff != "" {
+		t.Errorf("a session Service's cluster endpoints -> draining (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]bool{"10.0.0.1:8080": false, "10.0.0.2:8080": false},
+		endpoints(`app: reviews`)); diff != "" {
+		t.Errorf("another Service's cluster endpoints -> draining (-want +got):\n%s", diff)
+	}
+}

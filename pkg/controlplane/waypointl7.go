@@ -160,7 +160,7 @@ func (bd *build) buildL7() map[model.NamespacedName]*model.L7Config {
 		for _, name := range sortedKeys(lb.clusters) {
 			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
 		}
-		bd.withLabelSessions(cfg)
+		bd.finishSessions(cfg)
 		if err := cfg.Validate(); err != nil {
 			bd.rejecter(KindGateway, key.Namespace, key.Name).reject("waypoint L7 configuration is invalid, not pushed: %v", err)
 			continue
@@ -258,7 +258,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			return name
 		}
 		for _, ep := range ms.Endpoints {
-			if !ep.Ready {
+			if !ep.Ready && !ep.Draining {
 				continue
 			}
 			tp, ok := ep.Ports[port]
@@ -282,7 +282,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			if len(ep.Addresses) > 0 {
 				hostPart = ep.Addresses[0].String()
 			}
-			e := model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload, Identity: id}
+			e := model.L7Endpoint{Address: net.JoinHostPort(hostPart, strconv.FormatUint(uint64(tp), 10)), Labels: labels, Workload: workload, Identity: id, Draining: !ep.Ready}
 			if w != nil {
 				e.Node, e.Locality = w.Node, w.Locality.String()
 			}

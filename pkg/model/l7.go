@@ -860,6 +860,11 @@ type L7Endpoint struct {
 	// when unknown.
 	Node     string `json:",omitempty"`
 	Locality string `json:",omitempty"`
+	// Draining marks the endpoint of a pod that is terminating while it
+	// still serves: no request is balanced to it, but those of a session
+	// pinned to it still go there until it leaves (as Istio sends draining
+	// endpoints to persistent-session clusters).
+	Draining bool `json:",omitempty"`
 }
 
 // L7Via is the waypoint an endpoint is reached through.

@@ -85,6 +85,9 @@ type Workload struct {
 	AuthorizationPolicies []NamespacedName
 	// Ready is false for pods that are not ready; they stay addressable but services skip them.
 	Ready bool
+	// Draining is set for a pod being deleted that was ready (see
+	// Endpoint.Draining). Meshd's own; never pushed.
+	Draining bool `json:"-"`
 	// Locality is where the workload runs, from its node's labels.
 	Locality Locality `json:",omitzero"`
 }
@@ -246,6 +249,11 @@ type Endpoint struct {
 	Ports map[uint32]uint32
 	// Ready is false for endpoints that should not receive new connections.
 	Ready bool
+	// Draining marks an endpoint that is not Ready only because its pod is
+	// terminating while it still serves: the sessions a waypoint pinned to
+	// it (session persistence) may still reach it. Meshd's own; never pushed
+	// to node agents.
+	Draining bool `json:"-"`
 }
 
 // Locality is a node's place in the cluster's topology.

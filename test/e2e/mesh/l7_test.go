@@ -217,6 +217,9 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if svc.Labels == nil {
+		svc.Labels = map[string]string{}
+	}
 	svc.Labels["istio.io/persistent-session-header"] = "x-echo-session"
 	if _, err := lb.Clientset().CoreV1().Services(ns).Update(t.Context(), svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -242,12 +245,13 @@ spec:
 	}
 	lab.WaitFor(t, time.Minute, "a session token per pod over the 50/50 split", func() (bool, error) {
 		fresh = summary(t, lb, ns, client.Name, "-n", "40", "-answer-header", "x-echo-session", url)
-		return fresh.OK == 40 && len(fresh.Answered) == 2 && fresh.ByVersion["v1"] > 0 && fresh.ByVersion["v2"] > 0,
+		_, tokenless := fresh.Answered[""]
+		return fresh.OK == 40 && len(fresh.Answered) == 2 && !tokenless && fresh.ByVersion["v1"] > 0 && fresh.ByVersion["v2"] > 0,
 			fmt.Errorf("%d of 40 answered, by version %v, tokens %v", fresh.OK, fresh.ByVersion, fresh.Answered)
 	})
 	for tok, n := range fresh.Answered {
 		s := summary(t, lb, ns, client.Name, "-n", "40", "-c", "4", "-answer-header", "x-echo-session", "-H", "x-echo-session: "+tok, url)
-		if s.OK != 40 || len(s.ByVersion) != 1 || len(s.Answered) != 0 {
+		if s.OK != 40 || len(s.ByVersion) != 1 || s.Answered[""] != 40 {
 			t.Errorf("40 requests with the session token given %d times: %d answered, by version %v, new tokens %v; want one version and no new token", n, s.OK, s.ByVersion, s.Answered)
 		}
 	}
