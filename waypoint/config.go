@@ -142,6 +142,7 @@ type route struct {
 	rewriteRe *regexp.Regexp
 	cors      *corsPolicy
 	session   *routeSession // nil: no session persistence
+	extAuthz  *extAuthz     // the route's own authorizer; nil: none
 }
 
 type dest struct {
@@ -339,7 +340,13 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster, shared *rat
 	}
 	r := &route{name: spec.Name, spec: spec, cors: cors}
 	if spec.Session != nil {
-		r.session = &routeSession{spec: spec.Session}
+		r.session = newRouteSession(spec.Session)
+	}
+	if x := spec.ExtAuthz; x != nil {
+		r.extAuthz = &extAuthz{spec: *x}
+		if cl := clusters[x.Cluster]; cl != nil {
+			r.extAuthz.up = cl.all
+		}
 	}
 	for _, m := range spec.Matches {
 		cm := match{port: m.Port, srcLabels: m.SourceLabels, srcNamespace: m.SourceNamespace}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -162,7 +163,7 @@ func (x *extAuthz) checkHTTP(ctx context.Context, ar *authzRequest) (authzVerdic
 	case resp.StatusCode == http.StatusOK:
 		v := authzVerdict{allow: true, upstream: http.Header{}, downstream: http.Header{}, details: "ext_authz_ok"}
 		for k, vv := range resp.Header {
-			if matchHeader(s.HeadersToUpstreamOnAllow, k) {
+			if upstreamHeader(s.HeadersToUpstreamOnAllow, k) {
 				v.upstream[k] = vv
 			}
 			if matchHeader(s.HeadersToDownstreamOnAllow, k) {
@@ -194,7 +195,9 @@ func (x *extAuthz) checkGRPC(ctx context.Context, ar *authzRequest) (authzVerdic
 	req := ar.req
 	headers := make(map[string]string, len(req.Header)+1)
 	for k, vv := range req.Header {
-		headers[strings.ToLower(k)] = strings.Join(vv, ",")
+		if len(x.spec.IncludeRequestHeaders) == 0 || matchHeader(x.spec.IncludeRequestHeaders, k) {
+			headers[strings.ToLower(k)] = strings.Join(vv, ",")
+		}
 	}
 	headers[":authority"] = req.Host
 	headers[":method"] = req.Method
@@ -324,6 +327,20 @@ func socketAddress(ip netip.Addr, port uint32) *corev3.Address {
 
 // matchHeader reports whether header name k matches one of patterns:
 // exact, "prefix*" or "*suffix", case-insensitive.
+// upstreamHeader reports whether the provider's answer header k goes on the
+// request sent upstream, by patterns (HeadersToUpstreamOnAllow): framing
+// and hop-by-hop fields never do, the answer's own representation fields
+// only when named, and "*" takes the rest.
+func upstreamHeader(patterns []string, k string) bool {
+	switch http.CanonicalHeaderKey(k) {
+	case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive", "Upgrade", "Te", "Trailer", "Host", "Authority":
+		return false
+	case "Content-Type", "Content-Encoding", "Date", "Server":
+		return slices.ContainsFunc(patterns, func(p string) bool { return strings.EqualFold(p, k) })
+	}
+	return slices.Contains(patterns, "*") || matchHeader(patterns, k)
+}
+
 func matchHeader(patterns []string, k string) bool {
 	for _, p := range patterns {
 		switch {

@@ -303,3 +303,82 @@ func TestExtAuthzGRPC(t *testing.T) {
 		t.Errorf("denied request = %d %q (check result %q); want the authorizer's 401, body and header", resp.StatusCode, body, resp.Header.Get("X-Ext-Authz-Check-Result"))
 	}
 }
+
+// TestRouteExtAuthz: a route's own authorizer (Gateway API's ExternalAuth
+// filter) checks every request of that route and no other's, after the
+// policies: over HTTP with the path prefix, Authorization and the allowed
+// headers only, its answer's headers (not its framing or Content-Type)
+// going upstream, a denial answered with its status; over gRPC with only
+// the allowed headers; an authorizer that cannot be reached denies.
+func TestRouteExtAuthz(t *testing.T) {
+	seen := &authzSeen{}
+	authzHTTP := httpAuthz(t, seen)
+	gseen := &authzSeen{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(srv, &grpcAuthz{seen: gseen})
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	app := &named{name: "app"}
+	appAddr := backend(t, app)
+	prefix := func(p string) []model.RouteMatch { return []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: p}}} }
+	cfg := oneRoute([]model.L7Cluster{clusterOf("app", appAddr), clusterOf("authz", authzHTTP), clusterOf("gauthz", l.Addr().String()), clusterOf("down", "127.0.0.1:1")},
+		model.L7Route{Name: "http", Matches: prefix("/http"), Destinations: to("app"), ExtAuthz: &model.ExtAuthz{
+			Name: "HTTPRoute/shop/web/http", Cluster: "authz", Authority: "authz.shop.svc.cluster.local:8000", PathPrefix: "/check",
+			IncludeRequestHeaders: []string{"Authorization", "X-Ext-Authz"}, HeadersToUpstreamOnAllow: []string{"*"}}},
+		model.L7Route{Name: "grpc", Matches: prefix("/grpc"), Destinations: to("app"), ExtAuthz: &model.ExtAuthz{
+			Name: "HTTPRoute/shop/web/grpc", GRPC: true, Cluster: "gauthz", Authority: "gauthz.shop.svc.cluster.local:9000",
+			IncludeRequestHeaders: []string{"x-ext-authz"}}},
+		model.L7Route{Name: "down", Matches: prefix("/down"), Destinations: to("app"), ExtAuthz: &model.ExtAuthz{
+			Name: "HTTPRoute/shop/web/down", Cluster: "down", Authority: "down:1"}},
+		model.L7Route{Name: "open", Destinations: to("app")})
+	h := start(t, cfg, nil)
+	client := newClient(t)
+	do := func(path string, hdr map[string]string) (int, string) {
+		t.Helper()
+		resp, err := client.Do(mustRequest(t, h.url+path, hdr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+
+	if code, body := do("/http/a?x=1", map[string]string{"X-Ext-Authz": "allow", "Authorization": "Bearer t", "X-Secret": "s"}); code != 200 || body != "app" {
+		t.Fatalf("allowed request = %d %q", code, body)
+	}
+	paths, hdr, _ := seen.get()
+	if len(paths) != 1 || paths[0] != "/check/http/a?x=1" || hdr["authorization"] != "Bearer t" || hdr["x-secret"] != "" || hdr["host"] != "shop.example" {
+		t.Errorf("HTTP check of %v with headers %v; want /check/http/a?x=1 with Authorization, without X-Secret, Host shop.example", paths, hdr)
+	}
+	got := app.lastRequest()
+	if got.Header.Get("X-User") != "alice" || got.Header.Get("X-Ext-Authz-Check-Result") != "allowed" || got.Header.Get("Content-Length") != "" || got.Header.Get("Content-Type") != "" {
+		t.Errorf("upstream headers %v; want the authorizer's X-User and check result, not its Content-Length or Content-Type", got.Header)
+	}
+	if code, body := do("/http/a", nil); code != 403 || body != "denied by ext_authz for not having the header" {
+		t.Errorf("denied request = %d %q; want the authorizer's 403 and body", code, body)
+	}
+	if code, _ := do("/open", nil); code != 200 {
+		t.Errorf("a route without the filter = %d; want 200", code)
+	}
+	if paths, _, _ := seen.get(); len(paths) != 2 {
+		t.Errorf("the HTTP authorizer was asked %d times; want 2 (its route's requests only)", len(paths))
+	}
+
+	if code, _ := do("/grpc/x", map[string]string{"X-Ext-Authz": "allow", "X-Secret": "s"}); code != 200 {
+		t.Errorf("gRPC-checked allowed request = %d", code)
+	}
+	if _, ghdr, _ := gseen.get(); ghdr["x-ext-authz"] != "allow" || ghdr["x-secret"] != "" {
+		t.Errorf("gRPC check headers %v; want x-ext-authz only (allowedHeaders)", ghdr)
+	}
+	if code, _ := do("/grpc/x", nil); code != 401 {
+		t.Errorf("gRPC-checked denied request = %d; want 401", code)
+	}
+	if code, _ := do("/down", map[string]string{"X-Ext-Authz": "allow"}); code != 403 {
+		t.Errorf("with its authorizer unreachable = %d; want 403 (fail closed)", code)
+	}
+}

@@ -327,7 +327,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		// filter runs before RBAC.
 		if d.Check != "" {
 			var done bool
-			if authzResponse, done = p.authorize(w, rec, grpc, cfg, &d, req, peer); done {
+			if authzResponse, done = p.authorize(w, rec, grpc, cfg.extAuthz[d.Check], d.CheckPolicy, req, peer); done {
 				return
 			}
 		}
@@ -341,6 +341,20 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	spec := rt.spec
+	if rt.extAuthz != nil {
+		// The route's ExternalAuth filter, once its policies allowed.
+		h, done := p.authorize(w, rec, grpc, rt.extAuthz, rt.name, req, peer)
+		if done {
+			return
+		}
+		if authzResponse == nil {
+			authzResponse = h
+		} else {
+			for k, vv := range h {
+				authzResponse[k] = append(authzResponse[k], vv...)
+			}
+		}
+	}
 
 	// 5. Local answers.
 	if rt.cors != nil && p.cors(w, req, rt.cors) {
@@ -968,16 +982,15 @@ func (t *teeBody) replay() (io.ReadCloser, bool) {
 	return io.NopCloser(bytes.NewReader(t.buf)), true
 }
 
-// authorize asks the authorizer of the CUSTOM policy that matched (d.Check)
-// about req. It answers the client itself when the request is denied (or
-// the provider is not configured: fail closed) and reports done; when
-// allowed, it edits req's headers as the authorizer says and returns the
-// headers it wants on the response.
-func (p *Proxy) authorize(w *responseWriter, rec *record, grpc bool, cfg *compiled, d *policy.Decision, req *http.Request, peer Peer) (http.Header, bool) {
-	x := cfg.extAuthz[d.Check]
+// authorize asks authorizer x (of the CUSTOM policy or the route named by
+// by) about req. It answers the client itself when the request is denied
+// (or x is nil, the provider not configured: fail closed) and reports done;
+// when allowed, it edits req's headers as the authorizer says and returns
+// the headers it wants on the response.
+func (p *Proxy) authorize(w *responseWriter, rec *record, grpc bool, x *extAuthz, by string, req *http.Request, peer Peer) (http.Header, bool) {
 	if x == nil {
 		rec.flag(flagExtAuthzDenied)
-		p.localReply(w, rec, grpc, http.StatusForbidden, "", "ext_authz_provider_missing["+d.CheckPolicy+"]", "RBAC: access denied")
+		p.localReply(w, rec, grpc, http.StatusForbidden, "", "ext_authz_provider_missing["+by+"]", "RBAC: access denied")
 		return nil, true
 	}
 	id := get(req.Header, "X-Request-Id")

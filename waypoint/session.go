@@ -31,7 +31,12 @@ const (
 
 // routeSession is a route's compiled session persistence.
 type routeSession struct {
-	spec *model.SessionPersistence
+	spec   *model.SessionPersistence
+	header string // spec.Header in canonical form, as request headers are keyed
+}
+
+func newRouteSession(spec *model.SessionPersistence) *routeSession {
+	return &routeSession{spec: spec, header: http.CanonicalHeaderKey(spec.Header)}
 }
 
 // upstreamKey identifies a destination (cluster and subset) in tokens.
@@ -56,8 +61,8 @@ func endpointKey(addr, workload, identity string) uint64 {
 
 // token is the request's session token, "" without one.
 func (s *routeSession) token(req *http.Request) string {
-	if s.spec.Header != "" {
-		return get(req.Header, s.spec.Header)
+	if s.header != "" {
+		return get(req.Header, s.header)
 	}
 	// Of several cookies of that name (a path's and its parent's), the
 	// first is the most specific (RFC 6265 section 5.4).
@@ -118,8 +123,8 @@ func (s *routeSession) issue(d *dest, ep *endpoint, now time.Time) string {
 // connection is TLS, and lasts the browser session unless Permanent.
 func (s *routeSession) give(h http.Header, req *http.Request, d *dest, ep *endpoint, now time.Time) {
 	tok := s.issue(d, ep, now)
-	if s.spec.Header != "" {
-		h.Set(s.spec.Header, tok)
+	if s.header != "" {
+		h[s.header] = []string{tok}
 		return
 	}
 	c := http.Cookie{Name: s.spec.Cookie, Value: tok, Path: s.spec.CookiePath, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: req.TLS != nil}

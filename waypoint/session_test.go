@@ -84,7 +84,7 @@ func TestSessionPersistence(t *testing.T) {
 		split := []model.WeightedDestination{{Cluster: "v1", Weight: w1}, {Cluster: "v2", Weight: w2}}
 		return oneRoute([]model.L7Cluster{clusterOf("v1", eps...), clusterOf("v2", addr["c"], addr["d"])},
 			model.L7Route{Name: "hdr", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/api"}}}, Destinations: split,
-				Session: &model.SessionPersistence{Header: "X-Session"}},
+				Session: &model.SessionPersistence{Header: "x-session"}},
 			model.L7Route{Name: "timed", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/timed"}}}, Destinations: split,
 				Session: &model.SessionPersistence{Cookie: "timed", Timeout: time.Second, Permanent: true}},
 			model.L7Route{Name: "shop", Matches: []model.RouteMatch{{URI: &model.StringMatch{PathPrefix: "/shop"}}}, Destinations: split,

@@ -1,11 +1,13 @@
 package controlplane
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
 	meshconfig "istio.io/api/mesh/v1alpha1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
@@ -134,4 +136,65 @@ func (bd *build) extAuthz(p *meshconfig.MeshConfig_ExtensionProvider, r *rejecti
 		return e, ""
 	}
 	return e, host
+}
+
+// externalAuth translates an HTTPRoute rule's ExternalAuth filter (Gateway
+// API, experimental channel) to the route's own authorizer: its backendRef
+// is the provider's Service and port (another namespace's needs a
+// ReferenceGrant), asked over HTTP or Envoy's gRPC ext_authz as the
+// protocol says. As the filter asks, an HTTP check always carries Host,
+// method, path, Content-Length and Authorization besides the allowed
+// headers, and the answer's headers go upstream (all of them without a
+// list, but its own framing and representation); a gRPC check carries
+// every header unless allowedHeaders names some; forwardBody.maxSize
+// bytes of the body go with the check (truncated: the filter's rule). A
+// provider that cannot be reached denies (403), as Istio's CUSTOM
+// policies do: the filter has no failOpen.
+func (lb *l7Builder) externalAuth(rt routeRef, f *gatewayv1.HTTPExternalAuthFilter, name string, defaultPort uint32) (*model.ExtAuthz, error) {
+	if f == nil {
+		return nil, fmt.Errorf("externalAuth is missing")
+	}
+	d, ok := lb.backend(rt.kind, rt.namespace, rt.name, gatewayv1.BackendRef{BackendObjectReference: f.BackendRef}, defaultPort)
+	if !ok {
+		return nil, fmt.Errorf("externalAuth backend %s does not resolve (a Service, of this namespace or one whose ReferenceGrant allows it)", f.BackendRef.Name)
+	}
+	port := defaultPort
+	if f.BackendRef.Port != nil {
+		port = uint32(*f.BackendRef.Port)
+	}
+	ns := rt.namespace
+	if f.BackendRef.Namespace != nil {
+		ns = string(*f.BackendRef.Namespace)
+	}
+	x := &model.ExtAuthz{Name: name, Cluster: d.Cluster,
+		Authority: string(f.BackendRef.Name) + "." + ns + ".svc." + lb.bd.opts.ClusterDomain + ":" + strconv.FormatUint(uint64(port), 10)}
+	switch f.ExternalAuthProtocol {
+	case gatewayv1.HTTPRouteExternalAuthGRPCProtocol:
+		x.GRPC = true
+		if c := f.GRPCAuthConfig; c != nil {
+			x.IncludeRequestHeaders = slices.Clone(c.AllowedRequestHeaders)
+		}
+	case gatewayv1.HTTPRouteExternalAuthHTTPProtocol:
+		x.IncludeRequestHeaders = []string{"Authorization"}
+		x.HeadersToUpstreamOnAllow = []string{"*"}
+		if c := f.HTTPAuthConfig; c != nil {
+			x.PathPrefix = c.Path
+			x.IncludeRequestHeaders = append(x.IncludeRequestHeaders, c.AllowedRequestHeaders...)
+			if len(c.AllowedResponseHeaders) > 0 {
+				x.HeadersToUpstreamOnAllow = slices.Clone(c.AllowedResponseHeaders)
+			}
+		}
+		if x.PathPrefix != "" && !strings.HasPrefix(x.PathPrefix, "/") {
+			x.PathPrefix = "/" + x.PathPrefix
+		}
+	default:
+		return nil, fmt.Errorf("externalAuth protocol %q is not HTTP or GRPC", f.ExternalAuthProtocol)
+	}
+	if b := f.ForwardBody; b != nil && b.MaxSize > 0 {
+		x.IncludeBody = &model.ExtAuthzBody{MaxBytes: int64(b.MaxSize), AllowPartial: true}
+	}
+	if err := x.Validate(); err != nil {
+		return nil, fmt.Errorf("externalAuth: %w", err)
+	}
+	return x, nil
 }

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -118,5 +119,88 @@ data: {mesh: "extensionProviders: {name: x}"}
 `)...))
 	if !hasRejection(rej, "not a valid MeshConfig", false) {
 		t.Errorf("rejections = %v; want the mesh config reported", rej)
+	}
+}
+
+// TestHTTPRouteExternalAuthFilter: an HTTPRoute rule's ExternalAuth filter
+// becomes the route's own authorizer on the backendRef's Service and port
+// (HTTP: path prefix, Authorization and the allowed headers, the answer's
+// headers upstream, all of them without a list; gRPC: the allowed headers;
+// forwardBody up to maxSize, truncated); a backendRef that does not
+// resolve is reported and the rule answers 500, never unchecked.
+func TestHTTPRouteExternalAuthFilter(t *testing.T) {
+	const authzSvc = `apiVersion: v1
+kind: Service
+metadata: {name: authz, namespace: bookinfo}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: authz}
+  ports: [{name: http, port: 8000}, {name: grpc, port: 9000}]
+`
+	cfg := bookinfoWaypoint(t, authzSvc+`---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /http}}]
+    backendRefs: [{name: reviews, port: 9080}]
+    filters:
+    - type: ExternalAuth
+      externalAuth:
+        protocol: HTTP
+        backendRef: {name: authz, port: 8000}
+        http: {path: /check, allowedHeaders: [x-user], allowedResponseHeaders: [x-auth-user]}
+        forwardBody: {maxSize: 512}
+  - matches: [{path: {type: PathPrefix, value: /all}}]
+    backendRefs: [{name: reviews, port: 9080}]
+    filters:
+    - {type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: authz, port: 8000}}}
+  - matches: [{path: {type: PathPrefix, value: /grpc}}]
+    backendRefs: [{name: reviews, port: 9080}]
+    filters:
+    - type: ExternalAuth
+      externalAuth: {protocol: GRPC, backendRef: {name: authz, port: 9000}, grpc: {allowedHeaders: [x-user]}}
+`)
+	byPath := map[string]*model.ExtAuthz{}
+	for _, l := range cfg.Listeners {
+		for _, vh := range l.VirtualHosts {
+			for _, r := range vh.Routes {
+				if len(r.Matches) == 1 && r.Matches[0].URI != nil {
+					byPath[r.Matches[0].URI.PathPrefix] = r.ExtAuthz
+				}
+			}
+		}
+	}
+	const cluster = "outbound|8000||authz.bookinfo.svc.cluster.local"
+	want := map[string]*model.ExtAuthz{
+		"/http": {Name: "HTTPRoute/bookinfo/reviews/reviews.bookinfo.0", Cluster: cluster, Authority: "authz.bookinfo.svc.cluster.local:8000",
+			PathPrefix: "/check", IncludeRequestHeaders: []string{"Authorization", "x-user"}, HeadersToUpstreamOnAllow: []string{"x-auth-user"},
+			IncludeBody: &model.ExtAuthzBody{MaxBytes: 512, AllowPartial: true}},
+		"/all": {Name: "HTTPRoute/bookinfo/reviews/reviews.bookinfo.1", Cluster: cluster, Authority: "authz.bookinfo.svc.cluster.local:8000",
+			IncludeRequestHeaders: []string{"Authorization"}, HeadersToUpstreamOnAllow: []string{"*"}},
+		"/grpc": {Name: "HTTPRoute/bookinfo/reviews/reviews.bookinfo.2", GRPC: true, Cluster: "outbound|9000||authz.bookinfo.svc.cluster.local",
+			Authority: "authz.bookinfo.svc.cluster.local:9000", IncludeRequestHeaders: []string{"x-user"}},
+	}
+	if diff := cmp.Diff(want, byPath); diff != "" {
+		t.Errorf("route authorizers (-want +got):\n%s", diff)
+	}
+	if !slices.ContainsFunc(cfg.Clusters, func(c model.L7Cluster) bool { return c.Name == cluster && len(c.Endpoints) == 0 }) {
+		t.Errorf("clusters %v; want %s (no endpoints: no authz pod)", cfg.Clusters, cluster)
+	}
+
+	cfg = bookinfoWaypointWarned(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - backendRefs: [{name: reviews, port: 9080}]
+    filters:
+    - {type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: authz, namespace: security, port: 8000}}}
+`, "HTTPRoute bookinfo/reviews: rules[0]: filters[0] (ExternalAuth): externalAuth backend authz does not resolve")
+	if r := cfg.Listeners[0].VirtualHosts[0].Routes[0]; r.DirectResponse == nil || r.DirectResponse.Status != 500 || len(r.Destinations) != 0 {
+		t.Errorf("route with an unresolved authorizer = %+v; want a 500 answer, nothing forwarded", r)
 	}
 }

@@ -225,6 +225,12 @@ func (lb *l7Builder) applyHTTPFilter(rt routeRef, f gatewayv1.HTTPRouteFilter, r
 			p.AllowCredentials = *c.AllowCredentials
 		}
 		r.CORS = p
+	case gatewayv1.HTTPRouteFilterExternalAuth:
+		x, err := lb.externalAuth(rt, f.ExternalAuth, r.Origin+"/"+r.Name, defaultPort)
+		if err != nil {
+			return err
+		}
+		r.ExtAuthz = x
 	case gatewayv1.HTTPRouteFilterExtensionRef:
 		name := "<none>"
 		if f.ExtensionRef != nil {

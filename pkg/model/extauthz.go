@@ -47,12 +47,15 @@ type ExtAuthz struct {
 	PathPrefix string `json:",omitempty"`
 	// IncludeRequestHeaders are the client headers sent with the check,
 	// besides Host, Method, Path and Content-Length: names, "prefix*" or
-	// "*suffix", case-insensitive.
+	// "*suffix", case-insensitive. For a gRPC provider, when set, the
+	// only headers the check carries (else all of them).
 	IncludeRequestHeaders []string `json:",omitempty"`
 	// AdditionalHeaders are fixed headers added to the check request.
 	AdditionalHeaders map[string]string `json:",omitempty"`
 	// HeadersToUpstreamOnAllow are the provider's response headers copied
-	// into the request sent upstream when it allows (patterns as above).
+	// into the request sent upstream when it allows (patterns as above;
+	// "*" is every header but the answer's own framing and representation,
+	// as Gateway API's ExternalAuth filter asks without a list).
 	HeadersToUpstreamOnAllow []string `json:",omitempty"`
 	// HeadersToDownstreamOnAllow are the provider's response headers added
 	// to the response to the client when it allows.

@@ -498,6 +498,10 @@ type L7Route struct {
 	// RateLimit share the bucket (meshd gives the routes it splits from one
 	// rule the rule's origin and name).
 	RateLimit *RateLimit
+	// ExtAuthz is the route's own external authorizer (Gateway API's
+	// ExternalAuth filter): every request the route matches is checked with
+	// it, after the AuthorizationPolicies; nil means none.
+	ExtAuthz *ExtAuthz `json:",omitempty"`
 	// Session keeps a client on the endpoint it was first sent to (strong
 	// session affinity: Gateway API's sessionPersistence, Istio's
 	// istio.io/persistent-session Service labels); nil means none.
@@ -1452,6 +1456,14 @@ func (r *L7Route) validate(clusters map[string]*L7Cluster) error {
 	}
 	if r.Timeout < 0 {
 		return fmt.Errorf("timeout %v is negative", r.Timeout)
+	}
+	if x := r.ExtAuthz; x != nil {
+		if err := x.Validate(); err != nil {
+			return fmt.Errorf("extAuthz: %w", err)
+		}
+		if x.Cluster != "" && clusters[x.Cluster] == nil {
+			return fmt.Errorf("extAuthz: cluster %q is not defined", x.Cluster)
+		}
 	}
 	if r.Session != nil {
 		if len(r.Destinations) == 0 {
