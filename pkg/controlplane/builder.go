@@ -86,6 +86,9 @@ type build struct {
 	waypoints map[model.NamespacedName]*model.Waypoint
 	// rejectedRA are RequestAuthentications already reported.
 	rejectedRA map[string]bool
+	// sessionNames are the route rules that gave each sessionName, the
+	// first one seen (sessions.go).
+	sessionNames map[string]string
 	// podsByProxy indexes workloads by the proxy their gateway-name label
 	// names (proxyPods), once the workloads are built.
 	podsByProxy map[model.NamespacedName][]*model.Workload

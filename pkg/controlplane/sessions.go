@@ -39,10 +39,21 @@ func (lb *l7Builder) ruleSession(kind, ns, name, rule string, sp *gatewayv1.Sess
 	}
 	// A unique name per rule when none is given (GEP-1619): rules never
 	// share sessions, even to the same Service.
+	id := kind + " " + ns + "/" + name + " " + rule
 	sum := sha256.Sum256([]byte(kind + "/" + ns + "/" + name + "/" + rule))
 	sessionName := "meshlet-session-" + hex.EncodeToString(sum[:5])
 	if sp.SessionName != nil && *sp.SessionName != "" {
 		sessionName = *sp.SessionName
+		// GEP-1619: two rules must not share sessions; one name for both
+		// makes each overwrite the other's token when a client uses both.
+		if lb.bd.sessionNames == nil {
+			lb.bd.sessionNames = map[string]string{}
+		}
+		if first, ok := lb.bd.sessionNames[sessionName]; !ok {
+			lb.bd.sessionNames[sessionName] = id
+		} else if first != id {
+			lb.bd.rejecter(kind, ns, name).warn("%s.sessionPersistence: sessionName %q is also %s's: a client of both rules loses its session to each in turn; give each rule its own name", rule, sessionName, first)
+		}
 	}
 	s := &model.SessionPersistence{Cookie: sessionName}
 	if sp.Type != nil && *sp.Type == gatewayv1.HeaderBasedSessionPersistence {

@@ -205,3 +205,25 @@ func TestDrainingEndpointsForSessions(t *testing.T) {
 		t.Errorf("another Service's cluster endpoints -> draining (-want +got):\n%s", diff)
 	}
 }
+
+// TestSessionNameShared: two rules giving one sessionName are warned
+// about (GEP-1619: rules never share sessions); both keep their sessions.
+func TestSessionNameShared(t *testing.T) {
+	cfg := bookinfoWaypointWarned(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    backendRefs: [{name: reviews, port: 9080}]
+    sessionPersistence: {sessionName: shared}
+  - matches: [{path: {type: PathPrefix, value: /b}}]
+    backendRefs: [{name: reviews, port: 9080}]
+    sessionPersistence: {sessionName: shared}
+`, `HTTPRoute bookinfo/reviews: rules[1].sessionPersistence: sessionName "shared" is also HTTPRoute bookinfo/reviews rules[0]'s`)
+	got := sessionsByPath(t, cfg)
+	if got["/a"] == nil || got["/b"] == nil {
+		t.Errorf("sessions = %v; want both rules' kept", got)
+	}
+}
