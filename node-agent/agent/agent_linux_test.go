@@ -138,6 +138,30 @@ func TestEnrollDataPath(t *testing.T) {
 	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "destination"); got != 2 {
 		t.Errorf("connections opened (reporter=destination) = %v; want 2", got)
 	}
+
+	// B annotated bypass-inbound-capture (re-enrolled as the reconciler
+	// does): A's plaintext goes straight to B's app, not through B's
+	// proxy; without the annotation again, it is steered again.
+	bypass := podB
+	bypass.BypassInbound = true
+	if err := ag.Enroll(ctx, bypass); err != nil {
+		t.Fatal(err)
+	}
+	call()
+	if src := <-sources; src != na.Addr.String() {
+		t.Errorf("app in B sees client %s with inbound bypassed; want pod A %s", src, na.Addr)
+	}
+	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "destination"); got != 2 {
+		t.Errorf("connections opened (reporter=destination) with B's inbound bypassed = %v; want still 2", got)
+	}
+	if err := ag.Enroll(ctx, podB); err != nil {
+		t.Fatal(err)
+	}
+	call()
+	<-sources
+	if got := counter(t, reg, "istio_tcp_connections_opened_total", "reporter", "destination"); got != 3 {
+		t.Errorf("connections opened (reporter=destination) after B's bypass ended = %v; want 3", got)
+	}
 }
 
 func addrOf(a net.Addr) string { return a.(*net.TCPAddr).AddrPort().Addr().Unmap().String() }

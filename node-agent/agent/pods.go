@@ -188,10 +188,16 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 		return os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte("1"), 0o644)
 	})
 	ifname := ifName(p)
-	if err := o.Datapath.AttachPodIngress(p.Netns, ifname, ebpf.IngressOptions{}); err != nil {
-		return fmt.Errorf("attach inbound steering: %w", err)
+	if p.BypassInbound {
+		// Istio's bypass-inbound-capture: inbound plaintext goes to the app
+		// as it came (a steering program left by an earlier enrollment too).
+		_ = o.Datapath.DetachPodIngress(p.Netns, ifname)
+	} else {
+		if err := o.Datapath.AttachPodIngress(p.Netns, ifname, ebpf.IngressOptions{}); err != nil {
+			return fmt.Errorf("attach inbound steering: %w", err)
+		}
+		undo = append(undo, func() { _ = o.Datapath.DetachPodIngress(p.Netns, ifname) })
 	}
-	undo = append(undo, func() { _ = o.Datapath.DetachPodIngress(p.Netns, ifname) })
 	rec := ebpf.Pod{WorkloadID: a.workloadID(p), ProbePorts: p.ProbePorts}
 	if len(p.ProbePorts) > 0 {
 		a.syncProbeSourcesLocked()

@@ -54,12 +54,16 @@ type Pod struct {
 	// IfName is the pod's interface in Netns, as the CNI plugin reported
 	// it; empty when unknown (eth0 by convention).
 	IfName string
+	// BypassInbound leaves the pod's inbound plaintext connections to the
+	// app, uncaptured (kube.AnnotationBypassInbound "true"); its outbound
+	// traffic and HBONE inbound stay the mesh's.
+	BypassInbound bool
 }
 
 // InMesh applies the enrollment rule (see the package doc) to a pod and its
 // namespace's labels; node placement and the pod's phase are the caller's.
 func InMesh(nsLabels map[string]string, pod *kube.Pod) bool {
-	if pod.Spec.HostNetwork || hasSidecar(pod) {
+	if pod.Spec.HostNetwork || hasSidecar(pod) || pod.Annotations[model.AnnotationRedirection] == model.AnnotationRedirectionDisabled {
 		return false
 	}
 	switch pod.Labels[Label] {

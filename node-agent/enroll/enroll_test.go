@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshlet/meshlet/node-agent/cni"
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 func TestInMesh(t *testing.T) {
@@ -32,6 +33,7 @@ func TestInMesh(t *testing.T) {
 		podLabels map[string]string
 		hostNet   bool
 		sidecar   string // "container" or "init": an istio-proxy of that kind
+		annotated string // ambient.istio.io/redirection
 		want      bool
 	}{
 		{name: "namespace ambient", nsLabels: amb, want: true},
@@ -42,10 +44,15 @@ func TestInMesh(t *testing.T) {
 		{name: "other value", nsLabels: map[string]string{Label: "sidecar"}, want: false},
 		{name: "istio-proxy sidecar in ambient namespace", nsLabels: amb, sidecar: "container", want: false},
 		{name: "native sidecar opting in", podLabels: amb, sidecar: "init", want: false},
+		{name: "redirection disabled by annotation (Istio's opt-out)", nsLabels: amb, annotated: "disabled", want: false},
+		{name: "redirection annotation enabled (Istio's status)", nsLabels: amb, annotated: "enabled", want: true},
 	}
 	for _, tt := range tests {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: tt.podLabels}, Spec: corev1.PodSpec{HostNetwork: tt.hostNet,
 			Containers: []corev1.Container{{Name: "app"}}}}
+		if tt.annotated != "" {
+			pod.Annotations = map[string]string{model.AnnotationRedirection: tt.annotated}
+		}
 		switch tt.sidecar {
 		case "container":
 			pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy"})
@@ -212,6 +219,20 @@ func TestReconcilerLive(t *testing.T) {
 		s, _ := cni.ReadSnapshot(snap)
 		return slices.Equal(s.AmbientNamespaces, []string{"plain", "shop"}), ""
 	})
+
+	// Istio's bypass-inbound-capture on a running pod: re-enrolled with its
+	// inbound left alone, live; other annotations are not kept.
+	web := pod("plain", "web", node, "198.19.3.13", nil)
+	web.Annotations = map[string]string{model.AnnotationBypassInbound: "true", "other": "x"}
+	client.CoreV1().Pods("plain").Update(ctx, web, metav1.UpdateOptions{})
+	eventually(t, "web re-enrolled bypassing inbound", func() (bool, string) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.set["plain/web"].BypassInbound, "web enrolled without BypassInbound"
+	})
+	if p, err := r.getPod(ctx, "plain", "web"); err != nil || len(p.Annotations) != 1 {
+		t.Errorf("cached web's annotations = %v (%v); want only the one the agent reads", p.Annotations, err)
+	}
 
 	// Unlabel shop: cart leaves. Opt legacy back in by dropping its label: no
 	// change, shop is no longer ambient.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshlet/meshlet/node-agent/cni"
 	"github.com/meshlet/meshlet/node-agent/kube"
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 // API is what the reconciler reads from the API server.
@@ -393,6 +394,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string, pod *kube.Pod, c
 		UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
 		ServiceAccount: pod.Spec.ServiceAccountName, Workload: WorkloadName(pod),
 		IPs: podIPs(pod), ProbePorts: ProbePorts(pod),
+		BypassInbound: pod.Annotations[model.AnnotationBypassInbound] == "true",
 	}
 	if want.ServiceAccount == "" {
 		want.ServiceAccount = "default"
@@ -457,7 +459,8 @@ func (r *Reconciler) localNetns(p string) string {
 
 func samePod(a, b Pod) bool {
 	return a.UID == b.UID && a.Netns == b.Netns && a.ServiceAccount == b.ServiceAccount &&
-		a.Workload == b.Workload && slices.Equal(a.IPs, b.IPs) && slices.Equal(a.ProbePorts, b.ProbePorts)
+		a.Workload == b.Workload && slices.Equal(a.IPs, b.IPs) && slices.Equal(a.ProbePorts, b.ProbePorts) &&
+		a.BypassInbound == b.BypassInbound
 }
 
 func exists(path string) bool {

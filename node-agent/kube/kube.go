@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/meshlet/meshlet/pkg/model"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -109,11 +110,22 @@ func get[T runtime.Object](ctx context.Context, r *rest.Request, into T) (T, err
 
 // DropUnread is an informer transform (SetTransform) that drops the metadata
 // the agent never reads and would otherwise keep for every object it
-// caches: managed fields and annotations (up to 256 KiB a pod).
+// caches: managed fields and annotations (up to 256 KiB a pod), but for
+// Istio's ambient ones it reads (model.AnnotationRedirection and
+// model.AnnotationBypassInbound).
 func DropUnread(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
-		m.SetAnnotations(nil)
+		var kept map[string]string
+		for _, k := range []string{model.AnnotationRedirection, model.AnnotationBypassInbound} {
+			if v, ok := m.GetAnnotations()[k]; ok {
+				if kept == nil {
+					kept = map[string]string{}
+				}
+				kept[k] = v
+			}
+		}
+		m.SetAnnotations(kept)
 	}
 	return obj, nil
 }

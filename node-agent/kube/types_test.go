@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/meshlet/meshlet/pkg/model"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -105,6 +106,13 @@ func TestTypesDecodeCoreJSON(t *testing.T) {
 	if got.Annotations != nil || got.ManagedFields != nil || got.Labels["app"] != "cart" {
 		t.Errorf("after DropUnread: annotations %v, managed fields %v, labels %v; want no annotations or managed fields, labels kept",
 			got.Annotations, got.ManagedFields, got.Labels)
+	}
+	got.Annotations = map[string]string{"note": "x", model.AnnotationBypassInbound: "true", model.AnnotationRedirection: "disabled"}
+	if _, err := DropUnread(got); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(map[string]string{model.AnnotationBypassInbound: "true", model.AnnotationRedirection: "disabled"}, got.Annotations); d != "" {
+		t.Errorf("after DropUnread, annotations (-want +got):\n%s", d)
 	}
 
 	ns, ok := decode(t, &corev1.Namespace{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},

@@ -134,6 +134,8 @@ func TestEnrollment(t *testing.T) {
 		{"finished pod", "istio.io/dataplane-mode=ambient",
 			strings.Replace(pod("app", "a", "10.0.0.1", "n1", ""), "phase: Running", "phase: Succeeded", 1), false, "finished"},
 		{"unknown pod mode", "", pod("app", "a", "10.0.0.1", "n1", "istio.io/dataplane-mode=sidecar"), false, "not a known mode"},
+		{"redirection disabled by annotation (Istio's opt-out)", "istio.io/dataplane-mode=ambient",
+			strings.Replace(pod("app", "a", "10.0.0.1", "n1", ""), "  labels:", "  annotations: {ambient.istio.io/redirection: disabled}\n  labels:", 1), false, "ambient.istio.io/redirection=disabled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

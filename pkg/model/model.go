@@ -24,6 +24,18 @@ const PortHBONE = 15008
 // enrolled (meshd and the node agent apply the same rule).
 const IstioSidecarContainer = "istio-proxy"
 
+// Istio's ambient pod annotations meshd and the node agent read.
+const (
+	// AnnotationRedirection "disabled" keeps a pod out of the mesh (Istio's
+	// older opt-out, still honoured beside istio.io/dataplane-mode=none).
+	AnnotationRedirection         = "ambient.istio.io/redirection"
+	AnnotationRedirectionDisabled = "disabled"
+	// AnnotationBypassInbound "true" leaves an enrolled pod's inbound
+	// plaintext uncaptured: its outbound traffic stays the mesh's and mesh
+	// clients still reach it over HBONE (Istio 1.24+).
+	AnnotationBypassInbound = "ambient.istio.io/bypass-inbound-capture"
+)
+
 // WorkloadKind says where a workload came from.
 type WorkloadKind string
 

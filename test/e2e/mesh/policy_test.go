@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshlet/meshlet/test/lab"
 )
@@ -135,6 +136,25 @@ spec:
 	if !podReady(p) {
 		t.Errorf("echo pod not Ready under STRICT: the kubelet's probes must keep working")
 	}
+
+	// Istio's bypass-inbound-capture on the server, live: the outsider's
+	// plaintext reaches the app uncaptured (the user's explicit choice,
+	// STRICT no longer applies to it) while the mesh client still comes in
+	// over HBONE; without the annotation, refused again.
+	annotate := func(value string) {
+		t.Helper()
+		patch := `{"metadata":{"annotations":{"ambient.istio.io/bypass-inbound-capture":` + value + `}}}`
+		if _, err := lb.Clientset().CoreV1().Pods(ns).Patch(t.Context(), server.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	annotate(`"true"`)
+	waitAnswered(t, lb, plain, outsider.Name, url, true, "bypass-inbound-capture: the outsider reaches the app")
+	if ok, out := request(t, lb, ns, insider.Name, url); !ok {
+		t.Errorf("bypass-inbound-capture: the mesh client was refused: %s", out)
+	}
+	annotate(`null`)
+	waitAnswered(t, lb, plain, outsider.Name, url, false, "the annotation removed: STRICT refuses the outsider again")
 
 	lb.Apply(t, ns, `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
