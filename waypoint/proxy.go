@@ -138,6 +138,7 @@ type Proxy struct {
 	log     *accessLogger
 	mirrors chan struct{}
 	logs    logLimiter
+	taps    tapHub
 }
 
 // New builds a Proxy. It fails when the config is invalid or the metrics
@@ -257,6 +258,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 				p.log.log(cfg.logFormat, rec, req, w)
 			}
 		}
+		p.taps.publish(rec)
 		freeRecord(rec)
 	}()
 	grpc := isGRPC(req)

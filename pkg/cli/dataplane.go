@@ -39,11 +39,33 @@ const maxDump = 256 << 20
 // port-forward (WebSocket, or SPDY where the API server has no WebSocket
 // port-forward).
 func (c *clients) adminGet(ctx context.Context, ns, pod string, port int, path string) ([]byte, error) {
+	var body []byte
+	err := c.adminDo(ctx, ns, pod, port, path, func(res *http.Response, where string) error {
+		var err error
+		body, err = io.ReadAll(io.LimitReader(res.Body, maxDump+1))
+		if err != nil {
+			return fmt.Errorf("GET %s from %s: %w", path, where, err)
+		}
+		if len(body) > maxDump {
+			return fmt.Errorf("GET %s from %s: answer over %d MiB", path, where, maxDump>>20)
+		}
+		if res.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s from %s: %s: %s", path, where, res.Status, strings.TrimSpace(string(body)))
+		}
+		return nil
+	})
+	return body, err
+}
+
+// adminDo GETs path from the loopback admin port of a pod, through a
+// port-forward, and hands the answer to read while the port-forward lasts
+// (where names the pod and port for messages).
+func (c *clients) adminDo(ctx context.Context, ns, pod string, port int, path string, read func(res *http.Response, where string) error) error {
 	where := fmt.Sprintf("pod %s/%s port %d", ns, pod, port)
 	u := c.kube.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("portforward").URL()
 	transport, upgrader, err := spdy.RoundTripperFor(c.config)
 	if err != nil {
-		return nil, fmt.Errorf("port-forward to %s: %w", where, err)
+		return fmt.Errorf("port-forward to %s: %w", where, err)
 	}
 	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
 	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, c.config); err == nil {
@@ -57,7 +79,7 @@ func (c *clients) adminGet(ctx context.Context, ns, pod string, port int, path s
 	errOut := &lockedBuffer{}
 	fw, err := portforward.NewOnAddressesWithContext(fctx, dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, ready, io.Discard, errOut)
 	if err != nil {
-		return nil, fmt.Errorf("port-forward to %s: %w", where, err)
+		return fmt.Errorf("port-forward to %s: %w", where, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- fw.ForwardPorts() }()
@@ -67,37 +89,27 @@ func (c *clients) adminGet(ctx context.Context, ns, pod string, port int, path s
 		if err == nil {
 			err = errors.New("ended before it was ready")
 		}
-		return nil, fmt.Errorf("port-forward to %s: %w", where, err)
+		return fmt.Errorf("port-forward to %s: %w", where, err)
 	case <-ctx.Done():
-		return nil, fmt.Errorf("port-forward to %s: %w", where, ctx.Err())
+		return fmt.Errorf("port-forward to %s: %w", where, ctx.Err())
 	}
 	ports, err := fw.GetPorts()
 	if err != nil || len(ports) == 0 {
-		return nil, fmt.Errorf("port-forward to %s: no local port: %v", where, err)
+		return fmt.Errorf("port-forward to %s: no local port: %v", where, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", ports[0].Local, path), nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		if msg := strings.TrimSpace(errOut.String()); msg != "" {
 			err = fmt.Errorf("%w (%s)", err, msg)
 		}
-		return nil, fmt.Errorf("GET %s from %s: %w", path, where, err)
+		return fmt.Errorf("GET %s from %s: %w", path, where, err)
 	}
 	defer res.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(res.Body, maxDump+1))
-	if err != nil {
-		return nil, fmt.Errorf("GET %s from %s: %w", path, where, err)
-	}
-	if len(body) > maxDump {
-		return nil, fmt.Errorf("GET %s from %s: answer over %d MiB", path, where, maxDump>>20)
-	}
-	if res.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s from %s: %s: %s", path, where, res.Status, strings.TrimSpace(string(body)))
-	}
-	return body, nil
+	return read(res, where)
 }
 
 // lockedBuffer collects what the port-forward's goroutines report, for an

@@ -127,6 +127,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 		newTopCommand(s, g),
 		newAgentConfigCommand(s, g),
 		newProxyConfigCommand(s, g),
+		newTapCommand(s, g),
 		newBugReportCommand(s, g),
 	)
 	return root

@@ -333,7 +333,8 @@ func Run(ctx context.Context, opts Options) error {
 		serveHTTP(gctx, g, opts.Metrics, mux)
 	}
 	if opts.AdminAddr != "" {
-		if err := admin.Serve(gctx, opts.AdminAddr, admin.Options{Pprof: true, Handlers: map[string]http.Handler{configdump.Path: configdump.Handler(s.configDump)}}); err != nil {
+		if err := admin.Serve(gctx, opts.AdminAddr, admin.Options{Pprof: true, Handlers: map[string]http.Handler{
+			configdump.Path: configdump.Handler(s.configDump), configdump.TapPath: http.HandlerFunc(s.tap)}}); err != nil {
 			return fmt.Errorf("run waypoint: %w", err)
 		}
 	}
@@ -980,4 +981,14 @@ func ignoreCanceled(err error) error {
 		return nil
 	}
 	return err
+}
+
+// tap serves configdump.TapPath from the proxy, made with meshd's first config.
+func (s *state) tap(w http.ResponseWriter, r *http.Request) {
+	p := s.proxy.Load()
+	if p == nil {
+		http.Error(w, "tap: no config from meshd yet, so no request to tap", http.StatusServiceUnavailable)
+		return
+	}
+	p.TapHandler().ServeHTTP(w, r)
 }

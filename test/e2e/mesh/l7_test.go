@@ -150,6 +150,19 @@ spec:
 		return s.ByVersion["v2"] == 10, fmt.Errorf("by version %v", s.ByVersion)
 	})
 	checkDataplaneConfig(t, lb, run, ns, client)
+
+	// meshctl tap: the waypoint's requests, live, as a user watches them
+	// while the client sends some.
+	go func() {
+		time.Sleep(3 * time.Second) // the tap's port-forward is up
+		lb.ExecInPod(ns, client.Name, lb.Layout.Bin("echo"), "client", "-n", "20", url+"tapped?user=alice")
+	}()
+	tapped := run("tap", "waypoint", "-n", ns, "--max", "5", "--duration", "60s", "--path", "/tapped")
+	t.Logf("meshctl tap waypoint -n %s --max 5:\n%s", ns, tapped)
+	if n := strings.Count(tapped, ":path=/tapped status=200"); n != 5 || !strings.Contains(tapped, "src="+ns+"/client") ||
+		!strings.Contains(tapped, "dst=echo."+ns+".svc.cluster.local") || strings.Contains(tapped, "alice") || !strings.Contains(tapped, "tap ended (max events)") {
+		t.Errorf("meshctl tap printed %d requests to /tapped answered 200 (want 5, from %s/client to echo, without the query), then its end", n, ns)
+	}
 	s := summary(t, lb, ns, client.Name, "-n", "2000", "-c", "8", url)
 	if s.OK != 2000 {
 		t.Fatalf("%d of 2000 answered (errors %v)", s.OK, s.Errors)
