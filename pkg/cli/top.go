@@ -100,20 +100,26 @@ func newTopCommand(s Streams, g *globalOptions) *cobra.Command {
 	f.DurationVar(&interval, "interval", 2*time.Second, "time between samples (rates are over it)")
 	f.IntVar(&count, "count", 0, "print this many frames and exit (0: until interrupted); 1 prints one table without clearing the screen")
 	f.StringVarP(&namespace, "namespace", "n", "", "only workloads of this namespace")
-	metrics.AddCommand(top)
+	metrics.AddCommand(top, newEdgesCommand(s, g))
 	return metrics
 }
 
 // scrapeMesh reads every node agent's and waypoint's metrics.
 func scrapeMesh(ctx context.Context, c *clients, meshNS string) (*sample, error) {
 	s := newSample(time.Now())
+	return s, scrapeProxies(ctx, c, meshNS, s.add)
+}
+
+// scrapeProxies hands the metrics of every running node agent and waypoint
+// to add, one proxy's at a time; a proxy that cannot be read is left out.
+func scrapeProxies(ctx context.Context, c *clients, meshNS string, add func(map[string]*dto.MetricFamily)) error {
 	agents, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: nodeAgentSelector})
 	if err != nil {
-		return nil, fmt.Errorf("list node agents in namespace %s: %w (is meshlet installed? run meshctl install)", meshNS, err)
+		return fmt.Errorf("list node agents in namespace %s: %w (is meshlet installed? run meshctl install)", meshNS, err)
 	}
 	gws, err := c.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: gatewayNameLabel})
 	if err != nil {
-		return nil, fmt.Errorf("list waypoints: %w", err)
+		return fmt.Errorf("list waypoints: %w", err)
 	}
 	for _, p := range append(agents.Items, gws.Items...) {
 		if p.Status.Phase != corev1.PodRunning {
@@ -127,9 +133,9 @@ func scrapeMesh(ctx context.Context, c *clients, meshNS string) (*sample, error)
 		if err != nil {
 			continue
 		}
-		s.add(fams)
+		add(fams)
 	}
-	return s, nil
+	return nil
 }
 
 func parseMetrics(raw []byte) (map[string]*dto.MetricFamily, error) {

@@ -163,6 +163,14 @@ spec:
 		!strings.Contains(tapped, "dst=echo."+ns+".svc.cluster.local") || strings.Contains(tapped, "alice") || !strings.Contains(tapped, "tap ended (max events)") {
 		t.Errorf("meshctl tap printed %d requests to /tapped answered 200 (want 5, from %s/client to echo, without the query), then its end", n, ns)
 	}
+	// meshctl metrics edges: the client's requests to echo, secured.
+	edges := run("metrics", "edges", "-n", ns)
+	t.Logf("meshctl metrics edges -n %s:\n%s", ns, edges)
+	if !slices.ContainsFunc(strings.Split(edges, "\n"), func(l string) bool {
+		return containsAll(l, ns+"/client ", ns+"/echo", " yes ", "spiffe://cluster.local/ns/"+ns+"/sa/client")
+	}) {
+		t.Errorf("meshctl metrics edges -n %s: want a secured edge from %s/client to echo with its identity", ns, ns)
+	}
 	s := summary(t, lb, ns, client.Name, "-n", "2000", "-c", "8", url)
 	if s.OK != 2000 {
 		t.Fatalf("%d of 2000 answered (errors %v)", s.OK, s.Errors)
