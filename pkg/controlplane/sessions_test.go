@@ -27,6 +27,26 @@ func sessionsByPath(t *testing.T, cfg *model.L7Config) map[string]*model.Session
 	return out
 }
 
+// labelledBookinfo builds bookinfo (with extra documents) whose reviews
+// Service carries labels (a YAML flow map's entries), wanting no rejection,
+// and returns the waypoint's L7 config.
+func labelledBookinfo(t *testing.T, labels string, extra ...string) *model.L7Config {
+	t.Helper()
+	docs := bookinfo(extra...)
+	const svc = 4 // bookinfo's reviews Service
+	docs[svc] = strings.Replace(docs[svc], "metadata: {name: reviews, namespace: bookinfo}",
+		"metadata: {name: reviews, namespace: bookinfo, labels: {"+labels+"}}", 1)
+	snap, rej := mustBuild(t, inputs(t, docs...))
+	if len(rej) != 0 {
+		t.Errorf("rejections = %v; want none", rej)
+	}
+	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
+	if !ok {
+		t.Fatal("no L7 config for bookinfo/waypoint")
+	}
+	return cfg
+}
+
 // TestHTTPRouteSessionPersistence: a rule's sessionPersistence reaches each
 // route split from it, with the cookie Path GEP-1619 reads from its path
 // match; without a sessionName each rule gets its own generated name;
@@ -122,32 +142,17 @@ spec:
 // routes session persistence, VirtualService routes and the default route
 // alike; a route rule's own sessionPersistence wins.
 func TestLabelSessionPersistence(t *testing.T) {
-	labelled := func(labels string, extra ...string) *model.L7Config {
-		t.Helper()
-		docs := bookinfo(extra...)
-		docs[len(docs)-1-len(extra)] = strings.Replace(docs[len(docs)-1-len(extra)], "metadata: {name: reviews, namespace: bookinfo}",
-			"metadata: {name: reviews, namespace: bookinfo, labels: {"+labels+"}}", 1)
-		snap, rej := mustBuild(t, inputs(t, docs...))
-		if len(rej) != 0 {
-			t.Errorf("rejections = %v; want none", rej)
-		}
-		cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-		if !ok {
-			t.Fatal("no L7 config")
-		}
-		return cfg
-	}
-	cfg := labelled(`istio.io/persistent-session: bookinfo-session`)
+	cfg := labelledBookinfo(t, `istio.io/persistent-session: bookinfo-session`)
 	if diff := cmp.Diff(&model.SessionPersistence{Cookie: "bookinfo-session"}, cfg.Listeners[0].VirtualHosts[0].Routes[0].Session); diff != "" {
 		t.Errorf("default route's session (-want +got):\n%s", diff)
 	}
-	cfg = labelled(`istio.io/persistent-session-header: x-session`, reviewsRouting)
+	cfg = labelledBookinfo(t, `istio.io/persistent-session-header: x-session`, reviewsRouting)
 	for _, r := range cfg.Listeners[0].VirtualHosts[0].Routes {
 		if diff := cmp.Diff(&model.SessionPersistence{Header: "x-session"}, r.Session); diff != "" {
 			t.Errorf("VirtualService route %s's session (-want +got):\n%s", r.Name, diff)
 		}
 	}
-	cfg = labelled(`istio.io/persistent-session: bookinfo-session`, `apiVersion: gateway.networking.k8s.io/v1
+	cfg = labelledBookinfo(t, `istio.io/persistent-session: bookinfo-session`, `apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: reviews, namespace: bookinfo}
 spec:
@@ -163,7 +168,7 @@ spec:
 	if got["/own"] == nil || got["/own"].Cookie != "own" || got["/label"] == nil || got["/label"].Cookie != "bookinfo-session" {
 		t.Errorf("sessions = /own %+v, /label %+v; want the rule's own, then the label's", got["/own"], got["/label"])
 	}
-	if s := labelled(`app: reviews`).Listeners[0].VirtualHosts[0].Routes[0].Session; s != nil {
+	if s := labelledBookinfo(t, `app: reviews`).Listeners[0].VirtualHosts[0].Routes[0].Session; s != nil {
 		t.Errorf("a Service without the labels got session %+v", s)
 	}
 }
@@ -179,17 +184,7 @@ func TestDrainingEndpointsForSessions(t *testing.T) {
 		`status: "True"`, `status: "False"`, 1)
 	endpoints := func(labels string) map[string]bool {
 		t.Helper()
-		docs := bookinfo(terminating, notReady)
-		docs[4] = strings.Replace(docs[4], "metadata: {name: reviews, namespace: bookinfo}",
-			"metadata: {name: reviews, namespace: bookinfo, labels: {"+labels+"}}", 1)
-		snap, rej := mustBuild(t, inputs(t, docs...))
-		if len(rej) != 0 {
-			t.Errorf("rejections = %v; want none", rej)
-		}
-		cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
-		if !ok {
-			t.Fatal("no L7 config")
-		}
+		cfg := labelledBookinfo(t, labels, terminating, notReady)
 		out := map[string]bool{} // address -> draining
 		for _, e := range cfg.Clusters[0].Endpoints {
 			out[e.Address] = e.Draining

@@ -72,8 +72,8 @@ func applyWaypoint(t *testing.T, lb *lab.Lab, run func(args ...string) string, n
 	return wp
 }
 
-// summary runs `echo client` in a pod and decodes its summary.
-func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s struct {
+// echoSummary is what the echo client reports of its requests (-json).
+type echoSummary struct {
 	OK, Failed int
 	ByVersion  map[string]int
 	ByStatus   map[string]int
@@ -81,7 +81,10 @@ func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s struc
 	Protocols  map[string]int
 	Seen       map[string]int
 	Answered   map[string]int
-}) {
+}
+
+// summary runs `echo client` in a pod and decodes its summary.
+func summary(t *testing.T, lb *lab.Lab, ns, pod string, args ...string) (s echoSummary) {
 	t.Helper()
 	out, err := lb.ExecInPod(ns, pod, append([]string{lb.Layout.Bin("echo"), "client", "-json"}, args...)...)
 	if err != nil {
@@ -255,15 +258,7 @@ spec:
     - {destination: {host: echo, subset: v1}, weight: 50}
     - {destination: {host: echo, subset: v2}, weight: 50}
 `)
-	var fresh struct {
-		OK, Failed int
-		ByVersion  map[string]int
-		ByStatus   map[string]int
-		Errors     map[string]int
-		Protocols  map[string]int
-		Seen       map[string]int
-		Answered   map[string]int
-	}
+	var fresh echoSummary
 	lab.WaitFor(t, time.Minute, "a session token per pod over the 50/50 split", func() (bool, error) {
 		fresh = summary(t, lb, ns, client.Name, "-n", "40", "-answer-header", "x-echo-session", url)
 		_, tokenless := fresh.Answered[""]
