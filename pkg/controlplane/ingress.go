@@ -271,8 +271,23 @@ func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rej
 	if l.Hostname != nil && *l.Hostname != "" {
 		host = string(*l.Hostname)
 	}
-	return &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(sec.Data[corev1.TLSCertKey]), KeyPEM: string(sec.Data[corev1.TLSPrivateKeyKey]),
+	out := &model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(sec.Data[corev1.TLSCertKey]), KeyPEM: string(sec.Data[corev1.TLSPrivateKeyKey]),
 		SNIHosts: []string{host}}
+	if fv := bd.frontendValidation(gw, l.Port); fv != nil {
+		if fv.caPEM == "" {
+			// Never served without the client validation asked for.
+			r.warn("listener %q: %s; not served: no usable client CA certificate", l.Name, fv.msg)
+			return nil
+		}
+		if fv.msg != "" {
+			r.warn("listener %q: %s; served with the other CA certificates", l.Name, fv.msg)
+		}
+		if fv.mode == model.TLSModeOptionalMutual {
+			r.warn("listener %q: spec.tls.frontend mode %s lets clients without a valid certificate in: use it while migrating clients only", l.Name, gatewayv1.AllowInsecureFallback)
+		}
+		out.Mode, out.ClientCAPEM = fv.mode, fv.caPEM
+	}
+	return out
 }
 
 // attached reports whether a route in routeNS with refs names gw and listener l as a parent.

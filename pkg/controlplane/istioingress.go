@@ -400,8 +400,10 @@ func (bd *build) ingressTLS(gatewayNS string, s *networkingapi.Server) (*model.L
 		mode = model.TLSModeSimple
 	case networkingapi.ServerTLSSettings_MUTUAL:
 		mode = model.TLSModeMutual
+	case networkingapi.ServerTLSSettings_OPTIONAL_MUTUAL:
+		mode = model.TLSModeOptionalMutual
 	default:
-		return nil, fmt.Errorf("tls.mode %s is not served by meshlet's ingress: use SIMPLE or MUTUAL", t.GetMode())
+		return nil, fmt.Errorf("tls.mode %s is not served by meshlet's ingress: use SIMPLE, MUTUAL or OPTIONAL_MUTUAL", t.GetMode())
 	}
 	if t.GetCredentialName() == "" {
 		return nil, errors.New("tls.credentialName is empty: name a kubernetes.io/tls Secret in the gateway's namespace (certificates by file path are not read)")
@@ -417,10 +419,10 @@ func (bd *build) ingressTLS(gatewayNS string, s *networkingapi.Server) (*model.L
 		return nil, fmt.Errorf("credential secret %s/%s: tls.crt and tls.key do not form a usable key pair: %w", gatewayNS, t.GetCredentialName(), err)
 	}
 	out := &model.ListenerTLS{Mode: mode, CertPEM: string(sec.Data[corev1.TLSCertKey]), KeyPEM: string(sec.Data[corev1.TLSPrivateKeyKey])}
-	if mode == model.TLSModeMutual {
+	if mode != model.TLSModeSimple {
 		ca := sec.Data[caCertKey]
 		if !check.caUsable() {
-			return nil, fmt.Errorf("tls.mode MUTUAL: Secret %s/%s has no usable %s: add the client CA certificates to it", gatewayNS, t.GetCredentialName(), caCertKey)
+			return nil, fmt.Errorf("tls.mode %s: Secret %s/%s has no usable %s: add the client CA certificates to it", mode, gatewayNS, t.GetCredentialName(), caCertKey)
 		}
 		out.ClientCAPEM = string(ca)
 	}

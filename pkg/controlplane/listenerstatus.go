@@ -124,6 +124,14 @@ func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes
 			served = false
 			programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see ResolvedRefs", gen)
 		}
+	} else if fv := bd.frontendFault(gw, l); fv != nil {
+		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(fv.reason), fv.msg, gen)
+		if fv.caPEM == "" && served {
+			// Not served without the client validation its Gateway asks for.
+			served = false
+			accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonNoValidCACertificate), fv.msg, gen)
+			programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Accepted", gen)
+		}
 	} else if len(invalidKinds) > 0 {
 		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(gatewayv1.ListenerReasonInvalidRouteKinds),
 			fmt.Sprintf("allowedRoutes.kinds %s: a listener of protocol %s takes %s (group %s) only", strings.Join(invalidKinds, ", "), l.Protocol, kindNames(l), gatewayv1.GroupName), gen)

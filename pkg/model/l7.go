@@ -378,19 +378,24 @@ func (r *PassthroughRoute) MatchSNI(host string) int {
 const (
 	TLSModeSimple = "SIMPLE"
 	TLSModeMutual = "MUTUAL"
+	// TLSModeOptionalMutual verifies a client certificate when the client
+	// gives one and lets a client without one in (Istio's OPTIONAL_MUTUAL,
+	// Gateway API's AllowInsecureFallback); listeners only.
+	TLSModeOptionalMutual = "OPTIONAL_MUTUAL"
 )
 
 // ListenerTLS is the server certificate of an ingress listener and, for
 // MUTUAL, the roots client certificates must chain to.
 type ListenerTLS struct {
-	// Mode is TLSModeSimple or TLSModeMutual.
+	// Mode is TLSModeSimple, TLSModeMutual or TLSModeOptionalMutual.
 	Mode string
 	// CertPEM is the certificate chain, leaf first.
 	CertPEM string
 	// KeyPEM is the private key. It travels only over meshd's mutual-TLS
 	// xDS stream to the gateway that serves it and is never logged.
 	KeyPEM string
-	// ClientCAPEM holds the roots for client certificates (MUTUAL only).
+	// ClientCAPEM holds the roots for client certificates (MUTUAL and
+	// OPTIONAL_MUTUAL).
 	ClientCAPEM string `json:",omitempty"`
 	// SNIHosts are the server's hosts (exact, "*.suffix" or "*"): an
 	// L7Listener.SNI entry is chosen by them; the listener's TLS serves any
@@ -408,15 +413,15 @@ func (t *ListenerTLS) String() string {
 
 func (t *ListenerTLS) validate() error {
 	switch t.Mode {
-	case TLSModeSimple, TLSModeMutual:
+	case TLSModeSimple, TLSModeMutual, TLSModeOptionalMutual:
 	default:
-		return fmt.Errorf("tls mode %q: want %s or %s", t.Mode, TLSModeSimple, TLSModeMutual)
+		return fmt.Errorf("tls mode %q: want %s, %s or %s", t.Mode, TLSModeSimple, TLSModeMutual, TLSModeOptionalMutual)
 	}
 	if t.CertPEM == "" || t.KeyPEM == "" {
 		return errors.New("tls: a certificate and a key are required")
 	}
-	if t.Mode == TLSModeMutual && t.ClientCAPEM == "" {
-		return errors.New("tls mode MUTUAL: no client CA: add ca.crt to the credential Secret")
+	if t.Mode != TLSModeSimple && t.ClientCAPEM == "" {
+		return fmt.Errorf("tls mode %s: no client CA: add ca.crt to the credential Secret", t.Mode)
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -185,13 +184,16 @@ func serverTLSConfig(t *model.ListenerTLS) (*tls.Config, error) {
 	}
 	switch t.Mode {
 	case model.TLSModeSimple:
-	case model.TLSModeMutual:
+	case model.TLSModeMutual, model.TLSModeOptionalMutual:
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM([]byte(t.ClientCAPEM)) {
-			return nil, errors.New("tls mode MUTUAL: no usable client CA certificate")
+			return nil, fmt.Errorf("tls mode %s: no usable client CA certificate", t.Mode)
 		}
 		cfg.ClientCAs = pool
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		if t.Mode == model.TLSModeOptionalMutual {
+			cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		}
 	default:
 		return nil, fmt.Errorf("tls mode %q is not served", t.Mode)
 	}

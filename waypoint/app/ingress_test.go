@@ -217,6 +217,34 @@ func TestIngressTLSListener(t *testing.T) {
 		t.Fatalf("MUTUAL with a client certificate from the CA = %q, %v; want 200", got, err)
 	}
 
+	// OPTIONAL_MUTUAL (Gateway API's AllowInsecureFallback): a client
+	// without a certificate is served, one whose certificate does not
+	// chain to the CA is refused.
+	apply(config(&model.ListenerTLS{Mode: model.TLSModeOptionalMutual, CertPEM: string(second.cert), KeyPEM: string(second.key), ClientCAPEM: string(clientCA.cert)}))
+	if got, err := get(second, nil); err != nil || got != "200 OK hello over tls" {
+		t.Fatalf("OPTIONAL_MUTUAL without a client certificate = %q, %v; want 200", got, err)
+	}
+	// (A Go client sends no certificate the server's CAs do not name; this
+	// one sends its own whatever the server asks for.)
+	stranger := newPair(t, "stranger", nil, false)
+	pair, err := tls.X509KeyPair(stranger.cert, stranger.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(second.x509)
+	insist := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{
+		RootCAs: roots, ServerName: "shop.example.com",
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil },
+	}}}
+	if resp, err := insist.Get("https://" + addr + "/"); err == nil {
+		resp.Body.Close()
+		t.Fatal("OPTIONAL_MUTUAL: a client with a certificate from another CA was served")
+	}
+	if got, err := get(second, client); err != nil || got != "200 OK hello over tls" {
+		t.Fatalf("OPTIONAL_MUTUAL with a client certificate from the CA = %q, %v; want 200", got, err)
+	}
+
 	if _, err := ingressTLSConfigs(config(&model.ListenerTLS{Mode: model.TLSModeSimple, CertPEM: string(first.cert), KeyPEM: string(second.key)})); err == nil {
 		t.Error("a certificate with another certificate's key was accepted")
 	}
