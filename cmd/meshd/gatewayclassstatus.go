@@ -13,8 +13,10 @@ import (
 
 // withOwnedStatus is withStatus for the objects whose status fields meshd
 // owns outright rather than sharing entry by entry: a Gateway's
-// status.listeners (its status.conditions and addresses are pkg/deployer's,
-// left as read, so that the two writers never undo each other; the
+// status.listeners and the condition types of
+// controlplane.GatewayOwnedConditions (its other conditions and addresses
+// are pkg/deployer's, left as read, so that the two writers never undo
+// each other; the
 // UpdateStatus resourceVersion check turns a deployer write in between
 // into a conflict and a fresh merge) and a GatewayClass's Accepted and
 // SupportedVersion conditions (conditions of other types are kept, as the
@@ -26,11 +28,12 @@ func withOwnedStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav
 			return nil, false
 		}
 		merged := mergeListeners(o.Status.Listeners, st.Listeners, now)
-		if sameListeners(o.Status.Listeners, merged) {
+		conds := ownedGatewayConditions(o.Status.Conditions, st.Conditions, now)
+		if sameListeners(o.Status.Listeners, merged) && reflect.DeepEqual(clearTimes(o.Status.Conditions), clearTimes(conds)) {
 			return nil, false
 		}
 		c := o.DeepCopy()
-		c.Status.Listeners = merged
+		c.Status.Listeners, c.Status.Conditions = merged, conds
 		return c, true
 	case *gatewayv1.GatewayClass:
 		if o.Generation != st.Generation {
@@ -71,6 +74,21 @@ func sameListeners(a, b []gatewayv1.ListenerStatus) bool {
 		x.Conditions, y.Conditions = clearTimes(x.Conditions), clearTimes(y.Conditions)
 		return reflect.DeepEqual(x, y)
 	})
+}
+
+// ownedGatewayConditions returns a Gateway's conditions with those of the
+// types meshd writes (controlplane.GatewayOwnedConditions) as desired has
+// them: updated, added, or removed when desired lacks them; the others
+// (pkg/deployer's) kept as they are.
+func ownedGatewayConditions(current, desired []metav1.Condition, now metav1.Time) []metav1.Condition {
+	kept := slices.DeleteFunc(slices.Clone(current), func(c metav1.Condition) bool {
+		return slices.Contains(controlplane.GatewayOwnedConditions, c.Type) &&
+			!slices.ContainsFunc(desired, func(d metav1.Condition) bool { return d.Type == c.Type })
+	})
+	if len(kept) == len(current) && len(desired) == 0 {
+		return current // nothing of meshd's: as it was (nil stays nil)
+	}
+	return mergeConditionTypes(kept, desired, now)
 }
 
 // mergeConditionTypes returns current with the conditions of desired's

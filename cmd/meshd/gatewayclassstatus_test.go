@@ -65,6 +65,18 @@ func TestWithOwnedStatus(t *testing.T) {
 	invalidStatus := controlplane.ObjectStatus{Kind: controlplane.KindGatewayClass, Name: "meshlet", Generation: 3, Conditions: invalidParams}
 	invalidWritten := []metav1.Condition{stamped(invalidParams[:1])[0], stampedAt(invalidParams[1:], metav1.NewTime(t0))[0]}
 
+	// meshd's own Gateway condition types (spec.tls): added beside the
+	// deployer's, kept in time, removed once they no longer apply.
+	insecure := metav1.Condition{Type: "InsecureFrontendValidationMode", Status: "True", Reason: "ConfigurationChanged", ObservedGeneration: 1}
+	withInsecure := gwStatus
+	withInsecure.Conditions = []metav1.Condition{insecure}
+	insecureWritten := stampedAt([]metav1.Condition{insecure}, metav1.NewTime(t0))[0]
+	gatewayWith := func(conds ...metav1.Condition) *gatewayv1.Gateway {
+		gw := gateway(1, written)
+		gw.Status.Conditions = append(gw.Status.Conditions, conds...)
+		return gw
+	}
+
 	tests := []struct {
 		name          string
 		obj           any
@@ -79,6 +91,11 @@ func TestWithOwnedStatus(t *testing.T) {
 		{"a listener gone from the spec is dropped, the time of one kept", gateway(1, written, stale), gwStatus, true,
 			[]gatewayv1.ListenerStatus{written}, []metav1.Condition{deployerCond}},
 		{"gateway at another generation: no write", gateway(2), gwStatus, false, nil, nil},
+		{"gateway's insecure frontend validation: its condition added", gateway(1, written), withInsecure, true,
+			[]gatewayv1.ListenerStatus{written}, []metav1.Condition{deployerCond, stamped([]metav1.Condition{insecure})[0]}},
+		{"gateway's condition already there: no write", gatewayWith(insecureWritten), withInsecure, false, nil, nil},
+		{"gateway's insecure mode gone: its condition removed, the deployer's kept", gatewayWith(insecureWritten), gwStatus, true,
+			[]gatewayv1.ListenerStatus{written}, []metav1.Condition{deployerCond}},
 		{"new class: the CRD's Pending replaced", class(2, pending), classStatus, true, nil, stamped(acceptedSupported)},
 		{"class with another writer's condition: kept", class(2, foreign), classStatus, true, nil, append([]metav1.Condition{foreign}, stamped(acceptedSupported)...)},
 		{"class already accepted an hour ago: no write", class(2, stampedAt(acceptedSupported, metav1.NewTime(t0))...), classStatus, false, nil, nil},

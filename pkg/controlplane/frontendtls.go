@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -105,4 +107,91 @@ func (bd *build) frontendFault(gw *gatewayv1.Gateway, l gatewayv1.Listener) *fro
 		return fv
 	}
 	return nil
+}
+
+// backendClientCert is the client certificate gw's spec.tls.backend names
+// for its TLS connections to backends (Core: a kubernetes.io/tls Secret of
+// its namespace, or of another whose ReferenceGrant allows it): the
+// certificate chain and key; nil without one. reason and msg say why a
+// reference does not resolve (the Gateway's ResolvedRefs); the gateway
+// then originates TLS without a client certificate.
+func (bd *build) backendClientCert(gw *gatewayv1.Gateway) (cert *model.UpstreamTLS, reason gatewayv1.GatewayConditionReason, msg string) {
+	if gw.Spec.TLS == nil || gw.Spec.TLS.Backend == nil || gw.Spec.TLS.Backend.ClientCertificateRef == nil {
+		return nil, "", ""
+	}
+	ref := gw.Spec.TLS.Backend.ClientCertificateRef
+	ns := gw.Namespace
+	if ref.Namespace != nil && *ref.Namespace != "" {
+		ns = string(*ref.Namespace)
+	}
+	const field = "spec.tls.backend.clientCertificateRef"
+	switch {
+	case (ref.Group != nil && *ref.Group != "") || (ref.Kind != nil && *ref.Kind != "Secret"):
+		return nil, gatewayv1.GatewayReasonInvalidClientCertificateRef, fmt.Sprintf("%s %s: meshlet reads client certificates from Secrets only (group \"\", kind Secret)", field, ref.Name)
+	case ns != gw.Namespace && !bd.granted(KindGateway, gw.Namespace, "Secret", ns, string(ref.Name)):
+		return nil, gatewayv1.GatewayReasonRefNotPermitted, fmt.Sprintf("%s Secret %s/%s: no ReferenceGrant in %s lets Gateways of %s refer to it: create one (from: group %s, kind Gateway, namespace %s; to: group \"\", kind Secret), or put the Secret in %s",
+			field, ns, ref.Name, ns, gw.Namespace, gatewayv1.GroupName, gw.Namespace, gw.Namespace)
+	}
+	sec := bd.in.tlsSecrets[ns+"/"+string(ref.Name)]
+	if sec == nil {
+		return nil, gatewayv1.GatewayReasonInvalidClientCertificateRef, fmt.Sprintf("%s: no Secret of type kubernetes.io/tls named %s in namespace %s: create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>", field, ref.Name, ns, ref.Name, ns)
+	}
+	if err := bd.credentialCheck(sec).keyPair(); err != nil {
+		return nil, gatewayv1.GatewayReasonInvalidClientCertificateRef, fmt.Sprintf("%s Secret %s/%s: tls.crt and tls.key do not form a usable key pair: %v", field, ns, ref.Name, err)
+	}
+	return &model.UpstreamTLS{Mode: model.TLSModeMutual, ClientCertPEM: string(sec.Data[corev1.TLSCertKey]), ClientKeyPEM: string(sec.Data[corev1.TLSPrivateKeyKey])}, "", ""
+}
+
+// withClientCert makes the TLS origination BackendTLSPolicies set on lb's
+// clusters (and their subsets) present cert's client certificate.
+func withClientCert(lb *l7Builder, cert *model.UpstreamTLS) {
+	put := func(t *model.UpstreamTLS) {
+		if t != nil && t.Mode == model.TLSModeSimple {
+			t.Mode, t.ClientCertPEM, t.ClientKeyPEM = model.TLSModeMutual, cert.ClientCertPEM, cert.ClientKeyPEM
+		}
+	}
+	for name := range lb.backendTLS {
+		c := lb.clusters[name]
+		put(c.Traffic.TLS)
+		for i := range c.Subsets {
+			if s := c.Subsets[i].Traffic; s != nil {
+				put(s.TLS)
+			}
+		}
+	}
+}
+
+// GatewayOwnedConditions are the Gateway condition types meshd writes
+// (from the build), beside pkg/deployer's Accepted and Programmed: a type
+// that no longer applies is removed.
+var GatewayOwnedConditions = []string{
+	string(gatewayv1.GatewayConditionResolvedRefs),
+	string(gatewayv1.GatewayConditionInsecureFrontendValidationMode),
+}
+
+// gatewayTLSConditions are an ingress Gateway's ResolvedRefs, when its
+// spec.tls.backend names a client certificate, and
+// InsecureFrontendValidationMode, while a frontend validation allows
+// insecure fallback (GEP-91, GEP-3155).
+func (bd *build) gatewayTLSConditions(gw *gatewayv1.Gateway) []metav1.Condition {
+	var out []metav1.Condition
+	gen := gw.Generation
+	if t := gw.Spec.TLS; t != nil && t.Backend != nil && t.Backend.ClientCertificateRef != nil {
+		c := condition(string(gatewayv1.GatewayConditionResolvedRefs), true, string(gatewayv1.GatewayReasonResolvedRefs), "spec.tls.backend.clientCertificateRef resolved", gen)
+		if _, reason, msg := bd.backendClientCert(gw); reason != "" {
+			c = condition(string(gatewayv1.GatewayConditionResolvedRefs), false, string(reason), msg, gen)
+		}
+		out = append(out, c)
+	}
+	if t := gw.Spec.TLS; t != nil && t.Frontend != nil {
+		insecure := t.Frontend.Default.Validation != nil && t.Frontend.Default.Validation.Mode == gatewayv1.AllowInsecureFallback
+		for _, pp := range t.Frontend.PerPort {
+			insecure = insecure || (pp.TLS.Validation != nil && pp.TLS.Validation.Mode == gatewayv1.AllowInsecureFallback)
+		}
+		if insecure {
+			out = append(out, condition(string(gatewayv1.GatewayConditionInsecureFrontendValidationMode), true, string(gatewayv1.GatewayReasonConfigurationChanged),
+				"spec.tls.frontend: AllowInsecureFallback lets clients without a valid certificate in", gen))
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/api/meta"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -115,5 +116,72 @@ spec:
 	}
 	if ok, _, _ := cond("https", gatewayv1.ListenerConditionResolvedRefs); !ok {
 		t.Error("https ResolvedRefs False; want True")
+	}
+}
+
+// TestGatewayBackendClientCertificate: an ingress Gateway's
+// spec.tls.backend.clientCertificateRef (GEP-3155) is the client
+// certificate of the TLS its BackendTLSPolicies originate (MUTUAL), its
+// ResolvedRefs True; a reference that does not resolve leaves the
+// origination without one, reported (ResolvedRefs False, why); the
+// Gateway's InsecureFrontendValidationMode condition is there while a
+// frontend validation allows insecure fallback.
+func TestGatewayBackendClientCertificate(t *testing.T) {
+	cert, key := testutil.SelfSignedPEM(t, "gateway-client")
+	ca, _ := testutil.SelfSignedPEM(t, "ca")
+	secret := fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata: {name: gw-client, namespace: bookinfo}\ntype: kubernetes.io/tls\ndata: {tls.crt: %s, tls.key: %s}\n",
+		base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key))
+	build := func(tlsSpec string) (*model.L7Config, []Rejection, ObjectStatus) {
+		t.Helper()
+		gw := strings.Replace(bookinfoIngress, "  gatewayClassName: istio\n", "  gatewayClassName: istio\n  tls: "+tlsSpec+"\n", 1)
+		gw = strings.Replace(gw, "  - {name: https, port: 443, protocol: HTTPS}\n", "", 1)
+		b := NewBuilder(BuilderOptions{})
+		snap, rej := b.Build(inputs(t, gw, secret, configMap("client-ca", "ca.crt", string(ca)), pod("bookinfo", "productpage-v1", "10.0.0.30", "n1", "app=productpage"),
+			backendTLSPolicy("productpage-tls", "2026-01-01T00:00:00Z", `[{group: "", kind: Service, name: productpage, sectionName: http}]`,
+				`{hostname: productpage.example, wellKnownCACertificates: System}`)))
+		cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"})
+		if !ok {
+			t.Fatalf("no L7 config (rejections %v)", rej)
+		}
+		return cfg, rej, statusOf(t, b, KindGateway, "bookinfo", "bookinfo-gateway")
+	}
+	origination := func(cfg *model.L7Config) *model.UpstreamTLS {
+		for _, c := range cfg.Clusters {
+			if c.Name == "outbound|9080||productpage.bookinfo.svc.cluster.local" {
+				return c.Traffic.TLS
+			}
+		}
+		t.Fatalf("no productpage cluster in %+v", cfg.Clusters)
+		return nil
+	}
+	conds := func(st ObjectStatus) map[string]string {
+		out := map[string]string{}
+		for _, c := range st.Conditions {
+			out[c.Type] = string(c.Status) + " " + c.Reason
+		}
+		return out
+	}
+
+	cfg, _, st := build(`{backend: {clientCertificateRef: {name: gw-client}}, frontend: {default: {validation: {mode: AllowInsecureFallback, caCertificateRefs: [{group: "", kind: ConfigMap, name: client-ca}]}}}}`)
+	want := &model.UpstreamTLS{Mode: model.TLSModeMutual, SNI: "productpage.example", ClientCertPEM: string(cert), ClientKeyPEM: string(key)}
+	if diff := cmp.Diff(want, origination(cfg)); diff != "" {
+		t.Errorf("productpage TLS origination (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]string{"ResolvedRefs": "True ResolvedRefs", "InsecureFrontendValidationMode": "True ConfigurationChanged"}, conds(st)); diff != "" {
+		t.Errorf("Gateway conditions (-want +got):\n%s", diff)
+	}
+
+	cfg, rej, st := build(`{backend: {clientCertificateRef: {name: missing}}}`)
+	if got := origination(cfg); got == nil || got.Mode != model.TLSModeSimple || got.ClientCertPEM != "" {
+		t.Errorf("origination with an unresolved client certificate = %v; want SIMPLE", got)
+	}
+	if !hasRejection(rej, "spec.tls.backend.clientCertificateRef: no Secret of type kubernetes.io/tls named missing", true) {
+		t.Errorf("rejections = %v; want the missing client certificate named", rej)
+	}
+	if diff := cmp.Diff(map[string]string{"ResolvedRefs": "False InvalidClientCertificateRef"}, conds(st)); diff != "" {
+		t.Errorf("Gateway conditions (-want +got):\n%s", diff)
+	}
+	if _, _, st := build(`{}`); len(st.Conditions) != 0 {
+		t.Errorf("Gateway without spec.tls backend or fallback: conditions %v; want none of meshd's", st.Conditions)
 	}
 }

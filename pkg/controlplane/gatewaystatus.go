@@ -85,7 +85,9 @@ type ObjectStatus struct {
 	// entry per spec listener in spec order.
 	Listeners []gatewayv1.ListenerStatus
 	// Conditions, for a GatewayClass whose controllerName is
-	// ControllerName: Accepted and SupportedVersion.
+	// ControllerName: Accepted and SupportedVersion; for an ingress
+	// Gateway, those of GatewayOwnedConditions that apply (its Accepted
+	// and Programmed are pkg/deployer's).
 	Conditions []metav1.Condition
 }
 

@@ -134,6 +134,11 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 		if len(cfg.Listeners) == 0 {
 			continue
 		}
+		if cert, reason, msg := bd.backendClientCert(gw); cert != nil {
+			withClientCert(lb, cert)
+		} else if reason != "" {
+			r.warn("%s; TLS to backends (BackendTLSPolicy) goes without a client certificate", msg)
+		}
 		for _, name := range sortedKeys(lb.clusters) {
 			cfg.Clusters = append(cfg.Clusters, *lb.clusters[name])
 		}

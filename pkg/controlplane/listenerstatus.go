@@ -77,6 +77,9 @@ func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
 		for i := range gw.Spec.Listeners {
 			st.Listeners = append(st.Listeners, bd.oneListener(gw, i, waypoint, routes))
 		}
+		if !waypoint {
+			st.Conditions = bd.gatewayTLSConditions(gw)
+		}
 		out = append(out, st)
 	}
 	return out

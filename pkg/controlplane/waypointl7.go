@@ -66,6 +66,9 @@ type l7Builder struct {
 	// ingress traffic (istio.io/ingress-use-waypoint) is reached through
 	// its VIP, which the gateway's HBONE dial sends to that waypoint.
 	ingress bool
+	// backendTLS are the clusters whose TLS origination a BackendTLSPolicy
+	// set (a Gateway's spec.tls.backend client certificate goes on them).
+	backendTLS map[string]bool
 }
 
 // buildL7 returns the L7 configuration of every waypoint with services bound.
@@ -342,6 +345,10 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 		}
 		if bt := lb.bd.backendTLSFor(ms, port); bt != nil && !drTLS {
 			applyBackendTLS(c, bt, subsetTLS)
+			if lb.backendTLS == nil {
+				lb.backendTLS = map[string]bool{}
+			}
+			lb.backendTLS[name] = true
 		}
 		unplaceEndpoints(c)
 	}
