@@ -186,6 +186,47 @@ spec:
 			return err == nil && out == "True", fmt.Errorf("%q (%v)", out, err)
 		})
 	}
+
+	// Client certificates (Gateway spec.tls.frontend, GEP-91): port 443's
+	// HTTPS listener then serves only clients whose certificate chains to
+	// the ConfigMap's CA; with AllowInsecureFallback, clients without one
+	// too, and the Gateway says so in a condition.
+	clientCert, clientKey, clientCA := issuedCert(t, "client.example.com", x509.ExtKeyUsageClientAuth)
+	if _, err := lb.Clientset().CoreV1().ConfigMaps(ns).Create(t.Context(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "client-ca"},
+		Data: map[string]string{"ca.crt": string(clientCA)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	frontend := func(mode string) {
+		t.Helper()
+		patch := `{"spec":{"tls":{"frontend":{"default":{"validation":{"mode":"` + mode + `","caCertificateRefs":[{"group":"","kind":"ConfigMap","name":"client-ca"}]}}}}}}`
+		if _, err := lb.Kubectl("-n", ns, "patch", "gateway", "edge", "--type=merge", "-p", patch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair, err := tls.X509KeyPair(clientCert, clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// New connections each time: an open one keeps the TLS it began with.
+	withCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: secureHost, Certificates: []tls.Certificate{pair}}}}
+	noCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: secureHost}}}
+	frontend("AllowValidOnly")
+	lab.WaitFor(t, time.Minute, "HTTPS refused without a client certificate", func() (bool, error) {
+		_, _, _, err := fetch(noCert, tlsURL, secureHost)
+		return err != nil, fmt.Errorf("a client without a certificate was served")
+	})
+	if code, body, _, err := fetch(withCert, tlsURL, secureHost); err != nil || code != 200 || !strings.Contains(body, ns) {
+		t.Errorf("HTTPS with a client certificate of the CA: %d %.200s %v; want 200", code, body, err)
+	}
+	wantPassthrough(t, tlsURL, passRoots) // TLS passthrough on the port is not terminated: no client certificate asked
+	frontend("AllowInsecureFallback")
+	lab.WaitFor(t, time.Minute, "HTTPS served without a client certificate, the Gateway saying it is insecure", func() (bool, error) {
+		code, _, _, err := fetch(noCert, tlsURL, secureHost)
+		out, kerr := lb.Kubectl("-n", ns, "get", "gateway", "edge", "-o", `jsonpath={.status.conditions[?(@.type=="InsecureFrontendValidationMode")].status} {.status.conditions[?(@.type=="Programmed")].status}`)
+		return err == nil && code == 200 && kerr == nil && out == "True True", fmt.Errorf("%d %v; conditions InsecureFrontendValidationMode and Programmed %q (%v)", code, err, out, kerr)
+	})
 }
 
 // passHost is the server name TLS passthrough tests route by.
@@ -467,6 +508,12 @@ func servingCert(t *testing.T, host string) (certPEM, keyPEM []byte, roots *x509
 // servingCertCA is servingCert with the CA certificate in PEM.
 func servingCertCA(t *testing.T, host string) (certPEM, keyPEM, caPEM []byte) {
 	t.Helper()
+	return issuedCert(t, host, x509.ExtKeyUsageServerAuth)
+}
+
+// issuedCert is a key and a certificate for name, of a new CA, for usage.
+func issuedCert(t *testing.T, name string, usage x509.ExtKeyUsage) (certPEM, keyPEM, caPEM []byte) {
+	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -482,8 +529,8 @@ func servingCertCA(t *testing.T, host string) (certPEM, keyPEM, caPEM []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 	if err != nil {
