@@ -3,7 +3,9 @@ package controlplane
 import (
 	"hash/fnv"
 	"io"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -691,6 +693,16 @@ func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workl
 	w.Waypoint = bd.workloadWaypoint(KindPod, pod.Namespace, pod.Name, pod.Labels)
 	w.PeerAuthentication = model.ResolvePeerAuthentication(bd.peerAuths, bd.opts.RootNamespace, pod.Namespace, pod.Labels)
 	w.AuthorizationPolicies = bd.authzFor(pod.Namespace, pod.Labels)
+	if w.Enrolled && pod.Annotations[model.AnnotationBypassInbound] == "true" {
+		// The user's choice, but one that turns off what a STRICT policy
+		// or an L4 AuthorizationPolicy would enforce on it: say so.
+		pa := w.PeerAuthentication
+		strict := pa.Mode == model.MTLSStrict || slices.Contains(slices.Collect(maps.Values(pa.PortModes)), model.MTLSStrict)
+		if strict || len(w.AuthorizationPolicies) > 0 {
+			r.warn("annotation %s=true: its inbound plaintext reaches the app uncaptured, so neither STRICT mutual TLS nor L4 AuthorizationPolicies apply to it (mesh clients still come over mutual TLS and are checked); remove the annotation to enforce them",
+				model.AnnotationBypassInbound)
+		}
+	}
 	for _, svc := range bd.svcsByNS[pod.Namespace].matching(pod.Labels) {
 		ms := bd.svcByKey[svc.Namespace+"/"+svc.Name]
 		binding := model.ServiceBinding{
