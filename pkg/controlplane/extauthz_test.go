@@ -190,16 +190,10 @@ spec:
 		t.Errorf("clusters %v; want %s (no endpoints: no authz pod)", cfg.Clusters, cluster)
 	}
 
-	cfg = bookinfoWaypointWarned(t, `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-  - backendRefs: [{name: reviews, port: 9080}]
+	cfg = bookinfoWaypointWarned(t, reviewsHTTPRoute(`  - backendRefs: [{name: reviews, port: 9080}]
     filters:
     - {type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: authz, namespace: security, port: 8000}}}
-`, "HTTPRoute bookinfo/reviews: rules[0]: filters[0] (ExternalAuth): externalAuth backend authz does not resolve")
+`), "HTTPRoute bookinfo/reviews: rules[0]: filters[0] (ExternalAuth): externalAuth backend authz does not resolve")
 	if r := cfg.Listeners[0].VirtualHosts[0].Routes[0]; r.DirectResponse == nil || r.DirectResponse.Status != 500 || len(r.Destinations) != 0 {
 		t.Errorf("route with an unresolved authorizer = %+v; want a 500 answer, nothing forwarded", r)
 	}

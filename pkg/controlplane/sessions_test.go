@@ -27,6 +27,18 @@ func sessionsByPath(t *testing.T, cfg *model.L7Config) map[string]*model.Session
 	return out
 }
 
+// reviewsHTTPRoute is an HTTPRoute bound to the reviews Service's port 9080
+// (bookinfo), with rules (YAML list items, indented two spaces).
+func reviewsHTTPRoute(rules string) string {
+	return `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+` + rules
+}
+
 // labelledBookinfo builds bookinfo (with extra documents) whose reviews
 // Service carries labels (a YAML flow map's entries), wanting no rejection,
 // and returns the waypoint's L7 config.
@@ -52,13 +64,7 @@ func labelledBookinfo(t *testing.T, labels string, extra ...string) *model.L7Con
 // match; without a sessionName each rule gets its own generated name;
 // Header type, absoluteTimeout and a Permanent cookie are carried.
 func TestHTTPRouteSessionPersistence(t *testing.T) {
-	cfg := bookinfoWaypoint(t, `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /shop/}}, {path: {type: Exact, value: /login}}]
+	cfg := bookinfoWaypoint(t, reviewsHTTPRoute(`  - matches: [{path: {type: PathPrefix, value: /shop/}}, {path: {type: Exact, value: /login}}]
     backendRefs: [{name: reviews, port: 9080}]
     sessionPersistence: {}
   - matches: [{path: {type: RegularExpression, value: "/p1/p2/[a-z]+/p3"}}]
@@ -72,7 +78,7 @@ spec:
     sessionPersistence: {type: Cookie}
   - matches: [{path: {type: PathPrefix, value: /plain}}]
     backendRefs: [{name: reviews, port: 9080}]
-`)
+`))
 	got := sessionsByPath(t, cfg)
 	gen := got["/shop/"]
 	if gen == nil || !regexp.MustCompile(`^meshlet-session-[0-9a-f]{10}$`).MatchString(gen.Cookie) {
@@ -103,14 +109,8 @@ func TestHTTPRouteSessionPersistenceInvalid(t *testing.T) {
 		{`{cookieConfig: {lifetimeType: Permanent}}`, `rules[0].sessionPersistence: a Permanent cookie needs absoluteTimeout`},
 		{`{sessionName: "bad name"}`, `rules[0].sessionPersistence: session: cookie name "bad name" is not a token`},
 	} {
-		cfg := bookinfoWaypointWarned(t, `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-  - backendRefs: [{name: reviews, port: 9080}]
-    sessionPersistence: `+tc.sp+"\n", "HTTPRoute bookinfo/reviews: "+tc.warned)
+		cfg := bookinfoWaypointWarned(t, reviewsHTTPRoute(`  - backendRefs: [{name: reviews, port: 9080}]
+    sessionPersistence: `)+tc.sp+"\n", "HTTPRoute bookinfo/reviews: "+tc.warned)
 		r := cfg.Listeners[0].VirtualHosts[0].Routes[0]
 		if r.Session != nil || len(r.Destinations) != 1 {
 			t.Errorf("%s: route = %+v; want its destination and no session", tc.sp, r)
@@ -152,18 +152,12 @@ func TestLabelSessionPersistence(t *testing.T) {
 			t.Errorf("VirtualService route %s's session (-want +got):\n%s", r.Name, diff)
 		}
 	}
-	cfg = labelledBookinfo(t, `istio.io/persistent-session: bookinfo-session`, `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /own}}]
+	cfg = labelledBookinfo(t, `istio.io/persistent-session: bookinfo-session`, reviewsHTTPRoute(`  - matches: [{path: {type: PathPrefix, value: /own}}]
     backendRefs: [{name: reviews, port: 9080}]
     sessionPersistence: {sessionName: own}
   - matches: [{path: {type: PathPrefix, value: /label}}]
     backendRefs: [{name: reviews, port: 9080}]
-`)
+`))
 	got := sessionsByPath(t, cfg)
 	if got["/own"] == nil || got["/own"].Cookie != "own" || got["/label"] == nil || got["/label"].Cookie != "bookinfo-session" {
 		t.Errorf("sessions = /own %+v, /label %+v; want the rule's own, then the label's", got["/own"], got["/label"])
@@ -204,19 +198,13 @@ func TestDrainingEndpointsForSessions(t *testing.T) {
 // TestSessionNameShared: two rules giving one sessionName are warned
 // about (GEP-1619: rules never share sessions); both keep their sessions.
 func TestSessionNameShared(t *testing.T) {
-	cfg := bookinfoWaypointWarned(t, `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /a}}]
+	cfg := bookinfoWaypointWarned(t, reviewsHTTPRoute(`  - matches: [{path: {type: PathPrefix, value: /a}}]
     backendRefs: [{name: reviews, port: 9080}]
     sessionPersistence: {sessionName: shared}
   - matches: [{path: {type: PathPrefix, value: /b}}]
     backendRefs: [{name: reviews, port: 9080}]
     sessionPersistence: {sessionName: shared}
-`, `HTTPRoute bookinfo/reviews: rules[1].sessionPersistence: sessionName "shared" is also HTTPRoute bookinfo/reviews rules[0]'s`)
+`), `HTTPRoute bookinfo/reviews: rules[1].sessionPersistence: sessionName "shared" is also HTTPRoute bookinfo/reviews rules[0]'s`)
 	got := sessionsByPath(t, cfg)
 	if got["/a"] == nil || got["/b"] == nil {
 		t.Errorf("sessions = %v; want both rules' kept", got)
