@@ -152,6 +152,9 @@ func (p *Proxy) TapHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.WriteHeader(http.StatusOK)
 		rc := http.NewResponseController(w)
+		// The bound holds for a client that stops reading too: its writes
+		// fail then, and its tap slot is freed.
+		rc.SetWriteDeadline(time.Now().Add(time.Duration(secs)*time.Second + 10*time.Second))
 		rc.Flush()
 		enc := json.NewEncoder(w)
 		timer := time.NewTimer(time.Duration(secs) * time.Second)
