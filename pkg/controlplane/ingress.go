@@ -32,6 +32,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	for _, gw := range bd.ingress {
 		key := model.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
 		r := bd.rejecter(KindGateway, gw.Namespace, gw.Name)
+		warnUnservedGatewayFields(gw, r)
 		lb := &l7Builder{bd: bd, ns: gw.Namespace, clusters: map[string]*model.L7Cluster{}, ingress: true}
 		cfg := &model.L7Config{}
 		// The hosts of each port, in the order listeners and routes name
@@ -400,3 +401,17 @@ func intersectHostname(h, lh string) (string, bool) {
 	}
 	return "", false
 }
+
+// warnUnservedGatewayFields names the Gateway fields an ingress Gateway
+// sets that meshlet does not serve yet, and what happens instead:
+// ListenerSets (spec.allowedListeners) and default Gateways
+// (spec.defaultScope).
+func warnUnservedGatewayFields(gw *gatewayv1.Gateway, r *rejections) {
+	if a := gw.Spec.AllowedListeners; a != nil && a.Namespaces != nil && a.Namespaces.From != nil && *a.Namespaces.From != gatewayv1.NamespacesFromNone {
+		r.warn("spec.allowedListeners: meshlet does not serve ListenerSets yet: the listeners of ListenerSets attached to this Gateway are not opened; put them in spec.listeners")
+	}
+	if s := gw.Spec.DefaultScope; s != "" && s != "None" {
+		r.warn("spec.defaultScope %s: meshlet does not serve default Gateways yet: routes attach to this Gateway only by their parentRefs", s)
+	}
+}
+
