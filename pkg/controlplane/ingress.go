@@ -414,4 +414,3 @@ func warnUnservedGatewayFields(gw *gatewayv1.Gateway, r *rejections) {
 		r.warn("spec.defaultScope %s: meshlet does not serve default Gateways yet: routes attach to this Gateway only by their parentRefs", s)
 	}
 }
-
