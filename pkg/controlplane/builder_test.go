@@ -235,11 +235,15 @@ endpoints:
   conditions: {ready: true}
 - addresses: [192.168.5.6]
   conditions: {ready: false}
+- addresses: [192.168.5.7]
+  conditions: {ready: false, serving: true, terminating: true}
 `))
 	svc, _ := snap.Service("data/db")
+	// A terminating endpoint still serving is Draining (for sessions).
 	want := []model.Endpoint{
 		{Addresses: []netip.Addr{netip.MustParseAddr("192.168.5.5")}, Ports: map[uint32]uint32{5432: 15432}, Ready: true},
 		{Addresses: []netip.Addr{netip.MustParseAddr("192.168.5.6")}, Ports: map[uint32]uint32{5432: 15432}, Ready: false},
+		{Addresses: []netip.Addr{netip.MustParseAddr("192.168.5.7")}, Ports: map[uint32]uint32{5432: 15432}, Ready: false, Draining: true},
 	}
 	if diff := cmp.Diff(want, svc.Endpoints, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("endpoints mismatch (-want +got):\n%s", diff)
