@@ -88,7 +88,7 @@ func TestHotPathAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := &routeInput{path: "/api/v1", method: "GET", authority: "reviews:9080", header: http.Header{"End-User": {"alice"}}}
-	m, err := newMetrics(prometheus.NewRegistry(), "", nil)
+	m, err := newMetrics(prometheus.NewRegistry(), "", nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,17 +95,18 @@ type metrics struct {
 	// source of what it reports (Options.Self).
 	reporter string
 	self     *Peer
+	cluster  string // Options.ClusterID
 }
 
 // newMetrics registers the proxy's metrics with reg (nil: none), reported
 // as reporter ("" means "waypoint"); self, when set, stands in the source_*
 // labels (Options.Self).
-func newMetrics(reg prometheus.Registerer, reporter string, self *Peer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, reporter string, self *Peer, cluster string) (*metrics, error) {
 	if reporter == "" {
 		reporter = "waypoint"
 	}
 	m := &metrics{
-		reg: reg, reporter: reporter, self: self,
+		reg: reg, reporter: reporter, self: self, cluster: cluster,
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_waypoint_outlier_ejections_total", Help: "Endpoints ejected by outlier detection.",
 		}, []string{"cluster"}),
@@ -162,6 +163,7 @@ type metricSet struct {
 	warnOnce            sync.Once
 	logf                func(format string, args ...any)
 	reporter            string
+	cluster             string
 }
 
 // metricVec is one exported metric.
@@ -278,7 +280,7 @@ func (m *metrics) apply(overrides map[string]model.MetricOverride) error {
 	if old != nil && maps.EqualFunc(old.overrides, overrides, sameOverride) {
 		return nil
 	}
-	next := &metricSet{overrides: overrides, logf: m.logf, reporter: m.reporter}
+	next := &metricSet{overrides: overrides, logf: m.logf, reporter: m.reporter, cluster: m.cluster}
 	httpIndex, tcpIndex := map[string]int{}, map[string]int{}
 	for i := range numMetrics {
 		o := overrides[model.IstioMetrics[i]]
@@ -389,7 +391,7 @@ type seriesKey struct {
 }
 
 // labelValues are the key's values in istioLabels order.
-func (k *seriesKey) labelValues(reporter string) []string {
+func (k *seriesKey) labelValues(reporter, cluster string) []string {
 	d := k.dest
 	security := "none"
 	if k.srcPrincipal != "" {
@@ -403,10 +405,10 @@ func (k *seriesKey) labelValues(reporter string) []string {
 		reporter,
 		orUnknown(k.srcWorkload), orUnknown(k.srcNamespace), orUnknown(spiffeURI(k.srcPrincipal)),
 		orUnknown(k.srcApp), orUnknown(k.srcVersion),
-		orUnknown(k.srcCanonName), orUnknown(k.srcCanonRev), "unknown",
+		orUnknown(k.srcCanonName), orUnknown(k.srcCanonRev), inCluster(k.srcWorkload, cluster),
 		orUnknown(d.workload), orUnknown(d.namespace), orUnknown(spiffeURI(d.principal)), orUnknown(d.app), orUnknown(d.version),
 		orUnknown(d.service), orUnknown(d.name), orUnknown(d.namespace),
-		orUnknown(d.app), orUnknown(d.version), "unknown",
+		orUnknown(d.app), orUnknown(d.version), inCluster(d.workload, cluster),
 		protocol, strconv.Itoa(k.code), k.grpcStatus, k.flags, security,
 	}
 }
@@ -456,7 +458,7 @@ func (set *metricSet) seriesFor(k *seriesKey) *series {
 			return s
 		}
 	}
-	std := k.labelValues(set.reporter)
+	std := k.labelValues(set.reporter, set.cluster)
 	var custom []string
 	if len(set.httpExprs) > 0 {
 		custom = strings.Split(k.custom, "\x00")
@@ -556,4 +558,14 @@ func (m *metrics) tcp(p Peer, d destInfo, attrs func() *logfilter.Attributes) tc
 		}
 	}
 	return c
+}
+
+// inCluster is the source_cluster or destination_cluster of a workload: the
+// proxy's cluster when the workload is known (one of the mesh's), else
+// "unknown", as Istio labels them.
+func inCluster(workload, cluster string) string {
+	if workload == "" || cluster == "" {
+		return "unknown"
+	}
+	return cluster
 }

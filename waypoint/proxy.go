@@ -85,6 +85,10 @@ type Options struct {
 	// ProxyLocalities, its place for locality load balancing. Empty: the
 	// proxy's place is unknown, and locality rules prefer nothing.
 	NodeName string
+	// ClusterID is the source_cluster and destination_cluster of the mesh's
+	// workloads in request metrics (Istio's CLUSTER_ID, "Kubernetes" by
+	// default there); empty labels them "unknown".
+	ClusterID string
 
 	metrics *metrics
 }
@@ -152,7 +156,7 @@ func New(opts Options) (*Proxy, error) {
 	default:
 		return nil, fmt.Errorf("reporter %q: want waypoint or source", opts.Reporter)
 	}
-	m, err := newMetrics(opts.Registerer, opts.Reporter, self)
+	m, err := newMetrics(opts.Registerer, opts.Reporter, self, opts.ClusterID)
 	if err != nil {
 		return nil, fmt.Errorf("register waypoint metrics: %w", err)
 	}

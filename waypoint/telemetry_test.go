@@ -25,6 +25,7 @@ func TestMetricsAndAccessLog(t *testing.T) {
 		o.Peer = func(*http.Request) Peer {
 			return Peer{Principal: "spiffe://cluster.local/ns/default/sa/productpage", Workload: "productpage-v1", Labels: map[string]string{"app": "productpage"}}
 		}
+		o.ClusterID = "Kubernetes"
 	})
 	client := newClient(t)
 	for i := 0; i < 7; i++ {
@@ -50,7 +51,7 @@ func TestMetricsAndAccessLog(t *testing.T) {
 	}
 	ok := with(map[string]string{"response_code": "200", "destination_service": "reviews.default.svc.cluster.local",
 		"destination_service_name": "reviews", "destination_service_namespace": "default", "destination_app": "reviews", "destination_version": "v1", "response_flags": "-",
-		"destination_workload": "reviews-v1"})
+		"destination_workload": "reviews-v1", "source_cluster": "Kubernetes", "destination_cluster": "Kubernetes"})
 	tests := []struct {
 		metric string
 		labels map[string]string
@@ -60,7 +61,7 @@ func TestMetricsAndAccessLog(t *testing.T) {
 		{"istio_request_duration_milliseconds", ok, 7},
 		{"istio_request_bytes", ok, 7},
 		{"istio_response_bytes", ok, 7},
-		{"istio_requests_total", with(map[string]string{"response_code": "403"}), 3},
+		{"istio_requests_total", with(map[string]string{"response_code": "403", "source_cluster": "Kubernetes", "destination_cluster": "unknown"}), 3},
 		{"istio_requests_total", map[string]string{"reporter": "waypoint"}, 10},
 	}
 	for _, tt := range tests {

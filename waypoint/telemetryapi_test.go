@@ -278,7 +278,7 @@ func TestTCPMetricTagOverrides(t *testing.T) {
 // counted under "other".
 func TestMetricTagOverridesBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg, "", nil)
+	m, err := newMetrics(reg, "", nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +343,7 @@ func TestGatewayReportsAsSource(t *testing.T) {
 // to first when the request count's changes).
 func TestMetricLayoutKeptAcrossPushes(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg, "", nil)
+	m, err := newMetrics(reg, "", nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}

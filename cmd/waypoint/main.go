@@ -31,7 +31,7 @@ import (
 type flags struct {
 	meshdAddress, meshdServerName, rootCert, tokenFile string
 	trustDomain, namespace, serviceAccount, gateway    string
-	podName, nodeName                                  string
+	podName, nodeName, clusterID                       string
 	hboneAddr, metricsAddr, readyAddr, adminAddr       string
 	drainTimeout                                       time.Duration
 	accessLog                                          bool
@@ -55,6 +55,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.gateway, "gateway-name", os.Getenv("GATEWAY_NAME"), "the Gateway this waypoint serves (default $GATEWAY_NAME, from the pod label gateway.networking.k8s.io/gateway-name)")
 	flag.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name, for logs (default $POD_NAME)")
 	flag.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this pod runs on, for locality load balancing (default $NODE_NAME, from the downward API)")
+	flag.StringVar(&f.clusterID, "cluster-id", "Kubernetes", "the cluster's name in request metrics' source_cluster and destination_cluster (Istio's CLUSTER_ID, whose default this is)")
 	flag.StringVar(&f.hboneAddr, "hbone-addr", ":15008", "HBONE (mTLS HTTP/2 CONNECT) listen address")
 	flag.StringVar(&f.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics listen address; empty disables")
 	flag.StringVar(&f.readyAddr, "readiness-addr", ":15021", "/healthz/ready listen address; empty disables")
@@ -140,6 +141,7 @@ func run(ctx context.Context, f flags) error {
 		TrustDomain: td, Namespace: f.namespace, ServiceAccount: f.serviceAccount, GatewayName: f.gateway,
 		DrainTimeout: f.drainTimeout,
 		NodeName:     f.nodeName,
+		ClusterID:    f.clusterID,
 		KeepLean:     true,
 		Logger:       logger,
 	}

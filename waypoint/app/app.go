@@ -104,6 +104,8 @@ type Options struct {
 	// spec.nodeName): its place for locality load balancing. Empty: no
 	// locality preference.
 	NodeName string
+	// ClusterID names the cluster in request metrics (waypoint.Options).
+	ClusterID string
 	// Registerer receives the proxy's and the process's metrics; nil means a
 	// fresh registry served on Metrics.
 	Registerer *prometheus.Registry
@@ -457,6 +459,7 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 				TraceSampling: s.opts.TraceSampling,
 				ExportSpan:    s.opts.ExportSpan,
 				NodeName:      s.opts.NodeName,
+				ClusterID:     s.opts.ClusterID,
 
 				SpanServiceName: s.opts.SpanServiceName,
 				SpanResource:    s.opts.SpanResource,
