@@ -575,6 +575,21 @@ func TestWorkloadAddressedTraffic(t *testing.T) {
 		t.Errorf("TCP to the workload's own address = %q, %v; want the server's greeting", line, err)
 	}
 
+	// Istio's default retries apply to workload-addressed requests too: a
+	// 503 is retried.
+	var calls atomic.Int32
+	flaky := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "second try")
+	}))
+	target.Store(flaky)
+	if code, body := h.get(t, newClient(t), "/orders", nil); code != http.StatusOK || body != "second try" || calls.Load() != 2 {
+		t.Errorf("GET to a workload answering 503 once = %d %q after %d tries; want 200 from the retry", code, body, calls.Load())
+	}
+
 	// Not one of its workloads: refused.
 	_, port, _ := net.SplitHostPort(app)
 	target.Store("127.0.0.2:" + port)
