@@ -654,10 +654,10 @@ func (p *Proxy) EndpointStates(now time.Time) []configdump.Endpoint {
 	}
 	var out []configdump.Endpoint
 	add := func(u *upstream) {
-		for _, e := range slices.Concat(u.endpoints, u.draining) {
+		for i, e := range slices.Concat(u.endpoints, u.draining) {
 			e.mu.Lock()
 			d := configdump.Endpoint{Cluster: u.cluster, Subset: u.subset, Address: e.addr, Active: e.active.Load(), Ejections: e.ejections,
-				Locality: e.loc.String(), Priority: u.locality.describe(e), Draining: containsEndpoint(u.draining, e)}
+				Locality: e.loc.String(), Priority: u.locality.describe(e), Draining: i >= len(u.endpoints)}
 			if now.Before(e.ejectedUntil) {
 				d.EjectedUntil = e.ejectedUntil.UTC()
 			}

@@ -245,11 +245,7 @@ func compile(cfg *Config, old *compiled, opts *Options) (*compiled, error) {
 		if c.extAuthz == nil {
 			c.extAuthz = map[string]*extAuthz{}
 		}
-		x := &extAuthz{spec: e}
-		if cl := c.clusters[e.Cluster]; cl != nil {
-			x.up = cl.all
-		}
-		c.extAuthz[e.Name] = x
+		c.extAuthz[e.Name] = newExtAuthz(e, c.clusters)
 	}
 	if cfg.TCPCluster != "" {
 		cl := c.clusters[cfg.TCPCluster]
@@ -343,10 +339,7 @@ func compileRoute(spec *model.L7Route, clusters map[string]*cluster, shared *rat
 		r.session = newRouteSession(spec.Session)
 	}
 	if x := spec.ExtAuthz; x != nil {
-		r.extAuthz = &extAuthz{spec: *x}
-		if cl := clusters[x.Cluster]; cl != nil {
-			r.extAuthz.up = cl.all
-		}
+		r.extAuthz = newExtAuthz(*x, clusters)
 	}
 	for _, m := range spec.Matches {
 		cm := match{port: m.Port, srcLabels: m.SourceLabels, srcNamespace: m.SourceNamespace}

@@ -45,6 +45,15 @@ type extAuthz struct {
 	up   *upstream // nil: the provider's service is unknown, checks fail
 }
 
+// newExtAuthz compiles provider spec over the config's clusters.
+func newExtAuthz(spec model.ExtAuthz, clusters map[string]*cluster) *extAuthz {
+	x := &extAuthz{spec: spec}
+	if cl := clusters[spec.Cluster]; cl != nil {
+		x.up = cl.all
+	}
+	return x
+}
+
 // authzVerdict is the provider's answer to one request.
 type authzVerdict struct {
 	allow bool
@@ -325,22 +334,23 @@ func socketAddress(ip netip.Addr, port uint32) *corev3.Address {
 	}}}
 }
 
-// matchHeader reports whether header name k matches one of patterns:
-// exact, "prefix*" or "*suffix", case-insensitive.
 // upstreamHeader reports whether the provider's answer header k goes on the
 // request sent upstream, by patterns (HeadersToUpstreamOnAllow): framing
 // and hop-by-hop fields never do, the answer's own representation fields
 // only when named, and "*" takes the rest.
 func upstreamHeader(patterns []string, k string) bool {
-	switch http.CanonicalHeaderKey(k) {
-	case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive", "Upgrade", "Te", "Trailer", "Host", "Authority":
+	k = http.CanonicalHeaderKey(k)
+	switch {
+	case isHopHeader(k) || k == "Content-Length" || k == "Host" || k == "Authority":
 		return false
-	case "Content-Type", "Content-Encoding", "Date", "Server":
+	case k == "Content-Type" || k == "Content-Encoding" || k == "Date" || k == "Server":
 		return slices.ContainsFunc(patterns, func(p string) bool { return strings.EqualFold(p, k) })
 	}
 	return slices.Contains(patterns, "*") || matchHeader(patterns, k)
 }
 
+// matchHeader reports whether header name k matches one of patterns:
+// exact, "prefix*" or "*suffix", case-insensitive.
 func matchHeader(patterns []string, k string) bool {
 	for _, p := range patterns {
 		switch {

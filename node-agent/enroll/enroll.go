@@ -55,7 +55,7 @@ type Pod struct {
 	// it; empty when unknown (eth0 by convention).
 	IfName string
 	// BypassInbound leaves the pod's inbound plaintext connections to the
-	// app, uncaptured (kube.AnnotationBypassInbound "true"); its outbound
+	// app, uncaptured (model.AnnotationBypassInbound "true"); its outbound
 	// traffic and HBONE inbound stay the mesh's.
 	BypassInbound bool
 }
@@ -63,7 +63,7 @@ type Pod struct {
 // InMesh applies the enrollment rule (see the package doc) to a pod and its
 // namespace's labels; node placement and the pod's phase are the caller's.
 func InMesh(nsLabels map[string]string, pod *kube.Pod) bool {
-	if pod.Spec.HostNetwork || hasSidecar(pod) || pod.Annotations[model.AnnotationRedirection] == model.AnnotationRedirectionDisabled {
+	if pod.Spec.HostNetwork || hasSidecar(pod) || model.RedirectionDisabled(pod.Annotations) {
 		return false
 	}
 	switch pod.Labels[Label] {

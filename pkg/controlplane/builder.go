@@ -3,9 +3,7 @@ package controlplane
 import (
 	"hash/fnv"
 	"io"
-	"maps"
 	"net/netip"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -91,6 +89,9 @@ type build struct {
 	// sessionNames are the route rules that gave each sessionName, the
 	// first one seen (sessions.go).
 	sessionNames map[string]string
+	// frontend caches frontendValidation by Gateway key and port: the
+	// config and the status of a listener read it, each parsing its CAs.
+	frontend map[string]*frontendTLS
 	// podsByProxy indexes workloads by the proxy their gateway-name label
 	// names (proxyPods), once the workloads are built.
 	podsByProxy map[model.NamespacedName][]*model.Workload
@@ -697,7 +698,10 @@ func (bd *build) podWorkload(pod *corev1.Pod, ns *corev1.Namespace) *model.Workl
 		// The user's choice, but one that turns off what a STRICT policy
 		// or an L4 AuthorizationPolicy would enforce on it: say so.
 		pa := w.PeerAuthentication
-		strict := pa.Mode == model.MTLSStrict || slices.Contains(slices.Collect(maps.Values(pa.PortModes)), model.MTLSStrict)
+		strict := pa.Mode == model.MTLSStrict
+		for _, m := range pa.PortModes {
+			strict = strict || m == model.MTLSStrict
+		}
 		if strict || len(w.AuthorizationPolicies) > 0 {
 			r.warn("annotation %s=true: its inbound plaintext reaches the app uncaptured, so neither STRICT mutual TLS nor L4 AuthorizationPolicies apply to it (mesh clients still come over mutual TLS and are checked); remove the annotation to enforce them",
 				model.AnnotationBypassInbound)

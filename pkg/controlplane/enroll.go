@@ -28,7 +28,7 @@ func enrollment(pod *corev1.Pod, ns *corev1.Namespace) (bool, string) {
 		return false, "pod uses the host network"
 	case podMode == dataplaneModeNone:
 		return false, "pod label " + label.IoIstioDataplaneMode.Name + "=none"
-	case pod.Annotations[model.AnnotationRedirection] == model.AnnotationRedirectionDisabled:
+	case model.RedirectionDisabled(pod.Annotations):
 		return false, "pod annotation " + model.AnnotationRedirection + "=" + model.AnnotationRedirectionDisabled
 	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
 		return false, "pod has finished (" + string(pod.Status.Phase) + ")"

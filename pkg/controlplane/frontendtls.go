@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/x509"
 	"fmt"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,11 +34,25 @@ type frontendTLS struct {
 
 // frontendValidation returns the client validation gw asks of its
 // listeners on port (spec.tls.frontend: the port's own entry, else the
-// default); nil when none.
+// default); nil when none. Computed once per build.
 func (bd *build) frontendValidation(gw *gatewayv1.Gateway, port gatewayv1.PortNumber) *frontendTLS {
 	if gw.Spec.TLS == nil || gw.Spec.TLS.Frontend == nil {
 		return nil
 	}
+	key := gw.Namespace + "/" + gw.Name + ":" + strconv.Itoa(int(port))
+	if fv, ok := bd.frontend[key]; ok {
+		return fv
+	}
+	fv := bd.resolveFrontend(gw, port)
+	if bd.frontend == nil {
+		bd.frontend = map[string]*frontendTLS{}
+	}
+	bd.frontend[key] = fv
+	return fv
+}
+
+// resolveFrontend is frontendValidation, uncached.
+func (bd *build) resolveFrontend(gw *gatewayv1.Gateway, port gatewayv1.PortNumber) *frontendTLS {
 	f := gw.Spec.TLS.Frontend
 	v := f.Default.Validation
 	for _, pp := range f.PerPort {

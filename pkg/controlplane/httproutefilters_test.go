@@ -15,15 +15,7 @@ import (
 // its requests are answered 500, never served without it.
 func TestHTTPRouteFilters(t *testing.T) {
 	const cluster = "outbound|9080||reviews.bookinfo.svc.cluster.local"
-	route := func(rules string) string {
-		return `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-` + rules
-	}
+	route := reviewsHTTPRoute
 	tests := []struct {
 		name     string
 		rules    string

@@ -27,18 +27,6 @@ func sessionsByPath(t *testing.T, cfg *model.L7Config) map[string]*model.Session
 	return out
 }
 
-// reviewsHTTPRoute is an HTTPRoute bound to the reviews Service's port 9080
-// (bookinfo), with rules (YAML list items, indented two spaces).
-func reviewsHTTPRoute(rules string) string {
-	return `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: bookinfo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-` + rules
-}
-
 // labelledBookinfo builds bookinfo (with extra documents) whose reviews
 // Service carries labels (a YAML flow map's entries), wanting no rejection,
 // and returns the waypoint's L7 config.

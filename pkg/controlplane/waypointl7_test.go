@@ -315,6 +315,18 @@ spec:
 	return cfg.Listeners[0].VirtualHosts[0].Routes[0]
 }
 
+// reviewsHTTPRoute is an HTTPRoute bound to the reviews Service's port 9080
+// (bookinfo), with rules (YAML list items, indented two spaces).
+func reviewsHTTPRoute(rules string) string {
+	return `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+` + rules
+}
+
 // bookinfoWaypoint builds bookinfo with doc added, wants no rejection, and
 // returns the bookinfo waypoint's L7 config.
 func bookinfoWaypoint(t *testing.T, doc string) *model.L7Config {

@@ -36,6 +36,13 @@ const (
 	AnnotationBypassInbound = "ambient.istio.io/bypass-inbound-capture"
 )
 
+// RedirectionDisabled reports whether a pod's annotations opt it out of the
+// mesh (AnnotationRedirection "disabled"): meshd and the node agent apply
+// the same rule.
+func RedirectionDisabled(annotations map[string]string) bool {
+	return annotations[AnnotationRedirection] == AnnotationRedirectionDisabled
+}
+
 // WorkloadKind says where a workload came from.
 type WorkloadKind string
 
