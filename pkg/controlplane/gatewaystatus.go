@@ -63,12 +63,12 @@ import (
 const ControllerName gatewayv1.GatewayController = "meshlet.dev/gateway-controller"
 
 // ObjectStatus is the Gateway API status meshd computed for one HTTPRoute,
-// GRPCRoute, BackendTLSPolicy, Gateway or GatewayClass: only the entries
+// GRPCRoute, TLSRoute, TCPRoute, BackendTLSPolicy, Gateway, ListenerSet or GatewayClass: only the entries
 // under ControllerName, or the fields meshd owns (listenerstatus.go).
 // Conditions have no LastTransitionTime; the writer sets it.
 type ObjectStatus struct {
-	// Kind is KindHTTPRoute, KindGRPCRoute, KindBackendTLSPolicy,
-	// KindGateway or KindGatewayClass.
+	// Kind is KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute,
+	// KindBackendTLSPolicy, KindGateway, KindListenerSet or KindGatewayClass.
 	Kind string
 	// Namespace is "" for a GatewayClass (cluster-scoped).
 	Namespace, Name string
@@ -82,12 +82,19 @@ type ObjectStatus struct {
 	// the order of spec.targetRefs.
 	Ancestors []gatewayv1.PolicyAncestorStatus
 	// Listeners, for a Gateway of a meshlet class: status.listeners, one
-	// entry per spec listener in spec order.
+	// entry per spec listener in spec order; for a ListenerSet whose
+	// parent is one: its status.listeners (gatewayv1.ListenerEntryStatus,
+	// the same fields), one entry per spec listener in spec order.
 	Listeners []gatewayv1.ListenerStatus
+	// AttachedListenerSets, for a Gateway of a meshlet class: its
+	// status.attachedListenerSets, the ListenerSets attached to it and
+	// Accepted.
+	AttachedListenerSets *int32
 	// Conditions, for a GatewayClass whose controllerName is
 	// ControllerName: Accepted and SupportedVersion; for an ingress
 	// Gateway, those of GatewayOwnedConditions that apply (its Accepted
-	// and Programmed are pkg/deployer's).
+	// and Programmed are pkg/deployer's); for a ListenerSet, Accepted and
+	// Programmed.
 	Conditions []metav1.Condition
 }
 

@@ -50,6 +50,7 @@ const (
 	KindGRPCRoute             = "GRPCRoute"
 	KindTLSRoute              = "TLSRoute"
 	KindTCPRoute              = "TCPRoute"
+	KindListenerSet           = "ListenerSet"
 	KindReferenceGrant        = "ReferenceGrant"
 	KindTelemetry             = "Telemetry"
 	KindLocalRateLimitPolicy  = "LocalRateLimitPolicy"
@@ -100,6 +101,7 @@ type Inputs struct {
 	grpcRoutes      map[string]*gatewayv1.GRPCRoute
 	tlsRoutes       map[string]*gatewayv1.TLSRoute
 	tcpRoutes       map[string]*gatewayv1.TCPRoute
+	listenerSets    map[string]*gatewayv1.ListenerSet
 	referenceGrants map[string]*gatewayv1.ReferenceGrant
 	backendTLS      map[string]*gatewayv1.BackendTLSPolicy
 
@@ -125,7 +127,7 @@ func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) 
 // (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
 // security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
 // RequestAuthentication), telemetry v1 and v1alpha1 (Telemetry); and sigs.k8s.io/gateway-api v1 (Gateway,
-// GatewayClass, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ReferenceGrant, BackendTLSPolicy). Adding an object with
+// GatewayClass, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ListenerSet, ReferenceGrant, BackendTLSPolicy). Adding an object with
 // the namespace/name of one already added replaces it. Any other type is an error.
 func (in *Inputs) Add(obj runtime.Object) error {
 	switch o := obj.(type) {
@@ -212,6 +214,8 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		put(&in.tlsRoutes, key(o), o)
 	case *gatewayv1.TCPRoute:
 		put(&in.tcpRoutes, key(o), o)
+	case *gatewayv1.ListenerSet:
+		put(&in.listenerSets, key(o), o)
 	case *gatewayv1.ReferenceGrant:
 		put(&in.referenceGrants, key(o), o)
 	case *gatewayv1.BackendTLSPolicy:
@@ -257,8 +261,8 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // GatewayAPIObject returns the HTTPRoute, GRPCRoute, TLSRoute, TCPRoute,
-// BackendTLSPolicy, Gateway or GatewayClass (kind KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute,
-// KindBackendTLSPolicy, KindGateway or KindGatewayClass; namespace "" for
+// BackendTLSPolicy, Gateway, ListenerSet or GatewayClass (kind KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute,
+// KindBackendTLSPolicy, KindGateway, KindListenerSet or KindGatewayClass; namespace "" for
 // a GatewayClass) named namespace/name, nil when the inputs hold none. It is shared: do not
 // modify it.
 func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object {
@@ -286,6 +290,10 @@ func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object 
 		}
 	case KindGateway:
 		if o, ok := in.gateways[k]; ok {
+			return o
+		}
+	case KindListenerSet:
+		if o, ok := in.listenerSets[k]; ok {
 			return o
 		}
 	case KindGatewayClass:
