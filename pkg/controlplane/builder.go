@@ -125,6 +125,11 @@ type build struct {
 	btlsPolicies  []*backendTLS                                    // every BackendTLSPolicy, oldest first (for status)
 	wlByUID       map[string]*model.Workload
 	ingress       []*gatewayv1.Gateway
+	// gwListeners are the ingress Gateways' merged listener lists and
+	// setStates the ListenerSets whose parent is a meshlet Gateway, by
+	// key, decided once (attachListenerSets).
+	gwListeners map[*gatewayv1.Gateway][]ingressListener
+	setStates   map[string]*setState
 	validIstioGws []config[networkingapi.Gateway]
 	credentials   map[string]*credentialCheck      // credentialName Secrets parsed in this build (upstreamTLS)
 	autoAllocated map[string]*model.Service        // ServiceEntry key -> its service, when it got an automatic address
@@ -494,7 +499,7 @@ func (bd *build) waypointAccepts(key model.NamespacedName, ns string) bool {
 	}
 	for _, l := range gw.Spec.Listeners {
 		if l.Protocol == "HBONE" || l.Port == 15008 {
-			return bd.allowedRoute(ns, gw, l)
+			return bd.allowedRoute(ns, gw.Namespace, l)
 		}
 	}
 	return false

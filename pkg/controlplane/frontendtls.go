@@ -124,6 +124,16 @@ func (bd *build) frontendFault(gw *gatewayv1.Gateway, l gatewayv1.Listener) *fro
 	return nil
 }
 
+// frontendFaultText is fv's fault as told about listener l of gw: in full
+// for the Gateway's own listeners; for a ListenerSet's, without the names
+// of the Gateway's ConfigMaps, which are not the set owner's to fix.
+func frontendFaultText(gw *gatewayv1.Gateway, l ingressListener, fv *frontendTLS) string {
+	if l.set == nil {
+		return fv.msg
+	}
+	return fmt.Sprintf("a CA certificate reference of the client certificate validation Gateway %s/%s asks for on port %d (spec.tls.frontend) does not resolve: its owner must fix it (see the Gateway's events)", gw.Namespace, gw.Name, l.Port)
+}
+
 // backendClientCert is the client certificate gw's spec.tls.backend names
 // for its TLS connections to backends (Core: a kubernetes.io/tls Secret of
 // its namespace, or of another whose ReferenceGrant allows it): the

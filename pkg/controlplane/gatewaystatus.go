@@ -272,51 +272,70 @@ func (bd *build) parentAccepts(routeKind, routeNS, routeName string, hostnames [
 		if !slices.Contains(bd.ingress, gw) {
 			return true, false, noParent, fmt.Sprintf("Gateway %s is invalid and serves no route (see its events)", key)
 		}
-		one := []gatewayv1.ParentReference{pr}
-		matched, http, allowed := false, false, false
-		var listenerHosts, taken []string
-		for i, l := range gw.Spec.Listeners {
-			if !attached(one, routeNS, gw, l) {
-				continue
-			}
-			matched = true
-			if reason, _ := bd.unservedListener(gw, i); reason != "" {
-				continue
-			}
-			if kinds, _ := listenerKinds(l); !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == routeKind }) {
-				continue
-			}
-			http = true
-			if !bd.allowedRoute(routeNS, gw, l) {
-				continue
-			}
-			allowed = true
-			if routeKind == KindTCPRoute {
-				if on := bd.tcpRouteOn(gw, l); on.Namespace != routeNS || on.Name != routeName {
-					taken = append(taken, fmt.Sprintf("listener %q forwards to TCPRoute %s/%s, the oldest", l.Name, on.Namespace, on.Name))
-					continue
-				}
-			}
-			if routeDomains(hostnames, l) != nil {
-				return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("attached to Gateway %s listener %q", key, l.Name)
-			}
-			listenerHosts = append(listenerHosts, fmt.Sprintf("%q (listener %q)", *l.Hostname, l.Name))
+		return bd.listenersAccept(routeKind, routeNS, routeName, hostnames, pr, gw, "Gateway "+key)
+	case kind == KindListenerSet && group == gatewayv1.GroupName:
+		st := bd.listenerSet(key)
+		if st == nil {
+			return false, false, "", "" // no such set, or its Gateway is not ours
 		}
-		switch {
-		case !matched:
-			return true, false, noParent, fmt.Sprintf("Gateway %s has no listener matching the parentRef's sectionName and port", key)
-		case !http:
-			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches takes a %s: HTTP and HTTPS listeners take HTTPRoutes and GRPCRoutes, TLS passthrough listeners TLSRoutes, TCP listeners TCPRoutes (see the Gateway's status.listeners)", key, routeKind)
-		case !allowed:
-			return true, false, notAllowed, fmt.Sprintf("no listener of Gateway %s the parentRef matches admits routes from namespace %s (allowedRoutes.namespaces)", key, routeNS)
-		case len(taken) > 0:
-			return true, false, notAllowed, fmt.Sprintf("a TCP listener forwards to one TCPRoute: of Gateway %s, %s", key, strings.Join(taken, "; "))
-		default:
-			return true, false, string(gatewayv1.RouteReasonNoMatchingListenerHostname), fmt.Sprintf("none of the route's hostnames %s matches the hostname of a listener of Gateway %s the parentRef matches: %s; add a matching hostname to the route or to a listener",
-				hostnameList(hostnames), key, strings.Join(listenerHosts, ", "))
+		if st.reason != "" {
+			return true, false, noParent, fmt.Sprintf("ListenerSet %s is not attached to a Gateway: %s", key, st.msg)
 		}
+		return bd.listenersAccept(routeKind, routeNS, routeName, hostnames, pr, st.gw, "ListenerSet "+key)
 	}
 	return false, false, "", ""
+}
+
+// listenersAccept decides parentRef pr of a route to ingress Gateway gw,
+// or to one of its ListenerSets (parent names which in messages), over the
+// listeners of gw's merged list the parentRef reaches (attached).
+func (bd *build) listenersAccept(routeKind, routeNS, routeName string, hostnames []gatewayv1.Hostname, pr gatewayv1.ParentReference, gw *gatewayv1.Gateway, parent string) (ours, ok bool, reason, msg string) {
+	noParent := string(gatewayv1.RouteReasonNoMatchingParent)
+	notAllowed := string(gatewayv1.RouteReasonNotAllowedByListeners)
+	one := []gatewayv1.ParentReference{pr}
+	matched, http, allowed := false, false, false
+	var listenerHosts, taken []string
+	for i, l := range bd.ingressListeners(gw) {
+		if !attached(one, routeNS, gw, l) {
+			continue
+		}
+		matched = true
+		if reason, _ := bd.unservedListener(gw, i); reason != "" {
+			continue
+		}
+		if kinds, _ := listenerKinds(l.Listener); !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == routeKind }) {
+			continue
+		}
+		http = true
+		if !bd.listenerAdmits(routeNS, gw, l) {
+			continue
+		}
+		allowed = true
+		if routeKind == KindTCPRoute {
+			if on := bd.tcpRouteOn(gw, l); on.Namespace != routeNS || on.Name != routeName {
+				taken = append(taken, fmt.Sprintf("listener %q forwards to TCPRoute %s/%s, the oldest", l.Name, on.Namespace, on.Name))
+				continue
+			}
+		}
+		if routeDomains(hostnames, l.Listener) != nil {
+			return true, true, string(gatewayv1.RouteReasonAccepted), fmt.Sprintf("attached to %s listener %q", parent, l.Name)
+		}
+		listenerHosts = append(listenerHosts, fmt.Sprintf("%q (listener %q)", *l.Hostname, l.Name))
+	}
+	switch {
+	case !matched:
+		return true, false, noParent, fmt.Sprintf("%s has no listener matching the parentRef's sectionName and port", parent)
+	case !http:
+		return true, false, notAllowed, fmt.Sprintf("no listener of %s the parentRef matches takes a %s: HTTP and HTTPS listeners take HTTPRoutes and GRPCRoutes, TLS passthrough listeners TLSRoutes, TCP listeners TCPRoutes (see its status.listeners)", parent, routeKind)
+	case !allowed:
+		return true, false, notAllowed, fmt.Sprintf("no listener of %s the parentRef matches admits routes from namespace %s (allowedRoutes.namespaces)", parent, routeNS)
+	case len(taken) > 0:
+		return true, false, notAllowed, fmt.Sprintf("a TCP listener forwards to one TCPRoute: of %s, %s", parent, strings.Join(taken, "; "))
+	default:
+		return true, false, string(gatewayv1.RouteReasonNoMatchingListenerHostname), fmt.Sprintf("none of the route's hostnames %s matches the hostname of a listener of %s the parentRef matches: %s; add a matching hostname to the route or to a listener",
+			hostnameList(hostnames), parent, strings.Join(listenerHosts, ", "))
+	}
+
 }
 
 // hostnameList prints a route's hostnames for a message.

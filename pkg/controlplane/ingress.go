@@ -27,7 +27,9 @@ import (
 // certificateRef: see listenerTLS) is chosen by SNI from its hostname, the first listener's serving a client
 // whose SNI names no listener. An HTTP and an HTTPS listener on one port
 // conflict: the later is skipped (status Conflicted, ProtocolConflict).
-// Other protocols and TLS passthrough are reported and skipped.
+// Other protocols and TLS passthrough are reported and skipped. The
+// listeners are the Gateway's merged list, its ListenerSets' after its own
+// (listenersets.go); a set's listener's faults are reported on the set.
 func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	for _, gw := range bd.ingress {
 		key := model.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
@@ -48,14 +50,15 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			hosts    []*host
 		}
 		var ports []*port
-		for i, l := range gw.Spec.Listeners {
+		for i, l := range bd.ingressListeners(gw) {
+			lr := bd.listenerRejecter(gw, l)
 			if _, msg := bd.unservedListener(gw, i); msg != "" {
-				r.warn("listener %q: %s; skipped", l.Name, msg)
+				lr.warn("listener %q: %s; skipped", l.Name, msg)
 				continue
 			}
 			var tlsCfg *model.ListenerTLS
 			if l.Protocol == gatewayv1.HTTPSProtocolType {
-				if tlsCfg = bd.listenerTLS(gw, l, r); tlsCfg == nil {
+				if tlsCfg = bd.listenerTLS(gw, l, lr); tlsCfg == nil {
 					continue
 				}
 			}
@@ -88,12 +91,12 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			// A route attaches to the listener when it names it as a parent,
 			// the listener admits its namespace, and their hostnames meet.
 			for _, rt := range oldestFirst(bd.validRoutes) {
-				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l) != nil {
+				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
 					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
 			}
 			for _, rt := range oldestFirst(bd.validGRPC) {
-				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l) != nil {
+				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
 					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
 				}
 			}
@@ -102,7 +105,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 					bd.rejecter(rt.kind, rt.ns, rt.name).reject("%v", err)
 					continue
 				}
-				doms := routeDomains(rt.hostnames, l)
+				doms := routeDomains(rt.hostnames, l.Listener)
 				i := slices.IndexFunc(pt.hosts, func(h *host) bool { return slices.Equal(h.domains, doms) })
 				if i < 0 {
 					i = len(pt.hosts)
@@ -152,13 +155,18 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 	}
 }
 
-// unservedListener says why listener i of an ingress Gateway is not
-// served, with the status reason, "" when it is: a protocol other than HTTP
-// and HTTPS, TLS passthrough (UnsupportedProtocol), or a port an earlier
-// listener serves with the other of the two (ProtocolConflict). An HTTPS
-// listener's certificate is its ResolvedRefs (certificateRefsFault).
+// unservedListener says why listener i of an ingress Gateway's merged list
+// (ingressListeners) is not served, with the status reason, "" when it
+// is: a protocol meshlet's ingress does not serve, or HTTPS passthrough
+// and TLS termination (UnsupportedProtocol), a port an earlier listener
+// serves as another of HTTP, TLS and TCP (ProtocolConflict), or the port,
+// protocol and hostname of an earlier listener (HostnameConflict: the
+// Gateway's CRD forbids it within the Gateway; across its ListenerSets
+// the earlier wins). An HTTPS listener's certificate is its ResolvedRefs
+// (certificateRefsFault).
 func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.ListenerConditionReason, string) {
-	l := gw.Spec.Listeners[i]
+	all := bd.ingressListeners(gw)
+	l := all[i]
 	passthrough := l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough
 	switch l.Protocol {
 	case gatewayv1.HTTPProtocolType, gatewayv1.TCPProtocolType:
@@ -173,9 +181,19 @@ func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.Liste
 	default:
 		return gatewayv1.ListenerReasonUnsupportedProtocol, fmt.Sprintf("protocol %s is not served by meshlet's ingress (HTTP, HTTPS, TLS passthrough and TCP are)", l.Protocol)
 	}
-	for _, o := range gw.Spec.Listeners[:i] {
-		if o.Port == l.Port && portFamily(o.Protocol) != portFamily(l.Protocol) && portFamily(o.Protocol) != "" {
-			return gatewayv1.ListenerReasonProtocolConflict, fmt.Sprintf("port %d already serves listener %q over %s; a port serves HTTP, or TLS (HTTPS and TLS passthrough, told apart by SNI), or TCP", l.Port, o.Name, o.Protocol)
+	for _, o := range all[:i] {
+		if o.Port != l.Port || portFamily(o.Protocol) == "" {
+			continue
+		}
+		if portFamily(o.Protocol) != portFamily(l.Protocol) {
+			return gatewayv1.ListenerReasonProtocolConflict, fmt.Sprintf("port %d already serves %s over %s; a port serves HTTP, or TLS (HTTPS and TLS passthrough, told apart by SNI), or TCP", l.Port, otherListener(gw, o, l), o.Protocol)
+		}
+		if o.Protocol == l.Protocol && listenerHostname(o.Listener) == listenerHostname(l.Listener) {
+			host := "no hostname"
+			if h := listenerHostname(l.Listener); h != "" {
+				host = "hostname " + h
+			}
+			return gatewayv1.ListenerReasonHostnameConflict, fmt.Sprintf("port %d, protocol %s and %s are already %s's; give this listener another hostname or port", l.Port, l.Protocol, host, otherListener(gw, o, l))
 		}
 	}
 	return "", ""
@@ -195,9 +213,17 @@ func portFamily(p gatewayv1.ProtocolType) string {
 	return ""
 }
 
+// listenerHostname is l's hostname, "" without one.
+func listenerHostname(l gatewayv1.Listener) string {
+	if l.Hostname == nil {
+		return ""
+	}
+	return string(*l.Hostname)
+}
+
 // l4Routes adds to ml the TLSRoutes (a TLS passthrough listener) or the
 // TCPRoute (a TCP listener: tcpRouteOn) attached to listener l of gw.
-func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *model.L7Listener) {
+func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l ingressListener, ml *model.L7Listener) {
 	bd := lb.bd
 	backends := func(kind, ns, name string, refs []gatewayv1.BackendRef) []model.WeightedDestination {
 		return lb.l4Backends(kind, ns, name, refs, 0)
@@ -205,8 +231,8 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l gatewayv1.Listener, ml *m
 	switch l.Protocol {
 	case gatewayv1.TLSProtocolType:
 		for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tlsRoutes))) {
-			doms := routeDomains(rt.Spec.Hostnames, l)
-			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.allowedRoute(rt.Namespace, gw, l) || doms == nil {
+			doms := routeDomains(rt.Spec.Hostnames, l.Listener)
+			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.listenerAdmits(rt.Namespace, gw, l) || doms == nil {
 				continue
 			}
 			if ds := backends(KindTLSRoute, rt.Namespace, rt.Name, tlsRouteBackends(rt)); len(ds) > 0 {
@@ -244,9 +270,9 @@ func (lb *l7Builder) l4Backends(kind, ns, name string, refs []gatewayv1.BackendR
 // oldest of those attached to it that it admits; nil for none. A TCP
 // listener forwards to one route (Gateway API leaves several to the
 // implementation); the others are not accepted there (parentAccepts).
-func (bd *build) tcpRouteOn(gw *gatewayv1.Gateway, l gatewayv1.Listener) *gatewayv1.TCPRoute {
+func (bd *build) tcpRouteOn(gw *gatewayv1.Gateway, l ingressListener) *gatewayv1.TCPRoute {
 	for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes))) {
-		if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.allowedRoute(rt.Namespace, gw, l) {
+		if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) {
 			return rt
 		}
 	}
@@ -254,12 +280,13 @@ func (bd *build) tcpRouteOn(gw *gatewayv1.Gateway, l gatewayv1.Listener) *gatewa
 }
 
 // listenerTLS is an HTTPS listener's certificate: its first certificateRef,
-// a kubernetes.io/tls Secret of the Gateway's namespace (or of another one
-// whose ReferenceGrant lets the Gateway refer to it), chosen by SNI from
+// a kubernetes.io/tls Secret of the namespace of the Gateway or ListenerSet
+// it is written in (or of another one whose ReferenceGrant lets that
+// object refer to it), chosen by SNI from
 // the listener's hostname (any, without one). Nil, reported, when the
 // reference does not resolve or the Secret's key pair is not usable (the
 // listener's ResolvedRefs says why).
-func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rejections) *model.ListenerTLS {
+func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l ingressListener, r *rejections) *model.ListenerTLS {
 	if reason, msg := bd.certificateRefsFault(gw, l); reason != "" {
 		r.warn("listener %q: %s; skipped", l.Name, msg)
 		return nil
@@ -268,7 +295,7 @@ func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rej
 	if len(l.TLS.CertificateRefs) > 1 {
 		r.warn("listener %q: only the first of %d certificateRefs (%s) is served", l.Name, len(l.TLS.CertificateRefs), ref.Name)
 	}
-	ns := gw.Namespace
+	ns := l.namespace(gw)
 	if ref.Namespace != nil && *ref.Namespace != "" {
 		ns = string(*ref.Namespace) // granted: checked with the ref, as its key pair
 	}
@@ -282,11 +309,11 @@ func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rej
 	if fv := bd.frontendValidation(gw, l.Port); fv != nil {
 		if fv.caPEM == "" {
 			// Never served without the client validation asked for.
-			r.warn("listener %q: %s; not served: no usable client CA certificate", l.Name, fv.msg)
+			r.warn("listener %q: %s; not served: no usable client CA certificate", l.Name, frontendFaultText(gw, l, fv))
 			return nil
 		}
 		if fv.msg != "" {
-			r.warn("listener %q: %s; served with the other CA certificates", l.Name, fv.msg)
+			r.warn("listener %q: %s; served with the other CA certificates", l.Name, frontendFaultText(gw, l, fv))
 		}
 		if fv.mode == model.TLSModeOptionalMutual {
 			r.warn("listener %q: spec.tls.frontend mode %s lets clients without a valid certificate in: use it while migrating clients only", l.Name, gatewayv1.AllowInsecureFallback)
@@ -296,10 +323,17 @@ func (bd *build) listenerTLS(gw *gatewayv1.Gateway, l gatewayv1.Listener, r *rej
 	return out
 }
 
-// attached reports whether a route in routeNS with refs names gw and listener l as a parent.
-func attached(refs []gatewayv1.ParentReference, routeNS string, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
+// attached reports whether a route in routeNS with refs names listener l
+// of gw as a parent: through a parentRef to the object l is written in,
+// the Gateway for its own listeners, the ListenerSet for a set's (a
+// parentRef to the Gateway does not reach its sets' listeners).
+func attached(refs []gatewayv1.ParentReference, routeNS string, gw *gatewayv1.Gateway, l ingressListener) bool {
+	kind, parentNS, parentName := "Gateway", gw.Namespace, gw.Name
+	if l.set != nil {
+		kind, parentNS, parentName = KindListenerSet, l.set.Namespace, l.set.Name
+	}
 	for _, pr := range refs {
-		if pr.Kind != nil && *pr.Kind != "Gateway" {
+		if (pr.Kind == nil && kind != "Gateway") || (pr.Kind != nil && string(*pr.Kind) != kind) {
 			continue
 		}
 		if pr.Group != nil && *pr.Group != gatewayv1.GroupName {
@@ -309,7 +343,7 @@ func attached(refs []gatewayv1.ParentReference, routeNS string, gw *gatewayv1.Ga
 		if pr.Namespace != nil && *pr.Namespace != "" {
 			ns = string(*pr.Namespace)
 		}
-		if ns != gw.Namespace || string(pr.Name) != gw.Name {
+		if ns != parentNS || string(pr.Name) != parentName {
 			continue
 		}
 		if pr.SectionName != nil && *pr.SectionName != l.Name {
@@ -323,8 +357,15 @@ func attached(refs []gatewayv1.ParentReference, routeNS string, gw *gatewayv1.Ga
 	return false
 }
 
-// allowedRoute applies the listener's allowedRoutes.namespaces.
-func (bd *build) allowedRoute(routeNS string, gw *gatewayv1.Gateway, l gatewayv1.Listener) bool {
+// listenerAdmits applies allowedRoutes.namespaces of listener l of gw's
+// merged list: Same is the namespace of the object l is written in.
+func (bd *build) listenerAdmits(routeNS string, gw *gatewayv1.Gateway, l ingressListener) bool {
+	return bd.allowedRoute(routeNS, l.namespace(gw), l.Listener)
+}
+
+// allowedRoute applies the listener's allowedRoutes.namespaces; ownNS is
+// the namespace of the object the listener is written in (Same).
+func (bd *build) allowedRoute(routeNS, ownNS string, l gatewayv1.Listener) bool {
 	from := gatewayv1.NamespacesFromSame
 	var sel *metav1.LabelSelector
 	if l.AllowedRoutes != nil && l.AllowedRoutes.Namespaces != nil {
@@ -337,7 +378,7 @@ func (bd *build) allowedRoute(routeNS string, gw *gatewayv1.Gateway, l gatewayv1
 	case gatewayv1.NamespacesFromAll:
 		return true
 	case gatewayv1.NamespacesFromSame:
-		return routeNS == gw.Namespace
+		return routeNS == ownNS
 	case gatewayv1.NamespacesFromSelector:
 		s, err := metav1.LabelSelectorAsSelector(sel)
 		if err != nil || sel == nil {
@@ -403,13 +444,9 @@ func intersectHostname(h, lh string) (string, bool) {
 }
 
 // warnUnservedGatewayFields names the Gateway fields an ingress Gateway
-// sets that meshlet does not serve yet, and what happens instead:
-// ListenerSets (spec.allowedListeners) and default Gateways
-// (spec.defaultScope).
+// sets that meshlet does not serve yet, and what happens instead: default
+// Gateways (spec.defaultScope).
 func warnUnservedGatewayFields(gw *gatewayv1.Gateway, r *rejections) {
-	if a := gw.Spec.AllowedListeners; a != nil && a.Namespaces != nil && a.Namespaces.From != nil && *a.Namespaces.From != gatewayv1.NamespacesFromNone {
-		r.warn("spec.allowedListeners: meshlet does not serve ListenerSets yet: the listeners of ListenerSets attached to this Gateway are not opened; put them in spec.listeners")
-	}
 	if s := gw.Spec.DefaultScope; s != "" && s != "None" {
 		r.warn("spec.defaultScope %s: meshlet does not serve default Gateways yet: routes attach to this Gateway only by their parentRefs", s)
 	}

@@ -63,8 +63,10 @@ import (
 //     access to them), so it cannot compare with what is installed.
 
 // listenerStatus computes the listeners of every Gateway of a meshlet
-// class. routes is the routes' status of this build.
+// class and the status of the ListenerSets whose parent is one of them.
+// routes is the routes' status of this build.
 func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
+	sets, attachedSets := bd.listenerSetStatus(routes)
 	var out []ObjectStatus
 	for _, k := range sortedKeys(bd.in.gateways) {
 		gw := bd.in.gateways[k]
@@ -74,15 +76,19 @@ func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
 			continue // another class, or an invalid Gateway (its events say why)
 		}
 		st := ObjectStatus{Kind: KindGateway, Namespace: gw.Namespace, Name: gw.Name, Generation: gw.Generation}
+		all := bd.ingressListeners(gw) // the Gateway's own come first
 		for i := range gw.Spec.Listeners {
-			st.Listeners = append(st.Listeners, bd.oneListener(gw, i, waypoint, routes))
+			s, _ := bd.oneListener(gw, all[i], i, waypoint, routes)
+			st.Listeners = append(st.Listeners, s)
 		}
 		if !waypoint {
 			st.Conditions = bd.gatewayTLSConditions(gw)
 		}
+		n := attachedSets[gw.Namespace+"/"+gw.Name]
+		st.AttachedListenerSets = &n
 		out = append(out, st)
 	}
-	return out
+	return append(out, sets...)
 }
 
 // hboneProtocols name a waypoint's listener protocol: "HBONE" as Istio's
@@ -90,11 +96,14 @@ func (bd *build) listenerStatus(routes []ObjectStatus) []ObjectStatus {
 // spelling Gateway API asks of implementation-specific protocols.
 var hboneProtocols = []gatewayv1.ProtocolType{"HBONE", "istio.io/HBONE"}
 
-// oneListener computes the status of listener i of gw.
-func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes []ObjectStatus) gatewayv1.ListenerStatus {
-	l := gw.Spec.Listeners[i]
+// oneListener computes the status of listener l of gw, i in its merged
+// list (ingressListeners), and whether it is served.
+func (bd *build) oneListener(gw *gatewayv1.Gateway, l ingressListener, i int, waypoint bool, routes []ObjectStatus) (gatewayv1.ListenerStatus, bool) {
 	gen := gw.Generation
-	kinds, invalidKinds := listenerKinds(l)
+	if l.set != nil {
+		gen = l.set.Generation
+	}
+	kinds, invalidKinds := listenerKinds(l.Listener)
 	var reason gatewayv1.ListenerConditionReason
 	var unsupported string
 	if waypoint {
@@ -111,10 +120,16 @@ func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes
 	var conflicted *metav1.Condition
 	switch reason {
 	case "":
-	case gatewayv1.ListenerReasonProtocolConflict:
+	case gatewayv1.ListenerReasonProtocolConflict, gatewayv1.ListenerReasonHostnameConflict:
 		c := condition(string(gatewayv1.ListenerConditionConflicted), true, string(reason), unsupported, gen)
 		conflicted = &c
 		programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Conflicted", gen)
+		if l.set != nil {
+			// A set's listener that lost its port to an earlier one, as
+			// Gateway API's ListenerSet conformance tests report it.
+			accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerEntryReasonPortUnavailable), unsupported, gen)
+			programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerEntryReasonPortUnavailable), "not served: see Conflicted", gen)
+		}
 	default:
 		accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(reason), unsupported, gen)
 		programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Accepted", gen)
@@ -127,17 +142,18 @@ func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes
 			served = false
 			programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see ResolvedRefs", gen)
 		}
-	} else if fv := bd.frontendFault(gw, l); fv != nil {
-		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(fv.reason), fv.msg, gen)
+	} else if fv := bd.frontendFault(gw, l.Listener); fv != nil {
+		msg := frontendFaultText(gw, l, fv)
+		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(fv.reason), msg, gen)
 		if fv.caPEM == "" && served {
 			// Not served without the client validation its Gateway asks for.
 			served = false
-			accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonNoValidCACertificate), fv.msg, gen)
+			accepted = condition(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonNoValidCACertificate), msg, gen)
 			programmed = condition(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Accepted", gen)
 		}
 	} else if len(invalidKinds) > 0 {
 		resolved = condition(string(gatewayv1.ListenerConditionResolvedRefs), false, string(gatewayv1.ListenerReasonInvalidRouteKinds),
-			fmt.Sprintf("allowedRoutes.kinds %s: a listener of protocol %s takes %s (group %s) only", strings.Join(invalidKinds, ", "), l.Protocol, kindNames(l), gatewayv1.GroupName), gen)
+			fmt.Sprintf("allowedRoutes.kinds %s: a listener of protocol %s takes %s (group %s) only", strings.Join(invalidKinds, ", "), l.Protocol, kindNames(l.Listener), gatewayv1.GroupName), gen)
 	}
 	conds := []metav1.Condition{accepted, programmed, resolved}
 	if conflicted != nil {
@@ -148,7 +164,7 @@ func (bd *build) oneListener(gw *gatewayv1.Gateway, i int, waypoint bool, routes
 		SupportedKinds: kinds,
 		AttachedRoutes: bd.attachedRoutes(gw, l, served, kinds, routes),
 		Conditions:     conds,
-	}
+	}, served
 }
 
 // listenerKinds returns the route kinds listener l takes, and the kinds
@@ -199,8 +215,11 @@ func kindNames(l gatewayv1.Listener) string {
 // certificateRefsFault checks an HTTPS listener's certificateRefs against
 // the build's Secrets (only those of type kubernetes.io/tls are read, so a
 // Secret of another type is as good as missing); reason is "" when all
-// resolve.
-func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listener) (gatewayv1.ListenerConditionReason, string) {
+// resolve. A reference is to the namespace of the Gateway or ListenerSet
+// the listener is written in, or to another one through a ReferenceGrant
+// to that object's kind.
+func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l ingressListener) (gatewayv1.ListenerConditionReason, string) {
+	own, kind := l.namespace(gw), l.kind()
 	if l.Protocol != gatewayv1.HTTPSProtocolType {
 		return "", ""
 	}
@@ -208,7 +227,7 @@ func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listene
 		if l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough {
 			return "", "" // no certificate to refer to (and not served: see Accepted)
 		}
-		return gatewayv1.ListenerReasonInvalidCertificateRef, "protocol HTTPS needs tls.certificateRefs naming a kubernetes.io/tls Secret of the Gateway's namespace"
+		return gatewayv1.ListenerReasonInvalidCertificateRef, fmt.Sprintf("protocol HTTPS needs tls.certificateRefs naming a kubernetes.io/tls Secret of the %s's namespace", kind)
 	}
 	var reason gatewayv1.ListenerConditionReason
 	var msgs []string
@@ -219,16 +238,16 @@ func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listene
 		msgs = append(msgs, fmt.Sprintf(format, args...))
 	}
 	for i, ref := range l.TLS.CertificateRefs {
-		ns := gw.Namespace
+		ns := own
 		if ref.Namespace != nil && *ref.Namespace != "" {
 			ns = string(*ref.Namespace)
 		}
 		switch {
 		case (ref.Group != nil && *ref.Group != "") || (ref.Kind != nil && *ref.Kind != "Secret"):
 			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d] %s: meshlet reads certificates from Secrets only (group \"\", kind Secret)", i, ref.Name)
-		case ns != gw.Namespace && !bd.granted(KindGateway, gw.Namespace, "Secret", ns, string(ref.Name)):
-			fault(gatewayv1.ListenerReasonRefNotPermitted, "certificateRefs[%d] Secret %s/%s: no ReferenceGrant in %s lets Gateways of %s refer to it: create one (from: group %s, kind Gateway, namespace %s; to: group \"\", kind Secret), or put the Secret in %s",
-				i, ns, ref.Name, ns, gw.Namespace, gatewayv1.GroupName, gw.Namespace, gw.Namespace)
+		case ns != own && !bd.granted(kind, own, "Secret", ns, string(ref.Name)):
+			fault(gatewayv1.ListenerReasonRefNotPermitted, "certificateRefs[%d] Secret %s/%s: no ReferenceGrant in %s lets %ss of %s refer to it: create one (from: group %s, kind %s, namespace %s; to: group \"\", kind Secret), or put the Secret in %s",
+				i, ns, ref.Name, ns, kind, own, gatewayv1.GroupName, kind, own, own)
 		case bd.in.tlsSecrets[ns+"/"+string(ref.Name)] == nil:
 			fault(gatewayv1.ListenerReasonInvalidCertificateRef, "certificateRefs[%d]: no Secret of type kubernetes.io/tls named %s in namespace %s: create it with kubectl create secret tls %s -n %s --cert=<file> --key=<file>", i, ref.Name, ns, ref.Name, ns)
 		case i == 0: // the one served
@@ -246,16 +265,16 @@ func (bd *build) certificateRefsFault(gw *gatewayv1.Gateway, l gatewayv1.Listene
 // common with l. A listener meshlet does not serve has none: Accepted on
 // the Gateway says the route is served by another of its listeners, not by
 // this one. A route is counted once however many of its parentRefs match.
-func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l gatewayv1.Listener, served bool, kinds []gatewayv1.RouteGroupKind, routes []ObjectStatus) int32 {
+func (bd *build) attachedRoutes(gw *gatewayv1.Gateway, l ingressListener, served bool, kinds []gatewayv1.RouteGroupKind, routes []ObjectStatus) int32 {
 	if !served {
 		return 0
 	}
 	var n int32
 	for _, rt := range routes {
-		if !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == rt.Kind }) || !bd.allowedRoute(rt.Namespace, gw, l) {
+		if !slices.ContainsFunc(kinds, func(k gatewayv1.RouteGroupKind) bool { return string(k.Kind) == rt.Kind }) || !bd.listenerAdmits(rt.Namespace, gw, l) {
 			continue
 		}
-		if routeDomains(bd.routeHostnames(rt.Kind, rt.Namespace, rt.Name), l) == nil {
+		if routeDomains(bd.routeHostnames(rt.Kind, rt.Namespace, rt.Name), l.Listener) == nil {
 			continue
 		}
 		if slices.ContainsFunc(rt.Parents, func(p gatewayv1.RouteParentStatus) bool {

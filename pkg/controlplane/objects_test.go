@@ -97,6 +97,8 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &gatewayv1.TLSRoute{}
 	case "gateway.networking.k8s.io/v1/TCPRoute":
 		return &gatewayv1.TCPRoute{}
+	case "gateway.networking.k8s.io/v1/ListenerSet":
+		return &gatewayv1.ListenerSet{}
 	case "gateway.networking.k8s.io/v1/ReferenceGrant":
 		return &gatewayv1.ReferenceGrant{}
 	case "gateway.networking.k8s.io/v1/BackendTLSPolicy":
