@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"reflect"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	kubeinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -52,8 +54,25 @@ type Deployer struct {
 	log      *slog.Logger
 	queue    workqueue.TypedRateLimitingInterface[cache.ObjectName]
 	gateways gatewaylisters.GatewayLister
-	now      func() time.Time
+	// listenerSets indexes ListenerSets by their parent Gateway
+	// (byParent); nil when the ListenerSet CRD is not installed.
+	// namespaces has the namespaces' labels, for allowedListeners
+	// selectors; set with listenerSets.
+	listenerSets cache.Indexer
+	namespaces   corev1listers.NamespaceLister
+	now          func() time.Time
 }
+
+// byParent is the ListenerSet index of the Gateway a set's parentRef
+// names, "namespace/name".
+const byParent = "parent"
+
+// listenerSetGroupVersion and listenerSetResource are the ListenerSet CRD
+// as discovery serves it.
+const (
+	listenerSetGroupVersion = "gateway.networking.k8s.io/v1"
+	listenerSetResource     = "listenersets"
+)
 
 // New checks opts and returns a Deployer.
 func New(opts Options) (*Deployer, error) {
@@ -74,10 +93,22 @@ func New(opts Options) (*Deployer, error) {
 			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "meshlet-deployer"})}, nil
 }
 
-// Run watches Gateways, the Deployments it made and the Gateways' parameters
-// ConfigMaps, and reconciles until ctx ends.
+// Run watches Gateways, the Deployments it made, the Gateways' parameters
+// ConfigMaps, and ListenerSets and Namespaces (the labels allowedListeners
+// selectors match), and reconciles until ctx ends. When discovery does not
+// serve the ListenerSet CRD (Gateway API before v1.5), Run logs so once and
+// runs without ListenerSets: ingress Services open their Gateways' own
+// listener ports only.
 func (d *Deployer) Run(ctx context.Context) error {
 	defer d.queue.ShutDown()
+	withSets, err := listenerSetsServed(d.opts.Kube)
+	if err != nil {
+		return err
+	}
+	if !withSets {
+		d.log.Info("ListenerSets are not read: their CRD is not installed (Gateway API before v1.5); ingress gateways' Services open only their Gateways' listener ports until it is installed and meshd restarted",
+			"missing", listenerSetResource+"."+gatewayv1.GroupName)
+	}
 	gf := gatewayinformers.NewSharedInformerFactory(d.opts.Gateway, d.opts.Resync)
 	gwInf := gf.Gateway().V1().Gateways()
 	d.gateways = gwInf.Lister()
@@ -94,6 +125,11 @@ func (d *Deployer) Run(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
 	}); err != nil {
 		return fmt.Errorf("watch gateways: %w", err)
+	}
+	if withSets {
+		if err := d.watchListenerSets(gf); err != nil {
+			return err
+		}
 	}
 	// Deployment readiness drives Programmed.
 	sel, err := labels.NewRequirement(GatewayNameLabel, selection.Exists, nil)
@@ -118,11 +154,15 @@ func (d *Deployer) Run(ctx context.Context) error {
 		return fmt.Errorf("watch deployments: %w", err)
 	}
 	// A Gateway's parameters ConfigMap changing re-renders the Gateway. The
-	// cache keeps ConfigMaps' names only: reconcile reads the one it needs.
+	// cache keeps ConfigMaps' names only: reconcile reads the one it needs;
+	// and Namespaces' names and labels only.
 	cf := kubeinformers.NewSharedInformerFactoryWithOptions(d.opts.Kube, d.opts.Resync,
 		kubeinformers.WithTransform(func(obj any) (any, error) {
-			if cm, ok := obj.(*corev1.ConfigMap); ok {
-				return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: cm.Name, Namespace: cm.Namespace, ResourceVersion: cm.ResourceVersion}}, nil
+			switch o := obj.(type) {
+			case *corev1.ConfigMap:
+				return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, ResourceVersion: o.ResourceVersion}}, nil
+			case *corev1.Namespace:
+				return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Name, Labels: o.Labels, ResourceVersion: o.ResourceVersion}}, nil
 			}
 			return obj, nil
 		}))
@@ -147,6 +187,11 @@ func (d *Deployer) Run(ctx context.Context) error {
 		DeleteFunc: onConfigMap,
 	}); err != nil {
 		return fmt.Errorf("watch configmaps: %w", err)
+	}
+	if withSets {
+		if err := d.watchNamespaces(cf); err != nil {
+			return err
+		}
 	}
 	gf.Start(ctx.Done())
 	kf.Start(ctx.Done())
@@ -177,6 +222,148 @@ func (d *Deployer) Run(ctx context.Context) error {
 	return nil
 }
 
+// listenerSetsServed reports whether discovery serves the ListenerSet
+// CRD.
+func listenerSetsServed(kube kubernetes.Interface) (bool, error) {
+	list, err := kube.Discovery().ServerResourcesForGroupVersion(listenerSetGroupVersion)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("discover %s: %w", listenerSetGroupVersion, err)
+	}
+	for _, r := range list.APIResources {
+		if r.Name == listenerSetResource {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// watchListenerSets watches ListenerSets, indexed by parent: a set
+// changing re-renders the Gateway it names, and the one it named before.
+func (d *Deployer) watchListenerSets(gf gatewayinformers.SharedInformerFactory) error {
+	inf := gf.Gateway().V1().ListenerSets().Informer()
+	if err := inf.AddIndexers(cache.Indexers{byParent: parentIndex}); err != nil {
+		return fmt.Errorf("index listenersets: %w", err)
+	}
+	d.listenerSets = inf.GetIndexer()
+	enqueueParent := func(obj any) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		ls, ok := obj.(*gatewayv1.ListenerSet)
+		if !ok {
+			return
+		}
+		if ns, name, ok := ListenerSetParent(ls); ok {
+			d.queue.Add(cache.ObjectName{Namespace: ns, Name: name})
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueueParent,
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*gatewayv1.ListenerSet)
+			n, ok2 := obj.(*gatewayv1.ListenerSet)
+			if ok1 && ok2 && o.Generation == n.Generation {
+				return // status or metadata: no listener changed
+			}
+			enqueueParent(obj)
+			if ok1 && ok2 {
+				on, oname, _ := ListenerSetParent(o)
+				nn, nname, _ := ListenerSetParent(n)
+				if on != nn || oname != nname {
+					enqueueParent(old)
+				}
+			}
+		},
+		DeleteFunc: enqueueParent,
+	}); err != nil {
+		return fmt.Errorf("watch listenersets: %w", err)
+	}
+	return nil
+}
+
+// parentIndex is the byParent index function.
+func parentIndex(obj any) ([]string, error) {
+	ls, ok := obj.(*gatewayv1.ListenerSet)
+	if !ok {
+		return nil, nil
+	}
+	if ns, name, ok := ListenerSetParent(ls); ok {
+		return []string{ns + "/" + name}, nil
+	}
+	return nil, nil
+}
+
+// watchNamespaces caches Namespaces for their labels: a namespace's labels
+// changing re-renders the ingress Gateways whose allowedListeners selects
+// namespaces by label (all of them: a selector may stop or start matching).
+func (d *Deployer) watchNamespaces(cf kubeinformers.SharedInformerFactory) error {
+	nsInf := cf.Core().V1().Namespaces()
+	d.namespaces = nsInf.Lister()
+	if _, err := nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*corev1.Namespace)
+			n, ok2 := obj.(*corev1.Namespace)
+			if !ok1 || !ok2 || maps.Equal(o.Labels, n.Labels) {
+				return
+			}
+			gws, err := d.gateways.List(labels.Everything())
+			if err != nil {
+				return
+			}
+			for _, gw := range gws {
+				if ClassKind(gw.Spec.GatewayClassName) == KindIngress && listenersFromSelector(gw) {
+					d.queue.Add(cache.ObjectName{Namespace: gw.Namespace, Name: gw.Name})
+				}
+			}
+		},
+	}); err != nil {
+		return fmt.Errorf("watch namespaces: %w", err)
+	}
+	return nil
+}
+
+// listenersFromSelector reports whether gw's allowedListeners admits
+// namespaces by label.
+func listenersFromSelector(gw *gatewayv1.Gateway) bool {
+	a := gw.Spec.AllowedListeners
+	return a != nil && a.Namespaces != nil && a.Namespaces.From != nil && *a.Namespaces.From == gatewayv1.NamespacesFromSelector
+}
+
+// attachedListenerSets returns the ListenerSets whose parentRef names gw
+// and which gw admits, in merge order; none without the ListenerSet CRD.
+// A set whose namespace is not (yet) in the cache is not admitted by a
+// selector.
+func (d *Deployer) attachedListenerSets(gw *gatewayv1.Gateway) ([]*gatewayv1.ListenerSet, error) {
+	if d.listenerSets == nil {
+		return nil, nil
+	}
+	objs, err := d.listenerSets.ByIndex(byParent, gw.Namespace+"/"+gw.Name)
+	if err != nil {
+		return nil, fmt.Errorf("list listenersets: %w", err)
+	}
+	var sets []*gatewayv1.ListenerSet
+	for _, obj := range objs {
+		ls, ok := obj.(*gatewayv1.ListenerSet)
+		if !ok {
+			continue
+		}
+		var nsLabels map[string]string
+		if ns, err := d.namespaces.Get(ls.Namespace); err == nil {
+			nsLabels = ns.Labels
+		} else if listenersFromSelector(gw) {
+			continue
+		}
+		if ListenerSetAllowed(gw, ls.Namespace, nsLabels) {
+			sets = append(sets, ls)
+		}
+	}
+	SortListenerSets(sets)
+	return sets, nil
+}
+
 func (d *Deployer) next(ctx context.Context) bool {
 	key, quit := d.queue.Get()
 	if quit {
@@ -205,11 +392,17 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 	if ClassKind(gw.Spec.GatewayClassName) == KindNone || gw.DeletionTimestamp != nil {
 		return nil
 	}
+	var sets []*gatewayv1.ListenerSet
+	if ClassKind(gw.Spec.GatewayClassName) == KindIngress {
+		if sets, err = d.attachedListenerSets(gw); err != nil {
+			return err
+		}
+	}
 	apply := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
 	params, err := d.params(ctx, gw)
 	var objs *Objects
 	if err == nil {
-		objs, err = Render(gw, d.opts.Render, params)
+		objs, err = Render(gw, d.opts.Render, params, sets...)
 	}
 	var dep *appsv1.Deployment
 	var svc *corev1.Service

@@ -3,7 +3,8 @@
 // server-side applies a ServiceAccount, a Deployment of the waypoint binary
 // and a Service, all owned by the Gateway (deleting the Gateway removes
 // them), and reports the Gateway's Accepted and Programmed conditions and
-// addresses. Rendering is pure (Render) so that it is tested without a
+// addresses. An ingress Gateway's Service opens the ports of its listeners
+// and of those of the ListenerSets (GEP-1713) it admits (listenersets.go). Rendering is pure (Render) so that it is tested without a
 // cluster. It must not touch Gateways of other classes, nor write anything
 // but these three objects and the Gateway's status.
 package deployer
@@ -92,7 +93,16 @@ type Objects struct {
 // fails for a Gateway that is not of a meshlet class, has no UID (ownership
 // needs it) or misses options, and with a *ParamsError for parameters that
 // cannot be used.
-func Render(gw *gatewayv1.Gateway, opts RenderOptions, params *corev1.ConfigMap) (*Objects, error) {
+//
+// sets are the ListenerSets attached to gw, in merge order
+// (SortListenerSets). Render does not check that gw admits them: the caller
+// passes only those whose parentRef names gw (ListenerSetParent) and which
+// gw's allowedListeners admits (ListenerSetAllowed). An ingress Gateway's
+// Service opens, after the mesh port 15008, one port per distinct port of
+// gw's listeners and the sets' listeners, sorted by port; a port several
+// listeners share is named after the first of them in merge order (gw's
+// listeners, then each set's in the order given). A waypoint ignores sets.
+func Render(gw *gatewayv1.Gateway, opts RenderOptions, params *corev1.ConfigMap, sets ...*gatewayv1.ListenerSet) (*Objects, error) {
 	kind := ClassKind(gw.Spec.GatewayClassName)
 	switch {
 	case kind == KindNone:
@@ -194,20 +204,34 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions, params *corev1.ConfigMap)
 	if kind == KindIngress {
 		svcType = corev1.ServiceTypeLoadBalancer
 		seen := map[int32]bool{portHBONE: true}
-		ls := append([]gatewayv1.Listener(nil), gw.Spec.Listeners...)
-		sort.SliceStable(ls, func(i, j int) bool { return ls[i].Port < ls[j].Port })
+		// The listeners in merge order; the stable sort keeps it among
+		// those of one port, the first of which names it.
+		type listenerPort struct {
+			port     gatewayv1.PortNumber
+			protocol gatewayv1.ProtocolType
+		}
+		var ls []listenerPort
+		for _, l := range gw.Spec.Listeners {
+			ls = append(ls, listenerPort{l.Port, l.Protocol})
+		}
+		for _, set := range sets {
+			for _, l := range set.Spec.Listeners {
+				ls = append(ls, listenerPort{l.Port, l.Protocol})
+			}
+		}
+		sort.SliceStable(ls, func(i, j int) bool { return ls[i].port < ls[j].port })
 		for _, l := range ls {
-			p := int32(l.Port)
+			p := int32(l.port)
 			if seen[p] {
 				continue
 			}
 			seen[p] = true
 			proto := corev1.ProtocolTCP
-			if l.Protocol == gatewayv1.UDPProtocolType {
+			if l.protocol == gatewayv1.UDPProtocolType {
 				proto = corev1.ProtocolUDP
 			}
 			svcPorts = append(svcPorts, corev1ac.ServicePort().
-				WithName(fmt.Sprintf("%s-%d", listenerProtocol(l.Protocol), p)).
+				WithName(fmt.Sprintf("%s-%d", listenerProtocol(l.protocol), p)).
 				WithPort(p).WithTargetPort(intstr.FromInt32(p)).WithProtocol(proto))
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -122,6 +123,142 @@ func TestRenderContract(t *testing.T) {
 	if got := len(objs.Service.Spec.Ports); got != 1 || *objs.Service.Spec.Ports[0].Port != 15008 {
 		t.Errorf("waypoint Service ports = %d; want only 15008", got)
 	}
+}
+
+func listenerSet(ns, name string, listeners ...gatewayv1.ListenerEntry) *gatewayv1.ListenerSet {
+	return &gatewayv1.ListenerSet{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: gatewayv1.ListenerSetSpec{
+			ParentRef: gatewayv1.ParentGatewayReference{Name: "waypoint", Namespace: ptr(gatewayv1.Namespace("bookinfo"))},
+			Listeners: listeners,
+		},
+	}
+}
+
+// servicePort is a Service port as kubectl shows it.
+type servicePort struct {
+	Name     string
+	Port     int32
+	Target   string
+	Protocol corev1.Protocol
+}
+
+func servicePorts(objs *Objects) []servicePort {
+	var out []servicePort
+	for _, p := range objs.Service.Spec.Ports {
+		out = append(out, servicePort{*p.Name, *p.Port, p.TargetPort.String(), *p.Protocol})
+	}
+	return out
+}
+
+// TestRenderListenerSets: an ingress Gateway's Service opens the ports of
+// the listeners of the ListenerSets passed, each port once, named after its
+// first listener in merge order (the Gateway's, then the sets' in the
+// order given); a waypoint's Service does not.
+func TestRenderListenerSets(t *testing.T) {
+	ingress := gateway("meshlet",
+		gatewayv1.Listener{Name: "https", Port: 443, Protocol: gatewayv1.HTTPSProtocolType},
+		gatewayv1.Listener{Name: "http", Port: 80, Protocol: gatewayv1.HTTPProtocolType},
+	)
+	// Two sets, one of another namespace; Render merges them in the order
+	// given (the deployer's, SortListenerSets').
+	older := listenerSet("team-a", "older",
+		gatewayv1.ListenerEntry{Name: "api", Port: 8080, Protocol: gatewayv1.HTTPProtocolType},
+		gatewayv1.ListenerEntry{Name: "raw", Port: 80, Protocol: gatewayv1.TCPProtocolType}, // the Gateway's http-80
+		gatewayv1.ListenerEntry{Name: "dns", Port: 5353, Protocol: gatewayv1.UDPProtocolType},
+	)
+	newer := listenerSet("bookinfo", "newer",
+		gatewayv1.ListenerEntry{Name: "passthrough", Port: 9443, Protocol: gatewayv1.TLSProtocolType},
+		gatewayv1.ListenerEntry{Name: "api-tcp", Port: 8080, Protocol: gatewayv1.TCPProtocolType}, // older's http-8080
+		gatewayv1.ListenerEntry{Name: "hbone", Port: 15008, Protocol: gatewayv1.TCPProtocolType},  // the mesh port
+		gatewayv1.ListenerEntry{Name: "https-b", Port: 443, Protocol: gatewayv1.HTTPSProtocolType, Hostname: ptr(gatewayv1.Hostname("b.example"))},
+	)
+	mesh := servicePort{"mesh", 15008, "15008", corev1.ProtocolTCP}
+	tests := []struct {
+		name string
+		sets []*gatewayv1.ListenerSet
+		want []servicePort
+	}{
+		{"no sets", nil, []servicePort{
+			mesh,
+			{"http-80", 80, "80", corev1.ProtocolTCP},
+			{"https-443", 443, "443", corev1.ProtocolTCP},
+		}},
+		{"older then newer", []*gatewayv1.ListenerSet{older, newer}, []servicePort{
+			mesh,
+			{"http-80", 80, "80", corev1.ProtocolTCP},
+			{"https-443", 443, "443", corev1.ProtocolTCP},
+			{"udp-5353", 5353, "5353", corev1.ProtocolUDP},
+			{"http-8080", 8080, "8080", corev1.ProtocolTCP},
+			{"tls-9443", 9443, "9443", corev1.ProtocolTCP},
+		}},
+		// The order given is the merge order: 8080 is named after newer's
+		// TCP listener now; 80 stays the Gateway's.
+		{"newer then older", []*gatewayv1.ListenerSet{newer, older}, []servicePort{
+			mesh,
+			{"http-80", 80, "80", corev1.ProtocolTCP},
+			{"https-443", 443, "443", corev1.ProtocolTCP},
+			{"udp-5353", 5353, "5353", corev1.ProtocolUDP},
+			{"tcp-8080", 8080, "8080", corev1.ProtocolTCP},
+			{"tls-9443", 9443, "9443", corev1.ProtocolTCP},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs, err := Render(ingress, opts, nil, tt.sets...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := *objs.Service.Spec.Type; got != corev1.ServiceTypeLoadBalancer {
+				t.Errorf("Service type = %s; want LoadBalancer", got)
+			}
+			if diff := cmp.Diff(tt.want, servicePorts(objs)); diff != "" {
+				t.Errorf("Service ports (-want +got):\n%s", diff)
+			}
+			again, err := Render(ingress, opts, nil, tt.sets...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(objs, again); diff != "" {
+				t.Errorf("Render is not deterministic (-first +second):\n%s", diff)
+			}
+		})
+	}
+
+	// Only the Service changes: the Deployment is the same with or
+	// without sets.
+	without, err := Render(ingress, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, err := Render(ingress, opts, nil, older, newer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(without.Deployment, with.Deployment); diff != "" {
+		t.Errorf("Deployment changed with sets (-without +with):\n%s", diff)
+	}
+
+	t.Run("waypoint", func(t *testing.T) {
+		wp := gateway("istio-waypoint", gatewayv1.Listener{Name: "mesh", Port: 15008, Protocol: "HBONE"})
+		want, err := Render(wp, opts, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Render(wp, opts, nil, older, newer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("waypoint rendered with sets differs (-without +with):\n%s", diff)
+		}
+		if diff := cmp.Diff([]servicePort{mesh}, servicePorts(got)); diff != "" {
+			t.Errorf("waypoint Service ports (-want +got):\n%s", diff)
+		}
+		if got := *got.Service.Spec.Type; got != corev1.ServiceTypeClusterIP {
+			t.Errorf("waypoint Service type = %s; want ClusterIP", got)
+		}
+	})
 }
 
 func TestRenderRefuses(t *testing.T) {
