@@ -117,19 +117,19 @@ type build struct {
 	// nodes are known and none has (see trafficDistribution).
 	zoned int8
 
-	validVS       []config[networkingapi.VirtualService] // oldest first
-	validRoutes   []*gatewayv1.HTTPRoute
-	validGRPC     []*gatewayv1.GRPCRoute
-	drFor         map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
-	btlsFor       map[string]*backendTLSTargets                    // service key -> BackendTLSPolicies in force
-	btlsPolicies  []*backendTLS                                    // every BackendTLSPolicy, oldest first (for status)
-	wlByUID       map[string]*model.Workload
-	ingress       []*gatewayv1.Gateway
+	validVS      []config[networkingapi.VirtualService] // oldest first
+	validRoutes  []*gatewayv1.HTTPRoute
+	validGRPC    []*gatewayv1.GRPCRoute
+	drFor        map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
+	btlsFor      map[string]*backendTLSTargets                    // service key -> BackendTLSPolicies in force
+	btlsPolicies []*backendTLS                                    // every BackendTLSPolicy, oldest first (for status)
+	wlByUID      map[string]*model.Workload
+	ingress      []*gatewayv1.Gateway
 	// gwListeners are the ingress Gateways' merged listener lists and
 	// setStates the ListenerSets whose parent is a meshlet Gateway, by
 	// key, decided once (attachListenerSets).
-	gwListeners map[*gatewayv1.Gateway][]ingressListener
-	setStates   map[string]*setState
+	gwListeners   map[*gatewayv1.Gateway][]ingressListener
+	setStates     map[string]*setState
 	validIstioGws []config[networkingapi.Gateway]
 	credentials   map[string]*credentialCheck      // credentialName Secrets parsed in this build (upstreamTLS)
 	autoAllocated map[string]*model.Service        // ServiceEntry key -> its service, when it got an automatic address
