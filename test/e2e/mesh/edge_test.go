@@ -47,7 +47,9 @@ spec:
 // certificate of its kubernetes.io/tls Secret, verified by the client; a TLS
 // passthrough listener on the same port hands its host's connections,
 // untouched, to a TLSRoute's backend, which has its own certificate; a TCP
-// listener relays whole connections to a TCPRoute's backend.
+// listener relays whole connections to a TCPRoute's backend. Another
+// team's ListenerSet adds listeners, and the Gateway serves them while it
+// admits the team's namespace.
 func TestIngressGatewayAPI(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -226,6 +228,94 @@ spec:
 		code, _, _, err := fetch(noCert, tlsURL, secureHost)
 		out, kerr := lb.Kubectl("-n", ns, "get", "gateway", "edge", "-o", `jsonpath={.status.conditions[?(@.type=="InsecureFrontendValidationMode")].status} {.status.conditions[?(@.type=="Programmed")].status}`)
 		return err == nil && code == 200 && kerr == nil && out == "True True", fmt.Errorf("%d %v; conditions InsecureFrontendValidationMode and Programmed %q (%v)", code, err, out, kerr)
+	})
+
+	// ListenerSets (GEP-1713): another team adds listeners to the Gateway
+	// from its own namespace once the Gateway admits that namespace (by
+	// label): a host on port 8080 and HTTPS on 8443 with the team's own
+	// Secret, and a route, in the team's namespace, whose parent is the
+	// ListenerSet. The gateway's Service opens the ports, the set and the
+	// Gateway say it is attached, and the namespace losing its label
+	// detaches it.
+	team := lb.NewNamespace(t)
+	const teamHost = "team.example.com"
+	teamCert, teamKey, teamRoots := servingCert(t, teamHost)
+	if _, err := lb.Clientset().CoreV1().Secrets(team).Create(t.Context(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "team-cert"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: teamCert, corev1.TLSPrivateKeyKey: teamKey},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := lb.Kubectl("label", "namespace", team, "meshlet-test/gateway-access=yes"); err != nil {
+		t.Fatalf("label namespace: %v: %s", err, out)
+	}
+	if _, err := lb.Kubectl("-n", ns, "patch", "gateway", "edge", "--type=merge", "-p",
+		`{"spec":{"allowedListeners":{"namespaces":{"from":"Selector","selector":{"matchLabels":{"meshlet-test/gateway-access":"yes"}}}}}}`); err != nil {
+		t.Fatal(err)
+	}
+	lb.Apply(t, ns, `apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: team-routes}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: `+team+`}]
+  to: [{group: "", kind: Service, name: echo}]
+`)
+	lb.Apply(t, team, `apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: team-listeners}
+spec:
+  parentRef: {name: edge, namespace: `+ns+`}
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, hostname: `+teamHost+`}
+  - {name: https, port: 8443, protocol: HTTPS, hostname: `+teamHost+`, tls: {certificateRefs: [{name: team-cert}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: team-route}
+spec:
+  parentRefs: [{group: gateway.networking.k8s.io, kind: ListenerSet, name: team-listeners}]
+  rules: [{backendRefs: [{name: echo, namespace: `+ns+`, port: 8080}]}]
+`)
+	setPorts := func() map[int32]int32 {
+		out := map[int32]int32{}
+		if svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "edge", metav1.GetOptions{}); err == nil {
+			for _, p := range svc.Spec.Ports {
+				out[p.Port] = p.NodePort
+			}
+		}
+		return out
+	}
+	var teamPorts map[int32]int32
+	lab.WaitFor(t, time.Minute, "the ListenerSet's ports on the gateway's Service", func() (bool, error) {
+		teamPorts = setPorts()
+		return teamPorts[8080] != 0 && teamPorts[8443] != 0, fmt.Errorf("ports %v", teamPorts)
+	})
+	teamURL := fmt.Sprintf("http://%s:%d/api/v1/echo", lab.NodeIP(1), teamPorts[8080])
+	lab.WaitFor(t, time.Minute, "the team's host through its ListenerSet's listener "+teamURL, func() (bool, error) {
+		code, body, _, err := fetch(client, teamURL, teamHost)
+		return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	teamTLS := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{RootCAs: teamRoots, ServerName: teamHost}}}
+	teamTLSURL := fmt.Sprintf("https://%s:%d/api/v1/echo", lab.NodeIP(2), teamPorts[8443])
+	lab.WaitFor(t, 30*time.Second, "HTTPS with the team's certificate through "+teamTLSURL, func() (bool, error) {
+		code, body, _, err := fetch(teamTLS, teamTLSURL, teamHost)
+		return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+	})
+	lab.WaitFor(t, 30*time.Second, "the ListenerSet, its route and the Gateway saying it is attached", func() (bool, error) {
+		set, err1 := lb.Kubectl("-n", team, "get", "listenerset", "team-listeners", "-o",
+			`jsonpath={.status.conditions[?(@.type=="Accepted")].status} {.status.conditions[?(@.type=="Programmed")].status} {range .status.listeners[*]}{.name}={.attachedRoutes} {end}`)
+		route, err2 := lb.Kubectl("-n", team, "get", "httproute", "team-route", "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
+		gw, err3 := lb.Kubectl("-n", ns, "get", "gateway", "edge", "-o", `jsonpath={.status.attachedListenerSets}`)
+		return errors.Join(err1, err2, err3) == nil && set == "True True http=1 https=1 " && route == "True" && gw == "1",
+			fmt.Errorf("set %q, route %q, gateway attachedListenerSets %q (%v)", set, route, gw, errors.Join(err1, err2, err3))
+	})
+	if out, err := lb.Kubectl("label", "namespace", team, "meshlet-test/gateway-access-"); err != nil {
+		t.Fatalf("unlabel namespace: %v: %s", err, out)
+	}
+	lab.WaitFor(t, time.Minute, "the ListenerSet detached once its namespace is no longer admitted", func() (bool, error) {
+		set, err := lb.Kubectl("-n", team, "get", "listenerset", "team-listeners", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].reason}`)
+		ports := setPorts()
+		return err == nil && set == "NotAllowed" && ports[8080] == 0 && ports[8443] == 0, fmt.Errorf("Accepted reason %q (%v), Service ports %v", set, err, ports)
 	})
 }
 
