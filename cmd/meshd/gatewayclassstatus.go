@@ -13,14 +13,16 @@ import (
 
 // withOwnedStatus is withStatus for the objects whose status fields meshd
 // owns outright rather than sharing entry by entry: a Gateway's
-// status.listeners and the condition types of
-// controlplane.GatewayOwnedConditions (its other conditions and addresses
-// are pkg/deployer's, left as read, so that the two writers never undo
-// each other; the
-// UpdateStatus resourceVersion check turns a deployer write in between
-// into a conflict and a fresh merge) and a GatewayClass's Accepted and
-// SupportedVersion conditions (conditions of other types are kept, as the
-// Gateway API asks of every writer).
+// status.listeners, status.attachedListenerSets (when st has it: the
+// build counts it for every Gateway of a meshlet class) and the condition
+// types of controlplane.GatewayOwnedConditions (its other conditions and
+// addresses are pkg/deployer's, left as read, so that the two writers
+// never undo each other; the UpdateStatus resourceVersion check turns a
+// deployer write in between into a conflict and a fresh merge); a
+// ListenerSet's status.listeners and its Accepted and Programmed
+// conditions; and a GatewayClass's Accepted and SupportedVersion
+// conditions. Conditions of other types are kept on ListenerSets and
+// GatewayClasses, as the Gateway API asks of every writer.
 func withOwnedStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Time) (runtime.Object, bool) {
 	switch o := obj.(type) {
 	case *gatewayv1.Gateway:
@@ -29,11 +31,30 @@ func withOwnedStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav
 		}
 		merged := mergeListeners(o.Status.Listeners, st.Listeners, now)
 		conds := ownedGatewayConditions(o.Status.Conditions, st.Conditions, now)
-		if sameListeners(o.Status.Listeners, merged) && reflect.DeepEqual(clearTimes(o.Status.Conditions), clearTimes(conds)) {
+		attached := o.Status.AttachedListenerSets
+		if st.AttachedListenerSets != nil {
+			n := *st.AttachedListenerSets
+			attached = &n
+		}
+		if sameListeners(o.Status.Listeners, merged) && reflect.DeepEqual(clearTimes(o.Status.Conditions), clearTimes(conds)) &&
+			reflect.DeepEqual(o.Status.AttachedListenerSets, attached) {
 			return nil, false
 		}
 		c := o.DeepCopy()
-		c.Status.Listeners, c.Status.Conditions = merged, conds
+		c.Status.Listeners, c.Status.Conditions, c.Status.AttachedListenerSets = merged, conds, attached
+		return c, true
+	case *gatewayv1.ListenerSet:
+		if o.Generation != st.Generation {
+			return nil, false
+		}
+		current := convertListeners[gatewayv1.ListenerStatus](o.Status.Listeners)
+		merged := mergeListeners(current, st.Listeners, now)
+		conds := mergeConditionTypes(o.Status.Conditions, st.Conditions, now)
+		if sameListeners(current, merged) && reflect.DeepEqual(clearTimes(o.Status.Conditions), clearTimes(conds)) {
+			return nil, false
+		}
+		c := o.DeepCopy()
+		c.Status.Listeners, c.Status.Conditions = convertListeners[gatewayv1.ListenerEntryStatus](merged), conds
 		return c, true
 	case *gatewayv1.GatewayClass:
 		if o.Generation != st.Generation {
@@ -50,10 +71,31 @@ func withOwnedStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav
 	return nil, false
 }
 
+// listenerStatus is an entry of a Gateway's status.listeners or of a
+// ListenerSet's: the two types have the same fields.
+type listenerStatus interface {
+	gatewayv1.ListenerStatus | gatewayv1.ListenerEntryStatus
+}
+
+// convertListeners converts a status.listeners list between a Gateway's
+// and a ListenerSet's entry type, so that one merge serves both; nil
+// stays nil.
+func convertListeners[T, F listenerStatus](in []F) []T {
+	if in == nil {
+		return nil
+	}
+	out := make([]T, len(in))
+	for i, l := range in {
+		out[i] = T(l)
+	}
+	return out
+}
+
 // mergeListeners returns desired, each listener's conditions keeping the
 // lastTransitionTime of the same-named listener in current where status
 // and reason did not change. Listeners no longer in the spec are dropped:
-// the list is meshd's alone.
+// the list is meshd's alone. A ListenerSet's are merged as a Gateway's
+// (convertListeners).
 func mergeListeners(current, desired []gatewayv1.ListenerStatus, now metav1.Time) []gatewayv1.ListenerStatus {
 	out := make([]gatewayv1.ListenerStatus, len(desired))
 	for i, l := range desired {
@@ -68,10 +110,15 @@ func mergeListeners(current, desired []gatewayv1.ListenerStatus, now metav1.Time
 }
 
 // sameListeners compares two status.listeners without lastTransitionTimes
-// (nil and empty alike: the API server returns an empty list as none).
+// (nil and empty alike, the lists and their supportedKinds: the API
+// server returns an empty list as none, and a ListenerSet's entries
+// leave an empty supportedKinds out).
 func sameListeners(a, b []gatewayv1.ListenerStatus) bool {
 	return slices.EqualFunc(a, b, func(x, y gatewayv1.ListenerStatus) bool {
 		x.Conditions, y.Conditions = clearTimes(x.Conditions), clearTimes(y.Conditions)
+		if len(x.SupportedKinds) == 0 && len(y.SupportedKinds) == 0 {
+			x.SupportedKinds, y.SupportedKinds = nil, nil
+		}
 		return reflect.DeepEqual(x, y)
 	})
 }

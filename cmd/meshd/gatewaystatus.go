@@ -20,9 +20,10 @@ import (
 )
 
 // gatewayStatusWriter writes the Gateway API status each build computes
-// (controlplane.Builder.Status) on HTTPRoutes, GRPCRoutes and
-// BackendTLSPolicies: meshd's entries in status.parents and
-// status.ancestors.
+// (controlplane.Builder.Status) on HTTPRoutes, GRPCRoutes, TLSRoutes,
+// TCPRoutes and BackendTLSPolicies: meshd's entries in status.parents and
+// status.ancestors; and on Gateways, ListenerSets and GatewayClasses the
+// fields meshd owns outright (withOwnedStatus, gatewayclassstatus.go).
 //
 // Both lists are listType=atomic in the CRDs, so server-side apply would
 // make meshd own the whole list and drop the entries of other controllers
@@ -162,6 +163,8 @@ func statusResource(kind string) string {
 		return "tcproutes/status"
 	case controlplane.KindGateway:
 		return "gateways/status"
+	case controlplane.KindListenerSet:
+		return "listenersets/status"
 	case controlplane.KindGatewayClass:
 		return "gatewayclasses/status"
 	default:
@@ -182,6 +185,8 @@ func (w *gatewayStatusWriter) get(ctx context.Context, st controlplane.ObjectSta
 		return v1.TCPRoutes(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGateway:
 		return v1.Gateways(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindListenerSet:
+		return v1.ListenerSets(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGatewayClass:
 		return v1.GatewayClasses().Get(ctx, st.Name, metav1.GetOptions{})
 	default:
@@ -205,6 +210,8 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 		_, err = v1.BackendTLSPolicies(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.Gateway:
 		_, err = v1.Gateways(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayv1.ListenerSet:
+		_, err = v1.ListenerSets(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.GatewayClass:
 		_, err = v1.GatewayClasses().UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	}
@@ -212,10 +219,11 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 }
 
 // withStatus returns a copy of obj (an HTTPRoute, GRPCRoute, TLSRoute,
-// TCPRoute, BackendTLSPolicy, Gateway or GatewayClass) carrying st merged into its status, and whether that
-// differs from obj's status. An object whose generation is not the one st
-// was computed for is left alone: st is stale, or the object is, and the
-// next build brings the right one.
+// TCPRoute, BackendTLSPolicy, Gateway, ListenerSet or GatewayClass)
+// carrying st merged into its status, and whether that differs from obj's
+// status. An object whose generation is not the one st was computed for
+// is left alone: st is stale, or the object is, and the next build brings
+// the right one.
 func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Time) (runtime.Object, bool) {
 	// The merge reads the cached object and builds new lists: the object
 	// is copied only when its status changes, not on every build.
@@ -229,7 +237,7 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 		return c, true
 	}
 	switch obj.(type) {
-	case *gatewayv1.Gateway, *gatewayv1.GatewayClass:
+	case *gatewayv1.Gateway, *gatewayv1.ListenerSet, *gatewayv1.GatewayClass:
 		return withOwnedStatus(obj, st, now) // gatewayclassstatus.go
 	}
 	var route *gatewayv1.RouteStatus // of the cached object: read only

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/meshlet/meshlet/pkg/controlplane"
 )
@@ -239,5 +242,110 @@ func TestNoteLeftOut(t *testing.T) {
 	first := warnings()[0]
 	if first["level"] != "WARN" || first["leftOut"] != 3.0 || first["maxItems"] != 32.0 || first["name"] != "r" {
 		t.Errorf("warning = %v; want level WARN, leftOut 3, maxItems 32, name r", first)
+	}
+}
+
+// TestWriteListenerSetStatus: through the API, a ListenerSet gets meshd's
+// conditions and listeners and its Gateway the count of attached sets, as
+// kubectl get shows them; writing the same build again updates nothing.
+func TestWriteListenerSetStatus(t *testing.T) {
+	ctx := context.Background()
+	epoch := metav1.NewTime(time.Unix(0, 0).UTC())
+	ls := &gatewayv1.ListenerSet{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "team-a", Generation: 1}}
+	ls.Status.Conditions = []metav1.Condition{ // the CRD's default
+		{Type: "Accepted", Status: "Unknown", Reason: "Pending", Message: "Waiting for controller", LastTransitionTime: epoch},
+		{Type: "Programmed", Status: "Unknown", Reason: "Pending", Message: "Waiting for controller", LastTransitionTime: epoch},
+	}
+	gw := &gatewayv1.Gateway{ObjectMeta: metav1.ObjectMeta{Namespace: "ingress", Name: "ingress", Generation: 3}}
+	// Created through the typed client: the fakes' trackers file objects
+	// handed to the constructor under the first version their scheme knows
+	// the kind at (v1beta1 for a Gateway), and NewClientset's field
+	// management knows no v1 Gateway.
+	client := gatewayfake.NewSimpleClientset()
+	if _, err := client.GatewayV1().ListenerSets("team-a").Create(ctx, ls, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.GatewayV1().Gateways("ingress").Create(ctx, gw, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	inputs := func() *controlplane.Inputs {
+		t.Helper()
+		in := &controlplane.Inputs{}
+		gotSet, err := client.GatewayV1().ListenerSets("team-a").Get(ctx, "team-a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotGw, err := client.GatewayV1().Gateways("ingress").Get(ctx, "ingress", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range []runtime.Object{gotSet, gotGw} {
+			if err := in.Add(o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return in
+	}
+	accepted := []metav1.Condition{
+		{Type: "Accepted", Status: "True", Reason: "Accepted", Message: "attached to ingress/ingress", ObservedGeneration: 1},
+		{Type: "Programmed", Status: "True", Reason: "Programmed", ObservedGeneration: 1},
+	}
+	group := gatewayv1.Group(gatewayv1.GroupName)
+	listener := gatewayv1.ListenerStatus{Name: "http", SupportedKinds: []gatewayv1.RouteGroupKind{{Group: &group, Kind: "HTTPRoute"}}, AttachedRoutes: 1,
+		Conditions: []metav1.Condition{{Type: "Accepted", Status: "True", Reason: "Accepted", ObservedGeneration: 1}}}
+	one := int32(1)
+	status := []controlplane.ObjectStatus{
+		{Kind: controlplane.KindListenerSet, Namespace: "team-a", Name: "team-a", Generation: 1, Conditions: accepted, Listeners: []gatewayv1.ListenerStatus{listener}},
+		{Kind: controlplane.KindGateway, Namespace: "ingress", Name: "ingress", Generation: 3, AttachedListenerSets: &one},
+	}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	w := newGatewayStatusWriter(client, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
+	w.now = func() time.Time { return now }
+	w.writeBatch(ctx, statusBatch{status: status, in: inputs()})
+
+	gotSet, err := client.GatewayV1().ListenerSets("team-a").Get(ctx, "team-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamped := metav1.NewTime(now)
+	wantConds := []metav1.Condition{accepted[0], accepted[1]}
+	wantConds[0].LastTransitionTime, wantConds[1].LastTransitionTime = stamped, stamped
+	if diff := cmp.Diff(wantConds, gotSet.Status.Conditions); diff != "" {
+		t.Errorf("ListenerSet status.conditions (-want +got):\n%s", diff)
+	}
+	wantListener := gatewayv1.ListenerEntryStatus{Name: "http", SupportedKinds: listener.SupportedKinds, AttachedRoutes: 1,
+		Conditions: []metav1.Condition{{Type: "Accepted", Status: "True", Reason: "Accepted", ObservedGeneration: 1, LastTransitionTime: stamped}}}
+	if diff := cmp.Diff([]gatewayv1.ListenerEntryStatus{wantListener}, gotSet.Status.Listeners); diff != "" {
+		t.Errorf("ListenerSet status.listeners (-want +got):\n%s", diff)
+	}
+	gotGw, err := client.GatewayV1().Gateways("ingress").Get(ctx, "ingress", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gotGw.Status.AttachedListenerSets; got == nil || *got != 1 {
+		t.Errorf("Gateway status.attachedListenerSets = %v; want 1", got)
+	}
+
+	// The next build, an hour on, says the same: nothing is written.
+	now = now.Add(time.Hour)
+	client.ClearActions()
+	w.writeBatch(ctx, statusBatch{status: status, in: inputs()})
+	for _, a := range client.Actions() {
+		if a.GetVerb() == "update" {
+			t.Errorf("second write of the same status: %s %s/%s; want no update", a.GetVerb(), a.GetResource().Resource, a.GetSubresource())
+		}
+	}
+
+	// The set no longer programmed, written from an object read anew (as
+	// after a conflict): Programmed from now, Accepted keeps its time.
+	notProgrammed := status[0]
+	notProgrammed.Conditions = []metav1.Condition{accepted[0], {Type: "Programmed", Status: "False", Reason: "Invalid", ObservedGeneration: 1}}
+	w.write(ctx, notProgrammed, nil)
+	if gotSet, err = client.GatewayV1().ListenerSets("team-a").Get(ctx, "team-a", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wantConds[1] = metav1.Condition{Type: "Programmed", Status: "False", Reason: "Invalid", ObservedGeneration: 1, LastTransitionTime: metav1.NewTime(now)}
+	if diff := cmp.Diff(wantConds, gotSet.Status.Conditions); diff != "" {
+		t.Errorf("ListenerSet status.conditions after Programmed turned False (-want +got):\n%s", diff)
 	}
 }

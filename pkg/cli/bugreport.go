@@ -49,6 +49,9 @@ func bugReportKinds() []schema.GroupVersionKind {
 	}
 	return append(out,
 		schema.GroupVersionKind{Group: "telemetry.istio.io", Version: "v1", Kind: "Telemetry"},
+		// Listeners meshd adds to Gateways (GEP-1713; skipped where the
+		// CRD is not installed).
+		schema.GroupVersionKind{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "ListenerSet"},
 		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"},
 		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"},
 	)

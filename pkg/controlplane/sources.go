@@ -128,11 +128,13 @@ var requiredCRDs = []watchedCRD{
 // refusing to start there would take the whole mesh down for one feature.
 var backendTLSPolicyCRD = watchedCRD{"gateway.networking.k8s.io/v1", "backendtlspolicies", "BackendTLSPolicy"}
 
-// tlsRouteCRD and tcpRouteCRD, Gateway API's L4 routes (v1 since its v1.5),
-// are read when the cluster serves them, as BackendTLSPolicy is.
+// tlsRouteCRD and tcpRouteCRD, Gateway API's L4 routes, and
+// listenerSetCRD (GEP-1713), all v1 since its v1.5, are read when the
+// cluster serves them, as BackendTLSPolicy is.
 var (
-	tlsRouteCRD = watchedCRD{"gateway.networking.k8s.io/v1", "tlsroutes", KindTLSRoute}
-	tcpRouteCRD = watchedCRD{"gateway.networking.k8s.io/v1", "tcproutes", KindTCPRoute}
+	tlsRouteCRD    = watchedCRD{"gateway.networking.k8s.io/v1", "tlsroutes", KindTLSRoute}
+	tcpRouteCRD    = watchedCRD{"gateway.networking.k8s.io/v1", "tcproutes", KindTCPRoute}
+	listenerSetCRD = watchedCRD{"gateway.networking.k8s.io/v1", "listenersets", KindListenerSet}
 )
 
 // Sources watches every object the Builder reads.
@@ -256,10 +258,11 @@ func (s *Sources) watchBackendTLS() error {
 
 // statusWritten are the kinds whose status meshd writes and the build
 // does not read (Gateways are not among them: the build reads the
-// addresses the deployer writes into their status).
+// addresses the deployer writes into their status; of a ListenerSet it
+// reads the spec only).
 var statusWritten = map[string]bool{
 	KindHTTPRoute: true, KindGRPCRoute: true, KindTLSRoute: true, KindTCPRoute: true, KindBackendTLSPolicy: true,
-	KindServiceEntry: true, KindGatewayClass: true,
+	KindServiceEntry: true, KindGatewayClass: true, KindListenerSet: true,
 }
 
 // trimmedKinds are the kinds whose informers keep only what the build reads
@@ -393,9 +396,9 @@ func missingCRDs(kube kubernetes.Interface, crds []watchedCRD) ([]string, error)
 
 // Start checks the CRDs, starts every informer and waits until their caches
 // have synced; from then on the Listener hears every change. The informers
-// run until Close or until ctx is done. Without the BackendTLSPolicy CRD it
-// logs so and watches neither BackendTLSPolicies nor ConfigMaps; a CRD
-// installed later is read after meshd restarts.
+// run until Close or until ctx is done. Without the BackendTLSPolicy,
+// TLSRoute, TCPRoute or ListenerSet CRD it logs so and does not watch
+// that kind; a CRD installed later is read after meshd restarts.
 func (s *Sources) Start(ctx context.Context) error {
 	withBackendTLS := true
 	if !s.opts.SkipCRDCheck {
@@ -416,12 +419,19 @@ func (s *Sources) Start(ctx context.Context) error {
 			return fmt.Errorf("start sources: %w", err)
 		}
 	}
+	gw := s.gateway.Gateway().V1()
 	for _, c := range []struct {
 		crd      watchedCRD
 		informer func() cache.SharedIndexInformer
+		// lost says what goes unserved without the CRD.
+		lost string
 	}{
-		{tlsRouteCRD, func() cache.SharedIndexInformer { return s.gateway.Gateway().V1().TLSRoutes().Informer() }},
-		{tcpRouteCRD, func() cache.SharedIndexInformer { return s.gateway.Gateway().V1().TCPRoutes().Informer() }},
+		{tlsRouteCRD, func() cache.SharedIndexInformer { return gw.TLSRoutes().Informer() },
+			"Gateways' TLS passthrough listeners and waypoints get no TLSRoutes"},
+		{tcpRouteCRD, func() cache.SharedIndexInformer { return gw.TCPRoutes().Informer() },
+			"Gateways' TCP listeners and waypoints get no TCPRoutes"},
+		{listenerSetCRD, func() cache.SharedIndexInformer { return gw.ListenerSets().Informer() },
+			"listeners of ListenerSets are not served nor their status written"},
 	} {
 		if !s.opts.SkipCRDCheck {
 			missing, err := missingCRDs(s.opts.Kube, []watchedCRD{c.crd})
@@ -429,7 +439,7 @@ func (s *Sources) Start(ctx context.Context) error {
 				return fmt.Errorf("start sources: %w", err)
 			}
 			if len(missing) > 0 {
-				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough and TCP listeners (and, for TCPRoute, waypoints) get no routes of that kind until it is installed and meshd restarted",
+				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed (Gateway API before v1.5); "+c.lost+" until it is installed and meshd restarted",
 					"missing", missing[0], "install", InstallCRDsCommand)
 				continue
 			}

@@ -28,7 +28,7 @@ import (
 func servedResources(skip ...string) []*metav1.APIResourceList {
 	byGV := map[string]*metav1.APIResourceList{}
 	var out []*metav1.APIResourceList
-	for _, c := range append(slices.Clone(requiredCRDs), backendTLSPolicyCRD) {
+	for _, c := range append(slices.Clone(requiredCRDs), backendTLSPolicyCRD, tlsRouteCRD, tcpRouteCRD, listenerSetCRD) {
 		if strings.Contains(strings.Join(skip, ","), c.resource+"."+c.groupVersion) {
 			continue
 		}
@@ -289,6 +289,75 @@ func TestSourcesWithoutBackendTLSPolicyCRD(t *testing.T) {
 	}
 }
 
+// TestSourcesListenerSet: ListenerSets reach Inputs when their CRD is
+// served; meshd's own status write on one rebuilds nothing, a change of
+// its spec does.
+func TestSourcesListenerSet(t *testing.T) {
+	ls := &gatewayv1.ListenerSet{ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: "app", Generation: 1},
+		Spec: gatewayv1.ListenerSetSpec{ParentRef: gatewayv1.ParentGatewayReference{Name: "ingress"},
+			Listeners: []gatewayv1.ListenerEntry{{Name: "http", Port: 8080, Protocol: gatewayv1.HTTPProtocolType}}}}
+	gw := gatewayfake.NewClientset(ls)
+	rec := &changeRecorder{notify: make(chan struct{}, 1)}
+	src := startSources(t, kubefake.NewClientset(), gw, rec, &bytes.Buffer{})
+	in, err := src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	if got, ok := in.GatewayAPIObject(KindListenerSet, "app", "team-a").(*gatewayv1.ListenerSet); !ok || got.Spec.ParentRef.Name != "ingress" {
+		t.Fatalf("ListenerSet app/team-a in Inputs = %+v; want the one created", got)
+	}
+
+	ctx := context.Background()
+	written := ls.DeepCopy()
+	written.ResourceVersion = "2"
+	written.Status.Conditions = []metav1.Condition{{Type: "Accepted", Status: "True", Reason: "Accepted", ObservedGeneration: 1, LastTransitionTime: metav1.Now()}}
+	if _, err := gw.GatewayV1().ListenerSets("app").UpdateStatus(ctx, written, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update ListenerSet status: %v", err)
+	}
+	respec := written.DeepCopy()
+	respec.ResourceVersion, respec.Generation = "3", 2
+	respec.Spec.Listeners[0].Port = 8081
+	if _, err := gw.GatewayV1().ListenerSets("app").Update(ctx, respec, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update ListenerSet spec: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindListenerSet, Namespace: "app", Name: "team-a", Op: OpUpdate})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var updates int
+	for _, c := range rec.changes {
+		if c.Kind == KindListenerSet && c.Op == OpUpdate {
+			updates++
+		}
+	}
+	if updates != 1 {
+		t.Errorf("ListenerSet updates heard = %d (%+v); want 1: the spec change, not the status write", updates, rec.changes)
+	}
+}
+
+// TestSourcesWithoutOptionalGatewayCRDs: a cluster whose Gateway API
+// predates v1.5 still runs meshd, which says, for each kind it cannot
+// read, what goes unserved.
+func TestSourcesWithoutOptionalGatewayCRDs(t *testing.T) {
+	var log bytes.Buffer
+	src := startSources(t, kubefake.NewClientset(), gatewayfake.NewClientset(), nil, &log,
+		"tlsroutes.gateway.networking.k8s.io/v1", "tcproutes.gateway.networking.k8s.io/v1", "listenersets.gateway.networking.k8s.io/v1")
+	for _, want := range []string{
+		"TLSRoute is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough listeners and waypoints get no TLSRoutes until it is installed and meshd restarted",
+		"TCPRoute is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TCP listeners and waypoints get no TCPRoutes until it is installed and meshd restarted",
+		"ListenerSet is not read: its CRD is not installed (Gateway API before v1.5); listeners of ListenerSets are not served nor their status written until it is installed and meshd restarted",
+		"listenersets.gateway.networking.k8s.io (gateway.networking.k8s.io/v1 ListenerSet)",
+	} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("log = %q; want it to say %q", log.String(), want)
+		}
+	}
+	for _, ki := range src.informers {
+		if ki.kind == KindTLSRoute || ki.kind == KindTCPRoute || ki.kind == KindListenerSet {
+			t.Errorf("informer of %s started; want none without its CRD", ki.kind)
+		}
+	}
+}
+
 // A status write (meshd's own, or another controller's) to a kind whose
 // status the build does not read rebuilds nothing; a change of spec,
 // labels, annotations or deletion does, and so does any update of a kind
@@ -308,6 +377,8 @@ func TestStatusOnlyUpdate(t *testing.T) {
 		{"label changed", KindServiceEntry, func(m *metav1.ObjectMeta) { m.Labels = map[string]string{"istio.io/use-waypoint": "w"} }, false},
 		{"annotation changed", KindGRPCRoute, func(m *metav1.ObjectMeta) { m.Annotations = nil }, false},
 		{"deletion started", KindBackendTLSPolicy, func(m *metav1.ObjectMeta) { m.DeletionTimestamp = &now }, false},
+		{"ListenerSet status only", KindListenerSet, func(*metav1.ObjectMeta) {}, true},
+		{"ListenerSet spec changed", KindListenerSet, func(m *metav1.ObjectMeta) { m.Generation++ }, false},
 		{"Gateway status is read", KindGateway, func(*metav1.ObjectMeta) {}, false},
 		{"no generation kept", KindHTTPRoute, func(m *metav1.ObjectMeta) {}, false},
 	} {
