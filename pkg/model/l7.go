@@ -1094,10 +1094,37 @@ func (t *Tunnel) Validate() error {
 }
 
 // RetryBudget allows as many retries at once as Percent of the requests in
-// flight to the cluster, and at least MinConcurrency.
+// flight to the cluster, and at least MinConcurrency (Envoy's retry
+// budget). With an Interval it is a rate instead, as Gateway API's
+// XBackendTrafficPolicy retryConstraint defines it: the retries sent to
+// the cluster over the last Interval may be up to Percent of all the
+// requests sent to it then (retries included), and MinRetries per
+// MinRetryInterval are always allowed; MinConcurrency is then unused. A
+// retry over the budget is not made: the client is answered 503.
 type RetryBudget struct {
 	Percent        float64
 	MinConcurrency int
+	// Interval, 1s to 1h, makes the budget a rate over that window.
+	Interval time.Duration `json:",omitempty"`
+	// MinRetries per MinRetryInterval (1s to 1h) are allowed whatever
+	// the budget, with an Interval.
+	MinRetries       int           `json:",omitempty"`
+	MinRetryInterval time.Duration `json:",omitempty"`
+}
+
+// Validate checks the budget's ranges.
+func (b *RetryBudget) Validate() error {
+	if b.Percent < 0 || b.Percent > 100 || b.MinConcurrency < 0 || b.MinRetries < 0 {
+		return fmt.Errorf("retryBudget %+v: want a percent of 0-100 and non-negative minimums", *b)
+	}
+	if b.Interval == 0 && (b.MinRetries != 0 || b.MinRetryInterval != 0) {
+		return fmt.Errorf("retryBudget %+v: a minimum retry rate needs an interval", *b)
+	}
+	inRange := func(d time.Duration) bool { return d >= time.Second && d <= time.Hour }
+	if b.Interval != 0 && (!inRange(b.Interval) || (b.MinRetries > 0 && !inRange(b.MinRetryInterval))) {
+		return fmt.Errorf("retryBudget %+v: want an interval and a minimum retry interval of 1s to 1h", *b)
+	}
+	return nil
 }
 
 // NoTimeout disables a timeout whose zero value means a default.
@@ -1791,8 +1818,10 @@ func (t *TrafficPolicy) Validate() error {
 	if t.ProxyProtocol < 0 || t.ProxyProtocol > 2 {
 		return fmt.Errorf("proxyProtocol version %d: want 1 or 2", t.ProxyProtocol)
 	}
-	if b := t.RetryBudget; b != nil && (b.Percent < 0 || b.Percent > 100 || b.MinConcurrency < 0) {
-		return fmt.Errorf("retryBudget %+v: want a percent of 0-100 and a non-negative minimum", *b)
+	if b := t.RetryBudget; b != nil {
+		if err := b.Validate(); err != nil {
+			return err
+		}
 	}
 	if w := t.LB.Warmup; w != nil && (w.Duration <= 0 || w.MinPercent < 0 || w.MinPercent > 100 || w.Aggression <= 0) {
 		return fmt.Errorf("loadBalancer: warmup %+v: want a positive duration and aggression, and a minimum percent of 0-100", *w)
