@@ -55,7 +55,9 @@ func newInstallCommand(s Streams, g *globalOptions) *cobra.Command {
 		Short: "Install or upgrade meshlet in the cluster",
 		Long: "Renders the meshlet chart for a profile (minimal, default, demo) and your values,\n" +
 			"shows the plan, asks for confirmation unless -y, applies it server-side and\n" +
-			"waits until every component is ready.",
+			"waits until every component is ready. The Gateway API CRDs are its standard\n" +
+			"channel, or with --gateway-api-channel experimental its experimental one; the\n" +
+			"channel the cluster already has is kept unless the flag is given.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.render.Namespace = g.meshNamespace
