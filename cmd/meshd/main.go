@@ -175,7 +175,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if errors.Is(err, controlplane.ErrCRDMissing) {
 			// HTTPRoute's and Istio's CRDs exceed client-side apply's
 			// 256 KiB annotation limit.
-			return fmt.Errorf("%w (apply them server-side: kubectl apply --server-side -R -f deploy/crds/, or meshctl install)", err)
+			return fmt.Errorf("%w (apply them server-side: kubectl apply --server-side -f deploy/crds/ -f deploy/crds/meshlet/, or meshctl install)", err)
 		}
 		return err
 	}

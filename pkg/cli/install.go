@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
+
+	"github.com/meshlet/meshlet/deploy/crds"
 )
 
 // FieldManager is the server-side apply field manager of everything meshctl applies.
@@ -39,6 +41,11 @@ type installOptions struct {
 	output string
 	// timeout bounds the wait for the rollout.
 	timeout time.Duration
+	// gatewayAPIChannel is --gateway-api-channel: "" (keep the cluster's,
+	// else standard), standard or experimental.
+	gatewayAPIChannel string
+	// forceGatewayAPIChannel allows standard over an installed experimental channel.
+	forceGatewayAPIChannel bool
 }
 
 func newInstallCommand(s Streams, g *globalOptions) *cobra.Command {
@@ -48,7 +55,9 @@ func newInstallCommand(s Streams, g *globalOptions) *cobra.Command {
 		Short: "Install or upgrade meshlet in the cluster",
 		Long: "Renders the meshlet chart for a profile (minimal, default, demo) and your values,\n" +
 			"shows the plan, asks for confirmation unless -y, applies it server-side and\n" +
-			"waits until every component is ready.",
+			"waits until every component is ready. The Gateway API CRDs are its standard\n" +
+			"channel, or with --gateway-api-channel experimental its experimental one; the\n" +
+			"channel the cluster already has is kept unless the flag is given.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.render.Namespace = g.meshNamespace
@@ -63,12 +72,25 @@ func newInstallCommand(s Streams, g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and stop; nothing is sent to the cluster")
 	f.StringVarP(&o.output, "output", "o", "", "with --dry-run: yaml prints the rendered manifest")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the rollout")
+	addGatewayAPIChannelFlags(f, o)
 	return cmd
 }
 
 func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOptions) error {
 	if o.output != "" && o.output != "yaml" {
 		return fmt.Errorf("unknown output format %q: use -o yaml", o.output)
+	}
+	requested, err := o.requestedGatewayAPIChannel()
+	if err != nil {
+		return err
+	}
+	// Not given, the channel the cluster has is kept, which is only known
+	// once meshctl talks to it (below; upgrade reads it before).
+	channelNote := ""
+	if requested != "" {
+		o.render.GatewayAPIChannel = requested
+	} else if o.render.GatewayAPIChannel == "" {
+		channelNote = " (if the cluster has the experimental channel, it is kept)"
 	}
 	r, err := Render(o.render)
 	if err != nil {
@@ -82,7 +104,7 @@ func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOpti
 		_, err = s.Out.Write(m)
 		return err
 	}
-	if err := writePlan(s.Out, r, o.render); err != nil {
+	if err := writePlan(s.Out, r, o.render, channelNote); err != nil {
 		return err
 	}
 	if o.dryRun {
@@ -98,6 +120,23 @@ func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOpti
 	}
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	if !o.render.SkipCRDs {
+		installed, err := installedGatewayAPIChannel(ctx, c.dynamic)
+		if err != nil {
+			return err
+		}
+		ch, err := decideGatewayAPIChannel(installed, requested, o.forceGatewayAPIChannel)
+		if err != nil {
+			return err
+		}
+		if ch != channelOf(o.render) {
+			fmt.Fprintf(s.ErrOut, "keeping the Gateway API %s channel CRDs the cluster has (choose with --gateway-api-channel)\n", ch)
+			o.render.GatewayAPIChannel = ch
+			if r, err = Render(o.render); err != nil {
+				return err
+			}
+		}
 	}
 	if err := checkPluggedInCA(ctx, c, r); err != nil {
 		return err
@@ -130,6 +169,14 @@ func (r *Rendered) ns() string {
 	return DefaultNamespace
 }
 
+// channelOf is the Gateway API channel o renders.
+func channelOf(o RenderOptions) crds.Channel {
+	if o.GatewayAPIChannel == "" {
+		return crds.Standard
+	}
+	return o.GatewayAPIChannel
+}
+
 func profileOf(o RenderOptions) string {
 	if o.Profile == "" {
 		return "default"
@@ -158,13 +205,17 @@ func confirm(s Streams, question string, yes bool, hint string) error {
 	return fmt.Errorf("%w: nothing was changed (answer y, or pass -y)", ErrNotConfirmed)
 }
 
-// writePlan prints what install will create, grouped by kind, and the workloads' images.
-func writePlan(w io.Writer, r *Rendered, o RenderOptions) error {
+// writePlan prints what install will create, grouped by kind, and the
+// workloads' images. channelNote follows the Gateway API channel's name.
+func writePlan(w io.Writer, r *Rendered, o RenderOptions, channelNote string) error {
 	td, _ := r.Values["trustDomain"].(string)
 	ca, _ := r.Values["ca"].(map[string]any)
 	fmt.Fprintf(w, "Plan: install meshlet, profile %s, namespace %s\n", profileOf(o), r.ns())
 	fmt.Fprintf(w, "  trust domain: %s\n", td)
 	fmt.Fprintf(w, "  CA:           %v (Secret %v)\n", ca["mode"], ca["secretName"])
+	if !o.SkipCRDs {
+		fmt.Fprintf(w, "  Gateway API:  %s channel CRDs%s\n", channelOf(o), channelNote)
+	}
 	counts := map[string]int{}
 	for _, obj := range r.Objects {
 		counts[obj.GetKind()]++

@@ -42,6 +42,9 @@ type RenderOptions struct {
 	Namespace string
 	// SkipCRDs leaves out the CustomResourceDefinitions.
 	SkipCRDs bool
+	// GatewayAPIChannel is the channel of the Gateway API CRDs rendered
+	// with Istio's and meshlet's; "" means crds.Standard.
+	GatewayAPIChannel crds.Channel
 }
 
 // Rendered is the chart's output: objects in apply order.
@@ -79,6 +82,10 @@ func Render(opts RenderOptions) (*Rendered, error) {
 	ns := opts.Namespace
 	if ns == "" {
 		ns = DefaultNamespace
+	}
+	channel, err := crds.ParseChannel(string(opts.GatewayAPIChannel))
+	if err != nil {
+		return nil, err
 	}
 	chartFS := chartfiles.FS()
 	profileData, err := fs.ReadFile(chartFS, "profiles/"+profile+".yaml")
@@ -132,7 +139,7 @@ func Render(opts RenderOptions) (*Rendered, error) {
 
 	var objs []*unstructured.Unstructured
 	if !opts.SkipCRDs {
-		docs, err := crds.Documents()
+		docs, err := crds.DocumentsFor(channel)
 		if err != nil {
 			return nil, fmt.Errorf("read embedded CRDs: %w", err)
 		}

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/meshlet/meshlet/deploy/crds"
 	"github.com/meshlet/meshlet/pkg/meshstatus"
 )
 
@@ -45,8 +46,9 @@ func newUninstallCommand(s Streams, g *globalOptions) *cobra.Command {
 }
 
 func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstallOptions) error {
-	// The demo profile renders a superset of the others' objects.
-	r, err := Render(RenderOptions{Profile: "demo", Namespace: g.meshNamespace, SkipCRDs: !o.purge})
+	// The demo profile renders a superset of the others' objects, and the
+	// Gateway API's experimental channel a superset of the standard CRDs.
+	r, err := Render(RenderOptions{Profile: "demo", Namespace: g.meshNamespace, SkipCRDs: !o.purge, GatewayAPIChannel: crds.Experimental})
 	if err != nil {
 		return err
 	}

@@ -22,13 +22,18 @@ func newUpgradeCommand(s Streams, g *globalOptions) *cobra.Command {
 		Long: "Renders the chart of this meshctl for the profile meshlet is installed with (or\n" +
 			"--profile), with your values, shows the plan and applies it. The node agents roll\n" +
 			"one node at a time, the new agent taking over each node's listeners before the old\n" +
-			"one drains, and meshd rolls one replica at a time, so certificates keep being issued.",
+			"one drains, and meshd rolls one replica at a time, so certificates keep being issued.\n" +
+			"The Gateway API CRDs keep the channel the cluster has unless --gateway-api-channel.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.render.Namespace = g.meshNamespace
 			ctx := cmd.Context()
 			if ctx == nil {
 				ctx = context.Background()
+			}
+			requested, err := o.requestedGatewayAPIChannel()
+			if err != nil {
+				return err
 			}
 			if !cmd.Flags().Changed("profile") {
 				p, err := installedProfile(ctx, g)
@@ -37,6 +42,21 @@ func newUpgradeCommand(s Streams, g *globalOptions) *cobra.Command {
 				}
 				o.render.Profile = p
 			}
+			// The plan shows the channel that will be installed: the
+			// one asked for, else the one the cluster has.
+			c, err := g.clients()
+			if err != nil {
+				return err
+			}
+			installed, err := installedGatewayAPIChannel(ctx, c.dynamic)
+			if err != nil {
+				return err
+			}
+			ch, err := decideGatewayAPIChannel(installed, requested, o.forceGatewayAPIChannel)
+			if err != nil {
+				return err
+			}
+			o.render.GatewayAPIChannel = ch
 			return runInstall(ctx, s, g, o)
 		},
 	}
@@ -48,6 +68,7 @@ func newUpgradeCommand(s Streams, g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.dryRun, "dry-run", false, "print the plan and stop; nothing is sent to the cluster")
 	f.StringVarP(&o.output, "output", "o", "", "with --dry-run: yaml prints the rendered manifest")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "how long to wait for the rollout")
+	addGatewayAPIChannelFlags(f, o)
 	return cmd
 }
 

@@ -33,8 +33,9 @@ import (
 // ErrCRDMissing is wrapped by Start when a CRD meshd needs is not installed.
 var ErrCRDMissing = errors.New("required CRDs are not installed")
 
-// InstallCRDsCommand is how a user installs the CRDs meshd needs.
-const InstallCRDsCommand = "kubectl apply --server-side -R -f deploy/crds/"
+// InstallCRDsCommand is how a user installs the CRDs meshd needs (the
+// standard set; not -R, which would take deploy/crds/experimental/ too).
+const InstallCRDsCommand = "kubectl apply --server-side -f deploy/crds/ -f deploy/crds/meshlet/"
 
 // Op is what happened to an object.
 type Op string
