@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/meshlet/meshlet/pkg/controlplane"
@@ -21,7 +22,8 @@ import (
 
 // gatewayStatusWriter writes the Gateway API status each build computes
 // (controlplane.Builder.Status) on HTTPRoutes, GRPCRoutes, TLSRoutes,
-// TCPRoutes and BackendTLSPolicies: meshd's entries in status.parents and
+// TCPRoutes, BackendTLSPolicies and XBackendTrafficPolicies: meshd's
+// entries in status.parents and
 // status.ancestors; and on Gateways, ListenerSets and GatewayClasses the
 // fields meshd owns outright (withOwnedStatus, gatewayclassstatus.go).
 //
@@ -167,6 +169,8 @@ func statusResource(kind string) string {
 		return "listenersets/status"
 	case controlplane.KindGatewayClass:
 		return "gatewayclasses/status"
+	case controlplane.KindXBackendTrafficPolicy:
+		return "xbackendtrafficpolicies/status"
 	default:
 		return "backendtlspolicies/status"
 	}
@@ -189,6 +193,8 @@ func (w *gatewayStatusWriter) get(ctx context.Context, st controlplane.ObjectSta
 		return v1.ListenerSets(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	case controlplane.KindGatewayClass:
 		return v1.GatewayClasses().Get(ctx, st.Name, metav1.GetOptions{})
+	case controlplane.KindXBackendTrafficPolicy:
+		return w.gw.ExperimentalV1alpha1().XBackendTrafficPolicies(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	default:
 		return v1.BackendTLSPolicies(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
 	}
@@ -214,12 +220,15 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 		_, err = v1.ListenerSets(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	case *gatewayv1.GatewayClass:
 		_, err = v1.GatewayClasses().UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
+	case *gatewayxv1alpha1.XBackendTrafficPolicy:
+		_, err = w.gw.ExperimentalV1alpha1().XBackendTrafficPolicies(o.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{FieldManager: "meshd"})
 	}
 	return err
 }
 
 // withStatus returns a copy of obj (an HTTPRoute, GRPCRoute, TLSRoute,
-// TCPRoute, BackendTLSPolicy, Gateway, ListenerSet or GatewayClass)
+// TCPRoute, BackendTLSPolicy, XBackendTrafficPolicy, Gateway, ListenerSet
+// or GatewayClass)
 // carrying st merged into its status, and whether that differs from obj's
 // status. An object whose generation is not the one st was computed for
 // is left alone: st is stale, or the object is, and the next build brings
@@ -228,6 +237,15 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 	// The merge reads the cached object and builds new lists: the object
 	// is copied only when its status changes, not on every build.
 	if p, ok := obj.(*gatewayv1.BackendTLSPolicy); ok {
+		merged, changed := mergeIfChanged(p.Generation, p.Status.Ancestors, st.Generation, st.Ancestors, now)
+		if !changed {
+			return nil, false
+		}
+		c := p.DeepCopy()
+		c.Status.Ancestors = merged
+		return c, true
+	}
+	if p, ok := obj.(*gatewayxv1alpha1.XBackendTrafficPolicy); ok {
 		merged, changed := mergeIfChanged(p.Generation, p.Status.Ancestors, st.Generation, st.Ancestors, now)
 		if !changed {
 			return nil, false
@@ -286,6 +304,8 @@ func (w *gatewayStatusWriter) noteLeftOut(obj runtime.Object, st controlplane.Ob
 	case *gatewayv1.TCPRoute:
 		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
 	case *gatewayv1.BackendTLSPolicy:
+		n, limit, others = entriesLeftOut(o.Status.Ancestors, st.Ancestors)
+	case *gatewayxv1alpha1.XBackendTrafficPolicy:
 		n, limit, others = entriesLeftOut(o.Status.Ancestors, st.Ancestors)
 	default:
 		return

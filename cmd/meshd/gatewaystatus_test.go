@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/meshlet/meshlet/pkg/controlplane"
@@ -347,5 +348,38 @@ func TestWriteListenerSetStatus(t *testing.T) {
 	wantConds[1] = metav1.Condition{Type: "Programmed", Status: "False", Reason: "Invalid", ObservedGeneration: 1, LastTransitionTime: metav1.NewTime(now)}
 	if diff := cmp.Diff(wantConds, gotSet.Status.Conditions); diff != "" {
 		t.Errorf("ListenerSet status.conditions after Programmed turned False (-want +got):\n%s", diff)
+	}
+}
+
+// TestWithStatusBackendTrafficPolicy: an XBackendTrafficPolicy's
+// ancestors are merged as a BackendTLSPolicy's: meshd's entry written
+// beside another controller's, nothing written when it already says it or
+// when the policy is at another generation.
+func TestWithStatusBackendTrafficPolicy(t *testing.T) {
+	t0 := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	other := gatewayv1.PolicyAncestorStatus{AncestorRef: gatewayv1.ParentReference{Name: "gw"}, ControllerName: "istio.io/gateway-controller", Conditions: []metav1.Condition{}}
+	policy := &gatewayxv1alpha1.XBackendTrafficPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "bookinfo", Generation: 2}}
+	policy.Status.Ancestors = []gatewayv1.PolicyAncestorStatus{other}
+	desired := controlplane.ObjectStatus{Kind: controlplane.KindXBackendTrafficPolicy, Namespace: "bookinfo", Name: "p", Generation: 2,
+		Ancestors: []gatewayv1.PolicyAncestorStatus{{AncestorRef: svcParentRef("reviews"), ControllerName: controlplane.ControllerName,
+			Conditions: []metav1.Condition{{Type: "Accepted", Status: "True", Reason: "Accepted", ObservedGeneration: 2}}}}}
+	obj, changed := withStatus(policy, desired, t0)
+	if !changed {
+		t.Fatal("withStatus(policy without meshd's entry) changed = false; want a write")
+	}
+	got := obj.(*gatewayxv1alpha1.XBackendTrafficPolicy).Status.Ancestors
+	if len(got) != 2 || got[0].ControllerName != other.ControllerName || got[1].ControllerName != controlplane.ControllerName || !got[1].Conditions[0].LastTransitionTime.Equal(&t0) {
+		t.Errorf("written ancestors %+v; want the other controller's, then meshd's stamped", got)
+	}
+	if len(policy.Status.Ancestors) != 1 {
+		t.Error("withStatus modified the informer's object; want a copy")
+	}
+	if _, changed := withStatus(obj, desired, metav1.NewTime(t0.Add(time.Hour))); changed {
+		t.Error("withStatus(policy already saying it) changed = true; want no write")
+	}
+	stale := desired
+	stale.Generation = 1
+	if _, changed := withStatus(policy, stale, t0); changed {
+		t.Error("withStatus(status of another generation) changed = true; want no write")
 	}
 }

@@ -123,8 +123,12 @@ type build struct {
 	drFor        map[string]config[networkingapi.DestinationRule] // service key -> chosen rule
 	btlsFor      map[string]*backendTLSTargets                    // service key -> BackendTLSPolicies in force
 	btlsPolicies []*backendTLS                                    // every BackendTLSPolicy, oldest first (for status)
-	wlByUID      map[string]*model.Workload
-	ingress      []*gatewayv1.Gateway
+	// trafficFor is the XBackendTrafficPolicy in force for each Service
+	// (by key), trafficPolicies every one, oldest first (for status).
+	trafficFor      map[string]*backendTraffic
+	trafficPolicies []*backendTraffic
+	wlByUID         map[string]*model.Workload
+	ingress         []*gatewayv1.Gateway
 	// gwListeners are the ingress Gateways' merged listener lists and
 	// setStates the ListenerSets whose parent is a meshlet Gateway, by
 	// key, decided once (attachListenerSets).
@@ -165,6 +169,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	bd.translateServiceEntries()
 	bd.translateDestinationRules()
 	bd.translateBackendTLSPolicies()
+	bd.translateBackendTrafficPolicies()
 	bd.validateVirtualServices()
 	bd.validateIstioGateways()
 	bd.validateRequestAuthentications()

@@ -145,6 +145,7 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 	out = append(out, bd.listenerStatus(out)...) // out: the routes, whose acceptance attachedRoutes counts
 	out = append(out, bd.gatewayClassStatus()...)
 	out = append(out, bd.backendTLSStatus()...)
+	out = append(out, bd.backendTrafficStatus()...)
 	slices.SortFunc(out, func(a, b ObjectStatus) int {
 		return strings.Compare(a.Kind+"/"+a.Namespace+"/"+a.Name, b.Kind+"/"+b.Namespace+"/"+b.Name)
 	})

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 
 	policyv1alpha1 "github.com/meshlet/meshlet/pkg/api/policy/v1alpha1"
 )
@@ -57,6 +58,7 @@ const (
 	KindSecret                = "Secret"
 	KindConfigMap             = "ConfigMap"
 	KindBackendTLSPolicy      = "BackendTLSPolicy"
+	KindXBackendTrafficPolicy = "XBackendTrafficPolicy"
 )
 
 // caCertKey is the entry of a credential Secret holding the roots client
@@ -104,6 +106,7 @@ type Inputs struct {
 	listenerSets    map[string]*gatewayv1.ListenerSet
 	referenceGrants map[string]*gatewayv1.ReferenceGrant
 	backendTLS      map[string]*gatewayv1.BackendTLSPolicy
+	backendTraffic  map[string]*gatewayxv1alpha1.XBackendTrafficPolicy
 
 	rateLimits map[string]*policyv1alpha1.LocalRateLimitPolicy
 }
@@ -127,7 +130,8 @@ func putConfig[S any](m *map[string]config[S], meta metav1.ObjectMeta, spec *S) 
 // (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, Gateway) and
 // security v1 and v1beta1 (PeerAuthentication, AuthorizationPolicy,
 // RequestAuthentication), telemetry v1 and v1alpha1 (Telemetry); and sigs.k8s.io/gateway-api v1 (Gateway,
-// GatewayClass, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ListenerSet, ReferenceGrant, BackendTLSPolicy). Adding an object with
+// GatewayClass, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ListenerSet, ReferenceGrant, BackendTLSPolicy) and apisx
+// v1alpha1 (XBackendTrafficPolicy). Adding an object with
 // the namespace/name of one already added replaces it. Any other type is an error.
 func (in *Inputs) Add(obj runtime.Object) error {
 	switch o := obj.(type) {
@@ -220,6 +224,8 @@ func (in *Inputs) Add(obj runtime.Object) error {
 		put(&in.referenceGrants, key(o), o)
 	case *gatewayv1.BackendTLSPolicy:
 		put(&in.backendTLS, key(o), o)
+	case *gatewayxv1alpha1.XBackendTrafficPolicy:
+		put(&in.backendTraffic, key(o), o)
 	case *policyv1alpha1.LocalRateLimitPolicy:
 		put(&in.rateLimits, key(o), o)
 	case *unstructured.Unstructured:
@@ -261,8 +267,8 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // GatewayAPIObject returns the HTTPRoute, GRPCRoute, TLSRoute, TCPRoute,
-// BackendTLSPolicy, Gateway, ListenerSet or GatewayClass (kind KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute,
-// KindBackendTLSPolicy, KindGateway, KindListenerSet or KindGatewayClass; namespace "" for
+// BackendTLSPolicy, XBackendTrafficPolicy, Gateway, ListenerSet or GatewayClass (kind KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute,
+// KindBackendTLSPolicy, KindXBackendTrafficPolicy, KindGateway, KindListenerSet or KindGatewayClass; namespace "" for
 // a GatewayClass) named namespace/name, nil when the inputs hold none. It is shared: do not
 // modify it.
 func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object {
@@ -286,6 +292,10 @@ func (in *Inputs) GatewayAPIObject(kind, namespace, name string) runtime.Object 
 		}
 	case KindBackendTLSPolicy:
 		if o, ok := in.backendTLS[k]; ok {
+			return o
+		}
+	case KindXBackendTrafficPolicy:
+		if o, ok := in.backendTraffic[k]; ok {
 			return o
 		}
 	case KindGateway:

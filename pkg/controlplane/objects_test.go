@@ -17,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -99,6 +100,8 @@ func newObject(apiVersion, kind string) runtime.Object {
 		return &gatewayv1.TCPRoute{}
 	case "gateway.networking.k8s.io/v1/ListenerSet":
 		return &gatewayv1.ListenerSet{}
+	case "gateway.networking.x-k8s.io/v1alpha1/XBackendTrafficPolicy":
+		return &gatewayxv1alpha1.XBackendTrafficPolicy{}
 	case "gateway.networking.k8s.io/v1/ReferenceGrant":
 		return &gatewayv1.ReferenceGrant{}
 	case "gateway.networking.k8s.io/v1/BackendTLSPolicy":

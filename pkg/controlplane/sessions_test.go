@@ -32,13 +32,23 @@ func sessionsByPath(t *testing.T, cfg *model.L7Config) map[string]*model.Session
 // and returns the waypoint's L7 config.
 func labelledBookinfo(t *testing.T, labels string, extra ...string) *model.L7Config {
 	t.Helper()
+	return labelledBookinfoWarned(t, labels, "", extra...)
+}
+
+// labelledBookinfoWarned is labelledBookinfo wanting the one warning
+// containing warned (none when it is "").
+func labelledBookinfoWarned(t *testing.T, labels, warned string, extra ...string) *model.L7Config {
+	t.Helper()
 	docs := bookinfo(extra...)
 	const svc = 4 // bookinfo's reviews Service
 	docs[svc] = strings.Replace(docs[svc], "metadata: {name: reviews, namespace: bookinfo}",
 		"metadata: {name: reviews, namespace: bookinfo, labels: {"+labels+"}}", 1)
 	snap, rej := mustBuild(t, inputs(t, docs...))
-	if len(rej) != 0 {
+	switch {
+	case warned == "" && len(rej) != 0:
 		t.Errorf("rejections = %v; want none", rej)
+	case warned != "" && (len(rej) != 1 || !hasRejection(rej, warned, true)):
+		t.Errorf("rejections = %v; want one warning %q", rej, warned)
 	}
 	cfg, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "waypoint"})
 	if !ok {

@@ -136,6 +136,8 @@ var (
 	tlsRouteCRD    = watchedCRD{"gateway.networking.k8s.io/v1", "tlsroutes", KindTLSRoute}
 	tcpRouteCRD    = watchedCRD{"gateway.networking.k8s.io/v1", "tcproutes", KindTCPRoute}
 	listenerSetCRD = watchedCRD{"gateway.networking.k8s.io/v1", "listenersets", KindListenerSet}
+	// backendTrafficCRD is of Gateway API's experimental channel only.
+	backendTrafficCRD = watchedCRD{"gateway.networking.x-k8s.io/v1alpha1", "xbackendtrafficpolicies", KindXBackendTrafficPolicy}
 )
 
 // Sources watches every object the Builder reads.
@@ -263,7 +265,7 @@ func (s *Sources) watchBackendTLS() error {
 // reads the spec only).
 var statusWritten = map[string]bool{
 	KindHTTPRoute: true, KindGRPCRoute: true, KindTLSRoute: true, KindTCPRoute: true, KindBackendTLSPolicy: true,
-	KindServiceEntry: true, KindGatewayClass: true, KindListenerSet: true,
+	KindServiceEntry: true, KindGatewayClass: true, KindListenerSet: true, KindXBackendTrafficPolicy: true,
 }
 
 // trimmedKinds are the kinds whose informers keep only what the build reads
@@ -424,15 +426,18 @@ func (s *Sources) Start(ctx context.Context) error {
 	for _, c := range []struct {
 		crd      watchedCRD
 		informer func() cache.SharedIndexInformer
-		// lost says what goes unserved without the CRD.
-		lost string
+		// lost says what goes unserved without the CRD, why why it may
+		// be missing.
+		lost, why string
 	}{
 		{tlsRouteCRD, func() cache.SharedIndexInformer { return gw.TLSRoutes().Informer() },
-			"Gateways' TLS passthrough listeners and waypoints get no TLSRoutes"},
+			"Gateways' TLS passthrough listeners and waypoints get no TLSRoutes", "Gateway API before v1.5"},
 		{tcpRouteCRD, func() cache.SharedIndexInformer { return gw.TCPRoutes().Informer() },
-			"Gateways' TCP listeners and waypoints get no TCPRoutes"},
+			"Gateways' TCP listeners and waypoints get no TCPRoutes", "Gateway API before v1.5"},
 		{listenerSetCRD, func() cache.SharedIndexInformer { return gw.ListenerSets().Informer() },
-			"listeners of ListenerSets are not served nor their status written"},
+			"listeners of ListenerSets are not served nor their status written", "Gateway API before v1.5"},
+		{backendTrafficCRD, func() cache.SharedIndexInformer { return s.gateway.Experimental().V1alpha1().XBackendTrafficPolicies().Informer() },
+			"Services get no retry budget or session persistence from XBackendTrafficPolicies", "it is in Gateway API's experimental channel only: meshctl install --gateway-api-channel experimental"},
 	} {
 		if !s.opts.SkipCRDCheck {
 			missing, err := missingCRDs(s.opts.Kube, []watchedCRD{c.crd})
@@ -440,7 +445,7 @@ func (s *Sources) Start(ctx context.Context) error {
 				return fmt.Errorf("start sources: %w", err)
 			}
 			if len(missing) > 0 {
-				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed (Gateway API before v1.5); "+c.lost+" until it is installed and meshd restarted",
+				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed ("+c.why+"); "+c.lost+" until it is installed and meshd restarted",
 					"missing", missing[0], "install", InstallCRDsCommand)
 				continue
 			}

@@ -18,6 +18,7 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/google/go-cmp/cmp"
@@ -28,7 +29,7 @@ import (
 func servedResources(skip ...string) []*metav1.APIResourceList {
 	byGV := map[string]*metav1.APIResourceList{}
 	var out []*metav1.APIResourceList
-	for _, c := range append(slices.Clone(requiredCRDs), backendTLSPolicyCRD, tlsRouteCRD, tcpRouteCRD, listenerSetCRD) {
+	for _, c := range append(slices.Clone(requiredCRDs), backendTLSPolicyCRD, tlsRouteCRD, tcpRouteCRD, listenerSetCRD, backendTrafficCRD) {
 		if strings.Contains(strings.Join(skip, ","), c.resource+"."+c.groupVersion) {
 			continue
 		}
@@ -331,6 +332,21 @@ func TestSourcesListenerSet(t *testing.T) {
 	}
 	if updates != 1 {
 		t.Errorf("ListenerSet updates heard = %d (%+v); want 1: the spec change, not the status write", updates, rec.changes)
+	}
+}
+
+// TestSourcesXBackendTrafficPolicy: with the experimental channel's CRD
+// served, XBackendTrafficPolicies reach the build.
+func TestSourcesXBackendTrafficPolicy(t *testing.T) {
+	p := &gatewayxv1alpha1.XBackendTrafficPolicy{ObjectMeta: metav1.ObjectMeta{Name: "budget", Namespace: "app"},
+		Spec: gatewayxv1alpha1.BackendTrafficPolicySpec{TargetRefs: []gatewayxv1alpha1.LocalPolicyTargetReference{{Kind: "Service", Name: "reviews"}}}}
+	src := startSources(t, kubefake.NewClientset(), gatewayfake.NewClientset(p), &changeRecorder{notify: make(chan struct{}, 1)}, &bytes.Buffer{})
+	in, err := src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	if got, ok := in.GatewayAPIObject(KindXBackendTrafficPolicy, "app", "budget").(*gatewayxv1alpha1.XBackendTrafficPolicy); !ok || got.Spec.TargetRefs[0].Name != "reviews" {
+		t.Fatalf("XBackendTrafficPolicy app/budget in Inputs = %+v; want the one created", got)
 	}
 }
 

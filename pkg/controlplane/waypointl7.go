@@ -23,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 
 	"github.com/meshlet/meshlet/pkg/model"
 )
@@ -343,6 +344,7 @@ func (lb *l7Builder) cluster(host string, port uint32) string {
 			// DestinationRule's load balancer wins, as it does in Istio.
 			c.Traffic.LB.ConsistentHash = &model.ConsistentHash{SourceIP: true}
 		}
+		lb.bd.applyTrafficBudget(c, owner)
 		if bt := lb.bd.backendTLSFor(ms, port); bt != nil && !drTLS {
 			applyBackendTLS(c, bt, subsetTLS)
 			if lb.backendTLS == nil {
@@ -905,7 +907,7 @@ func (lb *l7Builder) gatewayRoutes(rts []*gatewayv1.HTTPRoute, grpcs []*gatewayv
 // oldestFirst orders routes as Gateway API breaks precedence ties: the
 // oldest first, then by namespace/name.
 func oldestFirst[R interface {
-	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute | *gatewayv1.TLSRoute | *gatewayv1.TCPRoute | *gatewayv1.BackendTLSPolicy
+	*gatewayv1.HTTPRoute | *gatewayv1.GRPCRoute | *gatewayv1.TLSRoute | *gatewayv1.TCPRoute | *gatewayv1.BackendTLSPolicy | *gatewayxv1alpha1.XBackendTrafficPolicy
 	GetCreationTimestamp() metav1.Time
 	GetNamespace() string
 	GetName() string

@@ -1106,7 +1106,7 @@ type RetryBudget struct {
 	MinConcurrency int
 	// Interval, 1s to 1h, makes the budget a rate over that window.
 	Interval time.Duration `json:",omitempty"`
-	// MinRetries per MinRetryInterval (1s to 1h) are allowed whatever
+	// MinRetries per MinRetryInterval (up to 1h) are allowed whatever
 	// the budget, with an Interval.
 	MinRetries       int           `json:",omitempty"`
 	MinRetryInterval time.Duration `json:",omitempty"`
@@ -1120,9 +1120,8 @@ func (b *RetryBudget) Validate() error {
 	if b.Interval == 0 && (b.MinRetries != 0 || b.MinRetryInterval != 0) {
 		return fmt.Errorf("retryBudget %+v: a minimum retry rate needs an interval", *b)
 	}
-	inRange := func(d time.Duration) bool { return d >= time.Second && d <= time.Hour }
-	if b.Interval != 0 && (!inRange(b.Interval) || (b.MinRetries > 0 && !inRange(b.MinRetryInterval))) {
-		return fmt.Errorf("retryBudget %+v: want an interval and a minimum retry interval of 1s to 1h", *b)
+	if b.Interval != 0 && (b.Interval < time.Second || b.Interval > time.Hour || (b.MinRetries > 0 && (b.MinRetryInterval <= 0 || b.MinRetryInterval > time.Hour))) {
+		return fmt.Errorf("retryBudget %+v: want an interval of 1s to 1h and a minimum retry interval above 0 up to 1h", *b)
 	}
 	return nil
 }
