@@ -436,7 +436,9 @@ func (s *Sources) Start(ctx context.Context) error {
 			"Gateways' TCP listeners and waypoints get no TCPRoutes", "Gateway API before v1.5"},
 		{listenerSetCRD, func() cache.SharedIndexInformer { return gw.ListenerSets().Informer() },
 			"listeners of ListenerSets are not served nor their status written", "Gateway API before v1.5"},
-		{backendTrafficCRD, func() cache.SharedIndexInformer { return s.gateway.Experimental().V1alpha1().XBackendTrafficPolicies().Informer() },
+		{backendTrafficCRD, func() cache.SharedIndexInformer {
+			return s.gateway.Experimental().V1alpha1().XBackendTrafficPolicies().Informer()
+		},
 			"Services get no retry budget or session persistence from XBackendTrafficPolicies", "it is in Gateway API's experimental channel only: meshctl install --gateway-api-channel experimental"},
 	} {
 		if !s.opts.SkipCRDCheck {
