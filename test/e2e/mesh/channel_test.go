@@ -1,0 +1,86 @@
+package meshtest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshlet/meshlet/test/lab"
+)
+
+// TestGatewayAPIExperimentalChannel: `meshctl upgrade --gateway-api-channel
+// experimental` moves the cluster to Gateway API's experimental CRDs (the
+// routes' experimental fields, XBackendTrafficPolicy); going back to
+// standard, which would prune those fields from stored routes, is refused.
+// Once meshd restarts it reads XBackendTrafficPolicies: one on a Service
+// with a waypoint gives its clients session persistence (a token in a
+// header, then the pod that answered it), and its status says so.
+func TestGatewayAPIExperimentalChannel(t *testing.T) {
+	lb := meshLab(t)
+	run := meshctl(t, lb)
+	out := run("upgrade", "-y", "--timeout", "3m", "--gateway-api-channel", "experimental")
+	if !strings.Contains(out, "experimental") {
+		t.Errorf("upgrade output does not name the experimental channel:\n%s", out)
+	}
+	channel, err := lb.Kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", "-o", `jsonpath={.metadata.annotations.gateway\.networking\.k8s\.io/channel}`)
+	if err != nil || channel != "experimental" {
+		t.Fatalf("HTTPRoute CRD channel %q (%v); want experimental", channel, err)
+	}
+	if _, err := lb.Kubectl("get", "crd", "xbackendtrafficpolicies.gateway.networking.x-k8s.io"); err != nil {
+		t.Fatalf("XBackendTrafficPolicy CRD: %v", err)
+	}
+	refused, err := runMeshctl(lb, "upgrade", "-y", "--timeout", "3m", "--gateway-api-channel", "standard")
+	if err == nil || !strings.Contains(refused, "experimental") {
+		t.Errorf("upgrade back to the standard channel: %v\n%s\nwant it refused, naming what would be lost", err, refused)
+	}
+	if channel, _ := lb.Kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", "-o", `jsonpath={.metadata.annotations.gateway\.networking\.k8s\.io/channel}`); channel != "experimental" {
+		t.Errorf("after the refused upgrade the HTTPRoute CRD's channel is %q; want experimental still", channel)
+	}
+	// meshd reads optional CRDs when it starts.
+	if out, err := lb.Kubectl("-n", meshSystem, "rollout", "restart", "deployment/meshd"); err != nil {
+		t.Fatalf("restart meshd: %v: %s", err, out)
+	}
+	if out, err := lb.Kubectl("-n", meshSystem, "rollout", "status", "deployment/meshd", "--timeout=3m"); err != nil {
+		t.Fatalf("meshd rollout: %v: %s", err, out)
+	}
+
+	ns := ambientNamespace(t, lb)
+	lb.Apply(t, ns, echoV1V2)
+	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+	applyWaypoint(t, lb, run, ns, "--enroll-namespace")
+	lb.Apply(t, ns, `apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackendTrafficPolicy
+metadata: {name: echo-traffic}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo}]
+  retryConstraint: {budget: {percent: 20, interval: 10s}, minRetryRate: {count: 5, interval: 1s}}
+  sessionPersistence: {sessionName: x-echo-session, type: Header}
+`)
+	var fresh echoSummary
+	lab.WaitFor(t, 2*time.Minute, "a session token per pod from the XBackendTrafficPolicy", func() (bool, error) {
+		fresh = summary(t, lb, ns, client.Name, "-n", "40", "-answer-header", "x-echo-session", url)
+		_, tokenless := fresh.Answered[""]
+		return fresh.OK == 40 && len(fresh.Answered) == 2 && !tokenless && fresh.ByVersion["v1"] > 0 && fresh.ByVersion["v2"] > 0,
+			fmt.Errorf("%d of 40 answered, by version %v, tokens %v", fresh.OK, fresh.ByVersion, fresh.Answered)
+	})
+	for tok, n := range fresh.Answered {
+		s := summary(t, lb, ns, client.Name, "-n", "40", "-c", "4", "-answer-header", "x-echo-session", "-H", "x-echo-session: "+tok, url)
+		if s.OK != 40 || len(s.ByVersion) != 1 || s.Answered[""] != 40 {
+			t.Errorf("40 requests with the session token given %d times: %d answered, by version %v, new tokens %v; want one version and no new token", n, s.OK, s.ByVersion, s.Answered)
+		}
+	}
+	lab.WaitFor(t, 30*time.Second, "the policy's status", func() (bool, error) {
+		out, err := lb.Kubectl("-n", ns, "get", "xbackendtrafficpolicy", "echo-traffic", "-o",
+			`jsonpath={.status.ancestors[0].ancestorRef.name} {.status.ancestors[0].conditions[?(@.type=="Accepted")].status}`)
+		return err == nil && out == "echo True", fmt.Errorf("ancestors %q (%v)", out, err)
+	})
+}
