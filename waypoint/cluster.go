@@ -50,6 +50,9 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options, self proxyP
 	c.all.protocol = spec.Protocol
 	joined := joinTimes(prev, time.Now())
 	c.all.setJoined(joined)
+	if prev != nil {
+		c.all.keepRate(prev.all)
+	}
 	for _, s := range spec.Subsets {
 		tp := spec.Traffic
 		if s.Traffic != nil {
@@ -64,6 +67,11 @@ func newCluster(spec *model.L7Cluster, prev *cluster, opts *Options, self proxyP
 		u := newUpstream(spec.Name, s.Name, eps, tp, opts, self)
 		u.protocol = spec.Protocol
 		u.setJoined(joined)
+		if prev != nil {
+			if p := prev.subsets[s.Name]; p != nil {
+				u.keepRate(p)
+			}
+		}
 		c.subsets[s.Name] = u
 	}
 	if prev != nil {
@@ -98,6 +106,15 @@ func (u *upstream) setJoined(joined func(addr string) time.Time) {
 	}
 }
 
+// keepRate takes over prev's retry rate counts when the budget is the
+// same: a cluster's new endpoints (or other settings) do not reset the
+// retries it made, nor give it a new minimum.
+func (u *upstream) keepRate(prev *upstream) {
+	if prev.rate.sameBudget(u.policy.RetryBudget) {
+		u.rate = prev.rate
+	}
+}
+
 func (c *cluster) subset(name string) *upstream {
 	if name == "" {
 		return c.all
@@ -125,6 +142,7 @@ type upstream struct {
 	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
 	dial            dialFunc     // to an endpoint, bytes as they are (keepalive, tunnel): relays use it
 	retries         atomic.Int64 // retries outstanding, counted under maxRetries or a retry budget
+	rate            *retryRate   // a retry budget with an interval (nil: none); may outlive u (newCluster)
 	requests        *connLimiter // requests in flight (nil: unbounded)
 	rr              atomic.Uint64
 	locality        *localityPicker // nil: no locality load balancing
@@ -156,7 +174,7 @@ type endpoint struct {
 }
 
 func newUpstream(cluster, subset string, eps []model.L7Endpoint, tp model.TrafficPolicy, opts *Options, self proxyPlace) *upstream {
-	u := &upstream{cluster: cluster, subset: subset, policy: tp, metrics: opts.metrics}
+	u := &upstream{cluster: cluster, subset: subset, policy: tp, metrics: opts.metrics, rate: newRetryRate(tp.RetryBudget, nil)}
 	for _, e := range eps {
 		w := uint64(e.Weight)
 		if w == 0 {
@@ -271,11 +289,13 @@ const statusTryTimeout = -1
 // acquireRetry takes one of the cluster's retry slots for a retry about
 // to be made, recording it in held; false when they are all taken. The
 // slots are the retry budget's share of the requests in flight when the
-// policy has one, else maxRetries; without either it always succeeds and
-// counts nothing.
+// policy has one without an interval, else maxRetries; without either it
+// always succeeds and counts nothing. A budget with an interval is a rate
+// (u.rate, checked besides): maxRetries still bounds the retries
+// outstanding then.
 func (u *upstream) acquireRetry(held *bool) bool {
 	max := int64(u.policy.Pool.MaxRetries)
-	if b := u.policy.RetryBudget; b != nil {
+	if b := u.policy.RetryBudget; b != nil && b.Interval <= 0 {
 		var active int64
 		for _, e := range u.endpoints {
 			active += e.active.Load()

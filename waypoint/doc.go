@@ -30,7 +30,11 @@
 //     retries (Envoy's retry_on conditions; retries prefer endpoints not
 //     yet tried; between tries a RetryPolicy.Backoff is waited at least,
 //     growing to 10x, else Envoy's default jitter: see retryBackoff),
-//     feeding outlier detection;
+//     feeding outlier detection; retries are bounded per cluster by
+//     maxRetries or a retry budget: Envoy's concurrent one (a retry over
+//     it is not made, the answer stands, UO) or, with an interval, Gateway
+//     API's rate (retryRate: a retry over it is not made and the client
+//     is answered 503, UO);
 //  10. response headers are edited and the body streamed back with trailers
 //     (gRPC) and flushing, or the connection is handed over after a 101
 //     (WebSocket only: other upgrades such as h2c are dropped, since an

@@ -111,7 +111,7 @@ func newMetrics(reg prometheus.Registerer, reporter string, self *Peer, cluster 
 			Name: "meshlet_waypoint_outlier_ejections_total", Help: "Endpoints ejected by outlier detection.",
 		}, []string{"cluster"}),
 		overflows: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "meshlet_waypoint_upstream_overflow_total", Help: "Requests refused by a full connection pool (UO).",
+			Name: "meshlet_waypoint_upstream_overflow_total", Help: "Requests refused by a full connection pool, or not retried over a retry limit or budget (UO).",
 		}, []string{"cluster"}),
 	}
 	if reg == nil {

@@ -692,6 +692,11 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		if try > 0 {
 			attempt.Body = next
 		}
+		if up.rate != nil {
+			// The one place a try goes upstream, whatever the protocol:
+			// a request in the rate budget's window, first try or retry.
+			up.rate.sent()
+		}
 		start := time.Now()
 		resp, err := transport.RoundTrip(attempt)
 		if timer != nil {
@@ -738,8 +743,9 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		overflow := false
 		if retry {
 			// The retry this one was has ended; the next needs a slot of
-			// the cluster's maxRetries (Envoy's retry circuit breaker:
-			// over it, the answer stands, flagged UO).
+			// the cluster's maxRetries or concurrent retry budget (Envoy's
+			// retry circuit breaker: over it, the answer stands, flagged
+			// UO). A rate budget is checked below, once the retry is sure.
 			up.releaseRetry(&retrying)
 			if !up.acquireRetry(&retrying) {
 				retry, overflow = false, true
@@ -781,6 +787,17 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		}
 		cancelTry()
 		held.release()
+		if up.rate != nil && !up.rate.allowRetry() {
+			// Over the cluster's rate budget (Gateway API's retryConstraint):
+			// the retry is not made and the client is answered 503, UO.
+			next.Close()
+			if p.metrics != nil {
+				p.metrics.overflows.WithLabelValues(up.name()).Inc()
+			}
+			w.Header().Set("X-Envoy-Overloaded", "true")
+			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagOverflow, "retry_budget_exceeded", "retry budget exceeded")
+			return nil, inFlight{}, false
+		}
 		select {
 		case <-time.After(retryBackoff(rp.Backoff, try)):
 		case <-ctx.Done():

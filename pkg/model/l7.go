@@ -916,7 +916,9 @@ type TrafficPolicy struct {
 	ProxyProtocol int `json:",omitempty"`
 	// RetryBudget, when set, bounds the retries outstanding to the cluster
 	// by the requests in flight, instead of Pool.MaxRetries (Envoy's retry
-	// budget, Istio's trafficPolicy.retryBudget).
+	// budget, Istio's trafficPolicy.retryBudget); with an Interval it
+	// bounds the rate of retries instead, and Pool.MaxRetries still
+	// applies.
 	RetryBudget *RetryBudget `json:",omitempty"`
 	// TLS originates TLS to the endpoints (a DestinationRule's
 	// trafficPolicy.tls with mode SIMPLE or MUTUAL): the proxy speaks
