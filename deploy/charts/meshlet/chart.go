@@ -4,14 +4,15 @@
 // from package deploy/crds, the single copy taken from the pinned modules.
 //
 // For the helm binary (helm install ./deploy/charts/meshlet), `go generate
-// ./deploy/charts/meshlet` copies those CRDs into the chart's crds/ directory,
-// which git ignores: deploy/crds stays the only copy under version control.
+// ./deploy/charts/meshlet` (copy-crds.sh) copies those CRDs, meshlet's own
+// included, into the chart's crds/ directory, which git ignores:
+// deploy/crds stays the only copy under version control.
 //
 // This package holds files only; it must not render, validate or talk to a
 // cluster (pkg/cli does that).
 package meshlet
 
-//go:generate sh -c "rm -rf crds && mkdir crds && cp ../../crds/*.yaml crds/"
+//go:generate sh copy-crds.sh
 
 import (
 	"embed"

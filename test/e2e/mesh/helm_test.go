@@ -48,7 +48,7 @@ func TestHelmInstallUpgrade(t *testing.T) {
 	if out, err := cp.CombinedOutput(); err != nil {
 		t.Fatalf("copy the chart: %v: %s", err, out)
 	}
-	if out, err := exec.Command("sh", "-c", fmt.Sprintf("mkdir -p %s/crds && cp %s/deploy/crds/*.yaml %s/crds/", chart, lb.Layout.Repo(), chart)).CombinedOutput(); err != nil {
+	if out, err := exec.Command("sh", filepath.Join(lb.Layout.Repo(), "deploy", "charts", "meshlet", "copy-crds.sh"), filepath.Join(chart, "crds")).CombinedOutput(); err != nil {
 		t.Fatalf("copy the CRDs into the chart: %v: %s", err, out)
 	}
 	profile := filepath.Join(chart, "profiles", "default.yaml")
