@@ -236,23 +236,14 @@ func (w *gatewayStatusWriter) update(ctx context.Context, obj runtime.Object) er
 func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Time) (runtime.Object, bool) {
 	// The merge reads the cached object and builds new lists: the object
 	// is copied only when its status changes, not on every build.
-	if p, ok := obj.(*gatewayv1.BackendTLSPolicy); ok {
-		merged, changed := mergeIfChanged(p.Generation, p.Status.Ancestors, st.Generation, st.Ancestors, now)
+	if ps := policyStatus(obj); ps != nil {
+		merged, changed := mergeIfChanged(obj.(metav1.Object).GetGeneration(), ps.Ancestors, st.Generation, st.Ancestors, now)
 		if !changed {
 			return nil, false
 		}
-		c := p.DeepCopy()
-		c.Status.Ancestors = merged
-		return c, true
-	}
-	if p, ok := obj.(*gatewayxv1alpha1.XBackendTrafficPolicy); ok {
-		merged, changed := mergeIfChanged(p.Generation, p.Status.Ancestors, st.Generation, st.Ancestors, now)
-		if !changed {
-			return nil, false
-		}
-		c := p.DeepCopy()
-		c.Status.Ancestors = merged
-		return c, true
+		out := obj.DeepCopyObject()
+		policyStatus(out).Ancestors = merged
+		return out, true
 	}
 	switch obj.(type) {
 	case *gatewayv1.Gateway, *gatewayv1.ListenerSet, *gatewayv1.GatewayClass:
@@ -289,6 +280,19 @@ func withStatus(obj runtime.Object, st controlplane.ObjectStatus, now metav1.Tim
 	return out, true
 }
 
+// policyStatus is the status of obj when it is a policy meshd writes
+// status.ancestors of (a BackendTLSPolicy or an XBackendTrafficPolicy),
+// nil otherwise.
+func policyStatus(obj runtime.Object) *gatewayv1.PolicyStatus {
+	switch o := obj.(type) {
+	case *gatewayv1.BackendTLSPolicy:
+		return &o.Status
+	case *gatewayxv1alpha1.XBackendTrafficPolicy:
+		return &o.Status
+	}
+	return nil
+}
+
 // noteLeftOut warns when not all of st's entries fit in obj's status
 // (entriesLeftOut), once per object, generation and count, so that a
 // status that stays over the limit does not warn on every build.
@@ -303,12 +307,12 @@ func (w *gatewayStatusWriter) noteLeftOut(obj runtime.Object, st controlplane.Ob
 		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
 	case *gatewayv1.TCPRoute:
 		n, limit, others = entriesLeftOut(o.Status.Parents, st.Parents)
-	case *gatewayv1.BackendTLSPolicy:
-		n, limit, others = entriesLeftOut(o.Status.Ancestors, st.Ancestors)
-	case *gatewayxv1alpha1.XBackendTrafficPolicy:
-		n, limit, others = entriesLeftOut(o.Status.Ancestors, st.Ancestors)
 	default:
-		return
+		ps := policyStatus(obj)
+		if ps == nil {
+			return
+		}
+		n, limit, others = entriesLeftOut(ps.Ancestors, st.Ancestors)
 	}
 	key := st.Kind + "/" + st.Namespace + "/" + st.Name
 	w.warnedMu.Lock()

@@ -56,6 +56,16 @@ func installedGatewayAPIChannel(ctx context.Context, dyn dynamic.Interface) (crd
 	return crds.Standard, nil
 }
 
+// clusterGatewayAPIChannel is the channel to install into the cluster dyn
+// reaches, given the one asked for (decideGatewayAPIChannel).
+func (o *installOptions) clusterGatewayAPIChannel(ctx context.Context, dyn dynamic.Interface, requested crds.Channel) (crds.Channel, error) {
+	installed, err := installedGatewayAPIChannel(ctx, dyn)
+	if err != nil {
+		return "", err
+	}
+	return decideGatewayAPIChannel(installed, requested, o.forceGatewayAPIChannel)
+}
+
 // decideGatewayAPIChannel picks the channel to install from the one the
 // cluster has (installed, "" for none) and the one asked for (requested,
 // "" when --gateway-api-channel is not given): not given, the installed one

@@ -122,11 +122,7 @@ func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOpti
 		ctx = context.Background()
 	}
 	if !o.render.SkipCRDs {
-		installed, err := installedGatewayAPIChannel(ctx, c.dynamic)
-		if err != nil {
-			return err
-		}
-		ch, err := decideGatewayAPIChannel(installed, requested, o.forceGatewayAPIChannel)
+		ch, err := o.clusterGatewayAPIChannel(ctx, c.dynamic, requested)
 		if err != nil {
 			return err
 		}

@@ -48,11 +48,7 @@ func newUpgradeCommand(s Streams, g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			installed, err := installedGatewayAPIChannel(ctx, c.dynamic)
-			if err != nil {
-				return err
-			}
-			ch, err := decideGatewayAPIChannel(installed, requested, o.forceGatewayAPIChannel)
+			ch, err := o.clusterGatewayAPIChannel(ctx, c.dynamic, requested)
 			if err != nil {
 				return err
 			}

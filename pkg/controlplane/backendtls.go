@@ -9,6 +9,7 @@ import (
 
 	networkingapi "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -94,17 +95,15 @@ func (bd *build) translateBackendTLSPolicies() {
 		}
 		for i, ref := range p.Spec.TargetRefs {
 			field := fmt.Sprintf("targetRefs[%d]", i)
-			if ref.Group != "" || ref.Kind != "Service" {
-				r.warn("%s: %s %q (group %q) is not a target meshlet supports: name a Service (group \"\", kind Service); ignored", field, ref.Kind, ref.Name, ref.Group)
+			svc, supported, missing := bd.policyService(r, field, p.Namespace, ref.LocalPolicyTargetReference)
+			if !supported {
+				continue
+			}
+			if svc == nil {
+				target(ref, gatewayv1.PolicyReasonTargetNotFound, "%s", missing)
 				continue
 			}
 			svcKey := p.Namespace + "/" + string(ref.Name)
-			svc, ok := bd.kubeSvcs[svcKey]
-			if !ok {
-				r.warn("%s: no Service %s; the policy applies to it once it exists", field, svcKey)
-				target(ref, gatewayv1.PolicyReasonTargetNotFound, "no Service %s; the policy applies to it once it exists", svcKey)
-				continue
-			}
 			section := ""
 			if ref.SectionName != nil {
 				section = string(*ref.SectionName)
@@ -136,6 +135,35 @@ func (bd *build) translateBackendTLSPolicies() {
 			}
 			bd.warnBackendTLSShadowed(r, field, svc, section)
 		}
+	}
+}
+
+// policyService resolves a policy's targetRef to a core Service of ns, the
+// one kind of target meshlet's backend policies take: supported is false
+// for another kind (warned; no status ancestor); svc is nil, warned, when
+// the Service does not exist (yet), missing saying so for the ancestor's
+// TargetNotFound.
+func (bd *build) policyService(r *rejections, field, ns string, ref gatewayv1.LocalPolicyTargetReference) (svc *corev1.Service, supported bool, missing string) {
+	if ref.Group != "" || ref.Kind != "Service" {
+		r.warn("%s: %s %q (group %q) is not a target meshlet supports: name a Service (group \"\", kind Service); ignored", field, ref.Kind, ref.Name, ref.Group)
+		return nil, false, ""
+	}
+	key := ns + "/" + string(ref.Name)
+	if svc, ok := bd.kubeSvcs[key]; ok {
+		return svc, true, ""
+	}
+	missing = fmt.Sprintf("no Service %s; the policy applies to it once it exists", key)
+	r.warn("%s: %s", field, missing)
+	return nil, true, missing
+}
+
+// serviceAncestor is a policy's status.ancestors entry, meshd's, for its
+// target Service name (port section, when given).
+func serviceAncestor(name gatewayv1.ObjectName, section *gatewayv1.SectionName, conds ...metav1.Condition) gatewayv1.PolicyAncestorStatus {
+	return gatewayv1.PolicyAncestorStatus{
+		AncestorRef:    gatewayv1.ParentReference{Group: ptrTo(gatewayv1.Group("")), Kind: ptrTo(gatewayv1.Kind("Service")), Name: name, SectionName: section},
+		ControllerName: ControllerName,
+		Conditions:     conds,
 	}
 }
 

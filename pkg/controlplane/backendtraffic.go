@@ -5,7 +5,6 @@ import (
 	"strings"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 
@@ -83,17 +82,15 @@ func (bd *build) translateBackendTrafficPolicies() {
 		bd.trafficPolicies = append(bd.trafficPolicies, bt)
 		for i, ref := range p.Spec.TargetRefs {
 			field := fmt.Sprintf("targetRefs[%d]", i)
-			if ref.Group != "" || ref.Kind != "Service" {
-				r.warn("%s: %s %q (group %q) is not a target meshlet supports: name a Service (group \"\", kind Service); ignored", field, ref.Kind, ref.Name, ref.Group)
+			svc, supported, missing := bd.policyService(r, field, p.Namespace, ref)
+			if !supported {
+				continue
+			}
+			if svc == nil {
+				bt.targets = append(bt.targets, policyTarget{ref, gatewayv1.PolicyReasonTargetNotFound, missing})
 				continue
 			}
 			svcKey := p.Namespace + "/" + string(ref.Name)
-			svc, ok := bd.kubeSvcs[svcKey]
-			if !ok {
-				r.warn("%s: no Service %s; the policy applies to it once it exists", field, svcKey)
-				bt.targets = append(bt.targets, policyTarget{ref, gatewayv1.PolicyReasonTargetNotFound, fmt.Sprintf("no Service %s; the policy applies to it once it exists", svcKey)})
-				continue
-			}
 			if prev := bd.trafficFor[svcKey]; prev != nil {
 				msg := fmt.Sprintf("Service %s already has the older XBackendTrafficPolicy %s/%s, which takes precedence (the oldest wins)", svcKey, prev.namespace, prev.name)
 				r.warn("%s: %s; ignored for it", field, msg)
@@ -208,11 +205,7 @@ func (bd *build) backendTrafficStatus() []ObjectStatus {
 			case len(bt.invalid) > 0:
 				ok, reason, msg = false, string(gatewayv1.PolicyReasonInvalid), strings.Join(bt.invalid, "; ")+"; the policy's other fields are applied"
 			}
-			st.Ancestors = append(st.Ancestors, gatewayv1.PolicyAncestorStatus{
-				AncestorRef:    gatewayv1.ParentReference{Group: ptrTo(gatewayv1.Group("")), Kind: ptrTo(gatewayv1.Kind("Service")), Name: t.ref.Name},
-				ControllerName: ControllerName,
-				Conditions:     []metav1.Condition{condition(string(gatewayv1.PolicyConditionAccepted), ok, reason, msg, gen)},
-			})
+			st.Ancestors = append(st.Ancestors, serviceAncestor(t.ref.Name, nil, condition(string(gatewayv1.PolicyConditionAccepted), ok, reason, msg, gen)))
 		}
 		out = append(out, st)
 	}

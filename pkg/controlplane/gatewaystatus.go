@@ -449,22 +449,17 @@ func (bd *build) backendTLSStatus() []ObjectStatus {
 			accOK, accReason, accMsg = false, string(gatewayv1.BackendTLSPolicyReasonNoValidCACertificate), "a caCertificateRef does not resolve (see ResolvedRefs); requests to the Service get 503 until it is fixed"
 		}
 		for _, t := range bt.targets {
-			ref := gatewayv1.ParentReference{Group: ptrTo(gatewayv1.Group("")), Kind: ptrTo(gatewayv1.Kind("Service")), Name: t.ref.Name, SectionName: t.ref.SectionName}
-			if slices.ContainsFunc(st.Ancestors, func(a gatewayv1.PolicyAncestorStatus) bool { return sameParentRef(a.AncestorRef, ref) }) {
-				continue
-			}
 			ok, reason, msg := accOK, accReason, accMsg
 			if t.reason != "" {
 				ok, reason, msg = false, string(t.reason), t.message
 			}
-			st.Ancestors = append(st.Ancestors, gatewayv1.PolicyAncestorStatus{
-				AncestorRef:    ref,
-				ControllerName: ControllerName,
-				Conditions: []metav1.Condition{
-					condition(string(gatewayv1.PolicyConditionAccepted), ok, reason, msg, gen),
-					condition(string(gatewayv1.BackendTLSPolicyConditionResolvedRefs), refsOK, refsReason, refsMsg, gen),
-				},
-			})
+			a := serviceAncestor(t.ref.Name, t.ref.SectionName,
+				condition(string(gatewayv1.PolicyConditionAccepted), ok, reason, msg, gen),
+				condition(string(gatewayv1.BackendTLSPolicyConditionResolvedRefs), refsOK, refsReason, refsMsg, gen))
+			if slices.ContainsFunc(st.Ancestors, func(b gatewayv1.PolicyAncestorStatus) bool { return sameParentRef(b.AncestorRef, a.AncestorRef) }) {
+				continue
+			}
+			st.Ancestors = append(st.Ancestors, a)
 		}
 		out = append(out, st)
 	}

@@ -65,19 +65,7 @@ spec:
   retryConstraint: {budget: {percent: 20, interval: 10s}, minRetryRate: {count: 5, interval: 1s}}
   sessionPersistence: {sessionName: x-echo-session, type: Header}
 `)
-	var fresh echoSummary
-	lab.WaitFor(t, 2*time.Minute, "a session token per pod from the XBackendTrafficPolicy", func() (bool, error) {
-		fresh = summary(t, lb, ns, client.Name, "-n", "40", "-answer-header", "x-echo-session", url)
-		_, tokenless := fresh.Answered[""]
-		return fresh.OK == 40 && len(fresh.Answered) == 2 && !tokenless && fresh.ByVersion["v1"] > 0 && fresh.ByVersion["v2"] > 0,
-			fmt.Errorf("%d of 40 answered, by version %v, tokens %v", fresh.OK, fresh.ByVersion, fresh.Answered)
-	})
-	for tok, n := range fresh.Answered {
-		s := summary(t, lb, ns, client.Name, "-n", "40", "-c", "4", "-answer-header", "x-echo-session", "-H", "x-echo-session: "+tok, url)
-		if s.OK != 40 || len(s.ByVersion) != 1 || s.Answered[""] != 40 {
-			t.Errorf("40 requests with the session token given %d times: %d answered, by version %v, new tokens %v; want one version and no new token", n, s.OK, s.ByVersion, s.Answered)
-		}
-	}
+	wantSessionPins(t, lb, ns, client.Name, url, "x-echo-session", 2*time.Minute)
 	lab.WaitFor(t, 30*time.Second, "the policy's status", func() (bool, error) {
 		out, err := lb.Kubectl("-n", ns, "get", "xbackendtrafficpolicy", "echo-traffic", "-o",
 			`jsonpath={.status.ancestors[0].ancestorRef.name} {.status.ancestors[0].conditions[?(@.type=="Accepted")].status}`)

@@ -258,15 +258,24 @@ spec:
     - {destination: {host: echo, subset: v1}, weight: 50}
     - {destination: {host: echo, subset: v2}, weight: 50}
 `)
+	wantSessionPins(t, lb, ns, client.Name, url, "x-echo-session", time.Minute)
+}
+
+// wantSessionPins waits until 40 requests from pod to url without a session
+// are answered by both echo versions, each pod giving its own token in the
+// header; then 40 requests with each token must all be answered by one
+// version, and get no new token.
+func wantSessionPins(t *testing.T, lb *lab.Lab, ns, pod, url, header string, within time.Duration) {
+	t.Helper()
 	var fresh echoSummary
-	lab.WaitFor(t, time.Minute, "a session token per pod over the 50/50 split", func() (bool, error) {
-		fresh = summary(t, lb, ns, client.Name, "-n", "40", "-answer-header", "x-echo-session", url)
+	lab.WaitFor(t, within, "a session token per pod in "+header, func() (bool, error) {
+		fresh = summary(t, lb, ns, pod, "-n", "40", "-answer-header", header, url)
 		_, tokenless := fresh.Answered[""]
 		return fresh.OK == 40 && len(fresh.Answered) == 2 && !tokenless && fresh.ByVersion["v1"] > 0 && fresh.ByVersion["v2"] > 0,
 			fmt.Errorf("%d of 40 answered, by version %v, tokens %v", fresh.OK, fresh.ByVersion, fresh.Answered)
 	})
 	for tok, n := range fresh.Answered {
-		s := summary(t, lb, ns, client.Name, "-n", "40", "-c", "4", "-answer-header", "x-echo-session", "-H", "x-echo-session: "+tok, url)
+		s := summary(t, lb, ns, pod, "-n", "40", "-c", "4", "-answer-header", header, "-H", header+": "+tok, url)
 		if s.OK != 40 || len(s.ByVersion) != 1 || s.Answered[""] != 40 {
 			t.Errorf("40 requests with the session token given %d times: %d answered, by version %v, new tokens %v; want one version and no new token", n, s.OK, s.ByVersion, s.Answered)
 		}
