@@ -186,14 +186,14 @@ func TestGatewayBackendClientCertificate(t *testing.T) {
 	}
 }
 
-// TestGatewayUnservedFieldsWarned: an ingress Gateway claiming a default
-// scope is told it is not served (its own listeners are); allowing
-// ListenerSets is served (listenersets_test.go), not warned about.
+// TestGatewayUnservedFieldsWarned: an ingress Gateway allowing ListenerSets
+// and claiming the default scope All is served (listenersets_test.go,
+// TestDefaultGateways), not warned about.
 func TestGatewayUnservedFieldsWarned(t *testing.T) {
 	gw := strings.Replace(bookinfoIngress, "  gatewayClassName: istio\n", "  gatewayClassName: istio\n  allowedListeners: {namespaces: {from: Same}}\n  defaultScope: All\n", 1)
 	snap, rej := mustBuild(t, inputs(t, gw, pod("bookinfo", "productpage-v1", "10.0.0.30", "n1", "app=productpage")))
-	if hasRejection(rej, "allowedListeners", true) || !hasRejection(rej, "spec.defaultScope All: meshlet does not serve default Gateways yet", true) {
-		t.Errorf("rejections = %v; want defaultScope named, allowedListeners not", rej)
+	if hasRejection(rej, "allowedListeners", true) || hasRejection(rej, "defaultScope", true) {
+		t.Errorf("rejections = %v; want neither allowedListeners nor defaultScope named", rej)
 	}
 	if _, ok := snap.L7Config(model.NamespacedName{Namespace: "bookinfo", Name: "bookinfo-gateway"}); !ok {
 		t.Error("the Gateway's own listeners are not served")

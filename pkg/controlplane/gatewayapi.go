@@ -50,7 +50,7 @@ func (bd *build) validateRoutes() {
 }
 
 func validateHTTPRoute(rt *gatewayv1.HTTPRoute, r *rejections) bool {
-	if len(rt.Spec.ParentRefs) == 0 {
+	if len(rt.Spec.ParentRefs) == 0 && rt.Spec.UseDefaultGateways != gatewayv1.GatewayDefaultScopeAll {
 		r.warn("no parentRefs: the route is attached to nothing")
 	}
 	for i, rule := range rt.Spec.Rules {
@@ -93,7 +93,7 @@ func validateHTTPRoute(rt *gatewayv1.HTTPRoute, r *rejections) bool {
 }
 
 func validateGRPCRoute(rt *gatewayv1.GRPCRoute, r *rejections) bool {
-	if len(rt.Spec.ParentRefs) == 0 {
+	if len(rt.Spec.ParentRefs) == 0 && rt.Spec.UseDefaultGateways != gatewayv1.GatewayDefaultScopeAll {
 		r.warn("no parentRefs: the route is attached to nothing")
 	}
 	for i, rule := range rt.Spec.Rules {

@@ -124,7 +124,7 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		for _, rule := range rt.Spec.Rules {
 			backends = appendBackendRefs(backends, rule.BackendRefs)
 		}
-		route(KindGRPCRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
+		route(KindGRPCRoute, rt.ObjectMeta, bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Spec.Hostnames, backends)
 	}
 	for _, k := range sortedKeys(bd.in.httpRoutes) {
 		rt := bd.in.httpRoutes[k]
@@ -132,15 +132,15 @@ func (bd *build) gatewayStatus() []ObjectStatus {
 		for _, rule := range rt.Spec.Rules {
 			backends = appendBackendRefs(backends, rule.BackendRefs)
 		}
-		route(KindHTTPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, backends)
+		route(KindHTTPRoute, rt.ObjectMeta, bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Spec.Hostnames, backends)
 	}
 	for _, k := range sortedKeys(bd.in.tlsRoutes) {
 		rt := bd.in.tlsRoutes[k]
-		route(KindTLSRoute, rt.ObjectMeta, rt.Spec.ParentRefs, rt.Spec.Hostnames, tlsRouteBackends(rt))
+		route(KindTLSRoute, rt.ObjectMeta, bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Spec.Hostnames, tlsRouteBackends(rt))
 	}
 	for _, k := range sortedKeys(bd.in.tcpRoutes) {
 		rt := bd.in.tcpRoutes[k]
-		route(KindTCPRoute, rt.ObjectMeta, rt.Spec.ParentRefs, nil, tcpRouteBackends(rt))
+		route(KindTCPRoute, rt.ObjectMeta, bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), nil, tcpRouteBackends(rt))
 	}
 	out = append(out, bd.listenerStatus(out)...) // out: the routes, whose acceptance attachedRoutes counts
 	out = append(out, bd.gatewayClassStatus()...)

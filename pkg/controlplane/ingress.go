@@ -91,12 +91,12 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			// A route attaches to the listener when it names it as a parent,
 			// the listener admits its namespace, and their hostnames meet.
 			for _, rt := range oldestFirst(bd.validRoutes) {
-				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
+				if attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
 					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
 			}
 			for _, rt := range oldestFirst(bd.validGRPC) {
-				if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
+				if attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
 					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
 				}
 			}
@@ -232,7 +232,7 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l ingressListener, ml *mode
 	case gatewayv1.TLSProtocolType:
 		for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tlsRoutes))) {
 			doms := routeDomains(rt.Spec.Hostnames, l.Listener)
-			if !attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) || !bd.listenerAdmits(rt.Namespace, gw, l) || doms == nil {
+			if !attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) || !bd.listenerAdmits(rt.Namespace, gw, l) || doms == nil {
 				continue
 			}
 			if ds := backends(KindTLSRoute, rt.Namespace, rt.Name, tlsRouteBackends(rt)); len(ds) > 0 {
@@ -272,7 +272,7 @@ func (lb *l7Builder) l4Backends(kind, ns, name string, refs []gatewayv1.BackendR
 // implementation); the others are not accepted there (parentAccepts).
 func (bd *build) tcpRouteOn(gw *gatewayv1.Gateway, l ingressListener) *gatewayv1.TCPRoute {
 	for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes))) {
-		if attached(rt.Spec.ParentRefs, rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) {
+		if attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) {
 			return rt
 		}
 	}
@@ -444,10 +444,59 @@ func intersectHostname(h, lh string) (string, bool) {
 }
 
 // warnUnservedGatewayFields names the Gateway fields an ingress Gateway
-// sets that meshlet does not serve yet, and what happens instead: default
-// Gateways (spec.defaultScope).
+// sets that meshlet does not serve, and what happens instead: a
+// spec.defaultScope other than All and None.
 func warnUnservedGatewayFields(gw *gatewayv1.Gateway, r *rejections) {
-	if s := gw.Spec.DefaultScope; s != "" && s != "None" {
-		r.warn("spec.defaultScope %s: meshlet does not serve default Gateways yet: routes attach to this Gateway only by their parentRefs", s)
+	if s := gw.Spec.DefaultScope; s != "" && s != gatewayv1.GatewayDefaultScopeNone && s != gatewayv1.GatewayDefaultScopeAll {
+		r.warn("spec.defaultScope %s: meshlet knows the scopes All and None only: routes attach to this Gateway only by their parentRefs", s)
 	}
+}
+
+// Default Gateways (Gateway API's experimental GEP-3793): an ingress
+// Gateway with spec.defaultScope All claims the routes whose
+// spec.useDefaultGateways is All, as if each named it in a parentRef
+// without sectionName or port (so its own listeners, not its
+// ListenerSets'), subject to its listeners' allowedRoutes like any route.
+// The route's status gets a parents entry for each default Gateway it did
+// not name itself, so that its author sees where it is served. Several
+// default Gateways all claim it (the field says "any default Gateway").
+
+// routeParents is a route's parentRefs with one to each default Gateway
+// when the route asks for them (useDefaultGateways All) and does not name
+// the Gateway already.
+func (bd *build) routeParents(spec gatewayv1.CommonRouteSpec, routeNS string) []gatewayv1.ParentReference {
+	if spec.UseDefaultGateways != gatewayv1.GatewayDefaultScopeAll {
+		return spec.ParentRefs
+	}
+	out := spec.ParentRefs
+	for _, gw := range bd.defaultGateways() {
+		names := func(pr gatewayv1.ParentReference) bool {
+			ns := routeNS
+			if pr.Namespace != nil && *pr.Namespace != "" {
+				ns = string(*pr.Namespace)
+			}
+			return (pr.Group == nil || *pr.Group == gatewayv1.GroupName) && (pr.Kind == nil || *pr.Kind == "Gateway") && ns == gw.Namespace && string(pr.Name) == gw.Name
+		}
+		if slices.ContainsFunc(spec.ParentRefs, names) {
+			continue
+		}
+		if len(out) == len(spec.ParentRefs) {
+			out = slices.Clone(spec.ParentRefs)
+		}
+		out = append(out, gatewayv1.ParentReference{Group: ptrTo(gatewayv1.Group(gatewayv1.GroupName)), Kind: ptrTo(gatewayv1.Kind("Gateway")),
+			Namespace: ptrTo(gatewayv1.Namespace(gw.Namespace)), Name: gatewayv1.ObjectName(gw.Name)})
+	}
+	return out
+}
+
+// defaultGateways are the served ingress Gateways whose spec.defaultScope
+// is All, in the build's order.
+func (bd *build) defaultGateways() []*gatewayv1.Gateway {
+	var out []*gatewayv1.Gateway
+	for _, gw := range bd.ingress {
+		if gw.Spec.DefaultScope == gatewayv1.GatewayDefaultScopeAll {
+			out = append(out, gw)
+		}
+	}
+	return out
 }
