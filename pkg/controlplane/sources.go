@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -95,7 +96,17 @@ type SourcesOptions struct {
 	// Logger reports optional CRDs that are not installed. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// CRDPoll is how often discovery is asked again, after Start, for the
+	// optional CRDs that were not installed then (BackendTLSPolicy,
+	// TLSRoute, TCPRoute, ListenerSet, XBackendTrafficPolicy): one
+	// installed later is read from then on, without a restart. Zero means
+	// DefaultCRDPoll.
+	CRDPoll time.Duration
 }
+
+// DefaultCRDPoll is how often, by default, Sources and the deployer look
+// for optional CRDs installed after meshd started.
+const DefaultCRDPoll = 30 * time.Second
 
 // watchedCRD is one CRD meshd reads, as discovery reports it.
 type watchedCRD struct {
@@ -124,14 +135,12 @@ var requiredCRDs = []watchedCRD{
 }
 
 // backendTLSPolicyCRD is read when the cluster serves it and done without
-// otherwise: BackendTLSPolicy reached the Gateway API's v1 only in its
-// v1.4, clusters with an older Gateway API install are common, and
-// refusing to start there would take the whole mesh down for one feature.
+// otherwise (optionalCRDs).
 var backendTLSPolicyCRD = watchedCRD{"gateway.networking.k8s.io/v1", "backendtlspolicies", "BackendTLSPolicy"}
 
 // tlsRouteCRD and tcpRouteCRD, Gateway API's L4 routes, and
 // listenerSetCRD (GEP-1713), all v1 since its v1.5, are read when the
-// cluster serves them, as BackendTLSPolicy is.
+// cluster serves them, as BackendTLSPolicy is (optionalCRDs).
 var (
 	tlsRouteCRD    = watchedCRD{"gateway.networking.k8s.io/v1", "tlsroutes", KindTLSRoute}
 	tcpRouteCRD    = watchedCRD{"gateway.networking.k8s.io/v1", "tcproutes", KindTCPRoute}
@@ -142,29 +151,41 @@ var (
 
 // Sources watches every object the Builder reads.
 type Sources struct {
-	opts      SourcesOptions
-	kube      informers.SharedInformerFactory
-	istio     istioinformers.SharedInformerFactory
-	gateway   gatewayinformers.SharedInformerFactory
-	dynamic   dynamicinformer.DynamicSharedInformerFactory
-	secrets   informers.SharedInformerFactory // TLS Secrets only (ingress credentials)
-	informers []kindInformer
+	opts    SourcesOptions
+	kube    informers.SharedInformerFactory
+	istio   istioinformers.SharedInformerFactory
+	gateway gatewayinformers.SharedInformerFactory
+	dynamic dynamicinformer.DynamicSharedInformerFactory
+	secrets informers.SharedInformerFactory // TLS Secrets only (ingress credentials)
 
-	// configMaps holds ConfigMaps trimmed to their ca.crt, read for
-	// BackendTLSPolicy's caCertificateRefs. Its informer and the
-	// BackendTLSPolicy one are made, and added to informers, by Start
-	// (which must return before Inputs is called), and only when
-	// BackendTLSPolicy is served.
+	// configMaps holds ConfigMaps trimmed to their CA bundle and the mesh
+	// config, read for BackendTLSPolicy's caCertificateRefs and extension
+	// providers.
 	configMaps informers.SharedInformerFactory
 
-	mu     sync.Mutex
-	synced bool
-	cancel context.CancelFunc
+	mu sync.Mutex
+	// informers are those Inputs and Pods read. NewSources makes most;
+	// Start adds those of the optional CRDs served then, and the CRD
+	// poller (watchInstalled) appends one of an optional CRD installed
+	// later only once its cache has synced, so Inputs never reads a
+	// partly listed kind as if it were whole. Guarded by mu once Start
+	// has begun; read as a snapshot (appends never touch the elements a
+	// snapshot holds).
+	informers []kindInformer
+	synced    bool
+	cancel    context.CancelFunc
+	// pollers is the CRD poller and the goroutines waiting for a newly
+	// installed CRD's cache; Close waits for them.
+	pollers sync.WaitGroup
 }
 
 type kindInformer struct {
 	kind     string
 	informer cache.SharedIndexInformer
+	// live, when set (the informer of a CRD installed after Start), says
+	// whether the informer's changes reach the Listener yet: not until
+	// its cache has synced and it is among the informers Inputs reads.
+	live *atomic.Bool
 }
 
 // NewSources prepares informers; nothing runs until Start.
@@ -201,34 +222,34 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 	sec := s.istio.Security().V1()
 	gw := s.gateway.Gateway().V1()
 	s.informers = []kindInformer{
-		{KindNamespace, core.Namespaces().Informer()},
-		{KindPod, core.Pods().Informer()},
-		{KindService, core.Services().Informer()},
-		{KindEndpointSlice, s.kube.Discovery().V1().EndpointSlices().Informer()},
-		{KindServiceAccount, core.ServiceAccounts().Informer()},
-		{KindNode, nodes},
-		{KindVirtualService, nw.VirtualServices().Informer()},
-		{KindDestinationRule, nw.DestinationRules().Informer()},
-		{KindIstioGateway, nw.Gateways().Informer()},
-		{KindServiceEntry, nw.ServiceEntries().Informer()},
-		{KindWorkloadEntry, nw.WorkloadEntries().Informer()},
-		{KindPeerAuthentication, sec.PeerAuthentications().Informer()},
-		{KindAuthorizationPolicy, sec.AuthorizationPolicies().Informer()},
-		{KindRequestAuthentication, sec.RequestAuthentications().Informer()},
-		{KindTelemetry, s.istio.Telemetry().V1().Telemetries().Informer()},
-		{KindGatewayClass, gw.GatewayClasses().Informer()},
-		{KindGateway, gw.Gateways().Informer()},
-		{KindHTTPRoute, gw.HTTPRoutes().Informer()},
-		{KindGRPCRoute, gw.GRPCRoutes().Informer()},
-		{KindReferenceGrant, gw.ReferenceGrants().Informer()},
-		{KindSecret, s.secrets.Core().V1().Secrets().Informer()},
+		{kind: KindNamespace, informer: core.Namespaces().Informer()},
+		{kind: KindPod, informer: core.Pods().Informer()},
+		{kind: KindService, informer: core.Services().Informer()},
+		{kind: KindEndpointSlice, informer: s.kube.Discovery().V1().EndpointSlices().Informer()},
+		{kind: KindServiceAccount, informer: core.ServiceAccounts().Informer()},
+		{kind: KindNode, informer: nodes},
+		{kind: KindVirtualService, informer: nw.VirtualServices().Informer()},
+		{kind: KindDestinationRule, informer: nw.DestinationRules().Informer()},
+		{kind: KindIstioGateway, informer: nw.Gateways().Informer()},
+		{kind: KindServiceEntry, informer: nw.ServiceEntries().Informer()},
+		{kind: KindWorkloadEntry, informer: nw.WorkloadEntries().Informer()},
+		{kind: KindPeerAuthentication, informer: sec.PeerAuthentications().Informer()},
+		{kind: KindAuthorizationPolicy, informer: sec.AuthorizationPolicies().Informer()},
+		{kind: KindRequestAuthentication, informer: sec.RequestAuthentications().Informer()},
+		{kind: KindTelemetry, informer: s.istio.Telemetry().V1().Telemetries().Informer()},
+		{kind: KindGatewayClass, informer: gw.GatewayClasses().Informer()},
+		{kind: KindGateway, informer: gw.Gateways().Informer()},
+		{kind: KindHTTPRoute, informer: gw.HTTPRoutes().Informer()},
+		{kind: KindGRPCRoute, informer: gw.GRPCRoutes().Informer()},
+		{kind: KindReferenceGrant, informer: gw.ReferenceGrants().Informer()},
+		{kind: KindSecret, informer: s.secrets.Core().V1().Secrets().Informer()},
 		// The mesh config (extension providers) and BackendTLSPolicy's
 		// CA bundles.
-		{KindConfigMap, s.configMaps.Core().V1().ConfigMaps().Informer()},
+		{kind: KindConfigMap, informer: s.configMaps.Core().V1().ConfigMaps().Informer()},
 	}
 	if opts.Dynamic != nil {
 		s.dynamic = dynamicinformer.NewDynamicSharedInformerFactory(opts.Dynamic, opts.Resync)
-		s.informers = append(s.informers, kindInformer{KindLocalRateLimitPolicy, s.dynamic.ForResource(policyv1alpha1.LocalRateLimitPolicyResource).Informer()})
+		s.informers = append(s.informers, kindInformer{kind: KindLocalRateLimitPolicy, informer: s.dynamic.ForResource(policyv1alpha1.LocalRateLimitPolicyResource).Informer()})
 	}
 	for _, ki := range s.informers {
 		if err := s.addHandler(ki); err != nil {
@@ -239,24 +260,60 @@ func NewSources(opts SourcesOptions) (*Sources, error) {
 }
 
 func (s *Sources) addHandler(ki kindInformer) error {
-	if _, err := ki.informer.AddEventHandler(s.handler(ki.kind)); err != nil {
+	if _, err := ki.informer.AddEventHandler(s.handler(ki.kind, ki.live)); err != nil {
 		return fmt.Errorf("add %s event handler: %w", ki.kind, err)
 	}
 	return nil
 }
 
-// watchBackendTLS adds the informer of BackendTLSPolicies.
-func (s *Sources) watchBackendTLS() error {
-	btls := s.gateway.Gateway().V1().BackendTLSPolicies().Informer()
-	if err := btls.SetTransform(trimBackendTLSPolicy); err != nil {
-		return fmt.Errorf("trim BackendTLSPolicies: %w", err)
+// snapshot returns the informers Inputs and Pods read.
+func (s *Sources) snapshot() []kindInformer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.informers
+}
+
+// optionalCRD is a CRD meshd reads when the cluster serves it and does
+// without otherwise.
+type optionalCRD struct {
+	crd watchedCRD
+	// informer makes (and registers with s.gateway) the kind's informer.
+	informer func() (cache.SharedIndexInformer, error)
+	// lost says what goes unserved without the CRD, why, why it may be
+	// missing.
+	lost, why string
+}
+
+// optionalCRDs are the CRDs meshd reads once the cluster serves them:
+// BackendTLSPolicy reached the Gateway API's v1 only in its v1.4,
+// TLSRoute, TCPRoute and ListenerSet in its v1.5, and clusters with an
+// older Gateway API install are common (refusing to start there would
+// take the whole mesh down for one feature); XBackendTrafficPolicy is of
+// its experimental channel only.
+func (s *Sources) optionalCRDs() []optionalCRD {
+	gw := s.gateway.Gateway().V1()
+	informer := func(f func() cache.SharedIndexInformer) func() (cache.SharedIndexInformer, error) {
+		return func() (cache.SharedIndexInformer, error) { return f(), nil }
 	}
-	ki := kindInformer{KindBackendTLSPolicy, btls}
-	if err := s.addHandler(ki); err != nil {
-		return err
+	return []optionalCRD{
+		{backendTLSPolicyCRD, func() (cache.SharedIndexInformer, error) {
+			btls := gw.BackendTLSPolicies().Informer()
+			if err := btls.SetTransform(trimBackendTLSPolicy); err != nil {
+				return nil, fmt.Errorf("trim BackendTLSPolicies: %w", err)
+			}
+			return btls, nil
+		}, "Services get no TLS origination from BackendTLSPolicies", "Gateway API before v1.4"},
+		{tlsRouteCRD, informer(func() cache.SharedIndexInformer { return gw.TLSRoutes().Informer() }),
+			"Gateways' TLS passthrough listeners and waypoints get no TLSRoutes", "Gateway API before v1.5"},
+		{tcpRouteCRD, informer(func() cache.SharedIndexInformer { return gw.TCPRoutes().Informer() }),
+			"Gateways' TCP listeners and waypoints get no TCPRoutes", "Gateway API before v1.5"},
+		{listenerSetCRD, informer(func() cache.SharedIndexInformer { return gw.ListenerSets().Informer() }),
+			"listeners of ListenerSets are not served nor their status written", "Gateway API before v1.5"},
+		{backendTrafficCRD, informer(func() cache.SharedIndexInformer {
+			return s.gateway.Experimental().V1alpha1().XBackendTrafficPolicies().Informer()
+		}),
+			"Services get no retry budget or session persistence from XBackendTrafficPolicies", "it is in Gateway API's experimental channel only: meshctl install (or upgrade) --gateway-api-channel experimental"},
 	}
-	s.informers = append(s.informers, ki)
-	return nil
 }
 
 // statusWritten are the kinds whose status meshd writes and the build
@@ -306,27 +363,32 @@ func statusOnlyUpdate(kind string, o, n metav1.Object) bool {
 		o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
 }
 
-func (s *Sources) handler(kind string) cache.ResourceEventHandler {
+// notify tells the Listener of a change to obj, of kind, once Start has
+// synced the caches and, for an informer added later (live set), once
+// that one has synced too.
+func (s *Sources) notify(kind string, live *atomic.Bool, op Op, obj any) {
+	s.mu.Lock()
+	synced := s.synced
+	s.mu.Unlock()
+	if !synced || s.opts.Listener == nil || (live != nil && !live.Load()) {
+		return
+	}
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	m, err := meta.Accessor(obj)
+	if err != nil {
+		return
+	}
+	s.opts.Listener.OnChange(Change{Kind: kind, Namespace: m.GetNamespace(), Name: m.GetName(), Op: op})
+}
+
+func (s *Sources) handler(kind string, live *atomic.Bool) cache.ResourceEventHandler {
 	// Of ConfigMaps only CA bundles and the mesh config are read: changes
 	// to the others (meshd's own status reports, the root certificate it
 	// publishes, whatever apps keep) must not rebuild the mesh.
 	relevant := func(obj any) bool { return kind != KindConfigMap || holdsRead(obj) }
-	notify := func(op Op, obj any) {
-		s.mu.Lock()
-		synced := s.synced
-		s.mu.Unlock()
-		if !synced || s.opts.Listener == nil {
-			return
-		}
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		m, err := meta.Accessor(obj)
-		if err != nil {
-			return
-		}
-		s.opts.Listener.OnChange(Change{Kind: kind, Namespace: m.GetNamespace(), Name: m.GetName(), Op: op})
-	}
+	notify := func(op Op, obj any) { s.notify(kind, live, op, obj) }
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if relevant(obj) {
@@ -371,9 +433,31 @@ func CheckCRDs(kube kubernetes.Interface) error {
 
 // missingCRDs names those of crds discovery does not serve.
 func missingCRDs(kube kubernetes.Interface, crds []watchedCRD) ([]string, error) {
-	byGV := map[string]map[string]bool{}
+	ok, err := servedCRDs(kube, crds)
+	if err != nil {
+		return nil, err
+	}
 	var missing []string
-	for _, c := range crds {
+	for i, c := range crds {
+		if !ok[i] {
+			missing = append(missing, c.String())
+		}
+	}
+	return missing, nil
+}
+
+// String names c as missingCRDs does.
+func (c watchedCRD) String() string {
+	group, _, _ := strings.Cut(c.groupVersion, "/")
+	return fmt.Sprintf("%s.%s (%s %s)", c.resource, group, c.groupVersion, c.kind)
+}
+
+// servedCRDs reports, for each of crds, whether discovery serves it: one
+// discovery call per group-version.
+func servedCRDs(kube kubernetes.Interface, crds []watchedCRD) ([]bool, error) {
+	byGV := map[string]map[string]bool{}
+	out := make([]bool, len(crds))
+	for i, c := range crds {
 		served, ok := byGV[c.groupVersion]
 		if !ok {
 			served = map[string]bool{}
@@ -389,70 +473,52 @@ func missingCRDs(kube kubernetes.Interface, crds []watchedCRD) ([]string, error)
 			}
 			byGV[c.groupVersion] = served
 		}
-		if !served[c.resource] {
-			group, _, _ := strings.Cut(c.groupVersion, "/")
-			missing = append(missing, fmt.Sprintf("%s.%s (%s %s)", c.resource, group, c.groupVersion, c.kind))
-		}
+		out[i] = served[c.resource]
 	}
-	return missing, nil
+	return out, nil
 }
 
 // Start checks the CRDs, starts every informer and waits until their caches
 // have synced; from then on the Listener hears every change. The informers
-// run until Close or until ctx is done. Without the BackendTLSPolicy,
-// TLSRoute, TCPRoute or ListenerSet CRD it logs so and does not watch
-// that kind; a CRD installed later is read after meshd restarts.
+// run until Close or until ctx is done. Without one of the optional CRDs
+// (BackendTLSPolicy, TLSRoute, TCPRoute, ListenerSet,
+// XBackendTrafficPolicy) it logs so and does not watch that kind until
+// the CRD is installed: discovery is asked again every CRDPoll
+// (watchInstalled), and a CRD installed later is read from then on.
 func (s *Sources) Start(ctx context.Context) error {
-	withBackendTLS := true
-	if !s.opts.SkipCRDCheck {
+	optional := s.optionalCRDs()
+	served := make([]bool, len(optional))
+	if s.opts.SkipCRDCheck {
+		for i := range served {
+			served[i] = true
+		}
+	} else {
 		if err := CheckCRDs(s.opts.Kube); err != nil {
 			return fmt.Errorf("start sources: %w", err)
 		}
-		missing, err := missingCRDs(s.opts.Kube, []watchedCRD{backendTLSPolicyCRD})
+		crds := make([]watchedCRD, len(optional))
+		for i, c := range optional {
+			crds[i] = c.crd
+		}
+		var err error
+		if served, err = servedCRDs(s.opts.Kube, crds); err != nil {
+			return fmt.Errorf("start sources: %w", err)
+		}
+	}
+	var pending []optionalCRD
+	for i, c := range optional {
+		if !served[i] {
+			s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed ("+c.why+"); "+c.lost+
+				" until it is installed (meshd reads it then, no restart needed)",
+				"missing", c.crd.String(), "install", InstallCRDsCommand)
+			pending = append(pending, c)
+			continue
+		}
+		inf, err := c.informer()
 		if err != nil {
 			return fmt.Errorf("start sources: %w", err)
 		}
-		if withBackendTLS = len(missing) == 0; !withBackendTLS {
-			s.opts.Logger.Warn("BackendTLSPolicy is not read: its CRD is not installed (Gateway API before v1.4); Services get no TLS origination from BackendTLSPolicies until it is installed and meshd restarted",
-				"missing", missing[0], "install", InstallCRDsCommand)
-		}
-	}
-	if withBackendTLS {
-		if err := s.watchBackendTLS(); err != nil {
-			return fmt.Errorf("start sources: %w", err)
-		}
-	}
-	gw := s.gateway.Gateway().V1()
-	for _, c := range []struct {
-		crd      watchedCRD
-		informer func() cache.SharedIndexInformer
-		// lost says what goes unserved without the CRD, why why it may
-		// be missing.
-		lost, why string
-	}{
-		{tlsRouteCRD, func() cache.SharedIndexInformer { return gw.TLSRoutes().Informer() },
-			"Gateways' TLS passthrough listeners and waypoints get no TLSRoutes", "Gateway API before v1.5"},
-		{tcpRouteCRD, func() cache.SharedIndexInformer { return gw.TCPRoutes().Informer() },
-			"Gateways' TCP listeners and waypoints get no TCPRoutes", "Gateway API before v1.5"},
-		{listenerSetCRD, func() cache.SharedIndexInformer { return gw.ListenerSets().Informer() },
-			"listeners of ListenerSets are not served nor their status written", "Gateway API before v1.5"},
-		{backendTrafficCRD, func() cache.SharedIndexInformer {
-			return s.gateway.Experimental().V1alpha1().XBackendTrafficPolicies().Informer()
-		},
-			"Services get no retry budget or session persistence from XBackendTrafficPolicies", "it is in Gateway API's experimental channel only: meshctl install --gateway-api-channel experimental"},
-	} {
-		if !s.opts.SkipCRDCheck {
-			missing, err := missingCRDs(s.opts.Kube, []watchedCRD{c.crd})
-			if err != nil {
-				return fmt.Errorf("start sources: %w", err)
-			}
-			if len(missing) > 0 {
-				s.opts.Logger.Warn(c.crd.kind+" is not read: its CRD is not installed ("+c.why+"); "+c.lost+" until it is installed and meshd restarted",
-					"missing", missing[0], "install", InstallCRDsCommand)
-				continue
-			}
-		}
-		ki := kindInformer{c.crd.kind, c.informer()}
+		ki := kindInformer{kind: c.crd.kind, informer: inf}
 		if err := s.addHandler(ki); err != nil {
 			return fmt.Errorf("start sources: %w", err)
 		}
@@ -480,14 +546,100 @@ func (s *Sources) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.synced = true
 	s.mu.Unlock()
+	if len(pending) > 0 {
+		s.pollers.Add(1)
+		go func() {
+			defer s.pollers.Done()
+			s.watchInstalled(ctx, pending)
+		}()
+	}
+	return nil
+}
+
+// watchInstalled asks discovery every CRDPoll whether the CRDs of pending
+// are served yet (one call per group-version among them) and picks up
+// each as it appears, until all are or ctx ends.
+func (s *Sources) watchInstalled(ctx context.Context, pending []optionalCRD) {
+	period := s.opts.CRDPoll
+	if period <= 0 {
+		period = DefaultCRDPoll
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for len(pending) > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		crds := make([]watchedCRD, len(pending))
+		for i, c := range pending {
+			crds[i] = c.crd
+		}
+		served, err := servedCRDs(s.opts.Kube, crds)
+		if err != nil {
+			s.opts.Logger.Debug("look for optional CRDs installed since start", "err", err)
+			continue
+		}
+		var still []optionalCRD
+		for i, c := range pending {
+			if !served[i] {
+				still = append(still, c)
+				continue
+			}
+			if err := s.pickUp(ctx, c); err != nil {
+				s.opts.Logger.Error(c.crd.kind+" CRD installed but not read", "err", err)
+			}
+		}
+		pending = still
+	}
+}
+
+// pickUp starts the informer of c, whose CRD has just been installed. Its
+// changes reach the Listener, and its objects Inputs, only once its cache
+// has synced (waited for in a goroutine of its own, so that one kind
+// slow to list holds up no other): then it joins the informers Inputs
+// reads and every object it holds is reported as added, which rebuilds
+// with them. Until then the build goes on without the kind, as before.
+func (s *Sources) pickUp(ctx context.Context, c optionalCRD) error {
+	inf, err := c.informer()
+	if err != nil {
+		return err
+	}
+	ki := kindInformer{kind: c.crd.kind, informer: inf, live: new(atomic.Bool)}
+	if err := s.addHandler(ki); err != nil {
+		return err
+	}
+	s.opts.Logger.Info(c.crd.kind+" CRD installed: now read", "crd", c.crd.String())
+	// Starts only the informers not started yet: this one.
+	s.gateway.Start(ctx.Done())
+	s.pollers.Add(1)
+	go func() {
+		defer s.pollers.Done()
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return
+		}
+		s.mu.Lock()
+		s.informers = append(s.informers, ki)
+		s.mu.Unlock()
+		ki.live.Store(true)
+		// Changes heard before live were dropped; the cache holds their
+		// outcome. An object reported twice (a change heard just after
+		// live) costs a coalesced rebuild at most.
+		for _, obj := range inf.GetStore().List() {
+			s.notify(ki.kind, ki.live, OpAdd, obj)
+		}
+	}()
 	return nil
 }
 
 // Inputs returns the objects the informers currently hold, ready for
 // Builder.Build. The objects are the informers' cached copies: read-only.
+// A kind whose CRD was installed after Start is read once its cache has
+// synced, not before.
 func (s *Sources) Inputs() (*Inputs, error) {
 	in := &Inputs{}
-	for _, ki := range s.informers {
+	for _, ki := range s.snapshot() {
 		for _, obj := range ki.informer.GetStore().List() {
 			ro, ok := obj.(runtime.Object)
 			if !ok {
@@ -504,7 +656,7 @@ func (s *Sources) Inputs() (*Inputs, error) {
 // Pods returns the pods the informer holds: cached, read-only objects.
 func (s *Sources) Pods() []*corev1.Pod {
 	var out []*corev1.Pod
-	for _, ki := range s.informers {
+	for _, ki := range s.snapshot() {
 		if ki.kind != KindPod {
 			continue
 		}
@@ -620,7 +772,8 @@ func trimmedMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 		ResourceVersion: m.ResourceVersion, CreationTimestamp: m.CreationTimestamp, Generation: m.Generation}
 }
 
-// Close stops the informers and waits for their goroutines.
+// Close stops the informers and the CRD poller and waits for their
+// goroutines.
 func (s *Sources) Close() error {
 	s.mu.Lock()
 	cancel := s.cancel
@@ -628,6 +781,7 @@ func (s *Sources) Close() error {
 	if cancel != nil {
 		cancel()
 	}
+	s.pollers.Wait()
 	s.kube.Shutdown()
 	s.istio.Shutdown()
 	s.gateway.Shutdown()

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,8 +16,10 @@ import (
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
@@ -358,20 +361,153 @@ func TestSourcesWithoutOptionalGatewayCRDs(t *testing.T) {
 	src := startSources(t, kubefake.NewClientset(), gatewayfake.NewClientset(), nil, &log,
 		"tlsroutes.gateway.networking.k8s.io/v1", "tcproutes.gateway.networking.k8s.io/v1", "listenersets.gateway.networking.k8s.io/v1")
 	for _, want := range []string{
-		"TLSRoute is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough listeners and waypoints get no TLSRoutes until it is installed and meshd restarted",
-		"TCPRoute is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TCP listeners and waypoints get no TCPRoutes until it is installed and meshd restarted",
-		"ListenerSet is not read: its CRD is not installed (Gateway API before v1.5); listeners of ListenerSets are not served nor their status written until it is installed and meshd restarted",
+		"TLSRoute is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TLS passthrough listeners and waypoints get no TLSRoutes until it is installed (meshd reads it then, no restart needed)",
+		"TCPRoute is not read: its CRD is not installed (Gateway API before v1.5); Gateways' TCP listeners and waypoints get no TCPRoutes until it is installed (meshd reads it then, no restart needed)",
+		"ListenerSet is not read: its CRD is not installed (Gateway API before v1.5); listeners of ListenerSets are not served nor their status written until it is installed (meshd reads it then, no restart needed)",
 		"listenersets.gateway.networking.k8s.io (gateway.networking.k8s.io/v1 ListenerSet)",
 	} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("log = %q; want it to say %q", log.String(), want)
 		}
 	}
-	for _, ki := range src.informers {
+	for _, ki := range src.snapshot() {
 		if ki.kind == KindTLSRoute || ki.kind == KindTCPRoute || ki.kind == KindListenerSet {
 			t.Errorf("informer of %s started; want none without its CRD", ki.kind)
 		}
 	}
+}
+
+// TestSourcesCRDInstalledLater: an optional CRD installed after Start
+// (XBackendTrafficPolicy with the experimental channel, ListenerSet with
+// a newer Gateway API) is found by the CRD poller: its objects reach
+// Inputs, the Listener hears them (by then Inputs holds them), later
+// changes too, the pickup is logged once, and the poller stops once every
+// optional CRD is served.
+func TestSourcesCRDInstalledLater(t *testing.T) {
+	t.Setenv("KUBE_FEATURE_WatchListClient", "false") // see TestSources
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	const poll = 20 * time.Millisecond
+	kube := kubefake.NewClientset()
+	disc := kube.Discovery().(*fakediscovery.FakeDiscovery)
+	disc.Resources = servedResources("xbackendtrafficpolicies.gateway.networking.x-k8s.io/v1alpha1", "listenersets.gateway.networking.k8s.io/v1")
+	// Installing the CRDs: the next discovery call serves them. The
+	// reactor runs under the fake's lock in the goroutine that then reads
+	// Resources, so the switch races with no read.
+	var installed atomic.Bool
+	var switched bool
+	discoveries := func() int {
+		n := 0
+		for _, a := range kube.Actions() {
+			if a.GetVerb() == "get" && a.GetResource().Resource == "resource" {
+				n++
+			}
+		}
+		return n
+	}
+	kube.PrependReactor("get", "resource", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if installed.Load() && !switched {
+			disc.Resources, switched = servedResources(), true
+		}
+		return false, nil, nil
+	})
+	policy := &gatewayxv1alpha1.XBackendTrafficPolicy{ObjectMeta: metav1.ObjectMeta{Name: "budget", Namespace: "app"},
+		Spec: gatewayxv1alpha1.BackendTrafficPolicySpec{TargetRefs: []gatewayxv1alpha1.LocalPolicyTargetReference{{Kind: "Service", Name: "reviews"}}}}
+	set := &gatewayv1.ListenerSet{ObjectMeta: metav1.ObjectMeta{Name: "team-a", Namespace: "app", Generation: 1},
+		Spec: gatewayv1.ListenerSetSpec{ParentRef: gatewayv1.ParentGatewayReference{Name: "ingress"},
+			Listeners: []gatewayv1.ListenerEntry{{Name: "http", Port: 8080, Protocol: gatewayv1.HTTPProtocolType}}}}
+	gw := gatewayfake.NewClientset(policy, set)
+	var log syncBuffer
+	rec := &changeRecorder{notify: make(chan struct{}, 1)}
+	src, err := NewSources(SourcesOptions{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gw, Listener: rec,
+		Logger: slog.New(slog.NewTextHandler(&log, nil)), CRDPoll: poll})
+	if err != nil {
+		t.Fatalf("NewSources: %v", err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	if err := src.Start(ctx); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	want := "XBackendTrafficPolicy is not read: its CRD is not installed (it is in Gateway API's experimental channel only: meshctl install (or upgrade) --gateway-api-channel experimental); " +
+		"Services get no retry budget or session persistence from XBackendTrafficPolicies until it is installed (meshd reads it then, no restart needed)"
+	if !strings.Contains(log.String(), want) {
+		t.Errorf("log = %q; want it to say %q", log.String(), want)
+	}
+	// A few polls find nothing: nothing is read.
+	for start := discoveries(); discoveries() < start+3; {
+		time.Sleep(poll)
+	}
+	in, err := src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	if got := in.GatewayAPIObject(KindXBackendTrafficPolicy, "app", "budget"); got != nil {
+		t.Fatalf("XBackendTrafficPolicy in Inputs before its CRD is served: %+v", got)
+	}
+
+	installed.Store(true)
+	for _, c := range []Change{
+		{Kind: KindXBackendTrafficPolicy, Namespace: "app", Name: "budget", Op: OpAdd},
+		{Kind: KindListenerSet, Namespace: "app", Name: "team-a", Op: OpAdd},
+	} {
+		rec.waitFor(t, c)
+		in, err := src.Inputs()
+		if err != nil {
+			t.Fatalf("Inputs: %v", err)
+		}
+		if in.GatewayAPIObject(c.Kind, c.Namespace, c.Name) == nil {
+			t.Errorf("%s %s/%s heard but not in Inputs", c.Kind, c.Namespace, c.Name)
+		}
+	}
+	in, err = src.Inputs()
+	if err != nil {
+		t.Fatalf("Inputs: %v", err)
+	}
+	if got, ok := in.GatewayAPIObject(KindXBackendTrafficPolicy, "app", "budget").(*gatewayxv1alpha1.XBackendTrafficPolicy); !ok || got.Spec.TargetRefs[0].Name != "reviews" {
+		t.Errorf("XBackendTrafficPolicy app/budget in Inputs = %+v; want the one created", got)
+	}
+	if got, ok := in.GatewayAPIObject(KindListenerSet, "app", "team-a").(*gatewayv1.ListenerSet); !ok || got.Spec.ParentRef.Name != "ingress" {
+		t.Errorf("ListenerSet app/team-a in Inputs = %+v; want the one created", got)
+	}
+	for _, kind := range []string{KindXBackendTrafficPolicy, KindListenerSet} {
+		if n := strings.Count(log.String(), kind+" CRD installed: now read"); n != 1 {
+			t.Errorf("log says %q %d times; want once:\n%s", kind+" CRD installed: now read", n, log.String())
+		}
+	}
+
+	// From now on changes are heard as any other kind's.
+	retry := policy.DeepCopy()
+	retry.Name = "retry"
+	if _, err := gw.ExperimentalV1alpha1().XBackendTrafficPolicies("app").Create(ctx, retry, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create XBackendTrafficPolicy: %v", err)
+	}
+	rec.waitFor(t, Change{Kind: KindXBackendTrafficPolicy, Namespace: "app", Name: "retry", Op: OpAdd})
+
+	// Every optional CRD is served: the poller has stopped.
+	n := discoveries()
+	time.Sleep(5 * poll)
+	if got := discoveries(); got != n {
+		t.Errorf("discovery asked %d more times after every CRD was found; want the poller stopped", got-n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's goroutines and a
+// test's reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // A status write (meshd's own, or another controller's) to a kind whose

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -46,6 +48,9 @@ type Options struct {
 	Resync time.Duration
 	// Logger receives reconcile failures; nil means slog.Default().
 	Logger *slog.Logger
+	// CRDPoll is how often Run asks discovery again for the ListenerSet
+	// CRD when it was not installed at start; zero means 30 seconds.
+	CRDPoll time.Duration
 }
 
 // Deployer reconciles meshlet-class Gateways. Run it with Run.
@@ -54,13 +59,21 @@ type Deployer struct {
 	log      *slog.Logger
 	queue    workqueue.TypedRateLimitingInterface[cache.ObjectName]
 	gateways gatewaylisters.GatewayLister
-	// listenerSets indexes ListenerSets by their parent Gateway
-	// (byParent); nil when the ListenerSet CRD is not installed.
+	// sets holds the ListenerSet and Namespace caches: nil while the
+	// ListenerSet CRD is not installed, stored (once their caches have
+	// synced, when the CRD is installed after Run started) by Run while
+	// reconcile workers read it.
+	sets atomic.Pointer[listenerSetCaches]
+	now  func() time.Time
+}
+
+// listenerSetCaches are what attachedListenerSets reads.
+type listenerSetCaches struct {
+	// byParent indexes ListenerSets by their parent Gateway (byParent).
+	byParent cache.Indexer
 	// namespaces has the namespaces' labels, for allowedListeners
-	// selectors; set with listenerSets.
-	listenerSets cache.Indexer
-	namespaces   corev1listers.NamespaceLister
-	now          func() time.Time
+	// selectors.
+	namespaces corev1listers.NamespaceLister
 }
 
 // byParent is the ListenerSet index of the Gateway a set's parentRef
@@ -98,7 +111,9 @@ func New(opts Options) (*Deployer, error) {
 // selectors match), and reconciles until ctx ends. When discovery does not
 // serve the ListenerSet CRD (Gateway API before v1.5), Run logs so once and
 // runs without ListenerSets: ingress Services open their Gateways' own
-// listener ports only.
+// listener ports only, until the CRD is installed (discovery is asked
+// again every CRDPoll: awaitListenerSets); then every ingress Gateway is
+// reconciled again, with its ListenerSets.
 func (d *Deployer) Run(ctx context.Context) error {
 	defer d.queue.ShutDown()
 	withSets, err := listenerSetsServed(d.opts.Kube)
@@ -106,7 +121,7 @@ func (d *Deployer) Run(ctx context.Context) error {
 		return err
 	}
 	if !withSets {
-		d.log.Info("ListenerSets are not read: their CRD is not installed (Gateway API before v1.5); ingress gateways' Services open only their Gateways' listener ports until it is installed and meshd restarted",
+		d.log.Info("ListenerSets are not read: their CRD is not installed (Gateway API before v1.5); ingress gateways' Services open only their Gateways' listener ports until it is installed (meshd reads them then, no restart needed)",
 			"missing", listenerSetResource+"."+gatewayv1.GroupName)
 	}
 	gf := gatewayinformers.NewSharedInformerFactory(d.opts.Gateway, d.opts.Resync)
@@ -125,11 +140,6 @@ func (d *Deployer) Run(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
 	}); err != nil {
 		return fmt.Errorf("watch gateways: %w", err)
-	}
-	if withSets {
-		if err := d.watchListenerSets(gf); err != nil {
-			return err
-		}
 	}
 	// Deployment readiness drives Programmed.
 	sel, err := labels.NewRequirement(GatewayNameLabel, selection.Exists, nil)
@@ -189,9 +199,12 @@ func (d *Deployer) Run(ctx context.Context) error {
 		return fmt.Errorf("watch configmaps: %w", err)
 	}
 	if withSets {
-		if err := d.watchNamespaces(cf); err != nil {
+		// Stored before the caches sync: no worker runs until they have.
+		sets, _, err := d.watchListenerSets(gf, cf)
+		if err != nil {
 			return err
 		}
+		d.sets.Store(sets)
 	}
 	gf.Start(ctx.Done())
 	kf.Start(ctx.Done())
@@ -199,6 +212,12 @@ func (d *Deployer) Run(ctx context.Context) error {
 	defer gf.Shutdown()
 	defer kf.Shutdown()
 	defer cf.Shutdown()
+	// Before the Shutdowns: the ListenerSet poller starts informers of
+	// gf and cf.
+	var poller sync.WaitGroup
+	defer poller.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	for t, ok := range gf.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("sync %v informer: %w", t, ctx.Err())
@@ -213,6 +232,13 @@ func (d *Deployer) Run(ctx context.Context) error {
 			}
 		}
 	}
+	if !withSets {
+		poller.Add(1)
+		go func() {
+			defer poller.Done()
+			d.awaitListenerSets(ctx, gf, cf)
+		}()
+	}
 	go func() {
 		<-ctx.Done()
 		d.queue.ShutDown()
@@ -220,6 +246,70 @@ func (d *Deployer) Run(ctx context.Context) error {
 	for d.next(ctx) {
 	}
 	return nil
+}
+
+// awaitListenerSets waits for the ListenerSet CRD to be installed
+// (waitServed), then starts the ListenerSet and Namespace informers,
+// waits for their caches, makes them what attachedListenerSets reads and
+// enqueues every ingress Gateway, whose Services then open their sets'
+// ports. It returns early when ctx ends.
+func (d *Deployer) awaitListenerSets(ctx context.Context, gf gatewayinformers.SharedInformerFactory, cf kubeinformers.SharedInformerFactory) {
+	if !waitServed(ctx, d.crdPoll(), func() (bool, error) { return listenerSetsServed(d.opts.Kube) }, d.log) {
+		return
+	}
+	d.log.Info("ListenerSet CRD installed: now read", "crd", listenerSetResource+"."+gatewayv1.GroupName)
+	sets, synced, err := d.watchListenerSets(gf, cf)
+	if err != nil {
+		d.log.Error("ListenerSet CRD installed but not read", "err", err)
+		return
+	}
+	// Start only the informers not started yet: these two.
+	gf.Start(ctx.Done())
+	cf.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return
+	}
+	d.sets.Store(sets)
+	gws, err := d.gateways.List(labels.Everything())
+	if err != nil {
+		d.log.Error("list gateways to open their ListenerSets' ports", "err", err)
+		return
+	}
+	for _, gw := range gws {
+		if ClassKind(gw.Spec.GatewayClassName) == KindIngress {
+			d.queue.Add(cache.ObjectName{Namespace: gw.Namespace, Name: gw.Name})
+		}
+	}
+}
+
+func (d *Deployer) crdPoll() time.Duration {
+	if d.opts.CRDPoll > 0 {
+		return d.opts.CRDPoll
+	}
+	return 30 * time.Second
+}
+
+// waitServed calls served every period until it reports true (then
+// waitServed returns true) or ctx ends (false). Errors (discovery
+// unavailable for a while) are logged at debug level and retried.
+func waitServed(ctx context.Context, period time.Duration, served func() (bool, error), log *slog.Logger) bool {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		ok, err := served()
+		if err != nil {
+			log.Debug("look for the ListenerSet CRD", "err", err)
+			continue
+		}
+		if ok {
+			return true
+		}
+	}
 }
 
 // listenerSetsServed reports whether discovery serves the ListenerSet
@@ -241,13 +331,14 @@ func listenerSetsServed(kube kubernetes.Interface) (bool, error) {
 }
 
 // watchListenerSets watches ListenerSets, indexed by parent: a set
-// changing re-renders the Gateway it names, and the one it named before.
-func (d *Deployer) watchListenerSets(gf gatewayinformers.SharedInformerFactory) error {
+// changing re-renders the Gateway it names, and the one it named before;
+// and Namespaces (watchNamespaces). It returns their caches and what
+// reports them synced; the factories start the informers.
+func (d *Deployer) watchListenerSets(gf gatewayinformers.SharedInformerFactory, cf kubeinformers.SharedInformerFactory) (*listenerSetCaches, []cache.InformerSynced, error) {
 	inf := gf.Gateway().V1().ListenerSets().Informer()
 	if err := inf.AddIndexers(cache.Indexers{byParent: parentIndex}); err != nil {
-		return fmt.Errorf("index listenersets: %w", err)
+		return nil, nil, fmt.Errorf("index listenersets: %w", err)
 	}
-	d.listenerSets = inf.GetIndexer()
 	enqueueParent := func(obj any) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = t.Obj
@@ -279,9 +370,13 @@ func (d *Deployer) watchListenerSets(gf gatewayinformers.SharedInformerFactory) 
 		},
 		DeleteFunc: enqueueParent,
 	}); err != nil {
-		return fmt.Errorf("watch listenersets: %w", err)
+		return nil, nil, fmt.Errorf("watch listenersets: %w", err)
 	}
-	return nil
+	namespaces, nsSynced, err := d.watchNamespaces(cf)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &listenerSetCaches{byParent: inf.GetIndexer(), namespaces: namespaces}, []cache.InformerSynced{inf.HasSynced, nsSynced}, nil
 }
 
 // parentIndex is the byParent index function.
@@ -299,9 +394,8 @@ func parentIndex(obj any) ([]string, error) {
 // watchNamespaces caches Namespaces for their labels: a namespace's labels
 // changing re-renders the ingress Gateways whose allowedListeners selects
 // namespaces by label (all of them: a selector may stop or start matching).
-func (d *Deployer) watchNamespaces(cf kubeinformers.SharedInformerFactory) error {
+func (d *Deployer) watchNamespaces(cf kubeinformers.SharedInformerFactory) (corev1listers.NamespaceLister, cache.InformerSynced, error) {
 	nsInf := cf.Core().V1().Namespaces()
-	d.namespaces = nsInf.Lister()
 	if _, err := nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(old, obj any) {
 			o, ok1 := old.(*corev1.Namespace)
@@ -320,9 +414,9 @@ func (d *Deployer) watchNamespaces(cf kubeinformers.SharedInformerFactory) error
 			}
 		},
 	}); err != nil {
-		return fmt.Errorf("watch namespaces: %w", err)
+		return nil, nil, fmt.Errorf("watch namespaces: %w", err)
 	}
-	return nil
+	return nsInf.Lister(), nsInf.Informer().HasSynced, nil
 }
 
 // listenersFromSelector reports whether gw's allowedListeners admits
@@ -337,10 +431,11 @@ func listenersFromSelector(gw *gatewayv1.Gateway) bool {
 // A set whose namespace is not (yet) in the cache is not admitted by a
 // selector.
 func (d *Deployer) attachedListenerSets(gw *gatewayv1.Gateway) ([]*gatewayv1.ListenerSet, error) {
-	if d.listenerSets == nil {
+	c := d.sets.Load()
+	if c == nil {
 		return nil, nil
 	}
-	objs, err := d.listenerSets.ByIndex(byParent, gw.Namespace+"/"+gw.Name)
+	objs, err := c.byParent.ByIndex(byParent, gw.Namespace+"/"+gw.Name)
 	if err != nil {
 		return nil, fmt.Errorf("list listenersets: %w", err)
 	}
@@ -351,7 +446,7 @@ func (d *Deployer) attachedListenerSets(gw *gatewayv1.Gateway) ([]*gatewayv1.Lis
 			continue
 		}
 		var nsLabels map[string]string
-		if ns, err := d.namespaces.Get(ls.Namespace); err == nil {
+		if ns, err := c.namespaces.Get(ls.Namespace); err == nil {
 			nsLabels = ns.Labels
 		} else if listenersFromSelector(gw) {
 			continue

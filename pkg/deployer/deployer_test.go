@@ -1,15 +1,26 @@
 package deployer
 
 import (
+	"context"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	corev1listers "k8s.io/client-go/listers/core/v1"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 )
 
 // TestAttachedListenerSets: reconcile renders with the sets whose
@@ -45,7 +56,8 @@ func TestAttachedListenerSets(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d := &Deployer{listenerSets: sets, namespaces: corev1listers.NewNamespaceLister(nsIdx)}
+	d := &Deployer{}
+	d.sets.Store(&listenerSetCaches{byParent: sets, namespaces: corev1listers.NewNamespaceLister(nsIdx)})
 
 	allowing := func(from gatewayv1.FromNamespaces, sel *metav1.LabelSelector) *gatewayv1.Gateway {
 		gw := gateway("meshlet")
@@ -86,3 +98,203 @@ func TestAttachedListenerSets(t *testing.T) {
 		}
 	})
 }
+
+// laterCRD makes kube's fake discovery serve the Gateway API's v1 kinds
+// but ListenerSet, and ListenerSet too from the first discovery call
+// after the returned install is called. The switch is made by a reactor,
+// under the fake's lock in the goroutine that then reads the list, so
+// it races with no read.
+func laterCRD(kube *kubefake.Clientset) (install func(), discoveries func() int) {
+	disc := kube.Discovery().(*fakediscovery.FakeDiscovery)
+	served := func(withSets bool) []*metav1.APIResourceList {
+		l := &metav1.APIResourceList{GroupVersion: listenerSetGroupVersion, APIResources: []metav1.APIResource{
+			{Name: "gateways", Kind: "Gateway", Namespaced: true}, {Name: "httproutes", Kind: "HTTPRoute", Namespaced: true}}}
+		if withSets {
+			l.APIResources = append(l.APIResources, metav1.APIResource{Name: listenerSetResource, Kind: "ListenerSet", Namespaced: true})
+		}
+		return []*metav1.APIResourceList{l}
+	}
+	disc.Resources = served(false)
+	var installed atomic.Bool
+	switched := false
+	kube.PrependReactor("get", "resource", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if installed.Load() && !switched {
+			disc.Resources, switched = served(true), true
+		}
+		return false, nil, nil
+	})
+	return func() { installed.Store(true) }, func() int {
+		n := 0
+		for _, a := range kube.Actions() {
+			if a.GetVerb() == "get" && a.GetResource().Resource == "resource" {
+				n++
+			}
+		}
+		return n
+	}
+}
+
+// TestWaitServed: the periodic check finds nothing while the ListenerSet
+// CRD is not served, asking every period, returns true at the first
+// check after it is installed, and false when ctx ends first.
+func TestWaitServed(t *testing.T) {
+	const period = 5 * time.Millisecond
+	kube := kubefake.NewClientset()
+	install, discoveries := laterCRD(kube)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan bool, 1)
+	go func() { done <- waitServed(ctx, period, func() (bool, error) { return listenerSetsServed(kube) }, log) }()
+	for discoveries() < 3 {
+		time.Sleep(period)
+	}
+	select {
+	case got := <-done:
+		t.Fatalf("waitServed() = %t before the CRD is installed", got)
+	default:
+	}
+	install()
+	select {
+	case got := <-done:
+		if !got {
+			t.Errorf("waitServed() = false after the CRD was installed; want true")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitServed() did not return within 5s of the CRD being installed")
+	}
+
+	t.Run("ctx ends", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if waitServed(ctx, period, func() (bool, error) { return false, nil }, log) {
+			t.Error("waitServed() = true; want false once ctx ended")
+		}
+	})
+}
+
+// TestAttachedListenerSetsWhileInstalled: reconcile workers read the
+// ListenerSet caches while Run sets them (the CRD installed later); run
+// with -race.
+func TestAttachedListenerSetsWhileInstalled(t *testing.T) {
+	sets := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byParent: parentIndex})
+	ls := listenerSet("bookinfo", "same")
+	if err := sets.Add(ls); err != nil {
+		t.Fatal(err)
+	}
+	nsIdx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	if err := nsIdx.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo"}}); err != nil {
+		t.Fatal(err)
+	}
+	from := gatewayv1.NamespacesFromSame
+	gw := gateway("meshlet")
+	gw.Spec.AllowedListeners = &gatewayv1.AllowedListeners{Namespaces: &gatewayv1.ListenerNamespaces{From: &from}}
+	d := &Deployer{}
+	var wg sync.WaitGroup
+	stored := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				got, err := d.attachedListenerSets(gw)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(got) == 1 {
+					return
+				}
+				select {
+				case <-stored:
+					if got, _ := d.attachedListenerSets(gw); len(got) != 1 {
+						t.Errorf("attachedListenerSets() after the caches were set = %v; want bookinfo/same", got)
+					}
+					return
+				default:
+				}
+			}
+		}()
+	}
+	d.sets.Store(&listenerSetCaches{byParent: sets, namespaces: corev1listers.NewNamespaceLister(nsIdx)})
+	close(stored)
+	wg.Wait()
+}
+
+// TestRunListenerSetCRDInstalledLater: Run started without the
+// ListenerSet CRD deploys an ingress Gateway with its own ports; once the
+// CRD is served it reads ListenerSets and the Gateway's Service opens
+// its set's port, with no restart.
+func TestRunListenerSetCRDInstalledLater(t *testing.T) {
+	t.Setenv("KUBE_FEATURE_WatchListClient", "false") // the fakes predate streaming lists
+	const poll = 10 * time.Millisecond
+	kube := kubefake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo"}})
+	install, discoveries := laterCRD(kube)
+	from := gatewayv1.NamespacesFromSame
+	gw := gateway("meshlet", gatewayv1.Listener{Name: "http", Port: 80, Protocol: gatewayv1.HTTPProtocolType})
+	gw.Spec.AllowedListeners = &gatewayv1.AllowedListeners{Namespaces: &gatewayv1.ListenerNamespaces{From: &from}}
+	set := listenerSet("bookinfo", "team", gatewayv1.ListenerEntry{Name: "api", Port: 8080, Protocol: gatewayv1.HTTPProtocolType})
+	// Created through the client: the fake's tracker would file an object
+	// passed to the constructor under v1beta1, Gateway's first registered
+	// version (v1beta1.Gateway is an alias of v1.Gateway); and the simple
+	// fake, as NewClientset's field-managed one cannot tell v1 Gateways,
+	// whose status applies are then taken as done.
+	gwc := gatewayfake.NewSimpleClientset()
+	gwc.PrependReactor("patch", "gateways", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return a.GetSubresource() == "status", &gatewayv1.Gateway{}, nil
+	})
+	if _, err := gwc.GatewayV1().Gateways("bookinfo").Create(context.Background(), gw, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gwc.GatewayV1().ListenerSets("bookinfo").Create(context.Background(), set, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Options{Kube: kube, Gateway: gwc, Render: opts, CRDPoll: poll, Logger: slog.New(slog.NewTextHandler(tlog{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ran := make(chan error, 1)
+	go func() { ran <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	ports := func() []int32 {
+		svc, err := kube.CoreV1().Services("bookinfo").Get(ctx, "waypoint", metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		var out []int32
+		for _, p := range svc.Spec.Ports {
+			out = append(out, p.Port)
+		}
+		slices.Sort(out)
+		return out
+	}
+	waitPorts := func(want []int32) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for got := ports(); !slices.Equal(got, want); got = ports() {
+			if time.Now().After(deadline) {
+				t.Fatalf("Service bookinfo/waypoint ports = %v; want %v within 10s", got, want)
+			}
+			time.Sleep(poll)
+		}
+	}
+	waitPorts([]int32{80, 15008})
+	for start := discoveries(); discoveries() < start+3; {
+		time.Sleep(poll)
+	}
+	if got := ports(); !slices.Equal(got, []int32{80, 15008}) {
+		t.Fatalf("Service ports = %v before the ListenerSet CRD is installed; want the Gateway's own", got)
+	}
+	install()
+	waitPorts([]int32{80, 8080, 15008})
+}
+
+type tlog struct{ t *testing.T }
+
+func (l tlog) Write(p []byte) (int, error) { l.t.Log(string(p)); return len(p), nil }
