@@ -15,6 +15,7 @@ import (
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/pkg/xds"
@@ -247,4 +248,47 @@ func BenchmarkMeshdMemory10kPods(b *testing.B) {
 		srv.Close()
 	}
 	b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
+}
+
+// listenerSetInputs is scaleInputs with an ingress Gateway that admits
+// ListenerSets from every namespace and sets of its own, each with an HTTP
+// listener for its own host on port 80 and an HTTPS one on 443, and a
+// route attached to the set: the many-teams, many-certificates shape
+// ListenerSets are for.
+func listenerSetInputs(tb testing.TB, sets int) *Inputs {
+	tb.Helper()
+	in := scaleInputs(tb, 200, 100)
+	all := gatewayv1.NamespacesFromAll
+	must(tb, in.Add(&gatewayv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "edge", Namespace: "ns-0", ResourceVersion: "1"},
+		Spec: gatewayv1.GatewaySpec{GatewayClassName: "meshlet", AllowedListeners: &gatewayv1.AllowedListeners{Namespaces: &gatewayv1.ListenerNamespaces{From: &all}},
+			Listeners: []gatewayv1.Listener{{Name: "http", Port: 80, Protocol: gatewayv1.HTTPProtocolType}}}}))
+	gwNS := gatewayv1.Namespace("ns-0")
+	kind := gatewayv1.Kind(KindListenerSet)
+	for i := range sets {
+		ns := fmt.Sprintf("ns-%d", i%10)
+		host := gatewayv1.Hostname(fmt.Sprintf("team-%d.example.com", i))
+		name := fmt.Sprintf("team-%d", i)
+		must(tb, in.Add(&gatewayv1.ListenerSet{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, ResourceVersion: "1"},
+			Spec: gatewayv1.ListenerSetSpec{ParentRef: gatewayv1.ParentGatewayReference{Name: "edge", Namespace: &gwNS},
+				Listeners: []gatewayv1.ListenerEntry{{Name: "http", Port: 80, Protocol: gatewayv1.HTTPProtocolType, Hostname: &host}}}}))
+		must(tb, in.Add(&gatewayv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, ResourceVersion: "1"},
+			Spec: gatewayv1.HTTPRouteSpec{CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Kind: &kind, Name: gatewayv1.ObjectName(name)}}},
+				Rules: []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{BackendObjectReference: gatewayv1.BackendObjectReference{
+					Name: gatewayv1.ObjectName(fmt.Sprintf("svc-%d", (i%10)+10*(i%10))), Port: ptrTo(gatewayv1.PortNumber(80))}}}}}}}}))
+	}
+	return in
+}
+
+// BenchmarkBuildListenerSets is a full build of a gateway with 1000
+// ListenerSets attached, each with a route: the listeners' validation and
+// the routes' attachment must not grow with the square of their number.
+func BenchmarkBuildListenerSets(b *testing.B) {
+	in := listenerSetInputs(b, 1000)
+	if _, rej := NewBuilder(BuilderOptions{}).Build(in); len(rej) > 0 {
+		b.Fatalf("rejections: %v", rej[:min(3, len(rej))])
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		NewBuilder(BuilderOptions{}).Build(in)
+	}
 }

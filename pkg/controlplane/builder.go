@@ -132,8 +132,15 @@ type build struct {
 	// gwListeners are the ingress Gateways' merged listener lists and
 	// setStates the ListenerSets whose parent is a meshlet Gateway, by
 	// key, decided once (attachListenerSets).
-	gwListeners   map[*gatewayv1.Gateway][]ingressListener
-	setStates     map[string]*setState
+	gwListeners map[*gatewayv1.Gateway][]ingressListener
+	setStates   map[string]*setState
+	// unserved caches unservedListener per Gateway; sortedHTTP,
+	// sortedGRPC and sortedL4 the routes oldest first (oldestRoutes,
+	// oldestL4Routes).
+	unserved      map[*gatewayv1.Gateway][]unserved
+	sortedHTTP    []*gatewayv1.HTTPRoute
+	sortedGRPC    []*gatewayv1.GRPCRoute
+	sortedL4      *l4Sorted
 	validIstioGws []config[networkingapi.Gateway]
 	credentials   map[string]*credentialCheck      // credentialName Secrets parsed in this build (upstreamTLS)
 	autoAllocated map[string]*model.Service        // ServiceEntry key -> its service, when it got an automatic address

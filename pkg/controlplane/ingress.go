@@ -50,6 +50,7 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			hosts    []*host
 		}
 		var ports []*port
+		routes, grpcRoutes := bd.oldestRoutes()
 		for i, l := range bd.ingressListeners(gw) {
 			lr := bd.listenerRejecter(gw, l)
 			if _, msg := bd.unservedListener(gw, i); msg != "" {
@@ -90,12 +91,12 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 			var rts []attachedRoute
 			// A route attaches to the listener when it names it as a parent,
 			// the listener admits its namespace, and their hostnames meet.
-			for _, rt := range oldestFirst(bd.validRoutes) {
+			for _, rt := range routes {
 				if attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
 					rts = append(rts, attachedRoute{KindHTTPRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.httpRouteRules(rt, 0)})
 				}
 			}
-			for _, rt := range oldestFirst(bd.validGRPC) {
+			for _, rt := range grpcRoutes {
 				if attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) && routeDomains(rt.Spec.Hostnames, l.Listener) != nil {
 					rts = append(rts, attachedRoute{KindGRPCRoute, rt.Namespace, rt.Name, rt.Spec.Hostnames, lb.grpcRouteRules(rt, 0)})
 				}
@@ -164,8 +165,32 @@ func (bd *build) buildIngressL7(out map[model.NamespacedName]*model.L7Config) {
 // Gateway's CRD forbids it within the Gateway; across its ListenerSets
 // the earlier wins). An HTTPS listener's certificate is its ResolvedRefs
 // (certificateRefsFault).
+// Decided once per Gateway and build: a route's status asks it of every
+// listener for each of its parentRefs.
 func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.ListenerConditionReason, string) {
-	all := bd.ingressListeners(gw)
+	u, ok := bd.unserved[gw]
+	if !ok {
+		all := bd.ingressListeners(gw)
+		u = make([]unserved, len(all))
+		for j := range all {
+			u[j].reason, u[j].msg = unservedIn(gw, all, j)
+		}
+		if bd.unserved == nil {
+			bd.unserved = map[*gatewayv1.Gateway][]unserved{}
+		}
+		bd.unserved[gw] = u
+	}
+	return u[i].reason, u[i].msg
+}
+
+// unserved is why a listener is not served (unservedListener).
+type unserved struct {
+	reason gatewayv1.ListenerConditionReason
+	msg    string
+}
+
+// unservedIn is unservedListener for listener i of gw's merged list all.
+func unservedIn(gw *gatewayv1.Gateway, all []ingressListener, i int) (gatewayv1.ListenerConditionReason, string) {
 	l := all[i]
 	passthrough := l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough
 	switch l.Protocol {
@@ -213,6 +238,29 @@ func portFamily(p gatewayv1.ProtocolType) string {
 	return ""
 }
 
+// oldestRoutes are the valid HTTPRoutes and GRPCRoutes oldest first,
+// sorted once per build.
+func (bd *build) oldestRoutes() ([]*gatewayv1.HTTPRoute, []*gatewayv1.GRPCRoute) {
+	if bd.sortedHTTP == nil {
+		bd.sortedHTTP, bd.sortedGRPC = oldestFirst(bd.validRoutes), oldestFirst(bd.validGRPC)
+	}
+	return bd.sortedHTTP, bd.sortedGRPC
+}
+
+// l4Sorted are the TLSRoutes and TCPRoutes oldest first.
+type l4Sorted struct {
+	tls []*gatewayv1.TLSRoute
+	tcp []*gatewayv1.TCPRoute
+}
+
+// oldestL4Routes sorts the TLSRoutes and TCPRoutes once per build.
+func (bd *build) oldestL4Routes() *l4Sorted {
+	if bd.sortedL4 == nil {
+		bd.sortedL4 = &l4Sorted{tls: oldestFirst(slices.Collect(maps.Values(bd.in.tlsRoutes))), tcp: oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes)))}
+	}
+	return bd.sortedL4
+}
+
 // listenerHostname is l's hostname, "" without one.
 func listenerHostname(l gatewayv1.Listener) string {
 	if l.Hostname == nil {
@@ -230,7 +278,7 @@ func (lb *l7Builder) l4Routes(gw *gatewayv1.Gateway, l ingressListener, ml *mode
 	}
 	switch l.Protocol {
 	case gatewayv1.TLSProtocolType:
-		for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tlsRoutes))) {
+		for _, rt := range bd.oldestL4Routes().tls {
 			doms := routeDomains(rt.Spec.Hostnames, l.Listener)
 			if !attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) || !bd.listenerAdmits(rt.Namespace, gw, l) || doms == nil {
 				continue
@@ -271,7 +319,7 @@ func (lb *l7Builder) l4Backends(kind, ns, name string, refs []gatewayv1.BackendR
 // listener forwards to one route (Gateway API leaves several to the
 // implementation); the others are not accepted there (parentAccepts).
 func (bd *build) tcpRouteOn(gw *gatewayv1.Gateway, l ingressListener) *gatewayv1.TCPRoute {
-	for _, rt := range oldestFirst(slices.Collect(maps.Values(bd.in.tcpRoutes))) {
+	for _, rt := range bd.oldestL4Routes().tcp {
 		if attached(bd.routeParents(rt.Spec.CommonRouteSpec, rt.Namespace), rt.Namespace, gw, l) && bd.listenerAdmits(rt.Namespace, gw, l) {
 			return rt
 		}
