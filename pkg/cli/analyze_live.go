@@ -33,6 +33,12 @@ var liveKinds = []schema.GroupVersionKind{
 	{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "GRPCRoute"},
 	{Group: "gateway.networking.k8s.io", Version: "v1beta1", Kind: "ReferenceGrant"},
 	{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "BackendTLSPolicy"},
+	// Read by meshd when their CRDs are installed (skipped otherwise, as
+	// every kind here).
+	{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "TLSRoute"},
+	{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "TCPRoute"},
+	{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "ListenerSet"},
+	{Group: "gateway.networking.x-k8s.io", Version: "v1alpha1", Kind: "XBackendTrafficPolicy"},
 	// What TLS credentialNames refer to: read when the user may
 	// (liveOptional). The ConfigMaps of BackendTLSPolicies are read one by
 	// one (policyConfigMaps): all of a cluster's would be a lot.

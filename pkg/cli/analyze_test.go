@@ -82,6 +82,12 @@ func TestAnalyzeCorpus(t *testing.T) {
 			},
 		},
 		{
+			name: "ListenerSet its Gateway does not admit", args: []string{"-f", "testdata/analyze/listenerset"},
+			want: []want{
+				{SeverityWarning, "config", "ListenerSet team-a/team-a", "not attached to Gateway infra/edge: Gateway infra/edge does not admit ListenerSets of namespace team-a: its spec.allowedListeners.namespaces.from is None (the default); its owner can set Same, All or Selector"},
+			},
+		},
+		{
 			name: "minimal profile has no ingress gateway", args: []string{"-f", "testdata/analyze/gateway", "--profile", "minimal"}, wantExit: 1,
 			want: []want{
 				{SeverityError, "gateway-no-deployment", "Gateway.networking.istio.io default/booking-gateway", "selector istio=ingressgateway matches no gateway deployment: install one with meshctl install (the default profile has istio: ingressgateway)"},

@@ -49,13 +49,6 @@ func bugReportKinds() []schema.GroupVersionKind {
 	}
 	return append(out,
 		schema.GroupVersionKind{Group: "telemetry.istio.io", Version: "v1", Kind: "Telemetry"},
-		// Listeners meshd adds to Gateways (GEP-1713), the L4 routes and
-		// the experimental channel's backend policy: each skipped where its
-		// CRD is not installed.
-		schema.GroupVersionKind{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "ListenerSet"},
-		schema.GroupVersionKind{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "TLSRoute"},
-		schema.GroupVersionKind{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "TCPRoute"},
-		schema.GroupVersionKind{Group: "gateway.networking.x-k8s.io", Version: "v1alpha1", Kind: "XBackendTrafficPolicy"},
 		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"},
 		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"},
 	)
