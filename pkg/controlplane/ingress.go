@@ -173,7 +173,7 @@ func (bd *build) unservedListener(gw *gatewayv1.Gateway, i int) (gatewayv1.Liste
 		all := bd.ingressListeners(gw)
 		u = make([]unserved, len(all))
 		for j := range all {
-			u[j].reason, u[j].msg = unservedIn(gw, all, j)
+			u[j].reason, u[j].msg = unservedIn(gw, all, u[:j], j)
 		}
 		if bd.unserved == nil {
 			bd.unserved = map[*gatewayv1.Gateway][]unserved{}
@@ -189,8 +189,10 @@ type unserved struct {
 	msg    string
 }
 
-// unservedIn is unservedListener for listener i of gw's merged list all.
-func unservedIn(gw *gatewayv1.Gateway, all []ingressListener, i int) (gatewayv1.ListenerConditionReason, string) {
+// unservedIn is unservedListener for listener i of gw's merged list all,
+// prior saying which of the listeners before it are not served: those
+// take no port from a later one.
+func unservedIn(gw *gatewayv1.Gateway, all []ingressListener, prior []unserved, i int) (gatewayv1.ListenerConditionReason, string) {
 	l := all[i]
 	passthrough := l.TLS != nil && l.TLS.Mode != nil && *l.TLS.Mode == gatewayv1.TLSModePassthrough
 	switch l.Protocol {
@@ -206,8 +208,8 @@ func unservedIn(gw *gatewayv1.Gateway, all []ingressListener, i int) (gatewayv1.
 	default:
 		return gatewayv1.ListenerReasonUnsupportedProtocol, fmt.Sprintf("protocol %s is not served by meshlet's ingress (HTTP, HTTPS, TLS passthrough and TCP are)", l.Protocol)
 	}
-	for _, o := range all[:i] {
-		if o.Port != l.Port || portFamily(o.Protocol) == "" {
+	for j, o := range all[:i] {
+		if o.Port != l.Port || portFamily(o.Protocol) == "" || prior[j].reason != "" {
 			continue
 		}
 		if portFamily(o.Protocol) != portFamily(l.Protocol) {
