@@ -31,14 +31,18 @@ import (
 //     (narrowed by allowedRoutes.kinds; a kind outside those is
 //     ResolvedRefs False InvalidRouteKinds); none on a waypoint's HBONE
 //     listener, which takes no routes directly, as Istio reports it.
-//   - meshlet's ingress serves HTTP listeners only yet (buildIngressL7):
-//     an HTTPS, TLS, TCP or UDP listener is Accepted False
+//   - meshlet's ingress serves HTTP, HTTPS (Terminate), TLS passthrough
+//     and TCP listeners (buildIngressL7); any other is Accepted False
 //     UnsupportedProtocol and Programmed False, so that nothing waiting for
-//     Programmed mistakes it for served. An HTTPS listener's
-//     certificateRefs are checked all the same (ResolvedRefs False
+//     Programmed mistakes it for served. An HTTPS listener whose
+//     certificateRefs do not resolve (ResolvedRefs False
 //     InvalidCertificateRef for a Secret that is missing or not of type
-//     kubernetes.io/tls, the only Secrets the inputs hold), so that the
-//     Gateway is ready when HTTPS lands.
+//     kubernetes.io/tls, the only Secrets the inputs hold; RefNotPermitted
+//     without a ReferenceGrant) is not served.
+//   - The listeners of the ListenerSets attached to an ingress Gateway
+//     are reported in each set's status.listeners, not the Gateway's
+//     (listenersets.go); the Gateway's status.attachedListenerSets counts
+//     the sets Accepted.
 //   - A waypoint serves its HBONE listener (port 15008); any other
 //     listener of a waypoint Gateway is Accepted False UnsupportedProtocol.
 //   - A GatewayClass is meshd's when spec.controllerName is ControllerName.
