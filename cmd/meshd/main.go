@@ -292,7 +292,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// term, since Run ends with its queue.
 	var depOpts *deployer.Options
 	if cfg.waypointImage != "" {
-		depOpts = &deployer.Options{Kube: kube, Gateway: gw, Logger: log, Render: deployer.RenderOptions{
+		// Class defaults (gateway.istio.io/defaults-for-class ConfigMaps)
+		// are read from meshd's namespace, as Istio reads them from istiod's.
+		depOpts = &deployer.Options{Kube: kube, Gateway: gw, Logger: log, ClassDefaultsNamespace: cfg.namespace, Render: deployer.RenderOptions{
 			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}}
 		if _, err := deployer.New(*depOpts); err != nil {
 			return err

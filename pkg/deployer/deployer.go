@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +53,11 @@ type Options struct {
 	// CRDPoll is how often Run asks discovery again for the ListenerSet
 	// CRD when it was not installed at start; zero means 30 seconds.
 	CRDPoll time.Duration
+	// ClassDefaultsNamespace is where class defaults are read from
+	// (ConfigMaps labelled ClassDefaultsLabel: infrastructure.go), meshd's
+	// own namespace as Istio reads them from istiod's; empty means no
+	// class defaults.
+	ClassDefaultsNamespace string
 }
 
 // Deployer reconciles meshlet-class Gateways. Run it with Run.
@@ -65,6 +72,11 @@ type Deployer struct {
 	// reconcile workers read it.
 	sets atomic.Pointer[listenerSetCaches]
 	now  func() time.Time
+	// warned has, per class, the class defaults ConfigMaps last warned
+	// about as several (warnSeveral), so that a warning is logged once
+	// per change.
+	warnedMu sync.Mutex
+	warned   map[gatewayv1.ObjectName]string
 }
 
 // listenerSetCaches are what attachedListenerSets reads.
@@ -107,7 +119,7 @@ func New(opts Options) (*Deployer, error) {
 }
 
 // Run watches Gateways, the Deployments it made, the Gateways' parameters
-// ConfigMaps, and ListenerSets and Namespaces (the labels allowedListeners
+// ConfigMaps and their classes' defaults, and ListenerSets and Namespaces (the labels allowedListeners
 // selectors match), and reconciles until ctx ends. When discovery does not
 // serve the ListenerSet CRD (Gateway API before v1.5), Run logs so once and
 // runs without ListenerSets: ingress Services open their Gateways' own
@@ -163,14 +175,19 @@ func (d *Deployer) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("watch deployments: %w", err)
 	}
-	// A Gateway's parameters ConfigMap changing re-renders the Gateway. The
-	// cache keeps ConfigMaps' names only: reconcile reads the one it needs;
-	// and Namespaces' names and labels only.
+	// A Gateway's parameters ConfigMap changing re-renders the Gateway, a
+	// class defaults ConfigMap every Gateway of its class. The cache keeps
+	// ConfigMaps' names and ClassDefaultsLabel only: reconcile reads the
+	// ones it needs; and Namespaces' names and labels only.
 	cf := kubeinformers.NewSharedInformerFactoryWithOptions(d.opts.Kube, d.opts.Resync,
 		kubeinformers.WithTransform(func(obj any) (any, error) {
 			switch o := obj.(type) {
 			case *corev1.ConfigMap:
-				return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, ResourceVersion: o.ResourceVersion}}, nil
+				var l map[string]string
+				if v, ok := o.Labels[ClassDefaultsLabel]; ok {
+					l = map[string]string{ClassDefaultsLabel: v}
+				}
+				return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, Labels: l, ResourceVersion: o.ResourceVersion}}, nil
 			case *corev1.Namespace:
 				return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Name, Labels: o.Labels, ResourceVersion: o.ResourceVersion}}, nil
 			}
@@ -181,6 +198,7 @@ func (d *Deployer) Run(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		d.enqueueClasses(classDefaultsOf(d.opts.ClassDefaultsNamespace, obj)...)
 		gws, err := d.gateways.Gateways(key.Namespace).List(labels.Everything())
 		if err != nil {
 			return
@@ -192,8 +210,15 @@ func (d *Deployer) Run(ctx context.Context) error {
 		}
 	}
 	if _, err := cf.Core().V1().ConfigMaps().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    onConfigMap,
-		UpdateFunc: func(_, obj any) { onConfigMap(obj) },
+		AddFunc: onConfigMap,
+		UpdateFunc: func(old, obj any) {
+			onConfigMap(obj)
+			// The class it was the defaults of, when no longer.
+			o, n := classDefaultsOf(d.opts.ClassDefaultsNamespace, old), classDefaultsOf(d.opts.ClassDefaultsNamespace, obj)
+			if len(o) > 0 && !slices.Equal(o, n) {
+				d.enqueueClasses(o...)
+			}
+		},
 		DeleteFunc: onConfigMap,
 	}); err != nil {
 		return fmt.Errorf("watch configmaps: %w", err)
@@ -246,6 +271,44 @@ func (d *Deployer) Run(ctx context.Context) error {
 	for d.next(ctx) {
 	}
 	return nil
+}
+
+// classDefaultsOf returns the class obj, a ConfigMap (or its tombstone),
+// is the defaults of: its ClassDefaultsLabel when it is in namespace (not
+// empty).
+func classDefaultsOf(namespace string, obj any) []gatewayv1.ObjectName {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok || namespace == "" || cm.Namespace != namespace {
+		return nil
+	}
+	if class, ok := cm.Labels[ClassDefaultsLabel]; ok {
+		return []gatewayv1.ObjectName{gatewayv1.ObjectName(class)}
+	}
+	return nil
+}
+
+// enqueueClasses enqueues every Gateway of classes that are meshlet's.
+func (d *Deployer) enqueueClasses(classes ...gatewayv1.ObjectName) {
+	var gws []*gatewayv1.Gateway
+	for _, class := range classes {
+		if ClassKind(class) == KindNone {
+			continue
+		}
+		if gws == nil {
+			var err error
+			if gws, err = d.gateways.List(labels.Everything()); err != nil {
+				return
+			}
+		}
+		for _, gw := range gws {
+			if gw.Spec.GatewayClassName == class {
+				d.queue.Add(cache.ObjectName{Namespace: gw.Namespace, Name: gw.Name})
+			}
+		}
+	}
 }
 
 // awaitListenerSets waits for the ListenerSet CRD to be installed
@@ -502,10 +565,17 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 	var dep *appsv1.Deployment
 	var svc *corev1.Service
 	if err == nil {
-		dep, svc, err = d.apply(ctx, gw, objs, params != nil, apply)
+		dep, svc, err = d.apply(ctx, gw, objs, params, apply)
 	}
 	var perr *ParamsError
 	if errors.As(err, &perr) {
+		if perr.invalid && params.Class != nil && params.Gateway != nil {
+			// Refused with both overlays: the class defaults' fault when
+			// they alone make an object refused.
+			if cerr := d.classAloneInvalid(ctx, gw, params.Class, sets, apply); cerr != nil {
+				perr = cerr
+			}
+		}
 		// Rejected: what was deployed stays as it was, and the Gateway
 		// says why (its addresses still those of what runs).
 		d.log.Warn("gateway rejected", "gateway", key.String(), "err", perr)
@@ -530,37 +600,102 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 	return nil
 }
 
-// params returns the ConfigMap gw's parametersRef names, nil when it names
-// none, a *ParamsError when it names what is not there.
-func (d *Deployer) params(ctx context.Context, gw *gatewayv1.Gateway) (*corev1.ConfigMap, error) {
+// classAloneInvalid dry-runs the objects gw's class defaults make without
+// its own parameters and returns the ParamsError of the class defaults
+// when the API server refuses one, else nil.
+func (d *Deployer) classAloneInvalid(ctx context.Context, gw *gatewayv1.Gateway, class *corev1.ConfigMap, sets []*gatewayv1.ListenerSet, opts metav1.ApplyOptions) *ParamsError {
+	objs, err := Render(gw, d.opts.Render, Params{Class: class}, sets...)
+	if err != nil {
+		return nil
+	}
+	opts.DryRun = []string{metav1.DryRunAll}
+	_, _, err = d.apply(ctx, gw, objs, Params{Class: class}, opts)
+	var perr *ParamsError
+	if errors.As(err, &perr) {
+		return perr
+	}
+	return nil
+}
+
+// params returns gw's class defaults and the ConfigMap its parametersRef
+// names (each nil when there is none), a *ParamsError when the reference
+// names what is not there.
+func (d *Deployer) params(ctx context.Context, gw *gatewayv1.Gateway) (Params, error) {
+	class, err := d.classDefaults(ctx, gw.Spec.GatewayClassName)
+	if err != nil {
+		return Params{}, err
+	}
+	p := Params{Class: class}
 	name, err := ParamsConfigMap(gw)
 	if err != nil || name == "" {
-		return nil, err
+		return p, err
 	}
 	cm, err := d.opts.Kube.CoreV1().ConfigMaps(gw.Namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, paramsErrorf(gw, "no such ConfigMap in namespace %s", gw.Namespace)
+		return p, paramsErrorf(gw, "no such ConfigMap in namespace %s", gw.Namespace)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get parameters: %w", err)
+		return p, fmt.Errorf("get parameters: %w", err)
 	}
+	p.Gateway = cm
+	return p, nil
+}
+
+// classDefaults returns the class defaults ConfigMap of class
+// (pickClassDefaults), nil when there is none or no namespace to read them
+// from. Of several, it warns about the unused ones once per change.
+func (d *Deployer) classDefaults(ctx context.Context, class gatewayv1.ObjectName) (*corev1.ConfigMap, error) {
+	ns := d.opts.ClassDefaultsNamespace
+	if ns == "" {
+		return nil, nil
+	}
+	sel := labels.SelectorFromSet(labels.Set{ClassDefaultsLabel: string(class)})
+	list, err := d.opts.Kube.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list class defaults of %s in %s: %w", class, ns, err)
+	}
+	cm, others := pickClassDefaults(list.Items, ns, class)
+	d.warnSeveral(class, cm, others)
 	return cm, nil
 }
 
-// apply server-side applies objs. With parameters merged in, an object the
-// API server finds invalid is the parameters' fault: a *ParamsError, found
-// by a dry run of all three before any is written, so that none changes.
-func (d *Deployer) apply(ctx context.Context, gw *gatewayv1.Gateway, objs *Objects, withParams bool, opts metav1.ApplyOptions) (*appsv1.Deployment, *corev1.Service, error) {
+// warnSeveral warns that class has several class defaults ConfigMaps,
+// used the one and not the others, unless it did for the same ones last.
+func (d *Deployer) warnSeveral(class gatewayv1.ObjectName, used *corev1.ConfigMap, others []string) {
+	d.warnedMu.Lock()
+	defer d.warnedMu.Unlock()
+	if len(others) == 0 {
+		delete(d.warned, class)
+		return
+	}
+	key := used.Name + " " + strings.Join(others, " ")
+	if d.warned[class] == key {
+		return
+	}
+	if d.warned == nil {
+		d.warned = map[gatewayv1.ObjectName]string{}
+	}
+	d.warned[class] = key
+	d.log.Warn("several class defaults ConfigMaps for one GatewayClass: the oldest is used, the others ignored",
+		"class", class, "namespace", used.Namespace, "label", ClassDefaultsLabel, "used", used.Name, "ignored", others)
+}
+
+// apply server-side applies objs. With parameters (class defaults or the
+// Gateway's own) merged in, an object the API server finds invalid is the
+// parameters' fault: a *ParamsError (Params.invalid), found by a dry run of
+// all of them before any is written, so that none changes.
+func (d *Deployer) apply(ctx context.Context, gw *gatewayv1.Gateway, objs *Objects, params Params, opts metav1.ApplyOptions) (*appsv1.Deployment, *corev1.Service, error) {
+	withParams := !params.empty()
 	wrap := func(what string, err error) error {
 		if withParams && apierrors.IsInvalid(err) {
-			return paramsErrorf(gw, "the %s it makes is invalid: %v", what, err)
+			return params.invalid(gw, what, err)
 		}
 		return fmt.Errorf("apply %s: %w", what, err)
 	}
 	if withParams && len(opts.DryRun) == 0 {
 		dry := opts
 		dry.DryRun = []string{metav1.DryRunAll}
-		if _, _, err := d.apply(ctx, gw, objs, true, dry); err != nil {
+		if _, _, err := d.apply(ctx, gw, objs, params, dry); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -45,16 +45,101 @@ import (
 // or one with another key or YAML that does not merge, rejects the Gateway
 // (Accepted False, InvalidParameters, as the Gateway API asks) and leaves
 // what was deployed for it as it was.
+//
+// Class defaults, as Istio has them: a ConfigMap in meshd's namespace
+// (Options.ClassDefaultsNamespace, the mesh's) labelled
+// gateway.istio.io/defaults-for-class=<class> has the same keys, merged
+// over the objects of every Gateway of that class before the Gateway's own
+// parameters, which thus win where both set a field; its
+// horizontalPodAutoscaler and podDisruptionBudget keys make those objects
+// for every Gateway of the class, the Gateway's keys merged over them. A
+// Gateway whose parameters ask for an autoscaler drops the class defaults'
+// replica count (the autoscaler owns it). One such ConfigMap per class is
+// expected: of several, the oldest is used (then by name) and the others
+// are named in a warning. Class defaults that cannot be used reject every
+// Gateway of the class as a parametersRef does, the message naming the
+// ConfigMap.
 
-// ParamsError is a Gateway's parametersRef that cannot be used; the message
-// names the reference and what to fix.
-type ParamsError struct{ msg string }
+// ClassDefaultsLabel labels a ConfigMap of class defaults in the mesh's
+// namespace; its value is the GatewayClass name.
+const ClassDefaultsLabel = "gateway.istio.io/defaults-for-class"
+
+// Params are the overlays Render merges over a Gateway's objects, Class's
+// first, then Gateway's; nil is none.
+type Params struct {
+	// Class is the class defaults ConfigMap of the Gateway's class
+	// (ClassDefaultsLabel).
+	Class *corev1.ConfigMap
+	// Gateway is the ConfigMap the Gateway's parametersRef names.
+	Gateway *corev1.ConfigMap
+}
+
+func (p Params) empty() bool { return p.Class == nil && p.Gateway == nil }
+
+// invalid is the ParamsError for an object the API server refuses with p's
+// overlays merged in: the Gateway's parameters' (which the class defaults,
+// when there are some, are merged under) when it has some, else the class
+// defaults'.
+func (p Params) invalid(gw *gatewayv1.Gateway, what string, err error) *ParamsError {
+	var e *ParamsError
+	switch {
+	case p.Gateway == nil:
+		e = classErrorf(gw, p.Class, "the %s they make is invalid: %v", what, err)
+	case p.Class == nil:
+		e = paramsErrorf(gw, "the %s it makes is invalid: %v", what, err)
+	default:
+		e = paramsErrorf(gw, "the %s it makes over the class defaults of ConfigMap %s/%s is invalid: %v", what, p.Class.Namespace, p.Class.Name, err)
+	}
+	e.invalid = true
+	return e
+}
+
+// ParamsError is a Gateway's parametersRef, or its class defaults, that
+// cannot be used; the message names the ConfigMap and what to fix.
+type ParamsError struct {
+	msg string
+	// invalid: the API server refused an object the overlays make.
+	invalid bool
+}
 
 func (e *ParamsError) Error() string { return e.msg }
 
 func paramsErrorf(gw *gatewayv1.Gateway, format string, args ...any) *ParamsError {
 	ref := gw.Spec.Infrastructure.ParametersRef
-	return &ParamsError{fmt.Sprintf("gateway %s/%s: spec.infrastructure.parametersRef %s %q: ", gw.Namespace, gw.Name, ref.Kind, ref.Name) + fmt.Sprintf(format, args...)}
+	return &ParamsError{msg: fmt.Sprintf("gateway %s/%s: spec.infrastructure.parametersRef %s %q: ", gw.Namespace, gw.Name, ref.Kind, ref.Name) + fmt.Sprintf(format, args...)}
+}
+
+// classErrorf is a ParamsError of gw's class defaults, cm.
+func classErrorf(gw *gatewayv1.Gateway, cm *corev1.ConfigMap, format string, args ...any) *ParamsError {
+	return &ParamsError{msg: fmt.Sprintf("gateway %s/%s: class defaults ConfigMap %s/%s (%s=%s): ", gw.Namespace, gw.Name, cm.Namespace, cm.Name, ClassDefaultsLabel, gw.Spec.GatewayClassName) + fmt.Sprintf(format, args...)}
+}
+
+// pickClassDefaults returns, of cms, the class defaults of class in
+// namespace: the oldest ConfigMap there labelled ClassDefaultsLabel=class
+// (then by name; nil when none is), and the names of the others so
+// labelled, which are not used.
+func pickClassDefaults(cms []corev1.ConfigMap, namespace string, class gatewayv1.ObjectName) (*corev1.ConfigMap, []string) {
+	var match []*corev1.ConfigMap
+	for i := range cms {
+		cm := &cms[i]
+		if v, ok := cm.Labels[ClassDefaultsLabel]; ok && v == string(class) && cm.Namespace == namespace && namespace != "" {
+			match = append(match, cm)
+		}
+	}
+	if len(match) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(match, func(a, b *corev1.ConfigMap) int {
+		if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	var others []string
+	for _, cm := range match[1:] {
+		others = append(others, cm.Name)
+	}
+	return match[0], others
 }
 
 // Overlay keys of a parameters ConfigMap.
@@ -108,24 +193,12 @@ func under(user, own map[string]string) map[string]string {
 	return out
 }
 
-// applyParams merges params' overlays over objs and puts meshlet's
-// invariants back. params nil is no overlay.
-func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap) error {
-	if params == nil {
+// applyParams merges p's overlays over objs, the class defaults' then the
+// Gateway's own, and puts meshlet's invariants back. No ConfigMap in p is
+// no overlay.
+func applyParams(gw *gatewayv1.Gateway, objs *Objects, p Params) error {
+	if p.empty() {
 		return nil
-	}
-	var unknown []string
-	for k := range params.Data {
-		if !slices.Contains(paramsKeys, k) {
-			unknown = append(unknown, k)
-		}
-	}
-	for k := range params.BinaryData {
-		unknown = append(unknown, k)
-	}
-	if len(unknown) > 0 {
-		slices.Sort(unknown)
-		return paramsErrorf(gw, "keys %s: meshlet reads only %s", strings.Join(unknown, ", "), strings.Join(paramsKeys, ", "))
 	}
 	sa, dep, svc := *objs.ServiceAccount.Name, *objs.Deployment.Name, *objs.Service.Name
 	owner := objs.Deployment.OwnerReferences
@@ -133,31 +206,15 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 	selector := objs.Deployment.Spec.Selector
 	podLabels := maps.Clone(objs.Deployment.Spec.Template.Labels)
 	svcSelector := maps.Clone(objs.Service.Spec.Selector)
-	var err error
-	if objs.Deployment, err = overlay(gw, paramsDeployment, objs.Deployment, params.Data[paramsDeployment], appsv1.Deployment{}); err != nil {
-		return err
-	}
-	if objs.Service, err = overlay(gw, paramsService, objs.Service, params.Data[paramsService], corev1.Service{}); err != nil {
-		return err
-	}
-	if objs.ServiceAccount, err = overlay(gw, paramsServiceAccount, objs.ServiceAccount, params.Data[paramsServiceAccount], corev1.ServiceAccount{}); err != nil {
-		return err
-	}
-	if y := params.Data[paramsHPA]; strings.TrimSpace(y) != "" {
-		base := autoscalingv2ac.HorizontalPodAutoscaler(dep, gw.Namespace).
-			WithSpec(autoscalingv2ac.HorizontalPodAutoscalerSpec().WithScaleTargetRef(scaleTarget(dep)))
-		if objs.HorizontalPodAutoscaler, err = overlay(gw, paramsHPA, base, y, autoscalingv2.HorizontalPodAutoscaler{}); err != nil {
+	for _, l := range []paramsLayer{{cm: p.Class, class: true}, {cm: p.Gateway}} {
+		if l.cm == nil {
+			continue
+		}
+		if err := l.apply(gw, objs, sa, dep, selector, p.Class); err != nil {
 			return err
 		}
 	}
-	if y := params.Data[paramsPDB]; strings.TrimSpace(y) != "" {
-		base := policyv1ac.PodDisruptionBudget(dep, gw.Namespace).
-			WithSpec(policyv1ac.PodDisruptionBudgetSpec().WithSelector(selector))
-		if objs.PodDisruptionBudget, err = overlay(gw, paramsPDB, base, y, policyv1.PodDisruptionBudget{}); err != nil {
-			return err
-		}
-	}
-	// What meshd and the garbage collector rely on is not the overlay's.
+	// What meshd and the garbage collector rely on is not the overlays'.
 	ns := gw.Namespace
 	_, infraAnnotations := infraMetadata(gw)
 	keep := func(m *metav1ac.ObjectMetaApplyConfiguration, name string) {
@@ -203,19 +260,102 @@ func applyParams(gw *gatewayv1.Gateway, objs *Objects, params *corev1.ConfigMap)
 		d.Spec.Template.ObjectMetaApplyConfiguration = &metav1ac.ObjectMetaApplyConfiguration{}
 	}
 	d.Spec.Template.Labels = under(d.Spec.Template.Labels, podLabels)
-	if d.Spec.Template.Spec != nil && d.Spec.Template.Spec.ServiceAccountName != nil && *d.Spec.Template.Spec.ServiceAccountName != sa {
-		return paramsErrorf(gw, "%s: the pods run as the Gateway's service account %q, not %q", paramsDeployment, sa, *d.Spec.Template.Spec.ServiceAccountName)
+	if objs.Service.Spec == nil {
+		objs.Service.Spec = corev1ac.ServiceSpec()
+	}
+	objs.Service.Spec.Selector = svcSelector
+	return nil
+}
+
+// paramsLayer is one ConfigMap of overlays: the class defaults, or the one
+// the Gateway's parametersRef names.
+type paramsLayer struct {
+	cm    *corev1.ConfigMap
+	class bool
+}
+
+// errorf is a ParamsError naming the layer's ConfigMap.
+func (l paramsLayer) errorf(gw *gatewayv1.Gateway, format string, args ...any) *ParamsError {
+	if l.class {
+		return classErrorf(gw, l.cm, format, args...)
+	}
+	return paramsErrorf(gw, format, args...)
+}
+
+// apply merges the layer's overlays over objs (an autoscaler or budget an
+// earlier layer made is overlaid, not made anew) and checks what the
+// pods run as and that an autoscaler has the replica count to itself. sa
+// and dep are the Gateway's ServiceAccount and Deployment names, selector
+// its pods', class the class defaults (nil: none), named when the
+// Gateway's parameters clash with them.
+func (l paramsLayer) apply(gw *gatewayv1.Gateway, objs *Objects, sa, dep string, selector *metav1ac.LabelSelectorApplyConfiguration, class *corev1.ConfigMap) error {
+	data := l.cm.Data
+	var unknown []string
+	for k := range data {
+		if !slices.Contains(paramsKeys, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	for k := range l.cm.BinaryData {
+		unknown = append(unknown, k)
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return l.errorf(gw, "keys %s: meshlet reads only %s", strings.Join(unknown, ", "), strings.Join(paramsKeys, ", "))
+	}
+	ownHPA := strings.TrimSpace(data[paramsHPA]) != ""
+	if ownHPA && objs.Deployment.Spec != nil {
+		// The autoscaler this layer asks for owns the count: a replica
+		// count of the class defaults gives way to it.
+		objs.Deployment.Spec.Replicas = nil
+	}
+	var err error
+	if objs.Deployment, err = overlay(gw, l, paramsDeployment, objs.Deployment, data[paramsDeployment], appsv1.Deployment{}); err != nil {
+		return err
+	}
+	if objs.Service, err = overlay(gw, l, paramsService, objs.Service, data[paramsService], corev1.Service{}); err != nil {
+		return err
+	}
+	if objs.ServiceAccount, err = overlay(gw, l, paramsServiceAccount, objs.ServiceAccount, data[paramsServiceAccount], corev1.ServiceAccount{}); err != nil {
+		return err
+	}
+	if ownHPA {
+		base := objs.HorizontalPodAutoscaler
+		if base == nil {
+			base = autoscalingv2ac.HorizontalPodAutoscaler(dep, gw.Namespace).
+				WithSpec(autoscalingv2ac.HorizontalPodAutoscalerSpec().WithScaleTargetRef(scaleTarget(dep)))
+		}
+		if objs.HorizontalPodAutoscaler, err = overlay(gw, l, paramsHPA, base, data[paramsHPA], autoscalingv2.HorizontalPodAutoscaler{}); err != nil {
+			return err
+		}
+	}
+	if y := data[paramsPDB]; strings.TrimSpace(y) != "" {
+		base := objs.PodDisruptionBudget
+		if base == nil {
+			base = policyv1ac.PodDisruptionBudget(dep, gw.Namespace).
+				WithSpec(policyv1ac.PodDisruptionBudgetSpec().WithSelector(selector))
+		}
+		if objs.PodDisruptionBudget, err = overlay(gw, l, paramsPDB, base, y, policyv1.PodDisruptionBudget{}); err != nil {
+			return err
+		}
+	}
+	d := objs.Deployment
+	if d.Spec == nil {
+		return nil
+	}
+	if t := d.Spec.Template; t != nil && t.Spec != nil && t.Spec.ServiceAccountName != nil && *t.Spec.ServiceAccountName != sa {
+		return l.errorf(gw, "%s: the pods run as the Gateway's service account %q, not %q", paramsDeployment, sa, *t.Spec.ServiceAccountName)
 	}
 	// An autoscaler owns the Deployment's replica count: a count of the
 	// deployer's too would be put back at every reconcile, undoing each
 	// scaling (Istio's gateway templates leave replicas out with an HPA).
 	if objs.HorizontalPodAutoscaler != nil && d.Spec.Replicas != nil {
-		return paramsErrorf(gw, "%s sets spec.replicas (%d) and %s scales the same Deployment: remove replicas, the autoscaler's minReplicas/maxReplicas set the count", paramsDeployment, *d.Spec.Replicas, paramsHPA)
+		hpa := paramsHPA
+		if !ownHPA && class != nil {
+			hpa = fmt.Sprintf("the class defaults' %s (ConfigMap %s/%s)", paramsHPA, class.Namespace, class.Name)
+		}
+		return l.errorf(gw, "%s sets spec.replicas (%d) and %s scales the same Deployment: remove replicas, the autoscaler's minReplicas/maxReplicas set the count", paramsDeployment, *d.Spec.Replicas, hpa)
 	}
-	if objs.Service.Spec == nil {
-		objs.Service.Spec = corev1ac.ServiceSpec()
-	}
-	objs.Service.Spec.Selector = svcSelector
 	return nil
 }
 
@@ -227,16 +367,16 @@ func scaleTarget(deployment string) *autoscalingv2ac.CrossVersionObjectReference
 // overlay merges the YAML patch (empty: none) over obj as a strategic merge
 // patch with schema's patch strategies, and returns the result as a new
 // apply configuration.
-func overlay[T any](gw *gatewayv1.Gateway, key string, obj *T, patch string, schema any) (*T, error) {
+func overlay[T any](gw *gatewayv1.Gateway, l paramsLayer, key string, obj *T, patch string, schema any) (*T, error) {
 	if strings.TrimSpace(patch) == "" {
 		return obj, nil
 	}
 	patchJSON, err := yaml.YAMLToJSON([]byte(patch))
 	if err != nil {
-		return nil, paramsErrorf(gw, "%s: not YAML: %v", key, err)
+		return nil, l.errorf(gw, "%s: not YAML: %v", key, err)
 	}
 	if !strings.HasPrefix(strings.TrimSpace(string(patchJSON)), "{") {
-		return nil, paramsErrorf(gw, "%s: want a YAML mapping (fields of the %T to change)", key, schema)
+		return nil, l.errorf(gw, "%s: want a YAML mapping (fields of the %T to change)", key, schema)
 	}
 	orig, err := json.Marshal(obj)
 	if err != nil {
@@ -244,13 +384,13 @@ func overlay[T any](gw *gatewayv1.Gateway, key string, obj *T, patch string, sch
 	}
 	merged, err := strategicpatch.StrategicMergePatch(orig, patchJSON, schema)
 	if err != nil {
-		return nil, paramsErrorf(gw, "%s: does not merge: %v", key, err)
+		return nil, l.errorf(gw, "%s: does not merge: %v", key, err)
 	}
 	out := new(T)
 	dec := json.NewDecoder(strings.NewReader(string(merged)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(out); err != nil {
-		return nil, paramsErrorf(gw, "%s: %v", key, err)
+		return nil, l.errorf(gw, "%s: %v", key, err)
 	}
 	return out, nil
 }

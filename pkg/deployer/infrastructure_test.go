@@ -27,6 +27,9 @@ func params(data map[string]string) *corev1.ConfigMap {
 	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "wp-params", Namespace: "bookinfo"}, Data: data}
 }
 
+// gwParams is params as the Gateway's own, without class defaults.
+func gwParams(data map[string]string) Params { return Params{Gateway: params(data)} }
+
 // TestRenderInfrastructure: the Gateway's infrastructure labels and
 // annotations land on every object and the pods, meshlet's own keys
 // unchanged; the parameters ConfigMap's overlays change what they name
@@ -39,7 +42,7 @@ func TestRenderInfrastructure(t *testing.T) {
 	if name, err := ParamsConfigMap(gw); err != nil || name != "wp-params" {
 		t.Fatalf("ParamsConfigMap = %q, %v; want wp-params", name, err)
 	}
-	objs, err := Render(gw, opts, params(map[string]string{
+	objs, err := Render(gw, opts, gwParams(map[string]string{
 		"deployment": `
 metadata: {name: other, labels: {gateway.networking.k8s.io/gateway-name: hijack, tier: edge}}
 spec:
@@ -137,7 +140,7 @@ spec:
 		t.Errorf("disruption budget: selector %v, minAvailable %v; want the waypoint's pods, 1", sel, pdb.Spec.MinAvailable)
 	}
 
-	plain, err := Render(gw, opts, params(map[string]string{"deployment": "spec: {replicas: 2}"}))
+	plain, err := Render(gw, opts, gwParams(map[string]string{"deployment": "spec: {replicas: 2}"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +174,7 @@ func TestRenderParamsRefused(t *testing.T) {
 		{"another service account", `the pods run as the Gateway's service account "waypoint"`, map[string]string{"deployment": "spec: {template: {spec: {serviceAccountName: admin}}}"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Render(withInfra(), opts, params(tt.data))
+			_, err := Render(withInfra(), opts, gwParams(tt.data))
 			var perr *ParamsError
 			if !errors.As(err, &perr) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), `parametersRef ConfigMap "wp-params"`) {
 				t.Errorf("Render = %v; want a ParamsError naming the ConfigMap and containing %q", err, tt.want)

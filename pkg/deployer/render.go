@@ -81,7 +81,7 @@ type Objects struct {
 	Deployment     *appsv1ac.DeploymentApplyConfiguration
 	Service        *corev1ac.ServiceApplyConfiguration
 	// HorizontalPodAutoscaler and PodDisruptionBudget are made only when
-	// the Gateway's parameters have their keys (infrastructure.go); nil
+	// the Gateway's parameters or its class defaults have their keys (infrastructure.go); nil
 	// otherwise, and the deployer removes the ones it made before.
 	HorizontalPodAutoscaler *autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration `json:",omitempty"`
 	PodDisruptionBudget     *policyv1ac.PodDisruptionBudgetApplyConfiguration          `json:",omitempty"`
@@ -89,8 +89,8 @@ type Objects struct {
 
 // Render returns the objects for gw, with its spec.infrastructure applied
 // (infrastructure.go): its labels and annotations, and the overlays of
-// params, the ConfigMap its parametersRef names (nil when it names none). It
-// fails for a Gateway that is not of a meshlet class, has no UID (ownership
+// params: those of its class defaults, then those of the ConfigMap its
+// parametersRef names (either nil when there is none). It fails for a Gateway that is not of a meshlet class, has no UID (ownership
 // needs it) or misses options, and with a *ParamsError for parameters that
 // cannot be used.
 //
@@ -102,7 +102,7 @@ type Objects struct {
 // gw's listeners and the sets' listeners, sorted by port; a port several
 // listeners share is named after the first of them in merge order (gw's
 // listeners, then each set's in the order given). A waypoint ignores sets.
-func Render(gw *gatewayv1.Gateway, opts RenderOptions, params *corev1.ConfigMap, sets ...*gatewayv1.ListenerSet) (*Objects, error) {
+func Render(gw *gatewayv1.Gateway, opts RenderOptions, params Params, sets ...*gatewayv1.ListenerSet) (*Objects, error) {
 	kind := ClassKind(gw.Spec.GatewayClassName)
 	switch {
 	case kind == KindNone:

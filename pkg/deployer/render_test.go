@@ -40,7 +40,7 @@ func TestRenderGolden(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			objs, err := Render(tt.gw, opts, nil)
+			objs, err := Render(tt.gw, opts, Params{})
 			if err != nil {
 				t.Fatalf("Render() = %v", err)
 			}
@@ -72,7 +72,7 @@ func TestRenderGolden(t *testing.T) {
 // every object.
 func TestRenderContract(t *testing.T) {
 	gw := gateway("meshlet-waypoint")
-	objs, err := Render(gw, opts, nil)
+	objs, err := Render(gw, opts, Params{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestRenderListenerSets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			objs, err := Render(ingress, opts, nil, tt.sets...)
+			objs, err := Render(ingress, opts, Params{}, tt.sets...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +215,7 @@ func TestRenderListenerSets(t *testing.T) {
 			if diff := cmp.Diff(tt.want, servicePorts(objs)); diff != "" {
 				t.Errorf("Service ports (-want +got):\n%s", diff)
 			}
-			again, err := Render(ingress, opts, nil, tt.sets...)
+			again, err := Render(ingress, opts, Params{}, tt.sets...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -227,11 +227,11 @@ func TestRenderListenerSets(t *testing.T) {
 
 	// Only the Service changes: the Deployment is the same with or
 	// without sets.
-	without, err := Render(ingress, opts, nil)
+	without, err := Render(ingress, opts, Params{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	with, err := Render(ingress, opts, nil, older, newer)
+	with, err := Render(ingress, opts, Params{}, older, newer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,11 +241,11 @@ func TestRenderListenerSets(t *testing.T) {
 
 	t.Run("waypoint", func(t *testing.T) {
 		wp := gateway("istio-waypoint", gatewayv1.Listener{Name: "mesh", Port: 15008, Protocol: "HBONE"})
-		want, err := Render(wp, opts, nil)
+		want, err := Render(wp, opts, Params{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := Render(wp, opts, nil, older, newer)
+		got, err := Render(wp, opts, Params{}, older, newer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +276,7 @@ func TestRenderRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Render(tt.gw, tt.opts, nil)
+			_, err := Render(tt.gw, tt.opts, Params{})
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Render() = %v; want an error containing %q", err, tt.wantErr)
 			}
