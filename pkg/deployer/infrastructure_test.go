@@ -2,8 +2,11 @@ package deployer
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -178,6 +181,232 @@ func TestRenderParamsRefused(t *testing.T) {
 			var perr *ParamsError
 			if !errors.As(err, &perr) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), `parametersRef ConfigMap "wp-params"`) {
 				t.Errorf("Render = %v; want a ParamsError naming the ConfigMap and containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// classDefaults is a class defaults ConfigMap for istio-waypoint in the
+// mesh namespace.
+func classDefaults(data map[string]string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "waypoint-defaults", Namespace: "meshlet-system",
+		Labels: map[string]string{ClassDefaultsLabel: "istio-waypoint"}}, Data: data}
+}
+
+// classData sets replicas, the waypoint container's resources, node
+// placement and a disruption budget for every waypoint.
+var classData = map[string]string{
+	"deployment": `
+metadata: {labels: {tier: mesh}}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {platform: "yes"}}
+    spec:
+      nodeSelector: {pool: mesh}
+      containers:
+      - name: waypoint
+        resources: {requests: {cpu: 200m}, limits: {memory: 512Mi}}
+`,
+	"podDisruptionBudget": "spec: {minAvailable: 1}\n",
+}
+
+// TestRenderClassDefaults: the class defaults alone shape a Gateway
+// without parameters of its own (replicas, resources, placement, a
+// disruption budget for its pods), meshlet's invariants kept; a Gateway's
+// own parameters are merged over them: a field both set is the Gateway's,
+// one only the class defaults set is kept, the budget is the class's with
+// the Gateway's overlay, and an autoscaler of the Gateway's takes the
+// count from the class's replicas.
+func TestRenderClassDefaults(t *testing.T) {
+	gw := gateway("istio-waypoint")
+	objs, err := Render(gw, opts, Params{Class: classDefaults(classData)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep := objs.Deployment
+	tmpl := dep.Spec.Template
+	c := tmpl.Spec.Containers[0]
+	if r := dep.Spec.Replicas; r == nil || *r != 2 {
+		t.Errorf("replicas = %v; want the class defaults' 2", r)
+	}
+	if r := c.Resources; r.Requests.Cpu().String() != "200m" || r.Limits.Memory().String() != "512Mi" || r.Requests.Memory().String() != "64Mi" {
+		t.Errorf("resources = %+v; want the class defaults' 200m CPU request and 512Mi limit beside meshlet's 64Mi request", r)
+	}
+	if c.Image == nil || *c.Image != DefaultImage || len(c.Args) == 0 {
+		t.Errorf("waypoint container lost what meshlet renders: image %v, %d args", c.Image, len(c.Args))
+	}
+	if tmpl.Spec.NodeSelector["pool"] != "mesh" || tmpl.Labels["platform"] != "yes" || tmpl.Labels[GatewayNameLabel] != "waypoint" || dep.Labels["tier"] != "mesh" {
+		t.Errorf("nodeSelector %v, pod labels %v, deployment labels %v; want the class defaults' beside meshlet's", tmpl.Spec.NodeSelector, tmpl.Labels, dep.Labels)
+	}
+	pdb := objs.PodDisruptionBudget
+	if pdb == nil {
+		t.Fatal("no PodDisruptionBudget for class defaults with the key")
+	}
+	if sel := pdb.Spec.Selector.MatchLabels; *pdb.Name != "waypoint" || *pdb.Namespace != "bookinfo" || sel[GatewayNameLabel] != "waypoint" ||
+		pdb.Spec.MinAvailable.IntValue() != 1 || *pdb.OwnerReferences[0].UID != gw.UID {
+		t.Errorf("disruption budget %s/%s: selector %v, minAvailable %v; want bookinfo/waypoint for the waypoint's pods, 1, owned by the Gateway",
+			*pdb.Namespace, *pdb.Name, sel, pdb.Spec.MinAvailable)
+	}
+	if objs.HorizontalPodAutoscaler != nil {
+		t.Error("an autoscaler without the key")
+	}
+
+	// The Gateway's own parameters over the class defaults.
+	own := withInfra()
+	objs, err = Render(own, opts, Params{Class: classDefaults(classData), Gateway: params(map[string]string{
+		"deployment": `
+spec:
+  replicas: 3
+  template:
+    spec:
+      containers:
+      - name: waypoint
+        resources: {limits: {memory: 256Mi}}
+`,
+		"podDisruptionBudget": "spec: {minAvailable: 2}\n",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep = objs.Deployment
+	tmpl = dep.Spec.Template
+	c = tmpl.Spec.Containers[0]
+	if r := dep.Spec.Replicas; r == nil || *r != 3 {
+		t.Errorf("replicas = %v; want the Gateway's 3 over the class defaults' 2", r)
+	}
+	if r := c.Resources; r.Limits.Memory().String() != "256Mi" || r.Requests.Cpu().String() != "200m" {
+		t.Errorf("resources = %+v; want the Gateway's 256Mi limit and the class defaults' 200m CPU request", r)
+	}
+	if tmpl.Spec.NodeSelector["pool"] != "mesh" || tmpl.Labels["team"] != "payments" || tmpl.Labels["platform"] != "yes" {
+		t.Errorf("nodeSelector %v, pod labels %v; want the class defaults' pool and label kept beside the infrastructure's", tmpl.Spec.NodeSelector, tmpl.Labels)
+	}
+	if pdb := objs.PodDisruptionBudget; pdb == nil || pdb.Spec.MinAvailable.IntValue() != 2 || pdb.Annotations["cost-center"] != "42" {
+		t.Errorf("disruption budget %+v; want the class defaults' with the Gateway's minAvailable 2 and its annotations", pdb)
+	}
+
+	// The Gateway's autoscaler owns the count the class defaults set.
+	objs, err = Render(own, opts, Params{Class: classDefaults(classData), Gateway: params(map[string]string{
+		"horizontalPodAutoscaler": "spec: {minReplicas: 2, maxReplicas: 4}\n",
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := objs.Deployment.Spec.Replicas; r != nil || objs.HorizontalPodAutoscaler == nil || *objs.HorizontalPodAutoscaler.Spec.MaxReplicas != 4 {
+		t.Errorf("replicas %v, autoscaler %v; want no replicas beside the Gateway's autoscaler (max 4)", r, objs.HorizontalPodAutoscaler)
+	}
+	if c := objs.Deployment.Spec.Template.Spec.Containers[0]; c.Resources.Requests.Cpu().String() != "200m" {
+		t.Errorf("resources = %+v; want the class defaults' kept", c.Resources)
+	}
+
+	// An autoscaler of the class defaults, overlaid by the Gateway's.
+	withHPA := classDefaults(map[string]string{"horizontalPodAutoscaler": "spec: {minReplicas: 2, maxReplicas: 10}\n"})
+	objs, err = Render(own, opts, Params{Class: withHPA, Gateway: params(map[string]string{"horizontalPodAutoscaler": "spec: {maxReplicas: 4}\n"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := objs.HorizontalPodAutoscaler; h == nil || *h.Spec.MinReplicas != 2 || *h.Spec.MaxReplicas != 4 || *h.Spec.ScaleTargetRef.Name != "waypoint" {
+		t.Errorf("autoscaler %+v; want the class defaults' minReplicas 2 with the Gateway's maxReplicas 4, targeting the waypoint", h)
+	}
+}
+
+// TestRenderClassDefaultsRefused: class defaults that cannot be used are a
+// ParamsError naming their ConfigMap as the class defaults, with or
+// without parameters of the Gateway's own; a Gateway's replicas beside the
+// class defaults' autoscaler is the Gateway's, naming the class defaults.
+func TestRenderClassDefaultsRefused(t *testing.T) {
+	const named = "class defaults ConfigMap meshlet-system/waypoint-defaults (gateway.istio.io/defaults-for-class=istio-waypoint): "
+	for _, tt := range []struct {
+		name, want string
+		data       map[string]string
+	}{
+		{"unknown key", "keys autoscaler: meshlet reads only", map[string]string{"autoscaler": "spec: {}"}},
+		{"not YAML", "deployment: not YAML", map[string]string{"deployment": "spec: [unclosed"}},
+		{"unknown field", `podDisruptionBudget: json: unknown field "minAvailabel"`, map[string]string{"podDisruptionBudget": "spec: {minAvailabel: 1}"}},
+		{"replicas beside an autoscaler", "deployment sets spec.replicas (2) and horizontalPodAutoscaler scales the same Deployment",
+			map[string]string{"deployment": "spec: {replicas: 2}", "horizontalPodAutoscaler": "spec: {maxReplicas: 5}"}},
+	} {
+		for _, own := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/own parameters %t", tt.name, own), func(t *testing.T) {
+				gw, p := gateway("istio-waypoint"), Params{Class: classDefaults(tt.data)}
+				if own {
+					gw, p.Gateway = withInfra(), params(map[string]string{"deployment": "spec: {replicas: 1}"})
+					if _, ok := tt.data["horizontalPodAutoscaler"]; ok {
+						p.Gateway = params(nil)
+					}
+				}
+				_, err := Render(gw, opts, p)
+				var perr *ParamsError
+				if !errors.As(err, &perr) || !strings.Contains(err.Error(), named+tt.want) || strings.Contains(err.Error(), "parametersRef") {
+					t.Errorf("Render = %v; want a ParamsError %q", err, named+tt.want)
+				}
+			})
+		}
+	}
+
+	withHPA := classDefaults(map[string]string{"horizontalPodAutoscaler": "spec: {maxReplicas: 5}"})
+	_, err := Render(withInfra(), opts, Params{Class: withHPA, Gateway: params(map[string]string{"deployment": "spec: {replicas: 3}"})})
+	if want := `parametersRef ConfigMap "wp-params": deployment sets spec.replicas (3) and the class defaults' horizontalPodAutoscaler (ConfigMap meshlet-system/waypoint-defaults) scales the same Deployment`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Render = %v; want %q", err, want)
+	}
+
+	// What the API server refuses, by who is at fault.
+	refused := errors.New("spec.replicas: Invalid value: -1")
+	for _, tt := range []struct {
+		name string
+		p    Params
+		want string
+	}{
+		{"class defaults", Params{Class: withHPA}, named + "the deployment they make is invalid"},
+		{"own", Params{Gateway: params(nil)}, `parametersRef ConfigMap "wp-params": the deployment it makes is invalid`},
+		{"both", Params{Class: withHPA, Gateway: params(nil)}, `parametersRef ConfigMap "wp-params": the deployment it makes over the class defaults of ConfigMap meshlet-system/waypoint-defaults is invalid`},
+	} {
+		if err := tt.p.invalid(withInfra(), "deployment", refused); !err.invalid || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: invalid() = %v; want %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestPickClassDefaults: of the ConfigMaps labelled for the class in the
+// namespace, the oldest is used, then by name; those of another namespace
+// or labelled for another class do not count, nor any without a
+// namespace to read them from.
+func TestPickClassDefaults(t *testing.T) {
+	at := func(min int) metav1.Time { return metav1.NewTime(time.Date(2026, 1, 1, 0, min, 0, 0, time.UTC)) }
+	cm := func(ns, name, class string, created int) corev1.ConfigMap {
+		c := corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, CreationTimestamp: at(created)}}
+		if class != "" {
+			c.Labels = map[string]string{ClassDefaultsLabel: class}
+		}
+		return c
+	}
+	tests := []struct {
+		name       string
+		cms        []corev1.ConfigMap
+		ns         string
+		want       string
+		wantOthers []string
+	}{
+		{"none", nil, "meshlet-system", "", nil},
+		{"one", []corev1.ConfigMap{cm("meshlet-system", "d", "istio-waypoint", 5)}, "meshlet-system", "d", nil},
+		{"oldest", []corev1.ConfigMap{cm("meshlet-system", "a", "istio-waypoint", 5), cm("meshlet-system", "b", "istio-waypoint", 1), cm("meshlet-system", "c", "istio-waypoint", 3)},
+			"meshlet-system", "b", []string{"c", "a"}},
+		{"same age: by name", []corev1.ConfigMap{cm("meshlet-system", "y", "istio-waypoint", 1), cm("meshlet-system", "x", "istio-waypoint", 1)},
+			"meshlet-system", "x", []string{"y"}},
+		{"another namespace's, another class's, unlabelled", []corev1.ConfigMap{
+			cm("bookinfo", "older", "istio-waypoint", 0), cm("meshlet-system", "ingress", "istio", 0), cm("meshlet-system", "plain", "", 0),
+			cm("meshlet-system", "d", "istio-waypoint", 9)}, "meshlet-system", "d", nil},
+		{"no namespace", []corev1.ConfigMap{cm("", "d", "istio-waypoint", 0)}, "", "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, others := pickClassDefaults(tt.cms, tt.ns, "istio-waypoint")
+			name := ""
+			if got != nil {
+				name = got.Name
+			}
+			if name != tt.want || !slices.Equal(others, tt.wantOthers) {
+				t.Errorf("pickClassDefaults() = %q, ignoring %v; want %q, ignoring %v", name, others, tt.want, tt.wantOthers)
 			}
 		})
 	}
