@@ -54,6 +54,10 @@ spec:
 // limit and annotates the Service; an edit of the ConfigMap is rolled out;
 // its horizontalPodAutoscaler and podDisruptionBudget keys make those
 // objects for the waypoint, removed when the keys go;
+// class defaults (a ConfigMap in the mesh namespace labelled
+// gateway.istio.io/defaults-for-class: istio-waypoint) annotate its
+// Deployment and Service, its own parameters winning where both set a
+// field, until the ConfigMap is deleted;
 // a ConfigMap meshlet cannot use (another key; a Deployment the API server
 // refuses) rejects the Gateway (Accepted False, InvalidParameters, saying
 // why) and leaves the running waypoint as it was, its Service too.
@@ -92,6 +96,53 @@ func TestWaypointInfrastructure(t *testing.T) {
 	if _, a := meta("service"); a["example.com/lb"] != "internal" {
 		t.Errorf("service annotations %v; want the parameters' example.com/lb", a)
 	}
+
+	// Class defaults: a ConfigMap in the mesh namespace labelled for the
+	// waypoint's class is merged under its own parameters, which win where
+	// both set a field (the Service annotation, the memory limit: the pod
+	// template stays as it was, no rollout); gone with the ConfigMap.
+	const classDefaults = "infra-test-waypoint-defaults"
+	t.Cleanup(func() {
+		_, _ = lb.Kubectl("delete", "configmap", classDefaults, "-n", meshSystem, "--ignore-not-found")
+	})
+	lb.Apply(t, meshSystem, `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: `+classDefaults+`
+  labels: {gateway.istio.io/defaults-for-class: istio-waypoint}
+data:
+  deployment: |
+    metadata: {annotations: {example.com/class-default: "yes"}}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: waypoint
+            resources: {limits: {memory: 128Mi}}
+  service: |
+    metadata: {annotations: {example.com/lb: class, example.com/class-default: "yes"}}
+`)
+	classDefaulted := func() (deployment, service string) {
+		_, d := meta("deployment")
+		_, s := meta("service")
+		return d["example.com/class-default"], s["example.com/class-default"]
+	}
+	lab.WaitFor(t, time.Minute, "the class defaults on the waypoint's Deployment and Service", func() (bool, error) {
+		d, s := classDefaulted()
+		return d == "yes" && s == "yes", fmt.Errorf("class-default annotation: deployment %q, service %q", d, s)
+	})
+	memory, _ := lb.Kubectl("get", "deployment", "waypoint", "-n", ns, "-o", "jsonpath={.spec.template.spec.containers[0].resources.limits.memory}")
+	if _, a := meta("service"); a["example.com/lb"] != "internal" || strings.TrimSpace(memory) != "512Mi" {
+		t.Errorf("with class defaults: service annotation example.com/lb %q, memory limit %q; want the Gateway's own internal and 512Mi over the class defaults'",
+			a["example.com/lb"], memory)
+	}
+	if out, err := lb.Kubectl("delete", "configmap", classDefaults, "-n", meshSystem); err != nil {
+		t.Fatalf("delete the class defaults: %v: %s", err, out)
+	}
+	lab.WaitFor(t, time.Minute, "the class defaults gone from the waypoint's Deployment and Service", func() (bool, error) {
+		d, s := classDefaulted()
+		return d == "" && s == "", fmt.Errorf("class-default annotation: deployment %q, service %q", d, s)
+	})
 
 	replicas := func() string {
 		out, _ := lb.Kubectl("get", "deployment", "waypoint", "-n", ns, "-o", "jsonpath={.spec.replicas}")
