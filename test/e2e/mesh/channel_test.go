@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/meshlet/meshlet/test/lab"
 )
 
@@ -42,14 +40,7 @@ func TestGatewayAPIExperimentalChannel(t *testing.T) {
 	}
 
 	ns := ambientNamespace(t, lb)
-	lb.Apply(t, ns, echoV1V2)
-	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
-	client := clientPod(t, lb, ns, "client", "client")
-	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+	client, url := echoVersions(t, lb, ns)
 	applyWaypoint(t, lb, run, ns, "--enroll-namespace")
 	lb.Apply(t, ns, `apiVersion: gateway.networking.x-k8s.io/v1alpha1
 kind: XBackendTrafficPolicy

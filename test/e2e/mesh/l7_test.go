@@ -57,6 +57,20 @@ spec:
   ports: [{name: http, port: 8080}]
 `
 
+// echoVersions deploys echo v1 and v2 behind the Service echo in ns and a
+// client pod, and returns the client and the Service's URL.
+func echoVersions(t *testing.T, lb *lab.Lab, ns string) (corev1.Pod, string) {
+	t.Helper()
+	lb.Apply(t, ns, echoV1V2)
+	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
+	client := clientPod(t, lb, ns, "client", "client")
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+}
+
 // applyWaypoint runs `meshctl waypoint apply -n ns args...` and returns the
 // waypoint's pod once it is ready; a test that fails prints its logs.
 func applyWaypoint(t *testing.T, lb *lab.Lab, run func(args ...string) string, ns string, args ...string) corev1.Pod {
@@ -106,14 +120,7 @@ func TestWaypointRoutesAndSplits(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctl(t, lb)
 	ns := ambientNamespace(t, lb)
-	lb.Apply(t, ns, echoV1V2)
-	lb.WaitPodsReady(t, ns, "app=echo", 2, 2*time.Minute)
-	client := clientPod(t, lb, ns, "client", "client")
-	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := fmt.Sprintf("http://%s:8080/", svc.Spec.ClusterIP)
+	client, url := echoVersions(t, lb, ns)
 
 	wp := applyWaypoint(t, lb, run, ns, "--enroll-namespace")
 	wpMetrics := "http://" + wp.Status.PodIP + ":15020/metrics"
@@ -237,7 +244,7 @@ spec:
 	// Session persistence by Istio's Service label: over a 50/50 split, a
 	// client without a session is balanced and given one in the header;
 	// sending it back, it stays on the pod that first answered.
-	svc, err = lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
+	svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "echo", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
