@@ -31,7 +31,7 @@ func newDescribeCommand(s Streams, g *globalOptions) *cobra.Command {
 	var namespace string
 	cmd := &cobra.Command{
 		Use:   "describe",
-		Short: "Explain how the mesh treats a pod or a service",
+		Short: "Explain how the mesh treats a pod, a service or a gateway",
 	}
 	pod := &cobra.Command{
 		Use:   "pod <name>",
@@ -57,10 +57,22 @@ func newDescribeCommand(s Streams, g *globalOptions) *cobra.Command {
 			return d.service(s.Out, g.namespace(namespace), args[0])
 		},
 	}
-	for _, c := range []*cobra.Command{pod, svc} {
+	gw := &cobra.Command{
+		Use:   "gateway <name>",
+		Short: "Status, listeners (its own and its ListenerSets'), what it serves by port and host, and findings of a Gateway API Gateway of a meshlet class",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := newDescriber(ctxOf(cmd), g)
+			if err != nil {
+				return err
+			}
+			return d.gateway(s.Out, g.namespace(namespace), args[0])
+		},
+	}
+	for _, c := range []*cobra.Command{pod, svc, gw} {
 		c.Flags().StringVarP(&namespace, "namespace", "n", "", "the object's namespace"+nsUsage)
 	}
-	cmd.AddCommand(pod, svc)
+	cmd.AddCommand(pod, svc, gw)
 	return cmd
 }
 
