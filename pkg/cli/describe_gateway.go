@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -21,7 +22,8 @@ import (
 // the platform team asking why a route or a listener is not served: the
 // Gateway's and its ListenerSets' status as meshd wrote it (from the live
 // objects), what meshd serves on it (the L7 configuration of the local
-// translation, the same meshd pushes), and the analysis findings about it.
+// translation, the same meshd pushes), and the analysis findings about it,
+// its ListenerSets and the routes naming either as parent.
 
 const gatewayGroup = "gateway.networking.k8s.io"
 
@@ -105,10 +107,12 @@ func describeGateway(w io.Writer, objs []sourced, snap *model.Snapshot, findings
 		printServed(w, snap, key)
 	}
 
+	routes := routesNaming(objs, ns, name, sets)
 	var mine []Finding
 	for _, f := range findings {
 		if f.Kind == controlplane.KindGateway && f.Namespace == ns && f.Name == name ||
-			f.Kind == controlplane.KindListenerSet && slices.ContainsFunc(sets, func(ls *gatewayv1.ListenerSet) bool { return ls.Namespace == f.Namespace && ls.Name == f.Name }) {
+			f.Kind == controlplane.KindListenerSet && slices.ContainsFunc(sets, func(ls *gatewayv1.ListenerSet) bool { return ls.Namespace == f.Namespace && ls.Name == f.Name }) ||
+			routes[f.Kind+"/"+f.Namespace+"/"+f.Name] {
 			mine = append(mine, f)
 		}
 	}
@@ -156,6 +160,43 @@ func gatewayObjects(objs []sourced, ns, name string) (*gatewayv1.Gateway, []*gat
 	}
 	deployer.SortListenerSets(sets)
 	return gw, sets, nil
+}
+
+// routeKinds are the Gateway API routes that attach to an ingress Gateway.
+var routeKinds = []string{"HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"}
+
+// routesNaming returns the routes among objs (as "Kind/ns/name") with a
+// parentRef to Gateway ns/name or to one of its ListenerSets sets, whose
+// findings say why a route is not served there.
+func routesNaming(objs []sourced, ns, name string, sets []*gatewayv1.ListenerSet) map[string]bool {
+	out := map[string]bool{}
+	for _, so := range objs {
+		u := so.obj
+		if u.GroupVersionKind().Group != gatewayGroup || !slices.Contains(routeKinds, u.GetKind()) {
+			continue
+		}
+		refs, _, _ := unstructured.NestedSlice(u.Object, "spec", "parentRefs")
+		for _, r := range refs {
+			m, _ := r.(map[string]any)
+			group, _ := m["group"].(string)
+			kind, _ := m["kind"].(string)
+			refName, _ := m["name"].(string)
+			refNS, _ := m["namespace"].(string)
+			if refNS == "" {
+				refNS = u.GetNamespace()
+			}
+			if group != "" && group != gatewayGroup {
+				continue
+			}
+			named := (kind == "" || kind == "Gateway") && refNS == ns && refName == name ||
+				kind == "ListenerSet" && slices.ContainsFunc(sets, func(ls *gatewayv1.ListenerSet) bool { return ls.Namespace == refNS && ls.Name == refName })
+			if named {
+				out[u.GetKind()+"/"+u.GetNamespace()+"/"+u.GetName()] = true
+				break
+			}
+		}
+	}
+	return out
 }
 
 // allowedListenersSummary says which namespaces' ListenerSets gw admits.
@@ -324,18 +365,36 @@ func routeLine(r model.L7Route) string {
 	}
 	switch {
 	case r.Redirect != nil:
-		to := r.Redirect.Scheme
-		if r.Redirect.Authority != "" {
-			to = strings.TrimPrefix(to+"://", "://") + r.Redirect.Authority
-		}
-		if r.Redirect.Port != 0 {
-			to += ":" + strconv.FormatUint(uint64(r.Redirect.Port), 10)
-		}
-		return s + " -> redirect " + strings.TrimSpace(orDash(to))
+		return s + " -> " + redirectText(r.Redirect)
 	case r.DirectResponse != nil:
 		return s + fmt.Sprintf(" -> responds %d", r.DirectResponse.Status)
 	}
 	return s + " -> " + destinationsText(r.Destinations)
+}
+
+// redirectText says what a redirect changes.
+func redirectText(rd *model.Redirect) string {
+	s := "redirect"
+	if rd.Code != 0 {
+		s += " " + strconv.Itoa(rd.Code)
+	}
+	var parts []string
+	if rd.Scheme != "" {
+		parts = append(parts, "scheme "+rd.Scheme)
+	}
+	if rd.Authority != "" {
+		parts = append(parts, "host "+rd.Authority)
+	}
+	if rd.Port != 0 {
+		parts = append(parts, "port "+strconv.FormatUint(uint64(rd.Port), 10))
+	}
+	if rd.URI != "" {
+		parts = append(parts, "path "+rd.URI)
+	}
+	if len(parts) > 0 {
+		s += " to " + strings.Join(parts, ", ")
+	}
+	return s
 }
 
 // matchesText summarises a route's matches: path and method of each

@@ -2,8 +2,13 @@ package cli
 
 import (
 	"bytes"
+	"encoding/base64"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // describeGatewayObjects is a shared ingress Gateway admitting the
@@ -183,6 +188,77 @@ kind: ListenerSet`, 1)
 	}
 }
 
+// TestDescribeGatewayRouteFindings: the findings of a route attached
+// through one of the Gateway's ListenerSets are the Gateway's too.
+func TestDescribeGatewayRouteFindings(t *testing.T) {
+	objs := describeGatewayObjects + `
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: team-a}
+spec:
+  parentRefs: [{kind: ListenerSet, name: team-a}]
+  rules: [{backendRefs: [{name: web, port: 8080}], timeouts: {request: ten seconds}}]
+`
+	got, err := describeGatewayText(t, objs, "infra", "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Warning HTTPRoute team-a/broken: rules[0].timeouts.request"; !strings.Contains(got, want) {
+		t.Errorf("no %q in\n%s", want, got)
+	}
+}
+
+// TestDescribeGatewayTLS: a terminating port says its TLS mode and SNI
+// hosts.
+func TestDescribeGatewayTLS(t *testing.T) {
+	cert, key := testutil.SelfSignedPEM(t, "secure.example.com")
+	objs := strings.Replace(describeGatewayObjects, "  listeners: [{name: http, port: 80, protocol: HTTP}]\nstatus:",
+		`  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: https, port: 443, protocol: HTTPS, hostname: secure.example.com, tls: {certificateRefs: [{name: edge-cert}]}}
+status:`, 1) + fmt.Sprintf(`
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: edge-cert, namespace: infra}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: site, namespace: infra}
+spec:
+  parentRefs: [{name: edge, sectionName: https}]
+  rules: [{backendRefs: [{name: site, port: 80, weight: 90}, {name: site-canary, port: 80, weight: 10}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: site, namespace: infra}
+spec: {clusterIP: 10.96.0.30, selector: {app: site}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: site-canary, namespace: infra}
+spec: {clusterIP: 10.96.0.31, selector: {app: site-canary}, ports: [{name: http, port: 80}]}
+`, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key))
+	got, err := describeGatewayText(t, objs, "infra", "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `  port 443 (TLS SIMPLE, SNI secure.example.com):
+    hosts secure.example.com:
+      HTTPRoute infra/site rule 0 -> site.infra.svc.cluster.local:80 (weight 90), site-canary.infra.svc.cluster.local:80 (weight 10)
+`
+	if !strings.Contains(got, want) {
+		t.Errorf("no %q in\n%s", want, got)
+	}
+	// The listener has no status in the objects: meshd has not written it.
+	if want := "  https (Gateway infra/edge): port 443 HTTPS, hostname secure.example.com; no status yet (meshd has not written it)\n"; !strings.Contains(got, want) {
+		t.Errorf("no %q in\n%s", want, got)
+	}
+}
+
 func TestDescribeGatewayErrors(t *testing.T) {
 	for _, tt := range []struct {
 		ns, name string
@@ -246,5 +322,26 @@ spec:
 	}
 	if strings.Contains(got, "ListenerSets") {
 		t.Errorf("a waypoint takes no ListenerSets, yet they are shown:\n%s", got)
+	}
+}
+
+// TestRouteLine: one line per route, whatever it does.
+func TestRouteLine(t *testing.T) {
+	origin := "HTTPRoute/shop/web"
+	for _, tt := range []struct {
+		r    model.L7Route
+		want string
+	}{
+		{model.L7Route{Name: "web.shop.1", Origin: origin, Redirect: &model.Redirect{Scheme: "https", Port: 443, Code: 301}},
+			"HTTPRoute shop/web rule 1 -> redirect 301 to scheme https, port 443"},
+		{model.L7Route{Name: "login", Origin: origin, Matches: []model.RouteMatch{{URI: &model.StringMatch{Exact: "/login"}, Method: &model.StringMatch{Exact: "POST"}}, {URI: &model.StringMatch{Regex: "/l.*"}}},
+			DirectResponse: &model.DirectResponse{Status: 403}},
+			"HTTPRoute shop/web rule login [path /login POST or path ~ /l.*] -> responds 403"},
+		{model.L7Route{Name: "vs.shop.0", Destinations: []model.WeightedDestination{{Cluster: "outbound|8080|v2|web.shop.svc.cluster.local", Weight: 1}}},
+			"vs.shop.0 -> web.shop.svc.cluster.local:8080 subset v2"},
+	} {
+		if got := routeLine(tt.r); got != tt.want {
+			t.Errorf("routeLine = %q; want %q", got, tt.want)
+		}
 	}
 }
