@@ -309,6 +309,12 @@ spec:
 		return errors.Join(err1, err2, err3) == nil && set == "True True http=1 https=1 " && route == "True" && gw == "1",
 			fmt.Errorf("set %q, route %q, gateway attachedListenerSets %q (%v)", set, route, gw, errors.Join(err1, err2, err3))
 	})
+	// As a platform team debugging it reads it: the set's listener, where it
+	// comes from, and the route it serves.
+	desc := meshctl(t, lb)("describe", "gateway", "edge", "-n", ns)
+	if !containsAll(desc, "Attached ListenerSets: 1", "(ListenerSet "+team+"/team-listeners): port 8080 HTTP, hostname "+teamHost, "HTTPRoute "+team+"/team-route") {
+		t.Errorf("meshctl describe gateway edge:\n%s\nwant the ListenerSet's listener and its route", desc)
+	}
 	if out, err := lb.Kubectl("label", "namespace", team, "meshlet-test/gateway-access-"); err != nil {
 		t.Fatalf("unlabel namespace: %v: %s", err, out)
 	}
