@@ -143,7 +143,7 @@ func TestDescribeGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
+	wantDescribed(t, got,
 		"Gateway:    infra/edge, class meshlet (ingress)\n",
 		"Programmed: True (Programmed): deployment ready\n",
 		"Addresses:  203.0.113.10\n",
@@ -157,11 +157,7 @@ func TestDescribeGateway(t *testing.T) {
 		// What is served, from the local translation.
 		"  port 8080 (plaintext):\n    hosts team-a.example.com:\n      HTTPRoute team-a/web rule 0 [path prefix /api] -> web.team-a.svc.cluster.local:8080\n",
 		"Findings (meshctl analyze):\n  Warning ListenerSet team-b/team-b: not attached to Gateway infra/edge",
-	} {
-		if !strings.Contains(got, want) {
-			t.Errorf("describe gateway infra/edge: no %q in\n%s", want, got)
-		}
-	}
+	)
 	if strings.Contains(got, "port 80 (") {
 		t.Errorf("port 80 has no route, yet is shown served:\n%s", got)
 	}
@@ -183,9 +179,7 @@ kind: ListenerSet`, 1)
 		t.Fatal(err)
 	}
 	want := `  http (Gateway infra/edge): port 80 HTTP, hostname *, attachedRoutes 0; Accepted; Programmed; ResolvedRefs; Conflicted True (ProtocolConflict): port 80 is also served by listener "tcp" with protocol TCP` + "\n"
-	if !strings.Contains(got, want) {
-		t.Errorf("no %q in\n%s", want, got)
-	}
+	wantDescribed(t, got, want)
 }
 
 // TestDescribeGatewayRouteFindings: the findings of a route attached
@@ -204,9 +198,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "Warning HTTPRoute team-a/broken: rules[0].timeouts.request"; !strings.Contains(got, want) {
-		t.Errorf("no %q in\n%s", want, got)
-	}
+	wantDescribed(t, got, "Warning HTTPRoute team-a/broken: rules[0].timeouts.request")
 }
 
 // TestDescribeGatewayTLS: a terminating port says its TLS mode and SNI
@@ -250,13 +242,9 @@ spec: {clusterIP: 10.96.0.31, selector: {app: site-canary}, ports: [{name: http,
     hosts secure.example.com:
       HTTPRoute infra/site rule 0 -> site.infra.svc.cluster.local:80 (weight 90), site-canary.infra.svc.cluster.local:80 (weight 10)
 `
-	if !strings.Contains(got, want) {
-		t.Errorf("no %q in\n%s", want, got)
-	}
+	wantDescribed(t, got, want)
 	// The listener has no status in the objects: meshd has not written it.
-	if want := "  https (Gateway infra/edge): port 443 HTTPS, hostname secure.example.com; no status yet (meshd has not written it)\n"; !strings.Contains(got, want) {
-		t.Errorf("no %q in\n%s", want, got)
-	}
+	wantDescribed(t, got, "  https (Gateway infra/edge): port 443 HTTPS, hostname secure.example.com; no status yet (meshd has not written it)\n")
 }
 
 func TestDescribeGatewayErrors(t *testing.T) {
@@ -309,17 +297,13 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
+	wantDescribed(t, got,
 		"Gateway:    team-a/waypoint, class meshlet-waypoint (waypoint)\n",
 		"Accepted:   - (no status yet: meshd has not written it)\n",
 		"Programmed: False (Pending): waiting for the deployment\n",
 		"  mesh (Gateway team-a/waypoint): port 15008 HBONE, hostname *; no status yet (meshd has not written it)\n",
 		"Services bound to it:\n  api.team-a.svc.cluster.local (by the service's label)\n",
-	} {
-		if !strings.Contains(got, want) {
-			t.Errorf("describe gateway team-a/waypoint: no %q in\n%s", want, got)
-		}
-	}
+	)
 	if strings.Contains(got, "ListenerSets") {
 		t.Errorf("a waypoint takes no ListenerSets, yet they are shown:\n%s", got)
 	}
@@ -342,6 +326,17 @@ func TestRouteLine(t *testing.T) {
 	} {
 		if got := routeLine(tt.r); got != tt.want {
 			t.Errorf("routeLine = %q; want %q", got, tt.want)
+		}
+	}
+}
+
+// wantDescribed fails t for each of wants that the describe output got
+// does not contain.
+func wantDescribed(t *testing.T, got string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in\n%s", want, got)
 		}
 	}
 }

@@ -141,6 +141,7 @@ type build struct {
 	sortedHTTP    []*gatewayv1.HTTPRoute
 	sortedGRPC    []*gatewayv1.GRPCRoute
 	sortedL4      *l4Sorted
+	defaults      []*gatewayv1.Gateway // defaultGateways, once found (non-nil)
 	validIstioGws []config[networkingapi.Gateway]
 	credentials   map[string]*credentialCheck      // credentialName Secrets parsed in this build (upstreamTLS)
 	autoAllocated map[string]*model.Service        // ServiceEntry key -> its service, when it got an automatic address

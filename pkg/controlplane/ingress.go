@@ -540,13 +540,16 @@ func (bd *build) routeParents(spec gatewayv1.CommonRouteSpec, routeNS string) []
 }
 
 // defaultGateways are the served ingress Gateways whose spec.defaultScope
-// is All, in the build's order.
+// is All, in the build's order; found once per build (routeParents asks for
+// them per route and listener).
 func (bd *build) defaultGateways() []*gatewayv1.Gateway {
-	var out []*gatewayv1.Gateway
-	for _, gw := range bd.ingress {
-		if gw.Spec.DefaultScope == gatewayv1.GatewayDefaultScopeAll {
-			out = append(out, gw)
+	if bd.defaults == nil {
+		bd.defaults = []*gatewayv1.Gateway{}
+		for _, gw := range bd.ingress {
+			if gw.Spec.DefaultScope == gatewayv1.GatewayDefaultScopeAll {
+				bd.defaults = append(bd.defaults, gw)
+			}
 		}
 	}
-	return out
+	return bd.defaults
 }

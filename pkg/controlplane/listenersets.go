@@ -242,6 +242,16 @@ func otherListener(gw *gatewayv1.Gateway, o, l ingressListener) string {
 func (bd *build) listenerSetStatus(routes []ObjectStatus) (out []ObjectStatus, accepted map[string]int32) {
 	bd.attachListenerSets()
 	accepted = map[string]int32{}
+	// Each set's listeners by their index in its Gateway's merged list,
+	// gathered in one pass over each list.
+	bySet := map[*gatewayv1.ListenerSet][]int{}
+	for _, ls := range bd.gwListeners {
+		for i, l := range ls {
+			if l.set != nil {
+				bySet[l.set] = append(bySet[l.set], i)
+			}
+		}
+	}
 	for _, k := range sortedKeys(bd.setStates) {
 		st := bd.setStates[k]
 		ls, gw := st.set, st.gw
@@ -256,11 +266,9 @@ func (bd *build) listenerSetStatus(routes []ObjectStatus) (out []ObjectStatus, a
 			continue
 		}
 		served := 0
-		for i, l := range bd.ingressListeners(gw) {
-			if l.set != ls {
-				continue
-			}
-			s, ok := bd.oneListener(gw, l, i, false, routes)
+		all := bd.ingressListeners(gw)
+		for _, i := range bySet[ls] {
+			s, ok := bd.oneListener(gw, all[i], i, false, routes)
 			os.Listeners = append(os.Listeners, s)
 			if ok {
 				served++
