@@ -134,6 +134,7 @@ func sendVia(up *upstream, r *http.Request, h2 bool) (*http.Response, error) {
 	code := 0
 	if err == nil {
 		code = resp.StatusCode
+		answerHeader(resp) // the verdict reads the fields as a map
 	}
 	up.report(ep, code)
 	return resp, err

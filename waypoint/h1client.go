@@ -97,7 +97,8 @@ func newH1Client(p *model.ConnectionPool, dial dialFunc) *h1Client {
 var errClosedBeforeAnswer = errors.New("upstream closed a reused connection before answering")
 
 // RoundTrip sends req to req.URL.Host. The answer's body must be read to
-// its end or closed; only then is the connection reused.
+// its end or closed; only then is the connection reused. The answer's
+// header may be left as read, resp.Header nil: answerHeader builds it.
 func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	addr := req.URL.Host
@@ -193,7 +194,7 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	// and a wake-up saved); unloaded, there is nothing else to run and this
 	// returns at once.
 	runtime.Gosched()
-	resp, err := pc.readResponse(req)
+	resp, raw, err := pc.readResponse(req)
 	if err != nil {
 		if written != nil {
 			pc.Close() // ends a write still blocked
@@ -210,7 +211,7 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 		c.forget(pc)
 		return resp, nil
 	}
-	b := &h1Body{c: c, pc: pc, body: resp.Body, watch: watch, written: written, keep: !resp.Close && !req.Close}
+	b := &h1Body{c: c, pc: pc, body: resp.Body, raw: raw, watch: watch, written: written, keep: !resp.Close && !req.Close}
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, nil
@@ -264,23 +265,23 @@ func (b *bodyReadError) Read(p []byte) (int, error) {
 
 // readResponse reads the answer's head, skipping 1xx interim answers other
 // than 101.
-func (pc *h1Conn) readResponse(req *http.Request) (*http.Response, error) {
+func (pc *h1Conn) readResponse(req *http.Request) (*http.Response, rawHeader, error) {
 	for skipped := 0; ; skipped++ {
 		if _, err := pc.br.Peek(1); err != nil {
 			if pc.reused && skipped == 0 {
-				return nil, fmt.Errorf("%w: %w", errClosedBeforeAnswer, err)
+				return nil, rawHeader{}, fmt.Errorf("%w: %w", errClosedBeforeAnswer, err)
 			}
-			return nil, fmt.Errorf("read upstream answer: %w", err)
+			return nil, rawHeader{}, fmt.Errorf("read upstream answer: %w", err)
 		}
-		resp, err := pc.headReader.readResponse(req)
+		resp, raw, err := pc.headReader.readResponse(req)
 		if err != nil {
-			return nil, fmt.Errorf("read upstream answer: %w", err)
+			return nil, rawHeader{}, fmt.Errorf("read upstream answer: %w", err)
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
-			return resp, nil
+			return resp, raw, nil
 		}
 		if skipped == 5 {
-			return nil, errors.New("read upstream answer: too many 1xx answers")
+			return nil, rawHeader{}, errors.New("read upstream answer: too many 1xx answers")
 		}
 	}
 }
@@ -291,6 +292,7 @@ type h1Body struct {
 	c       *h1Client
 	pc      *h1Conn
 	body    io.ReadCloser
+	raw     rawHeader // the answer's fields while resp.Header is nil (see answerHeader)
 	watch   ctxWatch
 	written chan error // nil: the request was written before the answer was read
 	keep    bool       // neither side asked to close the connection

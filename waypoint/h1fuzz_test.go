@@ -268,7 +268,7 @@ func FuzzH1ResponseFraming(f *testing.F) {
 			method = http.MethodHead
 		}
 		ours := parseResponses(data, method, func(br *bufio.Reader, req *http.Request) (*http.Response, error) {
-			return (&headReader{br: br}).readResponse(req)
+			return readAnswer(&headReader{br: br}, req)
 		})
 		theirs := parseResponses(data, method, http.ReadResponse)
 		for i := range min(len(ours), len(theirs)) {

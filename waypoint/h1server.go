@@ -411,7 +411,7 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 		Header: hdr, Host: host, RemoteAddr: c.remoteAddr, RequestURI: uri, TLS: c.tlsState,
 		Body: http.NoBody,
 	}
-	r.Close = wantsClose(hdr, major, minor)
+	r.Close = wantsClose(hdr["Connection"], major, minor)
 
 	// Framing (RFC 9112 section 6), strictly: see h1Server.
 	te, haveTE := hdr["Transfer-Encoding"]
@@ -756,7 +756,9 @@ type h1Response struct {
 	req         *http.Request
 	body        *h1ReqBody
 	header      http.Header
+	raw         *rawHeader  // an upstream answer's fields, as read, while header is not built (adoptRaw)
 	snapshot    http.Header // the header as of WriteHeader, while the head waits
+	snapRaw     *rawHeader  // raw as of WriteHeader, while the head waits
 	status      int
 	wroteHeader bool
 	committed   bool // the head is in the buffer
@@ -775,11 +777,33 @@ func (w *h1Response) reset(req *http.Request, body *h1ReqBody) {
 	*w = h1Response{c: w.c, req: req, body: body, header: w.header, cl: -1, pending: w.pending[:0], trailers: w.trailers[:0]}
 }
 
-func (w *h1Response) Header() http.Header { return w.header }
+func (w *h1Response) Header() http.Header {
+	if w.raw != nil {
+		// Asked for the fields: they become a map, the hop-by-hop ones
+		// dropped as the head drops them.
+		w.header = w.raw.header()
+		removeHopHeaders(w.header, false)
+		w.raw = nil
+	}
+	return w.header
+}
 
 // adoptHeader makes h the response's header (see headerAdopter); the
 // connection keeps the map for its next responses.
 func (w *h1Response) adoptHeader(h http.Header) { w.header = h }
+
+// adoptRaw makes an upstream answer's fields, as read, the response's
+// header (see rawAdopter): the head is written from them, hop-by-hop
+// fields and those the Connection field names dropped, and a map is built
+// only if Header is called. It refuses (false) once fields are set or the
+// head is written.
+func (w *h1Response) adoptRaw(r *rawHeader) bool {
+	if w.wroteHeader || len(w.header) > 0 || w.raw != nil {
+		return false
+	}
+	w.raw = r
+	return true
+}
 
 func (w *h1Response) WriteHeader(code int) {
 	if w.wroteHeader {
@@ -795,8 +819,15 @@ func (w *h1Response) WriteHeader(code int) {
 	w.wroteHeader = true
 	w.status = code
 	_, hasCL := w.header["Content-Length"]
+	if w.raw != nil {
+		hasCL = w.raw.has("Content-Length")
+	}
 	if hasCL || w.req.Method == http.MethodHead || !bodyAllowed(code) {
-		w.commit(w.header, false)
+		w.commit(w.header, w.raw, false)
+		return
+	}
+	if w.raw != nil {
+		w.snapRaw = w.raw // never edited: its own snapshot
 		return
 	}
 	w.snapshot = w.header.Clone()
@@ -819,9 +850,11 @@ func bodyAllowed(code int) bool {
 	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
 }
 
-// commit writes the head from hdr. final is set when the handler has
-// returned: a body not yet framed then gets a Content-Length.
-func (w *h1Response) commit(hdr http.Header, final bool) {
+// commit writes the head from hdr, or from raw when set (an upstream
+// answer's fields as read: hop-by-hop ones are dropped here). final is set
+// when the handler has returned: a body not yet framed then gets a
+// Content-Length.
+func (w *h1Response) commit(hdr http.Header, raw *rawHeader, final bool) {
 	w.committed = true
 	c, req := w.c, w.req
 	code := w.status
@@ -851,21 +884,33 @@ func (w *h1Response) commit(hdr http.Header, final bool) {
 	if req.Close || c.srv.shuttingDown.Load() {
 		w.closeAfter = true
 	}
-	if hasToken(hdr["Connection"], "close") {
+	// A raw answer's Connection field is its own hop's, never this one's
+	// (as removeHopHeaders drops it from a map).
+	var rawListed []string // the fields a raw answer's Connection names
+	var vbuf [2]string
+	values := func(k string) []string {
+		if raw != nil {
+			return raw.appendValues(vbuf[:0], k)
+		}
+		return hdr[k]
+	}
+	if raw != nil {
+		rawListed = raw.appendValues(nil, "Connection")
+	} else if hasToken(hdr["Connection"], "close") {
 		w.closeAfter = true
 	}
 
 	// Framing.
 	skipCL := false
 	var clLine string
-	if vv := hdr["Content-Length"]; len(vv) > 0 {
+	if vv := values("Content-Length"); len(vv) > 0 {
 		if n, ok := parseContentLength(vv[0]); ok {
 			w.cl = n
 		} else {
 			skipCL = true
 		}
 	}
-	if t := hdr["Trailer"]; len(t) > 0 && !w.noBody && req.ProtoAtLeast(1, 1) {
+	if t := values("Trailer"); raw == nil && len(t) > 0 && !w.noBody && req.ProtoAtLeast(1, 1) {
 		for _, v := range t {
 			for _, k := range strings.Split(v, ",") {
 				if k = strings.TrimSpace(k); k != "" {
@@ -890,6 +935,9 @@ func (w *h1Response) commit(hdr http.Header, final bool) {
 
 	bw := c.bw
 	writeStatusLine(bw, code)
+	if raw != nil {
+		w.writeRawFields(raw, rawListed, skipCL)
+	}
 	for k, vv := range hdr {
 		switch k {
 		case "Content-Length":
@@ -912,18 +960,18 @@ func (w *h1Response) commit(hdr http.Header, final bool) {
 	if w.chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
-	if _, ok := hdr["Date"]; !ok {
+	if _, ok := hdr["Date"]; !ok && (raw == nil || !raw.has("Date")) {
 		bw.WriteString("Date: ")
 		bw.WriteString(httpDate())
 		bw.WriteString("\r\n")
 	}
-	if _, ok := hdr["Content-Type"]; !ok && !w.noBody && len(w.pending) > 0 {
+	if _, ok := hdr["Content-Type"]; !ok && (raw == nil || !raw.has("Content-Type")) && !w.noBody && len(w.pending) > 0 {
 		bw.WriteString("Content-Type: ")
 		bw.WriteString(http.DetectContentType(w.pending))
 		bw.WriteString("\r\n")
 	}
 	switch {
-	case w.closeAfter && !hasToken(hdr["Connection"], "close"):
+	case w.closeAfter && (raw != nil || !hasToken(hdr["Connection"], "close")):
 		bw.WriteString("Connection: close\r\n")
 	case !w.closeAfter && req.ProtoMinor == 0:
 		bw.WriteString("Connection: keep-alive\r\n")
@@ -934,6 +982,27 @@ func (w *h1Response) commit(hdr http.Header, final bool) {
 		w.pending = w.pending[:0]
 		w.written -= int64(len(p))
 		w.writeBody(p)
+	}
+}
+
+// writeRawFields writes an upstream answer's fields as read but the
+// hop-by-hop ones, those its Connection field lists, and the framing ones
+// this head sets itself (Transfer-Encoding; Content-Length when skipCL). Names were checked and canonicalized, and values
+// checked for control characters, when the answer was read.
+func (w *h1Response) writeRawFields(raw *rawHeader, listed []string, skipCL bool) {
+	bw := w.c.bw
+	for _, sp := range raw.spans {
+		k := raw.head[sp.k0:sp.k1]
+		switch {
+		case isHopHeader(k), k == "Content-Length" && skipCL:
+			continue
+		case len(listed) > 0 && hasToken(listed, k):
+			continue
+		}
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		bw.WriteString(raw.head[sp.v0:sp.v1])
+		bw.WriteString("\r\n")
 	}
 }
 
@@ -959,7 +1028,7 @@ func (w *h1Response) Write(p []byte) (int, error) {
 			w.written += int64(len(p))
 			return len(p), nil
 		}
-		w.commit(w.snapshot, false)
+		w.commit(w.snapshot, w.snapRaw, false)
 	}
 	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
 		return 0, http.ErrContentLength
@@ -1000,7 +1069,7 @@ func (w *h1Response) FlushError() error {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.committed {
-		w.commit(w.snapshot, false)
+		w.commit(w.snapshot, w.snapRaw, false)
 	}
 	if w.err != nil {
 		return w.err
@@ -1041,7 +1110,7 @@ func (w *h1Response) finish() {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.committed {
-		w.commit(w.snapshot, true)
+		w.commit(w.snapshot, w.snapRaw, true)
 	}
 	bw := w.c.bw
 	if w.chunked {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -99,10 +100,27 @@ func (h *headReader) addField(line []byte, start int) error {
 // header builds the header map of the fields just read; head is
 // string(h.head).
 func (h *headReader) header(head string) http.Header {
-	hdr := make(http.Header, len(h.spans))
-	values := make([]string, len(h.spans))
-	for i, sp := range h.spans {
-		k, v := head[sp.k0:sp.k1], head[sp.v0:sp.v1]
+	return (&rawHeader{head: head, spans: h.spans}).header()
+}
+
+// rawHeader is a message's header fields as read: the head as one string
+// and each field's span in it, names canonical. An upstream answer's
+// fields stay so on their way to an HTTP/1.1 client when nothing edits
+// them (the proxy's common case): they are written out as they came,
+// hop-by-hop fields dropped, and no header map is built for them unless
+// something asks for one (see answerHeader and h1Response.adoptRaw).
+type rawHeader struct {
+	head  string
+	spans []headerSpan
+}
+
+// header builds the header map: the values are substrings of the head,
+// in one slice.
+func (r *rawHeader) header() http.Header {
+	hdr := make(http.Header, len(r.spans))
+	values := make([]string, len(r.spans))
+	for i, sp := range r.spans {
+		k, v := r.head[sp.k0:sp.k1], r.head[sp.v0:sp.v1]
 		values[i] = v
 		if vv, ok := hdr[k]; ok {
 			hdr[k] = append(vv, v)
@@ -111,6 +129,36 @@ func (h *headReader) header(head string) http.Header {
 		}
 	}
 	return hdr
+}
+
+// get returns the first value of the field named k (canonical), or "".
+func (r *rawHeader) get(k string) string {
+	for _, sp := range r.spans {
+		if r.head[sp.k0:sp.k1] == k {
+			return r.head[sp.v0:sp.v1]
+		}
+	}
+	return ""
+}
+
+// has reports whether a field named k (canonical) is present.
+func (r *rawHeader) has(k string) bool {
+	for _, sp := range r.spans {
+		if r.head[sp.k0:sp.k1] == k {
+			return true
+		}
+	}
+	return false
+}
+
+// appendValues appends the values of the fields named k (canonical).
+func (r *rawHeader) appendValues(dst []string, k string) []string {
+	for _, sp := range r.spans {
+		if r.head[sp.k0:sp.k1] == k {
+			dst = append(dst, r.head[sp.v0:sp.v1])
+		}
+	}
+	return dst
 }
 
 // readLine appends the next line of the head, without its line end, to
@@ -188,64 +236,78 @@ func (h *headReader) readTrailer(limit int, into *http.Header) error {
 const maxResponseHead = 1 << 20
 
 // readResponse reads an answer's head from h.br and sets up its body, as
-// http.ReadResponse does for the waypoint's uses.
-func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
+// http.ReadResponse does for the waypoint's uses. The header fields of an
+// answer with a body framed by its Content-Length or by the connection's
+// end (no Transfer-Encoding, no Trailer) are left as read: resp.Header is
+// then nil and raw holds them (raw.head is "" otherwise).
+func (h *headReader) readResponse(req *http.Request) (resp *http.Response, raw rawHeader, err error) {
 	l0, l1, err := h.readHead(maxResponseHead, 0)
 	if err != nil {
 		var re *requestError
 		if errors.As(err, &re) {
-			return nil, fmt.Errorf("malformed HTTP response: %s", re.msg)
+			return nil, raw, fmt.Errorf("malformed HTTP response: %s", re.msg)
 		}
-		return nil, err
+		return nil, raw, err
 	}
 	head := string(h.head)
 	line := head[l0:l1]
 	proto, status, ok := strings.Cut(line, " ")
 	if !ok {
-		return nil, fmt.Errorf("malformed HTTP response %q", line)
+		return nil, raw, fmt.Errorf("malformed HTTP response %q", line)
 	}
-	resp := &http.Response{Request: req, Status: strings.TrimLeft(status, " ")}
+	resp = &http.Response{Request: req, Status: strings.TrimLeft(status, " ")}
 	switch proto {
 	case "HTTP/1.1":
 		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
 	case "HTTP/1.0":
 		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.0", 1, 0
 	default:
-		return nil, fmt.Errorf("malformed HTTP version %q", proto)
+		return nil, raw, fmt.Errorf("malformed HTTP version %q", proto)
 	}
 	code, _, _ := strings.Cut(resp.Status, " ")
 	if len(code) != 3 {
-		return nil, fmt.Errorf("malformed HTTP status code %q", code)
+		return nil, raw, fmt.Errorf("malformed HTTP status code %q", code)
 	}
 	resp.StatusCode, err = strconv.Atoi(code)
 	if err != nil || resp.StatusCode < 100 {
-		return nil, fmt.Errorf("malformed HTTP status code %q", code)
+		return nil, raw, fmt.Errorf("malformed HTTP status code %q", code)
 	}
-	hdr := h.header(head)
-	resp.Header = hdr
-	resp.Close = wantsClose(hdr, resp.ProtoMajor, resp.ProtoMinor)
+	fields := rawHeader{head: head, spans: h.spans}
+	var hdr http.Header // nil while the fields stay raw
+	if fields.has("Transfer-Encoding") || fields.has("Trailer") {
+		hdr = fields.header()
+		resp.Header = hdr
+	}
+	var vbuf [2]string
+	values := func(k string) []string {
+		if hdr != nil {
+			return hdr[k]
+		}
+		return fields.appendValues(vbuf[:0], k)
+	}
+	resp.Close = wantsClose(values("Connection"), resp.ProtoMajor, resp.ProtoMinor)
 
 	noBody := req.Method == http.MethodHead || resp.StatusCode < 200 ||
 		resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	// A Content-Length must be valid whatever else frames the answer (as
 	// net/http checks it), even where no body follows.
 	cl := int64(-1)
-	if cls := hdr["Content-Length"]; len(cls) > 0 {
+	if cls := values("Content-Length"); len(cls) > 0 {
 		for _, v := range cls[1:] {
 			if v != cls[0] {
-				return nil, fmt.Errorf("conflicting Content-Length %q", cls)
+				return nil, raw, fmt.Errorf("conflicting Content-Length %q", slices.Clone(cls))
 			}
 		}
 		n, ok := parseContentLength(cls[0])
 		if !ok {
-			return nil, fmt.Errorf("invalid Content-Length %q", cls[0])
+			return nil, raw, fmt.Errorf("invalid Content-Length %q", cls[0])
 		}
 		cl = n
 	}
 	te, chunked := hdr["Transfer-Encoding"]
 	if chunked {
 		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
-			return nil, fmt.Errorf("unsupported transfer encoding %q", te)
+			return nil, raw, fmt.Errorf("unsupported transfer encoding %q", te)
 		}
 		delete(hdr, "Transfer-Encoding")
 		if resp.ProtoMinor == 0 {
@@ -264,7 +326,6 @@ func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
 			resp.ContentLength = 0 // as http.ReadResponse: Response.Write then adds no "Connection: close"
 		}
 		resp.Body = http.NoBody
-		return resp, nil
 	case chunked:
 		resp.TransferEncoding = chunkedEncoding
 		if tr, ok := hdr["Trailer"]; ok {
@@ -288,7 +349,15 @@ func (h *headReader) readResponse(req *http.Request) (*http.Response, error) {
 		resp.Close = true
 		resp.Body = &wireBody{h: h, remain: -1}
 	}
-	return resp, nil
+	if hdr == nil {
+		if _, ok := resp.Body.(*wireBody); ok {
+			// The span list is the reader's, reused by the next head.
+			fields.spans = slices.Clone(fields.spans)
+			return resp, fields, nil
+		}
+		resp.Header = fields.header()
+	}
+	return resp, raw, nil
 }
 
 // wireBody is an answer's body read from the connection: Content-Length
@@ -577,8 +646,7 @@ func parseContentLength(s string) (int64, bool) {
 
 // wantsClose is whether the client asked for the connection to end after
 // this request (HTTP/1.0 without keep-alive, or "Connection: close").
-func wantsClose(h http.Header, major, minor int) bool {
-	conn := h["Connection"]
+func wantsClose(conn []string, major, minor int) bool {
 	if major == 1 && minor == 0 {
 		return !hasToken(conn, "keep-alive") || hasToken(conn, "close")
 	}

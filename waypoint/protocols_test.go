@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -421,6 +422,58 @@ func TestRemoveHopHeaders(t *testing.T) {
 		}
 		if !slices.Equal(keys, want) {
 			t.Errorf("keepUpgrade=%v: left %v; want %v", keepUpgrade, keys, want)
+		}
+	}
+}
+
+// TestAnswerFieldsPassedThrough: an upstream answer's fields reach an
+// HTTP/1.1 client as the upstream sent them, repeated fields in order, but
+// the hop-by-hop ones and those its Connection field names, whether the
+// waypoint edits the answer (a route's response header operation: the
+// fields go through a header map) or not (they are written as read). The
+// upstream's "Connection: close" is its own connection's: the client's
+// stays open for its next request.
+func TestAnswerFieldsPassedThrough(t *testing.T) {
+	const answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nConnection: close, X-Private\r\n" +
+		"X-Private: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nSet-Cookie: b=2\r\n" +
+		"Date: Mon, 07 Dec 2026 04:00:00 GMT\r\nx-app: 1\r\nContent-Length: 2\r\n\r\nok"
+	app := tcpBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, answer)
+		}
+	})
+	for _, edited := range []bool{false, true} {
+		rt := model.L7Route{Name: "all", Destinations: to("app")}
+		if edited {
+			rt.ResponseHeaders = model.HeaderOps{Set: map[string]string{"X-Added": "yes"}}
+		}
+		h := start(t, oneRoute([]model.L7Cluster{clusterOf("app", app)}, rt), nil)
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		for i := range 2 {
+			io.WriteString(c, "GET /x HTTP/1.1\r\nHost: reviews\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("edited=%v: answer %d: %v (the client's connection must stay open)", edited, i, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			want := http.Header{
+				"Content-Type": {"text/plain"}, "Set-Cookie": {"a=1", "b=2"}, "X-App": {"1"},
+				"Date": {"Mon, 07 Dec 2026 04:00:00 GMT"}, "Content-Length": {"2"},
+			}
+			if edited {
+				want["X-Added"] = []string{"yes"}
+			}
+			if resp.StatusCode != 200 || string(body) != "ok" || resp.Close || !reflect.DeepEqual(resp.Header, want) {
+				t.Errorf("edited=%v: answer %d: %d %q close=%v %v; want 200 \"ok\" on an open connection with %v",
+					edited, i, resp.StatusCode, body, resp.Close, resp.Header, want)
+			}
 		}
 	}
 }

@@ -518,29 +518,37 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	defer resp.Body.Close()
 
 	// 11. Response.
-	rec.grpcStatus = get(resp.Header, "Grpc-Status")
+	rec.grpcStatus = answerGet(resp, "Grpc-Status")
 	flush := streaming(resp, grpc)
-	h := w.Header()
-	if a, ok := w.ResponseWriter.(headerAdopter); ok && len(h) == 0 && resp.Header != nil {
-		// The answer's header map becomes the response's: no copy of
-		// every field, and it is edited below as the copy would be.
-		a.adoptHeader(resp.Header)
-		h = resp.Header
-	} else {
-		copyHeader(h, resp.Header)
+	var h http.Header
+	raw := answerRaw(resp)
+	edited := len(resp.Trailer) > 0 || sticky != nil || (rt.session != nil && held.ep != pin) || len(authzResponse) > 0 ||
+		!spec.ResponseHeaders.IsZero() || !d.spec.ResponseHeaders.IsZero()
+	if a, ok := w.ResponseWriter.(rawAdopter); !ok || raw == nil || edited || !a.adoptRaw(raw) {
+		h = w.Header()
+		if a, ok := w.ResponseWriter.(headerAdopter); ok && len(h) == 0 {
+			// The answer's header map becomes the response's: no copy of
+			// every field, and it is edited below as the copy would be.
+			h = answerHeader(resp)
+			a.adoptHeader(h)
+		} else {
+			copyHeader(h, answerHeader(resp))
+		}
+		removeHopHeaders(h, false)
+		applyHeaderOps(h, spec.ResponseHeaders)
+		if sticky != nil {
+			h.Add("Set-Cookie", sticky.String())
+		}
+		if rt.session != nil && held.ep != pin {
+			rt.session.give(h, req, d, held.ep, time.Now())
+		}
+		applyHeaderOps(h, d.spec.ResponseHeaders)
+		for k, vv := range authzResponse {
+			h[k] = vv
+		}
 	}
-	removeHopHeaders(h, false)
-	applyHeaderOps(h, spec.ResponseHeaders)
-	if sticky != nil {
-		h.Add("Set-Cookie", sticky.String())
-	}
-	if rt.session != nil && held.ep != pin {
-		rt.session.give(h, req, d, held.ep, time.Now())
-	}
-	applyHeaderOps(h, d.spec.ResponseHeaders)
-	for k, vv := range authzResponse {
-		h[k] = vv
-	}
+	// else the answer's fields go to the client as they came (an HTTP/1.1
+	// client, nothing to edit): no header map is built for them.
 	announced := make([]string, 0, len(resp.Trailer))
 	for k := range resp.Trailer {
 		announced = append(announced, k)
@@ -707,7 +715,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 		kind, status, gstatus := failNone, 0, ""
 		switch {
 		case err == nil:
-			status, gstatus = resp.StatusCode, get(resp.Header, "Grpc-Status")
+			status, gstatus = resp.StatusCode, answerGet(resp, "Grpc-Status")
 		case perTryFired != nil && perTryFired.Load():
 			kind = failPerTryTimeout
 		case ctx.Err() != nil:
@@ -1683,7 +1691,43 @@ func copyHeader(dst, src http.Header) {
 }
 
 func streaming(resp *http.Response, grpc bool) bool {
-	return grpc || resp.ContentLength < 0 || strings.HasPrefix(get(resp.Header, "Content-Type"), "text/event-stream")
+	return grpc || resp.ContentLength < 0 || strings.HasPrefix(answerGet(resp, "Content-Type"), "text/event-stream")
+}
+
+// rawAdopter is a ResponseWriter that can write an upstream answer's
+// fields as the h1 client read them (h1Response).
+type rawAdopter interface{ adoptRaw(r *rawHeader) bool }
+
+// answerRaw returns the fields of an answer whose header the h1 client left
+// as read (resp.Header nil), or nil.
+func answerRaw(resp *http.Response) *rawHeader {
+	if resp.Header == nil {
+		if b, ok := resp.Body.(*h1Body); ok && b.raw.head != "" {
+			return &b.raw
+		}
+	}
+	return nil
+}
+
+// answerHeader returns resp's header map, built from the fields as read
+// when the h1 client left them so.
+func answerHeader(resp *http.Response) http.Header {
+	if resp.Header == nil {
+		if raw := answerRaw(resp); raw != nil {
+			resp.Header = raw.header()
+		} else {
+			resp.Header = http.Header{}
+		}
+	}
+	return resp.Header
+}
+
+// answerGet returns the first value of resp's field k (canonical).
+func answerGet(resp *http.Response, k string) string {
+	if raw := answerRaw(resp); raw != nil {
+		return raw.get(k)
+	}
+	return get(resp.Header, k)
 }
 
 // copyBody copies the upstream body, flushing after each write when

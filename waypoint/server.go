@@ -572,7 +572,7 @@ func (p *Proxy) handleUpgrade(w *responseWriter, rec *record, resp *http.Respons
 		return
 	}
 	defer back.Close()
-	copyHeader(w.Header(), resp.Header)
+	copyHeader(w.Header(), answerHeader(resp))
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		p.localReply(w, rec, false, http.StatusBadGateway, "", "upgrade_failed", "cannot hijack the client connection")
