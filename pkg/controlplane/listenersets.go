@@ -36,7 +36,9 @@ import (
 //   - A set is Accepted when at least one of its listeners is served
 //     (else Accepted False ListenersNotValid), and Programmed when
 //     Accepted and its Gateway's Programmed (pkg/deployer's: the proxy is
-//     ready) is True, else Programmed False ParentNotProgrammed. The
+//     ready and the Service has the addresses the Gateway requests) is
+//     True, else Programmed False ParentNotProgrammed, naming the
+//     Gateway's reason. The
 //     Gateway's status.attachedListenerSets counts the Accepted sets.
 //   - A route attaches to a set's listeners only through a parentRef to
 //     the set (kind ListenerSet), and to the Gateway's own listeners only
@@ -284,8 +286,12 @@ func (bd *build) listenerSetStatus(routes []ObjectStatus) (out []ObjectStatus, a
 			prog = condition(string(gatewayv1.ListenerSetConditionProgrammed), false, string(gatewayv1.ListenerSetReasonListenersNotValid), "none of its listeners is served: see status.listeners", gen)
 		case !meta.IsStatusConditionTrue(gw.Status.Conditions, string(gatewayv1.GatewayConditionProgrammed)):
 			accepted[gw.Namespace+"/"+gw.Name]++
+			why := "no Programmed condition yet"
+			if c := meta.FindStatusCondition(gw.Status.Conditions, string(gatewayv1.GatewayConditionProgrammed)); c != nil {
+				why = "reason " + c.Reason
+			}
 			prog = condition(string(gatewayv1.ListenerSetConditionProgrammed), false, reasonParentNotProgrammed,
-				fmt.Sprintf("Gateway %s/%s is not programmed yet: its proxy is not ready (see its Programmed condition)", gw.Namespace, gw.Name), gen)
+				fmt.Sprintf("Gateway %s/%s is not programmed yet (%s: see its Programmed condition)", gw.Namespace, gw.Name, why), gen)
 		default:
 			accepted[gw.Namespace+"/"+gw.Name]++
 		}

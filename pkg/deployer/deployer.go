@@ -118,7 +118,7 @@ func New(opts Options) (*Deployer, error) {
 			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "meshlet-deployer"})}, nil
 }
 
-// Run watches Gateways, the Deployments it made, the Gateways' parameters
+// Run watches Gateways, the Deployments and Services it made, the Gateways' parameters
 // ConfigMaps and their classes' defaults, and ListenerSets and Namespaces (the labels allowedListeners
 // selectors match), and reconciles until ctx ends. When discovery does not
 // serve the ListenerSet CRD (Gateway API before v1.5), Run logs so once and
@@ -174,6 +174,26 @@ func (d *Deployer) Run(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { onDeployment(obj) },
 	}); err != nil {
 		return fmt.Errorf("watch deployments: %w", err)
+	}
+	// The Service's addresses drive status.addresses and, for the
+	// addresses a Gateway requests, Programmed: a load balancer assigning
+	// one, or the type changing, re-reads the Gateway's status.
+	onService := func(old, obj any) {
+		svc, ok := obj.(*corev1.Service)
+		if !ok || svc.Labels[GatewayNameLabel] == "" {
+			return
+		}
+		if o, ok := old.(*corev1.Service); ok && o.Spec.Type == svc.Spec.Type &&
+			slices.Equal(o.Spec.ClusterIPs, svc.Spec.ClusterIPs) && reflect.DeepEqual(o.Status.LoadBalancer, svc.Status.LoadBalancer) {
+			return
+		}
+		d.queue.Add(cache.ObjectName{Namespace: svc.Namespace, Name: svc.Labels[GatewayNameLabel]})
+	}
+	if _, err := kf.Core().V1().Services().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { onService(nil, obj) },
+		UpdateFunc: onService,
+	}); err != nil {
+		return fmt.Errorf("watch services: %w", err)
 	}
 	// A Gateway's parameters ConfigMap changing re-renders the Gateway, a
 	// class defaults ConfigMap every Gateway of its class. The cache keeps
@@ -568,17 +588,22 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 		dep, svc, err = d.apply(ctx, gw, objs, params, apply)
 	}
 	var perr *ParamsError
-	if errors.As(err, &perr) {
-		if perr.invalid && params.Class != nil && params.Gateway != nil {
-			// Refused with both overlays: the class defaults' fault when
-			// they alone make an object refused.
-			if cerr := d.classAloneInvalid(ctx, gw, params.Class, sets, apply); cerr != nil {
-				perr = cerr
+	var aerr *AddressError
+	if errors.As(err, &perr) || errors.As(err, &aerr) {
+		var rejected error = aerr
+		if perr != nil {
+			if perr.invalid && params.Class != nil && params.Gateway != nil {
+				// Refused with both overlays: the class defaults' fault when
+				// they alone make an object refused.
+				if cerr := d.classAloneInvalid(ctx, gw, params.Class, sets, apply); cerr != nil {
+					perr = cerr
+				}
 			}
+			rejected = perr
 		}
 		// Rejected: what was deployed stays as it was, and the Gateway
 		// says why (its addresses still those of what runs).
-		d.log.Warn("gateway rejected", "gateway", key.String(), "err", perr)
+		d.log.Warn("gateway rejected", "gateway", key.String(), "err", rejected)
 		dep, svc = nil, nil
 		if got, err := d.opts.Kube.AppsV1().Deployments(gw.Namespace).Get(ctx, gw.Name, metav1.GetOptions{}); err == nil {
 			dep = got
@@ -586,7 +611,7 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 		if got, err := d.opts.Kube.CoreV1().Services(gw.Namespace).Get(ctx, gw.Name, metav1.GetOptions{}); err == nil {
 			svc = got
 		}
-		if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, Status(gw, dep, svc, d.now(), perr.Error()), apply); err != nil {
+		if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, Status(gw, dep, svc, d.now(), rejected), apply); err != nil {
 			return fmt.Errorf("apply gateway status: %w", err)
 		}
 		return nil
@@ -594,7 +619,7 @@ func (d *Deployer) reconcile(ctx context.Context, key cache.ObjectName) error {
 	if err != nil {
 		return err
 	}
-	if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, Status(gw, dep, svc, d.now(), ""), apply); err != nil {
+	if _, err := d.opts.Gateway.GatewayV1().Gateways(gw.Namespace).ApplyStatus(ctx, Status(gw, dep, svc, d.now(), nil), apply); err != nil {
 		return fmt.Errorf("apply gateway status: %w", err)
 	}
 	return nil
@@ -766,17 +791,19 @@ func applyOptional[A any, O metav1.Object](ctx context.Context, gw *gatewayv1.Ga
 }
 
 // Status is the Gateway status the deployer owns: Accepted, Programmed
-// (once a waypoint pod is ready) and the Service's addresses. A condition
-// whose status did not change keeps its last transition time.
+// (once a waypoint pod is ready and the Service has every address
+// spec.addresses requests: addresses.go) and the Service's addresses. A
+// condition whose status did not change keeps its last transition time.
 // status.listeners is not here: attachedRoutes is a fact about routes,
 // which meshd's builder knows, so meshd's Gateway API status writer owns
 // that field (controlplane listenerstatus.go) and this apply, which never
 // names it, leaves it alone.
 //
-// rejected, when set, is why the Gateway's parameters cannot be used:
-// Accepted False (InvalidParameters), Programmed False (Invalid), with the
-// addresses of what still runs.
-func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, now time.Time, rejected string) *gatewayac.GatewayApplyConfiguration {
+// rejected, when not nil, is why the Gateway cannot be deployed as it
+// asks: Accepted False (UnsupportedAddress for an *AddressError,
+// InvalidParameters for parameters or an annotation that cannot be used),
+// Programmed False (Invalid), with the addresses of what still runs.
+func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, now time.Time, rejected error) *gatewayac.GatewayApplyConfiguration {
 	cond := func(t gatewayv1.GatewayConditionType, ok bool, reason gatewayv1.GatewayConditionReason, msg string) *metav1ac.ConditionApplyConfiguration {
 		st := metav1.ConditionFalse
 		if ok {
@@ -791,19 +818,31 @@ func Status(gw *gatewayv1.Gateway, dep *appsv1.Deployment, svc *corev1.Service, 
 		return metav1ac.Condition().WithType(string(t)).WithStatus(st).WithReason(string(reason)).
 			WithMessage(msg).WithObservedGeneration(gw.Generation).WithLastTransitionTime(at)
 	}
-	ready := dep != nil && dep.Status.ReadyReplicas > 0
+	podReady := dep != nil && dep.Status.ReadyReplicas > 0
+	ready := podReady
 	progMsg := "waypoint deployment has a ready replica"
 	progReason := gatewayv1.GatewayReasonProgrammed
 	if !ready {
 		progMsg = "waiting for a ready waypoint pod"
 		progReason = gatewayv1.GatewayReasonPending
 	}
+	if reason, msg := unbound(gw, svc); reason != "" {
+		// The address outlasts a pod's start: said first.
+		progReason, progMsg, ready = reason, msg, false
+		if !podReady {
+			progMsg += "; and waiting for a ready waypoint pod"
+		}
+	}
 	accepted := cond(gatewayv1.GatewayConditionAccepted, true, gatewayv1.GatewayReasonAccepted, "resources deployed by meshlet")
 	programmed := cond(gatewayv1.GatewayConditionProgrammed, ready, progReason, progMsg)
-	if rejected != "" {
-		accepted = cond(gatewayv1.GatewayConditionAccepted, false, gatewayv1.GatewayReasonInvalidParameters, rejected)
+	if rejected != nil {
+		reason, what := gatewayv1.GatewayReasonInvalidParameters, "parameters"
+		if aerr := (*AddressError)(nil); errors.As(rejected, &aerr) {
+			reason, what = gatewayv1.GatewayReasonUnsupportedAddress, "spec.addresses"
+		}
+		accepted = cond(gatewayv1.GatewayConditionAccepted, false, reason, rejected.Error())
 		programmed = cond(gatewayv1.GatewayConditionProgrammed, false, gatewayv1.GatewayReasonInvalid,
-			"parameters rejected (see Accepted); what was deployed before is left as it was")
+			what+" rejected (see Accepted); what was deployed before is left as it was")
 	}
 	st := gatewayac.GatewayStatus().WithConditions(accepted, programmed)
 	for _, a := range addresses(gw, svc) {

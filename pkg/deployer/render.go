@@ -4,9 +4,12 @@
 // and a Service, all owned by the Gateway (deleting the Gateway removes
 // them), and reports the Gateway's Accepted and Programmed conditions and
 // addresses. An ingress Gateway's Service opens the ports of its listeners
-// and of those of the ListenerSets (GEP-1713) it admits (listenersets.go). Rendering is pure (Render) so that it is tested without a
-// cluster. It must not touch Gateways of other classes, nor write anything
-// but these three objects and the Gateway's status.
+// and of those of the ListenerSets (GEP-1713) it admits (listenersets.go);
+// its type and the address it asks for follow Istio's service-type
+// annotation and the Gateway's spec.addresses (addresses.go). Rendering is
+// pure (Render) so that it is tested without a cluster. It must not touch
+// Gateways of other classes, nor write anything but these three objects
+// and the Gateway's status.
 package deployer
 
 import (
@@ -91,8 +94,11 @@ type Objects struct {
 // (infrastructure.go): its labels and annotations, and the overlays of
 // params: those of its class defaults, then those of the ConfigMap its
 // parametersRef names (either nil when there is none). It fails for a Gateway that is not of a meshlet class, has no UID (ownership
-// needs it) or misses options, and with a *ParamsError for parameters that
-// cannot be used.
+// needs it) or misses options, with a *ParamsError for parameters that
+// cannot be used (the service-type annotation among them) and with an
+// *AddressError for spec.addresses meshlet cannot serve (addresses.go).
+// An ingress gateway's LoadBalancer Service asks for the first requested
+// IP address in spec.loadBalancerIP.
 //
 // sets are the ListenerSets attached to gw, in merge order
 // (SortListenerSets). Render does not check that gw admits them: the caller
@@ -111,6 +117,14 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions, params Params, sets ...*g
 		return nil, fmt.Errorf("render gateway %s/%s: no UID: render a Gateway read from the API server", gw.Namespace, gw.Name)
 	case opts.MeshdAddress == "" || opts.TrustDomain == "":
 		return nil, errors.New("render gateway: MeshdAddress and TrustDomain are required")
+	}
+	svcType, err := serviceType(gw, kind)
+	if err != nil {
+		return nil, err
+	}
+	reqs, err := requestedAddresses(gw)
+	if err != nil {
+		return nil, err
 	}
 	if opts.Image == "" {
 		opts.Image = DefaultImage
@@ -200,9 +214,7 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions, params Params, sets ...*g
 		corev1ac.ServicePort().WithName("mesh").WithPort(portHBONE).WithTargetPort(intstr.FromInt32(portHBONE)).
 			WithProtocol(corev1.ProtocolTCP).WithAppProtocol("all"),
 	}
-	svcType := corev1.ServiceTypeClusterIP
 	if kind == KindIngress {
-		svcType = corev1.ServiceTypeLoadBalancer
 		seen := map[int32]bool{portHBONE: true}
 		// The listeners in merge order; the stable sort keeps it among
 		// those of one port, the first of which names it.
@@ -235,14 +247,34 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions, params Params, sets ...*g
 				WithPort(p).WithTargetPort(intstr.FromInt32(p)).WithProtocol(proto))
 		}
 	}
+	svcSpec := corev1ac.ServiceSpec().
+		WithType(svcType).
+		WithSelector(map[string]string{GatewayNameLabel: name}).
+		WithPorts(svcPorts...)
+	// Only an ingress gateway asks for an address (addresses.go): meshd
+	// reaches a waypoint at its cluster IPs.
+	lbIP := ""
+	if kind == KindIngress && svcType == corev1.ServiceTypeLoadBalancer {
+		lbIP = loadBalancerIP(reqs)
+	}
+	if lbIP != "" {
+		svcSpec.WithLoadBalancerIP(lbIP)
+	}
 	svc := corev1ac.Service(name, ns).WithLabels(objLabels).WithAnnotations(infraAnnotations).WithOwnerReferences(owner).
-		WithSpec(corev1ac.ServiceSpec().
-			WithType(svcType).
-			WithSelector(map[string]string{GatewayNameLabel: name}).
-			WithPorts(svcPorts...))
+		WithSpec(svcSpec)
 	objs := &Objects{ServiceAccount: sa, Deployment: dep, Service: svc}
 	if err := applyParams(gw, objs, params); err != nil {
 		return nil, err
+	}
+	// A `service` overlay that makes the Service another type than
+	// LoadBalancer drops the address asked for it: Istio's template sets
+	// loadBalancerIP only for that type, though it decides before its
+	// overlays and so would keep it on a ClusterIP Service, where
+	// Kubernetes ignores it and a reader is misled. A loadBalancerIP the
+	// overlay sets itself stays.
+	if s := objs.Service.Spec; lbIP != "" && s != nil && s.Type != nil && *s.Type != corev1.ServiceTypeLoadBalancer &&
+		s.LoadBalancerIP != nil && *s.LoadBalancerIP == lbIP {
+		s.LoadBalancerIP = nil
 	}
 	return objs, nil
 }

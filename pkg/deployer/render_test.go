@@ -37,6 +37,8 @@ func TestRenderGolden(t *testing.T) {
 			gatewayv1.Listener{Name: "http", Port: 80, Protocol: gatewayv1.HTTPProtocolType},
 			gatewayv1.Listener{Name: "http-alt", Port: 80, Protocol: gatewayv1.HTTPProtocolType, Hostname: ptr(gatewayv1.Hostname("a.example"))},
 		), "ingress.golden.json"},
+		{"meshlet ingress asking for an address", addressed("meshlet", nil, "IPAddress=198.51.100.7"), "ingress-address.golden.json"},
+		{"waypoint of Service type NodePort", addressed("meshlet-waypoint", []string{ServiceTypeAnnotation, "NodePort"}), "waypoint-nodeport.golden.json"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ func TestStatus(t *testing.T) {
 	earlier := metav1.NewTime(now.Add(-time.Hour))
 	clusterIP := &corev1.Service{Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"}}}
 	lb := clusterIP.DeepCopy()
+	lb.Spec.Type = corev1.ServiceTypeLoadBalancer
 	lb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.18.0.10"}, {Hostname: "gw.example"}}
 	ready := &appsv1.Deployment{Status: appsv1.DeploymentStatus{ReadyReplicas: 1}}
 	acceptedEarlier := gateway("istio-waypoint")
@@ -31,23 +32,23 @@ func TestStatus(t *testing.T) {
 		gw        *gatewayv1.Gateway
 		dep       *appsv1.Deployment
 		svc       *corev1.Service
-		rejected  string
+		rejected  error
 		wantConds []cond
 		wantAddrs []addr
 	}{
-		{"waypoint not ready", gateway("istio-waypoint"), &appsv1.Deployment{}, clusterIP, "",
+		{"waypoint not ready", gateway("istio-waypoint"), &appsv1.Deployment{}, clusterIP, nil,
 			[]cond{{"Accepted", "True", "Accepted", now}, {"Programmed", "False", "Pending", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
-		{"waypoint ready keeps Accepted's transition time", acceptedEarlier, ready, clusterIP, "",
+		{"waypoint ready keeps Accepted's transition time", acceptedEarlier, ready, clusterIP, nil,
 			[]cond{{"Accepted", "True", "Accepted", earlier.Time}, {"Programmed", "True", "Programmed", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
-		{"ingress uses load balancer addresses", gateway("meshlet"), ready, lb, "",
+		{"ingress uses load balancer addresses", gateway("meshlet"), ready, lb, nil,
 			[]cond{{"Accepted", "True", "Accepted", now}, {"Programmed", "True", "Programmed", now}},
 			[]addr{{"IPAddress", "198.18.0.10"}, {"Hostname", "gw.example"}}},
-		{"ingress without load balancer falls back to the cluster IP", gateway("meshlet"), ready, clusterIP, "",
+		{"ingress without load balancer falls back to the cluster IP", gateway("meshlet"), ready, clusterIP, nil,
 			[]cond{{"Accepted", "True", "Accepted", now}, {"Programmed", "True", "Programmed", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
-		{"parameters rejected: what runs keeps its addresses", acceptedEarlier, ready, clusterIP, "parametersRef ConfigMap \"p\": no such ConfigMap",
+		{"parameters rejected: what runs keeps its addresses", acceptedEarlier, ready, clusterIP, &ParamsError{msg: "parametersRef ConfigMap \"p\": no such ConfigMap"},
 			[]cond{{"Accepted", "False", "InvalidParameters", now}, {"Programmed", "False", "Invalid", now}},
 			[]addr{{"IPAddress", "10.96.0.10"}}},
 	}

@@ -49,7 +49,11 @@ spec:
 // untouched, to a TLSRoute's backend, which has its own certificate; a TCP
 // listener relays whole connections to a TCPRoute's backend. Another
 // team's ListenerSet adds listeners, and the Gateway serves them while it
-// admits the team's namespace.
+// admits the team's namespace. Istio's networking.istio.io/service-type
+// annotation switches the Service between NodePort, ClusterIP and
+// LoadBalancer, and a spec.addresses IP is asked of the Service, the
+// Gateway not Programmed (AddressNotAssigned) while the lab, which has no
+// load balancer controller, does not assign it.
 func TestIngressGatewayAPI(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -322,6 +326,76 @@ spec:
 		set, err := lb.Kubectl("-n", team, "get", "listenerset", "team-listeners", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].reason}`)
 		ports := setPorts()
 		return err == nil && set == "NotAllowed" && ports[8080] == 0 && ports[8443] == 0, fmt.Errorf("Accepted reason %q (%v), Service ports %v", set, err, ports)
+	})
+
+	// The Service's type by Istio's annotation, and a requested address.
+	// NodePort serves through its node port; ClusterIP has none; back to
+	// LoadBalancer (server-side apply across the type changes) with an
+	// address the lab, which has no load balancer controller, never
+	// assigns: the Service asks for it, the Gateway is not Programmed
+	// (AddressNotAssigned, naming it) and still serves through its node
+	// port; without the address it is Programmed again.
+	const wantAddr = "198.19.255.250"
+	svcState := func() (typ corev1.ServiceType, lbIP string, nodePort int32) {
+		svc, err := lb.Clientset().CoreV1().Services(ns).Get(t.Context(), "edge", metav1.GetOptions{})
+		if err != nil {
+			return "", "", 0
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.Port == 80 {
+				nodePort = p.NodePort
+			}
+		}
+		return svc.Spec.Type, svc.Spec.LoadBalancerIP, nodePort
+	}
+	programmed := func() string {
+		out, _ := lb.Kubectl("-n", ns, "get", "gateway", "edge", "-o", `jsonpath={.status.conditions[?(@.type=="Programmed")].status} {.status.conditions[?(@.type=="Programmed")].reason}: {.status.conditions[?(@.type=="Programmed")].message}`)
+		return out
+	}
+	servesOn := func(nodePort int32) {
+		t.Helper()
+		u := fmt.Sprintf("http://%s:%d/api/v1/echo", lab.NodeIP(1), nodePort)
+		lab.WaitFor(t, 30*time.Second, "the gateway through node port "+u, func() (bool, error) {
+			code, body, _, err := fetch(client, u, "")
+			return err == nil && code == 200 && strings.Contains(body, ns), fmt.Errorf("%d %.200s %v", code, body, err)
+		})
+	}
+	if _, err := lb.Kubectl("-n", ns, "annotate", "--overwrite", "gateway", "edge", "networking.istio.io/service-type=NodePort"); err != nil {
+		t.Fatal(err)
+	}
+	var np int32
+	lab.WaitFor(t, time.Minute, "the gateway's Service of type NodePort", func() (bool, error) {
+		typ, ip, p := svcState()
+		np = p
+		return typ == corev1.ServiceTypeNodePort && ip == "" && p != 0, fmt.Errorf("type %q, loadBalancerIP %q, node port %d", typ, ip, p)
+	})
+	servesOn(np)
+	if _, err := lb.Kubectl("-n", ns, "annotate", "--overwrite", "gateway", "edge", "networking.istio.io/service-type=ClusterIP"); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitFor(t, time.Minute, "the gateway's Service of type ClusterIP, without node ports", func() (bool, error) {
+		typ, _, p := svcState()
+		return typ == corev1.ServiceTypeClusterIP && p == 0, fmt.Errorf("type %q, node port %d", typ, p)
+	})
+	if _, err := lb.Kubectl("-n", ns, "patch", "gateway", "edge", "--type=merge", "-p",
+		`{"metadata":{"annotations":{"networking.istio.io/service-type":null}},"spec":{"addresses":[{"type":"IPAddress","value":"`+wantAddr+`"}]}}`); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitFor(t, time.Minute, "a LoadBalancer Service asking for "+wantAddr+", the Gateway waiting for it", func() (bool, error) {
+		typ, ip, p := svcState()
+		np = p
+		prog := programmed()
+		return typ == corev1.ServiceTypeLoadBalancer && ip == wantAddr && p != 0 && strings.HasPrefix(prog, "False AddressNotAssigned: requested address "+wantAddr),
+			fmt.Errorf("type %q, loadBalancerIP %q, node port %d; Programmed %q", typ, ip, p, prog)
+	})
+	servesOn(np)
+	if _, err := lb.Kubectl("-n", ns, "patch", "gateway", "edge", "--type=json", "-p", `[{"op":"remove","path":"/spec/addresses"}]`); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitFor(t, time.Minute, "the Gateway Programmed without a requested address", func() (bool, error) {
+		_, ip, _ := svcState()
+		prog := programmed()
+		return ip == "" && strings.HasPrefix(prog, "True Programmed"), fmt.Errorf("loadBalancerIP %q; Programmed %q", ip, prog)
 	})
 }
 
