@@ -4,8 +4,11 @@
 # this machine: fortio at a fixed 1000 requests/s (p50/p90/p99 of a 1 KiB
 # answer) and at its maximum rate, with each proxy's CPU (from /proc) and
 # RSS. Both proxies get one core (nginx: one worker; waypoint: GOMAXPROCS=1);
-# the backend is nginx serving a static 1 KiB file. Results, with the ratios
-# the issue sets as targets, go to test/bench/results/waypoint.txt.
+# the backend is nginx serving a static 1 KiB file. A minimal Go relay
+# (test/bench/relay: copies heads and bodies, nothing else) runs beside them
+# on one core too: the floor of a Go proxy here, so that what the waypoint
+# spends above it is its own work. Results, with the ratios the issue sets
+# as targets, go to test/bench/results/waypoint.txt.
 # Everything listens on 127.0.0.1 and is stopped by PID at exit.
 # BENCH_PROFILE=DIR also writes the waypoint's pprof CPU profile of the
 # max-rate run (cpu.pprof) and its heap and allocs profiles after it, from
@@ -42,6 +45,7 @@ cleanup() {
 trap cleanup EXIT
 
 CGO_ENABLED=0 go build -tags grpcnotrace -o "$tmp/waypoint" ./cmd/waypoint
+(cd test && CGO_ENABLED=0 go build -o "$tmp/relay" ./bench/relay)
 head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/payload"
 
 nginx_conf() { # name port body
@@ -75,7 +79,10 @@ EOF
 GOMAXPROCS=1 "$tmp/waypoint" --config-file "$tmp/waypoint.json" --listen 127.0.0.1:18080 --metrics-addr "" --admin-addr "$admin" --access-log=false &
 pids+=($!)
 wp=$!
-for port in 18000 18080 18081; do
+GOMAXPROCS=1 "$tmp/relay" 127.0.0.1:18082 127.0.0.1:18000 &
+pids+=($!)
+relay=$!
+for port in 18000 18080 18081 18082; do
   for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
 
@@ -90,7 +97,7 @@ nginx_pids() { local m; m=$(cat "$tmp/proxy.pid"); echo "$m $(pgrep -P "$m" | tr
 # processes, and of them in the kernel)
 run() {
   local name=$1 port=$2 qps=$3 procs=""
-  case $name in waypoint) procs=$wp ;; nginx) procs=$(nginx_pids) ;; esac
+  case $name in waypoint) procs=$wp ;; nginx) procs=$(nginx_pids) ;; relay) procs=$relay ;; esac
   local c0=0 s0=0; [ -n "$procs" ] && c0=$(cpu_of $procs) && s0=$(sys_of $procs)
   local t0; t0=$(date +%s.%N) prof=""
   if [ -n "$profile" ] && [ "$name" = waypoint ] && [ "$qps" = 0 ] && [ "$round" = 1 ]; then
@@ -128,13 +135,13 @@ median_run() {
 # one proxy, not the comparison.
 declare -A fixed max fixed_runs max_runs
 for round in $(seq "$rounds"); do
-  for name in direct waypoint nginx; do
-    case $name in direct) port=18000 ;; waypoint) port=18080 ;; nginx) port=18081 ;; esac
+  for name in direct waypoint nginx relay; do
+    case $name in direct) port=18000 ;; waypoint) port=18080 ;; nginx) port=18081 ;; relay) port=18082 ;; esac
     fixed_runs[$name]+="$(run "$name" "$port" 1000)"$'\n'
     max_runs[$name]+="$(run "$name" "$port" 0)"$'\n'
   done
 done
-for name in direct waypoint nginx; do
+for name in direct waypoint nginx relay; do
   fixed[$name]=$(printf '%s' "${fixed_runs[$name]}" | median_run)
   max[$name]=$(printf '%s' "${max_runs[$name]}" | median_run)
 done
@@ -163,17 +170,18 @@ fi
 {
   echo "# waypoint vs nginx vs direct — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(go version | awk '{print $3, $4}'), $(nproc) CPUs, $(git rev-parse --short HEAD)"
   echo "# fortio -c 16 -t $dur, 1 KiB answers from an nginx static backend; proxies on one core each; median of $rounds interleaved rounds"
+  echo "# relay: a minimal Go HTTP/1.1 relay (test/bench/relay), the floor of a Go proxy on this machine"
   if [ -n "${BENCH_NOTE:-}" ]; then echo "# changes: $BENCH_NOTE"; fi
   echo "# targets: waypoint CPU <= 0.1 core per 1000 req/s; RSS < 40 MB; max req/s per core >= nginx's"
   echo
   printf "%-9s %10s %9s %9s %9s %12s\n" "fixed1k" "req/s" "p50 ms" "p90 ms" "p99 ms" "proxy cores"
-  for name in direct waypoint nginx; do
+  for name in direct waypoint nginx relay; do
     read -r q p50 p90 p99 c _ <<<"${fixed[$name]}"
     printf "%-9s %10.0f %9.3f %9.3f %9.3f %12.3f\n" "$name" "$q" "$p50" "$p90" "$p99" "$c"
   done
   echo
   printf "%-9s %10s %9s %12s %14s\n" "max" "req/s" "p99 ms" "proxy cores" "req/s per core"
-  for name in direct waypoint nginx; do
+  for name in direct waypoint nginx relay; do
     read -r q p50 p90 p99 c _ <<<"${max[$name]}"
     per="-"; if [ "$name" != direct ]; then per=$(printf "%.0f" "$(echo "$q / $c" | bc -l)"); fi
     printf "%-9s %10.0f %9.3f %12.3f %14s\n" "$name" "$q" "$p99" "$c" "$per"
@@ -181,17 +189,19 @@ fi
   echo
   read -r _ _ _ wp99 wc _ <<<"${fixed[waypoint]}"; read -r _ _ _ ng99 nc _ <<<"${fixed[nginx]}"; read -r _ _ _ d99 _ <<<"${fixed[direct]}"
   read -r wq _ _ _ wmc wms <<<"${max[waypoint]}"; read -r nq _ _ _ nmc nms <<<"${max[nginx]}"
+  read -r rq _ _ _ rmc rms <<<"${max[relay]}"
   printf "waypoint cores per 1000 req/s:   %.3f (target <= 0.1)\n" "$wc"
   printf "nginx cores per 1000 req/s:      %.3f\n" "$nc"
   printf "waypoint RSS:                    %.1f MB (target < 40); nginx proxy RSS %.1f MB\n" "$(echo "$wp_rss/1024" | bc -l)" "$(echo "$ng_rss/1024" | bc -l)"
   printf "added p99 at 1000 req/s:         waypoint %.3f ms, nginx %.3f ms\n" "$(echo "$wp99 - $d99" | bc -l)" "$(echo "$ng99 - $d99" | bc -l)"
   printf "max req/s per core, waypoint/nginx: %.2f (target >= 1)\n" "$(echo "($wq / $wmc) / ($nq / $nmc)" | bc -l)"
+  printf "max req/s per core, relay/nginx:    %.2f (the Go floor)\n" "$(echo "($rq / $rmc) / ($nq / $nmc)" | bc -l)"
   # Where a request's CPU goes at full load: the proxy's own code (user)
   # against the kernel's work for its system calls (system), which for a
   # loopback write includes delivering the bytes to the reader.
   us() { echo "($1) * 1000000 / ($2)" | bc -l; }
-  printf "CPU per request at full load:    waypoint %.1f us user + %.1f us system; nginx %.1f us user + %.1f us system\n" \
-    "$(us "$wmc - $wms" "$wq")" "$(us "$wms" "$wq")" "$(us "$nmc - $nms" "$nq")" "$(us "$nms" "$nq")"
+  printf "CPU per request at full load:    waypoint %.1f us user + %.1f us system; nginx %.1f us user + %.1f us system; relay %.1f us user + %.1f us system\n" \
+    "$(us "$wmc - $wms" "$wq")" "$(us "$wms" "$wq")" "$(us "$nmc - $nms" "$nq")" "$(us "$nms" "$nq")" "$(us "$rmc - $rms" "$rq")" "$(us "$rms" "$rq")"
   if [ -n "${syscalls[waypoint]:-}${syscalls[nginx]:-}" ]; then
     echo
     echo "system calls per request at full load (perf stat over one more run each):"
