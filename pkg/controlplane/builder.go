@@ -110,6 +110,8 @@ type build struct {
 	// says it was looked for.
 	mesh     *meshconfig.MeshConfig
 	meshRead bool
+	// tds is the mesh's trust domain and its aliases (trustDomains).
+	tds []string
 	// logFormats are the access log formats by provider name, built once
 	// (accessLogFormats).
 	logFormats map[string]*model.AccessLogFormat

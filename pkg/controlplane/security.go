@@ -86,7 +86,7 @@ func (bd *build) translateAuthorizationPolicies() {
 	for _, k := range sortedKeys(bd.in.authzs) {
 		c := bd.in.authzs[k]
 		r := bd.rejecter(KindAuthorizationPolicy, c.meta.Namespace, c.meta.Name)
-		if a := translateAuthorizationPolicy(c, bd.opts.RootNamespace, r); a != nil {
+		if a := translateAuthorizationPolicy(c, bd.opts.RootNamespace, bd.trustDomains(), r); a != nil {
 			bd.authz = append(bd.authz, a)
 		}
 	}
@@ -100,8 +100,15 @@ var actions = map[securityapi.AuthorizationPolicy_Action]policy.Action{
 }
 
 // translateAuthorizationPolicy checks one policy and returns it with its
-// scope, or nil when it is rejected.
-func translateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], rootNS string, r *rejections) *model.AuthorizationPolicy {
+// scope, or nil when it is rejected. Its principals (from.source and the
+// source.principal condition) naming one of tds or "cluster.local" match
+// the identity in each of tds (trustdomain.go).
+func translateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], rootNS string, tds []string, r *rejections) *model.AuthorizationPolicy {
+	foreign := func(p string) {
+		r.warn("principal %q names trust domain %q, neither the mesh's %q nor one of its trustDomainAliases: it matches only peers of that trust domain",
+			p, p[:strings.IndexByte(p, '/')], tds[0])
+	}
+	principals := func(ps []string) []string { return principalsInTrustDomains(ps, tds, foreign) }
 	spec := c.spec
 	targeted := spec.GetTargetRef() != nil || len(spec.GetTargetRefs()) > 0
 	if spec.GetSelector() != nil && targeted {
@@ -156,7 +163,7 @@ func translateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], roo
 				return nil
 			}
 			ps := policy.Source{
-				Principals: src.GetPrincipals(), NotPrincipals: src.GetNotPrincipals(),
+				Principals: principals(src.GetPrincipals()), NotPrincipals: principals(src.GetNotPrincipals()),
 				RequestPrincipals: src.GetRequestPrincipals(), NotRequestPrincipals: src.GetNotRequestPrincipals(),
 				Namespaces: src.GetNamespaces(), NotNamespaces: src.GetNotNamespaces(),
 				IPBlocks: src.GetIpBlocks(), NotIPBlocks: src.GetNotIpBlocks(),
@@ -190,7 +197,11 @@ func translateAuthorizationPolicy(c config[securityapi.AuthorizationPolicy], roo
 			})
 		}
 		for _, w := range rule.GetWhen() {
-			pr.When = append(pr.When, policy.Condition{Key: w.GetKey(), Values: w.GetValues(), NotValues: w.GetNotValues()})
+			cond := policy.Condition{Key: w.GetKey(), Values: w.GetValues(), NotValues: w.GetNotValues()}
+			if cond.Key == "source.principal" {
+				cond.Values, cond.NotValues = principals(cond.Values), principals(cond.NotValues)
+			}
+			pr.When = append(pr.When, cond)
 		}
 		a.Policy.Rules = append(a.Policy.Rules, pr)
 	}
