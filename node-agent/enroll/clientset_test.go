@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -118,4 +119,17 @@ func (a clientsetAPI) GetPod(ctx context.Context, ns, name string) (*kube.Pod, e
 
 func (a clientsetAPI) GetNamespace(ctx context.Context, name string) (*kube.Namespace, error) {
 	return converted[*kube.Namespace](a.c.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}))
+}
+
+func (a clientsetAPI) AnnotatePod(ctx context.Context, ns, name, resourceVersion, key string, value *string) error {
+	meta := map[string]any{"annotations": map[string]any{key: value}}
+	if resourceVersion != "" {
+		meta["resourceVersion"] = resourceVersion
+	}
+	body, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return err
+	}
+	_, err = a.c.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{}, "status")
+	return err
 }

@@ -16,10 +16,14 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshlet/meshlet/node-agent/cni"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -230,8 +234,8 @@ func TestReconcilerLive(t *testing.T) {
 		defer rec.mu.Unlock()
 		return rec.set["plain/web"].BypassInbound, "web enrolled without BypassInbound"
 	})
-	if p, err := r.getPod(ctx, "plain", "web"); err != nil || len(p.Annotations) != 1 {
-		t.Errorf("cached web's annotations = %v (%v); want only the one the agent reads", p.Annotations, err)
+	if p, err := r.getPod(ctx, "plain", "web"); err != nil || p.Annotations["other"] != "" || p.Annotations[model.AnnotationBypassInbound] != "true" {
+		t.Errorf("cached web's annotations = %v (%v); want only those the agent reads", p.Annotations, err)
 	}
 
 	// Unlabel shop: cart leaves. Opt legacy back in by dropping its label: no
@@ -449,5 +453,116 @@ func TestReconcilerReadyWaitsForFailedEnrollment(t *testing.T) {
 				t.Errorf("readiness after SyncGrace with cart not enrolled logged nothing naming it; log:\n%s", strings.Join(logs.lines, "\n"))
 			}
 		})
+	}
+}
+
+// TestReconcilerAnnotatesPods: an enrolled pod carries Istio's status
+// annotation ambient.istio.io/redirection: enabled, written through the
+// pods/status subresource, and loses it when it leaves the mesh; a pod the
+// user opted out ("disabled") or another node's is never written; a stale
+// "enabled" on a pod out of the mesh is removed; once the API server
+// refuses the write (no patch right on pods/status) the agent says so once
+// and stops trying, enrollment unaffected.
+func TestReconcilerAnnotatesPods(t *testing.T) {
+	amb := map[string]string{Label: ModeAmbient}
+	optout := pod("shop", "optout", node, "198.19.3.21", nil)
+	optout.Annotations = map[string]string{model.AnnotationRedirection: model.AnnotationRedirectionDisabled}
+	stale := pod("plain", "stale", node, "198.19.3.22", nil)
+	stale.Annotations = map[string]string{model.AnnotationRedirection: model.AnnotationRedirectionEnabled}
+	client := fake.NewClientset(ns("shop", amb), ns("plain", nil),
+		pod("shop", "cart", node, "198.19.3.20", nil), optout, stale,
+		pod("shop", "remote", "node-2", "198.19.3.23", nil))
+	var patches atomic.Int32
+	var forbid atomic.Bool
+	client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "status" {
+			t.Errorf("pod patched through %q; want the status subresource only", a.GetSubresource())
+		}
+		patches.Add(1)
+		if forbid.Load() {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods/status"}, a.(k8stesting.PatchAction).GetName(), errors.New("no patch right"))
+		}
+		return false, nil, nil
+	})
+	var logged atomic.Int32
+	rec := &recorder{set: map[string]Pod{}}
+	r, err := New(Options{
+		Client: clientsetAPI{client}, NodeName: node, SnapshotPath: filepath.Join(t.TempDir(), "s.json"),
+		Errorf: func(format string, args ...any) {
+			if strings.Contains(format, "annotate") {
+				logged.Add(1)
+			}
+			t.Logf(format, args...)
+		},
+		Enroll: func(_ context.Context, p Pod) error {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			rec.set[p.Namespace+"/"+p.Name] = p
+			return nil
+		},
+		Unenroll: func(_ context.Context, p Pod) error {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			delete(rec.set, p.Namespace+"/"+p.Name)
+			return nil
+		},
+		FindNetns: func(uid string, ips []netip.Addr) (string, error) { return "/proc/self/ns/net", nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	annotation := func(ns, name string) string {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, ok := p.Annotations[model.AnnotationRedirection]
+		if !ok {
+			return "(none)"
+		}
+		return v
+	}
+	wantAnnotations := func(what string, want map[string]string) {
+		t.Helper()
+		eventually(t, what, func() (bool, string) {
+			got := map[string]string{}
+			for k := range want {
+				ns, name, _ := strings.Cut(k, "/")
+				got[k] = annotation(ns, name)
+			}
+			return cmp.Equal(got, want), cmp.Diff(want, got)
+		})
+	}
+	wantAnnotations("enrolled pods annotated", map[string]string{
+		"shop/cart": "enabled", "shop/optout": "disabled", "plain/stale": "(none)", "shop/remote": "(none)"})
+	if got := rec.names(); !slices.Equal(got, []string{"shop/cart"}) {
+		t.Errorf("enrolled %v; want shop/cart", got)
+	}
+
+	// The namespace leaves the mesh: so does cart, and its annotation.
+	client.CoreV1().Namespaces().Update(ctx, ns("shop", nil), metav1.UpdateOptions{})
+	wantAnnotations("annotation removed with the pod out of the mesh", map[string]string{
+		"shop/cart": "(none)", "shop/optout": "disabled"})
+
+	// No right to patch pods/status: said once, not tried again; the pod
+	// still joins the mesh.
+	forbid.Store(true)
+	client.CoreV1().Namespaces().Update(ctx, ns("plain", amb), metav1.UpdateOptions{})
+	client.CoreV1().Namespaces().Update(ctx, ns("shop", amb), metav1.UpdateOptions{})
+	eventually(t, "pods enrolled without the annotation", func() (bool, string) {
+		got := rec.names()
+		return slices.Equal(got, []string{"plain/stale", "shop/cart"}), fmt.Sprint(got)
+	})
+	eventually(t, "refusal logged", func() (bool, string) { return logged.Load() == 1, fmt.Sprint(logged.Load(), " logged") })
+	n := patches.Load()
+	client.CoreV1().Pods("shop").Update(ctx, pod("shop", "cart", node, "198.19.3.20", map[string]string{"v": "2"}), metav1.UpdateOptions{})
+	time.Sleep(200 * time.Millisecond)
+	if patches.Load() != n || logged.Load() != 1 {
+		t.Errorf("after a refusal: %d more patches, %d refusals logged; want none more and one", patches.Load()-n, logged.Load())
 	}
 }

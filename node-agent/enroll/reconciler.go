@@ -34,6 +34,9 @@ type API interface {
 	Namespaces() cache.ListerWatcher
 	GetPod(ctx context.Context, namespace, name string) (*kube.Pod, error)
 	GetNamespace(ctx context.Context, name string) (*kube.Namespace, error)
+	// AnnotatePod sets (value non-nil) or removes one annotation of a pod
+	// whose resourceVersion is still resourceVersion (else a Conflict).
+	AnnotatePod(ctx context.Context, namespace, name, resourceVersion, key string, value *string) error
 }
 
 // Options configures a Reconciler.
@@ -101,6 +104,10 @@ type Reconciler struct {
 	// not before. An entry goes with the pod (or a new sandbox).
 	tornDown map[string]string
 	snapshot []string // last written ambient namespaces
+
+	// annotateOff is set once the API server refused a pod annotation
+	// (the agent's role lacks patch on pods/status): not tried again.
+	annotateOff atomic.Bool
 }
 
 // New builds a Reconciler; Run starts it.
@@ -342,7 +349,51 @@ func (r *Reconciler) reconcileKey(ctx context.Context, key string) error {
 	} else if err != nil {
 		return err
 	}
-	return r.reconcile(ctx, key, pod, nil)
+	err = r.reconcile(ctx, key, pod, nil)
+	r.syncAnnotation(ctx, key, pod)
+	return err
+}
+
+// syncAnnotation makes a pod's ambient.istio.io/redirection annotation say
+// whether this agent has it in the mesh, as Istio's CNI agent does (Kiali,
+// istioctl and scripts read it): "enabled" while enrolled, removed once it
+// leaves. Another value (a user's "disabled") is never touched. The write
+// is made outside r.mu (an API call must not hold up a pod's CNI ADD) with
+// the pod's resourceVersion as precondition, so a change made in between
+// is not overwritten: the pod is reconciled again with it. A pod being
+// deleted is left as it is.
+func (r *Reconciler) syncAnnotation(ctx context.Context, key string, pod *kube.Pod) {
+	if pod == nil || pod.DeletionTimestamp != nil || r.annotateOff.Load() {
+		return
+	}
+	r.mu.Lock()
+	e, ok := r.enrolled[key]
+	r.mu.Unlock()
+	enrolled := ok && e.UID == string(pod.UID)
+	var value *string
+	switch cur, has := pod.Annotations[model.AnnotationRedirection]; {
+	case enrolled && !has:
+		v := model.AnnotationRedirectionEnabled
+		value = &v
+	case !enrolled && cur == model.AnnotationRedirectionEnabled:
+		// removed: value nil
+	default:
+		return
+	}
+	err := r.opts.Client.AnnotatePod(ctx, pod.Namespace, pod.Name, pod.ResourceVersion, model.AnnotationRedirection, value)
+	switch {
+	case err == nil, apierrors.IsNotFound(err):
+	case apierrors.IsForbidden(err):
+		if r.annotateOff.CompareAndSwap(false, true) {
+			r.opts.Errorf("annotate pod %s: %v: pods are not annotated %s from now on (the agent's ClusterRole needs patch on pods/status)",
+				key, err, model.AnnotationRedirection)
+		}
+	case apierrors.IsConflict(err):
+		r.queue.AddRateLimited(key) // changed since the informer saw it: again with the update
+	default:
+		r.opts.Errorf("annotate pod %s: %v (tried again)", key, err)
+		r.queue.AddRateLimited(key)
+	}
 }
 
 // wanted reports whether pod belongs in the mesh on this node now. A pod

@@ -11,6 +11,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/meshlet/meshlet/pkg/model"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 )
@@ -32,7 +34,7 @@ var codecs = func() serializer.CodecFactory {
 }()
 
 // Client reads pods, namespaces and services (core/v1) and daemonsets
-// (apps/v1).
+// (apps/v1), and annotates pods (AnnotatePod).
 type Client struct {
 	core, apps *rest.RESTClient
 }
@@ -98,6 +100,24 @@ func (c *Client) GetNamespace(ctx context.Context, name string) (*Namespace, err
 // GetService reads one service.
 func (c *Client) GetService(ctx context.Context, namespace, name string) (*Service, error) {
 	return get(ctx, c.core.Get().Namespace(namespace).Resource("services").Name(name), &Service{})
+}
+
+// AnnotatePod sets (value non-nil) or removes (nil) one annotation of a
+// pod through its status subresource, the one write the agent makes: it
+// may change a pod's metadata and status there, never its spec (Istio's
+// CNI agent takes the same right for the same annotation). resourceVersion,
+// when set, is a precondition: a pod changed since is a Conflict error.
+func (c *Client) AnnotatePod(ctx context.Context, namespace, name, resourceVersion, key string, value *string) error {
+	meta := map[string]any{"annotations": map[string]any{key: value}}
+	if resourceVersion != "" {
+		meta["resourceVersion"] = resourceVersion
+	}
+	body, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return err
+	}
+	return c.core.Patch(types.MergePatchType).Namespace(namespace).Resource("pods").Name(name).SubResource("status").
+		Body(body).Do(ctx).Error()
 }
 
 func get[T runtime.Object](ctx context.Context, r *rest.Request, into T) (T, error) {

@@ -30,6 +30,10 @@ const (
 	// older opt-out, still honoured beside istio.io/dataplane-mode=none).
 	AnnotationRedirection         = "ambient.istio.io/redirection"
 	AnnotationRedirectionDisabled = "disabled"
+	// AnnotationRedirectionEnabled is what the node agent writes on a pod
+	// while it is in the mesh, as Istio's CNI agent does (Kiali, istioctl
+	// and scripts read it), and removes when the pod leaves.
+	AnnotationRedirectionEnabled = "enabled"
 	// AnnotationBypassInbound "true" leaves an enrolled pod's inbound
 	// plaintext uncaptured: its outbound traffic stays the mesh's and mesh
 	// clients still reach it over HBONE (Istio 1.24+).

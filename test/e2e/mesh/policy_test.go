@@ -340,6 +340,31 @@ func TestLiveEnrollment(t *testing.T) {
 	for range 5 {
 		try()
 	}
+	// Istio's status annotation on the enrolled pods (Kiali and istioctl
+	// read it), written by the node agents through pods/status: a right
+	// that cannot change a pod's spec.
+	redirection := func(want string) {
+		t.Helper()
+		lab.WaitFor(t, 30*time.Second, "pods annotated ambient.istio.io/redirection "+want, func() (bool, error) {
+			for _, name := range []string{server.Name, client.Name} {
+				p, err := lb.Clientset().CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
+				if err != nil {
+					return false, err
+				}
+				if got, ok := p.Annotations["ambient.istio.io/redirection"]; got != want || (want == "" && ok) {
+					return false, fmt.Errorf("pod %s: %q", name, got)
+				}
+			}
+			return true, nil
+		})
+	}
+	redirection("enabled")
+	for res, want := range map[string]string{"pods/status": "yes", "pods": "no"} {
+		out, _ := lb.Kubectl("auth", "can-i", "patch", res, "-n", ns, "--as=system:serviceaccount:meshlet-system:meshlet-node-agent")
+		if strings.TrimSpace(out) != want {
+			t.Errorf("can the node agent patch %s? %q; want %s", res, strings.TrimSpace(out), want)
+		}
+	}
 
 	phase = "enrolled"
 	if out, err := lb.Kubectl("label", "namespace", ns, "istio.io/dataplane-mode-"); err != nil {
@@ -354,6 +379,7 @@ func TestLiveEnrollment(t *testing.T) {
 	for range 5 {
 		try()
 	}
+	redirection("")
 	if len(failures) != 0 {
 		t.Errorf("%d requests failed twice in a row while the namespace moved in and out of the mesh:\n%s", len(failures), strings.Join(failures, "\n"))
 		out, err := lb.Kubectl("-n", "meshlet-system", "logs", "-l", "app.kubernetes.io/name=meshlet-node-agent", "--prefix", "--tail", "60")
