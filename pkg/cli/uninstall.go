@@ -11,9 +11,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshlet/meshlet/deploy/crds"
 	"github.com/meshlet/meshlet/pkg/meshstatus"
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -115,22 +117,29 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 	return nil
 }
 
-// deleteMeshdMade waits (bounded) for meshd's pods to be gone, then
-// deletes the istio-ca-root-cert ConfigMaps meshd made (label
-// app.kubernetes.io/managed-by=meshd) in every namespace, and its status
-// ConfigMaps and leader Lease in meshNS.
+// deleteMeshdMade waits (bounded) for meshd's and the node agents' pods to
+// be gone, then deletes the istio-ca-root-cert ConfigMaps meshd made (label
+// app.kubernetes.io/managed-by=meshd) in every namespace, its status
+// ConfigMaps and leader Lease in meshNS, and the node agents' status
+// annotation on pods (removeRedirectionAnnotations).
 func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io.Writer) (int, error) {
 	deadline := time.Now().Add(90 * time.Second)
-	for {
-		pods, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: meshdSelector})
-		if err != nil || len(pods.Items) == 0 || time.Now().After(deadline) {
-			break
+	for _, sel := range []string{meshdSelector, nodeAgentSelector} {
+		for {
+			pods, err := c.kube.CoreV1().Pods(meshNS).List(ctx, metav1.ListOptions{LabelSelector: sel})
+			if err != nil || len(pods.Items) == 0 || time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(time.Second):
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(time.Second):
-		}
+	}
+	annotated, err := removeRedirectionAnnotations(ctx, c, progress)
+	if err != nil {
+		return 0, err
 	}
 	cms, err := c.kube.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=meshd", FieldSelector: "metadata.name=istio-ca-root-cert"})
 	if err != nil {
@@ -140,7 +149,7 @@ func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io
 	if err != nil {
 		return 0, fmt.Errorf("list meshd's status reports in namespace %s: %w", meshNS, err)
 	}
-	n := 0
+	n := annotated
 	for _, cm := range append(cms.Items, reports.Items...) {
 		err := c.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
@@ -157,4 +166,41 @@ func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io
 		return n, fmt.Errorf("delete Lease %s/%s: %w", meshNS, meshstatus.LeaderLease, err)
 	}
 	return n, nil
+}
+
+// removeRedirectionAnnotations removes the status annotation the node
+// agents wrote on the pods they enrolled (ambient.istio.io/redirection:
+// enabled), so that nothing reads a pod as in the mesh once the mesh is
+// gone. The JSON patch tests the value first: a pod whose annotation
+// changed in between (a user's "disabled") keeps it.
+func removeRedirectionAnnotations(ctx context.Context, c *clients, progress io.Writer) (int, error) {
+	patch := []byte(`[{"op":"test","path":"/metadata/annotations/ambient.istio.io~1redirection","value":"enabled"},` +
+		`{"op":"remove","path":"/metadata/annotations/ambient.istio.io~1redirection"}]`)
+	n := 0
+	opts := metav1.ListOptions{Limit: 500}
+	for {
+		pods, err := c.kube.CoreV1().Pods("").List(ctx, opts)
+		if err != nil {
+			return n, fmt.Errorf("list pods for their %s annotation: %w", model.AnnotationRedirection, err)
+		}
+		for _, p := range pods.Items {
+			if p.Annotations[model.AnnotationRedirection] != model.AnnotationRedirectionEnabled {
+				continue
+			}
+			_, err := c.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.JSONPatchType, patch, metav1.PatchOptions{})
+			switch {
+			case err == nil:
+				n++
+				fmt.Fprintf(progress, "removed annotation %s from pod %s/%s\n", model.AnnotationRedirection, p.Namespace, p.Name)
+			case apierrors.IsNotFound(err), apierrors.IsInvalid(err), apierrors.IsBadRequest(err), apierrors.IsConflict(err):
+				// Gone, or its annotation changed since the list.
+			default:
+				return n, fmt.Errorf("remove annotation %s from pod %s/%s: %w (check your permissions with kubectl auth can-i patch pods)", model.AnnotationRedirection, p.Namespace, p.Name, err)
+			}
+		}
+		if pods.Continue == "" {
+			return n, nil
+		}
+		opts.Continue = pods.Continue
+	}
 }

@@ -359,10 +359,10 @@ func TestLiveEnrollment(t *testing.T) {
 		})
 	}
 	redirection("enabled")
-	for res, want := range map[string]string{"pods/status": "yes", "pods": "no"} {
-		out, _ := lb.Kubectl("auth", "can-i", "patch", res, "-n", ns, "--as=system:serviceaccount:meshlet-system:meshlet-node-agent")
+	for sub, want := range map[string]string{"status": "yes", "": "no"} {
+		out, _ := lb.Kubectl("auth", "can-i", "patch", "pods", "--subresource="+sub, "-n", ns, "--as=system:serviceaccount:meshlet-system:meshlet-node-agent")
 		if strings.TrimSpace(out) != want {
-			t.Errorf("can the node agent patch %s? %q; want %s", res, strings.TrimSpace(out), want)
+			t.Errorf("can the node agent patch pods (subresource %q)? %q; want %s", sub, strings.TrimSpace(out), want)
 		}
 	}
 

@@ -250,6 +250,15 @@ func TestTutorial(t *testing.T) {
 	if _, err := lb.Clientset().CoordinationV1().Leases(meshSystem).Get(t.Context(), meshstatus.LeaderLease, metav1.GetOptions{}); err == nil {
 		t.Errorf("uninstall left meshd's leader Lease in %s", meshSystem)
 	}
+	if pods, err := lb.Clientset().CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{}); err != nil {
+		t.Errorf("list the app's pods: %v", err)
+	} else {
+		for _, p := range pods.Items {
+			if v, ok := p.Annotations["ambient.istio.io/redirection"]; ok {
+				t.Errorf("uninstall left pod %s annotated ambient.istio.io/redirection: %s", p.Name, v)
+			}
+		}
+	}
 }
 
 // runMeshctl runs the meshctl the fixture built, for cleanups (which must
