@@ -122,11 +122,7 @@ func (a clientsetAPI) GetNamespace(ctx context.Context, name string) (*kube.Name
 }
 
 func (a clientsetAPI) AnnotatePod(ctx context.Context, ns, name, resourceVersion, key string, value *string) error {
-	meta := map[string]any{"annotations": map[string]any{key: value}}
-	if resourceVersion != "" {
-		meta["resourceVersion"] = resourceVersion
-	}
-	body, err := json.Marshal(map[string]any{"metadata": meta})
+	body, err := kube.AnnotationPatch(resourceVersion, key, value)
 	if err != nil {
 		return err
 	}

@@ -109,6 +109,21 @@ type recorder struct {
 	set map[string]Pod
 }
 
+// enroll and unenroll are the hooks recording the set.
+func (r *recorder) enroll(_ context.Context, p Pod) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.set[p.Namespace+"/"+p.Name] = p
+	return nil
+}
+
+func (r *recorder) unenroll(_ context.Context, p Pod) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.set, p.Namespace+"/"+p.Name)
+	return nil
+}
+
 func (r *recorder) names() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -165,12 +180,7 @@ func TestReconcilerLive(t *testing.T) {
 			rec.set[p.Namespace+"/"+p.Name] = p
 			return nil
 		},
-		Unenroll: func(_ context.Context, p Pod) error {
-			rec.mu.Lock()
-			defer rec.mu.Unlock()
-			delete(rec.set, p.Namespace+"/"+p.Name)
-			return nil
-		},
+		Unenroll:  rec.unenroll,
 		FindNetns: func(uid string, ips []netip.Addr) (string, error) { return "/proc/self/ns/net", nil },
 		AfterSync: func() {
 			afterSync <- rec.names()
@@ -494,18 +504,8 @@ func TestReconcilerAnnotatesPods(t *testing.T) {
 			}
 			t.Logf(format, args...)
 		},
-		Enroll: func(_ context.Context, p Pod) error {
-			rec.mu.Lock()
-			defer rec.mu.Unlock()
-			rec.set[p.Namespace+"/"+p.Name] = p
-			return nil
-		},
-		Unenroll: func(_ context.Context, p Pod) error {
-			rec.mu.Lock()
-			defer rec.mu.Unlock()
-			delete(rec.set, p.Namespace+"/"+p.Name)
-			return nil
-		},
+		Enroll:    rec.enroll,
+		Unenroll:  rec.unenroll,
 		FindNetns: func(uid string, ips []netip.Addr) (string, error) { return "/proc/self/ns/net", nil },
 	})
 	if err != nil {

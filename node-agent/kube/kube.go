@@ -108,16 +108,23 @@ func (c *Client) GetService(ctx context.Context, namespace, name string) (*Servi
 // CNI agent takes the same right for the same annotation). resourceVersion,
 // when set, is a precondition: a pod changed since is a Conflict error.
 func (c *Client) AnnotatePod(ctx context.Context, namespace, name, resourceVersion, key string, value *string) error {
-	meta := map[string]any{"annotations": map[string]any{key: value}}
-	if resourceVersion != "" {
-		meta["resourceVersion"] = resourceVersion
-	}
-	body, err := json.Marshal(map[string]any{"metadata": meta})
+	body, err := AnnotationPatch(resourceVersion, key, value)
 	if err != nil {
 		return err
 	}
 	return c.core.Patch(types.MergePatchType).Namespace(namespace).Resource("pods").Name(name).SubResource("status").
 		Body(body).Do(ctx).Error()
+}
+
+// AnnotationPatch is AnnotatePod's JSON merge patch: the annotation key set
+// to value (removed when nil), with resourceVersion, when set, as
+// precondition.
+func AnnotationPatch(resourceVersion, key string, value *string) ([]byte, error) {
+	meta := map[string]any{"annotations": map[string]any{key: value}}
+	if resourceVersion != "" {
+		meta["resourceVersion"] = resourceVersion
+	}
+	return json.Marshal(map[string]any{"metadata": meta})
 }
 
 func get[T runtime.Object](ctx context.Context, r *rest.Request, into T) (T, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -325,19 +324,7 @@ func TestRunProgrammedOnceAddressAssigned(t *testing.T) {
 	if _, err := gwc.GatewayV1().Gateways(gw.Namespace).Create(context.Background(), gw, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Options{Kube: kube, Gateway: gwc, Render: opts, Resync: time.Hour, Logger: slog.New(slog.NewTextHandler(tlog{t}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	ran := make(chan error, 1)
-	go func() { ran <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-ran; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	ctx := runDeployer(t, Options{Kube: kube, Gateway: gwc, Render: opts, Resync: time.Hour})
 	last := func() string {
 		mu.Lock()
 		defer mu.Unlock()

@@ -249,19 +249,7 @@ func TestRunListenerSetCRDInstalledLater(t *testing.T) {
 	if _, err := gwc.GatewayV1().ListenerSets("bookinfo").Create(context.Background(), set, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Options{Kube: kube, Gateway: gwc, Render: opts, CRDPoll: poll, Logger: slog.New(slog.NewTextHandler(tlog{t}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	ran := make(chan error, 1)
-	go func() { ran <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-ran; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	ctx := runDeployer(t, Options{Kube: kube, Gateway: gwc, Render: opts, CRDPoll: poll})
 	ports := func() []int32 {
 		svc, err := kube.CoreV1().Services("bookinfo").Get(ctx, "waypoint", metav1.GetOptions{})
 		if err != nil {
@@ -298,3 +286,24 @@ func TestRunListenerSetCRDInstalledLater(t *testing.T) {
 type tlog struct{ t *testing.T }
 
 func (l tlog) Write(p []byte) (int, error) { l.t.Log(string(p)); return len(p), nil }
+
+// runDeployer runs a Deployer with opts (logging to t) for at most 30 s,
+// until the test ends, and returns the context it runs in.
+func runDeployer(t *testing.T, opts Options) context.Context {
+	t.Helper()
+	opts.Logger = slog.New(slog.NewTextHandler(tlog{t}, nil))
+	d, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ran := make(chan error, 1)
+	go func() { ran <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return ctx
+}
