@@ -18,6 +18,7 @@ type UpOptions struct {
 	Self    string        // absolute path of the lab binary
 	Out     io.Writer     // progress output
 	Timeout time.Duration // readiness timeout
+	Owner   int           // pid whose end takes the lab down
 }
 
 // DownOptions configures Down.
@@ -32,6 +33,7 @@ type SuperviseOptions struct {
 	Nodes  int    // number of nodes
 	Tools  string // directory of the upstream binaries
 	Self   string // absolute path of the lab binary
+	Owner  int    // pid whose end takes the lab down
 }
 
 // ErrAnotherLab is returned by Up when a lab from another directory runs.

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +32,10 @@ type SuperviseOptions struct {
 	Nodes  int    // number of nodes, 1..MaxNodes
 	Tools  string // directory of the upstream binaries (kube-apiserver, ...)
 	Self   string // absolute path of the lab binary, run as `lab kubelet` per node
+	// Owner, when set, is the pid of the process the lab was started for
+	// (a test binary): once it ends without taking the lab down (a test
+	// that panicked, `go test -timeout`), the supervisor runs `lab down`.
+	Owner int
 }
 
 // child is one process the supervisor keeps running.
@@ -97,6 +103,16 @@ func Supervise(ctx context.Context, opt SuperviseOptions) error {
 		}
 	}
 	go s.routePods(ctx)
+	if opt.Owner > 0 {
+		started, err := procStartTime(opt.Owner)
+		if err != nil {
+			return fmt.Errorf("owner pid %d: %w", opt.Owner, err)
+		}
+		go watchOwner(ctx, opt.Owner, started, 2*time.Second, func() {
+			log.Printf("owner pid %d ended without taking the lab down: running `lab down`", opt.Owner)
+			s.downDetached()
+		})
+	}
 	log.Printf("lab running")
 	<-ctx.Done()
 	log.Printf("stopping lab: %v", context.Cause(ctx))
@@ -473,3 +489,65 @@ func isMountPoint(path string) bool {
 }
 
 var errNotRoot = errors.New("the lab needs root: run it with sudo (it creates network namespaces, a bridge, cgroups and bpffs mounts)")
+
+// procStartTime returns when process pid started (the 22nd field of its
+// /proc stat, in clock ticks since boot): with the pid, it names one
+// process, whatever reuses the pid later.
+func procStartTime(pid int) (string, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields after it follow the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return "", fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 20 {
+		return "", fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	if f[0] == "Z" {
+		return "", fmt.Errorf("process %d has exited", pid)
+	}
+	return f[19], nil
+}
+
+// watchOwner checks every period that process pid, started at started
+// (procStartTime), still runs, and calls gone once it does not (ended, a
+// zombie, or its pid taken by another process), unless ctx ends first.
+func watchOwner(ctx context.Context, pid int, started string, every time.Duration, gone func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if now, err := procStartTime(pid); err != nil || now != started {
+			gone()
+			return
+		}
+	}
+}
+
+// downDetached starts `lab down` for this lab in a session of its own: it
+// stops this supervisor (SIGTERM) and then removes what the lab made.
+func (s *supervisor) downDetached() {
+	l := s.opt.Layout
+	cmd := exec.Command(s.opt.Self, "down")
+	cmd.Env = append(os.Environ(), "MESHLET_LAB_DIR="+l.Dir)
+	cmd.Dir = l.Repo()
+	if logf, err := os.OpenFile(l.Logs("down.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+		defer logf.Close()
+		cmd.Stdout, cmd.Stderr = logf, logf
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		log.Printf("start `lab down`: %v; run it by hand", err)
+		return
+	}
+	_ = cmd.Process.Release()
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,9 @@ func startShared() (*Lab, error) {
 			return nil, err
 		}
 		start := time.Now()
-		out, err := exec.Command(bin, "up", "--nodes", "2").CombinedOutput()
+		// The lab goes down with this process even when a test panics or
+		// the run times out, before Main could take it down.
+		out, err := exec.Command(bin, "up", "--nodes", "2", "--owner-pid", strconv.Itoa(os.Getpid())).CombinedOutput()
 		if err != nil {
 			return nil, fmt.Errorf("lab up: %w\n%s", err, out)
 		}

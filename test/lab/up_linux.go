@@ -29,6 +29,9 @@ type UpOptions struct {
 	Self    string        // absolute path of the lab binary (runs `supervise` and `kubelet`)
 	Out     io.Writer     // progress output
 	Timeout time.Duration // how long to wait for nodes and DNS to be ready; 5m when 0
+	// Owner, when set, is the pid of the process the lab is started for:
+	// the lab goes down when it ends (SuperviseOptions.Owner).
+	Owner int
 }
 
 // ErrAnotherLab is returned by Up when a lab from another directory runs.
@@ -193,7 +196,7 @@ func startSupervisor(opt UpOptions, tools string) error {
 		return fmt.Errorf("open supervisor log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(opt.Self, "supervise", "--nodes", strconv.Itoa(opt.Nodes), "--tools", tools)
+	cmd := exec.Command(opt.Self, "supervise", "--nodes", strconv.Itoa(opt.Nodes), "--tools", tools, "--owner-pid", strconv.Itoa(opt.Owner))
 	cmd.Env = append(os.Environ(), "MESHLET_LAB_DIR="+l.Dir)
 	cmd.Dir = l.Repo()
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -60,7 +60,7 @@ func self() (string, error) {
 }
 
 func upCmd() *cobra.Command {
-	var nodes int
+	var nodes, owner int
 	c := &cobra.Command{
 		Use:   "up",
 		Short: "start the lab (idempotent) and wait until nodes and DNS are ready",
@@ -74,10 +74,11 @@ func upCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return lab.Up(cmd.Context(), lab.UpOptions{Layout: l, Nodes: nodes, Self: me, Out: os.Stdout})
+			return lab.Up(cmd.Context(), lab.UpOptions{Layout: l, Nodes: nodes, Self: me, Out: os.Stdout, Owner: owner})
 		},
 	}
 	c.Flags().IntVar(&nodes, "nodes", 2, "number of nodes")
+	c.Flags().IntVar(&owner, "owner-pid", 0, "take the lab down once this process ends (a test binary passes its own pid, so a run that panics leaves no lab behind)")
 	return c
 }
 
@@ -168,6 +169,7 @@ func superviseCmd() *cobra.Command {
 	}
 	c.Flags().IntVar(&opt.Nodes, "nodes", 2, "number of nodes")
 	c.Flags().StringVar(&opt.Tools, "tools", "", "directory of the upstream binaries")
+	c.Flags().IntVar(&opt.Owner, "owner-pid", 0, "run `lab down` once this process ends")
 	return c
 }
 
