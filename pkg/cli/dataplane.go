@@ -396,11 +396,7 @@ func scope(mesh bool, selector map[string]string, targets int) string {
 	case targets > 0:
 		return fmt.Sprintf("%d targets", targets)
 	case len(selector) > 0:
-		kv := make([]string, 0, len(selector))
-		for _, k := range slices.Sorted(maps.Keys(selector)) {
-			kv = append(kv, k+"="+selector[k])
-		}
-		return "workloads " + strings.Join(kv, ",")
+		return "workloads " + labelsText(selector)
 	case mesh:
 		return "mesh"
 	}

@@ -59,7 +59,7 @@ func newDescribeCommand(s Streams, g *globalOptions) *cobra.Command {
 	}
 	gw := &cobra.Command{
 		Use:   "gateway <name>",
-		Short: "Status, listeners (its own and its ListenerSets'), what it serves by port and host, and findings of a Gateway API Gateway of a meshlet class",
+		Short: "Status, listeners (its own and its ListenerSets'), what it serves by port and host, and findings of a Gateway API Gateway of a meshlet class; for an Istio (networking.istio.io) Gateway its servers, the gateway deployments it selects and the VirtualServices bound to it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := newDescriber(ctxOf(cmd), g)

@@ -36,6 +36,9 @@ func (d *describer) gateway(w io.Writer, ns, name string) error {
 func describeGateway(w io.Writer, objs []sourced, snap *model.Snapshot, findings []Finding, ns, name string) error {
 	gw, sets, err := gatewayObjects(objs, ns, name)
 	if err != nil {
+		if found, ierr := describeIstioGateway(w, objs, snap, findings, ns, name); found || ierr != nil {
+			return ierr
+		}
 		return err
 	}
 	class := gw.Spec.GatewayClassName
@@ -156,7 +159,7 @@ func gatewayObjects(objs []sourced, ns, name string) (*gatewayv1.Gateway, []*gat
 		}
 	}
 	if gw == nil {
-		return nil, nil, fmt.Errorf("gateway %s/%s not found (pass -n <namespace>; kubectl get gateways -A lists them)", ns, name)
+		return nil, nil, fmt.Errorf("gateway %s/%s not found, neither a Gateway API nor an Istio one (pass -n <namespace>; kubectl get gateways.gateway.networking.k8s.io,gateways.networking.istio.io -A lists them)", ns, name)
 	}
 	deployer.SortListenerSets(sets)
 	return gw, sets, nil

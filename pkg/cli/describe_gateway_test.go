@@ -252,7 +252,7 @@ func TestDescribeGatewayErrors(t *testing.T) {
 		ns, name string
 		want     []string
 	}{
-		{"infra", "nope", []string{"gateway infra/nope not found", "kubectl get gateways -A"}},
+		{"infra", "nope", []string{"gateway infra/nope not found, neither a Gateway API nor an Istio one", "gateways.networking.istio.io -A"}},
 		{"team-a", "edge", []string{"gateway team-a/edge not found"}},
 		{"infra", "other", []string{`gateway infra/other is of class "nginx"`, "meshlet serves the classes istio, meshlet, istio-waypoint and meshlet-waypoint"}},
 	} {
@@ -338,5 +338,102 @@ func wantDescribed(t *testing.T, got string, wants ...string) {
 		if !strings.Contains(got, want) {
 			t.Errorf("no %q in\n%s", want, got)
 		}
+	}
+}
+
+// TestDescribeIstioGateway: an Istio Gateway is described by its servers,
+// the gateway deployment its selector picks, the VirtualServices bound to
+// it (by name in its namespace, or namespace/name), what meshd serves there,
+// and the findings about it and them.
+func TestDescribeIstioGateway(t *testing.T) {
+	cert, key := testutil.SelfSignedPEM(t, "shop.example.com")
+	objs := fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: meshlet-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istio-ingressgateway-1, namespace: meshlet-system, labels: {istio: ingressgateway, gateway.networking.k8s.io/gateway-name: istio-ingressgateway}}
+spec: {nodeName: n1, containers: [{name: gw, image: meshlet/waypoint}]}
+status: {phase: Running, podIP: 10.0.0.9}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: meshlet-system}
+spec:
+  selector: {istio: ingressgateway}
+  clusterIP: 10.96.0.9
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: https, port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: shop-cert, namespace: meshlet-system}
+type: kubernetes.io/tls
+data: {tls.crt: %s, tls.key: %s}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gw, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [shop.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop-gw]
+  http: [{match: [{uri: {prefix: /api}}], route: [{destination: {host: web, port: {number: 8080}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: inside, namespace: shop}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: other}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop/shop-gw]
+  http: [{route: [{destination: {host: nowhere.other.svc.cluster.local}}]}]
+`, base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key))
+	got, err := describeGatewayText(t, objs, "shop", "shop-gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDescribed(t, got,
+		"Gateway:    shop/shop-gw (Istio networking.istio.io)\nSelector:   istio=ingressgateway\n",
+		"Gateway deployments (selected pods):\n  meshlet-system/istio-ingressgateway (1 pods)\n",
+		"  port 80 HTTP (http), hosts shop.example.com, redirects to HTTPS\n",
+		"  port 443 HTTPS (https), hosts shop.example.com, TLS SIMPLE with Secret shop-cert\n",
+		"  shop/shop: hosts shop.example.com\n",
+		"  other/elsewhere: hosts shop.example.com\n",
+		"On meshlet-system/istio-ingressgateway:\nServed (the configuration meshd pushes to the gateway):\n",
+		"  port 8443 (TLS SIMPLE, SNI shop.example.com):\n",
+		"      VirtualService shop/shop rule 0 [path prefix /api] -> web.shop.svc.cluster.local:8080\n",
+		"Findings (meshctl analyze):\n  Error VirtualService other/elsewhere: destination host nowhere.other.svc.cluster.local matches no service",
+	)
+	if strings.Contains(got, "shop/inside") {
+		t.Errorf("a VirtualService not naming the Gateway is shown bound:\n%s", got)
 	}
 }
