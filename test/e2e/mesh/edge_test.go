@@ -582,6 +582,23 @@ spec:
 	// TLS passthrough on the same port, by SNI.
 	wantPassthrough(t, tlsURL, passRoots)
 
+	// meshctl describe gateway reads the Istio Gateway: its servers, the
+	// chart's gateway deployment its selector picks, the VirtualService
+	// bound to it and what meshd serves there.
+	desc := meshctl(t, lb)("describe", "gateway", "echo-gateway", "-n", ns)
+	for _, want := range []string{
+		"Gateway:    " + ns + "/echo-gateway (Istio networking.istio.io)\n",
+		"  " + meshSystem + "/istio-ingressgateway (",
+		"  port 443 HTTPS (https), hosts *, TLS SIMPLE with Secret " + secretName + "\n",
+		"  port 80 HTTP (http-secure-only), hosts secure.example.com, redirects to HTTPS\n",
+		"  " + ns + "/echo-api: hosts *\n",
+		"VirtualService " + ns + "/echo-api rule 0 [path prefix /api/v1/echo]",
+	} {
+		if !strings.Contains(desc, want) {
+			t.Errorf("meshctl describe gateway echo-gateway does not say %q:\n%s", want, desc)
+		}
+	}
+
 	// An AuthorizationPolicy selecting the gateway's pods applies at the
 	// gateway, as Istio applies it to its ingress gateway's Envoy.
 	policyName := "edge-deny-" + ns
