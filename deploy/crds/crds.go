@@ -27,6 +27,24 @@ import (
 //go:embed *.yaml meshlet/*.yaml experimental/*.yaml
 var files embed.FS
 
+// sources is SOURCES: the module and version each generated file comes from.
+//
+//go:embed SOURCES
+var sources string
+
+// SourceVersion is the version of module (istio.io/api,
+// sigs.k8s.io/gateway-api) whose CRDs are embedded, as `make crds` recorded
+// it in SOURCES; "" when none of them comes from module.
+func SourceVersion(module string) string {
+	for _, line := range strings.Split(sources, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == module {
+			return f[1]
+		}
+	}
+	return ""
+}
+
 // experimentalDir holds the Gateway API's experimental channel.
 const experimentalDir = "experimental"
 

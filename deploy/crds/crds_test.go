@@ -183,3 +183,20 @@ func TestParseChannel(t *testing.T) {
 		t.Errorf("ParseChannel(Experimental) error = %v", err)
 	}
 }
+
+// TestSourceVersion: the versions SOURCES records are those go.mod pins.
+func TestSourceVersion(t *testing.T) {
+	mod, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"istio.io/api", "sigs.k8s.io/gateway-api"} {
+		v := SourceVersion(m)
+		if v == "" || !strings.Contains(string(mod), "\t"+m+" "+v+"\n") {
+			t.Errorf("SourceVersion(%q) = %q; want the version go.mod requires", m, v)
+		}
+	}
+	if v := SourceVersion("example.com/none"); v != "" {
+		t.Errorf("SourceVersion of a module without CRDs = %q; want \"\"", v)
+	}
+}

@@ -114,6 +114,7 @@ func NewRootCommand(s Streams) *cobra.Command {
 	pf.StringVar(&g.context, "context", "", "kubeconfig context to use (default the current context)")
 	pf.StringVar(&g.meshNamespace, "mesh-namespace", DefaultNamespace, "namespace meshlet is installed in")
 	root.AddCommand(
+		newPrecheckCommand(s, g),
 		newInstallCommand(s, g),
 		newUpgradeCommand(s, g),
 		newUninstallCommand(s, g),

@@ -139,7 +139,9 @@ type proxyStatusRow struct {
 // gateway as connected to a meshd replica and synced, with the expiry of
 // the certificates meshd signed for the agents of nodes running enrolled
 // pods; a gateway pod that cannot reach meshd shows NOT CONNECTED and makes
-// `meshctl status` exit 1 naming it and what to look at.
+// `meshctl status` exit 1 naming it and what to look at. `meshctl precheck`
+// on the installed mesh reports meshlet already installed and the nodes'
+// kernels fine, and exits 0.
 func TestMeshctlStatus(t *testing.T) {
 	lb := meshLab(t)
 	run := meshctlExit(t, lb)
@@ -195,6 +197,14 @@ func TestMeshctlStatus(t *testing.T) {
 	table, code := run("proxy-status")
 	if code != 0 || !strings.Contains(table, "NAMESPACE") || strings.Count(table, "SYNCED") != len(rows) {
 		t.Errorf("meshctl proxy-status table (exit %d):\n%s\nwant a header and %d SYNCED rows", code, table, len(rows))
+	}
+	// meshctl precheck on the installed mesh: read-only, it finds meshlet
+	// already installed (upgrade, not install) and every lab node's kernel
+	// (the host's) above the floor, with nothing in the way: exit 0.
+	pre, code := run("precheck")
+	if code != 0 || !strings.Contains(pre, "is already installed in namespace meshlet-system") ||
+		!strings.Contains(pre, "✔ the node agent will run on") || strings.Contains(pre, "✘") {
+		t.Errorf("meshctl precheck on the lab = exit %d:\n%s\nwant exit 0, meshlet already installed, the nodes' kernels fine and no error", code, pre)
 	}
 	checkBugReport(t, run, ns, echoes)
 
