@@ -190,10 +190,7 @@ func TestReconcilerLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	self.Store(r)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ctx := runReconciler(t, r)
 
 	want := func(names ...string) func() (bool, string) {
 		return func() (bool, string) {
@@ -436,10 +433,7 @@ func TestReconcilerReadyWaitsForFailedEnrollment(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- r.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
+			runReconciler(t, r)
 
 			eventually(t, "cart's enrollment retried", func() (bool, string) {
 				return attempts.Load() >= 2, fmt.Sprintf("%d attempts", attempts.Load())
@@ -511,10 +505,7 @@ func TestReconcilerAnnotatesPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ctx := runReconciler(t, r)
 
 	annotation := func(ns, name string) string {
 		p, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
@@ -565,4 +556,13 @@ func TestReconcilerAnnotatesPods(t *testing.T) {
 	if patches.Load() != n || logged.Load() != 1 {
 		t.Errorf("after a refusal: %d more patches, %d refusals logged; want none more and one", patches.Load()-n, logged.Load())
 	}
+}
+
+// runReconciler runs r until the test ends and returns its context.
+func runReconciler(t *testing.T, r *Reconciler) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ctx
 }

@@ -60,7 +60,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/version"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/deploy/crds"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -995,17 +994,7 @@ func hasIstioSidecar(p corev1.Pod) bool {
 func printPrecheck(w io.Writer, rep *precheckReport, output string) error {
 	switch output {
 	case "json", "yaml":
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if output == "yaml" {
-			if b, err = yaml.JSONToYAML(b); err != nil {
-				return err
-			}
-		}
-		_, err = w.Write(append(b, '\n'))
-		return err
+		return writeStructured(w, rep, output)
 	case "":
 	default:
 		return fmt.Errorf("--output %q: want json or yaml", output)

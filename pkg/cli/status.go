@@ -258,17 +258,7 @@ func newProxyStatusCommand(s Streams, g *globalOptions) *cobra.Command {
 func printProxyStatus(w io.Writer, st *meshState, output string) error {
 	switch output {
 	case "json", "yaml":
-		b, err := json.MarshalIndent(st.rows, "", "  ")
-		if err != nil {
-			return err
-		}
-		if output == "yaml" {
-			if b, err = yaml.JSONToYAML(b); err != nil {
-				return err
-			}
-		}
-		_, err = w.Write(append(b, '\n'))
-		return err
+		return writeStructured(w, st.rows, output)
 	case "", "wide":
 	default:
 		return fmt.Errorf("--output %q: want wide, json or yaml", output)
@@ -420,4 +410,20 @@ func podReady(p corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// writeStructured writes v as indented JSON, or as YAML when output is
+// "yaml" (the -o json|yaml of status, proxy-status and precheck).
+func writeStructured(w io.Writer, v any, output string) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if output == "yaml" {
+		if b, err = yaml.JSONToYAML(b); err != nil {
+			return err
+		}
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
 }
