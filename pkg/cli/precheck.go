@@ -42,6 +42,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -224,6 +225,12 @@ func checkAPIServer(ctx context.Context, rep *precheckReport, c *clients) bool {
 		return false
 	}
 	v, err := version.ParseGeneric(info.GitVersion)
+	if err == nil && v.Major() == 0 {
+		// An API server built without version stamps (from source, as
+		// the lab's: "v0.0.0-master+$Format:%H$") says nothing of its
+		// release.
+		err = errors.New("an unstamped development build")
+	}
 	if err != nil {
 		rep.add(catAPI, levelWarning, "%s answers with a version meshctl cannot read (%q): meshlet needs Kubernetes %s or newer", host, info.GitVersion, minKubernetes)
 		return true

@@ -200,6 +200,13 @@ func TestPrecheck(t *testing.T) {
 			want:   []string{"✘ the API server runs Kubernetes v1.30.9-eks-1234; meshlet needs 1.31 or newer (the Gateway API CRDs it installs use CEL the older API servers refuse): upgrade the cluster"},
 		},
 		{
+			// An API server built from source without version stamps, as
+			// the lab's: its version says nothing, so nothing is refused.
+			name: "an unstamped API server", wantCode: 0,
+			change: func(fc *fakeCluster) { fc.version = "v0.0.0-master+$Format:%H$" },
+			want:   []string{"⚠ the API server answers with a version meshctl cannot read (\"v0.0.0-master+$Format:%H$\"): meshlet needs Kubernetes 1.31 or newer"},
+		},
+		{
 			name: "a node with an old kernel", wantCode: 1,
 			change: func(fc *fakeCluster) {
 				fc.kube = append(fc.kube, node("old-1", "linux", "amd64", "5.10.0-28-cloud-amd64"))
