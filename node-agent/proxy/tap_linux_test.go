@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -178,5 +179,54 @@ func TestTapFilterRefused(t *testing.T) {
 	events, _ := end()
 	if len(events) != 1 || events[0].Kind != "refused" || events[0].Reason != ReasonStrict {
 		t.Errorf("refusals-only tap gave %+v; want the STRICT refusal alone", events)
+	}
+}
+
+// TestTapSameNode: a connection between two pods of one agent (no tunnel)
+// is reported by both ends as a tunnelled one is: opened and closed with
+// its bytes, mutual TLS, the ALLOW policy at the destination; one the
+// destination's policy denies is reported refused by both, naming it.
+func TestTapSameNode(t *testing.T) {
+	var deny atomic.Bool
+	m := newMesh(t, "mlna-ts", meshConfig{mode: ModeStrict, local: true, authorize: func(_ context.Context, r AuthzRequest) Decision {
+		if deny.Load() {
+			return Decision{Allow: false, Policy: "shop/deny-cart", Reason: "denied by DENY policy shop/deny-cart"}
+		}
+		return Decision{Allow: true, Policy: "shop/allow-cart", Reason: "allowed by ALLOW policy shop/allow-cart"}
+	}})
+	end := tapEvents(t, m, "max=6&seconds=20")
+	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
+	if got, err := roundTrip(c, "hello"); err != nil || got != "hello" {
+		t.Fatalf("echo on the same-node path = %q, %v", got, err)
+	}
+	waitClosed(t, m, 2)
+	deny.Store(true)
+	if dc, err := netns.Dial(context.Background(), m.a.Netns, netip.AddrPortFrom(m.a.IPs[0], PortOutbound).String(), netns.DialOptions{Timeout: 5 * time.Second}); err == nil {
+		dc.SetDeadline(time.Now().Add(10 * time.Second))
+		roundTrip(dc, "hello")
+		dc.Close()
+	}
+	events, _ := end()
+	type key struct{ reporter, kind, policy, reason, security string }
+	var got []key
+	for _, e := range events {
+		got = append(got, key{e.Reporter, e.Kind, e.Policy, e.Reason, e.ConnectionSecurityPolicy})
+		if e.Kind == "closed" && (e.ReceivedBytes != 5 || e.SentBytes != 5) {
+			t.Errorf("closed event %+v: want 5 bytes each way", e)
+		}
+	}
+	slices.SortFunc(got, func(x, y key) int {
+		return cmp.Or(strings.Compare(x.kind, y.kind), strings.Compare(x.reporter, y.reporter))
+	})
+	want := []key{
+		{"destination", "closed", "shop/allow-cart", "", "mutual_tls"},
+		{"source", "closed", "", "", "mutual_tls"},
+		{"destination", "opened", "shop/allow-cart", "", "mutual_tls"},
+		{"source", "opened", "", "", "mutual_tls"},
+		{"destination", "refused", "shop/deny-cart", ReasonDenied, "mutual_tls"},
+		{"source", "refused", "shop/deny-cart", ReasonDenied, "mutual_tls"},
+	}
+	if diff := gocmp.Diff(want, got, gocmp.AllowUnexported(key{})); diff != "" {
+		t.Errorf("same-node tap events (-want +got):\n%s", diff)
 	}
 }
