@@ -145,7 +145,7 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	dst, err := o.OriginalDst(down)
 	if err != nil {
 		p.refuse(&connInfo{connLabels: connLabels{reporter: "source", src: o.Pod.Workload}, srcAddr: p.clientAddr(down, netip.Addr{})},
-			ReasonNoOrigDst, err.Error())
+			ReasonNoOrigDst, err.Error)
 		o.Errorf("outbound from %s/%s: original destination: %v", o.Pod.Namespace, o.Pod.Name, err)
 		reset(down)
 		return
@@ -154,7 +154,7 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	info := connInfo{connLabels: connLabels{reporter: "source", src: o.Pod.Workload}, srcAddr: p.clientAddr(down, dst.Addr()), dstAddr: dst}
 	if o.Pod.owns(dst.Addr()) && isMeshPort(dst.Port()) || dst.Addr().IsLoopback() && isMeshPort(dst.Port()) {
 		info.dst = o.Pod.Workload
-		p.refuse(&info, ReasonMeshPort, fmt.Sprintf("connect to mesh port %d", dst.Port()))
+		p.refuse(&info, ReasonMeshPort, func() string { return fmt.Sprintf("connect to mesh port %d", dst.Port()) })
 		reset(down)
 		return
 	}
@@ -235,7 +235,7 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	}
 	info.connLabels = labels
 	if err != nil {
-		p.refuse(&info, ReasonDialFailed, err.Error())
+		p.refuse(&info, ReasonDialFailed, err.Error)
 		o.Errorf("outbound %s/%s -> %s: %v", o.Pod.Namespace, o.Pod.Name, dst, err)
 		reset(down)
 		return
@@ -288,7 +288,7 @@ func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Dest
 	o := &p.opts
 	refuse := func(reason, policy string, err error) {
 		info.policy = policy
-		p.refuse(info, reason, err.Error())
+		p.refuse(info, reason, err.Error)
 		o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
 		reset(down)
 	}
@@ -310,7 +310,7 @@ func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Dest
 		srcAddr: d.Source, dstAddr: d.Target, policy: dd.Policy}
 	up, err := dp.dialApp(ctx, d.Source.Addr(), d.Target)
 	if err != nil {
-		dp.refuse(&dinfo, ReasonDialFailed, err.Error())
+		dp.refuse(&dinfo, ReasonDialFailed, err.Error)
 		refuse(ReasonDialFailed, "", err)
 		return
 	}
@@ -412,7 +412,7 @@ func (p *Proxy) streamInfo(s Stream, policy string) connInfo {
 
 func (p *Proxy) refuseStream(s Stream, reason, policy, detail string) error {
 	info := p.streamInfo(s, policy)
-	p.refuse(&info, reason, detail)
+	p.refuse(&info, reason, func() string { return detail })
 	return &Refused{Reason: reason, Detail: detail, Policy: policy}
 }
 
@@ -429,12 +429,12 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	// What the events of this connection say. The source is known by its
 	// address only: nothing proves who it is.
 	info := connInfo{connLabels: connLabels{reporter: "destination", dst: o.Pod.Workload}, srcAddr: src, dstAddr: dst}
-	refuse := func(reason, detail string) {
+	refuse := func(reason string, detail func() string) {
 		p.refuse(&info, reason, detail)
 		reset(down)
 	}
 	if isMeshPort(dst.Port()) || !o.Pod.owns(dst.Addr()) {
-		refuse(ReasonMeshPort, fmt.Sprintf("plaintext to %s: a mesh port, or not this pod", dst))
+		refuse(ReasonMeshPort, func() string { return fmt.Sprintf("plaintext to %s: a mesh port, or not this pod", dst) })
 		return
 	}
 	mode := ModePermissive
@@ -443,7 +443,9 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	}
 	probe := o.ProbeExempt != nil && o.ProbeExempt(src.Addr(), dst.Port())
 	if mode == ModeStrict && !probe {
-		refuse(ReasonStrict, fmt.Sprintf("plaintext to port %d, where PeerAuthentication is STRICT", dst.Port()))
+		refuse(ReasonStrict, func() string {
+			return fmt.Sprintf("plaintext to port %d, where PeerAuthentication is STRICT", dst.Port())
+		})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
@@ -455,14 +457,16 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 		d := p.authorize(ctx, "", src.Addr(), dst)
 		info.policy = d.Policy
 		if !d.Allow {
-			refuse(ReasonDenied, fmt.Sprintf("plaintext from %s to port %d: %s", src.Addr(), dst.Port(), d.Reason))
+			refuse(ReasonDenied, func() string {
+				return fmt.Sprintf("plaintext from %s to port %d: %s", src.Addr(), dst.Port(), d.Reason)
+			})
 			return
 		}
 	}
 	up, err := p.dialApp(ctx, src.Addr(), dst)
 	if err != nil {
 		o.Errorf("inbound plaintext %s -> %s: %v", src, dst, err)
-		refuse(ReasonDialFailed, err.Error())
+		refuse(ReasonDialFailed, err.Error)
 		return
 	}
 	cc := p.open(&info)

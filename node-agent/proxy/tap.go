@@ -69,12 +69,12 @@ func (p *Proxy) publishClosed(c *connInfo, opened time.Time, b byteCounts) {
 }
 
 // refuse counts c's refusal by reason and publishes it while someone taps;
-// detail says why in words.
-func (p *Proxy) refuse(c *connInfo, reason, detail string) {
+// detail says why in words, and is only asked then.
+func (p *Proxy) refuse(c *connInfo, reason string, detail func() string) {
 	p.opts.Metrics.refuse(c.reporter, c.dst, reason)
 	if p.tapping() {
 		e := c.event(configdump.ConnRefused, time.Now())
-		e.Reason, e.Detail = reason, detail
+		e.Reason, e.Detail = reason, detail()
 		p.opts.Tap.Publish(e)
 	}
 }

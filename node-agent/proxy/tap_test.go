@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"net/netip"
 	"net/url"
 	"testing"
@@ -60,7 +61,7 @@ func TestConnFilter(t *testing.T) {
 }
 
 // TestTapCostsNothingWhileNobodyTaps: the event sites allocate nothing
-// while the hub has no tap.
+// while the hub has no tap, not even a refusal's words.
 func TestTapCostsNothingWhileNobodyTaps(t *testing.T) {
 	p := &Proxy{opts: Options{Tap: &Tap{}}}
 	info := connInfo{connLabels: connLabels{reporter: "source", src: Workload{Namespace: "shop", Name: "cart"}},
@@ -68,7 +69,7 @@ func TestTapCostsNothingWhileNobodyTaps(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() {
 		opened := p.tapOpened(&info)
 		p.tapClosed(&info, opened, byteCounts{received: 1, sent: 2})
-		p.refuse(&info, ReasonDenied, "denied")
+		p.refuse(&info, ReasonDenied, func() string { return fmt.Sprintf("denied from %s", info.srcAddr) })
 	}); n != 0 {
 		t.Errorf("event sites with no tap open: %v allocations; want 0", n)
 	}
