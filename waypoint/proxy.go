@@ -262,7 +262,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 				p.log.log(cfg.logFormat, rec, req, w)
 			}
 		}
-		p.taps.publish(rec)
+		p.publishTap(rec)
 		freeRecord(rec)
 	}()
 	grpc := isGRPC(req)

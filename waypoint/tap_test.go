@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/tap"
 )
 
 // openTap starts a tap on srv with query q and returns its lines as they
@@ -36,9 +37,9 @@ func openTap(t *testing.T, srv *httptest.Server, q string) (*http.Response, <-ch
 
 func waitTaps(t *testing.T, p *Proxy, n int32) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); p.taps.active.Load() != n; {
+	for deadline := time.Now().Add(5 * time.Second); int32(p.taps.Taps()) != n; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d taps open; want %d", p.taps.active.Load(), n)
+			t.Fatalf("%d taps open; want %d", p.taps.Taps(), n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -47,7 +48,7 @@ func waitTaps(t *testing.T, p *Proxy, n int32) {
 // TestTap: a tap streams the requests that finish, filtered, each with its
 // method, authority, path without the query, status, route, source and
 // upstream, and no header or query value; it ends after max events (or
-// its time) with what it lost; more than maxTaps at once are refused, bad
+// its time) with what it lost; more than tap.MaxTaps at once are refused, bad
 // bounds too, and nothing is published once the taps are gone.
 func TestTap(t *testing.T) {
 	app := backend(t, &named{name: "app"})
@@ -100,11 +101,11 @@ func TestTap(t *testing.T) {
 
 	// Bounds.
 	var open []*http.Response
-	for range maxTaps {
+	for range tap.MaxTaps {
 		r, _ := openTap(t, srv, "seconds=5")
 		open = append(open, r)
 	}
-	waitTaps(t, h.proxy, maxTaps)
+	waitTaps(t, h.proxy, tap.MaxTaps)
 	r, err := http.Get(srv.URL + configdump.TapPath)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +113,7 @@ func TestTap(t *testing.T) {
 	body, _ := io.ReadAll(r.Body)
 	r.Body.Close()
 	if r.StatusCode != http.StatusTooManyRequests {
-		t.Errorf("tap beyond %d = %d %s; want 429", maxTaps, r.StatusCode, body)
+		t.Errorf("tap beyond %d = %d %s; want 429", tap.MaxTaps, r.StatusCode, body)
 	}
 	for _, r := range open {
 		r.Body.Close()

@@ -92,7 +92,7 @@ func parseFlags() flags {
 	// host process and hostNetwork pod shares: the admin port answers root
 	// only (admin.Options.RootPeersOnly), and pprof is off unless asked for
 	// (a heap profile holds private keys).
-	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address, loopback only: /config_dump (what `meshctl agent-config` shows), and pprof with --pprof; empty disables")
+	flag.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:15000", "admin listen address, loopback only: /config_dump (what `meshctl agent-config` shows), /debug/tap (`meshctl tap node/<node>`), and pprof with --pprof; empty disables")
 	flag.BoolVar(&f.pprof, "pprof", false, "serve pprof on --admin-addr too (heap profile sampling costs ~0.4 MB)")
 	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
 	flag.IntVar(&f.workerThreads, "worker-threads", 1, admin.WorkerThreadsUsage)
@@ -196,10 +196,11 @@ func run(f flags) error {
 	}
 
 	reg := prometheus.NewRegistry()
+	taps := &proxy.Tap{} // `meshctl tap`, on the admin port
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ag, err := agent.New(agent.Options{
 		NodeName: f.nodeName, TrustDomain: f.trustDomain, Datapath: dp,
-		Metrics: proxy.NewMetrics(reg), DrainTimeout: f.drainTimeout, Errorf: log.Printf, Mesh: m,
+		Metrics: proxy.NewMetrics(reg), Tap: taps, DrainTimeout: f.drainTimeout, Errorf: log.Printf, Mesh: m,
 		DNS: dnsProxies(m, dp, client, f.dnsUpstream, f.clusterDomain, f.noDNSCapture),
 	})
 	if err != nil {
@@ -277,7 +278,7 @@ func run(f flags) error {
 				// The node's loopback is every process's and every
 				// hostNetwork pod's on the node: root only.
 				err := admin.Serve(ctx, f.adminAddr, admin.Options{Pprof: f.pprof, RootPeersOnly: true,
-					Handlers: map[string]http.Handler{configdump.Path: dump}})
+					Handlers: map[string]http.Handler{configdump.Path: dump, configdump.TapPath: proxy.TapHandler(taps)}})
 				if err == nil {
 					return
 				}

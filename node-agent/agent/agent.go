@@ -98,6 +98,9 @@ type Options struct {
 	ReturnTable           int
 	// Metrics receives the proxies' TCP metrics. Nil counts nothing.
 	Metrics *proxy.Metrics
+	// Tap receives the proxies' connection events for `meshctl tap`. Nil
+	// publishes none.
+	Tap *proxy.Tap
 	// DrainTimeout bounds how long open connections may finish when the
 	// agent stops or a pod leaves the mesh. Zero means 30s.
 	DrainTimeout time.Duration

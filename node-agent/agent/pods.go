@@ -157,7 +157,7 @@ func (a *Agent) Enroll(_ context.Context, p enroll.Pod) (err error) {
 	pp := a.proxyPod(p)
 	popts := proxy.Options{
 		Pod: pp, Mark: o.AgentMark, ReturnMark: o.ReturnMark,
-		OriginalDst: o.Datapath.OriginalDst, Metrics: o.Metrics, Errorf: o.Errorf,
+		OriginalDst: o.Datapath.OriginalDst, Metrics: o.Metrics, Tap: o.Tap, Errorf: o.Errorf,
 		ProbeExempt: func(src netip.Addr, port uint16) bool {
 			return slices.Contains(p.ProbePorts, port) && slices.Contains(a.nodeAddrs(), src)
 		},

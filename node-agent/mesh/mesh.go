@@ -538,7 +538,7 @@ func (m *Mesh) Authorize(_ context.Context, r proxy.AuthzRequest) proxy.Decision
 	if d.Policy != "" {
 		reason = d.Policy + ": " + reason
 	}
-	return proxy.Decision{Allow: d.Allow, Reason: reason}
+	return proxy.Decision{Allow: d.Allow, Reason: reason, Policy: d.Policy}
 }
 
 // namespaceOf returns the namespace of spiffe://<td>/ns/<ns>/sa/<sa>.

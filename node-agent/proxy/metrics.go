@@ -68,10 +68,24 @@ func (l connLabels) values() []string {
 	}
 }
 
-// connCounters are the counters of one connection, resolved once.
+// connCounters are the counters of one connection, resolved once, and its
+// own byte counts (for its tap event).
 type connCounters struct {
 	closed, sent, received counter
+	// bytes: received by one copy direction, sent by the other, read once
+	// both have ended.
+	bytes byteCounts
 }
+
+// byteCounts are a connection's bytes from the client (received) and to
+// it (sent).
+type byteCounts struct{ received, sent int64 }
+
+// nopCounter counts nothing: a connection's counters without Metrics, whose
+// bytes a tap still reports.
+type nopCounter struct{}
+
+func (nopCounter) Add(float64) {}
 
 // counter is what a connection's counts go to: a Prometheus counter, or
 // two (counterPair).

@@ -24,6 +24,10 @@
 // resolver, which does not know them. It is tracked and counted like a
 // passthrough connection.
 //
+// Where the proxy counts a connection (opened, closed, refused) it also
+// publishes an event to Options.Tap for `meshctl tap` (tap.go): while
+// nobody taps, that is one atomic load and nothing is built.
+//
 // Ports inside the pod that belong to the mesh (15001, 15006, 15008, 15000,
 // 15020, 15021, 15053) are never a destination: a pod dialling its own
 // capture ports, or a CONNECT naming one, is refused.
@@ -133,6 +137,9 @@ type Decision struct {
 	Allow bool
 	// Reason names the policy that decided, for logs and metrics.
 	Reason string
+	// Policy is the AuthorizationPolicy that decided ("namespace/name"),
+	// empty when none did (no policy, or no ALLOW matched), for taps.
+	Policy string
 }
 
 // Stream is one inbound tunnel stream as the HBONE server hands it over.
@@ -177,6 +184,8 @@ type Refused struct {
 	Reason string
 	// Detail is for the log.
 	Detail string
+	// Policy is the AuthorizationPolicy that refused, if one did.
+	Policy string
 }
 
 func (r *Refused) Error() string { return "refused (" + r.Reason + "): " + r.Detail }
@@ -252,6 +261,10 @@ type Options struct {
 	Authorize func(ctx context.Context, r AuthzRequest) Decision
 	// Metrics receives connection and byte counts. Nil counts nothing.
 	Metrics *Metrics
+	// Tap receives the connection events (opened, closed, refused) while
+	// someone taps (`meshctl tap`); one hub serves every pod of the agent.
+	// Nil publishes none.
+	Tap *Tap
 	// DialTimeout bounds connects to the app and passthrough destinations.
 	// Zero means 10s.
 	DialTimeout time.Duration

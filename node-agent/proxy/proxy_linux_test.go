@@ -37,6 +37,7 @@ type mesh struct {
 	a, b       Pod
 	pa, pb     *Proxy
 	metrics    *Metrics
+	tap        *Tap
 	reg        *prometheus.Registry
 	appSources chan netip.Addr
 	// tunnelDials counts DialTunnel calls.
@@ -67,6 +68,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 		a:          Pod{Workload: Workload{Namespace: "shop", Name: "cart", Identity: idA}, Netns: na.Path, IPs: []netip.Addr{na.Addr}},
 		b:          Pod{Workload: Workload{Namespace: "shop", Name: "db", Identity: idB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}},
 		reg:        prometheus.NewRegistry(),
+		tap:        &Tap{},
 		appSources: make(chan netip.Addr, 16),
 	}
 	m.metrics = NewMetrics(m.reg)
@@ -102,7 +104,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 	}
 	common := func(p Pod) Options {
 		return Options{
-			Pod: p, Mark: agentMark, ReturnMark: returnMark, Metrics: m.metrics,
+			Pod: p, Mark: agentMark, ReturnMark: returnMark, Metrics: m.metrics, Tap: m.tap,
 			// No eBPF here: every captured connection was going to B's app
 			// (or cfg.origDst).
 			OriginalDst: func(net.Conn) (netip.AddrPort, error) { return origDst, nil },

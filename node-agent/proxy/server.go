@@ -144,13 +144,17 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	o := &p.opts
 	dst, err := o.OriginalDst(down)
 	if err != nil {
-		o.Metrics.refuse("source", Workload{}, ReasonNoOrigDst)
+		p.refuse(&connInfo{connLabels: connLabels{reporter: "source", src: o.Pod.Workload}, srcAddr: p.clientAddr(down, netip.Addr{})},
+			ReasonNoOrigDst, err.Error)
 		o.Errorf("outbound from %s/%s: original destination: %v", o.Pod.Namespace, o.Pod.Name, err)
 		reset(down)
 		return
 	}
+	// What the events of this connection say, filled in as it is known.
+	info := connInfo{connLabels: connLabels{reporter: "source", src: o.Pod.Workload}, srcAddr: p.clientAddr(down, dst.Addr()), dstAddr: dst}
 	if o.Pod.owns(dst.Addr()) && isMeshPort(dst.Port()) || dst.Addr().IsLoopback() && isMeshPort(dst.Port()) {
-		o.Metrics.refuse("source", o.Pod.Workload, ReasonMeshPort)
+		info.dst = o.Pod.Workload
+		p.refuse(&info, ReasonMeshPort, func() string { return fmt.Sprintf("connect to mesh port %d", dst.Port()) })
 		reset(down)
 		return
 	}
@@ -158,10 +162,12 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 		// DNS over TCP: the pod's DNS proxy answers it, mesh names
 		// included, and forwards the rest to dst itself. Counted as a
 		// passthrough connection to a destination outside the mesh.
-		cc := o.Metrics.open(connLabels{reporter: "source", src: o.Pod.Workload})
+		cc := p.open(&info)
+		opened := p.tapOpened(&info)
 		o.DNS(countConn(down, cc), dst)
 		if cc != nil {
 			cc.closed.Add(1)
+			p.tapClosed(&info, opened, cc.bytes)
 		}
 		return
 	}
@@ -177,8 +183,12 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 			d, inMesh = o.Resolve(o.Pod, dst)
 		}
 		labels = connLabels{reporter: "source", src: o.Pod.Workload}
+		info.dstAddr = dst
+		if d.Target.IsValid() {
+			info.dstAddr = d.Target
+		}
 		if inMesh {
-			d.Source = p.clientAddr(down, dst.Addr())
+			d.Source = info.srcAddr
 			labels.dst, labels.service, labels.mutualTLS = d.Workload, d.Service, true
 			// The destination's Drain waits for (then cuts) a same-node
 			// connection too, as it does a tunnel stream. Once it has
@@ -189,7 +199,8 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 				if d.Release != nil {
 					defer d.Release()
 				}
-				p.serveLocal(ctx, down, local, d, labels)
+				info.connLabels = labels
+				p.serveLocal(ctx, down, local, d, &info)
 				return
 			}
 			up, err = o.DialTunnel(ctx, o.Pod, d)
@@ -222,13 +233,26 @@ func (p *Proxy) serveOutbound(down net.Conn) {
 	if d.Release != nil {
 		defer d.Release()
 	}
+	info.connLabels = labels
 	if err != nil {
-		o.Metrics.refuse("source", labels.dst, ReasonDialFailed)
+		p.refuse(&info, ReasonDialFailed, err.Error)
 		o.Errorf("outbound %s/%s -> %s: %v", o.Pod.Namespace, o.Pod.Name, dst, err)
 		reset(down)
 		return
 	}
-	splice(down, up, o.Metrics.open(labels))
+	cc := p.open(&info)
+	opened := p.tapOpened(&info)
+	p.tapClosed(&info, opened, splice(down, up, cc))
+}
+
+// open counts c's opening and returns its counters: nil without Metrics,
+// unless a tap may want its bytes.
+func (p *Proxy) open(c *connInfo) *connCounters {
+	cc := p.opts.Metrics.open(c.connLabels)
+	if cc == nil && p.opts.Tap != nil {
+		cc = &connCounters{closed: nopCounter{}, sent: nopCounter{}, received: nopCounter{}}
+	}
+	return cc
 }
 
 // localPeer returns the proxy of d's pod when it runs on this node and d
@@ -260,34 +284,41 @@ func (p *Proxy) localPeer(d Destination) *Proxy {
 // connection is reported as mutual TLS, the policy it is held to (a
 // STRICT PeerAuthentication serves it; a plaintext client is still
 // refused on 15006). The caller has tracked down in dp (its Drain waits).
-func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Destination, labels connLabels) {
+func (p *Proxy) serveLocal(ctx context.Context, down net.Conn, dp *Proxy, d Destination, info *connInfo) {
 	o := &p.opts
-	refuse := func(reason string, err error) {
-		o.Metrics.refuse("source", labels.dst, reason)
+	refuse := func(reason, policy string, err error) {
+		info.policy = policy
+		p.refuse(info, reason, err.Error)
 		o.Errorf("outbound %s/%s -> %s (same node): %v", o.Pod.Namespace, o.Pod.Name, d.Target, err)
 		reset(down)
 	}
 	s := Stream{Conn: down, Peer: o.Pod.Identity, Source: d.Source, PeerAddr: d.Source.Addr(), Target: d.Target}
-	if err := dp.CheckStream(ctx, s); err != nil {
-		reason := ReasonDenied
-		if r := (*Refused)(nil); errors.As(err, &r) {
-			reason = r.Reason
-		}
-		refuse(reason, err)
-		return
-	}
-	up, err := dp.dialApp(ctx, d.Source.Addr(), d.Target)
+	dd, err := dp.checkStream(ctx, s)
 	if err != nil {
-		dp.opts.Metrics.refuse("destination", dp.opts.Pod.Workload, ReasonDialFailed)
-		refuse(ReasonDialFailed, err)
+		reason, policy := ReasonDenied, ""
+		if r := (*Refused)(nil); errors.As(err, &r) {
+			reason, policy = r.Reason, r.Policy
+		}
+		refuse(reason, policy, err)
 		return
 	}
 	src := Workload{Identity: o.Pod.Identity}
 	if dp.opts.PeerWorkload != nil {
 		src = dp.opts.PeerWorkload(d.Source.Addr(), o.Pod.Identity)
 	}
-	dst := dp.opts.Metrics.open(connLabels{reporter: "destination", src: src, dst: dp.opts.Pod.Workload, mutualTLS: true})
-	splice(down, up, joinCounters(o.Metrics.open(labels), dst))
+	dinfo := connInfo{connLabels: connLabels{reporter: "destination", src: src, dst: dp.opts.Pod.Workload, mutualTLS: true},
+		srcAddr: d.Source, dstAddr: d.Target, policy: dd.Policy}
+	up, err := dp.dialApp(ctx, d.Source.Addr(), d.Target)
+	if err != nil {
+		dp.refuse(&dinfo, ReasonDialFailed, err.Error)
+		refuse(ReasonDialFailed, "", err)
+		return
+	}
+	scc, dcc := p.open(info), dp.open(&dinfo)
+	sOpened, dOpened := p.tapOpened(info), dp.tapOpened(&dinfo)
+	b := splice(down, up, joinCounters(scc, dcc))
+	p.tapClosed(info, sOpened, b)
+	dp.tapClosed(&dinfo, dOpened, b)
 }
 
 // refusedRetryMax bounds the retries of a tunnel dial refused by the
@@ -299,21 +330,29 @@ const refusedRetryMax = 800 * time.Millisecond
 // returns a *Refused (counted) or nil, and never touches s.Conn, so a tunnel
 // server can call it before accepting the stream.
 func (p *Proxy) CheckStream(ctx context.Context, s Stream) error {
+	_, err := p.checkStream(ctx, s)
+	return err
+}
+
+// checkStream is CheckStream, returning the authorization decision that
+// let the stream in (its policy names the ALLOW, for the tap).
+func (p *Proxy) checkStream(ctx context.Context, s Stream) (Decision, error) {
 	o := &p.opts
 	if !o.Pod.owns(s.Target.Addr()) {
-		return p.refuseStream(ReasonNotThisPod, fmt.Sprintf("CONNECT to %s, which is not pod %s/%s", s.Target, o.Pod.Namespace, o.Pod.Name))
+		return Decision{}, p.refuseStream(s, ReasonNotThisPod, "", fmt.Sprintf("CONNECT to %s, which is not pod %s/%s", s.Target, o.Pod.Namespace, o.Pod.Name))
 	}
 	if isMeshPort(s.Target.Port()) {
-		return p.refuseStream(ReasonMeshPort, fmt.Sprintf("CONNECT to mesh port %d", s.Target.Port()))
+		return Decision{}, p.refuseStream(s, ReasonMeshPort, "", fmt.Sprintf("CONNECT to mesh port %d", s.Target.Port()))
 	}
 	src := s.PeerAddr
 	if !src.IsValid() {
 		src = s.Source.Addr()
 	}
-	if d := p.authorize(ctx, s.Peer, src, s.Target); !d.Allow {
-		return p.refuseStream(ReasonDenied, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, src, s.Target.Port(), d.Reason))
+	d := p.authorize(ctx, s.Peer, src, s.Target)
+	if !d.Allow {
+		return d, p.refuseStream(s, ReasonDenied, d.Policy, fmt.Sprintf("%s from %s to port %d: %s", s.Peer, src, s.Target.Port(), d.Reason))
 	}
-	return nil
+	return d, nil
 }
 
 // clientAddr is the app's address as the destination should see it: the
@@ -337,34 +376,44 @@ func (p *Proxy) clientAddr(down net.Conn, dst netip.Addr) netip.AddrPort {
 // *Refused without touching the stream when it will not serve it, and nil
 // once the stream is done.
 func (p *Proxy) ServeStream(ctx context.Context, s Stream) error {
-	o := &p.opts
-	if err := p.CheckStream(ctx, s); err != nil {
+	d, err := p.checkStream(ctx, s)
+	if err != nil {
 		return err
 	}
 	// A stream that reaches us has been answered 200 already; serve it even
 	// while draining (its client chose this connection before our GOAWAY).
 	if !p.track(s.Conn) {
-		return p.refuseStream("draining", "agent has stopped")
+		return p.refuseStream(s, "draining", "", "agent has stopped")
 	}
 	up, err := p.dialApp(ctx, s.Source.Addr(), s.Target)
 	if err != nil {
 		p.untrack(s.Conn)
-		return p.refuseStream(ReasonDialFailed, err.Error())
+		return p.refuseStream(s, ReasonDialFailed, "", err.Error())
 	}
 	defer p.untrack(s.Conn)
+	info := p.streamInfo(s, d.Policy)
+	cc := p.open(&info)
+	opened := p.tapOpened(&info)
+	p.tapClosed(&info, opened, splice(s.Conn, up, cc))
+	return nil
+}
+
+// streamInfo is what the events of tunnel stream s say, the source named
+// by PeerWorkload.
+func (p *Proxy) streamInfo(s Stream, policy string) connInfo {
+	o := &p.opts
 	src := Workload{Identity: s.Peer}
 	if o.PeerWorkload != nil {
 		src = o.PeerWorkload(s.Source.Addr(), s.Peer)
 	}
-	splice(s.Conn, up, o.Metrics.open(connLabels{
-		reporter: "destination", src: src, dst: o.Pod.Workload, mutualTLS: true,
-	}))
-	return nil
+	return connInfo{connLabels: connLabels{reporter: "destination", src: src, dst: o.Pod.Workload, mutualTLS: true},
+		srcAddr: s.Source, dstAddr: s.Target, policy: policy}
 }
 
-func (p *Proxy) refuseStream(reason, detail string) error {
-	p.opts.Metrics.refuse("destination", p.opts.Pod.Workload, reason)
-	return &Refused{Reason: reason, Detail: detail}
+func (p *Proxy) refuseStream(s Stream, reason, policy, detail string) error {
+	info := p.streamInfo(s, policy)
+	p.refuse(&info, reason, func() string { return detail })
+	return &Refused{Reason: reason, Detail: detail, Policy: policy}
 }
 
 // servePlaintext serves one inbound connection that did not come through
@@ -377,12 +426,15 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 		dst = o.InboundDst(down)
 	}
 	src := addrPort(down.RemoteAddr())
-	refuse := func(reason string) {
-		o.Metrics.refuse("destination", o.Pod.Workload, reason)
+	// What the events of this connection say. The source is known by its
+	// address only: nothing proves who it is.
+	info := connInfo{connLabels: connLabels{reporter: "destination", dst: o.Pod.Workload}, srcAddr: src, dstAddr: dst}
+	refuse := func(reason string, detail func() string) {
+		p.refuse(&info, reason, detail)
 		reset(down)
 	}
 	if isMeshPort(dst.Port()) || !o.Pod.owns(dst.Addr()) {
-		refuse(ReasonMeshPort)
+		refuse(ReasonMeshPort, func() string { return fmt.Sprintf("plaintext to %s: a mesh port, or not this pod", dst) })
 		return
 	}
 	mode := ModePermissive
@@ -391,7 +443,9 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	}
 	probe := o.ProbeExempt != nil && o.ProbeExempt(src.Addr(), dst.Port())
 	if mode == ModeStrict && !probe {
-		refuse(ReasonStrict)
+		refuse(ReasonStrict, func() string {
+			return fmt.Sprintf("plaintext to port %d, where PeerAuthentication is STRICT", dst.Port())
+		})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.DialTimeout)
@@ -400,18 +454,24 @@ func (p *Proxy) servePlaintext(down net.Conn) {
 	// apply to it, or an ALLOW for some identity would fail the pod's
 	// readiness (Istio's probes bypass ztunnel altogether).
 	if !probe {
-		if d := p.authorize(ctx, "", src.Addr(), dst); !d.Allow {
-			refuse(ReasonDenied)
+		d := p.authorize(ctx, "", src.Addr(), dst)
+		info.policy = d.Policy
+		if !d.Allow {
+			refuse(ReasonDenied, func() string {
+				return fmt.Sprintf("plaintext from %s to port %d: %s", src.Addr(), dst.Port(), d.Reason)
+			})
 			return
 		}
 	}
 	up, err := p.dialApp(ctx, src.Addr(), dst)
 	if err != nil {
 		o.Errorf("inbound plaintext %s -> %s: %v", src, dst, err)
-		refuse(ReasonDialFailed)
+		refuse(ReasonDialFailed, err.Error)
 		return
 	}
-	splice(down, up, o.Metrics.open(connLabels{reporter: "destination", dst: o.Pod.Workload}))
+	cc := p.open(&info)
+	opened := p.tapOpened(&info)
+	p.tapClosed(&info, opened, splice(down, up, cc))
 }
 
 func (p *Proxy) authorize(ctx context.Context, principal string, src netip.Addr, dst netip.AddrPort) Decision {

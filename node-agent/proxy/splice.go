@@ -11,11 +11,14 @@ import (
 
 // splice copies both ways between the downstream (client side) and upstream
 // connections until both directions end, counting bytes as they pass, then
-// closes both. A direction that ends half-closes the other side's write.
-func splice(down, up io.ReadWriteCloser, c *connCounters) {
+// closes both and returns the bytes each way (zero when c is nil). A
+// direction that ends half-closes the other side's write.
+func splice(down, up io.ReadWriteCloser, c *connCounters) byteCounts {
 	var recv, sent counter
+	var recvN, sentN *int64
 	if c != nil {
 		recv, sent = c.received, c.sent
+		recvN, sentN = &c.bytes.received, &c.bytes.sent
 	}
 	// Socket reads and writes without the scheduler's system-call
 	// hand-off (see package rawsock); other streams are left as they are.
@@ -24,17 +27,19 @@ func splice(down, up io.ReadWriteCloser, c *connCounters) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		copyCounted(up, down, recv)
+		copyCounted(up, down, recv, recvN)
 		closeWrite(up)
 	}()
-	copyCounted(down, up, sent)
+	copyCounted(down, up, sent, sentN)
 	closeWrite(down)
 	wg.Wait()
 	down.Close()
 	up.Close()
-	if c != nil {
-		c.closed.Add(1)
+	if c == nil {
+		return byteCounts{}
 	}
+	c.closed.Add(1)
+	return c.bytes
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -44,8 +49,8 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // for data holds no copy buffer when src is a socket (the buffer is taken
 // once it is readable) or an HBONE stream (it writes its received chunks
 // itself): idle keep-alive connections, most of a node's, cost none.
-func copyCounted(dst io.Writer, src io.Reader, ctr counter) {
-	cw := countingWriter{dst, ctr}
+func copyCounted(dst io.Writer, src io.Reader, ctr counter, total *int64) {
+	cw := countingWriter{dst, ctr, total}
 	switch s := src.(type) {
 	case *rawsock.Conn: // before io.WriterTo, which it also is
 		// Without a read that finds the socket empty after each chunk
@@ -69,10 +74,12 @@ func copyCounted(dst io.Writer, src io.Reader, ctr counter) {
 	}
 }
 
-// countingWriter adds what it writes to ctr (when set).
+// countingWriter adds what it writes to ctr and total (when set; total
+// lives in the connection's connCounters, so counting allocates nothing).
 type countingWriter struct {
-	w   io.Writer
-	ctr counter
+	w     io.Writer
+	ctr   counter
+	total *int64
 }
 
 func (c countingWriter) Write(p []byte) (int, error) {
@@ -84,6 +91,7 @@ func (c countingWriter) Write(p []byte) (int, error) {
 func (c countingWriter) count(n int) {
 	if c.ctr != nil && n > 0 {
 		c.ctr.Add(float64(n))
+		*c.total += int64(n)
 	}
 }
 
@@ -120,7 +128,7 @@ func (c countingTryWriter) TryWrite(p []byte) (int, error) {
 // sent, for a connection the proxy hands to someone else (Options.DNS).
 type countedConn struct {
 	net.Conn
-	received, sent counter
+	cc *connCounters
 }
 
 // countConn counts c's bytes in cc; c itself when cc is nil.
@@ -128,13 +136,14 @@ func countConn(c net.Conn, cc *connCounters) net.Conn {
 	if cc == nil {
 		return c
 	}
-	return &countedConn{Conn: c, received: cc.received, sent: cc.sent}
+	return &countedConn{Conn: c, cc: cc}
 }
 
 func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.received.Add(float64(n))
+		c.cc.received.Add(float64(n))
+		c.cc.bytes.received += int64(n)
 	}
 	return n, err
 }
@@ -142,7 +151,8 @@ func (c *countedConn) Read(b []byte) (int, error) {
 func (c *countedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
-		c.sent.Add(float64(n))
+		c.cc.sent.Add(float64(n))
+		c.cc.bytes.sent += int64(n)
 	}
 	return n, err
 }

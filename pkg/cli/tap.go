@@ -4,47 +4,77 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/pkg/configdump"
+	"github.com/meshlet/meshlet/pkg/tap"
 )
 
-// `meshctl tap`: the requests a waypoint or ingress gateway finishes, live,
-// as Linkerd's tap shows them, from the proxy's loopback admin port
-// (configdump.TapPath) through a port-forward. The proxy never sends
-// headers or query strings; it bounds the taps (4 at once, 10000 events,
-// 10 minutes) and drops events a slow reader cannot take (counted).
+// `meshctl tap`: live events from the data plane's loopback admin port
+// (configdump.TapPath, served by pkg/tap) through a port-forward.
+//
+//   - `meshctl tap <waypoint>`: the requests a waypoint or ingress gateway
+//     finishes, as Linkerd's tap shows them. The proxy never sends headers
+//     or query strings.
+//   - `meshctl tap node/<node>` or `pod/<pod>`: the L4 connection events of
+//     a node agent — opened, closed, refused with its reason and policy —
+//     as Cilium's `hubble observe` shows flows. pod/ asks the agent of the
+//     pod's node for the events of the pod's addresses; node/ for all of
+//     the node's, narrowed by -n when given. Never any payload.
+//
+// The proxies bound the taps (4 at once, 10000 events, 10 minutes) and drop
+// events a slow reader cannot take (counted in the end line).
 
 type tapFlags struct {
 	namespace, method, authority, path, source, output string
 	max                                                int
 	duration                                           time.Duration
+	refused                                            bool
+	port                                               int
 }
 
 func newTapCommand(s Streams, g *globalOptions) *cobra.Command {
 	var f tapFlags
 	cmd := &cobra.Command{
-		Use:   "tap <waypoint>",
-		Short: "Watch the requests a waypoint or ingress gateway serves, live",
-		Long: `Streams the requests a waypoint (or ingress gateway) finishes from now on,
-one line each: when, client, service, method, authority, path (without its
-query), status, latency, the endpoint that answered, route and response flags,
-read from its admin port (loopback, through a port-forward), as Linkerd's tap.
-Headers and query strings are never shown. It ends after --max requests or
---duration, or on Ctrl-C. <waypoint> is a pod name or a Gateway's name (then
-one of its running pods). -o json prints the proxy's JSON lines.`,
+		Use:   "tap <waypoint> | node/<node> | pod/<pod>",
+		Short: "Watch a waypoint's requests, or a node agent's connections and verdicts, live",
+		Long: `<waypoint>: streams the requests a waypoint (or ingress gateway) finishes from
+now on, one line each: when, client, service, method, authority, path (without
+its query), status, latency, the endpoint that answered, route and response
+flags, as Linkerd's tap. Headers and query strings are never shown. <waypoint>
+is a pod name or a Gateway's name (then one of its running pods).
+
+node/<node>, pod/<pod>: streams a node agent's L4 connection events, as
+Cilium's hubble observe: each connection opened, closed (with the bytes each
+way and how long it lasted) or refused (with the reason: strict_mtls_plaintext,
+policy_denied and the AuthorizationPolicy that denied, …), as the client's
+agent (reporter=source) or the server's (reporter=destination) saw it, with
+both workloads and addresses, the identity the client proved and the
+security (mutual_tls or none). pod/<pod> asks the agent of the pod's node for
+the pod's connections; node/<node> for all of that node's (only those of
+namespace -n when given). --refused shows refusals only. Never any payload.
+
+Either ends after --max events or --duration, or on Ctrl-C, read from the
+proxy's admin port (loopback, through a port-forward). -o json prints the
+proxy's JSON lines.`,
 		Example: `  meshctl tap waypoint -n shop
   meshctl tap waypoint -n shop --path /api --method POST --max 20
-  meshctl tap ingress -n istio-ingress --authority shop.example.com -o json`,
+  meshctl tap ingress -n istio-ingress --authority shop.example.com -o json
+  meshctl tap pod/db-0 -n shop --refused
+  meshctl tap node/worker-1 -n shop --port 5432 --duration 5m`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			kind, name, agent := strings.Cut(args[0], "/")
 			switch {
 			case f.output != "" && f.output != "json":
 				return fmt.Errorf("--output %q: want json or nothing", f.output)
@@ -52,6 +82,14 @@ one of its running pods). -o json prints the proxy's JSON lines.`,
 				return fmt.Errorf("--max %d: want 1 to 10000", f.max)
 			case f.duration < time.Second || f.duration > 10*time.Minute:
 				return fmt.Errorf("--duration %v: want 1s to 10m", f.duration)
+			case agent && kind != "node" && kind != "pod" || agent && name == "":
+				return fmt.Errorf("%q: want a waypoint's name, node/<node> or pod/<pod>", args[0])
+			case agent && (f.method != "" || f.authority != "" || f.path != "" || f.source != ""):
+				return errors.New("--method, --authority, --path and --source filter a waypoint's requests: a node agent's connections take -n, --refused and --port")
+			case !agent && (f.refused || f.port != 0):
+				return errors.New("--refused and --port filter a node agent's connections (node/<node> or pod/<pod>): a waypoint's requests take --method, --authority, --path and --source")
+			case f.port < 0 || f.port > 65535:
+				return fmt.Errorf("--port %d: want 1 to 65535", f.port)
 			}
 			c, err := g.clients()
 			if err != nil {
@@ -60,11 +98,14 @@ one of its running pods). -o json prints the proxy's JSON lines.`,
 			ns := g.namespace(f.namespace)
 			ctx, cancel := context.WithTimeout(ctxOf(cmd), f.duration+30*time.Second)
 			defer cancel()
+			q := url.Values{"max": {strconv.Itoa(f.max)}, "seconds": {strconv.Itoa(int(f.duration / time.Second))}}
+			if agent {
+				return tapAgent(ctx, s, c, g.meshNamespace, kind, name, ns, cmd.Flags().Changed("namespace"), q, &f)
+			}
 			pod, err := waypointPod(ctx, c, ns, args[0])
 			if err != nil {
 				return err
 			}
-			q := url.Values{"max": {strconv.Itoa(f.max)}, "seconds": {strconv.Itoa(int(f.duration / time.Second))}}
 			for k, v := range map[string]string{"method": f.method, "authority": f.authority, "path": f.path, "source": f.source} {
 				if v != "" {
 					q.Set(k, v)
@@ -81,32 +122,98 @@ one of its running pods). -o json prints the proxy's JSON lines.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVarP(&f.namespace, "namespace", "n", "", "namespace of the waypoint"+nsUsage)
-	fl.StringVar(&f.method, "method", "", "only requests with this method")
-	fl.StringVar(&f.authority, "authority", "", "only requests with this Host/:authority, or for this service hostname")
-	fl.StringVar(&f.path, "path", "", "only requests whose path starts with this")
-	fl.StringVar(&f.source, "source", "", "only requests from this client (namespace/workload, as shown)")
-	fl.IntVar(&f.max, "max", 100, "stop after this many requests (at most 10000)")
+	fl.StringVarP(&f.namespace, "namespace", "n", "", "namespace of the waypoint or pod; with node/, only connections of this namespace"+nsUsage)
+	fl.StringVar(&f.method, "method", "", "waypoint: only requests with this method")
+	fl.StringVar(&f.authority, "authority", "", "waypoint: only requests with this Host/:authority, or for this service hostname")
+	fl.StringVar(&f.path, "path", "", "waypoint: only requests whose path starts with this")
+	fl.StringVar(&f.source, "source", "", "waypoint: only requests from this client (namespace/workload, as shown)")
+	fl.BoolVar(&f.refused, "refused", false, "node agent: only refused connections")
+	fl.IntVar(&f.port, "port", 0, "node agent: only connections to this destination port")
+	fl.IntVar(&f.max, "max", 100, "stop after this many events (at most 10000)")
 	fl.DurationVar(&f.duration, "duration", 30*time.Second, "stop after this long (at most 10m)")
 	fl.StringVarP(&f.output, "output", "o", "", "json: the proxy's JSON lines")
 	return cmd
 }
 
+// tapAgent taps the node agent of node/<name>, or of pod/<name>'s node
+// for that pod's addresses.
+func tapAgent(ctx context.Context, s Streams, c *clients, meshNS, kind, name, ns string, nsGiven bool, q url.Values, f *tapFlags) error {
+	node, what := name, "node "+name
+	if kind == "pod" {
+		p, err := c.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("get pod %s/%s: %w", ns, name, err)
+		}
+		if p.Spec.NodeName == "" {
+			return fmt.Errorf("pod %s/%s is not scheduled to a node yet", ns, name)
+		}
+		var ips []string
+		for _, ip := range p.Status.PodIPs {
+			ips = append(ips, ip.IP)
+		}
+		if len(ips) == 0 && p.Status.PodIP != "" {
+			ips = append(ips, p.Status.PodIP)
+		}
+		if len(ips) == 0 {
+			return fmt.Errorf("pod %s/%s has no IP yet", ns, name)
+		}
+		node, what = p.Spec.NodeName, fmt.Sprintf("pod %s/%s (%s) on node %s", ns, name, strings.Join(ips, ", "), p.Spec.NodeName)
+		q["ip"] = ips
+	} else if nsGiven {
+		q.Set("namespace", ns)
+		what += ", namespace " + ns
+	}
+	if f.refused {
+		q.Set("kind", configdump.ConnRefused)
+	}
+	if f.port != 0 {
+		q.Set("port", strconv.Itoa(f.port))
+	}
+	agent, err := agentOn(ctx, c, meshNS, node)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(s.ErrOut, "tapping node agent %s for %s, %v or %d events\n", agent.Name, what, f.duration, f.max)
+	return c.adminDo(ctx, agent.Namespace, agent.Name, configdump.AdminPort, configdump.TapPath+"?"+q.Encode(), func(res *http.Response, where string) error {
+		if res.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
+			if res.StatusCode == http.StatusNotFound {
+				return fmt.Errorf("tap %s: %s: this node agent has no tap (older than meshctl?)", where, res.Status)
+			}
+			return fmt.Errorf("tap %s: %s: %s", where, res.Status, b)
+		}
+		return printConnTap(res.Body, s.Out, s.ErrOut, f.output == "json")
+	})
+}
+
 // maxTapLine bounds one line of the tap stream.
 const maxTapLine = 64 << 10
 
-// printTap prints the tap stream in: one line per request on out (or the
-// JSON lines as they come), the end on errOut.
+// printTap prints a waypoint's tap stream in: one line per request on out
+// (or the JSON lines as they come), the end on errOut.
 func printTap(in io.Reader, out, errOut io.Writer, raw bool) error {
+	return printTapStream(in, out, errOut, raw, "requests", tapText)
+}
+
+// printConnTap prints a node agent's tap stream in: one line per
+// connection event on out (or the JSON lines), the end on errOut.
+func printConnTap(in io.Reader, out, errOut io.Writer, raw bool) error {
+	return printTapStream(in, out, errOut, raw, "events", connTapText)
+}
+
+// printTapStream prints the tap stream in of events E, each as text
+// makes it (or the JSON lines as they come), then the end, counting what
+// it showed as noun.
+func printTapStream[E any](in io.Reader, out, errOut io.Writer, raw bool, noun string, text func(*E) string) error {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 4096), maxTapLine)
 	for sc.Scan() {
-		var l configdump.TapLine
+		var l tap.Line[E]
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 			return fmt.Errorf("tap stream: %w", err)
 		}
 		if e := l.End; e != nil {
-			fmt.Fprintf(errOut, "tap ended (%s): %d requests shown, %d dropped (the reader was too slow)\n", e.Reason, e.Events, e.Dropped)
+			fmt.Fprintf(errOut, "tap ended (%s): %d %s shown, %d dropped (the reader was too slow)\n", e.Reason, e.Events, noun, e.Dropped)
 			if raw {
 				fmt.Fprintln(out, sc.Text())
 			}
@@ -119,7 +226,7 @@ func printTap(in io.Reader, out, errOut io.Writer, raw bool) error {
 			fmt.Fprintln(out, sc.Text())
 			continue
 		}
-		fmt.Fprintln(out, tapText(l.Event))
+		fmt.Fprintln(out, text(l.Event))
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("tap stream: %w", err)
@@ -137,4 +244,27 @@ func tapText(e *configdump.TapEvent) string {
 		e.Time.Format("15:04:05.000"), dash(e.Source), dash(e.Destination), e.Method, e.Authority, e.Path, status,
 		time.Duration(e.DurationMS*float64(time.Millisecond)).Round(10*time.Microsecond), dash(e.Upstream), dash(e.Route), e.Flags,
 		e.RequestBytes, e.ResponseBytes)
+}
+
+// connTapText is one connection event as a line, in the key=value manner
+// of the waypoint's: when, what, who reported it, both ends with their
+// addresses, the identity proven, the security, the policy; for a closed
+// connection its bytes (from the client / to it) and duration; for a
+// refused one its reason and why.
+func connTapText(e *configdump.ConnEvent) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %-7s reporter=%s src=%s src_addr=%s identity=%s dst=%s dst_addr=%s service=%s security=%s policy=%s",
+		e.Time.Format("15:04:05.000"), e.Kind, e.Reporter, dash(e.Source), dash(e.SourceAddr), dash(e.SourceIdentity),
+		dash(e.Destination), dash(e.DestinationAddr), dash(e.DestinationService), dash(e.ConnectionSecurityPolicy), dash(e.Policy))
+	switch e.Kind {
+	case configdump.ConnClosed:
+		d := "-" // opened before the tap began
+		if e.DurationMS > 0 {
+			d = time.Duration(e.DurationMS * float64(time.Millisecond)).Round(10 * time.Microsecond).String()
+		}
+		fmt.Fprintf(&b, " bytes=%d/%d duration=%s", e.ReceivedBytes, e.SentBytes, d)
+	case configdump.ConnRefused:
+		fmt.Fprintf(&b, " reason=%s detail=%q", dash(e.Reason), e.Detail)
+	}
+	return b.String()
 }

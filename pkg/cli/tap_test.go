@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/tap"
 	"github.com/meshlet/meshlet/waypoint"
 )
 
@@ -86,5 +87,95 @@ func TestPrintTap(t *testing.T) {
 	var discard strings.Builder
 	if err := printTap(strings.NewReader(`{"event":{"method":"GET"}}`+"\n"), &discard, &discard, false); err == nil || !strings.Contains(err.Error(), "without its end line") {
 		t.Errorf("a cut stream: %v; want an error", err)
+	}
+}
+
+// TestPrintConnTap: what `meshctl tap node/<node>` prints of a node
+// agent's tap stream (pkg/tap's, as the agent serves it): a line per
+// connection event — opened, closed with bytes and duration, refused with
+// reason, policy and why — then the end on stderr; -o json passes the
+// lines on.
+func TestPrintConnTap(t *testing.T) {
+	at := time.Date(2026, 12, 7, 10, 11, 12, 345e6, time.UTC)
+	events := []configdump.ConnEvent{
+		{Time: at, Kind: "opened", Reporter: "destination", Source: "shop/cart", SourceAddr: "10.0.0.1:40000",
+			SourceIdentity: "spiffe://cluster.local/ns/shop/sa/cart", Destination: "shop/db", DestinationAddr: "10.0.0.2:5432",
+			ConnectionSecurityPolicy: "mutual_tls", Policy: "shop/allow-cart"},
+		{Time: at, Kind: "closed", Reporter: "source", Source: "shop/cart", SourceAddr: "10.0.0.1:40000", Destination: "shop/db",
+			DestinationAddr: "10.0.0.2:5432", DestinationService: "db.shop.svc.cluster.local", ConnectionSecurityPolicy: "mutual_tls",
+			ReceivedBytes: 120, SentBytes: 4096, DurationMS: 1500.25},
+		{Time: at, Kind: "refused", Reporter: "destination", Source: "10.0.0.9", SourceAddr: "10.0.0.9:1234", Destination: "shop/db",
+			DestinationAddr: "10.0.0.2:5432", ConnectionSecurityPolicy: "none", Reason: "strict_mtls_plaintext",
+			Detail: "plaintext to port 5432, where PeerAuthentication is STRICT"},
+		{Time: at, Kind: "refused", Reporter: "destination", Source: "shop/intruder", SourceAddr: "10.0.0.7:1",
+			SourceIdentity: "spiffe://cluster.local/ns/shop/sa/intruder", Destination: "shop/db", DestinationAddr: "10.0.0.2:5432",
+			ConnectionSecurityPolicy: "mutual_tls", Policy: "shop/deny-intruder", Reason: "policy_denied", Detail: "denied by DENY policy shop/deny-intruder"},
+	}
+	hub := &tap.Hub[configdump.ConnEvent]{}
+	srv := httptest.NewServer(hub.Handler(nil))
+	t.Cleanup(srv.Close)
+	stream := func(raw bool) (string, string) {
+		t.Helper()
+		res, err := http.Get(srv.URL + configdump.TapPath + "?max=4")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		for deadline := time.Now().Add(5 * time.Second); !hub.Active(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the tap never opened")
+			}
+		}
+		for _, e := range events {
+			hub.Publish(e)
+		}
+		var out, errOut strings.Builder
+		if err := printConnTap(res.Body, &out, &errOut, raw); err != nil {
+			t.Fatal(err)
+		}
+		return out.String(), errOut.String()
+	}
+	out, errOut := stream(false)
+	want := `10:11:12.345 opened  reporter=destination src=shop/cart src_addr=10.0.0.1:40000 identity=spiffe://cluster.local/ns/shop/sa/cart dst=shop/db dst_addr=10.0.0.2:5432 service=- security=mutual_tls policy=shop/allow-cart
+10:11:12.345 closed  reporter=source src=shop/cart src_addr=10.0.0.1:40000 identity=- dst=shop/db dst_addr=10.0.0.2:5432 service=db.shop.svc.cluster.local security=mutual_tls policy=- bytes=120/4096 duration=1.50025s
+10:11:12.345 refused reporter=destination src=10.0.0.9 src_addr=10.0.0.9:1234 identity=- dst=shop/db dst_addr=10.0.0.2:5432 service=- security=none policy=- reason=strict_mtls_plaintext detail="plaintext to port 5432, where PeerAuthentication is STRICT"
+10:11:12.345 refused reporter=destination src=shop/intruder src_addr=10.0.0.7:1 identity=spiffe://cluster.local/ns/shop/sa/intruder dst=shop/db dst_addr=10.0.0.2:5432 service=- security=mutual_tls policy=shop/deny-intruder reason=policy_denied detail="denied by DENY policy shop/deny-intruder"
+`
+	if out != want {
+		t.Errorf("meshctl tap node/… printed:\n%s\nwant:\n%s", out, want)
+	}
+	if errOut != "tap ended (max events): 4 events shown, 0 dropped (the reader was too slow)\n" {
+		t.Errorf("stderr %q", errOut)
+	}
+	out, _ = stream(true)
+	if n := strings.Count(out, `{"event":`); n != 4 || !strings.Contains(out, `{"end":`) || !strings.Contains(out, `"reason":"policy_denied"`) {
+		t.Errorf("-o json printed:\n%s\nwant the four event lines and the end line", out)
+	}
+}
+
+// TestTapFlags: the filters of one kind of tap are refused on the other,
+// and a target that is neither a waypoint nor node/ or pod/ is refused,
+// before the cluster is asked.
+func TestTapFlags(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node/w1", "--path", "/api"}, "filter a waypoint's requests"},
+		{[]string{"waypoint", "--refused"}, "filter a node agent's connections"},
+		{[]string{"waypoint", "--port", "80"}, "filter a node agent's connections"},
+		{[]string{"svc/echo"}, "want a waypoint's name, node/<node> or pod/<pod>"},
+		{[]string{"pod/"}, "want a waypoint's name"},
+		{[]string{"pod/x", "--port", "70000"}, "--port 70000"},
+	}
+	for _, tt := range tests {
+		var out, errOut strings.Builder
+		cmd := newTapCommand(Streams{Out: &out, ErrOut: &errOut}, &globalOptions{})
+		cmd.SetArgs(tt.args)
+		cmd.SetOut(&out)
+		cmd.SetErr(&errOut)
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("meshctl tap %v: %v; want an error saying %q", tt.args, err, tt.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package meshtest
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,6 +204,29 @@ spec:
 		t.Errorf("refused connections (policy_denied) moved by %v; want at least 1", d)
 	}
 
+	// meshctl tap pod/<server>: the server's node agent shows, live, bob
+	// refused by the policy and alice's connections let in by it over
+	// mutual TLS.
+	run := meshctl(t, lb)
+	tapped := tapWhile(t, func() {
+		request(t, lb, ns, bob.Name, url)
+		request(t, lb, ns, alice.Name, url)
+	}, run, "tap", "pod/"+server.Name, "-n", ns, "--max", "20", "--duration", "60s")
+	t.Logf("meshctl tap pod/%s -n %s --max 20:\n%s", server.Name, ns, tapped)
+	lines := strings.Split(tapped, "\n")
+	if !slices.ContainsFunc(lines, func(l string) bool {
+		return containsAll(l, " refused ", "reporter=destination", "identity=spiffe://cluster.local/ns/"+ns+"/sa/b", "dst="+ns+"/echo",
+			"reason=policy_denied", "none matched")
+	}) {
+		t.Errorf("meshctl tap pod/%s: want a refused event for bob (sa b), reason policy_denied, no ALLOW matched", server.Name)
+	}
+	if !slices.ContainsFunc(lines, func(l string) bool {
+		return containsAll(l, " opened ", "reporter=destination", "identity=spiffe://cluster.local/ns/"+ns+"/sa/a", "dst="+ns+"/echo",
+			"security=mutual_tls", "policy="+ns+"/only-a")
+	}) || !strings.Contains(tapped, "tap ended (max events): 20 events shown") {
+		t.Errorf("meshctl tap pod/%s: want an opened event for alice (sa a) over mutual_tls, let in by %s/only-a, then the end", server.Name, ns)
+	}
+
 	lb.Apply(t, ns, fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: not-a}
@@ -214,6 +238,42 @@ spec:
 `, ns))
 	waitAnswered(t, lb, ns, alice.Name, url, false, "DENY a wins over ALLOW a: alice is refused")
 	waitAnswered(t, lb, ns, dave.Name, url, false, "DENY a wins over ALLOW a: dave (same node) is refused")
+
+	// meshctl tap --refused names the DENY policy that refused alice.
+	tapped = tapWhile(t, func() { request(t, lb, ns, alice.Name, url) },
+		run, "tap", "pod/"+server.Name, "-n", ns, "--refused", "--max", "1", "--duration", "60s")
+	t.Logf("meshctl tap pod/%s -n %s --refused --max 1:\n%s", server.Name, ns, tapped)
+	if !slices.ContainsFunc(strings.Split(tapped, "\n"), func(l string) bool {
+		return containsAll(l, " refused ", "identity=spiffe://cluster.local/ns/"+ns+"/sa/a", "reason=policy_denied", "policy="+ns+"/not-a")
+	}) {
+		t.Errorf("meshctl tap pod/%s --refused: want alice refused by policy %s/not-a", server.Name, ns)
+	}
+}
+
+// tapWhile runs meshctl args (a tap) while traffic runs over and over,
+// starting once the tap's port-forward is up, and returns what it printed.
+func tapWhile(t *testing.T, traffic func(), run func(args ...string) string, args ...string) string {
+	t.Helper()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-time.After(3 * time.Second): // the tap's port-forward is up
+		case <-done:
+			return
+		}
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			traffic()
+		}
+	}()
+	defer func() { close(done); <-stopped }()
+	return run(args...)
 }
 
 // TestTrafficFlowsWithMeshdStopped: with every meshd replica gone, enrolled
