@@ -166,10 +166,16 @@ func TestRBAC(t *testing.T) {
 			}
 		}
 	}
+	// Its one write: Istio's status annotation on the pods it enrolls,
+	// through pods/status, which cannot change a pod's spec.
+	if !can("", "pods/status", "patch") {
+		t.Errorf("ClusterRole cannot patch pods/status (the ambient.istio.io/redirection annotation)")
+	}
 	for _, r := range role.Rules {
 		for _, v := range r.Verbs {
-			if !slices.Contains([]string{"get", "list", "watch"}, v) {
-				t.Errorf("ClusterRole grants %q on %v; the agent only reads", v, r.Resources)
+			write := v == "patch" && slices.Equal(r.Resources, []string{"pods/status"}) && slices.Equal(r.APIGroups, []string{""})
+			if !write && !slices.Contains([]string{"get", "list", "watch"}, v) {
+				t.Errorf("ClusterRole grants %q on %v; the agent only reads, and patches pods/status", v, r.Resources)
 			}
 		}
 	}
