@@ -213,7 +213,11 @@ func printTapStream[E any](in io.Reader, out, errOut io.Writer, raw bool, noun s
 			return fmt.Errorf("tap stream: %w", err)
 		}
 		if e := l.End; e != nil {
-			fmt.Fprintf(errOut, "tap ended (%s): %d %s shown, %d dropped (the reader was too slow)\n", e.Reason, e.Events, noun, e.Dropped)
+			why := ""
+			if e.Dropped > 0 {
+				why = " (the reader was too slow)"
+			}
+			fmt.Fprintf(errOut, "tap ended (%s): %d %s shown, %d dropped%s\n", e.Reason, e.Events, noun, e.Dropped, why)
 			if raw {
 				fmt.Fprintln(out, sc.Text())
 			}

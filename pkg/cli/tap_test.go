@@ -77,14 +77,18 @@ func TestPrintTap(t *testing.T) {
 	if len(lines) != 2 || !want.MatchString(lines[0]) || !strings.Contains(lines[1], ":path=/cart/2 ") || strings.Contains(out, "alice") {
 		t.Errorf("meshctl tap printed:\n%s\nwant two lines, the first matching %s, no query", out, want)
 	}
-	if errOut != "tap ended (max events): 2 requests shown, 0 dropped (the reader was too slow)\n" {
+	if errOut != "tap ended (max events): 2 requests shown, 0 dropped\n" {
 		t.Errorf("stderr %q", errOut)
 	}
 	out, _ = tap(true)
 	if n := strings.Count(out, `{"event":`); n != 2 || !strings.Contains(out, `{"end":`) {
 		t.Errorf("-o json printed:\n%s\nwant the two event lines and the end line", out)
 	}
-	var discard strings.Builder
+	var discard, slow strings.Builder
+	if err := printTap(strings.NewReader(`{"end":{"reason":"max events","events":7,"dropped":3}}`+"\n"), &discard, &slow, false); err != nil ||
+		slow.String() != "tap ended (max events): 7 requests shown, 3 dropped (the reader was too slow)\n" {
+		t.Errorf("a stream that dropped events ends %q, %v; want the drops and why", slow.String(), err)
+	}
 	if err := printTap(strings.NewReader(`{"event":{"method":"GET"}}`+"\n"), &discard, &discard, false); err == nil || !strings.Contains(err.Error(), "without its end line") {
 		t.Errorf("a cut stream: %v; want an error", err)
 	}
@@ -144,7 +148,7 @@ func TestPrintConnTap(t *testing.T) {
 	if out != want {
 		t.Errorf("meshctl tap node/… printed:\n%s\nwant:\n%s", out, want)
 	}
-	if errOut != "tap ended (max events): 4 events shown, 0 dropped (the reader was too slow)\n" {
+	if errOut != "tap ended (max events): 4 events shown, 0 dropped\n" {
 		t.Errorf("stderr %q", errOut)
 	}
 	out, _ = stream(true)
