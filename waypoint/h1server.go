@@ -888,12 +888,7 @@ func (w *h1Response) commit(hdr http.Header, raw *rawHeader, final bool) {
 	// (as removeHopHeaders drops it from a map).
 	var rawListed []string // the fields a raw answer's Connection names
 	var vbuf [2]string
-	values := func(k string) []string {
-		if raw != nil {
-			return raw.appendValues(vbuf[:0], k)
-		}
-		return hdr[k]
-	}
+	values := func(k string) []string { return raw.values(hdr, vbuf[:0], k) }
 	if raw != nil {
 		rawListed = raw.appendValues(nil, "Connection")
 	} else if hasToken(hdr["Connection"], "close") {

@@ -151,6 +151,15 @@ func (r *rawHeader) has(k string) bool {
 	return false
 }
 
+// values returns the values of field k (canonical): from r, appended to
+// buf, when r is set, else from hdr.
+func (r *rawHeader) values(hdr http.Header, buf []string, k string) []string {
+	if r == nil {
+		return hdr[k]
+	}
+	return r.appendValues(buf, k)
+}
+
 // appendValues appends the values of the fields named k (canonical).
 func (r *rawHeader) appendValues(dst []string, k string) []string {
 	for _, sp := range r.spans {
@@ -279,12 +288,11 @@ func (h *headReader) readResponse(req *http.Request) (resp *http.Response, raw r
 		resp.Header = hdr
 	}
 	var vbuf [2]string
-	values := func(k string) []string {
-		if hdr != nil {
-			return hdr[k]
-		}
-		return fields.appendValues(vbuf[:0], k)
+	src := &fields // nil once the map is built
+	if hdr != nil {
+		src = nil
 	}
+	values := func(k string) []string { return src.values(hdr, vbuf[:0], k) }
 	resp.Close = wantsClose(values("Connection"), resp.ProtoMajor, resp.ProtoMinor)
 
 	noBody := req.Method == http.MethodHead || resp.StatusCode < 200 ||

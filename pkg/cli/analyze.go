@@ -373,11 +373,7 @@ func analyzeModel(objs []sourced, opts AnalyzeOptions) ([]Finding, *model.Snapsh
 		if err != nil {
 			continue // a kind analyze has no checks for
 		}
-		data, err := json.Marshal(u.Object)
-		if err != nil {
-			return nil, nil, fmt.Errorf("encode %s %s: %w", kind, name, err)
-		}
-		if err := json.Unmarshal(data, typed); err != nil {
+		if err := decodeInto(u.Object, typed); err != nil {
 			a.add(SeverityError, "schema", kind, ns, name, "does not decode as %s: %v; fix the field named", gvk, err)
 			continue
 		}

@@ -41,14 +41,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -61,6 +59,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/version"
+	"k8s.io/klog/v2"
 
 	"github.com/meshlet/meshlet/deploy/crds"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -72,8 +71,8 @@ var minKubernetes = version.MajorMinor(1, 31)
 // Kernel versions: the node agent's floor, and where TCX replaces clsact
 // for pod ingress (node-agent/ebpf).
 var (
-	minKernel = kernelVersion{5, 15}
-	tcxKernel = kernelVersion{6, 6}
+	minKernel = version.MajorMinor(5, 15)
+	tcxKernel = version.MajorMinor(6, 6)
 )
 
 // supportedArchs are the architectures meshlet is built for: the eBPF
@@ -402,30 +401,12 @@ func listSome(items []string, n int) string {
 	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }
 
-// kernelVersion is a Linux kernel's major and minor version.
-type kernelVersion struct{ major, minor int }
-
-func (k kernelVersion) less(o kernelVersion) bool {
-	return k.major < o.major || (k.major == o.major && k.minor < o.minor)
-}
-
-func (k kernelVersion) String() string { return fmt.Sprintf("%d.%d", k.major, k.minor) }
-
-var kernelRE = regexp.MustCompile(`^(\d+)\.(\d+)`)
-
 // parseKernel reads the version of a kernel release string as uname -r
-// prints it ("6.1.0-18-amd64", "5.15.0-1034-aws", "4.18.0-477.el8.x86_64").
-func parseKernel(release string) (kernelVersion, bool) {
-	m := kernelRE.FindStringSubmatch(strings.TrimPrefix(strings.TrimSpace(release), "v"))
-	if m == nil {
-		return kernelVersion{}, false
-	}
-	major, err1 := strconv.Atoi(m[1])
-	minor, err2 := strconv.Atoi(m[2])
-	if err1 != nil || err2 != nil {
-		return kernelVersion{}, false
-	}
-	return kernelVersion{major, minor}, true
+// prints it ("6.1.0-18-amd64", "5.15.0-1034-aws", "4.18.0-477.el8.x86_64"):
+// its leading dotted numbers, the rest uninterpreted.
+func parseKernel(release string) (*version.Version, bool) {
+	v, err := version.ParseGeneric(strings.TrimSpace(release))
+	return v, err == nil
 }
 
 // backportingKernel reports a RHEL-family kernel (RHEL, CentOS Stream,
@@ -445,22 +426,11 @@ var daemonSetTolerations = []corev1.Toleration{
 }
 
 // tolerates reports whether one of ts tolerates taint, as the scheduler
-// matches them (no numeric operators: the chart uses none).
+// matches them.
 func tolerates(ts []corev1.Toleration, taint corev1.Taint) bool {
-	for _, t := range ts {
-		if t.Effect != "" && t.Effect != taint.Effect {
-			continue
-		}
-		if t.Key != "" && t.Key != taint.Key {
-			continue
-		}
-		switch t.Operator {
-		case corev1.TolerationOpExists:
+	for i := range ts {
+		if ts[i].ToleratesTaint(klog.Background(), &taint, false) {
 			return true
-		case corev1.TolerationOpEqual, "":
-			if t.Key != "" && t.Value == taint.Value {
-				return true
-			}
 		}
 	}
 	return false
@@ -474,8 +444,7 @@ func nodeAgentPlacement(r *Rendered) (selector map[string]string, tolerations []
 			continue
 		}
 		var ds appsv1.DaemonSet
-		b, err := o.MarshalJSON()
-		if err != nil || json.Unmarshal(b, &ds) != nil {
+		if decodeInto(o.Object, &ds) != nil {
 			return nil, nil, false
 		}
 		spec := ds.Spec.Template.Spec
@@ -525,7 +494,7 @@ func checkNodes(ctx context.Context, rep *precheckReport, c *clients, r *Rendere
 	}
 	var agentNodes, tcx int
 	var oldest, newest string
-	var oldestV, newestV kernelVersion
+	var oldestV, newestV *version.Version
 	archs := map[string]bool{}
 	for _, n := range nodes.Items {
 		info := n.Status.NodeInfo
@@ -566,24 +535,24 @@ func checkNodes(ctx context.Context, rep *precheckReport, c *clients, r *Rendere
 				return fmt.Sprintf("node(s) %s report the kernel %q, whose version meshctl cannot read: meshlet needs Linux %s or newer with BTF and cgroup v2; the node agent checks at start and names what is missing", nodes, release, minKernel)
 			})
 			continue
-		case kv.less(minKernel) && backportingKernel.MatchString(release):
+		case kv.LessThan(minKernel) && backportingKernel.MatchString(release):
 			add("kernel-el/"+release, levelWarning, n.Name, func(nodes string) string {
 				return fmt.Sprintf("node(s) %s run kernel %s, older than meshlet's floor %s, but a RHEL-family kernel backports BPF features: the node agent probes them at start and names what is missing; check kubectl -n <mesh namespace> logs of its pod there after install",
 					nodes, release, minKernel)
 			})
-		case kv.less(minKernel):
+		case kv.LessThan(minKernel):
 			add("kernel/"+release, levelError, n.Name, func(nodes string) string {
 				return fmt.Sprintf("node(s) %s run kernel %s; the node agent needs Linux %s or newer (cgroup connect, sockops and tc programs with bpf_sk_assign): it fails its kernel check there and install waits for it in vain; upgrade the node image or keep meshlet off these nodes",
 					nodes, release, minKernel)
 			})
 		}
-		if !kv.less(tcxKernel) {
+		if !kv.LessThan(tcxKernel) {
 			tcx++
 		}
-		if oldest == "" || kv.less(oldestV) {
+		if oldest == "" || kv.LessThan(oldestV) {
 			oldest, oldestV = release, kv
 		}
-		if newest == "" || newestV.less(kv) {
+		if newest == "" || newestV.LessThan(kv) {
 			newest, newestV = release, kv
 		}
 	}

@@ -432,20 +432,24 @@ func TestPrecheckTaints(t *testing.T) {
 func TestParseKernel(t *testing.T) {
 	tests := []struct {
 		release string
-		want    kernelVersion
+		want    [2]uint // major, minor
 		ok      bool
 	}{
-		{"6.1.0-18-amd64", kernelVersion{6, 1}, true},
-		{"5.15.0-1034-aws", kernelVersion{5, 15}, true},
-		{"4.18.0-477.el8.x86_64", kernelVersion{4, 18}, true},
-		{"6.6.12-linuxkit", kernelVersion{6, 6}, true},
-		{"5.14.0-427.13.1.el9_4.x86_64", kernelVersion{5, 14}, true},
-		{"10.0.20348.2227", kernelVersion{10, 0}, true},
-		{"", kernelVersion{}, false},
-		{"lab", kernelVersion{}, false},
+		{"6.1.0-18-amd64", [2]uint{6, 1}, true},
+		{"5.15.0-1034-aws", [2]uint{5, 15}, true},
+		{"4.18.0-477.el8.x86_64", [2]uint{4, 18}, true},
+		{"6.6.12-linuxkit", [2]uint{6, 6}, true},
+		{"5.14.0-427.13.1.el9_4.x86_64", [2]uint{5, 14}, true},
+		{"10.0.20348.2227", [2]uint{10, 0}, true},
+		{"", [2]uint{}, false},
+		{"lab", [2]uint{}, false},
 	}
 	for _, tt := range tests {
-		got, ok := parseKernel(tt.release)
+		v, ok := parseKernel(tt.release)
+		var got [2]uint
+		if ok {
+			got = [2]uint{v.Major(), v.Minor()}
+		}
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("parseKernel(%q) = %v, %t; want %v, %t", tt.release, got, ok, tt.want, tt.ok)
 		}
