@@ -87,14 +87,14 @@ func TestHotPathAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &routeInput{path: "/api/v1", method: "GET", authority: "reviews:9080", header: http.Header{"End-User": {"alice"}}}
+	in := &routeInput{path: "/api/v1", method: "GET", authority: "reviews:9080", header: &reqFields{list: []field{{"End-User", "alice"}}}}
 	m, err := newMetrics(prometheus.NewRegistry(), "", nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &record{start: time.Now(), code: 200, peer: Peer{Principal: "cluster.local/ns/a/sa/b", Labels: map[string]string{"app": "a"}}, dest: destInfo{service: "reviews.default.svc.cluster.local"}}
-	m.observe(rec, nil, nil) // the series is cached from here on
-	traceHeader := http.Header{}
+	m.observe(rec, nil, nil, nil) // the series is cached from here on
+	traceHeader := &reqFields{m: http.Header{}}
 	tests := []struct {
 		name string
 		max  float64
@@ -103,7 +103,7 @@ func TestHotPathAllocs(t *testing.T) {
 		{"normalizePath clean", 0, func() { normalizePath("/api/v1/reviews/1") }},
 		{"normalizePath dirty", 5, func() { normalizePath("//api/./v1/../v2%2Fx") }},
 		{"findRoute", 0, func() { c.selectListener(0).findRoute(in) }},
-		{"metrics.observe cached series", 0, func() { m.observe(rec, nil, nil) }},
+		{"metrics.observe cached series", 0, func() { m.observe(rec, nil, nil, nil) }},
 		// The traceparent string and its one-element value slice.
 		{"startTrace", 2, func() { startTrace(traceHeader, 0) }},
 		{"policy.Evaluate", 0, func() {

@@ -448,7 +448,7 @@ type routeInput struct {
 	path      string // normalized, no query
 	method    string
 	authority string
-	header    http.Header
+	header    *reqFields
 	url       *url.URL // its query is parsed only if a route matches on it
 	port      uint32
 	peer      Peer
@@ -627,9 +627,10 @@ func (m *match) match(in *routeInput) bool {
 			return false
 		}
 	}
+	var buf [2]string
 	for _, h := range m.headers {
-		vals, ok := in.header[h.name]
-		if !h.matches(vals, ok) {
+		vals, present := in.header.appendValues(buf[:0], h.name)
+		if !h.matches(vals, present) {
 			return false
 		}
 	}

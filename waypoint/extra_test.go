@@ -448,7 +448,7 @@ func TestSourceMatchAndPrincipalRateLimit(t *testing.T) {
 		model.L7Route{Name: "default", Destinations: to("v1")})
 	h := start(t, cfg, func(o *Options) {
 		o.Peer = func(r *http.Request) Peer {
-			switch r.Header.Get("X-Test-Peer") {
+			switch r.URL.Query().Get("test-peer") {
 			case "tester-a":
 				return Peer{Principal: "cluster.local/ns/canary/sa/a", Labels: map[string]string{"app": "tester"}}
 			case "tester-b":
@@ -472,7 +472,7 @@ func TestSourceMatchAndPrincipalRateLimit(t *testing.T) {
 		{"", 200, "v1"},
 	}
 	for i, tt := range tests {
-		code, body := h.get(t, client, "/", map[string]string{"X-Test-Peer": tt.peer})
+		code, body := h.get(t, client, "/?test-peer="+tt.peer, nil)
 		if code != tt.wantCode || (tt.wantBody != "" && body != tt.wantBody) {
 			t.Errorf("request %d as %q = %d %q; want %d %q", i, tt.peer, code, body, tt.wantCode, tt.wantBody)
 		}

@@ -100,6 +100,12 @@ var errClosedBeforeAnswer = errors.New("upstream closed a reused connection befo
 // its end or closed; only then is the connection reused. The answer's
 // header may be left as read, resp.Header nil: answerHeader builds it.
 func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	return c.roundTrip(req, nil)
+}
+
+// roundTrip is RoundTrip for a request whose header fields are fields,
+// when set (a reqFields list; req.Header is then nil), else req.Header.
+func (c *h1Client) roundTrip(req *http.Request, fields []field) (*http.Response, error) {
 	ctx := req.Context()
 	addr := req.URL.Host
 	for {
@@ -107,7 +113,7 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.send(pc, req)
+		resp, err := c.send(pc, req, fields)
 		if err == nil {
 			return resp, nil
 		}
@@ -117,7 +123,7 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		// As http.Transport does, the request goes again on another
 		// connection when the server could not have acted on it: nothing
 		// came back and it is idempotent, and its body can be sent again.
-		if !replayable(req) {
+		if !replayable(req, fields) {
 			return nil, err
 		}
 		if req.GetBody != nil {
@@ -135,13 +141,18 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 // replayable mirrors http.Request's rule for resending a request after a
 // reused connection failed: an idempotent method (or an idempotency key)
 // and a body that is absent or can be produced again.
-func replayable(r *http.Request) bool {
+func replayable(r *http.Request, fields []field) bool {
 	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
 		return false
 	}
 	switch r.Method {
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
+	}
+	for _, f := range fields {
+		if f.k == "Idempotency-Key" || f.k == "X-Idempotency-Key" {
+			return true
+		}
 	}
 	_, key := r.Header["Idempotency-Key"]
 	_, xkey := r.Header["X-Idempotency-Key"]
@@ -150,7 +161,7 @@ func replayable(r *http.Request) bool {
 
 // send writes req on pc and reads the answer's head. On error pc is
 // closed.
-func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
+func (c *h1Client) send(pc *h1Conn, req *http.Request, fields []field) (*http.Response, error) {
 	pc.requests++
 	if c.maxRequests == 1 || (c.maxRequests > 1 && pc.requests >= c.maxRequests) || (c.maxAge > 0 && time.Since(pc.born) >= c.maxAge) {
 		if !req.Close {
@@ -173,7 +184,7 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	}
 	var written chan error
 	if req.Body == nil || req.Body == http.NoBody {
-		if err := writeRequest(pc.bw, req); err != nil {
+		if err := writeRequest(pc.bw, req, fields); err != nil {
 			return fail(err)
 		}
 		if err := pc.bw.Flush(); err != nil {
@@ -186,7 +197,7 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request) (*http.Response, error) {
 		// The body goes while the answer is read: a server may answer
 		// before reading all of it, or stream back as it reads.
 		written = make(chan error, 1)
-		go pc.sendRequest(req, written)
+		go pc.sendRequest(req, fields, written)
 	}
 	// Let other goroutines run before reading the answer: under load the
 	// answer is then usually there, and the read does not fail with
@@ -230,11 +241,11 @@ func (pc *h1Conn) cut() {
 
 // sendRequest writes a request with a body, concurrently with the answer
 // being read; it reports the write's end on done.
-func (pc *h1Conn) sendRequest(req *http.Request, done chan<- error) {
+func (pc *h1Conn) sendRequest(req *http.Request, fields []field, done chan<- error) {
 	body := &bodyReadError{ReadCloser: req.Body}
 	out := *req
 	out.Body = body
-	err := writeRequest(pc.bw, &out)
+	err := writeRequest(pc.bw, &out, fields)
 	if err == nil {
 		err = pc.bw.Flush()
 	}

@@ -57,6 +57,7 @@ func parseWaypoint(data []byte) []parsedRequest {
 		if err != nil {
 			return out
 		}
+		r.Header = c.res.fields.header() // kept as a list for the proxy
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			return out

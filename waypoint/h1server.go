@@ -373,7 +373,13 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 			return r, &requestError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 		}
 	}
-	hdr := c.header(head)
+	// The fields stay a list (see reqFields): room for the few the proxy
+	// adds upstream (X-Forwarded-For, -Proto, X-Request-Id, traceparent).
+	f := &c.res.fields
+	*f = reqFields{list: make([]field, len(c.spans), len(c.spans)+4)}
+	for i, sp := range c.spans {
+		f.list[i] = field{head[sp.k0:sp.k1], head[sp.v0:sp.v1]}
+	}
 
 	rawurl := uri
 	justAuthority := method == http.MethodConnect && !strings.HasPrefix(uri, "/")
@@ -388,7 +394,17 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 		u.Scheme = ""
 	}
 
-	hosts, haveHost := hdr["Host"]
+	var vbuf [2]string
+	values := func(k string) []string {
+		vv := vbuf[:0]
+		for i := range f.list {
+			if f.list[i].k == k {
+				vv = append(vv, f.list[i].v)
+			}
+		}
+		return vv
+	}
+	hosts := values("Host")
 	if major == 1 && minor >= 1 && len(hosts) == 0 && method != http.MethodConnect {
 		return r, badRequest("missing required Host header")
 	}
@@ -396,39 +412,39 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 		return r, badRequest("too many Host headers")
 	}
 	host := u.Host
-	if haveHost {
+	if len(hosts) == 1 {
 		if !validHost(hosts[0]) {
 			return r, badRequest("malformed Host header")
 		}
 		if host == "" {
 			host = hosts[0]
 		}
-		delete(hdr, "Host")
+		f.del("Host")
 	}
 
 	r = http.Request{
 		Method: method, URL: u, Proto: proto, ProtoMajor: major, ProtoMinor: minor,
-		Header: hdr, Host: host, RemoteAddr: c.remoteAddr, RequestURI: uri, TLS: c.tlsState,
+		Host: host, RemoteAddr: c.remoteAddr, RequestURI: uri, TLS: c.tlsState,
 		Body: http.NoBody,
 	}
-	r.Close = wantsClose(hdr["Connection"], major, minor)
+	r.Close = wantsClose(values("Connection"), major, minor)
 
 	// Framing (RFC 9112 section 6), strictly: see h1Server.
-	te, haveTE := hdr["Transfer-Encoding"]
-	cls, haveCL := hdr["Content-Length"]
+	haveTE, haveCL := f.has("Transfer-Encoding"), f.has("Content-Length")
 	switch {
 	case haveTE && haveCL:
 		return r, badRequest("both Transfer-Encoding and Content-Length")
 	case haveTE && minor == 0:
 		return r, badRequest("Transfer-Encoding in an HTTP/1.0 request")
 	case haveTE:
-		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
+		if te := values("Transfer-Encoding"); len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
 			return r, &requestError{http.StatusNotImplemented, "unsupported transfer encoding"}
 		}
-		delete(hdr, "Transfer-Encoding")
+		f.del("Transfer-Encoding")
 		r.TransferEncoding = chunkedEncoding
 		r.ContentLength = -1
 	case haveCL:
+		cls := values("Content-Length")
 		for _, v := range cls[1:] {
 			if v != cls[0] {
 				return r, badRequest("conflicting Content-Length")
@@ -439,18 +455,18 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 			return r, badRequest("invalid Content-Length")
 		}
 		if len(cls) > 1 {
-			hdr["Content-Length"] = cls[:1]
+			f.set("Content-Length", cls[0])
 		}
 		r.ContentLength = n
 	}
 
 	// Expect: only 100-continue is known (417 otherwise, as net/http).
 	c.canWrite = false
-	if ex, ok := hdr["Expect"]; ok {
+	if ex := values("Expect"); len(ex) > 0 {
 		if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") {
 			return r, &requestError{http.StatusExpectationFailed, "unsupported Expect"}
 		}
-		delete(hdr, "Expect")
+		f.del("Expect")
 		c.canWrite = minor >= 1 && r.ContentLength != 0
 	}
 
@@ -528,7 +544,7 @@ func (c *h1ServerConn) runHandler(w *h1Response, req *http.Request) (ok bool) {
 			}
 		}
 	}()
-	c.srv.proxy.ServeHTTP(w, req)
+	c.srv.proxy.serve(w, req, &w.fields)
 	return true
 }
 
@@ -770,11 +786,13 @@ type h1Response struct {
 	pending     []byte // body held while the framing is not known
 	trailers    []string
 	err         error
+	fields      reqFields // the request's (readRequest sets them)
 }
 
 func (w *h1Response) reset(req *http.Request, body *h1ReqBody) {
 	clear(w.header)
-	*w = h1Response{c: w.c, req: req, body: body, header: w.header, cl: -1, pending: w.pending[:0], trailers: w.trailers[:0]}
+	*w = h1Response{c: w.c, req: req, body: body, header: w.header, cl: -1, pending: w.pending[:0], trailers: w.trailers[:0],
+		fields: reqFields{list: w.fields.list, reqs: [2]*http.Request{req}}}
 }
 
 func (w *h1Response) Header() http.Header {

@@ -420,9 +420,10 @@ func (b *wireBody) Close() error { return nil }
 // and LF in values become spaces), the framing from ContentLength (chunked
 // when unknown, "Content-Length: 0" for an empty body of a method other
 // than GET and HEAD), "Connection: close" for req.Close, then the body and
-// trailers. Unlike net/http it adds no User-Agent: a proxy passes the
+// trailers. fields, when set, are the header fields (a reqFields list, and
+// req.Header nil). Unlike net/http it adds no User-Agent: a proxy passes the
 // client's on, or none. The body is closed after.
-func writeRequest(bw *bufio.Writer, req *http.Request) error {
+func writeRequest(bw *bufio.Writer, req *http.Request, fields []field) error {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
@@ -464,6 +465,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
+	writeFields(bw, fields)
 	for k, vv := range req.Header {
 		switch k {
 		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
@@ -491,7 +493,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 			bw.WriteString("\r\n")
 		}
 	}
-	if req.Close && !hasToken(req.Header["Connection"], "close") {
+	if req.Close && !hasToken(req.Header["Connection"], "close") && !listHasToken(fields, "Connection", "close") {
 		bw.WriteString("Connection: close\r\n")
 	}
 	if _, err := bw.WriteString("\r\n"); err != nil {
@@ -544,14 +546,20 @@ func writeField(bw *bufio.Writer, k string, vv []string) {
 		return
 	}
 	for _, v := range vv {
-		bw.WriteString(k)
-		bw.WriteString(": ")
-		if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
-			v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
-		}
-		bw.WriteString(v)
-		bw.WriteString("\r\n")
+		writeFieldValue(bw, k, v)
 	}
+}
+
+// writeFieldValue writes field k (a token) with value v, CR and LF in it
+// made spaces.
+func writeFieldValue(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
+		v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
 }
 
 // Date header values, formatted once a second.

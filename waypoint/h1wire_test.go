@@ -102,12 +102,12 @@ func TestWriteRequest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var b bytes.Buffer
 			bw := bufio.NewWriter(&b)
-			if err := writeRequest(bw, tt.req); err != nil {
-				t.Fatalf("writeRequest() = %v", err)
+			if err := writeRequest(bw, tt.req, nil); err != nil {
+				t.Fatalf("writeRequest(, nil) = %v", err)
 			}
 			bw.Flush()
 			if got := b.String(); got != tt.want {
-				t.Errorf("writeRequest() wrote %q; want %q", got, tt.want)
+				t.Errorf("writeRequest(, nil) wrote %q; want %q", got, tt.want)
 			}
 			// net/http reads it back as the same request.
 			got, err := http.ReadRequest(bufio.NewReader(&b))
@@ -124,7 +124,7 @@ func TestWriteRequest(t *testing.T) {
 		{"short body", &http.Request{Method: "PUT", URL: &url.URL{Path: "/"}, Host: "app", Body: io.NopCloser(strings.NewReader("hi")), ContentLength: 5}},
 		{"invalid Host", &http.Request{Method: "GET", URL: &url.URL{Path: "/"}, Host: "a\r\nb"}},
 	} {
-		if err := writeRequest(bufio.NewWriter(io.Discard), tt.req); err == nil {
+		if err := writeRequest(bufio.NewWriter(io.Discard), tt.req, nil); err == nil {
 			t.Errorf("writeRequest(%s) = nil; want an error", tt.name)
 		}
 	}
@@ -157,7 +157,7 @@ func TestWireAllocs(t *testing.T) {
 			}
 		}},
 		{"writeRequest", 0, func() {
-			if err := writeRequest(bw, out); err != nil {
+			if err := writeRequest(bw, out, nil); err != nil {
 				t.Fatal(err)
 			}
 			bw.Flush()

@@ -316,7 +316,7 @@ func sameOverride(a, b model.MetricOverride) bool {
 // observe records a request in the Istio request metrics. It returns the
 // request's attributes when the overrides needed them (nil otherwise), for
 // the access log filter to reuse.
-func (m *metrics) observe(rec *record, req *http.Request, w *responseWriter) *logfilter.Attributes {
+func (m *metrics) observe(rec *record, req *http.Request, hdr *reqFields, w *responseWriter) *logfilter.Attributes {
 	if m == nil {
 		return nil
 	}
@@ -339,7 +339,7 @@ func (m *metrics) observe(rec *record, req *http.Request, w *responseWriter) *lo
 	}
 	var attrs *logfilter.Attributes
 	if len(set.httpExprs) > 0 {
-		attrs = logAttributes(rec, req, w)
+		attrs = logAttributes(rec, req, hdr, w)
 		k.custom = evalAll(set.httpExprs, attrs)
 	}
 	s := set.seriesFor(&k)

@@ -36,7 +36,9 @@ type Options struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Peer describes the client of a request (identity from the HBONE peer
 	// certificate, workload labels). Nil means: IP and port from the
-	// connection, no identity.
+	// connection, no identity. It reads the connection (ConnFromContext)
+	// and addresses, never header fields, which the client controls: an
+	// HTTP/1.1 request's Header is nil when it is called (see reqFields).
 	Peer func(r *http.Request) Peer
 	// Registerer receives the Istio metrics; nil means no metrics.
 	Registerer prometheus.Registerer
@@ -240,9 +242,16 @@ func deleteHeaders(h http.Header, match func(string) bool) {
 // the cluster's load balancer and circuit breaker, mirror, edit the response,
 // record telemetry.
 func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
+	p.serve(rw, req, mapFields(req))
+}
+
+// serve is ServeHTTP for a request whose header fields are hdr (the h1
+// server's list; see reqFields): nothing below reads req.Header but
+// through hdr, or after hdr.header().
+func (p *Proxy) serve(rw http.ResponseWriter, req *http.Request, hdr *reqFields) {
 	cfg := p.cfg.Load()
 	peer := p.peer(req)
-	rec := newRecord(req, peer)
+	rec := newRecord(req, hdr, peer)
 	w := &responseWriter{ResponseWriter: rw}
 	defer func() {
 		rec.code, rec.bytesOut = w.status, w.written
@@ -252,28 +261,28 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		// The Telemetry API (cfg.telemetry) switches what the options enable.
 		var attrs *logfilter.Attributes // built once, for the metrics' tag values or the log filter
 		if tm := cfg.telemetry.RequestMetrics; tm == nil || *tm {
-			attrs = p.metrics.observe(rec, req, w)
+			attrs = p.metrics.observe(rec, req, hdr, w)
 		}
 		if al := cfg.telemetry.AccessLog; (al == nil || *al) && p.log != nil {
 			if cfg.logFilter != nil && attrs == nil {
-				attrs = logAttributes(rec, req, w)
+				attrs = logAttributes(rec, req, hdr, w)
 			}
 			if cfg.logFilter == nil || cfg.logFilter.Match(attrs) {
-				p.log.log(cfg.logFormat, rec, req, w)
+				p.log.log(cfg.logFormat, rec, req, hdr, w)
 			}
 		}
 		p.publishTap(rec)
 		freeRecord(rec)
 	}()
-	grpc := isGRPC(req)
+	grpc := isGRPCContent(hdr.get("Content-Type"))
 	sampling := p.opts.TraceSampling
 	if s := cfg.telemetry.TraceSampling; s != nil {
 		sampling = *s
 	}
-	tc := startTrace(req.Header, sampling)
+	tc := startTrace(hdr, sampling)
 	if cfg.exportSpan != nil && tc.sampled {
 		// Custom tags read the client's headers as they came.
-		defer exportSpan(cfg.exportSpan, tc, rec, w, traceTags(cfg.telemetry.TraceTags, req.Header))
+		defer exportSpan(cfg.exportSpan, tc, rec, w, traceTags(cfg.telemetry.TraceTags, hdr))
 	}
 
 	// 1. One view of the path for routing, policy and the upstream.
@@ -286,7 +295,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if req.URL.RawQuery != "" {
 		rec.path += "?" + req.URL.RawQuery
 	}
-	deleteHeaders(req.Header, isInternalHeader)
+	hdr.deleteIf(isInternalHeader)
 	if misdirected(req) {
 		p.localReply(w, rec, grpc, http.StatusMisdirectedRequest, "", "misdirected_request", "")
 		return
@@ -297,6 +306,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	// claim headers it sets (and removes when spoofed) are what routes see.
 	var auth *policy.Auth
 	if cfg.jwt != nil {
+		hdr.header()
 		auth, err = cfg.jwt.forService(peer.DestinationService).authenticate(req.Context(), req)
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meshlet", error="invalid_token"`)
@@ -310,7 +320,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	rt := cfg.workloadRoute(&peer)
 	if lis := cfg.selectListener(peer.DestinationPort); rt == nil && lis != nil {
 		_, rt = lis.findRoute(&routeInput{
-			path: path, method: req.Method, authority: req.Host, header: req.Header,
+			path: path, method: req.Method, authority: req.Host, header: hdr,
 			url: req.URL, port: peer.DestinationPort, peer: peer,
 		})
 	}
@@ -324,7 +334,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		d := policy.Evaluate(pols, &policy.Request{
 			SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
 			SourceIP: peer.IP, DestinationIP: peer.DestinationIP, DestinationPort: peer.DestinationPort,
-			Host: req.Host, Method: req.Method, Path: path, Headers: req.Header, Auth: auth,
+			Host: req.Host, Method: req.Method, Path: path, Headers: hdr, Auth: auth,
 		})
 		if d.Shadow != nil && d.Shadow.Allow != d.Allow {
 			p.logf("waypoint: dry-run: %s %s would be %s by %s (%s)", req.Method, path, verdict(d.Shadow.Allow), d.Shadow.Policy, d.Shadow.Reason)
@@ -332,6 +342,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		// A CUSTOM policy's authorizer first, as Envoy's ext_authz
 		// filter runs before RBAC.
 		if d.Check != "" {
+			hdr.header()
 			var done bool
 			if authzResponse, done = p.authorize(w, rec, grpc, cfg.extAuthz[d.Check], d.CheckPolicy, req, peer); done {
 				return
@@ -349,6 +360,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	spec := rt.spec
 	if rt.extAuthz != nil {
 		// The route's ExternalAuth filter, once its policies allowed.
+		hdr.header()
 		h, done := p.authorize(w, rec, grpc, rt.extAuthz, rt.name, req, peer)
 		if done {
 			return
@@ -363,7 +375,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 
 	// 5. Local answers.
-	if rt.cors != nil && p.cors(w, req, rt.cors) {
+	if rt.cors != nil && p.cors(w, req, hdr, rt.cors) {
 		return
 	}
 	if dr := spec.DirectResponse; dr != nil {
@@ -378,7 +390,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 
 	// 6. Rate limit.
-	if rt.limiter != nil && !rt.limiter.allow(rt.limiter.key(peer.Principal, req.Header.Get), time.Now()) {
+	if rt.limiter != nil && !rt.limiter.allow(rt.limiter.key(peer.Principal, hdr.Get), time.Now()) {
 		w.Header().Set("X-Ratelimit-Limited", "true")
 		p.localReply(w, rec, grpc, http.StatusTooManyRequests, flagRateLimited, "local_rate_limited", "local_rate_limited")
 		return
@@ -411,6 +423,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	d := rt.pickDest(rand.Uint64N)
 	var pin *endpoint
 	if rt.session != nil {
+		hdr.header()
 		if sd, ep := rt.session.target(rt, req, time.Now()); sd != nil {
 			d, pin = sd, ep
 		}
@@ -434,20 +447,21 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	// the handler owns and nothing below reads for the client's values
 	// once it is edited for upstream, and copies its URL: two allocations
 	// instead of Clone's deep copy of every field on every request.
-	te := get(req.Header, "Te")
-	upgrade := upgradeType(req.Header)
+	te := hdr.get("Te")
+	upgrade := upgradeType(hdr)
 	out := req.WithContext(ctx)
+	hdr.bind(out)
 	u := *req.URL
 	out.URL = &u
 	out.RequestURI = ""
 	out.Close = false
-	removeHopHeaders(out.Header, upgrade != "")
+	hdr.removeHop(upgrade != "")
 	if upgrade != "" {
-		out.Header.Set("Connection", "Upgrade")
-		out.Header.Set("Upgrade", upgrade)
+		hdr.set("Connection", "Upgrade")
+		hdr.set("Upgrade", upgrade)
 	}
 	if te == "trailers" || grpc {
-		out.Header["Te"] = teTrailers[:1:1]
+		hdr.setValues("Te", teTrailers[:1:1])
 	}
 	setPath(out.URL, rewritePath(path, rt), req.URL.RawQuery)
 	out.Host = req.Host
@@ -455,22 +469,22 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		out.Host = rw.Authority
 	}
 	if peer.IP.IsValid() {
-		if prior := req.Header["X-Forwarded-For"]; len(prior) > 0 {
-			out.Header.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+peer.IP.String())
+		if prior := hdr.values("X-Forwarded-For"); len(prior) > 0 {
+			hdr.set("X-Forwarded-For", strings.Join(prior, ", ")+", "+peer.IP.String())
 		} else {
-			out.Header.Set("X-Forwarded-For", peer.IP.String())
+			hdr.set("X-Forwarded-For", peer.IP.String())
 		}
 	}
 	if req.TLS != nil {
-		out.Header["X-Forwarded-Proto"] = xfpHTTPS[:1:1]
+		hdr.setValues("X-Forwarded-Proto", xfpHTTPS[:1:1])
 	} else {
-		out.Header["X-Forwarded-Proto"] = xfpHTTP[:1:1]
+		hdr.setValues("X-Forwarded-Proto", xfpHTTP[:1:1])
 	}
-	if get(out.Header, "X-Request-Id") == "" {
-		out.Header.Set("X-Request-Id", rec.requestID)
+	if hdr.get("X-Request-Id") == "" {
+		hdr.set("X-Request-Id", rec.requestID)
 	}
-	applyHeaderOps(out.Header, spec.RequestHeaders)
-	applyHeaderOps(out.Header, d.spec.RequestHeaders)
+	applyHeaderOps(hdr, spec.RequestHeaders)
+	applyHeaderOps(hdr, d.spec.RequestHeaders)
 	body, replayable, err := p.bufferBody(req, grpc, upgrade != "")
 	if err != nil {
 		p.localReply(w, rec, grpc, http.StatusBadRequest, flagDownstreamClosed, "downstream_remote_disconnect", "")
@@ -487,6 +501,12 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	case upgrade == "":
 		tee := &teeBody{src: req.Body, limit: p.opts.MaxBufferedBody}
 		out.Body, replay = tee, tee.replay
+	}
+
+	if upgrade != "" || len(rt.mirrors) > 0 || up.policy.LB.ConsistentHash != nil {
+		// Read below as a map: the upgrade's transport choice and
+		// hijack, the mirrors' copies, the hash's header or cookie.
+		hdr.header()
 	}
 
 	// 9. Mirror: fire and forget, never waits for or slows the primary.
@@ -506,7 +526,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if sticky != nil {
 		stickyKey = sticky.Value
 	}
-	resp, held, ok := p.forward(w, rec, out, up, peer, spec, replay, grpc, stickyKey, pin)
+	resp, held, ok := p.forward(w, rec, out, hdr, up, peer, spec, replay, grpc, stickyKey, pin)
 	if !ok {
 		return
 	}
@@ -612,7 +632,11 @@ var (
 // failure it has written the local reply. stickyKey, when set, is the
 // consistent-hash key (the cookie the client is being given); pin, when
 // set, is the endpoint of the client's session, tried first unless ejected.
-func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string, pin *endpoint) (*http.Response, inFlight, bool) {
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, hdr *reqFields, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string, pin *endpoint) (*http.Response, inFlight, bool) {
+	h2 := up.useH2(grpc, out)
+	if h2 {
+		hdr.header() // the HTTP/2 transport reads a map (before out is copied below)
+	}
 	if up.policy.ProxyProtocol != 0 {
 		// The connection's PROXY header names this request's client.
 		src, _ := netip.ParseAddrPort(rec.downstreamRem)
@@ -627,8 +651,14 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 	var next io.ReadCloser
 	var transport http.RoundTripper = up.h1
 	pool := up.h1Pool
-	if up.useH2(grpc, out) {
+	if h2 {
 		transport, pool = up.h2, nil
+	}
+	// The HTTP/1.1 transport writes the fields from the list while they
+	// are one (nil: from out.Header).
+	fields := hdr.list
+	if hdr.m != nil {
+		fields = nil
 	}
 	var triedBuf [4]*endpoint
 	tried := triedBuf[:0]
@@ -706,7 +736,12 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, up *u
 			up.rate.sent()
 		}
 		start := time.Now()
-		resp, err := transport.RoundTrip(attempt)
+		var resp *http.Response
+		if fields != nil {
+			resp, err = up.h1.roundTrip(attempt, fields)
+		} else {
+			resp, err = transport.RoundTrip(attempt)
+		}
 		if timer != nil {
 			timer.Stop()
 		}
@@ -1167,9 +1202,9 @@ func grpcCode(s string) string {
 }
 
 // cors answers a preflight (true) or adds CORS headers to the response.
-func (p *Proxy) cors(w *responseWriter, req *http.Request, cp *corsPolicy) bool {
+func (p *Proxy) cors(w *responseWriter, req *http.Request, hdr *reqFields, cp *corsPolicy) bool {
 	c := cp.spec
-	origin := req.Header.Get("Origin")
+	origin := hdr.get("Origin")
 	if origin == "" {
 		return false
 	}
@@ -1189,7 +1224,7 @@ func (p *Proxy) cors(w *responseWriter, req *http.Request, cp *corsPolicy) bool 
 	if c.AllowCredentials {
 		h.Set("Access-Control-Allow-Credentials", "true")
 	}
-	if req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != "" {
+	if req.Method == http.MethodOptions && hdr.get("Access-Control-Request-Method") != "" {
 		if len(c.AllowMethods) > 0 {
 			h.Set("Access-Control-Allow-Methods", strings.Join(c.AllowMethods, ","))
 		}
@@ -1305,7 +1340,7 @@ const maxTagValue = 256
 // traceTags are the values of a config's custom span tags for a request:
 // a literal, or the request header's value (bounded; its default when the
 // request has none). Nil without tags.
-func traceTags(tags map[string]model.TraceTag, h http.Header) map[string]string {
+func traceTags(tags map[string]model.TraceTag, h *reqFields) map[string]string {
 	if len(tags) == 0 {
 		return nil
 	}
@@ -1390,7 +1425,7 @@ var records = sync.Pool{New: func() any { return new(record) }}
 
 // newRecord starts a request's record; freeRecord gives it back once the
 // request's telemetry is written, and nothing may hold it after.
-func newRecord(req *http.Request, peer Peer) *record {
+func newRecord(req *http.Request, hdr *reqFields, peer Peer) *record {
 	rec := records.Get().(*record)
 	*rec = record{
 		start:     time.Now(),
@@ -1398,9 +1433,9 @@ func newRecord(req *http.Request, peer Peer) *record {
 		path:      req.URL.RequestURI(),
 		protocol:  req.Proto,
 		authority: req.Host,
-		userAgent: get(req.Header, "User-Agent"),
-		requestID: get(req.Header, "X-Request-Id"),
-		xff:       get(req.Header, "X-Forwarded-For"),
+		userAgent: hdr.get("User-Agent"),
+		requestID: hdr.get("X-Request-Id"),
+		xff:       hdr.get("X-Forwarded-For"),
 		peer:      peer,
 		bytesIn:   max(req.ContentLength, 0),
 	}
@@ -1500,8 +1535,10 @@ func get(h http.Header, k string) string {
 	return ""
 }
 
-func isGRPC(r *http.Request) bool {
-	return strings.HasPrefix(get(r.Header, "Content-Type"), "application/grpc")
+func isGRPC(r *http.Request) bool { return isGRPCContent(get(r.Header, "Content-Type")) }
+
+func isGRPCContent(contentType string) bool {
+	return strings.HasPrefix(contentType, "application/grpc")
 }
 
 func scheme(r *http.Request) string {
@@ -1620,7 +1657,7 @@ func directReply(w http.ResponseWriter, rec *record, dr *model.DirectResponse, o
 	rec.details = "direct_response"
 }
 
-func applyHeaderOps(h http.Header, ops model.HeaderOps) {
+func applyHeaderOps(h headerEditor, ops model.HeaderOps) {
 	for _, k := range ops.Remove {
 		h.Del(k)
 	}
@@ -1668,8 +1705,8 @@ func removeHopHeaders(h http.Header, keepUpgrade bool) {
 // HTTP/2 tunnel to the backend whose later requests bypass routing and
 // policy (h2c smuggling), so other upgrades are dropped with the other
 // hop-by-hop headers and the request is proxied as a plain request.
-func upgradeType(h http.Header) string {
-	if hasToken(h["Connection"], "upgrade") && strings.EqualFold(get(h, "Upgrade"), "websocket") {
+func upgradeType(h *reqFields) string {
+	if h.hasToken("Connection", "upgrade") && strings.EqualFold(h.get("Upgrade"), "websocket") {
 		return "websocket"
 	}
 	return ""

@@ -363,7 +363,7 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 		if flag != "" {
 			rec.flag(flag)
 		}
-		p.log.log(cfg.logFormat, rec, nil, nil)
+		p.log.log(cfg.logFormat, rec, nil, nil, nil)
 	}
 	ep, err := up.pick(nil, peer, nil, "")
 	if err != nil {

@@ -144,13 +144,14 @@ type accessLogLine struct {
 
 // log writes rec's line: in format, or as the JSON line with Istio's
 // default fields when it is nil. req and w are the request and its
-// response, for headers (nil for a connection relayed whole).
-func (l *accessLogger) log(format *accesslog.Format, rec *record, req *http.Request, w *responseWriter) {
+// response and hdr the request's fields, for headers (nil for a connection
+// relayed whole).
+func (l *accessLogger) log(format *accesslog.Format, rec *record, req *http.Request, hdr *reqFields, w *responseWriter) {
 	if l == nil || l.w == nil {
 		return
 	}
 	if format != nil {
-		v := logValues{rec: rec, req: req}
+		v := logValues{rec: rec, req: req, hdr: hdr}
 		if w != nil {
 			v.resp = w.Header()
 		}
@@ -212,6 +213,7 @@ func (l *accessLogger) log(format *accesslog.Format, rec *record, req *http.Requ
 type logValues struct {
 	rec  *record
 	req  *http.Request // nil for a connection relayed whole
+	hdr  *reqFields    // req's fields
 	resp http.Header
 }
 
@@ -263,7 +265,7 @@ func (v *logValues) Field(name string) string {
 		return hostname()
 	case "TRACE_ID":
 		if v.req != nil {
-			if tp := v.req.Header.Get("Traceparent"); len(tp) >= 35 {
+			if tp := v.hdr.get("Traceparent"); len(tp) >= 35 {
 				return tp[3:35]
 			}
 		}
@@ -306,7 +308,7 @@ func (v *logValues) Request(name string) string {
 			return v.rec.requestID
 		}
 	}
-	return strings.Join(v.req.Header.Values(name), ",")
+	return strings.Join(v.hdr.Values(name), ",")
 }
 
 func (v *logValues) Response(name string) string {
@@ -320,11 +322,12 @@ func (v *logValues) Start() time.Time { return v.rec.start }
 
 // logAttributes are a request's attributes for a Telemetry access log
 // filter (pkg/logfilter), built only when one is configured.
-func logAttributes(rec *record, req *http.Request, w *responseWriter) *logfilter.Attributes {
+func logAttributes(rec *record, req *http.Request, hdr *reqFields, w *responseWriter) *logfilter.Attributes {
+	h := hdr.header()
 	a := &logfilter.Attributes{
 		Method: rec.method, Path: rec.path, URLPath: req.URL.Path, Host: rec.authority, Protocol: rec.protocol,
-		ID: rec.requestID, UserAgent: rec.userAgent, Referer: req.Header.Get("Referer"),
-		RequestHeaders: make(map[string]string, len(req.Header)),
+		ID: rec.requestID, UserAgent: rec.userAgent, Referer: h.Get("Referer"),
+		RequestHeaders: make(map[string]string, len(h)),
 		Time:           rec.start, Duration: time.Since(rec.start), RequestSize: rec.bytesIn,
 		Code: rec.code, CodeDetails: rec.details, GRPCStatus: rec.grpcStatus, ResponseSize: rec.bytesOut,
 		ResponseFlags:   rec.flagString(),
@@ -336,7 +339,7 @@ func logAttributes(rec *record, req *http.Request, w *responseWriter) *logfilter
 		a.Scheme = "https"
 		a.RequestedServerName = req.TLS.ServerName
 	}
-	for k, v := range req.Header {
+	for k, v := range h {
 		a.RequestHeaders[strings.ToLower(k)] = strings.Join(v, ",")
 	}
 	if ap, err := netip.ParseAddrPort(rec.downstreamRem); err == nil {

@@ -290,7 +290,7 @@ func TestMetricTagOverridesBounded(t *testing.T) {
 	for i := range maxCustomSeries + extra {
 		req.Header.Set("X-User", strconv.Itoa(i))
 		rec := &record{start: time.Now(), code: 200, dest: destInfo{service: "reviews"}}
-		m.observe(rec, req, &responseWriter{})
+		m.observe(rec, req, mapFields(req), &responseWriter{})
 	}
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -360,7 +360,7 @@ func TestMetricLayoutKeptAcrossPushes(t *testing.T) {
 	req.Header.Set("X-Tenant", "acme")
 	observe := func() {
 		rec := &record{start: time.Now(), code: 200, authority: "shop.example", dest: destInfo{service: "reviews"}}
-		m.observe(rec, req, &responseWriter{})
+		m.observe(rec, req, mapFields(req), &responseWriter{})
 	}
 	for _, o := range []map[string]model.MetricOverride{first, second} {
 		if err := m.apply(o); err != nil {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
-	"net/http"
 	"strings"
 	"time"
 )
@@ -40,7 +39,7 @@ type traceContext struct {
 // and sets the outgoing traceparent with the waypoint's own span as
 // parent. tracestate is passed through unchanged. An invalid traceparent
 // is replaced, as the W3C spec requires.
-func startTrace(h http.Header, samplePercent float64) traceContext {
+func startTrace(h *reqFields, samplePercent float64) traceContext {
 	// The outgoing traceparent is built in one buffer, and the context's
 	// IDs are slices of that one string. The IDs come from math/rand/v2
 	// (as OpenTelemetry's SDKs take theirs from a non-cryptographic
@@ -48,7 +47,7 @@ func startTrace(h http.Header, samplePercent float64) traceContext {
 	// crypto/rand's cost per request.
 	var rnd [24]byte // span ID, then a new trace ID if one is needed
 	var tc traceContext
-	v, parent, flags, ok := parseTraceparent(get(h, "Traceparent"))
+	v, parent, flags, ok := parseTraceparent(h.get("Traceparent"))
 	binary.LittleEndian.PutUint64(rnd[:8], rand.Uint64())
 	var b3 b3Context
 	if !ok {
@@ -71,7 +70,7 @@ func startTrace(h http.Header, samplePercent float64) traceContext {
 		binary.LittleEndian.PutUint64(rnd[8:16], rand.Uint64())
 		binary.LittleEndian.PutUint64(rnd[16:], rand.Uint64())
 		tc.sampled = chance(samplePercent)
-		delete(h, "Tracestate")
+		h.del("Tracestate")
 	}
 	var b [traceparentLen]byte
 	copy(b[:], "00-")
@@ -88,7 +87,7 @@ func startTrace(h http.Header, samplePercent float64) traceContext {
 	}
 	tp := string(b[:])
 	tc.traceID, tc.spanID = tp[3:35], tp[36:52]
-	h["Traceparent"] = []string{tp}
+	h.set("Traceparent", tp)
 	if b3.traceID != "" {
 		b3.propagate(h, tc)
 	}
@@ -108,8 +107,8 @@ type b3Context struct {
 // parseB3 reads a valid B3 context from h; ok is false without one, or
 // with a malformed one (which is then left for the caller's next hop as
 // it came).
-func parseB3(h http.Header) (b b3Context, ok bool) {
-	if v := get(h, "B3"); v != "" {
+func parseB3(h *reqFields) (b b3Context, ok bool) {
+	if v := h.get("B3"); v != "" {
 		parts := strings.Split(strings.ToLower(strings.TrimSpace(v)), "-")
 		if len(parts) < 2 || len(parts) > 4 {
 			return b, false
@@ -126,11 +125,11 @@ func parseB3(h http.Header) (b b3Context, ok bool) {
 			}
 		}
 	} else {
-		b.traceID, b.spanID = strings.ToLower(get(h, "X-B3-Traceid")), strings.ToLower(get(h, "X-B3-Spanid"))
+		b.traceID, b.spanID = strings.ToLower(h.get("X-B3-Traceid")), strings.ToLower(h.get("X-B3-Spanid"))
 		b.deferred = true
-		if get(h, "X-B3-Flags") == "1" {
+		if h.get("X-B3-Flags") == "1" {
 			b.sampled, b.deferred = true, false
-		} else if s := get(h, "X-B3-Sampled"); s != "" {
+		} else if s := h.get("X-B3-Sampled"); s != "" {
 			b.sampled, b.deferred = s == "1" || strings.EqualFold(s, "true"), false
 		}
 	}
@@ -153,20 +152,20 @@ func (b b3Context) traceID32() string {
 // propagate rewrites the caller's B3 headers, in the form they came in,
 // for the waypoint's own span (the caller's span its parent), so that an
 // app propagating B3 only keeps the trace.
-func (b b3Context) propagate(h http.Header, tc traceContext) {
+func (b b3Context) propagate(h *reqFields, tc traceContext) {
 	sampled := "0"
 	if tc.sampled {
 		sampled = "1"
 	}
 	if b.single {
-		h["B3"] = []string{b.traceID + "-" + tc.spanID + "-" + sampled + "-" + b.spanID}
+		h.set("B3", b.traceID+"-"+tc.spanID+"-"+sampled+"-"+b.spanID)
 		return
 	}
-	h["X-B3-Traceid"] = []string{b.traceID}
-	h["X-B3-Spanid"] = []string{tc.spanID}
-	h["X-B3-Parentspanid"] = []string{b.spanID}
-	h["X-B3-Sampled"] = []string{sampled}
-	delete(h, "X-B3-Flags")
+	h.set("X-B3-Traceid", b.traceID)
+	h.set("X-B3-Spanid", tc.spanID)
+	h.set("X-B3-Parentspanid", b.spanID)
+	h.set("X-B3-Sampled", sampled)
+	h.del("X-B3-Flags")
 }
 
 // traceparentLen is the length of a version 00 traceparent:

@@ -48,7 +48,6 @@ package policy
 
 import (
 	"fmt"
-	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -180,8 +179,9 @@ type Request struct {
 	Method string
 	// Path is the normalized path without the query string (L7).
 	Path string
-	// Headers are the request headers (L7).
-	Headers http.Header
+	// Headers are the request headers (L7): an http.Header, or anything
+	// that reads a field's values as its Values does. Nil: none.
+	Headers interface{ Values(key string) []string }
 	// Auth is the validated JWT, nil when the request carried none (L7).
 	Auth *Auth
 }
@@ -532,6 +532,9 @@ func (m matcher) attribute(kind string, arg []string) []string {
 	case "connection.sni":
 		return one(req.SNI)
 	case "request.headers":
+		if req.Headers == nil {
+			return nil
+		}
 		return req.Headers.Values(arg[0])
 	case "request.auth.principal":
 		if req.Auth != nil {
