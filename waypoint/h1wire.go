@@ -3,9 +3,11 @@ package waypoint
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net/http"
 	"net/http/httputil"
 	"slices"
@@ -43,6 +45,26 @@ type headReader struct {
 func (h *headReader) readHead(limit, leading int) (l0, l1 int, err error) {
 	h.head = h.head[:0]
 	h.spans = h.spans[:0]
+	if h.br.Buffered() == 0 && limit >= 0 {
+		// The read the first readLine would do; an error with no byte
+		// read is what it returns as is (a negative limit aside: that
+		// is errHeadTooLarge, which readHeadLines says).
+		if _, err := h.br.Peek(1); err != nil {
+			return 0, 0, err
+		}
+	}
+	if l0, l1, ok := h.readBufferedHead(limit, leading); ok {
+		return l0, l1, nil
+	}
+	// The head is not whole in the buffer, or something in it is wrong:
+	// line by line from its start, which says what.
+	return h.readHeadLines(limit, leading)
+}
+
+// readHeadLines is readHead line by line, for any head.
+func (h *headReader) readHeadLines(limit, leading int) (l0, l1 int, err error) {
+	h.head = h.head[:0]
+	h.spans = h.spans[:0]
 	l0 = -1
 	for empty := 0; ; {
 		start := len(h.head)
@@ -67,6 +89,144 @@ func (h *headReader) readHead(limit, leading int) (l0, l1 int, err error) {
 			return 0, 0, err
 		}
 	}
+}
+
+// readBufferedHead is readHead for the common case of a head whole in
+// br's buffer and well formed: one pass over the buffered bytes, each line
+// copied into h.head once, no call per line. It does what readHead's line
+// by line reading would and reports ok, or reports !ok having consumed
+// nothing from br when it meets the buffer's end before the head's, the
+// limit, or anything malformed: readHead then reads the head line by line
+// and fails or succeeds as it always has. Only h.head and h.spans (reset
+// by readHead) are touched before that.
+func (h *headReader) readBufferedHead(limit, leading int) (l0, l1 int, ok bool) {
+	buf, _ := h.br.Peek(h.br.Buffered())
+	dst := h.head[:cap(h.head)]
+	w, p := 0, 0 // bytes written to dst, read from buf
+	l0 = -1
+	for empty := 0; l0 < 0; {
+		// Start line, or empty lines before it.
+		nl := bytes.IndexByte(buf[p:], '\n')
+		if nl < 0 || w+nl+1 > limit {
+			return 0, 0, false
+		}
+		n := nl
+		if n > 0 && buf[p+n-1] == '\r' {
+			n--
+		}
+		if w+n+1 > len(dst) {
+			dst = slices.Grow(dst[:w], n+1)
+			dst = dst[:cap(dst)]
+		}
+		if n == 0 {
+			if empty++; empty > leading {
+				return 0, 0, false
+			}
+		} else {
+			l0, l1 = w, w+n
+			copy(dst[w:], buf[p:p+n])
+		}
+		dst[w+n] = '\n'
+		w += n + 1
+		p += nl + 1
+	}
+	for p < len(buf) {
+		// The empty line that ends the head.
+		if c := buf[p]; c == '\n' || c == '\r' && p+1 < len(buf) && buf[p+1] == '\n' {
+			raw := 1
+			if c == '\r' {
+				raw = 2
+			}
+			if w+raw > limit {
+				return 0, 0, false
+			}
+			if w+1 > len(dst) {
+				dst = slices.Grow(dst[:w], 1)
+				dst = dst[:cap(dst)]
+			}
+			dst[w] = '\n'
+			h.head = dst[:w+1]
+			h.bareLF = raw == 1
+			h.br.Discard(p + raw)
+			return l0, l1, true
+		}
+		// A field: a token, a colon, spaces or tabs, the value up to
+		// the line's end, which the first control character found in it
+		// must be (tabs aside). An obs-fold's leading space or tab is not
+		// a token.
+		k1 := p
+		for k1 < len(buf) && tokenChars[buf[k1]] {
+			k1++
+		}
+		k := k1 - p
+		if k == 0 || k1 == len(buf) || buf[k1] != ':' {
+			return 0, 0, false
+		}
+		v0 := k1 + 1
+		for v0 < len(buf) && (buf[v0] == ' ' || buf[v0] == '\t') {
+			v0++
+		}
+		end := v0 // the line's content ends here, its line end follows
+		for {
+			end += ctlIndex(buf[end:])
+			if end == len(buf) {
+				return 0, 0, false
+			}
+			if buf[end] != '\t' {
+				break
+			}
+			end++
+		}
+		nl := end // the '\n'
+		switch {
+		case buf[end] == '\n':
+		case buf[end] == '\r' && end+1 < len(buf) && buf[end+1] == '\n':
+			nl++
+		default:
+			return 0, 0, false
+		}
+		v1 := end
+		for v1 > v0 && (buf[v1-1] == ' ' || buf[v1-1] == '\t') {
+			v1--
+		}
+		n := end - p
+		if w+nl+1-p > limit {
+			return 0, 0, false
+		}
+		if w+n+1 > len(dst) {
+			dst = slices.Grow(dst[:w], n+1)
+			dst = dst[:cap(dst)]
+		}
+		copy(dst[w:], buf[p:end])
+		canonicalizeToken(dst[w : w+k])
+		dst[w+n] = '\n'
+		h.spans = append(h.spans, headerSpan{w, w + k1 - p, w + v0 - p, w + v1 - p})
+		w += n + 1
+		p = nl + 1
+	}
+	return 0, 0, false
+}
+
+// ctlIndex returns the index of the first byte of b that is a control
+// character (below ' ', or DEL), or len(b): eight bytes at a time.
+func ctlIndex(b []byte) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		y := x ^ (0x7f * ones)
+		// A byte's high bit is set where it is below 0x20 or (y) zero,
+		// exactly so in the lowest such byte (a borrow only goes up).
+		if m := ((x-0x20*ones)&^x | (y-ones)&^y) & highs; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	for ; i < len(b); i++ {
+		if b[i] < ' ' || b[i] == 0x7f {
+			return i
+		}
+	}
+	return len(b)
 }
 
 // addField records the header field line, at start in h.head.
