@@ -905,10 +905,10 @@ func (w *h1Response) commit(hdr http.Header, raw *rawHeader, final bool) {
 	// A raw answer's Connection field is its own hop's, never this one's
 	// (as removeHopHeaders drops it from a map).
 	var rawListed []string // the fields a raw answer's Connection names
-	var vbuf [2]string
+	var vbuf, lbuf [2]string
 	values := func(k string) []string { return raw.values(hdr, vbuf[:0], k) }
 	if raw != nil {
-		rawListed = raw.appendValues(nil, "Connection")
+		rawListed = raw.appendValues(lbuf[:0], "Connection")
 	} else if hasToken(hdr["Connection"], "close") {
 		w.closeAfter = true
 	}

@@ -688,8 +688,12 @@ func writeRequest(bw *bufio.Writer, req *http.Request, fields []field) error {
 
 func writeStatusLine(bw *bufio.Writer, code int) {
 	bw.WriteString("HTTP/1.1 ")
-	var b [3]byte
-	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	// The code's three digits (WriteHeader takes 100 to 999) a byte at a
+	// time: a slice of a local array passed to Write escapes, an
+	// allocation per answer.
+	bw.WriteByte(byte('0' + code/100))
+	bw.WriteByte(byte('0' + code/10%10))
+	bw.WriteByte(byte('0' + code%10))
 	bw.WriteByte(' ')
 	text := http.StatusText(code)
 	if text == "" {

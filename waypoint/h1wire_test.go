@@ -142,14 +142,15 @@ func TestWireAllocs(t *testing.T) {
 	h := &headReader{br: bufio.NewReader(ar)}
 	out := &http.Request{Method: "GET", URL: &url.URL{Path: "/api/v1/reviews", RawQuery: "x=1"}, Host: "reviews:9080",
 		Header: http.Header{"Accept": {"*/*"}, "X-Request-Id": {"abc"}, "X-Forwarded-For": {"10.0.0.1"}, "X-Forwarded-Proto": {"http"}}, Body: http.NoBody}
+	fields := []field{{"Accept", "*/*"}, {"X-Request-Id", "abc"}, {"X-Forwarded-For", "10.0.0.1"}, {"X-Forwarded-Proto", "http"}}
 	bw := bufio.NewWriter(io.Discard)
 	tests := []struct {
 		name string
 		max  float64
 		fn   func()
 	}{
-		// The head's string, the header map (two) and its values, the URL.
-		{"readRequest", 5, func() {
+		// The head's string, the field list, the URL.
+		{"readRequest", 3, func() {
 			rr.Reset(reqHead)
 			c.br.Reset(rr)
 			if _, err := c.readRequest(); err != nil {
@@ -162,6 +163,13 @@ func TestWireAllocs(t *testing.T) {
 			}
 			bw.Flush()
 		}},
+		{"writeRequest from a field list", 0, func() {
+			if err := writeRequest(bw, &http.Request{Method: "GET", URL: out.URL, Host: out.Host, Body: http.NoBody}, fields); err != nil {
+				t.Fatal(err)
+			}
+			bw.Flush()
+		}},
+		{"writeStatusLine", 0, func() { writeStatusLine(bw, 200); bw.Flush() }},
 		// The Response, the head's string, its field spans, the body: no
 		// header map (the proxy writes the fields as read).
 		{"readResponse", 4, func() {

@@ -252,7 +252,8 @@ func (p *Proxy) serve(rw http.ResponseWriter, req *http.Request, hdr *reqFields)
 	cfg := p.cfg.Load()
 	peer := p.peer(req)
 	rec := newRecord(req, hdr, peer)
-	w := &responseWriter{ResponseWriter: rw}
+	w := &rec.w // the record's, reused with it
+	w.ResponseWriter = rw
 	defer func() {
 		rec.code, rec.bytesOut = w.status, w.written
 		if rec.code == 0 && !w.aborted {

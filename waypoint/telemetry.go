@@ -39,6 +39,7 @@ const (
 
 // record is one request's telemetry, filled in as the request flows.
 type record struct {
+	w             responseWriter // the request's (record and writer live and go together)
 	start         time.Time
 	method        string
 	path          string
