@@ -98,6 +98,11 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 				if err == nil {
 					_ = bundles.SetBundle(b)
 				}
+				if btd == td {
+					// meshd sends valid names only; any other is left out.
+					aliases, _ := identity.ParseTrustDomains(tb.GetAliases())
+					bundles.SetAliases(td, aliases)
+				}
 			}
 		}
 		select {
@@ -131,7 +136,8 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		}
 	}()
 
-	tn, err := tunnel.New(tunnel.Options{TrustDomain: td, Bundle: bundles, SVID: cm.SVID, Mark: agent.DefaultAgentMark, DrainTimeout: f.drainTimeout})
+	tn, err := tunnel.New(tunnel.Options{TrustDomain: td, Bundle: bundles, TrustDomainAliases: bundles.Aliases,
+		SVID: cm.SVID, Mark: agent.DefaultAgentMark, DrainTimeout: f.drainTimeout})
 	if err != nil {
 		cancel()
 		cm.Close()

@@ -35,6 +35,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
@@ -478,16 +480,46 @@ func workloadOf(w *model.Workload) proxy.Workload {
 }
 
 // PeerWorkload names the workload a tunnel stream came from: the model's
-// workload at src when it has the peer's identity (a waypoint forwarding
-// for a client keeps the client's address but not its identity: then only
-// the peer is known), else the namespace the identity names.
+// workload at src when it has the peer's identity, or that identity in a
+// trust domain alias (a waypoint forwarding for a client keeps the
+// client's address but not its identity: then only the peer is known),
+// else the namespace the identity names. The identity is the peer's as
+// presented.
 func (m *Mesh) PeerWorkload(src netip.Addr, peer string) proxy.Workload {
 	if s := m.snapshot(); s != nil && src.IsValid() {
-		if a, ok := s.Lookup(src); ok && a.Kind == model.AddressWorkload && a.Workload.Identity == peer {
-			return workloadOf(a.Workload)
+		if a, ok := s.Lookup(src); ok && a.Kind == model.AddressWorkload && sameIdentity(s, a.Workload.Identity, peer) {
+			w := workloadOf(a.Workload)
+			w.Identity = peer
+			return w
 		}
 	}
 	return proxy.Workload{Identity: peer, Namespace: namespaceOf(peer)}
+}
+
+// sameIdentity reports whether SPIFFE IDs a and b name one workload of s:
+// they are equal, or they have one path in two trust domains that are s's
+// or its aliases (spiffe://<alias>/ns/x/sa/y is spiffe://<trust
+// domain>/ns/x/sa/y). IDs that do not parse are equal to themselves only.
+func sameIdentity(s *model.Snapshot, a, b string) bool {
+	if a == b {
+		return true
+	}
+	aliases := s.TrustDomainAliases()
+	if len(aliases) == 0 {
+		return false
+	}
+	ia, err := spiffeid.FromString(a)
+	if err != nil {
+		return false
+	}
+	ib, err := spiffeid.FromString(b)
+	if err != nil || ia.Path() != ib.Path() {
+		return false
+	}
+	ours := func(td spiffeid.TrustDomain) bool {
+		return td.Name() == s.TrustDomain() || slices.Contains(aliases, td.Name())
+	}
+	return ours(ia.TrustDomain()) && ours(ib.TrustDomain())
 }
 
 // PeerAuth returns the PeerAuthentication mode for a port of pod.

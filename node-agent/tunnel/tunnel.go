@@ -1,7 +1,8 @@
 // Package tunnel connects the per-pod proxies to pkg/hbone: the client side
 // dials from the source pod's network namespace (one pooled Dialer per pod,
 // so a pooled connection always carries that pod's address), presents the
-// pod's SVID and requires the peer to present the identity the model names;
+// pod's SVID and requires the peer to present the identity the model names
+// (or its form in one of the trust domain's aliases);
 // the server side serves a pod's 15008 listener with the pod's SVID, asking
 // the proxy to check a stream before it is accepted (a refusal is a 403) and
 // to serve it after.
@@ -31,10 +32,19 @@ import (
 
 // Options configures a Tunnel.
 type Options struct {
-	// TrustDomain is the only trust domain peers may come from. Required.
+	// TrustDomain is the trust domain peers come from (it or one of its
+	// aliases). Required.
 	TrustDomain spiffeid.TrustDomain
-	// Bundle holds the roots peers' SVIDs are verified against. Required.
+	// Bundle holds the roots peers' SVIDs are verified against, an
+	// alias's too. Required.
 	Bundle x509bundle.Source
+	// TrustDomainAliases, if set, returns the trust domains that name the
+	// same workloads as td (the aliases meshd pushes with the trust
+	// bundle: identity.BundleSource's Aliases), asked at each handshake:
+	// a pod's 15008 accepts peers of TrustDomain's aliases, and a peer
+	// presenting the expected identity's path in an alias passes as that
+	// identity. Nil: TrustDomain only.
+	TrustDomainAliases func(td spiffeid.TrustDomain) []spiffeid.TrustDomain
 	// SVID returns the certificate source for a workload identity (one per
 	// service account with pods on the node). Required.
 	SVID func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error)
@@ -72,7 +82,7 @@ func (t *Tunnel) dialer(nsPath string) (*hbone.Dialer, error) {
 	}
 	mark := t.opts.Mark
 	d, err := hbone.NewDialer(hbone.DialerOptions{
-		Bundle: t.opts.Bundle,
+		Bundle: t.opts.Bundle, TrustDomainAliases: t.opts.TrustDomainAliases,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return netns.Dial(ctx, nsPath, addr, netns.DialOptions{Mark: mark})
 		},
@@ -118,7 +128,7 @@ func (t *Tunnel) Server(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServe
 	// serves as soon as an SVID is there, without an agent restart.
 	svid := &lazySVID{get: func(ctx context.Context) (x509svid.Source, error) { return t.opts.SVID(ctx, id) }}
 	srv, err := hbone.NewServer(hbone.ServerOptions{
-		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain,
+		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain, TrustDomainAliases: t.opts.TrustDomainAliases,
 		Authorize: func(ctx context.Context, r *hbone.Request) error { return h.CheckStream(ctx, streamOf(r)) },
 		Handler:   func(ctx context.Context, r *hbone.Request) error { return h.ServeStream(ctx, streamOf(r)) },
 	})

@@ -40,6 +40,9 @@ type Agent struct {
 	ConfigVersion uint64 `json:"configVersion"`
 	// TrustDomain is the mesh's SPIFFE trust domain.
 	TrustDomain string `json:"trustDomain"`
+	// TrustDomainAliases are the trust domain's aliases, whose peers the
+	// agent accepts as the trust domain's; omitted when there are none.
+	TrustDomainAliases []string `json:"trustDomainAliases,omitempty"`
 	// RootNamespace is the namespace of mesh-wide policies.
 	RootNamespace string `json:"rootNamespace"`
 	// Enrolled are the UIDs of the pods on this node whose traffic the agent
@@ -65,6 +68,7 @@ func (d *Agent) SetModel(s *model.Snapshot) {
 		return
 	}
 	d.ConfigVersion, d.TrustDomain, d.RootNamespace = s.Version(), s.TrustDomain(), s.RootNamespace()
+	d.TrustDomainAliases = s.TrustDomainAliases()
 	d.Workloads, d.Services, d.Waypoints = s.Workloads(), s.Services(), s.Waypoints()
 	d.AuthorizationPolicies = s.AuthorizationPolicies()
 	d.PeerAuthentications = s.PeerAuthentications()

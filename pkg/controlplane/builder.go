@@ -211,6 +211,7 @@ func (b *Builder) Build(in *Inputs) (*model.Snapshot, []Rejection) {
 	snap := model.NewSnapshot(model.SnapshotInput{
 		Version:               b.version,
 		TrustDomain:           b.opts.TrustDomain,
+		TrustDomainAliases:    bd.trustDomainAliases(),
 		RootNamespace:         b.opts.RootNamespace,
 		Workloads:             bd.workloads,
 		Services:              bd.services,

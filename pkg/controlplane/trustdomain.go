@@ -19,9 +19,17 @@ import (
 // A principal naming another trust domain matches only that one, and is
 // warned about (a typo, most often); "*" as trust domain matches any.
 //
-// Only policies read aliases: node agents and waypoints accept peers of the
-// mesh's own trust domain, so workloads still holding certificates of an
-// alias are not served until they renew theirs.
+// The data plane reads the aliases too, as Istio's does: the snapshot
+// carries them (model.SnapshotInput.TrustDomainAliases), pkg/xds pushes
+// them with the mesh's trust bundle, and node agents and waypoints accept a
+// peer of an alias as one of the mesh's trust domain — its SVID verified
+// against the mesh's roots (one CA signs both names), and
+// spiffe://<alias>/ns/x/sa/y taken for spiffe://<trust domain>/ns/x/sa/y
+// where an identity is expected. So workloads still holding certificates
+// of the old trust domain keep being served while they renew, and since a
+// peer is evaluated by its principal as presented, the expansion above
+// lets the same policies admit them. An invalid alias is warned about and
+// left out everywhere.
 
 // clusterLocal is the trust domain Istio takes a principal's "cluster.local"
 // to stand for the mesh's own.
@@ -53,6 +61,14 @@ func (bd *build) trustDomains() []string {
 		}
 	}
 	return bd.tds
+}
+
+// trustDomainAliases returns the valid aliases of trustDomains, nil for none.
+func (bd *build) trustDomainAliases() []string {
+	if tds := bd.trustDomains(); len(tds) > 1 {
+		return slices.Clone(tds[1:])
+	}
+	return nil
 }
 
 // principalsInTrustDomains returns principals with each one that names one

@@ -122,3 +122,43 @@ func TestPrincipalsInTrustDomains(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustDomainAliasesInSnapshot: the mesh config's valid
+// trustDomainAliases reach the snapshot that meshd pushes (pkg/xds sends
+// them with the trust bundle to node agents and waypoints), whether or not
+// any policy reads them; one that is no trust domain name is warned about
+// and left out, and so are the mesh's own trust domain and repeats.
+func TestTrustDomainAliasesInSnapshot(t *testing.T) {
+	tests := []struct {
+		name, mesh string
+		want       []string
+		warnings   int
+	}{
+		{"no mesh config", "", nil, 0},
+		{"no aliases", "trustDomain: example.org", nil, 0},
+		{"aliases", `trustDomainAliases: [old.example, "not/a-domain", example.org, old.example, Upper.Example, other-td]`, []string{"old.example", "other-td"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var docs []string
+			if tt.mesh != "" {
+				docs = append(docs, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    "+tt.mesh+"\n")
+			}
+			snap, rej := NewBuilder(BuilderOptions{TrustDomain: "example.org"}).Build(inputs(t, docs...))
+			if got := snap.TrustDomainAliases(); !slices.Equal(got, tt.want) {
+				t.Errorf("TrustDomainAliases() = %q; want %q", got, tt.want)
+			}
+			if snap.TrustDomain() != "example.org" {
+				t.Errorf("TrustDomain() = %q; want example.org", snap.TrustDomain())
+			}
+			if len(rej) != tt.warnings {
+				t.Errorf("rejections %v; want %d warnings about aliases that are no trust domain", rej, tt.warnings)
+			}
+			for _, r := range rej {
+				if !r.Warning || !strings.Contains(r.Reason, "is not a trust domain name") {
+					t.Errorf("rejection %v; want a warning that an alias is not a trust domain name", r)
+				}
+			}
+		})
+	}
+}

@@ -37,6 +37,13 @@ var (
 type DialerOptions struct {
 	// Bundle holds the roots that server SVIDs are verified against. Required.
 	Bundle x509bundle.Source
+	// TrustDomainAliases, if set, returns the trust domains that name the
+	// same workloads as td (Istio's trustDomainAliases;
+	// identity.BundleSource's Aliases): a server presenting
+	// Target.PeerID's path in one of those of PeerID's trust domain passes
+	// as PeerID (Bundle must verify its SVID). It is asked for each new
+	// connection. Nil: PeerID only.
+	TrustDomainAliases func(td spiffeid.TrustDomain) []spiffeid.TrustDomain
 	// DialContext opens the TCP connection to the HBONE server, e.g. from
 	// inside a pod's network namespace. Nil means a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -130,11 +137,13 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 	key := poolKey{local: svid.ID, proxy: t.Proxy, peer: t.PeerID}
 	fields := connectFields(t)
 	var s *stream
+	var c *conn
 	// A pooled connection may have been told to go away (server drain) or
 	// died since its last use; such a stream never reached the target, so it
 	// is retried once on a fresh connection.
 	for attempt := 0; ; attempt++ {
-		c, fresh, err := d.clientConn(ctx, key, t.Local)
+		var fresh bool
+		c, fresh, err = d.clientConn(ctx, key, t.Local)
 		if err != nil {
 			return nil, err
 		}
@@ -168,7 +177,7 @@ func (d *Dialer) Dial(ctx context.Context, t Target) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("hbone CONNECT %s via %s: %d %q: %w", t.Addr, t.Proxy, s.status, string(msg), kind)
 	}
-	return &Conn{s: s, local: svid.ID, peer: t.PeerID}, nil
+	return &Conn{s: s, local: svid.ID, peer: c.cfg.peer}, nil
 }
 
 // connectFields is the CONNECT request's header block.
@@ -336,7 +345,7 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 	if err != nil {
 		return nil, fmt.Errorf("hbone dial %s: %w", key.proxy, err)
 	}
-	cfg := tlsconfig.MTLSClientConfig(local, d.opts.Bundle, tlsconfig.AuthorizeID(key.peer))
+	cfg := tlsconfig.MTLSClientConfig(local, d.opts.Bundle, tlsconfig.AuthorizeOneOf(d.peerIDs(key.peer)...))
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.NextProtos = []string{http2.NextProtoTLS}
 	rs := rawsock.Wrap(raw)
@@ -345,11 +354,19 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 		raw.Close()
 		return nil, fmt.Errorf("hbone handshake with %s (want %s): %w", key.proxy, key.peer, err)
 	}
-	if p := tc.ConnectionState().NegotiatedProtocol; p != http2.NextProtoTLS {
+	cs := tc.ConnectionState()
+	if p := cs.NegotiatedProtocol; p != http2.NextProtoTLS {
 		tc.Close()
 		return nil, fmt.Errorf("hbone handshake with %s: server negotiated %q, want h2", key.proxy, p)
 	}
+	peer := key.peer
+	if len(cs.PeerCertificates) > 0 {
+		if id, err := x509svid.IDFromCert(cs.PeerCertificates[0]); err == nil {
+			peer = id // verified: key.peer or its form in an alias
+		}
+	}
 	c := newConn(tc, connConfig{
+		peer:         peer,
 		gather:       gatherOf(rs),
 		streamWindow: DefaultStreamWindow,
 		connWindow:   DefaultConnWindow,
@@ -363,6 +380,21 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 	go c.readLoop()
 	c.startKeepalive(d.opts.ReadIdleTimeout, d.opts.PingTimeout, d.opts.IdleTimeout)
 	return c, nil
+}
+
+// peerIDs are the SPIFFE IDs a server may present for want: want, and its
+// path in each trust domain that names the same workloads as want's.
+func (d *Dialer) peerIDs(want spiffeid.ID) []spiffeid.ID {
+	ids := []spiffeid.ID{want}
+	if d.opts.TrustDomainAliases == nil {
+		return ids
+	}
+	for _, td := range d.opts.TrustDomainAliases(want.TrustDomain()) {
+		if id, err := spiffeid.FromPath(td, want.Path()); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // drain returns every pooled connection and empties the pool.

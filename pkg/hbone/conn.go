@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -96,6 +97,9 @@ type connConfig struct {
 	// logger receives protocol errors that end the connection; nil logs
 	// nothing.
 	logger *slog.Logger
+	// peer is the client's verified view of the server's SPIFFE ID (the
+	// server passes each stream its peer instead).
+	peer spiffeid.ID
 	// gather, when set, is the socket under the TLS connection: a stream's
 	// Write holds its records there and sends them with one system call
 	// (rawsock.Conn's Hold and Release).

@@ -5,7 +5,10 @@
 // to a handler; the client pools HTTP/2 connections per (local identity,
 // destination, expected peer identity) and opens one CONNECT stream per
 // proxied connection, refusing a server whose SPIFFE ID is not the one
-// expected.
+// expected. With trust domain aliases (Istio's trustDomainAliases, a trust
+// domain migration) a peer of an alias passes as one of the trust domain,
+// and the expected identity's path in an alias as that identity; nothing
+// else does.
 //
 // The HTTP/2 layer is the package's own (conn.go), framed by x/net's
 // http2.Framer and hpack: one goroutine per connection reads frames into the

@@ -3,6 +3,7 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -73,8 +74,16 @@ type ServerOptions struct {
 	SVID x509svid.Source
 	// Bundle holds the roots that client SVIDs are verified against. Required.
 	Bundle x509bundle.Source
-	// TrustDomain is the only trust domain clients may come from. Required.
+	// TrustDomain is the trust domain clients come from (it or one of
+	// its aliases). Required.
 	TrustDomain spiffeid.TrustDomain
+	// TrustDomainAliases, if set, returns the trust domains whose clients
+	// pass as td's (Istio's trustDomainAliases; identity.BundleSource's
+	// Aliases). It is asked at each handshake, so aliases can change
+	// under a running server. Bundle must verify their SVIDs
+	// (identity.BundleSource does, with the roots of the trust domain they
+	// are aliases of). Nil: TrustDomain's clients only.
+	TrustDomainAliases func(td spiffeid.TrustDomain) []spiffeid.TrustDomain
 	// Authorize, if set, is asked before the stream is accepted; an error
 	// refuses it with 403 and the error's text. Nil accepts every verified peer.
 	Authorize func(ctx context.Context, r *Request) error
@@ -136,7 +145,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	cfg := tlsconfig.MTLSServerConfig(opts.SVID, opts.Bundle, tlsconfig.AuthorizeMemberOf(opts.TrustDomain))
+	cfg := tlsconfig.MTLSServerConfig(opts.SVID, opts.Bundle, authorizeMemberOf(opts.TrustDomain, opts.TrustDomainAliases))
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.NextProtos = []string{http2.NextProtoTLS}
 	return &Server{
@@ -145,6 +154,27 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]*conn),
 	}, nil
+}
+
+// authorizeMemberOf accepts a peer of td or, when aliases is set, of one of
+// td's aliases at the time of the handshake.
+func authorizeMemberOf(td spiffeid.TrustDomain, aliases func(spiffeid.TrustDomain) []spiffeid.TrustDomain) tlsconfig.Authorizer {
+	own := tlsconfig.AuthorizeMemberOf(td)
+	if aliases == nil {
+		return own
+	}
+	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+		err := own(id, chains)
+		if err == nil {
+			return nil
+		}
+		for _, a := range aliases(td) {
+			if tlsconfig.AuthorizeMemberOf(a)(id, chains) == nil {
+				return nil
+			}
+		}
+		return err
+	}
 }
 
 // Serve accepts connections on ln until Shutdown or Close, then returns

@@ -89,3 +89,20 @@ func FromID(id spiffeid.ID) (Workload, error) {
 	}
 	return w, nil
 }
+
+// ParseTrustDomains parses trust domain names (the trust domain aliases
+// meshd pushes), leaving out those that do not parse; the error joins
+// theirs.
+func ParseTrustDomains(names []string) ([]spiffeid.TrustDomain, error) {
+	var out []spiffeid.TrustDomain
+	var errs []error
+	for _, n := range names {
+		td, err := spiffeid.TrustDomainFromString(n)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("trust domain %q: %w", n, err))
+			continue
+		}
+		out = append(out, td)
+	}
+	return out, errors.Join(errs...)
+}

@@ -233,3 +233,80 @@ func TestBundleSource(t *testing.T) {
 		t.Error("bundle for an unknown trust domain returned")
 	}
 }
+
+// TestBundleSourceAliases: an alias's SVIDs, signed by the mesh's one CA
+// under the alias's name, verify against the mesh's roots (and follow them
+// through a SetBundle), until the alias is taken back; a foreign CA's do
+// not; Aliases and SameWorkload read the aliases both ways.
+func TestBundleSourceAliases(t *testing.T) {
+	c := newCA(t, time.Hour)
+	oldTD := spiffeid.RequireTrustDomainFromString("old.example")
+	// The same root signing under the old name: a mesh that moved from
+	// old.example to cluster.local with its CA.
+	keys, err := ca.GenerateRoot(td, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mesh, err := ca.New(ca.Options{TrustDomain: td, Keys: keys, Authorizer: func(context.Context, ca.Caller, spiffeid.ID) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ca.New(ca.Options{TrustDomain: oldTD, Keys: keys, Authorizer: func(context.Context, ca.Caller, spiffeid.ID) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	aliasSVID := mustIssue(t, &testCA{ca: old}, spiffeid.RequireFromString("spiffe://old.example/ns/a/sa/b"))
+
+	bs := identity.NewBundleSource(c.ca.Bundle()) // another root first: SetBundle below brings the mesh's
+	bs.SetAliases(td, []spiffeid.TrustDomain{oldTD, td, oldTD, {}})
+	verify := func() error {
+		_, _, err := x509svid.Verify(aliasSVID.Certificates, bs)
+		return err
+	}
+	if err := verify(); err == nil {
+		t.Fatal("alias SVID verified against another CA's roots")
+	}
+	if err := bs.SetBundle(mesh.Bundle()); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(); err != nil {
+		t.Fatalf("alias SVID of the mesh's CA: %v; want verified against the mesh's roots", err)
+	}
+	foreign := spiffeid.RequireTrustDomainFromString("foreign.example")
+	if got := bs.Aliases(td); len(got) != 1 || got[0] != oldTD {
+		t.Errorf("Aliases(%s) = %v; want [%s] (itself, repeats and zero left out)", td, got, oldTD)
+	}
+	if got := bs.Aliases(oldTD); len(got) != 1 || got[0] != td {
+		t.Errorf("Aliases(%s) = %v; want [%s]", oldTD, got, td)
+	}
+	if got := bs.Aliases(foreign); got != nil {
+		t.Errorf("Aliases(%s) = %v; want none", foreign, got)
+	}
+	// An alias stands for one trust domain.
+	bs.SetAliases(foreign, []spiffeid.TrustDomain{oldTD, td})
+	if got := bs.Aliases(foreign); got != nil {
+		t.Errorf("after SetAliases(%s, [%s %s]): Aliases = %v; want none", foreign, oldTD, td, got)
+	}
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"spiffe://cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/b", true},
+		{"spiffe://old.example/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/b", true},
+		{"spiffe://cluster.local/ns/a/sa/b", "spiffe://old.example/ns/a/sa/b", true},
+		{"spiffe://old.example/ns/a/sa/other", "spiffe://cluster.local/ns/a/sa/b", false},
+		{"spiffe://foreign.example/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/b", false},
+	}
+	for _, tt := range tests {
+		if got := bs.SameWorkload(spiffeid.RequireFromString(tt.a), spiffeid.RequireFromString(tt.b)); got != tt.want {
+			t.Errorf("SameWorkload(%s, %s) = %v; want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+	bs.SetAliases(td, nil)
+	if err := verify(); err == nil {
+		t.Error("alias SVID verified after its alias was taken back")
+	}
+	if bs.SameWorkload(spiffeid.RequireFromString("spiffe://old.example/ns/a/sa/b"), spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b")) {
+		t.Error("SameWorkload across a taken-back alias")
+	}
+}

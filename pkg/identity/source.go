@@ -3,6 +3,7 @@ package identity
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,19 +68,42 @@ func (s *SVIDSource) Expiry() time.Time {
 }
 
 // BundleSource holds the trust bundles (root certificates per trust domain) in
-// memory. It implements x509bundle.Source; SetBundle replaces one trust
-// domain's bundle atomically.
+// memory, and the aliases of a trust domain. It implements
+// x509bundle.Source; SetBundle replaces one trust domain's bundle
+// atomically, SetAliases its aliases.
+//
+// An alias is Istio's trust domain alias (the mesh config's
+// trustDomainAliases): a mesh moving from trust domain A to B runs as B
+// with alias A, its one CA signing both names, so that workloads whose
+// certificates still name A are served until they renew. An alias's SVIDs
+// are verified against the roots of the trust domain it is an alias of,
+// and follow that one's SetBundle; a trust domain with a bundle of its own
+// is verified against that bundle even when it is named an alias too.
+// Whether a peer of an alias is accepted is the TLS authorizer's decision
+// (Aliases tells it which trust domains stand for one another).
 type BundleSource struct {
-	mu      sync.RWMutex
+	mu      sync.Mutex // serializes writers
 	bundles map[spiffeid.TrustDomain]*x509bundle.Bundle
+	aliases map[spiffeid.TrustDomain][]spiffeid.TrustDomain // trust domain → its aliases
+	// view is what lookups read: bundles, plus each alias's with the roots
+	// of the trust domain it is an alias of. Rebuilt whole on each change
+	// (rare), so that handshakes read it without a lock.
+	view atomic.Pointer[bundleView]
+}
+
+// bundleView is one immutable state of a BundleSource.
+type bundleView struct {
+	set     *x509bundle.Set
+	aliases map[spiffeid.TrustDomain][]spiffeid.TrustDomain
 }
 
 // NewBundleSource returns a source holding the given bundles.
 func NewBundleSource(bundles ...*x509bundle.Bundle) *BundleSource {
-	s := &BundleSource{bundles: make(map[spiffeid.TrustDomain]*x509bundle.Bundle)}
+	s := &BundleSource{bundles: make(map[spiffeid.TrustDomain]*x509bundle.Bundle), aliases: make(map[spiffeid.TrustDomain][]spiffeid.TrustDomain)}
 	for _, b := range bundles {
 		s.bundles[b.TrustDomain()] = b.Clone()
 	}
+	s.publishLocked()
 	return s
 }
 
@@ -92,16 +116,109 @@ func (s *BundleSource) SetBundle(b *x509bundle.Bundle) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.bundles[b.TrustDomain()] = b.Clone()
+	s.publishLocked()
 	return nil
 }
 
-// GetX509BundleForTrustDomain returns td's bundle, for go-spiffe.
+// SetAliases makes aliases the aliases of td, replacing those set before
+// (none: td has no aliases). An alias stands for one trust domain: zero
+// values, td itself, repeats, and trust domains that are already another's
+// alias or have aliases of their own are left out, and a td that is
+// another's alias gets none.
+func (s *BundleSource) SetAliases(td spiffeid.TrustDomain, aliases []spiffeid.TrustDomain) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.aliases, td)
+	var keep []spiffeid.TrustDomain
+	for _, a := range aliases {
+		if a.IsZero() || a == td || slices.Contains(keep, a) || len(s.aliases[a]) > 0 || s.aliasOfLocked(a) || s.aliasOfLocked(td) {
+			continue
+		}
+		keep = append(keep, a)
+	}
+	if len(keep) > 0 {
+		s.aliases[td] = keep
+	}
+	s.publishLocked()
+}
+
+func (s *BundleSource) aliasOfLocked(a spiffeid.TrustDomain) bool {
+	for _, as := range s.aliases {
+		if slices.Contains(as, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// publishLocked rebuilds the view lookups read.
+func (s *BundleSource) publishLocked() {
+	v := &bundleView{set: x509bundle.NewSet(), aliases: make(map[spiffeid.TrustDomain][]spiffeid.TrustDomain, len(s.aliases))}
+	for _, b := range s.bundles {
+		v.set.Add(b)
+	}
+	for td, as := range s.aliases {
+		v.aliases[td] = slices.Clone(as)
+		b, ok := s.bundles[td]
+		if !ok {
+			continue
+		}
+		for _, a := range as {
+			if !v.set.Has(a) {
+				v.set.Add(x509bundle.FromX509Authorities(a, b.X509Authorities()))
+			}
+		}
+	}
+	s.view.Store(v)
+}
+
+// GetX509BundleForTrustDomain returns td's bundle, for go-spiffe: for an
+// alias, the roots of the trust domain it is an alias of.
 func (s *BundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	b, ok := s.bundles[td]
+	b, ok := s.view.Load().set.Get(td)
 	if !ok {
 		return nil, fmt.Errorf("no trust bundle for trust domain %q", td)
 	}
 	return b, nil
+}
+
+// Aliases returns the trust domains that name the same workloads as td:
+// td's aliases, or, when td is an alias, the trust domain it is an alias
+// of and that one's other aliases. Nil when there are none. The caller may
+// keep the slice.
+func (s *BundleSource) Aliases(td spiffeid.TrustDomain) []spiffeid.TrustDomain {
+	v := s.view.Load()
+	if as, ok := v.aliases[td]; ok {
+		return slices.Clone(as)
+	}
+	for own, as := range v.aliases {
+		if slices.Contains(as, td) {
+			out := append(make([]spiffeid.TrustDomain, 0, len(as)), own)
+			return append(out, slices.DeleteFunc(slices.Clone(as), func(a spiffeid.TrustDomain) bool { return a == td })...)
+		}
+	}
+	return nil
+}
+
+// SameWorkload reports whether a and b name one workload: they are equal,
+// or they have one path and their trust domains stand for one another
+// (Aliases).
+func (s *BundleSource) SameWorkload(a, b spiffeid.ID) bool {
+	if a == b {
+		return true
+	}
+	if a.Path() != b.Path() || a.IsZero() || b.IsZero() {
+		return false
+	}
+	v := s.view.Load()
+	ta, tb := a.TrustDomain(), b.TrustDomain()
+	if slices.Contains(v.aliases[ta], tb) || slices.Contains(v.aliases[tb], ta) {
+		return true
+	}
+	for _, as := range v.aliases {
+		if slices.Contains(as, ta) && slices.Contains(as, tb) {
+			return true
+		}
+	}
+	return false
 }

@@ -16,6 +16,10 @@ type SnapshotInput struct {
 	Version uint64
 	// TrustDomain is the SPIFFE trust domain; "" means "cluster.local".
 	TrustDomain string
+	// TrustDomainAliases are the mesh config's trustDomainAliases that are
+	// valid trust domains: peers of these pass as peers of TrustDomain
+	// (Istio's trust domain migration). Nil: none.
+	TrustDomainAliases []string
 	// RootNamespace is the mesh root namespace for mesh-wide policies; "" means "istio-system".
 	RootNamespace string
 	// Workloads are all workloads, enrolled or not (the address index needs both).
@@ -36,6 +40,7 @@ type SnapshotInput struct {
 type Snapshot struct {
 	version       uint64
 	trustDomain   string
+	tdAliases     []string
 	rootNamespace string
 
 	workloads  map[string]*Workload
@@ -65,6 +70,7 @@ func NewSnapshot(in SnapshotInput) *Snapshot {
 	s := &Snapshot{
 		version:       in.Version,
 		trustDomain:   in.TrustDomain,
+		tdAliases:     in.TrustDomainAliases,
 		rootNamespace: in.RootNamespace,
 		workloads:     make(map[string]*Workload, len(in.Workloads)),
 		services:      make(map[string]*Service, len(in.Services)),
@@ -139,6 +145,9 @@ func (s *Snapshot) Version() uint64 { return s.version }
 
 // TrustDomain returns the SPIFFE trust domain.
 func (s *Snapshot) TrustDomain() string { return s.trustDomain }
+
+// TrustDomainAliases returns the trust domain's aliases, nil for none.
+func (s *Snapshot) TrustDomainAliases() []string { return s.tdAliases }
 
 // RootNamespace returns the mesh root namespace.
 func (s *Snapshot) RootNamespace() string { return s.rootNamespace }

@@ -48,6 +48,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 )
@@ -288,16 +289,22 @@ func (s *Server) DeletePeerAuthentication(uid string) {
 	s.change(func(st *store) { delete(st.peerAuthn, uid) })
 }
 
-// SetTrustBundle adds or replaces the roots of one trust domain.
+// SetTrustBundle adds or replaces the roots of one trust domain. Once a
+// snapshot of that trust domain was applied, the bundle is served with the
+// snapshot's trust domain aliases instead of its own.
 func (s *Server) SetTrustBundle(b *meshv1.TrustBundle) error {
 	if err := validateTrustBundle(b); err != nil {
 		return fmt.Errorf("set trust bundle: %w", err)
 	}
-	e, err := newEntry(b)
+	b = proto.CloneOf(b)
+	var err error
+	s.change(func(st *store) {
+		st.roots[b.GetTrustDomain()] = b
+		err = st.putBundle(b.GetTrustDomain())
+	})
 	if err != nil {
 		return fmt.Errorf("set trust bundle: %w", err)
 	}
-	s.change(func(st *store) { st.bundles[b.GetTrustDomain()] = e })
 	return nil
 }
 
@@ -316,7 +323,10 @@ func (s *Server) SetWaypointConfig(c *meshv1.WaypointConfig) error {
 
 // DeleteTrustBundle removes a trust domain's roots.
 func (s *Server) DeleteTrustBundle(trustDomain string) {
-	s.change(func(st *store) { delete(st.bundles, trustDomain) })
+	s.change(func(st *store) {
+		delete(st.roots, trustDomain)
+		delete(st.bundles, trustDomain)
+	})
 }
 
 // MarkSynced tells the server that its state now reflects the cluster (meshd

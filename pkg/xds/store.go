@@ -11,6 +11,7 @@ import (
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
@@ -23,12 +24,37 @@ type store struct {
 	addresses typeSet // uid or namespace/hostname → *Address
 	authz     typeSet // namespace/name → *Authorization
 	peerAuthn typeSet // uid → *PeerAuthentication
-	bundles   typeSet // trust domain → *TrustBundle
+	bundles   typeSet // trust domain → *TrustBundle, as served (putBundle)
 	waypoints typeSet // namespace/name → *WaypointConfig
+
+	roots     map[string]*meshv1.TrustBundle // trust domain → the bundle SetTrustBundle was given
+	tdAliases map[string][]string            // trust domain → its aliases, from the last Apply of a snapshot of it
 }
 
 func newStore() *store {
-	return &store{workloads: typeSet{}, services: typeSet{}, addresses: typeSet{}, authz: typeSet{}, peerAuthn: typeSet{}, bundles: typeSet{}, waypoints: typeSet{}}
+	return &store{workloads: typeSet{}, services: typeSet{}, addresses: typeSet{}, authz: typeSet{}, peerAuthn: typeSet{}, bundles: typeSet{}, waypoints: typeSet{},
+		roots: map[string]*meshv1.TrustBundle{}, tdAliases: map[string][]string{}}
+}
+
+// putBundle makes the served bundle of trust domain td its roots with the
+// aliases Apply's snapshots name for it (the bundle's own before any
+// Apply of that trust domain).
+func (s *store) putBundle(td string) error {
+	b, ok := s.roots[td]
+	if !ok {
+		delete(s.bundles, td)
+		return nil
+	}
+	if aliases, ok := s.tdAliases[td]; ok {
+		b = proto.CloneOf(b)
+		b.Aliases = aliases
+	}
+	e, err := newEntry(b)
+	if err != nil {
+		return err
+	}
+	s.bundles[td] = e
+	return nil
 }
 
 // frozen is an immutable copy of a store plus the indexes views need.
@@ -191,6 +217,9 @@ func validateTrustBundle(b *meshv1.TrustBundle) error {
 	if b.GetTrustDomain() == "" {
 		return errors.New("trust bundle has no trust domain")
 	}
+	if err := validateTrustDomainAliases(b.GetAliases()); err != nil {
+		return fmt.Errorf("trust bundle %s: %w", b.GetTrustDomain(), err)
+	}
 	for i, p := range b.GetRootsPem() {
 		blk, rest := pem.Decode([]byte(p))
 		if blk == nil || blk.Type != "CERTIFICATE" {
@@ -201,6 +230,17 @@ func validateTrustBundle(b *meshv1.TrustBundle) error {
 		}
 		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
 			return fmt.Errorf("trust bundle %s: parse root %d: %w", b.GetTrustDomain(), i, err)
+		}
+	}
+	return nil
+}
+
+// validateTrustDomainAliases refuses an alias that is no trust domain name
+// (meshd's builder leaves those out, warning).
+func validateTrustDomainAliases(aliases []string) error {
+	for _, a := range aliases {
+		if _, err := spiffeid.TrustDomainFromString(a); err != nil {
+			return fmt.Errorf("alias %q: %w", a, err)
 		}
 	}
 	return nil

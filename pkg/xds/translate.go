@@ -15,9 +15,10 @@ import (
 
 // Apply makes the server's workloads, address index, peer authentications,
 // L4 authorizations and waypoint configs those of snap, replacing the
-// previous ones (trust bundles are set separately). Resources whose content did not
-// change keep their version, so clients are sent only the difference; when
-// nothing changed no push happens.
+// previous ones, and serves the bundle of snap's trust domain with snap's
+// trust domain aliases (the roots are set separately: SetTrustBundle).
+// Resources whose content did not change keep their version, so clients
+// are sent only the difference; when nothing changed no push happens.
 func (s *Server) Apply(snap *model.Snapshot) error {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
@@ -107,17 +108,28 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		}
 		waypoints[key.String()] = e
 	}
+	aliases := slices.Clone(snap.TrustDomainAliases())
+	if err := validateTrustDomainAliases(aliases); err != nil {
+		return fmt.Errorf("apply snapshot %d: trust domain %s: %w", snap.Version(), td, err)
+	}
 	s.mu.Lock()
+	cur, known := s.store.tdAliases[td]
 	same := sameVersions(s.store.workloads, workloads) && sameVersions(s.store.addresses, addresses) &&
 		sameVersions(s.store.peerAuthn, peerAuthn) && sameVersions(s.store.authz, authz) &&
-		sameVersions(s.store.waypoints, waypoints)
+		sameVersions(s.store.waypoints, waypoints) && known && slices.Equal(cur, aliases)
 	s.mu.Unlock()
 	if same {
 		return nil
 	}
+	var err error
 	s.change(func(st *store) {
 		st.workloads, st.addresses, st.peerAuthn, st.authz, st.waypoints = workloads, addresses, peerAuthn, authz, waypoints
+		st.tdAliases[td] = aliases
+		err = st.putBundle(td)
 	})
+	if err != nil {
+		return fmt.Errorf("apply snapshot %d: trust bundle %s: %w", snap.Version(), td, err)
+	}
 	return nil
 }
 

@@ -4,7 +4,9 @@
 // a waypoint.Proxy (NACKing a push the proxy refuses, so the last good config
 // keeps serving), accepts HBONE on 15008 and dials upstreams through HBONE,
 // expecting the endpoint workload's SPIFFE identity, and serves metrics and
-// readiness. cmd/waypoint only parses flags and calls Run.
+// readiness. Peers of the trust domain aliases meshd pushes with the trust
+// bundle pass as the trust domain's, both ways. cmd/waypoint only parses
+// flags and calls Run.
 //
 // It must not read Kubernetes objects itself (meshd is its only source of
 // truth) nor serve anything but HBONE on a non-loopback address besides
@@ -267,7 +269,7 @@ func Run(ctx context.Context, opts Options) error {
 	}()
 	s.reg = reg
 
-	s.dialer, err = hbone.NewDialer(hbone.DialerOptions{Bundle: s.bundle})
+	s.dialer, err = hbone.NewDialer(hbone.DialerOptions{Bundle: s.bundle, TrustDomainAliases: s.bundle.Aliases})
 	if err != nil {
 		return fmt.Errorf("run waypoint: %w", err)
 	}
@@ -496,9 +498,16 @@ func (s *state) validate(typeURL, name string, msg proto.Message) error {
 		if err != nil {
 			return fmt.Errorf("trust bundle %s: %w", name, err)
 		}
+		aliases, err := identity.ParseTrustDomains(tb.GetAliases())
+		if err != nil {
+			return fmt.Errorf("trust bundle %s: aliases: %w", name, err)
+		}
 		if err := s.bundle.SetBundle(b); err != nil {
 			return fmt.Errorf("set trust bundle %s: %w", name, err)
 		}
+		// Peers of the aliases pass as the trust domain's, on HBONE in
+		// and out (the server's and the dialer's TrustDomainAliases).
+		s.bundle.SetAliases(s.opts.TrustDomain, aliases)
 	}
 	return nil
 }
@@ -524,7 +533,7 @@ func bundleFromPEM(td spiffeid.TrustDomain, roots []string) (*x509bundle.Bundle,
 func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 	ln := s.conns
 	srv, err := hbone.NewServer(hbone.ServerOptions{
-		SVID: s.svid, Bundle: s.bundle, TrustDomain: s.opts.TrustDomain, Logger: s.log,
+		SVID: s.svid, Bundle: s.bundle, TrustDomain: s.opts.TrustDomain, TrustDomainAliases: s.bundle.Aliases, Logger: s.log,
 		Handler: func(hctx context.Context, r *hbone.Request) error {
 			remote := net.Addr(net.TCPAddrFromAddrPort(r.Source))
 			if !r.Source.IsValid() {
@@ -814,7 +823,8 @@ func (s *state) gatewaySelf() *waypoint.Peer {
 // labels meshd sends (model: pkg/xds workloadLabelKeys), with its
 // canonical name and revision under Istio's label keys. id is the identity
 // the workload presents: the information is used only for an HBONE peer
-// that proved it, never on the source address alone.
+// that proved it (or its form in a trust domain alias), never on the
+// source address alone.
 type sourceInfo struct {
 	id       spiffeid.ID
 	workload string
@@ -903,7 +913,7 @@ func (s *state) connPeer(c net.Conn) waypoint.Peer {
 			p.DestinationService = (*idx)[req.Target.Addr().Unmap()].hostname
 		}
 		if srcs != nil {
-			if si, ok := (*srcs)[p.IP.Unmap()]; ok && si.id == req.Peer {
+			if si, ok := (*srcs)[p.IP.Unmap()]; ok && (si.id == req.Peer || s.bundle != nil && s.bundle.SameWorkload(req.Peer, si.id)) {
 				p.Workload, p.Labels = si.workload, si.labels
 			}
 		}

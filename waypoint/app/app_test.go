@@ -50,6 +50,7 @@ const (
 // authenticator: only wpToken is accepted, as the waypoint's service account.
 type meshd struct {
 	ca   *ca.CA
+	keys *ca.KeyMaterial // the CA's root, to sign under other trust domains
 	xds  *xds.Server
 	addr string
 	tls  *tls.Config
@@ -110,7 +111,7 @@ func startMeshd(t *testing.T) *meshd {
 	for _, r := range c.Roots() {
 		pool.AddCert(r)
 	}
-	return &meshd{ca: c, xds: xs, addr: ln.Addr().String(), tls: &tls.Config{RootCAs: pool, ServerName: meshdName}}
+	return &meshd{ca: c, keys: keys, xds: xs, addr: ln.Addr().String(), tls: &tls.Config{RootCAs: pool, ServerName: meshdName}}
 }
 
 // svid signs an SVID for ns/sa with the meshd CA directly.

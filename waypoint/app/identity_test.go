@@ -12,6 +12,7 @@ import (
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/hbone"
+	"github.com/meshlet/meshlet/pkg/identity"
 	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/waypoint"
 )
@@ -258,6 +259,16 @@ func TestConnPeerSource(t *testing.T) {
 	}
 	if got := s.connPeer(stream("spiffe://cluster.local/ns/shop/sa/other")); got.Workload != "" || got.Labels != nil {
 		t.Errorf("another identity from web's address: workload %q, labels %v; want none", got.Workload, got.Labels)
+	}
+	// web with a certificate still in the trust domain alias old.example
+	// is web, and presents itself as it is.
+	s.bundle = identity.NewBundleSource()
+	s.bundle.SetAliases(meshTD, []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("old.example")})
+	if got := s.connPeer(stream("spiffe://old.example/ns/shop/sa/web")); got.Workload != "web" || got.Principal != "spiffe://old.example/ns/shop/sa/web" {
+		t.Errorf("web in the alias trust domain: workload %q, principal %q; want web, as presented", got.Workload, got.Principal)
+	}
+	if got := s.connPeer(stream("spiffe://elsewhere.example/ns/shop/sa/web")); got.Workload != "" {
+		t.Errorf("web's path in a trust domain that is no alias: workload %q; want none", got.Workload)
 	}
 	c := stream(web)
 	s.connPeer(c)

@@ -43,7 +43,8 @@ func Build(l Lister, version uint64) *model.Snapshot {
 }
 
 // BuildIn is Build for a client that knows its own trust domain (a node
-// agent's --trust-domain).
+// agent's --trust-domain). The snapshot's trust domain aliases are those
+// its trust bundle carries.
 func BuildIn(trustDomain string, l Lister, version uint64) *model.Snapshot {
 	b := &builder{waypoints: map[model.NamespacedName]*model.Waypoint{}}
 	full := l.List(meshv1.WorkloadType)
@@ -51,6 +52,9 @@ func BuildIn(trustDomain string, l Lister, version uint64) *model.Snapshot {
 	authz := l.List(meshv1.AuthorizationType)
 
 	in := model.SnapshotInput{Version: version, TrustDomain: trustDomain}
+	if tb, ok := l.List(meshv1.TrustBundleType)[trustDomain].Message.(*meshv1.TrustBundle); ok {
+		in.TrustDomainAliases = slices.Clone(tb.GetAliases())
+	}
 	var policies []*meshv1.Authorization
 	for _, r := range authz {
 		a, ok := r.Message.(*meshv1.Authorization)

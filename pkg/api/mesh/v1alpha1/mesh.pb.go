@@ -2035,7 +2035,14 @@ type TrustBundle struct {
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// roots_pem are PEM-encoded X.509 root certificates; during a root rotation
 	// both the old and the new root are listed.
-	RootsPem      []string `protobuf:"bytes,2,rep,name=roots_pem,json=rootsPem,proto3" json:"roots_pem,omitempty"`
+	RootsPem []string `protobuf:"bytes,2,rep,name=roots_pem,json=rootsPem,proto3" json:"roots_pem,omitempty"`
+	// aliases are the trust domain's aliases (the mesh config's
+	// trustDomainAliases, Istio's trust domain migration): trust domains
+	// whose SVIDs these roots verify too, and whose workloads are taken for
+	// this trust domain's (spiffe://<alias>/ns/x/sa/y is the workload
+	// spiffe://<trust_domain>/ns/x/sa/y). Empty: none; a client that does
+	// not know the field accepts this trust domain only.
+	Aliases       []string `protobuf:"bytes,3,rep,name=aliases,proto3" json:"aliases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2080,6 +2087,13 @@ func (x *TrustBundle) GetTrustDomain() string {
 func (x *TrustBundle) GetRootsPem() []string {
 	if x != nil {
 		return x.RootsPem
+	}
+	return nil
+}
+
+func (x *TrustBundle) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
 	}
 	return nil
 }
@@ -2357,10 +2371,11 @@ const file_mesh_proto_rawDesc = "" +
 	"PERMISSIVE\x10\x01\x12\n" +
 	"\n" +
 	"\x06STRICT\x10\x02\x12\v\n" +
-	"\aDISABLE\x10\x03\"M\n" +
+	"\aDISABLE\x10\x03\"g\n" +
 	"\vTrustBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1b\n" +
-	"\troots_pem\x18\x02 \x03(\tR\brootsPem\"\x80\x01\n" +
+	"\troots_pem\x18\x02 \x03(\tR\brootsPem\x12\x18\n" +
+	"\aaliases\x18\x03 \x03(\tR\aaliases\"\x80\x01\n" +
 	"\x0eWaypointConfig\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x17\n" +

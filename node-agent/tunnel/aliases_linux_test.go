@@ -1,0 +1,177 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshlet/meshlet/node-agent/internal/nstest"
+	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/node-agent/poller"
+	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/identity"
+)
+
+const (
+	idCartOld = "spiffe://old.example/ns/shop/sa/cart"
+	idDBOld   = "spiffe://old.example/ns/shop/sa/db"
+)
+
+// aliasTunnel is a node agent's tunnel on a mesh that moved from trust
+// domain old.example to cluster.local with its root: one pkg/ca key signs
+// SVIDs in cluster.local, old.example, and evil.example (to show that
+// the root alone admits no one), and the agent holds the mesh's bundle
+// with alias old.example, as meshd pushes it.
+func aliasTunnel(t *testing.T) *Tunnel {
+	t.Helper()
+	keys, err := ca.GenerateRoot(spiffeid.RequireTrustDomainFromString("cluster.local"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signers := map[spiffeid.TrustDomain]*ca.CA{}
+	for _, name := range []string{"cluster.local", "old.example", "evil.example"} {
+		d := spiffeid.RequireTrustDomainFromString(name)
+		c, err := ca.New(ca.Options{TrustDomain: d, Keys: keys, Authorizer: func(context.Context, ca.Caller, spiffeid.ID) error { return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		signers[d] = c
+	}
+	mesh := signers[spiffeid.RequireTrustDomainFromString("cluster.local")]
+	bundles := identity.NewBundleSource(mesh.Bundle())
+	bundles.SetAliases(mesh.TrustDomain(), []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("old.example")})
+	tn, err := New(Options{
+		TrustDomain: mesh.TrustDomain(), Bundle: bundles, TrustDomainAliases: bundles.Aliases, Mark: mark, DrainTimeout: time.Second,
+		SVID: func(ctx context.Context, id spiffeid.ID) (x509svid.Source, error) {
+			src := identity.NewSVIDSource(nil)
+			r, err := identity.NewRenewer(identity.RenewerOptions{ID: id, Source: src, Issue: func(ctx context.Context, csr []byte) ([]*x509.Certificate, error) {
+				return signers[id.TrustDomain()].Sign(ctx, ca.Caller{}, csr, 0)
+			}})
+			if err != nil {
+				return nil, err
+			}
+			return src, r.Renew(ctx)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn
+}
+
+// peerRecorder echoes every stream and reports the peers it served.
+type peerRecorder chan string
+
+func (p peerRecorder) CheckStream(_ context.Context, s proxy.Stream) error {
+	p <- s.Peer
+	return nil
+}
+
+func (peerRecorder) ServeStream(_ context.Context, s proxy.Stream) error {
+	io.Copy(s.Conn, s.Conn)
+	return nil
+}
+
+// TestTrustDomainAliases: over real HBONE between two pods, a pod whose
+// SVID still names the alias trust domain is served, seen with the
+// identity it presents (policies judge that); the identity the model
+// expects at the destination passes in its alias form, and another service
+// account's in the alias does not; a peer of a trust domain that is no
+// alias is refused though the same root signed it.
+func TestTrustDomainAliases(t *testing.T) {
+	na, nb := nstest.Pair(t, "mlna-al", netip.MustParseAddr("198.19.4.41"), netip.MustParseAddr("198.19.4.42"))
+	tn := aliasTunnel(t)
+	pl, err := poller.Shared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pod B's 15008 twice: as db with a certificate of the trust domain,
+	// and (port 15009) as db with one still in the alias.
+	serve := func(port uint16, identity string) peerRecorder {
+		rec := make(peerRecorder, 16)
+		pod := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: identity}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
+		ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, port).String(), netns.ListenOptions{}))
+		srv, err := tn.Server(pod, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pln, err := pl.Accept(ln, srv.ServeConn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			pln.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			srv.Shutdown(ctx)
+		})
+		return rec
+	}
+	own, alias := serve(proxy.PortTunnel, idDB), serve(proxy.PortTunnel+1, idDBOld)
+
+	echo := func(from string, via uint16, expect string) error {
+		src := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "cart", Identity: from}, Netns: na.Path, IPs: []netip.Addr{na.Addr}}
+		defer tn.Forget(src)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := tn.Dial(ctx, src, proxy.Destination{Target: netip.AddrPortFrom(nb.Addr, 8080), Via: netip.AddrPortFrom(nb.Addr, via), Identity: expect})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, err := io.WriteString(s, "ping"); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "ping" {
+			return fmt.Errorf("echo %q, %v", buf, err)
+		}
+		return nil
+	}
+	tests := []struct {
+		name         string
+		from         string
+		via          uint16
+		expect       string
+		rec          peerRecorder
+		wantServed   bool
+		wantPeerSeen string
+	}{
+		{"client of the trust domain", idCart, proxy.PortTunnel, idDB, own, true, idCart},
+		{"client whose SVID names the alias", idCartOld, proxy.PortTunnel, idDB, own, true, idCartOld},
+		{"expected identity presented in its alias form", idCart, proxy.PortTunnel + 1, idDB, alias, true, idCart},
+		{"another service account expected, alias form presented", idCart, proxy.PortTunnel + 1, "spiffe://cluster.local/ns/shop/sa/not-db", alias, false, ""},
+		{"client of a trust domain that is no alias", "spiffe://evil.example/ns/shop/sa/cart", proxy.PortTunnel, idDB, own, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := echo(tt.from, tt.via, tt.expect)
+			if !tt.wantServed {
+				if err == nil {
+					t.Fatalf("stream from %s expecting %s served; want refused", tt.from, tt.expect)
+				}
+				t.Logf("refused: %v", err)
+				select {
+				case p := <-tt.rec:
+					t.Errorf("pod B's handler saw peer %s; want no stream", p)
+				default:
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("stream from %s expecting %s: %v; want served", tt.from, tt.expect, err)
+			}
+			if p := <-tt.rec; p != tt.wantPeerSeen {
+				t.Errorf("pod B's handler saw peer %s; want %s, as presented", p, tt.wantPeerSeen)
+			}
+		})
+	}
+}
