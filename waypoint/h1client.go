@@ -205,7 +205,8 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request, fields []field) (*http.Re
 	// and a wake-up saved); unloaded, there is nothing else to run and this
 	// returns at once.
 	runtime.Gosched()
-	resp, raw, err := pc.readResponse(req)
+	b := &h1Body{}
+	resp, raw, err := pc.readResponse(req, &b.store)
 	if err != nil {
 		if written != nil {
 			pc.Close() // ends a write still blocked
@@ -222,7 +223,7 @@ func (c *h1Client) send(pc *h1Conn, req *http.Request, fields []field) (*http.Re
 		c.forget(pc)
 		return resp, nil
 	}
-	b := &h1Body{c: c, pc: pc, body: resp.Body, raw: raw, watch: watch, written: written, keep: !resp.Close && !req.Close}
+	b.c, b.pc, b.body, b.raw, b.watch, b.written, b.keep = c, pc, resp.Body, raw, watch, written, !resp.Close && !req.Close
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, nil
@@ -276,7 +277,7 @@ func (b *bodyReadError) Read(p []byte) (int, error) {
 
 // readResponse reads the answer's head, skipping 1xx interim answers other
 // than 101.
-func (pc *h1Conn) readResponse(req *http.Request) (*http.Response, rawHeader, error) {
+func (pc *h1Conn) readResponse(req *http.Request, st *answerStore) (*http.Response, rawHeader, error) {
 	for skipped := 0; ; skipped++ {
 		if _, err := pc.br.Peek(1); err != nil {
 			if pc.reused && skipped == 0 {
@@ -284,7 +285,7 @@ func (pc *h1Conn) readResponse(req *http.Request) (*http.Response, rawHeader, er
 			}
 			return nil, rawHeader{}, fmt.Errorf("read upstream answer: %w", err)
 		}
-		resp, raw, err := pc.headReader.readResponse(req)
+		resp, raw, err := pc.headReader.readResponse(req, st)
 		if err != nil {
 			return nil, rawHeader{}, fmt.Errorf("read upstream answer: %w", err)
 		}
@@ -308,6 +309,7 @@ type h1Body struct {
 	written chan error // nil: the request was written before the answer was read
 	keep    bool       // neither side asked to close the connection
 	done    bool
+	store   answerStore // the answer's Response, body reader and spans
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {

@@ -69,7 +69,7 @@ func BenchmarkReadMessage(b *testing.B) {
 		buf := make([]byte, 2048)
 		b.ReportAllocs()
 		for b.Loop() {
-			resp, _, err := h.readResponse(req)
+			resp, _, err := h.readResponse(req, new(answerStore))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -409,7 +409,9 @@ const maxResponseHead = 1 << 20
 // answer with a body framed by its Content-Length or by the connection's
 // end (no Transfer-Encoding, no Trailer) are left as read: resp.Header is
 // then nil and raw holds them (raw.head is "" otherwise).
-func (h *headReader) readResponse(req *http.Request) (resp *http.Response, raw rawHeader, err error) {
+//
+// What it allocates beside the head's string lives in st (see answerStore).
+func (h *headReader) readResponse(req *http.Request, st *answerStore) (resp *http.Response, raw rawHeader, err error) {
 	l0, l1, err := h.readHead(maxResponseHead, 0)
 	if err != nil {
 		var re *requestError
@@ -424,7 +426,8 @@ func (h *headReader) readResponse(req *http.Request) (resp *http.Response, raw r
 	if !ok {
 		return nil, raw, fmt.Errorf("malformed HTTP response %q", line)
 	}
-	resp = &http.Response{Request: req, Status: strings.TrimLeft(status, " ")}
+	resp = &st.resp
+	*resp = http.Response{Request: req, Status: strings.TrimLeft(status, " ")}
 	switch proto {
 	case "HTTP/1.1":
 		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
@@ -507,25 +510,38 @@ func (h *headReader) readResponse(req *http.Request) (resp *http.Response, raw r
 				}
 			}
 		}
-		resp.Body = &wireBody{h: h, remain: -1, chunked: httputil.NewChunkedReader(h.br), trailer: &resp.Trailer}
+		st.wire = wireBody{h: h, remain: -1, chunked: httputil.NewChunkedReader(h.br), trailer: &resp.Trailer}
+		resp.Body = &st.wire
 	case resp.ContentLength == 0:
 		resp.Body = http.NoBody
 	case resp.ContentLength > 0:
-		resp.Body = &wireBody{h: h, remain: resp.ContentLength}
+		st.wire = wireBody{h: h, remain: resp.ContentLength}
+		resp.Body = &st.wire
 	default:
 		// Delimited by the end of the connection.
 		resp.Close = true
-		resp.Body = &wireBody{h: h, remain: -1}
+		st.wire = wireBody{h: h, remain: -1}
+		resp.Body = &st.wire
 	}
 	if hdr == nil {
 		if _, ok := resp.Body.(*wireBody); ok {
 			// The span list is the reader's, reused by the next head.
-			fields.spans = slices.Clone(fields.spans)
+			fields.spans = append(st.spans[:0], fields.spans...)
 			return resp, fields, nil
 		}
 		resp.Header = fields.header()
 	}
 	return resp, raw, nil
+}
+
+// answerStore is the storage of one upstream answer beside its head's
+// string: its Response, its body's reader and its field spans (when they
+// stay raw), in one allocation with the h1Body that wraps them instead of
+// one each.
+type answerStore struct {
+	resp  http.Response
+	wire  wireBody
+	spans [16]headerSpan // more are appended elsewhere
 }
 
 // wireBody is an answer's body read from the connection: Content-Length
