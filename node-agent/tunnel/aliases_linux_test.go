@@ -3,7 +3,6 @@ package tunnel
 import (
 	"context"
 	"crypto/x509"
-	"fmt"
 	"io"
 	"net/netip"
 	"testing"
@@ -127,14 +126,7 @@ func TestTrustDomainAliases(t *testing.T) {
 			return err
 		}
 		defer s.Close()
-		if _, err := io.WriteString(s, "ping"); err != nil {
-			return err
-		}
-		buf := make([]byte, 4)
-		if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "ping" {
-			return fmt.Errorf("echo %q, %v", buf, err)
-		}
-		return nil
+		return pingEcho(s)
 	}
 	tests := []struct {
 		name         string

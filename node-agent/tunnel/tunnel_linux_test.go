@@ -283,14 +283,7 @@ func TestServeBeforeMeshdIsUp(t *testing.T) {
 			return err
 		}
 		defer s.Close()
-		if _, err := io.WriteString(s, "ping"); err != nil {
-			return err
-		}
-		buf := make([]byte, 4)
-		if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "ping" {
-			return fmt.Errorf("echo %q, %v", buf, err)
-		}
-		return nil
+		return pingEcho(s)
 	}
 	if err := echo(); err == nil {
 		t.Fatal("a stream was served before the server had a certificate")
@@ -306,4 +299,16 @@ func TestServeBeforeMeshdIsUp(t *testing.T) {
 	if err := srv.Shutdown(ctx); err != nil {
 		t.Errorf("Shutdown with no stream open: %v; want nil within 10s", err)
 	}
+}
+
+// pingEcho writes "ping" on an echoing stream and reads it back.
+func pingEcho(s io.ReadWriter) error {
+	if _, err := io.WriteString(s, "ping"); err != nil {
+		return err
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "ping" {
+		return fmt.Errorf("echo %q, %v", buf, err)
+	}
+	return nil
 }

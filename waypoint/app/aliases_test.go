@@ -87,25 +87,11 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(ctx, app.Options{
-			MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
-			Token:       func() (string, error) { return wpToken, nil },
-			TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
-			HBONE: hboneLn, UpstreamHBONEPort: node.port, Logger: quiet,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run() = %v; want nil after cancel", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return within 10s of cancel")
-		}
+	runApp(t, ctx, cancel, app.Options{
+		MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
+		Token:       func() (string, error) { return wpToken, nil },
+		TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
+		HBONE: hboneLn, UpstreamHBONEPort: node.port, Logger: quiet,
 	})
 
 	// The client's agent verifies the waypoint (cluster.local) with the

@@ -332,26 +332,12 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	adminAddr := adminLn.Addr().String()
 	adminLn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(ctx, app.Options{
-			MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
-			Token:       func() (string, error) { return wpToken, nil },
-			TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
-			HBONE: hboneLn, Ready: readyLn, Metrics: metricsLn, AdminAddr: adminAddr,
-			UpstreamHBONEPort: node.port, Logger: quiet,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run() = %v; want nil after cancel", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return within 10s of cancel")
-		}
+	runApp(t, ctx, cancel, app.Options{
+		MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
+		Token:       func() (string, error) { return wpToken, nil },
+		TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
+		HBONE: hboneLn, Ready: readyLn, Metrics: metricsLn, AdminAddr: adminAddr,
+		UpstreamHBONEPort: node.port, Logger: quiet,
 	})
 
 	hc := &http.Client{Timeout: 5 * time.Second}
@@ -573,4 +559,23 @@ func TestWaypointRoutesPerPushedConfig(t *testing.T) {
 	if !strings.Contains(string(body), "istio_requests_total") {
 		t.Errorf("/metrics has no istio_requests_total after requests")
 	}
+}
+
+// runApp runs the waypoint app with opts until the test ends: then it
+// cancels ctx and wants Run to return nil within 10 s.
+func runApp(t *testing.T, ctx context.Context, cancel context.CancelFunc, opts app.Options) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, opts) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run() = %v; want nil after cancel", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return within 10s of cancel")
+		}
+	})
 }
