@@ -396,12 +396,7 @@ func (c *h1ServerConn) readRequest() (r http.Request, err error) {
 
 	var vbuf [2]string
 	values := func(k string) []string {
-		vv := vbuf[:0]
-		for i := range f.list {
-			if f.list[i].k == k {
-				vv = append(vv, f.list[i].v)
-			}
-		}
+		vv, _ := f.appendValues(vbuf[:0], k)
 		return vv
 	}
 	hosts := values("Host")

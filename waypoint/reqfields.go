@@ -3,7 +3,6 @@ package waypoint
 import (
 	"bufio"
 	"net/http"
-	"net/textproto"
 )
 
 // reqFields is a request's header fields as the proxy reads and edits them
@@ -73,8 +72,6 @@ func (f *reqFields) header() http.Header {
 	return m
 }
 
-func canonical(k string) string { return textproto.CanonicalMIMEHeaderKey(k) }
-
 // get returns the first value of the field named k, canonical.
 func (f *reqFields) get(k string) string {
 	if f.m != nil {
@@ -135,11 +132,11 @@ func (f *reqFields) appendValues(dst []string, k string) ([]string, bool) {
 
 // Get, Values, Set, Add and Del are http.Header's, for code shared with
 // header maps (policy, header operations, rate limit keys).
-func (f *reqFields) Get(k string) string      { return f.get(canonical(k)) }
-func (f *reqFields) Values(k string) []string { return f.values(canonical(k)) }
-func (f *reqFields) Set(k, v string)          { f.set(canonical(k), v) }
-func (f *reqFields) Add(k, v string)          { f.add(canonical(k), v) }
-func (f *reqFields) Del(k string)             { f.del(canonical(k)) }
+func (f *reqFields) Get(k string) string      { return f.get(http.CanonicalHeaderKey(k)) }
+func (f *reqFields) Values(k string) []string { return f.values(http.CanonicalHeaderKey(k)) }
+func (f *reqFields) Set(k, v string)          { f.set(http.CanonicalHeaderKey(k), v) }
+func (f *reqFields) Add(k, v string)          { f.add(http.CanonicalHeaderKey(k), v) }
+func (f *reqFields) Del(k string)             { f.del(http.CanonicalHeaderKey(k)) }
 func (f *reqFields) setValues(k string, vv []string) {
 	if f.m != nil {
 		f.m[k] = vv
