@@ -166,6 +166,13 @@ type StreamHandler interface {
 	ServeStream(ctx context.Context, s Stream) error
 }
 
+// ConnRefuser is a StreamHandler that is also told of the tunnel
+// connections refused before any stream (the HBONE server's handshake and
+// protocol checks: hbone.Refused* reasons), to count them (Proxy).
+type ConnRefuser interface {
+	RefuseConn(remote net.Addr, reason, detail string)
+}
+
 // TunnelServer serves the HBONE connections accepted on a pod's 15008.
 type TunnelServer interface {
 	// ServeConn takes in one accepted connection and serves it on a

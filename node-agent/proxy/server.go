@@ -410,6 +410,17 @@ func (p *Proxy) streamInfo(s Stream, policy string) connInfo {
 		srcAddr: s.Source, dstAddr: s.Target, policy: policy}
 }
 
+// RefuseConn counts a tunnel connection to the pod's 15008 that the HBONE
+// server refused before any stream (ConnRefuser): a client whose
+// certificate did not verify (peer_unverified: no identity is known, the
+// source is its address), a failed handshake, a client that is no HBONE
+// client. The reasons are the HBONE server's.
+func (p *Proxy) RefuseConn(remote net.Addr, reason, detail string) {
+	info := connInfo{connLabels: connLabels{reporter: "destination", dst: p.opts.Pod.Workload, mutualTLS: false},
+		srcAddr: addrPort(remote)}
+	p.refuse(&info, reason, func() string { return detail })
+}
+
 func (p *Proxy) refuseStream(s Stream, reason, policy, detail string) error {
 	info := p.streamInfo(s, policy)
 	p.refuse(&info, reason, func() string { return detail })

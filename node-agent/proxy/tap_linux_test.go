@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/meshlet/meshlet/node-agent/netns"
 	"github.com/meshlet/meshlet/pkg/configdump"
+	"github.com/meshlet/meshlet/pkg/hbone"
 )
 
 // tapEvents opens a tap on m's hub with query q and returns a function that
@@ -228,5 +230,25 @@ func TestTapSameNode(t *testing.T) {
 	}
 	if diff := gocmp.Diff(want, got, gocmp.AllowUnexported(key{})); diff != "" {
 		t.Errorf("same-node tap events (-want +got):\n%s", diff)
+	}
+}
+
+// TestRefusedTunnelConnCounted: a connection to a pod's 15008 that the
+// HBONE server refused before any stream (here a peer whose certificate
+// did not verify) is counted by reason for the destination workload, and
+// tapped with the client's address and the server's words.
+func TestRefusedTunnelConnCounted(t *testing.T) {
+	m := newMesh(t, "mlna-rc", meshConfig{mode: ModeStrict})
+	end := tapEvents(t, m, "max=1&seconds=20&kind=refused")
+	before := refused(m, "destination", m.b.Workload, hbone.RefusedPeer)
+	from := &net.TCPAddr{IP: net.ParseIP("198.19.9.9"), Port: 40000}
+	m.pb.RefuseConn(from, hbone.RefusedPeer, "client certificate refused: unexpected trust domain")
+	if got := refused(m, "destination", m.b.Workload, hbone.RefusedPeer) - before; got != 1 {
+		t.Errorf("refused{reason=%q} moved by %v; want 1", hbone.RefusedPeer, got)
+	}
+	events, _ := end()
+	if len(events) != 1 || events[0].Reason != hbone.RefusedPeer || events[0].SourceAddr != "198.19.9.9:40000" ||
+		events[0].Destination != workloadName(m.b.Workload) || !strings.Contains(events[0].Detail, "trust domain") {
+		t.Errorf("tap gave %+v; want the refusal from 198.19.9.9:40000 to %s with its reason and words", events, workloadName(m.b.Workload))
 	}
 }

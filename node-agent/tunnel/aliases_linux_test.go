@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/meshlet/meshlet/node-agent/poller"
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/ca"
+	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
 )
 
@@ -79,6 +81,15 @@ func (peerRecorder) ServeStream(_ context.Context, s proxy.Stream) error {
 	return nil
 }
 
+// refusalRecorder is a peerRecorder told of the connections refused
+// before any stream (proxy.ConnRefuser), by reason.
+type refusalRecorder struct {
+	peerRecorder
+	refused chan string
+}
+
+func (r refusalRecorder) RefuseConn(_ net.Addr, reason, _ string) { r.refused <- reason }
+
 // TestTrustDomainAliases: over real HBONE between two pods, a pod whose
 // SVID still names the alias trust domain is served, seen with the
 // identity it presents (policies judge that); the identity the model
@@ -94,11 +105,12 @@ func TestTrustDomainAliases(t *testing.T) {
 	}
 	// Pod B's 15008 twice: as db with a certificate of the trust domain,
 	// and (port 15009) as db with one still in the alias.
+	refused := make(chan string, 16)
 	serve := func(port uint16, identity string) peerRecorder {
 		rec := make(peerRecorder, 16)
 		pod := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: identity}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
 		ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, port).String(), netns.ListenOptions{}))
-		srv, err := tn.Server(pod, rec)
+		srv, err := tn.Server(pod, refusalRecorder{rec, refused})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,12 +148,14 @@ func TestTrustDomainAliases(t *testing.T) {
 		rec          peerRecorder
 		wantServed   bool
 		wantPeerSeen string
+		wantRefused  string // the server's report of the refused connection, if it refused it
 	}{
-		{"client of the trust domain", idCart, proxy.PortTunnel, idDB, own, true, idCart},
-		{"client whose SVID names the alias", idCartOld, proxy.PortTunnel, idDB, own, true, idCartOld},
-		{"expected identity presented in its alias form", idCart, proxy.PortTunnel + 1, idDB, alias, true, idCart},
-		{"another service account expected, alias form presented", idCart, proxy.PortTunnel + 1, "spiffe://cluster.local/ns/shop/sa/not-db", alias, false, ""},
-		{"client of a trust domain that is no alias", "spiffe://evil.example/ns/shop/sa/cart", proxy.PortTunnel, idDB, own, false, ""},
+		{"client of the trust domain", idCart, proxy.PortTunnel, idDB, own, true, idCart, ""},
+		{"client whose SVID names the alias", idCartOld, proxy.PortTunnel, idDB, own, true, idCartOld, ""},
+		{"expected identity presented in its alias form", idCart, proxy.PortTunnel + 1, idDB, alias, true, idCart, ""},
+		// The client refuses the server: pod B's side sees the handshake fail.
+		{"another service account expected, alias form presented", idCart, proxy.PortTunnel + 1, "spiffe://cluster.local/ns/shop/sa/not-db", alias, false, "", hbone.RefusedHandshake},
+		{"client of a trust domain that is no alias", "spiffe://evil.example/ns/shop/sa/cart", proxy.PortTunnel, idDB, own, false, "", hbone.RefusedPeer},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -155,6 +169,14 @@ func TestTrustDomainAliases(t *testing.T) {
 				case p := <-tt.rec:
 					t.Errorf("pod B's handler saw peer %s; want no stream", p)
 				default:
+				}
+				select {
+				case r := <-refused:
+					if r != tt.wantRefused {
+						t.Errorf("pod B's server reported the connection refused as %q; want %q", r, tt.wantRefused)
+					}
+				case <-time.After(5 * time.Second):
+					t.Errorf("pod B's server reported no refused connection; want %q", tt.wantRefused)
 				}
 				return
 			}

@@ -127,11 +127,15 @@ func (t *Tunnel) Server(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServe
 	// meshd that is not up yet): the listener stays open throughout, and
 	// serves as soon as an SVID is there, without an agent restart.
 	svid := &lazySVID{get: func(ctx context.Context) (x509svid.Source, error) { return t.opts.SVID(ctx, id) }}
-	srv, err := hbone.NewServer(hbone.ServerOptions{
+	opts := hbone.ServerOptions{
 		SVID: svid, Bundle: t.opts.Bundle, TrustDomain: t.opts.TrustDomain, TrustDomainAliases: t.opts.TrustDomainAliases,
 		Authorize: func(ctx context.Context, r *hbone.Request) error { return h.CheckStream(ctx, streamOf(r)) },
 		Handler:   func(ctx context.Context, r *hbone.Request) error { return h.ServeStream(ctx, streamOf(r)) },
-	})
+	}
+	if r, ok := h.(proxy.ConnRefuser); ok {
+		opts.OnRefusedConn = r.RefuseConn
+	}
+	srv, err := hbone.NewServer(opts)
 	if err != nil {
 		return nil, err
 	}

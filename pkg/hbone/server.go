@@ -110,6 +110,11 @@ type ServerOptions struct {
 	ReadIdleTimeout, PingTimeout time.Duration
 	// Logger receives refusals; nil means slog.Default().
 	Logger *slog.Logger
+	// OnRefusedConn, if set, is told of each connection refused before
+	// any stream, with one of the Refused* reasons and the error in
+	// words (a node agent counts them as it counts refused streams). It
+	// runs on the connection's goroutine.
+	OnRefusedConn func(remote net.Addr, reason, detail string)
 }
 
 // Server accepts HBONE connections.
@@ -146,6 +151,22 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	cfg := tlsconfig.MTLSServerConfig(opts.SVID, opts.Bundle, authorizeMemberOf(opts.TrustDomain, opts.TrustDomainAliases))
+	// The client's certificate is verified (or its absence refused) by
+	// go-spiffe's verifier, whose errors are marked so that a refusal
+	// says whether the peer or the handshake failed. crypto/tls would
+	// refuse a missing certificate itself, before any verifier, under
+	// RequireAnyClientCert: the verifier refuses it here instead.
+	verify := cfg.VerifyPeerCertificate
+	cfg.ClientAuth = tls.RequestClientCert
+	cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return &peerError{errors.New("no client certificate")}
+		}
+		if err := verify(raw, chains); err != nil {
+			return &peerError{err}
+		}
+		return nil
+	}
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.NextProtos = []string{http2.NextProtoTLS}
 	return &Server{
@@ -154,6 +175,34 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]*conn),
 	}, nil
+}
+
+// Reasons a connection is refused before any stream (OnRefusedConn).
+const (
+	// RefusedPeer: the client presented no certificate, or one that
+	// does not verify against the bundle or names a trust domain the
+	// server does not accept.
+	RefusedPeer = "peer_unverified"
+	// RefusedHandshake: the TLS handshake failed otherwise (version,
+	// ALPN, timeout, the client went away).
+	RefusedHandshake = "handshake_failed"
+	// RefusedProtocol: TLS went through but the client speaks no HTTP/2
+	// (no h2 negotiated, no connection preface).
+	RefusedProtocol = "not_hbone"
+)
+
+// peerError marks a handshake refused for the client's certificate.
+type peerError struct{ err error }
+
+func (e *peerError) Error() string { return "client certificate refused: " + e.err.Error() }
+func (e *peerError) Unwrap() error { return e.err }
+
+// refuseConn logs and reports a connection refused before any stream.
+func (s *Server) refuseConn(remote net.Addr, reason string, err error) {
+	s.opts.Logger.Debug("hbone connection refused", "remote", remote, "reason", reason, "err", err)
+	if s.opts.OnRefusedConn != nil {
+		s.opts.OnRefusedConn(remote, reason, err.Error())
+	}
 }
 
 // authorizeMemberOf accepts a peer of td or, when aliases is set, of one of
@@ -262,12 +311,16 @@ func (s *Server) serveConn(raw net.Conn) {
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		s.opts.Logger.Debug("hbone handshake refused", "remote", raw.RemoteAddr(), "err", err)
+		reason := RefusedHandshake
+		if pe := (*peerError)(nil); errors.As(err, &pe) {
+			reason = RefusedPeer
+		}
+		s.refuseConn(raw.RemoteAddr(), reason, err)
 		return
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != http2.NextProtoTLS {
-		s.opts.Logger.Debug("hbone client did not negotiate h2", "remote", raw.RemoteAddr(), "alpn", cs.NegotiatedProtocol)
+		s.refuseConn(raw.RemoteAddr(), RefusedProtocol, fmt.Errorf("the client negotiated %q, not h2", cs.NegotiatedProtocol))
 		return
 	}
 	if len(cs.PeerCertificates) == 0 {
@@ -306,7 +359,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	s.conns[raw] = c
 	s.mu.Unlock()
 	if err := c.readPreface(); err != nil {
-		s.opts.Logger.Debug("hbone client sent no HTTP/2 preface", "remote", remote, "err", err)
+		s.refuseConn(remote, RefusedProtocol, fmt.Errorf("no HTTP/2 connection preface: %w", err))
 		c.close(err)
 		return
 	}

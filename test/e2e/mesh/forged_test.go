@@ -28,7 +28,8 @@ import (
 // TestHBONERefusesForgedAndMisdirectedPeers attacks an enrolled pod's HBONE
 // port (15008) from the machine, outside the mesh, with a client written
 // from the protocol (HTTP/2 CONNECT over TLS): a certificate of another
-// trust domain and no certificate at all fail the handshake; a certificate
+// trust domain and no certificate at all fail the handshake, counted as
+// peer_unverified; a certificate
 // the mesh CA signed is served for the pod's own address — so the client is
 // sound — but a CONNECT to another pod's address or to a mesh port is
 // refused and counted; and a pod dialling its own 15001 or 15006 gets
@@ -60,30 +61,32 @@ func TestHBONERefusesForgedAndMisdirectedPeers(t *testing.T) {
 	})
 
 	for _, tt := range []struct {
-		name   string
-		cert   *tls.Certificate
-		target string
-		reason string // refused with this reason, or "" for a failed handshake
+		name      string
+		cert      *tls.Certificate
+		target    string
+		handshake bool   // the TLS handshake is refused (else the CONNECT)
+		reason    string // counted with this reason
 	}{
-		{"a certificate of another trust domain", &foreignCert, own, ""},
-		{"no client certificate", nil, own, ""},
-		{"a CONNECT to another pod through this pod's 15008", &meshCert, net.JoinHostPort(other.Status.PodIP, "8080"), "not_this_pod"},
-		{"a CONNECT to the machine through this pod's 15008", &meshCert, "198.18.0.1:22", "not_this_pod"},
-		{"a CONNECT to the pod's own inbound mesh port", &meshCert, net.JoinHostPort(server.Status.PodIP, "15006"), "mesh_port"},
+		{"a certificate of another trust domain", &foreignCert, own, true, "peer_unverified"},
+		{"no client certificate", nil, own, true, "peer_unverified"},
+		{"a CONNECT to another pod through this pod's 15008", &meshCert, net.JoinHostPort(other.Status.PodIP, "8080"), false, "not_this_pod"},
+		{"a CONNECT to the machine through this pod's 15008", &meshCert, "198.18.0.1:22", false, "not_this_pod"},
+		{"a CONNECT to the pod's own inbound mesh port", &meshCert, net.JoinHostPort(server.Status.PodIP, "15006"), false, "mesh_port"},
 	} {
 		before := refusedMetric(t, server.Status.HostIP, ns, tt.reason)
 		code, err := connect(hbone, tt.target, roots, tt.cert)
 		switch {
-		case tt.reason == "" && err == nil:
+		case tt.handshake && err == nil:
 			t.Errorf("%s: CONNECT %s answered %d; want the TLS handshake refused", tt.name, tt.target, code)
-		case tt.reason != "" && (err != nil || code == http.StatusOK):
+			continue
+		case !tt.handshake && (err != nil || code == http.StatusOK):
 			t.Errorf("%s: CONNECT %s = %d, %v; want refused with an HTTP error status", tt.name, tt.target, code, err)
-		case tt.reason != "":
-			lab.WaitFor(t, 10*time.Second, tt.name+" counted as "+tt.reason, func() (bool, error) {
-				d := refusedMetric(t, server.Status.HostIP, ns, tt.reason) - before
-				return d >= 1, fmt.Errorf("refused{reason=%q} moved by %v", tt.reason, d)
-			})
+			continue
 		}
+		lab.WaitFor(t, 10*time.Second, tt.name+" counted as "+tt.reason, func() (bool, error) {
+			d := refusedMetric(t, server.Status.HostIP, ns, tt.reason) - before
+			return d >= 1, fmt.Errorf("refused{reason=%q} moved by %v", tt.reason, d)
+		})
 	}
 
 	// A pod dialling its own mesh listeners directly gets nothing back.
