@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,16 +76,16 @@ func TestOutboundSameNodeOnlyStraightToThePod(t *testing.T) {
 		{"through a waypoint", func(d *Destination) { d.Via = netip.AddrPortFrom(d.Via.Addr(), 15009) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			var bApp netip.AddrPort
+			var bApp atomic.Value // netip.AddrPort, set once newMesh returns; read by the proxy's goroutines
 			m := newMesh(t, "mlna-sw", meshConfig{mode: ModePermissive, local: true, resolve: func(dst netip.AddrPort) (Destination, bool) {
-				if dst != bApp {
+				if a, _ := bApp.Load().(netip.AddrPort); dst != a {
 					return Destination{}, false
 				}
 				d := Destination{Target: dst, Via: netip.AddrPortFrom(dst.Addr(), PortTunnel), Identity: idB}
 				tt.mutate(&d)
 				return d, true
 			}})
-			bApp = netip.AddrPortFrom(m.b.IPs[0], appPort)
+			bApp.Store(netip.AddrPortFrom(m.b.IPs[0], appPort))
 			c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
 			roundTrip(c, "x") // nothing listens on a port 15009: refused
 			if n := m.tunnelDials.Load(); n == 0 {

@@ -36,6 +36,7 @@ var (
 type mesh struct {
 	a, b       Pod
 	pa, pb     *Proxy
+	pbShared   atomic.Pointer[Proxy] // pb, for A's Local hook on A's goroutines
 	metrics    *Metrics
 	tap        *Tap
 	reg        *prometheus.Registry
@@ -127,7 +128,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 	if cfg.local {
 		oa.Local = func(addr netip.Addr) *Proxy {
 			if m.b.owns(addr) {
-				return m.pb
+				return m.pbShared.Load()
 			}
 			return nil
 		}
@@ -140,6 +141,7 @@ func newMesh(t *testing.T, name string, cfg meshConfig) *mesh {
 		if m.pb, err = Start(common(m.b)); err != nil {
 			t.Error(err)
 		}
+		m.pbShared.Store(m.pb)
 	}
 	if cfg.lateB == 0 {
 		startB()
