@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -87,11 +88,12 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	reg := prometheus.NewRegistry()
 	runApp(t, ctx, cancel, app.Options{
 		MeshdAddress: m.addr, MeshdTLS: m.tls, Roots: m.ca.Roots(),
 		Token:       func() (string, error) { return wpToken, nil },
 		TrustDomain: td, Namespace: wpNS, ServiceAccount: wpSA, GatewayName: wpGateway,
-		HBONE: hboneLn, UpstreamHBONEPort: node.port, Logger: quiet,
+		HBONE: hboneLn, UpstreamHBONEPort: node.port, Logger: quiet, Registerer: reg,
 	})
 
 	// The client's agent verifies the waypoint (cluster.local) with the
@@ -147,7 +149,33 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 		}
 		return nil
 	})
+	if refused := counterValue(t, reg, "meshlet_waypoint_hbone_connections_refused_total", "reason", "peer_unverified"); refused < 1 {
+		t.Errorf("meshlet_waypoint_hbone_connections_refused_total{reason=\"peer_unverified\"} = %v; want the alias client's refusals counted", refused)
+	}
 	if code, err := fresh(client); err != nil || code != http.StatusOK {
 		t.Errorf("client of the trust domain after the alias went: %d, %v; want 200", code, err)
 	}
+}
+
+// counterValue is the value of counter name's series whose label is value
+// in reg (0 when there is none).
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -532,8 +532,19 @@ func bundleFromPEM(td spiffeid.TrustDomain, roots []string) (*x509bundle.Bundle,
 // connection whose local address is the CONNECT target.
 func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 	ln := s.conns
+	// Connections refused before any stream (hbone.Refused* reasons: a
+	// forged or foreign peer is peer_unverified), as node agents count
+	// theirs in meshlet_tcp_connections_refused_total.
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_waypoint_hbone_connections_refused_total",
+		Help: "HBONE connections the waypoint refused before any stream, by reason.",
+	}, []string{"reason"})
+	if err := s.reg.Register(refused); err != nil {
+		return fmt.Errorf("serve HBONE: %w", err)
+	}
 	srv, err := hbone.NewServer(hbone.ServerOptions{
 		SVID: s.svid, Bundle: s.bundle, TrustDomain: s.opts.TrustDomain, TrustDomainAliases: s.bundle.Aliases, Logger: s.log,
+		OnRefusedConn: func(_ net.Addr, reason, _ string) { refused.WithLabelValues(reason).Inc() },
 		Handler: func(hctx context.Context, r *hbone.Request) error {
 			remote := net.Addr(net.TCPAddrFromAddrPort(r.Source))
 			if !r.Source.IsValid() {
