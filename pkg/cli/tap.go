@@ -7,13 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/pkg/configdump"
@@ -46,7 +50,7 @@ type tapFlags struct {
 func newTapCommand(s Streams, g *globalOptions) *cobra.Command {
 	var f tapFlags
 	cmd := &cobra.Command{
-		Use:   "tap <waypoint> | node/<node> | pod/<pod>",
+		Use:   "tap <waypoint> | node/<node> | pod/<pod> | deploy/<deployment>",
 		Short: "Watch a waypoint's requests, or a node agent's connections and verdicts, live",
 		Long: `<waypoint>: streams the requests a waypoint (or ingress gateway) finishes from
 now on, one line each: when, client, service, method, authority, path (without
@@ -61,8 +65,10 @@ policy_denied and the AuthorizationPolicy that denied, …), as the client's
 agent (reporter=source) or the server's (reporter=destination) saw it, with
 both workloads and addresses, the identity the client proved and the
 security (mutual_tls or none). pod/<pod> asks the agent of the pod's node for
-the pod's connections; node/<node> for all of that node's (only those of
-namespace -n when given). --refused shows refusals only. Never any payload.
+the pod's connections; deploy/<deployment> the agents of every node running
+its pods, at once, for theirs (--max then counts per node agent);
+node/<node> for all of that node's (only those of namespace -n when given).
+--refused shows refusals only. Never any payload.
 
 Either ends after --max events or --duration, or on Ctrl-C, read from the
 proxy's admin port (loopback, through a port-forward). -o json prints the
@@ -71,10 +77,14 @@ proxy's JSON lines.`,
   meshctl tap waypoint -n shop --path /api --method POST --max 20
   meshctl tap ingress -n istio-ingress --authority shop.example.com -o json
   meshctl tap pod/db-0 -n shop --refused
+  meshctl tap deploy/reviews -n shop --port 9080
   meshctl tap node/worker-1 -n shop --port 5432 --duration 5m`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, name, agent := strings.Cut(args[0], "/")
+			if kind == "deployment" {
+				kind = "deploy"
+			}
 			switch {
 			case f.output != "" && f.output != "json":
 				return fmt.Errorf("--output %q: want json or nothing", f.output)
@@ -82,8 +92,8 @@ proxy's JSON lines.`,
 				return fmt.Errorf("--max %d: want 1 to 10000", f.max)
 			case f.duration < time.Second || f.duration > 10*time.Minute:
 				return fmt.Errorf("--duration %v: want 1s to 10m", f.duration)
-			case agent && kind != "node" && kind != "pod" || agent && name == "":
-				return fmt.Errorf("%q: want a waypoint's name, node/<node> or pod/<pod>", args[0])
+			case agent && kind != "node" && kind != "pod" && kind != "deploy" || agent && name == "":
+				return fmt.Errorf("%q: want a waypoint's name, node/<node>, pod/<pod> or deploy/<deployment>", args[0])
 			case agent && (f.method != "" || f.authority != "" || f.path != "" || f.source != ""):
 				return errors.New("--method, --authority, --path and --source filter a waypoint's requests: a node agent's connections take -n, --refused and --port")
 			case !agent && (f.refused || f.port != 0):
@@ -135,31 +145,89 @@ proxy's JSON lines.`,
 	return cmd
 }
 
-// tapAgent taps the node agent of node/<name>, or of pod/<name>'s node
-// for that pod's addresses.
-func tapAgent(ctx context.Context, s Streams, c *clients, meshNS, kind, name, ns string, nsGiven bool, q url.Values, f *tapFlags) error {
-	node, what := name, "node "+name
-	if kind == "pod" {
+// tapTarget is one node agent to tap and the pod addresses it is asked
+// for (none: the node's connections).
+type tapTarget struct {
+	node string
+	ips  []string
+}
+
+// podIPs are a pod's addresses.
+func podIPs(p *corev1.Pod) []string {
+	var ips []string
+	for _, ip := range p.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	if len(ips) == 0 && p.Status.PodIP != "" {
+		ips = append(ips, p.Status.PodIP)
+	}
+	return ips
+}
+
+// tapTargets resolves node/<name>, pod/<name> and deploy/<name> to the
+// node agents to tap: a pod's node for its addresses, a Deployment's
+// running pods' nodes for theirs (one agent per node).
+func tapTargets(ctx context.Context, c *clients, kind, name, ns string) ([]tapTarget, string, error) {
+	switch kind {
+	case "node":
+		return []tapTarget{{node: name}}, "node " + name, nil
+	case "pod":
 		p, err := c.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			return fmt.Errorf("get pod %s/%s: %w", ns, name, err)
+			return nil, "", fmt.Errorf("get pod %s/%s: %w", ns, name, err)
 		}
 		if p.Spec.NodeName == "" {
-			return fmt.Errorf("pod %s/%s is not scheduled to a node yet", ns, name)
+			return nil, "", fmt.Errorf("pod %s/%s is not scheduled to a node yet", ns, name)
 		}
-		var ips []string
-		for _, ip := range p.Status.PodIPs {
-			ips = append(ips, ip.IP)
-		}
-		if len(ips) == 0 && p.Status.PodIP != "" {
-			ips = append(ips, p.Status.PodIP)
-		}
+		ips := podIPs(p)
 		if len(ips) == 0 {
-			return fmt.Errorf("pod %s/%s has no IP yet", ns, name)
+			return nil, "", fmt.Errorf("pod %s/%s has no IP yet", ns, name)
 		}
-		node, what = p.Spec.NodeName, fmt.Sprintf("pod %s/%s (%s) on node %s", ns, name, strings.Join(ips, ", "), p.Spec.NodeName)
-		q["ip"] = ips
-	} else if nsGiven {
+		return []tapTarget{{node: p.Spec.NodeName, ips: ips}}, fmt.Sprintf("pod %s/%s (%s) on node %s", ns, name, strings.Join(ips, ", "), p.Spec.NodeName), nil
+	}
+	d, err := c.kube.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("get deployment %s/%s: %w", ns, name, err)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		return nil, "", fmt.Errorf("deployment %s/%s: selector: %w", ns, name, err)
+	}
+	pods, err := c.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, "", fmt.Errorf("list the pods of deployment %s/%s: %w", ns, name, err)
+	}
+	byNode := map[string][]string{}
+	n := 0
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil || p.Spec.NodeName == "" {
+			continue
+		}
+		if ips := podIPs(p); len(ips) > 0 {
+			byNode[p.Spec.NodeName] = append(byNode[p.Spec.NodeName], ips...)
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, "", fmt.Errorf("deployment %s/%s has no running pod with an address", ns, name)
+	}
+	var targets []tapTarget
+	for _, node := range slices.Sorted(maps.Keys(byNode)) {
+		targets = append(targets, tapTarget{node: node, ips: byNode[node]})
+	}
+	return targets, fmt.Sprintf("deployment %s/%s (%d pods on %d nodes)", ns, name, n, len(targets)), nil
+}
+
+// tapAgent taps the node agent of node/<name>, of pod/<name>'s node for
+// that pod's addresses, or of each node running deploy/<name>'s pods for
+// theirs, at once, their events printed as they come.
+func tapAgent(ctx context.Context, s Streams, c *clients, meshNS, kind, name, ns string, nsGiven bool, q url.Values, f *tapFlags) error {
+	targets, what, err := tapTargets(ctx, c, kind, name, ns)
+	if err != nil {
+		return err
+	}
+	if kind == "node" && nsGiven {
 		q.Set("namespace", ns)
 		what += ", namespace " + ns
 	}
@@ -169,21 +237,54 @@ func tapAgent(ctx context.Context, s Streams, c *clients, meshNS, kind, name, ns
 	if f.port != 0 {
 		q.Set("port", strconv.Itoa(f.port))
 	}
-	agent, err := agentOn(ctx, c, meshNS, node)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(s.ErrOut, "tapping node agent %s for %s, %v or %d events\n", agent.Name, what, f.duration, f.max)
-	return c.adminDo(ctx, agent.Namespace, agent.Name, configdump.AdminPort, configdump.TapPath+"?"+q.Encode(), func(res *http.Response, where string) error {
-		if res.StatusCode != http.StatusOK {
-			b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
-			if res.StatusCode == http.StatusNotFound {
-				return fmt.Errorf("tap %s: %s: this node agent has no tap (older than meshctl?)", where, res.Status)
-			}
-			return fmt.Errorf("tap %s: %s: %s", where, res.Status, b)
+	agents := make([]*corev1.Pod, len(targets))
+	for i, tg := range targets {
+		if agents[i], err = agentOn(ctx, c, meshNS, tg.node); err != nil {
+			return err
 		}
-		return printConnTap(res.Body, s.Out, s.ErrOut, f.output == "json")
-	})
+	}
+	per := ""
+	if len(targets) > 1 {
+		per = " each"
+	}
+	fmt.Fprintf(s.ErrOut, "tapping %s through %d node agent(s), %v or %d events%s\n", what, len(agents), f.duration, f.max, per)
+	out, errOut := &lockedWriter{w: s.Out}, &lockedWriter{w: s.ErrOut}
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for i, tg := range targets {
+		aq := maps.Clone(q)
+		if len(tg.ips) > 0 {
+			aq["ip"] = tg.ips
+		}
+		agent := agents[i]
+		wg.Go(func() {
+			errs[i] = c.adminDo(ctx, agent.Namespace, agent.Name, configdump.AdminPort, configdump.TapPath+"?"+aq.Encode(), func(res *http.Response, where string) error {
+				if res.StatusCode != http.StatusOK {
+					b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
+					if res.StatusCode == http.StatusNotFound {
+						return fmt.Errorf("tap %s: %s: this node agent has no tap (older than meshctl?)", where, res.Status)
+					}
+					return fmt.Errorf("tap %s: %s: %s", where, res.Status, b)
+				}
+				return printConnTap(res.Body, out, errOut, f.output == "json")
+			})
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// lockedWriter serializes the writes of several taps printing to one
+// stream (each line is one Write).
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // maxTapLine bounds one line of the tap stream.

@@ -6,10 +6,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/meshlet/meshlet/pkg/configdump"
 	"github.com/meshlet/meshlet/pkg/model"
@@ -168,8 +174,10 @@ func TestTapFlags(t *testing.T) {
 		{[]string{"node/w1", "--path", "/api"}, "filter a waypoint's requests"},
 		{[]string{"waypoint", "--refused"}, "filter a node agent's connections"},
 		{[]string{"waypoint", "--port", "80"}, "filter a node agent's connections"},
-		{[]string{"svc/echo"}, "want a waypoint's name, node/<node> or pod/<pod>"},
+		{[]string{"svc/echo"}, "want a waypoint's name, node/<node>, pod/<pod> or deploy/<deployment>"},
 		{[]string{"pod/"}, "want a waypoint's name"},
+		{[]string{"deploy/"}, "want a waypoint's name"},
+		{[]string{"deployment/echo", "--path", "/api"}, "filter a waypoint's requests"},
 		{[]string{"pod/x", "--port", "70000"}, "--port 70000"},
 	}
 	for _, tt := range tests {
@@ -180,6 +188,58 @@ func TestTapFlags(t *testing.T) {
 		cmd.SetErr(&errOut)
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("meshctl tap %v: %v; want an error saying %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+// TestTapTargets: deploy/<name> taps the node agent of every node running
+// the Deployment's pods, each for the addresses of its own pods; pods not
+// running, being deleted or without an address, and pods the selector
+// does not pick, are left out; pod/<name> taps its node for its addresses.
+func TestTapTargets(t *testing.T) {
+	pod := func(name, node string, phase corev1.PodPhase, labels map[string]string, ips ...string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", Labels: labels},
+			Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: phase}}
+		for _, ip := range ips {
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip})
+		}
+		return p
+	}
+	echo := map[string]string{"app": "echo"}
+	deleting := pod("echo-d", "w1", corev1.PodRunning, echo, "198.18.1.9")
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	deleting.Finalizers = []string{"x"}
+	c := fakeCluster{kube: []runtime.Object{
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "shop"},
+			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: echo}}},
+		pod("echo-a", "w2", corev1.PodRunning, echo, "198.18.2.4", "fd00::24"),
+		pod("echo-b", "w1", corev1.PodRunning, echo, "198.18.1.5"),
+		pod("echo-c", "w1", corev1.PodRunning, echo, "198.18.1.6"),
+		pod("echo-pending", "w3", corev1.PodPending, echo, "198.18.3.7"),
+		pod("echo-noip", "w3", corev1.PodRunning, echo),
+		pod("other", "w3", corev1.PodRunning, map[string]string{"app": "other"}, "198.18.3.8"),
+		deleting,
+	}, version: "v1.33.0"}.clients(t)
+	for _, tt := range []struct {
+		kind, name string
+		want       []tapTarget
+		wantErr    string
+	}{
+		{"deploy", "echo", []tapTarget{{"w1", []string{"198.18.1.5", "198.18.1.6"}}, {"w2", []string{"198.18.2.4", "fd00::24"}}}, ""},
+		{"pod", "echo-a", []tapTarget{{"w2", []string{"198.18.2.4", "fd00::24"}}}, ""},
+		{"node", "w3", []tapTarget{{node: "w3"}}, ""},
+		{"deploy", "missing", nil, "get deployment shop/missing"},
+		{"pod", "echo-noip", nil, "has no IP yet"},
+	} {
+		got, _, err := tapTargets(t.Context(), c, tt.kind, tt.name, "shop")
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s/%s: %v; want an error saying %q", tt.kind, tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s/%s: %+v, %v; want %+v", tt.kind, tt.name, got, err, tt.want)
 		}
 	}
 }

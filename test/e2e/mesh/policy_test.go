@@ -239,14 +239,15 @@ spec:
 	waitAnswered(t, lb, ns, alice.Name, url, false, "DENY a wins over ALLOW a: alice is refused")
 	waitAnswered(t, lb, ns, dave.Name, url, false, "DENY a wins over ALLOW a: dave (same node) is refused")
 
-	// meshctl tap --refused names the DENY policy that refused alice.
+	// meshctl tap deploy/echo --refused (the agents of the nodes running
+	// the Deployment's pods) names the DENY policy that refused alice.
 	tapped = tapWhile(t, func() { request(t, lb, ns, alice.Name, url) },
-		run, "tap", "pod/"+server.Name, "-n", ns, "--refused", "--max", "1", "--duration", "60s")
-	t.Logf("meshctl tap pod/%s -n %s --refused --max 1:\n%s", server.Name, ns, tapped)
+		run, "tap", "deploy/echo", "-n", ns, "--refused", "--max", "1", "--duration", "60s")
+	t.Logf("meshctl tap deploy/echo -n %s --refused --max 1:\n%s", ns, tapped)
 	if !slices.ContainsFunc(strings.Split(tapped, "\n"), func(l string) bool {
 		return containsAll(l, " refused ", "identity=spiffe://cluster.local/ns/"+ns+"/sa/a", "reason=policy_denied", "policy="+ns+"/not-a")
 	}) {
-		t.Errorf("meshctl tap pod/%s --refused: want alice refused by policy %s/not-a", server.Name, ns)
+		t.Errorf("meshctl tap deploy/echo --refused: want alice refused by policy %s/not-a", ns)
 	}
 }
 
