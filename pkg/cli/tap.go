@@ -216,7 +216,7 @@ func tapTargets(ctx context.Context, c *clients, kind, name, ns string) ([]tapTa
 	for _, node := range slices.Sorted(maps.Keys(byNode)) {
 		targets = append(targets, tapTarget{node: node, ips: byNode[node]})
 	}
-	return targets, fmt.Sprintf("deployment %s/%s (%d pods on %d nodes)", ns, name, n, len(targets)), nil
+	return targets, fmt.Sprintf("deployment %s/%s (%s on %s)", ns, name, count(n, "pod"), count(len(targets), "node")), nil
 }
 
 // tapAgent taps the node agent of node/<name>, of pod/<name>'s node for
@@ -247,7 +247,7 @@ func tapAgent(ctx context.Context, s Streams, c *clients, meshNS, kind, name, ns
 	if len(targets) > 1 {
 		per = " each"
 	}
-	fmt.Fprintf(s.ErrOut, "tapping %s through %d node agent(s), %v or %d events%s\n", what, len(agents), f.duration, f.max, per)
+	fmt.Fprintf(s.ErrOut, "tapping %s through %s, %v or %d events%s\n", what, count(len(agents), "node agent"), f.duration, f.max, per)
 	out, errOut := &lockedWriter{w: s.Out}, &lockedWriter{w: s.ErrOut}
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
@@ -272,6 +272,14 @@ func tapAgent(ctx context.Context, s Streams, c *clients, meshNS, kind, name, ns
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// count is "1 <noun>" or "<n> <noun>s".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 // lockedWriter serializes the writes of several taps printing to one
