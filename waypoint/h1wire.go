@@ -596,8 +596,8 @@ func (b *wireBody) Close() error { return nil }
 // and LF in values become spaces), the framing from ContentLength (chunked
 // when unknown, "Content-Length: 0" for an empty body of a method other
 // than GET and HEAD), "Connection: close" for req.Close, then the body and
-// trailers. fields, when set, are the header fields (a reqFields list, and
-// req.Header nil). Unlike net/http it adds no User-Agent: a proxy passes the
+// trailers. fields, when set, are the header fields (a reqFields list),
+// else req.Header. Unlike net/http it adds no User-Agent: a proxy passes the
 // client's on, or none. The body is closed after.
 func writeRequest(bw *bufio.Writer, req *http.Request, fields []field) error {
 	host := req.Host
@@ -641,13 +641,16 @@ func writeRequest(bw *bufio.Writer, req *http.Request, fields []field) error {
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
-	writeFields(bw, fields)
-	for k, vv := range req.Header {
-		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
-			continue
+	if fields != nil {
+		writeFields(bw, fields)
+	} else {
+		for k, vv := range req.Header {
+			switch k {
+			case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+				continue
+			}
+			writeField(bw, k, vv)
 		}
-		writeField(bw, k, vv)
 	}
 	switch {
 	case cl > 0:
@@ -669,7 +672,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request, fields []field) error {
 			bw.WriteString("\r\n")
 		}
 	}
-	if req.Close && !hasToken(req.Header["Connection"], "close") && !listHasToken(fields, "Connection", "close") {
+	if req.Close && !hasToken(req.Header["Connection"], "close") && !listHasToken(fields, "Connection", "close") { // one of the two is empty
 		bw.WriteString("Connection: close\r\n")
 	}
 	if _, err := bw.WriteString("\r\n"); err != nil {

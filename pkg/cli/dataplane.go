@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -76,7 +75,7 @@ func (c *clients) adminDo(ctx context.Context, ns, pod string, port int, path st
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	ready := make(chan struct{})
-	errOut := &lockedBuffer{}
+	errOut := newLockedBuffer()
 	fw, err := portforward.NewOnAddressesWithContext(fctx, dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, ready, io.Discard, errOut)
 	if err != nil {
 		return fmt.Errorf("port-forward to %s: %w", where, err)
@@ -115,14 +114,14 @@ func (c *clients) adminDo(ctx context.Context, ns, pod string, port int, path st
 // lockedBuffer collects what the port-forward's goroutines report, for an
 // error message read while they may still write.
 type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+	lockedWriter
+	b strings.Builder
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+func newLockedBuffer() *lockedBuffer {
+	l := &lockedBuffer{}
+	l.w = &l.b
+	return l
 }
 
 func (l *lockedBuffer) String() string {
