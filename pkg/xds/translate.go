@@ -52,7 +52,12 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 		authz[a.GetNamespace()+"/"+a.GetName()] = e
 	}
 	workloads, addresses, peerAuthn := typeSet{}, typeSet{}, typeSet{}
-	labelKeys := workloadLabelKeys(snap)
+	labelKeys, dropped := workloadLabelKeys(snap)
+	if len(dropped) > 0 && !slices.Equal(dropped, s.applied.droppedKeys) {
+		s.log.Warn("more label keys in the waypoints' sourceLabels matches than proxies are sent: matches on these keys never match",
+			"max", maxLabelKeys, "dropped", dropped)
+	}
+	cache.droppedKeys = dropped
 	for _, mw := range snap.Workloads() {
 		ga := gatewayAddress(snap, mw.Waypoint)
 		// The policies bound to it that are sent (some translate to none).
@@ -139,8 +144,9 @@ func (s *Server) Apply(snap *model.Snapshot) error {
 // hashed again. The waypoint's derived GatewayAddress and the trust domain
 // come from elsewhere in the snapshot and are compared before reuse.
 type applyCache struct {
-	workloads map[*model.Workload]cachedWorkload
-	services  map[*model.Service]cachedService
+	workloads   map[*model.Workload]cachedWorkload
+	services    map[*model.Service]cachedService
+	droppedKeys []string // label keys over maxLabelKeys, warned about
 }
 
 type cachedWorkload struct {
@@ -227,9 +233,10 @@ const maxLabelKeys = 64
 // workloadLabelKeys are the label keys proxies need of a workload: app and
 // version for Istio's source_app and source_version metric labels, and the
 // keys the sourceLabels matches of the waypoints' routes name (sorted; at
-// most maxLabelKeys).
-func workloadLabelKeys(snap *model.Snapshot) []string {
-	keys := map[string]bool{"app": true, "version": true}
+// most maxLabelKeys, app and version always among them), and the keys past
+// that bound, left out (warned about by Apply).
+func workloadLabelKeys(snap *model.Snapshot) (keys, dropped []string) {
+	set := map[string]bool{"app": true, "version": true}
 	for _, name := range snap.L7Names() {
 		cfg, _ := snap.L7Config(name)
 		if cfg == nil {
@@ -240,25 +247,29 @@ func workloadLabelKeys(snap *model.Snapshot) []string {
 				for _, r := range vh.Routes {
 					for _, m := range r.Matches {
 						for k := range m.SourceLabels {
-							keys[k] = true
+							set[k] = true
 						}
 					}
 				}
 				for _, r := range vh.TCPMatched {
 					for _, m := range r.Matches {
 						for k := range m.SourceLabels {
-							keys[k] = true
+							set[k] = true
 						}
 					}
 				}
 			}
 		}
 	}
-	out := slices.Sorted(maps.Keys(keys))
-	if len(out) > maxLabelKeys {
-		out = out[:maxLabelKeys]
+	// app and version always go (Istio's metric labels); the rest in
+	// order up to the bound.
+	delete(set, "app")
+	delete(set, "version")
+	others := slices.Sorted(maps.Keys(set))
+	if n := maxLabelKeys - 2; len(others) > n {
+		others, dropped = others[:n], others[n:]
 	}
-	return out
+	return slices.Sorted(slices.Values(append(others, "app", "version"))), dropped
 }
 
 // workloadLabels are mw's labels of the given keys; nil for none.

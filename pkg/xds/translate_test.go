@@ -1,18 +1,24 @@
 package xds_test
 
 import (
+	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/xds"
 )
 
 func testSnapshot(version uint64, podIP string) *model.Snapshot {
@@ -235,4 +241,72 @@ func TestApplyWorkloadLabels(t *testing.T) {
 		al, _ := labels()
 		return maps.Equal(al, want)
 	})
+}
+
+// TestApplyWorkloadLabelKeysBound: past 64 label keys in the waypoints'
+// sourceLabels matches, the keys sent with workloads are app, version and
+// the first others in order, and the keys left out are warned about once
+// (matches on them can never match), not at every apply.
+func TestApplyWorkloadLabelKeysBound(t *testing.T) {
+	labels := map[string]string{"app": "web", "version": "v1"}
+	var routes []model.L7Route
+	for i := range 70 {
+		k := fmt.Sprintf("a-key-%02d", i) // sorts before app and version
+		labels[k] = "x"
+		routes = append(routes, model.L7Route{Name: k, Matches: []model.RouteMatch{{SourceLabels: map[string]string{k: "x"}}},
+			Destinations: []model.WeightedDestination{{Cluster: "web"}}})
+	}
+	w := &model.Workload{UID: "uid-a", Name: "a", Namespace: "ns1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("198.18.0.10")},
+		Identity: "spiffe://cluster.local/ns/ns1/sa/a", Enrolled: true, Ready: true, Labels: labels}
+	l7 := &model.L7Config{
+		Listeners: []model.L7Listener{{Name: "http", VirtualHosts: []model.VirtualHost{{Name: "web", Domains: []string{"*"}, Routes: routes}}}},
+		Clusters:  []model.L7Cluster{{Name: "web"}},
+	}
+	snap := func(v uint64) *model.Snapshot {
+		return model.NewSnapshot(model.SnapshotInput{Version: v, TrustDomain: "cluster.local", Workloads: []*model.Workload{w},
+			L7: map[model.NamespacedName]*model.L7Config{{Namespace: "ns1", Name: "wp"}: l7}})
+	}
+	var log lockedLog
+	s, err := xds.New(xds.Options{Authenticate: tokenAuth, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ts := &testServer{Server: s, reg: prometheus.NewRegistry(), pki: newPKI(t)}
+	ts.serve(t, "127.0.0.1:0")
+	for v := range uint64(2) {
+		if err := ts.Apply(snap(v + 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ts.MarkSynced()
+	out := log.String()
+	if n := strings.Count(out, "sourceLabels"); n != 1 || !strings.Contains(out, "a-key-69") || strings.Contains(out, "a-key-61 ") {
+		t.Errorf("warnings: %q; want one naming the keys past the bound (a-key-62 to a-key-69)", out)
+	}
+	c, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	waitSynced(t, c)
+	a, _ := c.Get(meshv1.AddressType, "uid-a")
+	sent := a.Message.(*meshv1.Address).GetWorkload().GetLabels()
+	if len(sent) != 64 || sent["app"] != "web" || sent["version"] != "v1" || sent["a-key-61"] != "x" || sent["a-key-62"] != "" {
+		t.Errorf("labels sent (%d): %v; want app, version and a-key-00 to a-key-61", len(sent), sent)
+	}
+}
+
+// lockedLog is a log destination read while the server may write.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
