@@ -455,9 +455,13 @@ func (m matcher) source(s *Source) bool {
 
 func (m matcher) operation(o *Operation) bool {
 	req := m.req
-	port := strconv.FormatUint(uint64(req.DestinationPort), 10)
-	if !field(o.Ports, o.NotPorts, func(v string) bool { return v == port }) {
-		return false
+	if len(o.Ports)+len(o.NotPorts) > 0 {
+		// Formatted only when asked for: most operations name no port,
+		// and this runs for every request a policy sees.
+		port := strconv.FormatUint(uint64(req.DestinationPort), 10)
+		if !field(o.Ports, o.NotPorts, func(v string) bool { return v == port }) {
+			return false
+		}
 	}
 	if m.l4 {
 		return true // hosts, methods and paths are L7 attributes
