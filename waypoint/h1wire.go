@@ -277,10 +277,21 @@ type rawHeader struct {
 // header builds the header map: the values are substrings of the head,
 // in one slice.
 func (r *rawHeader) header() http.Header {
-	hdr := make(http.Header, len(r.spans))
-	values := make([]string, len(r.spans))
-	for i, sp := range r.spans {
-		k, v := r.head[sp.k0:sp.k1], r.head[sp.v0:sp.v1]
+	return buildHeader(len(r.spans), func(i int) (string, string) {
+		sp := r.spans[i]
+		return r.head[sp.k0:sp.k1], r.head[sp.v0:sp.v1]
+	})
+}
+
+// buildHeader returns the header of n fields, field i being at(i) (name
+// canonical), in their order. The values share one backing array: a name
+// seen once (most are) costs no slice of its own; a repeated name's
+// append copies out of it.
+func buildHeader(n int, at func(i int) (k, v string)) http.Header {
+	hdr := make(http.Header, n)
+	values := make([]string, n)
+	for i := range n {
+		k, v := at(i)
 		values[i] = v
 		if vv, ok := hdr[k]; ok {
 			hdr[k] = append(vv, v)

@@ -53,16 +53,7 @@ func (f *reqFields) header() http.Header {
 	if f.m != nil {
 		return f.m
 	}
-	m := make(http.Header, len(f.list))
-	values := make([]string, len(f.list))
-	for i, fl := range f.list {
-		values[i] = fl.v
-		if vv, ok := m[fl.k]; ok {
-			m[fl.k] = append(vv, fl.v)
-		} else {
-			m[fl.k] = values[i : i+1 : i+1]
-		}
-	}
+	m := buildHeader(len(f.list), func(i int) (string, string) { return f.list[i].k, f.list[i].v })
 	f.m, f.list = m, nil
 	for _, r := range f.reqs {
 		if r != nil {
