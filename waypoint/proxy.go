@@ -656,11 +656,8 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, hdr *
 		transport, pool = up.h2, nil
 	}
 	// The HTTP/1.1 transport writes the fields from the list while they
-	// are one (nil: from out.Header).
-	fields := hdr.list
-	if hdr.m != nil {
-		fields = nil
-	}
+	// are one (else from out.Header).
+	fields, listed := hdr.listed()
 	var triedBuf [4]*endpoint
 	tried := triedBuf[:0]
 	retrying := false // holds one of up's retry slots
@@ -738,7 +735,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, hdr *
 		}
 		start := time.Now()
 		var resp *http.Response
-		if fields != nil {
+		if listed {
 			resp, err = up.h1.roundTrip(attempt, fields)
 		} else {
 			resp, err = transport.RoundTrip(attempt)

@@ -48,6 +48,9 @@ func (f *reqFields) bind(r *http.Request) {
 	f.reqs[1] = r
 }
 
+// listed returns the fields and true while they are a list (m is nil).
+func (f *reqFields) listed() ([]field, bool) { return f.list, f.m == nil }
+
 // header returns the fields as a map, building it on the first call.
 func (f *reqFields) header() http.Header {
 	if f.m != nil {
