@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
@@ -462,16 +463,17 @@ func (l *connLimiter) release() {
 // endpoints and, when others are available, those already tried (Istio's
 // default retry host predicate).
 //
-// key, when not empty, is the consistent-hash key to use instead of the
-// request's (a cookie the proxy is about to give the client).
-func (u *upstream) pick(r *http.Request, peer Peer, tried []*endpoint, key string) (*endpoint, error) {
-	return u.pickFrom(r, peer, tried, nil, key)
+// key is the request's consistent-hash key (hashKey), when the policy
+// hashes and the request has one; without one a hashing policy picks at
+// random.
+func (u *upstream) pick(tried []*endpoint, key string) (*endpoint, error) {
+	return u.pickFrom(tried, nil, key)
 }
 
 // pickFrom is pick for a retry: it avoids the endpoints of avoid while
 // others are left and, under locality load balancing, the levels of the
 // endpoints of leave while another level can take the request.
-func (u *upstream) pickFrom(r *http.Request, peer Peer, avoid, leave []*endpoint, key string) (*endpoint, error) {
+func (u *upstream) pickFrom(avoid, leave []*endpoint, key string) (*endpoint, error) {
 	now := time.Now()
 	var avail []*endpoint
 	if u.locality != nil {
@@ -506,11 +508,8 @@ func (u *upstream) pickFrom(r *http.Request, peer Peer, avoid, leave []*endpoint
 			n -= e.weight
 		}
 	}
-	if h := lb.ConsistentHash; h != nil {
+	if lb.ConsistentHash != nil {
 		if key != "" {
-			return rendezvous(avail, key), nil
-		}
-		if key, ok := hashKey(h, r, peer); ok {
 			return rendezvous(avail, key), nil
 		}
 		return avail[rand.IntN(len(avail))], nil
@@ -604,38 +603,55 @@ func containsEndpoint(list []*endpoint, e *endpoint) bool {
 	return false
 }
 
-func hashKey(h *model.ConsistentHash, r *http.Request, peer Peer) (string, bool) {
+// hashKey is the consistent-hash key of a request to u ("" when u does
+// not hash or the request has none): a field of hdr, a cookie, a query
+// parameter of rawQuery, or the client's address. It reads the fields as
+// they are (a list or a map), so hashing builds no header map. hdr may be
+// nil (a TCP connection: only the address hashes).
+func (u *upstream) hashKey(hdr *reqFields, rawQuery string, peer Peer) string {
+	h := u.policy.LB.ConsistentHash
 	switch {
-	case r == nil && !h.SourceIP:
-		return "", false
+	case h == nil:
+		return ""
+	case hdr == nil && !h.SourceIP:
+		return ""
 	case h.Header != "":
-		v := r.Header.Get(h.Header)
-		return v, v != ""
+		return hdr.Get(h.Header)
 	case h.Cookie != "":
-		c, err := r.Cookie(h.Cookie)
-		if err != nil {
-			return "", false
+		if c, ok := cookie(hdr, h.Cookie); ok {
+			return c.Value
 		}
-		return c.Value, true
+		return ""
 	case h.QueryParam != "":
-		v := r.URL.Query().Get(h.QueryParam)
-		return v, v != ""
-	case h.SourceIP:
-		return peer.IP.String(), peer.IP.IsValid()
+		q, _ := url.ParseQuery(rawQuery)
+		return q.Get(h.QueryParam)
+	case h.SourceIP && peer.IP.IsValid():
+		return peer.IP.String()
 	}
-	return "", false
+	return ""
+}
+
+// cookie returns the request's cookie named name, as http.Request.Cookie
+// reads it (every Cookie field, invalid pairs skipped).
+func cookie(hdr *reqFields, name string) (*http.Cookie, bool) {
+	lines := hdr.values("Cookie")
+	if len(lines) == 0 {
+		return nil, false
+	}
+	c, err := (&http.Request{Header: http.Header{"Cookie": lines}}).Cookie(name)
+	return c, err == nil
 }
 
 // stickyCookie returns the cookie to give a client that came without the
 // hash cookie, when the policy says to (a TTL): a random value, so that the
 // client's next requests, carrying it, hash to the same endpoint. Nil when
 // there is nothing to give.
-func stickyCookie(lb model.LBPolicy, r *http.Request) *http.Cookie {
+func stickyCookie(lb model.LBPolicy, hdr *reqFields) *http.Cookie {
 	h := lb.ConsistentHash
 	if h == nil || h.Cookie == "" || h.CookieTTL <= 0 {
 		return nil
 	}
-	if _, err := r.Cookie(h.Cookie); err == nil {
+	if _, ok := cookie(hdr, h.Cookie); ok {
 		return nil
 	}
 	var b [16]byte

@@ -123,7 +123,7 @@ func (x *extAuthz) send(r *http.Request, h2 bool) (*http.Response, error) {
 // connections: HTTP/2 when h2 (gRPC). r's URL host becomes the endpoint's
 // address; its Host stays the service's authority.
 func sendVia(up *upstream, r *http.Request, h2 bool) (*http.Response, error) {
-	ep, err := up.pick(r, Peer{}, nil, "")
+	ep, err := up.pick(nil, up.hashKey(mapFields(r), r.URL.RawQuery, Peer{}))
 	if err != nil {
 		return nil, err
 	}

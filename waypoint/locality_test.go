@@ -28,7 +28,7 @@ func picks(t *testing.T, u *upstream, n int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for range n {
-		e, err := u.pick(nil, Peer{}, nil, "")
+		e, err := u.pick(nil, "")
 		if err != nil {
 			t.Fatalf("pick: %v", err)
 		}
@@ -112,7 +112,7 @@ func TestLocalityPriority(t *testing.T) {
 	t.Run("all ejected: no healthy upstream", func(t *testing.T) {
 		u := placedUpstream(t, failover, west, eps...)
 		eject(u, "zone-a-1", "zone-a-2", "zone-b", "east", "north")
-		if e, err := u.pick(nil, Peer{}, nil, ""); err != errNoHealthy {
+		if e, err := u.pick(nil, ""); err != errNoHealthy {
 			t.Errorf("pick = %v, %v; want errNoHealthy", e, err)
 		}
 	})

@@ -504,9 +504,9 @@ func (p *Proxy) serve(rw http.ResponseWriter, req *http.Request, hdr *reqFields)
 		out.Body, replay = tee, tee.replay
 	}
 
-	if upgrade != "" || len(rt.mirrors) > 0 || up.policy.LB.ConsistentHash != nil {
+	if upgrade != "" || len(rt.mirrors) > 0 {
 		// Read below as a map: the upgrade's transport choice and
-		// hijack, the mirrors' copies, the hash's header or cookie.
+		// hijack, the mirrors' copies.
 		hdr.header()
 	}
 
@@ -522,12 +522,14 @@ func (p *Proxy) serve(rw http.ResponseWriter, req *http.Request, hdr *reqFields)
 	// 10. Forward, retrying per policy.
 	// A client without the consistent-hash cookie is given one (its value
 	// picks the endpoint), set on the response after the upstream's fields.
-	sticky := stickyCookie(up.policy.LB, out)
-	stickyKey := ""
+	sticky := stickyCookie(up.policy.LB, hdr)
+	var hashKey string
 	if sticky != nil {
-		stickyKey = sticky.Value
+		hashKey = sticky.Value
+	} else {
+		hashKey = up.hashKey(hdr, out.URL.RawQuery, peer)
 	}
-	resp, held, ok := p.forward(w, rec, out, hdr, up, peer, spec, replay, grpc, stickyKey, pin)
+	resp, held, ok := p.forward(w, rec, out, hdr, up, peer, spec, replay, grpc, hashKey, pin)
 	if !ok {
 		return
 	}
@@ -630,10 +632,11 @@ var (
 // forward sends out to up, retrying per the route's policy while replay can
 // produce the request body again (nil: never). On success it returns the
 // response and what it holds, to release once the response is done; on
-// failure it has written the local reply. stickyKey, when set, is the
-// consistent-hash key (the cookie the client is being given); pin, when
-// set, is the endpoint of the client's session, tried first unless ejected.
-func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, hdr *reqFields, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, stickyKey string, pin *endpoint) (*http.Response, inFlight, bool) {
+// failure it has written the local reply. hashKey is the request's
+// consistent-hash key (the cookie the client is being given, or up's
+// hashKey); pin, when set, is the endpoint of the client's session, tried
+// first unless ejected.
+func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, hdr *reqFields, up *upstream, peer Peer, spec *model.L7Route, replay func() (io.ReadCloser, bool), grpc bool, hashKey string, pin *endpoint) (*http.Response, inFlight, bool) {
 	h2 := up.useH2(grpc, out)
 	if h2 {
 		hdr.header() // the HTTP/2 transport reads a map (before out is copied below)
@@ -675,7 +678,7 @@ func (p *Proxy) forward(w *responseWriter, rec *record, out *http.Request, hdr *
 		if try == 0 && pin != nil && !pin.ejected(time.Now()) {
 			ep = pin
 		} else {
-			ep, err = up.pickFrom(out, peer, avoid, leave, stickyKey)
+			ep, err = up.pickFrom(avoid, leave, hashKey)
 		}
 		if err != nil {
 			p.localReply(w, rec, grpc, http.StatusServiceUnavailable, flagNoHealthy, "no_healthy_upstream", "no healthy upstream")
@@ -1126,7 +1129,7 @@ func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadClose
 func (p *Proxy) sendMirror(m *http.Request, up *upstream, cancel context.CancelFunc) {
 	defer func() { <-p.mirrors }()
 	defer cancel()
-	ep, err := up.pick(m, Peer{}, nil, "")
+	ep, err := up.pick(nil, up.hashKey(mapFields(m), m.URL.RawQuery, Peer{}))
 	if err != nil {
 		return
 	}

@@ -547,7 +547,7 @@ func TestOutlierErrorCodesAndPanic(t *testing.T) {
 	picked := func(u *upstream) map[string]bool {
 		got := map[string]bool{}
 		for range 50 {
-			e, err := u.pick(nil, Peer{}, nil, "")
+			e, err := u.pick(nil, "")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -365,7 +365,7 @@ func (p *Proxy) relay(ctx context.Context, c net.Conn, up *upstream, peer Peer, 
 		}
 		p.log.log(cfg.logFormat, rec, nil, nil, nil)
 	}
-	ep, err := up.pick(nil, peer, nil, "")
+	ep, err := up.pick(nil, up.hashKey(nil, "", peer))
 	if err != nil {
 		p.logf("waypoint: tcp to %s: %v", up.name(), err)
 		logConn(flagNoHealthy)
