@@ -504,9 +504,9 @@ func (p *Proxy) serve(rw http.ResponseWriter, req *http.Request, hdr *reqFields)
 		out.Body, replay = tee, tee.replay
 	}
 
-	if upgrade != "" || len(rt.mirrors) > 0 {
+	if upgrade != "" {
 		// Read below as a map: the upgrade's transport choice and
-		// hijack, the mirrors' copies.
+		// hijack.
 		hdr.header()
 	}
 
@@ -514,7 +514,7 @@ func (p *Proxy) serve(rw http.ResponseWriter, req *http.Request, hdr *reqFields)
 	if replayable && upgrade == "" {
 		for _, m := range rt.mirrors {
 			if chance(m.percent) {
-				p.mirror(out, m.up, body, spec.Timeout)
+				p.mirror(out, hdr, m.up, body, spec.Timeout)
 			}
 		}
 	}
@@ -1098,10 +1098,10 @@ func (p *Proxy) authorize(w *responseWriter, rec *record, grpc bool, x *extAuthz
 	return v.downstream, false
 }
 
-// mirror sends a shadow copy of out to up, with "-shadow" appended to the
+// mirror sends a shadow copy of out (its fields hdr) to up, with "-shadow" appended to the
 // host as Envoy does. It never blocks: when MaxMirrorsInFlight are already
 // running, the copy is dropped.
-func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadCloser, timeout time.Duration) {
+func (p *Proxy) mirror(out *http.Request, hdr *reqFields, up *upstream, body func() io.ReadCloser, timeout time.Duration) {
 	select {
 	case p.mirrors <- struct{}{}:
 	default:
@@ -1111,7 +1111,10 @@ func (p *Proxy) mirror(out *http.Request, up *upstream, body func() io.ReadClose
 		timeout = 30 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), timeout)
-	m := out.Clone(ctx)
+	m := out.Clone(ctx) // a copy of out's Header too, once the fields are a map
+	if m.Header == nil {
+		m.Header = hdr.cloneHeader() // out's fields, still a list
+	}
 	m.Body = body()
 	m.GetBody = nil
 	host := m.Host

@@ -51,12 +51,21 @@ func (f *reqFields) bind(r *http.Request) {
 // listed returns the fields and true while they are a list (m is nil).
 func (f *reqFields) listed() ([]field, bool) { return f.list, f.m == nil }
 
+// cloneHeader returns a map of the fields that shares nothing with them
+// (a mirrored request's own), leaving them a list or a map as they are.
+func (f *reqFields) cloneHeader() http.Header {
+	if f.m != nil {
+		return f.m.Clone()
+	}
+	return buildHeader(len(f.list), func(i int) (string, string) { return f.list[i].k, f.list[i].v })
+}
+
 // header returns the fields as a map, building it on the first call.
 func (f *reqFields) header() http.Header {
 	if f.m != nil {
 		return f.m
 	}
-	m := buildHeader(len(f.list), func(i int) (string, string) { return f.list[i].k, f.list[i].v })
+	m := f.cloneHeader()
 	f.m, f.list = m, nil
 	for _, r := range f.reqs {
 		if r != nil {

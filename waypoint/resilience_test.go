@@ -168,9 +168,10 @@ func TestFaultInjection(t *testing.T) {
 func TestMirror(t *testing.T) {
 	primary := &named{name: "primary"}
 	var mirrored atomic.Int64
-	var shadowHost atomic.Value
+	var shadowHost, shadowUser atomic.Value
 	shadow := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		shadowHost.Store(r.Host)
+		shadowUser.Store(r.Header.Get("X-User"))
 		mirrored.Add(1)
 		time.Sleep(500 * time.Millisecond) // a slow mirror must not slow the client
 		w.Write([]byte("shadow"))
@@ -180,7 +181,7 @@ func TestMirror(t *testing.T) {
 	client := newClient(t)
 	began := time.Now()
 	for i := 0; i < 5; i++ {
-		if code, body := h.get(t, client, "/", map[string]string{"Host": "reviews:9080"}); code != 200 || body != "primary" {
+		if code, body := h.get(t, client, "/", map[string]string{"Host": "reviews:9080", "X-User": "jason"}); code != 200 || body != "primary" {
 			t.Fatalf("GET = %d %q; want 200 primary", code, body)
 		}
 	}
@@ -196,6 +197,9 @@ func TestMirror(t *testing.T) {
 	}
 	if got, _ := shadowHost.Load().(string); got != "reviews-shadow:9080" {
 		t.Errorf("shadow Host = %q; want reviews-shadow:9080", got)
+	}
+	if got, _ := shadowUser.Load().(string); got != "jason" {
+		t.Errorf("shadow X-User = %q; want the client's jason", got)
 	}
 }
 
