@@ -139,7 +139,7 @@ type upstream struct {
 	weighted        bool        // some endpoint has a weight other than 1
 	policy          model.TrafficPolicy
 	h1              *h1Client
-	h2              *http.Transport
+	h2              *h2Transport
 	h1Pool          *connLimiter // HTTP/1.1 connections (nil: unbounded)
 	dial            dialFunc     // to an endpoint, bytes as they are (keepalive, tunnel): relays use it
 	retries         atomic.Int64 // retries outstanding, counted under maxRetries or a retry budget
@@ -363,41 +363,6 @@ func (u *upstream) transport(grpc bool, r *http.Request) http.RoundTripper {
 func (u *upstream) close() {
 	u.h1.closeIdle()
 	u.h2.CloseIdleConnections()
-}
-
-// newH2Transport is the HTTP/2 (h2c) transport of an upstream: gRPC, and
-// clusters marked HTTP2. HTTP/1.1 goes through h1Client.
-func newH2Transport(p *model.ConnectionPool, dial dialFunc) *http.Transport {
-	connectTimeout := p.ConnectTimeout
-	if connectTimeout == 0 {
-		connectTimeout = 10 * time.Second
-	}
-	idle := p.IdleTimeout
-	if idle == 0 {
-		idle = time.Hour
-	}
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	var h2 *http.HTTP2Config
-	if p.H2PingInterval > 0 {
-		// Istio's http2KeepAlive: a quiet connection is pinged, and
-		// closed when the answer does not come in time.
-		h2 = &http.HTTP2Config{SendPingTimeout: p.H2PingInterval, PingTimeout: p.H2PingTimeout}
-	}
-	return &http.Transport{
-		HTTP2: h2,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			ctx, cancel := context.WithTimeout(ctx, connectTimeout)
-			defer cancel()
-			return dial(ctx, network, addr)
-		},
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     idle,
-		MaxConnsPerHost:     p.MaxConnections,
-		DisableCompression:  true,
-		DisableKeepAlives:   p.MaxRequestsPerConnection == 1,
-		Protocols:           &protos,
-	}
 }
 
 // connLimiter is a circuit breaker: up to max requests in flight, up to

@@ -66,17 +66,19 @@
 // TrafficPolicy.TLS originates TLS on every upstream connection
 // (originateTLS: the handshake is part of the dial, ALPN h2 or http/1.1; a
 // server that fails verification is a connection failure, UF). HTTP/2 goes
-// through http.Transport; HTTP/1.1 through h1Client, a keep-alive pool that
-// sends each request on the handler's goroutine (cheaper per request than
-// the transport's goroutines per connection), with the same wire code as
-// h1Server (h1wire.go).
+// through h2Transport, x/net's http2.Transport over a pool of its own
+// (h2Pool) that retires connections by maxRequestsPerConnection and
+// maxConnectionDuration and drains them (GOAWAY, then closed once their
+// streams end), as Envoy does; HTTP/1.1 through h1Client, a keep-alive pool
+// that sends each request on the handler's goroutine (cheaper per request
+// than the transport's goroutines per connection), with the same wire code
+// as h1Server (h1wire.go).
 //
 // Known limits: a request body is buffered up front (for retries and
 // mirrors) only when its length is known and at most
 // Options.MaxBufferedBody; other bodies (gRPC, chunked) are streamed while a
 // copy of up to that size is kept, so they can be retried once fully read
-// but are not mirrored. maxRequestsPerConnection applies to
-// HTTP/1.1 upstream connections. Outlier ejection ends lazily at the first pick
+// but are not mirrored. Outlier ejection ends lazily at the first pick
 // after baseEjectionTime × ejections.
 //
 // This package must not know about Kubernetes or Istio API objects (meshd

@@ -23,7 +23,7 @@ import (
 // goroutines per connection, and the channel hand-offs between them and the
 // caller on every request, cost more CPU than the rest of the proxy put
 // together (make bench-waypoint; BENCH_PROFILE shows it). HTTP/2 upstreams
-// keep http.Transport.
+// go through h2Transport (h2pool.go).
 //
 // It keeps what the waypoint used of http.Transport: at most maxConns
 // connections per endpoint (requests wait for one), idle connections closed
