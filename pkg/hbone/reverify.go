@@ -23,11 +23,6 @@ import (
 // root left the bundle, would otherwise keep its tunnel for as long as it
 // keeps it busy.
 
-// RefusedUntrusted is the reason OnRefusedConn is given for a connection
-// that Reverify closed: its peer verified at the handshake, and does not
-// under the trust of now.
-const RefusedUntrusted = "peer_untrusted"
-
 // peerTrust is a connection's peer as the handshake verified it, kept to
 // verify it again.
 type peerTrust struct {

@@ -199,6 +199,10 @@ const (
 	// RefusedProtocol: TLS went through but the client speaks no HTTP/2
 	// (no h2 negotiated, no connection preface).
 	RefusedProtocol = "not_hbone"
+	// RefusedUntrusted: not refused before a stream but closed by
+	// Reverify: the client verified at the handshake, and no longer does
+	// under the trust of now.
+	RefusedUntrusted = "peer_untrusted"
 )
 
 // peerError marks a handshake refused for the client's certificate.
