@@ -144,6 +144,13 @@ func startMesh(ctx context.Context, f flags) (m agent.Mesh, configured func() er
 		conn.Close()
 		return nil, nil, nil, nil, err
 	}
+	// A peer no longer trusted (an alias taken back, its root gone from
+	// the bundle) loses the tunnels it has, as it would a new handshake.
+	go bundles.Watch(xctx, func() {
+		if n := tn.Reverify(); n > 0 {
+			log.Printf("trust changed: closed %d tunnel connections whose peer is no longer trusted", n)
+		}
+	})
 	m = mesh.New(mesh.Options{Snapshot: store.Load, Changed: store.Changed, Wait: decisionWait,
 		Dial: tn.Dial, Server: tn.Server, Forget: tn.Forget,
 		// ServiceEntry endpoints by hostname, resolved as the agent's own

@@ -168,7 +168,9 @@ type StreamHandler interface {
 
 // ConnRefuser is a StreamHandler that is also told of the tunnel
 // connections refused before any stream (the HBONE server's handshake and
-// protocol checks: hbone.Refused* reasons), to count them (Proxy).
+// protocol checks: hbone.Refused* reasons), and of those closed because
+// their peer is no longer trusted (hbone.RefusedUntrusted), to count them
+// (Proxy).
 type ConnRefuser interface {
 	RefuseConn(remote net.Addr, reason, detail string)
 }

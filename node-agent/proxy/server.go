@@ -414,7 +414,9 @@ func (p *Proxy) streamInfo(s Stream, policy string) connInfo {
 // server refused before any stream (ConnRefuser): a client whose
 // certificate did not verify (peer_unverified: no identity is known, the
 // source is its address), a failed handshake, a client that is no HBONE
-// client. The reasons are the HBONE server's.
+// client; or one it closed later because its client is no longer trusted
+// (peer_untrusted: the trust changed under it). The reasons are the HBONE
+// server's.
 func (p *Proxy) RefuseConn(remote net.Addr, reason, detail string) {
 	info := connInfo{connLabels: connLabels{reporter: "destination", dst: p.opts.Pod.Workload, mutualTLS: false},
 		srcAddr: addrPort(remote)}

@@ -189,3 +189,80 @@ func TestTrustDomainAliases(t *testing.T) {
 		})
 	}
 }
+
+// TestReverifyWhenAliasTakenBack: the node agent's wiring of a trust
+// change (the bundle source's Watch calling Tunnel.Reverify, as
+// cmd/node-agent does): once the alias is taken back, pod B's 15008
+// closes the connection of the client whose SVID names the alias, its
+// open stream fails and the proxy is told peer_untrusted, while the
+// stream of a client of the trust domain keeps echoing.
+func TestReverifyWhenAliasTakenBack(t *testing.T) {
+	na, nb := nstest.Pair(t, "mlna-rv", netip.MustParseAddr("198.19.4.51"), netip.MustParseAddr("198.19.4.52"))
+	tn := aliasTunnel(t)
+	bundles := tn.opts.Bundle.(*identity.BundleSource)
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { defer close(watched); bundles.Watch(ctx, func() { tn.Reverify() }) }()
+	t.Cleanup(func() { cancel(); <-watched })
+	pl, err := poller.Shared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan string, 16)
+	pod := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: idDB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
+	ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, proxy.PortTunnel).String(), netns.ListenOptions{}))
+	srv, err := tn.Server(pod, refusalRecorder{make(peerRecorder, 16), refused})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pln, err := pl.Accept(ln, srv.ServeConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pln.Close()
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		defer scancel()
+		srv.Shutdown(sctx)
+	})
+	open := func(from string) io.ReadWriteCloser {
+		t.Helper()
+		src := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "cart", Identity: from}, Netns: na.Path, IPs: []netip.Addr{na.Addr}}
+		t.Cleanup(func() { tn.Forget(src) })
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer dcancel()
+		s, err := tn.Dial(dctx, src, proxy.Destination{Target: netip.AddrPortFrom(nb.Addr, 8080), Via: netip.AddrPortFrom(nb.Addr, proxy.PortTunnel), Identity: idDB})
+		if err != nil {
+			t.Fatalf("stream from %s: %v", from, err)
+		}
+		t.Cleanup(func() { s.Close() })
+		if err := pingEcho(s); err != nil {
+			t.Fatalf("stream from %s: %v", from, err)
+		}
+		return s
+	}
+	aliased, own := open(idCartOld), open(idCart)
+
+	bundles.SetAliases(spiffeid.RequireTrustDomainFromString("cluster.local"), nil)
+	select {
+	case r := <-refused:
+		if r != hbone.RefusedUntrusted {
+			t.Errorf("pod B's proxy was told %q; want %q", r, hbone.RefusedUntrusted)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pod B's proxy was told of no closed connection after the alias was taken back")
+	}
+	done := make(chan error, 1)
+	go func() { done <- pingEcho(aliased) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("the alias client's stream still echoes; want it ended")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the alias client's stream neither echoes nor fails")
+	}
+	if err := pingEcho(own); err != nil {
+		t.Errorf("the trust domain client's stream: %v; want untouched", err)
+	}
+}

@@ -61,6 +61,7 @@ type Tunnel struct {
 	opts    Options
 	mu      sync.Mutex
 	dialers map[string]*hbone.Dialer // by source netns path
+	servers map[*tunnelServer]struct{}
 }
 
 // New checks opts and returns a Tunnel.
@@ -71,7 +72,7 @@ func New(opts Options) (*Tunnel, error) {
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
-	return &Tunnel{opts: opts, dialers: map[string]*hbone.Dialer{}}, nil
+	return &Tunnel{opts: opts, dialers: map[string]*hbone.Dialer{}, servers: map[*tunnelServer]struct{}{}}, nil
 }
 
 func (t *Tunnel) dialer(nsPath string) (*hbone.Dialer, error) {
@@ -145,21 +146,56 @@ func (t *Tunnel) Server(pod proxy.Pod, h proxy.StreamHandler) (proxy.TunnelServe
 	// for meshd to sign one. A failure here is tried again at the first
 	// handshake.
 	go func() { _, _ = svid.GetX509SVID() }()
-	return &tunnelServer{Server: srv, drain: t.opts.DrainTimeout}, nil
+	ts := &tunnelServer{Server: srv, drain: t.opts.DrainTimeout, t: t}
+	t.mu.Lock()
+	t.servers[ts] = struct{}{}
+	t.mu.Unlock()
+	return ts, nil
 }
 
 type tunnelServer struct {
 	*hbone.Server
 	drain time.Duration
+	t     *Tunnel
 }
 
 func (s *tunnelServer) Shutdown(ctx context.Context) error {
+	s.t.mu.Lock()
+	delete(s.t.servers, s)
+	s.t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, s.drain)
 	defer cancel()
 	if err := s.Server.Shutdown(ctx); err != nil && !errors.Is(err, hbone.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// Reverify checks every established tunnel connection, in and out, against
+// the trust of now, and closes those whose peer no longer passes (an alias
+// taken back, a root gone from the bundle: hbone's Server.Reverify and
+// Dialer.Reverify); it returns how many it closed. The pods' servers
+// report theirs as refused (hbone.RefusedUntrusted) to their proxies.
+// Call it when the trust changed: identity.BundleSource's Watch.
+func (t *Tunnel) Reverify() int {
+	t.mu.Lock()
+	dialers := make([]*hbone.Dialer, 0, len(t.dialers))
+	for _, d := range t.dialers {
+		dialers = append(dialers, d)
+	}
+	servers := make([]*tunnelServer, 0, len(t.servers))
+	for s := range t.servers {
+		servers = append(servers, s)
+	}
+	t.mu.Unlock()
+	n := 0
+	for _, d := range dialers {
+		n += d.Reverify()
+	}
+	for _, s := range servers {
+		n += s.Reverify()
+	}
+	return n
 }
 
 // Forget closes the pooled connections of a pod that left the mesh.

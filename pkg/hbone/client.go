@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -56,6 +59,9 @@ type DialerOptions struct {
 	// long, and PingTimeout closes it when the ping is not answered; zero
 	// means 30s and 15s.
 	ReadIdleTimeout, PingTimeout time.Duration
+	// Logger receives the connections Reverify closed; nil means
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Target says where one stream goes.
@@ -106,6 +112,13 @@ type Dialer struct {
 	mu     sync.Mutex
 	closed bool
 	pool   map[poolKey]*poolEntry
+	// live is every pooled connection, for Reverify: walking the pool
+	// would wait on each entry's lock, which a dial holds.
+	live map[*conn]poolKey
+	// reverifies counts Reverify calls: a connection whose handshake
+	// began before one, and which it may have missed, is checked before
+	// it serves.
+	reverifies atomic.Uint64
 }
 
 // NewDialer checks opts and returns a Dialer.
@@ -120,7 +133,10 @@ func NewDialer(opts DialerOptions) (*Dialer, error) {
 		opts.HandshakeTimeout = defaultHandshakeTimeout
 	}
 	keepaliveDefaults(&opts.IdleTimeout, &opts.ReadIdleTimeout, &opts.PingTimeout, 5*time.Minute)
-	return &Dialer{opts: opts, pool: make(map[poolKey]*poolEntry)}, nil
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Dialer{opts: opts, pool: make(map[poolKey]*poolEntry), live: make(map[*conn]poolKey)}, nil
 }
 
 // Dial opens one CONNECT stream to t.Addr through the HBONE server at
@@ -317,6 +333,7 @@ func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Sou
 	if picked != nil {
 		return picked, false, nil
 	}
+	reverifies := d.reverifies.Load()
 	c, err = d.dial(ctx, key, local, e)
 	if err != nil {
 		return nil, false, err
@@ -327,12 +344,22 @@ func (d *Dialer) clientConn(ctx context.Context, key poolKey, local x509svid.Sou
 	}
 	d.mu.Lock()
 	closed := d.closed
+	if !closed {
+		d.live[c] = key
+	}
 	d.mu.Unlock()
 	if closed {
 		c.close(nil)
 		return nil, false, ErrDialerClosed
 	}
 	e.conns = append(e.conns, c)
+	if d.reverifies.Load() != reverifies {
+		// The handshake may have verified the trust of before a Reverify
+		// that did not see the connection yet.
+		if d.reverifyConns(map[*conn]poolKey{c: key}) > 0 {
+			return nil, false, fmt.Errorf("hbone dial %s: %w", key.proxy, errUntrusted)
+		}
+	}
 	return c, true, nil
 }
 
@@ -354,24 +381,32 @@ func (d *Dialer) dial(ctx context.Context, key poolKey, local x509svid.Source, e
 		raw.Close()
 		return nil, fmt.Errorf("hbone handshake with %s (want %s): %w", key.proxy, key.peer, err)
 	}
+	verifiedAt := time.Now()
 	cs := tc.ConnectionState()
 	if p := cs.NegotiatedProtocol; p != http2.NextProtoTLS {
 		tc.Close()
 		return nil, fmt.Errorf("hbone handshake with %s: server negotiated %q, want h2", key.proxy, p)
 	}
 	peer := key.peer
-	if len(cs.PeerCertificates) > 0 {
-		if id, err := x509svid.IDFromCert(cs.PeerCertificates[0]); err == nil {
-			peer = id // verified: key.peer or its form in an alias
-		}
+	trust := newPeerTrust(cs, verifiedAt)
+	if trust != nil {
+		peer = trust.id // verified: key.peer or its form in an alias
 	}
 	c := newConn(tc, connConfig{
 		peer:         peer,
+		trust:        trust,
 		gather:       gatherOf(rs),
 		streamWindow: DefaultStreamWindow,
 		connWindow:   DefaultConnWindow,
 		// Not under e.mu: close may run while clientConn holds it.
-		onClose: func(c *conn) { go e.remove(c) },
+		onClose: func(c *conn) {
+			go func() {
+				e.remove(c)
+				d.mu.Lock()
+				delete(d.live, c)
+				d.mu.Unlock()
+			}()
+		},
 	})
 	if err := c.start(); err != nil {
 		tc.Close()
@@ -395,6 +430,32 @@ func (d *Dialer) peerIDs(want spiffeid.ID) []spiffeid.ID {
 		}
 	}
 	return ids
+}
+
+// Reverify verifies the server of every pooled connection again, as the
+// handshake did (the chain against Bundle's roots of now, and the expected
+// identity or its form in an alias of now), and closes those that no longer
+// pass: at once no Dial picks them, and they and their streams end without
+// a grace (conn.refuseStreams says why). Each closed connection is logged
+// once; Reverify returns how many it closed, when they are closed. Those
+// that pass are left as they are. Call it when the trust changed
+// (identity.BundleSource's Watch): it is safe beside Dials, streams,
+// Shutdown and other Reverify calls, and a connection whose peer's roots
+// did not change costs it no signature check.
+func (d *Dialer) Reverify() int {
+	d.reverifies.Add(1)
+	d.mu.Lock()
+	live := maps.Clone(d.live)
+	d.mu.Unlock()
+	return d.reverifyConns(live)
+}
+
+func (d *Dialer) reverifyConns(live map[*conn]poolKey) int {
+	conns := slices.Collect(maps.Keys(live))
+	closed := reverifyConns(conns, func(c *conn) error {
+		return c.cfg.trust.recheck(d.opts.Bundle, tlsconfig.AuthorizeOneOf(d.peerIDs(live[c].peer)...))
+	}, d.opts.Logger)
+	return len(closed)
 }
 
 // drain returns every pooled connection and empties the pool.

@@ -100,6 +100,9 @@ type connConfig struct {
 	// peer is the client's verified view of the server's SPIFFE ID (the
 	// server passes each stream its peer instead).
 	peer spiffeid.ID
+	// trust is the peer as the handshake verified it, for Reverify; nil
+	// leaves the connection out of it.
+	trust *peerTrust
 	// gather, when set, is the socket under the TLS connection: a stream's
 	// Write holds its records there and sends them with one system call
 	// (rawsock.Conn's Hold and Release).

@@ -8,7 +8,9 @@
 // expected. With trust domain aliases (Istio's trustDomainAliases, a trust
 // domain migration) a peer of an alias passes as one of the trust domain,
 // and the expected identity's path in an alias as that identity; nothing
-// else does.
+// else does. A peer is verified at the handshake, and again by Reverify
+// when the trust changes: a connection whose peer no longer passes is
+// closed, as a new handshake of it would be refused.
 //
 // The HTTP/2 layer is the package's own (conn.go), framed by x/net's
 // http2.Framer and hpack: one goroutine per connection reads frames into the

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -112,8 +113,9 @@ type ServerOptions struct {
 	Logger *slog.Logger
 	// OnRefusedConn, if set, is told of each connection refused before
 	// any stream, with one of the Refused* reasons and the error in
-	// words (a node agent counts them as it counts refused streams). It
-	// runs on the connection's goroutine.
+	// words (a node agent counts them as it counts refused streams), and
+	// of each connection Reverify closed, with RefusedUntrusted. It runs
+	// on the connection's goroutine, or on Reverify's.
 	OnRefusedConn func(remote net.Addr, reason, detail string)
 }
 
@@ -121,6 +123,12 @@ type ServerOptions struct {
 type Server struct {
 	opts   ServerOptions
 	tlsCfg *tls.Config
+	// authorize is the handshake's check of the client's identity,
+	// asked again by Reverify.
+	authorize tlsconfig.Authorizer
+	// reverifies counts Reverify calls: a connection whose handshake
+	// began before one, and which it may have missed, checks itself.
+	reverifies atomic.Uint64
 
 	mu        sync.Mutex
 	closed    bool
@@ -150,7 +158,8 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	cfg := tlsconfig.MTLSServerConfig(opts.SVID, opts.Bundle, authorizeMemberOf(opts.TrustDomain, opts.TrustDomainAliases))
+	authorize := authorizeMemberOf(opts.TrustDomain, opts.TrustDomainAliases)
+	cfg := tlsconfig.MTLSServerConfig(opts.SVID, opts.Bundle, authorize)
 	// The client's certificate is verified (or its absence refused) by
 	// go-spiffe's verifier, whose errors are marked so that a refusal
 	// says whether the peer or the handshake failed. crypto/tls would
@@ -172,6 +181,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	return &Server{
 		opts:      opts,
 		tlsCfg:    cfg,
+		authorize: authorize,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]*conn),
 	}, nil
@@ -189,6 +199,10 @@ const (
 	// RefusedProtocol: TLS went through but the client speaks no HTTP/2
 	// (no h2 negotiated, no connection preface).
 	RefusedProtocol = "not_hbone"
+	// RefusedUntrusted: not refused before a stream but closed by
+	// Reverify: the client verified at the handshake, and no longer does
+	// under the trust of now.
+	RefusedUntrusted = "peer_untrusted"
 )
 
 // peerError marks a handshake refused for the client's certificate.
@@ -305,11 +319,13 @@ func (s *Server) untrack(c net.Conn) {
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
+	reverifies := s.reverifies.Load()
 	rs := rawsock.Wrap(raw)
 	tc := tls.Server(rs, s.tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	verifiedAt := time.Now()
 	if err != nil {
 		reason := RefusedHandshake
 		if pe := (*peerError)(nil); errors.As(err, &pe) {
@@ -323,15 +339,14 @@ func (s *Server) serveConn(raw net.Conn) {
 		s.refuseConn(raw.RemoteAddr(), RefusedProtocol, fmt.Errorf("the client negotiated %q, not h2", cs.NegotiatedProtocol))
 		return
 	}
-	if len(cs.PeerCertificates) == 0 {
+	trust := newPeerTrust(cs, verifiedAt)
+	if trust == nil {
 		return
 	}
-	peer, err := x509svid.IDFromCert(cs.PeerCertificates[0])
-	if err != nil {
-		return
-	}
+	peer := trust.id
 	remote := raw.RemoteAddr()
 	c := newConn(tc, connConfig{
+		trust:        trust,
 		gather:       gatherOf(rs),
 		server:       true,
 		streamWindow: s.opts.StreamWindow,
@@ -359,9 +374,16 @@ func (s *Server) serveConn(raw net.Conn) {
 	s.conns[raw] = c
 	s.mu.Unlock()
 	if err := c.readPreface(); err != nil {
-		s.refuseConn(remote, RefusedProtocol, fmt.Errorf("no HTTP/2 connection preface: %w", err))
+		if !trust.wasRevoked() { // Reverify reported it
+			s.refuseConn(remote, RefusedProtocol, fmt.Errorf("no HTTP/2 connection preface: %w", err))
+		}
 		c.close(err)
 		return
+	}
+	if s.reverifies.Load() != reverifies {
+		// The handshake may have verified the trust of before a
+		// Reverify that did not see the connection yet.
+		s.reverifyConns([]*conn{c})
 	}
 	tc.SetReadDeadline(time.Time{})
 	c.startKeepalive(s.opts.ReadIdleTimeout, s.opts.PingTimeout, s.opts.IdleTimeout)
@@ -418,6 +440,42 @@ func (s *Server) acceptStream(st *stream, h *requestHeaders, peer spiffeid.ID, r
 		return err
 	}
 	return nil
+}
+
+// Reverify verifies every established connection's client again, as its
+// handshake did (the chain against Bundle's roots of now, and the trust
+// domain or one of its aliases of now), and closes those that no longer
+// pass: GOAWAY, then the connection and the streams on it end at once
+// (conn.refuseStreams says why without a grace). Each closed connection is
+// logged and reported to OnRefusedConn (RefusedUntrusted) once; Reverify
+// returns how many it closed, when they are closed. Those that pass are
+// left as they are. Call it when the trust changed (identity.BundleSource's
+// Watch): it is safe beside traffic, handshakes, Shutdown and other
+// Reverify calls, and a connection whose peer's roots did not change costs
+// it no signature check.
+func (s *Server) Reverify() int {
+	s.reverifies.Add(1)
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		if c != nil { // nil: in the handshake, which checks itself after
+			conns = append(conns, c)
+		}
+	}
+	s.mu.Unlock()
+	return s.reverifyConns(conns)
+}
+
+func (s *Server) reverifyConns(conns []*conn) int {
+	closed := reverifyConns(conns, func(c *conn) error {
+		return c.cfg.trust.recheck(s.opts.Bundle, s.authorize)
+	}, s.opts.Logger)
+	if s.opts.OnRefusedConn != nil {
+		for _, u := range closed {
+			s.opts.OnRefusedConn(u.remote, RefusedUntrusted, fmt.Sprintf("peer %s no longer trusted: %v", u.peer, u.err))
+		}
+	}
+	return len(closed)
 }
 
 // Shutdown stops accepting, tells every client to open no new stream

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -308,5 +309,101 @@ func TestBundleSourceAliases(t *testing.T) {
 	}
 	if bs.SameWorkload(spiffeid.RequireFromString("spiffe://old.example/ns/a/sa/b"), spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b")) {
 		t.Error("SameWorkload across a taken-back alias")
+	}
+}
+
+// TestBundleSourceChanged: Changed's channel closes at a SetBundle or
+// SetAliases that changes the trust, and not at one that leaves it as it
+// was (meshd pushes the whole bundle again for any change of it).
+func TestBundleSourceChanged(t *testing.T) {
+	r1, r2 := newCA(t, time.Hour), newCA(t, time.Hour)
+	oldTD := spiffeid.RequireTrustDomainFromString("old.example")
+	bs := identity.NewBundleSource(r1.ca.Bundle())
+	bs.SetAliases(td, []spiffeid.TrustDomain{oldTD})
+	tests := []struct {
+		name   string
+		set    func() error
+		change bool
+	}{
+		{"the same roots again", func() error { return bs.SetBundle(r1.ca.Bundle()) }, false},
+		{"the same aliases again", func() error { bs.SetAliases(td, []spiffeid.TrustDomain{oldTD}); return nil }, false},
+		{"another root", func() error { return bs.SetBundle(r2.ca.Bundle()) }, true},
+		{"the alias taken back", func() error { bs.SetAliases(td, nil); return nil }, true},
+		{"no aliases again", func() error { bs.SetAliases(td, nil); return nil }, false},
+		{"a refused empty bundle", func() error {
+			_ = bs.SetBundle(x509bundle.New(td))
+			return nil
+		}, false},
+	}
+	for _, tt := range tests {
+		ch := bs.Changed()
+		if err := tt.set(); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		select {
+		case <-ch:
+			if !tt.change {
+				t.Errorf("%s: Changed fired; want no change", tt.name)
+			}
+		default:
+			if tt.change {
+				t.Errorf("%s: Changed did not fire; want a change", tt.name)
+			}
+		}
+	}
+}
+
+// TestBundleSourceWatch: Watch calls its function once at the start, and
+// once for changes that came while it ran, and returns when ctx ends.
+func TestBundleSourceWatch(t *testing.T) {
+	r1, r2 := newCA(t, time.Hour), newCA(t, time.Hour)
+	bs := identity.NewBundleSource(r1.ca.Bundle())
+	ctx, cancel := context.WithCancel(context.Background())
+	calls := make(chan int, 16)
+	release := make(chan struct{})
+	done := make(chan struct{})
+	n := 0
+	go func() {
+		defer close(done)
+		bs.Watch(ctx, func() {
+			n++
+			calls <- n
+			if n == 2 {
+				<-release // changes pile up while this call runs
+			}
+		})
+	}()
+	next := func(want int) {
+		t.Helper()
+		select {
+		case got := <-calls:
+			if got != want {
+				t.Fatalf("call %d; want %d", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no call %d", want)
+		}
+	}
+	next(1) // at the start
+	if err := bs.SetBundle(r2.ca.Bundle()); err != nil {
+		t.Fatal(err)
+	}
+	next(2)
+	for range 3 {
+		bs.SetAliases(td, []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("old.example")})
+		bs.SetAliases(td, nil)
+	}
+	close(release)
+	next(3) // the six changes during call 2, as one
+	select {
+	case got := <-calls:
+		t.Errorf("call %d with nothing changed since call 3", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not return after ctx ended")
 	}
 }

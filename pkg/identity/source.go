@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -81,10 +82,14 @@ func (s *SVIDSource) Expiry() time.Time {
 // is verified against that bundle even when it is named an alias too.
 // Whether a peer of an alias is accepted is the TLS authorizer's decision
 // (Aliases tells it which trust domains stand for one another).
+//
+// A handshake reads the trust of its moment; Changed and Watch tell those
+// that hold established connections (pkg/hbone's Reverify) when it changed.
 type BundleSource struct {
 	mu      sync.Mutex // serializes writers
 	bundles map[spiffeid.TrustDomain]*x509bundle.Bundle
 	aliases map[spiffeid.TrustDomain][]spiffeid.TrustDomain // trust domain → its aliases
+	changed chan struct{}                                   // closed when a writer publishes a different view
 	// view is what lookups read: bundles, plus each alias's with the roots
 	// of the trust domain it is an alias of. Rebuilt whole on each change
 	// (rare), so that handshakes read it without a lock.
@@ -99,7 +104,8 @@ type bundleView struct {
 
 // NewBundleSource returns a source holding the given bundles.
 func NewBundleSource(bundles ...*x509bundle.Bundle) *BundleSource {
-	s := &BundleSource{bundles: make(map[spiffeid.TrustDomain]*x509bundle.Bundle), aliases: make(map[spiffeid.TrustDomain][]spiffeid.TrustDomain)}
+	s := &BundleSource{bundles: make(map[spiffeid.TrustDomain]*x509bundle.Bundle), aliases: make(map[spiffeid.TrustDomain][]spiffeid.TrustDomain),
+		changed: make(chan struct{})}
 	for _, b := range bundles {
 		s.bundles[b.TrustDomain()] = b.Clone()
 	}
@@ -151,7 +157,10 @@ func (s *BundleSource) aliasOfLocked(a spiffeid.TrustDomain) bool {
 	return false
 }
 
-// publishLocked rebuilds the view lookups read.
+// publishLocked rebuilds the view lookups read and, when it differs from
+// the one before, wakes Changed's waiters. meshd pushes the whole trust
+// bundle on every change of any part of it, so most calls change nothing;
+// comparing here keeps those from re-verifying every connection.
 func (s *BundleSource) publishLocked() {
 	v := &bundleView{set: x509bundle.NewSet(), aliases: make(map[spiffeid.TrustDomain][]spiffeid.TrustDomain, len(s.aliases))}
 	for _, b := range s.bundles {
@@ -169,7 +178,55 @@ func (s *BundleSource) publishLocked() {
 			}
 		}
 	}
-	s.view.Store(v)
+	if old := s.view.Swap(v); old != nil && !v.equal(old) {
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+}
+
+// equal reports whether v and o trust the same roots for the same trust
+// domains, with the same aliases.
+func (v *bundleView) equal(o *bundleView) bool {
+	if v.set.Len() != o.set.Len() || len(v.aliases) != len(o.aliases) {
+		return false
+	}
+	for _, b := range v.set.Bundles() {
+		if ob, ok := o.set.Get(b.TrustDomain()); !ok || !b.Equal(ob) {
+			return false
+		}
+	}
+	for td, as := range v.aliases {
+		if !slices.Equal(as, o.aliases[td]) {
+			return false
+		}
+	}
+	return true
+}
+
+// Changed returns a channel closed at the next SetBundle or SetAliases
+// that changes the trust: the roots of a trust domain or an alias. A call
+// that leaves both as they were closes nothing.
+func (s *BundleSource) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// Watch calls f once at once and again after each change of the trust
+// (Changed), on the calling goroutine, until ctx ends. Changes that come
+// while f runs make one more call, not one each. The first call covers
+// whatever changed before Watch began, so a caller need not start it
+// before its first connection. f runs without s's lock: it may read s.
+func (s *BundleSource) Watch(ctx context.Context, f func()) {
+	for {
+		ch := s.Changed()
+		f()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
 }
 
 // GetX509BundleForTrustDomain returns td's bundle, for go-spiffe: for an

@@ -60,8 +60,10 @@ func (m *meshd) trustBundle(aliases ...string) *meshv1.TrustBundle {
 // pushed in the trust bundle, the waypoint serves a client whose SVID
 // still names old.example, and forwards to an upstream whose HBONE server
 // presents the expected identity in its old.example form; once meshd
-// pushes the bundle without the alias, a new connection of the alias's
-// client is refused.
+// pushes the bundle without the alias, the alias client's established
+// connection is closed (counted as peer_untrusted) and a new one refused,
+// and so is the waypoint's pooled connection to the upstream: a client of
+// the trust domain is still served, and no longer reaches that upstream.
 func TestWaypointTrustDomainAliases(t *testing.T) {
 	m := startMeshd(t)
 	v1, v2 := namedBackend(t, "v1"), namedBackend(t, "v2")
@@ -126,11 +128,22 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 	}
 
 	// The mesh config drops the alias: meshd pushes the bundle without it.
-	// It holds for new connections (established ones were verified when
-	// they were made, as any TLS peer): a fresh client connection of the
-	// alias is refused, one of the trust domain still served.
+	// The waypoint verifies its established connections again: the alias
+	// client's pooled connection is closed, as a fresh one is refused.
+	if d.PooledConns() != 1 {
+		t.Fatalf("the alias client pools %d connections to the waypoint; want 1", d.PooledConns())
+	}
 	if err := m.xds.SetTrustBundle(m.trustBundle()); err != nil {
 		t.Fatal(err)
+	}
+	eventually(t, "the alias client's established connection closed", func() error {
+		if n := d.PooledConns(); n != 0 {
+			return fmt.Errorf("the alias client still pools %d connections to the waypoint", n)
+		}
+		return nil
+	})
+	if closed := counterValue(t, reg, "meshlet_waypoint_hbone_connections_refused_total", "reason", hbone.RefusedUntrusted); closed != 1 {
+		t.Errorf("meshlet_waypoint_hbone_connections_refused_total{reason=%q} = %v; want 1, the alias client's connection", hbone.RefusedUntrusted, closed)
 	}
 	fresh := func(svid *identity.SVIDSource) (int, error) {
 		fd, err := hbone.NewDialer(hbone.DialerOptions{Bundle: identity.NewBundleSource(m.ca.Bundle())})
@@ -152,8 +165,11 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 	if refused := counterValue(t, reg, "meshlet_waypoint_hbone_connections_refused_total", "reason", "peer_unverified"); refused < 1 {
 		t.Errorf("meshlet_waypoint_hbone_connections_refused_total{reason=\"peer_unverified\"} = %v; want the alias client's refusals counted", refused)
 	}
-	if code, err := fresh(client); err != nil || code != http.StatusOK {
-		t.Errorf("client of the trust domain after the alias went: %d, %v; want 200", code, err)
+	// The upstream presents the identity only in the alias's form: the
+	// waypoint's pooled connection to it was closed too, and a new one is
+	// refused.
+	if code, err := fresh(client); err != nil || code != http.StatusServiceUnavailable {
+		t.Errorf("client of the trust domain after the alias went: %d, %v; want 503, its upstream no longer trusted", code, err)
 	}
 }
 

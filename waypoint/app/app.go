@@ -269,7 +269,7 @@ func Run(ctx context.Context, opts Options) error {
 	}()
 	s.reg = reg
 
-	s.dialer, err = hbone.NewDialer(hbone.DialerOptions{Bundle: s.bundle, TrustDomainAliases: s.bundle.Aliases})
+	s.dialer, err = hbone.NewDialer(hbone.DialerOptions{Bundle: s.bundle, TrustDomainAliases: s.bundle.Aliases, Logger: opts.Logger})
 	if err != nil {
 		return fmt.Errorf("run waypoint: %w", err)
 	}
@@ -533,11 +533,12 @@ func bundleFromPEM(td spiffeid.TrustDomain, roots []string) (*x509bundle.Bundle,
 func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 	ln := s.conns
 	// Connections refused before any stream (hbone.Refused* reasons: a
-	// forged or foreign peer is peer_unverified), as node agents count
+	// forged or foreign peer is peer_unverified), or closed once their
+	// peer was no longer trusted (peer_untrusted), as node agents count
 	// theirs in meshlet_tcp_connections_refused_total.
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshlet_waypoint_hbone_connections_refused_total",
-		Help: "HBONE connections the waypoint refused before any stream, by reason.",
+		Help: "HBONE connections the waypoint refused before any stream, or closed when their peer was no longer trusted, by reason.",
 	}, []string{"reason"})
 	if err := s.reg.Register(refused); err != nil {
 		return fmt.Errorf("serve HBONE: %w", err)
@@ -566,6 +567,17 @@ func (s *state) serveHBONE(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return fmt.Errorf("run waypoint: %w", err)
 	}
+	// A peer no longer trusted (an alias taken back, its root gone from
+	// the bundle) loses the connections it has, in (counted above) and
+	// out to upstreams, as it would a new handshake.
+	g.Go(func() error {
+		s.bundle.Watch(ctx, func() {
+			if n := srv.Reverify() + s.dialer.Reverify(); n > 0 {
+				s.log.Info("trust changed: closed HBONE connections whose peer is no longer trusted", "closed", n)
+			}
+		})
+		return nil
+	})
 	g.Go(func() error {
 		err := srv.Serve(s.opts.HBONE)
 		if errors.Is(err, hbone.ErrServerClosed) {
