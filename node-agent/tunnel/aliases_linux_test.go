@@ -90,6 +90,28 @@ type refusalRecorder struct {
 
 func (r refusalRecorder) RefuseConn(_ net.Addr, reason, _ string) { r.refused <- reason }
 
+// serveDB serves HBONE on port of pod B (ns) as shop/db with identity,
+// streams and refusals going to rec, until the test ends.
+func serveDB(t *testing.T, tn *Tunnel, pl *poller.Poller, ns nstest.Pod, port uint16, identity string, rec refusalRecorder) {
+	t.Helper()
+	pod := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: identity}, Netns: ns.Path, IPs: []netip.Addr{ns.Addr}}
+	ln := nstest.MustListen(t)(netns.Listen(ns.Path, netip.AddrPortFrom(ns.Addr, port).String(), netns.ListenOptions{}))
+	srv, err := tn.Server(pod, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pln, err := pl.Accept(ln, srv.ServeConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+}
+
 // TestTrustDomainAliases: over real HBONE between two pods, a pod whose
 // SVID still names the alias trust domain is served, seen with the
 // identity it presents (policies judge that); the identity the model
@@ -108,22 +130,7 @@ func TestTrustDomainAliases(t *testing.T) {
 	refused := make(chan string, 16)
 	serve := func(port uint16, identity string) peerRecorder {
 		rec := make(peerRecorder, 16)
-		pod := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: identity}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
-		ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, port).String(), netns.ListenOptions{}))
-		srv, err := tn.Server(pod, refusalRecorder{rec, refused})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pln, err := pl.Accept(ln, srv.ServeConn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			pln.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			srv.Shutdown(ctx)
-		})
+		serveDB(t, tn, pl, nb, port, identity, refusalRecorder{rec, refused})
 		return rec
 	}
 	own, alias := serve(proxy.PortTunnel, idDB), serve(proxy.PortTunnel+1, idDBOld)
@@ -209,22 +216,7 @@ func TestReverifyWhenAliasTakenBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused := make(chan string, 16)
-	pod := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "db", Identity: idDB}, Netns: nb.Path, IPs: []netip.Addr{nb.Addr}}
-	ln := nstest.MustListen(t)(netns.Listen(nb.Path, netip.AddrPortFrom(nb.Addr, proxy.PortTunnel).String(), netns.ListenOptions{}))
-	srv, err := tn.Server(pod, refusalRecorder{make(peerRecorder, 16), refused})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pln, err := pl.Accept(ln, srv.ServeConn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pln.Close()
-		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-	})
+	serveDB(t, tn, pl, nb, proxy.PortTunnel, idDB, refusalRecorder{make(peerRecorder, 16), refused})
 	open := func(from string) io.ReadWriteCloser {
 		t.Helper()
 		src := proxy.Pod{Workload: proxy.Workload{Namespace: "shop", Name: "cart", Identity: from}, Netns: na.Path, IPs: []netip.Addr{na.Addr}}
