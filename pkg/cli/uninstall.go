@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -105,10 +107,11 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 	// and its leader Lease. The CA Secret stays (a reinstall keeps the
 	// mesh's root), as Istio keeps istio-ca-secret.
 	n, err := deleteMeshdMade(ctx, c, g.meshNamespace, s.ErrOut)
-	if err != nil {
-		return err
-	}
 	deleted += n
+	if err != nil {
+		// meshlet's components are gone; what meshd left is not, in part.
+		return fmt.Errorf("meshlet's components are deleted (%d objects deleted), but some of what meshd made at run time is left: %w", deleted, err)
+	}
 	if deleted == 0 {
 		fmt.Fprintln(s.Out, "✔ nothing of meshlet is left to delete; nothing to do.")
 		return nil
@@ -121,7 +124,9 @@ func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstall
 // be gone, then deletes the istio-ca-root-cert ConfigMaps meshd made (label
 // app.kubernetes.io/managed-by=meshd) in every namespace, its status
 // ConfigMaps and leader Lease in meshNS, and the node agents' status
-// annotation on pods (removeRedirectionAnnotations).
+// annotation on pods (removeRedirectionAnnotations). One it cannot delete
+// (no right to, say) does not stop the others: it returns how many it
+// deleted and what it could not, each with the right to check.
 func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io.Writer) (int, error) {
 	deadline := time.Now().Add(90 * time.Second)
 	for _, sel := range []string{meshdSelector, nodeAgentSelector} {
@@ -137,35 +142,36 @@ func deleteMeshdMade(ctx context.Context, c *clients, meshNS string, progress io
 			}
 		}
 	}
-	annotated, err := removeRedirectionAnnotations(ctx, c, progress)
-	if err != nil {
-		return 0, err
+	n, err := removeRedirectionAnnotations(ctx, c, progress)
+	errs := []error{err}
+	var cms []corev1.ConfigMap
+	if roots, err := c.kube.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=meshd", FieldSelector: "metadata.name=istio-ca-root-cert"}); err != nil {
+		errs = append(errs, fmt.Errorf("list the mesh root ConfigMaps: %w (check your permissions with kubectl auth can-i list configmaps --all-namespaces)", err))
+	} else {
+		cms = roots.Items
 	}
-	cms, err := c.kube.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=meshd", FieldSelector: "metadata.name=istio-ca-root-cert"})
-	if err != nil {
-		return 0, fmt.Errorf("list the mesh root ConfigMaps: %w", err)
+	if reports, err := c.kube.CoreV1().ConfigMaps(meshNS).List(ctx, metav1.ListOptions{LabelSelector: meshstatus.Label + "=true"}); err != nil {
+		errs = append(errs, fmt.Errorf("list meshd's status reports in namespace %s: %w (check your permissions with kubectl auth can-i list configmaps -n %s)", meshNS, err, meshNS))
+	} else {
+		cms = append(cms, reports.Items...)
 	}
-	reports, err := c.kube.CoreV1().ConfigMaps(meshNS).List(ctx, metav1.ListOptions{LabelSelector: meshstatus.Label + "=true"})
-	if err != nil {
-		return 0, fmt.Errorf("list meshd's status reports in namespace %s: %w", meshNS, err)
-	}
-	n := annotated
-	for _, cm := range append(cms.Items, reports.Items...) {
-		err := c.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return n, fmt.Errorf("delete ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
+	for _, cm := range cms {
+		switch err := c.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, metav1.DeleteOptions{}); {
+		case err == nil:
+			n++
+			fmt.Fprintf(progress, "deleted ConfigMap %s/%s\n", cm.Namespace, cm.Name)
+		case !apierrors.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("delete ConfigMap %s/%s: %w (check your permissions with kubectl auth can-i delete configmaps -n %s)", cm.Namespace, cm.Name, err, cm.Namespace))
 		}
-		n++
-		fmt.Fprintf(progress, "deleted ConfigMap %s/%s\n", cm.Namespace, cm.Name)
 	}
 	switch err := c.kube.CoordinationV1().Leases(meshNS).Delete(ctx, meshstatus.LeaderLease, metav1.DeleteOptions{}); {
 	case err == nil:
 		n++
 		fmt.Fprintf(progress, "deleted Lease %s/%s\n", meshNS, meshstatus.LeaderLease)
 	case !apierrors.IsNotFound(err):
-		return n, fmt.Errorf("delete Lease %s/%s: %w", meshNS, meshstatus.LeaderLease, err)
+		errs = append(errs, fmt.Errorf("delete Lease %s/%s: %w (check your permissions with kubectl auth can-i delete leases -n %s)", meshNS, meshstatus.LeaderLease, err, meshNS))
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
 // removeRedirectionAnnotations removes the status annotation the node
