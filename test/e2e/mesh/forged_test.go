@@ -104,6 +104,25 @@ func TestHBONERefusesForgedAndMisdirectedPeers(t *testing.T) {
 // addr and returns the CONNECT's status; an error means no HTTP answer
 // (the TLS handshake or the connection failed).
 func connect(addr, target string, roots *x509.CertPool, cert *tls.Certificate) (int, error) {
+	tr := hboneTransport(addr, roots, cert)
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req := (&http.Request{Method: http.MethodConnect, URL: &url.URL{Scheme: "https", Host: target}, Host: target,
+		Header: http.Header{}, Body: pr}).WithContext(ctx)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// hboneTransport is an HTTP/2 client of the HBONE server at addr, over TLS
+// with cert (nil: none), checking the server's chain to roots.
+func hboneTransport(addr string, roots *x509.CertPool, cert *tls.Certificate) *http.Transport {
 	cfg := &tls.Config{
 		NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS13,
 		// The server's certificate names a SPIFFE ID, not a host: check its
@@ -130,26 +149,13 @@ func connect(addr, target string, roots *x509.CertPool, cert *tls.Certificate) (
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
-	tr := &http.Transport{
+	return &http.Transport{
 		ForceAttemptHTTP2: true, TLSClientConfig: cfg,
 		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			d := &tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: 5 * time.Second}}
 			return d.DialContext(ctx, "tcp", addr)
 		},
 	}
-	defer tr.CloseIdleConnections()
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req := (&http.Request{Method: http.MethodConnect, URL: &url.URL{Scheme: "https", Host: target}, Host: target,
-		Header: http.Header{}, Body: pr}).WithContext(ctx)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return 0, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode, nil
 }
 
 func parseCA(t *testing.T, certPEM, keyPEM []byte) (*x509.Certificate, any) {
