@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
@@ -135,6 +136,9 @@ func runInstall(ctx context.Context, s Streams, g *globalOptions, o *installOpti
 		}
 	}
 	if err := checkPluggedInCA(ctx, c, r); err != nil {
+		return err
+	}
+	if err := checkOptionalCRDs(ctx, c, r); err != nil {
 		return err
 	}
 	if err := applyAll(ctx, s.ErrOut, c, r.Objects); err != nil {
@@ -431,11 +435,75 @@ func checkPluggedInCA(ctx context.Context, c *clients, r *Rendered) error {
 	return nil
 }
 
+// optionalCRD is a kind the chart renders only when a value asks for it,
+// whose CRD another project installs: meshctl never applies that CRD.
+type optionalCRD struct {
+	// crd is the CustomResourceDefinition's name.
+	crd string
+	// from says what installs it.
+	from string
+	// value is the chart value that renders objects of the kind.
+	value string
+}
+
+// optionalCRDs are the chart's kinds of optionalCRD. Checking them before
+// the first apply, rather than letting the apply of such an object fail,
+// leaves the cluster untouched and names the value to turn off.
+var optionalCRDs = map[schema.GroupKind]optionalCRD{
+	{Group: "monitoring.coreos.com", Kind: "PodMonitor"}: {crd: "podmonitors.monitoring.coreos.com", from: "the Prometheus Operator", value: "monitoring.podMonitor.enabled"},
+}
+
+// optionalValues is every chart value of optionalCRDs turned on: rendered
+// with them, the demo profile holds every object an install can make.
+var optionalValues = []string{"monitoring.podMonitor.enabled=true"}
+
+// missingOptionalCRDs returns the message of each optional CRD the rendered
+// objects need and the cluster lacks, and the names of those it has. A CRD
+// it may not read is in neither (the apply will say).
+func missingOptionalCRDs(ctx context.Context, c *clients, r *Rendered) (missing, present []string, err error) {
+	seen := map[schema.GroupKind]bool{}
+	for _, o := range r.Objects {
+		gk := o.GroupVersionKind().GroupKind()
+		oc, ok := optionalCRDs[gk]
+		if !ok || seen[gk] {
+			continue
+		}
+		seen[gk] = true
+		_, err := c.dynamic.Resource(crdResource).Get(ctx, oc.crd, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			missing = append(missing, fmt.Sprintf("%s is on, but the cluster has no %s CRD (%s, which %s installs): install that first, or set %s=false",
+				oc.value, gk.Kind, oc.crd, oc.from, oc.value))
+		case apierrors.IsForbidden(err):
+		case err != nil:
+			return nil, nil, fmt.Errorf("read CRD %s: %w (is the cluster reachable? check --context)", oc.crd, err)
+		default:
+			present = append(present, oc.crd)
+		}
+	}
+	return missing, present, nil
+}
+
+// checkOptionalCRDs refuses to install objects whose CRD the cluster lacks
+// (see optionalCRDs), before anything is applied.
+func checkOptionalCRDs(ctx context.Context, c *clients, r *Rendered) error {
+	missing, _, err := missingOptionalCRDs(ctx, c, r)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return errors.New(strings.Join(missing, "; "))
+	}
+	return nil
+}
+
 // prune deletes the components an earlier install made that this one does
-// not render (for example Prometheus when going from demo to default). The
-// demo profile renders every component, so it is the set to compare with.
+// not render (for example Prometheus when going from demo to default, or
+// the PodMonitors once monitoring.podMonitor.enabled is off). The demo
+// profile with every optional value renders every component, so it is the
+// set to compare with.
 func prune(ctx context.Context, progress io.Writer, c *clients, r *Rendered) error {
-	all, err := Render(RenderOptions{Profile: "demo", Namespace: r.ns(), SkipCRDs: true})
+	all, err := Render(RenderOptions{Profile: "demo", Namespace: r.ns(), SkipCRDs: true, Set: optionalValues})
 	if err != nil {
 		return err
 	}
@@ -449,6 +517,9 @@ func prune(ctx context.Context, progress io.Writer, c *clients, r *Rendered) err
 			continue
 		}
 		ri, err := resourceFor(c, o)
+		if meta.IsNoMatchError(err) {
+			continue // a kind the cluster does not serve (a PodMonitor without its CRD): none to delete
+		}
 		if err != nil {
 			return err
 		}

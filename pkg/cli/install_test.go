@@ -8,7 +8,15 @@ import (
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery/cached/memory"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/restmapper"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -143,5 +151,100 @@ func TestKubeconfigErrorNamesTheFix(t *testing.T) {
 	_, _, err := run(t, "", false, append(noCluster(t), "ambient", "enable", "default")...)
 	if err == nil || !strings.Contains(err.Error(), "pass --kubeconfig and --context, or set KUBECONFIG") {
 		t.Fatalf("ambient enable with no cluster: %v", err)
+	}
+}
+
+// TestInstallChecksOptionalCRDs: with monitoring.podMonitor.enabled,
+// install refuses a cluster without the PodMonitor CRD before it applies
+// anything, naming the CRD and the value to turn off; with the CRD, or
+// with the value off, it goes on.
+func TestInstallChecksOptionalCRDs(t *testing.T) {
+	podMonitorCRD := crdObject("podmonitors.monitoring.coreos.com", nil, "helm")
+	tests := []struct {
+		name    string
+		set     []string
+		crd     bool
+		wantErr string // "": no error
+	}{
+		{"off, no CRD", nil, false, ""},
+		{"on, no CRD", []string{"monitoring.podMonitor.enabled=true"}, false,
+			"monitoring.podMonitor.enabled is on, but the cluster has no PodMonitor CRD (podmonitors.monitoring.coreos.com, which the Prometheus Operator installs): install that first, or set monitoring.podMonitor.enabled=false"},
+		{"on, CRD there", []string{"monitoring.podMonitor.enabled=true"}, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Render(RenderOptions{Set: tt.set})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fc := readyCluster()
+			if tt.crd {
+				fc.dyn = append(fc.dyn, podMonitorCRD)
+			}
+			err = checkOptionalCRDs(t.Context(), fc.clients(t), r)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || err.Error() != tt.wantErr) {
+				t.Errorf("checkOptionalCRDs = %v; want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestPrunePodMonitors: an install with monitoring.podMonitor.enabled off
+// deletes the PodMonitors an earlier one made, and where the cluster has
+// no PodMonitor kind at all it goes on without them.
+func TestPrunePodMonitors(t *testing.T) {
+	r, err := Render(RenderOptions{SkipCRDs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name     string
+		operator bool // the cluster serves monitoring.coreos.com/v1
+	}{{"operator installed", true}, {"no operator", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			core := &metav1.APIResourceList{GroupVersion: "v1", APIResources: []metav1.APIResource{
+				{Name: "serviceaccounts", Kind: "ServiceAccount", Namespaced: true, Verbs: metav1.Verbs{"delete"}},
+				{Name: "configmaps", Kind: "ConfigMap", Namespaced: true, Verbs: metav1.Verbs{"delete"}},
+				{Name: "services", Kind: "Service", Namespaced: true, Verbs: metav1.Verbs{"delete"}},
+			}}
+			apps := &metav1.APIResourceList{GroupVersion: "apps/v1", APIResources: []metav1.APIResource{
+				{Name: "deployments", Kind: "Deployment", Namespaced: true, Verbs: metav1.Verbs{"delete"}},
+			}}
+			monitoring := &metav1.APIResourceList{GroupVersion: "monitoring.coreos.com/v1", APIResources: []metav1.APIResource{
+				{Name: "podmonitors", Kind: "PodMonitor", Namespaced: true, Verbs: metav1.Verbs{"delete"}},
+			}}
+			kube := fake.NewClientset()
+			disc := kube.Discovery().(*fakediscovery.FakeDiscovery)
+			disc.Resources = []*metav1.APIResourceList{core, apps}
+			var objs []runtime.Object
+			if tt.operator {
+				disc.Resources = append(disc.Resources, monitoring)
+				for _, name := range []string{"meshlet", "meshlet-gateways"} {
+					pm := &unstructured.Unstructured{}
+					pm.SetAPIVersion("monitoring.coreos.com/v1")
+					pm.SetKind("PodMonitor")
+					pm.SetNamespace(DefaultNamespace)
+					pm.SetName(name)
+					objs = append(objs, pm)
+				}
+			}
+			podMonitors := schema.GroupVersionResource{Group: "monitoring.coreos.com", Version: "v1", Resource: "podmonitors"}
+			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{podMonitors: "PodMonitorList"}, objs...)
+			c := &clients{kube: kube, dynamic: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))}
+			var progress bytes.Buffer
+			if err := prune(t.Context(), &progress, c, r); err != nil {
+				t.Fatalf("prune: %v\n%s", err, progress.String())
+			}
+			left, err := dyn.Resource(podMonitors).Namespace(DefaultNamespace).List(t.Context(), metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(left.Items) != 0 {
+				t.Errorf("PodMonitors left: %d; want the earlier install's pruned\n%s", len(left.Items), progress.String())
+			}
+			if tt.operator && !strings.Contains(progress.String(), "removed PodMonitor "+DefaultNamespace+"/meshlet-gateways") {
+				t.Errorf("progress does not name the pruned PodMonitor:\n%s", progress.String())
+			}
+		})
 	}
 }

@@ -35,6 +35,9 @@ package cli
 //     error, not a warning: meshctl renders without a cluster, so it
 //     applies the class and the API server refuses to change its immutable
 //     controllerName (see the chart's gatewayclasses.yaml).
+//   - PodMonitors (monitoring.podMonitor.enabled) need the Prometheus
+//     Operator's CRD, which meshlet does not bundle: without it, an error,
+//     as install refuses before its first apply (checkOptionalCRDs).
 //   - Linkerd refuses an existing control plane namespace; meshlet's
 //     server-side apply takes an existing one, so only an existing meshlet
 //     is reported (upgrade it instead).
@@ -507,14 +510,14 @@ func checkNodes(ctx context.Context, rep *precheckReport, c *clients, r *Rendere
 		}
 		if k, v, match := selectorMismatch(selector, n.Labels); !match {
 			add("selector/"+k+"="+v, levelWarning, n.Name, func(nodes string) string {
-				return fmt.Sprintf("node(s) %s lack the label %s=%s the node agent's nodeSelector asks: no node agent runs there and their pods cannot be enrolled", nodes, k, v)
+				return fmt.Sprintf("node(s) %s lack the label %s=%s the node agent's nodeSelector asks (value nodeAgent.nodeSelector): no node agent runs there and their pods cannot be enrolled", nodes, k, v)
 			})
 			continue
 		}
 		if t, untolerated := untoleratedTaint(n.Spec.Taints, tolerations); untolerated {
 			taint := t.ToString()
 			add("taint/"+taint, levelWarning, n.Name, func(nodes string) string {
-				return fmt.Sprintf("node(s) %s have the taint %s, which the node agent DaemonSet does not tolerate: no node agent runs there and their pods cannot be enrolled; add a toleration for it (values nodeAgent) or remove the taint", nodes, taint)
+				return fmt.Sprintf("node(s) %s have the taint %s, which the node agent DaemonSet does not tolerate: no node agent runs there and their pods cannot be enrolled; add a toleration for it (value nodeAgent.tolerations) or remove the taint", nodes, taint)
 			})
 			continue
 		}
@@ -873,6 +876,19 @@ func checkCRDs(ctx context.Context, rep *precheckReport, c *clients, r *Rendered
 			len(foreign), listSome(foreign, 2), by, istio, crds.SourceVersion("istio.io/api"))
 	}
 	checkGatewayClasses(ctx, rep, c, r)
+	// CRDs of kinds a value adds (a PodMonitor), which install checks
+	// before its first apply, and fails on, as here.
+	missing, have, err := missingOptionalCRDs(ctx, c, r)
+	if err != nil {
+		rep.add(catCRDs, levelWarning, "%v: whether the cluster has the CRDs of the PodMonitors the values ask for was not checked", err)
+		return
+	}
+	for _, m := range missing {
+		rep.add(catCRDs, levelError, "%s", m)
+	}
+	for _, name := range have {
+		rep.add(catCRDs, levelOK, "CRD %s, which your values' objects need, is installed", name)
+	}
 }
 
 // semverLess reports a < b for versions like v1.6.3; unreadable ones are

@@ -189,6 +189,20 @@ func TestPrecheck(t *testing.T) {
 			},
 		},
 		{
+			name: "PodMonitors without their CRD", wantCode: 1,
+			opts: &precheckOptions{render: RenderOptions{Set: []string{"monitoring.podMonitor.enabled=true"}}},
+			want: []string{"✘ monitoring.podMonitor.enabled is on, but the cluster has no PodMonitor CRD (podmonitors.monitoring.coreos.com, which the Prometheus Operator installs): install that first, or set monitoring.podMonitor.enabled=false"},
+		},
+		{
+			name: "PodMonitors with their CRD", wantCode: 0,
+			change: func(fc *fakeCluster) {
+				fc.dyn = append(fc.dyn, crdObject("podmonitors.monitoring.coreos.com", nil, "helm"))
+			},
+			opts:   &precheckOptions{render: RenderOptions{Set: []string{"monitoring.podMonitor.enabled=true"}}},
+			want:   []string{"✔ CRD podmonitors.monitoring.coreos.com, which your values' objects need, is installed"},
+			absent: []string{"PodMonitor CRD"},
+		},
+		{
 			name: "API server unreachable", wantCode: 1,
 			change: func(fc *fakeCluster) { fc.version = "" },
 			want:   []string{"✘ cannot reach the API server: dial tcp 198.18.0.1:6443: connect: connection refused; check --kubeconfig and --context", "✘ 1 error(s), 0 warning(s): fix the errors before meshctl install"},

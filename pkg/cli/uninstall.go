@@ -50,9 +50,10 @@ func newUninstallCommand(s Streams, g *globalOptions) *cobra.Command {
 }
 
 func runUninstall(ctx context.Context, s Streams, g *globalOptions, o *uninstallOptions) error {
-	// The demo profile renders a superset of the others' objects, and the
-	// Gateway API's experimental channel a superset of the standard CRDs.
-	r, err := Render(RenderOptions{Profile: "demo", Namespace: g.meshNamespace, SkipCRDs: !o.purge, GatewayAPIChannel: crds.Experimental})
+	// The demo profile with every optional value renders a superset of the
+	// others' objects, and the Gateway API's experimental channel a
+	// superset of the standard CRDs.
+	r, err := Render(RenderOptions{Profile: "demo", Namespace: g.meshNamespace, SkipCRDs: !o.purge, GatewayAPIChannel: crds.Experimental, Set: optionalValues})
 	if err != nil {
 		return err
 	}
