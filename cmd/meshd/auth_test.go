@@ -87,6 +87,8 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--node-agent-service-account", "agent"}, "", "want namespace/name"},
 		{[]string{"--namespace", "mesh", "--cluster-domain", "Corp.Example."}, "meshd.mesh.svc,meshd.mesh.svc.corp.example", ""},
 		{[]string{"--cluster-domain", "cluster_local"}, "", `--cluster-domain "cluster_local" is not a DNS name`},
+		{[]string{"--namespace", "mesh", "--image-pull-secrets", "regcred, mirror-creds"}, "meshd.mesh.svc,meshd.mesh.svc.cluster.local", ""},
+		{[]string{"--image-pull-secrets", "regcred,Bad_Name"}, "", `--image-pull-secrets: "Bad_Name" is not a Secret name`},
 	}
 	for _, tt := range tests {
 		c, err := parseFlags(tt.args)

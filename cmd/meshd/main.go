@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -71,6 +72,7 @@ type config struct {
 	certMaxTTL    time.Duration
 	tokenAudience string
 	waypointImage string
+	pullSecrets   string
 	shutdownDelay time.Duration
 }
 
@@ -100,6 +102,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.certMaxTTL, "max-workload-cert-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime a client may ask for")
 	fs.StringVar(&c.tokenAudience, "token-audience", "", "audience the callers' service account tokens must carry; empty means the API server's default")
 	fs.StringVar(&c.waypointImage, "waypoint-image", deployer.DefaultImage, "image of the waypoint Deployments meshd creates for istio-waypoint/meshlet-waypoint (and istio/meshlet ingress) Gateways; empty disables the deployer")
+	fs.StringVar(&c.pullSecrets, "image-pull-secrets", "", "comma-separated names of the Secrets the waypoint Deployments' pods pull --waypoint-image with (each in the Gateway's namespace)")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, how long meshd answers not ready but keeps serving before it stops, so that the Service stops sending it new connections first (no gap in certificate issuance while meshd rolls)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -118,7 +121,23 @@ func parseFlags(args []string) (config, error) {
 	if c.servingDNS == "" {
 		c.servingDNS = fmt.Sprintf("meshd.%s.svc,meshd.%s.svc.%s", c.namespace, c.namespace, c.clusterDomain)
 	}
+	for _, n := range splitNames(c.pullSecrets) {
+		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 {
+			return config{}, fmt.Errorf("--image-pull-secrets: %q is not a Secret name: %s", n, strings.Join(errs, "; "))
+		}
+	}
 	return c, nil
+}
+
+// splitNames is a comma-separated list's names, blanks and spaces left out.
+func splitNames(list string) []string {
+	var names []string
+	for n := range strings.SplitSeq(list, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 func main() {
@@ -295,7 +314,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		// Class defaults (gateway.istio.io/defaults-for-class ConfigMaps)
 		// are read from meshd's namespace, as Istio reads them from istiod's.
 		depOpts = &deployer.Options{Kube: kube, Gateway: gw, Logger: log, ClassDefaultsNamespace: cfg.namespace, Render: deployer.RenderOptions{
-			Image: cfg.waypointImage, TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}}
+			Image: cfg.waypointImage, ImagePullSecrets: splitNames(cfg.pullSecrets), TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}}
 		if _, err := deployer.New(*depOpts); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package cli
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -499,6 +500,38 @@ func TestRenderPodMonitors(t *testing.T) {
 	for _, e := range own.Endpoints {
 		if e.Interval != "" {
 			t.Errorf("interval %q rendered; want none", e.Interval)
+		}
+	}
+}
+
+// TestRenderWaypointImageFlags: meshd is told the chart's registry, tag and
+// pull secrets for the waypoints and gateways it deploys at run time, so
+// that those pull from where the chart's own pods do.
+func TestRenderWaypointImageFlags(t *testing.T) {
+	for _, tt := range []struct {
+		values string
+		want   []string
+	}{
+		{"", []string{"--waypoint-image=meshlet.dev/waypoint:latest"}},
+		{"global: {hub: registry.corp.example/mesh, tag: 1.4.2, imagePullSecrets: [reg-a, {name: reg-b}]}",
+			[]string{"--waypoint-image=registry.corp.example/mesh/waypoint:1.4.2", "--image-pull-secrets=reg-a,reg-b"}},
+	} {
+		r, err := renderWith(t, "default", tt.values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, ok := workloads(t, r)["meshd"]
+		if !ok {
+			t.Fatal("meshd not rendered")
+		}
+		args := w.pod.Spec.Containers[0].Args
+		for _, a := range tt.want {
+			if !slices.Contains(args, a) {
+				t.Errorf("values %q: meshd args %q; want %s", tt.values, args, a)
+			}
+		}
+		if len(tt.want) == 1 && slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--image-pull-secrets") }) {
+			t.Errorf("meshd args %q: want no --image-pull-secrets without pull secrets", args)
 		}
 	}
 }

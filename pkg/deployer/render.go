@@ -72,6 +72,10 @@ func ClassKind(class gatewayv1.ObjectName) Kind {
 type RenderOptions struct {
 	// Image is the waypoint image; empty means DefaultImage.
 	Image string
+	// ImagePullSecrets name the Secrets the kubelet pulls Image with
+	// (the chart's global.imagePullSecrets). They are read in the
+	// Gateway's namespace: each must be there, as for any pod.
+	ImagePullSecrets []string
 	// MeshdAddress is meshd's host:15012 as pods reach it. Required.
 	MeshdAddress string
 	// TrustDomain is the mesh's trust domain. Required.
@@ -206,6 +210,7 @@ func Render(gw *gatewayv1.Gateway, opts RenderOptions, params Params, sets ...*g
 					// gateways do: a namespaced sysctl in Kubernetes' safe set.
 					WithSecurityContext(corev1ac.PodSecurityContext().WithSysctls(
 						corev1ac.Sysctl().WithName("net.ipv4.ip_unprivileged_port_start").WithValue("0"))).
+					WithImagePullSecrets(pullSecrets(opts.ImagePullSecrets)...).
 					WithContainers(container).
 					WithVolumes(corev1ac.Volume().WithName("istio-ca-root-cert").
 						WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(RootCertConfigMap))))))
@@ -292,4 +297,13 @@ func listenerProtocol(p gatewayv1.ProtocolType) string {
 		return "udp"
 	}
 	return "tcp"
+}
+
+// pullSecrets are the pod's references to the Secrets of names.
+func pullSecrets(names []string) []*corev1ac.LocalObjectReferenceApplyConfiguration {
+	refs := make([]*corev1ac.LocalObjectReferenceApplyConfiguration, 0, len(names))
+	for _, n := range names {
+		refs = append(refs, corev1ac.LocalObjectReference().WithName(n))
+	}
+	return refs
 }

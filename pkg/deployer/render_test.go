@@ -125,6 +125,33 @@ func TestRenderContract(t *testing.T) {
 	if got := len(objs.Service.Spec.Ports); got != 1 || *objs.Service.Spec.Ports[0].Port != 15008 {
 		t.Errorf("waypoint Service ports = %d; want only 15008", got)
 	}
+	if n := len(tmpl.Spec.ImagePullSecrets); n != 0 {
+		t.Errorf("%d image pull secrets without any asked for; want none", n)
+	}
+}
+
+// TestRenderImageAndPullSecrets: the image and pull secrets meshd is given
+// (the chart's global.hub, global.tag and global.imagePullSecrets) are the
+// waypoint pods', so a registry that needs credentials serves waypoints
+// too.
+func TestRenderImageAndPullSecrets(t *testing.T) {
+	o := opts
+	o.Image, o.ImagePullSecrets = "registry.corp.example/mesh/waypoint:1.4.2", []string{"regcred", "mirror"}
+	objs, err := Render(gateway("istio-waypoint"), o, Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := objs.Deployment.Spec.Template.Spec
+	if got := *spec.Containers[0].Image; got != o.Image {
+		t.Errorf("image = %q; want %q", got, o.Image)
+	}
+	var names []string
+	for _, r := range spec.ImagePullSecrets {
+		names = append(names, *r.Name)
+	}
+	if diff := cmp.Diff(o.ImagePullSecrets, names); diff != "" {
+		t.Errorf("image pull secrets (-want +got):\n%s", diff)
+	}
 }
 
 func listenerSet(ns, name string, listeners ...gatewayv1.ListenerEntry) *gatewayv1.ListenerSet {
