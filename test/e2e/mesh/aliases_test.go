@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/meshlet/meshlet/test/lab"
 )
 
@@ -29,15 +27,7 @@ func TestTrustDomainAliasEndToEnd(t *testing.T) {
 	ns := ambientNamespace(t, lb)
 	server, _ := echoServer(t, lb, ns)
 
-	sec, err := lb.Clientset().CoreV1().Secrets(meshSystem).Get(t.Context(), "cacerts", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the mesh CA Secret: %v", err)
-	}
-	caCert, caKey := parseCA(t, sec.Data["ca-cert.pem"], sec.Data["ca-key.pem"])
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(sec.Data["root-cert.pem"]) {
-		t.Fatal("cacerts has no root-cert.pem")
-	}
+	caCert, caKey, roots := meshCA(t, lb)
 	aliasCert := spiffeCert(t, fmt.Sprintf("spiffe://old.example/ns/%s/sa/legacy", ns), caCert, caKey)
 	hbone := net.JoinHostPort(server.Status.PodIP, "15008")
 	app := net.JoinHostPort(server.Status.PodIP, "8080")

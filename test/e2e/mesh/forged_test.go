@@ -40,15 +40,7 @@ func TestHBONERefusesForgedAndMisdirectedPeers(t *testing.T) {
 	server, _ := echoServer(t, lb, ns)
 	other := clientPod(t, lb, ns, "other", "other")
 
-	sec, err := lb.Clientset().CoreV1().Secrets(meshSystem).Get(t.Context(), "cacerts", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the mesh CA Secret: %v", err)
-	}
-	caCert, caKey := parseCA(t, sec.Data["ca-cert.pem"], sec.Data["ca-key.pem"])
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(sec.Data["root-cert.pem"]) {
-		t.Fatal("cacerts has no root-cert.pem")
-	}
+	caCert, caKey, roots := meshCA(t, lb)
 	meshCert := spiffeCert(t, fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/attacker", ns), caCert, caKey)
 	foreignCA, foreignKey := selfSignedCA(t)
 	foreignCert := spiffeCert(t, "spiffe://evil.example/ns/"+ns+"/sa/default", foreignCA, foreignKey)
@@ -156,6 +148,22 @@ func hboneTransport(addr string, roots *x509.CertPool, cert *tls.Certificate) *h
 			return d.DialContext(ctx, "tcp", addr)
 		},
 	}
+}
+
+// meshCA is the mesh CA's certificate and key and the mesh root, from the
+// cacerts Secret: what a test needs to sign certificates meshd would.
+func meshCA(t *testing.T, lb *lab.Lab) (*x509.Certificate, any, *x509.CertPool) {
+	t.Helper()
+	sec, err := lb.Clientset().CoreV1().Secrets(meshSystem).Get(t.Context(), "cacerts", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the mesh CA Secret: %v", err)
+	}
+	caCert, caKey := parseCA(t, sec.Data["ca-cert.pem"], sec.Data["ca-key.pem"])
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(sec.Data["root-cert.pem"]) {
+		t.Fatal("cacerts has no root-cert.pem")
+	}
+	return caCert, caKey, roots
 }
 
 func parseCA(t *testing.T, certPEM, keyPEM []byte) (*x509.Certificate, any) {
