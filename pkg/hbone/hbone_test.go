@@ -97,6 +97,27 @@ func echo(_ context.Context, r *Request) error {
 	return err
 }
 
+// serveLoopback serves opts on a loopback port (through wrap, when set)
+// until the test ends.
+func serveLoopback(t testing.TB, opts ServerOptions, wrap func(net.Listener) net.Listener) (*Server, netip.AddrPort) {
+	t.Helper()
+	srv, err := NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	if wrap != nil {
+		ln = wrap(ln)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return srv, addr
+}
+
 func newEnv(t testing.TB, handler func(context.Context, *Request) error, mutate func(*ServerOptions)) *env {
 	t.Helper()
 	e := &env{ca: newCA(t, "cluster.local"), last: make(chan *Request, 1000)}
@@ -118,18 +139,7 @@ func newEnv(t testing.TB, handler func(context.Context, *Request) error, mutate 
 	if mutate != nil {
 		mutate(&opts)
 	}
-	srv, err := NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = srv
-	e.addr = ln.Addr().(*net.TCPAddr).AddrPort()
-	go srv.Serve(countingListener{ln, &e.accepted})
-	t.Cleanup(func() { srv.Close() })
+	e.srv, e.addr = serveLoopback(t, opts, func(ln net.Listener) net.Listener { return countingListener{ln, &e.accepted} })
 	e.client = e.ca.svid(t, clientID)
 	d, err := NewDialer(DialerOptions{Bundle: identity.NewBundleSource(e.ca.ca.Bundle())})
 	if err != nil {

@@ -32,17 +32,8 @@ func startServer(t *testing.T, opts ServerOptions) (*Server, netip.AddrPort, cha
 	if opts.Handler == nil {
 		opts.Handler = echo
 	}
-	srv, err := NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return srv, ln.Addr().(*net.TCPAddr).AddrPort(), refused
+	srv, addr := serveLoopback(t, opts, nil)
+	return srv, addr, refused
 }
 
 func newDialer(t *testing.T, opts DialerOptions) *Dialer {
