@@ -16,10 +16,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlet/meshlet/pkg/model"
-	"github.com/meshlet/meshlet/pkg/policy"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // backend starts a loopback HTTP server and returns its host:port.
@@ -82,24 +84,13 @@ func (b *named) lastRequest() *http.Request {
 }
 
 // syncBuffer is an access log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
+type syncBuffer struct{ testutil.Buffer }
 
 // lines returns the access log entries.
 func (s *syncBuffer) lines(t testing.TB) []accessLogLine {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []accessLogLine
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(s.Bytes()))
 	for sc.Scan() {
 		var l accessLogLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {

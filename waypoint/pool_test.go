@@ -505,11 +505,7 @@ func TestAccessLogFormat(t *testing.T) {
 		w.Header().Set("X-Served-By", "web-1")
 		io.WriteString(w, "hello")
 	}))
-	raw := func(b *syncBuffer) string {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.b.String()
-	}
+	raw := func(b *syncBuffer) string { return b.String() }
 	for _, tt := range []struct {
 		name   string
 		format model.AccessLogFormat

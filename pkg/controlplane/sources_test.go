@@ -25,6 +25,8 @@ import (
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // servedResources returns discovery lists serving every required and
@@ -417,7 +419,7 @@ func TestSourcesCRDInstalledLater(t *testing.T) {
 		Spec: gatewayv1.ListenerSetSpec{ParentRef: gatewayv1.ParentGatewayReference{Name: "ingress"},
 			Listeners: []gatewayv1.ListenerEntry{{Name: "http", Port: 8080, Protocol: gatewayv1.HTTPProtocolType}}}}
 	gw := gatewayfake.NewClientset(policy, set)
-	var log syncBuffer
+	var log testutil.Buffer
 	rec := &changeRecorder{notify: make(chan struct{}, 1)}
 	src, err := NewSources(SourcesOptions{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gw, Listener: rec,
 		Logger: slog.New(slog.NewTextHandler(&log, nil)), CRDPoll: poll})
@@ -489,25 +491,6 @@ func TestSourcesCRDInstalledLater(t *testing.T) {
 	if got := discoveries(); got != n {
 		t.Errorf("discovery asked %d more times after every CRD was found; want the poller stopped", got-n)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutines and a
-// test's reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // A status write (meshd's own, or another controller's) to a kind whose

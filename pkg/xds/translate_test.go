@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/testutil"
 	"github.com/meshlet/meshlet/pkg/xds"
 )
 
@@ -266,7 +266,7 @@ func TestApplyWorkloadLabelKeysBound(t *testing.T) {
 		return model.NewSnapshot(model.SnapshotInput{Version: v, TrustDomain: "cluster.local", Workloads: []*model.Workload{w},
 			L7: map[model.NamespacedName]*model.L7Config{{Namespace: "ns1", Name: "wp"}: l7}})
 	}
-	var log lockedLog
+	var log testutil.Buffer // read while the server may write
 	s, err := xds.New(xds.Options{Authenticate: tokenAuth, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -291,22 +291,4 @@ func TestApplyWorkloadLabelKeysBound(t *testing.T) {
 	if len(sent) != 64 || sent["app"] != "web" || sent["version"] != "v1" || sent["a-key-61"] != "x" || sent["a-key-62"] != "" {
 		t.Errorf("labels sent (%d): %v; want app, version and a-key-00 to a-key-61", len(sent), sent)
 	}
-}
-
-// lockedLog is a log destination read while the server may write.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -353,7 +353,7 @@ type forward struct {
 	local string // where it listens; "" when it did not start
 	stop  func()
 	done  chan error
-	logs  *syncBuffer
+	logs  *testutil.Buffer
 }
 
 // wait returns what ForwardPorts returned, or a timeout error.
@@ -377,7 +377,7 @@ func startForward(t *testing.T, cfg *rest.Config, method string, u *url.URL, por
 		t.Fatal(err)
 	}
 	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: rt}, method, u)
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	ctx, cancel := context.WithCancel(logr.NewContext(context.Background(), funcr.New(func(prefix, args string) {
 		logs.WriteString(prefix + " " + args + "\n")
 	}, funcr.Options{})))
@@ -439,27 +439,6 @@ func exchange(addr, msg string, halfClose bool) (string, error) {
 			return got.String(), err
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) WriteString(v string) {
-	s.Write([]byte(v))
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // waitGroupOrFail waits for wg, failing t after d.
