@@ -578,7 +578,12 @@ func (u *upstream) hashKey(hdr *reqFields, rawQuery string, peer Peer) string {
 	switch {
 	case h == nil:
 		return ""
-	case hdr == nil && !h.SourceIP:
+	case h.SourceIP:
+		if peer.IP.IsValid() {
+			return peer.IP.String()
+		}
+		return ""
+	case hdr == nil:
 		return ""
 	case h.Header != "":
 		return hdr.Get(h.Header)
@@ -590,8 +595,6 @@ func (u *upstream) hashKey(hdr *reqFields, rawQuery string, peer Peer) string {
 	case h.QueryParam != "":
 		q, _ := url.ParseQuery(rawQuery)
 		return q.Get(h.QueryParam)
-	case h.SourceIP && peer.IP.IsValid():
-		return peer.IP.String()
 	}
 	return ""
 }

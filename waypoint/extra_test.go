@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlet/meshlet/pkg/model"
-	"github.com/meshlet/meshlet/pkg/policy"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
@@ -23,6 +21,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
 )
 
 func TestDialContextHook(t *testing.T) {

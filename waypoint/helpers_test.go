@@ -203,47 +203,6 @@ func to(cluster string) []model.WeightedDestination {
 	return []model.WeightedDestination{{Cluster: cluster}}
 }
 
-// metricSum adds up a metric's samples whose labels include want.
-func metricSum(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if got[k] != v {
-					continue next
-				}
-			}
-			sum += sampleValue(m)
-		}
-	}
-	return sum
-}
-
-func sampleValue(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Histogram != nil:
-		return float64(m.Histogram.GetSampleCount())
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	}
-	return 0
-}
-
 var _ = policy.Allow
 
 type dtoLabel = dto.LabelPair

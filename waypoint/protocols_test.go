@@ -25,8 +25,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlet/meshlet/pkg/model"
-	"github.com/meshlet/meshlet/pkg/policy"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -34,6 +32,10 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 type echoService struct {
@@ -119,10 +121,10 @@ func TestGRPC(t *testing.T) {
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("end of stream = %v; want EOF", err)
 	}
-	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"request_protocol": "grpc", "grpc_response_status": "0"}); got != 2 {
+	if got := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"request_protocol": "grpc", "grpc_response_status": "0"}); got != 2 {
 		t.Errorf("istio_requests_total{grpc, status 0} = %v; want 2 (unary + stream)", got)
 	}
-	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"grpc_response_status": "9"}); got != 1 {
+	if got := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"grpc_response_status": "9"}); got != 1 {
 		t.Errorf("istio_requests_total{grpc_response_status=9} = %v; want 1", got)
 	}
 }
@@ -185,7 +187,7 @@ func TestTCPFallback(t *testing.T) {
 	}
 	// Both connections are counted once closed, with their bytes.
 	deadline := time.Now().Add(5 * time.Second)
-	for metricSum(t, h.reg, "istio_tcp_connections_closed_total", nil) < 2 && time.Now().Before(deadline) {
+	for testutil.MetricSum(t, h.reg, "istio_tcp_connections_closed_total", nil) < 2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	wantBytes := float64(len("hello, not http\n") + len("\x00\x01binary"))
@@ -193,7 +195,7 @@ func TestTCPFallback(t *testing.T) {
 		"istio_tcp_connections_opened_total": 2, "istio_tcp_connections_closed_total": 2,
 		"istio_tcp_received_bytes_total": wantBytes, "istio_tcp_sent_bytes_total": wantBytes,
 	} {
-		if got := metricSum(t, h.reg, name, map[string]string{"reporter": "waypoint", "destination_service": "tcp"}); got != want {
+		if got := testutil.MetricSum(t, h.reg, name, map[string]string{"reporter": "waypoint", "destination_service": "tcp"}); got != want {
 			t.Errorf("%s = %v; want %v", name, got, want)
 		}
 	}
@@ -610,7 +612,7 @@ func TestWorkloadAddressedTraffic(t *testing.T) {
 	if code, body := h.get(t, client, "/orders", nil); code != http.StatusOK || body != "pod /orders" {
 		t.Errorf("GET to the workload's own address = %d %q; want 200 from the pod", code, body)
 	}
-	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"destination_workload": "db", "destination_workload_namespace": "shop", "destination_app": "db",
+	if n := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"destination_workload": "db", "destination_workload_namespace": "shop", "destination_app": "db",
 		"destination_principal": "spiffe://cluster.local/ns/shop/sa/db", "response_code": "200"}); n != 1 {
 		t.Errorf("istio_requests_total{destination_workload=db} = %v; want 1", n)
 	}

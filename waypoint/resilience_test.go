@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 func failing(code int) http.Handler {
@@ -259,7 +260,7 @@ func TestCircuitBreaker(t *testing.T) {
 			if got := h.log.countFlag(t, flagOverflow); got != int(overflow.Load()) {
 				t.Errorf("UO flags = %d; want %d", got, overflow.Load())
 			}
-			if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UO"}); got != float64(overflow.Load()) {
+			if got := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UO"}); got != float64(overflow.Load()) {
 				t.Errorf("istio_requests_total{response_flags=UO} = %v; want %d", got, overflow.Load())
 			}
 		})
@@ -290,7 +291,7 @@ func TestOutlierDetection(t *testing.T) {
 	if got := badHits.Load(); got != 3 {
 		t.Errorf("ejected endpoint saw %d requests; want none after ejection", got-3)
 	}
-	if got := metricSum(t, h.reg, "meshlet_waypoint_outlier_ejections_total", map[string]string{"cluster": "od"}); got != 1 {
+	if got := testutil.MetricSum(t, h.reg, "meshlet_waypoint_outlier_ejections_total", map[string]string{"cluster": "od"}); got != 1 {
 		t.Errorf("ejections metric = %v; want 1", got)
 	}
 	// The config dump (meshctl proxy-config endpoints) shows which.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // TestRetryRateWindow: a rate budget's counts, on a clock of the test's
@@ -201,7 +202,7 @@ func TestRetryBudgetRate(t *testing.T) {
 		if got := h.log.countFlag(t, flagOverflow); got != refused {
 			t.Errorf("%d access log lines flagged UO; want %d", got, refused)
 		}
-		if got := metricSum(t, h.reg, "meshlet_waypoint_upstream_overflow_total", map[string]string{"cluster": "b"}); got != float64(refused) {
+		if got := testutil.MetricSum(t, h.reg, "meshlet_waypoint_upstream_overflow_total", map[string]string{"cluster": "b"}); got != float64(refused) {
 			t.Errorf("meshlet_waypoint_upstream_overflow_total = %v; want %d", got, refused)
 		}
 	})
@@ -281,7 +282,7 @@ func TestRetryBudgetRate(t *testing.T) {
 				t.Errorf("call %d: %v; want UNAVAILABLE %q", i, err, want)
 			}
 		}
-		if got := metricSum(t, h.reg, "meshlet_waypoint_upstream_overflow_total", map[string]string{"cluster": "b"}); got != 1 {
+		if got := testutil.MetricSum(t, h.reg, "meshlet_waypoint_upstream_overflow_total", map[string]string{"cluster": "b"}); got != 1 {
 			t.Errorf("meshlet_waypoint_upstream_overflow_total = %v; want 1", got)
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 func TestWeightedSplit(t *testing.T) {
@@ -35,7 +36,7 @@ func TestWeightedSplit(t *testing.T) {
 		counts[body]++
 	}
 	checkShare(t, fmt.Sprintf("v2's requests (counts %v)", counts), counts["v2"], n, 0.10)
-	if got := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint", "response_code": "200", "destination_version": "v2"}); got != float64(counts["v2"]) {
+	if got := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint", "response_code": "200", "destination_version": "v2"}); got != float64(counts["v2"]) {
 		t.Errorf("istio_requests_total{destination_version=v2} = %v; want %d", got, counts["v2"])
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 func TestMetricsAndAccessLog(t *testing.T) {
@@ -65,7 +67,7 @@ func TestMetricsAndAccessLog(t *testing.T) {
 		{"istio_requests_total", map[string]string{"reporter": "waypoint"}, 10},
 	}
 	for _, tt := range tests {
-		if got := metricSum(t, h.reg, tt.metric, tt.labels); got != tt.want {
+		if got := testutil.MetricSum(t, h.reg, tt.metric, tt.labels); got != tt.want {
 			t.Errorf("%s%v = %v; want %v", tt.metric, tt.labels, got, tt.want)
 		}
 	}

@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // TestTelemetryAPISwitches: a config push carrying the Telemetry API's
@@ -38,7 +40,7 @@ func TestTelemetryAPISwitches(t *testing.T) {
 		}
 	}
 	requests := func() float64 {
-		return metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"})
+		return testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"})
 	}
 
 	send(3)
@@ -102,7 +104,7 @@ func TestAccessLogFilter(t *testing.T) {
 	if want := []string{"/fail 503", "/ok 200", "/fail 503"}; !slices.Equal(logged, want) {
 		t.Errorf("logged %q; want %q (the failures and the debug request)", logged, want)
 	}
-	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"}); n != 5 {
+	if n := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"}); n != 5 {
 		t.Errorf("requests counted: %v; want all 5", n)
 	}
 
@@ -196,14 +198,14 @@ func TestMetricTagOverrides(t *testing.T) {
 		{map[string]string{"tenant": "unknown"}, 1},
 		{nil, 3}, // the series of the standard layout went with it
 	} {
-		if n := metricSum(t, h.reg, "istio_requests_total", c.labels); n != c.want {
+		if n := testutil.MetricSum(t, h.reg, "istio_requests_total", c.labels); n != c.want {
 			t.Errorf("istio_requests_total%v = %v; want %v", c.labels, n, c.want)
 		}
 	}
 	if got := metricLabels(t, h.reg, "istio_request_bytes"); got != nil {
 		t.Errorf("istio_request_bytes disabled, still exported with %v", got)
 	}
-	if n := metricSum(t, h.reg, "istio_request_duration_milliseconds", map[string]string{"request_protocol": "http"}); n != 5 {
+	if n := testutil.MetricSum(t, h.reg, "istio_request_duration_milliseconds", map[string]string{"request_protocol": "http"}); n != 5 {
 		t.Errorf("istio_request_duration_milliseconds (layout unchanged) counted %v requests; want all 5", n)
 	}
 
@@ -213,7 +215,7 @@ func TestMetricTagOverrides(t *testing.T) {
 		t.Errorf("a push with an expression that does not compile = %v; want refused naming the metric and tag", err)
 	}
 	send(1, map[string]string{"X-Tenant": "acme"})
-	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"tenant": "acme"}); n != 3 {
+	if n := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"tenant": "acme"}); n != 3 {
 		t.Errorf("after the refused push, istio_requests_total{tenant=acme} = %v; want 3 (the last layout kept)", n)
 	}
 
@@ -224,7 +226,7 @@ func TestMetricTagOverrides(t *testing.T) {
 	if got := metricLabels(t, h.reg, "istio_requests_total"); !slices.Contains(got, "request_protocol") || slices.Contains(got, "tenant") {
 		t.Errorf("labels after the overrides went = %v; want the standard ones", got)
 	}
-	if n := metricSum(t, h.reg, "istio_request_bytes", nil); n != 1 {
+	if n := testutil.MetricSum(t, h.reg, "istio_request_bytes", nil); n != 1 {
 		t.Errorf("istio_request_bytes exported again counted %v; want the 1 request since", n)
 	}
 }
@@ -255,11 +257,11 @@ func TestTCPMetricTagOverrides(t *testing.T) {
 	}
 	c.Close()
 	deadline := time.Now().Add(5 * time.Second)
-	for metricSum(t, h.reg, "istio_tcp_connections_closed_total", nil) < 1 && time.Now().Before(deadline) {
+	for testutil.MetricSum(t, h.reg, "istio_tcp_connections_closed_total", nil) < 1 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	_, port, _ := net.SplitHostPort(h.addr)
-	if n := metricSum(t, h.reg, "istio_tcp_connections_opened_total", map[string]string{"destination_port": port, "host": "unknown", "destination_service": "tcp"}); n != 1 {
+	if n := testutil.MetricSum(t, h.reg, "istio_tcp_connections_opened_total", map[string]string{"destination_port": port, "host": "unknown", "destination_service": "tcp"}); n != 1 {
 		t.Errorf("istio_tcp_connections_opened_total{destination_port=%s} = %v; want 1", port, n)
 	}
 	if got := metricLabels(t, h.reg, "istio_tcp_connections_opened_total"); slices.Contains(got, "source_principal") {
@@ -268,7 +270,7 @@ func TestTCPMetricTagOverrides(t *testing.T) {
 	if got := metricLabels(t, h.reg, "istio_tcp_sent_bytes_total"); got != nil {
 		t.Errorf("istio_tcp_sent_bytes_total disabled, still exported: %v", got)
 	}
-	if n := metricSum(t, h.reg, "istio_tcp_received_bytes_total", map[string]string{"source_principal": "unknown"}); n != 9 {
+	if n := testutil.MetricSum(t, h.reg, "istio_tcp_received_bytes_total", map[string]string{"source_principal": "unknown"}); n != 9 {
 		t.Errorf("istio_tcp_received_bytes_total (standard labels) = %v; want 9", n)
 	}
 }
@@ -301,10 +303,10 @@ func TestMetricTagOverridesBounded(t *testing.T) {
 			t.Errorf("%d series; want at most %d and the one for other", len(mf.GetMetric()), maxCustomSeries+1)
 		}
 	}
-	if n := metricSum(t, reg, "istio_requests_total", map[string]string{"user": otherValue}); n != float64(extra) {
+	if n := testutil.MetricSum(t, reg, "istio_requests_total", map[string]string{"user": otherValue}); n != float64(extra) {
 		t.Errorf("requests counted under %q = %v; want %d", otherValue, n, extra)
 	}
-	if n := metricSum(t, reg, "istio_requests_total", map[string]string{"user": "7"}); n != 1 {
+	if n := testutil.MetricSum(t, reg, "istio_requests_total", map[string]string{"user": "7"}); n != 1 {
 		t.Errorf("requests of user 7 = %v; want 1", n)
 	}
 }
@@ -326,10 +328,10 @@ func TestGatewayReportsAsSource(t *testing.T) {
 	want := map[string]string{"reporter": "source", "source_workload": "edge", "source_workload_namespace": "gateways",
 		"source_principal": self.Principal, "source_app": "edge", "destination_service": "reviews.shop.svc.cluster.local",
 		"destination_principal": "spiffe://cluster.local/ns/shop/sa/reviews"} // the endpoint's identity, which the config names
-	if n := metricSum(t, h.reg, "istio_requests_total", want); n != 1 {
+	if n := testutil.MetricSum(t, h.reg, "istio_requests_total", want); n != 1 {
 		t.Errorf("istio_requests_total%v = %v; want 1", want, n)
 	}
-	if n := metricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"}); n != 0 {
+	if n := testutil.MetricSum(t, h.reg, "istio_requests_total", map[string]string{"reporter": "waypoint"}); n != 0 {
 		t.Errorf("requests reported as waypoint by a gateway: %v", n)
 	}
 	if _, err := New(Options{Config: cfg, Reporter: "client"}); err == nil || !strings.Contains(err.Error(), `reporter "client"`) {
@@ -368,10 +370,10 @@ func TestMetricLayoutKeptAcrossPushes(t *testing.T) {
 		}
 		observe()
 	}
-	if n := metricSum(t, reg, "istio_request_duration_milliseconds", map[string]string{"host": "shop.example"}); n != 2 {
+	if n := testutil.MetricSum(t, reg, "istio_request_duration_milliseconds", map[string]string{"host": "shop.example"}); n != 2 {
 		t.Errorf("durations with host=shop.example across both pushes = %v; want 2", n)
 	}
-	if n := metricSum(t, reg, "istio_requests_total", map[string]string{"host": "shop.example"}); n != 1 {
+	if n := testutil.MetricSum(t, reg, "istio_requests_total", map[string]string{"host": "shop.example"}); n != 1 {
 		t.Errorf("requests with host=shop.example after the second push = %v; want 1", n)
 	}
 }

@@ -10,13 +10,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/meshlet/meshlet/node-agent/ebpf"
 	"github.com/meshlet/meshlet/node-agent/enroll"
 	"github.com/meshlet/meshlet/node-agent/internal/nstest"
 	"github.com/meshlet/meshlet/node-agent/netns"
 	"github.com/meshlet/meshlet/node-agent/proxy"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // TestEnrollDataPath runs the real eBPF data path with the agent's
@@ -101,7 +101,7 @@ func TestEnrollDataPath(t *testing.T) {
 	if got := counter(t, kreg, "meshlet_kernel_inbound_decisions_total", "decision", "steered"); got < 1 {
 		t.Errorf("kernel inbound steered = %v; want at least 1 (B's inbound)", got)
 	}
-	if got := kernelValue(t, kreg, "meshlet_kernel_tcp_connections_total", map[string]string{"workload": "cart", "namespace": "shop", "service_account": "cart", "event": "opened"}); got < 1 {
+	if got := testutil.MetricSum(t, kreg, "meshlet_kernel_tcp_connections_total", map[string]string{"workload": "cart", "namespace": "shop", "service_account": "cart", "event": "opened"}); got < 1 {
 		t.Errorf("kernel connections opened for shop/cart = %v; want at least 1", got)
 	}
 
@@ -166,64 +166,16 @@ func TestEnrollDataPath(t *testing.T) {
 
 func addrOf(a net.Addr) string { return a.(*net.TCPAddr).AddrPort().Addr().Unmap().String() }
 
-// counter sums a metric's series whose label has value.
+// counter sums a metric's series whose label has value, waiting up to 2s
+// for it to move from 0 (the proxy counts on its own goroutines).
 func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Second)
-	var sum float64
 	for {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum = 0
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.Metric {
-				if hasLabel(m, label, value) {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
+		sum := testutil.MetricSum(t, reg, name, map[string]string{label: value})
 		if sum > 0 || time.Now().After(deadline) {
 			return sum
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func hasLabel(m *dto.Metric, name, value string) bool {
-	for _, l := range m.Label {
-		if l.GetName() == name && l.GetValue() == value {
-			return true
-		}
-	}
-	return false
-}
-
-// kernelValue sums a metric's series that carry every label in want.
-func kernelValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.Metric {
-			for k, v := range want {
-				if !hasLabel(m, k, v) {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
 }

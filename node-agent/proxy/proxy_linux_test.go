@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshlet/meshlet/node-agent/internal/nstest"
 	"github.com/meshlet/meshlet/node-agent/netns"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 const (
@@ -293,16 +294,7 @@ func waitClosed(t *testing.T, m *mesh, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		mf, _ := m.reg.Gather()
-		var closed float64
-		for _, f := range mf {
-			if f.GetName() == "istio_tcp_connections_closed_total" {
-				for _, x := range f.Metric {
-					closed += x.GetCounter().GetValue()
-				}
-			}
-		}
-		if closed >= float64(n) {
+		if closed := testutil.MetricSum(t, m.reg, "istio_tcp_connections_closed_total", nil); closed >= float64(n) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)

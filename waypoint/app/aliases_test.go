@@ -18,6 +18,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/hbone"
 	"github.com/meshlet/meshlet/pkg/identity"
+	"github.com/meshlet/meshlet/pkg/testutil"
 	"github.com/meshlet/meshlet/waypoint/app"
 )
 
@@ -142,7 +143,7 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 		}
 		return nil
 	})
-	if closed := counterValue(t, reg, "meshlet_waypoint_hbone_connections_refused_total", "reason", hbone.RefusedUntrusted); closed != 1 {
+	if closed := testutil.MetricSum(t, reg, "meshlet_waypoint_hbone_connections_refused_total", map[string]string{"reason": hbone.RefusedUntrusted}); closed != 1 {
 		t.Errorf("meshlet_waypoint_hbone_connections_refused_total{reason=%q} = %v; want 1, the alias client's connection", hbone.RefusedUntrusted, closed)
 	}
 	fresh := func(svid *identity.SVIDSource) (int, error) {
@@ -162,7 +163,7 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 		}
 		return nil
 	})
-	if refused := counterValue(t, reg, "meshlet_waypoint_hbone_connections_refused_total", "reason", "peer_unverified"); refused < 1 {
+	if refused := testutil.MetricSum(t, reg, "meshlet_waypoint_hbone_connections_refused_total", map[string]string{"reason": "peer_unverified"}); refused < 1 {
 		t.Errorf("meshlet_waypoint_hbone_connections_refused_total{reason=\"peer_unverified\"} = %v; want the alias client's refusals counted", refused)
 	}
 	// The upstream presents the identity only in the alias's form: the
@@ -171,27 +172,4 @@ func TestWaypointTrustDomainAliases(t *testing.T) {
 	if code, err := fresh(client); err != nil || code != http.StatusServiceUnavailable {
 		t.Errorf("client of the trust domain after the alias went: %d, %v; want 503, its upstream no longer trusted", code, err)
 	}
-}
-
-// counterValue is the value of counter name's series whose label is value
-// in reg (0 when there is none).
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }

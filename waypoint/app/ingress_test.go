@@ -30,6 +30,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/identity"
 	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/pkg/policy"
+	"github.com/meshlet/meshlet/pkg/testutil"
 	"github.com/meshlet/meshlet/waypoint"
 )
 
@@ -409,16 +410,7 @@ func TestIngressTLSPassthrough(t *testing.T) {
 		t.Error("plaintext HTTP on a TLS port got an answer; want the connection closed")
 	}
 	c.Close()
-	opened := 0.0
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == "istio_tcp_connections_opened_total" {
-			for _, m := range mf.GetMetric() {
-				opened += m.GetCounter().GetValue()
-			}
-		}
-	}
-	if opened != 2 {
+	if opened := testutil.MetricSum(t, reg, "istio_tcp_connections_opened_total", nil); opened != 2 {
 		t.Errorf("istio_tcp_connections_opened_total = %v; want the 2 connections passed through", opened)
 	}
 }
