@@ -25,7 +25,9 @@ import (
 func TestTrustDomainAliasEndToEnd(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
+	start := time.Now()
 	server, _ := echoServer(t, lb, ns)
+	t.Logf("echo server ready in %v", time.Since(start).Round(time.Millisecond))
 
 	caCert, caKey, roots := meshCA(t, lb)
 	aliasCert := spiffeCert(t, fmt.Sprintf("spiffe://old.example/ns/%s/sa/legacy", ns), caCert, caKey)
@@ -44,6 +46,7 @@ data:
   mesh: |
     trustDomainAliases: `+aliases+"\n")
 	}
+	began := time.Now()
 	setAliases("[old.example]")
 	t.Cleanup(func() { _, _ = lb.Kubectl("-n", "istio-system", "delete", "configmap", "istio", "--ignore-not-found") })
 
@@ -61,13 +64,16 @@ data:
 		return true, nil
 	})
 	defer held.close()
+	t.Logf("served %v after the alias was applied", time.Since(began).Round(time.Millisecond))
 
 	before := refusedMetric(t, server.Status.HostIP, ns, "peer_untrusted")
+	began = time.Now()
 	setAliases("[]")
 	lab.WaitFor(t, time.Minute, "the held tunnel closed once the alias is taken back", func() (bool, error) {
 		err := held.get()
 		return err != nil, fmt.Errorf("a request on the held stream still answered")
 	})
+	t.Logf("held tunnel closed %v after the alias was taken back", time.Since(began).Round(time.Millisecond))
 	lab.WaitFor(t, 10*time.Second, "the closed tunnel counted as peer_untrusted", func() (bool, error) {
 		d := refusedMetric(t, server.Status.HostIP, ns, "peer_untrusted") - before
 		return d >= 1, fmt.Errorf("refused{reason=peer_untrusted} moved by %v", d)
