@@ -223,7 +223,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	serving := &servingCert{ca: authority, dnsNames: strings.Split(cfg.servingDNS, ",")}
+	serving := &servingCert{ca: authority, dnsNames: splitNames(cfg.servingDNS)}
 	if _, err := serving.get(nil); err != nil {
 		return err
 	}
