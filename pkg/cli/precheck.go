@@ -51,6 +51,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	appsv1 "k8s.io/api/apps/v1"
@@ -207,6 +208,7 @@ func precheck(ctx context.Context, c *clients, r *Rendered, opts RenderOptions) 
 	if checkAPIServer(ctx, rep, c) {
 		checkPermissions(ctx, rep, c, r, opts)
 		checkNodes(ctx, rep, c, r)
+		checkNodeClocks(ctx, rep, c)
 		workloads := checkConflicts(ctx, rep, c, r.ns(), opts)
 		checkCRDs(ctx, rep, c, r, workloads)
 		checkAmbientNamespaces(ctx, rep, c)
@@ -461,6 +463,76 @@ type nodeGroup struct {
 	level checkLevel
 	names []string
 	text  func(nodes string) string
+}
+
+// clockSkewLimit is how far apart two nodes' clocks may be: the backdate
+// of the certificates meshd signs (pkg/ca), less than which a node whose
+// clock is behind takes a fresh peer certificate as not yet valid. A
+// node's Lease is renewed every 10 s by default, so renewal times of
+// nodes with agreeing clocks are up to that apart besides.
+const (
+	clockSkewLimit      = time.Minute
+	leaseRenewInterval  = 10 * time.Second
+	nodeLeaseNamespace  = "kube-node-lease"
+	clockCheckMinLeases = 2
+)
+
+// checkNodeClocks compares the clocks of the Ready nodes, as their kubelets
+// stamp their node Leases (spec.renewTime, in the node's own time): a node
+// whose clock is off the others' by more than the certificates' backdate
+// refuses fresh certificates of its peers (or they its) after every
+// renewal, until its clock catches up. Nothing is said when there are
+// fewer than two Leases to compare or they may not be read.
+func checkNodeClocks(ctx context.Context, rep *precheckReport, c *clients) {
+	nodes, err := c.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return // checkNodes said why
+	}
+	ready := map[string]bool{}
+	for _, n := range nodes.Items {
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+				ready[n.Name] = true
+			}
+		}
+	}
+	leases, err := c.kube.CoordinationV1().Leases(nodeLeaseNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	type stamp struct {
+		node string
+		at   time.Time
+	}
+	var stamps []stamp
+	for _, l := range leases.Items {
+		if ready[l.Name] && l.Spec.RenewTime != nil {
+			stamps = append(stamps, stamp{l.Name, l.Spec.RenewTime.Time})
+		}
+	}
+	if len(stamps) < clockCheckMinLeases {
+		return
+	}
+	slices.SortFunc(stamps, func(a, b stamp) int { return a.at.Compare(b.at) })
+	median := stamps[len(stamps)/2].at
+	var off []string
+	for _, st := range stamps {
+		d := st.at.Sub(median)
+		if d.Abs() <= clockSkewLimit+leaseRenewInterval {
+			continue
+		}
+		way := "behind"
+		if d > 0 {
+			way = "ahead"
+		}
+		off = append(off, fmt.Sprintf("%s (%s %s)", st.node, d.Abs().Round(time.Second), way))
+	}
+	if len(off) > 0 {
+		rep.add(catNodes, levelWarning, "node(s) %s: their clocks are off the other nodes' by more than %s (as their kubelets stamp their node Leases): mutual TLS between their pods and others' fails after each certificate renewal until the clocks agree; keep the nodes' clocks synchronized (NTP, chrony)",
+			strings.Join(off, ", "), clockSkewLimit)
+		return
+	}
+	rep.add(catNodes, levelOK, "the clocks of the %d Ready nodes agree within %s (node Leases)", len(stamps), clockSkewLimit)
 }
 
 // checkNodes checks every node the node agent will run on: OS,

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -491,5 +493,54 @@ func TestPrecheckFlags(t *testing.T) {
 	_, _, err = run(t, "", false, append(noCluster(t), "precheck")...)
 	if err == nil || !strings.Contains(err.Error(), "pass --kubeconfig and --context") {
 		t.Errorf("precheck without a cluster: %v", err)
+	}
+}
+
+// TestPrecheckNodeClocks: a Ready node whose kubelet stamps its Lease more
+// than the certificates' backdate away from the other nodes' is warned
+// about, by name and direction; nodes within it pass with one ok line, and
+// a NotReady node's stale Lease is no clock of anyone's.
+func TestPrecheckNodeClocks(t *testing.T) {
+	now := time.Now()
+	readyNode := func(name string, ready bool) *corev1.Node {
+		n := node(name, "linux", "amd64", "6.1.0-18-amd64")
+		status := corev1.ConditionTrue
+		if !ready {
+			status = corev1.ConditionFalse
+		}
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: status}}
+		return n
+	}
+	lease := func(node string, at time.Time) *coordinationv1.Lease {
+		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-node-lease", Name: node},
+			Spec: coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: at}}}
+	}
+	for _, tt := range []struct {
+		name       string
+		objs       []runtime.Object
+		want, deny []string
+	}{
+		{"clocks agree", []runtime.Object{
+			readyNode("node-a", true), readyNode("node-b", true), readyNode("node-c", false),
+			lease("node-a", now), lease("node-b", now.Add(-8*time.Second)), lease("node-c", now.Add(-time.Hour)),
+		}, []string{"✔ the clocks of the 2 Ready nodes agree within 1m0s"}, []string{"node-c", "clocks are off"}},
+		{"one node ahead", []runtime.Object{
+			readyNode("node-a", true), readyNode("node-b", true), readyNode("node-c", true),
+			lease("node-a", now), lease("node-b", now.Add(-5*time.Second)), lease("node-c", now.Add(3*time.Minute)),
+		}, []string{"⚠ node(s) node-c (3m0s ahead): their clocks are off", "NTP"}, []string{"node-a (", "node-b ("}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _ := runPrecheckOn(t, fakeCluster{version: "v1.33.2", kube: tt.objs}, nil)
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			for _, d := range tt.deny {
+				if strings.Contains(out, d) {
+					t.Errorf("output has %q:\n%s", d, out)
+				}
+			}
+		})
 	}
 }
