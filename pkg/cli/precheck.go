@@ -57,10 +57,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/klog/v2"
@@ -387,6 +389,78 @@ func checkPermissions(ctx context.Context, rep *precheckReport, c *clients, r *R
 	if len(order) == 0 {
 		rep.add(catPermissions, levelOK, "you may create and patch the %d objects install applies (%d rights checked)", len(r.Objects), len(keys))
 	}
+	checkGrants(ctx, rep, c, r)
+}
+
+// checkGrants checks that the user may create the roles install applies:
+// the API server refuses a Role or ClusterRole that grants a right its
+// creator does not hold (RBAC's escalation prevention) unless the creator
+// may escalate roles, so a user with every right checkPermissions asks for
+// can still see install fail half-way. One line per role with rights the
+// user lacks.
+func checkGrants(ctx context.Context, rep *precheckReport, c *clients, r *Rendered) {
+	allowed := func(ra *authorizationv1.ResourceAttributes) (bool, error) {
+		res, err := c.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+			&authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: ra}}, metav1.CreateOptions{})
+		if err != nil {
+			return false, err
+		}
+		return res.Status.Allowed, nil
+	}
+	for _, o := range r.Objects {
+		kind := o.GetKind()
+		if o.GroupVersionKind().Group != "rbac.authorization.k8s.io" || (kind != "ClusterRole" && kind != "Role") {
+			continue
+		}
+		resource := "clusterroles"
+		if kind == "Role" {
+			resource = "roles"
+		}
+		if ok, err := allowed(&authorizationv1.ResourceAttributes{Namespace: o.GetNamespace(), Verb: "escalate", Group: "rbac.authorization.k8s.io", Resource: resource, Name: o.GetName()}); err != nil || ok {
+			continue // may grant anything (a cluster admin), or checkPermissions already said the API server does not answer
+		}
+		var role rbacv1.ClusterRole // a Role's rules are the same type
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &role); err != nil {
+			rep.add(catPermissions, levelError, "cannot read %s %s: %v", kind, qualifiedName(o), err)
+			continue
+		}
+		var lacking []string
+		for _, rule := range role.Rules {
+			for _, g := range rule.APIGroups {
+				for _, res := range rule.Resources {
+					for _, v := range rule.Verbs {
+						names := rule.ResourceNames
+						if len(names) == 0 {
+							names = []string{""}
+						}
+						for _, n := range names {
+							resource, sub, _ := strings.Cut(res, "/") // pods/status
+							ok, err := allowed(&authorizationv1.ResourceAttributes{Namespace: o.GetNamespace(), Verb: v, Group: g, Resource: resource, Subresource: sub, Name: n})
+							if err == nil && !ok {
+								lacking = append(lacking, grantName(v, g, res, n))
+							}
+						}
+					}
+				}
+			}
+		}
+		if len(lacking) > 0 {
+			rep.add(catPermissions, levelError, "%s %s grants rights you do not hold (%s): the API server refuses to create it unless you hold them or may escalate %s; have a cluster admin install, or check with kubectl auth can-i escalate %s",
+				kind, qualifiedName(o), listSome(lacking, 4), resource, resource)
+		}
+	}
+}
+
+// grantName is one right of a role rule as kubectl auth can-i names it.
+func grantName(verb, group, resource, name string) string {
+	r := resource
+	if group != "" {
+		r += "." + group
+	}
+	if name != "" {
+		r += "/" + name
+	}
+	return verb + " " + r
 }
 
 // canI is the kubectl command that checks right a.

@@ -544,3 +544,40 @@ func TestPrecheckNodeClocks(t *testing.T) {
 		})
 	}
 }
+
+// TestPrecheckGrants: a user with every right install asks for, but who may
+// not escalate roles, is told of each role install applies that grants
+// rights they do not hold (the API server would refuse to create it), with
+// the rights named; one who may escalate is not.
+func TestPrecheckGrants(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		deny func(ra *authorizationv1.ResourceAttributes) bool
+		want []string
+		none string
+	}{
+		{"may escalate", func(ra *authorizationv1.ResourceAttributes) bool {
+			return ra.Verb == "patch" && ra.Resource == "pods" && ra.Subresource == "status"
+		}, nil, "grants rights you do not hold"},
+		{"may not escalate", func(ra *authorizationv1.ResourceAttributes) bool {
+			return ra.Verb == "escalate" || (ra.Verb == "patch" && ra.Resource == "pods" && ra.Subresource == "status")
+		}, []string{"✘ ClusterRole meshlet-node-agent grants rights you do not hold (patch pods/status)", "kubectl auth can-i escalate clusterroles"}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fc := readyCluster()
+			fc.deny = tt.deny
+			out, code := runPrecheckOn(t, fc, nil)
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			if len(tt.want) > 0 && code != 1 {
+				t.Errorf("exit %d; want 1", code)
+			}
+			if tt.none != "" && strings.Contains(out, tt.none) {
+				t.Errorf("output has %q:\n%s", tt.none, out)
+			}
+		})
+	}
+}
