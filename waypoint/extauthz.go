@@ -200,8 +200,27 @@ func (x *extAuthz) checkHTTP(ctx context.Context, ar *authzRequest) (authzVerdic
 	return v, nil
 }
 
-// checkGRPC calls envoy.service.auth.v3.Authorization/Check.
+// checkGRPC calls envoy.service.auth.v3.Authorization/Check: about a
+// request, or, without one (ar.req nil), about a connection relayed whole,
+// which is told by its source and destination only, as Envoy's network
+// ext_authz filter tells it.
 func (x *extAuthz) checkGRPC(ctx context.Context, ar *authzRequest) (authzVerdict, error) {
+	attrs := &authv3.AttributeContext{
+		Source:      &authv3.AttributeContext_Peer{Address: socketAddress(ar.peer.IP, 0), Principal: spiffeURI(ar.peer.Principal)},
+		Destination: &authv3.AttributeContext_Peer{Address: socketAddress(ar.peer.DestinationIP, ar.peer.DestinationPort)},
+	}
+	if ar.req != nil {
+		attrs.Request = &authv3.AttributeContext_Request{Http: x.httpAttributes(ar)}
+	}
+	msg, err := proto.Marshal(&authv3.CheckRequest{Attributes: attrs})
+	if err != nil {
+		return authzVerdict{}, fmt.Errorf("encode the check: %w", err)
+	}
+	return x.callCheck(ctx, msg)
+}
+
+// httpAttributes describe ar's request to a gRPC provider.
+func (x *extAuthz) httpAttributes(ar *authzRequest) *authv3.AttributeContext_HttpRequest {
 	req := ar.req
 	headers := make(map[string]string, len(req.Header)+1)
 	for k, vv := range req.Header {
@@ -227,14 +246,11 @@ func (x *extAuthz) checkGRPC(ctx context.Context, ar *authzRequest) (authzVerdic
 	if ar.body != nil {
 		hr.RawBody = ar.body
 	}
-	msg, err := proto.Marshal(&authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source:      &authv3.AttributeContext_Peer{Address: socketAddress(ar.peer.IP, 0), Principal: spiffeURI(ar.peer.Principal)},
-		Destination: &authv3.AttributeContext_Peer{Address: socketAddress(ar.peer.DestinationIP, ar.peer.DestinationPort)},
-		Request:     &authv3.AttributeContext_Request{Http: hr},
-	}})
-	if err != nil {
-		return authzVerdict{}, fmt.Errorf("encode the check: %w", err)
-	}
+	return hr
+}
+
+// callCheck sends one encoded CheckRequest and reads the provider's verdict.
+func (x *extAuthz) callCheck(ctx context.Context, msg []byte) (authzVerdict, error) {
 	frame := grpcFrame(msg)
 	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://authz/envoy.service.auth.v3.Authorization/Check", bytes.NewReader(frame))
 	if err != nil {

@@ -1,13 +1,17 @@
 package waypoint
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -380,5 +384,90 @@ func TestRouteExtAuthz(t *testing.T) {
 	}
 	if code, _ := do("/down", map[string]string{"X-Ext-Authz": "allow"}); code != 403 {
 		t.Errorf("with its authorizer unreachable = %d; want 403 (fail closed)", code)
+	}
+}
+
+// tcpAuthz is a gRPC Authorization service for connections: it allows the
+// source principals in allow and records what it was asked.
+type tcpAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+	allow map[string]bool
+	mu    sync.Mutex
+	asked []*authv3.AttributeContext
+}
+
+func (a *tcpAuthz) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	a.mu.Lock()
+	a.asked = append(a.asked, req.GetAttributes())
+	a.mu.Unlock()
+	if a.allow[req.GetAttributes().GetSource().GetPrincipal()] {
+		return &authv3.CheckResponse{Status: &status.Status{Code: 0}}, nil
+	}
+	return &authv3.CheckResponse{Status: &status.Status{Code: 7}}, nil
+}
+
+// TestExtAuthzTCP: a CUSTOM policy on a service the waypoint relays whole
+// asks a gRPC provider about each connection (source and destination, no
+// request), as Envoy's network ext_authz filter does: an allowed client is
+// relayed, another closed; a provider that is an HTTP authorizer cannot be
+// asked about a connection, so the policy denies (fail closed).
+func TestExtAuthzTCP(t *testing.T) {
+	authz := &tcpAuthz{allow: map[string]bool{"spiffe://cluster.local/ns/shop/sa/reports": true}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(srv, authz)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	db := tcpBackend(t, func(c net.Conn) { io.WriteString(c, "db\n") })
+
+	relayed := func(grpcProvider bool, principal string) string {
+		cfg := &Config{L7: &model.L7Config{
+			Listeners: []model.L7Listener{{Name: "p", VirtualHosts: []model.VirtualHost{{
+				Name: "db.shop.svc.cluster.local", Domains: []string{"db"}, Opaque: true,
+				Routes: []model.L7Route{{Name: "default", Destinations: to("db")}},
+				TCP:    &model.TCPRoute{Name: "default", Destinations: to("db")},
+			}}}},
+			Clusters: []model.L7Cluster{clusterOf("db", db), clusterOf("authz", l.Addr().String())},
+			ExtAuthz: []model.ExtAuthz{{Name: "authz", GRPC: grpcProvider, Cluster: "authz", Authority: "authz.shop.svc.cluster.local:9000"}},
+		}}
+		cfg.Policies = []*policy.Policy{{Namespace: "shop", Name: "ext", Action: policy.Custom, Provider: "authz", Rules: []policy.Rule{{}}}}
+		h := start(t, cfg, func(o *Options) {
+			o.ConnPeer = func(net.Conn) Peer {
+				return Peer{Principal: principal, Namespace: "shop", IP: netip.MustParseAddr("198.18.3.7"),
+					DestinationService: "db.shop.svc.cluster.local", DestinationIP: netip.MustParseAddr("198.18.9.5"), DestinationPort: 9000}
+			}
+		})
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+
+	if got := relayed(true, "cluster.local/ns/shop/sa/reports"); got != "db" {
+		t.Errorf("a client the gRPC provider allows: relayed %q; want db", got)
+	}
+	if got := relayed(true, "cluster.local/ns/shop/sa/web"); got != "" {
+		t.Errorf("a client the gRPC provider denies: relayed %q; want the connection closed", got)
+	}
+	authz.mu.Lock()
+	asked := slices.Clone(authz.asked)
+	authz.mu.Unlock()
+	if len(asked) != 2 {
+		t.Fatalf("provider asked %d times; want once per connection", len(asked))
+	}
+	a := asked[0]
+	if a.GetRequest() != nil || a.GetSource().GetAddress().GetSocketAddress().GetAddress() != "198.18.3.7" ||
+		a.GetDestination().GetAddress().GetSocketAddress().GetPortValue() != 9000 {
+		t.Errorf("provider asked about %v; want the connection's source and destination, no request", a)
+	}
+	if got := relayed(false, "cluster.local/ns/shop/sa/reports"); got != "" {
+		t.Errorf("a CUSTOM policy whose provider is an HTTP authorizer: relayed %q; want the connection closed (fail closed)", got)
 	}
 }

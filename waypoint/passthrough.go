@@ -115,7 +115,7 @@ func (p *Proxy) ForwardPassthrough(ctx context.Context, c net.Conn, port uint32,
 // forwardRoute relays c to one of a whole-connection route's destinations,
 // by weight, once the policies allow it (allowL4).
 func (p *Proxy) forwardRoute(ctx context.Context, c net.Conn, cfg *compiled, peer Peer, route string, ds []model.WeightedDestination) {
-	if !p.allowL4(cfg, peer) {
+	if !p.allowL4(ctx, cfg, peer) {
 		return
 	}
 	if up := p.routeUpstream(cfg, route, ds); up != nil {

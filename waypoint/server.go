@@ -242,7 +242,7 @@ func looksLikeHTTP(b []byte) bool {
 func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer Peer) {
 	defer c.Close()
 	if up := cfg.tcpCluster; up != nil {
-		if p.allowL4(cfg, peer) {
+		if p.allowL4(ctx, cfg, peer) {
 			p.relay(ctx, c, up, peer, "-")
 		}
 		return
@@ -269,7 +269,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, c net.Conn, cfg *compiled, peer 
 		}
 	}
 	if rt := cfg.workloadRoute(&peer); rt != nil {
-		if p.allowL4(cfg, peer) {
+		if p.allowL4(ctx, cfg, peer) {
 			p.relay(ctx, c, rt.dests[0].up, peer, rt.name)
 		}
 		return
@@ -305,16 +305,35 @@ const peekTLSTimeout = 10 * time.Second
 // allowL4 evaluates the policies that apply to a connection forwarded
 // whole (L4 fallback, TLS passthrough, tcp routes) on what is known of it
 // without reading it: its source, destination and port, as Envoy's RBAC
-// network filter does. A denial is logged.
-func (p *Proxy) allowL4(cfg *compiled, peer Peer) bool {
+// network filter does. A CUSTOM policy that matches asks its authorizer
+// first, as Envoy's network ext_authz filter does: a gRPC provider is told
+// the connection's source and destination (there is no request); an HTTP
+// provider cannot be asked about a connection, so it denies (fail closed).
+// A denial is logged.
+func (p *Proxy) allowL4(ctx context.Context, cfg *compiled, peer Peer) bool {
 	pols := cfg.policiesFor(peer.DestinationService)
 	if len(pols) == 0 {
 		return true
 	}
-	d := policy.EvaluateL4(pols, &policy.Request{
+	d := policy.EvaluateTCP(pols, &policy.Request{
 		SourcePrincipal: peer.Principal, SourceNamespace: peer.Namespace,
 		SourceIP: peer.IP, DestinationIP: peer.DestinationIP, DestinationPort: peer.DestinationPort,
 	})
+	if d.Check != "" {
+		x := cfg.extAuthz[d.Check]
+		switch {
+		case x == nil:
+			p.logf("waypoint: tcp from %s denied: policy %s names provider %q, which the mesh config does not define (fail closed)", peer.IP, d.CheckPolicy, d.Check)
+			return false
+		case !x.spec.GRPC:
+			p.logf("waypoint: tcp from %s denied: policy %s asks provider %q, an HTTP authorizer, which cannot check a connection; use an envoyExtAuthzGrpc provider for TCP traffic (fail closed)", peer.IP, d.CheckPolicy, d.Check)
+			return false
+		}
+		if v := x.check(ctx, &authzRequest{peer: peer}); !v.allow {
+			p.logf("waypoint: tcp from %s denied by provider %q of policy %s %s", peer.IP, d.Check, d.CheckPolicy, v.details)
+			return false
+		}
+	}
 	if !d.Allow {
 		p.logf("waypoint: tcp from %s denied: %s", peer.IP, d.Reason)
 	}

@@ -9,8 +9,9 @@
 //   - CUSTOM policies come first: the first one whose rules match names the
 //     external authorizer (Decision.Check, its provider) that the caller
 //     must ask before it acts on the rest of the decision, as Envoy's
-//     ext_authz filter runs before its RBAC filters. At L4 a matching CUSTOM
-//     policy denies (fails closed): only waypoints ask authorizers.
+//     ext_authz filter runs before its RBAC filters. At L4 (EvaluateL4) a
+//     matching CUSTOM policy denies (fails closed): only waypoints ask
+//     authorizers, about connections too (EvaluateTCP).
 //   - DENY policies are evaluated next: if any matches, the request is denied.
 //   - Then ALLOW: if no ALLOW policy applies, the request is allowed; if any
 //     applies, the request must match at least one of them.
@@ -274,20 +275,28 @@ func (p *Policy) Validate() error {
 
 // Evaluate decides an L7 request.
 func Evaluate(policies []*Policy, req *Request) Decision {
-	return evaluate(policies, req, false)
+	return evaluate(policies, req, false, true)
 }
 
 // EvaluateL4 decides a connection: only L4 attributes are matched, and rules
-// using L7 attributes fail safe (see the package doc).
+// using L7 attributes fail safe (see the package doc). A matching CUSTOM
+// policy denies: a node agent asks no external authorizer.
 func EvaluateL4(policies []*Policy, req *Request) Decision {
-	return evaluate(policies, req, true)
+	return evaluate(policies, req, true, false)
 }
 
-func evaluate(policies []*Policy, req *Request, l4 bool) Decision {
-	d := decide(policies, req, l4, false)
+// EvaluateTCP is EvaluateL4 for a proxy that asks external authorizers about
+// connections (a waypoint relaying TCP, as Envoy's network ext_authz
+// filter): a matching CUSTOM policy sets Check, as Evaluate does.
+func EvaluateTCP(policies []*Policy, req *Request) Decision {
+	return evaluate(policies, req, true, true)
+}
+
+func evaluate(policies []*Policy, req *Request, l4, checks bool) Decision {
+	d := decide(policies, req, l4, checks, false)
 	for _, p := range policies {
 		if p.DryRun {
-			s := decide(policies, req, l4, true)
+			s := decide(policies, req, l4, checks, true)
 			s.Unmatchable = nil
 			d.Shadow = &s
 			break
@@ -296,14 +305,14 @@ func evaluate(policies []*Policy, req *Request, l4 bool) Decision {
 	return d
 }
 
-func decide(policies []*Policy, req *Request, l4, withDryRun bool) Decision {
+func decide(policies []*Policy, req *Request, l4, checks, withDryRun bool) Decision {
 	var d Decision
 	enforced := func(p *Policy) bool { return withDryRun || !p.DryRun }
 	for _, p := range policies {
 		if !enforced(p) || p.action() != Custom || !matchPolicy(p, req, l4, &d) {
 			continue
 		}
-		if l4 {
+		if !checks {
 			d.Reason = fmt.Sprintf("policy %s asks an external authorizer (CUSTOM), which only waypoints do: denying (fail closed); attach it to a waypoint with targetRefs", p.ID())
 			d.Policy = p.ID()
 			return d

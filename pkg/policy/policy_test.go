@@ -211,7 +211,8 @@ func TestValidate(t *testing.T) {
 
 // TestCustom: a matching CUSTOM policy names its provider for the caller to
 // ask and leaves DENY and ALLOW to decide the rest; one that does not match
-// asks nothing; at L4 a match denies (fail closed).
+// asks nothing; at L4 a match denies (fail closed), unless the caller asks
+// providers about connections (EvaluateTCP: a waypoint relaying TCP).
 func TestCustom(t *testing.T) {
 	admin := &Policy{Namespace: "foo", Name: "ext", Action: Custom, Provider: "authz", Rules: []Rule{{To: []Operation{{Paths: []string{"/admin*"}}}}}}
 	l4 := &Policy{Namespace: "foo", Name: "ext-l4", Action: Custom, Provider: "authz", Rules: []Rule{{To: []Operation{{Ports: []string{"8080"}}}}}}
@@ -223,20 +224,27 @@ func TestCustom(t *testing.T) {
 		l4        bool
 		wantAllow bool
 		wantCheck string
+		tcp       bool // EvaluateTCP instead of EvaluateL4
 	}{
-		{"matching: ask the provider", []*Policy{admin}, &Request{Path: "/admin/users", Method: "GET"}, false, true, "authz"},
-		{"not matching: nothing to ask", []*Policy{admin}, &Request{Path: "/public", Method: "GET"}, false, true, ""},
-		{"matching and denied locally too", []*Policy{admin, deny}, &Request{Path: "/admin/users", Method: "DELETE"}, false, false, "authz"},
-		{"dry-run: nothing to ask", []*Policy{{Namespace: "foo", Name: "dry", Action: Custom, Provider: "authz", DryRun: true, Rules: []Rule{{}}}}, &Request{Path: "/"}, false, true, ""},
-		{"L4 match: denied", []*Policy{l4}, &Request{DestinationPort: 8080}, true, false, ""},
-		{"L4 no match: allowed", []*Policy{l4}, &Request{DestinationPort: 9090}, true, true, ""},
-		{"L4 rule with L7 attributes: denied", []*Policy{admin}, &Request{DestinationPort: 8080}, true, false, ""},
+		{"matching: ask the provider", []*Policy{admin}, &Request{Path: "/admin/users", Method: "GET"}, false, true, "authz", false},
+		{"not matching: nothing to ask", []*Policy{admin}, &Request{Path: "/public", Method: "GET"}, false, true, "", false},
+		{"matching and denied locally too", []*Policy{admin, deny}, &Request{Path: "/admin/users", Method: "DELETE"}, false, false, "authz", false},
+		{"dry-run: nothing to ask", []*Policy{{Namespace: "foo", Name: "dry", Action: Custom, Provider: "authz", DryRun: true, Rules: []Rule{{}}}}, &Request{Path: "/"}, false, true, "", false},
+		{"L4 match: denied", []*Policy{l4}, &Request{DestinationPort: 8080}, true, false, "", false},
+		{"L4 no match: allowed", []*Policy{l4}, &Request{DestinationPort: 9090}, true, true, "", false},
+		{"L4 rule with L7 attributes: denied", []*Policy{admin}, &Request{DestinationPort: 8080}, true, false, "", false},
+		{"TCP match: ask the provider", []*Policy{admin}, &Request{DestinationPort: 8080}, true, true, "authz", true},
+		{"TCP match, denied locally too", []*Policy{admin, {Namespace: "foo", Name: "deny-port", Action: Deny, Rules: []Rule{{To: []Operation{{Ports: []string{"8080"}}}}}}},
+			&Request{DestinationPort: 8080}, true, false, "authz", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var d Decision
-			if tt.l4 {
+			switch {
+			case tt.tcp:
+				d = EvaluateTCP(tt.policies, tt.req)
+			case tt.l4:
 				d = EvaluateL4(tt.policies, tt.req)
-			} else {
+			default:
 				d = Evaluate(tt.policies, tt.req)
 			}
 			if d.Allow != tt.wantAllow || d.Check != tt.wantCheck || (d.Check != "" && d.CheckPolicy != "foo/ext") {
