@@ -13,23 +13,21 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/meshlet/meshlet/test/lab"
 )
 
-// TestTrustDomainAliasEndToEnd drives Istio's trust domain migration
-// through meshd and a node agent: a client whose certificate (signed by the
-// mesh CA) names old.example is refused at the pod's HBONE port until the
-// mesh config names old.example among its trustDomainAliases, then served;
-// once the alias is taken back, the tunnel it holds is closed (counted as
-// peer_untrusted) and a new handshake is refused again.
-func TestTrustDomainAliasEndToEnd(t *testing.T) {
-	lb := meshLab(t)
-	ns := ambientNamespace(t, lb)
-	start := time.Now()
-	server, _ := echoServer(t, lb, ns)
-	t.Logf("echo server ready in %v", time.Since(start).Round(time.Millisecond))
-
-	caCert, caKey, roots := meshCA(t, lb)
+// trustDomainAliasEndToEnd drives Istio's trust domain migration through
+// meshd and a node agent, against server's HBONE port: a client whose
+// certificate (signed by the mesh CA) names old.example is refused until
+// the mesh config names old.example among its trustDomainAliases, then
+// served; once the alias is taken back, the tunnel it holds is closed
+// (counted as peer_untrusted) and a new handshake is refused again. It
+// runs inside TestHBONERefusesForgedAndMisdirectedPeers, whose namespace,
+// server and CA it shares: a test of its own cost make test a minute of
+// setting them up and tearing them down.
+func trustDomainAliasEndToEnd(t *testing.T, lb *lab.Lab, ns string, server corev1.Pod, caCert *x509.Certificate, caKey any, roots *x509.CertPool) {
 	aliasCert := spiffeCert(t, fmt.Sprintf("spiffe://old.example/ns/%s/sa/legacy", ns), caCert, caKey)
 	hbone := net.JoinHostPort(server.Status.PodIP, "15008")
 	app := net.JoinHostPort(server.Status.PodIP, "8080")

@@ -32,8 +32,9 @@ import (
 // peer_unverified; a certificate
 // the mesh CA signed is served for the pod's own address — so the client is
 // sound — but a CONNECT to another pod's address or to a mesh port is
-// refused and counted; and a pod dialling its own 15001 or 15006 gets
-// nothing.
+// refused and counted; a pod dialling its own 15001 or 15006 gets
+// nothing; and a certificate of a trust domain alias is served only while
+// the mesh config names the alias (trustDomainAliasEndToEnd).
 func TestHBONERefusesForgedAndMisdirectedPeers(t *testing.T) {
 	lb := meshLab(t)
 	ns := ambientNamespace(t, lb)
@@ -90,6 +91,10 @@ func TestHBONERefusesForgedAndMisdirectedPeers(t *testing.T) {
 			}
 		}
 	}
+
+	t.Run("trust domain alias", func(t *testing.T) {
+		trustDomainAliasEndToEnd(t, lb, ns, server, caCert, caKey, roots)
+	})
 }
 
 // connect opens one HBONE stream to target through the HBONE server at
