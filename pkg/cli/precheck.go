@@ -209,8 +209,8 @@ func precheck(ctx context.Context, c *clients, r *Rendered, opts RenderOptions) 
 	rep := &precheckReport{}
 	if checkAPIServer(ctx, rep, c) {
 		checkPermissions(ctx, rep, c, r, opts)
-		checkNodes(ctx, rep, c, r)
-		checkNodeClocks(ctx, rep, c)
+		nodes := checkNodes(ctx, rep, c, r)
+		checkNodeClocks(ctx, rep, c, nodes)
 		workloads := checkConflicts(ctx, rep, c, r.ns(), opts)
 		checkCRDs(ctx, rep, c, r, workloads)
 		checkAmbientNamespaces(ctx, rep, c)
@@ -349,15 +349,12 @@ func checkPermissions(ctx context.Context, rep *precheckReport, c *clients, r *R
 	denied := map[accessRight]*missing{} // by resource and namespace, verb ""
 	var order []accessRight
 	for _, a := range keys {
-		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: a.namespace, Verb: a.verb, Group: a.group, Resource: a.resource},
-		}}
-		res, err := c.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		ok, err := mayI(ctx, c, &authorizationv1.ResourceAttributes{Namespace: a.namespace, Verb: a.verb, Group: a.group, Resource: a.resource})
 		if err != nil {
 			rep.add(catPermissions, levelError, "cannot ask the API server whether you may %s %s: %v; check with %s", a.verb, a.resourceName(), err, canI(a))
 			return
 		}
-		if res.Status.Allowed {
+		if ok {
 			continue
 		}
 		key := a
@@ -399,14 +396,6 @@ func checkPermissions(ctx context.Context, rep *precheckReport, c *clients, r *R
 // can still see install fail half-way. One line per role with rights the
 // user lacks.
 func checkGrants(ctx context.Context, rep *precheckReport, c *clients, r *Rendered) {
-	allowed := func(ra *authorizationv1.ResourceAttributes) (bool, error) {
-		res, err := c.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
-			&authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: ra}}, metav1.CreateOptions{})
-		if err != nil {
-			return false, err
-		}
-		return res.Status.Allowed, nil
-	}
 	for _, o := range r.Objects {
 		kind := o.GetKind()
 		if o.GroupVersionKind().Group != "rbac.authorization.k8s.io" || (kind != "ClusterRole" && kind != "Role") {
@@ -416,7 +405,7 @@ func checkGrants(ctx context.Context, rep *precheckReport, c *clients, r *Render
 		if kind == "Role" {
 			resource = "roles"
 		}
-		if ok, err := allowed(&authorizationv1.ResourceAttributes{Namespace: o.GetNamespace(), Verb: "escalate", Group: "rbac.authorization.k8s.io", Resource: resource, Name: o.GetName()}); err != nil || ok {
+		if ok, err := mayI(ctx, c, &authorizationv1.ResourceAttributes{Namespace: o.GetNamespace(), Verb: "escalate", Group: "rbac.authorization.k8s.io", Resource: resource, Name: o.GetName()}); err != nil || ok {
 			continue // may grant anything (a cluster admin), or checkPermissions already said the API server does not answer
 		}
 		var role rbacv1.ClusterRole // a Role's rules are the same type
@@ -435,7 +424,7 @@ func checkGrants(ctx context.Context, rep *precheckReport, c *clients, r *Render
 						}
 						for _, n := range names {
 							resource, sub, _ := strings.Cut(res, "/") // pods/status
-							ok, err := allowed(&authorizationv1.ResourceAttributes{Namespace: o.GetNamespace(), Verb: v, Group: g, Resource: resource, Subresource: sub, Name: n})
+							ok, err := mayI(ctx, c, &authorizationv1.ResourceAttributes{Namespace: o.GetNamespace(), Verb: v, Group: g, Resource: resource, Subresource: sub, Name: n})
 							if err == nil && !ok {
 								lacking = append(lacking, grantName(v, g, res, n))
 							}
@@ -449,6 +438,17 @@ func checkGrants(ctx context.Context, rep *precheckReport, c *clients, r *Render
 				kind, qualifiedName(o), listSome(lacking, 4), resource, resource)
 		}
 	}
+}
+
+// mayI asks the API server whether the user has the right ra describes (a
+// SelfSubjectAccessReview: kubectl auth can-i).
+func mayI(ctx context.Context, c *clients, ra *authorizationv1.ResourceAttributes) (bool, error) {
+	res, err := c.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+		&authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: ra}}, metav1.CreateOptions{})
+	if err != nil {
+		return false, err
+	}
+	return res.Status.Allowed, nil
 }
 
 // grantName is one right of a role rule as kubectl auth can-i names it.
@@ -555,15 +555,12 @@ const (
 // stamp their node Leases (spec.renewTime, in the node's own time): a node
 // whose clock is off the others' by more than the certificates' backdate
 // refuses fresh certificates of its peers (or they its) after every
-// renewal, until its clock catches up. Nothing is said when there are
-// fewer than two Leases to compare or they may not be read.
-func checkNodeClocks(ctx context.Context, rep *precheckReport, c *clients) {
-	nodes, err := c.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return // checkNodes said why
-	}
+// renewal, until its clock catches up. nodes are checkNodes' (none when
+// they could not be listed). Nothing is said when there are fewer than two
+// Leases to compare or they may not be read.
+func checkNodeClocks(ctx context.Context, rep *precheckReport, c *clients, nodes []corev1.Node) {
 	ready := map[string]bool{}
-	for _, n := range nodes.Items {
+	for _, n := range nodes {
 		for _, cond := range n.Status.Conditions {
 			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
 				ready[n.Name] = true
@@ -610,17 +607,19 @@ func checkNodeClocks(ctx context.Context, rep *precheckReport, c *clients) {
 }
 
 // checkNodes checks every node the node agent will run on: OS,
-// architecture, kernel; and the nodes it will not run on.
-func checkNodes(ctx context.Context, rep *precheckReport, c *clients, r *Rendered) {
+// architecture, kernel; and the nodes it will not run on. It returns the
+// nodes it listed, for the other checks of nodes.
+func checkNodes(ctx context.Context, rep *precheckReport, c *clients, r *Rendered) (listed []corev1.Node) {
 	nodes, err := c.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if apierrors.IsForbidden(err) {
 		rep.add(catNodes, levelWarning, "you may not list nodes, so their kernels and architectures were not checked: rerun with read access to nodes (kubectl auth can-i list nodes)")
-		return
+		return nil
 	}
 	if err != nil {
 		rep.add(catNodes, levelError, "cannot list nodes: %v", err)
-		return
+		return nil
 	}
+	listed = nodes.Items
 	if len(nodes.Items) == 0 {
 		rep.add(catNodes, levelError, "the cluster has no nodes: the node agents have nowhere to run")
 		return
@@ -740,6 +739,7 @@ func checkNodes(ctx context.Context, rep *precheckReport, c *clients, r *Rendere
 	default:
 		rep.add(catNodes, levelInfo, "%d of %d node agents will use TCX for pod ingress (kernel %s or newer), the others clsact", tcx, agentNodes, tcxKernel)
 	}
+	return listed
 }
 
 // selectorMismatch returns the first label of selector the node's labels
