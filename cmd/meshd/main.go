@@ -39,6 +39,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
@@ -46,6 +47,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/pkg/ca"
 	"github.com/meshlet/meshlet/pkg/controlplane"
+	"github.com/meshlet/meshlet/pkg/crdwatch"
 	"github.com/meshlet/meshlet/pkg/deployer"
 	"github.com/meshlet/meshlet/pkg/meshstatus"
 	"github.com/meshlet/meshlet/pkg/xds"
@@ -189,6 +191,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("create dynamic client: %w", err)
 	}
+	md, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("create metadata client: %w", err)
+	}
 	// Refuse to start without the CRDs, naming what is missing.
 	if err := controlplane.CheckCRDs(kube); err != nil {
 		if errors.Is(err, controlplane.ErrCRDMissing) {
@@ -247,7 +253,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kick := make(chan struct{}, 1)
 	roots := &rootPublisher{kube: kube, log: log, queue: make(chan string, 256), done: make(chan struct{})}
 	roots.pem.Store(&rootPEM)
-	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw, Dynamic: dyn, Logger: log,
+	// Optional CRDs installed while meshd runs are read once heard
+	// installed; without the right to watch CRDs, at the next poll.
+	crds := crdwatch.New(md, log)
+	if err := crds.Start(ctx); err != nil {
+		log.Warn("optional CRDs installed later are found by a poll every "+controlplane.DefaultCRDPoll.String(), "err", err)
+		crds = nil
+	}
+	sources, err := controlplane.NewSources(controlplane.SourcesOptions{Kube: kube, Istio: istio, Gateway: gw, Dynamic: dyn, Logger: log, CRDs: crds,
 		Listener: controlplane.ListenerFunc(func(c controlplane.Change) {
 			select {
 			case kick <- struct{}{}:
@@ -313,7 +326,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.waypointImage != "" {
 		// Class defaults (gateway.istio.io/defaults-for-class ConfigMaps)
 		// are read from meshd's namespace, as Istio reads them from istiod's.
-		depOpts = &deployer.Options{Kube: kube, Gateway: gw, Logger: log, ClassDefaultsNamespace: cfg.namespace, Render: deployer.RenderOptions{
+		depOpts = &deployer.Options{Kube: kube, Gateway: gw, Logger: log, CRDs: crds, ClassDefaultsNamespace: cfg.namespace, Render: deployer.RenderOptions{
 			Image: cfg.waypointImage, ImagePullSecrets: splitNames(cfg.pullSecrets), TrustDomain: td.Name(), MeshdAddress: fmt.Sprintf("meshd.%s.svc:15012", cfg.namespace)}}
 		if _, err := deployer.New(*depOpts); err != nil {
 			return err

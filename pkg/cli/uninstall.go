@@ -12,15 +12,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshlet/meshlet/deploy/crds"
+	"github.com/meshlet/meshlet/pkg/crdwatch"
 	"github.com/meshlet/meshlet/pkg/meshstatus"
 	"github.com/meshlet/meshlet/pkg/model"
 )
 
-var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+var crdResource = crdwatch.Resource
 
 // uninstallOptions are uninstall's flags.
 type uninstallOptions struct {

@@ -29,6 +29,7 @@ import (
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	policyv1alpha1 "github.com/meshlet/meshlet/pkg/api/policy/v1alpha1"
+	"github.com/meshlet/meshlet/pkg/crdwatch"
 )
 
 // ErrCRDMissing is wrapped by Start when a CRD meshd needs is not installed.
@@ -102,6 +103,10 @@ type SourcesOptions struct {
 	// installed later is read from then on, without a restart. Zero means
 	// DefaultCRDPoll.
 	CRDPoll time.Duration
+	// CRDs tells when a CRD is installed or changes, so that an optional
+	// CRD installed after Start is read at once rather than at the next
+	// CRDPoll. Nil: the poll alone.
+	CRDs *crdwatch.Watcher
 }
 
 // DefaultCRDPoll is how often, by default, Sources and the deployer look
@@ -446,6 +451,12 @@ func missingCRDs(kube kubernetes.Interface, crds []watchedCRD) ([]string, error)
 	return missing, nil
 }
 
+// name is c's CustomResourceDefinition's name: plural.group.
+func (c watchedCRD) name() string {
+	group, _, _ := strings.Cut(c.groupVersion, "/")
+	return c.resource + "." + group
+}
+
 // String names c as missingCRDs does.
 func (c watchedCRD) String() string {
 	group, _, _ := strings.Cut(c.groupVersion, "/")
@@ -556,14 +567,21 @@ func (s *Sources) Start(ctx context.Context) error {
 	return nil
 }
 
-// watchInstalled asks discovery every CRDPoll whether the CRDs of pending
-// are served yet (one call per group-version among them) and picks up
+// watchInstalled asks discovery whether the CRDs of pending are served yet
+// (one call per group-version among them), each time one of them is added
+// or changes (SourcesOptions.CRDs) and every CRDPoll besides, and picks up
 // each as it appears, until all are or ctx ends.
 func (s *Sources) watchInstalled(ctx context.Context, pending []optionalCRD) {
 	period := s.opts.CRDPoll
 	if period <= 0 {
 		period = DefaultCRDPoll
 	}
+	names := make([]string, len(pending))
+	for i, c := range pending {
+		names[i] = c.crd.name()
+	}
+	changed, stop := s.opts.CRDs.Subscribe(names...)
+	defer stop()
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for len(pending) > 0 {
@@ -571,6 +589,7 @@ func (s *Sources) watchInstalled(ctx context.Context, pending []optionalCRD) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changed:
 		}
 		crds := make([]watchedCRD, len(pending))
 		for i, c := range pending {

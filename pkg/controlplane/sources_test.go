@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/meshlet/meshlet/pkg/crdwatch"
 	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
@@ -384,12 +386,32 @@ func TestSourcesWithoutOptionalGatewayCRDs(t *testing.T) {
 // a newer Gateway API) is found by the CRD poller: its objects reach
 // Inputs, the Listener hears them (by then Inputs holds them), later
 // changes too, the pickup is logged once, and the poller stops once every
-// optional CRD is served.
+// optional CRD is served. With the CRD watch (SourcesOptions.CRDs) and the
+// poll an hour away, the CRDs are found when they are heard installed.
 func TestSourcesCRDInstalledLater(t *testing.T) {
 	t.Setenv("KUBE_FEATURE_WatchListClient", "false") // see TestSources
+	t.Run("poll", func(t *testing.T) { sourcesCRDInstalledLater(t, false) })
+	t.Run("watch", func(t *testing.T) { sourcesCRDInstalledLater(t, true) })
+}
+
+func sourcesCRDInstalledLater(t *testing.T, watch bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	const poll = 20 * time.Millisecond
+	const step = 20 * time.Millisecond
+	poll := step
+	scheme := metadatafake.NewTestScheme()
+	if err := metav1.AddMetaToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	md := metadatafake.NewSimpleMetadataClient(scheme)
+	var crds *crdwatch.Watcher
+	if watch {
+		poll = time.Hour
+		crds = crdwatch.New(md, nil)
+		if err := crds.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	kube := kubefake.NewClientset()
 	disc := kube.Discovery().(*fakediscovery.FakeDiscovery)
 	disc.Resources = servedResources("xbackendtrafficpolicies.gateway.networking.x-k8s.io/v1alpha1", "listenersets.gateway.networking.k8s.io/v1")
@@ -422,7 +444,7 @@ func TestSourcesCRDInstalledLater(t *testing.T) {
 	var log testutil.Buffer
 	rec := &changeRecorder{notify: make(chan struct{}, 1)}
 	src, err := NewSources(SourcesOptions{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gw, Listener: rec,
-		Logger: slog.New(slog.NewTextHandler(&log, nil)), CRDPoll: poll})
+		Logger: slog.New(slog.NewTextHandler(&log, nil)), CRDPoll: poll, CRDs: crds})
 	if err != nil {
 		t.Fatalf("NewSources: %v", err)
 	}
@@ -436,8 +458,12 @@ func TestSourcesCRDInstalledLater(t *testing.T) {
 		t.Errorf("log = %q; want it to say %q", log.String(), want)
 	}
 	// A few polls find nothing: nothing is read.
-	for start := discoveries(); discoveries() < start+3; {
-		time.Sleep(poll)
+	if watch {
+		time.Sleep(10 * step)
+	} else {
+		for start := discoveries(); discoveries() < start+3; {
+			time.Sleep(step)
+		}
 	}
 	in, err := src.Inputs()
 	if err != nil {
@@ -448,6 +474,15 @@ func TestSourcesCRDInstalledLater(t *testing.T) {
 	}
 
 	installed.Store(true)
+	if watch {
+		for _, name := range []string{"xbackendtrafficpolicies.gateway.networking.x-k8s.io", "listenersets.gateway.networking.k8s.io"} {
+			crd := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"},
+				ObjectMeta: metav1.ObjectMeta{Name: name}}
+			if _, err := md.Resource(crdwatch.Resource).(metadatafake.MetadataClient).CreateFake(crd, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	for _, c := range []Change{
 		{Kind: KindXBackendTrafficPolicy, Namespace: "app", Name: "budget", Op: OpAdd},
 		{Kind: KindListenerSet, Namespace: "app", Name: "team-a", Op: OpAdd},
@@ -487,7 +522,7 @@ func TestSourcesCRDInstalledLater(t *testing.T) {
 
 	// Every optional CRD is served: the poller has stopped.
 	n := discoveries()
-	time.Sleep(5 * poll)
+	time.Sleep(5 * step)
 	if got := discoveries(); got != n {
 		t.Errorf("discovery asked %d more times after every CRD was found; want the poller stopped", got-n)
 	}

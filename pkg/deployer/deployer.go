@@ -34,6 +34,8 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
+
+	"github.com/meshlet/meshlet/pkg/crdwatch"
 )
 
 // Options configure a Deployer.
@@ -53,6 +55,10 @@ type Options struct {
 	// CRDPoll is how often Run asks discovery again for the ListenerSet
 	// CRD when it was not installed at start; zero means 30 seconds.
 	CRDPoll time.Duration
+	// CRDs tells when the ListenerSet CRD is installed or changes, so that
+	// Run asks discovery then rather than at the next CRDPoll. Nil: the
+	// poll alone.
+	CRDs *crdwatch.Watcher
 	// ClassDefaultsNamespace is where class defaults are read from
 	// (ConfigMaps labelled ClassDefaultsLabel: infrastructure.go), meshd's
 	// own namespace as Istio reads them from istiod's; empty means no
@@ -124,7 +130,7 @@ func New(opts Options) (*Deployer, error) {
 // serve the ListenerSet CRD (Gateway API before v1.5), Run logs so once and
 // runs without ListenerSets: ingress Services open their Gateways' own
 // listener ports only, until the CRD is installed (discovery is asked
-// again every CRDPoll: awaitListenerSets); then every ingress Gateway is
+// again when the CRD changes and every CRDPoll: awaitListenerSets); then every ingress Gateway is
 // reconciled again, with its ListenerSets.
 func (d *Deployer) Run(ctx context.Context) error {
 	defer d.queue.ShutDown()
@@ -332,12 +338,13 @@ func (d *Deployer) enqueueClasses(classes ...gatewayv1.ObjectName) {
 }
 
 // awaitListenerSets waits for the ListenerSet CRD to be installed
-// (waitServed), then starts the ListenerSet and Namespace informers,
+// (Options.CRDs.WaitServed), then starts the ListenerSet and Namespace informers,
 // waits for their caches, makes them what attachedListenerSets reads and
 // enqueues every ingress Gateway, whose Services then open their sets'
 // ports. It returns early when ctx ends.
 func (d *Deployer) awaitListenerSets(ctx context.Context, gf gatewayinformers.SharedInformerFactory, cf kubeinformers.SharedInformerFactory) {
-	if !waitServed(ctx, d.crdPoll(), func() (bool, error) { return listenerSetsServed(d.opts.Kube) }, d.log) {
+	if !d.opts.CRDs.WaitServed(ctx, d.crdPoll(), "the ListenerSet CRD", func() (bool, error) { return listenerSetsServed(d.opts.Kube) },
+		listenerSetResource+"."+gatewayv1.GroupName) {
 		return
 	}
 	d.log.Info("ListenerSet CRD installed: now read", "crd", listenerSetResource+"."+gatewayv1.GroupName)
@@ -370,29 +377,6 @@ func (d *Deployer) crdPoll() time.Duration {
 		return d.opts.CRDPoll
 	}
 	return 30 * time.Second
-}
-
-// waitServed calls served every period until it reports true (then
-// waitServed returns true) or ctx ends (false). Errors (discovery
-// unavailable for a while) are logged at debug level and retried.
-func waitServed(ctx context.Context, period time.Duration, served func() (bool, error), log *slog.Logger) bool {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-		}
-		ok, err := served()
-		if err != nil {
-			log.Debug("look for the ListenerSet CRD", "err", err)
-			continue
-		}
-		if ok {
-			return true
-		}
-	}
 }
 
 // listenerSetsServed reports whether discovery serves the ListenerSet

@@ -2,7 +2,6 @@ package deployer
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -17,10 +16,13 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	corev1listers "k8s.io/client-go/listers/core/v1"
+	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+
+	"github.com/meshlet/meshlet/pkg/crdwatch"
 )
 
 // TestAttachedListenerSets: reconcile renders with the sets whose
@@ -134,45 +136,6 @@ func laterCRD(kube *kubefake.Clientset) (install func(), discoveries func() int)
 	}
 }
 
-// TestWaitServed: the periodic check finds nothing while the ListenerSet
-// CRD is not served, asking every period, returns true at the first
-// check after it is installed, and false when ctx ends first.
-func TestWaitServed(t *testing.T) {
-	const period = 5 * time.Millisecond
-	kube := kubefake.NewClientset()
-	install, discoveries := laterCRD(kube)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	done := make(chan bool, 1)
-	go func() { done <- waitServed(ctx, period, func() (bool, error) { return listenerSetsServed(kube) }, log) }()
-	for discoveries() < 3 {
-		time.Sleep(period)
-	}
-	select {
-	case got := <-done:
-		t.Fatalf("waitServed() = %t before the CRD is installed", got)
-	default:
-	}
-	install()
-	select {
-	case got := <-done:
-		if !got {
-			t.Errorf("waitServed() = false after the CRD was installed; want true")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("waitServed() did not return within 5s of the CRD being installed")
-	}
-
-	t.Run("ctx ends", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		if waitServed(ctx, period, func() (bool, error) { return false, nil }, log) {
-			t.Error("waitServed() = true; want false once ctx ended")
-		}
-	})
-}
-
 // TestAttachedListenerSetsWhileInstalled: reconcile workers read the
 // ListenerSet caches while Run sets them (the CRD installed later); run
 // with -race.
@@ -224,10 +187,26 @@ func TestAttachedListenerSetsWhileInstalled(t *testing.T) {
 // TestRunListenerSetCRDInstalledLater: Run started without the
 // ListenerSet CRD deploys an ingress Gateway with its own ports; once the
 // CRD is served it reads ListenerSets and the Gateway's Service opens
-// its set's port, with no restart.
+// its set's port, with no restart: found by the poll, or at once when the
+// CRD watch hears it installed (the poll an hour away).
 func TestRunListenerSetCRDInstalledLater(t *testing.T) {
 	t.Setenv("KUBE_FEATURE_WatchListClient", "false") // the fakes predate streaming lists
-	const poll = 10 * time.Millisecond
+	t.Run("poll", func(t *testing.T) { runListenerSetCRDInstalledLater(t, false) })
+	t.Run("watch", func(t *testing.T) { runListenerSetCRDInstalledLater(t, true) })
+}
+
+func runListenerSetCRDInstalledLater(t *testing.T, watch bool) {
+	const step = 10 * time.Millisecond
+	poll := step
+	var crds *crdwatch.Watcher
+	md := metadatafake.NewSimpleMetadataClient(metadataScheme(t))
+	if watch {
+		poll = time.Hour
+		crds = crdwatch.New(md, nil)
+		if err := crds.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	kube := kubefake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bookinfo"}})
 	install, discoveries := laterCRD(kube)
 	from := gatewayv1.NamespacesFromSame
@@ -249,7 +228,7 @@ func TestRunListenerSetCRDInstalledLater(t *testing.T) {
 	if _, err := gwc.GatewayV1().ListenerSets("bookinfo").Create(context.Background(), set, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ctx := runDeployer(t, Options{Kube: kube, Gateway: gwc, Render: opts, CRDPoll: poll})
+	ctx := runDeployer(t, Options{Kube: kube, Gateway: gwc, Render: opts, CRDPoll: poll, CRDs: crds})
 	ports := func() []int32 {
 		svc, err := kube.CoreV1().Services("bookinfo").Get(ctx, "waypoint", metav1.GetOptions{})
 		if err != nil {
@@ -269,18 +248,37 @@ func TestRunListenerSetCRDInstalledLater(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("Service bookinfo/waypoint ports = %v; want %v within 10s", got, want)
 			}
-			time.Sleep(poll)
+			time.Sleep(step)
 		}
 	}
 	waitPorts([]int32{80, 15008})
-	for start := discoveries(); discoveries() < start+3; {
-		time.Sleep(poll)
+	if watch {
+		time.Sleep(20 * step)
+	} else {
+		for start := discoveries(); discoveries() < start+3; {
+			time.Sleep(step)
+		}
 	}
 	if got := ports(); !slices.Equal(got, []int32{80, 15008}) {
 		t.Fatalf("Service ports = %v before the ListenerSet CRD is installed; want the Gateway's own", got)
 	}
 	install()
+	if watch {
+		crd := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"},
+			ObjectMeta: metav1.ObjectMeta{Name: "listenersets.gateway.networking.k8s.io"}}
+		if _, err := md.Resource(crdwatch.Resource).(metadatafake.MetadataClient).CreateFake(crd, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	waitPorts([]int32{80, 8080, 15008})
+}
+
+func metadataScheme(t *testing.T) *runtime.Scheme {
+	scheme := metadatafake.NewTestScheme()
+	if err := metav1.AddMetaToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	return scheme
 }
 
 type tlog struct{ t *testing.T }

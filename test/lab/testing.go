@@ -130,13 +130,25 @@ func (lb *Lab) NewNamespace(t testing.TB) string {
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
 	t.Cleanup(func() {
+		start := time.Now()
 		if err := lb.cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			t.Errorf("delete namespace %s: %v", name, err)
 			return
 		}
+		// The namespace controller takes a namespace up 5 s after its
+		// deletion, deletes its pods, and while any is left looks again
+		// after half of their terminationGracePeriodSeconds (30 s unless
+		// set), or at its next update: ~11 s a namespace. Pods deleted here
+		// with a 1 s grace (the terminating namespace takes no new ones)
+		// are gone before its first look, which then finishes: ~6 s.
+		one := int64(1)
+		if err := lb.cs.CoreV1().Pods(name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &one}, metav1.ListOptions{}); err != nil {
+			t.Logf("delete the pods of namespace %s: %v", name, err)
+		}
 		deadline := time.Now().Add(2 * time.Minute)
 		for time.Now().Before(deadline) {
 			if _, err := lb.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+				t.Logf("namespace %s deleted in %v", name, time.Since(start).Round(100*time.Millisecond))
 				return
 			}
 			time.Sleep(500 * time.Millisecond)
