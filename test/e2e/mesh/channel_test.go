@@ -13,8 +13,8 @@ import (
 // experimental` moves the cluster to Gateway API's experimental CRDs (the
 // routes' experimental fields, XBackendTrafficPolicy); going back to
 // standard, which would prune those fields from stored routes, is refused.
-// meshd, not restarted, then reads XBackendTrafficPolicies (it looks for
-// optional CRDs installed since it started every 30 s): one on a Service
+// meshd, not restarted, then reads XBackendTrafficPolicies (it hears
+// optional CRDs installed since it started): one on a Service
 // with a waypoint gives its clients session persistence (a token in a
 // header, then the pod that answered it), and its status says so.
 func TestGatewayAPIExperimentalChannel(t *testing.T) {
