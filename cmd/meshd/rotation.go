@@ -83,13 +83,13 @@ func (r *caRotation) check(ctx context.Context) bool {
 		r.log.Error("the CA Secret changed but its material is invalid; keeping the current CA (fix the Secret: cert-chain.pem must chain ca-cert.pem to root-cert.pem)", "err", err)
 		return false
 	}
-	before := r.bundleAcks()
-	if err := r.xds.SetTrustBundle(trustBundle(r.td, roots)); err != nil {
+	gen, err := r.xds.PushTrustBundle(trustBundle(r.td, roots))
+	if err != nil {
 		r.log.Error("push the rotated roots; keeping the current CA", "err", err)
 		return false
 	}
 	r.publish(ctx, string(ca.EncodePEM(roots)))
-	pending := r.waitAcks(ctx, before)
+	pending := r.waitAcks(ctx, gen)
 	if len(pending) > 0 {
 		r.log.Warn("CA rotation: some clients did not acknowledge the new roots in time; they get them when they reconnect", "clients", pending, "waited", r.ackWait)
 	}
@@ -102,32 +102,30 @@ func (r *caRotation) check(ctx context.Context) bool {
 	return true
 }
 
-// bundleAcks is each connected client's acknowledged trust bundle version.
-func (r *caRotation) bundleAcks() map[string]string {
-	out := map[string]string{}
-	for _, c := range r.xds.Clients() {
-		out[c.NodeID] = c.Acked[meshv1.TrustBundleType]
-	}
-	return out
-}
-
-// waitAcks waits until every client connected now has acknowledged a trust
-// bundle version other than the one it had in before (a client that
-// connected since got the new roots in its first response), and returns
-// those still pending when ackWait runs out.
-func (r *caRotation) waitAcks(ctx context.Context, before map[string]string) []string {
+// waitAcks waits until every client connected now has acknowledged the
+// trust bundle at generation gen or later, the push of the new roots (a
+// client that connected since got them in its first response; an ACK of
+// a bundle that changed for another reason before, its aliases, does not
+// count), and returns those still pending when ackWait runs out.
+func (r *caRotation) waitAcks(ctx context.Context, gen uint64) []string {
 	deadline := time.Now().Add(r.ackWait)
 	for {
-		var pending []string
-		for _, c := range r.xds.Clients() {
-			old, seen := before[c.NodeID]
-			if v := c.Acked[meshv1.TrustBundleType]; v == "" || (seen && v == old) {
-				pending = append(pending, c.NodeID)
-			}
-		}
+		pending := withoutAck(r.xds.Clients(), gen)
 		if len(pending) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
 			return pending
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// withoutAck names the clients that have not ACKed the trust bundle at
+// generation gen or later.
+func withoutAck(clients []xds.ClientStatus, gen uint64) []string {
+	var pending []string
+	for _, c := range clients {
+		if !c.AckedAtLeast(meshv1.TrustBundleType, gen) {
+			pending = append(pending, c.NodeID)
+		}
+	}
+	return pending
 }

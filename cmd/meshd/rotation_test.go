@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -231,5 +232,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestWithoutAck: during a rotation a client counts as holding the new
+// roots only once it has ACKed the trust bundle at the generation that
+// pushed them or later; an ACK that moved since the rotation began, but to
+// an earlier generation (the aliases changed just before), does not count.
+func TestWithoutAck(t *testing.T) {
+	const pushed = 7
+	clients := []xds.ClientStatus{
+		{NodeID: "never", Acked: map[string]string{}},
+		{NodeID: "aliases-only", Acked: map[string]string{meshv1.TrustBundleType: "6", meshv1.WorkloadType: "9"}},
+		{NodeID: "at", Acked: map[string]string{meshv1.TrustBundleType: "7"}},
+		{NodeID: "later", Acked: map[string]string{meshv1.TrustBundleType: "12"}},
+		{NodeID: "junk", Acked: map[string]string{meshv1.TrustBundleType: "x"}},
+	}
+	got := withoutAck(clients, pushed)
+	if want := []string{"never", "aliases-only", "junk"}; !slices.Equal(got, want) {
+		t.Errorf("withoutAck() = %v; want %v", got, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	meshv1 "github.com/meshlet/meshlet/pkg/api/mesh/v1alpha1"
 	"github.com/meshlet/meshlet/pkg/model"
+	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/pkg/xds/modelview"
 	"github.com/meshlet/meshlet/pkg/xds/xdsnode"
@@ -73,5 +74,54 @@ func TestTrustDomainAliasesPushed(t *testing.T) {
 
 	if err := ts.Apply(snap(3, "Not A Domain")); err == nil || !strings.Contains(err.Error(), "Not A Domain") {
 		t.Errorf("Apply with an alias that is no trust domain = %v; want an error naming it", err)
+	}
+}
+
+// TestPushTrustBundleGeneration: PushTrustBundle names the generation that
+// carries the roots: a client's ACK of the bundle changed just before (its
+// aliases) is older, and once the client has ACKed that generation it holds
+// the roots.
+func TestPushTrustBundleGeneration(t *testing.T) {
+	snap := func(version uint64, aliases ...string) *model.Snapshot {
+		return model.NewSnapshot(model.SnapshotInput{Version: version, TrustDomain: "cluster.local", TrustDomainAliases: aliases})
+	}
+	ts := startUnsynced(t, newPKI(t), 10*time.Millisecond)
+	mustSet(t, ts.SetTrustBundle(&meshv1.TrustBundle{TrustDomain: "cluster.local", RootsPem: []string{ts.pki.rootPEM}}))
+	if err := ts.Apply(snap(1)); err != nil {
+		t.Fatal(err)
+	}
+	ts.MarkSynced()
+	agent, _ := startClient(t, ts, clientOpts{token: "node:node-a", nodeID: nodeID("node-a")})
+	waitSynced(t, agent)
+	status := func() xds.ClientStatus {
+		cl := ts.Clients()
+		if len(cl) != 1 {
+			t.Fatalf("%d clients; want 1", len(cl))
+		}
+		return cl[0]
+	}
+	bundle := func() *meshv1.TrustBundle {
+		r, _ := agent.Get(meshv1.TrustBundleType, "cluster.local")
+		b, _ := r.Message.(*meshv1.TrustBundle)
+		return b
+	}
+
+	if err := ts.Apply(snap(2, "old.example")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the aliases pushed and ACKed", func() bool {
+		return len(bundle().GetAliases()) == 1 && status().Acked[meshv1.TrustBundleType] == ts.Generation()
+	})
+	rotated := []string{newPKI(t).rootPEM, ts.pki.rootPEM}
+	gen, err := ts.PushTrustBundle(&meshv1.TrustBundle{TrustDomain: "cluster.local", RootsPem: rotated})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); st.AckedAtLeast(meshv1.TrustBundleType, gen) {
+		t.Fatalf("the ACK of the aliases' push (%s) counts as one of generation %d, which carries the roots", st.Acked[meshv1.TrustBundleType], gen)
+	}
+	eventually(t, "the roots' generation ACKed", func() bool { return status().AckedAtLeast(meshv1.TrustBundleType, gen) })
+	if got := bundle().GetRootsPem(); !slices.Equal(got, rotated) {
+		t.Errorf("client ACKed generation %d with %d roots; want the two pushed", gen, len(got))
 	}
 }

@@ -293,19 +293,37 @@ func (s *Server) DeletePeerAuthentication(uid string) {
 // snapshot of that trust domain was applied, the bundle is served with the
 // snapshot's trust domain aliases instead of its own.
 func (s *Server) SetTrustBundle(b *meshv1.TrustBundle) error {
+	_, err := s.PushTrustBundle(b)
+	return err
+}
+
+// PushTrustBundle is SetTrustBundle, and returns the generation whose push
+// carries b: a client holds b (or what replaced it) once it has ACKed the
+// trust bundle type at that generation or a later one (ClientStatus.Acked,
+// AckedAtLeast). A client that ACKed a newer bundle version than it had
+// before does not necessarily hold b: that version may be an earlier
+// change's (the trust domain aliases').
+func (s *Server) PushTrustBundle(b *meshv1.TrustBundle) (uint64, error) {
 	if err := validateTrustBundle(b); err != nil {
-		return fmt.Errorf("set trust bundle: %w", err)
+		return 0, fmt.Errorf("set trust bundle: %w", err)
 	}
 	b = proto.CloneOf(b)
 	var err error
-	s.change(func(st *store) {
+	gen := s.change(func(st *store) {
 		st.roots[b.GetTrustDomain()] = b
 		err = st.putBundle(b.GetTrustDomain())
 	})
 	if err != nil {
-		return fmt.Errorf("set trust bundle: %w", err)
+		return 0, fmt.Errorf("set trust bundle: %w", err)
 	}
-	return nil
+	return gen, nil
+}
+
+// AckedAtLeast reports whether c has ACKed typeURL at generation gen or a
+// later one.
+func (c ClientStatus) AckedAtLeast(typeURL string, gen uint64) bool {
+	v, err := strconv.ParseUint(c.Acked[typeURL], 10, 64)
+	return err == nil && v >= gen
 }
 
 // SetWaypointConfig adds or replaces a waypoint's L7 config (keyed by namespace/name).
@@ -339,17 +357,21 @@ func (s *Server) MarkSynced() {
 }
 
 // change applies f to the store and schedules a debounced push.
-func (s *Server) change(f func(*store)) {
+// change applies f to the store and returns the generation whose push
+// will carry it (the next flush freezes the store as f left it, or later).
+func (s *Server) change(f func(*store)) uint64 {
 	s.mu.Lock()
 	f(s.store)
 	if s.dirtySince.IsZero() {
 		s.dirtySince = time.Now()
 	}
+	gen := s.gen + 1
 	s.mu.Unlock()
 	select {
 	case s.kick <- struct{}{}:
 	default:
 	}
+	return gen
 }
 
 // pushLoop turns bursts of changes into single pushes.
