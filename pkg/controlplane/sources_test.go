@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
-	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayxv1alpha1 "sigs.k8s.io/gateway-api/apisx/v1alpha1"
@@ -399,11 +398,7 @@ func sourcesCRDInstalledLater(t *testing.T, watch bool) {
 	t.Cleanup(cancel)
 	const step = 20 * time.Millisecond
 	poll := step
-	scheme := metadatafake.NewTestScheme()
-	if err := metav1.AddMetaToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	md := metadatafake.NewSimpleMetadataClient(scheme)
+	md := testutil.FakeMetadata()
 	var crds *crdwatch.Watcher
 	if watch {
 		poll = time.Hour
@@ -476,11 +471,7 @@ func sourcesCRDInstalledLater(t *testing.T, watch bool) {
 	installed.Store(true)
 	if watch {
 		for _, name := range []string{"xbackendtrafficpolicies.gateway.networking.x-k8s.io", "listenersets.gateway.networking.k8s.io"} {
-			crd := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"},
-				ObjectMeta: metav1.ObjectMeta{Name: name}}
-			if _, err := md.Resource(crdwatch.Resource).(metadatafake.MetadataClient).CreateFake(crd, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			testutil.InstallCRD(t, md, name)
 		}
 	}
 	for _, c := range []Change{

@@ -11,25 +11,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 const listenerSets = "listenersets.gateway.networking.k8s.io"
 
 func crd(name string) *metav1.PartialObjectMetadata {
-	return &metav1.PartialObjectMetadata{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"},
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 1000)}},
-	}
-}
-
-func fakeClient(objs ...runtime.Object) *metadatafake.FakeMetadataClient {
-	scheme := metadatafake.NewTestScheme()
-	if err := metav1.AddMetaToScheme(scheme); err != nil {
-		panic(err)
-	}
-	return metadatafake.NewSimpleMetadataClient(scheme, objs...)
+	m := testutil.CRDMetadata(name)
+	m.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 1000)}
+	return m
 }
 
 // waitServed runs w.WaitServed for listenerSets in the background with
@@ -52,7 +44,7 @@ func TestWaitServedOnInstall(t *testing.T) {
 	t.Setenv("KUBE_FEATURE_WatchListClient", "false") // the fake serves no watch-list
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	client := fakeClient(crd("widgets.example.com"))
+	client := testutil.FakeMetadata(crd("widgets.example.com"))
 	w := New(client, nil)
 	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -62,19 +54,14 @@ func TestWaitServedOnInstall(t *testing.T) {
 	// Let the subscription and the informer's first list settle: the CRD
 	// that exists is no wake-up for this waiter.
 	time.Sleep(200 * time.Millisecond)
-	res := client.Resource(Resource).(metadatafake.MetadataClient)
-	if _, err := res.CreateFake(crd("gadgets.example.com"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	testutil.InstallCRD(t, client, "gadgets.example.com")
 	time.Sleep(200 * time.Millisecond)
 	if n := calls.Load(); n != 0 {
 		t.Errorf("discovery asked %d times for other CRDs; want 0", n)
 	}
 
 	served.Store(true)
-	if _, err := res.CreateFake(crd(listenerSets), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	testutil.InstallCRD(t, client, listenerSets)
 	select {
 	case got := <-done:
 		if !got {
@@ -128,7 +115,7 @@ func TestWaitServedPolls(t *testing.T) {
 // TestStartForbidden: a role that may not list CRDs gets an error naming
 // the resource and the grant to add.
 func TestStartForbidden(t *testing.T) {
-	client := fakeClient()
+	client := testutil.FakeMetadata()
 	client.PrependReactor("list", "customresourcedefinitions", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(Resource.GroupResource(), "", errors.New("RBAC: no"))
 	})

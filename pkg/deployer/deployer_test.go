@@ -16,13 +16,13 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	corev1listers "k8s.io/client-go/listers/core/v1"
-	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/meshlet/meshlet/pkg/crdwatch"
+	"github.com/meshlet/meshlet/pkg/testutil"
 )
 
 // TestAttachedListenerSets: reconcile renders with the sets whose
@@ -199,7 +199,7 @@ func runListenerSetCRDInstalledLater(t *testing.T, watch bool) {
 	const step = 10 * time.Millisecond
 	poll := step
 	var crds *crdwatch.Watcher
-	md := metadatafake.NewSimpleMetadataClient(metadataScheme(t))
+	md := testutil.FakeMetadata()
 	if watch {
 		poll = time.Hour
 		crds = crdwatch.New(md, nil)
@@ -264,21 +264,9 @@ func runListenerSetCRDInstalledLater(t *testing.T, watch bool) {
 	}
 	install()
 	if watch {
-		crd := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"},
-			ObjectMeta: metav1.ObjectMeta{Name: "listenersets.gateway.networking.k8s.io"}}
-		if _, err := md.Resource(crdwatch.Resource).(metadatafake.MetadataClient).CreateFake(crd, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		testutil.InstallCRD(t, md, "listenersets.gateway.networking.k8s.io")
 	}
 	waitPorts([]int32{80, 8080, 15008})
-}
-
-func metadataScheme(t *testing.T) *runtime.Scheme {
-	scheme := metadatafake.NewTestScheme()
-	if err := metav1.AddMetaToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	return scheme
 }
 
 type tlog struct{ t *testing.T }
