@@ -36,6 +36,7 @@ import (
 	"github.com/meshlet/meshlet/node-agent/proxy"
 	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/pkg/configdump"
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 type flags struct {
@@ -56,6 +57,7 @@ type flags struct {
 	adminAddr, memoryLimit            string
 	pprof                             bool
 	workerThreads                     int
+	removeRedirection                 bool
 }
 
 func parseFlags() flags {
@@ -96,6 +98,7 @@ func parseFlags() flags {
 	flag.BoolVar(&f.pprof, "pprof", false, "serve pprof on --admin-addr too (heap profile sampling costs ~0.4 MB)")
 	flag.StringVar(&f.memoryLimit, "memory-limit", "auto", admin.MemoryLimitUsage)
 	flag.IntVar(&f.workerThreads, "worker-threads", 1, admin.WorkerThreadsUsage)
+	flag.BoolVar(&f.removeRedirection, "remove-redirection-annotations", false, "do not run the agent: once no pod of --daemonset-name in --namespace is left, remove the "+model.AnnotationRedirection+" annotation the agents wrote from every pod, and exit (the chart's Helm post-delete hook)")
 	flag.Parse()
 	return f
 }
@@ -104,6 +107,12 @@ func main() {
 	// Microseconds: a rolling update's handoff happens within one second.
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	f := parseFlags()
+	if f.removeRedirection {
+		if err := runRemoveRedirection(f); err != nil {
+			log.Fatalf("node-agent --remove-redirection-annotations: %v", err)
+		}
+		return
+	}
 	if f.adminAddr == "" || !f.pprof {
 		// Without pprof no one can read a heap profile:
 		// sampling would only fill the profiler's bucket table (1.4 MB

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/meshlet/meshlet/pkg/model"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -23,6 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshlet/meshlet/pkg/model"
 )
 
 var codecs = func() serializer.CodecFactory {
@@ -85,6 +86,14 @@ func (c *Client) Namespaces() cache.ListerWatcher {
 // DaemonSet lists and watches one daemonset.
 func (c *Client) DaemonSet(namespace, name string) cache.ListerWatcher {
 	return cache.NewListWatchFromClient(c.apps, "daemonsets", namespace, fields.OneTermEqualSelector("metadata.name", name))
+}
+
+// ListPods lists one page (at most limit) of the pods of namespace (all
+// namespaces: ""), from cont (a previous page's Continue; "" first).
+func (c *Client) ListPods(ctx context.Context, namespace, cont string, limit int64) (*PodList, error) {
+	r := c.core.Get().Namespace(namespace).Resource("pods").
+		VersionedParams(&metav1.ListOptions{Limit: limit, Continue: cont}, metav1.ParameterCodec)
+	return get(ctx, r, &PodList{})
 }
 
 // GetPod reads one pod.

@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshlet/meshlet/pkg/model"
 	"github.com/meshlet/meshlet/test/lab"
 )
 
@@ -95,7 +96,29 @@ func TestHelmInstallUpgrade(t *testing.T) {
 		t.Errorf("node agents after helm upgrade: %s; want the new drain timeout rolled out", a)
 	}
 
+	// The agents annotate the pods they enroll; helm uninstall's
+	// post-delete hook takes the annotation away once they are gone.
+	annotated := func() []string {
+		t.Helper()
+		list, err := lb.Clientset().CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, p := range list.Items {
+			if p.Annotations[model.AnnotationRedirection] == model.AnnotationRedirectionEnabled {
+				names = append(names, p.Name)
+			}
+		}
+		return names
+	}
+	if got := annotated(); len(got) < len(pods) {
+		t.Errorf("under helm's install, pods %v carry %s=%s; want the %d enrolled echo pods", got, model.AnnotationRedirection, model.AnnotationRedirectionEnabled, len(pods))
+	}
 	helm("uninstall", "meshlet", "-n", "meshlet-system", "--wait", "--timeout", "3m")
+	if got := annotated(); len(got) > 0 {
+		t.Errorf("after helm uninstall, pods %v still carry %s=%s; want it removed (the chart's post-delete hook)", got, model.AnnotationRedirection, model.AnnotationRedirectionEnabled)
+	}
 	for _, ns := range []string{"meshlet-system", "istio-system"} {
 		if _, err := lb.Clientset().CoreV1().Namespaces().Get(t.Context(), ns, metav1.GetOptions{}); err != nil {
 			t.Errorf("namespace %s after helm uninstall: %v; want it kept", ns, err)
