@@ -36,7 +36,10 @@ import (
 //     like; "horizontalPodAutoscaler" and "podDisruptionBudget" make those
 //     objects for the waypoint (the YAML merged over one that targets its
 //     Deployment, or selects its pods: minReplicas/maxReplicas/metrics,
-//     minAvailable/maxUnavailable), removed again when the key goes. The
+//     minAvailable/maxUnavailable), removed again when the key goes; a
+//     key set to null ("null" or "~") takes away the one the class
+//     defaults make (the Deployment then keeps the replica count the
+//     autoscaler left, unless "deployment" sets one). The
 //     Gateway's name, namespace, owner, the Deployment's, Service's and
 //     PodDisruptionBudget's selectors and the autoscaler's target stay
 //     meshlet's.
@@ -303,7 +306,17 @@ func (l paramsLayer) apply(gw *gatewayv1.Gateway, objs *Objects, sa, dep string,
 		slices.Sort(unknown)
 		return l.errorf(gw, "keys %s: meshlet reads only %s", strings.Join(unknown, ", "), strings.Join(paramsKeys, ", "))
 	}
-	ownHPA := strings.TrimSpace(data[paramsHPA]) != ""
+	// A key whose YAML is null takes away what an earlier layer (the class
+	// defaults) made: a Gateway opts out of its class's autoscaler or
+	// disruption budget.
+	offHPA, offPDB := isNullYAML(data[paramsHPA]), isNullYAML(data[paramsPDB])
+	if offHPA {
+		objs.HorizontalPodAutoscaler = nil
+	}
+	if offPDB {
+		objs.PodDisruptionBudget = nil
+	}
+	ownHPA := !offHPA && strings.TrimSpace(data[paramsHPA]) != ""
 	if ownHPA && objs.Deployment.Spec != nil {
 		// The autoscaler this layer asks for owns the count: a replica
 		// count of the class defaults gives way to it.
@@ -329,7 +342,7 @@ func (l paramsLayer) apply(gw *gatewayv1.Gateway, objs *Objects, sa, dep string,
 			return err
 		}
 	}
-	if y := data[paramsPDB]; strings.TrimSpace(y) != "" {
+	if y := data[paramsPDB]; !offPDB && strings.TrimSpace(y) != "" {
 		base := objs.PodDisruptionBudget
 		if base == nil {
 			base = policyv1ac.PodDisruptionBudget(dep, gw.Namespace).
@@ -357,6 +370,16 @@ func (l paramsLayer) apply(gw *gatewayv1.Gateway, objs *Objects, sa, dep string,
 		return l.errorf(gw, "%s sets spec.replicas (%d) and %s scales the same Deployment: remove replicas, the autoscaler's minReplicas/maxReplicas set the count", paramsDeployment, *d.Spec.Replicas, hpa)
 	}
 	return nil
+}
+
+// isNullYAML reports whether y is YAML's null (null, Null, NULL or ~),
+// the value that switches a layer's object off.
+func isNullYAML(y string) bool {
+	switch strings.TrimSpace(y) {
+	case "null", "Null", "NULL", "~":
+		return true
+	}
+	return false
 }
 
 // scaleTarget is the autoscaler's target: the Gateway's Deployment.

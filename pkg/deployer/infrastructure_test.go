@@ -308,6 +308,36 @@ spec:
 	if h := objs.HorizontalPodAutoscaler; h == nil || *h.Spec.MinReplicas != 2 || *h.Spec.MaxReplicas != 4 || *h.Spec.ScaleTargetRef.Name != "waypoint" {
 		t.Errorf("autoscaler %+v; want the class defaults' minReplicas 2 with the Gateway's maxReplicas 4, targeting the waypoint", h)
 	}
+
+	// A Gateway opts out of the class defaults' autoscaler and budget with
+	// a null, and may set its own count again.
+	both := classDefaults(map[string]string{"horizontalPodAutoscaler": "spec: {maxReplicas: 10}\n", "podDisruptionBudget": "spec: {minAvailable: 1}\n"})
+	for _, tt := range []struct {
+		name         string
+		data         map[string]string
+		hpa, pdb     bool
+		replicas     int32 // 0: none
+		replicasWhat string
+	}{
+		{"autoscaler off", map[string]string{"horizontalPodAutoscaler": "null", "deployment": "spec: {replicas: 3}"}, false, true, 3, "the Gateway's 3"},
+		{"budget off", map[string]string{"podDisruptionBudget": " ~\n"}, true, false, 0, "none beside the autoscaler"},
+		{"both off", map[string]string{"horizontalPodAutoscaler": "NULL", "podDisruptionBudget": "Null"}, false, false, 0, "none (the count the autoscaler left stays)"},
+	} {
+		objs, err := Render(own, opts, Params{Class: both, Gateway: params(tt.data)})
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		if got := objs.HorizontalPodAutoscaler != nil; got != tt.hpa {
+			t.Errorf("%s: autoscaler rendered %t; want %t", tt.name, got, tt.hpa)
+		}
+		if got := objs.PodDisruptionBudget != nil; got != tt.pdb {
+			t.Errorf("%s: disruption budget rendered %t; want %t", tt.name, got, tt.pdb)
+		}
+		if r := objs.Deployment.Spec.Replicas; (r == nil) != (tt.replicas == 0) || (r != nil && *r != tt.replicas) {
+			t.Errorf("%s: replicas %v; want %s", tt.name, r, tt.replicasWhat)
+		}
+	}
 }
 
 // TestRenderClassDefaultsRefused: class defaults that cannot be used are a
