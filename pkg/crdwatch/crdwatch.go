@@ -63,7 +63,10 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if w == nil {
 		return nil
 	}
-	if _, err := w.client.Resource(Resource).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err := w.client.Resource(Resource).List(lctx, metav1.ListOptions{Limit: 1})
+	cancel()
+	if err != nil {
 		if apierrors.IsForbidden(err) {
 			err = fmt.Errorf("list %s: %w: grant meshd's ClusterRole get, list and watch on customresourcedefinitions (apiextensions.k8s.io), as the chart does; until then an optional CRD installed while meshd runs is read only at the next poll", Resource.GroupResource(), err)
 		} else {
