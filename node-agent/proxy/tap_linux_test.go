@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -60,6 +61,36 @@ func tapEvents(t *testing.T, m *mesh, q string) func() ([]configdump.ConnEvent, 
 		}
 		t.Fatalf("tap stream ended without its end line: %v", sc.Err())
 		return nil, nil
+	}
+}
+
+// TestTapDurationOfEarlierConn: a connection opened before the tap began
+// is reported closed with how long it lasted, by both its proxies.
+func TestTapDurationOfEarlierConn(t *testing.T) {
+	m := newMesh(t, "mlna-td", meshConfig{mode: ModeStrict, authorize: func(context.Context, AuthzRequest) Decision {
+		return Decision{Allow: true}
+	}})
+	c := dialFrom(t, m.a, netip.AddrPortFrom(m.a.IPs[0], PortOutbound))
+	if _, err := io.WriteString(c, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatalf("echo through the tunnel: %v", err)
+	}
+	const held = 200 * time.Millisecond
+	time.Sleep(held)
+	end := tapEvents(t, m, "max=2&seconds=20")
+	if got, err := roundTrip(c, "bye"); err != nil || got != "bye" {
+		t.Fatalf("echo through the tunnel: %q, %v", got, err)
+	}
+	events, _ := end()
+	if len(events) != 2 {
+		t.Fatalf("%d events; want the closing by each proxy", len(events))
+	}
+	for _, ev := range events {
+		if ev.Kind != "closed" || time.Duration(ev.DurationMS*float64(time.Millisecond)) < held {
+			t.Errorf("%s %s: duration %vms; want at least the %v it was open before the tap", ev.Reporter, ev.Kind, ev.DurationMS, held)
+		}
 	}
 }
 

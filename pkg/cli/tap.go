@@ -371,7 +371,7 @@ func connTapText(e *configdump.ConnEvent) string {
 		dash(e.Destination), dash(e.DestinationAddr), dash(e.DestinationService), dash(e.ConnectionSecurityPolicy), dash(e.Policy))
 	switch e.Kind {
 	case configdump.ConnClosed:
-		d := "-" // opened before the tap began
+		d := "-" // not measured (node agents before 2026-12 did not, for a connection opened before the tap)
 		if e.DurationMS > 0 {
 			d = time.Duration(e.DurationMS * float64(time.Millisecond)).Round(10 * time.Microsecond).String()
 		}
