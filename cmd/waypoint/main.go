@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshlet/meshlet/pkg/admin"
+	xdsclient "github.com/meshlet/meshlet/pkg/xds/client"
 	"github.com/meshlet/meshlet/waypoint"
 	"github.com/meshlet/meshlet/waypoint/app"
 )
@@ -82,6 +83,7 @@ func envOr(k, def string) string {
 
 func main() {
 	f := parseFlags()
+	xdsclient.SetMeshdResolution()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	_, err := admin.ApplyMemoryLimit(f.memoryLimit)

@@ -26,6 +26,7 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/resolver/dns"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -172,6 +173,20 @@ var connectParams = grpc.ConnectParams{
 	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 	MinConnectTimeout: 5 * time.Second,
 }
+
+// meshdReresolve is how soon after a failed connection attempt a client
+// of meshd may look meshd's name up again (SetMeshdResolution).
+const meshdReresolve = 5 * time.Second
+
+// SetMeshdResolution makes gRPC look a name up again at most every 5 s
+// (gRPC's default: 30 s) when connections to it fail. meshd's Service,
+// deleted and made again (an uninstall and a reinstall, a helm release
+// replacing meshctl's), has a new address while DNS caches still answer
+// the old one for up to their TTL (CoreDNS: 30 s): a client that resolved
+// then tried only the dead address until 30 s after that, so pods enrolled
+// meanwhile got no certificate for up to a minute. Call it at start-up,
+// before any gRPC connection (it sets a process-wide default).
+func SetMeshdResolution() { dns.SetMinResolutionInterval(meshdReresolve) }
 
 // WithMeshdReconnect is the dial option for every gRPC connection to meshd
 // (see connectParams): the node agent's and the waypoint's certificate
