@@ -105,11 +105,7 @@ func runRemoveRedirection(f flags) error {
 	if f.namespace == "" || f.daemonSetName == "" {
 		return errors.New("no --namespace (or POD_NAMESPACE) and --daemonset-name: the node agents' DaemonSet must be named")
 	}
-	cfg, err := restConfig(f.kubeconfig)
-	if err != nil {
-		return err
-	}
-	c, err := kube.New(cfg)
+	c, err := kubeClient(f.kubeconfig)
 	if err != nil {
 		return err
 	}

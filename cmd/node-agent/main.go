@@ -180,11 +180,7 @@ func run(f flags) error {
 	}
 	defer dp.Close() // pins stay: the next agent adopts them
 
-	cfg, err := restConfig(f.kubeconfig)
-	if err != nil {
-		return err
-	}
-	client, err := kube.New(cfg)
+	client, err := kubeClient(f.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -375,6 +371,16 @@ func serveHTTP(s *http.Server) {
 	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Printf("serve %s: %v", s.Addr, err)
 	}
+}
+
+// kubeClient is the agent's Kubernetes client, from kubeconfig (empty:
+// in-cluster).
+func kubeClient(kubeconfig string) (*kube.Client, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return kube.New(cfg)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
