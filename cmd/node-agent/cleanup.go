@@ -47,52 +47,57 @@ func removeRedirection(ctx context.Context, c *kube.Client, namespace, daemonSet
 	}
 	n := 0
 	var errs []error
-	cont := ""
-	for {
-		pods, err := c.ListPods(ctx, "", cont, 500)
-		if err != nil {
-			return n, fmt.Errorf("list pods for their %s annotation: %w (the Job's ClusterRole lets it list pods)", model.AnnotationRedirection, err)
+	err := eachPod(ctx, c, "", func(p *kube.Pod) {
+		if p.Annotations[model.AnnotationRedirection] != model.AnnotationRedirectionEnabled {
+			return
 		}
-		for _, p := range pods.Items {
-			if p.Annotations[model.AnnotationRedirection] != model.AnnotationRedirectionEnabled {
-				continue
-			}
-			err := c.AnnotatePod(ctx, p.Namespace, p.Name, p.ResourceVersion, model.AnnotationRedirection, nil)
-			switch {
-			case err == nil:
-				n++
-				log.Printf("removed annotation %s from pod %s/%s", model.AnnotationRedirection, p.Namespace, p.Name)
-			case apierrors.IsNotFound(err), apierrors.IsConflict(err):
-				// Gone, or changed since the list: left as it is now.
-			case len(errs) < 10:
-				errs = append(errs, fmt.Errorf("remove annotation %s from pod %s/%s: %w", model.AnnotationRedirection, p.Namespace, p.Name, err))
-			}
+		err := c.AnnotatePod(ctx, p.Namespace, p.Name, p.ResourceVersion, model.AnnotationRedirection, nil)
+		switch {
+		case err == nil:
+			n++
+			log.Printf("removed annotation %s from pod %s/%s", model.AnnotationRedirection, p.Namespace, p.Name)
+		case apierrors.IsNotFound(err), apierrors.IsConflict(err):
+			// Gone, or changed since the list: left as it is now.
+		case len(errs) < 10:
+			errs = append(errs, fmt.Errorf("remove annotation %s from pod %s/%s: %w", model.AnnotationRedirection, p.Namespace, p.Name, err))
 		}
-		if pods.Continue == "" {
-			return n, errors.Join(errs...)
-		}
-		cont = pods.Continue
+	})
+	if err != nil {
+		return n, fmt.Errorf("list pods for their %s annotation: %w (the Job's ClusterRole lets it list pods)", model.AnnotationRedirection, err)
 	}
+	return n, errors.Join(errs...)
 }
 
 // agentPods counts the pods of namespace that DaemonSet daemonSet owns.
 func agentPods(ctx context.Context, c *kube.Client, namespace, daemonSet string) (int, error) {
 	n := 0
+	err := eachPod(ctx, c, namespace, func(p *kube.Pod) {
+		for _, o := range p.OwnerReferences {
+			if o.Kind == "DaemonSet" && o.Name == daemonSet {
+				n++
+			}
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list the pods of DaemonSet %s/%s: %w", namespace, daemonSet, err)
+	}
+	return n, nil
+}
+
+// eachPod calls f with every pod of namespace ("": all), a page of 500 at
+// a time.
+func eachPod(ctx context.Context, c *kube.Client, namespace string, f func(*kube.Pod)) error {
 	cont := ""
 	for {
 		pods, err := c.ListPods(ctx, namespace, cont, 500)
 		if err != nil {
-			return 0, fmt.Errorf("list the pods of DaemonSet %s/%s: %w", namespace, daemonSet, err)
+			return err
 		}
-		for _, p := range pods.Items {
-			for _, o := range p.OwnerReferences {
-				if o.Kind == "DaemonSet" && o.Name == daemonSet {
-					n++
-				}
-			}
+		for i := range pods.Items {
+			f(&pods.Items[i])
 		}
 		if pods.Continue == "" {
-			return n, nil
+			return nil
 		}
 		cont = pods.Continue
 	}
